@@ -1,0 +1,1 @@
+namespace NetStack.Core.Wire
