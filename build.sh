@@ -37,6 +37,9 @@ restore() {
   keep_lock_placeholder
 }
 
+# The C# projects checked by `dotnet format` (F# is Fantomas's).
+CSHARP_PROJECTS="NetStack.Api/NetStack.Api.csproj NetStack.Cli/NetStack.Cli.csproj"
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -67,14 +70,12 @@ case "$cmd" in
   format)
     restore
     dotnet fantomas .
-    dotnet format NetStack.sln whitespace --folder
-    dotnet format NetStack.sln style
+    for p in $CSHARP_PROJECTS; do dotnet format "$p" -v q; done
     ;;
   check-format)
     restore
     dotnet fantomas --check .
-    dotnet format NetStack.sln whitespace --folder --verify-no-changes
-    dotnet format NetStack.sln style --verify-no-changes
+    for p in $CSHARP_PROJECTS; do dotnet format "$p" --verify-no-changes -v q; done
     ;;
   paket)
     dotnet tool restore >/dev/null

@@ -13,8 +13,14 @@ let private printer =
                 async {
                     do! inner.summary config summary
                     let failed = summary.failed.Length + summary.errored.Length
-                    printfn "tests: %d passed, %d failed, %d skipped" summary.passed.Length failed summary.ignored.Length
-                } }
+
+                    printfn
+                        "tests: %d passed, %d failed, %d skipped"
+                        summary.passed.Length
+                        failed
+                        summary.ignored.Length
+                }
+    }
 
 [<EntryPoint>]
 let main argv =

@@ -7,12 +7,14 @@ open Expecto
 /// Property configuration for codec properties: many cases, cheap each.
 let codecConfig =
     { FsCheckConfig.defaultConfig with
-        maxTest = 1000 }
+        maxTest = 1000
+    }
 
 /// Property configuration for heavier properties (reassembly, simulations).
 let heavyConfig =
     { FsCheckConfig.defaultConfig with
-        maxTest = 300 }
+        maxTest = 300
+    }
 
 /// Parses a hex string ("45 00 00 54 ...", whitespace ignored) into bytes.
 let hex (s: string) =
@@ -20,4 +22,5 @@ let hex (s: string) =
     Convert.FromHexString clean
 
 /// Formats bytes as lower-case hex.
-let toHex (b: byte[]) = Convert.ToHexString(b).ToLowerInvariant()
+let toHex (b: byte[]) =
+    Convert.ToHexString(b).ToLowerInvariant()
