@@ -265,6 +265,8 @@ EOF
 }
 
 # The IPv4 one is stored as link type RAW (101): editcap chops the 14-byte Ethernet header.
+# editcap keeps each record's orig_len (the Ethernet frame length, 14 more than incl_len);
+# the tests compare orig_len with tshark's frame.len, which reads the same field.
 start_capture icmp-port-unreachable-ipv4-eth va "$v4filter"
 send_to_closed_port 4 10.0.0.2
 stop_capture icmp-port-unreachable-ipv4-eth
