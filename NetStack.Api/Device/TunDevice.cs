@@ -423,6 +423,7 @@ public sealed unsafe class TunDevice : IDisposable
                     continue;
                 if (errno == LibC.EAGAIN)
                 {
+                    ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
                     // The kernel's backlog is full: wait for room instead of dropping our own packet.
                     var fd = new LibC.PollFd { Fd = _tun.Fd, Events = LibC.POLLOUT };
                     LibC.Poll(&fd, 1, 100);

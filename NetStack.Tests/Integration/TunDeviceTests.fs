@@ -562,6 +562,24 @@ let private stopping =
                 |> ignore
             }
 
+            test "reading or writing after the interface was deleted under the device fails with EBADFD" {
+                use device = TunDevice.Create "ns%d"
+                ip [ "link"; "del"; "dev"; device.Name ] |> ignore
+                let buffer = Array.zeroCreate<byte> 2048
+
+                let e =
+                    throwsOf<TunDeviceException>(fun () -> device.TryRead(Span<byte> buffer, 1000) |> ignore)
+
+                Expect.equal e.Errno 77 "read errno is EBADFD"
+                Expect.stringContains e.Message "was deleted" "message explains"
+
+                let e =
+                    throwsOf<TunDeviceException>(fun () ->
+                        device.Write(ReadOnlySpan(ipv4Udp "10.0.0.2" "10.0.0.1" 1 2 [||])))
+
+                Expect.equal e.Errno 77 "write errno is EBADFD"
+            }
+
             test "Wake ends a waiting TryRead with false, and a timeout ends it too" {
                 use device = TunDevice.Create "ns%d"
                 let buffer = Array.zeroCreate<byte> 2048
