@@ -202,10 +202,20 @@ public sealed unsafe class TunDevice : IDisposable
             int errno = Marshal.GetLastPInvokeError();
             throw TunDeviceException.For(
                 $"open {ClonePath}", errno,
-                errno is LibC.ENOENT or LibC.ENXIO or LibC.ENODEV
-                    ? "The TUN driver is not available: load the tun module (`modprobe tun`), or run where " +
-                      "/dev/net/tun exists (in a container: pass --device /dev/net/tun)."
-                    : null);
+                errno switch
+                {
+                    LibC.ENOENT or LibC.ENXIO or LibC.ENODEV =>
+                        "The TUN driver is not available: load the tun module (`modprobe tun`), or run where " +
+                        "/dev/net/tun exists (in a container: pass --device /dev/net/tun).",
+                    // The device node's file mode decides this, before any capability check: it is
+                    // usually crw-rw-rw-, but some systems make it root-only, which also shuts out
+                    // root inside a user namespace.
+                    LibC.EACCES or LibC.EPERM =>
+                        $"This user may not open {ClonePath} (see `ls -l {ClonePath}`; it is usually mode 0666): " +
+                        "run as root, or make it accessible (chmod 0666). Creating an interface also needs " +
+                        "CAP_NET_ADMIN: root, or inside `unshare --user --map-root-user --net`.",
+                    _ => null,
+                });
         }
 
         var tun = new FileDescriptorHandle(fd);
