@@ -1,0 +1,485 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using NetStack.Interop;
+
+namespace NetStack.Device;
+
+/// <summary>
+/// A Linux TUN interface: the kernel hands it the IP packets it routes to the interface, and takes
+/// the IP packets written to it as if they had arrived from a network.
+/// </summary>
+/// <remarks>
+/// <para>
+/// The device runs in <c>IFF_TUN | IFF_NO_PI</c> mode: every read returns exactly one whole IPv4 or
+/// IPv6 packet, every write injects exactly one, with no link-layer or packet-information header
+/// (Documentation/networking/tuntap.rst).
+/// </para>
+/// <para>
+/// Threading: one thread reads (the engine loop), any thread may write, and any thread may call
+/// <see cref="Wake"/> or <see cref="Dispose"/>. A read waits in poll(2) on the TUN descriptor and on
+/// an eventfd; <see cref="Dispose"/> signals the eventfd, so a blocked read ends at once with
+/// <see cref="ObjectDisposedException"/>, and the descriptors are closed only after it has
+/// left its system calls.
+/// </para>
+/// <para>
+/// Lifetime: a device made by <see cref="Create"/> is not persistent (we never set TUNSETPERSIST),
+/// so the kernel deletes the interface, with its addresses and routes, when
+/// <see cref="Dispose"/> closes the descriptor. A device opened by <see cref="Attach"/> is an
+/// existing persistent interface and stays after <see cref="Dispose"/>.
+/// </para>
+/// <para>
+/// All of this needs CAP_NET_ADMIN in the network namespace that owns the interface.
+/// </para>
+/// </remarks>
+public sealed unsafe class TunDevice : IDisposable
+{
+    /// <summary>The longest interface name Linux accepts, in bytes: IFNAMSIZ (16) less the NUL.</summary>
+    public const int MaxNameLength = 15;
+
+    /// <summary>The template <see cref="Create"/> uses when given none: the kernel picks tun0, tun1, ...</summary>
+    public const string DefaultTemplate = "tun%d";
+
+    /// <summary>The clone device every TUN interface is opened through.</summary>
+    private const string ClonePath = "/dev/net/tun";
+
+    // linux/if_tun.h. TUNSETIFF = _IOW('T', 202, int): direction write (1 << 30), size 4 (<< 16),
+    // type 'T' (0x54 << 8), number 202 (0xCA), the same encoding on x86_64 and arm64.
+    private const nuint TUNSETIFF = 0x400454CA;
+    private const short IFF_TUN = 0x0001;
+    private const short IFF_NO_PI = 0x1000;
+
+    // Makes TUNSETIFF fail with EBUSY when an interface of that name exists, instead of attaching
+    // to it: "create" must not silently take over someone else's persistent device.
+    private const short IFF_TUN_EXCL = unchecked((short)0x8000);
+
+    private readonly FileDescriptorHandle _tun;
+    private readonly FileDescriptorHandle _wake;
+    private int _disposed;
+
+    private TunDevice(FileDescriptorHandle tun, FileDescriptorHandle wake, string name, bool created)
+    {
+        _tun = tun;
+        _wake = wake;
+        Name = name;
+        IsOwned = created;
+        InterfaceIndex = (int)LibC.IfNameToIndex(name);
+    }
+
+    /// <summary>The interface name the kernel gave the device, e.g. "tun0" (a template's number filled in).</summary>
+    public string Name { get; }
+
+    /// <summary>The kernel's interface index (ifindex) of the device, as rtnetlink and <c>ip link</c> use it.</summary>
+    public int InterfaceIndex { get; }
+
+    /// <summary>
+    /// True when this object created the interface, which then disappears on <see cref="Dispose"/>;
+    /// false when it attached to an existing persistent interface, which stays.
+    /// </summary>
+    public bool IsOwned { get; }
+
+    /// <summary>
+    /// The TUN file descriptor, for callers that poll it themselves. The device keeps ownership:
+    /// do not close it, and do not use it after <see cref="Dispose"/>.
+    /// </summary>
+    public SafeHandle Handle => _tun;
+
+    /// <summary>The TUN file descriptor number (see <see cref="Handle"/>), or -1 after <see cref="Dispose"/>.</summary>
+    public int FileDescriptor => _tun.IsClosed ? -1 : _tun.Fd;
+
+    /// <summary>
+    /// The interface's current MTU in bytes, read from the kernel on every call (it can be changed
+    /// with <see cref="KernelLink.SetMtu"/> or <c>ip link set mtu</c>). No packet read from the
+    /// device is longer than this.
+    /// </summary>
+    /// <exception cref="TunDeviceException">The kernel could not report it (the interface was deleted).</exception>
+    public int Mtu
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            int errno = InterfaceRequest.Query(Name, InterfaceRequest.SIOCGIFMTU, out int mtu);
+            if (errno != 0)
+                throw TunDeviceException.For($"SIOCGIFMTU on '{Name}'", errno);
+            return mtu;
+        }
+    }
+
+    /// <summary>
+    /// Creates a new TUN interface. The kernel deletes it again when the device is disposed.
+    /// </summary>
+    /// <param name="nameOrTemplate">
+    /// An exact name ("ns0"), or a template with one <c>%d</c> ("ns%d") for which the kernel picks
+    /// the lowest free number; <see cref="Name"/> then holds the result. At most
+    /// <see cref="MaxNameLength"/> bytes of UTF-8, no '/', ':', whitespace or other '%', not "." or "..".
+    /// </param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">
+    /// /dev/net/tun is missing (ENOENT: load the tun module), the caller lacks CAP_NET_ADMIN
+    /// (EPERM/EACCES), or an interface of that name already exists (EBUSY).
+    /// </exception>
+    public static TunDevice Create(string nameOrTemplate = DefaultTemplate)
+    {
+        ValidateName(nameOrTemplate, allowTemplate: true);
+        return Open(nameOrTemplate, create: true);
+    }
+
+    /// <summary>
+    /// Attaches to an existing persistent TUN interface (one made with <c>ip tuntap add mode tun</c>
+    /// or TUNSETPERSIST). Disposing the device detaches but leaves the interface in place.
+    /// </summary>
+    /// <param name="name">The exact interface name.</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">
+    /// No interface has that name (ENODEV), it is not a TUN interface (EINVAL), another process has
+    /// it open (EBUSY), or the caller lacks CAP_NET_ADMIN or is not its owner (EPERM).
+    /// </exception>
+    public static TunDevice Attach(string name)
+    {
+        ValidateName(name, allowTemplate: false);
+        // TUNSETIFF without IFF_TUN_EXCL would create a missing interface; attaching must not.
+        if (LibC.IfNameToIndex(name) == 0)
+        {
+            throw new TunDeviceException(
+                "attach", LibC.ENODEV,
+                $"Cannot attach to TUN interface '{name}': no interface has that name in this network " +
+                "namespace (ENODEV). Create it first (`ip tuntap add dev NAME mode tun`) or use TunDevice.Create.");
+        }
+
+        return Open(name, create: false);
+    }
+
+    /// <summary>
+    /// Checks a name the way the kernel's dev_valid_name() and dev_alloc_name() will, so that a bad
+    /// name is an <see cref="ArgumentException"/> before any system call.
+    /// </summary>
+    private static void ValidateName(string name, bool allowTemplate)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        if (name.Length == 0)
+            throw new ArgumentException("An interface name cannot be empty.", nameof(name));
+        int bytes = Encoding.UTF8.GetByteCount(name);
+        if (bytes > MaxNameLength)
+        {
+            throw new ArgumentException(
+                $"Interface name '{name}' is {bytes} bytes long; Linux allows at most {MaxNameLength}.", nameof(name));
+        }
+
+        if (name is "." or "..")
+            throw new ArgumentException($"'{name}' is not a valid interface name.", nameof(name));
+        foreach (char c in name)
+        {
+            if (c is '/' or ':' or '\0' || char.IsWhiteSpace(c))
+            {
+                throw new ArgumentException(
+                    $"Interface name '{name}' contains '{c}'; names cannot contain '/', ':', NUL or whitespace.",
+                    nameof(name));
+            }
+        }
+
+        int percent = name.IndexOf('%');
+        if (percent >= 0)
+        {
+            bool oneNumber = percent + 1 < name.Length && name[percent + 1] == 'd'
+                && name.IndexOf('%', percent + 2) < 0;
+            if (!allowTemplate || !oneNumber)
+            {
+                throw new ArgumentException(
+                    allowTemplate
+                        ? $"Interface name template '{name}' must contain '%' only once, as '%d'."
+                        : $"Interface name '{name}' contains '%'; templates are for TunDevice.Create only.",
+                    nameof(name));
+            }
+        }
+    }
+
+    private static TunDevice Open(string name, bool create)
+    {
+        // Non-blocking, so that a read after poll() can never block (another reader may have taken
+        // the packet); waiting happens in poll() only, where Dispose can interrupt it.
+        int fd = LibC.Open(ClonePath, LibC.O_RDWR | LibC.O_NONBLOCK | LibC.O_CLOEXEC);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw TunDeviceException.For(
+                $"open {ClonePath}", errno,
+                errno switch
+                {
+                    LibC.ENOENT or LibC.ENXIO or LibC.ENODEV =>
+                        "The TUN driver is not available: load the tun module (`modprobe tun`), or run where " +
+                        "/dev/net/tun exists (in a container: pass --device /dev/net/tun).",
+                    // The device node's file mode decides this, before any capability check: it is
+                    // usually crw-rw-rw-, but some systems make it root-only, which also shuts out
+                    // root inside a user namespace.
+                    LibC.EACCES or LibC.EPERM =>
+                        $"This user may not open {ClonePath} (see `ls -l {ClonePath}`; it is usually mode 0666): " +
+                        "run as root, or make it accessible (chmod 0666). Creating an interface also needs " +
+                        "CAP_NET_ADMIN: root, or inside `unshare --user --map-root-user --net`.",
+                    _ => null,
+                });
+        }
+
+        var tun = new FileDescriptorHandle(fd);
+        try
+        {
+            short flags = (short)(IFF_TUN | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0));
+            InterfaceRequest request = InterfaceRequest.For(name, flags);
+            if (LibC.Ioctl(fd, TUNSETIFF, &request) < 0)
+                throw SetInterfaceError(name, create, Marshal.GetLastPInvokeError());
+
+            string actual = request.NameText;
+
+            int wakeFd = LibC.EventFd(0, LibC.EFD_NONBLOCK | LibC.EFD_CLOEXEC);
+            if (wakeFd < 0)
+                throw TunDeviceException.For("eventfd", Marshal.GetLastPInvokeError());
+            return new TunDevice(tun, new FileDescriptorHandle(wakeFd), actual, create);
+        }
+        catch
+        {
+            // Closing the descriptor of a non-persistent interface deletes it again.
+            tun.Dispose();
+            throw;
+        }
+    }
+
+    private static TunDeviceException SetInterfaceError(string name, bool create, int errno)
+    {
+        string? advice = errno switch
+        {
+            LibC.EBUSY when create =>
+                $"An interface named '{name}' already exists: choose another name, or a template such as \"tun%d\".",
+            LibC.EBUSY =>
+                $"TUN interface '{name}' is already open by another process or device object; close that first.",
+            LibC.EEXIST => $"An interface named '{name}' already exists: choose another name.",
+            LibC.EINVAL when !create =>
+                $"'{name}' exists but is not a TUN interface (perhaps a TAP or another kind of device).",
+            LibC.EINVAL => $"The kernel rejected the interface name '{name}'.",
+            LibC.ENFILE => "The kernel could not allocate another interface number for the template.",
+            _ => null,
+        };
+        return TunDeviceException.For($"TUNSETIFF '{name}'", errno, advice);
+    }
+
+    /// <summary>
+    /// Reads one whole IP packet, waiting as long as it takes. A <see cref="Wake"/> call does not end
+    /// this wait (use <see cref="TryRead"/> for that).
+    /// </summary>
+    /// <param name="buffer">Where the packet goes. Make it at least <see cref="Mtu"/> bytes long:
+    /// the kernel cuts a longer packet to the buffer's length and drops the rest.</param>
+    /// <returns>The packet's length in bytes.</returns>
+    /// <exception cref="ObjectDisposedException">The device is disposed, or was disposed during the wait.</exception>
+    /// <exception cref="TunDeviceException">The interface was deleted under the device, or the read failed.</exception>
+    public int Read(Span<byte> buffer)
+    {
+        int length;
+        while (!TryRead(buffer, Timeout.Infinite, out length))
+        {
+        }
+
+        return length;
+    }
+
+    /// <summary>
+    /// Reads one whole IP packet if one arrives within <paramref name="millisecondsTimeout"/>.
+    /// This is the call for an engine loop: wait for a packet until the next timer deadline, and
+    /// let other threads cut the wait short with <see cref="Wake"/> when they queue work.
+    /// </summary>
+    /// <param name="buffer">Where the packet goes; at least <see cref="Mtu"/> bytes (see <see cref="Read"/>).</param>
+    /// <param name="millisecondsTimeout">How long to wait: 0 to only check, <see cref="Timeout.Infinite"/> (-1) to wait without limit.</param>
+    /// <param name="length">The packet's length in bytes, or 0 when no packet was read.</param>
+    /// <returns>True when a packet was read; false when the time ran out or <see cref="Wake"/> was called.</returns>
+    /// <exception cref="ArgumentOutOfRangeException">The timeout is below -1.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed, or was disposed during the wait.</exception>
+    /// <exception cref="TunDeviceException">The interface was deleted under the device, or the read failed.</exception>
+    public bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(millisecondsTimeout, Timeout.Infinite);
+        length = 0;
+        bool tunAdded = false, wakeAdded = false;
+        try
+        {
+            // Hold both descriptors open for the whole wait (see FileDescriptorHandle).
+            _tun.DangerousAddRef(ref tunAdded);
+            _wake.DangerousAddRef(ref wakeAdded);
+            long deadline = millisecondsTimeout == Timeout.Infinite
+                ? long.MaxValue
+                : Environment.TickCount64 + millisecondsTimeout;
+            while (true)
+            {
+                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                fixed (byte* p = buffer)
+                {
+                    nint n = LibC.Read(_tun.Fd, p, (nuint)buffer.Length);
+                    if (n >= 0)
+                    {
+                        length = (int)n;
+                        return true;
+                    }
+                }
+
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno != LibC.EAGAIN && errno != LibC.EINTR)
+                    throw ReadWriteError("read", errno);
+
+                int wait = deadline == long.MaxValue
+                    ? Timeout.Infinite
+                    : (int)Math.Clamp(deadline - Environment.TickCount64, 0, int.MaxValue);
+                if (wait == 0)
+                    return false;
+
+                if (!WaitReadable(wait))
+                    return false;
+            }
+        }
+        finally
+        {
+            if (wakeAdded)
+                _wake.DangerousRelease();
+            if (tunAdded)
+                _tun.DangerousRelease();
+        }
+    }
+
+    /// <summary>
+    /// Waits in poll(2) until the TUN descriptor is readable (true) or the eventfd is signalled or
+    /// the time runs out (false). Consumes a <see cref="Wake"/> signal; leaves a dispose signal set
+    /// so that every waiter sees it.
+    /// </summary>
+    private bool WaitReadable(int millisecondsTimeout)
+    {
+        LibC.PollFd* fds = stackalloc LibC.PollFd[2];
+        fds[0] = new LibC.PollFd { Fd = _tun.Fd, Events = LibC.POLLIN };
+        fds[1] = new LibC.PollFd { Fd = _wake.Fd, Events = LibC.POLLIN };
+        int ready = LibC.Poll(fds, 2, millisecondsTimeout);
+        if (ready < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == LibC.EINTR)
+                return true; // go round again: the read tells whether anything came
+            throw TunDeviceException.For("poll", errno);
+        }
+
+        if (ready == 0)
+            return false;
+
+        if ((fds[1].Revents & LibC.POLLIN) != 0)
+        {
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            ulong counter;
+            LibC.Read(_wake.Fd, (byte*)&counter, sizeof(ulong)); // reset the eventfd counter to 0
+            return false;
+        }
+
+        // POLLERR/POLLHUP: the interface went away; the read reports it as EBADFD.
+        return true;
+    }
+
+    /// <summary>
+    /// Ends the current <see cref="TryRead"/> wait early (it returns false), or the next one when no
+    /// read is waiting. Cheap and safe from any thread: the engine's command queue calls it after
+    /// queuing work. Signals that arrive before a wait starts merge into one.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
+    public void Wake()
+    {
+        bool added = false;
+        try
+        {
+            _wake.DangerousAddRef(ref added);
+            Signal();
+        }
+        finally
+        {
+            if (added)
+                _wake.DangerousRelease();
+        }
+    }
+
+    private void Signal()
+    {
+        ulong one = 1;
+        LibC.Write(_wake.Fd, (byte*)&one, sizeof(ulong));
+    }
+
+    /// <summary>
+    /// Writes one whole IP packet into the device; the kernel receives it as if it had arrived on the
+    /// interface. Safe to call from any thread, also while another thread waits in a read.
+    /// </summary>
+    /// <param name="packet">One complete IPv4 or IPv6 packet, starting at its version nibble.</param>
+    /// <exception cref="ArgumentException">The packet is empty.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
+    /// <exception cref="TunDeviceException">
+    /// The kernel rejected the packet (EINVAL: not IPv4/IPv6, or longer than 64 KiB), the interface
+    /// is down (EIO), or it was deleted under the device (EBADFD).
+    /// </exception>
+    public void Write(ReadOnlySpan<byte> packet)
+    {
+        if (packet.IsEmpty)
+            throw new ArgumentException("An IP packet cannot be empty.", nameof(packet));
+        bool added = false;
+        try
+        {
+            _tun.DangerousAddRef(ref added);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            while (true)
+            {
+                nint n;
+                fixed (byte* p = packet)
+                    n = LibC.Write(_tun.Fd, p, (nuint)packet.Length);
+                if (n >= 0)
+                    return; // a TUN write takes the whole packet or nothing
+
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == LibC.EINTR)
+                    continue;
+                if (errno == LibC.EAGAIN)
+                {
+                    ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                    // The kernel's backlog is full: wait for room instead of dropping our own packet.
+                    var fd = new LibC.PollFd { Fd = _tun.Fd, Events = LibC.POLLOUT };
+                    LibC.Poll(&fd, 1, 100);
+                    continue;
+                }
+
+                throw ReadWriteError("write", errno);
+            }
+        }
+        finally
+        {
+            if (added)
+                _tun.DangerousRelease();
+        }
+    }
+
+    private TunDeviceException ReadWriteError(string operation, int errno)
+    {
+        string? advice = errno switch
+        {
+            LibC.EBADFD => $"Interface '{Name}' was deleted while the device was open.",
+            LibC.EIO => $"Interface '{Name}' is down: set it up first (KernelLink.SetUp or `ip link set {Name} up`).",
+            LibC.EINVAL when operation == "write" =>
+                "The kernel rejected the packet: it must start with an IPv4 or IPv6 header and be at most 65535 bytes.",
+            _ => null,
+        };
+        return TunDeviceException.For($"{operation} on TUN interface '{Name}'", errno, advice);
+    }
+
+    /// <summary>
+    /// Closes the device. A read blocked on another thread ends promptly with
+    /// <see cref="ObjectDisposedException"/>. An interface made by <see cref="Create"/> is deleted
+    /// by the kernel, taking its addresses and routes with it; an attached one stays. Idempotent.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+
+        // Wake every waiter first; the eventfd stays signalled, so later waits end at once too.
+        // The handles then close when the last waiter has released them.
+        Wake();
+        _tun.Dispose();
+        _wake.Dispose();
+    }
+
+    /// <summary>The interface name, e.g. "tun0".</summary>
+    public override string ToString() => Name;
+}
