@@ -1,9 +1,12 @@
 module NetStack.Tests.Program
 
+open System
 open Expecto
 open Expecto.Impl
 
-/// Adds one plain closing line, "tests: N passed, N failed, N skipped", to Expecto's summary.
+/// Counts from Expecto's summary, printed as one plain closing line after the run.
+let mutable private closingLine = None
+
 let private printer =
     let inner = TestPrinters.defaultPrinter
 
@@ -14,11 +17,14 @@ let private printer =
                     do! inner.summary config summary
                     let failed = summary.failed.Length + summary.errored.Length
 
-                    printfn
-                        "tests: %d passed, %d failed, %d skipped"
-                        summary.passed.Length
-                        failed
-                        summary.ignored.Length
+                    closingLine <-
+                        Some(
+                            sprintf
+                                "tests: %d passed, %d failed, %d skipped"
+                                summary.passed.Length
+                                failed
+                                summary.ignored.Length
+                        )
                 }
     }
 
@@ -26,4 +32,20 @@ let private printer =
 let main argv =
     match Isolation.ensureIsolated argv with
     | Some exitCode -> exitCode
-    | None -> Tests.runTestsInAssemblyWithCLIArgs [ CLIArguments.Printer printer ] argv
+    | None ->
+        // Plain output when not on a terminal (CI logs): no colours, no spinner.
+        let plain =
+            if Console.IsOutputRedirected then
+                [ CLIArguments.Colours 0; CLIArguments.No_Spinner ]
+            else
+                []
+
+        let exitCode =
+            Tests.runTestsInAssemblyWithCLIArgs (CLIArguments.Printer printer :: plain) argv
+
+        Console.Out.Flush()
+
+        closingLine
+        |> Option.iter (fun line -> Console.WriteLine(Environment.NewLine + line))
+
+        exitCode
