@@ -1000,6 +1000,61 @@ let private fragmentationTests =
                             (TestUtil.toHex fragments.[i].Ip.Bytes)
                             $"fragment {i}"
 
+            testCase
+                "Reassembly.fs puts the kernel's fragments back together, in capture order and reversed, to the same message"
+            <| fun () ->
+                for name in [ "ipv4-ping-fragmented"; "ipv6-ping-fragmented" ] do
+                    for fragments, message in datagrams name do
+                        let feed (order: Dissect.Dissection[]) =
+                            let mutable state = Reassembly.empty ReassemblyConfig.Default
+                            let mutable completed = []
+
+                            for d in order do
+                                let ip = d.Ip
+                                let bytes = ip.Bytes
+
+                                let key, nextHeader, headerLength =
+                                    match ip.Header with
+                                    | Dissect.V4 h ->
+                                        ReassemblyKey.V4(h.Source, h.Destination, h.Protocol, h.Identification),
+                                        h.Protocol,
+                                        h.HeaderLength
+                                    | Dissect.V6(h, ext, _) ->
+                                        let f = ext.Fragment.Value
+
+                                        ReassemblyKey.V6(h.Source, h.Destination, f.Identification),
+                                        f.NextHeader,
+                                        ext.UnfragmentableLength
+
+                                let fragment: Fragment =
+                                    {
+                                        Key = key
+                                        Offset = ip.FragmentOffset
+                                        MoreFragments = ip.MoreFragments
+                                        NextHeader = nextHeader
+                                        Header = ReadOnlySpan(bytes, 0, headerLength)
+                                        Payload = ReadOnlySpan(bytes, ip.UpperOffset, ip.UpperLength)
+                                    }
+
+                                let next, result = Reassembly.add 0L fragment state
+                                state <- next
+
+                                match result.Outcome with
+                                | FragmentOutcome.Completed datagram -> completed <- datagram :: completed
+                                | FragmentOutcome.Held -> ()
+                                | other -> failtestf "%s: unexpected outcome %A" name other
+
+                            Expect.equal (Reassembly.count state) 0 $"{name}: nothing left in progress"
+
+                            match completed with
+                            | [ datagram ] ->
+                                let payload = datagram.Packet.[datagram.HeaderLength ..]
+                                Expect.equal (TestUtil.toHex payload) (TestUtil.toHex message) $"{name}: the message"
+                            | other -> failtestf "%s: %d completions" name other.Length
+
+                        feed fragments
+                        feed (Array.rev fragments)
+
             testCase "the reassembled pings parse with their checksums and carry tshark's echo fields"
             <| fun () ->
                 for name in [ "ipv4-ping-fragmented"; "ipv6-ping-fragmented" ] do
