@@ -35,6 +35,7 @@ type ParseError =
 /// An IPv4 address as a 32-bit number in host order (a.b.c.d = a&lt;&lt;24 ||| b&lt;&lt;16 ||| c&lt;&lt;8 ||| d).
 [<Struct; CustomEquality; CustomComparison>]
 type Ipv4Address =
+    /// The address as a number, first octet in the high byte.
     val Value: uint32
     new(value: uint32) = { Value = value }
 
@@ -102,7 +103,9 @@ type Ipv4Address =
 /// An IPv6 address as two 64-bit halves in host order (High holds the first eight bytes).
 [<Struct; CustomEquality; CustomComparison>]
 type Ipv6Address =
+    /// The first eight bytes, first byte in the high byte.
     val High: uint64
+    /// The last eight bytes.
     val Low: uint64
     new(high: uint64, low: uint64) = { High = high; Low = low }
 
@@ -171,29 +174,38 @@ type Ipv6Address =
 
 /// IP protocol numbers (IANA "Assigned Internet Protocol Numbers"), also IPv6 Next Header values.
 module IpProtocol =
+    /// IPv6 Hop-by-Hop Options header (RFC 8200 §4.3).
     [<Literal>]
     let HopByHop = 0uy
 
+    /// ICMP for IPv4 (RFC 792).
     [<Literal>]
     let Icmp = 1uy
 
+    /// TCP (RFC 9293).
     [<Literal>]
     let Tcp = 6uy
 
+    /// UDP (RFC 768).
     [<Literal>]
     let Udp = 17uy
 
+    /// IPv6 Routing header (RFC 8200 §4.4).
     [<Literal>]
     let Ipv6Routing = 43uy
 
+    /// IPv6 Fragment header (RFC 8200 §4.5).
     [<Literal>]
     let Ipv6Fragment = 44uy
 
+    /// ICMPv6 (RFC 4443).
     [<Literal>]
     let Icmpv6 = 58uy
 
+    /// No next header (RFC 8200 §4.7).
     [<Literal>]
     let Ipv6NoNextHeader = 59uy
 
+    /// IPv6 Destination Options header (RFC 8200 §4.6).
     [<Literal>]
     let Ipv6DestinationOptions = 60uy
