@@ -37,6 +37,10 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
     private const int MaxWaitMilliseconds = 1000;
 
     private readonly IPacketDevice _device;
+
+    // The kernel-side configuration; it removes what it added when disposed, so it lives as long
+    // as the stack (null when attached to an existing interface or on a caller's device).
+    private readonly KernelLink? _link;
     private readonly Thread _thread;
     private readonly long _epoch = Stopwatch.GetTimestamp();
     private readonly NetStackStatistics _statistics = new();
@@ -78,8 +82,9 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
         public CancellationTokenRegistration Registration;
     }
 
-    private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName)
+    private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null)
     {
+        _link = link;
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
@@ -112,11 +117,12 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
     {
         Validate(options);
         var device = options.AttachExisting ? TunDevice.Attach(options.TunName) : TunDevice.Create(options.TunName);
+        KernelLink? link = null;
         try
         {
             if (!options.AttachExisting)
             {
-                using var link = new KernelLink(device);
+                link = new KernelLink(device);
                 link.SetMtu(options.Mtu);
                 link.SetUp();
                 if (options.Address is not null && options.HostAddress is not null)
@@ -124,10 +130,11 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
                 if (options.Address6 is not null && options.HostAddress6 is not null)
                     link.AddAddress(options.HostAddress6, options.Address6);
             }
-            return new NetworkStack(options, new TunPacketDevice(device), device.Name);
+            return new NetworkStack(options, new TunPacketDevice(device), device.Name, link);
         }
         catch
         {
+            link?.Dispose();
             device.Dispose();
             throw;
         }
@@ -731,6 +738,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
             sockets = [.. _udp4.Values.Union(_udp6.Values)];
         foreach (var socket in sockets)
             socket.Dispose();
+        _link?.Dispose();
         _device.Dispose();
     }
 

@@ -1,0 +1,1 @@
+module NetStack.Tests.Stack.EngineLoopTests
