@@ -329,7 +329,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
                 {
                     var ping = _pings[sequence];
                     _pings.Remove(sequence);
-                    ping.Registration.Dispose();
+                    ping.Registration.Unregister();
                     _statistics.Increment("ping.timed-out");
                     ping.Completion.TrySetResult(new PingReply(IPStatus.TimedOut, ping.Destination, TimeSpan.Zero, 0));
                 }
@@ -343,6 +343,11 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
         {
             Dispatch(packet);
         }
+        catch (TunDeviceException)
+        {
+            // Writing the answer failed (the link is down, the interface is going away).
+            _statistics.Increment("device.write-error");
+        }
         catch (Exception)
         {
             // A bug, not the peer's fault; but the peer must not be able to stop the loop with it.
@@ -353,7 +358,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
     private void Dispatch(ReadOnlySpan<byte> packet)
     {
         long now = Now();
-        if (!packet.IsEmpty)
+        if (!packet.IsEmpty && (packet[0] >> 4) is 4 or 6)
             _statistics.Increment((packet[0] >> 4) == 6 ? "ipv6.received" : "ipv4.received");
         var (state, r) = IpLayer.receive(now, packet, _ip);
         _ip = state;
@@ -476,7 +481,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
         {
             if (r.QuotedSourcePort == _pingIdentifier && _pings.Remove(r.QuotedDestinationPort, out var ping))
             {
-                ping.Registration.Dispose();
+                ping.Registration.Unregister();
                 var status = r.ErrorKind switch
                 {
                     IcmpErrorKind.PacketTooBig => IPStatus.PacketTooBig,
@@ -506,7 +511,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
             return;
         }
         _pings.Remove(r.DestinationPort);
-        ping.Registration.Dispose();
+        ping.Registration.Unregister();
         ping.Completion.TrySetResult(new PingReply(IPStatus.Success, ping.Destination, TimeSpan.FromTicks((now - ping.SentAt) * 10), r.Payload.Length));
     }
 
@@ -729,7 +734,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
         _commands.Clear();
         foreach (var ping in _pings.Values)
         {
-            ping.Registration.Dispose();
+            ping.Registration.Unregister();
             ping.Completion.TrySetException(disposed);
         }
         _pings.Clear();

@@ -230,7 +230,8 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             // Copy while holding the lock, so a cancellation cannot hand the buffer back meanwhile.
             int copied = Math.Min(payload.Length, receiver.Buffer.Length);
             payload[..copied].CopyTo(receiver.Buffer.Span);
-            receiver.Registration.Dispose();
+            // Unregister, not Dispose: Dispose would wait for a running callback, which waits for this lock.
+            receiver.Registration.Unregister();
             if (copied < payload.Length)
                 receiver.Completion.TrySetException(new SocketException((int)SocketError.MessageSize));
             else
@@ -268,7 +269,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             while (_receivers.First is { } first)
             {
                 _receivers.RemoveFirst();
-                first.Value.Registration.Dispose();
+                first.Value.Registration.Unregister();
                 if (first.Value.Completion.TrySetException(new SocketException((int)error)))
                     return true;
             }
@@ -314,7 +315,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         }
         foreach (var pending in aborted)
         {
-            pending.Registration.Dispose();
+            pending.Registration.Unregister();
             pending.Completion.TrySetException(new SocketException((int)SocketError.OperationAborted));
         }
         _stack.Unbind(this);
