@@ -87,3 +87,9 @@ module AddressClass =
 
     /// :: (RFC 4291 §2.5.2).
     let isUnspecified6 (a: Ipv6Address) = a.High = 0UL && a.Low = 0UL
+
+    /// 127.0.0.0/8 (RFC 1122 §3.2.1.3 (g)): never seen on a real interface.
+    let isLoopback4 (a: Ipv4Address) = (a.Value >>> 24) = 127u
+
+    /// ::1 (RFC 4291 §2.5.3).
+    let isLoopback6 (a: Ipv6Address) = a.High = 0UL && a.Low = 1UL

@@ -30,8 +30,9 @@ type DropReason =
     | Malformed of layer: PacketLayer * error: ParseError
     /// The destination is not one of our addresses (or the family has no address here).
     | NotForUs
-    /// The source is multicast, broadcast or unspecified: no host sends from those (RFC 1122
-    /// §3.2.1.3, RFC 4291 §2.7).
+    /// The source is multicast, broadcast, unspecified, loopback or our own address: no other
+    /// host on the link sends from those (RFC 1122 §3.2.1.3, RFC 4291 §2.7); answering could
+    /// loop packets back to ourselves.
     | BadSource
     /// Reassembly dropped the fragment (see NetStack.Core.Ip.DropReason).
     | Fragment of fragmentDrop: NetStack.Core.Ip.DropReason
@@ -617,6 +618,8 @@ module IpLayer =
                     AddressClass.isMulticast4 h.Source
                     || AddressClass.isLimitedBroadcast4 h.Source
                     || AddressClass.isUnspecified4 h.Source
+                    || AddressClass.isLoopback4 h.Source
+                    || h.Source = ours
                 then
                     dropped state DropReason.BadSource
                 elif h.IsFragment then
@@ -732,7 +735,12 @@ module IpLayer =
             | ValueSome ours ->
                 if h.Destination <> ours then
                     dropped state DropReason.NotForUs
-                elif h.Source.IsMulticast || AddressClass.isUnspecified6 h.Source then
+                elif
+                    h.Source.IsMulticast
+                    || AddressClass.isUnspecified6 h.Source
+                    || AddressClass.isLoopback6 h.Source
+                    || h.Source = ours
+                then
                     dropped state DropReason.BadSource
                 else
                     match Ipv6.parseExtensions packet h with

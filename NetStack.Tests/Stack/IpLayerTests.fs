@@ -146,6 +146,38 @@ let private mutatedGen =
         return copy.[.. cut - 1]
     }
 
+/// The receive path of whole packets allocates nothing (reassembly is the documented exception).
+let private allocationTest =
+    test "receiving a whole UDP datagram or echo request allocates nothing" {
+        let peer, ours = addresses false
+
+        let packets =
+            [|
+                udpPacket peer ours 1us 2us (Array.zeroCreate 1000)
+                echoRequest peer ours 1us 2us [| 1uy |]
+            |]
+
+        let state = stackState 1500
+
+        let run () =
+            for p in packets do
+                let struct (_, r) = IpLayer.receive 1L (ReadOnlySpan p) state
+                ignore r.Kind
+
+        // Warm up (tiered JIT), then measure.
+        for _ in 1..1000 do
+            run ()
+
+        let before = GC.GetAllocatedBytesForCurrentThread()
+
+        for _ in 1..10_000 do
+            run ()
+
+        // A few bytes may come from the runtime itself (tiered JIT), never per packet.
+        let allocated = GC.GetAllocatedBytesForCurrentThread() - before
+        Expect.isLessThan allocated 1_000L $"{allocated} bytes for 20000 packets"
+    }
+
 [<Tests>]
 let tests =
     testList
@@ -333,6 +365,11 @@ let tests =
                         "multicast source",
                         udpPacket (V4(Ipv4Address.Parse "224.0.0.1")) destination 1us 2us [||],
                         DropReason.BadSource
+                        "loopback source",
+                        udpPacket (V4(Ipv4Address.Parse "127.0.0.1")) destination 1us 2us [||],
+                        DropReason.BadSource
+                        "our own source", udpPacket destination destination 1us 2us [||], DropReason.BadSource
+                        "our own IPv6 source", udpPacket (V6 ours6) (V6 ours6) 1us 2us [||], DropReason.BadSource
                         "port zero", toPortZero, DropReason.UdpPortZero
                         "IPv6 multicast destination",
                         udpPacket (V6 peer6) (V6(Ipv6Address.Parse "ff02::1")) 1us 2us [||],
@@ -508,37 +545,5 @@ let tests =
                     Expect.equal seen.ErrorKind IcmpErrorKind.TimeExceeded "time exceeded"
                     Expect.equal seen.ErrorCode 1uy "code 1: reassembly"
             }
+            allocationTest
         ]
-
-/// The receive path of whole packets allocates nothing (reassembly is the documented exception).
-[<Tests>]
-let allocationTests =
-    test "receiving a whole UDP datagram or echo request allocates nothing" {
-        let peer, ours = addresses false
-
-        let packets =
-            [|
-                udpPacket peer ours 1us 2us (Array.zeroCreate 1000)
-                echoRequest peer ours 1us 2us [| 1uy |]
-            |]
-
-        let state = stackState 1500
-
-        let run () =
-            for p in packets do
-                let struct (_, r) = IpLayer.receive 1L (ReadOnlySpan p) state
-                ignore r.Kind
-
-        // Warm up (tiered JIT), then measure.
-        for _ in 1..1000 do
-            run ()
-
-        let before = GC.GetAllocatedBytesForCurrentThread()
-
-        for _ in 1..10_000 do
-            run ()
-
-        // A few bytes may come from the runtime itself (tiered JIT), never per packet.
-        let allocated = GC.GetAllocatedBytesForCurrentThread() - before
-        Expect.isLessThan allocated 1_000L $"{allocated} bytes for 20000 packets"
-    }
