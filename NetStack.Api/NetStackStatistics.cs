@@ -1,0 +1,52 @@
+using System.Collections.Concurrent;
+using System.Text;
+
+namespace NetStack;
+
+/// <summary>
+/// Named counters of a <see cref="NetworkStack"/>: packets by protocol, drops by reason, ICMP
+/// answers, socket queue drops. Written by the engine, readable from any thread.
+/// </summary>
+public sealed class NetStackStatistics
+{
+    private sealed class Counter
+    {
+        public long Value;
+    }
+
+    private readonly ConcurrentDictionary<string, Counter> _counters = new(StringComparer.Ordinal);
+
+    internal NetStackStatistics() { }
+
+    /// <summary>The counter's current value; 0 for a name never counted.</summary>
+    /// <param name="name">A counter name such as "ipv4.received" or "drop.ipv4.bad-checksum".</param>
+    public long this[string name] => _counters.TryGetValue(name, out var c) ? Volatile.Read(ref c.Value) : 0;
+
+    internal void Increment(string name, long by = 1)
+    {
+        // GetOrAdd with a static factory allocates only the first time a name is counted.
+        var counter = _counters.GetOrAdd(name, static _ => new Counter());
+        Interlocked.Add(ref counter.Value, by);
+    }
+
+    /// <summary>Every counter by name, at one moment (each counter read atomically).</summary>
+    public IReadOnlyDictionary<string, long> Snapshot()
+    {
+        var result = new SortedDictionary<string, long>(StringComparer.Ordinal);
+        foreach (var (name, counter) in _counters)
+            result[name] = Volatile.Read(ref counter.Value);
+        return result;
+    }
+
+    /// <summary>One "name value" line per non-zero counter, sorted by name.</summary>
+    public override string ToString()
+    {
+        var text = new StringBuilder();
+        foreach (var (name, value) in Snapshot())
+        {
+            if (value != 0)
+                text.Append(name).Append(' ').Append(value).Append('\n');
+        }
+        return text.ToString();
+    }
+}

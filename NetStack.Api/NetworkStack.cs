@@ -1,0 +1,759 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+using Microsoft.FSharp.Core;
+using NetStack.Core.Ip;
+using NetStack.Core.Stack;
+using NetStack.Core.Wire;
+using NetStack.Device;
+using NetStack.Engine;
+
+namespace NetStack;
+
+/// <summary>
+/// A running userspace stack on one device. <see cref="Start(NetStackOptions)"/> it, bind sockets
+/// and ping, dispose it.
+/// </summary>
+/// <remarks>
+/// One loop thread owns all protocol state (the pure <see cref="IpLayer"/> state, pending pings,
+/// the IPv4 identification counter). It waits in the device's read until a packet arrives, the
+/// next timer is due, or another thread queues a command and calls <see cref="IPacketDevice.Wake"/>
+/// (for a TUN device an eventfd polled together with the TUN descriptor). Socket calls from any
+/// thread post commands and await their completion. Packets are read into one reused buffer and
+/// parsed in place; only reassembly and socket queues copy. Nothing a peer sends can throw out of
+/// the loop: every packet is processed under a catch, and every drop is counted by reason in
+/// <see cref="Statistics"/>.
+/// </remarks>
+public sealed class NetworkStack : IAsyncDisposable, IDisposable
+{
+    /// <summary>The first port handed out for port 0 (RFC 6335 §6: the dynamic range 49152–65535).</summary>
+    public const int EphemeralPortFirst = 49152;
+
+    /// <summary>The last ephemeral port.</summary>
+    public const int EphemeralPortLast = 65535;
+
+    // The loop never sleeps longer than this without looking at its timers and commands.
+    private const int MaxWaitMilliseconds = 1000;
+
+    private readonly IPacketDevice _device;
+
+    // The kernel-side configuration; it removes what it added when disposed, so it lives as long
+    // as the stack (null when attached to an existing interface or on a caller's device).
+    private readonly KernelLink? _link;
+    private readonly Thread _thread;
+    private readonly long _epoch = Stopwatch.GetTimestamp();
+    private readonly NetStackStatistics _statistics = new();
+
+    // Commands from other threads; drained by the loop. Guarded by _commandGate with _disposed.
+    private readonly object _commandGate = new();
+    private Queue<Command> _commands = new();
+    private Queue<Command> _spareCommands = new();
+    private bool _disposed;
+    private volatile bool _stopping;
+
+    // Loop-only state.
+    private IpLayerState _ip;
+    private readonly byte[] _receiveBuffer;
+    private readonly byte[] _packetBuffer = new byte[65536 + 64];
+    private readonly byte[] _fragmentBuffer;
+    private ushort _nextIpv4Identification = (ushort)Random.Shared.Next(65536);
+    private readonly ushort _pingIdentifier = (ushort)Random.Shared.Next(1, 65536);
+    private ushort _nextPingSequence;
+    private readonly Dictionary<ushort, PendingPing> _pings = [];
+
+    // Port tables, shared by binding threads and the loop.
+    private readonly object _portGate = new();
+    private readonly Dictionary<ushort, UdpSocket> _udp4 = [];
+    private readonly Dictionary<ushort, UdpSocket> _udp6 = [];
+
+    private readonly IpAddr? _address4;
+    private readonly IpAddr? _address6;
+
+    private readonly record struct Command(Action Run, Action<Exception>? Abort);
+
+    private sealed class PendingPing
+    {
+        public required TaskCompletionSource<PingReply> Completion;
+        public required IPAddress Destination;
+        public required IpAddr DestinationAddress;
+        public required long SentAt;
+        public required long Deadline;
+        public CancellationTokenRegistration Registration;
+    }
+
+    private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null)
+    {
+        _link = link;
+        Options = options;
+        InterfaceName = interfaceName;
+        _device = device;
+        int mtu = Math.Min(options.Mtu, device.Mtu);
+        _receiveBuffer = new byte[65536];
+        _fragmentBuffer = new byte[Math.Max(mtu, 1280) + 64];
+        if (options.Address is not null)
+            _address4 = IpAddr.NewV4(Ipv4Address.OfIPAddress(options.Address));
+        if (options.Address6 is not null)
+            _address6 = IpAddr.NewV6(Ipv6Address.OfIPAddress(options.Address6));
+        var config = IpLayer.config(
+            options.Address is null ? FSharpValueOption<Ipv4Address>.ValueNone : FSharpValueOption<Ipv4Address>.NewValueSome(Ipv4Address.OfIPAddress(options.Address)),
+            options.Address6 is null ? FSharpValueOption<Ipv6Address>.ValueNone : FSharpValueOption<Ipv6Address>.NewValueSome(Ipv6Address.OfIPAddress(options.Address6)),
+            mtu);
+        config = new IpLayerConfig(config.Address4, config.Address6, config.Mtu, options.IcmpErrorsPerSecond,
+            Math.Max(1, Math.Min(options.IcmpErrorsPerSecond, 10)), config.Reassembly);
+        _ip = IpLayer.create(config, Now());
+        _thread = new Thread(Loop) { IsBackground = true, Name = $"netstack {interfaceName}" };
+        _thread.Start();
+    }
+
+    /// <summary>
+    /// Creates (or attaches to) the TUN interface, configures the kernel side (addresses with the
+    /// stack as point-to-point peer, MTU, link up) and starts the loop.
+    /// </summary>
+    /// <param name="options">What to bring up.</param>
+    /// <exception cref="ArgumentException">An option is invalid (the message says which).</exception>
+    /// <exception cref="TunDeviceException">The device could not be created or configured (the message says what to do).</exception>
+    public static NetworkStack Start(NetStackOptions options)
+    {
+        Validate(options);
+        var device = options.AttachExisting ? TunDevice.Attach(options.TunName) : TunDevice.Create(options.TunName);
+        KernelLink? link = null;
+        try
+        {
+            if (!options.AttachExisting)
+            {
+                link = new KernelLink(device);
+                link.SetMtu(options.Mtu);
+                link.SetUp();
+                if (options.Address is not null && options.HostAddress is not null)
+                    link.AddAddress(options.HostAddress, options.Address);
+                if (options.Address6 is not null && options.HostAddress6 is not null)
+                    link.AddAddress(options.HostAddress6, options.Address6);
+            }
+            return new NetworkStack(options, new TunPacketDevice(device), device.Name, link);
+        }
+        catch
+        {
+            link?.Dispose();
+            device.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Starts the loop on a device the caller provides (an in-memory device in tests, a wrapper that
+    /// injects faults, ...). The stack owns the device from here and disposes it.
+    /// </summary>
+    /// <param name="options">Addresses and limits; TunName, AttachExisting and the host addresses are not used.</param>
+    /// <param name="device">The device.</param>
+    /// <param name="interfaceName">What <see cref="InterfaceName"/> reports.</param>
+    /// <exception cref="ArgumentException">An option is invalid.</exception>
+    public static NetworkStack Start(NetStackOptions options, IPacketDevice device, string interfaceName = "memory")
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        Validate(options);
+        return new NetworkStack(options, device, interfaceName);
+    }
+
+    private static void Validate(NetStackOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Address is null && options.Address6 is null)
+            throw new ArgumentException("Give the stack an IPv4 address, an IPv6 address or both.", nameof(options));
+        if (options.Address is not null && options.Address.AddressFamily != AddressFamily.InterNetwork)
+            throw new ArgumentException($"Address {options.Address} is not an IPv4 address.", nameof(options));
+        if (options.HostAddress is not null && options.HostAddress.AddressFamily != AddressFamily.InterNetwork)
+            throw new ArgumentException($"HostAddress {options.HostAddress} is not an IPv4 address.", nameof(options));
+        if (options.Address6 is not null && options.Address6.AddressFamily != AddressFamily.InterNetworkV6)
+            throw new ArgumentException($"Address6 {options.Address6} is not an IPv6 address.", nameof(options));
+        if (options.HostAddress6 is not null && options.HostAddress6.AddressFamily != AddressFamily.InterNetworkV6)
+            throw new ArgumentException($"HostAddress6 {options.HostAddress6} is not an IPv6 address.", nameof(options));
+        if (options.Address is not null && options.Address.Equals(options.HostAddress))
+            throw new ArgumentException($"The stack and the kernel side cannot both be {options.Address}.", nameof(options));
+        if (options.Address6 is not null && options.Address6.Equals(options.HostAddress6))
+            throw new ArgumentException($"The stack and the kernel side cannot both be {options.Address6}.", nameof(options));
+        int minimum = options.Address6 is null ? 576 : 1280;
+        if (options.Mtu < minimum || options.Mtu > 65535)
+            throw new ArgumentException($"MTU {options.Mtu} is outside {minimum}..65535{(minimum == 1280 ? " (IPv6 needs at least 1280)" : "")}.", nameof(options));
+        if (options.UdpReceiveQueueBytes < 1)
+            throw new ArgumentException("UdpReceiveQueueBytes must be positive.", nameof(options));
+        if (options.IcmpErrorsPerSecond < 0)
+            throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
+        if (string.IsNullOrEmpty(options.TunName))
+            throw new ArgumentException("TunName is empty.", nameof(options));
+    }
+
+    /// <summary>The options the stack was started with.</summary>
+    public NetStackOptions Options { get; }
+
+    /// <summary>The interface's actual name (a template's number filled in).</summary>
+    public string InterfaceName { get; }
+
+    /// <summary>The named counters.</summary>
+    public NetStackStatistics Statistics => _statistics;
+
+    // Microseconds since the stack started: the monotonic `now` the core takes.
+    private long Now() => (long)(Stopwatch.GetElapsedTime(_epoch).Ticks / (TimeSpan.TicksPerMillisecond / 1000));
+
+    // ------------------------------------------------------------------------------------------
+    // Commands
+    // ------------------------------------------------------------------------------------------
+
+    private void Post(Action run, Action<Exception>? abort)
+    {
+        lock (_commandGate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _commands.Enqueue(new Command(run, abort));
+        }
+        _device.Wake();
+    }
+
+    private void DrainCommands()
+    {
+        Queue<Command> batch;
+        lock (_commandGate)
+        {
+            if (_commands.Count == 0)
+                return;
+            batch = _commands;
+            _commands = _spareCommands;
+            _spareCommands = batch;
+        }
+        while (batch.TryDequeue(out var command))
+        {
+            try
+            {
+                command.Run();
+            }
+            catch (Exception e)
+            {
+                _statistics.Increment("engine.command-error");
+                command.Abort?.Invoke(e);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Hands the engine a packet as if the device had read it (a copy is taken): the test hook for
+    /// injecting garbage or crafted packets into a running stack.
+    /// </summary>
+    /// <param name="packet">The packet's bytes (anything at all).</param>
+    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
+    public void InjectPacket(ReadOnlySpan<byte> packet)
+    {
+        var copy = packet.ToArray();
+        Post(() => ProcessPacket(copy), null);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // The loop
+    // ------------------------------------------------------------------------------------------
+
+    private void Loop()
+    {
+        int deviceErrors = 0;
+        while (!_stopping)
+        {
+            try
+            {
+                RunTimers();
+                DrainCommands();
+                if (_stopping)
+                    break;
+                if (_device.TryRead(_receiveBuffer, WaitMilliseconds(), out int length))
+                {
+                    deviceErrors = 0;
+                    _statistics.Increment("device.read");
+                    ProcessPacket(_receiveBuffer.AsSpan(0, length));
+                }
+            }
+            catch (ObjectDisposedException) when (_stopping)
+            {
+                break;
+            }
+            catch (Exception)
+            {
+                // A device failure (the interface deleted under us): count it and do not spin.
+                _statistics.Increment("engine.loop-error");
+                if (++deviceErrors > 3)
+                    Thread.Sleep(Math.Min(1000, 10 * deviceErrors));
+            }
+        }
+    }
+
+    private int WaitMilliseconds()
+    {
+        long now = Now();
+        long next = long.MaxValue;
+        var deadline = IpLayer.nextDeadline(_ip);
+        if (deadline.IsSome)
+            next = deadline.Value;
+        foreach (var ping in _pings.Values)
+            next = Math.Min(next, ping.Deadline);
+        if (next == long.MaxValue)
+            return MaxWaitMilliseconds;
+        long wait = (next - now + 999) / 1000;
+        return (int)Math.Clamp(wait, 0, MaxWaitMilliseconds);
+    }
+
+    private void RunTimers()
+    {
+        long now = Now();
+        var deadline = IpLayer.nextDeadline(_ip);
+        if (deadline.IsSome && deadline.Value <= now)
+        {
+            var (state, abandoned) = IpLayer.expire(now, _ip);
+            _ip = state;
+            foreach (var a in abandoned)
+            {
+                _statistics.Increment("ip.reassembly.timeout");
+                if (a.FirstFragment.IsSome)
+                {
+                    int length = IpLayer.writeFirstFragment(a.Key, a.FirstFragment.Value, _fragmentBuffer);
+                    SendError(OutgoingError.ReassemblyTimeExceeded, _fragmentBuffer.AsSpan(0, length), "icmp.error.sent.reassembly-time-exceeded");
+                }
+            }
+        }
+        if (_pings.Count > 0)
+        {
+            List<ushort>? expired = null;
+            foreach (var (sequence, ping) in _pings)
+            {
+                if (ping.Deadline <= now)
+                    (expired ??= []).Add(sequence);
+            }
+            if (expired is not null)
+            {
+                foreach (var sequence in expired)
+                {
+                    var ping = _pings[sequence];
+                    _pings.Remove(sequence);
+                    ping.Registration.Unregister();
+                    _statistics.Increment("ping.timed-out");
+                    ping.Completion.TrySetResult(new PingReply(IPStatus.TimedOut, ping.Destination, TimeSpan.Zero, 0));
+                }
+            }
+        }
+    }
+
+    private void ProcessPacket(ReadOnlySpan<byte> packet)
+    {
+        try
+        {
+            Dispatch(packet);
+        }
+        catch (TunDeviceException)
+        {
+            // Writing the answer failed (the link is down, the interface is going away).
+            _statistics.Increment("device.write-error");
+        }
+        catch (Exception)
+        {
+            // A bug, not the peer's fault; but the peer must not be able to stop the loop with it.
+            _statistics.Increment("drop.exception");
+        }
+    }
+
+    private void Dispatch(ReadOnlySpan<byte> packet)
+    {
+        long now = Now();
+        if (!packet.IsEmpty && (packet[0] >> 4) is 4 or 6)
+            _statistics.Increment((packet[0] >> 4) == 6 ? "ipv6.received" : "ipv4.received");
+        var (state, r) = IpLayer.receive(now, packet, _ip);
+        _ip = state;
+        switch (r.Kind)
+        {
+            case ReceivedKind.Dropped:
+                _statistics.Increment(DropReasonModule.name(r.Drop));
+                break;
+            case ReceivedKind.FragmentHeld:
+                _statistics.Increment("ip.fragment.held");
+                break;
+            case ReceivedKind.EchoRequest:
+                {
+                    var data = IpLayer.slice(packet, r.Payload);
+                    int length = IpLayer.writeEchoReply(r.Destination, r.Source, r.SourcePort, r.DestinationPort, NextIdentification(), data, _packetBuffer);
+                    SendPacket(length, r.Source, now);
+                    _statistics.Increment("icmp.echo.replied");
+                    break;
+                }
+            case ReceivedKind.EchoReply:
+                OnEchoReply(r, now);
+                break;
+            case ReceivedKind.UdpDatagram:
+                OnUdp(packet, r);
+                break;
+            case ReceivedKind.IcmpError:
+                OnIcmpError(r);
+                break;
+        }
+    }
+
+    private ushort NextIdentification() => _nextIpv4Identification++;
+
+    /// <summary>Writes the whole packet in _packetBuffer to the device, cut for the path MTU.</summary>
+    private void SendPacket(int length, IpAddr destination, long now)
+    {
+        var packet = _packetBuffer.AsSpan(0, length);
+        int mtu = IpLayer.pathMtu(now, destination, _ip);
+        if (length <= mtu)
+        {
+            _device.Write(packet);
+            _statistics.Increment("device.written");
+            return;
+        }
+        var plan = IpLayer.planFragments(packet, mtu, (uint)Random.Shared.Next());
+        for (int i = 0; i < plan.Count; i++)
+        {
+            int n = IpLayer.writeFragment(plan, packet, i, _fragmentBuffer);
+            _device.Write(_fragmentBuffer.AsSpan(0, n));
+            _statistics.Increment("device.written");
+        }
+        _statistics.Increment("ip.fragments.sent", plan.Count);
+    }
+
+    private void SendError(OutgoingError error, ReadOnlySpan<byte> original, string sentCounter)
+    {
+        var (state, verdict, length) = IpLayer.tryWriteError(Now(), error, original, _packetBuffer, _ip);
+        _ip = state;
+        if (verdict == ErrorVerdict.Sent)
+        {
+            _device.Write(_packetBuffer.AsSpan(0, length));
+            _statistics.Increment("device.written");
+            _statistics.Increment(sentCounter);
+        }
+        else
+        {
+            _statistics.Increment(verdict switch
+            {
+                ErrorVerdict.RateLimited => "icmp.error.suppressed.rate-limited",
+                ErrorVerdict.AboutIcmpError => "icmp.error.suppressed.about-icmp-error",
+                ErrorVerdict.NotFirstFragment => "icmp.error.suppressed.not-first-fragment",
+                ErrorVerdict.NotUnicastDestination => "icmp.error.suppressed.not-unicast-destination",
+                ErrorVerdict.NotUnicastSource => "icmp.error.suppressed.not-unicast-source",
+                ErrorVerdict.NoAddress => "icmp.error.suppressed.no-address",
+                _ => "icmp.error.suppressed.malformed",
+            });
+        }
+    }
+
+    private void OnUdp(ReadOnlySpan<byte> packet, Received r)
+    {
+        _statistics.Increment("udp.received");
+        UdpSocket? socket;
+        lock (_portGate)
+            (r.Destination.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.DestinationPort, out socket);
+        if (socket is null)
+        {
+            _statistics.Increment("udp.drop.no-socket");
+            // RFC 1122 §4.1.3.1: port unreachable, within the ICMP error rules and rate limit.
+            if (!r.ToBroadcast)
+                SendError(OutgoingError.PortUnreachable, IpLayer.slice(packet, r.Packet), "icmp.error.sent.port-unreachable");
+            return;
+        }
+        switch (socket.Deliver(IpLayer.slice(packet, r.Payload), r.Source, r.SourcePort))
+        {
+            case DeliveryResult.Delivered:
+            case DeliveryResult.Queued:
+                _statistics.Increment("udp.delivered");
+                break;
+            case DeliveryResult.QueueFull:
+                _statistics.Increment("udp.drop.queue-full");
+                break;
+            case DeliveryResult.NotFromConnectedPeer:
+                _statistics.Increment("udp.drop.not-connected-peer");
+                break;
+            default:
+                _statistics.Increment("udp.drop.closed");
+                break;
+        }
+    }
+
+    private void OnIcmpError(Received r)
+    {
+        _statistics.Increment("icmp.error.received");
+        if (r.ErrorKind == IcmpErrorKind.PacketTooBig)
+            _statistics.Increment("icmp.error.packet-too-big");
+        if (!r.QuotedPortsKnown)
+            return;
+        if (r.QuotedProtocol == IpProtocol.Icmp || r.QuotedProtocol == IpProtocol.Icmpv6)
+        {
+            if (r.QuotedSourcePort == _pingIdentifier && _pings.Remove(r.QuotedDestinationPort, out var ping))
+            {
+                ping.Registration.Unregister();
+                var status = r.ErrorKind switch
+                {
+                    IcmpErrorKind.PacketTooBig => IPStatus.PacketTooBig,
+                    IcmpErrorKind.TimeExceeded => IPStatus.TtlExpired,
+                    IcmpErrorKind.ParameterProblem => IPStatus.ParameterProblem,
+                    _ => IPStatus.DestinationUnreachable,
+                };
+                ping.Completion.TrySetResult(new PingReply(status, r.Source.ToIPAddress(), TimeSpan.FromTicks((Now() - ping.SentAt) * 10), 0));
+            }
+            return;
+        }
+        if (r.QuotedProtocol != IpProtocol.Udp)
+            return;
+        UdpSocket? socket;
+        lock (_portGate)
+            (r.QuotedSource.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.QuotedSourcePort, out socket);
+        if (socket is not null && socket.ReportError(r.ErrorKind, r.QuotedDestination, r.QuotedDestinationPort))
+            _statistics.Increment("udp.icmp-error.reported");
+    }
+
+    private void OnEchoReply(Received r, long now)
+    {
+        _statistics.Increment("icmp.echo-reply.received");
+        if (r.SourcePort != _pingIdentifier || !_pings.TryGetValue(r.DestinationPort, out var ping) || !ping.DestinationAddress.Equals(r.Source))
+        {
+            _statistics.Increment("icmp.echo-reply.unmatched");
+            return;
+        }
+        _pings.Remove(r.DestinationPort);
+        ping.Registration.Unregister();
+        ping.Completion.TrySetResult(new PingReply(IPStatus.Success, ping.Destination, TimeSpan.FromTicks((now - ping.SentAt) * 10), r.Payload.Length));
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Ping
+    // ------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Sends an ICMP echo request (IPv4 or IPv6, by the destination's family) and waits for the
+    /// reply: Success with the round-trip time, TimedOut, or the status an ICMP error says
+    /// (DestinationUnreachable, PacketTooBig, TtlExpired, ParameterProblem).
+    /// </summary>
+    /// <param name="destination">Whom to ping.</param>
+    /// <param name="timeout">How long to wait for the reply (positive).</param>
+    /// <param name="dataSize">Bytes of echo data (0..65500; fragmented as needed).</param>
+    /// <param name="cancellationToken">Cancels the wait (the task is then canceled).</param>
+    /// <exception cref="ArgumentException">No address of the destination's family, or bad sizes.</exception>
+    /// <exception cref="ObjectDisposedException">The stack is disposed (also for a ping pending at disposal).</exception>
+    public Task<PingReply> PingAsync(IPAddress destination, TimeSpan timeout, int dataSize = 56, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        if (destination.IsIPv4MappedToIPv6)
+            destination = destination.MapToIPv4();
+        if (timeout <= TimeSpan.Zero)
+            throw new ArgumentOutOfRangeException(nameof(timeout), "The timeout must be positive.");
+        ArgumentOutOfRangeException.ThrowIfNegative(dataSize);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(dataSize, 65500);
+        var target = IpAddr.OfIPAddress(destination);
+        var source = target.IsIpv6 ? _address6 : _address4;
+        if (source is null)
+            throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to ping {destination} from.", nameof(destination));
+        if (cancellationToken.IsCancellationRequested)
+            return Task.FromCanceled<PingReply>(cancellationToken);
+        var completion = new TaskCompletionSource<PingReply>(TaskCreationOptions.RunContinuationsAsynchronously);
+        long timeoutMicros = (long)Math.Min(timeout.TotalMicroseconds, long.MaxValue / 4);
+        Post(() =>
+        {
+            long now = Now();
+            ushort sequence = _nextPingSequence++;
+            var ping = new PendingPing
+            {
+                Completion = completion,
+                Destination = destination,
+                DestinationAddress = target,
+                SentAt = now,
+                Deadline = now + timeoutMicros,
+            };
+            // A sequence number still pending (65536 pings later) gives way to the new one.
+            if (_pings.Remove(sequence, out var old))
+                old.Completion.TrySetResult(new PingReply(IPStatus.TimedOut, old.Destination, TimeSpan.Zero, 0));
+            _pings[sequence] = ping;
+            if (cancellationToken.CanBeCanceled)
+            {
+                ping.Registration = cancellationToken.Register(() =>
+                {
+                    try
+                    {
+                        Post(() =>
+                        {
+                            if (_pings.TryGetValue(sequence, out var p) && ReferenceEquals(p, ping))
+                                _pings.Remove(sequence);
+                        }, null);
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                    }
+                    completion.TrySetCanceled(cancellationToken);
+                });
+            }
+            var data = new byte[dataSize];
+            for (int i = 0; i < data.Length; i++)
+                data[i] = (byte)i;
+            int length = IpLayer.writeEchoRequest(source.Value, target, _pingIdentifier, sequence, NextIdentification(), data, _packetBuffer);
+            SendPacket(length, target, now);
+            _statistics.Increment("ping.sent");
+        }, e => completion.TrySetException(e));
+        return completion.Task;
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // UDP
+    // ------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Binds a UDP socket. Port 0 picks a free port in 49152–65535 at random. The address is
+    /// <see cref="IPAddress.Any"/> or the stack's IPv4 address (IPv4 only), the stack's IPv6 address
+    /// (IPv6 only), or <see cref="IPAddress.IPv6Any"/> (both families, dual mode).
+    /// </summary>
+    /// <param name="localEndPoint">Address and port.</param>
+    /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken (or no ephemeral port is free); AddressNotAvailable for an address that is not the stack's.</exception>
+    /// <exception cref="ArgumentException">The address family has no address on this stack.</exception>
+    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
+    public UdpSocket BindUdp(IPEndPoint localEndPoint)
+    {
+        ArgumentNullException.ThrowIfNull(localEndPoint);
+        var address = localEndPoint.Address;
+        bool v4, v6;
+        if (address.Equals(IPAddress.IPv6Any))
+            (v4, v6) = (_address4 is not null, _address6 is not null);
+        else if (address.Equals(IPAddress.Any))
+            (v4, v6) = (true, false);
+        else if (address.AddressFamily == AddressFamily.InterNetwork)
+        {
+            if (!address.Equals(Options.Address))
+                throw new SocketException((int)SocketError.AddressNotAvailable);
+            (v4, v6) = (true, false);
+        }
+        else
+        {
+            if (!address.Equals(Options.Address6))
+                throw new SocketException((int)SocketError.AddressNotAvailable);
+            (v4, v6) = (false, true);
+        }
+        if ((v4 && _address4 is null) || (!v4 && !v6))
+            throw new ArgumentException($"The stack has no IPv4 address for {localEndPoint}.", nameof(localEndPoint));
+        if (v6 && _address6 is null)
+            throw new ArgumentException($"The stack has no IPv6 address for {localEndPoint}.", nameof(localEndPoint));
+        lock (_portGate)
+        {
+            lock (_commandGate)
+                ObjectDisposedException.ThrowIf(_disposed, this);
+            int port = localEndPoint.Port;
+            if (port == 0)
+                port = PickEphemeralPort(v4, v6);
+            else if ((v4 && _udp4.ContainsKey((ushort)port)) || (v6 && _udp6.ContainsKey((ushort)port)))
+                throw new SocketException((int)SocketError.AddressAlreadyInUse);
+            var socket = new UdpSocket(this, new IPEndPoint(address, port), v4, v6, Options.UdpReceiveQueueBytes);
+            if (v4)
+                _udp4[(ushort)port] = socket;
+            if (v6)
+                _udp6[(ushort)port] = socket;
+            return socket;
+        }
+    }
+
+    private int PickEphemeralPort(bool v4, bool v6)
+    {
+        // RFC 6056 §3.3.1: start at a random point of the range and probe upwards.
+        const int count = EphemeralPortLast - EphemeralPortFirst + 1;
+        int start = Random.Shared.Next(count);
+        for (int i = 0; i < count; i++)
+        {
+            ushort port = (ushort)(EphemeralPortFirst + (start + i) % count);
+            if (!(v4 && _udp4.ContainsKey(port)) && !(v6 && _udp6.ContainsKey(port)))
+                return port;
+        }
+        throw new SocketException((int)SocketError.AddressAlreadyInUse);
+    }
+
+    internal void Unbind(UdpSocket socket)
+    {
+        lock (_portGate)
+        {
+            if (socket.BindsIpv4 && _udp4.TryGetValue(socket.Port, out var s4) && ReferenceEquals(s4, socket))
+                _udp4.Remove(socket.Port);
+            if (socket.BindsIpv6 && _udp6.TryGetValue(socket.Port, out var s6) && ReferenceEquals(s6, socket))
+                _udp6.Remove(socket.Port);
+        }
+    }
+
+    internal ValueTask<int> SendUdpAsync(UdpSocket socket, ReadOnlyMemory<byte> datagram, IpAddr destination, ushort port, CancellationToken cancellationToken)
+    {
+        var source = destination.IsIpv6 ? _address6 : _address4;
+        if (source is null)
+            return ValueTask.FromException<int>(new SocketException((int)SocketError.NetworkUnreachable));
+        var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        try
+        {
+            Post(() =>
+            {
+                if (cancellationToken.IsCancellationRequested)
+                {
+                    completion.TrySetCanceled(cancellationToken);
+                    return;
+                }
+                long now = Now();
+                int length = IpLayer.writeUdp(source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
+                SendPacket(length, destination, now);
+                _statistics.Increment("udp.sent");
+                completion.TrySetResult(datagram.Length);
+            }, e => completion.TrySetException(e));
+        }
+        catch (ObjectDisposedException e)
+        {
+            return ValueTask.FromException<int>(e);
+        }
+        return new ValueTask<int>(completion.Task);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Shutdown
+    // ------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Stops the loop, fails pending calls (pings and queued sends with <see cref="ObjectDisposedException"/>,
+    /// receives with <see cref="SocketError.OperationAborted"/>), closes every socket and disposes the
+    /// device, which removes an interface the stack created. Idempotent.
+    /// </summary>
+    public void Dispose()
+    {
+        lock (_commandGate)
+        {
+            if (_disposed)
+                return;
+            _disposed = true;
+        }
+        _stopping = true;
+        try
+        {
+            _device.Wake();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+        if (Thread.CurrentThread != _thread)
+            _thread.Join();
+        var disposed = new ObjectDisposedException(nameof(NetworkStack));
+        foreach (var command in _commands)
+            command.Abort?.Invoke(disposed);
+        _commands.Clear();
+        foreach (var ping in _pings.Values)
+        {
+            ping.Registration.Unregister();
+            ping.Completion.TrySetException(disposed);
+        }
+        _pings.Clear();
+        List<UdpSocket> sockets;
+        lock (_portGate)
+            sockets = [.. _udp4.Values.Union(_udp6.Values)];
+        foreach (var socket in sockets)
+            socket.Dispose();
+        _link?.Dispose();
+        _device.Dispose();
+    }
+
+    /// <summary>Same as <see cref="Dispose"/>.</summary>
+    public ValueTask DisposeAsync()
+    {
+        Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>The interface name and addresses.</summary>
+    public override string ToString() => $"netstack on {InterfaceName} ({Options.Address}, {Options.Address6})";
+}

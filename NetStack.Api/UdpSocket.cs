@@ -1,0 +1,343 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using NetStack.Core.Stack;
+
+namespace NetStack;
+
+/// <summary>
+/// A UDP socket of a <see cref="NetworkStack"/>, bound by <see cref="NetworkStack.BindUdp"/>. Like
+/// <see cref="Socket"/> with <see cref="SocketType.Dgram"/>: send to any endpoint, receive from
+/// any, or <see cref="Connect"/> to one default remote (which also filters what is received and
+/// reports ICMP port unreachable from it as <see cref="SocketError.ConnectionRefused"/>).
+/// Thread-safe: every method may be called from any thread.
+/// </summary>
+public sealed class UdpSocket : IAsyncDisposable, IDisposable
+{
+    /// <summary>Bookkeeping charged per queued datagram on top of its bytes, so that a flood of empty datagrams is bounded too.</summary>
+    internal const int DatagramOverhead = 64;
+
+    private readonly NetworkStack _stack;
+    private readonly object _gate = new();
+    private readonly Queue<QueuedDatagram> _queue = new();
+    private readonly LinkedList<PendingReceive> _receivers = new();
+    private readonly int _capacity;
+    private int _queuedBytes;
+    private bool _disposed;
+    private SocketError _pendingError = SocketError.Success;
+    private IPEndPoint? _remote;
+    private IpAddr _remoteAddress;
+    private ushort _remotePort;
+
+    // The last sender's endpoint, reused while the same peer keeps sending (saves an allocation).
+    private IPEndPoint? _lastSource;
+    private IpAddr _lastSourceAddress;
+    private ushort _lastSourcePort;
+
+    private readonly record struct QueuedDatagram(byte[] Buffer, int Length, IPEndPoint Source);
+
+    private sealed class PendingReceive(Memory<byte> buffer)
+    {
+        public readonly Memory<byte> Buffer = buffer;
+        public readonly TaskCompletionSource<SocketReceiveFromResult> Completion =
+            new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public CancellationTokenRegistration Registration;
+    }
+
+    internal UdpSocket(NetworkStack stack, IPEndPoint localEndPoint, bool ipv4, bool ipv6, int capacity)
+    {
+        _stack = stack;
+        LocalEndPoint = localEndPoint;
+        BindsIpv4 = ipv4;
+        BindsIpv6 = ipv6;
+        _capacity = capacity;
+    }
+
+    /// <summary>The local address and port (the port chosen when 0 was asked for).</summary>
+    public IPEndPoint LocalEndPoint { get; }
+
+    /// <summary>The default remote set by <see cref="Connect"/>, or null.</summary>
+    public IPEndPoint? RemoteEndPoint => Volatile.Read(ref _remote);
+
+    internal bool BindsIpv4 { get; }
+
+    internal bool BindsIpv6 { get; }
+
+    internal ushort Port => (ushort)LocalEndPoint.Port;
+
+    /// <summary>
+    /// Sets the default remote for <see cref="SendAsync"/>; from then on only datagrams from it are
+    /// received, and an ICMP port unreachable from it fails the next receive or send with
+    /// <see cref="SocketError.ConnectionRefused"/>.
+    /// </summary>
+    /// <param name="remote">The remote endpoint (port 1..65535, a family this socket is bound to).</param>
+    /// <exception cref="ArgumentException">The endpoint is unusable.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public void Connect(IPEndPoint remote)
+    {
+        var address = CheckRemote(remote);
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _remoteAddress = address;
+            _remotePort = (ushort)remote.Port;
+            _pendingError = SocketError.Success;
+            Volatile.Write(ref _remote, remote);
+        }
+    }
+
+    /// <summary>
+    /// Sends one datagram to <paramref name="remote"/>, fragmented as the path MTU requires. Completes
+    /// when the packets are written to the device.
+    /// </summary>
+    /// <param name="datagram">The payload: up to 65507 bytes over IPv4, 65527 over IPv6.</param>
+    /// <param name="remote">The destination.</param>
+    /// <param name="cancellationToken">Cancels the send if it has not happened yet.</param>
+    /// <returns>The number of payload bytes sent.</returns>
+    /// <exception cref="SocketException">MessageSize for a payload above the maximum.</exception>
+    /// <exception cref="ArgumentException">The endpoint is unusable.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public ValueTask<int> SendToAsync(ReadOnlyMemory<byte> datagram, IPEndPoint remote, CancellationToken cancellationToken = default)
+    {
+        var address = CheckRemote(remote);
+        lock (_gate)
+            ObjectDisposedException.ThrowIf(_disposed, this);
+        return Send(datagram, address, (ushort)remote.Port, cancellationToken);
+    }
+
+    /// <summary>Sends one datagram to the remote set by <see cref="Connect"/>.</summary>
+    /// <param name="datagram">The payload (see <see cref="SendToAsync"/>).</param>
+    /// <param name="cancellationToken">Cancels the send if it has not happened yet.</param>
+    /// <returns>The number of payload bytes sent.</returns>
+    /// <exception cref="InvalidOperationException">The socket is not connected.</exception>
+    /// <exception cref="SocketException">ConnectionRefused after an ICMP port unreachable from the remote; MessageSize.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public ValueTask<int> SendAsync(ReadOnlyMemory<byte> datagram, CancellationToken cancellationToken = default)
+    {
+        IpAddr address;
+        ushort port;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_remote is null)
+                throw new InvalidOperationException("The socket is not connected; call Connect or use SendToAsync.");
+            if (_pendingError != SocketError.Success)
+            {
+                var error = _pendingError;
+                _pendingError = SocketError.Success;
+                return ValueTask.FromException<int>(new SocketException((int)error));
+            }
+            address = _remoteAddress;
+            port = _remotePort;
+        }
+        return Send(datagram, address, port, cancellationToken);
+    }
+
+    private ValueTask<int> Send(ReadOnlyMemory<byte> datagram, IpAddr address, ushort port, CancellationToken cancellationToken)
+    {
+        int limit = address.IsIpv6 ? IpLayer.MaxUdpPayloadV6 : IpLayer.MaxUdpPayloadV4;
+        if (datagram.Length > limit)
+            return ValueTask.FromException<int>(new SocketException((int)SocketError.MessageSize));
+        if (cancellationToken.IsCancellationRequested)
+            return ValueTask.FromCanceled<int>(cancellationToken);
+        return _stack.SendUdpAsync(this, datagram, address, port, cancellationToken);
+    }
+
+    /// <summary>
+    /// Receives one datagram into <paramref name="buffer"/>. A datagram longer than the buffer fills
+    /// it and the call throws <see cref="SocketException"/> with <see cref="SocketError.MessageSize"/>
+    /// (the rest is lost), as <see cref="Socket"/> does.
+    /// </summary>
+    /// <param name="buffer">Where the payload goes.</param>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>The byte count and the sender.</returns>
+    /// <exception cref="SocketException">OperationAborted when the socket is disposed during the wait; ConnectionRefused; MessageSize.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public ValueTask<SocketReceiveFromResult> ReceiveFromAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (cancellationToken.IsCancellationRequested)
+            return ValueTask.FromCanceled<SocketReceiveFromResult>(cancellationToken);
+        PendingReceive pending;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_pendingError != SocketError.Success)
+            {
+                var error = _pendingError;
+                _pendingError = SocketError.Success;
+                return ValueTask.FromException<SocketReceiveFromResult>(new SocketException((int)error));
+            }
+            if (_queue.TryDequeue(out var queued))
+            {
+                _queuedBytes -= queued.Length + DatagramOverhead;
+                int copied = Math.Min(queued.Length, buffer.Length);
+                queued.Buffer.AsSpan(0, copied).CopyTo(buffer.Span);
+                ArrayPool<byte>.Shared.Return(queued.Buffer);
+                if (copied < queued.Length)
+                    return ValueTask.FromException<SocketReceiveFromResult>(new SocketException((int)SocketError.MessageSize));
+                return ValueTask.FromResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = queued.Source });
+            }
+            pending = new PendingReceive(buffer);
+            var node = _receivers.AddLast(pending);
+            if (cancellationToken.CanBeCanceled)
+            {
+                pending.Registration = cancellationToken.Register(() =>
+                {
+                    lock (_gate)
+                    {
+                        if (node.List is not null)
+                            _receivers.Remove(node);
+                    }
+                    pending.Completion.TrySetCanceled(cancellationToken);
+                });
+            }
+        }
+        return new ValueTask<SocketReceiveFromResult>(pending.Completion.Task);
+    }
+
+    /// <summary>Called by the engine loop with a datagram for this socket; false when it was dropped.</summary>
+    internal DeliveryResult Deliver(ReadOnlySpan<byte> payload, IpAddr source, ushort sourcePort)
+    {
+        PendingReceive? receiver = null;
+        IPEndPoint endPoint;
+        lock (_gate)
+        {
+            if (_disposed)
+                return DeliveryResult.Closed;
+            if (_remote is not null && (!_remoteAddress.Equals(source) || _remotePort != sourcePort))
+                return DeliveryResult.NotFromConnectedPeer;
+            endPoint = SourceEndPoint(source, sourcePort);
+            while (_receivers.First is { } first)
+            {
+                _receivers.RemoveFirst();
+                if (!first.Value.Completion.Task.IsCompleted)
+                {
+                    receiver = first.Value;
+                    break;
+                }
+            }
+            if (receiver is null)
+            {
+                int charge = payload.Length + DatagramOverhead;
+                if (_queuedBytes + charge > _capacity)
+                    return DeliveryResult.QueueFull;
+                var copy = ArrayPool<byte>.Shared.Rent(Math.Max(1, payload.Length));
+                payload.CopyTo(copy);
+                _queue.Enqueue(new QueuedDatagram(copy, payload.Length, endPoint));
+                _queuedBytes += charge;
+                return DeliveryResult.Queued;
+            }
+            // Copy while holding the lock, so a cancellation cannot hand the buffer back meanwhile.
+            int copied = Math.Min(payload.Length, receiver.Buffer.Length);
+            payload[..copied].CopyTo(receiver.Buffer.Span);
+            // Unregister, not Dispose: Dispose would wait for a running callback, which waits for this lock.
+            receiver.Registration.Unregister();
+            if (copied < payload.Length)
+                receiver.Completion.TrySetException(new SocketException((int)SocketError.MessageSize));
+            else
+                receiver.Completion.TrySetResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = endPoint });
+        }
+        return DeliveryResult.Delivered;
+    }
+
+    private IPEndPoint SourceEndPoint(IpAddr source, ushort port)
+    {
+        if (_lastSource is not null && _lastSourcePort == port && _lastSourceAddress.Equals(source))
+            return _lastSource;
+        var address = source.ToIPAddress();
+        // A dual-mode (IPv6Any) socket reports IPv4 senders as IPv4-mapped addresses, as Socket does.
+        if (!source.IsIpv6 && BindsIpv6)
+            address = address.MapToIPv6();
+        _lastSource = new IPEndPoint(address, port);
+        _lastSourceAddress = source;
+        _lastSourcePort = port;
+        return _lastSource;
+    }
+
+    /// <summary>Called by the engine loop with an ICMP error about a datagram this socket sent.</summary>
+    internal bool ReportError(IcmpErrorKind kind, IpAddr destination, ushort destinationPort)
+    {
+        lock (_gate)
+        {
+            // Linux reports ICMP errors only to connected UDP sockets (without IP_RECVERR), and only
+            // those from the connected remote: others may be forged or stale.
+            if (_disposed || _remote is null || !_remoteAddress.Equals(destination) || _remotePort != destinationPort)
+                return false;
+            if (kind != IcmpErrorKind.PortUnreachable)
+                return false;
+            var error = SocketError.ConnectionRefused;
+            while (_receivers.First is { } first)
+            {
+                _receivers.RemoveFirst();
+                first.Value.Registration.Unregister();
+                if (first.Value.Completion.TrySetException(new SocketException((int)error)))
+                    return true;
+            }
+            _pendingError = error;
+            return true;
+        }
+    }
+
+    private IpAddr CheckRemote(IPEndPoint remote)
+    {
+        ArgumentNullException.ThrowIfNull(remote);
+        if (remote.Port is <= 0 or > 65535)
+            throw new ArgumentException($"Port {remote.Port} is not a destination port (1..65535).", nameof(remote));
+        var address = remote.Address;
+        if (address.IsIPv4MappedToIPv6)
+            address = address.MapToIPv4();
+        if (address.AddressFamily == AddressFamily.InterNetwork && !BindsIpv4)
+            throw new ArgumentException($"This socket is bound to {LocalEndPoint} and cannot reach the IPv4 address {address}.", nameof(remote));
+        if (address.AddressFamily == AddressFamily.InterNetworkV6 && !BindsIpv6)
+            throw new ArgumentException($"This socket is bound to {LocalEndPoint} and cannot reach the IPv6 address {address}.", nameof(remote));
+        if (address.Equals(IPAddress.Any) || address.Equals(IPAddress.IPv6Any))
+            throw new ArgumentException("The destination address is unspecified.", nameof(remote));
+        return IpAddr.OfIPAddress(address);
+    }
+
+    /// <summary>Closes the socket: pending receives fail with <see cref="SocketError.OperationAborted"/>, the port is freed.</summary>
+    public void Dispose()
+    {
+        List<PendingReceive> aborted = [];
+        lock (_gate)
+        {
+            if (_disposed)
+                return;
+            _disposed = true;
+            while (_receivers.First is { } first)
+            {
+                _receivers.RemoveFirst();
+                aborted.Add(first.Value);
+            }
+            while (_queue.TryDequeue(out var queued))
+                ArrayPool<byte>.Shared.Return(queued.Buffer);
+            _queuedBytes = 0;
+        }
+        foreach (var pending in aborted)
+        {
+            pending.Registration.Unregister();
+            pending.Completion.TrySetException(new SocketException((int)SocketError.OperationAborted));
+        }
+        _stack.Unbind(this);
+    }
+
+    /// <summary>Same as <see cref="Dispose"/>.</summary>
+    public ValueTask DisposeAsync()
+    {
+        Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>The local endpoint, and the remote when connected.</summary>
+    public override string ToString() => _remote is null ? $"udp {LocalEndPoint}" : $"udp {LocalEndPoint} -> {_remote}";
+}
+
+/// <summary>What became of a datagram handed to a socket.</summary>
+internal enum DeliveryResult
+{
+    Delivered,
+    Queued,
+    QueueFull,
+    NotFromConnectedPeer,
+    Closed,
+}

@@ -1,0 +1,1143 @@
+namespace NetStack.Core.Stack
+
+open System
+open System.Buffers.Binary
+open NetStack.Core.Wire
+open NetStack.Core.Ip
+
+/// The layer at which a packet failed to parse, for drop accounting.
+type PacketLayer =
+    /// Before the family is known: the version nibble.
+    | Ip = 0
+    /// The IPv4 header (RFC 791).
+    | Ipv4 = 1
+    /// The IPv6 header or its extension headers (RFC 8200).
+    | Ipv6 = 2
+    /// An ICMPv4 message (RFC 792).
+    | Icmpv4 = 3
+    /// An ICMPv6 message (RFC 4443).
+    | Icmpv6 = 4
+    /// A UDP datagram (RFC 768).
+    | Udp = 5
+
+/// Why a received packet went no further. Every packet the IP layer does not turn into
+/// something to act on carries one of these, so the engine can count drops by reason.
+[<Struct; RequireQualifiedAccess>]
+type DropReason =
+    /// Not a drop (the default value of the type).
+    | NotDropped
+    /// A header did not parse at `layer` (checksums included: ParseError.BadChecksum).
+    | Malformed of layer: PacketLayer * error: ParseError
+    /// The destination is not one of our addresses (or the family has no address here).
+    | NotForUs
+    /// The source is multicast, broadcast, unspecified, loopback or our own address: no other
+    /// host on the link sends from those (RFC 1122 §3.2.1.3, RFC 4291 §2.7); answering could
+    /// loop packets back to ourselves.
+    | BadSource
+    /// Reassembly dropped the fragment (see NetStack.Core.Ip.DropReason).
+    | Fragment of fragmentDrop: NetStack.Core.Ip.DropReason
+    /// An exact copy of a fragment already held.
+    | DuplicateFragment
+    /// A reassembled IPv6 packet carries another Fragment header.
+    | NestedFragment
+    /// A transport protocol this layer does not serve.
+    | UnknownProtocol
+    /// IPv6 No Next Header (RFC 8200 §4.7): nothing to deliver.
+    | NoNextHeader
+    /// An ICMP type that needs no action here (neighbour discovery, redirects, ...).
+    | UnhandledIcmp
+    /// An echo request to a broadcast address (RFC 1122 §3.2.2.6 lets hosts ignore it, and
+    /// answering is a smurf amplifier).
+    | BroadcastEcho
+    /// An ICMP error whose quoted packet is too short to say what it concerns, or was not sent
+    /// from our address (RFC 5927 §4.1: only errors about our own packets are believed).
+    | UnrelatedIcmpError
+    /// UDP to port 0, which no socket can be bound to.
+    | UdpPortZero
+
+/// Counter names for drop reasons: "drop.LAYER.ERROR" for parse errors, "drop.REASON" else.
+[<RequireQualifiedAccess>]
+module DropReason =
+
+    let private layerNames = [| "ip"; "ipv4"; "ipv6"; "icmpv4"; "icmpv6"; "udp" |]
+
+    let private errorNames =
+        [|
+            "truncated"
+            "bad-version"
+            "bad-header-length"
+            "length-beyond-buffer"
+            "length-below-header"
+            "bad-checksum"
+            "bad-option-length"
+            "bad-option-size"
+            "extension-chain-too-long"
+            "misplaced-extension-header"
+            "bad-field"
+        |]
+
+    let private errorIndex (error: ParseError) =
+        match error with
+        | Truncated _ -> 0
+        | BadVersion _ -> 1
+        | BadHeaderLength _ -> 2
+        | LengthBeyondBuffer _ -> 3
+        | LengthBelowHeader _ -> 4
+        | BadChecksum -> 5
+        | BadOptionLength _ -> 6
+        | BadOptionSize _ -> 7
+        | ExtensionChainTooLong _ -> 8
+        | MisplacedExtensionHeader _ -> 9
+        | BadField _ -> 10
+
+    // Built once, so naming a drop on the receive path allocates nothing.
+    let private malformedNames =
+        Array.init (layerNames.Length * errorNames.Length) (fun i ->
+            $"drop.{layerNames.[i / errorNames.Length]}.{errorNames.[i % errorNames.Length]}")
+
+    /// The counter name of a drop reason, e.g. "drop.ipv4.bad-checksum" or "drop.not-for-us".
+    let name (reason: DropReason) : string =
+        match reason with
+        | DropReason.NotDropped -> "drop.none"
+        | DropReason.Malformed(layer, error) ->
+            let l = int layer
+
+            if l < 0 || l >= layerNames.Length then
+                "drop.malformed"
+            else
+                malformedNames.[l * errorNames.Length + errorIndex error]
+        | DropReason.NotForUs -> "drop.not-for-us"
+        | DropReason.BadSource -> "drop.bad-source"
+        | DropReason.Fragment r ->
+            match r with
+            | NetStack.Core.Ip.DropReason.Overlap -> "drop.fragment.overlap"
+            | NetStack.Core.Ip.DropReason.TooLarge -> "drop.fragment.too-large"
+            | NetStack.Core.Ip.DropReason.BadLength -> "drop.fragment.bad-length"
+            | NetStack.Core.Ip.DropReason.BadOffset -> "drop.fragment.bad-offset"
+            | NetStack.Core.Ip.DropReason.Inconsistent -> "drop.fragment.inconsistent"
+            | NetStack.Core.Ip.DropReason.TooManyFragments -> "drop.fragment.too-many"
+            | NetStack.Core.Ip.DropReason.MemoryLimit -> "drop.fragment.memory-limit"
+            | NetStack.Core.Ip.DropReason.KeyPoisoned -> "drop.fragment.poisoned"
+        | DropReason.DuplicateFragment -> "drop.fragment.duplicate"
+        | DropReason.NestedFragment -> "drop.fragment.nested"
+        | DropReason.UnknownProtocol -> "drop.unknown-protocol"
+        | DropReason.NoNextHeader -> "drop.no-next-header"
+        | DropReason.UnhandledIcmp -> "drop.icmp.unhandled-type"
+        | DropReason.BroadcastEcho -> "drop.icmp.broadcast-echo"
+        | DropReason.UnrelatedIcmpError -> "drop.icmp.unrelated-error"
+        | DropReason.UdpPortZero -> "drop.udp.port-zero"
+
+/// What a received packet turned out to be.
+type ReceivedKind =
+    /// Dropped; `Received.Drop` says why.
+    | Dropped = 0
+    /// A fragment held until the rest of its datagram arrives.
+    | FragmentHeld = 1
+    /// An echo request to answer (`writeEchoReply` with its identifier, sequence and data).
+    | EchoRequest = 2
+    /// An echo reply, for our pinger.
+    | EchoReply = 3
+    /// A UDP datagram to deliver to the socket bound to its destination port.
+    | UdpDatagram = 4
+    /// An ICMP error about a packet we sent.
+    | IcmpError = 5
+
+/// What an ICMP error says, the same for ICMPv4 and ICMPv6.
+type IcmpErrorKind =
+    /// A type or code with no more specific meaning here.
+    | Other = 0
+    /// Network, host or address unreachable, or another unreachable code.
+    | DestinationUnreachable = 1
+    /// Port unreachable: nobody listens on the quoted destination port.
+    | PortUnreachable = 2
+    /// Protocol unreachable (ICMPv4 only).
+    | ProtocolUnreachable = 3
+    /// Administratively prohibited.
+    | AdministrativelyProhibited = 4
+    /// ICMPv4 fragmentation needed or ICMPv6 packet too big: `Received.Mtu` says the next-hop MTU.
+    | PacketTooBig = 5
+    /// TTL / hop limit or reassembly time exceeded.
+    | TimeExceeded = 6
+    /// Parameter problem.
+    | ParameterProblem = 7
+
+/// A run of bytes either in the packet given to `IpLayer.receive` (Array = null) or in an array
+/// the IP layer made (a reassembled datagram).
+[<Struct>]
+type PayloadRef =
+    {
+        /// The reassembled datagram holding the bytes, or null for the received packet itself.
+        Array: byte[]
+        /// Where the bytes start.
+        Offset: int
+        /// How many bytes.
+        Length: int
+    }
+
+/// The typed result of receiving one packet. Fields that do not apply to the Kind are defaults.
+[<Struct>]
+type Received =
+    {
+        /// What the packet is.
+        Kind: ReceivedKind
+        /// For Dropped: why.
+        Drop: DropReason
+        /// The IP source.
+        Source: IpAddr
+        /// The IP destination (one of ours, or the IPv4 limited broadcast).
+        Destination: IpAddr
+        /// True when the destination was the IPv4 limited broadcast.
+        ToBroadcast: bool
+        /// The whole IP packet (reassembled when it came in fragments, headers patched).
+        Packet: PayloadRef
+        /// UDP payload, echo data, or for an ICMP error the quoted packet.
+        Payload: PayloadRef
+        /// UDP source port; echo identifier.
+        SourcePort: uint16
+        /// UDP destination port; echo sequence number.
+        DestinationPort: uint16
+        /// For IcmpError: what it says.
+        ErrorKind: IcmpErrorKind
+        /// For IcmpError: the raw ICMP type and code.
+        ErrorType: byte
+        /// For IcmpError: the raw ICMP code.
+        ErrorCode: byte
+        /// For IcmpError of kind PacketTooBig: the reported next-hop MTU (0 from old IPv4 routers).
+        Mtu: int64
+        /// For IcmpError: the protocol of the quoted packet (UDP, ICMP, ...).
+        QuotedProtocol: byte
+        /// For IcmpError: the quoted packet's source (one of our addresses).
+        QuotedSource: IpAddr
+        /// For IcmpError: the quoted packet's destination.
+        QuotedDestination: IpAddr
+        /// For IcmpError: the quoted UDP/TCP source port, or a quoted echo request's identifier.
+        QuotedSourcePort: uint16
+        /// For IcmpError: the quoted UDP/TCP destination port, or a quoted echo's sequence number.
+        QuotedDestinationPort: uint16
+        /// For IcmpError: true when the quote reached the ports (or echo identifier/sequence).
+        QuotedPortsKnown: bool
+    }
+
+/// The configuration of the IP layer.
+type IpLayerConfig =
+    {
+        /// Our IPv4 address, if we have one.
+        Address4: Ipv4Address voption
+        /// Our IPv6 address, if we have one.
+        Address6: Ipv6Address voption
+        /// The link MTU (68..65535; at least 1280 when Address6 is set).
+        Mtu: int
+        /// ICMP errors we may send per second (RFC 4443 §2.4(f), RFC 1812 §4.3.2.8).
+        IcmpErrorsPerSecond: int
+        /// The largest burst of ICMP errors.
+        IcmpErrorBurst: int
+        /// Reassembly limits.
+        Reassembly: ReassemblyConfig
+    }
+
+/// The IP layer's state: an immutable value, replaced by every call that changes it.
+type IpLayerState =
+    {
+        /// The configuration it was made with.
+        Config: IpLayerConfig
+        /// Datagrams being reassembled.
+        Reassembly: ReassemblyState
+        /// Path MTUs learned from ICMP.
+        PathMtu: PathMtuCache
+        /// Rate limit of the ICMP errors we send.
+        ErrorBucket: TokenBucket
+    }
+
+/// An ICMP error this host may send about a received packet.
+type OutgoingError =
+    /// UDP to a port nobody listens on (RFC 1122 §4.1.3.1).
+    | PortUnreachable = 0
+    /// A datagram whose first fragment arrived was not completed in time (RFC 792, RFC 8200 §4.5).
+    | ReassemblyTimeExceeded = 1
+
+/// What became of an ICMP error we considered sending.
+type ErrorVerdict =
+    /// Written: send it.
+    | Sent = 0
+    /// The token bucket was empty.
+    | RateLimited = 1
+    /// Never an error about an ICMP error (RFC 1122 §3.2.2, RFC 4443 §2.4(e)).
+    | AboutIcmpError = 2
+    /// Never about a fragment other than the first (RFC 1122 §3.2.2).
+    | NotFirstFragment = 3
+    /// Never about a packet to a multicast or broadcast address.
+    | NotUnicastDestination = 4
+    /// Never about a packet from an unspecified, multicast or broadcast source.
+    | NotUnicastSource = 5
+    /// We have no address of that family to send from.
+    | NoAddress = 6
+    /// The packet to quote does not parse.
+    | Malformed = 7
+
+/// How one datagram is cut for a path MTU (see IpLayer.planFragments).
+[<Struct>]
+type FragmentPlan =
+    {
+        /// Packets to write: 1 when it fits.
+        Count: int
+        /// True for IPv6.
+        IsIpv6: bool
+        /// The IPv4 plan (IPv4 only).
+        V4Plan: Ipv4FragmentPlan
+        /// The parsed header of the IPv4 datagram (IPv4 only).
+        V4Header: Ipv4Header
+        /// The IPv6 plan (IPv6 only).
+        V6Plan: Ipv6FragmentPlan
+    }
+
+/// The IP layer as pure functions: classify received packets, build packets to send, decide on
+/// ICMP errors. Time (`now`, monotonic microseconds) is always an input.
+[<RequireQualifiedAccess>]
+module IpLayer =
+
+    /// Hop limit / TTL of the packets we originate (RFC 1700's recommended 64, as Linux).
+    [<Literal>]
+    let DefaultTtl = 64uy
+
+    /// The largest UDP payload over IPv4: 65535 less 20 bytes of IPv4 and 8 of UDP.
+    [<Literal>]
+    let MaxUdpPayloadV4 = 65507
+
+    /// The largest UDP payload over IPv6: 65535 bytes of IPv6 payload less 8 of UDP.
+    [<Literal>]
+    let MaxUdpPayloadV6 = 65527
+
+    /// A configuration with the usual limits: 100 ICMP errors per second, bursts of 10.
+    let config (address4: Ipv4Address voption) (address6: Ipv6Address voption) (mtu: int) : IpLayerConfig =
+        {
+            Address4 = address4
+            Address6 = address6
+            Mtu = mtu
+            IcmpErrorsPerSecond = 100
+            IcmpErrorBurst = 10
+            Reassembly = ReassemblyConfig.Default
+        }
+
+    /// A fresh state at `now`. Throws ArgumentException for an MTU outside 68..65535, below 1280
+    /// with an IPv6 address, or a negative error rate.
+    let create (config: IpLayerConfig) (now: int64) : IpLayerState =
+        if config.Mtu < PathMtu.MinimumIpv4 || config.Mtu > 65535 then
+            invalidArg (nameof config) $"MTU {config.Mtu} is outside 68..65535."
+
+        if config.Address6.IsSome && config.Mtu < PathMtu.MinimumIpv6 then
+            invalidArg (nameof config) $"MTU {config.Mtu} is below the IPv6 minimum of 1280."
+
+        {
+            Config = config
+            Reassembly = Reassembly.empty config.Reassembly
+            PathMtu = PathMtu.create config.Mtu
+            ErrorBucket = TokenBucket.create config.IcmpErrorsPerSecond (max 1 config.IcmpErrorBurst) now
+        }
+
+    // ---------------------------------------------------------------------------------------
+    // Receive
+    // ---------------------------------------------------------------------------------------
+
+    let private nothing: Received =
+        {
+            Kind = ReceivedKind.Dropped
+            Drop = DropReason.NotDropped
+            Source = V4 Ipv4Address.Any
+            Destination = V4 Ipv4Address.Any
+            ToBroadcast = false
+            Packet = Unchecked.defaultof<PayloadRef>
+            Payload = Unchecked.defaultof<PayloadRef>
+            SourcePort = 0us
+            DestinationPort = 0us
+            ErrorKind = IcmpErrorKind.Other
+            ErrorType = 0uy
+            ErrorCode = 0uy
+            Mtu = 0L
+            QuotedProtocol = 0uy
+            QuotedSource = V4 Ipv4Address.Any
+            QuotedDestination = V4 Ipv4Address.Any
+            QuotedSourcePort = 0us
+            QuotedDestinationPort = 0us
+            QuotedPortsKnown = false
+        }
+
+    let private dropped (state: IpLayerState) (reason: DropReason) =
+        struct (state, { nothing with Drop = reason })
+
+    let private at (owner: byte[]) (offset: int) (length: int) : PayloadRef =
+        {
+            Array = owner
+            Offset = offset
+            Length = length
+        }
+
+    /// The bytes a PayloadRef names: in `input` (the packet given to receive) or in its array.
+    let slice (input: ReadOnlySpan<byte>) (reference: PayloadRef) : ReadOnlySpan<byte> =
+        if isNull reference.Array then
+            input.Slice(reference.Offset, reference.Length)
+        else
+            ReadOnlySpan<byte>(reference.Array, reference.Offset, reference.Length)
+
+    /// Reads what an ICMP error quotes: the original packet's protocol, addresses and, when the
+    /// quote reaches them and it is the first fragment, its ports (UDP/TCP) or echo identifier and
+    /// sequence (ICMP echo request). RFC 792 guarantees the IP header plus 8 bytes; RFC 4443 as
+    /// much as fits. Returns false when the quote is too short to identify anything.
+    let private readQuote (quote: ReadOnlySpan<byte>) (r: Received) : Received voption =
+        let mutable valid = false
+        let mutable protocol = 0uy
+        let mutable source = V4 Ipv4Address.Any
+        let mutable destination = V4 Ipv4Address.Any
+        let mutable transportOffset = 0
+        let mutable firstFragment = true
+        let mutable echoType = 0uy
+
+        if quote.Length >= 20 && quote.[0] >>> 4 = 4uy then
+            let headerLength = int (quote.[0] &&& 0x0Fuy) * 4
+
+            if headerLength >= 20 && quote.Length >= headerLength then
+                valid <- true
+                protocol <- quote.[9]
+                source <- V4(Ipv4Address.Read(quote.Slice 12))
+                destination <- V4(Ipv4Address.Read(quote.Slice 16))
+                firstFragment <- BinaryPrimitives.ReadUInt16BigEndian(quote.Slice 6) &&& 0x1FFFus = 0us
+                transportOffset <- headerLength
+
+                if protocol = IpProtocol.Icmp then
+                    echoType <- Icmpv4.MessageType.EchoRequest
+        elif quote.Length >= Ipv6.HeaderLength && quote.[0] >>> 4 = 6uy then
+            valid <- true
+            protocol <- quote.[6]
+            source <- V6(Ipv6Address.Read(quote.Slice 8))
+            destination <- V6(Ipv6Address.Read(quote.Slice 24))
+            transportOffset <- Ipv6.HeaderLength
+
+            // We send no extension headers but a Fragment header; step over that one only.
+            if
+                protocol = IpProtocol.Ipv6Fragment
+                && quote.Length >= transportOffset + Ipv6.FragmentHeaderLength
+            then
+                firstFragment <- BinaryPrimitives.ReadUInt16BigEndian(quote.Slice(transportOffset + 2)) >>> 3 = 0us
+                protocol <- quote.[transportOffset]
+                transportOffset <- transportOffset + Ipv6.FragmentHeaderLength
+
+            if protocol = IpProtocol.Icmpv6 then
+                echoType <- Icmpv6.MessageType.EchoRequest
+
+        if not valid then
+            ValueNone
+        else
+            let transport = quote.Slice transportOffset
+            let isIcmp = echoType <> 0uy
+
+            // Ports sit in the first 4 bytes of UDP and TCP; an echo's identifier and sequence
+            // in bytes 4..7 of the ICMP header. Only the first fragment has them.
+            let known =
+                firstFragment
+                && (if isIcmp then
+                        transport.Length >= 8 && transport.[0] = echoType
+                    else
+                        transport.Length >= 4)
+
+            let portsAt = if isIcmp then 4 else 0
+
+            ValueSome
+                { r with
+                    QuotedProtocol = protocol
+                    QuotedSource = source
+                    QuotedDestination = destination
+                    QuotedPortsKnown = known
+                    QuotedSourcePort =
+                        (if known then
+                             BinaryPrimitives.ReadUInt16BigEndian(transport.Slice portsAt)
+                         else
+                             0us)
+                    QuotedDestinationPort =
+                        (if known then
+                             BinaryPrimitives.ReadUInt16BigEndian(transport.Slice(portsAt + 2))
+                         else
+                             0us)
+                }
+
+    /// The length of the quoted original as its own header states it (for the RFC 1191 plateau guess).
+    let private quotedLength (quote: ReadOnlySpan<byte>) =
+        if quote.Length >= 4 && quote.[0] >>> 4 = 4uy then
+            int (BinaryPrimitives.ReadUInt16BigEndian(quote.Slice 2))
+        elif quote.Length >= 6 then
+            Ipv6.HeaderLength + int (BinaryPrimitives.ReadUInt16BigEndian(quote.Slice 4))
+        else
+            0
+
+    /// An ICMP error (already parsed as `message` at `icmpOffset` in the packet) about one of our
+    /// packets: read the quote, check it names our address, learn a path MTU from a too-big.
+    let private icmpError
+        (now: int64)
+        (state: IpLayerState)
+        (basic: Received)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (icmpOffset: int)
+        (message: IcmpMessage)
+        (kind: IcmpErrorKind)
+        (ours: IpAddr)
+        =
+        let quoteOffset = icmpOffset + message.DataOffset
+        let quote = packet.Slice(quoteOffset, message.DataLength)
+
+        let r =
+            { basic with
+                Kind = ReceivedKind.IcmpError
+                Payload = at owner quoteOffset message.DataLength
+                ErrorKind = kind
+                ErrorType = message.Type
+                ErrorCode = message.Code
+                Mtu = int64 message.Mtu
+            }
+
+        match readQuote quote r with
+        | ValueSome r when r.QuotedSource = ours ->
+            if kind = IcmpErrorKind.PacketTooBig then
+                let cache =
+                    PathMtu.report now r.QuotedDestination r.Mtu (quotedLength quote) state.PathMtu
+
+                struct ({ state with PathMtu = cache }, r)
+            else
+                struct (state, r)
+        | _ -> dropped state DropReason.UnrelatedIcmpError
+
+    /// ICMPv4 error kind from type and code (RFC 792, RFC 1812 §5.2.7.1).
+    let private kindV4 (message: IcmpMessage) =
+        match message.Type with
+        | Icmpv4.MessageType.DestinationUnreachable ->
+            match message.Code with
+            | Icmpv4.UnreachableCode.Port -> IcmpErrorKind.PortUnreachable
+            | Icmpv4.UnreachableCode.Protocol -> IcmpErrorKind.ProtocolUnreachable
+            | Icmpv4.UnreachableCode.FragmentationNeeded -> IcmpErrorKind.PacketTooBig
+            // 9, 10: network/host administratively prohibited (RFC 1122); 13: RFC 1812.
+            | 9uy
+            | 10uy
+            | Icmpv4.UnreachableCode.AdministrativelyProhibited -> IcmpErrorKind.AdministrativelyProhibited
+            | _ -> IcmpErrorKind.DestinationUnreachable
+        | Icmpv4.MessageType.TimeExceeded -> IcmpErrorKind.TimeExceeded
+        | Icmpv4.MessageType.ParameterProblem -> IcmpErrorKind.ParameterProblem
+        | _ -> IcmpErrorKind.Other
+
+    /// ICMPv6 error kind from type and code (RFC 4443 §3).
+    let private kindV6 (message: IcmpMessage) =
+        match message.Type with
+        | Icmpv6.MessageType.DestinationUnreachable ->
+            match message.Code with
+            | Icmpv6.UnreachableCode.Port -> IcmpErrorKind.PortUnreachable
+            | Icmpv6.UnreachableCode.AdministrativelyProhibited -> IcmpErrorKind.AdministrativelyProhibited
+            | _ -> IcmpErrorKind.DestinationUnreachable
+        | Icmpv6.MessageType.PacketTooBig -> IcmpErrorKind.PacketTooBig
+        | Icmpv6.MessageType.TimeExceeded -> IcmpErrorKind.TimeExceeded
+        | Icmpv6.MessageType.ParameterProblem -> IcmpErrorKind.ParameterProblem
+        | _ -> IcmpErrorKind.Other
+
+    /// The transport layer of an IPv4 datagram that is whole (never a fragment).
+    let private upperV4
+        (now: int64)
+        (state: IpLayerState)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (h: Ipv4Header)
+        (broadcast: bool)
+        (ours: Ipv4Address)
+        =
+        let basic =
+            { nothing with
+                Source = V4 h.Source
+                Destination = V4 h.Destination
+                ToBroadcast = broadcast
+                Packet = at owner 0 h.TotalLength
+            }
+
+        let payload = packet.Slice(h.PayloadOffset, h.PayloadLength)
+
+        match h.Protocol with
+        | IpProtocol.Icmp ->
+            match Icmpv4.parse payload with
+            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Icmpv4, e))
+            | Ok m when m.Kind = IcmpMessageKind.EchoRequest || m.Kind = IcmpMessageKind.EchoReply ->
+                if broadcast then
+                    dropped state DropReason.BroadcastEcho
+                else
+                    struct (state,
+                            { basic with
+                                Kind =
+                                    (if m.Kind = IcmpMessageKind.EchoRequest then
+                                         ReceivedKind.EchoRequest
+                                     else
+                                         ReceivedKind.EchoReply)
+                                Payload = at owner (h.PayloadOffset + m.DataOffset) m.DataLength
+                                SourcePort = m.Identifier
+                                DestinationPort = m.SequenceNumber
+                            })
+            | Ok m when m.IsError && kindV4 m <> IcmpErrorKind.Other ->
+                icmpError now state basic packet owner h.PayloadOffset m (kindV4 m) (V4 ours)
+            | Ok _ -> dropped state DropReason.UnhandledIcmp
+        | IpProtocol.Udp ->
+            match Udp.parseV4 h.Source h.Destination payload with
+            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Udp, e))
+            | Ok u when u.DestinationPort = 0us -> dropped state DropReason.UdpPortZero
+            | Ok u ->
+                struct (state,
+                        { basic with
+                            Kind = ReceivedKind.UdpDatagram
+                            Payload = at owner (h.PayloadOffset + u.PayloadOffset) u.PayloadLength
+                            SourcePort = u.SourcePort
+                            DestinationPort = u.DestinationPort
+                        })
+        | _ -> dropped state DropReason.UnknownProtocol
+
+    /// RFC 791 §3.2: the reassembled datagram carries the first fragment's header; make it
+    /// describe the whole datagram (total length, no MF, offset 0, checksum).
+    let private patchReassembledV4 (d: ReassembledDatagram) =
+        let packet = d.Packet
+        BinaryPrimitives.WriteUInt16BigEndian(Span(packet, 2, 2), uint16 packet.Length)
+        // Keep DF as the first fragment had it; clear MF and the offset.
+        packet.[6] <- packet.[6] &&& 0x40uy
+        packet.[7] <- 0uy
+        packet.[10] <- 0uy
+        packet.[11] <- 0uy
+        let sum = Checksum.compute (ReadOnlySpan(packet, 0, d.HeaderLength))
+        BinaryPrimitives.WriteUInt16BigEndian(Span(packet, 10, 2), sum)
+
+    let rec private receiveV4 (now: int64) (state: IpLayerState) (packet: ReadOnlySpan<byte>) (owner: byte[]) =
+        match Ipv4.parse packet with
+        | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv4, e))
+        | Ok h ->
+            match state.Config.Address4 with
+            | ValueNone -> dropped state DropReason.NotForUs
+            | ValueSome ours ->
+                let broadcast = AddressClass.isLimitedBroadcast4 h.Destination
+
+                if h.Destination <> ours && not broadcast then
+                    dropped state DropReason.NotForUs
+                elif
+                    AddressClass.isMulticast4 h.Source
+                    || AddressClass.isLimitedBroadcast4 h.Source
+                    || AddressClass.isUnspecified4 h.Source
+                    || AddressClass.isLoopback4 h.Source
+                    || h.Source = ours
+                then
+                    dropped state DropReason.BadSource
+                elif h.IsFragment then
+                    let fragment: Fragment =
+                        {
+                            Key = ReassemblyKey.V4(h.Source, h.Destination, h.Protocol, h.Identification)
+                            Offset = h.FragmentOffset
+                            MoreFragments = h.MoreFragments
+                            NextHeader = h.Protocol
+                            Header = packet.Slice(0, h.HeaderLength)
+                            Payload = packet.Slice(h.PayloadOffset, h.PayloadLength)
+                        }
+
+                    let reassembly, result = Reassembly.add now fragment state.Reassembly
+                    let state = { state with Reassembly = reassembly }
+
+                    match result.Outcome with
+                    | FragmentOutcome.Completed d ->
+                        patchReassembledV4 d
+                        receiveV4 now state (ReadOnlySpan d.Packet) d.Packet
+                    | FragmentOutcome.Held ->
+                        struct (state,
+                                { nothing with
+                                    Kind = ReceivedKind.FragmentHeld
+                                })
+                    | FragmentOutcome.DuplicateIgnored -> dropped state DropReason.DuplicateFragment
+                    | FragmentOutcome.Dropped r -> dropped state (DropReason.Fragment r)
+                    | FragmentOutcome.Atomic -> upperV4 now state packet owner h broadcast ours
+                else
+                    upperV4 now state packet owner h broadcast ours
+
+    /// The transport layer of an IPv6 packet that is whole: `ext` says where it starts.
+    let private upperV6
+        (now: int64)
+        (state: IpLayerState)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (h: Ipv6Header)
+        (ext: Ipv6Extensions)
+        (ours: Ipv6Address)
+        =
+        let basic =
+            { nothing with
+                Source = V6 h.Source
+                Destination = V6 h.Destination
+                Packet = at owner 0 (Ipv6.HeaderLength + h.PayloadLength)
+            }
+
+        let payload = packet.Slice(ext.UpperOffset, ext.UpperLength)
+
+        match ext.UpperProtocol with
+        | IpProtocol.Icmpv6 ->
+            match Icmpv6.parse h.Source h.Destination payload with
+            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Icmpv6, e))
+            | Ok m when m.Kind = IcmpMessageKind.EchoRequest || m.Kind = IcmpMessageKind.EchoReply ->
+                struct (state,
+                        { basic with
+                            Kind =
+                                (if m.Kind = IcmpMessageKind.EchoRequest then
+                                     ReceivedKind.EchoRequest
+                                 else
+                                     ReceivedKind.EchoReply)
+                            Payload = at owner (ext.UpperOffset + m.DataOffset) m.DataLength
+                            SourcePort = m.Identifier
+                            DestinationPort = m.SequenceNumber
+                        })
+            | Ok m when m.IsError && kindV6 m <> IcmpErrorKind.Other ->
+                icmpError now state basic packet owner ext.UpperOffset m (kindV6 m) (V6 ours)
+            | Ok _ -> dropped state DropReason.UnhandledIcmp
+        | IpProtocol.Udp ->
+            match Udp.parseV6 h.Source h.Destination payload with
+            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Udp, e))
+            | Ok u when u.DestinationPort = 0us -> dropped state DropReason.UdpPortZero
+            | Ok u ->
+                struct (state,
+                        { basic with
+                            Kind = ReceivedKind.UdpDatagram
+                            Payload = at owner (ext.UpperOffset + u.PayloadOffset) u.PayloadLength
+                            SourcePort = u.SourcePort
+                            DestinationPort = u.DestinationPort
+                        })
+        | IpProtocol.Ipv6NoNextHeader -> dropped state DropReason.NoNextHeader
+        | _ -> dropped state DropReason.UnknownProtocol
+
+    /// RFC 8200 §4.5 reassembly: the unfragmentable part gets the new Payload Length, and the
+    /// Next Header that named the Fragment header names the first fragmentable header instead.
+    let private patchReassembledV6 (d: ReassembledDatagram) =
+        let packet = d.Packet
+        BinaryPrimitives.WriteUInt16BigEndian(Span(packet, 4, 2), uint16 (packet.Length - Ipv6.HeaderLength))
+        // The unfragmentable part was walked when its fragment arrived; walk it again to find
+        // the last Next Header field in it.
+        let mutable naming = 6
+        let mutable position = Ipv6.HeaderLength
+
+        while position + 1 < d.HeaderLength do
+            naming <- position
+            position <- position + (int packet.[position + 1] + 1) * 8
+
+        packet.[naming] <- d.NextHeader
+
+    let rec private receiveV6
+        (now: int64)
+        (state: IpLayerState)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (reassembled: bool)
+        =
+        match Ipv6.parse packet with
+        | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
+        | Ok h ->
+            match state.Config.Address6 with
+            | ValueNone -> dropped state DropReason.NotForUs
+            | ValueSome ours ->
+                if h.Destination <> ours then
+                    dropped state DropReason.NotForUs
+                elif
+                    h.Source.IsMulticast
+                    || AddressClass.isUnspecified6 h.Source
+                    || AddressClass.isLoopback6 h.Source
+                    || h.Source = ours
+                then
+                    dropped state DropReason.BadSource
+                else
+                    match Ipv6.parseExtensions packet h with
+                    | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
+                    | Ok ext ->
+                        match ext.Fragment with
+                        | ValueNone -> upperV6 now state packet owner h ext ours
+                        | ValueSome _ when reassembled -> dropped state DropReason.NestedFragment
+                        | ValueSome f when f.Offset = 0 && not f.MoreFragments ->
+                            // RFC 6946: an atomic fragment is processed as a whole packet.
+                            upperV6 now state packet owner h ext ours
+                        | ValueSome f ->
+                            let fragment: Fragment =
+                                {
+                                    Key = ReassemblyKey.V6(h.Source, h.Destination, f.Identification)
+                                    Offset = f.Offset
+                                    MoreFragments = f.MoreFragments
+                                    NextHeader = f.NextHeader
+                                    Header = packet.Slice(0, ext.UnfragmentableLength)
+                                    Payload = packet.Slice(ext.UpperOffset, ext.UpperLength)
+                                }
+
+                            let reassembly, result = Reassembly.add now fragment state.Reassembly
+                            let state = { state with Reassembly = reassembly }
+
+                            match result.Outcome with
+                            | FragmentOutcome.Completed d ->
+                                patchReassembledV6 d
+                                receiveV6 now state (ReadOnlySpan d.Packet) d.Packet true
+                            | FragmentOutcome.Held ->
+                                struct (state,
+                                        { nothing with
+                                            Kind = ReceivedKind.FragmentHeld
+                                        })
+                            | FragmentOutcome.DuplicateIgnored -> dropped state DropReason.DuplicateFragment
+                            | FragmentOutcome.Dropped r -> dropped state (DropReason.Fragment r)
+                            | FragmentOutcome.Atomic -> upperV6 now state packet owner h ext ours
+
+    /// Classifies one packet read from the device at `now`. Never throws on any input. Allocates
+    /// nothing for a whole packet; fragments are copied by reassembly. Payload references point
+    /// into `packet` (Array = null) or into the reassembled datagram. Reassembly timeouts found
+    /// here are not reported: call `expire` before `receive` when `nextDeadline` has passed.
+    let receive (now: int64) (packet: ReadOnlySpan<byte>) (state: IpLayerState) : struct (IpLayerState * Received) =
+        if packet.IsEmpty then
+            dropped state (DropReason.Malformed(PacketLayer.Ip, Truncated(1, 0)))
+        else
+            match packet.[0] >>> 4 with
+            | 4uy -> receiveV4 now state packet null
+            | 6uy -> receiveV6 now state packet null false
+            | v -> dropped state (DropReason.Malformed(PacketLayer.Ip, BadVersion(int v)))
+
+    /// When `expire` should next be called, if anything is being reassembled.
+    let nextDeadline (state: IpLayerState) : int64 voption =
+        Reassembly.nextDeadline state.Reassembly
+
+    /// Gives up the datagrams whose reassembly time ran out by `now`. Those whose first fragment
+    /// arrived deserve an ICMP time exceeded (`writeFirstFragment` then `tryWriteError`).
+    let expire (now: int64) (state: IpLayerState) : struct (IpLayerState * Abandoned list) =
+        let reassembly, abandoned = Reassembly.expire now state.Reassembly
+        let state = { state with Reassembly = reassembly }
+
+        if state.PathMtu.Entries.IsEmpty then
+            struct (state, abandoned)
+        else
+            struct ({ state with
+                        PathMtu = PathMtu.prune now state.PathMtu
+                    },
+                    abandoned)
+
+    /// The path MTU towards `destination` at `now`.
+    let pathMtu (now: int64) (destination: IpAddr) (state: IpLayerState) : int =
+        PathMtu.lookup now destination state.PathMtu
+
+    // ---------------------------------------------------------------------------------------
+    // Send
+    // ---------------------------------------------------------------------------------------
+
+    let private checkFamilies (source: IpAddr) (destination: IpAddr) =
+        if source.IsIpv6 <> destination.IsIpv6 then
+            invalidArg (nameof destination) $"Source {source} and destination {destination} are of different families."
+
+    /// Writes the IP header for `payloadLength` bytes of `protocol` already at dst[20..] (IPv4,
+    /// Don't Fragment off: RFC 8085 §3.2 lets UDP datagrams be fragmented) or dst[40..] (IPv6).
+    let private writeIpHeader
+        (source: IpAddr)
+        (destination: IpAddr)
+        (protocol: byte)
+        (identification: uint16)
+        (payloadLength: int)
+        (dst: Span<byte>)
+        =
+        match source, destination with
+        | V4 s, V4 d ->
+            let header =
+                { Ipv4.header s d protocol with
+                    Identification = identification
+                    Ttl = DefaultTtl
+                }
+
+            Ipv4.write header ReadOnlySpan.Empty payloadLength dst + payloadLength
+        | V6 s, V6 d ->
+            let header =
+                { Ipv6.header s d protocol with
+                    PayloadLength = payloadLength
+                    HopLimit = DefaultTtl
+                }
+
+            Ipv6.write header dst + payloadLength
+        | _ -> invalidArg (nameof destination) "Source and destination are of different families."
+
+    let private headerLength (source: IpAddr) =
+        if source.IsIpv6 then
+            Ipv6.HeaderLength
+        else
+            Ipv4.MinHeaderLength
+
+    /// Writes one whole (unfragmented, possibly larger than the MTU) IP packet carrying a UDP
+    /// datagram into `dst` and returns its length; `planFragments` cuts it for the path MTU.
+    /// `identification` is the IPv4 Identification (ignored for IPv6). Throws ArgumentException
+    /// when the families differ, the payload exceeds 65507 (IPv4) / 65527 (IPv6) bytes or `dst`
+    /// is too small.
+    let writeUdp
+        (source: IpAddr)
+        (destination: IpAddr)
+        (sourcePort: uint16)
+        (destinationPort: uint16)
+        (identification: uint16)
+        (payload: ReadOnlySpan<byte>)
+        (dst: Span<byte>)
+        : int =
+        checkFamilies source destination
+        let limit = if source.IsIpv6 then MaxUdpPayloadV6 else MaxUdpPayloadV4
+
+        if payload.Length > limit then
+            invalidArg (nameof payload) $"A UDP payload of {payload.Length} bytes exceeds {limit}."
+
+        let ip = headerLength source
+
+        if dst.Length < ip + Udp.HeaderLength + payload.Length then
+            invalidArg (nameof dst) $"The buffer holds {dst.Length} bytes; the packet needs more."
+
+        let length =
+            match source, destination with
+            | V4 s, V4 d -> Udp.buildV4 (dst.Slice ip) s d sourcePort destinationPort payload
+            | V6 s, V6 d -> Udp.buildV6 (dst.Slice ip) s d sourcePort destinationPort payload
+            | _ -> 0
+
+        writeIpHeader source destination IpProtocol.Udp identification length dst
+
+    let private writeEcho
+        (reply: bool)
+        (source: IpAddr)
+        (destination: IpAddr)
+        (identifier: uint16)
+        (sequence: uint16)
+        (identification: uint16)
+        (data: ReadOnlySpan<byte>)
+        (dst: Span<byte>)
+        =
+        checkFamilies source destination
+        let ip = headerLength source
+
+        if dst.Length < ip + 8 + data.Length then
+            invalidArg (nameof dst) $"The buffer holds {dst.Length} bytes; the packet needs more."
+
+        match source, destination with
+        | V4 _, V4 _ ->
+            let length =
+                if reply then
+                    Icmpv4.buildEchoReply (dst.Slice ip) identifier sequence data
+                else
+                    Icmpv4.buildEchoRequest (dst.Slice ip) identifier sequence data
+
+            writeIpHeader source destination IpProtocol.Icmp identification length dst
+        | V6 s, V6 d ->
+            let length =
+                if reply then
+                    Icmpv6.buildEchoReply (dst.Slice ip) s d identifier sequence data
+                else
+                    Icmpv6.buildEchoRequest (dst.Slice ip) s d identifier sequence data
+
+            writeIpHeader source destination IpProtocol.Icmpv6 identification length dst
+        | _ -> 0
+
+    /// Writes a whole echo request packet (RFC 792 / RFC 4443 §4.1) into `dst`; returns its length.
+    /// Throws ArgumentException as `writeUdp` does (data up to 65507 / 65527 bytes).
+    let writeEchoRequest source destination identifier sequence identification data dst : int =
+        writeEcho false source destination identifier sequence identification data dst
+
+    /// Writes a whole echo reply packet into `dst`: from `source` (the request's destination) to
+    /// `destination` (its source), echoing identifier, sequence and data (RFC 792 / RFC 4443 §4.2).
+    let writeEchoReply source destination identifier sequence identification data dst : int =
+        writeEcho true source destination identifier sequence identification data dst
+
+    /// Cuts a whole packet (as written by writeUdp/writeEcho...) for a path MTU. IPv4 fragments
+    /// carry the packet's own Identification; IPv6 fragments get a Fragment header with
+    /// `identification` (RFC 7739: the caller picks it unpredictably). Throws ArgumentException
+    /// when the packet does not parse or (IPv4) has Don't Fragment set and does not fit.
+    let planFragments (packet: ReadOnlySpan<byte>) (mtu: int) (identification: uint32) : FragmentPlan =
+        if not packet.IsEmpty && packet.[0] >>> 4 = 6uy then
+            let plan = Fragmentation.planIpv6 packet identification mtu
+
+            {
+                Count = plan.Count
+                IsIpv6 = true
+                V4Plan = Unchecked.defaultof<_>
+                V4Header = Unchecked.defaultof<_>
+                V6Plan = plan
+            }
+        else
+            match Ipv4.parseWith false packet with
+            | Error e -> invalidArg (nameof packet) $"The packet does not parse: {e}."
+            | Ok h ->
+                match
+                    Fragmentation.planIpv4 h (packet.Slice(Ipv4.MinHeaderLength, h.OptionsLength)) h.PayloadLength mtu
+                with
+                | Error(FragmentationNeeded m) ->
+                    invalidArg (nameof packet) $"The packet has Don't Fragment set and exceeds MTU {m}."
+                | Ok plan ->
+                    {
+                        Count = plan.Count
+                        IsIpv6 = false
+                        V4Plan = plan
+                        V4Header = h
+                        V6Plan = Unchecked.defaultof<_>
+                    }
+
+    /// Writes packet `index` (0 ≤ index < Count) of a plan into `dst` and returns its length.
+    let writeFragment (plan: FragmentPlan) (packet: ReadOnlySpan<byte>) (index: int) (dst: Span<byte>) : int =
+        if plan.IsIpv6 then
+            Fragmentation.writeIpv6Fragment plan.V6Plan packet index dst
+        else
+            let h = plan.V4Header
+
+            Fragmentation.writeIpv4Fragment
+                plan.V4Plan
+                h
+                (packet.Slice(Ipv4.MinHeaderLength, h.OptionsLength))
+                (packet.Slice(h.PayloadOffset, h.PayloadLength))
+                index
+                dst
+
+    // ---------------------------------------------------------------------------------------
+    // ICMP errors we send
+    // ---------------------------------------------------------------------------------------
+
+    /// ICMPv4 types that are errors (RFC 792, RFC 1122 §3.2.2): never answered with an error.
+    let private isIcmpv4Error (messageType: byte) =
+        messageType = Icmpv4.MessageType.DestinationUnreachable
+        || messageType = Icmpv4.MessageType.SourceQuench
+        || messageType = Icmpv4.MessageType.Redirect
+        || messageType = Icmpv4.MessageType.TimeExceeded
+        || messageType = Icmpv4.MessageType.ParameterProblem
+
+    /// Whether RFC 1122 §3.2.2 / RFC 4443 §2.4(e) allow an error about `original` at all.
+    let private policy (state: IpLayerState) (original: ReadOnlySpan<byte>) : ErrorVerdict =
+        if original.IsEmpty then
+            ErrorVerdict.Malformed
+        elif original.[0] >>> 4 = 4uy then
+            match Ipv4.parseWith false original, state.Config.Address4 with
+            | Error _, _ -> ErrorVerdict.Malformed
+            | _, ValueNone -> ErrorVerdict.NoAddress
+            | Ok h, ValueSome _ ->
+                if
+                    AddressClass.isMulticast4 h.Source
+                    || AddressClass.isLimitedBroadcast4 h.Source
+                    || AddressClass.isUnspecified4 h.Source
+                then
+                    ErrorVerdict.NotUnicastSource
+                elif
+                    AddressClass.isMulticast4 h.Destination
+                    || AddressClass.isLimitedBroadcast4 h.Destination
+                then
+                    ErrorVerdict.NotUnicastDestination
+                elif h.FragmentOffset <> 0 then
+                    ErrorVerdict.NotFirstFragment
+                elif
+                    h.Protocol = IpProtocol.Icmp
+                    && h.PayloadLength >= 1
+                    && isIcmpv4Error original.[h.PayloadOffset]
+                then
+                    ErrorVerdict.AboutIcmpError
+                else
+                    ErrorVerdict.Sent
+        else
+            match Ipv6.parse original, state.Config.Address6 with
+            | Error _, _ -> ErrorVerdict.Malformed
+            | _, ValueNone -> ErrorVerdict.NoAddress
+            | Ok h, ValueSome _ ->
+                if h.Source.IsMulticast || AddressClass.isUnspecified6 h.Source then
+                    ErrorVerdict.NotUnicastSource
+                elif h.Destination.IsMulticast then
+                    ErrorVerdict.NotUnicastDestination
+                else
+                    match Ipv6.parseExtensions original h with
+                    | Error _ -> ErrorVerdict.Malformed
+                    | Ok ext ->
+                        match ext.Fragment with
+                        | ValueSome f when f.Offset <> 0 -> ErrorVerdict.NotFirstFragment
+                        | _ when
+                            ext.UpperProtocol = IpProtocol.Icmpv6
+                            && ext.UpperLength >= 1
+                            && original.[ext.UpperOffset] < 128uy
+                            ->
+                            ErrorVerdict.AboutIcmpError
+                        | _ -> ErrorVerdict.Sent
+
+    /// Decides on and writes an ICMP error about `original` (a packet we received, IP header
+    /// first) into `dst` (at least 1280 bytes): the RFC 1122 §3.2.2 / RFC 4443 §2.4(e) rules
+    /// first, then the token bucket at `now`. Returns the new state (a token taken only when
+    /// sent), the verdict and the length written (0 unless Sent). The error goes from our
+    /// address to the original's source.
+    let tryWriteError
+        (now: int64)
+        (error: OutgoingError)
+        (original: ReadOnlySpan<byte>)
+        (dst: Span<byte>)
+        (state: IpLayerState)
+        : struct (IpLayerState * ErrorVerdict * int) =
+        match policy state original with
+        | ErrorVerdict.Sent ->
+            let struct (granted, bucket) = TokenBucket.tryTake now state.ErrorBucket
+            let state = { state with ErrorBucket = bucket }
+
+            if not granted then
+                struct (state, ErrorVerdict.RateLimited, 0)
+            elif original.[0] >>> 4 = 4uy then
+                let ours = state.Config.Address4.Value
+                let peer = Ipv4Address.Read(original.Slice 12)
+
+                let length =
+                    match error with
+                    | OutgoingError.PortUnreachable ->
+                        Icmpv4.buildDestinationUnreachable
+                            (dst.Slice Ipv4.MinHeaderLength)
+                            Icmpv4.UnreachableCode.Port
+                            original
+                    | _ ->
+                        Icmpv4.buildTimeExceeded
+                            (dst.Slice Ipv4.MinHeaderLength)
+                            Icmpv4.TimeExceededCode.FragmentReassembly
+                            original
+
+                struct (state, ErrorVerdict.Sent, writeIpHeader (V4 ours) (V4 peer) IpProtocol.Icmp 0us length dst)
+            else
+                let ours = state.Config.Address6.Value
+                let peer = Ipv6Address.Read(original.Slice 8)
+
+                let length =
+                    match error with
+                    | OutgoingError.PortUnreachable ->
+                        Icmpv6.buildDestinationUnreachable
+                            (dst.Slice Ipv6.HeaderLength)
+                            ours
+                            peer
+                            Icmpv6.UnreachableCode.Port
+                            original
+                    | _ ->
+                        Icmpv6.buildTimeExceeded
+                            (dst.Slice Ipv6.HeaderLength)
+                            ours
+                            peer
+                            Icmpv6.TimeExceededCode.FragmentReassembly
+                            original
+
+                struct (state, ErrorVerdict.Sent, writeIpHeader (V6 ours) (V6 peer) IpProtocol.Icmpv6 0us length dst)
+        | verdict -> struct (state, verdict, 0)
+
+    /// Writes the first fragment of an abandoned datagram as it arrived, for quoting in a time
+    /// exceeded: IPv4 header and payload; IPv6 unfragmentable part, the Fragment header
+    /// (offset 0, M set) and payload. Returns the length. Throws ArgumentException when `dst`
+    /// is too small.
+    let writeFirstFragment (key: ReassemblyKey) (first: FirstFragment) (dst: Span<byte>) : int =
+        let fragmentHeader =
+            match key with
+            | ReassemblyKey.V6 _ -> Ipv6.FragmentHeaderLength
+            | ReassemblyKey.V4 _ -> 0
+
+        let total = first.Header.Length + fragmentHeader + first.Payload.Length
+
+        if dst.Length < total then
+            invalidArg (nameof dst) $"The buffer holds {dst.Length} bytes; the fragment needs {total}."
+
+        first.Header.AsSpan().CopyTo dst
+
+        match key with
+        | ReassemblyKey.V6(_, _, identification) ->
+            Ipv6.writeFragmentHeader
+                {
+                    NextHeader = first.NextHeader
+                    Offset = 0
+                    MoreFragments = true
+                    Identification = identification
+                }
+                (dst.Slice first.Header.Length)
+            |> ignore
+        | ReassemblyKey.V4 _ -> ()
+
+        first.Payload.AsSpan().CopyTo(dst.Slice(first.Header.Length + fragmentHeader))
+        total

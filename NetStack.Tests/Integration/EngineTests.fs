@@ -1,0 +1,206 @@
+/// The engine against the real kernel: kernel ping and sockets on one side of a TUN interface,
+/// NetworkStack on the other, all inside the test runner's private network namespace.
+module NetStack.Tests.Integration.EngineTests
+
+open System
+open System.Net
+open System.Net.NetworkInformation
+open System.Net.Sockets
+open System.Threading
+open Expecto
+open NetStack
+open NetStack.Tests
+
+/// Each test gets its own interface and subnet (10.79.N.0 / fd79:N::), so a slow teardown of one
+/// cannot disturb the next.
+let private optionsFor (n: int) =
+    NetStackOptions(
+        TunName = $"nsengine{n}",
+        Address = IPAddress.Parse $"10.79.{n}.2",
+        HostAddress = IPAddress.Parse $"10.79.{n}.1",
+        Address6 = IPAddress.Parse $"fd79:{n}::2",
+        HostAddress6 = IPAddress.Parse $"fd79:{n}::1"
+    )
+
+let private withStack (n: int) (f: NetworkStack -> unit) =
+    use stack = NetworkStack.Start(optionsFor n)
+
+    try
+        f stack
+    with e ->
+        let _, addresses = Isolation.run "ip" [ "addr" ]
+        let _, routes = Isolation.run "ip" [ "route" ]
+        failtestf "%s\nstatistics:\n%O\n%s\n%s" (e.ToString()) stack.Statistics addresses routes
+
+let private ping (args: string list) =
+    let code, output = Isolation.run "ping" args
+    Expect.equal code 0 $"ping %A{args} failed:\n{output}"
+    output
+
+let private kernelSocket (local: IPAddress) =
+    let socket = new Socket(local.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+    socket.ReceiveTimeout <- 5000
+    socket.Bind(IPEndPoint(local, 0))
+    socket
+
+let private payload (length: int) (seed: int) =
+    let bytes = Array.zeroCreate<byte> length
+    Random(seed).NextBytes bytes
+    bytes
+
+let private timeout = TimeSpan.FromSeconds 5.0
+
+let private result (task: Threading.Tasks.Task<'T>) =
+    if not (task.Wait timeout) then
+        failtest "timed out"
+
+    task.Result
+
+/// UDP both ways between a kernel socket and a stack socket.
+let private udpRoundTrip (stack: NetworkStack) (host: IPAddress) (stackAddress: IPAddress) (length: int) =
+    use kernel = kernelSocket host
+    use socket = stack.BindUdp(IPEndPoint(stackAddress, 0))
+    let data = payload length length
+    let target = IPEndPoint(stackAddress, socket.LocalEndPoint.Port)
+    // Kernel to stack.
+    let receive = socket.ReceiveFromAsync(Memory(Array.zeroCreate<byte> 65536)).AsTask()
+    kernel.SendTo(data, target) |> ignore
+    let received = result receive
+    Expect.equal received.ReceivedBytes length "the stack received every byte"
+    let from = received.RemoteEndPoint :?> IPEndPoint
+    Expect.equal from.Port (kernel.LocalEndPoint :?> IPEndPoint).Port "from the kernel socket's port"
+    // Stack to kernel.
+    let back = payload length (length + 1)
+
+    socket.SendToAsync(ReadOnlyMemory back, kernel.LocalEndPoint :?> IPEndPoint).AsTask()
+    |> result
+    |> ignore
+
+    let buffer = Array.zeroCreate<byte> 65536
+    let n = kernel.Receive buffer
+    Expect.equal n length "the kernel received every byte"
+    Expect.sequenceEqual (buffer.[.. n - 1]) back "the same bytes"
+
+[<Tests>]
+let tests =
+    testSequenced
+    <| testList
+        "Engine with the kernel"
+        [
+            test "the kernel pings the stack over IPv4 and IPv6" {
+                withStack 1 (fun stack ->
+                    ping [ "-c"; "3"; "-i"; "0.2"; "-W"; "2"; "10.79.1.2" ] |> ignore
+                    ping [ "-6"; "-c"; "3"; "-i"; "0.2"; "-W"; "2"; "fd79:1::2" ] |> ignore
+                    Expect.isGreaterThanOrEqual stack.Statistics.["icmp.echo.replied"] 6L "six replies")
+            }
+
+            test "pings of 6000 bytes are reassembled and answered in fragments, both families" {
+                withStack 2 (fun stack ->
+                    ping [ "-c"; "2"; "-i"; "0.2"; "-W"; "2"; "-s"; "6000"; "10.79.2.2" ] |> ignore
+
+                    ping [ "-6"; "-c"; "2"; "-i"; "0.2"; "-W"; "2"; "-s"; "6000"; "fd79:2::2" ]
+                    |> ignore
+
+                    Expect.isGreaterThan stack.Statistics.["ip.fragment.held"] 0L "fragments were held"
+                    Expect.isGreaterThan stack.Statistics.["ip.fragments.sent"] 0L "replies were fragmented")
+            }
+
+            test "the stack pings the kernel over IPv4 and IPv6, small and fragmented" {
+                withStack 3 (fun stack ->
+                    for address in [ "10.79.3.1"; "fd79:3::1" ] do
+                        for size in [ 56; 6000 ] do
+                            let reply = stack.PingAsync(IPAddress.Parse address, timeout, size) |> result
+                            Expect.equal reply.Status IPStatus.Success $"{address} answers {size} bytes"
+                            Expect.equal reply.BufferSize size "the data came back")
+            }
+
+            test "a ping to an address nobody has times out" {
+                withStack 4 (fun stack ->
+                    let reply =
+                        stack.PingAsync(IPAddress.Parse "10.79.4.3", TimeSpan.FromMilliseconds 300.0)
+                        |> result
+
+                    Expect.notEqual reply.Status IPStatus.Success "no success from nobody")
+            }
+
+            test "UDP flows both ways over IPv4 and IPv6 with 1, 1472, 1473 and 60000 bytes" {
+                withStack 5 (fun stack ->
+                    for host, ours in [ "10.79.5.1", "10.79.5.2"; "fd79:5::1", "fd79:5::2" ] do
+                        for length in [ 1; 1472; 1473; 60000 ] do
+                            udpRoundTrip stack (IPAddress.Parse host) (IPAddress.Parse ours) length)
+            }
+
+            test "a connected kernel socket sees ECONNREFUSED from a closed stack port" {
+                withStack 6 (fun stack ->
+                    for host, ours in [ "10.79.6.1", "10.79.6.2"; "fd79:6::1", "fd79:6::2" ] do
+                        use kernel = kernelSocket (IPAddress.Parse host)
+                        kernel.Connect(IPEndPoint(IPAddress.Parse ours, 9))
+                        kernel.Send [| 1uy |] |> ignore
+
+                        let error =
+                            try
+                                kernel.Receive(Array.zeroCreate<byte> 16) |> ignore
+                                SocketError.Success
+                            with :? SocketException as e ->
+                                e.SocketErrorCode
+
+                        Expect.equal error SocketError.ConnectionRefused $"refused over {host}"
+
+                    Expect.isGreaterThanOrEqual stack.Statistics.["icmp.error.sent.port-unreachable"] 2L "two errors")
+            }
+
+            test "a connected stack socket sees ConnectionRefused from a closed kernel port" {
+                withStack 7 (fun stack ->
+                    for host, ours in [ "10.79.7.1", "10.79.7.2"; "fd79:7::1", "fd79:7::2" ] do
+                        use socket = stack.BindUdp(IPEndPoint(IPAddress.Parse ours, 0))
+                        socket.Connect(IPEndPoint(IPAddress.Parse host, 9))
+                        socket.SendAsync(ReadOnlyMemory [| 1uy |]).AsTask() |> result |> ignore
+
+                        let error =
+                            try
+                                socket.ReceiveFromAsync(Memory(Array.zeroCreate<byte> 16)).AsTask()
+                                |> result
+                                |> ignore
+
+                                SocketError.Success
+                            with :? AggregateException as e ->
+                                match e.InnerException with
+                                | :? SocketException as s -> s.SocketErrorCode
+                                | other -> raise other
+
+                        Expect.equal error SocketError.ConnectionRefused $"refused over {host}")
+            }
+
+            test "a burst of garbage is counted and the stack still answers pings" {
+                withStack 8 (fun stack ->
+                    let random = Random 8
+
+                    for i in 1..2000 do
+                        let garbage = Array.zeroCreate<byte>(random.Next(0, 200))
+                        random.NextBytes garbage
+                        // Half of them look like IP headers, to get past the version check.
+                        if garbage.Length > 0 && i % 2 = 0 then
+                            garbage.[0] <- (if i % 4 = 0 then 0x45uy else 0x60uy)
+
+                        stack.InjectPacket(ReadOnlySpan garbage)
+
+                    ping [ "-c"; "2"; "-i"; "0.2"; "-W"; "2"; "10.79.8.2" ] |> ignore
+                    ping [ "-6"; "-c"; "2"; "-i"; "0.2"; "-W"; "2"; "fd79:8::2" ] |> ignore
+
+                    let drops =
+                        stack.Statistics.Snapshot()
+                        |> Seq.filter (fun kv -> kv.Key.StartsWith "drop.")
+                        |> Seq.sumBy (fun kv -> kv.Value)
+
+                    Expect.isGreaterThanOrEqual drops 1900L "the garbage was dropped and counted"
+                    Expect.equal stack.Statistics.["drop.exception"] 0L "no exception escaped the core")
+            }
+
+            test "disposing the stack removes its interface" {
+                let name =
+                    using (NetworkStack.Start(optionsFor 9)) (fun stack -> stack.InterfaceName)
+
+                let code, _ = Isolation.run "ip" [ "link"; "show"; "dev"; name ]
+                Expect.notEqual code 0 "the interface is gone"
+            }
+        ]

@@ -1,0 +1,549 @@
+/// The pure IP layer: classification of received packets, echo replies, UDP round trips through
+/// fragmentation and reassembly, the ICMP error policy, path MTU learning and the token bucket.
+module NetStack.Tests.Stack.IpLayerTests
+
+open System
+open Expecto
+open FsCheck
+open FsCheck.FSharp
+open NetStack.Core.Wire
+open NetStack.Core.Ip
+open NetStack.Core.Stack
+open NetStack.Tests
+open NetStack.Tests.TestUtil
+
+let private ours4 = Ipv4Address.Parse "10.0.0.2"
+let private peer4 = Ipv4Address.Parse "10.0.0.1"
+let private ours6 = Ipv6Address.Parse "fd00::2"
+let private peer6 = Ipv6Address.Parse "fd00::1"
+
+/// The stack's IP layer, and the peer's (the same code with the addresses swapped) to check
+/// what the stack sends.
+let private stackState mtu =
+    IpLayer.create (IpLayer.config (ValueSome ours4) (ValueSome ours6) mtu) 0L
+
+let private peerState mtu =
+    IpLayer.create (IpLayer.config (ValueSome peer4) (ValueSome peer6) mtu) 0L
+
+let private addresses v6 =
+    if v6 then V6 peer6, V6 ours6 else V4 peer4, V4 ours4
+
+let private receive (state: IpLayerState) (packet: byte[]) =
+    let struct (state, r) = IpLayer.receive 1L (ReadOnlySpan packet) state
+    state, r
+
+/// Copies out the bytes a PayloadRef names.
+let private bytesOf (input: byte[]) (reference: PayloadRef) =
+    (IpLayer.slice (ReadOnlySpan input) reference).ToArray()
+
+let private udpPacket (source: IpAddr) (destination: IpAddr) sourcePort destinationPort (payload: byte[]) =
+    let buffer = Array.zeroCreate<byte> 70000
+
+    let n =
+        IpLayer.writeUdp source destination sourcePort destinationPort 77us (ReadOnlySpan payload) (Span buffer)
+
+    buffer.[.. n - 1]
+
+let private echoRequest (source: IpAddr) (destination: IpAddr) identifier sequence (data: byte[]) =
+    let buffer = Array.zeroCreate<byte> 70000
+
+    let n =
+        IpLayer.writeEchoRequest source destination identifier sequence 5us (ReadOnlySpan data) (Span buffer)
+
+    buffer.[.. n - 1]
+
+/// The packets `planFragments` and `writeFragment` make of a whole packet.
+let private fragments (packet: byte[]) (mtu: int) (identification: uint32) =
+    let plan = IpLayer.planFragments (ReadOnlySpan packet) mtu identification
+
+    [
+        for i in 0 .. plan.Count - 1 do
+            let buffer = Array.zeroCreate<byte> mtu
+            let n = IpLayer.writeFragment plan (ReadOnlySpan packet) i (Span buffer)
+            buffer.[.. n - 1]
+    ]
+
+/// Feeds packets in order; returns the final state and every result.
+let private receiveAll (state: IpLayerState) (packets: byte[] list) =
+    let mutable s = state
+
+    let results =
+        [
+            for p in packets do
+                let s', r = receive s p
+                s <- s'
+                p, r
+        ]
+
+    s, results
+
+/// Every reference of a result lies inside the buffer it points into.
+let private referencesInside (input: byte[]) (r: Received) =
+    let inside (reference: PayloadRef) =
+        let length =
+            if isNull reference.Array then
+                input.Length
+            else
+                reference.Array.Length
+
+        reference.Offset >= 0
+        && reference.Length >= 0
+        && reference.Offset + reference.Length <= length
+
+    inside r.Packet && inside r.Payload
+
+let private shuffle (seed: int) (items: 'T list) =
+    let random = Random seed
+    items |> List.map (fun x -> random.Next(), x) |> List.sortBy fst |> List.map snd
+
+let private payloadGen (maxLength: int) =
+    gen {
+        let! length = Gen.choose (0, maxLength)
+        let! bytes = Gen.arrayOfLength length (Gen.choose (0, 255) |> Gen.map byte)
+        return bytes
+    }
+
+/// Valid packets of every kind the layer handles, from the peer to us.
+let private validPacketGen =
+    gen {
+        let! v6 = Gen.elements [ false; true ]
+        let! data = payloadGen 200
+        let! kind = Gen.choose (0, 1)
+        let source, destination = addresses v6
+
+        return
+            if kind = 0 then
+                udpPacket source destination 1000us 2000us data
+            else
+                echoRequest source destination 7us 9us data
+    }
+
+/// Random bytes, the first nibble often 4 or 6 so that the IP parsers are reached.
+let private garbageGen =
+    gen {
+        let! bytes = payloadGen 120
+        let! first = Gen.elements [ 0x45uy; 0x46uy; 0x60uy; 0x4Fuy; 0x00uy; 0x61uy ]
+
+        if bytes.Length > 0 then
+            bytes.[0] <- first
+
+        return bytes
+    }
+
+let private mutatedGen =
+    gen {
+        let! packet = validPacketGen
+
+        let! flips =
+            Gen.listOf (Gen.zip (Gen.choose (0, packet.Length - 1)) (Gen.choose (0, 255)))
+
+        let! cut = Gen.choose (0, packet.Length)
+        let copy = Array.copy packet
+
+        for at, value in flips do
+            copy.[at] <- byte value
+
+        return copy.[.. cut - 1]
+    }
+
+/// The receive path of whole packets allocates nothing (reassembly is the documented exception).
+let private allocationTest =
+    test "receiving a whole UDP datagram or echo request allocates nothing" {
+        let peer, ours = addresses false
+
+        let packets =
+            [|
+                udpPacket peer ours 1us 2us (Array.zeroCreate 1000)
+                echoRequest peer ours 1us 2us [| 1uy |]
+            |]
+
+        let state = stackState 1500
+
+        let run () =
+            for p in packets do
+                let struct (_, r) = IpLayer.receive 1L (ReadOnlySpan p) state
+                ignore r.Kind
+
+        // Warm up (tiered JIT), then measure.
+        for _ in 1..1000 do
+            run ()
+
+        let before = GC.GetAllocatedBytesForCurrentThread()
+
+        for _ in 1..10_000 do
+            run ()
+
+        // A few bytes may come from the runtime itself (tiered JIT), never per packet.
+        let allocated = GC.GetAllocatedBytesForCurrentThread() - before
+        Expect.isLessThan allocated 1_000L $"{allocated} bytes for 20000 packets"
+    }
+
+[<Tests>]
+let tests =
+    testList
+        "IpLayer"
+        [
+            testPropertyWithConfig codecConfig "random bytes never make receive throw, and references stay inside"
+            <| Prop.forAll (Arb.fromGen garbageGen) (fun bytes ->
+                let _, r = receive (stackState 1500) bytes
+                Expect.isTrue (referencesInside bytes r) "references inside")
+
+            testPropertyWithConfig codecConfig "mutated or truncated valid packets never make receive throw"
+            <| Prop.forAll (Arb.fromGen mutatedGen) (fun bytes ->
+                let _, r = receive (stackState 1500) bytes
+                Expect.isTrue (referencesInside bytes r) "references inside"
+
+                if r.Kind = ReceivedKind.Dropped then
+                    Expect.notEqual r.Drop DropReason.NotDropped "a drop names its reason")
+
+            testPropertyWithConfig
+                codecConfig
+                "an echo request is answered with its identifier, sequence and data, v4 and v6"
+            <| fun (v6: bool) (identifier: uint16) (sequence: uint16) (data: byte[]) ->
+                let source, destination = addresses v6
+
+                let _, r =
+                    receive (stackState 65535) (echoRequest source destination identifier sequence data)
+
+                Expect.equal r.Kind ReceivedKind.EchoRequest "an echo request"
+                let buffer = Array.zeroCreate<byte> 70000
+                let request = echoRequest source destination identifier sequence data
+
+                let n =
+                    IpLayer.writeEchoReply
+                        r.Destination
+                        r.Source
+                        r.SourcePort
+                        r.DestinationPort
+                        1us
+                        (IpLayer.slice (ReadOnlySpan request) r.Payload)
+                        (Span buffer)
+
+                let reply = buffer.[.. n - 1]
+                let _, back = receive (peerState 65535) reply
+                Expect.equal back.Kind ReceivedKind.EchoReply "the peer sees an echo reply"
+                Expect.equal back.SourcePort identifier "identifier"
+                Expect.equal back.DestinationPort sequence "sequence"
+                Expect.equal back.Source destination "from the address pinged"
+                Expect.equal (bytesOf reply back.Payload) data "the same data"
+
+            testPropertyWithConfig
+                heavyConfig
+                "a fragmented echo request arriving in any order is reassembled and answered"
+            <| Prop.forAll
+                (Arb.fromGen (Gen.zip3 (Gen.elements [ false; true ]) (payloadGen 9000) (Gen.choose (0, 1000))))
+                (fun (v6, data, seed) ->
+                    let source, destination = addresses v6
+                    let request = echoRequest source destination 3us 4us data
+                    let pieces = fragments request 1280 (uint32 seed) |> shuffle seed
+                    let _, results = receiveAll (stackState 1500) pieces
+
+                    let answers =
+                        results |> List.filter (fun (_, r) -> r.Kind = ReceivedKind.EchoRequest)
+
+                    Expect.equal answers.Length 1 "exactly one echo request"
+                    let input, r = answers.Head
+                    Expect.equal (bytesOf input r.Payload) data "the reassembled data")
+
+            testPropertyWithConfig
+                heavyConfig
+                "UDP built, fragmented for a random MTU and received in any order comes out whole"
+            <| Prop.forAll
+                (Arb.fromGen (
+                    Gen.zip3
+                        (Gen.elements [ false; true ])
+                        (payloadGen 20000)
+                        (Gen.zip (Gen.choose (1280, 1500)) (Gen.choose (0, 1000)))
+                ))
+                (fun (v6, data, (mtu, seed)) ->
+                    let source, destination = addresses v6
+                    let packet = udpPacket source destination 1234us 5678us data
+                    let pieces = fragments packet mtu (uint32 seed) |> shuffle seed
+
+                    for p in pieces do
+                        Expect.isLessThanOrEqual p.Length mtu "every packet fits the MTU"
+
+                    let _, results = receiveAll (stackState 1500) pieces
+
+                    let datagrams =
+                        results |> List.filter (fun (_, r) -> r.Kind = ReceivedKind.UdpDatagram)
+
+                    Expect.equal datagrams.Length 1 "exactly one datagram"
+                    let input, r = datagrams.Head
+                    Expect.equal r.SourcePort 1234us "source port"
+                    Expect.equal r.DestinationPort 5678us "destination port"
+                    Expect.equal r.Source source "source"
+                    Expect.equal (bytesOf input r.Payload) data "payload")
+
+            testPropertyWithConfig
+                codecConfig
+                "the token bucket never grants more than the burst plus the rate over any interval"
+            <| Prop.forAll
+                (Arb.fromGen (
+                    Gen.zip3 (Gen.choose (0, 1000)) (Gen.choose (1, 20)) (Gen.listOf (Gen.choose (0, 50_000)))
+                ))
+                (fun (rate, burst, steps) ->
+                    let mutable bucket = TokenBucket.create rate burst 0L
+                    let mutable now = 0L
+
+                    let grants =
+                        [|
+                            for step in steps do
+                                now <- now + int64 step
+                                let struct (granted, next) = TokenBucket.tryTake now bucket
+                                bucket <- next
+
+                                if granted then
+                                    now
+                        |]
+
+                    for i in 0 .. grants.Length - 1 do
+                        for j in i .. grants.Length - 1 do
+                            let allowed = int64 burst + int64 rate * (grants.[j] - grants.[i]) / 1_000_000L
+                            Expect.isLessThanOrEqual (int64 (j - i + 1)) allowed "grants within the budget")
+
+            test "a full bucket grants its burst at once, then one token per 1/rate seconds" {
+                let mutable bucket = TokenBucket.create 10 3 0L
+
+                let take now =
+                    let struct (granted, next) = TokenBucket.tryTake now bucket
+                    bucket <- next
+                    granted
+
+                Expect.equal [ take 0L; take 0L; take 0L; take 0L ] [ true; true; true; false ] "burst of 3"
+                Expect.isFalse (take 99_999L) "not before 100 ms"
+                Expect.isTrue (take 100_000L) "one after 100 ms"
+            }
+
+            test "an IPv4 echo request gets the echo reply computed by hand" {
+                // 10.0.0.1 -> 10.0.0.2, id 1, seq 1, no data. Header checksum: the words sum to
+                // 0x9920, so 0x66DF; ICMP: 0x0802 -> 0xF7FD for the request, 0x0002 -> 0xFFFD for the reply.
+                let request = hex "4500001c 00000000 4001 66df 0a000001 0a000002 0800f7fd 00010001"
+                let _, r = receive (stackState 1500) request
+                Expect.equal r.Kind ReceivedKind.EchoRequest "an echo request"
+                let buffer = Array.zeroCreate<byte> 100
+
+                let n =
+                    IpLayer.writeEchoReply
+                        r.Destination
+                        r.Source
+                        r.SourcePort
+                        r.DestinationPort
+                        0us
+                        ReadOnlySpan.Empty
+                        (Span buffer)
+
+                Expect.equal
+                    (toHex buffer.[.. n - 1])
+                    "4500001c00000000400166df0a0000020a0000010000fffd00010001"
+                    "reply bytes"
+            }
+
+            test "each malformed or unwanted packet is dropped with its own reason" {
+                let source, destination = addresses false
+                let udp = udpPacket source destination 1us 2us [| 1uy; 2uy; 3uy |]
+                let badIpChecksum = Array.copy udp
+                badIpChecksum.[10] <- badIpChecksum.[10] ^^^ 0xFFuy
+                let badUdpChecksum = Array.copy udp
+                badUdpChecksum.[27] <- badUdpChecksum.[27] ^^^ 0xFFuy
+                let v6 = udpPacket (V6 peer6) (V6 ours6) 1us 2us [| 1uy |]
+                let zeroChecksum6 = Array.copy v6
+                zeroChecksum6.[46] <- 0uy
+                zeroChecksum6.[47] <- 0uy
+                let toPortZero = udpPacket source destination 1us 0us [||]
+
+                let cases =
+                    [
+                        "empty", [||], DropReason.Malformed(PacketLayer.Ip, Truncated(1, 0))
+                        "version 5", [| 0x50uy |], DropReason.Malformed(PacketLayer.Ip, BadVersion 5)
+                        "IPv4 checksum", badIpChecksum, DropReason.Malformed(PacketLayer.Ipv4, BadChecksum)
+                        "UDP checksum", badUdpChecksum, DropReason.Malformed(PacketLayer.Udp, BadChecksum)
+                        "IPv6 UDP zero checksum", zeroChecksum6, DropReason.Malformed(PacketLayer.Udp, BadChecksum)
+                        "not for us",
+                        udpPacket source (V4(Ipv4Address.Parse "10.0.0.9")) 1us 2us [||],
+                        DropReason.NotForUs
+                        "multicast source",
+                        udpPacket (V4(Ipv4Address.Parse "224.0.0.1")) destination 1us 2us [||],
+                        DropReason.BadSource
+                        "loopback source",
+                        udpPacket (V4(Ipv4Address.Parse "127.0.0.1")) destination 1us 2us [||],
+                        DropReason.BadSource
+                        "our own source", udpPacket destination destination 1us 2us [||], DropReason.BadSource
+                        "our own IPv6 source", udpPacket (V6 ours6) (V6 ours6) 1us 2us [||], DropReason.BadSource
+                        "port zero", toPortZero, DropReason.UdpPortZero
+                        "IPv6 multicast destination",
+                        udpPacket (V6 peer6) (V6(Ipv6Address.Parse "ff02::1")) 1us 2us [||],
+                        DropReason.NotForUs
+                    ]
+
+                for name, packet, reason in cases do
+                    let _, r = receive (stackState 1500) packet
+                    Expect.equal r.Kind ReceivedKind.Dropped name
+                    Expect.equal r.Drop reason name
+
+                Expect.equal
+                    (DropReason.name (DropReason.Malformed(PacketLayer.Ipv4, BadChecksum)))
+                    "drop.ipv4.bad-checksum"
+                    "counter name"
+
+                Expect.equal (DropReason.name DropReason.NotForUs) "drop.not-for-us" "counter name"
+            }
+
+            test "port unreachable from the peer reaches us with the quoted addresses and ports, v4 and v6" {
+                for v6 in [ false; true ] do
+                    let peer, ours = addresses v6
+                    // We send a datagram; the peer has no socket and answers with an error.
+                    let datagram = udpPacket ours peer 40000us 9us [| 42uy |]
+                    let buffer = Array.zeroCreate<byte> 1500
+
+                    let struct (_, verdict, n) =
+                        IpLayer.tryWriteError
+                            0L
+                            OutgoingError.PortUnreachable
+                            (ReadOnlySpan datagram)
+                            (Span buffer)
+                            (peerState 1500)
+
+                    Expect.equal verdict ErrorVerdict.Sent "the peer sends the error"
+                    let _, r = receive (stackState 1500) buffer.[.. n - 1]
+                    Expect.equal r.Kind ReceivedKind.IcmpError "an ICMP error"
+                    Expect.equal r.ErrorKind IcmpErrorKind.PortUnreachable "port unreachable"
+                    Expect.equal r.QuotedProtocol IpProtocol.Udp "about UDP"
+                    Expect.equal r.QuotedSource ours "from us"
+                    Expect.equal r.QuotedDestination peer "to the peer"
+                    Expect.equal (r.QuotedSourcePort, r.QuotedDestinationPort) (40000us, 9us) "ports"
+            }
+
+            test "ICMP errors are never sent about ICMP errors, later fragments, multicast, and beyond the rate" {
+                let peer, ours = addresses false
+                let buffer = Array.zeroCreate<byte> 1500
+
+                let verdictOf (state: IpLayerState) (original: byte[]) =
+                    let struct (state, verdict, _) =
+                        IpLayer.tryWriteError
+                            0L
+                            OutgoingError.PortUnreachable
+                            (ReadOnlySpan original)
+                            (Span buffer)
+                            state
+
+                    state, verdict
+
+                // An error about our datagram, as the stack would receive it.
+                let datagram = udpPacket ours peer 1us 2us [| 1uy |]
+
+                let struct (_, _, n) =
+                    IpLayer.tryWriteError
+                        0L
+                        OutgoingError.PortUnreachable
+                        (ReadOnlySpan datagram)
+                        (Span buffer)
+                        (peerState 1500)
+
+                let error = buffer.[.. n - 1]
+                Expect.equal (snd (verdictOf (stackState 1500) error)) ErrorVerdict.AboutIcmpError "not about an error"
+                let big = udpPacket peer ours 1us 2us (Array.zeroCreate 3000)
+                let later = (fragments big 1280 1u).[1]
+
+                Expect.equal
+                    (snd (verdictOf (stackState 1500) later))
+                    ErrorVerdict.NotFirstFragment
+                    "not about a later fragment"
+
+                let multicast = udpPacket peer (V4(Ipv4Address.Parse "239.1.1.1")) 1us 2us [||]
+
+                Expect.equal
+                    (snd (verdictOf (stackState 1500) multicast))
+                    ErrorVerdict.NotUnicastDestination
+                    "not about multicast"
+
+                let mutable state = stackState 1500
+                let plain = udpPacket peer ours 1us 2us [||]
+
+                let verdicts =
+                    [
+                        for _ in 1..12 do
+                            let s, v = verdictOf state plain
+                            state <- s
+                            v
+                    ]
+
+                Expect.equal (verdicts |> List.filter ((=) ErrorVerdict.Sent) |> List.length) 10 "a burst of 10"
+                Expect.equal (List.last verdicts) ErrorVerdict.RateLimited "then rate-limited"
+            }
+
+            test "packet too big lowers the path MTU, never below the family minimum" {
+                for v6, reported, expected in [ true, 1400u, 1400; true, 1000u, 1280; false, 576u, 576; false, 20u, 68 ] do
+                    let peer, ours = addresses v6
+                    let sent = udpPacket ours peer 1us 2us (Array.zeroCreate 1450)
+                    let buffer = Array.zeroCreate<byte> 1500
+                    let quote = sent.[..547]
+
+                    let n =
+                        if v6 then
+                            let m =
+                                Icmpv6.buildPacketTooBig
+                                    (Span(buffer, 40, 1460))
+                                    peer6
+                                    ours6
+                                    reported
+                                    (ReadOnlySpan quote)
+
+                            Ipv6.write
+                                { Ipv6.header peer6 ours6 IpProtocol.Icmpv6 with
+                                    PayloadLength = m
+                                }
+                                (Span buffer)
+                            + m
+                        else
+                            let m =
+                                Icmpv4.buildFragmentationNeeded
+                                    (Span(buffer, 20, 1480))
+                                    (uint16 reported)
+                                    (ReadOnlySpan quote)
+
+                            Ipv4.write (Ipv4.header peer4 ours4 IpProtocol.Icmp) ReadOnlySpan.Empty m (Span buffer)
+                            + m
+
+                    let state, r = receive (stackState 1500) buffer.[.. n - 1]
+                    Expect.equal r.ErrorKind IcmpErrorKind.PacketTooBig "too big"
+                    Expect.equal (IpLayer.pathMtu 2L peer state) expected $"path MTU after a report of {reported}"
+
+                    Expect.equal
+                        (IpLayer.pathMtu (2L + PathMtu.DefaultLifetime) peer state)
+                        1500
+                        "forgotten after its lifetime"
+            }
+
+            test "a datagram whose first fragment came but never completed earns a time exceeded" {
+                for v6 in [ false; true ] do
+                    let peer, ours = addresses v6
+                    let big = udpPacket peer ours 1us 2us (Array.zeroCreate 3000)
+                    let first = (fragments big 1280 9u).[0]
+                    let state, r = receive (stackState 1500) first
+                    Expect.equal r.Kind ReceivedKind.FragmentHeld "held"
+                    let deadline = (IpLayer.nextDeadline state).Value
+                    let struct (_, abandoned) = IpLayer.expire deadline state
+                    Expect.equal abandoned.Length 1 "one datagram given up"
+                    let a = abandoned.Head
+                    let quote = Array.zeroCreate<byte> 1500
+                    let q = IpLayer.writeFirstFragment a.Key a.FirstFragment.Value (Span quote)
+                    Expect.equal quote.[.. q - 1] first "the first fragment as it arrived"
+                    let buffer = Array.zeroCreate<byte> 1500
+
+                    let struct (_, verdict, n) =
+                        IpLayer.tryWriteError
+                            deadline
+                            OutgoingError.ReassemblyTimeExceeded
+                            (ReadOnlySpan quote.[.. q - 1])
+                            (Span buffer)
+                            state
+
+                    Expect.equal verdict ErrorVerdict.Sent "sent"
+                    let _, seen = receive (peerState 1500) buffer.[.. n - 1]
+                    Expect.equal seen.Kind ReceivedKind.IcmpError "the peer reads an ICMP error"
+                    Expect.equal seen.ErrorKind IcmpErrorKind.TimeExceeded "time exceeded"
+                    Expect.equal seen.ErrorCode 1uy "code 1: reassembly"
+            }
+            allocationTest
+        ]
