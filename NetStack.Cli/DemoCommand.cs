@@ -108,16 +108,26 @@ public static partial class DemoCommand
         }
         Console.WriteLine("netstack demo: the NetStack userspace TCP/IP stack, in a private network namespace");
 
-        var stack = StackStarter.TryStart(Name, options);
+        var stack = StackStarter.TryStart(Name, options, out var error);
         if (stack is null)
         {
-            Console.WriteLine("✗ stack up: see the error above");
+            Console.WriteLine($"✗ stack up: {error}");
             return 1;
         }
         await using var _ = stack;
         Console.WriteLine($"✓ stack up on {stack.InterfaceName}: {Addresses(options)}, MTU {options.Mtu}");
 
-        await using var echo = stack.BindUdp(new IPEndPoint(IPAddress.IPv6Any, EchoPort));
+        UdpSocket echo;
+        try
+        {
+            echo = stack.BindUdp(new IPEndPoint(IPAddress.IPv6Any, EchoPort));
+        }
+        catch (Exception e)
+        {
+            Console.WriteLine($"✗ UDP echo service on the stack, port {EchoPort}: {e.Message}");
+            return 1;
+        }
+        await using var __ = echo;
         using var stop = new CancellationTokenSource();
         var echoService = UdpEcho.RunAsync(echo, stop.Token);
 
@@ -175,7 +185,7 @@ public static partial class DemoCommand
     {
         const int Count = 3;
         if (target.AddressFamily == AddressFamily.InterNetworkV6)
-            await WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
+            await Shell.WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
         var family = target.AddressFamily == AddressFamily.InterNetworkV6 ? "-6" : "-4";
         // -i 0.2 is the shortest interval ping allows without privileges; -W bounds each wait.
         var r = await Shell.RunAsync("ping", [family, "-n", "-c", $"{Count}", "-i", "0.2", "-W", "2", target.ToString()], StepTimeout);
@@ -191,28 +201,13 @@ public static partial class DemoCommand
     }
 
     /// <summary>
-    /// Waits until the kernel side's IPv6 address has finished duplicate address detection
-    /// (RFC 4862 §5.4): a tentative address cannot be the source of the kernel's pings.
-    /// </summary>
-    private static async Task WaitForIpv6AddressAsync(string interfaceName, CancellationToken cancellationToken)
-    {
-        for (var i = 0; i < 50; i++)
-        {
-            var r = await Shell.RunAsync("ip", ["-6", "addr", "show", "dev", interfaceName, "tentative"], TimeSpan.FromSeconds(5));
-            if (r.ExitCode == 0 && string.IsNullOrWhiteSpace(r.Output))
-                return;
-            await Task.Delay(100, cancellationToken);
-        }
-    }
-
-    /// <summary>
     /// A kernel .NET <see cref="Socket"/> sends a datagram to the stack's echo socket, which
     /// receives it and sends it back; the kernel socket checks every byte.
     /// </summary>
     private static async Task<string> UdpRoundTripAsync(DemoContext c, IPAddress stackAddress, IPAddress hostAddress, int size)
     {
         if (stackAddress.AddressFamily == AddressFamily.InterNetworkV6)
-            await WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
+            await Shell.WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
         using var kernel = new Socket(stackAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         kernel.Bind(new IPEndPoint(hostAddress, 0));
         var sent = new byte[size];

@@ -50,9 +50,16 @@ public static class Isolation
         try
         {
             using var child = Process.Start(psi)!;
-            // The child gets SIGINT from the terminal too; we just wait for it to finish cleanly.
+            // The child gets a terminal's SIGINT too (same process group): just wait for it to
+            // finish cleanly. A SIGTERM meant for us is passed on, so the child can clean up.
             using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
                 System.Runtime.InteropServices.PosixSignal.SIGINT, ctx => ctx.Cancel = true);
+            using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+                System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx =>
+                {
+                    ctx.Cancel = true;
+                    _ = Shell.RunAsync("kill", ["-TERM", $"{child.Id}"], TimeSpan.FromSeconds(5));
+                });
             child.WaitForExit();
             if (child.ExitCode != 0 && !IsRoot && !UserNamespacesLikelyAllowed())
                 Console.Error.WriteLine("netstack: unprivileged user namespaces look disabled here (kernel.unprivileged_userns_clone / user.max_user_namespaces); run as root");
@@ -126,6 +133,22 @@ public static class Shell
             throw new TimeoutException($"'{file} {string.Join(' ', psi.ArgumentList)}' did not finish within {timeout.TotalSeconds:0} s");
         }
         return new Result(p.ExitCode, await stdout, await stderr);
+    }
+
+    /// <summary>
+    /// Waits (up to 5 s) until the kernel side's IPv6 addresses on <paramref name="interfaceName"/>
+    /// have finished duplicate address detection (RFC 4862 §5.4): until then the kernel neither
+    /// sends from a tentative address nor accepts packets for it.
+    /// </summary>
+    public static async Task WaitForIpv6AddressAsync(string interfaceName, CancellationToken cancellationToken)
+    {
+        for (var i = 0; i < 50; i++)
+        {
+            var r = await RunAsync("ip", ["-6", "addr", "show", "dev", interfaceName, "tentative"], TimeSpan.FromSeconds(5));
+            if (r.ExitCode == 0 && string.IsNullOrWhiteSpace(r.Output))
+                return;
+            await Task.Delay(100, cancellationToken);
+        }
     }
 
     /// <summary>Runs a short command and throws with its stderr when it fails.</summary>

@@ -108,6 +108,17 @@ public static class PingCommand
             return 1;
         await using var _ = stack;
 
+        if (s.Host.AddressFamily == AddressFamily.InterNetworkV6)
+        {
+            try
+            {
+                await Shell.WaitForIpv6AddressAsync(stack.InterfaceName, shutdown.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                return 1;
+            }
+        }
         var source = s.Host.AddressFamily == AddressFamily.InterNetworkV6 ? s.Options.Address6 : s.Options.Address;
         Console.WriteLine($"PING {s.Host} from {source} {stack.InterfaceName}: {s.Size} data bytes");
         var rtts = new List<double>();

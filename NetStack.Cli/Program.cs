@@ -94,8 +94,13 @@ public static class StackStarter
     /// Starts a stack; on failure prints "<paramref name="command"/>: reason" and returns null.
     /// An <see cref="ArgumentException"/> (the options are wrong) is a usage error (exit 2).
     /// </summary>
-    public static NetworkStack? TryStart(string command, NetStackOptions options)
+    public static NetworkStack? TryStart(string command, NetStackOptions options) =>
+        TryStart(command, options, out var error) ?? Fail(command, error);
+
+    /// <summary>Starts a stack; on failure returns null with the reason in <paramref name="error"/>.</summary>
+    public static NetworkStack? TryStart(string command, NetStackOptions options, out string error)
     {
+        error = "";
         try
         {
             return NetworkStack.Start(options);
@@ -106,9 +111,15 @@ public static class StackStarter
         }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"{command}: cannot bring the stack up: {e.Message}");
+            error = e.Message;
             return null;
         }
+    }
+
+    private static NetworkStack? Fail(string command, string error)
+    {
+        Console.Error.WriteLine($"{command}: cannot bring the stack up: {error}");
+        return null;
     }
 
     /// <summary>The statistics as "name value" lines, non-zero counters only, sorted by name.</summary>

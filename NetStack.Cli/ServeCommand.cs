@@ -157,6 +157,11 @@ public static class UdpEcho
             {
                 // One datagram's trouble (too big, the sender's port closed) is not the service's.
             }
+            catch (Exception e)
+            {
+                Console.Error.WriteLine($"udp echo on {socket.LocalEndPoint}: stopped: {e.Message}");
+                return;
+            }
         }
     }
 }
