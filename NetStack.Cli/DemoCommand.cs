@@ -1,0 +1,248 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+using System.Text.RegularExpressions;
+
+namespace NetStack.Cli;
+
+/// <summary>
+/// <c>netstack demo</c>: with no configuration at all, runs itself in a private network namespace,
+/// brings the stack up, lets the kernel ping it, exchanges UDP both ways, lets the stack ping the
+/// kernel, and prints one line per step. The demo is a list of <see cref="DemoStep"/>s, so later
+/// issues add TCP and HTTP by adding steps.
+/// </summary>
+public static partial class DemoCommand
+{
+    /// <summary>The command name used in messages.</summary>
+    public const string Name = "netstack demo";
+
+    /// <summary>The port of the stack's UDP echo service during the demo (RFC 862 echo).</summary>
+    private const int EchoPort = 7;
+
+    /// <summary>A datagram bigger than the 1500-byte MTU: fragmented on the way in and the way out.</summary>
+    private const int FragmentedSize = 6000;
+
+    /// <summary>How long one step may take before it counts as failed.</summary>
+    private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(15);
+
+    /// <summary>The help text.</summary>
+    public static string Usage => $"""
+        usage: netstack demo [interface options]
+
+        Shows the stack working, with zero configuration: runs itself in a private network
+        namespace (re-executing under 'unshare --net', or 'unshare --user --map-root-user --net'
+        when not root), brings the stack up on a TUN interface, lets the kernel ping it over IPv4
+        and IPv6, exchanges UDP datagrams both ways (including a {FragmentedSize}-byte one that is
+        fragmented), lets the stack ping the kernel, and prints a report. Exits 0 when every step
+        worked, 1 otherwise (the report says which step failed and why).
+
+        {InterfaceOptions.Help}
+        """;
+
+    /// <summary>What a step works with.</summary>
+    /// <param name="Stack">The running stack.</param>
+    /// <param name="Echo">A stack UDP socket bound on [::]:7 (both families) that echoes datagrams.</param>
+    /// <param name="Cancellation">Fires when the step's time is up.</param>
+    public sealed record DemoContext(NetworkStack Stack, UdpSocket Echo, CancellationToken Cancellation);
+
+    /// <summary>One step of the demo: a title and an action that returns the detail line or throws.</summary>
+    /// <param name="Title">What the step shows, e.g. "kernel pings the stack over IPv4".</param>
+    /// <param name="Run">Does it; returns the detail (RTTs, byte counts); throws when it fails.</param>
+    public sealed record DemoStep(string Title, Func<DemoContext, Task<string>> Run);
+
+    /// <summary>Runs the command; returns the exit code.</summary>
+    public static int Run(string[] args)
+    {
+        if (Program.WantsHelp(args))
+        {
+            Console.WriteLine(Usage);
+            return 0;
+        }
+        var reader = new ArgReader(Name, args);
+        var options = new NetStackOptions();
+        while (reader.Next() is { } arg)
+        {
+            if (!InterfaceOptions.TryRead(reader, arg, ref options))
+                throw reader.Unknown(arg);
+        }
+        InterfaceOptions.Validate(reader, options);
+
+        if (!Isolation.IsIsolated)
+            return Isolation.ReexecIsolated(["demo", .. args]);
+        return RunIsolatedAsync(options).GetAwaiter().GetResult();
+    }
+
+    /// <summary>The steps, in order, for the address families the stack has.</summary>
+    public static IReadOnlyList<DemoStep> Steps(NetStackOptions o)
+    {
+        var steps = new List<DemoStep>();
+        var families = new List<(string Name, IPAddress Stack, IPAddress Host)>();
+        if (o.Address is not null && o.HostAddress is not null)
+            families.Add(("IPv4", o.Address, o.HostAddress));
+        if (o.Address6 is not null && o.HostAddress6 is not null)
+            families.Add(("IPv6", o.Address6, o.HostAddress6));
+
+        foreach (var f in families)
+            steps.Add(new($"kernel pings the stack over {f.Name}", c => KernelPingsStackAsync(c, f.Stack)));
+        foreach (var f in families)
+            steps.Add(new($"UDP over {f.Name}, kernel socket ↔ stack socket", c => UdpRoundTripAsync(c, f.Stack, f.Host, 64)));
+        foreach (var f in families)
+            steps.Add(new($"UDP over {f.Name}, {FragmentedSize}-byte datagram, fragmented both ways", c => UdpRoundTripAsync(c, f.Stack, f.Host, FragmentedSize)));
+        foreach (var f in families)
+            steps.Add(new($"stack pings the kernel over {f.Name}", c => StackPingsKernelAsync(c, f.Host)));
+        return steps;
+    }
+
+    private static async Task<int> RunIsolatedAsync(NetStackOptions options)
+    {
+        try
+        {
+            Isolation.LoopbackUp();
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"{Name}: {e.Message}");
+            return 1;
+        }
+        Console.WriteLine("netstack demo: the NetStack userspace TCP/IP stack, in a private network namespace");
+
+        var stack = StackStarter.TryStart(Name, options, out var error);
+        if (stack is null)
+        {
+            Console.WriteLine($"✗ stack up: {error}");
+            return 1;
+        }
+        await using var _ = stack;
+        Console.WriteLine($"✓ stack up on {stack.InterfaceName}: {Addresses(options)}, MTU {options.Mtu}");
+
+        UdpSocket echo;
+        try
+        {
+            echo = stack.BindUdp(new IPEndPoint(IPAddress.IPv6Any, EchoPort));
+        }
+        catch (Exception e)
+        {
+            Console.WriteLine($"✗ UDP echo service on the stack, port {EchoPort}: {e.Message}");
+            return 1;
+        }
+        await using var __ = echo;
+        using var stop = new CancellationTokenSource();
+        var echoService = UdpEcho.RunAsync(echo, stop.Token);
+
+        var steps = Steps(options);
+        var failed = 0;
+        foreach (var step in steps)
+        {
+            using var timeout = new CancellationTokenSource(StepTimeout);
+            try
+            {
+                var detail = await step.Run(new DemoContext(stack, echo, timeout.Token)).WaitAsync(StepTimeout + TimeSpan.FromSeconds(1));
+                Console.WriteLine($"✓ {step.Title}: {detail}");
+            }
+            catch (Exception e)
+            {
+                failed++;
+                var why = e is OperationCanceledException or TimeoutException ? $"no answer within {StepTimeout.TotalSeconds:0} s" : e.Message;
+                Console.WriteLine($"✗ {step.Title}: {why}");
+            }
+        }
+
+        stop.Cancel();
+        await echo.DisposeAsync();
+        await echoService;
+
+        if (failed == 0)
+        {
+            Console.WriteLine($"demo passed: all {steps.Count + 1} steps worked");
+            return 0;
+        }
+        Console.WriteLine($"demo FAILED: {failed} of {steps.Count + 1} steps did not work");
+        return 1;
+    }
+
+    private static string Addresses(NetStackOptions o)
+    {
+        var parts = new List<string>();
+        if (o.Address is not null)
+            parts.Add($"stack {o.Address} ↔ kernel {o.HostAddress}");
+        if (o.Address6 is not null)
+            parts.Add($"stack {o.Address6} ↔ kernel {o.HostAddress6}");
+        return string.Join(", ", parts);
+    }
+
+    // iputils: "3 packets transmitted, 3 received, ..."; busybox: "3 packets transmitted, 3 packets received, ...".
+    [GeneratedRegex(@"(\d+) packets transmitted, (\d+) (?:packets )?received")]
+    private static partial Regex PingCounts();
+
+    // iputils: "rtt min/avg/max/mdev = 0.035/0.041/0.050/0.006 ms"; busybox: "round-trip min/avg/max = ...".
+    [GeneratedRegex(@"min/avg/max\S* = ([\d.]+)/([\d.]+)/([\d.]+)")]
+    private static partial Regex PingRtts();
+
+    /// <summary>The kernel's own <c>ping</c> tool against the stack: three echoes, the summary parsed.</summary>
+    private static async Task<string> KernelPingsStackAsync(DemoContext c, IPAddress target)
+    {
+        const int Count = 3;
+        if (target.AddressFamily == AddressFamily.InterNetworkV6)
+            await Shell.WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
+        var family = target.AddressFamily == AddressFamily.InterNetworkV6 ? "-6" : "-4";
+        // -i 0.2 is the shortest interval ping allows without privileges; -W bounds each wait.
+        var r = await Shell.RunAsync("ping", [family, "-n", "-c", $"{Count}", "-i", "0.2", "-W", "2", target.ToString()], StepTimeout);
+        var counts = PingCounts().Match(r.Output);
+        if (!counts.Success)
+            throw new InvalidOperationException($"ping {family} failed (exit {r.ExitCode}): {(r.Error + r.Output).Trim().Split('\n')[^1]}");
+        var received = int.Parse(counts.Groups[2].Value, CultureInfo.InvariantCulture);
+        if (received == 0)
+            throw new InvalidOperationException($"ping {family} {target}: 0 of {counts.Groups[1].Value} replies");
+        var rtt = PingRtts().Match(r.Output);
+        var avg = rtt.Success ? $", rtt avg {rtt.Groups[2].Value} ms" : "";
+        return $"{received}/{counts.Groups[1].Value} replies from {target}{avg}";
+    }
+
+    /// <summary>
+    /// A kernel .NET <see cref="Socket"/> sends a datagram to the stack's echo socket, which
+    /// receives it and sends it back; the kernel socket checks every byte.
+    /// </summary>
+    private static async Task<string> UdpRoundTripAsync(DemoContext c, IPAddress stackAddress, IPAddress hostAddress, int size)
+    {
+        if (stackAddress.AddressFamily == AddressFamily.InterNetworkV6)
+            await Shell.WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
+        using var kernel = new Socket(stackAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        kernel.Bind(new IPEndPoint(hostAddress, 0));
+        var sent = new byte[size];
+        Random.Shared.NextBytes(sent);
+        var received = new byte[size + 1];
+        var target = new IPEndPoint(stackAddress, EchoPort);
+
+        var clock = Stopwatch.StartNew();
+        await kernel.SendToAsync(sent, target, c.Cancellation);
+        var r = await kernel.ReceiveFromAsync(received, new IPEndPoint(hostAddress.AddressFamily == AddressFamily.InterNetworkV6 ? IPAddress.IPv6Any : IPAddress.Any, 0), c.Cancellation);
+        var rtt = clock.Elapsed.TotalMilliseconds;
+
+        var from = (IPEndPoint)r.RemoteEndPoint;
+        if (!from.Address.Equals(stackAddress) || from.Port != EchoPort)
+            throw new InvalidOperationException($"the reply came from {from}, not {target}");
+        if (r.ReceivedBytes != size || !received.AsSpan(0, size).SequenceEqual(sent))
+            throw new InvalidOperationException($"sent {size} bytes, got back {r.ReceivedBytes} different ones");
+        return $"{size} B kernel → stack, {size} B stack → kernel, round trip {rtt.ToString("0.00", CultureInfo.InvariantCulture)} ms";
+    }
+
+    /// <summary>The stack's own ping (<see cref="NetworkStack.PingAsync"/>) to the kernel side.</summary>
+    private static async Task<string> StackPingsKernelAsync(DemoContext c, IPAddress host)
+    {
+        const int Count = 3;
+        var rtts = new List<double>();
+        IPStatus last = IPStatus.Unknown;
+        for (var i = 0; i < Count; i++)
+        {
+            var reply = await c.Stack.PingAsync(host, TimeSpan.FromSeconds(2), 56, c.Cancellation);
+            last = reply.Status;
+            if (reply.Status == IPStatus.Success)
+                rtts.Add(reply.RoundtripTime.TotalMilliseconds);
+        }
+        if (rtts.Count == 0)
+            throw new InvalidOperationException($"0 of {Count} replies from {host} ({last})");
+        return $"{rtts.Count}/{Count} replies from {host}, rtt avg {rtts.Average().ToString("0.000", CultureInfo.InvariantCulture)} ms";
+    }
+}

@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+
+namespace NetStack.Cli;
+
+/// <summary><c>netstack ping</c>: brings a stack up and pings a host from it, printing like iputils ping.</summary>
+public static class PingCommand
+{
+    /// <summary>The command name used in messages.</summary>
+    public const string Name = "netstack ping";
+
+    /// <summary>ICMP echo header: type, code, checksum, identifier, sequence (RFC 792, RFC 4443 §4.1).</summary>
+    private const int IcmpEchoHeader = 8;
+
+    /// <summary>Largest echo data over IPv4: 65535 - 20 (IP header) - 8 (ICMP header).</summary>
+    private const int MaxSize = 65507;
+
+    /// <summary>The help text.</summary>
+    public static string Usage => $"""
+        usage: netstack ping HOST [-c COUNT] [-i INTERVAL] [-W TIMEOUT] [-s SIZE] [interface options]
+
+        Brings the stack up on a TUN interface and sends ICMP echo requests from it to HOST (an
+        IPv4 or IPv6 address; usually the kernel side, --host-ip or --host-ip6). Exits 0 when any
+        reply came back, 1 otherwise. SIGINT stops early and prints the summary.
+
+        ping options:
+          -c COUNT            echo requests to send, 0 = until interrupted (default 4)
+          -i INTERVAL         seconds between requests (default 1)
+          -W TIMEOUT          seconds to wait for each reply (default 1)
+          -s SIZE             echo data bytes, 0-{MaxSize} (default 56)
+
+        {InterfaceOptions.Help}
+
+        Needs CAP_NET_ADMIN: run as root, or inside 'unshare --user --map-root-user --net'.
+        """;
+
+    /// <summary>What the command line asked for.</summary>
+    /// <param name="Options">The stack's options.</param>
+    /// <param name="Host">Whom to ping.</param>
+    /// <param name="Count">Requests to send; 0 means until interrupted.</param>
+    /// <param name="Interval">Time between requests.</param>
+    /// <param name="Timeout">Time to wait for each reply.</param>
+    /// <param name="Size">Echo data bytes.</param>
+    public sealed record Settings(NetStackOptions Options, IPAddress Host, int Count, TimeSpan Interval, TimeSpan Timeout, int Size);
+
+    /// <summary>Parses the arguments after <c>ping</c>; throws <see cref="UsageException"/>.</summary>
+    public static Settings Parse(string[] args)
+    {
+        var reader = new ArgReader(Name, args);
+        var options = new NetStackOptions();
+        IPAddress? host = null;
+        int count = 4, size = 56;
+        TimeSpan interval = TimeSpan.FromSeconds(1), timeout = TimeSpan.FromSeconds(1);
+        while (reader.Next() is { } arg)
+        {
+            if (InterfaceOptions.TryRead(reader, arg, ref options))
+                continue;
+            switch (arg)
+            {
+                case "-c":
+                    count = reader.ParseInt(arg, reader.Value(arg), 0, int.MaxValue, "a count");
+                    break;
+                case "-i":
+                    interval = reader.ParseSeconds(arg, reader.Value(arg), 0.001, 3600);
+                    break;
+                case "-W":
+                    timeout = reader.ParseSeconds(arg, reader.Value(arg), 0.001, 3600);
+                    break;
+                case "-s":
+                    size = reader.ParseInt(arg, reader.Value(arg), 0, MaxSize, "an echo data size");
+                    break;
+                default:
+                    if (arg.StartsWith('-') || host is not null)
+                        throw reader.Unknown(arg);
+                    host = reader.ParseAnyAddress("HOST", arg);
+                    break;
+            }
+        }
+        if (host is null)
+            throw reader.Fail("missing HOST");
+        InterfaceOptions.Validate(reader, options);
+        var v6 = host.AddressFamily == AddressFamily.InterNetworkV6;
+        if (v6 ? options.Address6 is null : options.Address is null)
+            throw reader.Fail($"HOST {host} is {(v6 ? "IPv6" : "IPv4")} but the stack has no {(v6 ? "--ip6" : "--ip")} address");
+        return new Settings(options, host, count, interval, timeout, size);
+    }
+
+    /// <summary>Runs the command; returns the exit code.</summary>
+    public static int Run(string[] args)
+    {
+        if (Program.WantsHelp(args))
+        {
+            Console.WriteLine(Usage);
+            return 0;
+        }
+        var settings = Parse(args);
+        return RunAsync(settings).GetAwaiter().GetResult();
+    }
+
+    private static async Task<int> RunAsync(Settings s)
+    {
+        using var shutdown = new ShutdownSignal();
+        var stack = StackStarter.TryStart(Name, s.Options);
+        if (stack is null)
+            return 1;
+        await using var _ = stack;
+
+        if (s.Host.AddressFamily == AddressFamily.InterNetworkV6)
+        {
+            try
+            {
+                await Shell.WaitForIpv6AddressAsync(stack.InterfaceName, shutdown.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                return 1;
+            }
+        }
+        var source = s.Host.AddressFamily == AddressFamily.InterNetworkV6 ? s.Options.Address6 : s.Options.Address;
+        Console.WriteLine($"PING {s.Host} from {source} {stack.InterfaceName}: {s.Size} data bytes");
+        var rtts = new List<double>();
+        var sent = 0;
+        var clock = Stopwatch.StartNew();
+        for (var seq = 1; (s.Count == 0 || seq <= s.Count) && !shutdown.Token.IsCancellationRequested; seq++)
+        {
+            var started = clock.Elapsed;
+            sent++;
+            try
+            {
+                var reply = await stack.PingAsync(s.Host, s.Timeout, s.Size, shutdown.Token);
+                if (reply.Status == IPStatus.Success)
+                {
+                    var ms = reply.RoundtripTime.TotalMilliseconds;
+                    rtts.Add(ms);
+                    Console.WriteLine($"{reply.BufferSize + IcmpEchoHeader} bytes from {reply.Address}: icmp_seq={seq} time={Ms(ms)} ms");
+                }
+                else
+                {
+                    Console.WriteLine($"From {reply.Address} icmp_seq={seq} {reply.Status}");
+                }
+            }
+            catch (OperationCanceledException) when (shutdown.Token.IsCancellationRequested)
+            {
+                sent--;
+                break;
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine($"icmp_seq={seq}: {e.Message}");
+            }
+            if (s.Count != 0 && seq == s.Count)
+                break;
+            var wait = started + s.Interval - clock.Elapsed;
+            if (wait > TimeSpan.Zero)
+            {
+                try
+                {
+                    await Task.Delay(wait, shutdown.Token);
+                }
+                catch (OperationCanceledException)
+                {
+                }
+            }
+        }
+
+        var loss = sent == 0 ? 0 : 100 * (sent - rtts.Count) / sent;
+        Console.WriteLine($"--- {s.Host} ping statistics ---");
+        Console.WriteLine($"{sent} packets transmitted, {rtts.Count} received, {loss}% packet loss, time {clock.ElapsedMilliseconds}ms");
+        if (rtts.Count > 0)
+        {
+            var avg = rtts.Average();
+            var mdev = Math.Sqrt(rtts.Average(r => (r - avg) * (r - avg)));
+            Console.WriteLine($"rtt min/avg/max/mdev = {Ms(rtts.Min())}/{Ms(avg)}/{Ms(rtts.Max())}/{Ms(mdev)} ms");
+        }
+        return rtts.Count > 0 ? 0 : 1;
+    }
+
+    private static string Ms(double ms) => ms.ToString("0.000", CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,167 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace NetStack.Cli;
+
+/// <summary>
+/// <c>netstack serve</c>: brings the stack up, runs its services (UDP echo so far) and serves
+/// until SIGINT/SIGTERM; then disposes the stack, which removes the interface, prints the
+/// statistics and exits 0.
+/// </summary>
+public static class ServeCommand
+{
+    /// <summary>The command name used in messages.</summary>
+    public const string Name = "netstack serve";
+
+    /// <summary>The help text.</summary>
+    public static string Usage => $"""
+        usage: netstack serve [interface options] [--udp-echo PORT]...
+
+        Brings the stack up on a TUN interface and serves until SIGINT or SIGTERM. When everything
+        is up it prints one line beginning with 'ready' (interface name and addresses). On the
+        signal it removes the interface, prints the stack's counters and exits 0.
+
+        services:
+          --udp-echo PORT     echo every UDP datagram on PORT (IPv4 and IPv6) back to its sender;
+                              repeat the option for more ports
+
+        {InterfaceOptions.Help}
+
+        Needs CAP_NET_ADMIN: run as root, or inside 'unshare --user --map-root-user --net'.
+        """;
+
+    /// <summary>What the command line asked for.</summary>
+    /// <param name="Options">The stack's options.</param>
+    /// <param name="UdpEchoPorts">Ports to run a UDP echo service on.</param>
+    public sealed record Settings(NetStackOptions Options, IReadOnlyList<int> UdpEchoPorts);
+
+    /// <summary>Parses the arguments after <c>serve</c>; throws <see cref="UsageException"/>.</summary>
+    public static Settings Parse(string[] args)
+    {
+        var reader = new ArgReader(Name, args);
+        var options = new NetStackOptions();
+        var ports = new List<int>();
+        while (reader.Next() is { } arg)
+        {
+            if (InterfaceOptions.TryRead(reader, arg, ref options))
+                continue;
+            if (arg == "--udp-echo")
+            {
+                var port = reader.ParseInt(arg, reader.Value(arg), 1, 65535, "a port");
+                if (ports.Contains(port))
+                    throw reader.Fail($"--udp-echo: port {port} given twice");
+                ports.Add(port);
+                continue;
+            }
+            throw reader.Unknown(arg);
+        }
+        InterfaceOptions.Validate(reader, options);
+        return new Settings(options, ports);
+    }
+
+    /// <summary>Runs the command; returns the exit code.</summary>
+    public static int Run(string[] args)
+    {
+        if (Program.WantsHelp(args))
+        {
+            Console.WriteLine(Usage);
+            return 0;
+        }
+        var settings = Parse(args);
+        return RunAsync(settings).GetAwaiter().GetResult();
+    }
+
+    private static async Task<int> RunAsync(Settings settings)
+    {
+        // Listen for the signals before the interface exists, so no signal can leave it behind.
+        using var shutdown = new ShutdownSignal();
+        var stack = StackStarter.TryStart(Name, settings.Options);
+        if (stack is null)
+            return 1;
+
+        IReadOnlyDictionary<string, long> statistics;
+        var exitCode = 0;
+        var services = new List<Task>();
+        var sockets = new List<UdpSocket>();
+        try
+        {
+            foreach (var port in settings.UdpEchoPorts)
+            {
+                // IPv6Any binds both families (dual mode), like a dual-mode .NET Socket.
+                var socket = stack.BindUdp(new IPEndPoint(IPAddress.IPv6Any, port));
+                sockets.Add(socket);
+                services.Add(UdpEcho.RunAsync(socket, shutdown.Token));
+            }
+
+            var echo = settings.UdpEchoPorts.Count > 0 ? $" udp-echo {string.Join(',', settings.UdpEchoPorts)}" : "";
+            Console.WriteLine($"ready {InterfaceOptions.Describe(stack)}{echo}");
+
+            try
+            {
+                await Task.Delay(Timeout.Infinite, shutdown.Token);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            Console.Error.WriteLine($"{Name}: shutting down");
+        }
+        catch (SocketException e)
+        {
+            Console.Error.WriteLine($"{Name}: {e.Message}");
+            exitCode = 1;
+        }
+        finally
+        {
+            foreach (var s in sockets)
+                await s.DisposeAsync();
+            await Task.WhenAll(services);
+            statistics = stack.Statistics.Snapshot();
+            await stack.DisposeAsync();
+        }
+        if (exitCode == 0)
+            Console.WriteLine(StackStarter.FormatStatistics(statistics));
+        return exitCode;
+    }
+}
+
+/// <summary>The UDP echo service (RFC 862 style): every datagram goes back to its sender.</summary>
+public static class UdpEcho
+{
+    /// <summary>Largest UDP payload over IPv6 (65535 - 8); over IPv4 it is 65507.</summary>
+    private const int MaxDatagram = 65527;
+
+    /// <summary>Echoes datagrams until <paramref name="cancellationToken"/> fires or the socket is closed.</summary>
+    public static async Task RunAsync(UdpSocket socket, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[MaxDatagram];
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            try
+            {
+                var received = await socket.ReceiveFromAsync(buffer, cancellationToken);
+                await socket.SendToAsync(buffer.AsMemory(0, received.ReceivedBytes), (IPEndPoint)received.RemoteEndPoint, cancellationToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (ObjectDisposedException)
+            {
+                return;
+            }
+            catch (SocketException e) when (e.SocketErrorCode == SocketError.OperationAborted)
+            {
+                return;
+            }
+            catch (SocketException)
+            {
+                // One datagram's trouble (too big, the sender's port closed) is not the service's.
+            }
+            catch (Exception e)
+            {
+                Console.Error.WriteLine($"udp echo on {socket.LocalEndPoint}: stopped: {e.Message}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+/// The `netstack` command as a user sees it: help, bad arguments, and `serve`/`ping` bringing a
+/// real stack up. Each test runs the built netstack.dll with `dotnet`, inside the test run's
+/// private network namespace, with its own interface name and addresses.
+module NetStack.Tests.Integration.CliTests
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Net
+open System.Net.Sockets
+open System.Runtime.InteropServices
+open System.Text
+open Expecto
+
+/// The configuration the tests were built in (Release or Debug), to find the matching netstack.dll.
+let private configuration =
+    if AppContext.BaseDirectory.Contains "/Debug/" then
+        "Debug"
+    else
+        "Release"
+
+/// The built `netstack` command, next to the test binary in the same repository.
+let netstackDll =
+    lazy
+        (let path =
+            Path.Combine(
+                NetStack.Tests.RepoTests.repoRoot.Value,
+                "NetStack.Cli",
+                "bin",
+                configuration,
+                "net10.0",
+                "netstack.dll"
+            )
+
+         if not (File.Exists path) then
+             failwith $"{path} not found: build the solution first (dotnet build NetStack.sln -c {configuration})"
+
+         path)
+
+/// Starts `dotnet netstack.dll ARGS` with stdout and stderr redirected.
+let start (args: string list) =
+    let psi = ProcessStartInfo "dotnet"
+    psi.ArgumentList.Add netstackDll.Value
+
+    for a in args do
+        psi.ArgumentList.Add a
+
+    psi.RedirectStandardOutput <- true
+    psi.RedirectStandardError <- true
+    psi.StandardOutputEncoding <- Encoding.UTF8
+    psi.StandardErrorEncoding <- Encoding.UTF8
+    Process.Start psi
+
+/// Runs `netstack ARGS` to the end (killing it after `timeout`); returns exit code, stdout, stderr.
+let runNetstack (timeout: TimeSpan) (args: string list) =
+    use p = start args
+    let out = p.StandardOutput.ReadToEndAsync()
+    let err = p.StandardError.ReadToEndAsync()
+
+    if not (p.WaitForExit timeout) then
+        p.Kill true
+        p.WaitForExit()
+
+        failtestf
+            "netstack %s did not finish within %.0f s; output so far:\n%s"
+            (String.Join(" ", args))
+            timeout.TotalSeconds
+            out.Result
+
+    p.ExitCode, out.Result, err.Result
+
+let private quick = TimeSpan.FromSeconds 30.
+
+[<DllImport("libc", SetLastError = true)>]
+extern int private kill(int pid, int signal)
+
+/// SIGTERM on Linux.
+let private SIGTERM = 15
+
+/// True while `ip link show NAME` finds the interface in this namespace. (/sys/class/net would
+/// show the namespace that mounted sysfs, not ours.)
+let private interfaceExists (name: string) =
+    fst (NetStack.Tests.Isolation.run "ip" [ "link"; "show"; "dev"; name ]) = 0
+
+/// Reads stdout lines until one starts with `ready`; fails after `timeout`.
+let private waitForReady (p: Process) (timeout: TimeSpan) =
+    let deadline = DateTime.UtcNow + timeout
+    let mutable ready = None
+    let seen = StringBuilder()
+
+    while ready.IsNone do
+        let line = p.StandardOutput.ReadLineAsync()
+        let left = deadline - DateTime.UtcNow
+
+        if left <= TimeSpan.Zero || not (line.Wait left) then
+            p.Kill true
+
+            failtestf
+                "no 'ready' line within %.0f s; stdout:\n%s\nstderr:\n%s"
+                timeout.TotalSeconds
+                (string seen)
+                (p.StandardError.ReadToEnd())
+
+        match line.Result with
+        | null ->
+            failtestf
+                "netstack exited before 'ready'; stdout:\n%s\nstderr:\n%s"
+                (string seen)
+                (p.StandardError.ReadToEnd())
+        | l when l.StartsWith "ready" -> ready <- Some l
+        | l -> seen.AppendLine l |> ignore
+
+    ready.Value
+
+let private commands = [ "serve"; "ping"; "demo"; "bench" ]
+
+/// Bad command lines, each with a fragment of the one line it must print.
+let private badArguments =
+    [
+        [ "frobnicate" ], "unknown command 'frobnicate'"
+        [ "serve"; "--frob" ], "unknown option '--frob'"
+        [ "serve"; "--ip" ], "option --ip needs a value"
+        [ "serve"; "--host-ip6" ], "option --host-ip6 needs a value"
+        [ "serve"; "--ip"; "10.0.0" ], "'10.0.0' is not an IPv4 address"
+        [ "serve"; "--host-ip"; "fd00::1" ], "'fd00::1' is not an IPv4 address"
+        [ "serve"; "--ip6"; "10.0.0.1" ], "'10.0.0.1' is not an IPv6 address"
+        [ "serve"; "--ip6"; "fd00:::1" ], "'fd00:::1' is not an IPv6 address"
+        [ "serve"; "--udp-echo"; "0" ], "'0' is not a port"
+        [ "serve"; "--udp-echo"; "65536" ], "'65536' is not a port"
+        [ "serve"; "--udp-echo"; "echo" ], "'echo' is not a port"
+        [ "serve"; "--mtu"; "1279" ], "'1279' is not an MTU"
+        [ "serve"; "--mtu"; "65536" ], "'65536' is not an MTU"
+        [ "serve"; "--mtu=big" ], "'big' is not an MTU"
+        [ "serve"; "--tun"; "a-name-longer-than-15" ], "is not an interface name"
+        [ "serve"; "--ip"; "10.9.0.1"; "--host-ip"; "10.9.0.1" ], "--ip and --host-ip are both 10.9.0.1"
+        [ "ping" ], "missing HOST"
+        [ "ping"; "not-an-address" ], "'not-an-address' is not an IPv4 or IPv6 address"
+        [ "ping"; "10.77.0.1"; "-c" ], "option -c needs a value"
+        [ "ping"; "10.77.0.1"; "-s"; "70000" ], "'70000' is not an echo data size"
+        [ "ping"; "10.77.0.1"; "--mtu"; "9" ], "'9' is not an MTU"
+        [ "ping"; "fd77::1"; "--ip6"; "none" ], "the stack has no --ip6 address"
+        [ "demo"; "--frob" ], "unknown option '--frob'"
+        [ "demo"; "--ip"; "300.1.1.1" ], "'300.1.1.1' is not an IPv4 address"
+        [ "bench"; "--seconds"; "0" ], "'0' is not a number of seconds"
+        [ "bench"; "--udp-echo"; "7" ], "unknown option '--udp-echo'"
+    ]
+
+[<Tests>]
+let tests =
+    testSequenced
+    <| testList
+        "Cli"
+        [
+            testList
+                "help"
+                [
+                    test "netstack --help describes every command and exits 0" {
+                        let code, out, err = runNetstack quick [ "--help" ]
+                        Expect.equal code 0 $"exit code; stderr: {err}"
+
+                        for c in commands do
+                            Expect.stringContains out c $"netstack --help names {c}"
+                    }
+
+                    for c in commands do
+                        test $"netstack {c} --help prints its usage and exits 0" {
+                            let code, out, err = runNetstack quick [ c; "--help" ]
+                            Expect.equal code 0 $"exit code; stderr: {err}"
+                            Expect.stringStarts out $"usage: netstack {c}" "usage line first"
+
+                            Expect.stringContains out "--tun NAME" "the interface options are described"
+                        }
+                ]
+
+            testList
+                "bad arguments"
+                [
+                    for args, message in badArguments do
+                        test $"""netstack {String.Join(" ", args)} prints one line and exits 2""" {
+                            let code, out, err = runNetstack quick args
+                            Expect.equal code 2 $"exit code; stdout: {out}; stderr: {err}"
+                            let lines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                            Expect.equal lines.Length 1 $"exactly one line on stderr: {err}"
+                            Expect.stringContains lines.[0] message "the line says what is wrong"
+                            Expect.equal out "" "nothing on stdout"
+                        }
+                ]
+
+            test "serve prints ready, echoes UDP, and on SIGTERM removes its interface and exits 0" {
+                let name = "nsclitest0"
+
+                use p =
+                    start
+                        [
+                            "serve"
+                            "--tun"
+                            name
+                            "--ip"
+                            "10.79.0.2"
+                            "--host-ip"
+                            "10.79.0.1"
+                            "--ip6"
+                            "fd79::2"
+                            "--host-ip6"
+                            "fd79::1"
+                            "--udp-echo"
+                            "7007"
+                        ]
+
+                let ready = waitForReady p (TimeSpan.FromSeconds 30.)
+                Expect.stringContains ready name "the ready line names the interface"
+                Expect.stringContains ready "10.79.0.2" "the ready line gives the IPv4 address"
+                Expect.stringContains ready "fd79::2" "the ready line gives the IPv6 address"
+                Expect.isTrue (interfaceExists name) "the interface exists while serving"
+
+                // The UDP echo answers a kernel socket.
+                use client =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                client.ReceiveTimeout <- 5000
+                client.Connect(IPEndPoint(IPAddress.Parse "10.79.0.2", 7007))
+                let sent = Encoding.ASCII.GetBytes "hello, netstack"
+                client.Send sent |> ignore
+                let buffer: byte array = Array.zeroCreate 100
+                let n = client.Receive buffer
+                Expect.equal buffer.[.. n - 1] sent "the datagram comes back unchanged"
+
+                Expect.equal (kill (p.Id, SIGTERM)) 0 "SIGTERM sent"
+                let stdoutRest = p.StandardOutput.ReadToEndAsync()
+                let stderr = p.StandardError.ReadToEndAsync()
+
+                if not (p.WaitForExit(TimeSpan.FromSeconds 20.)) then
+                    p.Kill true
+                    failtest "serve did not exit within 20 s of SIGTERM"
+
+                Expect.equal p.ExitCode 0 $"exit code after SIGTERM; stderr: {stderr.Result}"
+                Expect.isFalse (interfaceExists name) "the interface is gone"
+                Expect.stringContains stdoutRest.Result "udp" "the statistics are printed"
+            }
+
+            test "ping from the stack to the kernel side gets replies and exits 0" {
+                let code, out, err =
+                    runNetstack
+                        (TimeSpan.FromSeconds 60.)
+                        [
+                            "ping"
+                            "10.80.0.1"
+                            "-c"
+                            "2"
+                            "-i"
+                            "0.2"
+                            "--tun"
+                            "nsclitest1"
+                            "--ip"
+                            "10.80.0.2"
+                            "--host-ip"
+                            "10.80.0.1"
+                            "--ip6"
+                            "none"
+                        ]
+
+                Expect.equal code 0 $"exit code; stdout: {out}; stderr: {err}"
+                Expect.stringContains out "2 packets transmitted, 2 received" "summary line"
+                Expect.stringContains out "bytes from 10.80.0.1: icmp_seq=1" "a reply line"
+                Expect.isFalse (interfaceExists "nsclitest1") "the interface is gone afterwards"
+            }
+
+            test "ping to an address nobody answers exits 1" {
+                let code, out, err =
+                    runNetstack
+                        (TimeSpan.FromSeconds 60.)
+                        [
+                            "ping"
+                            "10.81.0.3"
+                            "-c"
+                            "1"
+                            "-W"
+                            "0.5"
+                            "--tun"
+                            "nsclitest2"
+                            "--ip"
+                            "10.81.0.2"
+                            "--host-ip"
+                            "10.81.0.1"
+                            "--ip6"
+                            "none"
+                        ]
+
+                Expect.equal code 1 $"exit code; stdout: {out}; stderr: {err}"
+                Expect.stringContains out "1 packets transmitted, 0 received" "summary line"
+            }
+        ]

@@ -1,0 +1,51 @@
+/// `netstack demo` and `netstack bench` end to end: each makes its own nested network namespace
+/// inside the test run's, brings a stack up and checks it against the kernel.
+module NetStack.Tests.Integration.DemoTests
+
+open System
+open Expecto
+
+/// The report lines the demo must print, one per step, each beginning with ✓.
+let private expectedSteps =
+    [
+        "stack up on "
+        "kernel pings the stack over IPv4: 3/3 replies"
+        "kernel pings the stack over IPv6: 3/3 replies"
+        "UDP over IPv4, kernel socket ↔ stack socket: 64 B"
+        "UDP over IPv6, kernel socket ↔ stack socket: 64 B"
+        "UDP over IPv4, 6000-byte datagram, fragmented both ways: 6000 B"
+        "UDP over IPv6, 6000-byte datagram, fragmented both ways: 6000 B"
+        "stack pings the kernel over IPv4: 3/3 replies"
+        "stack pings the kernel over IPv6: 3/3 replies"
+    ]
+
+[<Tests>]
+let tests =
+    testSequenced
+    <| testList
+        "Demo"
+        [
+            test "netstack demo runs every step, reports each with ✓ and exits 0" {
+                let code, out, err = CliTests.runNetstack (TimeSpan.FromSeconds 180.) [ "demo" ]
+                Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+
+                for step in expectedSteps do
+                    Expect.stringContains out $"✓ {step}" $"report line for '{step}'"
+
+                Expect.isFalse (out.Contains "✗") "no step failed"
+                Expect.stringContains out "demo passed" "closing line"
+            }
+
+            test "netstack bench prints latency and rate for the stack and the kernel with their ratio" {
+                let code, out, err =
+                    CliTests.runNetstack (TimeSpan.FromSeconds 120.) [ "bench"; "--seconds"; "1" ]
+
+                Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+
+                for row in [ "round trip p50"; "round trip p99"; "datagrams/s" ] do
+                    let line = out.Split('\n') |> Array.tryFind (fun l -> l.StartsWith row)
+
+                    Expect.isSome line $"a '{row}' row"
+                    Expect.isFalse (line.Value.Contains "n/a") $"every column of '{row}' is measured: {line.Value}"
+            }
+        ]
