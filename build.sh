@@ -37,8 +37,13 @@ restore() {
   keep_lock_placeholder
 }
 
-# The C# projects checked by `dotnet format` (F# is Fantomas's).
+# The C# projects checked by `dotnet format` (F# is Fantomas's). Roslyn's workspace cannot load
+# F# projects, so it resolves NetStack.Core from its built assembly: build that first (the
+# workspace uses the default Debug configuration).
 CSHARP_PROJECTS="NetStack.Api/NetStack.Api.csproj NetStack.Cli/NetStack.Cli.csproj"
+build_core_for_format() {
+  dotnet build NetStack.Core -v q -nologo >/dev/null
+}
 
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
@@ -70,11 +75,13 @@ case "$cmd" in
   format)
     restore
     dotnet fantomas .
+    build_core_for_format
     for p in $CSHARP_PROJECTS; do dotnet format "$p" -v q; done
     ;;
   check-format)
     restore
     dotnet fantomas --check .
+    build_core_for_format
     for p in $CSHARP_PROJECTS; do dotnet format "$p" --verify-no-changes -v q; done
     ;;
   paket)
