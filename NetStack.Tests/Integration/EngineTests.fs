@@ -196,6 +196,42 @@ let tests =
                     Expect.equal stack.Statistics.["drop.exception"] 0L "no exception escaped the core")
             }
 
+            test "garbage the kernel writes into the TUN interface is counted and the stack still answers pings" {
+                withStack 10 (fun stack ->
+                    // An AF_PACKET socket on the TUN interface hands its bytes, as they are, to
+                    // the device's reader: the same path as any packet from the kernel.
+                    let script =
+                        """
+import random, socket, sys
+name, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+r = random.Random(10)
+for i in range(count):
+    b = bytearray(r.getrandbits(8) for _ in range(r.randrange(1, 200)))
+    if i % 2 == 0:
+        b[0] = 0x45 if i % 4 == 0 else 0x60
+    s.sendto(bytes(b), (name, 0x86DD if b[0] >> 4 == 6 else 0x0800))
+"""
+
+                    let before = stack.Statistics.["drop.exception"]
+
+                    let code, output =
+                        Isolation.run "python3" [ "-c"; script; stack.InterfaceName; "1000" ]
+
+                    Expect.equal code 0 $"the kernel wrote the garbage:\n{output}"
+
+                    ping [ "-c"; "2"; "-i"; "0.2"; "-W"; "2"; "10.79.10.2" ] |> ignore
+                    ping [ "-6"; "-c"; "2"; "-i"; "0.2"; "-W"; "2"; "fd79:10::2" ] |> ignore
+
+                    let drops =
+                        stack.Statistics.Snapshot()
+                        |> Seq.filter (fun kv -> kv.Key.StartsWith "drop.")
+                        |> Seq.sumBy (fun kv -> kv.Value)
+
+                    Expect.isGreaterThanOrEqual drops 900L "the garbage read from the device was dropped and counted"
+                    Expect.equal stack.Statistics.["drop.exception"] before "no exception escaped the core")
+            }
+
             test "disposing the stack removes its interface" {
                 let name =
                     using (NetworkStack.Start(optionsFor 9)) (fun stack -> stack.InterfaceName)
