@@ -56,7 +56,7 @@ type TcpTrigger =
     | RcvFinAckOfFin
     /// The 2·MSL timer of TIME-WAIT expires.
     | TimeWaitTimeout
-    /// An acceptable RST arrives (RFC 9293 §3.10.7.4, RFC 5961 §3.2).
+    /// An acceptable RST arrives (RFC 9293 §3.10.7.4, RFC 5961 §3.2; ignored in TIME-WAIT, RFC 1337).
     | RcvRst
     /// User ABORT.
     | Abort
@@ -167,12 +167,14 @@ module StateModel =
         |> failures
 
         // A retransmitted FIN in TIME-WAIT is acknowledged and restarts the 2·MSL timer
-        // (§3.10.7.4 eighth step): a reentry. §3.10.7.4 second step: a RST closes TIME-WAIT.
+        // (§3.10.7.4 eighth step): a reentry. §3.10.7.4's second step would let a RST close
+        // TIME-WAIT; RFC 1337 §3 (fix F1) ignores it instead, so a stray RST (say, a closed
+        // peer answering a duplicate ACK) cannot cut TIME-WAIT short ("TIME-WAIT assassination").
         machine
             .Configure(TcpState.TimeWait)
             .Permit(TcpTrigger.TimeWaitTimeout, TcpState.Closed)
             .PermitReentry(TcpTrigger.RcvFin)
-            .Permit(TcpTrigger.RcvRst, TcpState.Closed)
+            .Ignore(TcpTrigger.RcvRst)
             .Permit(TcpTrigger.Abort, TcpState.Closed)
             .Ignore(TcpTrigger.Close)
             .Ignore(TcpTrigger.RcvSyn)
