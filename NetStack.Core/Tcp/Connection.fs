@@ -146,7 +146,8 @@ module Connection =
             c
 
     /// RCV.WND as we last offered it.
-    let private offeredWindow (c: Connection) = max 0 (min 65535 (c.RcvRight - c.RcvNxt))
+    let private offeredWindow (c: Connection) =
+        max 0 (min 65535 (c.RcvRight - c.RcvNxt))
 
     // ---- Sending ------------------------------------------------------------------------------
 
@@ -165,9 +166,12 @@ module Connection =
         let c = if withAck then refreshWindow c else c
 
         let window =
-            if withAck then offeredWindow c
-            elif flags &&& TcpFlags.Syn = TcpFlags.Syn then min 65535 c.Config.ReceiveBufferSize
-            else 0
+            if withAck then
+                offeredWindow c
+            elif flags &&& TcpFlags.Syn = TcpFlags.Syn then
+                min 65535 c.Config.ReceiveBufferSize
+            else
+                0
 
         out.Add(
             TcpAction.Transmit
@@ -216,8 +220,7 @@ module Connection =
 
         let length = min c.SendMss (min pending usable)
         // The FIN needs no window: it takes no buffer space at the receiver.
-        let withFin =
-            c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
+        let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
 
         let worthSending =
             if length > 0 then
@@ -232,7 +235,10 @@ module Connection =
 
             let flags =
                 TcpFlags.Ack
-                ||| (if length > 0 && length = pending then TcpFlags.Psh else TcpFlags.None)
+                ||| (if length > 0 && length = pending then
+                         TcpFlags.Psh
+                     else
+                         TcpFlags.None)
                 ||| (if withFin then TcpFlags.Fin else TcpFlags.None)
 
             let c = emit out flags seq (sendPosOf c seq) length TcpOptions.None c
@@ -321,7 +327,7 @@ module Connection =
             match c.RttTimed with
             | ValueSome(struct (timedSeq, sentAt)) when SeqNum.ge ack timedSeq ->
                 Rto.sample cfg.ClockGranularity cfg.MinRto cfg.MaxRto (now - sentAt) c.Rtt, ValueNone
-            | _ -> c.Rtt, c.RttTimed
+            | _ -> Rto.resetBackoff cfg.ClockGranularity cfg.MinRto cfg.MaxRto c.Rtt, c.RttTimed
 
         // Reno-style growth (RFC 5681 §3.1) until congestion control becomes pluggable:
         // slow start below ssthresh, about one MSS per round trip above it.
@@ -584,10 +590,14 @@ module Connection =
     /// §3.10.7.2: LISTEN answers a SYN with SYN,ACK. (Data on the SYN is not taken: it is not
     /// acknowledged, so the peer sends it again once the connection is up.)
     let private onListen (now: int64) (out: Out) (seg: Segment) (c: Connection) =
-        if seg.Has TcpFlags.Rst then c
-        elif seg.Has TcpFlags.Ack then rst out seg.Ack c
+        if seg.Has TcpFlags.Rst then
+            c
+        elif seg.Has TcpFlags.Ack then
+            rst out seg.Ack c
         elif seg.Has TcpFlags.Syn then
-            learnSyn seg c |> move out TcpTrigger.RcvSyn TcpState.SynReceived |> transmit now out
+            learnSyn seg c
+            |> move out TcpTrigger.RcvSyn TcpState.SynReceived
+            |> transmit now out
         else
             c
 
@@ -595,8 +605,7 @@ module Connection =
     let private onSynSent (now: int64) (out: Out) (seg: Segment) (c: Connection) =
         let hasAck = seg.Has TcpFlags.Ack
 
-        let ackOk =
-            hasAck && SeqNum.gt seg.Ack c.Iss && SeqNum.le seg.Ack c.SndMax
+        let ackOk = hasAck && SeqNum.gt seg.Ack c.Iss && SeqNum.le seg.Ack c.SndMax
 
         if hasAck && not ackOk then
             if seg.Has TcpFlags.Rst then c else rst out seg.Ack c
@@ -673,7 +682,11 @@ module Connection =
         elif not (acceptable seg c) then
             if seg.Has TcpFlags.Rst then
                 c
-            elif c.State = TcpState.TimeWait && seg.Has TcpFlags.Fin && seg.Seq + seg.Length = c.RcvNxt then
+            elif
+                c.State = TcpState.TimeWait
+                && seg.Has TcpFlags.Fin
+                && seg.Seq + seg.Length = c.RcvNxt
+            then
                 // The peer repeats its FIN: our last ACK was lost. ACK again and restart 2·MSL.
                 let c =
                     move out TcpTrigger.RcvFin TcpState.TimeWait c
@@ -778,7 +791,11 @@ module Connection =
             | TcpState.SynReceived -> c.Config.MaxSynRetransmissions
             | _ -> c.Config.MaxRetransmissions
 
-        if c.SndUna = c.SndNxt && c.State <> TcpState.SynSent && c.State <> TcpState.SynReceived then
+        if
+            c.SndUna = c.SndNxt
+            && c.State <> TcpState.SynSent
+            && c.State <> TcpState.SynReceived
+        then
             // Nothing outstanding (a probe byte is the persist timer's business).
             { c with Retries = c.Retries - 1 }
         elif c.Retries > limit then
@@ -810,7 +827,10 @@ module Connection =
             if usable > 0 then
                 let length = min usable (min pending c.SendMss)
                 let seq = c.SndNxt
-                let c = emit out (TcpFlags.Ack ||| TcpFlags.Psh) seq (sendPosOf c seq) length TcpOptions.None c
+
+                let c =
+                    emit out (TcpFlags.Ack ||| TcpFlags.Psh) seq (sendPosOf c seq) length TcpOptions.None c
+
                 let next = seq + length
 
                 { c with
@@ -940,7 +960,9 @@ module Connection =
         let out = Out()
 
         let c =
-            { create config iss with Passive = true }
+            { create config iss with
+                Passive = true
+            }
             |> move out TcpTrigger.PassiveOpen TcpState.Listen
 
         output out c
@@ -952,7 +974,9 @@ module Connection =
         let out = Out()
 
         let c =
-            { create config iss with Passive = true }
+            { create config iss with
+                Passive = true
+            }
             |> move out TcpTrigger.PassiveOpen TcpState.Listen
             |> handle now out seg
 
@@ -989,7 +1013,9 @@ module Connection =
     /// timer. Throws ArgumentException when more is read than was delivered.
     let receiveWindowUpdate (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
         if bytes < 0L || c.Consumed + bytes > c.Delivered then
-            invalidArg (nameof bytes) $"{bytes} bytes read, but only {c.Delivered - c.Consumed} were delivered and unread."
+            invalidArg
+                (nameof bytes)
+                $"{bytes} bytes read, but only {c.Delivered - c.Consumed} were delivered and unread."
 
         // `now` is unused today; the signature matches the other calls (auto-tuning will need it).
         ignore now
@@ -1068,9 +1094,7 @@ module Connection =
         let outOfOrderOk =
             c.OutOfOrder.Ranges
             |> List.forall (fun struct (s, e) ->
-                s > c.Delivered
-                && e <= c.Consumed + int64 c.Config.ReceiveBufferSize
-                && s < e)
+                s > c.Delivered && e <= c.Consumed + int64 c.Config.ReceiveBufferSize && s < e)
 
         if not (SeqNum.le c.SndUna c.SndNxt) then
             Some $"SND.UNA {c.SndUna} is after SND.NXT {c.SndNxt}"

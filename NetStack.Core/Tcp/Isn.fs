@@ -69,7 +69,10 @@ module Isn =
             i <- i + 1
 
         let struct (v0, v1, v2, v3) = compress state last
-        let struct (v0, v1, v2, v3) = round (round (round (round (struct (v0, v1, v2 ^^^ 0xFFUL, v3)))))
+
+        let struct (v0, v1, v2, v3) =
+            round (round (round (round (struct (v0, v1, v2 ^^^ 0xFFUL, v3)))))
+
         v0 ^^^ v1 ^^^ v2 ^^^ v3
 
     /// RFC 6528's M: a 32-bit clock that ticks every 4 microseconds (wrapping every ~4.77 h).
@@ -92,7 +95,7 @@ module Isn =
             invalidArg (nameof remoteAddress) "Both addresses must be of the same family."
 
         // One small buffer per connection set-up: off the per-segment path.
-        let tuple = Array.zeroCreate<byte> (2 * localAddress.Length + 4)
+        let tuple = Array.zeroCreate<byte>(2 * localAddress.Length + 4)
         let span = Span tuple
         localAddress.CopyTo span
         BinaryPrimitives.WriteUInt16BigEndian(span.Slice localAddress.Length, localPort)

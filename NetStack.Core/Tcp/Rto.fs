@@ -55,5 +55,18 @@ module Rto =
             HasSample = true
         }
 
+    /// Forward progress (an ACK of new data) ends the backoff: RTO is recomputed from SRTT and
+    /// RTTVAR as BSD and Linux do, instead of waiting, as RFC 6298 §5.7 allows, for a fresh
+    /// sample that Karn's rule may withhold for a long time after heavy loss. Before any
+    /// sample the (possibly backed-off) RTO stays.
+    let resetBackoff (granularity: int64) (minRto: int64) (maxRto: int64) (e: RtoEstimator) : RtoEstimator =
+        if e.HasSample then
+            { e with
+                Rto = min maxRto (max minRto (e.Srtt + max granularity (K * e.RttVar)))
+            }
+        else
+            e
+
     /// §5.5: after the timer expires, RTO doubles, up to `maxRto`.
-    let backoff (maxRto: int64) (e: RtoEstimator) : RtoEstimator = { e with Rto = min maxRto (e.Rto * 2L) }
+    let backoff (maxRto: int64) (e: RtoEstimator) : RtoEstimator =
+        { e with Rto = min maxRto (e.Rto * 2L) }

@@ -34,7 +34,10 @@ type TcpConfig =
         /// Maximum segment lifetime: TIME-WAIT lasts 2·MSL (RFC 9293 §3.4.2).
         Msl: int64
         /// How long FIN-WAIT-2 may sit idle (no segment from the peer) before the connection is
-        /// dropped (Linux tcp_fin_timeout); ValueNone waits forever.
+        /// dropped with TimedOut; ValueNone (the default) waits forever. After a half-close the
+        /// peer may legitimately stay silent, so only a caller that knows nobody reads any more
+        /// (an orphaned connection, like Linux's tcp_fin_timeout = 60 s) should set it, and
+        /// above MaxRto so a retransmitting peer always refreshes it.
         FinWait2Timeout: int64 voption
         /// Longest interval between zero-window probes.
         MaxPersistInterval: int64
@@ -63,7 +66,7 @@ type TcpConfig =
             MaxSynRetransmissions = 6
             DelayedAckTimeout = 40_000L
             Msl = 30_000_000L
-            FinWait2Timeout = ValueSome 60_000_000L
+            FinWait2Timeout = ValueNone
             MaxPersistInterval = 60_000_000L
         }
 
@@ -78,7 +81,11 @@ type TcpConfig =
         if this.ReceiveBufferSize < 1 then
             invalidArg "ReceiveBufferSize" "ReceiveBufferSize must be positive."
 
-        if this.MinRto < 1L || this.InitialRto < this.MinRto || this.MaxRto < this.InitialRto then
+        if
+            this.MinRto < 1L
+            || this.InitialRto < this.MinRto
+            || this.MaxRto < this.InitialRto
+        then
             invalidArg "MinRto" "Need 0 < MinRto <= InitialRto <= MaxRto."
 
         if this.DelayedAckTimeout < 0L || this.DelayedAckTimeout > 200_000L then
@@ -159,7 +166,10 @@ type OutgoingSegment =
             sourcePort,
             destinationPort,
             this.Seq.Value,
-            (if this.Flags.HasFlag TcpFlags.Ack then this.Ack.Value else 0u),
+            (if this.Flags.HasFlag TcpFlags.Ack then
+                 this.Ack.Value
+             else
+                 0u),
             this.Flags,
             this.Window
         )

@@ -100,9 +100,14 @@ let tests =
                     Expect.isTrue (StateModel.allows from trigger to') $"{from} --{trigger}--> {to'}"
             }
 
-            test "every state but CLOSED, LISTEN and TIME-WAIT fails to CLOSED on an acceptable RST; all but CLOSED on ABORT" {
+            test
+                "every state but CLOSED, LISTEN and TIME-WAIT fails to CLOSED on an acceptable RST; all but CLOSED on ABORT" {
                 for state in allStates do
-                    if state <> TcpState.Closed && state <> TcpState.Listen && state <> TcpState.TimeWait then
+                    if
+                        state <> TcpState.Closed
+                        && state <> TcpState.Listen
+                        && state <> TcpState.TimeWait
+                    then
                         Expect.isTrue (StateModel.allows state TcpTrigger.RcvRst TcpState.Closed) $"{state} RST"
 
                     if state <> TcpState.Closed then
@@ -110,7 +115,10 @@ let tests =
 
                 Expect.isTrue (StateModel.isIgnored TcpState.Listen TcpTrigger.RcvRst) "LISTEN ignores RST (§3.10.7.2)"
                 Expect.isTrue (StateModel.isIgnored TcpState.Closed TcpTrigger.RcvRst) "CLOSED ignores RST (§3.10.7.1)"
-                Expect.isTrue (StateModel.isIgnored TcpState.TimeWait TcpTrigger.RcvRst) "TIME-WAIT ignores RST (RFC 1337)"
+
+                Expect.isTrue
+                    (StateModel.isIgnored TcpState.TimeWait TcpTrigger.RcvRst)
+                    "TIME-WAIT ignores RST (RFC 1337)"
             }
 
             test "no transition the RFC does not have" {
