@@ -7,20 +7,6 @@ open System.Diagnostics
 open System.IO
 open Expecto
 
-/// The repository root: the nearest parent folder of the test binary holding NetStack.sln.
-/// (RepoTests has the same function, but it is compiled after this file.)
-let private repoRoot =
-    lazy
-        (let rec up (dir: DirectoryInfo) =
-            if isNull dir then
-                failwith "NetStack.sln not found above the test binary"
-            elif File.Exists(Path.Combine(dir.FullName, "NetStack.sln")) then
-                dir.FullName
-            else
-                up dir.Parent
-
-         up (DirectoryInfo AppContext.BaseDirectory))
-
 /// The dotnet host running this test when it was started as `dotnet NetStack.Tests.dll`, else
 /// the one on PATH.
 let private dotnetHost =
@@ -36,7 +22,7 @@ let private timeout = TimeSpan.FromMinutes 3.0
 /// its standard output; fails the calling test on a non-zero exit, anything on standard error
 /// or a timeout.
 let private runExample (args: string list) : string =
-    let info = ProcessStartInfo(dotnetHost, WorkingDirectory = repoRoot.Value)
+    let info = ProcessStartInfo(dotnetHost, WorkingDirectory = TestUtil.repoRoot.Value)
 
     for a in [ "fsi"; "--quiet"; "examples/explore.fsx" ] @ args do
         info.ArgumentList.Add a

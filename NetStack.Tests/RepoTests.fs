@@ -6,21 +6,8 @@ open System.IO
 open System.Text.RegularExpressions
 open Expecto
 
-/// The repository root: the nearest parent folder of the test binary holding NetStack.sln.
-let repoRoot =
-    lazy
-        (let rec up (dir: DirectoryInfo) =
-            if isNull dir then
-                failwith "NetStack.sln not found above the test binary"
-            elif File.Exists(Path.Combine(dir.FullName, "NetStack.sln")) then
-                dir.FullName
-            else
-                up dir.Parent
-
-         up (DirectoryInfo AppContext.BaseDirectory))
-
 let private read rel =
-    File.ReadAllText(Path.Combine(repoRoot.Value, rel))
+    File.ReadAllText(Path.Combine(TestUtil.repoRoot.Value, rel))
 
 let private netNamespace (pid: string) =
     (FileInfo $"/proc/{pid}/ns/net").LinkTarget
@@ -41,7 +28,7 @@ let tests =
                         "NuGet.config"
                         "NuGet.Config"
                     ] do
-                    let path = Path.Combine(repoRoot.Value, file)
+                    let path = Path.Combine(TestUtil.repoRoot.Value, file)
 
                     if File.Exists path then
                         Expect.isFalse

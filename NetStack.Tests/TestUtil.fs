@@ -2,6 +2,7 @@
 module NetStack.Tests.TestUtil
 
 open System
+open System.IO
 open Expecto
 
 /// Property configuration for codec properties: many cases, cheap each.
@@ -24,3 +25,16 @@ let hex (s: string) =
 /// Formats bytes as lower-case hex.
 let toHex (b: byte[]) =
     Convert.ToHexString(b).ToLowerInvariant()
+
+/// The repository root: the nearest parent folder of the test binary holding NetStack.sln.
+let repoRoot =
+    lazy
+        (let rec up (dir: DirectoryInfo) =
+            if isNull dir then
+                failwith "NetStack.sln not found above the test binary"
+            elif File.Exists(Path.Combine(dir.FullName, "NetStack.sln")) then
+                dir.FullName
+            else
+                up dir.Parent
+
+         up (DirectoryInfo AppContext.BaseDirectory))

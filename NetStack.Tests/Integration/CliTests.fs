@@ -24,7 +24,7 @@ let netstackDll =
     lazy
         (let path =
             Path.Combine(
-                NetStack.Tests.RepoTests.repoRoot.Value,
+                NetStack.Tests.TestUtil.repoRoot.Value,
                 "NetStack.Cli",
                 "bin",
                 configuration,
