@@ -1,0 +1,1121 @@
+namespace NetStack.Core.Tcp
+
+open System.Collections.Generic
+open NetStack.Core.Wire
+
+/// The pure TCP connection engine (RFC 9293): every function takes the current time (µs, from
+/// the caller's monotonic clock), an input and a `Connection`, and returns the next
+/// `Connection` with the `TcpOutput` to carry out. Nothing here reads a clock, holds payload
+/// bytes or performs I/O; the caller owns the send and receive buffers and follows the
+/// actions (copy these send-stream bytes into a segment, store these received bytes at that
+/// receive-stream position, these bytes are now readable).
+///
+/// State changes are reported as `TcpAction.Transition` and are always edges of `StateModel`.
+[<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
+module Connection =
+
+    type private Out = List<TcpAction>
+
+    // ---- Sequence numbers and stream positions ---------------------------------------------
+
+    /// Send-stream byte `p` has sequence number ISS + 1 + p (the SYN takes ISS).
+    let private sendSeqOf (c: Connection) (position: int64) = c.Iss + 1 + int position
+
+    /// Receive-stream byte `p` has sequence number IRS + 1 + p.
+    let private recvSeqOf (c: Connection) (position: int64) = c.Irs + 1 + int position
+
+    /// The sequence number of our FIN (once queued): just past the last byte written.
+    let private finSeq (c: Connection) = sendSeqOf c c.Written
+
+    /// The send-stream position of sequence number `s` (at or after SND.UNA).
+    let private sendPosOf (c: Connection) (s: SeqNum) =
+        c.Acked + int64 (s - sendSeqOf c c.Acked)
+
+    let private synAcked (c: Connection) = SeqNum.gt c.SndUna c.Iss
+
+    /// True when our FIN has been sent and acknowledged.
+    let private finAcked (c: Connection) =
+        c.FinQueued && SeqNum.gt c.SndUna (finSeq c)
+
+    /// States in which queued data (and then our FIN) may go out.
+    let private sendsData (state: TcpState) =
+        match state with
+        | TcpState.Established
+        | TcpState.CloseWait
+        | TcpState.FinWait1
+        | TcpState.Closing
+        | TcpState.LastAck -> true
+        | _ -> false
+
+    /// States in which the peer's data is taken (RFC 9293 §3.10.7.4, seventh step).
+    let private receivesData (state: TcpState) =
+        match state with
+        | TcpState.Established
+        | TcpState.FinWait1
+        | TcpState.FinWait2 -> true
+        | _ -> false
+
+    /// RFC 6928 initial window: min(10·MSS, max(2·MSS, 14600)).
+    let private initialWindow (mss: int) = min (10 * mss) (max (2 * mss) 14600)
+
+    // ---- Timers -------------------------------------------------------------------------------
+
+    /// The earliest running timer, if any.
+    let nextDeadline (c: Connection) : int64 voption =
+        let pick (a: int64 voption) (b: int64 voption) =
+            match a, b with
+            | ValueSome x, ValueSome y -> ValueSome(min x y)
+            | ValueSome _, ValueNone -> a
+            | _ -> b
+
+        pick (pick c.RetransmitAt c.PersistAt) (pick c.DelayedAckAt c.LingerAt)
+
+    let private output (out: Out) (c: Connection) : Connection * TcpOutput =
+        c,
+        {
+            Actions = List.ofSeq out
+            NextDeadline = nextDeadline c
+        }
+
+    /// RFC 6298 §5.1: start the timer when data goes out and it is not running.
+    let private armRetransmit (now: int64) (c: Connection) =
+        if c.RetransmitAt.IsNone then
+            { c with
+                RetransmitAt = ValueSome(now + c.Rtt.Rto)
+            }
+        else
+            c
+
+    /// Zero-window probes back off like retransmissions, up to `MaxPersistInterval`.
+    let private persistInterval (c: Connection) =
+        let shift = min c.ProbesUnanswered 20
+        min c.Config.MaxPersistInterval (c.Rtt.Rto <<< shift)
+
+    // ---- State changes ------------------------------------------------------------------------
+
+    let private move (out: Out) (trigger: TcpTrigger) (target: TcpState) (c: Connection) =
+        out.Add(
+            TcpAction.Transition
+                {
+                    From = c.State
+                    Trigger = trigger
+                    To = target
+                }
+        )
+
+        { c with State = target }
+
+    let private enterClosed (out: Out) (trigger: TcpTrigger) (c: Connection) =
+        let c = move out trigger TcpState.Closed c
+        out.Add(TcpAction.Event TcpEvent.Closed)
+
+        { c with
+            RetransmitAt = ValueNone
+            PersistAt = ValueNone
+            DelayedAckAt = ValueNone
+            LingerAt = ValueNone
+            AckPending = false
+        }
+
+    /// TIME-WAIT holds the connection for 2·MSL (RFC 9293 §3.4.2) so that late duplicates die
+    /// and a lost final ACK can be repeated; nothing else runs.
+    let private enterTimeWait (now: int64) (out: Out) (trigger: TcpTrigger) (c: Connection) =
+        let c = move out trigger TcpState.TimeWait c
+
+        { c with
+            RetransmitAt = ValueNone
+            PersistAt = ValueNone
+            LingerAt = ValueSome(now + 2L * c.Config.Msl)
+        }
+
+    // ---- Receive window (RFC 9293 §3.8.6.2.2) --------------------------------------------------
+
+    /// Moves the offered right edge to the free end of the receive buffer, but only in steps of
+    /// at least min(buffer/2, MSS): receiver-side silly window syndrome avoidance. The edge
+    /// never moves left, which the RFC forbids ("shrinking the window", §3.8.6).
+    let private refreshWindow (c: Connection) =
+        let inOrderEdge = recvSeqOf c c.Delivered
+        let room = c.Consumed + int64 c.Config.ReceiveBufferSize - c.Delivered
+        // Without window scaling the field holds at most 65535.
+        let candidate = inOrderEdge + int (min 65535L room)
+        let threshold = max 1 (min (c.Config.ReceiveBufferSize / 2) c.Config.Mss)
+
+        if SeqNum.gt candidate c.RcvRight && candidate - c.RcvRight >= threshold then
+            { c with RcvRight = candidate }
+        else
+            c
+
+    /// RCV.WND as we last offered it.
+    let private offeredWindow (c: Connection) =
+        max 0 (min 65535 (c.RcvRight - c.RcvNxt))
+
+    // ---- Sending ------------------------------------------------------------------------------
+
+    /// Queues one segment. Every segment with ACK carries the current RCV.NXT and window, so it
+    /// settles any ACK we owed.
+    let private emit
+        (out: Out)
+        (flags: TcpFlags)
+        (seq: SeqNum)
+        (position: int64)
+        (length: int)
+        (options: TcpOptions)
+        (c: Connection)
+        =
+        let withAck = flags &&& TcpFlags.Ack = TcpFlags.Ack
+        let c = if withAck then refreshWindow c else c
+
+        let window =
+            if withAck then
+                offeredWindow c
+            elif flags &&& TcpFlags.Syn = TcpFlags.Syn then
+                min 65535 c.Config.ReceiveBufferSize
+            else
+                0
+
+        out.Add(
+            TcpAction.Transmit
+                {
+                    Seq = seq
+                    Ack = (if withAck then c.RcvNxt else SeqNum 0u)
+                    Flags = flags
+                    Window = uint16 window
+                    Options = options
+                    DataPosition = position
+                    DataLength = length
+                }
+        )
+
+        if withAck then
+            { c with
+                AckPending = false
+                UnackedBytes = 0
+                DelayedAckAt = ValueNone
+            }
+        else
+            c
+
+    /// A bare ACK: <SEQ=SND.MAX><ACK=RCV.NXT><CTL=ACK>. RFC 9293 writes SND.NXT; after a
+    /// timeout pulled SND.NXT back, the peer may already hold data past it, and an ACK numbered
+    /// below its RCV.NXT would fail its acceptability test and be dropped (two such peers then
+    /// trade unacceptable ACKs forever). SND.MAX never lies beyond the window the peer offered,
+    /// so the ACK is always acceptable; Linux does the same (snd_nxt is never pulled back there).
+    let private sendAck (out: Out) (c: Connection) =
+        emit out TcpFlags.Ack c.SndMax 0L 0 TcpOptions.None c
+
+    let private mssOption (c: Connection) =
+        { TcpOptions.None with
+            MaximumSegmentSize = ValueSome(uint16 (min 65535 c.Config.Mss))
+        }
+
+    /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
+    /// empties the queue or fills at least half the largest window the peer offered (sender
+    /// SWS avoidance, RFC 9293 §3.8.6.2.1); our FIN after the last byte. No Nagle yet.
+    let rec private sendData (now: int64) (out: Out) (c: Connection) =
+        let fin = finSeq c
+        let pending = max 0 (fin - c.SndNxt)
+
+        let usable =
+            max 0 (min (c.SndUna + c.SndWnd - c.SndNxt) (c.SndUna + c.Cwnd - c.SndNxt))
+
+        let length = min c.SendMss (min pending usable)
+        // The FIN needs no window: it takes no buffer space at the receiver.
+        let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
+
+        let worthSending =
+            if length > 0 then
+                length = c.SendMss || length = pending || length >= c.MaxSndWnd / 2
+            else
+                withFin
+
+        if not worthSending then
+            c
+        else
+            let seq = c.SndNxt
+
+            let flags =
+                TcpFlags.Ack
+                ||| (if length > 0 && length = pending then
+                         TcpFlags.Psh
+                     else
+                         TcpFlags.None)
+                ||| (if withFin then TcpFlags.Fin else TcpFlags.None)
+
+            let c = emit out flags seq (sendPosOf c seq) length TcpOptions.None c
+            let next = seq + (length + if withFin then 1 else 0)
+            let firstTime = SeqNum.ge seq c.SndMax
+
+            let c =
+                { c with
+                    SndNxt = next
+                    SndMax = SeqNum.max c.SndMax next
+                }
+
+            // Time one segment per round trip, never a retransmission (Karn's rule).
+            let c =
+                if firstTime && c.RttTimed.IsNone then
+                    { c with
+                        RttTimed = ValueSome(struct (next, now))
+                    }
+                else
+                    c
+
+            let c = armRetransmit now c
+            if withFin then c else sendData now out c
+
+    /// Runs the persist timer (RFC 9293 §3.8.6.1) exactly when data waits, nothing is in flight,
+    /// and so no ACK will come to reopen the window unless we probe.
+    let private updatePersist (now: int64) (c: Connection) =
+        let waiting =
+            synAcked c
+            && sendsData c.State
+            && SeqNum.lt c.SndNxt (finSeq c)
+            && c.SndNxt = c.SndUna
+
+        if not waiting then
+            { c with PersistAt = ValueNone }
+        elif c.PersistAt.IsNone then
+            { c with
+                PersistAt = ValueSome(now + persistInterval c)
+            }
+        else
+            c
+
+    /// Sends whatever is due: the SYN (or SYN,ACK) when SND.NXT is at ISS, else data and FIN.
+    let private transmit (now: int64) (out: Out) (c: Connection) =
+        match c.State with
+        | TcpState.SynSent
+        | TcpState.SynReceived when c.SndNxt = c.Iss ->
+            let flags =
+                if c.State = TcpState.SynSent then
+                    TcpFlags.Syn
+                else
+                    TcpFlags.Syn ||| TcpFlags.Ack
+
+            let firstTime = c.SndMax = c.Iss
+            let c = emit out flags c.Iss 0L 0 (mssOption c) c
+
+            let c =
+                { c with
+                    SndNxt = c.Iss + 1
+                    SndMax = SeqNum.max c.SndMax (c.Iss + 1)
+                    RttTimed =
+                        if firstTime then
+                            ValueSome(struct (c.Iss + 1, now))
+                        else
+                            c.RttTimed
+                }
+
+            armRetransmit now c
+        | state when sendsData state && synAcked c -> sendData now out c |> updatePersist now
+        | _ -> c
+
+    // ---- Acknowledgments of our data ----------------------------------------------------------
+
+    /// SND.UNA advances to `ack` (SND.UNA < ack =< SND.MAX): free the send buffer, take an RTT
+    /// sample, grow the congestion window, restart or stop the retransmission timer.
+    let private newlyAcked (now: int64) (out: Out) (ack: SeqNum) (c: Connection) =
+        let ackedPosition = min c.Written (sendPosOf c ack)
+        let freed = ackedPosition - c.Acked
+
+        if freed > 0L then
+            out.Add(TcpAction.Event(TcpEvent.SendBufferFreed freed))
+
+        let cfg = c.Config
+
+        let rtt, timed =
+            match c.RttTimed with
+            | ValueSome(struct (timedSeq, sentAt)) when SeqNum.ge ack timedSeq ->
+                Rto.sample cfg.ClockGranularity cfg.MinRto cfg.MaxRto (now - sentAt) c.Rtt, ValueNone
+            | _ -> Rto.resetBackoff cfg.ClockGranularity cfg.MinRto cfg.MaxRto c.Rtt, c.RttTimed
+
+        // Reno-style growth (RFC 5681 §3.1) until congestion control becomes pluggable:
+        // slow start below ssthresh, about one MSS per round trip above it.
+        let mss = c.SendMss
+        let grown = int (min (int64 mss) freed)
+
+        let cwnd =
+            if grown = 0 then c.Cwnd
+            elif c.Cwnd < c.Ssthresh then c.Cwnd + grown
+            else c.Cwnd + max 1 (mss * mss / max 1 c.Cwnd)
+
+        let c =
+            { c with
+                SndUna = ack
+                SndNxt = SeqNum.max c.SndNxt ack
+                Acked = ackedPosition
+                Rtt = rtt
+                RttTimed = timed
+                Retries = 0
+                Cwnd = min cwnd (1 <<< 30)
+            }
+
+        // RFC 6298 §5.2/§5.3: stop the timer when everything is acknowledged, otherwise restart
+        // it, so a long flight on a high-RTT path is not retransmitted spuriously.
+        { c with
+            RetransmitAt =
+                if SeqNum.lt c.SndUna c.SndNxt then
+                    ValueSome(now + c.Rtt.Rto)
+                else
+                    ValueNone
+        }
+
+    /// The window update rule of RFC 9293 §3.10.7.4 (fifth step): only a segment newer than the
+    /// one that last set SND.WND may change it, so reordered old segments cannot.
+    let private updateSendWindow (seg: Segment) (c: Connection) =
+        if
+            SeqNum.ge seg.Ack c.SndUna
+            && (SeqNum.lt c.SndWl1 seg.Seq || (c.SndWl1 = seg.Seq && SeqNum.le c.SndWl2 seg.Ack))
+        then
+            { c with
+                SndWnd = int seg.Window
+                SndWl1 = seg.Seq
+                SndWl2 = seg.Ack
+                MaxSndWnd = max c.MaxSndWnd (int seg.Window)
+            }
+        else
+            c
+
+    /// The ACK field in a synchronized state (RFC 9293 §3.10.7.4 fifth step, RFC 5961 §5.2).
+    /// Returns the connection and whether processing of the segment goes on.
+    let private processAck (now: int64) (out: Out) (seg: Segment) (c: Connection) : struct (Connection * bool) =
+        if SeqNum.gt seg.Ack c.SndMax then
+            // It acknowledges something not yet sent: ACK and drop.
+            struct (sendAck out c, false)
+        elif SeqNum.lt seg.Ack (c.SndUna - c.MaxSndWnd) then
+            // RFC 5961 §5.2: too old to be from this connection's peer: challenge ACK, drop.
+            struct (sendAck out c, false)
+        else
+            let c =
+                if SeqNum.gt seg.Ack c.SndUna then
+                    newlyAcked now out seg.Ack c
+                else
+                    c
+
+            // Any acceptable ACK shows the peer is alive, which is what probes ask.
+            let c =
+                { (updateSendWindow seg c) with
+                    ProbesUnanswered = 0
+                }
+
+            if not (finAcked c) then
+                struct (c, true)
+            else
+                match c.State with
+                | TcpState.FinWait1 ->
+                    let c = move out TcpTrigger.RcvAckOfFin TcpState.FinWait2 c
+
+                    let c =
+                        { c with
+                            LingerAt = c.Config.FinWait2Timeout |> ValueOption.map (fun t -> now + t)
+                        }
+
+                    struct (c, true)
+                | TcpState.Closing -> struct (enterTimeWait now out TcpTrigger.RcvAckOfFin c, true)
+                | TcpState.LastAck -> struct (enterClosed out TcpTrigger.RcvAckOfFin c, false)
+                | _ -> struct (c, true)
+
+    // ---- Receiving data -----------------------------------------------------------------------
+
+    /// Takes the FIN once everything before it has been delivered (RFC 9293 §3.10.7.4 eighth step).
+    let private takeFinIfDue (now: int64) (out: Out) (c: Connection) : struct (Connection * bool) =
+        match c.PeerFinAt with
+        | ValueSome at when at = c.Delivered && not c.FinReceived ->
+            let c =
+                { c with
+                    RcvNxt = c.RcvNxt + 1
+                    FinReceived = true
+                    AckPending = true
+                }
+
+            out.Add(TcpAction.Event TcpEvent.PeerClosed)
+
+            let c =
+                match c.State with
+                | TcpState.Established -> move out TcpTrigger.RcvFin TcpState.CloseWait c
+                | TcpState.FinWait1 -> move out TcpTrigger.RcvFin TcpState.Closing c
+                | TcpState.FinWait2 -> enterTimeWait now out TcpTrigger.RcvFin c
+                | _ -> c
+
+            struct (c, true)
+        | _ -> struct (c, false)
+
+    /// The segment text (seventh step) and FIN (eighth): keep what falls in the window, deliver
+    /// what is now in order, remember early ranges. Returns whether the ACK must go at once:
+    /// for data out of order or filling a gap (RFC 5681 §4.2), for every second full-sized
+    /// segment, and for a FIN; other data may wait for the delayed-ACK timer.
+    let private receiveData (now: int64) (out: Out) (seg: Segment) (c: Connection) : struct (Connection * bool) =
+        if not (receivesData c.State) then
+            struct (c, false)
+        else
+            let dataStart = seg.Seq + (if seg.Has TcpFlags.Syn then 1 else 0)
+            let dataEnd = dataStart + seg.PayloadLength
+            // Nothing beyond a FIN already seen is data.
+            let limit =
+                match c.PeerFinAt with
+                | ValueSome at -> SeqNum.min c.RcvRight (recvSeqOf c at)
+                | ValueNone -> c.RcvRight
+
+            let lo = SeqNum.max dataStart c.RcvNxt
+            let hi = SeqNum.min dataEnd limit
+            let mutable ackNow = seg.PayloadLength > 0 && not (SeqNum.lt lo hi)
+
+            let c =
+                if SeqNum.lt lo hi then
+                    let position = c.Delivered + int64 (lo - c.RcvNxt)
+                    let length = hi - lo
+                    out.Add(TcpAction.StoreReceived(lo - dataStart, position, length))
+
+                    if lo = c.RcvNxt then
+                        let hadGaps = not c.OutOfOrder.IsEmpty
+                        let mutable delivered = position + int64 length
+                        let mutable ranges = c.OutOfOrder
+                        let mutable moving = true
+
+                        while moving do
+                            let struct (next, rest) = RangeSet.advance delivered ranges
+                            moving <- next <> delivered || rest.Ranges.Length <> ranges.Ranges.Length
+                            delivered <- next
+                            ranges <- rest
+
+                        out.Add(TcpAction.Deliver delivered)
+                        let unacked = c.UnackedBytes + int (delivered - c.Delivered)
+                        ackNow <- ackNow || hadGaps || unacked >= 2 * c.Config.Mss
+
+                        { c with
+                            Delivered = delivered
+                            RcvNxt = recvSeqOf c delivered
+                            OutOfOrder = ranges
+                            UnackedBytes = unacked
+                            AckPending = true
+                        }
+                    else
+                        ackNow <- true
+
+                        { c with
+                            OutOfOrder = RangeSet.add position (position + int64 length) c.OutOfOrder
+                            AckPending = true
+                        }
+                else
+                    { c with
+                        AckPending = c.AckPending || ackNow
+                    }
+
+            // A FIN counts when nothing of the segment was cut off at the right edge.
+            let c =
+                if
+                    seg.Has TcpFlags.Fin
+                    && c.PeerFinAt.IsNone
+                    && SeqNum.ge dataEnd c.RcvNxt
+                    && SeqNum.le dataEnd c.RcvRight
+                then
+                    { c with
+                        PeerFinAt = ValueSome(c.Delivered + int64 (dataEnd - c.RcvNxt))
+                    }
+                else
+                    c
+
+            let struct (c, tookFin) = takeFinIfDue now out c
+            struct (c, ackNow || tookFin)
+
+    /// After a segment: send what is due, then the ACK (now, or armed for later).
+    let private finish (now: int64) (out: Out) (ackNow: bool) (c: Connection) =
+        let c = transmit now out c
+
+        if not c.AckPending then
+            c
+        elif ackNow || c.Config.DelayedAckTimeout = 0L then
+            sendAck out c
+        elif c.DelayedAckAt.IsNone then
+            { c with
+                DelayedAckAt = ValueSome(now + c.Config.DelayedAckTimeout)
+            }
+        else
+            c
+
+    // ---- Arriving segments, by state (RFC 9293 §3.10.7) ---------------------------------------
+
+    /// §3.10.7.1: the reply to a segment for which no connection exists (a closed port, or a
+    /// CLOSED connection): RST, unless the segment is itself a RST. Ports are the segment's, swapped.
+    let resetFor (seg: Segment) : OutgoingSegment voption =
+        if seg.Has TcpFlags.Rst then
+            ValueNone
+        elif seg.Has TcpFlags.Ack then
+            ValueSome
+                {
+                    Seq = seg.Ack
+                    Ack = SeqNum 0u
+                    Flags = TcpFlags.Rst
+                    Window = 0us
+                    Options = TcpOptions.None
+                    DataPosition = 0L
+                    DataLength = 0
+                }
+        else
+            ValueSome
+                {
+                    Seq = SeqNum 0u
+                    Ack = seg.Seq + seg.Length
+                    Flags = TcpFlags.Rst ||| TcpFlags.Ack
+                    Window = 0us
+                    Options = TcpOptions.None
+                    DataPosition = 0L
+                    DataLength = 0
+                }
+
+    /// What the peer's SYN tells us: its ISN, its window, its MSS.
+    let private learnSyn (seg: Segment) (c: Connection) =
+        let peerMss =
+            match seg.Options.MaximumSegmentSize with
+            | ValueSome m when m > 0us -> int m
+            | _ -> c.Config.DefaultPeerMss
+
+        let mss = min peerMss c.Config.Mss
+
+        { c with
+            Irs = seg.Seq
+            RcvNxt = seg.Seq + 1
+            RcvRight = seg.Seq + 1
+            SndWnd = int seg.Window
+            MaxSndWnd = max c.MaxSndWnd (int seg.Window)
+            SndWl1 = seg.Seq
+            SndWl2 = seg.Ack
+            SendMss = mss
+            Cwnd = initialWindow mss
+        }
+
+    let private rst (out: Out) (seq: SeqNum) (c: Connection) =
+        emit out TcpFlags.Rst seq 0L 0 TcpOptions.None c
+
+    /// §3.10.7.2: LISTEN answers a SYN with SYN,ACK. (Data on the SYN is not taken: it is not
+    /// acknowledged, so the peer sends it again once the connection is up.)
+    let private onListen (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+        if seg.Has TcpFlags.Rst then
+            c
+        elif seg.Has TcpFlags.Ack then
+            rst out seg.Ack c
+        elif seg.Has TcpFlags.Syn then
+            learnSyn seg c
+            |> move out TcpTrigger.RcvSyn TcpState.SynReceived
+            |> transmit now out
+        else
+            c
+
+    /// §3.10.7.3: SYN-SENT waits for the SYN,ACK (or a SYN: simultaneous open).
+    let private onSynSent (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+        let hasAck = seg.Has TcpFlags.Ack
+
+        let ackOk = hasAck && SeqNum.gt seg.Ack c.Iss && SeqNum.le seg.Ack c.SndMax
+
+        if hasAck && not ackOk then
+            if seg.Has TcpFlags.Rst then c else rst out seg.Ack c
+        elif seg.Has TcpFlags.Rst then
+            // RFC 5961 §3.2: in SYN-SENT a RST is believed only when it acknowledges our SYN.
+            if ackOk then
+                out.Add(TcpAction.Event TcpEvent.Refused)
+                enterClosed out TcpTrigger.RcvRst c
+            else
+                c
+        elif seg.Has TcpFlags.Syn then
+            let c = learnSyn seg c
+
+            if ackOk then
+                let c =
+                    newlyAcked now out seg.Ack c
+                    |> move out TcpTrigger.RcvSynAck TcpState.Established
+
+                out.Add(TcpAction.Event TcpEvent.Connected)
+                // The SYN itself is acknowledged at once; data riding on it is taken as usual.
+                let struct (c, _) = receiveData now out seg { c with AckPending = true }
+                finish now out true c
+            else
+                // Simultaneous open: our SYN is sent again, now with the ACK of theirs.
+                let c =
+                    move out TcpTrigger.RcvSyn TcpState.SynReceived c
+                    |> emit out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (mssOption c)
+
+                { c with RttTimed = ValueNone }
+        else
+            c
+
+    /// A RST that passed the checks (§3.10.7.4 second step).
+    let private onReset (out: Out) (c: Connection) =
+        match c.State with
+        | TcpState.SynReceived when not c.Passive -> out.Add(TcpAction.Event TcpEvent.Refused)
+        | TcpState.Established
+        | TcpState.FinWait1
+        | TcpState.FinWait2
+        | TcpState.CloseWait -> out.Add(TcpAction.Event TcpEvent.Reset)
+        | _ -> ()
+
+        enterClosed out TcpTrigger.RcvRst c
+
+    /// §3.10.7.4 first step: is any of the segment inside the receive window?
+    let private acceptable (seg: Segment) (c: Connection) =
+        let window = max 0 (c.RcvRight - c.RcvNxt)
+        let length = seg.Length
+
+        if length = 0 then
+            if window = 0 then
+                seg.Seq = c.RcvNxt
+            else
+                SeqNum.inWindow c.RcvNxt seg.Seq c.RcvRight
+        elif window = 0 then
+            // A bare FIN needs no buffer space: taken at RCV.NXT even in a zero window, as Linux
+            // does (the RFC's table would refuse it until the window opens).
+            seg.Seq = c.RcvNxt && seg.PayloadLength = 0 && not (seg.Has TcpFlags.Syn)
+        else
+            SeqNum.inWindow c.RcvNxt seg.Seq c.RcvRight
+            || SeqNum.inWindow c.RcvNxt (seg.Seq + (length - 1)) c.RcvRight
+
+    /// §3.10.7.4: SYN-RECEIVED and the synchronized states.
+    let private onSynchronized (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+        if
+            c.State = TcpState.SynReceived
+            && seg.Has TcpFlags.Syn
+            && not (seg.Has TcpFlags.Ack)
+            && seg.Seq = c.Irs
+        then
+            // The peer's SYN again: our SYN,ACK was lost. Answer it now instead of waiting for
+            // our timer (the model's ignored RcvSyn: no state change).
+            emit out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (mssOption c) c
+        elif not (acceptable seg c) then
+            if seg.Has TcpFlags.Rst then
+                c
+            elif
+                c.State = TcpState.TimeWait
+                && seg.Has TcpFlags.Fin
+                && seg.Seq + seg.Length = c.RcvNxt
+            then
+                // The peer repeats its FIN: our last ACK was lost. ACK again and restart 2·MSL.
+                let c =
+                    move out TcpTrigger.RcvFin TcpState.TimeWait c
+                    |> fun c ->
+                        { c with
+                            LingerAt = ValueSome(now + 2L * c.Config.Msl)
+                        }
+
+                sendAck out c
+            else
+                sendAck out c
+        elif seg.Has TcpFlags.Rst then
+            // RFC 5961 §3.2: only a RST exactly at RCV.NXT resets; one elsewhere in the window
+            // gets a challenge ACK, so a blind attacker has to guess the exact number. TIME-WAIT
+            // ignores RSTs (RFC 1337, see StateModel).
+            if c.State = TcpState.TimeWait then c
+            elif seg.Seq = c.RcvNxt then onReset out c
+            else sendAck out c
+        elif seg.Has TcpFlags.Syn then
+            // RFC 5961 §4.2: a SYN in a synchronized state gets a challenge ACK, never a reset.
+            sendAck out c
+        elif not (seg.Has TcpFlags.Ack) then
+            c
+        else
+            let struct (c, goOn) =
+                if c.State <> TcpState.SynReceived then
+                    processAck now out seg c
+                elif SeqNum.lt c.SndUna seg.Ack && SeqNum.le seg.Ack c.SndMax then
+                    let c =
+                        move out TcpTrigger.RcvAckOfSyn TcpState.Established c
+                        |> fun c ->
+                            { c with
+                                SndWnd = int seg.Window
+                                MaxSndWnd = max c.MaxSndWnd (int seg.Window)
+                                SndWl1 = seg.Seq
+                                SndWl2 = seg.Ack
+                            }
+
+                    out.Add(TcpAction.Event TcpEvent.Connected)
+                    let struct (c, goOn) = processAck now out seg c
+                    // A CLOSE during SYN-RECEIVED was queued until now (§3.10.4).
+                    let c =
+                        if goOn && c.FinQueued then
+                            move out TcpTrigger.Close TcpState.FinWait1 c
+                        else
+                            c
+
+                    struct (c, goOn)
+                else
+                    // An ACK of something we never sent: reset that peer (§3.10.7.4 fifth step).
+                    struct (rst out seg.Ack c, false)
+
+            if not goOn || c.State = TcpState.Closed then
+                c
+            else
+                // FIN-WAIT-2's idle timer restarts on every segment from the peer.
+                let c =
+                    match c.State, c.Config.FinWait2Timeout with
+                    | TcpState.FinWait2, ValueSome t -> { c with LingerAt = ValueSome(now + t) }
+                    | _ -> c
+
+                let struct (c, ackNow) = receiveData now out seg c
+                finish now out ackNow c
+
+    let private handle (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+        match c.State with
+        | TcpState.Closed ->
+            match resetFor seg with
+            | ValueSome reply -> out.Add(TcpAction.Transmit reply)
+            | ValueNone -> ()
+
+            c
+        | TcpState.Listen -> onListen now out seg c
+        | TcpState.SynSent -> onSynSent now out seg c
+        | _ -> onSynchronized now out seg c
+
+    /// Processes one arriving segment (its checksum already verified by the caller).
+    let handleSegment (now: int64) (seg: Segment) (c: Connection) : Connection * TcpOutput =
+        let out = Out()
+        let c = handle now out seg c
+        output out c
+
+    // ---- Timers -------------------------------------------------------------------------------
+
+    let private due (now: int64) (deadline: int64 voption) =
+        match deadline with
+        | ValueSome t -> t <= now
+        | ValueNone -> false
+
+    /// RFC 6298 §5.4–5.7: back off, retransmit from SND.UNA (go-back-N, with the congestion
+    /// window down to one segment, RFC 5681 §3.1), or give up after too many tries.
+    let private onRetransmitTimeout (now: int64) (out: Out) (c: Connection) =
+        let c =
+            { c with
+                RetransmitAt = ValueNone
+                Retries = c.Retries + 1
+            }
+
+        let limit =
+            match c.State with
+            | TcpState.SynSent
+            | TcpState.SynReceived -> c.Config.MaxSynRetransmissions
+            | _ -> c.Config.MaxRetransmissions
+
+        if
+            c.SndUna = c.SndNxt
+            && c.State <> TcpState.SynSent
+            && c.State <> TcpState.SynReceived
+        then
+            // Nothing outstanding (a probe byte is the persist timer's business).
+            { c with Retries = c.Retries - 1 }
+        elif c.Retries > limit then
+            out.Add(TcpAction.Event TcpEvent.TimedOut)
+            enterClosed out TcpTrigger.Timeout c
+        else
+            let flight = c.SndMax - c.SndUna
+
+            { c with
+                Rtt = Rto.backoff c.Config.MaxRto c.Rtt
+                Ssthresh = max (flight / 2) (2 * c.SendMss)
+                Cwnd = c.SendMss
+                SndNxt = c.SndUna
+                RttTimed = ValueNone
+            }
+            |> transmit now out
+
+    /// RFC 9293 §3.8.6.1: the window stayed shut (or too small to be worth a segment, the
+    /// override of §3.8.6.2.1): send what fits, or probe.
+    let private onPersist (now: int64) (out: Out) (c: Connection) =
+        let c = { c with PersistAt = ValueNone }
+        let pending = finSeq c - c.SndNxt
+
+        if not (synAcked c && sendsData c.State) || pending <= 0 || c.SndNxt <> c.SndUna then
+            updatePersist now c
+        else
+            let usable = max 0 (c.SndUna + c.SndWnd - c.SndNxt)
+
+            if usable > 0 then
+                let length = min usable (min pending c.SendMss)
+                let seq = c.SndNxt
+
+                let c =
+                    emit out (TcpFlags.Ack ||| TcpFlags.Psh) seq (sendPosOf c seq) length TcpOptions.None c
+
+                let next = seq + length
+
+                { c with
+                    SndNxt = next
+                    SndMax = SeqNum.max c.SndMax next
+                }
+                |> armRetransmit now
+            elif c.ProbesUnanswered >= c.Config.MaxRetransmissions then
+                out.Add(TcpAction.Event TcpEvent.TimedOut)
+                enterClosed out TcpTrigger.Timeout c
+            else
+                // The probe is an ACK numbered SND.UNA - 1, as Linux sends: already acknowledged,
+                // so the peer must answer with an ACK carrying its current window, and no
+                // sequence space is used. (RFC 9293 §3.8.6.1 suggests one byte of new data; a
+                // byte past a closed window is dropped by the peer anyway.)
+                let c = emit out TcpFlags.Ack (c.SndUna - 1) 0L 0 TcpOptions.None c
+
+                let c =
+                    { c with
+                        ProbesUnanswered = c.ProbesUnanswered + 1
+                    }
+
+                { c with
+                    PersistAt = ValueSome(now + persistInterval c)
+                }
+
+    /// Runs every timer whose deadline is at or before `now`. Calling it early is harmless.
+    let handleTimer (now: int64) (c: Connection) : Connection * TcpOutput =
+        let out = Out()
+
+        let c =
+            if due now c.LingerAt then
+                match c.State with
+                | TcpState.TimeWait -> enterClosed out TcpTrigger.TimeWaitTimeout c
+                | TcpState.FinWait2 ->
+                    out.Add(TcpAction.Event TcpEvent.TimedOut)
+                    enterClosed out TcpTrigger.Timeout c
+                | _ -> { c with LingerAt = ValueNone }
+            else
+                c
+
+        let live (c: Connection) = c.State <> TcpState.Closed
+
+        let c =
+            if live c && due now c.RetransmitAt then
+                onRetransmitTimeout now out c
+            else
+                c
+
+        let c =
+            if live c && due now c.PersistAt then
+                onPersist now out c
+            else
+                c
+
+        let c =
+            if live c && due now c.DelayedAckAt then
+                if c.AckPending then
+                    sendAck out c
+                else
+                    { c with DelayedAckAt = ValueNone }
+            else
+                c
+
+        output out c
+
+    // ---- User calls (RFC 9293 §3.10.1–3.10.5) -------------------------------------------------
+
+    /// A CLOSED connection with ISS `iss` and nothing else.
+    let private create (config: TcpConfig) (iss: SeqNum) : Connection =
+        config.Validate()
+
+        {
+            Config = config
+            State = TcpState.Closed
+            Passive = false
+            Iss = iss
+            SndUna = iss
+            SndNxt = iss
+            SndMax = iss
+            SndWnd = 0
+            SndWl1 = SeqNum 0u
+            SndWl2 = SeqNum 0u
+            MaxSndWnd = 0
+            SendMss = min config.DefaultPeerMss config.Mss
+            Cwnd = initialWindow (min config.DefaultPeerMss config.Mss)
+            Ssthresh = 1 <<< 30
+            Written = 0L
+            Acked = 0L
+            FinQueued = false
+            Irs = SeqNum 0u
+            RcvNxt = SeqNum 0u
+            RcvRight = SeqNum 0u
+            Delivered = 0L
+            Consumed = 0L
+            OutOfOrder = RangeSet.empty
+            PeerFinAt = ValueNone
+            FinReceived = false
+            UnackedBytes = 0
+            AckPending = false
+            Rtt = Rto.initial config.InitialRto
+            RttTimed = ValueNone
+            Retries = 0
+            ProbesUnanswered = 0
+            RetransmitAt = ValueNone
+            PersistAt = ValueNone
+            DelayedAckAt = ValueNone
+            LingerAt = ValueNone
+        }
+
+    /// Active OPEN: a connection in SYN-SENT whose SYN (with our MSS) is in the output. `iss`
+    /// comes from `Isn.generate` for the connection's 4-tuple.
+    let openActive (config: TcpConfig) (iss: SeqNum) (now: int64) : Connection * TcpOutput =
+        let out = Out()
+
+        let c =
+            create config iss
+            |> move out TcpTrigger.ActiveOpen TcpState.SynSent
+            |> transmit now out
+
+        output out c
+
+    /// Passive OPEN: a connection in LISTEN. A listener makes one per arriving SYN (see
+    /// `accept`), so `iss` is that SYN's 4-tuple's ISN; the listener itself, with its accept
+    /// queue, belongs to the caller.
+    let listen (config: TcpConfig) (iss: SeqNum) : Connection * TcpOutput =
+        let out = Out()
+
+        let c =
+            { create config iss with
+                Passive = true
+            }
+            |> move out TcpTrigger.PassiveOpen TcpState.Listen
+
+        output out c
+
+    /// A listener's reaction to a segment for no existing connection: a new LISTEN connection
+    /// handed `seg`. A SYN yields SYN-RECEIVED and a SYN,ACK; anything else leaves it useless
+    /// (in LISTEN or answered with a RST), and the caller drops it.
+    let accept (config: TcpConfig) (iss: SeqNum) (now: int64) (seg: Segment) : Connection * TcpOutput =
+        let out = Out()
+
+        let c =
+            { create config iss with
+                Passive = true
+            }
+            |> move out TcpTrigger.PassiveOpen TcpState.Listen
+            |> handle now out seg
+
+        output out c
+
+    /// True when `send` is allowed: the connection is open or opening and the user has not closed it.
+    let canSend (c: Connection) =
+        not c.FinQueued
+        && (match c.State with
+            | TcpState.SynSent
+            | TcpState.SynReceived
+            | TcpState.Established
+            | TcpState.CloseWait -> true
+            | _ -> false)
+
+    /// The user appended `bytes` to the send buffer (send-stream positions [Written, Written +
+    /// bytes)). Data queued before ESTABLISHED goes out once the handshake completes. Throws
+    /// InvalidOperationException when `canSend` is false (writing after close is a caller bug;
+    /// the API reports it as the kernel does) and ArgumentException for a negative count.
+    let send (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
+        if bytes < 0L then
+            invalidArg (nameof bytes) "A byte count cannot be negative."
+
+        if not (canSend c) then
+            invalidOp $"Cannot send in {c.State} (closed for sending: {c.FinQueued})."
+
+        let out = Out()
+        let c = { c with Written = c.Written + bytes }
+        output out (transmit now out c)
+
+    /// The user read `bytes` more of the delivered data, freeing receive buffer space. When that
+    /// opens the window noticeably (from below one MSS, or by min(buffer/2, 2·MSS)) a window
+    /// update is sent at once, so a peer stopped by a small window need not wait for its persist
+    /// timer. Throws ArgumentException when more is read than was delivered.
+    let receiveWindowUpdate (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
+        if bytes < 0L || c.Consumed + bytes > c.Delivered then
+            invalidArg
+                (nameof bytes)
+                $"{bytes} bytes read, but only {c.Delivered - c.Consumed} were delivered and unread."
+
+        // `now` is unused today; the signature matches the other calls (auto-tuning will need it).
+        ignore now
+        let out = Out()
+        let c = { c with Consumed = c.Consumed + bytes }
+
+        let c =
+            if receivesData c.State && not c.FinReceived then
+                let before = offeredWindow c
+                let refreshed = refreshWindow c
+                let growth = refreshed.RcvRight - c.RcvRight
+
+                let worthIt =
+                    growth > 0
+                    && (before < c.Config.Mss
+                        || growth >= min (c.Config.ReceiveBufferSize / 2) (2 * c.Config.Mss))
+
+                if worthIt then sendAck out c else c
+            else
+                c
+
+        output out c
+
+    /// User CLOSE (§3.10.4): no more data from us. LISTEN and SYN-SENT close at once; in
+    /// SYN-RECEIVED the FIN waits for ESTABLISHED; ESTABLISHED and CLOSE-WAIT send a FIN after
+    /// the queued data. Closing a closing or closed connection changes nothing.
+    let close (now: int64) (c: Connection) : Connection * TcpOutput =
+        let out = Out()
+
+        let c =
+            match c.State with
+            | TcpState.Listen
+            | TcpState.SynSent -> enterClosed out TcpTrigger.Close c
+            | TcpState.SynReceived -> { c with FinQueued = true }
+            | TcpState.Established ->
+                { c with FinQueued = true }
+                |> move out TcpTrigger.Close TcpState.FinWait1
+                |> transmit now out
+            | TcpState.CloseWait ->
+                { c with FinQueued = true }
+                |> move out TcpTrigger.Close TcpState.LastAck
+                |> transmit now out
+            | _ -> c
+
+        output out c
+
+    /// User ABORT (§3.10.5): a RST to the peer when it may hold state for us, then CLOSED.
+    let abort (now: int64) (c: Connection) : Connection * TcpOutput =
+        ignore now
+        let out = Out()
+
+        let c =
+            match c.State with
+            | TcpState.Closed -> c
+            | TcpState.SynReceived
+            | TcpState.Established
+            | TcpState.FinWait1
+            | TcpState.FinWait2
+            | TcpState.CloseWait -> rst out c.SndNxt c |> enterClosed out TcpTrigger.Abort
+            | _ -> enterClosed out TcpTrigger.Abort c
+
+        output out c
+
+    // ---- Checks for tests ---------------------------------------------------------------------
+
+    /// The first broken invariant of `c`, if any: sequence variables in order, stream counters
+    /// consistent, out-of-order ranges inside the buffer, no timer once CLOSED.
+    let audit (c: Connection) : string option =
+        let synchronized =
+            match c.State with
+            | TcpState.Closed
+            | TcpState.Listen
+            | TcpState.SynSent -> false
+            | _ -> true
+
+        let outOfOrderOk =
+            c.OutOfOrder.Ranges
+            |> List.forall (fun struct (s, e) ->
+                s > c.Delivered && e <= c.Consumed + int64 c.Config.ReceiveBufferSize && s < e)
+
+        if not (SeqNum.le c.SndUna c.SndNxt) then
+            Some $"SND.UNA {c.SndUna} is after SND.NXT {c.SndNxt}"
+        elif not (SeqNum.le c.SndNxt c.SndMax) then
+            Some $"SND.NXT {c.SndNxt} is after SND.MAX {c.SndMax}"
+        elif c.Acked < 0L || c.Acked > c.Written then
+            Some $"Acked {c.Acked} outside 0..Written {c.Written}"
+        elif c.Consumed < 0L || c.Consumed > c.Delivered then
+            Some $"Consumed {c.Consumed} outside 0..Delivered {c.Delivered}"
+        elif c.Delivered - c.Consumed > int64 c.Config.ReceiveBufferSize then
+            Some $"{c.Delivered - c.Consumed} unread bytes exceed the receive buffer"
+        elif not outOfOrderOk then
+            Some $"out-of-order ranges {c.OutOfOrder.Ranges} outside ({c.Delivered}, buffer end)"
+        elif
+            synchronized
+            && c.RcvNxt <> recvSeqOf c c.Delivered + (if c.FinReceived then 1 else 0)
+        then
+            Some $"RCV.NXT {c.RcvNxt} does not match {c.Delivered} delivered bytes"
+        elif synchronized && SeqNum.lt c.RcvRight (recvSeqOf c c.Delivered) then
+            Some $"the offered right edge {c.RcvRight} is before RCV.NXT {c.RcvNxt}"
+        elif c.State = TcpState.Closed && (nextDeadline c).IsSome then
+            Some "a timer runs in CLOSED"
+        else
+            None

@@ -1,0 +1,235 @@
+namespace NetStack.Core.Tcp
+
+open System.Collections.Generic
+open Stateless
+open Stateless.Graph
+
+/// The connection states of RFC 9293 §3.3.2.
+[<RequireQualifiedAccess>]
+type TcpState =
+    /// No connection (the fictional state before and after a connection).
+    | Closed
+    /// Waiting for a connection request from any remote TCP.
+    | Listen
+    /// A SYN was sent; waiting for the matching SYN (and ACK).
+    | SynSent
+    /// A SYN was received and one sent; waiting for the ACK of ours.
+    | SynReceived
+    /// An open connection: data flows both ways.
+    | Established
+    /// We closed (FIN sent or queued); waiting for its ACK or the peer's FIN.
+    | FinWait1
+    /// Our FIN is acknowledged; waiting for the peer's FIN.
+    | FinWait2
+    /// The peer closed; waiting for our user to close.
+    | CloseWait
+    /// Both sides closed at once; waiting for the ACK of our FIN.
+    | Closing
+    /// The peer closed first, then we did; waiting for the ACK of our FIN.
+    | LastAck
+    /// Both FINs are acknowledged; waiting 2·MSL so late segments die out.
+    | TimeWait
+
+/// The events that move a connection between states (the labels of RFC 9293 Figure 5 plus the
+/// resets, aborts and timeouts of §3.10).
+[<RequireQualifiedAccess>]
+type TcpTrigger =
+    /// User OPEN, passive: listen for a SYN.
+    | PassiveOpen
+    /// User OPEN, active: send a SYN.
+    | ActiveOpen
+    /// A SYN without an ACK of ours arrives (LISTEN: a new connection; SYN-SENT: simultaneous
+    /// open; synchronized states: answered with a challenge ACK, RFC 5961 §4).
+    | RcvSyn
+    /// A SYN that acknowledges our SYN arrives in SYN-SENT.
+    | RcvSynAck
+    /// The ACK of our SYN arrives in SYN-RECEIVED.
+    | RcvAckOfSyn
+    /// User CLOSE: we have no more data to send.
+    | Close
+    /// The peer's FIN arrives (in order).
+    | RcvFin
+    /// The ACK of our FIN arrives.
+    | RcvAckOfFin
+    /// The peer's FIN and the ACK of ours arrive in one segment in FIN-WAIT-1 (the diagonal of
+    /// Figure 5; the engine reports it as its two steps, RcvAckOfFin then RcvFin).
+    | RcvFinAckOfFin
+    /// The 2·MSL timer of TIME-WAIT expires.
+    | TimeWaitTimeout
+    /// An acceptable RST arrives (RFC 9293 §3.10.7.4, RFC 5961 §3.2; ignored in TIME-WAIT, RFC 1337).
+    | RcvRst
+    /// User ABORT.
+    | Abort
+    /// Retransmissions (or zero-window probes, or the FIN-WAIT-2 wait) ran out: the connection fails.
+    | Timeout
+
+/// The RFC 9293 state graph declared with Stateless: the formal model the pure engine
+/// (`Connection`) is checked against. The machine is configured once, when this module is first
+/// used; its reflection info is turned into lookup tables, so queries never fire a trigger
+/// (Stateless allocates per Fire) and never touch the per-segment path.
+[<RequireQualifiedAccess>]
+module StateModel =
+
+    /// Declares the graph on a fresh Stateless machine starting in `initial`. Reentry and ignore
+    /// follow the RFC's "remain in the same state" cases.
+    let internal configure (initial: TcpState) : StateMachine<TcpState, TcpTrigger> =
+        let machine = StateMachine<TcpState, TcpTrigger>(initial)
+
+        // Failure exits every synchronized or synchronizing state shares (§3.10.7.4 RST
+        // processing, §3.10.4 ABORT, §3.8.3 "excessive retransmission" / user timeout).
+        let failures (state: StateMachine<TcpState, TcpTrigger>.StateConfiguration) =
+            state
+                .Permit(TcpTrigger.RcvRst, TcpState.Closed)
+                .Permit(TcpTrigger.Abort, TcpState.Closed)
+                .Permit(TcpTrigger.Timeout, TcpState.Closed)
+            |> ignore
+
+        // §3.10.7.1: in CLOSED an incoming RST is discarded.
+        machine
+            .Configure(TcpState.Closed)
+            .Permit(TcpTrigger.PassiveOpen, TcpState.Listen)
+            .Permit(TcpTrigger.ActiveOpen, TcpState.SynSent)
+            .Ignore(TcpTrigger.RcvRst)
+        |> ignore
+
+        // §3.10.7.2: a RST in LISTEN is ignored; a SYN makes the connection SYN-RECEIVED.
+        machine
+            .Configure(TcpState.Listen)
+            .Permit(TcpTrigger.RcvSyn, TcpState.SynReceived)
+            .Permit(TcpTrigger.Close, TcpState.Closed)
+            .Permit(TcpTrigger.Abort, TcpState.Closed)
+            .Ignore(TcpTrigger.RcvRst)
+        |> ignore
+
+        // §3.10.7.3: SYN,ACK completes the handshake, a bare SYN is a simultaneous open.
+        machine
+            .Configure(TcpState.SynSent)
+            .Permit(TcpTrigger.RcvSynAck, TcpState.Established)
+            .Permit(TcpTrigger.RcvSyn, TcpState.SynReceived)
+            .Permit(TcpTrigger.Close, TcpState.Closed)
+        |> failures
+
+        // §3.10.7.4: the ACK of our SYN establishes. A reset connection that came from LISTEN
+        // "returns to LISTEN": here the listener is a separate object that never left LISTEN,
+        // so this connection goes to CLOSED. A repeated SYN is answered, not a transition.
+        machine
+            .Configure(TcpState.SynReceived)
+            .Permit(TcpTrigger.RcvAckOfSyn, TcpState.Established)
+            .Permit(TcpTrigger.Close, TcpState.FinWait1)
+            .Ignore(TcpTrigger.RcvSyn)
+        |> failures
+
+        machine
+            .Configure(TcpState.Established)
+            .Permit(TcpTrigger.Close, TcpState.FinWait1)
+            .Permit(TcpTrigger.RcvFin, TcpState.CloseWait)
+            .Ignore(TcpTrigger.RcvSyn)
+        |> failures
+
+        machine
+            .Configure(TcpState.FinWait1)
+            .Permit(TcpTrigger.RcvAckOfFin, TcpState.FinWait2)
+            .Permit(TcpTrigger.RcvFin, TcpState.Closing)
+            .Permit(TcpTrigger.RcvFinAckOfFin, TcpState.TimeWait)
+            .Ignore(TcpTrigger.Close)
+            .Ignore(TcpTrigger.RcvSyn)
+        |> failures
+
+        machine
+            .Configure(TcpState.FinWait2)
+            .Permit(TcpTrigger.RcvFin, TcpState.TimeWait)
+            .Ignore(TcpTrigger.Close)
+            .Ignore(TcpTrigger.RcvSyn)
+        |> failures
+
+        // §3.10.7.4 eighth step: a FIN in CLOSE-WAIT, CLOSING or LAST-ACK leaves the state as is.
+        machine
+            .Configure(TcpState.CloseWait)
+            .Permit(TcpTrigger.Close, TcpState.LastAck)
+            .Ignore(TcpTrigger.RcvFin)
+            .Ignore(TcpTrigger.RcvSyn)
+        |> failures
+
+        machine
+            .Configure(TcpState.Closing)
+            .Permit(TcpTrigger.RcvAckOfFin, TcpState.TimeWait)
+            .Ignore(TcpTrigger.Close)
+            .Ignore(TcpTrigger.RcvFin)
+            .Ignore(TcpTrigger.RcvSyn)
+        |> failures
+
+        machine
+            .Configure(TcpState.LastAck)
+            .Permit(TcpTrigger.RcvAckOfFin, TcpState.Closed)
+            .Ignore(TcpTrigger.Close)
+            .Ignore(TcpTrigger.RcvFin)
+            .Ignore(TcpTrigger.RcvSyn)
+        |> failures
+
+        // A retransmitted FIN in TIME-WAIT is acknowledged and restarts the 2·MSL timer
+        // (§3.10.7.4 eighth step): a reentry. §3.10.7.4's second step would let a RST close
+        // TIME-WAIT; RFC 1337 §3 (fix F1) ignores it instead, so a stray RST (say, a closed
+        // peer answering a duplicate ACK) cannot cut TIME-WAIT short ("TIME-WAIT assassination").
+        machine
+            .Configure(TcpState.TimeWait)
+            .Permit(TcpTrigger.TimeWaitTimeout, TcpState.Closed)
+            .PermitReentry(TcpTrigger.RcvFin)
+            .Ignore(TcpTrigger.RcvRst)
+            .Permit(TcpTrigger.Abort, TcpState.Closed)
+            .Ignore(TcpTrigger.Close)
+            .Ignore(TcpTrigger.RcvSyn)
+        |> ignore
+
+        machine
+
+    /// The model's one configured machine, its reflection info and the tables derived from it.
+    type private Tables =
+        {
+            Info: Reflection.StateMachineInfo
+            Targets: Dictionary<struct (TcpState * TcpTrigger), TcpState>
+            Ignored: HashSet<struct (TcpState * TcpTrigger)>
+        }
+
+    let private tables =
+        lazy
+            (let info = (configure TcpState.Closed).GetInfo()
+             let targets = Dictionary<struct (TcpState * TcpTrigger), TcpState>()
+             let ignored = HashSet<struct (TcpState * TcpTrigger)>()
+
+             for state in info.States do
+                 let from = state.UnderlyingState :?> TcpState
+
+                 for transition in state.FixedTransitions do
+                     let trigger = transition.Trigger.UnderlyingTrigger :?> TcpTrigger
+                     targets.[struct (from, trigger)] <- transition.DestinationState.UnderlyingState :?> TcpState
+
+                 for transition in state.IgnoredTriggers do
+                     ignored.Add(struct (from, transition.Trigger.UnderlyingTrigger :?> TcpTrigger))
+                     |> ignore
+
+             {
+                 Info = info
+                 Targets = targets
+                 Ignored = ignored
+             })
+
+    /// The state `trigger` leads to from `state` (itself for a reentry), or ValueNone when the
+    /// model has no transition for it there (ignored or not permitted).
+    let target (state: TcpState) (trigger: TcpTrigger) : TcpState voption =
+        match tables.Value.Targets.TryGetValue(struct (state, trigger)) with
+        | true, destination -> ValueSome destination
+        | _ -> ValueNone
+
+    /// True when the model says `trigger` in `state` is accepted and changes nothing.
+    let isIgnored (state: TcpState) (trigger: TcpTrigger) : bool =
+        tables.Value.Ignored.Contains(struct (state, trigger))
+
+    /// True when the model accepts `trigger` in `state`: a transition, a reentry or an ignore.
+    let isPermitted (state: TcpState) (trigger: TcpTrigger) : bool =
+        (target state trigger).IsSome || isIgnored state trigger
+
+    /// True when the engine may move from `from` to `to'` on `trigger`.
+    let allows (from: TcpState) (trigger: TcpTrigger) (to': TcpState) : bool = target from trigger = ValueSome to'
+
+    /// The graph in Graphviz DOT, as Stateless draws it (committed as docs/tcp-states.dot).
+    let dot () : string = UmlDotGraph.Format(tables.Value.Info)

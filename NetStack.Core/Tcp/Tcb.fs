@@ -1,0 +1,316 @@
+namespace NetStack.Core.Tcp
+
+open System
+open NetStack.Core.Wire
+
+/// Settings of one connection. Times are in microseconds, like every `now` the engine is given.
+type TcpConfig =
+    {
+        /// The MSS we announce in our SYN (RFC 9293 §3.7.1): the largest segment payload we
+        /// accept, from our MTU (`TcpConfig.MssForMtu`). It also caps what we send.
+        Mss: int
+        /// The MSS assumed when the peer's SYN carries no MSS option (RFC 9293 §3.7.1: 536 for
+        /// IPv4, 1220 for IPv6).
+        DefaultPeerMss: int
+        /// Receive buffer capacity in bytes: the most data held for the user (in order and out
+        /// of order). Without window scaling (RFC 7323, later) at most 65535 of it is offered.
+        ReceiveBufferSize: int
+        /// RTO before the first RTT sample (RFC 6298 §2.1: 1 s).
+        InitialRto: int64
+        /// Lower bound of the RTO. RFC 6298 §2.4 says 1 s; Linux uses 200 ms, as does this default.
+        MinRto: int64
+        /// Upper bound of the RTO (RFC 6298 §2.5: at least 60 s).
+        MaxRto: int64
+        /// Clock granularity G of RFC 6298 §2.
+        ClockGranularity: int64
+        /// Retransmissions of one segment (or unanswered zero-window probes) before the
+        /// connection fails with TimedOut (RFC 9293 §3.8.3's R2; Linux tcp_retries2 = 15).
+        MaxRetransmissions: int
+        /// Retransmissions of a SYN before the connection attempt fails (Linux tcp_syn_retries = 6).
+        MaxSynRetransmissions: int
+        /// Longest wait before a delayed ACK is sent (RFC 9293 §3.8.6.3: under 0.5 s; RFC 5681
+        /// §4.2: at most 500 ms; we require at most 200 ms).
+        DelayedAckTimeout: int64
+        /// Maximum segment lifetime: TIME-WAIT lasts 2·MSL (RFC 9293 §3.4.2).
+        Msl: int64
+        /// How long FIN-WAIT-2 may sit idle (no segment from the peer) before the connection is
+        /// dropped with TimedOut; ValueNone (the default) waits forever. After a half-close the
+        /// peer may legitimately stay silent, so only a caller that knows nobody reads any more
+        /// (an orphaned connection, like Linux's tcp_fin_timeout = 60 s) should set it, and
+        /// above MaxRto so a retransmitting peer always refreshes it.
+        FinWait2Timeout: int64 voption
+        /// Longest interval between zero-window probes.
+        MaxPersistInterval: int64
+    }
+
+    /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
+    static member MssForMtu(mtu: int, ipv6: bool) =
+        let overhead = (if ipv6 then 40 else 20) + 20
+
+        if mtu < overhead + 1 then
+            invalidArg (nameof mtu) $"An MTU of {mtu} leaves no room for TCP data."
+
+        mtu - overhead
+
+    /// Defaults for an IPv4 link with a 1500-byte MTU and a 64 KiB receive buffer.
+    static member Default =
+        {
+            Mss = 1460
+            DefaultPeerMss = 536
+            ReceiveBufferSize = 65535
+            InitialRto = 1_000_000L
+            MinRto = 200_000L
+            MaxRto = 60_000_000L
+            ClockGranularity = 1_000L
+            MaxRetransmissions = 15
+            MaxSynRetransmissions = 6
+            DelayedAckTimeout = 40_000L
+            Msl = 30_000_000L
+            FinWait2Timeout = ValueNone
+            MaxPersistInterval = 60_000_000L
+        }
+
+    /// Throws ArgumentException when a setting is out of range.
+    member this.Validate() =
+        if this.Mss < 1 || this.Mss > 65495 then
+            invalidArg "Mss" $"Mss {this.Mss} is not in 1..65495."
+
+        if this.DefaultPeerMss < 1 then
+            invalidArg "DefaultPeerMss" "DefaultPeerMss must be positive."
+
+        if this.ReceiveBufferSize < 1 then
+            invalidArg "ReceiveBufferSize" "ReceiveBufferSize must be positive."
+
+        if
+            this.MinRto < 1L
+            || this.InitialRto < this.MinRto
+            || this.MaxRto < this.InitialRto
+        then
+            invalidArg "MinRto" "Need 0 < MinRto <= InitialRto <= MaxRto."
+
+        if this.DelayedAckTimeout < 0L || this.DelayedAckTimeout > 200_000L then
+            invalidArg "DelayedAckTimeout" "DelayedAckTimeout must be 0..200 ms."
+
+        if this.MaxRetransmissions < 1 || this.MaxSynRetransmissions < 1 then
+            invalidArg "MaxRetransmissions" "Retransmission limits must be positive."
+
+        if this.Msl < 0L || this.MaxPersistInterval < 1L || this.ClockGranularity < 1L then
+            invalidArg "Msl" "Msl, MaxPersistInterval and ClockGranularity must be positive."
+
+/// An arriving segment as the engine sees it: the header fields, the parsed options and how
+/// much payload follows. The payload bytes stay with the caller; `StoreReceived` actions say
+/// which of them to keep, by offset within this payload.
+[<Struct>]
+type Segment =
+    {
+        /// SEG.SEQ.
+        Seq: SeqNum
+        /// SEG.ACK (meaningful when the ACK flag is set).
+        Ack: SeqNum
+        /// Control bits.
+        Flags: TcpFlags
+        /// SEG.WND as on the wire.
+        Window: uint16
+        /// The parsed options.
+        Options: TcpOptions
+        /// Payload bytes.
+        PayloadLength: int
+    }
+
+    /// SEG.LEN: the sequence space the segment occupies (payload, plus one each for SYN and FIN).
+    member this.Length =
+        this.PayloadLength
+        + (if this.Flags.HasFlag TcpFlags.Syn then 1 else 0)
+        + (if this.Flags.HasFlag TcpFlags.Fin then 1 else 0)
+
+    /// True when `flag` is set.
+    member this.Has(flag: TcpFlags) = this.Flags &&& flag = flag
+
+    /// The view of a parsed header with its options.
+    static member OfHeader(header: TcpHeader, options: TcpOptions) =
+        {
+            Seq = SeqNum header.SequenceNumber
+            Ack = SeqNum header.AcknowledgmentNumber
+            Flags = header.Flags
+            Window = header.Window
+            Options = options
+            PayloadLength = header.PayloadLength
+        }
+
+/// A segment the engine wants sent. Ports and addresses come from the connection's 4-tuple (for
+/// a reply to a stray segment: the stray segment's, swapped). The payload is never held here:
+/// it is the send stream's bytes [DataPosition, DataPosition + DataLength), which the caller
+/// copies from its send buffer.
+[<Struct>]
+type OutgoingSegment =
+    {
+        /// SEG.SEQ.
+        Seq: SeqNum
+        /// SEG.ACK (sent as 0 when the ACK flag is clear).
+        Ack: SeqNum
+        /// Control bits.
+        Flags: TcpFlags
+        /// SEG.WND.
+        Window: uint16
+        /// Options to write (an MSS option on SYNs).
+        Options: TcpOptions
+        /// Send-stream position of the first payload byte (byte 0 is the first byte the user sent).
+        DataPosition: int64
+        /// Payload bytes.
+        DataLength: int
+    }
+
+    /// The header to hand to `Tcp.buildV4`/`buildV6` for this segment between the given ports.
+    member this.ToHeader(sourcePort: uint16, destinationPort: uint16) =
+        TcpHeader.Create(
+            sourcePort,
+            destinationPort,
+            this.Seq.Value,
+            (if this.Flags.HasFlag TcpFlags.Ack then
+                 this.Ack.Value
+             else
+                 0u),
+            this.Flags,
+            this.Window
+        )
+
+/// What the engine tells the user of a connection.
+[<RequireQualifiedAccess>]
+type TcpEvent =
+    /// The handshake completed: the connection is ESTABLISHED.
+    | Connected
+    /// The peer refused the connection attempt (RST in SYN-SENT): ConnectionRefused.
+    | Refused
+    /// The peer reset the connection: ConnectionReset.
+    | Reset
+    /// Retransmissions ran out: TimedOut.
+    | TimedOut
+    /// The peer's FIN arrived in order: reads return end of stream after the delivered bytes.
+    | PeerClosed
+    /// The connection reached CLOSED: its resources can be released.
+    | Closed
+    /// The peer acknowledged this many more bytes: the send buffer may drop them.
+    | SendBufferFreed of bytes: int64
+
+/// One state change, as reported for checking against `StateModel`.
+[<Struct>]
+type StateTransition =
+    {
+        /// The state before.
+        From: TcpState
+        /// What caused it.
+        Trigger: TcpTrigger
+        /// The state after (equal to From for a reentry).
+        To: TcpState
+    }
+
+/// An instruction from the engine to its caller, in the order they must be carried out.
+[<RequireQualifiedAccess>]
+type TcpAction =
+    /// Build and send this segment.
+    | Transmit of segment: OutgoingSegment
+    /// Copy the arriving segment's payload bytes [PayloadOffset, PayloadOffset + Length) to
+    /// receive-stream position Position (byte 0 is the peer's first data byte). The position
+    /// always lies within the receive buffer's free space.
+    | StoreReceived of payloadOffset: int * position: int64 * length: int
+    /// Receive-stream bytes below `upTo` are now in order and readable (each byte once).
+    | Deliver of upTo: int64
+    /// Tell the user.
+    | Event of event: TcpEvent
+    /// The connection changed state (for audit; nothing to do).
+    | Transition of transition: StateTransition
+
+/// The engine's answer to one input: what to do, in order, and when to call `handleTimer` next.
+type TcpOutput =
+    {
+        /// Actions in order.
+        Actions: TcpAction list
+        /// The earliest timer deadline (absolute, µs), or ValueNone when no timer runs.
+        NextDeadline: int64 voption
+    }
+
+/// A connection's transmission control block (RFC 9293 §3.3.1), as an immutable value.
+/// Sequence variables use their RFC names. Stream positions count data bytes only (the SYN and
+/// FIN take sequence numbers but no position): send byte p has sequence number ISS + 1 + p,
+/// receive byte p has IRS + 1 + p.
+type Connection =
+    {
+        /// Settings.
+        Config: TcpConfig
+        /// RFC 9293 state.
+        State: TcpState
+        /// True when the connection began with a passive OPEN (from LISTEN).
+        Passive: bool
+
+        /// ISS: our initial sequence number.
+        Iss: SeqNum
+        /// SND.UNA: oldest unacknowledged sequence number.
+        SndUna: SeqNum
+        /// SND.NXT: next sequence number to send. After a timeout it is pulled back to SND.UNA
+        /// (go-back-N), and `SndMax` remembers how far we had gone.
+        SndNxt: SeqNum
+        /// The highest sequence number sent so far, plus one (BSD's snd_max). ACKs up to it are
+        /// acceptable, and our bare ACKs carry it as their sequence number.
+        SndMax: SeqNum
+        /// SND.WND: the peer's offered window, in bytes.
+        SndWnd: int
+        /// SND.WL1: SEG.SEQ of the segment that last updated SND.WND.
+        SndWl1: SeqNum
+        /// SND.WL2: SEG.ACK of the segment that last updated SND.WND.
+        SndWl2: SeqNum
+        /// The largest window the peer has offered (RFC 9293 §3.8.6.2.1; RFC 5961 §5.2's MAX.SND.WND).
+        MaxSndWnd: int
+        /// Effective send MSS: the peer's MSS option (or the default) capped by our own.
+        SendMss: int
+        /// Congestion window in bytes (a Reno-style placeholder until pluggable congestion control).
+        Cwnd: int
+        /// Slow-start threshold in bytes.
+        Ssthresh: int
+        /// Bytes the user has handed to `send`: send-stream positions [0, Written).
+        Written: int64
+        /// Bytes acknowledged by the peer and freed: the send-stream position of SND.UNA.
+        Acked: int64
+        /// The user closed: a FIN follows send-stream position `Written`.
+        FinQueued: bool
+
+        /// IRS: the peer's initial sequence number.
+        Irs: SeqNum
+        /// RCV.NXT: next sequence number expected.
+        RcvNxt: SeqNum
+        /// Right edge of the last window we offered (RCV.NXT + RCV.WND as sent). Never moves left.
+        RcvRight: SeqNum
+        /// Receive-stream bytes delivered in order: the position of RCV.NXT (FIN not counted).
+        Delivered: int64
+        /// Receive-stream bytes the user has read (`receiveWindowUpdate`).
+        Consumed: int64
+        /// Ranges beyond `Delivered` received early, stored, and waiting for the gap to fill.
+        OutOfOrder: RangeSet
+        /// Receive-stream position of the peer's FIN, once a FIN has been seen (maybe early).
+        PeerFinAt: int64 voption
+        /// The peer's FIN has been taken in order (RCV.NXT counts it).
+        FinReceived: bool
+
+        /// Data received since our last ACK was sent (for "ACK every second full segment").
+        UnackedBytes: int
+        /// An ACK is owed (sent at `DelayedAckAt` unless a segment carries it sooner).
+        AckPending: bool
+
+        /// RFC 6298 estimator.
+        Rtt: RtoEstimator
+        /// The segment being timed for an RTT sample: the sequence number that acknowledges it
+        /// and when it was sent. Cleared on retransmission (Karn's rule).
+        RttTimed: struct (SeqNum * int64) voption
+        /// Consecutive timeouts of the retransmission timer without progress.
+        Retries: int
+        /// Zero-window probes sent without any acceptable ACK coming back.
+        ProbesUnanswered: int
+
+        /// Retransmission timer deadline (RFC 6298).
+        RetransmitAt: int64 voption
+        /// Persist timer deadline: next zero-window probe (RFC 9293 §3.8.6.1).
+        PersistAt: int64 voption
+        /// Delayed-ACK deadline.
+        DelayedAckAt: int64 voption
+        /// TIME-WAIT's 2·MSL deadline, or FIN-WAIT-2's idle deadline.
+        LingerAt: int64 voption
+    }

@@ -1,0 +1,182 @@
+/// A test stand-in for the API: it owns the bytes the engine only names, carries out actions,
+/// and checks every step against the model and the engine's invariants.
+module NetStack.Tests.TcpHarness
+
+open System
+open NetStack.Core.Wire
+open NetStack.Core.Tcp
+
+/// Fails the test with `message`.
+let fail (message: string) : 'T = raise (Exception message)
+
+/// Set TCP_TRACE=1 to print every action (for replaying one seed).
+let tracing = Environment.GetEnvironmentVariable "TCP_TRACE" = "1"
+
+/// The peer-visible side of one engine: its connection plus the buffers the API would hold.
+type Side =
+    {
+        Name: string
+        mutable Conn: Connection
+        /// Everything this side will send (the send buffer is a window onto it).
+        Payload: byte[]
+        /// The receive stream, indexed by position.
+        Received: byte[]
+        /// Which receive positions were stored.
+        Stored: bool[]
+        /// Receive position delivered so far (from Deliver actions).
+        mutable Delivered: int64
+        /// Send-stream bytes handed to `send`.
+        mutable Written: int64
+        /// Send-stream bytes freed by SendBufferFreed.
+        mutable Freed: int64
+        mutable CloseCalled: bool
+        /// Highest (ACK + window) right edge this side has sent: must never move left.
+        mutable SentRightEdge: SeqNum voption
+        Transitions: ResizeArray<StateTransition>
+        Events: ResizeArray<TcpEvent>
+    }
+
+/// A side that will send `payload` and receive up to `peerLength` bytes.
+let newSide name (conn: Connection) (payload: byte[]) (peerLength: int) =
+    {
+        Name = name
+        Conn = conn
+        Payload = payload
+        Received = Array.zeroCreate peerLength
+        Stored = Array.zeroCreate peerLength
+        Delivered = 0L
+        Written = 0L
+        Freed = 0L
+        CloseCalled = false
+        SentRightEdge = ValueNone
+        Transitions = ResizeArray()
+        Events = ResizeArray()
+    }
+
+let private v4a = Ipv4Address.OfOctets(10uy, 0uy, 0uy, 1uy)
+let private v4b = Ipv4Address.OfOctets(10uy, 0uy, 0uy, 2uy)
+
+/// Builds the segment's bytes with the wire codec and parses them back, as the two APIs would:
+/// returns the receiver's view and the payload bytes.
+let throughWire (side: Side) (seg: OutgoingSegment) : Segment * byte[] =
+    if seg.DataLength > 0 then
+        if
+            seg.DataPosition < 0L
+            || seg.DataPosition + int64 seg.DataLength > int64 side.Payload.Length
+        then
+            fail $"{side.Name}: segment names send bytes [{seg.DataPosition}, +{seg.DataLength}) beyond the payload"
+
+        if seg.DataPosition < side.Freed then
+            fail $"{side.Name}: segment names freed send bytes at {seg.DataPosition} (freed {side.Freed})"
+
+        if seg.DataPosition + int64 seg.DataLength > side.Written then
+            fail $"{side.Name}: segment names bytes not yet written"
+
+    let payload =
+        if seg.DataLength = 0 then
+            ReadOnlySpan<byte>.Empty
+        else
+            ReadOnlySpan(side.Payload, int seg.DataPosition, seg.DataLength)
+
+    let buffer = Array.zeroCreate<byte>(Tcp.MaxHeaderLength + seg.DataLength)
+
+    let length =
+        Tcp.buildV4 (Span buffer) v4a v4b (seg.ToHeader(1000us, 2000us)) seg.Options payload
+
+    let bytes = ReadOnlySpan(buffer, 0, length)
+
+    match Tcp.parseV4 v4a v4b bytes with
+    | Error e -> fail $"own segment does not parse: {e}"
+    | Ok header ->
+        match Tcp.parseOptions (bytes.Slice(header.OptionsOffset, header.OptionsLength)) with
+        | Error e -> fail $"own options do not parse: {e}"
+        | Ok options ->
+            Segment.OfHeader(header, options), bytes.Slice(header.PayloadOffset, header.PayloadLength).ToArray()
+
+/// Carries out `output` for `side`. `incoming` is the payload of the segment being processed
+/// (for StoreReceived); `transmit` receives each outgoing segment.
+let apply (side: Side) (incoming: byte[]) (transmit: OutgoingSegment -> unit) (output: TcpOutput) =
+    if tracing then
+        for action in output.Actions do
+            match action with
+            | TcpAction.Transmit s ->
+                eprintfn
+                    "  %s sends seq %d ack %d %A pos %d len %d wnd %d"
+                    side.Name
+                    s.Seq.Value
+                    s.Ack.Value
+                    s.Flags
+                    s.DataPosition
+                    s.DataLength
+                    s.Window
+            | a -> eprintfn "  %s %A" side.Name a
+
+    let mutable state = side.Transitions |> Seq.tryLast |> Option.map (fun t -> t.To)
+
+    for action in output.Actions do
+        match action with
+        | TcpAction.Transmit seg ->
+            if seg.Flags.HasFlag TcpFlags.Ack && not (seg.Flags.HasFlag TcpFlags.Rst) then
+                let right = seg.Ack + int seg.Window
+
+                match side.SentRightEdge with
+                | ValueSome previous when SeqNum.lt right previous ->
+                    fail $"{side.Name}: offered right edge moved left from {previous} to {right}"
+                | _ -> side.SentRightEdge <- ValueSome right
+
+            transmit seg
+        | TcpAction.StoreReceived(offset, position, length) ->
+            if offset < 0 || length <= 0 || offset + length > incoming.Length then
+                fail $"{side.Name}: store [{offset}, +{length}) outside a {incoming.Length}-byte payload"
+
+            if position < side.Delivered then
+                fail $"{side.Name}: store at {position} below the delivered point {side.Delivered}"
+
+            if position + int64 length > int64 side.Received.Length then
+                fail $"{side.Name}: store beyond the peer's payload ({position}+{length})"
+
+            for i in 0 .. length - 1 do
+                let p = int position + i
+
+                if side.Stored.[p] && side.Received.[p] <> incoming.[offset + i] then
+                    fail $"{side.Name}: byte {p} stored twice with different values"
+
+                side.Received.[p] <- incoming.[offset + i]
+                side.Stored.[p] <- true
+        | TcpAction.Deliver upTo ->
+            if upTo <= side.Delivered then
+                fail $"{side.Name}: deliver up to {upTo} after {side.Delivered}: twice or backwards"
+
+            for p in side.Delivered .. upTo - 1L do
+                if not side.Stored.[int p] then
+                    fail $"{side.Name}: byte {p} delivered but never stored"
+
+            side.Delivered <- upTo
+        | TcpAction.Event e ->
+            match e with
+            | TcpEvent.SendBufferFreed n ->
+                if n <= 0L || side.Freed + n > side.Written then
+                    fail $"{side.Name}: freed {n} bytes with {side.Freed} of {side.Written} freed"
+
+                side.Freed <- side.Freed + n
+            | _ -> ()
+
+            side.Events.Add e
+        | TcpAction.Transition t ->
+            match state with
+            | Some s when s <> t.From -> fail $"{side.Name}: transition {t} does not start from {s}"
+            | _ -> ()
+
+            if not (StateModel.allows t.From t.Trigger t.To) then
+                fail $"{side.Name}: {t.From} --{t.Trigger}--> {t.To} is not in the model"
+
+            state <- Some t.To
+            side.Transitions.Add t
+
+    match state with
+    | Some s when s <> side.Conn.State -> fail $"{side.Name}: reported state {s}, connection is in {side.Conn.State}"
+    | _ -> ()
+
+    match Connection.audit side.Conn with
+    | Some problem -> fail $"{side.Name}: {problem}"
+    | None -> ()
