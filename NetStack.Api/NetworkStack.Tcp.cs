@@ -316,6 +316,8 @@ public sealed partial class NetworkStack
             LoopWindow(c, now);
         if (c.Removed || c.Core is null)
             return;
+        if (orphan)
+            c.Core = TcpLayer.orphan(now, c.Core);
         var (core, output) = TcpEngine.close(now, c.Core);
         c.Core = core;
         Execute(c, output, default, now);
