@@ -1,0 +1,588 @@
+/// Known-answer tests of the engine's behaviour, one RFC rule at a time, and of its helpers
+/// (SipHash and ISNs, RTO arithmetic, range sets).
+module NetStack.Tests.ConnectionTests
+
+open System
+open Expecto
+open FsCheck
+open FsCheck.FSharp
+open NetStack.Core.Wire
+open NetStack.Core.Tcp
+
+let private ms (n: int) = int64 n * 1000L
+
+let private config =
+    { TcpConfig.Default with
+        DelayedAckTimeout = ms 40
+        ReceiveBufferSize = 8000
+    }
+
+let private segment (seq: uint32) (ack: uint32) (flags: TcpFlags) (window: uint16) (length: int) =
+    {
+        Seq = SeqNum seq
+        Ack = SeqNum ack
+        Flags = flags
+        Window = window
+        Options = TcpOptions.None
+        PayloadLength = length
+    }
+
+let private withMss (mss: uint16) (s: Segment) =
+    { s with
+        Options =
+            { TcpOptions.None with
+                MaximumSegmentSize = ValueSome mss
+            }
+    }
+
+let private sent (o: TcpOutput) =
+    o.Actions
+    |> List.choose (function
+        | TcpAction.Transmit s -> Some s
+        | _ -> None)
+
+let private events (o: TcpOutput) =
+    o.Actions
+    |> List.choose (function
+        | TcpAction.Event e -> Some e
+        | _ -> None)
+
+let private single (o: TcpOutput) =
+    match sent o with
+    | [ s ] -> s
+    | other -> failtest $"expected one segment, got {other}"
+
+let private ack = TcpFlags.Ack
+let private iss = 1000u
+let private peerIss = 5000u
+
+/// A client that completed the handshake with a peer offering `window` and MSS 1000, at t = 10 ms.
+let private established (window: uint16) =
+    let c, _ = Connection.openActive config (SeqNum iss) 0L
+
+    let c, o =
+        Connection.handleSegment
+            (ms 10)
+            (segment peerIss (iss + 1u) (TcpFlags.Syn ||| ack) window 0 |> withMss 1000us)
+            c
+
+    Expect.equal c.State TcpState.Established "handshake done"
+    Expect.contains (events o) TcpEvent.Connected "Connected"
+    c
+
+[<Tests>]
+let tests =
+    testList
+        "Connection"
+        [
+            testList
+                "helpers"
+                [
+                    test "SipHash-2-4 matches the reference vectors (key 00..0f)" {
+                        let k0 = 0x0706050403020100UL
+                        let k1 = 0x0f0e0d0c0b0a0908UL
+                        Expect.equal (Isn.sipHash24 k0 k1 ReadOnlySpan.Empty) 0x726fdb47dd0e0e31UL "empty message"
+                        let fifteen = Array.init 15 byte
+
+                        Expect.equal
+                            (Isn.sipHash24 k0 k1 (ReadOnlySpan fifteen))
+                            0xa129ca6149be45e5UL
+                            "00..0e (the paper's example)"
+                    }
+
+                    test "ISNs follow the 4 µs clock for one 4-tuple and differ between 4-tuples" {
+                        let key = { K0 = 0x1234UL; K1 = 0x5678UL }
+                        let a = [| 10uy; 0uy; 0uy; 1uy |]
+                        let b = [| 10uy; 0uy; 0uy; 2uy |]
+
+                        let isn now port =
+                            Isn.generate key now (ReadOnlySpan a) port (ReadOnlySpan b) 80us
+
+                        Expect.equal (isn 4_000L 40000us - isn 0L 40000us) 1000 "1000 ticks in 4 ms"
+                        Expect.notEqual (isn 0L 40000us) (isn 0L 40001us) "another port, another offset"
+                        let otherKey = { key with K1 = 0x5679UL }
+
+                        Expect.notEqual
+                            (Isn.generate otherKey 0L (ReadOnlySpan a) 40000us (ReadOnlySpan b) 80us)
+                            (isn 0L 40000us)
+                            "another key, another offset"
+
+                        Expect.throws
+                            (fun () -> Isn.generate key 0L (ReadOnlySpan a) 1us (ReadOnlySpan [| 1uy |]) 2us |> ignore)
+                            "mixed families"
+                    }
+
+                    test "RTO per RFC 6298: first sample, smoothing, bounds, backoff" {
+                        let e = Rto.initial (ms 1000)
+                        Expect.equal e.Rto (ms 1000) "1 s before any sample"
+                        let e = Rto.sample (ms 1) (ms 200) (ms 60_000) (ms 100) e
+
+                        Expect.equal
+                            (e.Srtt, e.RttVar, e.Rto)
+                            (ms 100, ms 50, ms 300)
+                            "SRTT = R, RTTVAR = R/2, RTO = R + 4·R/2"
+
+                        let e = Rto.sample (ms 1) (ms 200) (ms 60_000) (ms 100) e
+                        Expect.equal (e.Srtt, e.RttVar) (ms 100, 37_500L) "RTTVAR = 3/4·50 + 1/4·0"
+                        Expect.equal e.Rto (ms 250) "100 + 4·37.5"
+                        let tiny = Rto.sample (ms 1) (ms 200) (ms 60_000) 10L (Rto.initial (ms 1000))
+                        Expect.equal tiny.Rto (ms 200) "clamped to MinRto"
+                        let backedOff = Seq.fold (fun e _ -> Rto.backoff (ms 60_000) e) e [ 1..20 ]
+                        Expect.equal backedOff.Rto (ms 60_000) "doubling stops at MaxRto"
+                        let reset = Rto.resetBackoff (ms 1) (ms 200) (ms 60_000) backedOff
+                        Expect.equal reset.Rto (ms 250) "progress recomputes RTO from SRTT"
+                    }
+
+                    testPropertyWithConfig
+                        TestUtil.codecConfig
+                        "a RangeSet holds exactly the positions added, as sorted disjoint non-adjacent ranges"
+                    <| Prop.forAll
+                        (Gen.listOf (Gen.zip (Gen.choose (0, 300)) (Gen.choose (0, 40))) |> Arb.fromGen)
+                        (fun ranges ->
+                            let set =
+                                ranges
+                                |> List.fold
+                                    (fun s (start, len) -> RangeSet.add (int64 start) (int64 (start + len)) s)
+                                    RangeSet.empty
+
+                            let expected =
+                                ranges |> List.collect (fun (s, l) -> [ s .. s + l - 1 ]) |> Set.ofList
+
+                            let actual =
+                                set.Ranges
+                                |> List.collect (fun struct (s, e) -> [ int s .. int e - 1 ])
+                                |> Set.ofList
+
+                            let rec wellFormed (items: struct (int64 * int64) list) =
+                                match items with
+                                | struct (s1, e1) :: (struct (s2, _) :: _ as rest) ->
+                                    s1 < e1 && e1 < s2 && wellFormed rest
+                                | [ struct (s, e) ] -> s < e
+                                | [] -> true
+
+                            actual = expected
+                            && wellFormed set.Ranges
+                            && RangeSet.count set = int64 expected.Count)
+
+                    test "RangeSet.advance moves over a range that starts at or before the position" {
+                        let set = RangeSet.empty |> RangeSet.add 10L 20L |> RangeSet.add 30L 40L
+                        let struct (p, rest) = RangeSet.advance 5L set
+                        Expect.equal p 5L "a gap before the first range: no move"
+                        Expect.equal rest set "unchanged"
+                        let struct (p, rest) = RangeSet.advance 10L set
+                        Expect.equal p 20L "moved past [10,20)"
+                        Expect.equal rest.Ranges [ struct (30L, 40L) ] "first range consumed"
+                    }
+                ]
+
+            testList
+                "opening"
+                [
+                    test "an active open sends a SYN with our MSS and arms the 1 s retransmission timer" {
+                        let c, o = Connection.openActive config (SeqNum iss) 0L
+                        let syn = single o
+                        Expect.equal syn.Flags TcpFlags.Syn "SYN only"
+                        Expect.equal syn.Seq.Value iss "SEQ = ISS"
+                        Expect.equal syn.Options.MaximumSegmentSize (ValueSome 1460us) "MSS = MTU 1500 - 40"
+                        Expect.equal syn.Window 8000us "the whole receive buffer"
+                        Expect.equal o.NextDeadline (ValueSome(ms 1000)) "initial RTO 1 s"
+                        Expect.equal c.State TcpState.SynSent "SYN-SENT"
+                    }
+
+                    test "the SYN,ACK completes the handshake with an ACK, and the peer's MSS caps ours" {
+                        let c, _ = Connection.openActive config (SeqNum iss) 0L
+
+                        let c, o =
+                            Connection.handleSegment
+                                (ms 10)
+                                (segment peerIss (iss + 1u) (TcpFlags.Syn ||| ack) 30000us 0 |> withMss 1000us)
+                                c
+
+                        let reply = single o
+
+                        Expect.equal
+                            (reply.Seq.Value, reply.Ack.Value, reply.Flags)
+                            (iss + 1u, peerIss + 1u, ack)
+                            "<SEQ=ISS+1><ACK=IRS+1><ACK>"
+
+                        Expect.equal c.SendMss 1000 "min(peer 1000, ours 1460)"
+                        Expect.equal c.SndWnd 30000 "peer window"
+                        Expect.equal c.Rtt.Srtt (ms 10) "the SYN was timed"
+                        Expect.equal o.NextDeadline ValueNone "nothing in flight, no timer"
+                    }
+
+                    test "a listener answers a SYN with SYN,ACK and the ACK establishes" {
+                        let c, o =
+                            Connection.accept config (SeqNum iss) 0L (segment peerIss 0u TcpFlags.Syn 65535us 0)
+
+                        let synAck = single o
+                        Expect.equal synAck.Flags (TcpFlags.Syn ||| ack) "SYN,ACK"
+                        Expect.equal (synAck.Seq.Value, synAck.Ack.Value) (iss, peerIss + 1u) "<SEQ=ISS><ACK=IRS+1>"
+                        Expect.equal synAck.Options.MaximumSegmentSize (ValueSome 1460us) "our MSS"
+                        Expect.equal c.SendMss 536 "no MSS option: RFC 9293 default 536"
+
+                        let c, o =
+                            Connection.handleSegment (ms 5) (segment (peerIss + 1u) (iss + 1u) ack 65535us 0) c
+
+                        Expect.equal c.State TcpState.Established "ESTABLISHED"
+                        Expect.equal (events o) [ TcpEvent.Connected ] "Connected"
+                        Expect.equal (sent o) [] "a bare ACK needs no answer"
+                    }
+
+                    test "a listener answers a stray ACK with RST and ignores a RST" {
+                        let _, o = Connection.accept config (SeqNum iss) 0L (segment 7u 777u ack 100us 0)
+                        let r = single o
+                        Expect.equal (r.Flags, r.Seq.Value) (TcpFlags.Rst, 777u) "<SEQ=SEG.ACK><CTL=RST>"
+
+                        let _, o =
+                            Connection.accept config (SeqNum iss) 0L (segment 7u 777u TcpFlags.Rst 100us 0)
+
+                        Expect.equal (sent o) [] "RST ignored"
+                    }
+
+                    test "simultaneous open: both sides pass SYN-RECEIVED and end ESTABLISHED" {
+                        let a, ao = Connection.openActive config (SeqNum 100u) 0L
+                        let b, bo = Connection.openActive config (SeqNum 300u) 0L
+
+                        let toSeg (o: OutgoingSegment) =
+                            { segment o.Seq.Value o.Ack.Value o.Flags o.Window 0 with
+                                Options = o.Options
+                            }
+
+                        let a, ao2 = Connection.handleSegment 1L (toSeg (single bo)) a
+                        let b, bo2 = Connection.handleSegment 1L (toSeg (single ao)) b
+                        Expect.equal (a.State, b.State) (TcpState.SynReceived, TcpState.SynReceived) "both SYN-RECEIVED"
+                        // Each SYN,ACK is answered with an ACK (its SYN is old news), which establishes the other side.
+                        let a, ao3 = Connection.handleSegment 2L (toSeg (single bo2)) a
+                        let b, bo3 = Connection.handleSegment 2L (toSeg (single ao2)) b
+                        let a, _ = Connection.handleSegment 3L (toSeg (single bo3)) a
+                        let b, _ = Connection.handleSegment 3L (toSeg (single ao3)) b
+                        Expect.equal (a.State, b.State) (TcpState.Established, TcpState.Established) "both ESTABLISHED"
+                    }
+
+                    test "a RST acknowledging our SYN means connection refused" {
+                        let c, _ = Connection.openActive config (SeqNum iss) 0L
+
+                        let c, o =
+                            Connection.handleSegment 1L (segment 0u (iss + 1u) (TcpFlags.Rst ||| ack) 0us 0) c
+
+                        Expect.equal c.State TcpState.Closed "CLOSED"
+                        Expect.equal (events o) [ TcpEvent.Refused; TcpEvent.Closed ] "Refused, Closed"
+                    }
+
+                    test "SYN retransmissions back off and end in TimedOut after MaxSynRetransmissions" {
+                        let mutable c, o = Connection.openActive config (SeqNum iss) 0L
+                        let mutable deadlines = []
+                        let mutable finalEvents = []
+
+                        while c.State <> TcpState.Closed do
+                            let at = o.NextDeadline.Value
+                            deadlines <- deadlines @ [ at ]
+                            let c2, o2 = Connection.handleTimer at c
+                            c <- c2
+                            o <- o2
+                            finalEvents <- events o2
+
+                        Expect.equal
+                            deadlines
+                            [ ms 1000; ms 3000; ms 7000; ms 15000; ms 31000; ms 63000; ms 123000 ]
+                            "1, 2, 4, ... s apart, at most MaxRto = 60 s"
+
+                        Expect.equal finalEvents [ TcpEvent.TimedOut; TcpEvent.Closed ] "gave up"
+                    }
+                ]
+
+            testList
+                "stray and hostile segments"
+                [
+                    test "a closed port answers SYN with RST,ACK and ACK with RST, and a RST with nothing (§3.10.7.1)" {
+                        match Connection.resetFor (segment 42u 0u TcpFlags.Syn 100us 10) with
+                        | ValueSome r ->
+                            Expect.equal
+                                (r.Seq.Value, r.Ack.Value, r.Flags)
+                                (0u, 42u + 11u, TcpFlags.Rst ||| ack)
+                                "<SEQ=0><ACK=SEQ+LEN>"
+                        | ValueNone -> failtest "RST expected"
+
+                        match Connection.resetFor (segment 42u 99u ack 100us 0) with
+                        | ValueSome r -> Expect.equal (r.Seq.Value, r.Flags) (99u, TcpFlags.Rst) "<SEQ=SEG.ACK>"
+                        | ValueNone -> failtest "RST expected"
+
+                        Expect.equal
+                            (Connection.resetFor (segment 42u 99u TcpFlags.Rst 0us 0))
+                            ValueNone
+                            "never RST a RST"
+                    }
+
+                    test
+                        "RST exactly at RCV.NXT resets; elsewhere in the window draws a challenge ACK; outside it, nothing (RFC 5961 §3)" {
+                        let c = established 65535us
+                        let nxt = peerIss + 1u
+
+                        let c1, o =
+                            Connection.handleSegment (ms 20) (segment (nxt + 100u) 0u TcpFlags.Rst 0us 0) c
+
+                        Expect.equal c1.State TcpState.Established "not reset"
+                        Expect.equal ((single o).Ack.Value, (single o).Flags) (nxt, ack) "challenge ACK"
+
+                        let _, o =
+                            Connection.handleSegment (ms 20) (segment (nxt + 100000u) 0u TcpFlags.Rst 0us 0) c
+
+                        Expect.equal o.Actions [] "out of window: dropped"
+                        let c3, o = Connection.handleSegment (ms 20) (segment nxt 0u TcpFlags.Rst 0us 0) c
+                        Expect.equal c3.State TcpState.Closed "reset"
+                        Expect.equal (events o) [ TcpEvent.Reset; TcpEvent.Closed ] "Reset, Closed"
+                    }
+
+                    test "a SYN on an established connection draws a challenge ACK (RFC 5961 §4)" {
+                        let c = established 65535us
+
+                        let c, o =
+                            Connection.handleSegment (ms 20) (segment (peerIss + 1u) 0u TcpFlags.Syn 0us 0) c
+
+                        Expect.equal c.State TcpState.Established "still established"
+                        Expect.equal (single o).Flags ack "challenge ACK"
+                    }
+
+                    test "an ACK for data never sent is answered with an ACK and dropped" {
+                        let c = established 65535us
+
+                        let c2, o =
+                            Connection.handleSegment (ms 20) (segment (peerIss + 1u) (iss + 500u) ack 65535us 0) c
+
+                        Expect.equal c2.SndUna c.SndUna "SND.UNA unchanged"
+                        Expect.equal (single o).Flags ack "ACK"
+                    }
+                ]
+
+            testList
+                "data"
+                [
+                    test "out-of-order data is stored and ACKed at once; the gap filled delivers both" {
+                        let c = established 65535us
+                        let nxt = peerIss + 1u
+
+                        let c, o =
+                            Connection.handleSegment (ms 20) (segment (nxt + 100u) (iss + 1u) ack 65535us 50) c
+
+                        Expect.equal
+                            (o.Actions
+                             |> List.filter (function
+                                 | TcpAction.StoreReceived _ -> true
+                                 | _ -> false))
+                            [ TcpAction.StoreReceived(0, 100L, 50) ]
+                            "stored at position 100"
+
+                        Expect.equal ((single o).Ack.Value) nxt "duplicate ACK at once"
+
+                        let c, o =
+                            Connection.handleSegment (ms 21) (segment nxt (iss + 1u) ack 65535us 100) c
+
+                        Expect.contains o.Actions (TcpAction.Deliver 150L) "both delivered"
+                        Expect.equal ((single o).Ack.Value) (nxt + 150u) "ACK at once: a gap was filled"
+                        Expect.equal c.Delivered 150L "in-order point"
+                    }
+
+                    test "one small segment waits for the delayed-ACK timer; a second full one is ACKed at once" {
+                        let c = established 65535us
+                        let nxt = peerIss + 1u
+
+                        let c, o =
+                            Connection.handleSegment (ms 20) (segment nxt (iss + 1u) ack 65535us 1460) c
+
+                        Expect.equal (sent o) [] "no ACK yet"
+                        Expect.equal o.NextDeadline (ValueSome(ms 60)) "delayed ACK due 40 ms later"
+
+                        let c, o =
+                            Connection.handleSegment (ms 21) (segment (nxt + 1460u) (iss + 1u) ack 65535us 1460) c
+
+                        Expect.equal ((single o).Ack.Value) (nxt + 2920u) "ACK every second full-sized segment"
+
+                        let c, o =
+                            Connection.handleSegment (ms 22) (segment (nxt + 2920u) (iss + 1u) ack 65535us 10) c
+
+                        Expect.equal (sent o) [] "small segment: delayed"
+                        let _, o = Connection.handleTimer (ms 62) c
+                        Expect.equal ((single o).Ack.Value) (nxt + 2930u) "the timer sends it"
+                    }
+
+                    test "the offered window shrinks as data waits unread, and reopens with a window update" {
+                        let c = established 65535us
+                        let nxt = peerIss + 1u
+                        let mutable c = c
+
+                        for i in 0..7 do
+                            let c2, _ =
+                                Connection.handleSegment
+                                    (ms 20)
+                                    (segment (nxt + uint32 (i * 1000)) (iss + 1u) ack 65535us 1000)
+                                    c
+
+                            c <- c2
+
+                        let c, o = Connection.handleTimer (ms 100) c
+                        Expect.equal (single o).Window 0us "8000-byte buffer full: zero window"
+
+                        let _, o =
+                            Connection.handleSegment (ms 101) (segment (nxt + 8000u) (iss + 1u) ack 65535us 10) c
+
+                        Expect.equal
+                            ((single o).Ack.Value)
+                            (nxt + 8000u)
+                            "data beyond a zero window is not taken, only ACKed"
+
+                        let c, o = Connection.receiveWindowUpdate (ms 102) 8000L c
+                        Expect.equal (single o).Window 8000us "window update after the read"
+
+                        Expect.throws
+                            (fun () -> Connection.receiveWindowUpdate (ms 103) 1L c |> ignore)
+                            "cannot read more than delivered"
+                    }
+
+                    test "sending splits by MSS and window, and the ACK frees the buffer and stops the timer" {
+                        let c = established 2500us
+                        let c, o = Connection.send (ms 20) 5000L c
+                        let segs = sent o
+
+                        Expect.equal
+                            (segs |> List.map (fun s -> s.DataPosition, s.DataLength))
+                            [ 0L, 1000; 1000L, 1000 ]
+                            "two MSS segments; the 500-byte rest waits (sender SWS)"
+
+                        Expect.equal o.NextDeadline (ValueSome(ms 20 + c.Rtt.Rto)) "retransmission timer"
+
+                        let c, o =
+                            Connection.handleSegment (ms 40) (segment (peerIss + 1u) (iss + 2001u) ack 5000us 0) c
+
+                        Expect.contains (events o) (TcpEvent.SendBufferFreed 2000L) "2000 bytes freed"
+
+                        Expect.equal
+                            (sent o |> List.map (fun s -> s.DataPosition, s.DataLength))
+                            [ 2000L, 1000; 3000L, 1000; 4000L, 1000 ]
+                            "the rest"
+
+                        Expect.equal c.Acked 2000L "acked"
+                    }
+
+                    test "a zero window starts the persist timer; probes are ACKs below SND.UNA until the window opens" {
+                        let c = established 0us
+                        let c, o = Connection.send (ms 20) 3000L c
+                        Expect.equal (sent o) [] "nothing fits"
+                        let probeAt = o.NextDeadline.Value
+                        Expect.equal probeAt (ms 20 + c.Rtt.Rto) "persist timer"
+                        let c, o = Connection.handleTimer probeAt c
+                        let probe = single o
+                        Expect.equal (probe.Seq.Value, probe.DataLength) (iss, 0) "<SEQ=SND.UNA-1>, no data"
+                        Expect.isTrue (o.NextDeadline.Value - probeAt > c.Rtt.Rto) "the next probe backs off"
+
+                        let _, o =
+                            Connection.handleSegment (probeAt + 1L) (segment (peerIss + 1u) (iss + 1u) ack 4000us 0) c
+
+                        Expect.equal (sent o |> List.sumBy (fun s -> s.DataLength)) 3000 "window opened: data flows"
+                    }
+
+                    test "writing after close is refused" {
+                        let c = established 65535us
+                        let c, _ = Connection.close (ms 20) c
+                        Expect.isFalse (Connection.canSend c) "closed for sending"
+                        Expect.throws (fun () -> Connection.send (ms 21) 1L c |> ignore) "InvalidOperationException"
+                    }
+                ]
+
+            testList
+                "closing"
+                [
+                    test "active close: FIN, FIN-WAIT-1, FIN-WAIT-2, TIME-WAIT for 2·MSL, CLOSED" {
+                        let c = established 65535us
+                        let c, o = Connection.close (ms 20) c
+                        let fin = single o
+                        Expect.equal (fin.Flags, fin.Seq.Value) (TcpFlags.Fin ||| ack, iss + 1u) "FIN"
+                        Expect.equal c.State TcpState.FinWait1 "FIN-WAIT-1"
+
+                        let c, _ =
+                            Connection.handleSegment (ms 30) (segment (peerIss + 1u) (iss + 2u) ack 65535us 0) c
+
+                        Expect.equal c.State TcpState.FinWait2 "FIN-WAIT-2"
+
+                        let c, o =
+                            Connection.handleSegment
+                                (ms 40)
+                                (segment (peerIss + 1u) (iss + 2u) (TcpFlags.Fin ||| ack) 65535us 0)
+                                c
+
+                        Expect.equal c.State TcpState.TimeWait "TIME-WAIT"
+                        Expect.equal ((single o).Ack.Value) (peerIss + 2u) "the FIN is ACKed"
+                        Expect.equal o.NextDeadline (ValueSome(ms 40 + 2L * config.Msl)) "2·MSL"
+
+                        let c, o =
+                            Connection.handleSegment
+                                (ms 50)
+                                (segment (peerIss + 1u) (iss + 2u) (TcpFlags.Fin ||| ack) 65535us 0)
+                                c
+
+                        Expect.equal ((single o).Ack.Value) (peerIss + 2u) "a repeated FIN is ACKed again"
+                        Expect.equal o.NextDeadline (ValueSome(ms 50 + 2L * config.Msl)) "and 2·MSL restarts"
+
+                        let c, _ =
+                            Connection.handleSegment (ms 60) (segment (peerIss + 2u) 0u TcpFlags.Rst 0us 0) c
+
+                        Expect.equal c.State TcpState.TimeWait "a RST does not cut TIME-WAIT short (RFC 1337)"
+                        let c, o = Connection.handleTimer (ms 50 + 2L * config.Msl) c
+                        Expect.equal c.State TcpState.Closed "CLOSED"
+                        Expect.equal (events o) [ TcpEvent.Closed ] "Closed"
+                    }
+
+                    test "passive close: the peer's FIN, CLOSE-WAIT, our FIN, LAST-ACK, CLOSED" {
+                        let c = established 65535us
+
+                        let c, o =
+                            Connection.handleSegment
+                                (ms 20)
+                                (segment (peerIss + 1u) (iss + 1u) (TcpFlags.Fin ||| ack) 65535us 0)
+                                c
+
+                        Expect.equal c.State TcpState.CloseWait "CLOSE-WAIT"
+                        Expect.contains (events o) TcpEvent.PeerClosed "PeerClosed"
+                        Expect.isTrue (Connection.canSend c) "half-close: we may still send"
+                        let c, _ = Connection.send (ms 21) 10L c
+                        let c, o = Connection.close (ms 22) c
+                        Expect.equal c.State TcpState.LastAck "LAST-ACK"
+                        Expect.equal (single o).Flags (TcpFlags.Fin ||| ack) "FIN (the data went before)"
+
+                        let c, o =
+                            Connection.handleSegment (ms 30) (segment (peerIss + 2u) (iss + 12u) ack 65535us 0) c
+
+                        Expect.equal c.State TcpState.Closed "CLOSED"
+                        Expect.equal (events o) [ TcpEvent.SendBufferFreed 10L; TcpEvent.Closed ] "freed, closed"
+                    }
+
+                    test "abort sends RST at SND.NXT and closes" {
+                        let c = established 65535us
+                        let c, o = Connection.abort (ms 20) c
+                        Expect.equal ((single o).Flags, (single o).Seq.Value) (TcpFlags.Rst, iss + 1u) "RST"
+                        Expect.equal c.State TcpState.Closed "CLOSED"
+                    }
+
+                    test "a configured FIN-WAIT-2 timeout drops a silent peer" {
+                        let c = established 65535us
+
+                        let c =
+                            { c with
+                                Config =
+                                    { c.Config with
+                                        FinWait2Timeout = ValueSome(ms 5000)
+                                    }
+                            }
+
+                        let c, _ = Connection.close (ms 20) c
+
+                        let c, o =
+                            Connection.handleSegment (ms 30) (segment (peerIss + 1u) (iss + 2u) ack 65535us 0) c
+
+                        Expect.equal o.NextDeadline (ValueSome(ms 5030)) "idle deadline"
+                        let c, o = Connection.handleTimer (ms 5030) c
+                        Expect.equal c.State TcpState.Closed "dropped"
+                        Expect.equal (events o) [ TcpEvent.TimedOut; TcpEvent.Closed ] "TimedOut"
+                    }
+                ]
+        ]
