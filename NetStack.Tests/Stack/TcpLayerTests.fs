@@ -381,6 +381,66 @@ let tests =
                 Expect.equal stack.Statistics.["tcp.passive-open"] 4L "four half-open connections"
             }
 
+            test "a canceled ConnectTcpAsync throws OperationCanceledException and frees its connection" {
+                let device = new MemoryPacketDevice(1500)
+                use stack = NetworkStack.Start(options (), device)
+                use cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds 200.0)
+
+                let attempt =
+                    stack.ConnectTcpAsync(IPEndPoint(peer4.ToIPAddress(), 80), cancel.Token).AsTask()
+
+                let r = nextSegment device
+                Expect.equal r.Tcp.Flags TcpFlags.Syn "a SYN went out"
+                Expect.isGreaterThanOrEqual (int r.SourcePort) NetworkStack.EphemeralPortFirst "from an ephemeral port"
+                Expect.equal r.Tcp.Options.MaximumSegmentSize (ValueSome 1460us) "with our MSS"
+
+                let error =
+                    try
+                        attempt.Wait timeout |> ignore
+                        None
+                    with :? AggregateException as e ->
+                        Some(e.InnerException.GetType())
+
+                Expect.equal error (Some typeof<Threading.Tasks.TaskCanceledException>) "canceled"
+                waitUntil (fun () -> stack.Statistics.["tcp.closed"] = 1L)
+            }
+
+            test
+                "a pending AcceptAsync fails with OperationAborted when the listener is disposed, and honours cancellation" {
+                let device = new MemoryPacketDevice(1500)
+                use stack = NetworkStack.Start(options (), device)
+                let listener = stack.ListenTcp(80)
+                use cancel = new CancellationTokenSource()
+                let canceled = listener.AcceptAsync(cancel.Token).AsTask()
+                let pending = listener.AcceptAsync().AsTask()
+                cancel.Cancel()
+
+                let wasCanceled =
+                    try
+                        canceled.Wait timeout |> ignore
+                        false
+                    with :? AggregateException ->
+                        canceled.IsCanceled
+
+                Expect.isTrue wasCanceled "the canceled accept is canceled"
+                listener.Dispose()
+
+                let error =
+                    try
+                        pending.Wait timeout |> ignore
+                        None
+                    with :? AggregateException as e ->
+                        match e.InnerException with
+                        | :? Net.Sockets.SocketException as s -> Some s.SocketErrorCode
+                        | _ -> None
+
+                Expect.equal error (Some Net.Sockets.SocketError.OperationAborted) "aborted"
+
+                Expect.throwsT<ObjectDisposedException>
+                    (fun () -> listener.AcceptAsync().AsTask() |> ignore)
+                    "accepting on a disposed listener"
+            }
+
             test "ListenTcp refuses a taken port with AddressAlreadyInUse and picks free ephemeral ports" {
                 let device = new MemoryPacketDevice(1500)
                 use stack = NetworkStack.Start(options (), device)
