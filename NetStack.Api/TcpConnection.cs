@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 using NetStack.Core.Stack;
@@ -28,14 +29,22 @@ public sealed class TcpConnection : Stream
     private readonly NetworkStack _stack;
     private readonly object _gate = new();
 
-    // Send ring: stream positions [_sendAcked, _sendWritten) are held at position % length.
-    private readonly byte[] _send;
+    // Rings are rented from the shared pool when first needed (a half-open connection, or one
+    // that only receives, holds no send ring) and returned once both the user and the loop are
+    // done with them. A stream position p lives at p % capacity (the rented array may be longer).
+    private readonly int _sendCapacity;
+    private readonly int _receiveCapacity;
+    private bool _userDone;
+    private bool _loopDone;
+
+    // Send ring: stream positions [_sendAcked, _sendWritten).
+    private byte[]? _send;
     private long _sendWritten;
     private long _sendAcked;
     private bool _sendPosted;
 
     // Receive ring: [_recvConsumed, _recvDelivered) are readable; the loop stores beyond.
-    private readonly byte[] _receive;
+    private byte[]? _receive;
     private long _recvDelivered;
     private long _recvConsumed;
     private bool _windowPosted;
@@ -81,8 +90,8 @@ public sealed class TcpConnection : Stream
     internal TcpConnection(NetworkStack stack, int sendBufferBytes, int receiveBufferBytes, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
     {
         _stack = stack;
-        _send = new byte[sendBufferBytes];
-        _receive = new byte[receiveBufferBytes];
+        _sendCapacity = sendBufferBytes;
+        _receiveCapacity = receiveBufferBytes;
         LocalEndPoint = localEndPoint!;
         RemoteEndPoint = remoteEndPoint;
     }
@@ -192,7 +201,7 @@ public sealed class TcpConnection : Stream
                 if (available > 0 && !buffer.IsEmpty)
                 {
                     copied = (int)Math.Min(available, buffer.Length);
-                    CopyOut(_receive, _recvConsumed, buffer.Span[..copied]);
+                    CopyOut(_receive!, _receiveCapacity, _recvConsumed, buffer.Span[..copied]);
                     _recvConsumed += copied;
                     notify = !_windowPosted;
                     _windowPosted = true;
@@ -243,11 +252,12 @@ public sealed class TcpConnection : Stream
                     throw Failure(SocketError.OperationAborted);
                 if (buffer.IsEmpty)
                     return;
-                int free = _send.Length - (int)(_sendWritten - _sendAcked);
+                int free = _sendCapacity - (int)(_sendWritten - _sendAcked);
                 if (free > 0)
                 {
                     int n = Math.Min(free, buffer.Length);
-                    CopyIn(_send, _sendWritten, buffer.Span[..n]);
+                    _send ??= ArrayPool<byte>.Shared.Rent(_sendCapacity);
+                    CopyIn(_send, _sendCapacity, _sendWritten, buffer.Span[..n]);
                     _sendWritten += n;
                     buffer = buffer[n..];
                     notify = !_sendPosted;
@@ -345,6 +355,8 @@ public sealed class TcpConnection : Stream
             _disposed = true;
             graceful = !_aborted && !_closed && _error == SocketError.Success;
             WakeAll();
+            _userDone = true;
+            ReleaseIfDone();
         }
         if (graceful)
         {
@@ -386,10 +398,19 @@ public sealed class TcpConnection : Stream
     }
 
     /// <summary>Copies send-stream bytes [position, position + destination.Length) into a segment.</summary>
-    internal void CopySendData(long position, Span<byte> destination) => CopyOut(_send, position, destination);
+    internal void CopySendData(long position, Span<byte> destination) => CopyOut(_send!, _sendCapacity, position, destination);
 
     /// <summary>Stores arriving bytes at receive-stream position <paramref name="position"/>.</summary>
-    internal void Store(ReadOnlySpan<byte> data, long position) => CopyIn(_receive, position, data);
+    internal void Store(ReadOnlySpan<byte> data, long position)
+    {
+        var ring = _receive;
+        if (ring is null)
+        {
+            lock (_gate)
+                ring = _receive ??= ArrayPool<byte>.Shared.Rent(_receiveCapacity);
+        }
+        CopyIn(ring, _receiveCapacity, position, data);
+    }
 
     /// <summary>Receive-stream bytes below <paramref name="upTo"/> are readable.</summary>
     internal void Deliver(long upTo)
@@ -458,6 +479,8 @@ public sealed class TcpConnection : Stream
         {
             _closed = true;
             WakeAll();
+            _loopDone = true;
+            ReleaseIfDone();
         }
         _connected.TrySetException(new SocketException((int)SocketError.ConnectionAborted));
         _finished.TrySetResult();
@@ -472,6 +495,8 @@ public sealed class TcpConnection : Stream
                 _error = SocketError.OperationAborted;
             _closed = true;
             WakeAll();
+            _loopDone = true;
+            ReleaseIfDone();
         }
         _connected.TrySetException(new ObjectDisposedException(nameof(NetworkStack)));
         _finished.TrySetResult();
@@ -507,19 +532,32 @@ public sealed class TcpConnection : Stream
         return new IOException($"Unable to transfer data on the transport connection: {inner.Message}.", inner);
     }
 
-    // Ring copies: stream position p lives at p % ring.Length; a run may wrap once.
-    private static void CopyIn(byte[] ring, long position, ReadOnlySpan<byte> data)
+    // Returns the rings to the pool once neither side can touch them again. Under _gate.
+    private void ReleaseIfDone()
     {
-        int start = (int)(position % ring.Length);
-        int first = Math.Min(data.Length, ring.Length - start);
+        if (!_userDone || !_loopDone)
+            return;
+        if (_send is not null)
+            ArrayPool<byte>.Shared.Return(_send);
+        if (_receive is not null)
+            ArrayPool<byte>.Shared.Return(_receive);
+        _send = null;
+        _receive = null;
+    }
+
+    // Ring copies: stream position p lives at p % capacity; a run may wrap once.
+    private static void CopyIn(byte[] ring, int capacity, long position, ReadOnlySpan<byte> data)
+    {
+        int start = (int)(position % capacity);
+        int first = Math.Min(data.Length, capacity - start);
         data[..first].CopyTo(ring.AsSpan(start));
         data[first..].CopyTo(ring);
     }
 
-    private static void CopyOut(byte[] ring, long position, Span<byte> destination)
+    private static void CopyOut(byte[] ring, int capacity, long position, Span<byte> destination)
     {
-        int start = (int)(position % ring.Length);
-        int first = Math.Min(destination.Length, ring.Length - start);
+        int start = (int)(position % capacity);
+        int first = Math.Min(destination.Length, capacity - start);
         ring.AsSpan(start, first).CopyTo(destination);
         ring.AsSpan(0, destination.Length - first).CopyTo(destination[first..]);
     }

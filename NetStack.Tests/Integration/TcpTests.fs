@@ -215,67 +215,68 @@ let tests =
                         Expect.equal (sha back) (sha data) $"every byte came back from {kernelAddress}")
             }
 
-            test "100 MB cross in each direction intact (SHA-256), kernel to NetStack and NetStack to kernel" {
+            test
+                "100 MB cross in each direction intact (SHA-256), kernel to NetStack and NetStack to kernel, IPv4 and IPv6" {
                 withStack 3 (fun stack ->
-                    let stackAddress, kernelAddress = List.head (families 3)
-                    // Kernel to NetStack.
-                    use listener = stack.ListenTcp(9)
+                    for (stackAddress, kernelAddress) in families 3 do
+                        // Kernel to NetStack.
+                        use listener = stack.ListenTcp(9)
 
-                    let sink =
-                        task {
-                            let! connection = listener.AcceptAsync()
-                            let! result = receiveHashed connection
-                            do! connection.DisposeAsync()
-                            return result
-                        }
+                        let sink =
+                            task {
+                                let! connection = listener.AcceptAsync()
+                                let! result = receiveHashed connection
+                                do! connection.DisposeAsync()
+                                return result
+                            }
 
-                    let clock = Stopwatch.StartNew()
+                        let clock = Stopwatch.StartNew()
 
-                    let sentHash =
-                        task {
-                            use socket =
-                                new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+                        let sentHash =
+                            task {
+                                use socket =
+                                    new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
 
-                            do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
-                            use stream = new NetworkStream(socket)
-                            let! hash = sendPattern stream bulkBytes
-                            socket.Shutdown SocketShutdown.Send
-                            return hash
-                        }
-                        |> wait
+                                do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
+                                use stream = new NetworkStream(socket)
+                                let! hash = sendPattern stream bulkBytes
+                                socket.Shutdown SocketShutdown.Send
+                                return hash
+                            }
+                            |> wait
 
-                    let received, receivedHash = wait sink
-                    let inbound = float bulkBytes / clock.Elapsed.TotalSeconds / 1e6
-                    Expect.equal received bulkBytes "every byte arrived"
-                    Expect.equal receivedHash sentHash "the same bytes"
-                    // NetStack to kernel.
-                    use kernel = kernelListener kernelAddress
+                        let received, receivedHash = wait sink
+                        let inbound = float bulkBytes / clock.Elapsed.TotalSeconds / 1e6
+                        Expect.equal received bulkBytes "every byte arrived"
+                        Expect.equal receivedHash sentHash "the same bytes"
+                        // NetStack to kernel.
+                        use kernel = kernelListener kernelAddress
 
-                    let kernelSink =
-                        task {
-                            use! socket = kernel.AcceptAsync()
-                            use stream = new NetworkStream(socket)
-                            return! receiveHashed stream
-                        }
+                        let kernelSink =
+                            task {
+                                use! socket = kernel.AcceptAsync()
+                                use stream = new NetworkStream(socket)
+                                return! receiveHashed stream
+                            }
 
-                    clock.Restart()
+                        clock.Restart()
 
-                    let sentHash =
-                        task {
-                            let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-                            let! hash = sendPattern connection bulkBytes
-                            do! connection.DisposeAsync()
-                            return hash
-                        }
-                        |> wait
+                        let sentHash =
+                            task {
+                                let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
+                                let! hash = sendPattern connection bulkBytes
+                                do! connection.DisposeAsync()
+                                return hash
+                            }
+                            |> wait
 
-                    let received, receivedHash = wait kernelSink
-                    let outbound = float bulkBytes / clock.Elapsed.TotalSeconds / 1e6
-                    Expect.equal received bulkBytes "every byte arrived at the kernel"
-                    Expect.equal receivedHash sentHash "the same bytes at the kernel"
+                        let received, receivedHash = wait kernelSink
+                        let outbound = float bulkBytes / clock.Elapsed.TotalSeconds / 1e6
+                        Expect.equal received bulkBytes "every byte arrived at the kernel"
+                        Expect.equal receivedHash sentHash "the same bytes at the kernel"
 
-                    printfn
-                        $"TCP bulk, 100 MiB: kernel -> NetStack %.1f{inbound} MB/s, NetStack -> kernel %.1f{outbound} MB/s")
+                        printfn
+                            $"TCP bulk over {stackAddress.AddressFamily}, 100 MiB: kernel -> NetStack %.1f{inbound} MB/s, NetStack -> kernel %.1f{outbound} MB/s")
             }
 
             test "200 concurrent kernel connections each get their bytes back" {
