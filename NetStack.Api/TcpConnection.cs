@@ -181,7 +181,9 @@ public sealed class TcpConnection : Stream
 
     /// <summary>
     /// Reads up to <c>buffer.Length</c> bytes, waiting until at least one is available. Returns 0
-    /// once every byte before the peer's FIN has been read (and at once for an empty buffer).
+    /// once every byte before the peer's FIN has been read. An empty buffer waits until data or
+    /// the end is there and returns 0, as <see cref="NetworkStream"/> does (HttpClient relies on
+    /// such zero-byte reads to watch idle connections).
     /// </summary>
     /// <exception cref="IOException">The connection was reset (ConnectionReset), timed out (TimedOut) or aborted (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
     /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
@@ -206,8 +208,8 @@ public sealed class TcpConnection : Stream
                     notify = !_windowPosted;
                     _windowPosted = true;
                 }
-                else if (buffer.IsEmpty || (available == 0 && _peerClosed))
-                    return 0;
+                else if (available > 0 || _peerClosed)
+                    return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream.
                 else if (_error != SocketError.Success)
                     throw Failure(_error);
                 else if (_aborted || _closed)
