@@ -31,4 +31,22 @@ public sealed record NetStackOptions
 
     /// <summary>ICMP errors the stack sends per second at most (a token bucket, RFC 4443 §2.4(f)).</summary>
     public int IcmpErrorsPerSecond { get; init; } = 100;
+
+    /// <summary>Bytes a TCP connection buffers for sending (written but not yet acknowledged); <c>WriteAsync</c> waits when it is full.</summary>
+    public int TcpSendBufferBytes { get; init; } = 256 * 1024;
+
+    /// <summary>
+    /// Bytes a TCP connection buffers on receipt (delivered but unread, plus data that arrived out of
+    /// order). Without window scaling at most 65535 of it is offered to the peer.
+    /// </summary>
+    public int TcpReceiveBufferBytes { get; init; } = 256 * 1024;
+
+    /// <summary>How long a connection stays in TIME-WAIT: 2·MSL (RFC 9293 §3.4.2).</summary>
+    public TimeSpan TcpTimeWait { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>The bound on a graceful close in <c>TcpConnection.DisposeAsync</c>: how long it waits for the peer to acknowledge our data and FIN.</summary>
+    public TimeSpan TcpLinger { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Connections a listener holds in SYN-RECEIVED at most; further SYNs are dropped (and counted).</summary>
+    public int TcpMaxHalfOpen { get; init; } = 256;
 }

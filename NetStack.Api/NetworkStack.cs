@@ -25,7 +25,7 @@ namespace NetStack;
 /// the loop: every packet is processed under a catch, and every drop is counted by reason in
 /// <see cref="Statistics"/>.
 /// </remarks>
-public sealed class NetworkStack : IAsyncDisposable, IDisposable
+public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 {
     /// <summary>The first port handed out for port 0 (RFC 6335 §6: the dynamic range 49152–65535).</summary>
     public const int EphemeralPortFirst = 49152;
@@ -102,6 +102,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
         config = new IpLayerConfig(config.Address4, config.Address6, config.Mtu, options.IcmpErrorsPerSecond,
             Math.Max(1, Math.Min(options.IcmpErrorsPerSecond, 10)), config.Reassembly);
         _ip = IpLayer.create(config, Now());
+        InitTcp(mtu);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"netstack {interfaceName}" };
         _thread.Start();
     }
@@ -181,6 +182,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));
+        ValidateTcp(options);
     }
 
     /// <summary>The options the stack was started with.</summary>
@@ -291,6 +293,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
             next = deadline.Value;
         foreach (var ping in _pings.Values)
             next = Math.Min(next, ping.Deadline);
+        next = Math.Min(next, NextTcpDeadline());
         if (next == long.MaxValue)
             return MaxWaitMilliseconds;
         long wait = (next - now + 999) / 1000;
@@ -300,6 +303,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
     private void RunTimers()
     {
         long now = Now();
+        RunTcpTimers(now);
         var deadline = IpLayer.nextDeadline(_ip);
         if (deadline.IsSome && deadline.Value <= now)
         {
@@ -386,6 +390,9 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
                 break;
             case ReceivedKind.IcmpError:
                 OnIcmpError(r);
+                break;
+            case ReceivedKind.TcpSegment:
+                OnTcp(packet, r, now);
                 break;
         }
     }
@@ -743,6 +750,7 @@ public sealed class NetworkStack : IAsyncDisposable, IDisposable
             sockets = [.. _udp4.Values.Union(_udp6.Values)];
         foreach (var socket in sockets)
             socket.Dispose();
+        DisposeTcp();
         _link?.Dispose();
         _device.Dispose();
     }

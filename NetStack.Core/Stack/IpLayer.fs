@@ -4,6 +4,7 @@ open System
 open System.Buffers.Binary
 open NetStack.Core.Wire
 open NetStack.Core.Ip
+open NetStack.Core.Tcp
 
 /// The layer at which a packet failed to parse, for drop accounting.
 type PacketLayer =
@@ -19,6 +20,8 @@ type PacketLayer =
     | Icmpv6 = 4
     /// A UDP datagram (RFC 768).
     | Udp = 5
+    /// A TCP segment (RFC 9293): header, options or checksum.
+    | Tcp = 6
 
 /// Why a received packet went no further. Every packet the IP layer does not turn into
 /// something to act on carries one of these, so the engine can count drops by reason.
@@ -54,12 +57,17 @@ type DropReason =
     | UnrelatedIcmpError
     /// UDP to port 0, which no socket can be bound to.
     | UdpPortZero
+    /// TCP from or to port 0: no connection can use it (RFC 9293 §3.1 leaves it unassigned).
+    | TcpPortZero
+    /// TCP to the IPv4 limited broadcast: TCP is unicast only (RFC 1122 §4.2.3.10).
+    | TcpNotUnicast
 
 /// Counter names for drop reasons: "drop.LAYER.ERROR" for parse errors, "drop.REASON" else.
 [<RequireQualifiedAccess>]
 module DropReason =
 
-    let private layerNames = [| "ip"; "ipv4"; "ipv6"; "icmpv4"; "icmpv6"; "udp" |]
+    let private layerNames =
+        [| "ip"; "ipv4"; "ipv6"; "icmpv4"; "icmpv6"; "udp"; "tcp" |]
 
     let private errorNames =
         [|
@@ -126,6 +134,8 @@ module DropReason =
         | DropReason.BroadcastEcho -> "drop.icmp.broadcast-echo"
         | DropReason.UnrelatedIcmpError -> "drop.icmp.unrelated-error"
         | DropReason.UdpPortZero -> "drop.udp.port-zero"
+        | DropReason.TcpPortZero -> "drop.tcp.port-zero"
+        | DropReason.TcpNotUnicast -> "drop.tcp.not-unicast"
 
 /// What a received packet turned out to be.
 type ReceivedKind =
@@ -141,6 +151,8 @@ type ReceivedKind =
     | UdpDatagram = 4
     /// An ICMP error about a packet we sent.
     | IcmpError = 5
+    /// A TCP segment with a valid checksum and options: `Received.Tcp` holds its fields.
+    | TcpSegment = 6
 
 /// What an ICMP error says, the same for ICMPv4 and ICMPv6.
 type IcmpErrorKind =
@@ -190,12 +202,14 @@ type Received =
         ToBroadcast: bool
         /// The whole IP packet (reassembled when it came in fragments, headers patched).
         Packet: PayloadRef
-        /// UDP payload, echo data, or for an ICMP error the quoted packet.
+        /// UDP or TCP payload, echo data, or for an ICMP error the quoted packet.
         Payload: PayloadRef
-        /// UDP source port; echo identifier.
+        /// UDP or TCP source port; echo identifier.
         SourcePort: uint16
-        /// UDP destination port; echo sequence number.
+        /// UDP or TCP destination port; echo sequence number.
         DestinationPort: uint16
+        /// For TcpSegment: the header fields and options as the TCP engine takes them.
+        Tcp: Segment
         /// For IcmpError: what it says.
         ErrorKind: IcmpErrorKind
         /// For IcmpError: the raw ICMP type and code.
@@ -349,6 +363,7 @@ module IpLayer =
             Payload = Unchecked.defaultof<PayloadRef>
             SourcePort = 0us
             DestinationPort = 0us
+            Tcp = Unchecked.defaultof<Segment>
             ErrorKind = IcmpErrorKind.Other
             ErrorType = 0uy
             ErrorCode = 0uy
@@ -534,6 +549,34 @@ module IpLayer =
         | Icmpv6.MessageType.ParameterProblem -> IcmpErrorKind.ParameterProblem
         | _ -> IcmpErrorKind.Other
 
+    /// A TCP segment whose header parsed (checksum included) as `parsed`: its options are parsed
+    /// too, since the engine needs the MSS of a SYN; a bad option drops the whole segment (RFC
+    /// 9293 §3.1 lets a receiver treat an illegal option length as an error). Port 0 is refused
+    /// in either direction. `offset` is where the segment starts in the packet.
+    let private tcpSegment
+        (state: IpLayerState)
+        (basic: Received)
+        (parsed: Result<TcpHeader, ParseError>)
+        (segment: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (offset: int)
+        =
+        match parsed with
+        | Error e -> dropped state (DropReason.Malformed(PacketLayer.Tcp, e))
+        | Ok t when t.DestinationPort = 0us || t.SourcePort = 0us -> dropped state DropReason.TcpPortZero
+        | Ok t ->
+            match Tcp.parseOptions (segment.Slice(t.OptionsOffset, t.OptionsLength)) with
+            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Tcp, e))
+            | Ok options ->
+                struct (state,
+                        { basic with
+                            Kind = ReceivedKind.TcpSegment
+                            Payload = at owner (offset + t.PayloadOffset) t.PayloadLength
+                            SourcePort = t.SourcePort
+                            DestinationPort = t.DestinationPort
+                            Tcp = Segment.OfHeader(t, options)
+                        })
+
     /// The transport layer of an IPv4 datagram that is whole (never a fragment).
     let private upperV4
         (now: int64)
@@ -588,6 +631,11 @@ module IpLayer =
                             SourcePort = u.SourcePort
                             DestinationPort = u.DestinationPort
                         })
+        | IpProtocol.Tcp ->
+            if broadcast then
+                dropped state DropReason.TcpNotUnicast
+            else
+                tcpSegment state basic (Tcp.parseV4 h.Source h.Destination payload) payload owner h.PayloadOffset
         | _ -> dropped state DropReason.UnknownProtocol
 
     /// RFC 791 §3.2: the reassembled datagram carries the first fragment's header; make it
@@ -701,6 +749,8 @@ module IpLayer =
                             SourcePort = u.SourcePort
                             DestinationPort = u.DestinationPort
                         })
+        | IpProtocol.Tcp ->
+            tcpSegment state basic (Tcp.parseV6 h.Source h.Destination payload) payload owner ext.UpperOffset
         | IpProtocol.Ipv6NoNextHeader -> dropped state DropReason.NoNextHeader
         | _ -> dropped state DropReason.UnknownProtocol
 
@@ -889,6 +939,53 @@ module IpLayer =
             | _ -> 0
 
         writeIpHeader source destination IpProtocol.Udp identification length dst
+
+    /// Where `writeTcp` puts the payload of a segment from `source` carrying `options`: after the
+    /// IP header, the 20-byte TCP header and the options. A caller whose payload lives in pieces
+    /// (a ring buffer) copies it there first and passes that slice to `writeTcp`, saving a copy.
+    let tcpPayloadOffset (source: IpAddr) (options: TcpOptions) : int =
+        headerLength source + Tcp.MinHeaderLength + Tcp.optionsLength options
+
+    /// Writes one IP packet carrying the TCP segment `segment` from (source, sourcePort) to
+    /// (destination, destinationPort) with `payload` (segment.DataLength bytes) into `dst` and
+    /// returns its length. IPv4 leaves Don't Fragment off (the MSS is sized from the MTU, so only
+    /// a smaller path MTU learned later makes the packet fragment). `identification` is the IPv4
+    /// Identification. Throws ArgumentException when the families differ, the payload length is
+    /// not segment.DataLength, or `dst` is too small.
+    let writeTcp
+        (source: IpAddr)
+        (destination: IpAddr)
+        (sourcePort: uint16)
+        (destinationPort: uint16)
+        (identification: uint16)
+        (segment: OutgoingSegment)
+        (payload: ReadOnlySpan<byte>)
+        (dst: Span<byte>)
+        : int =
+        checkFamilies source destination
+
+        if payload.Length <> segment.DataLength then
+            invalidArg
+                (nameof payload)
+                $"The payload has {payload.Length} bytes; the segment says {segment.DataLength}."
+
+        let ip = headerLength source
+
+        if dst.Length < tcpPayloadOffset source segment.Options + payload.Length then
+            invalidArg (nameof dst) $"The buffer holds {dst.Length} bytes; the packet needs more."
+
+        let header = segment.ToHeader(sourcePort, destinationPort)
+
+        let length =
+            match source, destination with
+            | V4 s, V4 d -> Tcp.buildV4 (dst.Slice ip) s d header segment.Options payload
+            | V6 s, V6 d -> Tcp.buildV6 (dst.Slice ip) s d header segment.Options payload
+            | _ -> 0
+
+        if length > 65535 - (if source.IsIpv6 then 0 else ip) then
+            invalidArg (nameof payload) $"A TCP segment of {length} bytes does not fit in one IP packet."
+
+        writeIpHeader source destination IpProtocol.Tcp identification length dst
 
     let private writeEcho
         (reply: bool)

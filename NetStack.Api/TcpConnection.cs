@@ -1,0 +1,566 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using NetStack.Core.Stack;
+using NetStack.Core.Tcp;
+
+namespace NetStack;
+
+/// <summary>
+/// A TCP connection of a <see cref="NetworkStack"/>, made by <see cref="NetworkStack.ConnectTcpAsync"/>
+/// or <see cref="TcpListener.AcceptAsync"/>, used as a byte <see cref="Stream"/> like
+/// <see cref="NetworkStream"/>: <see cref="ReadAsync(Memory{byte}, CancellationToken)"/> returns 0
+/// at the peer's FIN, <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/> completes
+/// once the bytes are in the send buffer and waits while it is full, <see cref="ShutdownWrite"/>
+/// half-closes, <see cref="Abort"/> resets, <see cref="DisposeAsync"/> closes gracefully.
+/// </summary>
+/// <remarks>
+/// The engine loop owns the protocol state (the core's <see cref="Connection"/> value); this object
+/// owns the bytes: a send ring holding stream positions [acked, written) and a receive ring holding
+/// [consumed, consumed + capacity), in which the loop stores arriving data at its stream position
+/// (out of order too) and marks it readable up to the delivered position. One lock guards the
+/// counters shared by the user's threads and the loop; bytes are copied outside the regions the
+/// other side may touch. Errors follow <see cref="NetworkStream"/>: Stream methods throw
+/// <see cref="IOException"/> wrapping a <see cref="SocketException"/>. One read and one write may
+/// be in flight at a time (as with any Stream); other calls are thread-safe.
+/// </remarks>
+public sealed class TcpConnection : Stream
+{
+    private readonly NetworkStack _stack;
+    private readonly object _gate = new();
+
+    // Rings are rented from the shared pool when first needed (a half-open connection, or one
+    // that only receives, holds no send ring) and returned once both the user and the loop are
+    // done with them. A stream position p lives at p % capacity (the rented array may be longer).
+    private readonly int _sendCapacity;
+    private readonly int _receiveCapacity;
+    private bool _userDone;
+    private bool _loopDone;
+
+    // Send ring: stream positions [_sendAcked, _sendWritten).
+    private byte[]? _send;
+    private long _sendWritten;
+    private long _sendAcked;
+    private bool _sendPosted;
+
+    // Receive ring: [_recvConsumed, _recvDelivered) are readable; the loop stores beyond.
+    private byte[]? _receive;
+    private long _recvDelivered;
+    private long _recvConsumed;
+    private bool _windowPosted;
+    private bool _peerClosed;
+
+    private SocketError _error;
+    private bool _shutdown;
+    private bool _aborted;
+    private bool _disposed;
+    private bool _closed;
+    private bool _finAcknowledged;
+    private TaskCompletionSource? _readWaiter;
+    private TaskCompletionSource? _writeWaiter;
+    private readonly TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    // ---- Loop-only state ------------------------------------------------------------------------
+
+    /// <summary>The core's control block (loop only).</summary>
+    internal Connection Core = null!;
+
+    /// <summary>The 4-tuple: our address and port, the peer's (loop only after creation).</summary>
+    internal IpAddr LocalAddress { get; set; }
+    internal ushort LocalPort { get; set; }
+    internal IpAddr RemoteAddress { get; set; }
+    internal ushort RemotePort { get; set; }
+
+    /// <summary>The listener whose half-open queue this connection counts in, until it is established.</summary>
+    internal TcpListener? HalfOpenOf;
+
+    /// <summary>The deadline this connection is queued under in the timer queue (MaxValue: none).</summary>
+    internal long TimerAt = long.MaxValue;
+
+    /// <summary>Out of the connection table (CLOSED): nothing more happens to it in the loop.</summary>
+    internal bool Removed;
+
+    /// <summary>The user disposed it: arriving data is read and thrown away by the loop.</summary>
+    internal bool Orphaned;
+
+    /// <summary>True when the local port came from the ephemeral range and must be released.</summary>
+    internal bool EphemeralPort;
+
+    internal TcpConnection(NetworkStack stack, int sendBufferBytes, int receiveBufferBytes, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
+    {
+        _stack = stack;
+        _sendCapacity = sendBufferBytes;
+        _receiveCapacity = receiveBufferBytes;
+        LocalEndPoint = localEndPoint!;
+        RemoteEndPoint = remoteEndPoint;
+    }
+
+    /// <summary>Our address and port.</summary>
+    public IPEndPoint LocalEndPoint { get; internal set; }
+
+    /// <summary>The peer's address and port.</summary>
+    public IPEndPoint RemoteEndPoint { get; }
+
+    /// <summary>Completes when the handshake does; fails with the reason the connection attempt failed.</summary>
+    internal Task Connected => _connected.Task;
+
+    // ---- Stream surface ---------------------------------------------------------------------------
+
+    /// <summary>True: a connection can be read.</summary>
+    public override bool CanRead => true;
+
+    /// <summary>True: a connection can be written.</summary>
+    public override bool CanWrite => true;
+
+    /// <summary>False: a byte stream has no position.</summary>
+    public override bool CanSeek => false;
+
+    /// <summary>Not supported.</summary>
+    public override long Length => throw new NotSupportedException("A TCP connection has no length.");
+
+    /// <summary>Not supported.</summary>
+    public override long Position
+    {
+        get => throw new NotSupportedException("A TCP connection has no position.");
+        set => throw new NotSupportedException("A TCP connection has no position.");
+    }
+
+    /// <summary>Not supported.</summary>
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException("A TCP connection cannot seek.");
+
+    /// <summary>Not supported.</summary>
+    public override void SetLength(long value) => throw new NotSupportedException("A TCP connection has no length.");
+
+    /// <summary>Does nothing: written bytes are already on their way (there is no Nagle delay to flush).</summary>
+    public override void Flush() { }
+
+    /// <summary>Does nothing, like <see cref="Flush"/>.</summary>
+    public override Task FlushAsync(CancellationToken cancellationToken) =>
+        cancellationToken.IsCancellationRequested ? Task.FromCanceled(cancellationToken) : Task.CompletedTask;
+
+    /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    public override int Read(byte[] buffer, int offset, int count)
+    {
+        ValidateBufferArguments(buffer, offset, count);
+        return ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+    }
+
+    /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    public override int Read(Span<byte> buffer)
+    {
+        var rented = new byte[buffer.Length];
+        int n = ReadAsync(rented).AsTask().GetAwaiter().GetResult();
+        rented.AsSpan(0, n).CopyTo(buffer);
+        return n;
+    }
+
+    /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    public override void Write(byte[] buffer, int offset, int count)
+    {
+        ValidateBufferArguments(buffer, offset, count);
+        WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+    }
+
+    /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    public override void Write(ReadOnlySpan<byte> buffer) => WriteAsync(buffer.ToArray()).AsTask().GetAwaiter().GetResult();
+
+    /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+    {
+        ValidateBufferArguments(buffer, offset, count);
+        return ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+    }
+
+    /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+    {
+        ValidateBufferArguments(buffer, offset, count);
+        return WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+    }
+
+    /// <summary>
+    /// Reads up to <c>buffer.Length</c> bytes, waiting until at least one is available. Returns 0
+    /// once every byte before the peer's FIN has been read. An empty buffer waits until data or
+    /// the end is there and returns 0, as <see cref="NetworkStream"/> does (HttpClient relies on
+    /// such zero-byte reads to watch idle connections).
+    /// </summary>
+    /// <exception cref="IOException">The connection was reset (ConnectionReset), timed out (TimedOut) or aborted (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
+    /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
+    /// <exception cref="OperationCanceledException">The token was canceled while waiting.</exception>
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        while (true)
+        {
+            Task wait;
+            int copied = 0;
+            bool notify = false;
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                long available = _recvDelivered - _recvConsumed;
+                if (available > 0 && !buffer.IsEmpty)
+                {
+                    copied = (int)Math.Min(available, buffer.Length);
+                    CopyOut(_receive!, _receiveCapacity, _recvConsumed, buffer.Span[..copied]);
+                    _recvConsumed += copied;
+                    notify = !_windowPosted;
+                    _windowPosted = true;
+                }
+                else if (available > 0 || _peerClosed)
+                    return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream.
+                else if (_error != SocketError.Success)
+                    throw Failure(_error);
+                else if (_aborted || _closed)
+                    throw Failure(SocketError.OperationAborted);
+                else
+                {
+                    _readWaiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    wait = _readWaiter.Task;
+                    goto Wait;
+                }
+            }
+            if (notify)
+                _stack.TcpReadHappened(this);
+            return copied;
+        Wait:
+            await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Copies all of <paramref name="buffer"/> into the send buffer, waiting (backpressure) while it
+    /// is full; the bytes go out as the peer's window and the congestion window allow.
+    /// </summary>
+    /// <exception cref="IOException">After <see cref="ShutdownWrite"/> (Shutdown), a reset (ConnectionReset), a timeout (TimedOut) or an abort (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
+    /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
+    /// <exception cref="OperationCanceledException">The token was canceled while waiting (bytes already buffered are sent).</exception>
+    public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        while (true)
+        {
+            Task? wait = null;
+            bool notify = false;
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                if (_error != SocketError.Success)
+                    throw Failure(_error);
+                if (_shutdown)
+                    throw Failure(SocketError.Shutdown);
+                if (_aborted || _closed)
+                    throw Failure(SocketError.OperationAborted);
+                if (buffer.IsEmpty)
+                    return;
+                int free = _sendCapacity - (int)(_sendWritten - _sendAcked);
+                if (free > 0)
+                {
+                    int n = Math.Min(free, buffer.Length);
+                    _send ??= ArrayPool<byte>.Shared.Rent(_sendCapacity);
+                    CopyIn(_send, _sendCapacity, _sendWritten, buffer.Span[..n]);
+                    _sendWritten += n;
+                    buffer = buffer[n..];
+                    notify = !_sendPosted;
+                    _sendPosted = true;
+                }
+                else
+                {
+                    _writeWaiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    wait = _writeWaiter.Task;
+                }
+            }
+            if (notify)
+                _stack.TcpWriteHappened(this);
+            if (wait is not null)
+                await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            else if (buffer.IsEmpty)
+                return;
+        }
+    }
+
+    /// <summary>
+    /// Half-closes: a FIN follows the data already written; reading goes on until the peer's FIN.
+    /// Later writes throw <see cref="IOException"/> with <see cref="SocketError.Shutdown"/>. Idempotent.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
+    public void ShutdownWrite()
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_shutdown || _aborted || _closed)
+                return;
+            _shutdown = true;
+        }
+        _stack.TcpClose(this, orphan: false);
+    }
+
+    /// <summary>
+    /// Resets the connection: a RST goes to the peer, buffered data is dropped, pending and later
+    /// reads and writes fail with <see cref="SocketError.OperationAborted"/>. Idempotent.
+    /// </summary>
+    public void Abort()
+    {
+        lock (_gate)
+        {
+            if (_aborted || _closed)
+                return;
+            _aborted = true;
+            WakeAll();
+        }
+        _stack.TcpAbort(this);
+    }
+
+    /// <summary>
+    /// Closes gracefully without waiting: a FIN follows the data already written and the stack
+    /// finishes the exchange in the background (as <see cref="NetworkStream"/> does).
+    /// </summary>
+    /// <param name="disposing">True from Dispose.</param>
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+            CloseForDispose();
+        base.Dispose(disposing);
+    }
+
+    /// <summary>
+    /// Closes gracefully: a FIN follows the data already written, and this waits up to
+    /// <see cref="NetStackOptions.TcpLinger"/> for the peer to acknowledge all of it (the exchange
+    /// goes on in the background after that). Then the connection is released; data that arrives
+    /// later is discarded. Idempotent.
+    /// </summary>
+    public override async ValueTask DisposeAsync()
+    {
+        if (CloseForDispose())
+        {
+            try
+            {
+                await _finished.Task.WaitAsync(_stack.Options.TcpLinger).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+            }
+        }
+        GC.SuppressFinalize(this);
+    }
+
+    // True when a graceful close was started (there is something to wait for).
+    private bool CloseForDispose()
+    {
+        bool graceful;
+        lock (_gate)
+        {
+            if (_disposed)
+                return false;
+            _disposed = true;
+            graceful = !_aborted && !_closed && _error == SocketError.Success;
+            WakeAll();
+            _userDone = true;
+            ReleaseIfDone();
+        }
+        if (graceful)
+        {
+            try
+            {
+                _stack.TcpClose(this, orphan: true);
+            }
+            catch (ObjectDisposedException)
+            {
+                return false;
+            }
+        }
+        return graceful;
+    }
+
+    /// <summary>The endpoints.</summary>
+    public override string ToString() => $"tcp {LocalEndPoint} -> {RemoteEndPoint}";
+
+    // ---- Calls from the loop ----------------------------------------------------------------------
+
+    /// <summary>Bytes the user has written so far; clears the "send notification pending" flag.</summary>
+    internal long TakeWritten()
+    {
+        lock (_gate)
+        {
+            _sendPosted = false;
+            return _sendWritten;
+        }
+    }
+
+    /// <summary>Bytes the user has read so far; clears the "window notification pending" flag.</summary>
+    internal long TakeConsumed()
+    {
+        lock (_gate)
+        {
+            _windowPosted = false;
+            return _recvConsumed;
+        }
+    }
+
+    /// <summary>Copies send-stream bytes [position, position + destination.Length) into a segment.</summary>
+    internal void CopySendData(long position, Span<byte> destination) => CopyOut(_send!, _sendCapacity, position, destination);
+
+    /// <summary>Stores arriving bytes at receive-stream position <paramref name="position"/>.</summary>
+    internal void Store(ReadOnlySpan<byte> data, long position)
+    {
+        var ring = _receive;
+        if (ring is null)
+        {
+            lock (_gate)
+                ring = _receive ??= ArrayPool<byte>.Shared.Rent(_receiveCapacity);
+        }
+        CopyIn(ring, _receiveCapacity, position, data);
+    }
+
+    /// <summary>Receive-stream bytes below <paramref name="upTo"/> are readable.</summary>
+    internal void Deliver(long upTo)
+    {
+        lock (_gate)
+        {
+            _recvDelivered = upTo;
+            if (Orphaned)
+                _recvConsumed = upTo;
+            Wake(ref _readWaiter);
+        }
+    }
+
+    /// <summary>The peer acknowledged <paramref name="bytes"/> more: they leave the send buffer.</summary>
+    internal void Acknowledged(long bytes)
+    {
+        lock (_gate)
+        {
+            _sendAcked += bytes;
+            Wake(ref _writeWaiter);
+        }
+    }
+
+    /// <summary>The peer's FIN arrived in order.</summary>
+    internal void PeerClosed()
+    {
+        lock (_gate)
+        {
+            _peerClosed = true;
+            Wake(ref _readWaiter);
+        }
+    }
+
+    /// <summary>The handshake completed.</summary>
+    internal void OnConnected() => _connected.TrySetResult();
+
+    /// <summary>The connection failed (refused, reset, timed out).</summary>
+    internal void Fail(SocketError error)
+    {
+        lock (_gate)
+        {
+            if (_error == SocketError.Success)
+                _error = error;
+            WakeAll();
+        }
+        _connected.TrySetException(new SocketException((int)error));
+        _finished.TrySetResult();
+    }
+
+    /// <summary>The connection entered <paramref name="state"/>.</summary>
+    internal void OnState(TcpState state)
+    {
+        // Our FIN is acknowledged in FIN-WAIT-2 and TIME-WAIT (and when LAST-ACK ends in CLOSED).
+        if (state.IsFinWait2 || state.IsTimeWait)
+        {
+            lock (_gate)
+                _finAcknowledged = true;
+            _finished.TrySetResult();
+        }
+    }
+
+    /// <summary>The connection reached CLOSED and left the table.</summary>
+    internal void OnClosed()
+    {
+        lock (_gate)
+        {
+            _closed = true;
+            WakeAll();
+            _loopDone = true;
+            ReleaseIfDone();
+        }
+        _connected.TrySetException(new SocketException((int)SocketError.ConnectionAborted));
+        _finished.TrySetResult();
+    }
+
+    /// <summary>The stack is going away: everything pending fails.</summary>
+    internal void StackDisposed()
+    {
+        lock (_gate)
+        {
+            if (_error == SocketError.Success && !_closed)
+                _error = SocketError.OperationAborted;
+            _closed = true;
+            WakeAll();
+            _loopDone = true;
+            ReleaseIfDone();
+        }
+        _connected.TrySetException(new ObjectDisposedException(nameof(NetworkStack)));
+        _finished.TrySetResult();
+    }
+
+    /// <summary>True once our FIN was acknowledged (for tests and diagnostics).</summary>
+    internal bool FinAcknowledged
+    {
+        get
+        {
+            lock (_gate)
+                return _finAcknowledged;
+        }
+    }
+
+    // ---- Helpers --------------------------------------------------------------------------------
+
+    private void WakeAll()
+    {
+        Wake(ref _readWaiter);
+        Wake(ref _writeWaiter);
+    }
+
+    private static void Wake(ref TaskCompletionSource? waiter)
+    {
+        waiter?.TrySetResult();
+        waiter = null;
+    }
+
+    private static IOException Failure(SocketError error)
+    {
+        var inner = new SocketException((int)error);
+        return new IOException($"Unable to transfer data on the transport connection: {inner.Message}.", inner);
+    }
+
+    // Returns the rings to the pool once neither side can touch them again. Under _gate.
+    private void ReleaseIfDone()
+    {
+        if (!_userDone || !_loopDone)
+            return;
+        if (_send is not null)
+            ArrayPool<byte>.Shared.Return(_send);
+        if (_receive is not null)
+            ArrayPool<byte>.Shared.Return(_receive);
+        _send = null;
+        _receive = null;
+    }
+
+    // Ring copies: stream position p lives at p % capacity; a run may wrap once.
+    private static void CopyIn(byte[] ring, int capacity, long position, ReadOnlySpan<byte> data)
+    {
+        int start = (int)(position % capacity);
+        int first = Math.Min(data.Length, capacity - start);
+        data[..first].CopyTo(ring.AsSpan(start));
+        data[first..].CopyTo(ring);
+    }
+
+    private static void CopyOut(byte[] ring, int capacity, long position, Span<byte> destination)
+    {
+        int start = (int)(position % capacity);
+        int first = Math.Min(destination.Length, capacity - start);
+        ring.AsSpan(start, first).CopyTo(destination);
+        ring.AsSpan(0, destination.Length - first).CopyTo(destination[first..]);
+    }
+}

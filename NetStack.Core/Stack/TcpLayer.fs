@@ -1,0 +1,33 @@
+namespace NetStack.Core.Stack
+
+open NetStack.Core.Tcp
+
+/// What the stack's socket layer adds around the pure TCP engine (`Connection`), kept pure so
+/// it can be tested without a loop.
+[<RequireQualifiedAccess>]
+module TcpLayer =
+
+    /// How long an orphaned connection (its user closed and let go of it) may wait in
+    /// FIN-WAIT-2 for the peer's FIN: Linux's tcp_fin_timeout (60 s), plus a second so that it
+    /// stays above the engine's largest RTO and a retransmitting peer always refreshes it.
+    let OrphanFinWait2Timeout = 61_000_000L
+
+    /// The connection after its user let go of it at `now`: nobody will read, so FIN-WAIT-2 must
+    /// not last forever (RFC 9293 §3.10.4 leaves this to the implementation; the engine's
+    /// `FinWait2Timeout` is meant for exactly this). A connection already in FIN-WAIT-2 gets
+    /// the deadline at once; later ones get it on entering the state.
+    let orphan (now: int64) (c: Connection) : Connection =
+        let c =
+            { c with
+                Config =
+                    { c.Config with
+                        FinWait2Timeout = ValueSome OrphanFinWait2Timeout
+                    }
+            }
+
+        if c.State = TcpState.FinWait2 && c.LingerAt.IsNone then
+            { c with
+                LingerAt = ValueSome(now + OrphanFinWait2Timeout)
+            }
+        else
+            c
