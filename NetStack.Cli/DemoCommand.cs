@@ -21,6 +21,15 @@ public static partial class DemoCommand
     /// <summary>The port of the stack's UDP echo service during the demo (RFC 862 echo).</summary>
     private const int EchoPort = 7;
 
+    /// <summary>The port of the stack's HTTP server during the demo.</summary>
+    private const int HttpPort = 80;
+
+    /// <summary>The port of the kernel-side HTTP server (python3) the stack fetches from.</summary>
+    private const int KernelHttpPort = 8000;
+
+    /// <summary>Bytes the TCP echo step sends each way.</summary>
+    private const int TcpEchoBytes = 1 << 20;
+
     /// <summary>A datagram bigger than the 1500-byte MTU: fragmented on the way in and the way out.</summary>
     private const int FragmentedSize = 6000;
 
@@ -35,7 +44,9 @@ public static partial class DemoCommand
         namespace (re-executing under 'unshare --net', or 'unshare --user --map-root-user --net'
         when not root), brings the stack up on a TUN interface, lets the kernel ping it over IPv4
         and IPv6, exchanges UDP datagrams both ways (including a {FragmentedSize}-byte one that is
-        fragmented), lets the stack ping the kernel, and prints a report. Exits 0 when every step
+        fragmented), lets the stack ping the kernel, echoes a megabyte over TCP, lets curl fetch
+        pages from the stack's HTTP server and the stack fetch a file from a kernel-side HTTP
+        server (python3 -m http.server), and prints a report. Exits 0 when every step
         worked, 1 otherwise (the report says which step failed and why).
 
         {InterfaceOptions.Help}
@@ -92,6 +103,13 @@ public static partial class DemoCommand
             steps.Add(new($"UDP over {f.Name}, {FragmentedSize}-byte datagram, fragmented both ways", c => UdpRoundTripAsync(c, f.Stack, f.Host, FragmentedSize)));
         foreach (var f in families)
             steps.Add(new($"stack pings the kernel over {f.Name}", c => StackPingsKernelAsync(c, f.Host)));
+        foreach (var f in families)
+            steps.Add(new($"TCP over {f.Name}, kernel client ↔ stack echo server", c => TcpEchoAsync(c, f.Stack, f.Host)));
+        foreach (var f in families)
+            steps.Add(new($"HTTP over {f.Name}, curl on the kernel → stack HTTP server", c => CurlStackAsync(c, f.Stack)));
+        var port = KernelHttpPort;
+        foreach (var f in families)
+            steps.Add(new($"HTTP over {f.Name}, stack HttpClient → kernel HTTP server (python3 -m http.server)", c => StackFetchesFromKernelAsync(c, f.Host, port)));
         return steps;
     }
 
@@ -130,6 +148,22 @@ public static partial class DemoCommand
         await using var __ = echo;
         using var stop = new CancellationTokenSource();
         var echoService = UdpEcho.RunAsync(echo, stop.Token);
+        TcpListener tcpEcho, http;
+        try
+        {
+            tcpEcho = stack.ListenTcp(EchoPort);
+            http = stack.ListenTcp(HttpPort);
+        }
+        catch (Exception e)
+        {
+            Console.WriteLine($"✗ TCP services on the stack, ports {EchoPort} and {HttpPort}: {e.Message}");
+            return 1;
+        }
+        var tcpServices = new[]
+        {
+            TcpServices.AcceptLoopAsync(tcpEcho, "tcp echo", TcpServices.EchoAsync, stop.Token),
+            TcpServices.AcceptLoopAsync(http, "http", new HttpService(stack).ServeAsync, stop.Token),
+        };
 
         var steps = Steps(options);
         var failed = 0;
@@ -152,6 +186,9 @@ public static partial class DemoCommand
         stop.Cancel();
         await echo.DisposeAsync();
         await echoService;
+        await tcpEcho.DisposeAsync();
+        await http.DisposeAsync();
+        await Task.WhenAll(tcpServices);
 
         if (failed == 0)
         {
@@ -226,6 +263,110 @@ public static partial class DemoCommand
         if (r.ReceivedBytes != size || !received.AsSpan(0, size).SequenceEqual(sent))
             throw new InvalidOperationException($"sent {size} bytes, got back {r.ReceivedBytes} different ones");
         return $"{size} B kernel → stack, {size} B stack → kernel, round trip {rtt.ToString("0.00", CultureInfo.InvariantCulture)} ms";
+    }
+
+    /// <summary>
+    /// A kernel .NET TCP <see cref="Socket"/> connects to the stack's echo server, sends a
+    /// megabyte while reading the echo, half-closes, and checks every byte came back before the
+    /// stack's FIN.
+    /// </summary>
+    private static async Task<string> TcpEchoAsync(DemoContext c, IPAddress stackAddress, IPAddress hostAddress)
+    {
+        if (stackAddress.AddressFamily == AddressFamily.InterNetworkV6)
+            await Shell.WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
+        using var kernel = new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        kernel.Bind(new IPEndPoint(hostAddress, 0));
+        var clock = Stopwatch.StartNew();
+        await kernel.ConnectAsync(new IPEndPoint(stackAddress, EchoPort), c.Cancellation);
+        var handshake = clock.Elapsed.TotalMilliseconds;
+        var sent = new byte[TcpEchoBytes];
+        Random.Shared.NextBytes(sent);
+        var received = new byte[TcpEchoBytes + 1];
+        var sending = Task.Run(async () =>
+        {
+            await kernel.SendAsync(sent, SocketFlags.None, c.Cancellation);
+            kernel.Shutdown(SocketShutdown.Send);
+        }, c.Cancellation);
+        var total = 0;
+        int n;
+        while ((n = await kernel.ReceiveAsync(received.AsMemory(total), SocketFlags.None, c.Cancellation)) > 0)
+        {
+            total += n;
+            if (total == received.Length)
+                throw new InvalidOperationException($"more than the {TcpEchoBytes} bytes sent came back");
+        }
+        await sending;
+        var seconds = clock.Elapsed.TotalSeconds;
+        if (total != TcpEchoBytes || !received.AsSpan(0, total).SequenceEqual(sent))
+            throw new InvalidOperationException($"sent {TcpEchoBytes} bytes, got back {total} different ones");
+        var rate = 2.0 * TcpEchoBytes * 8 / seconds / 1e6;
+        return $"connected in {handshake.ToString("0.00", CultureInfo.InvariantCulture)} ms, {TcpEchoBytes >> 20} MiB each way intact, FIN both ways, {rate.ToString("0", CultureInfo.InvariantCulture)} Mbit/s";
+    }
+
+    /// <summary>The kernel's curl fetches the stack's status page and a megabyte of data.</summary>
+    private static async Task<string> CurlStackAsync(DemoContext c, IPAddress stackAddress)
+    {
+        if (stackAddress.AddressFamily == AddressFamily.InterNetworkV6)
+            await Shell.WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
+        var host = stackAddress.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{stackAddress}]" : stackAddress.ToString();
+        var page = await Shell.RunAsync("curl", ["-sS", "--max-time", "10", $"http://{host}:{HttpPort}/"], StepTimeout);
+        if (page.ExitCode != 0 || !page.Output.StartsWith("NetStack", StringComparison.Ordinal))
+            throw new InvalidOperationException($"curl http://{host}:{HttpPort}/ failed (exit {page.ExitCode}): {(page.Error + page.Output).Trim()}");
+        const int Size = 1 << 20;
+        var data = await Shell.RunAsync("curl", ["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}", $"http://{host}:{HttpPort}/bytes/{Size}"], StepTimeout);
+        var parts = data.Output.Trim().Split(' ');
+        if (data.ExitCode != 0 || parts.Length != 3 || parts[0] != "200" || parts[1] != $"{Size}")
+            throw new InvalidOperationException($"curl /bytes/{Size}: exit {data.ExitCode}, {data.Output.Trim()} {data.Error.Trim()}");
+        return $"GET / answered the status page, GET /bytes/{Size} gave 200 and {Size} bytes in {parts[2]} s";
+    }
+
+    /// <summary>
+    /// The kernel runs <c>python3 -m http.server</c> on its side of the link; the stack fetches a
+    /// file from it with an <see cref="HttpClient"/> whose connections go through NetStack.
+    /// </summary>
+    private static async Task<string> StackFetchesFromKernelAsync(DemoContext c, IPAddress hostAddress, int port)
+    {
+        if (hostAddress.AddressFamily == AddressFamily.InterNetworkV6)
+            await Shell.WaitForIpv6AddressAsync(c.Stack.InterfaceName, c.Cancellation);
+        var directory = Directory.CreateTempSubdirectory("netstack-demo-");
+        var body = $"hello from the kernel's side of the link, {DateTime.UtcNow:O}\n";
+        await File.WriteAllTextAsync(Path.Combine(directory.FullName, "hello.txt"), body, c.Cancellation);
+        using var server = Process.Start(new ProcessStartInfo("python3", ["-m", "http.server", "--bind", hostAddress.ToString(), "--directory", directory.FullName, $"{port}"])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        }) ?? throw new InvalidOperationException("could not start python3");
+        try
+        {
+            // Wait until the server accepts connections (kernel to kernel).
+            var ready = Stopwatch.StartNew();
+            while (true)
+            {
+                using var probe = new Socket(hostAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+                try
+                {
+                    await probe.ConnectAsync(new IPEndPoint(hostAddress, port), c.Cancellation);
+                    break;
+                }
+                catch (SocketException) when (ready.Elapsed < TimeSpan.FromSeconds(5) && !server.HasExited)
+                {
+                    await Task.Delay(50, c.Cancellation);
+                }
+            }
+            using var client = c.Stack.CreateHttpClient();
+            var host = hostAddress.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{hostAddress}]" : hostAddress.ToString();
+            var clock = Stopwatch.StartNew();
+            var text = await client.GetStringAsync($"http://{host}:{port}/hello.txt", c.Cancellation);
+            if (text != body)
+                throw new InvalidOperationException($"got '{text.Trim()}', expected '{body.Trim()}'");
+            return $"GET http://{host}:{port}/hello.txt gave the file's {body.Length} bytes in {clock.Elapsed.TotalMilliseconds.ToString("0.0", CultureInfo.InvariantCulture)} ms";
+        }
+        finally
+        {
+            server.Kill(entireProcessTree: true);
+            await server.WaitForExitAsync(CancellationToken.None);
+            directory.Delete(recursive: true);
+        }
     }
 
     /// <summary>The stack's own ping (<see cref="NetworkStack.PingAsync"/>) to the kernel side.</summary>

@@ -12,6 +12,7 @@ public static class Program
           demo      bring a stack up in a private network namespace and show it working
           serve     bring the stack up and serve until SIGINT/SIGTERM
           ping      bring a stack up and ping a host from it
+          get       bring a stack up and fetch a URL through it with HttpClient
           bench     measure UDP latency and rate, stack vs kernel, in a private namespace
 
         'netstack <command> --help' describes each command and its options.
@@ -34,6 +35,7 @@ public static class Program
             {
                 "serve" => ServeCommand.Run(rest),
                 "ping" => PingCommand.Run(rest),
+                "get" => GetCommand.Run(rest),
                 "demo" => DemoCommand.Run(rest),
                 "bench" => BenchCommand.Run(rest),
                 BenchCommand.EchoPeerCommand => BenchCommand.RunEchoPeer(rest),

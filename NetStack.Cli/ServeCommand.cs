@@ -4,7 +4,7 @@ using System.Net.Sockets;
 namespace NetStack.Cli;
 
 /// <summary>
-/// <c>netstack serve</c>: brings the stack up, runs its services (UDP echo so far) and serves
+/// <c>netstack serve</c>: brings the stack up, runs its services (UDP echo, TCP echo, discard, HTTP) and serves
 /// until SIGINT/SIGTERM; then disposes the stack, which removes the interface, prints the
 /// statistics and exits 0.
 /// </summary>
@@ -15,7 +15,8 @@ public static class ServeCommand
 
     /// <summary>The help text.</summary>
     public static string Usage => $"""
-        usage: netstack serve [interface options] [--udp-echo PORT]...
+        usage: netstack serve [interface options] [--udp-echo PORT]... [--echo PORT]...
+                              [--discard PORT]... [--http PORT]...
 
         Brings the stack up on a TUN interface and serves until SIGINT or SIGTERM. When everything
         is up it prints one line beginning with 'ready' (interface name and addresses). On the
@@ -24,6 +25,10 @@ public static class ServeCommand
         services:
           --udp-echo PORT     echo every UDP datagram on PORT (IPv4 and IPv6) back to its sender;
                               repeat the option for more ports
+          --echo PORT         TCP echo (RFC 862): every byte goes back; repeatable
+          --discard PORT      TCP discard (RFC 863): read to the end, then close; repeatable
+          --http PORT         a small HTTP/1.1 server: GET / a status page, GET /bytes/N
+                              N bytes of data; repeatable
 
         {InterfaceOptions.Help}
 
@@ -33,7 +38,8 @@ public static class ServeCommand
     /// <summary>What the command line asked for.</summary>
     /// <param name="Options">The stack's options.</param>
     /// <param name="UdpEchoPorts">Ports to run a UDP echo service on.</param>
-    public sealed record Settings(NetStackOptions Options, IReadOnlyList<int> UdpEchoPorts);
+    /// <param name="TcpServices">TCP ports and the service on each ("echo", "discard", "http").</param>
+    public sealed record Settings(NetStackOptions Options, IReadOnlyList<int> UdpEchoPorts, IReadOnlyList<(int Port, string Service)> TcpServices);
 
     /// <summary>Parses the arguments after <c>serve</c>; throws <see cref="UsageException"/>.</summary>
     public static Settings Parse(string[] args)
@@ -41,8 +47,17 @@ public static class ServeCommand
         var reader = new ArgReader(Name, args);
         var options = new NetStackOptions();
         var ports = new List<int>();
+        var tcp = new List<(int Port, string Service)>();
         while (reader.Next() is { } arg)
         {
+            if (arg is "--echo" or "--discard" or "--http")
+            {
+                var port = reader.ParseInt(arg, reader.Value(arg), 1, 65535, "a port");
+                if (tcp.Any(t => t.Port == port))
+                    throw reader.Fail($"{arg}: TCP port {port} given twice");
+                tcp.Add((port, arg[2..]));
+                continue;
+            }
             if (InterfaceOptions.TryRead(reader, arg, ref options))
                 continue;
             if (arg == "--udp-echo")
@@ -56,7 +71,7 @@ public static class ServeCommand
             throw reader.Unknown(arg);
         }
         InterfaceOptions.Validate(reader, options);
-        return new Settings(options, ports);
+        return new Settings(options, ports, tcp);
     }
 
     /// <summary>Runs the command; returns the exit code.</summary>
@@ -83,8 +98,23 @@ public static class ServeCommand
         var exitCode = 0;
         var services = new List<Task>();
         var sockets = new List<UdpSocket>();
+        var listeners = new List<TcpListener>();
         try
         {
+            var http = new HttpService(stack);
+            foreach (var (port, service) in settings.TcpServices)
+            {
+                // Both families, like a dual-mode .NET socket.
+                var listener = stack.ListenTcp(port);
+                listeners.Add(listener);
+                Func<TcpConnection, CancellationToken, Task> serve = service switch
+                {
+                    "echo" => TcpServices.EchoAsync,
+                    "discard" => TcpServices.DiscardAsync,
+                    _ => http.ServeAsync,
+                };
+                services.Add(TcpServices.AcceptLoopAsync(listener, $"{service} on {port}", serve, shutdown.Token));
+            }
             foreach (var port in settings.UdpEchoPorts)
             {
                 // IPv6Any binds both families (dual mode), like a dual-mode .NET Socket.
@@ -94,7 +124,8 @@ public static class ServeCommand
             }
 
             var echo = settings.UdpEchoPorts.Count > 0 ? $" udp-echo {string.Join(',', settings.UdpEchoPorts)}" : "";
-            Console.WriteLine($"ready {InterfaceOptions.Describe(stack)}{echo}");
+            var tcpServices = string.Concat(settings.TcpServices.Select(t => $" {t.Service} {t.Port}"));
+            Console.WriteLine($"ready {InterfaceOptions.Describe(stack)}{echo}{tcpServices}");
 
             try
             {
@@ -114,6 +145,8 @@ public static class ServeCommand
         {
             foreach (var s in sockets)
                 await s.DisposeAsync();
+            foreach (var l in listeners)
+                await l.DisposeAsync();
             await Task.WhenAll(services);
             statistics = stack.Statistics.Snapshot();
             await stack.DisposeAsync();

@@ -112,7 +112,7 @@ let private waitForReady (p: Process) (timeout: TimeSpan) =
 
     ready.Value
 
-let private commands = [ "serve"; "ping"; "demo"; "bench" ]
+let private commands = [ "serve"; "ping"; "get"; "demo"; "bench" ]
 
 /// Bad command lines, each with a fragment of the one line it must print.
 let private badArguments =
@@ -141,6 +141,12 @@ let private badArguments =
         [ "ping"; "fd77::1"; "--ip6"; "none" ], "the stack has no --ip6 address"
         [ "demo"; "--frob" ], "unknown option '--frob'"
         [ "demo"; "--ip"; "300.1.1.1" ], "'300.1.1.1' is not an IPv4 address"
+        [ "serve"; "--echo"; "0" ], "'0' is not a port"
+        [ "serve"; "--http"; "80"; "--discard"; "80" ], "TCP port 80 given twice"
+        [ "get" ], "missing URL"
+        [ "get"; "ftp://10.77.0.1/" ], "is not an http:// URL"
+        [ "get"; "http://example.invalid/" ], "is not an IP address"
+        [ "get"; "http://[fd77::1]/"; "--ip6"; "none" ], "the stack has no --ip6 address"
         [ "bench"; "--seconds"; "0" ], "'0' is not a number of seconds"
         [ "bench"; "--udp-echo"; "7" ], "unknown option '--udp-echo'"
     ]
@@ -236,6 +242,195 @@ let tests =
                 Expect.equal p.ExitCode 0 $"exit code after SIGTERM; stderr: {stderr.Result}"
                 Expect.isFalse (interfaceExists name) "the interface is gone"
                 Expect.stringContains stdoutRest.Result "udp" "the statistics are printed"
+            }
+
+            test "serve --echo --discard --http serves kernel TCP clients and curl, then exits 0 on SIGTERM" {
+                let name = "nsclitest3"
+
+                use p =
+                    start
+                        [
+                            "serve"
+                            "--tun"
+                            name
+                            "--ip"
+                            "10.82.0.2"
+                            "--host-ip"
+                            "10.82.0.1"
+                            "--ip6"
+                            "fd82::2"
+                            "--host-ip6"
+                            "fd82::1"
+                            "--echo"
+                            "7"
+                            "--discard"
+                            "9"
+                            "--http"
+                            "80"
+                        ]
+
+                let ready = waitForReady p (TimeSpan.FromSeconds 30.)
+                Expect.stringContains ready "http 80" "the ready line lists the services"
+
+                // TCP echo: what goes in comes back, then FIN after ours.
+                use echo =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                echo.ReceiveTimeout <- 10000
+                echo.Connect(IPEndPoint(IPAddress.Parse "10.82.0.2", 7))
+                let sent = Array.init 100000 (fun i -> byte (i * 7))
+                echo.Send sent |> ignore
+                echo.Shutdown SocketShutdown.Send
+                let received = ResizeArray<byte>()
+                let buffer = Array.zeroCreate<byte> 65536
+                let mutable n = echo.Receive buffer
+
+                while n > 0 do
+                    received.AddRange(buffer.[.. n - 1])
+                    n <- echo.Receive buffer
+
+                Expect.equal (received.ToArray()) sent "the echo returns every byte, then closes"
+
+                // Discard: reads to the end, then closes.
+                use discard =
+                    new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp)
+
+                discard.ReceiveTimeout <- 10000
+                discard.Connect(IPEndPoint(IPAddress.Parse "fd82::2", 9))
+                discard.Send(Array.zeroCreate<byte> 50000) |> ignore
+                discard.Shutdown SocketShutdown.Send
+                Expect.equal (discard.Receive buffer) 0 "discard sends nothing and closes after our FIN"
+
+                // HTTP with curl, both families.
+                for host in [ "10.82.0.2"; "[fd82::2]" ] do
+                    let code, page =
+                        NetStack.Tests.Isolation.run "curl" [ "-sS"; "--max-time"; "10"; $"http://{host}/" ]
+
+                    Expect.equal code 0 $"curl / over {host}: {page}"
+                    Expect.stringStarts page "NetStack" "the status page"
+
+                    let code, out =
+                        NetStack.Tests.Isolation.run
+                            "curl"
+                            [
+                                "-sS"
+                                "--max-time"
+                                "10"
+                                "-w"
+                                "\n%{http_code}"
+                                $"http://{host}/bytes/100000"
+                            ]
+
+                    Expect.equal code 0 $"curl /bytes over {host}"
+                    let body = out.Substring(0, out.LastIndexOf '\n')
+                    Expect.equal body.Length 100000 "N bytes"
+                    Expect.equal body.[..25] "abcdefghijklmnopqrstuvwxyz" "the pattern"
+                    Expect.stringEnds out "\n200" "status 200"
+
+                let code, out =
+                    NetStack.Tests.Isolation.run
+                        "curl"
+                        [ "-s"; "-o"; "/dev/null"; "-w"; "%{http_code}"; "http://10.82.0.2/nope" ]
+
+                Expect.equal out "404" $"an unknown path is 404 (curl exit {code})"
+
+                Expect.equal (kill (p.Id, SIGTERM)) 0 "SIGTERM sent"
+                let stderr = p.StandardError.ReadToEndAsync()
+
+                if not (p.WaitForExit(TimeSpan.FromSeconds 20.)) then
+                    p.Kill true
+                    failtest "serve did not exit within 20 s of SIGTERM"
+
+                Expect.equal p.ExitCode 0 $"exit code after SIGTERM; stderr: {stderr.Result}"
+                Expect.isFalse (interfaceExists name) "the interface is gone"
+            }
+
+            test "get fetches a file from a kernel-side python3 http.server through the stack" {
+                let directory = Directory.CreateTempSubdirectory "netstack-get-"
+
+                try
+                    File.WriteAllText(Path.Combine(directory.FullName, "hello.txt"), "hello over netstack\n")
+
+                    // The server binds the kernel side's address once the interface exists; bind
+                    // to :: instead so it is listening before the stack comes up.
+                    let psi =
+                        ProcessStartInfo(
+                            "python3",
+                            [
+                                "-m"
+                                "http.server"
+                                "--bind"
+                                "::"
+                                "--directory"
+                                directory.FullName
+                                "8083"
+                            ]
+                        )
+
+                    psi.RedirectStandardOutput <- true
+                    psi.RedirectStandardError <- true
+                    use server = Process.Start psi
+
+                    try
+                        let deadline = DateTime.UtcNow.AddSeconds 5.
+
+                        let rec waitListening () =
+                            use probe =
+                                new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                            try
+                                probe.Connect(IPEndPoint(IPAddress.Loopback, 8083))
+                            with :? SocketException when DateTime.UtcNow < deadline ->
+                                Threading.Thread.Sleep 50
+                                waitListening ()
+
+                        waitListening ()
+
+                        for url in [ "http://10.83.0.1:8083/hello.txt"; "http://[fd83::1]:8083/hello.txt" ] do
+                            let code, out, err =
+                                runNetstack
+                                    (TimeSpan.FromSeconds 60.)
+                                    [
+                                        "get"
+                                        url
+                                        "--tun"
+                                        "nsclitest4"
+                                        "--ip"
+                                        "10.83.0.2"
+                                        "--host-ip"
+                                        "10.83.0.1"
+                                        "--ip6"
+                                        "fd83::2"
+                                        "--host-ip6"
+                                        "fd83::1"
+                                    ]
+
+                            Expect.equal code 0 $"exit code for {url}; stderr: {err}"
+                            Expect.equal out "hello over netstack\n" "the body on stdout"
+
+                        let code, _, err =
+                            runNetstack
+                                (TimeSpan.FromSeconds 60.)
+                                [
+                                    "get"
+                                    "http://10.83.0.1:8083/missing"
+                                    "--tun"
+                                    "nsclitest4"
+                                    "--ip"
+                                    "10.83.0.2"
+                                    "--host-ip"
+                                    "10.83.0.1"
+                                    "--ip6"
+                                    "none"
+                                ]
+
+                        Expect.equal code 1 "a 404 exits 1"
+                        Expect.stringContains err "404" "and says so"
+                    finally
+                        server.Kill true
+                        server.WaitForExit()
+                finally
+                    directory.Delete true
             }
 
             test "ping from the stack to the kernel side gets replies and exits 0" {
