@@ -386,7 +386,7 @@ let tests =
 
                         waitListening ()
 
-                        for url in [ "http://10.83.0.1:8083/hello.txt"; "http://[fd83::1]:8083/hello.txt" ] do
+                        for url in [ "http://10.86.0.1:8083/hello.txt"; "http://[fd86::1]:8083/hello.txt" ] do
                             let code, out, err =
                                 runNetstack
                                     (TimeSpan.FromSeconds 60.)
@@ -394,15 +394,15 @@ let tests =
                                         "get"
                                         url
                                         "--tun"
-                                        "nsclitest4"
+                                        "nsclitest6"
                                         "--ip"
-                                        "10.83.0.2"
+                                        "10.86.0.2"
                                         "--host-ip"
-                                        "10.83.0.1"
+                                        "10.86.0.1"
                                         "--ip6"
-                                        "fd83::2"
+                                        "fd86::2"
                                         "--host-ip6"
-                                        "fd83::1"
+                                        "fd86::1"
                                     ]
 
                             Expect.equal code 0 $"exit code for {url}; stderr: {err}"
@@ -413,13 +413,13 @@ let tests =
                                 (TimeSpan.FromSeconds 60.)
                                 [
                                     "get"
-                                    "http://10.83.0.1:8083/missing"
+                                    "http://10.86.0.1:8083/missing"
                                     "--tun"
-                                    "nsclitest4"
+                                    "nsclitest6"
                                     "--ip"
-                                    "10.83.0.2"
+                                    "10.86.0.2"
                                     "--host-ip"
-                                    "10.83.0.1"
+                                    "10.86.0.1"
                                     "--ip6"
                                     "none"
                                 ]
