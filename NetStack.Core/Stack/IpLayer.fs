@@ -577,6 +577,66 @@ module IpLayer =
                             Tcp = Segment.OfHeader(t, options)
                         })
 
+    /// An ICMPv4 or ICMPv6 message (already parsed, checksum verified): echoes go to the
+    /// responder or the pinger, errors to the flow they quote (RFC 1122 §3.2.2, RFC 4443 §2.4).
+    let private icmpMessage
+        (now: int64)
+        (state: IpLayerState)
+        (basic: Received)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (offset: int)
+        (parsed: Result<IcmpMessage, ParseError>)
+        (ipv6: bool)
+        (broadcast: bool)
+        (ours: IpAddr)
+        =
+        match parsed with
+        | Error e -> dropped state (DropReason.Malformed((if ipv6 then PacketLayer.Icmpv6 else PacketLayer.Icmpv4), e))
+        | Ok m when m.Kind = IcmpMessageKind.EchoRequest || m.Kind = IcmpMessageKind.EchoReply ->
+            if broadcast then
+                dropped state DropReason.BroadcastEcho
+            else
+                struct (state,
+                        { basic with
+                            Kind =
+                                (if m.Kind = IcmpMessageKind.EchoRequest then
+                                     ReceivedKind.EchoRequest
+                                 else
+                                     ReceivedKind.EchoReply)
+                            Payload = at owner (offset + m.DataOffset) m.DataLength
+                            SourcePort = m.Identifier
+                            DestinationPort = m.SequenceNumber
+                        })
+        | Ok m when m.IsError ->
+            let kind = if ipv6 then kindV6 m else kindV4 m
+
+            if kind <> IcmpErrorKind.Other then
+                icmpError now state basic packet owner offset m kind ours
+            else
+                dropped state DropReason.UnhandledIcmp
+        | Ok _ -> dropped state DropReason.UnhandledIcmp
+
+    /// A UDP datagram (already parsed, checksum verified) for delivery to a socket.
+    let private udpDatagram
+        (state: IpLayerState)
+        (basic: Received)
+        (owner: byte[])
+        (offset: int)
+        (parsed: Result<UdpHeader, ParseError>)
+        =
+        match parsed with
+        | Error e -> dropped state (DropReason.Malformed(PacketLayer.Udp, e))
+        | Ok u when u.DestinationPort = 0us -> dropped state DropReason.UdpPortZero
+        | Ok u ->
+            struct (state,
+                    { basic with
+                        Kind = ReceivedKind.UdpDatagram
+                        Payload = at owner (offset + u.PayloadOffset) u.PayloadLength
+                        SourcePort = u.SourcePort
+                        DestinationPort = u.DestinationPort
+                    })
+
     /// The transport layer of an IPv4 datagram that is whole (never a fragment).
     let private upperV4
         (now: int64)
@@ -599,38 +659,8 @@ module IpLayer =
 
         match h.Protocol with
         | IpProtocol.Icmp ->
-            match Icmpv4.parse payload with
-            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Icmpv4, e))
-            | Ok m when m.Kind = IcmpMessageKind.EchoRequest || m.Kind = IcmpMessageKind.EchoReply ->
-                if broadcast then
-                    dropped state DropReason.BroadcastEcho
-                else
-                    struct (state,
-                            { basic with
-                                Kind =
-                                    (if m.Kind = IcmpMessageKind.EchoRequest then
-                                         ReceivedKind.EchoRequest
-                                     else
-                                         ReceivedKind.EchoReply)
-                                Payload = at owner (h.PayloadOffset + m.DataOffset) m.DataLength
-                                SourcePort = m.Identifier
-                                DestinationPort = m.SequenceNumber
-                            })
-            | Ok m when m.IsError && kindV4 m <> IcmpErrorKind.Other ->
-                icmpError now state basic packet owner h.PayloadOffset m (kindV4 m) (V4 ours)
-            | Ok _ -> dropped state DropReason.UnhandledIcmp
-        | IpProtocol.Udp ->
-            match Udp.parseV4 h.Source h.Destination payload with
-            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Udp, e))
-            | Ok u when u.DestinationPort = 0us -> dropped state DropReason.UdpPortZero
-            | Ok u ->
-                struct (state,
-                        { basic with
-                            Kind = ReceivedKind.UdpDatagram
-                            Payload = at owner (h.PayloadOffset + u.PayloadOffset) u.PayloadLength
-                            SourcePort = u.SourcePort
-                            DestinationPort = u.DestinationPort
-                        })
+            icmpMessage now state basic packet owner h.PayloadOffset (Icmpv4.parse payload) false broadcast (V4 ours)
+        | IpProtocol.Udp -> udpDatagram state basic owner h.PayloadOffset (Udp.parseV4 h.Source h.Destination payload)
         | IpProtocol.Tcp ->
             if broadcast then
                 dropped state DropReason.TcpNotUnicast
@@ -720,35 +750,18 @@ module IpLayer =
 
         match ext.UpperProtocol with
         | IpProtocol.Icmpv6 ->
-            match Icmpv6.parse h.Source h.Destination payload with
-            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Icmpv6, e))
-            | Ok m when m.Kind = IcmpMessageKind.EchoRequest || m.Kind = IcmpMessageKind.EchoReply ->
-                struct (state,
-                        { basic with
-                            Kind =
-                                (if m.Kind = IcmpMessageKind.EchoRequest then
-                                     ReceivedKind.EchoRequest
-                                 else
-                                     ReceivedKind.EchoReply)
-                            Payload = at owner (ext.UpperOffset + m.DataOffset) m.DataLength
-                            SourcePort = m.Identifier
-                            DestinationPort = m.SequenceNumber
-                        })
-            | Ok m when m.IsError && kindV6 m <> IcmpErrorKind.Other ->
-                icmpError now state basic packet owner ext.UpperOffset m (kindV6 m) (V6 ours)
-            | Ok _ -> dropped state DropReason.UnhandledIcmp
-        | IpProtocol.Udp ->
-            match Udp.parseV6 h.Source h.Destination payload with
-            | Error e -> dropped state (DropReason.Malformed(PacketLayer.Udp, e))
-            | Ok u when u.DestinationPort = 0us -> dropped state DropReason.UdpPortZero
-            | Ok u ->
-                struct (state,
-                        { basic with
-                            Kind = ReceivedKind.UdpDatagram
-                            Payload = at owner (ext.UpperOffset + u.PayloadOffset) u.PayloadLength
-                            SourcePort = u.SourcePort
-                            DestinationPort = u.DestinationPort
-                        })
+            icmpMessage
+                now
+                state
+                basic
+                packet
+                owner
+                ext.UpperOffset
+                (Icmpv6.parse h.Source h.Destination payload)
+                true
+                false
+                (V6 ours)
+        | IpProtocol.Udp -> udpDatagram state basic owner ext.UpperOffset (Udp.parseV6 h.Source h.Destination payload)
         | IpProtocol.Tcp ->
             tcpSegment state basic (Tcp.parseV6 h.Source h.Destination payload) payload owner ext.UpperOffset
         | IpProtocol.Ipv6NoNextHeader -> dropped state DropReason.NoNextHeader
