@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Text;
 
 namespace NetStack.Cli;
 
@@ -28,6 +29,12 @@ public static class BenchCommand
     /// <summary>UDP port of both echo services.</summary>
     private const int EchoPort = 9000;
 
+    /// <summary>TCP discard (RFC 863) port of both sides: the bulk kernel → X measurement sends here.</summary>
+    private const int DiscardPort = EchoPort + 1;
+
+    /// <summary>TCP source port of both sides: the client sends "N\n", the service sends N bytes and closes.</summary>
+    private const int SourcePort = EchoPort + 2;
+
     /// <summary>Datagram size (the UDP payload) for both measurements.</summary>
     private const int DatagramSize = 64;
 
@@ -39,16 +46,19 @@ public static class BenchCommand
 
     /// <summary>The help text.</summary>
     public static string Usage => $"""
-        usage: netstack bench [--seconds N] [interface options]
+        usage: netstack bench [--seconds N] [--tcp-mib N] [interface options]
 
         Measures, in a private network namespace (re-executing under 'unshare' like the demo):
           - UDP round-trip latency (p50, p99) of {DatagramSize}-byte datagrams, one outstanding;
           - echoed datagrams per second, {Window} in flight at most;
-        between a kernel .NET Socket and a UDP echo on the stack (through the TUN interface),
+          - TCP bulk throughput, kernel → X (into a discard service) and X → kernel (from a
+            source service), one connection each;
+        between a kernel .NET Socket and services on the stack (through the TUN interface),
         and the same between two kernel namespaces over a veth pair, and prints both with the
         ratio stack/kernel.
 
-          --seconds N         seconds per measurement, 1-60 (default 2; four measurements)
+          --seconds N         seconds per UDP measurement, 1-60 (default 2; four measurements)
+          --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 256; four transfers)
 
         {InterfaceOptions.Help}
         """;
@@ -59,7 +69,9 @@ public static class BenchCommand
     /// <param name="Samples">Round trips measured.</param>
     /// <param name="DatagramsPerSecond">Echoed datagrams per second in the flood.</param>
     /// <param name="Lost">Datagrams that never came back (either measurement).</param>
-    public sealed record Measurement(TimeSpan P50, TimeSpan P99, int Samples, double DatagramsPerSecond, long Lost);
+    /// <param name="TcpInGbps">TCP bulk throughput kernel → X, Gbit/s.</param>
+    /// <param name="TcpOutGbps">TCP bulk throughput X → kernel, Gbit/s.</param>
+    public sealed record Measurement(TimeSpan P50, TimeSpan P99, int Samples, double DatagramsPerSecond, long Lost, double TcpInGbps, double TcpOutGbps);
 
     /// <summary>Runs the command; returns the exit code.</summary>
     public static int Run(string[] args)
@@ -72,12 +84,15 @@ public static class BenchCommand
         var reader = new ArgReader(Name, args);
         var options = new NetStackOptions();
         var seconds = 2;
+        var tcpMib = 256;
         while (reader.Next() is { } arg)
         {
             if (InterfaceOptions.TryRead(reader, arg, ref options))
                 continue;
             if (arg == "--seconds")
                 seconds = reader.ParseInt(arg, reader.Value(arg), 1, 60, "a number of seconds");
+            else if (arg == "--tcp-mib")
+                tcpMib = reader.ParseInt(arg, reader.Value(arg), 1, 4096, "a number of MiB");
             else
                 throw reader.Unknown(arg);
         }
@@ -87,10 +102,10 @@ public static class BenchCommand
 
         if (!Isolation.IsIsolated)
             return Isolation.ReexecIsolated(["bench", .. args]);
-        return RunIsolated(options, TimeSpan.FromSeconds(seconds));
+        return RunIsolated(options, TimeSpan.FromSeconds(seconds), tcpMib * (1L << 20));
     }
 
-    private static int RunIsolated(NetStackOptions options, TimeSpan duration)
+    private static int RunIsolated(NetStackOptions options, TimeSpan duration, long tcpBytes)
     {
         try
         {
@@ -101,13 +116,13 @@ public static class BenchCommand
             Console.Error.WriteLine($"{Name}: {e.Message}");
             return 1;
         }
-        Console.WriteLine($"UDP echo of {DatagramSize}-byte datagrams from a kernel .NET Socket, {duration.TotalSeconds:0} s per measurement");
+        Console.WriteLine($"From a kernel .NET Socket: UDP echo of {DatagramSize}-byte datagrams, {duration.TotalSeconds:0} s per measurement; TCP bulk of {tcpBytes >> 20} MiB per direction");
 
         Measurement? kernel = null, stack = null;
         string? kernelError = null, stackError = null;
         try
         {
-            kernel = MeasureKernelOverVeth(duration);
+            kernel = MeasureKernelOverVeth(duration, tcpBytes);
         }
         catch (Exception e)
         {
@@ -115,7 +130,7 @@ public static class BenchCommand
         }
         try
         {
-            stack = MeasureStack(options, duration);
+            stack = MeasureStack(options, duration, tcpBytes);
         }
         catch (Exception e)
         {
@@ -130,26 +145,112 @@ public static class BenchCommand
         return stack is not null && kernel is not null ? 0 : 1;
     }
 
-    private static Measurement MeasureStack(NetStackOptions options, TimeSpan duration)
+    private static Measurement MeasureStack(NetStackOptions options, TimeSpan duration, long tcpBytes)
     {
         var stack = NetworkStack.Start(options);
         using var _ = stack;
         using var echo = stack.BindUdp(new IPEndPoint(IPAddress.Any, EchoPort));
+        using var discard = stack.ListenTcp(DiscardPort);
+        using var source = stack.ListenTcp(SourcePort);
         using var stop = new CancellationTokenSource();
-        var service = Task.Run(() => UdpEcho.RunAsync(echo, stop.Token));
+        var services = new[]
+        {
+            Task.Run(() => UdpEcho.RunAsync(echo, stop.Token)),
+            Task.Run(() => TcpServices.AcceptLoopAsync(discard, "bench discard", TcpServices.DiscardAsync, stop.Token)),
+            Task.Run(() => TcpServices.AcceptLoopAsync(source, "bench source", StackSourceAsync, stop.Token)),
+        };
         try
         {
-            return Measure(new IPEndPoint(options.Address!, EchoPort), duration);
+            var udp = Measure(new IPEndPoint(options.Address!, EchoPort), duration);
+            var (inGbps, outGbps) = MeasureBulk(options.Address!, tcpBytes);
+            return udp with { TcpInGbps = inGbps, TcpOutGbps = outGbps };
         }
         finally
         {
             stop.Cancel();
             echo.Dispose();
-            service.Wait(TimeSpan.FromSeconds(5));
+            discard.Dispose();
+            source.Dispose();
+            Task.WaitAll(services, TimeSpan.FromSeconds(5));
         }
     }
 
-    private static Measurement MeasureKernelOverVeth(TimeSpan duration)
+    /// <summary>The stack's source service: reads "N\n", sends N bytes, closes.</summary>
+    private static async Task StackSourceAsync(TcpConnection connection, CancellationToken cancellationToken)
+    {
+        var count = await ReadCountAsync(connection, cancellationToken);
+        var block = new byte[64 * 1024];
+        for (var left = count; left > 0;)
+        {
+            var n = (int)Math.Min(left, block.Length);
+            await connection.WriteAsync(block.AsMemory(0, n), cancellationToken);
+            left -= n;
+        }
+        connection.ShutdownWrite();
+        // Wait for the client's close so the last bytes are acknowledged before we let go.
+        while (await connection.ReadAsync(block, cancellationToken) > 0)
+        {
+        }
+    }
+
+    /// <summary>Reads the decimal byte count line ("N\n") a bulk client sends to a source service.</summary>
+    private static async Task<long> ReadCountAsync(Stream stream, CancellationToken cancellationToken)
+    {
+        var text = new StringBuilder();
+        var one = new byte[1];
+        while (await stream.ReadAsync(one, cancellationToken) == 1 && one[0] != (byte)'\n')
+        {
+            if (text.Length > 20)
+                throw new IOException("count line too long");
+            text.Append((char)one[0]);
+        }
+        return long.Parse(text.ToString(), CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>
+    /// TCP bulk throughput against the discard and source services at <paramref name="target"/>:
+    /// kernel → X (send N bytes, half-close, wait for the service's close) and X → kernel (ask
+    /// for N bytes, read to the end). Gbit/s of payload, connection setup included.
+    /// </summary>
+    private static (double InGbps, double OutGbps) MeasureBulk(IPAddress target, long bytes)
+    {
+        var block = new byte[256 * 1024];
+        double inGbps, outGbps;
+        using (var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp))
+        {
+            s.ReceiveTimeout = s.SendTimeout = 60_000;
+            var clock = Stopwatch.StartNew();
+            s.Connect(new IPEndPoint(target, DiscardPort));
+            for (var left = bytes; left > 0;)
+            {
+                var n = (int)Math.Min(left, block.Length);
+                s.Send(block, 0, n, SocketFlags.None);
+                left -= n;
+            }
+            s.Shutdown(SocketShutdown.Send);
+            while (s.Receive(block) > 0)
+            {
+            }
+            inGbps = bytes * 8 / clock.Elapsed.TotalSeconds / 1e9;
+        }
+        using (var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp))
+        {
+            s.ReceiveTimeout = s.SendTimeout = 60_000;
+            var clock = Stopwatch.StartNew();
+            s.Connect(new IPEndPoint(target, SourcePort));
+            s.Send(Encoding.ASCII.GetBytes($"{bytes}\n"));
+            long received = 0;
+            int n;
+            while ((n = s.Receive(block)) > 0)
+                received += n;
+            outGbps = bytes * 8 / clock.Elapsed.TotalSeconds / 1e9;
+            if (received != bytes)
+                throw new InvalidOperationException($"asked {target}:{SourcePort} for {bytes} bytes, got {received}");
+        }
+        return (inGbps, outGbps);
+    }
+
+    private static Measurement MeasureKernelOverVeth(TimeSpan duration, long tcpBytes)
     {
         // Unique names, so two runs in one namespace (the test run's, say) cannot collide.
         var id = Environment.ProcessId % 100000;
@@ -169,7 +270,9 @@ public static class BenchCommand
             Shell.Check("ip", "addr", "add", VethNear + VethPrefix, "dev", near);
             Shell.Check("ip", "link", "set", near, "up");
             ExpectLine(peer, "ready");
-            return Measure(new IPEndPoint(IPAddress.Parse(VethPeer), EchoPort), duration);
+            var udp = Measure(new IPEndPoint(IPAddress.Parse(VethPeer), EchoPort), duration);
+            var (inGbps, outGbps) = MeasureBulk(IPAddress.Parse(VethPeer), tcpBytes);
+            return udp with { TcpInGbps = inGbps, TcpOutGbps = outGbps };
         }
         finally
         {
@@ -216,6 +319,8 @@ public static class BenchCommand
         Shell.Check("ip", "link", "set", ifname, "up");
         using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
         socket.Bind(new IPEndPoint(IPAddress.Any, port));
+        StartKernelTcpService(port + 1, KernelDiscard);
+        StartKernelTcpService(port + 2, KernelSource);
         // The parent closing our stdin (or dying) ends the peer, and with it the namespace.
         new Thread(() =>
         {
@@ -231,6 +336,61 @@ public static class BenchCommand
         {
             var n = socket.ReceiveFrom(buffer, ref from);
             socket.SendTo(buffer.AsSpan(0, n), SocketFlags.None, from);
+        }
+    }
+
+    /// <summary>A kernel TCP service in the peer namespace: one thread accepting, one per connection.</summary>
+    private static void StartKernelTcpService(int port, Action<Socket> serve)
+    {
+        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Any, port));
+        listener.Listen(16);
+        new Thread(() =>
+        {
+            while (true)
+            {
+                var connection = listener.Accept();
+                new Thread(() =>
+                {
+                    using (connection)
+                    {
+                        try
+                        {
+                            serve(connection);
+                        }
+                        catch (SocketException)
+                        {
+                        }
+                    }
+                })
+                { IsBackground = true }.Start();
+            }
+        })
+        { IsBackground = true }.Start();
+    }
+
+    private static void KernelDiscard(Socket connection)
+    {
+        var buffer = new byte[256 * 1024];
+        while (connection.Receive(buffer) > 0)
+        {
+        }
+    }
+
+    private static void KernelSource(Socket connection)
+    {
+        using var stream = new NetworkStream(connection);
+        var count = ReadCountAsync(stream, CancellationToken.None).GetAwaiter().GetResult();
+        var block = new byte[256 * 1024];
+        for (var left = count; left > 0;)
+        {
+            var n = (int)Math.Min(left, block.Length);
+            connection.Send(block, 0, n, SocketFlags.None);
+            left -= n;
+        }
+        connection.Shutdown(SocketShutdown.Send);
+        while (connection.Receive(block) > 0)
+        {
         }
     }
 
@@ -302,7 +462,7 @@ public static class BenchCommand
         catch (SocketException)
         {
         }
-        return new Measurement(Percentile(0.50), Percentile(0.99), rtts.Count, rate, lost);
+        return new Measurement(Percentile(0.50), Percentile(0.99), rtts.Count, rate, lost, 0, 0);
     }
 
     /// <summary>One echo with sequence number <paramref name="seq"/>; false when it did not come back in time.</summary>
@@ -333,6 +493,7 @@ public static class BenchCommand
         static string Us(TimeSpan? t) => t is { } v ? $"{v.TotalMicroseconds:0.0} µs" : "n/a";
         static string Rate(double? r) => r is { } v ? $"{v:0}" : "n/a";
         static string Ratio(double? a, double? b) => a is { } x && b is { } y && y > 0 ? $"{x / y:0.00}" : "n/a";
+        static string Gbps(double? g) => g is { } v ? $"{v:0.00} Gbit/s" : "n/a";
 
         var rows = new (string Name, string Stack, string Kernel, string Ratio)[]
         {
@@ -341,6 +502,8 @@ public static class BenchCommand
             ("round trips measured", $"{stack?.Samples.ToString(CultureInfo.InvariantCulture) ?? "n/a"}", $"{kernel?.Samples.ToString(CultureInfo.InvariantCulture) ?? "n/a"}", ""),
             ($"datagrams/s ({Window} in flight)", Rate(stack?.DatagramsPerSecond), Rate(kernel?.DatagramsPerSecond), Ratio(stack?.DatagramsPerSecond, kernel?.DatagramsPerSecond)),
             ("datagrams lost", $"{stack?.Lost.ToString(CultureInfo.InvariantCulture) ?? "n/a"}", $"{kernel?.Lost.ToString(CultureInfo.InvariantCulture) ?? "n/a"}", ""),
+            ("TCP bulk kernel → X", Gbps(stack?.TcpInGbps), Gbps(kernel?.TcpInGbps), Ratio(stack?.TcpInGbps, kernel?.TcpInGbps)),
+            ("TCP bulk X → kernel", Gbps(stack?.TcpOutGbps), Gbps(kernel?.TcpOutGbps), Ratio(stack?.TcpOutGbps, kernel?.TcpOutGbps)),
         };
         Console.WriteLine($"{"",-26}{"stack (TUN)",14}{"kernel (veth)",16}{"stack/kernel",14}");
         foreach (var r in rows)

@@ -17,6 +17,12 @@ let private expectedSteps =
         "UDP over IPv6, 6000-byte datagram, fragmented both ways: 6000 B"
         "stack pings the kernel over IPv4: 3/3 replies"
         "stack pings the kernel over IPv6: 3/3 replies"
+        "TCP over IPv4, kernel client ↔ stack echo server: connected in"
+        "TCP over IPv6, kernel client ↔ stack echo server: connected in"
+        "HTTP over IPv4, curl on the kernel → stack HTTP server: GET / answered the status page"
+        "HTTP over IPv6, curl on the kernel → stack HTTP server: GET / answered the status page"
+        "HTTP over IPv4, stack HttpClient → kernel HTTP server (python3 -m http.server): GET http://10.77.0.1:8000/hello.txt"
+        "HTTP over IPv6, stack HttpClient → kernel HTTP server (python3 -m http.server): GET http://[fd77::1]:8000/hello.txt"
     ]
 
 [<Tests>]
@@ -38,11 +44,18 @@ let tests =
 
             test "netstack bench prints latency and rate for the stack and the kernel with their ratio" {
                 let code, out, err =
-                    CliTests.runNetstack (TimeSpan.FromSeconds 120.) [ "bench"; "--seconds"; "1" ]
+                    CliTests.runNetstack (TimeSpan.FromSeconds 120.) [ "bench"; "--seconds"; "1"; "--tcp-mib"; "16" ]
 
                 Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
 
-                for row in [ "round trip p50"; "round trip p99"; "datagrams/s" ] do
+                for row in
+                    [
+                        "round trip p50"
+                        "round trip p99"
+                        "datagrams/s"
+                        "TCP bulk kernel → X"
+                        "TCP bulk X → kernel"
+                    ] do
                     let line = out.Split('\n') |> Array.tryFind (fun l -> l.StartsWith row)
 
                     Expect.isSome line $"a '{row}' row"
