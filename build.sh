@@ -9,6 +9,7 @@
 #   ./build.sh check-format  fail when formatting differs
 #   ./build.sh paket ARGS    run Paket (install/update/...) and keep paket.lock free of registry URLs
 #   ./build.sh netstack ARGS run the netstack command with ARGS
+#   ./build.sh pack [DIR]    make the NuGet packages (NetStack.Core, NetStack.Api, the NetStack.Cli tool) in DIR (artifacts)
 #
 # Package source: Paket reads it from NETSTACK_NUGET_SOURCE. When that is unset, this script
 # takes the first enabled source from the user's own NuGet configuration (`dotnet nuget list
@@ -40,7 +41,7 @@ restore() {
 # The C# projects checked by `dotnet format` (F# is Fantomas's). Roslyn's workspace cannot load
 # F# projects, so it resolves NetStack.Core from its built assembly: build that first (the
 # workspace uses the default Debug configuration).
-CSHARP_PROJECTS="NetStack.Api/NetStack.Api.csproj NetStack.Cli/NetStack.Cli.csproj"
+CSHARP_PROJECTS="NetStack.Api/NetStack.Api.csproj NetStack.Cli/NetStack.Cli.csproj examples/EchoAndHttp/EchoAndHttp.csproj"
 build_core_for_format() {
   dotnet build NetStack.Core -v q -nologo >/dev/null
 }
@@ -83,6 +84,12 @@ case "$cmd" in
     dotnet fantomas --check .
     build_core_for_format
     for p in $CSHARP_PROJECTS; do dotnet format "$p" --verify-no-changes -v q; done
+    ;;
+  pack)
+    restore
+    # NETSTACK_REPOSITORY_URL, when set, becomes the packages' <repository url> (type git).
+    dotnet pack NetStack.sln -c Release -v q -nologo -o "${1:-artifacts}" \
+      ${NETSTACK_REPOSITORY_URL:+"-p:RepositoryUrl=$NETSTACK_REPOSITORY_URL"}
     ;;
   paket)
     dotnet tool restore >/dev/null

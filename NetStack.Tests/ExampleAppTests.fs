@@ -1,0 +1,97 @@
+/// Runs the C# example app (examples/EchoAndHttp) as a user would, inside the test run's private
+/// network namespace: it brings a stack up on its own TUN device (10.93.0.0/24, fd93::/64), echoes
+/// over TCP to a kernel socket and fetches a page from a kernel-side server with HttpClient.
+module NetStack.Tests.ExampleAppTests
+
+open System
+open System.Diagnostics
+open System.IO
+open Expecto
+
+/// The dotnet host running the tests (`dotnet NetStack.Tests.dll`), else the one on PATH.
+let dotnetHost =
+    match Environment.ProcessPath with
+    | null -> "dotnet"
+    | path when Path.GetFileNameWithoutExtension path = "dotnet" -> path
+    | _ -> "dotnet"
+
+/// Runs `file args` in `directory` with the given extra environment and returns exit code,
+/// standard output and standard error; kills it and fails the test after `timeout`.
+let runProcess
+    (file: string)
+    (args: string list)
+    (directory: string)
+    (env: (string * string) list)
+    (timeout: TimeSpan)
+    =
+    let info = ProcessStartInfo(file, WorkingDirectory = directory)
+
+    for a in args do
+        info.ArgumentList.Add a
+
+    info.RedirectStandardOutput <- true
+    info.RedirectStandardError <- true
+    info.Environment.["DOTNET_CLI_TELEMETRY_OPTOUT"] <- "1"
+    info.Environment.["DOTNET_NOLOGO"] <- "1"
+    info.Environment.["DOTNET_SKIP_FIRST_TIME_EXPERIENCE"] <- "1"
+
+    for name, value in env do
+        info.Environment.[name] <- value
+
+    use proc = Process.Start info
+    // Read both pipes at once so a full one never blocks the child.
+    let stdout = proc.StandardOutput.ReadToEndAsync()
+    let stderr = proc.StandardError.ReadToEndAsync()
+
+    if not (proc.WaitForExit timeout) then
+        proc.Kill true
+        proc.WaitForExit()
+
+        failtestf
+            "%s %s did not finish within %O; output so far:\n%s"
+            file
+            (String.Join(" ", args))
+            timeout
+            stdout.Result
+
+    proc.WaitForExit()
+    proc.ExitCode, stdout.Result, stderr.Result
+
+let private exampleDll =
+    Path.Combine(TestUtil.repoRoot.Value, "examples", "EchoAndHttp", "bin", "Release", "net10.0", "EchoAndHttp.dll")
+
+[<Tests>]
+let tests =
+    testSequenced
+    <| testList
+        "ExampleApp"
+        [
+            test "the EchoAndHttp example echoes over TCP, fetches a page through HttpClient and exits 0" {
+                Expect.isTrue (File.Exists exampleDll) $"the example is built ({exampleDll})"
+
+                let code, out, err =
+                    runProcess dotnetHost [ exampleDll ] TestUtil.repoRoot.Value [] (TimeSpan.FromSeconds 90.)
+
+                Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+                Expect.stringContains out "stack up: netstack on nsexample" "the stack came up on its TUN device"
+                Expect.stringContains out "echo server accepted 10.93.0.1:" "the stack accepted the kernel's connection"
+
+                Expect.stringContains
+                    out
+                    "kernel client got its 38 bytes back: \"hello through a userspace TCP/IP stack\""
+                    "the echo came back"
+
+                Expect.stringContains
+                    out
+                    "kernel web server got \"GET / HTTP/1.1\" from 10.93.0.2:"
+                    "the request came from the stack's address"
+
+                Expect.stringContains
+                    out
+                    "HttpClient through NetStack fetched 56 bytes: <h1>served by the kernel, fetched through NetStack</h1>"
+                    "the page arrived"
+
+                Expect.stringContains out "example finished" "the closing line"
+                Expect.equal err "" "nothing on standard error"
+            }
+        ]
