@@ -7,6 +7,7 @@ using NetStack.Core.Ip;
 using NetStack.Core.Stack;
 using NetStack.Core.Wire;
 using NetStack.Device;
+using NetStack.Diagnostics;
 using NetStack.Engine;
 
 namespace NetStack;
@@ -114,6 +115,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// <param name="options">What to bring up.</param>
     /// <exception cref="ArgumentException">An option is invalid (the message says which).</exception>
     /// <exception cref="TunDeviceException">The device could not be created or configured (the message says what to do).</exception>
+    /// <exception cref="IOException">The <see cref="NetStackOptions.CapturePath"/> file could not be created (also <see cref="UnauthorizedAccessException"/>).</exception>
     public static NetworkStack Start(NetStackOptions options)
     {
         Validate(options);
@@ -131,7 +133,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 if (options.Address6 is not null && options.HostAddress6 is not null)
                     link.AddAddress(options.HostAddress6, options.Address6);
             }
-            return new NetworkStack(options, new TunPacketDevice(device), device.Name, link);
+            return new NetworkStack(options, WithCapture(options, new TunPacketDevice(device)), device.Name, link);
         }
         catch
         {
@@ -149,11 +151,22 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// <param name="device">The device.</param>
     /// <param name="interfaceName">What <see cref="InterfaceName"/> reports.</param>
     /// <exception cref="ArgumentException">An option is invalid.</exception>
+    /// <exception cref="IOException">The <see cref="NetStackOptions.CapturePath"/> file could not be created (also <see cref="UnauthorizedAccessException"/>).</exception>
     public static NetworkStack Start(NetStackOptions options, IPacketDevice device, string interfaceName = "memory")
     {
         ArgumentNullException.ThrowIfNull(device);
         Validate(options);
-        return new NetworkStack(options, device, interfaceName);
+        return new NetworkStack(options, WithCapture(options, device), interfaceName);
+    }
+
+    // The capture goes outermost, over any fault-injecting device: it records what the stack
+    // itself reads and writes (see CapturingPacketDevice).
+    private static IPacketDevice WithCapture(NetStackOptions options, IPacketDevice device)
+    {
+        if (options.CapturePath is null)
+            return device;
+        var file = new FileStream(options.CapturePath, FileMode.Create, FileAccess.Write, FileShare.Read, bufferSize: 64 * 1024);
+        return new CapturingPacketDevice(device, new PcapWriter(file));
     }
 
     private static void Validate(NetStackOptions options)
@@ -180,6 +193,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("UdpReceiveQueueBytes must be positive.", nameof(options));
         if (options.IcmpErrorsPerSecond < 0)
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
+        if (options.CapturePath is not null && options.CapturePath.Length == 0)
+            throw new ArgumentException("CapturePath is empty (null means no capture).", nameof(options));
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));
         ValidateTcp(options);
