@@ -46,6 +46,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly long _epoch = Stopwatch.GetTimestamp();
     private readonly NetStackStatistics _statistics = new();
 
+    // Bytes through the device, for the metrics (the packet counts live in _statistics).
+    private long _bytesRead;
+    private long _bytesWritten;
+    private readonly StackMeter _meter;
+
     // Commands from other threads; drained by the loop. Guarded by _commandGate with _disposed.
     private readonly object _commandGate = new();
     private Queue<Command> _commands = new();
@@ -104,6 +109,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             Math.Max(1, Math.Min(options.IcmpErrorsPerSecond, 10)), config.Reassembly);
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
+        _meter = new StackMeter(interfaceName, _statistics, () => Volatile.Read(ref _bytesRead),
+            () => Volatile.Read(ref _bytesWritten), () => _tcp.Count);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"netstack {interfaceName}" };
         _thread.Start();
     }
@@ -282,6 +289,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 {
                     deviceErrors = 0;
                     _statistics.Increment("device.read");
+                    Interlocked.Add(ref _bytesRead, length);
                     ProcessPacket(_receiveBuffer.AsSpan(0, length));
                 }
             }
@@ -423,6 +431,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         {
             _device.Write(packet);
             _statistics.Increment("device.written");
+            Interlocked.Add(ref _bytesWritten, length);
             return;
         }
         var plan = IpLayer.planFragments(packet, mtu, (uint)Random.Shared.Next());
@@ -431,6 +440,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             int n = IpLayer.writeFragment(plan, packet, i, _fragmentBuffer);
             _device.Write(_fragmentBuffer.AsSpan(0, n));
             _statistics.Increment("device.written");
+            Interlocked.Add(ref _bytesWritten, n);
         }
         _statistics.Increment("ip.fragments.sent", plan.Count);
     }
@@ -443,6 +453,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         {
             _device.Write(_packetBuffer.AsSpan(0, length));
             _statistics.Increment("device.written");
+            Interlocked.Add(ref _bytesWritten, length);
             _statistics.Increment(sentCounter);
         }
         else
@@ -534,7 +545,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
         _pings.Remove(r.DestinationPort);
         ping.Registration.Unregister();
-        ping.Completion.TrySetResult(new PingReply(IPStatus.Success, ping.Destination, TimeSpan.FromTicks((now - ping.SentAt) * 10), r.Payload.Length));
+        var rtt = TimeSpan.FromTicks((now - ping.SentAt) * 10);
+        _meter.RecordPingRtt(rtt);
+        ping.Completion.TrySetResult(new PingReply(IPStatus.Success, ping.Destination, rtt, r.Payload.Length));
     }
 
     // ------------------------------------------------------------------------------------------
@@ -768,6 +781,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         DisposeTcp();
         _link?.Dispose();
         _device.Dispose();
+        _meter.Dispose();
     }
 
     /// <summary>Same as <see cref="Dispose"/>.</summary>
