@@ -6,6 +6,8 @@ open System
 open System.Collections.Concurrent
 open System.Collections.Generic
 open System.Diagnostics.Metrics
+open System.Net
+open System.Net.Sockets
 open Expecto
 open NetStack
 open NetStack.Core.Stack
@@ -23,7 +25,7 @@ type private Seen() =
     member val Longs = ConcurrentDictionary<string, int64>()
     member val Doubles = ConcurrentQueue<string * float>()
 
-let private key (instrument: Instrument) (tags: ReadOnlySpan<KeyValuePair<string, obj>>) =
+let private key (interfaceName: string) (instrument: Instrument) (tags: ReadOnlySpan<KeyValuePair<string, obj>>) =
     let mutable ours = false
     let parts = ResizeArray<string>()
 
@@ -40,7 +42,7 @@ let private key (instrument: Instrument) (tags: ReadOnlySpan<KeyValuePair<string
     else
         ValueNone
 
-let private listen (seen: Seen) =
+let private listen (interfaceName: string) (seen: Seen) =
     let listener = new MeterListener()
 
     listener.InstrumentPublished <-
@@ -50,21 +52,21 @@ let private listen (seen: Seen) =
 
     listener.SetMeasurementEventCallback<int64>(
         MeasurementCallback<int64>(fun instrument value tags _ ->
-            match key instrument tags with
+            match key interfaceName instrument tags with
             | ValueSome k -> seen.Longs.[k] <- value
             | ValueNone -> ())
     )
 
     listener.SetMeasurementEventCallback<int>(
         MeasurementCallback<int>(fun instrument value tags _ ->
-            match key instrument tags with
+            match key interfaceName instrument tags with
             | ValueSome k -> seen.Longs.[k] <- int64 value
             | ValueNone -> ())
     )
 
     listener.SetMeasurementEventCallback<float>(
         MeasurementCallback<float>(fun instrument value tags _ ->
-            match key instrument tags with
+            match key interfaceName instrument tags with
             | ValueSome k -> seen.Doubles.Enqueue((k, value))
             | ValueNone -> ())
     )
@@ -85,7 +87,7 @@ let tests =
         [
             test "a MeterListener sees packets, bytes, drops by reason, TCP counts and the ping RTT" {
                 let seen = Seen()
-                use listener = listen seen
+                use listener = listen interfaceName seen
                 let device = new MemoryPacketDevice(1500)
 
                 let options =
@@ -180,5 +182,39 @@ let tests =
                     Expect.isTrue (ms >= 0.0 && ms < 5000.0) $"a plausible RTT: {ms} ms"
                     Expect.floatClose Accuracy.high ms ping.Result.RoundtripTime.TotalMilliseconds "the ping's own RTT"
                 | other -> failtestf "one RTT expected, got %A" other
+            }
+
+            test "the connection gauge counts a kernel client's TCP connection to a stack on a TUN device" {
+                let seen = Seen()
+                use listener = listen "nsmetrics1" seen
+
+                let options =
+                    NetStackOptions(
+                        TunName = "nsmetrics1",
+                        Address = IPAddress.Parse "10.91.1.2",
+                        HostAddress = IPAddress.Parse "10.91.1.1",
+                        Address6 = IPAddress.Parse "fd91::2",
+                        HostAddress6 = IPAddress.Parse "fd91::1"
+                    )
+
+                use stack = NetworkStack.Start options
+                use tcpListener = stack.ListenTcp 80
+                let accepted = tcpListener.AcceptAsync().AsTask()
+
+                use client =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                client.Connect(IPEndPoint(IPAddress.Parse "10.91.1.2", 80))
+                Expect.isTrue (accepted.Wait timeout) "accepted"
+                use _connection = accepted.Result
+                listener.RecordObservableInstruments()
+                Expect.equal seen.Longs.["netstack.tcp.connections|"] 1L "one connection"
+
+                Expect.isGreaterThanOrEqual
+                    seen.Longs.["netstack.packets|direction=received"]
+                    2L
+                    "at least the SYN and the ACK"
+
+                Expect.isGreaterThanOrEqual seen.Longs.["netstack.packets|direction=sent"] 1L "at least the SYN-ACK"
             }
         ]
