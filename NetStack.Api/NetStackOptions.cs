@@ -49,4 +49,13 @@ public sealed record NetStackOptions
 
     /// <summary>Connections a listener holds in SYN-RECEIVED at most; further SYNs are dropped (and counted).</summary>
     public int TcpMaxHalfOpen { get; init; } = 256;
+
+    /// <summary>
+    /// A file to record every packet the stack reads from and writes to its device, as a pcap
+    /// capture (raw IP, microsecond timestamps) that Wireshark and tshark open; null for no capture.
+    /// The file is created (or truncated) by <c>Start</c> and flushed and closed when the stack is
+    /// disposed. To capture to any other stream, wrap a device in a
+    /// <see cref="Diagnostics.CapturingPacketDevice"/> and start the stack on it.
+    /// </summary>
+    public string? CapturePath { get; init; }
 }

@@ -562,7 +562,12 @@ public sealed partial class NetworkStack
             if (at != c.TimerAt || c.Removed)
                 continue;
             c.TimerAt = long.MaxValue;
+            int retries = c.Core.Retries;
             var (core, output) = TcpEngine.handleTimer(now, c.Core);
+            // Retries grows only when the retransmission timer fired with data outstanding
+            // (RFC 6298 §5.4); the metrics report it.
+            if (core.Retries > retries)
+                _statistics.Increment("tcp.retransmission-timeout");
             c.Core = core;
             Execute(c, output, default, now);
         }

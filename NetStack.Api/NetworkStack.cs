@@ -7,6 +7,7 @@ using NetStack.Core.Ip;
 using NetStack.Core.Stack;
 using NetStack.Core.Wire;
 using NetStack.Device;
+using NetStack.Diagnostics;
 using NetStack.Engine;
 
 namespace NetStack;
@@ -44,6 +45,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly Thread _thread;
     private readonly long _epoch = Stopwatch.GetTimestamp();
     private readonly NetStackStatistics _statistics = new();
+
+    // Bytes through the device, for the metrics (the packet counts live in _statistics).
+    private long _bytesRead;
+    private long _bytesWritten;
+    private readonly StackMeter _meter;
 
     // Commands from other threads; drained by the loop. Guarded by _commandGate with _disposed.
     private readonly object _commandGate = new();
@@ -103,6 +109,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             Math.Max(1, Math.Min(options.IcmpErrorsPerSecond, 10)), config.Reassembly);
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
+        _meter = new StackMeter(interfaceName, _statistics, () => Volatile.Read(ref _bytesRead),
+            () => Volatile.Read(ref _bytesWritten), () => _tcp.Count);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"netstack {interfaceName}" };
         _thread.Start();
     }
@@ -114,6 +122,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// <param name="options">What to bring up.</param>
     /// <exception cref="ArgumentException">An option is invalid (the message says which).</exception>
     /// <exception cref="TunDeviceException">The device could not be created or configured (the message says what to do).</exception>
+    /// <exception cref="IOException">The <see cref="NetStackOptions.CapturePath"/> file could not be created (also <see cref="UnauthorizedAccessException"/>).</exception>
     public static NetworkStack Start(NetStackOptions options)
     {
         Validate(options);
@@ -131,7 +140,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 if (options.Address6 is not null && options.HostAddress6 is not null)
                     link.AddAddress(options.HostAddress6, options.Address6);
             }
-            return new NetworkStack(options, new TunPacketDevice(device), device.Name, link);
+            return new NetworkStack(options, WithCapture(options, new TunPacketDevice(device)), device.Name, link);
         }
         catch
         {
@@ -149,11 +158,22 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// <param name="device">The device.</param>
     /// <param name="interfaceName">What <see cref="InterfaceName"/> reports.</param>
     /// <exception cref="ArgumentException">An option is invalid.</exception>
+    /// <exception cref="IOException">The <see cref="NetStackOptions.CapturePath"/> file could not be created (also <see cref="UnauthorizedAccessException"/>).</exception>
     public static NetworkStack Start(NetStackOptions options, IPacketDevice device, string interfaceName = "memory")
     {
         ArgumentNullException.ThrowIfNull(device);
         Validate(options);
-        return new NetworkStack(options, device, interfaceName);
+        return new NetworkStack(options, WithCapture(options, device), interfaceName);
+    }
+
+    // The capture goes outermost, over any fault-injecting device: it records what the stack
+    // itself reads and writes (see CapturingPacketDevice).
+    private static IPacketDevice WithCapture(NetStackOptions options, IPacketDevice device)
+    {
+        if (options.CapturePath is null)
+            return device;
+        var file = new FileStream(options.CapturePath, FileMode.Create, FileAccess.Write, FileShare.Read, bufferSize: 64 * 1024);
+        return new CapturingPacketDevice(device, new PcapWriter(file));
     }
 
     private static void Validate(NetStackOptions options)
@@ -180,6 +200,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("UdpReceiveQueueBytes must be positive.", nameof(options));
         if (options.IcmpErrorsPerSecond < 0)
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
+        if (options.CapturePath is not null && options.CapturePath.Length == 0)
+            throw new ArgumentException("CapturePath is empty (null means no capture).", nameof(options));
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));
         ValidateTcp(options);
@@ -267,6 +289,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 {
                     deviceErrors = 0;
                     _statistics.Increment("device.read");
+                    Interlocked.Add(ref _bytesRead, length);
                     ProcessPacket(_receiveBuffer.AsSpan(0, length));
                 }
             }
@@ -408,6 +431,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         {
             _device.Write(packet);
             _statistics.Increment("device.written");
+            Interlocked.Add(ref _bytesWritten, length);
             return;
         }
         var plan = IpLayer.planFragments(packet, mtu, (uint)Random.Shared.Next());
@@ -416,6 +440,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             int n = IpLayer.writeFragment(plan, packet, i, _fragmentBuffer);
             _device.Write(_fragmentBuffer.AsSpan(0, n));
             _statistics.Increment("device.written");
+            Interlocked.Add(ref _bytesWritten, n);
         }
         _statistics.Increment("ip.fragments.sent", plan.Count);
     }
@@ -428,6 +453,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         {
             _device.Write(_packetBuffer.AsSpan(0, length));
             _statistics.Increment("device.written");
+            Interlocked.Add(ref _bytesWritten, length);
             _statistics.Increment(sentCounter);
         }
         else
@@ -519,7 +545,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
         _pings.Remove(r.DestinationPort);
         ping.Registration.Unregister();
-        ping.Completion.TrySetResult(new PingReply(IPStatus.Success, ping.Destination, TimeSpan.FromTicks((now - ping.SentAt) * 10), r.Payload.Length));
+        var rtt = TimeSpan.FromTicks((now - ping.SentAt) * 10);
+        _meter.RecordPingRtt(rtt);
+        ping.Completion.TrySetResult(new PingReply(IPStatus.Success, ping.Destination, rtt, r.Payload.Length));
     }
 
     // ------------------------------------------------------------------------------------------
@@ -753,6 +781,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         DisposeTcp();
         _link?.Dispose();
         _device.Dispose();
+        _meter.Dispose();
     }
 
     /// <summary>Same as <see cref="Dispose"/>.</summary>

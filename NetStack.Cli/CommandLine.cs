@@ -119,7 +119,8 @@ public sealed class ArgReader
 
 /// <summary>
 /// The interface options every command that brings a stack up accepts (the names are fixed by
-/// issue 3): <c>--tun</c>, <c>--ip</c>, <c>--host-ip</c>, <c>--ip6</c>, <c>--host-ip6</c>, <c>--mtu</c>.
+/// issue 3): <c>--tun</c>, <c>--ip</c>, <c>--host-ip</c>, <c>--ip6</c>, <c>--host-ip6</c>, <c>--mtu</c>;
+/// and <c>--pcap</c> (issue 7).
 /// </summary>
 public static class InterfaceOptions
 {
@@ -140,6 +141,7 @@ public static class InterfaceOptions
                   --ip6 ADDR          the stack's IPv6 address, or 'none' (default {d.Address6})
                   --host-ip6 ADDR     the kernel side's IPv6 address (default {d.HostAddress6})
                   --mtu N             link MTU, 1280-65535 (default {d.Mtu})
+                  --pcap FILE         record every packet the stack reads and writes in FILE (pcap, raw IP)
                 """;
         }
     }
@@ -169,6 +171,12 @@ public static class InterfaceOptions
                 return true;
             case "--mtu":
                 options = options with { Mtu = reader.ParseInt(option, reader.Value(option), 1280, 65535, "an MTU") };
+                return true;
+            case "--pcap":
+                var path = reader.Value(option);
+                if (path.Length == 0)
+                    throw reader.Fail($"{option}: the file name is empty");
+                options = options with { CapturePath = path };
                 return true;
             default:
                 return false;
