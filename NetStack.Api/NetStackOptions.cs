@@ -49,4 +49,10 @@ public sealed record NetStackOptions
 
     /// <summary>Connections a listener holds in SYN-RECEIVED at most; further SYNs are dropped (and counted).</summary>
     public int TcpMaxHalfOpen { get; init; } = 256;
+
+    /// <summary>
+    /// Faults to inject in both directions on the TUN device (null: none): loss, duplication,
+    /// reordering, corruption, delay, a rate limit. For testing how the stack and its peers cope.
+    /// </summary>
+    public Engine.FaultSettings? Faults { get; init; }
 }

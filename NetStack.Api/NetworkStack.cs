@@ -43,7 +43,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly KernelLink? _link;
     private readonly Thread _thread;
     private readonly long _epoch = Stopwatch.GetTimestamp();
-    private readonly NetStackStatistics _statistics = new();
+    private readonly NetStackStatistics _statistics;
 
     // Commands from other threads; drained by the loop. Guarded by _commandGate with _disposed.
     private readonly object _commandGate = new();
@@ -85,6 +85,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null)
     {
         _link = link;
+        // On a fault-injecting device the stack's counters and the fault counters are one set.
+        _statistics = device is FaultInjectingDevice faulty ? faulty.Statistics : new NetStackStatistics();
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
@@ -131,7 +133,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 if (options.Address6 is not null && options.HostAddress6 is not null)
                     link.AddAddress(options.HostAddress6, options.Address6);
             }
-            return new NetworkStack(options, new TunPacketDevice(device), device.Name, link);
+            IPacketDevice packets = new TunPacketDevice(device);
+            if (options.Faults is not null)
+                packets = new FaultInjectingDevice(packets, options.Faults);
+            return new NetworkStack(options, packets, device.Name, link);
         }
         catch
         {
@@ -180,6 +185,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("UdpReceiveQueueBytes must be positive.", nameof(options));
         if (options.IcmpErrorsPerSecond < 0)
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
+        options.Faults?.Validate();
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));
         ValidateTcp(options);
