@@ -149,6 +149,15 @@ let private badArguments =
         [ "get"; "http://[fd77::1]/"; "--ip6"; "none" ], "the stack has no --ip6 address"
         [ "bench"; "--seconds"; "0" ], "'0' is not a number of seconds"
         [ "bench"; "--udp-echo"; "7" ], "unknown option '--udp-echo'"
+        [ "serve"; "--loss"; "101%" ], "'101%' is not a percentage"
+        [ "serve"; "--dup"; "-1%" ], "'-1%' is not a percentage"
+        [ "ping"; "10.77.0.1"; "--reorder"; "lots" ], "'lots' is not a percentage"
+        [ "get"; "http://10.77.0.1/"; "--corrupt" ], "option --corrupt needs a value"
+        [ "demo"; "--delay"; "11s" ], "'11s' is not a delay"
+        [ "serve"; "--delay"; "2 ms" ], "'2 ms' is not a delay"
+        [ "bench"; "--rate"; "10G" ], "'10G' is not a rate"
+        [ "serve"; "--rate"; "999" ], "'999' is not a rate"
+        [ "serve"; "--seed"; "-3" ], "'-3' is not a seed"
     ]
 
 [<Tests>]
