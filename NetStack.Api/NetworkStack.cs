@@ -150,7 +150,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// Starts the loop on a device the caller provides (an in-memory device in tests, a wrapper that
     /// injects faults, ...). The stack owns the device from here and disposes it.
     /// </summary>
-    /// <param name="options">Addresses and limits; TunName, AttachExisting and the host addresses are not used.</param>
+    /// <param name="options">Addresses and limits; TunName, AttachExisting, the host addresses and Faults are not used (wrap the device in a <see cref="FaultInjectingDevice"/> instead).</param>
     /// <param name="device">The device.</param>
     /// <param name="interfaceName">What <see cref="InterfaceName"/> reports.</param>
     /// <exception cref="ArgumentException">An option is invalid.</exception>

@@ -34,7 +34,7 @@ let private packets (count: int) (seed: int) =
         p)
 
 /// Injects `input` into a memory device under a decorator with `inbound` faults and reads until
-/// nothing comes for 30 ms (longer than the 10 ms reorder hold; at once without faults); returns what the stack would have seen and the decorator's counters.
+/// nothing comes for 400 ms (longer than any reorder hold used here; at once without faults); returns what the stack would have seen and the decorator's counters.
 let private readThrough (inbound: FaultSettings) (input: byte[][]) =
     let memory = new MemoryPacketDevice(1500)
     use device = new FaultInjectingDevice(memory, inbound, FaultSettings())
@@ -46,7 +46,7 @@ let private readThrough (inbound: FaultSettings) (input: byte[][]) =
     let output = ResizeArray<byte[]>()
     let quiet = Stopwatch.StartNew()
     // Without faults nothing is ever held: the first empty read ends it.
-    let patience, wait = if inbound.IsNone then 0L, 0 else 30L, 5
+    let patience, wait = if inbound.IsNone then 0L, 0 else 400L, 5
     let mutable reading = true
 
     while reading do
