@@ -58,4 +58,10 @@ public sealed record NetStackOptions
     /// <see cref="Diagnostics.CapturingPacketDevice"/> and start the stack on it.
     /// </summary>
     public string? CapturePath { get; init; }
+
+    /// <summary>
+    /// Faults to inject in both directions on the TUN device (null: none): loss, duplication,
+    /// reordering, corruption, delay, a rate limit. For testing how the stack and its peers cope.
+    /// </summary>
+    public Engine.FaultSettings? Faults { get; init; }
 }

@@ -44,7 +44,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly KernelLink? _link;
     private readonly Thread _thread;
     private readonly long _epoch = Stopwatch.GetTimestamp();
-    private readonly NetStackStatistics _statistics = new();
+    private readonly NetStackStatistics _statistics;
 
     // Bytes through the device, for the metrics (the packet counts live in _statistics).
     private long _bytesRead;
@@ -91,6 +91,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null)
     {
         _link = link;
+        // On a fault-injecting device the stack's counters and the fault counters are one set.
+        _statistics = FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
@@ -140,7 +142,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 if (options.Address6 is not null && options.HostAddress6 is not null)
                     link.AddAddress(options.HostAddress6, options.Address6);
             }
-            return new NetworkStack(options, WithCapture(options, new TunPacketDevice(device)), device.Name, link);
+            IPacketDevice packets = new TunPacketDevice(device);
+            if (options.Faults is not null)
+                packets = new FaultInjectingDevice(packets, options.Faults);
+            // The capture is outermost: it records what the stack itself sees, after the faults.
+            return new NetworkStack(options, WithCapture(options, packets), device.Name, link);
         }
         catch
         {
@@ -154,7 +160,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// Starts the loop on a device the caller provides (an in-memory device in tests, a wrapper that
     /// injects faults, ...). The stack owns the device from here and disposes it.
     /// </summary>
-    /// <param name="options">Addresses and limits; TunName, AttachExisting and the host addresses are not used.</param>
+    /// <param name="options">Addresses and limits; TunName, AttachExisting, the host addresses and Faults are not used (wrap the device in a <see cref="FaultInjectingDevice"/> instead).</param>
     /// <param name="device">The device.</param>
     /// <param name="interfaceName">What <see cref="InterfaceName"/> reports.</param>
     /// <exception cref="ArgumentException">An option is invalid.</exception>
@@ -168,6 +174,24 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 
     // The capture goes outermost, over any fault-injecting device: it records what the stack
     // itself reads and writes (see CapturingPacketDevice).
+    // A fault injector counts into the stack's own statistics; it may sit under a capture.
+    private static FaultInjectingDevice? FaultsWithin(IPacketDevice device)
+    {
+        while (true)
+        {
+            switch (device)
+            {
+                case FaultInjectingDevice faults:
+                    return faults;
+                case CapturingPacketDevice capture:
+                    device = capture.Inner;
+                    break;
+                default:
+                    return null;
+            }
+        }
+    }
+
     private static IPacketDevice WithCapture(NetStackOptions options, IPacketDevice device)
     {
         if (options.CapturePath is null)
@@ -202,6 +226,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
         if (options.CapturePath is not null && options.CapturePath.Length == 0)
             throw new ArgumentException("CapturePath is empty (null means no capture).", nameof(options));
+        options.Faults?.Validate();
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));
         ValidateTcp(options);

@@ -142,6 +142,15 @@ public static class InterfaceOptions
                   --host-ip6 ADDR     the kernel side's IPv6 address (default {d.HostAddress6})
                   --mtu N             link MTU, 1280-65535 (default {d.Mtu})
                   --pcap FILE         record every packet the stack reads and writes in FILE (pcap, raw IP)
+
+                fault injection (both directions, on the stack's side of the TUN device):
+                  --loss P%           drop P percent of packets (0-100, e.g. 5% or 0.5)
+                  --dup P%            deliver P percent of packets twice
+                  --reorder P%        hold P percent back until the next packet has passed
+                  --corrupt P%        flip 1-3 bits in P percent (the checksums catch them)
+                  --delay N[ms|s|us]  delay every packet (plain numbers are milliseconds)
+                  --rate N[k|M]       limit the link to N bytes per second
+                  --seed N            seed of the fault decisions (default: random)
                 """;
         }
     }
@@ -178,6 +187,27 @@ public static class InterfaceOptions
                     throw reader.Fail($"{option}: the file name is empty");
                 options = options with { CapturePath = path };
                 return true;
+            case "--loss":
+                options = WithFaults(options, f => f with { LossPercent = ParsePercent(reader, option, reader.Value(option)) });
+                return true;
+            case "--dup":
+                options = WithFaults(options, f => f with { DuplicatePercent = ParsePercent(reader, option, reader.Value(option)) });
+                return true;
+            case "--reorder":
+                options = WithFaults(options, f => f with { ReorderPercent = ParsePercent(reader, option, reader.Value(option)) });
+                return true;
+            case "--corrupt":
+                options = WithFaults(options, f => f with { CorruptPercent = ParsePercent(reader, option, reader.Value(option)) });
+                return true;
+            case "--delay":
+                options = WithFaults(options, f => f with { Delay = ParseDelay(reader, option, reader.Value(option)) });
+                return true;
+            case "--rate":
+                options = WithFaults(options, f => f with { RateLimitBytesPerSecond = ParseRate(reader, option, reader.Value(option)) });
+                return true;
+            case "--seed":
+                options = WithFaults(options, f => f with { Seed = reader.ParseInt(option, reader.Value(option), 0, int.MaxValue, "a seed") });
+                return true;
             default:
                 return false;
         }
@@ -192,6 +222,39 @@ public static class InterfaceOptions
             throw reader.Fail($"--ip and --host-ip are both {options.Address}");
         if (options.Address6 is not null && options.Address6.Equals(options.HostAddress6))
             throw reader.Fail($"--ip6 and --host-ip6 are both {options.Address6}");
+    }
+
+    private static NetStackOptions WithFaults(NetStackOptions options, Func<Engine.FaultSettings, Engine.FaultSettings> change) =>
+        options with { Faults = change(options.Faults ?? new Engine.FaultSettings()) };
+
+    /// <summary>A percentage 0-100 with an optional '%': "5%", "0.5", "100%".</summary>
+    private static double ParsePercent(ArgReader reader, string option, string text)
+    {
+        var number = text.EndsWith('%') ? text[..^1] : text;
+        if (!double.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var p) || !(p >= 0) || p > 100)
+            throw reader.Fail($"{option}: '{text}' is not a percentage (0-100%)");
+        return p;
+    }
+
+    /// <summary>A delay up to 10 s: "2ms", "500us", "1.5s", or a plain number of milliseconds.</summary>
+    private static TimeSpan ParseDelay(ArgReader reader, string option, string text)
+    {
+        var (number, scale) = text.EndsWith("ms", StringComparison.Ordinal) ? (text[..^2], 1.0)
+            : text.EndsWith("us", StringComparison.Ordinal) ? (text[..^2], 0.001)
+            : text.EndsWith('s') ? (text[..^1], 1000.0)
+            : (text, 1.0);
+        if (!double.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var n) || !(n >= 0) || n * scale > 10_000)
+            throw reader.Fail($"{option}: '{text}' is not a delay (0-10s, e.g. 2ms)");
+        return TimeSpan.FromMilliseconds(n * scale);
+    }
+
+    /// <summary>A rate in bytes per second, at least 1000: "125000", "500k", "10M" (k = 1000, M = 1000000).</summary>
+    private static long ParseRate(ArgReader reader, string option, string text)
+    {
+        var (number, scale) = text.EndsWith('k') ? (text[..^1], 1e3) : text.EndsWith('M') ? (text[..^1], 1e6) : (text, 1.0);
+        if (!double.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var n) || !(n * scale >= 1000) || n * scale > 1e12)
+            throw reader.Fail($"{option}: '{text}' is not a rate in bytes per second (1000-1e12, k and M suffixes)");
+        return (long)(n * scale);
     }
 
     private static string ParseName(ArgReader reader, string option, string name)

@@ -1,11 +1,12 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 
 namespace NetStack.Cli;
 
 /// <summary>
 /// <c>netstack serve</c>: brings the stack up, runs its services (UDP echo, TCP echo, discard, HTTP) and serves
-/// until SIGINT/SIGTERM; then disposes the stack, which removes the interface, prints the
+/// until SIGINT/SIGTERM (SIGUSR1 prints the counters on the way); then disposes the stack, which removes the interface, prints the
 /// statistics and exits 0.
 /// </summary>
 public static class ServeCommand
@@ -13,14 +14,18 @@ public static class ServeCommand
     /// <summary>The command name used in messages.</summary>
     public const string Name = "netstack serve";
 
+    /// <summary>SIGUSR1 on Linux (x86-64 and arm64).</summary>
+    private const PosixSignal SigUsr1 = (PosixSignal)10;
+
     /// <summary>The help text.</summary>
     public static string Usage => $"""
         usage: netstack serve [interface options] [--udp-echo PORT]... [--echo PORT]...
                               [--discard PORT]... [--http PORT]...
 
         Brings the stack up on a TUN interface and serves until SIGINT or SIGTERM. When everything
-        is up it prints one line beginning with 'ready' (interface name and addresses). On the
-        signal it removes the interface, prints the stack's counters and exits 0.
+        is up it prints one line beginning with 'ready' (interface name and addresses). SIGUSR1
+        prints the stack's counters (between 'statistics' and 'end statistics' lines) and serving
+        goes on. On SIGINT or SIGTERM it removes the interface, prints the counters and exits 0.
 
         services:
           --udp-echo PORT     echo every UDP datagram on PORT (IPv4 and IPv6) back to its sender;
@@ -125,6 +130,13 @@ public static class ServeCommand
 
             var echo = settings.UdpEchoPorts.Count > 0 ? $" udp-echo {string.Join(',', settings.UdpEchoPorts)}" : "";
             var tcpServices = string.Concat(settings.TcpServices.Select(t => $" {t.Service} {t.Port}"));
+            // SIGUSR1 prints the counters and serving goes on. The PosixSignal enum has no SIGUSR1;
+            // .NET takes the raw Linux number cast to it. Cancel stops the default action (exit).
+            using var dump = PosixSignalRegistration.Create(SigUsr1, context =>
+            {
+                context.Cancel = true;
+                Console.WriteLine($"statistics\n{StackStarter.FormatStatistics(stack.Statistics.Snapshot())}\nend statistics");
+            });
             Console.WriteLine($"ready {InterfaceOptions.Describe(stack)}{echo}{tcpServices}");
 
             try

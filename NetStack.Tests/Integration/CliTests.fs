@@ -77,6 +77,9 @@ extern int private kill(int pid, int signal)
 /// SIGTERM on Linux.
 let private SIGTERM = 15
 
+/// SIGUSR1 on Linux.
+let private SIGUSR1 = 10
+
 /// True while `ip link show NAME` finds the interface in this namespace. (/sys/class/net would
 /// show the namespace that mounted sysfs, not ours.)
 let private interfaceExists (name: string) =
@@ -149,6 +152,15 @@ let private badArguments =
         [ "get"; "http://[fd77::1]/"; "--ip6"; "none" ], "the stack has no --ip6 address"
         [ "bench"; "--seconds"; "0" ], "'0' is not a number of seconds"
         [ "bench"; "--udp-echo"; "7" ], "unknown option '--udp-echo'"
+        [ "serve"; "--loss"; "101%" ], "'101%' is not a percentage"
+        [ "serve"; "--dup"; "-1%" ], "'-1%' is not a percentage"
+        [ "ping"; "10.77.0.1"; "--reorder"; "lots" ], "'lots' is not a percentage"
+        [ "get"; "http://10.77.0.1/"; "--corrupt" ], "option --corrupt needs a value"
+        [ "demo"; "--delay"; "11s" ], "'11s' is not a delay"
+        [ "serve"; "--delay"; "2 ms" ], "'2 ms' is not a delay"
+        [ "bench"; "--rate"; "10G" ], "'10G' is not a rate"
+        [ "serve"; "--rate"; "999" ], "'999' is not a rate"
+        [ "serve"; "--seed"; "-3" ], "'-3' is not a seed"
     ]
 
 [<Tests>]
@@ -242,6 +254,97 @@ let tests =
                 Expect.equal p.ExitCode 0 $"exit code after SIGTERM; stderr: {stderr.Result}"
                 Expect.isFalse (interfaceExists name) "the interface is gone"
                 Expect.stringContains stdoutRest.Result "udp" "the statistics are printed"
+            }
+
+            test "serve with faults echoes UDP through them, prints its counters on SIGUSR1 and keeps serving" {
+                let name = "nsclitest92"
+
+                use p =
+                    start
+                        [
+                            "serve"
+                            "--tun"
+                            name
+                            "--ip"
+                            "10.92.0.2"
+                            "--host-ip"
+                            "10.92.0.1"
+                            "--ip6"
+                            "none"
+                            "--udp-echo"
+                            "7"
+                            "--loss"
+                            "30%"
+                            "--corrupt=1%"
+                            "--delay"
+                            "1ms"
+                            "--seed"
+                            "5"
+                        ]
+
+                waitForReady p (TimeSpan.FromSeconds 30.) |> ignore
+
+                use client =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                client.ReceiveTimeout <- 200
+                client.Connect(IPEndPoint(IPAddress.Parse "10.92.0.2", 7))
+                let buffer: byte array = Array.zeroCreate 100
+
+                // 20 echoes, each retried until it comes back through 30% loss each way.
+                let echo (i: int) =
+                    let sent = Encoding.ASCII.GetBytes $"echo {i}"
+                    let mutable back = false
+                    let mutable attempts = 0
+
+                    while not back && attempts < 40 do
+                        attempts <- attempts + 1
+                        client.Send sent |> ignore
+
+                        try
+                            let n = client.Receive buffer
+                            back <- buffer.[.. n - 1] = sent
+                        with :? SocketException ->
+                            ()
+
+                    Expect.isTrue back $"echo {i} came back"
+
+                for i in 1..20 do
+                    echo i
+
+                Expect.equal (kill (p.Id, SIGUSR1)) 0 "SIGUSR1 sent"
+                let counters = ResizeArray<string>()
+                let mutable inside = false
+                let mutable finished = false
+
+                while not finished do
+                    let line = p.StandardOutput.ReadLineAsync()
+
+                    if not (line.Wait(TimeSpan.FromSeconds 20.)) || isNull line.Result then
+                        p.Kill true
+                        failtestf "no counters after SIGUSR1; got:\n%s" (String.Join("\n", counters))
+
+                    match line.Result with
+                    | "statistics" -> inside <- true
+                    | "end statistics" -> finished <- inside
+                    | l when inside -> counters.Add l
+                    | _ -> ()
+
+                Expect.exists
+                    counters
+                    (fun l -> l.StartsWith "faults.in.drop " || l.StartsWith "faults.out.drop ")
+                    "the fault counters are printed"
+
+                Expect.exists counters (fun l -> l.StartsWith "udp.received ") "the stack's counters are printed"
+                Expect.isFalse p.HasExited "serve goes on after SIGUSR1"
+                echo 21
+                Expect.equal (kill (p.Id, SIGTERM)) 0 "SIGTERM sent"
+
+                if not (p.WaitForExit(TimeSpan.FromSeconds 20.)) then
+                    p.Kill true
+                    failtest "serve did not exit within 20 s of SIGTERM"
+
+                Expect.equal p.ExitCode 0 "exit code after SIGTERM"
             }
 
             test "serve --echo --discard --http serves kernel TCP clients and curl, then exits 0 on SIGTERM" {

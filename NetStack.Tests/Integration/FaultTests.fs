@@ -1,0 +1,520 @@
+/// The fault-injecting device: unit tests on the in-memory device (transparent when idle,
+/// deterministic per seed, rates as configured, checksums always catch its corruption), and TCP and
+/// UDP through loss, reordering, duplication and corruption with the kernel as the peer, inside the
+/// test runner's private network namespace.
+module NetStack.Tests.Integration.FaultTests
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Net
+open System.Net.Sockets
+open System.Security.Cryptography
+open System.Threading
+open System.Threading.Tasks
+open Expecto
+open FsCheck
+open FsCheck.FSharp
+open NetStack
+open NetStack.Engine
+open NetStack.Tests
+
+// ------------------------------------------------------------------------------------------
+// The decorator on a MemoryPacketDevice
+// ------------------------------------------------------------------------------------------
+
+/// Packets of 20..1500 bytes whose first four bytes are their index, the rest random.
+let private packets (count: int) (seed: int) =
+    let random = Random seed
+
+    Array.init count (fun i ->
+        let p = Array.zeroCreate<byte>(random.Next(20, 1501))
+        random.NextBytes p
+        BitConverter.TryWriteBytes(Span(p, 0, 4), i) |> ignore
+        p)
+
+/// Injects `input` into a memory device under a decorator with `inbound` faults and reads until
+/// nothing comes for 400 ms (longer than any reorder hold used here; at once without faults); returns what the stack would have seen and the decorator's counters.
+let private readThrough (inbound: FaultSettings) (input: byte[][]) =
+    let memory = new MemoryPacketDevice(1500)
+    use device = new FaultInjectingDevice(memory, inbound, FaultSettings())
+
+    for p in input do
+        memory.Inject(ReadOnlySpan p)
+
+    let buffer = Array.zeroCreate<byte> 1500
+    let output = ResizeArray<byte[]>()
+    let quiet = Stopwatch.StartNew()
+    // Without faults nothing is ever held: the first empty read ends it.
+    let patience, wait = if inbound.IsNone then 0L, 0 else 400L, 5
+    let mutable reading = true
+
+    while reading do
+        let mutable n = 0
+
+        if device.TryRead(Span buffer, wait, &n) then
+            output.Add(buffer.[0 .. n - 1])
+            quiet.Restart()
+        elif quiet.ElapsedMilliseconds >= patience then
+            reading <- false
+
+    output.ToArray(), device.Statistics
+
+/// The Internet checksum's complement sum of a whole packet (odd lengths padded, RFC 1071).
+let private complementSum (p: byte[]) =
+    NetStack.Core.Wire.Checksum.fold (NetStack.Core.Wire.Checksum.sum 0UL (ReadOnlySpan p))
+
+let private bitsDiffering (a: byte[]) (b: byte[]) =
+    Array.fold2 (fun n (x: byte) (y: byte) -> n + Numerics.BitOperations.PopCount(uint32 (x ^^^ y))) 0 a b
+
+let private mixedWith (seed: int) =
+    FaultSettings(LossPercent = 5.0, DuplicatePercent = 3.0, ReorderPercent = 5.0, CorruptPercent = 4.0, Seed = seed)
+
+let private mixed = mixedWith 42
+
+let private decoratorTests =
+    testList
+        "FaultInjectingDevice on a memory device"
+        [
+            testPropertyWithConfig
+                TestUtil.codecConfig
+                "with no faults configured every packet passes unchanged and in order"
+            <| fun (payloads: NonEmptyArray<NonEmptyArray<byte>>) ->
+                let input = payloads.Get |> Array.map (fun p -> Array.truncate 1500 p.Get)
+
+                let output, statistics = readThrough (FaultSettings()) input
+                output = input && statistics.Snapshot().Count = 0
+
+            test "the same seed gives the same drops, duplicates, reorderings and corruptions" {
+                let input = packets 2000 1
+                let first, _ = readThrough mixed input
+                let second, _ = readThrough mixed input
+                let other, _ = readThrough (mixedWith 43) input
+                Expect.equal first.Length second.Length "as many packets"
+
+                Expect.isTrue
+                    (Array.forall2 (fun (a: byte[]) b -> a = b) first second)
+                    "the same packets in the same order"
+
+                Expect.isFalse
+                    (first.Length = other.Length
+                     && Array.forall2 (fun (a: byte[]) b -> a = b) first other)
+                    "another seed differs"
+            }
+
+            test "loss, duplication, reordering and corruption happen at about their configured rates" {
+                let count = 20000
+                let input = packets count 2
+                let output, statistics = readThrough mixed input
+
+                let near (name: string) (percent: float) =
+                    let value = float statistics.[name]
+                    let expected = percent / 100.0 * float count
+                    // Binomial: 5 standard deviations is far beyond chance.
+                    let tolerance = 5.0 * sqrt (expected * (1.0 - percent / 100.0))
+                    Expect.isLessThan (abs (value - expected)) tolerance $"{name} = {value}, expected about {expected}"
+
+                near "faults.in.drop" 5.0
+                // The other decisions are made for dropped packets too, and counted only for the rest.
+                near "faults.in.duplicate" (3.0 * 0.95)
+                near "faults.in.reorder" (5.0 * 0.95)
+                near "faults.in.corrupt" (4.0 * 0.95)
+
+                Expect.equal
+                    (int64 output.Length)
+                    (int64 count - statistics.["faults.in.drop"] + statistics.["faults.in.duplicate"])
+                    "delivered = sent - dropped + duplicated"
+
+                let indexOf (p: byte[]) = BitConverter.ToInt32(p, 0)
+
+                let outOfOrder =
+                    output
+                    |> Array.pairwise
+                    |> Array.filter (fun (a, b) -> indexOf b < indexOf a)
+                    |> Array.length
+
+                Expect.isGreaterThan outOfOrder 0 "some packets overtook others"
+            }
+
+            test "every corrupted packet has 1 to 3 flipped bits and a different Internet checksum" {
+                let input = packets 5000 3
+
+                let output, statistics =
+                    readThrough (FaultSettings(CorruptPercent = 50.0, Seed = 7)) input
+
+                Expect.equal output.Length input.Length "nothing lost"
+                let mutable corrupted = 0
+
+                for i in 0 .. input.Length - 1 do
+                    let bits = bitsDiffering input.[i] output.[i]
+
+                    if bits > 0 then
+                        corrupted <- corrupted + 1
+                        Expect.isLessThanOrEqual bits 3 "at most 3 bits"
+
+                        Expect.notEqual
+                            (complementSum output.[i])
+                            (complementSum input.[i])
+                            $"packet {i}: the checksum sees the change"
+
+                Expect.equal (int64 corrupted) statistics.["faults.in.corrupt"] "every corruption counted"
+            }
+
+            test "a delayed written packet reaches the inner device only after the delay, released during a long read" {
+                let memory = new MemoryPacketDevice(1500)
+                let outbound = FaultSettings(Delay = TimeSpan.FromMilliseconds 80.0)
+                use device = new FaultInjectingDevice(memory, FaultSettings(), outbound)
+                let clock = Stopwatch.StartNew()
+                device.Write(ReadOnlySpan(Array.create 100 7uy))
+                let mutable taken = null
+                Expect.isFalse (memory.TryTakeWritten(&taken)) "held at first"
+                // Another thread watches the inner device while this one sits in a 1 s read.
+                let arrival =
+                    Task.Run(fun () ->
+                        let p = memory.WaitWritten(TimeSpan.FromSeconds 2.0)
+                        p, clock.ElapsedMilliseconds)
+
+                let buffer = Array.zeroCreate<byte> 1500
+                let mutable n = 0
+                // The engine's loop: reads that may end early (a wake) are simply repeated.
+                while not arrival.IsCompleted && clock.ElapsedMilliseconds < 3000L do
+                    device.TryRead(Span buffer, 1000, &n) |> ignore
+
+                let packet, at = arrival.Result
+                Expect.isNotNull packet "released"
+                Expect.isGreaterThanOrEqual at 75L "not before the delay"
+                Expect.isLessThan at 600L "during the read: its wait shrank to the release time"
+            }
+
+            test "the rate limit paces packets and drops beyond its queue" {
+                let memory = new MemoryPacketDevice(1500)
+                // 1 MB/s with a 3000-byte bucket: 200 packets of 1000 bytes take about 0.2 s.
+                let outbound =
+                    FaultSettings(RateLimitBytesPerSecond = 1_000_000L, RateLimitQueuePackets = 1000)
+
+                use device = new FaultInjectingDevice(memory, FaultSettings(), outbound)
+                let clock = Stopwatch.StartNew()
+
+                for _ in 1..200 do
+                    device.Write(ReadOnlySpan(Array.zeroCreate<byte> 1000))
+
+                let buffer = Array.zeroCreate<byte> 1500
+                let mutable n = 0
+                let mutable got = 0
+                let mutable taken = null
+
+                while got < 200 && clock.ElapsedMilliseconds < 3000L do
+                    device.TryRead(Span buffer, 50, &n) |> ignore
+
+                    while memory.TryTakeWritten(&taken) do
+                        got <- got + 1
+
+                Expect.equal got 200 "every packet was sent"
+                Expect.isGreaterThan clock.ElapsedMilliseconds 150L "paced at about the rate"
+                // A short queue: the bucket's 3 packets pass, 10 wait, the rest are dropped.
+                let memory = new MemoryPacketDevice(1500)
+
+                let outbound =
+                    FaultSettings(RateLimitBytesPerSecond = 1_000_000L, RateLimitQueuePackets = 10)
+
+                use device = new FaultInjectingDevice(memory, FaultSettings(), outbound)
+
+                for _ in 1..100 do
+                    device.Write(ReadOnlySpan(Array.zeroCreate<byte> 1000))
+
+                Expect.isGreaterThan device.Statistics.["faults.out.rate-drop"] 50L "the excess was dropped"
+
+                Expect.isLessThanOrEqual
+                    device.Statistics.["faults.out.rate-queued"]
+                    10L
+                    "at most the queue's size waited"
+            }
+
+            test "settings out of range are refused" {
+                let memory = new MemoryPacketDevice(1500)
+
+                Expect.throwsT<ArgumentException>
+                    (fun () -> new FaultInjectingDevice(memory, FaultSettings(LossPercent = 101.0)) |> ignore)
+                    "loss over 100%"
+
+                Expect.throwsT<ArgumentException>
+                    (fun () ->
+                        new FaultInjectingDevice(memory, FaultSettings(Delay = TimeSpan.FromSeconds -1.0))
+                        |> ignore)
+                    "a negative delay"
+            }
+        ]
+
+// ------------------------------------------------------------------------------------------
+// With the kernel as the peer
+// ------------------------------------------------------------------------------------------
+
+/// The issue's fault mix: 5% loss, 5% reordering, 1% duplicates, 0.5% corruption, both directions.
+let private issueFaults (seed: int) =
+    FaultSettings(LossPercent = 5.0, ReorderPercent = 5.0, DuplicatePercent = 1.0, CorruptPercent = 0.5, Seed = seed)
+
+/// Each test gets its own interface and subnet (10.91.N.0/24, fd91:N::/64).
+let private optionsFor (n: int) =
+    NetStackOptions(
+        TunName = $"nsfault{n}",
+        Address = IPAddress.Parse $"10.91.{n}.2",
+        HostAddress = IPAddress.Parse $"10.91.{n}.1",
+        Address6 = IPAddress.Parse $"fd91:{n}::2",
+        HostAddress6 = IPAddress.Parse $"fd91:{n}::1",
+        TcpLinger = TimeSpan.FromSeconds 10.0,
+        Faults = issueFaults (1000 + n)
+    )
+
+let private families (n: int) =
+    [
+        IPAddress.Parse $"10.91.{n}.2", IPAddress.Parse $"10.91.{n}.1"
+        IPAddress.Parse $"fd91:{n}::2", IPAddress.Parse $"fd91:{n}::1"
+    ]
+
+let private timeout = TimeSpan.FromSeconds 60.0
+
+let private wait (task: Task<'T>) =
+    if not (task.Wait timeout) then
+        failtest "timed out"
+
+    task.Result
+
+let private withStack (n: int) (f: NetworkStack -> unit) =
+    use stack = NetworkStack.Start(optionsFor n)
+
+    try
+        f stack
+    with e ->
+        failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+
+/// Streams `total` bytes of a random pattern to `stream`; returns their SHA-256.
+let private sendPattern (stream: Stream) (total: int64) =
+    task {
+        let chunk = Array.zeroCreate<byte>(1 <<< 20)
+        Random(11).NextBytes chunk
+        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
+        let mutable sent = 0L
+
+        while sent < total do
+            let n = int (min (int64 chunk.Length) (total - sent))
+            hash.AppendData(chunk, 0, n)
+            do! stream.WriteAsync(ReadOnlyMemory(chunk, 0, n))
+            sent <- sent + int64 n
+
+        return Convert.ToHexString(hash.GetHashAndReset())
+    }
+
+/// Reads `stream` to its end (the peer's FIN); returns (bytes, SHA-256).
+let private receiveHashed (stream: Stream) =
+    task {
+        let buffer = Array.zeroCreate<byte>(1 <<< 18)
+        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
+        let mutable total = 0L
+        let mutable n = 1
+
+        while n > 0 do
+            let! read = stream.ReadAsync(Memory buffer)
+            n <- read
+            hash.AppendData(buffer, 0, n)
+            total <- total + int64 n
+
+        return total, Convert.ToHexString(hash.GetHashAndReset())
+    }
+
+/// Bytes sent in each direction per family through the faults.
+let private faultBytes = 2L * 1024L * 1024L
+
+/// Datagrams of the UDP echo exchange per family.
+let private udpRequests = 400
+
+/// The request (and expected echo) for sequence number `i`: its index, then a pattern it determines.
+let private udpPayload (i: int) =
+    let random = Random i
+    let p = Array.zeroCreate<byte>(8 + random.Next(1, 1200))
+    random.NextBytes p
+    BitConverter.TryWriteBytes(Span(p, 0, 4), i) |> ignore
+    BitConverter.TryWriteBytes(Span(p, 4, 4), p.Length) |> ignore
+    p
+
+/// True when `data` is exactly the payload its first four bytes name.
+let private isIntact (data: ReadOnlySpan<byte>) =
+    data.Length >= 8
+    && (let i = BitConverter.ToInt32 data
+        i >= 0 && i < udpRequests && data.SequenceEqual(ReadOnlySpan(udpPayload i)))
+
+let private kernelTests =
+    testSequenced
+    <| testList
+        "faults with the kernel"
+        [
+            test
+                "TCP bytes cross each way intact (SHA-256) through loss, reordering, duplicates and corruption, and both sides close cleanly, IPv4 and IPv6" {
+                withStack 1 (fun stack ->
+                    for (stackAddress, kernelAddress) in families 1 do
+                        let clock = Stopwatch.StartNew()
+                        // Kernel to NetStack: NetStack reads to the kernel's FIN, then closes its side.
+                        use listener = stack.ListenTcp(IPEndPoint(stackAddress, 9))
+
+                        let sink =
+                            task {
+                                let! connection = listener.AcceptAsync()
+                                let! result = receiveHashed connection
+                                do! connection.DisposeAsync()
+                                return result
+                            }
+
+                        let sentHash, kernelSawFin =
+                            task {
+                                use socket =
+                                    new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+
+                                do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
+                                use stream = new NetworkStream(socket)
+                                let! hash = sendPattern stream faultBytes
+                                socket.Shutdown SocketShutdown.Send
+                                // NetStack's FIN: the kernel's read returns 0.
+                                let! rest = stream.ReadAsync(Memory(Array.zeroCreate<byte> 16))
+                                return hash, (rest = 0)
+                            }
+                            |> wait
+
+                        let received, receivedHash = wait sink
+                        Expect.equal received faultBytes "every byte arrived at NetStack"
+                        Expect.equal receivedHash sentHash "the same bytes at NetStack"
+                        Expect.isTrue kernelSawFin "NetStack closed with a FIN"
+                        let inbound = clock.Elapsed.TotalSeconds
+                        // NetStack to kernel.
+                        use kernel =
+                            new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+
+                        kernel.Bind(IPEndPoint(kernelAddress, 0))
+                        kernel.Listen 4
+
+                        let kernelSink =
+                            task {
+                                use! socket = kernel.AcceptAsync()
+                                use stream = new NetworkStream(socket)
+                                return! receiveHashed stream
+                            }
+
+                        clock.Restart()
+
+                        let sentHash =
+                            task {
+                                let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
+                                let! hash = sendPattern connection faultBytes
+                                // A graceful close: waits until the kernel acknowledged data and FIN.
+                                do! connection.DisposeAsync()
+                                return hash
+                            }
+                            |> wait
+
+                        let received, receivedHash = wait kernelSink
+                        Expect.equal received faultBytes "every byte arrived at the kernel"
+                        Expect.equal receivedHash sentHash "the same bytes at the kernel"
+
+                        printfn
+                            $"TCP through faults over {stackAddress.AddressFamily}, {faultBytes >>> 20} MiB each way: in %.1f{inbound} s, out %.1f{clock.Elapsed.TotalSeconds} s"
+
+                    let s = stack.Statistics
+
+                    for name in
+                        [
+                            "faults.in.drop"
+                            "faults.out.drop"
+                            "faults.in.corrupt"
+                            "faults.out.corrupt"
+                            "faults.in.reorder"
+                            "faults.out.duplicate"
+                        ] do
+                        Expect.isGreaterThan s.[name] 0L $"{name} happened")
+            }
+
+            test
+                "UDP echo with application retries through the same faults never delivers a corrupted datagram, IPv4 and IPv6" {
+                withStack 2 (fun stack ->
+                    use cancel = new CancellationTokenSource()
+                    use server = stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 7))
+                    let mutable badAtStack = 0
+
+                    let echo =
+                        task {
+                            let buffer = Array.zeroCreate<byte> 2048
+
+                            try
+                                while true do
+                                    let! r = server.ReceiveFromAsync(Memory buffer, cancel.Token)
+
+                                    if not (isIntact (ReadOnlySpan(buffer, 0, r.ReceivedBytes))) then
+                                        Interlocked.Increment(&badAtStack) |> ignore
+
+                                    let! _ =
+                                        server.SendToAsync(
+                                            ReadOnlyMemory(buffer, 0, r.ReceivedBytes),
+                                            r.RemoteEndPoint :?> IPEndPoint
+                                        )
+
+                                    ()
+                            with _ ->
+                                ()
+                        }
+
+                    for (stackAddress, _) in families 2 do
+                        use client =
+                            new Socket(stackAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+
+                        client.Connect(IPEndPoint(stackAddress, 7))
+                        client.ReceiveTimeout <- 50
+                        let buffer = Array.zeroCreate<byte> 2048
+                        let mutable badAtKernel = 0
+                        let mutable retries = 0
+
+                        for i in 0 .. udpRequests - 1 do
+                            let request = udpPayload i
+                            let mutable answered = false
+                            let mutable attempts = 0
+
+                            while not answered do
+                                attempts <- attempts + 1
+
+                                if attempts > 50 then
+                                    failtestf "request %d got no answer in 50 attempts" i
+
+                                client.Send request |> ignore
+                                let mutable waiting = true
+
+                                while waiting do
+                                    try
+                                        let n = client.Receive buffer
+
+                                        if not (isIntact (ReadOnlySpan(buffer, 0, n))) then
+                                            badAtKernel <- badAtKernel + 1
+                                        elif BitConverter.ToInt32(buffer, 0) = i then
+                                            answered <- true
+                                            waiting <- false
+                                    // Late answers to earlier requests (duplicates, retries) are intact but not ours: keep waiting.
+                                    with :? SocketException ->
+                                        retries <- retries + 1
+                                        waiting <- false
+
+                        Expect.equal
+                            badAtKernel
+                            0
+                            $"no corrupted echo reached the kernel's socket over {stackAddress.AddressFamily}"
+
+                        printfn
+                            $"UDP echo through faults over {stackAddress.AddressFamily}: {udpRequests} requests, {retries} retries"
+
+                    cancel.Cancel()
+                    echo.Wait(timeout) |> ignore
+                    Expect.equal badAtStack 0 "no corrupted request reached NetStack's socket"
+
+                    Expect.isGreaterThan
+                        (stack.Statistics.["faults.in.corrupt"] + stack.Statistics.["faults.out.corrupt"])
+                        0L
+                        "corruption happened")
+            }
+        ]
+
+[<Tests>]
+let tests = testList "Faults" [ decoratorTests; kernelTests ]
