@@ -175,7 +175,10 @@ let private allocationTest =
 
         // A few bytes may come from the runtime itself (tiered JIT), never per packet.
         let allocated = GC.GetAllocatedBytesForCurrentThread() - before
-        Expect.isLessThan allocated 1_000L $"{allocated} bytes for 20000 packets"
+        // Under one byte per packet: any allocation per packet (24 bytes at least) would be
+        // 480 KB here, while one-time runtime work on this thread (tier-up, a lazy init) is
+        // tolerated; it showed up as 8 KB once under a loaded full-suite run.
+        Expect.isLessThan allocated 20_000L $"{allocated} bytes for 20000 packets"
     }
 
 [<Tests>]
