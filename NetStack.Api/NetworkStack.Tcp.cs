@@ -117,7 +117,8 @@ public sealed partial class NetworkStack
         }
     }
 
-    // The families an endpoint's address covers, as BindUdp reads it.
+    // The families a local endpoint's address covers (BindUdp and ListenTcp): IPv6Any is both,
+    // Any is IPv4, a stack address its own family; anything else is AddressNotAvailable.
     private (bool V4, bool V6) Families(IPEndPoint localEndPoint)
     {
         var address = localEndPoint.Address;

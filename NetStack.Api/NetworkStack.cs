@@ -667,28 +667,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     public UdpSocket BindUdp(IPEndPoint localEndPoint)
     {
         ArgumentNullException.ThrowIfNull(localEndPoint);
-        var address = localEndPoint.Address;
-        bool v4, v6;
-        if (address.Equals(IPAddress.IPv6Any))
-            (v4, v6) = (_address4 is not null, _address6 is not null);
-        else if (address.Equals(IPAddress.Any))
-            (v4, v6) = (true, false);
-        else if (address.AddressFamily == AddressFamily.InterNetwork)
-        {
-            if (!address.Equals(Options.Address))
-                throw new SocketException((int)SocketError.AddressNotAvailable);
-            (v4, v6) = (true, false);
-        }
-        else
-        {
-            if (!address.Equals(Options.Address6))
-                throw new SocketException((int)SocketError.AddressNotAvailable);
-            (v4, v6) = (false, true);
-        }
-        if ((v4 && _address4 is null) || (!v4 && !v6))
-            throw new ArgumentException($"The stack has no IPv4 address for {localEndPoint}.", nameof(localEndPoint));
-        if (v6 && _address6 is null)
-            throw new ArgumentException($"The stack has no IPv6 address for {localEndPoint}.", nameof(localEndPoint));
+        var (v4, v6) = Families(localEndPoint);
         lock (_portGate)
         {
             lock (_commandGate)
@@ -698,7 +677,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 port = PickEphemeralPort(v4, v6);
             else if ((v4 && _udp4.ContainsKey((ushort)port)) || (v6 && _udp6.ContainsKey((ushort)port)))
                 throw new SocketException((int)SocketError.AddressAlreadyInUse);
-            var socket = new UdpSocket(this, new IPEndPoint(address, port), v4, v6, Options.UdpReceiveQueueBytes);
+            var socket = new UdpSocket(this, new IPEndPoint(localEndPoint.Address, port), v4, v6, Options.UdpReceiveQueueBytes);
             if (v4)
                 _udp4[(ushort)port] = socket;
             if (v6)

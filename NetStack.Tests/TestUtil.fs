@@ -3,6 +3,7 @@ module NetStack.Tests.TestUtil
 
 open System
 open System.IO
+open System.Security.Cryptography
 open Expecto
 
 /// Property configuration for codec properties: many cases, cheap each.
@@ -38,3 +39,38 @@ let repoRoot =
                 up dir.Parent
 
          up (DirectoryInfo AppContext.BaseDirectory))
+
+/// Streams `total` bytes (a 1 MiB random block from `seed`, repeated) to `stream`; returns
+/// their SHA-256 as hex.
+let sendPattern (seed: int) (stream: Stream) (total: int64) =
+    task {
+        let chunk = Array.zeroCreate<byte>(1 <<< 20)
+        Random(seed).NextBytes chunk
+        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
+        let mutable sent = 0L
+
+        while sent < total do
+            let n = int (min (int64 chunk.Length) (total - sent))
+            hash.AppendData(chunk, 0, n)
+            do! stream.WriteAsync(ReadOnlyMemory(chunk, 0, n))
+            sent <- sent + int64 n
+
+        return Convert.ToHexString(hash.GetHashAndReset())
+    }
+
+/// Reads `stream` to its end (the peer's FIN); returns (bytes, SHA-256 as hex).
+let receiveHashed (stream: Stream) =
+    task {
+        let buffer = Array.zeroCreate<byte>(1 <<< 18)
+        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
+        let mutable total = 0L
+        let mutable n = 1
+
+        while n > 0 do
+            let! read = stream.ReadAsync(Memory buffer)
+            n <- read
+            hash.AppendData(buffer, 0, n)
+            total <- total + int64 n
+
+        return total, Convert.ToHexString(hash.GetHashAndReset())
+    }

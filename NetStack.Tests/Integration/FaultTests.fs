@@ -287,39 +287,9 @@ let private withStack (n: int) (f: NetworkStack -> unit) =
     with e ->
         failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
 
-/// Streams `total` bytes of a random pattern to `stream`; returns their SHA-256.
-let private sendPattern (stream: Stream) (total: int64) =
-    task {
-        let chunk = Array.zeroCreate<byte>(1 <<< 20)
-        Random(11).NextBytes chunk
-        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
-        let mutable sent = 0L
+let private sendPattern (stream: Stream) total = TestUtil.sendPattern 11 stream total
 
-        while sent < total do
-            let n = int (min (int64 chunk.Length) (total - sent))
-            hash.AppendData(chunk, 0, n)
-            do! stream.WriteAsync(ReadOnlyMemory(chunk, 0, n))
-            sent <- sent + int64 n
-
-        return Convert.ToHexString(hash.GetHashAndReset())
-    }
-
-/// Reads `stream` to its end (the peer's FIN); returns (bytes, SHA-256).
-let private receiveHashed (stream: Stream) =
-    task {
-        let buffer = Array.zeroCreate<byte>(1 <<< 18)
-        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
-        let mutable total = 0L
-        let mutable n = 1
-
-        while n > 0 do
-            let! read = stream.ReadAsync(Memory buffer)
-            n <- read
-            hash.AppendData(buffer, 0, n)
-            total <- total + int64 n
-
-        return total, Convert.ToHexString(hash.GetHashAndReset())
-    }
+let private receiveHashed (stream: Stream) = TestUtil.receiveHashed stream
 
 /// Bytes sent in each direction per family through the faults.
 let private faultBytes = 2L * 1024L * 1024L

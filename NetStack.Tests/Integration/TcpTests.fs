@@ -127,38 +127,9 @@ let private kernelListener (address: IPAddress) =
     listener.Listen 512
     listener
 
-/// Streams `total` bytes of a repeating random pattern to `stream`, hashing them; returns the hash.
-let private sendPattern (stream: Stream) (total: int64) =
-    task {
-        let chunk = payload (1 <<< 20) 7
-        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
-        let mutable sent = 0L
+let private sendPattern (stream: Stream) total = TestUtil.sendPattern 7 stream total
 
-        while sent < total do
-            let n = int (min (int64 chunk.Length) (total - sent))
-            hash.AppendData(chunk, 0, n)
-            do! stream.WriteAsync(ReadOnlyMemory(chunk, 0, n))
-            sent <- sent + int64 n
-
-        return Convert.ToHexString(hash.GetHashAndReset())
-    }
-
-/// Reads `stream` to its end, hashing; returns (bytes, hash).
-let private receiveHashed (stream: Stream) =
-    task {
-        let buffer = Array.zeroCreate<byte>(1 <<< 18)
-        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
-        let mutable total = 0L
-        let mutable n = 1
-
-        while n > 0 do
-            let! read = stream.ReadAsync(Memory buffer)
-            n <- read
-            hash.AppendData(buffer, 0, n)
-            total <- total + int64 n
-
-        return total, Convert.ToHexString(hash.GetHashAndReset())
-    }
+let private receiveHashed (stream: Stream) = TestUtil.receiveHashed stream
 
 let private bulkBytes = 100L * 1024L * 1024L
 
