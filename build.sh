@@ -9,7 +9,7 @@
 #   ./build.sh check-format  fail when formatting differs
 #   ./build.sh paket ARGS    run Paket (install/update/...) and keep paket.lock free of registry URLs
 #   ./build.sh netstack ARGS run the netstack command with ARGS
-#   ./build.sh pack [DIR]    make the NuGet packages (NetStack.Core, NetStack.Api, the NetStack.Cli tool) in DIR (artifacts)
+#   ./build.sh pack [DIR]    make the NuGet packages (NetStack.Core, NetStack.Api, NetStack.AspNetCore, the NetStack.Cli tool) in DIR (artifacts)
 #
 # Package source: Paket reads it from NETSTACK_NUGET_SOURCE. When that is unset, this script
 # takes the first enabled source from the user's own NuGet configuration (`dotnet nuget list
@@ -41,7 +41,7 @@ restore() {
 # The C# projects checked by `dotnet format` (F# is Fantomas's). Roslyn's workspace cannot load
 # F# projects, so it resolves NetStack.Core from its built assembly: build that first (the
 # workspace uses the default Debug configuration).
-CSHARP_PROJECTS="NetStack.Api/NetStack.Api.csproj NetStack.Cli/NetStack.Cli.csproj examples/EchoAndHttp/EchoAndHttp.csproj"
+CSHARP_PROJECTS="NetStack.Api/NetStack.Api.csproj NetStack.AspNetCore/NetStack.AspNetCore.csproj NetStack.Cli/NetStack.Cli.csproj examples/EchoAndHttp/EchoAndHttp.csproj"
 build_core_for_format() {
   dotnet build NetStack.Core -v q -nologo >/dev/null
 }

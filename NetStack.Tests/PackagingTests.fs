@@ -1,5 +1,5 @@
-/// `dotnet pack` makes proper packages: NetStack.Core and NetStack.Api with their metadata, README
-/// and license, and NetStack.Cli as a .NET tool that installs from a local folder and runs.
+/// `dotnet pack` makes proper packages: NetStack.Core, NetStack.Api and NetStack.AspNetCore with
+/// their metadata, README and license, and NetStack.Cli as a .NET tool that installs from a local folder and runs.
 ///
 /// The test run has no route out of its network namespace, so nothing here may need a registry:
 /// it packs the already built Release binaries (`--no-build`) and installs the tool with a NuGet
@@ -122,6 +122,27 @@ let tests =
                 Expect.contains apiFiles "README.md" "README packed"
                 Expect.contains apiFiles "lib/net10.0/NetStack.Api.dll" "the assembly"
                 Expect.contains apiFiles "lib/net10.0/NetStack.Api.xml" "the XML docs"
+            }
+
+            test
+                "NetStack.AspNetCore packs with its metadata, a dependency on NetStack.Api and the ASP.NET Core framework reference" {
+                let folder, cleanup = tempFolder ()
+                use _ = cleanup
+                pack "NetStack.AspNetCore/NetStack.AspNetCore.csproj" folder
+                let web = single folder "NetStack.AspNetCore"
+                let spec = nuspec web
+                expectLibraryMetadata spec "NetStack.AspNetCore"
+                Expect.stringContains spec "id=\"NetStack.Api\"" "depends on the Api package"
+
+                Expect.stringContains
+                    spec
+                    "<frameworkReference name=\"Microsoft.AspNetCore.App\""
+                    "references the ASP.NET Core shared framework"
+
+                let files = entries web
+                Expect.contains files "README.md" "README packed"
+                Expect.contains files "lib/net10.0/NetStack.AspNetCore.dll" "the assembly"
+                Expect.contains files "lib/net10.0/NetStack.AspNetCore.xml" "the XML docs"
             }
 
             test "NetStack.Cli packs as a .NET tool that installs from a local folder and runs netstack --help" {

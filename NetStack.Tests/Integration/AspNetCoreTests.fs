@@ -1,0 +1,234 @@
+/// ASP.NET Core on NetStack: a minimal web app whose Kestrel uses the NetStack transport
+/// (NetStack.AspNetCore), with the kernel's curl as the client, inside the test runner's private
+/// network namespace.
+module NetStack.Tests.Integration.AspNetCoreTests
+
+open System
+open System.IO
+open System.Net
+open System.Security.Cryptography
+open System.Threading.Tasks
+open Microsoft.AspNetCore.Builder
+open Microsoft.AspNetCore.Hosting
+open Microsoft.AspNetCore.Http
+open Microsoft.AspNetCore.Server.Kestrel.Core
+open System.Security.Cryptography.X509Certificates
+open Microsoft.Extensions.Logging
+open Expecto
+open NetStack
+open NetStack.AspNetCore
+open NetStack.Tests
+
+/// Each test gets its own interface and subnet (10.97.N.0/24, fd97:N::/64).
+let private optionsFor (n: int) =
+    NetStackOptions(
+        TunName = $"ns97web{n}",
+        Address = IPAddress.Parse $"10.97.{n}.2",
+        HostAddress = IPAddress.Parse $"10.97.{n}.1",
+        Address6 = IPAddress.Parse $"fd97:{n}::2",
+        HostAddress6 = IPAddress.Parse $"fd97:{n}::1",
+        TcpLinger = TimeSpan.FromSeconds 2.0
+    )
+
+let private timeout = TimeSpan.FromSeconds 30.0
+
+let private waitUnit (task: Task) =
+    if not (task.Wait timeout) then
+        failtest "timed out"
+
+/// The URL authority of an address and port ("10.0.0.1:80", "[fd00::1]:80").
+let private authority (address: IPAddress) (port: int) =
+    if address.AddressFamily = Sockets.AddressFamily.InterNetworkV6 then
+        $"[{address}]:{port}"
+    else
+        $"{address}:{port}"
+
+/// A minimal app on `stack`: GET /hello answers a fixed text, POST /sha256 answers the SHA-256
+/// (hex) and length of the request body. Listens on `urls` and what `kestrel` configures; logging
+/// off.
+let private webAppWith (stack: NetworkStack) (urls: string list) (kestrel: KestrelServerOptions -> unit) =
+    let builder = WebApplication.CreateSlimBuilder(WebApplicationOptions(Args = [||]))
+
+    builder.Logging.ClearProviders() |> ignore
+    builder.WebHost.UseNetStack stack |> ignore
+    builder.WebHost.ConfigureKestrel kestrel |> ignore
+    let app = builder.Build()
+
+    app.MapGet("/hello", Func<string>(fun () -> "hello from ASP.NET Core on NetStack"))
+    |> ignore
+
+    app.MapPost(
+        "/sha256",
+        RequestDelegate(fun context ->
+            task {
+                use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
+                let buffer = Array.zeroCreate<byte> 65536
+                let mutable total = 0L
+                let mutable n = 1
+
+                while n > 0 do
+                    let! read = context.Request.Body.ReadAsync(Memory buffer)
+                    n <- read
+                    hash.AppendData(buffer, 0, n)
+                    total <- total + int64 n
+
+                do! context.Response.WriteAsync($"{Convert.ToHexString(hash.GetHashAndReset())} {total}")
+            }
+            :> Task)
+    )
+    |> ignore
+
+    for url in urls do
+        app.Urls.Add url
+
+    app
+
+let private webApp (stack: NetworkStack) (urls: string list) = webAppWith stack urls ignore
+
+/// Runs curl ARGS from the kernel side; returns (exit code, output).
+let private curl (args: string list) =
+    Isolation.run "curl" ([ "--silent"; "--show-error"; "--max-time"; "30"; "--globoff" ] @ args)
+
+[<Tests>]
+let tests =
+    testSequenced
+    <| testList
+        "AspNetCore on NetStack"
+        [
+            test
+                "curl gets a page and posts 1 MiB to a minimal app served through NetStack, IPv4 and IPv6, and the app stops cleanly" {
+                use stack = NetworkStack.Start(optionsFor 4)
+                let addresses = [ stack.Options.Address; stack.Options.Address6 ]
+
+                let app = webApp stack [ for a in addresses -> $"http://{authority a 8080}" ]
+
+                waitUnit (app.StartAsync())
+
+                let folder = Directory.CreateTempSubdirectory "netstack-web"
+
+                try
+                    let body = Array.zeroCreate<byte>(1 <<< 20)
+                    Random(4).NextBytes body
+                    let file = Path.Combine(folder.FullName, "body.bin")
+                    File.WriteAllBytes(file, body)
+                    let expected = $"{Convert.ToHexString(SHA256.HashData body)} {body.Length}"
+
+                    for address in addresses do
+                        let baseUrl = $"http://{authority address 8080}"
+                        let code, page = curl [ $"{baseUrl}/hello" ]
+                        Expect.equal code 0 $"curl GET over {address}: {page}"
+                        Expect.equal page "hello from ASP.NET Core on NetStack" "the page"
+
+                        let code, answer =
+                            curl
+                                [
+                                    "--data-binary"
+                                    $"@{file}"
+                                    "-H"
+                                    "Content-Type: application/octet-stream"
+                                    $"{baseUrl}/sha256"
+                                ]
+
+                        Expect.equal code 0 $"curl POST over {address}: {answer}"
+                        Expect.equal answer expected "the app read the whole 1 MiB body intact"
+
+                        // Two requests on one kept-alive connection.
+                        let code, pages = curl [ $"{baseUrl}/hello"; $"{baseUrl}/hello" ]
+                        Expect.equal code 0 $"two GETs over {address}: {pages}"
+
+                        Expect.equal
+                            pages
+                            "hello from ASP.NET Core on NetStackhello from ASP.NET Core on NetStack"
+                            "both answers"
+                finally
+                    folder.Delete true
+
+                waitUnit (app.StopAsync())
+                waitUnit ((app.DisposeAsync()).AsTask())
+                // The app released its port on the stack: it can be bound again.
+                use again = stack.ListenTcp 8080
+                Expect.equal again.LocalEndPoint.Port 8080 "port 8080 is free after the app stopped"
+                Expect.equal stack.Statistics.["tcp.reset-received"] 0L "curl reset no connection"
+                Expect.equal stack.Statistics.["tcp.aborted"] 0L "the transport aborted no connection"
+            }
+
+            test "a port taken on the stack makes the app fail to start with an address-in-use error" {
+                use stack = NetworkStack.Start(optionsFor 5)
+                use _taken = stack.ListenTcp 8080
+                let app = webApp stack [ $"http://{authority stack.Options.Address 8080}" ]
+
+                try
+                    let start = app.StartAsync()
+
+                    let failed =
+                        try
+                            start.Wait timeout |> ignore
+                            None
+                        with :? AggregateException as e ->
+                            Some e.InnerException
+
+                    match failed with
+                    | Some(:? IOException as e) ->
+                        Expect.stringContains e.Message "address already in use" "Kestrel's bind failure"
+                    | other -> failtestf "expected Kestrel's IOException, got %A" other
+                finally
+                    (app.DisposeAsync()).AsTask().Wait timeout |> ignore
+            }
+
+            test "Kestrel's own HTTPS runs over the NetStack transport: curl verifies the certificate, IPv4 and IPv6" {
+                use stack = NetworkStack.Start(optionsFor 6)
+                let folder = Directory.CreateTempSubdirectory "netstack-web-tls"
+
+                try
+                    let cert = Path.Combine(folder.FullName, "cert.pem")
+                    let key = Path.Combine(folder.FullName, "key.pem")
+
+                    let code, output =
+                        Isolation.run
+                            "openssl"
+                            [
+                                "req"
+                                "-x509"
+                                "-newkey"
+                                "ec"
+                                "-pkeyopt"
+                                "ec_paramgen_curve:P-256"
+                                "-nodes"
+                                "-keyout"
+                                key
+                                "-out"
+                                cert
+                                "-days"
+                                "2"
+                                "-subj"
+                                "/CN=netstack-web"
+                                "-addext"
+                                $"subjectAltName=IP:{stack.Options.Address},IP:{stack.Options.Address6}"
+                            ]
+
+                    Expect.equal code 0 $"openssl req: {output}"
+                    use certificate = X509Certificate2.CreateFromPemFile(cert, key)
+                    let addresses = [ stack.Options.Address; stack.Options.Address6 ]
+
+                    let app =
+                        webAppWith stack [] (fun kestrel ->
+                            for address in addresses do
+                                kestrel.Listen(address, 8443, (fun listen -> listen.UseHttps certificate |> ignore)))
+
+                    waitUnit (app.StartAsync())
+
+                    try
+                        for address in addresses do
+                            // --cacert: curl checks the chain and that the certificate names the address.
+                            let code, page =
+                                curl [ "--cacert"; cert; $"https://{authority address 8443}/hello" ]
+
+                            Expect.equal code 0 $"curl over https to {address}: {page}"
+                            Expect.equal page "hello from ASP.NET Core on NetStack" "the page, over TLS"
+                    finally
+                        waitUnit (app.StopAsync())
+                        waitUnit ((app.DisposeAsync()).AsTask())
+                finally
+                    folder.Delete true
+            }
+        ]
