@@ -7,23 +7,27 @@ using System.Text;
 namespace NetStack.Cli;
 
 /// <summary>
-/// <c>netstack bench</c>: end-to-end UDP round-trip latency and datagram rate between a kernel
-/// .NET <see cref="Socket"/> and a UDP echo on the stack, beside the same measurement between
-/// two kernel namespaces over a veth pair, all inside a private network namespace.
+/// <c>netstack bench</c>: the same kernel .NET <see cref="Socket"/> client code against services
+/// on the stack (through its TUN interface) and against the same services in a second kernel
+/// namespace over a veth pair, in one run inside a private network namespace; prints both
+/// figures and their ratio for UDP round trips and rate, TCP 1-byte ping-pong, short TCP
+/// connections per second, and TCP bulk throughput both ways with the managed bytes allocated per
+/// packet during it.
 /// </summary>
 /// <remarks>
 /// The kernel baseline: a veth pair whose far end lives in a child namespace (<c>unshare --net</c>)
-/// where a second netstack process (<see cref="RunEchoPeer"/>) runs a plain-Socket UDP echo. The
+/// where a second netstack process (<see cref="RunEchoPeer"/>) runs plain-Socket services. The
 /// child namespace and its veth end vanish with that process; the near end is deleted as well.
-/// Both echoes are .NET code and the client is the same, so the ratio compares the paths:
-/// TUN + NetStack against the kernel's own UDP/IP over veth.
+/// Both sides' services are .NET code and the client is the same, so the ratio compares the
+/// paths: TUN + NetStack against the kernel's own TCP/UDP/IP over veth. Both links get the MTU of
+/// <c>--mtu</c>.
 /// </remarks>
 public static class BenchCommand
 {
     /// <summary>The command name used in messages.</summary>
     public const string Name = "netstack bench";
 
-    /// <summary>Hidden subcommand: the kernel UDP echo in the peer namespace.</summary>
+    /// <summary>Hidden subcommand: the kernel services in the peer namespace.</summary>
     public const string EchoPeerCommand = "__bench-echo-peer";
 
     /// <summary>UDP port of both echo services.</summary>
@@ -35,43 +39,100 @@ public static class BenchCommand
     /// <summary>TCP source port of both sides: the client sends "N\n", the service sends N bytes and closes.</summary>
     private const int SourcePort = EchoPort + 2;
 
+    /// <summary>TCP echo (RFC 862) port of both sides: ping-pong and short connections.</summary>
+    private const int TcpEchoPort = EchoPort + 3;
+
     /// <summary>Datagram size (the UDP payload) for both measurements.</summary>
     private const int DatagramSize = 64;
 
     /// <summary>Datagrams in flight at most in the rate measurement: a burst window, so a queue that drops cannot stall the flood for good.</summary>
     private const int Window = 32;
 
+    /// <summary>
+    /// Short connections per measurement at most: each leaves a kernel client port in TIME-WAIT
+    /// for 60 s, and the default ephemeral range (32768–60999) holds 28,232.
+    /// </summary>
+    private const int MaxConnections = 20_000;
+
     /// <summary>The veth pair's /30: the near end (this namespace) and the peer.</summary>
     private const string VethNear = "10.78.0.1", VethPeer = "10.78.0.2", VethPrefix = "/30";
 
+    /// <summary>The case names <c>--cases</c> takes.</summary>
+    private static readonly string[] CaseNames = ["udp", "rr", "conn", "bulk"];
+
     /// <summary>The help text.</summary>
     public static string Usage => $"""
-        usage: netstack bench [--seconds N] [--tcp-mib N] [interface options]
+        usage: netstack bench [--seconds N] [--tcp-mib N] [--conn-clients N] [--cases LIST] [interface options]
 
         Measures, in a private network namespace (re-executing under 'unshare' like the demo):
-          - UDP round-trip latency (p50, p99) of {DatagramSize}-byte datagrams, one outstanding;
-          - echoed datagrams per second, {Window} in flight at most;
-          - TCP bulk throughput, kernel → X (into a discard service) and X → kernel (from a
-            source service), one connection each;
+          udp   UDP round-trip latency (p50, p99) of {DatagramSize}-byte datagrams, one outstanding,
+                and echoed datagrams per second, {Window} in flight at most;
+          rr    TCP ping-pong: 1-byte request, 1-byte answer, one connection, round trip p50/p99;
+          conn  short TCP connections per second (connect, send 1 byte, receive it, close);
+          bulk  TCP bulk throughput, kernel → X (into a discard service) and X → kernel (from a
+                source service), one connection each, and the .NET bytes this process allocated
+                per packet through the interface during each transfer;
         between a kernel .NET Socket and services on the stack (through the TUN interface),
-        and the same between two kernel namespaces over a veth pair, and prints both with the
-        ratio stack/kernel.
+        and the same between two kernel namespaces over a veth pair (same MTU), and prints both
+        with the ratio stack/kernel.
 
-          --seconds N         seconds per UDP measurement, 1-60 (default 2; four measurements)
+          --seconds N         seconds per udp, rr and conn measurement, 1-60 (default 2)
           --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 256; four transfers)
+          --conn-clients N    client threads opening connections in parallel, 1-64 (default 2)
+          --cases LIST        comma-separated subset of udp,rr,conn,bulk (default all)
 
         {InterfaceOptions.Help}
         """;
 
-    /// <summary>One path's results.</summary>
-    /// <param name="P50">Median round trip.</param>
-    /// <param name="P99">99th percentile round trip.</param>
-    /// <param name="Samples">Round trips measured.</param>
-    /// <param name="DatagramsPerSecond">Echoed datagrams per second in the flood.</param>
-    /// <param name="Lost">Datagrams that never came back (either measurement).</param>
-    /// <param name="TcpInGbps">TCP bulk throughput kernel → X, Gbit/s.</param>
-    /// <param name="TcpOutGbps">TCP bulk throughput X → kernel, Gbit/s.</param>
-    public sealed record Measurement(TimeSpan P50, TimeSpan P99, int Samples, double DatagramsPerSecond, long Lost, double TcpInGbps, double TcpOutGbps);
+    /// <summary>What to measure and how long.</summary>
+    /// <param name="Duration">Per udp, rr and conn measurement.</param>
+    /// <param name="TcpBytes">Per bulk transfer.</param>
+    /// <param name="ConnClients">Client threads in the conn measurement.</param>
+    /// <param name="Cases">The case names to run.</param>
+    public sealed record Plan(TimeSpan Duration, long TcpBytes, int ConnClients, IReadOnlySet<string> Cases);
+
+    /// <summary>One path's results; null for what was not measured.</summary>
+    public sealed class Measurement
+    {
+        /// <summary>Median UDP round trip.</summary>
+        public TimeSpan? P50 { get; set; }
+
+        /// <summary>99th percentile UDP round trip.</summary>
+        public TimeSpan? P99 { get; set; }
+
+        /// <summary>UDP round trips measured.</summary>
+        public int? Samples { get; set; }
+
+        /// <summary>Echoed datagrams per second in the flood.</summary>
+        public double? DatagramsPerSecond { get; set; }
+
+        /// <summary>Datagrams that never came back (either UDP measurement).</summary>
+        public long? Lost { get; set; }
+
+        /// <summary>Median TCP 1-byte ping-pong round trip.</summary>
+        public TimeSpan? TcpP50 { get; set; }
+
+        /// <summary>99th percentile TCP ping-pong round trip.</summary>
+        public TimeSpan? TcpP99 { get; set; }
+
+        /// <summary>TCP ping-pong round trips measured.</summary>
+        public int? TcpSamples { get; set; }
+
+        /// <summary>Short connections completed per second.</summary>
+        public double? ConnectionsPerSecond { get; set; }
+
+        /// <summary>TCP bulk throughput kernel → X, Gbit/s.</summary>
+        public double? TcpInGbps { get; set; }
+
+        /// <summary>TCP bulk throughput X → kernel, Gbit/s.</summary>
+        public double? TcpOutGbps { get; set; }
+
+        /// <summary>Bytes this process allocated per packet through the interface during kernel → X.</summary>
+        public double? InBytesPerPacket { get; set; }
+
+        /// <summary>Bytes this process allocated per packet through the interface during X → kernel.</summary>
+        public double? OutBytesPerPacket { get; set; }
+    }
 
     /// <summary>Runs the command; returns the exit code.</summary>
     public static int Run(string[] args)
@@ -85,6 +146,8 @@ public static class BenchCommand
         var options = new NetStackOptions();
         var seconds = 2;
         var tcpMib = 256;
+        var connClients = 2;
+        var cases = new HashSet<string>(CaseNames, StringComparer.Ordinal);
         while (reader.Next() is { } arg)
         {
             if (InterfaceOptions.TryRead(reader, arg, ref options))
@@ -93,6 +156,16 @@ public static class BenchCommand
                 seconds = reader.ParseInt(arg, reader.Value(arg), 1, 60, "a number of seconds");
             else if (arg == "--tcp-mib")
                 tcpMib = reader.ParseInt(arg, reader.Value(arg), 1, 4096, "a number of MiB");
+            else if (arg == "--conn-clients")
+                connClients = reader.ParseInt(arg, reader.Value(arg), 1, 64, "a number of threads");
+            else if (arg == "--cases")
+            {
+                var list = reader.Value(arg);
+                var names = list.Split(',', StringSplitOptions.TrimEntries);
+                if (names.Any(n => !CaseNames.Contains(n)))
+                    throw reader.Fail($"--cases: '{list}' is not a list of {string.Join(",", CaseNames)}");
+                cases = new HashSet<string>(names, StringComparer.Ordinal);
+            }
             else
                 throw reader.Unknown(arg);
         }
@@ -102,10 +175,10 @@ public static class BenchCommand
 
         if (!Isolation.IsIsolated)
             return Isolation.ReexecIsolated(["bench", .. args]);
-        return RunIsolated(options, TimeSpan.FromSeconds(seconds), tcpMib * (1L << 20));
+        return RunIsolated(options, new Plan(TimeSpan.FromSeconds(seconds), tcpMib * (1L << 20), connClients, cases));
     }
 
-    private static int RunIsolated(NetStackOptions options, TimeSpan duration, long tcpBytes)
+    private static int RunIsolated(NetStackOptions options, Plan plan)
     {
         try
         {
@@ -116,13 +189,14 @@ public static class BenchCommand
             Console.Error.WriteLine($"{Name}: {e.Message}");
             return 1;
         }
-        Console.WriteLine($"From a kernel .NET Socket: UDP echo of {DatagramSize}-byte datagrams, {duration.TotalSeconds:0} s per measurement; TCP bulk of {tcpBytes >> 20} MiB per direction");
+        Console.WriteLine($"From a kernel .NET Socket, MTU {options.Mtu}: cases {string.Join(",", CaseNames.Where(plan.Cases.Contains))}; " +
+            $"{plan.Duration.TotalSeconds:0} s per udp/rr/conn measurement, {plan.ConnClients} conn client threads; TCP bulk of {plan.TcpBytes >> 20} MiB per direction");
 
         Measurement? kernel = null, stack = null;
         string? kernelError = null, stackError = null;
         try
         {
-            kernel = MeasureKernelOverVeth(duration, tcpBytes);
+            kernel = MeasureKernelOverVeth(options.Mtu, plan);
         }
         catch (Exception e)
         {
@@ -130,14 +204,14 @@ public static class BenchCommand
         }
         try
         {
-            stack = MeasureStack(options, duration, tcpBytes);
+            stack = MeasureStack(options, plan);
         }
         catch (Exception e)
         {
             stackError = e.Message;
         }
 
-        PrintTable(stack, kernel);
+        PrintTable(plan, stack, kernel);
         if (stackError is not null)
             Console.Error.WriteLine($"{Name}: stack measurement failed: {stackError}");
         if (kernelError is not null)
@@ -145,25 +219,26 @@ public static class BenchCommand
         return stack is not null && kernel is not null ? 0 : 1;
     }
 
-    private static Measurement MeasureStack(NetStackOptions options, TimeSpan duration, long tcpBytes)
+    private static Measurement MeasureStack(NetStackOptions options, Plan plan)
     {
         var stack = NetworkStack.Start(options);
         using var _ = stack;
         using var echo = stack.BindUdp(new IPEndPoint(IPAddress.Any, EchoPort));
         using var discard = stack.ListenTcp(DiscardPort);
         using var source = stack.ListenTcp(SourcePort);
+        using var tcpEcho = stack.ListenTcp(TcpEchoPort, backlog: 1024);
         using var stop = new CancellationTokenSource();
         var services = new[]
         {
             Task.Run(() => UdpEcho.RunAsync(echo, stop.Token)),
             Task.Run(() => TcpServices.AcceptLoopAsync(discard, "bench discard", TcpServices.DiscardAsync, stop.Token)),
             Task.Run(() => TcpServices.AcceptLoopAsync(source, "bench source", StackSourceAsync, stop.Token)),
+            Task.Run(() => TcpServices.AcceptLoopAsync(tcpEcho, "bench echo", StackSmallEchoAsync, stop.Token)),
         };
         try
         {
-            var udp = Measure(new IPEndPoint(options.Address!, EchoPort), duration);
-            var (inGbps, outGbps) = MeasureBulk(options.Address!, tcpBytes);
-            return udp with { TcpInGbps = inGbps, TcpOutGbps = outGbps };
+            var statistics = stack.Statistics;
+            return MeasurePath(options.Address!, plan, () => statistics["device.read"] + statistics["device.written"]);
         }
         finally
         {
@@ -171,8 +246,24 @@ public static class BenchCommand
             echo.Dispose();
             discard.Dispose();
             source.Dispose();
+            tcpEcho.Dispose();
             Task.WaitAll(services, TimeSpan.FromSeconds(5));
         }
+    }
+
+    /// <summary>Every case of <paramref name="plan"/> against the services at <paramref name="target"/>.</summary>
+    private static Measurement MeasurePath(IPAddress target, Plan plan, Func<long> packets)
+    {
+        var m = new Measurement();
+        if (plan.Cases.Contains("udp"))
+            MeasureUdp(new IPEndPoint(target, EchoPort), plan.Duration, m);
+        if (plan.Cases.Contains("rr"))
+            MeasureTcpRoundTrip(new IPEndPoint(target, TcpEchoPort), plan.Duration, m);
+        if (plan.Cases.Contains("conn"))
+            m.ConnectionsPerSecond = MeasureConnections(new IPEndPoint(target, TcpEchoPort), plan.Duration, plan.ConnClients);
+        if (plan.Cases.Contains("bulk"))
+            MeasureBulk(target, plan.TcpBytes, packets, m);
+        return m;
     }
 
     /// <summary>The stack's source service: reads "N\n", sends N bytes, closes.</summary>
@@ -193,6 +284,15 @@ public static class BenchCommand
         }
     }
 
+    /// <summary>The stack's TCP echo for small exchanges: a 4 KiB buffer, like the kernel peer's.</summary>
+    private static async Task StackSmallEchoAsync(TcpConnection connection, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[4096];
+        int n;
+        while ((n = await connection.ReadAsync(buffer, cancellationToken)) > 0)
+            await connection.WriteAsync(buffer.AsMemory(0, n), cancellationToken);
+    }
+
     /// <summary>Reads the decimal byte count line ("N\n") a bulk client sends to a source service.</summary>
     private static async Task<long> ReadCountAsync(Stream stream, CancellationToken cancellationToken)
     {
@@ -210,47 +310,135 @@ public static class BenchCommand
     /// <summary>
     /// TCP bulk throughput against the discard and source services at <paramref name="target"/>:
     /// kernel → X (send N bytes, half-close, wait for the service's close) and X → kernel (ask
-    /// for N bytes, read to the end). Gbit/s of payload, connection setup included.
+    /// for N bytes, read to the end). Gbit/s of payload, connection setup included. Also the bytes
+    /// this whole process allocated (<see cref="GC.GetTotalAllocatedBytes(bool)"/>) per packet
+    /// that <paramref name="packets"/> counted through the interface, over each transfer.
     /// </summary>
-    private static (double InGbps, double OutGbps) MeasureBulk(IPAddress target, long bytes)
+    private static void MeasureBulk(IPAddress target, long bytes, Func<long> packets, Measurement m)
     {
         var block = new byte[256 * 1024];
-        double inGbps, outGbps;
-        using (var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp))
+        // Warm-up: JIT and first-use paths of both services, so the allocation figures are the
+        // steady state's.
+        Transfer(target, DiscardPort, 1 << 20, block);
+        Transfer(target, SourcePort, 1 << 20, block);
+        (m.TcpInGbps, m.InBytesPerPacket) = Transfer(target, DiscardPort, bytes, block);
+        (m.TcpOutGbps, m.OutBytesPerPacket) = Transfer(target, SourcePort, bytes, block);
+
+        (double, double) Transfer(IPAddress target, int port, long bytes, byte[] block)
         {
+            using var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
             s.ReceiveTimeout = s.SendTimeout = 60_000;
+            long allocated = GC.GetTotalAllocatedBytes(true), packetsBefore = packets();
             var clock = Stopwatch.StartNew();
-            s.Connect(new IPEndPoint(target, DiscardPort));
-            for (var left = bytes; left > 0;)
+            s.Connect(new IPEndPoint(target, port));
+            if (port == DiscardPort)
             {
-                var n = (int)Math.Min(left, block.Length);
-                s.Send(block, 0, n, SocketFlags.None);
-                left -= n;
+                for (var left = bytes; left > 0;)
+                {
+                    var n = (int)Math.Min(left, block.Length);
+                    s.Send(block, 0, n, SocketFlags.None);
+                    left -= n;
+                }
+                s.Shutdown(SocketShutdown.Send);
+                while (s.Receive(block) > 0)
+                {
+                }
             }
-            s.Shutdown(SocketShutdown.Send);
-            while (s.Receive(block) > 0)
+            else
             {
+                s.Send(Encoding.ASCII.GetBytes($"{bytes}\n"));
+                long received = 0;
+                int n;
+                while ((n = s.Receive(block)) > 0)
+                    received += n;
+                if (received != bytes)
+                    throw new InvalidOperationException($"asked {target}:{SourcePort} for {bytes} bytes, got {received}");
             }
-            inGbps = bytes * 8 / clock.Elapsed.TotalSeconds / 1e9;
+            var gbps = bytes * 8 / clock.Elapsed.TotalSeconds / 1e9;
+            allocated = GC.GetTotalAllocatedBytes(true) - allocated;
+            var count = Math.Max(1, packets() - packetsBefore);
+            return (gbps, (double)allocated / count);
         }
-        using (var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp))
-        {
-            s.ReceiveTimeout = s.SendTimeout = 60_000;
-            var clock = Stopwatch.StartNew();
-            s.Connect(new IPEndPoint(target, SourcePort));
-            s.Send(Encoding.ASCII.GetBytes($"{bytes}\n"));
-            long received = 0;
-            int n;
-            while ((n = s.Receive(block)) > 0)
-                received += n;
-            outGbps = bytes * 8 / clock.Elapsed.TotalSeconds / 1e9;
-            if (received != bytes)
-                throw new InvalidOperationException($"asked {target}:{SourcePort} for {bytes} bytes, got {received}");
-        }
-        return (inGbps, outGbps);
     }
 
-    private static Measurement MeasureKernelOverVeth(TimeSpan duration, long tcpBytes)
+    /// <summary>
+    /// TCP ping-pong on one connection to an echo: 1 byte out, wait for the 1 byte back, with
+    /// Nagle off (the client's small writes go out at once).
+    /// </summary>
+    private static void MeasureTcpRoundTrip(IPEndPoint target, TimeSpan duration, Measurement m)
+    {
+        using var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        s.ReceiveTimeout = s.SendTimeout = 5_000;
+        s.Connect(target);
+        var one = new byte[1];
+        void Exchange()
+        {
+            s.Send(one);
+            if (s.Receive(one) != 1)
+                throw new InvalidOperationException($"the TCP echo at {target} closed during the ping-pong");
+        }
+        for (var i = 0; i < 200; i++)
+            Exchange();
+        var rtts = new List<long>();
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < duration)
+        {
+            var start = Stopwatch.GetTimestamp();
+            Exchange();
+            rtts.Add(Stopwatch.GetTimestamp() - start);
+        }
+        s.Shutdown(SocketShutdown.Send);
+        rtts.Sort();
+        m.TcpP50 = Percentile(rtts, 0.50);
+        m.TcpP99 = Percentile(rtts, 0.99);
+        m.TcpSamples = rtts.Count;
+    }
+
+    /// <summary>
+    /// Short connections to an echo from <paramref name="clients"/> threads: connect, send 1 byte,
+    /// receive it, close (the client closes first, so its side holds the TIME-WAIT). Connections
+    /// completed per second, at most <see cref="MaxConnections"/> in all.
+    /// </summary>
+    private static double MeasureConnections(IPEndPoint target, TimeSpan duration, int clients)
+    {
+        // Warm-up: the listener's accept path and the service's first connection.
+        for (var i = 0; i < 20; i++)
+            OneConnection(target);
+        long completed = 0;
+        Exception? failure = null;
+        var clock = Stopwatch.StartNew();
+        var threads = Enumerable.Range(0, clients).Select(_ => new Thread(() =>
+        {
+            try
+            {
+                while (clock.Elapsed < duration && Interlocked.Increment(ref completed) <= MaxConnections)
+                    OneConnection(target);
+            }
+            catch (Exception e)
+            {
+                failure ??= e;
+            }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+        var elapsed = clock.Elapsed;
+        if (failure is not null)
+            throw new InvalidOperationException($"short connection to {target} failed: {failure.Message}", failure);
+        return Math.Min(completed, MaxConnections) / elapsed.TotalSeconds;
+    }
+
+    private static void OneConnection(IPEndPoint target)
+    {
+        using var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        s.ReceiveTimeout = s.SendTimeout = 5_000;
+        s.Connect(target);
+        Span<byte> one = [42];
+        s.Send(one);
+        if (s.Receive(one) != 1)
+            throw new InvalidOperationException($"the TCP echo at {target} closed without answering");
+    }
+
+    private static Measurement MeasureKernelOverVeth(int mtu, Plan plan)
     {
         // Unique names, so two runs in one namespace (the test run's, say) cannot collide.
         var id = Environment.ProcessId % 100000;
@@ -258,7 +446,7 @@ public static class BenchCommand
         Process? peer = null;
         try
         {
-            Shell.Check("ip", "link", "add", near, "type", "veth", "peer", "name", far);
+            Shell.Check("ip", "link", "add", near, "mtu", $"{mtu}", "type", "veth", "peer", "name", far, "mtu", $"{mtu}");
             var psi = new ProcessStartInfo("unshare") { RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false };
             foreach (var a in new[] { "--net", "--" }.Concat(Isolation.SelfCommand()).Concat([EchoPeerCommand, far, VethPeer + VethPrefix, $"{EchoPort}"]))
                 psi.ArgumentList.Add(a);
@@ -270,9 +458,7 @@ public static class BenchCommand
             Shell.Check("ip", "addr", "add", VethNear + VethPrefix, "dev", near);
             Shell.Check("ip", "link", "set", near, "up");
             ExpectLine(peer, "ready");
-            var udp = Measure(new IPEndPoint(IPAddress.Parse(VethPeer), EchoPort), duration);
-            var (inGbps, outGbps) = MeasureBulk(IPAddress.Parse(VethPeer), tcpBytes);
-            return udp with { TcpInGbps = inGbps, TcpOutGbps = outGbps };
+            return MeasurePath(IPAddress.Parse(VethPeer), plan, () => InterfacePackets(near));
         }
         finally
         {
@@ -288,6 +474,21 @@ public static class BenchCommand
         }
     }
 
+    /// <summary>Packets received plus sent by interface <paramref name="name"/> (from /proc/self/net/dev).</summary>
+    private static long InterfacePackets(string name)
+    {
+        // "  name: rx_bytes rx_packets errs drop fifo frame compressed multicast tx_bytes tx_packets ..."
+        foreach (var line in File.ReadLines("/proc/self/net/dev"))
+        {
+            var colon = line.IndexOf(':');
+            if (colon < 0 || line[..colon].Trim() != name)
+                continue;
+            var f = line[(colon + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            return long.Parse(f[1], CultureInfo.InvariantCulture) + long.Parse(f[9], CultureInfo.InvariantCulture);
+        }
+        throw new InvalidOperationException($"interface {name} is not in /proc/self/net/dev");
+    }
+
     private static void ExpectLine(Process peer, string expected)
     {
         var line = peer.StandardOutput.ReadLineAsync();
@@ -296,9 +497,9 @@ public static class BenchCommand
     }
 
     /// <summary>
-    /// Runs the kernel UDP echo in the peer namespace: waits for the veth end to arrive, gives it
-    /// its address, then echoes datagrams until killed or until stdin closes.
-    /// Arguments: interface, address/prefix, port.
+    /// Runs the kernel services in the peer namespace: waits for the veth end to arrive, gives it
+    /// its address, then serves UDP echo, TCP discard, source and echo until killed or until stdin
+    /// closes. Arguments: interface, address/prefix, UDP echo port (the TCP ports follow it).
     /// </summary>
     public static int RunEchoPeer(string[] args)
     {
@@ -321,6 +522,7 @@ public static class BenchCommand
         socket.Bind(new IPEndPoint(IPAddress.Any, port));
         StartKernelTcpService(port + 1, KernelDiscard);
         StartKernelTcpService(port + 2, KernelSource);
+        StartKernelEcho(port + 3);
         // The parent closing our stdin (or dying) ends the peer, and with it the namespace.
         new Thread(() =>
         {
@@ -369,6 +571,42 @@ public static class BenchCommand
         { IsBackground = true }.Start();
     }
 
+    /// <summary>
+    /// The kernel TCP echo in the peer namespace: async accept and one task per connection with a
+    /// 4 KiB buffer, the same shape as the stack's (a thread per connection would cost the kernel
+    /// side the short-connection race).
+    /// </summary>
+    private static void StartKernelEcho(int port)
+    {
+        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Any, port));
+        listener.Listen(1024);
+        _ = Task.Run(async () =>
+        {
+            while (true)
+            {
+                var connection = await listener.AcceptAsync();
+                _ = Task.Run(async () =>
+                {
+                    using (connection)
+                    {
+                        try
+                        {
+                            connection.NoDelay = true;
+                            var buffer = new byte[4096];
+                            int n;
+                            while ((n = await connection.ReceiveAsync(buffer)) > 0)
+                                await connection.SendAsync(buffer.AsMemory(0, n));
+                        }
+                        catch (SocketException)
+                        {
+                        }
+                    }
+                });
+            }
+        });
+    }
+
     private static void KernelDiscard(Socket connection)
     {
         var buffer = new byte[256 * 1024];
@@ -394,8 +632,11 @@ public static class BenchCommand
         }
     }
 
-    /// <summary>Latency, then rate, against one UDP echo.</summary>
-    private static Measurement Measure(IPEndPoint target, TimeSpan duration)
+    private static TimeSpan Percentile(List<long> sorted, double p) =>
+        Stopwatch.GetElapsedTime(0, sorted[Math.Min(sorted.Count - 1, (int)(p * sorted.Count))]);
+
+    /// <summary>UDP latency, then rate, against one echo.</summary>
+    private static void MeasureUdp(IPEndPoint target, TimeSpan duration, Measurement m)
     {
         using var socket = new Socket(target.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         socket.Connect(target);
@@ -424,7 +665,6 @@ public static class BenchCommand
         if (rtts.Count == 0)
             throw new InvalidOperationException($"no round trip to {target} completed");
         rtts.Sort();
-        TimeSpan Percentile(double p) => Stopwatch.GetElapsedTime(0, rtts[Math.Min(rtts.Count - 1, (int)(p * rtts.Count))]);
 
         // Rate: keep up to Window datagrams in flight; a reply lets the next one go. A silence
         // of 200 ms writes the whole window off as lost, so one drop cannot stall the flood.
@@ -462,7 +702,11 @@ public static class BenchCommand
         catch (SocketException)
         {
         }
-        return new Measurement(Percentile(0.50), Percentile(0.99), rtts.Count, rate, lost, 0, 0);
+        m.P50 = Percentile(rtts, 0.50);
+        m.P99 = Percentile(rtts, 0.99);
+        m.Samples = rtts.Count;
+        m.DatagramsPerSecond = rate;
+        m.Lost = lost;
     }
 
     /// <summary>One echo with sequence number <paramref name="seq"/>; false when it did not come back in time.</summary>
@@ -488,25 +732,43 @@ public static class BenchCommand
         }
     }
 
-    private static void PrintTable(Measurement? stack, Measurement? kernel)
+    private static void PrintTable(Plan plan, Measurement? stack, Measurement? kernel)
     {
         static string Us(TimeSpan? t) => t is { } v ? $"{v.TotalMicroseconds:0.0} µs" : "n/a";
         static string Rate(double? r) => r is { } v ? $"{v:0}" : "n/a";
+        static string Count(long? c) => c is { } v ? v.ToString(CultureInfo.InvariantCulture) : "n/a";
         static string Ratio(double? a, double? b) => a is { } x && b is { } y && y > 0 ? $"{x / y:0.00}" : "n/a";
         static string Gbps(double? g) => g is { } v ? $"{v:0.00} Gbit/s" : "n/a";
+        static string Bytes(double? b) => b is { } v ? $"{v:0.0} B" : "n/a";
 
-        var rows = new (string Name, string Stack, string Kernel, string Ratio)[]
+        var rows = new List<(string Name, string Stack, string Kernel, string Ratio)>();
+        if (plan.Cases.Contains("udp"))
         {
-            ("round trip p50", Us(stack?.P50), Us(kernel?.P50), Ratio(stack?.P50.TotalMicroseconds, kernel?.P50.TotalMicroseconds)),
-            ("round trip p99", Us(stack?.P99), Us(kernel?.P99), Ratio(stack?.P99.TotalMicroseconds, kernel?.P99.TotalMicroseconds)),
-            ("round trips measured", $"{stack?.Samples.ToString(CultureInfo.InvariantCulture) ?? "n/a"}", $"{kernel?.Samples.ToString(CultureInfo.InvariantCulture) ?? "n/a"}", ""),
-            ($"datagrams/s ({Window} in flight)", Rate(stack?.DatagramsPerSecond), Rate(kernel?.DatagramsPerSecond), Ratio(stack?.DatagramsPerSecond, kernel?.DatagramsPerSecond)),
-            ("datagrams lost", $"{stack?.Lost.ToString(CultureInfo.InvariantCulture) ?? "n/a"}", $"{kernel?.Lost.ToString(CultureInfo.InvariantCulture) ?? "n/a"}", ""),
-            ("TCP bulk kernel → X", Gbps(stack?.TcpInGbps), Gbps(kernel?.TcpInGbps), Ratio(stack?.TcpInGbps, kernel?.TcpInGbps)),
-            ("TCP bulk X → kernel", Gbps(stack?.TcpOutGbps), Gbps(kernel?.TcpOutGbps), Ratio(stack?.TcpOutGbps, kernel?.TcpOutGbps)),
-        };
-        Console.WriteLine($"{"",-26}{"stack (TUN)",14}{"kernel (veth)",16}{"stack/kernel",14}");
+            rows.Add(("UDP round trip p50", Us(stack?.P50), Us(kernel?.P50), Ratio(stack?.P50?.TotalMicroseconds, kernel?.P50?.TotalMicroseconds)));
+            rows.Add(("UDP round trip p99", Us(stack?.P99), Us(kernel?.P99), Ratio(stack?.P99?.TotalMicroseconds, kernel?.P99?.TotalMicroseconds)));
+            rows.Add(("UDP round trips measured", Count(stack?.Samples), Count(kernel?.Samples), ""));
+            rows.Add(($"datagrams/s ({Window} in flight)", Rate(stack?.DatagramsPerSecond), Rate(kernel?.DatagramsPerSecond), Ratio(stack?.DatagramsPerSecond, kernel?.DatagramsPerSecond)));
+            rows.Add(("datagrams lost", Count(stack?.Lost), Count(kernel?.Lost), ""));
+        }
+        if (plan.Cases.Contains("rr"))
+        {
+            rows.Add(("TCP ping-pong p50", Us(stack?.TcpP50), Us(kernel?.TcpP50), Ratio(stack?.TcpP50?.TotalMicroseconds, kernel?.TcpP50?.TotalMicroseconds)));
+            rows.Add(("TCP ping-pong p99", Us(stack?.TcpP99), Us(kernel?.TcpP99), Ratio(stack?.TcpP99?.TotalMicroseconds, kernel?.TcpP99?.TotalMicroseconds)));
+            rows.Add(("TCP ping-pongs measured", Count(stack?.TcpSamples), Count(kernel?.TcpSamples), ""));
+        }
+        if (plan.Cases.Contains("conn"))
+            rows.Add(("TCP connections/s", Rate(stack?.ConnectionsPerSecond), Rate(kernel?.ConnectionsPerSecond), Ratio(stack?.ConnectionsPerSecond, kernel?.ConnectionsPerSecond)));
+        if (plan.Cases.Contains("bulk"))
+        {
+            rows.Add(("TCP bulk kernel → X", Gbps(stack?.TcpInGbps), Gbps(kernel?.TcpInGbps), Ratio(stack?.TcpInGbps, kernel?.TcpInGbps)));
+            rows.Add(("TCP bulk X → kernel", Gbps(stack?.TcpOutGbps), Gbps(kernel?.TcpOutGbps), Ratio(stack?.TcpOutGbps, kernel?.TcpOutGbps)));
+            // The kernel column is the client's own allocation over the veth transfer: the floor
+            // the stack's figure sits on. A ratio against a figure near 0 says nothing.
+            rows.Add(("allocated/packet kernel → X", Bytes(stack?.InBytesPerPacket), Bytes(kernel?.InBytesPerPacket), "-"));
+            rows.Add(("allocated/packet X → kernel", Bytes(stack?.OutBytesPerPacket), Bytes(kernel?.OutBytesPerPacket), "-"));
+        }
+        Console.WriteLine($"{"",-30}{"stack (TUN)",14}{"kernel (veth)",16}{"stack/kernel",14}");
         foreach (var r in rows)
-            Console.WriteLine($"{r.Name,-26}{r.Stack,14}{r.Kernel,16}{r.Ratio,14}");
+            Console.WriteLine($"{r.Name,-30}{r.Stack,14}{r.Kernel,16}{r.Ratio,14}");
     }
 }

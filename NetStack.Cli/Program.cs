@@ -13,7 +13,7 @@ public static class Program
           serve     bring the stack up and serve until SIGINT/SIGTERM
           ping      bring a stack up and ping a host from it
           get       bring a stack up and fetch a URL through it with HttpClient
-          bench     measure UDP latency and rate, stack vs kernel, in a private namespace
+          bench     measure UDP/TCP latency, rates and bulk, stack vs kernel, in a private namespace
 
         'netstack <command> --help' describes each command and its options.
         Exit codes: 0 success, 1 failure, 2 bad arguments.

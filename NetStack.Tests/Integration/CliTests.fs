@@ -152,6 +152,8 @@ let private badArguments =
         [ "get"; "http://[fd77::1]/"; "--ip6"; "none" ], "the stack has no --ip6 address"
         [ "bench"; "--seconds"; "0" ], "'0' is not a number of seconds"
         [ "bench"; "--udp-echo"; "7" ], "unknown option '--udp-echo'"
+        [ "bench"; "--cases"; "udp,tcp" ], "'udp,tcp' is not a list of udp,rr,conn,bulk"
+        [ "bench"; "--conn-clients"; "0" ], "'0' is not a number of threads"
         [ "serve"; "--loss"; "101%" ], "'101%' is not a percentage"
         [ "serve"; "--dup"; "-1%" ], "'-1%' is not a percentage"
         [ "ping"; "10.77.0.1"; "--reorder"; "lots" ], "'lots' is not a percentage"

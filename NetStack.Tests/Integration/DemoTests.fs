@@ -42,23 +42,51 @@ let tests =
                 Expect.stringContains out "demo passed" "closing line"
             }
 
-            test "netstack bench prints latency and rate for the stack and the kernel with their ratio" {
+            test "netstack bench prints every case for the stack and the kernel with their ratio" {
+                // Tiny sizes: this checks that every row is measured, not how fast anything is.
                 let code, out, err =
-                    CliTests.runNetstack (TimeSpan.FromSeconds 120.) [ "bench"; "--seconds"; "1"; "--tcp-mib"; "16" ]
+                    CliTests.runNetstack
+                        (TimeSpan.FromSeconds 180.)
+                        [ "bench"; "--seconds"; "1"; "--tcp-mib"; "16"; "--conn-clients"; "1" ]
 
                 Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
 
                 for row in
                     [
-                        "round trip p50"
-                        "round trip p99"
+                        "UDP round trip p50"
+                        "UDP round trip p99"
                         "datagrams/s"
+                        "TCP ping-pong p50"
+                        "TCP ping-pong p99"
+                        "TCP connections/s"
                         "TCP bulk kernel → X"
                         "TCP bulk X → kernel"
+                        "allocated/packet kernel → X"
+                        "allocated/packet X → kernel"
                     ] do
                     let line = out.Split('\n') |> Array.tryFind (fun l -> l.StartsWith row)
 
                     Expect.isSome line $"a '{row}' row"
                     Expect.isFalse (line.Value.Contains "n/a") $"every column of '{row}' is measured: {line.Value}"
+            }
+
+            test "netstack bench --cases bulk at MTU 65000 prints only the bulk rows" {
+                let code, out, err =
+                    CliTests.runNetstack
+                        (TimeSpan.FromSeconds 120.)
+                        [ "bench"; "--cases"; "bulk"; "--tcp-mib"; "16"; "--mtu"; "65000" ]
+
+                Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+                Expect.stringContains out "MTU 65000" "the header names the MTU"
+
+                let lines = out.Split('\n')
+
+                for row in [ "TCP bulk kernel → X"; "TCP bulk X → kernel"; "allocated/packet X → kernel" ] do
+                    let line = lines |> Array.tryFind (fun l -> l.StartsWith row)
+                    Expect.isSome line $"a '{row}' row"
+                    Expect.isFalse (line.Value.Contains "n/a") $"every column of '{row}' is measured: {line.Value}"
+
+                for row in [ "UDP round trip p50"; "TCP ping-pong p50"; "TCP connections/s" ] do
+                    Expect.isFalse (lines |> Array.exists (fun l -> l.StartsWith row)) $"no '{row}' row"
             }
         ]
