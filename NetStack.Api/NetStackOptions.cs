@@ -64,4 +64,11 @@ public sealed record NetStackOptions
     /// reordering, corruption, delay, a rate limit. For testing how the stack and its peers cope.
     /// </summary>
     public Engine.FaultSettings? Faults { get; init; }
+
+    /// <summary>
+    /// Where the stack logs (category <c>NetStack.NetworkStack</c>): start and stop, device errors,
+    /// bound listeners and sockets (Information), TCP connections established, closed, reset, timed
+    /// out and refused, and dropped packets by reason, at most 20 a second (Debug). Null: no logging.
+    /// </summary>
+    public Microsoft.Extensions.Logging.ILoggerFactory? LoggerFactory { get; init; }
 }

@@ -7,6 +7,7 @@ using Microsoft.FSharp.Core;
 using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
 using NetStack.Core.Wire;
+using NetStack.Diagnostics;
 using TcpEngine = NetStack.Core.Tcp.ConnectionModule;
 
 namespace NetStack;
@@ -113,6 +114,7 @@ public sealed partial class NetworkStack
                 _tcpListen4[(ushort)port] = listener;
             if (v6)
                 _tcpListen6[(ushort)port] = listener;
+            _log.TcpListening(listener.LocalEndPoint, backlog);
             return listener;
         }
     }
@@ -480,6 +482,7 @@ public sealed partial class NetworkStack
         {
             case TcpEvent.Tags.Connected:
                 _statistics.Increment("tcp.connected");
+                _log.TcpEstablished(c.LocalEndPoint, c.RemoteEndPoint);
                 if (c.HalfOpenOf is { } listener)
                 {
                     c.HalfOpenOf = null;
@@ -492,14 +495,17 @@ public sealed partial class NetworkStack
                 break;
             case TcpEvent.Tags.Refused:
                 _statistics.Increment("tcp.refused");
+                _log.TcpRefused(c.LocalEndPoint, c.RemoteEndPoint);
                 c.Fail(SocketError.ConnectionRefused);
                 break;
             case TcpEvent.Tags.Reset:
                 _statistics.Increment("tcp.reset-received");
+                _log.TcpReset(c.LocalEndPoint, c.RemoteEndPoint);
                 c.Fail(SocketError.ConnectionReset);
                 break;
             case TcpEvent.Tags.TimedOut:
                 _statistics.Increment("tcp.timed-out");
+                _log.TcpTimedOut(c.LocalEndPoint, c.RemoteEndPoint);
                 c.Fail(SocketError.TimedOut);
                 break;
             case TcpEvent.Tags.PeerClosed:
@@ -534,6 +540,7 @@ public sealed partial class NetworkStack
             listener.HalfOpen--;
         }
         _statistics.Increment("tcp.closed");
+        _log.TcpClosed(c.LocalEndPoint, c.RemoteEndPoint);
         c.OnClosed();
     }
 

@@ -2,6 +2,8 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.NetworkInformation;
 using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.FSharp.Core;
 using NetStack.Core.Ip;
 using NetStack.Core.Stack;
@@ -50,6 +52,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private long _bytesRead;
     private long _bytesWritten;
     private readonly StackMeter _meter;
+    private readonly ILogger _log;
+    private readonly DropLogLimiter _dropLog = new();
 
     // Commands from other threads; drained by the loop. Guarded by _commandGate with _disposed.
     private readonly object _commandGate = new();
@@ -91,6 +95,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null)
     {
         _link = link;
+        _log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NetworkStack>();
         // On a fault-injecting device the stack's counters and the fault counters are one set.
         _statistics = FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
         Options = options;
@@ -115,6 +120,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             () => Volatile.Read(ref _bytesWritten), () => _tcp.Count);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"netstack {interfaceName}" };
         _thread.Start();
+        _log.Started(interfaceName, options.Address, options.Address6, mtu);
     }
 
     /// <summary>
@@ -322,10 +328,13 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             {
                 break;
             }
-            catch (Exception)
+            catch (Exception e)
             {
                 // A device failure (the interface deleted under us): count it and do not spin.
                 _statistics.Increment("engine.loop-error");
+                // Logged the first time and then at 2, 4, 8, ... in a row.
+                if (System.Numerics.BitOperations.IsPow2(deviceErrors + 1))
+                    _log.DeviceError(InterfaceName, deviceErrors + 1, e);
                 if (++deviceErrors > 3)
                     Thread.Sleep(Math.Min(1000, 10 * deviceErrors));
             }
@@ -417,8 +426,12 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         switch (r.Kind)
         {
             case ReceivedKind.Dropped:
-                _statistics.Increment(DropReasonModule.name(r.Drop));
-                break;
+                {
+                    var reason = DropReasonModule.name(r.Drop);
+                    _statistics.Increment(reason);
+                    _dropLog.Dropped(_log, reason, now);
+                    break;
+                }
             case ReceivedKind.FragmentHeld:
                 _statistics.Increment("ip.fragment.held");
                 break;
@@ -682,6 +695,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 _udp4[(ushort)port] = socket;
             if (v6)
                 _udp6[(ushort)port] = socket;
+            _log.UdpBound(socket.LocalEndPoint);
             return socket;
         }
     }
@@ -786,6 +800,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _link?.Dispose();
         _device.Dispose();
         _meter.Dispose();
+        _log.Stopped(InterfaceName);
     }
 
     /// <summary>Same as <see cref="Dispose"/>.</summary>

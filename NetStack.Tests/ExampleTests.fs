@@ -1,5 +1,5 @@
-/// Runs examples/explore.fsx the way the README tells a newcomer to, and checks what it prints,
-/// so the example cannot rot as the Wire API changes.
+/// Runs examples/explore.fsx and examples/tour.fsx the way the README tells a newcomer to, and
+/// checks what they print, so the examples cannot rot as the Wire and socket APIs change.
 module NetStack.Tests.ExampleTests
 
 open System
@@ -18,13 +18,12 @@ let private dotnetHost =
 /// fsi compiles the script first: seconds on a busy two-core machine, so allow plenty.
 let private timeout = TimeSpan.FromMinutes 3.0
 
-/// Runs `dotnet fsi --quiet examples/explore.fsx ARGS` from the repository root and returns
-/// its standard output; fails the calling test on a non-zero exit, anything on standard error
-/// or a timeout.
-let private runExample (args: string list) : string =
+/// Runs `dotnet fsi --quiet SCRIPT ARGS` from the repository root and returns its standard
+/// output; fails the calling test on a non-zero exit, anything on standard error or a timeout.
+let private runScript (script: string) (args: string list) : string =
     let info = ProcessStartInfo(dotnetHost, WorkingDirectory = TestUtil.repoRoot.Value)
 
-    for a in [ "fsi"; "--quiet"; "examples/explore.fsx" ] @ args do
+    for a in [ "fsi"; "--quiet"; script ] @ args do
         info.ArgumentList.Add a
 
     info.RedirectStandardOutput <- true
@@ -38,19 +37,21 @@ let private runExample (args: string list) : string =
 
     if not (proc.WaitForExit timeout) then
         proc.Kill true
-        failtestf "explore.fsx did not finish within %O" timeout
+        failtestf "%s did not finish within %O" script timeout
 
     proc.WaitForExit()
-    Expect.equal proc.ExitCode 0 $"explore.fsx exit code; stderr:\n{stderr.Result}"
-    Expect.equal (stderr.Result.Trim()) "" "explore.fsx writes nothing to standard error"
+    Expect.equal proc.ExitCode 0 $"{script} exit code; stderr:\n{stderr.Result}"
+    Expect.equal (stderr.Result.Trim()) "" $"{script} writes nothing to standard error"
     stdout.Result
+
+let private runExample (args: string list) = runScript "examples/explore.fsx" args
 
 /// Fails unless `output` has a line that contains `expected`, after trimming.
 let private expectLine (output: string) (expected: string) =
     let lines = output.Split('\n') |> Array.map (fun l -> l.Trim())
 
     if not (lines |> Array.exists (fun l -> l.Contains(expected: string))) then
-        failtestf "explore.fsx printed no line with %A; it printed:\n%s" expected output
+        failtestf "the script printed no line with %A; it printed:\n%s" expected output
 
 /// The UDP packet the script builds (10.0.0.1:5000 -> 10.0.0.2:7000, "hello", id 0x1234, DF,
 /// TTL 64), computed by hand. IPv4 checksum: 4500+0021+1234+4000+4011+0a00+0001+0a00+0002 =
@@ -104,4 +105,18 @@ let tests =
                 line "flags SYN ACK"
                 line "sequence 2147196301, acknowledgment 3382976481"
                 line "option timestamps TSval 290801572 TSecr 1243078697"
+
+            // The test runner is inside its own network namespace, so the script may make its TUN
+            // device (ns97tour, 10.97.30.0/24, fd97:30::/64) as the README's unshare command lets it.
+            testCase "the F# tour script brings a stack up and talks TCP both ways, UDP and ping with the kernel"
+            <| fun () ->
+                let output = runScript "examples/tour.fsx" []
+                let line = expectLine output
+                line "stack up on ns97tour: 10.97.30.2 and fd97:30::2"
+                line "TCP echo from the stack: hello over TCP"
+                line "to 10.97.30.1:"
+                line ": hello from the kernel"
+                line "UDP answer from the stack: PING OVER UDP"
+                line "ping 10.97.30.1 from the stack: Success"
+                line "TCP connections established: 2"
         ]

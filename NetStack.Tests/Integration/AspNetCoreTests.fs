@@ -6,7 +6,9 @@ module NetStack.Tests.Integration.AspNetCoreTests
 open System
 open System.IO
 open System.Net
+open System.Net.Sockets
 open System.Security.Cryptography
+open System.Threading
 open System.Threading.Tasks
 open Microsoft.AspNetCore.Builder
 open Microsoft.AspNetCore.Hosting
@@ -230,5 +232,66 @@ let tests =
                         waitUnit ((app.DisposeAsync()).AsTask())
                 finally
                     folder.Delete true
+            }
+
+            test "a client's reset aborts the running request, and HttpContext.Abort resets the client's connection" {
+                use stack = NetworkStack.Start(optionsFor 7)
+                let baseUrl = $"http://{authority stack.Options.Address 8080}"
+                let app = webApp stack [ baseUrl ]
+
+                let started =
+                    TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+
+                let aborted =
+                    TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+
+                app.MapGet(
+                    "/wait",
+                    RequestDelegate(fun context ->
+                        task {
+                            started.TrySetResult() |> ignore
+
+                            try
+                                do! Task.Delay(Timeout.Infinite, context.RequestAborted)
+                            with :? OperationCanceledException ->
+                                aborted.TrySetResult() |> ignore
+                        }
+                        :> Task)
+                )
+                |> ignore
+
+                app.MapGet(
+                    "/abort",
+                    RequestDelegate(fun context ->
+                        context.Abort()
+                        Task.CompletedTask)
+                )
+                |> ignore
+
+                waitUnit (app.StartAsync())
+
+                try
+                    // A kernel client sends a request, then resets its connection (SO_LINGER 0).
+                    use client =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                    client.Connect(IPEndPoint(stack.Options.Address, 8080))
+
+                    client.Send(Text.Encoding.ASCII.GetBytes "GET /wait HTTP/1.1\r\nHost: test\r\n\r\n")
+                    |> ignore
+
+                    Expect.isTrue (started.Task.Wait timeout) "the request reached the app"
+                    client.LingerState <- LingerOption(true, 0)
+                    client.Close()
+                    Expect.isTrue (aborted.Task.Wait timeout) "RequestAborted fired when the client reset"
+                    Expect.isGreaterThanOrEqual stack.Statistics.["tcp.reset-received"] 1L "the stack saw the RST"
+                    // The app aborts: curl's connection is reset, with no reply.
+                    let before = stack.Statistics.["tcp.aborted"]
+                    let code, output = curl [ $"{baseUrl}/abort" ]
+                    Expect.notEqual code 0 $"curl gets no reply: {output}"
+                    Expect.isGreaterThan stack.Statistics.["tcp.aborted"] before "the transport reset the connection"
+                finally
+                    waitUnit (app.StopAsync())
+                    waitUnit ((app.DisposeAsync()).AsTask())
             }
         ]
