@@ -50,7 +50,8 @@ public sealed partial class NetworkStack
         TcpConfig Make(bool v6) => new(
             TcpConfig.MssForMtu(mtu, v6), v6 ? DefaultPeerMss6 : DefaultPeerMss4, Options.TcpReceiveBufferBytes,
             d.InitialRto, d.MinRto, d.MaxRto, d.ClockGranularity, d.MaxRetransmissions, d.MaxSynRetransmissions,
-            d.DelayedAckTimeout, msl, d.FinWait2Timeout, d.MaxPersistInterval);
+            d.DelayedAckTimeout, msl, d.FinWait2Timeout, d.MaxPersistInterval,
+            d.WindowScaling, d.Timestamps);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);

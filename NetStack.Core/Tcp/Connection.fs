@@ -58,6 +58,21 @@ module Connection =
     /// RFC 6928 initial window: min(10·MSS, max(2·MSS, 14600)).
     let private initialWindow (mss: int) = min (10 * mss) (max (2 * mss) 14600)
 
+    /// Bytes the timestamps option takes in every segment (10, NOP-padded to 12): the data of a
+    /// segment shrinks by as much so header + options + data still fit the MSS (RFC 6691).
+    [<Literal>]
+    let private TimestampsLength = 12
+
+    /// PAWS forgets TS.Recent after 24 days idle (RFC 7323 §5.5), in µs.
+    let private PawsIdleLimit = 24L * 86_400_000_000L
+
+    /// Our TSval: a 1 ms clock (RFC 7323 §5.4 asks for 1 ms to 1 s per tick) plus the
+    /// connection's offset.
+    let private tsNow (now: int64) (c: Connection) = uint32 (now / 1000L) + c.TsOffset
+
+    /// The first argument is newer than the second in the 32-bit timestamp space (§5.2).
+    let private tsAfter (a: uint32) (b: uint32) = int (a - b) > 0
+
     // ---- Timers -------------------------------------------------------------------------------
 
     /// The earliest running timer, if any.
@@ -136,8 +151,8 @@ module Connection =
     let private refreshWindow (c: Connection) =
         let inOrderEdge = recvSeqOf c c.Delivered
         let room = c.Consumed + int64 c.Config.ReceiveBufferSize - c.Delivered
-        // Without window scaling the field holds at most 65535.
-        let candidate = inOrderEdge + int (min 65535L room)
+        // The 16-bit field, scaled by our shift (RFC 7323 §2.2), bounds what can be offered.
+        let candidate = inOrderEdge + int (min (65535L <<< c.RcvWndShift) room)
         let threshold = max 1 (min (c.Config.ReceiveBufferSize / 2) c.Config.Mss)
 
         if SeqNum.gt candidate c.RcvRight && candidate - c.RcvRight >= threshold then
@@ -145,15 +160,30 @@ module Connection =
         else
             c
 
-    /// RCV.WND as we last offered it.
-    let private offeredWindow (c: Connection) =
-        max 0 (min 65535 (c.RcvRight - c.RcvNxt))
+    /// RCV.WND as we last offered it, in bytes.
+    let private offeredWindow (c: Connection) = max 0 (c.RcvRight - c.RcvNxt)
+
+    /// The options every non-SYN segment carries: timestamps once negotiated (RFC 7323 §3.2:
+    /// "on all others"), TSecr = TS.Recent.
+    let private withTimestamps (now: int64) (options: TcpOptions) (c: Connection) =
+        if c.TsEnabled then
+            { options with
+                Timestamps =
+                    ValueSome
+                        {
+                            Value = tsNow now c
+                            EchoReply = c.TsRecent
+                        }
+            }
+        else
+            options
 
     // ---- Sending ------------------------------------------------------------------------------
 
     /// Queues one segment. Every segment with ACK carries the current RCV.NXT and window, so it
     /// settles any ACK we owed.
     let private emit
+        (now: int64)
         (out: Out)
         (flags: TcpFlags)
         (seq: SeqNum)
@@ -163,15 +193,36 @@ module Connection =
         (c: Connection)
         =
         let withAck = flags &&& TcpFlags.Ack = TcpFlags.Ack
+        let syn = flags &&& TcpFlags.Syn = TcpFlags.Syn
         let c = if withAck then refreshWindow c else c
 
-        let window =
-            if withAck then
-                offeredWindow c
-            elif flags &&& TcpFlags.Syn = TcpFlags.Syn then
-                min 65535 c.Config.ReceiveBufferSize
+        // The window field of a SYN is never scaled (RFC 7323 §2.2): a SYN,ACK offers at most
+        // 65535, and the right edge we remember is what the peer will compute from it.
+        let c =
+            if withAck && syn && c.RcvRight - c.RcvNxt > 65535 then
+                { c with RcvRight = c.RcvNxt + 65535 }
             else
-                0
+                c
+
+        // Other segments send the window shifted right by Rcv.Wind.Shift (RFC 7323 §2.3). The
+        // truncation can make the edge the peer computes retract by less than 2^shift when
+        // RCV.NXT moves by a non-multiple; §2.4 accepts that, and we keep taking data up to
+        // RcvRight, the edge we meant, which never moves left and never passes the buffer.
+        let window, c =
+            if withAck && not syn then
+                min 65535 (offeredWindow c >>> c.RcvWndShift), c
+            elif withAck then
+                offeredWindow c, c
+            elif syn then
+                min 65535 c.Config.ReceiveBufferSize, c
+            else
+                0, c
+
+        let options =
+            if syn || flags &&& TcpFlags.Rst = TcpFlags.Rst then
+                options
+            else
+                withTimestamps now options c
 
         out.Add(
             TcpAction.Transmit
@@ -191,6 +242,7 @@ module Connection =
                 AckPending = false
                 UnackedBytes = 0
                 DelayedAckAt = ValueNone
+                LastAckSent = c.RcvNxt
             }
         else
             c
@@ -200,12 +252,33 @@ module Connection =
     /// below its RCV.NXT would fail its acceptability test and be dropped (two such peers then
     /// trade unacceptable ACKs forever). SND.MAX never lies beyond the window the peer offered,
     /// so the ACK is always acceptable; Linux does the same (snd_nxt is never pulled back there).
-    let private sendAck (out: Out) (c: Connection) =
-        emit out TcpFlags.Ack c.SndMax 0L 0 TcpOptions.None c
+    let private sendAck (now: int64) (out: Out) (c: Connection) =
+        emit now out TcpFlags.Ack c.SndMax 0L 0 TcpOptions.None c
 
-    let private mssOption (c: Connection) =
+    /// The options of our SYN or SYN,ACK: MSS always; window scale and timestamps as configured
+    /// in a SYN, and in a SYN,ACK only when the peer's SYN offered them too (RFC 7323 §2.2,
+    /// §3.2: never offered in a SYN,ACK to a SYN without them).
+    let private synOptions (now: int64) (c: Connection) =
+        let active = c.State = TcpState.SynSent
+        let offerWs = c.Config.WindowScaling && (active || c.WindowScaled)
+        let offerTs = c.Config.Timestamps && (active || c.TsEnabled)
+
         { TcpOptions.None with
             MaximumSegmentSize = ValueSome(uint16 (min 65535 c.Config.Mss))
+            WindowScale =
+                if offerWs then
+                    ValueSome(byte (TcpConfig.WindowShiftFor c.Config.ReceiveBufferSize))
+                else
+                    ValueNone
+            Timestamps =
+                if offerTs then
+                    ValueSome
+                        {
+                            Value = tsNow now c
+                            EchoReply = (if active then 0u else c.TsRecent)
+                        }
+                else
+                    ValueNone
         }
 
     /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
@@ -241,7 +314,7 @@ module Connection =
                          TcpFlags.None)
                 ||| (if withFin then TcpFlags.Fin else TcpFlags.None)
 
-            let c = emit out flags seq (sendPosOf c seq) length TcpOptions.None c
+            let c = emit now out flags seq (sendPosOf c seq) length TcpOptions.None c
             let next = seq + (length + if withFin then 1 else 0)
             let firstTime = SeqNum.ge seq c.SndMax
 
@@ -293,7 +366,7 @@ module Connection =
                     TcpFlags.Syn ||| TcpFlags.Ack
 
             let firstTime = c.SndMax = c.Iss
-            let c = emit out flags c.Iss 0L 0 (mssOption c) c
+            let c = emit now out flags c.Iss 0L 0 (synOptions now c) c
 
             let c =
                 { c with
@@ -314,7 +387,8 @@ module Connection =
 
     /// SND.UNA advances to `ack` (SND.UNA < ack =< SND.MAX): free the send buffer, take an RTT
     /// sample, grow the congestion window, restart or stop the retransmission timer.
-    let private newlyAcked (now: int64) (out: Out) (ack: SeqNum) (c: Connection) =
+    let private newlyAcked (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+        let ack = seg.Ack
         let ackedPosition = min c.Written (sendPosOf c ack)
         let freed = ackedPosition - c.Acked
 
@@ -323,9 +397,30 @@ module Connection =
 
         let cfg = c.Config
 
+        // RFC 7323 §4: with timestamps, every ACK of new data measures the round trip of the
+        // segment whose TSval it echoes (retransmissions included: the echo tells which copy
+        // arrived). An echo from the future or older than MaxRto is no measurement (a hostile
+        // or confused peer), and the classic one-segment timing is the fallback.
+        let tsRtt =
+            match seg.Options.Timestamps with
+            | ValueSome ts when c.TsEnabled ->
+                let ms = int (tsNow now c - ts.EchoReply)
+
+                if ms >= 0 && int64 ms * 1000L <= cfg.MaxRto then
+                    ValueSome(int64 ms * 1000L)
+                else
+                    ValueNone
+            | _ -> ValueNone
+
         let rtt, timed =
-            match c.RttTimed with
-            | ValueSome(struct (timedSeq, sentAt)) when SeqNum.ge ack timedSeq ->
+            match tsRtt, c.RttTimed with
+            | ValueSome sample, _ ->
+                // Appendix G: about FlightSize / (2·SMSS) samples arrive per round trip.
+                let flight = c.SndMax - c.SndUna
+                let expected = (flight + 2 * c.SendMss - 1) / (2 * c.SendMss)
+
+                Rto.sampleWeighted cfg.ClockGranularity cfg.MinRto cfg.MaxRto expected sample c.Rtt, ValueNone
+            | _, ValueSome(struct (timedSeq, sentAt)) when SeqNum.ge ack timedSeq ->
                 Rto.sample cfg.ClockGranularity cfg.MinRto cfg.MaxRto (now - sentAt) c.Rtt, ValueNone
             | _ -> Rto.resetBackoff cfg.ClockGranularity cfg.MinRto cfg.MaxRto c.Rtt, c.RttTimed
 
@@ -367,11 +462,14 @@ module Connection =
             SeqNum.ge seg.Ack c.SndUna
             && (SeqNum.lt c.SndWl1 seg.Seq || (c.SndWl1 = seg.Seq && SeqNum.le c.SndWl2 seg.Ack))
         then
+            // RFC 7323 §2.3: SND.WND = SEG.WND << Snd.Wind.Shift (SYNs never come here).
+            let window = int seg.Window <<< c.SndWndShift
+
             { c with
-                SndWnd = int seg.Window
+                SndWnd = window
                 SndWl1 = seg.Seq
                 SndWl2 = seg.Ack
-                MaxSndWnd = max c.MaxSndWnd (int seg.Window)
+                MaxSndWnd = max c.MaxSndWnd window
             }
         else
             c
@@ -381,14 +479,14 @@ module Connection =
     let private processAck (now: int64) (out: Out) (seg: Segment) (c: Connection) : struct (Connection * bool) =
         if SeqNum.gt seg.Ack c.SndMax then
             // It acknowledges something not yet sent: ACK and drop.
-            struct (sendAck out c, false)
+            struct (sendAck now out c, false)
         elif SeqNum.lt seg.Ack (c.SndUna - c.MaxSndWnd) then
             // RFC 5961 §5.2: too old to be from this connection's peer: challenge ACK, drop.
-            struct (sendAck out c, false)
+            struct (sendAck now out c, false)
         else
             let c =
                 if SeqNum.gt seg.Ack c.SndUna then
-                    newlyAcked now out seg.Ack c
+                    newlyAcked now out seg c
                 else
                     c
 
@@ -450,11 +548,22 @@ module Connection =
         else
             let dataStart = seg.Seq + (if seg.Has TcpFlags.Syn then 1 else 0)
             let dataEnd = dataStart + seg.PayloadLength
-            // Nothing beyond a FIN already seen is data.
+            // Nothing beyond a FIN already seen is data, and nothing beyond the buffer's end is
+            // kept (a defence in depth: RcvRight never passes it).
+            let bufferEnd = recvSeqOf c (c.Consumed + int64 c.Config.ReceiveBufferSize)
+
             let limit =
                 match c.PeerFinAt with
-                | ValueSome at -> SeqNum.min c.RcvRight (recvSeqOf c at)
-                | ValueNone -> c.RcvRight
+                | ValueSome at -> SeqNum.min (SeqNum.min c.RcvRight bufferEnd) (recvSeqOf c at)
+                | ValueNone -> SeqNum.min c.RcvRight bufferEnd
+
+            let c =
+                if seg.PayloadLength > c.RcvMss then
+                    { c with
+                        RcvMss = min seg.PayloadLength c.Config.Mss
+                    }
+                else
+                    c
 
             let lo = SeqNum.max dataStart c.RcvNxt
             let hi = SeqNum.min dataEnd limit
@@ -480,7 +589,9 @@ module Connection =
 
                         out.Add(TcpAction.Deliver delivered)
                         let unacked = c.UnackedBytes + int (delivered - c.Delivered)
-                        ackNow <- ackNow || hadGaps || unacked >= 2 * c.Config.Mss
+                        // RFC 5681 §4.2 / RFC 9293 §3.8.6.3: at least every second full-sized
+                        // segment (full-sized as the peer sends them, options taken off).
+                        ackNow <- ackNow || hadGaps || unacked >= 2 * c.RcvMss
 
                         { c with
                             Delivered = delivered
@@ -525,7 +636,7 @@ module Connection =
         if not c.AckPending then
             c
         elif ackNow || c.Config.DelayedAckTimeout = 0L then
-            sendAck out c
+            sendAck now out c
         elif c.DelayedAckAt.IsNone then
             { c with
                 DelayedAckAt = ValueSome(now + c.Config.DelayedAckTimeout)
@@ -563,16 +674,39 @@ module Connection =
                     DataLength = 0
                 }
 
-    /// What the peer's SYN tells us: its ISN, its window, its MSS.
-    let private learnSyn (seg: Segment) (c: Connection) =
+    /// What the peer's SYN tells us: its ISN, its window, its MSS, and which options both sides
+    /// use. We offered window scaling and timestamps in our SYN exactly when configured (and
+    /// answer a SYN in kind), so each is on when configured and present in the peer's SYN.
+    let private learnSyn (now: int64) (seg: Segment) (c: Connection) =
         let peerMss =
             match seg.Options.MaximumSegmentSize with
             | ValueSome m when m > 0us -> int m
             | _ -> c.Config.DefaultPeerMss
 
-        let mss = min peerMss c.Config.Mss
+        let scaled = c.Config.WindowScaling && seg.Options.WindowScale.IsSome
+        let ts = c.Config.Timestamps && seg.Options.Timestamps.IsSome
+        let optionBytes = if ts then TimestampsLength else 0
+        let mss = max 1 (min peerMss c.Config.Mss - optionBytes)
 
         { c with
+            WindowScaled = scaled
+            // RFC 7323 §2.3: a shift above 14 is taken as 14.
+            SndWndShift =
+                (match seg.Options.WindowScale with
+                 | ValueSome shift when scaled -> min 14 (int shift)
+                 | _ -> 0)
+            RcvWndShift =
+                (if scaled then
+                     TcpConfig.WindowShiftFor c.Config.ReceiveBufferSize
+                 else
+                     0)
+            TsEnabled = ts
+            TsRecent =
+                (match seg.Options.Timestamps with
+                 | ValueSome t when ts -> t.Value
+                 | _ -> 0u)
+            TsRecentAt = now
+            RcvMss = mss
             Irs = seg.Seq
             RcvNxt = seg.Seq + 1
             RcvRight = seg.Seq + 1
@@ -585,7 +719,7 @@ module Connection =
         }
 
     let private rst (out: Out) (seq: SeqNum) (c: Connection) =
-        emit out TcpFlags.Rst seq 0L 0 TcpOptions.None c
+        emit 0L out TcpFlags.Rst seq 0L 0 TcpOptions.None c
 
     /// §3.10.7.2: LISTEN answers a SYN with SYN,ACK. (Data on the SYN is not taken: it is not
     /// acknowledged, so the peer sends it again once the connection is up.)
@@ -595,7 +729,7 @@ module Connection =
         elif seg.Has TcpFlags.Ack then
             rst out seg.Ack c
         elif seg.Has TcpFlags.Syn then
-            learnSyn seg c
+            learnSyn now seg c
             |> move out TcpTrigger.RcvSyn TcpState.SynReceived
             |> transmit now out
         else
@@ -617,12 +751,11 @@ module Connection =
             else
                 c
         elif seg.Has TcpFlags.Syn then
-            let c = learnSyn seg c
+            let c = learnSyn now seg c
 
             if ackOk then
                 let c =
-                    newlyAcked now out seg.Ack c
-                    |> move out TcpTrigger.RcvSynAck TcpState.Established
+                    newlyAcked now out seg c |> move out TcpTrigger.RcvSynAck TcpState.Established
 
                 out.Add(TcpAction.Event TcpEvent.Connected)
                 // The SYN itself is acknowledged at once; data riding on it is taken as usual.
@@ -632,7 +765,7 @@ module Connection =
                 // Simultaneous open: our SYN is sent again, now with the ACK of theirs.
                 let c =
                     move out TcpTrigger.RcvSyn TcpState.SynReceived c
-                    |> emit out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (mssOption c)
+                    |> emit now out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (synOptions now c)
 
                 { c with RttTimed = ValueNone }
         else
@@ -668,6 +801,31 @@ module Connection =
             SeqNum.inWindow c.RcvNxt seg.Seq c.RcvRight
             || SeqNum.inWindow c.RcvNxt (seg.Seq + (length - 1)) c.RcvRight
 
+    /// PAWS (RFC 7323 §5.3 R1): a segment whose TSval is older than TS.Recent is an old
+    /// duplicate, unless TS.Recent itself is over 24 days old (§5.5, then it is stale). RSTs
+    /// are exempt (§5.2 leaves them to the sequence checks).
+    let private pawsRejects (now: int64) (seg: Segment) (c: Connection) =
+        match seg.Options.Timestamps with
+        | ValueSome ts when c.TsEnabled && not (seg.Has TcpFlags.Rst) ->
+            tsAfter c.TsRecent ts.Value && now - c.TsRecentAt <= PawsIdleLimit
+        | _ -> false
+
+    /// RFC 7323 §4.3 (and §5.3 R3): TS.Recent takes SEG.TSval when it is not older and the
+    /// segment starts at or before Last.ACK.sent, so the echoed time is that of the segment
+    /// that advanced the left edge, never of one sent later and delivered early.
+    let private updateTsRecent (now: int64) (seg: Segment) (c: Connection) =
+        match seg.Options.Timestamps with
+        | ValueSome ts when
+            c.TsEnabled
+            && not (tsAfter c.TsRecent ts.Value)
+            && SeqNum.le seg.Seq c.LastAckSent
+            ->
+            { c with
+                TsRecent = ts.Value
+                TsRecentAt = now
+            }
+        | _ -> c
+
     /// §3.10.7.4: SYN-RECEIVED and the synchronized states.
     let private onSynchronized (now: int64) (out: Out) (seg: Segment) (c: Connection) =
         if
@@ -678,7 +836,13 @@ module Connection =
         then
             // The peer's SYN again: our SYN,ACK was lost. Answer it now instead of waiting for
             // our timer (the model's ignored RcvSyn: no state change).
-            emit out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (mssOption c) c
+            emit now out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (synOptions now c) c
+        elif c.TsEnabled && not (seg.Has TcpFlags.Rst) && seg.Options.Timestamps.IsNone then
+            // RFC 7323 §3.2: once timestamps are on, a non-RST segment without them is dropped.
+            c
+        elif pawsRejects now seg c then
+            // RFC 7323 §5.3 R1: an old duplicate (its TSval is behind TS.Recent): ACK and drop.
+            if seg.Has TcpFlags.Rst then c else sendAck now out c
         elif not (acceptable seg c) then
             if seg.Has TcpFlags.Rst then
                 c
@@ -695,22 +859,24 @@ module Connection =
                             LingerAt = ValueSome(now + 2L * c.Config.Msl)
                         }
 
-                sendAck out c
+                sendAck now out c
             else
-                sendAck out c
+                sendAck now out c
         elif seg.Has TcpFlags.Rst then
             // RFC 5961 §3.2: only a RST exactly at RCV.NXT resets; one elsewhere in the window
             // gets a challenge ACK, so a blind attacker has to guess the exact number. TIME-WAIT
             // ignores RSTs (RFC 1337, see StateModel).
             if c.State = TcpState.TimeWait then c
             elif seg.Seq = c.RcvNxt then onReset out c
-            else sendAck out c
+            else sendAck now out c
         elif seg.Has TcpFlags.Syn then
             // RFC 5961 §4.2: a SYN in a synchronized state gets a challenge ACK, never a reset.
-            sendAck out c
+            sendAck now out c
         elif not (seg.Has TcpFlags.Ack) then
             c
         else
+            let c = updateTsRecent now seg c
+
             let struct (c, goOn) =
                 if c.State <> TcpState.SynReceived then
                     processAck now out seg c
@@ -719,8 +885,8 @@ module Connection =
                         move out TcpTrigger.RcvAckOfSyn TcpState.Established c
                         |> fun c ->
                             { c with
-                                SndWnd = int seg.Window
-                                MaxSndWnd = max c.MaxSndWnd (int seg.Window)
+                                SndWnd = int seg.Window <<< c.SndWndShift
+                                MaxSndWnd = max c.MaxSndWnd (int seg.Window <<< c.SndWndShift)
                                 SndWl1 = seg.Seq
                                 SndWl2 = seg.Ack
                             }
@@ -829,7 +995,7 @@ module Connection =
                 let seq = c.SndNxt
 
                 let c =
-                    emit out (TcpFlags.Ack ||| TcpFlags.Psh) seq (sendPosOf c seq) length TcpOptions.None c
+                    emit now out (TcpFlags.Ack ||| TcpFlags.Psh) seq (sendPosOf c seq) length TcpOptions.None c
 
                 let next = seq + length
 
@@ -846,7 +1012,7 @@ module Connection =
                 // so the peer must answer with an ACK carrying its current window, and no
                 // sequence space is used. (RFC 9293 §3.8.6.1 suggests one byte of new data; a
                 // byte past a closed window is dropped by the peer anyway.)
-                let c = emit out TcpFlags.Ack (c.SndUna - 1) 0L 0 TcpOptions.None c
+                let c = emit now out TcpFlags.Ack (c.SndUna - 1) 0L 0 TcpOptions.None c
 
                 let c =
                     { c with
@@ -889,7 +1055,7 @@ module Connection =
         let c =
             if live c && due now c.DelayedAckAt then
                 if c.AckPending then
-                    sendAck out c
+                    sendAck now out c
                 else
                     { c with DelayedAckAt = ValueNone }
             else
@@ -939,6 +1105,17 @@ module Connection =
             PersistAt = ValueNone
             DelayedAckAt = ValueNone
             LingerAt = ValueNone
+            WindowScaled = false
+            SndWndShift = 0
+            RcvWndShift = 0
+            TsEnabled = false
+            // A per-connection offset for TSval (RFC 7323 §7.1): the ISS is already secret and
+            // per 4-tuple (RFC 6528); the multiplier spreads it so the two do not look alike.
+            TsOffset = iss.Value * 2654435761u
+            TsRecent = 0u
+            TsRecentAt = 0L
+            LastAckSent = SeqNum 0u
+            RcvMss = min config.DefaultPeerMss config.Mss
         }
 
     /// Active OPEN: a connection in SYN-SENT whose SYN (with our MSS) is in the output. `iss`
@@ -1017,8 +1194,6 @@ module Connection =
                 (nameof bytes)
                 $"{bytes} bytes read, but only {c.Delivered - c.Consumed} were delivered and unread."
 
-        // `now` is unused today; the signature matches the other calls (auto-tuning will need it).
-        ignore now
         let out = Out()
         let c = { c with Consumed = c.Consumed + bytes }
 
@@ -1033,7 +1208,7 @@ module Connection =
                     && (before < c.Config.Mss
                         || growth >= min (c.Config.ReceiveBufferSize / 2) (2 * c.Config.Mss))
 
-                if worthIt then sendAck out c else c
+                if worthIt then sendAck now out c else c
             else
                 c
 
@@ -1117,5 +1292,28 @@ module Connection =
             Some $"the offered right edge {c.RcvRight} is before RCV.NXT {c.RcvNxt}"
         elif c.State = TcpState.Closed && (nextDeadline c).IsSome then
             Some "a timer runs in CLOSED"
+        elif
+            c.SndWndShift < 0
+            || c.SndWndShift > 14
+            || c.RcvWndShift < 0
+            || c.RcvWndShift > 14
+        then
+            Some $"window shifts {c.SndWndShift}/{c.RcvWndShift} outside 0..14"
+        elif not c.WindowScaled && (c.SndWndShift <> 0 || c.RcvWndShift <> 0) then
+            Some "window shifts set without window scaling"
+        elif
+            (c.WindowScaled && not c.Config.WindowScaling)
+            || (c.TsEnabled && not c.Config.Timestamps)
+        then
+            Some "an option is in use that the configuration does not offer"
+        elif synchronized && int64 (c.RcvRight - c.RcvNxt) > (65535L <<< c.RcvWndShift) then
+            Some $"the offered window {c.RcvRight - c.RcvNxt} exceeds what the window field can say"
+        elif
+            synchronized
+            && SeqNum.gt c.RcvRight (recvSeqOf c (c.Consumed + int64 c.Config.ReceiveBufferSize))
+        then
+            Some $"the offered right edge {c.RcvRight} is beyond the receive buffer"
+        elif c.SendMss < 1 || c.RcvMss < 1 then
+            Some $"MSS {c.SendMss}/{c.RcvMss} below 1"
         else
             None

@@ -35,25 +35,56 @@ module Rto =
     /// Takes a round-trip measurement `rtt` (§2.2 for the first, §2.3 after), then
     /// RTO = SRTT + max(G, K·RTTVAR) clamped to [minRto, maxRto] (§2.4, §2.5). A fresh sample
     /// also ends any backoff, since RTO is recomputed from SRTT.
-    let sample (granularity: int64) (minRto: int64) (maxRto: int64) (rtt: int64) (e: RtoEstimator) : RtoEstimator =
-        let rtt = max 0L rtt
-
-        let srtt, rttVar =
-            if not e.HasSample then
-                rtt, rtt / 2L
-            else
-                // Integer forms of RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R'| and SRTT = 7/8 SRTT + 1/8 R'
-                // (RTTVAR first: it uses the old SRTT).
-                let rttVar = (3L * e.RttVar + abs (e.Srtt - rtt)) / 4L
-                let srtt = (7L * e.Srtt + rtt) / 8L
-                srtt, rttVar
-
+    let private withSample
+        (granularity: int64)
+        (minRto: int64)
+        (maxRto: int64)
+        (srtt: int64)
+        (rttVar: int64)
+        : RtoEstimator =
         {
             Srtt = srtt
             RttVar = rttVar
             Rto = min maxRto (max minRto (srtt + max granularity (K * rttVar)))
             HasSample = true
         }
+
+    /// Takes a round-trip measurement `rtt` (§2.2 for the first, §2.3 after), then
+    /// RTO = SRTT + max(G, K·RTTVAR) clamped to [minRto, maxRto] (§2.4, §2.5). A fresh sample
+    /// also ends any backoff, since RTO is recomputed from SRTT.
+    let sample (granularity: int64) (minRto: int64) (maxRto: int64) (rtt: int64) (e: RtoEstimator) : RtoEstimator =
+        let rtt = max 0L rtt
+
+        if not e.HasSample then
+            withSample granularity minRto maxRto rtt (rtt / 2L)
+        else
+            // Integer forms of RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R'| and SRTT = 7/8 SRTT + 1/8 R'
+            // (RTTVAR first: it uses the old SRTT).
+            let rttVar = (3L * e.RttVar + abs (e.Srtt - rtt)) / 4L
+            let srtt = (7L * e.Srtt + rtt) / 8L
+            withSample granularity minRto maxRto srtt rttVar
+
+    /// A sample from the timestamps option, which yields one per ACK instead of one per round
+    /// trip: RFC 7323 Appendix G divides the gains by ExpectedSamples = ceil(FlightSize /
+    /// (2·SMSS)) (alpha' = 1/(8·n), beta' = 1/(4·n)), so a window's worth of samples weighs
+    /// about what one per-RTT sample did and RTTVAR does not collapse. n = 1 is `sample`.
+    let sampleWeighted
+        (granularity: int64)
+        (minRto: int64)
+        (maxRto: int64)
+        (expectedSamples: int)
+        (rtt: int64)
+        (e: RtoEstimator)
+        : RtoEstimator =
+        let n = int64 (max 1 expectedSamples)
+
+        if n = 1L || not e.HasSample then
+            sample granularity minRto maxRto rtt e
+        else
+            let rtt = max 0L rtt
+            let rttVar = e.RttVar + (abs (e.Srtt - rtt) - e.RttVar) / (4L * n)
+            let srtt = e.Srtt + (rtt - e.Srtt) / (8L * n)
+            withSample granularity minRto maxRto srtt (max 0L rttVar)
 
     /// Forward progress (an ACK of new data) ends the backoff: RTO is recomputed from SRTT and
     /// RTTVAR as BSD and Linux do, instead of waiting, as RFC 6298 §5.7 allows, for a fresh

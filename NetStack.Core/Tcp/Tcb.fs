@@ -13,7 +13,8 @@ type TcpConfig =
         /// IPv4, 1220 for IPv6).
         DefaultPeerMss: int
         /// Receive buffer capacity in bytes: the most data held for the user (in order and out
-        /// of order). Without window scaling (RFC 7323, later) at most 65535 of it is offered.
+        /// of order). Without window scaling at most 65535 of it can be offered; with it, up to
+        /// 65535·2^14 bytes (RFC 7323 §2.3).
         ReceiveBufferSize: int
         /// RTO before the first RTT sample (RFC 6298 §2.1: 1 s).
         InitialRto: int64
@@ -41,6 +42,12 @@ type TcpConfig =
         FinWait2Timeout: int64 voption
         /// Longest interval between zero-window probes.
         MaxPersistInterval: int64
+        /// Offer the window scale option (RFC 7323 §2) in our SYN, with the shift the receive
+        /// buffer needs; scaling is used only when the peer's SYN carries it too.
+        WindowScaling: bool
+        /// Offer timestamps (RFC 7323 §3-5: RTT measurement and PAWS); used only when both SYNs
+        /// carry them.
+        Timestamps: bool
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -68,7 +75,19 @@ type TcpConfig =
             Msl = 30_000_000L
             FinWait2Timeout = ValueNone
             MaxPersistInterval = 60_000_000L
+            WindowScaling = true
+            Timestamps = true
         }
+
+    /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
+    /// the smallest s in 0..14 with receiveBuffer <= 65535·2^s.
+    static member WindowShiftFor(receiveBuffer: int) =
+        let mutable shift = 0
+
+        while shift < 14 && int64 receiveBuffer > (65535L <<< shift) do
+            shift <- shift + 1
+
+        shift
 
     /// Throws ArgumentException when a setting is out of range.
     member this.Validate() =
@@ -80,6 +99,11 @@ type TcpConfig =
 
         if this.ReceiveBufferSize < 1 then
             invalidArg "ReceiveBufferSize" "ReceiveBufferSize must be positive."
+
+        if int64 this.ReceiveBufferSize > (65535L <<< 14) then
+            invalidArg
+                "ReceiveBufferSize"
+                "ReceiveBufferSize exceeds 65535·2^14, the largest scaled window (RFC 7323 §2.3)."
 
         if
             this.MinRto < 1L
@@ -262,7 +286,7 @@ type Connection =
         MaxSndWnd: int
         /// Effective send MSS: the peer's MSS option (or the default) capped by our own.
         SendMss: int
-        /// Congestion window in bytes (a Reno-style placeholder until pluggable congestion control).
+        /// Congestion window in bytes.
         Cwnd: int
         /// Slow-start threshold in bytes.
         Ssthresh: int
@@ -313,4 +337,27 @@ type Connection =
         DelayedAckAt: int64 voption
         /// TIME-WAIT's 2·MSL deadline, or FIN-WAIT-2's idle deadline.
         LingerAt: int64 voption
+
+        /// Both SYNs carried the window scale option (RFC 7323 §2.2).
+        WindowScaled: bool
+        /// Snd.Wind.Shift (RFC 7323 §2.3): the peer's shift, applied to every SEG.WND except on
+        /// SYNs. 0 when scaling is off.
+        SndWndShift: int
+        /// Rcv.Wind.Shift: our shift, applied to every window we send except on SYNs. 0 when
+        /// scaling is off.
+        RcvWndShift: int
+        /// Both SYNs carried timestamps: every segment we send carries TSval and TSecr.
+        TsEnabled: bool
+        /// Added to `now` in milliseconds to make our TSval, so the clock does not reveal uptime
+        /// and differs per connection (RFC 7323 §5.4, §7.1). Derived from the ISS.
+        TsOffset: uint32
+        /// TS.Recent (RFC 7323 §4.3): the timestamp to echo in TSecr.
+        TsRecent: uint32
+        /// When TS.Recent was last set (µs), for the 24-day PAWS rule (§5.5).
+        TsRecentAt: int64
+        /// Last.ACK.sent: the ACK number of the last segment we sent (RFC 7323 §4.3).
+        LastAckSent: SeqNum
+        /// The largest segment payload received (as Linux's rcv_mss): "a full-sized segment"
+        /// for the rule that every second one is ACKed at once.
+        RcvMss: int
     }

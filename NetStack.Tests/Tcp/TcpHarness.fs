@@ -30,7 +30,8 @@ type Side =
         /// Send-stream bytes freed by SendBufferFreed.
         mutable Freed: int64
         mutable CloseCalled: bool
-        /// Highest (ACK + window) right edge this side has sent: must never move left.
+        /// Highest (ACK + window) right edge this side has sent: must never move left (beyond
+        /// the window scale's rounding).
         mutable SentRightEdge: SeqNum voption
         Transitions: ResizeArray<StateTransition>
         Events: ResizeArray<TcpEvent>
@@ -117,11 +118,21 @@ let apply (side: Side) (incoming: byte[]) (transmit: OutgoingSegment -> unit) (o
         match action with
         | TcpAction.Transmit seg ->
             if seg.Flags.HasFlag TcpFlags.Ack && not (seg.Flags.HasFlag TcpFlags.Rst) then
-                let right = seg.Ack + int seg.Window
+                // RFC 7323 §2.2: the field is scaled by the sender's shift, except on a SYN.
+                let shift =
+                    if seg.Flags.HasFlag TcpFlags.Syn then
+                        0
+                    else
+                        side.Conn.RcvWndShift
 
+                let right = seg.Ack + (int seg.Window <<< shift)
+
+                // §2.4: truncating the window to the scale's granularity may retract the edge by
+                // less than 2^shift, never more.
                 match side.SentRightEdge with
-                | ValueSome previous when SeqNum.lt right previous ->
+                | ValueSome previous when SeqNum.lt (right + ((1 <<< shift) - 1)) previous ->
                     fail $"{side.Name}: offered right edge moved left from {previous} to {right}"
+                | ValueSome previous when SeqNum.lt right previous -> ()
                 | _ -> side.SentRightEdge <- ValueSome right
 
             transmit seg

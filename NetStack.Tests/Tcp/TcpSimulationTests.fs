@@ -45,7 +45,10 @@ let private profileOf (seed: int) (maxBytes: int) =
 
         { TcpConfig.Default with
             Mss = mss
-            ReceiveBufferSize = [| 65535; 8192; 3000; 20000 |].[rng.Next 4]
+            ReceiveBufferSize = [| 65535; 8192; 3000; 20000; 262144 |].[rng.Next 5]
+            // Each option on or off per side: every combination must interoperate.
+            WindowScaling = rng.Next 4 <> 0
+            Timestamps = rng.Next 4 <> 0
             // 2·MSL above MaxRto: the peer repeating a lost last FIN always finds TIME-WAIT.
             Msl = 60_000_000L
             DelayedAckTimeout = int64 (rng.Next(0, 200_001))

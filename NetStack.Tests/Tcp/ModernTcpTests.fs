@@ -1,0 +1,382 @@
+/// The modern TCP extensions, one rule at a time: RFC 7323 window scaling, timestamps and PAWS.
+module NetStack.Tests.ModernTcpTests
+
+open Expecto
+open NetStack.Core.Wire
+open NetStack.Core.Tcp
+
+let private ms (n: int) = int64 n * 1000L
+
+let private sent (o: TcpOutput) =
+    o.Actions
+    |> List.choose (function
+        | TcpAction.Transmit s -> Some s
+        | _ -> None)
+
+let private single (o: TcpOutput) =
+    match sent o with
+    | [ s ] -> s
+    | other -> failtest $"expected one segment, got {other}"
+
+let private stored (o: TcpOutput) =
+    o.Actions
+    |> List.exists (function
+        | TcpAction.StoreReceived _ -> true
+        | _ -> false)
+
+/// What the peer sees of an outgoing segment (no payload bytes are needed by the engine).
+let private arriving (s: OutgoingSegment) : Segment =
+    {
+        Seq = s.Seq
+        Ack = s.Ack
+        Flags = s.Flags
+        Window = s.Window
+        Options = s.Options
+        PayloadLength = s.DataLength
+    }
+
+let private configWith (ws: bool) (ts: bool) =
+    { TcpConfig.Default with
+        WindowScaling = ws
+        Timestamps = ts
+        ReceiveBufferSize = 1 <<< 20
+    }
+
+/// A client and a server through the three-way handshake; returns both and the three segments.
+let private handshake (clientConfig: TcpConfig) (serverConfig: TcpConfig) =
+    let client, o = Connection.openActive clientConfig (SeqNum 1000u) 0L
+    let syn = single o
+    let server, o = Connection.accept serverConfig (SeqNum 7000u) (ms 1) (arriving syn)
+    let synAck = single o
+    let client, o = Connection.handleSegment (ms 2) (arriving synAck) client
+    let ack = single o
+    let server, _ = Connection.handleSegment (ms 3) (arriving ack) server
+    Expect.equal client.State TcpState.Established "client established"
+    Expect.equal server.State TcpState.Established "server established"
+    client, server, syn, synAck, ack
+
+let private audit (c: Connection) =
+    match Connection.audit c with
+    | Some problem -> failtest problem
+    | None -> ()
+
+/// A data segment for `receiver` at `seq` (absolute), with timestamps (TSval, TSecr) if given.
+let private data (receiver: Connection) (seq: SeqNum) (length: int) (ts: (uint32 * uint32) option) =
+    {
+        Seq = seq
+        Ack = receiver.SndMax
+        Flags = TcpFlags.Ack
+        Window = 1000us
+        Options =
+            { TcpOptions.None with
+                Timestamps =
+                    ts
+                    |> Option.map (fun (v, e) -> { Value = v; EchoReply = e })
+                    |> Option.toValueOption
+            }
+        PayloadLength = length
+    }
+
+[<Tests>]
+let tests =
+    testList
+        "TcpModern"
+        [
+            testList
+                "negotiation"
+                [
+                    for cws in [ false; true ] do
+                        for cts in [ false; true ] do
+                            for sws in [ false; true ] do
+                                for sts in [ false; true ] do
+                                    test $"client WS {cws} TS {cts}, server WS {sws} TS {sts}" {
+                                        let client, server, syn, synAck, ack =
+                                            handshake (configWith cws cts) (configWith sws sts)
+
+                                        Expect.equal syn.Options.WindowScale.IsSome cws "SYN offers WS as configured"
+                                        Expect.equal syn.Options.Timestamps.IsSome cts "SYN offers TS as configured"
+
+                                        Expect.equal
+                                            synAck.Options.WindowScale.IsSome
+                                            (cws && sws)
+                                            "SYN,ACK answers WS only when offered"
+
+                                        Expect.equal
+                                            synAck.Options.Timestamps.IsSome
+                                            (cts && sts)
+                                            "SYN,ACK answers TS only when offered"
+
+                                        for c in [ client; server ] do
+                                            Expect.equal c.WindowScaled (cws && sws) "WS in use iff both sent it"
+                                            Expect.equal c.TsEnabled (cts && sts) "TS in use iff both sent them"
+                                            audit c
+
+                                        Expect.equal ack.Options.Timestamps.IsSome (cts && sts) "the ACK carries TS"
+                                        // 1 MiB needs shift 5 (65535·2^4 < 2^20 <= 65535·2^5).
+                                        let shift = if cws && sws then 5 else 0
+                                        Expect.equal client.SndWndShift shift "the peer's shift"
+                                        Expect.equal client.RcvWndShift shift "our shift"
+
+                                        Expect.equal
+                                            (int64 server.SndWnd)
+                                            (if cws && sws then
+                                                 int64 ack.Window <<< 5
+                                             else
+                                                 int64 ack.Window)
+                                            "the handshake's ACK window is scaled"
+
+                                        Expect.equal
+                                            client.SendMss
+                                            (1460 - (if cts && sts then 12 else 0))
+                                            "timestamps take 12 bytes of each segment"
+                                    }
+                ]
+
+            testList
+                "window scaling"
+                [
+                    test "the shift is the smallest that covers the buffer, 0 at 65535 and 14 at the top" {
+                        Expect.equal (TcpConfig.WindowShiftFor 65535) 0 "65535 needs no shift"
+                        Expect.equal (TcpConfig.WindowShiftFor 65536) 1 "one more byte needs one"
+                        Expect.equal (TcpConfig.WindowShiftFor(65535 <<< 14)) 14 "the largest buffer needs 14"
+
+                        { TcpConfig.Default with
+                            ReceiveBufferSize = 65535 <<< 14
+                        }
+                            .Validate()
+
+                        Expect.throws
+                            (fun () ->
+                                { TcpConfig.Default with
+                                    ReceiveBufferSize = (65535 <<< 14) + 1
+                                }
+                                    .Validate())
+                            "no window field can offer more"
+                    }
+
+                    test "shift 0: windows are taken and sent as they are" {
+                        let cfg =
+                            { configWith true false with
+                                ReceiveBufferSize = 65535
+                            }
+
+                        let client, server, _, synAck, ack = handshake cfg cfg
+                        Expect.equal synAck.Options.WindowScale (ValueSome 0uy) "WS 0 is still offered"
+                        Expect.equal ack.Window 65535us "a 65535-byte window, unscaled"
+                        Expect.equal server.SndWnd 65535 "taken unscaled"
+                        Expect.isTrue client.WindowScaled "negotiated"
+                    }
+
+                    test "shift 14: a peer's window field of 1 is 16384 bytes, a shift above 14 counts as 14" {
+                        let cfg = configWith true false
+                        let client, o = Connection.openActive cfg (SeqNum 1000u) 0L
+                        let syn = single o
+
+                        let synAck =
+                            {
+                                Seq = SeqNum 5000u
+                                Ack = syn.Seq + 1
+                                Flags = TcpFlags.Syn ||| TcpFlags.Ack
+                                Window = 1000us
+                                Options =
+                                    { TcpOptions.None with
+                                        WindowScale = ValueSome 15uy
+                                    }
+                                PayloadLength = 0
+                            }
+
+                        let client, _ = Connection.handleSegment (ms 1) synAck client
+                        Expect.equal client.SndWnd 1000 "the SYN,ACK's window is never scaled"
+                        Expect.equal client.SndWndShift 14 "15 is taken as 14"
+
+                        let update =
+                            {
+                                Seq = SeqNum 5001u
+                                Ack = syn.Seq + 1
+                                Flags = TcpFlags.Ack
+                                Window = 1us
+                                Options = TcpOptions.None
+                                PayloadLength = 0
+                            }
+
+                        let client, _ = Connection.handleSegment (ms 2) update client
+                        Expect.equal client.SndWnd 16384 "1 << 14"
+
+                        let client, _ =
+                            Connection.handleSegment (ms 3) { update with Window = 65535us } client
+
+                        Expect.equal client.SndWnd (65535 <<< 14) "the largest window there is"
+                        audit client
+                    }
+
+                    test
+                        "a 1 MiB buffer is offered through the scaled field; the edge retracts by less than 2^shift at most" {
+                        let cfg = configWith true false
+                        let client, _, _, _, _ = handshake cfg cfg
+                        let mutable c = client
+                        let mutable right = c.RcvRight
+                        let mutable seq = c.RcvNxt
+                        let rng = System.Random 7
+
+                        for _ in 1..300 do
+                            let length = rng.Next(1, 1461)
+                            let c2, o = Connection.handleSegment (ms 5) (data c seq length None) c
+
+                            for s in sent o do
+                                let edge = s.Ack + (int s.Window <<< 5)
+                                Expect.isTrue (SeqNum.ge (edge + 31) right) "the offered edge never moves left by 32"
+                                right <- SeqNum.max edge right
+
+                            seq <- seq + length
+                            c <- c2
+                            audit c
+
+                            if rng.Next 4 = 0 && c.Delivered > c.Consumed then
+                                let c3, o = Connection.receiveWindowUpdate (ms 6) (c.Delivered - c.Consumed) c
+
+                                for s in sent o do
+                                    let edge = s.Ack + (int s.Window <<< 5)
+                                    Expect.isTrue (SeqNum.ge (edge + 31) right) "nor after a read"
+                                    right <- SeqNum.max edge right
+
+                                c <- c3
+                                audit c
+
+                        Expect.isGreaterThan (c.RcvRight - c.RcvNxt) 65535 "more than 64 KiB is offered"
+                    }
+                ]
+
+            testList
+                "timestamps"
+                [
+                    test "TSval follows the millisecond clock plus an offset, and TSecr echoes TS.Recent" {
+                        let cfg = configWith false true
+                        let client, server, syn, synAck, ack = handshake cfg cfg
+                        let tsSyn = syn.Options.Timestamps.Value
+                        Expect.equal tsSyn.EchoReply 0u "a SYN echoes nothing"
+                        Expect.equal synAck.Options.Timestamps.Value.EchoReply tsSyn.Value "the SYN,ACK echoes the SYN"
+
+                        Expect.equal
+                            ack.Options.Timestamps.Value.Value
+                            (tsSyn.Value + 2u)
+                            "the client's clock moved 2 ms between SYN and ACK"
+
+                        Expect.equal
+                            ack.Options.Timestamps.Value.EchoReply
+                            synAck.Options.Timestamps.Value.Value
+                            "the ACK echoes the SYN,ACK"
+
+                        Expect.notEqual client.TsOffset server.TsOffset "offsets differ per connection"
+                    }
+
+                    test "an RTT sample comes from TSecr" {
+                        let cfg =
+                            { configWith false true with
+                                MinRto = 1000L
+                            }
+
+                        let client, server, _, _, _ = handshake cfg cfg
+                        let client, o = Connection.send (ms 100) 1000L client
+                        let seg = single o
+                        let server, o = Connection.handleSegment (ms 120) (arriving seg) server
+                        // The server delays its ACK; the timer sends it.
+                        let _, o2 = Connection.handleTimer (ms 200) server
+
+                        let reply =
+                            match sent o @ sent o2 with
+                            | s :: _ -> s
+                            | [] -> failtest "no ACK"
+
+                        Expect.equal
+                            reply.Options.Timestamps.Value.EchoReply
+                            seg.Options.Timestamps.Value.Value
+                            "the ACK echoes the data's TSval"
+
+                        let client, _ = Connection.handleSegment (ms 250) (arriving reply) client
+                        // The handshake gave a 2 ms sample; 150 ms from the echoed TSval is the
+                        // second: SRTT = 7/8·2 + 1/8·150 ms (one sample expected per round trip).
+                        Expect.equal client.Rtt.Srtt 20_500L "SRTT with the 150 ms sample"
+                        audit client
+                    }
+
+                    test "PAWS: an old TSval is ACKed and dropped; a newer one is taken" {
+                        let cfg = configWith false true
+                        let client, _, _, _, _ = handshake cfg cfg
+                        let recent = client.TsRecent
+
+                        let c, o =
+                            Connection.handleSegment
+                                (ms 10)
+                                (data client client.RcvNxt 100 (Some(recent - 5u, 0u)))
+                                client
+
+                        Expect.isFalse (stored o) "an old duplicate is not stored"
+                        Expect.equal (single o).Ack client.RcvNxt "it draws an ACK"
+                        Expect.equal c.RcvNxt client.RcvNxt "nothing taken"
+
+                        let c, o =
+                            Connection.handleSegment
+                                (ms 10)
+                                (data client client.RcvNxt 100 (Some(recent + 5u, 0u)))
+                                client
+
+                        Expect.isTrue (stored o) "a newer TSval is taken"
+                        Expect.equal c.TsRecent (recent + 5u) "and becomes TS.Recent"
+                        audit c
+                    }
+
+                    test "PAWS forgets a TS.Recent idle for over 24 days" {
+                        let cfg = configWith false true
+                        let client, _, _, _, _ = handshake cfg cfg
+                        let later = 25L * 86_400_000_000L
+
+                        let _, o =
+                            Connection.handleSegment
+                                later
+                                (data client client.RcvNxt 100 (Some(client.TsRecent - 5u, 0u)))
+                                client
+
+                        Expect.isTrue (stored o) "a stale TS.Recent rejects nothing"
+                    }
+
+                    test "a segment without timestamps is dropped once they are on; a RST without them still counts" {
+                        let cfg = configWith false true
+                        let client, _, _, _, _ = handshake cfg cfg
+
+                        let c, o =
+                            Connection.handleSegment (ms 10) (data client client.RcvNxt 100 None) client
+
+                        Expect.isEmpty o.Actions "silently dropped (RFC 7323 §3.2)"
+                        Expect.equal c.RcvNxt client.RcvNxt "nothing taken"
+
+                        let rst =
+                            {
+                                Seq = client.RcvNxt
+                                Ack = SeqNum 0u
+                                Flags = TcpFlags.Rst
+                                Window = 0us
+                                Options = TcpOptions.None
+                                PayloadLength = 0
+                            }
+
+                        let c, _ = Connection.handleSegment (ms 11) rst client
+                        Expect.equal c.State TcpState.Closed "the RST resets"
+                    }
+
+                    test "TS.Recent is not taken from a segment beyond Last.ACK.sent (out of order)" {
+                        let cfg = configWith false true
+                        let client, _, _, _, _ = handshake cfg cfg
+                        let recent = client.TsRecent
+
+                        let c, o =
+                            Connection.handleSegment
+                                (ms 10)
+                                (data client (client.RcvNxt + 500) 100 (Some(recent + 50u, 0u)))
+                                client
+
+                        Expect.isTrue (stored o) "the early segment is stored"
+                        Expect.equal c.TsRecent recent "but its TSval is not echoed"
+                        audit c
+                    }
+                ]
+        ]
