@@ -8,6 +8,7 @@ using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
 using NetStack.Core.Wire;
 using NetStack.Diagnostics;
+using NetStack.Device;
 using TcpEngine = NetStack.Core.Tcp.ConnectionModule;
 
 namespace NetStack;
@@ -438,14 +439,19 @@ public sealed partial class NetworkStack
     }
 
     // Carries out the core's actions for connection c, in order, then queues its next timer.
+    // With TSO, consecutive data segments are gathered into one super-segment (see TransmitData);
+    // any other action first sends what was gathered, so the order on the wire stays the core's.
     private void Execute(TcpConnection c, TcpOutput output, ReadOnlySpan<byte> payload, long now)
     {
+        _run.Count = 0; // a run left by a failed write is not sent later
         for (var actions = output.Actions; !actions.IsEmpty; actions = actions.Tail)
         {
+            if (_run.Count > 0 && actions.Head is not TcpAction.Transmit)
+                FlushRun(now);
             switch (actions.Head)
             {
                 case TcpAction.Transmit t:
-                    Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, t.segment, c, now);
+                    TransmitData(c, t.segment, now);
                     break;
                 case TcpAction.StoreReceived s:
                     c.Store(payload.Slice(s.payloadOffset, s.length), s.position);
@@ -461,6 +467,8 @@ public sealed partial class NetworkStack
                     break;
             }
         }
+        if (_run.Count > 0)
+            FlushRun(now);
         if (c.Orphaned && !c.Removed && c.Core.Consumed < c.Core.Delivered)
         {
             // Nobody reads an orphaned connection: keep its window open so the peer can finish.
@@ -555,6 +563,123 @@ public sealed partial class NetworkStack
         int length = IpLayer.writeTcp(local, remote, localPort, remotePort, NextIdentification(), segment, data, _packetBuffer);
         SendPacket(length, remote, now);
         _statistics.Increment("tcp.sent");
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // TCP segmentation offload
+    // ------------------------------------------------------------------------------------------
+
+    // A run of data segments of one connection gathered for one super-segment (loop-only).
+    private struct SegmentRun
+    {
+        public int Count;
+        public TcpConnection? Connection;
+        public OutgoingSegment First;
+        public TcpFlags LastFlags;
+        public int Bytes;
+        public int LastLength;
+        public int HeaderBytes;
+    }
+
+    private SegmentRun _run;
+
+    // Flags that may differ along a run: the kernel gives PSH and FIN to the last segment only
+    // (tcp_gso_segment), so the super-segment carries those of the last one.
+    private const TcpFlags RunTailFlags = TcpFlags.Psh | TcpFlags.Fin;
+
+    private bool TsoFor(IpAddr local) =>
+        _offload is not null
+        && (_offload.Offloads & (local.IsIpv6 ? TunOffloads.Tso6 : TunOffloads.Tso4)) != 0;
+
+    // A data segment goes into the current run when it continues it exactly: same connection,
+    // next sequence number and send position, same ACK, window, options and flags (PSH/FIN
+    // aside), the run's segments so far all full-sized and no FIN yet, and the whole within one
+    // IP packet (RFC 791 total length, RFC 8200 payload length: 65535). Anything else (SYN,
+    // RST, URG, pure ACKs, retransmissions out of line, a segment larger than the path MTU
+    // allows) ends the run and goes as an ordinary packet.
+    private void TransmitData(TcpConnection c, OutgoingSegment segment, long now)
+    {
+        if (_run.Count > 0)
+        {
+            ref var run = ref _run;
+            var first = run.First;
+            bool continues = ReferenceEquals(run.Connection, c)
+                && segment.DataLength > 0
+                && segment.DataLength <= first.DataLength
+                && run.LastLength == first.DataLength
+                && (run.LastFlags & TcpFlags.Fin) == 0
+                && segment.DataPosition == first.DataPosition + run.Bytes
+                && segment.Seq.Value == unchecked(first.Seq.Value + (uint)run.Bytes)
+                && segment.Ack.Value == first.Ack.Value
+                && segment.Window == first.Window
+                && (segment.Flags & ~RunTailFlags) == (first.Flags & ~RunTailFlags)
+                && segment.Options.Equals(first.Options)
+                && run.HeaderBytes + run.Bytes + segment.DataLength <= MaxRunPacket(c.LocalAddress);
+            if (continues)
+            {
+                run.Count++;
+                run.Bytes += segment.DataLength;
+                run.LastLength = segment.DataLength;
+                run.LastFlags = segment.Flags;
+                return;
+            }
+            FlushRun(now);
+        }
+        bool startsRun = segment.DataLength > 0
+            && (segment.Flags & (TcpFlags.Syn | TcpFlags.Rst | TcpFlags.Urg)) == 0
+            && TsoFor(c.LocalAddress);
+        if (startsRun)
+        {
+            int headerBytes = IpLayer.tcpPayloadOffset(c.LocalAddress, segment.Options);
+            // Each segment the kernel cuts must fit the path: else the ordinary path fragments.
+            if (headerBytes + segment.DataLength <= IpLayer.pathMtu(now, c.RemoteAddress, _ip))
+            {
+                _run = new SegmentRun
+                {
+                    Count = 1,
+                    Connection = c,
+                    First = segment,
+                    LastFlags = segment.Flags,
+                    Bytes = segment.DataLength,
+                    LastLength = segment.DataLength,
+                    HeaderBytes = headerBytes,
+                };
+                return;
+            }
+        }
+        Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, segment, c, now);
+    }
+
+    // The longest packet a run may make: IPv4 total length 65535; IPv6 payload 65535 after the header.
+    private static int MaxRunPacket(IpAddr local) => local.IsIpv6 ? 65535 + 40 : 65535;
+
+    // Sends the gathered run: one segment as an ordinary packet, several as one super-segment
+    // (gso TCPV4/TCPV6, gso_size the first segment's length, NEEDS_CSUM with the pseudo-header
+    // sum in the checksum field) that the kernel takes whole or cuts into exactly those segments.
+    private void FlushRun(long now)
+    {
+        var run = _run;
+        _run = default;
+        var c = run.Connection!;
+        if (run.Count == 1)
+        {
+            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, run.First, c, now);
+            return;
+        }
+        var data = _packetBuffer.AsSpan(run.HeaderBytes, run.Bytes);
+        c.CopySendData(run.First.DataPosition, data);
+        int length = IpLayer.writeTcpSegments(c.LocalAddress, c.RemoteAddress, c.LocalPort, c.RemotePort,
+            NextIdentification(), run.First, run.LastFlags, run.Bytes, _packetBuffer);
+        // The kernel numbers the IPv4 identification of the segments it cuts on from ours.
+        _nextIpv4Identification += (ushort)(run.Count - 1);
+        int ipHeader = c.LocalAddress.IsIpv6 ? 40 : 20;
+        var header = VirtioNet.tcpSegments(c.LocalAddress.IsIpv6, ipHeader, run.HeaderBytes - ipHeader, run.First.DataLength);
+        _offload!.Write(_packetBuffer.AsSpan(0, length), header);
+        _statistics.Increment("device.written");
+        _statistics.Increment("tcp.sent", run.Count);
+        _statistics.Increment("offload.tso.sent");
+        _statistics.Increment("offload.tso.segments", run.Count);
+        Interlocked.Add(ref _bytesWritten, length);
     }
 
     // ------------------------------------------------------------------------------------------

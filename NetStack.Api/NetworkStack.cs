@@ -41,6 +41,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 
     private readonly IPacketDevice _device;
 
+    // The same device when it carries offload metadata and offloads are in force; else null.
+    private readonly IOffloadPacketDevice? _offload;
+
     // The kernel-side configuration; it removes what it added when disposed, so it lives as long
     // as the stack (null when attached to an existing interface or on a caller's device).
     private readonly KernelLink? _link;
@@ -101,8 +104,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
+        if (options.Offloads && device is IOffloadPacketDevice offload && offload.Offloads != TunOffloads.None)
+            _offload = offload;
         int mtu = Math.Min(options.Mtu, device.Mtu);
-        _receiveBuffer = new byte[65536];
+        // Room for the longest super-segment: an IPv6 payload of 65535 bytes after its header.
+        _receiveBuffer = new byte[65536 + 128];
         _fragmentBuffer = new byte[Math.Max(mtu, 1280) + 64];
         if (options.Address is not null)
             _address4 = IpAddr.NewV4(Ipv4Address.OfIPAddress(options.Address));
@@ -134,10 +140,17 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     public static NetworkStack Start(NetStackOptions options)
     {
         Validate(options);
-        var device = options.AttachExisting ? TunDevice.Attach(options.TunName) : TunDevice.Create(options.TunName);
+        // Offloads only where nothing between the stack and the device hides them: injected
+        // corruption must reach the checksum check, which a partial checksum would skip.
+        bool offloads = options.Offloads && options.Faults is null;
+        var device = options.AttachExisting
+            ? TunDevice.Attach(options.TunName, offloads)
+            : TunDevice.Create(options.TunName, offloads);
         KernelLink? link = null;
         try
         {
+            if (offloads)
+                device.SetOffloads(StackOffloads);
             if (!options.AttachExisting)
             {
                 link = new KernelLink(device);
@@ -238,6 +251,15 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         ValidateTcp(options);
     }
 
+    // What the stack asks the kernel for: checksum offload and TSO both ways.
+    private const TunOffloads StackOffloads = TunOffloads.Checksum | TunOffloads.Tso4 | TunOffloads.Tso6;
+
+    /// <summary>
+    /// The device offloads in force (<see cref="TunOffloads.None"/> when <see cref="NetStackOptions.Offloads"/>
+    /// is off, with faults, or when the kernel or device offers none).
+    /// </summary>
+    public TunOffloads Offloads => _offload?.Offloads ?? TunOffloads.None;
+
     /// <summary>The options the stack was started with.</summary>
     public NetStackOptions Options { get; }
 
@@ -298,7 +320,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     public void InjectPacket(ReadOnlySpan<byte> packet)
     {
         var copy = packet.ToArray();
-        Post(() => ProcessPacket(copy), null);
+        Post(() => ProcessPacket(copy, default), null);
     }
 
     // ------------------------------------------------------------------------------------------
@@ -316,12 +338,16 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 DrainCommands();
                 if (_stopping)
                     break;
-                if (_device.TryRead(_receiveBuffer, WaitMilliseconds(), out int length))
+                VirtioNetHeader header = default;
+                bool read = _offload is not null
+                    ? _offload.TryReadWithHeader(_receiveBuffer, WaitMilliseconds(), out int length, out header)
+                    : _device.TryRead(_receiveBuffer, WaitMilliseconds(), out length);
+                if (read)
                 {
                     deviceErrors = 0;
                     _statistics.Increment("device.read");
                     Interlocked.Add(ref _bytesRead, length);
-                    ProcessPacket(_receiveBuffer.AsSpan(0, length));
+                    ProcessPacket(_receiveBuffer.AsSpan(0, length), header);
                 }
             }
             catch (ObjectDisposedException) when (_stopping)
@@ -398,11 +424,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
     }
 
-    private void ProcessPacket(ReadOnlySpan<byte> packet)
+    private void ProcessPacket(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
     {
         try
         {
-            Dispatch(packet);
+            Dispatch(packet, header);
         }
         catch (TunDeviceException)
         {
@@ -416,12 +442,16 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
     }
 
-    private void Dispatch(ReadOnlySpan<byte> packet)
+    private void Dispatch(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
     {
         long now = Now();
         if (!packet.IsEmpty && (packet[0] >> 4) is 4 or 6)
             _statistics.Increment((packet[0] >> 4) == 6 ? "ipv6.received" : "ipv4.received");
-        var (state, r) = IpLayer.receive(now, packet, _ip);
+        if (header.IsSegmented)
+            _statistics.Increment("offload.gso.received");
+        // A partial (NEEDS_CSUM) or kernel-verified (DATA_VALID) transport checksum is not
+        // checked again; a super-segment goes to TCP whole, however long.
+        var (state, r) = IpLayer.receiveChecked(now, packet, header.TransportChecksumTrusted, _ip);
         _ip = state;
         switch (r.Kind)
         {

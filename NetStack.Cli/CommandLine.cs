@@ -142,6 +142,7 @@ public static class InterfaceOptions
                   --host-ip6 ADDR     the kernel side's IPv6 address (default {d.HostAddress6})
                   --mtu N             link MTU, 1280-65535 (default {d.Mtu})
                   --pcap FILE         record every packet the stack reads and writes in FILE (pcap, raw IP)
+                  --no-offload        no TUN offloads (checksum offload, TSO): one packet per system call
 
                 fault injection (both directions, on the stack's side of the TUN device):
                   --loss P%           drop P percent of packets (0-100, e.g. 5% or 0.5)
@@ -180,6 +181,9 @@ public static class InterfaceOptions
                 return true;
             case "--mtu":
                 options = options with { Mtu = reader.ParseInt(option, reader.Value(option), 1280, 65535, "an MTU") };
+                return true;
+            case "--no-offload":
+                options = options with { Offloads = false };
                 return true;
             case "--pcap":
                 var path = reader.Value(option);

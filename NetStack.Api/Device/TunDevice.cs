@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
+using NetStack.Core.Wire;
 using NetStack.Interop;
 
 namespace NetStack.Device;
@@ -15,6 +16,15 @@ namespace NetStack.Device;
 /// (Documentation/networking/tuntap.rst).
 /// </para>
 /// <para>
+/// Opened with a virtio-net header (IFF_VNET_HDR, see <see cref="Create(string, bool)"/>), every
+/// packet in both directions is preceded by a 10-byte <see cref="VirtioNetHeader"/>, and
+/// <see cref="SetOffloads"/> can let the kernel hand the reader partial checksums and 64 KiB TCP
+/// super-segments. The calls taking a <see cref="VirtioNetHeader"/> read and write it; the plain
+/// <see cref="TryRead(Span{byte}, int, out int)"/> and <see cref="Write(ReadOnlySpan{byte})"/>
+/// drop it and write an empty one, so such a device still works for a reader that ignores
+/// offloads as long as none were set.
+/// </para>
+/// <para>
 /// Threading: one thread reads (the engine loop), any thread may write, and any thread may call
 /// <see cref="Wake"/> or <see cref="Dispose"/>. A read waits in poll(2) on the TUN descriptor and on
 /// an eventfd; <see cref="Dispose"/> signals the eventfd, so a blocked read ends at once with
@@ -22,9 +32,9 @@ namespace NetStack.Device;
 /// left its system calls.
 /// </para>
 /// <para>
-/// Lifetime: a device made by <see cref="Create"/> is not persistent (we never set TUNSETPERSIST),
+/// Lifetime: a device made by <see cref="Create(string)"/> is not persistent (we never set TUNSETPERSIST),
 /// so the kernel deletes the interface, with its addresses and routes, when
-/// <see cref="Dispose"/> closes the descriptor. A device opened by <see cref="Attach"/> is an
+/// <see cref="Dispose"/> closes the descriptor. A device opened by <see cref="Attach(string)"/> is an
 /// existing persistent interface and stays after <see cref="Dispose"/>.
 /// </para>
 /// <para>
@@ -36,7 +46,7 @@ public sealed unsafe class TunDevice : IDisposable
     /// <summary>The longest interface name Linux accepts, in bytes: IFNAMSIZ (16) less the NUL.</summary>
     public const int MaxNameLength = 15;
 
-    /// <summary>The template <see cref="Create"/> uses when given none: the kernel picks tun0, tun1, ...</summary>
+    /// <summary>The template <see cref="Create(string)"/> uses when given none: the kernel picks tun0, tun1, ...</summary>
     public const string DefaultTemplate = "tun%d";
 
     /// <summary>The clone device every TUN interface is opened through.</summary>
@@ -47,6 +57,14 @@ public sealed unsafe class TunDevice : IDisposable
     private const nuint TUNSETIFF = 0x400454CA;
     private const short IFF_TUN = 0x0001;
     private const short IFF_NO_PI = 0x1000;
+    private const short IFF_VNET_HDR = 0x4000;
+
+    // _IOW('T', 208, unsigned int): the argument is the TUN_F_* mask itself, not a pointer.
+    private const nuint TUNSETOFFLOAD = 0x400454D0;
+
+    // _IOW('T', 216, int) and _IOW('T', 220, int): both take a pointer to an int.
+    private const nuint TUNSETVNETHDRSZ = 0x400454D8;
+    private const nuint TUNSETVNETLE = 0x400454DC;
 
     // Makes TUNSETIFF fail with EBUSY when an interface of that name exists, instead of attaching
     // to it: "create" must not silently take over someone else's persistent device.
@@ -56,14 +74,24 @@ public sealed unsafe class TunDevice : IDisposable
     private readonly FileDescriptorHandle _wake;
     private int _disposed;
 
-    private TunDevice(FileDescriptorHandle tun, FileDescriptorHandle wake, string name, bool created)
+    private TunDevice(FileDescriptorHandle tun, FileDescriptorHandle wake, string name, bool created, bool virtioNetHeader)
     {
         _tun = tun;
         _wake = wake;
         Name = name;
         IsOwned = created;
+        HasVirtioNetHeader = virtioNetHeader;
         InterfaceIndex = (int)LibC.IfNameToIndex(name);
     }
+
+    /// <summary>
+    /// True when the device was opened with a virtio-net header (IFF_VNET_HDR) in front of every
+    /// packet, which offloads need.
+    /// </summary>
+    public bool HasVirtioNetHeader { get; }
+
+    /// <summary>The offloads the kernel accepted in the last <see cref="SetOffloads"/> (None before).</summary>
+    public TunOffloads Offloads { get; private set; }
 
     /// <summary>The interface name the kernel gave the device, e.g. "tun0" (a template's number filled in).</summary>
     public string Name { get; }
@@ -117,10 +145,20 @@ public sealed unsafe class TunDevice : IDisposable
     /// /dev/net/tun is missing (ENOENT: load the tun module), the caller lacks CAP_NET_ADMIN
     /// (EPERM/EACCES), or an interface of that name already exists (EBUSY).
     /// </exception>
-    public static TunDevice Create(string nameOrTemplate = DefaultTemplate)
+    public static TunDevice Create(string nameOrTemplate = DefaultTemplate) => Create(nameOrTemplate, virtioNetHeader: false);
+
+    /// <summary>
+    /// Creates a new TUN interface, with a virtio-net header in front of every packet when
+    /// <paramref name="virtioNetHeader"/> is true (then call <see cref="SetOffloads"/>).
+    /// </summary>
+    /// <param name="nameOrTemplate">An exact name or a template with one <c>%d</c> (see <see cref="Create(string)"/>).</param>
+    /// <param name="virtioNetHeader">Open with IFF_VNET_HDR.</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Create(string)"/>.</exception>
+    public static TunDevice Create(string nameOrTemplate, bool virtioNetHeader)
     {
         ValidateName(nameOrTemplate, allowTemplate: true);
-        return Open(nameOrTemplate, create: true);
+        return Open(nameOrTemplate, create: true, virtioNetHeader);
     }
 
     /// <summary>
@@ -133,7 +171,17 @@ public sealed unsafe class TunDevice : IDisposable
     /// No interface has that name (ENODEV), it is not a TUN interface (EINVAL), another process has
     /// it open (EBUSY), or the caller lacks CAP_NET_ADMIN or is not its owner (EPERM).
     /// </exception>
-    public static TunDevice Attach(string name)
+    public static TunDevice Attach(string name) => Attach(name, virtioNetHeader: false);
+
+    /// <summary>
+    /// Attaches to an existing persistent TUN interface, with a virtio-net header in front of
+    /// every packet when <paramref name="virtioNetHeader"/> is true.
+    /// </summary>
+    /// <param name="name">The exact interface name.</param>
+    /// <param name="virtioNetHeader">Open with IFF_VNET_HDR.</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Attach(string)"/>.</exception>
+    public static TunDevice Attach(string name, bool virtioNetHeader)
     {
         ValidateName(name, allowTemplate: false);
         // TUNSETIFF without IFF_TUN_EXCL would create a missing interface; attaching must not.
@@ -145,7 +193,7 @@ public sealed unsafe class TunDevice : IDisposable
                 "namespace (ENODEV). Create it first (`ip tuntap add dev NAME mode tun`) or use TunDevice.Create.");
         }
 
-        return Open(name, create: false);
+        return Open(name, create: false, virtioNetHeader);
     }
 
     /// <summary>
@@ -192,7 +240,7 @@ public sealed unsafe class TunDevice : IDisposable
         }
     }
 
-    private static TunDevice Open(string name, bool create)
+    private static TunDevice Open(string name, bool create, bool virtioNetHeader)
     {
         // Non-blocking, so that a read after poll() can never block (another reader may have taken
         // the packet); waiting happens in poll() only, where Dispose can interrupt it.
@@ -221,17 +269,33 @@ public sealed unsafe class TunDevice : IDisposable
         var tun = new FileDescriptorHandle(fd);
         try
         {
-            short flags = (short)(IFF_TUN | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0));
+            short flags = (short)(IFF_TUN | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0) | (virtioNetHeader ? IFF_VNET_HDR : 0));
             InterfaceRequest request = InterfaceRequest.For(name, flags);
             if (LibC.Ioctl(fd, TUNSETIFF, &request) < 0)
                 throw SetInterfaceError(name, create, Marshal.GetLastPInvokeError());
 
             string actual = request.NameText;
+            if (virtioNetHeader)
+            {
+                // The plain struct virtio_net_hdr (10 bytes): what the kernel assumes, said
+                // explicitly so that a persistent device set otherwise by someone else agrees.
+                int size = VirtioNet.HeaderLength;
+                if (LibC.Ioctl(fd, TUNSETVNETHDRSZ, &size) < 0)
+                    throw TunDeviceException.For($"TUNSETVNETHDRSZ '{actual}'", Marshal.GetLastPInvokeError());
+                // The codec is little-endian (virtio 1.x); a legacy header is in host order, so a
+                // big-endian host must ask for little-endian explicitly.
+                if (!BitConverter.IsLittleEndian)
+                {
+                    int on = 1;
+                    if (LibC.Ioctl(fd, TUNSETVNETLE, &on) < 0)
+                        throw TunDeviceException.For($"TUNSETVNETLE '{actual}'", Marshal.GetLastPInvokeError());
+                }
+            }
 
             int wakeFd = LibC.EventFd(0, LibC.EFD_NONBLOCK | LibC.EFD_CLOEXEC);
             if (wakeFd < 0)
                 throw TunDeviceException.For("eventfd", Marshal.GetLastPInvokeError());
-            return new TunDevice(tun, new FileDescriptorHandle(wakeFd), actual, create);
+            return new TunDevice(tun, new FileDescriptorHandle(wakeFd), actual, create, virtioNetHeader);
         }
         catch
         {
@@ -260,8 +324,59 @@ public sealed unsafe class TunDevice : IDisposable
     }
 
     /// <summary>
+    /// Asks the kernel for offloads (TUNSETOFFLOAD) and returns what it accepted, which
+    /// <see cref="Offloads"/> then reports. An older kernel refuses flags it does not know with
+    /// EINVAL (USO arrived in Linux 6.2): the request is retried without USO, then without TSO,
+    /// then with nothing. <see cref="TunOffloads.None"/> turns every offload off again.
+    /// </summary>
+    /// <param name="wanted">The offloads to ask for. TSO and USO need <see cref="TunOffloads.Checksum"/>; USO4 and USO6 go together.</param>
+    /// <returns>The offloads in force.</returns>
+    /// <exception cref="InvalidOperationException">The device has no virtio-net header: offloads would leave the reader unable to tell a partial checksum or a super-segment.</exception>
+    /// <exception cref="ArgumentException"><paramref name="wanted"/> has unknown bits, TSO/USO without Checksum, or only one of USO4/USO6.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
+    /// <exception cref="TunDeviceException">The kernel failed otherwise than by refusing the flags.</exception>
+    public TunOffloads SetOffloads(TunOffloads wanted)
+    {
+        const TunOffloads all = TunOffloads.Checksum | TunOffloads.Tso4 | TunOffloads.Tso6 | TunOffloads.Uso4 | TunOffloads.Uso6;
+        const TunOffloads uso = TunOffloads.Uso4 | TunOffloads.Uso6;
+        const TunOffloads tso = TunOffloads.Tso4 | TunOffloads.Tso6;
+        if ((wanted & ~all) != 0)
+            throw new ArgumentException($"Unknown offload bits in {wanted}.", nameof(wanted));
+        if (wanted != TunOffloads.None && !wanted.HasFlag(TunOffloads.Checksum))
+            throw new ArgumentException("TSO and USO need checksum offload (TunOffloads.Checksum).", nameof(wanted));
+        if ((wanted & uso) != 0 && (wanted & uso) != uso)
+            throw new ArgumentException("USO4 and USO6 can only be asked for together (linux/drivers/net/tun.c).", nameof(wanted));
+        if (!HasVirtioNetHeader)
+            throw new InvalidOperationException($"TUN device '{Name}' was opened without a virtio-net header; offloads need one (Create(name, virtioNetHeader: true)).");
+        bool added = false;
+        try
+        {
+            _tun.DangerousAddRef(ref added);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            ReadOnlySpan<TunOffloads> tries = [wanted, wanted & ~uso, wanted & ~(uso | tso), TunOffloads.None];
+            foreach (var attempt in tries)
+            {
+                if (LibC.Ioctl(_tun.Fd, TUNSETOFFLOAD, (void*)(nuint)(uint)attempt) == 0)
+                {
+                    Offloads = attempt;
+                    return attempt;
+                }
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno != LibC.EINVAL)
+                    throw TunDeviceException.For($"TUNSETOFFLOAD {attempt} on '{Name}'", errno);
+            }
+            throw TunDeviceException.For($"TUNSETOFFLOAD on '{Name}'", LibC.EINVAL, "The kernel refused even to turn offloads off.");
+        }
+        finally
+        {
+            if (added)
+                _tun.DangerousRelease();
+        }
+    }
+
+    /// <summary>
     /// Reads one whole IP packet, waiting as long as it takes. A <see cref="Wake"/> call does not end
-    /// this wait (use <see cref="TryRead"/> for that).
+    /// this wait (use <see cref="TryRead(Span{byte}, int, out int)"/> for that).
     /// </summary>
     /// <param name="buffer">Where the packet goes. Make it at least <see cref="Mtu"/> bytes long:
     /// the kernel cuts a longer packet to the buffer's length and drops the rest.</param>
@@ -292,8 +407,43 @@ public sealed unsafe class TunDevice : IDisposable
     /// <exception cref="TunDeviceException">The interface was deleted under the device, or the read failed.</exception>
     public bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length)
     {
+        byte* ignored = stackalloc byte[VirtioNet.HeaderLength];
+        return TryRead(buffer, millisecondsTimeout, out length, ignored);
+    }
+
+    /// <summary>
+    /// <see cref="TryRead(Span{byte}, int, out int)"/> that also returns the packet's virtio-net
+    /// header: what the kernel says about its checksum and segmentation. On a device without the
+    /// header, and for a header this codec refuses (which then cannot vouch for anything), the
+    /// header is <see cref="VirtioNetHeader.None"/>.
+    /// </summary>
+    /// <param name="buffer">Where the packet goes. With TSO offloads set, make it 65535 + 64 bytes: a super-segment is longer than the MTU.</param>
+    /// <param name="millisecondsTimeout">How long to wait: 0 to only check, <see cref="Timeout.Infinite"/> (-1) to wait without limit.</param>
+    /// <param name="length">The packet's length in bytes (the header not counted), or 0 when none was read.</param>
+    /// <param name="header">The packet's virtio-net header.</param>
+    /// <returns>True when a packet was read.</returns>
+    /// <exception cref="ArgumentOutOfRangeException">The timeout is below -1.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed, or was disposed during the wait.</exception>
+    /// <exception cref="TunDeviceException">The interface was deleted under the device, or the read failed.</exception>
+    public bool TryReadWithHeader(Span<byte> buffer, int millisecondsTimeout, out int length, out VirtioNetHeader header)
+    {
+        byte* raw = stackalloc byte[VirtioNet.HeaderLength];
+        bool read = TryRead(buffer, millisecondsTimeout, out length, raw);
+        header = VirtioNetHeader.None;
+        if (read && HasVirtioNetHeader)
+        {
+            var parsed = VirtioNet.parse(new ReadOnlySpan<byte>(raw, VirtioNet.HeaderLength));
+            if (parsed.IsOk)
+                header = parsed.ResultValue;
+        }
+        return read;
+    }
+
+    private bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length, byte* virtioHeader)
+    {
         ArgumentOutOfRangeException.ThrowIfLessThan(millisecondsTimeout, Timeout.Infinite);
         length = 0;
+        LibC.IoVec* pieces = stackalloc LibC.IoVec[2];
         bool tunAdded = false, wakeAdded = false;
         try
         {
@@ -308,7 +458,18 @@ public sealed unsafe class TunDevice : IDisposable
                 ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
                 fixed (byte* p = buffer)
                 {
-                    nint n = LibC.Read(_tun.Fd, p, (nuint)buffer.Length);
+                    nint n;
+                    if (HasVirtioNetHeader)
+                    {
+                        pieces[0] = new LibC.IoVec { Base = virtioHeader, Length = VirtioNet.HeaderLength };
+                        pieces[1] = new LibC.IoVec { Base = p, Length = (nuint)buffer.Length };
+                        n = LibC.Readv(_tun.Fd, pieces, 2);
+                        // The kernel always writes the whole header first.
+                        if (n >= 0)
+                            n = Math.Max(0, n - VirtioNet.HeaderLength);
+                    }
+                    else
+                        n = LibC.Read(_tun.Fd, p, (nuint)buffer.Length);
                     if (n >= 0)
                     {
                         length = (int)n;
@@ -374,7 +535,7 @@ public sealed unsafe class TunDevice : IDisposable
     }
 
     /// <summary>
-    /// Ends the current <see cref="TryRead"/> wait early (it returns false), or the next one when no
+    /// Ends the current <see cref="TryRead(Span{byte}, int, out int)"/> wait early (it returns false), or the next one when no
     /// read is waiting. Cheap and safe from any thread: the engine's command queue calls it after
     /// queuing work. Signals that arrive before a wait starts merge into one.
     /// </summary>
@@ -411,10 +572,30 @@ public sealed unsafe class TunDevice : IDisposable
     /// The kernel rejected the packet (EINVAL: not IPv4/IPv6, or longer than 64 KiB), the interface
     /// is down (EIO), or it was deleted under the device (EBADFD).
     /// </exception>
-    public void Write(ReadOnlySpan<byte> packet)
+    public void Write(ReadOnlySpan<byte> packet) => Write(packet, VirtioNetHeader.None);
+
+    /// <summary>
+    /// Writes one IP packet preceded by <paramref name="header"/>: a TCP super-segment for the
+    /// kernel to cut (gso TCPV4/TCPV6), or a packet whose checksum the kernel completes
+    /// (NEEDS_CSUM with the pseudo-header sum in the field). The kernel checks the header as
+    /// virtio_net_hdr_to_skb does and refuses an inconsistent one with EINVAL.
+    /// </summary>
+    /// <param name="packet">One IPv4 or IPv6 packet (a super-segment up to 65535 bytes of IPv4 total length or IPv6 payload).</param>
+    /// <param name="header">Its virtio-net header; <see cref="VirtioNetHeader.None"/> for an ordinary packet.</param>
+    /// <exception cref="ArgumentException">The packet is empty.</exception>
+    /// <exception cref="InvalidOperationException">The header is not None but the device has no virtio-net header.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Write(ReadOnlySpan{byte})"/>; EINVAL also for a header the kernel refuses.</exception>
+    public void Write(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
     {
         if (packet.IsEmpty)
             throw new ArgumentException("An IP packet cannot be empty.", nameof(packet));
+        if (!HasVirtioNetHeader && (header.Flags != VirtioNetFlags.None || header.GsoType != VirtioGsoType.None))
+            throw new InvalidOperationException($"TUN device '{Name}' has no virtio-net header to carry offload metadata.");
+        byte* raw = stackalloc byte[VirtioNet.HeaderLength];
+        LibC.IoVec* pieces = stackalloc LibC.IoVec[2];
+        if (HasVirtioNetHeader)
+            VirtioNet.write(header, new Span<byte>(raw, VirtioNet.HeaderLength));
         bool added = false;
         try
         {
@@ -424,7 +605,16 @@ public sealed unsafe class TunDevice : IDisposable
             {
                 nint n;
                 fixed (byte* p = packet)
-                    n = LibC.Write(_tun.Fd, p, (nuint)packet.Length);
+                {
+                    if (HasVirtioNetHeader)
+                    {
+                        pieces[0] = new LibC.IoVec { Base = raw, Length = VirtioNet.HeaderLength };
+                        pieces[1] = new LibC.IoVec { Base = p, Length = (nuint)packet.Length };
+                        n = LibC.Writev(_tun.Fd, pieces, 2);
+                    }
+                    else
+                        n = LibC.Write(_tun.Fd, p, (nuint)packet.Length);
+                }
                 if (n >= 0)
                     return; // a TUN write takes the whole packet or nothing
 
@@ -465,7 +655,7 @@ public sealed unsafe class TunDevice : IDisposable
 
     /// <summary>
     /// Closes the device. A read blocked on another thread ends promptly with
-    /// <see cref="ObjectDisposedException"/>. An interface made by <see cref="Create"/> is deleted
+    /// <see cref="ObjectDisposedException"/>. An interface made by <see cref="Create(string)"/> is deleted
     /// by the kernel, taking its addresses and routes with it; an attached one stays. Idempotent.
     /// </summary>
     public void Dispose()

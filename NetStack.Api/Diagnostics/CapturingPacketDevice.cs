@@ -1,3 +1,5 @@
+using NetStack.Core.Wire;
+using NetStack.Device;
 using NetStack.Engine;
 
 namespace NetStack.Diagnostics;
@@ -13,14 +15,28 @@ namespace NetStack.Diagnostics;
 /// corrupts or delays packets before they are captured on the way in and after on the way out.
 /// A packet is captured after the inner device has read it, and before it is handed to the inner
 /// device for writing (so a write that fails is still in the file). An error writing the capture
-/// (a full disk) surfaces as an exception from <see cref="TryRead"/> or <see cref="Write"/>, which
+/// (a full disk) surfaces as an exception from <see cref="TryRead(Span{byte}, int, out int)"/> or <see cref="Write(ReadOnlySpan{byte})"/>, which
 /// the stack counts as a device error.
+/// <para>
+/// Offloads pass through (<see cref="IOffloadPacketDevice"/>, when the inner device has them). A
+/// TCP super-segment is recorded as it crosses the device, one packet longer than the MTU (as
+/// tcpdump on the TUN interface shows it too). A packet with a partial checksum (NEEDS_CSUM) is
+/// recorded with the checksum completed, in a copy, so that the capture shows valid packets; the
+/// packet itself crosses the device unchanged.
+/// </para>
 /// </remarks>
-public sealed class CapturingPacketDevice : IPacketDevice
+public sealed class CapturingPacketDevice : IOffloadPacketDevice
 {
     private readonly IPacketDevice _inner;
     private readonly PcapWriter _capture;
     private readonly bool _ownsCapture;
+    private readonly IOffloadPacketDevice? _offload;
+
+    // Scratch copies for completing partial checksums: one for the reading loop, one (locked)
+    // for writers. Made on first use: a capture without offloads never needs them.
+    private byte[]? _readScratch;
+    private byte[]? _writeScratch;
+    private readonly object _writeGate = new();
 
     /// <summary>Wraps <paramref name="inner"/>; the decorator owns it and disposes it.</summary>
     /// <param name="inner">The device that really moves the packets.</param>
@@ -33,6 +49,7 @@ public sealed class CapturingPacketDevice : IPacketDevice
         _inner = inner;
         _capture = capture;
         _ownsCapture = ownsCapture;
+        _offload = inner as IOffloadPacketDevice;
     }
 
     /// <summary>The device underneath.</summary>
@@ -44,6 +61,9 @@ public sealed class CapturingPacketDevice : IPacketDevice
     /// <inheritdoc/>
     public int Mtu => _inner.Mtu;
 
+    /// <summary>The inner device's offloads (None when it has no <see cref="IOffloadPacketDevice"/>).</summary>
+    public TunOffloads Offloads => _offload?.Offloads ?? TunOffloads.None;
+
     /// <inheritdoc/>
     public bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length)
     {
@@ -54,10 +74,54 @@ public sealed class CapturingPacketDevice : IPacketDevice
     }
 
     /// <inheritdoc/>
+    public bool TryReadWithHeader(Span<byte> buffer, int millisecondsTimeout, out int length, out VirtioNetHeader header)
+    {
+        if (_offload is null)
+        {
+            header = VirtioNetHeader.None;
+            return TryRead(buffer, millisecondsTimeout, out length);
+        }
+        if (!_offload.TryReadWithHeader(buffer, millisecondsTimeout, out length, out header))
+            return false;
+        Record(buffer[..length], header, ref _readScratch);
+        return true;
+    }
+
+    /// <inheritdoc/>
     public void Write(ReadOnlySpan<byte> packet)
     {
         _capture.Write(packet);
         _inner.Write(packet);
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="InvalidOperationException">The header is not None and the inner device carries no offload metadata.</exception>
+    public void Write(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
+    {
+        if (_offload is null)
+        {
+            if (header.Flags != VirtioNetFlags.None || header.GsoType != VirtioGsoType.None)
+                throw new InvalidOperationException("The device under the capture carries no offload metadata.");
+            Write(packet);
+            return;
+        }
+        lock (_writeGate)
+            Record(packet, header, ref _writeScratch);
+        _offload.Write(packet, header);
+    }
+
+    private void Record(ReadOnlySpan<byte> packet, in VirtioNetHeader header, ref byte[]? scratch)
+    {
+        if (!header.NeedsChecksum)
+        {
+            _capture.Write(packet);
+            return;
+        }
+        scratch ??= new byte[65536 + 128];
+        var copy = scratch.AsSpan(0, Math.Min(packet.Length, scratch.Length));
+        packet[..copy.Length].CopyTo(copy);
+        VirtioNet.completeChecksum(header, copy);
+        _capture.Write(copy);
     }
 
     /// <inheritdoc/>

@@ -86,6 +86,20 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "write", SetLastError = true)]
     internal static partial nint Write(int fd, byte* buffer, nuint count);
 
+    /// <summary>struct iovec from sys/uio.h: one piece of a readv/writev.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct IoVec
+    {
+        internal void* Base;
+        internal nuint Length;
+    }
+
+    [LibraryImport(Library, EntryPoint = "readv", SetLastError = true)]
+    internal static partial nint Readv(int fd, IoVec* vectors, int count);
+
+    [LibraryImport(Library, EntryPoint = "writev", SetLastError = true)]
+    internal static partial nint Writev(int fd, IoVec* vectors, int count);
+
     [LibraryImport(Library, EntryPoint = "poll", SetLastError = true)]
     internal static partial int Poll(PollFd* fds, nuint count, int timeoutMilliseconds);
 

@@ -646,6 +646,7 @@ module IpLayer =
         (h: Ipv4Header)
         (broadcast: bool)
         (ours: Ipv4Address)
+        (trusted: bool)
         =
         let basic =
             { nothing with
@@ -660,12 +661,25 @@ module IpLayer =
         match h.Protocol with
         | IpProtocol.Icmp ->
             icmpMessage now state basic packet owner h.PayloadOffset (Icmpv4.parse payload) false broadcast (V4 ours)
-        | IpProtocol.Udp -> udpDatagram state basic owner h.PayloadOffset (Udp.parseV4 h.Source h.Destination payload)
+        | IpProtocol.Udp ->
+            let parsed =
+                if trusted then
+                    Udp.parse payload
+                else
+                    Udp.parseV4 h.Source h.Destination payload
+
+            udpDatagram state basic owner h.PayloadOffset parsed
         | IpProtocol.Tcp ->
             if broadcast then
                 dropped state DropReason.TcpNotUnicast
             else
-                tcpSegment state basic (Tcp.parseV4 h.Source h.Destination payload) payload owner h.PayloadOffset
+                let parsed =
+                    if trusted then
+                        Tcp.parse payload
+                    else
+                        Tcp.parseV4 h.Source h.Destination payload
+
+                tcpSegment state basic parsed payload owner h.PayloadOffset
         | _ -> dropped state DropReason.UnknownProtocol
 
     /// RFC 791 §3.2: the reassembled datagram carries the first fragment's header; make it
@@ -681,7 +695,13 @@ module IpLayer =
         let sum = Checksum.compute (ReadOnlySpan(packet, 0, d.HeaderLength))
         BinaryPrimitives.WriteUInt16BigEndian(Span(packet, 10, 2), sum)
 
-    let rec private receiveV4 (now: int64) (state: IpLayerState) (packet: ReadOnlySpan<byte>) (owner: byte[]) =
+    let rec private receiveV4
+        (now: int64)
+        (state: IpLayerState)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (trusted: bool)
+        =
         match Ipv4.parse packet with
         | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv4, e))
         | Ok h ->
@@ -717,7 +737,7 @@ module IpLayer =
                     match result.Outcome with
                     | FragmentOutcome.Completed d ->
                         patchReassembledV4 d
-                        receiveV4 now state (ReadOnlySpan d.Packet) d.Packet
+                        receiveV4 now state (ReadOnlySpan d.Packet) d.Packet false
                     | FragmentOutcome.Held ->
                         struct (state,
                                 { nothing with
@@ -725,9 +745,9 @@ module IpLayer =
                                 })
                     | FragmentOutcome.DuplicateIgnored -> dropped state DropReason.DuplicateFragment
                     | FragmentOutcome.Dropped r -> dropped state (DropReason.Fragment r)
-                    | FragmentOutcome.Atomic -> upperV4 now state packet owner h broadcast ours
+                    | FragmentOutcome.Atomic -> upperV4 now state packet owner h broadcast ours false
                 else
-                    upperV4 now state packet owner h broadcast ours
+                    upperV4 now state packet owner h broadcast ours trusted
 
     /// The transport layer of an IPv6 packet that is whole: `ext` says where it starts.
     let private upperV6
@@ -738,6 +758,7 @@ module IpLayer =
         (h: Ipv6Header)
         (ext: Ipv6Extensions)
         (ours: Ipv6Address)
+        (trusted: bool)
         =
         let basic =
             { nothing with
@@ -761,9 +782,22 @@ module IpLayer =
                 true
                 false
                 (V6 ours)
-        | IpProtocol.Udp -> udpDatagram state basic owner ext.UpperOffset (Udp.parseV6 h.Source h.Destination payload)
+        | IpProtocol.Udp ->
+            let parsed =
+                if trusted then
+                    Udp.parse payload
+                else
+                    Udp.parseV6 h.Source h.Destination payload
+
+            udpDatagram state basic owner ext.UpperOffset parsed
         | IpProtocol.Tcp ->
-            tcpSegment state basic (Tcp.parseV6 h.Source h.Destination payload) payload owner ext.UpperOffset
+            let parsed =
+                if trusted then
+                    Tcp.parse payload
+                else
+                    Tcp.parseV6 h.Source h.Destination payload
+
+            tcpSegment state basic parsed payload owner ext.UpperOffset
         | IpProtocol.Ipv6NoNextHeader -> dropped state DropReason.NoNextHeader
         | _ -> dropped state DropReason.UnknownProtocol
 
@@ -789,6 +823,7 @@ module IpLayer =
         (packet: ReadOnlySpan<byte>)
         (owner: byte[])
         (reassembled: bool)
+        (trusted: bool)
         =
         match Ipv6.parse packet with
         | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
@@ -810,11 +845,11 @@ module IpLayer =
                     | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
                     | Ok ext ->
                         match ext.Fragment with
-                        | ValueNone -> upperV6 now state packet owner h ext ours
+                        | ValueNone -> upperV6 now state packet owner h ext ours trusted
                         | ValueSome _ when reassembled -> dropped state DropReason.NestedFragment
                         | ValueSome f when f.Offset = 0 && not f.MoreFragments ->
                             // RFC 6946: an atomic fragment is processed as a whole packet.
-                            upperV6 now state packet owner h ext ours
+                            upperV6 now state packet owner h ext ours trusted
                         | ValueSome f ->
                             let fragment: Fragment =
                                 {
@@ -832,7 +867,7 @@ module IpLayer =
                             match result.Outcome with
                             | FragmentOutcome.Completed d ->
                                 patchReassembledV6 d
-                                receiveV6 now state (ReadOnlySpan d.Packet) d.Packet true
+                                receiveV6 now state (ReadOnlySpan d.Packet) d.Packet true false
                             | FragmentOutcome.Held ->
                                 struct (state,
                                         { nothing with
@@ -840,20 +875,35 @@ module IpLayer =
                                         })
                             | FragmentOutcome.DuplicateIgnored -> dropped state DropReason.DuplicateFragment
                             | FragmentOutcome.Dropped r -> dropped state (DropReason.Fragment r)
-                            | FragmentOutcome.Atomic -> upperV6 now state packet owner h ext ours
+                            | FragmentOutcome.Atomic -> upperV6 now state packet owner h ext ours false
+
+    /// `receive` (below) for a packet whose TCP or UDP checksum the device vouches for (`trusted`): a
+    /// TUN device with offloads marks packets DATA_VALID (the kernel verified the checksum) or
+    /// NEEDS_CSUM (a local sender left it partial: the field holds only the pseudo-header sum,
+    /// and Linux itself treats such a packet as valid on receive). The transport checksum is
+    /// then not verified; the IPv4 header checksum and ICMP checksums always are, and a datagram
+    /// reassembled from fragments is always verified. The packet may be longer than the MTU (a
+    /// TCP super-segment from the kernel's GSO); nothing here limits a whole packet to the MTU.
+    let receiveChecked
+        (now: int64)
+        (packet: ReadOnlySpan<byte>)
+        (trusted: bool)
+        (state: IpLayerState)
+        : struct (IpLayerState * Received) =
+        if packet.IsEmpty then
+            dropped state (DropReason.Malformed(PacketLayer.Ip, Truncated(1, 0)))
+        else
+            match packet.[0] >>> 4 with
+            | 4uy -> receiveV4 now state packet null trusted
+            | 6uy -> receiveV6 now state packet null false trusted
+            | v -> dropped state (DropReason.Malformed(PacketLayer.Ip, BadVersion(int v)))
 
     /// Classifies one packet read from the device at `now`. Never throws on any input. Allocates
     /// nothing for a whole packet; fragments are copied by reassembly. Payload references point
     /// into `packet` (Array = null) or into the reassembled datagram. Reassembly timeouts found
     /// here are not reported: call `expire` before `receive` when `nextDeadline` has passed.
     let receive (now: int64) (packet: ReadOnlySpan<byte>) (state: IpLayerState) : struct (IpLayerState * Received) =
-        if packet.IsEmpty then
-            dropped state (DropReason.Malformed(PacketLayer.Ip, Truncated(1, 0)))
-        else
-            match packet.[0] >>> 4 with
-            | 4uy -> receiveV4 now state packet null
-            | 6uy -> receiveV6 now state packet null false
-            | v -> dropped state (DropReason.Malformed(PacketLayer.Ip, BadVersion(int v)))
+        receiveChecked now packet false state
 
     /// When `expire` should next be called, if anything is being reassembled.
     let nextDeadline (state: IpLayerState) : int64 voption =
@@ -997,6 +1047,62 @@ module IpLayer =
 
         if length > 65535 - (if source.IsIpv6 then 0 else ip) then
             invalidArg (nameof payload) $"A TCP segment of {length} bytes does not fit in one IP packet."
+
+        writeIpHeader source destination IpProtocol.Tcp identification length dst
+
+    /// Writes one IP packet carrying a TCP super-segment for a device with TCP segmentation
+    /// offload (a TUN device with a virtio-net header, gso TCPV4/TCPV6): the header of `segment`
+    /// (the first of the run) with `flags` (those of the last: PSH, FIN), followed by
+    /// `payloadLength` payload bytes that the caller has already put at `tcpPayloadOffset`.
+    /// The TCP checksum field gets the partial value NEEDS_CSUM asks for (the pseudo-header sum
+    /// over the whole TCP length, `VirtioNet.partialChecksum`); the payload is not summed here,
+    /// since the kernel completes or segments the checksum. The IPv4 header checksum is complete.
+    /// Returns the packet length. Throws ArgumentException when the families differ, `dst` is
+    /// too small, or the packet would exceed 65535 bytes (IPv4 total length, IPv6 payload length).
+    let writeTcpSegments
+        (source: IpAddr)
+        (destination: IpAddr)
+        (sourcePort: uint16)
+        (destinationPort: uint16)
+        (identification: uint16)
+        (segment: OutgoingSegment)
+        (flags: TcpFlags)
+        (payloadLength: int)
+        (dst: Span<byte>)
+        : int =
+        checkFamilies source destination
+        let ip = headerLength source
+
+        if dst.Length < tcpPayloadOffset source segment.Options + payloadLength then
+            invalidArg (nameof dst) $"The buffer holds {dst.Length} bytes; the packet needs more."
+
+        let header =
+            { segment.ToHeader(sourcePort, destinationPort) with
+                Flags = flags
+            }
+
+        // Header and options only: the payload already sits right after them.
+        let headerBytes =
+            match source, destination with
+            | V4 s, V4 d -> Tcp.buildV4 (dst.Slice ip) s d header segment.Options ReadOnlySpan.Empty
+            | V6 s, V6 d -> Tcp.buildV6 (dst.Slice ip) s d header segment.Options ReadOnlySpan.Empty
+            | _ -> 0
+
+        let length = headerBytes + payloadLength
+
+        if length > 65535 - (if source.IsIpv6 then 0 else ip) then
+            invalidArg (nameof payloadLength) $"A TCP segment of {length} bytes does not fit in one IP packet."
+
+        let pseudo =
+            match source, destination with
+            | V4 s, V4 d -> Checksum.pseudoHeaderV4 s d IpProtocol.Tcp length
+            | V6 s, V6 d -> Checksum.pseudoHeaderV6 s d IpProtocol.Tcp length
+            | _ -> 0UL
+
+        BinaryPrimitives.WriteUInt16BigEndian(
+            dst.Slice(ip + VirtioNet.TcpChecksumOffset),
+            VirtioNet.partialChecksum pseudo
+        )
 
         writeIpHeader source destination IpProtocol.Tcp identification length dst
 

@@ -1,0 +1,217 @@
+/// The virtio-net header codec (the TUN offload metadata), partial checksums, the TCP
+/// super-segment writer, and the IP layer's receive of packets whose checksum the device vouches for.
+module NetStack.Tests.VirtioNetTests
+
+open System
+open System.Buffers.Binary
+open Expecto
+open FsCheck
+open FsCheck.FSharp
+open NetStack.Core.Wire
+open NetStack.Core.Stack
+open NetStack.Core.Tcp
+open NetStack.Tests.TestUtil
+
+let private any<'T> = ArbMap.defaults |> ArbMap.generate<'T>
+
+/// Headers the codec accepts: known flags, a known gso type (ECN only on TCP), a gso_size
+/// above 0 for GSO, any 16-bit offsets.
+let private headerGen =
+    gen {
+        let! flags = Gen.elements [ 0uy; 1uy; 2uy; 3uy ]
+
+        let! gso =
+            Gen.elements
+                [
+                    VirtioGsoType.None
+                    VirtioGsoType.TcpV4
+                    VirtioGsoType.TcpV6
+                    VirtioGsoType.UdpL4
+                    VirtioGsoType.TcpV4 ||| VirtioGsoType.Ecn
+                    VirtioGsoType.TcpV6 ||| VirtioGsoType.Ecn
+                ]
+
+        let! hdrLen = any<uint16>
+        let! size = any<uint16>
+        let! start = any<uint16>
+        let! offset = any<uint16>
+
+        return
+            {
+                Flags = LanguagePrimitives.EnumOfValue flags
+                GsoType = gso
+                HeaderLength = hdrLen
+                GsoSize = (if gso = VirtioGsoType.None || size > 0us then size else 1us)
+                ChecksumStart = start
+                ChecksumOffset = offset
+            }
+    }
+
+let private encode (h: VirtioNetHeader) =
+    let bytes = Array.zeroCreate<byte> VirtioNet.HeaderLength
+    VirtioNet.write h (Span bytes) |> ignore
+    bytes
+
+let private parse (bytes: byte[]) = VirtioNet.parse (ReadOnlySpan bytes)
+
+let private src4 = Ipv4Address.Parse "10.95.0.1"
+let private dst4 = Ipv4Address.Parse "10.95.0.2"
+let private src6 = Ipv6Address.Parse "fd95::1"
+let private dst6 = Ipv6Address.Parse "fd95::2"
+
+let private segment (seq: uint32) (flags: TcpFlags) (length: int) : OutgoingSegment =
+    {
+        Seq = SeqNum seq
+        Ack = SeqNum 777u
+        Flags = flags
+        Window = 4096us
+        Options = TcpOptions.None
+        DataPosition = 0L
+        DataLength = length
+    }
+
+/// A TCP super-segment written by IpLayer.writeTcpSegments with `payload` in place.
+let private superSegment (v6: bool) (flags: TcpFlags) (payload: byte[]) =
+    let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+
+    let seg = segment 1000u (TcpFlags.Ack) 1448
+    let buffer = Array.zeroCreate<byte> 70000
+    let offset = IpLayer.tcpPayloadOffset source seg.Options
+    payload.CopyTo(buffer, offset)
+
+    let n =
+        IpLayer.writeTcpSegments source destination 40000us 80us 9us seg flags payload.Length (Span buffer)
+
+    buffer.[.. n - 1], offset
+
+let private ipHeader v6 = if v6 then 40 else 20
+
+let private receiveTrusted (trusted: bool) (packet: byte[]) =
+    let state =
+        IpLayer.create (IpLayer.config (ValueSome dst4) (ValueSome dst6) 1500) 0L
+
+    let struct (_, r) = IpLayer.receiveChecked 1L (ReadOnlySpan packet) trusted state
+
+    r
+
+[<Tests>]
+let tests =
+    testList
+        "VirtioNet"
+        [
+            testCase "a header reads as the kernel lays it out (little-endian fields)"
+            <| fun () ->
+                let bytes = hex "01 01 36 00 a8 05 14 00 10 00"
+
+                match parse bytes with
+                | Ok h ->
+                    Expect.isTrue h.NeedsChecksum "NEEDS_CSUM"
+                    Expect.isFalse h.DataValid "no DATA_VALID"
+                    Expect.equal h.Segmentation VirtioGsoType.TcpV4 "TCPV4"
+                    Expect.equal h.HeaderLength 54us "hdr_len"
+                    Expect.equal h.GsoSize 1448us "gso_size"
+                    Expect.equal h.ChecksumStart 20us "csum_start"
+                    Expect.equal h.ChecksumOffset 16us "csum_offset"
+                    Expect.equal (encode h) bytes "writes back the same bytes"
+                | Error e -> failtestf "refused: %A" e
+
+            testPropertyWithConfig codecConfig "every header the codec accepts survives write then parse"
+            <| Prop.forAll (Arb.fromGen headerGen) (fun h -> parse (encode h) = Ok h)
+
+            testPropertyWithConfig codecConfig "parse never throws, and what it accepts it writes back byte for byte"
+            <| fun (bytes: byte[]) ->
+                match parse bytes with
+                | Ok h -> encode h = bytes.[.. VirtioNet.HeaderLength - 1]
+                | Error _ -> true
+
+            testCase "fewer than 10 bytes are Truncated"
+            <| fun () -> Expect.equal (parse (Array.zeroCreate 9)) (Error(Truncated(10, 9))) "truncated"
+
+            testCase "an unknown gso type, UFO, ECN on UDP, GSO with gso_size 0 and unknown flags are refused"
+            <| fun () ->
+                for bad in
+                    [
+                        "00 02 00 00 00 05 00 00 00 00" // gso 2: unknown
+                        "00 03 00 00 00 05 00 00 00 00" // UFO
+                        "00 85 00 00 00 05 00 00 00 00" // ECN on UDP_L4
+                        "00 01 00 00 00 00 00 00 00 00" // TCPV4, gso_size 0
+                        "04 00 00 00 00 00 00 00 00 00" // RSC_INFO
+                    ] do
+                    Expect.isError (parse (hex bad)) bad
+
+            testPropertyWithConfig codecConfig "completing a partial TCP checksum gives the full checksum"
+            <| fun (payload: byte[]) (v6: bool) ->
+                let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+
+                let seg = segment 5u (TcpFlags.Ack ||| TcpFlags.Psh) payload.Length
+                let buffer = Array.zeroCreate<byte> 70000
+
+                let n =
+                    IpLayer.writeTcp source destination 1234us 80us 1us seg (ReadOnlySpan payload) (Span buffer)
+
+                let full = buffer.[.. n - 1]
+                let ip = ipHeader v6
+                let partial = Array.copy full
+
+                let pseudo =
+                    if v6 then
+                        Checksum.pseudoHeaderV6 src6 dst6 IpProtocol.Tcp (n - ip)
+                    else
+                        Checksum.pseudoHeaderV4 src4 dst4 IpProtocol.Tcp (n - ip)
+
+                BinaryPrimitives.WriteUInt16BigEndian(Span(partial, ip + 16, 2), VirtioNet.partialChecksum pseudo)
+                let header = VirtioNet.tcpSegments v6 ip 20 0
+                Expect.isTrue (VirtioNet.completeChecksum header (Span partial)) "completed"
+                partial = full
+
+            testPropertyWithConfig
+                codecConfig
+                "a super-segment, its checksum completed, is one valid TCP segment with every byte"
+            <| fun (NonEmptyArray(payload: byte[])) (v6: bool) (fin: bool) ->
+                let flags =
+                    TcpFlags.Ack
+                    ||| TcpFlags.Psh
+                    ||| (if fin then
+                             TcpFlags.Fin
+                         else
+                             LanguagePrimitives.EnumOfValue 0uy)
+
+                let packet, offset = superSegment v6 flags payload
+                let ip = ipHeader v6
+                let header = VirtioNet.tcpSegments v6 ip (offset - ip) 1448
+                Expect.equal header.Segmentation (if v6 then VirtioGsoType.TcpV6 else VirtioGsoType.TcpV4) "gso type"
+                Expect.equal (int header.HeaderLength) offset "hdr_len covers IP and TCP headers"
+                // Untouched, only a receiver that trusts the device takes it.
+                Expect.equal
+                    (receiveTrusted false packet).Kind
+                    ReceivedKind.Dropped
+                    "partial checksum fails a full check"
+
+                Expect.equal (receiveTrusted true packet).Kind ReceivedKind.TcpSegment "trusted: taken"
+                Expect.isTrue (VirtioNet.completeChecksum header (Span packet)) "completed"
+                let r = receiveTrusted false packet
+                Expect.equal r.Kind ReceivedKind.TcpSegment "completed: a valid segment"
+                Expect.equal r.Tcp.Flags flags "the last segment's flags"
+                Expect.equal (packet.[offset..]) payload "the payload"
+                true
+
+            testCase "a super-segment over 65535 bytes is refused by the writer"
+            <| fun () ->
+                Expect.throwsT<ArgumentException>
+                    (fun () -> superSegment false TcpFlags.Ack (Array.zeroCreate 65500) |> ignore)
+                    "IPv4 total length"
+
+            testCase "a trusted packet still has its IPv4 header and ICMP checksums checked"
+            <| fun () ->
+                let buffer = Array.zeroCreate<byte> 200
+
+                let n =
+                    IpLayer.writeEchoRequest (V4 src4) (V4 dst4) 1us 1us 1us (ReadOnlySpan [| 1uy; 2uy |]) (Span buffer)
+
+                let icmp = buffer.[.. n - 1]
+                icmp.[n - 1] <- icmp.[n - 1] ^^^ 0xFFuy
+                Expect.equal (receiveTrusted true icmp).Kind ReceivedKind.Dropped "bad ICMP checksum"
+                let packet, _ = superSegment false TcpFlags.Ack [| 1uy; 2uy; 3uy |]
+                packet.[10] <- packet.[10] ^^^ 0xFFuy
+                Expect.equal (receiveTrusted true packet).Kind ReceivedKind.Dropped "bad IPv4 header checksum"
+        ]
