@@ -252,7 +252,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     }
 
     // What the stack asks the kernel for: checksum offload and TSO both ways.
-    private const TunOffloads StackOffloads = TunOffloads.Checksum | TunOffloads.Tso4 | TunOffloads.Tso6;
+    // USO too (Linux 6.2+; SetOffloads drops it where refused): a kernel socket using UDP_SEGMENT
+    // then hands over one super-datagram that OnUdp cuts into its datagrams.
+    private const TunOffloads StackOffloads = TunOffloads.Checksum | TunOffloads.Tso4 | TunOffloads.Tso6
+        | TunOffloads.Uso4 | TunOffloads.Uso6;
 
     /// <summary>
     /// The device offloads in force (<see cref="TunOffloads.None"/> when <see cref="NetStackOptions.Offloads"/>
@@ -477,7 +480,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 OnEchoReply(r, now);
                 break;
             case ReceivedKind.UdpDatagram:
-                OnUdp(packet, r);
+                OnUdp(packet, r, header.Segmentation == VirtioGsoType.UdpL4 ? header.GsoSize : 0);
                 break;
             case ReceivedKind.IcmpError:
                 OnIcmpError(r);
@@ -539,7 +542,22 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
     }
 
-    private void OnUdp(ReadOnlySpan<byte> packet, Received r)
+    // segmentSize > 0: a USO super-datagram (gso UDP_L4) from a kernel socket using UDP_SEGMENT;
+    // every segmentSize payload bytes are one datagram (the last may be shorter).
+    private void OnUdp(ReadOnlySpan<byte> packet, Received r, int segmentSize = 0)
+    {
+        var payload = IpLayer.slice(packet, r.Payload);
+        if (segmentSize > 0 && payload.Length > segmentSize)
+        {
+            _statistics.Increment("offload.uso.received");
+            for (int at = 0; at < payload.Length; at += segmentSize)
+                OnUdpDatagram(packet, r, payload.Slice(at, Math.Min(segmentSize, payload.Length - at)));
+            return;
+        }
+        OnUdpDatagram(packet, r, payload);
+    }
+
+    private void OnUdpDatagram(ReadOnlySpan<byte> packet, Received r, ReadOnlySpan<byte> payload)
     {
         _statistics.Increment("udp.received");
         UdpSocket? socket;
@@ -553,7 +571,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 SendError(OutgoingError.PortUnreachable, IpLayer.slice(packet, r.Packet), "icmp.error.sent.port-unreachable");
             return;
         }
-        switch (socket.Deliver(IpLayer.slice(packet, r.Payload), r.Source, r.SourcePort))
+        switch (socket.Deliver(payload, r.Source, r.SourcePort))
         {
             case DeliveryResult.Delivered:
             case DeliveryResult.Queued:

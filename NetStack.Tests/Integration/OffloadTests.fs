@@ -134,6 +134,7 @@ let tests =
             test "with offloads on, the kernel agrees to checksum offload and TSO for IPv4 and IPv6" {
                 withStack (optionsFor 1 true) (fun stack ->
                     let wanted = TunOffloads.Checksum ||| TunOffloads.Tso4 ||| TunOffloads.Tso6
+                    printfn $"TUN offloads in force: {stack.Offloads}"
                     Expect.equal (stack.Offloads &&& wanted) wanted "checksum, TSO4 and TSO6 in force")
             }
 
@@ -214,6 +215,37 @@ let tests =
                         Expect.exists tcp (fun (ip, _) -> ip.Length > 1500) "super-segments longer than the MTU"
                 finally
                     File.Delete path
+            }
+
+            test "a kernel socket sending with UDP_SEGMENT reaches a NetStack socket as separate datagrams" {
+                withStack (optionsFor 7 true) (fun stack ->
+                    for (stackAddress, kernelAddress) in families 7 do
+                        use udp = stack.BindUdp(IPEndPoint(stackAddress, 5454))
+
+                        use kernel =
+                            new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+
+                        kernel.Bind(IPEndPoint(kernelAddress, 0))
+                        // UDP_SEGMENT (linux/udp.h, level SOL_UDP 17, option 103): one send, 1000-byte datagrams.
+                        kernel.SetRawSocketOption(17, 103, ReadOnlySpan(BitConverter.GetBytes 1000))
+                        let data = Array.init 10_000 (fun i -> byte (i / 1000 + i))
+                        kernel.SendTo(data, IPEndPoint(stackAddress, 5454)) |> ignore
+                        let buffer = Array.zeroCreate<byte> 65536
+
+                        for i in 0..9 do
+                            let result = udp.ReceiveFromAsync(Memory buffer).AsTask() |> wait
+                            Expect.equal result.ReceivedBytes 1000 $"datagram {i} over {kernelAddress} is one segment"
+
+                            Expect.equal
+                                buffer.[..999]
+                                data.[i * 1000 .. i * 1000 + 999]
+                                $"datagram {i} holds its slice, in order"
+
+                    if stack.Offloads.HasFlag TunOffloads.Uso4 then
+                        Expect.isGreaterThan
+                            (counter stack "offload.uso.received")
+                            0L
+                            "the kernel handed over super-datagrams")
             }
 
             test "with offloads on, UDP, ping and a small TCP exchange work as before" {
