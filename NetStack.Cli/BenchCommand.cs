@@ -46,7 +46,7 @@ public static class BenchCommand
 
     /// <summary>The help text.</summary>
     public static string Usage => $"""
-        usage: netstack bench [--seconds N] [--tcp-mib N] [interface options]
+        usage: netstack bench [--seconds N] [--tcp-mib N] [--idle-connections N] [interface options]
 
         Measures, in a private network namespace (re-executing under 'unshare' like the demo):
           - UDP round-trip latency (p50, p99) of {DatagramSize}-byte datagrams, one outstanding;
@@ -59,6 +59,8 @@ public static class BenchCommand
 
           --seconds N         seconds per UDP measurement, 1-60 (default 2; four measurements)
           --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 256; four transfers)
+          --idle-connections N  instead: open N idle kernel TCP connections to one listener and
+                              print the stack's managed heap and RSS per connection
 
         {InterfaceOptions.Help}
         """;
@@ -85,6 +87,7 @@ public static class BenchCommand
         var options = new NetStackOptions();
         var seconds = 2;
         var tcpMib = 256;
+        var idleConnections = 0;
         while (reader.Next() is { } arg)
         {
             if (InterfaceOptions.TryRead(reader, arg, ref options))
@@ -93,6 +96,8 @@ public static class BenchCommand
                 seconds = reader.ParseInt(arg, reader.Value(arg), 1, 60, "a number of seconds");
             else if (arg == "--tcp-mib")
                 tcpMib = reader.ParseInt(arg, reader.Value(arg), 1, 4096, "a number of MiB");
+            else if (arg == "--idle-connections")
+                idleConnections = reader.ParseInt(arg, reader.Value(arg), 1, 60000, "a number of connections");
             else
                 throw reader.Unknown(arg);
         }
@@ -102,6 +107,8 @@ public static class BenchCommand
 
         if (!Isolation.IsIsolated)
             return Isolation.ReexecIsolated(["bench", .. args]);
+        if (idleConnections > 0)
+            return IdleBench.Run(options, idleConnections);
         return RunIsolated(options, TimeSpan.FromSeconds(seconds), tcpMib * (1L << 20));
     }
 
