@@ -29,6 +29,15 @@ public sealed record NetStackOptions
     /// <summary>Bytes of datagrams (plus 64 bytes of bookkeeping each) a UDP socket queues before it drops.</summary>
     public int UdpReceiveQueueBytes { get; init; } = 256 * 1024;
 
+    /// <summary>
+    /// Bytes all IP datagrams in reassembly may hold together (payload, kept headers and a fixed
+    /// charge per fragment); beyond it the oldest datagram in progress is evicted.
+    /// </summary>
+    public long ReassemblyMaxBytes { get; init; } = 4L * 1024 * 1024;
+
+    /// <summary>IP datagrams in reassembly at once; beyond it the oldest is evicted.</summary>
+    public int ReassemblyMaxDatagrams { get; init; } = 256;
+
     /// <summary>ICMP errors the stack sends per second at most (a token bucket, RFC 4443 §2.4(f)).</summary>
     public int IcmpErrorsPerSecond { get; init; } = 100;
 
@@ -47,8 +56,34 @@ public sealed record NetStackOptions
     /// <summary>The bound on a graceful close in <c>TcpConnection.DisposeAsync</c>: how long it waits for the peer to acknowledge our data and FIN.</summary>
     public TimeSpan TcpLinger { get; init; } = TimeSpan.FromSeconds(5);
 
-    /// <summary>Connections a listener holds in SYN-RECEIVED at most; further SYNs are dropped (and counted).</summary>
+    /// <summary>
+    /// Connections a listener holds in SYN-RECEIVED at most. Further SYNs are answered with SYN
+    /// cookies when <see cref="TcpSynCookies"/> is on, dropped (and counted) otherwise.
+    /// </summary>
     public int TcpMaxHalfOpen { get; init; } = 256;
+
+    /// <summary>
+    /// Answer SYNs beyond <see cref="TcpMaxHalfOpen"/> with SYN cookies (RFC 4987 §3.6): no state is
+    /// kept until the peer's ACK returns the cookie, so a SYN flood cannot lock legitimate clients
+    /// out. A connection set up by cookie keeps only its MSS (from a table of eight values).
+    /// </summary>
+    public bool TcpSynCookies { get; init; } = true;
+
+    /// <summary>
+    /// TCP connections (in any state, TIME-WAIT and half-open included) the stack holds at most.
+    /// Beyond it a SYN to a listener is answered with a RST and <c>ConnectTcpAsync</c> fails with
+    /// <see cref="System.Net.Sockets.SocketError.TooManyOpenSockets"/>; both are counted.
+    /// </summary>
+    public int TcpMaxConnections { get; init; } = 65536;
+
+    /// <summary>
+    /// The user timeout (RFC 9293 §3.10.8, RFC 5482): a connection whose data or FIN has waited
+    /// this long without any of it being acknowledged is reset and fails with
+    /// <see cref="System.Net.Sockets.SocketError.TimedOut"/>, even while the peer keeps answering
+    /// zero-window probes (which the retransmission limit never counts). Checked whenever the
+    /// connection's retransmission or persist timer fires. Null (the default): no user timeout.
+    /// </summary>
+    public TimeSpan? TcpUserTimeout { get; init; }
 
     /// <summary>
     /// A file to record every packet the stack reads from and writes to its device, as a pcap

@@ -41,6 +41,11 @@ public sealed partial class NetworkStack
         BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)),
         BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)));
 
+    // RFC 4987 §3.6: the SYN-cookie MAC key, separate from the ISN key.
+    private readonly IsnKey _cookieKey = new(
+        BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)),
+        BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)));
+
     private TcpConfig _tcpConfig4 = TcpConfig.Default;
     private TcpConfig _tcpConfig6 = TcpConfig.Default;
 
@@ -70,6 +75,10 @@ public sealed partial class NetworkStack
             throw new ArgumentException("TcpLinger cannot be negative.", nameof(options));
         if (options.TcpMaxHalfOpen < 1)
             throw new ArgumentException("TcpMaxHalfOpen must be positive.", nameof(options));
+        if (options.TcpMaxConnections < 1)
+            throw new ArgumentException("TcpMaxConnections must be positive.", nameof(options));
+        if (options.TcpUserTimeout is { } userTimeout && userTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("TcpUserTimeout must be positive (null for none).", nameof(options));
     }
 
     // ------------------------------------------------------------------------------------------
@@ -226,6 +235,12 @@ public sealed partial class NetworkStack
     private void LoopConnect(TcpConnection c)
     {
         long now = Now();
+        if (_tcp.Count >= Options.TcpMaxConnections)
+        {
+            _statistics.Increment("tcp.refused.max-connections");
+            c.Fail(SocketError.TooManyOpenSockets);
+            return;
+        }
         ushort port;
         lock (_portGate)
         {
@@ -381,6 +396,13 @@ public sealed partial class NetworkStack
     private void OnTcp(ReadOnlySpan<byte> packet, Received r, long now)
     {
         _statistics.Increment("tcp.received");
+        if (r.Tcp.Has(TcpFlags.Syn) && (r.Tcp.Has(TcpFlags.Fin) || r.Tcp.Has(TcpFlags.Rst)))
+        {
+            // SYN with FIN or RST has no meaning in any state (a scanner's or an attacker's
+            // packet): dropped without an answer, as Linux does.
+            _statistics.Increment("tcp.drop.illegal-flags");
+            return;
+        }
         var key = new TcpKey(r.Destination, r.DestinationPort, r.Source, r.SourcePort);
         var payload = IpLayer.slice(packet, r.Payload);
         if (_tcp.TryGetValue(key, out var c))
@@ -396,11 +418,26 @@ public sealed partial class NetworkStack
             (r.Destination.IsIpv6 ? _tcpListen6 : _tcpListen4).TryGetValue(r.DestinationPort, out listener);
         if (listener is not null && seg.Has(TcpFlags.Syn) && !seg.Has(TcpFlags.Ack) && !seg.Has(TcpFlags.Rst))
         {
-            // RFC 9293 §3.10.7.2, with the queues bounded: beyond them the SYN is dropped, as
-            // Linux does, and the peer's retransmission tries again later.
-            if (!listener.HasRoom)
+            // RFC 9293 §3.10.7.2, with the queues bounded. The connection cap refuses with a RST;
+            // a full accept queue drops the SYN, as Linux does, so the peer's retransmission
+            // tries again later; a full half-open queue answers with a SYN cookie instead.
+            if (_tcp.Count >= Options.TcpMaxConnections)
+            {
+                _statistics.Increment("tcp.drop.max-connections");
+                SendReset(r, seg, now);
+                return;
+            }
+            if (!listener.AcceptQueueHasRoom)
             {
                 _statistics.Increment("tcp.drop.listen-queue-full");
+                return;
+            }
+            if (!listener.HalfOpenHasRoom)
+            {
+                if (Options.TcpSynCookies)
+                    SendSynCookie(listener, r, seg, now);
+                else
+                    _statistics.Increment("tcp.drop.half-open-full");
                 return;
             }
             var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
@@ -428,14 +465,92 @@ public sealed partial class NetworkStack
             Execute(connection, output, payload, now);
             return;
         }
+        if (listener is not null && seg.Has(TcpFlags.Ack) && !seg.Has(TcpFlags.Syn) && !seg.Has(TcpFlags.Rst)
+            && listener.CookieSentAt is long sentAt && now - sentAt < 2 * SynCookie.PeriodMicros
+            && TryCookieConnection(listener, key, r, payload, now))
+            return;
         // RFC 9293 §3.10.7.1: no connection (and no listener taking it): RST unless it is one.
         _statistics.Increment("tcp.drop.no-connection");
+        SendReset(r, seg, now);
+    }
+
+    private void SendReset(Received r, Segment seg, long now)
+    {
         var reset = TcpEngine.resetFor(seg);
         if (reset.IsSome)
         {
             Transmit(r.Destination, r.DestinationPort, r.Source, r.SourcePort, reset.Value, null, now);
             _statistics.Increment("tcp.rst.sent");
         }
+    }
+
+    // RFC 4987 §3.6: a SYN,ACK whose ISN is the cookie, and no state kept. It carries our MSS only
+    // (see SynCookie for what a cookie connection gives up).
+    private void SendSynCookie(TcpListener listener, Received r, Segment seg, long now)
+    {
+        Span<byte> local = stackalloc byte[16];
+        Span<byte> remote = stackalloc byte[16];
+        int n = WriteAddress(r.Destination, local);
+        WriteAddress(r.Source, remote);
+        var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
+        int peerMss = seg.Options.MaximumSegmentSize.IsSome ? seg.Options.MaximumSegmentSize.Value : config.DefaultPeerMss;
+        var cookie = SynCookie.make(_cookieKey, now, local[..n], r.DestinationPort, remote[..n], r.SourcePort, seg.Seq, peerMss);
+        Transmit(r.Destination, r.DestinationPort, r.Source, r.SourcePort, TcpLayer.cookieSynAck(config, cookie, seg), null, now);
+        listener.CookieSentAt = now;
+        _statistics.Increment("tcp.syncookie.sent");
+    }
+
+    // The ACK of a cookie SYN,ACK: when the cookie checks out, the connection is rebuilt from it
+    // (a SYN with the peer's ISN and the cookie's MSS, then this ACK) and goes to the accept
+    // queue. False when it is not a valid cookie (the caller answers it as a stray segment).
+    private bool TryCookieConnection(TcpListener listener, TcpKey key, Received r, ReadOnlySpan<byte> payload, long now)
+    {
+        var seg = r.Tcp;
+        Span<byte> local = stackalloc byte[16];
+        Span<byte> remote = stackalloc byte[16];
+        int n = WriteAddress(r.Destination, local);
+        WriteAddress(r.Source, remote);
+        var peerIsn = seg.Seq - 1;
+        var iss = seg.Ack - 1;
+        var mss = SynCookie.check(_cookieKey, now, local[..n], r.DestinationPort, remote[..n], r.SourcePort, peerIsn, iss);
+        if (mss.IsNone)
+        {
+            _statistics.Increment("tcp.syncookie.invalid");
+            return false;
+        }
+        if (_tcp.Count >= Options.TcpMaxConnections || !listener.AcceptQueueHasRoom)
+        {
+            // No room after all: as for a SYN at the cap, the peer learns at once.
+            _statistics.Increment("tcp.syncookie.no-room");
+            SendReset(r, seg, now);
+            return true;
+        }
+        var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
+        var syn = TcpLayer.cookieSyn(seg, mss.Value);
+        // The rebuilt SYN-RECEIVED connection's own SYN,ACK is not sent: the peer already has it.
+        var (core, _) = TcpEngine.accept(config, iss, now, syn);
+        if (!core.State.IsSynReceived)
+            return false;
+        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpReceiveBufferBytes,
+            new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
+        {
+            Core = core,
+            LocalAddress = r.Destination,
+            LocalPort = r.DestinationPort,
+            RemoteAddress = r.Source,
+            RemotePort = r.SourcePort,
+            HalfOpenOf = listener,
+        };
+        listener.HalfOpen++;
+        _tcp[key] = connection;
+        lock (_portGate)
+            _tcpPortUse[r.DestinationPort] = _tcpPortUse.GetValueOrDefault(r.DestinationPort) + 1;
+        _statistics.Increment("tcp.syncookie.validated");
+        _statistics.Increment("tcp.passive-open");
+        var (established, output) = TcpEngine.handleSegment(now, seg, core);
+        connection.Core = established;
+        Execute(connection, output, payload, now);
+        return true;
     }
 
     // Carries out the core's actions for connection c, in order, then queues its next timer.
@@ -704,9 +819,47 @@ public sealed partial class NetworkStack
                 _statistics.Increment("tcp.retransmission-timeout");
             c.Core = core;
             Execute(c, output, default, now);
+            if (Options.TcpUserTimeout is { } userTimeout)
+                CheckUserTimeout(c, (long)userTimeout.TotalMicroseconds, now);
         }
     }
 
+    // RFC 9293 §3.10.8, RFC 5482: data (or our FIN) unacknowledged for the user timeout ends the
+    // connection. A peer that keeps advertising a zero window answers every persist probe, so
+    // without this a connection to a peer that never reads would live forever.
+    private void CheckUserTimeout(TcpConnection c, long timeout, long now)
+    {
+        if (c.Removed || c.Core is null)
+            return;
+        var core = c.Core;
+        var state = core.State;
+        bool synchronized = state.IsEstablished || state.IsCloseWait || state.IsFinWait1 || state.IsClosing || state.IsLastAck;
+        bool waiting = synchronized && (core.Written > core.Acked || core.SndMax - core.SndUna > 0);
+        if (!waiting)
+        {
+            c.StalledSince = long.MinValue;
+            return;
+        }
+        if (c.StalledSince == long.MinValue || core.Acked != c.UserTimeoutAcked)
+        {
+            c.StalledSince = now;
+            c.UserTimeoutAcked = core.Acked;
+            return;
+        }
+        if (now - c.StalledSince < timeout)
+            return;
+        _statistics.Increment("tcp.user-timeout");
+        c.Fail(SocketError.TimedOut);
+        var (aborted, output) = TcpEngine.abort(now, core);
+        c.Core = aborted;
+        Execute(c, output, default, now);
+    }
+
+    // Called by Dispose once the loop has stopped (so this thread owns the loop state), before the
+    // device goes away: every connection the peer may still hold state for gets a RST, as the
+    // user's ABORT would send (RFC 9293 §3.10.5: SYN-RECEIVED, ESTABLISHED, FIN-WAIT-1/2,
+    // CLOSE-WAIT; nothing in SYN-SENT, CLOSING, LAST-ACK, TIME-WAIT). Without it the peer would
+    // keep a dead connection until its own timers gave up.
     private void DisposeTcp()
     {
         List<TcpListener> listeners;
@@ -714,8 +867,29 @@ public sealed partial class NetworkStack
             listeners = [.. _tcpListen4.Values.Union(_tcpListen6.Values)];
         foreach (var listener in listeners)
             listener.Dispose();
+        long now = Now();
         foreach (var c in _tcp.Values)
         {
+            if (c.Core is not null && !c.Removed)
+            {
+                try
+                {
+                    var (_, output) = TcpEngine.abort(now, c.Core);
+                    for (var actions = output.Actions; !actions.IsEmpty; actions = actions.Tail)
+                    {
+                        if (actions.Head is TcpAction.Transmit t)
+                        {
+                            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, t.segment, c, now);
+                            _statistics.Increment("tcp.rst.sent-on-dispose");
+                        }
+                    }
+                }
+                catch (Exception)
+                {
+                    // The device may already be failing; the peer's timers will have to do.
+                    _statistics.Increment("tcp.dispose.reset-failed");
+                }
+            }
             c.Removed = true;
             c.StackDisposed();
         }

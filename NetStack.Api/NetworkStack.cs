@@ -118,8 +118,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             options.Address is null ? FSharpValueOption<Ipv4Address>.ValueNone : FSharpValueOption<Ipv4Address>.NewValueSome(Ipv4Address.OfIPAddress(options.Address)),
             options.Address6 is null ? FSharpValueOption<Ipv6Address>.ValueNone : FSharpValueOption<Ipv6Address>.NewValueSome(Ipv6Address.OfIPAddress(options.Address6)),
             mtu);
+        var reassembly = config.Reassembly;
+        reassembly = new ReassemblyConfig(reassembly.Ipv4Timeout, reassembly.Ipv6Timeout, options.ReassemblyMaxBytes,
+            options.ReassemblyMaxDatagrams, reassembly.MaxFragmentsPerDatagram);
         config = new IpLayerConfig(config.Address4, config.Address6, config.Mtu, options.IcmpErrorsPerSecond,
-            Math.Max(1, Math.Min(options.IcmpErrorsPerSecond, 10)), config.Reassembly);
+            Math.Max(1, Math.Min(options.IcmpErrorsPerSecond, 10)), reassembly);
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
         _meter = new StackMeter(interfaceName, _statistics, () => Volatile.Read(ref _bytesRead),
@@ -241,6 +244,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException($"MTU {options.Mtu} is outside {minimum}..65535{(minimum == 1280 ? " (IPv6 needs at least 1280)" : "")}.", nameof(options));
         if (options.UdpReceiveQueueBytes < 1)
             throw new ArgumentException("UdpReceiveQueueBytes must be positive.", nameof(options));
+        if (options.ReassemblyMaxBytes < 1 || options.ReassemblyMaxDatagrams < 1)
+            throw new ArgumentException("ReassemblyMaxBytes and ReassemblyMaxDatagrams must be positive.", nameof(options));
         if (options.IcmpErrorsPerSecond < 0)
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
         if (options.CapturePath is not null && options.CapturePath.Length == 0)
@@ -612,12 +617,22 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             }
             return;
         }
+        if (r.QuotedProtocol == IpProtocol.Tcp)
+        {
+            // TCP takes ICMP errors as soft errors (RFC 5461; RFC 5927 §4: a forged one must not
+            // tear a connection down); one quoting no connection of ours is counted as such.
+            bool known = _tcp.ContainsKey(new TcpKey(r.QuotedSource, r.QuotedSourcePort, r.QuotedDestination, r.QuotedDestinationPort));
+            _statistics.Increment(known ? "icmp.error.tcp.ignored" : "icmp.error.no-socket");
+            return;
+        }
         if (r.QuotedProtocol != IpProtocol.Udp)
             return;
         UdpSocket? socket;
         lock (_portGate)
             (r.QuotedSource.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.QuotedSourcePort, out socket);
-        if (socket is not null && socket.ReportError(r.ErrorKind, r.QuotedDestination, r.QuotedDestinationPort))
+        if (socket is null)
+            _statistics.Increment("icmp.error.no-socket");
+        else if (socket.ReportError(r.ErrorKind, r.QuotedDestination, r.QuotedDestinationPort))
             _statistics.Increment("udp.icmp-error.reported");
     }
 
@@ -808,8 +823,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 
     /// <summary>
     /// Stops the loop, fails pending calls (pings and queued sends with <see cref="ObjectDisposedException"/>,
-    /// receives with <see cref="SocketError.OperationAborted"/>), closes every socket and disposes the
-    /// device, which removes an interface the stack created. Idempotent.
+    /// receives, reads, writes and accepts with <see cref="SocketError.OperationAborted"/>, a pending
+    /// connect with <see cref="ObjectDisposedException"/>), sends a RST on every TCP connection whose
+    /// peer may still hold state for it (as <see cref="TcpConnection.Abort"/> would), closes every
+    /// socket and disposes the device, which removes an interface the stack created and closes its
+    /// descriptors; the loop thread has ended when this returns. Idempotent.
     /// </summary>
     public void Dispose()
     {

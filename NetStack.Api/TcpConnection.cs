@@ -87,6 +87,10 @@ public sealed class TcpConnection : Stream
     /// <summary>True when the local port came from the ephemeral range and must be released.</summary>
     internal bool EphemeralPort;
 
+    /// <summary>User timeout bookkeeping (loop only): the acknowledged byte count last seen, and since when it has not moved while data waited (MinValue: nothing waiting).</summary>
+    internal long UserTimeoutAcked;
+    internal long StalledSince = long.MinValue;
+
     internal TcpConnection(NetworkStack stack, int sendBufferBytes, int receiveBufferBytes, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
     {
         _stack = stack;

@@ -5,10 +5,12 @@ namespace NetStack;
 
 /// <summary>
 /// A listening TCP port of a <see cref="NetworkStack"/>, made by <see cref="NetworkStack.ListenTcp(int, int)"/>.
-/// Arriving SYNs become half-open connections (at most <see cref="NetStackOptions.TcpMaxHalfOpen"/>);
+/// Arriving SYNs become half-open connections (at most <see cref="NetStackOptions.TcpMaxHalfOpen"/>;
+/// beyond that they are answered with SYN cookies, see <see cref="NetStackOptions.TcpSynCookies"/>);
 /// completed handshakes wait in the accept queue (at most the backlog) for
-/// <see cref="AcceptAsync"/>. A SYN that finds either queue full is dropped, as Linux does, so the
-/// peer retries later. Thread-safe.
+/// <see cref="AcceptAsync"/>. A SYN that finds the accept queue full is dropped, as Linux does, so
+/// the peer retries later; one beyond <see cref="NetStackOptions.TcpMaxConnections"/> is answered
+/// with a RST. Thread-safe.
 /// </summary>
 public sealed class TcpListener : IAsyncDisposable, IDisposable
 {
@@ -81,13 +83,17 @@ public sealed class TcpListener : IAsyncDisposable, IDisposable
         return new ValueTask<TcpConnection>(acceptor.Task);
     }
 
-    /// <summary>True when a new SYN may become a half-open connection (loop only).</summary>
-    internal bool HasRoom
+    /// <summary>When the loop last answered a SYN for this listener with a SYN cookie (loop only).</summary>
+    internal long? CookieSentAt;
+
+    /// <summary>True when the half-open queue has room for one more (loop only).</summary>
+    internal bool HalfOpenHasRoom => HalfOpen < _maxHalfOpen;
+
+    /// <summary>True when the listener is open and its accept queue has room for one more.</summary>
+    internal bool AcceptQueueHasRoom
     {
         get
         {
-            if (HalfOpen >= _maxHalfOpen)
-                return false;
             lock (_gate)
                 return !_disposed && _ready.Count < _backlog;
         }

@@ -62,7 +62,7 @@ public static class BenchCommand
 
     /// <summary>The help text.</summary>
     public static string Usage => $"""
-        usage: netstack bench [--seconds N] [--tcp-mib N] [--conn-clients N] [--cases LIST] [interface options]
+        usage: netstack bench [--seconds N] [--tcp-mib N] [--conn-clients N] [--cases LIST] [--idle-connections N] [interface options]
 
         Measures, in a private network namespace (re-executing under 'unshare' like the demo):
           udp   UDP round-trip latency (p50, p99) of {DatagramSize}-byte datagrams, one outstanding,
@@ -80,6 +80,8 @@ public static class BenchCommand
           --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 256; four transfers)
           --conn-clients N    client threads opening connections in parallel, 1-64 (default 2)
           --cases LIST        comma-separated subset of udp,rr,conn,bulk (default all)
+          --idle-connections N  instead: open N idle kernel TCP connections to one listener and
+                              print the stack's managed heap and RSS per connection
 
         {InterfaceOptions.Help}
         """;
@@ -148,6 +150,7 @@ public static class BenchCommand
         var tcpMib = 256;
         var connClients = 2;
         var cases = new HashSet<string>(CaseNames, StringComparer.Ordinal);
+        var idleConnections = 0;
         while (reader.Next() is { } arg)
         {
             if (InterfaceOptions.TryRead(reader, arg, ref options))
@@ -166,6 +169,8 @@ public static class BenchCommand
                     throw reader.Fail($"--cases: '{list}' is not a list of {string.Join(",", CaseNames)}");
                 cases = new HashSet<string>(names, StringComparer.Ordinal);
             }
+            else if (arg == "--idle-connections")
+                idleConnections = reader.ParseInt(arg, reader.Value(arg), 1, 60000, "a number of connections");
             else
                 throw reader.Unknown(arg);
         }
@@ -175,6 +180,8 @@ public static class BenchCommand
 
         if (!Isolation.IsIsolated)
             return Isolation.ReexecIsolated(["bench", .. args]);
+        if (idleConnections > 0)
+            return IdleBench.Run(options, idleConnections);
         return RunIsolated(options, new Plan(TimeSpan.FromSeconds(seconds), tcpMib * (1L << 20), connClients, cases));
     }
 

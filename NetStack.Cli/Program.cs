@@ -39,6 +39,7 @@ public static class Program
                 "demo" => DemoCommand.Run(rest),
                 "bench" => BenchCommand.Run(rest),
                 BenchCommand.EchoPeerCommand => BenchCommand.RunEchoPeer(rest),
+                IdleBench.ClientsCommand => IdleBench.RunClients(rest),
                 _ => throw new UsageException($"netstack: unknown command '{args[0]}' (see 'netstack --help')"),
             };
         }

@@ -1,6 +1,7 @@
 namespace NetStack.Core.Stack
 
 open NetStack.Core.Tcp
+open NetStack.Core.Wire
 
 /// What the stack's socket layer adds around the pure TCP engine (`Connection`), kept pure so
 /// it can be tested without a loop.
@@ -31,3 +32,35 @@ module TcpLayer =
             }
         else
             c
+
+    /// The SYN,ACK that answers `syn` statelessly with the SYN cookie `cookie` as its ISN
+    /// (RFC 4987 §3.6): our MSS is the only option, since a cookie cannot remember any other.
+    let cookieSynAck (config: TcpConfig) (cookie: SeqNum) (syn: Segment) : OutgoingSegment =
+        {
+            Seq = cookie
+            Ack = syn.Seq + 1
+            Flags = TcpFlags.Syn ||| TcpFlags.Ack
+            Window = uint16 (min config.ReceiveBufferSize 65535)
+            Options =
+                { TcpOptions.None with
+                    MaximumSegmentSize = ValueSome(uint16 config.Mss)
+                }
+            DataPosition = 0L
+            DataLength = 0
+        }
+
+    /// The SYN a valid cookie stands for, rebuilt from the peer's ACK (its sequence number is
+    /// the peer's ISN + 1) and the MSS the cookie carried; handed to `Connection.accept` it
+    /// yields the SYN-RECEIVED connection the listener did not keep.
+    let cookieSyn (ack: Segment) (mss: int) : Segment =
+        {
+            Seq = ack.Seq - 1
+            Ack = SeqNum 0u
+            Flags = TcpFlags.Syn
+            Window = ack.Window
+            Options =
+                { TcpOptions.None with
+                    MaximumSegmentSize = ValueSome(uint16 mss)
+                }
+            PayloadLength = 0
+        }

@@ -364,7 +364,8 @@ let tests =
                 waitUntil (fun () -> stack.Statistics.["tcp.rst.sent"] = 2L)
             }
 
-            test "a listener answers SYN with SYN,ACK carrying our MSS, and drops SYNs beyond TcpMaxHalfOpen" {
+            test
+                "a listener answers SYN with SYN,ACK carrying our MSS; beyond TcpMaxHalfOpen with SYN cookies, whose ACK completes the connection" {
                 let device = new MemoryPacketDevice(1500)
                 use stack = NetworkStack.Start(options (), device)
                 use _listener = stack.ListenTcp(80)
@@ -373,11 +374,62 @@ let tests =
                 Expect.equal r.Tcp.Flags (TcpFlags.Syn ||| TcpFlags.Ack) "SYN,ACK"
                 Expect.equal r.Tcp.Ack (SeqNum 1001u) "acknowledges the SYN"
                 Expect.equal r.Tcp.Options.MaximumSegmentSize (ValueSome 1460us) "MSS from the 1500-byte MTU"
-                // Three more fill the half-open queue (4); the next six are dropped.
-                for port in 40001..40009 do
+                // Three more fill the half-open queue (4); the next six are answered with cookies.
+                for port in 40001..40003 do
+                    device.Inject(ReadOnlySpan(syn false (uint16 port) 80us))
+                    nextSegment device |> ignore
+
+                for port in 40004..40009 do
+                    device.Inject(ReadOnlySpan(syn false (uint16 port) 80us))
+                    let r = nextSegment device
+                    Expect.equal r.Tcp.Flags (TcpFlags.Syn ||| TcpFlags.Ack) "a cookie SYN,ACK"
+                    Expect.equal r.Tcp.Options.MaximumSegmentSize (ValueSome 1460us) "with our MSS, and nothing else"
+
+                    if port = 40009 then
+                        // The peer's ACK returns the cookie: the connection is rebuilt and accepted.
+                        let peer, us = addresses false
+
+                        let ack =
+                            tcpPacket
+                                peer
+                                us
+                                (uint16 port)
+                                80us
+                                (outgoing 1001u (r.Tcp.Seq.Value + 1u) TcpFlags.Ack 65535us TcpOptions.None 0)
+                                [||]
+
+                        device.Inject(ReadOnlySpan ack)
+                        let accepted = _listener.AcceptAsync().AsTask()
+                        Expect.isTrue (accepted.Wait timeout) "the cookie connection is accepted"
+                        Expect.equal (accepted.Result.RemoteEndPoint.Port) port "from the cookie's peer"
+
+                Expect.equal stack.Statistics.["tcp.syncookie.sent"] 6L "six cookies"
+                Expect.equal stack.Statistics.["tcp.syncookie.validated"] 1L "one came back"
+                Expect.equal stack.Statistics.["tcp.passive-open"] 5L "four half-open connections, and the cookie's"
+            }
+
+            test "with TcpSynCookies off, SYNs beyond TcpMaxHalfOpen are dropped and counted" {
+                let device = new MemoryPacketDevice(1500)
+
+                use stack =
+                    NetworkStack.Start(
+                        NetStackOptions(
+                            Address = ours4.ToIPAddress(),
+                            HostAddress = peer4.ToIPAddress(),
+                            Address6 = ours6.ToIPAddress(),
+                            HostAddress6 = peer6.ToIPAddress(),
+                            TcpMaxHalfOpen = 4,
+                            TcpSynCookies = false
+                        ),
+                        device
+                    )
+
+                use _listener = stack.ListenTcp(80)
+
+                for port in 40001..40010 do
                     device.Inject(ReadOnlySpan(syn false (uint16 port) 80us))
 
-                waitUntil (fun () -> stack.Statistics.["tcp.drop.listen-queue-full"] = 6L)
+                waitUntil (fun () -> stack.Statistics.["tcp.drop.half-open-full"] = 6L)
                 Expect.equal stack.Statistics.["tcp.passive-open"] 4L "four half-open connections"
             }
 

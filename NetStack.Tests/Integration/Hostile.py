@@ -1,0 +1,169 @@
+# Kernel-side attacker for the hostile-input tests (HostileTests.fs, LimitsTests.fs). Crafts IPv4
+# and TCP with struct and sends them through a raw socket (IPPROTO_RAW: the kernel fills in the
+# IPv4 checksum and total length only), spoofing whatever source the test asks for. Runs inside
+# the test runner's private network namespace; every packet goes to the stack under test.
+#
+#   Hostile.py flood STACK PORT COUNT PREFIX     COUNT SYNs from PREFIX.10-250, random ports
+#   Hostile.py blind IFACE KERNEL STACK PORT     blind RST/SYN/data against a live echo connection
+#   Hostile.py idle STACK PORT COUNT             COUNT idle connections, held until stdin closes
+import json
+import os
+import random
+import resource
+import select
+import socket
+import struct
+import sys
+import time
+
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tcp(src, dst, sport, dport, seq, ack, flags, window=65535, options=b"", data=b""):
+    offset = (5 + len(options) // 4) << 4
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, offset, flags, window, 0, 0)
+    header += options
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(header) + len(data))
+    c = checksum(pseudo + header + data)
+    return header[:16] + struct.pack("!H", c) + header[18:] + data
+
+
+def ipv4(src, dst, payload, protocol=6):
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), random.randint(0, 65535), 0, 64, protocol, 0,
+        socket.inet_aton(src), socket.inet_aton(dst))
+    return header + payload
+
+
+FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
+
+
+def raw_socket():
+    return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+
+def flood(stack, port, count, prefix):
+    s = raw_socket()
+    mss = b"\x02\x04\x05\xb4"
+    for _ in range(count):
+        src = "%s.%d" % (prefix, random.randint(10, 250))
+        segment = tcp(src, stack, random.randint(1024, 65535), port, random.getrandbits(32), 0, SYN, options=mss)
+        s.sendto(ipv4(src, stack, segment), (stack, 0))
+    print("sent %d" % count, flush=True)
+
+
+def parse(packet):
+    """(src, dst, sport, dport, seq, ack, flags, payload length) of an IPv4 TCP packet, or None."""
+    if len(packet) < 40 or packet[0] >> 4 != 4 or packet[9] != 6:
+        return None
+    ihl = (packet[0] & 15) * 4
+    total = struct.unpack("!H", packet[2:4])[0]
+    sport, dport, seq, ack, off, flags = struct.unpack("!HHIIBB", packet[ihl:ihl + 14])
+    length = total - ihl - (off >> 4) * 4
+    return socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20]), sport, dport, seq, ack, flags, length
+
+
+def blind(iface, kernel, stack, port):
+    sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
+    sniffer.bind((iface, 0))
+    client = socket.create_connection((stack, port), timeout=10)
+    lport = client.getsockname()[1]
+
+    def drain(wait):
+        """Packets of our connection seen within `wait` seconds: (from_stack, seq, ack, flags, length)."""
+        seen = []
+        deadline = time.time() + wait
+        while True:
+            left = deadline - time.time()
+            if left <= 0 or not select.select([sniffer], [], [], left)[0]:
+                return seen
+            p = parse(sniffer.recv(65535))
+            if p is None:
+                continue
+            src, dst, sport, dport, seq, ack, flags, length = p
+            if (src, sport, dport) == (stack, port, lport):
+                seen.append((True, seq, ack, flags, length))
+            elif (src, sport, dport) == (kernel, lport, port):
+                seen.append((False, seq, ack, flags, length))
+
+    def echo(data):
+        client.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = client.recv(len(data) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+    ok = echo(b"a" * 100) == b"a" * 100
+    seen = drain(0.5)
+    # The next sequence number each side will send: the highest seq + length (+1 for SYN/FIN).
+    k_next = max((s + n + (1 if f & (SYN | FIN) else 0)) & 0xFFFFFFFF for st, s, a, f, n in seen if not st)
+    s_next = max((s + n + (1 if f & (SYN | FIN) else 0)) & 0xFFFFFFFF for st, s, a, f, n in seen if st)
+    raw = raw_socket()
+
+    def attack(segment):
+        raw.sendto(ipv4(kernel, stack, segment), (stack, 0))
+        return [x for x in drain(0.4) if x[0]]
+
+    result = {}
+    # RFC 5961 §3: a RST inside the window but not at RCV.NXT draws a challenge ACK.
+    answers = attack(tcp(kernel, stack, lport, port, k_next + 5000, 0, RST))
+    result["rst-in-window-challenge-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+    # Outside the window: silently dropped.
+    answers = attack(tcp(kernel, stack, lport, port, k_next + 0x40000000, 0, RST))
+    result["rst-out-of-window-answers"] = len(answers)
+    # RFC 5961 §4: a SYN on an established connection draws a challenge ACK, never a reset.
+    answers = attack(tcp(kernel, stack, lport, port, random.getrandbits(32), 0, SYN))
+    result["syn-challenge-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and not f & RST)
+    # RFC 9293 §3.10.7.4: data outside the window is answered with an ACK and dropped.
+    answers = attack(tcp(kernel, stack, lport, port, k_next - 200000, s_next, ACK | PSH, data=b"EVIL"))
+    result["old-data-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+    # In-window data acknowledging bytes never sent (SEG.ACK > SND.NXT): ACK, drop.
+    answers = attack(tcp(kernel, stack, lport, port, k_next, s_next + 100000, ACK | PSH, data=b"EVIL"))
+    result["future-ack-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+    # RFC 5961 §5.2: an ACK far below SND.UNA: challenge ACK, drop.
+    answers = attack(tcp(kernel, stack, lport, port, k_next, s_next - 0x40000000, ACK | PSH, data=b"EVIL"))
+    result["old-ack-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+    # Data outside the window to the right.
+    answers = attack(tcp(kernel, stack, lport, port, k_next + 0x20000000, s_next, ACK | PSH, data=b"EVIL"))
+    result["future-data-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+    # The connection still works, and none of the injected bytes reached the echo server.
+    result["echo-before"] = ok
+    result["echo-after"] = echo(b"b" * 1000) == b"b" * 1000
+    client.close()
+    print(json.dumps(result), flush=True)
+
+
+def idle(stack, port, count):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    family = socket.AF_INET6 if ":" in stack else socket.AF_INET
+    sockets = []
+    for _ in range(count):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect((stack, port))
+        sockets.append(s)
+    print("connected %d" % len(sockets), flush=True)
+    sys.stdin.read()
+    for s in sockets:
+        s.close()
+
+
+if __name__ == "__main__":
+    command = sys.argv[1]
+    if command == "flood":
+        flood(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    elif command == "blind":
+        blind(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    elif command == "idle":
+        idle(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
