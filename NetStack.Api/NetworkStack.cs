@@ -92,7 +92,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         _link = link;
         // On a fault-injecting device the stack's counters and the fault counters are one set.
-        _statistics = FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
+        _statistics = LinkWithin(device)?.Statistics ?? FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
@@ -128,7 +128,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     public static NetworkStack Start(NetStackOptions options)
     {
         Validate(options);
-        var device = options.AttachExisting ? TunDevice.Attach(options.TunName) : TunDevice.Create(options.TunName);
+        bool tap = options.Mode == NetStackMode.Tap;
+        var device = options.AttachExisting ? TunDevice.Attach(options.TunName, tap) : tap ? TunDevice.CreateTap(options.TunName) : TunDevice.Create(options.TunName);
         KernelLink? link = null;
         try
         {
@@ -137,14 +138,28 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 link = new KernelLink(device);
                 link.SetMtu(options.Mtu);
                 link.SetUp();
-                if (options.Address is not null && options.HostAddress is not null)
-                    link.AddAddress(options.HostAddress, options.Address);
-                if (options.Address6 is not null && options.HostAddress6 is not null)
-                    link.AddAddress(options.HostAddress6, options.Address6);
+                if (tap)
+                {
+                    // A shared link: the kernel side takes the prefix, the stack is a neighbor on it.
+                    if (options.Address is not null && options.HostAddress is not null)
+                        link.AddAddress(options.HostAddress, options.PrefixLength);
+                    if (options.Address6 is not null && options.HostAddress6 is not null)
+                        link.AddAddress(options.HostAddress6, options.PrefixLength6);
+                }
+                else
+                {
+                    if (options.Address is not null && options.HostAddress is not null)
+                        link.AddAddress(options.HostAddress, options.Address);
+                    if (options.Address6 is not null && options.HostAddress6 is not null)
+                        link.AddAddress(options.HostAddress6, options.Address6);
+                }
             }
             IPacketDevice packets = new TunPacketDevice(device);
             if (options.Faults is not null)
                 packets = new FaultInjectingDevice(packets, options.Faults);
+            // In Tap mode the faults hit frames (ARP and NDP too) and share the link's counters.
+            if (tap)
+                packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
             // The capture is outermost: it records what the stack itself sees, after the faults.
             return new NetworkStack(options, WithCapture(options, packets), device.Name, link);
         }
@@ -183,6 +198,24 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             {
                 case FaultInjectingDevice faults:
                     return faults;
+                case CapturingPacketDevice capture:
+                    device = capture.Inner;
+                    break;
+                default:
+                    return null;
+            }
+        }
+    }
+
+    // The Ethernet adapter of Tap mode, under any capture; its counters are the stack's.
+    private static EthernetPacketDevice? LinkWithin(IPacketDevice device)
+    {
+        while (true)
+        {
+            switch (device)
+            {
+                case EthernetPacketDevice ethernet:
+                    return ethernet;
                 case CapturingPacketDevice capture:
                     device = capture.Inner;
                     break;

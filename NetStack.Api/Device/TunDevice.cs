@@ -24,7 +24,7 @@ namespace NetStack.Device;
 /// <para>
 /// Lifetime: a device made by <see cref="Create"/> is not persistent (we never set TUNSETPERSIST),
 /// so the kernel deletes the interface, with its addresses and routes, when
-/// <see cref="Dispose"/> closes the descriptor. A device opened by <see cref="Attach"/> is an
+/// <see cref="Dispose"/> closes the descriptor. A device opened by <see cref="Attach(string)"/> is an
 /// existing persistent interface and stays after <see cref="Dispose"/>.
 /// </para>
 /// <para>
@@ -46,6 +46,7 @@ public sealed unsafe class TunDevice : IDisposable
     // type 'T' (0x54 << 8), number 202 (0xCA), the same encoding on x86_64 and arm64.
     private const nuint TUNSETIFF = 0x400454CA;
     private const short IFF_TUN = 0x0001;
+    private const short IFF_TAP = 0x0002;
     private const short IFF_NO_PI = 0x1000;
 
     // Makes TUNSETIFF fail with EBUSY when an interface of that name exists, instead of attaching
@@ -124,6 +125,23 @@ public sealed unsafe class TunDevice : IDisposable
     }
 
     /// <summary>
+    /// Creates a TAP interface (<c>IFF_TAP | IFF_NO_PI</c>): like <see cref="Create"/>, but every read
+    /// and write is one whole Ethernet frame (no FCS) instead of an IP packet, so the caller speaks
+    /// the link layer itself (see <see cref="Engine.EthernetPacketDevice"/>). <see cref="IsTap"/> is true.
+    /// </summary>
+    /// <param name="nameOrTemplate">An exact name or a template with one <c>%d</c>, as for <see cref="Create"/>.</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Create"/>.</exception>
+    public static TunDevice CreateTap(string nameOrTemplate = "tap%d")
+    {
+        ValidateName(nameOrTemplate, allowTemplate: true);
+        return Open(nameOrTemplate, create: true, tap: true);
+    }
+
+    /// <summary>True for a TAP device (Ethernet frames), false for TUN (IP packets).</summary>
+    public bool IsTap { get; private init; }
+
+    /// <summary>
     /// Attaches to an existing persistent TUN interface (one made with <c>ip tuntap add mode tun</c>
     /// or TUNSETPERSIST). Disposing the device detaches but leaves the interface in place.
     /// </summary>
@@ -133,7 +151,17 @@ public sealed unsafe class TunDevice : IDisposable
     /// No interface has that name (ENODEV), it is not a TUN interface (EINVAL), another process has
     /// it open (EBUSY), or the caller lacks CAP_NET_ADMIN or is not its owner (EPERM).
     /// </exception>
-    public static TunDevice Attach(string name)
+    public static TunDevice Attach(string name) => Attach(name, tap: false);
+
+    /// <summary>
+    /// Attaches to an existing persistent TUN interface, or with <paramref name="tap"/> a TAP
+    /// interface (<c>ip tuntap add mode tap</c>); otherwise as <see cref="Attach(string)"/>.
+    /// </summary>
+    /// <param name="name">The exact interface name.</param>
+    /// <param name="tap">True for a TAP interface (Ethernet frames).</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Attach(string)"/>.</exception>
+    public static TunDevice Attach(string name, bool tap)
     {
         ValidateName(name, allowTemplate: false);
         // TUNSETIFF without IFF_TUN_EXCL would create a missing interface; attaching must not.
@@ -145,7 +173,7 @@ public sealed unsafe class TunDevice : IDisposable
                 "namespace (ENODEV). Create it first (`ip tuntap add dev NAME mode tun`) or use TunDevice.Create.");
         }
 
-        return Open(name, create: false);
+        return Open(name, create: false, tap);
     }
 
     /// <summary>
@@ -192,7 +220,7 @@ public sealed unsafe class TunDevice : IDisposable
         }
     }
 
-    private static TunDevice Open(string name, bool create)
+    private static TunDevice Open(string name, bool create, bool tap = false)
     {
         // Non-blocking, so that a read after poll() can never block (another reader may have taken
         // the packet); waiting happens in poll() only, where Dispose can interrupt it.
@@ -221,7 +249,7 @@ public sealed unsafe class TunDevice : IDisposable
         var tun = new FileDescriptorHandle(fd);
         try
         {
-            short flags = (short)(IFF_TUN | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0));
+            short flags = (short)((tap ? IFF_TAP : IFF_TUN) | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0));
             InterfaceRequest request = InterfaceRequest.For(name, flags);
             if (LibC.Ioctl(fd, TUNSETIFF, &request) < 0)
                 throw SetInterfaceError(name, create, Marshal.GetLastPInvokeError());
@@ -231,7 +259,7 @@ public sealed unsafe class TunDevice : IDisposable
             int wakeFd = LibC.EventFd(0, LibC.EFD_NONBLOCK | LibC.EFD_CLOEXEC);
             if (wakeFd < 0)
                 throw TunDeviceException.For("eventfd", Marshal.GetLastPInvokeError());
-            return new TunDevice(tun, new FileDescriptorHandle(wakeFd), actual, create);
+            return new TunDevice(tun, new FileDescriptorHandle(wakeFd), actual, create) { IsTap = tap };
         }
         catch
         {
