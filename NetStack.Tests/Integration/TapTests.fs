@@ -401,6 +401,45 @@ let tests =
                     Expect.equal stack.Statistics.["drop.exception"] 0L "nothing escaped")
             }
 
+            test "netstack ping --tap resolves the kernel and is answered over IPv4 and IPv6; a bad --mac is refused" {
+                for target in [ "10.98.10.1"; "fd98:10::1" ] do
+                    let code, out, err =
+                        CliTests.runNetstack
+                            (TimeSpan.FromSeconds 60.0)
+                            [
+                                "ping"
+                                "--tap"
+                                "--mac"
+                                "02:98:00:00:0a:02"
+                                "--tun"
+                                "ns98t10"
+                                "--ip"
+                                "10.98.10.2"
+                                "--host-ip"
+                                "10.98.10.1"
+                                "--ip6"
+                                "fd98:10::2"
+                                "--host-ip6"
+                                "fd98:10::1"
+                                "-c"
+                                "2"
+                                "-i"
+                                "0.2"
+                                target
+                            ]
+
+                    Expect.equal code 0 $"netstack ping --tap {target}:\n{out}\n{err}"
+                    Expect.stringContains out "2 received" "both echoes answered"
+
+                let code, _, err =
+                    CliTests.runNetstack
+                        (TimeSpan.FromSeconds 30.0)
+                        [ "ping"; "--tap"; "--mac"; "01:00:5e:00:00:01"; "10.98.10.1" ]
+
+                Expect.equal code 2 "a multicast MAC is a bad argument"
+                Expect.stringContains err "--mac" "the message names the option"
+            }
+
             test "two stacks on two TAPs in a Linux bridge talk to each other and to the kernel on the bridge" {
                 let bridge = "ns99br0"
 
