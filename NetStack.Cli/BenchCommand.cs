@@ -137,7 +137,7 @@ public static class BenchCommand
             stackError = e.Message;
         }
 
-        PrintTable(stack, kernel);
+        PrintTable(stack, kernel, options.Mode == NetStackMode.Tap ? "stack (TAP)" : "stack (TUN)");
         if (stackError is not null)
             Console.Error.WriteLine($"{Name}: stack measurement failed: {stackError}");
         if (kernelError is not null)
@@ -488,7 +488,7 @@ public static class BenchCommand
         }
     }
 
-    private static void PrintTable(Measurement? stack, Measurement? kernel)
+    private static void PrintTable(Measurement? stack, Measurement? kernel, string stackLabel)
     {
         static string Us(TimeSpan? t) => t is { } v ? $"{v.TotalMicroseconds:0.0} µs" : "n/a";
         static string Rate(double? r) => r is { } v ? $"{v:0}" : "n/a";
@@ -505,7 +505,7 @@ public static class BenchCommand
             ("TCP bulk kernel → X", Gbps(stack?.TcpInGbps), Gbps(kernel?.TcpInGbps), Ratio(stack?.TcpInGbps, kernel?.TcpInGbps)),
             ("TCP bulk X → kernel", Gbps(stack?.TcpOutGbps), Gbps(kernel?.TcpOutGbps), Ratio(stack?.TcpOutGbps, kernel?.TcpOutGbps)),
         };
-        Console.WriteLine($"{"",-26}{"stack (TUN)",14}{"kernel (veth)",16}{"stack/kernel",14}");
+        Console.WriteLine($"{"",-26}{stackLabel,14}{"kernel (veth)",16}{"stack/kernel",14}");
         foreach (var r in rows)
             Console.WriteLine($"{r.Name,-26}{r.Stack,14}{r.Kernel,16}{r.Ratio,14}");
     }
