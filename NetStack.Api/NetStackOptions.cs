@@ -1,8 +1,9 @@
 using System.Net;
+using System.Net.NetworkInformation;
 
 namespace NetStack;
 
-/// <summary>Options for bringing a stack up on a TUN device.</summary>
+/// <summary>Options for bringing a stack up on a TUN (or, with <see cref="Mode"/>, TAP) device.</summary>
 public sealed record NetStackOptions
 {
     /// <summary>The interface name, or a template with one <c>%d</c> the kernel fills in.</summary>
@@ -119,4 +120,25 @@ public sealed record NetStackOptions
     /// out and refused, and dropped packets by reason, at most 20 a second (Debug). Null: no logging.
     /// </summary>
     public Microsoft.Extensions.Logging.ILoggerFactory? LoggerFactory { get; init; }
+
+    /// <summary>TUN (IP packets; the kernel is the point-to-point peer) or TAP (Ethernet frames; ARP and NDP).</summary>
+    public NetStackMode Mode { get; init; } = NetStackMode.Tun;
+
+    /// <summary>Tap mode: the stack's MAC address (null: a random locally administered unicast address).</summary>
+    public PhysicalAddress? MacAddress { get; init; }
+
+    /// <summary>Tap mode: the on-link prefix length of <see cref="Address"/> (also given to <see cref="HostAddress"/> on the kernel side).</summary>
+    public int PrefixLength { get; init; } = 24;
+
+    /// <summary>Tap mode: the on-link prefix length of <see cref="Address6"/> (also given to <see cref="HostAddress6"/>).</summary>
+    public int PrefixLength6 { get; init; } = 64;
+
+    /// <summary>Tap mode: the IPv4 router for destinations off the prefix (null: those are unreachable).</summary>
+    public IPAddress? Gateway { get; init; }
+
+    /// <summary>Tap mode: the IPv6 router for destinations off the prefix (null: the router of the last router advertisement, if any).</summary>
+    public IPAddress? Gateway6 { get; init; }
+
+    /// <summary>Tap mode: neighbor cache timers and bounds, duplicate address detection and gratuitous ARP.</summary>
+    public Engine.NeighborSettings Neighbor { get; init; } = new();
 }

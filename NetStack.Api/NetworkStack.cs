@@ -100,7 +100,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _link = link;
         _log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NetworkStack>();
         // On a fault-injecting device the stack's counters and the fault counters are one set.
-        _statistics = FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
+        _statistics = LinkWithin(device)?.Statistics ?? FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
@@ -144,11 +144,13 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         Validate(options);
         // Offloads only where nothing between the stack and the device hides them: injected
-        // corruption must reach the checksum check, which a partial checksum would skip.
-        bool offloads = options.Offloads && options.Faults is null;
+        // corruption must reach the checksum check, which a partial checksum would skip. TAP mode
+        // speaks Ethernet frames through EthernetPacketDevice, which has no virtio-net header path.
+        bool tap = options.Mode == NetStackMode.Tap;
+        bool offloads = options.Offloads && options.Faults is null && !tap;
         var device = options.AttachExisting
-            ? TunDevice.Attach(options.TunName, offloads)
-            : TunDevice.Create(options.TunName, offloads);
+            ? (tap ? TunDevice.AttachTap(options.TunName) : TunDevice.Attach(options.TunName, offloads))
+            : (tap ? TunDevice.CreateTap(options.TunName) : TunDevice.Create(options.TunName, offloads));
         KernelLink? link = null;
         try
         {
@@ -159,14 +161,28 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 link = new KernelLink(device);
                 link.SetMtu(options.Mtu);
                 link.SetUp();
-                if (options.Address is not null && options.HostAddress is not null)
-                    link.AddAddress(options.HostAddress, options.Address);
-                if (options.Address6 is not null && options.HostAddress6 is not null)
-                    link.AddAddress(options.HostAddress6, options.Address6);
+                if (tap)
+                {
+                    // A shared link: the kernel side takes the prefix, the stack is a neighbor on it.
+                    if (options.Address is not null && options.HostAddress is not null)
+                        link.AddAddress(options.HostAddress, options.PrefixLength);
+                    if (options.Address6 is not null && options.HostAddress6 is not null)
+                        link.AddAddress(options.HostAddress6, options.PrefixLength6);
+                }
+                else
+                {
+                    if (options.Address is not null && options.HostAddress is not null)
+                        link.AddAddress(options.HostAddress, options.Address);
+                    if (options.Address6 is not null && options.HostAddress6 is not null)
+                        link.AddAddress(options.HostAddress6, options.Address6);
+                }
             }
             IPacketDevice packets = new TunPacketDevice(device);
             if (options.Faults is not null)
                 packets = new FaultInjectingDevice(packets, options.Faults);
+            // In Tap mode the faults hit frames (ARP and NDP too) and share the link's counters.
+            if (tap)
+                packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
             // The capture is outermost: it records what the stack itself sees, after the faults.
             return new NetworkStack(options, WithCapture(options, packets), device.Name, link);
         }
@@ -205,6 +221,24 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             {
                 case FaultInjectingDevice faults:
                     return faults;
+                case CapturingPacketDevice capture:
+                    device = capture.Inner;
+                    break;
+                default:
+                    return null;
+            }
+        }
+    }
+
+    // The Ethernet adapter of Tap mode, under any capture; its counters are the stack's.
+    private static EthernetPacketDevice? LinkWithin(IPacketDevice device)
+    {
+        while (true)
+        {
+            switch (device)
+            {
+                case EthernetPacketDevice ethernet:
+                    return ethernet;
                 case CapturingPacketDevice capture:
                     device = capture.Inner;
                     break;

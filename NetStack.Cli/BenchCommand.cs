@@ -218,7 +218,7 @@ public static class BenchCommand
             stackError = e.Message;
         }
 
-        PrintTable(plan, stack, kernel);
+        PrintTable(plan, stack, kernel, options.Mode == NetStackMode.Tap ? "stack (TAP)" : "stack (TUN)");
         if (stackError is not null)
             Console.Error.WriteLine($"{Name}: stack measurement failed: {stackError}");
         if (kernelError is not null)
@@ -739,7 +739,7 @@ public static class BenchCommand
         }
     }
 
-    private static void PrintTable(Plan plan, Measurement? stack, Measurement? kernel)
+    private static void PrintTable(Plan plan, Measurement? stack, Measurement? kernel, string stackLabel)
     {
         static string Us(TimeSpan? t) => t is { } v ? $"{v.TotalMicroseconds:0.0} µs" : "n/a";
         static string Rate(double? r) => r is { } v ? $"{v:0}" : "n/a";
@@ -774,7 +774,7 @@ public static class BenchCommand
             rows.Add(("allocated/packet kernel → X", Bytes(stack?.InBytesPerPacket), Bytes(kernel?.InBytesPerPacket), "-"));
             rows.Add(("allocated/packet X → kernel", Bytes(stack?.OutBytesPerPacket), Bytes(kernel?.OutBytesPerPacket), "-"));
         }
-        Console.WriteLine($"{"",-30}{"stack (TUN)",14}{"kernel (veth)",16}{"stack/kernel",14}");
+        Console.WriteLine($"{"",-30}{stackLabel,14}{"kernel (veth)",16}{"stack/kernel",14}");
         foreach (var r in rows)
             Console.WriteLine($"{r.Name,-30}{r.Stack,14}{r.Kernel,16}{r.Ratio,14}");
     }

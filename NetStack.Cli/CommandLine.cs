@@ -120,7 +120,7 @@ public sealed class ArgReader
 /// <summary>
 /// The interface options every command that brings a stack up accepts (the names are fixed by
 /// issue 3): <c>--tun</c>, <c>--ip</c>, <c>--host-ip</c>, <c>--ip6</c>, <c>--host-ip6</c>, <c>--mtu</c>;
-/// and <c>--pcap</c> (issue 7).
+/// <c>--pcap</c> (issue 7); <c>--tap</c> and <c>--mac</c> (issue 8).
 /// </summary>
 public static class InterfaceOptions
 {
@@ -143,6 +143,10 @@ public static class InterfaceOptions
                   --mtu N             link MTU, 1280-65535 (default {d.Mtu})
                   --pcap FILE         record every packet the stack reads and writes in FILE (pcap, raw IP)
                   --no-offload        no TUN offloads (checksum offload, TSO): one packet per system call
+                  --tap               a TAP device instead of TUN: the stack is a host with its own MAC on
+                                      the link (ARP, NDP); the kernel side gets the host addresses with
+                                      prefixes /{d.PrefixLength} and /{d.PrefixLength6}
+                  --mac ADDR          the stack's MAC with --tap (default: random, locally administered)
 
                 fault injection (both directions, on the stack's side of the TUN device):
                   --loss P%           drop P percent of packets (0-100, e.g. 5% or 0.5)
@@ -190,6 +194,16 @@ public static class InterfaceOptions
                 if (path.Length == 0)
                     throw reader.Fail($"{option}: the file name is empty");
                 options = options with { CapturePath = path };
+                return true;
+            case "--tap":
+                options = options with { Mode = NetStackMode.Tap };
+                return true;
+            case "--mac":
+                var mac = reader.Value(option);
+                if (!System.Net.NetworkInformation.PhysicalAddress.TryParse(mac, out var physical) || physical.GetAddressBytes().Length != 6
+                    || (physical.GetAddressBytes()[0] & 1) != 0)
+                    throw reader.Fail($"{option}: '{mac}' is not a unicast MAC address (aa:bb:cc:dd:ee:ff)");
+                options = options with { MacAddress = physical };
                 return true;
             case "--loss":
                 options = WithFaults(options, f => f with { LossPercent = ParsePercent(reader, option, reader.Value(option)) });

@@ -56,6 +56,7 @@ public sealed unsafe class TunDevice : IDisposable
     // type 'T' (0x54 << 8), number 202 (0xCA), the same encoding on x86_64 and arm64.
     private const nuint TUNSETIFF = 0x400454CA;
     private const short IFF_TUN = 0x0001;
+    private const short IFF_TAP = 0x0002;
     private const short IFF_NO_PI = 0x1000;
     private const short IFF_VNET_HDR = 0x4000;
 
@@ -162,6 +163,23 @@ public sealed unsafe class TunDevice : IDisposable
     }
 
     /// <summary>
+    /// Creates a TAP interface (<c>IFF_TAP | IFF_NO_PI</c>): like <see cref="Create"/>, but every read
+    /// and write is one whole Ethernet frame (no FCS) instead of an IP packet, so the caller speaks
+    /// the link layer itself (see <see cref="Engine.EthernetPacketDevice"/>). <see cref="IsTap"/> is true.
+    /// </summary>
+    /// <param name="nameOrTemplate">An exact name or a template with one <c>%d</c>, as for <see cref="Create"/>.</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Create"/>.</exception>
+    public static TunDevice CreateTap(string nameOrTemplate = "tap%d")
+    {
+        ValidateName(nameOrTemplate, allowTemplate: true);
+        return Open(nameOrTemplate, create: true, virtioNetHeader: false, tap: true);
+    }
+
+    /// <summary>True for a TAP device (Ethernet frames), false for TUN (IP packets).</summary>
+    public bool IsTap { get; private init; }
+
+    /// <summary>
     /// Attaches to an existing persistent TUN interface (one made with <c>ip tuntap add mode tun</c>
     /// or TUNSETPERSIST). Disposing the device detaches but leaves the interface in place.
     /// </summary>
@@ -181,7 +199,18 @@ public sealed unsafe class TunDevice : IDisposable
     /// <param name="virtioNetHeader">Open with IFF_VNET_HDR.</param>
     /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
     /// <exception cref="TunDeviceException">As for <see cref="Attach(string)"/>.</exception>
-    public static TunDevice Attach(string name, bool virtioNetHeader)
+    public static TunDevice Attach(string name, bool virtioNetHeader) => AttachExisting(name, virtioNetHeader, tap: false);
+
+    /// <summary>
+    /// Attaches to an existing persistent TAP
+    /// interface (<c>ip tuntap add mode tap</c>); otherwise as <see cref="Attach(string)"/>.
+    /// </summary>
+    /// <param name="name">The exact interface name.</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Attach(string)"/>.</exception>
+    public static TunDevice AttachTap(string name) => AttachExisting(name, virtioNetHeader: false, tap: true);
+
+    private static TunDevice AttachExisting(string name, bool virtioNetHeader, bool tap)
     {
         ValidateName(name, allowTemplate: false);
         // TUNSETIFF without IFF_TUN_EXCL would create a missing interface; attaching must not.
@@ -193,7 +222,7 @@ public sealed unsafe class TunDevice : IDisposable
                 "namespace (ENODEV). Create it first (`ip tuntap add dev NAME mode tun`) or use TunDevice.Create.");
         }
 
-        return Open(name, create: false, virtioNetHeader);
+        return Open(name, create: false, virtioNetHeader, tap);
     }
 
     /// <summary>
@@ -240,7 +269,7 @@ public sealed unsafe class TunDevice : IDisposable
         }
     }
 
-    private static TunDevice Open(string name, bool create, bool virtioNetHeader)
+    private static TunDevice Open(string name, bool create, bool virtioNetHeader, bool tap = false)
     {
         // Non-blocking, so that a read after poll() can never block (another reader may have taken
         // the packet); waiting happens in poll() only, where Dispose can interrupt it.
@@ -269,7 +298,7 @@ public sealed unsafe class TunDevice : IDisposable
         var tun = new FileDescriptorHandle(fd);
         try
         {
-            short flags = (short)(IFF_TUN | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0) | (virtioNetHeader ? IFF_VNET_HDR : 0));
+            short flags = (short)((tap ? IFF_TAP : IFF_TUN) | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0) | (virtioNetHeader ? IFF_VNET_HDR : 0));
             InterfaceRequest request = InterfaceRequest.For(name, flags);
             if (LibC.Ioctl(fd, TUNSETIFF, &request) < 0)
                 throw SetInterfaceError(name, create, Marshal.GetLastPInvokeError());
@@ -295,7 +324,7 @@ public sealed unsafe class TunDevice : IDisposable
             int wakeFd = LibC.EventFd(0, LibC.EFD_NONBLOCK | LibC.EFD_CLOEXEC);
             if (wakeFd < 0)
                 throw TunDeviceException.For("eventfd", Marshal.GetLastPInvokeError());
-            return new TunDevice(tun, new FileDescriptorHandle(wakeFd), actual, create, virtioNetHeader);
+            return new TunDevice(tun, new FileDescriptorHandle(wakeFd), actual, create, virtioNetHeader) { IsTap = tap };
         }
         catch
         {

@@ -186,7 +186,12 @@ module NeighborCache =
     /// Sends `packet` to `address` (RFC 4861 §7.2.2, §7.3.3): passes it through to a known
     /// address (a STALE entry moves to DELAY), queues it behind an INCOMPLETE one, or makes an
     /// INCOMPLETE entry and asks for a multicast solicitation.
-    let send (now: int64) (address: 'Address) (packet: byte[]) (cache: NeighborCache<'Address>) =
+    let send
+        (now: int64)
+        (address: 'Address)
+        (packet: byte[])
+        (cache: NeighborCache<'Address>)
+        : NeighborCache<'Address> * NeighborAction<'Address> list =
         let config = cache.Config
 
         match cache.Entries.TryFind address with
@@ -264,7 +269,7 @@ module NeighborCache =
         (state: NeighborState)
         (mac: MacAddress)
         (cache: NeighborCache<'Address>)
-        =
+        : NeighborCache<'Address> * NeighborAction<'Address> list =
         let deadline =
             if state = NeighborState.Reachable then
                 now + cache.Config.ReachableTime
@@ -297,7 +302,7 @@ module NeighborCache =
         (solicited: bool)
         (override': bool)
         (cache: NeighborCache<'Address>)
-        =
+        : NeighborCache<'Address> * NeighborAction<'Address> list =
         match cache.Entries.TryFind address with
         | None -> cache, []
         | Some e when e.State = NeighborState.Incomplete ->
@@ -338,7 +343,13 @@ module NeighborCache =
     /// entry is made STALE when `create` (the caller says whether the message was for us), an
     /// existing one becomes STALE with the new address when it changed (an INCOMPLETE one
     /// releases its queue), and nothing changes when the address is the same.
-    let learn (now: int64) (address: 'Address) (mac: MacAddress) (create: bool) (cache: NeighborCache<'Address>) =
+    let learn
+        (now: int64)
+        (address: 'Address)
+        (mac: MacAddress)
+        (create: bool)
+        (cache: NeighborCache<'Address>)
+        : NeighborCache<'Address> * NeighborAction<'Address> list =
         match cache.Entries.TryFind address with
         | None when not create -> cache, []
         | None ->
@@ -370,7 +381,7 @@ module NeighborCache =
     /// Fires every timer due at `now`, each entry at most once (call again while NextDeadline
     /// ≤ now to catch up): INCOMPLETE and PROBE solicit again or give up (dropping the queue),
     /// REACHABLE becomes STALE, DELAY starts probing, an old STALE entry is forgotten.
-    let tick (now: int64) (cache: NeighborCache<'Address>) =
+    let tick (now: int64) (cache: NeighborCache<'Address>) : NeighborCache<'Address> * NeighborAction<'Address> list =
         if cache.NextDeadline > now then
             cache, []
         else
@@ -439,7 +450,7 @@ module NeighborCache =
             withEntries entries queued cache, List.ofSeq actions
 
     /// Removes every entry (an interface going down); their queued packets are dropped.
-    let flush (cache: NeighborCache<'Address>) =
+    let flush (cache: NeighborCache<'Address>) : NeighborCache<'Address> * NeighborAction<'Address> list =
         let dropped =
             [
                 for KeyValue(_, e) in cache.Entries do

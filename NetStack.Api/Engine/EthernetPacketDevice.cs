@@ -1,0 +1,751 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+using Microsoft.FSharp.Core;
+using NetStack.Core.Link;
+using NetStack.Core.Wire;
+
+namespace NetStack.Engine;
+
+/// <summary>
+/// The link layer between the engine and a device that carries Ethernet frames (a TAP device):
+/// the engine still reads and writes whole IP packets, and this adapter frames them, answers ARP
+/// (RFC 826) and Neighbor Discovery (RFC 4861) itself, and resolves each packet's next hop through
+/// the pure <see cref="NeighborCache{Address}"/> of its family, queueing packets until the
+/// neighbor answers.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Inbound: frames for our MAC, broadcast, the all-nodes group and our solicited-node group are
+/// accepted (the implicit multicast memberships of RFC 4861 §7.2.1); ARP and ND messages (ICMPv6
+/// types 133–137 right after the IPv6 header) are consumed here, so the IP layer never sees them;
+/// IPv4 and IPv6 packets are passed up without their Ethernet header and padding. Tagged frames
+/// with a VLAN id other than 0 are dropped: the stack is an untagged host.
+/// </para>
+/// <para>
+/// Outbound: the next hop is the destination when it is on-link (the configured prefix, or
+/// fe80::/10), else the gateway (for IPv6 also the router of the last router advertisement);
+/// multicast maps to its group MAC (RFC 1112 §6.4, RFC 2464 §7), broadcast to ff:ff:ff:ff:ff:ff.
+/// </para>
+/// <para>
+/// Start: constructing the adapter runs duplicate address detection for the IPv6 address (RFC
+/// 4862 §5.4: a solicitation from ::, then <see cref="NeighborSettings.RetransTimer"/> of
+/// listening) and announces the IPv4 address with gratuitous ARP (RFC 5227 §2.3).
+/// </para>
+/// <para>
+/// Threading: <see cref="TryRead"/> runs on the engine thread and also drives the neighbor timers
+/// (its waits end at the next neighbor deadline); <see cref="Write"/> may come from any thread.
+/// The caches and the frame buffer are guarded by one lock.
+/// </para>
+/// </remarks>
+public sealed class EthernetPacketDevice : IPacketDevice
+{
+    private const int FrameRoom = 65536 + Ethernet.HeaderLength + 2 * Ethernet.VlanTagLength;
+
+    private readonly IPacketDevice _frames;
+    private readonly Lock _gate = new();
+    private readonly byte[] _in = new byte[FrameRoom];
+    private readonly byte[] _out = new byte[FrameRoom];
+    private readonly byte[] _control = new byte[256];
+    private readonly long _epoch = Stopwatch.GetTimestamp();
+    private readonly MacAddress _mac;
+    private readonly bool _hasV4;
+    private readonly Ipv4Address _v4;
+    private readonly uint _mask4;
+    private readonly bool _hasGateway4;
+    private readonly Ipv4Address _gateway4;
+    private readonly bool _hasV6;
+    private readonly Ipv6Address _v6;
+    private readonly int _prefix6;
+    private readonly bool _hasGateway6;
+    private readonly Ipv6Address _gateway6;
+    private readonly string _name;
+    private NeighborCache<Ipv4Address> _arp;
+    private NeighborCache<Ipv6Address> _ndp;
+    private Ipv6Address _router6;
+    private bool _hasRouter6;
+
+    // The last next hop the fast path resolved, valid while the cache is the same immutable value.
+    private NeighborCache<Ipv4Address>? _memo4Cache;
+    private Ipv4Address _memo4Hop;
+    private MacAddress _memo4Mac;
+    private NeighborCache<Ipv6Address>? _memo6Cache;
+    private Ipv6Address _memo6Hop;
+    private MacAddress _memo6Mac;
+
+    // Duplicate address detection in progress, and what it found.
+    private bool _tentative;
+    private MacAddress? _conflict;
+
+    /// <summary>
+    /// Wraps <paramref name="frames"/>, runs duplicate address detection and announces the
+    /// addresses of <paramref name="options"/> (see the remarks).
+    /// </summary>
+    /// <param name="frames">A device whose packets are Ethernet frames (a TAP device's <see cref="TunPacketDevice"/>); the adapter owns it.</param>
+    /// <param name="options">The stack's addresses, prefix lengths, gateways, MAC and <see cref="NetStackOptions.Neighbor"/> settings.</param>
+    /// <param name="statistics">Where the link counters go (null: a new set, see <see cref="Statistics"/>).</param>
+    /// <param name="interfaceName">The interface's name, for messages.</param>
+    /// <exception cref="ArgumentException">An option is invalid (a MAC that is not 6 bytes or is multicast, a prefix out of range).</exception>
+    /// <exception cref="DuplicateAddressException">Another node answered for the IPv6 address during duplicate address detection.</exception>
+    public EthernetPacketDevice(IPacketDevice frames, NetStackOptions options, NetStackStatistics? statistics = null, string interfaceName = "tap")
+    {
+        ArgumentNullException.ThrowIfNull(frames);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Neighbor.Validate();
+        _frames = frames;
+        _name = interfaceName;
+        Statistics = statistics ?? new NetStackStatistics();
+        _mac = ToMac(options.MacAddress);
+        if (options.Address is not null)
+        {
+            if (options.PrefixLength is < 0 or > 32)
+                throw new ArgumentException($"PrefixLength {options.PrefixLength} is outside 0..32.", nameof(options));
+            _hasV4 = true;
+            _v4 = Ipv4Address.OfIPAddress(options.Address);
+            _mask4 = options.PrefixLength == 0 ? 0u : uint.MaxValue << (32 - options.PrefixLength);
+            if (options.Gateway is not null)
+            {
+                _hasGateway4 = true;
+                _gateway4 = Ipv4Address.OfIPAddress(options.Gateway);
+            }
+        }
+
+        if (options.Address6 is not null)
+        {
+            if (options.PrefixLength6 is < 0 or > 128)
+                throw new ArgumentException($"PrefixLength6 {options.PrefixLength6} is outside 0..128.", nameof(options));
+            _hasV6 = true;
+            _v6 = Ipv6Address.OfIPAddress(options.Address6);
+            _prefix6 = options.PrefixLength6;
+            if (options.Gateway6 is not null)
+            {
+                _hasGateway6 = true;
+                _gateway6 = Ipv6Address.OfIPAddress(options.Gateway6);
+            }
+        }
+
+        var n = options.Neighbor;
+        var config = new NeighborCacheConfig(
+            Micros(n.ReachableTime), Micros(n.RetransTimer), Micros(n.DelayFirstProbeTime),
+            3, 3, Micros(n.StaleLifetime), n.MaxEntries, n.MaxQueuedPerEntry, n.MaxQueuedBytes);
+        _arp = NeighborCache.create<Ipv4Address>(config);
+        _ndp = NeighborCache.create<Ipv6Address>(config);
+        Mtu = frames.Mtu;
+        try
+        {
+            Announce(n);
+        }
+        catch
+        {
+            frames.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The stack's MAC address on the link.</summary>
+    public PhysicalAddress MacAddress => ToPhysical(_mac);
+
+    /// <summary>
+    /// The link counters: <c>arp.*</c>, <c>ndp.*</c>, <c>link.*</c> (drops by reason, frames
+    /// not for us, packets dropped while waiting for resolution).
+    /// </summary>
+    public NetStackStatistics Statistics { get; }
+
+    /// <summary>The IP MTU: the device's MTU (the Ethernet header is not part of it).</summary>
+    public int Mtu { get; }
+
+    /// <summary>The frame device underneath.</summary>
+    public IPacketDevice Inner => _frames;
+
+    /// <summary>A snapshot of both neighbor caches: address, link-layer address (empty while unresolved) and RFC 4861 state.</summary>
+    public IReadOnlyList<(IPAddress Address, PhysicalAddress Mac, string State)> Neighbors()
+    {
+        var list = new List<(IPAddress, PhysicalAddress, string)>();
+        lock (_gate)
+        {
+            foreach (var kv in _arp.Entries)
+                list.Add((kv.Key.ToIPAddress(), ToPhysical(kv.Value.Mac), kv.Value.State.ToString()));
+            foreach (var kv in _ndp.Entries)
+                list.Add((kv.Key.ToIPAddress(), ToPhysical(kv.Value.Mac), kv.Value.State.ToString()));
+        }
+
+        return list;
+    }
+
+    private long Now() => (long)Stopwatch.GetElapsedTime(_epoch).TotalMicroseconds;
+
+    private static long Micros(TimeSpan t) => t.Ticks / (TimeSpan.TicksPerMillisecond / 1000);
+
+    private static MacAddress ToMac(PhysicalAddress? address)
+    {
+        if (address is null)
+            return Core.Link.MacAddress.LocallyAdministered((ulong)Random.Shared.NextInt64());
+        byte[] bytes = address.GetAddressBytes();
+        if (bytes.Length != 6)
+            throw new ArgumentException($"MacAddress has {bytes.Length} bytes; Ethernet needs 6.", "options");
+        var mac = Core.Link.MacAddress.Read(bytes);
+        if (mac.IsMulticast || mac.Value == 0)
+            throw new ArgumentException($"MacAddress {mac} is not a unicast address.", "options");
+        return mac;
+    }
+
+    private static PhysicalAddress ToPhysical(MacAddress mac)
+    {
+        var bytes = new byte[6];
+        mac.Write(bytes);
+        return new PhysicalAddress(bytes);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Start: duplicate address detection and gratuitous ARP
+    // ------------------------------------------------------------------------------------------
+
+    private void Announce(NeighborSettings settings)
+    {
+        if (_hasV6 && settings.DadTransmits > 0)
+        {
+            var group = Ndp.solicitedNode(_v6);
+            _tentative = true;
+            var scratch = new byte[FrameRoom];
+            for (int i = 0; i < settings.DadTransmits && _conflict is null; i++)
+            {
+                lock (_gate)
+                {
+                    // RFC 4862 §5.4.2: from the unspecified address, no source link-layer option.
+                    int icmp = Ndp.writeNeighborSolicitation(Ipv6Address.Any, group, _v6, FSharpValueOption<MacAddress>.None, _control.AsSpan(Ipv6.HeaderLength));
+                    WriteIpv6Header(Ipv6Address.Any, group, icmp);
+                    WriteFrame(Core.Link.MacAddress.OfIpv6Multicast(group), EtherType.Ipv6, _control.AsSpan(0, Ipv6.HeaderLength + icmp));
+                    Statistics.Increment("ndp.dad.sent");
+                }
+
+                long until = Now() + Micros(settings.RetransTimer);
+                while (_conflict is null)
+                {
+                    long left = until - Now();
+                    if (left <= 0)
+                        break;
+                    if (_frames.TryRead(_in, (int)Math.Max(1, left / 1000), out int n))
+                        Receive(_in.AsSpan(0, n), scratch);
+                }
+            }
+
+            _tentative = false;
+            if (_conflict is { } owner)
+            {
+                Statistics.Increment("ndp.dad.failed");
+                throw new DuplicateAddressException(_v6.ToIPAddress(), ToPhysical(owner), _name);
+            }
+        }
+
+        if (_hasV4)
+        {
+            for (int i = 0; i < settings.GratuitousArps; i++)
+            {
+                lock (_gate)
+                {
+                    int n = Arp.write(Arp.announcement(_mac, _v4), _control);
+                    WriteFrame(Core.Link.MacAddress.Broadcast, EtherType.Arp, _control.AsSpan(0, n));
+                    Statistics.Increment("arp.announcement.sent");
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Reading
+    // ------------------------------------------------------------------------------------------
+
+    /// <inheritdoc/>
+    public bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length)
+    {
+        long start = Now();
+        long deadline = millisecondsTimeout < 0 ? long.MaxValue : start + millisecondsTimeout * 1000L;
+        while (true)
+        {
+            long now = Now();
+            RunTimers(now);
+            long next = Math.Min(deadline, NextNeighborDeadline());
+            int wait = next == long.MaxValue ? -1 : (int)Math.Clamp((next - now + 999) / 1000, 0, int.MaxValue);
+            if (_frames.TryRead(_in, wait, out int n))
+            {
+                int ip = Receive(_in.AsSpan(0, n), buffer);
+                if (ip > 0)
+                {
+                    length = ip;
+                    return true;
+                }
+
+                continue;
+            }
+
+            now = Now();
+            // Out of time, or woken early (Wake) before any neighbor timer was due.
+            if (now >= deadline || now < next)
+            {
+                length = 0;
+                return false;
+            }
+        }
+    }
+
+    private long NextNeighborDeadline()
+    {
+        lock (_gate)
+            return Math.Min(_arp.NextDeadline, _ndp.NextDeadline);
+    }
+
+    private void RunTimers(long now)
+    {
+        lock (_gate)
+        {
+            if (_arp.NextDeadline <= now)
+                Apply(NeighborCache.tick(now, _arp));
+            if (_ndp.NextDeadline <= now)
+                Apply(NeighborCache.tick(now, _ndp));
+        }
+    }
+
+    private bool Accepts(MacAddress destination)
+    {
+        if (destination.Equals(_mac) || destination.IsBroadcast)
+            return true;
+        // 33:33 + the low 32 bits of the group: all-nodes (ff02::1) and our solicited-node group.
+        if (_hasV6 && (destination.Value >> 32) == 0x3333)
+        {
+            uint group = (uint)destination.Value;
+            return group == 1 || group == (0xFF000000u | (uint)(_v6.Low & 0xFFFFFF));
+        }
+
+        return false;
+    }
+
+    /// <summary>Handles one frame; returns the length of the IP packet copied to <paramref name="buffer"/>, or 0.</summary>
+    private int Receive(ReadOnlySpan<byte> frame, Span<byte> buffer)
+    {
+        var parsed = Ethernet.parse(frame);
+        if (parsed.IsError)
+        {
+            Statistics.Increment("link.drop.malformed");
+            return 0;
+        }
+
+        var eth = parsed.ResultValue;
+        if (eth.VlanTags > 0 && eth.VlanId != 0)
+        {
+            Statistics.Increment("link.drop.vlan");
+            return 0;
+        }
+
+        if (!Accepts(eth.Destination))
+        {
+            Statistics.Increment("link.drop.not-for-us");
+            return 0;
+        }
+
+        var payload = frame[eth.PayloadOffset..];
+        switch (eth.EtherType)
+        {
+            case EtherType.Arp:
+                lock (_gate)
+                    OnArp(payload, eth.Source);
+                return 0;
+            case EtherType.Ipv4 when _hasV4 && payload.Length >= 20 && payload[0] >> 4 == 4:
+                {
+                    int total = BinaryPrimitives.ReadUInt16BigEndian(payload[2..]);
+                    return CopyUp(payload, total, buffer);
+                }
+
+            case EtherType.Ipv6 when _hasV6 && payload.Length >= Ipv6.HeaderLength && payload[0] >> 4 == 6:
+                {
+                    int total = Ipv6.HeaderLength + BinaryPrimitives.ReadUInt16BigEndian(payload[4..]);
+                    if (payload[6] == IpProtocol.Icmpv6 && payload.Length > Ipv6.HeaderLength
+                        && payload[Ipv6.HeaderLength] is >= Ndp.MessageType.RouterSolicitation and <= Ndp.MessageType.Redirect)
+                    {
+                        lock (_gate)
+                            OnNdp(payload[..Math.Min(total, payload.Length)], eth.Source);
+                        return 0;
+                    }
+
+                    return CopyUp(payload, total, buffer);
+                }
+
+            default:
+                Statistics.Increment("link.drop.ethertype");
+                return 0;
+        }
+    }
+
+    // The IP packet without the Ethernet padding (frames are at least 60 bytes, RFC 894).
+    private int CopyUp(ReadOnlySpan<byte> payload, int total, Span<byte> buffer)
+    {
+        int length = total > 0 && total <= payload.Length ? total : payload.Length;
+        if (length > buffer.Length)
+        {
+            Statistics.Increment("link.drop.too-long");
+            return 0;
+        }
+
+        payload[..length].CopyTo(buffer);
+        return length;
+    }
+
+    private void OnArp(ReadOnlySpan<byte> payload, MacAddress frameSource)
+    {
+        var parsed = Arp.parse(payload);
+        if (parsed.IsError)
+        {
+            Statistics.Increment("arp.drop.malformed");
+            return;
+        }
+
+        var arp = parsed.ResultValue;
+        Statistics.Increment("arp.received");
+        if (!_hasV4 || arp.SenderMac.Equals(_mac) || arp.SenderMac.IsMulticast)
+            return;
+        if (arp.SenderIp.Equals(_v4))
+        {
+            // Someone else claims our address (RFC 5227 §2.4): count it; we keep defending.
+            Statistics.Increment("arp.conflict");
+            return;
+        }
+
+        bool forUs = arp.TargetIp.Equals(_v4);
+        long now = Now();
+        if (arp.SenderIp.Value != 0)
+        {
+            // RFC 826: merge the sender into an existing entry; add it when the packet is for us.
+            // A reply for us confirms a resolution we started.
+            if (arp.Operation == Arp.Operation.Reply && forUs)
+                Apply(NeighborCache.advertise(now, arp.SenderIp, arp.SenderMac, true, true, _arp));
+            else
+                Apply(NeighborCache.learn(now, arp.SenderIp, arp.SenderMac, forUs, _arp));
+        }
+
+        if (forUs && arp.Operation == Arp.Operation.Request)
+        {
+            int n = Arp.write(Arp.replyTo(arp, _mac), _control);
+            WriteFrame(arp.SenderIp.Value == 0 ? frameSource : arp.SenderMac, EtherType.Arp, _control.AsSpan(0, n));
+            Statistics.Increment("arp.reply.sent");
+        }
+    }
+
+    private void OnNdp(ReadOnlySpan<byte> packet, MacAddress frameSource)
+    {
+        var header = Ipv6.parse(packet);
+        if (header.IsError)
+        {
+            Statistics.Increment("ndp.drop.malformed");
+            return;
+        }
+
+        var h = header.ResultValue;
+        var parsed = Ndp.parse(h.Source, h.Destination, h.HopLimit, packet.Slice(Ipv6.HeaderLength, h.PayloadLength));
+        if (parsed.IsError)
+        {
+            Statistics.Increment("ndp.drop.invalid");
+            return;
+        }
+
+        var m = parsed.ResultValue;
+        long now = Now();
+        bool unspecified = h.Source.Equals(Ipv6Address.Any);
+        switch (m.Type)
+        {
+            case Ndp.MessageType.NeighborSolicitation:
+                Statistics.Increment("ndp.ns.received");
+                if (!m.Target.Equals(_v6))
+                    return;
+                if (_tentative)
+                {
+                    // RFC 4862 §5.4.3: a DAD probe for our tentative address means another node
+                    // wants it too; any other solicitation for it is not answered yet.
+                    if (unspecified)
+                        _conflict = frameSource;
+                    return;
+                }
+
+                if (unspecified)
+                {
+                    // Someone runs DAD for our address: defend it to all nodes (§7.2.4), S clear.
+                    SendAdvertisement(Ndp.AllNodes, solicited: false, FSharpValueOption<MacAddress>.Some(Core.Link.MacAddress.OfIpv6Multicast(Ndp.AllNodes)), now);
+                    return;
+                }
+
+                if (m.SourceLinkAddress.IsSome)
+                    Apply(NeighborCache.learn(now, h.Source, m.SourceLinkAddress.Value, true, _ndp));
+                SendAdvertisement(h.Source, solicited: true, m.SourceLinkAddress, now);
+                return;
+
+            case Ndp.MessageType.NeighborAdvertisement:
+                Statistics.Increment("ndp.na.received");
+                if (m.Target.Equals(_v6))
+                {
+                    Statistics.Increment("ndp.conflict");
+                    if (_tentative)
+                        _conflict = m.TargetLinkAddress.IsSome ? m.TargetLinkAddress.Value : frameSource;
+                    return;
+                }
+
+                MacAddress mac;
+                if (m.TargetLinkAddress.IsSome)
+                    mac = m.TargetLinkAddress.Value;
+                else if (_ndp.Entries.TryGetValue(m.Target, out var entry) && entry.State != NeighborState.Incomplete)
+                    mac = entry.Mac;
+                else
+                    return; // §7.2.5: no link-layer address to learn
+                Apply(NeighborCache.advertise(now, m.Target, mac, m.Solicited, m.Override, _ndp));
+                return;
+
+            case Ndp.MessageType.RouterAdvertisement:
+                Statistics.Increment("ndp.ra.received");
+                if (m.RouterLifetime > 0)
+                {
+                    _router6 = h.Source;
+                    _hasRouter6 = true;
+                }
+                else if (_hasRouter6 && _router6.Equals(h.Source))
+                {
+                    _hasRouter6 = false;
+                }
+
+                if (m.SourceLinkAddress.IsSome)
+                    Apply(NeighborCache.learn(now, h.Source, m.SourceLinkAddress.Value, true, _ndp));
+                return;
+
+            default:
+                // Router solicitations are for routers; redirects are not acted on.
+                Statistics.Increment("ndp.ignored");
+                return;
+        }
+    }
+
+    /// <summary>Answers a solicitation for our address (RFC 4861 §7.2.4), with our MAC as target link-layer address.</summary>
+    private void SendAdvertisement(Ipv6Address destination, bool solicited, FSharpValueOption<MacAddress> destinationMac, long now)
+    {
+        int icmp = Ndp.writeNeighborAdvertisement(_v6, destination, _v6, false, solicited, true,
+            FSharpValueOption<MacAddress>.Some(_mac), _control.AsSpan(Ipv6.HeaderLength));
+        WriteIpv6Header(_v6, destination, icmp);
+        int length = Ipv6.HeaderLength + icmp;
+        Statistics.Increment("ndp.na.sent");
+        if (destinationMac.IsSome)
+            WriteFrame(destinationMac.Value, EtherType.Ipv6, _control.AsSpan(0, length));
+        else
+            SendVia(destination, _control.AsSpan(0, length), now);
+    }
+
+    private void WriteIpv6Header(Ipv6Address source, Ipv6Address destination, int payloadLength)
+    {
+        var header = new Ipv6Header(0, 0, payloadLength, IpProtocol.Icmpv6, Ndp.HopLimit, source, destination, Ipv6.HeaderLength);
+        Ipv6.write(header, _control);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Writing
+    // ------------------------------------------------------------------------------------------
+
+    /// <inheritdoc/>
+    public void Write(ReadOnlySpan<byte> packet)
+    {
+        if (packet.IsEmpty)
+            throw new ArgumentException("An IP packet cannot be empty.", nameof(packet));
+        int version = packet[0] >> 4;
+        lock (_gate)
+        {
+            if (version == 4 && packet.Length >= 20)
+            {
+                var destination = Ipv4Address.Read(packet[16..]);
+                WriteIpv4(destination, packet);
+            }
+            else if (version == 6 && packet.Length >= Ipv6.HeaderLength)
+            {
+                var destination = Ipv6Address.Read(packet[24..]);
+                if (destination.IsMulticast)
+                {
+                    WriteFrame(Core.Link.MacAddress.OfIpv6Multicast(destination), EtherType.Ipv6, packet);
+                    return;
+                }
+
+                SendVia(destination, packet, Now());
+            }
+            else
+            {
+                throw new ArgumentException("Not an IPv4 or IPv6 packet.", nameof(packet));
+            }
+        }
+    }
+
+    private void WriteIpv4(Ipv4Address destination, ReadOnlySpan<byte> packet)
+    {
+        uint d = destination.Value;
+        if (d == uint.MaxValue || (_mask4 != uint.MaxValue && (d & ~_mask4) == ~_mask4 && ((d ^ _v4.Value) & _mask4) == 0))
+        {
+            WriteFrame(Core.Link.MacAddress.Broadcast, EtherType.Ipv4, packet);
+            return;
+        }
+
+        if ((d >> 28) == 0xE)
+        {
+            WriteFrame(Core.Link.MacAddress.OfIpv4Multicast(destination), EtherType.Ipv4, packet);
+            return;
+        }
+
+        Ipv4Address hop;
+        if (((d ^ _v4.Value) & _mask4) == 0)
+            hop = destination;
+        else if (_hasGateway4)
+            hop = _gateway4;
+        else
+        {
+            Statistics.Increment("link.drop.no-route");
+            return;
+        }
+
+        if (ReferenceEquals(_memo4Cache, _arp) && _memo4Hop.Equals(hop))
+        {
+            WriteFrame(_memo4Mac, EtherType.Ipv4, packet);
+            return;
+        }
+
+        var mac = NeighborCache.tryResolve(hop, _arp);
+        if (mac.IsSome)
+        {
+            (_memo4Cache, _memo4Hop, _memo4Mac) = (_arp, hop, mac.Value);
+            WriteFrame(mac.Value, EtherType.Ipv4, packet);
+            return;
+        }
+
+        long before = _arp.NextDeadline;
+        Apply(NeighborCache.send(Now(), hop, packet.ToArray(), _arp));
+        if (_arp.NextDeadline < before)
+            _frames.Wake(); // a new resolution timer the reader's current wait does not know
+    }
+
+    private bool OnLink6(Ipv6Address destination)
+    {
+        if (Ndp.isLinkLocal(destination))
+            return true;
+        if (_prefix6 == 0)
+            return true;
+        ulong highMask = _prefix6 >= 64 ? ulong.MaxValue : ulong.MaxValue << (64 - _prefix6);
+        ulong lowMask = _prefix6 <= 64 ? 0 : _prefix6 == 128 ? ulong.MaxValue : ulong.MaxValue << (128 - _prefix6);
+        return ((destination.High ^ _v6.High) & highMask) == 0 && ((destination.Low ^ _v6.Low) & lowMask) == 0;
+    }
+
+    private void SendVia(Ipv6Address destination, ReadOnlySpan<byte> packet, long now)
+    {
+        Ipv6Address hop;
+        if (OnLink6(destination))
+            hop = destination;
+        else if (_hasGateway6)
+            hop = _gateway6;
+        else if (_hasRouter6)
+            hop = _router6;
+        else
+        {
+            Statistics.Increment("link.drop.no-route");
+            return;
+        }
+
+        if (ReferenceEquals(_memo6Cache, _ndp) && _memo6Hop.Equals(hop))
+        {
+            WriteFrame(_memo6Mac, EtherType.Ipv6, packet);
+            return;
+        }
+
+        var mac = NeighborCache.tryResolve(hop, _ndp);
+        if (mac.IsSome)
+        {
+            (_memo6Cache, _memo6Hop, _memo6Mac) = (_ndp, hop, mac.Value);
+            WriteFrame(mac.Value, EtherType.Ipv6, packet);
+            return;
+        }
+
+        long before = _ndp.NextDeadline;
+        Apply(NeighborCache.send(now, hop, packet.ToArray(), _ndp));
+        if (_ndp.NextDeadline < before)
+            _frames.Wake();
+    }
+
+    private void Apply(Tuple<NeighborCache<Ipv4Address>, Microsoft.FSharp.Collections.FSharpList<NeighborAction<Ipv4Address>>> result)
+    {
+        _arp = result.Item1;
+        foreach (var action in result.Item2)
+        {
+            switch (action)
+            {
+                case NeighborAction<Ipv4Address>.Transmit t:
+                    WriteFrame(t.mac, EtherType.Ipv4, t.packet);
+                    Statistics.Increment("link.released");
+                    break;
+                case NeighborAction<Ipv4Address>.Solicit s:
+                    {
+                        var request = Arp.request(_mac, _v4, s.target);
+                        int n = Arp.write(request, _control);
+                        WriteFrame(s.unicast.IsSome ? s.unicast.Value : Core.Link.MacAddress.Broadcast, EtherType.Arp, _control.AsSpan(0, n));
+                        Statistics.Increment("arp.request.sent");
+                        break;
+                    }
+
+                case NeighborAction<Ipv4Address>.Dropped d:
+                    Statistics.Increment(DropName(d.reason));
+                    break;
+            }
+        }
+    }
+
+    private void Apply(Tuple<NeighborCache<Ipv6Address>, Microsoft.FSharp.Collections.FSharpList<NeighborAction<Ipv6Address>>> result)
+    {
+        _ndp = result.Item1;
+        foreach (var action in result.Item2)
+        {
+            switch (action)
+            {
+                case NeighborAction<Ipv6Address>.Transmit t:
+                    WriteFrame(t.mac, EtherType.Ipv6, t.packet);
+                    Statistics.Increment("link.released");
+                    break;
+                case NeighborAction<Ipv6Address>.Solicit s:
+                    {
+                        // Multicast to the solicited-node group, or a unicast probe (RFC 4861 §7.2.2, §7.3.3).
+                        var destination = s.unicast.IsSome ? s.target : Ndp.solicitedNode(s.target);
+                        var control = _control.AsSpan(Ipv6.HeaderLength + 64);
+                        int icmp = Ndp.writeNeighborSolicitation(_v6, destination, s.target, FSharpValueOption<MacAddress>.Some(_mac), control[Ipv6.HeaderLength..]);
+                        var header = new Ipv6Header(0, 0, icmp, IpProtocol.Icmpv6, Ndp.HopLimit, _v6, destination, Ipv6.HeaderLength);
+                        Ipv6.write(header, control);
+                        WriteFrame(s.unicast.IsSome ? s.unicast.Value : Core.Link.MacAddress.OfIpv6Multicast(destination), EtherType.Ipv6, control[..(Ipv6.HeaderLength + icmp)]);
+                        Statistics.Increment("ndp.ns.sent");
+                        break;
+                    }
+
+                case NeighborAction<Ipv6Address>.Dropped d:
+                    Statistics.Increment(DropName(d.reason));
+                    break;
+            }
+        }
+    }
+
+    private static string DropName(NeighborDropReason reason) => reason switch
+    {
+        NeighborDropReason.QueueFull => "link.drop.queue-full",
+        NeighborDropReason.QueueBytesFull => "link.drop.queue-bytes-full",
+        NeighborDropReason.Unresolved => "link.drop.unresolved",
+        NeighborDropReason.CacheFull => "link.drop.cache-full",
+        _ => "link.drop.other",
+    };
+
+    /// <summary>Frames <paramref name="payload"/> in _out and writes it (callers hold the lock).</summary>
+    private void WriteFrame(MacAddress destination, ushort etherType, ReadOnlySpan<byte> payload)
+    {
+        int header = Ethernet.write(destination, _mac, etherType, _out);
+        payload.CopyTo(_out.AsSpan(header));
+        _frames.Write(_out.AsSpan(0, header + payload.Length));
+    }
+
+    /// <inheritdoc/>
+    public void Wake() => _frames.Wake();
+
+    /// <summary>Disposes the frame device.</summary>
+    public void Dispose() => _frames.Dispose();
+}

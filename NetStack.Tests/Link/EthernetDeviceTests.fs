@@ -1,0 +1,200 @@
+/// EthernetPacketDevice over an in-memory frame device: ARP and NDP answered, packets queued
+/// until their neighbor is resolved, hostile frames dropped and counted, never thrown.
+module NetStack.Tests.EthernetDeviceTests
+
+open System
+open System.Net
+open System.Net.NetworkInformation
+open Expecto
+open FsCheck
+open FsCheck.FSharp
+open NetStack
+open NetStack.Core.Wire
+open NetStack.Core.Link
+open NetStack.Engine
+open NetStack.Tests.TestUtil
+
+let private ourMac = MacAddress.Parse "02:98:00:00:00:02"
+let private peerMac = MacAddress.Parse "02:98:00:00:00:01"
+
+let private options () =
+    NetStackOptions(
+        Mode = NetStackMode.Tap,
+        Address = IPAddress.Parse "10.98.0.2",
+        HostAddress = null,
+        Address6 = IPAddress.Parse "fd98::2",
+        HostAddress6 = null,
+        MacAddress = PhysicalAddress.Parse "02-98-00-00-00-02",
+        Neighbor = NeighborSettings(DadTransmits = 0, GratuitousArps = 0)
+    )
+
+let private make () =
+    let frames = new MemoryPacketDevice(1500)
+    frames, new EthernetPacketDevice(frames, options ())
+
+let private frame (destination: MacAddress) (etherType: uint16) (payload: byte[]) =
+    let bytes = Array.zeroCreate (14 + payload.Length)
+    Ethernet.write destination peerMac etherType (Span bytes) |> ignore
+    payload.CopyTo(bytes, 14)
+    bytes
+
+let private arpFrame (arp: ArpPacket) =
+    let body = Array.zeroCreate 28
+    Arp.write arp (Span body) |> ignore
+
+    frame
+        (if arp.Operation = Arp.Operation.Request then
+             MacAddress.Broadcast
+         else
+             ourMac)
+        EtherType.Arp
+        body
+
+let private readAll (device: EthernetPacketDevice) =
+    let buffer = Array.zeroCreate 65536
+    let mutable length = 0
+    let packets = ResizeArray()
+
+    while device.TryRead(Span buffer, 0, &length) do
+        packets.Add(buffer.[.. length - 1])
+
+    List.ofSeq packets
+
+let private written (frames: MemoryPacketDevice) =
+    let mutable packet = null
+    let all = ResizeArray()
+
+    while frames.TryTakeWritten(&packet) do
+        all.Add packet
+
+    List.ofSeq all
+
+let private ipv4Packet (destination: string) =
+    let packet = Array.zeroCreate 28
+
+    let header =
+        Ipv4.header (Ipv4Address.Parse "10.98.0.2") (Ipv4Address.Parse destination) IpProtocol.Udp
+
+    Ipv4.write header ReadOnlySpan.Empty 8 (Span packet) |> ignore
+    packet
+
+[<Tests>]
+let tests =
+    testList
+        "Ethernet device"
+        [
+            test "an ARP request for the stack's address is answered; one for another address is not" {
+                let frames, device = make ()
+                use _ = device
+
+                let ask (target: string) =
+                    frames.Inject(
+                        arpFrame (Arp.request peerMac (Ipv4Address.Parse "10.98.0.1") (Ipv4Address.Parse target))
+                    )
+
+                ask "10.98.0.7"
+                ask "10.98.0.2"
+                Expect.isEmpty (readAll device) "nothing for the IP layer"
+
+                match written frames with
+                | [ reply ] ->
+                    let eth = Result.toOption (Ethernet.parse (ReadOnlySpan reply)) |> Option.get
+                    Expect.equal eth.Destination peerMac "to the asker"
+                    let arp = Result.toOption (Arp.parse (ReadOnlySpan(reply, 14, 28))) |> Option.get
+                    Expect.equal arp.Operation Arp.Operation.Reply "a reply"
+                    Expect.equal arp.SenderMac ourMac "our MAC"
+                    Expect.equal (string arp.SenderIp) "10.98.0.2" "for our address"
+                | other -> failtestf "one reply expected, got %d frames" other.Length
+            }
+
+            test "a packet to an unresolved neighbor waits for the ARP reply, then goes to its MAC" {
+                let frames, device = make ()
+                use _ = device
+                device.Write(ReadOnlySpan(ipv4Packet "10.98.0.1"))
+
+                match written frames with
+                | [ request ] ->
+                    let arp = Result.toOption (Arp.parse (ReadOnlySpan(request, 14, 28))) |> Option.get
+                    Expect.equal arp.Operation Arp.Operation.Request "an ARP request"
+                    Expect.equal (string arp.TargetIp) "10.98.0.1" "for the destination"
+                | other -> failtestf "one ARP request expected, got %d frames" other.Length
+
+                frames.Inject(
+                    arpFrame (
+                        Arp.replyTo
+                            (Arp.request ourMac (Ipv4Address.Parse "10.98.0.2") (Ipv4Address.Parse "10.98.0.1"))
+                            peerMac
+                    )
+                )
+
+                readAll device |> ignore
+
+                match written frames with
+                | [ released ] ->
+                    let eth = Result.toOption (Ethernet.parse (ReadOnlySpan released)) |> Option.get
+                    Expect.equal eth.Destination peerMac "to the resolved MAC"
+                    Expect.equal eth.EtherType EtherType.Ipv4 "the IPv4 packet"
+                    Expect.sequenceEqual released.[14..] (ipv4Packet "10.98.0.1") "unchanged"
+                | other -> failtestf "the released packet expected, got %d frames" other.Length
+
+                device.Write(ReadOnlySpan(ipv4Packet "10.98.0.1"))
+                Expect.hasLength (written frames) 1 "the next packet goes out at once"
+                device.Write(ReadOnlySpan(ipv4Packet "192.0.2.1"))
+                Expect.isEmpty (written frames) "no gateway: off-prefix packets are dropped"
+                Expect.equal device.Statistics.["link.drop.no-route"] 1L "and counted"
+            }
+
+            test "IP packets come up without the Ethernet header and padding; frames for other MACs do not" {
+                let frames, device = make ()
+                use _ = device
+                let packet = ipv4Packet "10.98.0.2"
+                let padded = Array.append (frame ourMac EtherType.Ipv4 packet) (Array.zeroCreate 18)
+                frames.Inject padded
+                frames.Inject(frame (MacAddress.Parse "02:00:00:00:00:99") EtherType.Ipv4 packet)
+                let up = readAll device
+                Expect.equal up [ packet ] "exactly the IP packet, once"
+                Expect.equal device.Statistics.["link.drop.not-for-us"] 1L "the other MAC's frame dropped"
+            }
+
+            testPropertyWithConfig codecConfig "hostile frames are dropped and counted, never thrown"
+            <| Prop.forAll
+                (Arb.fromGen (
+                    gen {
+                        let! etherType =
+                            Gen.elements [ EtherType.Arp; EtherType.Ipv4; EtherType.Ipv6; EtherType.Vlan; 0x88B5us ]
+
+                        let! destination =
+                            Gen.elements
+                                [
+                                    ourMac
+                                    MacAddress.Broadcast
+                                    MacAddress.OfIpv6Multicast(Ndp.solicitedNode (Ipv6Address.Parse "fd98::2"))
+                                ]
+
+                        let! length = Gen.choose (0, 120)
+                        let! body = Gen.arrayOfLength length (ArbMap.defaults |> ArbMap.generate<byte>)
+                        let! ndp = Gen.elements [ 0uy; 133uy; 134uy; 135uy; 136uy; 137uy ]
+
+                        if etherType = EtherType.Ipv6 && body.Length > 41 then
+                            body.[0] <- 0x60uy
+                            body.[6] <- IpProtocol.Icmpv6
+                            body.[7] <- 255uy
+
+                            if ndp <> 0uy then
+                                body.[40] <- ndp
+
+                        return frame destination etherType body
+                    }
+                    |> Gen.listOf
+                ))
+                (fun frameList ->
+                    let frames, device = make ()
+                    use _ = device
+
+                    for f in frameList do
+                        frames.Inject f
+
+                    readAll device |> ignore
+                    written frames |> ignore
+                    true)
+        ]
