@@ -312,13 +312,21 @@ public sealed partial class NetworkStack
     // User calls, posted to the loop
     // ------------------------------------------------------------------------------------------
 
-    internal void TcpWriteHappened(TcpConnection c) => Post(() => LoopSend(c, Now()), null);
+    // The connection posts these at most once per batch of writes (reads) and the delegates are
+    // made once per connection, so a stream of small calls allocates nothing.
+    // (The lambdas live in their own methods: a lambda capturing a parameter makes its closure
+    // object on every call of the method that declares it, used or not.)
+    internal void TcpWriteHappened(TcpConnection c) => Post(c.SendCommand ?? MakeSendCommand(c), null);
+
+    private Action MakeSendCommand(TcpConnection c) => c.SendCommand = () => LoopSend(c, Now());
+
+    private Action MakeWindowCommand(TcpConnection c) => c.WindowCommand = () => LoopWindow(c, Now());
 
     internal void TcpReadHappened(TcpConnection c)
     {
         try
         {
-            Post(() => LoopWindow(c, Now()), null);
+            Post(c.WindowCommand ?? MakeWindowCommand(c), null);
         }
         catch (ObjectDisposedException)
         {

@@ -60,10 +60,17 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 
     // Commands from other threads; drained by the loop. Guarded by _commandGate with _disposed.
     private readonly object _commandGate = new();
-    private Queue<Command> _commands = new();
-    private Queue<Command> _spareCommands = new();
+    // (Sized so that a burst of socket calls does not grow them on the hot path.)
+    private Queue<Command> _commands = new(256);
+    private Queue<Command> _spareCommands = new(256);
     private bool _disposed;
     private volatile bool _stopping;
+
+    // True while the loop waits (or is about to wait) in the device read with no command queued:
+    // only then does a Post need the device's wake (an eventfd write and a context switch). Set
+    // by the loop and cleared by the first Post, both under _commandGate; the loop also clears
+    // it once the read returns (a stale true then costs one spurious wake, never a lost one).
+    private bool _loopIdle;
 
     // Loop-only state.
     private IpLayerState _ip;
@@ -320,12 +327,30 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 
     private void Post(Action run, Action<Exception>? abort)
     {
+        bool wake;
         lock (_commandGate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             _commands.Enqueue(new Command(run, abort));
+            wake = _loopIdle;
+            _loopIdle = false;
         }
-        _device.Wake();
+        // A busy loop drains the queue before it next waits (EnterIdle sees the command).
+        if (wake)
+            _device.Wake();
+    }
+
+    // The loop is about to wait in the device read: true when it may (no command is queued, and
+    // from now on a Post wakes it), false when it must only poll.
+    private bool EnterIdle()
+    {
+        lock (_commandGate)
+        {
+            if (_commands.Count > 0)
+                return false;
+            _loopIdle = true;
+            return true;
+        }
     }
 
     private void DrainCommands()
@@ -372,18 +397,27 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private void Loop()
     {
         int deviceErrors = 0;
+        // "engine.loop.allocated-bytes": what this thread has allocated since it started (the
+        // core's immutable TCP records, for the most part); reading the thread's own allocation
+        // counter costs a few nanoseconds.
+        long allocatedAtStart = GC.GetAllocatedBytesForCurrentThread();
         while (!_stopping)
         {
+            _statistics.Set("engine.loop.allocated-bytes", GC.GetAllocatedBytesForCurrentThread() - allocatedAtStart);
             try
             {
                 RunTimers();
                 DrainCommands();
                 if (_stopping)
                     break;
+                int wait = WaitMilliseconds();
+                if (wait > 0 && !EnterIdle())
+                    wait = 0;
                 VirtioNetHeader header = default;
                 bool read = _offload is not null
-                    ? _offload.TryReadWithHeader(_receiveBuffer, WaitMilliseconds(), out int length, out header)
-                    : _device.TryRead(_receiveBuffer, WaitMilliseconds(), out length);
+                    ? _offload.TryReadWithHeader(_receiveBuffer, wait, out int length, out header)
+                    : _device.TryRead(_receiveBuffer, wait, out length);
+                Volatile.Write(ref _loopIdle, false);
                 if (read)
                 {
                     deviceErrors = 0;

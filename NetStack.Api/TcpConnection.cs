@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Threading.Tasks.Sources;
 using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
 
@@ -23,6 +25,13 @@ namespace NetStack;
 /// other side may touch. Errors follow <see cref="NetworkStream"/>: Stream methods throw
 /// <see cref="IOException"/> wrapping a <see cref="SocketException"/>. One read and one write may
 /// be in flight at a time (as with any Stream); other calls are thread-safe.
+/// <para>
+/// The hot path allocates nothing per call: a read or write that has to wait parks on a reusable
+/// completion source of this connection (one for reads, one for writes) instead of a new
+/// <see cref="TaskCompletionSource"/>, the async state machines come from a pool, and the loop
+/// is told about new data or a freed window through one command object per connection, posted
+/// only when none is pending already.
+/// </para>
 /// </remarks>
 public sealed class TcpConnection : Stream
 {
@@ -56,8 +65,8 @@ public sealed class TcpConnection : Stream
     private bool _disposed;
     private bool _closed;
     private bool _finAcknowledged;
-    private TaskCompletionSource? _readWaiter;
-    private TaskCompletionSource? _writeWaiter;
+    private readonly Waiter _readWaiter;
+    private readonly Waiter _writeWaiter;
     private readonly TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -91,11 +100,19 @@ public sealed class TcpConnection : Stream
     internal long UserTimeoutAcked;
     internal long StalledSince = long.MinValue;
 
+    /// <summary>The loop command that sends newly written bytes; made once, posted once per batch of writes.</summary>
+    internal Action? SendCommand;
+
+    /// <summary>The loop command that opens the window after reads; made once, posted once per batch of reads.</summary>
+    internal Action? WindowCommand;
+
     internal TcpConnection(NetworkStack stack, int sendBufferBytes, int receiveBufferBytes, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
     {
         _stack = stack;
         _sendCapacity = sendBufferBytes;
         _receiveCapacity = receiveBufferBytes;
+        _readWaiter = new Waiter(_gate);
+        _writeWaiter = new Waiter(_gate);
         LocalEndPoint = localEndPoint!;
         RemoteEndPoint = remoteEndPoint;
     }
@@ -153,10 +170,17 @@ public sealed class TcpConnection : Stream
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
     public override int Read(Span<byte> buffer)
     {
-        var rented = new byte[buffer.Length];
-        int n = ReadAsync(rented).AsTask().GetAwaiter().GetResult();
-        rented.AsSpan(0, n).CopyTo(buffer);
-        return n;
+        var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
+        try
+        {
+            int n = ReadAsync(rented.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+            rented.AsSpan(0, n).CopyTo(buffer);
+            return n;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
     }
 
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
@@ -167,7 +191,19 @@ public sealed class TcpConnection : Stream
     }
 
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
-    public override void Write(ReadOnlySpan<byte> buffer) => WriteAsync(buffer.ToArray()).AsTask().GetAwaiter().GetResult();
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
+        try
+        {
+            buffer.CopyTo(rented);
+            WriteAsync(rented.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
 
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
     public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
@@ -192,12 +228,13 @@ public sealed class TcpConnection : Stream
     /// <exception cref="IOException">The connection was reset (ConnectionReset), timed out (TimedOut) or aborted (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
     /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled while waiting.</exception>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
         while (true)
         {
-            Task wait;
+            ValueTask wait;
             int copied = 0;
             bool notify = false;
             lock (_gate)
@@ -220,8 +257,7 @@ public sealed class TcpConnection : Stream
                     throw Failure(SocketError.OperationAborted);
                 else
                 {
-                    _readWaiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                    wait = _readWaiter.Task;
+                    wait = _readWaiter.Arm(cancellationToken);
                     goto Wait;
                 }
             }
@@ -229,7 +265,8 @@ public sealed class TcpConnection : Stream
                 _stack.TcpReadHappened(this);
             return copied;
         Wait:
-            await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            _readWaiter.RegisterCancellation();
+            await wait.ConfigureAwait(false);
         }
     }
 
@@ -240,12 +277,13 @@ public sealed class TcpConnection : Stream
     /// <exception cref="IOException">After <see cref="ShutdownWrite"/> (Shutdown), a reset (ConnectionReset), a timeout (TimedOut) or an abort (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
     /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled while waiting (bytes already buffered are sent).</exception>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
         while (true)
         {
-            Task? wait = null;
+            ValueTask? wait = null;
             bool notify = false;
             lock (_gate)
             {
@@ -270,15 +308,15 @@ public sealed class TcpConnection : Stream
                     _sendPosted = true;
                 }
                 else
-                {
-                    _writeWaiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                    wait = _writeWaiter.Task;
-                }
+                    wait = _writeWaiter.Arm(cancellationToken);
             }
             if (notify)
                 _stack.TcpWriteHappened(this);
-            if (wait is not null)
-                await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            if (wait is { } pending)
+            {
+                _writeWaiter.RegisterCancellation();
+                await pending.ConfigureAwait(false);
+            }
             else if (buffer.IsEmpty)
                 return;
         }
@@ -426,7 +464,7 @@ public sealed class TcpConnection : Stream
             _recvDelivered = upTo;
             if (Orphaned)
                 _recvConsumed = upTo;
-            Wake(ref _readWaiter);
+            _readWaiter.Complete();
         }
     }
 
@@ -436,7 +474,7 @@ public sealed class TcpConnection : Stream
         lock (_gate)
         {
             _sendAcked += bytes;
-            Wake(ref _writeWaiter);
+            _writeWaiter.Complete();
         }
     }
 
@@ -446,7 +484,7 @@ public sealed class TcpConnection : Stream
         lock (_gate)
         {
             _peerClosed = true;
-            Wake(ref _readWaiter);
+            _readWaiter.Complete();
         }
     }
 
@@ -522,14 +560,83 @@ public sealed class TcpConnection : Stream
 
     private void WakeAll()
     {
-        Wake(ref _readWaiter);
-        Wake(ref _writeWaiter);
+        _readWaiter.Complete();
+        _writeWaiter.Complete();
     }
 
-    private static void Wake(ref TaskCompletionSource? waiter)
+    /// <summary>
+    /// The reusable completion a waiting read (or write) awaits: armed under the connection's
+    /// lock when there is nothing to do yet, completed under it by the loop (data, acknowledged
+    /// bytes, an error, the end) or by the caller's cancellation token. The awaiting call then
+    /// looks at the connection again, so a completion that changed nothing is harmless.
+    /// Continuations run on the thread pool, never on the loop thread or under the lock.
+    /// </summary>
+    private sealed class Waiter(object gate) : IValueTaskSource
     {
-        waiter?.TrySetResult();
-        waiter = null;
+        private ManualResetValueTaskSourceCore<bool> _core = new() { RunContinuationsAsynchronously = true };
+        private bool _armed;
+        private CancellationToken _token;
+        private CancellationTokenRegistration _registration;
+
+        /// <summary>Starts a wait (under the lock); the caller awaits the result after leaving it.</summary>
+        public ValueTask Arm(CancellationToken token)
+        {
+            _core.Reset();
+            _armed = true;
+            _token = token;
+            return new ValueTask(this, _core.Version);
+        }
+
+        /// <summary>
+        /// Lets the token end the wait (outside the lock: a token canceled already runs the
+        /// callback at once, and the callback takes the lock).
+        /// </summary>
+        public void RegisterCancellation()
+        {
+            if (_token.CanBeCanceled)
+                _registration = _token.UnsafeRegister(static w => ((Waiter)w!).Cancel(), this);
+        }
+
+        /// <summary>Ends the wait, if one is armed (under the lock).</summary>
+        public void Complete()
+        {
+            if (!_armed)
+                return;
+            _armed = false;
+            _core.SetResult(true);
+        }
+
+        private void Cancel()
+        {
+            lock (gate)
+            {
+                if (!_armed)
+                    return;
+                _armed = false;
+                _core.SetException(new OperationCanceledException(_token));
+            }
+        }
+
+        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+            _core.OnCompleted(continuation, state, token, flags);
+
+        public void GetResult(short token)
+        {
+            try
+            {
+                _core.GetResult(token);
+            }
+            finally
+            {
+                // The wait is over: the token may not touch the next one.
+                var registration = _registration;
+                _registration = default;
+                _token = default;
+                registration.Dispose();
+            }
+        }
     }
 
     private static IOException Failure(SocketError error)
