@@ -23,7 +23,10 @@ let private optionsWith (n: int) (sendBuffer: int) =
         Address6 = null,
         HostAddress6 = null,
         TcpLinger = TimeSpan.FromSeconds 2.0,
-        TcpSendBufferBytes = sendBuffer
+        TcpSendBufferBytes = sendBuffer,
+        // Per packet means per wire packet: with TUN offloads one device write or read carries
+        // up to 44 segments, and the figures would be per super-segment instead.
+        Offloads = false
     )
 
 let private optionsFor (n: int) =

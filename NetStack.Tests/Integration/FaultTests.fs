@@ -34,7 +34,7 @@ let private packets (count: int) (seed: int) =
         p)
 
 /// Injects `input` into a memory device under a decorator with `inbound` faults and reads until
-/// nothing comes for 400 ms (longer than any reorder hold used here; at once without faults); returns what the stack would have seen and the decorator's counters.
+/// nothing comes for 400 ms past the reorder hold (at once without faults); returns what the stack would have seen and the decorator's counters.
 let private readThrough (inbound: FaultSettings) (input: byte[][]) =
     let memory = new MemoryPacketDevice(1500)
     use device = new FaultInjectingDevice(memory, inbound, FaultSettings())
@@ -46,7 +46,11 @@ let private readThrough (inbound: FaultSettings) (input: byte[][]) =
     let output = ResizeArray<byte[]>()
     let quiet = Stopwatch.StartNew()
     // Without faults nothing is ever held: the first empty read ends it.
-    let patience, wait = if inbound.IsNone then 0L, 0 else 400L, 5
+    let patience, wait =
+        if inbound.IsNone then
+            0L, 0
+        else
+            400L + int64 inbound.ReorderHold.TotalMilliseconds, 5
     let mutable reading = true
 
     while reading do
@@ -87,9 +91,21 @@ let private decoratorTests =
 
             test "the same seed gives the same drops, duplicates, reorderings and corruptions" {
                 let input = packets 2000 1
-                let first, _ = readThrough mixed input
-                let second, _ = readThrough mixed input
-                let other, _ = readThrough (mixedWith 43) input
+                // A reordered packet is released by the next one, or by the hold's clock when the
+                // reader stalls longer (a loaded machine): a long hold keeps the clock out of it.
+                let hold (s: FaultSettings) =
+                    FaultSettings(
+                        LossPercent = s.LossPercent,
+                        DuplicatePercent = s.DuplicatePercent,
+                        ReorderPercent = s.ReorderPercent,
+                        CorruptPercent = s.CorruptPercent,
+                        Seed = s.Seed,
+                        ReorderHold = TimeSpan.FromSeconds 2.0
+                    )
+
+                let first, _ = readThrough (hold mixed) input
+                let second, _ = readThrough (hold mixed) input
+                let other, _ = readThrough (hold (mixedWith 43)) input
                 Expect.equal first.Length second.Length "as many packets"
 
                 Expect.isTrue
@@ -168,22 +184,24 @@ let private decoratorTests =
                 device.Write(ReadOnlySpan(Array.create 100 7uy))
                 let mutable taken = null
                 Expect.isFalse (memory.TryTakeWritten(&taken)) "held at first"
-                // Another thread watches the inner device while this one sits in a 1 s read.
+                // Another thread watches the inner device while this one sits in a 20 s read: a
+                // release that waited for the read's own timeout would come 20 s late, so the
+                // bound below tells the two apart with room for a loaded machine.
                 let arrival =
                     Task.Run(fun () ->
-                        let p = memory.WaitWritten(TimeSpan.FromSeconds 2.0)
+                        let p = memory.WaitWritten(TimeSpan.FromSeconds 30.0)
                         p, clock.ElapsedMilliseconds)
 
                 let buffer = Array.zeroCreate<byte> 1500
                 let mutable n = 0
                 // The engine's loop: reads that may end early (a wake) are simply repeated.
-                while not arrival.IsCompleted && clock.ElapsedMilliseconds < 3000L do
-                    device.TryRead(Span buffer, 1000, &n) |> ignore
+                while not arrival.IsCompleted && clock.ElapsedMilliseconds < 30_000L do
+                    device.TryRead(Span buffer, 20_000, &n) |> ignore
 
                 let packet, at = arrival.Result
                 Expect.isNotNull packet "released"
                 Expect.isGreaterThanOrEqual at 75L "not before the delay"
-                Expect.isLessThan at 600L "during the read: its wait shrank to the release time"
+                Expect.isLessThan at 10_000L "during the read: its wait shrank to the release time"
             }
 
             test "the rate limit paces packets and drops beyond its queue" {

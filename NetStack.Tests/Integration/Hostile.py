@@ -59,15 +59,34 @@ def flood(stack, port, count, prefix):
     print("sent %d" % count, flush=True)
 
 
+def tsval(options):
+    """TSval of a timestamps option (RFC 7323) among TCP options, or None."""
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= len(options) or options[i + 1] < 2:
+            break
+        if kind == 8 and options[i + 1] == 10 and i + 10 <= len(options):
+            return struct.unpack("!I", options[i + 2:i + 6])[0]
+        i += options[i + 1]
+    return None
+
+
 def parse(packet):
-    """(src, dst, sport, dport, seq, ack, flags, payload length) of an IPv4 TCP packet, or None."""
+    """(src, dst, sport, dport, seq, ack, flags, payload length, TSval or None) of an IPv4 TCP packet, or None."""
     if len(packet) < 40 or packet[0] >> 4 != 4 or packet[9] != 6:
         return None
     ihl = (packet[0] & 15) * 4
     total = struct.unpack("!H", packet[2:4])[0]
     sport, dport, seq, ack, off, flags = struct.unpack("!HHIIBB", packet[ihl:ihl + 14])
     length = total - ihl - (off >> 4) * 4
-    return socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20]), sport, dport, seq, ack, flags, length
+    ts = tsval(packet[ihl + 20:ihl + (off >> 4) * 4])
+    return socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20]), sport, dport, seq, ack, flags, length, ts
 
 
 def blind(iface, kernel, stack, port):
@@ -75,6 +94,8 @@ def blind(iface, kernel, stack, port):
     sniffer.bind((iface, 0))
     client = socket.create_connection((stack, port), timeout=10)
     lport = client.getsockname()[1]
+
+    latest_ts = {True: None, False: None}
 
     def drain(wait):
         """Packets of our connection seen within `wait` seconds: (from_stack, seq, ack, flags, length)."""
@@ -87,11 +108,13 @@ def blind(iface, kernel, stack, port):
             p = parse(sniffer.recv(65535))
             if p is None:
                 continue
-            src, dst, sport, dport, seq, ack, flags, length = p
+            src, dst, sport, dport, seq, ack, flags, length, ts = p
             if (src, sport, dport) == (stack, port, lport):
                 seen.append((True, seq, ack, flags, length))
+                latest_ts[True] = ts if ts is not None else latest_ts[True]
             elif (src, sport, dport) == (kernel, lport, port):
                 seen.append((False, seq, ack, flags, length))
+                latest_ts[False] = ts if ts is not None else latest_ts[False]
 
     def echo(data):
         client.sendall(data)
@@ -114,6 +137,14 @@ def blind(iface, kernel, stack, port):
         raw.sendto(ipv4(kernel, stack, segment), (stack, 0))
         return [x for x in drain(0.4) if x[0]]
 
+    # With timestamps on the connection (RFC 7323), a non-RST segment without them is dropped
+    # silently (§3.2) before the RFC 5961 checks; to exercise those, the injected segments carry
+    # the kernel's latest TSval (as an attacker who saw one packet would).
+    if latest_ts[False] is not None:
+        ts = b"\x01\x01\x08\x0a" + struct.pack("!II", latest_ts[False], latest_ts[True] or 0)
+    else:
+        ts = b""
+
     result = {}
     # RFC 5961 §3: a RST inside the window but not at RCV.NXT draws a challenge ACK.
     answers = attack(tcp(kernel, stack, lport, port, k_next + 5000, 0, RST))
@@ -122,20 +153,25 @@ def blind(iface, kernel, stack, port):
     answers = attack(tcp(kernel, stack, lport, port, k_next + 0x40000000, 0, RST))
     result["rst-out-of-window-answers"] = len(answers)
     # RFC 5961 §4: a SYN on an established connection draws a challenge ACK, never a reset.
-    answers = attack(tcp(kernel, stack, lport, port, random.getrandbits(32), 0, SYN))
+    answers = attack(tcp(kernel, stack, lport, port, random.getrandbits(32), 0, SYN, options=ts))
     result["syn-challenge-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and not f & RST)
     # RFC 9293 §3.10.7.4: data outside the window is answered with an ACK and dropped.
-    answers = attack(tcp(kernel, stack, lport, port, k_next - 200000, s_next, ACK | PSH, data=b"EVIL"))
+    answers = attack(tcp(kernel, stack, lport, port, k_next - 200000, s_next, ACK | PSH, data=b"EVIL", options=ts))
     result["old-data-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
     # In-window data acknowledging bytes never sent (SEG.ACK > SND.NXT): ACK, drop.
-    answers = attack(tcp(kernel, stack, lport, port, k_next, s_next + 100000, ACK | PSH, data=b"EVIL"))
+    answers = attack(tcp(kernel, stack, lport, port, k_next, s_next + 100000, ACK | PSH, data=b"EVIL", options=ts))
     result["future-ack-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
     # RFC 5961 §5.2: an ACK far below SND.UNA: challenge ACK, drop.
-    answers = attack(tcp(kernel, stack, lport, port, k_next, s_next - 0x40000000, ACK | PSH, data=b"EVIL"))
+    answers = attack(tcp(kernel, stack, lport, port, k_next, s_next - 0x40000000, ACK | PSH, data=b"EVIL", options=ts))
     result["old-ack-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
     # Data outside the window to the right.
-    answers = attack(tcp(kernel, stack, lport, port, k_next + 0x20000000, s_next, ACK | PSH, data=b"EVIL"))
+    answers = attack(tcp(kernel, stack, lport, port, k_next + 0x20000000, s_next, ACK | PSH, data=b"EVIL", options=ts))
     result["future-data-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+    # Without a timestamp (when the connection has them) data is dropped unanswered.
+    result["timestamps"] = latest_ts[False] is not None
+    if result["timestamps"]:
+        answers = attack(tcp(kernel, stack, lport, port, k_next, s_next, ACK | PSH, data=b"EVIL"))
+        result["no-timestamp-data-answers"] = len(answers)
     # The connection still works, and none of the injected bytes reached the echo server.
     result["echo-before"] = ok
     result["echo-after"] = echo(b"b" * 1000) == b"b" * 1000

@@ -567,6 +567,13 @@ let tests =
                     $"an ACK far below SND.UNA drew a challenge ACK: {line}"
 
                 Expect.isGreaterThanOrEqual (number "future-data-acks") 1 $"data beyond the window drew an ACK: {line}"
+                Expect.isTrue (flag "timestamps") $"the connection uses timestamps (RFC 7323): {line}"
+
+                Expect.equal
+                    (number "no-timestamp-data-answers")
+                    0
+                    $"in-window data without a timestamp is dropped unanswered (RFC 7323 §3.2): {line}"
+
                 Expect.isTrue (flag "echo-after") $"the connection still echoes, without the injected bytes: {line}"
                 Expect.equal stack.Statistics.["tcp.reset-received"] 0L "no RST was believed"
                 listener.Dispose()
