@@ -68,6 +68,7 @@ public static class BenchCommand
           udp   UDP round-trip latency (p50, p99) of {DatagramSize}-byte datagrams, one outstanding,
                 and echoed datagrams per second, {Window} in flight at most;
           rr    TCP ping-pong: 1-byte request, 1-byte answer, one connection, round trip p50/p99;
+                also with the stack as the client (its TcpConnection against a kernel echo);
           conn  short TCP connections per second (connect, send 1 byte, receive it, close);
           bulk  TCP bulk throughput, kernel → X (into a discard service) and X → kernel (from a
                 source service), one connection each, and the .NET bytes this process allocated
@@ -119,6 +120,12 @@ public static class BenchCommand
 
         /// <summary>TCP ping-pong round trips measured.</summary>
         public int? TcpSamples { get; set; }
+
+        /// <summary>Median TCP ping-pong round trip with X as the client (the stack's own TcpConnection against a kernel echo).</summary>
+        public TimeSpan? ClientP50 { get; set; }
+
+        /// <summary>99th percentile of the same.</summary>
+        public TimeSpan? ClientP99 { get; set; }
 
         /// <summary>Short connections completed per second.</summary>
         public double? ConnectionsPerSecond { get; set; }
@@ -245,7 +252,15 @@ public static class BenchCommand
         try
         {
             var statistics = stack.Statistics;
-            return MeasurePath(options.Address!, plan, () => statistics["device.read"] + statistics["device.written"]);
+            var m = MeasurePath(options.Address!, plan, () => statistics["device.read"] + statistics["device.written"]);
+            if (plan.Cases.Contains("rr") && options.HostAddress is not null)
+            {
+                // The stack as the client: its TcpConnection against a kernel echo on the TUN's
+                // kernel side, in this namespace.
+                using var kernelEcho = StartKernelEcho(new IPEndPoint(options.HostAddress, TcpEchoPort));
+                Task.Run(() => MeasureStackClientRoundTripAsync(stack, new IPEndPoint(options.HostAddress, TcpEchoPort), plan.Duration, m)).GetAwaiter().GetResult();
+            }
+            return m;
         }
         finally
         {
@@ -401,6 +416,32 @@ public static class BenchCommand
         m.TcpSamples = rtts.Count;
     }
 
+    /// <summary>The ping-pong of <see cref="MeasureTcpRoundTrip"/> with a stack connection as the client.</summary>
+    private static async Task MeasureStackClientRoundTripAsync(NetworkStack stack, IPEndPoint target, TimeSpan duration, Measurement m)
+    {
+        await using var c = await stack.ConnectTcpAsync(target);
+        var one = new byte[1];
+        async Task Exchange()
+        {
+            await c.WriteAsync(one);
+            if (await c.ReadAsync(one) != 1)
+                throw new InvalidOperationException($"the kernel TCP echo at {target} closed during the ping-pong");
+        }
+        for (var i = 0; i < 200; i++)
+            await Exchange();
+        var rtts = new List<long>();
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < duration)
+        {
+            var start = Stopwatch.GetTimestamp();
+            await Exchange();
+            rtts.Add(Stopwatch.GetTimestamp() - start);
+        }
+        rtts.Sort();
+        m.ClientP50 = Percentile(rtts, 0.50);
+        m.ClientP99 = Percentile(rtts, 0.99);
+    }
+
     /// <summary>
     /// Short connections to an echo from <paramref name="clients"/> threads: connect, send 1 byte,
     /// receive it, close (the client closes first, so its side holds the TIME-WAIT). Connections
@@ -529,7 +570,7 @@ public static class BenchCommand
         socket.Bind(new IPEndPoint(IPAddress.Any, port));
         StartKernelTcpService(port + 1, KernelDiscard);
         StartKernelTcpService(port + 2, KernelSource);
-        StartKernelEcho(port + 3);
+        StartKernelEcho(new IPEndPoint(IPAddress.Any, port + 3));
         // The parent closing our stdin (or dying) ends the peer, and with it the namespace.
         new Thread(() =>
         {
@@ -583,16 +624,24 @@ public static class BenchCommand
     /// 4 KiB buffer, the same shape as the stack's (a thread per connection would cost the kernel
     /// side the short-connection race).
     /// </summary>
-    private static void StartKernelEcho(int port)
+    private static Socket StartKernelEcho(IPEndPoint local)
     {
-        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Any, port));
+        var listener = new Socket(local.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(local);
         listener.Listen(1024);
         _ = Task.Run(async () =>
         {
             while (true)
             {
-                var connection = await listener.AcceptAsync();
+                Socket connection;
+                try
+                {
+                    connection = await listener.AcceptAsync();
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException)
+                {
+                    return; // The listener was closed.
+                }
                 _ = Task.Run(async () =>
                 {
                     using (connection)
@@ -612,6 +661,7 @@ public static class BenchCommand
                 });
             }
         });
+        return listener;
     }
 
     private static void KernelDiscard(Socket connection)
@@ -762,6 +812,10 @@ public static class BenchCommand
             rows.Add(("TCP ping-pong p50", Us(stack?.TcpP50), Us(kernel?.TcpP50), Ratio(stack?.TcpP50?.TotalMicroseconds, kernel?.TcpP50?.TotalMicroseconds)));
             rows.Add(("TCP ping-pong p99", Us(stack?.TcpP99), Us(kernel?.TcpP99), Ratio(stack?.TcpP99?.TotalMicroseconds, kernel?.TcpP99?.TotalMicroseconds)));
             rows.Add(("TCP ping-pongs measured", Count(stack?.TcpSamples), Count(kernel?.TcpSamples), ""));
+            // X as the client: the stack's TcpConnection against a kernel echo; the kernel column
+            // is the kernel client's figure above (kernel ⇄ kernel either way).
+            rows.Add(("TCP ping-pong p50, X client", Us(stack?.ClientP50), Us(kernel?.TcpP50), Ratio(stack?.ClientP50?.TotalMicroseconds, kernel?.TcpP50?.TotalMicroseconds)));
+            rows.Add(("TCP ping-pong p99, X client", Us(stack?.ClientP99), Us(kernel?.TcpP99), Ratio(stack?.ClientP99?.TotalMicroseconds, kernel?.TcpP99?.TotalMicroseconds)));
         }
         if (plan.Cases.Contains("conn"))
             rows.Add(("TCP connections/s", Rate(stack?.ConnectionsPerSecond), Rate(kernel?.ConnectionsPerSecond), Ratio(stack?.ConnectionsPerSecond, kernel?.ConnectionsPerSecond)));

@@ -58,6 +58,8 @@ let tests =
                         "datagrams/s"
                         "TCP ping-pong p50"
                         "TCP ping-pong p99"
+                        "TCP ping-pong p50, X client"
+                        "TCP ping-pong p99, X client"
                         "TCP connections/s"
                         "TCP bulk kernel → X"
                         "TCP bulk X → kernel"
