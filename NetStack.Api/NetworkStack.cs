@@ -417,8 +417,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         long now = Now();
         if (!packet.IsEmpty && (packet[0] >> 4) is 4 or 6)
             _statistics.Increment((packet[0] >> 4) == 6 ? "ipv6.received" : "ipv4.received");
+        long evicted = _ip.ReassemblyEvicted;
         var (state, r) = IpLayer.receive(now, packet, _ip);
         _ip = state;
+        if (state.ReassemblyEvicted != evicted)
+            _statistics.Increment("ip.reassembly.evicted", state.ReassemblyEvicted - evicted);
         switch (r.Kind)
         {
             case ReceivedKind.Dropped:
