@@ -527,8 +527,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             _statistics.Increment("offload.gso.received");
         // A partial (NEEDS_CSUM) or kernel-verified (DATA_VALID) transport checksum is not
         // checked again; a super-segment goes to TCP whole, however long.
+        long evicted = _ip.ReassemblyEvicted;
         var (state, r) = IpLayer.receiveChecked(now, packet, header.TransportChecksumTrusted, _ip);
         _ip = state;
+        if (state.ReassemblyEvicted != evicted)
+            _statistics.Increment("ip.reassembly.evicted", state.ReassemblyEvicted - evicted);
         switch (r.Kind)
         {
             case ReceivedKind.Dropped:

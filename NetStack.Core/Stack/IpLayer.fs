@@ -260,6 +260,8 @@ type IpLayerState =
         PathMtu: PathMtuCache
         /// Rate limit of the ICMP errors we send.
         ErrorBucket: TokenBucket
+        /// Datagrams in progress the reassembly caps evicted so far (a drop the caller counts).
+        ReassemblyEvicted: int64
     }
 
 /// An ICMP error this host may send about a received packet.
@@ -346,7 +348,13 @@ module IpLayer =
             Reassembly = Reassembly.empty config.Reassembly
             PathMtu = PathMtu.create config.Mtu
             ErrorBucket = TokenBucket.create config.IcmpErrorsPerSecond (max 1 config.IcmpErrorBurst) now
+            ReassemblyEvicted = 0L
         }
+
+    // Datagrams a reassembly step evicted to keep within its caps.
+    let private evicted (abandoned: Abandoned list) =
+        abandoned
+        |> List.sumBy (fun a -> if a.Reason = AbandonReason.Evicted then 1L else 0L)
 
     // ---------------------------------------------------------------------------------------
     // Receive
@@ -732,7 +740,12 @@ module IpLayer =
                         }
 
                     let reassembly, result = Reassembly.add now fragment state.Reassembly
-                    let state = { state with Reassembly = reassembly }
+
+                    let state =
+                        { state with
+                            Reassembly = reassembly
+                            ReassemblyEvicted = state.ReassemblyEvicted + evicted result.Abandoned
+                        }
 
                     match result.Outcome with
                     | FragmentOutcome.Completed d ->
@@ -862,7 +875,12 @@ module IpLayer =
                                 }
 
                             let reassembly, result = Reassembly.add now fragment state.Reassembly
-                            let state = { state with Reassembly = reassembly }
+
+                            let state =
+                                { state with
+                                    Reassembly = reassembly
+                                    ReassemblyEvicted = state.ReassemblyEvicted + evicted result.Abandoned
+                                }
 
                             match result.Outcome with
                             | FragmentOutcome.Completed d ->

@@ -479,9 +479,12 @@ let tests =
                         1L
                         "a datagram over 65535 bytes is refused"
 
+                    let evicted = c.Stack.Statistics.["ip.reassembly.evicted"]
+                    // 1 MiB holds about 700 of them; the rest were evicted, oldest first, and counted.
+                    Expect.isGreaterThan evicted 5000L "datagrams evicted by the memory cap are counted"
                     let held = c.Stack.Statistics.["ip.fragment.held"]
                     let drops = counted c.Stack "drop.fragment." - before
-                    printfn $"fragment flood: {held} held, {drops} dropped")
+                    printfn $"fragment flood: {held} held, {evicted} evicted, {drops} dropped")
             }
 
             test "SYN+FIN and SYN+RST are dropped without an answer; LAND (source = destination) is dropped" {
