@@ -57,7 +57,7 @@ public sealed partial class NetworkStack
             TcpConfig.MssForMtu(mtu, v6), v6 ? DefaultPeerMss6 : DefaultPeerMss4, Options.TcpReceiveBufferBytes,
             d.InitialRto, d.MinRto, d.MaxRto, d.ClockGranularity, d.MaxRetransmissions, d.MaxSynRetransmissions,
             d.DelayedAckTimeout, msl, d.FinWait2Timeout, d.MaxPersistInterval,
-            d.WindowScaling, d.Timestamps);
+            d.WindowScaling, d.Timestamps, d.SelectiveAck);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);
@@ -648,6 +648,9 @@ public sealed partial class NetworkStack
                 break;
             case TcpEvent.Tags.SendBufferFreed:
                 c.Acknowledged(((TcpEvent.SendBufferFreed)e).bytes);
+                break;
+            case TcpEvent.Tags.FastRetransmit:
+                _statistics.Increment("tcp.retransmit.fast");
                 break;
         }
     }

@@ -178,6 +178,36 @@ module Connection =
         else
             options
 
+    /// SACK blocks (RFC 2018 §4) from the out-of-order ranges, at most `room` of them: first
+    /// the range holding the most recently received segment, then those of the other recent
+    /// arrivals (the blocks most recently reported), then the rest from the highest down.
+    let private withSackBlocks (room: int) (options: TcpOptions) (c: Connection) =
+        let mutable options = options
+        let mutable count = 0
+
+        let add (struct (s: int64, e: int64)) =
+            let left = (recvSeqOf c s).Value
+            let right = (recvSeqOf c e).Value
+            let mutable seen = false
+
+            for i in 0 .. count - 1 do
+                if options.GetSackBlock(i).Left = left then
+                    seen <- true
+
+            if not seen && count < room then
+                options <- options.WithSackBlock(count, { Left = left; Right = right })
+                count <- count + 1
+
+        for p in c.SackRecent do
+            for struct (s, e) in c.OutOfOrder.Ranges do
+                if s <= p && p < e then
+                    add (struct (s, e))
+
+        for range in List.rev c.OutOfOrder.Ranges do
+            add range
+
+        { options with SackBlockCount = count }
+
     // ---- Sending ------------------------------------------------------------------------------
 
     /// Queues one segment. Every segment with ACK carries the current RCV.NXT and window, so it
@@ -224,6 +254,22 @@ module Connection =
             else
                 withTimestamps now options c
 
+        // SACK blocks ride on every ACK while data waits out of order: 4 fit in the 40 option
+        // bytes, 3 next to timestamps; on a data segment only as many as leave the MSS intact.
+        let options =
+            if withAck && not syn && c.SackEnabled && not c.OutOfOrder.IsEmpty then
+                let most = if c.TsEnabled then 3 else 4
+
+                let room =
+                    if length = 0 then
+                        most
+                    else
+                        min most ((c.SendMss - length - 4) / 8)
+
+                if room > 0 then withSackBlocks room options c else options
+            else
+                options
+
         out.Add(
             TcpAction.Transmit
                 {
@@ -262,9 +308,11 @@ module Connection =
         let active = c.State = TcpState.SynSent
         let offerWs = c.Config.WindowScaling && (active || c.WindowScaled)
         let offerTs = c.Config.Timestamps && (active || c.TsEnabled)
+        let offerSack = c.Config.SelectiveAck && (active || c.SackEnabled)
 
         { TcpOptions.None with
             MaximumSegmentSize = ValueSome(uint16 (min 65535 c.Config.Mss))
+            SackPermitted = offerSack
             WindowScale =
                 if offerWs then
                     ValueSome(byte (TcpConfig.WindowShiftFor c.Config.ReceiveBufferSize))
@@ -281,23 +329,137 @@ module Connection =
                     ValueNone
         }
 
+    // ---- Loss recovery helpers (RFC 6675 over the scoreboard) ---------------------------------
+
+    /// DupThresh (RFC 6675 §2, RFC 5681 §3.2).
+    [<Literal>]
+    let private DupThresh = 3
+
+    /// The most disjoint ranges the scoreboard keeps: a hostile peer SACKing every other byte
+    /// cannot make it (and the work per ACK) grow without bound; blocks beyond are ignored.
+    [<Literal>]
+    let private MaxScoreboardRanges = 512
+
+    /// SACKed bytes in [Acked, position).
+    let private sackedBelow (position: int64) (c: Connection) =
+        c.Scoreboard.Ranges
+        |> List.sumBy (fun struct (s, e) -> if s >= position then 0L else min e position - s)
+
+    /// Pipe (RFC 6675 §4 SetPipe) over the holes of the scoreboard: a hole's bytes count as in
+    /// flight unless IsLost holds for it (DupThresh discontiguous SACKed ranges, or more than
+    /// (DupThresh - 1)·SMSS SACKed bytes, above it); bytes below HighRxt were retransmitted and
+    /// count (again) too.
+    let private pipe (c: Connection) =
+        let top = sendPosOf c c.SndMax
+        let mutable sackedAbove = RangeSet.count c.Scoreboard
+        let mutable rangesAbove = RangeSet.rangeCount c.Scoreboard
+        let mutable cursor = c.Acked
+        let mutable total = 0L
+        let threshold = int64 ((DupThresh - 1) * c.SendMss)
+
+        let hole (a: int64) (b: int64) =
+            if b > a then
+                let lost = rangesAbove >= DupThresh || sackedAbove > threshold
+                let retransmitted = max 0L (min b c.HighRxt - a)
+                total <- total + (if lost then 0L else b - a) + retransmitted
+
+        for struct (s, e) in c.Scoreboard.Ranges do
+            hole cursor s
+            sackedAbove <- sackedAbove - (e - s)
+            rangesAbove <- rangesAbove - 1
+            cursor <- e
+
+        hole cursor top
+        int (min total (int64 System.Int32.MaxValue))
+
+    /// NextSeg rule 1 (RFC 6675 §4): the first byte at or above HighRxt in a hole for which
+    /// IsLost holds, and how much of the hole (at most one segment) to resend.
+    let private nextLost (c: Connection) : struct (int64 * int) voption =
+        let mutable sackedAbove = RangeSet.count c.Scoreboard
+        let mutable rangesAbove = RangeSet.rangeCount c.Scoreboard
+        let mutable cursor = c.Acked
+        let mutable found = ValueNone
+        let threshold = int64 ((DupThresh - 1) * c.SendMss)
+
+        for struct (s, e) in c.Scoreboard.Ranges do
+            if found.IsNone then
+                let from = max cursor c.HighRxt
+
+                if from < s && (rangesAbove >= DupThresh || sackedAbove > threshold) then
+                    found <- ValueSome(struct (from, int (min (int64 c.SendMss) (s - from))))
+
+                sackedAbove <- sackedAbove - (e - s)
+                rangesAbove <- rangesAbove - 1
+                cursor <- e
+
+        found
+
     /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
     /// empties the queue or fills at least half the largest window the peer offered (sender
     /// SWS avoidance, RFC 9293 §3.8.6.2.1); our FIN after the last byte. No Nagle yet.
+    ///
+    /// The congestion window limits what is in flight: outside SACK recovery that is
+    /// [SND.UNA, SND.NXT) less what the scoreboard holds, plus up to two segments of limited
+    /// transmit (RFC 3042) on the first duplicate ACKs; in SACK recovery it is the pipe. When
+    /// SND.NXT was pulled back by a timeout, SACKed ranges are skipped, never resent.
     let rec private sendData (now: int64) (out: Out) (c: Connection) =
         let fin = finSeq c
+        let retransmitting = SeqNum.lt c.SndNxt c.SndMax
+        let position = sendPosOf c c.SndNxt
+
+        match
+            (if retransmitting && c.SndNxt <> fin then
+                 RangeSet.endOfRangeAt position c.Scoreboard
+             else
+                 ValueNone)
+        with
+        | ValueSome skipTo ->
+            // The peer holds these bytes already (RFC 6675 §5.1: only unSACKed data again).
+            sendData now out { c with SndNxt = sendSeqOf c skipTo }
+        | ValueNone -> sendSegment now out c
+
+    /// One segment from SND.NXT (see `sendData`), then `sendData` again.
+    and private sendSegment (now: int64) (out: Out) (c: Connection) =
+        let fin = finSeq c
+        let retransmitting = SeqNum.lt c.SndNxt c.SndMax
+        let position = sendPosOf c c.SndNxt
         let pending = max 0 (fin - c.SndNxt)
 
-        let usable =
-            max 0 (min (c.SndUna + c.SndWnd - c.SndNxt) (c.SndUna + c.Cwnd - c.SndNxt))
+        let cwndRoom =
+            if c.InRecovery && c.SackEnabled then
+                c.Cwnd - pipe c
+            else
+                let inFlight = (c.SndNxt - c.SndUna) - int (sackedBelow position c)
 
-        let length = min c.SendMss (min pending usable)
+                let limited =
+                    if not c.InRecovery && c.DupAcks > 0 && not retransmitting then
+                        min 2 c.DupAcks * c.SendMss
+                    else
+                        0
+
+                c.Cwnd + limited - inFlight
+
+        let usable = max 0 (min (c.SndUna + c.SndWnd - c.SndNxt) cwndRoom)
+
+        // A resent stretch stops where the next SACKed range begins.
+        let beforeSacked =
+            if retransmitting then
+                match RangeSet.nextStartAfter position c.Scoreboard with
+                | ValueSome s -> int (min (int64 pending) (s - position))
+                | ValueNone -> pending
+            else
+                pending
+
+        let length = min c.SendMss (min beforeSacked usable)
         // The FIN needs no window: it takes no buffer space at the receiver.
         let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
 
         let worthSending =
             if length > 0 then
-                length = c.SendMss || length = pending || length >= c.MaxSndWnd / 2
+                length = c.SendMss
+                || length = pending
+                || length = beforeSacked
+                || length >= c.MaxSndWnd / 2
             else
                 withFin
 
@@ -314,7 +476,7 @@ module Connection =
                          TcpFlags.None)
                 ||| (if withFin then TcpFlags.Fin else TcpFlags.None)
 
-            let c = emit now out flags seq (sendPosOf c seq) length TcpOptions.None c
+            let c = emit now out flags seq position length TcpOptions.None c
             let next = seq + (length + if withFin then 1 else 0)
             let firstTime = SeqNum.ge seq c.SndMax
 
@@ -335,6 +497,24 @@ module Connection =
 
             let c = armRetransmit now c
             if withFin then c else sendData now out c
+
+    /// Resends [position, position + length) (with the FIN when it ends there and the FIN was
+    /// sent) during fast recovery: SND.NXT stays where it is; HighRxt moves up.
+    let private retransmitAt (now: int64) (out: Out) (position: int64) (length: int) (c: Connection) =
+        let seq = sendSeqOf c position
+        let fin = finSeq c
+        let withFin = c.FinQueued && SeqNum.gt c.SndMax fin && seq + length = fin
+
+        let flags = TcpFlags.Ack ||| (if withFin then TcpFlags.Fin else TcpFlags.None)
+
+        let c = emit now out flags seq position length TcpOptions.None c
+
+        { c with
+            HighRxt = max c.HighRxt (position + int64 length)
+            // Karn's rule: a resent segment gives no classic sample (timestamps still do).
+            RttTimed = ValueNone
+        }
+        |> armRetransmit now
 
     /// Runs the persist timer (RFC 9293 §3.8.6.1) exactly when data waits, nothing is in flight,
     /// and so no ACK will come to reopen the window unless we probe.
@@ -429,8 +609,9 @@ module Connection =
         let mss = c.SendMss
         let grown = int (min (int64 mss) freed)
 
+        // In fast recovery the window follows the recovery rules instead (`lossRecovery`).
         let cwnd =
-            if grown = 0 then c.Cwnd
+            if grown = 0 || c.InRecovery then c.Cwnd
             elif c.Cwnd < c.Ssthresh then c.Cwnd + grown
             else c.Cwnd + max 1 (mss * mss / max 1 c.Cwnd)
 
@@ -443,6 +624,8 @@ module Connection =
                 RttTimed = timed
                 Retries = 0
                 Cwnd = min cwnd (1 <<< 30)
+                Scoreboard = RangeSet.trimBelow ackedPosition c.Scoreboard
+                DupAcks = 0
             }
 
         // RFC 6298 §5.2/§5.3: stop the timer when everything is acknowledged, otherwise restart
@@ -474,6 +657,159 @@ module Connection =
         else
             c
 
+    /// Takes the SACK blocks of an acceptable ACK into the scoreboard (RFC 6675 §5: before the
+    /// cumulative ACK). Hostile input is expected: a block counts only when it is non-empty and
+    /// lies within [max(SND.UNA, SEG.ACK), SND.MAX) (D-SACK blocks and old or forged ones do
+    /// not), and the scoreboard stops growing at MaxScoreboardRanges. Returns whether any byte
+    /// was newly SACKed.
+    let private takeSackBlocks (seg: Segment) (c: Connection) : struct (Connection * bool) =
+        if not c.SackEnabled || seg.Options.SackBlockCount <= 0 then
+            struct (c, false)
+        else
+            let floor = SeqNum.max c.SndUna seg.Ack
+            let mutable board = c.Scoreboard
+            let before = RangeSet.count board
+
+            for i in 0 .. min Tcp.MaxSackBlocks seg.Options.SackBlockCount - 1 do
+                let block = seg.Options.GetSackBlock i
+                let left = SeqNum block.Left
+                let right = SeqNum block.Right
+
+                if
+                    SeqNum.lt left right
+                    && SeqNum.ge left floor
+                    && SeqNum.le right c.SndMax
+                    && RangeSet.rangeCount board < MaxScoreboardRanges
+                then
+                    // The FIN has a sequence number but no stream position: never on the board.
+                    let e = min c.Written (sendPosOf c right)
+                    board <- RangeSet.add (sendPosOf c left) e board
+
+            struct ({ c with Scoreboard = board }, RangeSet.count board > before)
+
+    /// Resends holes IsLost says are gone while the pipe leaves a segment's room (RFC 6675 §5
+    /// step C); new data then follows in `transmit` under the same pipe rule.
+    let rec private sackRetransmit (now: int64) (out: Out) (c: Connection) =
+        if c.Cwnd - pipe c < c.SendMss then
+            c
+        else
+            match nextLost c with
+            | ValueSome(struct (position, length)) -> sackRetransmit now out (retransmitAt now out position length c)
+            | ValueNone -> c
+
+    /// The first unacknowledged stretch: from SND.UNA to the first SACKed range (at most a segment).
+    let private firstHoleLength (c: Connection) =
+        let limit =
+            match RangeSet.nextStartAfter c.Acked c.Scoreboard with
+            | ValueSome s -> min s c.Written
+            | ValueNone -> c.Written
+
+        int (min (int64 c.SendMss) (limit - c.Acked))
+
+    /// Fast retransmit and fast recovery after an acceptable ACK: SACK-based loss recovery
+    /// (RFC 6675) when SACK is on, NewReno (RFC 6582) otherwise. `una` is SND.UNA before the
+    /// ACK; `advanced` says it moved; `sackedNew` that the ACK SACKed new data.
+    let private lossRecovery
+        (now: int64)
+        (out: Out)
+        (seg: Segment)
+        (una: SeqNum)
+        (advanced: bool)
+        (sackedNew: bool)
+        (windowChanged: bool)
+        (c: Connection)
+        =
+        let mss = c.SendMss
+
+        if c.InRecovery then
+            if SeqNum.ge c.SndUna c.RecoveryPoint then
+                // Everything outstanding at the loss is acknowledged: recovery ends with cwnd at
+                // ssthresh (RFC 6675 §5; RFC 6582 §3.2 step 3, the "min" option against bursts).
+                let cwnd =
+                    if c.SackEnabled then
+                        c.Ssthresh
+                    else
+                        min c.Ssthresh (max (c.SndMax - c.SndUna) mss + mss)
+
+                { c with
+                    InRecovery = false
+                    DupAcks = 0
+                    Cwnd = max mss cwnd
+                }
+            elif c.SackEnabled then
+                sackRetransmit now out c
+            elif advanced then
+                // RFC 6582 §3.2 step 5, a partial ACK: the next hole is at SND.UNA; resend it at
+                // once and deflate the window by what was acknowledged (plus one MSS back).
+                let acked = c.SndUna - una
+
+                let c =
+                    { c with
+                        Cwnd = max mss (c.Cwnd - acked + (if acked >= mss then mss else 0))
+                    }
+
+                if SeqNum.lt c.SndUna c.SndMax then
+                    retransmitAt now out c.Acked (firstHoleLength c) c
+                else
+                    c
+            elif seg.Ack = una && SeqNum.lt c.SndUna c.SndMax then
+                // Step 4: each further duplicate inflates the window by a segment.
+                { c with Cwnd = c.Cwnd + mss }
+            else
+                c
+        else
+            let duplicate =
+                not advanced
+                && seg.Ack = una
+                && SeqNum.lt c.SndUna c.SndMax
+                && (sackedNew
+                    || (seg.PayloadLength = 0 && not windowChanged && not (seg.Has TcpFlags.Fin)))
+
+            let c = if duplicate then { c with DupAcks = c.DupAcks + 1 } else c
+
+            // IsLost(SND.UNA) (RFC 6675 §4): enough SACKed above the first hole.
+            let lostAtUna =
+                c.SackEnabled
+                && (RangeSet.rangeCount c.Scoreboard >= DupThresh
+                    || RangeSet.count c.Scoreboard > int64 ((DupThresh - 1) * mss))
+
+            // RFC 6582 §3.2 step 2 / RFC 6675 §5.1: no new recovery for data sent before the last
+            // one (or before a timeout) began.
+            let fresh =
+                if c.SackEnabled then
+                    SeqNum.ge c.SndUna c.RecoveryPoint
+                else
+                    SeqNum.gt c.SndUna c.RecoveryPoint
+
+            if
+                fresh
+                && SeqNum.lt c.SndUna c.SndMax
+                && (c.DupAcks >= DupThresh || (lostAtUna && (duplicate || sackedNew)))
+            then
+                // Enter recovery (RFC 6675 §5 steps 4.1-4.3; RFC 6582 §3.2 step 2): ssthresh is
+                // half the flight, the segment at SND.UNA goes out at once, whatever the window.
+                let flight = c.SndMax - c.SndUna
+                let ssthresh = max (flight / 2) (2 * mss)
+                out.Add(TcpAction.Event TcpEvent.FastRetransmit)
+
+                let c =
+                    { c with
+                        InRecovery = true
+                        RecoveryPoint = c.SndMax
+                        HighRxt = c.Acked
+                        Ssthresh = ssthresh
+                        Cwnd =
+                            if c.SackEnabled then
+                                ssthresh
+                            else
+                                ssthresh + DupThresh * mss
+                    }
+
+                let c = retransmitAt now out c.Acked (firstHoleLength c) c
+                if c.SackEnabled then sackRetransmit now out c else c
+            else
+                c
+
     /// The ACK field in a synchronized state (RFC 9293 §3.10.7.4 fifth step, RFC 5961 §5.2).
     /// Returns the connection and whether processing of the segment goes on.
     let private processAck (now: int64) (out: Out) (seg: Segment) (c: Connection) : struct (Connection * bool) =
@@ -484,17 +820,36 @@ module Connection =
             // RFC 5961 §5.2: too old to be from this connection's peer: challenge ACK, drop.
             struct (sendAck now out c, false)
         else
+            let una = c.SndUna
+            let struct (c, sackedNew) = takeSackBlocks seg c
+            let advanced = SeqNum.gt seg.Ack c.SndUna
+            let c = if advanced then newlyAcked now out seg c else c
+
+            // RFC 2018 §8 reneging: a receiver holding a SACKed range would acknowledge past it,
+            // so a cumulative ACK ending at (or in) one means it dropped that data. Forget the
+            // scoreboard and, if a timeout's resending is under way, start it again from SND.UNA.
             let c =
-                if SeqNum.gt seg.Ack c.SndUna then
-                    newlyAcked now out seg c
+                if advanced && (RangeSet.endOfRangeAt c.Acked c.Scoreboard).IsSome then
+                    { c with
+                        Scoreboard = RangeSet.empty
+                        SndNxt =
+                            if SeqNum.lt c.SndNxt c.SndMax && not c.InRecovery then
+                                c.SndUna
+                            else
+                                c.SndNxt
+                    }
                 else
                     c
+
+            let windowBefore = c.SndWnd
 
             // Any acceptable ACK shows the peer is alive, which is what probes ask.
             let c =
                 { (updateSendWindow seg c) with
                     ProbesUnanswered = 0
                 }
+
+            let c = lossRecovery now out seg una advanced sackedNew (c.SndWnd <> windowBefore) c
 
             if not (finAcked c) then
                 struct (c, true)
@@ -606,6 +961,9 @@ module Connection =
                         { c with
                             OutOfOrder = RangeSet.add position (position + int64 length) c.OutOfOrder
                             AckPending = true
+                            SackRecent =
+                                position
+                                :: (c.SackRecent |> List.filter (fun p -> p > c.Delivered) |> List.truncate 3)
                         }
                 else
                     { c with
@@ -707,6 +1065,7 @@ module Connection =
                  | _ -> 0u)
             TsRecentAt = now
             RcvMss = mss
+            SackEnabled = c.Config.SelectiveAck && seg.Options.SackPermitted
             Irs = seg.Seq
             RcvNxt = seg.Seq + 1
             RcvRight = seg.Seq + 1
@@ -976,6 +1335,11 @@ module Connection =
                 Cwnd = c.SendMss
                 SndNxt = c.SndUna
                 RttTimed = ValueNone
+                // RFC 6675 §5.1: recovery ends; no new one for data sent before the timeout.
+                InRecovery = false
+                DupAcks = 0
+                RecoveryPoint = c.SndMax
+                HighRxt = c.Acked
             }
             |> transmit now out
 
@@ -1116,6 +1480,13 @@ module Connection =
             TsRecentAt = 0L
             LastAckSent = SeqNum 0u
             RcvMss = min config.DefaultPeerMss config.Mss
+            SackEnabled = false
+            SackRecent = []
+            Scoreboard = RangeSet.empty
+            DupAcks = 0
+            InRecovery = false
+            RecoveryPoint = iss
+            HighRxt = 0L
         }
 
     /// Active OPEN: a connection in SYN-SENT whose SYN (with our MSS) is in the output. `iss`
@@ -1315,5 +1686,18 @@ module Connection =
             Some $"the offered right edge {c.RcvRight} is beyond the receive buffer"
         elif c.SendMss < 1 || c.RcvMss < 1 then
             Some $"MSS {c.SendMss}/{c.RcvMss} below 1"
+        elif c.SackEnabled && not c.Config.SelectiveAck then
+            Some "SACK in use though the configuration does not offer it"
+        elif
+            c.Scoreboard.Ranges
+            |> List.exists (fun struct (s, e) -> s < c.Acked || e > c.Written || s >= e)
+        then
+            Some $"scoreboard {c.Scoreboard.Ranges} outside [Acked {c.Acked}, Written {c.Written}]"
+        elif not c.SackEnabled && not c.Scoreboard.IsEmpty then
+            Some "a scoreboard without SACK"
+        elif c.InRecovery && not (SeqNum.lt c.SndUna c.RecoveryPoint) then
+            Some $"in recovery though SND.UNA {c.SndUna} reached the recovery point {c.RecoveryPoint}"
+        elif c.DupAcks < 0 || c.Cwnd < 1 then
+            Some $"DupAcks {c.DupAcks} or cwnd {c.Cwnd} out of range"
         else
             None

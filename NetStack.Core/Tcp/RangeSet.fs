@@ -55,3 +55,39 @@ module RangeSet =
     /// The number of positions in the set.
     let count (set: RangeSet) : int64 =
         set.Items |> List.sumBy (fun struct (s, e) -> e - s)
+
+    /// The set without any position below `position` (a range straddling it is cut).
+    let trimBelow (position: int64) (set: RangeSet) : RangeSet =
+        let rec trim (items: struct (int64 * int64) list) =
+            match items with
+            | struct (_, e) :: rest when e <= position -> trim rest
+            | struct (s, e) :: rest when s < position -> struct (position, e) :: rest
+            | _ -> items
+
+        match set.Items with
+        | struct (s, _) :: _ when s < position -> { Items = trim set.Items }
+        | _ -> set
+
+    /// The end of the range holding `position`, if one does.
+    let endOfRangeAt (position: int64) (set: RangeSet) : int64 voption =
+        let rec find (items: struct (int64 * int64) list) =
+            match items with
+            | struct (s, e) :: _ when s <= position && position < e -> ValueSome e
+            | struct (s, _) :: _ when s > position -> ValueNone
+            | _ :: rest -> find rest
+            | [] -> ValueNone
+
+        find set.Items
+
+    /// The start of the first range beginning after `position`, if any.
+    let nextStartAfter (position: int64) (set: RangeSet) : int64 voption =
+        let rec find (items: struct (int64 * int64) list) =
+            match items with
+            | struct (s, _) :: _ when s > position -> ValueSome s
+            | _ :: rest -> find rest
+            | [] -> ValueNone
+
+        find set.Items
+
+    /// The number of ranges.
+    let rangeCount (set: RangeSet) : int = List.length set.Items

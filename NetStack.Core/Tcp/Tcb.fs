@@ -48,6 +48,9 @@ type TcpConfig =
         /// Offer timestamps (RFC 7323 §3-5: RTT measurement and PAWS); used only when both SYNs
         /// carry them.
         Timestamps: bool
+        /// Offer SACK (RFC 2018, SACK-permitted); SACK blocks are sent and taken only when both
+        /// SYNs carry it. Without it, loss recovery is NewReno (RFC 6582).
+        SelectiveAck: bool
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -77,6 +80,7 @@ type TcpConfig =
             MaxPersistInterval = 60_000_000L
             WindowScaling = true
             Timestamps = true
+            SelectiveAck = true
         }
 
     /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
@@ -215,6 +219,9 @@ type TcpEvent =
     | Closed
     /// The peer acknowledged this many more bytes: the send buffer may drop them.
     | SendBufferFreed of bytes: int64
+    /// Loss was detected from duplicate ACKs or SACK blocks and fast recovery began with a
+    /// retransmission, without waiting for the timer (RFC 5681 §3.2, RFC 6675, RFC 6582).
+    | FastRetransmit
 
 /// One state change, as reported for checking against `StateModel`.
 [<Struct>]
@@ -360,4 +367,23 @@ type Connection =
         /// The largest segment payload received (as Linux's rcv_mss): "a full-sized segment"
         /// for the rule that every second one is ACKed at once.
         RcvMss: int
+        /// Both SYNs carried SACK-permitted (RFC 2018 §2).
+        SackEnabled: bool
+        /// Receive-stream positions of the most recent out-of-order arrivals, newest first (at
+        /// most four): the first SACK block covers the newest, the next ones the blocks reported
+        /// recently (RFC 2018 §4).
+        SackRecent: int64 list
+        /// The sender's scoreboard (RFC 6675 §3): send-stream positions in [Acked, Written) the
+        /// peer has SACKed.
+        Scoreboard: RangeSet
+        /// Duplicate ACKs (RFC 5681 §2, RFC 6675 §2) since SND.UNA last advanced.
+        DupAcks: int
+        /// In fast recovery (RFC 6675 / RFC 6582) until SND.UNA reaches `RecoveryPoint`.
+        InRecovery: bool
+        /// RecoveryPoint (RFC 6675) / "recover" (RFC 6582): SND.MAX when loss was detected (or
+        /// at a timeout); no new recovery starts until SND.UNA passes it.
+        RecoveryPoint: SeqNum
+        /// HighRxt (RFC 6675 §2) as a send-stream position: the end of the highest
+        /// retransmission in this recovery.
+        HighRxt: int64
     }

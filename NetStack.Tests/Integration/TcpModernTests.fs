@@ -89,6 +89,7 @@ let private stackShift (options: NetStackOptions) =
 let private expectNegotiated (info: KernelTcpInfo) (options: NetStackOptions) (where: string) =
     Expect.equal (info.Options &&& 1uy) 1uy $"timestamps in use {where}"
     Expect.equal (info.Options &&& 4uy) 4uy $"window scaling in use {where}"
+    Expect.equal (info.Options &&& 2uy) 2uy $"SACK in use {where}"
     Expect.equal info.SndWscale (stackShift options) $"the kernel applies NetStack's shift {where}"
     Expect.isGreaterThan info.RcvWscale 0 $"the kernel's own shift is in use {where}"
 
@@ -99,7 +100,7 @@ let tests =
         "TcpModern with the kernel"
         [
             test
-                "the kernel's TCP_INFO shows window scaling and timestamps with NetStack as server and as client, IPv4 and IPv6" {
+                "the kernel's TCP_INFO shows window scaling, timestamps and SACK with NetStack as server and as client, IPv4 and IPv6" {
                 let options = optionsFor 1
 
                 withStack options (fun stack ->

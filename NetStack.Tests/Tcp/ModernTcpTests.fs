@@ -1,7 +1,10 @@
-/// The modern TCP extensions, one rule at a time: RFC 7323 window scaling, timestamps and PAWS.
+/// The modern TCP extensions, one rule at a time: RFC 7323 window scaling, timestamps and PAWS;
+/// RFC 2018 SACK blocks; RFC 6675 / RFC 6582 loss recovery and RFC 3042 limited transmit.
 module NetStack.Tests.ModernTcpTests
 
 open Expecto
+open FsCheck
+open FsCheck.FSharp
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
 
@@ -76,6 +79,59 @@ let private data (receiver: Connection) (seq: SeqNum) (length: int) (ts: (uint32
             }
         PayloadLength = length
     }
+
+let private events (o: TcpOutput) =
+    o.Actions
+    |> List.choose (function
+        | TcpAction.Event e -> Some e
+        | _ -> None)
+
+let private sackConfig (ts: bool) =
+    { TcpConfig.Default with
+        WindowScaling = false
+        Timestamps = ts
+        SelectiveAck = true
+    }
+
+/// The SACK blocks of a segment as (left, right) pairs, in order.
+let private sackBlocksOf (s: OutgoingSegment) =
+    [
+        for i in 0 .. s.Options.SackBlockCount - 1 do
+            let b = s.Options.GetSackBlock i
+            b.Left, b.Right
+    ]
+
+/// A pure ACK from the peer (window 65535, no timestamps) with these SACK blocks.
+let private sackAck (ack: SeqNum) (blocks: (uint32 * uint32) list) : Segment =
+    let mutable options =
+        { TcpOptions.None with
+            SackBlockCount = List.length blocks
+        }
+
+    blocks
+    |> List.iteri (fun i (l, r) -> options <- options.WithSackBlock(i, { Left = l; Right = r }))
+
+    {
+        Seq = SeqNum 7001u
+        Ack = ack
+        Flags = TcpFlags.Ack
+        Window = 65535us
+        Options = options
+        PayloadLength = 0
+    }
+
+/// A client (SACK as given, no timestamps or scaling) with ten full segments (14600 bytes) in
+/// flight at t = 20 ms: the connection and those segments.
+let private sender (sack: bool) =
+    let cfg =
+        { sackConfig false with
+            SelectiveAck = sack
+        }
+
+    let client, _, _, _, _ = handshake cfg cfg
+    let c, o = Connection.send (ms 20) 14600L client
+    Expect.equal (List.length (sent o)) 10 "ten segments in the initial window"
+    c, sent o
 
 [<Tests>]
 let tests =
@@ -377,6 +433,185 @@ let tests =
                         Expect.isTrue (stored o) "the early segment is stored"
                         Expect.equal c.TsRecent recent "but its TSval is not echoed"
                         audit c
+                    }
+                ]
+            testList
+                "SACK"
+                [
+                    for cs in [ false; true ] do
+                        for ss in [ false; true ] do
+                            test $"SACK-permitted: client {cs}, server {ss}" {
+                                let cfg (sack: bool) =
+                                    { configWith true true with
+                                        SelectiveAck = sack
+                                    }
+
+                                let client, server, syn, synAck, _ = handshake (cfg cs) (cfg ss)
+                                Expect.equal syn.Options.SackPermitted cs "the SYN offers SACK as configured"
+                                Expect.equal synAck.Options.SackPermitted (cs && ss) "the SYN,ACK answers in kind"
+                                Expect.equal client.SackEnabled (cs && ss) "client"
+                                Expect.equal server.SackEnabled (cs && ss) "server"
+                            }
+
+                    test
+                        "blocks: the newest arrival's range first, then the recently reported ones, at most 4 (3 with timestamps)" {
+                        let client, _, _, _, _ = handshake (sackConfig false) (sackConfig false)
+                        let r = client.RcvNxt
+                        let blocks (o: TcpOutput) = sackBlocksOf (single o)
+                        let at (a: int) (b: int) = ((r + a).Value, (r + b).Value)
+                        let c, o = Connection.handleSegment (ms 5) (data client (r + 1000) 500 None) client
+                        Expect.equal (blocks o) [ at 1000 1500 ] "one block"
+                        let c, o = Connection.handleSegment (ms 5) (data c (r + 3000) 500 None) c
+                        Expect.equal (blocks o) [ at 3000 3500; at 1000 1500 ] "the newest first"
+                        let c, o = Connection.handleSegment (ms 5) (data c (r + 5000) 500 None) c
+                        Expect.equal (blocks o) [ at 5000 5500; at 3000 3500; at 1000 1500 ] "three"
+                        let c, o = Connection.handleSegment (ms 5) (data c (r + 1500) 500 None) c
+
+                        Expect.equal
+                            (blocks o)
+                            [ at 1000 2000; at 5000 5500; at 3000 3500 ]
+                            "the grown range comes first"
+
+                        let c, _ = Connection.handleSegment (ms 5) (data c (r + 7000) 500 None) c
+                        let c, o = Connection.handleSegment (ms 5) (data c (r + 9000) 500 None) c
+                        Expect.equal (List.length (blocks o)) 4 "four fit without timestamps"
+                        Expect.equal (List.head (blocks o)) (at 9000 9500) "the newest first"
+                        let c, o = Connection.handleSegment (ms 5) (data c r 1000 None) c
+
+                        Expect.equal
+                            (blocks o)
+                            [ at 9000 9500; at 7000 7500; at 5000 5500; at 3000 3500 ]
+                            "the first gap filled: the rest remain, the most recent first"
+
+                        audit c
+
+                        // With timestamps only three blocks fit.
+                        let client, _, _, _, _ = handshake (sackConfig true) (sackConfig true)
+                        let mutable c = client
+
+                        for k in 1..5 do
+                            let c2, o =
+                                Connection.handleSegment
+                                    (ms 5)
+                                    (data c (r + 1000 * (2 * k)) 500 (Some(c.TsRecent, 0u)))
+                                    c
+
+                            c <- c2
+
+                            Expect.equal
+                                (List.length (sackBlocksOf (single o)))
+                                (min k 3)
+                                "at most three next to timestamps"
+                    }
+
+                    testPropertyWithConfig
+                        TestUtil.codecConfig
+                        "hostile SACK blocks leave the scoreboard inside [SND.UNA, SND.MAX) and the invariants intact"
+                    <| fun (blocks: (int * int * uint32 * uint32 * bool) list) ->
+                        let c, _ = sender true
+                        let mutable c = c
+
+                        for (offset, length, rawLeft, rawRight, raw) in List.truncate 40 blocks do
+                            let left, right =
+                                if raw then
+                                    rawLeft, rawRight
+                                else
+                                    (c.SndUna + (offset % 20000)).Value,
+                                    (c.SndUna + (offset % 20000) + (length % 5000)).Value
+
+                            let ack = if offset % 7 = 0 then c.SndUna + 1460 else c.SndUna
+
+                            let c2, _ = Connection.handleSegment (ms 30) (sackAck ack [ (left, right) ]) c
+                            c <- c2
+                            audit c
+
+                            for struct (s, e) in c.Scoreboard.Ranges do
+                                Expect.isTrue (s >= c.Acked && e <= c.Written) "inside the send stream"
+
+                    test "three SACKed segments above a hole: the hole is resent at once, nothing SACKed is" {
+                        let c, first = sender true
+                        let base' = c.SndUna
+                        let mutable c = c
+                        let mutable resent = []
+                        let mutable fast = 0
+
+                        for k in 1..3 do
+                            let c2, o =
+                                Connection.handleSegment
+                                    (ms 30)
+                                    (sackAck base' [ ((base' + 1460).Value, (base' + 1460 * (k + 1)).Value) ])
+                                    c
+
+                            c <- c2
+                            resent <- resent @ sent o
+                            fast <- fast + (events o |> List.filter ((=) TcpEvent.FastRetransmit) |> List.length)
+                            audit c
+
+                        Expect.equal fast 1 "one fast retransmit"
+
+                        match resent with
+                        | [ s ] ->
+                            Expect.equal s.DataPosition 0L "the hole at SND.UNA"
+                            Expect.equal s.DataLength 1460 "one segment"
+                        | other -> failtest $"expected one retransmission, got {other}"
+
+                        Expect.isTrue c.InRecovery "in recovery"
+
+                        Expect.equal
+                            c.Ssthresh
+                            (List.sumBy (fun (s: OutgoingSegment) -> s.DataLength) first / 2)
+                            "ssthresh is half the flight"
+                        // Full ACK: recovery ends.
+                        let c, _ = Connection.handleSegment (ms 40) (sackAck c.SndMax []) c
+                        Expect.isFalse c.InRecovery "recovery over"
+                        Expect.equal c.Cwnd c.Ssthresh "cwnd = ssthresh"
+                        audit c
+                    }
+
+                    test "NewReno without SACK: three duplicate ACKs resend SND.UNA, a partial ACK the next hole" {
+                        let c, _ = sender false
+                        let base' = c.SndUna
+                        let mutable c = c
+                        let mutable out = []
+
+                        for _ in 1..3 do
+                            let c2, o = Connection.handleSegment (ms 30) (sackAck base' []) c
+                            c <- c2
+                            out <- out @ sent o
+
+                        match out with
+                        | [ s ] -> Expect.equal s.DataPosition 0L "SND.UNA resent after the third duplicate"
+                        | other -> failtest $"expected one retransmission, got {other}"
+
+                        let c, o = Connection.handleSegment (ms 40) (sackAck (base' + 3 * 1460) []) c
+
+                        match sent o with
+                        | s :: _ -> Expect.equal s.DataPosition (3L * 1460L) "the partial ACK's hole resent"
+                        | [] -> failtest "nothing resent after a partial ACK"
+
+                        Expect.isTrue c.InRecovery "still in recovery"
+                        let c, _ = Connection.handleSegment (ms 50) (sackAck c.SndMax []) c
+                        Expect.isFalse c.InRecovery "a full ACK ends it"
+                        audit c
+                    }
+
+                    test "limited transmit: each of the first two duplicate ACKs lets one new segment out" {
+                        let c, _ = sender false
+                        let c, _ = Connection.send (ms 25) (2L * 1460L) c
+                        let base' = c.SndUna
+                        let c, o = Connection.handleSegment (ms 30) (sackAck base' []) c
+
+                        Expect.equal
+                            (sent o |> List.map (fun s -> s.DataPosition))
+                            [ 14600L ]
+                            "the first duplicate: one new segment"
+
+                        let _, o = Connection.handleSegment (ms 31) (sackAck base' []) c
+
+                        Expect.equal
+                            (sent o |> List.map (fun s -> s.DataPosition))
+                            [ 16060L ]
+                            "the second duplicate: another"
                     }
                 ]
         ]

@@ -35,6 +35,15 @@ type Side =
         mutable SentRightEdge: SeqNum voption
         Transitions: ResizeArray<StateTransition>
         Events: ResizeArray<TcpEvent>
+        /// Send positions the peer's SACK blocks (as they arrived here) reported. The peer never
+        /// reneges, so none of them may be sent again, not even after a timeout.
+        mutable PeerSacked: RangeSet
+        /// Bytes sent again although `PeerSacked` held them: must stay 0 (RFC 6675).
+        mutable SackedResent: int64
+        /// Data bytes sent more than once.
+        mutable Resent: int64
+        /// The highest send position sent so far.
+        mutable SentUpTo: int64
     }
 
 /// A side that will send `payload` and receive up to `peerLength` bytes.
@@ -52,7 +61,51 @@ let newSide name (conn: Connection) (payload: byte[]) (peerLength: int) =
         SentRightEdge = ValueNone
         Transitions = ResizeArray()
         Events = ResizeArray()
+        PeerSacked = RangeSet.empty
+        SackedResent = 0L
+        Resent = 0L
+        SentUpTo = 0L
     }
+
+/// Records the SACK blocks of `seg`, arriving at `side`, that name data `side` has sent and
+/// not had acknowledged, when the segment passes the checks that come before the ACK field
+/// (RFC 7323 §5.3 PAWS, RFC 9293 §3.10.7.4 acceptability): a segment dropped there teaches the
+/// engine nothing, legitimately.
+let noteSackBlocks (side: Side) (seg: Segment) =
+    let c = side.Conn
+    let window = c.RcvRight - c.RcvNxt
+
+    let inWindow (s: SeqNum) =
+        SeqNum.ge s c.RcvNxt && SeqNum.lt s c.RcvRight
+
+    let acceptable =
+        if seg.Length = 0 then
+            (if window <= 0 then seg.Seq = c.RcvNxt else inWindow seg.Seq)
+        else
+            window > 0 && (inWindow seg.Seq || inWindow (seg.Seq + (seg.Length - 1)))
+
+    let timestampsOk =
+        not c.TsEnabled
+        || (match seg.Options.Timestamps with
+            | ValueSome ts -> int (ts.Value - c.TsRecent) >= 0
+            | ValueNone -> false)
+
+    if c.SackEnabled && acceptable && timestampsOk then
+        for i in 0 .. seg.Options.SackBlockCount - 1 do
+            let block = seg.Options.GetSackBlock i
+            let left = SeqNum block.Left
+            let right = SeqNum block.Right
+
+            if SeqNum.lt left right && SeqNum.ge left c.SndUna && SeqNum.le right c.SndMax then
+                let position (s: SeqNum) =
+                    min c.Written (int64 (SeqNum.forward (c.Iss + 1) s))
+
+                side.PeerSacked <- RangeSet.add (position left) (position right) side.PeerSacked
+
+/// Bytes of [start, end') in `set`.
+let overlap (start: int64) (end': int64) (set: RangeSet) =
+    set.Ranges
+    |> List.sumBy (fun struct (s, e) -> max 0L (min e end' - max s start))
 
 let private v4a = Ipv4Address.OfOctets(10uy, 0uy, 0uy, 1uy)
 let private v4b = Ipv4Address.OfOctets(10uy, 0uy, 0uy, 2uy)
@@ -134,6 +187,12 @@ let apply (side: Side) (incoming: byte[]) (transmit: OutgoingSegment -> unit) (o
                     fail $"{side.Name}: offered right edge moved left from {previous} to {right}"
                 | ValueSome previous when SeqNum.lt right previous -> ()
                 | _ -> side.SentRightEdge <- ValueSome right
+
+            if seg.DataLength > 0 then
+                let e = seg.DataPosition + int64 seg.DataLength
+                side.SackedResent <- side.SackedResent + overlap seg.DataPosition e side.PeerSacked
+                side.Resent <- side.Resent + max 0L (min e side.SentUpTo - seg.DataPosition)
+                side.SentUpTo <- max side.SentUpTo e
 
             transmit seg
         | TcpAction.StoreReceived(offset, position, length) ->

@@ -49,6 +49,7 @@ let private profileOf (seed: int) (maxBytes: int) =
             // Each option on or off per side: every combination must interoperate.
             WindowScaling = rng.Next 4 <> 0
             Timestamps = rng.Next 4 <> 0
+            SelectiveAck = rng.Next 4 <> 0
             // 2·MSL above MaxRto: the peer repeating a lost last FIN always finds TIME-WAIT.
             Msl = 60_000_000L
             DelayedAckTimeout = int64 (rng.Next(0, 200_001))
@@ -218,7 +219,7 @@ let simulate (seed: int) (profile: LinkProfile) =
                 else
                     if tracing then
                         eprintfn
-                            "%d -> %d seq %d ack %d %A len %d wnd %d"
+                            "%d -> %d seq %d ack %d %A len %d wnd %d sack %A"
                             now.Value
                             p.To
                             p.Seg.Seq.Value
@@ -226,7 +227,13 @@ let simulate (seed: int) (profile: LinkProfile) =
                             p.Seg.Flags
                             p.Seg.PayloadLength
                             p.Seg.Window
+                            [
+                                for i in 0 .. p.Seg.Options.SackBlockCount - 1 ->
+                                    let b = p.Seg.Options.GetSackBlock i
+                                    b.Left, b.Right
+                            ]
 
+                    noteSackBlocks sides.[p.To] p.Seg
                     run p.To p.Data (Connection.handleSegment now.Value p.Seg)
 
             for i in 0..1 do
@@ -293,6 +300,10 @@ let checkRun (seed: int) (profile: LinkProfile) =
     then
         fail $"not every sent byte was acknowledged: {describe ()}"
 
+    for side in sides do
+        if side.SackedResent > 0L then
+            fail $"{side.Name} resent {side.SackedResent} bytes the peer had SACKed: {describe ()}"
+
     // One side passed through TIME-WAIT and left it on its timer (or both, on a simultaneous close).
     let timeWaits =
         sides
@@ -341,6 +352,65 @@ let tests =
                                  20_000
                              else
                                  int maxBytes))
+            }
+
+            testPropertyWithConfig
+                { TestUtil.heavyConfig with
+                    maxTest = 100
+                }
+                "with SACK on both sides and loss, no SACKed byte is sent again before a timeout"
+            <| Prop.forAll (Arb.fromGen (Gen.choose (0, Int32.MaxValue))) (fun seed ->
+                let profile = profileOf seed 50_000
+
+                let sack (c: TcpConfig) =
+                    { c with
+                        SelectiveAck = true
+                        ReceiveBufferSize = 262144
+                    }
+
+                let profile =
+                    { profile with
+                        DropPercent = 3 + seed % 10
+                        ClientBytes = 50_000
+                        ClientConfig = sack profile.ClientConfig
+                        ServerConfig = sack profile.ServerConfig
+                    }
+
+                // checkRun fails on any SACKed byte sent again before a timeout.
+                checkRun seed profile
+                true)
+
+            test "a 10% lossy 200 KB transfer with SACK recovers by fast retransmit and resends no SACKed byte" {
+                let sack (c: TcpConfig) =
+                    { c with
+                        SelectiveAck = true
+                        ReceiveBufferSize = 262144
+                        Mss = 1460
+                    }
+
+                let baseProfile = profileOf 3 0
+
+                let profile =
+                    { baseProfile with
+                        DropPercent = 10
+                        DuplicatePercent = 0
+                        Jitter = 0L
+                        ClientBytes = 200_000
+                        ServerBytes = 0
+                        ReadEvery = ValueNone
+                        SendBuffer = 1 <<< 20
+                        ClientConfig = sack baseProfile.ClientConfig
+                        ServerConfig = sack baseProfile.ServerConfig
+                    }
+
+                checkRun 3 profile
+                let sides, _, _ = simulate 3 profile
+                let client = sides.[0]
+                let fast = client.Events |> Seq.filter ((=) TcpEvent.FastRetransmit) |> Seq.length
+                Expect.isGreaterThan fast 0 "fast retransmits happened"
+                Expect.isGreaterThan client.Resent 0L "bytes were resent"
+                Expect.equal client.SackedResent 0L "none of them SACKed"
+                printfn $"SACK simulation, 10%% loss, 200 KB: {fast} fast recoveries, {client.Resent} bytes resent"
             }
 
             test "a clean link, no loss: 100 KB each way" {
