@@ -51,6 +51,7 @@ let private readThrough (inbound: FaultSettings) (input: byte[][]) =
             0L, 0
         else
             400L + int64 inbound.ReorderHold.TotalMilliseconds, 5
+
     let mutable reading = true
 
     while reading do
