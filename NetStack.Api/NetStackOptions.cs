@@ -47,7 +47,8 @@ public sealed record NetStackOptions
 
     /// <summary>
     /// Bytes a TCP connection buffers on receipt (delivered but unread, plus data that arrived out of
-    /// order). Without window scaling at most 65535 of it is offered to the peer.
+    /// order). With window scaling (RFC 7323, negotiated with every peer that offers it) all of it is
+    /// offered; without, at most 65535.
     /// </summary>
     public int TcpReceiveBufferBytes { get; init; } = 256 * 1024;
 
@@ -56,6 +57,9 @@ public sealed record NetStackOptions
 
     /// <summary>The bound on a graceful close in <c>TcpConnection.DisposeAsync</c>: how long it waits for the peer to acknowledge our data and FIN.</summary>
     public TimeSpan TcpLinger { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>The TCP congestion control: CUBIC (RFC 9438, the default, as in Linux) or Reno (RFC 5681).</summary>
+    public TcpCongestionControl TcpCongestionControl { get; init; } = TcpCongestionControl.Cubic;
 
     /// <summary>
     /// Connections a listener holds in SYN-RECEIVED at most. Further SYNs are answered with SYN
@@ -141,4 +145,14 @@ public sealed record NetStackOptions
 
     /// <summary>Tap mode: neighbor cache timers and bounds, duplicate address detection and gratuitous ARP.</summary>
     public Engine.NeighborSettings Neighbor { get; init; } = new();
+}
+
+/// <summary>TCP congestion control algorithms (<see cref="NetStackOptions.TcpCongestionControl"/>).</summary>
+public enum TcpCongestionControl
+{
+    /// <summary>CUBIC (RFC 9438): window growth by a cubic function of the time since the last loss.</summary>
+    Cubic,
+
+    /// <summary>Reno (RFC 5681): about one segment more per round trip, halved on loss.</summary>
+    Reno,
 }

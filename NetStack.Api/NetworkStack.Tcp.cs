@@ -57,7 +57,8 @@ public sealed partial class NetworkStack
             TcpConfig.MssForMtu(mtu, v6), v6 ? DefaultPeerMss6 : DefaultPeerMss4, Options.TcpReceiveBufferBytes,
             d.InitialRto, d.MinRto, d.MaxRto, d.ClockGranularity, d.MaxRetransmissions, d.MaxSynRetransmissions,
             d.DelayedAckTimeout, msl, d.FinWait2Timeout, d.MaxPersistInterval,
-            d.WindowScaling, d.Timestamps, d.SelectiveAck);
+            d.WindowScaling, d.Timestamps, d.SelectiveAck,
+            Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);
@@ -73,6 +74,8 @@ public sealed partial class NetworkStack
             throw new ArgumentException("TcpTimeWait cannot be negative.", nameof(options));
         if (options.TcpLinger < TimeSpan.Zero)
             throw new ArgumentException("TcpLinger cannot be negative.", nameof(options));
+        if (!Enum.IsDefined(options.TcpCongestionControl))
+            throw new ArgumentException("TcpCongestionControl is not a known algorithm.", nameof(options));
         if (options.TcpMaxHalfOpen < 1)
             throw new ArgumentException("TcpMaxHalfOpen must be positive.", nameof(options));
         if (options.TcpMaxConnections < 1)

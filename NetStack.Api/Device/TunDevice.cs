@@ -163,13 +163,13 @@ public sealed unsafe class TunDevice : IDisposable
     }
 
     /// <summary>
-    /// Creates a TAP interface (<c>IFF_TAP | IFF_NO_PI</c>): like <see cref="Create"/>, but every read
+    /// Creates a TAP interface (<c>IFF_TAP | IFF_NO_PI</c>): like <see cref="Create(string)"/>, but every read
     /// and write is one whole Ethernet frame (no FCS) instead of an IP packet, so the caller speaks
     /// the link layer itself (see <see cref="Engine.EthernetPacketDevice"/>). <see cref="IsTap"/> is true.
     /// </summary>
-    /// <param name="nameOrTemplate">An exact name or a template with one <c>%d</c>, as for <see cref="Create"/>.</param>
+    /// <param name="nameOrTemplate">An exact name or a template with one <c>%d</c>, as for <see cref="Create(string)"/>.</param>
     /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
-    /// <exception cref="TunDeviceException">As for <see cref="Create"/>.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Create(string)"/>.</exception>
     public static TunDevice CreateTap(string nameOrTemplate = "tap%d")
     {
         ValidateName(nameOrTemplate, allowTemplate: true);

@@ -56,7 +56,7 @@ module Connection =
         | _ -> false
 
     /// RFC 6928 initial window: min(10·MSS, max(2·MSS, 14600)).
-    let private initialWindow (mss: int) = min (10 * mss) (max (2 * mss) 14600)
+    let private initialWindow (mss: int) = Congestion.initialWindow mss
 
     /// Bytes the timestamps option takes in every segment (10, NOP-padded to 12): the data of a
     /// segment shrinks by as much so header + options + data still fit the MSS (RFC 6691).
@@ -604,16 +604,13 @@ module Connection =
                 Rto.sample cfg.ClockGranularity cfg.MinRto cfg.MaxRto (now - sentAt) c.Rtt, ValueNone
             | _ -> Rto.resetBackoff cfg.ClockGranularity cfg.MinRto cfg.MaxRto c.Rtt, c.RttTimed
 
-        // Reno-style growth (RFC 5681 §3.1) until congestion control becomes pluggable:
-        // slow start below ssthresh, about one MSS per round trip above it.
-        let mss = c.SendMss
-        let grown = int (min (int64 mss) freed)
-
-        // In fast recovery the window follows the recovery rules instead (`lossRecovery`).
-        let cwnd =
-            if grown = 0 || c.InRecovery then c.Cwnd
-            elif c.Cwnd < c.Ssthresh then c.Cwnd + grown
-            else c.Cwnd + max 1 (mss * mss / max 1 c.Cwnd)
+        // The congestion control grows the window (`Congestion.onAck`); in fast recovery the
+        // recovery rules set it instead (`lossRecovery`).
+        let struct (cwnd, cubic) =
+            if freed <= 0L || c.InRecovery then
+                struct (c.Cwnd, c.Cubic)
+            else
+                Congestion.onAck cfg.CongestionControl now rtt.Srtt c.SendMss freed c.Cwnd c.Ssthresh c.Cubic
 
         let c =
             { c with
@@ -624,6 +621,7 @@ module Connection =
                 RttTimed = timed
                 Retries = 0
                 Cwnd = min cwnd (1 <<< 30)
+                Cubic = cubic
                 Scoreboard = RangeSet.trimBelow ackedPosition c.Scoreboard
                 DupAcks = 0
             }
@@ -697,12 +695,15 @@ module Connection =
             | ValueSome(struct (position, length)) -> sackRetransmit now out (retransmitAt now out position length c)
             | ValueNone -> c
 
-    /// The first unacknowledged stretch: from SND.UNA to the first SACKed range (at most a segment).
+    /// The first unacknowledged stretch: from SND.UNA to the first SACKed range, never past what
+    /// was sent (SND.MAX), at most a segment.
     let private firstHoleLength (c: Connection) =
+        let sent = min c.Written (sendPosOf c c.SndMax)
+
         let limit =
             match RangeSet.nextStartAfter c.Acked c.Scoreboard with
-            | ValueSome s -> min s c.Written
-            | ValueNone -> c.Written
+            | ValueSome s -> min s sent
+            | ValueNone -> sent
 
         int (min (int64 c.SendMss) (limit - c.Acked))
 
@@ -789,12 +790,16 @@ module Connection =
                 // Enter recovery (RFC 6675 §5 steps 4.1-4.3; RFC 6582 §3.2 step 2): ssthresh is
                 // half the flight, the segment at SND.UNA goes out at once, whatever the window.
                 let flight = c.SndMax - c.SndUna
-                let ssthresh = max (flight / 2) (2 * mss)
+
+                let struct (ssthresh, cubic) =
+                    Congestion.onLoss c.Config.CongestionControl flight mss c.Cwnd c.Cubic
+
                 out.Add(TcpAction.Event TcpEvent.FastRetransmit)
 
                 let c =
                     { c with
                         InRecovery = true
+                        Cubic = cubic
                         RecoveryPoint = c.SndMax
                         HighRxt = c.Acked
                         Ssthresh = ssthresh
@@ -1329,9 +1334,18 @@ module Connection =
         else
             let flight = c.SndMax - c.SndUna
 
+            // RFC 5681 §3.1 / RFC 9438 §4.8: ssthresh as for a loss, then one segment. A second
+            // timeout of the same data (Retries > 1) does not lower ssthresh again.
+            let struct (ssthresh, cubic) =
+                if c.Retries > 1 then
+                    struct (c.Ssthresh, c.Cubic)
+                else
+                    Congestion.onLoss c.Config.CongestionControl flight c.SendMss c.Cwnd c.Cubic
+
             { c with
                 Rtt = Rto.backoff c.Config.MaxRto c.Rtt
-                Ssthresh = max (flight / 2) (2 * c.SendMss)
+                Ssthresh = ssthresh
+                Cubic = cubic
                 Cwnd = c.SendMss
                 SndNxt = c.SndUna
                 RttTimed = ValueNone
@@ -1487,6 +1501,7 @@ module Connection =
             InRecovery = false
             RecoveryPoint = iss
             HighRxt = 0L
+            Cubic = CubicState.Initial
         }
 
     /// Active OPEN: a connection in SYN-SENT whose SYN (with our MSS) is in the output. `iss`

@@ -51,6 +51,9 @@ type TcpConfig =
         /// Offer SACK (RFC 2018, SACK-permitted); SACK blocks are sent and taken only when both
         /// SYNs carry it. Without it, loss recovery is NewReno (RFC 6582).
         SelectiveAck: bool
+        /// The congestion control algorithm (`Congestion`): CUBIC (RFC 9438) by default, or Reno
+        /// (RFC 5681).
+        CongestionControl: CongestionControl
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -81,6 +84,7 @@ type TcpConfig =
             WindowScaling = true
             Timestamps = true
             SelectiveAck = true
+            CongestionControl = CongestionControl.Cubic
         }
 
     /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
@@ -383,6 +387,8 @@ type Connection =
         /// RecoveryPoint (RFC 6675) / "recover" (RFC 6582): SND.MAX when loss was detected (or
         /// at a timeout); no new recovery starts until SND.UNA passes it.
         RecoveryPoint: SeqNum
+        /// CUBIC's state (unused by Reno).
+        Cubic: CubicState
         /// HighRxt (RFC 6675 §2) as a send-stream position: the end of the highest
         /// retransmission in this recovery.
         HighRxt: int64

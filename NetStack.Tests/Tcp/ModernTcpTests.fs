@@ -5,6 +5,7 @@ module NetStack.Tests.ModernTcpTests
 open Expecto
 open FsCheck
 open FsCheck.FSharp
+open System
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
 
@@ -559,8 +560,8 @@ let tests =
 
                         Expect.equal
                             c.Ssthresh
-                            (List.sumBy (fun (s: OutgoingSegment) -> s.DataLength) first / 2)
-                            "ssthresh is half the flight"
+                            (List.sumBy (fun (s: OutgoingSegment) -> s.DataLength) first * 7 / 10)
+                            "ssthresh is 0.7 cwnd (CUBIC, the default)"
                         // Full ACK: recovery ends.
                         let c, _ = Connection.handleSegment (ms 40) (sackAck c.SndMax []) c
                         Expect.isFalse c.InRecovery "recovery over"
@@ -612,6 +613,88 @@ let tests =
                             (sent o |> List.map (fun s -> s.DataPosition))
                             [ 16060L ]
                             "the second duplicate: another"
+                    }
+                ]
+            testList
+                "congestion control"
+                [
+                    test "CUBIC: K, the curve's ends and fast convergence match RFC 9438" {
+                        let k = Congestion.cubicK 100.0 70.0
+                        Expect.floatClose Accuracy.high k (Math.Cbrt 75.0) "K = cbrt((W_max - cwnd_epoch)/C)"
+                        Expect.floatClose Accuracy.high (Congestion.cubicWindow 100.0 k 0.0) 70.0 "W(0) = cwnd_epoch"
+                        Expect.floatClose Accuracy.high (Congestion.cubicWindow 100.0 k k) 100.0 "W(K) = W_max"
+
+                        let struct (ssthresh, s) =
+                            Congestion.onLoss CongestionControl.Cubic 100_000 1000 100_000 CubicState.Initial
+
+                        Expect.equal ssthresh 70_000 "beta = 0.7"
+                        Expect.equal s.WMax 100_000.0 "W_max remembered"
+                        let struct (_, s) = Congestion.onLoss CongestionControl.Cubic 90_000 1000 90_000 s
+                        Expect.equal s.WMax (90_000.0 * 1.7 / 2.0) "fast convergence lowers W_max"
+
+                        let struct (ssthresh, _) =
+                            Congestion.onLoss CongestionControl.Reno 100_000 1000 100_000 CubicState.Initial
+
+                        Expect.equal ssthresh 50_000 "Reno halves the flight"
+                    }
+
+                    test "CUBIC's window after a loss follows W_cubic(t) = C(t - K)^3 + W_max round by round" {
+                        let mss = 1000
+                        let rtt = 100_000L
+
+                        let struct (ssthresh, s) =
+                            Congestion.onLoss CongestionControl.Cubic 100_000 mss 100_000 CubicState.Initial
+
+                        let mutable cwnd = ssthresh
+                        let mutable state = s
+                        let k = Congestion.cubicK 100.0 70.0
+
+                        for round in 0..60 do
+                            let now = int64 round * rtt
+                            let mutable left = cwnd
+
+                            while left > 0 do
+                                let struct (w, st) =
+                                    Congestion.onAck CongestionControl.Cubic now rtt mss (int64 mss) cwnd ssthresh state
+
+                                cwnd <- w
+                                state <- st
+                                left <- left - mss
+
+                            let t = float round * 0.1
+                            let segments = float cwnd / float mss
+                            let low = Congestion.cubicWindow 100.0 k t - 2.0
+                            let high = Congestion.cubicWindow 100.0 k (t + 0.1) + 1.0
+
+                            Expect.isTrue
+                                (segments >= low && segments <= high)
+                                $"round {round}: {segments} in [{low}, {high}]"
+
+                        Expect.isGreaterThan (float cwnd / float mss) 100.0 "past W_max after K"
+                    }
+
+                    test "slow start grows by at most 2 MSS per ACK (ABC, L = 2); Reno adds about 1 MSS per window" {
+                        let struct (w, _) =
+                            Congestion.onAck
+                                CongestionControl.Cubic
+                                0L
+                                0L
+                                1000
+                                10_000L
+                                10_000
+                                1_000_000
+                                CubicState.Initial
+
+                        Expect.equal w 12_000 "a stretch ACK counts as 2 MSS"
+                        let mutable cwnd = 10_000
+
+                        for _ in 1..10 do
+                            let struct (w, _) =
+                                Congestion.onAck CongestionControl.Reno 0L 0L 1000 1000L cwnd 5_000 CubicState.Initial
+
+                            cwnd <- w
+
+                        Expect.isTrue (cwnd >= 10_900 && cwnd <= 11_000) $"one window of ACKs: {cwnd}"
                     }
                 ]
         ]

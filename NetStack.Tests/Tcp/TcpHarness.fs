@@ -188,6 +188,13 @@ let apply (side: Side) (incoming: byte[]) (transmit: OutgoingSegment -> unit) (o
                 | ValueSome previous when SeqNum.lt right previous -> ()
                 | _ -> side.SentRightEdge <- ValueSome right
 
+            if
+                not (seg.Flags.HasFlag TcpFlags.Rst)
+                && seg.Flags.HasFlag TcpFlags.Ack
+                && SeqNum.gt (seg.Seq + seg.DataLength) side.Conn.SndMax
+            then
+                fail $"{side.Name}: sends up to {seg.Seq + seg.DataLength}, beyond SND.MAX {side.Conn.SndMax}"
+
             if seg.DataLength > 0 then
                 let e = seg.DataPosition + int64 seg.DataLength
                 side.SackedResent <- side.SackedResent + overlap seg.DataPosition e side.PeerSacked

@@ -50,6 +50,11 @@ let private profileOf (seed: int) (maxBytes: int) =
             WindowScaling = rng.Next 4 <> 0
             Timestamps = rng.Next 4 <> 0
             SelectiveAck = rng.Next 4 <> 0
+            CongestionControl =
+                if rng.Next 2 = 0 then
+                    CongestionControl.Cubic
+                else
+                    CongestionControl.Reno
             // 2·MSL above MaxRto: the peer repeating a lost last FIN always finds TIME-WAIT.
             Msl = 60_000_000L
             DelayedAckTimeout = int64 (rng.Next(0, 200_001))
