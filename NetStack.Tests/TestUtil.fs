@@ -74,3 +74,20 @@ let receiveHashed (stream: Stream) =
 
         return total, Convert.ToHexString(hash.GetHashAndReset())
     }
+
+/// The task's result, or a test failure when it has not completed within `timeout`.
+let waitWithin (timeout: TimeSpan) (task: Threading.Tasks.Task<'T>) =
+    if not (task.Wait timeout) then
+        failtest "timed out"
+
+    task.Result
+
+/// Runs `f` on a stack started with `options` (disposed afterwards); a failure carries the
+/// stack's counters, which usually say what went wrong on the wire.
+let withStackOf (options: NetStack.NetStackOptions) (f: NetStack.NetworkStack -> unit) =
+    use stack = NetStack.NetworkStack.Start options
+
+    try
+        f stack
+    with e ->
+        failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics

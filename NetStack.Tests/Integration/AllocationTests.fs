@@ -34,11 +34,8 @@ let private optionsFor (n: int) =
 
 let private timeout = TimeSpan.FromSeconds 30.0
 
-let private wait (task: Task<'T>) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
-
-    task.Result
+let private wait (task: Threading.Tasks.Task<'T>) : 'T =
+    NetStack.Tests.TestUtil.waitWithin timeout task
 
 /// A kernel client connected to a stack listener on port 7000: (kernel socket, stack connection).
 let private connectPair (stack: NetworkStack) (n: int) =

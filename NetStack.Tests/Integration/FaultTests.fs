@@ -301,19 +301,11 @@ let private faultBytes =
 let private timeout =
     TimeSpan.FromSeconds(60.0 + float (faultBytes / (256L * 1024L)))
 
-let private wait (task: Task<'T>) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
-
-    task.Result
+let private wait (task: Threading.Tasks.Task<'T>) : 'T =
+    NetStack.Tests.TestUtil.waitWithin timeout task
 
 let private withStack (n: int) (f: NetworkStack -> unit) =
-    use stack = NetworkStack.Start(optionsFor n)
-
-    try
-        f stack
-    with e ->
-        failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+    NetStack.Tests.TestUtil.withStackOf (optionsFor n) f
 
 let private sendPattern (stream: Stream) total = TestUtil.sendPattern 11 stream total
 

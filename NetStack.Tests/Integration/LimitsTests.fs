@@ -49,11 +49,8 @@ let private limitOptions
 
 let private timeout = TimeSpan.FromSeconds 20.0
 
-let private wait (task: Task<'T>) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
-
-    task.Result
+let private wait (task: Threading.Tasks.Task<'T>) : 'T =
+    NetStack.Tests.TestUtil.waitWithin timeout task
 
 /// Open file descriptors of this process.
 let private descriptors () =

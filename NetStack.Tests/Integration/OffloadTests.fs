@@ -37,11 +37,8 @@ let private families (n: int) =
 
 let private timeout = TimeSpan.FromSeconds 60.0
 
-let private wait (task: Task<'T>) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
-
-    task.Result
+let private wait (task: Threading.Tasks.Task<'T>) : 'T =
+    NetStack.Tests.TestUtil.waitWithin timeout task
 
 let private bulkBytes = 24L * 1024L * 1024L
 
@@ -105,12 +102,7 @@ let private outbound (stack: NetworkStack) (kernelAddress: IPAddress) =
     Expect.equal receivedHash sentHash $"the same bytes at the kernel over {kernelAddress}"
 
 let private withStack (options: NetStackOptions) (f: NetworkStack -> unit) =
-    use stack = NetworkStack.Start options
-
-    try
-        f stack
-    with e ->
-        failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+    NetStack.Tests.TestUtil.withStackOf options f
 
 /// The TUN interface's receive counters (what the kernel took from the stack) from /proc/net/dev,
 /// which shows the current network namespace: (packets, errors, dropped).

@@ -71,11 +71,8 @@ let private withOwnAdapter (options: NetStackOptions) (f: NetworkStack -> Ethern
 
 let private timeout = TimeSpan.FromSeconds 10.0
 
-let private wait (task: Threading.Tasks.Task<'T>) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
-
-    task.Result
+let private wait (task: Threading.Tasks.Task<'T>) : 'T =
+    NetStack.Tests.TestUtil.waitWithin timeout task
 
 let private ping (args: string list) =
     let code, output = Isolation.run "ping" args

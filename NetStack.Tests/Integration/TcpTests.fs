@@ -34,20 +34,12 @@ let private families (n: int) =
     ]
 
 let private withStack (n: int) (f: NetworkStack -> unit) =
-    use stack = NetworkStack.Start(optionsFor n)
-
-    try
-        f stack
-    with e ->
-        failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+    NetStack.Tests.TestUtil.withStackOf (optionsFor n) f
 
 let private timeout = TimeSpan.FromSeconds 20.0
 
-let private wait (task: Task<'T>) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
-
-    task.Result
+let private wait (task: Threading.Tasks.Task<'T>) : 'T =
+    NetStack.Tests.TestUtil.waitWithin timeout task
 
 let private waitUnit (task: Task) =
     if not (task.Wait timeout) then

@@ -37,11 +37,8 @@ let private kernelAddresses (n: int) =
 
 let private timeout = TimeSpan.FromSeconds 30.0
 
-let private wait (task: Task<'T>) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
-
-    task.Result
+let private wait (task: Threading.Tasks.Task<'T>) : 'T =
+    NetStack.Tests.TestUtil.waitWithin timeout task
 
 /// A self-signed certificate (EC P-256, CN netstack-test) made by `openssl req` in a new temporary
 /// folder: (folder, certificate file, key file, SHA-256 thumbprint of the certificate).
