@@ -387,13 +387,11 @@ let tests =
                     stackPings stack "fd98:9::1"
                     let neighbors = adapter.Neighbors()
                     Expect.isLessThanOrEqual neighbors.Count 64 "at most 32 entries per family"
-                    // The TAP queue may drop some of the burst before the stack reads it.
-                    Expect.isGreaterThanOrEqual stack.Statistics.["arp.received"] 1000L "most requests were read"
+                    // The TAP queue drops part of the burst before the stack reads it (more so on
+                    // a loaded machine); hundreds of strangers are already far past the 32-entry cap.
+                    Expect.isGreaterThanOrEqual stack.Statistics.["arp.received"] 300L "requests were read"
 
-                    Expect.isGreaterThanOrEqual
-                        stack.Statistics.["ndp.ns.received"]
-                        1000L
-                        "most solicitations were read"
+                    Expect.isGreaterThanOrEqual stack.Statistics.["ndp.ns.received"] 300L "solicitations were read"
 
                     Expect.equal stack.Statistics.["drop.exception"] 0L "nothing escaped")
             }
