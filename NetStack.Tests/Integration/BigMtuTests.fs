@@ -131,6 +131,46 @@ let private outbound (stack: NetworkStack) (kernelAddress: IPAddress) (label: st
     Expect.equal received bulkBytes $"every byte arrived at the kernel over {kernelAddress}"
     Expect.equal receivedHash sentHash $"the same bytes at the kernel over {kernelAddress}"
 
+/// NetStack to a kernel listener whose receive buffer is 64 KiB, so its window stays near one
+/// MTU-65000 segment: NetStack's segments are cut to half the peer's largest window, so the
+/// kernel sees two per window and ACKs at once rather than after its delayed-ACK timer.
+let private outboundSmallWindow (stack: NetworkStack) (kernelAddress: IPAddress) =
+    use kernel =
+        new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+
+    kernel.ReceiveBufferSize <- 65536
+    kernel.Bind(IPEndPoint(kernelAddress, 0))
+    kernel.Listen 4
+    let total = 8L * 1024L * 1024L
+
+    let kernelSink =
+        task {
+            use! socket = kernel.AcceptAsync()
+            use stream = new NetworkStream(socket)
+            return! TestUtil.receiveHashed stream
+        }
+
+    let clock = Stopwatch.StartNew()
+
+    let sentHash =
+        task {
+            let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
+            let! hash = TestUtil.sendPattern 105 connection total
+            do! connection.DisposeAsync()
+            return hash
+        }
+        |> wait
+
+    let received, receivedHash = wait kernelSink
+
+    printfn
+        "NetStack → kernel with a 64 KiB kernel receive buffer over %O: %.1f MB/s"
+        kernelAddress
+        (float total / 1e6 / clock.Elapsed.TotalSeconds)
+
+    Expect.equal received total $"every byte arrived at the kernel over {kernelAddress}"
+    Expect.equal receivedHash sentHash $"the same bytes at the kernel over {kernelAddress}"
+
 let private bothWays (n: int) (offloads: bool) =
     let label = if offloads then "offloads on" else "offloads off"
 
@@ -147,6 +187,12 @@ let tests =
         [
             test "MTU 65000, TUN offloads on: 32 MiB each way, IPv4 and IPv6, SHA-256 exact; prints MB/s" {
                 bothWays 1 true
+            }
+
+            test "MTU 65000, a 64 KiB kernel receive buffer: 8 MiB NetStack → kernel, SHA-256 exact; prints MB/s" {
+                withStack (optionsFor 3 true) (fun stack ->
+                    for (_, kernelAddress) in families 3 do
+                        outboundSmallWindow stack kernelAddress)
             }
 
             test "MTU 65000, TUN offloads off: 32 MiB each way, IPv4 and IPv6, SHA-256 exact; prints MB/s" {
