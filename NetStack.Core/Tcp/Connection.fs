@@ -394,6 +394,18 @@ module Connection =
 
         found
 
+    /// The largest segment to send: SendMss, but no more than half the largest window the peer
+    /// offered (once that is above 536 bytes, the RFC 9293 §3.7.1 default MSS). A peer whose
+    /// window holds one segment only (a 64 KiB unscaled window at MTU 65000) ACKs it after its
+    /// delayed-ACK timer (RFC 9293 §3.8.6.3 ACKs every second full segment), which paced bulk
+    /// sends to ~0.01 Gbit/s; two segments per window keep its ACKs immediate (Linux does the
+    /// same in tcp_bound_to_half_wnd).
+    let private segmentCap (c: Connection) =
+        if c.MaxSndWnd > 2 * 536 then
+            min c.SendMss (max 536 (c.MaxSndWnd / 2))
+        else
+            c.SendMss
+
     /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
     /// empties the queue or fills at least half the largest window the peer offered (sender
     /// SWS avoidance, RFC 9293 §3.8.6.2.1); our FIN after the last byte. No Nagle yet.
@@ -450,13 +462,14 @@ module Connection =
             else
                 pending
 
-        let length = min c.SendMss (min beforeSacked usable)
+        let cap = segmentCap c
+        let length = min cap (min beforeSacked usable)
         // The FIN needs no window: it takes no buffer space at the receiver.
         let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
 
         let worthSending =
             if length > 0 then
-                length = c.SendMss
+                length = cap
                 || length = pending
                 || length = beforeSacked
                 || length >= c.MaxSndWnd / 2
