@@ -58,7 +58,8 @@ public sealed partial class NetworkStack
             d.InitialRto, d.MinRto, d.MaxRto, d.ClockGranularity, d.MaxRetransmissions, d.MaxSynRetransmissions,
             d.DelayedAckTimeout, msl, d.FinWait2Timeout, d.MaxPersistInterval,
             d.WindowScaling, d.Timestamps, d.SelectiveAck,
-            Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic);
+            Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic,
+            false);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);
@@ -350,6 +351,17 @@ public sealed partial class NetworkStack
         if (orphan)
             c.Core = TcpLayer.orphan(now, c.Core);
         var (core, output) = TcpEngine.close(now, c.Core);
+        c.Core = core;
+        Execute(c, output, default, now);
+    }, null);
+
+    internal void TcpSetNoDelay(TcpConnection c, bool noDelay) => Post(() =>
+    {
+        long now = Now();
+        LoopSend(c, now);
+        if (c.Removed || c.Core is null)
+            return;
+        var (core, output) = TcpEngine.setNoDelay(now, noDelay, c.Core);
         c.Core = core;
         Execute(c, output, default, now);
     }, null);

@@ -454,11 +454,22 @@ module Connection =
         // The FIN needs no window: it takes no buffer space at the receiver.
         let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
 
+        // Nagle (RFC 9293 §3.7.4, RFC 1122 §4.2.3.4): new data shorter than a full segment
+        // waits while anything we sent is unacknowledged; the ACK (or enough data for a full
+        // segment) releases it, so small writes coalesce instead of each taking a packet.
+        // Retransmissions and the segment carrying our FIN are never held: the user's close is
+        // a push, and holding it would only delay the end of the stream.
+        let nagleHolds =
+            length < c.SendMss
+            && not c.Config.NoDelay
+            && not withFin
+            && not retransmitting
+            && SeqNum.gt c.SndMax c.SndUna
+
         let worthSending =
             if length > 0 then
                 length = c.SendMss
-                || length = pending
-                || length = beforeSacked
+                || ((length = pending || length = beforeSacked) && not nagleHolds)
                 || length >= c.MaxSndWnd / 2
             else
                 withFin
@@ -1569,6 +1580,20 @@ module Connection =
         let out = Out()
         let c = { c with Written = c.Written + bytes }
         output out (transmit now out c)
+
+    /// Switches the Nagle algorithm off (`noDelay` true) or back on for this connection (the
+    /// `TcpConfig.NoDelay` setting, like setting TCP_NODELAY on a socket). Turning it off sends
+    /// any data Nagle was holding at once.
+    let setNoDelay (now: int64) (noDelay: bool) (c: Connection) : Connection * TcpOutput =
+        let out = Out()
+
+        let c =
+            { c with
+                Config = { c.Config with NoDelay = noDelay }
+            }
+
+        let c = if noDelay then transmit now out c else c
+        output out c
 
     /// The user read `bytes` more of the delivered data, freeing receive buffer space. When that
     /// opens the window noticeably (from below one MSS, or by min(buffer/2, 2·MSS)) a window

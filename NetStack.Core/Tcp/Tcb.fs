@@ -54,6 +54,11 @@ type TcpConfig =
         /// The congestion control algorithm (`Congestion`): CUBIC (RFC 9438) by default, or Reno
         /// (RFC 5681).
         CongestionControl: CongestionControl
+        /// Turns the Nagle algorithm off (RFC 9293 §3.7.4, RFC 1122 §4.2.3.4; like TCP_NODELAY).
+        /// When false (the default) a segment smaller than the send MSS is held while earlier
+        /// data is unacknowledged, so a stream of small writes becomes few full segments; when
+        /// true every write goes out as soon as the windows allow.
+        NoDelay: bool
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -85,6 +90,7 @@ type TcpConfig =
             Timestamps = true
             SelectiveAck = true
             CongestionControl = CongestionControl.Cubic
+            NoDelay = false
         }
 
     /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
