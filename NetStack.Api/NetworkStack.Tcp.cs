@@ -59,7 +59,9 @@ public sealed partial class NetworkStack
             d.DelayedAckTimeout, msl, d.FinWait2Timeout, d.MaxPersistInterval,
             d.WindowScaling, d.Timestamps, d.SelectiveAck,
             Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic,
-            false);
+            false,
+            Options.TcpKeepAlive is { } idle ? (long)idle.TotalMicroseconds : FSharpValueOption<long>.None,
+            (long)Options.TcpKeepAliveInterval.TotalMicroseconds, Options.TcpKeepAliveCount);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);
@@ -81,6 +83,10 @@ public sealed partial class NetworkStack
             throw new ArgumentException("TcpMaxHalfOpen must be positive.", nameof(options));
         if (options.TcpMaxConnections < 1)
             throw new ArgumentException("TcpMaxConnections must be positive.", nameof(options));
+        if (options.TcpKeepAlive is { } keepAlive && keepAlive <= TimeSpan.Zero)
+            throw new ArgumentException("TcpKeepAlive must be positive (null for none).", nameof(options));
+        if (options.TcpKeepAliveInterval <= TimeSpan.Zero || options.TcpKeepAliveCount < 1)
+            throw new ArgumentException("TcpKeepAliveInterval and TcpKeepAliveCount must be positive.", nameof(options));
         if (options.TcpUserTimeout is { } userTimeout && userTimeout <= TimeSpan.Zero)
             throw new ArgumentException("TcpUserTimeout must be positive (null for none).", nameof(options));
     }

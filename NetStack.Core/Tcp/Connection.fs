@@ -83,7 +83,7 @@ module Connection =
             | ValueSome _, ValueNone -> a
             | _ -> b
 
-        pick (pick c.RetransmitAt c.PersistAt) (pick c.DelayedAckAt c.LingerAt)
+        pick (pick (pick c.RetransmitAt c.PersistAt) (pick c.DelayedAckAt c.LingerAt)) c.KeepAliveAt
 
     let private output (out: Out) (c: Connection) : Connection * TcpOutput =
         c,
@@ -129,6 +129,7 @@ module Connection =
             PersistAt = ValueNone
             DelayedAckAt = ValueNone
             LingerAt = ValueNone
+            KeepAliveAt = ValueNone
             AckPending = false
         }
 
@@ -140,6 +141,7 @@ module Connection =
         { c with
             RetransmitAt = ValueNone
             PersistAt = ValueNone
+            KeepAliveAt = ValueNone
             LingerAt = ValueSome(now + 2L * c.Config.Msl)
         }
 
@@ -1304,10 +1306,28 @@ module Connection =
         | TcpState.SynSent -> onSynSent now out seg c
         | _ -> onSynchronized now out seg c
 
+    /// Keep-alive (RFC 9293 §3.8.4) runs only in ESTABLISHED and CLOSE-WAIT, where the peer owes
+    /// us nothing and may fall silent for good; TIME-WAIT and the closing states have timers.
+    let private keepsAlive (c: Connection) =
+        c.Config.KeepAliveIdle.IsSome
+        && (c.State = TcpState.Established || c.State = TcpState.CloseWait)
+
+    /// Any segment from the peer shows it is alive: the idle time starts again and the count of
+    /// unanswered probes goes back to zero. Also arms the timer on entering ESTABLISHED.
+    let private peerHeardFrom (now: int64) (c: Connection) =
+        match c.Config.KeepAliveIdle with
+        | ValueSome idle when keepsAlive c ->
+            { c with
+                KeepAliveAt = ValueSome(now + idle)
+                KeepAliveProbes = 0
+            }
+        | _ when c.KeepAliveAt.IsSome -> { c with KeepAliveAt = ValueNone }
+        | _ -> c
+
     /// Processes one arriving segment (its checksum already verified by the caller).
     let handleSegment (now: int64) (seg: Segment) (c: Connection) : Connection * TcpOutput =
         let out = Out()
-        let c = handle now out seg c
+        let c = handle now out seg c |> peerHeardFrom now
         output out c
 
     // ---- Timers -------------------------------------------------------------------------------
@@ -1412,6 +1432,30 @@ module Connection =
                     PersistAt = ValueSome(now + persistInterval c)
                 }
 
+    /// The keep-alive timer (RFC 9293 §3.8.4, RFC 1122 §4.2.3.6). A probe is an ACK numbered
+    /// SND.NXT - 1 with no data: already acknowledged, so the peer answers with an ACK (and
+    /// its answer resets the timer in `handleSegment`). While data is in flight or waiting the
+    /// retransmission and persist timers watch the peer, so the idle period just starts over.
+    /// `KeepAliveCount` probes without an answer end the connection with TimedOut.
+    let private onKeepAlive (now: int64) (out: Out) (c: Connection) =
+        match c.Config.KeepAliveIdle with
+        | ValueSome idle when keepsAlive c ->
+            if c.SndMax <> c.SndUna || SeqNum.lt c.SndNxt (finSeq c) then
+                { c with
+                    KeepAliveAt = ValueSome(now + idle)
+                }
+            elif c.KeepAliveProbes >= c.Config.KeepAliveCount then
+                out.Add(TcpAction.Event TcpEvent.TimedOut)
+                enterClosed out TcpTrigger.Timeout c
+            else
+                let c = emit now out TcpFlags.Ack (c.SndNxt - 1) 0L 0 TcpOptions.None c
+
+                { c with
+                    KeepAliveProbes = c.KeepAliveProbes + 1
+                    KeepAliveAt = ValueSome(now + c.Config.KeepAliveInterval)
+                }
+        | _ -> { c with KeepAliveAt = ValueNone }
+
     /// Runs every timer whose deadline is at or before `now`. Calling it early is harmless.
     let handleTimer (now: int64) (c: Connection) : Connection * TcpOutput =
         let out = Out()
@@ -1447,6 +1491,12 @@ module Connection =
                     sendAck now out c
                 else
                     { c with DelayedAckAt = ValueNone }
+            else
+                c
+
+        let c =
+            if live c && due now c.KeepAliveAt then
+                onKeepAlive now out c
             else
                 c
 
@@ -1494,6 +1544,8 @@ module Connection =
             PersistAt = ValueNone
             DelayedAckAt = ValueNone
             LingerAt = ValueNone
+            KeepAliveAt = ValueNone
+            KeepAliveProbes = 0
             WindowScaled = false
             SndWndShift = 0
             RcvWndShift = 0
