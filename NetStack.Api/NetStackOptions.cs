@@ -91,6 +91,22 @@ public sealed record NetStackOptions
     public TimeSpan? TcpUserTimeout { get; init; }
 
     /// <summary>
+    /// TCP keep-alive (RFC 9293 §3.8.4, RFC 1122 §4.2.3.6): after this long without any segment
+    /// from the peer, an established connection with nothing in flight sends a probe (an ACK the
+    /// peer must answer). Null (the default): no keep-alive.
+    /// </summary>
+    public TimeSpan? TcpKeepAlive { get; init; }
+
+    /// <summary>Time between unanswered keep-alive probes (default 75 s, as Linux).</summary>
+    public TimeSpan TcpKeepAliveInterval { get; init; } = TimeSpan.FromSeconds(75);
+
+    /// <summary>
+    /// Unanswered keep-alive probes after which the connection fails with
+    /// <see cref="System.Net.Sockets.SocketError.TimedOut"/> (default 9, as Linux).
+    /// </summary>
+    public int TcpKeepAliveCount { get; init; } = 9;
+
+    /// <summary>
     /// A file to record every packet the stack reads from and writes to its device, as a pcap
     /// capture (raw IP, microsecond timestamps) that Wireshark and tshark open; null for no capture.
     /// The file is created (or truncated) by <c>Start</c> and flushed and closed when the stack is

@@ -58,7 +58,10 @@ public sealed partial class NetworkStack
             d.InitialRto, d.MinRto, d.MaxRto, d.ClockGranularity, d.MaxRetransmissions, d.MaxSynRetransmissions,
             d.DelayedAckTimeout, msl, d.FinWait2Timeout, d.MaxPersistInterval,
             d.WindowScaling, d.Timestamps, d.SelectiveAck,
-            Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic);
+            Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic,
+            false,
+            Options.TcpKeepAlive is { } idle ? (long)idle.TotalMicroseconds : FSharpValueOption<long>.None,
+            (long)Options.TcpKeepAliveInterval.TotalMicroseconds, Options.TcpKeepAliveCount);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);
@@ -80,6 +83,10 @@ public sealed partial class NetworkStack
             throw new ArgumentException("TcpMaxHalfOpen must be positive.", nameof(options));
         if (options.TcpMaxConnections < 1)
             throw new ArgumentException("TcpMaxConnections must be positive.", nameof(options));
+        if (options.TcpKeepAlive is { } keepAlive && keepAlive <= TimeSpan.Zero)
+            throw new ArgumentException("TcpKeepAlive must be positive (null for none).", nameof(options));
+        if (options.TcpKeepAliveInterval <= TimeSpan.Zero || options.TcpKeepAliveCount < 1)
+            throw new ArgumentException("TcpKeepAliveInterval and TcpKeepAliveCount must be positive.", nameof(options));
         if (options.TcpUserTimeout is { } userTimeout && userTimeout <= TimeSpan.Zero)
             throw new ArgumentException("TcpUserTimeout must be positive (null for none).", nameof(options));
     }
@@ -350,6 +357,17 @@ public sealed partial class NetworkStack
         if (orphan)
             c.Core = TcpLayer.orphan(now, c.Core);
         var (core, output) = TcpEngine.close(now, c.Core);
+        c.Core = core;
+        Execute(c, output, default, now);
+    }, null);
+
+    internal void TcpSetNoDelay(TcpConnection c, bool noDelay) => Post(() =>
+    {
+        long now = Now();
+        LoopSend(c, now);
+        if (c.Removed || c.Core is null)
+            return;
+        var (core, output) = TcpEngine.setNoDelay(now, noDelay, c.Core);
         c.Core = core;
         Execute(c, output, default, now);
     }, null);

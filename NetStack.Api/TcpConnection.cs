@@ -123,6 +123,28 @@ public sealed class TcpConnection : Stream
     /// <summary>The peer's address and port.</summary>
     public IPEndPoint RemoteEndPoint { get; }
 
+    private volatile bool _noDelay;
+
+    /// <summary>
+    /// Turns the Nagle algorithm off (true) or on (false, the default), like
+    /// <see cref="Socket.NoDelay"/>. With Nagle on, a segment smaller than the MSS waits while
+    /// earlier data is unacknowledged, so many small writes become few packets; a
+    /// write-write-read exchange against a peer that delays its ACKs then stalls about one
+    /// delayed-ACK time (40 ms on Linux) per exchange. Setting it true sends any held data at once.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
+    public bool NoDelay
+    {
+        get => _noDelay;
+        set
+        {
+            if (_noDelay == value)
+                return;
+            _noDelay = value;
+            _stack.TcpSetNoDelay(this, value);
+        }
+    }
+
     /// <summary>Completes when the handshake does; fails with the reason the connection attempt failed.</summary>
     internal Task Connected => _connected.Task;
 

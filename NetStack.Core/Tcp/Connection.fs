@@ -83,7 +83,7 @@ module Connection =
             | ValueSome _, ValueNone -> a
             | _ -> b
 
-        pick (pick c.RetransmitAt c.PersistAt) (pick c.DelayedAckAt c.LingerAt)
+        pick (pick (pick c.RetransmitAt c.PersistAt) (pick c.DelayedAckAt c.LingerAt)) c.KeepAliveAt
 
     let private output (out: Out) (c: Connection) : Connection * TcpOutput =
         c,
@@ -129,6 +129,7 @@ module Connection =
             PersistAt = ValueNone
             DelayedAckAt = ValueNone
             LingerAt = ValueNone
+            KeepAliveAt = ValueNone
             AckPending = false
         }
 
@@ -140,6 +141,7 @@ module Connection =
         { c with
             RetransmitAt = ValueNone
             PersistAt = ValueNone
+            KeepAliveAt = ValueNone
             LingerAt = ValueSome(now + 2L * c.Config.Msl)
         }
 
@@ -408,7 +410,7 @@ module Connection =
 
     /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
     /// empties the queue or fills at least half the largest window the peer offered (sender
-    /// SWS avoidance, RFC 9293 §3.8.6.2.1); our FIN after the last byte. No Nagle yet.
+    /// SWS avoidance, RFC 9293 §3.8.6.2.1) and Nagle allows it; our FIN after the last byte.
     ///
     /// The congestion window limits what is in flight: outside SACK recovery that is
     /// [SND.UNA, SND.NXT) less what the scoreboard holds, plus up to two segments of limited
@@ -467,11 +469,22 @@ module Connection =
         // The FIN needs no window: it takes no buffer space at the receiver.
         let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
 
+        // Nagle (RFC 9293 §3.7.4, RFC 1122 §4.2.3.4): new data shorter than a full segment
+        // waits while anything we sent is unacknowledged; the ACK (or enough data for a full
+        // segment) releases it, so small writes coalesce instead of each taking a packet.
+        // Retransmissions and the segment carrying our FIN are never held: the user's close is
+        // a push, and holding it would only delay the end of the stream.
+        let nagleHolds =
+            length < cap
+            && not c.Config.NoDelay
+            && not withFin
+            && not retransmitting
+            && SeqNum.gt c.SndMax c.SndUna
+
         let worthSending =
             if length > 0 then
                 length = cap
-                || length = pending
-                || length = beforeSacked
+                || ((length = pending || length = beforeSacked) && not nagleHolds)
                 || length >= c.MaxSndWnd / 2
             else
                 withFin
@@ -1306,10 +1319,28 @@ module Connection =
         | TcpState.SynSent -> onSynSent now out seg c
         | _ -> onSynchronized now out seg c
 
+    /// Keep-alive (RFC 9293 §3.8.4) runs only in ESTABLISHED and CLOSE-WAIT, where the peer owes
+    /// us nothing and may fall silent for good; TIME-WAIT and the closing states have timers.
+    let private keepsAlive (c: Connection) =
+        c.Config.KeepAliveIdle.IsSome
+        && (c.State = TcpState.Established || c.State = TcpState.CloseWait)
+
+    /// Any segment from the peer shows it is alive: the idle time starts again and the count of
+    /// unanswered probes goes back to zero. Also arms the timer on entering ESTABLISHED.
+    let private peerHeardFrom (now: int64) (c: Connection) =
+        match c.Config.KeepAliveIdle with
+        | ValueSome idle when keepsAlive c ->
+            { c with
+                KeepAliveAt = ValueSome(now + idle)
+                KeepAliveProbes = 0
+            }
+        | _ when c.KeepAliveAt.IsSome -> { c with KeepAliveAt = ValueNone }
+        | _ -> c
+
     /// Processes one arriving segment (its checksum already verified by the caller).
     let handleSegment (now: int64) (seg: Segment) (c: Connection) : Connection * TcpOutput =
         let out = Out()
-        let c = handle now out seg c
+        let c = handle now out seg c |> peerHeardFrom now
         output out c
 
     // ---- Timers -------------------------------------------------------------------------------
@@ -1414,6 +1445,30 @@ module Connection =
                     PersistAt = ValueSome(now + persistInterval c)
                 }
 
+    /// The keep-alive timer (RFC 9293 §3.8.4, RFC 1122 §4.2.3.6). A probe is an ACK numbered
+    /// SND.NXT - 1 with no data: already acknowledged, so the peer answers with an ACK (and
+    /// its answer resets the timer in `handleSegment`). While data is in flight or waiting the
+    /// retransmission and persist timers watch the peer, so the idle period just starts over.
+    /// `KeepAliveCount` probes without an answer end the connection with TimedOut.
+    let private onKeepAlive (now: int64) (out: Out) (c: Connection) =
+        match c.Config.KeepAliveIdle with
+        | ValueSome idle when keepsAlive c ->
+            if c.SndMax <> c.SndUna || SeqNum.lt c.SndNxt (finSeq c) then
+                { c with
+                    KeepAliveAt = ValueSome(now + idle)
+                }
+            elif c.KeepAliveProbes >= c.Config.KeepAliveCount then
+                out.Add(TcpAction.Event TcpEvent.TimedOut)
+                enterClosed out TcpTrigger.Timeout c
+            else
+                let c = emit now out TcpFlags.Ack (c.SndNxt - 1) 0L 0 TcpOptions.None c
+
+                { c with
+                    KeepAliveProbes = c.KeepAliveProbes + 1
+                    KeepAliveAt = ValueSome(now + c.Config.KeepAliveInterval)
+                }
+        | _ -> { c with KeepAliveAt = ValueNone }
+
     /// Runs every timer whose deadline is at or before `now`. Calling it early is harmless.
     let handleTimer (now: int64) (c: Connection) : Connection * TcpOutput =
         let out = Out()
@@ -1449,6 +1504,12 @@ module Connection =
                     sendAck now out c
                 else
                     { c with DelayedAckAt = ValueNone }
+            else
+                c
+
+        let c =
+            if live c && due now c.KeepAliveAt then
+                onKeepAlive now out c
             else
                 c
 
@@ -1496,6 +1557,8 @@ module Connection =
             PersistAt = ValueNone
             DelayedAckAt = ValueNone
             LingerAt = ValueNone
+            KeepAliveAt = ValueNone
+            KeepAliveProbes = 0
             WindowScaled = false
             SndWndShift = 0
             RcvWndShift = 0
@@ -1582,6 +1645,20 @@ module Connection =
         let out = Out()
         let c = { c with Written = c.Written + bytes }
         output out (transmit now out c)
+
+    /// Switches the Nagle algorithm off (`noDelay` true) or back on for this connection (the
+    /// `TcpConfig.NoDelay` setting, like setting TCP_NODELAY on a socket). Turning it off sends
+    /// any data Nagle was holding at once.
+    let setNoDelay (now: int64) (noDelay: bool) (c: Connection) : Connection * TcpOutput =
+        let out = Out()
+
+        let c =
+            { c with
+                Config = { c.Config with NoDelay = noDelay }
+            }
+
+        let c = if noDelay then transmit now out c else c
+        output out c
 
     /// The user read `bytes` more of the delivered data, freeing receive buffer space. When that
     /// opens the window noticeably (from below one MSS, or by min(buffer/2, 2·MSS)) a window

@@ -54,6 +54,21 @@ type TcpConfig =
         /// The congestion control algorithm (`Congestion`): CUBIC (RFC 9438) by default, or Reno
         /// (RFC 5681).
         CongestionControl: CongestionControl
+        /// Turns the Nagle algorithm off (RFC 9293 §3.7.4, RFC 1122 §4.2.3.4; like TCP_NODELAY).
+        /// When false (the default) a segment smaller than the send MSS is held while earlier
+        /// data is unacknowledged, so a stream of small writes becomes few full segments; when
+        /// true every write goes out as soon as the windows allow.
+        NoDelay: bool
+        /// Keep-alive (RFC 9293 §3.8.4, RFC 1122 §4.2.3.6): after this long without any
+        /// segment from the peer an ESTABLISHED (or CLOSE-WAIT) connection with nothing in
+        /// flight sends a probe. ValueNone (the default) sends none, as the RFCs require
+        /// unless the application asks; Linux's tcp_keepalive_time is 2 hours.
+        KeepAliveIdle: int64 voption
+        /// Time between unanswered keep-alive probes (Linux tcp_keepalive_intvl = 75 s).
+        KeepAliveInterval: int64
+        /// Unanswered keep-alive probes after which the connection fails with TimedOut (Linux
+        /// tcp_keepalive_probes = 9).
+        KeepAliveCount: int
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -85,6 +100,10 @@ type TcpConfig =
             Timestamps = true
             SelectiveAck = true
             CongestionControl = CongestionControl.Cubic
+            NoDelay = false
+            KeepAliveIdle = ValueNone
+            KeepAliveInterval = 75_000_000L
+            KeepAliveCount = 9
         }
 
     /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
@@ -125,6 +144,13 @@ type TcpConfig =
 
         if this.MaxRetransmissions < 1 || this.MaxSynRetransmissions < 1 then
             invalidArg "MaxRetransmissions" "Retransmission limits must be positive."
+
+        match this.KeepAliveIdle with
+        | ValueSome idle when idle < 1L -> invalidArg "KeepAliveIdle" "KeepAliveIdle must be positive."
+        | _ -> ()
+
+        if this.KeepAliveInterval < 1L || this.KeepAliveCount < 1 then
+            invalidArg "KeepAliveInterval" "KeepAliveInterval and KeepAliveCount must be positive."
 
         if this.Msl < 0L || this.MaxPersistInterval < 1L || this.ClockGranularity < 1L then
             invalidArg "Msl" "Msl, MaxPersistInterval and ClockGranularity must be positive."
@@ -348,6 +374,10 @@ type Connection =
         DelayedAckAt: int64 voption
         /// TIME-WAIT's 2·MSL deadline, or FIN-WAIT-2's idle deadline.
         LingerAt: int64 voption
+        /// Keep-alive deadline: the next probe (RFC 9293 §3.8.4), when keep-alive is on.
+        KeepAliveAt: int64 voption
+        /// Keep-alive probes sent since the peer's last segment.
+        KeepAliveProbes: int
 
         /// Both SYNs carried the window scale option (RFC 7323 §2.2).
         WindowScaled: bool
