@@ -636,6 +636,7 @@ public sealed partial class NetworkStack
             case TcpEvent.Tags.Connected:
                 _statistics.Increment("tcp.connected");
                 _log.TcpEstablished(c.LocalEndPoint, c.RemoteEndPoint);
+                RecordRtt(c);
                 if (c.HalfOpenOf is { } listener)
                 {
                     c.HalfOpenOf = null;
@@ -676,6 +677,13 @@ public sealed partial class NetworkStack
         }
     }
 
+    // The connection's RFC 6298 SRTT into the meter's histogram, once the engine has a sample.
+    private void RecordRtt(TcpConnection c)
+    {
+        if (c.Core is { } core && core.Rtt.HasSample)
+            _meter.RecordTcpRtt(core.Rtt.Srtt);
+    }
+
     private void RemoveTcp(TcpConnection c)
     {
         if (c.Removed)
@@ -697,6 +705,7 @@ public sealed partial class NetworkStack
         }
         _statistics.Increment("tcp.closed");
         _log.TcpClosed(c.LocalEndPoint, c.RemoteEndPoint);
+        RecordRtt(c);
         c.OnClosed();
     }
 

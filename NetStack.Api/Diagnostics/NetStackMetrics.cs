@@ -47,6 +47,12 @@ public static class NetStackMetrics
     /// <summary>Histogram of ping round-trip times in milliseconds, one per echo reply matched.</summary>
     public const string PingRoundTripTime = "netstack.ping.rtt";
 
+    /// <summary>
+    /// Histogram (ms) of TCP round-trip times: each connection's smoothed RTT (RFC 6298 SRTT) when
+    /// it reaches ESTABLISHED, if the handshake gave a sample, and again when it is released.
+    /// </summary>
+    public const string TcpRoundTripTime = "netstack.tcp.rtt";
+
     /// <summary>The direction tag's name.</summary>
     public const string DirectionTag = "direction";
 
@@ -60,6 +66,7 @@ internal sealed class StackMeter : IDisposable
     private readonly Meter _meter;
     private readonly KeyValuePair<string, object?> _interface;
     private readonly Histogram<double> _pingRtt;
+    private readonly Histogram<double> _tcpRtt;
 
     public StackMeter(
         string interfaceName,
@@ -91,6 +98,7 @@ internal sealed class StackMeter : IDisposable
             () => new Measurement<int>(tcpConnections(), _interface),
             "{connection}", "TCP connections the stack holds");
         _pingRtt = _meter.CreateHistogram<double>(NetStackMetrics.PingRoundTripTime, "ms", "Ping round-trip times");
+        _tcpRtt = _meter.CreateHistogram<double>(NetStackMetrics.TcpRoundTripTime, "ms", "TCP smoothed round-trip times, at ESTABLISHED and at release");
     }
 
     // Every statistics counter with a "drop." part is a drop; its reason is the name without it.
@@ -108,6 +116,9 @@ internal sealed class StackMeter : IDisposable
 
     /// <summary>Records one ping round trip (a no-op when nobody listens).</summary>
     public void RecordPingRtt(TimeSpan rtt) => _pingRtt.Record(rtt.TotalMilliseconds, _interface);
+
+    /// <summary>Records a TCP smoothed RTT given in microseconds.</summary>
+    public void RecordTcpRtt(long microseconds) => _tcpRtt.Record(microseconds / 1000.0, _interface);
 
     public void Dispose() => _meter.Dispose();
 }

@@ -206,9 +206,31 @@ let tests =
 
                 client.Connect(IPEndPoint(IPAddress.Parse "10.91.1.2", 80))
                 Expect.isTrue (accepted.Wait timeout) "accepted"
-                use _connection = accepted.Result
+                use connection = accepted.Result
+                // A byte each way: the stack's data is ACKed, so its RTT estimator has a sample.
+                client.Send [| 1uy |] |> ignore
+                Expect.equal (connection.ReadAsync(Memory(Array.zeroCreate<byte> 1)).AsTask().Wait timeout) true "read"
+                connection.WriteAsync(ReadOnlyMemory [| 2uy |]).AsTask().Wait timeout |> ignore
+                Expect.equal (client.Receive(Array.zeroCreate<byte> 1)) 1 "echoed"
                 listener.RecordObservableInstruments()
                 Expect.equal seen.Longs.["netstack.tcp.connections|"] 1L "one connection"
+                // The client's reset releases the connection, which records its smoothed RTT.
+                client.LingerState <- LingerOption(true, 0)
+                client.Close()
+                let deadline = DateTime.UtcNow.AddSeconds 5.0
+
+                while not (seen.Doubles |> Seq.exists (fun (k, _) -> k.StartsWith "netstack.tcp.rtt"))
+                      && DateTime.UtcNow < deadline do
+                    Threading.Thread.Sleep 10
+
+                let rtts =
+                    seen.Doubles
+                    |> Seq.filter (fun (k, _) -> k.StartsWith "netstack.tcp.rtt")
+                    |> Seq.map snd
+                    |> Seq.toList
+
+                Expect.isNonEmpty rtts "a TCP RTT was recorded"
+                Expect.all rtts (fun ms -> ms > 0.0 && ms < 5000.0) "RTTs in milliseconds, positive"
 
                 Expect.isGreaterThanOrEqual
                     seen.Longs.["netstack.packets|direction=received"]
