@@ -1661,9 +1661,9 @@ module Connection =
         output out c
 
     /// The user read `bytes` more of the delivered data, freeing receive buffer space. When that
-    /// opens the window noticeably (from below one MSS, or by min(buffer/2, 2·MSS)) a window
-    /// update is sent at once, so a peer stopped by a small window need not wait for its persist
-    /// timer. Throws ArgumentException when more is read than was delivered.
+    /// opens the window noticeably (from below one MSS, or from at most half the buffer to at
+    /// least twice what was offered) a window update is sent at once, so a peer stopped by a
+    /// small window need not wait for its persist timer. Throws ArgumentException when more is read than was delivered.
     let receiveWindowUpdate (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
         if bytes < 0L || c.Consumed + bytes > c.Delivered then
             invalidArg
@@ -1679,10 +1679,17 @@ module Connection =
                 let refreshed = refreshWindow c
                 let growth = refreshed.RcvRight - c.RcvRight
 
+                let after = offeredWindow refreshed
+                // Linux's rule (tcp_cleanup_rbuf): a pure window update only when the window
+                // we offered has shrunk to half the buffer or less and reading at least doubles
+                // it; or when it was below one MSS, where the peer may be stopped. A reader that
+                // keeps up gets its window carried by the ACKs the data triggers anyway, so an
+                // update per couple of segments read would only double the ACKs the peer has
+                // to process.
                 let worthIt =
                     growth > 0
                     && (before < c.Config.Mss
-                        || growth >= min (c.Config.ReceiveBufferSize / 2) (2 * c.Config.Mss))
+                        || (2 * before <= c.Config.ReceiveBufferSize && after >= 2 * before))
 
                 if worthIt then sendAck now out c else c
             else
