@@ -411,12 +411,19 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 if (_stopping)
                     break;
                 int wait = WaitMilliseconds();
-                if (wait > 0 && !EnterIdle())
-                    wait = 0;
+                // A burst: packets the device already holds are read without waiting, and the
+                // readers and writers they concern are woken once at its end (or every
+                // MaxBurstPackets), not once per packet: one thread-pool dispatch per burst.
                 VirtioNetHeader header = default;
-                bool read = _offload is not null
-                    ? _offload.TryReadWithHeader(_receiveBuffer, wait, out int length, out header)
-                    : _device.TryRead(_receiveBuffer, wait, out length);
+                bool read = TryReadPacket(0, out int length, out header);
+                if (!read)
+                {
+                    FlushWakes();
+                    if (wait > 0 && EnterIdle())
+                        read = TryReadPacket(wait, out length, out header);
+                }
+                else if (++_burstPackets >= MaxBurstPackets)
+                    FlushWakes();
                 Volatile.Write(ref _loopIdle, false);
                 if (read)
                 {
@@ -441,6 +448,33 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                     Thread.Sleep(Math.Min(1000, 10 * deviceErrors));
             }
         }
+    }
+
+    private bool TryReadPacket(int wait, out int length, out VirtioNetHeader header)
+    {
+        header = default;
+        return _offload is not null
+            ? _offload.TryReadWithHeader(_receiveBuffer, wait, out length, out header)
+            : _device.TryRead(_receiveBuffer, wait, out length);
+    }
+
+    // Most packets a burst may hold back its wakes for (about 23 KB of data at MTU 1500).
+    private const int MaxBurstPackets = 16;
+    private int _burstPackets;
+    // Connections whose waiting reader or writer has something to do (loop-only).
+    private readonly List<TcpConnection> _pendingWakes = [];
+
+    /// <summary>Asks the loop to wake <paramref name="connection"/>'s waiting calls at the end of the burst.</summary>
+    internal void DeferWake(TcpConnection connection) => _pendingWakes.Add(connection);
+
+    private void FlushWakes()
+    {
+        _burstPackets = 0;
+        if (_pendingWakes.Count == 0)
+            return;
+        foreach (var connection in _pendingWakes)
+            connection.FlushWakes();
+        _pendingWakes.Clear();
     }
 
     private int WaitMilliseconds()

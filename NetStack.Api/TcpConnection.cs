@@ -67,6 +67,8 @@ public sealed class TcpConnection : Stream
     private bool _finAcknowledged;
     private readonly Waiter _readWaiter;
     private readonly Waiter _writeWaiter;
+    // On the loop's wake list (loop-only under _gate).
+    private bool _wakePending;
     private readonly TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -479,23 +481,51 @@ public sealed class TcpConnection : Stream
     }
 
     /// <summary>Receive-stream bytes below <paramref name="upTo"/> are readable.</summary>
+    /// <remarks>A waiting read is woken at the end of the loop's burst (<see cref="FlushWakes"/>).</remarks>
     internal void Deliver(long upTo)
     {
+        bool defer;
         lock (_gate)
         {
             _recvDelivered = upTo;
             if (Orphaned)
                 _recvConsumed = upTo;
-            _readWaiter.Complete();
+            defer = DeferWakeLocked(_readWaiter);
         }
+        if (defer)
+            _stack.DeferWake(this);
     }
 
     /// <summary>The peer acknowledged <paramref name="bytes"/> more: they leave the send buffer.</summary>
+    /// <remarks>A waiting write is woken at the end of the loop's burst (<see cref="FlushWakes"/>).</remarks>
     internal void Acknowledged(long bytes)
     {
+        bool defer;
         lock (_gate)
         {
             _sendAcked += bytes;
+            defer = DeferWakeLocked(_writeWaiter);
+        }
+        if (defer)
+            _stack.DeferWake(this);
+    }
+
+    // True when the connection must join the loop's wake list (once per burst).
+    private bool DeferWakeLocked(Waiter waiter)
+    {
+        if (!waiter.IsArmed || _wakePending)
+            return false;
+        _wakePending = true;
+        return true;
+    }
+
+    /// <summary>The loop's burst ended: wake the read and write that were waiting for it.</summary>
+    internal void FlushWakes()
+    {
+        lock (_gate)
+        {
+            _wakePending = false;
+            _readWaiter.Complete();
             _writeWaiter.Complete();
         }
     }
@@ -618,6 +648,9 @@ public sealed class TcpConnection : Stream
             if (_token.CanBeCanceled)
                 _registration = _token.UnsafeRegister(static w => ((Waiter)w!).Cancel(), this);
         }
+
+        /// <summary>A call is waiting (under the lock).</summary>
+        public bool IsArmed => _armed;
 
         /// <summary>Ends the wait, if one is armed (under the lock).</summary>
         public void Complete()
