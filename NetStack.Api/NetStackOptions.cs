@@ -121,6 +121,8 @@ public sealed record NetStackOptions
     /// offload and TCP segmentation offload (TSO4/TSO6). The kernel then hands the stack TCP
     /// super-segments of up to 64 KiB with partial checksums, and takes runs of the stack's
     /// segments as one super-segment, which cuts the system calls per byte by up to ~40×.
+    /// In <see cref="NetStackMode.Tap"/> mode the same holds for the TAP device, whose headers
+    /// count offsets from the Ethernet frame (<see cref="Engine.EthernetPacketDevice"/> moves them).
     /// False gives ordinary packets both ways, one system call each. Offloads are not used with
     /// <see cref="Faults"/> (the injected corruption must stay visible to checksums) and have no
     /// effect on a device passed to <c>Start(options, device)</c> that does not implement

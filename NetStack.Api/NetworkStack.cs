@@ -151,13 +151,13 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         Validate(options);
         // Offloads only where nothing between the stack and the device hides them: injected
-        // corruption must reach the checksum check, which a partial checksum would skip. TAP mode
-        // speaks Ethernet frames through EthernetPacketDevice, which has no virtio-net header path.
+        // corruption must reach the checksum check, which a partial checksum would skip. In TAP
+        // mode EthernetPacketDevice carries the headers through, moved by the Ethernet header.
         bool tap = options.Mode == NetStackMode.Tap;
-        bool offloads = options.Offloads && options.Faults is null && !tap;
+        bool offloads = options.Offloads && options.Faults is null;
         var device = options.AttachExisting
-            ? (tap ? TunDevice.AttachTap(options.TunName) : TunDevice.Attach(options.TunName, offloads))
-            : (tap ? TunDevice.CreateTap(options.TunName) : TunDevice.Create(options.TunName, offloads));
+            ? (tap ? TunDevice.AttachTap(options.TunName, offloads) : TunDevice.Attach(options.TunName, offloads))
+            : (tap ? TunDevice.CreateTap(options.TunName, offloads) : TunDevice.Create(options.TunName, offloads));
         KernelLink? link = null;
         try
         {
