@@ -161,6 +161,17 @@ public sealed record NetStackOptions
     /// <summary>Tap mode: the IPv6 router for destinations off the prefix (null: the router of the last router advertisement, if any).</summary>
     public IPAddress? Gateway6 { get; init; }
 
+    /// <summary>
+    /// Tap mode: the IEEE 802.1Q VLAN the stack lives on, 1 to 4094 (null: untagged, the
+    /// default). Every frame the stack sends carries the tag; frames without it or with another
+    /// VLAN id are dropped and counted (<c>link.drop.untagged</c>, <c>link.drop.vlan</c>). The
+    /// kernel side must then speak that VLAN too (a VLAN interface on the TAP, or a bridge the TAP
+    /// is a port of), so <see cref="HostAddress"/> and <see cref="HostAddress6"/> are not put on the
+    /// TAP. Offloads stay on: the virtio-net header's offsets count the 4-byte tag.
+    /// </summary>
+    /// <exception cref="ArgumentException">From <c>NetworkStack.Start</c>: outside 1..4094, or set without <see cref="NetStackMode.Tap"/>.</exception>
+    public int? VlanId { get; init; }
+
     /// <summary>Tap mode: neighbor cache timers and bounds, duplicate address detection and gratuitous ARP.</summary>
     public Engine.NeighborSettings Neighbor { get; init; } = new();
 }

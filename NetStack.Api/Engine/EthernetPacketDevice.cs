@@ -22,8 +22,11 @@ namespace NetStack.Engine;
 /// Inbound: frames for our MAC, broadcast, the all-nodes group and our solicited-node group are
 /// accepted (the implicit multicast memberships of RFC 4861 §7.2.1); ARP and ND messages (ICMPv6
 /// types 133–137 right after the IPv6 header) are consumed here, so the IP layer never sees them;
-/// IPv4 and IPv6 packets are passed up without their Ethernet header and padding. Tagged frames
-/// with a VLAN id other than 0 are dropped: the stack is an untagged host.
+/// IPv4 and IPv6 packets are passed up without their Ethernet header and padding. Without
+/// <see cref="NetStackOptions.VlanId"/>, tagged frames with a VLAN id other than 0 are dropped: the
+/// stack is an untagged host. With it (IEEE 802.1Q), every frame sent carries that tag and only
+/// frames with exactly that one tag are accepted; untagged frames (<c>link.drop.untagged</c>) and
+/// other VLANs (<c>link.drop.vlan</c>) are dropped and counted.
 /// </para>
 /// <para>
 /// Outbound: the next hop is the destination when it is on-link (the configured prefix, or
@@ -71,6 +74,7 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     private readonly bool _hasGateway6;
     private readonly Ipv6Address _gateway6;
     private readonly string _name;
+    private readonly int _vlan = -1;
     private NeighborCache<Ipv4Address> _arp;
     private NeighborCache<Ipv6Address> _ndp;
     private Ipv6Address _router6;
@@ -93,10 +97,10 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     /// addresses of <paramref name="options"/> (see the remarks).
     /// </summary>
     /// <param name="frames">A device whose packets are Ethernet frames (a TAP device's <see cref="TunPacketDevice"/>); the adapter owns it.</param>
-    /// <param name="options">The stack's addresses, prefix lengths, gateways, MAC and <see cref="NetStackOptions.Neighbor"/> settings.</param>
+    /// <param name="options">The stack's addresses, prefix lengths, gateways, MAC, <see cref="NetStackOptions.VlanId"/> and <see cref="NetStackOptions.Neighbor"/> settings.</param>
     /// <param name="statistics">Where the link counters go (null: a new set, see <see cref="Statistics"/>).</param>
     /// <param name="interfaceName">The interface's name, for messages.</param>
-    /// <exception cref="ArgumentException">An option is invalid (a MAC that is not 6 bytes or is multicast, a prefix out of range).</exception>
+    /// <exception cref="ArgumentException">An option is invalid (a MAC that is not 6 bytes or is multicast, a prefix out of range, a VLAN id outside 1..4094).</exception>
     /// <exception cref="DuplicateAddressException">Another node answered for the IPv6 address during duplicate address detection.</exception>
     public EthernetPacketDevice(IPacketDevice frames, NetStackOptions options, NetStackStatistics? statistics = null, string interfaceName = "tap")
     {
@@ -108,6 +112,12 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         _name = interfaceName;
         Statistics = statistics ?? new NetStackStatistics();
         _mac = ToMac(options.MacAddress);
+        if (options.VlanId is { } vlan)
+        {
+            if (vlan is < 1 or > 4094)
+                throw new ArgumentException($"VlanId {vlan} is outside 1..4094.", nameof(options));
+            _vlan = vlan;
+        }
         if (options.Address is not null)
         {
             if (options.PrefixLength is < 0 or > 32)
@@ -390,9 +400,9 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         }
 
         var eth = parsed.ResultValue;
-        if (eth.VlanTags > 0 && eth.VlanId != 0)
+        if (_vlan < 0 ? eth.VlanTags > 0 && eth.VlanId != 0 : eth.VlanTags != 1 || eth.VlanId != _vlan)
         {
-            Statistics.Increment("link.drop.vlan");
+            Statistics.Increment(eth.VlanTags == 0 ? "link.drop.untagged" : "link.drop.vlan");
             return 0;
         }
 
@@ -847,7 +857,10 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     /// </summary>
     private void WriteFrame(MacAddress destination, ushort etherType, ReadOnlySpan<byte> payload, in VirtioNetHeader offload)
     {
-        int header = Ethernet.write(destination, _mac, etherType, _out);
+        // IEEE 802.1Q: with a VLAN every frame carries its tag (priority 0); the offsets then count 18 bytes.
+        int header = _vlan < 0
+            ? Ethernet.write(destination, _mac, etherType, _out)
+            : Ethernet.writeTagged(destination, _mac, _vlan, etherType, _out);
         payload.CopyTo(_out.AsSpan(header));
         var frame = _out.AsSpan(0, header + payload.Length);
         if (IsPlain(offload))

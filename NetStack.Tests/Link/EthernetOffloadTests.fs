@@ -55,9 +55,10 @@ type private OffloadFrames() =
         member _.Wake() = ()
         member _.Dispose() = ()
 
-let private options () =
+let private optionsOn (vlan: Nullable<int>) =
     NetStackOptions(
         Mode = NetStackMode.Tap,
+        VlanId = vlan,
         Address = IPAddress.Parse "10.107.0.2",
         HostAddress = null,
         Address6 = IPAddress.Parse "fda7::2",
@@ -65,6 +66,8 @@ let private options () =
         MacAddress = PhysicalAddress.Parse "02-a7-00-00-00-02",
         Neighbor = NeighborSettings(DadTransmits = 0, GratuitousArps = 0)
     )
+
+let private options () = optionsOn (Nullable())
 
 /// A TCP/IPv4 super-segment of three 1000-byte segments to the subnet broadcast address (so no
 /// neighbor resolution is needed), its checksum field holding the pseudo-header sum.
@@ -211,5 +214,90 @@ let tests =
                 match frames.Written with
                 | [ _, h ] -> Expect.equal h VirtioNetHeader.None "an empty header"
                 | other -> failtestf "expected one ARP reply, got %d frames" other.Length
+            }
+
+            test "with a VLAN every frame carries its 802.1Q tag and a super-segment's offsets count 18 bytes" {
+                let frames = new OffloadFrames()
+                use device = new EthernetPacketDevice(frames, optionsOn (Nullable 100))
+                let packet, header = superSegment ()
+                (device :> IOffloadPacketDevice).Write(ReadOnlySpan packet, &header)
+
+                match frames.Written with
+                | [ frame, h ] ->
+                    let parsed = Ethernet.parse (ReadOnlySpan frame)
+                    Expect.isOk parsed "a valid frame"
+
+                    match parsed with
+                    | Ok eth ->
+                        Expect.equal (eth.VlanTags, eth.VlanId) (1, 100) "one tag, VLAN 100"
+                        Expect.equal eth.EtherType EtherType.Ipv4 "IPv4 inside"
+                    | Error _ -> ()
+
+                    Expect.equal frame.[18..] packet "the packet after the tagged header"
+                    Expect.equal h.ChecksumStart (uint16 (18 + 20)) "csum_start counts the tag"
+                    Expect.equal h.HeaderLength (uint16 (18 + 40)) "hdr_len counts the tag"
+                | other -> failtestf "expected one frame, got %d" other.Length
+            }
+
+            test "with a VLAN only frames with that tag are read; untagged and other VLANs are dropped and counted" {
+                let frames = new OffloadFrames()
+                use device = new EthernetPacketDevice(frames, optionsOn (Nullable 100))
+                let packet, header = superSegment ()
+                frames.Inject(tagged -1 EtherType.Ipv4 packet, (VirtioNet.shift 14 header).Value)
+                frames.Inject(tagged 200 EtherType.Ipv4 packet, (VirtioNet.shift 18 header).Value)
+                frames.Inject(tagged 100 EtherType.Ipv4 packet, (VirtioNet.shift 18 header).Value)
+                let buffer = Array.zeroCreate<byte> 70000
+                let mutable length = 0
+                let mutable read = VirtioNetHeader.None
+
+                Expect.isTrue
+                    ((device :> IOffloadPacketDevice).TryReadWithHeader(Span buffer, 0, &length, &read))
+                    "the VLAN 100 frame is read"
+
+                Expect.equal buffer.[.. length - 1] packet "its packet"
+                Expect.equal read header "its header, counted from the IP header"
+                Expect.equal device.Statistics.["link.drop.untagged"] 1L "the untagged frame"
+                Expect.equal device.Statistics.["link.drop.vlan"] 1L "the VLAN 200 frame"
+            }
+
+            test "on a VLAN an ARP request with the tag is answered with the tag" {
+                let frames = new OffloadFrames()
+                use device = new EthernetPacketDevice(frames, optionsOn (Nullable 4094))
+
+                let request =
+                    Arp.request peerMac (Ipv4Address.Parse "10.107.0.1") (Ipv4Address.Parse "10.107.0.2")
+
+                let body = Array.zeroCreate 28
+                Arp.write request (Span body) |> ignore
+                let frame = Array.zeroCreate<byte>(18 + 28)
+
+                Ethernet.writeTagged MacAddress.Broadcast peerMac 4094 EtherType.Arp (Span frame)
+                |> ignore
+
+                body.CopyTo(frame, 18)
+                frames.Inject(frame, VirtioNetHeader.None)
+                let buffer = Array.zeroCreate<byte> 2048
+                let mutable length = 0
+                device.TryRead(Span buffer, 0, &length) |> ignore
+
+                match frames.Written with
+                | [ reply, _ ] ->
+                    match Ethernet.parse (ReadOnlySpan reply) with
+                    | Ok eth ->
+                        Expect.equal
+                            (eth.VlanTags, eth.VlanId, eth.EtherType)
+                            (1, 4094, EtherType.Arp)
+                            "a tagged ARP reply"
+                    | Error e -> failtestf "bad frame: %A" e
+                | other -> failtestf "expected one ARP reply, got %d frames" other.Length
+            }
+
+            test "the adapter refuses a VLAN id outside 1..4094" {
+                for bad in [ 0; 4095 ] do
+                    Expect.throwsT<ArgumentException>
+                        (fun () ->
+                            new EthernetPacketDevice(new OffloadFrames(), optionsOn (Nullable bad))
+                            |> ignore)
+                        $"VLAN {bad}"
             }
         ]
