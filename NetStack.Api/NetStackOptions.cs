@@ -121,6 +121,8 @@ public sealed record NetStackOptions
     /// offload and TCP segmentation offload (TSO4/TSO6). The kernel then hands the stack TCP
     /// super-segments of up to 64 KiB with partial checksums, and takes runs of the stack's
     /// segments as one super-segment, which cuts the system calls per byte by up to ~40×.
+    /// In <see cref="NetStackMode.Tap"/> mode the same holds for the TAP device, whose headers
+    /// count offsets from the Ethernet frame (<see cref="Engine.EthernetPacketDevice"/> moves them).
     /// False gives ordinary packets both ways, one system call each. Offloads are not used with
     /// <see cref="Faults"/> (the injected corruption must stay visible to checksums) and have no
     /// effect on a device passed to <c>Start(options, device)</c> that does not implement
@@ -158,6 +160,17 @@ public sealed record NetStackOptions
 
     /// <summary>Tap mode: the IPv6 router for destinations off the prefix (null: the router of the last router advertisement, if any).</summary>
     public IPAddress? Gateway6 { get; init; }
+
+    /// <summary>
+    /// Tap mode: the IEEE 802.1Q VLAN the stack lives on, 1 to 4094 (null: untagged, the
+    /// default). Every frame the stack sends carries the tag; frames without it or with another
+    /// VLAN id are dropped and counted (<c>link.drop.untagged</c>, <c>link.drop.vlan</c>). The
+    /// kernel side must then speak that VLAN too (a VLAN interface on the TAP, or a bridge the TAP
+    /// is a port of), so <see cref="HostAddress"/> and <see cref="HostAddress6"/> are not put on the
+    /// TAP. Offloads stay on: the virtio-net header's offsets count the 4-byte tag.
+    /// </summary>
+    /// <exception cref="ArgumentException">From <c>NetworkStack.Start</c>: outside 1..4094, or set without <see cref="NetStackMode.Tap"/>.</exception>
+    public int? VlanId { get; init; }
 
     /// <summary>Tap mode: neighbor cache timers and bounds, duplicate address detection and gratuitous ARP.</summary>
     public Engine.NeighborSettings Neighbor { get; init; } = new();

@@ -151,13 +151,13 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         Validate(options);
         // Offloads only where nothing between the stack and the device hides them: injected
-        // corruption must reach the checksum check, which a partial checksum would skip. TAP mode
-        // speaks Ethernet frames through EthernetPacketDevice, which has no virtio-net header path.
+        // corruption must reach the checksum check, which a partial checksum would skip. In TAP
+        // mode EthernetPacketDevice carries the headers through, moved by the Ethernet header.
         bool tap = options.Mode == NetStackMode.Tap;
-        bool offloads = options.Offloads && options.Faults is null && !tap;
+        bool offloads = options.Offloads && options.Faults is null;
         var device = options.AttachExisting
-            ? (tap ? TunDevice.AttachTap(options.TunName) : TunDevice.Attach(options.TunName, offloads))
-            : (tap ? TunDevice.CreateTap(options.TunName) : TunDevice.Create(options.TunName, offloads));
+            ? (tap ? TunDevice.AttachTap(options.TunName, offloads) : TunDevice.Attach(options.TunName, offloads))
+            : (tap ? TunDevice.CreateTap(options.TunName, offloads) : TunDevice.Create(options.TunName, offloads));
         KernelLink? link = null;
         try
         {
@@ -168,7 +168,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 link = new KernelLink(device);
                 link.SetMtu(options.Mtu);
                 link.SetUp();
-                if (tap)
+                // With a VLAN the kernel side is a VLAN interface or bridge the user makes: the
+                // untagged TAP itself is not on the stack's link.
+                if (tap && options.VlanId is null)
                 {
                     // A shared link: the kernel side takes the prefix, the stack is a neighbor on it.
                     if (options.Address is not null && options.HostAddress is not null)
@@ -176,7 +178,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                     if (options.Address6 is not null && options.HostAddress6 is not null)
                         link.AddAddress(options.HostAddress6, options.PrefixLength6);
                 }
-                else
+                else if (!tap)
                 {
                     if (options.Address is not null && options.HostAddress is not null)
                         link.AddAddress(options.HostAddress, options.Address);
@@ -294,6 +296,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         options.Faults?.Validate();
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));
+        if (options.VlanId is { } vlan && (vlan is < 1 or > 4094 || options.Mode != NetStackMode.Tap))
+            throw new ArgumentException($"VlanId {vlan}: a VLAN id is 1..4094 and needs Mode = NetStackMode.Tap.", nameof(options));
         ValidateTcp(options);
     }
 

@@ -120,7 +120,7 @@ public sealed class ArgReader
 /// <summary>
 /// The interface options every command that brings a stack up accepts (the names are fixed by
 /// issue 3): <c>--tun</c>, <c>--ip</c>, <c>--host-ip</c>, <c>--ip6</c>, <c>--host-ip6</c>, <c>--mtu</c>;
-/// <c>--pcap</c> (issue 7); <c>--tap</c> and <c>--mac</c> (issue 8).
+/// <c>--pcap</c> (issue 7); <c>--tap</c> and <c>--mac</c> (issue 8); <c>--vlan</c> (issue 5).
 /// </summary>
 public static class InterfaceOptions
 {
@@ -147,6 +147,9 @@ public static class InterfaceOptions
                                       the link (ARP, NDP); the kernel side gets the host addresses with
                                       prefixes /{d.PrefixLength} and /{d.PrefixLength6}
                   --mac ADDR          the stack's MAC with --tap (default: random, locally administered)
+                  --vlan N            with --tap: 802.1Q VLAN N (1-4094) on every frame, others dropped;
+                                      the host addresses are then not put on the TAP (make a VLAN
+                                      interface or bridge for the kernel side)
 
                 fault injection (both directions, on the stack's side of the TUN device):
                   --loss P%           drop P percent of packets (0-100, e.g. 5% or 0.5)
@@ -198,6 +201,9 @@ public static class InterfaceOptions
             case "--tap":
                 options = options with { Mode = NetStackMode.Tap };
                 return true;
+            case "--vlan":
+                options = options with { VlanId = reader.ParseInt(option, reader.Value(option), 1, 4094, "a VLAN id") };
+                return true;
             case "--mac":
                 var mac = reader.Value(option);
                 if (!System.Net.NetworkInformation.PhysicalAddress.TryParse(mac, out var physical) || physical.GetAddressBytes().Length != 6
@@ -240,6 +246,8 @@ public static class InterfaceOptions
             throw reader.Fail($"--ip and --host-ip are both {options.Address}");
         if (options.Address6 is not null && options.Address6.Equals(options.HostAddress6))
             throw reader.Fail($"--ip6 and --host-ip6 are both {options.Address6}");
+        if (options.VlanId is not null && options.Mode != NetStackMode.Tap)
+            throw reader.Fail("--vlan needs --tap (a TUN device carries no Ethernet frames)");
     }
 
     private static NetStackOptions WithFaults(NetStackOptions options, Func<Engine.FaultSettings, Engine.FaultSettings> change) =>

@@ -170,10 +170,21 @@ public sealed unsafe class TunDevice : IDisposable
     /// <param name="nameOrTemplate">An exact name or a template with one <c>%d</c>, as for <see cref="Create(string)"/>.</param>
     /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
     /// <exception cref="TunDeviceException">As for <see cref="Create(string)"/>.</exception>
-    public static TunDevice CreateTap(string nameOrTemplate = "tap%d")
+    public static TunDevice CreateTap(string nameOrTemplate = "tap%d") => CreateTap(nameOrTemplate, virtioNetHeader: false);
+
+    /// <summary>
+    /// Creates a TAP interface, with a virtio-net header in front of every frame when
+    /// <paramref name="virtioNetHeader"/> is true (then call <see cref="SetOffloads"/>); its
+    /// csum_start and hdr_len count from the start of the Ethernet frame.
+    /// </summary>
+    /// <param name="nameOrTemplate">An exact name or a template with one <c>%d</c>, as for <see cref="Create(string)"/>.</param>
+    /// <param name="virtioNetHeader">Open with IFF_VNET_HDR.</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Create(string)"/>.</exception>
+    public static TunDevice CreateTap(string nameOrTemplate, bool virtioNetHeader)
     {
         ValidateName(nameOrTemplate, allowTemplate: true);
-        return Open(nameOrTemplate, create: true, virtioNetHeader: false, tap: true);
+        return Open(nameOrTemplate, create: true, virtioNetHeader, tap: true);
     }
 
     /// <summary>True for a TAP device (Ethernet frames), false for TUN (IP packets).</summary>
@@ -209,6 +220,16 @@ public sealed unsafe class TunDevice : IDisposable
     /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
     /// <exception cref="TunDeviceException">As for <see cref="Attach(string)"/>.</exception>
     public static TunDevice AttachTap(string name) => AttachExisting(name, virtioNetHeader: false, tap: true);
+
+    /// <summary>
+    /// Attaches to an existing persistent TAP interface, with a virtio-net header in front of
+    /// every frame when <paramref name="virtioNetHeader"/> is true.
+    /// </summary>
+    /// <param name="name">The exact interface name.</param>
+    /// <param name="virtioNetHeader">Open with IFF_VNET_HDR.</param>
+    /// <exception cref="ArgumentException">The name is empty, too long or contains a forbidden character.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Attach(string)"/>.</exception>
+    public static TunDevice AttachTap(string name, bool virtioNetHeader) => AttachExisting(name, virtioNetHeader, tap: true);
 
     private static TunDevice AttachExisting(string name, bool virtioNetHeader, bool tap)
     {

@@ -6,6 +6,7 @@ using System.Net.Sockets;
 using Microsoft.FSharp.Core;
 using NetStack.Core.Link;
 using NetStack.Core.Wire;
+using NetStack.Device;
 
 namespace NetStack.Engine;
 
@@ -21,8 +22,11 @@ namespace NetStack.Engine;
 /// Inbound: frames for our MAC, broadcast, the all-nodes group and our solicited-node group are
 /// accepted (the implicit multicast memberships of RFC 4861 §7.2.1); ARP and ND messages (ICMPv6
 /// types 133–137 right after the IPv6 header) are consumed here, so the IP layer never sees them;
-/// IPv4 and IPv6 packets are passed up without their Ethernet header and padding. Tagged frames
-/// with a VLAN id other than 0 are dropped: the stack is an untagged host.
+/// IPv4 and IPv6 packets are passed up without their Ethernet header and padding. Without
+/// <see cref="NetStackOptions.VlanId"/>, tagged frames with a VLAN id other than 0 are dropped: the
+/// stack is an untagged host. With it (IEEE 802.1Q), every frame sent carries that tag and only
+/// frames with exactly that one tag are accepted; untagged frames (<c>link.drop.untagged</c>) and
+/// other VLANs (<c>link.drop.vlan</c>) are dropped and counted.
 /// </para>
 /// <para>
 /// Outbound: the next hop is the destination when it is on-link (the configured prefix, or
@@ -35,16 +39,24 @@ namespace NetStack.Engine;
 /// listening) and announces the IPv4 address with gratuitous ARP (RFC 5227 §2.3).
 /// </para>
 /// <para>
+/// Offloads: over a TAP device opened with a virtio-net header (<see cref="IOffloadPacketDevice"/>)
+/// the adapter carries each packet's <see cref="VirtioNetHeader"/> through, moving csum_start and
+/// hdr_len between the frame (where the kernel counts them) and the IP packet (where the engine
+/// does) with <see cref="VirtioNet.shift"/>; the ARP and NDP frames it makes go with an empty header.
+/// </para>
+/// <para>
 /// Threading: <see cref="TryRead"/> runs on the engine thread and also drives the neighbor timers
-/// (its waits end at the next neighbor deadline); <see cref="Write"/> may come from any thread.
+/// (its waits end at the next neighbor deadline); <see cref="Write(ReadOnlySpan{byte})"/> may come from any thread.
 /// The caches and the frame buffer are guarded by one lock.
 /// </para>
 /// </remarks>
-public sealed class EthernetPacketDevice : IPacketDevice
+public sealed class EthernetPacketDevice : IOffloadPacketDevice
 {
-    private const int FrameRoom = 65536 + Ethernet.HeaderLength + 2 * Ethernet.VlanTagLength;
+    // Room for a super-segment frame too: an IPv6 payload of 65535 bytes after its header.
+    private const int FrameRoom = 65536 + 128 + Ethernet.HeaderLength + 2 * Ethernet.VlanTagLength;
 
     private readonly IPacketDevice _frames;
+    private readonly IOffloadPacketDevice? _offloadFrames;
     private readonly Lock _gate = new();
     private readonly byte[] _in = new byte[FrameRoom];
     private readonly byte[] _out = new byte[FrameRoom];
@@ -62,6 +74,7 @@ public sealed class EthernetPacketDevice : IPacketDevice
     private readonly bool _hasGateway6;
     private readonly Ipv6Address _gateway6;
     private readonly string _name;
+    private readonly int _vlan = -1;
     private NeighborCache<Ipv4Address> _arp;
     private NeighborCache<Ipv6Address> _ndp;
     private Ipv6Address _router6;
@@ -84,10 +97,10 @@ public sealed class EthernetPacketDevice : IPacketDevice
     /// addresses of <paramref name="options"/> (see the remarks).
     /// </summary>
     /// <param name="frames">A device whose packets are Ethernet frames (a TAP device's <see cref="TunPacketDevice"/>); the adapter owns it.</param>
-    /// <param name="options">The stack's addresses, prefix lengths, gateways, MAC and <see cref="NetStackOptions.Neighbor"/> settings.</param>
+    /// <param name="options">The stack's addresses, prefix lengths, gateways, MAC, <see cref="NetStackOptions.VlanId"/> and <see cref="NetStackOptions.Neighbor"/> settings.</param>
     /// <param name="statistics">Where the link counters go (null: a new set, see <see cref="Statistics"/>).</param>
     /// <param name="interfaceName">The interface's name, for messages.</param>
-    /// <exception cref="ArgumentException">An option is invalid (a MAC that is not 6 bytes or is multicast, a prefix out of range).</exception>
+    /// <exception cref="ArgumentException">An option is invalid (a MAC that is not 6 bytes or is multicast, a prefix out of range, a VLAN id outside 1..4094).</exception>
     /// <exception cref="DuplicateAddressException">Another node answered for the IPv6 address during duplicate address detection.</exception>
     public EthernetPacketDevice(IPacketDevice frames, NetStackOptions options, NetStackStatistics? statistics = null, string interfaceName = "tap")
     {
@@ -95,9 +108,16 @@ public sealed class EthernetPacketDevice : IPacketDevice
         ArgumentNullException.ThrowIfNull(options);
         options.Neighbor.Validate();
         _frames = frames;
+        _offloadFrames = frames as IOffloadPacketDevice;
         _name = interfaceName;
         Statistics = statistics ?? new NetStackStatistics();
         _mac = ToMac(options.MacAddress);
+        if (options.VlanId is { } vlan)
+        {
+            if (vlan is < 1 or > 4094)
+                throw new ArgumentException($"VlanId {vlan} is outside 1..4094.", nameof(options));
+            _vlan = vlan;
+        }
         if (options.Address is not null)
         {
             if (options.PrefixLength is < 0 or > 32)
@@ -158,6 +178,13 @@ public sealed class EthernetPacketDevice : IPacketDevice
 
     /// <summary>The frame device underneath.</summary>
     public IPacketDevice Inner => _frames;
+
+    /// <summary>
+    /// The offloads of the frame device underneath (a TAP device opened with a virtio-net
+    /// header), or <see cref="TunOffloads.None"/>. The headers this adapter reads and writes count
+    /// their offsets from the IP packet, as on a TUN device; it moves them by the Ethernet header.
+    /// </summary>
+    public TunOffloads Offloads => _offloadFrames?.Offloads ?? TunOffloads.None;
 
     /// <summary>A snapshot of both neighbor caches: address, link-layer address (empty while unresolved) and RFC 4861 state.</summary>
     public IReadOnlyList<(IPAddress Address, PhysicalAddress Mac, string State)> Neighbors()
@@ -258,7 +285,30 @@ public sealed class EthernetPacketDevice : IPacketDevice
     // ------------------------------------------------------------------------------------------
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// Over a device with offloads, a partial checksum is completed here and a super-segment,
+    /// which a reader without offload support could not take, is dropped (<c>link.drop.gso</c>).
+    /// </remarks>
     public bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length)
+    {
+        while (TryReadWithHeader(buffer, millisecondsTimeout, out length, out var header))
+        {
+            if (header.IsSegmented)
+            {
+                Statistics.Increment("link.drop.gso");
+                continue;
+            }
+
+            if (header.NeedsChecksum)
+                VirtioNet.completeChecksum(header, buffer[..length]);
+            return true;
+        }
+
+        return false;
+    }
+
+    /// <inheritdoc/>
+    public bool TryReadWithHeader(Span<byte> buffer, int millisecondsTimeout, out int length, out VirtioNetHeader header)
     {
         long start = Now();
         long deadline = millisecondsTimeout < 0 ? long.MaxValue : start + millisecondsTimeout * 1000L;
@@ -268,12 +318,25 @@ public sealed class EthernetPacketDevice : IPacketDevice
             RunTimers(now);
             long next = Math.Min(deadline, NextNeighborDeadline());
             int wait = next == long.MaxValue ? -1 : (int)Math.Clamp((next - now + 999) / 1000, 0, int.MaxValue);
-            if (_frames.TryRead(_in, wait, out int n))
+            var frameHeader = VirtioNetHeader.None;
+            bool read = _offloadFrames is not null
+                ? _offloadFrames.TryReadWithHeader(_in, wait, out int n, out frameHeader)
+                : _frames.TryRead(_in, wait, out n);
+            if (read)
             {
-                int ip = Receive(_in.AsSpan(0, n), buffer);
+                int ip = Receive(_in.AsSpan(0, n), buffer, out int linkHeader);
                 if (ip > 0)
                 {
+                    // The frame's offsets count the Ethernet header (and any VLAN tag); ours do not.
+                    var shifted = VirtioNet.shift(-linkHeader, frameHeader);
+                    if (shifted.IsNone)
+                    {
+                        Statistics.Increment("link.drop.bad-vnet-header");
+                        continue;
+                    }
+
                     length = ip;
+                    header = shifted.Value;
                     return true;
                 }
 
@@ -285,6 +348,7 @@ public sealed class EthernetPacketDevice : IPacketDevice
             if (now >= deadline || now < next)
             {
                 length = 0;
+                header = VirtioNetHeader.None;
                 return false;
             }
         }
@@ -322,8 +386,12 @@ public sealed class EthernetPacketDevice : IPacketDevice
     }
 
     /// <summary>Handles one frame; returns the length of the IP packet copied to <paramref name="buffer"/>, or 0.</summary>
-    private int Receive(ReadOnlySpan<byte> frame, Span<byte> buffer)
+    private int Receive(ReadOnlySpan<byte> frame, Span<byte> buffer) => Receive(frame, buffer, out _);
+
+    /// <summary>As above; <paramref name="linkHeader"/> is the Ethernet header's length, VLAN tags included.</summary>
+    private int Receive(ReadOnlySpan<byte> frame, Span<byte> buffer, out int linkHeader)
     {
+        linkHeader = 0;
         var parsed = Ethernet.parse(frame);
         if (parsed.IsError)
         {
@@ -332,9 +400,9 @@ public sealed class EthernetPacketDevice : IPacketDevice
         }
 
         var eth = parsed.ResultValue;
-        if (eth.VlanTags > 0 && eth.VlanId != 0)
+        if (_vlan < 0 ? eth.VlanTags > 0 && eth.VlanId != 0 : eth.VlanTags != 1 || eth.VlanId != _vlan)
         {
-            Statistics.Increment("link.drop.vlan");
+            Statistics.Increment(eth.VlanTags == 0 ? "link.drop.untagged" : "link.drop.vlan");
             return 0;
         }
 
@@ -344,6 +412,7 @@ public sealed class EthernetPacketDevice : IPacketDevice
             return 0;
         }
 
+        linkHeader = eth.PayloadOffset;
         var payload = frame[eth.PayloadOffset..];
         switch (eth.EtherType)
         {
@@ -546,28 +615,41 @@ public sealed class EthernetPacketDevice : IPacketDevice
     // ------------------------------------------------------------------------------------------
 
     /// <inheritdoc/>
-    public void Write(ReadOnlySpan<byte> packet)
+    public void Write(ReadOnlySpan<byte> packet) => Write(packet, VirtioNetHeader.None);
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// The header's offsets count from the IP packet; the frame's header gets them moved by the
+    /// Ethernet header's length. A super-segment for a neighbor still being resolved is dropped
+    /// (<c>link.drop.unresolved-gso</c>; TCP sends it again) rather than queued, since the
+    /// neighbor queue holds ordinary packets; a partial checksum is completed before queueing.
+    /// </remarks>
+    /// <exception cref="ArgumentException">The packet is empty or not IPv4/IPv6.</exception>
+    /// <exception cref="InvalidOperationException">The header is not None but the frame device carries no virtio-net header.</exception>
+    public void Write(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
     {
         if (packet.IsEmpty)
             throw new ArgumentException("An IP packet cannot be empty.", nameof(packet));
+        if (_offloadFrames is null && !IsPlain(header))
+            throw new InvalidOperationException("The frame device under the Ethernet adapter carries no offload metadata.");
         int version = packet[0] >> 4;
         lock (_gate)
         {
             if (version == 4 && packet.Length >= 20)
             {
                 var destination = Ipv4Address.Read(packet[16..]);
-                WriteIpv4(destination, packet);
+                WriteIpv4(destination, packet, header);
             }
             else if (version == 6 && packet.Length >= Ipv6.HeaderLength)
             {
                 var destination = Ipv6Address.Read(packet[24..]);
                 if (destination.IsMulticast)
                 {
-                    WriteFrame(Core.Link.MacAddress.OfIpv6Multicast(destination), EtherType.Ipv6, packet);
+                    WriteFrame(Core.Link.MacAddress.OfIpv6Multicast(destination), EtherType.Ipv6, packet, header);
                     return;
                 }
 
-                SendVia(destination, packet, Now());
+                SendVia(destination, packet, Now(), header);
             }
             else
             {
@@ -576,18 +658,39 @@ public sealed class EthernetPacketDevice : IPacketDevice
         }
     }
 
-    private void WriteIpv4(Ipv4Address destination, ReadOnlySpan<byte> packet)
+    private static bool IsPlain(in VirtioNetHeader header) =>
+        header.Flags == VirtioNetFlags.None && header.GsoType == VirtioGsoType.None;
+
+    /// <summary>
+    /// The copy of <paramref name="packet"/> the neighbor queue keeps: an ordinary packet (its
+    /// partial checksum completed), or null for a super-segment, which is counted and dropped.
+    /// </summary>
+    private byte[]? Queueable(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
+    {
+        if (header.IsSegmented)
+        {
+            Statistics.Increment("link.drop.unresolved-gso");
+            return null;
+        }
+
+        var copy = packet.ToArray();
+        if (header.NeedsChecksum)
+            VirtioNet.completeChecksum(header, copy);
+        return copy;
+    }
+
+    private void WriteIpv4(Ipv4Address destination, ReadOnlySpan<byte> packet, in VirtioNetHeader header)
     {
         uint d = destination.Value;
         if (d == uint.MaxValue || (_mask4 != uint.MaxValue && (d & ~_mask4) == ~_mask4 && ((d ^ _v4.Value) & _mask4) == 0))
         {
-            WriteFrame(Core.Link.MacAddress.Broadcast, EtherType.Ipv4, packet);
+            WriteFrame(Core.Link.MacAddress.Broadcast, EtherType.Ipv4, packet, header);
             return;
         }
 
         if ((d >> 28) == 0xE)
         {
-            WriteFrame(Core.Link.MacAddress.OfIpv4Multicast(destination), EtherType.Ipv4, packet);
+            WriteFrame(Core.Link.MacAddress.OfIpv4Multicast(destination), EtherType.Ipv4, packet, header);
             return;
         }
 
@@ -604,7 +707,7 @@ public sealed class EthernetPacketDevice : IPacketDevice
 
         if (ReferenceEquals(_memo4Cache, _arp) && _memo4Hop.Equals(hop))
         {
-            WriteFrame(_memo4Mac, EtherType.Ipv4, packet);
+            WriteFrame(_memo4Mac, EtherType.Ipv4, packet, header);
             return;
         }
 
@@ -612,12 +715,15 @@ public sealed class EthernetPacketDevice : IPacketDevice
         if (mac.IsSome)
         {
             (_memo4Cache, _memo4Hop, _memo4Mac) = (_arp, hop, mac.Value);
-            WriteFrame(mac.Value, EtherType.Ipv4, packet);
+            WriteFrame(mac.Value, EtherType.Ipv4, packet, header);
             return;
         }
 
+        var queued = Queueable(packet, header);
+        if (queued is null)
+            return;
         long before = _arp.NextDeadline;
-        Apply(NeighborCache.send(Now(), hop, packet.ToArray(), _arp));
+        Apply(NeighborCache.send(Now(), hop, queued, _arp));
         if (_arp.NextDeadline < before)
             _frames.Wake(); // a new resolution timer the reader's current wait does not know
     }
@@ -633,7 +739,10 @@ public sealed class EthernetPacketDevice : IPacketDevice
         return ((destination.High ^ _v6.High) & highMask) == 0 && ((destination.Low ^ _v6.Low) & lowMask) == 0;
     }
 
-    private void SendVia(Ipv6Address destination, ReadOnlySpan<byte> packet, long now)
+    private void SendVia(Ipv6Address destination, ReadOnlySpan<byte> packet, long now) =>
+        SendVia(destination, packet, now, VirtioNetHeader.None);
+
+    private void SendVia(Ipv6Address destination, ReadOnlySpan<byte> packet, long now, in VirtioNetHeader header)
     {
         Ipv6Address hop;
         if (OnLink6(destination))
@@ -650,7 +759,7 @@ public sealed class EthernetPacketDevice : IPacketDevice
 
         if (ReferenceEquals(_memo6Cache, _ndp) && _memo6Hop.Equals(hop))
         {
-            WriteFrame(_memo6Mac, EtherType.Ipv6, packet);
+            WriteFrame(_memo6Mac, EtherType.Ipv6, packet, header);
             return;
         }
 
@@ -658,12 +767,15 @@ public sealed class EthernetPacketDevice : IPacketDevice
         if (mac.IsSome)
         {
             (_memo6Cache, _memo6Hop, _memo6Mac) = (_ndp, hop, mac.Value);
-            WriteFrame(mac.Value, EtherType.Ipv6, packet);
+            WriteFrame(mac.Value, EtherType.Ipv6, packet, header);
             return;
         }
 
+        var queued = Queueable(packet, header);
+        if (queued is null)
+            return;
         long before = _ndp.NextDeadline;
-        Apply(NeighborCache.send(now, hop, packet.ToArray(), _ndp));
+        Apply(NeighborCache.send(now, hop, queued, _ndp));
         if (_ndp.NextDeadline < before)
             _frames.Wake();
     }
@@ -736,11 +848,31 @@ public sealed class EthernetPacketDevice : IPacketDevice
     };
 
     /// <summary>Frames <paramref name="payload"/> in _out and writes it (callers hold the lock).</summary>
-    private void WriteFrame(MacAddress destination, ushort etherType, ReadOnlySpan<byte> payload)
+    private void WriteFrame(MacAddress destination, ushort etherType, ReadOnlySpan<byte> payload) =>
+        WriteFrame(destination, etherType, payload, VirtioNetHeader.None);
+
+    /// <summary>
+    /// Frames <paramref name="payload"/> and writes it with <paramref name="offload"/>, whose
+    /// offsets move from the IP packet to the frame (callers hold the lock).
+    /// </summary>
+    private void WriteFrame(MacAddress destination, ushort etherType, ReadOnlySpan<byte> payload, in VirtioNetHeader offload)
     {
-        int header = Ethernet.write(destination, _mac, etherType, _out);
+        // IEEE 802.1Q: with a VLAN every frame carries its tag (priority 0); the offsets then count 18 bytes.
+        int header = _vlan < 0
+            ? Ethernet.write(destination, _mac, etherType, _out)
+            : Ethernet.writeTagged(destination, _mac, _vlan, etherType, _out);
         payload.CopyTo(_out.AsSpan(header));
-        _frames.Write(_out.AsSpan(0, header + payload.Length));
+        var frame = _out.AsSpan(0, header + payload.Length);
+        if (IsPlain(offload))
+        {
+            _frames.Write(frame);
+            return;
+        }
+
+        var shifted = VirtioNet.shift(header, offload);
+        if (shifted.IsNone)
+            throw new ArgumentException("The virtio-net header's offsets do not fit a frame.", nameof(offload));
+        _offloadFrames!.Write(frame, shifted.Value);
     }
 
     /// <inheritdoc/>

@@ -190,6 +190,35 @@ module VirtioNet =
             ChecksumOffset = uint16 UdpChecksumOffset
         }
 
+    /// Moves the offsets of `header` by `delta` bytes, for a link-layer header in front of the
+    /// IP packet: a TAP device's virtio-net header counts csum_start and hdr_len from the start
+    /// of the Ethernet frame (14 bytes, 18 with an 802.1Q tag), the engine's from the IP header
+    /// (linux/virtio_net.h, virtio_net_hdr_from_skb adds the VLAN tag's 4 bytes too). Writing a
+    /// frame shifts by +n, reading one by -n. csum_start moves only with NEEDS_CSUM (it means
+    /// nothing without), hdr_len only when set (0 means "no hint"). ValueNone when a moved offset
+    /// leaves 0..65535: a partial checksum that would start inside the link-layer header.
+    let shift (delta: int) (header: VirtioNetHeader) : VirtioNetHeader voption =
+        let start =
+            if header.NeedsChecksum then
+                int header.ChecksumStart + delta
+            else
+                int header.ChecksumStart
+
+        let headers =
+            if header.HeaderLength = 0us then
+                0
+            else
+                int header.HeaderLength + delta
+
+        if start < 0 || start > 0xFFFF || headers < 0 || headers > 0xFFFF then
+            ValueNone
+        else
+            ValueSome
+                { header with
+                    ChecksumStart = uint16 start
+                    HeaderLength = uint16 headers
+                }
+
     /// The value a partial (NEEDS_CSUM) checksum field holds: the folded pseudo-header sum,
     /// not complemented (Linux: `~tcp_v4_check(len, saddr, daddr, 0)`). The deliverer adds the
     /// bytes after it and complements; `pseudoHeader` is Checksum.pseudoHeaderV4/V6 of the whole

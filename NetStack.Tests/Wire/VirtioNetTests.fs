@@ -166,6 +166,61 @@ let tests =
 
             testPropertyWithConfig
                 codecConfig
+                "moving a header's offsets past a link-layer header and back gives the same header"
+            <| Prop.forAll (Arb.fromGen (Gen.zip headerGen (Gen.choose (0, 64)))) (fun (h, n) ->
+                let fits (value: uint16) = int value + n <= 0xFFFF
+
+                match VirtioNet.shift n h with
+                | ValueSome moved ->
+                    VirtioNet.shift -n moved = ValueSome h
+                    && moved.GsoSize = h.GsoSize
+                    && moved.ChecksumOffset = h.ChecksumOffset
+                | ValueNone -> not (fits h.HeaderLength && (not h.NeedsChecksum || fits h.ChecksumStart)))
+
+            testPropertyWithConfig
+                codecConfig
+                "taking off a link-layer header refuses exactly the offsets that pointed into it"
+            <| Prop.forAll (Arb.fromGen (Gen.zip headerGen (Gen.choose (1, 64)))) (fun (h, n) ->
+                let inside =
+                    (h.NeedsChecksum && int h.ChecksumStart < n)
+                    || (h.HeaderLength > 0us && int h.HeaderLength < n)
+
+                (VirtioNet.shift -n h).IsNone = inside)
+
+            testPropertyWithConfig
+                codecConfig
+                "a partial checksum completed in the frame with the moved header is the packet's full checksum"
+            <| fun (payload: byte[]) (v6: bool) (link: byte[]) ->
+                let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+
+                let seg = segment 9u TcpFlags.Ack payload.Length
+                let buffer = Array.zeroCreate<byte> 70000
+
+                let n =
+                    IpLayer.writeTcp source destination 1234us 80us 1us seg (ReadOnlySpan payload) (Span buffer)
+
+                let full = buffer.[.. n - 1]
+                let ip = ipHeader v6
+                let partial = Array.copy full
+
+                let pseudo =
+                    if v6 then
+                        Checksum.pseudoHeaderV6 src6 dst6 IpProtocol.Tcp (n - ip)
+                    else
+                        Checksum.pseudoHeaderV4 src4 dst4 IpProtocol.Tcp (n - ip)
+
+                BinaryPrimitives.WriteUInt16BigEndian(Span(partial, ip + 16, 2), VirtioNet.partialChecksum pseudo)
+                // A link-layer header of 14 or 18 bytes (or any other length) in front.
+                let frame = Array.append link partial
+
+                match VirtioNet.shift link.Length (VirtioNet.tcpSegments v6 ip 20 0) with
+                | ValueSome moved ->
+                    Expect.isTrue (VirtioNet.completeChecksum moved (Span frame)) "completed"
+                    frame.[.. link.Length - 1] = link && frame.[link.Length ..] = full
+                | ValueNone -> false
+
+            testPropertyWithConfig
+                codecConfig
                 "a super-segment, its checksum completed, is one valid TCP segment with every byte"
             <| fun (NonEmptyArray(payload: byte[])) (v6: bool) (fin: bool) ->
                 let flags =
