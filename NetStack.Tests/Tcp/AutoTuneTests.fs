@@ -177,6 +177,41 @@ type private Receiver(cfg: TcpConfig) =
         if n > 0L then
             apply (Connection.receiveWindowUpdate now n conn)
 
+/// A simulation profile (see TcpSimulationTests) with auto-tuning on both sides: small initial
+/// buffers that may grow to 1 MiB, a lossy, duplicating, reordering link, a reader at once or slow.
+let private tunedProfile (seed: int) : TcpSimulationTests.LinkProfile =
+    let rng = System.Random seed
+
+    let config () =
+        { TcpConfig.Default with
+            Mss = [| 536; 1460 |].[rng.Next 2]
+            ReceiveBufferSize = [| 3000; 8192; 20000; 65535 |].[rng.Next 4]
+            ReceiveBufferMax = 1 <<< 20
+            WindowScaling = rng.Next 4 <> 0
+            Timestamps = rng.Next 4 <> 0
+            SelectiveAck = rng.Next 2 = 0
+            Msl = 60_000_000L
+            DelayedAckTimeout = int64 (rng.Next(0, 200_001))
+            MaxRetransmissions = 12
+        }
+
+    {
+        DropPercent = rng.Next(0, 8)
+        DuplicatePercent = rng.Next(0, 5)
+        BaseDelay = int64 (rng.Next(100, 20_000))
+        Jitter = int64 (rng.Next(0, 10_000))
+        ReadEvery =
+            if rng.Next 4 = 0 then
+                ValueSome(int64 (rng.Next(1_000, 100_000)))
+            else
+                ValueNone
+        ClientBytes = rng.Next(0, 200_001)
+        ServerBytes = rng.Next(0, 50_001)
+        ClientConfig = config ()
+        ServerConfig = config ()
+        SendBuffer = 1 <<< 20
+    }
+
 /// A peer offering `perRtt` bytes each 10 ms round trip and a reader that takes all of it at
 /// once, for `rounds` round trips.
 let private steady (cfg: TcpConfig) (perRtt: int64) (rounds: int) =
@@ -281,6 +316,15 @@ let tests =
 
                 Expect.isGreaterThan r.Conn.RcvBuf 65536 "it grew"
             }
+
+            testPropertyWithConfig
+                { TestUtil.heavyConfig with
+                    maxTest = 100
+                }
+                "two tuned engines over a lossy, reordering link: every byte crosses intact and both close"
+            <| Prop.forAll (Arb.fromGen (Gen.choose (0, System.Int32.MaxValue))) (fun seed ->
+                TcpSimulationTests.checkRun seed (tunedProfile seed)
+                true)
 
             testPropertyWithConfig
                 TestUtil.heavyConfig
