@@ -61,11 +61,15 @@ public sealed partial class NetworkStack
             Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic,
             false,
             Options.TcpKeepAlive is { } idle ? (long)idle.TotalMicroseconds : FSharpValueOption<long>.None,
-            (long)Options.TcpKeepAliveInterval.TotalMicroseconds, Options.TcpKeepAliveCount);
+            (long)Options.TcpKeepAliveInterval.TotalMicroseconds, Options.TcpKeepAliveCount,
+            Options.TcpReceiveBufferMaxBytes);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);
     }
+
+    // 65535·2^14: the largest window a scaled 16-bit field can offer (RFC 7323 §2.3).
+    private const int MaxScaledWindow = 65535 << 14;
 
     private static void ValidateTcp(NetStackOptions options)
     {
@@ -73,6 +77,10 @@ public sealed partial class NetworkStack
             throw new ArgumentException("TcpSendBufferBytes must be positive.", nameof(options));
         if (options.TcpReceiveBufferBytes < 1)
             throw new ArgumentException("TcpReceiveBufferBytes must be positive.", nameof(options));
+        if (options.TcpReceiveBufferBytes > MaxScaledWindow)
+            throw new ArgumentException($"TcpReceiveBufferBytes exceeds {MaxScaledWindow}, the largest scaled window (RFC 7323 §2.3).", nameof(options));
+        if (options.TcpReceiveBufferMaxBytes < 1 || options.TcpReceiveBufferMaxBytes > MaxScaledWindow)
+            throw new ArgumentException($"TcpReceiveBufferMaxBytes must lie between 1 and {MaxScaledWindow}.", nameof(options));
         if (options.TcpTimeWait < TimeSpan.Zero)
             throw new ArgumentException("TcpTimeWait cannot be negative.", nameof(options));
         if (options.TcpLinger < TimeSpan.Zero)
@@ -602,6 +610,10 @@ public sealed partial class NetworkStack
                     break;
                 case TcpAction.Deliver d:
                     c.Deliver(d.upTo);
+                    break;
+                case TcpAction.ReceiveBufferGrown g:
+                    c.GrowReceiveBuffer(g.size);
+                    _statistics.Increment("tcp.receive-buffer.grown");
                     break;
                 case TcpAction.Event e:
                     OnTcpEvent(c, e.@event);

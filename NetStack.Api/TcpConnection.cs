@@ -42,7 +42,7 @@ public sealed class TcpConnection : Stream
     // that only receives, holds no send ring) and returned once both the user and the loop are
     // done with them. A stream position p lives at p % capacity (the rented array may be longer).
     private readonly int _sendCapacity;
-    private readonly int _receiveCapacity;
+    private int _receiveCapacity; // grows (auto-tuning) on the loop thread, under _gate
     private bool _userDone;
     private bool _loopDone;
 
@@ -121,6 +121,20 @@ public sealed class TcpConnection : Stream
 
     /// <summary>Our address and port.</summary>
     public IPEndPoint LocalEndPoint { get; internal set; }
+
+    /// <summary>
+    /// The receive buffer's current size in bytes: <see cref="NetStackOptions.TcpReceiveBufferBytes"/>
+    /// at first, grown by auto-tuning up to <see cref="NetStackOptions.TcpReceiveBufferMaxBytes"/>
+    /// while the reader keeps up with a fast sender; it never shrinks.
+    /// </summary>
+    public int ReceiveBufferSize
+    {
+        get
+        {
+            lock (_gate)
+                return _receiveCapacity;
+        }
+    }
 
     /// <summary>The peer's address and port.</summary>
     public IPEndPoint RemoteEndPoint { get; }
@@ -478,6 +492,33 @@ public sealed class TcpConnection : Stream
                 ring = _receive ??= ArrayPool<byte>.Shared.Rent(_receiveCapacity);
         }
         CopyIn(ring, _receiveCapacity, position, data);
+    }
+
+    /// <summary>
+    /// Auto-tuning grew the receive buffer to <paramref name="size"/> bytes (loop only, before the
+    /// larger window is offered): a larger pooled ring takes every byte that may be unread or
+    /// stored out of order, [consumed, consumed + old capacity), at its stream position.
+    /// </summary>
+    internal void GrowReceiveBuffer(int size)
+    {
+        lock (_gate)
+        {
+            if (size <= _receiveCapacity)
+                return;
+            var old = _receive;
+            if (old is not null)
+            {
+                var ring = ArrayPool<byte>.Shared.Rent(size);
+                int oldCapacity = _receiveCapacity;
+                int start = (int)(_recvConsumed % oldCapacity);
+                var moved = old.AsSpan(0, oldCapacity);
+                CopyIn(ring, size, _recvConsumed, moved[start..]);
+                CopyIn(ring, size, _recvConsumed + (oldCapacity - start), moved[..start]);
+                _receive = ring;
+                ArrayPool<byte>.Shared.Return(old);
+            }
+            _receiveCapacity = size;
+        }
     }
 
     /// <summary>Receive-stream bytes below <paramref name="upTo"/> are readable.</summary>

@@ -152,10 +152,10 @@ module Connection =
     /// never moves left, which the RFC forbids ("shrinking the window", §3.8.6).
     let private refreshWindow (c: Connection) =
         let inOrderEdge = recvSeqOf c c.Delivered
-        let room = c.Consumed + int64 c.Config.ReceiveBufferSize - c.Delivered
+        let room = c.Consumed + int64 c.RcvBuf - c.Delivered
         // The 16-bit field, scaled by our shift (RFC 7323 §2.2), bounds what can be offered.
         let candidate = inOrderEdge + int (min (65535L <<< c.RcvWndShift) room)
-        let threshold = max 1 (min (c.Config.ReceiveBufferSize / 2) c.Config.Mss)
+        let threshold = max 1 (min (c.RcvBuf / 2) c.Config.Mss)
 
         if SeqNum.gt candidate c.RcvRight && candidate - c.RcvRight >= threshold then
             { c with RcvRight = candidate }
@@ -164,6 +164,88 @@ module Connection =
 
     /// RCV.WND as we last offered it, in bytes.
     let private offeredWindow (c: Connection) = max 0 (c.RcvRight - c.RcvNxt)
+
+    // ---- Receive-buffer auto-tuning (dynamic right-sizing) -----------------------------------
+
+    /// Receiver-side round-trip measurement (after Linux's tcp_rcv_rtt_measure_ts): a full-sized
+    /// data segment whose TSecr echoes a TSval not measured with yet left the peer about one
+    /// round trip after we sent that TSval (RFC 7323 §4: the peer echoes our latest timestamp).
+    /// The estimate follows the smallest samples at once and rises only by 1/8 per sample,
+    /// since a peer that holds data back makes samples longer than the path.
+    let private measureReceiverRtt (now: int64) (seg: Segment) (c: Connection) =
+        match seg.Options.Timestamps with
+        | ValueSome ts when
+            c.TsEnabled
+            && c.Config.ReceiveBufferLimit > c.RcvBuf
+            && ts.EchoReply <> 0u
+            && ts.EchoReply <> c.RcvRttEcho
+            && seg.PayloadLength >= c.RcvMss
+            ->
+            let ms = int (tsNow now c - ts.EchoReply)
+
+            if ms < 0 || int64 ms * 1000L > c.Config.MaxRto then
+                c
+            else
+                // The timestamp clock ticks in ms: 0 means "under a millisecond", taken as one.
+                let sample = max 1000L (int64 ms * 1000L)
+
+                let rtt =
+                    if c.RcvRtt = 0L || sample < c.RcvRtt then
+                        sample
+                    else
+                        c.RcvRtt - c.RcvRtt / 8L + sample / 8L
+
+                { c with
+                    RcvRtt = rtt
+                    RcvRttEcho = ts.EchoReply
+                }
+        | _ -> c
+
+    /// Receive-buffer auto-tuning (dynamic right-sizing, after Linux's tcp_rcv_space_adjust).
+    /// Once per receiver round trip (the timestamp estimate, else the sender's SRTT) it looks at
+    /// how much the reader consumed per round trip. A reader that took more than half the
+    /// buffer is limited by the window (a buffer B sustains at most B per round trip, and a
+    /// sender in slow start wants twice last round's), so the buffer grows to twice that
+    /// consumption plus four segments of headroom (data held out of order after a loss, reads
+    /// that come in bursts), up to `Config.ReceiveBufferLimit`. An idle or slow reader never
+    /// grows it. The buffer never shrinks, so the offered right edge never moves left (RFC 9293
+    /// §3.8.6), and the shift chosen at SYN time covers the limit (RFC 7323 §2.3). The caller
+    /// learns the size from `ReceiveBufferGrown` before any segment offers the larger window.
+    let private tuneReceiveBuffer (now: int64) (out: Out) (c: Connection) =
+        // Without window scaling no window beyond 65535 can be offered: growing past it is waste.
+        let limit =
+            if c.WindowScaled then
+                c.Config.ReceiveBufferLimit
+            else
+                max c.RcvBuf (min 65535 c.Config.ReceiveBufferLimit)
+
+        let rtt =
+            if c.RcvRtt > 0L then c.RcvRtt
+            elif c.Rtt.HasSample then max 1000L c.Rtt.Srtt
+            else 0L
+
+        match c.RcvSpaceFrom with
+        | _ when c.RcvBuf >= limit -> c
+        | ValueNone ->
+            { c with
+                RcvSpaceFrom = ValueSome(struct (now, c.Consumed))
+            }
+        | ValueSome(struct (since, from)) when rtt > 0L && now - since >= rtt ->
+            // Reads may come in bursts: the count is scaled to one round trip.
+            let perRtt = (c.Consumed - from) * rtt / (now - since)
+
+            let c =
+                { c with
+                    RcvSpaceFrom = ValueSome(struct (now, c.Consumed))
+                }
+
+            if 2L * perRtt > int64 c.RcvBuf then
+                let size = int (min (int64 limit) (2L * perRtt + 4L * int64 c.RcvMss))
+                out.Add(TcpAction.ReceiveBufferGrown size)
+                { c with RcvBuf = size }
+            else
+                c
+        | _ -> c
 
     /// The options every non-SYN segment carries: timestamps once negotiated (RFC 7323 §3.2:
     /// "on all others"), TSecr = TS.Recent.
@@ -246,7 +328,7 @@ module Connection =
             elif withAck then
                 offeredWindow c, c
             elif syn then
-                min 65535 c.Config.ReceiveBufferSize, c
+                min 65535 c.RcvBuf, c
             else
                 0, c
 
@@ -317,7 +399,7 @@ module Connection =
             SackPermitted = offerSack
             WindowScale =
                 if offerWs then
-                    ValueSome(byte (TcpConfig.WindowShiftFor c.Config.ReceiveBufferSize))
+                    ValueSome(byte (TcpConfig.WindowShiftFor c.Config.ReceiveBufferLimit))
                 else
                     ValueNone
             Timestamps =
@@ -936,7 +1018,7 @@ module Connection =
             let dataEnd = dataStart + seg.PayloadLength
             // Nothing beyond a FIN already seen is data, and nothing beyond the buffer's end is
             // kept (a defence in depth: RcvRight never passes it).
-            let bufferEnd = recvSeqOf c (c.Consumed + int64 c.Config.ReceiveBufferSize)
+            let bufferEnd = recvSeqOf c (c.Consumed + int64 c.RcvBuf)
 
             let limit =
                 match c.PeerFinAt with
@@ -951,6 +1033,7 @@ module Connection =
                 else
                     c
 
+            let c = measureReceiverRtt now seg c
             let lo = SeqNum.max dataStart c.RcvNxt
             let hi = SeqNum.min dataEnd limit
             let mutable ackNow = seg.PayloadLength > 0 && not (SeqNum.lt lo hi)
@@ -1086,7 +1169,7 @@ module Connection =
                  | _ -> 0)
             RcvWndShift =
                 (if scaled then
-                     TcpConfig.WindowShiftFor c.Config.ReceiveBufferSize
+                     TcpConfig.WindowShiftFor c.Config.ReceiveBufferLimit
                  else
                      0)
             TsEnabled = ts
@@ -1578,6 +1661,10 @@ module Connection =
             RecoveryPoint = iss
             HighRxt = 0L
             Cubic = CubicState.Initial
+            RcvBuf = config.ReceiveBufferSize
+            RcvRtt = 0L
+            RcvRttEcho = 0u
+            RcvSpaceFrom = ValueNone
         }
 
     /// Active OPEN: a connection in SYN-SENT whose SYN (with our MSS) is in the output. `iss`
@@ -1660,7 +1747,8 @@ module Connection =
         let c = if noDelay then transmit now out c else c
         output out c
 
-    /// The user read `bytes` more of the delivered data, freeing receive buffer space. When that
+    /// The user read `bytes` more of the delivered data, freeing receive buffer space (and, with
+    /// auto-tuning on, maybe growing the buffer: `ReceiveBufferGrown` comes first). When that
     /// opens the window noticeably (from below one MSS, or from at most half the buffer to at
     /// least twice what was offered) a window update is sent at once, so a peer stopped by a
     /// small window need not wait for its persist timer. Throws ArgumentException when more is read than was delivered.
@@ -1675,6 +1763,7 @@ module Connection =
 
         let c =
             if receivesData c.State && not c.FinReceived then
+                let c = tuneReceiveBuffer now out c
                 let before = offeredWindow c
                 let refreshed = refreshWindow c
                 let growth = refreshed.RcvRight - c.RcvRight
@@ -1688,8 +1777,7 @@ module Connection =
                 // to process.
                 let worthIt =
                     growth > 0
-                    && (before < c.Config.Mss
-                        || (2 * before <= c.Config.ReceiveBufferSize && after >= 2 * before))
+                    && (before < c.Config.Mss || (2 * before <= c.RcvBuf && after >= 2 * before))
 
                 if worthIt then sendAck now out c else c
             else
@@ -1751,8 +1839,7 @@ module Connection =
 
         let outOfOrderOk =
             c.OutOfOrder.Ranges
-            |> List.forall (fun struct (s, e) ->
-                s > c.Delivered && e <= c.Consumed + int64 c.Config.ReceiveBufferSize && s < e)
+            |> List.forall (fun struct (s, e) -> s > c.Delivered && e <= c.Consumed + int64 c.RcvBuf && s < e)
 
         if not (SeqNum.le c.SndUna c.SndNxt) then
             Some $"SND.UNA {c.SndUna} is after SND.NXT {c.SndNxt}"
@@ -1762,7 +1849,9 @@ module Connection =
             Some $"Acked {c.Acked} outside 0..Written {c.Written}"
         elif c.Consumed < 0L || c.Consumed > c.Delivered then
             Some $"Consumed {c.Consumed} outside 0..Delivered {c.Delivered}"
-        elif c.Delivered - c.Consumed > int64 c.Config.ReceiveBufferSize then
+        elif c.RcvBuf < c.Config.ReceiveBufferSize || c.RcvBuf > c.Config.ReceiveBufferLimit then
+            Some $"receive buffer {c.RcvBuf} outside {c.Config.ReceiveBufferSize}..{c.Config.ReceiveBufferLimit}"
+        elif c.Delivered - c.Consumed > int64 c.RcvBuf then
             Some $"{c.Delivered - c.Consumed} unread bytes exceed the receive buffer"
         elif not outOfOrderOk then
             Some $"out-of-order ranges {c.OutOfOrder.Ranges} outside ({c.Delivered}, buffer end)"
@@ -1791,10 +1880,7 @@ module Connection =
             Some "an option is in use that the configuration does not offer"
         elif synchronized && int64 (c.RcvRight - c.RcvNxt) > (65535L <<< c.RcvWndShift) then
             Some $"the offered window {c.RcvRight - c.RcvNxt} exceeds what the window field can say"
-        elif
-            synchronized
-            && SeqNum.gt c.RcvRight (recvSeqOf c (c.Consumed + int64 c.Config.ReceiveBufferSize))
-        then
+        elif synchronized && SeqNum.gt c.RcvRight (recvSeqOf c (c.Consumed + int64 c.RcvBuf)) then
             Some $"the offered right edge {c.RcvRight} is beyond the receive buffer"
         elif c.SendMss < 1 || c.RcvMss < 1 then
             Some $"MSS {c.SendMss}/{c.RcvMss} below 1"

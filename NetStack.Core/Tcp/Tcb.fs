@@ -69,6 +69,13 @@ type TcpConfig =
         /// Unanswered keep-alive probes after which the connection fails with TimedOut (Linux
         /// tcp_keepalive_probes = 9).
         KeepAliveCount: int
+        /// The largest the receive buffer may grow to by auto-tuning (dynamic right-sizing, like
+        /// Linux's tcp_rcv_space_adjust): every connection starts with `ReceiveBufferSize` and
+        /// grows, up to this, while its reader consumes more than half the buffer per round
+        /// trip. The window shift of our SYN is chosen from this (RFC 7323 §2.3), since the
+        /// shift cannot change later. At or below `ReceiveBufferSize` (the default) the buffer
+        /// stays fixed, as SO_RCVBUF pins Linux's.
+        ReceiveBufferMax: int
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -104,6 +111,7 @@ type TcpConfig =
             KeepAliveIdle = ValueNone
             KeepAliveInterval = 75_000_000L
             KeepAliveCount = 9
+            ReceiveBufferMax = 0
         }
 
     /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
@@ -115,6 +123,10 @@ type TcpConfig =
             shift <- shift + 1
 
         shift
+
+    /// The receive buffer's upper bound: `ReceiveBufferMax`, or `ReceiveBufferSize` when that is
+    /// larger (auto-tuning off).
+    member this.ReceiveBufferLimit = max this.ReceiveBufferSize this.ReceiveBufferMax
 
     /// Throws ArgumentException when a setting is out of range.
     member this.Validate() =
@@ -131,6 +143,11 @@ type TcpConfig =
             invalidArg
                 "ReceiveBufferSize"
                 "ReceiveBufferSize exceeds 65535·2^14, the largest scaled window (RFC 7323 §2.3)."
+
+        if this.ReceiveBufferMax < 0 || int64 this.ReceiveBufferMax > (65535L <<< 14) then
+            invalidArg
+                "ReceiveBufferMax"
+                "ReceiveBufferMax is negative or exceeds 65535·2^14, the largest scaled window (RFC 7323 §2.3)."
 
         if
             this.MinRto < 1L
@@ -276,6 +293,11 @@ type TcpAction =
     | StoreReceived of payloadOffset: int * position: int64 * length: int
     /// Receive-stream bytes below `upTo` are now in order and readable (each byte once).
     | Deliver of upTo: int64
+    /// Auto-tuning grew the receive buffer to `size` bytes: the caller enlarges its receive
+    /// buffer, keeping unread and out-of-order bytes at their stream positions, before it
+    /// carries out any later action (the next segment may offer the larger window and later
+    /// `StoreReceived` positions may use it).
+    | ReceiveBufferGrown of size: int
     /// Tell the user.
     | Event of event: TcpEvent
     /// The connection changed state (for audit; nothing to do).
@@ -422,4 +444,16 @@ type Connection =
         /// HighRxt (RFC 6675 §2) as a send-stream position: the end of the highest
         /// retransmission in this recovery.
         HighRxt: int64
+
+        /// The receive buffer's current size: `Config.ReceiveBufferSize` at first, grown by
+        /// auto-tuning up to `Config.ReceiveBufferLimit`; never shrinks.
+        RcvBuf: int
+        /// The receiver's round-trip estimate in µs (Linux's rcv_rtt_est), from the TSecr of
+        /// arriving data; 0 before the first measurement.
+        RcvRtt: int64
+        /// The TSecr last used for `RcvRtt`: one echo gives one sample.
+        RcvRttEcho: uint32
+        /// The current auto-tuning measurement: since when (µs) and the `Consumed` count then;
+        /// ValueNone before the first read.
+        RcvSpaceFrom: struct (int64 * int64) voption
     }

@@ -82,9 +82,10 @@ let private tcpInfo (socket: Socket) =
                 ValueNone
     }
 
-/// NetStack's shift for its receive buffer (RFC 7323 §2.3), the kernel's view of which is tcpi_snd_wscale.
+/// NetStack's shift for its receive buffer's largest size (RFC 7323 §2.3), the kernel's view of
+/// which is tcpi_snd_wscale.
 let private stackShift (options: NetStackOptions) =
-    NetStack.Core.Tcp.TcpConfig.WindowShiftFor options.TcpReceiveBufferBytes
+    NetStack.Core.Tcp.TcpConfig.WindowShiftFor(max options.TcpReceiveBufferBytes options.TcpReceiveBufferMaxBytes)
 
 let private expectNegotiated (info: KernelTcpInfo) (options: NetStackOptions) (where: string) =
     Expect.equal (info.Options &&& 1uy) 1uy $"timestamps in use {where}"
@@ -143,7 +144,8 @@ let tests =
                         Address6 = baseOptions.Address6,
                         HostAddress6 = baseOptions.HostAddress6,
                         TcpLinger = baseOptions.TcpLinger,
-                        TcpReceiveBufferBytes = (1 <<< 20)
+                        TcpReceiveBufferBytes = (1 <<< 20),
+                        TcpReceiveBufferMaxBytes = (1 <<< 20)
                     )
 
                 withStack options (fun stack ->

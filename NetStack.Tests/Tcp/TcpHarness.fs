@@ -229,6 +229,12 @@ let apply (side: Side) (incoming: byte[]) (transmit: OutgoingSegment -> unit) (o
                     fail $"{side.Name}: byte {p} delivered but never stored"
 
             side.Delivered <- upTo
+        | TcpAction.ReceiveBufferGrown size ->
+            if
+                size <= side.Conn.Config.ReceiveBufferSize
+                || size > side.Conn.Config.ReceiveBufferLimit
+            then
+                fail $"{side.Name}: receive buffer grown to {size}, outside the configured bounds"
         | TcpAction.Event e ->
             match e with
             | TcpEvent.SendBufferFreed n ->
