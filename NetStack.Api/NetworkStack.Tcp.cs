@@ -686,6 +686,9 @@ public sealed partial class NetworkStack
             case TcpEvent.Tags.FastRetransmit:
                 _statistics.Increment("tcp.retransmit.fast");
                 break;
+            case TcpEvent.Tags.LossProbe:
+                _statistics.Increment("tcp.loss-probe");
+                break;
         }
     }
 

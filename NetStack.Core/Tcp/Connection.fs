@@ -83,7 +83,7 @@ module Connection =
             | ValueSome _, ValueNone -> a
             | _ -> b
 
-        pick (pick (pick c.RetransmitAt c.PersistAt) (pick c.DelayedAckAt c.LingerAt)) c.KeepAliveAt
+        pick (pick (pick c.RetransmitAt c.PersistAt) (pick c.DelayedAckAt c.LingerAt)) (pick c.KeepAliveAt c.ProbeAt)
 
     let private output (out: Out) (c: Connection) : Connection * TcpOutput =
         c,
@@ -130,6 +130,7 @@ module Connection =
             DelayedAckAt = ValueNone
             LingerAt = ValueNone
             KeepAliveAt = ValueNone
+            ProbeAt = ValueNone
             AckPending = false
         }
 
@@ -142,6 +143,7 @@ module Connection =
             RetransmitAt = ValueNone
             PersistAt = ValueNone
             KeepAliveAt = ValueNone
+            ProbeAt = ValueNone
             LingerAt = ValueSome(now + 2L * c.Config.Msl)
         }
 
@@ -419,6 +421,11 @@ module Connection =
     [<Literal>]
     let private DupThresh = 3
 
+    /// The most retransmissions one recovery watches for loss (`RetransmitMarks`); a loss of
+    /// an older one is left to the retransmission timer.
+    [<Literal>]
+    let private MaxRetransmitMarks = 32
+
     /// The most disjoint ranges the scoreboard keeps: a hostile peer SACKing every other byte
     /// cannot make it (and the work per ACK) grow without bound; blocks beyond are ignored.
     [<Literal>]
@@ -443,7 +450,7 @@ module Connection =
 
         let hole (a: int64) (b: int64) =
             if b > a then
-                let lost = rangesAbove >= DupThresh || sackedAbove > threshold
+                let lost = rangesAbove >= DupThresh || sackedAbove > threshold || a < c.LostBelow
                 let retransmitted = max 0L (min b c.HighRxt - a)
                 total <- total + (if lost then 0L else b - a) + retransmitted
 
@@ -469,7 +476,10 @@ module Connection =
             if found.IsNone then
                 let from = max cursor c.HighRxt
 
-                if from < s && (rangesAbove >= DupThresh || sackedAbove > threshold) then
+                if
+                    from < s
+                    && (rangesAbove >= DupThresh || sackedAbove > threshold || from < c.LostBelow)
+                then
                     found <- ValueSome(struct (from, int (min (int64 c.SendMss) (s - from))))
 
                 sackedAbove <- sackedAbove - (e - s)
@@ -617,7 +627,15 @@ module Connection =
 
         let c = emit now out flags seq position length TcpOptions.None c
 
+        let marks =
+            if c.InRecovery && c.SackEnabled && length > 0 then
+                struct (position, position + int64 length, sendPosOf c c.SndMax)
+                :: List.truncate (MaxRetransmitMarks - 1) c.RetransmitMarks
+            else
+                c.RetransmitMarks
+
         { c with
+            RetransmitMarks = marks
             HighRxt = max c.HighRxt (position + int64 length)
             // Karn's rule: a resent segment gives no classic sample (timestamps still do).
             RttTimed = ValueNone
@@ -732,6 +750,8 @@ module Connection =
                 Cubic = cubic
                 Scoreboard = RangeSet.trimBelow ackedPosition c.Scoreboard
                 DupAcks = 0
+                // Progress: the probe timer starts again from now (`scheduleProbe`).
+                ProbeAt = ValueNone
             }
 
         // RFC 6298 §5.2/§5.3: stop the timer when everything is acknowledged, otherwise restart
@@ -803,6 +823,61 @@ module Connection =
             | ValueSome(struct (position, length)) -> sackRetransmit now out (retransmitAt now out position length c)
             | ValueNone -> c
 
+    /// Lost retransmissions (as Linux's tcp_mark_lost_retrans; RACK, RFC 8985 §6.2, finds the
+    /// same by time): a retransmitted range that is still neither acknowledged nor SACKed when
+    /// more than (DupThresh - 1)·SMSS bytes sent after it (above the SND.MAX it went out
+    /// under) have been SACKed was lost again. RFC 6675 alone leaves it to the retransmission
+    /// timer; here it is resent as soon as the pipe allows, and watched again.
+    let rec private resendLostRetransmissions (now: int64) (out: Out) (c: Connection) =
+        let threshold = int64 ((DupThresh - 1) * c.SendMss)
+        let sacked = RangeSet.count c.Scoreboard
+
+        // What of [start, end) is still missing: from the first byte that is neither
+        // acknowledged nor SACKed up to the next SACKed range.
+        let missing (struct (start: int64, finish: int64, _top: int64)) =
+            let from =
+                let a = max start c.Acked
+
+                match RangeSet.endOfRangeAt a c.Scoreboard with
+                | ValueSome e -> e
+                | ValueNone -> a
+
+            let until =
+                match RangeSet.nextStartAfter from c.Scoreboard with
+                | ValueSome s -> min s finish
+                | ValueNone -> finish
+
+            struct (from, until)
+
+        let live =
+            c.RetransmitMarks
+            |> List.filter (fun mark ->
+                let struct (from, until) = missing mark
+                from < until)
+
+        let lost =
+            live
+            |> List.tryFindBack (fun (struct (_, _, top)) -> sacked - sackedBelow top c > threshold)
+
+        let c =
+            if live.Length <> c.RetransmitMarks.Length then
+                { c with RetransmitMarks = live }
+            else
+                c
+
+        match lost with
+        | Some mark when c.Cwnd - pipe c >= c.SendMss ->
+            let struct (from, until) = missing mark
+            let length = int (min (int64 c.SendMss) (until - from))
+
+            let c =
+                { c with
+                    RetransmitMarks = c.RetransmitMarks |> List.filter (fun m -> m <> mark)
+                }
+
+            retransmitAt now out from length c |> resendLostRetransmissions now out
+        | _ -> c
+
     /// The first unacknowledged stretch: from SND.UNA to the first SACKed range, never past what
     /// was sent (SND.MAX), at most a segment.
     let private firstHoleLength (c: Connection) =
@@ -844,9 +919,11 @@ module Connection =
                     InRecovery = false
                     DupAcks = 0
                     Cwnd = max mss cwnd
+                    RetransmitMarks = []
+                    LostBelow = 0L
                 }
             elif c.SackEnabled then
-                sackRetransmit now out c
+                c |> resendLostRetransmissions now out |> sackRetransmit now out
             elif advanced then
                 // RFC 6582 §3.2 step 5, a partial ACK: the next hole is at SND.UNA; resend it at
                 // once and deflate the window by what was acknowledged (plus one MSS back).
@@ -876,11 +953,21 @@ module Connection =
 
             let c = if duplicate then { c with DupAcks = c.DupAcks + 1 } else c
 
+            // The peer SACKed a tail loss probe while bytes sent two round trips before it are
+            // still missing: those are lost (RFC 8985 §6.2's time rule; DupThresh SACKed
+            // segments may never come after a lost tail).
+            let probeShowsLoss =
+                match c.ProbeEnd with
+                | ValueSome finish when c.SackEnabled && finish > c.Acked ->
+                    (RangeSet.endOfRangeAt (finish - 1L) c.Scoreboard).IsSome
+                | _ -> false
+
             // IsLost(SND.UNA) (RFC 6675 §4): enough SACKed above the first hole.
             let lostAtUna =
                 c.SackEnabled
                 && (RangeSet.rangeCount c.Scoreboard >= DupThresh
-                    || RangeSet.count c.Scoreboard > int64 ((DupThresh - 1) * mss))
+                    || RangeSet.count c.Scoreboard > int64 ((DupThresh - 1) * mss)
+                    || probeShowsLoss)
 
             // RFC 6582 §3.2 step 2 / RFC 6675 §5.1: no new recovery for data sent before the last
             // one (or before a timeout) began.
@@ -910,6 +997,13 @@ module Connection =
                         Cubic = cubic
                         RecoveryPoint = c.SndMax
                         HighRxt = c.Acked
+                        RetransmitMarks = []
+                        LostBelow =
+                            match c.ProbeEnd with
+                            | ValueSome finish when probeShowsLoss -> finish
+                            | _ -> 0L
+                        ProbeAt = ValueNone
+                        ProbeEnd = ValueNone
                         Ssthresh = ssthresh
                         Cwnd =
                             if c.SackEnabled then
@@ -922,6 +1016,136 @@ module Connection =
                 if c.SackEnabled then sackRetransmit now out c else c
             else
                 c
+
+    // ---- Tail loss probe (RFC 8985 §7) --------------------------------------------------------
+
+    /// WCDelAckT (RFC 8985 §7.2): the longest a peer may hold the ACK of a lone segment.
+    [<Literal>]
+    let private WorstCaseDelayedAck = 200_000L
+
+    /// Added to 2·SRTT with more than one segment in flight (Linux's TCP_TIMEOUT_MIN, 2 ms), so
+    /// a probe on a sub-millisecond path does not race ACKs that are merely late.
+    [<Literal>]
+    let private ProbeSlack = 2_000L
+
+    /// RFC 8985 §7.2: a probe may be scheduled with data outstanding on a synchronized, SACK
+    /// connection that is neither in recovery nor after a timeout, once SRTT is known, and no
+    /// earlier probe is unresolved.
+    let private probeEligible (c: Connection) =
+        c.SackEnabled
+        && synAcked c
+        && c.Rtt.HasSample
+        && not c.InRecovery
+        && c.Retries = 0
+        && c.ProbeEnd.IsNone
+        && SeqNum.lt c.SndUna c.SndMax
+        && (match c.State with
+            | TcpState.Established
+            | TcpState.CloseWait
+            | TcpState.FinWait1
+            | TcpState.Closing
+            | TcpState.LastAck -> true
+            | _ -> false)
+
+    /// Arms PTO when eligible and not armed (2·SRTT, plus WCDelAckT with one segment in flight,
+    /// else ProbeSlack), unless the retransmission timer would fire first; disarms it otherwise.
+    let private scheduleProbe (now: int64) (c: Connection) =
+        if not (probeEligible c) then
+            if c.ProbeAt.IsSome then
+                { c with ProbeAt = ValueNone }
+            else
+                c
+        elif c.ProbeAt.IsSome then
+            c
+        else
+            let flight = c.SndMax - c.SndUna
+
+            let pto =
+                2L * c.Rtt.Srtt
+                + (if flight <= c.SendMss then
+                       WorstCaseDelayedAck
+                   else
+                       ProbeSlack)
+
+            match c.RetransmitAt with
+            | ValueSome rto when now + pto >= rto -> c
+            | _ ->
+                { c with
+                    ProbeAt = ValueSome(now + pto)
+                }
+
+    /// PTO fired (RFC 8985 §7.3): one segment of new data if the windows allow one more, else
+    /// the last segment sent again, so that the peer's ACK (with SACK) shows what the tail lost
+    /// and fast recovery repairs it instead of a retransmission timeout. The RTO restarts.
+    let private onProbe (now: int64) (out: Out) (c: Connection) =
+        let c = { c with ProbeAt = ValueNone }
+
+        if not (probeEligible c) then
+            c
+        else
+            let sentBefore = c.SndMax
+
+            let withNewData =
+                if SeqNum.lt c.SndNxt c.SndMax then
+                    c // resending after a timeout: no new data now
+                else
+                    let grown = sendSegment now out { c with Cwnd = c.Cwnd + c.SendMss }
+                    { grown with Cwnd = c.Cwnd }
+
+            let struct (c, resent) =
+                if SeqNum.gt withNewData.SndMax sentBefore then
+                    struct (withNewData, false)
+                else
+                    // The last segment the peer does not hold: the end of the highest hole
+                    // (there is always one at SND.UNA), never bytes it SACKed.
+                    let top = min c.Written (sendPosOf c c.SndMax)
+
+                    let struct (holeStart, holeEnd) =
+                        let mutable hole = struct (c.Acked, top)
+                        let mutable cursor = c.Acked
+
+                        for struct (s, e) in c.Scoreboard.Ranges do
+                            if s > cursor then
+                                hole <- struct (cursor, s)
+
+                            cursor <- max cursor e
+
+                        if top > cursor || (top = cursor && c.Scoreboard.IsEmpty) then
+                            struct (cursor, top)
+                        else
+                            hole
+
+                    let length = int (min (int64 c.SendMss) (holeEnd - holeStart))
+                    struct (retransmitAt now out (holeEnd - int64 length) length c, true)
+
+            out.Add(TcpAction.Event TcpEvent.LossProbe)
+
+            { c with
+                ProbeEnd = ValueSome(min c.Written (sendPosOf c c.SndMax))
+                ProbeResent = resent
+                RetransmitAt = ValueSome(now + c.Rtt.Rto)
+            }
+
+    /// The ACK that passes the probe ends its episode (RFC 8985 §7.4). Without DSACK the sender
+    /// cannot tell whether a resent probe repaired a loss or duplicated data that had arrived,
+    /// so, as Linux does, it assumes a loss and reduces the window once, as a fast recovery
+    /// would have.
+    let private endProbeEpisode (c: Connection) =
+        match c.ProbeEnd with
+        | ValueSome finish when c.Acked >= finish ->
+            if c.ProbeResent && not c.InRecovery then
+                let struct (ssthresh, cubic) =
+                    Congestion.onLoss c.Config.CongestionControl (c.SndMax - c.SndUna) c.SendMss c.Cwnd c.Cubic
+
+                { c with
+                    ProbeEnd = ValueNone
+                    Ssthresh = ssthresh
+                    Cwnd = max c.SendMss ssthresh
+                    Cubic = cubic
+                }
+            else
+                { c with ProbeEnd = ValueNone }
+        | _ -> c
 
     /// The ACK field in a synchronized state (RFC 9293 §3.10.7.4 fifth step, RFC 5961 §5.2).
     /// Returns the connection and whether processing of the segment goes on.
@@ -963,6 +1187,7 @@ module Connection =
                 }
 
             let c = lossRecovery now out seg una advanced sackedNew (c.SndWnd <> windowBefore) c
+            let c = endProbeEpisode c
 
             if not (finAcked c) then
                 struct (c, true)
@@ -1423,7 +1648,7 @@ module Connection =
     /// Processes one arriving segment (its checksum already verified by the caller).
     let handleSegment (now: int64) (seg: Segment) (c: Connection) : Connection * TcpOutput =
         let out = Out()
-        let c = handle now out seg c |> peerHeardFrom now
+        let c = handle now out seg c |> peerHeardFrom now |> scheduleProbe now
         output out c
 
     // ---- Timers -------------------------------------------------------------------------------
@@ -1481,6 +1706,10 @@ module Connection =
                 DupAcks = 0
                 RecoveryPoint = c.SndMax
                 HighRxt = c.Acked
+                RetransmitMarks = []
+                LostBelow = 0L
+                ProbeAt = ValueNone
+                ProbeEnd = ValueNone
             }
             |> transmit now out
 
@@ -1596,7 +1825,9 @@ module Connection =
             else
                 c
 
-        output out c
+        let c = if live c && due now c.ProbeAt then onProbe now out c else c
+
+        output out (scheduleProbe now c)
 
     // ---- User calls (RFC 9293 §3.10.1–3.10.5) -------------------------------------------------
 
@@ -1665,6 +1896,11 @@ module Connection =
             RcvRtt = 0L
             RcvRttEcho = 0u
             RcvSpaceFrom = ValueNone
+            ProbeAt = ValueNone
+            ProbeEnd = ValueNone
+            ProbeResent = false
+            RetransmitMarks = []
+            LostBelow = 0L
         }
 
     /// Active OPEN: a connection in SYN-SENT whose SYN (with our MSS) is in the output. `iss`
@@ -1731,7 +1967,7 @@ module Connection =
 
         let out = Out()
         let c = { c with Written = c.Written + bytes }
-        output out (transmit now out c)
+        output out (transmit now out c |> scheduleProbe now)
 
     /// Switches the Nagle algorithm off (`noDelay` true) or back on for this connection (the
     /// `TcpConfig.NoDelay` setting, like setting TCP_NODELAY on a socket). Turning it off sends
@@ -1806,7 +2042,7 @@ module Connection =
                 |> transmit now out
             | _ -> c
 
-        output out c
+        output out (scheduleProbe now c)
 
     /// User ABORT (§3.10.5): a RST to the peer when it may hold state for us, then CLOSED.
     let abort (now: int64) (c: Connection) : Connection * TcpOutput =

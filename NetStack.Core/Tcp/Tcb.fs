@@ -269,6 +269,9 @@ type TcpEvent =
     /// Loss was detected from duplicate ACKs or SACK blocks and fast recovery began with a
     /// retransmission, without waiting for the timer (RFC 5681 §3.2, RFC 6675, RFC 6582).
     | FastRetransmit
+    /// No ACK came for two round trips with data outstanding: a tail loss probe went out
+    /// (RFC 8985 §7), so a lost tail is repaired by SACK recovery instead of a timeout.
+    | LossProbe
 
 /// One state change, as reported for checking against `StateModel`.
 [<Struct>]
@@ -456,4 +459,21 @@ type Connection =
         /// The current auto-tuning measurement: since when (µs) and the `Consumed` count then;
         /// ValueNone before the first read.
         RcvSpaceFrom: struct (int64 * int64) voption
+        /// The tail loss probe's timer (RFC 8985 §7.2, PTO), armed while data is outstanding
+        /// outside recovery and no probe is unresolved.
+        ProbeAt: int64 voption
+        /// The send-stream position just past the probe sent (TLP.end_seq, RFC 8985 §7.3) while
+        /// it is unresolved: the ACK that passes it ends the episode.
+        ProbeEnd: int64 voption
+        /// The probe resent old data (rather than sending new data).
+        ProbeResent: bool
+        /// Retransmissions of this SACK recovery as send-stream ranges with the send position
+        /// of SND.MAX when each went out: data SACKed well above that mark was sent later and
+        /// arrived, so the retransmission itself was lost (as Linux's tcp_mark_lost_retrans).
+        /// At most `MaxRetransmitMarks` entries, newest first.
+        RetransmitMarks: struct (int64 * int64 * int64) list
+        /// Unacknowledged, unSACKed bytes below this send-stream position count as lost in the
+        /// current recovery: set when the peer SACKs a tail loss probe, which went out at least
+        /// two round trips after them (RACK's time rule, RFC 8985 §6.2, applied to the probe).
+        LostBelow: int64
     }

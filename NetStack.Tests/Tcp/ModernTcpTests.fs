@@ -697,4 +697,134 @@ let tests =
                         Expect.isTrue (cwnd >= 10_900 && cwnd <= 11_000) $"one window of ACKs: {cwnd}"
                     }
                 ]
+            testList
+                "tail loss probe (RFC 8985 §7) and lost retransmissions"
+                [
+                    test
+                        "a lost tail: after 2·SRTT the probe resends the last segment, its SACK starts recovery, no timeout" {
+                        let c, _ = sender true
+                        let base' = c.SndUna
+                        // The first eight segments arrive; the last two are lost.
+                        let c, _ = Connection.handleSegment (ms 22) (sackAck (base' + 8 * 1460) []) c
+                        audit c
+
+                        let probeAt =
+                            match c.ProbeAt with
+                            | ValueSome t -> t
+                            | ValueNone -> failtest "no probe timer with data outstanding"
+
+                        Expect.isLessThan probeAt c.RetransmitAt.Value "the probe comes before the RTO"
+                        Expect.isLessThan (probeAt - ms 22) (ms 20) "about 2·SRTT (SRTT 2 ms) after the ACK"
+                        let c, o = Connection.handleTimer probeAt c
+                        let probe = single o
+                        Expect.equal probe.DataPosition (9L * 1460L) "the last segment"
+                        Expect.equal probe.DataLength 1460 "a whole segment"
+                        Expect.contains (events o) TcpEvent.LossProbe "reported"
+                        Expect.equal c.Retries 0 "not a timeout"
+                        Expect.isTrue c.ProbeAt.IsNone "one probe per episode"
+                        audit c
+                        // The peer SACKs the probe: segment 9 is lost and resent at once.
+                        let c, o =
+                            Connection.handleSegment
+                                (probeAt + ms 2)
+                                (sackAck (base' + 8 * 1460) [ ((base' + 9 * 1460).Value, (base' + 10 * 1460).Value) ])
+                                c
+
+                        Expect.isTrue c.InRecovery "recovery began"
+                        let resent = single o
+                        Expect.equal resent.DataPosition (8L * 1460L) "the hole below the probe"
+                        Expect.isTrue c.ProbeEnd.IsNone "the episode ended in recovery"
+                        let c, _ = Connection.handleSegment (probeAt + ms 4) (sackAck c.SndMax []) c
+                        Expect.isFalse c.InRecovery "all acknowledged"
+                        Expect.equal c.Retries 0 "no timeout at all"
+                        audit c
+                    }
+
+                    test "with new data waiting the probe sends new data; when that is all ACKed the window is not cut" {
+                        let c, _ = sender true
+                        let base' = c.SndUna
+                        // More data than the window holds waits.
+                        let c, _ = Connection.send (ms 21) 30_000L c
+                        let c, o = Connection.handleSegment (ms 22) (sackAck (base' + 8 * 1460) []) c
+                        let sentNow = sent o |> List.sumBy (fun s -> s.DataLength)
+                        let cwnd = c.Cwnd
+                        let c, o = Connection.handleTimer c.ProbeAt.Value c
+                        let probe = single o
+                        Expect.isGreaterThanOrEqual probe.DataPosition (14600L + int64 sentNow) "new data"
+                        Expect.isFalse c.ProbeResent "not a retransmission"
+                        let c, _ = Connection.handleSegment (ms 40) (sackAck c.SndMax []) c
+                        Expect.isTrue c.ProbeEnd.IsNone "episode over"
+                        Expect.isGreaterThanOrEqual c.Cwnd cwnd "no reduction: nothing was lost"
+                        audit c
+                    }
+
+                    test "no probe without SACK, and none in recovery" {
+                        let c, _ = sender false
+                        let c, _ = Connection.handleSegment (ms 22) (sackAck (c.SndUna + 1460) []) c
+                        Expect.isTrue c.ProbeAt.IsNone "NewReno connection: the RTO only"
+                        let c, _ = sender true
+                        let base' = c.SndUna
+                        let mutable c = c
+
+                        for k in 1..3 do
+                            let c2, _ =
+                                Connection.handleSegment
+                                    (ms 30)
+                                    (sackAck base' [ ((base' + 1460).Value, (base' + 1460 * (k + 1)).Value) ])
+                                    c
+
+                            c <- c2
+
+                        Expect.isTrue c.InRecovery "in recovery"
+                        Expect.isTrue c.ProbeAt.IsNone "no probe in recovery"
+                    }
+
+                    test "a lost retransmission is resent once data sent after it is SACKed, before any timeout" {
+                        let c, _ = sender true
+                        let base' = c.SndUna
+                        let c, _ = Connection.send (ms 21) 30_000L c
+                        let mutable c = c
+                        let mutable resent = []
+                        // Segment 0 is lost; 1..3 are SACKed: recovery resends segment 0.
+                        for k in 1..3 do
+                            let c2, o =
+                                Connection.handleSegment
+                                    (ms 30)
+                                    (sackAck base' [ ((base' + 1460).Value, (base' + 1460 * (k + 1)).Value) ])
+                                    c
+
+                            c <- c2
+                            resent <- resent @ sent o
+
+                        Expect.isTrue c.InRecovery "in recovery"
+                        Expect.exists resent (fun s -> s.DataPosition = 0L) "segment 0 resent"
+                        let top = c.SndMax
+                        // Everything sent so far but segment 0 arrives: the pipe empties, new
+                        // data goes out (sent after the retransmission).
+                        let c2, o =
+                            Connection.handleSegment (ms 31) (sackAck base' [ ((base' + 1460).Value, top.Value) ]) c
+
+                        Expect.isFalse (sent o |> List.exists (fun s -> s.DataPosition = 0L)) "not resent yet"
+                        Expect.isGreaterThan (c2.SndMax - top) (3 * 1460) "new data sent in recovery"
+                        // The new data arrives but segment 0's retransmission does not: it was lost.
+                        let c3, o =
+                            Connection.handleSegment
+                                (ms 32)
+                                (sackAck base' [ ((base' + 1460).Value, (top + 3 * 1460).Value) ])
+                                c2
+
+                        Expect.exists
+                            (sent o)
+                            (fun s -> s.DataPosition = 0L && s.DataLength = 1460)
+                            "segment 0 resent again"
+
+                        Expect.equal c3.Retries 0 "no timeout"
+                        Expect.isTrue c3.InRecovery "still the same recovery"
+                        audit c3
+                        // It arrives this time: recovery completes.
+                        let c4, _ = Connection.handleSegment (ms 34) (sackAck c3.SndMax []) c3
+                        Expect.isFalse c4.InRecovery "recovery over"
+                        Expect.isEmpty c4.RetransmitMarks "nothing watched any more"
+                    }
+                ]
         ]
