@@ -307,9 +307,6 @@ let private wait (task: Threading.Tasks.Task<'T>) : 'T =
 let private withStack (n: int) (f: NetworkStack -> unit) =
     NetStack.Tests.TestUtil.withStackOf (optionsFor n) f
 
-let private sendPattern (stream: Stream) total = TestUtil.sendPattern 11 stream total
-
-let private receiveHashed (stream: Stream) = TestUtil.receiveHashed stream
 
 
 /// Datagrams of the UDP echo exchange per family.
@@ -339,70 +336,18 @@ let private kernelTests =
                 "TCP bytes cross each way intact (SHA-256) through loss, reordering, duplicates and corruption, and both sides close cleanly, IPv4 and IPv6" {
                 withStack 1 (fun stack ->
                     for (stackAddress, kernelAddress) in families 1 do
-                        let clock = Stopwatch.StartNew()
                         // Kernel to NetStack: NetStack reads to the kernel's FIN, then closes its side.
                         use listener = stack.ListenTcp(IPEndPoint(stackAddress, 9))
 
-                        let sink =
-                            task {
-                                let! connection = listener.AcceptAsync()
-                                let! result = receiveHashed connection
-                                do! connection.DisposeAsync()
-                                return result
-                            }
+                        let inbound =
+                            TestUtil.kernelToStack timeout 11 faultBytes listener (IPEndPoint(stackAddress, 9))
 
-                        let sentHash, kernelSawFin =
-                            task {
-                                use socket =
-                                    new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-                                do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
-                                use stream = new NetworkStream(socket)
-                                let! hash = sendPattern stream faultBytes
-                                socket.Shutdown SocketShutdown.Send
-                                // NetStack's FIN: the kernel's read returns 0.
-                                let! rest = stream.ReadAsync(Memory(Array.zeroCreate<byte> 16))
-                                return hash, (rest = 0)
-                            }
-                            |> wait
-
-                        let received, receivedHash = wait sink
-                        Expect.equal received faultBytes "every byte arrived at NetStack"
-                        Expect.equal receivedHash sentHash "the same bytes at NetStack"
-                        Expect.isTrue kernelSawFin "NetStack closed with a FIN"
-                        let inbound = clock.Elapsed.TotalSeconds
-                        // NetStack to kernel.
-                        use kernel =
-                            new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-                        kernel.Bind(IPEndPoint(kernelAddress, 0))
-                        kernel.Listen 4
-
-                        let kernelSink =
-                            task {
-                                use! socket = kernel.AcceptAsync()
-                                use stream = new NetworkStream(socket)
-                                return! receiveHashed stream
-                            }
-
-                        clock.Restart()
-
-                        let sentHash =
-                            task {
-                                let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-                                let! hash = sendPattern connection faultBytes
-                                // A graceful close: waits until the kernel acknowledged data and FIN.
-                                do! connection.DisposeAsync()
-                                return hash
-                            }
-                            |> wait
-
-                        let received, receivedHash = wait kernelSink
-                        Expect.equal received faultBytes "every byte arrived at the kernel"
-                        Expect.equal receivedHash sentHash "the same bytes at the kernel"
+                        // NetStack to kernel: a graceful close waits until the kernel acknowledged data and FIN.
+                        use kernel = TestUtil.kernelListener kernelAddress
+                        let outbound = TestUtil.stackToKernel timeout 11 faultBytes stack kernel
 
                         printfn
-                            $"TCP through faults over {stackAddress.AddressFamily}, {faultBytes >>> 20} MiB each way: in %.1f{inbound} s, out %.1f{clock.Elapsed.TotalSeconds} s"
+                            $"TCP through faults over {stackAddress.AddressFamily}, {faultBytes >>> 20} MiB each way: in %.1f{inbound.TotalSeconds} s, out %.1f{outbound.TotalSeconds} s"
 
                     let s = stack.Statistics
 

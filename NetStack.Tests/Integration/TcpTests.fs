@@ -119,11 +119,11 @@ let private kernelListener (address: IPAddress) =
     listener.Listen 512
     listener
 
-let private sendPattern (stream: Stream) total = TestUtil.sendPattern 7 stream total
-
-let private receiveHashed (stream: Stream) = TestUtil.receiveHashed stream
-
 let private bulkBytes = 100L * 1024L * 1024L
+
+/// MB/s of `bulkBytes` in `elapsed`.
+let private throughput (elapsed: TimeSpan) =
+    float bulkBytes / elapsed.TotalSeconds / 1e6
 
 [<Tests>]
 let tests =
@@ -185,58 +185,14 @@ let tests =
                         // Kernel to NetStack.
                         use listener = stack.ListenTcp(9)
 
-                        let sink =
-                            task {
-                                let! connection = listener.AcceptAsync()
-                                let! result = receiveHashed connection
-                                do! connection.DisposeAsync()
-                                return result
-                            }
+                        let inbound =
+                            TestUtil.kernelToStack timeout 7 bulkBytes listener (IPEndPoint(stackAddress, 9))
+                            |> throughput
 
-                        let clock = Stopwatch.StartNew()
-
-                        let sentHash =
-                            task {
-                                use socket =
-                                    new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-                                do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
-                                use stream = new NetworkStream(socket)
-                                let! hash = sendPattern stream bulkBytes
-                                socket.Shutdown SocketShutdown.Send
-                                return hash
-                            }
-                            |> wait
-
-                        let received, receivedHash = wait sink
-                        let inbound = float bulkBytes / clock.Elapsed.TotalSeconds / 1e6
-                        Expect.equal received bulkBytes "every byte arrived"
-                        Expect.equal receivedHash sentHash "the same bytes"
                         // NetStack to kernel.
                         use kernel = kernelListener kernelAddress
 
-                        let kernelSink =
-                            task {
-                                use! socket = kernel.AcceptAsync()
-                                use stream = new NetworkStream(socket)
-                                return! receiveHashed stream
-                            }
-
-                        clock.Restart()
-
-                        let sentHash =
-                            task {
-                                let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-                                let! hash = sendPattern connection bulkBytes
-                                do! connection.DisposeAsync()
-                                return hash
-                            }
-                            |> wait
-
-                        let received, receivedHash = wait kernelSink
-                        let outbound = float bulkBytes / clock.Elapsed.TotalSeconds / 1e6
-                        Expect.equal received bulkBytes "every byte arrived at the kernel"
-                        Expect.equal receivedHash sentHash "the same bytes at the kernel"
+                        let outbound = TestUtil.stackToKernel timeout 7 bulkBytes stack kernel |> throughput
 
                         printfn
                             $"TCP bulk over {stackAddress.AddressFamily}, 100 MiB: kernel -> NetStack %.1f{inbound} MB/s, NetStack -> kernel %.1f{outbound} MB/s")
