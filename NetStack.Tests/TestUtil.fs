@@ -195,3 +195,42 @@ let stackToKernelWith
 /// stackToKernelWith with nothing to look at on the kernel's socket.
 let stackToKernel (timeout: TimeSpan) (seed: int) (total: int64) (stack: NetStack.NetworkStack) (kernel: Socket) =
     stackToKernelWith ignore timeout seed total stack kernel
+
+/// A NetStack echo server: accepts connections on `listener` and echoes each, on its own task,
+/// until the peer's FIN, then closes it (or aborts it on an error). Runs until `cancel` fires or
+/// the listener is disposed.
+let echoServer (listener: NetStack.TcpListener) (cancel: Threading.CancellationToken) : Threading.Tasks.Task =
+    task {
+        try
+            while not cancel.IsCancellationRequested do
+                let! connection = listener.AcceptAsync cancel
+
+                Threading.Tasks.Task.Run(fun () ->
+                    task {
+                        try
+                            let buffer = Array.zeroCreate<byte> 65536
+                            let mutable n = 1
+
+                            while n > 0 do
+                                let! read = connection.ReadAsync(Memory buffer)
+                                n <- read
+
+                                if n > 0 then
+                                    do! connection.WriteAsync(ReadOnlyMemory(buffer, 0, n))
+
+                            do! connection.DisposeAsync()
+                        with _ ->
+                            connection.Abort()
+                    }
+                    :> Threading.Tasks.Task)
+                |> ignore
+        with
+        | :? OperationCanceledException -> ()
+        | :? SocketException -> ()
+        | :? ObjectDisposedException -> ()
+    }
+
+/// Both families of a test's options: [(stack address, kernel address) over IPv4; the same over
+/// IPv6].
+let families (options: NetStack.NetStackOptions) =
+    [ options.Address, options.HostAddress; options.Address6, options.HostAddress6 ]

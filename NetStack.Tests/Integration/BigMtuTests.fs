@@ -27,11 +27,7 @@ let private optionsFor (n: int) (offloads: bool) =
         TcpLinger = TimeSpan.FromSeconds 10.0
     )
 
-let private families (n: int) =
-    [
-        IPAddress.Parse $"10.103.{n}.2", IPAddress.Parse $"10.103.{n}.1"
-        IPAddress.Parse $"fda3:{n}::2", IPAddress.Parse $"fda3:{n}::1"
-    ]
+let private families (n: int) = TestUtil.families (optionsFor n false)
 
 let private bulkBytes = 32L * 1024L * 1024L
 

@@ -29,11 +29,7 @@ let private optionsWith (n: int) (offloads: bool) (capture: string) =
 
 let private optionsFor (n: int) (offloads: bool) = optionsWith n offloads null
 
-let private families (n: int) =
-    [
-        IPAddress.Parse $"10.95.{n}.2", IPAddress.Parse $"10.95.{n}.1"
-        IPAddress.Parse $"fd95:{n}::2", IPAddress.Parse $"fd95:{n}::1"
-    ]
+let private families (n: int) = TestUtil.families (optionsFor n false)
 
 let private timeout = TimeSpan.FromSeconds 60.0
 

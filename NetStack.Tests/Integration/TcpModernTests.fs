@@ -26,11 +26,7 @@ let private optionsFor (n: int) =
         TcpLinger = TimeSpan.FromSeconds 10.0
     )
 
-let private families (n: int) =
-    [
-        IPAddress.Parse $"10.94.{n}.2", IPAddress.Parse $"10.94.{n}.1"
-        IPAddress.Parse $"fd94:{n}::2", IPAddress.Parse $"fd94:{n}::1"
-    ]
+let private families (n: int) = TestUtil.families (optionsFor n)
 
 let private timeout = TimeSpan.FromSeconds 120.0
 
@@ -111,11 +107,7 @@ let tests =
                         expectNegotiated (tcpInfo client) options $"with a NetStack server over {stackAddress}"
                         connection.DisposeAsync().AsTask().Wait timeout |> ignore
                         // NetStack as client.
-                        use kernel =
-                            new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-                        kernel.Bind(IPEndPoint(kernelAddress, 0))
-                        kernel.Listen 4
+                        use kernel = TestUtil.kernelListener kernelAddress
                         let incoming = kernel.AcceptAsync()
 
                         let connection =
