@@ -102,7 +102,9 @@ let private expectLibraryMetadata (spec: string) (id: string) =
 
 [<Tests>]
 let tests =
-    testSequenced
+    // Packing touches no network: its own group runs beside the unit tests (one MSBuild process
+    // while the unit tests use the other core) instead of in the sequenced phase.
+    testSequencedGroup "Packaging"
     <| testList
         "Packaging"
         [

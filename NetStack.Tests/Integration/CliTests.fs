@@ -182,7 +182,10 @@ let tests =
     <| testList
         "Cli"
         [
-            testList
+            // Help and bad arguments start no stack and touch no interface: they run as one group
+            // beside the unit tests instead of in the sequenced phase.
+            testSequencedGroup "Cli arguments"
+            <| testList
                 "help"
                 [
                     test "netstack --help describes every command and exits 0" {
@@ -203,7 +206,8 @@ let tests =
                         }
                 ]
 
-            testList
+            testSequencedGroup "Cli arguments"
+            <| testList
                 "bad arguments"
                 [
                     for args, message in badArguments do
