@@ -35,27 +35,40 @@ let private tempFolder () =
 /// NETSTACK_REPOSITORY_URL.
 let private repositoryUrl = "https://example.invalid/netstack.git"
 
-/// `dotnet pack PROJECT -c Release --no-build -o OUTPUT`; fails the test on a non-zero exit.
-let private pack (project: string) (output: string) =
-    let code, out, err =
-        ExampleAppTests.runProcess
-            ExampleAppTests.dotnetHost
-            [
-                "pack"
-                project
-                "-c"
-                "Release"
-                "--no-build"
-                "-nologo"
-                "-o"
-                output
-                $"-p:RepositoryUrl={repositoryUrl}"
-            ]
-            (root ())
-            []
-            slow
+/// `dotnet pack NetStack.sln -c Release --no-build -o OUTPUT`, as `./build.sh pack` runs it: one
+/// MSBuild run packs every packable project (Core, Api, AspNetCore, the Cli tool), where one run per
+/// project cost a busy machine ten seconds or more each. Made once, on first use, in a temporary
+/// folder deleted when the test process exits; fails the test on a non-zero exit.
+let private packed =
+    lazy
+        (let folder = Directory.CreateTempSubdirectory "netstack-pack-"
 
-    Expect.equal code 0 $"dotnet pack {project}; stdout:\n{out}\nstderr:\n{err}"
+         AppDomain.CurrentDomain.ProcessExit.Add(fun _ ->
+             try
+                 folder.Delete true
+             with _ ->
+                 ())
+
+         let code, out, err =
+             ExampleAppTests.runProcess
+                 ExampleAppTests.dotnetHost
+                 [
+                     "pack"
+                     "NetStack.sln"
+                     "-c"
+                     "Release"
+                     "--no-build"
+                     "-nologo"
+                     "-o"
+                     folder.FullName
+                     $"-p:RepositoryUrl={repositoryUrl}"
+                 ]
+                 (root ())
+                 []
+                 slow
+
+         Expect.equal code 0 $"dotnet pack NetStack.sln; stdout:\n{out}\nstderr:\n{err}"
+         folder.FullName)
 
 /// The names of the entries of a .nupkg (a zip file), with '/' separators.
 let private entries (nupkg: string) =
@@ -89,15 +102,14 @@ let private expectLibraryMetadata (spec: string) (id: string) =
 
 [<Tests>]
 let tests =
-    testSequenced
+    // Packing touches no network: its own group runs beside the unit tests (one MSBuild process
+    // while the unit tests use the other core) instead of in the sequenced phase.
+    testSequencedGroup "Packaging"
     <| testList
         "Packaging"
         [
             test "NetStack.Core and NetStack.Api pack with license, README, tags and their dependencies" {
-                let folder, cleanup = tempFolder ()
-                use _ = cleanup
-                pack "NetStack.Core/NetStack.Core.fsproj" folder
-                pack "NetStack.Api/NetStack.Api.csproj" folder
+                let folder = packed.Value
 
                 let core = single folder "NetStack.Core"
                 let coreSpec = nuspec core
@@ -126,9 +138,7 @@ let tests =
 
             test
                 "NetStack.AspNetCore packs with its metadata, a dependency on NetStack.Api and the ASP.NET Core framework reference" {
-                let folder, cleanup = tempFolder ()
-                use _ = cleanup
-                pack "NetStack.AspNetCore/NetStack.AspNetCore.csproj" folder
+                let folder = packed.Value
                 let web = single folder "NetStack.AspNetCore"
                 let spec = nuspec web
                 expectLibraryMetadata spec "NetStack.AspNetCore"
@@ -148,8 +158,7 @@ let tests =
             test "NetStack.Cli packs as a .NET tool that installs from a local folder and runs netstack --help" {
                 let folder, cleanup = tempFolder ()
                 use _ = cleanup
-                let packages = Path.Combine(folder, "pkgs")
-                pack "NetStack.Cli/NetStack.Cli.csproj" packages
+                let packages = packed.Value
 
                 let tool = single packages "NetStack.Cli"
                 let files = entries tool

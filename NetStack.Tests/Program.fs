@@ -15,6 +15,19 @@ let private printer =
             fun config summary ->
                 async {
                     do! inner.summary config summary
+
+                    // NETSTACK_SLOWEST=N: the N slowest tests, to see where the suite's time goes.
+                    match Int32.TryParse(Environment.GetEnvironmentVariable "NETSTACK_SLOWEST") with
+                    | true, n when n > 0 ->
+                        printfn "slowest %d tests:" n
+
+                        for test, result in
+                            summary.results
+                            |> List.sortByDescending (fun (_, r) -> r.duration)
+                            |> List.truncate n do
+                            printfn "  %8.1f s  %s" result.duration.TotalSeconds (String.Join("/", test.name))
+                    | _ -> ()
+
                     let failed = summary.failed.Length + summary.errored.Length
 
                     closingLine <-

@@ -2,7 +2,10 @@
 module NetStack.Tests.TestUtil
 
 open System
+open System.Diagnostics
 open System.IO
+open System.Net
+open System.Net.Sockets
 open System.Security.Cryptography
 open Expecto
 
@@ -91,3 +94,143 @@ let withStackOf (options: NetStack.NetStackOptions) (f: NetStack.NetworkStack ->
         f stack
     with e ->
         failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+
+/// A kernel TCP socket listening on `address`, port chosen by the kernel (read it from
+/// LocalEndPoint).
+let kernelListener (address: IPAddress) =
+    let listener =
+        new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+
+    listener.Bind(IPEndPoint(address, 0))
+    listener.Listen 16
+    listener
+
+/// Kernel to stack, SHA-256 at both ends: a kernel socket connects to `target`, where the stack's
+/// `listener` listens, and `connected` sees it (to read TCP_INFO, say); it sends `total` bytes of
+/// `seed`'s pattern (sendPattern), shuts its sending side and reads until the stack's FIN, while
+/// the stack reads to the kernel's FIN and closes. Fails the test unless every byte arrived, the
+/// hashes agree and the stack closed with a FIN; returns the time from the connect to the end.
+let kernelToStackWith
+    (connected: Socket -> unit)
+    (timeout: TimeSpan)
+    (seed: int)
+    (total: int64)
+    (listener: NetStack.TcpListener)
+    (target: IPEndPoint)
+    =
+    let sink =
+        task {
+            let! connection = listener.AcceptAsync()
+            let! result = receiveHashed connection
+            do! connection.DisposeAsync()
+            return result
+        }
+
+    let clock = Stopwatch.StartNew()
+
+    let sentHash, sawFin =
+        task {
+            use socket = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+
+            do! socket.ConnectAsync target
+            connected socket
+            use stream = new NetworkStream(socket)
+            let! hash = sendPattern seed stream total
+            socket.Shutdown SocketShutdown.Send
+            // The stack's FIN: the kernel's read returns 0.
+            let! rest = stream.ReadAsync(Memory(Array.zeroCreate<byte> 16))
+            return hash, (rest = 0)
+        }
+        |> waitWithin timeout
+
+    let received, receivedHash = waitWithin timeout sink
+    Expect.equal received total $"every byte arrived at the stack over {target.Address}"
+    Expect.equal receivedHash sentHash $"the same bytes (SHA-256) at the stack over {target.Address}"
+    Expect.isTrue sawFin $"the stack closed with a FIN over {target.Address}"
+    clock.Elapsed
+
+/// kernelToStackWith with nothing to look at on the kernel's socket.
+let kernelToStack (timeout: TimeSpan) (seed: int) (total: int64) (listener: NetStack.TcpListener) (target: IPEndPoint) =
+    kernelToStackWith ignore timeout seed total listener target
+
+/// Stack to kernel, SHA-256 at both ends: the stack connects to the listening kernel socket
+/// `kernel`, whose accepted socket `accepted` sees (to read TCP_INFO, say), sends `total` bytes of
+/// `seed`'s pattern (sendPattern) and closes gracefully (waiting for the ACK of its data and FIN);
+/// the kernel reads to the FIN. Fails the test unless every byte arrived and the hashes agree;
+/// returns the time from the connect to the end.
+let stackToKernelWith
+    (accepted: Socket -> unit)
+    (timeout: TimeSpan)
+    (seed: int)
+    (total: int64)
+    (stack: NetStack.NetworkStack)
+    (kernel: Socket)
+    =
+    let endpoint = kernel.LocalEndPoint :?> IPEndPoint
+
+    let kernelSink =
+        task {
+            use! socket = kernel.AcceptAsync()
+            accepted socket
+            use stream = new NetworkStream(socket)
+            return! receiveHashed stream
+        }
+
+    let clock = Stopwatch.StartNew()
+
+    let sentHash =
+        task {
+            let! connection = stack.ConnectTcpAsync endpoint
+            let! hash = sendPattern seed connection total
+            do! connection.DisposeAsync()
+            return hash
+        }
+        |> waitWithin timeout
+
+    let received, receivedHash = waitWithin timeout kernelSink
+    Expect.equal received total $"every byte arrived at the kernel over {endpoint.Address}"
+    Expect.equal receivedHash sentHash $"the same bytes (SHA-256) at the kernel over {endpoint.Address}"
+    clock.Elapsed
+
+/// stackToKernelWith with nothing to look at on the kernel's socket.
+let stackToKernel (timeout: TimeSpan) (seed: int) (total: int64) (stack: NetStack.NetworkStack) (kernel: Socket) =
+    stackToKernelWith ignore timeout seed total stack kernel
+
+/// A NetStack echo server: accepts connections on `listener` and echoes each, on its own task,
+/// until the peer's FIN, then closes it (or aborts it on an error). Runs until `cancel` fires or
+/// the listener is disposed.
+let echoServer (listener: NetStack.TcpListener) (cancel: Threading.CancellationToken) : Threading.Tasks.Task =
+    task {
+        try
+            while not cancel.IsCancellationRequested do
+                let! connection = listener.AcceptAsync cancel
+
+                Threading.Tasks.Task.Run(fun () ->
+                    task {
+                        try
+                            let buffer = Array.zeroCreate<byte> 65536
+                            let mutable n = 1
+
+                            while n > 0 do
+                                let! read = connection.ReadAsync(Memory buffer)
+                                n <- read
+
+                                if n > 0 then
+                                    do! connection.WriteAsync(ReadOnlyMemory(buffer, 0, n))
+
+                            do! connection.DisposeAsync()
+                        with _ ->
+                            connection.Abort()
+                    }
+                    :> Threading.Tasks.Task)
+                |> ignore
+        with
+        | :? OperationCanceledException -> ()
+        | :? SocketException -> ()
+        | :? ObjectDisposedException -> ()
+    }
+
+/// Both families of a test's options: [(stack address, kernel address) over IPv4; the same over
+/// IPv6].
+let families (options: NetStack.NetStackOptions) =
+    [ options.Address, options.HostAddress; options.Address6, options.HostAddress6 ]

@@ -1,8 +1,7 @@
 namespace NetStack.Core.Link
 
-open System.Collections.Generic
 open Stateless
-open Stateless.Graph
+open NetStack.Core
 
 /// The reachability states of a neighbor cache entry (RFC 4861 §7.3.2), plus Absent for "no
 /// entry" so that creation and deletion are transitions of the model too.
@@ -69,17 +68,22 @@ module NeighborModel =
             .Ignore(NeighborTrigger.UnsolicitedAdvertisement)
         |> ignore
 
+        // The soliciting states, INCOMPLETE and PROBE, share their exits: a solicitation again
+        // every RetransTimer until the last goes unanswered (§7.2.2, §7.3.3), then the entry is
+        // deleted; §7.2.5: a solicited NA makes it REACHABLE, an unsolicited one STALE.
+        let soliciting (state: NeighborState) =
+            machine
+                .Configure(state)
+                .Ignore(NeighborTrigger.Send)
+                .PermitReentry(NeighborTrigger.RetransmitTimeout)
+                .Permit(NeighborTrigger.GiveUp, NeighborState.Absent)
+                .Permit(NeighborTrigger.SolicitedConfirmation, NeighborState.Reachable)
+                .Permit(NeighborTrigger.UnsolicitedAdvertisement, NeighborState.Stale)
+                .Permit(NeighborTrigger.LearnAddress, NeighborState.Stale)
+            |> ignore
+
         // §7.2.2: retransmit every RetransTimer up to MAX_MULTICAST_SOLICIT, then give up.
-        // §7.2.5: a solicited NA makes it REACHABLE, an unsolicited one STALE.
-        machine
-            .Configure(NeighborState.Incomplete)
-            .Ignore(NeighborTrigger.Send)
-            .PermitReentry(NeighborTrigger.RetransmitTimeout)
-            .Permit(NeighborTrigger.GiveUp, NeighborState.Absent)
-            .Permit(NeighborTrigger.SolicitedConfirmation, NeighborState.Reachable)
-            .Permit(NeighborTrigger.UnsolicitedAdvertisement, NeighborState.Stale)
-            .Permit(NeighborTrigger.LearnAddress, NeighborState.Stale)
-        |> ignore
+        soliciting NeighborState.Incomplete
 
         machine
             .Configure(NeighborState.Reachable)
@@ -112,58 +116,20 @@ module NeighborModel =
         |> ignore
 
         // §7.3.3: unicast probes every RetransTimer up to MAX_UNICAST_SOLICIT, then delete.
-        machine
-            .Configure(NeighborState.Probe)
-            .Ignore(NeighborTrigger.Send)
-            .PermitReentry(NeighborTrigger.RetransmitTimeout)
-            .Permit(NeighborTrigger.GiveUp, NeighborState.Absent)
-            .Permit(NeighborTrigger.SolicitedConfirmation, NeighborState.Reachable)
-            .Permit(NeighborTrigger.UnsolicitedAdvertisement, NeighborState.Stale)
-            .Permit(NeighborTrigger.LearnAddress, NeighborState.Stale)
-        |> ignore
+        soliciting NeighborState.Probe
 
         machine
 
-    type private Tables =
-        {
-            Info: Reflection.StateMachineInfo
-            Targets: Dictionary<struct (NeighborState * NeighborTrigger), NeighborState>
-            Ignored: HashSet<struct (NeighborState * NeighborTrigger)>
-        }
-
-    let private tables =
-        lazy
-            (let info = (configure NeighborState.Absent).GetInfo()
-             let targets = Dictionary<struct (NeighborState * NeighborTrigger), NeighborState>()
-             let ignored = HashSet<struct (NeighborState * NeighborTrigger)>()
-
-             for state in info.States do
-                 let from = state.UnderlyingState :?> NeighborState
-
-                 for transition in state.FixedTransitions do
-                     let trigger = transition.Trigger.UnderlyingTrigger :?> NeighborTrigger
-                     targets.[struct (from, trigger)] <- transition.DestinationState.UnderlyingState :?> NeighborState
-
-                 for transition in state.IgnoredTriggers do
-                     ignored.Add(struct (from, transition.Trigger.UnderlyingTrigger :?> NeighborTrigger))
-                     |> ignore
-
-             {
-                 Info = info
-                 Targets = targets
-                 Ignored = ignored
-             })
+    /// The model's one configured machine, read into lookup tables on first use.
+    let private model = lazy (StatelessModel(configure NeighborState.Absent))
 
     /// The state `trigger` leads to from `state` (itself for a reentry), or ValueNone when the
     /// model has no transition for it there.
     let target (state: NeighborState) (trigger: NeighborTrigger) : NeighborState voption =
-        match tables.Value.Targets.TryGetValue(struct (state, trigger)) with
-        | true, destination -> ValueSome destination
-        | _ -> ValueNone
+        model.Value.Target(state, trigger)
 
     /// True when the model accepts `trigger` in `state` and changes nothing.
-    let isIgnored (state: NeighborState) (trigger: NeighborTrigger) : bool =
-        tables.Value.Ignored.Contains(struct (state, trigger))
+    let isIgnored (state: NeighborState) (trigger: NeighborTrigger) : bool = model.Value.IsIgnored(state, trigger)
 
     /// True when the model accepts `trigger` in `state`: a transition, a reentry or an ignore.
     let isPermitted (state: NeighborState) (trigger: NeighborTrigger) : bool =
@@ -176,4 +142,4 @@ module NeighborModel =
         | ValueNone -> from = to' && isIgnored from trigger
 
     /// The graph in Graphviz DOT, as Stateless draws it (committed as docs/neighbor-states.dot).
-    let dot () : string = UmlDotGraph.Format(tables.Value.Info)
+    let dot () : string = model.Value.Dot()

@@ -1,8 +1,7 @@
 namespace NetStack.Core.Tcp
 
-open System.Collections.Generic
 open Stateless
-open Stateless.Graph
+open NetStack.Core
 
 /// The connection states of RFC 9293 §3.3.2.
 [<RequireQualifiedAccess>]
@@ -182,47 +181,15 @@ module StateModel =
 
         machine
 
-    /// The model's one configured machine, its reflection info and the tables derived from it.
-    type private Tables =
-        {
-            Info: Reflection.StateMachineInfo
-            Targets: Dictionary<struct (TcpState * TcpTrigger), TcpState>
-            Ignored: HashSet<struct (TcpState * TcpTrigger)>
-        }
-
-    let private tables =
-        lazy
-            (let info = (configure TcpState.Closed).GetInfo()
-             let targets = Dictionary<struct (TcpState * TcpTrigger), TcpState>()
-             let ignored = HashSet<struct (TcpState * TcpTrigger)>()
-
-             for state in info.States do
-                 let from = state.UnderlyingState :?> TcpState
-
-                 for transition in state.FixedTransitions do
-                     let trigger = transition.Trigger.UnderlyingTrigger :?> TcpTrigger
-                     targets.[struct (from, trigger)] <- transition.DestinationState.UnderlyingState :?> TcpState
-
-                 for transition in state.IgnoredTriggers do
-                     ignored.Add(struct (from, transition.Trigger.UnderlyingTrigger :?> TcpTrigger))
-                     |> ignore
-
-             {
-                 Info = info
-                 Targets = targets
-                 Ignored = ignored
-             })
+    /// The model's one configured machine, read into lookup tables on first use.
+    let private model = lazy (StatelessModel(configure TcpState.Closed))
 
     /// The state `trigger` leads to from `state` (itself for a reentry), or ValueNone when the
     /// model has no transition for it there (ignored or not permitted).
-    let target (state: TcpState) (trigger: TcpTrigger) : TcpState voption =
-        match tables.Value.Targets.TryGetValue(struct (state, trigger)) with
-        | true, destination -> ValueSome destination
-        | _ -> ValueNone
+    let target (state: TcpState) (trigger: TcpTrigger) : TcpState voption = model.Value.Target(state, trigger)
 
     /// True when the model says `trigger` in `state` is accepted and changes nothing.
-    let isIgnored (state: TcpState) (trigger: TcpTrigger) : bool =
-        tables.Value.Ignored.Contains(struct (state, trigger))
+    let isIgnored (state: TcpState) (trigger: TcpTrigger) : bool = model.Value.IsIgnored(state, trigger)
 
     /// True when the model accepts `trigger` in `state`: a transition, a reentry or an ignore.
     let isPermitted (state: TcpState) (trigger: TcpTrigger) : bool =
@@ -232,4 +199,4 @@ module StateModel =
     let allows (from: TcpState) (trigger: TcpTrigger) (to': TcpState) : bool = target from trigger = ValueSome to'
 
     /// The graph in Graphviz DOT, as Stateless draws it (committed as docs/tcp-states.dot).
-    let dot () : string = UmlDotGraph.Format(tables.Value.Info)
+    let dot () : string = model.Value.Dot()

@@ -182,33 +182,15 @@ let tests =
                 let folder = Directory.CreateTempSubdirectory "netstack-web-tls"
 
                 try
-                    let cert = Path.Combine(folder.FullName, "cert.pem")
-                    let key = Path.Combine(folder.FullName, "key.pem")
-
-                    let code, output =
-                        Isolation.run
-                            "openssl"
+                    let cert, key =
+                        TlsTests.selfSigned
+                            folder.FullName
+                            "/CN=netstack-web"
                             [
-                                "req"
-                                "-x509"
-                                "-newkey"
-                                "ec"
-                                "-pkeyopt"
-                                "ec_paramgen_curve:P-256"
-                                "-nodes"
-                                "-keyout"
-                                key
-                                "-out"
-                                cert
-                                "-days"
-                                "2"
-                                "-subj"
-                                "/CN=netstack-web"
                                 "-addext"
                                 $"subjectAltName=IP:{stack.Options.Address},IP:{stack.Options.Address6}"
                             ]
 
-                    Expect.equal code 0 $"openssl req: {output}"
                     use certificate = X509Certificate2.CreateFromPemFile(cert, key)
                     let addresses = [ stack.Options.Address; stack.Options.Address6 ]
 

@@ -7,10 +7,8 @@
 module NetStack.Tests.Integration.BigMtuTests
 
 open System
-open System.Diagnostics
 open System.Net
 open System.Net.Sockets
-open System.Threading.Tasks
 open Expecto
 open NetStack
 open NetStack.Tests
@@ -29,29 +27,13 @@ let private optionsFor (n: int) (offloads: bool) =
         TcpLinger = TimeSpan.FromSeconds 10.0
     )
 
-let private families (n: int) =
-    [
-        IPAddress.Parse $"10.103.{n}.2", IPAddress.Parse $"10.103.{n}.1"
-        IPAddress.Parse $"fda3:{n}::2", IPAddress.Parse $"fda3:{n}::1"
-    ]
+let private families (n: int) = TestUtil.families (optionsFor n false)
 
 let private bulkBytes = 32L * 1024L * 1024L
 
 let private timeout = TimeSpan.FromSeconds 120.0
 
-let private wait (task: Task<'T>) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
-
-    task.Result
-
-let private withStack (options: NetStackOptions) (f: NetworkStack -> unit) =
-    use stack = NetworkStack.Start options
-
-    try
-        f stack
-    with e ->
-        failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+let private withStack (options: NetStackOptions) (f: NetworkStack -> unit) = TestUtil.withStackOf options f
 
 /// TCP_INFO's tcpi_options (IPPROTO_TCP 6, TCP_INFO 11; byte 5): bit 4 is window scaling.
 let private kernelScalesWindow (socket: Socket) =
@@ -70,66 +52,21 @@ let private report (what: string) (elapsed: TimeSpan) =
 let private inbound (stack: NetworkStack) (stackAddress: IPAddress) (label: string) =
     use listener = stack.ListenTcp(IPEndPoint(stackAddress, 9))
 
-    let sink =
-        task {
-            let! connection = listener.AcceptAsync()
-            let! result = TestUtil.receiveHashed connection
-            do! connection.DisposeAsync()
-            return result
-        }
+    let scales (socket: Socket) =
+        Expect.isTrue (kernelScalesWindow socket) $"window scaling in use over {stackAddress}"
 
-    let clock = Stopwatch.StartNew()
-
-    let sentHash =
-        task {
-            use socket =
-                new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-            do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
-            Expect.isTrue (kernelScalesWindow socket) $"window scaling in use over {stackAddress}"
-            use stream = new NetworkStream(socket)
-            let! hash = TestUtil.sendPattern 103 stream bulkBytes
-            socket.Shutdown SocketShutdown.Send
-            return hash
-        }
-        |> wait
-
-    let received, receivedHash = wait sink
-    report $"kernel → NetStack over {stackAddress} ({label})" clock.Elapsed
-    Expect.equal received bulkBytes $"every byte arrived over {stackAddress}"
-    Expect.equal receivedHash sentHash $"the same bytes over {stackAddress}"
+    TestUtil.kernelToStackWith scales timeout 103 bulkBytes listener (IPEndPoint(stackAddress, 9))
+    |> report $"kernel → NetStack over {stackAddress} ({label})"
 
 /// NetStack to kernel: `bulkBytes` from a NetStack connection into a kernel listener.
 let private outbound (stack: NetworkStack) (kernelAddress: IPAddress) (label: string) =
-    use kernel =
-        new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+    use kernel = TestUtil.kernelListener kernelAddress
 
-    kernel.Bind(IPEndPoint(kernelAddress, 0))
-    kernel.Listen 4
+    let scales (socket: Socket) =
+        Expect.isTrue (kernelScalesWindow socket) $"window scaling in use to {kernelAddress}"
 
-    let kernelSink =
-        task {
-            use! socket = kernel.AcceptAsync()
-            Expect.isTrue (kernelScalesWindow socket) $"window scaling in use to {kernelAddress}"
-            use stream = new NetworkStream(socket)
-            return! TestUtil.receiveHashed stream
-        }
-
-    let clock = Stopwatch.StartNew()
-
-    let sentHash =
-        task {
-            let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-            let! hash = TestUtil.sendPattern 104 connection bulkBytes
-            do! connection.DisposeAsync()
-            return hash
-        }
-        |> wait
-
-    let received, receivedHash = wait kernelSink
-    report $"NetStack → kernel over {kernelAddress} ({label})" clock.Elapsed
-    Expect.equal received bulkBytes $"every byte arrived at the kernel over {kernelAddress}"
-    Expect.equal receivedHash sentHash $"the same bytes at the kernel over {kernelAddress}"
+    TestUtil.stackToKernelWith scales timeout 104 bulkBytes stack kernel
+    |> report $"NetStack → kernel over {kernelAddress} ({label})"
 
 /// NetStack to a kernel listener whose receive buffer is 64 KiB, so its window stays near one
 /// MTU-65000 segment: NetStack's segments are cut to half the peer's largest window, so the
@@ -142,34 +79,12 @@ let private outboundSmallWindow (stack: NetworkStack) (kernelAddress: IPAddress)
     kernel.Bind(IPEndPoint(kernelAddress, 0))
     kernel.Listen 4
     let total = 8L * 1024L * 1024L
-
-    let kernelSink =
-        task {
-            use! socket = kernel.AcceptAsync()
-            use stream = new NetworkStream(socket)
-            return! TestUtil.receiveHashed stream
-        }
-
-    let clock = Stopwatch.StartNew()
-
-    let sentHash =
-        task {
-            let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-            let! hash = TestUtil.sendPattern 105 connection total
-            do! connection.DisposeAsync()
-            return hash
-        }
-        |> wait
-
-    let received, receivedHash = wait kernelSink
+    let elapsed = TestUtil.stackToKernel timeout 105 total stack kernel
 
     printfn
         "NetStack → kernel with a 64 KiB kernel receive buffer over %O: %.1f MB/s"
         kernelAddress
-        (float total / 1e6 / clock.Elapsed.TotalSeconds)
-
-    Expect.equal received total $"every byte arrived at the kernel over {kernelAddress}"
-    Expect.equal receivedHash sentHash $"the same bytes at the kernel over {kernelAddress}"
+        (float total / 1e6 / elapsed.TotalSeconds)
 
 let private bothWays (n: int) (offloads: bool) =
     let label = if offloads then "offloads on" else "offloads off"

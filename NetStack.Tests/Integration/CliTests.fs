@@ -80,6 +80,17 @@ let private SIGTERM = 15
 /// SIGUSR1 on Linux.
 let private SIGUSR1 = 10
 
+/// Stops a running `netstack serve` with SIGTERM: it must exit with 0 within 20 s.
+let private terminate (p: Process) =
+    Expect.equal (kill (p.Id, SIGTERM)) 0 "SIGTERM sent"
+    let stderr = p.StandardError.ReadToEndAsync()
+
+    if not (p.WaitForExit(TimeSpan.FromSeconds 20.)) then
+        p.Kill true
+        failtest "serve did not exit within 20 s of SIGTERM"
+
+    Expect.equal p.ExitCode 0 $"exit code after SIGTERM; stderr: {stderr.Result}"
+
 /// True while `ip link show NAME` finds the interface in this namespace. (/sys/class/net would
 /// show the namespace that mounted sysfs, not ours.)
 let private interfaceExists (name: string) =
@@ -171,7 +182,10 @@ let tests =
     <| testList
         "Cli"
         [
-            testList
+            // Help and bad arguments start no stack and touch no interface: they run as one group
+            // beside the unit tests instead of in the sequenced phase.
+            testSequencedGroup "Cli arguments"
+            <| testList
                 "help"
                 [
                     test "netstack --help describes every command and exits 0" {
@@ -192,7 +206,8 @@ let tests =
                         }
                 ]
 
-            testList
+            testSequencedGroup "Cli arguments"
+            <| testList
                 "bad arguments"
                 [
                     for args, message in badArguments do
@@ -245,15 +260,8 @@ let tests =
                 let n = client.Receive buffer
                 Expect.equal buffer.[.. n - 1] sent "the datagram comes back unchanged"
 
-                Expect.equal (kill (p.Id, SIGTERM)) 0 "SIGTERM sent"
                 let stdoutRest = p.StandardOutput.ReadToEndAsync()
-                let stderr = p.StandardError.ReadToEndAsync()
-
-                if not (p.WaitForExit(TimeSpan.FromSeconds 20.)) then
-                    p.Kill true
-                    failtest "serve did not exit within 20 s of SIGTERM"
-
-                Expect.equal p.ExitCode 0 $"exit code after SIGTERM; stderr: {stderr.Result}"
+                terminate p
                 Expect.isFalse (interfaceExists name) "the interface is gone"
                 Expect.stringContains stdoutRest.Result "udp" "the statistics are printed"
             }
@@ -340,13 +348,7 @@ let tests =
                 Expect.exists counters (fun l -> l.StartsWith "udp.received ") "the stack's counters are printed"
                 Expect.isFalse p.HasExited "serve goes on after SIGUSR1"
                 echo 21
-                Expect.equal (kill (p.Id, SIGTERM)) 0 "SIGTERM sent"
-
-                if not (p.WaitForExit(TimeSpan.FromSeconds 20.)) then
-                    p.Kill true
-                    failtest "serve did not exit within 20 s of SIGTERM"
-
-                Expect.equal p.ExitCode 0 "exit code after SIGTERM"
+                terminate p
             }
 
             test "serve --echo --discard --http serves kernel TCP clients and curl, then exits 0 on SIGTERM" {
@@ -439,14 +441,7 @@ let tests =
 
                 Expect.equal out "404" $"an unknown path is 404 (curl exit {code})"
 
-                Expect.equal (kill (p.Id, SIGTERM)) 0 "SIGTERM sent"
-                let stderr = p.StandardError.ReadToEndAsync()
-
-                if not (p.WaitForExit(TimeSpan.FromSeconds 20.)) then
-                    p.Kill true
-                    failtest "serve did not exit within 20 s of SIGTERM"
-
-                Expect.equal p.ExitCode 0 $"exit code after SIGTERM; stderr: {stderr.Result}"
+                terminate p
                 Expect.isFalse (interfaceExists name) "the interface is gone"
             }
 

@@ -164,34 +164,7 @@ let private timeout = TimeSpan.FromSeconds 20.0
 
 /// Accepts and echoes every connection until the listener goes away.
 let echoServer (listener: TcpListener) =
-    task {
-        try
-            while true do
-                let! connection = listener.AcceptAsync()
-
-                Task.Run(fun () ->
-                    task {
-                        try
-                            let buffer = Array.zeroCreate<byte> 65536
-                            let mutable n = 1
-
-                            while n > 0 do
-                                let! read = connection.ReadAsync(Memory buffer)
-                                n <- read
-
-                                if n > 0 then
-                                    do! connection.WriteAsync(ReadOnlyMemory(buffer, 0, n))
-
-                            do! connection.DisposeAsync()
-                        with _ ->
-                            connection.Abort()
-                    }
-                    :> Task)
-                |> ignore
-        with _ ->
-            ()
-    }
-    :> Task
+    TestUtil.echoServer listener CancellationToken.None
 
 /// Sends `data` on a connected kernel socket and reads as many bytes back.
 let echoOnce (client: Socket) (data: byte[]) =

@@ -429,11 +429,7 @@ let tests =
                 Expect.equal refused 2 "the ninth and tenth were refused by a RST"
                 Expect.equal stack.Statistics.["tcp.drop.max-connections"] 2L "both refusals counted"
 
-                use kernel =
-                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
-
-                kernel.Bind(IPEndPoint(IPAddress.Parse "10.96.11.1", 0))
-                kernel.Listen 4
+                use kernel = TestUtil.kernelListener (IPAddress.Parse "10.96.11.1")
 
                 let e =
                     failure "connect at the cap" (stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint).AsTask())

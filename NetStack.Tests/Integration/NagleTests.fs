@@ -10,6 +10,7 @@ open System.Threading.Tasks
 open Expecto
 open NetStack
 open NetStack.Engine
+open NetStack.Tests
 
 /// Each test gets its own interface and subnet (10.102.N.0/24, fda2:N::/64).
 let private optionsFor (n: int) =
@@ -39,11 +40,7 @@ let private pingPong
     (requestWrites: int)
     (rounds: int)
     =
-    use server =
-        new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-    server.Bind(IPEndPoint(kernelAddress, 0))
-    server.Listen 1
+    use server = TestUtil.kernelListener kernelAddress
     let incoming = server.AcceptAsync()
 
     let connection =
@@ -124,11 +121,7 @@ let tests =
 
                 use stack = NetworkStack.Start options
 
-                use server =
-                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
-
-                server.Bind(IPEndPoint(options.HostAddress, 0))
-                server.Listen 1
+                use server = TestUtil.kernelListener (options.HostAddress)
                 let incoming = server.AcceptAsync()
 
                 let connection =

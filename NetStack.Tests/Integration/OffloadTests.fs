@@ -29,11 +29,7 @@ let private optionsWith (n: int) (offloads: bool) (capture: string) =
 
 let private optionsFor (n: int) (offloads: bool) = optionsWith n offloads null
 
-let private families (n: int) =
-    [
-        IPAddress.Parse $"10.95.{n}.2", IPAddress.Parse $"10.95.{n}.1"
-        IPAddress.Parse $"fd95:{n}::2", IPAddress.Parse $"fd95:{n}::1"
-    ]
+let private families (n: int) = TestUtil.families (optionsFor n false)
 
 let private timeout = TimeSpan.FromSeconds 60.0
 
@@ -48,58 +44,13 @@ let private counter (stack: NetworkStack) (name: string) = stack.Statistics.[nam
 let private inbound (stack: NetworkStack) (stackAddress: IPAddress) (port: int) =
     use listener = stack.ListenTcp(port)
 
-    let sink =
-        task {
-            let! connection = listener.AcceptAsync()
-            let! result = TestUtil.receiveHashed connection
-            do! connection.DisposeAsync()
-            return result
-        }
-
-    let sentHash =
-        task {
-            use socket =
-                new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-            do! socket.ConnectAsync(IPEndPoint(stackAddress, port))
-            use stream = new NetworkStream(socket)
-            let! hash = TestUtil.sendPattern 95 stream bulkBytes
-            socket.Shutdown SocketShutdown.Send
-            return hash
-        }
-        |> wait
-
-    let received, receivedHash = wait sink
-    Expect.equal received bulkBytes $"every byte arrived over {stackAddress}"
-    Expect.equal receivedHash sentHash $"the same bytes over {stackAddress}"
+    TestUtil.kernelToStack timeout 95 bulkBytes listener (IPEndPoint(stackAddress, port))
+    |> ignore
 
 /// NetStack to kernel: `bulkBytes` from a NetStack connection into a kernel listener.
 let private outbound (stack: NetworkStack) (kernelAddress: IPAddress) =
-    use kernel =
-        new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-    kernel.Bind(IPEndPoint(kernelAddress, 0))
-    kernel.Listen 16
-
-    let kernelSink =
-        task {
-            use! socket = kernel.AcceptAsync()
-            use stream = new NetworkStream(socket)
-            return! TestUtil.receiveHashed stream
-        }
-
-    let sentHash =
-        task {
-            let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-            let! hash = TestUtil.sendPattern 96 connection bulkBytes
-            do! connection.DisposeAsync()
-            return hash
-        }
-        |> wait
-
-    let received, receivedHash = wait kernelSink
-    Expect.equal received bulkBytes $"every byte arrived at the kernel over {kernelAddress}"
-    Expect.equal receivedHash sentHash $"the same bytes at the kernel over {kernelAddress}"
+    use kernel = TestUtil.kernelListener kernelAddress
+    TestUtil.stackToKernel timeout 96 bulkBytes stack kernel |> ignore
 
 let private withStack (options: NetStackOptions) (f: NetworkStack -> unit) =
     NetStack.Tests.TestUtil.withStackOf options f

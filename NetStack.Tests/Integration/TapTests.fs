@@ -123,56 +123,11 @@ let private transferBytes = 8L * 1024L * 1024L
 let private tcpBothWays (stack: NetworkStack) (stackAddress: IPAddress) (kernelAddress: IPAddress) =
     use listener = stack.ListenTcp(IPEndPoint(stackAddress, 9))
 
-    let sink =
-        task {
-            let! connection = listener.AcceptAsync()
-            let! result = TestUtil.receiveHashed connection
-            do! connection.DisposeAsync()
-            return result
-        }
+    TestUtil.kernelToStack timeout 98 transferBytes listener (IPEndPoint(stackAddress, 9))
+    |> ignore
 
-    let sent =
-        task {
-            use socket =
-                new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-            do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
-            use stream = new NetworkStream(socket)
-            let! hash = TestUtil.sendPattern 98 stream transferBytes
-            socket.Shutdown SocketShutdown.Send
-            return hash
-        }
-        |> wait
-
-    let received, hash = wait sink
-    Expect.equal received transferBytes "every byte reached the stack"
-    Expect.equal hash sent "the same bytes (SHA-256)"
-
-    use kernel =
-        new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-    kernel.Bind(IPEndPoint(kernelAddress, 0))
-    kernel.Listen 1
-
-    let kernelSink =
-        task {
-            use! socket = kernel.AcceptAsync()
-            use stream = new NetworkStream(socket)
-            return! TestUtil.receiveHashed stream
-        }
-
-    let sent =
-        task {
-            let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-            let! hash = TestUtil.sendPattern 99 connection transferBytes
-            do! connection.DisposeAsync()
-            return hash
-        }
-        |> wait
-
-    let received, hash = wait kernelSink
-    Expect.equal received transferBytes "every byte reached the kernel"
-    Expect.equal hash sent "the same bytes (SHA-256)"
+    use kernel = TestUtil.kernelListener kernelAddress
+    TestUtil.stackToKernel timeout 99 transferBytes stack kernel |> ignore
 
 /// Writes a python3 script that floods `dev` through a raw AF_PACKET socket with `count` ARP
 /// requests and `count` neighbor solicitations from random senders: half ask for the stack's

@@ -26,11 +26,7 @@ let private optionsFor (n: int) =
         TcpLinger = TimeSpan.FromSeconds 10.0
     )
 
-let private families (n: int) =
-    [
-        IPAddress.Parse $"10.94.{n}.2", IPAddress.Parse $"10.94.{n}.1"
-        IPAddress.Parse $"fd94:{n}::2", IPAddress.Parse $"fd94:{n}::1"
-    ]
+let private families (n: int) = TestUtil.families (optionsFor n)
 
 let private timeout = TimeSpan.FromSeconds 120.0
 
@@ -40,13 +36,7 @@ let private wait (task: Task<'T>) =
 
     task.Result
 
-let private withStack (options: NetStackOptions) (f: NetworkStack -> unit) =
-    use stack = NetworkStack.Start options
-
-    try
-        f stack
-    with e ->
-        failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+let private withStack (options: NetStackOptions) (f: NetworkStack -> unit) = TestUtil.withStackOf options f
 
 /// What the kernel says about one of its TCP sockets (struct tcp_info, linux/tcp.h).
 type private KernelTcpInfo =
@@ -118,11 +108,7 @@ let tests =
                         expectNegotiated (tcpInfo client) options $"with a NetStack server over {stackAddress}"
                         connection.DisposeAsync().AsTask().Wait timeout |> ignore
                         // NetStack as client.
-                        use kernel =
-                            new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-                        kernel.Bind(IPEndPoint(kernelAddress, 0))
-                        kernel.Listen 4
+                        use kernel = TestUtil.kernelListener kernelAddress
                         let incoming = kernel.AcceptAsync()
 
                         let connection =
@@ -203,66 +189,19 @@ let tests =
 
                 let bytes = 2L * 1024L * 1024L
 
+                let throughput (elapsed: TimeSpan) =
+                    float bytes / elapsed.TotalSeconds / 1e6
+
                 withStack options (fun stack ->
                     for (stackAddress, kernelAddress) in families 3 do
                         use listener = stack.ListenTcp(IPEndPoint(stackAddress, 9))
 
-                        let sink =
-                            task {
-                                let! connection = listener.AcceptAsync()
-                                let! result = TestUtil.receiveHashed connection
-                                do! connection.DisposeAsync()
-                                return result
-                            }
+                        let inbound =
+                            TestUtil.kernelToStack timeout 94 bytes listener (IPEndPoint(stackAddress, 9))
+                            |> throughput
 
-                        let clock = Stopwatch.StartNew()
-
-                        let sentHash =
-                            task {
-                                use socket =
-                                    new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-                                do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
-                                use stream = new NetworkStream(socket)
-                                let! hash = TestUtil.sendPattern 94 stream bytes
-                                socket.Shutdown SocketShutdown.Send
-                                return hash
-                            }
-                            |> wait
-
-                        let received, receivedHash = wait sink
-                        let inbound = float bytes / clock.Elapsed.TotalSeconds / 1e6
-                        Expect.equal received bytes "every byte arrived at NetStack"
-                        Expect.equal receivedHash sentHash "the same bytes at NetStack"
-
-                        use kernel =
-                            new Socket(kernelAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-                        kernel.Bind(IPEndPoint(kernelAddress, 0))
-                        kernel.Listen 4
-
-                        let kernelSink =
-                            task {
-                                use! socket = kernel.AcceptAsync()
-                                use stream = new NetworkStream(socket)
-                                return! TestUtil.receiveHashed stream
-                            }
-
-                        clock.Restart()
-
-                        let sentHash =
-                            task {
-                                let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-                                let! hash = TestUtil.sendPattern 95 connection bytes
-                                do! connection.DisposeAsync()
-                                return hash
-                            }
-                            |> wait
-
-                        let received, receivedHash = wait kernelSink
-                        let outbound = float bytes / clock.Elapsed.TotalSeconds / 1e6
-                        Expect.equal received bytes "every byte arrived at the kernel"
-                        Expect.equal receivedHash sentHash "the same bytes at the kernel"
+                        use kernel = TestUtil.kernelListener kernelAddress
+                        let outbound = TestUtil.stackToKernel timeout 95 bytes stack kernel |> throughput
 
                         printfn
                             $"TCP with 5%% loss over {stackAddress.AddressFamily}, 2 MiB each way: kernel -> NetStack %.2f{inbound} MB/s, NetStack -> kernel %.2f{outbound} MB/s")

@@ -27,11 +27,7 @@ let private optionsFor (n: int) =
     )
 
 /// Both families of test n: (stack address, kernel address).
-let private families (n: int) =
-    [
-        IPAddress.Parse $"10.83.{n}.2", IPAddress.Parse $"10.83.{n}.1"
-        IPAddress.Parse $"fd83:{n}::2", IPAddress.Parse $"fd83:{n}::1"
-    ]
+let private families (n: int) = TestUtil.families (optionsFor n)
 
 let private withStack (n: int) (f: NetworkStack -> unit) =
     NetStack.Tests.TestUtil.withStackOf (optionsFor n) f
@@ -58,37 +54,6 @@ let private readAll (stream: Stream) =
         return memory.ToArray()
     }
 
-/// Accepts connections and echoes each until the peer's FIN, then closes it, until canceled.
-let private echoServer (listener: TcpListener) (cancel: CancellationToken) =
-    task {
-        try
-            while not cancel.IsCancellationRequested do
-                let! connection = listener.AcceptAsync cancel
-
-                Task.Run(fun () ->
-                    task {
-                        try
-                            let buffer = Array.zeroCreate<byte> 65536
-                            let mutable n = 1
-
-                            while n > 0 do
-                                let! read = connection.ReadAsync(Memory buffer)
-                                n <- read
-
-                                if n > 0 then
-                                    do! connection.WriteAsync(ReadOnlyMemory(buffer, 0, n))
-
-                            do! connection.DisposeAsync()
-                        with _ ->
-                            connection.Abort()
-                    }
-                    :> Task)
-                |> ignore
-        with
-        | :? OperationCanceledException -> ()
-        | :? SocketException -> ()
-    }
-
 /// A kernel TCP client: connect, send `data` while reading the echo, return what came back.
 let private kernelEcho (server: IPEndPoint) (data: byte[]) =
     task {
@@ -110,20 +75,11 @@ let private kernelEcho (server: IPEndPoint) (data: byte[]) =
 let private sha (data: byte[]) =
     Convert.ToHexString(SHA256.HashData data)
 
-/// A kernel listener on `address`, port chosen by the kernel.
-let private kernelListener (address: IPAddress) =
-    let listener =
-        new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-    listener.Bind(IPEndPoint(address, 0))
-    listener.Listen 512
-    listener
-
-let private sendPattern (stream: Stream) total = TestUtil.sendPattern 7 stream total
-
-let private receiveHashed (stream: Stream) = TestUtil.receiveHashed stream
-
 let private bulkBytes = 100L * 1024L * 1024L
+
+/// MB/s of `bulkBytes` in `elapsed`.
+let private throughput (elapsed: TimeSpan) =
+    float bulkBytes / elapsed.TotalSeconds / 1e6
 
 [<Tests>]
 let tests =
@@ -135,7 +91,7 @@ let tests =
                 withStack 1 (fun stack ->
                     use cancel = new CancellationTokenSource()
                     use listener = stack.ListenTcp(7)
-                    let server = echoServer listener cancel.Token
+                    let server = TestUtil.echoServer listener cancel.Token
 
                     for (stackAddress, _) in families 1 do
                         let data = payload 300_000 1
@@ -150,7 +106,7 @@ let tests =
             test "a NetStack client's bytes come back from a kernel echo server, IPv4 and IPv6" {
                 withStack 2 (fun stack ->
                     for (_, kernelAddress) in families 2 do
-                        use listener = kernelListener kernelAddress
+                        use listener = TestUtil.kernelListener kernelAddress
 
                         let server =
                             task {
@@ -185,58 +141,14 @@ let tests =
                         // Kernel to NetStack.
                         use listener = stack.ListenTcp(9)
 
-                        let sink =
-                            task {
-                                let! connection = listener.AcceptAsync()
-                                let! result = receiveHashed connection
-                                do! connection.DisposeAsync()
-                                return result
-                            }
+                        let inbound =
+                            TestUtil.kernelToStack timeout 7 bulkBytes listener (IPEndPoint(stackAddress, 9))
+                            |> throughput
 
-                        let clock = Stopwatch.StartNew()
-
-                        let sentHash =
-                            task {
-                                use socket =
-                                    new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-
-                                do! socket.ConnectAsync(IPEndPoint(stackAddress, 9))
-                                use stream = new NetworkStream(socket)
-                                let! hash = sendPattern stream bulkBytes
-                                socket.Shutdown SocketShutdown.Send
-                                return hash
-                            }
-                            |> wait
-
-                        let received, receivedHash = wait sink
-                        let inbound = float bulkBytes / clock.Elapsed.TotalSeconds / 1e6
-                        Expect.equal received bulkBytes "every byte arrived"
-                        Expect.equal receivedHash sentHash "the same bytes"
                         // NetStack to kernel.
-                        use kernel = kernelListener kernelAddress
+                        use kernel = TestUtil.kernelListener kernelAddress
 
-                        let kernelSink =
-                            task {
-                                use! socket = kernel.AcceptAsync()
-                                use stream = new NetworkStream(socket)
-                                return! receiveHashed stream
-                            }
-
-                        clock.Restart()
-
-                        let sentHash =
-                            task {
-                                let! connection = stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint)
-                                let! hash = sendPattern connection bulkBytes
-                                do! connection.DisposeAsync()
-                                return hash
-                            }
-                            |> wait
-
-                        let received, receivedHash = wait kernelSink
-                        let outbound = float bulkBytes / clock.Elapsed.TotalSeconds / 1e6
-                        Expect.equal received bulkBytes "every byte arrived at the kernel"
-                        Expect.equal receivedHash sentHash "the same bytes at the kernel"
+                        let outbound = TestUtil.stackToKernel timeout 7 bulkBytes stack kernel |> throughput
 
                         printfn
                             $"TCP bulk over {stackAddress.AddressFamily}, 100 MiB: kernel -> NetStack %.1f{inbound} MB/s, NetStack -> kernel %.1f{outbound} MB/s")
@@ -246,7 +158,7 @@ let tests =
                 withStack 4 (fun stack ->
                     use cancel = new CancellationTokenSource()
                     use listener = stack.ListenTcp(7, 256)
-                    let server = echoServer listener cancel.Token
+                    let server = TestUtil.echoServer listener cancel.Token
                     let families = families 4
 
                     let clients =
@@ -286,7 +198,7 @@ let tests =
                         waitUnit server
                         Expect.equal reply (Array.rev request) "the answer came after the kernel's FIN"
                         // NetStack half-closes first; the kernel answers after reading to the end.
-                        use kernel = kernelListener kernelAddress
+                        use kernel = TestUtil.kernelListener kernelAddress
 
                         let kernelServer =
                             task {
@@ -336,7 +248,7 @@ let tests =
                     for (stackAddress, kernelAddress) in families 6 do
                         // NetStack to a kernel port nobody listens on: the kernel's RST.
                         let port =
-                            use probe = kernelListener kernelAddress
+                            use probe = TestUtil.kernelListener kernelAddress
                             (probe.LocalEndPoint :?> IPEndPoint).Port
 
                         let error =
@@ -447,7 +359,7 @@ let tests =
                     let _, kernelAddress = List.head (families 8)
 
                     let port =
-                        use probe = kernelListener kernelAddress
+                        use probe = TestUtil.kernelListener kernelAddress
                         (probe.LocalEndPoint :?> IPEndPoint).Port
 
                     let info =

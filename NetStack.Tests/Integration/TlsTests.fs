@@ -40,17 +40,16 @@ let private timeout = TimeSpan.FromSeconds 30.0
 let private wait (task: Threading.Tasks.Task<'T>) : 'T =
     NetStack.Tests.TestUtil.waitWithin timeout task
 
-/// A self-signed certificate (EC P-256, CN netstack-test) made by `openssl req` in a new temporary
-/// folder: (folder, certificate file, key file, SHA-256 thumbprint of the certificate).
-let private makeCertificate () =
-    let folder = Directory.CreateTempSubdirectory "netstack-tls"
-    let cert = Path.Combine(folder.FullName, "cert.pem")
-    let key = Path.Combine(folder.FullName, "key.pem")
+/// A self-signed certificate (EC P-256, valid two days, subject `subject`, then the `openssl req`
+/// arguments `extra`) made by `openssl req` in `folder`: (certificate file, key file), PEM.
+let selfSigned (folder: string) (subject: string) (extra: string list) =
+    let cert = Path.Combine(folder, "cert.pem")
+    let key = Path.Combine(folder, "key.pem")
 
     let code, output =
         Isolation.run
             "openssl"
-            [
+            ([
                 "req"
                 "-x509"
                 "-newkey"
@@ -65,10 +64,18 @@ let private makeCertificate () =
                 "-days"
                 "2"
                 "-subj"
-                "/CN=netstack-test"
-            ]
+                subject
+             ]
+             @ extra)
 
     Expect.equal code 0 $"openssl req makes the certificate: {output}"
+    cert, key
+
+/// A self-signed certificate (EC P-256, CN netstack-test) made by `openssl req` in a new temporary
+/// folder: (folder, certificate file, key file, SHA-256 thumbprint of the certificate).
+let private makeCertificate () =
+    let folder = Directory.CreateTempSubdirectory "netstack-tls"
+    let cert, key = selfSigned folder.FullName "/CN=netstack-test" []
     use certificate = X509Certificate2.CreateFromPem(File.ReadAllText cert)
     folder, cert, key, certificate.GetCertHashString HashAlgorithmName.SHA256
 

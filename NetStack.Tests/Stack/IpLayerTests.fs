@@ -77,8 +77,9 @@ let private receiveAll (state: IpLayerState) (packets: byte[] list) =
 
     s, results
 
-/// Every reference of a result lies inside the buffer it points into.
-let private referencesInside (input: byte[]) (r: Received) =
+/// Every reference of a result lies inside the buffer it points into (`input` for references
+/// into the packet itself); the TCP layer's tests check their results with it too.
+let referencesInside (input: byte[]) (r: Received) =
     let inside (reference: PayloadRef) =
         let length =
             if isNull reference.Array then

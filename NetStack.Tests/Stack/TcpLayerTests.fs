@@ -105,19 +105,7 @@ let private mutatedGen =
         return copy.[.. cut - 1]
     }
 
-let private referencesInside (input: byte[]) (r: Received) =
-    let inside (reference: PayloadRef) =
-        let length =
-            if isNull reference.Array then
-                input.Length
-            else
-                reference.Array.Length
-
-        reference.Offset >= 0
-        && reference.Length >= 0
-        && reference.Offset + reference.Length <= length
-
-    inside r.Packet && inside r.Payload
+let private referencesInside (input: byte[]) (r: Received) = IpLayerTests.referencesInside input r
 
 /// The TCP header's offset in a packet of the family.
 let private tcpAt v6 = if v6 then 40 else 20

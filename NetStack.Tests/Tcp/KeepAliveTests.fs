@@ -4,34 +4,7 @@ module NetStack.Tests.KeepAliveTests
 open Expecto
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
-
-let private ms (n: int) = int64 n * 1000L
-
-let private sent (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Transmit s -> Some s
-        | _ -> None)
-
-let private single (o: TcpOutput) =
-    match sent o with
-    | [ s ] -> s
-    | other -> failtest $"expected one segment, got {other}"
-
-let private arriving (s: OutgoingSegment) : Segment =
-    {
-        Seq = s.Seq
-        Ack = s.Ack
-        Flags = s.Flags
-        Window = s.Window
-        Options = s.Options
-        PayloadLength = s.DataLength
-    }
-
-let private audited (c: Connection) =
-    match Connection.audit c with
-    | Some problem -> failtest problem
-    | None -> c
+open NetStack.Tests.TcpHarness
 
 /// Keep-alive after 10 s idle, probes 1 s apart, 3 of them.
 let private keepAlive =
@@ -43,14 +16,7 @@ let private keepAlive =
 
 /// A client with `config` and a default server, both ESTABLISHED (the client at 2 ms).
 let private established (config: TcpConfig) =
-    let client, o = Connection.openActive config (SeqNum 1000u) 0L
-
-    let server, o =
-        Connection.accept TcpConfig.Default (SeqNum 7000u) (ms 1) (arriving (single o))
-
-    let client, o = Connection.handleSegment (ms 2) (arriving (single o)) client
-    let server, _ = Connection.handleSegment (ms 3) (arriving (single o)) server
-    Expect.equal client.State TcpState.Established "client established"
+    let client, server, _, _, _ = handshake config TcpConfig.Default
     client, server
 
 [<Tests>]

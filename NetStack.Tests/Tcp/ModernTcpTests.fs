@@ -8,19 +8,7 @@ open FsCheck.FSharp
 open System
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
-
-let private ms (n: int) = int64 n * 1000L
-
-let private sent (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Transmit s -> Some s
-        | _ -> None)
-
-let private single (o: TcpOutput) =
-    match sent o with
-    | [ s ] -> s
-    | other -> failtest $"expected one segment, got {other}"
+open NetStack.Tests.TcpHarness
 
 let private stored (o: TcpOutput) =
     o.Actions
@@ -28,36 +16,12 @@ let private stored (o: TcpOutput) =
         | TcpAction.StoreReceived _ -> true
         | _ -> false)
 
-/// What the peer sees of an outgoing segment (no payload bytes are needed by the engine).
-let private arriving (s: OutgoingSegment) : Segment =
-    {
-        Seq = s.Seq
-        Ack = s.Ack
-        Flags = s.Flags
-        Window = s.Window
-        Options = s.Options
-        PayloadLength = s.DataLength
-    }
-
 let private configWith (ws: bool) (ts: bool) =
     { TcpConfig.Default with
         WindowScaling = ws
         Timestamps = ts
         ReceiveBufferSize = 1 <<< 20
     }
-
-/// A client and a server through the three-way handshake; returns both and the three segments.
-let private handshake (clientConfig: TcpConfig) (serverConfig: TcpConfig) =
-    let client, o = Connection.openActive clientConfig (SeqNum 1000u) 0L
-    let syn = single o
-    let server, o = Connection.accept serverConfig (SeqNum 7000u) (ms 1) (arriving syn)
-    let synAck = single o
-    let client, o = Connection.handleSegment (ms 2) (arriving synAck) client
-    let ack = single o
-    let server, _ = Connection.handleSegment (ms 3) (arriving ack) server
-    Expect.equal client.State TcpState.Established "client established"
-    Expect.equal server.State TcpState.Established "server established"
-    client, server, syn, synAck, ack
 
 let private audit (c: Connection) =
     match Connection.audit c with

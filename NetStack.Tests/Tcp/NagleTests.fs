@@ -6,35 +6,7 @@ open FsCheck
 open FsCheck.FSharp
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
-
-let private ms (n: int) = int64 n * 1000L
-
-let private sent (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Transmit s -> Some s
-        | _ -> None)
-
-let private single (o: TcpOutput) =
-    match sent o with
-    | [ s ] -> s
-    | other -> failtest $"expected one segment, got {other}"
-
-/// What the peer sees of an outgoing segment.
-let private arriving (s: OutgoingSegment) : Segment =
-    {
-        Seq = s.Seq
-        Ack = s.Ack
-        Flags = s.Flags
-        Window = s.Window
-        Options = s.Options
-        PayloadLength = s.DataLength
-    }
-
-let private audited (c: Connection) =
-    match Connection.audit c with
-    | Some problem -> failtest problem
-    | None -> c
+open NetStack.Tests.TcpHarness
 
 /// A client (with `clientConfig`) and a server that ACKs at once, both ESTABLISHED at 3 ms.
 let private established (clientConfig: TcpConfig) =
@@ -43,14 +15,7 @@ let private established (clientConfig: TcpConfig) =
             DelayedAckTimeout = 0L
         }
 
-    let client, o = Connection.openActive clientConfig (SeqNum 1000u) 0L
-
-    let server, o =
-        Connection.accept serverConfig (SeqNum 7000u) (ms 1) (arriving (single o))
-
-    let client, o = Connection.handleSegment (ms 2) (arriving (single o)) client
-    let server, _ = Connection.handleSegment (ms 3) (arriving (single o)) server
-    Expect.equal client.State TcpState.Established "client established"
+    let client, server, _, _, _ = handshake clientConfig serverConfig
     client, server
 
 let private nagle = TcpConfig.Default

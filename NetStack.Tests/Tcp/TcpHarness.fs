@@ -263,3 +263,54 @@ let apply (side: Side) (incoming: byte[]) (transmit: OutgoingSegment -> unit) (o
     match Connection.audit side.Conn with
     | Some problem -> fail $"{side.Name}: {problem}"
     | None -> ()
+
+// Small helpers for the unit tests that drive one or two engines by hand (Nagle, keep-alive,
+// modern TCP options): time in milliseconds, the segments an output sends, and the handshake.
+
+/// `n` milliseconds in the engine's microseconds.
+let ms (n: int) = int64 n * 1000L
+
+/// The segments `o` transmits.
+let sent (o: TcpOutput) =
+    o.Actions
+    |> List.choose (function
+        | TcpAction.Transmit s -> Some s
+        | _ -> None)
+
+/// The one segment `o` transmits; fails the test when there is not exactly one.
+let single (o: TcpOutput) =
+    match sent o with
+    | [ s ] -> s
+    | other -> Expecto.Tests.failtest $"expected one segment, got {other}"
+
+/// What the peer sees of an outgoing segment (no payload bytes are needed by the engine).
+let arriving (s: OutgoingSegment) : Segment =
+    {
+        Seq = s.Seq
+        Ack = s.Ack
+        Flags = s.Flags
+        Window = s.Window
+        Options = s.Options
+        PayloadLength = s.DataLength
+    }
+
+/// `c`, once the engine's invariants hold for it (Connection.audit); fails the test otherwise.
+let audited (c: Connection) =
+    match Connection.audit c with
+    | Some problem -> Expecto.Tests.failtest problem
+    | None -> c
+
+/// A client with `clientConfig` (ISS 1000, SYN at 0 ms) and a server with `serverConfig` (ISS
+/// 7000, SYN-ACK at 1 ms) through the three-way handshake (the client's ACK at 2 ms reaches the
+/// server at 3 ms); checks both are ESTABLISHED and returns both and the three segments.
+let handshake (clientConfig: TcpConfig) (serverConfig: TcpConfig) =
+    let client, o = Connection.openActive clientConfig (SeqNum 1000u) 0L
+    let syn = single o
+    let server, o = Connection.accept serverConfig (SeqNum 7000u) (ms 1) (arriving syn)
+    let synAck = single o
+    let client, o = Connection.handleSegment (ms 2) (arriving synAck) client
+    let ack = single o
+    let server, _ = Connection.handleSegment (ms 3) (arriving ack) server
+    Expecto.Expect.equal client.State TcpState.Established "client established"
+    Expecto.Expect.equal server.State TcpState.Established "server established"
+    client, server, syn, synAck, ack
