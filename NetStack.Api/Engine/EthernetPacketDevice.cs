@@ -85,6 +85,11 @@ public sealed class EthernetPacketDevice : IPacketDevice
     private SlaacAddress[] _slaacAddresses = [];
     private const int MaxPrefixesPerAdvertisement = 32;
 
+    // RFC 5227 §2.4 conflict defence: when we last announced our IPv4 address against a conflict.
+    private long? _lastDefence;
+    private long? _lastConflictLogged;
+    private readonly Microsoft.Extensions.Logging.ILogger _log;
+
     /// <summary>
     /// Wraps <paramref name="frames"/>, runs duplicate address detection and announces the
     /// addresses of <paramref name="options"/> (see the remarks).
@@ -102,6 +107,9 @@ public sealed class EthernetPacketDevice : IPacketDevice
         options.Neighbor.Validate();
         _frames = frames;
         _name = interfaceName;
+        _log = options.LoggerFactory is { } factory
+            ? Microsoft.Extensions.Logging.LoggerFactoryExtensions.CreateLogger<EthernetPacketDevice>(factory)
+            : Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
         Statistics = statistics ?? new NetStackStatistics();
         _mac = ToMac(options.MacAddress);
         if (options.Address is not null)
@@ -524,10 +532,28 @@ public sealed class EthernetPacketDevice : IPacketDevice
         Statistics.Increment("arp.received");
         if (!_hasV4 || arp.SenderMac.Equals(_mac) || arp.SenderMac.IsMulticast)
             return;
-        if (arp.SenderIp.Equals(_v4))
+        if (Arp.isConflict(_v4, _mac, arp))
         {
-            // Someone else claims our address (RFC 5227 §2.4): count it; we keep defending.
+            // Someone else claims our address (RFC 5227 §2.4 c): we keep it, and announce it once
+            // per DEFEND_INTERVAL at most; conflicts in between are only counted and logged.
             Statistics.Increment("arp.conflict");
+            long at = Now();
+            var last = _lastDefence is { } l ? FSharpValueOption<long>.Some(l) : FSharpValueOption<long>.None;
+            if (Arp.shouldDefend(at, last, Arp.DefendIntervalSeconds * 1_000_000L))
+            {
+                _lastDefence = at;
+                int n = Arp.write(Arp.announcement(_mac, _v4), _control);
+                WriteFrame(Core.Link.MacAddress.Broadcast, EtherType.Arp, _control.AsSpan(0, n));
+                Statistics.Increment("arp.defended");
+                Diagnostics.LinkLog.ArpConflictDefended(_log, _name, ToPhysical(arp.SenderMac), _v4.ToIPAddress());
+            }
+            else if (_lastConflictLogged is not { } logged || at - logged >= Arp.DefendIntervalSeconds * 1_000_000L)
+            {
+                // Logged once per interval too, so a flood of forged packets cannot flood the log.
+                _lastConflictLogged = at;
+                Diagnostics.LinkLog.ArpConflictNotDefended(_log, _name, ToPhysical(arp.SenderMac), _v4.ToIPAddress());
+            }
+
             return;
         }
 
