@@ -85,6 +85,11 @@ public sealed class EthernetPacketDevice : IPacketDevice
     private SlaacAddress[] _slaacAddresses = [];
     private const int MaxPrefixesPerAdvertisement = 32;
 
+    // RFC 4861 §6.3.2 ReachableTime of each cache, drawn again from time to time and when a
+    // router advertisement changes the IPv6 base.
+    private ReachableTimeState _reachable4;
+    private ReachableTimeState _reachable6;
+
     // RFC 5227 §2.4 conflict defence: when we last announced our IPv4 address against a conflict.
     private long? _lastDefence;
     private long? _lastConflictLogged;
@@ -146,6 +151,11 @@ public sealed class EthernetPacketDevice : IPacketDevice
             3, 3, Micros(n.StaleLifetime), n.MaxEntries, n.MaxQueuedPerEntry, n.MaxQueuedBytes);
         _arp = NeighborCache.create<Ipv4Address>(config);
         _ndp = NeighborCache.create<Ipv6Address>(config);
+        long start = Now();
+        _reachable4 = ReachableTime.create(start, config.ReachableTime, Random.Shared.NextDouble());
+        _reachable6 = ReachableTime.create(start, config.ReachableTime, Random.Shared.NextDouble());
+        _arp = NeighborCache.withTimers(_reachable4.Current, config.RetransTimer, _arp);
+        _ndp = NeighborCache.withTimers(_reachable6.Current, config.RetransTimer, _ndp);
         Mtu = frames.Mtu;
         if (options.Slaac && _hasV6)
         {
@@ -193,6 +203,20 @@ public sealed class EthernetPacketDevice : IPacketDevice
 
     /// <summary>The current time of the adapter's clock (microseconds), the clock of <see cref="AutoconfiguredAddresses"/>' lifetimes.</summary>
     public long Clock => Now();
+
+    /// <summary>
+    /// The IPv6 neighbor cache's ReachableTime (RFC 4861 §6.3.2: drawn between 0.5 and 1.5 times
+    /// the base, <see cref="NeighborSettings.ReachableTime"/> or a router advertisement's Reachable
+    /// Time) and RetransTimer (the settings' or a router advertisement's).
+    /// </summary>
+    public (TimeSpan ReachableTime, TimeSpan RetransTimer) Ipv6NeighborTimers
+    {
+        get
+        {
+            lock (_gate)
+                return (TimeSpan.FromMicroseconds(_ndp.Config.ReachableTime), TimeSpan.FromMicroseconds(_ndp.Config.RetransTimer));
+        }
+    }
 
     /// <summary>A snapshot of both neighbor caches: address, link-layer address (empty while unresolved) and RFC 4861 state.</summary>
     public IReadOnlyList<(IPAddress Address, PhysicalAddress Mac, string State)> Neighbors()
@@ -329,7 +353,7 @@ public sealed class EthernetPacketDevice : IPacketDevice
     {
         lock (_gate)
         {
-            long next = Math.Min(_arp.NextDeadline, _ndp.NextDeadline);
+            long next = Math.Min(Math.Min(_arp.NextDeadline, _ndp.NextDeadline), Math.Min(_reachable4.RecomputeAt, _reachable6.RecomputeAt));
             return _slaac is null ? next : Math.Min(next, Core.Link.Slaac.nextDeadline(_slaac));
         }
     }
@@ -342,6 +366,20 @@ public sealed class EthernetPacketDevice : IPacketDevice
                 Apply(NeighborCache.tick(now, _arp));
             if (_ndp.NextDeadline <= now)
                 Apply(NeighborCache.tick(now, _ndp));
+            // §6.3.2: a fresh random ReachableTime every few hours even when the base stays.
+            var r4 = ReachableTime.tick(now, Random.Shared.NextDouble(), _reachable4);
+            if (r4.Item2)
+            {
+                _reachable4 = r4.Item1;
+                _arp = NeighborCache.withTimers(_reachable4.Current, _arp.Config.RetransTimer, _arp);
+            }
+
+            var r6 = ReachableTime.tick(now, Random.Shared.NextDouble(), _reachable6);
+            if (r6.Item2)
+            {
+                _reachable6 = r6.Item1;
+                _ndp = NeighborCache.withTimers(_reachable6.Current, _ndp.Config.RetransTimer, _ndp);
+            }
             if (_slaac is not null && Core.Link.Slaac.nextDeadline(_slaac) <= now)
                 Apply(Core.Link.Slaac.tick(now, _slaac));
         }
@@ -673,6 +711,7 @@ public sealed class EthernetPacketDevice : IPacketDevice
 
                 if (m.SourceLinkAddress.IsSome)
                     Apply(NeighborCache.learn(now, h.Source, m.SourceLinkAddress.Value, true, _ndp));
+                OnAdvertisedTimers(now, m.ReachableTime, m.RetransTimer);
                 if (_slaac is not null)
                 {
                     var prefixes = Ndp.prefixes(packet.Slice(Ipv6.HeaderLength, h.PayloadLength), MaxPrefixesPerAdvertisement);
@@ -686,6 +725,18 @@ public sealed class EthernetPacketDevice : IPacketDevice
                 Statistics.Increment("ndp.ignored");
                 return;
         }
+    }
+
+    /// <summary>RFC 4861 §6.3.4: a router advertisement's Reachable Time and Retrans Timer, when non-zero, set the IPv6 cache's (callers hold the lock).</summary>
+    private void OnAdvertisedTimers(long now, uint reachableMs, uint retransMs)
+    {
+        var r = ReachableTime.onAdvertisement(now, reachableMs, Random.Shared.NextDouble(), _reachable6);
+        long retrans = ReachableTime.retransTimer(retransMs, _ndp.Config.RetransTimer);
+        if (!r.Item2 && retrans == _ndp.Config.RetransTimer)
+            return;
+        _reachable6 = r.Item1;
+        _ndp = NeighborCache.withTimers(_reachable6.Current, retrans, _ndp);
+        Statistics.Increment("ndp.ra.timers");
     }
 
     /// <summary>A solicitation for an autoconfigured address: DAD (§5.4.3) while it is tentative, else answered as for the configured one.</summary>

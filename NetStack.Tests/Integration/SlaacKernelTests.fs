@@ -12,6 +12,7 @@ open System.Net.Sockets
 open System.Threading
 open Expecto
 open NetStack
+open NetStack.Device
 open NetStack.Engine
 open NetStack.Tests
 
@@ -22,6 +23,7 @@ let private advertiseScript =
     """
 import socket, struct, sys, time
 dev, prefix, valid, preferred, lifetime = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+reachable, retrans = (int(sys.argv[6]), int(sys.argv[7])) if len(sys.argv) > 7 else (0, 0)
 index = socket.if_nametoindex(dev)
 deadline = time.time() + 10
 while True:
@@ -40,12 +42,19 @@ s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, lifetime, 0, 0)
+ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, lifetime, reachable, retrans)
 pio = struct.pack('!BBBBIII', 3, 4, 64, 0xC0, valid, preferred, 0) + socket.inet_pton(socket.AF_INET6, prefix)
 s.sendto(ra + pio, ('ff02::1', 0, 0, index))
 """
 
-let private advertise (dev: string) (prefix: string) (valid: uint32) (preferred: uint32) (routerLifetime: int) =
+let private advertiseWith
+    (dev: string)
+    (prefix: string)
+    (valid: uint32)
+    (preferred: uint32)
+    (routerLifetime: int)
+    (timers: string list)
+    =
     let path =
         Path.Combine(Path.GetTempPath(), $"netstack-ra-{Environment.ProcessId}.py")
 
@@ -53,11 +62,17 @@ let private advertise (dev: string) (prefix: string) (valid: uint32) (preferred:
 
     try
         let code, output =
-            Isolation.run "python3" [ path; dev; prefix; string valid; string preferred; string routerLifetime ]
+            Isolation.run
+                "python3"
+                ([ path; dev; prefix; string valid; string preferred; string routerLifetime ]
+                 @ timers)
 
         Expect.equal code 0 $"the advertisement was sent:\n{output}"
     finally
         File.Delete path
+
+let private advertise dev prefix valid preferred routerLifetime =
+    advertiseWith dev prefix valid preferred routerLifetime []
 
 let private ip (args: string list) =
     let code, output = Isolation.run "ip" args
@@ -192,6 +207,37 @@ let tests =
                     Expect.isFalse (pings address) "no answer once removed"
                     Expect.isTrue (pings "fda6:2::2") "the configured address still answers"
                     Expect.equal stack.Statistics.["ndp.slaac.removed"] 1L "counted"
+                with e ->
+                    failtestf "%s\n%s" (e.ToString()) (diagnostics stack)
+            }
+
+            test
+                "an advertisement's Reachable Time and Retrans Timer set the IPv6 neighbor timers, ReachableTime randomised" {
+                let o = options 4
+                let tap = TunDevice.CreateTap o.TunName
+                use link = new KernelLink(tap)
+                link.SetUp()
+                link.AddAddress(o.HostAddress6, o.PrefixLength6)
+
+                let adapter = new EthernetPacketDevice(new TunPacketDevice(tap), o, null, tap.Name)
+
+                use stack = NetworkStack.Start(o, adapter, tap.Name)
+
+                try
+                    let struct (reachable, _) = adapter.Ipv6NeighborTimers
+                    Expect.isGreaterThanOrEqual reachable (TimeSpan.FromSeconds 15.0) "0.5x the 30 s default or more"
+                    Expect.isLessThanOrEqual reachable (TimeSpan.FromSeconds 45.0) "1.5x or less"
+                    advertiseWith "ns106t4" "fda6:104::" 600u 600u 1800 [ "5000"; "700" ]
+
+                    eventually 3.0 "the advertised timers were applied" (fun () ->
+                        let struct (reachable, retrans) = adapter.Ipv6NeighborTimers
+
+                        retrans = TimeSpan.FromMilliseconds 700.0
+                        && reachable >= TimeSpan.FromMilliseconds 2500.0
+                        && reachable <= TimeSpan.FromMilliseconds 7500.0)
+
+                    Expect.equal stack.Statistics.["ndp.ra.timers"] 1L "counted"
+                    Expect.isTrue (pings "fda6:4::2") "the stack still answers"
                 with e ->
                     failtestf "%s\n%s" (e.ToString()) (diagnostics stack)
             }
