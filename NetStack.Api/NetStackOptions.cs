@@ -190,6 +190,24 @@ public sealed record NetStackOptions
 
     /// <summary>Tap mode: neighbor cache timers and bounds, duplicate address detection and gratuitous ARP.</summary>
     public Engine.NeighborSettings Neighbor { get; init; } = new();
+
+    /// <summary>
+    /// Tap mode: stateless address autoconfiguration (RFC 4862 §5.5), off by default. The stack
+    /// sends router solicitations at start and forms one more IPv6 address from each /64 prefix a
+    /// router advertises with the A flag (RFC 7217 stable-privacy interface identifiers from
+    /// <see cref="SlaacSecretKey"/>), runs duplicate address detection on it and then accepts
+    /// packets to it, keeping it while the prefix's valid lifetime lasts (see
+    /// <see cref="NetworkStack.Ipv6Addresses"/>). <see cref="Address6"/> stays the stack's main
+    /// address and is required.
+    /// </summary>
+    public bool Slaac { get; init; }
+
+    /// <summary>
+    /// Tap mode with <see cref="Slaac"/>: the RFC 7217 secret key (16 bytes or more). The same key,
+    /// MAC and prefix always give the same address, so give a stored key (and
+    /// <see cref="MacAddress"/>) to keep addresses across restarts. Null: a random key per start.
+    /// </summary>
+    public byte[]? SlaacSecretKey { get; init; }
 }
 
 /// <summary>TCP congestion control algorithms (<see cref="NetStackOptions.TcpCongestionControl"/>).</summary>

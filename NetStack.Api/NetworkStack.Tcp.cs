@@ -227,7 +227,7 @@ public sealed partial class NetworkStack
         if (address.Equals(IPAddress.Any) || address.Equals(IPAddress.IPv6Any))
             throw new ArgumentException("The destination address is unspecified.", nameof(remote));
         var target = IpAddr.OfIPAddress(address);
-        var source = target.IsIpv6 ? _address6 : _address4;
+        var source = SourceFor(target);
         if (source is null)
             throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to connect to {address} from.", nameof(remote));
         cancellationToken.ThrowIfCancellationRequested();

@@ -90,6 +90,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly IpAddr? _address4;
     private readonly IpAddr? _address6;
 
+    // Tap mode: the Ethernet adapter, whose autoconfigured IPv6 addresses the loop copies into the
+    // IP layer whenever the adapter publishes a new list (null: Tun mode or no autoconfiguration).
+    private readonly EthernetPacketDevice? _autoconfiguring;
+    private IReadOnlyList<Core.Link.SlaacAddress>? _autoconfigured;
+
     private readonly record struct Command(Action Run, Action<Exception>? Abort);
 
     private sealed class PendingPing
@@ -105,6 +110,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null)
     {
         _link = link;
+        if (options.Slaac)
+            _autoconfiguring = LinkWithin(device);
         _log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NetworkStack>();
         // On a fault-injecting device the stack's counters and the fault counters are one set.
         _statistics = LinkWithin(device)?.Statistics ?? FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
@@ -291,6 +298,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("ReassemblyMaxBytes and ReassemblyMaxDatagrams must be positive.", nameof(options));
         if (options.IcmpErrorsPerSecond < 0)
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
+        if (options.Slaac && (options.Mode != NetStackMode.Tap || options.Address6 is null))
+            throw new ArgumentException("Slaac needs Mode = Tap and an Address6 (the stack's main IPv6 address).", nameof(options));
+        if (options.SlaacSecretKey is { Length: 0 })
+            throw new ArgumentException("SlaacSecretKey is empty (null means a random key).", nameof(options));
         if (options.CapturePath is not null && options.CapturePath.Length == 0)
             throw new ArgumentException("CapturePath is empty (null means no capture).", nameof(options));
         options.Faults?.Validate();
@@ -429,6 +440,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 else if (++_burstPackets >= MaxBurstPackets)
                     FlushWakes();
                 Volatile.Write(ref _loopIdle, false);
+                if (_autoconfiguring is not null)
+                    SyncAutoconfigured();
                 if (read)
                 {
                     deviceErrors = 0;
@@ -480,6 +493,67 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             connection.FlushWakes();
         _pendingWakes.Clear();
     }
+
+    // The adapter's autoconfigured addresses changed: the IP layer accepts the assigned ones.
+    private void SyncAutoconfigured()
+    {
+        var current = _autoconfiguring!.AutoconfiguredAddresses;
+        if (ReferenceEquals(current, _autoconfigured))
+            return;
+        _autoconfigured = current;
+        var assigned = new List<Ipv6Address>();
+        foreach (var a in current)
+        {
+            if (a.State != Core.Link.SlaacAddressState.Tentative)
+                assigned.Add(a.Address);
+        }
+
+        _ip = IpLayer.withAddresses6([.. assigned], _ip);
+    }
+
+    // The source of new communication with `target` (RFC 6724 rules 3 and 8 between the
+    // configured IPv6 address and the preferred autoconfigured ones; see Slaac.selectSource).
+    private IpAddr? SourceFor(IpAddr target)
+    {
+        if (!target.IsIpv6)
+            return _address4;
+        if (_autoconfiguring is null || _address6 is null)
+            return _address6;
+        var addresses = _autoconfiguring.AutoconfiguredAddresses;
+        if (addresses.Count == 0)
+            return _address6;
+        return IpAddr.NewV6(Core.Link.Slaac.selectSource(_address6.Value.ipv6, Options.PrefixLength6, target.ipv6, addresses));
+    }
+
+    /// <summary>
+    /// The stack's IPv6 addresses: <see cref="NetStackOptions.Address6"/> first, then those
+    /// stateless address autoconfiguration formed (<see cref="NetStackOptions.Slaac"/>), tentative
+    /// ones included, with their state and remaining lifetimes. A snapshot; empty without an IPv6
+    /// address.
+    /// </summary>
+    public IReadOnlyList<Ipv6AddressInfo> Ipv6Addresses
+    {
+        get
+        {
+            var list = new List<Ipv6AddressInfo>();
+            if (Options.Address6 is not null)
+                list.Add(new Ipv6AddressInfo(Options.Address6, Options.PrefixLength6, false, "Preferred", null, null));
+            if (_autoconfiguring is not null)
+            {
+                long now = _autoconfiguring.Clock;
+                foreach (var a in _autoconfiguring.AutoconfiguredAddresses)
+                {
+                    list.Add(new Ipv6AddressInfo(a.Address.ToIPAddress(), 64, true, a.State.ToString(),
+                        Remaining(a.PreferredUntil, now), Remaining(a.ValidUntil, now)));
+                }
+            }
+
+            return list;
+        }
+    }
+
+    private static TimeSpan? Remaining(long until, long now) =>
+        until == long.MaxValue ? null : TimeSpan.FromMicroseconds(Math.Max(0, until - now));
 
     private int WaitMilliseconds()
     {
@@ -785,7 +859,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(dataSize);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(dataSize, 65500);
         var target = IpAddr.OfIPAddress(destination);
-        var source = target.IsIpv6 ? _address6 : _address4;
+        var source = SourceFor(target);
         if (source is null)
             throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to ping {destination} from.", nameof(destination));
         if (cancellationToken.IsCancellationRequested)
@@ -899,7 +973,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 
     internal ValueTask<int> SendUdpAsync(UdpSocket socket, ReadOnlyMemory<byte> datagram, IpAddr destination, ushort port, CancellationToken cancellationToken)
     {
-        var source = destination.IsIpv6 ? _address6 : _address4;
+        var source = SourceFor(destination);
         if (source is null)
             return ValueTask.FromException<int>(new SocketException((int)SocketError.NetworkUnreachable));
         var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -92,6 +92,22 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     private bool _tentative;
     private MacAddress? _conflict;
 
+    // Stateless address autoconfiguration (null: off), and the last addresses published to the
+    // engine thread and to callers (a fresh array per change; readers take it with Volatile).
+    private SlaacState? _slaac;
+    private SlaacAddress[] _slaacAddresses = [];
+    private const int MaxPrefixesPerAdvertisement = 32;
+
+    // RFC 4861 §6.3.2 ReachableTime of each cache, drawn again from time to time and when a
+    // router advertisement changes the IPv6 base.
+    private ReachableTimeState _reachable4;
+    private ReachableTimeState _reachable6;
+
+    // RFC 5227 §2.4 conflict defence: when we last announced our IPv4 address against a conflict.
+    private long? _lastDefence;
+    private long? _lastConflictLogged;
+    private readonly Microsoft.Extensions.Logging.ILogger _log;
+
     /// <summary>
     /// Wraps <paramref name="frames"/>, runs duplicate address detection and announces the
     /// addresses of <paramref name="options"/> (see the remarks).
@@ -110,6 +126,9 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         _frames = frames;
         _offloadFrames = frames as IOffloadPacketDevice;
         _name = interfaceName;
+        _log = options.LoggerFactory is { } factory
+            ? Microsoft.Extensions.Logging.LoggerFactoryExtensions.CreateLogger<EthernetPacketDevice>(factory)
+            : Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
         Statistics = statistics ?? new NetStackStatistics();
         _mac = ToMac(options.MacAddress);
         if (options.VlanId is { } vlan)
@@ -152,7 +171,23 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
             3, 3, Micros(n.StaleLifetime), n.MaxEntries, n.MaxQueuedPerEntry, n.MaxQueuedBytes);
         _arp = NeighborCache.create<Ipv4Address>(config);
         _ndp = NeighborCache.create<Ipv6Address>(config);
+        long start = Now();
+        _reachable4 = ReachableTime.create(start, config.ReachableTime, Random.Shared.NextDouble());
+        _reachable6 = ReachableTime.create(start, config.ReachableTime, Random.Shared.NextDouble());
+        _arp = NeighborCache.withTimers(_reachable4.Current, config.RetransTimer, _arp);
+        _ndp = NeighborCache.withTimers(_reachable6.Current, config.RetransTimer, _ndp);
         Mtu = frames.Mtu;
+        if (options.Slaac && _hasV6)
+        {
+            byte[] secret = options.SlaacSecretKey ?? System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
+            var slaac = Core.Link.Slaac.config(secret, _mac, FSharpValueOption<Ipv6Address>.Some(_v6));
+            slaac = new SlaacConfig(slaac.Secret, slaac.Mac, slaac.Configured, slaac.MaxAddresses, n.DadTransmits,
+                Micros(n.RetransTimer), slaac.IdGenRetries, slaac.MaxRouterSolicitations, slaac.RouterSolicitationInterval,
+                slaac.TicksPerSecond);
+            // RFC 4861 §6.3.7: the first solicitation after a random delay of up to
+            // MAX_RTR_SOLICITATION_DELAY (1 s), so hosts starting together do not collide.
+            _slaac = Core.Link.Slaac.create(slaac, Now() + Random.Shared.NextInt64(1_000_000));
+        }
         try
         {
             Announce(n);
@@ -185,6 +220,30 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     /// their offsets from the IP packet, as on a TUN device; it moves them by the Ethernet header.
     /// </summary>
     public TunOffloads Offloads => _offloadFrames?.Offloads ?? TunOffloads.None;
+
+    /// <summary>
+    /// The addresses stateless address autoconfiguration formed so far (tentative ones included),
+    /// oldest first; empty when <see cref="NetStackOptions.Slaac"/> is off. A snapshot, replaced
+    /// on every change: compare references to notice one.
+    /// </summary>
+    public IReadOnlyList<SlaacAddress> AutoconfiguredAddresses => Volatile.Read(ref _slaacAddresses);
+
+    /// <summary>The current time of the adapter's clock (microseconds), the clock of <see cref="AutoconfiguredAddresses"/>' lifetimes.</summary>
+    public long Clock => Now();
+
+    /// <summary>
+    /// The IPv6 neighbor cache's ReachableTime (RFC 4861 §6.3.2: drawn between 0.5 and 1.5 times
+    /// the base, <see cref="NeighborSettings.ReachableTime"/> or a router advertisement's Reachable
+    /// Time) and RetransTimer (the settings' or a router advertisement's).
+    /// </summary>
+    public (TimeSpan ReachableTime, TimeSpan RetransTimer) Ipv6NeighborTimers
+    {
+        get
+        {
+            lock (_gate)
+                return (TimeSpan.FromMicroseconds(_ndp.Config.ReachableTime), TimeSpan.FromMicroseconds(_ndp.Config.RetransTimer));
+        }
+    }
 
     /// <summary>A snapshot of both neighbor caches: address, link-layer address (empty while unresolved) and RFC 4861 state.</summary>
     public IReadOnlyList<(IPAddress Address, PhysicalAddress Mac, string State)> Neighbors()
@@ -357,7 +416,10 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     private long NextNeighborDeadline()
     {
         lock (_gate)
-            return Math.Min(_arp.NextDeadline, _ndp.NextDeadline);
+        {
+            long next = Math.Min(Math.Min(_arp.NextDeadline, _ndp.NextDeadline), Math.Min(_reachable4.RecomputeAt, _reachable6.RecomputeAt));
+            return _slaac is null ? next : Math.Min(next, Core.Link.Slaac.nextDeadline(_slaac));
+        }
     }
 
     private void RunTimers(long now)
@@ -368,7 +430,103 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
                 Apply(NeighborCache.tick(now, _arp));
             if (_ndp.NextDeadline <= now)
                 Apply(NeighborCache.tick(now, _ndp));
+            // §6.3.2: a fresh random ReachableTime every few hours even when the base stays.
+            var r4 = ReachableTime.tick(now, Random.Shared.NextDouble(), _reachable4);
+            if (r4.Item2)
+            {
+                _reachable4 = r4.Item1;
+                _arp = NeighborCache.withTimers(_reachable4.Current, _arp.Config.RetransTimer, _arp);
+            }
+
+            var r6 = ReachableTime.tick(now, Random.Shared.NextDouble(), _reachable6);
+            if (r6.Item2)
+            {
+                _reachable6 = r6.Item1;
+                _ndp = NeighborCache.withTimers(_reachable6.Current, _ndp.Config.RetransTimer, _ndp);
+            }
+            if (_slaac is not null && Core.Link.Slaac.nextDeadline(_slaac) <= now)
+                Apply(Core.Link.Slaac.tick(now, _slaac));
         }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Stateless address autoconfiguration (RFC 4862 §5.5; the pure part is Core.Link.Slaac)
+    // ------------------------------------------------------------------------------------------
+
+    /// <summary>Takes a new autoconfiguration state, does what its events ask and publishes the addresses (callers hold the lock).</summary>
+    private void Apply(Tuple<SlaacState, Microsoft.FSharp.Collections.FSharpList<SlaacEvent>> result)
+    {
+        var before = _slaac;
+        _slaac = result.Item1;
+        foreach (var e in result.Item2)
+        {
+            switch (e)
+            {
+                case SlaacEvent.Probe p:
+                    {
+                        // RFC 4862 §5.4.2: from the unspecified address to the solicited-node group.
+                        var group = Ndp.solicitedNode(p.probe);
+                        int icmp = Ndp.writeNeighborSolicitation(Ipv6Address.Any, group, p.probe, FSharpValueOption<MacAddress>.None, _control.AsSpan(Ipv6.HeaderLength));
+                        WriteIpv6Header(Ipv6Address.Any, group, icmp);
+                        WriteFrame(Core.Link.MacAddress.OfIpv6Multicast(group), EtherType.Ipv6, _control.AsSpan(0, Ipv6.HeaderLength + icmp));
+                        Statistics.Increment("ndp.dad.sent");
+                        break;
+                    }
+
+                case SlaacEvent.Ignored i:
+                    Statistics.Increment("ndp.slaac.ignored." + i.reason);
+                    break;
+                default:
+                    if (e.IsSolicitRouters)
+                        SendRouterSolicitation();
+                    else
+                        Statistics.Increment("ndp.slaac." + EventName(e));
+                    break;
+            }
+        }
+
+        if (before is null || !ReferenceEquals(before.Addresses, _slaac.Addresses))
+            Volatile.Write(ref _slaacAddresses, [.. _slaac.Addresses]);
+    }
+
+    private static string EventName(SlaacEvent e) => e switch
+    {
+        SlaacEvent.Formed => "formed",
+        SlaacEvent.Assigned => "assigned",
+        SlaacEvent.Deprecated => "deprecated",
+        SlaacEvent.Removed => "removed",
+        SlaacEvent.Duplicate => "duplicate",
+        SlaacEvent.Refreshed => "refreshed",
+        SlaacEvent.TwoHourRule => "two-hour-rule",
+        _ => "other",
+    };
+
+    /// <summary>RFC 4861 §6.3.7: to all routers, from our address with our MAC as source link-layer address.</summary>
+    private void SendRouterSolicitation()
+    {
+        int icmp = Ndp.writeRouterSolicitation(_v6, Ndp.AllRouters, FSharpValueOption<MacAddress>.Some(_mac), _control.AsSpan(Ipv6.HeaderLength));
+        WriteIpv6Header(_v6, Ndp.AllRouters, icmp);
+        WriteFrame(Core.Link.MacAddress.OfIpv6Multicast(Ndp.AllRouters), EtherType.Ipv6, _control.AsSpan(0, Ipv6.HeaderLength + icmp));
+        Statistics.Increment("ndp.rs.sent");
+    }
+
+    /// <summary>The autoconfigured address equal to <paramref name="address"/>, if any (callers hold the lock).</summary>
+    private bool TryFindAutoconfigured(Ipv6Address address, out SlaacAddress found)
+    {
+        if (_slaac is not null)
+        {
+            foreach (var a in _slaac.Addresses)
+            {
+                if (a.Address.Equals(address))
+                {
+                    found = a;
+                    return true;
+                }
+            }
+        }
+
+        found = default;
+        return false;
     }
 
     private bool Accepts(MacAddress destination)
@@ -379,7 +537,15 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         if (_hasV6 && (destination.Value >> 32) == 0x3333)
         {
             uint group = (uint)destination.Value;
-            return group == 1 || group == (0xFF000000u | (uint)(_v6.Low & 0xFFFFFF));
+            if (group == 1 || group == (0xFF000000u | (uint)(_v6.Low & 0xFFFFFF)))
+                return true;
+            // The solicited-node groups of the autoconfigured addresses, tentative ones too
+            // (RFC 4862 §5.4.2: joined before the first DAD probe).
+            foreach (var a in Volatile.Read(ref _slaacAddresses))
+            {
+                if (group == (0xFF000000u | (uint)(a.Address.Low & 0xFFFFFF)))
+                    return true;
+            }
         }
 
         return false;
@@ -473,10 +639,28 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         Statistics.Increment("arp.received");
         if (!_hasV4 || arp.SenderMac.Equals(_mac) || arp.SenderMac.IsMulticast)
             return;
-        if (arp.SenderIp.Equals(_v4))
+        if (Arp.isConflict(_v4, _mac, arp))
         {
-            // Someone else claims our address (RFC 5227 §2.4): count it; we keep defending.
+            // Someone else claims our address (RFC 5227 §2.4 c): we keep it, and announce it once
+            // per DEFEND_INTERVAL at most; conflicts in between are only counted and logged.
             Statistics.Increment("arp.conflict");
+            long at = Now();
+            var last = _lastDefence is { } l ? FSharpValueOption<long>.Some(l) : FSharpValueOption<long>.None;
+            if (Arp.shouldDefend(at, last, Arp.DefendIntervalSeconds * 1_000_000L))
+            {
+                _lastDefence = at;
+                int n = Arp.write(Arp.announcement(_mac, _v4), _control);
+                WriteFrame(Core.Link.MacAddress.Broadcast, EtherType.Arp, _control.AsSpan(0, n));
+                Statistics.Increment("arp.defended");
+                Diagnostics.LinkLog.ArpConflictDefended(_log, _name, ToPhysical(arp.SenderMac), _v4.ToIPAddress());
+            }
+            else if (_lastConflictLogged is not { } logged || at - logged >= Arp.DefendIntervalSeconds * 1_000_000L)
+            {
+                // Logged once per interval too, so a flood of forged packets cannot flood the log.
+                _lastConflictLogged = at;
+                Diagnostics.LinkLog.ArpConflictNotDefended(_log, _name, ToPhysical(arp.SenderMac), _v4.ToIPAddress());
+            }
+
             return;
         }
 
@@ -525,7 +709,12 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
             case Ndp.MessageType.NeighborSolicitation:
                 Statistics.Increment("ndp.ns.received");
                 if (!m.Target.Equals(_v6))
+                {
+                    if (TryFindAutoconfigured(m.Target, out var own))
+                        OnSolicitationForAutoconfigured(own, h.Source, m.SourceLinkAddress, now);
                     return;
+                }
+
                 if (_tentative)
                 {
                     // RFC 4862 §5.4.3: a DAD probe for our tentative address means another node
@@ -538,13 +727,13 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
                 if (unspecified)
                 {
                     // Someone runs DAD for our address: defend it to all nodes (§7.2.4), S clear.
-                    SendAdvertisement(Ndp.AllNodes, solicited: false, FSharpValueOption<MacAddress>.Some(Core.Link.MacAddress.OfIpv6Multicast(Ndp.AllNodes)), now);
+                    SendAdvertisement(_v6, Ndp.AllNodes, solicited: false, FSharpValueOption<MacAddress>.Some(Core.Link.MacAddress.OfIpv6Multicast(Ndp.AllNodes)), now);
                     return;
                 }
 
                 if (m.SourceLinkAddress.IsSome)
                     Apply(NeighborCache.learn(now, h.Source, m.SourceLinkAddress.Value, true, _ndp));
-                SendAdvertisement(h.Source, solicited: true, m.SourceLinkAddress, now);
+                SendAdvertisement(_v6, h.Source, solicited: true, m.SourceLinkAddress, now);
                 return;
 
             case Ndp.MessageType.NeighborAdvertisement:
@@ -554,6 +743,16 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
                     Statistics.Increment("ndp.conflict");
                     if (_tentative)
                         _conflict = m.TargetLinkAddress.IsSome ? m.TargetLinkAddress.Value : frameSource;
+                    return;
+                }
+
+                if (TryFindAutoconfigured(m.Target, out var mine))
+                {
+                    // §5.4.4: an advertisement for a tentative address ends its DAD; for an
+                    // assigned one it is a conflict we count and outlast (we keep answering).
+                    Statistics.Increment("ndp.conflict");
+                    if (mine.State == SlaacAddressState.Tentative)
+                        Apply(Core.Link.Slaac.duplicate(now, mine.Address, _slaac));
                     return;
                 }
 
@@ -581,6 +780,13 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
 
                 if (m.SourceLinkAddress.IsSome)
                     Apply(NeighborCache.learn(now, h.Source, m.SourceLinkAddress.Value, true, _ndp));
+                OnAdvertisedTimers(now, m.ReachableTime, m.RetransTimer);
+                if (_slaac is not null)
+                {
+                    var prefixes = Ndp.prefixes(packet.Slice(Ipv6.HeaderLength, h.PayloadLength), MaxPrefixesPerAdvertisement);
+                    Apply(Core.Link.Slaac.onRouterAdvertisement(now, m.RouterLifetime, prefixes, _slaac));
+                }
+
                 return;
 
             default:
@@ -590,12 +796,47 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         }
     }
 
-    /// <summary>Answers a solicitation for our address (RFC 4861 §7.2.4), with our MAC as target link-layer address.</summary>
-    private void SendAdvertisement(Ipv6Address destination, bool solicited, FSharpValueOption<MacAddress> destinationMac, long now)
+    /// <summary>RFC 4861 §6.3.4: a router advertisement's Reachable Time and Retrans Timer, when non-zero, set the IPv6 cache's (callers hold the lock).</summary>
+    private void OnAdvertisedTimers(long now, uint reachableMs, uint retransMs)
     {
-        int icmp = Ndp.writeNeighborAdvertisement(_v6, destination, _v6, false, solicited, true,
+        var r = ReachableTime.onAdvertisement(now, reachableMs, Random.Shared.NextDouble(), _reachable6);
+        long retrans = ReachableTime.retransTimer(retransMs, _ndp.Config.RetransTimer);
+        if (!r.Item2 && retrans == _ndp.Config.RetransTimer)
+            return;
+        _reachable6 = r.Item1;
+        _ndp = NeighborCache.withTimers(_reachable6.Current, retrans, _ndp);
+        Statistics.Increment("ndp.ra.timers");
+    }
+
+    /// <summary>A solicitation for an autoconfigured address: DAD (§5.4.3) while it is tentative, else answered as for the configured one.</summary>
+    private void OnSolicitationForAutoconfigured(SlaacAddress own, Ipv6Address source, FSharpValueOption<MacAddress> sourceMac, long now)
+    {
+        bool unspecified = source.Equals(Ipv6Address.Any);
+        if (own.State == SlaacAddressState.Tentative)
+        {
+            // Another node's DAD probe for the same tentative address: neither may have it.
+            if (unspecified)
+                Apply(Core.Link.Slaac.duplicate(now, own.Address, _slaac));
+            return;
+        }
+
+        if (unspecified)
+        {
+            SendAdvertisement(own.Address, Ndp.AllNodes, solicited: false, FSharpValueOption<MacAddress>.Some(Core.Link.MacAddress.OfIpv6Multicast(Ndp.AllNodes)), now);
+            return;
+        }
+
+        if (sourceMac.IsSome)
+            Apply(NeighborCache.learn(now, source, sourceMac.Value, true, _ndp));
+        SendAdvertisement(own.Address, source, solicited: true, sourceMac, now);
+    }
+
+    /// <summary>Answers a solicitation for one of our addresses (RFC 4861 §7.2.4), from it, with our MAC as target link-layer address.</summary>
+    private void SendAdvertisement(Ipv6Address target, Ipv6Address destination, bool solicited, FSharpValueOption<MacAddress> destinationMac, long now)
+    {
+        int icmp = Ndp.writeNeighborAdvertisement(target, destination, target, false, solicited, true,
             FSharpValueOption<MacAddress>.Some(_mac), _control.AsSpan(Ipv6.HeaderLength));
-        WriteIpv6Header(_v6, destination, icmp);
+        WriteIpv6Header(target, destination, icmp);
         int length = Ipv6.HeaderLength + icmp;
         Statistics.Increment("ndp.na.sent");
         if (destinationMac.IsSome)
@@ -734,6 +975,14 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
             return true;
         if (_prefix6 == 0)
             return true;
+        // Prefixes advertised with the L flag are on-link too (RFC 4861 §6.3.4), while their
+        // addresses last.
+        foreach (var a in Volatile.Read(ref _slaacAddresses))
+        {
+            if (a.OnLink && a.Prefix.High == destination.High)
+                return true;
+        }
+
         ulong highMask = _prefix6 >= 64 ? ulong.MaxValue : ulong.MaxValue << (64 - _prefix6);
         ulong lowMask = _prefix6 <= 64 ? 0 : _prefix6 == 128 ? ulong.MaxValue : ulong.MaxValue << (128 - _prefix6);
         return ((destination.High ^ _v6.High) & highMask) == 0 && ((destination.Low ^ _v6.Low) & lowMask) == 0;

@@ -110,3 +110,22 @@ module Arp =
             TargetMac = MacAddress.Zero
             TargetIp = address
         }
+
+    /// RFC 5227 §2.4: an ARP packet from another host whose sender IP is `ours` means two hosts
+    /// claim the address. A host that keeps its address whatever happens (§2.4 c; a configured
+    /// address does) answers with one announcement at most every DEFEND_INTERVAL.
+    let isConflict (ours: Ipv4Address) (ourMac: MacAddress) (arp: ArpPacket) =
+        arp.SenderIp = ours && arp.SenderMac <> ourMac
+
+    /// RFC 5227 §1.1 DEFEND_INTERVAL: 10 seconds between defences.
+    [<Literal>]
+    let DefendIntervalSeconds = 10
+
+    /// Whether a conflict at `now` is answered with an announcement: never defended before
+    /// (`lastDefence` ValueNone), or the last defence at least `interval` ago (same clock units).
+    /// Otherwise the conflict is only counted and logged, so two hosts that both defend cannot
+    /// flood the link, and the address is kept (no flapping).
+    let shouldDefend (now: int64) (lastDefence: int64 voption) (interval: int64) : bool =
+        match lastDefence with
+        | ValueNone -> true
+        | ValueSome last -> now - last >= interval

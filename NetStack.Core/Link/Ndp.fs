@@ -328,6 +328,41 @@ module Ndp =
                     | MessageType.RouterAdvertisement when not (isLinkLocal source) -> Error(BadField "source")
                     | _ -> Ok m
 
+    /// Every Prefix Information option of a router advertisement (the whole ICMPv6 message, one
+    /// `parse` accepted), in order, at most `limit` of them: `parse` keeps only the first, and
+    /// autoconfiguration (RFC 4862 §5.5.3) needs each. Options past the limit are not read, so a
+    /// hostile advertisement cannot make the caller do unbounded work.
+    let prefixes (message: ReadOnlySpan<byte>) (limit: int) : PrefixInformation[] =
+        let found = ResizeArray<PrefixInformation>()
+        let mutable at = RouterAdvertisementLength
+
+        while found.Count < limit && at + 2 <= message.Length do
+            let length = int message.[at + 1] * 8
+
+            if length = 0 || at + length > message.Length then
+                at <- message.Length
+            else
+                if
+                    message.[at] = OptionType.PrefixInformation
+                    && length = 32
+                    && message.[at + 2] <= 128uy
+                then
+                    let flags = message.[at + 3]
+
+                    found.Add
+                        {
+                            PrefixLength = int message.[at + 2]
+                            OnLink = flags &&& 0x80uy <> 0uy
+                            Autonomous = flags &&& 0x40uy <> 0uy
+                            ValidLifetime = BinaryPrimitives.ReadUInt32BigEndian(message.Slice(at + 4))
+                            PreferredLifetime = BinaryPrimitives.ReadUInt32BigEndian(message.Slice(at + 8))
+                            Prefix = Ipv6Address.Read(message.Slice(at + 16))
+                        }
+
+                at <- at + length
+
+        found.ToArray()
+
     let private writeLinkOption (kind: byte) (mac: MacAddress) (dst: Span<byte>) =
         dst.[0] <- kind
         dst.[1] <- 1uy

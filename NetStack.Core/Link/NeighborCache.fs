@@ -124,6 +124,20 @@ module NeighborCache =
         then
             invalidArg (nameof config) "Neighbor cache bounds must be at least 1."
 
+    /// The cache with new ReachableTime and RetransTimer (RFC 4861 §6.3.4: from a router
+    /// advertisement, or a new random ReachableTime, §6.3.2). Running timers keep their deadlines;
+    /// the new values apply from the next state change. Throws ArgumentException when one is not
+    /// positive.
+    let withTimers (reachableTime: int64) (retransTimer: int64) (cache: NeighborCache<'Address>) =
+        let config =
+            { cache.Config with
+                ReachableTime = reachableTime
+                RetransTimer = retransTimer
+            }
+
+        validate config
+        { cache with Config = config }
+
     /// An empty cache.
     let create (config: NeighborCacheConfig) : NeighborCache<'Address> =
         validate config

@@ -262,6 +262,9 @@ type IpLayerState =
         ErrorBucket: TokenBucket
         /// Datagrams in progress the reassembly caps evicted so far (a drop the caller counts).
         ReassemblyEvicted: int64
+        /// IPv6 addresses that are ours besides Config.Address6 (autoconfigured ones, RFC 4862):
+        /// packets to them are accepted too. Never mutated; replaced by IpLayer.withAddresses6.
+        Extra6: Ipv6Address[]
     }
 
 /// An ICMP error this host may send about a received packet.
@@ -349,7 +352,17 @@ module IpLayer =
             PathMtu = PathMtu.create config.Mtu
             ErrorBucket = TokenBucket.create config.IcmpErrorsPerSecond (max 1 config.IcmpErrorBurst) now
             ReassemblyEvicted = 0L
+            Extra6 = [||]
         }
+
+    /// The state with `addresses` as our IPv6 addresses besides Config.Address6 (the caller
+    /// gives a fresh array it never changes).
+    let withAddresses6 (addresses: Ipv6Address[]) (state: IpLayerState) : IpLayerState =
+        { state with Extra6 = addresses }
+
+    /// True when `address` is Config.Address6 or one of the extra IPv6 addresses.
+    let isLocal6 (address: Ipv6Address) (state: IpLayerState) : bool =
+        state.Config.Address6 = ValueSome address || Array.contains address state.Extra6
 
     // Datagrams a reassembly step evicted to keep within its caps.
     let private evicted (abandoned: Abandoned list) =
@@ -843,14 +856,20 @@ module IpLayer =
         | Ok h ->
             match state.Config.Address6 with
             | ValueNone -> dropped state DropReason.NotForUs
-            | ValueSome ours ->
-                if h.Destination <> ours then
+            | ValueSome configured ->
+                // The configured address first, so the common case costs one comparison.
+                let isOurs = h.Destination = configured || Array.contains h.Destination state.Extra6
+
+                let ours = if isOurs then h.Destination else configured
+
+                if not isOurs then
                     dropped state DropReason.NotForUs
                 elif
                     h.Source.IsMulticast
                     || AddressClass.isUnspecified6 h.Source
                     || AddressClass.isLoopback6 h.Source
-                    || h.Source = ours
+                    || h.Source = configured
+                    || Array.contains h.Source state.Extra6
                 then
                     dropped state DropReason.BadSource
                 else
