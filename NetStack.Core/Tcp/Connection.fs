@@ -31,7 +31,17 @@ module Connection =
     let private sendPosOf (c: Connection) (s: SeqNum) =
         c.Acked + int64 (s - sendSeqOf c c.Acked)
 
-    let private synAcked (c: Connection) = SeqNum.gt c.SndUna c.Iss
+    /// Our SYN has been acknowledged. Only SYN-SENT and SYN-RECEIVED wait for that, and there
+    /// SND.UNA is still within a few bytes of ISS; afterwards the comparison with ISS would be
+    /// meaningless (sequence numbers compare modulo 2^32, so after 2 GiB sent SND.UNA looks
+    /// "before" ISS, which once stopped every send past the 2 GiB mark).
+    let private synAcked (c: Connection) =
+        match c.State with
+        | TcpState.Closed
+        | TcpState.Listen
+        | TcpState.SynSent
+        | TcpState.SynReceived -> SeqNum.gt c.SndUna c.Iss
+        | _ -> true
 
     /// True when our FIN has been sent and acknowledged.
     let private finAcked (c: Connection) =

@@ -662,6 +662,43 @@ let tests =
                     }
                 ]
             testList
+                "long streams"
+                [
+                    test "sending goes on past 2 GiB and 4 GiB, where sequence numbers pass ISS + 2^31 and wrap" {
+                        for start in [ (1L <<< 31) - 5000L; (1L <<< 32) - 5000L; (5L <<< 31) - 5000L ] do
+                            let c, _ = sender true
+                            let una = c.SndMax
+                            let c, _ = Connection.handleSegment (ms 25) (sackAck una []) c
+                            // As if `start` bytes had been sent and acknowledged already.
+                            let skip = int (start - c.Acked)
+
+                            let c =
+                                { c with
+                                    Written = start
+                                    Acked = start
+                                    SndUna = c.SndUna + skip
+                                    SndNxt = c.SndNxt + skip
+                                    SndMax = c.SndMax + skip
+                                    SndWl2 = c.SndWl2 + skip
+                                }
+
+                            audit c
+                            let mutable c = c
+                            let mutable total = 0L
+
+                            for round in 1..6 do
+                                let c2, o = Connection.send (ms (30 + round)) 4380L c
+                                let bytes = sent o |> List.sumBy (fun s -> int64 s.DataLength)
+                                Expect.equal bytes 4380L $"round {round} from {start}: everything written goes out"
+                                let c3, _ = Connection.handleSegment (ms (30 + round)) (sackAck c2.SndMax []) c2
+                                Expect.equal c3.Acked c3.Written "and is acknowledged"
+                                total <- total + bytes
+                                c <- c3
+
+                            Expect.isGreaterThan c.Written (start + 20_000L) "past the mark"
+                    }
+                ]
+            testList
                 "tail loss probe (RFC 8985 §7) and lost retransmissions"
                 [
                     test
