@@ -96,6 +96,17 @@ module Connection =
             NextDeadline = nextDeadline c
         }
 
+    /// One sink per thread for the list-returning wrappers: each copies the actions into its
+    /// list before returning, so the sink (an array of large structs) is made once, not per call.
+    let private scratch =
+        new System.Threading.ThreadLocal<TcpActions>(fun () -> TcpActions())
+
+    /// The calling thread's scratch sink, emptied.
+    let private scratchSink () =
+        let sink = scratch.Value
+        sink.Clear()
+        sink
+
     /// RFC 6298 §5.1: start the timer when data goes out and it is not running.
     let private armRetransmit (now: int64) (c: Connection) =
         if c.RetransmitAt.IsNone then
@@ -1356,10 +1367,10 @@ module Connection =
     let handleSegmentInto (out: TcpActions) (now: int64) (seg: Segment) (c: Connection) : Connection =
         handle now out seg c |> peerHeardFrom now
 
-    /// `handleSegmentInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `handleSegmentInto`).
+    /// `handleSegmentInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `handleSegmentInto`).
     let handleSegment (now: int64) (seg: Segment) (c: Connection) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (handleSegmentInto out now seg c)
 
     // ---- Timers -------------------------------------------------------------------------------
@@ -1533,10 +1544,10 @@ module Connection =
 
         c
 
-    /// `handleTimerInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `handleTimerInto`).
+    /// `handleTimerInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `handleTimerInto`).
     let handleTimer (now: int64) (c: Connection) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (handleTimerInto out now c)
 
     // ---- User calls (RFC 9293 §3.10.1–3.10.5) -------------------------------------------------
@@ -1615,10 +1626,10 @@ module Connection =
 
         c
 
-    /// `openActiveInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `openActiveInto`).
+    /// `openActiveInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `openActiveInto`).
     let openActive (config: TcpConfig) (iss: SeqNum) (now: int64) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (openActiveInto out config iss now)
 
     /// Passive OPEN: a connection in LISTEN. A listener makes one per arriving SYN (see
@@ -1634,10 +1645,10 @@ module Connection =
 
         c
 
-    /// `listenInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `listenInto`).
+    /// `listenInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `listenInto`).
     let listen (config: TcpConfig) (iss: SeqNum) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (listenInto out config iss)
 
     /// A listener's reaction to a segment for no existing connection: a new LISTEN connection
@@ -1654,10 +1665,10 @@ module Connection =
 
         c
 
-    /// `acceptInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `acceptInto`).
+    /// `acceptInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `acceptInto`).
     let accept (config: TcpConfig) (iss: SeqNum) (now: int64) (seg: Segment) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (acceptInto out config iss now seg)
 
     /// True when `send` is allowed: the connection is open or opening and the user has not closed it.
@@ -1684,10 +1695,10 @@ module Connection =
         let c = { c with Written = c.Written + bytes }
         transmit now out c
 
-    /// `sendInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `sendInto`).
+    /// `sendInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `sendInto`).
     let send (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (sendInto out now bytes c)
 
     /// Switches the Nagle algorithm off (`noDelay` true) or back on for this connection (the
@@ -1703,10 +1714,10 @@ module Connection =
         let c = if noDelay then transmit now out c else c
         c
 
-    /// `setNoDelayInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `setNoDelayInto`).
+    /// `setNoDelayInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `setNoDelayInto`).
     let setNoDelay (now: int64) (noDelay: bool) (c: Connection) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (setNoDelayInto out now noDelay c)
 
     /// The user read `bytes` more of the delivered data, freeing receive buffer space. When that
@@ -1745,10 +1756,10 @@ module Connection =
 
         c
 
-    /// `receiveWindowUpdateInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `receiveWindowUpdateInto`).
+    /// `receiveWindowUpdateInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `receiveWindowUpdateInto`).
     let receiveWindowUpdate (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (receiveWindowUpdateInto out now bytes c)
 
     /// User CLOSE (§3.10.4): no more data from us. LISTEN and SYN-SENT close at once; in
@@ -1773,10 +1784,10 @@ module Connection =
 
         c
 
-    /// `closeInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `closeInto`).
+    /// `closeInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `closeInto`).
     let close (now: int64) (c: Connection) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (closeInto out now c)
 
     /// User ABORT (§3.10.5): a RST to the peer when it may hold state for us, then CLOSED.
@@ -1795,10 +1806,10 @@ module Connection =
 
         c
 
-    /// `abortInto` with a fresh sink, its actions returned as a list in a `TcpOutput`
-    /// (allocates; the engine calls `abortInto`).
+    /// `abortInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `abortInto`).
     let abort (now: int64) (c: Connection) : Connection * TcpOutput =
-        let out = TcpActions()
+        let out = scratchSink ()
         output out (abortInto out now c)
 
     // ---- Checks for tests ---------------------------------------------------------------------
