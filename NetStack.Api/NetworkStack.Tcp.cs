@@ -797,7 +797,7 @@ public sealed partial class NetworkStack
                 && segment.Ack.Value == first.Ack.Value
                 && segment.Window == first.Window
                 && (segment.Flags & ~RunTailFlags) == (first.Flags & ~RunTailFlags)
-                && segment.Options.Equals(first.Options)
+                && SameOptions(segment.Options, first.Options)
                 && run.HeaderBytes + run.Bytes + segment.DataLength <= MaxRunPacket(c.LocalAddress);
             if (continues)
             {
@@ -833,6 +833,28 @@ public sealed partial class NetworkStack
         }
         Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, segment, c, now);
     }
+
+    // The options of two segments alike, field by field. TcpOptions.Equals (F# structural
+    // equality) boxes its voption fields, a few hundred bytes per call, and a run makes one call
+    // per segment.
+    private static bool SameOptions(in TcpOptions a, in TcpOptions b) =>
+        SameValue(a.MaximumSegmentSize, b.MaximumSegmentSize)
+        && SameValue(a.WindowScale, b.WindowScale)
+        && a.SackPermitted == b.SackPermitted
+        && a.Timestamps.IsSome == b.Timestamps.IsSome
+        && (a.Timestamps.IsNone
+            || (a.Timestamps.Value.Value == b.Timestamps.Value.Value && a.Timestamps.Value.EchoReply == b.Timestamps.Value.EchoReply))
+        && a.SackBlockCount == b.SackBlockCount
+        && SameBlock(a.Sack0, b.Sack0)
+        && SameBlock(a.Sack1, b.Sack1)
+        && SameBlock(a.Sack2, b.Sack2)
+        && SameBlock(a.Sack3, b.Sack3);
+
+    private static bool SameValue<T>(FSharpValueOption<T> a, FSharpValueOption<T> b)
+        where T : struct, IEquatable<T> =>
+        a.IsSome == b.IsSome && (a.IsNone || a.Value.Equals(b.Value));
+
+    private static bool SameBlock(SackBlock a, SackBlock b) => a.Left == b.Left && a.Right == b.Right;
 
     // The longest packet a run may make: IPv4 total length 65535; IPv6 payload 65535 after the header.
     private static int MaxRunPacket(IpAddr local) => local.IsIpv6 ? 65535 + 40 : 65535;
