@@ -270,11 +270,11 @@ public sealed partial class NetworkStack
         c.LocalEndPoint = new IPEndPoint(c.LocalAddress.ToIPAddress(), port);
         var key = new TcpKey(c.LocalAddress, port, c.RemoteAddress, c.RemotePort);
         var config = c.LocalAddress.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
-        var (core, output) = TcpEngine.openActive(config, Iss(key, now), now);
-        c.Core = core;
+        var actions = TcpActionSink();
+        c.Core = TcpEngine.openActiveInto(actions, config, Iss(key, now), now);
         _tcp[key] = c;
         _statistics.Increment("tcp.active-open");
-        Execute(c, output, default, now);
+        Execute(c, actions, default, now);
     }
 
     private SeqNum Iss(TcpKey key, long now)
@@ -360,24 +360,24 @@ public sealed partial class NetworkStack
         LoopSend(c, now);
         if (orphan)
             LoopWindow(c, now);
-        if (c.Removed || c.Core is null)
+        if (c.Removed || !c.HasCore)
             return;
         if (orphan)
             c.Core = TcpLayer.orphan(now, c.Core);
-        var (core, output) = TcpEngine.close(now, c.Core);
-        c.Core = core;
-        Execute(c, output, default, now);
+        var actions = TcpActionSink();
+        c.Core = TcpEngine.closeInto(actions, now, c.Core);
+        Execute(c, actions, default, now);
     }, null);
 
     internal void TcpSetNoDelay(TcpConnection c, bool noDelay) => Post(() =>
     {
         long now = Now();
         LoopSend(c, now);
-        if (c.Removed || c.Core is null)
+        if (c.Removed || !c.HasCore)
             return;
-        var (core, output) = TcpEngine.setNoDelay(now, noDelay, c.Core);
-        c.Core = core;
-        Execute(c, output, default, now);
+        var actions = TcpActionSink();
+        c.Core = TcpEngine.setNoDelayInto(actions, now, noDelay, c.Core);
+        Execute(c, actions, default, now);
     }, null);
 
     internal void TcpAbort(TcpConnection c)
@@ -386,12 +386,12 @@ public sealed partial class NetworkStack
         {
             Post(() =>
             {
-                if (c.Removed || c.Core is null)
+                if (c.Removed || !c.HasCore)
                     return;
                 long now = Now();
-                var (core, output) = TcpEngine.abort(now, c.Core);
-                c.Core = core;
-                Execute(c, output, default, now);
+                var actions = TcpActionSink();
+                c.Core = TcpEngine.abortInto(actions, now, c.Core);
+                Execute(c, actions, default, now);
                 _statistics.Increment("tcp.aborted");
             }, null);
         }
@@ -403,27 +403,27 @@ public sealed partial class NetworkStack
     private void LoopSend(TcpConnection c, long now)
     {
         long written = c.TakeWritten();
-        if (c.Removed || c.Core is null || !TcpEngine.canSend(c.Core))
+        if (c.Removed || !c.HasCore || !TcpEngine.canSend(c.Core))
             return;
         long more = written - c.Core.Written;
         if (more <= 0)
             return;
-        var (core, output) = TcpEngine.send(now, more, c.Core);
-        c.Core = core;
-        Execute(c, output, default, now);
+        var actions = TcpActionSink();
+        c.Core = TcpEngine.sendInto(actions, now, more, c.Core);
+        Execute(c, actions, default, now);
     }
 
     private void LoopWindow(TcpConnection c, long now)
     {
         long consumed = c.TakeConsumed();
-        if (c.Removed || c.Core is null)
+        if (c.Removed || !c.HasCore)
             return;
         long more = consumed - c.Core.Consumed;
         if (more <= 0)
             return;
-        var (core, output) = TcpEngine.receiveWindowUpdate(now, more, c.Core);
-        c.Core = core;
-        Execute(c, output, default, now);
+        var actions = TcpActionSink();
+        c.Core = TcpEngine.receiveWindowUpdateInto(actions, now, more, c.Core);
+        Execute(c, actions, default, now);
     }
 
     // ------------------------------------------------------------------------------------------
@@ -444,9 +444,9 @@ public sealed partial class NetworkStack
         var payload = IpLayer.slice(packet, r.Payload);
         if (_tcp.TryGetValue(key, out var c))
         {
-            var (core, output) = TcpEngine.handleSegment(now, r.Tcp, c.Core);
-            c.Core = core;
-            Execute(c, output, payload, now);
+            var actions = TcpActionSink();
+            c.Core = TcpEngine.handleSegmentInto(actions, now, r.Tcp, c.Core);
+            Execute(c, actions, payload, now);
             return;
         }
         var seg = r.Tcp;
@@ -478,16 +478,17 @@ public sealed partial class NetworkStack
                 return;
             }
             var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
-            var (core, output) = TcpEngine.accept(config, Iss(key, now), now, seg);
+            var actions = TcpActionSink();
+            var core = TcpEngine.acceptInto(actions, config, Iss(key, now), now, seg);
             var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpReceiveBufferBytes,
                 new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
             {
-                Core = core,
                 LocalAddress = r.Destination,
                 LocalPort = r.DestinationPort,
                 RemoteAddress = r.Source,
                 RemotePort = r.SourcePort,
             };
+            connection.Core = core;
             if (core.State.IsSynReceived)
             {
                 connection.HalfOpenOf = listener;
@@ -499,7 +500,7 @@ public sealed partial class NetworkStack
             }
             else
                 connection.Removed = true;
-            Execute(connection, output, payload, now);
+            Execute(connection, actions, payload, now);
             return;
         }
         if (listener is not null && seg.Has(TcpFlags.Ack) && !seg.Has(TcpFlags.Syn) && !seg.Has(TcpFlags.Rst)
@@ -565,75 +566,102 @@ public sealed partial class NetworkStack
         var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
         var syn = TcpLayer.cookieSyn(seg, mss.Value);
         // The rebuilt SYN-RECEIVED connection's own SYN,ACK is not sent: the peer already has it.
-        var (core, _) = TcpEngine.accept(config, iss, now, syn);
+        var actions = TcpActionSink();
+        var core = TcpEngine.acceptInto(actions, config, iss, now, syn);
         if (!core.State.IsSynReceived)
             return false;
         var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpReceiveBufferBytes,
             new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
         {
-            Core = core,
             LocalAddress = r.Destination,
             LocalPort = r.DestinationPort,
             RemoteAddress = r.Source,
             RemotePort = r.SourcePort,
             HalfOpenOf = listener,
         };
+        connection.Core = core;
         listener.HalfOpen++;
         _tcp[key] = connection;
         lock (_portGate)
             _tcpPortUse[r.DestinationPort] = _tcpPortUse.GetValueOrDefault(r.DestinationPort) + 1;
         _statistics.Increment("tcp.syncookie.validated");
         _statistics.Increment("tcp.passive-open");
-        var (established, output) = TcpEngine.handleSegment(now, seg, core);
-        connection.Core = established;
-        Execute(connection, output, payload, now);
+        actions = TcpActionSink();
+        connection.Core = TcpEngine.handleSegmentInto(actions, now, seg, core);
+        Execute(connection, actions, payload, now);
         return true;
+    }
+
+    // The loop's one action sink: each engine call appends to it after a Clear and Execute reads
+    // the actions in place, so a segment costs no action list. Loop-only. A call made while
+    // Execute still walks the sink (nothing does today: every handler it runs only posts or
+    // completes asynchronously) would get a fresh sink rather than overwrite the walk.
+    private readonly TcpActions _tcpActions = new();
+    private bool _tcpActionsInUse;
+
+    private TcpActions TcpActionSink()
+    {
+        if (_tcpActionsInUse)
+            return new TcpActions();
+        _tcpActions.Clear();
+        return _tcpActions;
     }
 
     // Carries out the core's actions for connection c, in order, then queues its next timer.
     // With TSO, consecutive data segments are gathered into one super-segment (see TransmitData);
     // any other action first sends what was gathered, so the order on the wire stays the core's.
-    private void Execute(TcpConnection c, TcpOutput output, ReadOnlySpan<byte> payload, long now)
+    private void Execute(TcpConnection c, TcpActions actions, ReadOnlySpan<byte> payload, long now)
     {
         _run.Count = 0; // a run left by a failed write is not sent later
-        for (var actions = output.Actions; !actions.IsEmpty; actions = actions.Tail)
+        bool shared = ReferenceEquals(actions, _tcpActions);
+        if (shared)
+            _tcpActionsInUse = true;
+        try
         {
-            if (_run.Count > 0 && actions.Head is not TcpAction.Transmit)
-                FlushRun(now);
-            switch (actions.Head)
+            foreach (ref readonly var action in actions.AsSpan())
             {
-                case TcpAction.Transmit t:
-                    TransmitData(c, t.segment, now);
-                    break;
-                case TcpAction.StoreReceived s:
-                    c.Store(payload.Slice(s.payloadOffset, s.length), s.position);
-                    break;
-                case TcpAction.Deliver d:
-                    c.Deliver(d.upTo);
-                    break;
-                case TcpAction.ReceiveBufferGrown g:
-                    c.GrowReceiveBuffer(g.size);
-                    _statistics.Increment("tcp.receive-buffer.grown");
-                    break;
-                case TcpAction.Event e:
-                    OnTcpEvent(c, e.@event);
-                    break;
-                case TcpAction.Transition t:
-                    c.OnState(t.transition.To);
-                    break;
+                if (_run.Count > 0 && !action.IsTransmit)
+                    FlushRun(now);
+                switch (action.Tag)
+                {
+                    case TcpAction.Tags.Transmit:
+                        TransmitData(c, action.segment, now);
+                        break;
+                    case TcpAction.Tags.StoreReceived:
+                        c.Store(payload.Slice(action.payloadOffset, action.length), action.position);
+                        break;
+                    case TcpAction.Tags.Deliver:
+                        c.Deliver(action.upTo);
+                        break;
+                    case TcpAction.Tags.ReceiveBufferGrown:
+                        c.GrowReceiveBuffer(action.size);
+                        _statistics.Increment("tcp.receive-buffer.grown");
+                        break;
+                    case TcpAction.Tags.Event:
+                        OnTcpEvent(c, action.@event);
+                        break;
+                    case TcpAction.Tags.Transition:
+                        c.OnState(action.transition.To);
+                        break;
+                }
             }
+        }
+        finally
+        {
+            if (shared)
+                _tcpActionsInUse = false;
         }
         if (_run.Count > 0)
             FlushRun(now);
         if (c.Orphaned && !c.Removed && c.Core.Consumed < c.Core.Delivered)
         {
             // Nobody reads an orphaned connection: keep its window open so the peer can finish.
-            var (core, more) = TcpEngine.receiveWindowUpdate(now, c.Core.Delivered - c.Core.Consumed, c.Core);
-            c.Core = core;
+            var more = TcpActionSink();
+            c.Core = TcpEngine.receiveWindowUpdateInto(more, now, c.Core.Delivered - c.Core.Consumed, c.Core);
             Execute(c, more, default, now);
             return;
         }
-        var deadline = output.NextDeadline;
+        var deadline = TcpEngine.nextDeadline(c.Core);
         if (deadline.IsSome && !c.Removed && deadline.Value < c.TimerAt)
         {
             c.TimerAt = deadline.Value;
@@ -681,7 +709,7 @@ public sealed partial class NetworkStack
                 RemoveTcp(c);
                 break;
             case TcpEvent.Tags.SendBufferFreed:
-                c.Acknowledged(((TcpEvent.SendBufferFreed)e).bytes);
+                c.Acknowledged(e.bytes);
                 break;
             case TcpEvent.Tags.FastRetransmit:
                 _statistics.Increment("tcp.retransmit.fast");
@@ -695,8 +723,8 @@ public sealed partial class NetworkStack
     // The connection's RFC 6298 SRTT into the meter's histogram, once the engine has a sample.
     private void RecordRtt(TcpConnection c)
     {
-        if (c.Core is { } core && core.Rtt.HasSample)
-            _meter.RecordTcpRtt(core.Rtt.Srtt);
+        if (c.HasCore && c.Core.Rtt.HasSample)
+            _meter.RecordTcpRtt(c.Core.Rtt.Srtt);
     }
 
     private void RemoveTcp(TcpConnection c)
@@ -784,7 +812,7 @@ public sealed partial class NetworkStack
                 && segment.Ack.Value == first.Ack.Value
                 && segment.Window == first.Window
                 && (segment.Flags & ~RunTailFlags) == (first.Flags & ~RunTailFlags)
-                && segment.Options.Equals(first.Options)
+                && SameOptions(segment.Options, first.Options)
                 && run.HeaderBytes + run.Bytes + segment.DataLength <= MaxRunPacket(c.LocalAddress);
             if (continues)
             {
@@ -820,6 +848,28 @@ public sealed partial class NetworkStack
         }
         Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, segment, c, now);
     }
+
+    // The options of two segments alike, field by field. TcpOptions.Equals (F# structural
+    // equality) boxes its voption fields, a few hundred bytes per call, and a run makes one call
+    // per segment.
+    private static bool SameOptions(in TcpOptions a, in TcpOptions b) =>
+        SameValue(a.MaximumSegmentSize, b.MaximumSegmentSize)
+        && SameValue(a.WindowScale, b.WindowScale)
+        && a.SackPermitted == b.SackPermitted
+        && a.Timestamps.IsSome == b.Timestamps.IsSome
+        && (a.Timestamps.IsNone
+            || (a.Timestamps.Value.Value == b.Timestamps.Value.Value && a.Timestamps.Value.EchoReply == b.Timestamps.Value.EchoReply))
+        && a.SackBlockCount == b.SackBlockCount
+        && SameBlock(a.Sack0, b.Sack0)
+        && SameBlock(a.Sack1, b.Sack1)
+        && SameBlock(a.Sack2, b.Sack2)
+        && SameBlock(a.Sack3, b.Sack3);
+
+    private static bool SameValue<T>(FSharpValueOption<T> a, FSharpValueOption<T> b)
+        where T : struct, IEquatable<T> =>
+        a.IsSome == b.IsSome && (a.IsNone || a.Value.Equals(b.Value));
+
+    private static bool SameBlock(SackBlock a, SackBlock b) => a.Left == b.Left && a.Right == b.Right;
 
     // The longest packet a run may make: IPv4 total length 65535; IPv6 payload 65535 after the header.
     private static int MaxRunPacket(IpAddr local) => local.IsIpv6 ? 65535 + 40 : 65535;
@@ -868,13 +918,13 @@ public sealed partial class NetworkStack
                 continue;
             c.TimerAt = long.MaxValue;
             int retries = c.Core.Retries;
-            var (core, output) = TcpEngine.handleTimer(now, c.Core);
+            var actions = TcpActionSink();
+            c.Core = TcpEngine.handleTimerInto(actions, now, c.Core);
             // Retries grows only when the retransmission timer fired with data outstanding
             // (RFC 6298 §5.4); the metrics report it.
-            if (core.Retries > retries)
+            if (c.Core.Retries > retries)
                 _statistics.Increment("tcp.retransmission-timeout");
-            c.Core = core;
-            Execute(c, output, default, now);
+            Execute(c, actions, default, now);
             if (Options.TcpUserTimeout is { } userTimeout)
                 CheckUserTimeout(c, (long)userTimeout.TotalMicroseconds, now);
         }
@@ -885,9 +935,9 @@ public sealed partial class NetworkStack
     // without this a connection to a peer that never reads would live forever.
     private void CheckUserTimeout(TcpConnection c, long timeout, long now)
     {
-        if (c.Removed || c.Core is null)
+        if (c.Removed || !c.HasCore)
             return;
-        var core = c.Core;
+        ref readonly var core = ref c.Core;
         var state = core.State;
         bool synchronized = state.IsEstablished || state.IsCloseWait || state.IsFinWait1 || state.IsClosing || state.IsLastAck;
         bool waiting = synchronized && (core.Written > core.Acked || core.SndMax - core.SndUna > 0);
@@ -906,9 +956,9 @@ public sealed partial class NetworkStack
             return;
         _statistics.Increment("tcp.user-timeout");
         c.Fail(SocketError.TimedOut);
-        var (aborted, output) = TcpEngine.abort(now, core);
-        c.Core = aborted;
-        Execute(c, output, default, now);
+        var actions = TcpActionSink();
+        c.Core = TcpEngine.abortInto(actions, now, c.Core);
+        Execute(c, actions, default, now);
     }
 
     // Called by Dispose once the loop has stopped (so this thread owns the loop state), before the
@@ -926,16 +976,17 @@ public sealed partial class NetworkStack
         long now = Now();
         foreach (var c in _tcp.Values)
         {
-            if (c.Core is not null && !c.Removed)
+            if (c.HasCore && !c.Removed)
             {
                 try
                 {
-                    var (_, output) = TcpEngine.abort(now, c.Core);
-                    for (var actions = output.Actions; !actions.IsEmpty; actions = actions.Tail)
+                    var actions = TcpActionSink();
+                    TcpEngine.abortInto(actions, now, c.Core);
+                    foreach (ref readonly var action in actions.AsSpan())
                     {
-                        if (actions.Head is TcpAction.Transmit t)
+                        if (action.IsTransmit)
                         {
-                            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, t.segment, c, now);
+                            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, action.segment, c, now);
                             _statistics.Increment("tcp.rst.sent-on-dispose");
                         }
                     }

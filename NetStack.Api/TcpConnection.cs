@@ -74,8 +74,17 @@ public sealed class TcpConnection : Stream
 
     // ---- Loop-only state ------------------------------------------------------------------------
 
-    /// <summary>The core's control block (loop only).</summary>
-    internal Connection Core = null!;
+    /// <summary>
+    /// The core's control block (loop only), by reference so reads and writes copy nothing. A
+    /// large struct: only the loop thread may read or write it, since a read racing the loop's
+    /// write could see a torn mix of two states.
+    /// </summary>
+    internal ref Connection Core => ref _core;
+
+    private Connection _core;
+
+    /// <summary>The loop has given <see cref="Core"/> a control block (a default one has no config).</summary>
+    internal bool HasCore => Core.Config is not null;
 
     /// <summary>The 4-tuple: our address and port, the peer's (loop only after creation).</summary>
     internal IpAddr LocalAddress { get; set; }

@@ -1,6 +1,5 @@
 namespace NetStack.Core.Tcp
 
-open System.Collections.Generic
 open NetStack.Core.Wire
 
 /// The pure TCP connection engine (RFC 9293): every function takes the current time (µs, from
@@ -11,10 +10,15 @@ open NetStack.Core.Wire
 /// receive-stream position, these bytes are now readable).
 ///
 /// State changes are reported as `TcpAction.Transition` and are always edges of `StateModel`.
+///
+/// Each entry point comes twice: `xxxInto out ...` appends its actions to the caller's reusable
+/// `TcpActions` sink and returns the new `Connection` (the timer deadline is `nextDeadline` of
+/// it), allocating nothing on the data path; `xxx ...` is the same call returning the actions as
+/// a list in a `TcpOutput`, for tests, scripts and anything not per packet.
 [<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
 module Connection =
 
-    type private Out = List<TcpAction>
+    type private Out = TcpActions
 
     // ---- Sequence numbers and stream positions ---------------------------------------------
 
@@ -98,9 +102,20 @@ module Connection =
     let private output (out: Out) (c: Connection) : Connection * TcpOutput =
         c,
         {
-            Actions = List.ofSeq out
+            Actions = out.ToList()
             NextDeadline = nextDeadline c
         }
+
+    /// One sink per thread for the list-returning wrappers: each copies the actions into its
+    /// list before returning, so the sink (an array of large structs) is made once, not per call.
+    let private scratch =
+        new System.Threading.ThreadLocal<TcpActions>(fun () -> TcpActions())
+
+    /// The calling thread's scratch sink, emptied.
+    let private scratchSink () =
+        let sink = scratch.Value
+        sink.Clear()
+        sink
 
     /// RFC 6298 §5.1: start the timer when data goes out and it is not running.
     let private armRetransmit (now: int64) (c: Connection) =
@@ -277,7 +292,7 @@ module Connection =
     /// SACK blocks (RFC 2018 §4) from the out-of-order ranges, at most `room` of them: first
     /// the range holding the most recently received segment, then those of the other recent
     /// arrivals (the blocks most recently reported), then the rest from the highest down.
-    let private withSackBlocks (room: int) (options: TcpOptions) (c: Connection) =
+    let private sackBlocksFrom (room: int) (options: TcpOptions) (c: Connection) =
         let mutable options = options
         let mutable count = 0
 
@@ -303,6 +318,14 @@ module Connection =
             add range
 
         { options with SackBlockCount = count }
+
+    /// `sackBlocksFrom`, skipped in order (the usual case): there is nothing to report then, and
+    /// its search keeps its counters in heap cells for the closure that updates them.
+    let private withSackBlocks (room: int) (options: TcpOptions) (c: Connection) =
+        if c.OutOfOrder.IsEmpty then
+            { options with SackBlockCount = 0 }
+        else
+            sackBlocksFrom room options c
 
     // ---- Sending ------------------------------------------------------------------------------
 
@@ -458,19 +481,23 @@ module Connection =
         let mutable total = 0L
         let threshold = int64 ((DupThresh - 1) * c.SendMss)
 
-        let hole (a: int64) (b: int64) =
+        // What the hole [a, b) adds to the pipe. A plain function, not a closure over the
+        // mutable counters: a closure would put them in heap cells on every call.
+        let inline hole (a: int64) (b: int64) (lost: bool) =
             if b > a then
-                let lost = rangesAbove >= DupThresh || sackedAbove > threshold || a < c.LostBelow
+                let lost = lost || a < c.LostBelow
                 let retransmitted = max 0L (min b c.HighRxt - a)
-                total <- total + (if lost then 0L else b - a) + retransmitted
+                (if lost then 0L else b - a) + retransmitted
+            else
+                0L
 
         for struct (s, e) in c.Scoreboard.Ranges do
-            hole cursor s
+            total <- total + hole cursor s (rangesAbove >= DupThresh || sackedAbove > threshold)
             sackedAbove <- sackedAbove - (e - s)
             rangesAbove <- rangesAbove - 1
             cursor <- e
 
-        hole cursor top
+        total <- total + hole cursor top (rangesAbove >= DupThresh || sackedAbove > threshold)
         int (min total (int64 System.Int32.MaxValue))
 
     /// NextSeg rule 1 (RFC 6675 §4): the first byte at or above HighRxt in a hole for which
@@ -1656,10 +1683,14 @@ module Connection =
         | _ -> c
 
     /// Processes one arriving segment (its checksum already verified by the caller).
+    let handleSegmentInto (out: TcpActions) (now: int64) (seg: Segment) (c: Connection) : Connection =
+        handle now out seg c |> peerHeardFrom now |> scheduleProbe now
+
+    /// `handleSegmentInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `handleSegmentInto`).
     let handleSegment (now: int64) (seg: Segment) (c: Connection) : Connection * TcpOutput =
-        let out = Out()
-        let c = handle now out seg c |> peerHeardFrom now |> scheduleProbe now
-        output out c
+        let out = scratchSink ()
+        output out (handleSegmentInto out now seg c)
 
     // ---- Timers -------------------------------------------------------------------------------
 
@@ -1792,8 +1823,7 @@ module Connection =
         | _ -> { c with KeepAliveAt = ValueNone }
 
     /// Runs every timer whose deadline is at or before `now`. Calling it early is harmless.
-    let handleTimer (now: int64) (c: Connection) : Connection * TcpOutput =
-        let out = Out()
+    let handleTimerInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
 
         let c =
             if due now c.LingerAt then
@@ -1837,7 +1867,13 @@ module Connection =
 
         let c = if live c && due now c.ProbeAt then onProbe now out c else c
 
-        output out (scheduleProbe now c)
+        scheduleProbe now c
+
+    /// `handleTimerInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `handleTimerInto`).
+    let handleTimer (now: int64) (c: Connection) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (handleTimerInto out now c)
 
     // ---- User calls (RFC 9293 §3.10.1–3.10.5) -------------------------------------------------
 
@@ -1915,21 +1951,25 @@ module Connection =
 
     /// Active OPEN: a connection in SYN-SENT whose SYN (with our MSS) is in the output. `iss`
     /// comes from `Isn.generate` for the connection's 4-tuple.
-    let openActive (config: TcpConfig) (iss: SeqNum) (now: int64) : Connection * TcpOutput =
-        let out = Out()
+    let openActiveInto (out: TcpActions) (config: TcpConfig) (iss: SeqNum) (now: int64) : Connection =
 
         let c =
             create config iss
             |> move out TcpTrigger.ActiveOpen TcpState.SynSent
             |> transmit now out
 
-        output out c
+        c
+
+    /// `openActiveInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `openActiveInto`).
+    let openActive (config: TcpConfig) (iss: SeqNum) (now: int64) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (openActiveInto out config iss now)
 
     /// Passive OPEN: a connection in LISTEN. A listener makes one per arriving SYN (see
     /// `accept`), so `iss` is that SYN's 4-tuple's ISN; the listener itself, with its accept
     /// queue, belongs to the caller.
-    let listen (config: TcpConfig) (iss: SeqNum) : Connection * TcpOutput =
-        let out = Out()
+    let listenInto (out: TcpActions) (config: TcpConfig) (iss: SeqNum) : Connection =
 
         let c =
             { create config iss with
@@ -1937,13 +1977,18 @@ module Connection =
             }
             |> move out TcpTrigger.PassiveOpen TcpState.Listen
 
-        output out c
+        c
+
+    /// `listenInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `listenInto`).
+    let listen (config: TcpConfig) (iss: SeqNum) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (listenInto out config iss)
 
     /// A listener's reaction to a segment for no existing connection: a new LISTEN connection
     /// handed `seg`. A SYN yields SYN-RECEIVED and a SYN,ACK; anything else leaves it useless
     /// (in LISTEN or answered with a RST), and the caller drops it.
-    let accept (config: TcpConfig) (iss: SeqNum) (now: int64) (seg: Segment) : Connection * TcpOutput =
-        let out = Out()
+    let acceptInto (out: TcpActions) (config: TcpConfig) (iss: SeqNum) (now: int64) (seg: Segment) : Connection =
 
         let c =
             { create config iss with
@@ -1952,7 +1997,13 @@ module Connection =
             |> move out TcpTrigger.PassiveOpen TcpState.Listen
             |> handle now out seg
 
-        output out c
+        c
+
+    /// `acceptInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `acceptInto`).
+    let accept (config: TcpConfig) (iss: SeqNum) (now: int64) (seg: Segment) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (acceptInto out config iss now seg)
 
     /// True when `send` is allowed: the connection is open or opening and the user has not closed it.
     let canSend (c: Connection) =
@@ -1968,22 +2019,26 @@ module Connection =
     /// bytes)). Data queued before ESTABLISHED goes out once the handshake completes. Throws
     /// InvalidOperationException when `canSend` is false (writing after close is a caller bug;
     /// the API reports it as the kernel does) and ArgumentException for a negative count.
-    let send (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
+    let sendInto (out: TcpActions) (now: int64) (bytes: int64) (c: Connection) : Connection =
         if bytes < 0L then
             invalidArg (nameof bytes) "A byte count cannot be negative."
 
         if not (canSend c) then
             invalidOp $"Cannot send in {c.State} (closed for sending: {c.FinQueued})."
 
-        let out = Out()
         let c = { c with Written = c.Written + bytes }
-        output out (transmit now out c |> scheduleProbe now)
+        transmit now out c |> scheduleProbe now
+
+    /// `sendInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `sendInto`).
+    let send (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (sendInto out now bytes c)
 
     /// Switches the Nagle algorithm off (`noDelay` true) or back on for this connection (the
     /// `TcpConfig.NoDelay` setting, like setting TCP_NODELAY on a socket). Turning it off sends
     /// any data Nagle was holding at once.
-    let setNoDelay (now: int64) (noDelay: bool) (c: Connection) : Connection * TcpOutput =
-        let out = Out()
+    let setNoDelayInto (out: TcpActions) (now: int64) (noDelay: bool) (c: Connection) : Connection =
 
         let c =
             { c with
@@ -1991,20 +2046,25 @@ module Connection =
             }
 
         let c = if noDelay then transmit now out c else c
-        output out c
+        c
+
+    /// `setNoDelayInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `setNoDelayInto`).
+    let setNoDelay (now: int64) (noDelay: bool) (c: Connection) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (setNoDelayInto out now noDelay c)
 
     /// The user read `bytes` more of the delivered data, freeing receive buffer space (and, with
     /// auto-tuning on, maybe growing the buffer: `ReceiveBufferGrown` comes first). When that
     /// opens the window noticeably (from below one MSS, or from at most half the buffer to at
     /// least twice what was offered) a window update is sent at once, so a peer stopped by a
     /// small window need not wait for its persist timer. Throws ArgumentException when more is read than was delivered.
-    let receiveWindowUpdate (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
+    let receiveWindowUpdateInto (out: TcpActions) (now: int64) (bytes: int64) (c: Connection) : Connection =
         if bytes < 0L || c.Consumed + bytes > c.Delivered then
             invalidArg
                 (nameof bytes)
                 $"{bytes} bytes read, but only {c.Delivered - c.Consumed} were delivered and unread."
 
-        let out = Out()
         let c = { c with Consumed = c.Consumed + bytes }
 
         let c =
@@ -2029,13 +2089,18 @@ module Connection =
             else
                 c
 
-        output out c
+        c
+
+    /// `receiveWindowUpdateInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `receiveWindowUpdateInto`).
+    let receiveWindowUpdate (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (receiveWindowUpdateInto out now bytes c)
 
     /// User CLOSE (§3.10.4): no more data from us. LISTEN and SYN-SENT close at once; in
     /// SYN-RECEIVED the FIN waits for ESTABLISHED; ESTABLISHED and CLOSE-WAIT send a FIN after
     /// the queued data. Closing a closing or closed connection changes nothing.
-    let close (now: int64) (c: Connection) : Connection * TcpOutput =
-        let out = Out()
+    let closeInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
 
         let c =
             match c.State with
@@ -2052,12 +2117,17 @@ module Connection =
                 |> transmit now out
             | _ -> c
 
-        output out (scheduleProbe now c)
+        scheduleProbe now c
+
+    /// `closeInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `closeInto`).
+    let close (now: int64) (c: Connection) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (closeInto out now c)
 
     /// User ABORT (§3.10.5): a RST to the peer when it may hold state for us, then CLOSED.
-    let abort (now: int64) (c: Connection) : Connection * TcpOutput =
+    let abortInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
         ignore now
-        let out = Out()
 
         let c =
             match c.State with
@@ -2069,7 +2139,13 @@ module Connection =
             | TcpState.CloseWait -> rst out c.SndNxt c |> enterClosed out TcpTrigger.Abort
             | _ -> enterClosed out TcpTrigger.Abort c
 
-        output out c
+        c
+
+    /// `abortInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
+    /// the engine calls `abortInto`).
+    let abort (now: int64) (c: Connection) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (abortInto out now c)
 
     // ---- Checks for tests ---------------------------------------------------------------------
 

@@ -193,10 +193,11 @@ type Segment =
     }
 
     /// SEG.LEN: the sequence space the segment occupies (payload, plus one each for SYN and FIN).
+    /// Flags are tested with a mask, not Enum.HasFlag: from F# that boxes both enums per call.
     member this.Length =
         this.PayloadLength
-        + (if this.Flags.HasFlag TcpFlags.Syn then 1 else 0)
-        + (if this.Flags.HasFlag TcpFlags.Fin then 1 else 0)
+        + (if this.Flags &&& TcpFlags.Syn = TcpFlags.Syn then 1 else 0)
+        + (if this.Flags &&& TcpFlags.Fin = TcpFlags.Fin then 1 else 0)
 
     /// True when `flag` is set.
     member this.Has(flag: TcpFlags) = this.Flags &&& flag = flag
@@ -241,7 +242,7 @@ type OutgoingSegment =
             sourcePort,
             destinationPort,
             this.Seq.Value,
-            (if this.Flags.HasFlag TcpFlags.Ack then
+            (if this.Flags &&& TcpFlags.Ack = TcpFlags.Ack then
                  this.Ack.Value
              else
                  0u),
@@ -249,8 +250,8 @@ type OutgoingSegment =
             this.Window
         )
 
-/// What the engine tells the user of a connection.
-[<RequireQualifiedAccess>]
+/// What the engine tells the user of a connection. A struct union: raising one allocates nothing.
+[<RequireQualifiedAccess; Struct>]
 type TcpEvent =
     /// The handshake completed: the connection is ESTABLISHED.
     | Connected
@@ -285,8 +286,9 @@ type StateTransition =
         To: TcpState
     }
 
-/// An instruction from the engine to its caller, in the order they must be carried out.
-[<RequireQualifiedAccess>]
+/// An instruction from the engine to its caller, in the order they must be carried out. A struct
+/// union, so the per-segment actions live in a reused `TcpActions` sink rather than on the heap.
+[<RequireQualifiedAccess; Struct>]
 type TcpAction =
     /// Build and send this segment.
     | Transmit of segment: OutgoingSegment
@@ -306,6 +308,55 @@ type TcpAction =
     /// The connection changed state (for audit; nothing to do).
     | Transition of transition: StateTransition
 
+/// A caller-owned, reusable sink the engine's `...Into` entry points append their actions to, in
+/// order. The caller clears it before each call and reads the actions in place (`AsSpan`), so
+/// steady traffic allocates nothing: the backing array only grows, to the most actions one call
+/// ever produced. Not thread-safe: one sink per thread that drives connections.
+[<Sealed>]
+type TcpActions(capacity: int) =
+    let mutable items: TcpAction array = Array.zeroCreate (max 4 capacity)
+    let mutable count = 0
+
+    /// An empty sink with room for 16 actions before it first grows.
+    new() = TcpActions(16)
+
+    /// How many actions the sink holds.
+    member _.Count = count
+
+    /// The action at `index` (0..Count-1); ArgumentOutOfRangeException outside that.
+    member _.Item
+        with get (index: int) =
+            if uint index >= uint count then
+                raise (ArgumentOutOfRangeException(nameof index, index, "Not an index of an action in the sink."))
+
+            items[index]
+
+    /// The actions in order, without copying them. Valid until the next `Add` or `Clear`.
+    member _.AsSpan() =
+        ReadOnlySpan<TcpAction>(items, 0, count)
+
+    /// Appends one action, growing the backing array (doubling) when it is full.
+    member _.Add(action: TcpAction) =
+        if count = items.Length then
+            let bigger = Array.zeroCreate (items.Length * 2)
+            Array.Copy(items, bigger, count)
+            items <- bigger
+
+        items[count] <- action
+        count <- count + 1
+
+    /// Forgets every action (the array is kept for reuse; actions hold no references to release).
+    member _.Clear() = count <- 0
+
+    /// The actions as an F# list (allocates; for tests and the `TcpOutput` wrappers).
+    member _.ToList() : TcpAction list =
+        let mutable list = []
+
+        for i in count - 1 .. -1 .. 0 do
+            list <- items[i] :: list
+
+        list
+
 /// The engine's answer to one input: what to do, in order, and when to call `handleTimer` next.
 type TcpOutput =
     {
@@ -319,6 +370,11 @@ type TcpOutput =
 /// Sequence variables use their RFC names. Stream positions count data bytes only (the SYN and
 /// FIN take sequence numbers but no position): send byte p has sequence number ISS + 1 + p,
 /// receive byte p has IRS + 1 + p.
+///
+/// A struct record: `{ c with ... }` copies on the stack, so a segment's processing allocates
+/// nothing for the new state. Copies are large (about 450 bytes); a holder that other threads
+/// might read while its owner writes must not share it (a struct this size can tear).
+[<Struct>]
 type Connection =
     {
         /// Settings.

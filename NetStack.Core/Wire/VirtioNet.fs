@@ -64,10 +64,12 @@ type VirtioNetHeader =
         }
 
     /// True when the transport checksum is partial (NEEDS_CSUM).
-    member this.NeedsChecksum = this.Flags.HasFlag VirtioNetFlags.NeedsChecksum
+    member this.NeedsChecksum =
+        this.Flags &&& VirtioNetFlags.NeedsChecksum = VirtioNetFlags.NeedsChecksum
 
     /// True when the sender vouches for the transport checksum (DATA_VALID).
-    member this.DataValid = this.Flags.HasFlag VirtioNetFlags.DataValid
+    member this.DataValid =
+        this.Flags &&& VirtioNetFlags.DataValid = VirtioNetFlags.DataValid
 
     /// The segmentation type without the ECN bit.
     member this.Segmentation: VirtioGsoType = this.GsoType &&& ~~~VirtioGsoType.Ecn
@@ -128,7 +130,7 @@ module VirtioNet =
             then
                 Error(BadField "gso_type")
             elif
-                gso.HasFlag VirtioGsoType.Ecn
+                gso &&& VirtioGsoType.Ecn = VirtioGsoType.Ecn
                 && kind <> VirtioGsoType.TcpV4
                 && kind <> VirtioGsoType.TcpV6
             then
