@@ -314,11 +314,17 @@ let tests =
             }
 
             test
-                "steady-state bulk costs the engine loop under one byte per packet and the core's handleSegmentInto nothing" {
+                "steady-state bulk costs the engine loop under 4 bytes per packet and the core's handleSegmentInto nothing" {
                 use stack = NetworkStack.Start(optionsFor 3)
                 let client, connection = connectPair stack 3
                 use _ = client
                 use _ = connection
+                // A first transfer lets receive-buffer auto-tuning grow the ring to its steady
+                // size: each growth rents a larger array once (then pooled), which is not a
+                // per-packet cost.
+                for _ in 1..2 do
+                    perPacket stack (bulkIn client connection) |> ignore
+
                 let inBytes, inPackets = perPacket stack (bulkIn client connection)
                 let outBytes, outPackets = perPacket stack (bulkOut client connection)
                 let core = coreBytesPerSegment ()
@@ -335,7 +341,9 @@ let tests =
                 // smallest object is 24 bytes, so anything allocated once per packet (a buffer,
                 // a closure, a boxed value, an action list, a Task per wait) crosses this bound;
                 // an occasional allocation (a timer queue growing, a pool's first use) does not.
-                let bound = 1.0
+                // 4 B rather than 1: a rare growth (the timer queue, a pooled array's first
+                // rent) spread over the transfer may show as a byte or two.
+                let bound = 4.0
                 Expect.isLessThan inBytes bound "kernel → stack: bytes the loop allocates per packet"
                 Expect.isLessThan outBytes bound "stack → kernel: bytes the loop allocates per packet"
                 Expect.equal core 0.0 "the core allocates nothing per in-order data segment"
