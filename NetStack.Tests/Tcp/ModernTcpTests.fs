@@ -98,6 +98,22 @@ let private sender (sack: bool) =
     Expect.equal (List.length (sent o)) 10 "ten segments in the initial window"
     c, sent o
 
+/// Segment 0 (at SND.UNA) is missing and the peer SACKs segments 1, 2 and 3, one ACK each at
+/// t = 30 ms: the connection after each ACK and what that ACK made it do.
+let private sackAboveHole (c: Connection) =
+    let base' = c.SndUna
+
+    (c, [ 1..3 ])
+    ||> List.mapFold (fun c k ->
+        let c2, o =
+            Connection.handleSegment
+                (ms 30)
+                (sackAck base' [ ((base' + 1460).Value, (base' + 1460 * (k + 1)).Value) ])
+                c
+
+        (c2, o), c2)
+    |> fst
+
 [<Tests>]
 let tests =
     testList
@@ -495,22 +511,18 @@ let tests =
 
                     test "three SACKed segments above a hole: the hole is resent at once, nothing SACKed is" {
                         let c, first = sender true
-                        let base' = c.SndUna
-                        let mutable c = c
-                        let mutable resent = []
-                        let mutable fast = 0
+                        let steps = sackAboveHole c
 
-                        for k in 1..3 do
-                            let c2, o =
-                                Connection.handleSegment
-                                    (ms 30)
-                                    (sackAck base' [ ((base' + 1460).Value, (base' + 1460 * (k + 1)).Value) ])
-                                    c
-
-                            c <- c2
-                            resent <- resent @ sent o
-                            fast <- fast + (events o |> List.filter ((=) TcpEvent.FastRetransmit) |> List.length)
+                        for c, _ in steps do
                             audit c
+
+                        let c = fst (List.last steps)
+                        let resent = steps |> List.collect (snd >> sent)
+
+                        let fast =
+                            steps
+                            |> List.sumBy (fun (_, o) ->
+                                events o |> List.filter ((=) TcpEvent.FastRetransmit) |> List.length)
 
                         Expect.equal fast 1 "one fast retransmit"
 
@@ -764,18 +776,7 @@ let tests =
                         let c, _ = Connection.handleSegment (ms 22) (sackAck (c.SndUna + 1460) []) c
                         Expect.isTrue c.ProbeAt.IsNone "NewReno connection: the RTO only"
                         let c, _ = sender true
-                        let base' = c.SndUna
-                        let mutable c = c
-
-                        for k in 1..3 do
-                            let c2, _ =
-                                Connection.handleSegment
-                                    (ms 30)
-                                    (sackAck base' [ ((base' + 1460).Value, (base' + 1460 * (k + 1)).Value) ])
-                                    c
-
-                            c <- c2
-
+                        let c = fst (List.last (sackAboveHole c))
                         Expect.isTrue c.InRecovery "in recovery"
                         Expect.isTrue c.ProbeAt.IsNone "no probe in recovery"
                     }
@@ -784,18 +785,10 @@ let tests =
                         let c, _ = sender true
                         let base' = c.SndUna
                         let c, _ = Connection.send (ms 21) 30_000L c
-                        let mutable c = c
-                        let mutable resent = []
                         // Segment 0 is lost; 1..3 are SACKed: recovery resends segment 0.
-                        for k in 1..3 do
-                            let c2, o =
-                                Connection.handleSegment
-                                    (ms 30)
-                                    (sackAck base' [ ((base' + 1460).Value, (base' + 1460 * (k + 1)).Value) ])
-                                    c
-
-                            c <- c2
-                            resent <- resent @ sent o
+                        let steps = sackAboveHole c
+                        let c = fst (List.last steps)
+                        let resent = steps |> List.collect (snd >> sent)
 
                         Expect.isTrue c.InRecovery "in recovery"
                         Expect.exists resent (fun s -> s.DataPosition = 0L) "segment 0 resent"
