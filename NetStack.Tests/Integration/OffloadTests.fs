@@ -210,4 +210,25 @@ let tests =
                         Expect.equal result.ReceivedBytes 1200 $"a datagram from the kernel over {kernelAddress}"
                         Expect.equal buffer.[..1199] data "its bytes")
             }
+
+            test "one connection each way carries more than 2 GiB intact (sequence numbers pass ISS + 2^31)" {
+                // Sending once stopped for good at 2 GiB on a connection (a modulo-2^32 comparison
+                // with the ISS); the unit tests cover the arithmetic, this the whole path.
+                let total = (1L <<< 31) + 16L * 1024L * 1024L
+                let long = TimeSpan.FromMinutes 4.0
+
+                withStack (optionsFor 8 true) (fun stack ->
+                    let stackAddress = IPAddress.Parse "10.95.8.2"
+                    let kernelAddress = IPAddress.Parse "10.95.8.1"
+                    use listener = stack.ListenTcp 9100
+
+                    let inTime =
+                        TestUtil.kernelToStack long 97 total listener (IPEndPoint(stackAddress, 9100))
+
+                    use kernel = TestUtil.kernelListener kernelAddress
+                    let outTime = TestUtil.stackToKernel long 98 total stack kernel
+
+                    printfn
+                        $"2 GiB + 16 MiB over one connection: kernel -> NetStack {inTime.TotalSeconds:F1} s, NetStack -> kernel {outTime.TotalSeconds:F1} s")
+            }
         ]
