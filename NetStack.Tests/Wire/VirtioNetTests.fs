@@ -86,6 +86,29 @@ let private superSegment (v6: bool) (flags: TcpFlags) (payload: byte[]) =
 
 let private ipHeader v6 = if v6 then 40 else 20
 
+/// A TCP packet with `seg` and `payload` between the test addresses: the packet with its full
+/// checksum, its IP header length, and a copy whose checksum field holds only the pseudo-header
+/// sum, as a sender using checksum offload writes it.
+let private withPartialChecksum (v6: bool) (payload: byte[]) (seg: OutgoingSegment) =
+    let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+    let buffer = Array.zeroCreate<byte> 70000
+
+    let n =
+        IpLayer.writeTcp source destination 1234us 80us 1us seg (ReadOnlySpan payload) (Span buffer)
+
+    let full = buffer.[.. n - 1]
+    let ip = ipHeader v6
+    let partial = Array.copy full
+
+    let pseudo =
+        if v6 then
+            Checksum.pseudoHeaderV6 src6 dst6 IpProtocol.Tcp (n - ip)
+        else
+            Checksum.pseudoHeaderV4 src4 dst4 IpProtocol.Tcp (n - ip)
+
+    BinaryPrimitives.WriteUInt16BigEndian(Span(partial, ip + 16, 2), VirtioNet.partialChecksum pseudo)
+    full, ip, partial
+
 let private receiveTrusted (trusted: bool) (packet: byte[]) =
     let state =
         IpLayer.create (IpLayer.config (ValueSome dst4) (ValueSome dst6) 1500) 0L
@@ -141,25 +164,9 @@ let tests =
 
             testPropertyWithConfig codecConfig "completing a partial TCP checksum gives the full checksum"
             <| fun (payload: byte[]) (v6: bool) ->
-                let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+                let full, ip, partial =
+                    withPartialChecksum v6 payload (segment 5u (TcpFlags.Ack ||| TcpFlags.Psh) payload.Length)
 
-                let seg = segment 5u (TcpFlags.Ack ||| TcpFlags.Psh) payload.Length
-                let buffer = Array.zeroCreate<byte> 70000
-
-                let n =
-                    IpLayer.writeTcp source destination 1234us 80us 1us seg (ReadOnlySpan payload) (Span buffer)
-
-                let full = buffer.[.. n - 1]
-                let ip = ipHeader v6
-                let partial = Array.copy full
-
-                let pseudo =
-                    if v6 then
-                        Checksum.pseudoHeaderV6 src6 dst6 IpProtocol.Tcp (n - ip)
-                    else
-                        Checksum.pseudoHeaderV4 src4 dst4 IpProtocol.Tcp (n - ip)
-
-                BinaryPrimitives.WriteUInt16BigEndian(Span(partial, ip + 16, 2), VirtioNet.partialChecksum pseudo)
                 let header = VirtioNet.tcpSegments v6 ip 20 0
                 Expect.isTrue (VirtioNet.completeChecksum header (Span partial)) "completed"
                 partial = full
@@ -191,25 +198,9 @@ let tests =
                 codecConfig
                 "a partial checksum completed in the frame with the moved header is the packet's full checksum"
             <| fun (payload: byte[]) (v6: bool) (link: byte[]) ->
-                let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+                let full, ip, partial =
+                    withPartialChecksum v6 payload (segment 9u TcpFlags.Ack payload.Length)
 
-                let seg = segment 9u TcpFlags.Ack payload.Length
-                let buffer = Array.zeroCreate<byte> 70000
-
-                let n =
-                    IpLayer.writeTcp source destination 1234us 80us 1us seg (ReadOnlySpan payload) (Span buffer)
-
-                let full = buffer.[.. n - 1]
-                let ip = ipHeader v6
-                let partial = Array.copy full
-
-                let pseudo =
-                    if v6 then
-                        Checksum.pseudoHeaderV6 src6 dst6 IpProtocol.Tcp (n - ip)
-                    else
-                        Checksum.pseudoHeaderV4 src4 dst4 IpProtocol.Tcp (n - ip)
-
-                BinaryPrimitives.WriteUInt16BigEndian(Span(partial, ip + 16, 2), VirtioNet.partialChecksum pseudo)
                 // A link-layer header of 14 or 18 bytes (or any other length) in front.
                 let frame = Array.append link partial
 
