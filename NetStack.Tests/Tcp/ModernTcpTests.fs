@@ -676,6 +676,46 @@ let tests =
             testList
                 "long streams"
                 [
+                    test
+                        "a reader that keeps up sends no pure window updates; one that let the window fall to half the buffer does" {
+                        // Window scaling on, a 1 MiB buffer, no timestamps, ReceiveBufferMax equal
+                        // to the buffer (no auto-tuning).
+                        let cfg =
+                            { configWith true false with
+                                ReceiveBufferMax = 1 <<< 20
+                            }
+
+                        let client, server, _, _, _ = handshake cfg cfg
+                        let mutable s = server
+                        let mutable seq = client.SndNxt
+
+                        let deliver (count: int) =
+                            for _ in 1..count do
+                                let s2, _ = Connection.handleSegment (ms 10) (data s seq 1460 None) s
+                                s <- s2
+                                seq <- seq + 1460
+
+                        // Ten segments, read at once: the window offered is still far above half
+                        // the buffer, and the data's own ACKs carry the window: no update.
+                        deliver 10
+                        let s2, o = Connection.receiveWindowUpdate (ms 11) (s.Delivered - s.Consumed) s
+                        s <- s2
+                        Expect.isEmpty (sent o) "no pure window update while the window is large"
+                        // 400 segments unread: the window falls below half the buffer; reading them
+                        // more than doubles it, and the peer is told at once.
+                        deliver 400
+                        let before = s.RcvRight - s.RcvNxt
+                        Expect.isLessThanOrEqual (2 * before) (1 <<< 20) "offered window at most half the buffer"
+                        let s3, o = Connection.receiveWindowUpdate (ms 12) (s.Delivered - s.Consumed) s
+                        let update = single o
+                        Expect.equal update.Ack s3.RcvNxt "a pure ACK"
+
+                        Expect.isGreaterThanOrEqual
+                            (int update.Window <<< s3.RcvWndShift)
+                            (2 * before)
+                            "at least twice the window"
+                    }
+
                     test "sending goes on past 2 GiB and 4 GiB, where sequence numbers pass ISS + 2^31 and wrap" {
                         for start in [ (1L <<< 31) - 5000L; (1L <<< 32) - 5000L; (5L <<< 31) - 5000L ] do
                             let c, _ = sender true
