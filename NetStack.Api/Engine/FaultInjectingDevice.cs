@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Diagnostics;
 
 namespace NetStack.Engine;
 
@@ -28,7 +27,8 @@ public sealed class FaultInjectingDevice : IPacketDevice
     private readonly object _gate = new();
     private readonly Direction _in;
     private readonly Direction _out;
-    private readonly long _epoch = Stopwatch.GetTimestamp();
+    private readonly TimeProvider _time;
+    private readonly long _epoch;
     private volatile int _readerThread = -1;
 
     /// <summary>The same settings in both directions (their seeds are derived from one seed).</summary>
@@ -45,10 +45,29 @@ public sealed class FaultInjectingDevice : IPacketDevice
     /// <param name="outbound">Faults on packets the stack writes.</param>
     /// <exception cref="ArgumentException">A setting is out of range.</exception>
     public FaultInjectingDevice(IPacketDevice inner, FaultSettings inbound, FaultSettings outbound)
+        : this(inner, inbound, outbound, TimeProvider.System)
+    {
+    }
+
+    /// <summary>
+    /// Separate settings per direction, with the delays and the rate limit measured on
+    /// <paramref name="time"/> instead of the system clock: a test can step a manual clock and see
+    /// exactly which packets are due.
+    /// </summary>
+    /// <param name="inner">The device underneath; this decorator owns and disposes it.</param>
+    /// <param name="inbound">Faults on packets read from <paramref name="inner"/> (towards the stack).</param>
+    /// <param name="outbound">Faults on packets the stack writes.</param>
+    /// <param name="time">The clock of the delays and the rate limit. Waits in <see cref="TryRead"/>
+    /// still pass in real time: with a manual clock, step it and call again.</param>
+    /// <exception cref="ArgumentException">A setting is out of range.</exception>
+    public FaultInjectingDevice(IPacketDevice inner, FaultSettings inbound, FaultSettings outbound, TimeProvider time)
     {
         ArgumentNullException.ThrowIfNull(inner);
         ArgumentNullException.ThrowIfNull(inbound);
         ArgumentNullException.ThrowIfNull(outbound);
+        ArgumentNullException.ThrowIfNull(time);
+        _time = time;
+        _epoch = time.GetTimestamp();
         inbound.Validate();
         outbound.Validate();
         _inner = inner;
@@ -71,7 +90,7 @@ public sealed class FaultInjectingDevice : IPacketDevice
     public int Mtu => _inner.Mtu;
 
     // Microseconds since the device was made.
-    private long Now() => (long)(Stopwatch.GetElapsedTime(_epoch).Ticks / (TimeSpan.TicksPerMillisecond / 1000));
+    private long Now() => (long)(_time.GetElapsedTime(_epoch).Ticks / (TimeSpan.TicksPerMillisecond / 1000));
 
     /// <inheritdoc/>
     public bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length)

@@ -24,6 +24,14 @@ open NetStack.Tests
 // ------------------------------------------------------------------------------------------
 
 /// Packets of 20..1500 bytes whose first four bytes are their index, the rest random.
+/// A clock that moves only when told: the fault device's delays and rate limit on exact time.
+type ManualClock() =
+    inherit TimeProvider()
+    /// The time since the clock was made.
+    member val Now = TimeSpan.Zero with get, set
+    override this.TimestampFrequency = TimeSpan.TicksPerSecond
+    override this.GetTimestamp() = this.Now.Ticks
+
 let private packets (count: int) (seed: int) =
     let random = Random seed
 
@@ -209,65 +217,54 @@ let private decoratorTests =
             }
 
             test "the rate limit paces packets and drops beyond its queue" {
+                // On a manual clock, so the schedule is exact whatever else the machine does.
+                let clock = ManualClock()
                 let memory = new MemoryPacketDevice(1500)
-                // 1 MB/s with a 3000-byte bucket: 200 packets of 1000 bytes take about 0.2 s.
+                // 1 MB/s with the default bucket of 10 ms at the rate (10,000 bytes): 200 packets of 1000 bytes.
                 let outbound =
                     FaultSettings(RateLimitBytesPerSecond = 1_000_000L, RateLimitQueuePackets = 1000)
 
-                use device = new FaultInjectingDevice(memory, FaultSettings(), outbound)
-                let clock = Stopwatch.StartNew()
+                use device = new FaultInjectingDevice(memory, FaultSettings(), outbound, clock)
 
                 for _ in 1..200 do
                     device.Write(ReadOnlySpan(Array.zeroCreate<byte> 1000))
 
-                let buffer = Array.zeroCreate<byte> 1500
-                let mutable n = 0
-                let mutable got = 0
                 let mutable taken = null
 
-                while got < 200 && clock.ElapsedMilliseconds < 3000L do
-                    device.TryRead(Span buffer, 50, &n) |> ignore
+                let sentBy (ms: float) =
+                    clock.Now <- TimeSpan.FromMilliseconds ms
+                    // A write releases what is due; an empty one is not a packet and is not paced.
+                    let mutable n = 0
+                    device.TryRead(Span(Array.zeroCreate<byte> 1500), 0, &n) |> ignore
+                    let mutable got = 0
 
                     while memory.TryTakeWritten(&taken) do
                         got <- got + 1
 
-                Expect.equal got 200 "every packet was sent"
-                Expect.isGreaterThan clock.ElapsedMilliseconds 150L "paced at about the rate"
-                // A short queue: the bucket's 3 packets pass, 10 wait, the rest are dropped. That
-                // holds when the 100 writes take less than a packet's time at the rate (1 ms): a
-                // pause in between (another test's GC, a busy machine) lets the queue drain and
-                // take more. So the burst is repeated until one fits in half a millisecond.
-                let burst () =
-                    let memory = new MemoryPacketDevice(1500)
+                    got
 
-                    let outbound =
-                        FaultSettings(RateLimitBytesPerSecond = 1_000_000L, RateLimitQueuePackets = 10)
+                let first = sentBy 0.0
+                let next = sentBy 100.0
+                let rest = sentBy 250.0
+                Expect.equal first 10 "the bucket's 10,000 bytes pass at once"
+                Expect.equal next 100 "then one packet per millisecond"
+                Expect.equal rest 90 "and every packet is sent in the end"
+                Expect.equal device.Statistics.["faults.out.rate-drop"] 0L "nothing dropped with room to queue"
 
-                    let device = new FaultInjectingDevice(memory, FaultSettings(), outbound)
-                    let clock = Stopwatch.StartNew()
+                // A short queue: the bucket's 10 packets pass, 10 wait, the other 80 are dropped.
+                let memory = new MemoryPacketDevice(1500)
 
-                    for _ in 1..100 do
-                        device.Write(ReadOnlySpan(Array.zeroCreate<byte> 1000))
+                let outbound =
+                    FaultSettings(RateLimitBytesPerSecond = 1_000_000L, RateLimitQueuePackets = 10)
 
-                    device, clock.Elapsed
+                use device =
+                    new FaultInjectingDevice(memory, FaultSettings(), outbound, ManualClock())
 
-                let rec quickBurst (attempts: int) =
-                    let device, elapsed = burst ()
+                for _ in 1..100 do
+                    device.Write(ReadOnlySpan(Array.zeroCreate<byte> 1000))
 
-                    if elapsed < TimeSpan.FromMilliseconds 0.5 || attempts = 1 then
-                        device
-                    else
-                        device.Dispose()
-                        quickBurst (attempts - 1)
-
-                use device = quickBurst 50
-
-                Expect.isGreaterThan device.Statistics.["faults.out.rate-drop"] 50L "the excess was dropped"
-
-                Expect.isLessThanOrEqual
-                    device.Statistics.["faults.out.rate-queued"]
-                    10L
-                    "at most the queue's size waited"
+                Expect.equal device.Statistics.["faults.out.rate-drop"] 80L "the excess was dropped"
+                Expect.equal device.Statistics.["faults.out.rate-queued"] 10L "the queue's size waited"
             }
 
             test "settings out of range are refused" {
