@@ -282,7 +282,13 @@ public sealed class TcpConnection : Stream
     /// </summary>
     /// <exception cref="IOException">The connection was reset (ConnectionReset), timed out (TimedOut) or aborted (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
     /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
-    /// <exception cref="OperationCanceledException">The token was canceled while waiting.</exception>
+    /// <exception cref="OperationCanceledException">The token was canceled while waiting (and no byte had yet been placed in <paramref name="buffer"/>).</exception>
+    /// <remarks>
+    /// While the read waits, the stack may copy arriving in-order data straight into
+    /// <paramref name="buffer"/>; such bytes are read: a cancellation, a reset or a dispose that
+    /// comes after them ends the read with their count rather than an exception; a reset or a
+    /// dispose is then reported by the next read.
+    /// </remarks>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
