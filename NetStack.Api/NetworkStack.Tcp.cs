@@ -752,10 +752,18 @@ public sealed partial class NetworkStack
         c.OnClosed();
     }
 
-    // Builds one segment (payload copied straight from the send ring into the packet) and sends it.
+    // Builds one segment and sends it: with data and no need to fragment, as a gather write
+    // (TransmitGathered); else whole in the packet buffer, the payload copied from the send ring.
     private void Transmit(IpAddr local, ushort localPort, IpAddr remote, ushort remotePort, OutgoingSegment segment, TcpConnection? c, long now)
     {
         int offset = IpLayer.tcpPayloadOffset(local, segment.Options);
+        if (segment.DataLength > 0 && offset + segment.DataLength <= IpLayer.pathMtu(now, remote, _ip))
+        {
+            TransmitGathered(c!, segment, segment.Flags, segment.DataLength, 0);
+            _statistics.Increment("device.written");
+            _statistics.Increment("tcp.sent");
+            return;
+        }
         var data = _packetBuffer.AsSpan(offset, segment.DataLength);
         if (segment.DataLength > 0)
             c!.CopySendData(segment.DataPosition, data);
@@ -887,19 +895,43 @@ public sealed partial class NetworkStack
             Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, run.First, c, now);
             return;
         }
-        var data = _packetBuffer.AsSpan(run.HeaderBytes, run.Bytes);
-        c.CopySendData(run.First.DataPosition, data);
-        int length = IpLayer.writeTcpSegments(c.LocalAddress, c.RemoteAddress, c.LocalPort, c.RemotePort,
-            NextIdentification(), run.First, run.LastFlags, run.Bytes, _packetBuffer);
+        TransmitGathered(c, run.First, run.LastFlags, run.Bytes, run.First.DataLength);
         // The kernel numbers the IPv4 identification of the segments it cuts on from ours.
         _nextIpv4Identification += (ushort)(run.Count - 1);
-        int ipHeader = c.LocalAddress.IsIpv6 ? 40 : 20;
-        var header = VirtioNet.tcpSegments(c.LocalAddress.IsIpv6, ipHeader, run.HeaderBytes - ipHeader, run.First.DataLength);
-        _offload!.Write(_packetBuffer.AsSpan(0, length), header);
         _statistics.Increment("device.written");
         _statistics.Increment("tcp.sent", run.Count);
         _statistics.Increment("offload.tso.sent");
         _statistics.Increment("offload.tso.segments", run.Count);
+    }
+
+    // Sends `bytes` of c's send stream from segment's position, headed by segment's header with
+    // `flags`, as one gather write: the IP and TCP headers from the packet buffer, the payload
+    // straight from the send ring (one or two pieces), so the payload is copied once, by the
+    // kernel, instead of into our packet first. With offloads in force the TCP checksum is left
+    // partial (NEEDS_CSUM) for the kernel, which verifies nothing for local delivery and sums
+    // what it sends on; `segmentSize` > 0 makes it a super-segment to cut (TSO). Without, the
+    // checksum is completed over the headers and the ring pieces, a read of the payload instead
+    // of a copy and a read.
+    private void TransmitGathered(TcpConnection c, OutgoingSegment segment, TcpFlags flags, int bytes, int segmentSize)
+    {
+        var local = c.LocalAddress;
+        int length = IpLayer.writeTcpSegments(local, c.RemoteAddress, c.LocalPort, c.RemotePort,
+            NextIdentification(), segment, flags, bytes, _packetBuffer);
+        int headerBytes = length - bytes;
+        c.SendSlices(segment.DataPosition, bytes, out var payload, out var tail);
+        var head = _packetBuffer.AsSpan(0, headerBytes);
+        if (_offload is not null)
+        {
+            int ipHeader = local.IsIpv6 ? 40 : 20;
+            var header = VirtioNet.tcpSegments(local.IsIpv6, ipHeader, headerBytes - ipHeader, segmentSize);
+            _offload.WriteGather(head, payload, tail, header);
+        }
+        else
+        {
+            ulong sum = Checksum.sumAfter(Checksum.sum(0UL, payload), payload.Length, tail);
+            IpLayer.completeTcpChecksum(local, headerBytes, sum, _packetBuffer);
+            _device.WriteGather(head, payload, tail);
+        }
         Interlocked.Add(ref _bytesWritten, length);
     }
 

@@ -59,6 +59,14 @@ public sealed class TcpConnection : Stream
     private bool _windowPosted;
     private bool _peerClosed;
 
+    // Direct receive: the buffer of the read that waits (empty when none, or a zero-byte read) and
+    // how much of it the loop has filled with in-order data (see StoreDirect). Under _gate.
+    private Memory<byte> _directBuffer;
+    private int _directFilled;
+
+    // A hint for the loop, read without the lock: a read may be waiting with a buffer.
+    private volatile bool _directArmed;
+
     private SocketError _error;
     private bool _shutdown;
     private bool _aborted;
@@ -274,7 +282,13 @@ public sealed class TcpConnection : Stream
     /// </summary>
     /// <exception cref="IOException">The connection was reset (ConnectionReset), timed out (TimedOut) or aborted (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
     /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
-    /// <exception cref="OperationCanceledException">The token was canceled while waiting.</exception>
+    /// <exception cref="OperationCanceledException">The token was canceled while waiting (and no byte had yet been placed in <paramref name="buffer"/>).</exception>
+    /// <remarks>
+    /// While the read waits, the stack may copy arriving in-order data straight into
+    /// <paramref name="buffer"/>; such bytes are read: a cancellation, a reset or a dispose that
+    /// comes after them ends the read with their count rather than an exception; a reset or a
+    /// dispose is then reported by the next read.
+    /// </remarks>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
@@ -286,6 +300,15 @@ public sealed class TcpConnection : Stream
             bool notify = false;
             lock (_gate)
             {
+                // The loop filled this read's buffer while it waited: those bytes are read
+                // (consumed and counted for the window) whatever happened since.
+                if (_directFilled > 0)
+                {
+                    int filled = _directFilled;
+                    DisarmDirect();
+                    return filled;
+                }
+                DisarmDirect();
                 ObjectDisposedException.ThrowIf(_disposed, this);
                 long available = _recvDelivered - _recvConsumed;
                 if (available > 0 && !buffer.IsEmpty)
@@ -305,6 +328,11 @@ public sealed class TcpConnection : Stream
                 else
                 {
                     wait = _readWaiter.Arm(cancellationToken);
+                    if (!buffer.IsEmpty)
+                    {
+                        _directBuffer = buffer;
+                        _directArmed = true;
+                    }
                     goto Wait;
                 }
             }
@@ -313,8 +341,27 @@ public sealed class TcpConnection : Stream
             return copied;
         Wait:
             _readWaiter.RegisterCancellation();
-            await wait.ConfigureAwait(false);
+            try
+            {
+                await wait.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // Canceled before the loop put anything in the buffer (else the wait ends with
+                // the data): let go of the caller's memory.
+                lock (_gate)
+                    DisarmDirect();
+                throw;
+            }
         }
+    }
+
+    // The waiting read is over: the loop may no longer write into its buffer. Under _gate.
+    private void DisarmDirect()
+    {
+        _directBuffer = default;
+        _directFilled = 0;
+        _directArmed = false;
     }
 
     /// <summary>
@@ -491,9 +538,30 @@ public sealed class TcpConnection : Stream
     /// <summary>Copies send-stream bytes [position, position + destination.Length) into a segment.</summary>
     internal void CopySendData(long position, Span<byte> destination) => CopyOut(_send!, _sendCapacity, position, destination);
 
+    /// <summary>
+    /// Where send-stream bytes [position, position + length) lie in the send ring, for a gather
+    /// write: one piece, or two when the run wraps (loop only; the bytes stay put until acknowledged).
+    /// </summary>
+    internal void SendSlices(long position, int length, out ReadOnlySpan<byte> first, out ReadOnlySpan<byte> second)
+    {
+        var ring = _send!;
+        int start = (int)(position % _sendCapacity);
+        int n = Math.Min(length, _sendCapacity - start);
+        first = ring.AsSpan(start, n);
+        second = ring.AsSpan(0, length - n);
+    }
+
     /// <summary>Stores arriving bytes at receive-stream position <paramref name="position"/>.</summary>
     internal void Store(ReadOnlySpan<byte> data, long position)
     {
+        if (_directArmed)
+        {
+            int direct = StoreDirect(data, position);
+            if (direct == data.Length)
+                return;
+            data = data[direct..];
+            position += direct;
+        }
         var ring = _receive;
         if (ring is null)
         {
@@ -501,6 +569,51 @@ public sealed class TcpConnection : Stream
                 ring = _receive ??= ArrayPool<byte>.Shared.Rent(_receiveCapacity);
         }
         CopyIn(ring, _receiveCapacity, position, data);
+    }
+
+    /// <summary>
+    /// Receive without the ring: when a read waits with a buffer of its own, nothing is readable
+    /// before <paramref name="position"/> and the data arrived in order, the loop copies it
+    /// straight into the reader's buffer (one copy per byte instead of two: arrival into the ring
+    /// and the ring into the reader) and counts it as read, so the core learns of it through the
+    /// same window command an ordinary read posts. Later in-order segments of the same burst go
+    /// on filling the buffer; the read completes when the buffer is full or at the end of the
+    /// burst. Returns how many bytes of <paramref name="data"/> went there (0: none; the rest
+    /// goes into the ring, behind them). Loop only.
+    /// </summary>
+    private int StoreDirect(ReadOnlySpan<byte> data, long position)
+    {
+        int n;
+        bool notify;
+        bool defer = false;
+        lock (_gate)
+        {
+            if (!_readWaiter.IsArmed || _directBuffer.IsEmpty
+                || position != _recvConsumed || _recvDelivered != _recvConsumed)
+                return 0;
+            n = Math.Min(data.Length, _directBuffer.Length - _directFilled);
+            data[..n].CopyTo(_directBuffer.Span[_directFilled..]);
+            _directFilled += n;
+            // Read already: Deliver (which follows for in-order data) finds the stream there.
+            _recvConsumed += n;
+            _recvDelivered = _recvConsumed;
+            _readWaiter.HoldsResult = true;
+            notify = !_windowPosted;
+            _windowPosted = true;
+            if (_directFilled == _directBuffer.Length)
+            {
+                _directArmed = false;
+                _readWaiter.Complete();
+            }
+            else
+                defer = DeferWakeLocked(_readWaiter);
+        }
+        _stack.Statistics.Increment("tcp.receive.direct-bytes", n);
+        if (defer)
+            _stack.DeferWake(this);
+        if (notify)
+            _stack.TcpReadHappened(this);
+        return n;
     }
 
     /// <summary>
@@ -537,7 +650,8 @@ public sealed class TcpConnection : Stream
         bool defer;
         lock (_gate)
         {
-            _recvDelivered = upTo;
+            // Never back: bytes read straight into a waiting reader's buffer are delivered already.
+            _recvDelivered = Math.Max(_recvDelivered, upTo);
             if (Orphaned)
                 _recvConsumed = upTo;
             defer = DeferWakeLocked(_readWaiter);
@@ -678,6 +792,12 @@ public sealed class TcpConnection : Stream
         private ManualResetValueTaskSourceCore<bool> _core = new() { RunContinuationsAsynchronously = true };
         private bool _armed;
         private CancellationToken _token;
+
+        /// <summary>
+        /// The waiting call already has its result (a read whose buffer the loop filled): a
+        /// cancellation then ends the wait normally, so the bytes are not lost. Under the lock.
+        /// </summary>
+        public bool HoldsResult;
         private CancellationTokenRegistration _registration;
 
         /// <summary>Starts a wait (under the lock); the caller awaits the result after leaving it.</summary>
@@ -685,6 +805,7 @@ public sealed class TcpConnection : Stream
         {
             _core.Reset();
             _armed = true;
+            HoldsResult = false;
             _token = token;
             return new ValueTask(this, _core.Version);
         }
@@ -718,7 +839,10 @@ public sealed class TcpConnection : Stream
                 if (!_armed)
                     return;
                 _armed = false;
-                _core.SetException(new OperationCanceledException(_token));
+                if (HoldsResult)
+                    _core.SetResult(true);
+                else
+                    _core.SetException(new OperationCanceledException(_token));
             }
         }
 

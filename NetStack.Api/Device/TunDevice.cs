@@ -690,6 +690,74 @@ public sealed unsafe class TunDevice : IDisposable
         }
     }
 
+    /// <summary>
+    /// <see cref="Write(ReadOnlySpan{byte}, in VirtioNetHeader)"/> for a packet given in three
+    /// consecutive pieces, handed to the kernel as they are by one writev(2): the kernel copies
+    /// each byte once, straight from where it lives (a connection's send ring), into its buffer.
+    /// </summary>
+    /// <param name="head">The packet's first bytes (IP and transport headers); not empty.</param>
+    /// <param name="payload">The bytes that follow <paramref name="head"/> (may be empty).</param>
+    /// <param name="payloadTail">The bytes that follow <paramref name="payload"/> (may be empty).</param>
+    /// <param name="header">Its virtio-net header; <see cref="VirtioNetHeader.None"/> for an ordinary packet.</param>
+    /// <exception cref="ArgumentException"><paramref name="head"/> is empty.</exception>
+    /// <exception cref="InvalidOperationException">The header is not None but the device has no virtio-net header.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
+    /// <exception cref="TunDeviceException">As for <see cref="Write(ReadOnlySpan{byte}, in VirtioNetHeader)"/>.</exception>
+    public void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail, in VirtioNetHeader header)
+    {
+        if (head.IsEmpty)
+            throw new ArgumentException("An IP packet cannot start with an empty piece.", nameof(head));
+        if (!HasVirtioNetHeader && (header.Flags != VirtioNetFlags.None || header.GsoType != VirtioGsoType.None))
+            throw new InvalidOperationException($"TUN device '{Name}' has no virtio-net header to carry offload metadata.");
+        byte* raw = stackalloc byte[VirtioNet.HeaderLength];
+        LibC.IoVec* pieces = stackalloc LibC.IoVec[4];
+        if (HasVirtioNetHeader)
+            VirtioNet.write(header, new Span<byte>(raw, VirtioNet.HeaderLength));
+        bool added = false;
+        try
+        {
+            _tun.DangerousAddRef(ref added);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            fixed (byte* h = head)
+            fixed (byte* p = payload)
+            fixed (byte* t = payloadTail)
+            {
+                int count = 0;
+                if (HasVirtioNetHeader)
+                    pieces[count++] = new LibC.IoVec { Base = raw, Length = VirtioNet.HeaderLength };
+                pieces[count++] = new LibC.IoVec { Base = h, Length = (nuint)head.Length };
+                if (!payload.IsEmpty)
+                    pieces[count++] = new LibC.IoVec { Base = p, Length = (nuint)payload.Length };
+                if (!payloadTail.IsEmpty)
+                    pieces[count++] = new LibC.IoVec { Base = t, Length = (nuint)payloadTail.Length };
+                while (true)
+                {
+                    // A TUN write takes the whole packet or nothing.
+                    if (LibC.Writev(_tun.Fd, pieces, count) >= 0)
+                        return;
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno == LibC.EINTR)
+                        continue;
+                    if (errno == LibC.EAGAIN)
+                    {
+                        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                        // The kernel's backlog is full: wait for room, as Write does.
+                        var fd = new LibC.PollFd { Fd = _tun.Fd, Events = LibC.POLLOUT };
+                        LibC.Poll(&fd, 1, 100);
+                        continue;
+                    }
+
+                    throw ReadWriteError("write", errno);
+                }
+            }
+        }
+        finally
+        {
+            if (added)
+                _tun.DangerousRelease();
+        }
+    }
+
     private TunDeviceException ReadWriteError(string operation, int errno)
     {
         string? advice = errno switch

@@ -110,6 +110,56 @@ public sealed class CapturingPacketDevice : IOffloadPacketDevice
         _offload.Write(packet, header);
     }
 
+    /// <summary>
+    /// Captures the packet the pieces make (with its checksum completed, as for
+    /// <see cref="Write(ReadOnlySpan{byte})"/>), then passes the pieces on as they are.
+    /// </summary>
+    /// <param name="head">The packet's first bytes.</param>
+    /// <param name="payload">The bytes after them.</param>
+    /// <param name="payloadTail">The bytes after those.</param>
+    public void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail)
+    {
+        lock (_writeGate)
+            Record(Joined(head, payload, payloadTail), VirtioNetHeader.None, ref _writeScratch);
+        _inner.WriteGather(head, payload, payloadTail);
+    }
+
+    /// <summary>
+    /// Captures the packet the pieces make, its partial checksum completed, then passes the
+    /// pieces and the header on as they are.
+    /// </summary>
+    /// <param name="head">The packet's first bytes.</param>
+    /// <param name="payload">The bytes after them.</param>
+    /// <param name="payloadTail">The bytes after those.</param>
+    /// <param name="header">The packet's offload metadata.</param>
+    /// <exception cref="InvalidOperationException">The header is not None but the device underneath carries no offload metadata.</exception>
+    public void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail, in VirtioNetHeader header)
+    {
+        if (_offload is null)
+        {
+            if (header.Flags != VirtioNetFlags.None || header.GsoType != VirtioGsoType.None)
+                throw new InvalidOperationException("The device under the capture carries no offload metadata.");
+            WriteGather(head, payload, payloadTail);
+            return;
+        }
+        lock (_writeGate)
+            Record(Joined(head, payload, payloadTail), header, ref _writeScratch);
+        _offload.WriteGather(head, payload, payloadTail, header);
+    }
+
+    // The gathered packet in one piece, for the capture (under _writeGate); Record copies it once
+    // more, into its own scratch, only when a partial checksum must be completed.
+    private byte[]? _joinScratch;
+
+    private ReadOnlySpan<byte> Joined(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail)
+    {
+        int length = head.Length + payload.Length + payloadTail.Length;
+        if (_joinScratch is null || _joinScratch.Length < length)
+            _joinScratch = new byte[Math.Max(length, 65536 + 128)];
+        PacketPieces.Join(head, payload, payloadTail, _joinScratch);
+        return _joinScratch.AsSpan(0, length);
+    }
+
     private void Record(ReadOnlySpan<byte> packet, in VirtioNetHeader header, ref byte[]? scratch)
     {
         if (!header.NeedsChecksum)

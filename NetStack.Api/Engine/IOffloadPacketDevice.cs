@@ -1,3 +1,4 @@
+using System.Buffers;
 using NetStack.Core.Wire;
 using NetStack.Device;
 
@@ -37,4 +38,29 @@ public interface IOffloadPacketDevice : IPacketDevice
     /// <param name="packet">An IPv4 or IPv6 packet, starting at its version nibble.</param>
     /// <param name="header">Its offload metadata.</param>
     void Write(ReadOnlySpan<byte> packet, in VirtioNetHeader header);
+
+    /// <summary>
+    /// <see cref="Write(ReadOnlySpan{byte}, in VirtioNetHeader)"/> for a packet given in three
+    /// consecutive pieces (see <see cref="IPacketDevice.WriteGather"/>): with a partial checksum
+    /// (NEEDS_CSUM) the payload is neither copied nor summed on the way out. This default joins
+    /// the pieces in a pooled buffer. Safe from any thread.
+    /// </summary>
+    /// <param name="head">The packet's first bytes (IP and transport headers).</param>
+    /// <param name="payload">The bytes that follow <paramref name="head"/>.</param>
+    /// <param name="payloadTail">The bytes that follow <paramref name="payload"/>.</param>
+    /// <param name="header">The packet's offload metadata.</param>
+    void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail, in VirtioNetHeader header)
+    {
+        int length = head.Length + payload.Length + payloadTail.Length;
+        byte[] joined = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+        try
+        {
+            PacketPieces.Join(head, payload, payloadTail, joined);
+            Write(joined.AsSpan(0, length), header);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(joined);
+        }
+    }
 }

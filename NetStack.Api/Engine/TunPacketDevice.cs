@@ -44,6 +44,21 @@ public sealed class TunPacketDevice : IOffloadPacketDevice
     /// <inheritdoc/>
     public void Write(ReadOnlySpan<byte> packet, in VirtioNetHeader header) => _device.Write(packet, header);
 
+    /// <summary>Writes the pieces with one writev(2) (<see cref="TunDevice.WriteGather"/>): no copy of the payload here.</summary>
+    /// <param name="head">The packet's first bytes.</param>
+    /// <param name="payload">The bytes after them.</param>
+    /// <param name="payloadTail">The bytes after those.</param>
+    public void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail) =>
+        _device.WriteGather(head, payload, payloadTail, VirtioNetHeader.None);
+
+    /// <summary>Writes the pieces and their header with one writev(2) (<see cref="TunDevice.WriteGather"/>).</summary>
+    /// <param name="head">The packet's first bytes.</param>
+    /// <param name="payload">The bytes after them.</param>
+    /// <param name="payloadTail">The bytes after those.</param>
+    /// <param name="header">The packet's offload metadata.</param>
+    public void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail, in VirtioNetHeader header) =>
+        _device.WriteGather(head, payload, payloadTail, header);
+
     /// <inheritdoc/>
     public void Wake() => _device.Wake();
 

@@ -1143,6 +1143,23 @@ module IpLayer =
 
         writeIpHeader source destination IpProtocol.Tcp identification length dst
 
+    /// Completes the TCP checksum of a packet written by `writeTcpSegments` (its field holding
+    /// the partial pseudo-header sum) when the payload is sent from elsewhere (a gather write
+    /// from the send ring) and no device completes the checksum: `payloadSum` is the running sum
+    /// (`Checksum.sum`, `Checksum.sumAfter` for a payload in pieces) of the payload bytes, and
+    /// `headerBytes` the IP and TCP headers' length (`tcpPayloadOffset`, even: TCP headers are
+    /// whole 32-bit words, RFC 9293 §3.1). Sums the TCP header with the partial field and the
+    /// payload sum and stores the complement, as Linux's skb_checksum_help does.
+    let completeTcpChecksum (source: IpAddr) (headerBytes: int) (payloadSum: uint64) (dst: Span<byte>) : unit =
+        let ip = headerLength source
+
+        let header: ReadOnlySpan<byte> =
+            Span<byte>.op_Implicit(dst.Slice(ip, headerBytes - ip))
+
+        let acc = Checksum.sum payloadSum header
+
+        BinaryPrimitives.WriteUInt16BigEndian(dst.Slice(ip + VirtioNet.TcpChecksumOffset), Checksum.finish acc)
+
     let private writeEcho
         (reply: bool)
         (source: IpAddr)

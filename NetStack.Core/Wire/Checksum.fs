@@ -105,6 +105,17 @@ let sum (initial: uint64) (data: ReadOnlySpan<byte>) : uint64 =
 
         sumScalar (initial + uint64 bigEndian) (data.Slice(i * Vector<byte>.Count))
 
+/// Adds `data` to a running sum when it follows `precedingLength` bytes already summed, so a sum
+/// can be built from pieces of any length (a payload that wraps around a ring buffer). After an
+/// even number of bytes this is `sum`. After an odd number, `sum` has padded the last byte on the
+/// right, so `data` starts in the low byte of a word: its bytes sit one place off their words, and
+/// the one's complement sum of byte-swapped words is the byte-swapped sum (RFC 1071 §2(B)).
+let sumAfter (initial: uint64) (precedingLength: int) (data: ReadOnlySpan<byte>) : uint64 =
+    if precedingLength &&& 1 = 0 then
+        sum initial data
+    else
+        initial + uint64 (BinaryPrimitives.ReverseEndianness(fold (sum 0UL data)))
+
 /// The checksum field value for a running sum: the complement of its fold.
 let finish (acc: uint64) : uint16 = ~~~(fold acc)
 

@@ -138,6 +138,20 @@ let tests =
                         let whole = Checksum.sumNaive 0UL (ReadOnlySpan(buffer, w.Offset, w.Length))
                         Expect.equal (Checksum.fold chained) (Checksum.fold whole) "chained vs whole")
 
+                    testPropertyWithConfig
+                        TestUtil.codecConfig
+                        "sumAfter chains pieces of any length, odd ones included, into the sum over the whole"
+                    <| Prop.forAll (Arb.fromGen (Gen.zip (windowGen 70000) (Gen.choose (0, 70000)))) (fun (w, cut) ->
+                        let buffer = w.Buffer
+                        let cut = min cut w.Length
+                        let first = Checksum.sum 0UL (ReadOnlySpan(buffer, w.Offset, cut))
+
+                        let chained =
+                            Checksum.sumAfter first cut (ReadOnlySpan(buffer, w.Offset + cut, w.Length - cut))
+
+                        let whole = Checksum.sumNaive 0UL (ReadOnlySpan(buffer, w.Offset, w.Length))
+                        Expect.equal (Checksum.fold chained) (Checksum.fold whole) "chained vs whole")
+
                     test "every length up to 600 at every offset up to 7 agrees with the naive sum" {
                         // Exhaustive around the vector widths (16, 32 or 64 bytes), the two-vector
                         // threshold and the unrolled loop's odd vector, where off-by-ones would hide.

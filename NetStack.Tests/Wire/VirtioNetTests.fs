@@ -173,6 +173,35 @@ let tests =
 
             testPropertyWithConfig
                 codecConfig
+                "headers written alone, checksum completed over the payload in two pieces, equal the whole packet (gather write)"
+            <| fun (payload: byte[]) (v6: bool) (cut: uint16) ->
+                let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+                let seg = segment 5u (TcpFlags.Ack ||| TcpFlags.Psh) payload.Length
+                let full = Array.zeroCreate<byte> 70000
+
+                let n =
+                    IpLayer.writeTcp source destination 1234us 80us 1us seg (ReadOnlySpan payload) (Span full)
+
+                // The buffer gets only the headers (writeTcpSegments leaves the payload's place
+                // alone); the payload stays where it is, as a ring that wraps after `cut` bytes
+                // (odd cuts included).
+                let head = Array.zeroCreate<byte> 70000
+
+                let length =
+                    IpLayer.writeTcpSegments source destination 1234us 80us 1us seg seg.Flags payload.Length (Span head)
+
+                let headerBytes = length - payload.Length
+                let cut = int cut % (payload.Length + 1)
+                let first = ReadOnlySpan(payload, 0, cut)
+
+                let sum =
+                    Checksum.sumAfter (Checksum.sum 0UL first) cut (ReadOnlySpan(payload, cut, payload.Length - cut))
+
+                IpLayer.completeTcpChecksum source headerBytes sum (Span head)
+                length = n && Array.append head.[.. headerBytes - 1] payload = full.[.. n - 1]
+
+            testPropertyWithConfig
+                codecConfig
                 "moving a header's offsets past a link-layer header and back gives the same header"
             <| Prop.forAll (Arb.fromGen (Gen.zip headerGen (Gen.choose (0, 64)))) (fun (h, n) ->
                 let fits (value: uint16) = int value + n <= 0xFFFF
