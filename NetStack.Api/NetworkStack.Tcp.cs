@@ -338,13 +338,22 @@ public sealed partial class NetworkStack
 
     private Action MakeSendCommand(TcpConnection c) => c.SendCommand = () => LoopSend(c, Now());
 
-    private Action MakeWindowCommand(TcpConnection c) => c.WindowCommand = () => LoopWindow(c, Now());
+    // Data the user wrote goes out before the window is updated, so that a reply written just
+    // after the read (an echo, a request/response exchange) carries the ACK and the new window,
+    // and the update finds nothing left worth a pure window update.
+    private Action MakeWindowCommand(TcpConnection c) => c.WindowCommand = () =>
+    {
+        long now = Now();
+        LoopSend(c, now);
+        LoopWindow(c, now);
+    };
 
-    internal void TcpReadHappened(TcpConnection c)
+    // wake false: the loop takes the command on its next pass without being woken for it.
+    internal void TcpReadHappened(TcpConnection c, bool wake)
     {
         try
         {
-            Post(c.WindowCommand ?? MakeWindowCommand(c), null);
+            Post(c.WindowCommand ?? MakeWindowCommand(c), null, wake);
         }
         catch (ObjectDisposedException)
         {

@@ -340,17 +340,34 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     // Commands
     // ------------------------------------------------------------------------------------------
 
-    private void Post(Action run, Action<Exception>? abort)
+    // wake false: queue the command without waking an idle loop (it runs at the loop's next
+    // pass: a packet, a timer, another command); for work nobody waits for.
+    private void Post(Action run, Action<Exception>? abort, bool wake = true)
     {
-        bool wake;
         lock (_commandGate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             _commands.Enqueue(new Command(run, abort));
+            wake &= _loopIdle;
+            if (wake)
+                _loopIdle = false;
+        }
+        // A busy loop drains the queue before it next waits (EnterIdle sees the command).
+        if (wake)
+            _device.Wake();
+    }
+
+    /// <summary>Wakes the loop if it waits idle, so that it runs the commands already queued.</summary>
+    internal void WakeLoop()
+    {
+        bool wake;
+        lock (_commandGate)
+        {
+            if (_disposed)
+                return;
             wake = _loopIdle;
             _loopIdle = false;
         }
-        // A busy loop drains the queue before it next waits (EnterIdle sees the command).
         if (wake)
             _device.Wake();
     }

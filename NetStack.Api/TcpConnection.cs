@@ -57,6 +57,10 @@ public sealed class TcpConnection : Stream
     private long _recvDelivered;
     private long _recvConsumed;
     private bool _windowPosted;
+    // The window command was posted without waking the loop (see ReadAsync).
+    private bool _windowPostedLazily;
+    // _recvConsumed as the loop last took it (TakeConsumed): what the core believes was read.
+    private long _consumedReported;
     private bool _peerClosed;
 
     // Direct receive: the buffer of the read that waits (empty when none, or a zero-byte read) and
@@ -297,7 +301,7 @@ public sealed class TcpConnection : Stream
         {
             ValueTask wait;
             int copied = 0;
-            bool notify = false;
+            bool notify = false, wake = false;
             lock (_gate)
             {
                 // The loop filled this read's buffer while it waited: those bytes are read
@@ -316,8 +320,26 @@ public sealed class TcpConnection : Stream
                     copied = (int)Math.Min(available, buffer.Length);
                     CopyOut(_receive!, _receiveCapacity, _recvConsumed, buffer.Span[..copied]);
                     _recvConsumed += copied;
-                    notify = !_windowPosted;
-                    _windowPosted = true;
+                    // The loop learns of the read through the window command, posted once
+                    // until the loop takes it. It wakes an idle loop only when the window the
+                    // loop last heard of is small (see WindowUpdateUrgentLocked); otherwise it
+                    // waits for the loop's next pass (a packet, a timer or a write's command),
+                    // so an echo's read and write cost one wake-up and the reply carries the
+                    // window instead of a pure window update going out before it.
+                    bool urgent = WindowUpdateUrgentLocked();
+                    if (!_windowPosted)
+                    {
+                        notify = true;
+                        wake = urgent;
+                        _windowPosted = true;
+                        _windowPostedLazily = !urgent;
+                    }
+                    else if (_windowPostedLazily && urgent)
+                    {
+                        // The command already queued did not wake the loop; now it must.
+                        _windowPostedLazily = false;
+                        wake = true;
+                    }
                 }
                 else if (available > 0 || _peerClosed)
                     return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream.
@@ -337,7 +359,9 @@ public sealed class TcpConnection : Stream
                 }
             }
             if (notify)
-                _stack.TcpReadHappened(this);
+                _stack.TcpReadHappened(this, wake);
+            else if (wake)
+                _stack.WakeLoop();
             return copied;
         Wait:
             _readWaiter.RegisterCancellation();
@@ -531,9 +555,26 @@ public sealed class TcpConnection : Stream
         lock (_gate)
         {
             _windowPosted = false;
+            _windowPostedLazily = false;
+            _consumedReported = _recvConsumed;
             return _recvConsumed;
         }
     }
+
+    // Lazy window commands only while the buffer the loop believes free (all of it but what was
+    // delivered and not reported read) is more than half the buffer and at least
+    // LazyWindowMinimum: the core then offers more than that already (its window follows every
+    // ACK it sends), and sends a pure window update only for a window below half the buffer or
+    // one MSS (Connection.receiveWindowUpdateInto), so a peer cannot be waiting for the update.
+    // Under _gate.
+    private bool WindowUpdateUrgentLocked()
+    {
+        long free = _receiveCapacity - (_recvDelivered - _consumedReported);
+        return 2 * free <= _receiveCapacity || free < LazyWindowMinimum;
+    }
+
+    // 64 KiB: the largest window a SYN can offer, and 44 full-sized segments at MTU 1500.
+    private const int LazyWindowMinimum = 65536;
 
     /// <summary>Copies send-stream bytes [position, position + destination.Length) into a segment.</summary>
     internal void CopySendData(long position, Span<byte> destination) => CopyOut(_send!, _sendCapacity, position, destination);

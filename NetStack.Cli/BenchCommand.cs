@@ -79,7 +79,7 @@ public static class BenchCommand
 
           --seconds N         seconds per udp, rr and conn measurement, 1-60 (default 2)
           --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 256; four transfers)
-          --conn-clients N    client threads opening connections in parallel, 1-64 (default 2)
+          --conn-clients N    client threads opening connections in parallel, 1-64 (default 4)
           --cases LIST        comma-separated subset of udp,rr,conn,bulk (default all)
           --idle-connections N  instead: open N idle kernel TCP connections to one listener and
                               print the stack's managed heap and RSS per connection
@@ -155,7 +155,7 @@ public static class BenchCommand
         var options = new NetStackOptions();
         var seconds = 2;
         var tcpMib = 256;
-        var connClients = 2;
+        var connClients = 4;
         var cases = new HashSet<string>(CaseNames, StringComparer.Ordinal);
         var idleConnections = 0;
         while (reader.Next() is { } arg)
@@ -203,6 +203,7 @@ public static class BenchCommand
             Console.Error.WriteLine($"{Name}: {e.Message}");
             return 1;
         }
+        ReuseTimeWaitPorts();
         Console.WriteLine($"From a kernel .NET Socket, MTU {options.Mtu}: cases {string.Join(",", CaseNames.Where(plan.Cases.Contains))}; " +
             $"{plan.Duration.TotalSeconds:0} s per udp/rr/conn measurement, {plan.ConnClients} conn client threads; TCP bulk of {plan.TcpBytes >> 20} MiB per direction");
 
@@ -231,6 +232,27 @@ public static class BenchCommand
         if (kernelError is not null)
             Console.Error.WriteLine($"{Name}: kernel measurement failed: {kernelError}");
         return stack is not null && kernel is not null ? 0 : 1;
+    }
+
+    /// <summary>
+    /// Lets the client's connect() take an ephemeral port whose TIME-WAIT is more than a second
+    /// old (net.ipv4.tcp_tw_reuse = 1, a setting of this private namespace only; RFC 7323
+    /// timestamps keep the old connection's segments out). Each short connection leaves its
+    /// client port in TIME-WAIT for 60 s; with thousands of them Linux's default (reuse on
+    /// loopback only) makes connect() search the port range past them (__inet_hash_connect), which
+    /// took most of the client's processor time, capped the connection rate of both paths, and
+    /// handicapped whichever ran second. The servers are untouched: the client closes first.
+    /// </summary>
+    private static void ReuseTimeWaitPorts()
+    {
+        try
+        {
+            File.WriteAllText("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"{Name}: cannot set net.ipv4.tcp_tw_reuse ({e.Message}): short connections search past TIME-WAIT ports");
+        }
     }
 
     private static Measurement MeasureStack(NetStackOptions options, Plan plan)
@@ -447,43 +469,140 @@ public static class BenchCommand
     /// receive it, close (the client closes first, so its side holds the TIME-WAIT). Connections
     /// completed per second, at most <see cref="MaxConnections"/> in all.
     /// </summary>
+    /// <remarks>
+    /// Each connection costs the client only its own system calls (socket, connect, send, recv,
+    /// close): no socket options. Nagle cannot hold the single byte (nothing is unacknowledged
+    /// when it goes), and instead of a receive timeout per socket a watchdog (this thread) closes
+    /// the socket of a client that has made no progress for <see cref="ConnectionStall"/>, which
+    /// ends its blocked call with an error: a silent server fails the measurement, it cannot
+    /// hang it.
+    /// </remarks>
     private static double MeasureConnections(IPEndPoint target, TimeSpan duration, int clients)
     {
         // Warm-up: the listener's accept path and the service's first connection.
-        for (var i = 0; i < 20; i++)
-            OneConnection(target);
-        long completed = 0;
-        Exception? failure = null;
+        var warmUp = new ConnectionClient(target);
+        warmUp.Start(() => warmUp.Completed < 20);
+        if (!Watch([warmUp], TimeSpan.FromSeconds(30)))
+            throw new InvalidOperationException($"short connection to {target} failed: {warmUp.Failure?.Message ?? "no progress"}", warmUp.Failure);
+        long started = 0;
         var clock = Stopwatch.StartNew();
-        var threads = Enumerable.Range(0, clients).Select(_ => new Thread(() =>
-        {
-            try
-            {
-                while (clock.Elapsed < duration && Interlocked.Increment(ref completed) <= MaxConnections)
-                    OneConnection(target);
-            }
-            catch (Exception e)
-            {
-                failure ??= e;
-            }
-        })).ToList();
-        threads.ForEach(t => t.Start());
-        threads.ForEach(t => t.Join());
+        var threads = Enumerable.Range(0, clients).Select(_ => new ConnectionClient(target)).ToList();
+        threads.ForEach(t => t.Start(() => clock.Elapsed < duration && Interlocked.Increment(ref started) <= MaxConnections));
+        bool ok = Watch(threads, duration + TimeSpan.FromSeconds(30));
         var elapsed = clock.Elapsed;
-        if (failure is not null)
-            throw new InvalidOperationException($"short connection to {target} failed: {failure.Message}", failure);
-        return Math.Min(completed, MaxConnections) / elapsed.TotalSeconds;
+        var failed = threads.FirstOrDefault(t => t.Failure is not null);
+        if (!ok || failed is not null)
+            throw new InvalidOperationException($"short connection to {target} failed: {failed?.Failure?.Message ?? "no progress"}", failed?.Failure);
+        return threads.Sum(t => t.Completed) / elapsed.TotalSeconds;
     }
 
-    private static void OneConnection(IPEndPoint target)
+    /// <summary>How long a connection client may go without completing a connection before the watchdog closes its socket.</summary>
+    private static readonly TimeSpan ConnectionStall = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Waits for every client to finish, closing the current socket of any that completes no
+    /// connection for <see cref="ConnectionStall"/>; false when one stalled or all together took
+    /// longer than <paramref name="limit"/>.
+    /// </summary>
+    private static bool Watch(List<ConnectionClient> clients, TimeSpan limit)
     {
-        using var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        s.ReceiveTimeout = s.SendTimeout = 5_000;
-        s.Connect(target);
-        Span<byte> one = [42];
-        s.Send(one);
-        if (s.Receive(one) != 1)
-            throw new InvalidOperationException($"the TCP echo at {target} closed without answering");
+        var clock = Stopwatch.StartNew();
+        var seen = clients.Select(c => (Completed: -1L, Since: TimeSpan.Zero)).ToArray();
+        bool ok = true;
+        while (true)
+        {
+            bool running = false;
+            for (var i = 0; i < clients.Count; i++)
+            {
+                var c = clients[i];
+                if (c.Thread.Join(0))
+                    continue;
+                running = true;
+                long completed = c.Completed;
+                if (completed != seen[i].Completed)
+                    seen[i] = (completed, clock.Elapsed);
+                else if (clock.Elapsed - seen[i].Since > ConnectionStall || clock.Elapsed > limit)
+                {
+                    ok = false;
+                    c.Stop();
+                }
+            }
+            if (!running)
+                return ok;
+            Thread.Sleep(50);
+        }
+    }
+
+    /// <summary>One client thread of the connection measurement, opening connections one after another while told to.</summary>
+    private sealed class ConnectionClient(IPEndPoint target)
+    {
+        private readonly object _gate = new();
+        private Socket? _current;
+        private volatile bool _stopped;
+        private long _completed;
+
+        /// <summary>The thread (started by <see cref="Start"/>).</summary>
+        public Thread Thread { get; private set; } = null!;
+
+        /// <summary>Connections completed.</summary>
+        public long Completed => Volatile.Read(ref _completed);
+
+        /// <summary>Why the thread stopped early; null when it did not.</summary>
+        public Exception? Failure { get; private set; }
+
+        /// <summary>Starts the thread: one connection after another while <paramref name="more"/> says so.</summary>
+        public void Start(Func<bool> more)
+        {
+            Thread = new Thread(() =>
+            {
+                try
+                {
+                    while (!_stopped && more())
+                    {
+                        OneConnection();
+                        Interlocked.Increment(ref _completed);
+                    }
+                }
+                catch (Exception e)
+                {
+                    Failure = _stopped ? new TimeoutException($"no connection completed in {ConnectionStall.TotalSeconds:0} s", e) : e;
+                }
+            })
+            { IsBackground = true };
+            Thread.Start();
+        }
+
+        /// <summary>The watchdog's verdict: the current socket is closed, which ends a blocked call.</summary>
+        public void Stop()
+        {
+            _stopped = true;
+            lock (_gate)
+                _current?.Dispose();
+        }
+
+        private void OneConnection()
+        {
+            using var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            lock (_gate)
+            {
+                if (_stopped)
+                    throw new OperationCanceledException();
+                _current = s;
+            }
+            try
+            {
+                s.Connect(target);
+                Span<byte> one = [42];
+                s.Send(one);
+                if (s.Receive(one) != 1)
+                    throw new InvalidOperationException($"the TCP echo at {target} closed without answering");
+            }
+            finally
+            {
+                lock (_gate)
+                    _current = null;
+            }
+        }
     }
 
     private static Measurement MeasureKernelOverVeth(int mtu, Plan plan)

@@ -1265,7 +1265,12 @@ module Connection =
                 | TcpState.FinWait2 -> enterTimeWait now out TcpTrigger.RcvFin c
                 | _ -> c
 
-            struct (c, true)
+            // The ACK of a FIN that starts a passive close may wait like any delayed ACK
+            // (RFC 9293 §3.8.6.3 allows it for every segment; Linux enters its delayed-ACK
+            // "pingpong" mode here): the application usually closes at once, and our FIN then
+            // carries it, one segment instead of two. A FIN that ends our own close is
+            // acknowledged at once, since the peer waits in LAST-ACK or CLOSING for it.
+            struct (c, not c.State.IsCloseWait)
         | _ -> struct (c, false)
 
     /// The segment text (seventh step) and FIN (eighth): keep what falls in the window, deliver
