@@ -652,8 +652,9 @@ public sealed class TcpConnection : Stream
         _stack.Statistics.Increment("tcp.receive.direct-bytes", n);
         if (defer)
             _stack.DeferWake(this);
+        // On the loop itself: it takes the window command before it next waits.
         if (notify)
-            _stack.TcpReadHappened(this);
+            _stack.TcpReadHappened(this, wake: false);
         return n;
     }
 
