@@ -193,6 +193,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                         link.AddAddress(options.HostAddress6, options.Address6);
                 }
             }
+            string? noRing = null;
+            if (options.TunIoUring)
+                device.TryEnableIoUring(out noRing);
             IPacketDevice packets = new TunPacketDevice(device);
             if (options.Faults is not null)
                 packets = new FaultInjectingDevice(packets, options.Faults);
@@ -200,7 +203,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             if (tap)
                 packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
             // The capture is outermost: it records what the stack itself sees, after the faults.
-            return new NetworkStack(options, WithCapture(options, packets), device.Name, link);
+            var stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
+            if (noRing is not null)
+                stack._log.IoUringUnavailable(device.Name, noRing);
+            return stack;
         }
         catch
         {
@@ -323,6 +329,12 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// is off, with faults, or when the kernel or device offers none).
     /// </summary>
     public TunOffloads Offloads => _offload?.Offloads ?? TunOffloads.None;
+
+    /// <summary>
+    /// True when the TUN device reads and writes in batches through io_uring
+    /// (<see cref="NetStackOptions.TunIoUring"/> asked for it and the kernel allows it).
+    /// </summary>
+    public bool UsesIoUring { get; private init; }
 
     /// <summary>The options the stack was started with.</summary>
     public NetStackOptions Options { get; }
