@@ -472,6 +472,66 @@ public sealed unsafe class TunDevice : IDisposable
         }
     }
 
+    /// <summary>
+    /// In io_uring mode, reads the next packet without copying it: <paramref name="packet"/> is
+    /// the packet inside the device's receive buffer, valid only until this thread's next read
+    /// call on the device (which gives the buffer back to the kernel). Otherwise as
+    /// <see cref="TryReadWithHeader"/>; the engine loop uses it to parse packets where the kernel
+    /// put them.
+    /// </summary>
+    /// <param name="millisecondsTimeout">How long to wait: 0 to only check, <see cref="Timeout.Infinite"/> (-1) to wait without limit.</param>
+    /// <param name="packet">The packet (empty when none was read).</param>
+    /// <param name="header">The packet's virtio-net header (<see cref="VirtioNetHeader.None"/> without one).</param>
+    /// <returns>True when a packet was read.</returns>
+    /// <exception cref="InvalidOperationException">The device is not in io_uring mode.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The timeout is below -1.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed, or was disposed during the wait.</exception>
+    /// <exception cref="TunDeviceException">The interface was deleted under the device, or the read failed.</exception>
+    public bool TryReadInPlace(int millisecondsTimeout, out ReadOnlySpan<byte> packet, out VirtioNetHeader header)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(millisecondsTimeout, Timeout.Infinite);
+        var ring = _ring ?? throw new InvalidOperationException($"TUN device '{Name}' is not in io_uring mode (TryEnableIoUring).");
+        packet = default;
+        header = VirtioNetHeader.None;
+        byte* raw = stackalloc byte[VirtioNet.HeaderLength];
+        bool tunAdded = false, wakeAdded = false, ringAdded = false;
+        try
+        {
+            _tun.DangerousAddRef(ref tunAdded);
+            _wake.DangerousAddRef(ref wakeAdded);
+            ring.DangerousAddRef(ref ringAdded);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            var headerBytes = new Span<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
+            switch (ring.TryReadInPlace(millisecondsTimeout, out int length, headerBytes, out byte* at, out int errno))
+            {
+                case TunRing.ReadResult.Packet:
+                    // The buffer outlives this call: the ring hands it back at the next read.
+                    packet = new ReadOnlySpan<byte>(at, length);
+                    if (HasVirtioNetHeader)
+                    {
+                        var parsed = VirtioNet.parse(headerBytes);
+                        if (parsed.IsOk)
+                            header = parsed.ResultValue;
+                    }
+                    return true;
+                case TunRing.ReadResult.Failed:
+                    throw ReadWriteError("read", errno);
+                default:
+                    ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                    return false;
+            }
+        }
+        finally
+        {
+            if (ringAdded)
+                ring.DangerousRelease();
+            if (wakeAdded)
+                _wake.DangerousRelease();
+            if (tunAdded)
+                _tun.DangerousRelease();
+        }
+    }
+
     /// <summary>True when reads and writes go through io_uring (see <see cref="TryEnableIoUring"/>).</summary>
     public bool UsesIoUring => _ring is not null;
 

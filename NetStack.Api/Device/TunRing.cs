@@ -41,7 +41,10 @@ internal sealed unsafe class TunRing : SafeHandle
 
     private const uint SqEntries = 128;
     private const uint CqEntries = 1024;
-    private const int ReadBuffers = 64; // a power of two (the buffer ring's size)
+    // Read buffers: a power of two (the buffer ring's size). With 64 KiB super-segments fewer,
+    // so that the buffers the kernel fills stay in cache (a burst holds few of them anyway).
+    private const int SmallReadBuffers = 64;
+    private const int LargeReadBuffers = 16;
     private const int WriteSlots = 64;
     private const ushort BufferGroup = 0;
 
@@ -74,7 +77,12 @@ internal sealed unsafe class TunRing : SafeHandle
     private readonly byte* _readMemory;
     private readonly int _readBufferSize;
     private readonly IoUring.Buf* _bufferRing;
+    private readonly int _readBuffers;
     private ushort _bufferTail;
+
+    // The buffer whose packet TryReadInPlace handed out: it goes back to the kernel at the
+    // reader's next call (-1: none).
+    private int _heldBuffer = -1;
 
     private readonly byte* _writeMemory;
     private readonly int _writeSlotSize;
@@ -126,9 +134,10 @@ internal sealed unsafe class TunRing : SafeHandle
 
         // Read buffers: the virtio-net header (when there is one) and the longest packet.
         _readBufferSize = (headerLength + maxPacket + 63) & ~63;
-        _readMemory = (byte*)NativeMemory.AlignedAlloc((nuint)_readBufferSize * ReadBuffers, 4096);
-        _bufferRing = (IoUring.Buf*)NativeMemory.AlignedAlloc((nuint)(sizeof(IoUring.Buf) * ReadBuffers), 4096);
-        NativeMemory.Clear(_bufferRing, (nuint)(sizeof(IoUring.Buf) * ReadBuffers));
+        _readBuffers = _readBufferSize > 16384 ? LargeReadBuffers : SmallReadBuffers;
+        _readMemory = (byte*)NativeMemory.AlignedAlloc((nuint)_readBufferSize * (nuint)_readBuffers, 4096);
+        _bufferRing = (IoUring.Buf*)NativeMemory.AlignedAlloc((nuint)(sizeof(IoUring.Buf) * _readBuffers), 4096);
+        NativeMemory.Clear(_bufferRing, (nuint)(sizeof(IoUring.Buf) * _readBuffers));
         _writeSlotSize = _readBufferSize;
         _writeMemory = (byte*)NativeMemory.AlignedAlloc((nuint)_writeSlotSize * WriteSlots, 4096);
         for (int i = 0; i < WriteSlots; i++)
@@ -193,14 +202,14 @@ internal sealed unsafe class TunRing : SafeHandle
 
     private bool RegisterBuffers(out string? reason)
     {
-        var registration = new IoUring.BufReg { RingAddr = (ulong)_bufferRing, RingEntries = ReadBuffers, Bgid = BufferGroup };
+        var registration = new IoUring.BufReg { RingAddr = (ulong)_bufferRing, RingEntries = (uint)_readBuffers, Bgid = BufferGroup };
         if (IoUring.Register(_ringFd, IoUring.RegisterPbufRing, &registration, 1) < 0)
         {
             int errno = Marshal.GetLastPInvokeError();
             reason = $"registering the provided-buffer ring failed: {LibC.ErrorText(errno)} ({LibC.ErrorName(errno)})";
             return false;
         }
-        for (int i = 0; i < ReadBuffers; i++)
+        for (int i = 0; i < _readBuffers; i++)
             ProvideBuffer(i);
         PublishBuffers();
         reason = null;
@@ -333,7 +342,7 @@ internal sealed unsafe class TunRing : SafeHandle
 
     private void ProvideBuffer(int id)
     {
-        var entry = &_bufferRing[_bufferTail & (ReadBuffers - 1)];
+        var entry = &_bufferRing[_bufferTail & (_readBuffers - 1)];
         entry->Addr = (ulong)(_readMemory + (nint)id * _readBufferSize);
         entry->Len = (uint)_readBufferSize;
         entry->Bid = (ushort)id;
@@ -395,15 +404,35 @@ internal sealed unsafe class TunRing : SafeHandle
     /// <param name="length">The packet's length (header not counted).</param>
     /// <param name="header">Receives the virtio-net header bytes (when the device has one).</param>
     /// <param name="errno">For <see cref="ReadResult.Failed"/>, the read's error.</param>
-    internal ReadResult TryRead(Span<byte> buffer, int millisecondsTimeout, out int length, Span<byte> header, out int errno)
+    internal ReadResult TryRead(Span<byte> buffer, int millisecondsTimeout, out int length, Span<byte> header, out int errno) =>
+        Read(buffer, inPlace: false, millisecondsTimeout, out length, header, out _, out errno);
+
+    /// <summary>
+    /// <see cref="TryRead"/> without the copy: <paramref name="packet"/> points into the ring's
+    /// buffer (after the virtio-net header, which goes to <paramref name="header"/>), valid until
+    /// this reader's next call, which hands the buffer back to the kernel.
+    /// </summary>
+    internal ReadResult TryReadInPlace(int millisecondsTimeout, out int length, Span<byte> header, out byte* packet, out int errno) =>
+        Read(default, inPlace: true, millisecondsTimeout, out length, header, out packet, out errno);
+
+    private ReadResult Read(Span<byte> buffer, bool inPlace, int millisecondsTimeout, out int length, Span<byte> header, out byte* packet, out int errno)
     {
         _readerThread = Environment.CurrentManagedThreadId;
         length = 0;
         errno = 0;
+        packet = null;
         long deadline = millisecondsTimeout == Timeout.Infinite ? long.MaxValue : Environment.TickCount64 + millisecondsTimeout;
         bool entered = false;
         lock (_gate)
         {
+            if (_heldBuffer >= 0)
+            {
+                // The caller is done with the packet it read in place.
+                ProvideBuffer(_heldBuffer);
+                PublishBuffers();
+                _heldBuffer = -1;
+            }
+
             // Writes the last packet caused (its ACK, say) go out before the next packet is
             // taken, so batching never delays them behind other packets' processing; the same
             // enter collects whatever has arrived meanwhile.
@@ -441,6 +470,12 @@ internal sealed unsafe class TunRing : SafeHandle
                             if ((cqe.Flags & IoUring.CqeBuffer) != 0)
                             {
                                 int id = (int)(cqe.Flags >> IoUring.CqeBufferShift);
+                                if (cqe.Res > 0 && inPlace)
+                                {
+                                    length = InPlace(id, cqe.Res, header, out packet);
+                                    _heldBuffer = id;
+                                    return ReadResult.Packet;
+                                }
                                 if (cqe.Res > 0)
                                     length = CopyOut(id, cqe.Res, buffer, header);
                                 ProvideBuffer(id);
@@ -502,6 +537,15 @@ internal sealed unsafe class TunRing : SafeHandle
             if (interrupted == IoUring.ETIME && deadline != long.MaxValue && Environment.TickCount64 >= deadline)
                 deadline = Environment.TickCount64; // the next pass collects and returns TimedOut
         }
+    }
+
+    private int InPlace(int id, int bytes, Span<byte> header, out byte* packet)
+    {
+        byte* at = _readMemory + (nint)id * _readBufferSize;
+        if (_headerLength > 0)
+            new ReadOnlySpan<byte>(at, Math.Min(_headerLength, bytes)).CopyTo(header);
+        packet = at + _headerLength;
+        return Math.Max(0, bytes - _headerLength);
     }
 
     private int CopyOut(int id, int bytes, Span<byte> buffer, Span<byte> header)
