@@ -147,6 +147,16 @@ public sealed record NetStackOptions
     public bool Offloads { get; init; } = true;
 
     /// <summary>
+    /// Batch the TUN device's reads and writes through io_uring (<see cref="Device.TunDevice.TryEnableIoUring"/>):
+    /// one io_uring_enter collects every packet that arrived and sends every packet the loop wrote
+    /// since the last one, instead of one read(2) or write(2) per packet. Packets leave in the
+    /// order written and never wait in the queue while the loop sleeps. Where the kernel cannot
+    /// (older than Linux 6.7, io_uring disabled) the stack logs why and uses plain reads and
+    /// writes. Off by default; no effect on a device passed to <c>Start(options, device)</c>.
+    /// </summary>
+    public bool TunIoUring { get; init; }
+
+    /// <summary>
     /// Faults to inject in both directions on the TUN device (null: none): loss, duplication,
     /// reordering, corruption, delay, a rate limit. For testing how the stack and its peers cope.
     /// </summary>

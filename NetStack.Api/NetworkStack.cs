@@ -120,6 +120,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _device = device;
         if (options.Offloads && device is IOffloadPacketDevice offload && offload.Offloads != TunOffloads.None)
             _offload = offload;
+        if (device is TunPacketDevice { Device.UsesIoUring: true } tun)
+            _inPlace = tun.Device;
         int mtu = Math.Min(options.Mtu, device.Mtu);
         // Room for the longest super-segment: an IPv6 payload of 65535 bytes after its header.
         _receiveBuffer = new byte[65536 + 128];
@@ -193,6 +195,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                         link.AddAddress(options.HostAddress6, options.Address6);
                 }
             }
+            string? noRing = null;
+            if (options.TunIoUring)
+                device.TryEnableIoUring(out noRing);
             IPacketDevice packets = new TunPacketDevice(device);
             if (options.Faults is not null)
                 packets = new FaultInjectingDevice(packets, options.Faults);
@@ -200,7 +205,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             if (tap)
                 packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
             // The capture is outermost: it records what the stack itself sees, after the faults.
-            return new NetworkStack(options, WithCapture(options, packets), device.Name, link);
+            var stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
+            if (noRing is not null)
+                stack._log.IoUringUnavailable(device.Name, noRing);
+            return stack;
         }
         catch
         {
@@ -323,6 +331,12 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// is off, with faults, or when the kernel or device offers none).
     /// </summary>
     public TunOffloads Offloads => _offload?.Offloads ?? TunOffloads.None;
+
+    /// <summary>
+    /// True when the TUN device reads and writes in batches through io_uring
+    /// (<see cref="NetStackOptions.TunIoUring"/> asked for it and the kernel allows it).
+    /// </summary>
+    public bool UsesIoUring { get; private init; }
 
     /// <summary>The options the stack was started with.</summary>
     public NetStackOptions Options { get; }
@@ -447,12 +461,12 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 // readers and writers they concern are woken once at its end (or every
                 // MaxBurstPackets), not once per packet: one thread-pool dispatch per burst.
                 VirtioNetHeader header = default;
-                bool read = TryReadPacket(0, out int length, out header);
+                bool read = TryReadPacket(0, out var packet, out header);
                 if (!read)
                 {
                     FlushWakes();
                     if (wait > 0 && EnterIdle())
-                        read = TryReadPacket(wait, out length, out header);
+                        read = TryReadPacket(wait, out packet, out header);
                 }
                 else if (++_burstPackets >= MaxBurstPackets)
                     FlushWakes();
@@ -463,8 +477,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 {
                     deviceErrors = 0;
                     _statistics.Increment("device.read");
-                    Interlocked.Add(ref _bytesRead, length);
-                    ProcessPacket(_receiveBuffer.AsSpan(0, length), header);
+                    Interlocked.Add(ref _bytesRead, packet.Length);
+                    ProcessPacket(packet, header);
                 }
             }
             catch (ObjectDisposedException) when (_stopping)
@@ -484,13 +498,28 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
     }
 
-    private bool TryReadPacket(int wait, out int length, out VirtioNetHeader header)
+    private bool TryReadPacket(int wait, out ReadOnlySpan<byte> packet, out VirtioNetHeader header)
     {
         header = default;
-        return _offload is not null
+        int length;
+        bool read;
+        if (_inPlace is not null)
+        {
+            // io_uring: the packet stays where the kernel put it, until the next read.
+            read = _inPlace.TryReadInPlace(wait, out packet, out header);
+            if (_offload is null)
+                header = default;
+            return read;
+        }
+        read = _offload is not null
             ? _offload.TryReadWithHeader(_receiveBuffer, wait, out length, out header)
             : _device.TryRead(_receiveBuffer, wait, out length);
+        packet = _receiveBuffer.AsSpan(0, length);
+        return read;
     }
+
+    // The TUN device itself when the loop reads it directly in io_uring mode (nothing wraps it).
+    private readonly TunDevice? _inPlace;
 
     // Most packets a burst may hold back its wakes for (about 23 KB of data at MTU 1500).
     private const int MaxBurstPackets = 16;

@@ -143,6 +143,7 @@ public static class InterfaceOptions
                   --mtu N             link MTU, 1280-65535 (default {d.Mtu})
                   --pcap FILE         record every packet the stack reads and writes in FILE (pcap, raw IP)
                   --no-offload        no TUN offloads (checksum offload, TSO): one packet per system call
+                  --io-uring          batch TUN reads and writes through io_uring (falls back when unavailable)
                   --tap               a TAP device instead of TUN: the stack is a host with its own MAC on
                                       the link (ARP, NDP); the kernel side gets the host addresses with
                                       prefixes /{d.PrefixLength} and /{d.PrefixLength6}
@@ -191,6 +192,9 @@ public static class InterfaceOptions
                 return true;
             case "--no-offload":
                 options = options with { Offloads = false };
+                return true;
+            case "--io-uring":
+                options = options with { TunIoUring = true };
                 return true;
             case "--pcap":
                 var path = reader.Value(option);

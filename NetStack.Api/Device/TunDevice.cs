@@ -75,6 +75,9 @@ public sealed unsafe class TunDevice : IDisposable
     private readonly FileDescriptorHandle _wake;
     private int _disposed;
 
+    // Batched reads and writes through io_uring (see EnableIoUring); null: one system call per packet.
+    private TunRing? _ring;
+
     private TunDevice(FileDescriptorHandle tun, FileDescriptorHandle wake, string name, bool created, bool virtioNetHeader)
     {
         _tun = tun;
@@ -425,6 +428,123 @@ public sealed unsafe class TunDevice : IDisposable
     }
 
     /// <summary>
+    /// Switches the device to batched I/O through io_uring, if this kernel allows it: a multishot
+    /// read keeps taking packets into a ring of buffers, and the reading thread's writes queue and
+    /// go to the kernel together, so that one io_uring_enter moves many packets instead of one
+    /// read(2) or write(2) each. Reads and writes keep their meaning: packets leave in the order
+    /// written, a write queued by the reading thread goes out at its next read call at the latest
+    /// (always before that call waits), and <see cref="Wake"/> and <see cref="Dispose"/> end a
+    /// wait as before. Writes from other threads are sent at once, after the queued ones.
+    /// </summary>
+    /// <remarks>
+    /// Needs Linux 6.7 or later (multishot reads into a provided-buffer ring) with io_uring
+    /// enabled (<c>/proc/sys/kernel/io_uring_disabled</c> 0, or 1 for a member of its group).
+    /// Otherwise nothing changes and the device keeps one system call per packet. Call it before
+    /// the first read. A queued write that the kernel refuses is counted in
+    /// <see cref="QueuedWriteErrors"/> instead of throwing (it fails after <see cref="Write(ReadOnlySpan{byte})"/> returned).
+    /// </remarks>
+    /// <param name="reason">Why io_uring is not used, when the result is false.</param>
+    /// <returns>True when reads and writes now go through io_uring (also when they already did).</returns>
+    /// <exception cref="ObjectDisposedException">The device is disposed.</exception>
+    public bool TryEnableIoUring(out string? reason)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        reason = null;
+        if (_ring is not null)
+            return true;
+        bool tunAdded = false, wakeAdded = false;
+        try
+        {
+            _tun.DangerousAddRef(ref tunAdded);
+            _wake.DangerousAddRef(ref wakeAdded);
+            // The longest read: a 64 KiB super-segment with offloads, else the MTU (at least
+            // 1500), with room for an Ethernet header in TAP mode.
+            int longest = HasVirtioNetHeader ? 65536 + 128 : Math.Max(Mtu, 1500) + 128;
+            _ring = TunRing.TryCreate(_tun.Fd, _wake.Fd, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0, longest, out reason);
+            return _ring is not null;
+        }
+        finally
+        {
+            if (wakeAdded)
+                _wake.DangerousRelease();
+            if (tunAdded)
+                _tun.DangerousRelease();
+        }
+    }
+
+    /// <summary>
+    /// In io_uring mode, reads the next packet without copying it: <paramref name="packet"/> is
+    /// the packet inside the device's receive buffer, valid only until this thread's next read
+    /// call on the device (which gives the buffer back to the kernel). Otherwise as
+    /// <see cref="TryReadWithHeader"/>; the engine loop uses it to parse packets where the kernel
+    /// put them.
+    /// </summary>
+    /// <param name="millisecondsTimeout">How long to wait: 0 to only check, <see cref="Timeout.Infinite"/> (-1) to wait without limit.</param>
+    /// <param name="packet">The packet (empty when none was read).</param>
+    /// <param name="header">The packet's virtio-net header (<see cref="VirtioNetHeader.None"/> without one).</param>
+    /// <returns>True when a packet was read.</returns>
+    /// <exception cref="InvalidOperationException">The device is not in io_uring mode.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The timeout is below -1.</exception>
+    /// <exception cref="ObjectDisposedException">The device is disposed, or was disposed during the wait.</exception>
+    /// <exception cref="TunDeviceException">The interface was deleted under the device, or the read failed.</exception>
+    public bool TryReadInPlace(int millisecondsTimeout, out ReadOnlySpan<byte> packet, out VirtioNetHeader header)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(millisecondsTimeout, Timeout.Infinite);
+        var ring = _ring ?? throw new InvalidOperationException($"TUN device '{Name}' is not in io_uring mode (TryEnableIoUring).");
+        packet = default;
+        header = VirtioNetHeader.None;
+        byte* raw = stackalloc byte[VirtioNet.HeaderLength];
+        bool tunAdded = false, wakeAdded = false, ringAdded = false;
+        try
+        {
+            _tun.DangerousAddRef(ref tunAdded);
+            _wake.DangerousAddRef(ref wakeAdded);
+            ring.DangerousAddRef(ref ringAdded);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            var headerBytes = new Span<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
+            switch (ring.TryReadInPlace(millisecondsTimeout, out int length, headerBytes, out byte* at, out int errno))
+            {
+                case TunRing.ReadResult.Packet:
+                    // The buffer outlives this call: the ring hands it back at the next read.
+                    packet = new ReadOnlySpan<byte>(at, length);
+                    if (HasVirtioNetHeader)
+                    {
+                        var parsed = VirtioNet.parse(headerBytes);
+                        if (parsed.IsOk)
+                            header = parsed.ResultValue;
+                    }
+                    return true;
+                case TunRing.ReadResult.Failed:
+                    throw ReadWriteError("read", errno);
+                default:
+                    ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                    return false;
+            }
+        }
+        finally
+        {
+            if (ringAdded)
+                ring.DangerousRelease();
+            if (wakeAdded)
+                _wake.DangerousRelease();
+            if (tunAdded)
+                _tun.DangerousRelease();
+        }
+    }
+
+    /// <summary>True when reads and writes go through io_uring (see <see cref="TryEnableIoUring"/>).</summary>
+    public bool UsesIoUring => _ring is not null;
+
+    /// <summary>
+    /// Queued writes the kernel refused after <see cref="Write(ReadOnlySpan{byte})"/> had returned
+    /// (io_uring mode only; the packet was not sent). 0 otherwise.
+    /// </summary>
+    public long QueuedWriteErrors => _ring?.WriteErrors ?? 0;
+
+    /// <summary>io_uring_enter calls made so far (io_uring mode only; 0 otherwise): with the packet counts, the system calls per packet.</summary>
+    public long IoUringEnters => _ring?.Enters ?? 0;
+
+    /// <summary>
     /// Reads one whole IP packet, waiting as long as it takes. A <see cref="Wake"/> call does not end
     /// this wait (use <see cref="TryRead(Span{byte}, int, out int)"/> for that).
     /// </summary>
@@ -492,6 +612,8 @@ public sealed unsafe class TunDevice : IDisposable
     private bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length, byte* virtioHeader)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(millisecondsTimeout, Timeout.Infinite);
+        if (_ring is { } ring)
+            return TryReadRing(ring, buffer, millisecondsTimeout, out length, virtioHeader);
         length = 0;
         LibC.IoVec* pieces = stackalloc LibC.IoVec[2];
         bool tunAdded = false, wakeAdded = false;
@@ -543,6 +665,39 @@ public sealed unsafe class TunDevice : IDisposable
         }
         finally
         {
+            if (wakeAdded)
+                _wake.DangerousRelease();
+            if (tunAdded)
+                _tun.DangerousRelease();
+        }
+    }
+
+    private bool TryReadRing(TunRing ring, Span<byte> buffer, int millisecondsTimeout, out int length, byte* virtioHeader)
+    {
+        bool tunAdded = false, wakeAdded = false, ringAdded = false;
+        try
+        {
+            // The ring's entries name both descriptors, and its memory must outlive the call.
+            _tun.DangerousAddRef(ref tunAdded);
+            _wake.DangerousAddRef(ref wakeAdded);
+            ring.DangerousAddRef(ref ringAdded);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            var header = new Span<byte>(virtioHeader, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
+            switch (ring.TryRead(buffer, millisecondsTimeout, out length, header, out int errno))
+            {
+                case TunRing.ReadResult.Packet:
+                    return true;
+                case TunRing.ReadResult.Failed:
+                    throw ReadWriteError("read", errno);
+                default:
+                    ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                    return false;
+            }
+        }
+        finally
+        {
+            if (ringAdded)
+                ring.DangerousRelease();
             if (wakeAdded)
                 _wake.DangerousRelease();
             if (tunAdded)
@@ -643,9 +798,48 @@ public sealed unsafe class TunDevice : IDisposable
         if (!HasVirtioNetHeader && (header.Flags != VirtioNetFlags.None || header.GsoType != VirtioGsoType.None))
             throw new InvalidOperationException($"TUN device '{Name}' has no virtio-net header to carry offload metadata.");
         byte* raw = stackalloc byte[VirtioNet.HeaderLength];
-        LibC.IoVec* pieces = stackalloc LibC.IoVec[2];
         if (HasVirtioNetHeader)
             VirtioNet.write(header, new Span<byte>(raw, VirtioNet.HeaderLength));
+        if (_ring is { } ring)
+        {
+            WriteRing(ring, packet, new ReadOnlySpan<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0));
+            return;
+        }
+        WriteDirect(packet, raw);
+    }
+
+    // The reader thread's writes queue in the ring (sent with its next enter, in order); any
+    // other thread's write first sends what is queued, then goes directly, under the ring's
+    // gate so that the two kinds keep one order.
+    private void WriteRing(TunRing ring, ReadOnlySpan<byte> packet, ReadOnlySpan<byte> header)
+    {
+        bool tunAdded = false, ringAdded = false;
+        try
+        {
+            _tun.DangerousAddRef(ref tunAdded);
+            ring.DangerousAddRef(ref ringAdded);
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            lock (ring.Gate)
+            {
+                if (ring.OnReaderThread && ring.TryQueueWrite(header, packet))
+                    return;
+                ring.Submit();
+                fixed (byte* raw = header)
+                    WriteDirect(packet, raw);
+            }
+        }
+        finally
+        {
+            if (ringAdded)
+                ring.DangerousRelease();
+            if (tunAdded)
+                _tun.DangerousRelease();
+        }
+    }
+
+    private void WriteDirect(ReadOnlySpan<byte> packet, byte* raw)
+    {
+        LibC.IoVec* pieces = stackalloc LibC.IoVec[2];
         bool added = false;
         try
         {
@@ -784,6 +978,26 @@ public sealed unsafe class TunDevice : IDisposable
         // Wake every waiter first; the eventfd stays signalled, so later waits end at once too.
         // The handles then close when the last waiter has released them.
         Wake();
+        if (_ring is { } ring)
+        {
+            // Writes still queued go out before the ring is torn down (a last RST, say).
+            bool added = false;
+            try
+            {
+                ring.DangerousAddRef(ref added);
+                lock (ring.Gate)
+                    ring.Submit();
+            }
+            catch (Exception e) when (e is TunDeviceException or ObjectDisposedException)
+            {
+            }
+            finally
+            {
+                if (added)
+                    ring.DangerousRelease();
+            }
+            ring.Dispose();
+        }
         _tun.Dispose();
         _wake.Dispose();
     }

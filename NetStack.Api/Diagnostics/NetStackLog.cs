@@ -20,6 +20,9 @@ internal static partial class NetStackLog
     [LoggerMessage(EventId = 3, Level = LogLevel.Warning, Message = "Device error on {Interface} ({Count} in a row)")]
     public static partial void DeviceError(this ILogger logger, string @interface, int count, Exception error);
 
+    [LoggerMessage(EventId = 6, Level = LogLevel.Warning, Message = "io_uring unavailable on {Interface}, plain reads and writes instead: {Reason}")]
+    public static partial void IoUringUnavailable(this ILogger logger, string @interface, string reason);
+
     [LoggerMessage(EventId = 4, Level = LogLevel.Information, Message = "TCP listening on {EndPoint}, backlog {Backlog}")]
     public static partial void TcpListening(this ILogger logger, IPEndPoint endPoint, int backlog);
 
