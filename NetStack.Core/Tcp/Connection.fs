@@ -553,48 +553,31 @@ module Connection =
     /// delayed-ACK timer (RFC 9293 §3.8.6.3 ACKs every second full segment), which paced bulk
     /// sends to ~0.01 Gbit/s; two segments per window keep its ACKs immediate (Linux does the
     /// same in tcp_bound_to_half_wnd).
-    let private segmentCap (c: Connection) =
+    let private segmentCap (c: inref<Connection>) =
         if c.MaxSndWnd > 2 * 536 then
             min c.SendMss (max 536 (c.MaxSndWnd / 2))
         else
             c.SendMss
 
-    /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
-    /// empties the queue or fills at least half the largest window the peer offered (sender
-    /// SWS avoidance, RFC 9293 §3.8.6.2.1) and Nagle allows it; our FIN after the last byte.
-    ///
-    /// The congestion window limits what is in flight: outside SACK recovery that is
-    /// [SND.UNA, SND.NXT) less what the scoreboard holds, plus up to two segments of limited
-    /// transmit (RFC 3042) on the first duplicate ACKs; in SACK recovery it is the pipe. When
-    /// SND.NXT was pulled back by a timeout, SACKed ranges are skipped, never resent.
-    let rec private sendData (now: int64) (out: Out) (c: Connection) =
-        let fin = finSeq c
+    /// One segment from SND.NXT (see `sendDataIn`), on `c` in place. Returns whether sending
+    /// may go on (a segment went out and it did not carry our FIN).
+    let private sendSegmentIn (now: int64) (out: Out) (c: byref<Connection>) =
+        let fin = c.Iss + 1 + int c.Written
         let retransmitting = SeqNum.lt c.SndNxt c.SndMax
-        let position = sendPosOf c c.SndNxt
-
-        match
-            (if retransmitting && c.SndNxt <> fin then
-                 RangeSet.endOfRangeAt position c.Scoreboard
-             else
-                 ValueNone)
-        with
-        | ValueSome skipTo ->
-            // The peer holds these bytes already (RFC 6675 §5.1: only unSACKed data again).
-            sendData now out { c with SndNxt = sendSeqOf c skipTo }
-        | ValueNone -> sendSegment now out c
-
-    /// One segment from SND.NXT (see `sendData`), then `sendData` again.
-    and private sendSegment (now: int64) (out: Out) (c: Connection) =
-        let fin = finSeq c
-        let retransmitting = SeqNum.lt c.SndNxt c.SndMax
-        let position = sendPosOf c c.SndNxt
+        let position = c.Acked + int64 (c.SndNxt - (c.Iss + 1 + int c.Acked))
         let pending = max 0 (fin - c.SndNxt)
 
         let cwndRoom =
             if c.InRecovery && c.SackEnabled then
                 c.Cwnd - pipe c
             else
-                let inFlight = (c.SndNxt - c.SndUna) - int (sackedBelow position c)
+                let sacked =
+                    if c.Scoreboard.IsEmpty then
+                        0
+                    else
+                        int (sackedBelow position c)
+
+                let inFlight = (c.SndNxt - c.SndUna) - sacked
 
                 let limited =
                     if not c.InRecovery && c.DupAcks > 0 && not retransmitting then
@@ -615,7 +598,8 @@ module Connection =
             else
                 pending
 
-        let cap = segmentCap c
+        let cap = segmentCap &c
+
         let length = min cap (min beforeSacked usable)
         // The FIN needs no window: it takes no buffer space at the receiver.
         let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
@@ -641,7 +625,7 @@ module Connection =
                 withFin
 
         if not worthSending then
-            c
+            false
         else
             let seq = c.SndNxt
 
@@ -653,27 +637,63 @@ module Connection =
                          TcpFlags.None)
                 ||| (if withFin then TcpFlags.Fin else TcpFlags.None)
 
-            let c = emit now out flags seq position length TcpOptions.None c
+            emitIn now out flags seq position length TcpOptions.None &c
             let next = seq + (length + if withFin then 1 else 0)
             let firstTime = SeqNum.ge seq c.SndMax
-
-            let c =
-                { c with
-                    SndNxt = next
-                    SndMax = SeqNum.max c.SndMax next
-                }
+            c.SndNxt <- next
+            c.SndMax <- SeqNum.max c.SndMax next
 
             // Time one segment per round trip, never a retransmission (Karn's rule).
-            let c =
-                if firstTime && c.RttTimed.IsNone then
-                    { c with
-                        RttTimed = ValueSome(struct (next, now))
-                    }
-                else
-                    c
+            if firstTime && c.RttTimed.IsNone then
+                c.RttTimed <- ValueSome(struct (next, now))
 
-            let c = armRetransmit now c
-            if withFin then c else sendData now out c
+            // `armRetransmit`.
+            if c.RetransmitAt.IsNone then
+                c.RetransmitAt <- ValueSome(now + c.Rtt.Rto)
+
+            not withFin
+
+    /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
+    /// empties the queue or fills at least half the largest window the peer offered (sender
+    /// SWS avoidance, RFC 9293 §3.8.6.2.1) and Nagle allows it; our FIN after the last byte.
+    ///
+    /// The congestion window limits what is in flight: outside SACK recovery that is
+    /// [SND.UNA, SND.NXT) less what the scoreboard holds, plus up to two segments of limited
+    /// transmit (RFC 3042) on the first duplicate ACKs; in SACK recovery it is the pipe. When
+    /// SND.NXT was pulled back by a timeout, SACKed ranges are skipped, never resent.
+    let private sendDataIn (now: int64) (out: Out) (c: byref<Connection>) =
+        let mutable going = true
+
+        while going do
+            let fin = c.Iss + 1 + int c.Written
+            let retransmitting = SeqNum.lt c.SndNxt c.SndMax
+
+            let skip =
+                if retransmitting && c.SndNxt <> fin then
+                    RangeSet.endOfRangeAt (c.Acked + int64 (c.SndNxt - (c.Iss + 1 + int c.Acked))) c.Scoreboard
+                else
+                    ValueNone
+
+            match skip with
+            | ValueSome skipTo ->
+                // The peer holds these bytes already (RFC 6675 §5.1: only unSACKed data again).
+                c.SndNxt <- c.Iss + 1 + int skipTo
+            | ValueNone -> going <- sendSegmentIn now out &c
+
+    /// `sendDataIn` on a copy.
+    let private sendData (now: int64) (out: Out) (c: Connection) =
+        let mutable c = c
+        sendDataIn now out &c
+        c
+
+    /// One segment from SND.NXT, then `sendData`, on a copy.
+    let private sendSegment (now: int64) (out: Out) (c: Connection) =
+        let mutable c = c
+
+        if sendSegmentIn now out &c then
+            sendDataIn now out &c
+
+        c
 
     /// Resends [position, position + length) (with the FIN when it ends there and the FIN was
     /// sent) during fast recovery: SND.NXT stays where it is; HighRxt moves up.
@@ -747,7 +767,11 @@ module Connection =
                 }
 
             armRetransmit now c
-        | state when sendsData state && synAcked c -> sendData now out c |> updatePersist now
+        | state when sendsData state && synAcked c ->
+            let mutable c = c
+            sendDataIn now out &c
+            updatePersistIn now &c
+            c
         | _ -> c
 
     // ---- Acknowledgments of our data ----------------------------------------------------------
@@ -1801,7 +1825,7 @@ module Connection =
         // finish: send what the window now allows (nothing to do when nothing is queued), the
         // persist timer, then the ACK now or the delayed-ACK timer.
         if SeqNum.lt c.SndNxt (c.Iss + 1 + int c.Written) then
-            c <- sendData now out c
+            sendDataIn now out &c
 
         updatePersistIn now &c
 
