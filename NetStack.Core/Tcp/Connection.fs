@@ -39,13 +39,16 @@ module Connection =
     /// SND.UNA is still within a few bytes of ISS; afterwards the comparison with ISS would be
     /// meaningless (sequence numbers compare modulo 2^32, so after 2 GiB sent SND.UNA looks
     /// "before" ISS, which once stopped every send past the 2 GiB mark).
-    let private synAcked (c: Connection) =
+    let private synAckedIn (c: inref<Connection>) =
         match c.State with
         | TcpState.Closed
         | TcpState.Listen
         | TcpState.SynSent
         | TcpState.SynReceived -> SeqNum.gt c.SndUna c.Iss
         | _ -> true
+
+    /// `synAckedIn` of a value.
+    let private synAcked (c: Connection) = synAckedIn &c
 
     /// True when our FIN has been sent and acknowledged.
     let private finAcked (c: Connection) =
@@ -127,7 +130,7 @@ module Connection =
             c
 
     /// Zero-window probes back off like retransmissions, up to `MaxPersistInterval`.
-    let private persistInterval (c: Connection) =
+    let private persistInterval (c: inref<Connection>) =
         let shift = min c.ProbesUnanswered 20
         min c.Config.MaxPersistInterval (c.Rtt.Rto <<< shift)
 
@@ -177,17 +180,21 @@ module Connection =
     /// Moves the offered right edge to the free end of the receive buffer, but only in steps of
     /// at least min(buffer/2, MSS): receiver-side silly window syndrome avoidance. The edge
     /// never moves left, which the RFC forbids ("shrinking the window", §3.8.6).
-    let private refreshWindow (c: Connection) =
-        let inOrderEdge = recvSeqOf c c.Delivered
+    let private refreshWindowIn (c: byref<Connection>) =
+        let inOrderEdge = c.Irs + 1 + int c.Delivered
         let room = c.Consumed + int64 c.RcvBuf - c.Delivered
         // The 16-bit field, scaled by our shift (RFC 7323 §2.2), bounds what can be offered.
         let candidate = inOrderEdge + int (min (65535L <<< c.RcvWndShift) room)
         let threshold = max 1 (min (c.RcvBuf / 2) c.Config.Mss)
 
         if SeqNum.gt candidate c.RcvRight && candidate - c.RcvRight >= threshold then
-            { c with RcvRight = candidate }
-        else
-            c
+            c.RcvRight <- candidate
+
+    /// `refreshWindowIn` on a copy.
+    let private refreshWindow (c: Connection) =
+        let mutable c = c
+        refreshWindowIn &c
+        c
 
     /// RCV.WND as we last offered it, in bytes.
     let private offeredWindow (c: Connection) = max 0 (c.RcvRight - c.RcvNxt)
@@ -199,7 +206,7 @@ module Connection =
     /// round trip after we sent that TSval (RFC 7323 §4: the peer echoes our latest timestamp).
     /// The estimate follows the smallest samples at once and rises only by 1/8 per sample,
     /// since a peer that holds data back makes samples longer than the path.
-    let private measureReceiverRtt (now: int64) (seg: Segment) (c: Connection) =
+    let private measureReceiverRttIn (now: int64) (seg: inref<Segment>) (c: byref<Connection>) =
         match seg.Options.Timestamps with
         | ValueSome ts when
             c.TsEnabled
@@ -208,10 +215,10 @@ module Connection =
             && ts.EchoReply <> c.RcvRttEcho
             && seg.PayloadLength >= c.RcvMss
             ->
-            let ms = int (tsNow now c - ts.EchoReply)
+            let ms = int (uint32 (now / 1000L) + c.TsOffset - ts.EchoReply)
 
             if ms < 0 || int64 ms * 1000L > c.Config.MaxRto then
-                c
+                ()
             else
                 // The timestamp clock ticks in ms: 0 means "under a millisecond", taken as one.
                 let sample = max 1000L (int64 ms * 1000L)
@@ -222,11 +229,15 @@ module Connection =
                     else
                         c.RcvRtt - c.RcvRtt / 8L + sample / 8L
 
-                { c with
-                    RcvRtt = rtt
-                    RcvRttEcho = ts.EchoReply
-                }
-        | _ -> c
+                c.RcvRtt <- rtt
+                c.RcvRttEcho <- ts.EchoReply
+        | _ -> ()
+
+    /// `measureReceiverRttIn` on a copy.
+    let private measureReceiverRtt (now: int64) (seg: Segment) (c: Connection) =
+        let mutable c = c
+        measureReceiverRttIn now &seg &c
+        c
 
     /// Receive-buffer auto-tuning (dynamic right-sizing, after Linux's tcp_rcv_space_adjust).
     /// Once per receiver round trip (the timestamp estimate, else the sender's SRTT) it looks at
@@ -276,13 +287,13 @@ module Connection =
 
     /// The options every non-SYN segment carries: timestamps once negotiated (RFC 7323 §3.2:
     /// "on all others"), TSecr = TS.Recent.
-    let private withTimestamps (now: int64) (options: TcpOptions) (c: Connection) =
+    let private withTimestamps (now: int64) (options: TcpOptions) (c: inref<Connection>) =
         if c.TsEnabled then
             { options with
                 Timestamps =
                     ValueSome
                         {
-                            Value = tsNow now c
+                            Value = uint32 (now / 1000L) + c.TsOffset
                             EchoReply = c.TsRecent
                         }
             }
@@ -330,8 +341,9 @@ module Connection =
     // ---- Sending ------------------------------------------------------------------------------
 
     /// Queues one segment. Every segment with ACK carries the current RCV.NXT and window, so it
-    /// settles any ACK we owed.
-    let private emit
+    /// settles any ACK we owed. Updates `c` in place (the body of `emit` and of the fast path's
+    /// ACKs).
+    let private emitIn
         (now: int64)
         (out: Out)
         (flags: TcpFlags)
@@ -339,39 +351,38 @@ module Connection =
         (position: int64)
         (length: int)
         (options: TcpOptions)
-        (c: Connection)
+        (c: byref<Connection>)
         =
         let withAck = flags &&& TcpFlags.Ack = TcpFlags.Ack
         let syn = flags &&& TcpFlags.Syn = TcpFlags.Syn
-        let c = if withAck then refreshWindow c else c
 
-        // The window field of a SYN is never scaled (RFC 7323 §2.2): a SYN,ACK offers at most
-        // 65535, and the right edge we remember is what the peer will compute from it.
-        let c =
-            if withAck && syn && c.RcvRight - c.RcvNxt > 65535 then
-                { c with RcvRight = c.RcvNxt + 65535 }
-            else
-                c
+        if withAck then
+            refreshWindowIn &c
+
+            // The window field of a SYN is never scaled (RFC 7323 §2.2): a SYN,ACK offers at
+            // most 65535, and the right edge we remember is what the peer will compute from it.
+            if syn && c.RcvRight - c.RcvNxt > 65535 then
+                c.RcvRight <- c.RcvNxt + 65535
 
         // Other segments send the window shifted right by Rcv.Wind.Shift (RFC 7323 §2.3). The
         // truncation can make the edge the peer computes retract by less than 2^shift when
         // RCV.NXT moves by a non-multiple; §2.4 accepts that, and we keep taking data up to
         // RcvRight, the edge we meant, which never moves left and never passes the buffer.
-        let window, c =
+        let window =
             if withAck && not syn then
-                min 65535 (offeredWindow c >>> c.RcvWndShift), c
+                min 65535 (max 0 (c.RcvRight - c.RcvNxt) >>> c.RcvWndShift)
             elif withAck then
-                offeredWindow c, c
+                max 0 (c.RcvRight - c.RcvNxt)
             elif syn then
-                min 65535 c.RcvBuf, c
+                min 65535 c.RcvBuf
             else
-                0, c
+                0
 
         let options =
             if syn || flags &&& TcpFlags.Rst = TcpFlags.Rst then
                 options
             else
-                withTimestamps now options c
+                withTimestamps now options &c
 
         // SACK blocks ride on every ACK while data waits out of order: 4 fit in the 40 option
         // bytes, 3 next to timestamps; on a data segment only as many as leave the MSS intact.
@@ -403,14 +414,25 @@ module Connection =
         )
 
         if withAck then
-            { c with
-                AckPending = false
-                UnackedBytes = 0
-                DelayedAckAt = ValueNone
-                LastAckSent = c.RcvNxt
-            }
-        else
-            c
+            c.AckPending <- false
+            c.UnackedBytes <- 0
+            c.DelayedAckAt <- ValueNone
+            c.LastAckSent <- c.RcvNxt
+
+    /// `emitIn` on a copy, returned.
+    let private emit
+        (now: int64)
+        (out: Out)
+        (flags: TcpFlags)
+        (seq: SeqNum)
+        (position: int64)
+        (length: int)
+        (options: TcpOptions)
+        (c: Connection)
+        =
+        let mutable c = c
+        emitIn now out flags seq position length options &c
+        c
 
     /// A bare ACK: <SEQ=SND.MAX><ACK=RCV.NXT><CTL=ACK>. RFC 9293 writes SND.NXT; after a
     /// timeout pulled SND.NXT back, the peer may already hold data past it, and an ACK numbered
@@ -531,48 +553,31 @@ module Connection =
     /// delayed-ACK timer (RFC 9293 §3.8.6.3 ACKs every second full segment), which paced bulk
     /// sends to ~0.01 Gbit/s; two segments per window keep its ACKs immediate (Linux does the
     /// same in tcp_bound_to_half_wnd).
-    let private segmentCap (c: Connection) =
+    let private segmentCap (c: inref<Connection>) =
         if c.MaxSndWnd > 2 * 536 then
             min c.SendMss (max 536 (c.MaxSndWnd / 2))
         else
             c.SendMss
 
-    /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
-    /// empties the queue or fills at least half the largest window the peer offered (sender
-    /// SWS avoidance, RFC 9293 §3.8.6.2.1) and Nagle allows it; our FIN after the last byte.
-    ///
-    /// The congestion window limits what is in flight: outside SACK recovery that is
-    /// [SND.UNA, SND.NXT) less what the scoreboard holds, plus up to two segments of limited
-    /// transmit (RFC 3042) on the first duplicate ACKs; in SACK recovery it is the pipe. When
-    /// SND.NXT was pulled back by a timeout, SACKed ranges are skipped, never resent.
-    let rec private sendData (now: int64) (out: Out) (c: Connection) =
-        let fin = finSeq c
+    /// One segment from SND.NXT (see `sendDataIn`), on `c` in place. Returns whether sending
+    /// may go on (a segment went out and it did not carry our FIN).
+    let private sendSegmentIn (now: int64) (out: Out) (c: byref<Connection>) =
+        let fin = c.Iss + 1 + int c.Written
         let retransmitting = SeqNum.lt c.SndNxt c.SndMax
-        let position = sendPosOf c c.SndNxt
-
-        match
-            (if retransmitting && c.SndNxt <> fin then
-                 RangeSet.endOfRangeAt position c.Scoreboard
-             else
-                 ValueNone)
-        with
-        | ValueSome skipTo ->
-            // The peer holds these bytes already (RFC 6675 §5.1: only unSACKed data again).
-            sendData now out { c with SndNxt = sendSeqOf c skipTo }
-        | ValueNone -> sendSegment now out c
-
-    /// One segment from SND.NXT (see `sendData`), then `sendData` again.
-    and private sendSegment (now: int64) (out: Out) (c: Connection) =
-        let fin = finSeq c
-        let retransmitting = SeqNum.lt c.SndNxt c.SndMax
-        let position = sendPosOf c c.SndNxt
+        let position = c.Acked + int64 (c.SndNxt - (c.Iss + 1 + int c.Acked))
         let pending = max 0 (fin - c.SndNxt)
 
         let cwndRoom =
             if c.InRecovery && c.SackEnabled then
                 c.Cwnd - pipe c
             else
-                let inFlight = (c.SndNxt - c.SndUna) - int (sackedBelow position c)
+                let sacked =
+                    if c.Scoreboard.IsEmpty then
+                        0
+                    else
+                        int (sackedBelow position c)
+
+                let inFlight = (c.SndNxt - c.SndUna) - sacked
 
                 let limited =
                     if not c.InRecovery && c.DupAcks > 0 && not retransmitting then
@@ -593,7 +598,8 @@ module Connection =
             else
                 pending
 
-        let cap = segmentCap c
+        let cap = segmentCap &c
+
         let length = min cap (min beforeSacked usable)
         // The FIN needs no window: it takes no buffer space at the receiver.
         let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
@@ -619,7 +625,7 @@ module Connection =
                 withFin
 
         if not worthSending then
-            c
+            false
         else
             let seq = c.SndNxt
 
@@ -631,27 +637,63 @@ module Connection =
                          TcpFlags.None)
                 ||| (if withFin then TcpFlags.Fin else TcpFlags.None)
 
-            let c = emit now out flags seq position length TcpOptions.None c
+            emitIn now out flags seq position length TcpOptions.None &c
             let next = seq + (length + if withFin then 1 else 0)
             let firstTime = SeqNum.ge seq c.SndMax
-
-            let c =
-                { c with
-                    SndNxt = next
-                    SndMax = SeqNum.max c.SndMax next
-                }
+            c.SndNxt <- next
+            c.SndMax <- SeqNum.max c.SndMax next
 
             // Time one segment per round trip, never a retransmission (Karn's rule).
-            let c =
-                if firstTime && c.RttTimed.IsNone then
-                    { c with
-                        RttTimed = ValueSome(struct (next, now))
-                    }
-                else
-                    c
+            if firstTime && c.RttTimed.IsNone then
+                c.RttTimed <- ValueSome(struct (next, now))
 
-            let c = armRetransmit now c
-            if withFin then c else sendData now out c
+            // `armRetransmit`.
+            if c.RetransmitAt.IsNone then
+                c.RetransmitAt <- ValueSome(now + c.Rtt.Rto)
+
+            not withFin
+
+    /// Sends what the windows allow from SND.NXT: full segments; a short one only when it
+    /// empties the queue or fills at least half the largest window the peer offered (sender
+    /// SWS avoidance, RFC 9293 §3.8.6.2.1) and Nagle allows it; our FIN after the last byte.
+    ///
+    /// The congestion window limits what is in flight: outside SACK recovery that is
+    /// [SND.UNA, SND.NXT) less what the scoreboard holds, plus up to two segments of limited
+    /// transmit (RFC 3042) on the first duplicate ACKs; in SACK recovery it is the pipe. When
+    /// SND.NXT was pulled back by a timeout, SACKed ranges are skipped, never resent.
+    let private sendDataIn (now: int64) (out: Out) (c: byref<Connection>) =
+        let mutable going = true
+
+        while going do
+            let fin = c.Iss + 1 + int c.Written
+            let retransmitting = SeqNum.lt c.SndNxt c.SndMax
+
+            let skip =
+                if retransmitting && c.SndNxt <> fin then
+                    RangeSet.endOfRangeAt (c.Acked + int64 (c.SndNxt - (c.Iss + 1 + int c.Acked))) c.Scoreboard
+                else
+                    ValueNone
+
+            match skip with
+            | ValueSome skipTo ->
+                // The peer holds these bytes already (RFC 6675 §5.1: only unSACKed data again).
+                c.SndNxt <- c.Iss + 1 + int skipTo
+            | ValueNone -> going <- sendSegmentIn now out &c
+
+    /// `sendDataIn` on a copy.
+    let private sendData (now: int64) (out: Out) (c: Connection) =
+        let mutable c = c
+        sendDataIn now out &c
+        c
+
+    /// One segment from SND.NXT, then `sendData`, on a copy.
+    let private sendSegment (now: int64) (out: Out) (c: Connection) =
+        let mutable c = c
+
+        if sendSegmentIn now out &c then
+            sendDataIn now out &c
+
+        c
 
     /// Resends [position, position + length) (with the FIN when it ends there and the FIN was
     /// sent) during fast recovery: SND.NXT stays where it is; HighRxt moves up.
@@ -681,21 +723,23 @@ module Connection =
 
     /// Runs the persist timer (RFC 9293 §3.8.6.1) exactly when data waits, nothing is in flight,
     /// and so no ACK will come to reopen the window unless we probe.
-    let private updatePersist (now: int64) (c: Connection) =
+    let private updatePersistIn (now: int64) (c: byref<Connection>) =
         let waiting =
-            synAcked c
+            synAckedIn &c
             && sendsData c.State
-            && SeqNum.lt c.SndNxt (finSeq c)
+            && SeqNum.lt c.SndNxt (c.Iss + 1 + int c.Written)
             && c.SndNxt = c.SndUna
 
         if not waiting then
-            { c with PersistAt = ValueNone }
+            c.PersistAt <- ValueNone
         elif c.PersistAt.IsNone then
-            { c with
-                PersistAt = ValueSome(now + persistInterval c)
-            }
-        else
-            c
+            c.PersistAt <- ValueSome(now + persistInterval &c)
+
+    /// `updatePersistIn` on a copy.
+    let private updatePersist (now: int64) (c: Connection) =
+        let mutable c = c
+        updatePersistIn now &c
+        c
 
     /// Sends whatever is due: the SYN (or SYN,ACK) when SND.NXT is at ISS, else data and FIN.
     let private transmit (now: int64) (out: Out) (c: Connection) =
@@ -723,16 +767,23 @@ module Connection =
                 }
 
             armRetransmit now c
-        | state when sendsData state && synAcked c -> sendData now out c |> updatePersist now
+        | state when sendsData state && synAcked c ->
+            let mutable c = c
+            sendDataIn now out &c
+            updatePersistIn now &c
+            c
         | _ -> c
 
     // ---- Acknowledgments of our data ----------------------------------------------------------
 
     /// SND.UNA advances to `ack` (SND.UNA < ack =< SND.MAX): free the send buffer, take an RTT
     /// sample, grow the congestion window, restart or stop the retransmission timer.
-    let private newlyAcked (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+    let private newlyAckedIn (now: int64) (out: Out) (seg: inref<Segment>) (c: byref<Connection>) =
         let ack = seg.Ack
-        let ackedPosition = min c.Written (sendPosOf c ack)
+
+        let ackedPosition =
+            min c.Written (c.Acked + int64 (ack - (c.Iss + 1 + int c.Acked)))
+
         let freed = ackedPosition - c.Acked
 
         if freed > 0L then
@@ -747,7 +798,7 @@ module Connection =
         let tsRtt =
             match seg.Options.Timestamps with
             | ValueSome ts when c.TsEnabled ->
-                let ms = int (tsNow now c - ts.EchoReply)
+                let ms = int (uint32 (now / 1000L) + c.TsOffset - ts.EchoReply)
 
                 if ms >= 0 && int64 ms * 1000L <= cfg.MaxRto then
                     ValueSome(int64 ms * 1000L)
@@ -775,50 +826,56 @@ module Connection =
             else
                 Congestion.onAck cfg.CongestionControl now rtt.Srtt c.SendMss freed c.Cwnd c.Ssthresh c.Cubic
 
-        let c =
-            { c with
-                SndUna = ack
-                SndNxt = SeqNum.max c.SndNxt ack
-                Acked = ackedPosition
-                Rtt = rtt
-                RttTimed = timed
-                Retries = 0
-                Cwnd = min cwnd (1 <<< 30)
-                Cubic = cubic
-                Scoreboard = RangeSet.trimBelow ackedPosition c.Scoreboard
-                DupAcks = 0
-                // Progress: the probe timer starts again from now (`scheduleProbe`).
-                ProbeAt = ValueNone
-            }
+        c.SndUna <- ack
+        c.SndNxt <- SeqNum.max c.SndNxt ack
+        c.Acked <- ackedPosition
+        c.Rtt <- rtt
+        c.RttTimed <- timed
+        c.Retries <- 0
+        c.Cwnd <- min cwnd (1 <<< 30)
+        c.Cubic <- cubic
+
+        if not c.Scoreboard.IsEmpty then
+            c.Scoreboard <- RangeSet.trimBelow ackedPosition c.Scoreboard
+
+        c.DupAcks <- 0
+        // Progress: the probe timer starts again from now (`scheduleProbe`).
+        c.ProbeAt <- ValueNone
 
         // RFC 6298 §5.2/§5.3: stop the timer when everything is acknowledged, otherwise restart
         // it, so a long flight on a high-RTT path is not retransmitted spuriously.
-        { c with
-            RetransmitAt =
-                if SeqNum.lt c.SndUna c.SndNxt then
-                    ValueSome(now + c.Rtt.Rto)
-                else
-                    ValueNone
-        }
+        c.RetransmitAt <-
+            if SeqNum.lt c.SndUna c.SndNxt then
+                ValueSome(now + c.Rtt.Rto)
+            else
+                ValueNone
+
+    /// `newlyAckedIn` on a copy.
+    let private newlyAcked (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+        let mutable c = c
+        newlyAckedIn now out &seg &c
+        c
 
     /// The window update rule of RFC 9293 §3.10.7.4 (fifth step): only a segment newer than the
     /// one that last set SND.WND may change it, so reordered old segments cannot.
-    let private updateSendWindow (seg: Segment) (c: Connection) =
+    let private updateSendWindowIn (seg: inref<Segment>) (c: byref<Connection>) =
         if
             SeqNum.ge seg.Ack c.SndUna
-            && (SeqNum.lt c.SndWl1 seg.Seq || (c.SndWl1 = seg.Seq && SeqNum.le c.SndWl2 seg.Ack))
+            && (SeqNum.lt c.SndWl1 seg.Seq
+                || (c.SndWl1.Value = seg.Seq.Value && SeqNum.le c.SndWl2 seg.Ack))
         then
             // RFC 7323 §2.3: SND.WND = SEG.WND << Snd.Wind.Shift (SYNs never come here).
             let window = int seg.Window <<< c.SndWndShift
+            c.SndWnd <- window
+            c.SndWl1 <- seg.Seq
+            c.SndWl2 <- seg.Ack
+            c.MaxSndWnd <- max c.MaxSndWnd window
 
-            { c with
-                SndWnd = window
-                SndWl1 = seg.Seq
-                SndWl2 = seg.Ack
-                MaxSndWnd = max c.MaxSndWnd window
-            }
-        else
-            c
+    /// `updateSendWindowIn` on a copy.
+    let private updateSendWindow (seg: Segment) (c: Connection) =
+        let mutable c = c
+        updateSendWindowIn &seg &c
+        c
 
     /// Takes the SACK blocks of an acceptable ACK into the scoreboard (RFC 6675 §5: before the
     /// cumulative ACK). Hostile input is expected: a block counts only when it is non-empty and
@@ -1068,9 +1125,9 @@ module Connection =
     /// RFC 8985 §7.2: a probe may be scheduled with data outstanding on a synchronized, SACK
     /// connection that is neither in recovery nor after a timeout, once SRTT is known, and no
     /// earlier probe is unresolved.
-    let private probeEligible (c: Connection) =
+    let private probeEligible (c: inref<Connection>) =
         c.SackEnabled
-        && synAcked c
+        && synAckedIn &c
         && c.Rtt.HasSample
         && not c.InRecovery
         && c.Retries = 0
@@ -1086,15 +1143,11 @@ module Connection =
 
     /// Arms PTO when eligible and not armed (2·SRTT, plus WCDelAckT with one segment in flight,
     /// else ProbeSlack), unless the retransmission timer would fire first; disarms it otherwise.
-    let private scheduleProbe (now: int64) (c: Connection) =
-        if not (probeEligible c) then
+    let private scheduleProbeIn (now: int64) (c: byref<Connection>) =
+        if not (probeEligible &c) then
             if c.ProbeAt.IsSome then
-                { c with ProbeAt = ValueNone }
-            else
-                c
-        elif c.ProbeAt.IsSome then
-            c
-        else
+                c.ProbeAt <- ValueNone
+        elif c.ProbeAt.IsNone then
             let flight = c.SndMax - c.SndUna
 
             let pto =
@@ -1105,11 +1158,14 @@ module Connection =
                        ProbeSlack)
 
             match c.RetransmitAt with
-            | ValueSome rto when now + pto >= rto -> c
-            | _ ->
-                { c with
-                    ProbeAt = ValueSome(now + pto)
-                }
+            | ValueSome rto when now + pto >= rto -> ()
+            | _ -> c.ProbeAt <- ValueSome(now + pto)
+
+    /// `scheduleProbeIn` on a copy.
+    let private scheduleProbe (now: int64) (c: Connection) =
+        let mutable c = c
+        scheduleProbeIn now &c
+        c
 
     /// PTO fired (RFC 8985 §7.3): one segment of new data if the windows allow one more, else
     /// the last segment sent again, so that the peer's ACK (with SACK) shows what the tail lost
@@ -1117,7 +1173,7 @@ module Connection =
     let private onProbe (now: int64) (out: Out) (c: Connection) =
         let c = { c with ProbeAt = ValueNone }
 
-        if not (probeEligible c) then
+        if not (probeEligible &c) then
             c
         else
             let sentBefore = c.SndMax
@@ -1553,18 +1609,22 @@ module Connection =
     /// RFC 7323 §4.3 (and §5.3 R3): TS.Recent takes SEG.TSval when it is not older and the
     /// segment starts at or before Last.ACK.sent, so the echoed time is that of the segment
     /// that advanced the left edge, never of one sent later and delivered early.
-    let private updateTsRecent (now: int64) (seg: Segment) (c: Connection) =
+    let private updateTsRecentIn (now: int64) (seg: inref<Segment>) (c: byref<Connection>) =
         match seg.Options.Timestamps with
         | ValueSome ts when
             c.TsEnabled
             && not (tsAfter c.TsRecent ts.Value)
             && SeqNum.le seg.Seq c.LastAckSent
             ->
-            { c with
-                TsRecent = ts.Value
-                TsRecentAt = now
-            }
-        | _ -> c
+            c.TsRecent <- ts.Value
+            c.TsRecentAt <- now
+        | _ -> ()
+
+    /// `updateTsRecentIn` on a copy.
+    let private updateTsRecent (now: int64) (seg: Segment) (c: Connection) =
+        let mutable c = c
+        updateTsRecentIn now &seg &c
+        c
 
     /// §3.10.7.4: SYN-RECEIVED and the synchronized states.
     let private onSynchronized (now: int64) (out: Out) (seg: Segment) (c: Connection) =
@@ -1671,25 +1731,143 @@ module Connection =
 
     /// Keep-alive (RFC 9293 §3.8.4) runs only in ESTABLISHED and CLOSE-WAIT, where the peer owes
     /// us nothing and may fall silent for good; TIME-WAIT and the closing states have timers.
-    let private keepsAlive (c: Connection) =
+    let private keepsAlive (c: inref<Connection>) =
         c.Config.KeepAliveIdle.IsSome
         && (c.State = TcpState.Established || c.State = TcpState.CloseWait)
 
     /// Any segment from the peer shows it is alive: the idle time starts again and the count of
     /// unanswered probes goes back to zero. Also arms the timer on entering ESTABLISHED.
-    let private peerHeardFrom (now: int64) (c: Connection) =
+    let private peerHeardFromIn (now: int64) (c: byref<Connection>) =
         match c.Config.KeepAliveIdle with
-        | ValueSome idle when keepsAlive c ->
-            { c with
-                KeepAliveAt = ValueSome(now + idle)
-                KeepAliveProbes = 0
-            }
-        | _ when c.KeepAliveAt.IsSome -> { c with KeepAliveAt = ValueNone }
-        | _ -> c
+        | ValueSome idle when keepsAlive &c ->
+            c.KeepAliveAt <- ValueSome(now + idle)
+            c.KeepAliveProbes <- 0
+        | _ when c.KeepAliveAt.IsSome -> c.KeepAliveAt <- ValueNone
+        | _ -> ()
 
-    /// Processes one arriving segment (its checksum already verified by the caller).
+    // ---- Header prediction: the per-segment fast path -----------------------------------------
+
+    /// Header prediction (Van Jacobson's; Linux's tcp_rcv_established): in ESTABLISHED almost
+    /// every segment is either a pure ACK of new data or the next in-order data, and for those
+    /// most of RFC 9293 §3.10.7.4's steps are known to pass or to change nothing. This says
+    /// whether `seg` is such a segment for `c`:
+    /// - only ACK (and PSH) set, SEG.SEQ = RCV.NXT (so it is acceptable, and no RST/SYN/FIN
+    ///   step applies);
+    /// - with timestamps on, a TSval not older than TS.Recent (PAWS passes, RFC 7323 §5.3);
+    /// - no SACK blocks; SND.UNA =< SEG.ACK =< SND.MAX (nothing unsent acknowledged, nothing
+    ///   too old: RFC 5961 §5.2), and either new data acknowledged or payload carried, so it is
+    ///   never a duplicate ACK (RFC 5681 §2);
+    /// - nothing unusual in the connection: not in recovery, no duplicate ACKs counted, an
+    ///   empty scoreboard, no unresolved tail loss probe, SND.NXT = SND.MAX (no timeout's
+    ///   go-back-N), no FIN queued or seen, nothing held out of order;
+    /// - its payload fits entirely in the window we offered and the receive buffer.
+    /// `fastPathIn` then does exactly what the general path would (the equivalence is a
+    /// property test), touching only the fields that change.
+    let private predictedIn (seg: inref<Segment>) (c: inref<Connection>) =
+        c.State = TcpState.Established
+        && seg.Flags &&& ~~~TcpFlags.Psh = TcpFlags.Ack
+        && seg.Seq.Value = c.RcvNxt.Value
+        && seg.Options.SackBlockCount = 0
+        && (not c.TsEnabled
+            || (match seg.Options.Timestamps with
+                | ValueSome ts -> not (tsAfter c.TsRecent ts.Value)
+                | ValueNone -> false))
+        && not c.InRecovery
+        && c.DupAcks = 0
+        && c.Scoreboard.IsEmpty
+        && c.ProbeEnd.IsNone
+        && c.SndNxt.Value = c.SndMax.Value
+        && not c.FinQueued
+        && c.PeerFinAt.IsNone
+        && c.OutOfOrder.IsEmpty
+        && SeqNum.le c.SndUna seg.Ack
+        && SeqNum.le seg.Ack c.SndMax
+        && not (SeqNum.lt seg.Ack (c.SndUna - c.MaxSndWnd))
+        && (if seg.PayloadLength = 0 then
+                seg.Ack.Value <> c.SndUna.Value
+            else
+                // The data's end within both the offered right edge and the buffer's end.
+                let bufferEnd = c.Irs + 1 + int (c.Consumed + int64 c.RcvBuf)
+                let limit = SeqNum.min c.RcvRight bufferEnd
+                c.RcvRight - c.RcvNxt > 0 && seg.PayloadLength <= limit - c.RcvNxt)
+
+    /// The fast path for a segment `predictedIn` accepted: the steps of `onSynchronized`,
+    /// `processAck`, `receiveData`, `finish`, `peerHeardFrom` and `scheduleProbe` that can do
+    /// anything for it, in the same order, on `c` in place. Loss recovery, the probe episode,
+    /// reneging, FIN handling and out-of-order bookkeeping are skipped because the prediction
+    /// guarantees they change nothing.
+    let private fastPathIn (now: int64) (out: Out) (seg: inref<Segment>) (c: byref<Connection>) =
+        updateTsRecentIn now &seg &c
+
+        // Fifth step (processAck): new data acknowledged, then the send window.
+        if SeqNum.gt seg.Ack c.SndUna then
+            newlyAckedIn now out &seg &c
+
+        updateSendWindowIn &seg &c
+        c.ProbesUnanswered <- 0
+
+        // Seventh step (receiveData): the whole payload is the next in-order data.
+        let length = seg.PayloadLength
+        let mutable ackNow = false
+
+        if length > 0 then
+            if length > c.RcvMss then
+                c.RcvMss <- min length c.Config.Mss
+
+            measureReceiverRttIn now &seg &c
+            let position = c.Delivered
+            out.Add(TcpAction.StoreReceived(0, position, length))
+            let delivered = position + int64 length
+            out.Add(TcpAction.Deliver delivered)
+            let unacked = c.UnackedBytes + length
+            // RFC 5681 §4.2 / RFC 9293 §3.8.6.3: at least every second full-sized segment.
+            ackNow <- unacked >= 2 * c.RcvMss
+            c.Delivered <- delivered
+            c.RcvNxt <- c.Irs + 1 + int delivered
+            c.UnackedBytes <- unacked
+            c.AckPending <- true
+
+        // finish: send what the window now allows (nothing to do when nothing is queued), the
+        // persist timer, then the ACK now or the delayed-ACK timer.
+        if SeqNum.lt c.SndNxt (c.Iss + 1 + int c.Written) then
+            sendDataIn now out &c
+
+        updatePersistIn now &c
+
+        if c.AckPending then
+            if ackNow || c.Config.DelayedAckTimeout = 0L then
+                emitIn now out TcpFlags.Ack c.SndMax 0L 0 TcpOptions.None &c
+            elif c.DelayedAckAt.IsNone then
+                c.DelayedAckAt <- ValueSome(now + c.Config.DelayedAckTimeout)
+
+        peerHeardFromIn now &c
+        scheduleProbeIn now &c
+
+    /// True when `seg` takes the fast path (`predictedIn`) for `c`. For tests.
+    let internal takesFastPath (seg: Segment) (c: Connection) = predictedIn &seg &c
+
+    /// `handleSegmentInto` without the fast path: every segment through the general steps of
+    /// RFC 9293 §3.10.7. For tests, which check that both paths give the same result.
+    let internal handleSegmentGeneralInto (out: TcpActions) (now: int64) (seg: Segment) (c: Connection) : Connection =
+        let mutable c = handle now out seg c
+        peerHeardFromIn now &c
+        scheduleProbeIn now &c
+        c
+
+    /// Processes one arriving segment (its checksum already verified by the caller). The common
+    /// segments of ESTABLISHED (in-order data, ACKs of new data) take a fast path with the same
+    /// result (`predictedIn`).
     let handleSegmentInto (out: TcpActions) (now: int64) (seg: Segment) (c: Connection) : Connection =
-        handle now out seg c |> peerHeardFrom now |> scheduleProbe now
+        let mutable c = c
+
+        if predictedIn &seg &c then
+            fastPathIn now out &seg &c
+        else
+            c <- handle now out seg c
+            peerHeardFromIn now &c
+            scheduleProbeIn now &c
+
+        c
 
     /// `handleSegmentInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
     /// the engine calls `handleSegmentInto`).
@@ -1800,7 +1978,7 @@ module Connection =
                     }
 
                 { c with
-                    PersistAt = ValueSome(now + persistInterval c)
+                    PersistAt = ValueSome(now + persistInterval &c)
                 }
 
     /// The keep-alive timer (RFC 9293 §3.8.4, RFC 1122 §4.2.3.6). A probe is an ACK numbered
@@ -1810,7 +1988,7 @@ module Connection =
     /// `KeepAliveCount` probes without an answer end the connection with TimedOut.
     let private onKeepAlive (now: int64) (out: Out) (c: Connection) =
         match c.Config.KeepAliveIdle with
-        | ValueSome idle when keepsAlive c ->
+        | ValueSome idle when keepsAlive &c ->
             if c.SndMax <> c.SndUna || SeqNum.lt c.SndNxt (finSeq c) then
                 { c with
                     KeepAliveAt = ValueSome(now + idle)

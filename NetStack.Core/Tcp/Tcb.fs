@@ -374,6 +374,11 @@ type TcpOutput =
 /// A struct record: `{ c with ... }` copies on the stack, so a segment's processing allocates
 /// nothing for the new state. Copies are large (about 450 bytes); a holder that other threads
 /// might read while its owner writes must not share it (a struct this size can tear).
+///
+/// The fields marked `mutable` are the ones the engine's per-segment fast path (header
+/// prediction, `Connection.handleSegmentInto`) updates in place on its own copy, instead of
+/// rebuilding all ~70 fields per change. The entry points still take and return whole values,
+/// so callers see value semantics; nothing outside the engine should set a field.
 [<Struct>]
 type Connection =
     {
@@ -387,42 +392,42 @@ type Connection =
         /// ISS: our initial sequence number.
         Iss: SeqNum
         /// SND.UNA: oldest unacknowledged sequence number.
-        SndUna: SeqNum
+        mutable SndUna: SeqNum
         /// SND.NXT: next sequence number to send. After a timeout it is pulled back to SND.UNA
         /// (go-back-N), and `SndMax` remembers how far we had gone.
-        SndNxt: SeqNum
+        mutable SndNxt: SeqNum
         /// The highest sequence number sent so far, plus one (BSD's snd_max). ACKs up to it are
         /// acceptable, and our bare ACKs carry it as their sequence number.
-        SndMax: SeqNum
+        mutable SndMax: SeqNum
         /// SND.WND: the peer's offered window, in bytes.
-        SndWnd: int
+        mutable SndWnd: int
         /// SND.WL1: SEG.SEQ of the segment that last updated SND.WND.
-        SndWl1: SeqNum
+        mutable SndWl1: SeqNum
         /// SND.WL2: SEG.ACK of the segment that last updated SND.WND.
-        SndWl2: SeqNum
+        mutable SndWl2: SeqNum
         /// The largest window the peer has offered (RFC 9293 §3.8.6.2.1; RFC 5961 §5.2's MAX.SND.WND).
-        MaxSndWnd: int
+        mutable MaxSndWnd: int
         /// Effective send MSS: the peer's MSS option (or the default) capped by our own.
         SendMss: int
         /// Congestion window in bytes.
-        Cwnd: int
+        mutable Cwnd: int
         /// Slow-start threshold in bytes.
         Ssthresh: int
         /// Bytes the user has handed to `send`: send-stream positions [0, Written).
         Written: int64
         /// Bytes acknowledged by the peer and freed: the send-stream position of SND.UNA.
-        Acked: int64
+        mutable Acked: int64
         /// The user closed: a FIN follows send-stream position `Written`.
         FinQueued: bool
 
         /// IRS: the peer's initial sequence number.
         Irs: SeqNum
         /// RCV.NXT: next sequence number expected.
-        RcvNxt: SeqNum
+        mutable RcvNxt: SeqNum
         /// Right edge of the last window we offered (RCV.NXT + RCV.WND as sent). Never moves left.
-        RcvRight: SeqNum
+        mutable RcvRight: SeqNum
         /// Receive-stream bytes delivered in order: the position of RCV.NXT (FIN not counted).
-        Delivered: int64
+        mutable Delivered: int64
         /// Receive-stream bytes the user has read (`receiveWindowUpdate`).
         Consumed: int64
         /// Ranges beyond `Delivered` received early, stored, and waiting for the gap to fill.
@@ -433,32 +438,32 @@ type Connection =
         FinReceived: bool
 
         /// Data received since our last ACK was sent (for "ACK every second full segment").
-        UnackedBytes: int
+        mutable UnackedBytes: int
         /// An ACK is owed (sent at `DelayedAckAt` unless a segment carries it sooner).
-        AckPending: bool
+        mutable AckPending: bool
 
         /// RFC 6298 estimator.
-        Rtt: RtoEstimator
+        mutable Rtt: RtoEstimator
         /// The segment being timed for an RTT sample: the sequence number that acknowledges it
         /// and when it was sent. Cleared on retransmission (Karn's rule).
-        RttTimed: struct (SeqNum * int64) voption
+        mutable RttTimed: struct (SeqNum * int64) voption
         /// Consecutive timeouts of the retransmission timer without progress.
-        Retries: int
+        mutable Retries: int
         /// Zero-window probes sent without any acceptable ACK coming back.
-        ProbesUnanswered: int
+        mutable ProbesUnanswered: int
 
         /// Retransmission timer deadline (RFC 6298).
-        RetransmitAt: int64 voption
+        mutable RetransmitAt: int64 voption
         /// Persist timer deadline: next zero-window probe (RFC 9293 §3.8.6.1).
-        PersistAt: int64 voption
+        mutable PersistAt: int64 voption
         /// Delayed-ACK deadline.
-        DelayedAckAt: int64 voption
+        mutable DelayedAckAt: int64 voption
         /// TIME-WAIT's 2·MSL deadline, or FIN-WAIT-2's idle deadline.
         LingerAt: int64 voption
         /// Keep-alive deadline: the next probe (RFC 9293 §3.8.4), when keep-alive is on.
-        KeepAliveAt: int64 voption
+        mutable KeepAliveAt: int64 voption
         /// Keep-alive probes sent since the peer's last segment.
-        KeepAliveProbes: int
+        mutable KeepAliveProbes: int
 
         /// Both SYNs carried the window scale option (RFC 7323 §2.2).
         WindowScaled: bool
@@ -474,14 +479,14 @@ type Connection =
         /// and differs per connection (RFC 7323 §5.4, §7.1). Derived from the ISS.
         TsOffset: uint32
         /// TS.Recent (RFC 7323 §4.3): the timestamp to echo in TSecr.
-        TsRecent: uint32
+        mutable TsRecent: uint32
         /// When TS.Recent was last set (µs), for the 24-day PAWS rule (§5.5).
-        TsRecentAt: int64
+        mutable TsRecentAt: int64
         /// Last.ACK.sent: the ACK number of the last segment we sent (RFC 7323 §4.3).
-        LastAckSent: SeqNum
+        mutable LastAckSent: SeqNum
         /// The largest segment payload received (as Linux's rcv_mss): "a full-sized segment"
         /// for the rule that every second one is ACKed at once.
-        RcvMss: int
+        mutable RcvMss: int
         /// Both SYNs carried SACK-permitted (RFC 2018 §2).
         SackEnabled: bool
         /// Receive-stream positions of the most recent out-of-order arrivals, newest first (at
@@ -490,16 +495,16 @@ type Connection =
         SackRecent: int64 list
         /// The sender's scoreboard (RFC 6675 §3): send-stream positions in [Acked, Written) the
         /// peer has SACKed.
-        Scoreboard: RangeSet
+        mutable Scoreboard: RangeSet
         /// Duplicate ACKs (RFC 5681 §2, RFC 6675 §2) since SND.UNA last advanced.
-        DupAcks: int
+        mutable DupAcks: int
         /// In fast recovery (RFC 6675 / RFC 6582) until SND.UNA reaches `RecoveryPoint`.
         InRecovery: bool
         /// RecoveryPoint (RFC 6675) / "recover" (RFC 6582): SND.MAX when loss was detected (or
         /// at a timeout); no new recovery starts until SND.UNA passes it.
         RecoveryPoint: SeqNum
         /// CUBIC's state (unused by Reno).
-        Cubic: CubicState
+        mutable Cubic: CubicState
         /// HighRxt (RFC 6675 §2) as a send-stream position: the end of the highest
         /// retransmission in this recovery.
         HighRxt: int64
@@ -509,15 +514,15 @@ type Connection =
         RcvBuf: int
         /// The receiver's round-trip estimate in µs (Linux's rcv_rtt_est), from the TSecr of
         /// arriving data; 0 before the first measurement.
-        RcvRtt: int64
+        mutable RcvRtt: int64
         /// The TSecr last used for `RcvRtt`: one echo gives one sample.
-        RcvRttEcho: uint32
+        mutable RcvRttEcho: uint32
         /// The current auto-tuning measurement: since when (µs) and the `Consumed` count then;
         /// ValueNone before the first read.
         RcvSpaceFrom: struct (int64 * int64) voption
         /// The tail loss probe's timer (RFC 8985 §7.2, PTO), armed while data is outstanding
         /// outside recovery and no probe is unresolved.
-        ProbeAt: int64 voption
+        mutable ProbeAt: int64 voption
         /// The send-stream position just past the probe sent (TLP.end_seq, RFC 8985 §7.3) while
         /// it is unresolved: the ACK that passes it ends the episode.
         ProbeEnd: int64 voption
