@@ -308,9 +308,10 @@ public sealed class TcpConnection : Stream
                 // (consumed and counted for the window) whatever happened since.
                 if (_directFilled > 0)
                 {
-                    int filled = _directFilled;
+                    copied = _directFilled;
                     DisarmDirect();
-                    return filled;
+                    NoteReadLocked(ref notify, ref wake);
+                    goto Done;
                 }
                 DisarmDirect();
                 ObjectDisposedException.ThrowIf(_disposed, this);
@@ -320,26 +321,7 @@ public sealed class TcpConnection : Stream
                     copied = (int)Math.Min(available, buffer.Length);
                     CopyOut(_receive!, _receiveCapacity, _recvConsumed, buffer.Span[..copied]);
                     _recvConsumed += copied;
-                    // The loop learns of the read through the window command, posted once
-                    // until the loop takes it. It wakes an idle loop only when the window the
-                    // loop last heard of is small (see WindowUpdateUrgentLocked); otherwise it
-                    // waits for the loop's next pass (a packet, a timer or a write's command),
-                    // so an echo's read and write cost one wake-up and the reply carries the
-                    // window instead of a pure window update going out before it.
-                    bool urgent = WindowUpdateUrgentLocked();
-                    if (!_windowPosted)
-                    {
-                        notify = true;
-                        wake = urgent;
-                        _windowPosted = true;
-                        _windowPostedLazily = !urgent;
-                    }
-                    else if (_windowPostedLazily && urgent)
-                    {
-                        // The command already queued did not wake the loop; now it must.
-                        _windowPostedLazily = false;
-                        wake = true;
-                    }
+                    NoteReadLocked(ref notify, ref wake);
                 }
                 else if (available > 0 || _peerClosed)
                     return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream.
@@ -358,6 +340,7 @@ public sealed class TcpConnection : Stream
                     goto Wait;
                 }
             }
+        Done:
             if (notify)
                 _stack.TcpReadHappened(this, wake);
             else if (wake)
@@ -613,10 +596,38 @@ public sealed class TcpConnection : Stream
     }
 
     /// <summary>
+    /// A read took bytes (from the ring, or placed in its buffer by the loop): the loop learns of
+    /// it through the window command, posted once until the loop takes it. The command wakes an
+    /// idle loop only when the window the loop last heard of is small (see
+    /// <see cref="WindowUpdateUrgentLocked"/>); otherwise it waits for the loop's next pass (a
+    /// packet, a timer or a write's command), so an echo's read and write cost one wake-up and the
+    /// reply carries the window instead of a pure window update going out before it. Called by
+    /// the reader, never by the loop: a command the loop posted itself would run before the
+    /// reader could answer.
+    /// </summary>
+    private void NoteReadLocked(ref bool notify, ref bool wake)
+    {
+        bool urgent = WindowUpdateUrgentLocked();
+        if (!_windowPosted)
+        {
+            notify = true;
+            wake = urgent;
+            _windowPosted = true;
+            _windowPostedLazily = !urgent;
+        }
+        else if (_windowPostedLazily && urgent)
+        {
+            // The command already queued did not wake the loop; now it must.
+            _windowPostedLazily = false;
+            wake = true;
+        }
+    }
+
+    /// <summary>
     /// Receive without the ring: when a read waits with a buffer of its own, nothing is readable
     /// before <paramref name="position"/> and the data arrived in order, the loop copies it
     /// straight into the reader's buffer (one copy per byte instead of two: arrival into the ring
-    /// and the ring into the reader) and counts it as read, so the core learns of it through the
+    /// and the ring into the reader) and counts it as read; the reader, when it returns, posts the
     /// same window command an ordinary read posts. Later in-order segments of the same burst go
     /// on filling the buffer; the read completes when the buffer is full or at the end of the
     /// burst. Returns how many bytes of <paramref name="data"/> went there (0: none; the rest
@@ -625,7 +636,6 @@ public sealed class TcpConnection : Stream
     private int StoreDirect(ReadOnlySpan<byte> data, long position)
     {
         int n;
-        bool notify;
         bool defer = false;
         lock (_gate)
         {
@@ -639,8 +649,6 @@ public sealed class TcpConnection : Stream
             _recvConsumed += n;
             _recvDelivered = _recvConsumed;
             _readWaiter.HoldsResult = true;
-            notify = !_windowPosted;
-            _windowPosted = true;
             if (_directFilled == _directBuffer.Length)
             {
                 _directArmed = false;
@@ -652,9 +660,7 @@ public sealed class TcpConnection : Stream
         _stack.Statistics.Increment("tcp.receive.direct-bytes", n);
         if (defer)
             _stack.DeferWake(this);
-        // On the loop itself: it takes the window command before it next waits.
-        if (notify)
-            _stack.TcpReadHappened(this, wake: false);
+        // The reader posts the window command when it returns (NoteReadLocked).
         return n;
     }
 
