@@ -904,9 +904,39 @@ public sealed unsafe class TunDevice : IDisposable
         if (!HasVirtioNetHeader && (header.Flags != VirtioNetFlags.None || header.GsoType != VirtioGsoType.None))
             throw new InvalidOperationException($"TUN device '{Name}' has no virtio-net header to carry offload metadata.");
         byte* raw = stackalloc byte[VirtioNet.HeaderLength];
-        LibC.IoVec* pieces = stackalloc LibC.IoVec[4];
         if (HasVirtioNetHeader)
             VirtioNet.write(header, new Span<byte>(raw, VirtioNet.HeaderLength));
+        if (_ring is { } ring)
+        {
+            // In io_uring mode the loop's earlier writes may still be queued in the ring: send
+            // them first, under the ring's gate, so that packets leave in the order written.
+            bool tunAdded = false, ringAdded = false;
+            try
+            {
+                _tun.DangerousAddRef(ref tunAdded);
+                ring.DangerousAddRef(ref ringAdded);
+                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                lock (ring.Gate)
+                {
+                    ring.Submit();
+                    WriteGatherDirect(head, payload, payloadTail, raw);
+                }
+            }
+            finally
+            {
+                if (ringAdded)
+                    ring.DangerousRelease();
+                if (tunAdded)
+                    _tun.DangerousRelease();
+            }
+            return;
+        }
+        WriteGatherDirect(head, payload, payloadTail, raw);
+    }
+
+    private void WriteGatherDirect(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail, byte* raw)
+    {
+        LibC.IoVec* pieces = stackalloc LibC.IoVec[4];
         bool added = false;
         try
         {

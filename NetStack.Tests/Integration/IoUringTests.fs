@@ -244,6 +244,45 @@ let tests =
                     Expect.equal (BitConverter.ToInt32(received, 0)) i "queued writes first, then the other thread's"
             }
 
+            test "a gather write from the reading thread goes out after the writes it queued" {
+                let device, link = configured 7 false
+
+                use _ = link
+                use _ = device
+
+                use kernel =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                kernel.Bind(IPEndPoint(IPAddress.Parse "10.110.7.1", 7003))
+                kernel.ReceiveTimeout <- 5000
+                let source = IPAddress.Parse "10.110.7.2"
+                let destination = IPAddress.Parse "10.110.7.1"
+                // This thread reads, so its plain writes queue in the ring.
+                device.TryRead(Span<byte>(Array.zeroCreate<byte> 2048), 0) |> ignore
+
+                for i in 0..2 do
+                    device.Write(ReadOnlySpan(ipv4Udp source destination 4000 7003 (BitConverter.GetBytes i)))
+
+                // A TCP segment leaves this way (headers + send-ring pieces); no read call follows.
+                let last =
+                    ipv4Udp source destination 4000 7003 (Array.append (BitConverter.GetBytes 3) [| 1uy; 2uy; 3uy |])
+
+                let none = VirtioNetHeader.None
+
+                device.WriteGather(
+                    ReadOnlySpan(last, 0, 28),
+                    ReadOnlySpan(last, 28, 5),
+                    ReadOnlySpan(last, 33, last.Length - 33),
+                    &none
+                )
+
+                let received = Array.zeroCreate<byte> 64
+
+                for i in 0..3 do
+                    kernel.Receive received |> ignore
+                    Expect.equal (BitConverter.ToInt32(received, 0)) i "the queued writes first, then the gather write"
+            }
+
             test "Wake ends a blocked read at once, and Dispose ends one with ObjectDisposedException" {
                 let device, link = configured 4 false
                 use _ = link
