@@ -802,16 +802,16 @@ public sealed unsafe class TunDevice : IDisposable
             VirtioNet.write(header, new Span<byte>(raw, VirtioNet.HeaderLength));
         if (_ring is { } ring)
         {
-            WriteRing(ring, packet, new ReadOnlySpan<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0));
+            WriteRing(ring, new ReadOnlySpan<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0), packet, default, default);
             return;
         }
-        WriteDirect(packet, raw);
+        WriteDirect(packet, default, default, raw);
     }
 
-    // The reader thread's writes queue in the ring (sent with its next enter, in order); any
-    // other thread's write first sends what is queued, then goes directly, under the ring's
-    // gate so that the two kinds keep one order.
-    private void WriteRing(TunRing ring, ReadOnlySpan<byte> packet, ReadOnlySpan<byte> header)
+    // The reader thread's writes of one piece queue in the ring (sent with its next enter, in
+    // order); a gather write, or any other thread's write, first sends what is queued and then
+    // goes directly, under the ring's gate so that the two kinds keep one order.
+    private void WriteRing(TunRing ring, ReadOnlySpan<byte> header, ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail)
     {
         bool tunAdded = false, ringAdded = false;
         try
@@ -821,11 +821,11 @@ public sealed unsafe class TunDevice : IDisposable
             ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
             lock (ring.Gate)
             {
-                if (ring.OnReaderThread && ring.TryQueueWrite(header, packet))
+                if (payload.IsEmpty && payloadTail.IsEmpty && ring.OnReaderThread && ring.TryQueueWrite(header, head))
                     return;
                 ring.Submit();
                 fixed (byte* raw = header)
-                    WriteDirect(packet, raw);
+                    WriteDirect(head, payload, payloadTail, raw);
             }
         }
         finally
@@ -833,53 +833,6 @@ public sealed unsafe class TunDevice : IDisposable
             if (ringAdded)
                 ring.DangerousRelease();
             if (tunAdded)
-                _tun.DangerousRelease();
-        }
-    }
-
-    private void WriteDirect(ReadOnlySpan<byte> packet, byte* raw)
-    {
-        LibC.IoVec* pieces = stackalloc LibC.IoVec[2];
-        bool added = false;
-        try
-        {
-            _tun.DangerousAddRef(ref added);
-            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-            while (true)
-            {
-                nint n;
-                fixed (byte* p = packet)
-                {
-                    if (HasVirtioNetHeader)
-                    {
-                        pieces[0] = new LibC.IoVec { Base = raw, Length = VirtioNet.HeaderLength };
-                        pieces[1] = new LibC.IoVec { Base = p, Length = (nuint)packet.Length };
-                        n = LibC.Writev(_tun.Fd, pieces, 2);
-                    }
-                    else
-                        n = LibC.Write(_tun.Fd, p, (nuint)packet.Length);
-                }
-                if (n >= 0)
-                    return; // a TUN write takes the whole packet or nothing
-
-                int errno = Marshal.GetLastPInvokeError();
-                if (errno == LibC.EINTR)
-                    continue;
-                if (errno == LibC.EAGAIN)
-                {
-                    ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-                    // The kernel's backlog is full: wait for room instead of dropping our own packet.
-                    var fd = new LibC.PollFd { Fd = _tun.Fd, Events = LibC.POLLOUT };
-                    LibC.Poll(&fd, 1, 100);
-                    continue;
-                }
-
-                throw ReadWriteError("write", errno);
-            }
-        }
-        finally
-        {
-            if (added)
                 _tun.DangerousRelease();
         }
     }
@@ -908,33 +861,17 @@ public sealed unsafe class TunDevice : IDisposable
             VirtioNet.write(header, new Span<byte>(raw, VirtioNet.HeaderLength));
         if (_ring is { } ring)
         {
-            // In io_uring mode the loop's earlier writes may still be queued in the ring: send
-            // them first, under the ring's gate, so that packets leave in the order written.
-            bool tunAdded = false, ringAdded = false;
-            try
-            {
-                _tun.DangerousAddRef(ref tunAdded);
-                ring.DangerousAddRef(ref ringAdded);
-                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-                lock (ring.Gate)
-                {
-                    ring.Submit();
-                    WriteGatherDirect(head, payload, payloadTail, raw);
-                }
-            }
-            finally
-            {
-                if (ringAdded)
-                    ring.DangerousRelease();
-                if (tunAdded)
-                    _tun.DangerousRelease();
-            }
+            // In io_uring mode the loop's earlier writes may still be queued in the ring: they
+            // go first, so that packets leave in the order written.
+            WriteRing(ring, new ReadOnlySpan<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0), head, payload, payloadTail);
             return;
         }
-        WriteGatherDirect(head, payload, payloadTail, raw);
+        WriteDirect(head, payload, payloadTail, raw);
     }
 
-    private void WriteGatherDirect(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail, byte* raw)
+    // One packet in up to three pieces (after the virtio-net header, if the device has one),
+    // written by one write(2), or writev(2) for several pieces.
+    private void WriteDirect(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail, byte* raw)
     {
         LibC.IoVec* pieces = stackalloc LibC.IoVec[4];
         bool added = false;
@@ -957,7 +894,8 @@ public sealed unsafe class TunDevice : IDisposable
                 while (true)
                 {
                     // A TUN write takes the whole packet or nothing.
-                    if (LibC.Writev(_tun.Fd, pieces, count) >= 0)
+                    nint n = count == 1 ? LibC.Write(_tun.Fd, h, (nuint)head.Length) : LibC.Writev(_tun.Fd, pieces, count);
+                    if (n >= 0)
                         return;
                     int errno = Marshal.GetLastPInvokeError();
                     if (errno == LibC.EINTR)
@@ -965,7 +903,7 @@ public sealed unsafe class TunDevice : IDisposable
                     if (errno == LibC.EAGAIN)
                     {
                         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-                        // The kernel's backlog is full: wait for room, as Write does.
+                        // The kernel's backlog is full: wait for room instead of dropping our own packet.
                         var fd = new LibC.PollFd { Fd = _tun.Fd, Events = LibC.POLLOUT };
                         LibC.Poll(&fd, 1, 100);
                         continue;
