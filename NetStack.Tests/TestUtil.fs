@@ -196,14 +196,20 @@ let stackToKernelWith
 let stackToKernel (timeout: TimeSpan) (seed: int) (total: int64) (stack: NetStack.NetworkStack) (kernel: Socket) =
     stackToKernelWith ignore timeout seed total stack kernel
 
-/// A NetStack echo server: accepts connections on `listener` and echoes each, on its own task,
-/// until the peer's FIN, then closes it (or aborts it on an error). Runs until `cancel` fires or
-/// the listener is disposed.
-let echoServer (listener: NetStack.TcpListener) (cancel: Threading.CancellationToken) : Threading.Tasks.Task =
+/// A NetStack echo server: accepts connections on `listener` (`onAccepted` sees each first) and
+/// echoes each, on its own task, until the peer's FIN, then closes it (or aborts it on an error).
+/// Keeps no reference to finished connections. Runs until `cancel` fires or the listener is
+/// disposed.
+let echoServerWith
+    (onAccepted: NetStack.TcpConnection -> unit)
+    (listener: NetStack.TcpListener)
+    (cancel: Threading.CancellationToken)
+    : Threading.Tasks.Task =
     task {
         try
             while not cancel.IsCancellationRequested do
                 let! connection = listener.AcceptAsync cancel
+                onAccepted connection
 
                 Threading.Tasks.Task.Run(fun () ->
                     task {
@@ -229,6 +235,10 @@ let echoServer (listener: NetStack.TcpListener) (cancel: Threading.CancellationT
         | :? SocketException -> ()
         | :? ObjectDisposedException -> ()
     }
+
+/// echoServerWith with nothing to look at on each connection.
+let echoServer (listener: NetStack.TcpListener) (cancel: Threading.CancellationToken) =
+    echoServerWith ignore listener cancel
 
 /// Both families of a test's options: [(stack address, kernel address) over IPv4; the same over
 /// IPv6].

@@ -27,42 +27,9 @@ let private timeout = TimeSpan.FromSeconds 60.0
 
 let private EchoPort = 7
 
-/// An echo on `listener` (`onAccepted` sees each connection first): each connection on its own task, bytes back until the peer's FIN, then
-/// a graceful close. Keeps no reference to finished connections. Ends when the listener closes.
+/// The shared echo until the listener closes (`onAccepted` sees each connection first).
 let private serveEcho (onAccepted: TcpConnection -> unit) (listener: TcpListener) =
-    Task.Run(fun () ->
-        task {
-            let mutable listening = true
-
-            while listening do
-                try
-                    let! connection = listener.AcceptAsync()
-                    onAccepted connection
-
-                    Task.Run(fun () ->
-                        task {
-                            try
-                                let buffer = Array.zeroCreate<byte> 4096
-                                let mutable n = 1
-
-                                while n > 0 do
-                                    let! got = connection.ReadAsync(Memory buffer)
-                                    n <- got
-
-                                    if n > 0 then
-                                        do! connection.WriteAsync(ReadOnlyMemory(buffer, 0, n))
-
-                                do! connection.DisposeAsync()
-                            with _ ->
-                                connection.Abort()
-                        }
-                        :> Task)
-                    |> ignore
-                with
-                | :? SocketException
-                | :? ObjectDisposedException -> listening <- false
-        }
-        :> Task)
+    TestUtil.echoServerWith onAccepted listener CancellationToken.None
 
 /// One short connection from a kernel socket: connect, 1 byte out, 1 byte back, close.
 let private shortConnection (target: IPEndPoint) =
