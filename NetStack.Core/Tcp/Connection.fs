@@ -857,15 +857,23 @@ module Connection =
         c
 
     /// The window update rule of RFC 9293 §3.10.7.4 (fifth step): only a segment newer than the
-    /// one that last set SND.WND may change it, so reordered old segments cannot.
+    /// one that last set SND.WND may change it, so reordered old segments cannot. A segment with
+    /// the same SEG.SEQ and SEG.ACK as the last update is a duplicate as far as ordering can tell:
+    /// it may open the window or close it to zero, never shrink it (as Linux's
+    /// tcp_may_update_window). Otherwise an older window update that the network reordered behind
+    /// a newer one would shrink the window again, and a retransmission cut to that stale window
+    /// leaves the FIN behind.
     let private updateSendWindowIn (seg: inref<Segment>) (c: byref<Connection>) =
+        let window = int seg.Window <<< c.SndWndShift
+
         if
             SeqNum.ge seg.Ack c.SndUna
             && (SeqNum.lt c.SndWl1 seg.Seq
-                || (c.SndWl1.Value = seg.Seq.Value && SeqNum.le c.SndWl2 seg.Ack))
+                || (c.SndWl1.Value = seg.Seq.Value
+                    && (SeqNum.lt c.SndWl2 seg.Ack
+                        || (c.SndWl2.Value = seg.Ack.Value && (window >= c.SndWnd || window = 0)))))
         then
             // RFC 7323 §2.3: SND.WND = SEG.WND << Snd.Wind.Shift (SYNs never come here).
-            let window = int seg.Window <<< c.SndWndShift
             c.SndWnd <- window
             c.SndWl1 <- seg.Seq
             c.SndWl2 <- seg.Ack

@@ -442,6 +442,42 @@ let tests =
                             "cannot read more than delivered"
                     }
 
+                    test "a reordered duplicate of an older window update does not shrink the send window" {
+                        // The peer ACKs 3000 bytes twice with the same SEG.SEQ and SEG.ACK: first
+                        // with 104 bytes of window (its application had not read yet), then with
+                        // 3000 (it had). The network delivers them the other way round.
+                        let c = established 10000us
+                        let nxt = peerIss + 1u
+                        let c, _ = Connection.send (ms 20) 3000L c
+                        let acked = iss + 1u + 3000u
+                        let c, _ = Connection.handleSegment (ms 30) (segment nxt acked ack 3000us 0) c
+                        Expect.equal c.SndWnd 3000 "the newer update"
+                        let c, _ = Connection.handleSegment (ms 31) (segment nxt acked ack 104us 0) c
+                        Expect.equal c.SndWnd 3000 "the older one, arriving late, is ignored"
+
+                        let c, _ = Connection.handleSegment (ms 32) (segment nxt acked ack 5000us 0) c
+                        Expect.equal c.SndWnd 5000 "the same SEQ and ACK may still open the window"
+                        let c, _ = Connection.handleSegment (ms 33) (segment nxt acked ack 0us 0) c
+                        Expect.equal c.SndWnd 0 "or close it to zero"
+
+                        let c, _ = Connection.handleSegment (ms 35) (segment nxt acked ack 2000us 0) c
+                        Expect.equal c.SndWnd 2000 "and reopen it from zero"
+                    }
+
+                    test "a newer segment may shrink the send window" {
+                        let c = established 10000us
+                        let nxt = peerIss + 1u
+                        let c, _ = Connection.send (ms 20) 3000L c
+
+                        let c, _ =
+                            Connection.handleSegment (ms 30) (segment nxt (iss + 1001u) ack 8000us 0) c
+
+                        let c, _ =
+                            Connection.handleSegment (ms 31) (segment nxt (iss + 2001u) ack 500us 0) c
+
+                        Expect.equal c.SndWnd 500 "a later SEG.ACK sets the window, smaller or not"
+                    }
+
                     test "sending splits by MSS and window, and the ACK frees the buffer and stops the timer" {
                         let c = established 2500us
                         let c, o = Connection.send (ms 20) 5000L c
