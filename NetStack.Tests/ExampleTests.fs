@@ -18,12 +18,13 @@ let private dotnetHost =
 /// fsi compiles the script first: seconds on a busy two-core machine, so allow plenty.
 let private timeout = TimeSpan.FromMinutes 3.0
 
-/// Runs `dotnet fsi --quiet SCRIPT ARGS` from the repository root and returns its standard
-/// output; fails the calling test on a non-zero exit, anything on standard error or a timeout.
+/// Runs `dotnet fsi --quiet --tailcalls- SCRIPT ARGS` from the repository root (no `tail.` calls:
+/// see docs/tailcall-span-repro.fsx) and returns its standard output; fails the calling test on
+/// a non-zero exit, anything on standard error or a timeout.
 let private runScript (script: string) (args: string list) : string =
     let info = ProcessStartInfo(dotnetHost, WorkingDirectory = TestUtil.repoRoot.Value)
 
-    for a in [ "fsi"; "--quiet"; script ] @ args do
+    for a in [ "fsi"; "--quiet"; "--tailcalls-"; script ] @ args do
         info.ArgumentList.Add a
 
     info.RedirectStandardOutput <- true
