@@ -54,6 +54,9 @@ public static class BenchCommand
     /// </summary>
     private const int MaxConnections = 20_000;
 
+    /// <summary>How long each direction's warm-up transfers run, at least, before the bulk measurement.</summary>
+    private static readonly TimeSpan BulkWarmUp = TimeSpan.FromSeconds(1);
+
     /// <summary>How long the connection measurement's clients run before the clock starts.</summary>
     private static readonly TimeSpan ConnectionWarmUp = TimeSpan.FromSeconds(2);
 
@@ -81,7 +84,8 @@ public static class BenchCommand
         with the ratio stack/kernel.
 
           --seconds N         seconds per udp, rr and conn measurement, 1-60 (default 2)
-          --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 256; four transfers)
+          --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 1024; one measured
+                              transfer per direction and path, after a second of warm-up transfers)
           --conn-clients N    client threads opening connections in parallel, 1-64 (default 4)
           --cases LIST        comma-separated subset of udp,rr,conn,bulk (default all)
           --idle-connections N  instead: open N idle kernel TCP connections to one listener and
@@ -157,7 +161,7 @@ public static class BenchCommand
         var reader = new ArgReader(Name, args);
         var options = new NetStackOptions();
         var seconds = 2;
-        var tcpMib = 256;
+        var tcpMib = 1024;
         var connClients = 4;
         var cases = new HashSet<string>(CaseNames, StringComparer.Ordinal);
         var idleConnections = 0;
@@ -364,12 +368,24 @@ public static class BenchCommand
     private static void MeasureBulk(IPAddress target, long bytes, Func<long> packets, Measurement m)
     {
         var block = new byte[256 * 1024];
-        // Warm-up: JIT and first-use paths of both services, so the allocation figures are the
-        // steady state's.
-        Transfer(target, DiscardPort, 1 << 20, block);
-        Transfer(target, SourcePort, 1 << 20, block);
+        // Warm-up: JIT and first-use paths of both services, so that the figures (and the
+        // allocation counts) are the steady state's. The runtime compiles a hot method at full
+        // optimization only after it has run unoptimized, then instrumented, for a while: with a
+        // 1 MiB warm-up a 256 MiB transfer at MTU 65000 (a fraction of a second) ran the stack's
+        // per-segment paths as unoptimized code for much of its length, and its figure swung
+        // between 6 and 13 Gbit/s from run to run. So: transfers of up to 64 MiB each way until
+        // a second has passed in each direction.
+        WarmUp(DiscardPort);
+        WarmUp(SourcePort);
         (m.TcpInGbps, m.InBytesPerPacket) = Transfer(target, DiscardPort, bytes, block);
         (m.TcpOutGbps, m.OutBytesPerPacket) = Transfer(target, SourcePort, bytes, block);
+
+        void WarmUp(int port)
+        {
+            var clock = Stopwatch.StartNew();
+            for (var i = 0; i < 16 && (i == 0 || clock.Elapsed < BulkWarmUp); i++)
+                Transfer(target, port, Math.Min(bytes, 64L << 20), block);
+        }
 
         (double, double) Transfer(IPAddress target, int port, long bytes, byte[] block)
         {
