@@ -42,8 +42,24 @@ public sealed record NetStackOptions
     /// <summary>ICMP errors the stack sends per second at most (a token bucket, RFC 4443 §2.4(f)).</summary>
     public int IcmpErrorsPerSecond { get; init; } = 100;
 
-    /// <summary>Bytes a TCP connection buffers for sending (written but not yet acknowledged); <c>WriteAsync</c> waits when it is full.</summary>
+    /// <summary>
+    /// Bytes a TCP connection buffers for sending (written but not yet acknowledged) at first;
+    /// <c>WriteAsync</c> waits when the buffer is full. It grows up to
+    /// <see cref="TcpSendBufferMaxBytes"/> by auto-tuning.
+    /// </summary>
     public int TcpSendBufferBytes { get; init; } = 256 * 1024;
+
+    /// <summary>
+    /// The size a TCP connection's send buffer may grow to by auto-tuning (as Linux grows a
+    /// socket's send buffer up to tcp_wmem's maximum): when a write waits for room while the
+    /// congestion and peer windows would let more than half the buffer into flight, the buffer
+    /// grows to twice that flight, rounded up to a power of two, up to this. Writers that keep
+    /// the buffer from filling, and connections limited by the network, keep the initial size.
+    /// A value not above <see cref="TcpSendBufferBytes"/> turns tuning off (as setting SO_SNDBUF
+    /// does on Linux). The default is 4 MiB (Linux's tcp_wmem maximum). Must be positive
+    /// (<see cref="ArgumentException"/> from <c>Start</c> otherwise).
+    /// </summary>
+    public int TcpSendBufferMaxBytes { get; init; } = 4 * 1024 * 1024;
 
     /// <summary>
     /// Bytes a TCP connection buffers on receipt (delivered but unread, plus data that arrived out of

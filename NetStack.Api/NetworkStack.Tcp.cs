@@ -75,6 +75,8 @@ public sealed partial class NetworkStack
     {
         if (options.TcpSendBufferBytes < 1)
             throw new ArgumentException("TcpSendBufferBytes must be positive.", nameof(options));
+        if (options.TcpSendBufferMaxBytes < 1)
+            throw new ArgumentException("TcpSendBufferMaxBytes must be positive.", nameof(options));
         if (options.TcpReceiveBufferBytes < 1)
             throw new ArgumentException("TcpReceiveBufferBytes must be positive.", nameof(options));
         if (options.TcpReceiveBufferBytes > MaxScaledWindow)
@@ -231,7 +233,7 @@ public sealed partial class NetworkStack
         if (source is null)
             throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to connect to {address} from.", nameof(remote));
         cancellationToken.ThrowIfCancellationRequested();
-        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpReceiveBufferBytes, null, new IPEndPoint(address, remote.Port))
+        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes, null, new IPEndPoint(address, remote.Port))
         {
             LocalAddress = source.Value,
             RemoteAddress = target,
@@ -489,7 +491,7 @@ public sealed partial class NetworkStack
             var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
             var actions = TcpActionSink();
             var core = TcpEngine.acceptInto(actions, config, Iss(key, now), now, seg);
-            var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpReceiveBufferBytes,
+            var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
                 new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
             {
                 LocalAddress = r.Destination,
@@ -579,7 +581,7 @@ public sealed partial class NetworkStack
         var core = TcpEngine.acceptInto(actions, config, iss, now, syn);
         if (!core.State.IsSynReceived)
             return false;
-        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpReceiveBufferBytes,
+        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
             new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
         {
             LocalAddress = r.Destination,
@@ -718,7 +720,7 @@ public sealed partial class NetworkStack
                 RemoveTcp(c);
                 break;
             case TcpEvent.Tags.SendBufferFreed:
-                c.Acknowledged(e.bytes);
+                c.Acknowledged(e.bytes, c.Core);
                 break;
             case TcpEvent.Tags.FastRetransmit:
                 _statistics.Increment("tcp.retransmit.fast");

@@ -5,6 +5,7 @@ using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
+using TcpEngine = NetStack.Core.Tcp.ConnectionModule;
 
 namespace NetStack;
 
@@ -41,7 +42,8 @@ public sealed class TcpConnection : Stream
     // Rings are rented from the shared pool when first needed (a half-open connection, or one
     // that only receives, holds no send ring) and returned once both the user and the loop are
     // done with them. A stream position p lives at p % capacity (the rented array may be longer).
-    private readonly int _sendCapacity;
+    private int _sendCapacity; // grows (auto-tuning) on the loop thread, under _gate
+    private readonly int _sendCapacityMax;
     private int _receiveCapacity; // grows (auto-tuning) on the loop thread, under _gate
     private bool _userDone;
     private bool _loopDone;
@@ -129,10 +131,11 @@ public sealed class TcpConnection : Stream
     /// <summary>The loop command that opens the window after reads; made once, posted once per batch of reads.</summary>
     internal Action? WindowCommand;
 
-    internal TcpConnection(NetworkStack stack, int sendBufferBytes, int receiveBufferBytes, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
+    internal TcpConnection(NetworkStack stack, int sendBufferBytes, int sendBufferMaxBytes, int receiveBufferBytes, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
     {
         _stack = stack;
         _sendCapacity = sendBufferBytes;
+        _sendCapacityMax = Math.Max(sendBufferBytes, sendBufferMaxBytes);
         _receiveCapacity = receiveBufferBytes;
         _readWaiter = new Waiter(_gate);
         _writeWaiter = new Waiter(_gate);
@@ -708,18 +711,57 @@ public sealed class TcpConnection : Stream
             _stack.DeferWake(this);
     }
 
-    /// <summary>The peer acknowledged <paramref name="bytes"/> more: they leave the send buffer.</summary>
+    /// <summary>
+    /// The peer acknowledged <paramref name="bytes"/> more: they leave the send buffer (loop
+    /// only). <paramref name="core"/> is the connection after the acknowledgment: a writer that
+    /// waited for room gets a larger buffer when the windows would carry more than this one
+    /// holds (<c>sendBufferWanted</c>), up to <see cref="NetStackOptions.TcpSendBufferMaxBytes"/>.
+    /// </summary>
     /// <remarks>A waiting write is woken at the end of the loop's burst (<see cref="FlushWakes"/>).</remarks>
-    internal void Acknowledged(long bytes)
+    internal void Acknowledged(long bytes, in Connection core)
     {
         bool defer;
         lock (_gate)
         {
             _sendAcked += bytes;
+            if (_writeWaiter.IsArmed && _sendCapacity < _sendCapacityMax)
+                GrowSendBufferLocked(TcpEngine.sendBufferWanted(_sendCapacity, _sendCapacityMax, core));
             defer = DeferWakeLocked(_writeWaiter);
         }
         if (defer)
             _stack.DeferWake(this);
+    }
+
+    /// <summary>The send buffer's current size in bytes: <see cref="NetStackOptions.TcpSendBufferBytes"/> at first, grown by auto-tuning up to <see cref="NetStackOptions.TcpSendBufferMaxBytes"/>; it never shrinks.</summary>
+    public int SendBufferSize
+    {
+        get
+        {
+            lock (_gate)
+                return _sendCapacity;
+        }
+    }
+
+    // A larger pooled ring takes the unacknowledged bytes [acked, written) at their stream
+    // positions. Loop thread, under _gate: the loop is the only reader of the ring outside the
+    // gate (segments, gather writes), and it holds no slice of it between actions.
+    private void GrowSendBufferLocked(int size)
+    {
+        if (size <= _sendCapacity)
+            return;
+        if (_send is { } old)
+        {
+            var ring = ArrayPool<byte>.Shared.Rent(size);
+            long live = _sendWritten - _sendAcked;
+            int start = (int)(_sendAcked % _sendCapacity);
+            int first = (int)Math.Min(live, _sendCapacity - start);
+            CopyIn(ring, size, _sendAcked, old.AsSpan(start, first));
+            CopyIn(ring, size, _sendAcked + first, old.AsSpan(0, (int)live - first));
+            _send = ring;
+            ArrayPool<byte>.Shared.Return(old);
+        }
+        _sendCapacity = size;
+        _stack.Statistics.Increment("tcp.send-buffer.grown");
     }
 
     // True when the connection must join the loop's wake list (once per burst).

@@ -604,17 +604,21 @@ module Connection =
         // The FIN needs no window: it takes no buffer space at the receiver.
         let withFin = c.FinQueued && SeqNum.le c.SndNxt fin && c.SndNxt + length = fin
 
-        // Nagle (RFC 9293 §3.7.4, RFC 1122 §4.2.3.4): new data shorter than a full segment
-        // waits while anything we sent is unacknowledged; the ACK (or enough data for a full
-        // segment) releases it, so small writes coalesce instead of each taking a packet.
-        // Retransmissions and the segment carrying our FIN are never held: the user's close is
-        // a push, and holding it would only delay the end of the stream.
+        // Nagle (RFC 9293 §3.7.4, RFC 1122 §4.2.3.4) in Minshall's variant (as Linux): new data
+        // shorter than a full segment waits while a short segment we sent is unacknowledged;
+        // the ACK (or enough data for a full segment) releases it, so small writes coalesce
+        // instead of each taking a packet. Full segments in flight do not hold the short tail of
+        // a write: with classic Nagle a send buffer under two segments long (a large MTU) sent
+        // one segment per delayed ACK of the peer. Retransmissions and the segment carrying our
+        // FIN are never held: the user's close is a push, and holding it would only delay the
+        // end of the stream.
         let nagleHolds =
             length < cap
             && not c.Config.NoDelay
             && not withFin
             && not retransmitting
-            && SeqNum.gt c.SndMax c.SndUna
+            && SeqNum.gt c.SndSml c.SndUna
+            && SeqNum.le c.SndSml c.SndNxt
 
         let worthSending =
             if length > 0 then
@@ -642,6 +646,9 @@ module Connection =
             let firstTime = SeqNum.ge seq c.SndMax
             c.SndNxt <- next
             c.SndMax <- SeqNum.max c.SndMax next
+
+            if length > 0 && length < cap then
+                c.SndSml <- seq + length
 
             // Time one segment per round trip, never a retransmission (Karn's rule).
             if firstTime && c.RttTimed.IsNone then
@@ -2080,6 +2087,7 @@ module Connection =
             SndUna = iss
             SndNxt = iss
             SndMax = iss
+            SndSml = iss
             SndWnd = 0
             SndWl1 = SeqNum 0u
             SndWl2 = SeqNum 0u
@@ -2219,6 +2227,29 @@ module Connection =
 
         let c = { c with Written = c.Written + bytes }
         transmit now out c |> scheduleProbe now
+
+    /// Send-buffer auto-tuning (the idea of Linux's tcp_sndbuf_expand): the size in bytes the
+    /// send buffer of a connection should have whose writer is waiting for room in a buffer of
+    /// `capacity` bytes, at most `maximum`. Twice what the congestion and peer windows let into
+    /// flight (one flight in the network, the next one queued), rounded up to a power of two; a
+    /// buffer that already holds that, or a maximum not above `capacity`, stays as it is. The
+    /// buffer never shrinks.
+    let sendBufferWanted (capacity: int) (maximum: int) (c: Connection) : int =
+        if maximum <= capacity then
+            capacity
+        else
+            let flight = int64 (max 0 (min c.Cwnd c.SndWnd))
+            let wanted = 2L * flight
+
+            if wanted <= int64 capacity then
+                capacity
+            else
+                let mutable size = int64 capacity
+
+                while size < wanted && size < int64 maximum do
+                    size <- size * 2L
+
+                int (min size (int64 maximum))
 
     /// `sendInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
     /// the engine calls `sendInto`).

@@ -399,6 +399,9 @@ type Connection =
         /// The highest sequence number sent so far, plus one (BSD's snd_max). ACKs up to it are
         /// acceptable, and our bare ACKs carry it as their sequence number.
         mutable SndMax: SeqNum
+        /// The end of the last data segment sent shorter than a full one (Linux's snd_sml): Nagle
+        /// holds new short data only while such a segment is unacknowledged (Minshall's variant).
+        mutable SndSml: SeqNum
         /// SND.WND: the peer's offered window, in bytes.
         mutable SndWnd: int
         /// SND.WL1: SEG.SEQ of the segment that last updated SND.WND.

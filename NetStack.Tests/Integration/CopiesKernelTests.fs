@@ -4,7 +4,8 @@
 /// and IPv6, SHA-256 exact, with offloads (partial checksums left to the kernel) and without
 /// (checksums completed over the ring's pieces; an odd-sized send ring makes the payload wrap at
 /// odd offsets, which the kernel's checksum check would catch), and readers with small buffers
-/// that the loop fills in part. MB/s is printed, never asserted.
+/// that the loop fills in part; and a send buffer that auto-tuning grows mid-transfer. MB/s is
+/// printed, never asserted.
 /// Subnets 10.109.N.0/24 and fda9:N::/64, interfaces ns109cN.
 module NetStack.Tests.Integration.CopiesKernelTests
 
@@ -16,7 +17,7 @@ open Expecto
 open NetStack
 open NetStack.Tests
 
-let private optionsWith (n: int) (mtu: int) (offloads: bool) (sendBuffer: int) =
+let private optionsWith (n: int) (mtu: int) (offloads: bool) (sendBuffer: int) (sendBufferMax: int) =
     NetStackOptions(
         TunName = $"ns109c{n}",
         Address = IPAddress.Parse $"10.109.{n}.2",
@@ -26,10 +27,12 @@ let private optionsWith (n: int) (mtu: int) (offloads: bool) (sendBuffer: int) =
         Mtu = mtu,
         Offloads = offloads,
         TcpLinger = TimeSpan.FromSeconds 10.0,
-        TcpSendBufferBytes = sendBuffer
+        TcpSendBufferBytes = sendBuffer,
+        TcpSendBufferMaxBytes = sendBufferMax
     )
 
-let private optionsFor (n: int) (mtu: int) (offloads: bool) = optionsWith n mtu offloads (256 * 1024)
+let private optionsFor (n: int) (mtu: int) (offloads: bool) =
+    optionsWith n mtu offloads (256 * 1024) (4 * 1024 * 1024)
 
 let private timeout = TimeSpan.FromSeconds 120.0
 
@@ -56,6 +59,42 @@ let private bothWays (options: NetStackOptions) (bytes: int64) (label: string) =
             stack.Statistics.["tcp.receive.direct-bytes"]
             0L
             "some data went straight into a waiting reader's buffer")
+
+/// Stack → kernel, `bytes` from one connection whose send buffer starts at an odd size: returns
+/// the buffer's size at the end and how many times it grew (SHA-256 exact at the kernel).
+let private sendWithBuffer (options: NetStackOptions) (bytes: int64) =
+    let mutable result = 0, 0L
+
+    TestUtil.withStackOf options (fun stack ->
+        use kernel = TestUtil.kernelListener options.HostAddress
+        let endpoint = kernel.LocalEndPoint :?> IPEndPoint
+
+        let sink =
+            task {
+                use! socket = kernel.AcceptAsync()
+                use stream = new NetworkStream(socket)
+                return! TestUtil.receiveHashed stream
+            }
+
+        let clock = Diagnostics.Stopwatch.StartNew()
+
+        let sent, size =
+            task {
+                let! connection = stack.ConnectTcpAsync endpoint
+                let! hash = TestUtil.sendPattern 112 connection bytes
+                let size = connection.SendBufferSize
+                do! connection.DisposeAsync()
+                return hash, size
+            }
+            |> TestUtil.waitWithin timeout
+
+        let received, hash = TestUtil.waitWithin timeout sink
+        Expect.equal received bytes "every byte arrived"
+        Expect.equal hash sent "the same bytes (SHA-256)"
+        report $"NetStack → kernel, send buffer {options.TcpSendBufferBytes} → {size} bytes" bytes clock.Elapsed
+        result <- size, stack.Statistics.["tcp.send-buffer.grown"])
+
+    result
 
 /// Kernel → stack with the stack reading `readSize` bytes at a time: most reads wait, and a
 /// 64 KB segment fills each waiting buffer in part, the rest going through the receive ring.
@@ -111,12 +150,34 @@ let tests =
 
             test
                 "MTU 65000, offloads off, a send ring of an odd size: 64 MiB each way, IPv4 and IPv6, SHA-256 exact; prints MB/s" {
-                bothWays (optionsWith 2 65000 false (256 * 1024 + 1)) (64L <<< 20) "offloads off, odd ring"
+                // Send-buffer auto-tuning off: the ring keeps its odd size for the whole transfer.
+                bothWays
+                    (optionsWith 2 65000 false (256 * 1024 + 1) (256 * 1024 + 1))
+                    (64L <<< 20)
+                    "offloads off, odd ring"
             }
 
             test "MTU 65000: 16 MiB kernel → NetStack read 1000 and 70001 bytes at a time, SHA-256 exact" {
                 smallReads (optionsFor 3 65000 true) (16L <<< 20) 1000
                 smallReads (optionsFor 3 65000 true) (16L <<< 20) 70001
+            }
+
+            test
+                "send-buffer auto-tuning: a 100,003-byte send buffer grows, moving its unacknowledged bytes, while 64 MiB go out at MTU 65000" {
+                let size, grown =
+                    sendWithBuffer (optionsWith 5 65000 true 100_003 (4 * 1024 * 1024)) (64L <<< 20)
+
+                Expect.isGreaterThan grown 0L "the buffer grew"
+                Expect.isGreaterThan size 100_003 "SendBufferSize says so"
+                Expect.isLessThanOrEqual size (4 * 1024 * 1024) "up to TcpSendBufferMaxBytes"
+            }
+
+            test "send-buffer auto-tuning off (TcpSendBufferMaxBytes = TcpSendBufferBytes): the buffer keeps its size" {
+                let size, grown =
+                    sendWithBuffer (optionsWith 6 65000 true 100_003 100_003) (16L <<< 20)
+
+                Expect.equal grown 0L "never grew"
+                Expect.equal size 100_003 "SendBufferSize unchanged"
             }
 
             test "MTU 1500, offloads on: 64 MiB each way, IPv4 and IPv6, SHA-256 exact; prints MB/s" {

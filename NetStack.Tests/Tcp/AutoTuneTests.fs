@@ -224,11 +224,64 @@ let private steady (cfg: TcpConfig) (perRtt: int64) (rounds: int) =
 
     r
 
+/// Send-buffer auto-tuning's rule (`Connection.sendBufferWanted`) over any windows, buffer and
+/// maximum: never shrinks; stays put when tuning is off or the windows fit half the buffer;
+/// otherwise doubles the buffer until it holds two flights or reaches the maximum.
+let private sendBufferRule (capacity: int) (maximum: int) (cwnd: int) (sndWnd: int) =
+    let c = Receiver(config 65536 65536).Conn
+    let c = { c with Cwnd = cwnd; SndWnd = sndWnd }
+    let wanted = Connection.sendBufferWanted capacity maximum c
+    let flight = int64 (max 0 (min cwnd sndWnd))
+
+    let isDoubling =
+        let mutable size = int64 capacity
+
+        while size < int64 wanted do
+            size <- size * 2L
+
+        size = int64 wanted
+
+    if maximum <= capacity || 2L * flight <= int64 capacity then
+        wanted = capacity
+    else
+        wanted > capacity
+        && wanted <= maximum
+        && (int64 wanted >= 2L * flight || wanted = maximum)
+        && (isDoubling || wanted = maximum)
+        && (wanted = maximum || int64 wanted / 2L < 2L * flight)
+
 [<Tests>]
 let tests =
     testList
         "AutoTune"
         [
+            testProperty "send-buffer auto-tuning: twice the flight, by doublings, between the buffer and the maximum"
+            <| fun (capacity: PositiveInt) (maximum: PositiveInt) (cwnd: NonNegativeInt) (sndWnd: NonNegativeInt) ->
+                let capacity = capacity.Get % (8 <<< 20) + 1
+                let maximum = maximum.Get % (16 <<< 20) + 1
+                sendBufferRule capacity maximum cwnd.Get sndWnd.Get
+
+            test "send-buffer auto-tuning: a 256 KiB buffer under a 1 MB window grows to 2 MiB, capped by the maximum" {
+                Expect.isTrue (sendBufferRule (256 * 1024) (4 <<< 20) 1_000_000 3_000_000) "the rule"
+                let c = Receiver(config 65536 65536).Conn
+
+                let c =
+                    { c with
+                        Cwnd = 1_000_000
+                        SndWnd = 3_000_000
+                    }
+
+                Expect.equal (Connection.sendBufferWanted (256 * 1024) (4 <<< 20) c) (2 <<< 20) "2 MiB"
+                Expect.equal (Connection.sendBufferWanted (256 * 1024) (1 <<< 20) c) (1 <<< 20) "the maximum"
+                Expect.equal (Connection.sendBufferWanted (256 * 1024) (256 * 1024) c) (256 * 1024) "tuning off"
+                let small = { c with SndWnd = 100_000 }
+
+                Expect.equal
+                    (Connection.sendBufferWanted (256 * 1024) (4 <<< 20) small)
+                    (256 * 1024)
+                    "a small peer window"
+            }
+
             test "a reader that keeps up with 200 KB per round trip grows a 64 KiB buffer to about twice that" {
                 let r = steady (config 65536 (4 <<< 20)) 200_000L 30
                 let size = r.Conn.RcvBuf
