@@ -115,6 +115,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NetworkStack>();
         // On a fault-injecting device the stack's counters and the fault counters are one set.
         _statistics = LinkWithin(device)?.Statistics ?? FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
+        if ((device is CapturingPacketDevice c ? c.Inner : device) is WriterThreadDevice writer)
+            writer.Statistics = _statistics;
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
@@ -201,6 +203,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             IPacketDevice packets = new TunPacketDevice(device);
             if (options.Faults is not null)
                 packets = new FaultInjectingDevice(packets, options.Faults);
+            if (options.TunWriterThread)
+                packets = new WriterThreadDevice(packets);
             // In Tap mode the faults hit frames (ARP and NDP too) and share the link's counters.
             if (tap)
                 packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
@@ -247,6 +251,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                     return faults;
                 case CapturingPacketDevice capture:
                     device = capture.Inner;
+                    break;
+                case WriterThreadDevice writer:
+                    device = writer.Inner;
                     break;
                 default:
                     return null;
@@ -313,6 +320,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         if (options.CapturePath is not null && options.CapturePath.Length == 0)
             throw new ArgumentException("CapturePath is empty (null means no capture).", nameof(options));
         options.Faults?.Validate();
+        if (options.TunWriterThread && (options.Offloads || options.Mode != NetStackMode.Tun || options.TunIoUring))
+            throw new ArgumentException("TunWriterThread needs Offloads = false, Mode = Tun and no TunIoUring.", nameof(options));
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));
         if (options.VlanId is { } vlan && (vlan is < 1 or > 4094 || options.Mode != NetStackMode.Tap))

@@ -144,6 +144,7 @@ public static class InterfaceOptions
                   --pcap FILE         record every packet the stack reads and writes in FILE (pcap, raw IP)
                   --no-offload        no TUN offloads (checksum offload, TSO): one packet per system call
                   --io-uring          batch TUN reads and writes through io_uring (falls back when unavailable)
+                  --writer-thread     write to the TUN device from a thread of its own (needs --no-offload)
                   --tap               a TAP device instead of TUN: the stack is a host with its own MAC on
                                       the link (ARP, NDP); the kernel side gets the host addresses with
                                       prefixes /{d.PrefixLength} and /{d.PrefixLength6}
@@ -195,6 +196,9 @@ public static class InterfaceOptions
                 return true;
             case "--io-uring":
                 options = options with { TunIoUring = true };
+                return true;
+            case "--writer-thread":
+                options = options with { TunWriterThread = true };
                 return true;
             case "--pcap":
                 var path = reader.Value(option);
