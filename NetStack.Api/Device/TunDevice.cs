@@ -452,24 +452,12 @@ public sealed unsafe class TunDevice : IDisposable
         reason = null;
         if (_ring is not null)
             return true;
-        bool tunAdded = false, wakeAdded = false;
-        try
-        {
-            _tun.DangerousAddRef(ref tunAdded);
-            _wake.DangerousAddRef(ref wakeAdded);
-            // The longest read: a 64 KiB super-segment with offloads, else the MTU (at least
-            // 1500), with room for an Ethernet header in TAP mode.
-            int longest = HasVirtioNetHeader ? 65536 + 128 : Math.Max(Mtu, 1500) + 128;
-            _ring = TunRing.TryCreate(_tun.Fd, _wake.Fd, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0, longest, out reason);
-            return _ring is not null;
-        }
-        finally
-        {
-            if (wakeAdded)
-                _wake.DangerousRelease();
-            if (tunAdded)
-                _tun.DangerousRelease();
-        }
+        using var held = Held.Of(_tun, _wake);
+        // The longest read: a 64 KiB super-segment with offloads, else the MTU (at least
+        // 1500), with room for an Ethernet header in TAP mode.
+        int longest = HasVirtioNetHeader ? 65536 + 128 : Math.Max(Mtu, 1500) + 128;
+        _ring = TunRing.TryCreate(_tun.Fd, _wake.Fd, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0, longest, out reason);
+        return _ring is not null;
     }
 
     /// <summary>
@@ -494,41 +482,26 @@ public sealed unsafe class TunDevice : IDisposable
         packet = default;
         header = VirtioNetHeader.None;
         byte* raw = stackalloc byte[VirtioNet.HeaderLength];
-        bool tunAdded = false, wakeAdded = false, ringAdded = false;
-        try
+        using var held = Held.Of(_tun, _wake, ring);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var headerBytes = new Span<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
+        switch (ring.TryReadInPlace(millisecondsTimeout, out int length, headerBytes, out byte* at, out int errno))
         {
-            _tun.DangerousAddRef(ref tunAdded);
-            _wake.DangerousAddRef(ref wakeAdded);
-            ring.DangerousAddRef(ref ringAdded);
-            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-            var headerBytes = new Span<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
-            switch (ring.TryReadInPlace(millisecondsTimeout, out int length, headerBytes, out byte* at, out int errno))
-            {
-                case TunRing.ReadResult.Packet:
-                    // The buffer outlives this call: the ring hands it back at the next read.
-                    packet = new ReadOnlySpan<byte>(at, length);
-                    if (HasVirtioNetHeader)
-                    {
-                        var parsed = VirtioNet.parse(headerBytes);
-                        if (parsed.IsOk)
-                            header = parsed.ResultValue;
-                    }
-                    return true;
-                case TunRing.ReadResult.Failed:
-                    throw ReadWriteError("read", errno);
-                default:
-                    ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-                    return false;
-            }
-        }
-        finally
-        {
-            if (ringAdded)
-                ring.DangerousRelease();
-            if (wakeAdded)
-                _wake.DangerousRelease();
-            if (tunAdded)
-                _tun.DangerousRelease();
+            case TunRing.ReadResult.Packet:
+                // The buffer outlives this call: the ring hands it back at the next read.
+                packet = new ReadOnlySpan<byte>(at, length);
+                if (HasVirtioNetHeader)
+                {
+                    var parsed = VirtioNet.parse(headerBytes);
+                    if (parsed.IsOk)
+                        header = parsed.ResultValue;
+                }
+                return true;
+            case TunRing.ReadResult.Failed:
+                throw ReadWriteError("read", errno);
+            default:
+                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                return false;
         }
     }
 
@@ -616,92 +589,65 @@ public sealed unsafe class TunDevice : IDisposable
             return TryReadRing(ring, buffer, millisecondsTimeout, out length, virtioHeader);
         length = 0;
         LibC.IoVec* pieces = stackalloc LibC.IoVec[2];
-        bool tunAdded = false, wakeAdded = false;
-        try
+        // Hold both descriptors open for the whole wait (see FileDescriptorHandle).
+        using var held = Held.Of(_tun, _wake);
+        long deadline = millisecondsTimeout == Timeout.Infinite
+            ? long.MaxValue
+            : Environment.TickCount64 + millisecondsTimeout;
+        while (true)
         {
-            // Hold both descriptors open for the whole wait (see FileDescriptorHandle).
-            _tun.DangerousAddRef(ref tunAdded);
-            _wake.DangerousAddRef(ref wakeAdded);
-            long deadline = millisecondsTimeout == Timeout.Infinite
-                ? long.MaxValue
-                : Environment.TickCount64 + millisecondsTimeout;
-            while (true)
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            fixed (byte* p = buffer)
             {
-                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-                fixed (byte* p = buffer)
+                nint n;
+                if (HasVirtioNetHeader)
                 {
-                    nint n;
-                    if (HasVirtioNetHeader)
-                    {
-                        pieces[0] = new LibC.IoVec { Base = virtioHeader, Length = VirtioNet.HeaderLength };
-                        pieces[1] = new LibC.IoVec { Base = p, Length = (nuint)buffer.Length };
-                        n = LibC.Readv(_tun.Fd, pieces, 2);
-                        // The kernel always writes the whole header first.
-                        if (n >= 0)
-                            n = Math.Max(0, n - VirtioNet.HeaderLength);
-                    }
-                    else
-                        n = LibC.Read(_tun.Fd, p, (nuint)buffer.Length);
+                    pieces[0] = new LibC.IoVec { Base = virtioHeader, Length = VirtioNet.HeaderLength };
+                    pieces[1] = new LibC.IoVec { Base = p, Length = (nuint)buffer.Length };
+                    n = LibC.Readv(_tun.Fd, pieces, 2);
+                    // The kernel always writes the whole header first.
                     if (n >= 0)
-                    {
-                        length = (int)n;
-                        return true;
-                    }
+                        n = Math.Max(0, n - VirtioNet.HeaderLength);
                 }
-
-                int errno = Marshal.GetLastPInvokeError();
-                if (errno != LibC.EAGAIN && errno != LibC.EINTR)
-                    throw ReadWriteError("read", errno);
-
-                int wait = deadline == long.MaxValue
-                    ? Timeout.Infinite
-                    : (int)Math.Clamp(deadline - Environment.TickCount64, 0, int.MaxValue);
-                if (wait == 0)
-                    return false;
-
-                if (!WaitReadable(wait))
-                    return false;
+                else
+                    n = LibC.Read(_tun.Fd, p, (nuint)buffer.Length);
+                if (n >= 0)
+                {
+                    length = (int)n;
+                    return true;
+                }
             }
-        }
-        finally
-        {
-            if (wakeAdded)
-                _wake.DangerousRelease();
-            if (tunAdded)
-                _tun.DangerousRelease();
+
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != LibC.EAGAIN && errno != LibC.EINTR)
+                throw ReadWriteError("read", errno);
+
+            int wait = deadline == long.MaxValue
+                ? Timeout.Infinite
+                : (int)Math.Clamp(deadline - Environment.TickCount64, 0, int.MaxValue);
+            if (wait == 0)
+                return false;
+
+            if (!WaitReadable(wait))
+                return false;
         }
     }
 
     private bool TryReadRing(TunRing ring, Span<byte> buffer, int millisecondsTimeout, out int length, byte* virtioHeader)
     {
-        bool tunAdded = false, wakeAdded = false, ringAdded = false;
-        try
+        // The ring's entries name both descriptors, and its memory must outlive the call.
+        using var held = Held.Of(_tun, _wake, ring);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var header = new Span<byte>(virtioHeader, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
+        switch (ring.TryRead(buffer, millisecondsTimeout, out length, header, out int errno))
         {
-            // The ring's entries name both descriptors, and its memory must outlive the call.
-            _tun.DangerousAddRef(ref tunAdded);
-            _wake.DangerousAddRef(ref wakeAdded);
-            ring.DangerousAddRef(ref ringAdded);
-            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-            var header = new Span<byte>(virtioHeader, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
-            switch (ring.TryRead(buffer, millisecondsTimeout, out length, header, out int errno))
-            {
-                case TunRing.ReadResult.Packet:
-                    return true;
-                case TunRing.ReadResult.Failed:
-                    throw ReadWriteError("read", errno);
-                default:
-                    ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-                    return false;
-            }
-        }
-        finally
-        {
-            if (ringAdded)
-                ring.DangerousRelease();
-            if (wakeAdded)
-                _wake.DangerousRelease();
-            if (tunAdded)
-                _tun.DangerousRelease();
+            case TunRing.ReadResult.Packet:
+                return true;
+            case TunRing.ReadResult.Failed:
+                throw ReadWriteError("read", errno);
+            default:
+                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                return false;
         }
     }
 
@@ -813,27 +759,15 @@ public sealed unsafe class TunDevice : IDisposable
     // goes directly, under the ring's gate so that the two kinds keep one order.
     private void WriteRing(TunRing ring, ReadOnlySpan<byte> header, ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail)
     {
-        bool tunAdded = false, ringAdded = false;
-        try
+        using var held = Held.Of(_tun, ring);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        lock (ring.Gate)
         {
-            _tun.DangerousAddRef(ref tunAdded);
-            ring.DangerousAddRef(ref ringAdded);
-            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-            lock (ring.Gate)
-            {
-                if (payload.IsEmpty && payloadTail.IsEmpty && ring.OnReaderThread && ring.TryQueueWrite(header, head))
-                    return;
-                ring.Submit();
-                fixed (byte* raw = header)
-                    WriteDirect(head, payload, payloadTail, raw);
-            }
-        }
-        finally
-        {
-            if (ringAdded)
-                ring.DangerousRelease();
-            if (tunAdded)
-                _tun.DangerousRelease();
+            if (payload.IsEmpty && payloadTail.IsEmpty && ring.OnReaderThread && ring.TryQueueWrite(header, head))
+                return;
+            ring.Submit();
+            fixed (byte* raw = header)
+                WriteDirect(head, payload, payloadTail, raw);
         }
     }
 
@@ -972,4 +906,48 @@ public sealed unsafe class TunDevice : IDisposable
 
     /// <summary>The interface name, e.g. "tun0".</summary>
     public override string ToString() => Name;
+
+    /// <summary>
+    /// Holds up to three handles open (SafeHandle.DangerousAddRef) until disposed, so that a
+    /// descriptor, or the ring whose entries name descriptors and whose memory the kernel writes,
+    /// outlives the system call using it even if Dispose runs meanwhile (see FileDescriptorHandle).
+    /// Released in the reverse order; if an add-ref throws (the handle is closed), the ones
+    /// already added are released.
+    /// </summary>
+    private ref struct Held
+    {
+        private SafeHandle? _first, _second, _third;
+
+        internal static Held Of(SafeHandle first, SafeHandle? second = null, SafeHandle? third = null)
+        {
+            var held = new Held();
+            try
+            {
+                held._first = Add(first);
+                held._second = second is null ? null : Add(second);
+                held._third = third is null ? null : Add(third);
+            }
+            catch
+            {
+                held.Dispose();
+                throw;
+            }
+            return held;
+        }
+
+        private static SafeHandle Add(SafeHandle handle)
+        {
+            bool added = false;
+            handle.DangerousAddRef(ref added);
+            return handle;
+        }
+
+        public void Dispose()
+        {
+            _third?.DangerousRelease();
+            _second?.DangerousRelease();
+            _first?.DangerousRelease();
+            _first = _second = _third = null;
+        }
+    }
 }
