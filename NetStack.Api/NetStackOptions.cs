@@ -177,15 +177,24 @@ public sealed record NetStackOptions
     /// offloads every packet is one write(2), and the kernel runs its TCP for the packet inside
     /// that call (for each ACK of ours, the kernel sender's ACK processing and its next
     /// segments): with this the loop goes back to reading while another thread carries that
-    /// work. Packets are copied into preallocated slots (one copy each, no allocation) and leave
-    /// in order; a full queue makes the loop wait. On the 2-core test machine it raised bulk TCP
-    /// without offloads from about 0.08 to about 0.11 of the kernel's veth figure (see the
-    /// README's Benchmarks); it adds a thread hop to every packet sent. Needs
-    /// <see cref="Offloads"/> = false, <see cref="NetStackMode.Tun"/> and no
-    /// <see cref="TunIoUring"/> (<see cref="ArgumentException"/> from <c>Start</c> otherwise).
-    /// Off by default.
+    /// work. A packet is handed over only while the loop is in a burst (its last read found a
+    /// packet) or earlier packets still wait for the writer; otherwise (a request's answer, say)
+    /// the loop writes it itself, so an idle exchange pays no thread hop. Handed-over packets are
+    /// copied into preallocated slots (one copy each, no allocation) and leave in order; a full
+    /// queue makes the loop wait.
+    /// <para>
+    /// null (the default): on when the TUN device runs without offloads (<see cref="Offloads"/>
+    /// = false, or the kernel refused them), in <see cref="NetStackMode.Tun"/>, without
+    /// <see cref="TunIoUring"/> and without <see cref="Faults"/> (the fault layer stays on the
+    /// loop thread). true: on, which needs <see cref="Offloads"/> = false,
+    /// <see cref="NetStackMode.Tun"/> and no <see cref="TunIoUring"/>
+    /// (<see cref="ArgumentException"/> from <c>Start</c> otherwise). false: off. On the 2-core
+    /// test machine it raised bulk TCP without offloads from about 0.08 to about 0.11 of the
+    /// kernel's veth figure (see the README's Benchmarks). No effect on a device passed to
+    /// <c>Start(options, device)</c>.
+    /// </para>
     /// </summary>
-    public bool TunWriterThread { get; init; }
+    public bool? TunWriterThread { get; init; }
 
     /// <summary>
     /// Faults to inject in both directions on the TUN device (null: none): loss, duplication,

@@ -203,7 +203,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             IPacketDevice packets = new TunPacketDevice(device);
             if (options.Faults is not null)
                 packets = new FaultInjectingDevice(packets, options.Faults);
-            if (options.TunWriterThread)
+            if (options.TunWriterThread ?? (!tap && !device.UsesIoUring && options.Faults is null && device.Offloads == TunOffloads.None))
                 packets = new WriterThreadDevice(packets);
             // In Tap mode the faults hit frames (ARP and NDP too) and share the link's counters.
             if (tap)
@@ -320,7 +320,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         if (options.CapturePath is not null && options.CapturePath.Length == 0)
             throw new ArgumentException("CapturePath is empty (null means no capture).", nameof(options));
         options.Faults?.Validate();
-        if (options.TunWriterThread && (options.Offloads || options.Mode != NetStackMode.Tun || options.TunIoUring))
+        if (options.TunWriterThread == true && (options.Offloads || options.Mode != NetStackMode.Tun || options.TunIoUring))
             throw new ArgumentException("TunWriterThread needs Offloads = false, Mode = Tun and no TunIoUring.", nameof(options));
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));

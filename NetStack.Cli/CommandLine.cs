@@ -144,7 +144,9 @@ public static class InterfaceOptions
                   --pcap FILE         record every packet the stack reads and writes in FILE (pcap, raw IP)
                   --no-offload        no TUN offloads (checksum offload, TSO): one packet per system call
                   --io-uring          batch TUN reads and writes through io_uring (falls back when unavailable)
-                  --writer-thread     write to the TUN device from a thread of its own (needs --no-offload)
+                  --writer-thread     write to the TUN device from a thread of its own while the loop is busy
+                                      (needs --no-offload; the default whenever the device has no offloads)
+                  --no-writer-thread  always write from the loop thread
                   --tap               a TAP device instead of TUN: the stack is a host with its own MAC on
                                       the link (ARP, NDP); the kernel side gets the host addresses with
                                       prefixes /{d.PrefixLength} and /{d.PrefixLength6}
@@ -199,6 +201,9 @@ public static class InterfaceOptions
                 return true;
             case "--writer-thread":
                 options = options with { TunWriterThread = true };
+                return true;
+            case "--no-writer-thread":
+                options = options with { TunWriterThread = false };
                 return true;
             case "--pcap":
                 var path = reader.Value(option);

@@ -33,7 +33,7 @@ let private writerThreads () =
             false)
     |> Array.length
 
-let private optionsWith (n: int) (offloads: bool) (mode: NetStackMode) (ioUring: bool) =
+let private optionsOf (n: int) (offloads: bool) (mode: NetStackMode) (ioUring: bool) (writer: Nullable<bool>) =
     NetStackOptions(
         TunName = $"ns112w{n}",
         Address = IPAddress.Parse $"10.112.{n}.2",
@@ -43,12 +43,28 @@ let private optionsWith (n: int) (offloads: bool) (mode: NetStackMode) (ioUring:
         Offloads = offloads,
         Mode = mode,
         TunIoUring = ioUring,
-        TunWriterThread = true,
+        TunWriterThread = writer,
         TcpLinger = TimeSpan.FromSeconds 10.0
     )
 
+let private optionsWith n offloads mode ioUring =
+    optionsOf n offloads mode ioUring (Nullable true)
+
 let private options (n: int) =
     optionsWith n false NetStackMode.Tun false
+
+/// A device whose writes wait until `gate` is set.
+type private GatedDevice(inner: MemoryPacketDevice, gate: ManualResetEventSlim) =
+    interface IPacketDevice with
+        member _.Mtu = inner.Mtu
+        member _.TryRead(buffer, timeout, length) = inner.TryRead(buffer, timeout, &length)
+
+        member _.Write(packet: ReadOnlySpan<byte>) =
+            gate.Wait() |> ignore
+            inner.Write packet
+
+        member _.Wake() = inner.Wake()
+        member _.Dispose() = inner.Dispose()
 
 /// A device whose writes of packets starting with 0xFF fail.
 type private FailingDevice(inner: MemoryPacketDevice) =
@@ -72,7 +88,7 @@ let tests =
         [
             test "two writers' 3000 packets each all leave, each writer's in order, through a 16-slot queue" {
                 let memory = new MemoryPacketDevice(1500)
-                use device = new WriterThreadDevice(memory, queueBytes = 1)
+                use device = new WriterThreadDevice(memory, queueBytes = 1, inlineWhenIdle = false)
                 Expect.equal device.QueueSlots 16 "the smallest queue"
 
                 let write (writer: int) =
@@ -115,13 +131,69 @@ let tests =
 
             test "a failing write is counted and the writer goes on" {
                 let memory = new MemoryPacketDevice(1500)
-                use device = new WriterThreadDevice(new FailingDevice(memory))
+
+                use device =
+                    new WriterThreadDevice(new FailingDevice(memory), inlineWhenIdle = false)
+
                 device.Write(ReadOnlySpan [| 1uy; 2uy |])
                 device.Write(ReadOnlySpan [| 0xFFuy; 2uy |])
                 device.Write(ReadOnlySpan [| 3uy; 4uy |])
                 Expect.equal (memory.WaitWritten timeout) [| 1uy; 2uy |] "the first"
                 Expect.equal (memory.WaitWritten timeout) [| 3uy; 4uy |] "the third, after the failed second"
                 Expect.equal device.WriteErrors 1L "one error counted"
+            }
+
+            test
+                "an idle reader's write goes out on the caller's thread; in a burst, or behind queued packets, it is handed over in order" {
+                let memory = new MemoryPacketDevice(1500)
+                use gate = new ManualResetEventSlim(true)
+                use device = new WriterThreadDevice(new GatedDevice(memory, gate))
+                let buffer = Array.zeroCreate<byte> 1500
+                let read () = fst (device.TryRead(Span buffer, 0))
+
+                // Idle (nothing read yet): written before Write returns, on this thread.
+                device.Write(ReadOnlySpan [| 1uy |])
+                Expect.isTrue (memory.TryTakeWritten() |> fst) "already written when Write returned"
+                Expect.equal (device.InlineWrites, device.HandedOver) (1L, 0L) "inline"
+
+                // A burst: the last read found a packet, so the write is handed over; the writer
+                // thread is held in the inner write by the closed gate.
+                gate.Reset()
+                memory.Inject(ReadOnlySpan [| 0x45uy |])
+                Expect.isTrue (read ()) "a packet read"
+                device.Write(ReadOnlySpan [| 2uy |])
+                Expect.equal device.HandedOver 1L "handed over"
+
+                // The reader goes idle, but packet 2 is still being written: 3 goes behind it. Had
+                // it been written here, this Write would block on the gate.
+                Expect.isFalse (read ()) "nothing to read"
+                let third = Tasks.Task.Run(fun () -> device.Write(ReadOnlySpan [| 3uy |]))
+                Expect.isTrue (third.Wait timeout) "the write behind a busy writer returns at once"
+                Expect.equal (device.InlineWrites, device.HandedOver) (1L, 2L) "handed over, not inline"
+                gate.Set()
+                Expect.equal (memory.WaitWritten timeout) [| 2uy |] "2 first"
+                Expect.equal (memory.WaitWritten timeout) [| 3uy |] "then 3"
+
+                // Drained and idle again: inline once more.
+                let clock = Diagnostics.Stopwatch.StartNew()
+                let mutable inline' = false
+
+                while not inline' && clock.Elapsed < timeout do
+                    device.Write(ReadOnlySpan [| 4uy |])
+                    inline' <- device.InlineWrites = 2L
+                    Expect.equal (memory.WaitWritten timeout) [| 4uy |] "4"
+
+                Expect.isTrue inline' "inline once the writer has finished"
+            }
+
+            test "a failing write on the caller's thread throws there, as the inner device's would" {
+                use device = new WriterThreadDevice(new FailingDevice(new MemoryPacketDevice(1500)))
+
+                Expect.throwsT<IOException>
+                    (fun () -> device.Write(ReadOnlySpan [| 0xFFuy; 2uy |]))
+                    "thrown to the caller"
+
+                Expect.equal device.WriteErrors 0L "not a writer-thread error"
             }
 
             test "empty and over-long packets are refused at once; writes after Dispose throw ObjectDisposedException" {
@@ -174,7 +246,11 @@ let tests =
                             stack.PingAsync(kernelAddress, TimeSpan.FromSeconds 5.0)
                             |> TestUtil.waitWithin timeout
 
-                        Expect.equal reply.Status NetworkInformation.IPStatus.Success $"ping {kernelAddress}")
+                        Expect.equal reply.Status NetworkInformation.IPStatus.Success $"ping {kernelAddress}"
+
+                    // Both ways of writing were taken: bursts handed over, idle answers inline.
+                    Expect.isGreaterThan stack.Statistics.["device.writer.handed-over"] 0L "handed over"
+                    Expect.isGreaterThan stack.Statistics.["device.writer.inline"] 0L "inline")
 
                 let mutable left = writerThreads ()
                 let clock = Diagnostics.Stopwatch.StartNew()
@@ -184,5 +260,30 @@ let tests =
                     left <- writerThreads ()
 
                 Expect.equal left before "the writer thread ended with the stack"
+            }
+
+            testSequenced
+            <| test "by default (null) the writer runs without offloads, not with them, and never when false" {
+                let before = writerThreads ()
+
+                let running (o: NetStackOptions) =
+                    let mutable writers = -1
+
+                    TestUtil.withStackOf o (fun stack ->
+                        let reply =
+                            stack.PingAsync(o.HostAddress, TimeSpan.FromSeconds 5.0)
+                            |> TestUtil.waitWithin timeout
+
+                        Expect.equal reply.Status NetworkInformation.IPStatus.Success "ping"
+                        writers <- writerThreads () - before)
+
+                    writers
+
+                let auto n offloads =
+                    optionsOf n offloads NetStackMode.Tun false (Nullable())
+
+                Expect.equal (running (auto 2 false)) 1 "without offloads: a writer"
+                Expect.equal (running (auto 3 true)) 0 "with offloads: none"
+                Expect.equal (running (optionsOf 4 false NetStackMode.Tun false (Nullable false))) 0 "false: none"
             }
         ]
