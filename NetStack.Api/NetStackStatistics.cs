@@ -9,9 +9,12 @@ namespace NetStack;
 /// </summary>
 public sealed class NetStackStatistics
 {
-    private sealed class Counter
+    /// <summary>One counter, for a hot path to keep instead of looking its name up each time.</summary>
+    internal sealed class Counter
     {
         public long Value;
+
+        public void Increment() => Interlocked.Increment(ref Value);
     }
 
     private readonly ConcurrentDictionary<string, Counter> _counters = new(StringComparer.Ordinal);
@@ -31,6 +34,9 @@ public sealed class NetStackStatistics
         Interlocked.Add(ref counter.Value, by);
     }
 
+    // The counter named `name`, created at 0 (which reads as never counted: Snapshot skips it).
+    internal Counter Handle(string name) => _counters.GetOrAdd(name, static _ => new Counter());
+
     // Overwrites a gauge-like counter (the loop's allocation total); only one thread writes it.
     internal void Set(string name, long value)
     {
@@ -38,12 +44,16 @@ public sealed class NetStackStatistics
         Volatile.Write(ref counter.Value, value);
     }
 
-    /// <summary>Every counter by name, at one moment (each counter read atomically).</summary>
+    /// <summary>Every counter that is not zero, by name, at one moment (each counter read atomically).</summary>
     public IReadOnlyDictionary<string, long> Snapshot()
     {
         var result = new SortedDictionary<string, long>(StringComparer.Ordinal);
         foreach (var (name, counter) in _counters)
-            result[name] = Volatile.Read(ref counter.Value);
+        {
+            long value = Volatile.Read(ref counter.Value);
+            if (value != 0)
+                result[name] = value;
+        }
         return result;
     }
 

@@ -443,7 +443,7 @@ public sealed partial class NetworkStack
 
     private void OnTcp(ReadOnlySpan<byte> packet, Received r, long now)
     {
-        _statistics.Increment("tcp.received");
+        _tcpReceived.Increment();
         if (r.Tcp.Has(TcpFlags.Syn) && (r.Tcp.Has(TcpFlags.Fin) || r.Tcp.Has(TcpFlags.Rst)))
         {
             // SYN with FIN or RST has no meaning in any state (a scanner's or an attacker's
@@ -771,8 +771,8 @@ public sealed partial class NetworkStack
         if (segment.DataLength > 0 && offset + segment.DataLength <= IpLayer.pathMtu(now, remote, _ip))
         {
             TransmitGathered(c!, segment, segment.Flags, segment.DataLength, 0);
-            _statistics.Increment("device.written");
-            _statistics.Increment("tcp.sent");
+            _deviceWritten.Increment();
+            _tcpSent.Increment();
             return;
         }
         var data = _packetBuffer.AsSpan(offset, segment.DataLength);
@@ -780,7 +780,7 @@ public sealed partial class NetworkStack
             c!.CopySendData(segment.DataPosition, data);
         int length = IpLayer.writeTcp(local, remote, localPort, remotePort, NextIdentification(), segment, data, _packetBuffer);
         SendPacket(length, remote, now);
-        _statistics.Increment("tcp.sent");
+        _tcpSent.Increment();
     }
 
     // ------------------------------------------------------------------------------------------
@@ -909,7 +909,7 @@ public sealed partial class NetworkStack
         TransmitGathered(c, run.First, run.LastFlags, run.Bytes, run.First.DataLength);
         // The kernel numbers the IPv4 identification of the segments it cuts on from ours.
         _nextIpv4Identification += (ushort)(run.Count - 1);
-        _statistics.Increment("device.written");
+        _deviceWritten.Increment();
         _statistics.Increment("tcp.sent", run.Count);
         _statistics.Increment("offload.tso.sent");
         _statistics.Increment("offload.tso.segments", run.Count);

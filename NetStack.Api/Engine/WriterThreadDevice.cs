@@ -30,6 +30,9 @@ public sealed class WriterThreadDevice : IPacketDevice
     private bool _stopping;
     // Whether the last read found a packet: the reader is in a burst (more work behind this write).
     private volatile bool _readerBusy;
+    // A packet was queued in a burst without waking the sleeping writer (WakeBatch).
+    private volatile bool _wakeOwed;
+    private const int WakeBatch = 8;
     private readonly bool _inlineWhenIdle;
     private long _inlineWrites;
     private long _handedOver;
@@ -60,8 +63,20 @@ public sealed class WriterThreadDevice : IPacketDevice
 
     private long _writeErrors;
 
-    /// <summary>Where write errors are counted too (the stack sets its own).</summary>
-    internal NetStackStatistics? Statistics { get; set; }
+    private NetStackStatistics? _statistics;
+    private NetStackStatistics.Counter? _inlineCounter, _handedOverCounter;
+
+    /// <summary>Where write errors and the two ways of writing are counted too (the stack sets its own).</summary>
+    internal NetStackStatistics? Statistics
+    {
+        get => _statistics;
+        set
+        {
+            _statistics = value;
+            _inlineCounter = value?.Handle("device.writer.inline");
+            _handedOverCounter = value?.Handle("device.writer.handed-over");
+        }
+    }
 
     /// <summary>The device written to.</summary>
     public IPacketDevice Inner => _inner;
@@ -78,9 +93,25 @@ public sealed class WriterThreadDevice : IPacketDevice
     /// <inheritdoc/>
     public bool TryRead(Span<byte> buffer, int millisecondsTimeout, out int length)
     {
+        // A wake held back for the burst is given before the reader may wait: the packets it
+        // waits for may be the answers to those queued.
+        if (millisecondsTimeout != 0 && _wakeOwed)
+            WakeWriter();
         bool read = _inner.TryRead(buffer, millisecondsTimeout, out length);
         _readerBusy = read;
+        if (!read && _wakeOwed)
+            WakeWriter();
         return read;
+    }
+
+    private void WakeWriter()
+    {
+        lock (_gate)
+        {
+            _wakeOwed = false;
+            if (_writerSleeping && _ready.Count > 0)
+                Monitor.PulseAll(_gate);
+        }
     }
 
     /// <summary>Packets written on the caller's thread because the reader was idle and nothing was queued.</summary>
@@ -124,7 +155,7 @@ public sealed class WriterThreadDevice : IPacketDevice
             {
                 _inner.WriteGather(head, payload, payloadTail);
                 Interlocked.Increment(ref _inlineWrites);
-                Statistics?.Increment("device.writer.inline");
+                _inlineCounter?.Increment();
                 return;
             }
         }
@@ -146,12 +177,22 @@ public sealed class WriterThreadDevice : IPacketDevice
         payloadTail.CopyTo(destination[(head.Length + payload.Length)..]);
         _lengths[slot] = length;
         Interlocked.Increment(ref _handedOver);
-        Statistics?.Increment("device.writer.handed-over");
+        _handedOverCounter?.Increment();
         lock (_gate)
         {
             _ready.Enqueue(slot);
+            // In a burst the sleeping writer is woken once per WakeBatch packets, or when the
+            // burst ends (TryRead), not for each packet: a wake-up costs both threads a few µs.
             if (_writerSleeping)
-                Monitor.PulseAll(_gate);
+            {
+                if (!_readerBusy || _ready.Count >= WakeBatch)
+                {
+                    _wakeOwed = false;
+                    Monitor.PulseAll(_gate);
+                }
+                else
+                    _wakeOwed = true;
+            }
         }
     }
 
