@@ -139,6 +139,18 @@ public sealed record NetStackOptions
     public int TcpKeepAliveCount { get; init; } = 9;
 
     /// <summary>
+    /// The shortest interval between two ACKs a connection sends for invalid segments (default
+    /// 500 ms, as Linux's tcp_invalid_ratelimit): challenge ACKs (RFC 5961 §7: an in-window RST
+    /// not at the expected number, a SYN on a live connection, an ACK number outside the
+    /// acceptable range) and answers to out-of-window segments without data. Data outside the
+    /// window is always answered. An ACK held back is counted as <c>tcp.ack.rate-limited</c>.
+    /// This keeps a blind attacker from making the stack send at its rate and stops two
+    /// confused ends from trading ACKs forever. <see cref="TimeSpan.Zero"/>: no limit.
+    /// Negative: <see cref="ArgumentException"/> from <c>Start</c>.
+    /// </summary>
+    public TimeSpan TcpInvalidAckInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>
     /// A file to record every packet the stack reads from and writes to its device, as a pcap
     /// capture (raw IP, microsecond timestamps) that Wireshark and tshark open; null for no capture.
     /// The file is created (or truncated) by <c>Start</c> and flushed and closed when the stack is

@@ -62,7 +62,7 @@ public sealed partial class NetworkStack
             false,
             Options.TcpKeepAlive is { } idle ? (long)idle.TotalMicroseconds : FSharpValueOption<long>.None,
             (long)Options.TcpKeepAliveInterval.TotalMicroseconds, Options.TcpKeepAliveCount,
-            Options.TcpReceiveBufferMaxBytes);
+            Options.TcpReceiveBufferMaxBytes, (long)Options.TcpInvalidAckInterval.TotalMicroseconds);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);
@@ -97,6 +97,8 @@ public sealed partial class NetworkStack
             throw new ArgumentException("TcpKeepAlive must be positive (null for none).", nameof(options));
         if (options.TcpKeepAliveInterval <= TimeSpan.Zero || options.TcpKeepAliveCount < 1)
             throw new ArgumentException("TcpKeepAliveInterval and TcpKeepAliveCount must be positive.", nameof(options));
+        if (options.TcpInvalidAckInterval < TimeSpan.Zero)
+            throw new ArgumentException("TcpInvalidAckInterval cannot be negative.", nameof(options));
         if (options.TcpUserTimeout is { } userTimeout && userTimeout <= TimeSpan.Zero)
             throw new ArgumentException("TcpUserTimeout must be positive (null for none).", nameof(options));
     }
@@ -727,6 +729,9 @@ public sealed partial class NetworkStack
                 break;
             case TcpEvent.Tags.LossProbe:
                 _statistics.Increment("tcp.loss-probe");
+                break;
+            case TcpEvent.Tags.AckRateLimited:
+                _statistics.Increment("tcp.ack.rate-limited");
                 break;
         }
     }

@@ -442,6 +442,31 @@ module Connection =
     let private sendAck (now: int64) (out: Out) (c: Connection) =
         emit now out TcpFlags.Ack c.SndMax 0L 0 TcpOptions.None c
 
+    /// The ACK owed to an invalid segment, unless one went out less than
+    /// `OutOfWindowAckInterval` ago (RFC 5961 §7; Linux's __tcp_oow_rate_limited).
+    let private sendLimitedAck (now: int64) (out: Out) (c: Connection) =
+        let interval = c.Config.OutOfWindowAckInterval
+
+        if
+            interval > 0L
+            && c.LastInvalidAckAt <> System.Int64.MinValue
+            && now - c.LastInvalidAckAt < interval
+        then
+            out.Add(TcpAction.Event TcpEvent.AckRateLimited)
+            c
+        else
+            sendAck now out { c with LastInvalidAckAt = now }
+
+    /// The ACK of an unacceptable segment (RFC 9293 §3.10.7.4 first check) or of a PAWS reject:
+    /// always for one with data (its sender needs the answer to recover), rate limited for one
+    /// without data or with a SYN (what two confused ends would trade forever; Linux's
+    /// tcp_oow_rate_limited).
+    let private answerInvalid (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+        if seg.Length > 0 && not (seg.Has TcpFlags.Syn) then
+            sendAck now out c
+        else
+            sendLimitedAck now out c
+
     /// The options of our SYN or SYN,ACK: MSS always; window scale and timestamps as configured
     /// in a SYN, and in a SYN,ACK only when the peer's SYN offered them too (RFC 7323 §2.2,
     /// §3.2: never offered in a SYN,ACK to a SYN without them).
@@ -1259,11 +1284,11 @@ module Connection =
     /// Returns the connection and whether processing of the segment goes on.
     let private processAck (now: int64) (out: Out) (seg: Segment) (c: Connection) : struct (Connection * bool) =
         if SeqNum.gt seg.Ack c.SndMax then
-            // It acknowledges something not yet sent: ACK and drop.
-            struct (sendAck now out c, false)
+            // It acknowledges something not yet sent: ACK (rate limited, RFC 5961 §5.2, §7) and drop.
+            struct (sendLimitedAck now out c, false)
         elif SeqNum.lt seg.Ack (c.SndUna - c.MaxSndWnd) then
             // RFC 5961 §5.2: too old to be from this connection's peer: challenge ACK, drop.
-            struct (sendAck now out c, false)
+            struct (sendLimitedAck now out c, false)
         else
             let una = c.SndUna
             let struct (c, sackedNew) = takeSackBlocks seg c
@@ -1657,7 +1682,10 @@ module Connection =
             c
         elif pawsRejects now seg c then
             // RFC 7323 §5.3 R1: an old duplicate (its TSval is behind TS.Recent): ACK and drop.
-            if seg.Has TcpFlags.Rst then c else sendAck now out c
+            if seg.Has TcpFlags.Rst then
+                c
+            else
+                answerInvalid now out seg c
         elif not (acceptable seg c) then
             if seg.Has TcpFlags.Rst then
                 c
@@ -1676,17 +1704,17 @@ module Connection =
 
                 sendAck now out c
             else
-                sendAck now out c
+                answerInvalid now out seg c
         elif seg.Has TcpFlags.Rst then
             // RFC 5961 §3.2: only a RST exactly at RCV.NXT resets; one elsewhere in the window
             // gets a challenge ACK, so a blind attacker has to guess the exact number. TIME-WAIT
             // ignores RSTs (RFC 1337, see StateModel).
             if c.State = TcpState.TimeWait then c
             elif seg.Seq = c.RcvNxt then onReset out c
-            else sendAck now out c
+            else sendLimitedAck now out c
         elif seg.Has TcpFlags.Syn then
             // RFC 5961 §4.2: a SYN in a synchronized state gets a challenge ACK, never a reset.
-            sendAck now out c
+            sendLimitedAck now out c
         elif not (seg.Has TcpFlags.Ack) then
             c
         else
@@ -2128,6 +2156,7 @@ module Connection =
             TsRecent = 0u
             TsRecentAt = 0L
             LastAckSent = SeqNum 0u
+            LastInvalidAckAt = System.Int64.MinValue
             RcvMss = min config.DefaultPeerMss config.Mss
             SackEnabled = false
             SackRecent = []

@@ -76,6 +76,14 @@ type TcpConfig =
         /// shift cannot change later. At or below `ReceiveBufferSize` (the default) the buffer
         /// stays fixed, as SO_RCVBUF pins Linux's.
         ReceiveBufferMax: int
+        /// The shortest interval between two ACKs sent for invalid segments (µs): challenge ACKs
+        /// (RFC 5961 §7: an in-window RST not at RCV.NXT, a SYN in a synchronized state, an ACK
+        /// field outside the acceptable range) and the ACKs of unacceptable segments that carry
+        /// no data or a SYN (data out of the window is always ACKed: a sender's retransmission
+        /// needs that answer). A limited ACK is not sent, and `TcpEvent.AckRateLimited` says
+        /// so. Stops ACK wars and keeps a blind attacker from making us send at its rate. Linux:
+        /// tcp_invalid_ratelimit = 500 ms, per connection. 0: no limit.
+        OutOfWindowAckInterval: int64
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -112,6 +120,7 @@ type TcpConfig =
             KeepAliveInterval = 75_000_000L
             KeepAliveCount = 9
             ReceiveBufferMax = 0
+            OutOfWindowAckInterval = 500_000L
         }
 
     /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
@@ -168,6 +177,9 @@ type TcpConfig =
 
         if this.KeepAliveInterval < 1L || this.KeepAliveCount < 1 then
             invalidArg "KeepAliveInterval" "KeepAliveInterval and KeepAliveCount must be positive."
+
+        if this.OutOfWindowAckInterval < 0L then
+            invalidArg "OutOfWindowAckInterval" "OutOfWindowAckInterval cannot be negative."
 
         if this.Msl < 0L || this.MaxPersistInterval < 1L || this.ClockGranularity < 1L then
             invalidArg "Msl" "Msl, MaxPersistInterval and ClockGranularity must be positive."
@@ -273,6 +285,10 @@ type TcpEvent =
     /// No ACK came for two round trips with data outstanding: a tail loss probe went out
     /// (RFC 8985 §7), so a lost tail is repaired by SACK recovery instead of a timeout.
     | LossProbe
+    /// An ACK owed to an invalid segment (a challenge ACK, or the answer to an unacceptable
+    /// segment without data) was not sent: the last one went out less than
+    /// `TcpConfig.OutOfWindowAckInterval` ago (RFC 5961 §7).
+    | AckRateLimited
 
 /// One state change, as reported for checking against `StateModel`.
 [<Struct>]
@@ -487,6 +503,9 @@ type Connection =
         mutable TsRecentAt: int64
         /// Last.ACK.sent: the ACK number of the last segment we sent (RFC 7323 §4.3).
         mutable LastAckSent: SeqNum
+        /// When the last rate-limited ACK for an invalid segment went out (µs;
+        /// Int64.MinValue: never), for `TcpConfig.OutOfWindowAckInterval`.
+        mutable LastInvalidAckAt: int64
         /// The largest segment payload received (as Linux's rcv_mss): "a full-sized segment"
         /// for the rule that every second one is ACKed at once.
         mutable RcvMss: int

@@ -5,6 +5,7 @@
 #
 #   Hostile.py flood STACK PORT COUNT PREFIX     COUNT SYNs from PREFIX.10-250, random ports
 #   Hostile.py blind IFACE KERNEL STACK PORT     blind RST/SYN/data against a live echo connection
+#   Hostile.py burst IFACE KERNEL STACK PORT     bursts of in-window RSTs and of old data against one
 #   Hostile.py idle STACK PORT COUNT             COUNT idle connections, held until stdin closes
 import json
 import os
@@ -89,7 +90,7 @@ def parse(packet):
     return socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20]), sport, dport, seq, ack, flags, length, ts
 
 
-def blind(iface, kernel, stack, port):
+def blind(iface, kernel, stack, port, phase="kinds"):
     sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
     sniffer.bind((iface, 0))
     client = socket.create_connection((stack, port), timeout=10)
@@ -146,6 +147,26 @@ def blind(iface, kernel, stack, port):
         ts = b""
 
     result = {}
+    if phase == "burst":
+        # RFC 5961 §7: 50 in-window RSTs at once draw challenge ACKs at a limited rate (one), 20
+        # out-of-window data segments one ACK each (data is never limited), and a RST after the
+        # interval (500 ms) a challenge ACK again.
+        for _ in range(50):
+            raw.sendto(ipv4(kernel, stack, tcp(kernel, stack, lport, port, k_next + 5000, 0, RST)), (stack, 0))
+        answers = [x for x in drain(0.3) if x[0]]
+        result["rst-burst-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+        old = tcp(kernel, stack, lport, port, k_next - 200000, s_next, ACK | PSH, data=b"EVIL", options=ts)
+        for _ in range(20):
+            raw.sendto(ipv4(kernel, stack, old), (stack, 0))
+        answers = [x for x in drain(0.3) if x[0]]
+        result["old-data-burst-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+        time.sleep(0.3)
+        answers = attack(tcp(kernel, stack, lport, port, k_next + 5000, 0, RST))
+        result["rst-later-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
+        result["echo-after"] = echo(b"c" * 1000) == b"c" * 1000
+        client.close()
+        print(json.dumps(result), flush=True)
+        return
     # RFC 5961 §3: a RST inside the window but not at RCV.NXT draws a challenge ACK.
     answers = attack(tcp(kernel, stack, lport, port, k_next + 5000, 0, RST))
     result["rst-in-window-challenge-acks"] = sum(1 for _, s, a, f, n in answers if f & ACK and a == k_next)
@@ -201,5 +222,7 @@ if __name__ == "__main__":
         flood(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     elif command == "blind":
         blind(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    elif command == "burst":
+        blind(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), "burst")
     elif command == "idle":
         idle(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

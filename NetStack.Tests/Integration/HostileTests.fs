@@ -18,9 +18,11 @@ open Expecto
 open NetStack
 open NetStack.Tests
 
-/// Test n's options: interface ns96hN, 10.96.(20+n).2 (stack) / .1 (kernel), fd96:(20+n)::2 / ::1.
-let optionsFor (n: int) =
+/// Test n's options: interface ns96hN, 10.96.(20+n).2 (stack) / .1 (kernel), fd96:(20+n)::2 / ::1,
+/// with `invalidAckInterval` as TcpInvalidAckInterval.
+let optionsOf (n: int) (invalidAckInterval: TimeSpan) =
     NetStackOptions(
+        TcpInvalidAckInterval = invalidAckInterval,
         TunName = $"ns96h{n}",
         Address = IPAddress.Parse $"10.96.{20 + n}.2",
         HostAddress = IPAddress.Parse $"10.96.{20 + n}.1",
@@ -28,6 +30,10 @@ let optionsFor (n: int) =
         HostAddress6 = IPAddress.Parse $"fd96:{20 + n}::1",
         TcpLinger = TimeSpan.FromSeconds 1.0
     )
+
+/// Test n's options (the default TcpInvalidAckInterval).
+let optionsFor (n: int) =
+    optionsOf n (NetStackOptions().TcpInvalidAckInterval)
 
 // ------------------------------------------------------------------------------------------
 // Crafting packets
@@ -512,7 +518,8 @@ let tests =
 
             test
                 "blind RST, SYN and data with wrong numbers draw challenge ACKs (RFC 5961) and never reach the application" {
-                use stack = NetworkStack.Start(optionsFor 9)
+                // Every kind in turn, 0.4 s apart: without the rate limit (RFC 5961 §7, next test).
+                use stack = NetworkStack.Start(optionsOf 9 TimeSpan.Zero)
                 use listener = stack.ListenTcp(7)
                 let server = echoServer listener
                 let o = stack.Options
@@ -551,6 +558,30 @@ let tests =
                     $"in-window data without a timestamp is dropped unanswered (RFC 7323 §3.2): {line}"
 
                 Expect.isTrue (flag "echo-after") $"the connection still echoes, without the injected bytes: {line}"
+                Expect.equal stack.Statistics.["tcp.reset-received"] 0L "no RST was believed"
+                listener.Dispose()
+                server.Wait(timeout) |> ignore
+            }
+
+            test
+                "challenge ACKs are rate limited: a burst of blind RSTs draws one, old data is answered each time (RFC 5961 §7)" {
+                use stack = NetworkStack.Start(optionsFor 10)
+                use listener = stack.ListenTcp(7)
+                let server = echoServer listener
+                let o = stack.Options
+
+                let code, output =
+                    hostilePy [ "burst"; stack.InterfaceName; string o.HostAddress; string o.Address; "7" ]
+
+                Expect.equal code 0 $"Hostile.py burst ran: {output}"
+                let line = output.Split('\n') |> Array.find (fun l -> l.StartsWith "{")
+                let result = JsonDocument.Parse(line).RootElement
+                let number (name: string) = result.GetProperty(name).GetInt32()
+                Expect.equal (number "rst-burst-acks") 1 $"50 in-window RSTs at once: one challenge ACK: {line}"
+                Expect.equal (number "old-data-burst-acks") 20 $"20 old data segments: 20 ACKs: {line}"
+                Expect.equal (number "rst-later-acks") 1 $"a RST 0.6 s later: a challenge ACK again: {line}"
+                Expect.isTrue (result.GetProperty("echo-after").GetBoolean()) $"the connection still echoes: {line}"
+                Expect.isGreaterThanOrEqual stack.Statistics.["tcp.ack.rate-limited"] 49L "the held-back ACKs counted"
                 Expect.equal stack.Statistics.["tcp.reset-received"] 0L "no RST was believed"
                 listener.Dispose()
                 server.Wait(timeout) |> ignore

@@ -344,6 +344,62 @@ let tests =
                         Expect.equal (single o).Flags ack "challenge ACK"
                     }
 
+                    test "challenge ACKs: at most one per OutOfWindowAckInterval, the rest counted (RFC 5961 §7)" {
+                        let c = established 65535us
+                        let nxt = peerIss + 1u
+                        let rst = segment (nxt + 100u) 0u TcpFlags.Rst 0us 0
+                        let c, o = Connection.handleSegment (ms 20) rst c
+                        Expect.equal (single o).Flags ack "the first draws a challenge ACK"
+
+                        // Within 500 ms of it: a RST, a SYN and an ACK of unsent data draw nothing.
+                        let mutable c = c
+
+                        for (at, seg) in
+                            [
+                                100, rst
+                                200, segment nxt 0u TcpFlags.Syn 0us 0
+                                519, segment nxt (iss + 5000u) ack 65535us 0
+                            ] do
+                            let c2, o = Connection.handleSegment (ms at) seg c
+                            Expect.equal (sent o) [] $"nothing sent at {at} ms"
+                            Expect.equal (events o) [ TcpEvent.AckRateLimited ] "AckRateLimited"
+                            Expect.equal c2.State TcpState.Established "still established"
+                            c <- c2
+
+                        let _, o = Connection.handleSegment (ms 520) rst c
+                        Expect.equal (single o).Flags ack "500 ms after the last one: a challenge ACK again"
+
+                        let unlimited =
+                            { established 65535us with
+                                Config =
+                                    { config with
+                                        OutOfWindowAckInterval = 0L
+                                    }
+                            }
+
+                        let c, _ = Connection.handleSegment (ms 20) rst unlimited
+                        let _, o = Connection.handleSegment (ms 21) rst c
+                        Expect.equal (single o).Flags ack "OutOfWindowAckInterval = 0: no limit"
+                    }
+
+                    test "out-of-window data is always ACKed; out-of-window segments without data are rate limited" {
+                        let c = established 65535us
+                        let nxt = peerIss + 1u
+                        let oldData = segment (nxt - 200u) (iss + 1u) ack 65535us 100
+                        let c, o1 = Connection.handleSegment (ms 20) oldData c
+                        let c, o2 = Connection.handleSegment (ms 21) oldData c
+
+                        for o in [ o1; o2 ] do
+                            Expect.equal ((single o).Ack.Value, (single o).Flags) (nxt, ack) "old data: ACKed each time"
+
+                        let oldAck = segment (nxt - 200u) (iss + 1u) ack 65535us 0
+                        let c, o = Connection.handleSegment (ms 22) oldAck c
+                        Expect.equal (single o).Flags ack "an old bare ACK: answered once"
+                        let _, o = Connection.handleSegment (ms 23) oldAck c
+                        Expect.equal (sent o) [] "and not again within 500 ms"
+                        Expect.equal (events o) [ TcpEvent.AckRateLimited ] "counted"
+                    }
+
                     test "an ACK for data never sent is answered with an ACK and dropped" {
                         let c = established 65535us
 
