@@ -62,7 +62,8 @@ public sealed partial class NetworkStack
             false,
             Options.TcpKeepAlive is { } idle ? (long)idle.TotalMicroseconds : FSharpValueOption<long>.None,
             (long)Options.TcpKeepAliveInterval.TotalMicroseconds, Options.TcpKeepAliveCount,
-            Options.TcpReceiveBufferMaxBytes, (long)Options.TcpInvalidAckInterval.TotalMicroseconds);
+            Options.TcpReceiveBufferMaxBytes, (long)Options.TcpInvalidAckInterval.TotalMicroseconds,
+            Options.TcpUserTimeout is { } userTimeout ? (long)userTimeout.TotalMicroseconds : FSharpValueOption<long>.None);
         _tcpConfig4 = Make(false);
         if (_address6 is not null)
             _tcpConfig6 = Make(true);
@@ -730,6 +731,12 @@ public sealed partial class NetworkStack
             case TcpEvent.Tags.LossProbe:
                 _statistics.Increment("tcp.loss-probe");
                 break;
+            case TcpEvent.Tags.UserTimedOut:
+                // RFC 9293 §3.10.8, RFC 5482: the core reset the connection (see TcpConfig.UserTimeout).
+                _statistics.Increment("tcp.user-timeout");
+                _log.TcpTimedOut(c.LocalEndPoint, c.RemoteEndPoint);
+                c.Fail(SocketError.TimedOut);
+                break;
             case TcpEvent.Tags.AckRateLimited:
                 _statistics.Increment("tcp.ack.rate-limited");
                 break;
@@ -973,40 +980,7 @@ public sealed partial class NetworkStack
             if (c.Core.Retries > retries)
                 _statistics.Increment("tcp.retransmission-timeout");
             Execute(c, actions, default, now);
-            if (Options.TcpUserTimeout is { } userTimeout)
-                CheckUserTimeout(c, (long)userTimeout.TotalMicroseconds, now);
         }
-    }
-
-    // RFC 9293 §3.10.8, RFC 5482: data (or our FIN) unacknowledged for the user timeout ends the
-    // connection. A peer that keeps advertising a zero window answers every persist probe, so
-    // without this a connection to a peer that never reads would live forever.
-    private void CheckUserTimeout(TcpConnection c, long timeout, long now)
-    {
-        if (c.Removed || !c.HasCore)
-            return;
-        ref readonly var core = ref c.Core;
-        var state = core.State;
-        bool synchronized = state.IsEstablished || state.IsCloseWait || state.IsFinWait1 || state.IsClosing || state.IsLastAck;
-        bool waiting = synchronized && (core.Written > core.Acked || core.SndMax - core.SndUna > 0);
-        if (!waiting)
-        {
-            c.StalledSince = long.MinValue;
-            return;
-        }
-        if (c.StalledSince == long.MinValue || core.Acked != c.UserTimeoutAcked)
-        {
-            c.StalledSince = now;
-            c.UserTimeoutAcked = core.Acked;
-            return;
-        }
-        if (now - c.StalledSince < timeout)
-            return;
-        _statistics.Increment("tcp.user-timeout");
-        c.Fail(SocketError.TimedOut);
-        var actions = TcpActionSink();
-        c.Core = TcpEngine.abortInto(actions, now, c.Core);
-        Execute(c, actions, default, now);
     }
 
     // Called by Dispose once the loop has stopped (so this thread owns the loop state), before the

@@ -121,10 +121,6 @@ public sealed class TcpConnection : Stream
     /// <summary>True when the local port came from the ephemeral range and must be released.</summary>
     internal bool EphemeralPort;
 
-    /// <summary>User timeout bookkeeping (loop only): the acknowledged byte count last seen, and since when it has not moved while data waited (MinValue: nothing waiting).</summary>
-    internal long UserTimeoutAcked;
-    internal long StalledSince = long.MinValue;
-
     /// <summary>The loop command that sends newly written bytes; made once, posted once per batch of writes.</summary>
     internal Action? SendCommand;
 

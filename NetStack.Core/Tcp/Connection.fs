@@ -2048,6 +2048,42 @@ module Connection =
                 }
         | _ -> { c with KeepAliveAt = ValueNone }
 
+    /// The user timeout (RFC 9293 §3.10.8, RFC 5482), checked when a timer runs: data or our FIN
+    /// waiting in a synchronized state with no progress for `UserTimeout` resets the connection
+    /// (the peer may be alive, answering zero-window probes: the RST lets it go too).
+    let private checkUserTimeout (now: int64) (out: Out) (c: Connection) =
+        match c.Config.UserTimeout with
+        | ValueNone -> c
+        | ValueSome timeout ->
+            let synchronized =
+                match c.State with
+                | TcpState.Established
+                | TcpState.CloseWait
+                | TcpState.FinWait1
+                | TcpState.Closing
+                | TcpState.LastAck -> true
+                | _ -> false
+
+            if not (synchronized && (c.Written > c.Acked || c.SndMax <> c.SndUna)) then
+                { c with
+                    StalledSince = System.Int64.MinValue
+                }
+            elif c.StalledSince = System.Int64.MinValue || c.Acked <> c.StalledAcked then
+                { c with
+                    StalledSince = now
+                    StalledAcked = c.Acked
+                }
+            elif now - c.StalledSince < timeout then
+                c
+            else
+                out.Add(TcpAction.Event TcpEvent.UserTimedOut)
+
+                match c.State with
+                | TcpState.Established
+                | TcpState.FinWait1
+                | TcpState.CloseWait -> rst out c.SndNxt c |> enterClosed out TcpTrigger.Timeout
+                | _ -> enterClosed out TcpTrigger.Timeout c
+
     /// Runs every timer whose deadline is at or before `now`. Calling it early is harmless.
     let handleTimerInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
 
@@ -2063,6 +2099,8 @@ module Connection =
                 c
 
         let live (c: Connection) = c.State <> TcpState.Closed
+        // First, so that an expired connection sends its RST and no probe or retransmission.
+        let c = if live c then checkUserTimeout now out c else c
 
         let c =
             if live c && due now c.RetransmitAt then
@@ -2157,6 +2195,8 @@ module Connection =
             TsRecentAt = 0L
             LastAckSent = SeqNum 0u
             LastInvalidAckAt = System.Int64.MinValue
+            StalledSince = System.Int64.MinValue
+            StalledAcked = 0L
             RcvMss = min config.DefaultPeerMss config.Mss
             SackEnabled = false
             SackRecent = []

@@ -84,6 +84,12 @@ type TcpConfig =
         /// so. Stops ACK wars and keeps a blind attacker from making us send at its rate. Linux:
         /// tcp_invalid_ratelimit = 500 ms, per connection. 0: no limit.
         OutOfWindowAckInterval: int64
+        /// The user timeout (RFC 9293 §3.10.8, RFC 5482), µs: when data or our FIN has waited
+        /// this long in a synchronized state without any of it being acknowledged, the
+        /// connection is reset and ends with `TcpEvent.UserTimedOut`, even while the peer keeps
+        /// answering zero-window probes (which `MaxRetransmissions` never counts). Checked
+        /// whenever a timer of the connection runs. ValueNone (the default): none.
+        UserTimeout: int64 voption
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -121,6 +127,7 @@ type TcpConfig =
             KeepAliveCount = 9
             ReceiveBufferMax = 0
             OutOfWindowAckInterval = 500_000L
+            UserTimeout = ValueNone
         }
 
     /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
@@ -177,6 +184,10 @@ type TcpConfig =
 
         if this.KeepAliveInterval < 1L || this.KeepAliveCount < 1 then
             invalidArg "KeepAliveInterval" "KeepAliveInterval and KeepAliveCount must be positive."
+
+        match this.UserTimeout with
+        | ValueSome timeout when timeout < 1L -> invalidArg "UserTimeout" "UserTimeout must be positive."
+        | _ -> ()
 
         if this.OutOfWindowAckInterval < 0L then
             invalidArg "OutOfWindowAckInterval" "OutOfWindowAckInterval cannot be negative."
@@ -289,6 +300,9 @@ type TcpEvent =
     /// segment without data) was not sent: the last one went out less than
     /// `TcpConfig.OutOfWindowAckInterval` ago (RFC 5961 §7).
     | AckRateLimited
+    /// Data or our FIN waited `TcpConfig.UserTimeout` without being acknowledged: the
+    /// connection was reset and is CLOSED (RFC 9293 §3.10.8, RFC 5482): TimedOut.
+    | UserTimedOut
 
 /// One state change, as reported for checking against `StateModel`.
 [<Struct>]
@@ -506,6 +520,11 @@ type Connection =
         /// When the last rate-limited ACK for an invalid segment went out (µs;
         /// Int64.MinValue: never), for `TcpConfig.OutOfWindowAckInterval`.
         mutable LastInvalidAckAt: int64
+        /// Since when unacknowledged data (or FIN) has waited with no progress (µs;
+        /// Int64.MinValue: nothing waits), for `TcpConfig.UserTimeout`.
+        mutable StalledSince: int64
+        /// `Acked` when that wait began: progress restarts it.
+        mutable StalledAcked: int64
         /// The largest segment payload received (as Linux's rcv_mss): "a full-sized segment"
         /// for the rule that every second one is ACKed at once.
         mutable RcvMss: int

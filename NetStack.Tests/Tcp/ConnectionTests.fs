@@ -576,6 +576,77 @@ let tests =
                         Expect.equal (sent o |> List.sumBy (fun s -> s.DataLength)) 3000 "window opened: data flows"
                     }
 
+                    test
+                        "user timeout: a peer that answers every probe with a zero window is reset after UserTimeout (RFC 9293 §3.10.8)" {
+                        let withTimeout (t: int64 voption) =
+                            { established 0us with
+                                Config = { config with UserTimeout = t }
+                            }
+
+                        // Runs timers, each probe answered with a zero window, until CLOSED or 30 s.
+                        let rec run (c: Connection) (at: int64) (probes: int) =
+                            let c, o = Connection.handleTimer at c
+
+                            if c.State = TcpState.Closed then
+                                c, o, at, probes
+                            elif at > ms 30_000 then
+                                c, o, at, probes
+                            else
+                                let c, _ =
+                                    Connection.handleSegment (at + 1L) (segment (peerIss + 1u) (iss + 1u) ack 0us 0) c
+
+                                run
+                                    c
+                                    (Connection.nextDeadline c |> ValueOption.defaultValue (at + ms 1000))
+                                    (probes + 1)
+
+                        let start c =
+                            let c, o = Connection.send (ms 20) 3000L c
+                            c, o.NextDeadline.Value
+
+                        let c, first = start (withTimeout (ValueSome(ms 5000)))
+                        let c, o, at, probes = run c first 0
+                        Expect.equal c.State TcpState.Closed "CLOSED"
+                        Expect.contains (events o) TcpEvent.UserTimedOut "UserTimedOut"
+                        Expect.equal (sent o |> List.map (fun s -> s.Flags)) [ TcpFlags.Rst ] "a RST to the peer"
+                        Expect.isGreaterThanOrEqual (at - first) (ms 5000) "not before the timeout"
+                        Expect.isLessThan (at - first) (ms 5000 + ms 20_000) "within a probe interval of it"
+                        Expect.isGreaterThan probes 1 "probes went out meanwhile"
+
+                        let c, first = start (withTimeout ValueNone)
+                        let c, _, _, _ = run c first 0
+                        Expect.equal c.State TcpState.Established "without a user timeout: probing goes on"
+                    }
+
+                    test "user timeout: acknowledged progress starts the wait again" {
+                        let c =
+                            { established 65535us with
+                                Config =
+                                    { config with
+                                        UserTimeout = ValueSome(ms 3000)
+                                    }
+                            }
+
+                        let c, o = Connection.send (ms 20) 3000L c
+                        let rto = o.NextDeadline.Value
+                        // The first retransmission timeout starts the wait; 2.5 s later the peer
+                        // acknowledges 1000 bytes, so at 3.5 s the wait is 1 s old, not 3.5.
+                        let c, _ = Connection.handleTimer rto c
+
+                        let c, _ =
+                            Connection.handleSegment
+                                (rto + ms 2500)
+                                (segment (peerIss + 1u) (iss + 1001u) ack 65535us 0)
+                                c
+
+                        let c, o = Connection.handleTimer (rto + ms 3500) c
+                        Expect.equal c.State TcpState.Established "progress restarted the wait"
+                        Expect.isFalse (List.contains TcpEvent.UserTimedOut (events o)) "no UserTimedOut"
+                        let c, o = Connection.handleTimer (rto + ms 6600) c
+                        Expect.equal c.State TcpState.Closed "over 3 s without progress since then: CLOSED"
+                        Expect.contains (events o) TcpEvent.UserTimedOut "UserTimedOut"
+                    }
+
                     test "writing after close is refused" {
                         let c = established 65535us
                         let c, _ = Connection.close (ms 20) c
