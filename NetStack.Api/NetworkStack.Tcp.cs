@@ -712,7 +712,10 @@ public sealed partial class NetworkStack
                 c.Fail(SocketError.ConnectionReset);
                 break;
             case TcpEvent.Tags.TimedOut:
-                _statistics.Increment("tcp.timed-out");
+            case TcpEvent.Tags.UserTimedOut:
+                // Retransmissions, probes or FIN-WAIT-2 ran out; or the user timeout (RFC 9293
+                // §3.10.8, RFC 5482: the core reset the connection, see TcpConfig.UserTimeout).
+                _statistics.Increment(e.IsUserTimedOut ? "tcp.user-timeout" : "tcp.timed-out");
                 _log.TcpTimedOut(c.LocalEndPoint, c.RemoteEndPoint);
                 c.Fail(SocketError.TimedOut);
                 break;
@@ -730,12 +733,6 @@ public sealed partial class NetworkStack
                 break;
             case TcpEvent.Tags.LossProbe:
                 _statistics.Increment("tcp.loss-probe");
-                break;
-            case TcpEvent.Tags.UserTimedOut:
-                // RFC 9293 §3.10.8, RFC 5482: the core reset the connection (see TcpConfig.UserTimeout).
-                _statistics.Increment("tcp.user-timeout");
-                _log.TcpTimedOut(c.LocalEndPoint, c.RemoteEndPoint);
-                c.Fail(SocketError.TimedOut);
                 break;
             case TcpEvent.Tags.AckRateLimited:
                 _statistics.Increment("tcp.ack.rate-limited");

@@ -2055,16 +2055,8 @@ module Connection =
         match c.Config.UserTimeout with
         | ValueNone -> c
         | ValueSome timeout ->
-            let synchronized =
-                match c.State with
-                | TcpState.Established
-                | TcpState.CloseWait
-                | TcpState.FinWait1
-                | TcpState.Closing
-                | TcpState.LastAck -> true
-                | _ -> false
-
-            if not (synchronized && (c.Written > c.Acked || c.SndMax <> c.SndUna)) then
+            // The synchronized states in which data or our FIN can wait for an ACK.
+            if not (sendsData c.State && (c.Written > c.Acked || c.SndMax <> c.SndUna)) then
                 { c with
                     StalledSince = System.Int64.MinValue
                 }

@@ -283,6 +283,22 @@ let hostilePy (args: string list) =
 
 let private mb = 1024L * 1024L
 
+/// Runs Hostile.py `command` (blind, burst) against the echo on port 7 of `stack`: its JSON
+/// line, and readers of its numbers and flags.
+let private againstEcho (command: string) (stack: NetworkStack) =
+    let o = stack.Options
+
+    let code, output =
+        hostilePy [ command; stack.InterfaceName; string o.HostAddress; string o.Address; "7" ]
+
+    Expect.equal code 0 $"Hostile.py {command} ran: {output}"
+    let line = output.Split('\n') |> Array.find (fun l -> l.StartsWith "{")
+    let result = JsonDocument.Parse(line).RootElement
+
+    line,
+    (fun (name: string) -> result.GetProperty(name).GetInt32()),
+    (fun (name: string) -> result.GetProperty(name).GetBoolean())
+
 [<Tests>]
 let tests =
     testSequenced
@@ -522,16 +538,7 @@ let tests =
                 use stack = NetworkStack.Start(optionsOf 9 TimeSpan.Zero)
                 use listener = stack.ListenTcp(7)
                 let server = echoServer listener
-                let o = stack.Options
-
-                let code, output =
-                    hostilePy [ "blind"; stack.InterfaceName; string o.HostAddress; string o.Address; "7" ]
-
-                Expect.equal code 0 $"Hostile.py blind ran: {output}"
-                let line = output.Split('\n') |> Array.find (fun l -> l.StartsWith "{")
-                let result = JsonDocument.Parse(line).RootElement
-                let number (name: string) = result.GetProperty(name).GetInt32()
-                let flag (name: string) = result.GetProperty(name).GetBoolean()
+                let line, number, flag = againstEcho "blind" stack
                 Expect.isTrue (flag "echo-before") "the echo worked before"
 
                 Expect.isGreaterThanOrEqual
@@ -568,19 +575,11 @@ let tests =
                 use stack = NetworkStack.Start(optionsFor 10)
                 use listener = stack.ListenTcp(7)
                 let server = echoServer listener
-                let o = stack.Options
-
-                let code, output =
-                    hostilePy [ "burst"; stack.InterfaceName; string o.HostAddress; string o.Address; "7" ]
-
-                Expect.equal code 0 $"Hostile.py burst ran: {output}"
-                let line = output.Split('\n') |> Array.find (fun l -> l.StartsWith "{")
-                let result = JsonDocument.Parse(line).RootElement
-                let number (name: string) = result.GetProperty(name).GetInt32()
+                let line, number, flag = againstEcho "burst" stack
                 Expect.equal (number "rst-burst-acks") 1 $"50 in-window RSTs at once: one challenge ACK: {line}"
                 Expect.equal (number "old-data-burst-acks") 20 $"20 old data segments: 20 ACKs: {line}"
                 Expect.equal (number "rst-later-acks") 1 $"a RST 0.6 s later: a challenge ACK again: {line}"
-                Expect.isTrue (result.GetProperty("echo-after").GetBoolean()) $"the connection still echoes: {line}"
+                Expect.isTrue (flag "echo-after") $"the connection still echoes: {line}"
                 Expect.isGreaterThanOrEqual stack.Statistics.["tcp.ack.rate-limited"] 49L "the held-back ACKs counted"
                 Expect.equal stack.Statistics.["tcp.reset-received"] 0L "no RST was believed"
                 listener.Dispose()
