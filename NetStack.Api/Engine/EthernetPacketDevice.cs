@@ -867,23 +867,79 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     /// </remarks>
     /// <exception cref="ArgumentException">The packet is empty or not IPv4/IPv6.</exception>
     /// <exception cref="InvalidOperationException">The header is not None but the frame device carries no virtio-net header.</exception>
-    public void Write(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
+    public void Write(ReadOnlySpan<byte> packet, in VirtioNetHeader header) =>
+        WritePieces(new Pieces(packet, default, default), header);
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// The frame device gets the pieces as they are, behind the frame header and
+    /// <paramref name="head"/> (a gather write: the payload is not copied here). A
+    /// <paramref name="head"/> shorter than the IP header is joined with the rest first.
+    /// </remarks>
+    public void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail) =>
+        WriteGather(head, payload, payloadTail, VirtioNetHeader.None);
+
+    /// <inheritdoc/>
+    /// <remarks>As <see cref="WriteGather(ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte})"/>, with the offload metadata moved by the frame header.</remarks>
+    public void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> payloadTail, in VirtioNetHeader header)
     {
-        if (packet.IsEmpty)
+        int ipHeader = !head.IsEmpty && head[0] >> 4 == 6 ? Ipv6.HeaderLength : 20;
+        if (head.Length >= ipHeader || (payload.IsEmpty && payloadTail.IsEmpty))
+        {
+            WritePieces(new Pieces(head, payload, payloadTail), header);
+            return;
+        }
+
+        int length = head.Length + payload.Length + payloadTail.Length;
+        byte[] joined = System.Buffers.ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+        try
+        {
+            PacketPieces.Join(head, payload, payloadTail, joined);
+            WritePieces(new Pieces(joined.AsSpan(0, length), default, default), header);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(joined);
+        }
+    }
+
+    /// <summary>An IP packet in three consecutive pieces, its IP header whole in the first.</summary>
+    private readonly ref struct Pieces(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, ReadOnlySpan<byte> tail)
+    {
+        public readonly ReadOnlySpan<byte> Head = head;
+        public readonly ReadOnlySpan<byte> Payload = payload;
+        public readonly ReadOnlySpan<byte> Tail = tail;
+
+        public int Length => Head.Length + Payload.Length + Tail.Length;
+
+        public bool IsWhole => Payload.IsEmpty && Tail.IsEmpty;
+
+        public byte[] ToArray()
+        {
+            var joined = new byte[Length];
+            PacketPieces.Join(Head, Payload, Tail, joined);
+            return joined;
+        }
+    }
+
+    private void WritePieces(in Pieces packet, in VirtioNetHeader header)
+    {
+        if (packet.Length == 0)
             throw new ArgumentException("An IP packet cannot be empty.", nameof(packet));
         if (_offloadFrames is null && !IsPlain(header))
             throw new InvalidOperationException("The frame device under the Ethernet adapter carries no offload metadata.");
-        int version = packet[0] >> 4;
+        var head = packet.Head;
+        int version = head.IsEmpty ? 0 : head[0] >> 4;
         lock (_gate)
         {
-            if (version == 4 && packet.Length >= 20)
+            if (version == 4 && head.Length >= 20)
             {
-                var destination = Ipv4Address.Read(packet[16..]);
+                var destination = Ipv4Address.Read(head[16..]);
                 WriteIpv4(destination, packet, header);
             }
-            else if (version == 6 && packet.Length >= Ipv6.HeaderLength)
+            else if (version == 6 && head.Length >= Ipv6.HeaderLength)
             {
-                var destination = Ipv6Address.Read(packet[24..]);
+                var destination = Ipv6Address.Read(head[24..]);
                 if (destination.IsMulticast)
                 {
                     WriteFrame(Core.Link.MacAddress.OfIpv6Multicast(destination), EtherType.Ipv6, packet, header);
@@ -906,7 +962,7 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     /// The copy of <paramref name="packet"/> the neighbor queue keeps: an ordinary packet (its
     /// partial checksum completed), or null for a super-segment, which is counted and dropped.
     /// </summary>
-    private byte[]? Queueable(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
+    private byte[]? Queueable(in Pieces packet, in VirtioNetHeader header)
     {
         if (header.IsSegmented)
         {
@@ -920,7 +976,7 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         return copy;
     }
 
-    private void WriteIpv4(Ipv4Address destination, ReadOnlySpan<byte> packet, in VirtioNetHeader header)
+    private void WriteIpv4(Ipv4Address destination, in Pieces packet, in VirtioNetHeader header)
     {
         uint d = destination.Value;
         if (d == uint.MaxValue || (_mask4 != uint.MaxValue && (d & ~_mask4) == ~_mask4 && ((d ^ _v4.Value) & _mask4) == 0))
@@ -989,9 +1045,9 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     }
 
     private void SendVia(Ipv6Address destination, ReadOnlySpan<byte> packet, long now) =>
-        SendVia(destination, packet, now, VirtioNetHeader.None);
+        SendVia(destination, new Pieces(packet, default, default), now, VirtioNetHeader.None);
 
-    private void SendVia(Ipv6Address destination, ReadOnlySpan<byte> packet, long now, in VirtioNetHeader header)
+    private void SendVia(Ipv6Address destination, in Pieces packet, long now, in VirtioNetHeader header)
     {
         Ipv6Address hop;
         if (OnLink6(destination))
@@ -1098,30 +1154,38 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
 
     /// <summary>Frames <paramref name="payload"/> in _out and writes it (callers hold the lock).</summary>
     private void WriteFrame(MacAddress destination, ushort etherType, ReadOnlySpan<byte> payload) =>
-        WriteFrame(destination, etherType, payload, VirtioNetHeader.None);
+        WriteFrame(destination, etherType, new Pieces(payload, default, default), VirtioNetHeader.None);
 
     /// <summary>
-    /// Frames <paramref name="payload"/> and writes it with <paramref name="offload"/>, whose
-    /// offsets move from the IP packet to the frame (callers hold the lock).
+    /// Frames <paramref name="packet"/> and writes it with <paramref name="offload"/>, whose
+    /// offsets move from the IP packet to the frame (callers hold the lock). The frame header
+    /// and the packet's head are joined here; its other pieces go to the frame device as they
+    /// are, a gather write.
     /// </summary>
-    private void WriteFrame(MacAddress destination, ushort etherType, ReadOnlySpan<byte> payload, in VirtioNetHeader offload)
+    private void WriteFrame(MacAddress destination, ushort etherType, in Pieces packet, in VirtioNetHeader offload)
     {
         // IEEE 802.1Q: with a VLAN every frame carries its tag (priority 0); the offsets then count 18 bytes.
         int header = _vlan < 0
             ? Ethernet.write(destination, _mac, etherType, _out)
             : Ethernet.writeTagged(destination, _mac, _vlan, etherType, _out);
-        payload.CopyTo(_out.AsSpan(header));
-        var frame = _out.AsSpan(0, header + payload.Length);
+        packet.Head.CopyTo(_out.AsSpan(header));
+        var frame = _out.AsSpan(0, header + packet.Head.Length);
         if (IsPlain(offload))
         {
-            _frames.Write(frame);
+            if (packet.IsWhole)
+                _frames.Write(frame);
+            else
+                _frames.WriteGather(frame, packet.Payload, packet.Tail);
             return;
         }
 
         var shifted = VirtioNet.shift(header, offload);
         if (shifted.IsNone)
             throw new ArgumentException("The virtio-net header's offsets do not fit a frame.", nameof(offload));
-        _offloadFrames!.Write(frame, shifted.Value);
+        if (packet.IsWhole)
+            _offloadFrames!.Write(frame, shifted.Value);
+        else
+            _offloadFrames!.WriteGather(frame, packet.Payload, packet.Tail, shifted.Value);
     }
 
     /// <inheritdoc/>

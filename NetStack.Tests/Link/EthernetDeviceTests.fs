@@ -78,6 +78,39 @@ let private ipv4Packet (destination: string) =
     Ipv4.write header ReadOnlySpan.Empty 8 (Span packet) |> ignore
     packet
 
+/// A frame device that records the pieces of each gather write (then joins them, as a memory device does).
+type private PiecesDevice(inner: MemoryPacketDevice) =
+    member val Gathers = ResizeArray<int * int * int>()
+
+    interface IPacketDevice with
+        member _.Mtu = inner.Mtu
+        member _.TryRead(buffer, timeout, length) = inner.TryRead(buffer, timeout, &length)
+        member _.Write(packet: ReadOnlySpan<byte>) = inner.Write packet
+
+        member this.WriteGather(head: ReadOnlySpan<byte>, payload: ReadOnlySpan<byte>, tail: ReadOnlySpan<byte>) =
+            this.Gathers.Add((head.Length, payload.Length, tail.Length))
+            let joined = Array.zeroCreate<byte>(head.Length + payload.Length + tail.Length)
+            head.CopyTo(Span joined)
+            payload.CopyTo(Span(joined, head.Length, payload.Length))
+            tail.CopyTo(Span(joined, head.Length + payload.Length, tail.Length))
+            inner.Write(ReadOnlySpan joined)
+
+        member _.Wake() = inner.Wake()
+        member _.Dispose() = inner.Dispose()
+
+/// An IPv4 UDP packet from 10.98.0.2 to `destination` with `length` bytes of patterned payload.
+let private udpPacket (destination: string) (length: int) =
+    let packet = Array.zeroCreate (28 + length)
+
+    for i in 28 .. packet.Length - 1 do
+        packet.[i] <- byte (i * 7)
+
+    let header =
+        Ipv4.header (Ipv4Address.Parse "10.98.0.2") (Ipv4Address.Parse destination) IpProtocol.Udp
+
+    Ipv4.write header ReadOnlySpan.Empty (8 + length) (Span packet) |> ignore
+    packet
+
 [<Tests>]
 let tests =
     testList
@@ -197,4 +230,49 @@ let tests =
                     readAll device |> ignore
                     written frames |> ignore
                     true)
+
+            test
+                "a gather write leaves the payload pieces to the frame device; a short head, and a wait for ARP, join them" {
+                let memory = new MemoryPacketDevice(1500)
+                let pieces = new PiecesDevice(memory)
+                use device = new EthernetPacketDevice(pieces, options ())
+                let packet = udpPacket "10.98.0.1" 1000
+
+                let gather (headLength: int) (cut: int) =
+                    device.WriteGather(
+                        ReadOnlySpan(packet, 0, headLength),
+                        ReadOnlySpan(packet, headLength, cut - headLength),
+                        ReadOnlySpan(packet, cut, packet.Length - cut)
+                    )
+
+                // Unresolved: the pieces are joined into the neighbor queue; the ARP reply releases them.
+                gather 28 500
+                Expect.hasLength (written memory) 1 "an ARP request"
+
+                memory.Inject(
+                    arpFrame (
+                        Arp.replyTo
+                            (Arp.request ourMac (Ipv4Address.Parse "10.98.0.2") (Ipv4Address.Parse "10.98.0.1"))
+                            peerMac
+                    )
+                )
+
+                readAll device |> ignore
+                let expected = frame peerMac EtherType.Ipv4 packet
+                // (frame writes peerMac as the source: ours goes there in what the device sends.)
+                Ethernet.write peerMac ourMac EtherType.Ipv4 (Span expected) |> ignore
+                Expect.equal (written memory) [ expected ] "released whole after the ARP reply"
+                Expect.isEmpty pieces.Gathers "queued packets go out as one piece"
+
+                // Resolved: the frame header and the head in one piece, payload and tail as given.
+                gather 28 500
+                Expect.equal (written memory) [ expected ] "the same frame"
+                Expect.equal (List.ofSeq pieces.Gathers) [ (14 + 28, 472, packet.Length - 500) ] "a gather write"
+
+                // A head shorter than the IP header: joined first, written whole.
+                pieces.Gathers.Clear()
+                gather 7 500
+                Expect.equal (written memory) [ expected ] "the same frame again"
+                Expect.isEmpty pieces.Gathers "written as one piece"
+            }
         ]
