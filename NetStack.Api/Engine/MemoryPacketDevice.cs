@@ -38,6 +38,24 @@ public sealed class MemoryPacketDevice : IPacketDevice
         }
     }
 
+    /// <summary>
+    /// Queues several packets at once (copies are taken): the engine finds them all queued
+    /// together, as packets that arrived while it was busy, and reads them in one burst.
+    /// </summary>
+    /// <param name="packets">The packets' bytes, in order.</param>
+    public void InjectAll(IEnumerable<byte[]> packets)
+    {
+        ArgumentNullException.ThrowIfNull(packets);
+        var copies = packets.Select(p => p.ToArray()).ToList();
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            foreach (var copy in copies)
+                _inbound.Enqueue(copy);
+            Monitor.PulseAll(_gate);
+        }
+    }
+
     /// <summary>Takes the oldest packet the engine wrote, if any.</summary>
     /// <param name="packet">The packet, or null.</param>
     public bool TryTakeWritten(out byte[] packet)

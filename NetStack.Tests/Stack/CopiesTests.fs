@@ -73,8 +73,10 @@ let private nextSegment (device: MemoryPacketDevice) =
     next ()
 
 /// A connection accepted on port 80 after a handshake driven by hand; `f` gets the stack, the
-/// device, the connection and a function injecting the peer's data at a stream offset.
-let private withConnection (f: NetworkStack -> MemoryPacketDevice -> TcpConnection -> (int -> byte[] -> unit) -> unit) =
+/// device, the connection and a function making the peer's packet of data at a stream offset.
+let private withConnectionPackets
+    (f: NetworkStack -> MemoryPacketDevice -> TcpConnection -> (int -> byte[] -> byte[]) -> unit)
+    =
     let device = new MemoryPacketDevice(1500)
     use stack = NetworkStack.Start(options (), device)
     use listener = stack.ListenTcp(80)
@@ -85,13 +87,18 @@ let private withConnection (f: NetworkStack -> MemoryPacketDevice -> TcpConnecti
     device.Inject(ReadOnlySpan(fromPeer 1001u ours TcpFlags.Ack [||]))
     use connection = listener.AcceptAsync().AsTask().WaitAsync(timeout).Result
 
-    let inject (offset: int) (data: byte[]) =
-        device.Inject(ReadOnlySpan(fromPeer (1001u + uint32 offset) ours (TcpFlags.Ack ||| TcpFlags.Psh) data))
+    let packet (offset: int) (data: byte[]) =
+        fromPeer (1001u + uint32 offset) ours (TcpFlags.Ack ||| TcpFlags.Psh) data
 
     try
-        f stack device connection inject
+        f stack device connection packet
     with e ->
         failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+
+/// `withConnectionPackets` with a function injecting the peer's data at a stream offset.
+let private withConnection (f: NetworkStack -> MemoryPacketDevice -> TcpConnection -> (int -> byte[] -> unit) -> unit) =
+    withConnectionPackets (fun stack device connection packet ->
+        f stack device connection (fun offset data -> device.Inject(ReadOnlySpan(packet offset data))))
 
 let private pattern (length: int) (seed: int) =
     let bytes = Array.zeroCreate<byte> length
@@ -215,6 +222,41 @@ let private directTests =
                     Expect.equal n 1000 "the whole segment"
                     Expect.equal buffer.[.. n - 1] data "the same bytes"
                     Expect.equal (direct stack) 1000L "through the direct path")
+            }
+
+            test
+                "segments queued together fill a waiting read, which is woken once, at the burst's end (16 packets at most)" {
+                withConnectionPackets (fun stack device connection packet ->
+                    let buffer = Array.zeroCreate<byte> 65536
+                    let read = waitingRead connection buffer CancellationToken.None
+                    let data = pattern 10_000 9
+                    // Ten segments the loop finds queued at once: one burst.
+                    device.InjectAll [ for i in 0..9 -> packet (i * 1000) data.[i * 1000 .. i * 1000 + 999] ]
+                    let n = read.WaitAsync(timeout).Result
+
+                    Expect.equal
+                        n
+                        10_000
+                        "all ten segments in the one read: it was woken after the burst, not after the first"
+
+                    Expect.equal buffer.[.. n - 1] data "in order"
+
+                    // Forty at once: the burst is cut after at most 16 packets, so the read is woken
+                    // with part of them; the rest follows in order.
+                    let read = waitingRead connection buffer CancellationToken.None
+                    let more = pattern 40_000 10
+
+                    device.InjectAll
+                        [
+                            for i in 0..39 -> packet (10_000 + i * 1000) more.[i * 1000 .. i * 1000 + 999]
+                        ]
+
+                    let n = read.WaitAsync(timeout).Result
+                    Expect.isGreaterThan n 1000 "more than one segment"
+                    Expect.isLessThanOrEqual n 16_000 "at most 16 packets' worth before the wake"
+                    Expect.equal buffer.[.. n - 1] more.[.. n - 1] "in order"
+                    Expect.equal (readExactly connection (40_000 - n)) more.[n..] "the rest"
+                    Expect.equal (direct stack) (10_000L + int64 n) "the read's bytes went directly")
             }
 
             test "a segment longer than the waiting buffer fills it; the rest is buffered and read next, in order" {
