@@ -201,8 +201,9 @@ public sealed record NetStackOptions
     /// loop thread). true: on, which needs <see cref="Offloads"/> = false,
     /// <see cref="NetStackMode.Tun"/> and no <see cref="TunIoUring"/>
     /// (<see cref="ArgumentException"/> from <c>Start</c> otherwise). false: off. On the 2-core
-    /// test machine it raised bulk TCP without offloads from about 0.08 to about 0.11 of the
-    /// kernel's veth figure (see the README's Benchmarks). No effect on a device passed to
+    /// test machine it raised bulk TCP without offloads from about 1.4 to about 2 Gbit/s (0.09
+    /// to 0.14 of the kernel's veth figure kernel → stack, 0.075 to 0.09 stack → kernel; see
+    /// the README's Benchmarks). No effect on a device passed to
     /// <c>Start(options, device)</c>.
     /// </para>
     /// </summary>

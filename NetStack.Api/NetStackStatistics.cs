@@ -15,6 +15,8 @@ public sealed class NetStackStatistics
         public long Value;
 
         public void Increment() => Interlocked.Increment(ref Value);
+
+        public void Add(long by) => Interlocked.Add(ref Value, by);
     }
 
     private readonly ConcurrentDictionary<string, Counter> _counters = new(StringComparer.Ordinal);

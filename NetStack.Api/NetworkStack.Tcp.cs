@@ -919,7 +919,7 @@ public sealed partial class NetworkStack
         // The kernel numbers the IPv4 identification of the segments it cuts on from ours.
         _nextIpv4Identification += (ushort)(run.Count - 1);
         _deviceWritten.Increment();
-        _statistics.Increment("tcp.sent", run.Count);
+        _tcpSent.Add(run.Count);
         _statistics.Increment("offload.tso.sent");
         _statistics.Increment("offload.tso.segments", run.Count);
     }

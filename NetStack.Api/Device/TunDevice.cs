@@ -485,17 +485,27 @@ public sealed unsafe class TunDevice : IDisposable
         using var held = Held.Of(_tun, _wake, ring);
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         var headerBytes = new Span<byte>(raw, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
-        switch (ring.TryReadInPlace(millisecondsTimeout, out int length, headerBytes, out byte* at, out int errno))
+        var result = ring.TryReadInPlace(millisecondsTimeout, out int length, headerBytes, out byte* at, out int errno);
+        if (!RingRead(result, errno))
+            return false;
+        // The buffer outlives this call: the ring hands it back at the next read.
+        packet = new ReadOnlySpan<byte>(at, length);
+        if (HasVirtioNetHeader)
+        {
+            var parsed = VirtioNet.parse(headerBytes);
+            if (parsed.IsOk)
+                header = parsed.ResultValue;
+        }
+        return true;
+    }
+
+    // A ring read's outcome: true for a packet; a failure throws; otherwise (timeout, wake-up)
+    // false, or ObjectDisposedException when the device was disposed during the wait.
+    private bool RingRead(TunRing.ReadResult result, int errno)
+    {
+        switch (result)
         {
             case TunRing.ReadResult.Packet:
-                // The buffer outlives this call: the ring hands it back at the next read.
-                packet = new ReadOnlySpan<byte>(at, length);
-                if (HasVirtioNetHeader)
-                {
-                    var parsed = VirtioNet.parse(headerBytes);
-                    if (parsed.IsOk)
-                        header = parsed.ResultValue;
-                }
                 return true;
             case TunRing.ReadResult.Failed:
                 throw ReadWriteError("read", errno);
@@ -639,16 +649,7 @@ public sealed unsafe class TunDevice : IDisposable
         using var held = Held.Of(_tun, _wake, ring);
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         var header = new Span<byte>(virtioHeader, HasVirtioNetHeader ? VirtioNet.HeaderLength : 0);
-        switch (ring.TryRead(buffer, millisecondsTimeout, out length, header, out int errno))
-        {
-            case TunRing.ReadResult.Packet:
-                return true;
-            case TunRing.ReadResult.Failed:
-                throw ReadWriteError("read", errno);
-            default:
-                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
-                return false;
-        }
+        return RingRead(ring.TryRead(buffer, millisecondsTimeout, out length, header, out int errno), errno);
     }
 
     /// <summary>

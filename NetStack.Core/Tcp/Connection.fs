@@ -2048,6 +2048,19 @@ module Connection =
                 }
         | _ -> { c with KeepAliveAt = ValueNone }
 
+    /// To CLOSED by `trigger`, with a RST first when the peer may hold state for us (RFC 9293
+    /// §3.10.5: SYN-RECEIVED, ESTABLISHED, FIN-WAIT-1/2, CLOSE-WAIT): the user's ABORT, and the
+    /// user timeout.
+    let private resetAndClose (trigger: TcpTrigger) (out: Out) (c: Connection) =
+        match c.State with
+        | TcpState.Closed -> c
+        | TcpState.SynReceived
+        | TcpState.Established
+        | TcpState.FinWait1
+        | TcpState.FinWait2
+        | TcpState.CloseWait -> rst out c.SndNxt c |> enterClosed out trigger
+        | _ -> enterClosed out trigger c
+
     /// The user timeout (RFC 9293 §3.10.8, RFC 5482), checked when a timer runs: data or our FIN
     /// waiting in a synchronized state with no progress for `UserTimeout` resets the connection
     /// (the peer may be alive, answering zero-window probes: the RST lets it go too).
@@ -2069,12 +2082,7 @@ module Connection =
                 c
             else
                 out.Add(TcpAction.Event TcpEvent.UserTimedOut)
-
-                match c.State with
-                | TcpState.Established
-                | TcpState.FinWait1
-                | TcpState.CloseWait -> rst out c.SndNxt c |> enterClosed out TcpTrigger.Timeout
-                | _ -> enterClosed out TcpTrigger.Timeout c
+                resetAndClose TcpTrigger.Timeout out c
 
     /// Runs every timer whose deadline is at or before `now`. Calling it early is harmless.
     let handleTimerInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
@@ -2411,18 +2419,7 @@ module Connection =
     /// User ABORT (§3.10.5): a RST to the peer when it may hold state for us, then CLOSED.
     let abortInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
         ignore now
-
-        let c =
-            match c.State with
-            | TcpState.Closed -> c
-            | TcpState.SynReceived
-            | TcpState.Established
-            | TcpState.FinWait1
-            | TcpState.FinWait2
-            | TcpState.CloseWait -> rst out c.SndNxt c |> enterClosed out TcpTrigger.Abort
-            | _ -> enterClosed out TcpTrigger.Abort c
-
-        c
+        resetAndClose TcpTrigger.Abort out c
 
     /// `abortInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
     /// the engine calls `abortInto`).
