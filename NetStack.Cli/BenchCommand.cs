@@ -57,8 +57,18 @@ public static class BenchCommand
     /// <summary>How long each direction's warm-up transfers run, at least, before the bulk measurement.</summary>
     private static readonly TimeSpan BulkWarmUp = TimeSpan.FromSeconds(1);
 
-    /// <summary>How long the connection measurement's clients run before the clock starts.</summary>
+    /// <summary>How long the connection measurement's clients run, at least, before the clock starts.</summary>
     private static readonly TimeSpan ConnectionWarmUp = TimeSpan.FromSeconds(2);
+
+    /// <summary>The longest any warm-up waits for the JIT to settle (<see cref="JitSettling"/>).</summary>
+    private static readonly TimeSpan MaxWarmUp = TimeSpan.FromSeconds(15);
+
+    /// <summary>
+    /// Whether <see cref="ReuseTimeWaitPorts"/> succeeded: without it every short connection
+    /// holds its client port for 60 s, and the warm-up must stop at half of
+    /// <see cref="MaxConnections"/>.
+    /// </summary>
+    private static bool _timeWaitReuse;
 
     /// <summary>The veth pair's /30: the near end (this namespace) and the peer.</summary>
     private const string VethNear = "10.78.0.1", VethPeer = "10.78.0.2", VethPrefix = "/30";
@@ -255,6 +265,7 @@ public static class BenchCommand
         try
         {
             File.WriteAllText("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+            _timeWaitReuse = true;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -373,8 +384,8 @@ public static class BenchCommand
         // optimization only after it has run unoptimized, then instrumented, for a while: with a
         // 1 MiB warm-up a 256 MiB transfer at MTU 65000 (a fraction of a second) ran the stack's
         // per-segment paths as unoptimized code for much of its length, and its figure swung
-        // between 6 and 13 Gbit/s from run to run. So: transfers of up to 64 MiB each way until
-        // a second has passed in each direction.
+        // between 6 and 13 Gbit/s from run to run. So: transfers of up to 64 MiB each way, for a
+        // second at least in each direction and then until the JIT has settled.
         WarmUp(DiscardPort);
         WarmUp(SourcePort);
         (m.TcpInGbps, m.InBytesPerPacket) = Transfer(target, DiscardPort, bytes, block);
@@ -382,8 +393,8 @@ public static class BenchCommand
 
         void WarmUp(int port)
         {
-            var clock = Stopwatch.StartNew();
-            for (var i = 0; i < 16 && (i == 0 || clock.Elapsed < BulkWarmUp); i++)
+            var settling = new JitSettling(BulkWarmUp, MaxWarmUp);
+            for (var i = 0; i < 16 && (i == 0 || !settling.Settled()); i++)
                 Transfer(target, port, Math.Min(bytes, 64L << 20), block);
         }
 
@@ -440,7 +451,9 @@ public static class BenchCommand
             if (s.Receive(one) != 1)
                 throw new InvalidOperationException($"the TCP echo at {target} closed during the ping-pong");
         }
-        for (var i = 0; i < 200; i++)
+        // 200 exchanges at least, then until the JIT has settled (half a second at least).
+        var settling = new JitSettling(TimeSpan.FromSeconds(0.5), MaxWarmUp);
+        for (var i = 0; i < 200 || !settling.Settled(); i++)
             Exchange();
         var rtts = new List<long>();
         var clock = Stopwatch.StartNew();
@@ -468,7 +481,8 @@ public static class BenchCommand
             if (await c.ReadAsync(one) != 1)
                 throw new InvalidOperationException($"the kernel TCP echo at {target} closed during the ping-pong");
         }
-        for (var i = 0; i < 200; i++)
+        var settling = new JitSettling(TimeSpan.FromSeconds(0.5), MaxWarmUp);
+        for (var i = 0; i < 200 || !settling.Settled(); i++)
             await Exchange();
         var rtts = new List<long>();
         var clock = Stopwatch.StartNew();
@@ -499,21 +513,21 @@ public static class BenchCommand
     private static double MeasureConnections(IPEndPoint target, TimeSpan duration, int clients)
     {
         // Warm-up: the listener's accept path and the service's first connection, then the same
-        // load as the measurement for a while, so that the runtime has compiled the connection
-        // paths (client, service and stack) at full optimization before the clock starts. With 20
-        // connections only, the stack's paths ran as unoptimized and instrumented code through
-        // most of the measurement (perf: the loop thread in QuickJitted/InstrumentedTier frames,
-        // the JIT's own thread at up to 60% of a core), while the kernel column, measured
-        // second, found the shared client code already compiled.
+        // load as the measurement until the JIT has settled, so that the runtime has compiled the
+        // connection paths (client, service and stack) at full optimization before the clock
+        // starts. With 20 connections only, the stack's paths ran as unoptimized and
+        // instrumented code through most of the measurement (perf: the loop thread in
+        // QuickJitted/InstrumentedTier frames, the JIT's own thread at up to 60% of a core); a
+        // fixed 2 s still left the JIT compiling the stack's paths for 4–6 s more.
         var warmUp = new ConnectionClient(target);
         warmUp.Start(() => warmUp.Completed < 20);
         if (!Watch([warmUp], TimeSpan.FromSeconds(30)))
             throw new InvalidOperationException($"short connection to {target} failed: {warmUp.Failure?.Message ?? "no progress"}", warmUp.Failure);
-        var warmUpClock = Stopwatch.StartNew();
+        var settling = new JitSettling(ConnectionWarmUp, MaxWarmUp);
         long warmUpStarted = 0;
         var warmUpThreads = Enumerable.Range(0, clients).Select(_ => new ConnectionClient(target)).ToList();
-        warmUpThreads.ForEach(t => t.Start(() => warmUpClock.Elapsed < ConnectionWarmUp && Interlocked.Increment(ref warmUpStarted) <= MaxConnections / 2));
-        if (!Watch(warmUpThreads, ConnectionWarmUp + TimeSpan.FromSeconds(30)))
+        warmUpThreads.ForEach(t => t.Start(() => !settling.Settled() && (_timeWaitReuse || Interlocked.Increment(ref warmUpStarted) <= MaxConnections / 2)));
+        if (!Watch(warmUpThreads, MaxWarmUp + TimeSpan.FromSeconds(30)))
             throw new InvalidOperationException($"short connection to {target} failed in the warm-up: {warmUpThreads.FirstOrDefault(t => t.Failure is not null)?.Failure?.Message ?? "no progress"}");
         long started = 0;
         var clock = Stopwatch.StartNew();
