@@ -131,6 +131,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         if (device is TunPacketDevice { Device.UsesIoUring: true } tun)
             _inPlace = tun.Device;
         int mtu = Math.Min(options.Mtu, device.Mtu);
+        LinkMtu = mtu;
         // Room for the longest super-segment: an IPv6 payload of 65535 bytes after its header.
         _receiveBuffer = new byte[65536 + 128];
         _fragmentBuffer = new byte[Math.Max(mtu, 1280) + 64];
@@ -1032,7 +1033,12 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
     }
 
-    internal ValueTask<int> SendUdpAsync(UdpSocket socket, ReadOnlyMemory<byte> datagram, IpAddr destination, ushort port, CancellationToken cancellationToken)
+    /// <summary>The link's MTU (the smaller of the options' and the device's).</summary>
+    internal int LinkMtu { get; }
+
+    // Sends `datagram` as one datagram, or with segmentSize > 0 as consecutive datagrams of
+    // segmentSize bytes (the caller has checked the count and that each fits the link MTU).
+    internal ValueTask<int> SendUdpAsync(UdpSocket socket, ReadOnlyMemory<byte> datagram, IpAddr destination, ushort port, int segmentSize, CancellationToken cancellationToken)
     {
         var source = SourceFor(destination);
         if (source is null)
@@ -1048,9 +1054,14 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                     return;
                 }
                 long now = Now();
-                int length = IpLayer.writeUdp(source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
-                SendPacket(length, destination, now);
-                _statistics.Increment("udp.sent");
+                if (segmentSize > 0 && datagram.Length > segmentSize)
+                    SendUdpSegments(source.Value, destination, socket.Port, port, datagram.Span, segmentSize, now);
+                else
+                {
+                    int length = IpLayer.writeUdp(source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
+                    SendPacket(length, destination, now);
+                    _statistics.Increment("udp.sent");
+                }
                 completion.TrySetResult(datagram.Length);
             }, e => completion.TrySetException(e));
         }
@@ -1059,6 +1070,41 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             return ValueTask.FromException<int>(e);
         }
         return new ValueTask<int>(completion.Task);
+    }
+
+    // Several datagrams from one buffer. With USO in force (a TUN or TAP device whose kernel
+    // took TUN_F_USO4/6, Linux 6.2+, which also reads gso UDP_L4 from us) and each datagram
+    // within the path MTU: one super-datagram, the headers from the packet buffer and the payload
+    // straight from the caller's memory (a gather write, no copy and no checksum pass here),
+    // which the kernel cuts into the datagrams. Otherwise one datagram after another through
+    // the ordinary path (fragmented if the path MTU has shrunk below a datagram).
+    private void SendUdpSegments(IpAddr source, IpAddr destination, ushort sourcePort, ushort port, ReadOnlySpan<byte> data, int segmentSize, long now)
+    {
+        int count = (data.Length + segmentSize - 1) / segmentSize;
+        int ipHeader = destination.IsIpv6 ? 40 : 20;
+        if (_offload is not null
+            && (_offload.Offloads & TunOffloads.Uso4) != 0
+            && ipHeader + 8 + segmentSize <= IpLayer.pathMtu(now, destination, _ip))
+        {
+            int length = IpLayer.writeUdpSegments(source, destination, sourcePort, port, NextIdentification(), data.Length, _packetBuffer);
+            var header = VirtioNet.udpSegments(ipHeader, segmentSize);
+            _offload.WriteGather(_packetBuffer.AsSpan(0, length - data.Length), data, default, header);
+            // The kernel numbers the IPv4 identification of the datagrams it cuts on from ours.
+            _nextIpv4Identification += (ushort)(count - 1);
+            _deviceWritten.Increment();
+            Interlocked.Add(ref _bytesWritten, length);
+            _statistics.Increment("udp.sent", count);
+            _statistics.Increment("offload.uso.sent");
+            _statistics.Increment("offload.uso.segments", count);
+            return;
+        }
+        for (int at = 0; at < data.Length; at += segmentSize)
+        {
+            var piece = data.Slice(at, Math.Min(segmentSize, data.Length - at));
+            int length = IpLayer.writeUdp(source, destination, sourcePort, port, NextIdentification(), piece, _packetBuffer);
+            SendPacket(length, destination, now);
+        }
+        _statistics.Increment("udp.sent", count);
     }
 
     // ------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     internal ushort Port => (ushort)LocalEndPoint.Port;
 
     /// <summary>
-    /// Sets the default remote for <see cref="SendAsync"/>; from then on only datagrams from it are
+    /// Sets the default remote for <see cref="SendAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; from then on only datagrams from it are
     /// received, and an ICMP port unreachable from it fails the next receive or send with
     /// <see cref="SocketError.ConnectionRefused"/>.
     /// </summary>
@@ -102,17 +102,65 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         var address = CheckRemote(remote);
         lock (_gate)
             ObjectDisposedException.ThrowIf(_disposed, this);
-        return Send(datagram, address, (ushort)remote.Port, cancellationToken);
+        return Send(datagram, address, (ushort)remote.Port, 0, cancellationToken);
+    }
+
+    /// <summary>
+    /// Sends <paramref name="data"/> to <paramref name="remote"/> as consecutive datagrams of
+    /// <paramref name="segmentSize"/> bytes each, the last one shorter if the length is not a
+    /// multiple, as one send with Linux's UDP_SEGMENT socket option does. With UDP segmentation
+    /// offload in force (<see cref="NetworkStack.Offloads"/> has <see cref="Device.TunOffloads.Uso4"/>:
+    /// Linux 6.2 and later) they cross to the kernel as one super-datagram that the kernel
+    /// cuts, and the payload is not copied; otherwise they are sent one after another. Data no
+    /// longer than <paramref name="segmentSize"/> is one ordinary datagram. Completes when the
+    /// packets are written to the device.
+    /// </summary>
+    /// <param name="data">The payloads back to back: up to 65507 bytes over IPv4, 65527 over IPv6, and at most <see cref="MaxSegments"/> datagrams.</param>
+    /// <param name="remote">The destination.</param>
+    /// <param name="segmentSize">The payload bytes per datagram: at least 1, and each datagram within the link MTU (1472 bytes over IPv4 at MTU 1500, 1452 over IPv6).</param>
+    /// <param name="cancellationToken">Cancels the send if it has not happened yet.</param>
+    /// <returns>The number of payload bytes sent (all of <paramref name="data"/>).</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="segmentSize"/> is below 1 or a datagram of that size exceeds the link MTU.</exception>
+    /// <exception cref="ArgumentException">The data makes more than <see cref="MaxSegments"/> datagrams; the endpoint is unusable.</exception>
+    /// <exception cref="SocketException">MessageSize for data above the maximum.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public ValueTask<int> SendToAsync(ReadOnlyMemory<byte> data, IPEndPoint remote, int segmentSize, CancellationToken cancellationToken = default)
+    {
+        var address = CheckRemote(remote);
+        CheckSegments(data, segmentSize, address.IsIpv6);
+        lock (_gate)
+            ObjectDisposedException.ThrowIf(_disposed, this);
+        return Send(data, address, (ushort)remote.Port, segmentSize, cancellationToken);
     }
 
     /// <summary>Sends one datagram to the remote set by <see cref="Connect"/>.</summary>
-    /// <param name="datagram">The payload (see <see cref="SendToAsync"/>).</param>
+    /// <param name="datagram">The payload (see <see cref="SendToAsync(ReadOnlyMemory{byte}, IPEndPoint, CancellationToken)"/>).</param>
     /// <param name="cancellationToken">Cancels the send if it has not happened yet.</param>
     /// <returns>The number of payload bytes sent.</returns>
     /// <exception cref="InvalidOperationException">The socket is not connected.</exception>
     /// <exception cref="SocketException">ConnectionRefused after an ICMP port unreachable from the remote; MessageSize.</exception>
     /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
-    public ValueTask<int> SendAsync(ReadOnlyMemory<byte> datagram, CancellationToken cancellationToken = default)
+    public ValueTask<int> SendAsync(ReadOnlyMemory<byte> datagram, CancellationToken cancellationToken = default) =>
+        SendConnected(datagram, 0, cancellationToken);
+
+    /// <summary>
+    /// Sends <paramref name="data"/> to the remote set by <see cref="Connect"/> as consecutive
+    /// datagrams of <paramref name="segmentSize"/> bytes (see
+    /// <see cref="SendToAsync(ReadOnlyMemory{byte}, IPEndPoint, int, CancellationToken)"/>).
+    /// </summary>
+    /// <param name="data">The payloads back to back.</param>
+    /// <param name="segmentSize">The payload bytes per datagram.</param>
+    /// <param name="cancellationToken">Cancels the send if it has not happened yet.</param>
+    /// <returns>The number of payload bytes sent.</returns>
+    /// <exception cref="InvalidOperationException">The socket is not connected.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="segmentSize"/> is below 1 or a datagram of that size exceeds the link MTU.</exception>
+    /// <exception cref="ArgumentException">The data makes more than <see cref="MaxSegments"/> datagrams.</exception>
+    /// <exception cref="SocketException">ConnectionRefused after an ICMP port unreachable from the remote; MessageSize.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public ValueTask<int> SendAsync(ReadOnlyMemory<byte> data, int segmentSize, CancellationToken cancellationToken = default) =>
+        SendConnected(data, segmentSize, cancellationToken);
+
+    private ValueTask<int> SendConnected(ReadOnlyMemory<byte> datagram, int segmentSize, CancellationToken cancellationToken)
     {
         IpAddr address;
         ushort port;
@@ -130,17 +178,34 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             address = _remoteAddress;
             port = _remotePort;
         }
-        return Send(datagram, address, port, cancellationToken);
+        if (segmentSize != 0)
+            CheckSegments(datagram, segmentSize, address.IsIpv6);
+        return Send(datagram, address, port, segmentSize, cancellationToken);
     }
 
-    private ValueTask<int> Send(ReadOnlyMemory<byte> datagram, IpAddr address, ushort port, CancellationToken cancellationToken)
+    private ValueTask<int> Send(ReadOnlyMemory<byte> datagram, IpAddr address, ushort port, int segmentSize, CancellationToken cancellationToken)
     {
         int limit = address.IsIpv6 ? IpLayer.MaxUdpPayloadV6 : IpLayer.MaxUdpPayloadV4;
         if (datagram.Length > limit)
             return ValueTask.FromException<int>(new SocketException((int)SocketError.MessageSize));
         if (cancellationToken.IsCancellationRequested)
             return ValueTask.FromCanceled<int>(cancellationToken);
-        return _stack.SendUdpAsync(this, datagram, address, port, cancellationToken);
+        return _stack.SendUdpAsync(this, datagram, address, port, segmentSize, cancellationToken);
+    }
+
+    /// <summary>The most datagrams one segmented send may make (<see cref="SendToAsync(ReadOnlyMemory{byte}, IPEndPoint, int, CancellationToken)"/>).</summary>
+    public const int MaxSegments = 64;
+
+    // segmentSize for a segmented send: each datagram within the link MTU, at most MaxSegments.
+    private void CheckSegments(ReadOnlyMemory<byte> data, int segmentSize, bool ipv6)
+    {
+        int largest = _stack.LinkMtu - (ipv6 ? 40 : 20) - 8;
+        if (segmentSize < 1 || segmentSize > largest)
+            throw new ArgumentOutOfRangeException(nameof(segmentSize), segmentSize,
+                $"A segment size must be 1..{largest} bytes: each datagram must fit the link MTU of {_stack.LinkMtu} bytes.");
+        if ((data.Length + segmentSize - 1) / segmentSize > MaxSegments)
+            throw new ArgumentException(
+                $"{data.Length} bytes in segments of {segmentSize} make more than {MaxSegments} datagrams.", nameof(data));
     }
 
     /// <summary>

@@ -74,7 +74,13 @@ public static class BenchCommand
     private const string VethNear = "10.78.0.1", VethPeer = "10.78.0.2", VethPrefix = "/30";
 
     /// <summary>The case names <c>--cases</c> takes.</summary>
-    private static readonly string[] CaseNames = ["udp", "rr", "conn", "bulk"];
+    private static readonly string[] CaseNames = ["udp", "rr", "conn", "bulk", "usend"];
+
+    /// <summary>Payload bytes per datagram in the usend case.</summary>
+    private const int SegmentSize = 1200;
+
+    /// <summary>Datagrams per send in the usend case (one UDP_SEGMENT send, one segmented SendToAsync).</summary>
+    private const int SegmentsPerSend = 40;
 
     /// <summary>The help text.</summary>
     public static string Usage => $"""
@@ -89,6 +95,10 @@ public static class BenchCommand
           bulk  TCP bulk throughput, kernel → X (into a discard service) and X → kernel (from a
                 source service), one connection each, and the .NET bytes this process allocated
                 per packet through the interface during each transfer;
+          usend UDP bulk X → kernel: sends of {SegmentsPerSend} datagrams of {SegmentSize} bytes each (the
+                stack's segmented UdpSocket.SendToAsync, USO when in force; a kernel socket
+                with UDP_SEGMENT), datagrams per second a kernel socket received, and the
+                share of those sent that it did not;
         between a kernel .NET Socket and services on the stack (through the TUN interface),
         and the same between two kernel namespaces over a veth pair (same MTU), and prints both
         with the ratio stack/kernel.
@@ -97,7 +107,7 @@ public static class BenchCommand
           --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 1024; one measured
                               transfer per direction and path, after a second of warm-up transfers)
           --conn-clients N    client threads opening connections in parallel, 1-64 (default 4)
-          --cases LIST        comma-separated subset of udp,rr,conn,bulk (default all)
+          --cases LIST        comma-separated subset of udp,rr,conn,bulk,usend (default all)
           --idle-connections N  instead: open N idle kernel TCP connections to one listener and
                               print the stack's managed heap and RSS per connection
 
@@ -158,6 +168,12 @@ public static class BenchCommand
 
         /// <summary>Bytes this process allocated per packet through the interface during X → kernel.</summary>
         public double? OutBytesPerPacket { get; set; }
+
+        /// <summary>usend: datagrams per second the kernel socket received.</summary>
+        public double? SendReceivedPerSecond { get; set; }
+
+        /// <summary>usend: the share of the datagrams sent that the kernel socket did not receive.</summary>
+        public double? SendLost { get; set; }
     }
 
     /// <summary>Runs the command; returns the exit code.</summary>
@@ -300,6 +316,8 @@ public static class BenchCommand
                 using var kernelEcho = StartKernelEcho(new IPEndPoint(options.HostAddress, TcpEchoPort));
                 Task.Run(() => MeasureStackClientRoundTripAsync(stack, new IPEndPoint(options.HostAddress, TcpEchoPort), plan.Duration, m)).GetAwaiter().GetResult();
             }
+            if (plan.Cases.Contains("usend") && options.HostAddress is not null)
+                MeasureUdpSend(options.HostAddress, plan.Duration, m, (time, sink) => StackUdpSend(stack, time, sink));
             return m;
         }
         finally
@@ -670,7 +688,21 @@ public static class BenchCommand
             Shell.Check("ip", "addr", "add", VethNear + VethPrefix, "dev", near);
             Shell.Check("ip", "link", "set", near, "up");
             ExpectLine(peer, "ready");
-            return MeasurePath(IPAddress.Parse(VethPeer), plan, () => InterfacePackets(near));
+            var m = MeasurePath(IPAddress.Parse(VethPeer), plan, () => InterfacePackets(near));
+            if (plan.Cases.Contains("usend"))
+                MeasureUdpSend(IPAddress.Parse(VethNear), plan.Duration, m, (time, sink) =>
+                {
+                    // The peer's UDP source sends for `time` to the sink and answers with its count.
+                    using var control = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+                    control.Bind(new IPEndPoint(IPAddress.Parse(VethNear), 0));
+                    control.ReceiveTimeout = (int)(time + TimeSpan.FromSeconds(10)).TotalMilliseconds;
+                    control.SendTo(Encoding.ASCII.GetBytes($"{(long)time.TotalMilliseconds} {sink.Port}"), new IPEndPoint(IPAddress.Parse(VethPeer), EchoPort + 4));
+                    var answer = new byte[64];
+                    int n = control.Receive(answer);
+                    var parts = Encoding.ASCII.GetString(answer, 0, n).Split(' ');
+                    return (long.Parse(parts[0], CultureInfo.InvariantCulture), TimeSpan.FromTicks(long.Parse(parts[1], CultureInfo.InvariantCulture)));
+                });
+            return m;
         }
         finally
         {
@@ -735,6 +767,7 @@ public static class BenchCommand
         StartKernelTcpService(port + 1, KernelDiscard);
         StartKernelTcpService(port + 2, KernelSource);
         StartKernelEcho(new IPEndPoint(IPAddress.Any, port + 3));
+        StartKernelUdpSource(port + 4);
         // The parent closing our stdin (or dying) ends the peer, and with it the namespace.
         new Thread(() =>
         {
@@ -751,6 +784,105 @@ public static class BenchCommand
             var n = socket.ReceiveFrom(buffer, ref from);
             socket.SendTo(buffer.AsSpan(0, n), SocketFlags.None, from);
         }
+    }
+
+    /// <summary>
+    /// The usend case's kernel sender in the peer namespace: a request "MS PORT" makes it send
+    /// <see cref="SegmentsPerSend"/> datagrams of <see cref="SegmentSize"/> bytes per send (one
+    /// buffer, UDP_SEGMENT) to PORT at the requester's address for MS milliseconds, then answer
+    /// the requester with "DATAGRAMS TICKS" (sent, and the time it took).
+    /// </summary>
+    private static void StartKernelUdpSource(int port)
+    {
+        var control = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        control.Bind(new IPEndPoint(IPAddress.Any, port));
+        new Thread(() =>
+        {
+            var request = new byte[64];
+            var data = new byte[SegmentSize * SegmentsPerSend];
+            using var sender = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+            // UDP_SEGMENT (linux/udp.h: level SOL_UDP 17, option 103).
+            sender.SetRawSocketOption(17, 103, BitConverter.GetBytes(SegmentSize));
+            while (true)
+            {
+                EndPoint from = new IPEndPoint(IPAddress.Any, 0);
+                int n = control.ReceiveFrom(request, ref from);
+                var parts = Encoding.ASCII.GetString(request, 0, n).Split(' ');
+                var time = TimeSpan.FromMilliseconds(long.Parse(parts[0], CultureInfo.InvariantCulture));
+                var sink = new IPEndPoint(((IPEndPoint)from).Address, int.Parse(parts[1], CultureInfo.InvariantCulture));
+                long sent = 0;
+                var clock = Stopwatch.StartNew();
+                while (clock.Elapsed < time)
+                {
+                    try
+                    {
+                        sender.SendTo(data, sink);
+                        sent += SegmentsPerSend;
+                    }
+                    catch (SocketException e) when (e.SocketErrorCode is SocketError.NoBufferSpaceAvailable or SocketError.WouldBlock)
+                    {
+                    }
+                }
+                control.SendTo(Encoding.ASCII.GetBytes($"{sent} {clock.Elapsed.Ticks}"), from);
+            }
+        })
+        { IsBackground = true }.Start();
+    }
+
+    /// <summary>
+    /// The usend case: <paramref name="send"/> has a sender send to a kernel socket here (the sink,
+    /// bound at <paramref name="sinkAddress"/>) for a given time and returns how many datagrams it
+    /// sent and how long that took; first a second of warm-up, then the measurement.
+    /// </summary>
+    private static void MeasureUdpSend(IPAddress sinkAddress, TimeSpan duration, Measurement m, Func<TimeSpan, IPEndPoint, (long Sent, TimeSpan Took)> send)
+    {
+        using var sink = new Socket(sinkAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        sink.ReceiveBufferSize = 4 << 20;
+        sink.Bind(new IPEndPoint(sinkAddress, 0));
+        var local = (IPEndPoint)sink.LocalEndPoint!;
+        long received = 0;
+        var reader = new Thread(() =>
+        {
+            var buffer = new byte[65536];
+            try
+            {
+                while (true)
+                {
+                    sink.Receive(buffer);
+                    Interlocked.Increment(ref received);
+                }
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                // Closed: the measurement is over.
+            }
+        })
+        { IsBackground = true };
+        reader.Start();
+        send(TimeSpan.FromSeconds(1), local);
+        Thread.Sleep(200);
+        long before = Interlocked.Read(ref received);
+        var (sent, took) = send(duration, local);
+        // What is still queued in the socket is read, then counted.
+        Thread.Sleep(200);
+        long got = Interlocked.Read(ref received) - before;
+        m.SendReceivedPerSecond = got / took.TotalSeconds;
+        m.SendLost = sent > 0 ? Math.Max(0, sent - got) / (double)sent : null;
+    }
+
+    /// <summary>The usend case's stack sender: segmented sends from a stack UDP socket, one at a time.</summary>
+    private static (long Sent, TimeSpan Took) StackUdpSend(NetworkStack stack, TimeSpan time, IPEndPoint sink)
+    {
+        using var socket = stack.BindUdp(new IPEndPoint(IPAddress.Any, 0));
+        var data = new byte[SegmentSize * SegmentsPerSend];
+        long sent = 0;
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < time)
+        {
+            socket.SendToAsync(data, sink, SegmentSize).AsTask().GetAwaiter().GetResult();
+            sent += SegmentsPerSend;
+        }
+        return (sent, clock.Elapsed);
     }
 
     /// <summary>A kernel TCP service in the peer namespace: one thread accepting, one per connection.</summary>
@@ -961,6 +1093,7 @@ public static class BenchCommand
         static string Ratio(double? a, double? b) => a is { } x && b is { } y && y > 0 ? $"{x / y:0.00}" : "n/a";
         static string Gbps(double? g) => g is { } v ? $"{v:0.00} Gbit/s" : "n/a";
         static string Bytes(double? b) => b is { } v ? $"{v:0.0} B" : "n/a";
+        static string Percent(double? p) => p is { } v ? $"{v * 100:0.0}%" : "n/a";
 
         var rows = new List<(string Name, string Stack, string Kernel, string Ratio)>();
         if (plan.Cases.Contains("udp"))
@@ -991,6 +1124,11 @@ public static class BenchCommand
             // the stack's figure sits on. A ratio against a figure near 0 says nothing.
             rows.Add(("allocated/packet kernel → X", Bytes(stack?.InBytesPerPacket), Bytes(kernel?.InBytesPerPacket), "-"));
             rows.Add(("allocated/packet X → kernel", Bytes(stack?.OutBytesPerPacket), Bytes(kernel?.OutBytesPerPacket), "-"));
+        }
+        if (plan.Cases.Contains("usend"))
+        {
+            rows.Add(($"UDP X → kernel ({SegmentsPerSend}/send)", Rate(stack?.SendReceivedPerSecond), Rate(kernel?.SendReceivedPerSecond), Ratio(stack?.SendReceivedPerSecond, kernel?.SendReceivedPerSecond)));
+            rows.Add(("  of which lost", Percent(stack?.SendLost), Percent(kernel?.SendLost), ""));
         }
         Console.WriteLine($"{"",-30}{stackLabel,14}{"kernel (veth)",16}{"stack/kernel",14}");
         foreach (var r in rows)

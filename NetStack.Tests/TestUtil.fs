@@ -244,3 +244,50 @@ let echoServer (listener: NetStack.TcpListener) (cancel: Threading.CancellationT
 /// IPv6].
 let families (options: NetStack.NetStackOptions) =
     [ options.Address, options.HostAddress; options.Address6, options.HostAddress6 ]
+
+/// Segmented UDP sends from the stack to a kernel socket, for each (stack address, kernel address)
+/// pair: 40 datagrams of 1200 bytes and a short one, then 20 of the largest size the MTU allows
+/// (1500). Every datagram must arrive whole, on its own and in order. Returns the number of sends.
+let udpSegmentsToKernel (stack: NetStack.NetworkStack) (pairs: (IPAddress * IPAddress) list) (port: int) =
+    let mutable sends = 0L
+    let mutable datagrams = 0L
+
+    for (stackAddress, kernelAddress) in pairs do
+        use udp = stack.BindUdp(IPEndPoint(stackAddress, port))
+
+        use kernel =
+            new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+
+        kernel.Bind(IPEndPoint(kernelAddress, 0))
+        kernel.ReceiveTimeout <- 5000
+
+        let largest =
+            if kernelAddress.AddressFamily = AddressFamily.InterNetworkV6 then
+                1452
+            else
+                1472
+
+        for data, size in
+            [
+                Array.init (40 * 1200 + 77) (fun i -> byte (i / 1200 + i)), 1200
+                Array.init (20 * largest) (fun i -> byte (i * 3)), largest
+            ] do
+            let sent =
+                udp.SendToAsync(ReadOnlyMemory data, kernel.LocalEndPoint :?> IPEndPoint, size).AsTask()
+                |> waitWithin (TimeSpan.FromSeconds 30.0)
+
+            Expect.equal sent data.Length "all bytes sent"
+            sends <- sends + 1L
+            let buffer = Array.zeroCreate<byte> 65536
+
+            for i in 0 .. (data.Length + size - 1) / size - 1 do
+                let got = kernel.Receive buffer
+                let expected = data.[i * size .. min data.Length ((i + 1) * size) - 1]
+                Expect.equal got expected.Length $"datagram {i} over {kernelAddress} has its own size"
+                Expect.equal buffer.[.. got - 1] expected $"datagram {i} holds its slice, in order"
+                datagrams <- datagrams + 1L
+
+            Expect.equal kernel.Available 0 "nothing more"
+
+    Expect.equal stack.Statistics.["udp.sent"] datagrams "every datagram counted"
+    sends

@@ -861,9 +861,10 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     /// <inheritdoc/>
     /// <remarks>
     /// The header's offsets count from the IP packet; the frame's header gets them moved by the
-    /// Ethernet header's length. A super-segment for a neighbor still being resolved is dropped
-    /// (<c>link.drop.unresolved-gso</c>; TCP sends it again) rather than queued, since the
-    /// neighbor queue holds ordinary packets; a partial checksum is completed before queueing.
+    /// Ethernet header's length. The neighbor queue holds ordinary packets: for a neighbor still
+    /// being resolved, a partial checksum is completed before queueing, a UDP super-datagram is
+    /// cut into its datagrams (<c>link.uso.cut-for-queue</c>), and a TCP super-segment is dropped
+    /// (<c>link.drop.unresolved-gso</c>; TCP sends it again).
     /// </remarks>
     /// <exception cref="ArgumentException">The packet is empty or not IPv4/IPv6.</exception>
     /// <exception cref="InvalidOperationException">The header is not None but the frame device carries no virtio-net header.</exception>
@@ -959,21 +960,28 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         header.Flags == VirtioNetFlags.None && header.GsoType == VirtioGsoType.None;
 
     /// <summary>
-    /// The copy of <paramref name="packet"/> the neighbor queue keeps: an ordinary packet (its
-    /// partial checksum completed), or null for a super-segment, which is counted and dropped.
+    /// The copies of <paramref name="packet"/> the neighbor queue keeps: an ordinary packet (its
+    /// partial checksum completed); a UDP super-datagram cut into its datagrams (UDP has no
+    /// retransmission to make up for a drop); nothing for a TCP super-segment, which is counted
+    /// and dropped (TCP sends it again).
     /// </summary>
-    private byte[]? Queueable(in Pieces packet, in VirtioNetHeader header)
+    private List<byte[]> Queueable(in Pieces packet, in VirtioNetHeader header)
     {
         if (header.IsSegmented)
         {
+            if (header.Segmentation == VirtioGsoType.UdpL4)
+            {
+                Statistics.Increment("link.uso.cut-for-queue");
+                return [.. Core.Stack.IpLayer.cutUdpSegments(packet.ToArray(), header.GsoSize)];
+            }
             Statistics.Increment("link.drop.unresolved-gso");
-            return null;
+            return [];
         }
 
         var copy = packet.ToArray();
         if (header.NeedsChecksum)
             VirtioNet.completeChecksum(header, copy);
-        return copy;
+        return [copy];
     }
 
     private void WriteIpv4(Ipv4Address destination, in Pieces packet, in VirtioNetHeader header)
@@ -1016,11 +1024,9 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
             return;
         }
 
-        var queued = Queueable(packet, header);
-        if (queued is null)
-            return;
         long before = _arp.NextDeadline;
-        Apply(NeighborCache.send(Now(), hop, queued, _arp));
+        foreach (var queued in Queueable(packet, header))
+            Apply(NeighborCache.send(Now(), hop, queued, _arp));
         if (_arp.NextDeadline < before)
             _frames.Wake(); // a new resolution timer the reader's current wait does not know
     }
@@ -1076,11 +1082,9 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
             return;
         }
 
-        var queued = Queueable(packet, header);
-        if (queued is null)
-            return;
         long before = _ndp.NextDeadline;
-        Apply(NeighborCache.send(now, hop, queued, _ndp));
+        foreach (var queued in Queueable(packet, header))
+            Apply(NeighborCache.send(now, hop, queued, _ndp));
         if (_ndp.NextDeadline < before)
             _frames.Wake();
     }

@@ -1040,6 +1040,103 @@ module IpLayer =
 
         writeIpHeader source destination IpProtocol.Udp identification length dst
 
+    /// Writes the IP and UDP headers of a UDP super-datagram for a device with UDP segmentation
+    /// offload (USO: a TUN device with a virtio-net header, gso UDP_L4) into `dst` and returns
+    /// the packet's length, headers plus `payloadLength`. The payload is not written: the caller
+    /// sends it from where it is (a gather write), and the kernel cuts it into datagrams of
+    /// gso_size bytes (`VirtioNet.udpSegments`). As Linux's own udp_send_skb leaves a GSO
+    /// datagram, the UDP length field covers the whole payload and the checksum field holds the
+    /// partial pseudo-header sum over that length (NEEDS_CSUM, `VirtioNet.partialChecksum`); the
+    /// kernel rewrites both for each datagram it cuts. Throws ArgumentException as `writeUdp`
+    /// does (families, payload up to 65507 / 65527 bytes, `dst` holding the headers).
+    let writeUdpSegments
+        (source: IpAddr)
+        (destination: IpAddr)
+        (sourcePort: uint16)
+        (destinationPort: uint16)
+        (identification: uint16)
+        (payloadLength: int)
+        (dst: Span<byte>)
+        : int =
+        checkFamilies source destination
+        let limit = if source.IsIpv6 then MaxUdpPayloadV6 else MaxUdpPayloadV4
+
+        if payloadLength < 0 || payloadLength > limit then
+            invalidArg (nameof payloadLength) $"A UDP payload of {payloadLength} bytes is outside 0..{limit}."
+
+        let ip = headerLength source
+
+        if dst.Length < ip + Udp.HeaderLength then
+            invalidArg (nameof dst) $"The buffer holds {dst.Length} bytes; the headers need more."
+
+        let length = Udp.HeaderLength + payloadLength
+        let udp = dst.Slice ip
+        BinaryPrimitives.WriteUInt16BigEndian(udp, sourcePort)
+        BinaryPrimitives.WriteUInt16BigEndian(udp.Slice 2, destinationPort)
+        BinaryPrimitives.WriteUInt16BigEndian(udp.Slice 4, uint16 length)
+
+        let pseudo =
+            match source, destination with
+            | V4 s, V4 d -> Checksum.pseudoHeaderV4 s d IpProtocol.Udp length
+            | V6 s, V6 d -> Checksum.pseudoHeaderV6 s d IpProtocol.Udp length
+            | _ -> 0UL
+
+        BinaryPrimitives.WriteUInt16BigEndian(udp.Slice VirtioNet.UdpChecksumOffset, VirtioNet.partialChecksum pseudo)
+        writeIpHeader source destination IpProtocol.Udp identification length dst
+
+    /// Cuts a UDP super-datagram (its IP and UDP headers as `writeUdpSegments` writes them, the
+    /// payload right after) into its datagrams of `segmentSize` payload bytes, the last one
+    /// shorter, as the kernel's segmentation would: ordinary packets with complete checksums, the
+    /// IPv4 identifications numbered on from the super-datagram's. For a device that cannot pass
+    /// the super-datagram on as it is (a TAP neighbor still being resolved: its queue holds
+    /// ordinary packets). Throws ArgumentException when `packet` is not an IPv4 or IPv6 packet
+    /// carrying UDP directly, or `segmentSize` is below 1.
+    let cutUdpSegments (packet: ReadOnlySpan<byte>) (segmentSize: int) : byte[] list =
+        if segmentSize < 1 then
+            invalidArg (nameof segmentSize) $"A segment size of {segmentSize} is below 1."
+
+        let notUdp () =
+            invalidArg (nameof packet) "Not an IPv4 or IPv6 packet carrying UDP."
+
+        let struct (source, destination, identification, udpAt) =
+            match (if packet.IsEmpty then 0uy else packet.[0] >>> 4) with
+            | 4uy ->
+                match Ipv4.parseWith false packet with
+                | Ok h when h.Protocol = IpProtocol.Udp ->
+                    struct (V4 h.Source, V4 h.Destination, h.Identification, h.PayloadOffset)
+                | _ -> notUdp ()
+            | 6uy ->
+                match Ipv6.parse packet with
+                | Ok h when h.NextHeader = IpProtocol.Udp ->
+                    struct (V6 h.Source, V6 h.Destination, 0us, h.PayloadOffset)
+                | _ -> notUdp ()
+            | _ -> notUdp ()
+
+        if packet.Length < udpAt + Udp.HeaderLength then
+            notUdp ()
+
+        let sourcePort = BinaryPrimitives.ReadUInt16BigEndian(packet.Slice udpAt)
+        let destinationPort = BinaryPrimitives.ReadUInt16BigEndian(packet.Slice(udpAt + 2))
+        let payload = packet.Slice(udpAt + Udp.HeaderLength)
+        let datagrams = ResizeArray()
+        let mutable at = 0
+        let mutable index = 0
+
+        while at < payload.Length || (at = 0 && payload.IsEmpty && index = 0) do
+            let piece = payload.Slice(at, min segmentSize (payload.Length - at))
+
+            let buffer =
+                Array.zeroCreate<byte>(headerLength source + Udp.HeaderLength + piece.Length)
+
+            writeUdp source destination sourcePort destinationPort (identification + uint16 index) piece (Span buffer)
+            |> ignore
+
+            datagrams.Add buffer
+            at <- at + max piece.Length 1
+            index <- index + 1
+
+        List.ofSeq datagrams
+
     /// Where `writeTcp` puts the payload of a segment from `source` carrying `options`: after the
     /// IP header, the 20-byte TCP header and the options. A caller whose payload lives in pieces
     /// (a ring buffer) copies it there first and passes that slice to `writeTcp`, saving a copy.

@@ -191,6 +191,20 @@ let tests =
                             "the kernel handed over super-datagrams")
             }
 
+            for offloads, n in [ true, 9; false, 10 ] do
+                test
+                    $"a NetStack segmented UDP send reaches a kernel socket as separate datagrams (offloads {offloads})" {
+                    withStack (optionsFor n offloads) (fun stack ->
+                        let sends = TestUtil.udpSegmentsToKernel stack (families n) 5455
+                        let uso = stack.Offloads.HasFlag TunOffloads.Uso4
+                        Expect.equal uso offloads "USO in force exactly with offloads (Linux 6.2+)"
+
+                        Expect.equal
+                            (counter stack "offload.uso.sent")
+                            (if uso then sends else 0L)
+                            "one super-datagram per send with USO, none without")
+                }
+
             test "with offloads on, UDP, ping and a small TCP exchange work as before" {
                 withStack (optionsFor 5 true) (fun stack ->
                     for (stackAddress, kernelAddress) in families 5 do

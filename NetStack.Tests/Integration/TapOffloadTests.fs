@@ -115,6 +115,24 @@ let tests =
                         Expect.equal (counter stack name) 0L name)
             }
 
+            test "a segmented UDP send over TAP reaches a kernel socket as separate datagrams, as USO super-datagrams" {
+                TestUtil.withStackOf (tapOptions 4 true) (fun stack ->
+                    let pairs = TestUtil.families (tapOptions 4 true)
+
+                    // Neighbors resolved first: an unresolved one queues 3 packets at most (the
+                    // super-datagram is cut for that queue, and the oldest datagrams give way).
+                    for (_, kernelAddress) in pairs do
+                        let reply = stack.PingAsync(kernelAddress, TimeSpan.FromSeconds 5.0) |> wait
+                        Expect.equal reply.Status IPStatus.Success $"ping {kernelAddress}"
+
+                    let sends = TestUtil.udpSegmentsToKernel stack pairs 5456
+
+                    if stack.Offloads.HasFlag TunOffloads.Uso4 then
+                        Expect.equal (counter stack "offload.uso.sent") sends "one super-datagram per send"
+                    else
+                        printfn $"TAP without USO ({stack.Offloads}): the datagrams went one by one")
+            }
+
             test "with offloads off the TAP stack has none, answers pings and moves TCP both ways as ordinary frames" {
                 TestUtil.withStackOf (tapOptions 3 false) (fun stack ->
                     Expect.equal stack.Offloads TunOffloads.None "no offloads"

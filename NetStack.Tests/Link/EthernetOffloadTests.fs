@@ -129,6 +129,84 @@ let tests =
                 | other -> failtestf "expected one frame, got %d" other.Length
             }
 
+            test
+                "a UDP super-datagram for an unresolved neighbor is cut into datagrams for the queue; the ARP reply releases the newest" {
+                let frames = new OffloadFrames()
+                use device = new EthernetPacketDevice(frames, options ())
+                let source = NetStack.Core.Stack.V4(Ipv4Address.Parse "10.107.0.2")
+                let destination = NetStack.Core.Stack.V4(Ipv4Address.Parse "10.107.0.1")
+                let payload = Array.init 4500 (fun i -> byte (i / 1000 + i))
+                let packet = Array.zeroCreate<byte>(28 + payload.Length)
+
+                NetStack.Core.Stack.IpLayer.writeUdpSegments
+                    source
+                    destination
+                    7us
+                    9us
+                    50us
+                    payload.Length
+                    (Span packet)
+                |> ignore
+
+                payload.CopyTo(packet, 28)
+                let header = VirtioNet.udpSegments 20 1000
+                (device :> IOffloadPacketDevice).Write(ReadOnlySpan packet, &header)
+
+                match frames.Written with
+                | [ request, h ] ->
+                    Expect.equal
+                        (Result.toOption (Ethernet.parse (ReadOnlySpan request)) |> Option.get).EtherType
+                        EtherType.Arp
+                        "an ARP request"
+
+                    Expect.equal h VirtioNetHeader.None "with an empty header"
+                | other -> failtestf "one ARP request expected, got %d frames" other.Length
+
+                Expect.equal device.Statistics.["link.uso.cut-for-queue"] 1L "cut for the queue"
+                Expect.equal device.Statistics.["link.drop.unresolved-gso"] 0L "nothing dropped as a whole"
+
+                let reply =
+                    Arp.replyTo
+                        (Arp.request ourMac (Ipv4Address.Parse "10.107.0.2") (Ipv4Address.Parse "10.107.0.1"))
+                        peerMac
+
+                let body = Array.zeroCreate 28
+                Arp.write reply (Span body) |> ignore
+                frames.Inject(tagged -1 EtherType.Arp body, VirtioNetHeader.None)
+                let buffer = Array.zeroCreate 65536
+                let mutable length = 0
+
+                while device.TryRead(Span buffer, 0, &length) do
+                    ()
+
+                // Five datagrams (4 × 1000 + 500); the queue keeps the 3 newest (MaxQueuedPerEntry).
+                let released = frames.Written |> List.skip 1
+                Expect.hasLength released 3 "the three newest datagrams"
+
+                released
+                |> List.iteri (fun i (frame, h) ->
+                    let n = i + 2
+                    let expected = payload.[n * 1000 .. min payload.Length ((n + 1) * 1000) - 1]
+                    let whole = Array.zeroCreate<byte> 2000
+
+                    let length =
+                        NetStack.Core.Stack.IpLayer.writeUdp
+                            source
+                            destination
+                            7us
+                            9us
+                            (50us + uint16 n)
+                            (ReadOnlySpan expected)
+                            (Span whole)
+
+                    Expect.equal h VirtioNetHeader.None $"datagram {n}: an ordinary frame"
+
+                    Expect.equal
+                        frame.[14..]
+                        whole.[.. length - 1]
+                        $"datagram {n}, complete checksum and its own identification")
+            }
+
             test "a frame read hands up the IP packet with the header's offsets counted from the IP header" {
                 let frames = new OffloadFrames()
                 use device = new EthernetPacketDevice(frames, options ())

@@ -212,6 +212,58 @@ let tests =
                     Expect.isGreaterThan stack.Statistics.["ip.fragments.sent"] 0L "fragmented")
             }
 
+            test "a segmented send without USO leaves as separate datagrams, in order; bad segment sizes are refused" {
+                withStack 65536 (fun stack device ->
+                    use socket = stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 0))
+
+                    for target, largest in [ peer4.ToIPAddress(), 1472; peer6.ToIPAddress(), 1452 ] do
+                        let remote = IPEndPoint(target, 9)
+                        // 10 full datagrams and a short one; then the largest size the MTU allows.
+                        for data, size in
+                            [
+                                Array.init 10_300 (fun i -> byte (i * 7 + i / 1000)), 1000
+                                Array.init (3 * largest) byte, largest
+                            ] do
+                            let sent = socket.SendToAsync(ReadOnlyMemory data, remote, size).AsTask()
+                            Expect.equal sent.Result data.Length "all bytes sent"
+                            let count = (data.Length + size - 1) / size
+
+                            for i in 0 .. count - 1 do
+                                let packet, r = peerReads device
+                                Expect.equal r.Kind ReceivedKind.UdpDatagram $"datagram {i} to {target}"
+                                let expected = data.[i * size .. min data.Length ((i + 1) * size) - 1]
+
+                                Expect.equal
+                                    ((IpLayer.slice (ReadOnlySpan packet) r.Payload).ToArray())
+                                    expected
+                                    $"datagram {i} holds its slice"
+
+                        Expect.throwsT<ArgumentOutOfRangeException>
+                            (fun () ->
+                                socket.SendToAsync(ReadOnlyMemory(Array.zeroCreate 3000), remote, largest + 1)
+                                |> ignore)
+                            "a datagram over the MTU"
+
+                        Expect.throwsT<ArgumentOutOfRangeException>
+                            (fun () -> socket.SendToAsync(ReadOnlyMemory(Array.zeroCreate 3000), remote, 0) |> ignore)
+                            "segment size 0"
+
+                        Expect.throwsT<ArgumentException>
+                            (fun () -> socket.SendToAsync(ReadOnlyMemory(Array.zeroCreate 650), remote, 10) |> ignore)
+                            "65 datagrams"
+
+                    Expect.equal stack.Statistics.["offload.uso.sent"] 0L "no offload on a memory device"
+                    Expect.equal stack.Statistics.["ip.fragments.sent"] 0L "none fragmented"
+                    socket.Connect(IPEndPoint(peer4.ToIPAddress(), 9))
+                    let sent = socket.SendAsync(ReadOnlyMemory(Array.init 50 byte), 20).AsTask()
+                    Expect.equal sent.Result 50 "connected: sent"
+
+                    for length in [ 20; 20; 10 ] do
+                        let packet, r = peerReads device
+                        let payload = IpLayer.slice (ReadOnlySpan packet) r.Payload
+                        Expect.equal payload.Length length "connected: 20, 20, 10")
+            }
+
             test "disposing a socket aborts its pending receive; using it afterwards is ObjectDisposed" {
                 withStack 65536 (fun stack _ ->
                     let socket = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))

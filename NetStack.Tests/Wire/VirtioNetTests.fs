@@ -278,6 +278,95 @@ let tests =
                 Expect.equal (packet.[offset..]) payload "the payload"
                 true
 
+            testPropertyWithConfig
+                codecConfig
+                "a USO super-datagram's headers, with the payload after them and the checksum completed, are the one whole datagram"
+            <| fun (payload: byte[]) (v6: bool) (size: uint16) ->
+                // What the kernel takes before cutting: one datagram over all the payload. Its
+                // partial checksum completed the way the kernel would (skb_checksum_help) must
+                // give exactly the datagram writeUdp writes.
+                let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+                let whole = Array.zeroCreate<byte> 70000
+
+                let n =
+                    IpLayer.writeUdp source destination 5000us 53us 7us (ReadOnlySpan payload) (Span whole)
+
+                let packet = Array.zeroCreate<byte> 70000
+
+                let length =
+                    IpLayer.writeUdpSegments source destination 5000us 53us 7us payload.Length (Span packet)
+
+                let ip = ipHeader v6
+                Array.blit payload 0 packet (ip + 8) payload.Length
+                let header = VirtioNet.udpSegments ip (1 + int size % 1472)
+                Expect.equal header.Segmentation VirtioGsoType.UdpL4 "gso UDP_L4"
+                Expect.equal (int header.HeaderLength) (ip + 8) "hdr_len covers the IP and UDP headers"
+                Expect.isTrue (VirtioNet.completeChecksum header (Span packet)) "completed"
+                length = n && packet.[.. length - 1] = whole.[.. n - 1]
+
+            testPropertyWithConfig
+                codecConfig
+                "a USO super-datagram cut in software gives its datagrams, valid and in order, IPv4 identifications counting up"
+            <| fun (payload: byte[]) (v6: bool) (size: uint16) ->
+                let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+                let size = 1 + int size % 1472
+                let packet = Array.zeroCreate<byte> 70000
+
+                let length =
+                    IpLayer.writeUdpSegments source destination 5000us 53us 100us payload.Length (Span packet)
+
+                let ip = ipHeader v6
+                Array.blit payload 0 packet (ip + 8) payload.Length
+                let datagrams = IpLayer.cutUdpSegments (ReadOnlySpan(packet, 0, length)) size
+                let count = max 1 ((payload.Length + size - 1) / size)
+                Expect.equal datagrams.Length count "one datagram per segment (one for no payload)"
+
+                datagrams
+                |> List.iteri (fun i d ->
+                    let expected = payload.[i * size .. min payload.Length ((i + 1) * size) - 1]
+                    let whole = Array.zeroCreate<byte> 2000
+
+                    let n =
+                        IpLayer.writeUdp
+                            source
+                            destination
+                            5000us
+                            53us
+                            (100us + uint16 i)
+                            (ReadOnlySpan expected)
+                            (Span whole)
+
+                    Expect.equal d whole.[.. n - 1] $"datagram {i} as writeUdp writes it")
+
+                true
+
+            testCase "cutting refuses what is not a UDP packet"
+            <| fun () ->
+                let packet, _ = superSegment false TcpFlags.Ack [| 1uy; 2uy; 3uy |]
+
+                for bad, size in [ packet, 1000; [||], 1000; [| 0x45uy |], 1000 ] do
+                    Expect.throwsT<ArgumentException>
+                        (fun () -> IpLayer.cutUdpSegments (ReadOnlySpan bad) size |> ignore)
+                        "not UDP"
+
+            testCase "a USO super-datagram over the largest UDP payload is refused by the writer"
+            <| fun () ->
+                for v6, limit in [ false, IpLayer.MaxUdpPayloadV4; true, IpLayer.MaxUdpPayloadV6 ] do
+                    let source, destination = if v6 then V6 src6, V6 dst6 else V4 src4, V4 dst4
+
+                    Expect.throwsT<ArgumentException>
+                        (fun () ->
+                            IpLayer.writeUdpSegments
+                                source
+                                destination
+                                1us
+                                2us
+                                1us
+                                (limit + 1)
+                                (Span(Array.zeroCreate 100))
+                            |> ignore)
+                        $"over {limit}"
+
             testCase "a super-segment over 65535 bytes is refused by the writer"
             <| fun () ->
                 Expect.throwsT<ArgumentException>
