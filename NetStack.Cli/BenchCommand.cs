@@ -91,7 +91,8 @@ public static class BenchCommand
                 and echoed datagrams per second, {Window} in flight at most;
           rr    TCP ping-pong: 1-byte request, 1-byte answer, one connection, round trip p50/p99;
                 also with the stack as the client (its TcpConnection against a kernel echo);
-          conn  short TCP connections per second (connect, send 1 byte, receive it, close);
+          conn  short TCP connections per second (connect, send 1 byte, receive it, close), and
+                the processor time of the whole machine per connection;
           bulk  TCP bulk throughput, kernel → X (into a discard service) and X → kernel (from a
                 source service), one connection each, and the .NET bytes this process allocated
                 per packet through the interface during each transfer;
@@ -156,6 +157,9 @@ public static class BenchCommand
 
         /// <summary>Short connections completed per second.</summary>
         public double? ConnectionsPerSecond { get; set; }
+
+        /// <summary>Processor time of the whole machine per short connection, µs.</summary>
+        public double? CpuPerConnection { get; set; }
 
         /// <summary>TCP bulk throughput kernel → X, Gbit/s.</summary>
         public double? TcpInGbps { get; set; }
@@ -340,7 +344,7 @@ public static class BenchCommand
         if (plan.Cases.Contains("rr"))
             MeasureTcpRoundTrip(new IPEndPoint(target, TcpEchoPort), plan.Duration, m);
         if (plan.Cases.Contains("conn"))
-            m.ConnectionsPerSecond = MeasureConnections(new IPEndPoint(target, TcpEchoPort), plan.Duration, plan.ConnClients);
+            m.ConnectionsPerSecond = MeasureConnections(new IPEndPoint(target, TcpEchoPort), plan.Duration, plan.ConnClients, m);
         if (plan.Cases.Contains("bulk"))
             MeasureBulk(target, plan.TcpBytes, packets, m);
         return m;
@@ -528,7 +532,7 @@ public static class BenchCommand
     /// ends its blocked call with an error: a silent server fails the measurement, it cannot
     /// hang it.
     /// </remarks>
-    private static double MeasureConnections(IPEndPoint target, TimeSpan duration, int clients)
+    private static double MeasureConnections(IPEndPoint target, TimeSpan duration, int clients, Measurement m)
     {
         // Warm-up: the listener's accept path and the service's first connection, then the same
         // load as the measurement until the JIT has settled, so that the runtime has compiled the
@@ -548,6 +552,7 @@ public static class BenchCommand
         if (!Watch(warmUpThreads, MaxWarmUp + TimeSpan.FromSeconds(30)))
             throw new InvalidOperationException($"short connection to {target} failed in the warm-up: {warmUpThreads.FirstOrDefault(t => t.Failure is not null)?.Failure?.Message ?? "no progress"}");
         long started = 0;
+        long busyBefore = BusyMicroseconds();
         var clock = Stopwatch.StartNew();
         var threads = Enumerable.Range(0, clients).Select(_ => new ConnectionClient(target)).ToList();
         threads.ForEach(t => t.Start(() => clock.Elapsed < duration && Interlocked.Increment(ref started) <= MaxConnections));
@@ -556,7 +561,25 @@ public static class BenchCommand
         var failed = threads.FirstOrDefault(t => t.Failure is not null);
         if (!ok || failed is not null)
             throw new InvalidOperationException($"short connection to {target} failed: {failed?.Failure?.Message ?? "no progress"}", failed?.Failure);
-        return threads.Sum(t => t.Completed) / elapsed.TotalSeconds;
+        long completed = threads.Sum(t => t.Completed);
+        m.CpuPerConnection = completed > 0 ? (BusyMicroseconds() - busyBefore) / (double)completed : null;
+        return completed / elapsed.TotalSeconds;
+    }
+
+    /// <summary>
+    /// Processor time spent so far by all processors of the machine on anything but idling, in
+    /// µs (from /proc/stat: user, nice, system, irq, softirq, steal; counted in clock ticks). The
+    /// conn case divides it by the connections: both columns' whole cost per connection, client,
+    /// kernel, the stack and the peer process together.
+    /// </summary>
+    private static long BusyMicroseconds()
+    {
+        var fields = File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        long ticks = 0;
+        foreach (int i in (int[])[1, 2, 3, 6, 7, 8])
+            ticks += long.Parse(fields[i], CultureInfo.InvariantCulture);
+        // USER_HZ is 100 on every Linux architecture .NET runs on.
+        return ticks * 10_000;
     }
 
     /// <summary>How long a connection client may go without completing a connection before the watchdog closes its socket.</summary>
@@ -1088,6 +1111,7 @@ public static class BenchCommand
     private static void PrintTable(Plan plan, Measurement? stack, Measurement? kernel, string stackLabel)
     {
         static string Us(TimeSpan? t) => t is { } v ? $"{v.TotalMicroseconds:0.0} µs" : "n/a";
+        static string Micro(double? us) => us is { } v ? $"{v:0} µs" : "n/a";
         static string Rate(double? r) => r is { } v ? $"{v:0}" : "n/a";
         static string Count(long? c) => c is { } v ? v.ToString(CultureInfo.InvariantCulture) : "n/a";
         static string Ratio(double? a, double? b) => a is { } x && b is { } y && y > 0 ? $"{x / y:0.00}" : "n/a";
@@ -1115,7 +1139,11 @@ public static class BenchCommand
             rows.Add(("TCP ping-pong p99, X client", Us(stack?.ClientP99), Us(kernel?.TcpP99), Ratio(stack?.ClientP99?.TotalMicroseconds, kernel?.TcpP99?.TotalMicroseconds)));
         }
         if (plan.Cases.Contains("conn"))
+        {
             rows.Add(("TCP connections/s", Rate(stack?.ConnectionsPerSecond), Rate(kernel?.ConnectionsPerSecond), Ratio(stack?.ConnectionsPerSecond, kernel?.ConnectionsPerSecond)));
+            // All processors, everything that ran: the client, the kernel, the stack or the peer.
+            rows.Add(("  CPU per connection", Micro(stack?.CpuPerConnection), Micro(kernel?.CpuPerConnection), Ratio(stack?.CpuPerConnection, kernel?.CpuPerConnection)));
+        }
         if (plan.Cases.Contains("bulk"))
         {
             rows.Add(("TCP bulk kernel → X", Gbps(stack?.TcpInGbps), Gbps(kernel?.TcpInGbps), Ratio(stack?.TcpInGbps, kernel?.TcpInGbps)));
