@@ -1001,6 +1001,14 @@ module IpLayer =
             Ipv6.write header dst + payloadLength
         | _ -> invalidArg (nameof destination) "Source and destination are of different families."
 
+    /// The partial checksum NEEDS_CSUM asks for in a transport header: the pseudo-header sum over
+    /// `length` transport bytes (`VirtioNet.partialChecksum`). Families already checked.
+    let private partialSum (source: IpAddr) (destination: IpAddr) (protocol: byte) (length: int) : uint16 =
+        match source, destination with
+        | V4 s, V4 d -> VirtioNet.partialChecksum (Checksum.pseudoHeaderV4 s d protocol length)
+        | V6 s, V6 d -> VirtioNet.partialChecksum (Checksum.pseudoHeaderV6 s d protocol length)
+        | _ -> 0us
+
     let private headerLength (source: IpAddr) =
         if source.IsIpv6 then
             Ipv6.HeaderLength
@@ -1075,13 +1083,11 @@ module IpLayer =
         BinaryPrimitives.WriteUInt16BigEndian(udp.Slice 2, destinationPort)
         BinaryPrimitives.WriteUInt16BigEndian(udp.Slice 4, uint16 length)
 
-        let pseudo =
-            match source, destination with
-            | V4 s, V4 d -> Checksum.pseudoHeaderV4 s d IpProtocol.Udp length
-            | V6 s, V6 d -> Checksum.pseudoHeaderV6 s d IpProtocol.Udp length
-            | _ -> 0UL
+        BinaryPrimitives.WriteUInt16BigEndian(
+            udp.Slice VirtioNet.UdpChecksumOffset,
+            partialSum source destination IpProtocol.Udp length
+        )
 
-        BinaryPrimitives.WriteUInt16BigEndian(udp.Slice VirtioNet.UdpChecksumOffset, VirtioNet.partialChecksum pseudo)
         writeIpHeader source destination IpProtocol.Udp identification length dst
 
     /// Cuts a UDP super-datagram (its IP and UDP headers as `writeUdpSegments` writes them, the
@@ -1227,15 +1233,9 @@ module IpLayer =
         if length > 65535 - (if source.IsIpv6 then 0 else ip) then
             invalidArg (nameof payloadLength) $"A TCP segment of {length} bytes does not fit in one IP packet."
 
-        let pseudo =
-            match source, destination with
-            | V4 s, V4 d -> Checksum.pseudoHeaderV4 s d IpProtocol.Tcp length
-            | V6 s, V6 d -> Checksum.pseudoHeaderV6 s d IpProtocol.Tcp length
-            | _ -> 0UL
-
         BinaryPrimitives.WriteUInt16BigEndian(
             dst.Slice(ip + VirtioNet.TcpChecksumOffset),
-            VirtioNet.partialChecksum pseudo
+            partialSum source destination IpProtocol.Tcp length
         )
 
         writeIpHeader source destination IpProtocol.Tcp identification length dst
