@@ -22,8 +22,12 @@ public sealed record NeighborSettings
     /// <summary>Entries per cache (each family has one) at most.</summary>
     public int MaxEntries { get; init; } = 256;
 
-    /// <summary>Packets one unresolved neighbor holds while its address is resolved.</summary>
-    public int MaxQueuedPerEntry { get; init; } = 3;
+    /// <summary>
+    /// Packets one unresolved neighbor holds while its address is resolved (the oldest gives way
+    /// to a newer one). 64 by default: a burst to a new neighbor, such as a whole segmented UDP
+    /// send (<see cref="UdpSocket.MaxSegments"/>), waits whole; <see cref="MaxQueuedBytes"/> bounds all queues together.
+    /// </summary>
+    public int MaxQueuedPerEntry { get; init; } = 64;
 
     /// <summary>Bytes all packets waiting for resolution hold at most, per cache.</summary>
     public int MaxQueuedBytes { get; init; } = 256 * 1024;

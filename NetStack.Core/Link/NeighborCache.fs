@@ -22,7 +22,8 @@ type NeighborCacheConfig =
         /// Entries at most; a new entry evicts the oldest REACHABLE or STALE one, or is refused.
         MaxEntries: int
         /// Packets one INCOMPLETE entry holds at most; the oldest is dropped for a newer one
-        /// (RFC 4861 §7.2.2 "SHOULD retain ... at least one").
+        /// (RFC 4861 §7.2.2 "SHOULD retain ... at least one"). The default, 64, holds a whole
+        /// segmented UDP send; Linux bounds the queue by bytes (unres_qlen_bytes, about 200 KB).
         MaxQueuedPerEntry: int
         /// Bytes all queues together hold at most; a packet that does not fit is dropped.
         MaxQueuedBytes: int
@@ -101,7 +102,7 @@ module NeighborCache =
             MaxUnicastSolicit = 3
             StaleLifetime = 60_000_000L
             MaxEntries = 256
-            MaxQueuedPerEntry = 3
+            MaxQueuedPerEntry = 64
             MaxQueuedBytes = 256 * 1024
         }
 

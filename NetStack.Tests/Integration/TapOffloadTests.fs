@@ -133,6 +133,19 @@ let tests =
                         printfn $"TAP without USO ({stack.Offloads}): the datagrams went one by one")
             }
 
+            test "a segmented UDP send to a neighbor not yet resolved waits whole in the neighbor queue and arrives" {
+                TestUtil.withStackOf (tapOptions 5 true) (fun stack ->
+                    // No ping first: the first send of each family finds its neighbor unresolved.
+                    TestUtil.udpSegmentsToKernel stack (TestUtil.families (tapOptions 5 true)) 5457
+                    |> ignore
+
+                    if stack.Offloads.HasFlag TunOffloads.Uso4 then
+                        Expect.isGreaterThan
+                            (counter stack "link.uso.cut-for-queue")
+                            0L
+                            "a super-datagram was cut for the queue")
+            }
+
             test "with offloads off the TAP stack has none, answers pings and moves TCP both ways as ordinary frames" {
                 TestUtil.withStackOf (tapOptions 3 false) (fun stack ->
                     Expect.equal stack.Offloads TunOffloads.None "no offloads"
