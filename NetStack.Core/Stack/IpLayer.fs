@@ -1124,11 +1124,12 @@ module IpLayer =
         let sourcePort = BinaryPrimitives.ReadUInt16BigEndian(packet.Slice udpAt)
         let destinationPort = BinaryPrimitives.ReadUInt16BigEndian(packet.Slice(udpAt + 2))
         let payload = packet.Slice(udpAt + Udp.HeaderLength)
-        let datagrams = ResizeArray()
-        let mutable at = 0
-        let mutable index = 0
+        // One datagram at least: an empty payload is one empty datagram.
+        let count = max 1 ((payload.Length + segmentSize - 1) / segmentSize)
+        let datagrams = Array.zeroCreate<byte[]> count
 
-        while at < payload.Length || (at = 0 && payload.IsEmpty && index = 0) do
+        for index in 0 .. count - 1 do
+            let at = index * segmentSize
             let piece = payload.Slice(at, min segmentSize (payload.Length - at))
 
             let buffer =
@@ -1137,11 +1138,9 @@ module IpLayer =
             writeUdp source destination sourcePort destinationPort (identification + uint16 index) piece (Span buffer)
             |> ignore
 
-            datagrams.Add buffer
-            at <- at + max piece.Length 1
-            index <- index + 1
+            datagrams.[index] <- buffer
 
-        List.ofSeq datagrams
+        List.ofArray datagrams
 
     /// Where `writeTcp` puts the payload of a segment from `source` carrying `options`: after the
     /// IP header, the 20-byte TCP header and the options. A caller whose payload lives in pieces

@@ -29,6 +29,36 @@ let private options queueBytes =
         UdpReceiveQueueBytes = queueBytes
     )
 
+/// A memory device that says the kernel takes checksum offload and USO: what is written with a
+/// header is recorded with it (gather writes reach it joined, through the interface's default).
+/// Its link MTU is 1500; `inner` must take super-packets.
+type private UsoDevice(inner: MemoryPacketDevice) =
+    let headers = Collections.Concurrent.ConcurrentQueue<VirtioNetHeader>()
+
+    member _.Headers = List.ofSeq headers
+
+    interface IOffloadPacketDevice with
+        member _.Offloads =
+            NetStack.Device.TunOffloads.Checksum
+            ||| NetStack.Device.TunOffloads.Uso4
+            ||| NetStack.Device.TunOffloads.Uso6
+
+        member _.Mtu = 1500
+        member _.TryRead(buffer, timeout, length) = inner.TryRead(buffer, timeout, &length)
+
+        member _.TryReadWithHeader(buffer, timeout, length, header) =
+            header <- VirtioNetHeader.None
+            inner.TryRead(buffer, timeout, &length)
+
+        member _.Write(packet: ReadOnlySpan<byte>) = inner.Write packet
+
+        member _.Write(packet: ReadOnlySpan<byte>, header: inref<VirtioNetHeader>) =
+            headers.Enqueue header
+            inner.Write packet
+
+        member _.Wake() = inner.Wake()
+        member _.Dispose() = inner.Dispose()
+
 let private withStack (queueBytes: int) (f: NetworkStack -> MemoryPacketDevice -> unit) =
     let device = new MemoryPacketDevice(1500)
     use stack = NetworkStack.Start(options queueBytes, device)
@@ -255,6 +285,7 @@ let tests =
                     Expect.equal stack.Statistics.["offload.uso.sent"] 0L "no offload on a memory device"
                     Expect.equal stack.Statistics.["ip.fragments.sent"] 0L "none fragmented"
                     socket.Connect(IPEndPoint(peer4.ToIPAddress(), 9))
+
                     let sent = socket.SendAsync(ReadOnlyMemory(Array.init 50 byte), 20).AsTask()
                     Expect.equal sent.Result 50 "connected: sent"
 
@@ -262,6 +293,62 @@ let tests =
                         let packet, r = peerReads device
                         let payload = IpLayer.slice (ReadOnlySpan packet) r.Payload
                         Expect.equal payload.Length length "connected: 20, 20, 10")
+            }
+
+            test
+                "with USO a segmented send is one super-datagram; below a learned path MTU it goes as fragmented datagrams" {
+                let memory = new MemoryPacketDevice(65535)
+                let device = new UsoDevice(memory)
+                use stack = NetworkStack.Start(options 65536, device)
+                use socket = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+                let remote = IPEndPoint(peer4.ToIPAddress(), 9)
+                let data = Array.init 10_500 (fun i -> byte (i / 7))
+                Expect.equal (socket.SendToAsync(ReadOnlyMemory data, remote, 1200).AsTask().Result) data.Length "sent"
+                let packet = written memory
+                Expect.equal packet.Length (28 + data.Length) "one packet: the headers and all the payload"
+                Expect.equal packet.[28..] data "the payload whole"
+
+                match device.Headers with
+                | [ h ] ->
+                    Expect.equal h.Segmentation VirtioGsoType.UdpL4 "gso UDP_L4"
+                    Expect.equal h.GsoSize 1200us "gso_size the segment size"
+                | other -> failtestf "one header expected, got %A" other
+
+                Expect.equal stack.Statistics.["offload.uso.sent"] 1L "one super-datagram"
+                Expect.equal stack.Statistics.["udp.sent"] 9L "nine datagrams counted"
+
+                // The peer's router reports an MTU of 1000 on the path: 1200-byte datagrams no
+                // longer fit, so each goes on its own, in fragments.
+                let quote = udpPacket (V4 ours4) (V4 peer4) 1us 9us (Array.zeroCreate 1172)
+                let icmp = Array.zeroCreate<byte> 1500
+
+                let m =
+                    Icmpv4.buildFragmentationNeeded (Span(icmp, 20, 1480)) 1000us (ReadOnlySpan quote.[..547])
+
+                let n =
+                    Ipv4.write (Ipv4.header peer4 ours4 IpProtocol.Icmp) ReadOnlySpan.Empty m (Span icmp)
+                    + m
+
+                memory.Inject(ReadOnlySpan(icmp, 0, n))
+                waitUntil (fun () -> stack.Statistics.["icmp.error.packet-too-big"] = 1L)
+
+                Expect.equal
+                    (socket.SendToAsync(ReadOnlyMemory data, remote, 1200).AsTask().Result)
+                    data.Length
+                    "sent again"
+
+                for i in 0..8 do
+                    let packet, r = peerReads memory
+                    Expect.equal r.Kind ReceivedKind.UdpDatagram $"datagram {i}"
+                    let expected = data.[i * 1200 .. min data.Length ((i + 1) * 1200) - 1]
+
+                    Expect.equal
+                        ((IpLayer.slice (ReadOnlySpan packet) r.Payload).ToArray())
+                        expected
+                        $"datagram {i} whole"
+
+                Expect.equal stack.Statistics.["offload.uso.sent"] 1L "no second super-datagram"
+                Expect.isGreaterThan stack.Statistics.["ip.fragments.sent"] 0L "fragmented for the path"
             }
 
             test "disposing a socket aborts its pending receive; using it afterwards is ObjectDisposed" {
