@@ -141,7 +141,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     /// <exception cref="SocketException">ConnectionRefused after an ICMP port unreachable from the remote; MessageSize.</exception>
     /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
     public ValueTask<int> SendAsync(ReadOnlyMemory<byte> datagram, CancellationToken cancellationToken = default) =>
-        SendConnected(datagram, 0, cancellationToken);
+        SendConnected(datagram, null, cancellationToken);
 
     /// <summary>
     /// Sends <paramref name="data"/> to the remote set by <see cref="Connect"/> as consecutive
@@ -160,7 +160,8 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     public ValueTask<int> SendAsync(ReadOnlyMemory<byte> data, int segmentSize, CancellationToken cancellationToken = default) =>
         SendConnected(data, segmentSize, cancellationToken);
 
-    private ValueTask<int> SendConnected(ReadOnlyMemory<byte> datagram, int segmentSize, CancellationToken cancellationToken)
+    // segmentSize null: one datagram; otherwise a segmented send, its size checked.
+    private ValueTask<int> SendConnected(ReadOnlyMemory<byte> datagram, int? segmentSize, CancellationToken cancellationToken)
     {
         IpAddr address;
         ushort port;
@@ -178,9 +179,9 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             address = _remoteAddress;
             port = _remotePort;
         }
-        if (segmentSize != 0)
-            CheckSegments(datagram, segmentSize, address.IsIpv6);
-        return Send(datagram, address, port, segmentSize, cancellationToken);
+        if (segmentSize is { } size)
+            CheckSegments(datagram, size, address.IsIpv6);
+        return Send(datagram, address, port, segmentSize ?? 0, cancellationToken);
     }
 
     private ValueTask<int> Send(ReadOnlyMemory<byte> datagram, IpAddr address, ushort port, int segmentSize, CancellationToken cancellationToken)

@@ -286,6 +286,10 @@ let tests =
                     Expect.equal stack.Statistics.["ip.fragments.sent"] 0L "none fragmented"
                     socket.Connect(IPEndPoint(peer4.ToIPAddress(), 9))
 
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> socket.SendAsync(ReadOnlyMemory(Array.zeroCreate 50), 0) |> ignore)
+                        "connected: segment size 0"
+
                     let sent = socket.SendAsync(ReadOnlyMemory(Array.init 50 byte), 20).AsTask()
                     Expect.equal sent.Result 50 "connected: sent"
 
