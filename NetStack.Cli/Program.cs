@@ -40,6 +40,7 @@ public static class Program
                 "bench" => BenchCommand.Run(rest),
                 BenchCommand.EchoPeerCommand => BenchCommand.RunEchoPeer(rest),
                 IdleBench.ClientsCommand => IdleBench.RunClients(rest),
+                SoakBench.LoadCommand => SoakBench.RunLoad(rest),
                 _ => throw new UsageException($"netstack: unknown command '{args[0]}' (see 'netstack --help')"),
             };
         }
