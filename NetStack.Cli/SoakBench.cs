@@ -125,7 +125,8 @@ public static class SoakBench
         var seconds = (int)Math.Ceiling((plan.Duration + StartTimeout).TotalSeconds) + 10;
         Console.WriteLine($"soak: {plan.Duration.TotalMinutes:0.##} min of {string.Join(", ", Describe(plan, useWrk))} against the stack at {target}, MTU {options.Mtu}; " +
             $"a sample every {plan.Interval.TotalSeconds:0} s");
-        Console.WriteLine($"soak: {ProcessMemory.Configuration()}; stack: offloads {stack.Offloads}, io_uring {(stack.UsesIoUring ? "on" : "off")}");
+        var arenas = MallocArenas.Capped ? $"{MallocArenas.Limit} (capped)" : Environment.GetEnvironmentVariable("MALLOC_ARENA_MAX") ?? "glibc's default";
+        Console.WriteLine($"soak: {ProcessMemory.Configuration()}, malloc arenas {arenas}; stack: offloads {stack.Offloads}, io_uring {(stack.UsesIoUring ? "on" : "off")}");
 
         Process? wrk = null, client = null;
         Task<string>? wrkOutput = null, clientOutput = null;
