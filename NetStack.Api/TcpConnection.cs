@@ -39,9 +39,15 @@ public sealed class TcpConnection : Stream
     private readonly NetworkStack _stack;
     private readonly object _gate = new();
 
-    // Rings are rented from the shared pool when first needed (a half-open connection, or one
-    // that only receives, holds no send ring) and returned once both the user and the loop are
-    // done with them. A stream position p lives at p % capacity (the rented array may be longer).
+    // Rings are rented from the shared pool when needed (a half-open connection, or one that only
+    // receives, holds no send ring) and go back to it as soon as they hold no byte: the send ring
+    // when everything written is acknowledged, the receive ring when everything stored in it has
+    // been read (see ReleaseEmptyRingsLocked); at the latest when both the user and the loop are
+    // done. A stream position p lives at p % capacity (the rented array may be longer), so a ring
+    // rented again carries on where the last one stopped. An idle keep-alive connection thus holds
+    // no ring: the rings' memory follows the connections that have bytes in flight, not the
+    // connections that are open (docs/soak.md: 200 idle-between-requests HTTP connections held
+    // 100 MB of rings, whose pages became resident one by one as the streams moved through them).
     private int _sendCapacity; // grows (auto-tuning) on the loop thread, under _gate
     private readonly int _sendCapacityMax;
     private int _receiveCapacity; // grows (auto-tuning) on the loop thread, under _gate
@@ -56,6 +62,9 @@ public sealed class TcpConnection : Stream
 
     // Receive ring: [_recvConsumed, _recvDelivered) are readable; the loop stores beyond.
     private byte[]? _receive;
+    // The end of the bytes the loop stored in the receive ring (in order or not; loop only):
+    // the ring holds nothing unread once _recvConsumed has reached it.
+    private long _recvStoredEnd;
     private long _recvDelivered;
     private long _recvConsumed;
     private bool _windowPosted;
@@ -400,7 +409,7 @@ public sealed class TcpConnection : Stream
                 if (free > 0)
                 {
                     int n = Math.Min(free, buffer.Length);
-                    _send ??= ArrayPool<byte>.Shared.Rent(_sendCapacity);
+                    _send ??= RentRing(_sendCapacity);
                     CopyIn(_send, _sendCapacity, _sendWritten, buffer.Span[..n]);
                     _sendWritten += n;
                     buffer = buffer[n..];
@@ -539,6 +548,7 @@ public sealed class TcpConnection : Stream
             _windowPosted = false;
             _windowPostedLazily = false;
             _consumedReported = _recvConsumed;
+            ReleaseEmptyRingsLocked();
             return _recvConsumed;
         }
     }
@@ -589,9 +599,10 @@ public sealed class TcpConnection : Stream
         if (ring is null)
         {
             lock (_gate)
-                ring = _receive ??= ArrayPool<byte>.Shared.Rent(_receiveCapacity);
+                ring = _receive ??= RentRing(_receiveCapacity);
         }
         CopyIn(ring, _receiveCapacity, position, data);
+        _recvStoredEnd = Math.Max(_recvStoredEnd, position + data.Length);
     }
 
     /// <summary>
@@ -677,14 +688,14 @@ public sealed class TcpConnection : Stream
             var old = _receive;
             if (old is not null)
             {
-                var ring = ArrayPool<byte>.Shared.Rent(size);
+                var ring = RentRing(size);
                 int oldCapacity = _receiveCapacity;
                 int start = (int)(_recvConsumed % oldCapacity);
                 var moved = old.AsSpan(0, oldCapacity);
                 CopyIn(ring, size, _recvConsumed, moved[start..]);
                 CopyIn(ring, size, _recvConsumed + (oldCapacity - start), moved[..start]);
                 _receive = ring;
-                ArrayPool<byte>.Shared.Return(old);
+                ReturnRing(old);
             }
             _receiveCapacity = size;
         }
@@ -722,6 +733,7 @@ public sealed class TcpConnection : Stream
             _sendAcked += bytes;
             if (_writeWaiter.IsArmed && _sendCapacity < _sendCapacityMax)
                 GrowSendBufferLocked(TcpEngine.sendBufferWanted(_sendCapacity, _sendCapacityMax, core));
+            ReleaseEmptyRingsLocked();
             defer = DeferWakeLocked(_writeWaiter);
         }
         if (defer)
@@ -747,14 +759,14 @@ public sealed class TcpConnection : Stream
             return;
         if (_send is { } old)
         {
-            var ring = ArrayPool<byte>.Shared.Rent(size);
+            var ring = RentRing(size);
             long live = _sendWritten - _sendAcked;
             int start = (int)(_sendAcked % _sendCapacity);
             int first = (int)Math.Min(live, _sendCapacity - start);
             CopyIn(ring, size, _sendAcked, old.AsSpan(start, first));
             CopyIn(ring, size, _sendAcked + first, old.AsSpan(0, (int)live - first));
             _send = ring;
-            ArrayPool<byte>.Shared.Return(old);
+            ReturnRing(old);
         }
         _sendCapacity = size;
         _stack.Statistics.Increment("tcp.send-buffer.grown");
@@ -966,11 +978,44 @@ public sealed class TcpConnection : Stream
         if (!_userDone || !_loopDone)
             return;
         if (_send is not null)
-            ArrayPool<byte>.Shared.Return(_send);
+            ReturnRing(_send);
         if (_receive is not null)
-            ArrayPool<byte>.Shared.Return(_receive);
+            ReturnRing(_receive);
         _send = null;
         _receive = null;
+    }
+
+    // A ring that holds no byte goes back to the pool (loop thread, under _gate, between the
+    // actions of a segment or command, when the loop holds no slice of either ring). The send
+    // ring holds [acked, written): nothing once all is acknowledged, and the user's next write
+    // rents one again under _gate. The receive ring holds what was stored and not yet read:
+    // nothing once the reads reached the end of what was stored and of what was delivered (the
+    // loop's next Store rents one again). The reader copies out of the ring only under _gate and
+    // only delivered bytes, which an empty ring has none of.
+    private void ReleaseEmptyRingsLocked()
+    {
+        if (_send is not null && _sendAcked == _sendWritten)
+        {
+            ReturnRing(_send);
+            _send = null;
+        }
+        if (_receive is not null && _recvConsumed == _recvDelivered && _recvStoredEnd <= _recvConsumed)
+        {
+            ReturnRing(_receive);
+            _receive = null;
+        }
+    }
+
+    private byte[] RentRing(int size)
+    {
+        _stack.TcpRingsRented.Increment();
+        return ArrayPool<byte>.Shared.Rent(size);
+    }
+
+    private void ReturnRing(byte[] ring)
+    {
+        _stack.TcpRingsReturned.Increment();
+        ArrayPool<byte>.Shared.Return(ring);
     }
 
     // Ring copies: stream position p lives at p % capacity; a run may wrap once.

@@ -1,6 +1,7 @@
 /// Request/response against the kernel's TCP: an echo on the stack answers kernel sockets with
 /// as few segments as the exchange needs (the reply carries the ACK and the window; no pure
-/// window update goes out before it), and thousands of short connections leave nothing behind.
+/// window update goes out before it), thousands of short connections leave nothing behind, and
+/// idle keep-alive connections hold no buffer.
 /// Interfaces ns108kN, subnets 10.108.N.0/24 and fda8:N::/64.
 module NetStack.Tests.Integration.RequestResponseTests
 
@@ -189,5 +190,118 @@ let tests =
 
                 listener.Dispose()
                 Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+            }
+
+            test
+                "200 keep-alive connections idle between exchanges hold no send or receive ring: a few KB of heap each, not the 256 KiB of a ring" {
+                let options = optionsFor 4
+                use stack = NetworkStack.Start options
+                use listener = stack.ListenTcp(EchoPort, backlog = 256)
+                use stop = new CancellationTokenSource()
+
+                // An echo with a 1 KiB buffer (TestUtil's has 64 KiB, which would hide the rings).
+                let echo =
+                    task {
+                        try
+                            while true do
+                                let! (c: TcpConnection) = listener.AcceptAsync stop.Token
+
+                                Task.Run(fun () ->
+                                    task {
+                                        use c = c
+                                        let buffer = Array.zeroCreate<byte> 1024
+                                        let mutable n = 1
+
+                                        while n > 0 do
+                                            let! read = c.ReadAsync(Memory buffer)
+                                            n <- read
+
+                                            if n > 0 then
+                                                do! c.WriteAsync(ReadOnlyMemory(buffer, 0, n))
+                                    }
+                                    :> Task)
+                                |> ignore
+                        with _ ->
+                            ()
+                    }
+
+                let target = IPEndPoint(options.Address, EchoPort)
+
+                let connect () =
+                    let s =
+                        new Socket(
+                            AddressFamily.InterNetwork,
+                            SocketType.Stream,
+                            ProtocolType.Tcp,
+                            NoDelay = true,
+                            ReceiveTimeout = 10_000
+                        )
+
+                    s.Connect target
+                    s
+
+                let message = Array.init 1000 byte
+                let back = Array.zeroCreate<byte> 1000
+
+                let exchange (s: Socket) (round: int) =
+                    message.[0] <- byte round
+                    s.Send message |> ignore
+                    let mutable got = 0
+
+                    while got < back.Length do
+                        let n = s.Receive(back, got, back.Length - got, SocketFlags.None)
+                        Expect.isGreaterThan n 0 "the echo answered"
+                        got <- got + n
+
+                    Expect.sequenceEqual back message "the echo came back"
+
+                // Warm-up: JIT, and the shared pool's first rings.
+                do
+                    use s = connect ()
+
+                    for round in 1..20 do
+                        exchange s round
+
+                let heapBefore = GC.GetTotalMemory true
+                let count = 200
+                let sockets = [ for _ in 1..count -> connect () ]
+
+                for round in 1..5 do
+                    for s in sockets do
+                        exchange s round
+
+                // The last replies' ACKs (delayed by the kernel) and the reads' window commands
+                // reach the loop at its next passes.
+                Thread.Sleep 500
+
+                let held =
+                    stack.Statistics.["tcp.ring.rented"] - stack.Statistics.["tcp.ring.returned"]
+
+                let perConnection = float (GC.GetTotalMemory true - heapBefore) / float count
+
+                printfn
+                    $"{count} idle keep-alive connections: {perConnection:F0} B of managed heap each, {held} rings held"
+                // Each used to keep its 256 KiB send ring (and a receive ring when a request had
+                // come before the read) for as long as it was open.
+                Expect.isLessThan perConnection (64.0 * 1024.0) "an idle connection holds no ring"
+
+                // They still work: a ring comes back from the pool for the next exchange.
+                for s in sockets do
+                    exchange s 6
+                    s.Shutdown SocketShutdown.Send
+                    Expect.equal (s.Receive back) 0 "the echo closed after our FIN"
+                    s.Dispose()
+
+                waitAllClosed stack
+                stop.Cancel()
+                Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+
+                Expect.equal
+                    stack.Statistics.["tcp.ring.returned"]
+                    stack.Statistics.["tcp.ring.rented"]
+                    "every ring went back"
+
+                Expect.equal stack.Statistics.["drop.exception"] 0L "no exception escaped the core"
+                Expect.equal stack.Statistics.["engine.loop-error"] 0L "the loop saw no error"
             }
         ]
