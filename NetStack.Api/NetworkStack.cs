@@ -648,6 +648,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         long now = Now();
         RunTcpTimers(now);
+        SweepIdleRings(now);
         var deadline = IpLayer.nextDeadline(_ip);
         if (deadline.IsSome && deadline.Value <= now)
         {

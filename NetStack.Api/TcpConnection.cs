@@ -40,14 +40,15 @@ public sealed class TcpConnection : Stream
     private readonly object _gate = new();
 
     // Rings are rented from the shared pool when needed (a half-open connection, or one that only
-    // receives, holds no send ring) and go back to it as soon as they hold no byte: the send ring
+    // receives, holds no send ring) and go back to it when the connection has left them empty and
+    // untouched for a while (ReleaseIdleRings, from the loop's sweep once a second: the send ring
     // when everything written is acknowledged, the receive ring when everything stored in it has
-    // been read (see ReleaseEmptyRingsLocked); at the latest when both the user and the loop are
-    // done. A stream position p lives at p % capacity (the rented array may be longer), so a ring
-    // rented again carries on where the last one stopped. An idle keep-alive connection thus holds
-    // no ring: the rings' memory follows the connections that have bytes in flight, not the
-    // connections that are open (docs/soak.md: 200 idle-between-requests HTTP connections held
-    // 100 MB of rings, whose pages became resident one by one as the streams moved through them).
+    // been read); at the latest when both the user and the loop are done. A stream position p
+    // lives at p % capacity (the rented array may be longer), so a ring rented again carries on
+    // where the last one stopped. An idle keep-alive connection thus holds no ring, while a busy
+    // one keeps its own instead of trading it with the pool on every exchange (which, with 200
+    // busy connections, overflowed the shared pool's per-core stacks: every exchange allocated a
+    // new 256 KiB array and the large object heap drove gen2 collections; docs/soak.md).
     private int _sendCapacity; // grows (auto-tuning) on the loop thread, under _gate
     private readonly int _sendCapacityMax;
     private int _receiveCapacity; // grows (auto-tuning) on the loop thread, under _gate
@@ -65,6 +66,8 @@ public sealed class TcpConnection : Stream
     // The end of the bytes the loop stored in the receive ring (in order or not; loop only):
     // the ring holds nothing unread once _recvConsumed has reached it.
     private long _recvStoredEnd;
+    // A ring was rented, written or read since the loop's last sweep (see ReleaseIdleRings).
+    private bool _ringsUsed;
     private long _recvDelivered;
     private long _recvConsumed;
     private bool _windowPosted;
@@ -328,6 +331,7 @@ public sealed class TcpConnection : Stream
                 {
                     copied = (int)Math.Min(available, buffer.Length);
                     CopyOut(_receive!, _receiveCapacity, _recvConsumed, buffer.Span[..copied]);
+                    _ringsUsed = true;
                     _recvConsumed += copied;
                     NoteReadLocked(ref notify, ref wake);
                 }
@@ -410,6 +414,7 @@ public sealed class TcpConnection : Stream
                 {
                     int n = Math.Min(free, buffer.Length);
                     _send ??= RentRing(_sendCapacity);
+                    _ringsUsed = true;
                     CopyIn(_send, _sendCapacity, _sendWritten, buffer.Span[..n]);
                     _sendWritten += n;
                     buffer = buffer[n..];
@@ -548,7 +553,6 @@ public sealed class TcpConnection : Stream
             _windowPosted = false;
             _windowPostedLazily = false;
             _consumedReported = _recvConsumed;
-            ReleaseEmptyRingsLocked();
             return _recvConsumed;
         }
     }
@@ -603,6 +607,7 @@ public sealed class TcpConnection : Stream
         }
         CopyIn(ring, _receiveCapacity, position, data);
         _recvStoredEnd = Math.Max(_recvStoredEnd, position + data.Length);
+        _ringsUsed = true; // loop only, like the sweep that clears it
     }
 
     /// <summary>
@@ -733,7 +738,6 @@ public sealed class TcpConnection : Stream
             _sendAcked += bytes;
             if (_writeWaiter.IsArmed && _sendCapacity < _sendCapacityMax)
                 GrowSendBufferLocked(TcpEngine.sendBufferWanted(_sendCapacity, _sendCapacityMax, core));
-            ReleaseEmptyRingsLocked();
             defer = DeferWakeLocked(_writeWaiter);
         }
         if (defer)
@@ -985,13 +989,26 @@ public sealed class TcpConnection : Stream
         _receive = null;
     }
 
-    // A ring that holds no byte goes back to the pool (loop thread, under _gate, between the
-    // actions of a segment or command, when the loop holds no slice of either ring). The send
-    // ring holds [acked, written): nothing once all is acknowledged, and the user's next write
-    // rents one again under _gate. The receive ring holds what was stored and not yet read:
+    /// <summary>
+    /// The loop's sweep (once a second): a ring that holds no byte and was not used since the
+    /// last sweep goes back to the pool. Loop thread, between segments and commands, when the
+    /// loop holds no slice of either ring.
+    /// </summary>
+    internal void ReleaseIdleRings()
+    {
+        lock (_gate)
+        {
+            if (!_ringsUsed)
+                ReleaseEmptyRingsLocked();
+            _ringsUsed = false;
+        }
+    }
+
+    // The send ring holds [acked, written): nothing once all is acknowledged, and the user's next
+    // write rents one again under _gate. The receive ring holds what was stored and not yet read:
     // nothing once the reads reached the end of what was stored and of what was delivered (the
     // loop's next Store rents one again). The reader copies out of the ring only under _gate and
-    // only delivered bytes, which an empty ring has none of.
+    // only delivered bytes, which an empty ring has none of. Under _gate.
     private void ReleaseEmptyRingsLocked()
     {
         if (_send is not null && _sendAcked == _sendWritten)
@@ -1008,6 +1025,7 @@ public sealed class TcpConnection : Stream
 
     private byte[] RentRing(int size)
     {
+        _ringsUsed = true;
         _stack.TcpRingsRented.Increment();
         return ArrayPool<byte>.Shared.Rent(size);
     }

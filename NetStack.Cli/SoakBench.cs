@@ -96,6 +96,8 @@ public static class SoakBench
         var target = options.Address!;
         using var stack = NetworkStack.Start(options);
         using var stop = new CancellationTokenSource();
+        // SIGINT or SIGTERM ends the sampling early; the loads are stopped and reported as at the end.
+        using var shutdown = new ShutdownSignal();
         var services = new List<Task>();
         var listeners = new List<IDisposable>();
         if (plan.Loads.Contains("http"))
@@ -168,8 +170,8 @@ public static class SoakBench
             for (var next = plan.Interval; next <= plan.Duration; next += plan.Interval)
             {
                 var wait = next - clock.Elapsed;
-                if (wait > TimeSpan.Zero)
-                    Thread.Sleep(wait);
+                if (wait > TimeSpan.Zero && shutdown.Token.WaitHandle.WaitOne(wait))
+                    break;
                 var now = clock.Elapsed;
                 var memory = ProcessMemory.Now();
                 long p = statistics["device.read"] + statistics["device.written"];
@@ -415,7 +417,7 @@ public static class SoakBench
 
     /// <summary>
     /// The hidden load generator: <c>ADDRESS SECONDS LOADS HTTP-CONNECTIONS ECHO-CONNECTIONS UDP-RATE</c>.
-    /// Runs each load until its standard input closes (or for SECONDS at most), then prints one
+    /// Runs each load until its standard input closes or SIGINT/SIGTERM comes (or for SECONDS at most), then prints one
     /// summary line per load; exits 1 when a load saw a failure (a wrong echo, a broken HTTP
     /// response, a refused connection).
     /// </summary>
@@ -437,7 +439,9 @@ public static class SoakBench
         })
         { IsBackground = true };
         stdin.Start();
-        bool Running() => !Volatile.Read(ref stopped) && Stopwatch.GetTimestamp() < until;
+        // A terminal's Ctrl-C reaches the whole process group: stop and report like at the end.
+        using var signal = new ShutdownSignal();
+        bool Running() => !Volatile.Read(ref stopped) && !signal.Token.IsCancellationRequested && Stopwatch.GetTimestamp() < until;
 
         var workers = new List<(string Name, Thread Thread, Func<string> Report, Func<bool> Failed)>();
         void Add(string name, Action body, Func<string> report, Func<bool> failed)
