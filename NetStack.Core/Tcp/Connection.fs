@@ -799,6 +799,16 @@ module Connection =
                 }
 
             armRetransmit now c
+        // A CLOSE in SYN-RECEIVED sent our FIN before our SYN was acknowledged (§3.10.4); when a
+        // timeout pulled SND.NXT back to ISS, the SYN,ACK goes again, then the FIN.
+        | TcpState.FinWait1
+        | TcpState.Closing when c.SndNxt = c.Iss ->
+            let mutable c =
+                emit now out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (synOptions now c) c
+
+            c.SndNxt <- c.Iss + 1
+            sendDataIn now out &c
+            c
         | state when sendsData state && synAcked c ->
             let mutable c = c
             sendDataIn now out &c
@@ -1326,15 +1336,9 @@ module Connection =
                 struct (c, true)
             else
                 match c.State with
-                | TcpState.FinWait1 ->
-                    let c = move out TcpTrigger.RcvAckOfFin TcpState.FinWait2 c
-
-                    let c =
-                        { c with
-                            LingerAt = c.Config.FinWait2Timeout |> ValueOption.map (fun t -> now + t)
-                        }
-
-                    struct (c, true)
+                // FIN-WAIT-1 leaves only after the segment's text and FIN (`leaveFinWait1`): a
+                // segment that acknowledges our FIN and carries the peer's is Figure 5's diagonal
+                // to TIME-WAIT, one transition (RcvFinAckOfFin), not two.
                 | TcpState.Closing -> struct (enterTimeWait now out TcpTrigger.RcvAckOfFin c, true)
                 | TcpState.LastAck -> struct (enterClosed out TcpTrigger.RcvAckOfFin c, false)
                 | _ -> struct (c, true)
@@ -1357,6 +1361,9 @@ module Connection =
             let c =
                 match c.State with
                 | TcpState.Established -> move out TcpTrigger.RcvFin TcpState.CloseWait c
+                // §3.10.7.4 eighth step: "If our FIN has been ACKed (perhaps in this segment),
+                // then enter TIME-WAIT"; RFC 9293 Figure 5, note 2.
+                | TcpState.FinWait1 when finAcked c -> enterTimeWait now out TcpTrigger.RcvFinAckOfFin c
                 | TcpState.FinWait1 -> move out TcpTrigger.RcvFin TcpState.Closing c
                 | TcpState.FinWait2 -> enterTimeWait now out TcpTrigger.RcvFin c
                 | _ -> c
@@ -1666,6 +1673,19 @@ module Connection =
         updateTsRecentIn now &seg &c
         c
 
+    /// §3.10.7.4 fifth step, FIN-WAIT-1: "if the FIN segment is now acknowledged, then enter
+    /// FIN-WAIT-2". Taken after the segment's text and FIN (a FIN in the same segment went to
+    /// TIME-WAIT instead, `takeFinIfDue`); FIN-WAIT-2's idle timer starts.
+    let private leaveFinWait1 (now: int64) (out: Out) (c: Connection) =
+        if c.State = TcpState.FinWait1 && finAcked c then
+            let c = move out TcpTrigger.RcvAckOfFin TcpState.FinWait2 c
+
+            { c with
+                LingerAt = c.Config.FinWait2Timeout |> ValueOption.map (fun t -> now + t)
+            }
+        else
+            c
+
     /// §3.10.7.4: SYN-RECEIVED and the synchronized states.
     let private onSynchronized (now: int64) (out: Out) (seg: Segment) (c: Connection) =
         if
@@ -1758,7 +1778,7 @@ module Connection =
                     | _ -> c
 
                 let struct (c, ackNow) = receiveData now out seg c
-                finish now out ackNow c
+                finish now out ackNow (leaveFinWait1 now out c)
 
     let private handle (now: int64) (out: Out) (seg: Segment) (c: Connection) =
         match c.State with
@@ -2388,15 +2408,24 @@ module Connection =
         let out = scratchSink ()
         output out (receiveWindowUpdateInto out now bytes c)
 
-    /// User CLOSE (§3.10.4): no more data from us. LISTEN and SYN-SENT close at once; in
-    /// SYN-RECEIVED the FIN waits for ESTABLISHED; ESTABLISHED and CLOSE-WAIT send a FIN after
-    /// the queued data. Closing a closing or closed connection changes nothing.
+    /// User CLOSE (§3.10.4): no more data from us. LISTEN and SYN-SENT close at once;
+    /// SYN-RECEIVED sends its FIN and enters FIN-WAIT-1 when nothing was written, else the FIN
+    /// waits for ESTABLISHED; ESTABLISHED and CLOSE-WAIT send a FIN after the queued data.
+    /// Closing a closing or closed connection changes nothing.
     let closeInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
 
         let c =
             match c.State with
             | TcpState.Listen
             | TcpState.SynSent -> enterClosed out TcpTrigger.Close c
+            // §3.10.4, SYN-RECEIVED: "If no SENDs have been issued and there is no pending data
+            // to send, then form a FIN segment and send it, and enter FIN-WAIT-1 state; otherwise,
+            // queue for processing after entering ESTABLISHED state" (RFC 9293 Figure 5's
+            // SYN-RCVD --CLOSE--> FIN-WAIT-1). The FIN follows the SYN,ACK (ISS + 1).
+            | TcpState.SynReceived when c.Written = 0L && not c.FinQueued ->
+                { c with FinQueued = true }
+                |> move out TcpTrigger.Close TcpState.FinWait1
+                |> transmit now out
             | TcpState.SynReceived -> { c with FinQueued = true }
             | TcpState.Established ->
                 { c with FinQueued = true }

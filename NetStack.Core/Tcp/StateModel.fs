@@ -50,8 +50,9 @@ type TcpTrigger =
     | RcvFin
     /// The ACK of our FIN arrives.
     | RcvAckOfFin
-    /// The peer's FIN and the ACK of ours arrive in one segment in FIN-WAIT-1 (the diagonal of
-    /// Figure 5; the engine reports it as its two steps, RcvAckOfFin then RcvFin).
+    /// In FIN-WAIT-1, one segment both acknowledges our FIN and completes the peer's (RFC 9293
+    /// Figure 5, note 2: the transition from FIN-WAIT-1 to TIME-WAIT the figure omits; §3.10.7.4
+    /// eighth step: "If our FIN has been ACKed (perhaps in this segment), then enter TIME-WAIT").
     | RcvFinAckOfFin
     /// The 2·MSL timer of TIME-WAIT expires.
     | TimeWaitTimeout
@@ -109,8 +110,10 @@ module StateModel =
         |> failures
 
         // §3.10.7.4: the ACK of our SYN establishes. A reset connection that came from LISTEN
-        // "returns to LISTEN": here the listener is a separate object that never left LISTEN,
-        // so this connection goes to CLOSED. A repeated SYN is answered, not a transition.
+        // "returns to LISTEN" (Figure 5, note 1): here the listener is a separate object that
+        // never left LISTEN, so this connection goes to CLOSED. A repeated SYN is answered, not a
+        // transition. §3.10.4: a CLOSE with nothing written sends the FIN at once (FIN-WAIT-1);
+        // after a SEND it waits for ESTABLISHED, and is then ESTABLISHED's CLOSE.
         machine
             .Configure(TcpState.SynReceived)
             .Permit(TcpTrigger.RcvAckOfSyn, TcpState.Established)
