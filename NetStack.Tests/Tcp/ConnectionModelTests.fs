@@ -104,7 +104,14 @@ let private genStep =
             1,
             gen {
                 let! icmpType = Gen.elements [ 3uy; 3uy; 3uy; 11uy; 12uy; 5uy ]
-                let! code = Gen.frequency [ 3, Gen.elements [ 0uy; 1uy; 3uy; 4uy ]; 1, Gen.choose (0, 20) |> Gen.map byte ]
+
+                let! code =
+                    Gen.frequency
+                        [
+                            3, Gen.elements [ 0uy; 1uy; 3uy; 4uy ]
+                            1, Gen.choose (0, 20) |> Gen.map byte
+                        ]
+
                 let! seqOffset = Gen.frequency [ 3, Gen.constant 0; 2, Gen.choose (-2, 3000) ]
                 let! mtu = Gen.choose (0, 2000)
                 return Icmp(icmpType, code, seqOffset, mtu)

@@ -181,7 +181,8 @@ let tests =
                         let family = if ipv6 then "IPv6" else "IPv4"
                         let ipHeader = if ipv6 then ipv6Header else ipv4Header
 
-                        test $"{family}: a too-big inside the window lowers the MSS and resends what is outstanding at the new size, cwnd kept" {
+                        test
+                            $"{family}: a too-big inside the window lowers the MSS and resends what is outstanding at the new size, cwnd kept" {
                             let c = established ipv6 100_000L
                             let fullBefore = 1500 - ipHeader - tcpHeader - timestampsOption
                             Expect.equal c.SendMss fullBefore "MSS from MTU 1500, less the timestamps"
@@ -212,8 +213,17 @@ let tests =
                             // As much as the unchanged congestion window holds goes at once
                             // (the rest follows as ACKs come, as after Linux's tcp_simple_retransmit).
                             let covered = resent |> List.sumBy (fun s -> s.DataLength)
-                            Expect.equal covered (min (max - una) (cwnd / expected * expected)) "the window's worth resent"
-                            Expect.equal (c.Cwnd, c.Ssthresh, c.Retries) (cwnd, ssthresh, retries) "no congestion response, no backoff"
+
+                            Expect.equal
+                                covered
+                                (min (max - una) (cwnd / expected * expected))
+                                "the window's worth resent"
+
+                            Expect.equal
+                                (c.Cwnd, c.Ssthresh, c.Retries)
+                                (cwnd, ssthresh, retries)
+                                "no congestion response, no backoff"
+
                             Expect.equal c.SndNxt (una + covered) "SND.NXT after what went out"
                             Expect.equal c.SndMax max "SND.MAX kept"
                             Expect.equal c.State TcpState.Established "still open"
@@ -224,12 +234,28 @@ let tests =
 
                             for seq in [ c.SndUna - 1; c.SndMax; c.SndMax + 100_000; c.SndUna - 70_000 ] do
                                 let c', o = Connection.handleIcmp (ms 30) (packetTooBig ipv6 1280 seq) c
-                                Expect.equal (events o) [ TcpEvent.IcmpNoted TcpIcmpNote.OutOfWindow ] $"seq {seq.Value}"
+
+                                Expect.equal
+                                    (events o)
+                                    [ TcpEvent.IcmpNoted TcpIcmpNote.OutOfWindow ]
+                                    $"seq {seq.Value}"
+
                                 Expect.isEmpty (sent o) "nothing sent"
                                 Expect.equal c'.SendMss c.SendMss "MSS unchanged"
-                                let portUnreachable = if ipv6 then icmp true unreachable6 4uy 0 seq else icmp false unreachable4 3uy 0 seq
+
+                                let portUnreachable =
+                                    if ipv6 then
+                                        icmp true unreachable6 4uy 0 seq
+                                    else
+                                        icmp false unreachable4 3uy 0 seq
+
                                 let c', o = Connection.handleIcmp (ms 30) portUnreachable c
-                                Expect.equal c'.State TcpState.Established "a hard error out of the window aborts nothing"
+
+                                Expect.equal
+                                    c'.State
+                                    TcpState.Established
+                                    "a hard error out of the window aborts nothing"
+
                                 Expect.equal (events o) [ TcpEvent.IcmpNoted TcpIcmpNote.OutOfWindow ] "counted"
                         }
 
@@ -237,11 +263,24 @@ let tests =
                             // RFC 8201 §4: 1280 for IPv6; for IPv4 576 (RFC 791/1122's datagram every host takes).
                             let floor = if ipv6 then 1280 else 576
                             let c = established ipv6 100_000L
-                            let c, o = Connection.handleIcmp (ms 30) (packetTooBig ipv6 (floor - 300) c.SndUna) c
+
+                            let c, o =
+                                Connection.handleIcmp (ms 30) (packetTooBig ipv6 (floor - 300) c.SndUna) c
+
                             Expect.contains (events o) (TcpEvent.PathMtuLowered floor) "clamped"
-                            Expect.equal c.SendMss (floor - ipHeader - tcpHeader - timestampsOption) "MSS from the floor"
+
+                            Expect.equal
+                                c.SendMss
+                                (floor - ipHeader - tcpHeader - timestampsOption)
+                                "MSS from the floor"
+
                             let c', o = Connection.handleIcmp (ms 31) (packetTooBig ipv6 100 c.SndUna) c
-                            Expect.equal (events o) [ TcpEvent.IcmpNoted TcpIcmpNote.MtuNotLower ] "already at the floor"
+
+                            Expect.equal
+                                (events o)
+                                [ TcpEvent.IcmpNoted TcpIcmpNote.MtuNotLower ]
+                                "already at the floor"
+
                             Expect.equal c'.SendMss c.SendMss "unchanged"
                         }
 
@@ -292,9 +331,13 @@ let tests =
                         let family = if ipv6 then "IPv6" else "IPv4"
 
                         for code, errno in codes do
-                            test $"{family}: SYN-SENT + destination unreachable code {code} fails the connect at once with errno {errno}'s SocketError" {
+                            test
+                                $"{family}: SYN-SENT + destination unreachable code {code} fails the connect at once with errno {errno}'s SocketError" {
                                 let c = synSent ipv6
-                                let message = icmp ipv6 (if ipv6 then unreachable6 else unreachable4) code 0 (SeqNum iss)
+
+                                let message =
+                                    icmp ipv6 (if ipv6 then unreachable6 else unreachable4) code 0 (SeqNum iss)
+
                                 let c, o = Connection.handleIcmp (ms 5) message c
                                 let expected = socketErrorOf errno
                                 Expect.equal (events o) [ TcpEvent.IcmpError expected; TcpEvent.Closed ] $"{expected}"
@@ -310,16 +353,32 @@ let tests =
 
                     test "SYN-SENT + time exceeded fails with EHOSTUNREACH, parameter problem with EPROTO (Linux)" {
                         for ipv6, t in [ false, timeExceeded4; true, timeExceeded6 ] do
-                            let _, o = Connection.handleIcmp (ms 5) (icmp ipv6 t 0uy 0 (SeqNum iss)) (synSent ipv6)
-                            Expect.equal (events o) [ TcpEvent.IcmpError(socketErrorOf EHOSTUNREACH); TcpEvent.Closed ] $"time exceeded, v6 {ipv6}"
+                            let _, o =
+                                Connection.handleIcmp (ms 5) (icmp ipv6 t 0uy 0 (SeqNum iss)) (synSent ipv6)
 
-                        let _, o = Connection.handleIcmp (ms 5) (icmp false parameterProblem4 0uy 0 (SeqNum iss)) (synSent false)
-                        Expect.equal (events o) [ TcpEvent.IcmpError(socketErrorOf EPROTO); TcpEvent.Closed ] "parameter problem"
+                            Expect.equal
+                                (events o)
+                                [ TcpEvent.IcmpError(socketErrorOf EHOSTUNREACH); TcpEvent.Closed ]
+                                $"time exceeded, v6 {ipv6}"
+
+                        let _, o =
+                            Connection.handleIcmp
+                                (ms 5)
+                                (icmp false parameterProblem4 0uy 0 (SeqNum iss))
+                                (synSent false)
+
+                        Expect.equal
+                            (events o)
+                            [ TcpEvent.IcmpError(socketErrorOf EPROTO); TcpEvent.Closed ]
+                            "parameter problem"
                     }
 
                     test "SYN-SENT ignores an error quoting another sequence number than our SYN" {
                         let c = synSent false
-                        let c', o = Connection.handleIcmp (ms 5) (icmp false unreachable4 3uy 0 (SeqNum(iss + 1u))) c
+
+                        let c', o =
+                            Connection.handleIcmp (ms 5) (icmp false unreachable4 3uy 0 (SeqNum(iss + 1u))) c
+
                         Expect.equal (events o) [ TcpEvent.IcmpNoted TcpIcmpNote.OutOfWindow ] "ISS + 1 was never sent"
                         Expect.equal c'.State TcpState.SynSent "still connecting"
                     }
@@ -332,11 +391,17 @@ let tests =
                         test $"{family}: ESTABLISHED + a hard error aborts, a soft one is remembered" {
                             for code, errno in codes do
                                 let c = established ipv6 20_000L
-                                let message = icmp ipv6 (if ipv6 then unreachable6 else unreachable4) code 0 c.SndUna
+
+                                let message =
+                                    icmp ipv6 (if ipv6 then unreachable6 else unreachable4) code 0 c.SndUna
+
                                 let c', o = Connection.handleIcmp (ms 30) message c
 
                                 if hard.Contains code then
-                                    Expect.equal (events o) [ TcpEvent.IcmpError(socketErrorOf errno); TcpEvent.Closed ] $"code {code} aborts"
+                                    Expect.equal
+                                        (events o)
+                                        [ TcpEvent.IcmpError(socketErrorOf errno); TcpEvent.Closed ]
+                                        $"code {code} aborts"
 
                                     Expect.equal
                                         (transitions o)
@@ -345,18 +410,27 @@ let tests =
 
                                     Expect.isEmpty (sent o) "no RST"
                                 else
-                                    Expect.equal (events o) [ TcpEvent.IcmpNoted TcpIcmpNote.SoftErrorRemembered ] $"code {code} is soft"
+                                    Expect.equal
+                                        (events o)
+                                        [ TcpEvent.IcmpNoted TcpIcmpNote.SoftErrorRemembered ]
+                                        $"code {code} is soft"
+
                                     Expect.equal c'.State TcpState.Established "still open"
                                     Expect.equal c'.SoftError (ValueSome(socketErrorOf errno)) "remembered"
                         }
 
-                    test "ESTABLISHED + host unreachable: the connection times out later with HostUnreachable, not TimedOut" {
+                    test
+                        "ESTABLISHED + host unreachable: the connection times out later with HostUnreachable, not TimedOut" {
                         let c = established false 20_000L
                         let c, _ = Connection.handleIcmp (ms 30) (icmp false unreachable4 1uy 0 c.SndUna) c
                         let c, o = timeOut (ms 30) c
                         Expect.contains (events o) TcpEvent.TimedOut "retransmissions ran out"
                         Expect.equal c.State TcpState.Closed "CLOSED"
-                        Expect.equal (Connection.timeoutError c) (socketErrorOf EHOSTUNREACH) "the soft error is what the user sees"
+
+                        Expect.equal
+                            (Connection.timeoutError c)
+                            (socketErrorOf EHOSTUNREACH)
+                            "the soft error is what the user sees"
                     }
 
                     test "a soft error is forgotten once data is acknowledged" {
@@ -383,7 +457,8 @@ let tests =
                         Expect.equal (Connection.timeoutError c) SocketError.TimedOut "a plain timeout"
                     }
 
-                    test "a passive SYN-RECEIVED connection is dropped on a hard error about its SYN,ACK, kept on a soft one" {
+                    test
+                        "a passive SYN-RECEIVED connection is dropped on a hard error about its SYN,ACK, kept on a soft one" {
                         let syn =
                             {
                                 Seq = SeqNum peerIss
@@ -396,10 +471,16 @@ let tests =
 
                         let c, _ = Connection.accept (config false) (SeqNum iss) 0L syn
                         Expect.equal c.State TcpState.SynReceived "SYN-RECEIVED"
-                        let soft, o = Connection.handleIcmp (ms 5) (icmp false unreachable4 1uy 0 (SeqNum iss)) c
+
+                        let soft, o =
+                            Connection.handleIcmp (ms 5) (icmp false unreachable4 1uy 0 (SeqNum iss)) c
+
                         Expect.equal soft.State TcpState.SynReceived "host unreachable: kept"
                         Expect.equal (events o) [ TcpEvent.IcmpNoted TcpIcmpNote.SoftErrorRemembered ] "remembered"
-                        let hard, o = Connection.handleIcmp (ms 5) (icmp false unreachable4 3uy 0 (SeqNum iss)) c
+
+                        let hard, o =
+                            Connection.handleIcmp (ms 5) (icmp false unreachable4 3uy 0 (SeqNum iss)) c
+
                         Expect.equal hard.State TcpState.Closed "port unreachable: dropped"
 
                         Expect.equal
@@ -422,10 +503,15 @@ let tests =
                                 let c', o = Connection.handleIcmp (ms 30) (icmp ipv6 t code 1280 c.SndUna) c
 
                                 for from, trigger, target in transitions o do
-                                    Expect.isTrue (StateModel.allows from trigger target) $"{from} --{trigger}--> {target}"
+                                    Expect.isTrue
+                                        (StateModel.allows from trigger target)
+                                        $"{from} --{trigger}--> {target}"
 
                                 if c'.State = TcpState.Closed then
-                                    Expect.equal (transitions o) [ c.State, TcpTrigger.IcmpHardError, TcpState.Closed ] "IcmpHardError"
+                                    Expect.equal
+                                        (transitions o)
+                                        [ c.State, TcpTrigger.IcmpHardError, TcpState.Closed ]
+                                        "IcmpHardError"
                     }
                 ]
         ]
