@@ -315,6 +315,9 @@ type OracleStep =
     | Receive of percent: int
     | CloseIt
     | AbortIt
+    /// An ICMP or ICMPv6 error quoting our segment at SND.UNA + `offset` (as the oracle sees it),
+    /// reporting `mtu` when it is a "too big".
+    | IcmpError of ipv6: bool * icmpType: byte * code: byte * offset: int * mtu: int
 
 /// How a run is set up.
 type OracleCase =
@@ -430,10 +433,34 @@ let private genOracleStep (quiet: bool) =
                 1, Gen.frequency [ 1, Gen.constant AbortIt; 3, Gen.constant (Receive 100) ]
             ]
 
+    let icmp =
+        gen {
+            let! ipv6 = Gen.elements [ false; false; true ]
+
+            let! icmpType =
+                if ipv6 then
+                    Gen.elements [ 1uy; 1uy; 2uy; 3uy; 4uy; 137uy ]
+                else
+                    Gen.elements [ 3uy; 3uy; 3uy; 11uy; 12uy; 5uy; 4uy ]
+
+            let! code =
+                Gen.frequency
+                    [
+                        3, Gen.elements [ 0uy; 1uy; 2uy; 3uy; 4uy ]
+                        1, Gen.choose (0, 20) |> Gen.map byte
+                    ]
+
+            let! offset =
+                Gen.frequency [ 4, Gen.constant 0; 2, Gen.choose (-3, 3); 1, Gen.choose (-2000, 4000) ]
+
+            let! mtu = Gen.frequency [ 1, Gen.constant 0; 3, Gen.choose (500, 1600) ]
+            return IcmpError(ipv6, icmpType, code, offset, mtu)
+        }
+
     if quiet then
-        Gen.frequency [ 1, peer; 8, timers; 1, calls ]
+        Gen.frequency [ 1, peer; 8, timers; 1, calls; 1, icmp ]
     else
-        Gen.frequency [ 10, peer; 3, timers; 4, calls ]
+        Gen.frequency [ 10, peer; 3, timers; 4, calls; 1, icmp ]
 
 let private genOracleCase =
     gen {
@@ -699,6 +726,26 @@ let private runOracleWith (tamper: Connection * TcpOutput -> Connection * TcpOut
             userCall (TcpOracle.UserCall.Receive bytes) (fun () -> Connection.receiveWindowUpdate now bytes side.Conn)
         | CloseIt -> userCall TcpOracle.UserCall.Close (fun () -> Connection.close now side.Conn)
         | AbortIt -> userCall TcpOracle.UserCall.Abort (fun () -> Connection.abort now side.Conn)
+        | IcmpError(ipv6, icmpType, code, offset, mtu) ->
+            let quoted = v.SndUna + offset
+
+            let error =
+                {
+                    Ipv6 = ipv6
+                    Type = icmpType
+                    Code = code
+                    PathMtu = mtu
+                    QuotedSeq = quoted
+                }
+
+            let family = if ipv6 then "ICMPv6" else "ICMP"
+            TcpOracle.beginInput v
+
+            check
+                $"{family} type {icmpType} code {code} quoting {quoted}"
+                [||]
+                (fun _ -> TcpOracle.icmp v now ipv6 icmpType code quoted)
+                (Connection.handleIcmp now error side.Conn)
 
         // What was delivered is what the peer sent, byte for byte.
         if side.Delivered > 0L then

@@ -39,8 +39,10 @@ type Outcome =
 /// RFC 9293 Figure 5 and the event processing of §3.10, written out as (state, event, outcome,
 /// where the RFC says so). Every row is one entry the model must have, and the model may have no
 /// other. "Failure" rows: RST processing (§3.10.7.3, §3.10.7.4 second step with RFC 5961 §3.2's
-/// exact match), ABORT (§3.10.5) and the timeouts (§3.8.3 "R2" retransmissions, RFC 1122
-/// §4.2.3.5; the user timeout of §3.10.8; zero-window probing given up; FIN-WAIT-2's timer).
+/// exact match), ABORT (§3.10.5), the timeouts (§3.8.3 "R2" retransmissions, RFC 1122
+/// §4.2.3.5; the user timeout of §3.10.8; zero-window probing given up; FIN-WAIT-2's timer) and
+/// ICMP errors that end the connection (RFC 1122 §4.2.3.9, RFC 5927 §4.1: only in states with
+/// something in flight, so not FIN-WAIT-2 or TIME-WAIT).
 let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
     let closed = To TcpState.Closed
 
@@ -60,6 +62,10 @@ let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
         TcpState.SynSent, TcpTrigger.RcvRst, closed, "§3.10.7.3: RST with an acceptable ACK, enter CLOSED"
         TcpState.SynSent, TcpTrigger.Abort, closed, "§3.10.5"
         TcpState.SynSent, TcpTrigger.Timeout, closed, "§3.8.3 R2 for the SYN; §3.10.8"
+        TcpState.SynSent,
+        TcpTrigger.IcmpHardError,
+        closed,
+        "RFC 1122 §4.2.3.9, RFC 5927: an unreachable fails the connect (as Linux)"
 
         TcpState.SynReceived,
         TcpTrigger.RcvAckOfSyn,
@@ -70,6 +76,10 @@ let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
         TcpState.SynReceived, TcpTrigger.RcvRst, closed, "§3.10.7.4 second step (note 1: LISTEN is the listener's)"
         TcpState.SynReceived, TcpTrigger.Abort, closed, "§3.10.5: send RST, enter CLOSED"
         TcpState.SynReceived, TcpTrigger.Timeout, closed, "§3.8.3 R2 for the SYN; §3.10.8"
+        TcpState.SynReceived,
+        TcpTrigger.IcmpHardError,
+        closed,
+        "RFC 1122 §4.2.3.9 hard error; simultaneous open: any unreachable"
 
         TcpState.Established, TcpTrigger.Close, To TcpState.FinWait1, "Fig. 5 CLOSE / snd FIN; §3.10.4"
         TcpState.Established, TcpTrigger.RcvFin, To TcpState.CloseWait, "Fig. 5 rcv FIN / snd ACK; eighth step"
@@ -77,6 +87,10 @@ let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
         TcpState.Established, TcpTrigger.RcvRst, closed, "second step, RFC 5961 §3.2"
         TcpState.Established, TcpTrigger.Abort, closed, "§3.10.5: send RST"
         TcpState.Established, TcpTrigger.Timeout, closed, "§3.8.3 R2; §3.10.8; §3.8.6.1 probes"
+        TcpState.Established,
+        TcpTrigger.IcmpHardError,
+        closed,
+        "RFC 1122 §4.2.3.9: a hard error aborts (RFC 5927 §4.1 in window)"
 
         TcpState.FinWait1, TcpTrigger.RcvAckOfFin, To TcpState.FinWait2, "Fig. 5 rcv ACK of FIN; fifth step"
         TcpState.FinWait1, TcpTrigger.RcvFin, To TcpState.Closing, "Fig. 5 rcv FIN / snd ACK; eighth step"
@@ -86,6 +100,7 @@ let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
         TcpState.FinWait1, TcpTrigger.RcvRst, closed, "second step"
         TcpState.FinWait1, TcpTrigger.Abort, closed, "§3.10.5: send RST"
         TcpState.FinWait1, TcpTrigger.Timeout, closed, "§3.8.3 R2; §3.10.8"
+        TcpState.FinWait1, TcpTrigger.IcmpHardError, closed, "RFC 1122 §4.2.3.9 hard error (our FIN in flight)"
 
         TcpState.FinWait2, TcpTrigger.RcvFin, To TcpState.TimeWait, "Fig. 5 rcv FIN / snd ACK; eighth step"
         TcpState.FinWait2, TcpTrigger.Close, Ignored, "§3.10.4: no second FIN"
@@ -100,6 +115,7 @@ let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
         TcpState.CloseWait, TcpTrigger.RcvRst, closed, "second step"
         TcpState.CloseWait, TcpTrigger.Abort, closed, "§3.10.5: send RST"
         TcpState.CloseWait, TcpTrigger.Timeout, closed, "§3.8.3 R2; §3.10.8"
+        TcpState.CloseWait, TcpTrigger.IcmpHardError, closed, "RFC 1122 §4.2.3.9 hard error"
 
         TcpState.Closing, TcpTrigger.RcvAckOfFin, To TcpState.TimeWait, "Fig. 5 rcv ACK of FIN; fifth step"
         TcpState.Closing, TcpTrigger.Close, Ignored, "§3.10.4: error, connection closing"
@@ -108,6 +124,7 @@ let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
         TcpState.Closing, TcpTrigger.RcvRst, closed, "second step: enter CLOSED"
         TcpState.Closing, TcpTrigger.Abort, closed, "§3.10.5: delete TCB"
         TcpState.Closing, TcpTrigger.Timeout, closed, "§3.8.3 R2 for the FIN"
+        TcpState.Closing, TcpTrigger.IcmpHardError, closed, "RFC 1122 §4.2.3.9 hard error (our FIN in flight)"
 
         TcpState.LastAck, TcpTrigger.RcvAckOfFin, closed, "Fig. 5 rcv ACK of FIN / delete TCB; fifth step"
         TcpState.LastAck, TcpTrigger.Close, Ignored, "§3.10.4: error, connection closing"
@@ -116,6 +133,7 @@ let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
         TcpState.LastAck, TcpTrigger.RcvRst, closed, "second step: enter CLOSED"
         TcpState.LastAck, TcpTrigger.Abort, closed, "§3.10.5: delete TCB"
         TcpState.LastAck, TcpTrigger.Timeout, closed, "§3.8.3 R2 for the FIN"
+        TcpState.LastAck, TcpTrigger.IcmpHardError, closed, "RFC 1122 §4.2.3.9 hard error (our FIN in flight)"
 
         TcpState.TimeWait, TcpTrigger.TimeWaitTimeout, closed, "Fig. 5 Timeout=2MSL / delete TCB"
         TcpState.TimeWait, TcpTrigger.RcvFin, To TcpState.TimeWait, "eighth step: restart the 2 MSL timeout"

@@ -18,7 +18,7 @@
 /// since the last progress, against the configured limits) is counted here. TIME-WAIT's 2·MSL,
 /// FIN-WAIT-2's timeout and the user timeout are timed here.
 ///
-/// New input kinds (an ICMP error, say) get a function beside `segment`, `call` and `timer`.
+/// Each input kind has its function: `segment`, `call`, `timer`, `icmp`.
 module NetStack.Tests.TcpOracle
 
 open System
@@ -46,6 +46,8 @@ type View =
         Iss: SeqNum
         /// The peer's stream length: its FIN's position.
         PeerLength: int
+        /// Opened passively (LISTEN, then the peer's SYN), not by our own SYN.
+        mutable Passive: bool
         /// The state the model says the connection is in.
         mutable State: TcpState
 
@@ -110,6 +112,7 @@ let create (config: TcpConfig) (iss: SeqNum) (peerLength: int) : View =
         Config = config
         Iss = iss
         PeerLength = peerLength
+        Passive = false
         State = TcpState.Closed
         SndUna = iss
         SndMax = iss
@@ -482,6 +485,7 @@ let call (v: View) (now: int64) (c: UserCall) : bool =
         fire v now TcpTrigger.ActiveOpen
         true
     | UserCall.PassiveOpen ->
+        v.Passive <- true
         fire v now TcpTrigger.PassiveOpen
         true
     | UserCall.Send bytes ->
@@ -585,6 +589,64 @@ let timer (v: View) (now: int64) (retransmitDue: bool) (persistDue: bool) =
                 fire v now TcpTrigger.Timeout
             elif persistDue && v.ProbesUnanswered >= v.Config.MaxRetransmissions then
                 fire v now TcpTrigger.Timeout
+
+/// What an ICMP error about one of our segments means to TCP, by family, type and code.
+type IcmpMeaning =
+    /// Not about reachability (redirect, source quench (RFC 6633), unknown codes): nothing.
+    | NoMatter
+    /// "Fragmentation needed" (RFC 1191) / "packet too big" (RFC 8201): segments get smaller,
+    /// the state stays.
+    | TooBig
+    /// The peer cannot be reached or has no such connection: the connection ends.
+    | HardError
+    /// Maybe transient: fails a connection attempt, is remembered on an open connection.
+    | SoftError
+
+/// RFC 1122 §4.2.3.9 for ICMPv4: destination unreachable codes 2 and 3 (protocol, port) are hard,
+/// code 4 is path MTU discovery (RFC 1191), codes 0, 1 and 5 are soft, and so are the codes RFC
+/// 1812 §5.2.7.1 added (6–15), time exceeded and parameter problem; Linux ignores unreachable
+/// codes above 15. ICMPv6 (RFC 4443 §3, which does not say hard or soft): as Linux's
+/// icmpv6_err_convert, administratively prohibited (1), port unreachable (4), source address
+/// failed policy (5), reject route (6), unknown codes and parameter problem are hard; no route
+/// (0), beyond scope (2), address unreachable (3) and time exceeded soft.
+let icmpMeaning (ipv6: bool) (icmpType: byte) (code: byte) =
+    match ipv6, icmpType with
+    | false, 3uy ->
+        match code with
+        | 2uy
+        | 3uy -> HardError
+        | 4uy -> TooBig
+        | c when c <= 15uy -> SoftError
+        | _ -> NoMatter
+    | false, 11uy
+    | false, 12uy -> SoftError
+    | true, 1uy ->
+        match code with
+        | 0uy
+        | 2uy
+        | 3uy -> SoftError
+        | _ -> HardError
+    | true, 2uy -> TooBig
+    | true, 3uy -> SoftError
+    | true, 4uy -> HardError
+    | _ -> NoMatter
+
+/// Classifies an ICMP error quoting our segment numbered `quotedSeq`. RFC 5927 §4.1: only one
+/// about data in flight counts, SND.UNA =< SEG.SEQ < SND.MAX (nothing is in flight in CLOSED,
+/// LISTEN, FIN-WAIT-2 and TIME-WAIT). A hard error aborts the connection (RFC 1122 §4.2.3.9);
+/// a soft one fails a connection attempt, SYN-SENT or the SYN-RECEIVED of a simultaneous open (as
+/// Linux's tcp_v4_err), and is otherwise only remembered for a later timeout.
+let icmp (v: View) (now: int64) (ipv6: bool) (icmpType: byte) (code: byte) (quotedSeq: SeqNum) =
+    let inFlight = SeqNum.le v.SndUna quotedSeq && SeqNum.lt quotedSeq v.SndMax
+
+    let attempt =
+        v.State = TcpState.SynSent || (v.State = TcpState.SynReceived && not v.Passive)
+
+    if v.State <> TcpState.Closed && v.State <> TcpState.Listen && inFlight then
+        match icmpMeaning ipv6 icmpType code with
+        | HardError -> fire v now TcpTrigger.IcmpHardError
+        | SoftError when attempt -> fire v now TcpTrigger.IcmpHardError
+        | _ -> ()
 
 /// After an input: what the engine sent updates the view (SND.MAX, the offered window, zero-window
 /// probes), and what it did must agree with the view: every ACK acknowledges exactly the peer's
