@@ -7,6 +7,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.AspNetCore.Connections;
 using NetStack.AspNetCore;
 
 namespace NetStack.Cli;
@@ -37,18 +38,55 @@ public sealed class HttpServer : IAsyncDisposable
     /// <summary>One block of the <c>/bytes/N</c> pattern whose length is a multiple of its period, so every block is the same.</summary>
     private static readonly byte[] PatternBlock = MakePatternBlock();
 
-    private readonly NetworkStack _stack;
+    /// <summary>The stack served through (asked for once it is up), or null on the kernel's sockets.</summary>
+    private readonly Func<NetworkStack>? _stack;
     private readonly WebApplication _app;
+    private bool _started;
 
-    private HttpServer(NetworkStack stack, WebApplication app)
+    private HttpServer(Func<NetworkStack>? stack, WebApplication app)
     {
         _stack = stack;
         _app = app;
     }
 
     /// <summary>
-    /// Builds the app and starts serving on every address of <paramref name="stack"/> (both families when it has both).
+    /// Builds the app (without starting it) for a stack that need not be up yet: configuring
+    /// ASP.NET Core and building its container take about as long as bringing the stack up, so
+    /// <c>netstack serve</c> does both at once. <paramref name="stack"/> is called when the server
+    /// starts and for each status page. Serves every address of the stack: [::] (both families)
+    /// when <paramref name="dualMode"/>, else 0.0.0.0.
     /// </summary>
+    /// <param name="stack">Gives the running stack; it must outlive the server.</param>
+    /// <param name="dualMode">True when the stack has an IPv6 address.</param>
+    /// <param name="httpPorts">Ports for HTTP/1.0 and HTTP/1.1.</param>
+    /// <param name="h2cPorts">Ports for cleartext HTTP/2 with prior knowledge.</param>
+    /// <returns>The server, to start with <see cref="StartAsync(CancellationToken)"/> and dispose.</returns>
+    public static HttpServer ForStack(Func<NetworkStack> stack, bool dualMode, IReadOnlyList<int> httpPorts, IReadOnlyList<int> h2cPorts)
+    {
+        ArgumentNullException.ThrowIfNull(stack);
+        // What UseNetStack registers, but made when Kestrel first binds (at start), once the stack
+        // is up: building the app already creates Kestrel and its transports.
+        return Build(
+            stack,
+            services => services.AddSingleton<IConnectionListenerFactory>(new DeferredNetStackTransport(stack)),
+            dualMode ? IPAddress.IPv6Any : IPAddress.Any,
+            httpPorts,
+            h2cPorts);
+    }
+
+    /// <summary>
+    /// The same app on the kernel's sockets (Kestrel's own socket transport), listening on
+    /// <paramref name="address"/>: the kernel-side server <c>netstack bench --cases http</c> compares
+    /// the stack with. Built, not started.
+    /// </summary>
+    /// <param name="address">The kernel address to listen on.</param>
+    /// <param name="httpPorts">Ports for HTTP/1.0 and HTTP/1.1.</param>
+    /// <param name="h2cPorts">Ports for cleartext HTTP/2 with prior knowledge.</param>
+    /// <returns>The server, to start with <see cref="StartAsync(CancellationToken)"/> and dispose.</returns>
+    public static HttpServer ForKernel(IPAddress address, IReadOnlyList<int> httpPorts, IReadOnlyList<int> h2cPorts) =>
+        Build(null, _ => { }, address, httpPorts, h2cPorts);
+
+    /// <summary>Builds the app for the running <paramref name="stack"/> and starts it; see <see cref="ForStack"/>.</summary>
     /// <param name="stack">The running stack; it must outlive the server.</param>
     /// <param name="httpPorts">Ports for HTTP/1.0 and HTTP/1.1.</param>
     /// <param name="h2cPorts">Ports for cleartext HTTP/2 with prior knowledge.</param>
@@ -58,34 +96,47 @@ public sealed class HttpServer : IAsyncDisposable
     public static async Task<HttpServer> StartAsync(NetworkStack stack, IReadOnlyList<int> httpPorts, IReadOnlyList<int> h2cPorts, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(stack);
+        var server = ForStack(() => stack, stack.Options.Address6 is not null, httpPorts, h2cPorts);
+        try
+        {
+            await server.StartAsync(cancellationToken);
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            throw;
+        }
+        return server;
+    }
+
+    private static HttpServer Build(Func<NetworkStack>? stack, Action<IServiceCollection> transport, IPAddress address, IReadOnlyList<int> httpPorts, IReadOnlyList<int> h2cPorts)
+    {
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ApplicationName = "netstack", Args = [] });
         builder.WebHost.UseKestrelCore();
-        builder.WebHost.UseNetStack(stack);
-        // Every address of the stack: [::] takes both families (dual mode), 0.0.0.0 when the stack has no IPv6.
-        var any = stack.Options.Address6 is not null ? IPAddress.IPv6Any : IPAddress.Any;
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
             foreach (var port in httpPorts)
-                kestrel.Listen(any, port, listen => listen.Protocols = HttpProtocols.Http1);
+                kestrel.Listen(address, port, listen => listen.Protocols = HttpProtocols.Http1);
             foreach (var port in h2cPorts)
-                kestrel.Listen(any, port, listen => listen.Protocols = HttpProtocols.Http2);
+                kestrel.Listen(address, port, listen => listen.Protocols = HttpProtocols.Http2);
         });
+        // Registered after Kestrel's socket transport, so Kestrel asks it first.
+        transport(builder.Services);
         // The command owns SIGINT/SIGTERM (it stops this server, then the stack): no console lifetime.
         builder.Services.AddSingleton<IHostLifetime, CommandLifetime>();
         var app = builder.Build();
         var server = new HttpServer(stack, app);
         app.Run(server.HandleAsync);
-        try
-        {
-            await app.StartAsync(cancellationToken);
-        }
-        catch
-        {
-            await app.DisposeAsync();
-            throw;
-        }
         return server;
+    }
+
+    /// <summary>Binds the ports and starts serving.</summary>
+    /// <exception cref="IOException">A port could not be bound (Kestrel's "address already in use").</exception>
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        _started = true;
+        await _app.StartAsync(cancellationToken);
     }
 
     /// <summary>
@@ -94,6 +145,8 @@ public sealed class HttpServer : IAsyncDisposable
     /// </summary>
     public async Task StopAsync(TimeSpan grace)
     {
+        if (!_started)
+            return;
         using var timeout = new CancellationTokenSource(grace);
         await _app.StopAsync(timeout.Token);
     }
@@ -140,13 +193,22 @@ public sealed class HttpServer : IAsyncDisposable
     {
         var connection = context.Connection;
         var text = new StringBuilder();
-        text.Append("NetStack: a userspace TCP/IP stack, answering from ").Append(_stack.InterfaceName).Append('\n');
+        var stack = _stack?.Invoke();
+        if (stack is not null)
+            text.Append("NetStack: a userspace TCP/IP stack, answering from ").Append(stack.InterfaceName).Append('\n');
+        else
+            text.Append("NetStack's HTTP app on the kernel's sockets (the benchmark's baseline)\n");
         text.Append("you are ").Append(EndPoint(connection.RemoteIpAddress, connection.RemotePort))
             .Append(", I am ").Append(EndPoint(connection.LocalIpAddress, connection.LocalPort))
-            .Append(", over ").Append(context.Request.Protocol).Append(" (Kestrel on the NetStack transport)\n");
-        text.Append("try GET /bytes/N for N bytes of data\n\ncounters:\n");
-        foreach (var (name, value) in _stack.Statistics.Snapshot())
-            text.Append("  ").Append(name).Append(' ').Append(value).Append('\n');
+            .Append(", over ").Append(context.Request.Protocol)
+            .Append(stack is not null ? " (Kestrel on the NetStack transport)\n" : " (Kestrel on its socket transport)\n");
+        text.Append("try GET /bytes/N for N bytes of data\n");
+        if (stack is not null)
+        {
+            text.Append("\ncounters:\n");
+            foreach (var (name, value) in stack.Statistics.Snapshot())
+                text.Append("  ").Append(name).Append(' ').Append(value).Append('\n');
+        }
         return text.ToString();
     }
 
@@ -176,6 +238,21 @@ public sealed class HttpServer : IAsyncDisposable
             if (flushed.IsCompleted || flushed.IsCanceled)
                 return; // the connection is gone
         }
+    }
+
+    /// <summary>
+    /// The NetStack transport (<see cref="NetStackTransportFactory"/>) for a stack that comes up
+    /// after the app is built: made from <c>stack()</c> when Kestrel first asks which endpoints it
+    /// takes, at start.
+    /// </summary>
+    private sealed class DeferredNetStackTransport(Func<NetworkStack> stack) : IConnectionListenerFactory, IConnectionListenerFactorySelector
+    {
+        private readonly Lazy<NetStackTransportFactory> _factory = new(() => new NetStackTransportFactory(stack()));
+
+        public bool CanBind(EndPoint endpoint) => _factory.Value.CanBind(endpoint);
+
+        public ValueTask<IConnectionListener> BindAsync(EndPoint endpoint, CancellationToken cancellationToken = default) =>
+            _factory.Value.BindAsync(endpoint, cancellationToken);
     }
 
     /// <summary>A host lifetime that waits for nothing and handles no signal: the command does.</summary>

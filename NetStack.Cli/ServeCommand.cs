@@ -103,9 +103,21 @@ public static class ServeCommand
     {
         // Listen for the signals before the interface exists, so no signal can leave it behind.
         using var shutdown = new ShutdownSignal();
+        var httpPorts = settings.TcpServices.Where(t => t.Service == "http").Select(t => t.Port).ToList();
+        var h2cPorts = settings.TcpServices.Where(t => t.Service == "h2c").Select(t => t.Port).ToList();
+        // Building the HTTP app takes about as long as bringing the stack up: do both at once.
+        NetworkStack? up = null;
+        var building = httpPorts.Count + h2cPorts.Count > 0
+            ? Task.Run(() => HttpServer.ForStack(() => up!, settings.Options.Address6 is not null, httpPorts, h2cPorts))
+            : null;
         var stack = StackStarter.TryStart(Name, settings.Options);
         if (stack is null)
+        {
+            if (building is not null)
+                await (await building).DisposeAsync();
             return 1;
+        }
+        up = stack;
 
         IReadOnlyDictionary<string, long> statistics;
         var exitCode = 0;
@@ -125,10 +137,11 @@ public static class ServeCommand
                 Func<TcpConnection, CancellationToken, Task> serve = service == "echo" ? TcpServices.EchoAsync : TcpServices.DiscardAsync;
                 services.Add(TcpServices.AcceptLoopAsync(listener, $"{service} on {port}", serve, shutdown.Token));
             }
-            var httpPorts = settings.TcpServices.Where(t => t.Service == "http").Select(t => t.Port).ToList();
-            var h2cPorts = settings.TcpServices.Where(t => t.Service == "h2c").Select(t => t.Port).ToList();
-            if (httpPorts.Count + h2cPorts.Count > 0)
-                http = await HttpServer.StartAsync(stack, httpPorts, h2cPorts, shutdown.Token);
+            if (building is not null)
+            {
+                http = await building;
+                await http.StartAsync(shutdown.Token);
+            }
             foreach (var port in settings.UdpEchoPorts)
             {
                 // IPv6Any binds both families (dual mode), like a dual-mode .NET Socket.
