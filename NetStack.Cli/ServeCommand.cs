@@ -28,7 +28,9 @@ public static class ServeCommand
         Brings the stack up on a TUN interface and serves until SIGINT or SIGTERM. When everything
         is up it prints one line beginning with 'ready' (interface name and addresses). SIGUSR1
         prints the stack's counters (between 'statistics' and 'end statistics' lines) and serving
-        goes on. On SIGINT or SIGTERM it removes the interface, prints the counters and exits 0.
+        goes on. On SIGINT or SIGTERM it stops the HTTP server (idle keep-alive connections are
+        closed at once, requests still running get 3 s), removes the interface, prints the
+        counters and exits 0.
 
         services:
           --udp-echo PORT     echo every UDP datagram on PORT (IPv4 and IPv6) back to its sender;
@@ -37,7 +39,9 @@ public static class ServeCommand
           --discard PORT      TCP discard (RFC 863): read to the end, then close; repeatable
           --http PORT         HTTP/1.1 and HTTP/1.0 (keep-alive, pipelining) served by ASP.NET
                               Core's Kestrel through the stack: GET / a status page with the
-                              stack's counters, GET /bytes/N N bytes of data; repeatable
+                              stack's counters, GET /bytes/N N bytes of data (a-z repeated, N
+                              up to 2^40); HEAD too; other paths 404, other methods 405;
+                              repeatable
           --h2c PORT          the same app over cleartext HTTP/2 with prior knowledge (what
                               'curl --http2-prior-knowledge' and 'h2load' speak); repeatable.
                               Kestrel serves HTTP/2 without TLS only on a port that speaks
@@ -183,6 +187,9 @@ public static class ServeCommand
         }
         finally
         {
+            // Built but not started when a TCP service failed to bind: dispose it all the same.
+            if (http is null && building is not null)
+                http = await building;
             if (http is not null)
             {
                 // Kestrel closes idle keep-alive connections at once; a request still running gets
