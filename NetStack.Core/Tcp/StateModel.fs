@@ -61,6 +61,12 @@ type TcpTrigger =
     | Abort
     /// Retransmissions (or zero-window probes, or the FIN-WAIT-2 wait) ran out: the connection fails.
     | Timeout
+    /// An ICMP error that ends the connection (RFC 1122 §4.2.3.9, RFC 5927): in SYN-SENT (and
+    /// the SYN-RECEIVED of a simultaneous open) any destination unreachable, time exceeded or
+    /// parameter problem, as Linux's tcp_v4_err/tcp_v6_err fail a connect; elsewhere a hard
+    /// error (`TcpIcmp.classify`). Only one quoting a sequence number in [SND.UNA, SND.MAX)
+    /// counts (RFC 5927 §4.1), so FIN-WAIT-2 and TIME-WAIT, with nothing in flight, never see it.
+    | IcmpHardError
 
 /// The RFC 9293 state graph declared with Stateless: the formal model the pure engine
 /// (`Connection`) is checked against. The machine is configured once, when this module is first
@@ -103,6 +109,7 @@ module StateModel =
         // §3.10.7.3: SYN,ACK completes the handshake, a bare SYN is a simultaneous open.
         machine
             .Configure(TcpState.SynSent)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Permit(TcpTrigger.RcvSynAck, TcpState.Established)
             .Permit(TcpTrigger.RcvSyn, TcpState.SynReceived)
             .Permit(TcpTrigger.Close, TcpState.Closed)
@@ -114,6 +121,7 @@ module StateModel =
         machine
             .Configure(TcpState.SynReceived)
             .Permit(TcpTrigger.RcvAckOfSyn, TcpState.Established)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Permit(TcpTrigger.Close, TcpState.FinWait1)
             .Ignore(TcpTrigger.RcvSyn)
         |> failures
@@ -121,6 +129,7 @@ module StateModel =
         machine
             .Configure(TcpState.Established)
             .Permit(TcpTrigger.Close, TcpState.FinWait1)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Permit(TcpTrigger.RcvFin, TcpState.CloseWait)
             .Ignore(TcpTrigger.RcvSyn)
         |> failures
@@ -128,6 +137,7 @@ module StateModel =
         machine
             .Configure(TcpState.FinWait1)
             .Permit(TcpTrigger.RcvAckOfFin, TcpState.FinWait2)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Permit(TcpTrigger.RcvFin, TcpState.Closing)
             .Permit(TcpTrigger.RcvFinAckOfFin, TcpState.TimeWait)
             .Ignore(TcpTrigger.Close)
@@ -145,6 +155,7 @@ module StateModel =
         machine
             .Configure(TcpState.CloseWait)
             .Permit(TcpTrigger.Close, TcpState.LastAck)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Ignore(TcpTrigger.RcvFin)
             .Ignore(TcpTrigger.RcvSyn)
         |> failures
@@ -152,6 +163,7 @@ module StateModel =
         machine
             .Configure(TcpState.Closing)
             .Permit(TcpTrigger.RcvAckOfFin, TcpState.TimeWait)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Ignore(TcpTrigger.Close)
             .Ignore(TcpTrigger.RcvFin)
             .Ignore(TcpTrigger.RcvSyn)
@@ -160,6 +172,7 @@ module StateModel =
         machine
             .Configure(TcpState.LastAck)
             .Permit(TcpTrigger.RcvAckOfFin, TcpState.Closed)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Ignore(TcpTrigger.Close)
             .Ignore(TcpTrigger.RcvFin)
             .Ignore(TcpTrigger.RcvSyn)

@@ -33,6 +33,8 @@ type Step =
     | Read of percent: int
     | CloseCall
     | AbortCall
+    /// An ICMPv4 error quoting sequence number SND.UNA + `seqOffset`.
+    | Icmp of icmpType: byte * code: byte * seqOffset: int * mtu: int
 
 /// The peer's byte at sequence number `s`: a function of `s`, so repeated or overlapping
 /// segments always agree, and delivered data can be checked.
@@ -99,6 +101,21 @@ let private genStep =
             2, Gen.choose (0, 100) |> Gen.map Read
             1, Gen.constant CloseCall
             1, Gen.frequency [ 1, Gen.constant AbortCall; 9, Gen.constant (Tick 1L) ]
+            1,
+            gen {
+                let! icmpType = Gen.elements [ 3uy; 3uy; 3uy; 11uy; 12uy; 5uy ]
+
+                let! code =
+                    Gen.frequency
+                        [
+                            3, Gen.elements [ 0uy; 1uy; 3uy; 4uy ]
+                            1, Gen.choose (0, 20) |> Gen.map byte
+                        ]
+
+                let! seqOffset = Gen.frequency [ 3, Gen.constant 0; 2, Gen.choose (-2, 3000) ]
+                let! mtu = Gen.choose (0, 2000)
+                return Icmp(icmpType, code, seqOffset, mtu)
+            }
         ]
 
 type private Case =
@@ -221,6 +238,17 @@ let private runCase (case: Case) =
             check [||] (Connection.receiveWindowUpdate now (unread * int64 percent / 100L) c)
         | CloseCall -> check [||] (Connection.close now c)
         | AbortCall -> check [||] (Connection.abort now c)
+        | Icmp(icmpType, code, seqOffset, mtu) ->
+            let error =
+                {
+                    Ipv6 = false
+                    Type = icmpType
+                    Code = code
+                    PathMtu = mtu
+                    QuotedSeq = c.SndUna + seqOffset
+                }
+
+            check [||] (Connection.handleIcmp now error c)
 
         // What was delivered is what the peer sent, byte for byte.
         let c = side.Conn
