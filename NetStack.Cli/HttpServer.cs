@@ -32,7 +32,7 @@ namespace NetStack.Cli;
 /// Start-up is kept short: Kestrel's server by itself (<see cref="KestrelServer"/> with an
 /// <see cref="IHttpApplication{TContext}"/> of our own): no generic host, dependency injection,
 /// configuration, logging or routing. Measured on serve's start: an empty WebApplication added
-/// about 90 ms of processor time, Kestrel alone about 30 ms. Signals stay with the command.
+/// 60-90 ms of processor time, Kestrel alone about 30 ms. Signals stay with the command.
 /// </remarks>
 public sealed class HttpServer : IAsyncDisposable
 {

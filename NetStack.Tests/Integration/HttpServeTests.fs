@@ -556,7 +556,7 @@ let tests =
             }
 
             test
-                "h2load: cleartext HTTP/2 with prior knowledge on --h2c, and pipelined HTTP/1.1 (--h1 -m 10) on --http, every request succeeded, IPv4 and IPv6" {
+                "h2load: cleartext HTTP/2 with prior knowledge on --h2c, and pipelined HTTP/1.1 (--h1 -m 10) on --http, every request succeeded; --http answers the HTTP/2 preface with GOAWAY HTTP_1_1_REQUIRED; IPv4 and IPv6" {
                 let n = 7
                 use p = serve n [ "--http"; "80"; "--h2c"; "81" ]
 
@@ -597,6 +597,19 @@ let tests =
 
                     Expect.equal code 0 $"curl --http2-prior-knowledge: {err}"
                     Expect.equal out "2 200 100000" "HTTP/2, 200, every byte"
+
+                    // The HTTP/2 preface on the --http port: Kestrel speaks HTTP/1.x only there (no
+                    // ALPN without TLS) and says so with a GOAWAY, error HTTP_1_1_REQUIRED (0xd,
+                    // RFC 9113 §7), then closes.
+                    let socket, stream = connect address 80
+                    use _ = socket
+                    use _ = stream
+                    send socket "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                    let goaway = Array.zeroCreate<byte> 17
+                    stream.ReadExactly(goaway, 0, 17)
+                    Expect.equal goaway.[3] 7uy "a GOAWAY frame"
+                    Expect.equal goaway.[16] 0xduy "error HTTP_1_1_REQUIRED"
+                    Expect.isTrue (closedAfterResponses stream) "then the close"
 
                 stopAndCheck p n
             }
