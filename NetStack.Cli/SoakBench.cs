@@ -8,7 +8,7 @@ namespace NetStack.Cli;
 
 /// <summary>
 /// <c>netstack bench --soak MINUTES</c>: the stack's memory under sustained mixed load. This
-/// process runs the stack and its services (HTTP, TCP echo, UDP echo, as <c>serve</c> does);
+/// process runs the stack and its services as <c>serve</c> does (its Kestrel HTTP app, TCP echo, UDP echo);
 /// load generators in other processes (<c>wrk</c> when installed, and a kernel-socket client,
 /// <see cref="RunLoad"/>), both at lower priority, keep them busy for the whole run; every few
 /// seconds a line reports this process's resident set and the GC's heap and commitment, so a
@@ -100,12 +100,8 @@ public static class SoakBench
         using var shutdown = new ShutdownSignal();
         var services = new List<Task>();
         var listeners = new List<IDisposable>();
-        if (plan.Loads.Contains("http"))
-        {
-            var listener = stack.ListenTcp(HttpPort, 1024);
-            listeners.Add(listener);
-            services.Add(Task.Run(() => TcpServices.AcceptLoopAsync(listener, "http", new HttpService(stack).ServeAsync, stop.Token)));
-        }
+        // serve's HTTP app, as 'serve --http 8080' runs it: Kestrel on the NetStack transport.
+        var http = plan.Loads.Contains("http") ? HttpServer.StartAsync(stack, [HttpPort], [], CancellationToken.None).GetAwaiter().GetResult() : null;
         if (plan.Loads.Contains("echo"))
         {
             var listener = stack.ListenTcp(EchoPort, 1024);
@@ -196,6 +192,12 @@ public static class SoakBench
                     p.Kill(entireProcessTree: true);
             }
             stop.Cancel();
+            if (http is not null)
+            {
+                // As serve stops it: idle keep-alive connections close at once, a running request gets a grace.
+                http.StopAsync(TimeSpan.FromSeconds(3)).GetAwaiter().GetResult();
+                http.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
             foreach (var l in listeners)
                 l.Dispose();
             Task.WaitAll([.. services], TimeSpan.FromSeconds(10));
