@@ -231,7 +231,7 @@ public static class SoakBench
         if (plan.CsvPath is not null)
             File.WriteAllText(plan.CsvPath, Csv(samples));
         if (plan.SvgPath is not null)
-            File.WriteAllText(plan.SvgPath, Svg(samples, $"netstack bench --soak: {string.Join(", ", Describe(plan, useWrk))}"));
+            File.WriteAllText(plan.SvgPath, Svg(samples, [$"netstack bench --soak {plan.Duration.TotalMinutes:0.##}:", .. Describe(plan, useWrk)]));
         return failed ? 1 : 0;
     }
 
@@ -277,9 +277,10 @@ public static class SoakBench
             ("code", s => s.Kinds.Code), ("stacks", s => s.Kinds.Stacks),
         })
         {
-            var slope = Slope(steady.Select(s => (s.Time.TotalMinutes, value(s) / 1048576.0)).ToList());
+            // Rounded first, and + 0.0 turns a negative zero positive: a slope that rounds to zero prints as 0.00 (it printed "-+0.00").
+            var slope = Math.Round(Slope(steady.Select(s => (s.Time.TotalMinutes, value(s) / 1048576.0)).ToList()), 2) + 0.0;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  {name,-13} {Mb(value(steady[0])),7} → {Mb(value(steady[^1])),7} MB, slope {slope,6:+0.00;-0.00} MB/min"));
+                $"  {name,-13} {Mb(value(steady[0])),7} → {Mb(value(steady[^1])),7} MB, slope {slope,6:+0.00;-0.00;0.00} MB/min"));
         }
     }
 
@@ -310,9 +311,11 @@ public static class SoakBench
     }
 
     /// <summary>A small line chart: RSS, GC committed, resident in the GC's range, GC heap, malloc arenas and code (MB) over minutes.</summary>
-    private static string Svg(List<Sample> samples, string title)
+    private static string Svg(List<Sample> samples, IReadOnlyList<string> title)
     {
-        const int width = 760, height = 380, left = 60, right = 190, top = 40, bottom = 40;
+        // The title takes a line per load above the plot.
+        const int width = 760, plotHeight = 300, left = 60, right = 190, bottom = 40, titleLine = 15;
+        int top = 20 + title.Count * titleLine, height = top + plotHeight + bottom;
         var series = new (string Name, string Color, Func<Sample, long> Value)[]
         {
             ("RSS", "#d62728", s => s.Memory.ResidentBytes),
@@ -328,13 +331,13 @@ public static class SoakBench
         maxY = Math.Ceiling(maxY / step) * step;
         double xStep = NiceStep(maxX / 6);
         var plotWidth = width - left - right;
-        var plotHeight = height - top - bottom;
         string X(double minutes) => (left + minutes / maxX * plotWidth).ToString("0.0", CultureInfo.InvariantCulture);
         string Y(double mb) => (top + plotHeight - mb / maxY * plotHeight).ToString("0.0", CultureInfo.InvariantCulture);
         var svg = new StringBuilder();
         svg.Append(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n");
         svg.Append(CultureInfo.InvariantCulture, $"<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>\n");
-        svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{left}\" y=\"20\" font-size=\"12\">{System.Security.SecurityElement.Escape(title)}</text>\n");
+        for (var i = 0; i < title.Count; i++)
+            svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{left}\" y=\"{20 + i * titleLine}\" font-size=\"12\">{System.Security.SecurityElement.Escape(title[i])}</text>\n");
         for (double y = 0; y <= maxY + step / 2; y += step)
         {
             svg.Append(CultureInfo.InvariantCulture, $"<line x1=\"{left}\" x2=\"{left + plotWidth}\" y1=\"{Y(y)}\" y2=\"{Y(y)}\" stroke=\"#ddd\"/>");
