@@ -100,14 +100,9 @@ let tests =
                     Expect.isTrue (StateModel.allows from trigger to') $"{from} --{trigger}--> {to'}"
             }
 
-            test
-                "every state but CLOSED, LISTEN and TIME-WAIT fails to CLOSED on an acceptable RST; all but CLOSED on ABORT" {
+            test "every state but CLOSED and LISTEN fails to CLOSED on an acceptable RST; all but CLOSED on ABORT" {
                 for state in allStates do
-                    if
-                        state <> TcpState.Closed
-                        && state <> TcpState.Listen
-                        && state <> TcpState.TimeWait
-                    then
+                    if state <> TcpState.Closed && state <> TcpState.Listen then
                         Expect.isTrue (StateModel.allows state TcpTrigger.RcvRst TcpState.Closed) $"{state} RST"
 
                     if state <> TcpState.Closed then
@@ -115,10 +110,20 @@ let tests =
 
                 Expect.isTrue (StateModel.isIgnored TcpState.Listen TcpTrigger.RcvRst) "LISTEN ignores RST (§3.10.7.2)"
                 Expect.isTrue (StateModel.isIgnored TcpState.Closed TcpTrigger.RcvRst) "CLOSED ignores RST (§3.10.7.1)"
+            }
 
+            test "TIME-WAIT: an acceptable new SYN ends it (RFC 6191), any other SYN changes nothing" {
                 Expect.isTrue
-                    (StateModel.isIgnored TcpState.TimeWait TcpTrigger.RcvRst)
-                    "TIME-WAIT ignores RST (RFC 1337)"
+                    (StateModel.allows TcpState.TimeWait TcpTrigger.RcvReopeningSyn TcpState.Closed)
+                    "TIME-WAIT --RcvReopeningSyn--> CLOSED"
+
+                Expect.isTrue (StateModel.isIgnored TcpState.TimeWait TcpTrigger.RcvSyn) "a refused SYN: challenge ACK"
+
+                for state in allStates do
+                    if state <> TcpState.TimeWait then
+                        Expect.isFalse
+                            (StateModel.isPermitted state TcpTrigger.RcvReopeningSyn)
+                            $"only TIME-WAIT is reopened, not {state}"
             }
 
             test "no transition the RFC does not have" {
