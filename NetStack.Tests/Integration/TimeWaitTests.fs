@@ -199,8 +199,10 @@ let tests =
 
                     let run (address: IPAddress) (total: int) =
                         let before = stack.Statistics.["tcp.time-wait.reopened"]
+                        let resetBefore = stack.Statistics.["tcp.time-wait.reset"]
                         let outcomes, failures = clients (IPEndPoint(address, HttpPort)) total 16
                         let reopened = stack.Statistics.["tcp.time-wait.reopened"] - before
+                        let reset = stack.Statistics.["tcp.time-wait.reset"] - resetBefore
 
                         Expect.isEmpty
                             failures
@@ -213,24 +215,43 @@ let tests =
 
                         let slowest = outcomes |> List.maxBy (fun o -> o.ConnectTime)
                         let retransmitted = outcomes |> List.sumBy (fun o -> int64 o.SynRetransmissions)
-                        // A 4-tuple used before is in the stack's TIME-WAIT (it never expires here).
+                        // A 4-tuple used before was left in the stack's TIME-WAIT, which does not
+                        // expire here.
                         let ports = outcomes |> List.map (fun o -> o.LocalPort)
                         let reused = ports.Length - (List.distinct ports).Length
 
                         printfn
-                            $"TIME-WAIT reuse over {address}: {total} connections from {(List.distinct ports).Length} ports, {reused} onto a 4-tuple in TIME-WAIT, {reopened} reopened; slowest connect {slowest.ConnectTime.TotalMilliseconds:F1} ms, {retransmitted} SYNs sent again"
+                            $"TIME-WAIT reuse over {address}: {total} connections from {(List.distinct ports).Length} ports, {reused} onto a 4-tuple left in TIME-WAIT, {reopened} reopened it, {reset} TIME-WAITs ended by a RST; slowest connect {slowest.ConnectTime.TotalMilliseconds:F1} ms, {retransmitted} SYNs sent again"
 
+                        // A SYN that TIME-WAIT refuses costs the client a retransmission: Linux
+                        // answers the challenge ACK with a RST and sends its SYN again after
+                        // TCP_TIMEOUT_MIN (a few ms), or after 1 s when nothing ends TIME-WAIT.
                         Expect.equal retransmitted 0L "no kernel client had to send its SYN again (TCP_INFO)"
 
-                        // The issue's bound: the kernel sends its SYN again after 1 s, so a
-                        // connect that met a stalled TIME-WAIT takes at least that long.
+                        // The issue's bound, measured per connect.
                         Expect.isLessThan
                             slowest.ConnectTime
                             (TimeSpan.FromSeconds 1.0)
                             $"no connect took 1 s (slowest from port {slowest.LocalPort})"
 
                         Expect.isGreaterThan reused (total / 2) "ports were reused"
-                        Expect.equal reopened (int64 reused) "every reuse reopened the TIME-WAIT 4-tuple"
+
+                        // Every reuse met the old connection's TIME-WAIT and reopened it, except
+                        // where that TIME-WAIT had already ended on a RST at RCV.NXT. On a loaded
+                        // machine 11 of 2,950 reuses once found no TIME-WAIT, with no SYN sent
+                        // again; the path that fits: the loop is slow to ACK a client's FIN, the
+                        // kernel sends its FIN again, TIME-WAIT ACKs both (§3.10.7.4), and the
+                        // kernel, CLOSED by the first ACK, answers the second with
+                        // <SEQ=SEG.ACK><CTL=RST>, exactly RCV.NXT, which ends TIME-WAIT (as it
+                        // would Linux's with tcp_rfc1337=0). A reuse that found no TIME-WAIT
+                        // for any other reason fails here.
+                        Expect.isGreaterThan reopened 0L "SYNs reopened TIME-WAIT (tcp.time-wait.reopened)"
+                        Expect.isLessThanOrEqual reopened (int64 reused) "no more reopenings than reuses"
+
+                        Expect.isLessThanOrEqual
+                            (int64 reused - reopened)
+                            reset
+                            $"every reuse reopened the TIME-WAIT 4-tuple, or found it ended by a RST\n{stack.Statistics}"
 
                     run options.Address 3000
                     run options.Address6 1000
