@@ -41,16 +41,20 @@ let tests =
                     "paket.lock keeps the placeholder"
             }
 
-            test "CI runs exactly the README's test command" {
+            test "CI runs exactly the README's test command, once, and a failure fails CI" {
                 let readme = read "README.md"
                 let ci = read ".ci/run"
                 let command = Regex.Match(readme, @"^(\./build\.sh test)\b", RegexOptions.Multiline)
                 Expect.isTrue command.Success "README shows the test command"
 
                 let call =
-                    Regex(@"^" + Regex.Escape command.Groups.[1].Value + @"(\s*$|\s+\|\|)", RegexOptions.Multiline)
+                    Regex(@"^" + Regex.Escape command.Groups.[1].Value + @"\s*$", RegexOptions.Multiline)
 
                 Expect.isTrue (call.IsMatch ci) ".ci/run calls it verbatim, on a line of its own"
+                // No second run after a failure (a retry would let a flaky test pass CI).
+                let runs = Regex.Matches(ci, @"^[^#\n]*\./build\.sh test", RegexOptions.Multiline)
+                Expect.equal runs.Count 1 ".ci/run runs the suite once"
+                Expect.stringContains ci "set -euo pipefail" "and stops at the first failing command"
             }
 
             test "the suite runs in a network namespace of its own" {
