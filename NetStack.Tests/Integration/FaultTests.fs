@@ -384,6 +384,8 @@ let private kernelTests =
                     use server = stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 7))
                     let mutable badAtStack = 0
 
+                    // Echoes until the test cancels it; any other end (an exception) fails the test
+                    // below, where the task is awaited.
                     let echo =
                         task {
                             let buffer = Array.zeroCreate<byte> 2048
@@ -395,14 +397,15 @@ let private kernelTests =
                                     if not (isIntact (ReadOnlySpan(buffer, 0, r.ReceivedBytes))) then
                                         Interlocked.Increment(&badAtStack) |> ignore
 
-                                    let! _ =
+                                    let! sent =
                                         server.SendToAsync(
                                             ReadOnlyMemory(buffer, 0, r.ReceivedBytes),
                                             r.RemoteEndPoint :?> IPEndPoint
                                         )
 
-                                    ()
-                            with _ ->
+                                    if sent <> r.ReceivedBytes then
+                                        failwithf "the echo sent %d of %d bytes" sent r.ReceivedBytes
+                            with :? OperationCanceledException when cancel.IsCancellationRequested ->
                                 ()
                         }
 
@@ -440,7 +443,9 @@ let private kernelTests =
                                             answered <- true
                                             waiting <- false
                                     // Late answers to earlier requests (duplicates, retries) are intact but not ours: keep waiting.
-                                    with :? SocketException ->
+                                    // No answer within the receive timeout: send again. Any other
+                                    // error (a refusal, say) is a failure.
+                                    with :? SocketException as e when e.SocketErrorCode = SocketError.TimedOut ->
                                         retries <- retries + 1
                                         waiting <- false
 
@@ -453,7 +458,8 @@ let private kernelTests =
                             $"UDP echo through faults over {stackAddress.AddressFamily}: {udpRequests} requests, {retries} retries"
 
                     cancel.Cancel()
-                    echo.Wait(timeout) |> ignore
+                    // Wait rethrows what ended the echo early; it must end at the cancellation.
+                    Expect.isTrue (echo.Wait timeout) "the echo ended when canceled"
                     Expect.equal badAtStack 0 "no corrupted request reached NetStack's socket"
 
                     Expect.isGreaterThan

@@ -50,6 +50,8 @@ let private withStack (options: NetStackOptions) (f: NetworkStack -> unit) =
     with e ->
         failtestf "%s\n%s" (e.ToString()) (diagnostics stack.Statistics)
 
+    TestUtil.assertNoExceptions stack
+
 /// A stack on a TAP made here, so the test holds the Ethernet adapter (its neighbor caches).
 let private withOwnAdapter (options: NetStackOptions) (f: NetworkStack -> EthernetPacketDevice -> unit) =
     let tap = TunDevice.CreateTap options.TunName
@@ -69,14 +71,15 @@ let private withOwnAdapter (options: NetStackOptions) (f: NetworkStack -> Ethern
     with e ->
         failtestf "%s\n%s" (e.ToString()) (diagnostics stack.Statistics)
 
+    TestUtil.assertNoExceptions stack
+
 let private timeout = TimeSpan.FromSeconds 10.0
 
 let private wait (task: Threading.Tasks.Task<'T>) : 'T =
     NetStack.Tests.TestUtil.waitWithin timeout task
 
-let private ping (args: string list) =
-    let code, output = Isolation.run "ping" args
-    Expect.equal code 0 $"ping %A{args} failed:\n{output}"
+/// The kernel's ping: every request answered once (KernelPing.answered).
+let private ping (args: string list) = KernelPing.answered args |> ignore
 
 let private stackPings (stack: NetworkStack) (address: string) =
     let reply =
@@ -346,9 +349,7 @@ let tests =
                     // a loaded machine); hundreds of strangers are already far past the 32-entry cap.
                     Expect.isGreaterThanOrEqual stack.Statistics.["arp.received"] 300L "requests were read"
 
-                    Expect.isGreaterThanOrEqual stack.Statistics.["ndp.ns.received"] 300L "solicitations were read"
-
-                    Expect.equal stack.Statistics.["drop.exception"] 0L "nothing escaped")
+                    Expect.isGreaterThanOrEqual stack.Statistics.["ndp.ns.received"] 300L "solicitations were read")
             }
 
             test "netstack ping --tap resolves the kernel and is answered over IPv4 and IPv6; a bad --mac is refused" {
@@ -470,6 +471,8 @@ let tests =
                         let received, hash = wait sink
                         Expect.equal received (2L * 1024L * 1024L) "every byte"
                         Expect.equal hash sent "the same bytes (SHA-256)"
+                        TestUtil.assertNoExceptions a
+                        TestUtil.assertNoExceptions b
                     with e ->
                         failtestf
                             "%s\nA:\n%s\nB:\n%s"

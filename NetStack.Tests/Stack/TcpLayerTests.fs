@@ -350,6 +350,7 @@ let tests =
                     Expect.equal r.DestinationPort 40000us "to the sender"
 
                 waitUntil (fun () -> stack.Statistics.["tcp.rst.sent"] = 2L)
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test
@@ -394,6 +395,7 @@ let tests =
                 Expect.equal stack.Statistics.["tcp.syncookie.sent"] 6L "six cookies"
                 Expect.equal stack.Statistics.["tcp.syncookie.validated"] 1L "one came back"
                 Expect.equal stack.Statistics.["tcp.passive-open"] 5L "four half-open connections, and the cookie's"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "with TcpSynCookies off, SYNs beyond TcpMaxHalfOpen are dropped and counted" {
@@ -419,6 +421,7 @@ let tests =
 
                 waitUntil (fun () -> stack.Statistics.["tcp.drop.half-open-full"] = 6L)
                 Expect.equal stack.Statistics.["tcp.passive-open"] 4L "four half-open connections"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "a canceled ConnectTcpAsync throws OperationCanceledException and frees its connection" {
@@ -443,6 +446,7 @@ let tests =
 
                 Expect.equal error (Some typeof<Threading.Tasks.TaskCanceledException>) "canceled"
                 waitUntil (fun () -> stack.Statistics.["tcp.closed"] = 1L)
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test
@@ -479,6 +483,8 @@ let tests =
                 Expect.throwsT<ObjectDisposedException>
                     (fun () -> listener.AcceptAsync().AsTask() |> ignore)
                     "accepting on a disposed listener"
+
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "ListenTcp refuses a taken port with AddressAlreadyInUse and picks free ephemeral ports" {
@@ -501,5 +507,6 @@ let tests =
                 first.Dispose()
                 use again = stack.ListenTcp(8080)
                 Expect.equal again.LocalEndPoint.Port 8080 "free again after Dispose"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
         ]
