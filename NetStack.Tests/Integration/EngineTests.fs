@@ -214,6 +214,80 @@ let tests =
                         Expect.equal error SocketError.ConnectionRefused $"refused over {host}")
             }
 
+            test
+                "a connected UDP socket returns datagrams from its peer only: another port's and another address's are dropped and counted, IPv4 and IPv6" {
+                withStack 11 (fun stack ->
+                    let ip (args: string list) =
+                        let code, output = Isolation.run "ip" args
+                        Expect.equal code 0 $"ip %A{args}: {output}"
+
+                    for host, other, ours in
+                        [
+                            "10.79.11.1", "10.79.11.3", "10.79.11.2"
+                            "fd79:11::1", "fd79:11::3", "fd79:11::2"
+                        ] do
+                        // A second kernel address: its datagrams leave through the TUN like the host's.
+                        // (nodad: usable at once, not tentative while the kernel's DAD work runs.)
+                        let otherPrefix, flags =
+                            if other.Contains ':' then
+                                $"{other}/128", [ "nodad" ]
+                            else
+                                $"{other}/32", []
+
+                        ip ([ "addr"; "add"; otherPrefix; "dev"; "lo" ] @ flags)
+
+                        try
+                            use peer = kernelSocket (IPAddress.Parse host)
+                            use otherPort = kernelSocket (IPAddress.Parse host)
+                            use otherAddress = kernelSocket (IPAddress.Parse other)
+                            use socket = stack.BindUdp(IPEndPoint(IPAddress.Parse ours, 0))
+                            socket.Connect(peer.LocalEndPoint :?> IPEndPoint)
+                            let target = socket.LocalEndPoint
+
+                            let dropped () =
+                                stack.Statistics.["udp.drop.not-connected-peer"]
+
+                            let before = dropped ()
+                            otherPort.SendTo(Text.Encoding.ASCII.GetBytes "another port", target) |> ignore
+
+                            otherAddress.SendTo(Text.Encoding.ASCII.GetBytes "another address", target)
+                            |> ignore
+
+                            SpinWait.SpinUntil((fun () -> dropped () = before + 2L), timeout) |> ignore
+
+                            Expect.equal
+                                (dropped () - before)
+                                2L
+                                $"both strangers' datagrams dropped and counted over {host}"
+
+                            peer.SendTo(Text.Encoding.ASCII.GetBytes "the peer", target) |> ignore
+                            let buffer = Array.zeroCreate<byte> 100
+                            let r = socket.ReceiveFromAsync(Memory buffer).AsTask() |> result
+
+                            Expect.equal
+                                (Text.Encoding.ASCII.GetString(buffer, 0, r.ReceivedBytes))
+                                "the peer"
+                                "the peer's datagram"
+
+                            Expect.equal r.RemoteEndPoint (peer.LocalEndPoint) "from the peer"
+                            // Nothing else was queued: the next receive waits until it is canceled.
+                            use cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds 300.0)
+
+                            let next = socket.ReceiveFromAsync(Memory buffer, cancel.Token).AsTask()
+
+                            let outcome =
+                                try
+                                    next.Wait timeout |> ignore
+                                    "a datagram"
+                                with :? AggregateException as e when (e.InnerException :? OperationCanceledException) ->
+                                    "canceled"
+
+                            Expect.equal outcome "canceled" "no stranger's datagram is returned later"
+                            Expect.equal (dropped () - before) 2L "and nothing more was dropped"
+                        finally
+                            ip [ "addr"; "del"; otherPrefix; "dev"; "lo" ])
+            }
+
             test "a burst of garbage is counted and the stack still answers pings" {
                 withStack 8 (fun stack ->
                     let random = Random 8
