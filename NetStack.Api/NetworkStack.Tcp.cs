@@ -289,6 +289,7 @@ public sealed partial class NetworkStack
         var config = c.LocalAddress.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
         var actions = TcpActionSink();
         c.Core = TcpEngine.openActiveInto(actions, config, Iss(key, now), now);
+        c.Core = TcpEngine.limitToPathMtu(key.Remote.IsIpv6, IpLayer.pathMtu(now, key.Remote, _ip), c.Core);
         _tcp[key] = c;
         _statistics.Increment("tcp.active-open");
         Execute(c, actions, default, now);
@@ -506,6 +507,7 @@ public sealed partial class NetworkStack
             var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
             var actions = TcpActionSink();
             var core = TcpEngine.acceptInto(actions, config, Iss(key, now), now, seg);
+            core = TcpEngine.limitToPathMtu(r.Source.IsIpv6, IpLayer.pathMtu(now, r.Source, _ip), core);
             var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
                 new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
             {
@@ -536,6 +538,31 @@ public sealed partial class NetworkStack
         // RFC 9293 §3.10.7.1: no connection (and no listener taking it): RST unless it is one.
         _statistics.Increment("tcp.drop.no-connection");
         SendReset(r, seg, now);
+    }
+
+    // An ICMP error quoting one of our TCP segments (RFC 1122 §4.2.3.9): to the connection of the
+    // quoted 4-tuple, whose core checks the quoted sequence number and decides (lower the MSS
+    // and resend, fail the connect, abort, remember a soft error, or ignore); the actions and
+    // events say what happened.
+    private void OnTcpIcmpError(Received r)
+    {
+        var key = new TcpKey(r.QuotedSource, r.QuotedSourcePort, r.QuotedDestination, r.QuotedDestinationPort);
+        if (!_tcp.TryGetValue(key, out var c) || c.Removed || !c.HasCore)
+        {
+            _statistics.Increment("icmp.error.no-socket");
+            return;
+        }
+        if (!r.QuotedSequenceKnown)
+        {
+            // Not a first fragment, or a quote cut before the sequence number: nothing to check.
+            _statistics.Increment("tcp.icmp.unverifiable");
+            return;
+        }
+        long now = Now();
+        var error = new TcpIcmpError(r.QuotedDestination.IsIpv6, r.ErrorType, r.ErrorCode, r.PathMtu, new SeqNum(r.QuotedSequence));
+        var actions = TcpActionSink();
+        c.Core = TcpEngine.handleIcmpInto(actions, now, error, c.Core);
+        Execute(c, actions, default, now);
     }
 
     private void SendReset(Received r, Segment seg, long now)
@@ -596,6 +623,7 @@ public sealed partial class NetworkStack
         var core = TcpEngine.acceptInto(actions, config, iss, now, syn);
         if (!core.State.IsSynReceived)
             return false;
+        core = TcpEngine.limitToPathMtu(r.Source.IsIpv6, IpLayer.pathMtu(now, r.Source, _ip), core);
         var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
             new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
         {
@@ -664,7 +692,7 @@ public sealed partial class NetworkStack
                         _statistics.Increment("tcp.receive-buffer.grown");
                         break;
                     case TcpAction.Tags.Event:
-                        OnTcpEvent(c, action.@event);
+                        OnTcpEvent(c, action.@event, now);
                         break;
                     case TcpAction.Tags.Transition:
                         c.OnState(action.transition.To);
@@ -695,7 +723,7 @@ public sealed partial class NetworkStack
         }
     }
 
-    private void OnTcpEvent(TcpConnection c, TcpEvent e)
+    private void OnTcpEvent(TcpConnection c, TcpEvent e, long now)
     {
         switch (e.Tag)
         {
@@ -729,7 +757,28 @@ public sealed partial class NetworkStack
                 // §3.10.8, RFC 5482: the core reset the connection, see TcpConfig.UserTimeout).
                 _statistics.Increment(e.IsUserTimedOut ? "tcp.user-timeout" : "tcp.timed-out");
                 _log.TcpTimedOut(c.LocalEndPoint, c.RemoteEndPoint);
-                c.Fail(SocketError.TimedOut);
+                // TimedOut, or the soft ICMP error seen meanwhile (RFC 1122 §4.2.3.9).
+                c.Fail(TcpEngine.timeoutError(c.Core));
+                break;
+            case TcpEvent.Tags.IcmpError:
+                // A hard ICMP error, or any unreachable in SYN-SENT: the core closed the connection.
+                _statistics.Increment("tcp.icmp.error");
+                c.Fail(e.error);
+                break;
+            case TcpEvent.Tags.PathMtuLowered:
+                // The connection sends smaller segments now; UDP, ICMP and new connections to the
+                // destination learn the path MTU too.
+                _statistics.Increment("tcp.icmp.mtu-lowered");
+                _ip = IpLayer.learnPathMtu(now, c.RemoteAddress, e.pathMtu, _ip);
+                break;
+            case TcpEvent.Tags.IcmpNoted:
+                _statistics.Increment(e.note switch
+                {
+                    TcpIcmpNote.OutOfWindow => "tcp.icmp.out-of-window",
+                    TcpIcmpNote.MtuNotLower => "tcp.icmp.mtu-not-lower",
+                    TcpIcmpNote.SoftErrorRemembered => "tcp.icmp.soft-error",
+                    _ => "tcp.icmp.ignored",
+                });
                 break;
             case TcpEvent.Tags.PeerClosed:
                 c.PeerClosed();
@@ -784,23 +833,23 @@ public sealed partial class NetworkStack
         c.OnClosed();
     }
 
-    // Builds one segment and sends it: with data and no need to fragment, as a gather write
-    // (TransmitGathered); else whole in the packet buffer, the payload copied from the send ring.
+    // Builds one segment and sends it: with data as a gather write (TransmitGathered), else
+    // whole in the packet buffer. Never fragmented: the core sizes segments for the path MTU
+    // (IPv4 TCP carries DF; a router on a narrower path answers with "fragmentation needed" /
+    // "packet too big" and the connection's MSS follows, Connection.handleIcmpInto).
     private void Transmit(IpAddr local, ushort localPort, IpAddr remote, ushort remotePort, OutgoingSegment segment, TcpConnection? c, long now)
     {
-        int offset = IpLayer.tcpPayloadOffset(local, segment.Options);
-        if (segment.DataLength > 0 && offset + segment.DataLength <= IpLayer.pathMtu(now, remote, _ip))
+        if (segment.DataLength > 0)
         {
             TransmitGathered(c!, segment, segment.Flags, segment.DataLength, 0);
             _deviceWritten.Increment();
             _tcpSent.Increment();
             return;
         }
-        var data = _packetBuffer.AsSpan(offset, segment.DataLength);
-        if (segment.DataLength > 0)
-            c!.CopySendData(segment.DataPosition, data);
-        int length = IpLayer.writeTcp(local, remote, localPort, remotePort, NextIdentification(), segment, data, _packetBuffer);
-        SendPacket(length, remote, now);
+        int length = IpLayer.writeTcp(local, remote, localPort, remotePort, NextIdentification(), segment, ReadOnlySpan<byte>.Empty, _packetBuffer);
+        _device.Write(_packetBuffer.AsSpan(0, length));
+        _deviceWritten.Increment();
+        Interlocked.Add(ref _bytesWritten, length);
         _tcpSent.Increment();
     }
 
@@ -834,8 +883,8 @@ public sealed partial class NetworkStack
     // next sequence number and send position, same ACK, window, options and flags (PSH/FIN
     // aside), the run's segments so far all full-sized and no FIN yet, and the whole within one
     // IP packet (RFC 791 total length, RFC 8200 payload length: 65535). Anything else (SYN,
-    // RST, URG, pure ACKs, retransmissions out of line, a segment larger than the path MTU
-    // allows) ends the run and goes as an ordinary packet.
+    // RST, URG, pure ACKs, retransmissions out of line) ends the run and goes as an ordinary
+    // packet.
     private void TransmitData(TcpConnection c, OutgoingSegment segment, long now)
     {
         if (_run.Count > 0)
@@ -869,22 +918,19 @@ public sealed partial class NetworkStack
             && TsoFor(c.LocalAddress);
         if (startsRun)
         {
-            int headerBytes = IpLayer.tcpPayloadOffset(c.LocalAddress, segment.Options);
-            // Each segment the kernel cuts must fit the path: else the ordinary path fragments.
-            if (headerBytes + segment.DataLength <= IpLayer.pathMtu(now, c.RemoteAddress, _ip))
+            // The kernel cuts the run into segments of the first one's length (gso_size): the
+            // core's MSS, already lowered for the path MTU when ICMP said so.
+            _run = new SegmentRun
             {
-                _run = new SegmentRun
-                {
-                    Count = 1,
-                    Connection = c,
-                    First = segment,
-                    LastFlags = segment.Flags,
-                    Bytes = segment.DataLength,
-                    LastLength = segment.DataLength,
-                    HeaderBytes = headerBytes,
-                };
-                return;
-            }
+                Count = 1,
+                Connection = c,
+                First = segment,
+                LastFlags = segment.Flags,
+                Bytes = segment.DataLength,
+                LastLength = segment.DataLength,
+                HeaderBytes = IpLayer.tcpPayloadOffset(c.LocalAddress, segment.Options),
+            };
+            return;
         }
         Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, segment, c, now);
     }

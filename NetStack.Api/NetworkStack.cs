@@ -864,10 +864,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
         if (r.QuotedProtocol == IpProtocol.Tcp)
         {
-            // TCP takes ICMP errors as soft errors (RFC 5461; RFC 5927 §4: a forged one must not
-            // tear a connection down); one quoting no connection of ours is counted as such.
-            bool known = _tcp.ContainsKey(new TcpKey(r.QuotedSource, r.QuotedSourcePort, r.QuotedDestination, r.QuotedDestinationPort));
-            _statistics.Increment(known ? "icmp.error.tcp.ignored" : "icmp.error.no-socket");
+            // To the connection of the quoted 4-tuple; the core decides (Connection.handleIcmpInto).
+            OnTcpIcmpError(r);
             return;
         }
         if (r.QuotedProtocol != IpProtocol.Udp)

@@ -558,9 +558,6 @@ public sealed class TcpConnection : Stream
     // 64 KiB: the largest window a SYN can offer, and 44 full-sized segments at MTU 1500.
     private const int LazyWindowMinimum = 65536;
 
-    /// <summary>Copies send-stream bytes [position, position + destination.Length) into a segment.</summary>
-    internal void CopySendData(long position, Span<byte> destination) => CopyOut(_send!, _sendCapacity, position, destination);
-
     /// <summary>
     /// Where send-stream bytes [position, position + length) lie in the send ring, for a gather
     /// write: one piece, or two when the run wraps (loop only; the bytes stay put until acknowledged).

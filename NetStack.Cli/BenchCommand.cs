@@ -22,7 +22,7 @@ namespace NetStack.Cli;
 /// paths: TUN + NetStack against the kernel's own TCP/UDP/IP over veth. Both links get the MTU of
 /// <c>--mtu</c>.
 /// </remarks>
-public static class BenchCommand
+public static partial class BenchCommand
 {
     /// <summary>The command name used in messages.</summary>
     public const string Name = "netstack bench";
@@ -74,7 +74,10 @@ public static class BenchCommand
     private const string VethNear = "10.78.0.1", VethPeer = "10.78.0.2", VethPrefix = "/30";
 
     /// <summary>The case names <c>--cases</c> takes.</summary>
-    private static readonly string[] CaseNames = ["udp", "rr", "conn", "bulk", "usend"];
+    private static readonly string[] CaseNames = ["udp", "rr", "conn", "bulk", "usend", "http"];
+
+    /// <summary>The cases run without <c>--cases</c>: all but http, which needs Debian's load generators.</summary>
+    private static readonly string[] DefaultCases = ["udp", "rr", "conn", "bulk", "usend"];
 
     /// <summary>Payload bytes per datagram in the usend case.</summary>
     private const int SegmentSize = 1200;
@@ -100,6 +103,13 @@ public static class BenchCommand
                 stack's segmented UdpSocket.SendToAsync, USO when in force; a kernel socket
                 with UDP_SEGMENT), datagrams per second a kernel socket received, and the
                 share of those sent that it did not;
+          http  HTTP load from Debian's generators against the HTTP app of 'serve --http/--h2c'
+                (Kestrel on the stack; on the peer side the same app on Kestrel's kernel
+                sockets): ab (HTTP/1.0, a new connection per request), ab -k (HTTP/1.0
+                keep-alive), wrk (HTTP/1.1 keep-alive), h2load (HTTP/2 with prior knowledge,
+                {H2Streams} streams per connection); {HttpConnections} connections each, GET of {HttpBodyBytes} bytes,
+                --seconds each; requests/s and failed requests as each tool counts them.
+                Needs ab (apache2-utils), wrk, h2load (nghttp2-client); not run by default
         between a kernel .NET Socket and services on the stack (through the TUN interface),
         and the same between two kernel namespaces over a veth pair (same MTU), and prints both
         with the ratio stack/kernel.
@@ -108,7 +118,8 @@ public static class BenchCommand
           --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 1024; one measured
                               transfer per direction and path, after a second of warm-up transfers)
           --conn-clients N    client threads opening connections in parallel, 1-64 (default 4)
-          --cases LIST        comma-separated subset of udp,rr,conn,bulk,usend (default all)
+          --cases LIST        comma-separated subset of udp,rr,conn,bulk,usend,http (default
+                              all but http)
           --idle-connections N  instead: open N idle kernel TCP connections to one listener and
                               print the stack's managed heap and RSS per connection
 
@@ -178,6 +189,21 @@ public static class BenchCommand
 
         /// <summary>usend: the share of the datagrams sent that the kernel socket did not receive.</summary>
         public double? SendLost { get; set; }
+
+        /// <summary>http: ab, a new connection per request (HTTP/1.0).</summary>
+        public HttpLoad? HttpAb { get; set; }
+
+        /// <summary>http: ab -k (HTTP/1.0 keep-alive).</summary>
+        public HttpLoad? HttpAbKeepAlive { get; set; }
+
+        /// <summary>http: wrk (HTTP/1.1 keep-alive).</summary>
+        public HttpLoad? HttpWrk { get; set; }
+
+        /// <summary>http: h2load (HTTP/2 with prior knowledge).</summary>
+        public HttpLoad? HttpH2load { get; set; }
+
+        /// <summary>http: why the case did not run (tools missing), or null.</summary>
+        public string? HttpSkipped { get; set; }
     }
 
     /// <summary>Runs the command; returns the exit code.</summary>
@@ -193,7 +219,7 @@ public static class BenchCommand
         var seconds = 2;
         var tcpMib = 1024;
         var connClients = 4;
-        var cases = new HashSet<string>(CaseNames, StringComparer.Ordinal);
+        var cases = new HashSet<string>(DefaultCases, StringComparer.Ordinal);
         var idleConnections = 0;
         while (reader.Next() is { } arg)
         {
@@ -322,6 +348,20 @@ public static class BenchCommand
             }
             if (plan.Cases.Contains("usend") && options.HostAddress is not null)
                 MeasureUdpSend(options.HostAddress, plan.Duration, m, (time, sink) => StackUdpSend(stack, time, sink));
+            if (plan.Cases.Contains("http"))
+            {
+                // The HTTP app of 'serve --http/--h2c', on this stack.
+                var http = HttpServer.StartAsync(stack, [HttpPort], [H2cPort], CancellationToken.None).GetAwaiter().GetResult();
+                try
+                {
+                    MeasureHttp(options.Address!, plan.Duration, m);
+                }
+                finally
+                {
+                    http.StopAsync(TimeSpan.FromSeconds(3)).GetAwaiter().GetResult();
+                    http.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                }
+            }
             return m;
         }
         finally
@@ -701,7 +741,8 @@ public static class BenchCommand
         {
             Shell.Check("ip", "link", "add", near, "mtu", $"{mtu}", "type", "veth", "peer", "name", far, "mtu", $"{mtu}");
             var psi = new ProcessStartInfo("unshare") { RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false };
-            foreach (var a in new[] { "--net", "--" }.Concat(Isolation.SelfCommand()).Concat([EchoPeerCommand, far, VethPeer + VethPrefix, $"{EchoPort}"]))
+            foreach (var a in new[] { "--net", "--" }.Concat(Isolation.SelfCommand()).Concat([EchoPeerCommand, far, VethPeer + VethPrefix, $"{EchoPort}"])
+                .Concat(plan.Cases.Contains("http") ? ["http"] : []))
                 psi.ArgumentList.Add(a);
             peer = Process.Start(psi)!;
             // The peer says "waiting" once it runs inside its new namespace; only then can the
@@ -725,6 +766,8 @@ public static class BenchCommand
                     var parts = Encoding.ASCII.GetString(answer, 0, n).Split(' ');
                     return (long.Parse(parts[0], CultureInfo.InvariantCulture), TimeSpan.FromTicks(long.Parse(parts[1], CultureInfo.InvariantCulture)));
                 });
+            if (plan.Cases.Contains("http"))
+                MeasureHttp(IPAddress.Parse(VethPeer), plan.Duration, m);
             return m;
         }
         finally
@@ -766,12 +809,13 @@ public static class BenchCommand
     /// <summary>
     /// Runs the kernel services in the peer namespace: waits for the veth end to arrive, gives it
     /// its address, then serves UDP echo, TCP discard, source and echo until killed or until stdin
-    /// closes. Arguments: interface, address/prefix, UDP echo port (the TCP ports follow it).
+    /// closes. Arguments: interface, address/prefix, UDP echo port (the TCP ports follow it), and
+    /// "http" to serve the HTTP app on the kernel's sockets as well.
     /// </summary>
     public static int RunEchoPeer(string[] args)
     {
-        if (args.Length != 3)
-            throw new UsageException($"netstack {EchoPeerCommand}: internal command of 'netstack bench' (interface address/prefix port)");
+        if (args.Length is not (3 or 4) || (args.Length == 4 && args[3] != "http"))
+            throw new UsageException($"netstack {EchoPeerCommand}: internal command of 'netstack bench' (interface address/prefix port [http])");
         var (ifname, address, port) = (args[0], args[1], int.Parse(args[2], CultureInfo.InvariantCulture));
         Console.WriteLine("waiting");
         var clock = Stopwatch.StartNew();
@@ -791,6 +835,8 @@ public static class BenchCommand
         StartKernelTcpService(port + 2, KernelSource);
         StartKernelEcho(new IPEndPoint(IPAddress.Any, port + 3));
         StartKernelUdpSource(port + 4);
+        if (args.Length == 4)
+            HttpServer.ForKernel(IPAddress.Any, [HttpPort], [H2cPort]).StartAsync(CancellationToken.None).GetAwaiter().GetResult();
         // The parent closing our stdin (or dying) ends the peer, and with it the namespace.
         new Thread(() =>
         {
@@ -1158,8 +1204,35 @@ public static class BenchCommand
             rows.Add(($"UDP X → kernel ({SegmentsPerSend}/send)", Rate(stack?.SendReceivedPerSecond), Rate(kernel?.SendReceivedPerSecond), Ratio(stack?.SendReceivedPerSecond, kernel?.SendReceivedPerSecond)));
             rows.Add(("  of which lost", Percent(stack?.SendLost), Percent(kernel?.SendLost), ""));
         }
+        if (plan.Cases.Contains("http"))
+        {
+            static string Requests(HttpLoad? h) => h is null ? "n/a" : h.Error is not null ? "error" : Rate(h.RequestsPerSecond);
+            static string Failed(HttpLoad? h) => h is null ? "n/a" : h.Error is not null ? "error" : Count(h.Failed);
+            void Row(string name, HttpLoad? s, HttpLoad? k)
+            {
+                rows.Add((name, Requests(s), Requests(k), Ratio(s?.RequestsPerSecond, k?.RequestsPerSecond)));
+                rows.Add(("  failed", Failed(s), Failed(k), ""));
+            }
+            Row("HTTP ab, req/s (new conn.)", stack?.HttpAb, kernel?.HttpAb);
+            Row("HTTP ab -k, req/s", stack?.HttpAbKeepAlive, kernel?.HttpAbKeepAlive);
+            Row("HTTP wrk, req/s", stack?.HttpWrk, kernel?.HttpWrk);
+            Row("HTTP h2load (h2c), req/s", stack?.HttpH2load, kernel?.HttpH2load);
+        }
         Console.WriteLine($"{"",-30}{stackLabel,14}{"kernel (veth)",16}{"stack/kernel",14}");
         foreach (var r in rows)
             Console.WriteLine($"{r.Name,-30}{r.Stack,14}{r.Kernel,16}{r.Ratio,14}");
+        if (plan.Cases.Contains("http"))
+        {
+            foreach (var skipped in new[] { stack?.HttpSkipped, kernel?.HttpSkipped }.OfType<string>().Distinct())
+                Console.WriteLine($"http case skipped: {skipped}");
+            foreach (var (path, m) in new[] { ("stack", stack), ("kernel", kernel) })
+            {
+                foreach (var load in new[] { m?.HttpAb, m?.HttpAbKeepAlive, m?.HttpWrk, m?.HttpH2load })
+                {
+                    if (load?.Error is { } error)
+                        Console.WriteLine($"http case, {path}: {error}");
+                }
+            }
+        }
     }
 }

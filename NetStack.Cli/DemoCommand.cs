@@ -148,22 +148,19 @@ public static partial class DemoCommand
         await using var __ = echo;
         using var stop = new CancellationTokenSource();
         var echoService = UdpEcho.RunAsync(echo, stop.Token);
-        TcpListener tcpEcho, http;
+        TcpListener tcpEcho;
+        HttpServer http;
         try
         {
             tcpEcho = stack.ListenTcp(EchoPort);
-            http = stack.ListenTcp(HttpPort);
+            http = await HttpServer.StartAsync(stack, [HttpPort], [], stop.Token);
         }
         catch (Exception e)
         {
             Console.WriteLine($"✗ TCP services on the stack, ports {EchoPort} and {HttpPort}: {e.Message}");
             return 1;
         }
-        var tcpServices = new[]
-        {
-            TcpServices.AcceptLoopAsync(tcpEcho, "tcp echo", TcpServices.EchoAsync, stop.Token),
-            TcpServices.AcceptLoopAsync(http, "http", new HttpService(stack).ServeAsync, stop.Token),
-        };
+        var tcpService = TcpServices.AcceptLoopAsync(tcpEcho, "tcp echo", TcpServices.EchoAsync, stop.Token);
 
         var steps = Steps(options);
         var failed = 0;
@@ -187,8 +184,9 @@ public static partial class DemoCommand
         await echo.DisposeAsync();
         await echoService;
         await tcpEcho.DisposeAsync();
+        await tcpService;
+        await http.StopAsync(TimeSpan.FromSeconds(3));
         await http.DisposeAsync();
-        await Task.WhenAll(tcpServices);
 
         if (failed == 0)
         {

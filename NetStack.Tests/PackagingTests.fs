@@ -165,6 +165,27 @@ let tests =
                 Expect.contains files "tools/net10.0/any/netstack.dll" "the command's assembly"
                 Expect.contains files "tools/net10.0/any/DotnetToolSettings.xml" "the tool settings"
                 Expect.contains files "tools/net10.0/any/NetStack.Core.dll" "the tool carries its dependencies"
+
+                Expect.contains
+                    files
+                    "tools/net10.0/any/NetStack.AspNetCore.dll"
+                    "and the Kestrel transport that serve --http runs on"
+
+                // The ASP.NET Core shared framework is a framework of the tool, resolved by the host
+                // at start-up (the --help run below proves it resolves).
+                let runtimeConfig =
+                    use zip = ZipFile.OpenRead tool
+
+                    use reader =
+                        new StreamReader(zip.GetEntry("tools/net10.0/any/netstack.runtimeconfig.json").Open())
+
+                    reader.ReadToEnd()
+
+                Expect.stringContains
+                    runtimeConfig
+                    "\"Microsoft.AspNetCore.App\""
+                    "the tool runs on the ASP.NET Core framework"
+
                 Expect.stringContains (nuspec tool) "<packageType name=\"DotnetTool\"" "a tool package"
 
                 // Only the local folder as a source: nothing is looked up on the network.

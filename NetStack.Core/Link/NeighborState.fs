@@ -22,6 +22,8 @@ type NeighborState =
     | Probe
 
 /// The events that move an entry between states (RFC 4861 §7.2.3–§7.2.5, §7.3.3, Appendix C).
+/// An advertisement is one of four triggers, by its Solicited (S) and Override (O) flags and
+/// whether its link-layer address is the one cached, as Appendix C's rows tell them apart.
 [<RequireQualifiedAccess>]
 type NeighborTrigger =
     /// A packet is sent to the address.
@@ -30,13 +32,23 @@ type NeighborTrigger =
     | RetransmitTimeout
     /// The last solicitation went unanswered: the entry is deleted, its queue dropped.
     | GiveUp
-    /// A solicited advertisement (NA with S set, or an ARP reply) confirms the address.
-    | SolicitedConfirmation
-    /// An unsolicited advertisement, or one with a different link-layer address (§7.2.5).
+    /// A solicited advertisement (S set; an ARP reply for us) the entry takes: any in INCOMPLETE;
+    /// otherwise one with O set or with the cached address. It confirms reachability.
+    | SolicitedAdvertisement
+    /// An unsolicited advertisement (S clear) with a new address: any in INCOMPLETE; otherwise one
+    /// with O set and an address other than the cached one. The address is recorded, unconfirmed.
     | UnsolicitedAdvertisement
-    /// A solicitation (NS with a source link-layer address, or an ARP request for us) teaches
-    /// the sender's address (§7.2.3; RFC 826 "merge").
-    | LearnAddress
+    /// An unsolicited advertisement with the cached address (either O): nothing new.
+    | UnsolicitedSameAddress
+    /// An advertisement without O whose address differs from the cached one (either S): §7.2.5
+    /// keeps the cached address; a REACHABLE entry becomes STALE, others stay.
+    | ConflictingAdvertisement
+    /// A solicitation (NS, RS or Redirect with a source link-layer address; an ARP request for
+    /// us, or an existing entry's sender: RFC 826 "merge") with a new address: no entry yet, an
+    /// INCOMPLETE one, or an address other than the cached one (§7.2.3).
+    | LearnNewAddress
+    /// A solicitation with the cached address: nothing new.
+    | LearnSameAddress
     /// ReachableTime passed since the last confirmation.
     | ReachableTimeout
     /// DELAY_FIRST_PROBE_TIME passed without confirmation.
@@ -63,60 +75,74 @@ module NeighborModel =
         machine
             .Configure(NeighborState.Absent)
             .Permit(NeighborTrigger.Send, NeighborState.Incomplete)
-            .Permit(NeighborTrigger.LearnAddress, NeighborState.Stale)
-            .Ignore(NeighborTrigger.SolicitedConfirmation)
+            .Permit(NeighborTrigger.LearnNewAddress, NeighborState.Stale)
+            .Ignore(NeighborTrigger.SolicitedAdvertisement)
             .Ignore(NeighborTrigger.UnsolicitedAdvertisement)
         |> ignore
 
         // The soliciting states, INCOMPLETE and PROBE, share their exits: a solicitation again
         // every RetransTimer until the last goes unanswered (§7.2.2, §7.3.3), then the entry is
-        // deleted; §7.2.5: a solicited NA makes it REACHABLE, an unsolicited one STALE.
+        // deleted; a solicited NA makes it REACHABLE, an unsolicited one (a new address) STALE,
+        // and so does a solicitation with a new address (§7.2.3, §7.2.5).
         let soliciting (state: NeighborState) =
             machine
                 .Configure(state)
                 .Ignore(NeighborTrigger.Send)
                 .PermitReentry(NeighborTrigger.RetransmitTimeout)
                 .Permit(NeighborTrigger.GiveUp, NeighborState.Absent)
-                .Permit(NeighborTrigger.SolicitedConfirmation, NeighborState.Reachable)
+                .Permit(NeighborTrigger.SolicitedAdvertisement, NeighborState.Reachable)
                 .Permit(NeighborTrigger.UnsolicitedAdvertisement, NeighborState.Stale)
-                .Permit(NeighborTrigger.LearnAddress, NeighborState.Stale)
-            |> ignore
+                .Permit(NeighborTrigger.LearnNewAddress, NeighborState.Stale)
 
-        // §7.2.2: retransmit every RetransTimer up to MAX_MULTICAST_SOLICIT, then give up.
-        soliciting NeighborState.Incomplete
+        // §7.2.2: retransmit every RetransTimer up to MAX_MULTICAST_SOLICIT, then give up. With
+        // nothing cached there is no "same" or "conflicting" address.
+        soliciting NeighborState.Incomplete |> ignore
 
-        machine
-            .Configure(NeighborState.Reachable)
+        // The states with a cached address: the cached address again changes nothing; an
+        // advertisement without O that contradicts it is ignored (§7.2.5 b), except that a
+        // REACHABLE entry becomes STALE (§7.2.5 a).
+        let cached (state: NeighborState) =
+            machine
+                .Configure(state)
+                .Ignore(NeighborTrigger.UnsolicitedSameAddress)
+                .Ignore(NeighborTrigger.LearnSameAddress)
+
+        cached(NeighborState.Reachable)
             .Ignore(NeighborTrigger.Send)
-            .PermitReentry(NeighborTrigger.SolicitedConfirmation)
+            .PermitReentry(NeighborTrigger.SolicitedAdvertisement)
             .Permit(NeighborTrigger.UnsolicitedAdvertisement, NeighborState.Stale)
-            .Permit(NeighborTrigger.LearnAddress, NeighborState.Stale)
+            .Permit(NeighborTrigger.ConflictingAdvertisement, NeighborState.Stale)
+            .Permit(NeighborTrigger.LearnNewAddress, NeighborState.Stale)
             .Permit(NeighborTrigger.ReachableTimeout, NeighborState.Stale)
             .Permit(NeighborTrigger.Evict, NeighborState.Absent)
         |> ignore
 
         // §7.3.3: the first packet to a STALE neighbor moves it to DELAY.
-        machine
-            .Configure(NeighborState.Stale)
+        cached(NeighborState.Stale)
             .Permit(NeighborTrigger.Send, NeighborState.Delay)
-            .Permit(NeighborTrigger.SolicitedConfirmation, NeighborState.Reachable)
+            .Permit(NeighborTrigger.SolicitedAdvertisement, NeighborState.Reachable)
             .PermitReentry(NeighborTrigger.UnsolicitedAdvertisement)
-            .PermitReentry(NeighborTrigger.LearnAddress)
+            .Ignore(NeighborTrigger.ConflictingAdvertisement)
+            .PermitReentry(NeighborTrigger.LearnNewAddress)
             .Permit(NeighborTrigger.Forget, NeighborState.Absent)
             .Permit(NeighborTrigger.Evict, NeighborState.Absent)
         |> ignore
 
-        machine
-            .Configure(NeighborState.Delay)
+        cached(NeighborState.Delay)
             .Ignore(NeighborTrigger.Send)
-            .Permit(NeighborTrigger.SolicitedConfirmation, NeighborState.Reachable)
+            .Permit(NeighborTrigger.SolicitedAdvertisement, NeighborState.Reachable)
             .Permit(NeighborTrigger.UnsolicitedAdvertisement, NeighborState.Stale)
-            .Permit(NeighborTrigger.LearnAddress, NeighborState.Stale)
+            .Ignore(NeighborTrigger.ConflictingAdvertisement)
+            .Permit(NeighborTrigger.LearnNewAddress, NeighborState.Stale)
             .Permit(NeighborTrigger.DelayTimeout, NeighborState.Probe)
         |> ignore
 
         // §7.3.3: unicast probes every RetransTimer up to MAX_UNICAST_SOLICIT, then delete.
-        soliciting NeighborState.Probe
+        (soliciting NeighborState.Probe)
+            .Ignore(NeighborTrigger.UnsolicitedSameAddress)
+            .Ignore(NeighborTrigger.LearnSameAddress)
+            .Ignore(NeighborTrigger.ConflictingAdvertisement)
+        |> ignore
 
         machine
 

@@ -230,6 +230,16 @@ type Received =
         QuotedDestinationPort: uint16
         /// For IcmpError: true when the quote reached the ports (or echo identifier/sequence).
         QuotedPortsKnown: bool
+        /// For IcmpError quoting TCP: the quoted segment's sequence number (bytes 4-7 of its
+        /// header), when `QuotedSequenceKnown`.
+        QuotedSequence: uint32
+        /// For IcmpError quoting TCP: true when the quote reached the sequence number (RFC 792
+        /// guarantees 8 bytes of the transport header, so any first-fragment quote does).
+        QuotedSequenceKnown: bool
+        /// For IcmpError of kind PacketTooBig: the path MTU to believe (`PathMtu.effective`: the
+        /// report clamped to the family's minimum and the link MTU, RFC 1191 §5's plateau for a
+        /// zero report); 0 for other kinds.
+        PathMtu: int
     }
 
 /// The configuration of the IP layer.
@@ -395,6 +405,9 @@ module IpLayer =
             QuotedSourcePort = 0us
             QuotedDestinationPort = 0us
             QuotedPortsKnown = false
+            QuotedSequence = 0u
+            QuotedSequenceKnown = false
+            PathMtu = 0
         }
 
     let private dropped (state: IpLayerState) (reason: DropReason) =
@@ -476,6 +489,9 @@ module IpLayer =
 
             let portsAt = if isIcmp then 4 else 0
 
+            let sequenceKnown =
+                firstFragment && protocol = IpProtocol.Tcp && transport.Length >= 8
+
             ValueSome
                 { r with
                     QuotedProtocol = protocol
@@ -492,6 +508,12 @@ module IpLayer =
                              BinaryPrimitives.ReadUInt16BigEndian(transport.Slice(portsAt + 2))
                          else
                              0us)
+                    QuotedSequenceKnown = sequenceKnown
+                    QuotedSequence =
+                        (if sequenceKnown then
+                             BinaryPrimitives.ReadUInt32BigEndian(transport.Slice 4)
+                         else
+                             0u)
                 }
 
     /// The length of the quoted original as its own header states it (for the RFC 1191 plateau guess).
@@ -532,10 +554,26 @@ module IpLayer =
         match readQuote quote r with
         | ValueSome r when r.QuotedSource = ours ->
             if kind = IcmpErrorKind.PacketTooBig then
-                let cache =
-                    PathMtu.report now r.QuotedDestination r.Mtu (quotedLength quote) state.PathMtu
+                let r =
+                    { r with
+                        PathMtu =
+                            PathMtu.effective
+                                r.QuotedDestination.IsIpv6
+                                r.Mtu
+                                (quotedLength quote)
+                                state.PathMtu.LinkMtu
+                    }
 
-                struct ({ state with PathMtu = cache }, r)
+                // A "too big" about TCP is believed only once the connection it quotes has
+                // checked its sequence number (RFC 5927 §4.1, as Linux updates the route's MTU
+                // from tcp_v4_mtu_reduced): the caller reports it with `learnPathMtu` then.
+                if r.QuotedProtocol = IpProtocol.Tcp then
+                    struct (state, r)
+                else
+                    let cache =
+                        PathMtu.report now r.QuotedDestination r.Mtu (quotedLength quote) state.PathMtu
+
+                    struct ({ state with PathMtu = cache }, r)
             else
                 struct (state, r)
         | _ -> dropped state DropReason.UnrelatedIcmpError
@@ -964,6 +1002,17 @@ module IpLayer =
     let pathMtu (now: int64) (destination: IpAddr) (state: IpLayerState) : int =
         PathMtu.lookup now destination state.PathMtu
 
+    /// Records a path MTU of `mtu` towards `destination` that a TCP connection accepted from a
+    /// "fragmentation needed" / "packet too big" (see `TcpEvent.PathMtuLowered`): UDP, ICMP and
+    /// new TCP connections to the destination use it. Only lowers (`PathMtu.report`).
+    let learnPathMtu (now: int64) (destination: IpAddr) (mtu: int) (state: IpLayerState) : IpLayerState =
+        let cache = PathMtu.report now destination (int64 mtu) mtu state.PathMtu
+
+        if obj.ReferenceEquals(cache, state.PathMtu) then
+            state
+        else
+            { state with PathMtu = cache }
+
     // ---------------------------------------------------------------------------------------
     // Send
     // ---------------------------------------------------------------------------------------
@@ -972,8 +1021,12 @@ module IpLayer =
         if source.IsIpv6 <> destination.IsIpv6 then
             invalidArg (nameof destination) $"Source {source} and destination {destination} are of different families."
 
-    /// Writes the IP header for `payloadLength` bytes of `protocol` already at dst[20..] (IPv4,
-    /// Don't Fragment off: RFC 8085 §3.2 lets UDP datagrams be fragmented) or dst[40..] (IPv6).
+    /// Writes the IP header for `payloadLength` bytes of `protocol` already at dst[20..] (IPv4)
+    /// or dst[40..] (IPv6). IPv4 TCP carries Don't Fragment: TCP does path MTU discovery
+    /// (RFC 1191 §3, as Linux with ip_no_pmtu_disc = 0, SYNs included), so a router on a
+    /// narrower path answers "fragmentation needed" and the connection sends smaller segments
+    /// (`Connection.handleIcmpInto`) instead of being fragmented. Everything else leaves it off
+    /// (RFC 8085 §3.2 lets UDP datagrams be fragmented).
     let private writeIpHeader
         (source: IpAddr)
         (destination: IpAddr)
@@ -988,6 +1041,7 @@ module IpLayer =
                 { Ipv4.header s d protocol with
                     Identification = identification
                     Ttl = DefaultTtl
+                    DontFragment = (protocol = IpProtocol.Tcp)
                 }
 
             Ipv4.write header ReadOnlySpan.Empty payloadLength dst + payloadLength
@@ -1150,8 +1204,8 @@ module IpLayer =
 
     /// Writes one IP packet carrying the TCP segment `segment` from (source, sourcePort) to
     /// (destination, destinationPort) with `payload` (segment.DataLength bytes) into `dst` and
-    /// returns its length. IPv4 leaves Don't Fragment off (the MSS is sized from the MTU, so only
-    /// a smaller path MTU learned later makes the packet fragment). `identification` is the IPv4
+    /// returns its length. IPv4 sets Don't Fragment (path MTU discovery, RFC 1191: the engine
+    /// sizes segments for the path, `Connection.handleIcmpInto`). `identification` is the IPv4
     /// Identification. Throws ArgumentException when the families differ, the payload length is
     /// not segment.DataLength, or `dst` is too small.
     let writeTcp

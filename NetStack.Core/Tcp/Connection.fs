@@ -799,6 +799,16 @@ module Connection =
                 }
 
             armRetransmit now c
+        // A CLOSE in SYN-RECEIVED sent our FIN before our SYN was acknowledged (§3.10.4); when a
+        // timeout pulled SND.NXT back to ISS, the SYN,ACK goes again, then the FIN.
+        | TcpState.FinWait1
+        | TcpState.Closing when c.SndNxt = c.Iss ->
+            let mutable c =
+                emit now out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (synOptions now c) c
+
+            c.SndNxt <- c.Iss + 1
+            sendDataIn now out &c
+            c
         | state when sendsData state && synAcked c ->
             let mutable c = c
             sendDataIn now out &c
@@ -871,6 +881,9 @@ module Connection =
             c.Scoreboard <- RangeSet.trimBelow ackedPosition c.Scoreboard
 
         c.DupAcks <- 0
+        // Something got through: a soft ICMP error seen before no longer explains a timeout
+        // (as Linux's tcp_ack clears sk_err_soft).
+        c.SoftError <- ValueNone
         // Progress: the probe timer starts again from now (`scheduleProbe`).
         c.ProbeAt <- ValueNone
 
@@ -1326,15 +1339,9 @@ module Connection =
                 struct (c, true)
             else
                 match c.State with
-                | TcpState.FinWait1 ->
-                    let c = move out TcpTrigger.RcvAckOfFin TcpState.FinWait2 c
-
-                    let c =
-                        { c with
-                            LingerAt = c.Config.FinWait2Timeout |> ValueOption.map (fun t -> now + t)
-                        }
-
-                    struct (c, true)
+                // FIN-WAIT-1 leaves only after the segment's text and FIN (`leaveFinWait1`): a
+                // segment that acknowledges our FIN and carries the peer's is Figure 5's diagonal
+                // to TIME-WAIT, one transition (RcvFinAckOfFin), not two.
                 | TcpState.Closing -> struct (enterTimeWait now out TcpTrigger.RcvAckOfFin c, true)
                 | TcpState.LastAck -> struct (enterClosed out TcpTrigger.RcvAckOfFin c, false)
                 | _ -> struct (c, true)
@@ -1357,6 +1364,9 @@ module Connection =
             let c =
                 match c.State with
                 | TcpState.Established -> move out TcpTrigger.RcvFin TcpState.CloseWait c
+                // §3.10.7.4 eighth step: "If our FIN has been ACKed (perhaps in this segment),
+                // then enter TIME-WAIT"; RFC 9293 Figure 5, note 2.
+                | TcpState.FinWait1 when finAcked c -> enterTimeWait now out TcpTrigger.RcvFinAckOfFin c
                 | TcpState.FinWait1 -> move out TcpTrigger.RcvFin TcpState.Closing c
                 | TcpState.FinWait2 -> enterTimeWait now out TcpTrigger.RcvFin c
                 | _ -> c
@@ -1521,7 +1531,8 @@ module Connection =
         let scaled = c.Config.WindowScaling && seg.Options.WindowScale.IsSome
         let ts = c.Config.Timestamps && seg.Options.Timestamps.IsSome
         let optionBytes = if ts then TimestampsLength else 0
-        let mss = max 1 (min peerMss c.Config.Mss - optionBytes)
+        // RFC 9293 §3.7.1: the peer's MSS, our own and what the path MTU allows (`PathMss`).
+        let mss = max 1 (min (min peerMss c.Config.Mss) c.PathMss - optionBytes)
 
         { c with
             WindowScaled = scaled
@@ -1666,6 +1677,19 @@ module Connection =
         updateTsRecentIn now &seg &c
         c
 
+    /// §3.10.7.4 fifth step, FIN-WAIT-1: "if the FIN segment is now acknowledged, then enter
+    /// FIN-WAIT-2". Taken after the segment's text and FIN (a FIN in the same segment went to
+    /// TIME-WAIT instead, `takeFinIfDue`); FIN-WAIT-2's idle timer starts.
+    let private leaveFinWait1 (now: int64) (out: Out) (c: Connection) =
+        if c.State = TcpState.FinWait1 && finAcked c then
+            let c = move out TcpTrigger.RcvAckOfFin TcpState.FinWait2 c
+
+            { c with
+                LingerAt = c.Config.FinWait2Timeout |> ValueOption.map (fun t -> now + t)
+            }
+        else
+            c
+
     /// §3.10.7.4: SYN-RECEIVED and the synchronized states.
     let private onSynchronized (now: int64) (out: Out) (seg: Segment) (c: Connection) =
         if
@@ -1758,7 +1782,7 @@ module Connection =
                     | _ -> c
 
                 let struct (c, ackNow) = receiveData now out seg c
-                finish now out ackNow c
+                finish now out ackNow (leaveFinWait1 now out c)
 
     let private handle (now: int64) (out: Out) (seg: Segment) (c: Connection) =
         match c.State with
@@ -2139,6 +2163,138 @@ module Connection =
         let out = scratchSink ()
         output out (handleTimerInto out now c)
 
+    // ---- ICMP errors (RFC 1122 §4.2.3.9, RFC 5927, RFC 1191, RFC 8201) -------------------------
+
+    /// RFC 5927 §4.1: an ICMP error is about data in flight only when the quoted SEG.SEQ lies in
+    /// [SND.UNA, SND.NXT). SND.MAX stands for the RFC's SND.NXT here: after a timeout pulled
+    /// SND.NXT back, segments up to SND.MAX are still out there. In SYN-SENT and SYN-RECEIVED
+    /// that is our SYN (ISS) alone.
+    let private quotesInFlight (seq: SeqNum) (c: Connection) =
+        SeqNum.le c.SndUna seq && SeqNum.lt seq c.SndMax
+
+    /// Sends again, at the current (lowered) MSS, everything outstanding: SND.NXT goes back to
+    /// SND.UNA as after a timeout, but without the congestion response (the packets were
+    /// dropped for their size, not for congestion: Linux's tcp_simple_retransmit keeps cwnd
+    /// and ssthresh too), without backoff, and with the recovery state cleared so nothing sent
+    /// before counts as a new loss episode (RFC 6582's "recover" = SND.MAX). SACKed ranges are
+    /// skipped as in any go-back-N.
+    let private resendOutstanding (now: int64) (out: Out) (c: Connection) =
+        if sendsData c.State && synAcked c && SeqNum.lt c.SndUna c.SndMax then
+            { c with
+                SndNxt = c.SndUna
+                RttTimed = ValueNone
+                RetransmitAt = ValueNone
+                InRecovery = false
+                DupAcks = 0
+                RecoveryPoint = c.SndMax
+                HighRxt = c.Acked
+                RetransmitMarks = []
+                LostBelow = 0L
+                ProbeAt = ValueNone
+                ProbeEnd = ValueNone
+            }
+            |> transmit now out
+        else
+            c
+
+    /// `PathMss` and `SendMss` for a path MTU of `pathMtu` (already at least the floor).
+    let private withPathMtu (ipv6: bool) (pathMtu: int) (c: Connection) =
+        let pathMss = pathMtu - TcpIcmp.ipHeaderLength ipv6 - 20
+        let optionBytes = if c.TsEnabled then TimestampsLength else 0
+
+        { c with
+            PathMss = min c.PathMss pathMss
+            SendMss = max 1 (min c.SendMss (pathMss - optionBytes))
+        }
+
+    /// The connection's current path MTU as TCP sees it.
+    let private currentPathMtu (ipv6: bool) (c: Connection) =
+        c.PathMss + TcpIcmp.ipHeaderLength ipv6 + 20
+
+    /// Caps a new connection's segments at what `pathMtu` allows (clamped to the floor,
+    /// `TcpIcmp.MinPathMtu4/6`): the caller's path MTU cache remembers what ICMP taught about the
+    /// destination before (as Linux's tcp_sync_mss takes the route's MTU at connect and accept).
+    /// Only lowers; no action, since nothing but a SYN or SYN,ACK was sent at the old size. The
+    /// MSS we announce stays our link's (RFC 9293 §3.7.1, as Linux's advmss).
+    let limitToPathMtu (ipv6: bool) (pathMtu: int) (c: Connection) : Connection =
+        let mtu = TcpIcmp.clampPathMtu ipv6 pathMtu
+
+        if mtu >= currentPathMtu ipv6 c then
+            c
+        else
+            withPathMtu ipv6 mtu c
+
+    /// Fails the connection with `error` (RFC 1122 §4.2.3.9 "abort"): no RST, since the ICMP
+    /// says the peer cannot be reached or has no such connection (as Linux's tcp_done).
+    let private failByIcmp (out: Out) (error: System.Net.Sockets.SocketError) (c: Connection) =
+        out.Add(TcpAction.Event(TcpEvent.IcmpError error))
+        enterClosed out TcpTrigger.IcmpHardError c
+
+    /// An ICMP error quoting a segment of this connection (its 4-tuple matched by the caller):
+    /// - the quoted sequence number must lie in [SND.UNA, SND.MAX) (RFC 5927 §4.1), else it is
+    ///   ignored (`TcpIcmpNote.OutOfWindow`);
+    /// - "fragmentation needed" / "packet too big" (RFC 1191, RFC 8201) with an MTU below the
+    ///   current one (clamped to 576 / 1280) lowers `PathMss` and `SendMss`
+    ///   (`TcpEvent.PathMtuLowered`) and, when that shrinks segments, resends what is
+    ///   outstanding at the new size (Linux's tcp_v4_mtu_reduced + tcp_simple_retransmit); a
+    ///   higher or equal MTU is ignored (`MtuNotLower`, RFC 1191 §6.3);
+    /// - in SYN-SENT (and the SYN-RECEIVED of a simultaneous open) any destination unreachable,
+    ///   time exceeded or parameter problem fails the connect at once with its error, as Linux's
+    ///   tcp_v4_err / tcp_v6_err do (`TcpEvent.IcmpError`, then CLOSED);
+    /// - elsewhere a hard error (`TcpIcmp.classify`: RFC 1122 §4.2.3.9 protocol and port
+    ///   unreachable; for ICMPv6 also the codes Linux deems fatal) aborts the connection; a soft
+    ///   one is remembered (`Connection.SoftError`) and reported only if the connection later
+    ///   times out (RFC 1122 §4.2.3.9 DISCUSSION, Linux's sk_err_soft).
+    /// Passive SYN-RECEIVED is treated as synchronized: a hard error drops the half-open
+    /// connection (nobody has accepted it: Linux drops its request sock silently too).
+    let handleIcmpInto (out: TcpActions) (now: int64) (error: TcpIcmpError) (c: Connection) : Connection =
+        let note (n: TcpIcmpNote) =
+            out.Add(TcpAction.Event(TcpEvent.IcmpNoted n))
+            c
+
+        match c.State with
+        | TcpState.Closed
+        | TcpState.Listen -> note TcpIcmpNote.Ignored
+        | _ when not (quotesInFlight error.QuotedSeq c) -> note TcpIcmpNote.OutOfWindow
+        | state ->
+            match TcpIcmp.classify error.Ipv6 error.Type error.Code with
+            | TcpIcmpMeaning.Ignore -> note TcpIcmpNote.Ignored
+            | TcpIcmpMeaning.PacketTooBig ->
+                let mtu = TcpIcmp.clampPathMtu error.Ipv6 error.PathMtu
+
+                if mtu >= currentPathMtu error.Ipv6 c then
+                    note TcpIcmpNote.MtuNotLower
+                else
+                    let lowered = withPathMtu error.Ipv6 mtu c
+                    out.Add(TcpAction.Event(TcpEvent.PathMtuLowered mtu))
+
+                    if lowered.SendMss < c.SendMss then
+                        resendOutstanding now out lowered |> scheduleProbe now
+                    else
+                        lowered
+            | TcpIcmpMeaning.Hard e -> failByIcmp out e c
+            | TcpIcmpMeaning.Soft e ->
+                if state = TcpState.SynSent || (state = TcpState.SynReceived && not c.Passive) then
+                    failByIcmp out e c
+                else
+                    let c = { c with SoftError = ValueSome e }
+                    out.Add(TcpAction.Event(TcpEvent.IcmpNoted TcpIcmpNote.SoftErrorRemembered))
+                    c
+
+    /// `handleIcmpInto` with its actions returned as a list in a `TcpOutput`.
+    let handleIcmp (now: int64) (error: TcpIcmpError) (c: Connection) : Connection * TcpOutput =
+        let out = scratchSink ()
+        output out (handleIcmpInto out now error c)
+
+    /// The error a connection that ended with `TcpEvent.TimedOut` or `UserTimedOut` fails
+    /// with: the soft ICMP error it saw last, if any (RFC 1122 §4.2.3.9: "report it to the
+    /// application only when and if the TCP connection times out"; Linux's tcp_write_err gives
+    /// sk_err_soft before ETIMEDOUT), else TimedOut.
+    let timeoutError (c: Connection) : System.Net.Sockets.SocketError =
+        match c.SoftError with
+        | ValueSome e -> e
+        | ValueNone -> System.Net.Sockets.SocketError.TimedOut
+
     // ---- User calls (RFC 9293 §3.10.1–3.10.5) -------------------------------------------------
 
     /// A CLOSED connection with ISS `iss` and nothing else.
@@ -2159,6 +2315,8 @@ module Connection =
             SndWl2 = SeqNum 0u
             MaxSndWnd = 0
             SendMss = min config.DefaultPeerMss config.Mss
+            PathMss = config.Mss
+            SoftError = ValueNone
             Cwnd = initialWindow (min config.DefaultPeerMss config.Mss)
             Ssthresh = 1 <<< 30
             Written = 0L
@@ -2388,15 +2546,24 @@ module Connection =
         let out = scratchSink ()
         output out (receiveWindowUpdateInto out now bytes c)
 
-    /// User CLOSE (§3.10.4): no more data from us. LISTEN and SYN-SENT close at once; in
-    /// SYN-RECEIVED the FIN waits for ESTABLISHED; ESTABLISHED and CLOSE-WAIT send a FIN after
-    /// the queued data. Closing a closing or closed connection changes nothing.
+    /// User CLOSE (§3.10.4): no more data from us. LISTEN and SYN-SENT close at once;
+    /// SYN-RECEIVED sends its FIN and enters FIN-WAIT-1 when nothing was written, else the FIN
+    /// waits for ESTABLISHED; ESTABLISHED and CLOSE-WAIT send a FIN after the queued data.
+    /// Closing a closing or closed connection changes nothing.
     let closeInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
 
         let c =
             match c.State with
             | TcpState.Listen
             | TcpState.SynSent -> enterClosed out TcpTrigger.Close c
+            // §3.10.4, SYN-RECEIVED: "If no SENDs have been issued and there is no pending data
+            // to send, then form a FIN segment and send it, and enter FIN-WAIT-1 state; otherwise,
+            // queue for processing after entering ESTABLISHED state" (RFC 9293 Figure 5's
+            // SYN-RCVD --CLOSE--> FIN-WAIT-1). The FIN follows the SYN,ACK (ISS + 1).
+            | TcpState.SynReceived when c.Written = 0L && not c.FinQueued ->
+                { c with FinQueued = true }
+                |> move out TcpTrigger.Close TcpState.FinWait1
+                |> transmit now out
             | TcpState.SynReceived -> { c with FinQueued = true }
             | TcpState.Established ->
                 { c with FinQueued = true }

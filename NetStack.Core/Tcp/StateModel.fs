@@ -50,8 +50,9 @@ type TcpTrigger =
     | RcvFin
     /// The ACK of our FIN arrives.
     | RcvAckOfFin
-    /// The peer's FIN and the ACK of ours arrive in one segment in FIN-WAIT-1 (the diagonal of
-    /// Figure 5; the engine reports it as its two steps, RcvAckOfFin then RcvFin).
+    /// In FIN-WAIT-1, one segment both acknowledges our FIN and completes the peer's (RFC 9293
+    /// Figure 5, note 2: the transition from FIN-WAIT-1 to TIME-WAIT the figure omits; §3.10.7.4
+    /// eighth step: "If our FIN has been ACKed (perhaps in this segment), then enter TIME-WAIT").
     | RcvFinAckOfFin
     /// The 2·MSL timer of TIME-WAIT expires.
     | TimeWaitTimeout
@@ -61,6 +62,12 @@ type TcpTrigger =
     | Abort
     /// Retransmissions (or zero-window probes, or the FIN-WAIT-2 wait) ran out: the connection fails.
     | Timeout
+    /// An ICMP error that ends the connection (RFC 1122 §4.2.3.9, RFC 5927): in SYN-SENT (and
+    /// the SYN-RECEIVED of a simultaneous open) any destination unreachable, time exceeded or
+    /// parameter problem, as Linux's tcp_v4_err/tcp_v6_err fail a connect; elsewhere a hard
+    /// error (`TcpIcmp.classify`). Only one quoting a sequence number in [SND.UNA, SND.MAX)
+    /// counts (RFC 5927 §4.1), so FIN-WAIT-2 and TIME-WAIT, with nothing in flight, never see it.
+    | IcmpHardError
 
 /// The RFC 9293 state graph declared with Stateless: the formal model the pure engine
 /// (`Connection`) is checked against. The machine is configured once, when this module is first
@@ -103,17 +110,21 @@ module StateModel =
         // §3.10.7.3: SYN,ACK completes the handshake, a bare SYN is a simultaneous open.
         machine
             .Configure(TcpState.SynSent)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Permit(TcpTrigger.RcvSynAck, TcpState.Established)
             .Permit(TcpTrigger.RcvSyn, TcpState.SynReceived)
             .Permit(TcpTrigger.Close, TcpState.Closed)
         |> failures
 
         // §3.10.7.4: the ACK of our SYN establishes. A reset connection that came from LISTEN
-        // "returns to LISTEN": here the listener is a separate object that never left LISTEN,
-        // so this connection goes to CLOSED. A repeated SYN is answered, not a transition.
+        // "returns to LISTEN" (Figure 5, note 1): here the listener is a separate object that
+        // never left LISTEN, so this connection goes to CLOSED. A repeated SYN is answered, not a
+        // transition. §3.10.4: a CLOSE with nothing written sends the FIN at once (FIN-WAIT-1);
+        // after a SEND it waits for ESTABLISHED, and is then ESTABLISHED's CLOSE.
         machine
             .Configure(TcpState.SynReceived)
             .Permit(TcpTrigger.RcvAckOfSyn, TcpState.Established)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Permit(TcpTrigger.Close, TcpState.FinWait1)
             .Ignore(TcpTrigger.RcvSyn)
         |> failures
@@ -121,6 +132,7 @@ module StateModel =
         machine
             .Configure(TcpState.Established)
             .Permit(TcpTrigger.Close, TcpState.FinWait1)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Permit(TcpTrigger.RcvFin, TcpState.CloseWait)
             .Ignore(TcpTrigger.RcvSyn)
         |> failures
@@ -128,6 +140,7 @@ module StateModel =
         machine
             .Configure(TcpState.FinWait1)
             .Permit(TcpTrigger.RcvAckOfFin, TcpState.FinWait2)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Permit(TcpTrigger.RcvFin, TcpState.Closing)
             .Permit(TcpTrigger.RcvFinAckOfFin, TcpState.TimeWait)
             .Ignore(TcpTrigger.Close)
@@ -145,6 +158,7 @@ module StateModel =
         machine
             .Configure(TcpState.CloseWait)
             .Permit(TcpTrigger.Close, TcpState.LastAck)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Ignore(TcpTrigger.RcvFin)
             .Ignore(TcpTrigger.RcvSyn)
         |> failures
@@ -152,6 +166,7 @@ module StateModel =
         machine
             .Configure(TcpState.Closing)
             .Permit(TcpTrigger.RcvAckOfFin, TcpState.TimeWait)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Ignore(TcpTrigger.Close)
             .Ignore(TcpTrigger.RcvFin)
             .Ignore(TcpTrigger.RcvSyn)
@@ -160,6 +175,7 @@ module StateModel =
         machine
             .Configure(TcpState.LastAck)
             .Permit(TcpTrigger.RcvAckOfFin, TcpState.Closed)
+            .Permit(TcpTrigger.IcmpHardError, TcpState.Closed)
             .Ignore(TcpTrigger.Close)
             .Ignore(TcpTrigger.RcvFin)
             .Ignore(TcpTrigger.RcvSyn)

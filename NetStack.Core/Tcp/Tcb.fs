@@ -303,6 +303,18 @@ type TcpEvent =
     /// Data or our FIN waited `TcpConfig.UserTimeout` without being acknowledged: the
     /// connection was reset and is CLOSED (RFC 9293 §3.10.8, RFC 5482): TimedOut.
     | UserTimedOut
+    /// An ICMP error ended the connection (RFC 1122 §4.2.3.9: a hard error; in SYN-SENT any
+    /// unreachable, as Linux fails a connect): it fails with `error`, the SocketError the
+    /// kernel's own socket reports for that ICMP type and code (`TcpIcmp.classify`). CLOSED follows.
+    | IcmpError of error: System.Net.Sockets.SocketError
+    /// A "fragmentation needed" / "packet too big" for data in flight lowered the path MTU to
+    /// `pathMtu` (RFC 1191, RFC 8201, RFC 5927 §4.1 checked): segments are now at most that
+    /// size and what was outstanding went out again at the new size. The caller's path MTU
+    /// cache learns it, so new connections to the destination start with it.
+    | PathMtuLowered of pathMtu: int
+    /// An ICMP error was taken without ending the connection or lowering its MTU; `note` says
+    /// why (out of window, MTU not lower, a soft error remembered, ignored).
+    | IcmpNoted of note: TcpIcmpNote
 
 /// One state change, as reported for checking against `StateModel`.
 [<Struct>]
@@ -440,8 +452,18 @@ type Connection =
         mutable SndWl2: SeqNum
         /// The largest window the peer has offered (RFC 9293 §3.8.6.2.1; RFC 5961 §5.2's MAX.SND.WND).
         mutable MaxSndWnd: int
-        /// Effective send MSS: the peer's MSS option (or the default) capped by our own.
+        /// Effective send MSS, the data bytes of a full segment: the peer's MSS option (or the
+        /// default) capped by our own and by `PathMss`, less the timestamps option when on.
         SendMss: int
+        /// The MSS the path MTU allows (RFC 9293 §3.7.1: path MTU − IP header − 20): our own
+        /// MSS at first, or less when the path MTU cache already knew the destination
+        /// (`Connection.limitToPathMtu`); lowered by "fragmentation needed" / "packet too big"
+        /// (`Connection.handleIcmpInto`). Never below `TcpIcmp.mssForPathMtu` of the floor.
+        PathMss: int
+        /// A soft ICMP error (RFC 1122 §4.2.3.9) seen since data was last acknowledged: a
+        /// connection that then times out fails with it instead of TimedOut (Linux's
+        /// sk_err_soft, reported by tcp_write_err). Cleared by an ACK of new data.
+        mutable SoftError: System.Net.Sockets.SocketError voption
         /// Congestion window in bytes.
         mutable Cwnd: int
         /// Slow-start threshold in bytes.

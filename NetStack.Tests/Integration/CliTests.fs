@@ -126,11 +126,11 @@ let terminate (p: Process) =
 
 /// True while `ip link show NAME` finds the interface in this namespace. (/sys/class/net would
 /// show the namespace that mounted sysfs, not ours.)
-let private interfaceExists (name: string) =
+let interfaceExists (name: string) =
     fst (NetStack.Tests.Isolation.run "ip" [ "link"; "show"; "dev"; name ]) = 0
 
 /// Reads stdout lines until one starts with `ready`; fails after `timeout`.
-let private waitForReady (p: Process) (timeout: TimeSpan) =
+let waitForReady (p: Process) (timeout: TimeSpan) =
     let deadline = DateTime.UtcNow + timeout
     let mutable ready = None
     let seen = StringBuilder()
@@ -190,6 +190,8 @@ let private badArguments =
         [ "demo"; "--ip"; "300.1.1.1" ], "'300.1.1.1' is not an IPv4 address"
         [ "serve"; "--echo"; "0" ], "'0' is not a port"
         [ "serve"; "--http"; "80"; "--discard"; "80" ], "TCP port 80 given twice"
+        [ "serve"; "--http"; "8080"; "--h2c"; "8080" ], "TCP port 8080 given twice"
+        [ "serve"; "--h2c"; "0" ], "'0' is not a port"
         [ "get" ], "missing URL"
         [ "get"; "ftp://10.77.0.1/" ], "is not an http:// URL"
         [ "get"; "http://example.invalid/" ], "is not an IP address"

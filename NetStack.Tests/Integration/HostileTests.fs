@@ -525,10 +525,12 @@ let tests =
                             ipv4 c.Kernel c.Ours 1uy 21 0 (icmp 3uy 1uy 0u (quoteFor 2))
                             ipv4 c.Kernel c.Ours 1uy 22 0 (icmp 11uy 0uy 0u (quoteFor 3))
                         ]
-                    // A port unreachable quoting the live connection is a soft error (RFC 5461): ignored.
+                    // A port unreachable quoting the live connection, but a sequence number that is
+                    // not in flight (nothing is, between echoes): a blind guess, ignored and
+                    // counted (RFC 5927 §4.1); the connection lives on.
                     dropsAll
                         c
-                        "icmp.error.tcp.ignored"
+                        "tcp.icmp.out-of-window"
                         [ ipv4 c.Kernel c.Ours 1uy 23 0 (icmp 3uy 3uy 0u (quoteFor c.ClientPort)) ])
             }
 

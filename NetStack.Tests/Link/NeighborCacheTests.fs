@@ -100,45 +100,240 @@ let private expectBounded (cache: NeighborCache<int>) =
         if e.State <> NeighborState.Incomplete then
             Expect.isEmpty e.Queue $"{address}: only INCOMPLETE entries hold packets"
 
-/// Every address whose state changed moved along an edge the model has for one of `triggers`
-/// (eviction allowed for others when `evict`).
-let private expectOnModel
-    (before: NeighborCache<int>)
-    (after: NeighborCache<int>)
-    (subject: int voption)
-    (triggers: NeighborTrigger list)
-    (evict: bool)
+// ---- The oracle: the test classifies each input itself, the model says where it leads -----
+
+/// What the oracle holds for one address: the state the model says, the cached address (a MAC
+/// number), the timer RFC 4861 runs for that state, the solicitations sent in this INCOMPLETE or
+/// PROBE phase, when the entry last moved (the eviction order), and the waiting packets.
+type private OracleEntry =
+    {
+        State: NeighborState
+        Mac: int
+        Deadline: int64
+        Solicitations: int
+        Touched: int64
+        /// (packet id, size), oldest first.
+        Queue: (int * int) list
+    }
+
+/// The oracle of one cache: its entries, and what the current input is expected to do.
+type private NeighborOracle =
+    {
+        Entries: Collections.Generic.Dictionary<int, OracleEntry>
+        /// Solicitations the input must send: (address, unicast MAC or 0 for multicast).
+        Solicits: ResizeArray<int * int>
+        /// Every (state, trigger) classified.
+        Classified: ResizeArray<struct (NeighborState * NeighborTrigger)>
+    }
+
+let private stateIn (o: NeighborOracle) (address: int) =
+    match o.Entries.TryGetValue address with
+    | true, e -> e.State
+    | _ -> NeighborState.Absent
+
+let private queuedBytes (o: NeighborOracle) =
+    o.Entries.Values |> Seq.sumBy (fun e -> e.Queue |> List.sumBy snd)
+
+/// `trigger` happens to `address` at `now`: the model says where it leads; the timers and the
+/// queue follow RFC 4861 (§7.2.2 queue and RetransTimer, §7.3.3 ReachableTime,
+/// DELAY_FIRST_PROBE_TIME, MAX_*_SOLICIT) and the cache's documented bounds (the stale lifetime,
+/// MaxQueuedPerEntry with the oldest dropped, MaxQueuedBytes). `mac` is the address an
+/// advertisement or solicitation carries, `packet` the packet a Send carries.
+let private fireNeighbor
+    (o: NeighborOracle)
+    (now: int64)
+    (address: int)
+    (trigger: NeighborTrigger)
+    (mac: int)
+    (packet: int * int)
+    =
+    let state = stateIn o address
+    o.Classified.Add(struct (state, trigger))
+
+    let entry =
+        match o.Entries.TryGetValue address with
+        | true, e -> e
+        | _ -> Unchecked.defaultof<OracleEntry>
+
+    let resolved (next: NeighborState) (mac: int) =
+        o.Entries.[address] <-
+            {
+                State = next
+                Mac = mac
+                Deadline =
+                    now
+                    + (if next = NeighborState.Reachable then
+                           config.ReachableTime
+                       else
+                           config.StaleLifetime)
+                Solicitations = 0
+                Touched = now
+                Queue = []
+            }
+
+    match NeighborModel.target state trigger with
+    | ValueSome NeighborState.Absent -> o.Entries.Remove address |> ignore
+    | ValueSome next ->
+        match trigger with
+        | NeighborTrigger.Send when state = NeighborState.Absent ->
+            // §7.2.2: create the entry, queue the packet, multicast a solicitation.
+            o.Entries.[address] <-
+                {
+                    State = next
+                    Mac = 0
+                    Deadline = now + config.RetransTimer
+                    Solicitations = 1
+                    Touched = now
+                    Queue = [ packet ]
+                }
+
+            o.Solicits.Add((address, 0))
+        | NeighborTrigger.Send ->
+            // §7.3.3: STALE → DELAY.
+            o.Entries.[address] <-
+                { entry with
+                    State = next
+                    Deadline = now + config.DelayFirstProbeTime
+                    Touched = now
+                }
+        | NeighborTrigger.RetransmitTimeout ->
+            o.Entries.[address] <-
+                { entry with
+                    Solicitations = entry.Solicitations + 1
+                    Deadline = now + config.RetransTimer
+                }
+
+            o.Solicits.Add((address, (if state = NeighborState.Probe then entry.Mac else 0)))
+        | NeighborTrigger.DelayTimeout ->
+            o.Entries.[address] <-
+                { entry with
+                    State = next
+                    Solicitations = 1
+                    Deadline = now + config.RetransTimer
+                    Touched = now
+                }
+
+            o.Solicits.Add((address, entry.Mac))
+        | NeighborTrigger.ReachableTimeout
+        | NeighborTrigger.ConflictingAdvertisement ->
+            // The cached address stays; only the state and its timer change (§7.2.5 a).
+            o.Entries.[address] <-
+                { entry with
+                    State = next
+                    Deadline = now + config.StaleLifetime
+                    Touched = now
+                }
+        | _ -> resolved next mac
+    | ValueNone ->
+        // Ignored: an INCOMPLETE entry queues the packet (§7.2.2), the oldest making room.
+        if trigger = NeighborTrigger.Send && state = NeighborState.Incomplete then
+            if queuedBytes o + snd packet <= config.MaxQueuedBytes then
+                let queue = entry.Queue @ [ packet ]
+
+                o.Entries.[address] <-
+                    { entry with
+                        Queue =
+                            if queue.Length > config.MaxQueuedPerEntry then
+                                List.tail queue
+                            else
+                                queue
+                    }
+
+/// The entries a full cache may give up for a newcomer: the least recently moved REACHABLE or
+/// STALE ones (the cache's documented policy; RFC 4861 leaves it to the implementation).
+let private evictable (o: NeighborOracle) =
+    let candidates =
+        o.Entries
+        |> Seq.filter (fun kv -> kv.Value.State = NeighborState.Reachable || kv.Value.State = NeighborState.Stale)
+        |> Seq.toList
+
+    if candidates.IsEmpty then
+        []
+    else
+        let oldest = candidates |> List.map (fun kv -> kv.Value.Touched) |> List.min
+
+        candidates
+        |> List.filter (fun kv -> kv.Value.Touched = oldest)
+        |> List.map (fun kv -> kv.Key)
+
+/// Makes room for a new entry when the cache is full: the victim is the candidate the engine
+/// removed (which of equally old ones is the engine's choice). Returns false when nothing can go.
+let private makeRoom (o: NeighborOracle) (now: int64) (after: NeighborCache<int>) =
+    if o.Entries.Count < config.MaxEntries then
+        true
+    else
+        match evictable o with
+        | [] -> false
+        | candidates ->
+            let victim =
+                candidates
+                |> List.tryFind (fun a -> NeighborCache.state a after = NeighborState.Absent)
+                |> Option.defaultValue candidates.Head
+
+            fireNeighbor o now victim NeighborTrigger.Evict 0 (0, 0)
+            true
+
+/// The engine's cache must be the oracle's: every address's state, every resolved address, the
+/// next deadline, and the solicitations of the input. (Messages are made only on failure: this
+/// runs after every input of thousands of sequences.)
+let private expectOracle
+    (what: unit -> string)
+    (o: NeighborOracle)
+    (cache: NeighborCache<int>)
+    (actions: NeighborAction<int> list)
     =
     for address in 0..7 do
-        let s0 = NeighborCache.state address before
-        let s1 = NeighborCache.state address after
+        let expected = stateIn o address
+        let actual = NeighborCache.state address cache
 
-        // An unchanged state is what the RFC asks for several events (the same link-layer
-        // address again, a solicitation not for us, a full cache refusing a stranger); every
-        // change must be an edge of the model.
-        if s0 <> s1 then
-            if ValueSome address = subject || subject.IsNone then
-                Expect.isTrue
-                    (triggers |> List.exists (fun t -> NeighborModel.allows s0 t s1))
-                    $"{address}: {s0} -> {s1} on one of %A{triggers}"
-            else
-                Expect.isTrue
-                    (evict && NeighborModel.allows s0 NeighborTrigger.Evict s1)
-                    $"{address}: {s0} -> {s1} only by eviction"
+        if actual <> expected then
+            failtest $"{what ()}: address {address} is {actual}, {expected} by the model"
 
-let private timerTriggers =
-    [
-        NeighborTrigger.RetransmitTimeout
-        NeighborTrigger.GiveUp
-        NeighborTrigger.ReachableTimeout
-        NeighborTrigger.DelayTimeout
-        NeighborTrigger.Forget
-    ]
+        match o.Entries.TryGetValue address with
+        | true, e when
+            e.State <> NeighborState.Incomplete
+            && cache.Entries.[address].Mac <> MacAddress(uint64 e.Mac)
+            ->
+            failtest $"{what ()}: address {address} has {cache.Entries.[address].Mac}, MAC {e.Mac} by the model"
+        | _ -> ()
 
-/// Runs steps, checking bounds and the model after each; returns the packets transmitted,
-/// dropped and still queued (by id).
+    let deadline =
+        if o.Entries.Count = 0 then
+            Int64.MaxValue
+        else
+            o.Entries.Values |> Seq.map (fun e -> e.Deadline) |> Seq.min
+
+    if cache.NextDeadline <> deadline then
+        failtest $"{what ()}: the next timer is at {cache.NextDeadline}, RFC 4861's at {deadline}"
+
+    let solicits =
+        actions
+        |> List.choose (function
+            | Solicit(a, ValueNone) -> Some(a, 0)
+            | Solicit(a, ValueSome m) -> Some(a, int m.Value)
+            | _ -> None)
+        |> List.sort
+
+    let expectedSolicits = List.sort (List.ofSeq o.Solicits)
+
+    if solicits <> expectedSolicits then
+        failtest $"{what ()}: solicitations %A{solicits}, RFC 4861's %A{expectedSolicits}"
+
+/// Runs steps under the oracle: each input classified into its trigger by the test (from the
+/// address's entry as the oracle holds it, the S and O flags, the link-layer address against the
+/// cached one, the timers the oracle keeps), the model's target compared with the cache after
+/// each. Returns the packets sent, transmitted, dropped and still queued (by id), and every
+/// (state, trigger) classified.
 let private run (steps: CacheStep list) =
     let mutable cache: NeighborCache<int> = NeighborCache.create config
+
+    let o =
+        {
+            Entries = Collections.Generic.Dictionary()
+            Solicits = ResizeArray()
+            Classified = ResizeArray()
+        }
+
     let mutable now = 0L
     let mutable nextId = 0
     let sent = ResizeArray<int>()
@@ -153,52 +348,100 @@ let private run (steps: CacheStep list) =
             | Solicit _ -> ()
 
     for step in steps do
-        let before = cache
+        o.Solicits.Clear()
 
         match step with
         | SendTo(address, size) ->
-            let p = packet nextId size
-            sent.Add nextId
+            let id = nextId
+            sent.Add id
             nextId <- nextId + 1
-            let c, actions = NeighborCache.send now address p cache
+            let c, actions = NeighborCache.send now address (packet id size) cache
             take actions
+
+            if stateIn o address <> NeighborState.Absent then
+                fireNeighbor o now address NeighborTrigger.Send 0 (id, max 4 size)
+            elif queuedBytes o + max 4 size > config.MaxQueuedBytes then
+                () // No room for the packet: dropped, no entry (nothing evicted).
+            elif makeRoom o now c then
+                fireNeighbor o now address NeighborTrigger.Send 0 (id, max 4 size)
+
             cache <- c
-            expectOnModel before cache (ValueSome address) [ NeighborTrigger.Send ] true
+            expectOracle (fun () -> $"send to {address}") o cache actions
         | Advertise(address, mac, solicited, override') ->
             let c, actions =
                 NeighborCache.advertise now address (MacAddress(uint64 mac)) solicited override' cache
 
             take actions
-            cache <- c
 
-            expectOnModel
-                before
-                cache
-                (ValueSome address)
-                [
-                    NeighborTrigger.SolicitedConfirmation
-                    NeighborTrigger.UnsolicitedAdvertisement
-                ]
-                false
+            // RFC 4861 §7.2.5 and Appendix C: which row the advertisement is.
+            let trigger =
+                match o.Entries.TryGetValue address with
+                | true, e when e.State <> NeighborState.Incomplete ->
+                    if mac <> e.Mac && not override' then
+                        NeighborTrigger.ConflictingAdvertisement
+                    elif solicited then
+                        NeighborTrigger.SolicitedAdvertisement
+                    elif mac <> e.Mac then
+                        NeighborTrigger.UnsolicitedAdvertisement
+                    else
+                        NeighborTrigger.UnsolicitedSameAddress
+                | _ when solicited -> NeighborTrigger.SolicitedAdvertisement
+                | _ -> NeighborTrigger.UnsolicitedAdvertisement
+
+            fireNeighbor o now address trigger mac (0, 0)
+            cache <- c
+            expectOracle (fun () -> $"advertisement {address} mac {mac} S={solicited} O={override'}") o cache actions
         | Learn(address, mac, create) ->
             let c, actions =
                 NeighborCache.learn now address (MacAddress(uint64 mac)) create cache
 
             take actions
+
+            // §7.2.3, RFC 826: a stranger is learned only from a message for us, and only if a
+            // full cache has an entry to give up.
+            match o.Entries.TryGetValue address with
+            | true, e when e.State <> NeighborState.Incomplete && e.Mac = mac ->
+                fireNeighbor o now address NeighborTrigger.LearnSameAddress mac (0, 0)
+            | true, _ -> fireNeighbor o now address NeighborTrigger.LearnNewAddress mac (0, 0)
+            | _ when create && makeRoom o now c -> fireNeighbor o now address NeighborTrigger.LearnNewAddress mac (0, 0)
+            | _ -> ()
+
             cache <- c
-            expectOnModel before cache (ValueSome address) [ NeighborTrigger.LearnAddress ] true
+            expectOracle (fun () -> $"solicitation from {address} mac {mac} for us={create}") o cache actions
         | Advance micros ->
-            // Timers fire in deadline order: step to each deadline in turn, never past one.
+            // The oracle's own timers, in deadline order: at each, every entry due fires once.
             let target = now + micros
 
-            while cache.NextDeadline <= target do
-                now <- max now cache.NextDeadline
-                let before = cache
+            let nextDue () =
+                if o.Entries.Count = 0 then
+                    Int64.MaxValue
+                else
+                    o.Entries.Values |> Seq.map (fun e -> e.Deadline) |> Seq.min
+
+            while nextDue () <= target do
+                now <- nextDue ()
+                o.Solicits.Clear()
                 let c, actions = NeighborCache.tick now cache
                 take actions
+
+                for KeyValue(address, e) in List.ofSeq o.Entries do
+                    if e.Deadline <= now then
+                        let trigger =
+                            match e.State with
+                            | NeighborState.Incomplete when e.Solicitations < config.MaxMulticastSolicit ->
+                                NeighborTrigger.RetransmitTimeout
+                            | NeighborState.Probe when e.Solicitations < config.MaxUnicastSolicit ->
+                                NeighborTrigger.RetransmitTimeout
+                            | NeighborState.Incomplete
+                            | NeighborState.Probe -> NeighborTrigger.GiveUp
+                            | NeighborState.Reachable -> NeighborTrigger.ReachableTimeout
+                            | NeighborState.Delay -> NeighborTrigger.DelayTimeout
+                            | _ -> NeighborTrigger.Forget
+
+                        fireNeighbor o now address trigger 0 (0, 0)
+
                 cache <- c
-                expectOnModel before cache ValueNone timerTriggers false
-                Expect.isGreaterThan cache.NextDeadline now "every due timer fired"
+                expectOracle (fun () -> $"timers at {now}") o cache actions
 
             now <- target
 
@@ -211,7 +454,119 @@ let private run (steps: CacheStep list) =
                     idOf p
         ]
 
-    List.ofSeq sent, List.ofSeq transmitted, List.ofSeq dropped, queued
+    List.ofSeq sent, List.ofSeq transmitted, List.ofSeq dropped, queued, List.ofSeq o.Classified
+
+/// The model's entries: transitions, reentries and ignores.
+let private neighborEntries =
+    [
+        for s in allStates do
+            for t in allTriggers do
+                if (NeighborModel.target s t).IsSome || NeighborModel.isIgnored s t then
+                    yield struct (s, t)
+    ]
+
+let private neighborEntryName (struct (s: NeighborState, t: NeighborTrigger)) =
+    match NeighborModel.target s t with
+    | ValueSome next when next = s -> $"{s} --{t}--> {s} (reentry)"
+    | ValueSome next -> $"{s} --{t}--> {next}"
+    | ValueNone when NeighborModel.isIgnored s t -> $"{s} --{t}--> (ignored)"
+    | ValueNone -> $"{s} --{t}--> (not permitted: no change)"
+
+/// Where an RFC 4861 event leads.
+type NeighborOutcome =
+    | Becomes of NeighborState
+    | Unchanged
+
+/// RFC 4861 Appendix C ("State Machine for the Reachability State"), with §7.2.3–§7.2.5 and
+/// §7.3.3, written out as (state, event, new state, the row). The four advertisement triggers
+/// are Appendix C's NA rows by S, O and same/different link-layer address; "NS, RS, Redirect"
+/// rows are the Learn triggers. Rows NetStack has no input for are listed at the end (not in
+/// the model): upper-layer reachability confirmation (no hint from TCP), an NA without a target
+/// link-layer address (the caller passes the cached address, which §7.2.5 makes equivalent), the
+/// IsRouter flag (no router bit per entry). Forget and Evict are the cache's own management
+/// (§7.3.3 leaves deleting unused entries to the implementation).
+let rfc4861: (NeighborState * NeighborTrigger * NeighborOutcome * string) list =
+    let absent = NeighborState.Absent
+    let incomplete = NeighborState.Incomplete
+    let reachable = NeighborState.Reachable
+    let stale = NeighborState.Stale
+    let delay = NeighborState.Delay
+    let probe = NeighborState.Probe
+
+    [
+        absent, NeighborTrigger.Send, Becomes incomplete, "- | Packet to send | Create entry, send multicast NS"
+        absent,
+        NeighborTrigger.LearnNewAddress,
+        Becomes stale,
+        "- | NS, RS, Redirect, link-layer address | Create entry"
+        absent, NeighborTrigger.SolicitedAdvertisement, Unchanged, "§7.2.5: no entry, the NA is discarded"
+        absent, NeighborTrigger.UnsolicitedAdvertisement, Unchanged, "§7.2.5: no entry, the NA is discarded"
+
+        incomplete, NeighborTrigger.Send, Unchanged, "§7.2.2: queued while resolving"
+        incomplete,
+        NeighborTrigger.RetransmitTimeout,
+        Becomes incomplete,
+        "INCOMPLETE | Retransmit timeout, < N | Retransmit NS"
+        incomplete, NeighborTrigger.GiveUp, Becomes absent, "INCOMPLETE | Retransmit timeout, N or more | Discard entry"
+        incomplete,
+        NeighborTrigger.SolicitedAdvertisement,
+        Becomes reachable,
+        "INCOMPLETE | NA, S=1, O=any | Send queued packets"
+        incomplete,
+        NeighborTrigger.UnsolicitedAdvertisement,
+        Becomes stale,
+        "INCOMPLETE | NA, S=0, O=any | Send queued packets"
+        incomplete, NeighborTrigger.LearnNewAddress, Becomes stale, "INCOMPLETE | NS, RS, Redirect, link-layer address"
+
+        reachable, NeighborTrigger.Send, Unchanged, "§7.3.3: REACHABLE sends at once"
+        reachable,
+        NeighborTrigger.SolicitedAdvertisement,
+        Becomes reachable,
+        "!INCOMPLETE | NA, S=1, O=1 or same address"
+        reachable,
+        NeighborTrigger.UnsolicitedAdvertisement,
+        Becomes stale,
+        "!INCOMPLETE | NA, S=0, O=1, different | Record"
+        reachable, NeighborTrigger.UnsolicitedSameAddress, Unchanged, "!INCOMPLETE | NA, S=0, same address"
+        reachable, NeighborTrigger.ConflictingAdvertisement, Becomes stale, "REACHABLE | NA, O=0, different (§7.2.5 a)"
+        reachable, NeighborTrigger.LearnNewAddress, Becomes stale, "!INCOMPLETE | NS, RS, Redirect, different"
+        reachable, NeighborTrigger.LearnSameAddress, Unchanged, "!INCOMPLETE | NS, RS, Redirect, same address"
+        reachable, NeighborTrigger.ReachableTimeout, Becomes stale, "REACHABLE | timeout, N s since confirmation"
+        reachable, NeighborTrigger.Evict, Becomes absent, "cache management: full cache, oldest entry"
+
+        stale, NeighborTrigger.Send, Becomes delay, "STALE | Sending packet | Start delay timer"
+        stale, NeighborTrigger.SolicitedAdvertisement, Becomes reachable, "!INCOMPLETE | NA, S=1, O=1 or same address"
+        stale, NeighborTrigger.UnsolicitedAdvertisement, Becomes stale, "!INCOMPLETE | NA, S=0, O=1, different | Record"
+        stale, NeighborTrigger.UnsolicitedSameAddress, Unchanged, "!INCOMPLETE | NA, S=0, same address"
+        stale, NeighborTrigger.ConflictingAdvertisement, Unchanged, "STALE | NA, O=0, different (§7.2.5 b)"
+        stale, NeighborTrigger.LearnNewAddress, Becomes stale, "!INCOMPLETE | NS, RS, Redirect, different"
+        stale, NeighborTrigger.LearnSameAddress, Unchanged, "!INCOMPLETE | NS, RS, Redirect, same address"
+        stale, NeighborTrigger.Forget, Becomes absent, "cache management: unused for the stale lifetime"
+        stale, NeighborTrigger.Evict, Becomes absent, "cache management: full cache, oldest entry"
+
+        delay, NeighborTrigger.Send, Unchanged, "§7.3.3: DELAY sends at once"
+        delay, NeighborTrigger.SolicitedAdvertisement, Becomes reachable, "!INCOMPLETE | NA, S=1, O=1 or same address"
+        delay, NeighborTrigger.UnsolicitedAdvertisement, Becomes stale, "!INCOMPLETE | NA, S=0, O=1, different | Record"
+        delay, NeighborTrigger.UnsolicitedSameAddress, Unchanged, "!INCOMPLETE | NA, S=0, same address"
+        delay, NeighborTrigger.ConflictingAdvertisement, Unchanged, "DELAY | NA, O=0, different (§7.2.5 b)"
+        delay, NeighborTrigger.LearnNewAddress, Becomes stale, "!INCOMPLETE | NS, RS, Redirect, different"
+        delay, NeighborTrigger.LearnSameAddress, Unchanged, "!INCOMPLETE | NS, RS, Redirect, same address"
+        delay, NeighborTrigger.DelayTimeout, Becomes probe, "DELAY | Delay timeout | Send unicast NS probe"
+
+        probe, NeighborTrigger.Send, Unchanged, "§7.3.3: PROBE sends at once"
+        probe, NeighborTrigger.RetransmitTimeout, Becomes probe, "PROBE | Retransmit timeout, < N | Retransmit NS"
+        probe, NeighborTrigger.GiveUp, Becomes absent, "PROBE | Retransmit timeout, N or more | Discard entry"
+        probe, NeighborTrigger.SolicitedAdvertisement, Becomes reachable, "!INCOMPLETE | NA, S=1, O=1 or same address"
+        probe, NeighborTrigger.UnsolicitedAdvertisement, Becomes stale, "!INCOMPLETE | NA, S=0, O=1, different | Record"
+        probe, NeighborTrigger.UnsolicitedSameAddress, Unchanged, "!INCOMPLETE | NA, S=0, same address"
+        probe, NeighborTrigger.ConflictingAdvertisement, Unchanged, "PROBE | NA, O=0, different (§7.2.5 b)"
+        probe, NeighborTrigger.LearnNewAddress, Becomes stale, "!INCOMPLETE | NS, RS, Redirect, different"
+        probe, NeighborTrigger.LearnSameAddress, Unchanged, "!INCOMPLETE | NS, RS, Redirect, same address"
+    ]
+
+/// A fixed sample of random event sequences for the coverage test.
+let private coverageSteps =
+    lazy (Gen.sampleWithSeed (Rnd 4861UL) 50 600 (Gen.listOfLength 80 genStep))
 
 [<Tests>]
 let tests =
@@ -396,11 +751,74 @@ let tests =
 
             testPropertyWithConfig
                 heavyConfig
-                "random events: every change is a model edge, timers fire in order, bounds hold, each packet leaves once"
+                "oracle: every input leads where the model says for the trigger the test classified, timers run as RFC 4861 says, bounds hold, each packet leaves once"
             <| Prop.forAll (Arb.fromGen (Gen.listOf genStep)) (fun steps ->
-                let sent, transmitted, dropped, queued = run steps
+                let sent, transmitted, dropped, queued, _ = run steps
                 let accounted = transmitted @ dropped @ queued
                 Expect.equal (List.sort accounted) sent "every packet transmitted, dropped or still queued, once")
+
+            test "oracle: the random sequences exercise every edge, reentry and ignore of the model" {
+                let classified =
+                    coverageSteps.Value
+                    |> Array.collect (fun steps ->
+                        let _, _, _, _, c = run steps
+                        Array.ofList c)
+                    |> Array.countBy id
+                    |> dict
+
+                let count e =
+                    match classified.TryGetValue e with
+                    | true, n -> n
+                    | _ -> 0
+
+                let hit = neighborEntries |> List.filter (fun e -> count e > 0)
+
+                printfn
+                    "Neighbor model coverage: %d of %d entries exercised (%d sequences)"
+                    hit.Length
+                    neighborEntries.Length
+                    coverageSteps.Value.Length
+
+                for e in neighborEntries do
+                    printfn "  %7d  %s" (count e) (neighborEntryName e)
+
+                for KeyValue(e, n) in classified do
+                    if not (List.contains e neighborEntries) then
+                        printfn "  %7d  %s" n (neighborEntryName e)
+
+                Expect.isEmpty
+                    (neighborEntries
+                     |> List.filter (fun e -> count e = 0)
+                     |> List.map neighborEntryName)
+                    "every model entry is exercised"
+            }
+
+            test "the model's edge set is RFC 4861 Appendix C's table, in both directions" {
+                let expected = set [ for (s, t, o, _) in rfc4861 -> s, t, o ]
+
+                let actual =
+                    set
+                        [
+                            for s in allStates do
+                                for t in allTriggers do
+                                    match NeighborModel.target s t with
+                                    | ValueSome next -> yield s, t, Becomes next
+                                    | ValueNone when NeighborModel.isIgnored s t -> yield s, t, Unchanged
+                                    | ValueNone -> ()
+                        ]
+
+                let show (s: NeighborState, t: NeighborTrigger, o: NeighborOutcome) = $"{s} --{t}--> %A{o}"
+
+                Expect.isEmpty
+                    (Set.difference actual expected |> Set.toList |> List.map show)
+                    "the model has no entry the RFC table lacks"
+
+                Expect.isEmpty
+                    (Set.difference expected actual |> Set.toList |> List.map show)
+                    "the model has every entry of the RFC table"
+
+                Expect.equal (List.length rfc4861) expected.Count "no row twice"
+            }
 
             testPropertyWithConfig codecConfig "invalid configurations are refused"
             <| fun (which: bool) ->

@@ -535,6 +535,70 @@ let tests =
                         "forgotten after its lifetime"
             }
 
+            test
+                "TCP over IPv4 carries DF; a too-big quoting TCP gives its sequence number and path MTU, and the cache learns only from learnPathMtu" {
+                for v6 in [ false; true ] do
+                    let peer, ours = addresses v6
+
+                    let segment: NetStack.Core.Tcp.OutgoingSegment =
+                        {
+                            Seq = NetStack.Core.Tcp.SeqNum 0xDEADBEEFu
+                            Ack = NetStack.Core.Tcp.SeqNum 0u
+                            Flags = TcpFlags.Syn
+                            Window = 1000us
+                            Options = TcpOptions.None
+                            DataPosition = 0L
+                            DataLength = 0
+                        }
+
+                    let buffer = Array.zeroCreate<byte> 1500
+
+                    let n =
+                        IpLayer.writeTcp ours peer 40000us 80us 9us segment ReadOnlySpan.Empty (Span buffer)
+
+                    let sent = buffer.[.. n - 1]
+
+                    if not v6 then
+                        match Ipv4.parse (ReadOnlySpan sent) with
+                        | Ok h -> Expect.isTrue h.DontFragment "DF set, on a SYN too (RFC 1191 §3)"
+                        | Error e -> failtest $"{e}"
+
+                    let icmp = Array.zeroCreate<byte> 1500
+
+                    let m =
+                        if v6 then
+                            let m =
+                                Icmpv6.buildPacketTooBig (Span(icmp, 40, 1460)) peer6 ours6 1300u (ReadOnlySpan sent)
+
+                            Ipv6.write
+                                { Ipv6.header peer6 ours6 IpProtocol.Icmpv6 with
+                                    PayloadLength = m
+                                }
+                                (Span icmp)
+                            + m
+                        else
+                            let m =
+                                Icmpv4.buildFragmentationNeeded (Span(icmp, 20, 1480)) 1300us (ReadOnlySpan sent)
+
+                            Ipv4.write (Ipv4.header peer4 ours4 IpProtocol.Icmp) ReadOnlySpan.Empty m (Span icmp)
+                            + m
+
+                    let state, r = receive (stackState 1500) icmp.[.. m - 1]
+                    Expect.equal r.Kind ReceivedKind.IcmpError "an ICMP error"
+                    Expect.equal r.QuotedProtocol IpProtocol.Tcp "about TCP"
+                    Expect.isTrue r.QuotedSequenceKnown "the quote reaches the sequence number"
+                    Expect.equal r.QuotedSequence 0xDEADBEEFu "the quoted SEG.SEQ"
+                    Expect.equal r.PathMtu 1300 "the reported MTU"
+
+                    Expect.equal
+                        (IpLayer.pathMtu 2L peer state)
+                        1500
+                        "not believed before TCP checked it (RFC 5927 §4.1)"
+
+                    let state = IpLayer.learnPathMtu 2L peer 1300 state
+                    Expect.equal (IpLayer.pathMtu 3L peer state) 1300 "learned once TCP accepted it"
+            }
+
             test "a datagram whose first fragment came but never completed earns a time exceeded" {
                 for v6 in [ false; true ] do
                     let peer, ours = addresses v6

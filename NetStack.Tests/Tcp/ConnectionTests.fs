@@ -658,6 +658,103 @@ let tests =
             testList
                 "closing"
                 [
+                    test
+                        "a segment that ACKs our FIN and carries the peer's FIN: FIN-WAIT-1 to TIME-WAIT in one transition (RFC 9293 Figure 5 note 2)" {
+                        let c = established 65535us
+                        let c, _ = Connection.close (ms 20) c
+                        Expect.equal c.State TcpState.FinWait1 "FIN-WAIT-1"
+
+                        let c, o =
+                            Connection.handleSegment
+                                (ms 30)
+                                (segment (peerIss + 1u) (iss + 2u) (TcpFlags.Fin ||| ack) 65535us 0)
+                                c
+
+                        let transitions =
+                            o.Actions
+                            |> List.choose (function
+                                | TcpAction.Transition t -> Some(t.From, t.Trigger, t.To)
+                                | _ -> None)
+
+                        Expect.equal
+                            transitions
+                            [ TcpState.FinWait1, TcpTrigger.RcvFinAckOfFin, TcpState.TimeWait ]
+                            "the diagonal, not RcvAckOfFin then RcvFin"
+
+                        Expect.equal ((single o).Ack.Value) (peerIss + 2u) "the FIN is ACKed"
+                        Expect.equal o.NextDeadline (ValueSome(ms 30 + 2L * config.Msl)) "2·MSL"
+                        Expect.equal c.State TcpState.TimeWait "TIME-WAIT"
+                    }
+
+                    test
+                        "CLOSE in SYN-RECEIVED with nothing written sends the FIN and enters FIN-WAIT-1 at once (RFC 9293 §3.10.4)" {
+                        let c, _ = Connection.listen config (SeqNum iss)
+
+                        let c, _ =
+                            Connection.handleSegment (ms 1) (segment peerIss 0u TcpFlags.Syn 65535us 0) c
+
+                        Expect.equal c.State TcpState.SynReceived "SYN-RECEIVED"
+                        let c, o = Connection.close (ms 2) c
+                        Expect.equal c.State TcpState.FinWait1 "FIN-WAIT-1 without waiting for the ACK of the SYN"
+                        let fin = single o
+
+                        Expect.equal
+                            (fin.Flags, fin.Seq.Value)
+                            (TcpFlags.Fin ||| ack, iss + 1u)
+                            "the FIN follows the SYN"
+
+                        // The SYN,ACK and the FIN go unanswered: the timeout sends both again.
+                        let rto = config.InitialRto
+                        let c, o = Connection.handleTimer (ms 1 + rto) c
+
+                        Expect.equal
+                            (sent o |> List.map (fun s -> s.Flags, s.Seq.Value))
+                            [ TcpFlags.Syn ||| ack, iss; TcpFlags.Fin ||| ack, iss + 1u ]
+                            "SYN,ACK then FIN"
+
+                        // One ACK of both.
+                        let c, _ =
+                            Connection.handleSegment (ms 2000) (segment (peerIss + 1u) (iss + 2u) ack 65535us 0) c
+
+                        Expect.equal c.State TcpState.FinWait2 "FIN-WAIT-2"
+                    }
+
+                    test "CLOSE in SYN-RECEIVED after a SEND waits for ESTABLISHED (RFC 9293 §3.10.4)" {
+                        let c, _ = Connection.listen config (SeqNum iss)
+
+                        let c, _ =
+                            Connection.handleSegment (ms 1) (segment peerIss 0u TcpFlags.Syn 65535us 0) c
+
+                        let c, _ = Connection.send (ms 2) 10L c
+                        let c, o = Connection.close (ms 3) c
+                        Expect.equal c.State TcpState.SynReceived "still SYN-RECEIVED"
+                        Expect.isEmpty (sent o) "nothing sent yet"
+
+                        let c, o =
+                            Connection.handleSegment (ms 4) (segment (peerIss + 1u) (iss + 1u) ack 65535us 0) c
+
+                        let transitions =
+                            o.Actions
+                            |> List.choose (function
+                                | TcpAction.Transition t -> Some(t.From, t.Trigger, t.To)
+                                | _ -> None)
+
+                        Expect.equal
+                            transitions
+                            [
+                                TcpState.SynReceived, TcpTrigger.RcvAckOfSyn, TcpState.Established
+                                TcpState.Established, TcpTrigger.Close, TcpState.FinWait1
+                            ]
+                            "ESTABLISHED, then the queued CLOSE"
+
+                        Expect.equal
+                            (sent o |> List.map (fun s -> s.Flags, s.Seq.Value, s.DataLength))
+                            [ TcpFlags.Fin ||| TcpFlags.Psh ||| ack, iss + 1u, 10 ]
+                            "the data, then the FIN"
+
+                        Expect.equal c.State TcpState.FinWait1 "FIN-WAIT-1"
+                    }
+
                     test "active close: FIN, FIN-WAIT-1, FIN-WAIT-2, TIME-WAIT for 2·MSL, CLOSED" {
                         let c = established 65535us
                         let c, o = Connection.close (ms 20) c
