@@ -219,7 +219,7 @@ public sealed partial class NetworkStack
     /// <param name="remote">The peer (port 1..65535; IPv4-mapped IPv6 addresses count as IPv4).</param>
     /// <param name="cancellationToken">Cancels the attempt (the half-open connection is reset).</param>
     /// <returns>The established connection.</returns>
-    /// <exception cref="SocketException">ConnectionRefused when the peer answers with a RST; TimedOut when the SYN retransmissions run out; AddressAlreadyInUse when no ephemeral port is free.</exception>
+    /// <exception cref="SocketException">ConnectionRefused when the peer answers with a RST; TimedOut when the SYN retransmissions run out; AddressNotAvailable when no ephemeral port is free (as a kernel socket's connect).</exception>
     /// <exception cref="ArgumentException">The endpoint is unusable or the stack has no address of its family.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
@@ -265,10 +265,22 @@ public sealed partial class NetworkStack
             return;
         }
         ushort port;
-        lock (_portGate)
+        try
         {
-            port = PickTcpPort(!c.LocalAddress.IsIpv6, c.LocalAddress.IsIpv6);
-            _tcpPortUse[port] = 1;
+            lock (_portGate)
+            {
+                port = PickTcpPort(!c.LocalAddress.IsIpv6, c.LocalAddress.IsIpv6);
+                _tcpPortUse[port] = 1;
+            }
+        }
+        catch (SocketException)
+        {
+            // Every ephemeral port is taken. A kernel Socket's connect fails with EADDRNOTAVAIL
+            // then (AddressNotAvailable; bind to port 0 gives EADDRINUSE, as ListenTcp(0) and
+            // BindUdp(0) do here): the caller's error, not a loop error.
+            _statistics.Increment("tcp.refused.no-ephemeral-port");
+            c.Fail(SocketError.AddressNotAvailable);
+            return;
         }
         c.LocalPort = port;
         c.EphemeralPort = true;

@@ -116,6 +116,14 @@ let tour () =
 
         // Every counter by name (drops by reason too).
         printfn "TCP connections established: %d" stack.Statistics.["tcp.connected"]
+
+        // The engine keeps its loop alive through any exception and counts it under one of
+        // these names: above 0 means a bug (or, for engine.loop-error, a failing device).
+        printfn
+            "exceptions the stack caught: drop.exception %d, engine.loop-error %d, engine.command-error %d"
+            stack.Statistics.["drop.exception"]
+            stack.Statistics.["engine.loop-error"]
+            stack.Statistics.["engine.command-error"]
     }
 
 tour().GetAwaiter().GetResult()

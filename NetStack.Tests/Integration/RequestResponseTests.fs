@@ -97,6 +97,7 @@ let tests =
 
                 listener.Dispose()
                 Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+                TestUtil.assertNoExceptions stack
             }
 
             test "1,000 ping-pongs of 1 byte on one connection: one segment from the stack per exchange" {
@@ -145,6 +146,7 @@ let tests =
                 Expect.equal (s.Receive one) 0 "the echo closed after our FIN"
                 listener.Dispose()
                 Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+                TestUtil.assertNoExceptions stack
             }
 
             test
@@ -189,5 +191,6 @@ let tests =
 
                 listener.Dispose()
                 Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+                TestUtil.assertNoExceptions stack
             }
         ]
