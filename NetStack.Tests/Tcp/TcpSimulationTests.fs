@@ -342,10 +342,15 @@ let checkRecovered (seed: int) (profile: LinkProfile) =
         if side.SackedResent > 0L then
             fail $"{side.Name} resent {side.SackedResent} bytes the peer had SACKed: {describe ()}"
 
-    // One side passed through TIME-WAIT and left it on its timer (or both, on a simultaneous close).
+    // One side passed through TIME-WAIT (or both, on a simultaneous close) and left it on its
+    // timer, or on a RST at RCV.NXT: the closed peer's answer to a repeated ACK of ours, which
+    // ends TIME-WAIT as on Linux by default (no RFC 1337; see StateModel).
     let timeWaits =
         sides
-        |> Array.filter (fun s -> s.Transitions.Exists(fun t -> t.Trigger = TcpTrigger.TimeWaitTimeout))
+        |> Array.filter (fun s ->
+            s.Transitions.Exists(fun t ->
+                t.From = TcpState.TimeWait
+                && (t.Trigger = TcpTrigger.TimeWaitTimeout || t.Trigger = TcpTrigger.RcvRst)))
 
     if timeWaits.Length = 0 then
         fail $"nobody went through TIME-WAIT: {describe ()}"
