@@ -84,7 +84,13 @@ public sealed record NetStackOptions
     /// </summary>
     public int TcpReceiveBufferMaxBytes { get; init; } = 4 * 1024 * 1024;
 
-    /// <summary>How long a connection stays in TIME-WAIT: 2·MSL (RFC 9293 §3.4.2).</summary>
+    /// <summary>
+    /// How long a connection stays in TIME-WAIT: 2·MSL (RFC 9293 §3.4.2). It ends earlier when a
+    /// new SYN for its 4-tuple may reopen it (RFC 6191: a newer timestamp, or without timestamps
+    /// a sequence number beyond the old connection's), which then goes to the listener, or on a
+    /// RST exactly at RCV.NXT (not RFC 1337, as Linux's default), so a client reusing its port
+    /// never waits this out.
+    /// </summary>
     public TimeSpan TcpTimeWait { get; init; } = TimeSpan.FromSeconds(60);
 
     /// <summary>The bound on a graceful close in <c>TcpConnection.DisposeAsync</c>: how long it waits for the peer to acknowledge our data and FIN.</summary>

@@ -219,7 +219,7 @@ public sealed partial class NetworkStack
     /// <param name="remote">The peer (port 1..65535; IPv4-mapped IPv6 addresses count as IPv4).</param>
     /// <param name="cancellationToken">Cancels the attempt (the half-open connection is reset).</param>
     /// <returns>The established connection.</returns>
-    /// <exception cref="SocketException">ConnectionRefused when the peer answers with a RST; TimedOut when the SYN retransmissions run out; AddressAlreadyInUse when no ephemeral port is free.</exception>
+    /// <exception cref="SocketException">ConnectionRefused when the peer answers with a RST; TimedOut when the SYN retransmissions run out; AddressNotAvailable when no ephemeral port is free (as a kernel socket's connect).</exception>
     /// <exception cref="ArgumentException">The endpoint is unusable or the stack has no address of its family.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
@@ -265,10 +265,22 @@ public sealed partial class NetworkStack
             return;
         }
         ushort port;
-        lock (_portGate)
+        try
         {
-            port = PickTcpPort(!c.LocalAddress.IsIpv6, c.LocalAddress.IsIpv6);
-            _tcpPortUse[port] = 1;
+            lock (_portGate)
+            {
+                port = PickTcpPort(!c.LocalAddress.IsIpv6, c.LocalAddress.IsIpv6);
+                _tcpPortUse[port] = 1;
+            }
+        }
+        catch (SocketException)
+        {
+            // Every ephemeral port is taken. A kernel Socket's connect fails with EADDRNOTAVAIL
+            // then (AddressNotAvailable; bind to port 0 gives EADDRINUSE, as ListenTcp(0) and
+            // BindUdp(0) do here): the caller's error, not a loop error.
+            _statistics.Increment("tcp.refused.no-ephemeral-port");
+            c.Fail(SocketError.AddressNotAvailable);
+            return;
         }
         c.LocalPort = port;
         c.EphemeralPort = true;
@@ -457,12 +469,20 @@ public sealed partial class NetworkStack
         }
         var key = new TcpKey(r.Destination, r.DestinationPort, r.Source, r.SourcePort);
         var payload = IpLayer.slice(packet, r.Payload);
+        // The connection in TIME-WAIT this SYN ended (TcpEvent.Reopened), already released by
+        // RemoveTcp (table, port use, listener counts, statistics; its queued timer entry is
+        // skipped as Removed): the SYN goes on below as a new connection request.
+        TcpConnection? reopened = null;
         if (_tcp.TryGetValue(key, out var c))
         {
             var actions = TcpActionSink();
             c.Core = TcpEngine.handleSegmentInto(actions, now, r.Tcp, c.Core);
+            _reopened = null;
             Execute(c, actions, payload, now);
-            return;
+            if (!ReferenceEquals(_reopened, c))
+                return;
+            _reopened = null;
+            reopened = c;
         }
         var seg = r.Tcp;
         TcpListener? listener;
@@ -484,7 +504,13 @@ public sealed partial class NetworkStack
                 _statistics.Increment("tcp.drop.listen-queue-full");
                 return;
             }
-            if (!listener.HalfOpenHasRoom)
+            // A SYN that reopened a TIME-WAIT 4-tuple takes state even when the half-open queue
+            // is full, as Linux does (tcp_conn_request uses no cookie when tw_isn is set): a
+            // cookie is an ISS of its own, which could not honour reopenIss (RFC 1122
+            // §4.2.2.13). It costs nothing a flood can use: the connection replaces the one in
+            // TIME-WAIT just released, so the table does not grow, and each such SYN needs a
+            // 4-tuple in TIME-WAIT and a sequence number or timestamp beyond its last.
+            if (reopened is null && !listener.HalfOpenHasRoom)
             {
                 if (Options.TcpSynCookies)
                     SendSynCookie(listener, r, seg, now);
@@ -494,7 +520,8 @@ public sealed partial class NetworkStack
             }
             var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
             var actions = TcpActionSink();
-            var core = TcpEngine.acceptInto(actions, config, Iss(key, now), now, seg);
+            var iss = reopened is null ? Iss(key, now) : TcpEngine.reopenIss(reopened.Core, Iss(key, now));
+            var core = TcpEngine.acceptInto(actions, config, iss, now, seg);
             core = TcpEngine.limitToPathMtu(r.Source.IsIpv6, IpLayer.pathMtu(now, r.Source, _ip), core);
             var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
                 new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
@@ -684,6 +711,9 @@ public sealed partial class NetworkStack
                         break;
                     case TcpAction.Tags.Transition:
                         c.OnState(action.transition.To);
+                        // A RST at RCV.NXT ended TIME-WAIT (see StateModel: no RFC 1337).
+                        if (action.transition.From.IsTimeWait && action.transition.Trigger.IsRcvRst)
+                            _statistics.Increment("tcp.time-wait.reset");
                         break;
                 }
             }
@@ -786,8 +816,17 @@ public sealed partial class NetworkStack
             case TcpEvent.Tags.AckRateLimited:
                 _statistics.Increment("tcp.ack.rate-limited");
                 break;
+            case TcpEvent.Tags.Reopened:
+                // RFC 6191: OnTcp hands the SYN to the listener once this connection is removed.
+                _statistics.Increment("tcp.time-wait.reopened");
+                _reopened = c;
+                break;
         }
     }
+
+    // Loop-only: the connection whose TIME-WAIT the segment OnTcp is handling just ended with
+    // TcpEvent.Reopened (null otherwise).
+    private TcpConnection? _reopened;
 
     // The connection's RFC 6298 SRTT into the meter's histogram, once the engine has a sample.
     private void RecordRtt(TcpConnection c)

@@ -375,7 +375,7 @@ public static partial class BenchCommand
     private static Measurement MeasureStack(NetStackOptions options, Plan plan)
     {
         var stack = NetworkStack.Start(options);
-        using var _ = stack;
+        using var _ = StackStarter.Owning(Name, stack);
         using var echo = stack.BindUdp(new IPEndPoint(IPAddress.Any, EchoPort));
         using var discard = stack.ListenTcp(DiscardPort);
         using var source = stack.ListenTcp(SourcePort);

@@ -132,7 +132,7 @@ public static partial class DemoCommand
             Console.WriteLine($"✗ stack up: {error}");
             return 1;
         }
-        await using var _ = stack;
+        await using var _ = StackStarter.Owning(Name, stack);
         Console.WriteLine($"✓ stack up on {stack.InterfaceName}: {Addresses(options)}, MTU {options.Mtu}");
 
         UdpSocket echo;

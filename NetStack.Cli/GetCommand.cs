@@ -95,7 +95,7 @@ public static class GetCommand
         var stack = StackStarter.TryStart(Name, s.Options);
         if (stack is null)
             return 1;
-        await using var _ = stack;
+        await using var _ = StackStarter.Owning(Name, stack);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(shutdown.Token);
         timeout.CancelAfter(s.Timeout);
         try

@@ -27,7 +27,8 @@ public static class IdleBench
     public static int Run(NetStackOptions options, int count)
     {
         Isolation.LoopbackUp();
-        using var stack = NetworkStack.Start(options);
+        var stack = NetworkStack.Start(options);
+        using var _ = StackStarter.Owning("netstack bench", stack);
         using var listener = stack.ListenTcp(Port, 4096);
         var accepted = new ConcurrentQueue<TcpConnection>();
         var acceptLoop = Task.Run(async () =>

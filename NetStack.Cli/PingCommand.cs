@@ -106,7 +106,7 @@ public static class PingCommand
         var stack = StackStarter.TryStart(Name, s.Options);
         if (stack is null)
             return 1;
-        await using var _ = stack;
+        await using var _ = StackStarter.Owning(Name, stack);
 
         if (s.Host.AddressFamily == AddressFamily.InterNetworkV6)
         {

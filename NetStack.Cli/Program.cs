@@ -128,6 +128,54 @@ public static class StackStarter
         return null;
     }
 
+    /// <summary>
+    /// The counters under which the engine keeps an exception from stopping its loop: handling a
+    /// packet threw ("drop.exception"), the loop itself did ("engine.loop-error": a device failure
+    /// or a bug), a user call's command did ("engine.command-error").
+    /// </summary>
+    public static readonly string[] ExceptionCounters = ["drop.exception", "engine.loop-error", "engine.command-error"];
+
+    /// <summary>
+    /// "COMMAND: the stack caught exceptions: NAME N, ..." when one of <see cref="ExceptionCounters"/>
+    /// is not zero in <paramref name="snapshot"/>; null when none is.
+    /// </summary>
+    public static string? ExceptionReport(string command, IReadOnlyDictionary<string, long> snapshot)
+    {
+        var counted = ExceptionCounters.Where(name => snapshot.GetValueOrDefault(name) != 0)
+            .Select(name => $"{name} {snapshot[name]}").ToList();
+        return counted.Count == 0 ? null : $"{command}: the stack caught exceptions: {string.Join(", ", counted)}";
+    }
+
+    /// <summary>
+    /// Owns <paramref name="stack"/> for a command: disposing the result disposes the stack and
+    /// then prints <see cref="ExceptionReport"/> on standard error, if there is one.
+    /// </summary>
+    public static StackScope Owning(string command, NetworkStack stack) => new(command, stack);
+
+    /// <summary>See <see cref="Owning"/>.</summary>
+    public readonly struct StackScope(string command, NetworkStack stack) : IDisposable, IAsyncDisposable
+    {
+        /// <summary>Disposes the stack, then reports the exceptions it caught.</summary>
+        public void Dispose()
+        {
+            stack.Dispose();
+            Report();
+        }
+
+        /// <summary>Disposes the stack, then reports the exceptions it caught.</summary>
+        public async ValueTask DisposeAsync()
+        {
+            await stack.DisposeAsync();
+            Report();
+        }
+
+        private void Report()
+        {
+            if (ExceptionReport(command, stack.Statistics.Snapshot()) is { } report)
+                Console.Error.WriteLine(report);
+        }
+    }
+
     /// <summary>The statistics as "name value" lines, non-zero counters only, sorted by name.</summary>
     public static string FormatStatistics(IReadOnlyDictionary<string, long> snapshot) =>
         string.Join('\n', snapshot.Where(kv => kv.Value != 0).OrderBy(kv => kv.Key, StringComparer.Ordinal)

@@ -93,5 +93,10 @@ let tests =
 
                 Expect.stringContains out "example finished" "the closing line"
                 Expect.equal err "" "nothing on standard error"
+                // The counters it prints ("name value", non-zero ones only) show no swallowed exception.
+                let statistics = out.Substring(out.IndexOf "statistics:")
+                let counters = TestUtil.parseCounters statistics
+                Expect.isTrue (counters.ContainsKey "device.read") $"the example printed its counters:\n{out}"
+                TestUtil.assertNoExceptionsInCounters counters
             }
         ]

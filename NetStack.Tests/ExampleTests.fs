@@ -125,4 +125,6 @@ let tests =
                 line "UDP answer from the stack: PING OVER UDP"
                 line "ping 10.97.30.1 from the stack: Success"
                 line "TCP connections established: 2"
+                // TestUtil.exceptionCounters, all 0: the stack swallowed no exception.
+                line "exceptions the stack caught: drop.exception 0, engine.loop-error 0, engine.command-error 0"
         ]

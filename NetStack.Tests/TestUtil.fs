@@ -85,15 +85,63 @@ let waitWithin (timeout: TimeSpan) (task: Threading.Tasks.Task<'T>) =
 
     task.Result
 
-/// Runs `f` on a stack started with `options` (disposed afterwards); a failure carries the
-/// stack's counters, which usually say what went wrong on the wire.
+/// The counters under which the engine swallows an exception so that a bug cannot stop its loop:
+/// "drop.exception" (handling a packet threw), "engine.loop-error" (the loop itself threw: a
+/// device read, a timer) and "engine.command-error" (a user call's command threw on the loop).
+let exceptionCounters =
+    [ "drop.exception"; "engine.loop-error"; "engine.command-error" ]
+
+/// Fails the test when `statistics` count a swallowed exception (exceptionCounters).
+let assertNoExceptionsIn (statistics: NetStack.NetStackStatistics) =
+    let counted =
+        exceptionCounters
+        |> List.filter (fun name -> statistics.[name] <> 0L)
+        |> List.map (fun name -> $"{name} {statistics.[name]}")
+
+    if not counted.IsEmpty then
+        failtestf "the stack swallowed exceptions (%s)\nstatistics:\n%O" (String.Join(", ", counted)) statistics
+
+/// The counters of a text printed as "name value" lines (NetStackStatistics.ToString, `netstack
+/// serve` at exit): other lines are skipped.
+let parseCounters (text: string) =
+    text.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+    |> Array.choose (fun line ->
+        match line.Trim().Split ' ' with
+        | [| name; value |] ->
+            match Int64.TryParse value with
+            | true, v -> Some(name, v)
+            | _ -> None
+        | _ -> None)
+    |> Map.ofArray
+
+/// Fails the test when printed counters (parseCounters; zeros are not printed) hold one of
+/// exceptionCounters.
+let assertNoExceptionsInCounters (counters: Map<string, int64>) =
+    for name in exceptionCounters do
+        match counters.TryFind name with
+        | Some n -> failtestf "the stack swallowed exceptions: %s %d" name n
+        | None -> ()
+
+/// Fails the test when the stack counted a swallowed exception (exceptionCounters). Every test
+/// that starts a stack calls it once it is done with the stack (withStackOf does).
+let assertNoExceptions (stack: NetStack.NetworkStack) = assertNoExceptionsIn stack.Statistics
+
+/// Runs `f` on a stack started with `options` (disposed afterwards) and then checks that the stack
+/// swallowed no exception (assertNoExceptions); a failure carries the stack's counters, which
+/// usually say what went wrong on the wire.
 let withStackOf (options: NetStack.NetStackOptions) (f: NetStack.NetworkStack -> unit) =
-    use stack = NetStack.NetworkStack.Start options
+    let stack = NetStack.NetworkStack.Start options
 
     try
-        f stack
-    with e ->
-        failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+        try
+            f stack
+        with e ->
+            failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
+    finally
+        stack.Dispose()
+
+    // After Dispose: the loop has stopped, so the counters are final.
+    assertNoExceptions stack
 
 /// A kernel TCP socket listening on `address`, port chosen by the kernel (read it from
 /// LocalEndPoint).

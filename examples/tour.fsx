@@ -9,10 +9,10 @@
 // The kernel side of the link (10.97.30.1, fd97:30::1) plays the other machine; the stack is
 // 10.97.30.2 and fd97:30::2. The kernel's part is written with .NET's own Socket class.
 
-// The netstack command's build folder holds NetStack.Api with everything it needs.
-#r "../NetStack.Cli/bin/Release/net10.0/NetStack.Core.dll"
-#r "../NetStack.Cli/bin/Release/net10.0/NetStack.Api.dll"
-#r "../NetStack.Cli/bin/Release/net10.0/Microsoft.Extensions.Logging.Abstractions.dll"
+// NetStack.Api's build folder holds it with every assembly it needs.
+#r "../NetStack.Api/bin/Release/net10.0/NetStack.Core.dll"
+#r "../NetStack.Api/bin/Release/net10.0/NetStack.Api.dll"
+#r "../NetStack.Api/bin/Release/net10.0/Microsoft.Extensions.Logging.Abstractions.dll"
 
 open System
 open System.IO
@@ -116,6 +116,14 @@ let tour () =
 
         // Every counter by name (drops by reason too).
         printfn "TCP connections established: %d" stack.Statistics.["tcp.connected"]
+
+        // The engine keeps its loop alive through any exception and counts it under one of
+        // these names: above 0 means a bug (or, for engine.loop-error, a failing device).
+        printfn
+            "exceptions the stack caught: drop.exception %d, engine.loop-error %d, engine.command-error %d"
+            stack.Statistics.["drop.exception"]
+            stack.Statistics.["engine.loop-error"]
+            stack.Statistics.["engine.command-error"]
     }
 
 tour().GetAwaiter().GetResult()

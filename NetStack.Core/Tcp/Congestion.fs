@@ -19,6 +19,8 @@ type CubicState =
         WMax: float
         /// W_last_max, for fast convergence (§4.7).
         WLastMax: float
+        /// cwnd_prior (bytes): cwnd when ssthresh was last set, before the reduction (§4.3).
+        CwndPrior: float
         /// When the current congestion-avoidance epoch began (µs), or ValueNone before its first ACK.
         EpochStart: int64 voption
         /// K (s): when the cubic curve reaches its plateau, from the epoch start.
@@ -34,6 +36,7 @@ type CubicState =
         {
             WMax = 0.0
             WLastMax = 0.0
+            CwndPrior = 0.0
             EpochStart = ValueNone
             K = 0.0
             Origin = 0.0
@@ -53,7 +56,8 @@ module Congestion =
     [<Literal>]
     let CubicBeta = 0.7
 
-    /// RFC 9438 §4.3: α_cubic = 3·(1 − β)/(1 + β), Reno's average growth at β = 0.7.
+    /// RFC 9438 §4.3: α_cubic = 3·(1 − β)/(1 + β), Reno's average growth at β = 0.7, until W_est
+    /// reaches cwnd_prior; from there 1, Reno's own rate (AIMD(1, 0.5)).
     let CubicAlpha = 3.0 * (1.0 - CubicBeta) / (1.0 + CubicBeta)
 
     /// RFC 3465 ABC limit L: slow start grows by at most 2·SMSS per ACK.
@@ -127,8 +131,11 @@ module Congestion =
                 let rtt = float (max 0L srtt) / 1e6
                 let target = cubicWindow (s.Origin / m) s.K (t + rtt) * m
                 let target = min (1.5 * w) (max w target)
-                // §4.3: W_est grows by α_cubic segments per window of acknowledged bytes.
-                let wEst = s.WEst + CubicAlpha * m * float acked / w
+                // §4.3: W_est grows by α_cubic segments per window of acknowledged bytes; α_cubic
+                // is 1 once W_est has reached cwnd_prior ("the sender SHOULD set α_cubic to 1 to
+                // ensure that it can achieve the same congestion window increment rate as Reno").
+                let alpha = if s.WEst >= s.CwndPrior then 1.0 else CubicAlpha
+                let wEst = s.WEst + alpha * m * float acked / w
                 let cubicNow = cubicWindow (s.Origin / m) s.K t * m
 
                 let next =
@@ -167,5 +174,6 @@ module Congestion =
                     { s with
                         WMax = wMax
                         WLastMax = wLastMax
+                        CwndPrior = w
                         EpochStart = ValueNone
                     })

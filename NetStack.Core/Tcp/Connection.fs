@@ -1677,6 +1677,36 @@ module Connection =
         updateTsRecentIn now &seg &c
         c
 
+    /// RFC 6191 §2 (which refines RFC 1122 §4.2.2.13): may a SYN (without ACK) for a connection
+    /// in TIME-WAIT open a new incarnation of it? With timestamps on the old connection and on
+    /// the SYN (so on the new one too), when its TSval is newer than TS.Recent, the last one
+    /// seen from the peer, or equal to it with a sequence number beyond; otherwise (either side
+    /// without timestamps) when its sequence number lies beyond RCV.NXT, past everything the
+    /// old incarnation carried from the peer. Either way no old duplicate of the peer's can pass
+    /// (PAWS and the sequence space both move forward); a TSval older than TS.Recent marks an
+    /// old duplicate whatever its sequence number. A TS.Recent older than 24 days says nothing
+    /// (RFC 7323 §5.5) and leaves the sequence number to decide.
+    let private reopens (now: int64) (seg: Segment) (c: Connection) =
+        let beyond = SeqNum.gt seg.Seq c.RcvNxt
+
+        match seg.Options.Timestamps with
+        | ValueSome ts when c.TsEnabled && now - c.TsRecentAt <= PawsIdleLimit ->
+            tsAfter ts.Value c.TsRecent || (ts.Value = c.TsRecent && beyond)
+        | _ -> beyond
+
+    /// A SYN (without ACK) in TIME-WAIT. An acceptable one (`reopens`) ends this incarnation:
+    /// `Reopened` tells the caller to hand the SYN to the listener as a new connection request
+    /// (with an ISS from `reopenIss`), and the connection goes to CLOSED. Any other gets a
+    /// rate-limited challenge ACK and leaves TIME-WAIT as it is, its timer included (RFC 6191
+    /// says drop it; RFC 5961 §4 and Linux answer it, and the peer's answer to that ACK, a RST
+    /// at RCV.NXT, ends TIME-WAIT so that a genuine new connection is not held up for 2·MSL).
+    let private onTimeWaitSyn (now: int64) (out: Out) (seg: Segment) (c: Connection) =
+        if reopens now seg c then
+            out.Add(TcpAction.Event TcpEvent.Reopened)
+            enterClosed out TcpTrigger.RcvReopeningSyn c
+        else
+            sendLimitedAck now out c
+
     /// §3.10.7.4 fifth step, FIN-WAIT-1: "if the FIN segment is now acknowledged, then enter
     /// FIN-WAIT-2". Taken after the segment's text and FIN (a FIN in the same segment went to
     /// TIME-WAIT instead, `takeFinIfDue`); FIN-WAIT-2's idle timer starts.
@@ -1701,6 +1731,14 @@ module Connection =
             // The peer's SYN again: our SYN,ACK was lost. Answer it now instead of waiting for
             // our timer (the model's ignored RcvSyn: no state change).
             emit now out (TcpFlags.Syn ||| TcpFlags.Ack) c.Iss 0L 0 (synOptions now c) c
+        elif
+            c.State = TcpState.TimeWait
+            && seg.Has TcpFlags.Syn
+            && not (seg.Has TcpFlags.Ack)
+            && not (seg.Has TcpFlags.Rst)
+        then
+            // Before the timestamp and window checks: RFC 6191 decides, not PAWS or §3.10.7.4.
+            onTimeWaitSyn now out seg c
         elif c.TsEnabled && not (seg.Has TcpFlags.Rst) && seg.Options.Timestamps.IsNone then
             // RFC 7323 §3.2: once timestamps are on, a non-RST segment without them is dropped.
             c
@@ -1732,9 +1770,11 @@ module Connection =
         elif seg.Has TcpFlags.Rst then
             // RFC 5961 §3.2: only a RST exactly at RCV.NXT resets; one elsewhere in the window
             // gets a challenge ACK, so a blind attacker has to guess the exact number. TIME-WAIT
-            // ignores RSTs (RFC 1337, see StateModel).
-            if c.State = TcpState.TimeWait then c
-            elif seg.Seq = c.RcvNxt then onReset out c
+            // ends on such a RST too (not RFC 1337: see StateModel for why) and ignores any other
+            // without an answer: the peer's side is closed, so no legitimate sender of an
+            // in-window RST would learn anything from a challenge ACK (Linux does the same).
+            if seg.Seq = c.RcvNxt then onReset out c
+            elif c.State = TcpState.TimeWait then c
             else sendLimitedAck now out c
         elif seg.Has TcpFlags.Syn then
             // RFC 5961 §4.2: a SYN in a synchronized state gets a challenge ACK, never a reset.
@@ -2430,6 +2470,29 @@ module Connection =
     let accept (config: TcpConfig) (iss: SeqNum) (now: int64) (seg: Segment) : Connection * TcpOutput =
         let out = scratchSink ()
         output out (acceptInto out config iss now seg)
+
+    /// How far beyond the old incarnation's SND.MAX `reopenIss` puts the new ISS when the
+    /// generator's value is not already past it: one unscaled window and two, as Linux
+    /// (tcp_timewait_state_process: tw_snd_nxt + 65535 + 2).
+    [<Literal>]
+    let ReopenIssGap = 65537
+
+    /// The ISS for the connection a SYN opens when it ends `old`'s TIME-WAIT (`TcpEvent.Reopened`):
+    /// RFC 1122 §4.2.2.13 lets a SYN reopen a connection in TIME-WAIT only when the new ISN
+    /// is larger than the largest sequence number the old incarnation used (SND.MAX - 1, its
+    /// FIN's), so that no old duplicate of ours can land in the new connection's sequence space
+    /// at the peer. "Larger" is in sequence space: ahead by less than 2^31 (RFC 9293 §3.4). The
+    /// RFC 6528 value `generated` (the same 4-tuple's offset plus the 4 µs clock) is kept when it
+    /// lies at least `ReopenIssGap` beyond old SND.MAX, so the ISS stays unpredictable; when the
+    /// old incarnation sent more than the clock advanced (or the generator lies 2^31 or more
+    /// ahead, which reads as behind), it is old SND.MAX + `ReopenIssGap` instead.
+    let reopenIss (old: Connection) (generated: SeqNum) : SeqNum =
+        let largestUsed = old.SndMax - 1
+
+        if generated - largestUsed > ReopenIssGap then
+            generated
+        else
+            old.SndMax + ReopenIssGap
 
     /// True when `send` is allowed: the connection is open or opening and the user has not closed it.
     let canSend (c: Connection) =

@@ -56,7 +56,8 @@ type TcpTrigger =
     | RcvFinAckOfFin
     /// The 2·MSL timer of TIME-WAIT expires.
     | TimeWaitTimeout
-    /// An acceptable RST arrives (RFC 9293 §3.10.7.4, RFC 5961 §3.2; ignored in TIME-WAIT, RFC 1337).
+    /// An acceptable RST arrives (RFC 9293 §3.10.7.4, RFC 5961 §3.2: in the synchronized states
+    /// exactly at RCV.NXT; in TIME-WAIT only such a RST counts, any other is ignored).
     | RcvRst
     /// User ABORT.
     | Abort
@@ -68,6 +69,10 @@ type TcpTrigger =
     /// error (`TcpIcmp.classify`). Only one quoting a sequence number in [SND.UNA, SND.MAX)
     /// counts (RFC 5927 §4.1), so FIN-WAIT-2 and TIME-WAIT, with nothing in flight, never see it.
     | IcmpHardError
+    /// An acceptable new SYN for a connection in TIME-WAIT (RFC 6191 §2, RFC 1122 §4.2.2.13: a
+    /// timestamp newer than TS.Recent, or without timestamps a sequence number beyond RCV.NXT):
+    /// the old incarnation ends, and the SYN goes to the listener as a new connection request.
+    | RcvReopeningSyn
 
 /// The RFC 9293 state graph declared with Stateless: the formal model the pure engine
 /// (`Connection`) is checked against. The machine is configured once, when this module is first
@@ -182,14 +187,27 @@ module StateModel =
         |> failures
 
         // A retransmitted FIN in TIME-WAIT is acknowledged and restarts the 2·MSL timer
-        // (§3.10.7.4 eighth step): a reentry. §3.10.7.4's second step would let a RST close
-        // TIME-WAIT; RFC 1337 §3 (fix F1) ignores it instead, so a stray RST (say, a closed
-        // peer answering a duplicate ACK) cannot cut TIME-WAIT short ("TIME-WAIT assassination").
+        // (§3.10.7.4 eighth step): a reentry.
+        //
+        // A new SYN for the 4-tuple that RFC 6191 §2 finds acceptable (RFC 1122 §4.2.2.13)
+        // ends this incarnation (RcvReopeningSyn) and opens the next one from the listener.
+        // Any other SYN (an old duplicate, or a new one that cannot be told from one) gets a
+        // rate-limited challenge ACK and changes nothing (RcvSyn ignored).
+        //
+        // RSTs: only one exactly at RCV.NXT ends TIME-WAIT (RcvRst; §3.10.7.4's second step with
+        // RFC 5961 §3.2's exact match, as Linux with its default tcp_rfc1337=0); any other is
+        // ignored. RFC 1337 §3 (fix F1) would ignore them all, against "TIME-WAIT assassination"
+        // by a stray RST; but then a client whose new SYN is not acceptable stalls for 2·MSL: it
+        // answers the challenge ACK with the only RST it can build from it, <SEQ=SEG.ACK> =
+        // RCV.NXT (§3.10.7.3), and its SYN goes on meeting TIME-WAIT. Taking that RST bounds
+        // every such connect to one SYN retransmission (two when the challenge ACK was rate
+        // limited), and a blind attacker still has to hit RCV.NXT exactly.
         machine
             .Configure(TcpState.TimeWait)
             .Permit(TcpTrigger.TimeWaitTimeout, TcpState.Closed)
             .PermitReentry(TcpTrigger.RcvFin)
-            .Ignore(TcpTrigger.RcvRst)
+            .Permit(TcpTrigger.RcvRst, TcpState.Closed)
+            .Permit(TcpTrigger.RcvReopeningSyn, TcpState.Closed)
             .Permit(TcpTrigger.Abort, TcpState.Closed)
             .Ignore(TcpTrigger.Close)
             .Ignore(TcpTrigger.RcvSyn)

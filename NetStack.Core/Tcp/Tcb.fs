@@ -303,6 +303,10 @@ type TcpEvent =
     /// Data or our FIN waited `TcpConfig.UserTimeout` without being acknowledged: the
     /// connection was reset and is CLOSED (RFC 9293 §3.10.8, RFC 5482): TimedOut.
     | UserTimedOut
+    /// A SYN reopened the connection's 4-tuple from TIME-WAIT (RFC 6191, RFC 1122 §4.2.2.13):
+    /// this incarnation is CLOSED (`Closed` follows), and the SYN is a new connection request for
+    /// the listener, whose new connection takes its ISS from `Connection.reopenIss` of this one.
+    | Reopened
     /// An ICMP error ended the connection (RFC 1122 §4.2.3.9: a hard error; in SYN-SENT any
     /// unreachable, as Linux fails a connect): it fails with `error`, the SocketError the
     /// kernel's own socket reports for that ICMP type and code (`TcpIcmp.classify`). CLOSED follows.

@@ -97,6 +97,8 @@ let private exercise (options: NetStackOptions) =
     finally
         stack.Dispose()
 
+    NetStack.Tests.TestUtil.assertNoExceptions stack
+
 [<Tests>]
 let tests =
     testSequenced

@@ -182,6 +182,8 @@ let tests =
                     Expect.isTrue (ms >= 0.0 && ms < 5000.0) $"a plausible RTT: {ms} ms"
                     Expect.floatClose Accuracy.high ms ping.Result.RoundtripTime.TotalMilliseconds "the ping's own RTT"
                 | other -> failtestf "one RTT expected, got %A" other
+
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "the connection gauge counts a kernel client's TCP connection to a stack on a TUN device" {
@@ -238,5 +240,6 @@ let tests =
                     "at least the SYN and the ACK"
 
                 Expect.isGreaterThanOrEqual seen.Longs.["netstack.packets|direction=sent"] 1L "at least the SYN-ACK"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
         ]

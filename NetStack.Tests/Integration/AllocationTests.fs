@@ -254,6 +254,7 @@ let tests =
                 Expect.equal writes 1000 "every write completed at once"
                 Expect.isLessThan writeBytes 1000L "bytes allocated by 1000 writes"
                 printfn "allocated by 999 reads: %d B; by 1000 writes: %d B" readBytes writeBytes
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test
@@ -317,6 +318,7 @@ let tests =
                 client.ReceiveTimeout <- 10_000
                 let n = client.Receive sink
                 Expect.equal (n, sink[n - 1]) (1, 9uy) "the write after the canceled one arrives"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test
@@ -353,5 +355,6 @@ let tests =
                 Expect.isLessThan inBytes bound "kernel → stack: bytes the loop allocates per packet"
                 Expect.isLessThan outBytes bound "stack → kernel: bytes the loop allocates per packet"
                 Expect.equal core 0.0 "the core allocates nothing per in-order data segment"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
         ]

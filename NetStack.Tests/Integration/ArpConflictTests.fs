@@ -85,5 +85,7 @@ let tests =
                     Expect.equal reply.Status IPStatus.Success "the stack keeps its address"
                 finally
                     File.Delete path
+
+                TestUtil.assertNoExceptions stack
             }
         ]

@@ -51,7 +51,31 @@ let start (args: string list) =
     psi.StandardErrorEncoding <- Encoding.UTF8
     Process.Start psi
 
+/// Fails when a netstack command's standard error holds the line its commands print at exit when
+/// their stack caught exceptions ("netstack ping: the stack caught exceptions: drop.exception 1",
+/// StackStarter.ExceptionReport in NetStack.Cli).
+let assertNoExceptionReport (stderr: string) =
+    for line in stderr.Split '\n' do
+        if line.Contains ": the stack caught exceptions: " then
+            failtestf "the command's stack caught exceptions: %s\nstderr:\n%s" (line.Trim()) stderr
+
+/// The counters `netstack serve` prints when it exits ("name value" lines, non-zero counters only)
+/// from the rest of its standard output: the lines after the last SIGUSR1 dump ("end statistics").
+let exitStatistics (stdout: string) =
+    match stdout.LastIndexOf "end statistics" with
+    | -1 -> NetStack.Tests.TestUtil.parseCounters stdout
+    | i -> NetStack.Tests.TestUtil.parseCounters (stdout.Substring(i + "end statistics".Length))
+
+/// Fails unless `netstack serve`'s exit output (`stdout`, the rest after its ready line) printed
+/// its counters and they show no swallowed exception (TestUtil.exceptionCounters).
+let assertServeCountedNoExceptions (stdout: string) =
+    let counters = exitStatistics stdout
+    // device.read is never 0 for a stack that served anything: its absence means no statistics.
+    Expect.isTrue (counters.ContainsKey "device.read") $"serve printed its counters at exit:\n{stdout}"
+    NetStack.Tests.TestUtil.assertNoExceptionsInCounters counters
+
 /// Runs `netstack ARGS` to the end (killing it after `timeout`); returns exit code, stdout, stderr.
+/// Fails when the command's stack caught exceptions (assertNoExceptionReport).
 let runNetstack (timeout: TimeSpan) (args: string list) =
     use p = start args
     let out = p.StandardOutput.ReadToEndAsync()
@@ -67,6 +91,7 @@ let runNetstack (timeout: TimeSpan) (args: string list) =
             timeout.TotalSeconds
             out.Result
 
+    assertNoExceptionReport err.Result
     p.ExitCode, out.Result, err.Result
 
 let private quick = TimeSpan.FromSeconds 30.
@@ -80,8 +105,10 @@ let private SIGTERM = 15
 /// SIGUSR1 on Linux.
 let private SIGUSR1 = 10
 
-/// Stops a running `netstack serve` with SIGTERM: it must exit with 0 within 20 s.
-let terminate (p: Process) =
+/// Stops a running `netstack serve` with SIGTERM: it must exit with 0 within 20 s and print
+/// counters that show no swallowed exception. `stdout` reads the rest of its standard output
+/// (started by the caller, who may have read lines before); returns that rest.
+let terminateWith (p: Process) (stdout: Threading.Tasks.Task<string>) =
     Expect.equal (kill (p.Id, SIGTERM)) 0 "SIGTERM sent"
     let stderr = p.StandardError.ReadToEndAsync()
 
@@ -90,6 +117,12 @@ let terminate (p: Process) =
         failtest "serve did not exit within 20 s of SIGTERM"
 
     Expect.equal p.ExitCode 0 $"exit code after SIGTERM; stderr: {stderr.Result}"
+    assertServeCountedNoExceptions stdout.Result
+    stdout.Result
+
+/// terminateWith, reading the rest of standard output from here.
+let terminate (p: Process) =
+    terminateWith p (p.StandardOutput.ReadToEndAsync()) |> ignore
 
 /// True while `ip link show NAME` finds the interface in this namespace. (/sys/class/net would
 /// show the namespace that mounted sysfs, not ours.)
@@ -202,6 +235,30 @@ let tests =
                             Expect.stringContains out c $"netstack --help names {c}"
                     }
 
+                    // The checks every CLI run goes through must fail when a command's stack did
+                    // swallow an exception: on the report line the commands print at exit, and on
+                    // the counters `serve` prints.
+                    test "the exception checks fail on a report line and on printed exception counters" {
+                        Expect.throwsC
+                            (fun () ->
+                                assertNoExceptionReport
+                                    "netstack ping: the stack caught exceptions: engine.loop-error 2\n")
+                            (fun e -> Expect.stringContains e.Message "engine.loop-error 2" "names the counter")
+
+                        assertNoExceptionReport "netstack ping: cannot bring the stack up: no permission\n"
+
+                        Expect.throwsC
+                            (fun () ->
+                                assertServeCountedNoExceptions "device.read 12\ndrop.exception 1\nudp.received 3\n")
+                            (fun e -> Expect.stringContains e.Message "drop.exception 1" "names the counter")
+
+                        Expect.throwsT<AssertException>
+                            (fun () -> assertServeCountedNoExceptions "ready\n")
+                            "no counters printed at all fails too"
+
+                        assertServeCountedNoExceptions "device.read 12\nudp.received 3\n"
+                    }
+
                     for c in commands do
                         test $"netstack {c} --help prints its usage and exits 0" {
                             let code, out, err = runNetstack quick [ c; "--help" ]
@@ -266,10 +323,9 @@ let tests =
                 let n = client.Receive buffer
                 Expect.equal buffer.[.. n - 1] sent "the datagram comes back unchanged"
 
-                let stdoutRest = p.StandardOutput.ReadToEndAsync()
-                terminate p
+                let stdoutRest = terminateWith p (p.StandardOutput.ReadToEndAsync())
                 Expect.isFalse (interfaceExists name) "the interface is gone"
-                Expect.stringContains stdoutRest.Result "udp" "the statistics are printed"
+                Expect.equal (exitStatistics stdoutRest).["udp.received"] 1L "the statistics are printed"
             }
 
             test "serve with faults echoes UDP through them, prints its counters on SIGUSR1 and keeps serving" {

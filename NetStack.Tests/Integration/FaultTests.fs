@@ -349,6 +349,9 @@ let private kernelTests =
             test
                 "TCP bytes cross each way intact (SHA-256) through loss, reordering, duplicates and corruption, and both sides close cleanly, IPv4 and IPv6" {
                 withStack 1 (fun stack ->
+                    let mutable lostOut = 0L
+                    let mutable timeoutsOut = 0L
+
                     for (stackAddress, kernelAddress) in families 1 do
                         // Kernel to NetStack: NetStack reads to the kernel's FIN, then closes its side.
                         use listener = stack.ListenTcp(IPEndPoint(stackAddress, 9))
@@ -358,10 +361,45 @@ let private kernelTests =
 
                         // NetStack to kernel: a graceful close waits until the kernel acknowledged data and FIN.
                         use kernel = TestUtil.kernelListener kernelAddress
+                        let before = stack.Statistics.Snapshot()
                         let outbound = TestUtil.stackToKernel timeout 11 faultBytes stack kernel
 
+                        let counted (name: string) =
+                            stack.Statistics.[name]
+                            - (match before.TryGetValue name with
+                               | true, v -> v
+                               | _ -> 0L)
+
+                        // How the link's losses of the stack's segments were repaired.
+                        let lost = counted "faults.out.drop" + counted "faults.out.corrupt"
+                        let timeouts = counted "tcp.retransmission-timeout"
+                        let fast = counted "tcp.retransmit.fast"
+                        let probes = counted "tcp.loss-probe"
+                        lostOut <- lostOut + lost
+                        timeoutsOut <- timeoutsOut + timeouts
+
                         printfn
-                            $"TCP through faults over {stackAddress.AddressFamily}, {faultBytes >>> 20} MiB each way: in %.1f{inbound.TotalSeconds} s, out %.1f{outbound.TotalSeconds} s"
+                            $"TCP through faults over {stackAddress.AddressFamily}, {faultBytes >>> 20} MiB each way: in %.1f{inbound.TotalSeconds} s, out %.1f{outbound.TotalSeconds} s; out: {lost} packets lost, {fast} fast recoveries, {probes} loss probes, {timeouts} timeouts"
+
+                        Expect.isGreaterThan lost 0L "the link lost some of the stack's segments"
+                        // Most loss episodes end in fast (SACK) recovery, not in a timeout.
+                        Expect.isGreaterThan
+                            fast
+                            timeouts
+                            $"fast recoveries outnumber timeouts over {stackAddress.AddressFamily}"
+
+                    // Loss recovery bounded: a retransmission timeout needs a second loss that hides
+                    // the first (its retransmission, the tail loss probe, or the ACKs that would
+                    // report them), each lost with p = loss + corruption = 5.5%: at most 2p of the
+                    // packets the link took from the stack, over both families' transfers (about
+                    // 160 lost; about a third of the bound is typical). Recovery by timeouts alone
+                    // fails this and the check above.
+                    let p = (issueFaults 0).LossPercent / 100.0 + (issueFaults 0).CorruptPercent / 100.0
+
+                    Expect.isLessThanOrEqual
+                        (float timeoutsOut)
+                        (2.0 * p * float lostOut)
+                        $"{timeoutsOut} timeouts: at most 2p of the {lostOut} lost packets"
 
                     let s = stack.Statistics
 
@@ -384,6 +422,8 @@ let private kernelTests =
                     use server = stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 7))
                     let mutable badAtStack = 0
 
+                    // Echoes until the test cancels it; any other end (an exception) fails the test
+                    // below, where the task is awaited.
                     let echo =
                         task {
                             let buffer = Array.zeroCreate<byte> 2048
@@ -395,14 +435,15 @@ let private kernelTests =
                                     if not (isIntact (ReadOnlySpan(buffer, 0, r.ReceivedBytes))) then
                                         Interlocked.Increment(&badAtStack) |> ignore
 
-                                    let! _ =
+                                    let! sent =
                                         server.SendToAsync(
                                             ReadOnlyMemory(buffer, 0, r.ReceivedBytes),
                                             r.RemoteEndPoint :?> IPEndPoint
                                         )
 
-                                    ()
-                            with _ ->
+                                    if sent <> r.ReceivedBytes then
+                                        failwithf "the echo sent %d of %d bytes" sent r.ReceivedBytes
+                            with :? OperationCanceledException when cancel.IsCancellationRequested ->
                                 ()
                         }
 
@@ -440,7 +481,9 @@ let private kernelTests =
                                             answered <- true
                                             waiting <- false
                                     // Late answers to earlier requests (duplicates, retries) are intact but not ours: keep waiting.
-                                    with :? SocketException ->
+                                    // No answer within the receive timeout: send again. Any other
+                                    // error (a refusal, say) is a failure.
+                                    with :? SocketException as e when e.SocketErrorCode = SocketError.TimedOut ->
                                         retries <- retries + 1
                                         waiting <- false
 
@@ -453,7 +496,8 @@ let private kernelTests =
                             $"UDP echo through faults over {stackAddress.AddressFamily}: {udpRequests} requests, {retries} retries"
 
                     cancel.Cancel()
-                    echo.Wait(timeout) |> ignore
+                    // Wait rethrows what ended the echo early; it must end at the cancellation.
+                    Expect.isTrue (echo.Wait timeout) "the echo ended when canceled"
                     Expect.equal badAtStack 0 "no corrupted request reached NetStack's socket"
 
                     Expect.isGreaterThan

@@ -104,6 +104,8 @@ let tests =
 
                         printfn
                             $"Nagle {kernelAddress} NoDelay={noDelay}: 50 ping-pongs {single.TotalMilliseconds:F0} ms, 20 write-write-reads {double.TotalMilliseconds:F0} ms"
+
+                TestUtil.assertNoExceptions stack
             }
 
             test "keep-alive probes every 600 ms for 2.5 s are answered by the kernel and the connection stays up" {
@@ -140,6 +142,7 @@ let tests =
                 Expect.equal (wait (connection.ReadAsync(Memory one).AsTask())) 1 "the connection still carries data"
                 Expect.equal one.[0] 42uy "the byte"
                 printfn $"keep-alive: {probes} segments sent in 2.5 s of idle"
-                connection.DisposeAsync().AsTask().Wait timeout |> ignore
+                Expect.isTrue (connection.DisposeAsync().AsTask().Wait timeout) "closed"
+                TestUtil.assertNoExceptions stack
             }
         ]

@@ -144,6 +144,7 @@ let tests =
 
                 listener.Dispose()
                 Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+                TestUtil.assertNoExceptions stack
             }
 
             test "1,000 ping-pongs of 1 byte on one connection: one segment from the stack per exchange" {
@@ -192,6 +193,7 @@ let tests =
                 Expect.equal (s.Receive one) 0 "the echo closed after our FIN"
                 listener.Dispose()
                 Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+                TestUtil.assertNoExceptions stack
             }
 
             test
@@ -236,6 +238,7 @@ let tests =
 
                 listener.Dispose()
                 Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+                TestUtil.assertNoExceptions stack
             }
 
             test

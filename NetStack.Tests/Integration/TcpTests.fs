@@ -278,10 +278,10 @@ let tests =
                         Expect.equal error (Some SocketError.ConnectionRefused) $"ECONNREFUSED from {stackAddress}"
 
                     // The loop counts after writing, so the kernel may have seen the RST first.
-                    let counted =
-                        SpinWait.SpinUntil((fun () -> stack.Statistics.["tcp.rst.sent"] >= 2L), 2000)
+                    SpinWait.SpinUntil((fun () -> stack.Statistics.["tcp.rst.sent"] >= 2L), 2000)
+                    |> ignore
 
-                    Expect.isTrue counted "RSTs were counted")
+                    Expect.equal stack.Statistics.["tcp.rst.sent"] 2L "one RST per refused SYN, counted")
             }
 
             test "Abort resets the connection (the kernel sees ECONNRESET), and the kernel's RST fails NetStack's read" {
@@ -408,5 +408,77 @@ let tests =
                         server.Kill true
                         server.WaitForExit 5000 |> ignore
                         directory.Delete true)
+            }
+
+            test
+                "disposing a listener resets the connections it had not handed out: each kernel client reads ECONNRESET, IPv4 and IPv6" {
+                withStack 9 (fun stack ->
+                    for (stackAddress, _) in families 9 do
+                        let listener = stack.ListenTcp(IPEndPoint(stackAddress, 0))
+                        let endpoint = listener.LocalEndPoint
+                        let established = stack.Statistics.["tcp.connected"]
+                        let aborted = stack.Statistics.["tcp.aborted"]
+
+                        // Three clients connect and send a request; nobody accepts them.
+                        let clients =
+                            [
+                                for _ in 1..3 ->
+                                    let s = new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+
+                                    s.Connect endpoint
+                                    s.Send(Text.Encoding.ASCII.GetBytes "hello?") |> ignore
+                                    s.ReceiveTimeout <- 5000
+                                    s
+                            ]
+
+                        try
+                            // The kernel's connect returns at the SYN,ACK; its ACK makes each one
+                            // ESTABLISHED in the listener's queue.
+                            SpinWait.SpinUntil(
+                                (fun () -> stack.Statistics.["tcp.connected"] - established = 3L),
+                                timeout
+                            )
+                            |> ignore
+
+                            Expect.equal
+                                (stack.Statistics.["tcp.connected"] - established)
+                                3L
+                                "three queued connections"
+
+                            listener.Dispose()
+
+                            for client in clients do
+                                let error =
+                                    try
+                                        client.Receive(Array.zeroCreate<byte> 16) |> ignore
+                                        None
+                                    with :? SocketException as e ->
+                                        Some e.SocketErrorCode
+
+                                Expect.equal error (Some SocketError.ConnectionReset) $"reset over {stackAddress}"
+
+                            // The loop counts each abort just after sending its RST.
+                            SpinWait.SpinUntil((fun () -> stack.Statistics.["tcp.aborted"] - aborted = 3L), timeout)
+                            |> ignore
+
+                            Expect.equal
+                                (stack.Statistics.["tcp.aborted"] - aborted)
+                                3L
+                                "one RST per queued connection"
+                            // The port is closed now: a new client is refused.
+                            use late =
+                                new Socket(stackAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+
+                            let refused =
+                                try
+                                    late.Connect endpoint
+                                    None
+                                with :? SocketException as e ->
+                                    Some e.SocketErrorCode
+
+                            Expect.equal refused (Some SocketError.ConnectionRefused) "the port is closed"
+                        finally
+                            for client in clients do
+                                client.Dispose())
             }
         ]

@@ -29,7 +29,7 @@ let private writerThreads () =
     |> Array.filter (fun t ->
         try
             File.ReadAllText(Path.Combine(t, "comm")).TrimEnd() = "netstack writer"
-        with _ ->
+        with :? IOException ->
             false)
     |> Array.length
 

@@ -95,6 +95,8 @@ let private withConnectionPackets
     with e ->
         failtestf "%s\nstatistics:\n%O" (e.ToString()) stack.Statistics
 
+    NetStack.Tests.TestUtil.assertNoExceptions stack
+
 /// `withConnectionPackets` with a function injecting the peer's data at a stream offset.
 let private withConnection (f: NetworkStack -> MemoryPacketDevice -> TcpConnection -> (int -> byte[] -> unit) -> unit) =
     withConnectionPackets (fun stack device connection packet ->

@@ -63,6 +63,34 @@ let private withStack (queueBytes: int) (f: NetworkStack -> MemoryPacketDevice -
     let device = new MemoryPacketDevice(1500)
     use stack = NetworkStack.Start(options queueBytes, device)
     f stack device
+    NetStack.Tests.TestUtil.assertNoExceptions stack
+
+/// A memory device that throws an InvalidOperationException (no device error the engine
+/// expects) from its next read, or from its writes, when told: the way to make the engine's
+/// loop catch and count an exception.
+type private ThrowingDevice(inner: MemoryPacketDevice) =
+    member val ThrowOnNextRead = false with get, set
+    member val ThrowOnWrite = false with get, set
+
+    interface IPacketDevice with
+        member _.Mtu = 1500
+
+        member this.TryRead(buffer, timeout, length) =
+            if this.ThrowOnNextRead then
+                this.ThrowOnNextRead <- false
+                length <- 0
+                raise (InvalidOperationException "an injected read failure")
+
+            inner.TryRead(buffer, timeout, &length)
+
+        member this.Write(packet: ReadOnlySpan<byte>) =
+            if this.ThrowOnWrite then
+                raise (InvalidOperationException "an injected write failure")
+
+            inner.Write packet
+
+        member _.Wake() = inner.Wake()
+        member _.Dispose() = inner.Dispose()
 
 let private addresses v6 =
     if v6 then V6 peer6, V6 ours6 else V4 peer4, V4 ours4
@@ -353,6 +381,7 @@ let tests =
 
                 Expect.equal stack.Statistics.["offload.uso.sent"] 1L "no second super-datagram"
                 Expect.isGreaterThan stack.Statistics.["ip.fragments.sent"] 0L "fragmented for the path"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "disposing a socket aborts its pending receive; using it afterwards is ObjectDisposed" {
@@ -407,6 +436,8 @@ let tests =
                 Expect.throwsT<ObjectDisposedException>
                     (fun () -> stack.BindUdp(IPEndPoint(IPAddress.Any, 0)) |> ignore)
                     "bind after dispose"
+
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "ping: a matching reply is Success, none is TimedOut, an unreachable is DestinationUnreachable" {
@@ -523,7 +554,40 @@ let tests =
 
                     device.Inject(ReadOnlySpan(buffer, 0, n))
                     Expect.equal reply.Result.Status IPStatus.Success "still answering"
-                    Expect.equal stack.Statistics.["device.read"] 3001L "every packet read"
-                    Expect.equal stack.Statistics.["drop.exception"] 0L "no exception")
+                    Expect.equal stack.Statistics.["device.read"] 3001L "every packet read")
+            }
+
+            // The check every test that starts a stack makes at its end (NetStack.Tests.TestUtil.assertNoExceptions)
+            // must fail when the engine did swallow an exception, whichever way it did.
+            test "assertNoExceptions fails on a stack whose loop or packet handling caught an exception" {
+                let assertFails (stack: NetworkStack) (counter: string) =
+                    Expect.throwsC (fun () -> NetStack.Tests.TestUtil.assertNoExceptions stack) (fun e ->
+                        Expect.stringContains e.Message $"{counter} 1" $"the failure names {counter}")
+
+                // A device read that throws: the loop counts engine.loop-error and goes on.
+                let memory = new MemoryPacketDevice(1500)
+                let device = new ThrowingDevice(memory)
+                use stack = NetworkStack.Start(options 65536, device)
+                NetStack.Tests.TestUtil.assertNoExceptions stack
+                device.ThrowOnNextRead <- true
+                memory.Wake()
+                waitUntil (fun () -> stack.Statistics.["engine.loop-error"] = 1L)
+                assertFails stack "engine.loop-error"
+
+                // A write that throws while answering an echo request: drop.exception.
+                let memory = new MemoryPacketDevice(1500)
+                let device = new ThrowingDevice(memory)
+                use stack = NetworkStack.Start(options 65536, device)
+                device.ThrowOnWrite <- true
+                let peer, ours = addresses false
+                let request = Array.zeroCreate<byte> 1500
+
+                let n =
+                    IpLayer.writeEchoRequest peer ours 7us 1us 0us (ReadOnlySpan [| 1uy; 2uy |]) (Span request)
+
+                memory.Inject(ReadOnlySpan(request, 0, n))
+                waitUntil (fun () -> stack.Statistics.["drop.exception"] = 1L)
+                Expect.equal stack.Statistics.["engine.loop-error"] 0L "the loop itself went on"
+                assertFails stack "drop.exception"
             }
         ]

@@ -147,9 +147,28 @@ let private mutatedGen =
         return copy.[.. cut - 1]
     }
 
-/// The receive path of whole packets allocates nothing (reassembly is the documented exception).
+/// The receive path of whole packets allocates nothing (reassembly is the documented exception):
+/// exactly zero bytes on this thread over 20,000 packets.
+///
+/// A bound of 1,000 B was widened to 20,000 B after an 8 KB reading in one loaded full-suite run.
+/// Not the code under test: per packet it allocates nothing in tier-0 code as in optimized code
+/// (the same zero with DOTNET_TC_CallCounting=0, DOTNET_TieredCompilation=0 and by default, at
+/// this commit and at the one the bound was widened in). What the measurement did hold was F#'s
+/// loop itself: a `for` inside `test { }` is the builder's For, a sequence and a closure (112 B,
+/// every run); and whatever else the run did on this thread around a garbage collection while
+/// dozens of tests allocated in parallel. So the loop is a plain function's, the test runs alone
+/// (testSequenced) and inside a no-GC region, and must see no collection and no byte.
+let private allocatedBy (rounds: int) (run: unit -> unit) =
+    let before = GC.GetAllocatedBytesForCurrentThread()
+
+    for _ in 1..rounds do
+        run ()
+
+    GC.GetAllocatedBytesForCurrentThread() - before
+
 let private allocationTest =
-    test "receiving a whole UDP datagram or echo request allocates nothing" {
+    testSequenced
+    <| test "receiving a whole UDP datagram or echo request allocates nothing" {
         let peer, ours = addresses false
 
         let packets =
@@ -166,20 +185,17 @@ let private allocationTest =
                 ignore r.Kind
 
         // Warm up (tiered JIT), then measure.
-        for _ in 1..1000 do
-            run ()
+        allocatedBy 1000 run |> ignore
+        Expect.isTrue (GC.TryStartNoGCRegion(64L <<< 20)) "a no-GC region for the measurement"
+        let collections = GC.CollectionCount 0
+        let allocated = allocatedBy 10_000 run
+        let collected = GC.CollectionCount 0 - collections
 
-        let before = GC.GetAllocatedBytesForCurrentThread()
+        if Runtime.GCSettings.LatencyMode = Runtime.GCLatencyMode.NoGCRegion then
+            GC.EndNoGCRegion()
 
-        for _ in 1..10_000 do
-            run ()
-
-        // A few bytes may come from the runtime itself (tiered JIT), never per packet.
-        let allocated = GC.GetAllocatedBytesForCurrentThread() - before
-        // Under one byte per packet: any allocation per packet (24 bytes at least) would be
-        // 480 KB here, while one-time runtime work on this thread (tier-up, a lazy init) is
-        // tolerated; it showed up as 8 KB once under a loaded full-suite run.
-        Expect.isLessThan allocated 20_000L $"{allocated} bytes for 20000 packets"
+        Expect.equal collected 0 "no garbage collection during the measurement"
+        Expect.equal allocated 0L $"{allocated} bytes for 20000 packets"
     }
 
 [<Tests>]

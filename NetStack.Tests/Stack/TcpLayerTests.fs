@@ -164,6 +164,65 @@ let private syn v6 (sourcePort: uint16) (destinationPort: uint16) =
     let peer, us = addresses v6
     tcpPacket peer us sourcePort destinationPort (outgoing 1000u 0u TcpFlags.Syn 65535us (mssOptions 1400us) 0) [||]
 
+/// The errors a kernel socket gives when every ephemeral port is taken, as .NET's SocketError for
+/// the errno: in a namespace of its own with a two-port ip_local_port_range, two TCP listeners and
+/// two UDP sockets bound to port 0 take both ports; then a TCP bind to port 0 (listen), a UDP
+/// bind to port 0 and a connect. Returns (listen, bind-udp, connect).
+let private kernelExhaustionErrors () =
+    let script =
+        """
+import errno, socket
+with open('/proc/sys/net/ipv4/ip_local_port_range', 'w') as f:
+    f.write('40000 40001')
+server = socket.socket()
+server.bind(('127.0.0.1', 5000))
+server.listen(8)
+held = []
+def attempt(kind, op):
+    s = socket.socket(socket.AF_INET, kind)
+    held.append(s)
+    try:
+        op(s)
+        return 'none'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def listen(s):
+    s.bind(('127.0.0.1', 0))
+    s.listen(8)
+for _ in range(2):
+    print('taken', attempt(socket.SOCK_STREAM, listen), attempt(socket.SOCK_DGRAM, lambda s: s.bind(('127.0.0.1', 0))))
+print('listen', attempt(socket.SOCK_STREAM, listen))
+print('bind-udp', attempt(socket.SOCK_DGRAM, lambda s: s.bind(('127.0.0.1', 0))))
+print('connect', attempt(socket.SOCK_STREAM, lambda s: s.connect(('127.0.0.1', 5000))))
+"""
+
+    let code, output =
+        NetStack.Tests.Isolation.run
+            "unshare"
+            [ "--net"; "sh"; "-c"; "ip link set lo up && exec python3 -c \"$0\""; script ]
+
+    Expect.equal code 0 $"the kernel's exhaustion script ran:\n{output}"
+
+    let answers =
+        output.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+        |> Array.map (fun line -> line.Trim().Split ' ')
+        |> Array.map (fun words -> words.[0], words.[1..])
+        |> Array.toList
+
+    Expect.equal
+        (answers |> List.filter (fun (k, _) -> k = "taken"))
+        [ "taken", [| "none"; "none" |]; "taken", [| "none"; "none" |] ]
+        $"both ports taken:\n{output}"
+
+    // .NET's errno map (SocketErrorPal): EADDRINUSE and EADDRNOTAVAIL.
+    let error (name: string) =
+        match answers |> List.tryFind (fun (k, _) -> k = name) with
+        | Some(_, [| "EADDRINUSE" |]) -> Net.Sockets.SocketError.AddressAlreadyInUse
+        | Some(_, [| "EADDRNOTAVAIL" |]) -> Net.Sockets.SocketError.AddressNotAvailable
+        | other -> failtestf "the kernel's %s: %A\n%s" name other output
+
+    error "listen", error "bind-udp", error "connect"
+
 [<Tests>]
 let tests =
     testList
@@ -350,6 +409,7 @@ let tests =
                     Expect.equal r.DestinationPort 40000us "to the sender"
 
                 waitUntil (fun () -> stack.Statistics.["tcp.rst.sent"] = 2L)
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test
@@ -394,6 +454,7 @@ let tests =
                 Expect.equal stack.Statistics.["tcp.syncookie.sent"] 6L "six cookies"
                 Expect.equal stack.Statistics.["tcp.syncookie.validated"] 1L "one came back"
                 Expect.equal stack.Statistics.["tcp.passive-open"] 5L "four half-open connections, and the cookie's"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "with TcpSynCookies off, SYNs beyond TcpMaxHalfOpen are dropped and counted" {
@@ -419,6 +480,7 @@ let tests =
 
                 waitUntil (fun () -> stack.Statistics.["tcp.drop.half-open-full"] = 6L)
                 Expect.equal stack.Statistics.["tcp.passive-open"] 4L "four half-open connections"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "a canceled ConnectTcpAsync throws OperationCanceledException and frees its connection" {
@@ -443,6 +505,7 @@ let tests =
 
                 Expect.equal error (Some typeof<Threading.Tasks.TaskCanceledException>) "canceled"
                 waitUntil (fun () -> stack.Statistics.["tcp.closed"] = 1L)
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test
@@ -479,6 +542,8 @@ let tests =
                 Expect.throwsT<ObjectDisposedException>
                     (fun () -> listener.AcceptAsync().AsTask() |> ignore)
                     "accepting on a disposed listener"
+
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
             test "ListenTcp refuses a taken port with AddressAlreadyInUse and picks free ephemeral ports" {
@@ -501,5 +566,88 @@ let tests =
                 first.Dispose()
                 use again = stack.ListenTcp(8080)
                 Expect.equal again.LocalEndPoint.Port 8080 "free again after Dispose"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
+            }
+
+            test
+                "with every ephemeral port taken, ListenTcp(0) and BindUdp(0) throw AddressAlreadyInUse and ConnectTcpAsync fails with AddressNotAvailable, as a kernel socket's bind and connect; a freed port is the one used next" {
+                let kernelListen, kernelBindUdp, kernelConnect = kernelExhaustionErrors ()
+
+                let device = new MemoryPacketDevice(1500)
+                use stack = NetworkStack.Start(options (), device)
+                let first = NetworkStack.EphemeralPortFirst
+                let ports = [ first .. NetworkStack.EphemeralPortLast ]
+                // Both families on each port (the stack has an IPv4 and an IPv6 address).
+                let listeners = [| for port in ports -> stack.ListenTcp port |]
+
+                let sockets =
+                    [| for port in ports -> stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, port)) |]
+
+                let errorOf (f: unit -> unit) =
+                    try
+                        f ()
+                        None
+                    with
+                    | :? Net.Sockets.SocketException as e -> Some e.SocketErrorCode
+                    | :? AggregateException as e ->
+                        match e.InnerException with
+                        | :? Net.Sockets.SocketException as s -> Some s.SocketErrorCode
+                        | other -> raise other
+
+                // The kernel's answers, pinned: a change of kernel shows here, not as a mismatch.
+                Expect.equal
+                    (kernelListen, kernelBindUdp, kernelConnect)
+                    (Net.Sockets.SocketError.AddressAlreadyInUse,
+                     Net.Sockets.SocketError.AddressAlreadyInUse,
+                     Net.Sockets.SocketError.AddressNotAvailable)
+                    "the kernel: bind(0) EADDRINUSE, connect EADDRNOTAVAIL"
+
+                Expect.equal (errorOf (fun () -> stack.ListenTcp 0 |> ignore)) (Some kernelListen) "ListenTcp(0)"
+
+                Expect.equal
+                    (errorOf (fun () -> stack.ListenTcp(IPEndPoint(IPAddress.Any, 0)) |> ignore))
+                    (Some kernelListen)
+                    "ListenTcp(0.0.0.0:0)"
+
+                Expect.equal
+                    (errorOf (fun () -> stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 0)) |> ignore))
+                    (Some kernelBindUdp)
+                    "BindUdp([::]:0)"
+
+                Expect.equal
+                    (errorOf (fun () ->
+                        stack.ConnectTcpAsync(IPEndPoint(peer4.ToIPAddress(), 80)).AsTask().Wait timeout
+                        |> ignore))
+                    (Some kernelConnect)
+                    "ConnectTcpAsync"
+
+                Expect.equal stack.Statistics.["tcp.refused.no-ephemeral-port"] 1L "the refused connect is counted"
+                Expect.isNull (device.WaitWritten(TimeSpan.FromMilliseconds 100.0)) "and sent nothing"
+                // One port freed: the next pick can only be that one.
+                listeners.[100].Dispose()
+                use listener = stack.ListenTcp 0
+                Expect.equal listener.LocalEndPoint.Port (first + 100) "ListenTcp(0) takes the freed port"
+                listener.Dispose()
+                use cancel = new CancellationTokenSource()
+
+                let attempt =
+                    stack.ConnectTcpAsync(IPEndPoint(peer4.ToIPAddress(), 80), cancel.Token).AsTask()
+
+                let synFrom = nextSegment device
+                Expect.equal synFrom.Tcp.Flags TcpFlags.Syn "a SYN"
+                Expect.equal (int synFrom.SourcePort) (first + 100) "ConnectTcpAsync takes the freed port"
+                cancel.Cancel()
+                Expect.throwsT<AggregateException> (fun () -> attempt.Wait timeout |> ignore) "canceled"
+                sockets.[7].Dispose()
+                use socket = stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 0))
+                Expect.equal socket.LocalEndPoint.Port (first + 7) "BindUdp(0) takes the freed port"
+
+                for l in listeners do
+                    l.Dispose()
+
+                for s in sockets do
+                    s.Dispose()
+
+                NetStack.Tests.TestUtil.assertNoExceptions stack
             }
         ]

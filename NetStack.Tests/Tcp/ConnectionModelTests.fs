@@ -814,6 +814,20 @@ let private scripted (steps: OracleStep list) =
             @ steps
     }
 
+/// A scripted case in which the engine closes first: it opens actively, the peer answers, the
+/// engine closes, and the peer's `PeerLength` bytes and FIN acknowledge the engine's FIN (FIN-WAIT-1
+/// to TIME-WAIT); then `steps`.
+let private closedFirst (steps: OracleStep list) =
+    { scripted [] with
+        Steps =
+            [
+                PeerSyn(true, FromMax 0, 0, false, 65535us)
+                CloseIt
+                Data(FromNext 0, 100, true, OfFin, 65535us, false)
+            ]
+            @ steps
+    }
+
 /// Replaces the output's transitions with `f`'s.
 let private mapTransitions (f: StateTransition -> StateTransition option) (c: Connection, o: TcpOutput) =
     c,
@@ -896,6 +910,82 @@ let tests =
                 match failureWith unchanged case with
                 | Some message -> Expect.stringContains message "the model expects" "the oracle's verdict"
                 | None -> failtest "a missing transition passed"
+            }
+
+            test
+                "oracle: in TIME-WAIT a SYN beyond RCV.NXT reopens (RFC 6191), one at or before it and a RST off RCV.NXT change nothing, a RST at RCV.NXT ends it" {
+                let run steps =
+                    let r = runOracle (closedFirst steps)
+                    List.last r.Classified, r.Side.Conn.State
+
+                Expect.equal
+                    (run [])
+                    (struct (TcpState.FinWait1, TcpTrigger.RcvFinAckOfFin), TcpState.TimeWait)
+                    "the script reaches TIME-WAIT"
+
+                for beyond in [ 1; 3000; 70000 ] do
+                    Expect.equal
+                        (run [ StraySyn(After beyond, false, FromMax 0) ])
+                        (struct (TcpState.TimeWait, TcpTrigger.RcvReopeningSyn), TcpState.Closed)
+                        $"a SYN {beyond} beyond RCV.NXT"
+
+                for pick in [ AtNext; Before 1; Before 3000 ] do
+                    Expect.equal
+                        (run [ StraySyn(pick, false, FromMax 0) ])
+                        (struct (TcpState.TimeWait, TcpTrigger.RcvSyn), TcpState.TimeWait)
+                        $"a SYN {pick}: challenge ACK"
+
+                Expect.equal
+                    (run [ Reset(AtNext, false, FromMax 0) ])
+                    (struct (TcpState.TimeWait, TcpTrigger.RcvRst), TcpState.Closed)
+                    "a RST at RCV.NXT"
+
+                let last, state = run [ Reset(After 1, false, FromMax 0) ]
+                Expect.notEqual last (struct (TcpState.TimeWait, TcpTrigger.RcvRst)) "a RST off RCV.NXT is no RcvRst"
+                Expect.equal state TcpState.TimeWait "a RST off RCV.NXT is ignored"
+            }
+
+            test
+                "oracle: fails a run whose engine refuses a reopening SYN in TIME-WAIT, or labels it a RST (a legal edge, the wrong trigger)" {
+                let case = closedFirst [ StraySyn(After 1, false, FromMax 0) ]
+                Expect.isNone (failureWith id case) "the honest engine passes"
+
+                let asRst (t: StateTransition) =
+                    Some(
+                        if t.Trigger = TcpTrigger.RcvReopeningSyn then
+                            { t with Trigger = TcpTrigger.RcvRst }
+                        else
+                            t
+                    )
+
+                match failureWith (mapTransitions asRst) case with
+                | Some message -> Expect.stringContains message "the model expects" "the oracle's verdict"
+                | None -> failtest "a reopening labelled as a RST passed"
+
+                // RFC 1337's TIME-WAIT, or one that answers every SYN with a challenge ACK.
+                let refuses (c: Connection, o: TcpOutput) =
+                    let reopened =
+                        o.Actions
+                        |> List.exists (function
+                            | TcpAction.Transition t -> t.Trigger = TcpTrigger.RcvReopeningSyn
+                            | _ -> false)
+
+                    if reopened then
+                        { c with State = TcpState.TimeWait },
+                        { o with
+                            Actions =
+                                o.Actions
+                                |> List.filter (function
+                                    | TcpAction.Transition _
+                                    | TcpAction.Event _ -> false
+                                    | _ -> true)
+                        }
+                    else
+                        c, o
+
+                match failureWith refuses case with
+                | Some message -> Expect.stringContains message "the model expects" "the oracle's verdict"
+                | None -> failtest "a refused reopening passed"
             }
 
             testPropertyWithConfig

@@ -137,10 +137,17 @@ let rfc9293: (TcpState * TcpTrigger * Outcome * string) list =
 
         TcpState.TimeWait, TcpTrigger.TimeWaitTimeout, closed, "Fig. 5 Timeout=2MSL / delete TCB"
         TcpState.TimeWait, TcpTrigger.RcvFin, To TcpState.TimeWait, "eighth step: restart the 2 MSL timeout"
-        TcpState.TimeWait, TcpTrigger.RcvRst, Ignored, "RFC 1337 §3 F1 (instead of the second step's CLOSED)"
+        TcpState.TimeWait,
+        TcpTrigger.RcvRst,
+        closed,
+        "§3.10.7.4 second step, RFC 5961 §3.2 (exactly RCV.NXT, else ignored); Linux tcp_rfc1337=0, not RFC 1337 §3 F1"
+        TcpState.TimeWait,
+        TcpTrigger.RcvReopeningSyn,
+        closed,
+        "RFC 6191 §2, RFC 1122 §4.2.2.13: a new SYN with a newer TSval or SEG.SEQ beyond RCV.NXT; Linux tcp_timewait_state_process"
         TcpState.TimeWait, TcpTrigger.Abort, closed, "§3.10.5: delete TCB"
         TcpState.TimeWait, TcpTrigger.Close, Ignored, "§3.10.4: error, connection closing"
-        TcpState.TimeWait, TcpTrigger.RcvSyn, Ignored, "fourth step, RFC 5961 §4.2"
+        TcpState.TimeWait, TcpTrigger.RcvSyn, Ignored, "a SYN RFC 6191 refuses: fourth step, RFC 5961 §4.2"
     ]
 
 [<Tests>]

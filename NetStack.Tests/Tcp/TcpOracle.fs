@@ -353,6 +353,37 @@ let private takeAck (v: View) (seg: Segment) =
 /// (the model ignores RcvSyn there).
 let private synchronizedSyn (v: View) (now: int64) (_seg: Segment) = fire v now TcpTrigger.RcvSyn
 
+/// RFC 6191 §2 (refining RFC 1122 §4.2.2.13; RFC 9293 §3.6.1 MAY-2): may a SYN for a 4-tuple in
+/// TIME-WAIT open a new incarnation? `rcvNxt` is RCV.NXT of the connection in TIME-WAIT (just
+/// past the peer's FIN), `tsRecent` its TS.Recent when RFC 7323 timestamps are on for it
+/// (ValueNone when they are off). With timestamps on the connection and in the SYN: accept a
+/// TSval newer than TS.Recent, or an equal one with SEG.SEQ beyond RCV.NXT, and refuse any other
+/// (an older TSval marks an old duplicate whatever its sequence number). Otherwise: accept when
+/// SEG.SEQ lies beyond RCV.NXT, past everything the old incarnation carried. "Newer" and
+/// "beyond" are modulo 2^32, ahead by 1 .. 2^31 - 1 (RFC 7323 §5.2, RFC 9293 §3.4). This is
+/// Linux's rule too (tcp_timewait_state_process: after(seq, tw_rcv_nxt) or a newer tsval).
+let reopensTimeWait (seg: Segment) (rcvNxt: SeqNum) (tsRecent: uint32 voption) =
+    let beyond = int (seg.Seq.Value - rcvNxt.Value) > 0
+
+    match tsRecent, seg.Options.Timestamps with
+    | ValueSome recent, ValueSome ts ->
+        let newer = int (ts.Value - recent)
+        newer > 0 || (newer = 0 && beyond)
+    | _ -> beyond
+
+/// A SYN (no ACK, no RST) in TIME-WAIT, before any other check of §3.10.7.4 (RFC 6191 decides,
+/// not the window): one `reopensTimeWait` accepts ends the connection (RcvReopeningSyn, and the
+/// SYN goes to the listener); any other is the fourth step's SYN, answered with a challenge ACK
+/// (RcvSyn, ignored). The oracle's peer never offers timestamps (see the module comment), so
+/// RFC 7323 is off here, there is no TS.Recent, and the sequence-number half of the rule
+/// decides; the timestamp half is held against the engine by the TIME-WAIT simulation, with
+/// this same function.
+let private timeWaitSyn (v: View) (now: int64) (seg: Segment) =
+    if reopensTimeWait seg v.RcvNxt ValueNone then
+        fire v now TcpTrigger.RcvReopeningSyn
+    else
+        fire v now TcpTrigger.RcvSyn
+
 /// §3.10.7.4 for SYN-RECEIVED and the synchronized states.
 let private synchronized (v: View) (now: int64) (seg: Segment) (actions: TcpAction list) =
     if
@@ -363,6 +394,13 @@ let private synchronized (v: View) (now: int64) (seg: Segment) (actions: TcpActi
     then
         // The peer's SYN again (our SYN,ACK was lost): answered, no change.
         fire v now TcpTrigger.RcvSyn
+    elif
+        v.State = TcpState.TimeWait
+        && seg.Has TcpFlags.Syn
+        && not (seg.Has TcpFlags.Ack)
+        && not (seg.Has TcpFlags.Rst)
+    then
+        timeWaitSyn v now seg
     elif not (acceptable v seg) then
         // First step: an unacceptable segment is acknowledged and dropped (a RST just dropped).
         // The peer's FIN again, when ours or its ACK was lost, is the eighth step's "FIN bit set"
@@ -377,7 +415,8 @@ let private synchronized (v: View) (now: int64) (seg: Segment) (actions: TcpActi
             fire v now TcpTrigger.RcvFin
     elif seg.Has TcpFlags.Rst then
         // Second step, RFC 5961 §3.2: only a RST exactly at RCV.NXT resets; one elsewhere in the
-        // window gets a challenge ACK. (TIME-WAIT ignores it: RFC 1337, the model's Ignore.)
+        // window gets a challenge ACK. In TIME-WAIT too (not RFC 1337 §3's "ignore them all", as
+        // Linux with tcp_rfc1337=0): the RST at RCV.NXT ends it, any other is ignored.
         if seg.Seq = v.RcvNxt then
             fire v now TcpTrigger.RcvRst
     elif seg.Has TcpFlags.Syn then

@@ -28,6 +28,16 @@ type LinkProfile =
         SendBuffer: int
     }
 
+/// How one side's losses were repaired during a run.
+type Recovery =
+    {
+        /// Data segments this side sent that the link dropped (each copy of a duplicate counts).
+        mutable LostData: int
+        /// Retransmission timeouts: the timer fired with data outstanding (`Retries` grew, as the
+        /// API counts "tcp.retransmission-timeout").
+        mutable Timeouts: int
+    }
+
 type private Packet =
     {
         To: int
@@ -102,6 +112,7 @@ let simulate (seed: int) (profile: LinkProfile) =
         |]
 
     let serverUp = ref false
+    let recovery = [| { LostData = 0; Timeouts = 0 }; { LostData = 0; Timeouts = 0 } |]
     let queue = ResizeArray<Packet>()
     let order = ref 0L
     let now = ref 0L
@@ -112,7 +123,10 @@ let simulate (seed: int) (profile: LinkProfile) =
         let copies = if rng.Next 100 < profile.DuplicatePercent then 2 else 1
 
         for _ in 1..copies do
-            if rng.Next 100 >= profile.DropPercent then
+            if rng.Next 100 < profile.DropPercent then
+                if seg.DataLength > 0 then
+                    recovery.[from].LostData <- recovery.[from].LostData + 1
+            else
                 order.Value <- order.Value + 1L
 
                 queue.Add
@@ -262,7 +276,11 @@ let simulate (seed: int) (profile: LinkProfile) =
                         if tracing then
                             eprintfn "%d timer %s" now.Value sides.[i].Name
 
+                        let retries = sides.[i].Conn.Retries
                         run i [||] (Connection.handleTimer now.Value)
+
+                        if sides.[i].Conn.Retries > retries then
+                            recovery.[i].Timeouts <- recovery.[i].Timeouts + 1
                     | _ -> ()
 
                     match profile.ReadEvery with
@@ -272,11 +290,12 @@ let simulate (seed: int) (profile: LinkProfile) =
                         run i [||] (Connection.receiveWindowUpdate now.Value unread)
                     | _ -> ()
 
-    sides, clientPayload, serverPayload
+    sides, clientPayload, serverPayload, recovery
 
-/// Checks a finished run: payloads intact, both sides CLOSED after a graceful close.
-let checkRun (seed: int) (profile: LinkProfile) =
-    let sides, clientPayload, serverPayload = simulate seed profile
+/// Checks a finished run: payloads intact, both sides CLOSED after a graceful close; returns how
+/// each side's losses were repaired.
+let checkRecovered (seed: int) (profile: LinkProfile) =
+    let sides, clientPayload, serverPayload, recovery = simulate seed profile
     let client, server = sides.[0], sides.[1]
 
     let describe () =
@@ -323,13 +342,23 @@ let checkRun (seed: int) (profile: LinkProfile) =
         if side.SackedResent > 0L then
             fail $"{side.Name} resent {side.SackedResent} bytes the peer had SACKed: {describe ()}"
 
-    // One side passed through TIME-WAIT and left it on its timer (or both, on a simultaneous close).
+    // One side passed through TIME-WAIT (or both, on a simultaneous close) and left it on its
+    // timer, or on a RST at RCV.NXT: the closed peer's answer to a repeated ACK of ours, which
+    // ends TIME-WAIT as on Linux by default (no RFC 1337; see StateModel).
     let timeWaits =
         sides
-        |> Array.filter (fun s -> s.Transitions.Exists(fun t -> t.Trigger = TcpTrigger.TimeWaitTimeout))
+        |> Array.filter (fun s ->
+            s.Transitions.Exists(fun t ->
+                t.From = TcpState.TimeWait
+                && (t.Trigger = TcpTrigger.TimeWaitTimeout || t.Trigger = TcpTrigger.RcvRst)))
 
     if timeWaits.Length = 0 then
         fail $"nobody went through TIME-WAIT: {describe ()}"
+
+    sides, recovery
+
+/// checkRecovered, for the runs that look at nothing more.
+let checkRun (seed: int) (profile: LinkProfile) = checkRecovered seed profile |> ignore
 
 [<Tests>]
 let tests =
@@ -354,24 +383,22 @@ let tests =
                 checkRun seed (profileOf seed 1_000_000)
                 true)
 
-            // TCP_SEED=n (with TCP_TRACE=1) replays one seed of the 20 KB property.
-            test "replay of TCP_SEED, when set" {
-                match Environment.GetEnvironmentVariable "TCP_SEED" with
-                | null
-                | "" -> ()
-                | text ->
-                    let seed = int text
-                    let maxBytes = Environment.GetEnvironmentVariable "TCP_MAXBYTES"
+            // TCP_SEED=n (with TCP_TRACE=1) replays one seed of the 20 KB property (TCP_MAXBYTES=n
+            // for another size). Registered only when the variable is set: a test that passes
+            // without doing anything would claim a replay that never ran.
+            match Environment.GetEnvironmentVariable "TCP_SEED" with
+            | null
+            | "" -> ()
+            | text ->
+                let seed = int text
 
-                    checkRun
-                        seed
-                        (profileOf
-                            seed
-                            (if String.IsNullOrEmpty maxBytes then
-                                 20_000
-                             else
-                                 int maxBytes))
-            }
+                let maxBytes =
+                    match Environment.GetEnvironmentVariable "TCP_MAXBYTES" with
+                    | null
+                    | "" -> 20_000
+                    | bytes -> int bytes
+
+                test $"replay of TCP_SEED={seed}, TCP_MAXBYTES={maxBytes}" { checkRun seed (profileOf seed maxBytes) }
 
             testPropertyWithConfig
                 { TestUtil.heavyConfig with
@@ -422,14 +449,68 @@ let tests =
                         ServerConfig = sack baseProfile.ServerConfig
                     }
 
-                checkRun 3 profile
-                let sides, _, _ = simulate 3 profile
+                let sides, recovery = checkRecovered 3 profile
                 let client = sides.[0]
                 let fast = client.Events |> Seq.filter ((=) TcpEvent.FastRetransmit) |> Seq.length
-                Expect.isGreaterThan fast 0 "fast retransmits happened"
+                let lost = recovery.[0].LostData
+                let timeouts = recovery.[0].Timeouts
+
+                printfn
+                    $"SACK simulation, 10%% loss, 200 KB: {lost} data segments lost, {fast} fast recoveries, {timeouts} timeouts, {client.Resent} bytes resent"
+
                 Expect.isGreaterThan client.Resent 0L "bytes were resent"
                 Expect.equal client.SackedResent 0L "none of them SACKed"
-                printfn $"SACK simulation, 10%% loss, 200 KB: {fast} fast recoveries, {client.Resent} bytes resent"
+                // Each timeout needs a second loss (the retransmission, the probe or their ACKs),
+                // at p = 10% each: at most 2p of the lost segments; the rest by fast recovery.
+                Expect.isLessThanOrEqual (float timeouts) (0.2 * float lost) "timeouts: at most 2p per lost segment"
+                Expect.isGreaterThan fast timeouts "most loss episodes end in fast recovery"
+            }
+
+            // Loss recovery bounded: a regression to recovery by retransmission timeouts alone
+            // must fail. With SACK and tail loss probes, a lost segment ends in a timeout only
+            // when a second loss hides it: its retransmission, the probe, or the ACKs that would
+            // have reported them, each lost with the link's probability p, so at most about 2p of
+            // the lost segments. Fixed seeds: the runs, and so the sums, are deterministic.
+            test
+                "over 200 lossy runs with SACK, timeouts stay under 2p per lost data segment and most loss episodes end in fast recovery" {
+                let sack (c: TcpConfig) =
+                    { c with
+                        SelectiveAck = true
+                        ReceiveBufferSize = 262144
+                    }
+
+                let mutable lost = 0
+                let mutable timeouts = 0
+                let mutable bound = 0.0
+                let mutable fast = 0
+
+                for seed in 0..199 do
+                    let profile = profileOf seed 50_000
+
+                    let profile =
+                        { profile with
+                            DropPercent = 3 + seed % 10
+                            ClientBytes = 50_000
+                            ClientConfig = sack profile.ClientConfig
+                            ServerConfig = sack profile.ServerConfig
+                        }
+
+                    let sides, recovery = checkRecovered seed profile
+
+                    for i in 0..1 do
+                        lost <- lost + recovery.[i].LostData
+                        timeouts <- timeouts + recovery.[i].Timeouts
+                        bound <- bound + 2.0 * float profile.DropPercent / 100.0 * float recovery.[i].LostData
+
+                        fast <-
+                            fast
+                            + (sides.[i].Events |> Seq.filter ((=) TcpEvent.FastRetransmit) |> Seq.length)
+
+                printfn
+                    $"200 lossy SACK runs: {lost} data segments lost, {fast} fast recoveries, {timeouts} timeouts (bound %.0f{bound})"
+
+                Expect.isLessThanOrEqual (float timeouts) bound "timeouts: at most 2p per lost data segment"
+                Expect.isGreaterThan fast timeouts "most loss episodes end in fast recovery, not a timeout"
             }
 
             test "a clean link, no loss: 100 KB each way" {
