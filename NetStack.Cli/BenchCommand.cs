@@ -124,10 +124,11 @@ public static partial class BenchCommand
           --idle-connections N  instead: open N idle kernel TCP connections to one listener and
                               print the stack's managed heap and RSS per connection
 
-        soak: --soak MINUTES runs the stack with HTTP (port 8080), TCP echo (7) and UDP echo (7000)
-        services under sustained load from other processes at nice 10 (wrk for HTTP when
-        installed, else kernel sockets; kernel sockets for the rest) and prints this process's
-        RSS, GC heap and GC commitment every interval, then their slopes in MB/min:
+        soak: --soak MINUTES runs the stack with serve's HTTP app (Kestrel, port 8080), TCP echo (7)
+        and UDP echo (7000) under sustained load from other processes at nice 10 (wrk for HTTP
+        when installed, else kernel sockets; kernel sockets for the rest) and prints this
+        process's RSS, GC heap and commitment and the RSS by kind of mapping every interval,
+        then their slopes in MB/min; SIGINT ends it early with the same report (docs/soak.md):
           --soak-interval S   seconds between samples (default 10)
           --soak-load LIST    comma-separated subset of http,echo,udp (default all)
           --http-connections N  keep-alive HTTP connections, 10 KiB responses (default 200)
@@ -135,7 +136,8 @@ public static partial class BenchCommand
                               plus 50 short echo connections a second
           --udp-rate N        UDP datagrams a second to the echo (default 5000)
           --soak-csv FILE     write every sample as CSV
-          --soak-svg FILE     draw RSS, GC committed and GC heap over time as SVG
+          --soak-svg FILE     draw RSS, GC committed, resident in the GC's range, GC heap,
+                              malloc arenas and JIT code over time as SVG
           --thread-pool-events  count the thread pool's changes of its thread count by reason
                               (hill climbing, starvation, ...; listening costs native memory)
 
