@@ -1989,6 +1989,25 @@ module Connection =
         | ValueSome t -> t <= now
         | ValueNone -> false
 
+    /// Go-back-N from SND.UNA: SND.NXT returns to SND.UNA, the RTT sample in progress is
+    /// dropped, recovery ends and nothing sent before counts as a new loss episode ("recover" =
+    /// SND.MAX, RFC 6582; RFC 6675 §5.1), and the loss marks and tail-loss probe are cleared.
+    /// SACKed ranges are skipped as in any go-back-N. Shared by the retransmission timeout and
+    /// the resend after a lower path MTU.
+    let private goBackN (c: Connection) =
+        { c with
+            SndNxt = c.SndUna
+            RttTimed = ValueNone
+            InRecovery = false
+            DupAcks = 0
+            RecoveryPoint = c.SndMax
+            HighRxt = c.Acked
+            RetransmitMarks = []
+            LostBelow = 0L
+            ProbeAt = ValueNone
+            ProbeEnd = ValueNone
+        }
+
     /// RFC 6298 §5.4–5.7: back off, retransmit from SND.UNA (go-back-N, with the congestion
     /// window down to one segment, RFC 5681 §3.1), or give up after too many tries.
     let private onRetransmitTimeout (now: int64) (out: Out) (c: Connection) =
@@ -2025,22 +2044,11 @@ module Connection =
                 else
                     Congestion.onLoss c.Config.CongestionControl flight c.SendMss c.Cwnd c.Cubic
 
-            { c with
+            { goBackN c with
                 Rtt = Rto.backoff c.Config.MaxRto c.Rtt
                 Ssthresh = ssthresh
                 Cubic = cubic
                 Cwnd = c.SendMss
-                SndNxt = c.SndUna
-                RttTimed = ValueNone
-                // RFC 6675 §5.1: recovery ends; no new one for data sent before the timeout.
-                InRecovery = false
-                DupAcks = 0
-                RecoveryPoint = c.SndMax
-                HighRxt = c.Acked
-                RetransmitMarks = []
-                LostBelow = 0L
-                ProbeAt = ValueNone
-                ProbeEnd = ValueNone
             }
             |> transmit now out
 
@@ -2220,18 +2228,8 @@ module Connection =
     /// skipped as in any go-back-N.
     let private resendOutstanding (now: int64) (out: Out) (c: Connection) =
         if sendsData c.State && synAcked c && SeqNum.lt c.SndUna c.SndMax then
-            { c with
-                SndNxt = c.SndUna
-                RttTimed = ValueNone
+            { goBackN c with
                 RetransmitAt = ValueNone
-                InRecovery = false
-                DupAcks = 0
-                RecoveryPoint = c.SndMax
-                HighRxt = c.Acked
-                RetransmitMarks = []
-                LostBelow = 0L
-                ProbeAt = ValueNone
-                ProbeEnd = ValueNone
             }
             |> transmit now out
         else
