@@ -1046,6 +1046,23 @@ public sealed partial class NetworkStack
 
     private long NextTcpDeadline() => _tcpTimers.TryPeek(out _, out long at) ? at : long.MaxValue;
 
+    // How often the loop gives back the rings of connections that left them empty and unused
+    // since the last time: an idle connection's rings go back to the pool after one to two of
+    // these. (The loop wakes at least once a second, so this needs no timer of its own.)
+    private const long RingSweepMicroseconds = 1_000_000;
+    private long _nextRingSweep;
+
+    private void SweepIdleRings(long now)
+    {
+        if (now < _nextRingSweep)
+            return;
+        _nextRingSweep = now + RingSweepMicroseconds;
+        if (Volatile.Read(ref TcpRingsRented.Value) == Volatile.Read(ref TcpRingsReturned.Value))
+            return;
+        foreach (var c in _tcp.Values)
+            c.ReleaseIdleRings();
+    }
+
     private void RunTcpTimers(long now)
     {
         while (_tcpTimers.TryPeek(out var c, out long at) && at <= now)

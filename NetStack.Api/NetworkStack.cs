@@ -53,6 +53,15 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     // The per-packet counters, kept to spare a name lookup (~25 ns) per packet.
     private readonly NetStackStatistics.Counter _deviceRead, _deviceWritten, _tcpReceived, _tcpSent;
 
+    /// <summary>
+    /// TCP send and receive rings taken from the shared pool and given back ("tcp.ring.rented",
+    /// "tcp.ring.returned"): the difference is the rings connections hold now.
+    /// </summary>
+    internal NetStackStatistics.Counter TcpRingsRented { get; }
+
+    /// <inheritdoc cref="TcpRingsRented"/>
+    internal NetStackStatistics.Counter TcpRingsReturned { get; }
+
     // Bytes through the device, for the metrics (the packet counts live in _statistics).
     private long _bytesRead;
     private long _bytesWritten;
@@ -121,6 +130,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _deviceWritten = _statistics.Handle("device.written");
         _tcpReceived = _statistics.Handle("tcp.received");
         _tcpSent = _statistics.Handle("tcp.sent");
+        TcpRingsRented = _statistics.Handle("tcp.ring.rented");
+        TcpRingsReturned = _statistics.Handle("tcp.ring.returned");
         if ((device is CapturingPacketDevice c ? c.Inner : device) is WriterThreadDevice writer)
             writer.Statistics = _statistics;
         Options = options;
@@ -637,6 +648,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         long now = Now();
         RunTcpTimers(now);
+        SweepIdleRings(now);
         var deadline = IpLayer.nextDeadline(_ip);
         if (deadline.IsSome && deadline.Value <= now)
         {

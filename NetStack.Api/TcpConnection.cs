@@ -39,23 +39,49 @@ public sealed class TcpConnection : Stream
     private readonly NetworkStack _stack;
     private readonly object _gate = new();
 
-    // Rings are rented from the shared pool when first needed (a half-open connection, or one
-    // that only receives, holds no send ring) and returned once both the user and the loop are
-    // done with them. A stream position p lives at p % capacity (the rented array may be longer).
+    // Rings are rented from the shared pool when needed (a half-open connection, or one that only
+    // receives, holds no send ring) and go back to it when the connection has left them empty and
+    // untouched for a while (ReleaseIdleRings, from the loop's sweep once a second: the send ring
+    // when everything written is acknowledged, the receive ring when everything stored in it has
+    // been read); at the latest when both the user and the loop are done. An idle keep-alive
+    // connection thus holds no ring, while a busy one keeps its own instead of trading it with the
+    // pool on every exchange (which, with 200 busy connections, overflowed the shared pool's
+    // per-core stacks: every exchange allocated a new 256 KiB array and the large object heap
+    // drove gen2 collections; docs/soak.md).
+    //
+    // A stream position p lives at (p - base) % capacity (the rented array may be longer), and
+    // the base moves to the next byte whenever a ring holds none (_sendBase, _recvBase): the
+    // bytes of each exchange start again at the ring's first byte. The pool's arrays come
+    // uninitialized, so their pages become resident only when written; a ring written at
+    // p % capacity had all its pages resident after one lap however few bytes were ever in it
+    // at once (200 keep-alive connections with 10 KB responses: 50 MB of send rings resident,
+    // and receive rings becoming resident page by page as requests moved through them, the
+    // slow climb of docs/soak.md). Starting over at the first byte, a connection keeps resident
+    // what it has had in flight at most.
     private int _sendCapacity; // grows (auto-tuning) on the loop thread, under _gate
     private readonly int _sendCapacityMax;
     private int _receiveCapacity; // grows (auto-tuning) on the loop thread, under _gate
     private bool _userDone;
     private bool _loopDone;
 
-    // Send ring: stream positions [_sendAcked, _sendWritten).
+    // Send ring: stream positions [_sendAcked, _sendWritten), at (position - _sendBase) % capacity.
     private byte[]? _send;
     private long _sendWritten;
     private long _sendAcked;
+    // Moves, under _gate, only when the ring holds no byte (the user's write, or the loop's growth).
+    private long _sendBase;
     private bool _sendPosted;
 
-    // Receive ring: [_recvConsumed, _recvDelivered) are readable; the loop stores beyond.
+    // Receive ring: [_recvConsumed, _recvDelivered) are readable; the loop stores beyond. At
+    // (position - _recvBase) % capacity.
     private byte[]? _receive;
+    // Moves, on the loop thread under _gate, only when the ring holds no byte (Store, growth).
+    private long _recvBase;
+    // The end of the bytes the loop stored in the receive ring (in order or not; loop only):
+    // the ring holds nothing unread once _recvConsumed has reached it.
+    private long _recvStoredEnd;
+    // A ring was rented, written or read since the loop's last sweep (see ReleaseIdleRings).
+    private bool _ringsUsed;
     private long _recvDelivered;
     private long _recvConsumed;
     private bool _windowPosted;
@@ -318,7 +344,8 @@ public sealed class TcpConnection : Stream
                 if (available > 0 && !buffer.IsEmpty)
                 {
                     copied = (int)Math.Min(available, buffer.Length);
-                    CopyOut(_receive!, _receiveCapacity, _recvConsumed, buffer.Span[..copied]);
+                    CopyOut(_receive!, _receiveCapacity, _recvConsumed - _recvBase, buffer.Span[..copied]);
+                    _ringsUsed = true;
                     _recvConsumed += copied;
                     NoteReadLocked(ref notify, ref wake);
                 }
@@ -400,8 +427,13 @@ public sealed class TcpConnection : Stream
                 if (free > 0)
                 {
                     int n = Math.Min(free, buffer.Length);
-                    _send ??= ArrayPool<byte>.Shared.Rent(_sendCapacity);
-                    CopyIn(_send, _sendCapacity, _sendWritten, buffer.Span[..n]);
+                    _send ??= RentRing(_sendCapacity);
+                    _ringsUsed = true;
+                    // Everything written is acknowledged: the loop reads none of the ring (it
+                    // sends only from the unacknowledged bytes), so these start at its first byte.
+                    if (_sendAcked == _sendWritten)
+                        _sendBase = _sendWritten;
+                    CopyIn(_send, _sendCapacity, _sendWritten - _sendBase, buffer.Span[..n]);
                     _sendWritten += n;
                     buffer = buffer[n..];
                     notify = !_sendPosted;
@@ -565,7 +597,7 @@ public sealed class TcpConnection : Stream
     internal void SendSlices(long position, int length, out ReadOnlySpan<byte> first, out ReadOnlySpan<byte> second)
     {
         var ring = _send!;
-        int start = (int)(position % _sendCapacity);
+        int start = (int)((position - _sendBase) % _sendCapacity);
         int n = Math.Min(length, _sendCapacity - start);
         first = ring.AsSpan(start, n);
         second = ring.AsSpan(0, length - n);
@@ -583,12 +615,21 @@ public sealed class TcpConnection : Stream
             position += direct;
         }
         var ring = _receive;
-        if (ring is null)
+        // A ring that holds nothing (all that was stored in it has been read; the reader's count
+        // is read without the lock first, and a stale one only defers this) takes these bytes,
+        // in order or not, from its first byte on: the base moves to the next byte to read.
+        if (ring is null || _recvStoredEnd <= Volatile.Read(ref _recvConsumed))
         {
             lock (_gate)
-                ring = _receive ??= ArrayPool<byte>.Shared.Rent(_receiveCapacity);
+            {
+                ring = _receive ??= RentRing(_receiveCapacity);
+                if (_recvStoredEnd <= _recvConsumed && _recvDelivered == _recvConsumed)
+                    _recvBase = _recvConsumed;
+            }
         }
-        CopyIn(ring, _receiveCapacity, position, data);
+        CopyIn(ring, _receiveCapacity, position - _recvBase, data);
+        _recvStoredEnd = Math.Max(_recvStoredEnd, position + data.Length);
+        _ringsUsed = true; // loop only, like the sweep that clears it
     }
 
     /// <summary>
@@ -663,7 +704,8 @@ public sealed class TcpConnection : Stream
     /// <summary>
     /// Auto-tuning grew the receive buffer to <paramref name="size"/> bytes (loop only, before the
     /// larger window is offered): a larger pooled ring takes every byte that may be unread or
-    /// stored out of order, [consumed, consumed + old capacity), at its stream position.
+    /// stored out of order, [consumed, consumed + old capacity), from its first byte on (the base
+    /// moves to the consumed position).
     /// </summary>
     internal void GrowReceiveBuffer(int size)
     {
@@ -674,14 +716,15 @@ public sealed class TcpConnection : Stream
             var old = _receive;
             if (old is not null)
             {
-                var ring = ArrayPool<byte>.Shared.Rent(size);
+                var ring = RentRing(size);
                 int oldCapacity = _receiveCapacity;
-                int start = (int)(_recvConsumed % oldCapacity);
+                int start = (int)((_recvConsumed - _recvBase) % oldCapacity);
                 var moved = old.AsSpan(0, oldCapacity);
-                CopyIn(ring, size, _recvConsumed, moved[start..]);
-                CopyIn(ring, size, _recvConsumed + (oldCapacity - start), moved[..start]);
+                CopyIn(ring, size, 0, moved[start..]);
+                CopyIn(ring, size, oldCapacity - start, moved[..start]);
+                _recvBase = _recvConsumed;
                 _receive = ring;
-                ArrayPool<byte>.Shared.Return(old);
+                ReturnRing(old);
             }
             _receiveCapacity = size;
         }
@@ -735,8 +778,8 @@ public sealed class TcpConnection : Stream
         }
     }
 
-    // A larger pooled ring takes the unacknowledged bytes [acked, written) at their stream
-    // positions. Loop thread, under _gate: the loop is the only reader of the ring outside the
+    // A larger pooled ring takes the unacknowledged bytes [acked, written) from its first byte
+    // on (the base moves to the acknowledged position). Loop thread, under _gate: the loop is the only reader of the ring outside the
     // gate (segments, gather writes), and it holds no slice of it between actions.
     private void GrowSendBufferLocked(int size)
     {
@@ -744,14 +787,15 @@ public sealed class TcpConnection : Stream
             return;
         if (_send is { } old)
         {
-            var ring = ArrayPool<byte>.Shared.Rent(size);
+            var ring = RentRing(size);
             long live = _sendWritten - _sendAcked;
-            int start = (int)(_sendAcked % _sendCapacity);
+            int start = (int)((_sendAcked - _sendBase) % _sendCapacity);
             int first = (int)Math.Min(live, _sendCapacity - start);
-            CopyIn(ring, size, _sendAcked, old.AsSpan(start, first));
-            CopyIn(ring, size, _sendAcked + first, old.AsSpan(0, (int)live - first));
+            CopyIn(ring, size, 0, old.AsSpan(start, first));
+            CopyIn(ring, size, first, old.AsSpan(0, (int)live - first));
+            _sendBase = _sendAcked;
             _send = ring;
-            ArrayPool<byte>.Shared.Return(old);
+            ReturnRing(old);
         }
         _sendCapacity = size;
         _stack.Statistics.Increment("tcp.send-buffer.grown");
@@ -963,25 +1007,72 @@ public sealed class TcpConnection : Stream
         if (!_userDone || !_loopDone)
             return;
         if (_send is not null)
-            ArrayPool<byte>.Shared.Return(_send);
+            ReturnRing(_send);
         if (_receive is not null)
-            ArrayPool<byte>.Shared.Return(_receive);
+            ReturnRing(_receive);
         _send = null;
         _receive = null;
     }
 
-    // Ring copies: stream position p lives at p % capacity; a run may wrap once.
-    private static void CopyIn(byte[] ring, int capacity, long position, ReadOnlySpan<byte> data)
+    /// <summary>
+    /// The loop's sweep (once a second): a ring that holds no byte and was not used since the
+    /// last sweep goes back to the pool. Loop thread, between segments and commands, when the
+    /// loop holds no slice of either ring.
+    /// </summary>
+    internal void ReleaseIdleRings()
     {
-        int start = (int)(position % capacity);
+        lock (_gate)
+        {
+            if (!_ringsUsed)
+                ReleaseEmptyRingsLocked();
+            _ringsUsed = false;
+        }
+    }
+
+    // The send ring holds [acked, written): nothing once all is acknowledged, and the user's next
+    // write rents one again under _gate. The receive ring holds what was stored and not yet read:
+    // nothing once the reads reached the end of what was stored and of what was delivered (the
+    // loop's next Store rents one again). The reader copies out of the ring only under _gate and
+    // only delivered bytes, which an empty ring has none of. Under _gate.
+    private void ReleaseEmptyRingsLocked()
+    {
+        if (_send is not null && _sendAcked == _sendWritten)
+        {
+            ReturnRing(_send);
+            _send = null;
+        }
+        if (_receive is not null && _recvConsumed == _recvDelivered && _recvStoredEnd <= _recvConsumed)
+        {
+            ReturnRing(_receive);
+            _receive = null;
+        }
+    }
+
+    private byte[] RentRing(int size)
+    {
+        _ringsUsed = true;
+        _stack.TcpRingsRented.Increment();
+        return ArrayPool<byte>.Shared.Rent(size);
+    }
+
+    private void ReturnRing(byte[] ring)
+    {
+        _stack.TcpRingsReturned.Increment();
+        ArrayPool<byte>.Shared.Return(ring);
+    }
+
+    // Ring copies: the byte at offset o from the ring's base lives at o % capacity; a run may wrap once.
+    private static void CopyIn(byte[] ring, int capacity, long offset, ReadOnlySpan<byte> data)
+    {
+        int start = (int)(offset % capacity);
         int first = Math.Min(data.Length, capacity - start);
         data[..first].CopyTo(ring.AsSpan(start));
         data[first..].CopyTo(ring);
     }
 
-    private static void CopyOut(byte[] ring, int capacity, long position, Span<byte> destination)
+    private static void CopyOut(byte[] ring, int capacity, long offset, Span<byte> destination)
     {
-        int start = (int)(position % capacity);
+        int start = (int)(offset % capacity);
         int first = Math.Min(destination.Length, capacity - start);
         ring.AsSpan(start, first).CopyTo(destination);
         ring.AsSpan(0, destination.Length - first).CopyTo(destination[first..]);

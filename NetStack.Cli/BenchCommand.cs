@@ -88,6 +88,7 @@ public static partial class BenchCommand
     /// <summary>The help text.</summary>
     public static string Usage => $"""
         usage: netstack bench [--seconds N] [--tcp-mib N] [--conn-clients N] [--cases LIST] [--idle-connections N] [interface options]
+               netstack bench --soak MINUTES [soak options] [interface options]
 
         Measures, in a private network namespace (re-executing under 'unshare' like the demo):
           udp   UDP round-trip latency (p50, p99) of {DatagramSize}-byte datagrams, one outstanding,
@@ -122,6 +123,23 @@ public static partial class BenchCommand
                               all but http)
           --idle-connections N  instead: open N idle kernel TCP connections to one listener and
                               print the stack's managed heap and RSS per connection
+
+        soak: --soak MINUTES runs the stack with serve's HTTP app (Kestrel, port 8080), TCP echo (7)
+        and UDP echo (7000) under sustained load from other processes at nice 10 (wrk for HTTP
+        when installed, else kernel sockets; kernel sockets for the rest) and prints this
+        process's RSS, GC heap and commitment and the RSS by kind of mapping every interval,
+        then their slopes in MB/min; SIGINT ends it early with the same report (docs/soak.md):
+          --soak-interval S   seconds between samples (default 10)
+          --soak-load LIST    comma-separated subset of http,echo,udp (default all)
+          --http-connections N  keep-alive HTTP connections, 10 KiB responses (default 200)
+          --echo-connections N  persistent TCP echo connections, 1 KiB exchanges (default 16),
+                              plus 50 short echo connections a second
+          --udp-rate N        UDP datagrams a second to the echo (default 5000)
+          --soak-csv FILE     write every sample as CSV
+          --soak-svg FILE     draw RSS, GC committed, resident in the GC's range, GC heap,
+                              malloc arenas and JIT code over time as SVG
+          --thread-pool-events  count the thread pool's changes of its thread count by reason
+                              (hill climbing, starvation, ...; listening costs native memory)
 
         {InterfaceOptions.Help}
         """;
@@ -221,6 +239,12 @@ public static partial class BenchCommand
         var connClients = 4;
         var cases = new HashSet<string>(DefaultCases, StringComparer.Ordinal);
         var idleConnections = 0;
+        TimeSpan? soak = null;
+        var soakInterval = TimeSpan.FromSeconds(10);
+        var soakLoads = new HashSet<string>(SoakBench.LoadNames, StringComparer.Ordinal);
+        int httpConnections = 200, echoConnections = 16, udpRate = 5000;
+        string? soakCsv = null, soakSvg = null;
+        var threadPoolEvents = false;
         while (reader.Next() is { } arg)
         {
             if (InterfaceOptions.TryRead(reader, arg, ref options))
@@ -241,6 +265,35 @@ public static partial class BenchCommand
             }
             else if (arg == "--idle-connections")
                 idleConnections = reader.ParseInt(arg, reader.Value(arg), 1, 60000, "a number of connections");
+            else if (arg == "--soak")
+            {
+                var text = reader.Value(arg);
+                if (!double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var soakMinutes) || !(soakMinutes >= 0.1) || soakMinutes > 1440)
+                    throw reader.Fail($"--soak: '{text}' is not a number of minutes (0.1-1440)");
+                soak = TimeSpan.FromMinutes(soakMinutes);
+            }
+            else if (arg == "--soak-interval")
+                soakInterval = reader.ParseSeconds(arg, reader.Value(arg), 1, 600);
+            else if (arg == "--soak-load")
+            {
+                var list = reader.Value(arg);
+                var names = list.Split(',', StringSplitOptions.TrimEntries);
+                if (names.Any(n => !SoakBench.LoadNames.Contains(n)))
+                    throw reader.Fail($"--soak-load: '{list}' is not a list of {string.Join(",", SoakBench.LoadNames)}");
+                soakLoads = new HashSet<string>(names, StringComparer.Ordinal);
+            }
+            else if (arg == "--soak-csv")
+                soakCsv = Path.GetFullPath(reader.Value(arg));
+            else if (arg == "--soak-svg")
+                soakSvg = Path.GetFullPath(reader.Value(arg));
+            else if (arg == "--http-connections")
+                httpConnections = reader.ParseInt(arg, reader.Value(arg), 1, 10000, "a number of connections");
+            else if (arg == "--echo-connections")
+                echoConnections = reader.ParseInt(arg, reader.Value(arg), 1, 1000, "a number of connections");
+            else if (arg == "--thread-pool-events")
+                threadPoolEvents = true;
+            else if (arg == "--udp-rate")
+                udpRate = reader.ParseInt(arg, reader.Value(arg), 1, 1_000_000, "a number of datagrams per second");
             else
                 throw reader.Unknown(arg);
         }
@@ -252,6 +305,8 @@ public static partial class BenchCommand
             return Isolation.ReexecIsolated(["bench", .. args]);
         if (idleConnections > 0)
             return IdleBench.Run(options, idleConnections);
+        if (soak is { } minutes)
+            return SoakBench.Run(options, new SoakBench.Plan(minutes, soakInterval, soakLoads, httpConnections, echoConnections, udpRate, soakCsv, soakSvg, threadPoolEvents));
         return RunIsolated(options, new Plan(TimeSpan.FromSeconds(seconds), tcpMib * (1L << 20), connClients, cases));
     }
 

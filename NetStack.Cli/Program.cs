@@ -22,6 +22,8 @@ public static class Program
     /// <summary>Runs the command line; returns the process exit code.</summary>
     public static int Main(string[] args)
     {
+        // Before the thread pool has threads: see MallocArenas (docs/soak.md).
+        MallocArenas.Cap();
         if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
         {
             Console.WriteLine(Usage);
@@ -40,6 +42,7 @@ public static class Program
                 "bench" => BenchCommand.Run(rest),
                 BenchCommand.EchoPeerCommand => BenchCommand.RunEchoPeer(rest),
                 IdleBench.ClientsCommand => IdleBench.RunClients(rest),
+                SoakBench.LoadCommand => SoakBench.RunLoad(rest),
                 _ => throw new UsageException($"netstack: unknown command '{args[0]}' (see 'netstack --help')"),
             };
         }

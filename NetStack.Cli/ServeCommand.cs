@@ -27,10 +27,11 @@ public static class ServeCommand
 
         Brings the stack up on a TUN interface and serves until SIGINT or SIGTERM. When everything
         is up it prints one line beginning with 'ready' (interface name and addresses). SIGUSR1
-        prints the stack's counters (between 'statistics' and 'end statistics' lines) and serving
-        goes on. On SIGINT or SIGTERM it stops the HTTP server (idle keep-alive connections are
-        closed at once, requests still running get 3 s), removes the interface, prints the
-        counters and exits 0.
+        prints the stack's counters and this process's memory (process.rss, gc.heap, gc.committed
+        and more, in bytes; between 'statistics' and 'end statistics' lines) and serving goes on.
+        On SIGINT or SIGTERM it stops the HTTP server (idle keep-alive connections are closed at
+        once, requests still running get 3 s), removes the interface, prints the counters and
+        exits 0.
 
         services:
           --udp-echo PORT     echo every UDP datagram on PORT (IPv4 and IPv6) back to its sender;
@@ -161,7 +162,7 @@ public static class ServeCommand
             using var dump = PosixSignalRegistration.Create(SigUsr1, context =>
             {
                 context.Cancel = true;
-                Console.WriteLine($"statistics\n{StackStarter.FormatStatistics(stack.Statistics.Snapshot())}\nend statistics");
+                Console.WriteLine($"statistics\n{StackStarter.FormatStatistics(stack.Statistics.Snapshot())}\n{ProcessMemory.Now().Format()}\nend statistics");
             });
             Console.WriteLine($"ready {InterfaceOptions.Describe(stack)}{echo}{tcpServices}");
 

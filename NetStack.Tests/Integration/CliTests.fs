@@ -200,6 +200,10 @@ let private badArguments =
         [ "bench"; "--udp-echo"; "7" ], "unknown option '--udp-echo'"
         [ "bench"; "--cases"; "udp,tcp" ], "'udp,tcp' is not a list of udp,rr,conn,bulk"
         [ "bench"; "--conn-clients"; "0" ], "'0' is not a number of threads"
+        [ "bench"; "--soak"; "0" ], "'0' is not a number of minutes"
+        [ "bench"; "--soak"; "1"; "--soak-load"; "http,tcp" ], "'http,tcp' is not a list of http,echo,udp"
+        [ "bench"; "--soak"; "1"; "--udp-rate"; "0" ], "'0' is not a number of datagrams per second"
+        [ "bench"; "--soak"; "1"; "--soak-interval"; "0.5" ], "'0.5' is not a number of seconds"
         [ "serve"; "--loss"; "101%" ], "'101%' is not a percentage"
         [ "serve"; "--dup"; "-1%" ], "'-1%' is not a percentage"
         [ "ping"; "10.77.0.1"; "--reorder"; "lots" ], "'lots' is not a percentage"
@@ -404,6 +408,27 @@ let tests =
                     "the fault counters are printed"
 
                 Expect.exists counters (fun l -> l.StartsWith "udp.received ") "the stack's counters are printed"
+
+                // The process's memory comes with them: the resident set as the kernel reports it
+                // (read here from /proc a moment later, so equal up to what changed meanwhile), and
+                // the GC's figures (a heap lives inside the memory the GC committed; both are 0
+                // until the first collection, which a quiet serve may not have had yet).
+                let value (name: string) =
+                    counters
+                    |> Seq.tryFind (fun l -> l.StartsWith(name + " "))
+                    |> Option.map (fun l -> int64 (l.Substring(name.Length + 1)))
+                    |> Option.defaultWith (fun () -> failtestf "no %s line in:\n%s" name (String.Join("\n", counters)))
+
+                let vmRss =
+                    IO.File.ReadAllLines $"/proc/{p.Id}/status"
+                    |> Array.find (fun l -> l.StartsWith "VmRSS:")
+                    |> fun l -> int64 (l.Split(' ', StringSplitOptions.RemoveEmptyEntries).[1]) * 1024L
+
+                let rss = value "process.rss"
+                Expect.isGreaterThan rss (vmRss * 4L / 5L) $"process.rss {rss} is the VmRSS read just after ({vmRss})"
+                Expect.isLessThan rss (vmRss * 5L / 4L) $"process.rss {rss} is the VmRSS read just after ({vmRss})"
+                Expect.isGreaterThan (value "gc.allocated") 0L "gc.allocated"
+                Expect.isGreaterThanOrEqual (value "gc.committed") (value "gc.heap") "the heap lies in committed memory"
                 Expect.isFalse p.HasExited "serve goes on after SIGUSR1"
                 echo 21
                 terminate p

@@ -72,6 +72,74 @@ let tests =
                     Expect.isFalse (line.Value.Contains "n/a") $"every column of '{row}' is measured: {line.Value}"
             }
 
+            test "netstack bench --soak runs the mixed load, samples memory and writes the CSV and SVG" {
+                // A quarter of a minute with small loads: this checks that every load runs without a
+                // failure and every sample is written, not how memory behaves over time.
+                let dir = IO.Directory.CreateTempSubdirectory "netstack-soak"
+
+                try
+                    let csv = IO.Path.Combine(dir.FullName, "soak.csv")
+                    let svg = IO.Path.Combine(dir.FullName, "soak.svg")
+
+                    let code, out, err =
+                        CliTests.runNetstack
+                            (TimeSpan.FromSeconds 120.)
+                            [
+                                "bench"
+                                "--soak"
+                                "0.25"
+                                "--soak-interval"
+                                "5"
+                                "--http-connections"
+                                "4"
+                                "--echo-connections"
+                                "2"
+                                "--udp-rate"
+                                "200"
+                                "--soak-csv"
+                                csv
+                                "--soak-svg"
+                                svg
+                            ]
+
+                    Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+
+                    Expect.stringContains
+                        out
+                        "drop.exception 0, engine.loop-error 0, engine.command-error 0,"
+                        "the stack counted no exception"
+
+                    Expect.stringContains out "client: echo: " "the echo load reports"
+                    Expect.stringContains out "client: udp: " "the UDP load reports"
+                    Expect.isTrue (out.Contains "wrk: " || out.Contains "client: http: ") "the HTTP load reports"
+                    Expect.stringContains out "slope" "the slopes are printed"
+
+                    let rows = IO.File.ReadAllLines csv
+                    let header = rows.[0].Split ','
+                    let column (name: string) = Array.IndexOf(header, name)
+                    // Samples at 5, 10 and 15 s.
+                    Expect.equal rows.Length 4 $"a header and three samples:\n{String.Join('\n', rows)}"
+
+                    for row in rows.[1..] do
+                        let f = row.Split ','
+                        let number (name: string) = float f.[column name]
+                        // Two readings of one quantity: /proc/self/status's VmRSS and the sum over
+                        // /proc/self/smaps's mappings, taken a few milliseconds apart.
+                        let kinds =
+                            [ "gc"; "malloc"; "code"; "stacks"; "files"; "other" ]
+                            |> List.sumBy (fun k -> number $"resident_{k}_bytes")
+
+                        let rss = number "rss_bytes"
+                        Expect.isLessThan (abs (kinds - rss)) (rss * 0.05) $"the kinds add up to the RSS: {row}"
+                        Expect.isGreaterThan (number "resident_gc_bytes") 0.0 "memory in the GC's range"
+                        // 4 HTTP and 2 echo connections stay open through the run.
+                        Expect.isGreaterThanOrEqual (number "tcp_connections") 6.0 $"the persistent connections: {row}"
+
+                    Expect.stringStarts (IO.File.ReadAllText svg) "<svg" "an SVG"
+                finally
+                    dir.Delete true
+            }
+
             test "netstack bench --cases bulk at MTU 65000 prints only the bulk rows" {
                 let code, out, err =
                     CliTests.runNetstack

@@ -1,12 +1,16 @@
 /// Request/response against the kernel's TCP: an echo on the stack answers kernel sockets with
 /// as few segments as the exchange needs (the reply carries the ACK and the window; no pure
-/// window update goes out before it), and thousands of short connections leave nothing behind.
+/// window update goes out before it), thousands of short connections leave nothing behind,
+/// idle keep-alive connections hold no buffer, busy ones keep theirs, and small exchanges write
+/// (so make resident) only the first pages of a ring.
 /// Interfaces ns108kN, subnets 10.108.N.0/24 and fda8:N::/64.
 module NetStack.Tests.Integration.RequestResponseTests
 
 open System
 open System.Net
 open System.Net.Sockets
+open System.Reflection
+open System.Runtime.InteropServices
 open System.Threading
 open System.Threading.Tasks
 open Expecto
@@ -55,6 +59,49 @@ let private waitAllClosed (stack: NetworkStack) =
         stack.Statistics.["tcp.closed"]
         stack.Statistics.["tcp.passive-open"]
         $"every accepted connection closed\n{stack.Statistics}"
+
+/// The kernel's view of which pages of a managed array are in memory, and a way to drop them.
+module private Pages =
+    [<DllImport("libc", SetLastError = true)>]
+    extern int madvise(nativeint address, unativeint length, int advice)
+
+    /// MADV_DONTNEED (asm-generic/mman-common.h): the pages are dropped; private anonymous ones
+    /// read back as zeros and become resident again only when touched.
+    let private DontNeed = 4
+
+    let size = int64 Environment.SystemPageSize
+
+    /// The whole pages inside [address, address + length): [first, last) as page numbers.
+    let inside (address: nativeint) (length: int) =
+        let a = int64 address
+        (a + size - 1L) / size, (a + int64 length) / size
+
+    /// Drops the whole pages inside the array (its header, in the page before its first whole
+    /// one, stays).
+    let drop (address: nativeint) (length: int) =
+        let first, last = inside address length
+
+        if last > first then
+            let r =
+                madvise (nativeint (first * size), unativeint ((last - first) * size), DontNeed)
+
+            Expect.equal r 0 $"madvise(MADV_DONTNEED) failed: errno {Marshal.GetLastPInvokeError()}"
+
+    /// The page numbers in [first, last) that /proc/self/pagemap shows present or swapped
+    /// (bits 63 and 62 of each page's 64-bit entry; Documentation/admin-guide/mm/pagemap.rst).
+    let present (first: int64) (last: int64) =
+        use map = IO.File.OpenRead "/proc/self/pagemap"
+        let entry = Array.zeroCreate<byte> 8
+
+        [
+            for page in first .. last - 1L do
+                map.Position <- page * 8L
+                map.ReadExactly entry
+                let bits = BitConverter.ToUInt64 entry
+
+                if bits &&& (3UL <<< 62) <> 0UL then
+                    page
+        ]
 
 [<Tests>]
 let tests =
@@ -191,6 +238,250 @@ let tests =
 
                 listener.Dispose()
                 Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+                TestUtil.assertNoExceptions stack
+            }
+
+            test
+                "200 keep-alive connections keep their rings while busy and hold none once idle between exchanges: a few KB of heap each, not the 256 KiB of a ring" {
+                let options = optionsFor 4
+                use stack = NetworkStack.Start options
+                use listener = stack.ListenTcp(EchoPort, backlog = 256)
+                use stop = new CancellationTokenSource()
+
+                // An echo with a 1 KiB buffer (TestUtil's has 64 KiB, which would hide the rings).
+                let echo =
+                    task {
+                        try
+                            while true do
+                                let! (c: TcpConnection) = listener.AcceptAsync stop.Token
+
+                                Task.Run(fun () ->
+                                    task {
+                                        use c = c
+                                        let buffer = Array.zeroCreate<byte> 1024
+                                        let mutable n = 1
+
+                                        while n > 0 do
+                                            let! read = c.ReadAsync(Memory buffer)
+                                            n <- read
+
+                                            if n > 0 then
+                                                do! c.WriteAsync(ReadOnlyMemory(buffer, 0, n))
+                                    }
+                                    :> Task)
+                                |> ignore
+                        with _ ->
+                            ()
+                    }
+
+                let target = IPEndPoint(options.Address, EchoPort)
+
+                let connect () =
+                    let s =
+                        new Socket(
+                            AddressFamily.InterNetwork,
+                            SocketType.Stream,
+                            ProtocolType.Tcp,
+                            NoDelay = true,
+                            ReceiveTimeout = 10_000
+                        )
+
+                    s.Connect target
+                    s
+
+                let message = Array.init 1000 byte
+                let back = Array.zeroCreate<byte> 1000
+
+                let exchange (s: Socket) (round: int) =
+                    message.[0] <- byte round
+                    s.Send message |> ignore
+                    let mutable got = 0
+
+                    while got < back.Length do
+                        let n = s.Receive(back, got, back.Length - got, SocketFlags.None)
+                        Expect.isGreaterThan n 0 "the echo answered"
+                        got <- got + n
+
+                    Expect.sequenceEqual back message "the echo came back"
+
+                let count = 200
+
+                // Warm-up: the JIT, and the same load once, closed: its rings go back to the
+                // shared pool, which keeps as many as it will (a number that grows with the
+                // processors), so that the measurement below counts what the connections hold.
+                do
+                    let sockets = [ for _ in 1..count -> connect () ]
+
+                    for round in 1..5 do
+                        for s in sockets do
+                            exchange s round
+
+                    for s in sockets do
+                        s.Dispose()
+
+                    waitAllClosed stack
+
+                let heapBefore = GC.GetTotalMemory true
+                let rentedBefore = stack.Statistics.["tcp.ring.rented"]
+                let sockets = [ for _ in 1..count -> connect () ]
+
+                for round in 1..5 do
+                    for s in sockets do
+                        exchange s round
+
+                // A busy connection keeps its rings between exchanges (a round of 200 takes
+                // milliseconds, the sweep needs a whole second without use): at most a send and
+                // a receive ring each. Returned to the pool after every exchange, the rings were
+                // rented again for each of the 5 rounds, about 1,000 times.
+                let rentedBusy = stack.Statistics.["tcp.ring.rented"] - rentedBefore
+                printfn $"{count} connections, 5 exchanges each: {rentedBusy} rings rented"
+                Expect.isLessThanOrEqual rentedBusy (2L * int64 count) "at most two rings per busy connection"
+
+                // The loop gives back the rings a connection left empty and unused for a whole
+                // sweep (once a second): within two seconds of the last exchange.
+                let held () =
+                    stack.Statistics.["tcp.ring.rented"] - stack.Statistics.["tcp.ring.returned"]
+
+                let idle = Diagnostics.Stopwatch.StartNew()
+
+                while held () > 0L && idle.Elapsed < TimeSpan.FromSeconds 5.0 do
+                    Thread.Sleep 100
+
+                let held = held ()
+
+                let perConnection = float (GC.GetTotalMemory true - heapBefore) / float count
+
+                printfn
+                    $"{count} idle keep-alive connections: {perConnection:F0} B of managed heap each, {held} rings held after {idle.Elapsed.TotalSeconds:F1} s"
+                // Each used to keep its 256 KiB send ring (and a receive ring when a request had
+                // come before the read) for as long as it was open.
+                Expect.equal held 0L "every idle connection gave its rings back"
+                Expect.isLessThan perConnection (64.0 * 1024.0) "an idle connection holds no ring"
+
+                // They still work: a ring comes back from the pool for the next exchange.
+                for s in sockets do
+                    exchange s 6
+                    s.Shutdown SocketShutdown.Send
+                    Expect.equal (s.Receive back) 0 "the echo closed after our FIN"
+                    s.Dispose()
+
+                waitAllClosed stack
+                stop.Cancel()
+                Expect.isTrue (echo.Wait timeout) "the echo's accept loop ended"
+
+                Expect.equal
+                    stack.Statistics.["tcp.ring.returned"]
+                    stack.Statistics.["tcp.ring.rented"]
+                    "every ring went back"
+
+                TestUtil.assertNoExceptions stack
+            }
+            test
+                "a connection whose exchanges are 10 KB writes only the first pages of its 256 KiB rings: every exchange starts again at a ring's first byte (the kernel's page map)" {
+                let options = optionsFor 5
+                use stack = NetworkStack.Start options
+                use listener = stack.ListenTcp EchoPort
+                let accepted = (listener.AcceptAsync CancellationToken.None).AsTask()
+
+                use s =
+                    new Socket(
+                        AddressFamily.InterNetwork,
+                        SocketType.Stream,
+                        ProtocolType.Tcp,
+                        NoDelay = true,
+                        ReceiveTimeout = 10_000
+                    )
+
+                s.Connect(IPEndPoint(options.Address, EchoPort))
+                use c = TestUtil.waitWithin timeout accepted
+
+                // An echo that waits with a zero-byte read before it reads, so that what arrives
+                // waits in the receive ring (a read with a buffer would take it straight), and
+                // writes back what it read: both rings carry every byte.
+                let server =
+                    task {
+                        let buffer = Array.zeroCreate<byte> 65536
+                        let mutable n = 1
+
+                        while n > 0 do
+                            let! _ = c.ReadAsync(Memory<byte>.Empty)
+                            let! read = c.ReadAsync(Memory buffer)
+                            n <- read
+
+                            if n > 0 then
+                                do! c.WriteAsync(ReadOnlyMemory(buffer, 0, n))
+
+                        // The client's FIN: ours follows.
+                        do! c.DisposeAsync()
+                    }
+
+                let size = 10 * 1024
+                let message = Array.zeroCreate<byte> size
+                let back = Array.zeroCreate<byte> size
+
+                let exchange (round: int) =
+                    Random(round).NextBytes message
+                    Expect.equal (s.Send message) size "sent"
+                    let mutable got = 0
+
+                    while got < size do
+                        let n = s.Receive(back, got, size - got, SocketFlags.None)
+                        Expect.isGreaterThan n 0 "the echo answered"
+                        got <- got + n
+
+                    Expect.sequenceEqual back message $"exchange {round} came back"
+
+                // The first exchange rents the rings.
+                exchange 0
+
+                let ring name =
+                    typeof<TcpConnection>.GetField(name, BindingFlags.NonPublic ||| BindingFlags.Instance).GetValue c
+                    :?> byte[]
+
+                let rings = [ "_send", ring "_send"; "_receive", ring "_receive" ]
+
+                for (name, r), capacity in List.zip rings [ options.TcpSendBufferBytes; options.TcpReceiveBufferBytes ] do
+                    Expect.isNotNull r $"{name}: the echo holds a ring"
+                    Expect.equal r.Length capacity $"{name}: a ring of the buffer's size"
+
+                let pins = [ for _, r in rings -> GCHandle.Alloc(r, GCHandleType.Pinned) ]
+
+                try
+                    // Out of memory: what the exchanges write comes back, page by page. (The
+                    // rings hold nothing unread or unacknowledged the peer does not have: the
+                    // client took the whole reply.)
+                    for h in pins do
+                        Pages.drop (h.AddrOfPinnedObject()) (h.Target :?> byte[]).Length
+
+                    // 40 exchanges move 400 KiB each way, one and a half times around a ring
+                    // written at stream position % 256 KiB.
+                    for round in 1..40 do
+                        exchange round
+
+                    for (name, r), h in List.zip rings pins do
+                        Expect.isTrue (obj.ReferenceEquals(ring name, r)) $"{name}: the busy connection kept its ring"
+                        let address = h.AddrOfPinnedObject()
+                        let first, last = Pages.inside address r.Length
+                        let resident = Pages.present first last
+                        // The pages under the ring's first 10 KiB: all written, by every exchange.
+                        let head = (int64 address + int64 size - 1L) / Pages.size
+                        let expected = [ first .. min head (last - 1L) ]
+
+                        printfn
+                            $"{name} ring: {resident.Length} of its {last - first} whole pages resident after 40 exchanges of {size} B (expected {expected.Length})"
+
+                        Expect.equal
+                            resident
+                            expected
+                            $"{name}: only the pages under the ring's first {size} bytes are resident"
+                finally
+                    for h in pins do
+                        h.Free()
+
+                s.Shutdown SocketShutdown.Send
+                Expect.equal (s.Receive back) 0 "the echo closed after our FIN"
+                TestUtil.waitWithin timeout server
+                waitAllClosed stack
                 TestUtil.assertNoExceptions stack
             }
         ]
