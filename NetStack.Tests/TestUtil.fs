@@ -339,3 +339,28 @@ let udpSegmentsToKernel (stack: NetStack.NetworkStack) (pairs: (IPAddress * IPAd
 
     Expect.equal stack.Statistics.["udp.sent"] datagrams "every datagram counted"
     sends
+
+/// What a TCP engine call put out, by kind (the core's unit tests read its actions this way).
+module TcpActions =
+    open NetStack.Core.Tcp
+
+    /// The segments it transmits, in order.
+    let sent (o: TcpOutput) =
+        o.Actions
+        |> List.choose (function
+            | TcpAction.Transmit s -> Some s
+            | _ -> None)
+
+    /// The events it raises for the user, in order.
+    let events (o: TcpOutput) =
+        o.Actions
+        |> List.choose (function
+            | TcpAction.Event e -> Some e
+            | _ -> None)
+
+    /// The state transitions it reports: (from, trigger, to).
+    let transitions (o: TcpOutput) =
+        o.Actions
+        |> List.choose (function
+            | TcpAction.Transition t -> Some(t.From, t.Trigger, t.To)
+            | _ -> None)

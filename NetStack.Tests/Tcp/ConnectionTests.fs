@@ -35,17 +35,7 @@ let private withMss (mss: uint16) (s: Segment) =
             }
     }
 
-let private sent (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Transmit s -> Some s
-        | _ -> None)
-
-let private events (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Event e -> Some e
-        | _ -> None)
+open NetStack.Tests.TestUtil.TcpActions
 
 let private single (o: TcpOutput) =
     match sent o with

@@ -29,23 +29,7 @@ let private config (ipv6: bool) =
 let private iss = 1000u
 let private peerIss = 5000u
 
-let private sent (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Transmit s -> Some s
-        | _ -> None)
-
-let private events (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Event e -> Some e
-        | _ -> None)
-
-let private transitions (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Transition t -> Some(t.From, t.Trigger, t.To)
-        | _ -> None)
+open NetStack.Tests.TestUtil.TcpActions
 
 /// A client in ESTABLISHED with a peer that offered MSS 1460 (1440 over IPv6), timestamps, SACK
 /// and a 256 KiB window (shift 2), then `bytes` written: the initial window's segments are out.

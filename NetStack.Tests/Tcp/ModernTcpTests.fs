@@ -45,11 +45,7 @@ let private data (receiver: Connection) (seq: SeqNum) (length: int) (ts: (uint32
         PayloadLength = length
     }
 
-let private events (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Event e -> Some e
-        | _ -> None)
+open NetStack.Tests.TestUtil.TcpActions
 
 let private sackConfig (ts: bool) =
     { TcpConfig.Default with

@@ -47,23 +47,7 @@ let private segment (seq: uint32) (ack: uint32) (flags: TcpFlags) (length: int) 
         PayloadLength = length
     }
 
-let private sent (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Transmit s -> Some s
-        | _ -> None)
-
-let private events (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Event e -> Some e
-        | _ -> None)
-
-let private transitions (o: TcpOutput) =
-    o.Actions
-    |> List.choose (function
-        | TcpAction.Transition t -> Some(t.From, t.Trigger, t.To)
-        | _ -> None)
+open NetStack.Tests.TestUtil.TcpActions
 
 /// The TSval of our last segment in `o` (what the peer echoes), 0 without one.
 let private ourTsval (o: TcpOutput) =
