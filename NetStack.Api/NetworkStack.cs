@@ -88,7 +88,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly byte[] _receiveBuffer;
     private readonly byte[] _packetBuffer = new byte[65536 + 64];
     private readonly byte[] _fragmentBuffer;
-    private ushort _nextIpv4Identification = (ushort)Random.Shared.Next(65536);
+    private readonly Ipv4Identification _ipIds = new(Random.Shared.Next(65536));
     private readonly ushort _pingIdentifier = (ushort)Random.Shared.Next(1, 65536);
     private ushort _nextPingSequence;
     private readonly Dictionary<ushort, PendingPing> _pings = [];
@@ -162,7 +162,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
         _meter = new StackMeter(interfaceName, _statistics, () => Volatile.Read(ref _bytesRead),
-            () => Volatile.Read(ref _bytesWritten), () => _tcp.Count);
+            () => Volatile.Read(ref _bytesWritten), () => _tcpTable.Count);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"netstack {interfaceName}" };
         _thread.Start();
         _log.Started(interfaceName, options.Address, options.Address6, mtu);
@@ -753,7 +753,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }
     }
 
-    private ushort NextIdentification() => _nextIpv4Identification++;
+    private ushort NextIdentification() => _ipIds.Next();
 
     /// <summary>Writes the whole packet in _packetBuffer to the device, cut for the path MTU.</summary>
     private void SendPacket(int length, IpAddr destination, long now)
@@ -1096,11 +1096,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             && (_offload.Offloads & TunOffloads.Uso4) != 0
             && ipHeader + 8 + segmentSize <= IpLayer.pathMtu(now, destination, _ip))
         {
-            int length = IpLayer.writeUdpSegments(source, destination, sourcePort, port, NextIdentification(), data.Length, _packetBuffer);
+            // The kernel numbers the IPv4 identification of the datagrams it cuts on from ours.
+            int length = IpLayer.writeUdpSegments(source, destination, sourcePort, port, _ipIds.Take(count), data.Length, _packetBuffer);
             var header = VirtioNet.udpSegments(ipHeader, segmentSize);
             _offload.WriteGather(_packetBuffer.AsSpan(0, length - data.Length), data, default, header);
-            // The kernel numbers the IPv4 identification of the datagrams it cuts on from ours.
-            _nextIpv4Identification += (ushort)(count - 1);
             _deviceWritten.Increment();
             Interlocked.Add(ref _bytesWritten, length);
             _statistics.Increment("udp.sent", count);

@@ -115,28 +115,26 @@ public sealed class TcpConnection : Stream
     // ---- Loop-only state ------------------------------------------------------------------------
 
     /// <summary>
-    /// The core's control block (loop only), by reference so reads and writes copy nothing. A
-    /// large struct: only the loop thread may read or write it, since a read racing the loop's
-    /// write could see a torn mix of two states.
+    /// The connection's entry in the core's endpoint table (loop only; null until the loop made
+    /// it). Its control block is <see cref="Core"/>.
     /// </summary>
-    internal ref Connection Core => ref _core;
+    internal TcpEndpoint? Endpoint;
 
-    private Connection _core;
+    /// <summary>
+    /// The core's control block (loop only), by reference so reads copy nothing. A large struct:
+    /// only the loop thread may read it, since a read racing the table's write could see a torn
+    /// mix of two states.
+    /// </summary>
+    internal ref Connection Core => ref Endpoint!.Core;
 
-    /// <summary>The loop has given <see cref="Core"/> a control block (a default one has no config).</summary>
-    internal bool HasCore => Core.Config is not null;
+    /// <summary>The loop has made this connection's endpoint (and so <see cref="Core"/>).</summary>
+    internal bool HasCore => Endpoint is not null;
 
     /// <summary>The 4-tuple: our address and port, the peer's (loop only after creation).</summary>
     internal IpAddr LocalAddress { get; set; }
     internal ushort LocalPort { get; set; }
     internal IpAddr RemoteAddress { get; set; }
     internal ushort RemotePort { get; set; }
-
-    /// <summary>The listener whose half-open queue this connection counts in, until it is established.</summary>
-    internal TcpListener? HalfOpenOf;
-
-    /// <summary>The deadline this connection is queued under in the timer queue (MaxValue: none).</summary>
-    internal long TimerAt = long.MaxValue;
 
     /// <summary>Out of the connection table (CLOSED): nothing more happens to it in the loop.</summary>
     internal bool Removed;
