@@ -570,7 +570,7 @@ public sealed partial class NetworkStack
                 _statistics.Increment(e.IsUserTimedOut ? "tcp.user-timeout" : "tcp.timed-out");
                 _log.TcpTimedOut(c.LocalEndPoint, c.RemoteEndPoint);
                 // TimedOut, or the soft ICMP error seen meanwhile (RFC 1122 §4.2.3.9).
-                c.Fail(ConnectionModule.timeoutError(c.Core));
+                c.Fail(c.Endpoint!.TimeoutError);
                 break;
             case TcpEvent.Tags.IcmpError:
                 // A hard ICMP error, or any unreachable in SYN-SENT: the core closed the connection.

@@ -123,6 +123,10 @@ type TcpEndpoint internal (handle: int, key: EndpointKey, ephemeral: bool) =
     /// What the engine attached (its socket object).
     member val Owner: obj = null with get, set
 
+    /// The error a connection that timed out reports: TimedOut, or the soft ICMP error seen
+    /// meanwhile (RFC 1122 §4.2.3.9).
+    member this.TimeoutError = Connection.timeoutError this.Core
+
 /// The kind of a group of actions in a `TcpEndpointOutput`.
 type TcpGroupKind =
     /// Actions of an existing connection.
