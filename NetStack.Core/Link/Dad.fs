@@ -39,17 +39,9 @@ module Dad =
     let start (now: int64) (target: Ipv6Address) (transmits: int) : Dad =
         {
             Target = target
-            Phase =
-                if transmits > 0 then
-                    DadPhase.Probing
-                else
-                    DadPhase.Passed
+            Phase = if transmits > 0 then DadPhase.Probing else DadPhase.Passed
             ProbesLeft = max 0 transmits
-            Deadline =
-                if transmits > 0 then
-                    now
-                else
-                    Int64.MaxValue
+            Deadline = if transmits > 0 then now else Int64.MaxValue
             Owner = MacAddress.Zero
         }
 

@@ -238,10 +238,16 @@ module Interface =
         if settings.VlanId <> -1 && (settings.VlanId < 1 || settings.VlanId > 4094) then
             invalidArg "options" $"VlanId {settings.VlanId} is outside 1..4094."
 
-        if settings.HasAddress4 && (settings.PrefixLength4 < 0 || settings.PrefixLength4 > 32) then
+        if
+            settings.HasAddress4
+            && (settings.PrefixLength4 < 0 || settings.PrefixLength4 > 32)
+        then
             invalidArg "options" $"PrefixLength {settings.PrefixLength4} is outside 0..32."
 
-        if settings.HasAddress6 && (settings.PrefixLength6 < 0 || settings.PrefixLength6 > 128) then
+        if
+            settings.HasAddress6
+            && (settings.PrefixLength6 < 0 || settings.PrefixLength6 > 128)
+        then
             invalidArg "options" $"PrefixLength6 {settings.PrefixLength6} is outside 0..128."
 
         if
@@ -432,11 +438,7 @@ module Interface =
                 // Multicast to the solicited-node group, or a unicast probe (RFC 4861 §7.2.2, §7.3.3).
                 let source = address6 s
 
-                let destination =
-                    if unicast.IsSome then
-                        target
-                    else
-                        Ndp.solicitedNode target
+                let destination = if unicast.IsSome then target else Ndp.solicitedNode target
 
                 let icmp =
                     Ndp.writeNeighborSolicitation
@@ -496,7 +498,10 @@ module Interface =
                 sink.Count "link.drop.no-route"
                 other NextHopKind.Dropped
             | _ ->
-                if obj.ReferenceEquals(state.Memo4Cache, state.Arp) && state.Memo4Hop.Value = hop.Value then
+                if
+                    obj.ReferenceEquals(state.Memo4Cache, state.Arp)
+                    && state.Memo4Hop.Value = hop.Value
+                then
                     send state.Memo4Mac EtherType.Ipv4
                 else
                     match NeighborCache.tryResolve hop state.Arp with
@@ -639,11 +644,7 @@ module Interface =
 
                 let n = ipv6Control s source Ndp.AllRouters icmp
 
-                sink.Transmit(
-                    MacAddress.OfIpv6Multicast Ndp.AllRouters,
-                    EtherType.Ipv6,
-                    ReadOnlySpan(s.Scratch, 0, n)
-                )
+                sink.Transmit(MacAddress.OfIpv6Multicast Ndp.AllRouters, EtherType.Ipv6, ReadOnlySpan(s.Scratch, 0, n))
 
                 sink.Count "ndp.rs.sent"
             | e -> sink.Count(slaacCounter e)
@@ -699,7 +700,11 @@ module Interface =
                         sink.Count "arp.defended"
                         sink.Event(event LinkEventKind.ConflictDefended arp.SenderMac ours Ipv6Address.Any)
                     elif Arp.shouldDefend now s.LastConflictReported interval then
-                        s <- { s with LastConflictReported = ValueSome now }
+                        s <-
+                            { s with
+                                LastConflictReported = ValueSome now
+                            }
+
                         sink.Event(event LinkEventKind.ConflictNotDefended arp.SenderMac ours Ipv6Address.Any)
                 else
                     let forUs = arp.TargetIp.Value = ours.Value
@@ -811,7 +816,10 @@ module Interface =
         (sink: ILinkSink)
         =
         let struct (d, rng) = draw s.Rng
-        let reachable, changed = ReachableTime.onAdvertisement now reachableMs d s.Reachable6
+
+        let reachable, changed =
+            ReachableTime.onAdvertisement now reachableMs d s.Reachable6
+
         let retrans = ReachableTime.retransTimer retransMs s.Ndp.Config.RetransTimer
 
         if changed || retrans <> s.Ndp.Config.RetransTimer then
@@ -848,8 +856,7 @@ module Interface =
 
                     if m.Target <> ours then
                         match tryFindAutoconfigured s m.Target with
-                        | ValueSome own ->
-                            onSolicitationForAutoconfigured now own h.Source m.SourceLinkAddress &s sink
+                        | ValueSome own -> onSolicitationForAutoconfigured now own h.Source m.SourceLinkAddress &s sink
                         | ValueNone -> ()
                     elif Dad.isTentative s.Dad then
                         // RFC 4862 §5.4.3: a DAD probe for our tentative address means another
@@ -971,16 +978,17 @@ module Interface =
             {
                 Deliver = true
                 Offset = offset
-                Length =
-                    if total > 0 && total <= available then
-                        total
-                    else
-                        available
+                Length = if total > 0 && total <= available then total else available
             }
 
     /// One received frame (without FCS): an IP packet to pass up, or consumed (ARP, NDP) or
     /// dropped, each drop counted by reason (`link.drop.*`). Hostile frames never throw.
-    let receive (now: int64) (frame: ReadOnlySpan<byte>) (state: byref<InterfaceState>) (sink: ILinkSink) : FrameVerdict =
+    let receive
+        (now: int64)
+        (frame: ReadOnlySpan<byte>)
+        (state: byref<InterfaceState>)
+        (sink: ILinkSink)
+        : FrameVerdict =
         match Ethernet.parse frame with
         | Error _ ->
             sink.Count "link.drop.malformed"
@@ -1020,7 +1028,12 @@ module Interface =
                     && payload.Length >= 20
                     && int payload.[0] >>> 4 = 4
                 then
-                    deliver state offset (int (BinaryPrimitives.ReadUInt16BigEndian(payload.Slice 2))) payload.Length sink
+                    deliver
+                        state
+                        offset
+                        (int (BinaryPrimitives.ReadUInt16BigEndian(payload.Slice 2)))
+                        payload.Length
+                        sink
                 elif
                     eth.EtherType = EtherType.Ipv6
                     && state.Config.Address6.IsSome
@@ -1028,8 +1041,7 @@ module Interface =
                     && int payload.[0] >>> 4 = 6
                 then
                     let total =
-                        Ipv6.HeaderLength
-                        + int (BinaryPrimitives.ReadUInt16BigEndian(payload.Slice 4))
+                        Ipv6.HeaderLength + int (BinaryPrimitives.ReadUInt16BigEndian(payload.Slice 4))
 
                     // ND messages (ICMPv6 133..137 right after the fixed header) stay in the link layer.
                     if

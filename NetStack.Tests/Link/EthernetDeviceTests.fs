@@ -14,6 +14,9 @@ open NetStack.Core.Link
 open NetStack.Engine
 open NetStack.Tests.TestUtil
 
+/// The adapter's clock without an engine: these tests need no timer to fire.
+let private clock = Func<int64>(fun () -> 0L)
+
 let private ourMac = MacAddress.Parse "02:98:00:00:00:02"
 let private peerMac = MacAddress.Parse "02:98:00:00:00:01"
 
@@ -30,7 +33,7 @@ let private options () =
 
 let private make () =
     let frames = new MemoryPacketDevice(1500)
-    frames, new EthernetPacketDevice(frames, options ())
+    frames, new EthernetPacketDevice(frames, options (), clock = clock)
 
 let private frame (destination: MacAddress) (etherType: uint16) (payload: byte[]) =
     let bytes = Array.zeroCreate (14 + payload.Length)
@@ -235,7 +238,7 @@ let tests =
                 "a gather write leaves the payload pieces to the frame device; a short head, and a wait for ARP, join them" {
                 let memory = new MemoryPacketDevice(1500)
                 let pieces = new PiecesDevice(memory)
-                use device = new EthernetPacketDevice(pieces, options ())
+                use device = new EthernetPacketDevice(pieces, options (), clock = clock)
                 let packet = udpPacket "10.98.0.1" 1000
 
                 let gather (headLength: int) (cut: int) =
