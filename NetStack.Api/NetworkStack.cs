@@ -137,6 +137,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
+        InitLink(device);
         if (options.Offloads && device is IOffloadPacketDevice offload && offload.Offloads != TunOffloads.None)
             _offload = offload;
         if (device is TunPacketDevice { Device.UsesIoUring: true } tun)
@@ -188,6 +189,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             ? (tap ? TunDevice.AttachTap(options.TunName, offloads) : TunDevice.Attach(options.TunName, offloads))
             : (tap ? TunDevice.CreateTap(options.TunName, offloads) : TunDevice.Create(options.TunName, offloads));
         KernelLink? link = null;
+        NetworkStack stack;
         try
         {
             if (offloads)
@@ -227,10 +229,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             if (tap)
                 packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
             // The capture is outermost: it records what the stack itself sees, after the faults.
-            var stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
+            stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
             if (noRing is not null)
                 stack._log.IoUringUnavailable(device.Name, noRing);
-            return stack;
         }
         catch
         {
@@ -238,6 +239,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             device.Dispose();
             throw;
         }
+        return AwaitLink(stack);
     }
 
     /// <summary>
@@ -253,7 +255,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         Validate(options);
-        return new NetworkStack(options, WithCapture(options, device), interfaceName);
+        return AwaitLink(new NetworkStack(options, WithCapture(options, device), interfaceName));
     }
 
     // The capture goes outermost, over any fault-injecting device: it records what the stack
@@ -638,6 +640,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         foreach (var ping in _pings.Values)
             next = Math.Min(next, ping.Deadline);
         next = Math.Min(next, NextTcpDeadline());
+        next = Math.Min(next, NextLinkDeadline());
         if (next == long.MaxValue)
             return MaxWaitMilliseconds;
         long wait = (next - now + 999) / 1000;
@@ -647,6 +650,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private void RunTimers()
     {
         long now = Now();
+        RunLinkTimers(now);
         RunTcpTimers(now);
         SweepIdleRings(now);
         var deadline = IpLayer.nextDeadline(_ip);
