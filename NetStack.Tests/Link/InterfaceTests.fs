@@ -337,6 +337,58 @@ let private steps =
         ]
     |> Gen.listOf
 
+/// Two interfaces on one Ethernet segment with no delay: every frame one sends reaches the other
+/// (and only it), until the link is quiet. Returns the IP packets each passed up.
+let private pump
+    (now: int64)
+    (a: byref<InterfaceState>)
+    (sinkA: Recorder)
+    (b: byref<InterfaceState>)
+    (sinkB: Recorder)
+    =
+    let upA = ResizeArray<byte[]>()
+    let upB = ResizeArray<byte[]>()
+    let mutable rounds = 0
+
+    while (sinkA.Frames.Count > 0 || sinkB.Frames.Count > 0) && rounds < 1000 do
+        rounds <- rounds + 1
+
+        for (destination, etherType, payload) in sinkA.Take() do
+            let bytes = frame destination a.Config.Mac etherType payload
+            let verdict = Interface.receive now (ReadOnlySpan bytes) &b sinkB
+
+            if verdict.Deliver then
+                upB.Add(bytes.[verdict.Offset .. verdict.Offset + verdict.Length - 1])
+
+        for (destination, etherType, payload) in sinkB.Take() do
+            let bytes = frame destination b.Config.Mac etherType payload
+            let verdict = Interface.receive now (ReadOnlySpan bytes) &a sinkA
+
+            if verdict.Deliver then
+                upA.Add(bytes.[verdict.Offset .. verdict.Offset + verdict.Length - 1])
+
+    Expect.isLessThan rounds 1000 "the link goes quiet"
+    List.ofSeq upA, List.ofSeq upB
+
+/// Runs both interfaces' timers due by `now`, then pumps.
+let private settle
+    (now: int64)
+    (a: byref<InterfaceState>)
+    (sinkA: Recorder)
+    (b: byref<InterfaceState>)
+    (sinkB: Recorder)
+    =
+    while min (Interface.nextDeadline a) (Interface.nextDeadline b) <= now do
+        let at = min (Interface.nextDeadline a) (Interface.nextDeadline b)
+
+        if Interface.nextDeadline a <= at then
+            Interface.handleTimer at &a sinkA
+
+        if Interface.nextDeadline b <= at then
+            Interface.handleTimer at &b sinkB
+
+        pump at &a sinkA &b sinkB |> ignore
+
 // ------------------------------------------------------------------------------------------
 // The tests
 // ------------------------------------------------------------------------------------------
@@ -469,6 +521,58 @@ let tests =
                 Expect.equal (next.Kind, next.Mac) (NextHopKind.Send, mac) "resolved now"
                 Expect.equal (NeighborCache.state neighbor state.Ndp) NeighborState.Reachable "REACHABLE (solicited)"
                 true)
+
+            testPropertyWithConfig
+                heavyConfig
+                "two interfaces on one link: every packet one sends the other passes up once, in order, whatever the pauses"
+            <| Prop.forAll
+                (Arb.fromGen (
+                    Gen.listOf (
+                        Gen.zip3 (Gen.elements [ 4; 6 ]) (Gen.choose (0, 1200)) (Gen.choose64 (0L, 120_000_000L))
+                    )
+                ))
+                (fun sends ->
+                    let theirMac = MacAddress 0x02A8_0000_0003UL
+                    let theirs4 = Ipv4Address.Parse "10.108.0.3"
+                    let theirs6 = Ipv6Address.Parse "fda8::3"
+                    let other = settings 1
+                    other.Mac <- theirMac
+                    other.Address4 <- theirs4
+                    other.Address6 <- theirs6
+                    other.Seed <- 11UL
+                    let sinkA = Recorder()
+                    let sinkB = Recorder()
+                    let mutable a = Interface.create (settings 1) 0L
+                    let mutable b = Interface.create other 0L
+                    settle (2L * retrans) &a sinkA &b sinkB
+                    Expect.isFalse (a.StartPending || b.StartPending) "both started"
+                    Expect.equal (a.Dad.Phase, b.Dad.Phase) (DadPhase.Passed, DadPhase.Passed) "no conflict"
+                    let mutable now = 2L * retrans
+                    let received = ResizeArray<byte[]>()
+                    let sent = ResizeArray<byte[]>()
+
+                    for (version, length, pause) in sends do
+                        now <- now + pause
+                        settle now &a sinkA &b sinkB
+
+                        let packet =
+                            if version = 4 then
+                                ipv4Packet ours4 theirs4 length
+                            else
+                                ipv6Packet ours6 theirs6 length
+
+                        // Numbered, so that order and duplicates show.
+                        if length >= 2 then
+                            packet.[packet.Length - 2] <- byte (sent.Count >>> 8)
+                            packet.[packet.Length - 1] <- byte sent.Count
+
+                        sent.Add packet
+                        send now packet &a sinkA |> ignore
+                        let _, up = pump now &a sinkA &b sinkB
+                        received.AddRange up
+
+                    Expect.equal (List.ofSeq received) (List.ofSeq sent) "every packet once, in order"
+                    true)
 
             test "an unanswered resolution asks three times, RetransTimer apart, then drops the queue (RFC 4861 §7.2.2)" {
                 let sink = Recorder()
