@@ -733,7 +733,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             case ReceivedKind.EchoRequest:
                 {
                     var data = IpLayer.slice(packet, r.Payload);
-                    int length = IpLayer.writeEchoReply(r.Destination, r.Source, r.SourcePort, r.DestinationPort, NextIdentification(), data, _packetBuffer);
+                    int length = IpLayer.writeEchoReply(r.Destination, r.Source, r.Echo.Identifier, r.Echo.Sequence, NextIdentification(), data, _packetBuffer);
                     SendPacket(length, r.Source, now);
                     _statistics.Increment("icmp.echo.replied");
                     break;
@@ -824,7 +824,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _statistics.Increment("udp.received");
         UdpSocket? socket;
         lock (_portGate)
-            (r.Destination.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.DestinationPort, out socket);
+            (r.Destination.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.Ports.Destination, out socket);
         if (socket is null)
         {
             _statistics.Increment("udp.drop.no-socket");
@@ -833,7 +833,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 SendError(OutgoingError.PortUnreachable, IpLayer.slice(packet, r.Packet), "icmp.error.sent.port-unreachable");
             return;
         }
-        switch (socket.Deliver(payload, r.Source, r.SourcePort))
+        switch (socket.Deliver(payload, r.Source, r.Ports.Source))
         {
             case DeliveryResult.Delivered:
             case DeliveryResult.Queued:
@@ -854,16 +854,18 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private void OnIcmpError(Received r)
     {
         _statistics.Increment("icmp.error.received");
-        if (r.ErrorKind == IcmpErrorKind.PacketTooBig)
+        var error = r.Error;
+        var quoted = error.Quoted;
+        if (error.Kind == IcmpErrorKind.PacketTooBig)
             _statistics.Increment("icmp.error.packet-too-big");
-        if (!r.QuotedPortsKnown)
+        if (!quoted.PortsKnown && !quoted.EchoKnown)
             return;
-        if (r.QuotedProtocol == IpProtocol.Icmp || r.QuotedProtocol == IpProtocol.Icmpv6)
+        if (quoted.Protocol == IpProtocol.Icmp || quoted.Protocol == IpProtocol.Icmpv6)
         {
-            if (r.QuotedSourcePort == _pingIdentifier && _pings.Remove(r.QuotedDestinationPort, out var ping))
+            if (quoted.EchoKnown && quoted.Echo.Identifier == _pingIdentifier && _pings.Remove(quoted.Echo.Sequence, out var ping))
             {
                 ping.Registration.Unregister();
-                var status = r.ErrorKind switch
+                var status = error.Kind switch
                 {
                     IcmpErrorKind.PacketTooBig => IPStatus.PacketTooBig,
                     IcmpErrorKind.TimeExceeded => IPStatus.TtlExpired,
@@ -874,32 +876,32 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             }
             return;
         }
-        if (r.QuotedProtocol == IpProtocol.Tcp)
+        if (quoted.Protocol == IpProtocol.Tcp)
         {
             // To the connection of the quoted 4-tuple; the core decides (Connection.handleIcmpInto).
             OnTcpIcmpError(r);
             return;
         }
-        if (r.QuotedProtocol != IpProtocol.Udp)
+        if (quoted.Protocol != IpProtocol.Udp)
             return;
         UdpSocket? socket;
         lock (_portGate)
-            (r.QuotedSource.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.QuotedSourcePort, out socket);
+            (quoted.Source.IsIpv6 ? _udp6 : _udp4).TryGetValue(quoted.Ports.Source, out socket);
         if (socket is null)
             _statistics.Increment("icmp.error.no-socket");
-        else if (socket.ReportError(r.ErrorKind, r.QuotedDestination, r.QuotedDestinationPort))
+        else if (socket.ReportError(error.Kind, quoted.Destination, quoted.Ports.Destination))
             _statistics.Increment("udp.icmp-error.reported");
     }
 
     private void OnEchoReply(Received r, long now)
     {
         _statistics.Increment("icmp.echo-reply.received");
-        if (r.SourcePort != _pingIdentifier || !_pings.TryGetValue(r.DestinationPort, out var ping) || !ping.DestinationAddress.Equals(r.Source))
+        if (r.Echo.Identifier != _pingIdentifier || !_pings.TryGetValue(r.Echo.Sequence, out var ping) || !ping.DestinationAddress.Equals(r.Source))
         {
             _statistics.Increment("icmp.echo-reply.unmatched");
             return;
         }
-        _pings.Remove(r.DestinationPort);
+        _pings.Remove(r.Echo.Sequence);
         ping.Registration.Unregister();
         var rtt = TimeSpan.FromTicks((now - ping.SentAt) * 10);
         _meter.RecordPingRtt(rtt);

@@ -143,15 +143,16 @@ type ReceivedKind =
     | Dropped = 0
     /// A fragment held until the rest of its datagram arrives.
     | FragmentHeld = 1
-    /// An echo request to answer (`writeEchoReply` with its identifier, sequence and data).
+    /// An echo request to answer (`writeEchoReply` with `Received.Echo` and the data in Payload).
     | EchoRequest = 2
-    /// An echo reply, for our pinger.
+    /// An echo reply, for our pinger: `Received.Echo` says which.
     | EchoReply = 3
-    /// A UDP datagram to deliver to the socket bound to its destination port.
+    /// A UDP datagram to deliver to the socket bound to `Received.Ports.Destination`.
     | UdpDatagram = 4
-    /// An ICMP error about a packet we sent.
+    /// An ICMP error about a packet we sent: `Received.Error` says what and about which packet.
     | IcmpError = 5
-    /// A TCP segment with a valid checksum and options: `Received.Tcp` holds its fields.
+    /// A TCP segment with a valid checksum and options: `Received.Tcp` holds its fields,
+    /// `Received.Ports` its ports.
     | TcpSegment = 6
 
 /// What an ICMP error says, the same for ICMPv4 and ICMPv6.
@@ -166,7 +167,8 @@ type IcmpErrorKind =
     | ProtocolUnreachable = 3
     /// Administratively prohibited.
     | AdministrativelyProhibited = 4
-    /// ICMPv4 fragmentation needed or ICMPv6 packet too big: `Received.Mtu` says the next-hop MTU.
+    /// ICMPv4 fragmentation needed or ICMPv6 packet too big: `IcmpErrorView.ReportedMtu` says
+    /// the next-hop MTU, `IcmpErrorView.PathMtu` what to believe.
     | PacketTooBig = 5
     /// TTL / hop limit or reassembly time exceeded.
     | TimeExceeded = 6
@@ -186,7 +188,77 @@ type PayloadRef =
         Length: int
     }
 
-/// The typed result of receiving one packet. Fields that do not apply to the Kind are defaults.
+/// The source and destination ports of a UDP datagram or TCP segment.
+[<Struct>]
+type PortPair =
+    {
+        /// The sender's port.
+        Source: uint16
+        /// The receiver's port.
+        Destination: uint16
+    }
+
+/// What tells ICMP echoes apart (RFC 792, RFC 4443 §4.1): the identifier (one per pinger) and
+/// the sequence number (one per request).
+[<Struct>]
+type EchoView =
+    {
+        /// The echo identifier.
+        Identifier: uint16
+        /// The echo sequence number.
+        Sequence: uint16
+    }
+
+/// The start of one of our packets as an ICMP error quotes it. RFC 792 guarantees the IP header
+/// plus 8 bytes; RFC 4443 as much as fits. Only a quoted first fragment shows the transport
+/// header.
+[<Struct>]
+type QuotedPacket =
+    {
+        /// The quoted packet's protocol (UDP, TCP, ICMP, ...; after an IPv6 Fragment header).
+        Protocol: byte
+        /// The quoted packet's source (one of our addresses).
+        Source: IpAddr
+        /// The quoted packet's destination.
+        Destination: IpAddr
+        /// True when the quote reaches the ports of a packet that is not ICMP (UDP, TCP).
+        PortsKnown: bool
+        /// The quoted ports, when `PortsKnown`.
+        Ports: PortPair
+        /// True when the quote is an ICMP echo request long enough to show its identifier and
+        /// sequence number.
+        EchoKnown: bool
+        /// The quoted echo request's identifier and sequence, when `EchoKnown`.
+        Echo: EchoView
+        /// True when the quote is TCP and reaches the sequence number (any first-fragment quote
+        /// of 8 transport bytes, which RFC 792 guarantees, does).
+        SequenceKnown: bool
+        /// The quoted segment's sequence number (bytes 4-7 of its header), when `SequenceKnown`.
+        Sequence: uint32
+    }
+
+/// An ICMP error about one of our packets: what it says and the packet it quotes.
+[<Struct>]
+type IcmpErrorView =
+    {
+        /// What it says.
+        Kind: IcmpErrorKind
+        /// The raw ICMP type.
+        Type: byte
+        /// The raw ICMP code.
+        Code: byte
+        /// For PacketTooBig: the next-hop MTU the message reports (0 from old IPv4 routers).
+        ReportedMtu: int64
+        /// For PacketTooBig: the path MTU to believe (`PathMtu.effective`: the report clamped to
+        /// the family's minimum and the link MTU, RFC 1191 §5's plateau for a zero report); 0
+        /// for other kinds.
+        PathMtu: int
+        /// The packet of ours it is about.
+        Quoted: QuotedPacket
+    }
+
+/// The typed result of receiving one packet: the common part, then one view per kind. A view
+/// that does not belong to the Kind holds default values; read only the one the Kind names.
 [<Struct>]
 type Received =
     {
@@ -204,42 +276,14 @@ type Received =
         Packet: PayloadRef
         /// UDP or TCP payload, echo data, or for an ICMP error the quoted packet.
         Payload: PayloadRef
-        /// UDP or TCP source port; echo identifier.
-        SourcePort: uint16
-        /// UDP or TCP destination port; echo sequence number.
-        DestinationPort: uint16
+        /// For UdpDatagram and TcpSegment: the ports.
+        Ports: PortPair
+        /// For EchoRequest and EchoReply: identifier and sequence number.
+        Echo: EchoView
+        /// For IcmpError: what it says and what it quotes.
+        Error: IcmpErrorView
         /// For TcpSegment: the header fields and options as the TCP engine takes them.
         Tcp: Segment
-        /// For IcmpError: what it says.
-        ErrorKind: IcmpErrorKind
-        /// For IcmpError: the raw ICMP type and code.
-        ErrorType: byte
-        /// For IcmpError: the raw ICMP code.
-        ErrorCode: byte
-        /// For IcmpError of kind PacketTooBig: the reported next-hop MTU (0 from old IPv4 routers).
-        Mtu: int64
-        /// For IcmpError: the protocol of the quoted packet (UDP, ICMP, ...).
-        QuotedProtocol: byte
-        /// For IcmpError: the quoted packet's source (one of our addresses).
-        QuotedSource: IpAddr
-        /// For IcmpError: the quoted packet's destination.
-        QuotedDestination: IpAddr
-        /// For IcmpError: the quoted UDP/TCP source port, or a quoted echo request's identifier.
-        QuotedSourcePort: uint16
-        /// For IcmpError: the quoted UDP/TCP destination port, or a quoted echo's sequence number.
-        QuotedDestinationPort: uint16
-        /// For IcmpError: true when the quote reached the ports (or echo identifier/sequence).
-        QuotedPortsKnown: bool
-        /// For IcmpError quoting TCP: the quoted segment's sequence number (bytes 4-7 of its
-        /// header), when `QuotedSequenceKnown`.
-        QuotedSequence: uint32
-        /// For IcmpError quoting TCP: true when the quote reached the sequence number (RFC 792
-        /// guarantees 8 bytes of the transport header, so any first-fragment quote does).
-        QuotedSequenceKnown: bool
-        /// For IcmpError of kind PacketTooBig: the path MTU to believe (`PathMtu.effective`: the
-        /// report clamped to the family's minimum and the link MTU, RFC 1191 §5's plateau for a
-        /// zero report); 0 for other kinds.
-        PathMtu: int
     }
 
 /// The configuration of the IP layer.
@@ -392,22 +436,41 @@ module IpLayer =
             ToBroadcast = false
             Packet = Unchecked.defaultof<PayloadRef>
             Payload = Unchecked.defaultof<PayloadRef>
-            SourcePort = 0us
-            DestinationPort = 0us
+            Ports = Unchecked.defaultof<PortPair>
+            Echo = Unchecked.defaultof<EchoView>
+            Error =
+                {
+                    IcmpErrorView.Kind = IcmpErrorKind.Other
+                    Type = 0uy
+                    Code = 0uy
+                    ReportedMtu = 0L
+                    PathMtu = 0
+                    Quoted =
+                        {
+                            QuotedPacket.Protocol = 0uy
+                            Source = V4 Ipv4Address.Any
+                            Destination = V4 Ipv4Address.Any
+                            PortsKnown = false
+                            Ports = Unchecked.defaultof<PortPair>
+                            EchoKnown = false
+                            Echo = Unchecked.defaultof<EchoView>
+                            SequenceKnown = false
+                            Sequence = 0u
+                        }
+                }
             Tcp = Unchecked.defaultof<Segment>
-            ErrorKind = IcmpErrorKind.Other
-            ErrorType = 0uy
-            ErrorCode = 0uy
-            Mtu = 0L
-            QuotedProtocol = 0uy
-            QuotedSource = V4 Ipv4Address.Any
-            QuotedDestination = V4 Ipv4Address.Any
-            QuotedSourcePort = 0us
-            QuotedDestinationPort = 0us
-            QuotedPortsKnown = false
-            QuotedSequence = 0u
-            QuotedSequenceKnown = false
-            PathMtu = 0
+        }
+
+    let private ports (source: uint16) (destination: uint16) : PortPair =
+        {
+            PortPair.Source = source
+            Destination = destination
+        }
+
+    let private echo (identifier: uint16) (sequence: uint16) : EchoView =
+        {
+            EchoView.Identifier = identifier
+            Sequence = sequence
         }
 
     let private dropped (state: IpLayerState) (reason: DropReason) =
@@ -430,8 +493,8 @@ module IpLayer =
     /// Reads what an ICMP error quotes: the original packet's protocol, addresses and, when the
     /// quote reaches them and it is the first fragment, its ports (UDP/TCP) or echo identifier and
     /// sequence (ICMP echo request). RFC 792 guarantees the IP header plus 8 bytes; RFC 4443 as
-    /// much as fits. Returns false when the quote is too short to identify anything.
-    let private readQuote (quote: ReadOnlySpan<byte>) (r: Received) : Received voption =
+    /// much as fits. Returns ValueNone when the quote is too short to identify anything.
+    let private readQuote (quote: ReadOnlySpan<byte>) : QuotedPacket voption =
         let mutable valid = false
         let mutable protocol = 0uy
         let mutable source = V4 Ipv4Address.Any
@@ -480,36 +543,37 @@ module IpLayer =
 
             // Ports sit in the first 4 bytes of UDP and TCP; an echo's identifier and sequence
             // in bytes 4..7 of the ICMP header. Only the first fragment has them.
-            let known =
-                firstFragment
-                && (if isIcmp then
-                        transport.Length >= 8 && transport.[0] = echoType
-                    else
-                        transport.Length >= 4)
+            let portsKnown = firstFragment && not isIcmp && transport.Length >= 4
 
-            let portsAt = if isIcmp then 4 else 0
+            let echoKnown =
+                firstFragment && isIcmp && transport.Length >= 8 && transport.[0] = echoType
 
             let sequenceKnown =
                 firstFragment && protocol = IpProtocol.Tcp && transport.Length >= 8
 
             ValueSome
-                { r with
-                    QuotedProtocol = protocol
-                    QuotedSource = source
-                    QuotedDestination = destination
-                    QuotedPortsKnown = known
-                    QuotedSourcePort =
-                        (if known then
-                             BinaryPrimitives.ReadUInt16BigEndian(transport.Slice portsAt)
+                {
+                    QuotedPacket.Protocol = protocol
+                    Source = source
+                    Destination = destination
+                    PortsKnown = portsKnown
+                    Ports =
+                        (if portsKnown then
+                             ports
+                                 (BinaryPrimitives.ReadUInt16BigEndian transport)
+                                 (BinaryPrimitives.ReadUInt16BigEndian(transport.Slice 2))
                          else
-                             0us)
-                    QuotedDestinationPort =
-                        (if known then
-                             BinaryPrimitives.ReadUInt16BigEndian(transport.Slice(portsAt + 2))
+                             Unchecked.defaultof<PortPair>)
+                    EchoKnown = echoKnown
+                    Echo =
+                        (if echoKnown then
+                             echo
+                                 (BinaryPrimitives.ReadUInt16BigEndian(transport.Slice 4))
+                                 (BinaryPrimitives.ReadUInt16BigEndian(transport.Slice 6))
                          else
-                             0us)
-                    QuotedSequenceKnown = sequenceKnown
-                    QuotedSequence =
+                             Unchecked.defaultof<EchoView>)
+                    SequenceKnown = sequenceKnown
+                    Sequence =
                         (if sequenceKnown then
                              BinaryPrimitives.ReadUInt32BigEndian(transport.Slice 4)
                          else
@@ -541,39 +605,43 @@ module IpLayer =
         let quoteOffset = icmpOffset + message.DataOffset
         let quote = packet.Slice(quoteOffset, message.DataLength)
 
-        let r =
-            { basic with
-                Kind = ReceivedKind.IcmpError
-                Payload = at owner quoteOffset message.DataLength
-                ErrorKind = kind
-                ErrorType = message.Type
-                ErrorCode = message.Code
-                Mtu = int64 message.Mtu
-            }
+        match readQuote quote with
+        | ValueSome quoted when quoted.Source = ours ->
+            let reported = int64 message.Mtu
 
-        match readQuote quote r with
-        | ValueSome r when r.QuotedSource = ours ->
-            if kind = IcmpErrorKind.PacketTooBig then
-                let r =
-                    { r with
-                        PathMtu =
-                            PathMtu.effective
-                                r.QuotedDestination.IsIpv6
-                                r.Mtu
-                                (quotedLength quote)
-                                state.PathMtu.LinkMtu
-                    }
+            let error =
+                {
+                    IcmpErrorView.Kind = kind
+                    Type = message.Type
+                    Code = message.Code
+                    ReportedMtu = reported
+                    PathMtu =
+                        (if kind = IcmpErrorKind.PacketTooBig then
+                             PathMtu.effective
+                                 quoted.Destination.IsIpv6
+                                 reported
+                                 (quotedLength quote)
+                                 state.PathMtu.LinkMtu
+                         else
+                             0)
+                    Quoted = quoted
+                }
 
-                // A "too big" about TCP is believed only once the connection it quotes has
-                // checked its sequence number (RFC 5927 §4.1, as Linux updates the route's MTU
-                // from tcp_v4_mtu_reduced): the caller reports it with `learnPathMtu` then.
-                if r.QuotedProtocol = IpProtocol.Tcp then
-                    struct (state, r)
-                else
-                    let cache =
-                        PathMtu.report now r.QuotedDestination r.Mtu (quotedLength quote) state.PathMtu
+            let r =
+                { basic with
+                    Kind = ReceivedKind.IcmpError
+                    Payload = at owner quoteOffset message.DataLength
+                    Error = error
+                }
 
-                    struct ({ state with PathMtu = cache }, r)
+            // A "too big" about TCP is believed only once the connection it quotes has checked
+            // its sequence number (RFC 5927 §4.1, as Linux updates the route's MTU from
+            // tcp_v4_mtu_reduced): the caller reports it with `learnPathMtu` then.
+            if kind = IcmpErrorKind.PacketTooBig && quoted.Protocol <> IpProtocol.Tcp then
+                let cache =
+                    PathMtu.report now quoted.Destination reported (quotedLength quote) state.PathMtu
+
+                struct ({ state with PathMtu = cache }, r)
             else
                 struct (state, r)
         | _ -> dropped state DropReason.UnrelatedIcmpError
@@ -631,8 +699,7 @@ module IpLayer =
                         { basic with
                             Kind = ReceivedKind.TcpSegment
                             Payload = at owner (offset + t.PayloadOffset) t.PayloadLength
-                            SourcePort = t.SourcePort
-                            DestinationPort = t.DestinationPort
+                            Ports = ports t.SourcePort t.DestinationPort
                             Tcp = Segment.OfHeader(t, options)
                         })
 
@@ -664,8 +731,7 @@ module IpLayer =
                                  else
                                      ReceivedKind.EchoReply)
                             Payload = at owner (offset + m.DataOffset) m.DataLength
-                            SourcePort = m.Identifier
-                            DestinationPort = m.SequenceNumber
+                            Echo = echo m.Identifier m.SequenceNumber
                         })
         | Ok m when m.IsError ->
             let kind = if ipv6 then kindV6 m else kindV4 m
@@ -692,8 +758,7 @@ module IpLayer =
                     { basic with
                         Kind = ReceivedKind.UdpDatagram
                         Payload = at owner (offset + u.PayloadOffset) u.PayloadLength
-                        SourcePort = u.SourcePort
-                        DestinationPort = u.DestinationPort
+                        Ports = ports u.SourcePort u.DestinationPort
                     })
 
     /// The transport layer of an IPv4 datagram that is whole (never a fragment).
