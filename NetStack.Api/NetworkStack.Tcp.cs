@@ -409,7 +409,7 @@ public sealed partial class NetworkStack
     {
         _tcpReceived.Increment();
         var output = TcpOutput();
-        _tcpTable.Segment(output, now, _ip, r.Source, r.SourcePort, r.Destination, r.DestinationPort, r.Tcp);
+        _tcpTable.Segment(output, now, _ip, r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Tcp);
         ExecuteOutput(output, IpLayer.slice(packet, r.Payload), now);
     }
 
@@ -420,10 +420,11 @@ public sealed partial class NetworkStack
     private void OnTcpIcmpError(Received r)
     {
         long now = Now();
-        var key = new EndpointKey(r.QuotedSource, r.QuotedSourcePort, r.QuotedDestination, r.QuotedDestinationPort);
-        var error = new TcpIcmpError(r.QuotedDestination.IsIpv6, r.ErrorType, r.ErrorCode, r.PathMtu, new SeqNum(r.QuotedSequence));
+        var quoted = r.Error.Quoted;
+        var key = new EndpointKey(quoted.Source, quoted.Ports.Source, quoted.Destination, quoted.Ports.Destination);
+        var error = new TcpIcmpError(quoted.Destination.IsIpv6, r.Error.Type, r.Error.Code, r.Error.PathMtu, new SeqNum(quoted.Sequence));
         var output = TcpOutput();
-        _tcpTable.IcmpError(output, now, key, r.QuotedSequenceKnown, error);
+        _tcpTable.IcmpError(output, now, key, quoted.SequenceKnown, error);
         ExecuteOutput(output, default, now);
     }
 

@@ -236,8 +236,8 @@ let tests =
                 let peer, us = addresses v6
                 Expect.equal r.Source peer "source"
                 Expect.equal r.Destination us "destination"
-                Expect.equal r.SourcePort sourcePort "source port"
-                Expect.equal r.DestinationPort destinationPort "destination port"
+                Expect.equal r.Ports.Source sourcePort "source port"
+                Expect.equal r.Ports.Destination destinationPort "destination port"
                 Expect.equal r.Tcp.Seq segment.Seq "SEG.SEQ"
                 Expect.equal r.Tcp.Ack segment.Ack "SEG.ACK"
                 Expect.equal r.Tcp.Flags segment.Flags "flags"
@@ -405,8 +405,8 @@ let tests =
                     let r = nextSegment device
                     Expect.equal r.Tcp.Flags (TcpFlags.Rst ||| TcpFlags.Ack) "RST,ACK"
                     Expect.equal r.Tcp.Ack (SeqNum 1001u) "acknowledges the SYN"
-                    Expect.equal r.SourcePort 81us "from the closed port"
-                    Expect.equal r.DestinationPort 40000us "to the sender"
+                    Expect.equal r.Ports.Source 81us "from the closed port"
+                    Expect.equal r.Ports.Destination 40000us "to the sender"
 
                 waitUntil (fun () -> stack.Statistics.["tcp.rst.sent"] = 2L)
                 NetStack.Tests.TestUtil.assertNoExceptions stack
@@ -493,7 +493,12 @@ let tests =
 
                 let r = nextSegment device
                 Expect.equal r.Tcp.Flags TcpFlags.Syn "a SYN went out"
-                Expect.isGreaterThanOrEqual (int r.SourcePort) NetworkStack.EphemeralPortFirst "from an ephemeral port"
+
+                Expect.isGreaterThanOrEqual
+                    (int r.Ports.Source)
+                    NetworkStack.EphemeralPortFirst
+                    "from an ephemeral port"
+
                 Expect.equal r.Tcp.Options.MaximumSegmentSize (ValueSome 1460us) "with our MSS"
 
                 let error =
@@ -635,7 +640,7 @@ let tests =
 
                 let synFrom = nextSegment device
                 Expect.equal synFrom.Tcp.Flags TcpFlags.Syn "a SYN"
-                Expect.equal (int synFrom.SourcePort) (first + 100) "ConnectTcpAsync takes the freed port"
+                Expect.equal (int synFrom.Ports.Source) (first + 100) "ConnectTcpAsync takes the freed port"
                 cancel.Cancel()
                 Expect.throwsT<AggregateException> (fun () -> attempt.Wait timeout |> ignore) "canceled"
                 sockets.[7].Dispose()
