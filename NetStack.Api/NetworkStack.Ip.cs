@@ -164,9 +164,7 @@ public sealed partial class NetworkStack
         }
         if (quoted.Protocol != IpProtocol.Udp)
             return;
-        UdpSocket? socket;
-        lock (_portGate)
-            (quoted.Source.IsIpv6 ? _udp6 : _udp4).TryGetValue(quoted.Ports.Source, out socket);
+        var socket = _udpTable.ForError(quoted.Source, quoted.Ports.Source)?.Owner as UdpSocket;
         if (socket is null)
             _statistics.Increment("icmp.error.no-socket");
         else if (socket.ReportError(error.Kind, quoted.Destination, quoted.Ports.Destination))

@@ -405,12 +405,21 @@ public sealed partial class NetworkStack
     // Arriving segments
     // ------------------------------------------------------------------------------------------
 
+    // tcp.received counts a segment once it has been handled (its bytes stored or delivered,
+    // its answers sent), so whoever sees the counter reach n knows the n-th segment's effects
+    // are in place.
     private void OnTcp(ReadOnlySpan<byte> packet, Received r, long now)
     {
-        _tcpReceived.Increment();
-        var output = TcpOutput();
-        _tcpTable.Segment(output, now, _ip, r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Tcp);
-        ExecuteOutput(output, IpLayer.slice(packet, r.Payload), now);
+        try
+        {
+            var output = TcpOutput();
+            _tcpTable.Segment(output, now, _ip, r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Tcp);
+            ExecuteOutput(output, IpLayer.slice(packet, r.Payload), now);
+        }
+        finally
+        {
+            _tcpReceived.Increment();
+        }
     }
 
     // An ICMP error quoting one of our TCP segments (RFC 1122 §4.2.3.9): the table finds the

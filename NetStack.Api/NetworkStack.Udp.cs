@@ -30,14 +30,12 @@ public sealed partial class NetworkStack
     private void OnUdpDatagram(ReadOnlySpan<byte> packet, Received r, ReadOnlySpan<byte> payload)
     {
         _statistics.Increment("udp.received");
-        UdpSocket? socket;
-        lock (_portGate)
-            (r.Destination.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.Ports.Destination, out socket);
-        if (socket is null)
+        if (_udpTable.Find(r.Destination, r.Ports.Destination)?.Owner is not UdpSocket socket)
         {
             _statistics.Increment("udp.drop.no-socket");
-            // RFC 1122 §4.1.3.1: port unreachable, within the ICMP error rules and rate limit.
-            if (!r.ToBroadcast)
+            // The table says when a port unreachable is due (RFC 1122 §4.1.3.1); it goes within
+            // the ICMP error rules and rate limit.
+            if (_udpTable.PortUnreachableFor(r.ToBroadcast))
                 SendError(OutgoingError.PortUnreachable, IpLayer.slice(packet, r.Packet), "icmp.error.sent.port-unreachable");
             return;
         }
@@ -76,47 +74,36 @@ public sealed partial class NetworkStack
     {
         ArgumentNullException.ThrowIfNull(localEndPoint);
         var (v4, v6) = Families(localEndPoint);
-        lock (_portGate)
+        bool any = localEndPoint.Address.Equals(IPAddress.Any) || localEndPoint.Address.Equals(IPAddress.IPv6Any);
+        var address = IpAddr.OfIPAddress(localEndPoint.Address);
+        var socket = OnLoop(() =>
         {
-            lock (_commandGate)
-                ObjectDisposedException.ThrowIf(_disposed, this);
-            int port = localEndPoint.Port;
-            if (port == 0)
-                port = PickEphemeralPort(v4, v6);
-            else if ((v4 && _udp4.ContainsKey((ushort)port)) || (v6 && _udp6.ContainsKey((ushort)port)))
+            var endpoint = any
+                ? _udpTable.BindAll(v4, v6, localEndPoint.Port, Random.Shared.Next())
+                : _udpTable.BindOn(address, localEndPoint.Port, Random.Shared.Next());
+            if (endpoint is null)
                 throw new SocketException((int)SocketError.AddressAlreadyInUse);
-            var socket = new UdpSocket(this, new IPEndPoint(localEndPoint.Address, port), v4, v6, Options.UdpReceiveQueueBytes);
-            if (v4)
-                _udp4[(ushort)port] = socket;
-            if (v6)
-                _udp6[(ushort)port] = socket;
-            _log.UdpBound(socket.LocalEndPoint);
-            return socket;
-        }
-    }
-
-    private int PickEphemeralPort(bool v4, bool v6)
-    {
-        // RFC 6056 §3.3.1: start at a random point of the range and probe upwards.
-        const int count = EphemeralPortLast - EphemeralPortFirst + 1;
-        int start = Random.Shared.Next(count);
-        for (int i = 0; i < count; i++)
-        {
-            ushort port = (ushort)(EphemeralPortFirst + (start + i) % count);
-            if (!(v4 && _udp4.ContainsKey(port)) && !(v6 && _udp6.ContainsKey(port)))
-                return port;
-        }
-        throw new SocketException((int)SocketError.AddressAlreadyInUse);
+            var s = new UdpSocket(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), v4, v6, Options.UdpReceiveQueueBytes) { Endpoint = endpoint };
+            endpoint.Owner = s;
+            return s;
+        });
+        _log.UdpBound(socket.LocalEndPoint);
+        return socket;
     }
 
     internal void Unbind(UdpSocket socket)
     {
-        lock (_portGate)
+        try
         {
-            if (socket.BindsIpv4 && _udp4.TryGetValue(socket.Port, out var s4) && ReferenceEquals(s4, socket))
-                _udp4.Remove(socket.Port);
-            if (socket.BindsIpv6 && _udp6.TryGetValue(socket.Port, out var s6) && ReferenceEquals(s6, socket))
-                _udp6.Remove(socket.Port);
+            OnLoop(() =>
+            {
+                _udpTable.Unbind(socket.Endpoint);
+                return true;
+            });
+        }
+        catch (ObjectDisposedException)
+        {
+            // The stack is gone, and its table with it.
         }
     }
 

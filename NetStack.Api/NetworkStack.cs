@@ -94,9 +94,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly Dictionary<ushort, PendingPing> _pings = [];
 
     // Port tables, shared by binding threads and the loop.
-    private readonly object _portGate = new();
-    private readonly Dictionary<ushort, UdpSocket> _udp4 = [];
-    private readonly Dictionary<ushort, UdpSocket> _udp6 = [];
+    // Loop-only: the core's UDP port table (sockets by port and address or family).
+    private readonly UdpEndpointTable _udpTable = new();
 
     private readonly IpAddr? _address4;
     private readonly IpAddr? _address6;
@@ -484,11 +483,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             ping.Completion.TrySetException(disposed);
         }
         _pings.Clear();
-        List<UdpSocket> sockets;
-        lock (_portGate)
-            sockets = [.. _udp4.Values.Union(_udp6.Values)];
-        foreach (var socket in sockets)
-            socket.Dispose();
+        foreach (var endpoint in _udpTable.Endpoints)
+            (endpoint.Owner as UdpSocket)?.Dispose();
         DisposeTcp();
         _link?.Dispose();
         _device.Dispose();
