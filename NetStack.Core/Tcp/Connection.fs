@@ -102,24 +102,6 @@ module Connection =
 
         pick (pick (pick c.RetransmitAt c.PersistAt) (pick c.DelayedAckAt c.LingerAt)) (pick c.KeepAliveAt c.ProbeAt)
 
-    let private output (out: Out) (c: Connection) : Connection * TcpOutput =
-        c,
-        {
-            Actions = out.ToList()
-            NextDeadline = nextDeadline c
-        }
-
-    /// One sink per thread for the list-returning wrappers: each copies the actions into its
-    /// list before returning, so the sink (an array of large structs) is made once, not per call.
-    let private scratch =
-        new System.Threading.ThreadLocal<TcpActions>(fun () -> TcpActions())
-
-    /// The calling thread's scratch sink, emptied.
-    let private scratchSink () =
-        let sink = scratch.Value
-        sink.Clear()
-        sink
-
     /// RFC 6298 §5.1: start the timer when data goes out and it is not running.
     let private armRetransmit (now: int64) (c: Connection) =
         if c.RetransmitAt.IsNone then
@@ -198,6 +180,36 @@ module Connection =
 
     /// RCV.WND as we last offered it, in bytes.
     let private offeredWindow (c: Connection) = max 0 (c.RcvRight - c.RcvNxt)
+
+    /// The window-update rule (RFC 9293 §3.8.6.2.2, RFC 1122 §4.2.3.3, after Linux's
+    /// tcp_cleanup_rbuf), in two halves that must agree, kept here side by side.
+    ///
+    /// The engine half: after a read that moved the offered right edge, a pure window update
+    /// goes out only when the window we had
+    /// offered (`before`, in bytes) was below one MSS, where the peer may be stopped, or had
+    /// shrunk to half the buffer or less and the read at least doubles it (`after`). A reader
+    /// that keeps up gets its window carried by the ACKs the data triggers anyway, so an update
+    /// per couple of segments read would only double the ACKs the peer has to process.
+    let private windowUpdateWorthIt (mss: int) (buffer: int) (before: int) (after: int) =
+        before < mss || (2 * before <= buffer && after >= 2 * before)
+
+    /// Below this much free receive buffer (64 KiB: the largest window a SYN can offer, and 44
+    /// full-sized segments at MTU 1500) a read is always reported promptly
+    /// (`readWantsWindowUpdate`).
+    [<Literal>]
+    let LazyWindowMinimum = 65536
+
+    /// The reader's half of the window-update rule: true when a read must reach the engine at
+    /// once (`receiveWindowUpdateInto` without delay) rather than with the next packet, timer
+    /// or write. `bufferSize` is the receive buffer's size and `unreadBytes` what was delivered
+    /// and not yet reported read. Prompt while the free space is at most half the buffer or
+    /// below `LazyWindowMinimum`: above both, the window the engine offers with every ACK is
+    /// already more than half the buffer and at least 64 KiB, so by the engine's half
+    /// (`windowUpdateWorthIt`) no pure window update would go out and no peer waits for one.
+    /// Pure arithmetic, so the reader may call it on its own thread.
+    let readWantsWindowUpdate (bufferSize: int) (unreadBytes: int64) : bool =
+        let free = int64 bufferSize - unreadBytes
+        2L * free <= int64 bufferSize || free < int64 LazyWindowMinimum
 
     // ---- Receive-buffer auto-tuning (dynamic right-sizing) -----------------------------------
 
@@ -1976,12 +1988,6 @@ module Connection =
 
         c
 
-    /// `handleSegmentInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `handleSegmentInto`).
-    let handleSegment (now: int64) (seg: Segment) (c: Connection) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (handleSegmentInto out now seg c)
-
     // ---- Timers -------------------------------------------------------------------------------
 
     let private due (now: int64) (deadline: int64 voption) =
@@ -2205,12 +2211,6 @@ module Connection =
 
         scheduleProbe now c
 
-    /// `handleTimerInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `handleTimerInto`).
-    let handleTimer (now: int64) (c: Connection) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (handleTimerInto out now c)
-
     // ---- ICMP errors (RFC 1122 §4.2.3.9, RFC 5927, RFC 1191, RFC 8201) -------------------------
 
     /// RFC 5927 §4.1: an ICMP error is about data in flight only when the quoted SEG.SEQ lies in
@@ -2319,11 +2319,6 @@ module Connection =
                     out.Add(TcpAction.Event(TcpEvent.IcmpNoted TcpIcmpNote.SoftErrorRemembered))
                     c
 
-    /// `handleIcmpInto` with its actions returned as a list in a `TcpOutput`.
-    let handleIcmp (now: int64) (error: TcpIcmpError) (c: Connection) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (handleIcmpInto out now error c)
-
     /// The error a connection that ended with `TcpEvent.TimedOut` or `UserTimedOut` fails
     /// with: the soft ICMP error it saw last, if any (RFC 1122 §4.2.3.9: "report it to the
     /// application only when and if the TCP connection times out"; Linux's tcp_write_err gives
@@ -2424,12 +2419,6 @@ module Connection =
 
         c
 
-    /// `openActiveInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `openActiveInto`).
-    let openActive (config: TcpConfig) (iss: SeqNum) (now: int64) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (openActiveInto out config iss now)
-
     /// Passive OPEN: a connection in LISTEN. A listener makes one per arriving SYN (see
     /// `accept`), so `iss` is that SYN's 4-tuple's ISN; the listener itself, with its accept
     /// queue, belongs to the caller.
@@ -2443,31 +2432,13 @@ module Connection =
 
         c
 
-    /// `listenInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `listenInto`).
-    let listen (config: TcpConfig) (iss: SeqNum) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (listenInto out config iss)
-
     /// A listener's reaction to a segment for no existing connection: a new LISTEN connection
-    /// handed `seg`. A SYN yields SYN-RECEIVED and a SYN,ACK; anything else leaves it useless
-    /// (in LISTEN or answered with a RST), and the caller drops it.
+    /// (`listenInto`) handed `seg` through `handleSegmentInto`, so there is one implementation
+    /// of LISTEN processing (RFC 9293 §3.10.7.2, `onListen`). A SYN yields SYN-RECEIVED and a
+    /// SYN,ACK; anything else leaves it useless (in LISTEN or answered with a RST), and the
+    /// caller drops it.
     let acceptInto (out: TcpActions) (config: TcpConfig) (iss: SeqNum) (now: int64) (seg: Segment) : Connection =
-
-        let c =
-            { create config iss with
-                Passive = true
-            }
-            |> move out TcpTrigger.PassiveOpen TcpState.Listen
-            |> handle now out seg
-
-        c
-
-    /// `acceptInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `acceptInto`).
-    let accept (config: TcpConfig) (iss: SeqNum) (now: int64) (seg: Segment) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (acceptInto out config iss now seg)
+        listenInto out config iss |> handleSegmentInto out now seg
 
     /// How far beyond the old incarnation's SND.MAX `reopenIss` puts the new ISS when the
     /// generator's value is not already past it: one unscaled window and two, as Linux
@@ -2539,12 +2510,6 @@ module Connection =
 
                 int (min size (int64 maximum))
 
-    /// `sendInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `sendInto`).
-    let send (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (sendInto out now bytes c)
-
     /// Switches the Nagle algorithm off (`noDelay` true) or back on for this connection (the
     /// `TcpConfig.NoDelay` setting, like setting TCP_NODELAY on a socket). Turning it off sends
     /// any data Nagle was holding at once.
@@ -2557,12 +2522,6 @@ module Connection =
 
         let c = if noDelay then transmit now out c else c
         c
-
-    /// `setNoDelayInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `setNoDelayInto`).
-    let setNoDelay (now: int64) (noDelay: bool) (c: Connection) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (setNoDelayInto out now noDelay c)
 
     /// The user read `bytes` more of the delivered data, freeing receive buffer space (and, with
     /// auto-tuning on, maybe growing the buffer: `ReceiveBufferGrown` comes first). When that
@@ -2585,27 +2544,14 @@ module Connection =
                 let growth = refreshed.RcvRight - c.RcvRight
 
                 let after = offeredWindow refreshed
-                // Linux's rule (tcp_cleanup_rbuf): a pure window update only when the window
-                // we offered has shrunk to half the buffer or less and reading at least doubles
-                // it; or when it was below one MSS, where the peer may be stopped. A reader that
-                // keeps up gets its window carried by the ACKs the data triggers anyway, so an
-                // update per couple of segments read would only double the ACKs the peer has
-                // to process.
-                let worthIt =
-                    growth > 0
-                    && (before < c.Config.Mss || (2 * before <= c.RcvBuf && after >= 2 * before))
+
+                let worthIt = growth > 0 && windowUpdateWorthIt c.Config.Mss c.RcvBuf before after
 
                 if worthIt then sendAck now out c else c
             else
                 c
 
         c
-
-    /// `receiveWindowUpdateInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `receiveWindowUpdateInto`).
-    let receiveWindowUpdate (now: int64) (bytes: int64) (c: Connection) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (receiveWindowUpdateInto out now bytes c)
 
     /// User CLOSE (§3.10.4): no more data from us. LISTEN and SYN-SENT close at once;
     /// SYN-RECEIVED sends its FIN and enters FIN-WAIT-1 when nothing was written, else the FIN
@@ -2638,94 +2584,7 @@ module Connection =
 
         scheduleProbe now c
 
-    /// `closeInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `closeInto`).
-    let close (now: int64) (c: Connection) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (closeInto out now c)
-
     /// User ABORT (§3.10.5): a RST to the peer when it may hold state for us, then CLOSED.
     let abortInto (out: TcpActions) (now: int64) (c: Connection) : Connection =
         ignore now
         resetAndClose TcpTrigger.Abort out c
-
-    /// `abortInto` with its actions returned as a list in a `TcpOutput` (allocates the list;
-    /// the engine calls `abortInto`).
-    let abort (now: int64) (c: Connection) : Connection * TcpOutput =
-        let out = scratchSink ()
-        output out (abortInto out now c)
-
-    // ---- Checks for tests ---------------------------------------------------------------------
-
-    /// The first broken invariant of `c`, if any: sequence variables in order, stream counters
-    /// consistent, out-of-order ranges inside the buffer, no timer once CLOSED.
-    let audit (c: Connection) : string option =
-        let synchronized =
-            match c.State with
-            | TcpState.Closed
-            | TcpState.Listen
-            | TcpState.SynSent -> false
-            | _ -> true
-
-        let outOfOrderOk =
-            c.OutOfOrder.Ranges
-            |> List.forall (fun struct (s, e) -> s > c.Delivered && e <= c.Consumed + int64 c.RcvBuf && s < e)
-
-        if not (SeqNum.le c.SndUna c.SndNxt) then
-            Some $"SND.UNA {c.SndUna} is after SND.NXT {c.SndNxt}"
-        elif not (SeqNum.le c.SndNxt c.SndMax) then
-            Some $"SND.NXT {c.SndNxt} is after SND.MAX {c.SndMax}"
-        elif c.Acked < 0L || c.Acked > c.Written then
-            Some $"Acked {c.Acked} outside 0..Written {c.Written}"
-        elif c.Consumed < 0L || c.Consumed > c.Delivered then
-            Some $"Consumed {c.Consumed} outside 0..Delivered {c.Delivered}"
-        elif c.RcvBuf < c.Config.ReceiveBufferSize || c.RcvBuf > c.Config.ReceiveBufferLimit then
-            Some $"receive buffer {c.RcvBuf} outside {c.Config.ReceiveBufferSize}..{c.Config.ReceiveBufferLimit}"
-        elif c.Delivered - c.Consumed > int64 c.RcvBuf then
-            Some $"{c.Delivered - c.Consumed} unread bytes exceed the receive buffer"
-        elif not outOfOrderOk then
-            Some $"out-of-order ranges {c.OutOfOrder.Ranges} outside ({c.Delivered}, buffer end)"
-        elif
-            synchronized
-            && c.RcvNxt <> recvSeqOf c c.Delivered + (if c.FinReceived then 1 else 0)
-        then
-            Some $"RCV.NXT {c.RcvNxt} does not match {c.Delivered} delivered bytes"
-        elif synchronized && SeqNum.lt c.RcvRight (recvSeqOf c c.Delivered) then
-            Some $"the offered right edge {c.RcvRight} is before RCV.NXT {c.RcvNxt}"
-        elif c.State = TcpState.Closed && (nextDeadline c).IsSome then
-            Some "a timer runs in CLOSED"
-        elif
-            c.SndWndShift < 0
-            || c.SndWndShift > 14
-            || c.RcvWndShift < 0
-            || c.RcvWndShift > 14
-        then
-            Some $"window shifts {c.SndWndShift}/{c.RcvWndShift} outside 0..14"
-        elif not c.WindowScaled && (c.SndWndShift <> 0 || c.RcvWndShift <> 0) then
-            Some "window shifts set without window scaling"
-        elif
-            (c.WindowScaled && not c.Config.WindowScaling)
-            || (c.TsEnabled && not c.Config.Timestamps)
-        then
-            Some "an option is in use that the configuration does not offer"
-        elif synchronized && int64 (c.RcvRight - c.RcvNxt) > (65535L <<< c.RcvWndShift) then
-            Some $"the offered window {c.RcvRight - c.RcvNxt} exceeds what the window field can say"
-        elif synchronized && SeqNum.gt c.RcvRight (recvSeqOf c (c.Consumed + int64 c.RcvBuf)) then
-            Some $"the offered right edge {c.RcvRight} is beyond the receive buffer"
-        elif c.SendMss < 1 || c.RcvMss < 1 then
-            Some $"MSS {c.SendMss}/{c.RcvMss} below 1"
-        elif c.SackEnabled && not c.Config.SelectiveAck then
-            Some "SACK in use though the configuration does not offer it"
-        elif
-            c.Scoreboard.Ranges
-            |> List.exists (fun struct (s, e) -> s < c.Acked || e > c.Written || s >= e)
-        then
-            Some $"scoreboard {c.Scoreboard.Ranges} outside [Acked {c.Acked}, Written {c.Written}]"
-        elif not c.SackEnabled && not c.Scoreboard.IsEmpty then
-            Some "a scoreboard without SACK"
-        elif c.InRecovery && not (SeqNum.lt c.SndUna c.RecoveryPoint) then
-            Some $"in recovery though SND.UNA {c.SndUna} reached the recovery point {c.RecoveryPoint}"
-        elif c.DupAcks < 0 || c.Cwnd < 1 then
-            Some $"DupAcks {c.DupAcks} or cwnd {c.Cwnd} out of range"
-        else
-            None

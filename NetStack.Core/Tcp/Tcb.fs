@@ -394,7 +394,7 @@ type TcpActions(capacity: int) =
     /// Forgets every action (the array is kept for reuse; actions hold no references to release).
     member _.Clear() = count <- 0
 
-    /// The actions as an F# list (allocates; for tests and the `TcpOutput` wrappers).
+    /// The actions as an F# list (allocates; for tests and scripts, not per packet).
     member _.ToList() : TcpAction list =
         let mutable list = []
 
@@ -402,15 +402,6 @@ type TcpActions(capacity: int) =
             list <- items[i] :: list
 
         list
-
-/// The engine's answer to one input: what to do, in order, and when to call `handleTimer` next.
-type TcpOutput =
-    {
-        /// Actions in order.
-        Actions: TcpAction list
-        /// The earliest timer deadline (absolute, µs), or ValueNone when no timer runs.
-        NextDeadline: int64 voption
-    }
 
 /// A connection's transmission control block (RFC 9293 §3.3.1), as an immutable value.
 /// Sequence variables use their RFC names. Stream positions count data bytes only (the SYN and

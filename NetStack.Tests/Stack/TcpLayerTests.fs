@@ -12,6 +12,7 @@ open NetStack
 open NetStack.Engine
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
+open NetStack.Tests.ConnectionHarness
 open NetStack.Core.Stack
 open NetStack.Tests.TestUtil
 
