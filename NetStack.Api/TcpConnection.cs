@@ -575,10 +575,10 @@ public sealed class TcpConnection : Stream
         }
     }
 
-    // Whether this read must wake the loop: the core's rule (Connection.readWantsWindowUpdate),
+    // Whether this read must wake the loop: the core's rule (ReceiveWindow.readWantsWindowUpdate),
     // given the buffer the loop believes unread (delivered and not reported read). Under _gate.
     private bool WindowUpdateUrgentLocked() =>
-        TcpEngine.readWantsWindowUpdate(_receiveCapacity, _recvDelivered - _consumedReported);
+        ReceiveWindow.readWantsWindowUpdate(_receiveCapacity, _recvDelivered - _consumedReported);
 
     /// <summary>
     /// Where send-stream bytes [position, position + length) lie in the send ring, for a gather

@@ -77,7 +77,10 @@ type TcpBench() =
         receiver <- Connection.handleSegmentInto sinkB now (arriving data) receiver
         let ack = firstInSink sinkB
         sinkB.Clear()
-        receiver <- Connection.receiveWindowUpdateInto sinkB now (receiver.Delivered - receiver.Consumed) receiver
+
+        receiver <-
+            Connection.receiveWindowUpdateInto sinkB now (receiver.Rcv.Delivered - receiver.Rcv.Consumed) receiver
+
         sinkA.Clear()
         sender <- Connection.handleSegmentInto sinkA now (arriving ack) sender
-        sender.SndUna
+        sender.Snd.Una

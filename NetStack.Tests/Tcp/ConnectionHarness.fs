@@ -107,70 +107,75 @@ module Connection =
             | _ -> true
 
         let outOfOrderOk =
-            c.OutOfOrder.Ranges
-            |> List.forall (fun struct (s, e) -> s > c.Delivered && e <= c.Consumed + int64 c.RcvBuf && s < e)
+            c.Rcv.OutOfOrder.Ranges
+            |> List.forall (fun struct (s, e) ->
+                s > c.Rcv.Delivered && e <= c.Rcv.Consumed + int64 c.Tuning.RcvBuf && s < e)
 
-        if not (SeqNum.le c.SndUna c.SndNxt) then
-            Some $"SND.UNA {c.SndUna} is after SND.NXT {c.SndNxt}"
-        elif not (SeqNum.le c.SndNxt c.SndMax) then
-            Some $"SND.NXT {c.SndNxt} is after SND.MAX {c.SndMax}"
-        elif c.Acked < 0L || c.Acked > c.Written then
-            Some $"Acked {c.Acked} outside 0..Written {c.Written}"
-        elif c.Consumed < 0L || c.Consumed > c.Delivered then
-            Some $"Consumed {c.Consumed} outside 0..Delivered {c.Delivered}"
-        elif c.RcvBuf < c.Config.ReceiveBufferSize || c.RcvBuf > c.Config.ReceiveBufferLimit then
-            Some $"receive buffer {c.RcvBuf} outside {c.Config.ReceiveBufferSize}..{c.Config.ReceiveBufferLimit}"
-        elif c.Delivered - c.Consumed > int64 c.RcvBuf then
-            Some $"{c.Delivered - c.Consumed} unread bytes exceed the receive buffer"
+        if not (SeqNum.le c.Snd.Una c.Snd.Nxt) then
+            Some $"SND.UNA {c.Snd.Una} is after SND.NXT {c.Snd.Nxt}"
+        elif not (SeqNum.le c.Snd.Nxt c.Snd.Max) then
+            Some $"SND.NXT {c.Snd.Nxt} is after SND.MAX {c.Snd.Max}"
+        elif c.Snd.Acked < 0L || c.Snd.Acked > c.Snd.Written then
+            Some $"Acked {c.Snd.Acked} outside 0..Written {c.Snd.Written}"
+        elif c.Rcv.Consumed < 0L || c.Rcv.Consumed > c.Rcv.Delivered then
+            Some $"Consumed {c.Rcv.Consumed} outside 0..Delivered {c.Rcv.Delivered}"
+        elif
+            c.Tuning.RcvBuf < c.Config.ReceiveBufferSize
+            || c.Tuning.RcvBuf > c.Config.ReceiveBufferLimit
+        then
+            Some $"receive buffer {c.Tuning.RcvBuf} outside {c.Config.ReceiveBufferSize}..{c.Config.ReceiveBufferLimit}"
+        elif c.Rcv.Delivered - c.Rcv.Consumed > int64 c.Tuning.RcvBuf then
+            Some $"{c.Rcv.Delivered - c.Rcv.Consumed} unread bytes exceed the receive buffer"
         elif not outOfOrderOk then
-            Some $"out-of-order ranges {c.OutOfOrder.Ranges} outside ({c.Delivered}, buffer end)"
+            Some $"out-of-order ranges {c.Rcv.OutOfOrder.Ranges} outside ({c.Rcv.Delivered}, buffer end)"
         elif
             synchronized
-            && c.RcvNxt <> (c.Irs + 1 + int c.Delivered) + (if c.FinReceived then 1 else 0)
+            && c.Rcv.Nxt
+               <> (c.Rcv.Irs + 1 + int c.Rcv.Delivered) + (if c.Rcv.FinReceived then 1 else 0)
         then
-            Some $"RCV.NXT {c.RcvNxt} does not match {c.Delivered} delivered bytes"
-        elif synchronized && SeqNum.lt c.RcvRight ((c.Irs + 1 + int c.Delivered)) then
-            Some $"the offered right edge {c.RcvRight} is before RCV.NXT {c.RcvNxt}"
+            Some $"RCV.NXT {c.Rcv.Nxt} does not match {c.Rcv.Delivered} delivered bytes"
+        elif synchronized && SeqNum.lt c.Rcv.Right ((c.Rcv.Irs + 1 + int c.Rcv.Delivered)) then
+            Some $"the offered right edge {c.Rcv.Right} is before RCV.NXT {c.Rcv.Nxt}"
         elif
             c.State = TcpState.Closed
             && (NetStack.Core.Tcp.Connection.nextDeadline c).IsSome
         then
             Some "a timer runs in CLOSED"
         elif
-            c.SndWndShift < 0
-            || c.SndWndShift > 14
-            || c.RcvWndShift < 0
-            || c.RcvWndShift > 14
+            c.Snd.WndShift < 0
+            || c.Snd.WndShift > 14
+            || c.Rcv.WndShift < 0
+            || c.Rcv.WndShift > 14
         then
-            Some $"window shifts {c.SndWndShift}/{c.RcvWndShift} outside 0..14"
-        elif not c.WindowScaled && (c.SndWndShift <> 0 || c.RcvWndShift <> 0) then
+            Some $"window shifts {c.Snd.WndShift}/{c.Rcv.WndShift} outside 0..14"
+        elif not c.WindowScaled && (c.Snd.WndShift <> 0 || c.Rcv.WndShift <> 0) then
             Some "window shifts set without window scaling"
         elif
             (c.WindowScaled && not c.Config.WindowScaling)
-            || (c.TsEnabled && not c.Config.Timestamps)
+            || (c.Ts.Enabled && not c.Config.Timestamps)
         then
             Some "an option is in use that the configuration does not offer"
-        elif synchronized && int64 (c.RcvRight - c.RcvNxt) > (65535L <<< c.RcvWndShift) then
-            Some $"the offered window {c.RcvRight - c.RcvNxt} exceeds what the window field can say"
+        elif synchronized && int64 (c.Rcv.Right - c.Rcv.Nxt) > (65535L <<< c.Rcv.WndShift) then
+            Some $"the offered window {c.Rcv.Right - c.Rcv.Nxt} exceeds what the window field can say"
         elif
             synchronized
-            && SeqNum.gt c.RcvRight ((c.Irs + 1 + int (c.Consumed + int64 c.RcvBuf)))
+            && SeqNum.gt c.Rcv.Right ((c.Rcv.Irs + 1 + int (c.Rcv.Consumed + int64 c.Tuning.RcvBuf)))
         then
-            Some $"the offered right edge {c.RcvRight} is beyond the receive buffer"
-        elif c.SendMss < 1 || c.RcvMss < 1 then
-            Some $"MSS {c.SendMss}/{c.RcvMss} below 1"
+            Some $"the offered right edge {c.Rcv.Right} is beyond the receive buffer"
+        elif c.Snd.Mss < 1 || c.Rcv.Mss < 1 then
+            Some $"MSS {c.Snd.Mss}/{c.Rcv.Mss} below 1"
         elif c.SackEnabled && not c.Config.SelectiveAck then
             Some "SACK in use though the configuration does not offer it"
         elif
-            c.Scoreboard.Ranges
-            |> List.exists (fun struct (s, e) -> s < c.Acked || e > c.Written || s >= e)
+            c.Recovery.Scoreboard.Ranges
+            |> List.exists (fun struct (s, e) -> s < c.Snd.Acked || e > c.Snd.Written || s >= e)
         then
-            Some $"scoreboard {c.Scoreboard.Ranges} outside [Acked {c.Acked}, Written {c.Written}]"
-        elif not c.SackEnabled && not c.Scoreboard.IsEmpty then
+            Some $"scoreboard {c.Recovery.Scoreboard.Ranges} outside [Acked {c.Snd.Acked}, Written {c.Snd.Written}]"
+        elif not c.SackEnabled && not c.Recovery.Scoreboard.IsEmpty then
             Some "a scoreboard without SACK"
-        elif c.InRecovery && not (SeqNum.lt c.SndUna c.RecoveryPoint) then
-            Some $"in recovery though SND.UNA {c.SndUna} reached the recovery point {c.RecoveryPoint}"
-        elif c.DupAcks < 0 || c.Cwnd < 1 then
-            Some $"DupAcks {c.DupAcks} or cwnd {c.Cwnd} out of range"
+        elif c.Recovery.InRecovery && not (SeqNum.lt c.Snd.Una c.Recovery.RecoveryPoint) then
+            Some $"in recovery though SND.UNA {c.Snd.Una} reached the recovery point {c.Recovery.RecoveryPoint}"
+        elif c.Recovery.DupAcks < 0 || c.Recovery.Cwnd < 1 then
+            Some $"DupAcks {c.Recovery.DupAcks} or cwnd {c.Recovery.Cwnd} out of range"
         else
             None
