@@ -573,20 +573,10 @@ public sealed class TcpConnection : Stream
         }
     }
 
-    // Lazy window commands only while the buffer the loop believes free (all of it but what was
-    // delivered and not reported read) is more than half the buffer and at least
-    // LazyWindowMinimum: the core then offers more than that already (its window follows every
-    // ACK it sends), and sends a pure window update only for a window below half the buffer or
-    // one MSS (Connection.receiveWindowUpdateInto), so a peer cannot be waiting for the update.
-    // Under _gate.
-    private bool WindowUpdateUrgentLocked()
-    {
-        long free = _receiveCapacity - (_recvDelivered - _consumedReported);
-        return 2 * free <= _receiveCapacity || free < LazyWindowMinimum;
-    }
-
-    // 64 KiB: the largest window a SYN can offer, and 44 full-sized segments at MTU 1500.
-    private const int LazyWindowMinimum = 65536;
+    // Whether this read must wake the loop: the core's rule (ReceiveWindow.readWantsWindowUpdate),
+    // given the buffer the loop believes unread (delivered and not reported read). Under _gate.
+    private bool WindowUpdateUrgentLocked() =>
+        ReceiveWindow.readWantsWindowUpdate(_receiveCapacity, _recvDelivered - _consumedReported);
 
     /// <summary>
     /// Where send-stream bytes [position, position + length) lie in the send ring, for a gather

@@ -12,6 +12,7 @@ open NetStack
 open NetStack.Engine
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
+open NetStack.Tests.ConnectionHarness
 open NetStack.Core.Stack
 open NetStack.Tests.TestUtil
 
@@ -386,12 +387,12 @@ let tests =
                     (ValueSome TcpLayer.OrphanFinWait2Timeout)
                     "the timeout is set"
 
-                Expect.equal orphaned.LingerAt ValueNone "LISTEN gets no deadline"
+                Expect.equal orphaned.Timers.LingerAt ValueNone "LISTEN gets no deadline"
 
                 let finWait2 = { c with State = TcpState.FinWait2 }
 
                 Expect.equal
-                    (TcpLayer.orphan 100L finWait2).LingerAt
+                    (TcpLayer.orphan 100L finWait2).Timers.LingerAt
                     (ValueSome(100L + TcpLayer.OrphanFinWait2Timeout))
                     "FIN-WAIT-2 gets one at once"
             }
