@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -85,64 +86,29 @@ public static partial class BenchCommand
     /// <summary>Datagrams per send in the usend case (one UDP_SEGMENT send, one segmented SendToAsync).</summary>
     private const int SegmentsPerSend = 40;
 
-    /// <summary>The help text.</summary>
-    public static string Usage => $"""
-        usage: netstack bench [--seconds N] [--tcp-mib N] [--conn-clients N] [--cases LIST] [--idle-connections N] [interface options]
-               netstack bench --soak MINUTES [soak options] [interface options]
-
-        Measures, in a private network namespace (re-executing under 'unshare' like the demo):
-          udp   UDP round-trip latency (p50, p99) of {DatagramSize}-byte datagrams, one outstanding,
-                and echoed datagrams per second, {Window} in flight at most;
-          rr    TCP ping-pong: 1-byte request, 1-byte answer, one connection, round trip p50/p99;
-                also with the stack as the client (its TcpConnection against a kernel echo);
-          conn  short TCP connections per second (connect, send 1 byte, receive it, close), and
-                the processor time of the whole machine per connection;
-          bulk  TCP bulk throughput, kernel → X (into a discard service) and X → kernel (from a
-                source service), one connection each, and the .NET bytes this process allocated
-                per packet through the interface during each transfer;
-          usend UDP bulk X → kernel: sends of {SegmentsPerSend} datagrams of {SegmentSize} bytes each (the
-                stack's segmented UdpSocket.SendToAsync, USO when in force; a kernel socket
-                with UDP_SEGMENT), datagrams per second a kernel socket received, and the
-                share of those sent that it did not;
-          http  HTTP load from Debian's generators against the HTTP app of 'serve --http/--h2c'
-                (Kestrel on the stack; on the peer side the same app on Kestrel's kernel
-                sockets): ab (HTTP/1.0, a new connection per request), ab -k (HTTP/1.0
-                keep-alive), wrk (HTTP/1.1 keep-alive), h2load (HTTP/2 with prior knowledge,
-                {H2Streams} streams per connection); {HttpConnections} connections each, GET of {HttpBodyBytes} bytes,
-                --seconds each; requests/s and failed requests as each tool counts them.
-                Needs ab (apache2-utils), wrk, h2load (nghttp2-client); not run by default
-        between a kernel .NET Socket and services on the stack (through the TUN interface),
-        and the same between two kernel namespaces over a veth pair (same MTU), and prints both
-        with the ratio stack/kernel.
-
-          --seconds N         seconds per udp, rr and conn measurement, 1-60 (default 2)
-          --tcp-mib N         MiB per TCP bulk transfer, 1-4096 (default 1024; one measured
-                              transfer per direction and path, after a second of warm-up transfers)
-          --conn-clients N    client threads opening connections in parallel, 1-64 (default 4)
-          --cases LIST        comma-separated subset of udp,rr,conn,bulk,usend,http (default
-                              all but http)
-          --idle-connections N  instead: open N idle kernel TCP connections to one listener and
-                              print the stack's managed heap and RSS per connection
-
-        soak: --soak MINUTES runs the stack with serve's HTTP app (Kestrel, port 8080), TCP echo (7)
-        and UDP echo (7000) under sustained load from other processes at nice 10 (wrk for HTTP
-        when installed, else kernel sockets; kernel sockets for the rest) and prints this
-        process's RSS, GC heap and commitment and the RSS by kind of mapping every interval,
-        then their slopes in MB/min; SIGINT ends it early with the same report (docs/soak.md):
-          --soak-interval S   seconds between samples (default 10)
-          --soak-load LIST    comma-separated subset of http,echo,udp (default all)
-          --http-connections N  keep-alive HTTP connections, 10 KiB responses (default 200)
-          --echo-connections N  persistent TCP echo connections, 1 KiB exchanges (default 16),
-                              plus 50 short echo connections a second
-          --udp-rate N        UDP datagrams a second to the echo (default 5000)
-          --soak-csv FILE     write every sample as CSV
-          --soak-svg FILE     draw RSS, GC committed, resident in the GC's range, GC heap,
-                              malloc arenas and JIT code over time as SVG
-          --thread-pool-events  count the thread pool's changes of its thread count by reason
-                              (hill climbing, starvation, ...; listening costs native memory)
-
-        {InterfaceOptions.Help}
-        """;
+    /// <summary>What the command does, for its help.</summary>
+    private static string Description => $"""
+        Measures, in a private network namespace (re-executing under 'unshare' like the demo), between a kernel .NET Socket and
+        services on the stack (through the TUN interface), and the same between two kernel namespaces over a veth pair (same
+        MTU), and prints both with the ratio stack/kernel. The cases (--cases): udp: UDP round-trip latency (p50, p99) of
+        {DatagramSize}-byte datagrams, one outstanding, and echoed datagrams per second, {Window} in flight at most; rr: TCP
+        ping-pong, 1-byte request, 1-byte answer, one connection, round trip p50/p99, also with the stack as the client (its
+        TcpConnection against a kernel echo); conn: short TCP connections per second (connect, send 1 byte, receive it, close),
+        and the processor time of the whole machine per connection; bulk: TCP bulk throughput, kernel → X (into a discard
+        service) and X → kernel (from a source service), one connection each, and the .NET bytes this process allocated per
+        packet through the interface during each transfer; usend: UDP bulk X → kernel, sends of {SegmentsPerSend} datagrams of
+        {SegmentSize} bytes each (the stack's segmented UdpSocket.SendToAsync, USO when in force; a kernel socket with
+        UDP_SEGMENT), datagrams per second a kernel socket received, and the share of those sent that it did not; http: HTTP
+        load from Debian's generators against the HTTP app of 'serve --http/--h2c' (Kestrel on the stack; on the peer side the
+        same app on Kestrel's kernel sockets): ab (HTTP/1.0, a new connection per request), ab -k (HTTP/1.0 keep-alive), wrk
+        (HTTP/1.1 keep-alive), h2load (HTTP/2 with prior knowledge, {H2Streams} streams per connection); {HttpConnections}
+        connections each, GET of {HttpBodyBytes} bytes, --seconds each; requests/s and failed requests as each tool counts them;
+        needs ab (apache2-utils), wrk, h2load (nghttp2-client); not run by default. With --soak MINUTES it runs the stack with
+        serve's HTTP app (Kestrel, port 8080), TCP echo (7) and UDP echo (7000) under sustained load from other processes at
+        nice 10 (wrk for HTTP when installed, else kernel sockets; kernel sockets for the rest) and prints this process's RSS,
+        GC heap and commitment and the RSS by kind of mapping every interval, then their slopes in MB/min; SIGINT ends it early
+        with the same report (docs/soak.md).
+        """.ReplaceLineEndings(" ");
 
     /// <summary>What to measure and how long.</summary>
     /// <param name="Duration">Per udp, rr and conn measurement.</param>
@@ -224,90 +190,64 @@ public static partial class BenchCommand
         public string? HttpSkipped { get; set; }
     }
 
-    /// <summary>Runs the command; returns the exit code.</summary>
-    public static int Run(string[] args)
+    /// <summary>The <c>bench</c> command; <paramref name="args"/> is the whole command line, run again inside the namespace.</summary>
+    public static Command Create(string[] args)
     {
-        if (Program.WantsHelp(args))
+        var seconds = Cli.Int("--seconds", "N", "seconds per udp, rr and conn measurement, 1-60 (default 2)", 1, 60, "a number of seconds");
+        var tcpMib = Cli.Int("--tcp-mib", "N",
+            "MiB per TCP bulk transfer, 1-4096 (default 1024; one measured transfer per direction and path, after a second of warm-up transfers)",
+            1, 4096, "a number of MiB");
+        var connClients = Cli.Int("--conn-clients", "N", "client threads opening connections in parallel, 1-64 (default 4)", 1, 64, "a number of threads");
+        var cases = Cli.Subset("--cases", $"comma-separated subset of {string.Join(",", CaseNames)} (default all but http)", CaseNames);
+        var idleConnections = Cli.Int("--idle-connections", "N",
+            "instead: open N idle kernel TCP connections to one listener and print the stack's managed heap and RSS per connection",
+            1, 60000, "a number of connections");
+        var soak = Cli.Value("--soak", "MINUTES", "instead: the memory soak, for MINUTES (0.1-1440; see above and docs/soak.md)", text =>
+            double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var minutes) && minutes >= 0.1 && minutes <= 1440
+                ? TimeSpan.FromMinutes(minutes)
+                : throw Cli.Bad("--soak", $"'{text}' is not a number of minutes (0.1-1440)"));
+        var soakInterval = Cli.Seconds("--soak-interval", "S", "soak: seconds between samples (default 10)", 1, 600);
+        var soakLoad = Cli.Subset("--soak-load", "soak: comma-separated subset of http,echo,udp (default all)", SoakBench.LoadNames);
+        var httpConnections = Cli.Int("--http-connections", "N", "soak: keep-alive HTTP connections, 10 KiB responses (default 200)",
+            1, 10000, "a number of connections");
+        var echoConnections = Cli.Int("--echo-connections", "N",
+            "soak: persistent TCP echo connections, 1 KiB exchanges (default 16), plus 50 short echo connections a second",
+            1, 1000, "a number of connections");
+        var udpRate = Cli.Int("--udp-rate", "N", "soak: UDP datagrams a second to the echo (default 5000)", 1, 1_000_000, "a number of datagrams per second");
+        var soakCsv = Cli.Value("--soak-csv", "FILE", "soak: write every sample as CSV", Path.GetFullPath);
+        var soakSvg = Cli.Value("--soak-svg", "FILE",
+            "soak: draw RSS, GC committed, resident in the GC's range, GC heap, malloc arenas and JIT code over time as SVG", Path.GetFullPath);
+        var threadPoolEvents = Cli.Flag("--thread-pool-events",
+            "soak: count the thread pool's changes of its thread count by reason (hill climbing, starvation, ...; listening costs native memory)");
+        var interfaceOptions = new InterfaceOptions();
+        var command = new Command("bench", Description)
         {
-            Console.WriteLine(Usage);
-            return 0;
-        }
-        var reader = new ArgReader(Name, args);
-        var options = new NetStackOptions();
-        var seconds = 2;
-        var tcpMib = 1024;
-        var connClients = 4;
-        var cases = new HashSet<string>(DefaultCases, StringComparer.Ordinal);
-        var idleConnections = 0;
-        TimeSpan? soak = null;
-        var soakInterval = TimeSpan.FromSeconds(10);
-        var soakLoads = new HashSet<string>(SoakBench.LoadNames, StringComparer.Ordinal);
-        int httpConnections = 200, echoConnections = 16, udpRate = 5000;
-        string? soakCsv = null, soakSvg = null;
-        var threadPoolEvents = false;
-        while (reader.Next() is { } arg)
+            seconds, tcpMib, connClients, cases, idleConnections, soak, soakInterval, soakLoad, httpConnections, echoConnections, udpRate,
+            soakCsv, soakSvg, threadPoolEvents,
+        };
+        interfaceOptions.AddTo(command);
+        command.SetAction(r =>
         {
-            if (InterfaceOptions.TryRead(reader, arg, ref options))
-                continue;
-            if (arg == "--seconds")
-                seconds = reader.ParseInt(arg, reader.Value(arg), 1, 60, "a number of seconds");
-            else if (arg == "--tcp-mib")
-                tcpMib = reader.ParseInt(arg, reader.Value(arg), 1, 4096, "a number of MiB");
-            else if (arg == "--conn-clients")
-                connClients = reader.ParseInt(arg, reader.Value(arg), 1, 64, "a number of threads");
-            else if (arg == "--cases")
-            {
-                var list = reader.Value(arg);
-                var names = list.Split(',', StringSplitOptions.TrimEntries);
-                if (names.Any(n => !CaseNames.Contains(n)))
-                    throw reader.Fail($"--cases: '{list}' is not a list of {string.Join(",", CaseNames)}");
-                cases = new HashSet<string>(names, StringComparer.Ordinal);
-            }
-            else if (arg == "--idle-connections")
-                idleConnections = reader.ParseInt(arg, reader.Value(arg), 1, 60000, "a number of connections");
-            else if (arg == "--soak")
-            {
-                var text = reader.Value(arg);
-                if (!double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var soakMinutes) || !(soakMinutes >= 0.1) || soakMinutes > 1440)
-                    throw reader.Fail($"--soak: '{text}' is not a number of minutes (0.1-1440)");
-                soak = TimeSpan.FromMinutes(soakMinutes);
-            }
-            else if (arg == "--soak-interval")
-                soakInterval = reader.ParseSeconds(arg, reader.Value(arg), 1, 600);
-            else if (arg == "--soak-load")
-            {
-                var list = reader.Value(arg);
-                var names = list.Split(',', StringSplitOptions.TrimEntries);
-                if (names.Any(n => !SoakBench.LoadNames.Contains(n)))
-                    throw reader.Fail($"--soak-load: '{list}' is not a list of {string.Join(",", SoakBench.LoadNames)}");
-                soakLoads = new HashSet<string>(names, StringComparer.Ordinal);
-            }
-            else if (arg == "--soak-csv")
-                soakCsv = Path.GetFullPath(reader.Value(arg));
-            else if (arg == "--soak-svg")
-                soakSvg = Path.GetFullPath(reader.Value(arg));
-            else if (arg == "--http-connections")
-                httpConnections = reader.ParseInt(arg, reader.Value(arg), 1, 10000, "a number of connections");
-            else if (arg == "--echo-connections")
-                echoConnections = reader.ParseInt(arg, reader.Value(arg), 1, 1000, "a number of connections");
-            else if (arg == "--thread-pool-events")
-                threadPoolEvents = true;
-            else if (arg == "--udp-rate")
-                udpRate = reader.ParseInt(arg, reader.Value(arg), 1, 1_000_000, "a number of datagrams per second");
-            else
-                throw reader.Unknown(arg);
-        }
-        InterfaceOptions.Validate(reader, options);
-        if (options.Address is null)
-            throw reader.Fail("the benchmark runs over IPv4: --ip none leaves nothing to measure");
+            var options = interfaceOptions.Read(r);
+            if (options.Address is null)
+                throw new UsageException("the benchmark runs over IPv4: --ip none leaves nothing to measure");
 
-        if (!Isolation.IsIsolated)
-            return Isolation.ReexecIsolated(["bench", .. args]);
-        if (idleConnections > 0)
-            return IdleBench.Run(options, idleConnections);
-        if (soak is { } minutes)
-            return SoakBench.Run(options, new SoakBench.Plan(minutes, soakInterval, soakLoads, httpConnections, echoConnections, udpRate, soakCsv, soakSvg, threadPoolEvents));
-        return RunIsolated(options, new Plan(TimeSpan.FromSeconds(seconds), tcpMib * (1L << 20), connClients, cases));
+            if (!Isolation.IsIsolated)
+                return Isolation.ReexecIsolated(args);
+            if (r.IsGiven(idleConnections))
+                return IdleBench.Run(options, r.GetValue(idleConnections));
+            if (r.IsGiven(soak))
+            {
+                var plan = new SoakBench.Plan(r.GetValue(soak), r.ValueOr(soakInterval, TimeSpan.FromSeconds(10)),
+                    r.ValueOr(soakLoad, new HashSet<string>(SoakBench.LoadNames, StringComparer.Ordinal)),
+                    r.ValueOr(httpConnections, 200), r.ValueOr(echoConnections, 16), r.ValueOr(udpRate, 5000),
+                    r.IsGiven(soakCsv) ? r.GetValue(soakCsv) : null, r.IsGiven(soakSvg) ? r.GetValue(soakSvg) : null, r.IsGiven(threadPoolEvents));
+                return SoakBench.Run(options, plan);
+            }
+            return RunIsolated(options, new Plan(TimeSpan.FromSeconds(r.ValueOr(seconds, 2)), r.ValueOr(tcpMib, 1024) * (1L << 20),
+                r.ValueOr(connClients, 4), r.ValueOr(cases, new HashSet<string>(DefaultCases, StringComparer.Ordinal))));
+        });
+        return command;
     }
 
     private static int RunIsolated(NetStackOptions options, Plan plan)
