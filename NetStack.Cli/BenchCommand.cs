@@ -80,8 +80,11 @@ public static partial class BenchCommand
     /// <summary>Datagrams per send in the usend case (one UDP_SEGMENT send, one segmented SendToAsync).</summary>
     private const int SegmentsPerSend = 40;
 
-    /// <summary>What the command does, for its help.</summary>
-    private static string Description => $"""
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "measure latency, rates and throughput, stack against kernel, in a private namespace";
+
+    /// <summary>What the command does, for its own help.</summary>
+    public static string Details => $"""
         Measures, in a private network namespace (re-executing under 'unshare' like the demo), between a kernel .NET Socket and
         services on the stack (through the TUN interface), and the same between two kernel namespaces over a veth pair (same
         MTU), and prints both with the ratio stack/kernel. The cases (--cases): udp: UDP round-trip latency (p50, p99) of
@@ -141,7 +144,7 @@ public static partial class BenchCommand
         var threadPoolEvents = Cli.Flag("--thread-pool-events",
             "soak: count the thread pool's changes of its thread count by reason (hill climbing, starvation, ...; listening costs native memory)");
         var interfaceOptions = new InterfaceOptions();
-        var command = new Command("bench", Description)
+        var command = new Command("bench", Summary)
         {
             seconds, tcpMib, connClients, cases, idleConnections, soak, soakInterval, soakLoad, httpConnections, echoConnections, udpRate,
             soakCsv, soakSvg, threadPoolEvents,

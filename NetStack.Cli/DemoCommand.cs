@@ -37,8 +37,11 @@ public static partial class DemoCommand
     /// <summary>How long one step may take before it counts as failed.</summary>
     private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(15);
 
-    /// <summary>What the command does, for its help.</summary>
-    private static readonly string Description = $"""
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "show the stack working, with zero configuration, in a private network namespace";
+
+    /// <summary>What the command does, for its own help.</summary>
+    public static readonly string Details = $"""
         Shows the stack working, with zero configuration: runs itself in a private network namespace (re-executing under
         'unshare --net', or 'unshare --user --map-root-user --net' when not root), brings the stack up on a TUN interface, lets
         the kernel ping it over IPv4 and IPv6, exchanges UDP datagrams both ways (including a {FragmentedSize}-byte one that is
@@ -62,7 +65,7 @@ public static partial class DemoCommand
     public static Command Create(string[] args)
     {
         var interfaceOptions = new InterfaceOptions();
-        var command = new Command("demo", Description);
+        var command = new Command("demo", Summary);
         interfaceOptions.AddTo(command);
         command.SetAction(r =>
         {

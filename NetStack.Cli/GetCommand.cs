@@ -14,8 +14,11 @@ public static class GetCommand
     /// <summary>The command name used in messages.</summary>
     public const string Name = "netstack get";
 
-    /// <summary>What the command does, for its help.</summary>
-    private static readonly string Description = """
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "bring a stack up and fetch an http:// URL through it with HttpClient";
+
+    /// <summary>What the command does, for its own help.</summary>
+    public static readonly string Details = """
         Brings the stack up on a TUN interface and fetches URL (http://ADDRESS[:PORT]/PATH; the host is an IP address reachable
         through the link, usually the kernel side, --host-ip or --host-ip6) with HttpClient, every connection going through
         NetStack's TCP. Writes the body to standard output. Exits 0 for a 2xx status, 1 otherwise. Needs CAP_NET_ADMIN: run as
@@ -36,7 +39,7 @@ public static class GetCommand
         var timeout = Cli.Seconds("-m", "SECONDS", "give up after this long (default 30)", 0.001, 86400);
         var include = Cli.Flag("-i", "print the status line and headers before the body");
         var interfaceOptions = new InterfaceOptions();
-        var command = new Command("get", Description) { url, timeout, include };
+        var command = new Command("get", Summary) { url, timeout, include };
         interfaceOptions.AddTo(command);
         command.SetAction(r =>
         {

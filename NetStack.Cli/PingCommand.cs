@@ -19,8 +19,11 @@ public static class PingCommand
     /// <summary>Largest echo data over IPv4: 65535 - 20 (IP header) - 8 (ICMP header).</summary>
     private const int MaxSize = 65507;
 
-    /// <summary>What the command does, for its help.</summary>
-    private static readonly string Description = """
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "bring a stack up and ping a host from it";
+
+    /// <summary>What the command does, for its own help.</summary>
+    public static readonly string Details = """
         Brings the stack up on a TUN interface and sends ICMP echo requests from it to HOST (an IPv4 or IPv6 address; usually
         the kernel side, --host-ip or --host-ip6). Exits 0 when any reply came back, 1 otherwise. SIGINT stops early and prints
         the summary. Needs CAP_NET_ADMIN: run as root, or inside 'unshare --user --map-root-user --net'.
@@ -44,7 +47,7 @@ public static class PingCommand
         var timeout = Cli.Seconds("-W", "TIMEOUT", "seconds to wait for each reply (default 1)", 0.001, 3600);
         var size = Cli.Int("-s", "SIZE", $"echo data bytes, 0-{MaxSize} (default 56)", 0, MaxSize, "an echo data size");
         var interfaceOptions = new InterfaceOptions();
-        var command = new Command("ping", Description) { host, count, interval, timeout, size };
+        var command = new Command("ping", Summary) { host, count, interval, timeout, size };
         interfaceOptions.AddTo(command);
         command.SetAction(r =>
         {

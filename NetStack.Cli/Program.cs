@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.CommandLine.Help;
+using System.CommandLine.Invocation;
 
 namespace NetStack.Cli;
 
@@ -30,17 +31,39 @@ public static class Program
     {
         var root = new RootCommand(
             "netstack: a userspace TCP/IP stack on a TUN device. 'netstack <command> --help' describes each command and its options. "
-            + "Exit codes: 0 success, 1 failure, 2 bad arguments.")
+            + "Exit codes: 0 success, 1 failure, 2 bad arguments.");
+        var details = new Dictionary<Command, string>
         {
-            DemoCommand.Create(args),
-            ServeCommand.Create(),
-            PingCommand.Create(),
-            GetCommand.Create(),
-            BenchCommand.Create(args),
+            [DemoCommand.Create(args)] = DemoCommand.Details,
+            [ServeCommand.Create()] = ServeCommand.Details,
+            [PingCommand.Create()] = PingCommand.Details,
+            [GetCommand.Create()] = GetCommand.Details,
+            [BenchCommand.Create(args)] = BenchCommand.Details,
         };
+        foreach (var command in details.Keys)
+            root.Add(command);
+        var help = new Help(details);
+        foreach (var option in root.Options.OfType<HelpOption>())
+            option.Action = help;
         // 'netstack' alone shows the help, as 'netstack --help' does.
-        root.SetAction(r => new HelpAction().Invoke(r));
+        root.SetAction(help.Invoke);
         return root;
+    }
+
+    /// <summary>
+    /// The generated help; the command list shows each command's one-line summary, and a
+    /// command's own help its whole description.
+    /// </summary>
+    private sealed class Help(IReadOnlyDictionary<Command, string> details) : SynchronousCommandLineAction
+    {
+        public override bool ClearsParseErrors => true;
+
+        public override int Invoke(ParseResult parseResult)
+        {
+            if (details.TryGetValue(parseResult.CommandResult.Command, out var text))
+                parseResult.CommandResult.Command.Description = text;
+            return new HelpAction().Invoke(parseResult);
+        }
     }
 
     /// <summary>Runs the command line; returns the process exit code.</summary>
@@ -63,7 +86,7 @@ public static class Program
 
         var parsed = Root(args).Parse(args, Parsing);
         var command = CommandName(parsed.CommandResult.Command);
-        if (parsed.Errors.Count > 0 && parsed.Action is not HelpAction)
+        if (parsed.Errors.Count > 0 && parsed.Action is not Help)
             return Usage(command, parsed.Errors[0].Message.TrimEnd('.'));
         try
         {

@@ -21,8 +21,11 @@ public static class ServeCommand
     /// <summary>How long HTTP requests still running at SIGINT/SIGTERM may take to finish.</summary>
     private static readonly TimeSpan HttpShutdownGrace = TimeSpan.FromSeconds(3);
 
-    /// <summary>What the command does, for its help.</summary>
-    private static readonly string Description = """
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "bring the stack up and serve (UDP and TCP echo, discard, HTTP) until SIGINT/SIGTERM";
+
+    /// <summary>What the command does, for its own help.</summary>
+    public static readonly string Details = """
         Brings the stack up on a TUN interface and serves until SIGINT or SIGTERM. When everything is up it prints one line
         beginning with 'ready' (interface name and addresses). SIGUSR1 prints the stack's counters and this process's memory
         (process.rss, gc.heap, gc.committed and more, in bytes; between 'statistics' and 'end statistics' lines) and serving
@@ -52,7 +55,7 @@ public static class ServeCommand
                 + "'h2load' speak); Kestrel serves HTTP/2 without TLS only on a port that speaks nothing else, hence a port of its own; repeatable")),
         };
         var interfaceOptions = new InterfaceOptions();
-        var command = new Command("serve", Description) { udpEcho };
+        var command = new Command("serve", Summary) { udpEcho };
         foreach (var (_, option) in tcp)
             command.Add(option);
         interfaceOptions.AddTo(command);
