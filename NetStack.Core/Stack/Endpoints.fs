@@ -393,11 +393,9 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
     // orphan rule, and e's timer.
     let rec finishGroup (out: TcpEndpointOutput) (kind: TcpGroupKind) (now: int64) (e: TcpEndpoint) (start: int) =
         settle out e start
-        let c = e.Core
-
-        if e.Orphaned && not e.Released && c.Consumed < c.Delivered then
+        if e.Orphaned && not e.Released && e.Core.Rcv.Consumed < e.Core.Rcv.Delivered then
             // Nobody reads an orphaned connection: its window stays open so the peer can finish.
-            e.Core <- Connection.receiveWindowUpdateInto out.Actions now (c.Delivered - c.Consumed) e.Core
+            e.Core <- Connection.receiveWindowUpdateInto out.Actions now (e.Core.Rcv.Delivered - e.Core.Rcv.Consumed) e.Core
             settle out e (out.Actions.Count)
 
         out.Groups.Add
@@ -808,12 +806,12 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
             if at = e.TimerAt && not e.Released then
                 e.TimerAt <- Int64.MaxValue
-                let retries = e.Core.Retries
+                let retries = e.Core.Timers.Retries
                 let start = out.Actions.Count
                 e.Core <- Connection.handleTimerInto out.Actions now e.Core
                 // Retries grows only when the retransmission timer fired with data
                 // outstanding (RFC 6298 §5.4).
-                if e.Core.Retries > retries then
+                if e.Core.Timers.Retries > retries then
                     out.Notes.Add "tcp.retransmission-timeout"
 
                 finishGroup out TcpGroupKind.Connection now e start
@@ -824,7 +822,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         out.Clear()
 
         if not e.Released && Connection.canSend e.Core then
-            let more = totalWritten - e.Core.Written
+            let more = totalWritten - e.Core.Snd.Written
 
             if more > 0L then
                 e.Core <- Connection.sendInto out.Actions now more e.Core
@@ -835,7 +833,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         out.Clear()
 
         if not e.Released then
-            let more = totalConsumed - e.Core.Consumed
+            let more = totalConsumed - e.Core.Rcv.Consumed
 
             if more > 0L then
                 e.Core <- Connection.receiveWindowUpdateInto out.Actions now more e.Core
