@@ -49,7 +49,7 @@ public sealed partial class NetworkStack
         {
             case ReceivedKind.Dropped:
                 {
-                    var reason = DropReasonModule.name(r.Drop);
+                    var reason = r.DropCounter;
                     _statistics.Increment(reason);
                     _dropLog.Dropped(_log, reason, now);
                     break;

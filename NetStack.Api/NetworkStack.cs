@@ -4,7 +4,6 @@ using System.Net.NetworkInformation;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.FSharp.Core;
 using NetStack.Core.Ip;
 using NetStack.Core.Stack;
 using NetStack.Core.Wire;
@@ -150,15 +149,15 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             _address4 = IpAddr.NewV4(Ipv4Address.OfIPAddress(options.Address));
         if (options.Address6 is not null)
             _address6 = IpAddr.NewV6(Ipv6Address.OfIPAddress(options.Address6));
-        var config = IpLayer.config(
-            options.Address is null ? FSharpValueOption<Ipv4Address>.ValueNone : FSharpValueOption<Ipv4Address>.NewValueSome(Ipv4Address.OfIPAddress(options.Address)),
-            options.Address6 is null ? FSharpValueOption<Ipv6Address>.ValueNone : FSharpValueOption<Ipv6Address>.NewValueSome(Ipv6Address.OfIPAddress(options.Address6)),
-            mtu);
-        var reassembly = config.Reassembly;
-        reassembly = new ReassemblyConfig(reassembly.Ipv4Timeout, reassembly.Ipv6Timeout, options.ReassemblyMaxBytes,
-            options.ReassemblyMaxDatagrams, reassembly.MaxFragmentsPerDatagram);
-        config = new IpLayerConfig(config.Address4, config.Address6, config.Mtu, options.IcmpErrorsPerSecond,
-            Math.Max(1, Math.Min(options.IcmpErrorsPerSecond, 10)), reassembly);
+        var config = new IpLayerSettings
+        {
+            Address4 = options.Address is null ? null : Ipv4Address.OfIPAddress(options.Address),
+            Address6 = options.Address6 is null ? null : Ipv6Address.OfIPAddress(options.Address6),
+            Mtu = mtu,
+            IcmpErrorsPerSecond = options.IcmpErrorsPerSecond,
+            ReassemblyMaxBytes = options.ReassemblyMaxBytes,
+            ReassemblyMaxDatagrams = options.ReassemblyMaxDatagrams,
+        }.ToConfig();
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
         _meter = new StackMeter(interfaceName, _statistics, () => Volatile.Read(ref _bytesRead),

@@ -283,3 +283,6 @@ type Received =
         /// For TcpSegment: the header fields and options as the TCP engine takes them.
         Tcp: Segment
     }
+
+    /// For Dropped: the counter that names why (`DropReason.name`).
+    member this.DropCounter = DropReason.name this.Drop
