@@ -3,13 +3,11 @@ using System.Net;
 using System.Net.Http;
 using System.Net.Sockets;
 using System.Security.Cryptography;
-using Microsoft.FSharp.Core;
 using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
 using NetStack.Core.Wire;
 using NetStack.Diagnostics;
 using NetStack.Device;
-using TcpEngine = NetStack.Core.Tcp.ConnectionModule;
 
 namespace NetStack;
 
@@ -17,56 +15,39 @@ namespace NetStack;
 // connection engine (NetStack.Core.Tcp.Connection) and the sockets' byte buffers.
 public sealed partial class NetworkStack
 {
-    // RFC 9293 §3.7.1: the MSS assumed when a SYN carries none (IPv4 576 − 40, IPv6 1280 − 60).
-    private const int DefaultPeerMss4 = 536;
-    private const int DefaultPeerMss6 = 1220;
+    // Loop-only: the core's endpoint table (connections by 4-tuple, listeners, ports, timers),
+    // the output every call of it fills, and the TSO run being gathered.
+    private TcpEndpointTable _tcpTable = null!;
+    private readonly TcpEndpointOutput _tcpOutput = new();
+    private bool _tcpOutputInUse;
+    private readonly SegmentBatch _batch = new();
 
-    private readonly record struct TcpKey(IpAddr Local, ushort LocalPort, IpAddr Remote, ushort RemotePort);
-
-    // Loop-only: connections by 4-tuple, and their timers. A connection sits in the queue under the
-    // earliest deadline it was given (TcpConnection.TimerAt); a later deadline leaves that entry,
-    // which fires early and harmlessly (handleTimer runs only what is due) and re-queues. Entries
-    // whose priority no longer matches TimerAt are stale and skipped.
-    private readonly Dictionary<TcpKey, TcpConnection> _tcp = [];
-    private readonly PriorityQueue<TcpConnection, long> _tcpTimers = new();
-
-    // Under _portGate: listeners per family, and how many connections use each local port (so an
-    // ephemeral port is never handed out while any 4-tuple still uses it).
-    private readonly Dictionary<ushort, TcpListener> _tcpListen4 = [];
-    private readonly Dictionary<ushort, TcpListener> _tcpListen6 = [];
-    private readonly Dictionary<ushort, int> _tcpPortUse = [];
-
-    // RFC 6528: the ISN secret, drawn once per stack from a cryptographic source.
-    private readonly IsnKey _isnKey = new(
+    private static IsnKey RandomKey() => new(
         BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)),
         BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)));
-
-    // RFC 4987 §3.6: the SYN-cookie MAC key, separate from the ISN key.
-    private readonly IsnKey _cookieKey = new(
-        BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)),
-        BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)));
-
-    private TcpConfig _tcpConfig4 = TcpConfig.Default;
-    private TcpConfig _tcpConfig6 = TcpConfig.Default;
 
     private void InitTcp(int mtu)
     {
-        var d = TcpConfig.Default;
-        long msl = (long)(Options.TcpTimeWait.TotalMicroseconds / 2);
-        TcpConfig Make(bool v6) => new(
-            TcpConfig.MssForMtu(mtu, v6), v6 ? DefaultPeerMss6 : DefaultPeerMss4, Options.TcpReceiveBufferBytes,
-            d.InitialRto, d.MinRto, d.MaxRto, d.ClockGranularity, d.MaxRetransmissions, d.MaxSynRetransmissions,
-            d.DelayedAckTimeout, msl, d.FinWait2Timeout, d.MaxPersistInterval,
-            d.WindowScaling, d.Timestamps, d.SelectiveAck,
-            Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic,
-            false,
-            Options.TcpKeepAlive is { } idle ? (long)idle.TotalMicroseconds : FSharpValueOption<long>.None,
-            (long)Options.TcpKeepAliveInterval.TotalMicroseconds, Options.TcpKeepAliveCount,
-            Options.TcpReceiveBufferMaxBytes, (long)Options.TcpInvalidAckInterval.TotalMicroseconds,
-            Options.TcpUserTimeout is { } userTimeout ? (long)userTimeout.TotalMicroseconds : FSharpValueOption<long>.None);
-        _tcpConfig4 = Make(false);
-        if (_address6 is not null)
-            _tcpConfig6 = Make(true);
+        static long Micros(TimeSpan t) => (long)t.TotalMicroseconds;
+        _tcpTable = new TcpEndpointTable(new TcpEndpointSettings
+        {
+            LinkMtu = mtu,
+            ReceiveBufferBytes = Options.TcpReceiveBufferBytes,
+            ReceiveBufferMaxBytes = Options.TcpReceiveBufferMaxBytes,
+            TimeWait = Micros(Options.TcpTimeWait),
+            CongestionControl = Options.TcpCongestionControl == TcpCongestionControl.Reno ? CongestionControl.Reno : CongestionControl.Cubic,
+            KeepAliveIdle = Options.TcpKeepAlive is { } idle ? Micros(idle) : null,
+            KeepAliveInterval = Micros(Options.TcpKeepAliveInterval),
+            KeepAliveCount = Options.TcpKeepAliveCount,
+            InvalidAckInterval = Micros(Options.TcpInvalidAckInterval),
+            UserTimeout = Options.TcpUserTimeout is { } userTimeout ? Micros(userTimeout) : null,
+            MaxConnections = Options.TcpMaxConnections,
+            SynCookies = Options.TcpSynCookies,
+            // RFC 6528: the ISN secret, and RFC 4987 §3.6's SYN-cookie key, drawn once per
+            // stack from a cryptographic source.
+            IsnKey = RandomKey(),
+            CookieKey = RandomKey(),
+        });
     }
 
     // 65535·2^14: the largest window a scaled 16-bit field can offer (RFC 7323 §2.3).
@@ -134,23 +115,42 @@ public sealed partial class NetworkStack
         ArgumentNullException.ThrowIfNull(localEndPoint);
         ArgumentOutOfRangeException.ThrowIfLessThan(backlog, 1);
         var (v4, v6) = Families(localEndPoint);
-        lock (_portGate)
+        bool any = localEndPoint.Address.Equals(IPAddress.Any) || localEndPoint.Address.Equals(IPAddress.IPv6Any);
+        var address = IpAddr.OfIPAddress(localEndPoint.Address);
+        var listener = OnLoop(() =>
         {
-            lock (_commandGate)
-                ObjectDisposedException.ThrowIf(_disposed, this);
-            int port = localEndPoint.Port;
-            if (port == 0)
-                port = PickTcpPort(v4, v6);
-            else if ((v4 && _tcpListen4.ContainsKey((ushort)port)) || (v6 && _tcpListen6.ContainsKey((ushort)port)))
+            var endpoint = any
+                ? _tcpTable.ListenAll(v4, v6, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next())
+                : _tcpTable.ListenOn(address, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next());
+            if (endpoint is null)
                 throw new SocketException((int)SocketError.AddressAlreadyInUse);
-            var listener = new TcpListener(this, new IPEndPoint(localEndPoint.Address, port), v4, v6, backlog, Options.TcpMaxHalfOpen);
-            if (v4)
-                _tcpListen4[(ushort)port] = listener;
-            if (v6)
-                _tcpListen6[(ushort)port] = listener;
-            _log.TcpListening(listener.LocalEndPoint, backlog);
-            return listener;
-        }
+            var l = new TcpListener(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), endpoint);
+            endpoint.Owner = l;
+            return l;
+        });
+        _log.TcpListening(listener.LocalEndPoint, backlog);
+        return listener;
+    }
+
+    // Runs `run` on the loop and returns its result (or throws its exception): at once on the
+    // loop thread, else posted and waited for, as a socket call waits for the kernel.
+    private T OnLoop<T>(Func<T> run)
+    {
+        if (Thread.CurrentThread == _thread)
+            return run();
+        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Post(() =>
+        {
+            try
+            {
+                done.SetResult(run());
+            }
+            catch (Exception e)
+            {
+                done.SetException(e);
+            }
+        }, e => done.TrySetException(e));
+        return done.Task.GetAwaiter().GetResult();
     }
 
     // The families a local endpoint's address covers (BindUdp and ListenTcp): IPv6Any is both,
@@ -182,29 +182,19 @@ public sealed partial class NetworkStack
         return (v4, v6);
     }
 
-    // RFC 6056 §3.3.1: a random start in the dynamic range, probing upwards, skipping ports that a
-    // listener or any connection (in any state, TIME-WAIT included) uses. Under _portGate.
-    private ushort PickTcpPort(bool v4, bool v6)
-    {
-        const int count = EphemeralPortLast - EphemeralPortFirst + 1;
-        int start = Random.Shared.Next(count);
-        for (int i = 0; i < count; i++)
-        {
-            ushort port = (ushort)(EphemeralPortFirst + (start + i) % count);
-            if (!(v4 && _tcpListen4.ContainsKey(port)) && !(v6 && _tcpListen6.ContainsKey(port)) && !_tcpPortUse.ContainsKey(port))
-                return port;
-        }
-        throw new SocketException((int)SocketError.AddressAlreadyInUse);
-    }
-
     internal void Unlisten(TcpListener listener)
     {
-        lock (_portGate)
+        try
         {
-            if (listener.BindsIpv4 && _tcpListen4.TryGetValue(listener.Port, out var l4) && ReferenceEquals(l4, listener))
-                _tcpListen4.Remove(listener.Port);
-            if (listener.BindsIpv6 && _tcpListen6.TryGetValue(listener.Port, out var l6) && ReferenceEquals(l6, listener))
-                _tcpListen6.Remove(listener.Port);
+            OnLoop(() =>
+            {
+                _tcpTable.Unlisten(listener.Endpoint);
+                return true;
+            });
+        }
+        catch (ObjectDisposedException)
+        {
+            // The stack is gone, and its table with it.
         }
     }
 
@@ -258,61 +248,27 @@ public sealed partial class NetworkStack
     private void LoopConnect(TcpConnection c)
     {
         long now = Now();
-        if (_tcp.Count >= Options.TcpMaxConnections)
+        var output = TcpOutput();
+        var result = _tcpTable.Connect(output, now, _ip, c.LocalAddress, c.RemoteAddress, c.RemotePort, Random.Shared.Next(), out var endpoint);
+        switch (result)
         {
-            _statistics.Increment("tcp.refused.max-connections");
-            c.Fail(SocketError.TooManyOpenSockets);
-            return;
+            case TcpConnectResult.TooManyConnections:
+                Count(output);
+                c.Fail(SocketError.TooManyOpenSockets);
+                return;
+            case TcpConnectResult.NoEphemeralPort:
+                // A kernel Socket's connect fails with EADDRNOTAVAIL then (bind to port 0 gives
+                // EADDRINUSE, as ListenTcp(0) and BindUdp(0) do here): the caller's error.
+                Count(output);
+                c.Fail(SocketError.AddressNotAvailable);
+                return;
         }
-        ushort port;
-        try
-        {
-            lock (_portGate)
-            {
-                port = PickTcpPort(!c.LocalAddress.IsIpv6, c.LocalAddress.IsIpv6);
-                _tcpPortUse[port] = 1;
-            }
-        }
-        catch (SocketException)
-        {
-            // Every ephemeral port is taken. A kernel Socket's connect fails with EADDRNOTAVAIL
-            // then (AddressNotAvailable; bind to port 0 gives EADDRINUSE, as ListenTcp(0) and
-            // BindUdp(0) do here): the caller's error, not a loop error.
-            _statistics.Increment("tcp.refused.no-ephemeral-port");
-            c.Fail(SocketError.AddressNotAvailable);
-            return;
-        }
-        c.LocalPort = port;
+        c.LocalPort = endpoint.Key.LocalPort;
         c.EphemeralPort = true;
-        c.LocalEndPoint = new IPEndPoint(c.LocalAddress.ToIPAddress(), port);
-        var key = new TcpKey(c.LocalAddress, port, c.RemoteAddress, c.RemotePort);
-        var config = c.LocalAddress.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
-        var actions = TcpActionSink();
-        c.Core = TcpEngine.openActiveInto(actions, config, Iss(key, now), now);
-        c.Core = TcpEngine.limitToPathMtu(key.Remote.IsIpv6, IpLayer.pathMtu(now, key.Remote, _ip), c.Core);
-        _tcp[key] = c;
-        _statistics.Increment("tcp.active-open");
-        Execute(c, actions, default, now);
-    }
-
-    private SeqNum Iss(TcpKey key, long now)
-    {
-        Span<byte> local = stackalloc byte[16];
-        Span<byte> remote = stackalloc byte[16];
-        int n = WriteAddress(key.Local, local);
-        WriteAddress(key.Remote, remote);
-        return Isn.generate(_isnKey, now, local[..n], key.LocalPort, remote[..n], key.RemotePort);
-    }
-
-    private static int WriteAddress(IpAddr address, Span<byte> destination)
-    {
-        if (address.IsIpv6)
-        {
-            address.ipv6.Write(destination);
-            return 16;
-        }
-        address.ipv4.Write(destination);
-        return 4;
+        c.LocalEndPoint = new IPEndPoint(c.LocalAddress.ToIPAddress(), c.LocalPort);
+        c.Endpoint = endpoint;
+        endpoint.Owner = c;
+        ExecuteOutput(output, default, now);
     }
 
     // ------------------------------------------------------------------------------------------
@@ -387,24 +343,22 @@ public sealed partial class NetworkStack
         LoopSend(c, now);
         if (orphan)
             LoopWindow(c, now);
-        if (c.Removed || !c.HasCore)
+        if (c.Removed || c.Endpoint is null)
             return;
-        if (orphan)
-            c.Core = TcpLayer.orphan(now, c.Core);
-        var actions = TcpActionSink();
-        c.Core = TcpEngine.closeInto(actions, now, c.Core);
-        Execute(c, actions, default, now);
+        var output = TcpOutput();
+        _tcpTable.Close(output, now, c.Endpoint, orphan);
+        ExecuteOutput(output, default, now);
     }, null);
 
     internal void TcpSetNoDelay(TcpConnection c, bool noDelay) => Post(() =>
     {
         long now = Now();
         LoopSend(c, now);
-        if (c.Removed || !c.HasCore)
+        if (c.Removed || c.Endpoint is null)
             return;
-        var actions = TcpActionSink();
-        c.Core = TcpEngine.setNoDelayInto(actions, now, noDelay, c.Core);
-        Execute(c, actions, default, now);
+        var output = TcpOutput();
+        _tcpTable.SetNoDelay(output, now, c.Endpoint, noDelay);
+        ExecuteOutput(output, default, now);
     }, null);
 
     internal void TcpAbort(TcpConnection c)
@@ -413,12 +367,12 @@ public sealed partial class NetworkStack
         {
             Post(() =>
             {
-                if (c.Removed || !c.HasCore)
+                if (c.Removed || c.Endpoint is null)
                     return;
                 long now = Now();
-                var actions = TcpActionSink();
-                c.Core = TcpEngine.abortInto(actions, now, c.Core);
-                Execute(c, actions, default, now);
+                var output = TcpOutput();
+                _tcpTable.Abort(output, now, c.Endpoint);
+                ExecuteOutput(output, default, now);
                 _statistics.Increment("tcp.aborted");
             }, null);
         }
@@ -430,290 +384,101 @@ public sealed partial class NetworkStack
     private void LoopSend(TcpConnection c, long now)
     {
         long written = c.TakeWritten();
-        if (c.Removed || !c.HasCore || !TcpEngine.canSend(c.Core))
+        if (c.Removed || c.Endpoint is null)
             return;
-        long more = written - c.Core.Written;
-        if (more <= 0)
-            return;
-        var actions = TcpActionSink();
-        c.Core = TcpEngine.sendInto(actions, now, more, c.Core);
-        Execute(c, actions, default, now);
+        var output = TcpOutput();
+        _tcpTable.Written(output, now, c.Endpoint, written);
+        ExecuteOutput(output, default, now);
     }
 
     private void LoopWindow(TcpConnection c, long now)
     {
         long consumed = c.TakeConsumed();
-        if (c.Removed || !c.HasCore)
+        if (c.Removed || c.Endpoint is null)
             return;
-        long more = consumed - c.Core.Consumed;
-        if (more <= 0)
-            return;
-        var actions = TcpActionSink();
-        c.Core = TcpEngine.receiveWindowUpdateInto(actions, now, more, c.Core);
-        Execute(c, actions, default, now);
+        var output = TcpOutput();
+        _tcpTable.Consumed(output, now, c.Endpoint, consumed);
+        ExecuteOutput(output, default, now);
     }
 
     // ------------------------------------------------------------------------------------------
     // Arriving segments
     // ------------------------------------------------------------------------------------------
 
+    // tcp.received counts a segment once it has been handled (its bytes stored or delivered,
+    // its answers sent), so whoever sees the counter reach n knows the n-th segment's effects
+    // are in place.
     private void OnTcp(ReadOnlySpan<byte> packet, Received r, long now)
     {
-        _tcpReceived.Increment();
-        if (r.Tcp.Has(TcpFlags.Syn) && (r.Tcp.Has(TcpFlags.Fin) || r.Tcp.Has(TcpFlags.Rst)))
-        {
-            // SYN with FIN or RST has no meaning in any state (a scanner's or an attacker's
-            // packet): dropped without an answer, as Linux does.
-            _statistics.Increment("tcp.drop.illegal-flags");
-            return;
-        }
-        var key = new TcpKey(r.Destination, r.DestinationPort, r.Source, r.SourcePort);
-        var payload = IpLayer.slice(packet, r.Payload);
-        // The connection in TIME-WAIT this SYN ended (TcpEvent.Reopened), already released by
-        // RemoveTcp (table, port use, listener counts, statistics; its queued timer entry is
-        // skipped as Removed): the SYN goes on below as a new connection request.
-        TcpConnection? reopened = null;
-        if (_tcp.TryGetValue(key, out var c))
-        {
-            var actions = TcpActionSink();
-            c.Core = TcpEngine.handleSegmentInto(actions, now, r.Tcp, c.Core);
-            _reopened = null;
-            Execute(c, actions, payload, now);
-            if (!ReferenceEquals(_reopened, c))
-                return;
-            _reopened = null;
-            reopened = c;
-        }
-        var seg = r.Tcp;
-        TcpListener? listener;
-        lock (_portGate)
-            (r.Destination.IsIpv6 ? _tcpListen6 : _tcpListen4).TryGetValue(r.DestinationPort, out listener);
-        if (listener is not null && seg.Has(TcpFlags.Syn) && !seg.Has(TcpFlags.Ack) && !seg.Has(TcpFlags.Rst))
-        {
-            // RFC 9293 §3.10.7.2, with the queues bounded. The connection cap refuses with a RST;
-            // a full accept queue drops the SYN, as Linux does, so the peer's retransmission
-            // tries again later; a full half-open queue answers with a SYN cookie instead.
-            if (_tcp.Count >= Options.TcpMaxConnections)
-            {
-                _statistics.Increment("tcp.drop.max-connections");
-                SendReset(r, seg, now);
-                return;
-            }
-            if (!listener.AcceptQueueHasRoom)
-            {
-                _statistics.Increment("tcp.drop.listen-queue-full");
-                return;
-            }
-            // A SYN that reopened a TIME-WAIT 4-tuple takes state even when the half-open queue
-            // is full, as Linux does (tcp_conn_request uses no cookie when tw_isn is set): a
-            // cookie is an ISS of its own, which could not honour reopenIss (RFC 1122
-            // §4.2.2.13). It costs nothing a flood can use: the connection replaces the one in
-            // TIME-WAIT just released, so the table does not grow, and each such SYN needs a
-            // 4-tuple in TIME-WAIT and a sequence number or timestamp beyond its last.
-            if (reopened is null && !listener.HalfOpenHasRoom)
-            {
-                if (Options.TcpSynCookies)
-                    SendSynCookie(listener, r, seg, now);
-                else
-                    _statistics.Increment("tcp.drop.half-open-full");
-                return;
-            }
-            var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
-            var actions = TcpActionSink();
-            var iss = reopened is null ? Iss(key, now) : TcpEngine.reopenIss(reopened.Core, Iss(key, now));
-            var core = TcpEngine.acceptInto(actions, config, iss, now, seg);
-            core = TcpEngine.limitToPathMtu(r.Source.IsIpv6, IpLayer.pathMtu(now, r.Source, _ip), core);
-            var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
-                new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
-            {
-                LocalAddress = r.Destination,
-                LocalPort = r.DestinationPort,
-                RemoteAddress = r.Source,
-                RemotePort = r.SourcePort,
-            };
-            connection.Core = core;
-            if (core.State.IsSynReceived)
-            {
-                connection.HalfOpenOf = listener;
-                listener.HalfOpen++;
-                _tcp[key] = connection;
-                lock (_portGate)
-                    _tcpPortUse[r.DestinationPort] = _tcpPortUse.GetValueOrDefault(r.DestinationPort) + 1;
-                _statistics.Increment("tcp.passive-open");
-            }
-            else
-                connection.Removed = true;
-            Execute(connection, actions, payload, now);
-            return;
-        }
-        if (listener is not null && seg.Has(TcpFlags.Ack) && !seg.Has(TcpFlags.Syn) && !seg.Has(TcpFlags.Rst)
-            && listener.CookieSentAt is long sentAt && now - sentAt < 2 * SynCookie.PeriodMicros
-            && TryCookieConnection(listener, key, r, payload, now))
-            return;
-        // RFC 9293 §3.10.7.1: no connection (and no listener taking it): RST unless it is one.
-        _statistics.Increment("tcp.drop.no-connection");
-        SendReset(r, seg, now);
-    }
-
-    // An ICMP error quoting one of our TCP segments (RFC 1122 §4.2.3.9): to the connection of the
-    // quoted 4-tuple, whose core checks the quoted sequence number and decides (lower the MSS
-    // and resend, fail the connect, abort, remember a soft error, or ignore); the actions and
-    // events say what happened.
-    private void OnTcpIcmpError(Received r)
-    {
-        var key = new TcpKey(r.QuotedSource, r.QuotedSourcePort, r.QuotedDestination, r.QuotedDestinationPort);
-        if (!_tcp.TryGetValue(key, out var c) || c.Removed || !c.HasCore)
-        {
-            _statistics.Increment("icmp.error.no-socket");
-            return;
-        }
-        if (!r.QuotedSequenceKnown)
-        {
-            // Not a first fragment, or a quote cut before the sequence number: nothing to check.
-            _statistics.Increment("tcp.icmp.unverifiable");
-            return;
-        }
-        long now = Now();
-        var error = new TcpIcmpError(r.QuotedDestination.IsIpv6, r.ErrorType, r.ErrorCode, r.PathMtu, new SeqNum(r.QuotedSequence));
-        var actions = TcpActionSink();
-        c.Core = TcpEngine.handleIcmpInto(actions, now, error, c.Core);
-        Execute(c, actions, default, now);
-    }
-
-    private void SendReset(Received r, Segment seg, long now)
-    {
-        var reset = TcpEngine.resetFor(seg);
-        if (reset.IsSome)
-        {
-            Transmit(r.Destination, r.DestinationPort, r.Source, r.SourcePort, reset.Value, null, now);
-            _statistics.Increment("tcp.rst.sent");
-        }
-    }
-
-    // RFC 4987 §3.6: a SYN,ACK whose ISN is the cookie, and no state kept. It carries our MSS only
-    // (see SynCookie for what a cookie connection gives up).
-    private void SendSynCookie(TcpListener listener, Received r, Segment seg, long now)
-    {
-        Span<byte> local = stackalloc byte[16];
-        Span<byte> remote = stackalloc byte[16];
-        int n = WriteAddress(r.Destination, local);
-        WriteAddress(r.Source, remote);
-        var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
-        int peerMss = seg.Options.MaximumSegmentSize.IsSome ? seg.Options.MaximumSegmentSize.Value : config.DefaultPeerMss;
-        var cookie = SynCookie.make(_cookieKey, now, local[..n], r.DestinationPort, remote[..n], r.SourcePort, seg.Seq, peerMss);
-        Transmit(r.Destination, r.DestinationPort, r.Source, r.SourcePort, TcpLayer.cookieSynAck(config, cookie, seg), null, now);
-        listener.CookieSentAt = now;
-        _statistics.Increment("tcp.syncookie.sent");
-    }
-
-    // The ACK of a cookie SYN,ACK: when the cookie checks out, the connection is rebuilt from it
-    // (a SYN with the peer's ISN and the cookie's MSS, then this ACK) and goes to the accept
-    // queue. False when it is not a valid cookie (the caller answers it as a stray segment).
-    private bool TryCookieConnection(TcpListener listener, TcpKey key, Received r, ReadOnlySpan<byte> payload, long now)
-    {
-        var seg = r.Tcp;
-        Span<byte> local = stackalloc byte[16];
-        Span<byte> remote = stackalloc byte[16];
-        int n = WriteAddress(r.Destination, local);
-        WriteAddress(r.Source, remote);
-        var peerIsn = seg.Seq - 1;
-        var iss = seg.Ack - 1;
-        var mss = SynCookie.check(_cookieKey, now, local[..n], r.DestinationPort, remote[..n], r.SourcePort, peerIsn, iss);
-        if (mss.IsNone)
-        {
-            _statistics.Increment("tcp.syncookie.invalid");
-            return false;
-        }
-        if (_tcp.Count >= Options.TcpMaxConnections || !listener.AcceptQueueHasRoom)
-        {
-            // No room after all: as for a SYN at the cap, the peer learns at once.
-            _statistics.Increment("tcp.syncookie.no-room");
-            SendReset(r, seg, now);
-            return true;
-        }
-        var config = r.Destination.IsIpv6 ? _tcpConfig6 : _tcpConfig4;
-        var syn = TcpLayer.cookieSyn(seg, mss.Value);
-        // The rebuilt SYN-RECEIVED connection's own SYN,ACK is not sent: the peer already has it.
-        var actions = TcpActionSink();
-        var core = TcpEngine.acceptInto(actions, config, iss, now, syn);
-        if (!core.State.IsSynReceived)
-            return false;
-        core = TcpEngine.limitToPathMtu(r.Source.IsIpv6, IpLayer.pathMtu(now, r.Source, _ip), core);
-        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
-            new IPEndPoint(r.Destination.ToIPAddress(), r.DestinationPort), new IPEndPoint(r.Source.ToIPAddress(), r.SourcePort))
-        {
-            LocalAddress = r.Destination,
-            LocalPort = r.DestinationPort,
-            RemoteAddress = r.Source,
-            RemotePort = r.SourcePort,
-            HalfOpenOf = listener,
-        };
-        connection.Core = core;
-        listener.HalfOpen++;
-        _tcp[key] = connection;
-        lock (_portGate)
-            _tcpPortUse[r.DestinationPort] = _tcpPortUse.GetValueOrDefault(r.DestinationPort) + 1;
-        _statistics.Increment("tcp.syncookie.validated");
-        _statistics.Increment("tcp.passive-open");
-        actions = TcpActionSink();
-        connection.Core = TcpEngine.handleSegmentInto(actions, now, seg, core);
-        Execute(connection, actions, payload, now);
-        return true;
-    }
-
-    // The loop's one action sink: each engine call appends to it after a Clear and Execute reads
-    // the actions in place, so a segment costs no action list. Loop-only. A call made while
-    // Execute still walks the sink (nothing does today: every handler it runs only posts or
-    // completes asynchronously) would get a fresh sink rather than overwrite the walk.
-    private readonly TcpActions _tcpActions = new();
-    private bool _tcpActionsInUse;
-
-    private TcpActions TcpActionSink()
-    {
-        if (_tcpActionsInUse)
-            return new TcpActions();
-        _tcpActions.Clear();
-        return _tcpActions;
-    }
-
-    // Carries out the core's actions for connection c, in order, then queues its next timer.
-    // With TSO, consecutive data segments are gathered into one super-segment (see TransmitData);
-    // any other action first sends what was gathered, so the order on the wire stays the core's.
-    private void Execute(TcpConnection c, TcpActions actions, ReadOnlySpan<byte> payload, long now)
-    {
-        _run.Count = 0; // a run left by a failed write is not sent later
-        bool shared = ReferenceEquals(actions, _tcpActions);
-        if (shared)
-            _tcpActionsInUse = true;
         try
         {
-            foreach (ref readonly var action in actions.AsSpan())
+            var output = TcpOutput();
+            _tcpTable.Segment(output, now, _ip, r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Tcp);
+            ExecuteOutput(output, IpLayer.slice(packet, r.Payload), now);
+        }
+        finally
+        {
+            _tcpReceived.Increment();
+        }
+    }
+
+    // An ICMP error quoting one of our TCP segments (RFC 1122 §4.2.3.9): the table finds the
+    // connection of the quoted 4-tuple, whose core checks the quoted sequence number and
+    // decides (lower the MSS and resend, fail the connect, abort, remember a soft error, or
+    // ignore); the actions and events say what happened.
+    private void OnTcpIcmpError(Received r)
+    {
+        long now = Now();
+        var quoted = r.Error.Quoted;
+        var key = new EndpointKey(quoted.Source, quoted.Ports.Source, quoted.Destination, quoted.Ports.Destination);
+        var error = new TcpIcmpError(quoted.Destination.IsIpv6, r.Error.Type, r.Error.Code, r.Error.PathMtu, new SeqNum(quoted.Sequence));
+        var output = TcpOutput();
+        _tcpTable.IcmpError(output, now, key, quoted.SequenceKnown, error);
+        ExecuteOutput(output, default, now);
+    }
+
+    // The loop's one output: each table call clears and fills it, ExecuteOutput reads it in
+    // place, so a segment costs no allocation. Loop-only. A call made while ExecuteOutput still
+    // walks it (nothing does today: every handler it runs only posts or completes
+    // asynchronously) gets a fresh one rather than overwrite the walk.
+    private TcpEndpointOutput TcpOutput() => _tcpOutputInUse ? new TcpEndpointOutput() : _tcpOutput;
+
+    private void Count(TcpEndpointOutput output)
+    {
+        foreach (var note in output.Notes)
+            _statistics.Increment(note);
+    }
+
+    // Carries out what a table call produced, group by group in the core's order: segments
+    // sent for no connection, connections a listener opened (a socket is attached to each),
+    // and each connection's actions.
+    private void ExecuteOutput(TcpEndpointOutput output, ReadOnlySpan<byte> payload, long now)
+    {
+        Count(output);
+        bool shared = ReferenceEquals(output, _tcpOutput);
+        if (shared)
+            _tcpOutputInUse = true;
+        try
+        {
+            var actions = output.Actions.AsSpan();
+            foreach (var group in output.Groups)
             {
-                if (_run.Count > 0 && !action.IsTransmit)
-                    FlushRun(now);
-                switch (action.Tag)
+                var slice = actions.Slice(group.Start, group.Count);
+                switch (group.Kind)
                 {
-                    case TcpAction.Tags.Transmit:
-                        TransmitData(c, action.segment, now);
+                    case TcpGroupKind.Stateless:
+                        foreach (ref readonly var action in slice)
+                        {
+                            if (action.IsTransmit)
+                                Transmit(group.Key.Local, group.Key.LocalPort, group.Key.Remote, group.Key.RemotePort, action.segment, null, now);
+                        }
                         break;
-                    case TcpAction.Tags.StoreReceived:
-                        c.Store(payload.Slice(action.payloadOffset, action.length), action.position);
+                    case TcpGroupKind.Opened:
+                        Execute(Attach(group.Endpoint), slice, payload, now);
                         break;
-                    case TcpAction.Tags.Deliver:
-                        c.Deliver(action.upTo);
-                        break;
-                    case TcpAction.Tags.ReceiveBufferGrown:
-                        c.GrowReceiveBuffer(action.size);
-                        _statistics.Increment("tcp.receive-buffer.grown");
-                        break;
-                    case TcpAction.Tags.Event:
-                        OnTcpEvent(c, action.@event, now);
-                        break;
-                    case TcpAction.Tags.Transition:
-                        c.OnState(action.transition.To);
-                        // A RST at RCV.NXT ended TIME-WAIT (see StateModel: no RFC 1337).
-                        if (action.transition.From.IsTimeWait && action.transition.Trigger.IsRcvRst)
-                            _statistics.Increment("tcp.time-wait.reset");
+                    default:
+                        if (group.Endpoint.Owner is TcpConnection c)
+                            Execute(c, slice, payload, now);
                         break;
                 }
             }
@@ -721,24 +486,65 @@ public sealed partial class NetworkStack
         finally
         {
             if (shared)
-                _tcpActionsInUse = false;
+                _tcpOutputInUse = false;
         }
-        if (_run.Count > 0)
+    }
+
+    // The socket of a connection a listener opened.
+    private TcpConnection Attach(TcpEndpoint endpoint)
+    {
+        var key = endpoint.Key;
+        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
+            new IPEndPoint(key.Local.ToIPAddress(), key.LocalPort), new IPEndPoint(key.Remote.ToIPAddress(), key.RemotePort))
+        {
+            LocalAddress = key.Local,
+            LocalPort = key.LocalPort,
+            RemoteAddress = key.Remote,
+            RemotePort = key.RemotePort,
+            Endpoint = endpoint,
+        };
+        endpoint.Owner = connection;
+        return connection;
+    }
+
+    // Carries out one connection's actions, in order. With TSO, consecutive data segments are
+    // gathered into one super-segment (the core's SegmentBatch decides which); any other action
+    // first sends what was gathered, so the order on the wire stays the core's.
+    private void Execute(TcpConnection c, ReadOnlySpan<TcpAction> actions, ReadOnlySpan<byte> payload, long now)
+    {
+        _batch.Clear(); // a run left by a failed write is not sent later
+        foreach (ref readonly var action in actions)
+        {
+            if (_batch.Count > 0 && !action.IsTransmit)
+                FlushRun(now);
+            switch (action.Tag)
+            {
+                case TcpAction.Tags.Transmit:
+                    TransmitData(c, action.segment, now);
+                    break;
+                case TcpAction.Tags.StoreReceived:
+                    c.Store(payload.Slice(action.payloadOffset, action.length), action.position);
+                    break;
+                case TcpAction.Tags.Deliver:
+                    c.Deliver(action.upTo);
+                    break;
+                case TcpAction.Tags.ReceiveBufferGrown:
+                    c.GrowReceiveBuffer(action.size);
+                    _statistics.Increment("tcp.receive-buffer.grown");
+                    break;
+                case TcpAction.Tags.Event:
+                    OnTcpEvent(c, action.@event, now);
+                    break;
+                case TcpAction.Tags.Transition:
+                    c.OnState(action.transition.To);
+                    // A RST at RCV.NXT ended TIME-WAIT (see StateModel: no RFC 1337).
+                    if (action.transition.From.IsTimeWait && action.transition.Trigger.IsRcvRst)
+                        _statistics.Increment("tcp.time-wait.reset");
+                    break;
+            }
+        }
+        if (_batch.Count > 0)
             FlushRun(now);
-        if (c.Orphaned && !c.Removed && c.Core.Consumed < c.Core.Delivered)
-        {
-            // Nobody reads an orphaned connection: keep its window open so the peer can finish.
-            var more = TcpActionSink();
-            c.Core = TcpEngine.receiveWindowUpdateInto(more, now, c.Core.Delivered - c.Core.Consumed, c.Core);
-            Execute(c, more, default, now);
-            return;
-        }
-        var deadline = TcpEngine.nextDeadline(c.Core);
-        if (deadline.IsSome && !c.Removed && deadline.Value < c.TimerAt)
-        {
-            c.TimerAt = deadline.Value;
-            _tcpTimers.Enqueue(c, deadline.Value);
-        }
     }
 
     private void OnTcpEvent(TcpConnection c, TcpEvent e, long now)
@@ -749,10 +555,8 @@ public sealed partial class NetworkStack
                 _statistics.Increment("tcp.connected");
                 _log.TcpEstablished(c.LocalEndPoint, c.RemoteEndPoint);
                 RecordRtt(c);
-                if (c.HalfOpenOf is { } listener)
+                if (c.Endpoint?.Listener?.Owner is TcpListener listener)
                 {
-                    c.HalfOpenOf = null;
-                    listener.HalfOpen--;
                     if (!listener.Offer(c))
                         TcpAbort(c);
                 }
@@ -776,7 +580,7 @@ public sealed partial class NetworkStack
                 _statistics.Increment(e.IsUserTimedOut ? "tcp.user-timeout" : "tcp.timed-out");
                 _log.TcpTimedOut(c.LocalEndPoint, c.RemoteEndPoint);
                 // TimedOut, or the soft ICMP error seen meanwhile (RFC 1122 §4.2.3.9).
-                c.Fail(TcpEngine.timeoutError(c.Core));
+                c.Fail(c.Endpoint!.TimeoutError);
                 break;
             case TcpEvent.Tags.IcmpError:
                 // A hard ICMP error, or any unreachable in SYN-SENT: the core closed the connection.
@@ -805,7 +609,7 @@ public sealed partial class NetworkStack
                 RemoveTcp(c);
                 break;
             case TcpEvent.Tags.SendBufferFreed:
-                c.Acknowledged(e.bytes, c.Core);
+                c.Acknowledged(e.bytes);
                 break;
             case TcpEvent.Tags.FastRetransmit:
                 _statistics.Increment("tcp.retransmit.fast");
@@ -817,21 +621,16 @@ public sealed partial class NetworkStack
                 _statistics.Increment("tcp.ack.rate-limited");
                 break;
             case TcpEvent.Tags.Reopened:
-                // RFC 6191: OnTcp hands the SYN to the listener once this connection is removed.
+                // RFC 6191: the table handed the SYN to the listener as a new connection.
                 _statistics.Increment("tcp.time-wait.reopened");
-                _reopened = c;
                 break;
         }
     }
 
-    // Loop-only: the connection whose TIME-WAIT the segment OnTcp is handling just ended with
-    // TcpEvent.Reopened (null otherwise).
-    private TcpConnection? _reopened;
-
     // The connection's RFC 6298 SRTT into the meter's histogram, once the engine has a sample.
     private void RecordRtt(TcpConnection c)
     {
-        if (c.HasCore && c.Core.Rtt.HasSample)
+        if (c.Endpoint is { } e && e.Core.Rtt.HasSample)
             _meter.RecordTcpRtt(c.Core.Rtt.Srtt);
     }
 
@@ -839,212 +638,19 @@ public sealed partial class NetworkStack
     {
         if (c.Removed)
             return;
+        // The table has already taken the connection out (TcpEvent.Closed).
         c.Removed = true;
-        _tcp.Remove(new TcpKey(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort));
-        lock (_portGate)
-        {
-            int uses = _tcpPortUse.GetValueOrDefault(c.LocalPort) - 1;
-            if (uses <= 0)
-                _tcpPortUse.Remove(c.LocalPort);
-            else
-                _tcpPortUse[c.LocalPort] = uses;
-        }
-        if (c.HalfOpenOf is { } listener)
-        {
-            c.HalfOpenOf = null;
-            listener.HalfOpen--;
-        }
         _statistics.Increment("tcp.closed");
         _log.TcpClosed(c.LocalEndPoint, c.RemoteEndPoint);
         RecordRtt(c);
         c.OnClosed();
     }
 
-    // Builds one segment and sends it: with data as a gather write (TransmitGathered), else
-    // whole in the packet buffer. Never fragmented: the core sizes segments for the path MTU
-    // (IPv4 TCP carries DF; a router on a narrower path answers with "fragmentation needed" /
-    // "packet too big" and the connection's MSS follows, Connection.handleIcmpInto).
-    private void Transmit(IpAddr local, ushort localPort, IpAddr remote, ushort remotePort, OutgoingSegment segment, TcpConnection? c, long now)
-    {
-        if (segment.DataLength > 0)
-        {
-            TransmitGathered(c!, segment, segment.Flags, segment.DataLength, 0);
-            _deviceWritten.Increment();
-            _tcpSent.Increment();
-            return;
-        }
-        int length = IpLayer.writeTcp(local, remote, localPort, remotePort, NextIdentification(), segment, ReadOnlySpan<byte>.Empty, _packetBuffer);
-        _device.Write(_packetBuffer.AsSpan(0, length));
-        _deviceWritten.Increment();
-        Interlocked.Add(ref _bytesWritten, length);
-        _tcpSent.Increment();
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // TCP segmentation offload
-    // ------------------------------------------------------------------------------------------
-
-    // A run of data segments of one connection gathered for one super-segment (loop-only).
-    private struct SegmentRun
-    {
-        public int Count;
-        public TcpConnection? Connection;
-        public OutgoingSegment First;
-        public TcpFlags LastFlags;
-        public int Bytes;
-        public int LastLength;
-        public int HeaderBytes;
-    }
-
-    private SegmentRun _run;
-
-    // Flags that may differ along a run: the kernel gives PSH and FIN to the last segment only
-    // (tcp_gso_segment), so the super-segment carries those of the last one.
-    private const TcpFlags RunTailFlags = TcpFlags.Psh | TcpFlags.Fin;
-
-    private bool TsoFor(IpAddr local) =>
-        _offload is not null
-        && (_offload.Offloads & (local.IsIpv6 ? TunOffloads.Tso6 : TunOffloads.Tso4)) != 0;
-
-    // A data segment goes into the current run when it continues it exactly: same connection,
-    // next sequence number and send position, same ACK, window, options and flags (PSH/FIN
-    // aside), the run's segments so far all full-sized and no FIN yet, and the whole within one
-    // IP packet (RFC 791 total length, RFC 8200 payload length: 65535). Anything else (SYN,
-    // RST, URG, pure ACKs, retransmissions out of line) ends the run and goes as an ordinary
-    // packet.
-    private void TransmitData(TcpConnection c, OutgoingSegment segment, long now)
-    {
-        if (_run.Count > 0)
-        {
-            ref var run = ref _run;
-            var first = run.First;
-            bool continues = ReferenceEquals(run.Connection, c)
-                && segment.DataLength > 0
-                && segment.DataLength <= first.DataLength
-                && run.LastLength == first.DataLength
-                && (run.LastFlags & TcpFlags.Fin) == 0
-                && segment.DataPosition == first.DataPosition + run.Bytes
-                && segment.Seq.Value == unchecked(first.Seq.Value + (uint)run.Bytes)
-                && segment.Ack.Value == first.Ack.Value
-                && segment.Window == first.Window
-                && (segment.Flags & ~RunTailFlags) == (first.Flags & ~RunTailFlags)
-                && SameOptions(segment.Options, first.Options)
-                && run.HeaderBytes + run.Bytes + segment.DataLength <= MaxRunPacket(c.LocalAddress);
-            if (continues)
-            {
-                run.Count++;
-                run.Bytes += segment.DataLength;
-                run.LastLength = segment.DataLength;
-                run.LastFlags = segment.Flags;
-                return;
-            }
-            FlushRun(now);
-        }
-        bool startsRun = segment.DataLength > 0
-            && (segment.Flags & (TcpFlags.Syn | TcpFlags.Rst | TcpFlags.Urg)) == 0
-            && TsoFor(c.LocalAddress);
-        if (startsRun)
-        {
-            // The kernel cuts the run into segments of the first one's length (gso_size): the
-            // core's MSS, already lowered for the path MTU when ICMP said so.
-            _run = new SegmentRun
-            {
-                Count = 1,
-                Connection = c,
-                First = segment,
-                LastFlags = segment.Flags,
-                Bytes = segment.DataLength,
-                LastLength = segment.DataLength,
-                HeaderBytes = IpLayer.tcpPayloadOffset(c.LocalAddress, segment.Options),
-            };
-            return;
-        }
-        Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, segment, c, now);
-    }
-
-    // The options of two segments alike, field by field. TcpOptions.Equals (F# structural
-    // equality) boxes its voption fields, a few hundred bytes per call, and a run makes one call
-    // per segment.
-    private static bool SameOptions(in TcpOptions a, in TcpOptions b) =>
-        SameValue(a.MaximumSegmentSize, b.MaximumSegmentSize)
-        && SameValue(a.WindowScale, b.WindowScale)
-        && a.SackPermitted == b.SackPermitted
-        && a.Timestamps.IsSome == b.Timestamps.IsSome
-        && (a.Timestamps.IsNone
-            || (a.Timestamps.Value.Value == b.Timestamps.Value.Value && a.Timestamps.Value.EchoReply == b.Timestamps.Value.EchoReply))
-        && a.SackBlockCount == b.SackBlockCount
-        && SameBlock(a.Sack0, b.Sack0)
-        && SameBlock(a.Sack1, b.Sack1)
-        && SameBlock(a.Sack2, b.Sack2)
-        && SameBlock(a.Sack3, b.Sack3);
-
-    private static bool SameValue<T>(FSharpValueOption<T> a, FSharpValueOption<T> b)
-        where T : struct, IEquatable<T> =>
-        a.IsSome == b.IsSome && (a.IsNone || a.Value.Equals(b.Value));
-
-    private static bool SameBlock(SackBlock a, SackBlock b) => a.Left == b.Left && a.Right == b.Right;
-
-    // The longest packet a run may make: IPv4 total length 65535; IPv6 payload 65535 after the header.
-    private static int MaxRunPacket(IpAddr local) => local.IsIpv6 ? 65535 + 40 : 65535;
-
-    // Sends the gathered run: one segment as an ordinary packet, several as one super-segment
-    // (gso TCPV4/TCPV6, gso_size the first segment's length, NEEDS_CSUM with the pseudo-header
-    // sum in the checksum field) that the kernel takes whole or cuts into exactly those segments.
-    private void FlushRun(long now)
-    {
-        var run = _run;
-        _run = default;
-        var c = run.Connection!;
-        if (run.Count == 1)
-        {
-            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, run.First, c, now);
-            return;
-        }
-        TransmitGathered(c, run.First, run.LastFlags, run.Bytes, run.First.DataLength);
-        // The kernel numbers the IPv4 identification of the segments it cuts on from ours.
-        _nextIpv4Identification += (ushort)(run.Count - 1);
-        _deviceWritten.Increment();
-        _tcpSent.Add(run.Count);
-        _statistics.Increment("offload.tso.sent");
-        _statistics.Increment("offload.tso.segments", run.Count);
-    }
-
-    // Sends `bytes` of c's send stream from segment's position, headed by segment's header with
-    // `flags`, as one gather write: the IP and TCP headers from the packet buffer, the payload
-    // straight from the send ring (one or two pieces), so the payload is copied once, by the
-    // kernel, instead of into our packet first. With offloads in force the TCP checksum is left
-    // partial (NEEDS_CSUM) for the kernel, which verifies nothing for local delivery and sums
-    // what it sends on; `segmentSize` > 0 makes it a super-segment to cut (TSO). Without, the
-    // checksum is completed over the headers and the ring pieces, a read of the payload instead
-    // of a copy and a read.
-    private void TransmitGathered(TcpConnection c, OutgoingSegment segment, TcpFlags flags, int bytes, int segmentSize)
-    {
-        var local = c.LocalAddress;
-        int length = IpLayer.writeTcpSegments(local, c.RemoteAddress, c.LocalPort, c.RemotePort,
-            NextIdentification(), segment, flags, bytes, _packetBuffer);
-        int headerBytes = length - bytes;
-        c.SendSlices(segment.DataPosition, bytes, out var payload, out var tail);
-        var head = _packetBuffer.AsSpan(0, headerBytes);
-        if (_offload is not null)
-        {
-            int ipHeader = local.IsIpv6 ? 40 : 20;
-            var header = VirtioNet.tcpSegments(local.IsIpv6, ipHeader, headerBytes - ipHeader, segmentSize);
-            _offload.WriteGather(head, payload, tail, header);
-        }
-        else
-        {
-            ulong sum = Checksum.sumAfter(Checksum.sum(0UL, payload), payload.Length, tail);
-            IpLayer.completeTcpChecksum(local, headerBytes, sum, _packetBuffer);
-            _device.WriteGather(head, payload, tail);
-        }
-        Interlocked.Add(ref _bytesWritten, length);
-    }
-
     // ------------------------------------------------------------------------------------------
     // Timers and shutdown
     // ------------------------------------------------------------------------------------------
 
-    private long NextTcpDeadline() => _tcpTimers.TryPeek(out _, out long at) ? at : long.MaxValue;
+    private long NextTcpDeadline() => _tcpTable.NextDeadline;
 
     // How often the loop gives back the rings of connections that left them empty and unused
     // since the last time: an idle connection's rings go back to the pool after one to two of
@@ -1059,27 +665,17 @@ public sealed partial class NetworkStack
         _nextRingSweep = now + RingSweepMicroseconds;
         if (Volatile.Read(ref TcpRingsRented.Value) == Volatile.Read(ref TcpRingsReturned.Value))
             return;
-        foreach (var c in _tcp.Values)
-            c.ReleaseIdleRings();
+        foreach (var e in _tcpTable.Connections)
+            (e.Owner as TcpConnection)?.ReleaseIdleRings();
     }
 
     private void RunTcpTimers(long now)
     {
-        while (_tcpTimers.TryPeek(out var c, out long at) && at <= now)
-        {
-            _tcpTimers.Dequeue();
-            if (at != c.TimerAt || c.Removed)
-                continue;
-            c.TimerAt = long.MaxValue;
-            int retries = c.Core.Retries;
-            var actions = TcpActionSink();
-            c.Core = TcpEngine.handleTimerInto(actions, now, c.Core);
-            // Retries grows only when the retransmission timer fired with data outstanding
-            // (RFC 6298 §5.4); the metrics report it.
-            if (c.Core.Retries > retries)
-                _statistics.Increment("tcp.retransmission-timeout");
-            Execute(c, actions, default, now);
-        }
+        if (_tcpTable.NextDeadline > now)
+            return;
+        var output = TcpOutput();
+        _tcpTable.RunTimers(output, now);
+        ExecuteOutput(output, default, now);
     }
 
     // Called by Dispose once the loop has stopped (so this thread owns the loop state), before the
@@ -1089,39 +685,35 @@ public sealed partial class NetworkStack
     // keep a dead connection until its own timers gave up.
     private void DisposeTcp()
     {
-        List<TcpListener> listeners;
-        lock (_portGate)
-            listeners = [.. _tcpListen4.Values.Union(_tcpListen6.Values)];
-        foreach (var listener in listeners)
-            listener.Dispose();
+        foreach (var listener in _tcpTable.Listeners)
+            (listener.Owner as TcpListener)?.Dispose();
         long now = Now();
-        foreach (var c in _tcp.Values)
+        var connections = _tcpTable.Connections.Select(e => e.Owner as TcpConnection).ToList();
+        var output = TcpOutput();
+        _tcpTable.AbortAll(output, now);
+        var actions = output.Actions.AsSpan();
+        foreach (var group in output.Groups)
         {
-            if (c.HasCore && !c.Removed)
+            try
             {
-                try
+                foreach (ref readonly var action in actions.Slice(group.Start, group.Count))
                 {
-                    var actions = TcpActionSink();
-                    TcpEngine.abortInto(actions, now, c.Core);
-                    foreach (ref readonly var action in actions.AsSpan())
-                    {
-                        if (action.IsTransmit)
-                        {
-                            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, action.segment, c, now);
-                            _statistics.Increment("tcp.rst.sent-on-dispose");
-                        }
-                    }
-                }
-                catch (Exception)
-                {
-                    // The device may already be failing; the peer's timers will have to do.
-                    _statistics.Increment("tcp.dispose.reset-failed");
+                    Transmit(group.Key.Local, group.Key.LocalPort, group.Key.Remote, group.Key.RemotePort, action.segment, null, now);
+                    _statistics.Increment("tcp.rst.sent-on-dispose");
                 }
             }
+            catch (Exception)
+            {
+                // The device may already be failing; the peer's timers will have to do.
+                _statistics.Increment("tcp.dispose.reset-failed");
+            }
+        }
+        foreach (var c in connections)
+        {
+            if (c is null)
+                continue;
             c.Removed = true;
             c.StackDisposed();
         }
-        _tcp.Clear();
-        _tcpTimers.Clear();
     }
 }

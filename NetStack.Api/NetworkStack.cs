@@ -4,7 +4,6 @@ using System.Net.NetworkInformation;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.FSharp.Core;
 using NetStack.Core.Ip;
 using NetStack.Core.Stack;
 using NetStack.Core.Wire;
@@ -88,15 +87,14 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly byte[] _receiveBuffer;
     private readonly byte[] _packetBuffer = new byte[65536 + 64];
     private readonly byte[] _fragmentBuffer;
-    private ushort _nextIpv4Identification = (ushort)Random.Shared.Next(65536);
+    private readonly Ipv4Identification _ipIds = new(Random.Shared.Next(65536));
     private readonly ushort _pingIdentifier = (ushort)Random.Shared.Next(1, 65536);
     private ushort _nextPingSequence;
     private readonly Dictionary<ushort, PendingPing> _pings = [];
 
     // Port tables, shared by binding threads and the loop.
-    private readonly object _portGate = new();
-    private readonly Dictionary<ushort, UdpSocket> _udp4 = [];
-    private readonly Dictionary<ushort, UdpSocket> _udp6 = [];
+    // Loop-only: the core's UDP port table (sockets by port and address or family).
+    private readonly UdpEndpointTable _udpTable = new();
 
     private readonly IpAddr? _address4;
     private readonly IpAddr? _address6;
@@ -137,6 +135,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
+        InitLink(device);
         if (options.Offloads && device is IOffloadPacketDevice offload && offload.Offloads != TunOffloads.None)
             _offload = offload;
         if (device is TunPacketDevice { Device.UsesIoUring: true } tun)
@@ -150,19 +149,19 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             _address4 = IpAddr.NewV4(Ipv4Address.OfIPAddress(options.Address));
         if (options.Address6 is not null)
             _address6 = IpAddr.NewV6(Ipv6Address.OfIPAddress(options.Address6));
-        var config = IpLayer.config(
-            options.Address is null ? FSharpValueOption<Ipv4Address>.ValueNone : FSharpValueOption<Ipv4Address>.NewValueSome(Ipv4Address.OfIPAddress(options.Address)),
-            options.Address6 is null ? FSharpValueOption<Ipv6Address>.ValueNone : FSharpValueOption<Ipv6Address>.NewValueSome(Ipv6Address.OfIPAddress(options.Address6)),
-            mtu);
-        var reassembly = config.Reassembly;
-        reassembly = new ReassemblyConfig(reassembly.Ipv4Timeout, reassembly.Ipv6Timeout, options.ReassemblyMaxBytes,
-            options.ReassemblyMaxDatagrams, reassembly.MaxFragmentsPerDatagram);
-        config = new IpLayerConfig(config.Address4, config.Address6, config.Mtu, options.IcmpErrorsPerSecond,
-            Math.Max(1, Math.Min(options.IcmpErrorsPerSecond, 10)), reassembly);
+        var config = new IpLayerSettings
+        {
+            Address4 = options.Address is null ? null : Ipv4Address.OfIPAddress(options.Address),
+            Address6 = options.Address6 is null ? null : Ipv6Address.OfIPAddress(options.Address6),
+            Mtu = mtu,
+            IcmpErrorsPerSecond = options.IcmpErrorsPerSecond,
+            ReassemblyMaxBytes = options.ReassemblyMaxBytes,
+            ReassemblyMaxDatagrams = options.ReassemblyMaxDatagrams,
+        }.ToConfig();
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
         _meter = new StackMeter(interfaceName, _statistics, () => Volatile.Read(ref _bytesRead),
-            () => Volatile.Read(ref _bytesWritten), () => _tcp.Count);
+            () => Volatile.Read(ref _bytesWritten), () => _tcpTable.Count);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"netstack {interfaceName}" };
         _thread.Start();
         _log.Started(interfaceName, options.Address, options.Address6, mtu);
@@ -188,6 +187,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             ? (tap ? TunDevice.AttachTap(options.TunName, offloads) : TunDevice.Attach(options.TunName, offloads))
             : (tap ? TunDevice.CreateTap(options.TunName, offloads) : TunDevice.Create(options.TunName, offloads));
         KernelLink? link = null;
+        NetworkStack stack;
         try
         {
             if (offloads)
@@ -227,10 +227,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             if (tap)
                 packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
             // The capture is outermost: it records what the stack itself sees, after the faults.
-            var stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
+            stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
             if (noRing is not null)
                 stack._log.IoUringUnavailable(device.Name, noRing);
-            return stack;
         }
         catch
         {
@@ -238,6 +237,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             device.Dispose();
             throw;
         }
+        return AwaitLink(stack);
     }
 
     /// <summary>
@@ -253,7 +253,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         Validate(options);
-        return new NetworkStack(options, WithCapture(options, device), interfaceName);
+        return AwaitLink(new NetworkStack(options, WithCapture(options, device), interfaceName));
     }
 
     // The capture goes outermost, over any fault-injecting device: it records what the stack
@@ -378,194 +378,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private long Now() => (long)(Stopwatch.GetElapsedTime(_epoch).Ticks / (TimeSpan.TicksPerMillisecond / 1000));
 
     // ------------------------------------------------------------------------------------------
-    // Commands
+    // Addresses
     // ------------------------------------------------------------------------------------------
-
-    // wake false: queue the command without waking an idle loop (it runs at the loop's next
-    // pass: a packet, a timer, another command); for work nobody waits for.
-    private void Post(Action run, Action<Exception>? abort, bool wake = true)
-    {
-        lock (_commandGate)
-        {
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            _commands.Enqueue(new Command(run, abort));
-            wake &= _loopIdle;
-            if (wake)
-                _loopIdle = false;
-        }
-        // A busy loop drains the queue before it next waits (EnterIdle sees the command).
-        if (wake)
-            _device.Wake();
-    }
-
-    /// <summary>Wakes the loop if it waits idle, so that it runs the commands already queued.</summary>
-    internal void WakeLoop()
-    {
-        bool wake;
-        lock (_commandGate)
-        {
-            if (_disposed)
-                return;
-            wake = _loopIdle;
-            _loopIdle = false;
-        }
-        if (wake)
-            _device.Wake();
-    }
-
-    // The loop is about to wait in the device read: true when it may (no command is queued, and
-    // from now on a Post wakes it), false when it must only poll.
-    private bool EnterIdle()
-    {
-        lock (_commandGate)
-        {
-            if (_commands.Count > 0)
-                return false;
-            _loopIdle = true;
-            return true;
-        }
-    }
-
-    private void DrainCommands()
-    {
-        Queue<Command> batch;
-        lock (_commandGate)
-        {
-            if (_commands.Count == 0)
-                return;
-            batch = _commands;
-            _commands = _spareCommands;
-            _spareCommands = batch;
-        }
-        while (batch.TryDequeue(out var command))
-        {
-            try
-            {
-                command.Run();
-            }
-            catch (Exception e)
-            {
-                _statistics.Increment("engine.command-error");
-                command.Abort?.Invoke(e);
-            }
-        }
-    }
-
-    /// <summary>
-    /// Hands the engine a packet as if the device had read it (a copy is taken): the test hook for
-    /// injecting garbage or crafted packets into a running stack.
-    /// </summary>
-    /// <param name="packet">The packet's bytes (anything at all).</param>
-    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public void InjectPacket(ReadOnlySpan<byte> packet)
-    {
-        var copy = packet.ToArray();
-        Post(() => ProcessPacket(copy, default), null);
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // The loop
-    // ------------------------------------------------------------------------------------------
-
-    private void Loop()
-    {
-        int deviceErrors = 0;
-        // "engine.loop.allocated-bytes": what this thread has allocated since it started (the
-        // core's immutable TCP records, for the most part); reading the thread's own allocation
-        // counter costs a few nanoseconds.
-        long allocatedAtStart = GC.GetAllocatedBytesForCurrentThread();
-        while (!_stopping)
-        {
-            _statistics.Set("engine.loop.allocated-bytes", GC.GetAllocatedBytesForCurrentThread() - allocatedAtStart);
-            try
-            {
-                RunTimers();
-                DrainCommands();
-                if (_stopping)
-                    break;
-                int wait = WaitMilliseconds();
-                // A burst: packets the device already holds are read without waiting, and the
-                // readers and writers they concern are woken once at its end (or every
-                // MaxBurstPackets), not once per packet: one thread-pool dispatch per burst.
-                VirtioNetHeader header = default;
-                bool read = TryReadPacket(0, out var packet, out header);
-                if (!read)
-                {
-                    FlushWakes();
-                    if (wait > 0 && EnterIdle())
-                        read = TryReadPacket(wait, out packet, out header);
-                }
-                else if (++_burstPackets >= MaxBurstPackets)
-                    FlushWakes();
-                Volatile.Write(ref _loopIdle, false);
-                if (_autoconfiguring is not null)
-                    SyncAutoconfigured();
-                if (read)
-                {
-                    deviceErrors = 0;
-                    _deviceRead.Increment();
-                    Interlocked.Add(ref _bytesRead, packet.Length);
-                    ProcessPacket(packet, header);
-                }
-            }
-            catch (ObjectDisposedException) when (_stopping)
-            {
-                break;
-            }
-            catch (Exception e)
-            {
-                // A device failure (the interface deleted under us): count it and do not spin.
-                _statistics.Increment("engine.loop-error");
-                // Logged the first time and then at 2, 4, 8, ... in a row.
-                if (System.Numerics.BitOperations.IsPow2(deviceErrors + 1))
-                    _log.DeviceError(InterfaceName, deviceErrors + 1, e);
-                if (++deviceErrors > 3)
-                    Thread.Sleep(Math.Min(1000, 10 * deviceErrors));
-            }
-        }
-    }
-
-    private bool TryReadPacket(int wait, out ReadOnlySpan<byte> packet, out VirtioNetHeader header)
-    {
-        header = default;
-        int length;
-        bool read;
-        if (_inPlace is not null)
-        {
-            // io_uring: the packet stays where the kernel put it, until the next read.
-            read = _inPlace.TryReadInPlace(wait, out packet, out header);
-            if (_offload is null)
-                header = default;
-            return read;
-        }
-        read = _offload is not null
-            ? _offload.TryReadWithHeader(_receiveBuffer, wait, out length, out header)
-            : _device.TryRead(_receiveBuffer, wait, out length);
-        packet = _receiveBuffer.AsSpan(0, length);
-        return read;
-    }
-
-    // The TUN device itself when the loop reads it directly in io_uring mode (nothing wraps it).
-    private readonly TunDevice? _inPlace;
-
-    // Most packets a burst may hold back its wakes for (about 23 KB of data at MTU 1500).
-    private const int MaxBurstPackets = 16;
-    private int _burstPackets;
-    // Connections whose waiting reader or writer has something to do (loop-only).
-    private readonly List<TcpConnection> _pendingWakes = [];
-
-    /// <summary>Asks the loop to wake <paramref name="connection"/>'s waiting calls at the end of the burst.</summary>
-    internal void DeferWake(TcpConnection connection) => _pendingWakes.Add(connection);
-
-    private void FlushWakes()
-    {
-        _burstPackets = 0;
-        if (_pendingWakes.Count == 0)
-            return;
-        foreach (var connection in _pendingWakes)
-            connection.FlushWakes();
-        _pendingWakes.Clear();
-    }
 
     // The adapter's autoconfigured addresses changed: the IP layer accepts the assigned ones.
     private void SyncAutoconfigured()
@@ -628,495 +442,6 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private static TimeSpan? Remaining(long until, long now) =>
         until == long.MaxValue ? null : TimeSpan.FromMicroseconds(Math.Max(0, until - now));
 
-    private int WaitMilliseconds()
-    {
-        long now = Now();
-        long next = long.MaxValue;
-        var deadline = IpLayer.nextDeadline(_ip);
-        if (deadline.IsSome)
-            next = deadline.Value;
-        foreach (var ping in _pings.Values)
-            next = Math.Min(next, ping.Deadline);
-        next = Math.Min(next, NextTcpDeadline());
-        if (next == long.MaxValue)
-            return MaxWaitMilliseconds;
-        long wait = (next - now + 999) / 1000;
-        return (int)Math.Clamp(wait, 0, MaxWaitMilliseconds);
-    }
-
-    private void RunTimers()
-    {
-        long now = Now();
-        RunTcpTimers(now);
-        SweepIdleRings(now);
-        var deadline = IpLayer.nextDeadline(_ip);
-        if (deadline.IsSome && deadline.Value <= now)
-        {
-            var (state, abandoned) = IpLayer.expire(now, _ip);
-            _ip = state;
-            foreach (var a in abandoned)
-            {
-                _statistics.Increment("ip.reassembly.timeout");
-                if (a.FirstFragment.IsSome)
-                {
-                    int length = IpLayer.writeFirstFragment(a.Key, a.FirstFragment.Value, _fragmentBuffer);
-                    SendError(OutgoingError.ReassemblyTimeExceeded, _fragmentBuffer.AsSpan(0, length), "icmp.error.sent.reassembly-time-exceeded");
-                }
-            }
-        }
-        if (_pings.Count > 0)
-        {
-            List<ushort>? expired = null;
-            foreach (var (sequence, ping) in _pings)
-            {
-                if (ping.Deadline <= now)
-                    (expired ??= []).Add(sequence);
-            }
-            if (expired is not null)
-            {
-                foreach (var sequence in expired)
-                {
-                    var ping = _pings[sequence];
-                    _pings.Remove(sequence);
-                    ping.Registration.Unregister();
-                    _statistics.Increment("ping.timed-out");
-                    ping.Completion.TrySetResult(new PingReply(IPStatus.TimedOut, ping.Destination, TimeSpan.Zero, 0));
-                }
-            }
-        }
-    }
-
-    private void ProcessPacket(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
-    {
-        try
-        {
-            Dispatch(packet, header);
-        }
-        catch (TunDeviceException)
-        {
-            // Writing the answer failed (the link is down, the interface is going away).
-            _statistics.Increment("device.write-error");
-        }
-        catch (Exception)
-        {
-            // A bug, not the peer's fault; but the peer must not be able to stop the loop with it.
-            _statistics.Increment("drop.exception");
-        }
-    }
-
-    private void Dispatch(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
-    {
-        long now = Now();
-        if (!packet.IsEmpty && (packet[0] >> 4) is 4 or 6)
-            _statistics.Increment((packet[0] >> 4) == 6 ? "ipv6.received" : "ipv4.received");
-        if (header.IsSegmented)
-            _statistics.Increment("offload.gso.received");
-        // A partial (NEEDS_CSUM) or kernel-verified (DATA_VALID) transport checksum is not
-        // checked again; a super-segment goes to TCP whole, however long.
-        long evicted = _ip.ReassemblyEvicted;
-        var (state, r) = IpLayer.receiveChecked(now, packet, header.TransportChecksumTrusted, _ip);
-        _ip = state;
-        if (state.ReassemblyEvicted != evicted)
-            _statistics.Increment("ip.reassembly.evicted", state.ReassemblyEvicted - evicted);
-        switch (r.Kind)
-        {
-            case ReceivedKind.Dropped:
-                {
-                    var reason = DropReasonModule.name(r.Drop);
-                    _statistics.Increment(reason);
-                    _dropLog.Dropped(_log, reason, now);
-                    break;
-                }
-            case ReceivedKind.FragmentHeld:
-                _statistics.Increment("ip.fragment.held");
-                break;
-            case ReceivedKind.EchoRequest:
-                {
-                    var data = IpLayer.slice(packet, r.Payload);
-                    int length = IpLayer.writeEchoReply(r.Destination, r.Source, r.SourcePort, r.DestinationPort, NextIdentification(), data, _packetBuffer);
-                    SendPacket(length, r.Source, now);
-                    _statistics.Increment("icmp.echo.replied");
-                    break;
-                }
-            case ReceivedKind.EchoReply:
-                OnEchoReply(r, now);
-                break;
-            case ReceivedKind.UdpDatagram:
-                OnUdp(packet, r, header.Segmentation == VirtioGsoType.UdpL4 ? header.GsoSize : 0);
-                break;
-            case ReceivedKind.IcmpError:
-                OnIcmpError(r);
-                break;
-            case ReceivedKind.TcpSegment:
-                OnTcp(packet, r, now);
-                break;
-        }
-    }
-
-    private ushort NextIdentification() => _nextIpv4Identification++;
-
-    /// <summary>Writes the whole packet in _packetBuffer to the device, cut for the path MTU.</summary>
-    private void SendPacket(int length, IpAddr destination, long now)
-    {
-        var packet = _packetBuffer.AsSpan(0, length);
-        int mtu = IpLayer.pathMtu(now, destination, _ip);
-        if (length <= mtu)
-        {
-            _device.Write(packet);
-            _deviceWritten.Increment();
-            Interlocked.Add(ref _bytesWritten, length);
-            return;
-        }
-        var plan = IpLayer.planFragments(packet, mtu, (uint)Random.Shared.Next());
-        for (int i = 0; i < plan.Count; i++)
-        {
-            int n = IpLayer.writeFragment(plan, packet, i, _fragmentBuffer);
-            _device.Write(_fragmentBuffer.AsSpan(0, n));
-            _deviceWritten.Increment();
-            Interlocked.Add(ref _bytesWritten, n);
-        }
-        _statistics.Increment("ip.fragments.sent", plan.Count);
-    }
-
-    private void SendError(OutgoingError error, ReadOnlySpan<byte> original, string sentCounter)
-    {
-        var (state, verdict, length) = IpLayer.tryWriteError(Now(), error, original, _packetBuffer, _ip);
-        _ip = state;
-        if (verdict == ErrorVerdict.Sent)
-        {
-            _device.Write(_packetBuffer.AsSpan(0, length));
-            _deviceWritten.Increment();
-            Interlocked.Add(ref _bytesWritten, length);
-            _statistics.Increment(sentCounter);
-        }
-        else
-        {
-            _statistics.Increment(verdict switch
-            {
-                ErrorVerdict.RateLimited => "icmp.error.suppressed.rate-limited",
-                ErrorVerdict.AboutIcmpError => "icmp.error.suppressed.about-icmp-error",
-                ErrorVerdict.NotFirstFragment => "icmp.error.suppressed.not-first-fragment",
-                ErrorVerdict.NotUnicastDestination => "icmp.error.suppressed.not-unicast-destination",
-                ErrorVerdict.NotUnicastSource => "icmp.error.suppressed.not-unicast-source",
-                ErrorVerdict.NoAddress => "icmp.error.suppressed.no-address",
-                _ => "icmp.error.suppressed.malformed",
-            });
-        }
-    }
-
-    // segmentSize > 0: a USO super-datagram (gso UDP_L4) from a kernel socket using UDP_SEGMENT;
-    // every segmentSize payload bytes are one datagram (the last may be shorter).
-    private void OnUdp(ReadOnlySpan<byte> packet, Received r, int segmentSize = 0)
-    {
-        var payload = IpLayer.slice(packet, r.Payload);
-        if (segmentSize > 0 && payload.Length > segmentSize)
-        {
-            _statistics.Increment("offload.uso.received");
-            for (int at = 0; at < payload.Length; at += segmentSize)
-                OnUdpDatagram(packet, r, payload.Slice(at, Math.Min(segmentSize, payload.Length - at)));
-            return;
-        }
-        OnUdpDatagram(packet, r, payload);
-    }
-
-    private void OnUdpDatagram(ReadOnlySpan<byte> packet, Received r, ReadOnlySpan<byte> payload)
-    {
-        _statistics.Increment("udp.received");
-        UdpSocket? socket;
-        lock (_portGate)
-            (r.Destination.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.DestinationPort, out socket);
-        if (socket is null)
-        {
-            _statistics.Increment("udp.drop.no-socket");
-            // RFC 1122 §4.1.3.1: port unreachable, within the ICMP error rules and rate limit.
-            if (!r.ToBroadcast)
-                SendError(OutgoingError.PortUnreachable, IpLayer.slice(packet, r.Packet), "icmp.error.sent.port-unreachable");
-            return;
-        }
-        switch (socket.Deliver(payload, r.Source, r.SourcePort))
-        {
-            case DeliveryResult.Delivered:
-            case DeliveryResult.Queued:
-                _statistics.Increment("udp.delivered");
-                break;
-            case DeliveryResult.QueueFull:
-                _statistics.Increment("udp.drop.queue-full");
-                break;
-            case DeliveryResult.NotFromConnectedPeer:
-                _statistics.Increment("udp.drop.not-connected-peer");
-                break;
-            default:
-                _statistics.Increment("udp.drop.closed");
-                break;
-        }
-    }
-
-    private void OnIcmpError(Received r)
-    {
-        _statistics.Increment("icmp.error.received");
-        if (r.ErrorKind == IcmpErrorKind.PacketTooBig)
-            _statistics.Increment("icmp.error.packet-too-big");
-        if (!r.QuotedPortsKnown)
-            return;
-        if (r.QuotedProtocol == IpProtocol.Icmp || r.QuotedProtocol == IpProtocol.Icmpv6)
-        {
-            if (r.QuotedSourcePort == _pingIdentifier && _pings.Remove(r.QuotedDestinationPort, out var ping))
-            {
-                ping.Registration.Unregister();
-                var status = r.ErrorKind switch
-                {
-                    IcmpErrorKind.PacketTooBig => IPStatus.PacketTooBig,
-                    IcmpErrorKind.TimeExceeded => IPStatus.TtlExpired,
-                    IcmpErrorKind.ParameterProblem => IPStatus.ParameterProblem,
-                    _ => IPStatus.DestinationUnreachable,
-                };
-                ping.Completion.TrySetResult(new PingReply(status, r.Source.ToIPAddress(), TimeSpan.FromTicks((Now() - ping.SentAt) * 10), 0));
-            }
-            return;
-        }
-        if (r.QuotedProtocol == IpProtocol.Tcp)
-        {
-            // To the connection of the quoted 4-tuple; the core decides (Connection.handleIcmpInto).
-            OnTcpIcmpError(r);
-            return;
-        }
-        if (r.QuotedProtocol != IpProtocol.Udp)
-            return;
-        UdpSocket? socket;
-        lock (_portGate)
-            (r.QuotedSource.IsIpv6 ? _udp6 : _udp4).TryGetValue(r.QuotedSourcePort, out socket);
-        if (socket is null)
-            _statistics.Increment("icmp.error.no-socket");
-        else if (socket.ReportError(r.ErrorKind, r.QuotedDestination, r.QuotedDestinationPort))
-            _statistics.Increment("udp.icmp-error.reported");
-    }
-
-    private void OnEchoReply(Received r, long now)
-    {
-        _statistics.Increment("icmp.echo-reply.received");
-        if (r.SourcePort != _pingIdentifier || !_pings.TryGetValue(r.DestinationPort, out var ping) || !ping.DestinationAddress.Equals(r.Source))
-        {
-            _statistics.Increment("icmp.echo-reply.unmatched");
-            return;
-        }
-        _pings.Remove(r.DestinationPort);
-        ping.Registration.Unregister();
-        var rtt = TimeSpan.FromTicks((now - ping.SentAt) * 10);
-        _meter.RecordPingRtt(rtt);
-        ping.Completion.TrySetResult(new PingReply(IPStatus.Success, ping.Destination, rtt, r.Payload.Length));
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // Ping
-    // ------------------------------------------------------------------------------------------
-
-    /// <summary>
-    /// Sends an ICMP echo request (IPv4 or IPv6, by the destination's family) and waits for the
-    /// reply: Success with the round-trip time, TimedOut, or the status an ICMP error says
-    /// (DestinationUnreachable, PacketTooBig, TtlExpired, ParameterProblem).
-    /// </summary>
-    /// <param name="destination">Whom to ping.</param>
-    /// <param name="timeout">How long to wait for the reply (positive).</param>
-    /// <param name="dataSize">Bytes of echo data (0..65500; fragmented as needed).</param>
-    /// <param name="cancellationToken">Cancels the wait (the task is then canceled).</param>
-    /// <exception cref="ArgumentException">No address of the destination's family, or bad sizes.</exception>
-    /// <exception cref="ObjectDisposedException">The stack is disposed (also for a ping pending at disposal).</exception>
-    public Task<PingReply> PingAsync(IPAddress destination, TimeSpan timeout, int dataSize = 56, CancellationToken cancellationToken = default)
-    {
-        ArgumentNullException.ThrowIfNull(destination);
-        if (destination.IsIPv4MappedToIPv6)
-            destination = destination.MapToIPv4();
-        if (timeout <= TimeSpan.Zero)
-            throw new ArgumentOutOfRangeException(nameof(timeout), "The timeout must be positive.");
-        ArgumentOutOfRangeException.ThrowIfNegative(dataSize);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(dataSize, 65500);
-        var target = IpAddr.OfIPAddress(destination);
-        var source = SourceFor(target);
-        if (source is null)
-            throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to ping {destination} from.", nameof(destination));
-        if (cancellationToken.IsCancellationRequested)
-            return Task.FromCanceled<PingReply>(cancellationToken);
-        var completion = new TaskCompletionSource<PingReply>(TaskCreationOptions.RunContinuationsAsynchronously);
-        long timeoutMicros = (long)Math.Min(timeout.TotalMicroseconds, long.MaxValue / 4);
-        Post(() =>
-        {
-            long now = Now();
-            ushort sequence = _nextPingSequence++;
-            var ping = new PendingPing
-            {
-                Completion = completion,
-                Destination = destination,
-                DestinationAddress = target,
-                SentAt = now,
-                Deadline = now + timeoutMicros,
-            };
-            // A sequence number still pending (65536 pings later) gives way to the new one.
-            if (_pings.Remove(sequence, out var old))
-                old.Completion.TrySetResult(new PingReply(IPStatus.TimedOut, old.Destination, TimeSpan.Zero, 0));
-            _pings[sequence] = ping;
-            if (cancellationToken.CanBeCanceled)
-            {
-                ping.Registration = cancellationToken.Register(() =>
-                {
-                    try
-                    {
-                        Post(() =>
-                        {
-                            if (_pings.TryGetValue(sequence, out var p) && ReferenceEquals(p, ping))
-                                _pings.Remove(sequence);
-                        }, null);
-                    }
-                    catch (ObjectDisposedException)
-                    {
-                    }
-                    completion.TrySetCanceled(cancellationToken);
-                });
-            }
-            var data = new byte[dataSize];
-            for (int i = 0; i < data.Length; i++)
-                data[i] = (byte)i;
-            int length = IpLayer.writeEchoRequest(source.Value, target, _pingIdentifier, sequence, NextIdentification(), data, _packetBuffer);
-            SendPacket(length, target, now);
-            _statistics.Increment("ping.sent");
-        }, e => completion.TrySetException(e));
-        return completion.Task;
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // UDP
-    // ------------------------------------------------------------------------------------------
-
-    /// <summary>
-    /// Binds a UDP socket. Port 0 picks a free port in 49152–65535 at random. The address is
-    /// <see cref="IPAddress.Any"/> or the stack's IPv4 address (IPv4 only), the stack's IPv6 address
-    /// (IPv6 only), or <see cref="IPAddress.IPv6Any"/> (both families, dual mode).
-    /// </summary>
-    /// <param name="localEndPoint">Address and port.</param>
-    /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken (or no ephemeral port is free); AddressNotAvailable for an address that is not the stack's.</exception>
-    /// <exception cref="ArgumentException">The address family has no address on this stack.</exception>
-    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public UdpSocket BindUdp(IPEndPoint localEndPoint)
-    {
-        ArgumentNullException.ThrowIfNull(localEndPoint);
-        var (v4, v6) = Families(localEndPoint);
-        lock (_portGate)
-        {
-            lock (_commandGate)
-                ObjectDisposedException.ThrowIf(_disposed, this);
-            int port = localEndPoint.Port;
-            if (port == 0)
-                port = PickEphemeralPort(v4, v6);
-            else if ((v4 && _udp4.ContainsKey((ushort)port)) || (v6 && _udp6.ContainsKey((ushort)port)))
-                throw new SocketException((int)SocketError.AddressAlreadyInUse);
-            var socket = new UdpSocket(this, new IPEndPoint(localEndPoint.Address, port), v4, v6, Options.UdpReceiveQueueBytes);
-            if (v4)
-                _udp4[(ushort)port] = socket;
-            if (v6)
-                _udp6[(ushort)port] = socket;
-            _log.UdpBound(socket.LocalEndPoint);
-            return socket;
-        }
-    }
-
-    private int PickEphemeralPort(bool v4, bool v6)
-    {
-        // RFC 6056 §3.3.1: start at a random point of the range and probe upwards.
-        const int count = EphemeralPortLast - EphemeralPortFirst + 1;
-        int start = Random.Shared.Next(count);
-        for (int i = 0; i < count; i++)
-        {
-            ushort port = (ushort)(EphemeralPortFirst + (start + i) % count);
-            if (!(v4 && _udp4.ContainsKey(port)) && !(v6 && _udp6.ContainsKey(port)))
-                return port;
-        }
-        throw new SocketException((int)SocketError.AddressAlreadyInUse);
-    }
-
-    internal void Unbind(UdpSocket socket)
-    {
-        lock (_portGate)
-        {
-            if (socket.BindsIpv4 && _udp4.TryGetValue(socket.Port, out var s4) && ReferenceEquals(s4, socket))
-                _udp4.Remove(socket.Port);
-            if (socket.BindsIpv6 && _udp6.TryGetValue(socket.Port, out var s6) && ReferenceEquals(s6, socket))
-                _udp6.Remove(socket.Port);
-        }
-    }
-
-    /// <summary>The link's MTU (the smaller of the options' and the device's).</summary>
-    internal int LinkMtu { get; }
-
-    // Sends `datagram` as one datagram, or with segmentSize > 0 as consecutive datagrams of
-    // segmentSize bytes (the caller has checked the count and that each fits the link MTU).
-    internal ValueTask<int> SendUdpAsync(UdpSocket socket, ReadOnlyMemory<byte> datagram, IpAddr destination, ushort port, int segmentSize, CancellationToken cancellationToken)
-    {
-        var source = SourceFor(destination);
-        if (source is null)
-            return ValueTask.FromException<int>(new SocketException((int)SocketError.NetworkUnreachable));
-        var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
-        try
-        {
-            Post(() =>
-            {
-                if (cancellationToken.IsCancellationRequested)
-                {
-                    completion.TrySetCanceled(cancellationToken);
-                    return;
-                }
-                long now = Now();
-                if (segmentSize > 0 && datagram.Length > segmentSize)
-                    SendUdpSegments(source.Value, destination, socket.Port, port, datagram.Span, segmentSize, now);
-                else
-                {
-                    int length = IpLayer.writeUdp(source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
-                    SendPacket(length, destination, now);
-                    _statistics.Increment("udp.sent");
-                }
-                completion.TrySetResult(datagram.Length);
-            }, e => completion.TrySetException(e));
-        }
-        catch (ObjectDisposedException e)
-        {
-            return ValueTask.FromException<int>(e);
-        }
-        return new ValueTask<int>(completion.Task);
-    }
-
-    // Several datagrams from one buffer. With USO in force (a TUN or TAP device whose kernel
-    // took TUN_F_USO4/6, Linux 6.2+, which also reads gso UDP_L4 from us) and each datagram
-    // within the path MTU: one super-datagram, the headers from the packet buffer and the payload
-    // straight from the caller's memory (a gather write, no copy and no checksum pass here),
-    // which the kernel cuts into the datagrams. Otherwise one datagram after another through
-    // the ordinary path (fragmented if the path MTU has shrunk below a datagram).
-    private void SendUdpSegments(IpAddr source, IpAddr destination, ushort sourcePort, ushort port, ReadOnlySpan<byte> data, int segmentSize, long now)
-    {
-        int count = (data.Length + segmentSize - 1) / segmentSize;
-        int ipHeader = destination.IsIpv6 ? 40 : 20;
-        if (_offload is not null
-            && (_offload.Offloads & TunOffloads.Uso4) != 0
-            && ipHeader + 8 + segmentSize <= IpLayer.pathMtu(now, destination, _ip))
-        {
-            int length = IpLayer.writeUdpSegments(source, destination, sourcePort, port, NextIdentification(), data.Length, _packetBuffer);
-            var header = VirtioNet.udpSegments(ipHeader, segmentSize);
-            _offload.WriteGather(_packetBuffer.AsSpan(0, length - data.Length), data, default, header);
-            // The kernel numbers the IPv4 identification of the datagrams it cuts on from ours.
-            _nextIpv4Identification += (ushort)(count - 1);
-            _deviceWritten.Increment();
-            Interlocked.Add(ref _bytesWritten, length);
-            _statistics.Increment("udp.sent", count);
-            _statistics.Increment("offload.uso.sent");
-            _statistics.Increment("offload.uso.segments", count);
-            return;
-        }
-        for (int at = 0; at < data.Length; at += segmentSize)
-        {
-            var piece = data.Slice(at, Math.Min(segmentSize, data.Length - at));
-            int length = IpLayer.writeUdp(source, destination, sourcePort, port, NextIdentification(), piece, _packetBuffer);
-            SendPacket(length, destination, now);
-        }
-        _statistics.Increment("udp.sent", count);
-    }
-
     // ------------------------------------------------------------------------------------------
     // Shutdown
     // ------------------------------------------------------------------------------------------
@@ -1157,11 +482,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             ping.Completion.TrySetException(disposed);
         }
         _pings.Clear();
-        List<UdpSocket> sockets;
-        lock (_portGate)
-            sockets = [.. _udp4.Values.Union(_udp6.Values)];
-        foreach (var socket in sockets)
-            socket.Dispose();
+        foreach (var endpoint in _udpTable.Endpoints)
+            (endpoint.Owner as UdpSocket)?.Dispose();
         DisposeTcp();
         _link?.Dispose();
         _device.Dispose();

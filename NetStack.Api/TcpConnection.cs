@@ -5,7 +5,6 @@ using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
-using TcpEngine = NetStack.Core.Tcp.ConnectionModule;
 
 namespace NetStack;
 
@@ -34,7 +33,7 @@ namespace NetStack;
 /// only when none is pending already.
 /// </para>
 /// </remarks>
-public sealed class TcpConnection : Stream
+public sealed partial class TcpConnection : Stream
 {
     private readonly NetworkStack _stack;
     private readonly object _gate = new();
@@ -115,28 +114,26 @@ public sealed class TcpConnection : Stream
     // ---- Loop-only state ------------------------------------------------------------------------
 
     /// <summary>
-    /// The core's control block (loop only), by reference so reads and writes copy nothing. A
-    /// large struct: only the loop thread may read or write it, since a read racing the loop's
-    /// write could see a torn mix of two states.
+    /// The connection's entry in the core's endpoint table (loop only; null until the loop made
+    /// it). Its control block is <see cref="Core"/>.
     /// </summary>
-    internal ref Connection Core => ref _core;
+    internal TcpEndpoint? Endpoint;
 
-    private Connection _core;
+    /// <summary>
+    /// The core's control block (loop only), by reference so reads copy nothing. A large struct:
+    /// only the loop thread may read it, since a read racing the table's write could see a torn
+    /// mix of two states.
+    /// </summary>
+    internal ref Connection Core => ref Endpoint!.Core;
 
-    /// <summary>The loop has given <see cref="Core"/> a control block (a default one has no config).</summary>
-    internal bool HasCore => Core.Config is not null;
+    /// <summary>The loop has made this connection's endpoint (and so <see cref="Core"/>).</summary>
+    internal bool HasCore => Endpoint is not null;
 
     /// <summary>The 4-tuple: our address and port, the peer's (loop only after creation).</summary>
     internal IpAddr LocalAddress { get; set; }
     internal ushort LocalPort { get; set; }
     internal IpAddr RemoteAddress { get; set; }
     internal ushort RemotePort { get; set; }
-
-    /// <summary>The listener whose half-open queue this connection counts in, until it is established.</summary>
-    internal TcpListener? HalfOpenOf;
-
-    /// <summary>The deadline this connection is queued under in the timer queue (MaxValue: none).</summary>
-    internal long TimerAt = long.MaxValue;
 
     /// <summary>Out of the connection table (CLOSED): nothing more happens to it in the loop.</summary>
     internal bool Removed;
@@ -550,354 +547,6 @@ public sealed class TcpConnection : Stream
 
     /// <summary>The endpoints.</summary>
     public override string ToString() => $"tcp {LocalEndPoint} -> {RemoteEndPoint}";
-
-    // ---- Calls from the loop ----------------------------------------------------------------------
-
-    /// <summary>Bytes the user has written so far; clears the "send notification pending" flag.</summary>
-    internal long TakeWritten()
-    {
-        lock (_gate)
-        {
-            _sendPosted = false;
-            return _sendWritten;
-        }
-    }
-
-    /// <summary>Bytes the user has read so far; clears the "window notification pending" flag.</summary>
-    internal long TakeConsumed()
-    {
-        lock (_gate)
-        {
-            _windowPosted = false;
-            _windowPostedLazily = false;
-            _consumedReported = _recvConsumed;
-            return _recvConsumed;
-        }
-    }
-
-    // Lazy window commands only while the buffer the loop believes free (all of it but what was
-    // delivered and not reported read) is more than half the buffer and at least
-    // LazyWindowMinimum: the core then offers more than that already (its window follows every
-    // ACK it sends), and sends a pure window update only for a window below half the buffer or
-    // one MSS (Connection.receiveWindowUpdateInto), so a peer cannot be waiting for the update.
-    // Under _gate.
-    private bool WindowUpdateUrgentLocked()
-    {
-        long free = _receiveCapacity - (_recvDelivered - _consumedReported);
-        return 2 * free <= _receiveCapacity || free < LazyWindowMinimum;
-    }
-
-    // 64 KiB: the largest window a SYN can offer, and 44 full-sized segments at MTU 1500.
-    private const int LazyWindowMinimum = 65536;
-
-    /// <summary>
-    /// Where send-stream bytes [position, position + length) lie in the send ring, for a gather
-    /// write: one piece, or two when the run wraps (loop only; the bytes stay put until acknowledged).
-    /// </summary>
-    internal void SendSlices(long position, int length, out ReadOnlySpan<byte> first, out ReadOnlySpan<byte> second)
-    {
-        var ring = _send!;
-        int start = (int)((position - _sendBase) % _sendCapacity);
-        int n = Math.Min(length, _sendCapacity - start);
-        first = ring.AsSpan(start, n);
-        second = ring.AsSpan(0, length - n);
-    }
-
-    /// <summary>Stores arriving bytes at receive-stream position <paramref name="position"/>.</summary>
-    internal void Store(ReadOnlySpan<byte> data, long position)
-    {
-        if (_directArmed)
-        {
-            int direct = StoreDirect(data, position);
-            if (direct == data.Length)
-                return;
-            data = data[direct..];
-            position += direct;
-        }
-        var ring = _receive;
-        // A ring that holds nothing (all that was stored in it has been read; the reader's count
-        // is read without the lock first, and a stale one only defers this) takes these bytes,
-        // in order or not, from its first byte on: the base moves to the next byte to read.
-        if (ring is null || _recvStoredEnd <= Volatile.Read(ref _recvConsumed))
-        {
-            lock (_gate)
-            {
-                ring = _receive ??= RentRing(_receiveCapacity);
-                if (_recvStoredEnd <= _recvConsumed && _recvDelivered == _recvConsumed)
-                    _recvBase = _recvConsumed;
-            }
-        }
-        CopyIn(ring, _receiveCapacity, position - _recvBase, data);
-        _recvStoredEnd = Math.Max(_recvStoredEnd, position + data.Length);
-        _ringsUsed = true; // loop only, like the sweep that clears it
-    }
-
-    /// <summary>
-    /// A read took bytes (from the ring, or placed in its buffer by the loop): the loop learns of
-    /// it through the window command, posted once until the loop takes it. The command wakes an
-    /// idle loop only when the window the loop last heard of is small (see
-    /// <see cref="WindowUpdateUrgentLocked"/>); otherwise it waits for the loop's next pass (a
-    /// packet, a timer or a write's command), so an echo's read and write cost one wake-up and the
-    /// reply carries the window instead of a pure window update going out before it. Called by
-    /// the reader, never by the loop: a command the loop posted itself would run before the
-    /// reader could answer.
-    /// </summary>
-    private void NoteReadLocked(ref bool notify, ref bool wake)
-    {
-        bool urgent = WindowUpdateUrgentLocked();
-        if (!_windowPosted)
-        {
-            notify = true;
-            wake = urgent;
-            _windowPosted = true;
-            _windowPostedLazily = !urgent;
-        }
-        else if (_windowPostedLazily && urgent)
-        {
-            // The command already queued did not wake the loop; now it must.
-            _windowPostedLazily = false;
-            wake = true;
-        }
-    }
-
-    /// <summary>
-    /// Receive without the ring: when a read waits with a buffer of its own, nothing is readable
-    /// before <paramref name="position"/> and the data arrived in order, the loop copies it
-    /// straight into the reader's buffer (one copy per byte instead of two: arrival into the ring
-    /// and the ring into the reader) and counts it as read; the reader, when it returns, posts the
-    /// same window command an ordinary read posts. Later in-order segments of the same burst go
-    /// on filling the buffer; the read completes when the buffer is full or at the end of the
-    /// burst. Returns how many bytes of <paramref name="data"/> went there (0: none; the rest
-    /// goes into the ring, behind them). Loop only.
-    /// </summary>
-    private int StoreDirect(ReadOnlySpan<byte> data, long position)
-    {
-        int n;
-        bool defer = false;
-        lock (_gate)
-        {
-            if (!_readWaiter.IsArmed || _directBuffer.IsEmpty
-                || position != _recvConsumed || _recvDelivered != _recvConsumed)
-                return 0;
-            n = Math.Min(data.Length, _directBuffer.Length - _directFilled);
-            data[..n].CopyTo(_directBuffer.Span[_directFilled..]);
-            _directFilled += n;
-            // Read already: Deliver (which follows for in-order data) finds the stream there.
-            _recvConsumed += n;
-            _recvDelivered = _recvConsumed;
-            _readWaiter.HoldsResult = true;
-            if (_directFilled == _directBuffer.Length)
-            {
-                _directArmed = false;
-                _readWaiter.Complete();
-            }
-            else
-                defer = DeferWakeLocked(_readWaiter);
-        }
-        _stack.Statistics.Increment("tcp.receive.direct-bytes", n);
-        if (defer)
-            _stack.DeferWake(this);
-        // The reader posts the window command when it returns (NoteReadLocked).
-        return n;
-    }
-
-    /// <summary>
-    /// Auto-tuning grew the receive buffer to <paramref name="size"/> bytes (loop only, before the
-    /// larger window is offered): a larger pooled ring takes every byte that may be unread or
-    /// stored out of order, [consumed, consumed + old capacity), from its first byte on (the base
-    /// moves to the consumed position).
-    /// </summary>
-    internal void GrowReceiveBuffer(int size)
-    {
-        lock (_gate)
-        {
-            if (size <= _receiveCapacity)
-                return;
-            var old = _receive;
-            if (old is not null)
-            {
-                var ring = RentRing(size);
-                int oldCapacity = _receiveCapacity;
-                int start = (int)((_recvConsumed - _recvBase) % oldCapacity);
-                var moved = old.AsSpan(0, oldCapacity);
-                CopyIn(ring, size, 0, moved[start..]);
-                CopyIn(ring, size, oldCapacity - start, moved[..start]);
-                _recvBase = _recvConsumed;
-                _receive = ring;
-                ReturnRing(old);
-            }
-            _receiveCapacity = size;
-        }
-    }
-
-    /// <summary>Receive-stream bytes below <paramref name="upTo"/> are readable.</summary>
-    /// <remarks>A waiting read is woken at the end of the loop's burst (<see cref="FlushWakes"/>).</remarks>
-    internal void Deliver(long upTo)
-    {
-        bool defer;
-        lock (_gate)
-        {
-            // Never back: bytes read straight into a waiting reader's buffer are delivered already.
-            _recvDelivered = Math.Max(_recvDelivered, upTo);
-            if (Orphaned)
-                _recvConsumed = upTo;
-            defer = DeferWakeLocked(_readWaiter);
-        }
-        if (defer)
-            _stack.DeferWake(this);
-    }
-
-    /// <summary>
-    /// The peer acknowledged <paramref name="bytes"/> more: they leave the send buffer (loop
-    /// only). <paramref name="core"/> is the connection after the acknowledgment: a writer that
-    /// waited for room gets a larger buffer when the windows would carry more than this one
-    /// holds (<c>sendBufferWanted</c>), up to <see cref="NetStackOptions.TcpSendBufferMaxBytes"/>.
-    /// </summary>
-    /// <remarks>A waiting write is woken at the end of the loop's burst (<see cref="FlushWakes"/>).</remarks>
-    internal void Acknowledged(long bytes, in Connection core)
-    {
-        bool defer;
-        lock (_gate)
-        {
-            _sendAcked += bytes;
-            if (_writeWaiter.IsArmed && _sendCapacity < _sendCapacityMax)
-                GrowSendBufferLocked(TcpEngine.sendBufferWanted(_sendCapacity, _sendCapacityMax, core));
-            defer = DeferWakeLocked(_writeWaiter);
-        }
-        if (defer)
-            _stack.DeferWake(this);
-    }
-
-    /// <summary>The send buffer's current size in bytes: <see cref="NetStackOptions.TcpSendBufferBytes"/> at first, grown by auto-tuning up to <see cref="NetStackOptions.TcpSendBufferMaxBytes"/>; it never shrinks.</summary>
-    public int SendBufferSize
-    {
-        get
-        {
-            lock (_gate)
-                return _sendCapacity;
-        }
-    }
-
-    // A larger pooled ring takes the unacknowledged bytes [acked, written) from its first byte
-    // on (the base moves to the acknowledged position). Loop thread, under _gate: the loop is the only reader of the ring outside the
-    // gate (segments, gather writes), and it holds no slice of it between actions.
-    private void GrowSendBufferLocked(int size)
-    {
-        if (size <= _sendCapacity)
-            return;
-        if (_send is { } old)
-        {
-            var ring = RentRing(size);
-            long live = _sendWritten - _sendAcked;
-            int start = (int)((_sendAcked - _sendBase) % _sendCapacity);
-            int first = (int)Math.Min(live, _sendCapacity - start);
-            CopyIn(ring, size, 0, old.AsSpan(start, first));
-            CopyIn(ring, size, first, old.AsSpan(0, (int)live - first));
-            _sendBase = _sendAcked;
-            _send = ring;
-            ReturnRing(old);
-        }
-        _sendCapacity = size;
-        _stack.Statistics.Increment("tcp.send-buffer.grown");
-    }
-
-    // True when the connection must join the loop's wake list (once per burst).
-    private bool DeferWakeLocked(Waiter waiter)
-    {
-        if (!waiter.IsArmed || _wakePending)
-            return false;
-        _wakePending = true;
-        return true;
-    }
-
-    /// <summary>The loop's burst ended: wake the read and write that were waiting for it.</summary>
-    internal void FlushWakes()
-    {
-        lock (_gate)
-        {
-            _wakePending = false;
-            _readWaiter.Complete();
-            _writeWaiter.Complete();
-        }
-    }
-
-    /// <summary>The peer's FIN arrived in order.</summary>
-    internal void PeerClosed()
-    {
-        lock (_gate)
-        {
-            _peerClosed = true;
-            _readWaiter.Complete();
-        }
-    }
-
-    /// <summary>The handshake completed.</summary>
-    internal void OnConnected() => _connected.TrySetResult();
-
-    /// <summary>The connection failed (refused, reset, timed out).</summary>
-    internal void Fail(SocketError error)
-    {
-        lock (_gate)
-        {
-            if (_error == SocketError.Success)
-                _error = error;
-            WakeAll();
-        }
-        _connected.TrySetException(new SocketException((int)error));
-        _finished.TrySetResult();
-    }
-
-    /// <summary>The connection entered <paramref name="state"/>.</summary>
-    internal void OnState(TcpState state)
-    {
-        // Our FIN is acknowledged in FIN-WAIT-2 and TIME-WAIT (and when LAST-ACK ends in CLOSED).
-        if (state.IsFinWait2 || state.IsTimeWait)
-        {
-            lock (_gate)
-                _finAcknowledged = true;
-            _finished.TrySetResult();
-        }
-    }
-
-    /// <summary>The connection reached CLOSED and left the table.</summary>
-    internal void OnClosed()
-    {
-        lock (_gate)
-        {
-            _closed = true;
-            WakeAll();
-            _loopDone = true;
-            ReleaseIfDone();
-        }
-        _connected.TrySetException(new SocketException((int)SocketError.ConnectionAborted));
-        _finished.TrySetResult();
-    }
-
-    /// <summary>The stack is going away: everything pending fails.</summary>
-    internal void StackDisposed()
-    {
-        lock (_gate)
-        {
-            if (_error == SocketError.Success && !_closed)
-                _error = SocketError.OperationAborted;
-            _closed = true;
-            WakeAll();
-            _loopDone = true;
-            ReleaseIfDone();
-        }
-        _connected.TrySetException(new ObjectDisposedException(nameof(NetworkStack)));
-        _finished.TrySetResult();
-    }
-
-    /// <summary>True once our FIN was acknowledged (for tests and diagnostics).</summary>
-    internal bool FinAcknowledged
-    {
-        get
-        {
-            lock (_gate)
-                return _finAcknowledged;
-        }
-    }
 
     // ---- Helpers --------------------------------------------------------------------------------
 

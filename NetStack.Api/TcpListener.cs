@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using NetStack.Core.Stack;
 
 namespace NetStack;
 
@@ -18,31 +19,22 @@ public sealed class TcpListener : IAsyncDisposable, IDisposable
     private readonly object _gate = new();
     private readonly Queue<TcpConnection> _ready = new();
     private readonly LinkedList<TaskCompletionSource<TcpConnection>> _acceptors = new();
-    private readonly int _backlog;
-    private readonly int _maxHalfOpen;
     private bool _disposed;
 
-    /// <summary>Connections of this listener in SYN-RECEIVED (loop only).</summary>
-    internal int HalfOpen;
-
-    internal TcpListener(NetworkStack stack, IPEndPoint localEndPoint, bool ipv4, bool ipv6, int backlog, int maxHalfOpen)
+    internal TcpListener(NetworkStack stack, IPEndPoint localEndPoint, TcpListenEndpoint endpoint)
     {
         _stack = stack;
         LocalEndPoint = localEndPoint;
-        BindsIpv4 = ipv4;
-        BindsIpv6 = ipv6;
-        _backlog = backlog;
-        _maxHalfOpen = maxHalfOpen;
+        Endpoint = endpoint;
     }
+
+    // The listener in the core's endpoint table, whose accept-queue count (Queued) follows
+    // _ready: the table drops SYNs while it is at the backlog (RFC 9293 §3.10.7.2).
+    internal TcpListenEndpoint Endpoint { get; }
 
     /// <summary>The local address and port (the port chosen when 0 was asked for).</summary>
     public IPEndPoint LocalEndPoint { get; }
 
-    internal bool BindsIpv4 { get; }
-
-    internal bool BindsIpv6 { get; }
-
-    internal ushort Port => (ushort)LocalEndPoint.Port;
 
     /// <summary>
     /// Waits for the next established connection (the oldest in the accept queue, or the next to
@@ -62,7 +54,10 @@ public sealed class TcpListener : IAsyncDisposable, IDisposable
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_ready.TryDequeue(out var ready))
+            {
+                Interlocked.Decrement(ref Endpoint.Queued);
                 return ValueTask.FromResult(ready);
+            }
             acceptor = new TaskCompletionSource<TcpConnection>(TaskCreationOptions.RunContinuationsAsynchronously);
             var node = _acceptors.AddLast(acceptor);
             if (cancellationToken.CanBeCanceled)
@@ -84,22 +79,6 @@ public sealed class TcpListener : IAsyncDisposable, IDisposable
     }
 
     /// <summary>When the loop last answered a SYN for this listener with a SYN cookie (loop only).</summary>
-    internal long? CookieSentAt;
-
-    /// <summary>True when the half-open queue has room for one more (loop only).</summary>
-    internal bool HalfOpenHasRoom => HalfOpen < _maxHalfOpen;
-
-    /// <summary>True when the listener is open and its accept queue has room for one more.</summary>
-    internal bool AcceptQueueHasRoom
-    {
-        get
-        {
-            lock (_gate)
-                return !_disposed && _ready.Count < _backlog;
-        }
-    }
-
-    /// <summary>An established connection for the accept queue; false when the listener is gone.</summary>
     internal bool Offer(TcpConnection connection)
     {
         lock (_gate)
@@ -113,6 +92,7 @@ public sealed class TcpListener : IAsyncDisposable, IDisposable
                     return true;
             }
             _ready.Enqueue(connection);
+            Interlocked.Increment(ref Endpoint.Queued);
             return true;
         }
     }
@@ -132,6 +112,7 @@ public sealed class TcpListener : IAsyncDisposable, IDisposable
             _disposed = true;
             queued = [.. _ready];
             _ready.Clear();
+            Interlocked.Exchange(ref Endpoint.Queued, 0);
             acceptors = [.. _acceptors];
             _acceptors.Clear();
         }

@@ -59,6 +59,9 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     /// <summary>The default remote set by <see cref="Connect"/>, or null.</summary>
     public IPEndPoint? RemoteEndPoint => Volatile.Read(ref _remote);
 
+    // The socket's port in the core's UDP table (set by BindUdp).
+    internal UdpEndpoint Endpoint { get; init; } = null!;
+
     internal bool BindsIpv4 { get; }
 
     internal bool BindsIpv6 { get; }

@@ -15,13 +15,6 @@ let private arriving (s: OutgoingSegment) : Segment =
         PayloadLength = s.DataLength
     }
 
-/// The first segment among `actions`.
-let private firstSegment (actions: TcpAction list) =
-    actions
-    |> List.pick (function
-        | TcpAction.Transmit s -> Some s
-        | _ -> None)
-
 /// The first segment in a sink.
 let private firstInSink (sink: TcpActions) =
     let mutable found = ValueNone
@@ -39,8 +32,8 @@ let private firstInSink (sink: TcpActions) =
 /// The pure engine's data path: one in-order full-sized data segment from an established
 /// sender, the receiver taking it (and the application reading it), and the ACK that answers it
 /// taken by the sender. The receiver ACKs every segment (DelayedAckTimeout 0), so each operation
-/// is exactly one data segment and one ACK. `Sink` drives the allocation-free entry points the
-/// API's loop uses (`...Into` with reused `TcpActions`); `Output` the list-returning wrappers.
+/// is exactly one data segment and one ACK, through the allocation-free entry points the API's
+/// loop uses (`...Into` with reused `TcpActions`).
 [<MemoryDiagnoser>]
 type TcpBench() =
     let config =
@@ -84,20 +77,10 @@ type TcpBench() =
         receiver <- Connection.handleSegmentInto sinkB now (arriving data) receiver
         let ack = firstInSink sinkB
         sinkB.Clear()
-        receiver <- Connection.receiveWindowUpdateInto sinkB now (receiver.Delivered - receiver.Consumed) receiver
+
+        receiver <-
+            Connection.receiveWindowUpdateInto sinkB now (receiver.Rcv.Delivered - receiver.Rcv.Consumed) receiver
+
         sinkA.Clear()
         sender <- Connection.handleSegmentInto sinkA now (arriving ack) sender
-        sender.SndUna
-
-    /// The same through the wrappers that return a `TcpOutput` (an action list per call).
-    [<Benchmark>]
-    member _.SegmentAndAckOutput() =
-        now <- now + 10L
-        let a, o = Connection.send now (int64 payload) sender
-        let b, o = Connection.handleSegment now (arriving (firstSegment o.Actions)) receiver
-        let ack = firstSegment o.Actions
-        let b, _ = Connection.receiveWindowUpdate now (b.Delivered - b.Consumed) b
-        let a, _ = Connection.handleSegment now (arriving ack) a
-        sender <- a
-        receiver <- b
-        a.SndUna
+        sender.Snd.Una

@@ -1,3 +1,5 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
@@ -15,70 +17,94 @@ public sealed class UsageException(string message) : Exception(message)
 }
 
 /// <summary>
-/// A small hand-rolled reader for <c>--name value</c> / <c>--name=value</c> options.
-/// Each command walks its arguments with <see cref="Next"/>, takes values with
-/// <see cref="Value"/> and turns them into typed values with the <c>Parse*</c> helpers, which all
-/// throw <see cref="UsageException"/> with a one-line message naming the option.
+/// Helpers for the System.CommandLine definitions of the commands: options whose values are
+/// checked by a parse function (its <see cref="UsageException"/> becomes the parse error, naming
+/// the option), and the usual value kinds (addresses, bounded integers, seconds).
 /// </summary>
-public sealed class ArgReader
+public static class Cli
 {
-    private readonly string _command;
-    private readonly string[] _args;
-    private int _index;
-    private string? _inlineValue;
-
-    /// <summary>Reads <paramref name="args"/> (the arguments after the command name).</summary>
-    public ArgReader(string command, IEnumerable<string> args)
-    {
-        _command = command;
-        _args = args.ToArray();
-    }
-
-    /// <summary>The command name used in messages, e.g. <c>netstack serve</c>.</summary>
-    public string Command => _command;
-
     /// <summary>
-    /// Moves to the next argument and returns it (for <c>--name=value</c>, just <c>--name</c>;
-    /// the value is kept for <see cref="Value"/>), or null at the end.
+    /// An option taking one value, turned into a <typeparamref name="T"/> by <paramref name="parse"/>
+    /// (which throws <see cref="UsageException"/> for a bad value). Without a default: a command
+    /// reads it only when given (<see cref="IsGiven"/>), so the library's own defaults stay in
+    /// one place.
     /// </summary>
-    public string? Next()
-    {
-        if (_inlineValue is not null)
-            throw Fail($"option {_args[_index - 1].Split('=')[0]} takes no value");
-        if (_index >= _args.Length)
-            return null;
-        var arg = _args[_index++];
-        var eq = arg.IndexOf('=');
-        if (arg.StartsWith("--", StringComparison.Ordinal) && eq > 2)
+    public static Option<T> Value<T>(string name, string helpName, string description, Func<string, T> parse) =>
+        new(name)
         {
-            _inlineValue = arg[(eq + 1)..];
-            return arg[..eq];
+            HelpName = helpName,
+            Description = description,
+            Arity = ArgumentArity.ExactlyOne,
+            CustomParser = r => Convert(r, parse),
+        };
+
+    /// <summary>As <see cref="Value{T}"/>, repeatable: every occurrence adds one value.</summary>
+    public static Option<T[]> Repeatable<T>(string name, string helpName, string description, Func<string, T> parse) =>
+        new(name)
+        {
+            HelpName = helpName,
+            Description = description,
+            Arity = ArgumentArity.OneOrMore,
+            AllowMultipleArgumentsPerToken = false,
+            CustomParser = r =>
+            {
+                var values = new T[r.Tokens.Count];
+                for (var i = 0; i < values.Length; i++)
+                {
+                    try
+                    {
+                        values[i] = parse(r.Tokens[i].Value);
+                    }
+                    catch (UsageException e)
+                    {
+                        r.AddError(e.Message);
+                        return [];
+                    }
+                }
+                return values;
+            },
+        };
+
+    /// <summary>An option without a value.</summary>
+    public static Option<bool> Flag(string name, string description) =>
+        new(name) { Description = description, Arity = ArgumentArity.Zero };
+
+    /// <summary>A positional argument given at most once, turned into a value by <paramref name="parse"/>.</summary>
+    public static Argument<T?> Positional<T>(string name, string description, Func<string, T> parse) =>
+        new(name)
+        {
+            Description = description,
+            Arity = ArgumentArity.ZeroOrOne,
+            CustomParser = r => r.Tokens.Count == 0 ? default : Convert(r, parse),
+        };
+
+    private static T Convert<T>(ArgumentResult r, Func<string, T> parse)
+    {
+        if (r.Tokens.Count == 0)
+            return default!;
+        try
+        {
+            return parse(r.Tokens[0].Value);
         }
-        return arg;
+        catch (UsageException e)
+        {
+            r.AddError(e.Message);
+            return default!;
+        }
     }
 
-    /// <summary>The value of option <paramref name="option"/>: the inline <c>=value</c> or the next argument.</summary>
-    public string Value(string option)
-    {
-        if (_inlineValue is { } inline)
-        {
-            _inlineValue = null;
-            return inline;
-        }
-        if (_index >= _args.Length)
-            throw Fail($"option {option} needs a value");
-        return _args[_index++];
-    }
+    /// <summary>True when the command line gave <paramref name="option"/>.</summary>
+    public static bool IsGiven(this ParseResult result, Option option) => result.GetResult(option) is { Implicit: false };
 
-    /// <summary>A <see cref="UsageException"/> whose message starts with the command name.</summary>
-    public UsageException Fail(string message) => new($"{_command}: {message} (see '{_command} --help')");
+    /// <summary>The value of <paramref name="option"/> when given, else <paramref name="otherwise"/>.</summary>
+    public static T ValueOr<T>(this ParseResult result, Option<T> option, T otherwise) =>
+        result.IsGiven(option) ? result.GetValue(option)! : otherwise;
 
-    /// <summary>The exception for an argument the command does not know.</summary>
-    public UsageException Unknown(string arg) =>
-        arg.StartsWith('-') ? Fail($"unknown option '{arg}'") : Fail($"unexpected argument '{arg}'");
+    /// <summary>A bad value: "OPTION: MESSAGE".</summary>
+    public static UsageException Bad(string option, string message) => new($"{option}: {message}");
 
     /// <summary>Parses an address of the given family; <c>none</c> gives null when <paramref name="allowNone"/>.</summary>
-    public IPAddress? ParseAddress(string option, string text, AddressFamily family, bool allowNone)
+    public static IPAddress? ParseAddress(string option, string text, AddressFamily family, bool allowNone)
     {
         if (allowNone && text == "none")
             return null;
@@ -86,221 +112,242 @@ public sealed class ArgReader
         if (!IPAddress.TryParse(text, out var address) || address.AddressFamily != family
             // IPAddress.TryParse accepts "1" or "1.2" as IPv4 shorthand; a stack address wants all four parts.
             || (family == AddressFamily.InterNetwork && text.Count(c => c == '.') != 3))
-            throw Fail($"{option}: '{text}' is not an {kind} address");
+            throw Bad(option, $"'{text}' is not an {kind} address");
         return address;
     }
 
     /// <summary>Parses an IPv4 or IPv6 address (a ping target).</summary>
-    public IPAddress ParseAnyAddress(string option, string text)
+    public static IPAddress ParseAnyAddress(string option, string text)
     {
         if (IPAddress.TryParse(text, out var address)
             && (address.AddressFamily == AddressFamily.InterNetworkV6 || text.Count(c => c == '.') == 3))
             return address;
-        throw Fail($"{option}: '{text}' is not an IPv4 or IPv6 address");
+        throw Bad(option, $"'{text}' is not an IPv4 or IPv6 address");
     }
 
     /// <summary>Parses a decimal integer in [<paramref name="min"/>, <paramref name="max"/>].</summary>
-    public int ParseInt(string option, string text, int min, int max, string what)
+    public static int ParseInt(string option, string text, int min, int max, string what)
     {
         if (!int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) || n < min || n > max)
-            throw Fail($"{option}: '{text}' is not {what} ({min}-{max})");
+            throw Bad(option, $"'{text}' is not {what} ({min}-{max})");
         return n;
     }
 
-    /// <summary>Parses a number of seconds in (0, <paramref name="max"/>] into a <see cref="TimeSpan"/>.</summary>
-    public TimeSpan ParseSeconds(string option, string text, double min, double max)
+    /// <summary>Parses a number of seconds in [<paramref name="min"/>, <paramref name="max"/>] into a <see cref="TimeSpan"/>.</summary>
+    public static TimeSpan ParseSeconds(string option, string text, double min, double max)
     {
         if (!double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var s)
             || !(s >= min) || s > max)
-            throw Fail($"{option}: '{text}' is not a number of seconds ({min}-{max})");
+            throw Bad(option, $"'{text}' is not a number of seconds ({min}-{max})");
         return TimeSpan.FromSeconds(s);
     }
+
+    /// <summary>An integer option in [<paramref name="min"/>, <paramref name="max"/>].</summary>
+    public static Option<int> Int(string name, string helpName, string description, int min, int max, string what) =>
+        Value(name, helpName, description, text => ParseInt(name, text, min, max, what));
+
+    /// <summary>A seconds option in [<paramref name="min"/>, <paramref name="max"/>].</summary>
+    public static Option<TimeSpan> Seconds(string name, string helpName, string description, double min, double max) =>
+        Value(name, helpName, description, text => ParseSeconds(name, text, min, max));
+
+    /// <summary>A comma-separated subset of <paramref name="names"/>.</summary>
+    public static Option<HashSet<string>> Subset(string name, string description, IReadOnlyCollection<string> names) =>
+        Value(name, "LIST", description, list =>
+        {
+            var picked = list.Split(',', StringSplitOptions.TrimEntries);
+            if (picked.Any(n => !names.Contains(n)))
+                throw Bad(name, $"'{list}' is not a list of {string.Join(",", names)}");
+            return new HashSet<string>(picked, StringComparer.Ordinal);
+        });
 }
 
 /// <summary>
-/// The interface options every command that brings a stack up accepts (the names are fixed by
-/// issue 3): <c>--tun</c>, <c>--ip</c>, <c>--host-ip</c>, <c>--ip6</c>, <c>--host-ip6</c>, <c>--mtu</c>;
-/// <c>--pcap</c> (issue 7); <c>--tap</c> and <c>--mac</c> (issue 8); <c>--vlan</c> (issue 5).
+/// The interface options every command that brings a stack up accepts: <c>--tun</c>, <c>--ip</c>,
+/// <c>--host-ip</c>, <c>--ip6</c>, <c>--host-ip6</c>, <c>--mtu</c>, <c>--pcap</c>, the device
+/// paths (<c>--no-offload</c>, <c>--io-uring</c>, <c>--writer-thread</c>,
+/// <c>--no-writer-thread</c>), TAP mode (<c>--tap</c>, <c>--mac</c>, <c>--vlan</c>) and fault
+/// injection. One instance per command (<see cref="AddTo"/>); <see cref="Read"/> builds the
+/// stack's options from what the command line gave, the rest keeping
+/// <see cref="NetStackOptions"/>' defaults.
 /// </summary>
-public static class InterfaceOptions
+public sealed class InterfaceOptions
 {
     /// <summary>Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.</summary>
     private const int MaxInterfaceName = 15;
 
-    /// <summary>Help text for the interface options, with the defaults from <see cref="NetStackOptions"/>.</summary>
-    public static string Help
-    {
-        get
-        {
-            var d = new NetStackOptions();
-            return $"""
-                interface options:
-                  --tun NAME          TUN interface name, or a template with %d (default {d.TunName})
-                  --ip ADDR           the stack's IPv4 address, or 'none' (default {d.Address})
-                  --host-ip ADDR      the kernel side's IPv4 address (default {d.HostAddress})
-                  --ip6 ADDR          the stack's IPv6 address, or 'none' (default {d.Address6})
-                  --host-ip6 ADDR     the kernel side's IPv6 address (default {d.HostAddress6})
-                  --mtu N             link MTU, 1280-65535 (default {d.Mtu})
-                  --pcap FILE         record every packet the stack reads and writes in FILE (pcap, raw IP)
-                  --no-offload        no TUN offloads (checksum offload, TSO): one packet per system call
-                  --io-uring          batch TUN reads and writes through io_uring (falls back when unavailable)
-                  --writer-thread     write to the TUN device from a thread of its own while the loop is busy
-                                      (needs --no-offload; the default whenever the device has no offloads)
-                  --no-writer-thread  always write from the loop thread
-                  --tap               a TAP device instead of TUN: the stack is a host with its own MAC on
-                                      the link (ARP, NDP); the kernel side gets the host addresses with
-                                      prefixes /{d.PrefixLength} and /{d.PrefixLength6}
-                  --mac ADDR          the stack's MAC with --tap (default: random, locally administered)
-                  --vlan N            with --tap: 802.1Q VLAN N (1-4094) on every frame, others dropped;
-                                      the host addresses are then not put on the TAP (make a VLAN
-                                      interface or bridge for the kernel side)
+    private static readonly NetStackOptions Defaults = new();
 
-                fault injection (both directions, on the stack's side of the TUN device):
-                  --loss P%           drop P percent of packets (0-100, e.g. 5% or 0.5)
-                  --dup P%            deliver P percent of packets twice
-                  --reorder P%        hold P percent back until the next packet has passed
-                  --corrupt P%        flip 1-3 bits in P percent (the checksums catch them)
-                  --delay N[ms|s|us]  delay every packet (plain numbers are milliseconds)
-                  --rate N[k|M]       limit the link to N bytes per second
-                  --seed N            seed of the fault decisions (default: random)
-                """;
-        }
+    private readonly Option<string> _tun = Cli.Value("--tun", "NAME", $"TUN interface name, or a template with %d (default {Defaults.TunName})", text => ParseName("--tun", text));
+    private readonly Option<Address> _ip = Cli.Value("--ip", "ADDR", $"the stack's IPv4 address, or 'none' (default {Defaults.Address})",
+        text => new Address(Cli.ParseAddress("--ip", text, AddressFamily.InterNetwork, allowNone: true)));
+    private readonly Option<Address> _hostIp = Cli.Value("--host-ip", "ADDR", $"the kernel side's IPv4 address (default {Defaults.HostAddress})",
+        text => new Address(Cli.ParseAddress("--host-ip", text, AddressFamily.InterNetwork, allowNone: false)));
+    private readonly Option<Address> _ip6 = Cli.Value("--ip6", "ADDR", $"the stack's IPv6 address, or 'none' (default {Defaults.Address6})",
+        text => new Address(Cli.ParseAddress("--ip6", text, AddressFamily.InterNetworkV6, allowNone: true)));
+    private readonly Option<Address> _hostIp6 = Cli.Value("--host-ip6", "ADDR", $"the kernel side's IPv6 address (default {Defaults.HostAddress6})",
+        text => new Address(Cli.ParseAddress("--host-ip6", text, AddressFamily.InterNetworkV6, allowNone: false)));
+    private readonly Option<int> _mtu = Cli.Int("--mtu", "N", $"link MTU, 1280-65535 (default {Defaults.Mtu})", 1280, 65535, "an MTU");
+    private readonly Option<string> _pcap = Cli.Value("--pcap", "FILE", "record every packet the stack reads and writes in FILE (pcap, raw IP)",
+        text => text.Length == 0 ? throw Cli.Bad("--pcap", "the file name is empty") : text);
+    private readonly Option<bool> _noOffload = Cli.Flag("--no-offload", "no TUN offloads (checksum offload, TSO): one packet per system call");
+    private readonly Option<bool> _ioUring = Cli.Flag("--io-uring", "batch TUN reads and writes through io_uring (falls back when unavailable)");
+    private readonly Option<bool> _writerThread = Cli.Flag("--writer-thread",
+        "write to the TUN device from a thread of its own while the loop is busy (needs --no-offload; the default whenever the device has no offloads)");
+    private readonly Option<bool> _noWriterThread = Cli.Flag("--no-writer-thread", "always write from the loop thread");
+    private readonly Option<bool> _tap = Cli.Flag("--tap",
+        $"a TAP device instead of TUN: the stack is a host with its own MAC on the link (ARP, NDP); the kernel side gets the host addresses with prefixes /{Defaults.PrefixLength} and /{Defaults.PrefixLength6}");
+    private readonly Option<System.Net.NetworkInformation.PhysicalAddress> _mac = Cli.Value("--mac", "ADDR",
+        "the stack's MAC with --tap (default: random, locally administered)", ParseMac);
+    private readonly Option<int> _vlan = Cli.Int("--vlan", "N",
+        "with --tap: 802.1Q VLAN N (1-4094) on every frame, others dropped; the host addresses are then not put on the TAP (make a VLAN interface or bridge for the kernel side)",
+        1, 4094, "a VLAN id");
+    private readonly Option<double> _loss = Percent("--loss", "fault injection: drop P percent of packets (0-100, e.g. 5% or 0.5)");
+    private readonly Option<double> _dup = Percent("--dup", "fault injection: deliver P percent of packets twice");
+    private readonly Option<double> _reorder = Percent("--reorder", "fault injection: hold P percent back until the next packet has passed");
+    private readonly Option<double> _corrupt = Percent("--corrupt", "fault injection: flip 1-3 bits in P percent (the checksums catch them)");
+    private readonly Option<TimeSpan> _delay = Cli.Value("--delay", "N[ms|s|us]", "fault injection: delay every packet (plain numbers are milliseconds)",
+        text => ParseDelay("--delay", text));
+    private readonly Option<long> _rate = Cli.Value("--rate", "N[k|M]", "fault injection: limit the link to N bytes per second",
+        text => ParseRate("--rate", text));
+    private readonly Option<int> _seed = Cli.Int("--seed", "N", "fault injection: seed of the fault decisions (default: random)", 0, int.MaxValue, "a seed");
+
+    /// <summary>Adds every interface and fault option to <paramref name="command"/>.</summary>
+    public void AddTo(Command command)
+    {
+        foreach (var option in (Option[])[_tun, _ip, _hostIp, _ip6, _hostIp6, _mtu, _pcap, _noOffload, _ioUring, _writerThread, _noWriterThread,
+            _tap, _mac, _vlan, _loss, _dup, _reorder, _corrupt, _delay, _rate, _seed])
+            command.Add(option);
     }
 
     /// <summary>
-    /// When <paramref name="option"/> is an interface option, reads its value into
-    /// <paramref name="options"/> and returns true; otherwise returns false.
+    /// The stack's options from a parse without errors, checked as a whole (<see cref="Validate"/>;
+    /// throws <see cref="UsageException"/>).
     /// </summary>
-    public static bool TryRead(ArgReader reader, string option, ref NetStackOptions options)
+    public NetStackOptions Read(ParseResult r)
     {
-        switch (option)
-        {
-            case "--tun":
-                options = options with { TunName = ParseName(reader, option, reader.Value(option)) };
-                return true;
-            case "--ip":
-                options = options with { Address = reader.ParseAddress(option, reader.Value(option), AddressFamily.InterNetwork, allowNone: true) };
-                return true;
-            case "--host-ip":
-                options = options with { HostAddress = reader.ParseAddress(option, reader.Value(option), AddressFamily.InterNetwork, allowNone: false) };
-                return true;
-            case "--ip6":
-                options = options with { Address6 = reader.ParseAddress(option, reader.Value(option), AddressFamily.InterNetworkV6, allowNone: true) };
-                return true;
-            case "--host-ip6":
-                options = options with { HostAddress6 = reader.ParseAddress(option, reader.Value(option), AddressFamily.InterNetworkV6, allowNone: false) };
-                return true;
-            case "--mtu":
-                options = options with { Mtu = reader.ParseInt(option, reader.Value(option), 1280, 65535, "an MTU") };
-                return true;
-            case "--no-offload":
-                options = options with { Offloads = false };
-                return true;
-            case "--io-uring":
-                options = options with { TunIoUring = true };
-                return true;
-            case "--writer-thread":
-                options = options with { TunWriterThread = true };
-                return true;
-            case "--no-writer-thread":
-                options = options with { TunWriterThread = false };
-                return true;
-            case "--pcap":
-                var path = reader.Value(option);
-                if (path.Length == 0)
-                    throw reader.Fail($"{option}: the file name is empty");
-                options = options with { CapturePath = path };
-                return true;
-            case "--tap":
-                options = options with { Mode = NetStackMode.Tap };
-                return true;
-            case "--vlan":
-                options = options with { VlanId = reader.ParseInt(option, reader.Value(option), 1, 4094, "a VLAN id") };
-                return true;
-            case "--mac":
-                var mac = reader.Value(option);
-                if (!System.Net.NetworkInformation.PhysicalAddress.TryParse(mac, out var physical) || physical.GetAddressBytes().Length != 6
-                    || (physical.GetAddressBytes()[0] & 1) != 0)
-                    throw reader.Fail($"{option}: '{mac}' is not a unicast MAC address (aa:bb:cc:dd:ee:ff)");
-                options = options with { MacAddress = physical };
-                return true;
-            case "--loss":
-                options = WithFaults(options, f => f with { LossPercent = ParsePercent(reader, option, reader.Value(option)) });
-                return true;
-            case "--dup":
-                options = WithFaults(options, f => f with { DuplicatePercent = ParsePercent(reader, option, reader.Value(option)) });
-                return true;
-            case "--reorder":
-                options = WithFaults(options, f => f with { ReorderPercent = ParsePercent(reader, option, reader.Value(option)) });
-                return true;
-            case "--corrupt":
-                options = WithFaults(options, f => f with { CorruptPercent = ParsePercent(reader, option, reader.Value(option)) });
-                return true;
-            case "--delay":
-                options = WithFaults(options, f => f with { Delay = ParseDelay(reader, option, reader.Value(option)) });
-                return true;
-            case "--rate":
-                options = WithFaults(options, f => f with { RateLimitBytesPerSecond = ParseRate(reader, option, reader.Value(option)) });
-                return true;
-            case "--seed":
-                options = WithFaults(options, f => f with { Seed = reader.ParseInt(option, reader.Value(option), 0, int.MaxValue, "a seed") });
-                return true;
-            default:
-                return false;
-        }
+        var o = new NetStackOptions();
+        if (r.IsGiven(_tun))
+            o = o with { TunName = r.GetValue(_tun)! };
+        if (r.IsGiven(_ip))
+            o = o with { Address = r.GetValue(_ip)!.Value };
+        if (r.IsGiven(_hostIp))
+            o = o with { HostAddress = r.GetValue(_hostIp)!.Value };
+        if (r.IsGiven(_ip6))
+            o = o with { Address6 = r.GetValue(_ip6)!.Value };
+        if (r.IsGiven(_hostIp6))
+            o = o with { HostAddress6 = r.GetValue(_hostIp6)!.Value };
+        if (r.IsGiven(_mtu))
+            o = o with { Mtu = r.GetValue(_mtu) };
+        if (r.IsGiven(_pcap))
+            o = o with { CapturePath = r.GetValue(_pcap) };
+        if (r.IsGiven(_noOffload))
+            o = o with { Offloads = false };
+        if (r.IsGiven(_ioUring))
+            o = o with { TunIoUring = true };
+        // The later of --writer-thread and --no-writer-thread wins, as the hand parser had it.
+        var writer = r.GetResult(_writerThread);
+        var noWriter = r.GetResult(_noWriterThread);
+        if (writer is not null || noWriter is not null)
+            o = o with { TunWriterThread = noWriter is null || (writer is not null && LastIndex(r, "--writer-thread") > LastIndex(r, "--no-writer-thread")) };
+        if (r.IsGiven(_tap))
+            o = o with { Mode = NetStackMode.Tap };
+        if (r.IsGiven(_vlan))
+            o = o with { VlanId = r.GetValue(_vlan) };
+        if (r.IsGiven(_mac))
+            o = o with { MacAddress = r.GetValue(_mac) };
+        if (r.IsGiven(_loss))
+            o = WithFaults(o, f => f with { LossPercent = r.GetValue(_loss) });
+        if (r.IsGiven(_dup))
+            o = WithFaults(o, f => f with { DuplicatePercent = r.GetValue(_dup) });
+        if (r.IsGiven(_reorder))
+            o = WithFaults(o, f => f with { ReorderPercent = r.GetValue(_reorder) });
+        if (r.IsGiven(_corrupt))
+            o = WithFaults(o, f => f with { CorruptPercent = r.GetValue(_corrupt) });
+        if (r.IsGiven(_delay))
+            o = WithFaults(o, f => f with { Delay = r.GetValue(_delay) });
+        if (r.IsGiven(_rate))
+            o = WithFaults(o, f => f with { RateLimitBytesPerSecond = r.GetValue(_rate) });
+        if (r.IsGiven(_seed))
+            o = WithFaults(o, f => f with { Seed = r.GetValue(_seed) });
+        Validate(o);
+        return o;
     }
 
-    /// <summary>Checks the combination once all options are read: the two ends of a family differ, and some family is on.</summary>
-    public static void Validate(ArgReader reader, NetStackOptions options)
+    private static int LastIndex(ParseResult r, string option)
+    {
+        for (var i = r.Tokens.Count - 1; i >= 0; i--)
+        {
+            if (r.Tokens[i].Type == TokenType.Option && r.Tokens[i].Value == option)
+                return i;
+        }
+        return -1;
+    }
+
+    /// <summary>An address option's value: <c>none</c> is a null address (a parser may not return null itself).</summary>
+    private sealed record Address(IPAddress? Value);
+
+    /// <summary>Checks the combination: the two ends of a family differ, and some family is on.</summary>
+    public static void Validate(NetStackOptions options)
     {
         if (options.Address is null && options.Address6 is null)
-            throw reader.Fail("--ip none and --ip6 none leave the stack without an address");
+            throw new UsageException("--ip none and --ip6 none leave the stack without an address");
         if (options.Address is not null && options.Address.Equals(options.HostAddress))
-            throw reader.Fail($"--ip and --host-ip are both {options.Address}");
+            throw new UsageException($"--ip and --host-ip are both {options.Address}");
         if (options.Address6 is not null && options.Address6.Equals(options.HostAddress6))
-            throw reader.Fail($"--ip6 and --host-ip6 are both {options.Address6}");
+            throw new UsageException($"--ip6 and --host-ip6 are both {options.Address6}");
         if (options.VlanId is not null && options.Mode != NetStackMode.Tap)
-            throw reader.Fail("--vlan needs --tap (a TUN device carries no Ethernet frames)");
+            throw new UsageException("--vlan needs --tap (a TUN device carries no Ethernet frames)");
     }
 
     private static NetStackOptions WithFaults(NetStackOptions options, Func<Engine.FaultSettings, Engine.FaultSettings> change) =>
         options with { Faults = change(options.Faults ?? new Engine.FaultSettings()) };
 
+    private static Option<double> Percent(string name, string description) =>
+        Cli.Value(name, "P%", description, text => ParsePercent(name, text));
+
     /// <summary>A percentage 0-100 with an optional '%': "5%", "0.5", "100%".</summary>
-    private static double ParsePercent(ArgReader reader, string option, string text)
+    private static double ParsePercent(string option, string text)
     {
         var number = text.EndsWith('%') ? text[..^1] : text;
         if (!double.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var p) || !(p >= 0) || p > 100)
-            throw reader.Fail($"{option}: '{text}' is not a percentage (0-100%)");
+            throw Cli.Bad(option, $"'{text}' is not a percentage (0-100%)");
         return p;
     }
 
     /// <summary>A delay up to 10 s: "2ms", "500us", "1.5s", or a plain number of milliseconds.</summary>
-    private static TimeSpan ParseDelay(ArgReader reader, string option, string text)
+    private static TimeSpan ParseDelay(string option, string text)
     {
         var (number, scale) = text.EndsWith("ms", StringComparison.Ordinal) ? (text[..^2], 1.0)
             : text.EndsWith("us", StringComparison.Ordinal) ? (text[..^2], 0.001)
             : text.EndsWith('s') ? (text[..^1], 1000.0)
             : (text, 1.0);
         if (!double.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var n) || !(n >= 0) || n * scale > 10_000)
-            throw reader.Fail($"{option}: '{text}' is not a delay (0-10s, e.g. 2ms)");
+            throw Cli.Bad(option, $"'{text}' is not a delay (0-10s, e.g. 2ms)");
         return TimeSpan.FromMilliseconds(n * scale);
     }
 
     /// <summary>A rate in bytes per second, at least 1000: "125000", "500k", "10M" (k = 1000, M = 1000000).</summary>
-    private static long ParseRate(ArgReader reader, string option, string text)
+    private static long ParseRate(string option, string text)
     {
         var (number, scale) = text.EndsWith('k') ? (text[..^1], 1e3) : text.EndsWith('M') ? (text[..^1], 1e6) : (text, 1.0);
         if (!double.TryParse(number, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var n) || !(n * scale >= 1000) || n * scale > 1e12)
-            throw reader.Fail($"{option}: '{text}' is not a rate in bytes per second (1000-1e12, k and M suffixes)");
+            throw Cli.Bad(option, $"'{text}' is not a rate in bytes per second (1000-1e12, k and M suffixes)");
         return (long)(n * scale);
     }
 
-    private static string ParseName(ArgReader reader, string option, string name)
+    private static System.Net.NetworkInformation.PhysicalAddress ParseMac(string text)
+    {
+        if (!System.Net.NetworkInformation.PhysicalAddress.TryParse(text, out var physical) || physical.GetAddressBytes().Length != 6
+            || (physical.GetAddressBytes()[0] & 1) != 0)
+            throw Cli.Bad("--mac", $"'{text}' is not a unicast MAC address (aa:bb:cc:dd:ee:ff)");
+        return physical;
+    }
+
+    private static string ParseName(string option, string name)
     {
         if (name.Length == 0 || System.Text.Encoding.UTF8.GetByteCount(name) > MaxInterfaceName
             || name.Any(c => c == '/' || c == ':' || char.IsWhiteSpace(c)) || name is "." or "..")
-            throw reader.Fail($"{option}: '{name}' is not an interface name (1-{MaxInterfaceName} bytes, no '/', ':' or spaces)");
+            throw Cli.Bad(option, $"'{name}' is not an interface name (1-{MaxInterfaceName} bytes, no '/', ':' or spaces)");
         return name;
     }
 

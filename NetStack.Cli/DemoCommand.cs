@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -36,21 +37,18 @@ public static partial class DemoCommand
     /// <summary>How long one step may take before it counts as failed.</summary>
     private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(15);
 
-    /// <summary>The help text.</summary>
-    public static string Usage => $"""
-        usage: netstack demo [interface options]
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "show the stack working, with zero configuration, in a private network namespace";
 
-        Shows the stack working, with zero configuration: runs itself in a private network
-        namespace (re-executing under 'unshare --net', or 'unshare --user --map-root-user --net'
-        when not root), brings the stack up on a TUN interface, lets the kernel ping it over IPv4
-        and IPv6, exchanges UDP datagrams both ways (including a {FragmentedSize}-byte one that is
-        fragmented), lets the stack ping the kernel, echoes a megabyte over TCP, lets curl fetch
-        pages from the stack's HTTP server and the stack fetch a file from a kernel-side HTTP
-        server (python3 -m http.server), and prints a report. Exits 0 when every step
-        worked, 1 otherwise (the report says which step failed and why).
-
-        {InterfaceOptions.Help}
-        """;
+    /// <summary>What the command does, for its own help.</summary>
+    public static readonly string Details = $"""
+        Shows the stack working, with zero configuration: runs itself in a private network namespace (re-executing under
+        'unshare --net', or 'unshare --user --map-root-user --net' when not root), brings the stack up on a TUN interface, lets
+        the kernel ping it over IPv4 and IPv6, exchanges UDP datagrams both ways (including a {FragmentedSize}-byte one that is
+        fragmented), lets the stack ping the kernel, echoes a megabyte over TCP, lets curl fetch pages from the stack's HTTP
+        server and the stack fetch a file from a kernel-side HTTP server (python3 -m http.server), and prints a report. Exits 0
+        when every step worked, 1 otherwise (the report says which step failed and why).
+        """.ReplaceLineEndings(" ");
 
     /// <summary>What a step works with.</summary>
     /// <param name="Stack">The running stack.</param>
@@ -63,26 +61,20 @@ public static partial class DemoCommand
     /// <param name="Run">Does it; returns the detail (RTTs, byte counts); throws when it fails.</param>
     public sealed record DemoStep(string Title, Func<DemoContext, Task<string>> Run);
 
-    /// <summary>Runs the command; returns the exit code.</summary>
-    public static int Run(string[] args)
+    /// <summary>The <c>demo</c> command; <paramref name="args"/> is the whole command line, run again inside the namespace.</summary>
+    public static Command Create(string[] args)
     {
-        if (Program.WantsHelp(args))
+        var interfaceOptions = new InterfaceOptions();
+        var command = new Command("demo", Summary);
+        interfaceOptions.AddTo(command);
+        command.SetAction(r =>
         {
-            Console.WriteLine(Usage);
-            return 0;
-        }
-        var reader = new ArgReader(Name, args);
-        var options = new NetStackOptions();
-        while (reader.Next() is { } arg)
-        {
-            if (!InterfaceOptions.TryRead(reader, arg, ref options))
-                throw reader.Unknown(arg);
-        }
-        InterfaceOptions.Validate(reader, options);
-
-        if (!Isolation.IsIsolated)
-            return Isolation.ReexecIsolated(["demo", .. args]);
-        return RunIsolatedAsync(options).GetAwaiter().GetResult();
+            var options = interfaceOptions.Read(r);
+            if (!Isolation.IsIsolated)
+                return Isolation.ReexecIsolated(args);
+            return RunIsolatedAsync(options).GetAwaiter().GetResult();
+        });
+        return command;
     }
 
     /// <summary>The steps, in order, for the address families the stack has.</summary>

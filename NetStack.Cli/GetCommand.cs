@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Net;
 using System.Net.Sockets;
 
@@ -13,23 +14,16 @@ public static class GetCommand
     /// <summary>The command name used in messages.</summary>
     public const string Name = "netstack get";
 
-    /// <summary>The help text.</summary>
-    public static string Usage => $"""
-        usage: netstack get URL [-m SECONDS] [-i] [interface options]
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "bring a stack up and fetch an http:// URL through it with HttpClient";
 
-        Brings the stack up on a TUN interface and fetches URL (http://ADDRESS[:PORT]/PATH; the
-        host is an IP address reachable through the link, usually the kernel side, --host-ip or
-        --host-ip6) with HttpClient, every connection going through NetStack's TCP. Writes the
-        body to standard output. Exits 0 for a 2xx status, 1 otherwise.
-
-        get options:
-          -m SECONDS          give up after this long (default 30)
-          -i                  print the status line and headers before the body
-
-        {InterfaceOptions.Help}
-
-        Needs CAP_NET_ADMIN: run as root, or inside 'unshare --user --map-root-user --net'.
-        """;
+    /// <summary>What the command does, for its own help.</summary>
+    public static readonly string Details = """
+        Brings the stack up on a TUN interface and fetches URL (http://ADDRESS[:PORT]/PATH; the host is an IP address reachable
+        through the link, usually the kernel side, --host-ip or --host-ip6) with HttpClient, every connection going through
+        NetStack's TCP. Writes the body to standard output. Exits 0 for a 2xx status, 1 otherwise. Needs CAP_NET_ADMIN: run as
+        root, or inside 'unshare --user --map-root-user --net'.
+        """.ReplaceLineEndings(" ");
 
     /// <summary>What the command line asked for.</summary>
     /// <param name="Options">The stack's options.</param>
@@ -38,55 +32,35 @@ public static class GetCommand
     /// <param name="IncludeHeaders">Print the status line and headers too.</param>
     public sealed record Settings(NetStackOptions Options, Uri Url, TimeSpan Timeout, bool IncludeHeaders);
 
-    /// <summary>Parses the arguments after <c>get</c>; throws <see cref="UsageException"/>.</summary>
-    public static Settings Parse(string[] args)
+    /// <summary>The <c>get</c> command.</summary>
+    public static Command Create()
     {
-        var reader = new ArgReader(Name, args);
-        var options = new NetStackOptions();
-        Uri? url = null;
-        var timeout = TimeSpan.FromSeconds(30);
-        var include = false;
-        while (reader.Next() is { } arg)
+        var url = Cli.Positional("URL", "what to fetch: http://ADDRESS[:PORT]/PATH", ParseUrl);
+        var timeout = Cli.Seconds("-m", "SECONDS", "give up after this long (default 30)", 0.001, 86400);
+        var include = Cli.Flag("-i", "print the status line and headers before the body");
+        var interfaceOptions = new InterfaceOptions();
+        var command = new Command("get", Summary) { url, timeout, include };
+        interfaceOptions.AddTo(command);
+        command.SetAction(r =>
         {
-            if (InterfaceOptions.TryRead(reader, arg, ref options))
-                continue;
-            switch (arg)
-            {
-                case "-m":
-                    timeout = reader.ParseSeconds(arg, reader.Value(arg), 0.001, 86400);
-                    break;
-                case "-i":
-                    include = true;
-                    break;
-                default:
-                    if (arg.StartsWith('-') || url is not null)
-                        throw reader.Unknown(arg);
-                    if (!Uri.TryCreate(arg, UriKind.Absolute, out url) || url.Scheme != Uri.UriSchemeHttp)
-                        throw reader.Fail($"'{arg}' is not an http:// URL");
-                    if (url.HostNameType is not (UriHostNameType.IPv4 or UriHostNameType.IPv6))
-                        throw reader.Fail($"'{url.Host}' is not an IP address (the stack has no DNS resolver)");
-                    break;
-            }
-        }
-        if (url is null)
-            throw reader.Fail("missing URL");
-        InterfaceOptions.Validate(reader, options);
-        var v6 = url.HostNameType == UriHostNameType.IPv6;
-        if (v6 ? options.Address6 is null : options.Address is null)
-            throw reader.Fail($"{url.Host} is {(v6 ? "IPv6" : "IPv4")} but the stack has no {(v6 ? "--ip6" : "--ip")} address");
-        return new Settings(options, url, timeout, include);
+            var target = r.GetValue(url) ?? throw new UsageException("missing URL");
+            var options = interfaceOptions.Read(r);
+            var v6 = target.HostNameType == UriHostNameType.IPv6;
+            if (v6 ? options.Address6 is null : options.Address is null)
+                throw new UsageException($"{target.Host} is {(v6 ? "IPv6" : "IPv4")} but the stack has no {(v6 ? "--ip6" : "--ip")} address");
+            var settings = new Settings(options, target, r.ValueOr(timeout, TimeSpan.FromSeconds(30)), r.IsGiven(include));
+            return RunAsync(settings).GetAwaiter().GetResult();
+        });
+        return command;
     }
 
-    /// <summary>Runs the command; returns the exit code.</summary>
-    public static int Run(string[] args)
+    private static Uri ParseUrl(string text)
     {
-        if (Program.WantsHelp(args))
-        {
-            Console.WriteLine(Usage);
-            return 0;
-        }
-        var settings = Parse(args);
-        return RunAsync(settings).GetAwaiter().GetResult();
+        if (!Uri.TryCreate(text, UriKind.Absolute, out var url) || url.Scheme != Uri.UriSchemeHttp)
+            throw new UsageException($"'{text}' is not an http:// URL");
+        if (url.HostNameType is not (UriHostNameType.IPv4 or UriHostNameType.IPv6))
+            throw new UsageException($"'{url.Host}' is not an IP address (the stack has no DNS resolver)");
+        return url;
     }
 
     private static async Task<int> RunAsync(Settings s)

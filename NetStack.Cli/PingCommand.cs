@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -18,24 +19,15 @@ public static class PingCommand
     /// <summary>Largest echo data over IPv4: 65535 - 20 (IP header) - 8 (ICMP header).</summary>
     private const int MaxSize = 65507;
 
-    /// <summary>The help text.</summary>
-    public static string Usage => $"""
-        usage: netstack ping HOST [-c COUNT] [-i INTERVAL] [-W TIMEOUT] [-s SIZE] [interface options]
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "bring a stack up and ping a host from it";
 
-        Brings the stack up on a TUN interface and sends ICMP echo requests from it to HOST (an
-        IPv4 or IPv6 address; usually the kernel side, --host-ip or --host-ip6). Exits 0 when any
-        reply came back, 1 otherwise. SIGINT stops early and prints the summary.
-
-        ping options:
-          -c COUNT            echo requests to send, 0 = until interrupted (default 4)
-          -i INTERVAL         seconds between requests (default 1)
-          -W TIMEOUT          seconds to wait for each reply (default 1)
-          -s SIZE             echo data bytes, 0-{MaxSize} (default 56)
-
-        {InterfaceOptions.Help}
-
-        Needs CAP_NET_ADMIN: run as root, or inside 'unshare --user --map-root-user --net'.
-        """;
+    /// <summary>What the command does, for its own help.</summary>
+    public static readonly string Details = """
+        Brings the stack up on a TUN interface and sends ICMP echo requests from it to HOST (an IPv4 or IPv6 address; usually
+        the kernel side, --host-ip or --host-ip6). Exits 0 when any reply came back, 1 otherwise. SIGINT stops early and prints
+        the summary. Needs CAP_NET_ADMIN: run as root, or inside 'unshare --user --map-root-user --net'.
+        """.ReplaceLineEndings(" ");
 
     /// <summary>What the command line asked for.</summary>
     /// <param name="Options">The stack's options.</param>
@@ -46,58 +38,29 @@ public static class PingCommand
     /// <param name="Size">Echo data bytes.</param>
     public sealed record Settings(NetStackOptions Options, IPAddress Host, int Count, TimeSpan Interval, TimeSpan Timeout, int Size);
 
-    /// <summary>Parses the arguments after <c>ping</c>; throws <see cref="UsageException"/>.</summary>
-    public static Settings Parse(string[] args)
+    /// <summary>The <c>ping</c> command.</summary>
+    public static Command Create()
     {
-        var reader = new ArgReader(Name, args);
-        var options = new NetStackOptions();
-        IPAddress? host = null;
-        int count = 4, size = 56;
-        TimeSpan interval = TimeSpan.FromSeconds(1), timeout = TimeSpan.FromSeconds(1);
-        while (reader.Next() is { } arg)
+        var host = Cli.Positional("HOST", "the address to ping (IPv4 or IPv6)", text => Cli.ParseAnyAddress("HOST", text));
+        var count = Cli.Int("-c", "COUNT", "echo requests to send, 0 = until interrupted (default 4)", 0, int.MaxValue, "a count");
+        var interval = Cli.Seconds("-i", "INTERVAL", "seconds between requests (default 1)", 0.001, 3600);
+        var timeout = Cli.Seconds("-W", "TIMEOUT", "seconds to wait for each reply (default 1)", 0.001, 3600);
+        var size = Cli.Int("-s", "SIZE", $"echo data bytes, 0-{MaxSize} (default 56)", 0, MaxSize, "an echo data size");
+        var interfaceOptions = new InterfaceOptions();
+        var command = new Command("ping", Summary) { host, count, interval, timeout, size };
+        interfaceOptions.AddTo(command);
+        command.SetAction(r =>
         {
-            if (InterfaceOptions.TryRead(reader, arg, ref options))
-                continue;
-            switch (arg)
-            {
-                case "-c":
-                    count = reader.ParseInt(arg, reader.Value(arg), 0, int.MaxValue, "a count");
-                    break;
-                case "-i":
-                    interval = reader.ParseSeconds(arg, reader.Value(arg), 0.001, 3600);
-                    break;
-                case "-W":
-                    timeout = reader.ParseSeconds(arg, reader.Value(arg), 0.001, 3600);
-                    break;
-                case "-s":
-                    size = reader.ParseInt(arg, reader.Value(arg), 0, MaxSize, "an echo data size");
-                    break;
-                default:
-                    if (arg.StartsWith('-') || host is not null)
-                        throw reader.Unknown(arg);
-                    host = reader.ParseAnyAddress("HOST", arg);
-                    break;
-            }
-        }
-        if (host is null)
-            throw reader.Fail("missing HOST");
-        InterfaceOptions.Validate(reader, options);
-        var v6 = host.AddressFamily == AddressFamily.InterNetworkV6;
-        if (v6 ? options.Address6 is null : options.Address is null)
-            throw reader.Fail($"HOST {host} is {(v6 ? "IPv6" : "IPv4")} but the stack has no {(v6 ? "--ip6" : "--ip")} address");
-        return new Settings(options, host, count, interval, timeout, size);
-    }
-
-    /// <summary>Runs the command; returns the exit code.</summary>
-    public static int Run(string[] args)
-    {
-        if (Program.WantsHelp(args))
-        {
-            Console.WriteLine(Usage);
-            return 0;
-        }
-        var settings = Parse(args);
-        return RunAsync(settings).GetAwaiter().GetResult();
+            var target = r.GetValue(host) ?? throw new UsageException("missing HOST");
+            var options = interfaceOptions.Read(r);
+            var v6 = target.AddressFamily == AddressFamily.InterNetworkV6;
+            if (v6 ? options.Address6 is null : options.Address is null)
+                throw new UsageException($"HOST {target} is {(v6 ? "IPv6" : "IPv4")} but the stack has no {(v6 ? "--ip6" : "--ip")} address");
+            var settings = new Settings(options, target, r.ValueOr(count, 4), r.ValueOr(interval, TimeSpan.FromSeconds(1)),
+                r.ValueOr(timeout, TimeSpan.FromSeconds(1)), r.ValueOr(size, 56));
+            return RunAsync(settings).GetAwaiter().GetResult();
+        });
+        return command;
     }
 
     private static async Task<int> RunAsync(Settings s)

@@ -1,60 +1,120 @@
+using System.CommandLine;
+using System.CommandLine.Help;
+using System.CommandLine.Invocation;
+
 namespace NetStack.Cli;
 
-/// <summary>Entry point of the <c>netstack</c> command: picks the subcommand and maps errors to exit codes.</summary>
+/// <summary>
+/// Entry point of the <c>netstack</c> command: the subcommands as System.CommandLine definitions
+/// (generated help, the <c>[suggest]</c> directive for tab completion), and one way of reporting a
+/// bad command line: one line on standard error naming what is wrong, exit code 2.
+/// </summary>
 public static class Program
 {
-    private static readonly string Usage = """
-        netstack: a userspace TCP/IP stack on a TUN device.
+    private static readonly ParserConfiguration Parsing = new()
+    {
+        // '@file' is an argument like any other (no response files); '-c3' is not '-c 3'.
+        ResponseFileTokenReplacer = null,
+        EnablePosixBundling = false,
+    };
 
-        usage: netstack <command> [options]
+    private static readonly InvocationConfiguration Invocation = new()
+    {
+        // The commands handle SIGINT/SIGTERM themselves (ShutdownSignal) and report their own
+        // failures; a UsageException thrown by an action comes back here.
+        EnableDefaultExceptionHandler = false,
+        ProcessTerminationTimeout = null,
+    };
 
-        commands:
-          demo      bring a stack up in a private network namespace and show it working
-          serve     bring the stack up and serve until SIGINT/SIGTERM
-          ping      bring a stack up and ping a host from it
-          get       bring a stack up and fetch a URL through it with HttpClient
-          bench     measure UDP/TCP latency, rates and bulk, stack vs kernel, in a private namespace
+    /// <summary>The command tree; <paramref name="args"/> is the whole command line (demo and bench re-execute with it).</summary>
+    public static RootCommand Root(string[] args)
+    {
+        var root = new RootCommand(
+            "netstack: a userspace TCP/IP stack on a TUN device. 'netstack <command> --help' describes each command and its options. "
+            + "Exit codes: 0 success, 1 failure, 2 bad arguments.");
+        var details = new Dictionary<Command, string>
+        {
+            [DemoCommand.Create(args)] = DemoCommand.Details,
+            [ServeCommand.Create()] = ServeCommand.Details,
+            [PingCommand.Create()] = PingCommand.Details,
+            [GetCommand.Create()] = GetCommand.Details,
+            [BenchCommand.Create(args)] = BenchCommand.Details,
+        };
+        foreach (var command in details.Keys)
+            root.Add(command);
+        var help = new Help(details);
+        foreach (var option in root.Options.OfType<HelpOption>())
+            option.Action = help;
+        // 'netstack' alone shows the help, as 'netstack --help' does.
+        root.SetAction(help.Invoke);
+        return root;
+    }
 
-        'netstack <command> --help' describes each command and its options.
-        Exit codes: 0 success, 1 failure, 2 bad arguments.
-        """;
+    /// <summary>
+    /// The generated help; the command list shows each command's one-line summary, and a
+    /// command's own help its whole description.
+    /// </summary>
+    private sealed class Help(IReadOnlyDictionary<Command, string> details) : SynchronousCommandLineAction
+    {
+        public override bool ClearsParseErrors => true;
+
+        public override int Invoke(ParseResult parseResult)
+        {
+            if (details.TryGetValue(parseResult.CommandResult.Command, out var text))
+                parseResult.CommandResult.Command.Description = text;
+            return new HelpAction().Invoke(parseResult);
+        }
+    }
 
     /// <summary>Runs the command line; returns the process exit code.</summary>
     public static int Main(string[] args)
     {
         // Before the thread pool has threads: see MallocArenas (docs/soak.md).
         MallocArenas.Cap();
-        if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
+        if (args.Length > 0 && Internal(args[0]) is { } run)
         {
-            Console.WriteLine(Usage);
-            return 0;
+            try
+            {
+                return run(args[1..]);
+            }
+            catch (UsageException e)
+            {
+                Console.Error.WriteLine(e.Message);
+                return UsageException.ExitCode;
+            }
         }
 
-        var rest = args[1..];
+        var parsed = Root(args).Parse(args, Parsing);
+        var command = CommandName(parsed.CommandResult.Command);
+        if (parsed.Errors.Count > 0 && parsed.Action is not Help)
+            return Usage(command, parsed.Errors[0].Message.TrimEnd('.'));
         try
         {
-            return args[0] switch
-            {
-                "serve" => ServeCommand.Run(rest),
-                "ping" => PingCommand.Run(rest),
-                "get" => GetCommand.Run(rest),
-                "demo" => DemoCommand.Run(rest),
-                "bench" => BenchCommand.Run(rest),
-                BenchCommand.EchoPeerCommand => BenchCommand.RunEchoPeer(rest),
-                IdleBench.ClientsCommand => IdleBench.RunClients(rest),
-                SoakBench.LoadCommand => SoakBench.RunLoad(rest),
-                _ => throw new UsageException($"netstack: unknown command '{args[0]}' (see 'netstack --help')"),
-            };
+            return parsed.Invoke(Invocation);
         }
         catch (UsageException e)
         {
-            Console.Error.WriteLine(e.Message);
-            return UsageException.ExitCode;
+            return Usage(command, e.Message);
         }
     }
 
-    /// <summary>True when the arguments ask for help; such a command prints its usage and exits 0.</summary>
-    public static bool WantsHelp(string[] args) => args.Any(a => a is "--help" or "-h");
+    /// <summary>The internal commands netstack runs in its own child processes (positional arguments, not for users).</summary>
+    private static Func<string[], int>? Internal(string name) => name switch
+    {
+        BenchCommand.EchoPeerCommand => BenchCommand.RunEchoPeer,
+        IdleBench.ClientsCommand => IdleBench.RunClients,
+        SoakBench.LoadCommand => SoakBench.RunLoad,
+        _ => null,
+    };
+
+    private static string CommandName(Command command) => command is RootCommand ? "netstack" : $"netstack {command.Name}";
+
+    /// <summary>Prints "COMMAND: MESSAGE (see 'COMMAND --help')" on standard error; returns <see cref="UsageException.ExitCode"/>.</summary>
+    private static int Usage(string command, string message)
+    {
+        Console.Error.WriteLine($"{command}: {message} (see '{command} --help')");
+        return UsageException.ExitCode;
+    }
 }
 
 /// <summary>SIGINT and SIGTERM as a cancellation token, so commands can shut down cleanly.</summary>
@@ -113,7 +173,7 @@ public static class StackStarter
         }
         catch (ArgumentException e)
         {
-            throw new UsageException($"{command}: {e.Message}");
+            throw new UsageException(e.Message);
         }
         catch (Exception e)
         {

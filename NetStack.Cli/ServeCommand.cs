@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
@@ -20,38 +21,18 @@ public static class ServeCommand
     /// <summary>How long HTTP requests still running at SIGINT/SIGTERM may take to finish.</summary>
     private static readonly TimeSpan HttpShutdownGrace = TimeSpan.FromSeconds(3);
 
-    /// <summary>The help text.</summary>
-    public static string Usage => $"""
-        usage: netstack serve [interface options] [--udp-echo PORT]... [--echo PORT]...
-                              [--discard PORT]... [--http PORT]... [--h2c PORT]...
+    /// <summary>What the command does, in one line (the command list of <c>netstack --help</c>).</summary>
+    public const string Summary = "bring the stack up and serve (UDP and TCP echo, discard, HTTP) until SIGINT/SIGTERM";
 
-        Brings the stack up on a TUN interface and serves until SIGINT or SIGTERM. When everything
-        is up it prints one line beginning with 'ready' (interface name and addresses). SIGUSR1
-        prints the stack's counters and this process's memory (process.rss, gc.heap, gc.committed
-        and more, in bytes; between 'statistics' and 'end statistics' lines) and serving goes on.
-        On SIGINT or SIGTERM it stops the HTTP server (idle keep-alive connections are closed at
-        once, requests still running get 3 s), removes the interface, prints the counters and
-        exits 0.
-
-        services:
-          --udp-echo PORT     echo every UDP datagram on PORT (IPv4 and IPv6) back to its sender;
-                              repeat the option for more ports
-          --echo PORT         TCP echo (RFC 862): every byte goes back; repeatable
-          --discard PORT      TCP discard (RFC 863): read to the end, then close; repeatable
-          --http PORT         HTTP/1.1 and HTTP/1.0 (keep-alive, pipelining) served by ASP.NET
-                              Core's Kestrel through the stack: GET / a status page with the
-                              stack's counters, GET /bytes/N N bytes of data (a-z repeated, N
-                              up to 2^40); HEAD too; other paths 404, other methods 405;
-                              repeatable
-          --h2c PORT          the same app over cleartext HTTP/2 with prior knowledge (what
-                              'curl --http2-prior-knowledge' and 'h2load' speak); repeatable.
-                              Kestrel serves HTTP/2 without TLS only on a port that speaks
-                              nothing else, hence a port of its own
-
-        {InterfaceOptions.Help}
-
-        Needs CAP_NET_ADMIN: run as root, or inside 'unshare --user --map-root-user --net'.
-        """;
+    /// <summary>What the command does, for its own help.</summary>
+    public static readonly string Details = """
+        Brings the stack up on a TUN interface and serves until SIGINT or SIGTERM. When everything is up it prints one line
+        beginning with 'ready' (interface name and addresses). SIGUSR1 prints the stack's counters and this process's memory
+        (process.rss, gc.heap, gc.committed and more, in bytes; between 'statistics' and 'end statistics' lines) and serving
+        goes on. On SIGINT or SIGTERM it stops the HTTP server (idle keep-alive connections are closed at once, requests still
+        running get 3 s), removes the interface, prints the counters and exits 0. Needs CAP_NET_ADMIN: run as root, or inside
+        'unshare --user --map-root-user --net'.
+        """.ReplaceLineEndings(" ");
 
     /// <summary>What the command line asked for.</summary>
     /// <param name="Options">The stack's options.</param>
@@ -59,50 +40,55 @@ public static class ServeCommand
     /// <param name="TcpServices">TCP ports and the service on each ("echo", "discard", "http", "h2c"), in command-line order.</param>
     public sealed record Settings(NetStackOptions Options, IReadOnlyList<int> UdpEchoPorts, IReadOnlyList<(int Port, string Service)> TcpServices);
 
-    /// <summary>Parses the arguments after <c>serve</c>; throws <see cref="UsageException"/>.</summary>
-    public static Settings Parse(string[] args)
+    /// <summary>The <c>serve</c> command.</summary>
+    public static Command Create()
     {
-        var reader = new ArgReader(Name, args);
-        var options = new NetStackOptions();
-        var ports = new List<int>();
-        var tcp = new List<(int Port, string Service)>();
-        while (reader.Next() is { } arg)
+        var udpEcho = Port("--udp-echo", "echo every UDP datagram on PORT (IPv4 and IPv6) back to its sender; repeatable");
+        var tcp = new (string Service, Option<int[]> Option)[]
         {
-            if (arg is "--echo" or "--discard" or "--http" or "--h2c")
+            ("echo", Port("--echo", "TCP echo (RFC 862): every byte goes back; repeatable")),
+            ("discard", Port("--discard", "TCP discard (RFC 863): read to the end, then close; repeatable")),
+            ("http", Port("--http", "HTTP/1.1 and HTTP/1.0 (keep-alive, pipelining) served by ASP.NET Core's Kestrel through the stack: "
+                + "GET / a status page with the stack's counters, GET /bytes/N N bytes of data (a-z repeated, N up to 2^40); HEAD too; "
+                + "other paths 404, other methods 405; repeatable")),
+            ("h2c", Port("--h2c", "the same app over cleartext HTTP/2 with prior knowledge (what 'curl --http2-prior-knowledge' and "
+                + "'h2load' speak); Kestrel serves HTTP/2 without TLS only on a port that speaks nothing else, hence a port of its own; repeatable")),
+        };
+        var interfaceOptions = new InterfaceOptions();
+        var command = new Command("serve", Summary) { udpEcho };
+        foreach (var (_, option) in tcp)
+            command.Add(option);
+        interfaceOptions.AddTo(command);
+        command.SetAction(r =>
+        {
+            var ports = new List<int>();
+            foreach (var port in r.ValueOr(udpEcho, []))
             {
-                var port = reader.ParseInt(arg, reader.Value(arg), 1, 65535, "a port");
-                if (tcp.Any(t => t.Port == port))
-                    throw reader.Fail($"{arg}: TCP port {port} given twice");
-                tcp.Add((port, arg[2..]));
-                continue;
-            }
-            if (InterfaceOptions.TryRead(reader, arg, ref options))
-                continue;
-            if (arg == "--udp-echo")
-            {
-                var port = reader.ParseInt(arg, reader.Value(arg), 1, 65535, "a port");
                 if (ports.Contains(port))
-                    throw reader.Fail($"--udp-echo: port {port} given twice");
+                    throw new UsageException($"--udp-echo: port {port} given twice");
                 ports.Add(port);
-                continue;
             }
-            throw reader.Unknown(arg);
-        }
-        InterfaceOptions.Validate(reader, options);
-        return new Settings(options, ports, tcp);
+            // In command-line order: the order of the option tokens, each followed by its value.
+            var services = new List<(int Port, string Service)>();
+            var given = tcp.ToDictionary(t => t.Option.Name, t => t.Service);
+            var next = tcp.ToDictionary(t => t.Service, _ => 0);
+            foreach (var token in r.Tokens)
+            {
+                if (token.Type != System.CommandLine.Parsing.TokenType.Option || !given.TryGetValue(token.Value, out var service))
+                    continue;
+                var port = r.GetValue(tcp.First(t => t.Service == service).Option)![next[service]++];
+                if (services.Any(t => t.Port == port))
+                    throw new UsageException($"--{service}: TCP port {port} given twice");
+                services.Add((port, service));
+            }
+            var settings = new Settings(interfaceOptions.Read(r), ports, services);
+            return RunAsync(settings).GetAwaiter().GetResult();
+        });
+        return command;
     }
 
-    /// <summary>Runs the command; returns the exit code.</summary>
-    public static int Run(string[] args)
-    {
-        if (Program.WantsHelp(args))
-        {
-            Console.WriteLine(Usage);
-            return 0;
-        }
-        var settings = Parse(args);
-        return RunAsync(settings).GetAwaiter().GetResult();
-    }
+    private static Option<int[]> Port(string name, string description) =>
+        Cli.Repeatable(name, "PORT", description, text => Cli.ParseInt(name, text, 1, 65535, "a port"));
 
     private static async Task<int> RunAsync(Settings settings)
     {

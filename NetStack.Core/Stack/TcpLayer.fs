@@ -26,9 +26,9 @@ module TcpLayer =
                     }
             }
 
-        if c.State = TcpState.FinWait2 && c.LingerAt.IsNone then
+        if c.State = TcpState.FinWait2 && c.Timers.LingerAt.IsNone then
             { c with
-                LingerAt = ValueSome(now + OrphanFinWait2Timeout)
+                Timers.LingerAt = ValueSome(now + OrphanFinWait2Timeout)
             }
         else
             c

@@ -394,7 +394,7 @@ type TcpActions(capacity: int) =
     /// Forgets every action (the array is kept for reuse; actions hold no references to release).
     member _.Clear() = count <- 0
 
-    /// The actions as an F# list (allocates; for tests and the `TcpOutput` wrappers).
+    /// The actions as an F# list (allocates; for tests and scripts, not per packet).
     member _.ToList() : TcpAction list =
         let mutable list = []
 
@@ -403,104 +403,94 @@ type TcpActions(capacity: int) =
 
         list
 
-/// The engine's answer to one input: what to do, in order, and when to call `handleTimer` next.
-type TcpOutput =
-    {
-        /// Actions in order.
-        Actions: TcpAction list
-        /// The earliest timer deadline (absolute, µs), or ValueNone when no timer runs.
-        NextDeadline: int64 voption
-    }
-
-/// A connection's transmission control block (RFC 9293 §3.3.1), as an immutable value.
-/// Sequence variables use their RFC names. Stream positions count data bytes only (the SYN and
-/// FIN take sequence numbers but no position): send byte p has sequence number ISS + 1 + p,
-/// receive byte p has IRS + 1 + p.
-///
-/// A struct record: `{ c with ... }` copies on the stack, so a segment's processing allocates
-/// nothing for the new state. Copies are large (about 450 bytes); a holder that other threads
-/// might read while its owner writes must not share it (a struct this size can tear).
-///
-/// The fields marked `mutable` are the ones the engine's per-segment fast path (header
-/// prediction, `Connection.handleSegmentInto`) updates in place on its own copy, instead of
-/// rebuilding all ~70 fields per change. The entry points still take and return whole values,
-/// so callers see value semantics; nothing outside the engine should set a field.
+/// The send sequence space (RFC 9293 §3.3.1, Figure 3) and the send stream. Stream positions
+/// count data bytes only (the SYN and FIN take sequence numbers but no position): send byte p
+/// has sequence number ISS + 1 + p.
 [<Struct>]
-type Connection =
+type SendSequenceSpace =
     {
-        /// Settings.
-        Config: TcpConfig
-        /// RFC 9293 state.
-        State: TcpState
-        /// True when the connection began with a passive OPEN (from LISTEN).
-        Passive: bool
-
         /// ISS: our initial sequence number.
-        Iss: SeqNum
+        mutable Iss: SeqNum
         /// SND.UNA: oldest unacknowledged sequence number.
-        mutable SndUna: SeqNum
+        mutable Una: SeqNum
         /// SND.NXT: next sequence number to send. After a timeout it is pulled back to SND.UNA
-        /// (go-back-N), and `SndMax` remembers how far we had gone.
-        mutable SndNxt: SeqNum
+        /// (go-back-N), and `Max` remembers how far we had gone.
+        mutable Nxt: SeqNum
         /// The highest sequence number sent so far, plus one (BSD's snd_max). ACKs up to it are
         /// acceptable, and our bare ACKs carry it as their sequence number.
-        mutable SndMax: SeqNum
+        mutable Max: SeqNum
         /// The end of the last data segment sent shorter than a full one (Linux's snd_sml): Nagle
         /// holds new short data only while such a segment is unacknowledged (Minshall's variant).
-        mutable SndSml: SeqNum
+        mutable Sml: SeqNum
         /// SND.WND: the peer's offered window, in bytes.
-        mutable SndWnd: int
+        mutable Wnd: int
         /// SND.WL1: SEG.SEQ of the segment that last updated SND.WND.
-        mutable SndWl1: SeqNum
+        mutable Wl1: SeqNum
         /// SND.WL2: SEG.ACK of the segment that last updated SND.WND.
-        mutable SndWl2: SeqNum
+        mutable Wl2: SeqNum
         /// The largest window the peer has offered (RFC 9293 §3.8.6.2.1; RFC 5961 §5.2's MAX.SND.WND).
-        mutable MaxSndWnd: int
+        mutable MaxWnd: int
+        /// Snd.Wind.Shift (RFC 7323 §2.3): the peer's shift, applied to every SEG.WND except on
+        /// SYNs. 0 when scaling is off.
+        mutable WndShift: int
         /// Effective send MSS, the data bytes of a full segment: the peer's MSS option (or the
         /// default) capped by our own and by `PathMss`, less the timestamps option when on.
-        SendMss: int
+        mutable Mss: int
         /// The MSS the path MTU allows (RFC 9293 §3.7.1: path MTU − IP header − 20): our own
         /// MSS at first, or less when the path MTU cache already knew the destination
         /// (`Connection.limitToPathMtu`); lowered by "fragmentation needed" / "packet too big"
         /// (`Connection.handleIcmpInto`). Never below `TcpIcmp.mssForPathMtu` of the floor.
-        PathMss: int
-        /// A soft ICMP error (RFC 1122 §4.2.3.9) seen since data was last acknowledged: a
-        /// connection that then times out fails with it instead of TimedOut (Linux's
-        /// sk_err_soft, reported by tcp_write_err). Cleared by an ACK of new data.
-        mutable SoftError: System.Net.Sockets.SocketError voption
-        /// Congestion window in bytes.
-        mutable Cwnd: int
-        /// Slow-start threshold in bytes.
-        Ssthresh: int
-        /// Bytes the user has handed to `send`: send-stream positions [0, Written).
-        Written: int64
+        mutable PathMss: int
+        /// Bytes the user has handed to `Connection.sendInto`: send-stream positions [0, Written).
+        mutable Written: int64
         /// Bytes acknowledged by the peer and freed: the send-stream position of SND.UNA.
         mutable Acked: int64
         /// The user closed: a FIN follows send-stream position `Written`.
-        FinQueued: bool
+        mutable FinQueued: bool
+    }
 
+/// The receive sequence space (RFC 9293 §3.3.1, Figure 4), the receive stream and what we owe
+/// the peer in ACKs. Receive byte p has sequence number IRS + 1 + p.
+[<Struct>]
+type ReceiveSequenceSpace =
+    {
         /// IRS: the peer's initial sequence number.
-        Irs: SeqNum
+        mutable Irs: SeqNum
         /// RCV.NXT: next sequence number expected.
-        mutable RcvNxt: SeqNum
+        mutable Nxt: SeqNum
         /// Right edge of the last window we offered (RCV.NXT + RCV.WND as sent). Never moves left.
-        mutable RcvRight: SeqNum
+        mutable Right: SeqNum
+        /// Rcv.Wind.Shift (RFC 7323 §2.3): our shift, applied to every window we send except on
+        /// SYNs. 0 when scaling is off.
+        mutable WndShift: int
         /// Receive-stream bytes delivered in order: the position of RCV.NXT (FIN not counted).
         mutable Delivered: int64
-        /// Receive-stream bytes the user has read (`receiveWindowUpdate`).
-        Consumed: int64
+        /// Receive-stream bytes the user has read (`receiveWindowUpdateInto`).
+        mutable Consumed: int64
         /// Ranges beyond `Delivered` received early, stored, and waiting for the gap to fill.
-        OutOfOrder: RangeSet
+        mutable OutOfOrder: RangeSet
         /// Receive-stream position of the peer's FIN, once a FIN has been seen (maybe early).
-        PeerFinAt: int64 voption
+        mutable PeerFinAt: int64 voption
         /// The peer's FIN has been taken in order (RCV.NXT counts it).
-        FinReceived: bool
-
+        mutable FinReceived: bool
         /// Data received since our last ACK was sent (for "ACK every second full segment").
         mutable UnackedBytes: int
-        /// An ACK is owed (sent at `DelayedAckAt` unless a segment carries it sooner).
+        /// An ACK is owed (sent at `Timers.DelayedAckAt` unless a segment carries it sooner).
         mutable AckPending: bool
+        /// The largest segment payload received (as Linux's rcv_mss): "a full-sized segment"
+        /// for the rule that every second one is ACKed at once.
+        mutable Mss: int
+        /// Receive-stream positions of the most recent out-of-order arrivals, newest first (at
+        /// most four): the first SACK block covers the newest, the next ones the blocks reported
+        /// recently (RFC 2018 §4).
+        mutable SackRecent: int64 list
+    }
 
+/// The connection's timers (absolute deadlines in µs; ValueNone: not running) and the counts and
+/// estimates that pace them (RFC 6298, RFC 9293 §3.8).
+[<Struct>]
+type TcpTimers =
+    {
         /// RFC 6298 estimator.
         mutable Rtt: RtoEstimator
         /// The segment being timed for an RTT sample: the sequence number that acknowledges it
@@ -510,7 +500,6 @@ type Connection =
         mutable Retries: int
         /// Zero-window probes sent without any acceptable ACK coming back.
         mutable ProbesUnanswered: int
-
         /// Retransmission timer deadline (RFC 6298).
         mutable RetransmitAt: int64 voption
         /// Persist timer deadline: next zero-window probe (RFC 9293 §3.8.6.1).
@@ -518,90 +507,152 @@ type Connection =
         /// Delayed-ACK deadline.
         mutable DelayedAckAt: int64 voption
         /// TIME-WAIT's 2·MSL deadline, or FIN-WAIT-2's idle deadline.
-        LingerAt: int64 voption
+        mutable LingerAt: int64 voption
         /// Keep-alive deadline: the next probe (RFC 9293 §3.8.4), when keep-alive is on.
         mutable KeepAliveAt: int64 voption
         /// Keep-alive probes sent since the peer's last segment.
         mutable KeepAliveProbes: int
-
-        /// Both SYNs carried the window scale option (RFC 7323 §2.2).
-        WindowScaled: bool
-        /// Snd.Wind.Shift (RFC 7323 §2.3): the peer's shift, applied to every SEG.WND except on
-        /// SYNs. 0 when scaling is off.
-        SndWndShift: int
-        /// Rcv.Wind.Shift: our shift, applied to every window we send except on SYNs. 0 when
-        /// scaling is off.
-        RcvWndShift: int
-        /// Both SYNs carried timestamps: every segment we send carries TSval and TSecr.
-        TsEnabled: bool
-        /// Added to `now` in milliseconds to make our TSval, so the clock does not reveal uptime
-        /// and differs per connection (RFC 7323 §5.4, §7.1). Derived from the ISS.
-        TsOffset: uint32
-        /// TS.Recent (RFC 7323 §4.3): the timestamp to echo in TSecr.
-        mutable TsRecent: uint32
-        /// When TS.Recent was last set (µs), for the 24-day PAWS rule (§5.5).
-        mutable TsRecentAt: int64
-        /// Last.ACK.sent: the ACK number of the last segment we sent (RFC 7323 §4.3).
-        mutable LastAckSent: SeqNum
+        /// The tail loss probe's timer (RFC 8985 §7.2, PTO), armed while data is outstanding
+        /// outside recovery and no probe is unresolved.
+        mutable ProbeAt: int64 voption
         /// When the last rate-limited ACK for an invalid segment went out (µs;
         /// Int64.MinValue: never), for `TcpConfig.OutOfWindowAckInterval`.
         mutable LastInvalidAckAt: int64
         /// Since when unacknowledged data (or FIN) has waited with no progress (µs;
         /// Int64.MinValue: nothing waits), for `TcpConfig.UserTimeout`.
         mutable StalledSince: int64
-        /// `Acked` when that wait began: progress restarts it.
+        /// `Snd.Acked` when that wait began: progress restarts it.
         mutable StalledAcked: int64
-        /// The largest segment payload received (as Linux's rcv_mss): "a full-sized segment"
-        /// for the rule that every second one is ACKed at once.
-        mutable RcvMss: int
-        /// Both SYNs carried SACK-permitted (RFC 2018 §2).
-        SackEnabled: bool
-        /// Receive-stream positions of the most recent out-of-order arrivals, newest first (at
-        /// most four): the first SACK block covers the newest, the next ones the blocks reported
-        /// recently (RFC 2018 §4).
-        SackRecent: int64 list
+    }
+
+/// Congestion control (RFC 5681, RFC 9438) and loss recovery: the SACK scoreboard and fast
+/// recovery (RFC 6675, NewReno RFC 6582), and the tail loss probe's episode (RFC 8985 §7).
+[<Struct>]
+type RecoveryState =
+    {
+        /// Congestion window in bytes.
+        mutable Cwnd: int
+        /// Slow-start threshold in bytes.
+        mutable Ssthresh: int
+        /// CUBIC's state (unused by Reno).
+        mutable Cubic: CubicState
         /// The sender's scoreboard (RFC 6675 §3): send-stream positions in [Acked, Written) the
         /// peer has SACKed.
         mutable Scoreboard: RangeSet
         /// Duplicate ACKs (RFC 5681 §2, RFC 6675 §2) since SND.UNA last advanced.
         mutable DupAcks: int
         /// In fast recovery (RFC 6675 / RFC 6582) until SND.UNA reaches `RecoveryPoint`.
-        InRecovery: bool
+        mutable InRecovery: bool
         /// RecoveryPoint (RFC 6675) / "recover" (RFC 6582): SND.MAX when loss was detected (or
         /// at a timeout); no new recovery starts until SND.UNA passes it.
-        RecoveryPoint: SeqNum
-        /// CUBIC's state (unused by Reno).
-        mutable Cubic: CubicState
+        mutable RecoveryPoint: SeqNum
         /// HighRxt (RFC 6675 §2) as a send-stream position: the end of the highest
         /// retransmission in this recovery.
-        HighRxt: int64
+        mutable HighRxt: int64
+        /// Retransmissions of this SACK recovery as send-stream ranges with the send position
+        /// of SND.MAX when each went out: data SACKed well above that mark was sent later and
+        /// arrived, so the retransmission itself was lost (as Linux's tcp_mark_lost_retrans).
+        /// At most `MaxRetransmitMarks` entries, newest first.
+        mutable RetransmitMarks: struct (int64 * int64 * int64) list
+        /// Unacknowledged, unSACKed bytes below this send-stream position count as lost in the
+        /// current recovery: set when the peer SACKs a tail loss probe, which went out at least
+        /// two round trips after them (RACK's time rule, RFC 8985 §6.2, applied to the probe).
+        mutable LostBelow: int64
+        /// The send-stream position just past the tail loss probe sent (TLP.end_seq, RFC 8985
+        /// §7.3) while it is unresolved: the ACK that passes it ends the episode.
+        mutable ProbeEnd: int64 voption
+        /// The probe resent old data (rather than sending new data).
+        mutable ProbeResent: bool
+    }
 
+/// Timestamps (RFC 7323 §3-5): RTT measurement and PAWS.
+[<Struct>]
+type TimestampState =
+    {
+        /// Both SYNs carried timestamps: every segment we send carries TSval and TSecr.
+        mutable Enabled: bool
+        /// Added to `now` in milliseconds to make our TSval, so the clock does not reveal uptime
+        /// and differs per connection (RFC 7323 §5.4, §7.1). Derived from the ISS.
+        mutable Offset: uint32
+        /// TS.Recent (RFC 7323 §4.3): the timestamp to echo in TSecr.
+        mutable Recent: uint32
+        /// When TS.Recent was last set (µs), for the 24-day PAWS rule (§5.5).
+        mutable RecentAt: int64
+        /// Last.ACK.sent: the ACK number of the last segment we sent (RFC 7323 §4.3).
+        mutable LastAckSent: SeqNum
+    }
+
+/// Receive-buffer auto-tuning (dynamic right-sizing, after Linux's tcp_rcv_space_adjust).
+[<Struct>]
+type AutoTuneState =
+    {
         /// The receive buffer's current size: `Config.ReceiveBufferSize` at first, grown by
         /// auto-tuning up to `Config.ReceiveBufferLimit`; never shrinks.
-        RcvBuf: int
+        mutable RcvBuf: int
         /// The receiver's round-trip estimate in µs (Linux's rcv_rtt_est), from the TSecr of
         /// arriving data; 0 before the first measurement.
         mutable RcvRtt: int64
         /// The TSecr last used for `RcvRtt`: one echo gives one sample.
         mutable RcvRttEcho: uint32
-        /// The current auto-tuning measurement: since when (µs) and the `Consumed` count then;
-        /// ValueNone before the first read.
-        RcvSpaceFrom: struct (int64 * int64) voption
-        /// The tail loss probe's timer (RFC 8985 §7.2, PTO), armed while data is outstanding
-        /// outside recovery and no probe is unresolved.
-        mutable ProbeAt: int64 voption
-        /// The send-stream position just past the probe sent (TLP.end_seq, RFC 8985 §7.3) while
-        /// it is unresolved: the ACK that passes it ends the episode.
-        ProbeEnd: int64 voption
-        /// The probe resent old data (rather than sending new data).
-        ProbeResent: bool
-        /// Retransmissions of this SACK recovery as send-stream ranges with the send position
-        /// of SND.MAX when each went out: data SACKed well above that mark was sent later and
-        /// arrived, so the retransmission itself was lost (as Linux's tcp_mark_lost_retrans).
-        /// At most `MaxRetransmitMarks` entries, newest first.
-        RetransmitMarks: struct (int64 * int64 * int64) list
-        /// Unacknowledged, unSACKed bytes below this send-stream position count as lost in the
-        /// current recovery: set when the peer SACKs a tail loss probe, which went out at least
-        /// two round trips after them (RACK's time rule, RFC 8985 §6.2, applied to the probe).
-        LostBelow: int64
+        /// The current auto-tuning measurement: since when (µs) and the `Rcv.Consumed` count
+        /// then; ValueNone before the first read.
+        mutable RcvSpaceFrom: struct (int64 * int64) voption
     }
+
+/// A connection's transmission control block (RFC 9293 §3.3.1), grouped by concern: the send
+/// and receive sequence spaces (`Snd`, `Rcv`, with the RFC's variable names), the timers,
+/// congestion control and loss recovery, timestamps and receive-buffer auto-tuning.
+///
+/// A struct value, about 450 bytes. For its users it behaves as a value: the entry points of
+/// `Connection` take one and return the next, so a test can keep a copy, replay an input on it
+/// and compare the results with `=`. Inside one call the engine updates its own copy in place
+/// (through `byref`, which is why every field is mutable) instead of rebuilding it per change:
+/// nothing outside the engine should set a field. Copying is not free at this size, and a
+/// holder that other threads might read while its owner writes must not share it (a struct
+/// this size can tear).
+[<Struct>]
+type Connection =
+    {
+        /// Settings.
+        mutable Config: TcpConfig
+        /// RFC 9293 state.
+        mutable State: TcpState
+        /// True when the connection began with a passive OPEN (from LISTEN).
+        mutable Passive: bool
+        /// Both SYNs carried the window scale option (RFC 7323 §2.2).
+        mutable WindowScaled: bool
+        /// Both SYNs carried SACK-permitted (RFC 2018 §2).
+        mutable SackEnabled: bool
+        /// A soft ICMP error (RFC 1122 §4.2.3.9) seen since data was last acknowledged: a
+        /// connection that then times out fails with it instead of TimedOut (Linux's
+        /// sk_err_soft, reported by tcp_write_err). Cleared by an ACK of new data.
+        mutable SoftError: System.Net.Sockets.SocketError voption
+        /// The send sequence space and send stream.
+        mutable Snd: SendSequenceSpace
+        /// The receive sequence space, receive stream and ACKs owed.
+        mutable Rcv: ReceiveSequenceSpace
+        /// Timers and their counts.
+        mutable Timers: TcpTimers
+        /// Congestion window and loss recovery.
+        mutable Recovery: RecoveryState
+        /// Timestamps and PAWS.
+        mutable Ts: TimestampState
+        /// Receive-buffer auto-tuning.
+        mutable Tuning: AutoTuneState
+    }
+
+    /// `Snd.Written`, under the name the C# API reads (the engine reads the field: a member
+    /// call on a struct it holds by `inref` would copy the whole block).
+    member c.Written = c.Snd.Written
+
+    /// `Rcv.Consumed`, for the C# API.
+    member c.Consumed = c.Rcv.Consumed
+
+    /// `Rcv.Delivered`, for the C# API.
+    member c.Delivered = c.Rcv.Delivered
+
+    /// `Timers.Rtt`, for the C# API.
+    member c.Rtt = c.Timers.Rtt
+
+    /// `Timers.Retries`, for the C# API.
+    member c.Retries = c.Timers.Retries

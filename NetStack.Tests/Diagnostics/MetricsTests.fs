@@ -140,8 +140,8 @@ let tests =
                     IpLayer.writeEchoReply
                         (V4 peer4)
                         (V4 ours4)
-                        r.SourcePort
-                        r.DestinationPort
+                        r.Echo.Identifier
+                        r.Echo.Sequence
                         3us
                         (ReadOnlySpan data)
                         (Span buffer)

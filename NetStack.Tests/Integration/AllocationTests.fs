@@ -13,6 +13,7 @@ open Expecto
 open NetStack
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
+open NetStack.Tests.ConnectionHarness
 
 /// Each test gets its own interface and subnet (10.101.N.0/24; IPv4 is enough here).
 let private optionsWith (n: int) (sendBuffer: int) =

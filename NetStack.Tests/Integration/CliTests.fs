@@ -164,10 +164,10 @@ let private commands = [ "serve"; "ping"; "get"; "demo"; "bench" ]
 /// Bad command lines, each with a fragment of the one line it must print.
 let private badArguments =
     [
-        [ "frobnicate" ], "unknown command 'frobnicate'"
-        [ "serve"; "--frob" ], "unknown option '--frob'"
-        [ "serve"; "--ip" ], "option --ip needs a value"
-        [ "serve"; "--host-ip6" ], "option --host-ip6 needs a value"
+        [ "frobnicate" ], "netstack: Unrecognized command or argument 'frobnicate'"
+        [ "serve"; "--frob" ], "netstack serve: Unrecognized command or argument '--frob'"
+        [ "serve"; "--ip" ], "argument missing for option: '--ip'"
+        [ "serve"; "--host-ip6" ], "argument missing for option: '--host-ip6'"
         [ "serve"; "--ip"; "10.0.0" ], "'10.0.0' is not an IPv4 address"
         [ "serve"; "--host-ip"; "fd00::1" ], "'fd00::1' is not an IPv4 address"
         [ "serve"; "--ip6"; "10.0.0.1" ], "'10.0.0.1' is not an IPv6 address"
@@ -181,12 +181,13 @@ let private badArguments =
         [ "serve"; "--tun"; "a-name-longer-than-15" ], "is not an interface name"
         [ "serve"; "--ip"; "10.9.0.1"; "--host-ip"; "10.9.0.1" ], "--ip and --host-ip are both 10.9.0.1"
         [ "ping" ], "missing HOST"
+        [ "ping"; "10.77.0.1"; "10.77.0.3" ], "netstack ping: Unrecognized command or argument '10.77.0.3'"
         [ "ping"; "not-an-address" ], "'not-an-address' is not an IPv4 or IPv6 address"
-        [ "ping"; "10.77.0.1"; "-c" ], "option -c needs a value"
+        [ "ping"; "10.77.0.1"; "-c" ], "argument missing for option: '-c'"
         [ "ping"; "10.77.0.1"; "-s"; "70000" ], "'70000' is not an echo data size"
         [ "ping"; "10.77.0.1"; "--mtu"; "9" ], "'9' is not an MTU"
         [ "ping"; "fd77::1"; "--ip6"; "none" ], "the stack has no --ip6 address"
-        [ "demo"; "--frob" ], "unknown option '--frob'"
+        [ "demo"; "--frob" ], "netstack demo: Unrecognized command or argument '--frob'"
         [ "demo"; "--ip"; "300.1.1.1" ], "'300.1.1.1' is not an IPv4 address"
         [ "serve"; "--echo"; "0" ], "'0' is not a port"
         [ "serve"; "--http"; "80"; "--discard"; "80" ], "TCP port 80 given twice"
@@ -197,7 +198,7 @@ let private badArguments =
         [ "get"; "http://example.invalid/" ], "is not an IP address"
         [ "get"; "http://[fd77::1]/"; "--ip6"; "none" ], "the stack has no --ip6 address"
         [ "bench"; "--seconds"; "0" ], "'0' is not a number of seconds"
-        [ "bench"; "--udp-echo"; "7" ], "unknown option '--udp-echo'"
+        [ "bench"; "--udp-echo"; "7" ], "netstack bench: Unrecognized command or argument '--udp-echo'"
         [ "bench"; "--cases"; "udp,tcp" ], "'udp,tcp' is not a list of udp,rr,conn,bulk"
         [ "bench"; "--conn-clients"; "0" ], "'0' is not a number of threads"
         [ "bench"; "--soak"; "0" ], "'0' is not a number of minutes"
@@ -207,7 +208,7 @@ let private badArguments =
         [ "serve"; "--loss"; "101%" ], "'101%' is not a percentage"
         [ "serve"; "--dup"; "-1%" ], "'-1%' is not a percentage"
         [ "ping"; "10.77.0.1"; "--reorder"; "lots" ], "'lots' is not a percentage"
-        [ "get"; "http://10.77.0.1/"; "--corrupt" ], "option --corrupt needs a value"
+        [ "get"; "http://10.77.0.1/"; "--corrupt" ], "argument missing for option: '--corrupt'"
         [ "demo"; "--delay"; "11s" ], "'11s' is not a delay"
         [ "serve"; "--delay"; "2 ms" ], "'2 ms' is not a delay"
         [ "bench"; "--rate"; "10G" ], "'10G' is not a rate"
@@ -259,13 +260,27 @@ let tests =
                         assertServeCountedNoExceptions "device.read 12\nudp.received 3\n"
                     }
 
+                    test "netstack completes commands and options through the [suggest] directive" {
+                        let code, out, err = runNetstack quick [ "[suggest:12]"; "netstack ser" ]
+                        Expect.equal code 0 $"exit code; stderr: {err}"
+                        Expect.equal (out.Trim()) "serve" "the one command starting with ser"
+
+                        let code, out, err = runNetstack quick [ "[suggest:19]"; "netstack serve --ho" ]
+                        Expect.equal code 0 $"exit code; stderr: {err}"
+
+                        Expect.equal
+                            (out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map _.Trim())
+                            [| "--host-ip"; "--host-ip6" |]
+                            "serve's options starting with --ho"
+                    }
+
                     for c in commands do
                         test $"netstack {c} --help prints its usage and exits 0" {
                             let code, out, err = runNetstack quick [ c; "--help" ]
                             Expect.equal code 0 $"exit code; stderr: {err}"
-                            Expect.stringStarts out $"usage: netstack {c}" "usage line first"
+                            Expect.stringContains out $"Usage:\n  netstack {c}" "the usage line names the command"
 
-                            Expect.stringContains out "--tun NAME" "the interface options are described"
+                            Expect.stringContains out "--tun <NAME>" "the interface options are described"
                         }
                 ]
 
@@ -280,6 +295,7 @@ let tests =
                             let lines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries)
                             Expect.equal lines.Length 1 $"exactly one line on stderr: {err}"
                             Expect.stringContains lines.[0] message "the line says what is wrong"
+                            Expect.stringEnds lines.[0] " --help')" "and points to the command's help"
                             Expect.equal out "" "nothing on stdout"
                         }
                 ]

@@ -269,11 +269,15 @@ let tests =
                 link.SetUp()
                 link.AddAddress(IPAddress.Parse "fd98:5::9", 64)
 
+                // Constructing the adapter sends nothing; the stack's start waits for the loop's DAD.
+                let adapter =
+                    new EthernetPacketDevice(new TunPacketDevice(tap), options, null, tap.Name)
+
                 Expect.throwsT<DuplicateAddressException>
-                    (fun () ->
-                        new EthernetPacketDevice(new TunPacketDevice(tap), options, null, tap.Name)
-                        |> ignore)
+                    (fun () -> NetworkStack.Start(options, adapter, tap.Name) |> ignore)
                     "the kernel defends fd98:5::9"
+
+                Expect.equal adapter.Statistics.["ndp.dad.failed"] 1L "counted"
             }
 
             test
@@ -287,7 +291,11 @@ let tests =
                 let kernel = kernelMac "ns98t6"
 
                 try
-                    new EthernetPacketDevice(new TunPacketDevice(tap), options, null, tap.Name)
+                    NetworkStack.Start(
+                        options,
+                        new EthernetPacketDevice(new TunPacketDevice(tap), options, null, tap.Name),
+                        tap.Name
+                    )
                     |> ignore
 
                     failtest "DAD should have failed"

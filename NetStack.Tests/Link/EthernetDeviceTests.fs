@@ -14,10 +14,13 @@ open NetStack.Core.Link
 open NetStack.Engine
 open NetStack.Tests.TestUtil
 
+/// The adapter's clock without an engine: these tests need no timer to fire.
+let private clock = Func<int64>(fun () -> 0L)
+
 let private ourMac = MacAddress.Parse "02:98:00:00:00:02"
 let private peerMac = MacAddress.Parse "02:98:00:00:00:01"
 
-let private options () =
+let private optionsWith (neighbor: NeighborSettings) =
     NetStackOptions(
         Mode = NetStackMode.Tap,
         Address = IPAddress.Parse "10.98.0.2",
@@ -25,12 +28,15 @@ let private options () =
         Address6 = IPAddress.Parse "fd98::2",
         HostAddress6 = null,
         MacAddress = PhysicalAddress.Parse "02-98-00-00-00-02",
-        Neighbor = NeighborSettings(DadTransmits = 0, GratuitousArps = 0)
+        Neighbor = neighbor
     )
+
+let private options () =
+    optionsWith (NeighborSettings(DadTransmits = 0, GratuitousArps = 0))
 
 let private make () =
     let frames = new MemoryPacketDevice(1500)
-    frames, new EthernetPacketDevice(frames, options ())
+    frames, new EthernetPacketDevice(frames, options (), clock = clock)
 
 let private frame (destination: MacAddress) (etherType: uint16) (payload: byte[]) =
     let bytes = Array.zeroCreate (14 + payload.Length)
@@ -111,11 +117,108 @@ let private udpPacket (destination: string) (length: int) =
     Ipv4.write header ReadOnlySpan.Empty (8 + length) (Span packet) |> ignore
     packet
 
+/// Options whose start runs DAD (one probe, RetransTimer 200 ms) and one gratuitous ARP.
+let private startOptions () =
+    optionsWith (NeighborSettings(DadTransmits = 1, GratuitousArps = 1, RetransTimer = TimeSpan.FromMilliseconds 200.0))
+
+/// What kind of frame this is: "dad" (an NS from ::), "announcement" (gratuitous ARP), or "other".
+let private kind (bytes: byte[]) =
+    match Ethernet.parse (ReadOnlySpan bytes) with
+    | Ok eth when eth.EtherType = EtherType.Arp ->
+        match Arp.parse (ReadOnlySpan(bytes, 14, bytes.Length - 14)) with
+        | Ok arp when arp.SenderIp = arp.TargetIp -> "announcement"
+        | _ -> "other"
+    | Ok eth when eth.EtherType = EtherType.Ipv6 ->
+        match Ipv6.parse (ReadOnlySpan(bytes, 14, bytes.Length - 14)) with
+        | Ok h when
+            h.Source = Ipv6Address.Any
+            && bytes.[14 + 40] = Ndp.MessageType.NeighborSolicitation
+            ->
+            "dad"
+        | _ -> "other"
+    | _ -> "other"
+
 [<Tests>]
 let tests =
     testList
         "Ethernet device"
         [
+            test "a stack on the adapter runs DAD and the gratuitous ARP on its loop; Start returns after RetransTimer" {
+                let frames = new MemoryPacketDevice(1500)
+                let o = startOptions ()
+                let adapter = new EthernetPacketDevice(frames, o)
+                Expect.isEmpty (written frames) "constructing the adapter sends nothing"
+                let clock = Diagnostics.Stopwatch.StartNew()
+                use stack = NetworkStack.Start(o, adapter, "memtap")
+                let elapsed = clock.Elapsed
+                Expect.isTrue adapter.Started.IsCompletedSuccessfully "started"
+
+                Expect.isGreaterThanOrEqual
+                    elapsed.TotalMilliseconds
+                    190.0
+                    "Start waited for RetransTimer after the probe (RFC 4862 §5.4)"
+
+                Expect.equal
+                    (written frames |> List.map kind)
+                    [ "dad"; "announcement" ]
+                    "the probe, then the announcement"
+
+                Expect.equal stack.Statistics.["ndp.dad.sent"] 1L "counted"
+                Expect.equal stack.Statistics.["arp.announcement.sent"] 1L "counted"
+                TestUtil.assertNoExceptions stack
+            }
+
+            test
+                "an advertisement for the address during DAD fails Start with DuplicateAddressException naming the defender" {
+                let frames = new MemoryPacketDevice(1500)
+                let o = startOptions ()
+                let ours = Ipv6Address.Parse "fd98::2"
+                let advertisement = Array.zeroCreate 200
+
+                let icmp =
+                    Ndp.writeNeighborAdvertisement
+                        ours
+                        Ndp.AllNodes
+                        ours
+                        false
+                        false
+                        true
+                        (ValueSome peerMac)
+                        (Span(advertisement, 40, 160))
+
+                Ipv6.write
+                    { Ipv6.header ours Ndp.AllNodes IpProtocol.Icmpv6 with
+                        PayloadLength = icmp
+                        HopLimit = 255uy
+                    }
+                    (Span advertisement)
+                |> ignore
+
+                frames.Inject(
+                    frame (MacAddress.OfIpv6Multicast Ndp.AllNodes) EtherType.Ipv6 advertisement.[.. 40 + icmp - 1]
+                )
+
+                let adapter = new EthernetPacketDevice(frames, o)
+
+                let e =
+                    Expect.throwsC (fun () -> NetworkStack.Start(o, adapter, "memtap") |> ignore) (fun e -> e)
+
+                match e with
+                | :? DuplicateAddressException as d ->
+                    Expect.equal d.Address (IPAddress.Parse "fd98::2") "the address"
+                    Expect.equal d.Owner (PhysicalAddress.Parse "02-98-00-00-00-01") "the defender's MAC"
+                | other -> failtestf "DuplicateAddressException expected, got %O" other
+
+                Expect.equal adapter.Statistics.["ndp.dad.failed"] 1L "counted"
+
+                Expect.equal
+                    adapter.Statistics.["arp.announcement.sent"]
+                    0L
+                    "no announcement for a stack that does not start"
+
+                TestUtil.assertNoExceptionsIn adapter.Statistics
+            }
+
             test "an ARP request for the stack's address is answered; one for another address is not" {
                 let frames, device = make ()
                 use _ = device
@@ -235,7 +338,7 @@ let tests =
                 "a gather write leaves the payload pieces to the frame device; a short head, and a wait for ARP, join them" {
                 let memory = new MemoryPacketDevice(1500)
                 let pieces = new PiecesDevice(memory)
-                use device = new EthernetPacketDevice(pieces, options ())
+                use device = new EthernetPacketDevice(pieces, options (), clock = clock)
                 let packet = udpPacket "10.98.0.1" 1000
 
                 let gather (headLength: int) (cut: int) =

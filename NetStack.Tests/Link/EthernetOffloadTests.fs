@@ -14,6 +14,9 @@ open NetStack.Core.Link
 open NetStack.Device
 open NetStack.Engine
 
+/// The adapter's clock without an engine: these tests need no timer to fire.
+let private clock = Func<int64>(fun () -> 0L)
+
 let private ourMac = MacAddress.Parse "02:a7:00:00:00:02"
 let private peerMac = MacAddress.Parse "02:a7:00:00:00:01"
 
@@ -103,7 +106,8 @@ let tests =
         "Ethernet offloads"
         [
             test "the adapter reports the frame device's offloads" {
-                use device = new EthernetPacketDevice(new OffloadFrames(), options ())
+                use device =
+                    new EthernetPacketDevice(new OffloadFrames(), options (), clock = clock)
 
                 Expect.equal
                     device.Offloads
@@ -113,7 +117,7 @@ let tests =
 
             test "a super-segment written goes out as one frame whose header counts the 14-byte Ethernet header" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, options ())
+                use device = new EthernetPacketDevice(frames, options (), clock = clock)
                 let packet, header = superSegment ()
                 (device :> IOffloadPacketDevice).Write(ReadOnlySpan packet, &header)
 
@@ -132,7 +136,7 @@ let tests =
             test
                 "a UDP super-datagram for an unresolved neighbor is cut into datagrams for the queue; the ARP reply releases them" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, options ())
+                use device = new EthernetPacketDevice(frames, options (), clock = clock)
                 let source = NetStack.Core.Stack.V4(Ipv4Address.Parse "10.107.0.2")
                 let destination = NetStack.Core.Stack.V4(Ipv4Address.Parse "10.107.0.1")
                 let payload = Array.init 4500 (fun i -> byte (i / 1000 + i))
@@ -209,7 +213,7 @@ let tests =
 
             test "a frame read hands up the IP packet with the header's offsets counted from the IP header" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, options ())
+                use device = new EthernetPacketDevice(frames, options (), clock = clock)
                 let packet, header = superSegment ()
 
                 let onFrame = (VirtioNet.shift 14 header).Value
@@ -229,7 +233,7 @@ let tests =
 
             test "a plain read completes a partial checksum and drops a super-segment, counted" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, options ())
+                use device = new EthernetPacketDevice(frames, options (), clock = clock)
                 let packet, header = superSegment ()
                 frames.Inject(tagged -1 EtherType.Ipv4 packet, (VirtioNet.shift 14 header).Value)
 
@@ -253,7 +257,7 @@ let tests =
 
             test "a header whose partial checksum starts inside the Ethernet header is dropped and counted" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, options ())
+                use device = new EthernetPacketDevice(frames, options (), clock = clock)
                 let packet, header = superSegment ()
 
                 frames.Inject(
@@ -272,7 +276,7 @@ let tests =
 
             test "ARP answers go out with an empty header" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, options ())
+                use device = new EthernetPacketDevice(frames, options (), clock = clock)
 
                 let request =
                     Arp.request peerMac (Ipv4Address.Parse "10.107.0.1") (Ipv4Address.Parse "10.107.0.2")
@@ -296,7 +300,10 @@ let tests =
 
             test "with a VLAN every frame carries its 802.1Q tag and a super-segment's offsets count 18 bytes" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, optionsOn (Nullable 100))
+
+                use device =
+                    new EthernetPacketDevice(frames, optionsOn (Nullable 100), clock = clock)
+
                 let packet, header = superSegment ()
                 (device :> IOffloadPacketDevice).Write(ReadOnlySpan packet, &header)
 
@@ -319,7 +326,10 @@ let tests =
 
             test "with a VLAN only frames with that tag are read; untagged and other VLANs are dropped and counted" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, optionsOn (Nullable 100))
+
+                use device =
+                    new EthernetPacketDevice(frames, optionsOn (Nullable 100), clock = clock)
+
                 let packet, header = superSegment ()
                 frames.Inject(tagged -1 EtherType.Ipv4 packet, (VirtioNet.shift 14 header).Value)
                 frames.Inject(tagged 200 EtherType.Ipv4 packet, (VirtioNet.shift 18 header).Value)
@@ -340,7 +350,9 @@ let tests =
 
             test "on a VLAN an ARP request with the tag is answered with the tag" {
                 let frames = new OffloadFrames()
-                use device = new EthernetPacketDevice(frames, optionsOn (Nullable 4094))
+
+                use device =
+                    new EthernetPacketDevice(frames, optionsOn (Nullable 4094), clock = clock)
 
                 let request =
                     Arp.request peerMac (Ipv4Address.Parse "10.107.0.1") (Ipv4Address.Parse "10.107.0.2")
@@ -374,7 +386,7 @@ let tests =
                 for bad in [ 0; 4095 ] do
                     Expect.throwsT<ArgumentException>
                         (fun () ->
-                            new EthernetPacketDevice(new OffloadFrames(), optionsOn (Nullable bad))
+                            new EthernetPacketDevice(new OffloadFrames(), optionsOn (Nullable bad), clock = clock)
                             |> ignore)
                         $"VLAN {bad}"
             }

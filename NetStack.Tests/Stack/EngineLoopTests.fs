@@ -163,7 +163,7 @@ let tests =
                         device.Inject(ReadOnlySpan(buffer, 0, n))
                         let reply, r = peerReads device
                         Expect.equal r.Kind ReceivedKind.EchoReply "an echo reply"
-                        Expect.equal (r.SourcePort, r.DestinationPort) (5us, 6us) "identifier and sequence"
+                        Expect.equal (r.Echo.Identifier, r.Echo.Sequence) (5us, 6us) "identifier and sequence"
                         Expect.equal ((IpLayer.slice (ReadOnlySpan reply) r.Payload).ToArray()) data "data"
 
                     waitUntil (fun () -> stack.Statistics.["icmp.echo.replied"] = 2L))
@@ -183,8 +183,8 @@ let tests =
                     device.Inject(ReadOnlySpan(udpPacket peer ours 7000us 5001us [| 1uy |]))
                     let _, r = peerReads device
                     Expect.equal r.Kind ReceivedKind.IcmpError "an ICMP error"
-                    Expect.equal r.ErrorKind IcmpErrorKind.PortUnreachable "port unreachable"
-                    Expect.equal r.QuotedDestinationPort 5001us "about the closed port"
+                    Expect.equal r.Error.Kind IcmpErrorKind.PortUnreachable "port unreachable"
+                    Expect.equal r.Error.Quoted.Ports.Destination 5001us "about the closed port"
                     waitUntil (fun () -> stack.Statistics.["icmp.error.sent.port-unreachable"] = 1L))
             }
 
@@ -454,8 +454,8 @@ let tests =
                             IpLayer.writeEchoReply
                                 peer
                                 ours
-                                r.SourcePort
-                                (r.DestinationPort + 1us)
+                                r.Echo.Identifier
+                                (r.Echo.Sequence + 1us)
                                 0us
                                 (ReadOnlySpan data)
                                 (Span buffer)
@@ -466,8 +466,8 @@ let tests =
                             IpLayer.writeEchoReply
                                 peer
                                 ours
-                                r.SourcePort
-                                r.DestinationPort
+                                r.Echo.Identifier
+                                r.Echo.Sequence
                                 0us
                                 (ReadOnlySpan data)
                                 (Span buffer)
@@ -546,8 +546,8 @@ let tests =
                         IpLayer.writeEchoReply
                             r.Destination
                             r.Source
-                            r.SourcePort
-                            r.DestinationPort
+                            r.Echo.Identifier
+                            r.Echo.Sequence
                             0us
                             (ReadOnlySpan data)
                             (Span buffer)

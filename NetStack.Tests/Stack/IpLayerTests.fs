@@ -233,8 +233,8 @@ let tests =
                     IpLayer.writeEchoReply
                         r.Destination
                         r.Source
-                        r.SourcePort
-                        r.DestinationPort
+                        r.Echo.Identifier
+                        r.Echo.Sequence
                         1us
                         (IpLayer.slice (ReadOnlySpan request) r.Payload)
                         (Span buffer)
@@ -242,8 +242,8 @@ let tests =
                 let reply = buffer.[.. n - 1]
                 let _, back = receive (peerState 65535) reply
                 Expect.equal back.Kind ReceivedKind.EchoReply "the peer sees an echo reply"
-                Expect.equal back.SourcePort identifier "identifier"
-                Expect.equal back.DestinationPort sequence "sequence"
+                Expect.equal back.Echo.Identifier identifier "identifier"
+                Expect.equal back.Echo.Sequence sequence "sequence"
                 Expect.equal back.Source destination "from the address pinged"
                 Expect.equal (bytesOf reply back.Payload) data "the same data"
 
@@ -290,8 +290,8 @@ let tests =
 
                     Expect.equal datagrams.Length 1 "exactly one datagram"
                     let input, r = datagrams.Head
-                    Expect.equal r.SourcePort 1234us "source port"
-                    Expect.equal r.DestinationPort 5678us "destination port"
+                    Expect.equal r.Ports.Source 1234us "source port"
+                    Expect.equal r.Ports.Destination 5678us "destination port"
                     Expect.equal r.Source source "source"
                     Expect.equal (bytesOf input r.Payload) data "payload")
 
@@ -347,8 +347,8 @@ let tests =
                     IpLayer.writeEchoReply
                         r.Destination
                         r.Source
-                        r.SourcePort
-                        r.DestinationPort
+                        r.Echo.Identifier
+                        r.Echo.Sequence
                         0us
                         ReadOnlySpan.Empty
                         (Span buffer)
@@ -427,12 +427,105 @@ let tests =
                     Expect.equal verdict ErrorVerdict.Sent "the peer sends the error"
                     let _, r = receive (stackState 1500) buffer.[.. n - 1]
                     Expect.equal r.Kind ReceivedKind.IcmpError "an ICMP error"
-                    Expect.equal r.ErrorKind IcmpErrorKind.PortUnreachable "port unreachable"
-                    Expect.equal r.QuotedProtocol IpProtocol.Udp "about UDP"
-                    Expect.equal r.QuotedSource ours "from us"
-                    Expect.equal r.QuotedDestination peer "to the peer"
-                    Expect.equal (r.QuotedSourcePort, r.QuotedDestinationPort) (40000us, 9us) "ports"
+                    Expect.equal r.Error.Kind IcmpErrorKind.PortUnreachable "port unreachable"
+                    Expect.equal r.Error.Quoted.Protocol IpProtocol.Udp "about UDP"
+                    Expect.equal r.Error.Quoted.Source ours "from us"
+                    Expect.equal r.Error.Quoted.Destination peer "to the peer"
+                    Expect.isTrue r.Error.Quoted.PortsKnown "the quote reaches the ports"
+                    Expect.equal (r.Error.Quoted.Ports.Source, r.Error.Quoted.Ports.Destination) (40000us, 9us) "ports"
             }
+
+            testPropertyWithConfig
+                codecConfig
+                "an ICMP error's quote shows ports, echo identifier and sequence, or SEG.SEQ exactly when it reaches their bytes"
+            <| fun (v6: bool) (kind: byte) (first: uint16) (second: uint16) (sequence: uint32) (cut: byte) ->
+                let peer, ours = addresses v6
+                let ip = if v6 then 40 else 20
+                let buffer = Array.zeroCreate<byte> 1500
+                let data = [| 1uy; 2uy; 3uy |]
+
+                let segment: NetStack.Core.Tcp.OutgoingSegment =
+                    {
+                        Seq = NetStack.Core.Tcp.SeqNum sequence
+                        Ack = NetStack.Core.Tcp.SeqNum 0u
+                        Flags = TcpFlags.Ack
+                        Window = 1000us
+                        Options = TcpOptions.None
+                        DataPosition = 0L
+                        DataLength = data.Length
+                    }
+
+                // One of our packets: UDP and TCP from port `first` to `second`, or an echo
+                // request with identifier `first` and sequence `second`.
+                let protocol, n =
+                    match int kind % 3 with
+                    | 0 -> IpProtocol.Udp, IpLayer.writeUdp ours peer first second 1us (ReadOnlySpan data) (Span buffer)
+                    | 1 ->
+                        IpProtocol.Tcp,
+                        IpLayer.writeTcp ours peer first second 1us segment (ReadOnlySpan data) (Span buffer)
+                    | _ ->
+                        (if v6 then IpProtocol.Icmpv6 else IpProtocol.Icmp),
+                        IpLayer.writeEchoRequest ours peer first second 1us (ReadOnlySpan data) (Span buffer)
+
+                // The peer quotes the first `length` bytes of it (less than a whole IP header too).
+                let length = min n (int cut % (ip + 12))
+                let original = ReadOnlySpan(buffer, 0, length)
+                let icmp = Array.zeroCreate<byte> 1500
+
+                let m =
+                    if v6 then
+                        let m =
+                            Icmpv6.buildDestinationUnreachable
+                                (Span(icmp, 40, 1460))
+                                peer6
+                                ours6
+                                Icmpv6.UnreachableCode.Port
+                                original
+
+                        Ipv6.write
+                            { Ipv6.header peer6 ours6 IpProtocol.Icmpv6 with
+                                PayloadLength = m
+                            }
+                            (Span icmp)
+                        + m
+                    else
+                        let m =
+                            Icmpv4.buildDestinationUnreachable
+                                (Span(icmp, 20, 1480))
+                                Icmpv4.UnreachableCode.Port
+                                original
+
+                        Ipv4.write (Ipv4.header peer4 ours4 IpProtocol.Icmp) ReadOnlySpan.Empty m (Span icmp)
+                        + m
+
+                let _, r = receive (stackState 1500) icmp.[.. m - 1]
+                let transport = length - ip
+
+                if transport < 0 then
+                    Expect.equal
+                        (r.Kind, r.Drop)
+                        (ReceivedKind.Dropped, DropReason.UnrelatedIcmpError)
+                        "a quote without a whole IP header says nothing"
+                else
+                    let q = r.Error.Quoted
+                    let isIcmp = int kind % 3 = 2
+                    Expect.equal r.Kind ReceivedKind.IcmpError "an ICMP error"
+                    Expect.equal r.Error.Kind IcmpErrorKind.PortUnreachable "port unreachable"
+                    Expect.equal (q.Protocol, q.Source, q.Destination) (protocol, ours, peer) "the quoted header"
+                    // UDP and TCP ports: transport bytes 0-3; an echo's identifier and
+                    // sequence: ICMP bytes 4-7; SEG.SEQ: TCP bytes 4-7.
+                    Expect.equal q.PortsKnown (not isIcmp && transport >= 4) "ports known"
+                    Expect.equal q.EchoKnown (isIcmp && transport >= 8) "echo known"
+                    Expect.equal q.SequenceKnown (protocol = IpProtocol.Tcp && transport >= 8) "sequence known"
+
+                    if q.PortsKnown then
+                        Expect.equal (q.Ports.Source, q.Ports.Destination) (first, second) "the ports"
+
+                    if q.EchoKnown then
+                        Expect.equal (q.Echo.Identifier, q.Echo.Sequence) (first, second) "identifier and sequence"
+
+                    if q.SequenceKnown then
+                        Expect.equal q.Sequence sequence "SEG.SEQ"
 
             test "ICMP errors are never sent about ICMP errors, later fragments, multicast, and beyond the rate" {
                 let peer, ours = addresses false
@@ -526,7 +619,7 @@ let tests =
                             + m
 
                     let state, r = receive (stackState 1500) buffer.[.. n - 1]
-                    Expect.equal r.ErrorKind IcmpErrorKind.PacketTooBig "too big"
+                    Expect.equal r.Error.Kind IcmpErrorKind.PacketTooBig "too big"
                     Expect.equal (IpLayer.pathMtu 2L peer state) expected $"path MTU after a report of {reported}"
 
                     Expect.equal
@@ -585,10 +678,10 @@ let tests =
 
                     let state, r = receive (stackState 1500) icmp.[.. m - 1]
                     Expect.equal r.Kind ReceivedKind.IcmpError "an ICMP error"
-                    Expect.equal r.QuotedProtocol IpProtocol.Tcp "about TCP"
-                    Expect.isTrue r.QuotedSequenceKnown "the quote reaches the sequence number"
-                    Expect.equal r.QuotedSequence 0xDEADBEEFu "the quoted SEG.SEQ"
-                    Expect.equal r.PathMtu 1300 "the reported MTU"
+                    Expect.equal r.Error.Quoted.Protocol IpProtocol.Tcp "about TCP"
+                    Expect.isTrue r.Error.Quoted.SequenceKnown "the quote reaches the sequence number"
+                    Expect.equal r.Error.Quoted.Sequence 0xDEADBEEFu "the quoted SEG.SEQ"
+                    Expect.equal r.Error.PathMtu 1300 "the reported MTU"
 
                     Expect.equal
                         (IpLayer.pathMtu 2L peer state)
@@ -626,8 +719,8 @@ let tests =
                     Expect.equal verdict ErrorVerdict.Sent "sent"
                     let _, seen = receive (peerState 1500) buffer.[.. n - 1]
                     Expect.equal seen.Kind ReceivedKind.IcmpError "the peer reads an ICMP error"
-                    Expect.equal seen.ErrorKind IcmpErrorKind.TimeExceeded "time exceeded"
-                    Expect.equal seen.ErrorCode 1uy "code 1: reassembly"
+                    Expect.equal seen.Error.Kind IcmpErrorKind.TimeExceeded "time exceeded"
+                    Expect.equal seen.Error.Code 1uy "code 1: reassembly"
             }
             allocationTest
         ]

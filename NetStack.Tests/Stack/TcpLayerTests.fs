@@ -12,6 +12,7 @@ open NetStack
 open NetStack.Engine
 open NetStack.Core.Wire
 open NetStack.Core.Tcp
+open NetStack.Tests.ConnectionHarness
 open NetStack.Core.Stack
 open NetStack.Tests.TestUtil
 
@@ -236,8 +237,8 @@ let tests =
                 let peer, us = addresses v6
                 Expect.equal r.Source peer "source"
                 Expect.equal r.Destination us "destination"
-                Expect.equal r.SourcePort sourcePort "source port"
-                Expect.equal r.DestinationPort destinationPort "destination port"
+                Expect.equal r.Ports.Source sourcePort "source port"
+                Expect.equal r.Ports.Destination destinationPort "destination port"
                 Expect.equal r.Tcp.Seq segment.Seq "SEG.SEQ"
                 Expect.equal r.Tcp.Ack segment.Ack "SEG.ACK"
                 Expect.equal r.Tcp.Flags segment.Flags "flags"
@@ -386,12 +387,12 @@ let tests =
                     (ValueSome TcpLayer.OrphanFinWait2Timeout)
                     "the timeout is set"
 
-                Expect.equal orphaned.LingerAt ValueNone "LISTEN gets no deadline"
+                Expect.equal orphaned.Timers.LingerAt ValueNone "LISTEN gets no deadline"
 
                 let finWait2 = { c with State = TcpState.FinWait2 }
 
                 Expect.equal
-                    (TcpLayer.orphan 100L finWait2).LingerAt
+                    (TcpLayer.orphan 100L finWait2).Timers.LingerAt
                     (ValueSome(100L + TcpLayer.OrphanFinWait2Timeout))
                     "FIN-WAIT-2 gets one at once"
             }
@@ -405,8 +406,8 @@ let tests =
                     let r = nextSegment device
                     Expect.equal r.Tcp.Flags (TcpFlags.Rst ||| TcpFlags.Ack) "RST,ACK"
                     Expect.equal r.Tcp.Ack (SeqNum 1001u) "acknowledges the SYN"
-                    Expect.equal r.SourcePort 81us "from the closed port"
-                    Expect.equal r.DestinationPort 40000us "to the sender"
+                    Expect.equal r.Ports.Source 81us "from the closed port"
+                    Expect.equal r.Ports.Destination 40000us "to the sender"
 
                 waitUntil (fun () -> stack.Statistics.["tcp.rst.sent"] = 2L)
                 NetStack.Tests.TestUtil.assertNoExceptions stack
@@ -493,7 +494,12 @@ let tests =
 
                 let r = nextSegment device
                 Expect.equal r.Tcp.Flags TcpFlags.Syn "a SYN went out"
-                Expect.isGreaterThanOrEqual (int r.SourcePort) NetworkStack.EphemeralPortFirst "from an ephemeral port"
+
+                Expect.isGreaterThanOrEqual
+                    (int r.Ports.Source)
+                    NetworkStack.EphemeralPortFirst
+                    "from an ephemeral port"
+
                 Expect.equal r.Tcp.Options.MaximumSegmentSize (ValueSome 1460us) "with our MSS"
 
                 let error =
@@ -635,7 +641,7 @@ let tests =
 
                 let synFrom = nextSegment device
                 Expect.equal synFrom.Tcp.Flags TcpFlags.Syn "a SYN"
-                Expect.equal (int synFrom.SourcePort) (first + 100) "ConnectTcpAsync takes the freed port"
+                Expect.equal (int synFrom.Ports.Source) (first + 100) "ConnectTcpAsync takes the freed port"
                 cancel.Cancel()
                 Expect.throwsT<AggregateException> (fun () -> attempt.Wait timeout |> ignore) "canceled"
                 sockets.[7].Dispose()

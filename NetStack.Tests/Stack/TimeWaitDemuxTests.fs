@@ -82,7 +82,7 @@ let private nextTo (port: uint16) (device: MemoryPacketDevice) =
         | packet ->
             let struct (_, r) = IpLayer.receive 1L (ReadOnlySpan packet) state
 
-            if r.Kind = ReceivedKind.TcpSegment && r.DestinationPort = port then
+            if r.Kind = ReceivedKind.TcpSegment && r.Ports.Destination = port then
                 result <- Some r
 
     match result with

@@ -54,9 +54,9 @@ type private Receiver(cfg: TcpConfig) =
 
                 // The offered right edge, as a receive-stream position, never moves left by
                 // more than the scaling truncation (RFC 7323 §2.4).
-                let edge = int64 (s.Ack - (peerIss + 1)) + (int64 s.Window <<< conn.RcvWndShift)
+                let edge = int64 (s.Ack - (peerIss + 1)) + (int64 s.Window <<< conn.Rcv.WndShift)
 
-                if edge < right - (1L <<< conn.RcvWndShift) then
+                if edge < right - (1L <<< conn.Rcv.WndShift) then
                     fail $"the offered right edge moved left from {right} to {edge}"
 
                 right <- max right edge
@@ -67,16 +67,16 @@ type private Receiver(cfg: TcpConfig) =
             | _ -> ()
 
     let apply (c: Connection, o: TcpOutput) =
-        let before = if started then conn.RcvRight else c.RcvRight
+        let before = if started then conn.Rcv.Right else c.Rcv.Right
         started <- true
         conn <- c
         check o
 
-        if SeqNum.lt conn.RcvRight before then
-            fail $"RcvRight moved left from {before} to {conn.RcvRight}"
+        if SeqNum.lt conn.Rcv.Right before then
+            fail $"RcvRight moved left from {before} to {conn.Rcv.Right}"
 
-        if conn.RcvBuf <> buffer then
-            fail $"the connection's buffer {conn.RcvBuf} is not what its actions said ({buffer})"
+        if conn.Tuning.RcvBuf <> buffer then
+            fail $"the connection's buffer {conn.Tuning.RcvBuf} is not what its actions said ({buffer})"
 
         match Connection.audit conn with
         | Some problem -> fail problem
@@ -132,7 +132,7 @@ type private Receiver(cfg: TcpConfig) =
     /// The peer sends up to `bytes` in 1448-byte segments (the MSS less timestamps), as far as
     /// the window we offered allows; `skip` leaves one segment out (a loss) to make a gap.
     member _.Send(bytes: int64, skip: int) =
-        let limit = min (sent + bytes) (int64 (conn.RcvRight - (peerIss + 1)))
+        let limit = min (sent + bytes) (int64 (conn.Rcv.Right - (peerIss + 1)))
         // A burst leaves the peer before our ACKs of it come back: all of it echoes one TSval.
         let echo = ourTs
         let mutable i = 0
@@ -229,7 +229,13 @@ let private steady (cfg: TcpConfig) (perRtt: int64) (rounds: int) =
 /// otherwise doubles the buffer until it holds two flights or reaches the maximum.
 let private sendBufferRule (capacity: int) (maximum: int) (cwnd: int) (sndWnd: int) =
     let c = Receiver(config 65536 65536).Conn
-    let c = { c with Cwnd = cwnd; SndWnd = sndWnd }
+
+    let c =
+        { c with
+            Recovery.Cwnd = cwnd
+            Snd.Wnd = sndWnd
+        }
+
     let wanted = Connection.sendBufferWanted capacity maximum c
     let flight = int64 (max 0 (min cwnd sndWnd))
 
@@ -267,14 +273,14 @@ let tests =
 
                 let c =
                     { c with
-                        Cwnd = 1_000_000
-                        SndWnd = 3_000_000
+                        Recovery.Cwnd = 1_000_000
+                        Snd.Wnd = 3_000_000
                     }
 
                 Expect.equal (Connection.sendBufferWanted (256 * 1024) (4 <<< 20) c) (2 <<< 20) "2 MiB"
                 Expect.equal (Connection.sendBufferWanted (256 * 1024) (1 <<< 20) c) (1 <<< 20) "the maximum"
                 Expect.equal (Connection.sendBufferWanted (256 * 1024) (256 * 1024) c) (256 * 1024) "tuning off"
-                let small = { c with SndWnd = 100_000 }
+                let small = { c with Snd.Wnd = 100_000 }
 
                 Expect.equal
                     (Connection.sendBufferWanted (256 * 1024) (4 <<< 20) small)
@@ -284,15 +290,15 @@ let tests =
 
             test "a reader that keeps up with 200 KB per round trip grows a 64 KiB buffer to about twice that" {
                 let r = steady (config 65536 (4 <<< 20)) 200_000L 30
-                let size = r.Conn.RcvBuf
+                let size = r.Conn.Tuning.RcvBuf
                 Expect.isGreaterThanOrEqual size 400_000 "at least twice the per-round-trip consumption"
                 Expect.isLessThanOrEqual size (400_000 + 8 * 1460) "about twice, plus a few segments of headroom"
-                Expect.equal r.Conn.RcvRtt (ms 10) "the receiver measured the 10 ms round trip from TSecr"
+                Expect.equal r.Conn.Tuning.RcvRtt (ms 10) "the receiver measured the 10 ms round trip from TSecr"
             }
 
             test "a slow reader (20 KB per round trip into 64 KiB) never grows the buffer" {
                 let r = steady (config 65536 (4 <<< 20)) 20_000L 50
-                Expect.equal r.Conn.RcvBuf 65536 "still the initial size"
+                Expect.equal r.Conn.Tuning.RcvBuf 65536 "still the initial size"
                 Expect.equal r.Grown 0 "no growth"
             }
 
@@ -303,7 +309,7 @@ let tests =
                     r.Advance(ms 50)
                     r.Read 0L
 
-                Expect.equal r.Conn.RcvBuf 65536 "still the initial size"
+                Expect.equal r.Conn.Tuning.RcvBuf 65536 "still the initial size"
             }
 
             test "a reader that stops reading never grows the buffer, however fast the peer" {
@@ -313,7 +319,7 @@ let tests =
                     r.Send(1_000_000L, -1)
                     r.Advance(ms 10)
 
-                Expect.equal r.Conn.RcvBuf 65536 "still the initial size"
+                Expect.equal r.Conn.Tuning.RcvBuf 65536 "still the initial size"
 
                 Expect.isGreaterThan
                     (r.Conn.Delivered - r.Conn.Consumed)
@@ -323,20 +329,20 @@ let tests =
 
             test "the maximum caps the buffer" {
                 let r = steady (config 65536 300_000) 10_000_000L 30
-                Expect.equal r.Conn.RcvBuf 300_000 "grown to the maximum and no further"
+                Expect.equal r.Conn.Tuning.RcvBuf 300_000 "grown to the maximum and no further"
             }
 
             test "a maximum equal to the initial size (tuning off) keeps the size" {
                 let r = steady (config 65536 65536) 10_000_000L 30
-                Expect.equal r.Conn.RcvBuf 65536 "fixed"
+                Expect.equal r.Conn.Tuning.RcvBuf 65536 "fixed"
                 Expect.equal r.Grown 0 "no growth"
             }
 
             test "the SYN's window shift is chosen from the maximum, not the initial size" {
                 let r = Receiver(config 65536 (4 <<< 20))
-                Expect.equal r.Conn.RcvWndShift 7 "4 MiB needs shift 7 (RFC 7323 §2.3)"
+                Expect.equal r.Conn.Rcv.WndShift 7 "4 MiB needs shift 7 (RFC 7323 §2.3)"
                 let off = Receiver(config 65535 0)
-                Expect.equal off.Conn.RcvWndShift 0 "64 KiB needs none"
+                Expect.equal off.Conn.Rcv.WndShift 0 "64 KiB needs none"
             }
 
             test "without timestamps the sender's round-trip estimate (the timed SYN,ACK) paces the tuning" {
@@ -346,7 +352,7 @@ let tests =
                     }
 
                 let r = Receiver cfg
-                Expect.isFalse r.Conn.TsEnabled "no timestamps (our configuration)"
+                Expect.isFalse r.Conn.Ts.Enabled "no timestamps (our configuration)"
                 Expect.isTrue r.Conn.Rtt.HasSample "the handshake gave an RTT sample"
 
                 for _ in 1..10 do
@@ -354,8 +360,8 @@ let tests =
                     r.Read System.Int64.MaxValue
                     r.Advance(ms 10)
 
-                Expect.equal r.Conn.RcvRtt 0L "no receiver measurement"
-                Expect.isGreaterThan r.Conn.RcvBuf 65536 "grown all the same"
+                Expect.equal r.Conn.Tuning.RcvRtt 0L "no receiver measurement"
+                Expect.isGreaterThan r.Conn.Tuning.RcvBuf 65536 "grown all the same"
             }
 
             test "growth happens before the larger window is offered" {
@@ -367,7 +373,7 @@ let tests =
                     r.Read System.Int64.MaxValue
                     r.Advance(ms 5)
 
-                Expect.isGreaterThan r.Conn.RcvBuf 65536 "it grew"
+                Expect.isGreaterThan r.Conn.Tuning.RcvBuf 65536 "it grew"
             }
 
             testPropertyWithConfig
@@ -395,5 +401,5 @@ let tests =
                     | 3uy -> r.Advance(int64 extra * 500L)
                     | _ -> r.Repair()
 
-                r.Conn.RcvBuf <= max initial maximum && r.Conn.RcvBuf >= initial
+                r.Conn.Tuning.RcvBuf <= max initial maximum && r.Conn.Tuning.RcvBuf >= initial
         ]

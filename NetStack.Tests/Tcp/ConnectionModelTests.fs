@@ -205,10 +205,10 @@ let private runCase (case: Case) =
                         if c.State = TcpState.SynSent || c.State = TcpState.Listen then
                             peerSyn
                         else
-                            c.RcvNxt
+                            c.Rcv.Nxt
 
                     // Odd offsets count from SND.UNA, even ones from SND.MAX (which covers a FIN).
-                    let ackBase = if ackOffset % 2 = 0 then c.SndMax else c.SndUna
+                    let ackBase = if ackOffset % 2 = 0 then c.Snd.Max else c.Snd.Una
                     rcvNxt + seqOffset, ackBase + ackOffset
 
             let seg =
@@ -249,7 +249,7 @@ let private runCase (case: Case) =
                     Type = icmpType
                     Code = code
                     PathMtu = mtu
-                    QuotedSeq = c.SndUna + seqOffset
+                    QuotedSeq = c.Snd.Una + seqOffset
                 }
 
             check [||] (Connection.handleIcmp now error c)
@@ -259,7 +259,7 @@ let private runCase (case: Case) =
 
         if side.Delivered > 0L then
             let last = side.Delivered - 1L
-            let expected = peerByte (c.Irs + 1 + int last).Value
+            let expected = peerByte (c.Rcv.Irs + 1 + int last).Value
 
             if side.Received.[int last] <> expected then
                 fail $"delivered byte {last} is {side.Received.[int last]}, the peer sent {expected}"
@@ -568,9 +568,9 @@ let private runOracleWith (tamper: Connection * TcpOutput -> Connection * TcpOut
         // The timers the oracle keeps itself run exactly as long as the engine's.
         if
             (v.State = TcpState.TimeWait || v.State = TcpState.FinWait2)
-            && c.LingerAt <> v.LingerDeadline
+            && c.Timers.LingerAt <> v.LingerDeadline
         then
-            fail $"{describe what}: the linger timer is due at {v.LingerDeadline}, the engine's at {c.LingerAt}"
+            fail $"{describe what}: the linger timer is due at {v.LingerDeadline}, the engine's at {c.Timers.LingerAt}"
 
     let segment (seg: Segment) =
         let dataStart = seg.Seq + (if seg.Has TcpFlags.Syn then 1 else 0)
@@ -712,7 +712,7 @@ let private runOracleWith (tamper: Connection * TcpOutput -> Connection * TcpOut
             check
                 "timer"
                 [||]
-                (fun _ -> TcpOracle.timer v now (due before.RetransmitAt) (due before.PersistAt))
+                (fun _ -> TcpOracle.timer v now (due before.Timers.RetransmitAt) (due before.Timers.PersistAt))
                 (Connection.handleTimer now before)
         | Send bytes ->
             if side.Written + int64 bytes <= int64 streamRoom then

@@ -195,8 +195,8 @@ let tests =
                             (iss + 1u, peerIss + 1u, ack)
                             "<SEQ=ISS+1><ACK=IRS+1><ACK>"
 
-                        Expect.equal c.SendMss 1000 "min(peer 1000, ours 1460)"
-                        Expect.equal c.SndWnd 30000 "peer window"
+                        Expect.equal c.Snd.Mss 1000 "min(peer 1000, ours 1460)"
+                        Expect.equal c.Snd.Wnd 30000 "peer window"
                         Expect.equal c.Rtt.Srtt (ms 10) "the SYN was timed"
                         Expect.equal o.NextDeadline ValueNone "nothing in flight, no timer"
                     }
@@ -209,7 +209,7 @@ let tests =
                         Expect.equal synAck.Flags (TcpFlags.Syn ||| ack) "SYN,ACK"
                         Expect.equal (synAck.Seq.Value, synAck.Ack.Value) (iss, peerIss + 1u) "<SEQ=ISS><ACK=IRS+1>"
                         Expect.equal synAck.Options.MaximumSegmentSize (ValueSome 1460us) "our MSS"
-                        Expect.equal c.SendMss 536 "no MSS option: RFC 9293 default 536"
+                        Expect.equal c.Snd.Mss 536 "no MSS option: RFC 9293 default 536"
 
                         let c, o =
                             Connection.handleSegment (ms 5) (segment (peerIss + 1u) (iss + 1u) ack 65535us 0) c
@@ -396,7 +396,7 @@ let tests =
                         let c2, o =
                             Connection.handleSegment (ms 20) (segment (peerIss + 1u) (iss + 500u) ack 65535us 0) c
 
-                        Expect.equal c2.SndUna c.SndUna "SND.UNA unchanged"
+                        Expect.equal c2.Snd.Una c.Snd.Una "SND.UNA unchanged"
                         Expect.equal (single o).Flags ack "ACK"
                     }
                 ]
@@ -497,17 +497,17 @@ let tests =
                         let c, _ = Connection.send (ms 20) 3000L c
                         let acked = iss + 1u + 3000u
                         let c, _ = Connection.handleSegment (ms 30) (segment nxt acked ack 3000us 0) c
-                        Expect.equal c.SndWnd 3000 "the newer update"
+                        Expect.equal c.Snd.Wnd 3000 "the newer update"
                         let c, _ = Connection.handleSegment (ms 31) (segment nxt acked ack 104us 0) c
-                        Expect.equal c.SndWnd 3000 "the older one, arriving late, is ignored"
+                        Expect.equal c.Snd.Wnd 3000 "the older one, arriving late, is ignored"
 
                         let c, _ = Connection.handleSegment (ms 32) (segment nxt acked ack 5000us 0) c
-                        Expect.equal c.SndWnd 5000 "the same SEQ and ACK may still open the window"
+                        Expect.equal c.Snd.Wnd 5000 "the same SEQ and ACK may still open the window"
                         let c, _ = Connection.handleSegment (ms 33) (segment nxt acked ack 0us 0) c
-                        Expect.equal c.SndWnd 0 "or close it to zero"
+                        Expect.equal c.Snd.Wnd 0 "or close it to zero"
 
                         let c, _ = Connection.handleSegment (ms 35) (segment nxt acked ack 2000us 0) c
-                        Expect.equal c.SndWnd 2000 "and reopen it from zero"
+                        Expect.equal c.Snd.Wnd 2000 "and reopen it from zero"
                     }
 
                     test "a newer segment may shrink the send window" {
@@ -521,7 +521,7 @@ let tests =
                         let c, _ =
                             Connection.handleSegment (ms 31) (segment nxt (iss + 2001u) ack 500us 0) c
 
-                        Expect.equal c.SndWnd 500 "a later SEG.ACK sets the window, smaller or not"
+                        Expect.equal c.Snd.Wnd 500 "a later SEG.ACK sets the window, smaller or not"
                     }
 
                     test "sending splits by MSS and window, and the ACK frees the buffer and stops the timer" {
@@ -546,7 +546,7 @@ let tests =
                             [ 2000L, 1000; 3000L, 1000; 4000L, 1000 ]
                             "the rest"
 
-                        Expect.equal c.Acked 2000L "acked"
+                        Expect.equal c.Snd.Acked 2000L "acked"
                     }
 
                     test "a zero window starts the persist timer; probes are ACKs below SND.UNA until the window opens" {
@@ -642,6 +642,31 @@ let tests =
                         let c, _ = Connection.close (ms 20) c
                         Expect.isFalse (Connection.canSend c) "closed for sending"
                         Expect.throws (fun () -> Connection.send (ms 21) 1L c |> ignore) "InvalidOperationException"
+                    }
+
+                    test
+                        "a read wakes the engine at once exactly when at most half the buffer, or under 64 KiB, is free" {
+                        // The reader's half of the window-update rule (ReceiveWindow.readWantsWindowUpdate),
+                        // each expectation from the rule's two bounds computed here: free = size - unread.
+                        let cases =
+                            [
+                                // size, unread, prompt
+                                1_048_576, 0L, false // all free
+                                1_048_576, 524_287L, false // one byte more than half free
+                                1_048_576, 524_288L, true // exactly half free
+                                1_048_576, 1_048_576L, true // nothing free
+                                65_535, 0L, true // a 64 KiB - 1 buffer is never lazy
+                                100_000, 30_000L, false // 70 000 free: over half and over 64 KiB
+                                100_000, 40_000L, true // 60 000 free: over half, under 64 KiB
+                                131_072, 65_536L, true // 65 536 free: exactly half
+                                131_072, 65_535L, false // 65 537 free
+                            ]
+
+                        for size, unread, prompt in cases do
+                            Expect.equal
+                                (ReceiveWindow.readWantsWindowUpdate size unread)
+                                prompt
+                                $"buffer {size}, {unread} unread"
                     }
                 ]
 

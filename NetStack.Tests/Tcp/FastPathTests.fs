@@ -90,7 +90,7 @@ let private establish (setup: Setup) : Connection * int64 =
     let synAck =
         {
             Seq = peerIss
-            Ack = c.Iss + 1
+            Ack = c.Snd.Iss + 1
             Flags = TcpFlags.Syn ||| TcpFlags.Ack
             Window = 65535us
             Options = options
@@ -110,14 +110,14 @@ type private Peer =
 
 /// The segment `step` stands for, from the peer to `c`.
 let private segmentFor (now: int64) (peer: Peer) (step: Step) (c: Connection) : Segment =
-    let flight = max 0 (c.SndMax - c.SndUna)
+    let flight = max 0 (c.Snd.Max - c.Snd.Una)
     let a = abs step.A
     let b = abs step.B
-    let mss = max 1 c.RcvMss
+    let mss = max 1 c.Rcv.Mss
     // An ACK somewhere in [SND.UNA, SND.MAX]; `newAck` moves it at least one byte when it can.
-    let someAck = c.SndUna + (if flight = 0 then 0 else a % (flight + 1))
+    let someAck = c.Snd.Una + (if flight = 0 then 0 else a % (flight + 1))
 
-    let newAck = c.SndUna + (if flight = 0 then 0 else 1 + a % flight)
+    let newAck = c.Snd.Una + (if flight = 0 then 0 else 1 + a % flight)
 
     let window =
         match step.Window % 4 with
@@ -129,7 +129,7 @@ let private segmentFor (now: int64) (peer: Peer) (step: Step) (c: Connection) : 
     // Timestamps: mostly fresh, sometimes equal, sometimes older (PAWS), rarely missing; the
     // echo is one of our recent TSvals (an RTT sample) or zero.
     let timestamps =
-        if not c.TsEnabled && step.Ts % 7 <> 0 then
+        if not c.Ts.Enabled && step.Ts % 7 <> 0 then
             ValueNone
         else
             match abs step.Ts % 20 with
@@ -143,7 +143,7 @@ let private segmentFor (now: int64) (peer: Peer) (step: Step) (c: Connection) : 
             | 2 -> ValueSome { Value = peer.TsVal; EchoReply = 0u }
             | _ ->
                 peer.TsVal <- peer.TsVal + uint32 (abs step.Ts % 3)
-                let ours = uint32 (now / 1000L) + c.TsOffset - uint32 (abs step.Ts % 50)
+                let ours = uint32 (now / 1000L) + c.Ts.Offset - uint32 (abs step.Ts % 50)
 
                 ValueSome { Value = peer.TsVal; EchoReply = ours }
 
@@ -156,7 +156,7 @@ let private segmentFor (now: int64) (peer: Peer) (step: Step) (c: Connection) : 
 
     let seg =
         {
-            Seq = c.RcvNxt
+            Seq = c.Rcv.Nxt
             Ack = someAck
             Flags = flags
             Window = window
@@ -174,27 +174,27 @@ let private segmentFor (now: int64) (peer: Peer) (step: Step) (c: Connection) : 
     | 16
     | 17 ->
         // A duplicate ACK, or a window update.
-        { seg with Ack = c.SndUna }
+        { seg with Ack = c.Snd.Una }
     | 18
     | 19 ->
         // Data beyond a gap.
         { seg with
-            Seq = c.RcvNxt + (1 + b % (2 * mss))
+            Seq = c.Rcv.Nxt + (1 + b % (2 * mss))
             PayloadLength = 1 + a % mss
         }
     | 20 ->
         // Old data again (partly or wholly below RCV.NXT).
         { seg with
-            Seq = c.RcvNxt - (1 + b % (2 * mss))
+            Seq = c.Rcv.Nxt - (1 + b % (2 * mss))
             PayloadLength = 1 + a % (2 * mss)
         }
     | 21 when c.SackEnabled && flight > 1 ->
         // A SACK block above SND.UNA (a hole at SND.UNA).
-        let left = c.SndUna + (1 + a % (flight - 1))
-        let right = left + (1 + b % max 1 (c.SndMax - left))
+        let left = c.Snd.Una + (1 + a % (flight - 1))
+        let right = left + (1 + b % max 1 (c.Snd.Max - left))
 
         { seg with
-            Ack = c.SndUna
+            Ack = c.Snd.Una
             Options =
                 { options.WithSackBlock(
                       0,
@@ -209,16 +209,16 @@ let private segmentFor (now: int64) (peer: Peer) (step: Step) (c: Connection) : 
     | 22 ->
         // More data than the window holds.
         { seg with
-            PayloadLength = max 1 (c.RcvRight - c.RcvNxt) + 1 + b % mss
+            PayloadLength = max 1 (c.Rcv.Right - c.Rcv.Nxt) + 1 + b % mss
         }
     | 23 ->
         // An ACK of something never sent, or one far too old.
         { seg with
             Ack =
                 if a % 2 = 0 then
-                    c.SndMax + (1 + b % 1000)
+                    c.Snd.Max + (1 + b % 1000)
                 else
-                    c.SndUna - (c.MaxSndWnd + 1 + b % 1000)
+                    c.Snd.Una - (c.Snd.MaxWnd + 1 + b % 1000)
         }
     | 24 ->
         // Unusual control bits: URG, a SYN, or (rarely: it ends ESTABLISHED) a FIN.
@@ -542,8 +542,8 @@ let tests =
 
                 let ack =
                     {
-                        Seq = c.RcvNxt
-                        Ack = c.SndUna + 1000
+                        Seq = c.Rcv.Nxt
+                        Ack = c.Snd.Una + 1000
                         Flags = TcpFlags.Ack
                         Window = 1000us
                         Options = { TcpOptions.None with Timestamps = ts }
@@ -552,7 +552,7 @@ let tests =
 
                 let data =
                     { ack with
-                        Ack = c.SndUna
+                        Ack = c.Snd.Una
                         Flags = TcpFlags.Ack ||| TcpFlags.Psh
                         PayloadLength = 1000
                     }
@@ -561,11 +561,11 @@ let tests =
                 Expect.isTrue (fast ack) "a pure ACK of new data"
                 Expect.isTrue (fast data) "in-order data acknowledging nothing new"
                 Expect.isTrue (fast { data with Ack = ack.Ack }) "in-order data acknowledging new data"
-                Expect.isTrue (fast { ack with Ack = c.SndMax }) "an ACK of everything"
-                Expect.isFalse (fast { ack with Ack = c.SndUna }) "a duplicate ACK"
-                Expect.isFalse (fast { ack with Ack = c.SndMax + 1 }) "an ACK of unsent data"
-                Expect.isFalse (fast { data with Seq = c.RcvNxt + 1 }) "data beyond a gap"
-                Expect.isFalse (fast { data with Seq = c.RcvNxt - 1 }) "data partly old"
+                Expect.isTrue (fast { ack with Ack = c.Snd.Max }) "an ACK of everything"
+                Expect.isFalse (fast { ack with Ack = c.Snd.Una }) "a duplicate ACK"
+                Expect.isFalse (fast { ack with Ack = c.Snd.Max + 1 }) "an ACK of unsent data"
+                Expect.isFalse (fast { data with Seq = c.Rcv.Nxt + 1 }) "data beyond a gap"
+                Expect.isFalse (fast { data with Seq = c.Rcv.Nxt - 1 }) "data partly old"
                 Expect.isFalse (fast { data with PayloadLength = 70_000 }) "data beyond the window"
 
                 Expect.isFalse
@@ -603,13 +603,13 @@ let tests =
 
                 let sacked =
                     { ack with
-                        Ack = c.SndUna
+                        Ack = c.Snd.Una
                         Options =
                             { ack.Options.WithSackBlock(
                                   0,
                                   {
-                                      Left = (c.SndUna + 1000).Value
-                                      Right = (c.SndUna + 2000).Value
+                                      Left = (c.Snd.Una + 1000).Value
+                                      Right = (c.Snd.Una + 2000).Value
                                   }
                               ) with
                                 SackBlockCount = 1
@@ -621,17 +621,17 @@ let tests =
                 // After a duplicate ACK the connection counts it: the next segments go the general
                 // way until SND.UNA moves.
                 let acked = feed now ack c
-                Expect.isTrue (Connection.takesFastPath { ack with Ack = acked.SndMax } acked) "the next ACK"
-                let afterDup = feed now { ack with Ack = acked.SndUna } acked
-                Expect.equal afterDup.DupAcks 1 "one duplicate ACK counted"
+                Expect.isTrue (Connection.takesFastPath { ack with Ack = acked.Snd.Max } acked) "the next ACK"
+                let afterDup = feed now { ack with Ack = acked.Snd.Una } acked
+                Expect.equal afterDup.Recovery.DupAcks 1 "one duplicate ACK counted"
 
                 Expect.isFalse
-                    (Connection.takesFastPath { data with Ack = acked.SndUna } afterDup)
+                    (Connection.takesFastPath { data with Ack = acked.Snd.Una } afterDup)
                     "data while duplicate ACKs are counted"
 
                 // Data held out of order turns prediction off until the gap fills.
-                let gap = feed now { data with Seq = c.RcvNxt + 500 } c
-                Expect.isFalse gap.OutOfOrder.IsEmpty "held out of order"
+                let gap = feed now { data with Seq = c.Rcv.Nxt + 500 } c
+                Expect.isFalse gap.Rcv.OutOfOrder.IsEmpty "held out of order"
 
                 Expect.isFalse
                     (Connection.takesFastPath { data with PayloadLength = 500 } gap)
@@ -650,7 +650,7 @@ let tests =
                 Expect.equal closing.State TcpState.CloseWait "CLOSE-WAIT"
 
                 Expect.isFalse
-                    (Connection.takesFastPath { ack with Seq = closing.RcvNxt } closing)
+                    (Connection.takesFastPath { ack with Seq = closing.Rcv.Nxt } closing)
                     "an ACK in CLOSE-WAIT"
             }
         ]

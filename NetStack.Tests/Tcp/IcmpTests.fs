@@ -169,16 +169,16 @@ let tests =
                             $"{family}: a too-big inside the window lowers the MSS and resends what is outstanding at the new size, cwnd kept" {
                             let c = established ipv6 100_000L
                             let fullBefore = 1500 - ipHeader - tcpHeader - timestampsOption
-                            Expect.equal c.SendMss fullBefore "MSS from MTU 1500, less the timestamps"
-                            let una = c.SndUna
-                            let max = c.SndMax
+                            Expect.equal c.Snd.Mss fullBefore "MSS from MTU 1500, less the timestamps"
+                            let una = c.Snd.Una
+                            let max = c.Snd.Max
                             Expect.isGreaterThan (max - una) (3 * fullBefore) "several segments in flight"
-                            let cwnd, ssthresh, retries = c.Cwnd, c.Ssthresh, c.Retries
+                            let cwnd, ssthresh, retries = c.Recovery.Cwnd, c.Recovery.Ssthresh, c.Retries
                             // A router on a 1280-byte link drops the third segment and says so.
                             let quoted = una + 2 * fullBefore
                             let c, o = Connection.handleIcmp (ms 30) (packetTooBig ipv6 1280 quoted) c
                             let expected = 1280 - ipHeader - tcpHeader - timestampsOption
-                            Expect.equal c.SendMss expected "1280 − IP − TCP − timestamps"
+                            Expect.equal c.Snd.Mss expected "1280 − IP − TCP − timestamps"
                             Expect.contains (events o) (TcpEvent.PathMtuLowered 1280) "reported to the caller"
                             let resent = sent o
                             Expect.isNonEmpty resent "outstanding data went out again"
@@ -204,19 +204,19 @@ let tests =
                                 "the window's worth resent"
 
                             Expect.equal
-                                (c.Cwnd, c.Ssthresh, c.Retries)
+                                (c.Recovery.Cwnd, c.Recovery.Ssthresh, c.Retries)
                                 (cwnd, ssthresh, retries)
                                 "no congestion response, no backoff"
 
-                            Expect.equal c.SndNxt (una + covered) "SND.NXT after what went out"
-                            Expect.equal c.SndMax max "SND.MAX kept"
+                            Expect.equal c.Snd.Nxt (una + covered) "SND.NXT after what went out"
+                            Expect.equal c.Snd.Max max "SND.MAX kept"
                             Expect.equal c.State TcpState.Established "still open"
                         }
 
                         test $"{family}: a quoted sequence number outside [SND.UNA, SND.NXT) is ignored and counted" {
                             let c = established ipv6 100_000L
 
-                            for seq in [ c.SndUna - 1; c.SndMax; c.SndMax + 100_000; c.SndUna - 70_000 ] do
+                            for seq in [ c.Snd.Una - 1; c.Snd.Max; c.Snd.Max + 100_000; c.Snd.Una - 70_000 ] do
                                 let c', o = Connection.handleIcmp (ms 30) (packetTooBig ipv6 1280 seq) c
 
                                 Expect.equal
@@ -225,7 +225,7 @@ let tests =
                                     $"seq {seq.Value}"
 
                                 Expect.isEmpty (sent o) "nothing sent"
-                                Expect.equal c'.SendMss c.SendMss "MSS unchanged"
+                                Expect.equal c'.Snd.Mss c.Snd.Mss "MSS unchanged"
 
                                 let portUnreachable =
                                     if ipv6 then
@@ -249,39 +249,39 @@ let tests =
                             let c = established ipv6 100_000L
 
                             let c, o =
-                                Connection.handleIcmp (ms 30) (packetTooBig ipv6 (floor - 300) c.SndUna) c
+                                Connection.handleIcmp (ms 30) (packetTooBig ipv6 (floor - 300) c.Snd.Una) c
 
                             Expect.contains (events o) (TcpEvent.PathMtuLowered floor) "clamped"
 
                             Expect.equal
-                                c.SendMss
+                                c.Snd.Mss
                                 (floor - ipHeader - tcpHeader - timestampsOption)
                                 "MSS from the floor"
 
-                            let c', o = Connection.handleIcmp (ms 31) (packetTooBig ipv6 100 c.SndUna) c
+                            let c', o = Connection.handleIcmp (ms 31) (packetTooBig ipv6 100 c.Snd.Una) c
 
                             Expect.equal
                                 (events o)
                                 [ TcpEvent.IcmpNoted TcpIcmpNote.MtuNotLower ]
                                 "already at the floor"
 
-                            Expect.equal c'.SendMss c.SendMss "unchanged"
+                            Expect.equal c'.Snd.Mss c.Snd.Mss "unchanged"
                         }
 
                         test $"{family}: an MTU at or above the current one is ignored" {
                             let c = established ipv6 100_000L
-                            let c', o = Connection.handleIcmp (ms 30) (packetTooBig ipv6 1500 c.SndUna) c
+                            let c', o = Connection.handleIcmp (ms 30) (packetTooBig ipv6 1500 c.Snd.Una) c
                             Expect.equal (events o) [ TcpEvent.IcmpNoted TcpIcmpNote.MtuNotLower ] "equal to the link's"
-                            Expect.equal c'.SendMss c.SendMss "unchanged"
-                            let c, _ = Connection.handleIcmp (ms 30) (packetTooBig ipv6 1400 c.SndUna) c
+                            Expect.equal c'.Snd.Mss c.Snd.Mss "unchanged"
+                            let c, _ = Connection.handleIcmp (ms 30) (packetTooBig ipv6 1400 c.Snd.Una) c
                             let lowered = 1400 - ipHeader - tcpHeader - timestampsOption
-                            Expect.equal c.SendMss lowered "lowered to 1400 first"
+                            Expect.equal c.Snd.Mss lowered "lowered to 1400 first"
 
                             for mtu in [ 1400; 1450; 9000 ] do
-                                let c', o = Connection.handleIcmp (ms 31) (packetTooBig ipv6 mtu c.SndUna) c
+                                let c', o = Connection.handleIcmp (ms 31) (packetTooBig ipv6 mtu c.Snd.Una) c
                                 Expect.equal (events o) [ TcpEvent.IcmpNoted TcpIcmpNote.MtuNotLower ] $"{mtu}"
                                 Expect.isEmpty (sent o) "nothing resent"
-                                Expect.equal c'.SendMss lowered "unchanged"
+                                Expect.equal c'.Snd.Mss lowered "unchanged"
                         }
 
                         test $"{family}: a new connection capped by a known path MTU sends segments of that size" {
@@ -302,7 +302,7 @@ let tests =
                                 }
 
                             let c, _ = Connection.handleSegment (ms 10) synAck c
-                            Expect.equal c.SendMss (1300 - ipHeader - tcpHeader) "path MTU − IP − TCP (no timestamps)"
+                            Expect.equal c.Snd.Mss (1300 - ipHeader - tcpHeader) "path MTU − IP − TCP (no timestamps)"
                             let _, o = Connection.send (ms 20) 10_000L c
                             Expect.equal (sent o).Head.DataLength (1300 - ipHeader - tcpHeader) "segments of that size"
                         }
@@ -377,7 +377,7 @@ let tests =
                                 let c = established ipv6 20_000L
 
                                 let message =
-                                    icmp ipv6 (if ipv6 then unreachable6 else unreachable4) code 0 c.SndUna
+                                    icmp ipv6 (if ipv6 then unreachable6 else unreachable4) code 0 c.Snd.Una
 
                                 let c', o = Connection.handleIcmp (ms 30) message c
 
@@ -406,7 +406,7 @@ let tests =
                     test
                         "ESTABLISHED + host unreachable: the connection times out later with HostUnreachable, not TimedOut" {
                         let c = established false 20_000L
-                        let c, _ = Connection.handleIcmp (ms 30) (icmp false unreachable4 1uy 0 c.SndUna) c
+                        let c, _ = Connection.handleIcmp (ms 30) (icmp false unreachable4 1uy 0 c.Snd.Una) c
                         let c, o = timeOut (ms 30) c
                         Expect.contains (events o) TcpEvent.TimedOut "retransmissions ran out"
                         Expect.equal c.State TcpState.Closed "CLOSED"
@@ -419,18 +419,18 @@ let tests =
 
                     test "a soft error is forgotten once data is acknowledged" {
                         let c = established false 20_000L
-                        let c, _ = Connection.handleIcmp (ms 30) (icmp false unreachable4 1uy 0 c.SndUna) c
+                        let c, _ = Connection.handleIcmp (ms 30) (icmp false unreachable4 1uy 0 c.Snd.Una) c
                         Expect.isTrue c.SoftError.IsSome "remembered"
 
                         let ackOfSome =
                             {
                                 Seq = SeqNum(peerIss + 1u)
-                                Ack = c.SndUna + 1000
+                                Ack = c.Snd.Una + 1000
                                 Flags = TcpFlags.Ack
                                 Window = 65535us
                                 Options =
                                     { TcpOptions.None with
-                                        Timestamps = ValueSome { Value = 78u; EchoReply = c.TsRecent }
+                                        Timestamps = ValueSome { Value = 78u; EchoReply = c.Ts.Recent }
                                     }
                                 PayloadLength = 0
                             }
@@ -484,7 +484,7 @@ let tests =
 
                         for ipv6, t, code in cases do
                             for c in [ synSent ipv6; established ipv6 20_000L ] do
-                                let c', o = Connection.handleIcmp (ms 30) (icmp ipv6 t code 1280 c.SndUna) c
+                                let c', o = Connection.handleIcmp (ms 30) (icmp ipv6 t code 1280 c.Snd.Una) c
 
                                 for from, trigger, target in transitions o do
                                     Expect.isTrue

@@ -34,7 +34,7 @@ let tests =
                 Expect.equal (Connection.nextDeadline client) (ValueSome(ms 10_002)) "idle timer armed"
                 let client, o = Connection.handleTimer (ms 10_002) client
                 let probe = single o
-                Expect.equal probe.Seq (client.SndNxt - 1) "SEQ = SND.NXT - 1"
+                Expect.equal probe.Seq (client.Snd.Nxt - 1) "SEQ = SND.NXT - 1"
                 Expect.equal probe.DataLength 0 "no data"
                 Expect.isTrue (probe.Flags.HasFlag TcpFlags.Ack) "an ACK"
                 let client = audited client
@@ -43,7 +43,7 @@ let tests =
                 let answer = single o
                 let client, o = Connection.handleSegment (ms 10_004) (arriving answer) client
                 Expect.isEmpty (sent o) "nothing to send back"
-                Expect.equal client.KeepAliveProbes 0 "answered"
+                Expect.equal client.Timers.KeepAliveProbes 0 "answered"
                 Expect.equal (Connection.nextDeadline client) (ValueSome(ms 20_004)) "idle time starts again"
             }
 
@@ -79,10 +79,10 @@ let tests =
                 // A tail loss probe (RFC 8985) may resend the data; a keep-alive probe would be
                 // the byte before SND.NXT.
                 Expect.isFalse
-                    (sent o |> List.exists (fun s -> s.Seq = client.SndNxt - 1 && s.DataLength <= 1))
+                    (sent o |> List.exists (fun s -> s.Seq = client.Snd.Nxt - 1 && s.DataLength <= 1))
                     "no keep-alive probe"
 
-                Expect.equal client.KeepAliveAt (ValueSome(ms 20_002)) "the idle period starts over"
+                Expect.equal client.Timers.KeepAliveAt (ValueSome(ms 20_002)) "the idle period starts over"
             }
 
             test "a zero or negative idle time is rejected" {

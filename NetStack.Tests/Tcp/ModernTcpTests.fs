@@ -32,7 +32,7 @@ let private audit (c: Connection) =
 let private data (receiver: Connection) (seq: SeqNum) (length: int) (ts: (uint32 * uint32) option) =
     {
         Seq = seq
-        Ack = receiver.SndMax
+        Ack = receiver.Snd.Max
         Flags = TcpFlags.Ack
         Window = 1000us
         Options =
@@ -97,7 +97,7 @@ let private sender (sack: bool) =
 /// Segment 0 (at SND.UNA) is missing and the peer SACKs segments 1, 2 and 3, one ACK each at
 /// t = 30 ms: the connection after each ACK and what that ACK made it do.
 let private sackAboveHole (c: Connection) =
-    let base' = c.SndUna
+    let base' = c.Snd.Una
 
     (c, [ 1..3 ])
     ||> List.mapFold (fun c k ->
@@ -236,7 +236,7 @@ let private cubicAgainstRfc (rtt: int64) (lossRound: int) (seconds: float) =
         if round = lossRound && lostAt.Value < 0L then
             // The first segment of the loss round: lost.
             lostAt.Value <- position
-            wMaxBytes <- c.Cwnd
+            wMaxBytes <- c.Recovery.Cwnd
         else
             received <- RangeSet.add position (position + int64 length) received
 
@@ -263,13 +263,13 @@ let private cubicAgainstRfc (rtt: int64) (lossRound: int) (seconds: float) =
 
             if events o |> List.contains TcpEvent.FastRetransmit then
                 lossSeen <- true
-                recoveryPoint <- int64 (before.SndMax - before.SndUna) + before.Acked
+                recoveryPoint <- int64 (before.Snd.Max - before.Snd.Una) + before.Snd.Acked
                 // §4.6: ssthresh = cwnd·β; SACK recovery (RFC 6675) runs at ssthresh.
-                Expect.equal c.Ssthresh (int (float wMaxBytes * Rfc9438.Beta)) "ssthresh = β·cwnd at the loss"
+                Expect.equal c.Recovery.Ssthresh (int (float wMaxBytes * Rfc9438.Beta)) "ssthresh = β·cwnd at the loss"
 
             match model with
             | Some e ->
-                let segments = float (c.Acked - before.Acked) / float mss
+                let segments = float (c.Snd.Acked - before.Snd.Acked) / float mss
                 // A window is a whole number of bytes: each ACK's new window is cut down to one.
                 let e = Rfc9438.onAck now (float rtt / 1e6) segments e
 
@@ -284,7 +284,7 @@ let private cubicAgainstRfc (rtt: int64) (lossRound: int) (seconds: float) =
 
                 // One byte for floating point: the same value computed in another order may fall
                 // on the other side of a whole byte.
-                if abs (float c.Cwnd - expected) > 1.0 then
+                if abs (float c.Recovery.Cwnd - expected) > 1.0 then
                     failtestf
                         "at %.3f s into the epoch (%s region): cwnd %d bytes, RFC 9438 %.1f (W_max %.1f, K %.3f s, W_est %.2f segments)"
                         (float (now - e.Start) / 1e6)
@@ -295,20 +295,20 @@ let private cubicAgainstRfc (rtt: int64) (lossRound: int) (seconds: float) =
                              "Reno-friendly"
                          else
                              "cubic")
-                        c.Cwnd
+                        c.Recovery.Cwnd
                         expected
                         e.WMax
                         e.K
                         e.WEst
 
                 finished <- float (now - e.Start) / 1e6 >= seconds
-            | None when lossSeen && not c.InRecovery ->
+            | None when lossSeen && not c.Recovery.InRecovery ->
                 // Recovery ended with this ACK (everything sent before the loss acknowledged): the
                 // window is ssthresh, and congestion avoidance starts with the next ACK.
-                Expect.isGreaterThanOrEqual (int64 c.Acked) recoveryPoint "recovery ends at its recovery point"
-                Expect.equal c.Cwnd c.Ssthresh "cwnd = ssthresh when recovery ends"
+                Expect.isGreaterThanOrEqual (int64 c.Snd.Acked) recoveryPoint "recovery ends at its recovery point"
+                Expect.equal c.Recovery.Cwnd c.Recovery.Ssthresh "cwnd = ssthresh when recovery ends"
                 let wMax = float wMaxBytes / float mss
-                model <- Some(Rfc9438.epoch now wMax (float c.Cwnd / float mss))
+                model <- Some(Rfc9438.epoch now wMax (float c.Recovery.Cwnd / float mss))
             | None -> ()
 
     Expect.equal c.Rtt.Srtt rtt "the smoothed RTT is the path's"
@@ -346,17 +346,17 @@ let tests =
 
                                         for c in [ client; server ] do
                                             Expect.equal c.WindowScaled (cws && sws) "WS in use iff both sent it"
-                                            Expect.equal c.TsEnabled (cts && sts) "TS in use iff both sent them"
+                                            Expect.equal c.Ts.Enabled (cts && sts) "TS in use iff both sent them"
                                             audit c
 
                                         Expect.equal ack.Options.Timestamps.IsSome (cts && sts) "the ACK carries TS"
                                         // 1 MiB needs shift 5 (65535·2^4 < 2^20 <= 65535·2^5).
                                         let shift = if cws && sws then 5 else 0
-                                        Expect.equal client.SndWndShift shift "the peer's shift"
-                                        Expect.equal client.RcvWndShift shift "our shift"
+                                        Expect.equal client.Snd.WndShift shift "the peer's shift"
+                                        Expect.equal client.Rcv.WndShift shift "our shift"
 
                                         Expect.equal
-                                            (int64 server.SndWnd)
+                                            (int64 server.Snd.Wnd)
                                             (if cws && sws then
                                                  int64 ack.Window <<< 5
                                              else
@@ -364,7 +364,7 @@ let tests =
                                             "the handshake's ACK window is scaled"
 
                                         Expect.equal
-                                            client.SendMss
+                                            client.Snd.Mss
                                             (1460 - (if cts && sts then 12 else 0))
                                             "timestamps take 12 bytes of each segment"
                                     }
@@ -401,7 +401,7 @@ let tests =
                         let client, server, _, synAck, ack = handshake cfg cfg
                         Expect.equal synAck.Options.WindowScale (ValueSome 0uy) "WS 0 is still offered"
                         Expect.equal ack.Window 65535us "a 65535-byte window, unscaled"
-                        Expect.equal server.SndWnd 65535 "taken unscaled"
+                        Expect.equal server.Snd.Wnd 65535 "taken unscaled"
                         Expect.isTrue client.WindowScaled "negotiated"
                     }
 
@@ -424,8 +424,8 @@ let tests =
                             }
 
                         let client, _ = Connection.handleSegment (ms 1) synAck client
-                        Expect.equal client.SndWnd 1000 "the SYN,ACK's window is never scaled"
-                        Expect.equal client.SndWndShift 14 "15 is taken as 14"
+                        Expect.equal client.Snd.Wnd 1000 "the SYN,ACK's window is never scaled"
+                        Expect.equal client.Snd.WndShift 14 "15 is taken as 14"
 
                         let update =
                             {
@@ -438,12 +438,12 @@ let tests =
                             }
 
                         let client, _ = Connection.handleSegment (ms 2) update client
-                        Expect.equal client.SndWnd 16384 "1 << 14"
+                        Expect.equal client.Snd.Wnd 16384 "1 << 14"
 
                         let client, _ =
                             Connection.handleSegment (ms 3) { update with Window = 65535us } client
 
-                        Expect.equal client.SndWnd (65535 <<< 14) "the largest window there is"
+                        Expect.equal client.Snd.Wnd (65535 <<< 14) "the largest window there is"
                         audit client
                     }
 
@@ -452,8 +452,8 @@ let tests =
                         let cfg = configWith true false
                         let client, _, _, _, _ = handshake cfg cfg
                         let mutable c = client
-                        let mutable right = c.RcvRight
-                        let mutable seq = c.RcvNxt
+                        let mutable right = c.Rcv.Right
+                        let mutable seq = c.Rcv.Nxt
                         let rng = System.Random 7
 
                         for _ in 1..300 do
@@ -480,7 +480,7 @@ let tests =
                                 c <- c3
                                 audit c
 
-                        Expect.isGreaterThan (c.RcvRight - c.RcvNxt) 65535 "more than 64 KiB is offered"
+                        Expect.isGreaterThan (c.Rcv.Right - c.Rcv.Nxt) 65535 "more than 64 KiB is offered"
                     }
                 ]
 
@@ -504,7 +504,7 @@ let tests =
                             synAck.Options.Timestamps.Value.Value
                             "the ACK echoes the SYN,ACK"
 
-                        Expect.notEqual client.TsOffset server.TsOffset "offsets differ per connection"
+                        Expect.notEqual client.Ts.Offset server.Ts.Offset "offsets differ per connection"
                     }
 
                     test "an RTT sample comes from TSecr" {
@@ -540,26 +540,26 @@ let tests =
                     test "PAWS: an old TSval is ACKed and dropped; a newer one is taken" {
                         let cfg = configWith false true
                         let client, _, _, _, _ = handshake cfg cfg
-                        let recent = client.TsRecent
+                        let recent = client.Ts.Recent
 
                         let c, o =
                             Connection.handleSegment
                                 (ms 10)
-                                (data client client.RcvNxt 100 (Some(recent - 5u, 0u)))
+                                (data client client.Rcv.Nxt 100 (Some(recent - 5u, 0u)))
                                 client
 
                         Expect.isFalse (stored o) "an old duplicate is not stored"
-                        Expect.equal (single o).Ack client.RcvNxt "it draws an ACK"
-                        Expect.equal c.RcvNxt client.RcvNxt "nothing taken"
+                        Expect.equal (single o).Ack client.Rcv.Nxt "it draws an ACK"
+                        Expect.equal c.Rcv.Nxt client.Rcv.Nxt "nothing taken"
 
                         let c, o =
                             Connection.handleSegment
                                 (ms 10)
-                                (data client client.RcvNxt 100 (Some(recent + 5u, 0u)))
+                                (data client client.Rcv.Nxt 100 (Some(recent + 5u, 0u)))
                                 client
 
                         Expect.isTrue (stored o) "a newer TSval is taken"
-                        Expect.equal c.TsRecent (recent + 5u) "and becomes TS.Recent"
+                        Expect.equal c.Ts.Recent (recent + 5u) "and becomes TS.Recent"
                         audit c
                     }
 
@@ -571,7 +571,7 @@ let tests =
                         let _, o =
                             Connection.handleSegment
                                 later
-                                (data client client.RcvNxt 100 (Some(client.TsRecent - 5u, 0u)))
+                                (data client client.Rcv.Nxt 100 (Some(client.Ts.Recent - 5u, 0u)))
                                 client
 
                         Expect.isTrue (stored o) "a stale TS.Recent rejects nothing"
@@ -582,14 +582,14 @@ let tests =
                         let client, _, _, _, _ = handshake cfg cfg
 
                         let c, o =
-                            Connection.handleSegment (ms 10) (data client client.RcvNxt 100 None) client
+                            Connection.handleSegment (ms 10) (data client client.Rcv.Nxt 100 None) client
 
                         Expect.isEmpty o.Actions "silently dropped (RFC 7323 §3.2)"
-                        Expect.equal c.RcvNxt client.RcvNxt "nothing taken"
+                        Expect.equal c.Rcv.Nxt client.Rcv.Nxt "nothing taken"
 
                         let rst =
                             {
-                                Seq = client.RcvNxt
+                                Seq = client.Rcv.Nxt
                                 Ack = SeqNum 0u
                                 Flags = TcpFlags.Rst
                                 Window = 0us
@@ -604,16 +604,16 @@ let tests =
                     test "TS.Recent is not taken from a segment beyond Last.ACK.sent (out of order)" {
                         let cfg = configWith false true
                         let client, _, _, _, _ = handshake cfg cfg
-                        let recent = client.TsRecent
+                        let recent = client.Ts.Recent
 
                         let c, o =
                             Connection.handleSegment
                                 (ms 10)
-                                (data client (client.RcvNxt + 500) 100 (Some(recent + 50u, 0u)))
+                                (data client (client.Rcv.Nxt + 500) 100 (Some(recent + 50u, 0u)))
                                 client
 
                         Expect.isTrue (stored o) "the early segment is stored"
-                        Expect.equal c.TsRecent recent "but its TSval is not echoed"
+                        Expect.equal c.Ts.Recent recent "but its TSval is not echoed"
                         audit c
                     }
                 ]
@@ -638,7 +638,7 @@ let tests =
                     test
                         "blocks: the newest arrival's range first, then the recently reported ones, at most 4 (3 with timestamps)" {
                         let client, _, _, _, _ = handshake (sackConfig false) (sackConfig false)
-                        let r = client.RcvNxt
+                        let r = client.Rcv.Nxt
                         let blocks (o: TcpOutput) = sackBlocksOf (single o)
                         let at (a: int) (b: int) = ((r + a).Value, (r + b).Value)
                         let c, o = Connection.handleSegment (ms 5) (data client (r + 1000) 500 None) client
@@ -675,7 +675,7 @@ let tests =
                             let c2, o =
                                 Connection.handleSegment
                                     (ms 5)
-                                    (data c (r + 1000 * (2 * k)) 500 (Some(c.TsRecent, 0u)))
+                                    (data c (r + 1000 * (2 * k)) 500 (Some(c.Ts.Recent, 0u)))
                                     c
 
                             c <- c2
@@ -698,17 +698,17 @@ let tests =
                                 if raw then
                                     rawLeft, rawRight
                                 else
-                                    (c.SndUna + (offset % 20000)).Value,
-                                    (c.SndUna + (offset % 20000) + (length % 5000)).Value
+                                    (c.Snd.Una + (offset % 20000)).Value,
+                                    (c.Snd.Una + (offset % 20000) + (length % 5000)).Value
 
-                            let ack = if offset % 7 = 0 then c.SndUna + 1460 else c.SndUna
+                            let ack = if offset % 7 = 0 then c.Snd.Una + 1460 else c.Snd.Una
 
                             let c2, _ = Connection.handleSegment (ms 30) (sackAck ack [ (left, right) ]) c
                             c <- c2
                             audit c
 
-                            for struct (s, e) in c.Scoreboard.Ranges do
-                                Expect.isTrue (s >= c.Acked && e <= c.Written) "inside the send stream"
+                            for struct (s, e) in c.Recovery.Scoreboard.Ranges do
+                                Expect.isTrue (s >= c.Snd.Acked && e <= c.Written) "inside the send stream"
 
                     test "three SACKed segments above a hole: the hole is resent at once, nothing SACKed is" {
                         let c, first = sender true
@@ -733,22 +733,22 @@ let tests =
                             Expect.equal s.DataLength 1460 "one segment"
                         | other -> failtest $"expected one retransmission, got {other}"
 
-                        Expect.isTrue c.InRecovery "in recovery"
+                        Expect.isTrue c.Recovery.InRecovery "in recovery"
 
                         Expect.equal
-                            c.Ssthresh
+                            c.Recovery.Ssthresh
                             (List.sumBy (fun (s: OutgoingSegment) -> s.DataLength) first * 7 / 10)
                             "ssthresh is 0.7 cwnd (CUBIC, the default)"
                         // Full ACK: recovery ends.
-                        let c, _ = Connection.handleSegment (ms 40) (sackAck c.SndMax []) c
-                        Expect.isFalse c.InRecovery "recovery over"
-                        Expect.equal c.Cwnd c.Ssthresh "cwnd = ssthresh"
+                        let c, _ = Connection.handleSegment (ms 40) (sackAck c.Snd.Max []) c
+                        Expect.isFalse c.Recovery.InRecovery "recovery over"
+                        Expect.equal c.Recovery.Cwnd c.Recovery.Ssthresh "cwnd = ssthresh"
                         audit c
                     }
 
                     test "NewReno without SACK: three duplicate ACKs resend SND.UNA, a partial ACK the next hole" {
                         let c, _ = sender false
-                        let base' = c.SndUna
+                        let base' = c.Snd.Una
                         let mutable c = c
                         let mutable out = []
 
@@ -767,16 +767,16 @@ let tests =
                         | s :: _ -> Expect.equal s.DataPosition (3L * 1460L) "the partial ACK's hole resent"
                         | [] -> failtest "nothing resent after a partial ACK"
 
-                        Expect.isTrue c.InRecovery "still in recovery"
-                        let c, _ = Connection.handleSegment (ms 50) (sackAck c.SndMax []) c
-                        Expect.isFalse c.InRecovery "a full ACK ends it"
+                        Expect.isTrue c.Recovery.InRecovery "still in recovery"
+                        let c, _ = Connection.handleSegment (ms 50) (sackAck c.Snd.Max []) c
+                        Expect.isFalse c.Recovery.InRecovery "a full ACK ends it"
                         audit c
                     }
 
                     test "limited transmit: each of the first two duplicate ACKs lets one new segment out" {
                         let c, _ = sender false
                         let c, _ = Connection.send (ms 25) (2L * 1460L) c
-                        let base' = c.SndUna
+                        let base' = c.Snd.Una
                         let c, o = Connection.handleSegment (ms 30) (sackAck base' []) c
 
                         Expect.equal
@@ -872,7 +872,7 @@ let tests =
 
                         let client, server, _, _, _ = handshake cfg cfg
                         let mutable s = server
-                        let mutable seq = client.SndNxt
+                        let mutable seq = client.Snd.Nxt
 
                         let deliver (count: int) =
                             for _ in 1..count do
@@ -889,14 +889,14 @@ let tests =
                         // 400 segments unread: the window falls below half the buffer; reading them
                         // more than doubles it, and the peer is told at once.
                         deliver 400
-                        let before = s.RcvRight - s.RcvNxt
+                        let before = s.Rcv.Right - s.Rcv.Nxt
                         Expect.isLessThanOrEqual (2 * before) (1 <<< 20) "offered window at most half the buffer"
                         let s3, o = Connection.receiveWindowUpdate (ms 12) (s.Delivered - s.Consumed) s
                         let update = single o
-                        Expect.equal update.Ack s3.RcvNxt "a pure ACK"
+                        Expect.equal update.Ack s3.Rcv.Nxt "a pure ACK"
 
                         Expect.isGreaterThanOrEqual
-                            (int update.Window <<< s3.RcvWndShift)
+                            (int update.Window <<< s3.Rcv.WndShift)
                             (2 * before)
                             "at least twice the window"
                     }
@@ -904,19 +904,19 @@ let tests =
                     test "sending goes on past 2 GiB and 4 GiB, where sequence numbers pass ISS + 2^31 and wrap" {
                         for start in [ (1L <<< 31) - 5000L; (1L <<< 32) - 5000L; (5L <<< 31) - 5000L ] do
                             let c, _ = sender true
-                            let una = c.SndMax
+                            let una = c.Snd.Max
                             let c, _ = Connection.handleSegment (ms 25) (sackAck una []) c
                             // As if `start` bytes had been sent and acknowledged already.
-                            let skip = int (start - c.Acked)
+                            let skip = int (start - c.Snd.Acked)
 
                             let c =
                                 { c with
-                                    Written = start
-                                    Acked = start
-                                    SndUna = c.SndUna + skip
-                                    SndNxt = c.SndNxt + skip
-                                    SndMax = c.SndMax + skip
-                                    SndWl2 = c.SndWl2 + skip
+                                    Snd.Written = start
+                                    Snd.Acked = start
+                                    Snd.Una = c.Snd.Una + skip
+                                    Snd.Nxt = c.Snd.Nxt + skip
+                                    Snd.Max = c.Snd.Max + skip
+                                    Snd.Wl2 = c.Snd.Wl2 + skip
                                 }
 
                             audit c
@@ -927,8 +927,8 @@ let tests =
                                 let c2, o = Connection.send (ms (30 + round)) 4380L c
                                 let bytes = sent o |> List.sumBy (fun s -> int64 s.DataLength)
                                 Expect.equal bytes 4380L $"round {round} from {start}: everything written goes out"
-                                let c3, _ = Connection.handleSegment (ms (30 + round)) (sackAck c2.SndMax []) c2
-                                Expect.equal c3.Acked c3.Written "and is acknowledged"
+                                let c3, _ = Connection.handleSegment (ms (30 + round)) (sackAck c2.Snd.Max []) c2
+                                Expect.equal c3.Snd.Acked c3.Written "and is acknowledged"
                                 total <- total + bytes
                                 c <- c3
 
@@ -941,17 +941,17 @@ let tests =
                     test
                         "a lost tail: after 2·SRTT the probe resends the last segment, its SACK starts recovery, no timeout" {
                         let c, _ = sender true
-                        let base' = c.SndUna
+                        let base' = c.Snd.Una
                         // The first eight segments arrive; the last two are lost.
                         let c, _ = Connection.handleSegment (ms 22) (sackAck (base' + 8 * 1460) []) c
                         audit c
 
                         let probeAt =
-                            match c.ProbeAt with
+                            match c.Timers.ProbeAt with
                             | ValueSome t -> t
                             | ValueNone -> failtest "no probe timer with data outstanding"
 
-                        Expect.isLessThan probeAt c.RetransmitAt.Value "the probe comes before the RTO"
+                        Expect.isLessThan probeAt c.Timers.RetransmitAt.Value "the probe comes before the RTO"
                         Expect.isLessThan (probeAt - ms 22) (ms 20) "about 2·SRTT (SRTT 2 ms) after the ACK"
                         let c, o = Connection.handleTimer probeAt c
                         let probe = single o
@@ -959,7 +959,7 @@ let tests =
                         Expect.equal probe.DataLength 1460 "a whole segment"
                         Expect.contains (events o) TcpEvent.LossProbe "reported"
                         Expect.equal c.Retries 0 "not a timeout"
-                        Expect.isTrue c.ProbeAt.IsNone "one probe per episode"
+                        Expect.isTrue c.Timers.ProbeAt.IsNone "one probe per episode"
                         audit c
                         // The peer SACKs the probe: segment 9 is lost and resent at once.
                         let c, o =
@@ -968,63 +968,63 @@ let tests =
                                 (sackAck (base' + 8 * 1460) [ ((base' + 9 * 1460).Value, (base' + 10 * 1460).Value) ])
                                 c
 
-                        Expect.isTrue c.InRecovery "recovery began"
+                        Expect.isTrue c.Recovery.InRecovery "recovery began"
                         let resent = single o
                         Expect.equal resent.DataPosition (8L * 1460L) "the hole below the probe"
-                        Expect.isTrue c.ProbeEnd.IsNone "the episode ended in recovery"
-                        let c, _ = Connection.handleSegment (probeAt + ms 4) (sackAck c.SndMax []) c
-                        Expect.isFalse c.InRecovery "all acknowledged"
+                        Expect.isTrue c.Recovery.ProbeEnd.IsNone "the episode ended in recovery"
+                        let c, _ = Connection.handleSegment (probeAt + ms 4) (sackAck c.Snd.Max []) c
+                        Expect.isFalse c.Recovery.InRecovery "all acknowledged"
                         Expect.equal c.Retries 0 "no timeout at all"
                         audit c
                     }
 
                     test "with new data waiting the probe sends new data; when that is all ACKed the window is not cut" {
                         let c, _ = sender true
-                        let base' = c.SndUna
+                        let base' = c.Snd.Una
                         // More data than the window holds waits.
                         let c, _ = Connection.send (ms 21) 30_000L c
                         let c, o = Connection.handleSegment (ms 22) (sackAck (base' + 8 * 1460) []) c
                         let sentNow = sent o |> List.sumBy (fun s -> s.DataLength)
-                        let cwnd = c.Cwnd
-                        let c, o = Connection.handleTimer c.ProbeAt.Value c
+                        let cwnd = c.Recovery.Cwnd
+                        let c, o = Connection.handleTimer c.Timers.ProbeAt.Value c
                         let probe = single o
                         Expect.isGreaterThanOrEqual probe.DataPosition (14600L + int64 sentNow) "new data"
-                        Expect.isFalse c.ProbeResent "not a retransmission"
-                        let c, _ = Connection.handleSegment (ms 40) (sackAck c.SndMax []) c
-                        Expect.isTrue c.ProbeEnd.IsNone "episode over"
-                        Expect.isGreaterThanOrEqual c.Cwnd cwnd "no reduction: nothing was lost"
+                        Expect.isFalse c.Recovery.ProbeResent "not a retransmission"
+                        let c, _ = Connection.handleSegment (ms 40) (sackAck c.Snd.Max []) c
+                        Expect.isTrue c.Recovery.ProbeEnd.IsNone "episode over"
+                        Expect.isGreaterThanOrEqual c.Recovery.Cwnd cwnd "no reduction: nothing was lost"
                         audit c
                     }
 
                     test "no probe without SACK, and none in recovery" {
                         let c, _ = sender false
-                        let c, _ = Connection.handleSegment (ms 22) (sackAck (c.SndUna + 1460) []) c
-                        Expect.isTrue c.ProbeAt.IsNone "NewReno connection: the RTO only"
+                        let c, _ = Connection.handleSegment (ms 22) (sackAck (c.Snd.Una + 1460) []) c
+                        Expect.isTrue c.Timers.ProbeAt.IsNone "NewReno connection: the RTO only"
                         let c, _ = sender true
                         let c = fst (List.last (sackAboveHole c))
-                        Expect.isTrue c.InRecovery "in recovery"
-                        Expect.isTrue c.ProbeAt.IsNone "no probe in recovery"
+                        Expect.isTrue c.Recovery.InRecovery "in recovery"
+                        Expect.isTrue c.Timers.ProbeAt.IsNone "no probe in recovery"
                     }
 
                     test "a lost retransmission is resent once data sent after it is SACKed, before any timeout" {
                         let c, _ = sender true
-                        let base' = c.SndUna
+                        let base' = c.Snd.Una
                         let c, _ = Connection.send (ms 21) 30_000L c
                         // Segment 0 is lost; 1..3 are SACKed: recovery resends segment 0.
                         let steps = sackAboveHole c
                         let c = fst (List.last steps)
                         let resent = steps |> List.collect (snd >> sent)
 
-                        Expect.isTrue c.InRecovery "in recovery"
+                        Expect.isTrue c.Recovery.InRecovery "in recovery"
                         Expect.exists resent (fun s -> s.DataPosition = 0L) "segment 0 resent"
-                        let top = c.SndMax
+                        let top = c.Snd.Max
                         // Everything sent so far but segment 0 arrives: the pipe empties, new
                         // data goes out (sent after the retransmission).
                         let c2, o =
                             Connection.handleSegment (ms 31) (sackAck base' [ ((base' + 1460).Value, top.Value) ]) c
 
                         Expect.isFalse (sent o |> List.exists (fun s -> s.DataPosition = 0L)) "not resent yet"
-                        Expect.isGreaterThan (c2.SndMax - top) (3 * 1460) "new data sent in recovery"
+                        Expect.isGreaterThan (c2.Snd.Max - top) (3 * 1460) "new data sent in recovery"
                         // The new data arrives but segment 0's retransmission does not: it was lost.
                         let c3, o =
                             Connection.handleSegment
@@ -1038,12 +1038,12 @@ let tests =
                             "segment 0 resent again"
 
                         Expect.equal c3.Retries 0 "no timeout"
-                        Expect.isTrue c3.InRecovery "still the same recovery"
+                        Expect.isTrue c3.Recovery.InRecovery "still the same recovery"
                         audit c3
                         // It arrives this time: recovery completes.
-                        let c4, _ = Connection.handleSegment (ms 34) (sackAck c3.SndMax []) c3
-                        Expect.isFalse c4.InRecovery "recovery over"
-                        Expect.isEmpty c4.RetransmitMarks "nothing watched any more"
+                        let c4, _ = Connection.handleSegment (ms 34) (sackAck c3.Snd.Max []) c3
+                        Expect.isFalse c4.Recovery.InRecovery "recovery over"
+                        Expect.isEmpty c4.Recovery.RetransmitMarks "nothing watched any more"
                     }
                 ]
         ]

@@ -51,7 +51,7 @@ let tests =
                 let client, _ = established nagle
                 let client, o = Connection.send (ms 10) 10L client
                 Expect.equal (single o).DataLength 10 "first small segment"
-                let mss = client.SendMss
+                let mss = client.Snd.Mss
                 let client, o = Connection.send (ms 11) (int64 (2 * mss + 5)) client
                 let lengths = sent o |> List.map (fun s -> s.DataLength)
                 Expect.equal lengths [ mss; mss ] "two full segments go, the 5-byte tail waits"
@@ -60,7 +60,7 @@ let tests =
 
             test "a write's short tail follows full segments in flight (Minshall's variant)" {
                 let client, _ = established nagle
-                let mss = client.SendMss
+                let mss = client.Snd.Mss
                 let client, o = Connection.send (ms 10) (int64 (2 * mss + 5)) client
                 let lengths = sent o |> List.map (fun s -> s.DataLength)
                 Expect.equal lengths [ mss; mss; 5 ] "nothing short was unacknowledged: the tail goes too"
@@ -128,6 +128,6 @@ let tests =
                             audited c, acc @ sent o)
                         (client, [])
 
-                (segments |> List.filter (fun s -> s.DataLength < client.SendMss) |> List.length)
+                (segments |> List.filter (fun s -> s.DataLength < client.Snd.Mss) |> List.length)
                 <= 1
         ]

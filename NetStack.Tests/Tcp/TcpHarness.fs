@@ -73,21 +73,24 @@ let newSide name (conn: Connection) (payload: byte[]) (peerLength: int) =
 /// engine nothing, legitimately.
 let noteSackBlocks (side: Side) (seg: Segment) =
     let c = side.Conn
-    let window = c.RcvRight - c.RcvNxt
+    let window = c.Rcv.Right - c.Rcv.Nxt
 
     let inWindow (s: SeqNum) =
-        SeqNum.ge s c.RcvNxt && SeqNum.lt s c.RcvRight
+        SeqNum.ge s c.Rcv.Nxt && SeqNum.lt s c.Rcv.Right
 
     let acceptable =
         if seg.Length = 0 then
-            (if window <= 0 then seg.Seq = c.RcvNxt else inWindow seg.Seq)
+            (if window <= 0 then
+                 seg.Seq = c.Rcv.Nxt
+             else
+                 inWindow seg.Seq)
         else
             window > 0 && (inWindow seg.Seq || inWindow (seg.Seq + (seg.Length - 1)))
 
     let timestampsOk =
-        not c.TsEnabled
+        not c.Ts.Enabled
         || (match seg.Options.Timestamps with
-            | ValueSome ts -> int (ts.Value - c.TsRecent) >= 0
+            | ValueSome ts -> int (ts.Value - c.Ts.Recent) >= 0
             | ValueNone -> false)
 
     if c.SackEnabled && acceptable && timestampsOk then
@@ -96,9 +99,9 @@ let noteSackBlocks (side: Side) (seg: Segment) =
             let left = SeqNum block.Left
             let right = SeqNum block.Right
 
-            if SeqNum.lt left right && SeqNum.ge left c.SndUna && SeqNum.le right c.SndMax then
+            if SeqNum.lt left right && SeqNum.ge left c.Snd.Una && SeqNum.le right c.Snd.Max then
                 let position (s: SeqNum) =
-                    min c.Written (int64 (SeqNum.forward (c.Iss + 1) s))
+                    min c.Written (int64 (SeqNum.forward (c.Snd.Iss + 1) s))
 
                 side.PeerSacked <- RangeSet.add (position left) (position right) side.PeerSacked
 
@@ -176,7 +179,7 @@ let apply (side: Side) (incoming: byte[]) (transmit: OutgoingSegment -> unit) (o
                     if seg.Flags.HasFlag TcpFlags.Syn then
                         0
                     else
-                        side.Conn.RcvWndShift
+                        side.Conn.Rcv.WndShift
 
                 let right = seg.Ack + (int seg.Window <<< shift)
 
@@ -191,9 +194,9 @@ let apply (side: Side) (incoming: byte[]) (transmit: OutgoingSegment -> unit) (o
             if
                 not (seg.Flags.HasFlag TcpFlags.Rst)
                 && seg.Flags.HasFlag TcpFlags.Ack
-                && SeqNum.gt (seg.Seq + seg.DataLength) side.Conn.SndMax
+                && SeqNum.gt (seg.Seq + seg.DataLength) side.Conn.Snd.Max
             then
-                fail $"{side.Name}: sends up to {seg.Seq + seg.DataLength}, beyond SND.MAX {side.Conn.SndMax}"
+                fail $"{side.Name}: sends up to {seg.Seq + seg.DataLength}, beyond SND.MAX {side.Conn.Snd.Max}"
 
             if seg.DataLength > 0 then
                 let e = seg.DataPosition + int64 seg.DataLength

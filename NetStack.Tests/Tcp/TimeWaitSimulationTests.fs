@@ -322,10 +322,14 @@ let private simulate (seed: int) (p: ReuseProfile) =
                     // model RFC 7323's update rule over a lossy, reordering link.
                     let rcvNxt = attempts.[s.Index].Iss + 1 + requests.[s.Index].Length + 1
 
-                    if rcvNxt <> old.RcvNxt then
-                        fail $"TIME-WAIT with RCV.NXT {old.RcvNxt}, past the request's FIN is {rcvNxt}: {describe ()}"
+                    if rcvNxt <> old.Rcv.Nxt then
+                        fail $"TIME-WAIT with RCV.NXT {old.Rcv.Nxt}, past the request's FIN is {rcvNxt}: {describe ()}"
 
-                    let tsRecent = if old.TsEnabled then ValueSome old.TsRecent else ValueNone
+                    let tsRecent =
+                        if old.Ts.Enabled then
+                            ValueSome old.Ts.Recent
+                        else
+                            ValueNone
 
                     Some(TcpOracle.reopensTimeWait seg rcvNxt tsRecent)
                 else
@@ -341,10 +345,10 @@ let private simulate (seed: int) (p: ReuseProfile) =
             match expected with
             | Some true when not wasReopened ->
                 fail
-                    $"an acceptable SYN (SEQ {seg.Seq.Value}, RCV.NXT {old.RcvNxt.Value}, TSval {seg.Options.Timestamps}, TS.Recent {old.TsRecent}) was refused: {describe ()}"
+                    $"an acceptable SYN (SEQ {seg.Seq.Value}, RCV.NXT {old.Rcv.Nxt.Value}, TSval {seg.Options.Timestamps}, TS.Recent {old.Ts.Recent}) was refused: {describe ()}"
             | Some false when wasReopened ->
                 fail
-                    $"an old-duplicate SYN (SEQ {seg.Seq.Value}, RCV.NXT {old.RcvNxt.Value}, TSval {seg.Options.Timestamps}, TS.Recent {old.TsRecent}) reopened TIME-WAIT: {describe ()}"
+                    $"an old-duplicate SYN (SEQ {seg.Seq.Value}, RCV.NXT {old.Rcv.Nxt.Value}, TSval {seg.Options.Timestamps}, TS.Recent {old.Ts.Recent}) reopened TIME-WAIT: {describe ()}"
             | None when wasReopened -> fail $"reopened by a segment that is no SYN in TIME-WAIT: {describe ()}"
             | _ -> ()
 
@@ -481,7 +485,9 @@ let private checkRun (seed: int) (p: ReuseProfile) =
         // The server connection that took this client's SYN received exactly the request.
         let served =
             servers
-            |> List.filter (fun s -> s.Side.Conn.Irs = side.Conn.Iss && s.Side.Events.Contains TcpEvent.Connected)
+            |> List.filter (fun s ->
+                s.Side.Conn.Rcv.Irs = side.Conn.Snd.Iss
+                && s.Side.Events.Contains TcpEvent.Connected)
 
         match served with
         | [ s ] ->

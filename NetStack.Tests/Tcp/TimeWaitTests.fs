@@ -96,7 +96,7 @@ let private timeWait (ts: bool) =
         Connection.handleSegment (ms 5) (segment peerSeq oldSndNxt (TcpFlags.Fin ||| TcpFlags.Ack) 0 (stamp 5 echo)) c
 
     Expect.equal c.State TcpState.TimeWait "the server is in TIME-WAIT"
-    Expect.equal c.TsEnabled ts "timestamps as configured"
+    Expect.equal c.Ts.Enabled ts "timestamps as configured"
     c
 
 /// A new SYN from the peer: sequence number `seq`, TSval `tsval` (none: no timestamps option).

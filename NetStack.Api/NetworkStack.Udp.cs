@@ -1,0 +1,182 @@
+using System.Net;
+using System.Net.Sockets;
+using NetStack.Core.Ip;
+using NetStack.Core.Stack;
+using NetStack.Core.Wire;
+using NetStack.Device;
+using NetStack.Diagnostics;
+using NetStack.Engine;
+
+namespace NetStack;
+
+// UDP: datagrams received for the sockets, binding, and sending (USO super-datagrams included).
+public sealed partial class NetworkStack
+{
+    // segmentSize > 0: a USO super-datagram (gso UDP_L4) from a kernel socket using UDP_SEGMENT;
+    // every segmentSize payload bytes are one datagram (the last may be shorter).
+    private void OnUdp(ReadOnlySpan<byte> packet, Received r, int segmentSize = 0)
+    {
+        var payload = IpLayer.slice(packet, r.Payload);
+        if (segmentSize > 0 && payload.Length > segmentSize)
+        {
+            _statistics.Increment("offload.uso.received");
+            for (int at = 0; at < payload.Length; at += segmentSize)
+                OnUdpDatagram(packet, r, payload.Slice(at, Math.Min(segmentSize, payload.Length - at)));
+            return;
+        }
+        OnUdpDatagram(packet, r, payload);
+    }
+
+    private void OnUdpDatagram(ReadOnlySpan<byte> packet, Received r, ReadOnlySpan<byte> payload)
+    {
+        _statistics.Increment("udp.received");
+        if (_udpTable.Find(r.Destination, r.Ports.Destination)?.Owner is not UdpSocket socket)
+        {
+            _statistics.Increment("udp.drop.no-socket");
+            // The table says when a port unreachable is due (RFC 1122 §4.1.3.1); it goes within
+            // the ICMP error rules and rate limit.
+            if (_udpTable.PortUnreachableFor(r.ToBroadcast))
+                SendError(OutgoingError.PortUnreachable, IpLayer.slice(packet, r.Packet), "icmp.error.sent.port-unreachable");
+            return;
+        }
+        switch (socket.Deliver(payload, r.Source, r.Ports.Source))
+        {
+            case DeliveryResult.Delivered:
+            case DeliveryResult.Queued:
+                _statistics.Increment("udp.delivered");
+                break;
+            case DeliveryResult.QueueFull:
+                _statistics.Increment("udp.drop.queue-full");
+                break;
+            case DeliveryResult.NotFromConnectedPeer:
+                _statistics.Increment("udp.drop.not-connected-peer");
+                break;
+            default:
+                _statistics.Increment("udp.drop.closed");
+                break;
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // UDP
+    // ------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Binds a UDP socket. Port 0 picks a free port in 49152–65535 at random. The address is
+    /// <see cref="IPAddress.Any"/> or the stack's IPv4 address (IPv4 only), the stack's IPv6 address
+    /// (IPv6 only), or <see cref="IPAddress.IPv6Any"/> (both families, dual mode).
+    /// </summary>
+    /// <param name="localEndPoint">Address and port.</param>
+    /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken (or no ephemeral port is free); AddressNotAvailable for an address that is not the stack's.</exception>
+    /// <exception cref="ArgumentException">The address family has no address on this stack.</exception>
+    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
+    public UdpSocket BindUdp(IPEndPoint localEndPoint)
+    {
+        ArgumentNullException.ThrowIfNull(localEndPoint);
+        var (v4, v6) = Families(localEndPoint);
+        bool any = localEndPoint.Address.Equals(IPAddress.Any) || localEndPoint.Address.Equals(IPAddress.IPv6Any);
+        var address = IpAddr.OfIPAddress(localEndPoint.Address);
+        var socket = OnLoop(() =>
+        {
+            var endpoint = any
+                ? _udpTable.BindAll(v4, v6, localEndPoint.Port, Random.Shared.Next())
+                : _udpTable.BindOn(address, localEndPoint.Port, Random.Shared.Next());
+            if (endpoint is null)
+                throw new SocketException((int)SocketError.AddressAlreadyInUse);
+            var s = new UdpSocket(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), v4, v6, Options.UdpReceiveQueueBytes) { Endpoint = endpoint };
+            endpoint.Owner = s;
+            return s;
+        });
+        _log.UdpBound(socket.LocalEndPoint);
+        return socket;
+    }
+
+    internal void Unbind(UdpSocket socket)
+    {
+        try
+        {
+            OnLoop(() =>
+            {
+                _udpTable.Unbind(socket.Endpoint);
+                return true;
+            });
+        }
+        catch (ObjectDisposedException)
+        {
+            // The stack is gone, and its table with it.
+        }
+    }
+
+    /// <summary>The link's MTU (the smaller of the options' and the device's).</summary>
+    internal int LinkMtu { get; }
+
+    // Sends `datagram` as one datagram, or with segmentSize > 0 as consecutive datagrams of
+    // segmentSize bytes (the caller has checked the count and that each fits the link MTU).
+    internal ValueTask<int> SendUdpAsync(UdpSocket socket, ReadOnlyMemory<byte> datagram, IpAddr destination, ushort port, int segmentSize, CancellationToken cancellationToken)
+    {
+        var source = SourceFor(destination);
+        if (source is null)
+            return ValueTask.FromException<int>(new SocketException((int)SocketError.NetworkUnreachable));
+        var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        try
+        {
+            Post(() =>
+            {
+                if (cancellationToken.IsCancellationRequested)
+                {
+                    completion.TrySetCanceled(cancellationToken);
+                    return;
+                }
+                long now = Now();
+                if (segmentSize > 0 && datagram.Length > segmentSize)
+                    SendUdpSegments(source.Value, destination, socket.Port, port, datagram.Span, segmentSize, now);
+                else
+                {
+                    int length = IpLayer.writeUdp(source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
+                    SendPacket(length, destination, now);
+                    _statistics.Increment("udp.sent");
+                }
+                completion.TrySetResult(datagram.Length);
+            }, e => completion.TrySetException(e));
+        }
+        catch (ObjectDisposedException e)
+        {
+            return ValueTask.FromException<int>(e);
+        }
+        return new ValueTask<int>(completion.Task);
+    }
+
+    // Several datagrams from one buffer. With USO in force (a TUN or TAP device whose kernel
+    // took TUN_F_USO4/6, Linux 6.2+, which also reads gso UDP_L4 from us) and each datagram
+    // within the path MTU: one super-datagram, the headers from the packet buffer and the payload
+    // straight from the caller's memory (a gather write, no copy and no checksum pass here),
+    // which the kernel cuts into the datagrams. Otherwise one datagram after another through
+    // the ordinary path (fragmented if the path MTU has shrunk below a datagram).
+    private void SendUdpSegments(IpAddr source, IpAddr destination, ushort sourcePort, ushort port, ReadOnlySpan<byte> data, int segmentSize, long now)
+    {
+        int count = (data.Length + segmentSize - 1) / segmentSize;
+        int ipHeader = destination.IsIpv6 ? 40 : 20;
+        if (_offload is not null
+            && (_offload.Offloads & TunOffloads.Uso4) != 0
+            && ipHeader + 8 + segmentSize <= IpLayer.pathMtu(now, destination, _ip))
+        {
+            // The kernel numbers the IPv4 identification of the datagrams it cuts on from ours.
+            int length = IpLayer.writeUdpSegments(source, destination, sourcePort, port, _ipIds.Take(count), data.Length, _packetBuffer);
+            var header = VirtioNet.udpSegments(ipHeader, segmentSize);
+            _offload.WriteGather(_packetBuffer.AsSpan(0, length - data.Length), data, default, header);
+            _deviceWritten.Increment();
+            Interlocked.Add(ref _bytesWritten, length);
+            _statistics.Increment("udp.sent", count);
+            _statistics.Increment("offload.uso.sent");
+            _statistics.Increment("offload.uso.segments", count);
+            return;
+        }
+        for (int at = 0; at < data.Length; at += segmentSize)
+        {
+            var piece = data.Slice(at, Math.Min(segmentSize, data.Length - at));
+            int length = IpLayer.writeUdp(source, destination, sourcePort, port, NextIdentification(), piece, _packetBuffer);
+            SendPacket(length, destination, now);
+        }
+        _statistics.Increment("udp.sent", count);
+    }
+}

@@ -1,0 +1,661 @@
+namespace NetStack.Core.Stack
+
+open System
+open System.Collections.Generic
+open System.Runtime.InteropServices
+open System.Threading
+open NetStack.Core.Tcp
+open NetStack.Core.Wire
+
+/// The TCP endpoint table: every decision about which connection a segment or an ICMP error
+/// belongs to, what a listener does with a SYN (RFC 9293 §3.10.7.2 with bounded queues, SYN
+/// cookies), what a segment for nothing gets (RFC 9293 §3.10.7.1: a RST), ephemeral ports
+/// (RFC 6056 §3.3.1), TIME-WAIT reuse (RFC 6191), orphaned connections, and each connection's
+/// timer. Sans-I/O: the caller passes the time, the path MTU state and random numbers, and
+/// carries out the output; nothing here reads a clock or touches a device.
+///
+/// Mutable, like the control blocks it updates in place, and owned by one thread (the engine
+/// loop): it is not thread-safe.
+[<Sealed>]
+type TcpEndpointTable(settings: TcpEndpointSettings) =
+    // RFC 6335 §6 dynamic ports, RFC 6056's range.
+    static let firstEphemeral = 49152
+    static let lastEphemeral = 65535
+
+    let connections = Dictionary<EndpointKey, TcpEndpoint>()
+    let listen4 = Dictionary<uint16, TcpListenEndpoint>()
+    let listen6 = Dictionary<uint16, TcpListenEndpoint>()
+    // How many connections use each local port, so an ephemeral port is never handed out while
+    // any 4-tuple (TIME-WAIT included) still uses it.
+    let portUse = Dictionary<uint16, int>()
+    let timers = PriorityQueue<TcpEndpoint, int64>()
+    let mutable nextHandle = 1
+    let mutable reopened: TcpEndpoint = null
+
+    let config4 = settings.ConfigFor false
+    let config6 = settings.ConfigFor true
+
+    let config (v6: bool) = if v6 then config6 else config4
+
+    // Room for two addresses, for the ISN and cookie functions (the table is single-threaded).
+    let scratch: byte array = Array.zeroCreate 32
+
+    let addressBytes (address: IpAddr) (offset: int) =
+        let destination = Span<byte>(scratch, offset, 16)
+
+        match address with
+        | V6 a ->
+            a.Write destination
+            16
+        | V4 a ->
+            a.Write destination
+            4
+
+    // The key's addresses in scratch: local at 0, remote at 16; returns their length.
+    let keyBytes (key: EndpointKey) =
+        let n = addressBytes key.Local 0
+        addressBytes key.Remote 16 |> ignore
+        n
+
+    /// RFC 6528 §3: the ISN of a new connection of `key`.
+    let generateIss (now: int64) (key: EndpointKey) =
+        let n = keyBytes key
+
+        Isn.generate
+            settings.IsnKey
+            now
+            (ReadOnlySpan<byte>(scratch, 0, n))
+            key.LocalPort
+            (ReadOnlySpan<byte>(scratch, 16, n))
+            key.RemotePort
+
+    let listenersOf (v6: bool) = if v6 then listen6 else listen4
+
+    let findListener (local: IpAddr) (port: uint16) =
+        match (listenersOf local.IsIpv6).TryGetValue port with
+        | true, l when (l.Address.IsNone || IpAddr.Compare(l.Address.Value, local) = 0) -> l
+        | _ -> null
+
+    let usePort (port: uint16) =
+        match portUse.TryGetValue port with
+        | true, n -> portUse[port] <- n + 1
+        | _ -> portUse[port] <- 1
+
+    let releasePort (port: uint16) =
+        match portUse.TryGetValue port with
+        | true, n when n > 1 -> portUse[port] <- n - 1
+        | _ -> portUse.Remove port |> ignore
+
+    let portFree (v4: bool) (v6: bool) (port: uint16) =
+        not (v4 && listen4.ContainsKey port)
+        && not (v6 && listen6.ContainsKey port)
+        && not (portUse.ContainsKey port)
+
+    // RFC 6056 §3.3.1 (algorithm 1): from a random start in the dynamic range, upwards, the
+    // first port no listener of the families and no connection in any state uses.
+    let pickPort (v4: bool) (v6: bool) (random: int) =
+        let count = lastEphemeral - firstEphemeral + 1
+        let start = (random &&& Int32.MaxValue) % count
+        let mutable found = -1
+        let mutable i = 0
+
+        while found < 0 && i < count do
+            let port = uint16 (firstEphemeral + (start + i) % count)
+
+            if portFree v4 v6 port then
+                found <- int port
+
+            i <- i + 1
+
+        found
+
+    let newEndpoint (key: EndpointKey) (ephemeral: bool) (core: Connection) =
+        let e = TcpEndpoint(nextHandle, key, ephemeral)
+        nextHandle <- if nextHandle = Int32.MaxValue then 1 else nextHandle + 1
+        e.Core <- core
+        e.TimerAt <- Int64.MaxValue
+        connections[key] <- e
+        usePort key.LocalPort
+        e
+
+    // Out of the table: its 4-tuple and port free again, its listener's half-open count down.
+    // Its queued timer entry stays and is skipped when it comes due (Released).
+    let release (e: TcpEndpoint) =
+        if not e.Released then
+            e.Released <- true
+            connections.Remove e.Key |> ignore
+            releasePort e.Key.LocalPort
+
+            if not (isNull e.HalfOpenOf) then
+                e.HalfOpenOf.HalfOpen <- e.HalfOpenOf.HalfOpen - 1
+                e.HalfOpenOf <- null
+
+    let arm (e: TcpEndpoint) =
+        if not e.Released then
+            let deadline = Connection.nextDeadline e.Core
+
+            if deadline.IsSome && deadline.Value < e.TimerAt then
+                e.TimerAt <- deadline.Value
+                timers.Enqueue(e, deadline.Value)
+
+    // What the table itself does with a connection's actions, once the connection has made
+    // them: a handshake a listener made leaves its half-open queue (the engine moves the socket
+    // to the accept queue), a closed connection leaves the table, TIME-WAIT reopened by a SYN
+    // (RFC 6191) leaves it too and is remembered for the listener.
+    let settle (out: TcpEndpointOutput) (e: TcpEndpoint) (start: int) =
+        let actions = out.Actions.AsSpan()
+
+        for i in start .. actions.Length - 1 do
+            match actions[i] with
+            | TcpAction.Event TcpEvent.Connected ->
+                if not (isNull e.HalfOpenOf) then
+                    e.HalfOpenOf.HalfOpen <- e.HalfOpenOf.HalfOpen - 1
+                    e.HalfOpenOf <- null
+            | TcpAction.Event TcpEvent.Closed -> release e
+            | TcpAction.Event TcpEvent.Reopened -> reopened <- e
+            | _ -> ()
+
+    // Closes the group of e that began at action `start`: the table's own bookkeeping, the
+    // orphan rule, and e's timer.
+    let rec finishGroup (out: TcpEndpointOutput) (kind: TcpGroupKind) (now: int64) (e: TcpEndpoint) (start: int) =
+        settle out e start
+
+        if e.Orphaned && not e.Released && e.Core.Rcv.Consumed < e.Core.Rcv.Delivered then
+            // Nobody reads an orphaned connection: its window stays open so the peer can finish.
+            e.Core <-
+                Connection.receiveWindowUpdateInto out.Actions now (e.Core.Rcv.Delivered - e.Core.Rcv.Consumed) e.Core
+
+            settle out e (out.Actions.Count)
+
+        out.Groups.Add
+            {
+                Kind = kind
+                Endpoint = e
+                Key = e.Key
+                Start = start
+                Count = out.Actions.Count - start
+            }
+
+        arm e
+
+    let stateless (out: TcpEndpointOutput) (key: EndpointKey) (segment: OutgoingSegment) =
+        let start = out.Actions.Count
+        out.Actions.Add(TcpAction.Transmit segment)
+
+        out.Groups.Add
+            {
+                Kind = TcpGroupKind.Stateless
+                Endpoint = null
+                Key = key
+                Start = start
+                Count = 1
+            }
+
+    // RFC 9293 §3.10.7.1 (and §3.10.7.2 for a listener's refusals): the RST a segment gets when
+    // nothing takes it, none for a RST.
+    let reset (out: TcpEndpointOutput) (key: EndpointKey) (seg: Segment) =
+        match Connection.resetFor seg with
+        | ValueSome rst ->
+            stateless out key rst
+            out.Notes.Add "tcp.rst.sent"
+        | ValueNone -> ()
+
+    let withPathMtu (now: int64) (ip: IpLayerState) (remote: IpAddr) (c: Connection) =
+        Connection.limitToPathMtu remote.IsIpv6 (IpLayer.pathMtu now remote ip) c
+
+    // RFC 4987 §3.6: a SYN,ACK whose ISN is the cookie, and no state kept.
+    let sendCookie
+        (out: TcpEndpointOutput)
+        (now: int64)
+        (listener: TcpListenEndpoint)
+        (key: EndpointKey)
+        (seg: Segment)
+        =
+        let cfg = config key.Local.IsIpv6
+
+        let peerMss =
+            if seg.Options.MaximumSegmentSize.IsSome then
+                int seg.Options.MaximumSegmentSize.Value
+            else
+                cfg.DefaultPeerMss
+
+        let n = keyBytes key
+
+        let cookie =
+            SynCookie.make
+                settings.CookieKey
+                now
+                (ReadOnlySpan<byte>(scratch, 0, n))
+                key.LocalPort
+                (ReadOnlySpan<byte>(scratch, 16, n))
+                key.RemotePort
+                seg.Seq
+                peerMss
+
+        stateless out key (TcpLayer.cookieSynAck cfg cookie seg)
+        listener.CookieSentAt <- now
+        out.Notes.Add "tcp.syncookie.sent"
+
+    // The ACK of one of our cookie SYN,ACKs: when the cookie checks out, the connection is
+    // rebuilt from it (a SYN with the peer's ISN and the cookie's MSS, then this ACK). False
+    // when it is no valid cookie (the caller answers it as a segment for nothing).
+    let tryCookie
+        (out: TcpEndpointOutput)
+        (now: int64)
+        (ip: IpLayerState)
+        (listener: TcpListenEndpoint)
+        (key: EndpointKey)
+        (seg: Segment)
+        =
+        let n = keyBytes key
+        let peerIsn = seg.Seq - 1
+        let cookieIss = seg.Ack - 1
+
+        let mss =
+            SynCookie.check
+                settings.CookieKey
+                now
+                (ReadOnlySpan<byte>(scratch, 0, n))
+                key.LocalPort
+                (ReadOnlySpan<byte>(scratch, 16, n))
+                key.RemotePort
+                peerIsn
+                cookieIss
+
+        if mss.IsNone then
+            out.Notes.Add "tcp.syncookie.invalid"
+            false
+        elif connections.Count >= settings.MaxConnections || not listener.AcceptQueueHasRoom then
+            // No room after all: as for a SYN at the cap, the peer learns at once.
+            out.Notes.Add "tcp.syncookie.no-room"
+            reset out key seg
+            true
+        else
+            let cfg = config key.Local.IsIpv6
+            let syn = TcpLayer.cookieSyn seg mss.Value
+            // The rebuilt connection's own SYN,ACK is not sent: the peer already has it.
+            let discard = TcpActions()
+            let core = Connection.acceptInto discard cfg cookieIss now syn
+
+            if core.State <> TcpState.SynReceived then
+                false
+            else
+                let e = newEndpoint key false (withPathMtu now ip key.Remote core)
+                e.HalfOpenOf <- listener
+                e.Listener <- listener
+                listener.HalfOpen <- listener.HalfOpen + 1
+                out.Notes.Add "tcp.syncookie.validated"
+                out.Notes.Add "tcp.passive-open"
+                let start = out.Actions.Count
+                e.Core <- Connection.handleSegmentInto out.Actions now seg e.Core
+                finishGroup out TcpGroupKind.Opened now e start
+                true
+
+    // RFC 9293 §3.10.7.2: a SYN for a listener, with the queues bounded. The connection cap
+    // refuses with a RST; a full accept queue drops the SYN, as Linux does, so the peer's
+    // retransmission tries again later; a full half-open queue answers with a SYN cookie.
+    let listenerSyn
+        (out: TcpEndpointOutput)
+        (now: int64)
+        (ip: IpLayerState)
+        (listener: TcpListenEndpoint)
+        (key: EndpointKey)
+        (seg: Segment)
+        (old: TcpEndpoint)
+        =
+        if connections.Count >= settings.MaxConnections then
+            out.Notes.Add "tcp.drop.max-connections"
+            reset out key seg
+        elif not listener.AcceptQueueHasRoom then
+            out.Notes.Add "tcp.drop.listen-queue-full"
+        // A SYN that reopened a TIME-WAIT 4-tuple takes state even when the half-open queue is
+        // full, as Linux does (no cookie when tw_isn is set): a cookie is an ISS of its own,
+        // which could not honour reopenIss (RFC 1122 §4.2.2.13). A flood cannot use it: the
+        // connection replaces the one in TIME-WAIT just released, and each such SYN needs a
+        // 4-tuple in TIME-WAIT and a sequence number or timestamp beyond its last.
+        elif isNull old && listener.HalfOpen >= listener.MaxHalfOpen then
+            if settings.SynCookies then
+                sendCookie out now listener key seg
+            else
+                out.Notes.Add "tcp.drop.half-open-full"
+        else
+            let generated = generateIss now key
+
+            let iss =
+                if isNull old then
+                    generated
+                else
+                    Connection.reopenIss old.Core generated
+
+            let start = out.Actions.Count
+            let core = Connection.acceptInto out.Actions (config key.Local.IsIpv6) iss now seg
+
+            if core.State = TcpState.SynReceived then
+                let e = newEndpoint key false (withPathMtu now ip key.Remote core)
+                e.HalfOpenOf <- listener
+                e.Listener <- listener
+                listener.HalfOpen <- listener.HalfOpen + 1
+                out.Notes.Add "tcp.passive-open"
+                finishGroup out TcpGroupKind.Opened now e start
+            else
+                // Refused in LISTEN (the engine's own checks): only its segments matter.
+                let actions = out.Actions.AsSpan()
+
+                for i in start .. actions.Length - 1 do
+                    match actions[i] with
+                    | TcpAction.Transmit _ ->
+                        out.Groups.Add
+                            {
+                                Kind = TcpGroupKind.Stateless
+                                Endpoint = null
+                                Key = key
+                                Start = i
+                                Count = 1
+                            }
+                    | _ -> ()
+
+    let listen
+        (address: IpAddr voption)
+        (ipv4: bool)
+        (ipv6: bool)
+        (port: int)
+        (backlog: int)
+        (maxHalfOpen: int)
+        (random: int)
+        =
+        if port < 0 || port > 65535 then
+            invalidArg (nameof port) "A port lies in 0..65535."
+
+        if backlog < 1 || maxHalfOpen < 1 then
+            invalidArg (nameof backlog) "The backlog and the half-open bound must be positive."
+
+        let chosen = if port <> 0 then port else pickPort ipv4 ipv6 random
+
+        if
+            chosen < 0
+            || (ipv4 && listen4.ContainsKey(uint16 chosen))
+            || (ipv6 && listen6.ContainsKey(uint16 chosen))
+        then
+            null
+        else
+            let l = TcpListenEndpoint(address, ipv4, ipv6, uint16 chosen, backlog, maxHalfOpen)
+            l.CookieSentAt <- Int64.MinValue
+
+            if ipv4 then
+                listen4[uint16 chosen] <- l
+
+            if ipv6 then
+                listen6[uint16 chosen] <- l
+
+            l
+
+    /// The connection of a 4-tuple, or null.
+    member _.Find(key: EndpointKey) : TcpEndpoint =
+        match connections.TryGetValue key with
+        | true, e -> e
+        | _ -> null
+
+    /// The connections in the table.
+    member _.Connections = connections.Values
+
+    /// How many connections the table holds (any state).
+    member _.Count = connections.Count
+
+    /// The earliest deadline of any connection's timer (Int64.MaxValue: none).
+    member _.NextDeadline =
+        match timers.TryPeek() with
+        | true, _, at -> at
+        | _ -> Int64.MaxValue
+
+    /// Listens on `port` (0: an ephemeral one, drawn with `random`) on every address of the
+    /// families given (RFC 9293 §3.10.1 with an unspecified local address). Null when the port
+    /// is taken for one of them (AddressAlreadyInUse).
+    member _.ListenAll
+        (ipv4: bool, ipv6: bool, port: int, backlog: int, maxHalfOpen: int, random: int)
+        : TcpListenEndpoint =
+        if not ipv4 && not ipv6 then
+            invalidArg (nameof ipv4) "A listener takes at least one family."
+
+        listen ValueNone ipv4 ipv6 port backlog maxHalfOpen random
+
+    /// Listens on (`address`, `port`) only (0: an ephemeral port, drawn with `random`). Null
+    /// when the port is taken for the address's family (AddressAlreadyInUse).
+    member _.ListenOn(address: IpAddr, port: int, backlog: int, maxHalfOpen: int, random: int) : TcpListenEndpoint =
+        listen (ValueSome address) (not address.IsIpv6) address.IsIpv6 port backlog maxHalfOpen random
+
+    /// Stops `listener`: SYNs for its port get a RST from now on. Its connections stay.
+    member _.Unlisten(listener: TcpListenEndpoint) =
+        listener.Closed <- true
+
+        let drop (table: Dictionary<uint16, TcpListenEndpoint>) =
+            match table.TryGetValue listener.Port with
+            | true, l when obj.ReferenceEquals(l, listener) -> table.Remove listener.Port |> ignore
+            | _ -> ()
+
+        drop listen4
+        drop listen6
+
+    /// The listeners (each once).
+    member _.Listeners: TcpListenEndpoint array =
+        Seq.append listen4.Values listen6.Values |> Seq.distinct |> Seq.toArray
+
+    /// An active open (RFC 9293 §3.10.1) from `local` to (remote, remotePort), from an
+    /// ephemeral port drawn with `random`.
+    member _.Connect
+        (
+            out: TcpEndpointOutput,
+            now: int64,
+            ip: IpLayerState,
+            local: IpAddr,
+            remote: IpAddr,
+            remotePort: uint16,
+            random: int,
+            [<Out>] endpoint: byref<TcpEndpoint>
+        ) : TcpConnectResult =
+        out.Clear()
+        endpoint <- null
+
+        if connections.Count >= settings.MaxConnections then
+            out.Notes.Add "tcp.refused.max-connections"
+            TcpConnectResult.TooManyConnections
+        else
+            let port = pickPort (not local.IsIpv6) local.IsIpv6 random
+
+            if port < 0 then
+                // A kernel socket's connect fails with EADDRNOTAVAIL then.
+                out.Notes.Add "tcp.refused.no-ephemeral-port"
+                TcpConnectResult.NoEphemeralPort
+            else
+                let key =
+                    {
+                        Local = local
+                        LocalPort = uint16 port
+                        Remote = remote
+                        RemotePort = remotePort
+                    }
+
+                let core =
+                    Connection.openActiveInto out.Actions (config local.IsIpv6) (generateIss now key) now
+
+                let e = newEndpoint key true (withPathMtu now ip remote core)
+                out.Notes.Add "tcp.active-open"
+                finishGroup out TcpGroupKind.Connection now e 0
+                endpoint <- e
+                TcpConnectResult.Opened
+
+    /// An arriving segment from (source, seg.SourcePort) to (destination, seg.DestinationPort).
+    member _.Segment
+        (
+            out: TcpEndpointOutput,
+            now: int64,
+            ip: IpLayerState,
+            source: IpAddr,
+            sourcePort: uint16,
+            destination: IpAddr,
+            destinationPort: uint16,
+            seg: Segment
+        ) =
+        out.Clear()
+
+        if seg.Has TcpFlags.Syn && (seg.Has TcpFlags.Fin || seg.Has TcpFlags.Rst) then
+            // SYN with FIN or RST has no meaning in any state (a scanner's or an attacker's
+            // packet): dropped without an answer, as Linux does.
+            out.Notes.Add "tcp.drop.illegal-flags"
+        else
+            let key =
+                {
+                    Local = destination
+                    LocalPort = destinationPort
+                    Remote = source
+                    RemotePort = sourcePort
+                }
+
+            let mutable old: TcpEndpoint = null
+            let mutable handled = false
+
+            match connections.TryGetValue key with
+            | true, e ->
+                reopened <- null
+                e.Core <- Connection.handleSegmentInto out.Actions now seg e.Core
+                finishGroup out TcpGroupKind.Connection now e 0
+
+                if obj.ReferenceEquals(reopened, e) then
+                    // RFC 6191: the SYN ended TIME-WAIT (the endpoint is released); it goes
+                    // on to the listener as a new connection request.
+                    reopened <- null
+                    old <- e
+                else
+                    handled <- true
+            | _ -> ()
+
+            if not handled then
+                let listener = findListener destination destinationPort
+
+                if not (isNull listener) && seg.Has TcpFlags.Syn && not (seg.Has TcpFlags.Ack) then
+                    listenerSyn out now ip listener key seg old
+                elif
+                    not (isNull listener)
+                    && seg.Has TcpFlags.Ack
+                    && not (seg.Has TcpFlags.Syn)
+                    && not (seg.Has TcpFlags.Rst)
+                    && listener.CookieSentAt <> Int64.MinValue
+                    && now - listener.CookieSentAt < 2L * SynCookie.PeriodMicros
+                    && tryCookie out now ip listener key seg
+                then
+                    ()
+                else
+                    out.Notes.Add "tcp.drop.no-connection"
+                    reset out key seg
+
+    /// An ICMP error quoting one of our segments of the 4-tuple `quoted` (RFC 1122 §4.2.3.9,
+    /// RFC 5927): to that connection, whose engine checks the quoted sequence number and
+    /// decides. `sequenceQuoted` false (not a first fragment, or a quote cut before the
+    /// sequence number): nothing to check, so nothing is done.
+    member _.IcmpError
+        (out: TcpEndpointOutput, now: int64, quoted: EndpointKey, sequenceQuoted: bool, error: TcpIcmpError)
+        =
+        out.Clear()
+
+        match connections.TryGetValue quoted with
+        | true, e when sequenceQuoted ->
+            e.Core <- Connection.handleIcmpInto out.Actions now error e.Core
+            finishGroup out TcpGroupKind.Connection now e 0
+        | true, _ -> out.Notes.Add "tcp.icmp.unverifiable"
+        | _ -> out.Notes.Add "icmp.error.no-socket"
+
+    /// Runs every connection timer due at `now` (RFC 6298 retransmission, delayed ACK, persist,
+    /// keep-alive, TIME-WAIT, FIN-WAIT-2, loss probe, user timeout), one group each.
+    member _.RunTimers(out: TcpEndpointOutput, now: int64) =
+        out.Clear()
+        let mutable e = null
+        let mutable at = 0L
+
+        while timers.TryPeek(&e, &at) && at <= now do
+            timers.Dequeue() |> ignore
+
+            if at = e.TimerAt && not e.Released then
+                e.TimerAt <- Int64.MaxValue
+                let retries = e.Core.Timers.Retries
+                let start = out.Actions.Count
+                e.Core <- Connection.handleTimerInto out.Actions now e.Core
+                // Retries grows only when the retransmission timer fired with data
+                // outstanding (RFC 6298 §5.4).
+                if e.Core.Timers.Retries > retries then
+                    out.Notes.Add "tcp.retransmission-timeout"
+
+                finishGroup out TcpGroupKind.Connection now e start
+
+    /// The user has written `totalWritten` bytes into e's send buffer since the connection
+    /// began: the new ones go out as the window and congestion control allow.
+    member _.Written(out: TcpEndpointOutput, now: int64, e: TcpEndpoint, totalWritten: int64) =
+        out.Clear()
+
+        if not e.Released && Connection.canSend e.Core then
+            let more = totalWritten - e.Core.Snd.Written
+
+            if more > 0L then
+                e.Core <- Connection.sendInto out.Actions now more e.Core
+                finishGroup out TcpGroupKind.Connection now e 0
+
+    /// The user has read `totalConsumed` bytes of e's receive stream: the window may open.
+    member _.Consumed(out: TcpEndpointOutput, now: int64, e: TcpEndpoint, totalConsumed: int64) =
+        out.Clear()
+
+        if not e.Released then
+            let more = totalConsumed - e.Core.Rcv.Consumed
+
+            if more > 0L then
+                e.Core <- Connection.receiveWindowUpdateInto out.Actions now more e.Core
+                finishGroup out TcpGroupKind.Connection now e 0
+
+    /// CLOSE (RFC 9293 §3.10.4). `orphan`: the user also let go of the connection, so nobody
+    /// reads: its window stays open and FIN-WAIT-2 ends after `TcpLayer.OrphanFinWait2Timeout`.
+    member _.Close(out: TcpEndpointOutput, now: int64, e: TcpEndpoint, orphan: bool) =
+        out.Clear()
+
+        if not e.Released then
+            if orphan then
+                e.Orphaned <- true
+                e.Core <- TcpLayer.orphan now e.Core
+
+            e.Core <- Connection.closeInto out.Actions now e.Core
+            finishGroup out TcpGroupKind.Connection now e 0
+
+    /// TCP_NODELAY on or off (RFC 9293 §3.7.4, Nagle).
+    member _.SetNoDelay(out: TcpEndpointOutput, now: int64, e: TcpEndpoint, noDelay: bool) =
+        out.Clear()
+
+        if not e.Released then
+            e.Core <- Connection.setNoDelayInto out.Actions now noDelay e.Core
+            finishGroup out TcpGroupKind.Connection now e 0
+
+    /// ABORT (RFC 9293 §3.10.5).
+    member _.Abort(out: TcpEndpointOutput, now: int64, e: TcpEndpoint) =
+        out.Clear()
+
+        if not e.Released then
+            e.Core <- Connection.abortInto out.Actions now e.Core
+            finishGroup out TcpGroupKind.Connection now e 0
+
+    /// The stack is going away: every connection the peer may still hold state for gets the
+    /// RST an ABORT sends (RFC 9293 §3.10.5), one stateless group each, and the table empties.
+    member _.AbortAll(out: TcpEndpointOutput, now: int64) =
+        out.Clear()
+        let scratchActions = TcpActions()
+
+        for e in connections.Values do
+            scratchActions.Clear()
+            Connection.abortInto scratchActions now e.Core |> ignore
+
+            for a in scratchActions.AsSpan() do
+                match a with
+                | TcpAction.Transmit segment -> stateless out e.Key segment
+                | _ -> ()
+
+            e.Released <- true
+
+        connections.Clear()
+        portUse.Clear()
+        timers.Clear()
+        listen4.Clear()
+        listen6.Clear()

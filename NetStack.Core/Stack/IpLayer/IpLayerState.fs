@@ -1,0 +1,39 @@
+namespace NetStack.Core.Stack
+
+open NetStack.Core.Wire
+open NetStack.Core.Ip
+
+/// The configuration of the IP layer.
+type IpLayerConfig =
+    {
+        /// Our IPv4 address, if we have one.
+        Address4: Ipv4Address voption
+        /// Our IPv6 address, if we have one.
+        Address6: Ipv6Address voption
+        /// The link MTU (68..65535; at least 1280 when Address6 is set).
+        Mtu: int
+        /// ICMP errors we may send per second (RFC 4443 §2.4(f), RFC 1812 §4.3.2.8).
+        IcmpErrorsPerSecond: int
+        /// The largest burst of ICMP errors.
+        IcmpErrorBurst: int
+        /// Reassembly limits.
+        Reassembly: ReassemblyConfig
+    }
+
+/// The IP layer's state: an immutable value, replaced by every call that changes it.
+type IpLayerState =
+    {
+        /// The configuration it was made with.
+        Config: IpLayerConfig
+        /// Datagrams being reassembled.
+        Reassembly: ReassemblyState
+        /// Path MTUs learned from ICMP.
+        PathMtu: PathMtuCache
+        /// Rate limit of the ICMP errors we send.
+        ErrorBucket: TokenBucket
+        /// Datagrams in progress the reassembly caps evicted so far (a drop the caller counts).
+        ReassemblyEvicted: int64
+        /// IPv6 addresses that are ours besides Config.Address6 (autoconfigured ones, RFC 4862):
+        /// packets to them are accepted too. Never mutated; replaced by IpLayer.withAddresses6.
+        Extra6: Ipv6Address[]
+    }

@@ -1,0 +1,156 @@
+namespace NetStack.Core.Stack
+
+open System
+open System.Buffers.Binary
+open NetStack.Core.Wire
+open NetStack.Core.Ip
+open NetStack.Core.Tcp
+// After NetStack.Core.Ip: DropReason is this namespace's (Received.fs), not reassembly's.
+open NetStack.Core.Stack
+
+/// Receiving IPv6 (RFC 8200, RFC 4291): whose packet it is, whose source we refuse, extension
+/// headers, fragments to reassembly (RFC 6946 atomic fragments whole), then the transport.
+[<RequireQualifiedAccess>]
+module internal Ipv6Input =
+
+    open IpInput
+    open IcmpInput
+
+    /// The transport layer of an IPv6 packet that is whole: `ext` says where it starts.
+    let private upperV6
+        (now: int64)
+        (state: IpLayerState)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (h: Ipv6Header)
+        (ext: Ipv6Extensions)
+        (ours: Ipv6Address)
+        (trusted: bool)
+        =
+        let basic =
+            { nothing with
+                Source = V6 h.Source
+                Destination = V6 h.Destination
+                Packet = at owner 0 (Ipv6.HeaderLength + h.PayloadLength)
+            }
+
+        let payload = packet.Slice(ext.UpperOffset, ext.UpperLength)
+
+        match ext.UpperProtocol with
+        | IpProtocol.Icmpv6 ->
+            icmpMessage
+                now
+                state
+                basic
+                packet
+                owner
+                ext.UpperOffset
+                (Icmpv6.parse h.Source h.Destination payload)
+                true
+                false
+                (V6 ours)
+        | IpProtocol.Udp ->
+            let parsed =
+                if trusted then
+                    Udp.parse payload
+                else
+                    Udp.parseV6 h.Source h.Destination payload
+
+            udpDatagram state basic owner ext.UpperOffset parsed
+        | IpProtocol.Tcp ->
+            let parsed =
+                if trusted then
+                    Tcp.parse payload
+                else
+                    Tcp.parseV6 h.Source h.Destination payload
+
+            tcpSegment state basic parsed payload owner ext.UpperOffset
+        | IpProtocol.Ipv6NoNextHeader -> dropped state DropReason.NoNextHeader
+        | _ -> dropped state DropReason.UnknownProtocol
+
+    /// RFC 8200 §4.5 reassembly: the unfragmentable part gets the new Payload Length, and the
+    /// Next Header that named the Fragment header names the first fragmentable header instead.
+    let private patchReassembledV6 (d: ReassembledDatagram) =
+        let packet = d.Packet
+        BinaryPrimitives.WriteUInt16BigEndian(Span(packet, 4, 2), uint16 (packet.Length - Ipv6.HeaderLength))
+        // The unfragmentable part was walked when its fragment arrived; walk it again to find
+        // the last Next Header field in it.
+        let mutable naming = 6
+        let mutable position = Ipv6.HeaderLength
+
+        while position + 1 < d.HeaderLength do
+            naming <- position
+            position <- position + (int packet.[position + 1] + 1) * 8
+
+        packet.[naming] <- d.NextHeader
+
+    let rec receive
+        (now: int64)
+        (state: IpLayerState)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (reassembled: bool)
+        (trusted: bool)
+        =
+        match Ipv6.parse packet with
+        | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
+        | Ok h ->
+            match state.Config.Address6 with
+            | ValueNone -> dropped state DropReason.NotForUs
+            | ValueSome configured ->
+                // The configured address first, so the common case costs one comparison.
+                let isOurs = h.Destination = configured || Array.contains h.Destination state.Extra6
+
+                let ours = if isOurs then h.Destination else configured
+
+                if not isOurs then
+                    dropped state DropReason.NotForUs
+                elif
+                    h.Source.IsMulticast
+                    || AddressClass.isUnspecified6 h.Source
+                    || AddressClass.isLoopback6 h.Source
+                    || h.Source = configured
+                    || Array.contains h.Source state.Extra6
+                then
+                    dropped state DropReason.BadSource
+                else
+                    match Ipv6.parseExtensions packet h with
+                    | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
+                    | Ok ext ->
+                        match ext.Fragment with
+                        | ValueNone -> upperV6 now state packet owner h ext ours trusted
+                        | ValueSome _ when reassembled -> dropped state DropReason.NestedFragment
+                        | ValueSome f when f.Offset = 0 && not f.MoreFragments ->
+                            // RFC 6946: an atomic fragment is processed as a whole packet.
+                            upperV6 now state packet owner h ext ours trusted
+                        | ValueSome f ->
+                            let fragment: Fragment =
+                                {
+                                    Key = ReassemblyKey.V6(h.Source, h.Destination, f.Identification)
+                                    Offset = f.Offset
+                                    MoreFragments = f.MoreFragments
+                                    NextHeader = f.NextHeader
+                                    Header = packet.Slice(0, ext.UnfragmentableLength)
+                                    Payload = packet.Slice(ext.UpperOffset, ext.UpperLength)
+                                }
+
+                            let reassembly, result = Reassembly.add now fragment state.Reassembly
+
+                            let state =
+                                { state with
+                                    Reassembly = reassembly
+                                    ReassemblyEvicted = state.ReassemblyEvicted + evicted result.Abandoned
+                                }
+
+                            match result.Outcome with
+                            | FragmentOutcome.Completed d ->
+                                patchReassembledV6 d
+                                receive now state (ReadOnlySpan d.Packet) d.Packet true false
+                            | FragmentOutcome.Held ->
+                                struct (state,
+                                        { nothing with
+                                            Kind = ReceivedKind.FragmentHeld
+                                        })
+                            | FragmentOutcome.DuplicateIgnored -> dropped state DropReason.DuplicateFragment
+                            | FragmentOutcome.Dropped r -> dropped state (DropReason.Fragment r)
+                            | FragmentOutcome.Atomic -> upperV6 now state packet owner h ext ours false
