@@ -264,7 +264,6 @@ public sealed partial class NetworkStack
                 return;
         }
         c.LocalPort = endpoint.Key.LocalPort;
-        c.EphemeralPort = true;
         c.LocalEndPoint = new IPEndPoint(c.LocalAddress.ToIPAddress(), c.LocalPort);
         c.Endpoint = endpoint;
         endpoint.Owner = c;

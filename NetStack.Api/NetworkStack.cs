@@ -30,10 +30,10 @@ namespace NetStack;
 public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 {
     /// <summary>The first port handed out for port 0 (RFC 6335 §6: the dynamic range 49152–65535).</summary>
-    public const int EphemeralPortFirst = 49152;
+    public const int EphemeralPortFirst = EphemeralPorts.First;
 
     /// <summary>The last ephemeral port.</summary>
-    public const int EphemeralPortLast = 65535;
+    public const int EphemeralPortLast = EphemeralPorts.Last;
 
     // The loop never sleeps longer than this without looking at its timers and commands.
     private const int MaxWaitMilliseconds = 1000;

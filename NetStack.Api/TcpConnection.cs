@@ -141,8 +141,6 @@ public sealed partial class TcpConnection : Stream
     /// <summary>The user disposed it: arriving data is read and thrown away by the loop.</summary>
     internal bool Orphaned;
 
-    /// <summary>True when the local port came from the ephemeral range and must be released.</summary>
-    internal bool EphemeralPort;
 
     /// <summary>The loop command that sends newly written bytes; made once, posted once per batch of writes.</summary>
     internal Action? SendCommand;

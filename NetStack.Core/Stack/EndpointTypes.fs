@@ -7,6 +7,36 @@ open System.Threading
 open NetStack.Core.Tcp
 open NetStack.Core.Wire
 
+/// The dynamic port range (RFC 6335 §6) both endpoint tables hand ephemeral ports from, and
+/// RFC 6056 §3.3.1's choice among them.
+[<RequireQualifiedAccess>]
+module EphemeralPorts =
+
+    /// The first dynamic port.
+    [<Literal>]
+    let First = 49152
+
+    /// The last dynamic port.
+    [<Literal>]
+    let Last = 65535
+
+    /// From a random start in the range, upwards, the first port `free` accepts; -1 when none.
+    let pick (free: uint16 -> bool) (random: int) =
+        let count = Last - First + 1
+        let start = (random &&& Int32.MaxValue) % count
+        let mutable found = -1
+        let mutable i = 0
+
+        while found < 0 && i < count do
+            let port = First + (start + i) % count
+
+            if free (uint16 port) then
+                found <- port
+
+            i <- i + 1
+
+        found
+
 /// A TCP 4-tuple from our side: the key of the connection table.
 [<Struct; CustomEquality; NoComparison>]
 type EndpointKey =

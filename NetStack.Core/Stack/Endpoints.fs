@@ -18,10 +18,6 @@ open NetStack.Core.Wire
 /// loop): it is not thread-safe.
 [<Sealed>]
 type TcpEndpointTable(settings: TcpEndpointSettings) =
-    // RFC 6335 §6 dynamic ports, RFC 6056's range.
-    static let firstEphemeral = 49152
-    static let lastEphemeral = 65535
-
     let connections = Dictionary<EndpointKey, TcpEndpoint>()
     let listen4 = Dictionary<uint16, TcpListenEndpoint>()
     let listen6 = Dictionary<uint16, TcpListenEndpoint>()
@@ -91,23 +87,9 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         && not (v6 && listen6.ContainsKey port)
         && not (portUse.ContainsKey port)
 
-    // RFC 6056 §3.3.1 (algorithm 1): from a random start in the dynamic range, upwards, the
-    // first port no listener of the families and no connection in any state uses.
+    // RFC 6056 §3.3.1: a port no listener of the families and no connection in any state uses.
     let pickPort (v4: bool) (v6: bool) (random: int) =
-        let count = lastEphemeral - firstEphemeral + 1
-        let start = (random &&& Int32.MaxValue) % count
-        let mutable found = -1
-        let mutable i = 0
-
-        while found < 0 && i < count do
-            let port = uint16 (firstEphemeral + (start + i) % count)
-
-            if portFree v4 v6 port then
-                found <- int port
-
-            i <- i + 1
-
-        found
+        EphemeralPorts.pick (portFree v4 v6) random
 
     let newEndpoint (key: EndpointKey) (ephemeral: bool) (core: Connection) =
         let e = TcpEndpoint(nextHandle, key, ephemeral)

@@ -23,9 +23,6 @@ type UdpEndpoint internal (address: IpAddr voption, ipv4: bool, ipv6: bool, port
 /// owned by the engine loop: not thread-safe.
 [<Sealed>]
 type UdpEndpointTable() =
-    static let firstEphemeral = 49152
-    static let lastEphemeral = 65535
-
     let bound4 = Dictionary<uint16, UdpEndpoint>()
     let bound6 = Dictionary<uint16, UdpEndpoint>()
 
@@ -40,21 +37,7 @@ type UdpEndpointTable() =
             if port <> 0 then
                 port
             else
-                // From a random start in the dynamic range, upwards, the first free port.
-                let count = lastEphemeral - firstEphemeral + 1
-                let start = (random &&& Int32.MaxValue) % count
-                let mutable found = -1
-                let mutable i = 0
-
-                while found < 0 && i < count do
-                    let p = firstEphemeral + (start + i) % count
-
-                    if free v4 v6 (uint16 p) then
-                        found <- p
-
-                    i <- i + 1
-
-                found
+                EphemeralPorts.pick (free v4 v6) random
 
         if chosen < 0 || not (free v4 v6 (uint16 chosen)) then
             null
