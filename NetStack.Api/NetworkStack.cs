@@ -157,6 +157,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             IcmpErrorsPerSecond = options.IcmpErrorsPerSecond,
             ReassemblyMaxBytes = options.ReassemblyMaxBytes,
             ReassemblyMaxDatagrams = options.ReassemblyMaxDatagrams,
+            AnyDestination = options.AnyDestination,
         }.ToConfig();
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
@@ -333,6 +334,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
         if (options.Slaac && (options.Mode != NetStackMode.Tap || options.Address6 is null))
             throw new ArgumentException("Slaac needs Mode = Tap and an Address6 (the stack's main IPv6 address).", nameof(options));
+        if (options.ForwardMaxPendingTcp < 1 || options.ForwardMaxUdpFlows < 1 || options.ForwardMaxEchoRequests < 1)
+            throw new ArgumentException("ForwardMaxPendingTcp, ForwardMaxUdpFlows and ForwardMaxEchoRequests must be positive.", nameof(options));
+        if (options.ForwardTcpDecisionTimeout <= TimeSpan.Zero || options.ForwardUdpIdleTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("ForwardTcpDecisionTimeout and ForwardUdpIdleTimeout must be positive.", nameof(options));
         if (options.SlaacSecretKey is { Length: 0 })
             throw new ArgumentException("SlaacSecretKey is empty (null means a random key).", nameof(options));
         if (options.CapturePath is not null && options.CapturePath.Length == 0)
@@ -485,6 +490,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         foreach (var endpoint in _udpTable.Endpoints)
             (endpoint.Owner as UdpSocket)?.Dispose();
         DisposeTcp();
+        DisposeForwarders();
         _link?.Dispose();
         _device.Dispose();
         _meter.Dispose();
