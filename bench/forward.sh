@@ -43,12 +43,21 @@ row() {
   local nsexec=() target="" ifmtu=""
   # Global: the EXIT trap and the helpers below read them.
   pids=() holder="" toolpid=""
+  # shellcheck disable=SC2317 # called by the EXIT trap
   cleanup() {
-    # Stop what this row started, newest first, by PID; the PID namespace ends the rest.
-    local i
+    # Stop what this row started, newest first, by PID: SIGTERM, then SIGKILL after 5 s. The
+    # PID namespace ends anything else when this shell (its PID 1) exits.
+    local i p
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
       kill "${pids[i]}" 2>/dev/null || true
     done
+    for ((i = 0; i < 50; i++)); do
+      p=""
+      for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && break; p=""; done
+      [ -z "$p" ] && break
+      sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     umount "$STATE/netns" 2>/dev/null || true
   }
@@ -357,10 +366,12 @@ STATE=$(mktemp -d)
 trap 'rm -rf "$STATE"' EXIT
 export STATE BYTES BUFFER CONNS CONCURRENCY WARMUP NETSTACK NETSTACK_GATEWAY
 
-# netstack's column exists once `netstack run` does.
+# netstack's column exists once `netstack run` does: its help then has a "netstack run" usage line
+# (without the verb, `netstack run --help` prints the root help and exits 0 all the same).
 netstack_why=""
 # shellcheck disable=SC2086
-if ! $NETSTACK run --help >"$STATE/run-help" 2>&1; then
+if ! $NETSTACK run --help >"$STATE/run-help" 2>&1 ||
+  ! grep -Eq '^[[:space:]]*netstack run( |$)' "$STATE/run-help"; then
   netstack_why="not available (no 'netstack run' in: $NETSTACK)"
 fi
 
