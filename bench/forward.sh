@@ -248,10 +248,16 @@ while True:
       echo "- -"
       return
     fi
+    [ -z "${DEBUG_JSON:-}" ] || printf '%s\n' "$json" >"$DEBUG_JSON.$tool.$mtu${1:-}"
     after=$(tool_ticks)
     python3 -c '
 import json, sys
-end = json.loads(sys.stdin.read())["end"]["sum_received"]
+result = json.loads(sys.stdin.read())
+if "error" in result or "sum_received" not in result.get("end", {}):
+    print("iperf3: %s (end has %s)" % (result.get("error", "no result"), sorted(result.get("end", {}))), file=sys.stderr)
+    print("- -")
+    sys.exit(0)
+end = result["end"]["sum_received"]
 ticks, hz, direct = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 gb = end["bytes"] / 1e9
 cpu = "-" if direct else "%.2f" % (ticks / hz / gb)
@@ -294,9 +300,12 @@ print("%.2f %s" % (end["bits_per_second"] / 1e9, cpu))
     note="ab failed: $(grep -v '^Total of' <<<"$ab" | tail -n 1)"
     log "ab failed: $ab"
   fi
+  if [ "${out_gbps:--}" = - ] || [ "${in_gbps:--}" = - ]; then
+    note="iperf3 failed (its message is on stderr) ${note}"
+  fi
   [ "$mtu" = default ] && mtu="$ifmtu (default)"
   [ "$mtu" = "$ifmtu" ] || [ "$mtu" = "$ifmtu (default)" ] || note="interface MTU $ifmtu ${note}"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$mtu" "$out_gbps" "$in_gbps" "$conns" "$out_cpu" "$in_cpu" "$note"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$mtu" "${out_gbps:--}" "${in_gbps:--}" "${conns:--}" "${out_cpu:--}" "${in_cpu:--}" "${note:- }"
 }
 
 # The PIDs of every descendant of $1 (children first).
