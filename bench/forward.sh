@@ -5,7 +5,7 @@
 # processor time of the forwarding process per GB, and prints one Markdown table.
 #
 #   sudo bench/forward.sh [--bytes SIZE] [--buffer SIZE] [--conns N] [--concurrency N]
-#                         [--warmup SECONDS] [--rows LIST] [--netstack "COMMAND"]
+#                         [--warmup SECONDS] [--repeat N] [--rows LIST] [--netstack "COMMAND"]
 #                         [--netstack-gateway ADDR]
 #
 # Columns (rows are TOOL:MTU, MTU a number or "default" = whatever the tool picks by itself):
@@ -343,6 +343,7 @@ BUFFER=1M      # iperf3 -l: bytes per write/read; 128K (iperf3's own default) ma
 CONNS=20000    # ab -n
 CONCURRENCY=20 # ab -c
 WARMUP=2       # seconds of iperf3 each way before measuring (0: none)
+REPEAT=1       # rounds; each figure is the median over them
 ROWS=direct:default,direct:1500,slirp4netns:default,slirp4netns:65520,pasta:default,pasta:1500,netstack:default,netstack:1500
 NETSTACK="dotnet $REPO/NetStack.Cli/bin/Release/net10.0/netstack.dll"
 NETSTACK_GATEWAY=""
@@ -353,6 +354,7 @@ while [ $# -gt 0 ]; do
     --conns) CONNS=$2; shift 2 ;;
     --concurrency) CONCURRENCY=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
     --rows) ROWS=$2; shift 2 ;;
     --netstack) NETSTACK=$2; shift 2 ;;
     --netstack-gateway) NETSTACK_GATEWAY=$2; shift 2 ;;
@@ -387,26 +389,57 @@ fi
 version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "?"; }
 echo "Forwarding benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), Linux $(uname -r)"
 echo "slirp4netns $(version slirp4netns), passt $(version passt), iperf3 $(version iperf3), ab $(version apache2-utils), netstack $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
-echo "Command: bench/forward.sh --bytes $BYTES --buffer $BUFFER --conns $CONNS --concurrency $CONCURRENCY --warmup $WARMUP --rows $ROWS"
+echo "Command: bench/forward.sh --bytes $BYTES --buffer $BUFFER --conns $CONNS --concurrency $CONCURRENCY --warmup $WARMUP --repeat $REPEAT --rows $ROWS"
 echo
 echo "| tool | MTU | ns → host Gbit/s | host → ns Gbit/s | conn/s | CPU s/GB ns → host | CPU s/GB host → ns | note |"
 echo "|---|---|---|---|---|---|---|---|"
 IFS=, read -r -a rows <<<"$ROWS"
-for r in "${rows[@]}"; do
-  tool=${r%%:*}
-  mtu=${r#*:}
-  [ "$mtu" = "$r" ] && mtu=default
-  if [ "$tool" = netstack ] && [ -n "$netstack_why" ]; then
-    line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "$netstack_why")
-  elif [ "$tool" = netstack ] && [ "$mtu" != default ] && ! grep -q -- '--mtu' "$STATE/run-help"; then
-    line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "not available ('netstack run' has no --mtu)")
-  else
-    # The row's own network, PID and mount namespaces: nothing it does reaches this namespace,
-    # and whatever it leaves running dies with its PID namespace.
-    line=$(unshare --net --pid --mount --fork --mount-proc --kill-child -- bash "$SELF" __row "$tool" "$mtu" | tail -n 1) ||
-      line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "row failed")
-    [ -n "$line" ] || line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "row printed nothing")
-  fi
-  IFS=$'\t' read -r t m a b c d e note <<<"$line"
-  echo "| $t | $m | $a | $b | $c | $d | $e | ${note:-} |"
+# Rounds: every row once per round, so a slow spell of the machine touches all tools alike.
+for ((round = 1; round <= REPEAT; round++)); do
+  for ((k = 0; k < ${#rows[@]}; k++)); do
+    r=${rows[k]}
+    tool=${r%%:*}
+    mtu=${r#*:}
+    [ "$mtu" = "$r" ] && mtu=default
+    if [ "$tool" = netstack ] && [ -n "$netstack_why" ]; then
+      line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "$netstack_why")
+    elif [ "$tool" = netstack ] && [ "$mtu" != default ] && ! grep -q -- '--mtu' "$STATE/run-help"; then
+      line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "not available ('netstack run' has no --mtu)")
+    else
+      # The row's own network, PID and mount namespaces: nothing it does reaches this namespace,
+      # and whatever it leaves running dies with its PID namespace.
+      line=$(unshare --net --pid --mount --fork --mount-proc --kill-child -- bash "$SELF" __row "$tool" "$mtu" | tail -n 1) ||
+        line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "row failed")
+      [ -n "$line" ] || line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "row printed nothing")
+    fi
+    printf '%s\t%s\n' "$k" "$line" >>"$STATE/results"
+    echo "round $round: $line" >&2
+  done
 done
+
+# One line per row: the median of each figure over the rounds that gave one.
+python3 - "$STATE/results" "$REPEAT" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    k, tool, mtu, *figures, note = line.rstrip("\n").split("\t")
+    row = rows.setdefault(int(k), {"tool": tool, "mtu": mtu, "figures": [[] for _ in figures], "notes": []})
+    for column, value in zip(row["figures"], figures):
+        if value != "-":
+            column.append(float(value))
+    if note.strip() and note.strip() not in row["notes"]:
+        row["notes"].append(note.strip())
+for k in sorted(rows):
+    row = rows[k]
+    cells = []
+    for i, column in enumerate(row["figures"]):
+        if not column:
+            cells.append("-")
+        elif i == 2:
+            cells.append("{:,.0f}".format(statistics.median(column)))
+        else:
+            cells.append("%.2f" % statistics.median(column))
+        if column and len(column) < int(sys.argv[2]):
+            cells[-1] += " (%d of %s runs)" % (len(column), sys.argv[2])
+    print("| %s | %s | %s | %s |" % (row["tool"], row["mtu"], " | ".join(cells), "; ".join(row["notes"])))
+PY
