@@ -34,7 +34,8 @@ HTTP_PORT=8080
 
 # ---------------------------------------------------------------------------------------------
 # One row, run as PID 1 of its own PID, mount and network namespaces (see main below).
-# Arguments: TOOL MTU. Prints one tab-separated line on stdout:
+# Arguments: TOOL MTU. Writes one tab-separated line to $STATE/result (stdout is the tools'
+# chatter, which main sends to stderr):
 #   TOOL MTU ns->host-Gbit/s host->ns-Gbit/s conn/s cpu-s/GB(ns->host) cpu-s/GB(host->ns) note
 # Diagnostics go to stderr.
 # ---------------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ row() {
   log() { echo "[$tool $mtu] $*" >&2; }
   fail() {
     log "$*"
-    printf '%s\t%s\t-\t-\t-\t-\t-\t%s\n' "$tool" "$mtu" "$*"
+    printf '%s\t%s\t-\t-\t-\t-\t-\t%s\n' "$tool" "$mtu" "$*" >"$STATE/result"
     exit 0
   }
 
@@ -305,7 +306,7 @@ print("%.2f %s" % (end["bits_per_second"] / 1e9, cpu))
   fi
   [ "$mtu" = default ] && mtu="$ifmtu (default)"
   [ "$mtu" = "$ifmtu" ] || [ "$mtu" = "$ifmtu (default)" ] || note="interface MTU $ifmtu ${note}"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$mtu" "${out_gbps:--}" "${in_gbps:--}" "${conns:--}" "${out_cpu:--}" "${in_cpu:--}" "${note:- }"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$mtu" "${out_gbps:--}" "${in_gbps:--}" "${conns:--}" "${out_cpu:--}" "${in_cpu:--}" "${note:- }" >"$STATE/result"
 }
 
 # The PIDs of every descendant of $1 (children first).
@@ -408,9 +409,11 @@ for ((round = 1; round <= REPEAT; round++)); do
     else
       # The row's own network, PID and mount namespaces: nothing it does reaches this namespace,
       # and whatever it leaves running dies with its PID namespace.
-      line=$(unshare --net --pid --mount --fork --mount-proc --kill-child -- bash "$SELF" __row "$tool" "$mtu" | tail -n 1) ||
-        line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "row failed")
-      [ -n "$line" ] || line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "row printed nothing")
+      rm -f "$STATE/result"
+      status=0
+      unshare --net --pid --mount --fork --mount-proc --kill-child -- bash "$SELF" __row "$tool" "$mtu" >&2 || status=$?
+      line=$(cat "$STATE/result" 2>/dev/null || true)
+      [ -n "$line" ] || line=$(printf '%s\t%s\t-\t-\t-\t-\t-\t%s' "$tool" "$mtu" "row failed (exit $status) before its result")
     fi
     printf '%s\t%s\n' "$k" "$line" >>"$STATE/results"
     echo "round $round: $line" >&2
