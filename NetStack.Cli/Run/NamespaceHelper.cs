@@ -33,8 +33,8 @@ internal static class NamespaceHelper
     /// <param name="Command">The command and its arguments.</param>
     public sealed record Request(
         int Socket, string Interface, int Mtu, bool VirtioNetHeader,
-        (IPAddress Address, int Length)? Address, IPAddress? Gateway,
-        (IPAddress Address, int Length)? Address6, IPAddress? Gateway6,
+        AddressPrefix? Address, IPAddress? Gateway,
+        AddressPrefix? Address6, IPAddress? Gateway6,
         string? ResolvConf, IReadOnlyList<string> Command)
     {
         /// <summary>The helper's arguments (after the verb) that carry this request.</summary>
@@ -66,8 +66,8 @@ internal static class NamespaceHelper
             if (end < 0 || end == args.Length - 1)
                 throw new FormatException("no command after '--'");
             var values = args[..end].Select(a => a.Split('=', 2)).ToDictionary(kv => kv[0], kv => kv[1]);
-            static (IPAddress, int)? Prefix(string? text) =>
-                text is null ? null : (IPAddress.Parse(text[..text.IndexOf('/')]), int.Parse(text[(text.IndexOf('/') + 1)..], CultureInfo.InvariantCulture));
+            static AddressPrefix? Prefix(string? text) =>
+                text is null ? null : new AddressPrefix(IPAddress.Parse(text[..text.IndexOf('/')]), int.Parse(text[(text.IndexOf('/') + 1)..], CultureInfo.InvariantCulture));
             return new Request(
                 int.Parse(values["socket"], CultureInfo.InvariantCulture), values["interface"],
                 int.Parse(values["mtu"], CultureInfo.InvariantCulture), values["vnet"] == "1",

@@ -9,7 +9,7 @@ namespace NetStack.Cli.Run;
 /// One inbound port forward of <c>netstack run -p [tcp|udp]:[HOST_ADDR:]HOST_PORT:NS_PORT</c>:
 /// a host socket on HOST_ADDR:HOST_PORT (all addresses of both families when HOST_ADDR is left
 /// out, as pasta's <c>-t</c>/<c>-u</c> bind) whose traffic goes to NS_PORT of the namespace's
-/// address.
+/// address (the IPv4 one when the namespace has one, else the IPv6 one).
 /// </summary>
 /// <param name="Udp">UDP rather than TCP.</param>
 /// <param name="HostAddress">The host address to listen on; null: every address, IPv4 and IPv6.</param>
@@ -174,13 +174,10 @@ public sealed class PortForwards : IAsyncDisposable
         }
     }
 
-    // The namespace address for a host connection: the same family as the host side's (an
-    // IPv4-mapped address counts as IPv4), else the one the namespace has.
-    private static IPAddress Target(EndPoint? local, IPAddress? target4, IPAddress? target6)
-    {
-        var v6 = local is IPEndPoint { Address: var a } && a.AddressFamily == AddressFamily.InterNetworkV6 && !a.IsIPv4MappedToIPv6;
-        return (v6 ? target6 ?? target4 : target4 ?? target6)!;
-    }
+    // The namespace address every forward goes to: the IPv4 one when the namespace has one
+    // (whatever the host side's family: a server listening on 0.0.0.0 or on a dual-stack [::]
+    // takes it), else the IPv6 one.
+    private static IPAddress Target(IPAddress? target4, IPAddress? target6) => (target4 ?? target6)!;
 
     private async Task AcceptLoopAsync(NetworkStack stack, Socket listener, int port, IPAddress? target4, IPAddress? target6)
     {
@@ -205,7 +202,7 @@ public sealed class PortForwards : IAsyncDisposable
                 Reset(host);
                 continue;
             }
-            var target = new IPEndPoint(Target(host.LocalEndPoint, target4, target6), port);
+            var target = new IPEndPoint(Target(target4, target6), port);
             _ = Task.Run(async () =>
             {
                 try
@@ -393,7 +390,7 @@ public sealed class PortForwards : IAsyncDisposable
                     return flow;
                 if (_flows.Count >= MaxUdpFlows)
                     return null;
-                var target = new IPEndPoint(Target(new IPEndPoint(source.Address, 0), target4, target6), port);
+                var target = new IPEndPoint(Target(target4, target6), port);
                 UdpSocket socket;
                 try
                 {

@@ -9,6 +9,15 @@ using NetStack.Device;
 
 namespace NetStack.Cli.Run;
 
+/// <summary>An interface address with its prefix length, e.g. 10.0.2.100/24.</summary>
+/// <param name="Address">The address.</param>
+/// <param name="Length">The prefix length.</param>
+public sealed record AddressPrefix(IPAddress Address, int Length)
+{
+    /// <summary>ADDRESS/LENGTH.</summary>
+    public override string ToString() => $"{Address}/{Length}";
+}
+
 /// <summary>What <c>netstack run</c> was asked for.</summary>
 /// <param name="Interface">The namespace's interface name.</param>
 /// <param name="Address">The namespace's IPv4 address and prefix length (null: no IPv4).</param>
@@ -25,8 +34,8 @@ namespace NetStack.Cli.Run;
 /// <param name="Command">The command and its arguments.</param>
 public sealed record RunOptions(
     string Interface,
-    (IPAddress Address, int Length)? Address, IPAddress? Gateway,
-    (IPAddress Address, int Length)? Address6, IPAddress? Gateway6,
+    AddressPrefix? Address, IPAddress? Gateway,
+    AddressPrefix? Address6, IPAddress? Gateway6,
     IReadOnlyList<IPAddress> Dns, int Mtu, bool Offloads, bool ResolvConf,
     IReadOnlyList<PortForwardSpec> Publish, EgressPolicy Egress, bool Statistics,
     IReadOnlyList<string> Command)
@@ -80,12 +89,12 @@ public static class RunCommand
     public static Command Create()
     {
         var iface = Cli.Value("--interface", "NAME", "the namespace's interface name (default tun0)", text => ParseInterface(text));
-        var address = Cli.Value("--address", "ADDR/LEN", "the namespace's IPv4 address, or none (default 10.0.2.100/24)", text => ParsePrefix("--address", text, AddressFamily.InterNetwork));
-        var address6 = Cli.Value("--address6", "ADDR/LEN", "the namespace's IPv6 address, or none (default fd00::100/64)", text => ParsePrefix("--address6", text, AddressFamily.InterNetworkV6));
+        var address = Cli.Value("--address", "ADDR/LEN", "the namespace's IPv4 address, or none (default 10.0.2.100/24)", text => new OrNone<AddressPrefix>(ParsePrefix("--address", text, AddressFamily.InterNetwork)));
+        var address6 = Cli.Value("--address6", "ADDR/LEN", "the namespace's IPv6 address, or none (default fd00::100/64)", text => new OrNone<AddressPrefix>(ParsePrefix("--address6", text, AddressFamily.InterNetworkV6)));
         var gateway = Cli.Value("--gateway", "ADDR", "the stack's IPv4 address, the default gateway (default 10.0.2.2)", text => Cli.ParseAddress("--gateway", text, AddressFamily.InterNetwork, false)!);
         var gateway6 = Cli.Value("--gateway6", "ADDR", "the stack's IPv6 address, the default gateway (default fd00::2)", text => Cli.ParseAddress("--gateway6", text, AddressFamily.InterNetworkV6, false)!);
-        var dns = Cli.Value("--dns", "ADDR", "the IPv4 DNS address written into resolv.conf, or none (default 10.0.2.3)", text => Cli.ParseAddress("--dns", text, AddressFamily.InterNetwork, true));
-        var dns6 = Cli.Value("--dns6", "ADDR", "the IPv6 DNS address written into resolv.conf, or none (default fd00::3)", text => Cli.ParseAddress("--dns6", text, AddressFamily.InterNetworkV6, true));
+        var dns = Cli.Value("--dns", "ADDR", "the IPv4 DNS address written into resolv.conf, or none (default 10.0.2.3)", text => new OrNone<IPAddress>(Cli.ParseAddress("--dns", text, AddressFamily.InterNetwork, true)));
+        var dns6 = Cli.Value("--dns6", "ADDR", "the IPv6 DNS address written into resolv.conf, or none (default fd00::3)", text => new OrNone<IPAddress>(Cli.ParseAddress("--dns6", text, AddressFamily.InterNetworkV6, true)));
         var mtu = Cli.Int("--mtu", "BYTES", "the interface MTU (default 65520, as slirp4netns and pasta)", 1280, 65535, "an MTU");
         var noOffloads = Cli.Flag("--no-offloads", "open the TUN device without a virtio-net header: no checksum offload, no TSO/USO super-segments");
         var noResolv = Cli.Flag("--no-resolv-conf", "leave /etc/resolv.conf as the host has it");
@@ -98,7 +107,8 @@ public static class RunCommand
         var deny = Cli.Repeatable("--deny", "PREFIX[:PORTS]", "egress rule: deny destinations in PREFIX on PORTS; repeatable", text => Rule(EgressAction.Deny, text));
         var egressDefault = Cli.Value("--default", "allow|deny", "the egress action when no rule matches (default allow)", text =>
             EgressPolicyModule.parseAction(text) is { IsOk: true } r ? r.ResultValue : throw Cli.Bad("--default", $"'{text}' is not allow or deny"));
-        var stats = Cli.Flag("--stats", "print the stack's counters on standard error when COMMAND has exited");
+        var stats = Cli.Flag("--stats", "when COMMAND has exited, print the counters (the stack's, publish.* of -p, process.fd.* of this process's open descriptors) "
+            + "on standard error between 'statistics' and 'end statistics' lines, non-zero ones only");
         var command = new Argument<string[]>("COMMAND") { Description = "the command to run and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
         var run = new Command("run", Summary)
         {
@@ -106,8 +116,8 @@ public static class RunCommand
         };
         run.SetAction(r =>
         {
-            var v4 = r.ValueOr(address, (IPAddress.Parse("10.0.2.100"), 24));
-            var v6 = r.ValueOr(address6, (IPAddress.Parse("fd00::100"), 64));
+            var v4 = r.ValueOr(address, new(new AddressPrefix(IPAddress.Parse("10.0.2.100"), 24))).Value;
+            var v6 = r.ValueOr(address6, new(new AddressPrefix(IPAddress.Parse("fd00::100"), 64))).Value;
             if (v4 is null && v6 is null)
                 throw new UsageException("--address and --address6 are both none: the namespace needs at least one");
             var gw = v4 is null ? null : r.ValueOr(gateway, IPAddress.Parse("10.0.2.2"));
@@ -115,9 +125,9 @@ public static class RunCommand
             CheckOnLink("--gateway", v4, gw);
             CheckOnLink("--gateway6", v6, gw6);
             var servers = new List<IPAddress>();
-            if (v4 is not null && r.ValueOr(dns, IPAddress.Parse("10.0.2.3")) is { } d4)
+            if (v4 is not null && r.ValueOr(dns, new(IPAddress.Parse("10.0.2.3"))).Value is { } d4)
                 servers.Add(d4);
-            if (v6 is not null && r.ValueOr(dns6, IPAddress.Parse("fd00::3")) is { } d6)
+            if (v6 is not null && r.ValueOr(dns6, new(IPAddress.Parse("fd00::3"))).Value is { } d6)
                 servers.Add(d6);
             // The rules in command-line order: the order of the option tokens.
             var rules = new List<EgressRule>();
@@ -140,6 +150,10 @@ public static class RunCommand
         return run;
     }
 
+    // An option value where 'none' means null (a System.CommandLine parser may not return null).
+    private sealed record OrNone<T>(T? Value)
+        where T : class;
+
     private static EgressRule Rule(EgressAction action, string text)
     {
         var parsed = EgressPolicyModule.parseTarget(action, text);
@@ -153,7 +167,7 @@ public static class RunCommand
         return text;
     }
 
-    private static (IPAddress Address, int Length)? ParsePrefix(string option, string text, AddressFamily family)
+    private static AddressPrefix? ParsePrefix(string option, string text, AddressFamily family)
     {
         if (text == "none")
             return null;
@@ -162,10 +176,10 @@ public static class RunCommand
             throw Cli.Bad(option, $"'{text}' has no prefix length: write ADDRESS/LENGTH, e.g. {(family == AddressFamily.InterNetwork ? "10.0.2.100/24" : "fd00::100/64")}");
         var address = Cli.ParseAddress(option, text[..slash], family, false)!;
         var length = Cli.ParseInt(option, text[(slash + 1)..], 1, family == AddressFamily.InterNetwork ? 30 : 127, "a prefix length");
-        return (address, length);
+        return new AddressPrefix(address, length);
     }
 
-    private static void CheckOnLink(string option, (IPAddress Address, int Length)? prefix, IPAddress? gateway)
+    private static void CheckOnLink(string option, AddressPrefix? prefix, IPAddress? gateway)
     {
         if (prefix is not { } p || gateway is null)
             return;
@@ -226,6 +240,32 @@ public static class RunCommand
         {
             forwards.DisposeAsync().AsTask().GetAwaiter().GetResult();
         }
+    }
+
+    // This process's open descriptors once everything is closed, for --stats: every one, and
+    // those that would be leaks of this command: the TUN device, and sockets (the socket pair,
+    // host sockets of -p) other than the runtime's own diagnostics socket (dotnet-diagnostic-*).
+    private static IEnumerable<KeyValuePair<string, long>> OpenDescriptors()
+    {
+        var targets = new DirectoryInfo("/proc/self/fd").GetFileSystemInfos()
+            .Select(f => f.LinkTarget ?? "").ToList();
+        var runtime = new HashSet<string>();
+        try
+        {
+            // "Num RefCount Protocol Flags Type St Inode Path" lines.
+            foreach (var line in File.ReadLines("/proc/self/net/unix").Skip(1))
+            {
+                var fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if (fields.Length > 7 && fields[7].Contains("dotnet-diagnostic-", StringComparison.Ordinal))
+                    runtime.Add($"socket:[{fields[6]}]");
+            }
+        }
+        catch (IOException)
+        {
+        }
+        yield return new("process.fd.open", targets.Count);
+        yield return new("process.fd.tun", targets.Count(t => t == "/dev/net/tun"));
+        yield return new("process.fd.socket", targets.Count(t => t.StartsWith("socket:", StringComparison.Ordinal) && !runtime.Contains(t)));
     }
 
     private static int Supervise(RunOptions options, PortForwards forwards)
@@ -367,6 +407,8 @@ public static class RunCommand
             {
                 var all = new Dictionary<string, long>(statistics.Snapshot());
                 foreach (var (name, value) in forwards.Counters.Snapshot())
+                    all[name] = value;
+                foreach (var (name, value) in OpenDescriptors())
                     all[name] = value;
                 Console.Error.WriteLine("statistics");
                 Console.Error.WriteLine(StackStarter.FormatStatistics(all));
