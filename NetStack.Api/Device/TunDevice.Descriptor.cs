@@ -26,7 +26,7 @@ public sealed unsafe partial class TunDevice
     /// <see cref="InterfaceIndex"/> reports <paramref name="interfaceIndex"/>. The device owns the
     /// descriptor from here (it is made non-blocking and close-on-exec) and closes it on
     /// <see cref="Dispose"/>; the interface goes when its last descriptor does (unless persistent).
-    /// <see cref="IsOwned"/> is true.
+    /// <see cref="IsOwned"/> is true. When this throws, the descriptor stays the caller's.
     /// </summary>
     /// <param name="fileDescriptor">An open descriptor of /dev/net/tun after a successful TUNSETIFF.</param>
     /// <param name="mtu">The interface's MTU as its creator set it (68..65535).</param>

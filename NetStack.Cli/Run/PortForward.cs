@@ -41,6 +41,8 @@ public sealed record PortForwardSpec(bool Udp, IPAddress? HostAddress, int HostP
             udp = true;
             rest = rest[4..];
         }
+        else if (rest.IndexOf(':') is > 0 and var colon && rest[..colon].All(char.IsAsciiLetter))
+            throw Bad(text, $"'{rest[..colon]}' is not a protocol: tcp or udp");
         IPAddress? host = null;
         if (rest.StartsWith('['))
         {

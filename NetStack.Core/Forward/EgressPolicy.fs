@@ -80,10 +80,7 @@ module EgressPolicy =
         else
             let n = Int32.Parse(text, NumberStyles.None, CultureInfo.InvariantCulture)
 
-            if n > max then
-                Error $"{what} {n} is above {max}"
-            else
-                Ok n
+            if n > max then Error $"{what} {n} is above {max}" else Ok n
 
     let private parsePorts (text: string) =
         let port s = parseNumber "port" s 5 65535
@@ -107,9 +104,12 @@ module EgressPolicy =
         else
             let octets = parts |> Array.map (fun p -> parseNumber "octet" p 3 255)
 
-            match octets |> Array.tryPick (function
-                | Error e -> Some e
-                | Ok _ -> None) with
+            match
+                octets
+                |> Array.tryPick (function
+                    | Error e -> Some e
+                    | Ok _ -> None)
+            with
             | Some _ -> Error $"'{text}' is not an IPv4 address (four decimal octets)"
             | None ->
                 let value =
@@ -132,7 +132,10 @@ module EgressPolicy =
             && not (text.Contains '%')
             ->
             let bytes = address.GetAddressBytes()
-            let half (offset: int) = Seq.fold (fun acc i -> (acc <<< 8) ||| uint64 bytes[offset + i]) 0UL (seq { 0..7 })
+
+            let half (offset: int) =
+                Seq.fold (fun acc i -> (acc <<< 8) ||| uint64 bytes[offset + i]) 0UL (seq { 0..7 })
+
             Ok(half 0, half 8)
         | _ -> Error $"'{text}' is not an IPv6 address"
 
@@ -226,7 +229,11 @@ module EgressPolicy =
                     Error $"'{text}': after ']' only ':PORTS' may follow"
         elif text.Contains ':' then
             // An IPv6 address or prefix without ports; "10.0.0.0/8:80" has one ':' after a '.'.
-            if text.Contains '.' && text.IndexOf ':' = text.LastIndexOf ':' && text.IndexOf '.' < text.IndexOf ':' then
+            if
+                text.Contains '.'
+                && text.IndexOf ':' = text.LastIndexOf ':'
+                && text.IndexOf '.' < text.IndexOf ':'
+            then
                 let i = text.IndexOf ':'
                 withPorts (parsePrefix (text.Substring(0, i))) (Some(text.Substring(i + 1)))
             else
@@ -251,9 +258,12 @@ module EgressPolicy =
             | Deny -> "deny"
 
         let ports =
-            if rule.PortFirst = 0 && rule.PortLast = 65535 then ""
-            elif rule.PortFirst = rule.PortLast then $":{rule.PortFirst}"
-            else $":{rule.PortFirst}-{rule.PortLast}"
+            if rule.PortFirst = 0 && rule.PortLast = 65535 then
+                ""
+            elif rule.PortFirst = rule.PortLast then
+                $":{rule.PortFirst}"
+            else
+                $":{rule.PortFirst}-{rule.PortLast}"
 
         let target =
             match rule.Addresses with
@@ -282,8 +292,7 @@ module EgressPolicy =
         | AnyAddress, _ -> true
         | Prefix4(network, length), V4 a -> (a.Value &&& maskOf4 length) = network
         | Prefix6(high, low, length), V6 a ->
-            (a.High &&& maskOf64 length) = high
-            && (a.Low &&& maskOf64 (length - 64)) = low
+            (a.High &&& maskOf64 length) = high && (a.Low &&& maskOf64 (length - 64)) = low
         | _ -> false
 
     /// The action for a flow to `address`, `port`: the first rule covering both decides,

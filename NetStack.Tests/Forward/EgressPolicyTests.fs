@@ -23,11 +23,18 @@ type private ModelRule =
 // The first `length` bits of a and b are equal.
 let private samePrefix (a: byte[]) (b: byte[]) (length: int) =
     a.Length = b.Length
-    && Seq.forall (fun bit -> ((a[bit / 8] >>> (7 - bit % 8)) &&& 1uy) = ((b[bit / 8] >>> (7 - bit % 8)) &&& 1uy)) (seq { 0 .. length - 1 })
+    && Seq.forall
+        (fun bit -> ((a[bit / 8] >>> (7 - bit % 8)) &&& 1uy) = ((b[bit / 8] >>> (7 - bit % 8)) &&& 1uy))
+        (seq { 0 .. length - 1 })
 
 // ::ffff:a.b.c.d is decided as a.b.c.d (the module's documented rule).
 let private unmap (address: byte[]) =
-    if address.Length = 16 && Array.forall ((=) 0uy) address[0..9] && address[10] = 0xFFuy && address[11] = 0xFFuy then
+    if
+        address.Length = 16
+        && Array.forall ((=) 0uy) address[0..9]
+        && address[10] = 0xFFuy
+        && address[11] = 0xFFuy
+    then
         address[12..15]
     else
         address
@@ -72,10 +79,16 @@ let private masked (bytes: byte[]) (length: int) =
 
 // A few base addresses, so that random rules and destinations often share prefixes.
 let private bases4 =
-    [| [| 10uy; 0uy; 2uy; 3uy |]; [| 192uy; 168uy; 1uy; 77uy |]; [| 127uy; 0uy; 0uy; 1uy |]; [| 8uy; 8uy; 4uy; 4uy |] |]
+    [|
+        [| 10uy; 0uy; 2uy; 3uy |]
+        [| 192uy; 168uy; 1uy; 77uy |]
+        [| 127uy; 0uy; 0uy; 1uy |]
+        [| 8uy; 8uy; 4uy; 4uy |]
+    |]
 
 let private bases6 =
-    [| "fd00::3"; "2001:db8::1"; "::1"; "2001:db8:ffff::8000:1" |] |> Array.map (fun t -> IPAddress.Parse(t).GetAddressBytes())
+    [| "fd00::3"; "2001:db8::1"; "::1"; "2001:db8:ffff::8000:1" |]
+    |> Array.map (fun t -> IPAddress.Parse(t).GetAddressBytes())
 
 let private flipSomeBits (bytes: byte[]) =
     Gen.listOf (Gen.choose (0, bytes.Length * 8 - 1))
@@ -112,7 +125,14 @@ let private ruleGen =
         let! address = addressGen
         let address = unmap address
         let! length = Gen.choose (0, address.Length * 8)
-        let! ports = Gen.oneof [ Gen.constant None; portGen |> Gen.map (fun p -> Some(p, p)); Gen.two portGen |> Gen.map (fun (a, b) -> Some(min a b, max a b)) ]
+
+        let! ports =
+            Gen.oneof
+                [
+                    Gen.constant None
+                    portGen |> Gen.map (fun p -> Some(p, p))
+                    Gen.two portGen |> Gen.map (fun (a, b) -> Some(min a b, max a b))
+                ]
 
         return
             {
@@ -140,7 +160,10 @@ let private parseError (text: string) =
 
 // Characters hostile input is made of: the syntax's own, digits, and things that break parsers.
 let private hostileChar =
-    Gen.elements (List.ofSeq "0123456789abcdefx:./-[]*% \t\n\u0000\u00ff\u0661+,;ÿ🙂" @ [ 'A'; 'F' ])
+    Gen.elements (
+        List.ofSeq "0123456789abcdefx:./-[]*% \t\n\u0000\u00ff\u0661+,;ÿ🙂"
+        @ [ 'A'; 'F' ]
+    )
 
 let rec private mutate (steps: int) (text: string) =
     if steps = 0 then
@@ -171,9 +194,16 @@ let tests =
     testList
         "EgressPolicy"
         [
-            testPropertyWithConfig config "the first matching rule decides, else the default (a bitwise model written in the test)"
+            testPropertyWithConfig
+                config
+                "the first matching rule decides, else the default (a bitwise model written in the test)"
             <| Prop.forAll
-                (Arb.fromGen (Gen.zip3 (Gen.listOf ruleGen |> Gen.map (List.truncate 8)) (Gen.elements [ false; true ]) (Gen.listOfLength 20 (Gen.zip addressGen portGen))))
+                (Arb.fromGen (
+                    Gen.zip3
+                        (Gen.listOf ruleGen |> Gen.map (List.truncate 8))
+                        (Gen.elements [ false; true ])
+                        (Gen.listOfLength 20 (Gen.zip addressGen portGen))
+                ))
                 (fun (rules, defaultAllow, destinations) ->
                     let policy =
                         {
@@ -198,7 +228,9 @@ let tests =
 
             testPropertyWithConfig config "portless decisions take only the rules for every port"
             <| Prop.forAll
-                (Arb.fromGen (Gen.zip3 (Gen.listOf ruleGen |> Gen.map (List.truncate 8)) (Gen.elements [ false; true ]) addressGen))
+                (Arb.fromGen (
+                    Gen.zip3 (Gen.listOf ruleGen |> Gen.map (List.truncate 8)) (Gen.elements [ false; true ]) addressGen
+                ))
                 (fun (rules, defaultAllow, address) ->
                     let policy =
                         {
@@ -206,9 +238,11 @@ let tests =
                             Default = if defaultAllow then Allow else Deny
                         }
 
-                    let everyPort = rules |> List.filter (fun r -> r.Ports.IsNone || r.Ports = Some(0, 65535))
+                    let everyPort =
+                        rules |> List.filter (fun r -> r.Ports.IsNone || r.Ports = Some(0, 65535))
 
-                    EgressPolicy.decidePortless policy (toIpAddr address) = modelDecide everyPort defaultAllow address 0)
+                    EgressPolicy.decidePortless policy (toIpAddr address) =
+                        modelDecide everyPort defaultAllow address 0)
 
             testPropertyWithConfig config "a rule written back by format parses to the same rule"
             <| Prop.forAll (Arb.fromGen ruleGen) (fun rule ->
@@ -220,7 +254,8 @@ let tests =
                 (Arb.fromGen (
                     Gen.oneof
                         [
-                            Gen.zip ruleGen (Gen.choose (1, 4)) |> Gen.bind (fun (r, n) -> mutate n (ruleText r))
+                            Gen.zip ruleGen (Gen.choose (1, 4))
+                            |> Gen.bind (fun (r, n) -> mutate n (ruleText r))
                             Gen.listOf hostileChar |> Gen.map (List.truncate 300 >> Array.ofList >> String)
                         ]
                 ))
@@ -242,9 +277,18 @@ let tests =
 
                 Expect.equal (parseOk "deny *:25").Addresses AnyAddress "any address"
                 Expect.equal (parseOk "deny *:25").PortFirst 25 "one port"
-                Expect.equal (parseOk "allow [fd00::/8]:53").Addresses (Prefix6(0xFD00000000000000UL, 0UL, 8)) "IPv6 in brackets"
+
+                Expect.equal
+                    (parseOk "allow [fd00::/8]:53").Addresses
+                    (Prefix6(0xFD00000000000000UL, 0UL, 8))
+                    "IPv6 in brackets"
+
                 Expect.equal (parseOk "allow ::1").Addresses (Prefix6(0UL, 1UL, 128)) "a bare IPv6 address is a /128"
-                Expect.equal (parseOk "allow 127.0.0.1").Addresses (Prefix4(0x7F000001u, 32)) "a bare IPv4 address is a /32"
+
+                Expect.equal
+                    (parseOk "allow 127.0.0.1").Addresses
+                    (Prefix4(0x7F000001u, 32))
+                    "a bare IPv4 address is a /32"
             }
 
             test "malformed rules are refused with a message that says why" {
@@ -267,7 +311,12 @@ let tests =
                         Default = Allow
                     }
 
-                Expect.isFalse (EgressPolicy.decide policy (toIpAddr (IPAddress.Parse("::ffff:10.1.2.3").GetAddressBytes())) 80) "mapped"
-                Expect.isTrue (EgressPolicy.decide policy (toIpAddr (IPAddress.Parse("::10.1.2.3").GetAddressBytes())) 80) "compatible, not mapped"
+                Expect.isFalse
+                    (EgressPolicy.decide policy (toIpAddr (IPAddress.Parse("::ffff:10.1.2.3").GetAddressBytes())) 80)
+                    "mapped"
+
+                Expect.isTrue
+                    (EgressPolicy.decide policy (toIpAddr (IPAddress.Parse("::10.1.2.3").GetAddressBytes())) 80)
+                    "compatible, not mapped"
             }
         ]

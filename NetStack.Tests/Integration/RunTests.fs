@@ -25,7 +25,8 @@ let private statistics (stderr: string) =
     let lines = stderr.Split '\n' |> Array.map _.TrimEnd('\r')
 
     match Array.tryFindIndexBack ((=) "statistics") lines, Array.tryFindIndexBack ((=) "end statistics") lines with
-    | Some first, Some last when first < last -> TestUtil.parseCounters (String.Join("\n", lines[first + 1 .. last - 1]))
+    | Some first, Some last when first < last ->
+        TestUtil.parseCounters (String.Join("\n", lines[first + 1 .. last - 1]))
     | _ -> failtestf "netstack run printed no statistics; stderr:\n%s" stderr
 
 /// Checks what every run must show at exit: the counters, no swallowed exception, and no TUN
@@ -60,7 +61,13 @@ let private startReady (args: string list) =
             failtestf "no 'ready' within %.0f s; stdout:\n%s\nstderr:\n%s" timeout.TotalSeconds (string seen) err.Result
 
         match line.Result with
-        | null -> failtestf "exited before 'ready' (exit %d); stdout:\n%s\nstderr:\n%s" (p.WaitForExit(); p.ExitCode) (string seen) err.Result
+        | null ->
+            failtestf
+                "exited before 'ready' (exit %d); stdout:\n%s\nstderr:\n%s"
+                (p.WaitForExit()
+                 p.ExitCode)
+                (string seen)
+                err.Result
         | "ready" -> ready <- true
         | l -> seen.AppendLine l |> ignore
 
@@ -78,7 +85,8 @@ let private finish (p: Process) (out: Task<string>) (err: Task<string>) =
 [<Runtime.InteropServices.DllImport("libc", SetLastError = true)>]
 extern int private kill(int pid, int signal)
 
-let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes)
+let private sha256 (bytes: byte[]) =
+    Convert.ToHexString(SHA256.HashData bytes)
 
 /// The TCP server inside: accepts `count` connections one after the other; on each, sends
 /// SENDBYTES random bytes while reading to the end of file (both ways at once), then prints
@@ -147,7 +155,10 @@ let private plainDescriptors () =
     use p = Process.Start psi
     let out = p.StandardOutput.ReadToEnd()
     p.WaitForExit()
-    out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map _.Trim() |> Set.ofArray
+
+    out.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+    |> Array.map _.Trim()
+    |> Set.ofArray
 
 /// Why the unprivileged path cannot be tried here, or None.
 let private unprivilegedUnavailable () =
@@ -161,11 +172,26 @@ let private unprivilegedUnavailable () =
 
     if read "/proc/sys/user/max_user_namespaces" = Some "0" then
         Some "user namespaces are disabled (user.max_user_namespaces = 0)"
-    elif fst (Isolation.run "id" [ "-u" ]) <> 0 || (snd (Isolation.run "id" [ "-u" ])).Trim() <> "0" then
+    elif
+        fst (Isolation.run "id" [ "-u" ]) <> 0
+        || (snd (Isolation.run "id" [ "-u" ])).Trim() <> "0"
+    then
         Some "the tests do not run as root, so they cannot make a private /dev/net/tun for another user"
     else
         let code, out =
-            Isolation.run "setpriv" [ "--reuid=65534"; "--regid=65534"; "--clear-groups"; "env"; "HOME=/tmp"; "DOTNET_CLI_HOME=/tmp"; dotnet; netstackDll.Value; "--help" ]
+            Isolation.run
+                "setpriv"
+                [
+                    "--reuid=65534"
+                    "--regid=65534"
+                    "--clear-groups"
+                    "env"
+                    "HOME=/tmp"
+                    "DOTNET_CLI_HOME=/tmp"
+                    dotnet
+                    netstackDll.Value
+                    "--help"
+                ]
 
         if code <> 0 then
             Some $"user 65534 cannot run '{dotnet} {netstackDll.Value}' (exit {code}): {out.Trim()}"
@@ -200,14 +226,21 @@ let tests =
 
             test "SIGTERM to netstack run reaches COMMAND, whose status comes back" {
                 let p, out, err =
-                    startReady [ "--"; "sh"; "-c"; "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done" ]
+                    startReady
+                        [
+                            "--"
+                            "sh"
+                            "-c"
+                            "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"
+                        ]
 
                 Expect.equal (kill (p.Id, 15)) 0 "SIGTERM sent"
                 let code, _, _, _ = finish p out err
                 Expect.equal code 42 "the trap's status"
             }
 
-            test "inside: the addresses, the MTU, default routes via the stack, resolv.conf; the host's resolv.conf untouched" {
+            test
+                "inside: the addresses, the MTU, default routes via the stack, resolv.conf; the host's resolv.conf untouched" {
                 let hostResolv = File.ReadAllBytes "/etc/resolv.conf"
 
                 let code, out, err, _ =
@@ -268,14 +301,21 @@ let tests =
 
             test "ping of the gateway from inside, IPv4 and IPv6" {
                 let code, out, err, counters =
-                    run [ "--"; "sh"; "-c"; "ping -c 3 -i 0.2 -W 2 10.0.2.2 && ping -c 3 -i 0.2 -W 2 fd00::2" ]
+                    run
+                        [
+                            "--"
+                            "sh"
+                            "-c"
+                            "ping -c 3 -i 0.2 -W 2 10.0.2.2 && ping -c 3 -i 0.2 -W 2 fd00::2"
+                        ]
 
                 Expect.equal code 0 $"stdout:\n{out}\nstderr:\n{err}"
                 Expect.stringContains out "3 received" "IPv4"
                 Expect.equal (counters.TryFind "icmp.echo.replied") (Some 6L) "six replies"
             }
 
-            test "-p tcp: a kernel server inside reached from the host's loopback, 4 MB each way SHA-256 exact, IPv4 and IPv6" {
+            test
+                "-p tcp: a kernel server inside reached from the host's loopback, 4 MB each way SHA-256 exact, IPv4 and IPv6" {
                 let up = 4_000_000
                 let down = 3_000_000
 
@@ -293,7 +333,10 @@ let tests =
                         ]
 
                 let results =
-                    [ IPEndPoint(IPAddress.Loopback, 18080); IPEndPoint(IPAddress.IPv6Loopback, 18081) ]
+                    [
+                        IPEndPoint(IPAddress.Loopback, 18080)
+                        IPEndPoint(IPAddress.IPv6Loopback, 18081)
+                    ]
                     |> List.mapi (fun i target ->
                         let bytes = Array.zeroCreate<byte> up
                         Random(i).NextBytes bytes
@@ -309,7 +352,11 @@ let tests =
                     Expect.equal received[i] $"{up} {upHash}" $"connection {i}: what the namespace received"
                     Expect.equal $"{back.Length} {sha256 back}" sent[i] $"connection {i}: what the host received"
 
-                Expect.equal (lineValue "peer" out) [ "::ffff:10.0.2.2"; "::ffff:10.0.2.2" ] "the connections come from the gateway"
+                Expect.equal
+                    (lineValue "peer" out)
+                    [ "::ffff:10.0.2.2"; "::ffff:10.0.2.2" ]
+                    "the connections come from the gateway"
+
                 Expect.equal (counters.TryFind "publish.tcp.spliced") (Some 2L) "two splices"
                 Expect.isNone (counters.TryFind "publish.tcp.reset") "no reset"
             }
@@ -328,7 +375,9 @@ while True:
     u.sendto(d[::-1], a)
 """
 
-                let p, out, err = startReady [ "-p"; "udp:18082:9001"; "--"; "python3"; "-c"; server ]
+                let p, out, err =
+                    startReady [ "-p"; "udp:18082:9001"; "--"; "python3"; "-c"; server ]
+
                 let sizes = [ 1; 100; 1472; 9000; 60000 ]
 
                 for source in [ IPAddress.Loopback; IPAddress.IPv6Loopback ] do
@@ -346,22 +395,80 @@ while True:
                         Expect.equal reply[.. n - 1] (Array.rev datagram) $"{size}-byte datagram from {source}"
 
                 use quit = new UdpClient()
-                quit.Send(Encoding.ASCII.GetBytes "quit", 4, IPEndPoint(IPAddress.Loopback, 18082)) |> ignore
+
+                quit.Send(Encoding.ASCII.GetBytes "quit", 4, IPEndPoint(IPAddress.Loopback, 18082))
+                |> ignore
+
                 let code, _, _, counters = finish p out err
                 Expect.equal code 0 "the server's exit status"
-                Expect.equal (counters.TryFind "publish.udp.flows") (Some 3L) "a flow per source (two clients and the quit)"
+
+                Expect.equal
+                    (counters.TryFind "publish.udp.flows")
+                    (Some 3L)
+                    "a flow per source (two clients and the quit)"
+
                 Expect.isNone (counters.TryFind "publish.udp.dropped") "nothing dropped"
             }
 
-            test "nothing left behind: COMMAND sees no extra descriptor; the namespace, helper and host ports are gone after exit" {
+            test "-p tcp: a connection the namespace refuses is reset on the host side" {
+                // Nothing listens on 9003 inside: the namespace's kernel answers the stack's SYN with a RST.
+                let p, out, err =
+                    startReady
+                        [
+                            "-p"
+                            "tcp:127.0.0.1:18084:9003"
+                            "--"
+                            "sh"
+                            "-c"
+                            "echo ready; exec sleep 30"
+                        ]
+
+                use client =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                client.ReceiveTimeout <- 10000
+                client.Connect(IPEndPoint(IPAddress.Loopback, 18084))
+
+                let error =
+                    try
+                        let n = client.Receive(Array.zeroCreate<byte> 16)
+                        failtestf "read %d bytes instead of a reset" n
+                    with :? SocketException as e ->
+                        e.SocketErrorCode
+
+                Expect.equal error SocketError.ConnectionReset "the host client sees a reset"
+                Expect.equal (kill (p.Id, 15)) 0 "SIGTERM sent"
+                let code, _, _, counters = finish p out err
+                Expect.equal code 143 "sleep killed by the SIGTERM passed on"
+                Expect.equal (counters.TryFind "publish.tcp.refused") (Some 1L) "counted as refused"
+                Expect.isNone (counters.TryFind "publish.tcp.spliced") "nothing spliced"
+            }
+
+            test
+                "nothing left behind: COMMAND sees no extra descriptor; the namespace, helper and host ports are gone after exit" {
                 let code, out, err, _ =
-                    run [ "-p"; "tcp:127.0.0.1:18083:9002"; "--"; "sh"; "-c"; "readlink /proc/$$/ns/net; ls /proc/$$/fd" ]
+                    run
+                        [
+                            "-p"
+                            "tcp:127.0.0.1:18083:9002"
+                            "--"
+                            "sh"
+                            "-c"
+                            "readlink /proc/$$/ns/net; ls /proc/$$/fd"
+                        ]
 
                 Expect.equal code 0 $"stderr:\n{err}"
-                let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map _.Trim()
+
+                let lines =
+                    out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map _.Trim()
+
                 let netns = lines[0]
                 Expect.stringStarts netns "net:[" "the namespace's identity"
-                Expect.equal (Set.ofArray lines[1..]) (plainDescriptors ()) "the same descriptors as a command started directly"
+
+                Expect.equal
+                    (Set.ofArray lines[1..])
+                    (plainDescriptors ())
+                    "the same descriptors as a command started directly"
 
                 let stillThere =
                     Directory.GetDirectories "/proc"
@@ -374,7 +481,9 @@ while True:
                             false)
 
                 Expect.isEmpty stillThere "no process in the namespace or running the helper"
-                use probe = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                use probe =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
 
                 let refused =
                     try
@@ -397,8 +506,23 @@ while True:
                         + "exec setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp DOTNET_CLI_HOME=/tmp \"$0\" \"$@\""
 
                     let args =
-                        [ "--mount"; "--"; "sh"; "-c"; script; Environment.ProcessPath; netstackDll.Value; "run"; "--stats"; "--" ]
-                        @ [ "sh"; "-c"; "id -u; ip -o -4 addr show dev tun0; ping -c 1 -W 2 10.0.2.2 >/dev/null && echo pinged; exit 4" ]
+                        [
+                            "--mount"
+                            "--"
+                            "sh"
+                            "-c"
+                            script
+                            Environment.ProcessPath
+                            netstackDll.Value
+                            "run"
+                            "--stats"
+                            "--"
+                        ]
+                        @ [
+                            "sh"
+                            "-c"
+                            "id -u; ip -o -4 addr show dev tun0; ping -c 1 -W 2 10.0.2.2 >/dev/null && echo pinged; exit 4"
+                        ]
 
                     let psi = ProcessStartInfo "unshare"
 
