@@ -98,7 +98,8 @@ internal static class NamespaceHelper
         TunDevice device;
         try
         {
-            Isolation.LoopbackUp();
+            using (var loopback = KernelLink.Open("lo"))
+                loopback.SetUp();
             device = TunDevice.Create(request.Interface, request.VirtioNetHeader);
             // Not disposed: exec closes this process's descriptors (all close-on-exec) and the
             // parent's copy keeps the interface.
@@ -120,8 +121,9 @@ internal static class NamespaceHelper
             BinaryPrimitives.WriteInt32LittleEndian(hello[4..], device.InterfaceIndex);
             RunInterop.SendWithDescriptor(request.Socket, hello, device.FileDescriptor);
         }
-        catch (Exception e) when (e is TunDeviceException or IOException or InvalidOperationException or UnauthorizedAccessException or ArgumentException)
+        catch (Exception e)
         {
+            // Whatever went wrong, the parent learns it from the end of file and our status.
             return Fail($"cannot set up the namespace: {e.Message}");
         }
 

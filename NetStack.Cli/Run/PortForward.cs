@@ -129,6 +129,10 @@ public sealed class PortForwards : IAsyncDisposable
     private readonly List<Socket> _sockets = [];
     private readonly List<(PortForwardSpec Spec, Socket Socket)> _bound = [];
     private readonly List<Task> _loops = [];
+
+    // The TCP splices running, so that disposing waits for them (they end at once when _stop fires).
+    private readonly HashSet<Task> _splices = [];
+    private readonly Lock _splicesGate = new();
     private readonly CancellationTokenSource _stop = new();
     private int _disposed;
 
@@ -205,7 +209,7 @@ public sealed class PortForwards : IAsyncDisposable
                 continue;
             }
             var target = new IPEndPoint(Target(target4, target6), port);
-            _ = Task.Run(async () =>
+            var splice = Task.Run(async () =>
             {
                 try
                 {
@@ -216,6 +220,13 @@ public sealed class PortForwards : IAsyncDisposable
                     Interlocked.Decrement(ref active);
                 }
             });
+            lock (_splicesGate)
+                _splices.Add(splice);
+            _ = splice.ContinueWith(t =>
+            {
+                lock (_splicesGate)
+                    _splices.Remove(t);
+            }, TaskScheduler.Default);
         }
     }
 
@@ -248,8 +259,20 @@ public sealed class PortForwards : IAsyncDisposable
             return;
         }
         Interlocked.Increment(ref Counters.TcpSpliced);
-        host.NoDelay = true;
-        ns.NoDelay = true;
+        try
+        {
+            // Each side's segments go on as they come: Nagle is the sender's business.
+            host.NoDelay = true;
+            ns.NoDelay = true;
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            Interlocked.Increment(ref Counters.TcpReset);
+            ns.Abort();
+            Reset(host);
+            await ns.DisposeAsync();
+            return;
+        }
         var failed = 0;
         void Fail()
         {
@@ -310,9 +333,12 @@ public sealed class PortForwards : IAsyncDisposable
         await _stop.CancelAsync();
         foreach (var s in _sockets)
             s.Dispose();
+        Task[] splices;
+        lock (_splicesGate)
+            splices = [.. _splices];
         try
         {
-            await Task.WhenAll(_loops);
+            await Task.WhenAll(_loops.Concat(splices));
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
         {

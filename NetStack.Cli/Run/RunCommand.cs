@@ -68,6 +68,10 @@ public static class RunCommand
     /// <summary>The exit status when netstack run itself fails (as env, nice and timeout use 125).</summary>
     public const int FailureExit = 125;
 
+    // Linux signal numbers (PosixSignal's values are .NET's own).
+    private const int SigHup = 1;
+    private const int SigTerm = 15;
+
     /// <summary>How long the namespace's setup may take before the parent gives up.</summary>
     private const int SetupTimeoutMilliseconds = 30_000;
 
@@ -311,7 +315,7 @@ public static class RunCommand
             {
                 context.Cancel = true;
                 if (Volatile.Read(ref exited) == 0)
-                    RunInterop.SendSignal(child.Id, (int)context.Signal switch { -4 => 15, -1 => 1, _ => 15 });
+                    RunInterop.SendSignal(child.Id, context.Signal == PosixSignal.SIGHUP ? SigHup : SigTerm);
             }
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Forward);
             using var sighup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, Forward);
