@@ -216,21 +216,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                         link.AddAddress(options.HostAddress6, options.Address6);
                 }
             }
-            string? noRing = null;
-            if (options.TunIoUring)
-                device.TryEnableIoUring(out noRing);
-            IPacketDevice packets = new TunPacketDevice(device);
-            if (options.Faults is not null)
-                packets = new FaultInjectingDevice(packets, options.Faults);
-            if (options.TunWriterThread ?? (!tap && !device.UsesIoUring && options.Faults is null && device.Offloads == TunOffloads.None))
-                packets = new WriterThreadDevice(packets);
-            // In Tap mode the faults hit frames (ARP and NDP too) and share the link's counters.
-            if (tap)
-                packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
-            // The capture is outermost: it records what the stack itself sees, after the faults.
-            stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
-            if (noRing is not null)
-                stack._log.IoUringUnavailable(device.Name, noRing);
+            stack = StartOnDevice(options, device, link);
         }
         catch
         {
@@ -239,6 +225,29 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw;
         }
         return AwaitLink(stack);
+    }
+
+    // The device wrappers Start chooses (io_uring, faults, the writer thread, Ethernet, capture)
+    // and the stack on top; the caller disposes the device and link when this throws.
+    private static NetworkStack StartOnDevice(NetStackOptions options, TunDevice device, KernelLink? link)
+    {
+        bool tap = options.Mode == NetStackMode.Tap;
+        string? noRing = null;
+        if (options.TunIoUring)
+            device.TryEnableIoUring(out noRing);
+        IPacketDevice packets = new TunPacketDevice(device);
+        if (options.Faults is not null)
+            packets = new FaultInjectingDevice(packets, options.Faults);
+        if (options.TunWriterThread ?? (!tap && !device.UsesIoUring && options.Faults is null && device.Offloads == TunOffloads.None))
+            packets = new WriterThreadDevice(packets);
+        // In Tap mode the faults hit frames (ARP and NDP too) and share the link's counters.
+        if (tap)
+            packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
+        // The capture is outermost: it records what the stack itself sees, after the faults.
+        var stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
+        if (noRing is not null)
+            stack._log.IoUringUnavailable(device.Name, noRing);
+        return stack;
     }
 
     /// <summary>

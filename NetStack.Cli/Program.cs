@@ -39,6 +39,7 @@ public static class Program
             [PingCommand.Create()] = PingCommand.Details,
             [GetCommand.Create()] = GetCommand.Details,
             [BenchCommand.Create(args)] = BenchCommand.Details,
+            [Run.RunCommand.Create()] = Run.RunCommand.Details,
         };
         foreach (var command in details.Keys)
             root.Add(command);
@@ -104,6 +105,7 @@ public static class Program
         BenchCommand.EchoPeerCommand => BenchCommand.RunEchoPeer,
         IdleBench.ClientsCommand => IdleBench.RunClients,
         SoakBench.LoadCommand => SoakBench.RunLoad,
+        Run.NamespaceHelper.Verb => Run.NamespaceHelper.Run,
         _ => null,
     };
 
