@@ -82,11 +82,13 @@ public sealed class HostForwarder : IAsyncDisposable
     /// loopback address of its family, the DNS address's port 53 to the upstream resolver;
     /// anything else stays as it is.
     /// </summary>
-    public IPEndPoint HostSide(IPEndPoint destination)
+    /// <returns>The host-side endpoint, or null for a DNS address on another port than 53 or
+    /// with no upstream (it is no host, so nothing is dialled).</returns>
+    public IPEndPoint? HostSide(IPEndPoint destination)
     {
         var address = destination.Address;
-        if (destination.Port == 53 && _options.DnsUpstream is { } upstream && _options.Dns.Contains(address))
-            return upstream;
+        if (_options.Dns.Contains(address))
+            return destination.Port == 53 ? _options.DnsUpstream : null;
         if (address.Equals(_options.Gateway))
             return new IPEndPoint(IPAddress.Loopback, destination.Port);
         if (address.Equals(_options.Gateway6))
@@ -118,6 +120,12 @@ public sealed class HostForwarder : IAsyncDisposable
     private async Task ForwardTcpAsync(TcpForwardRequest request)
     {
         var target = HostSide(request.LocalEndPoint);
+        if (target is null)
+        {
+            Count("forward.tcp.no-upstream");
+            Refuse(request, ForwardRefusal.Reset);
+            return;
+        }
         if (!_options.Allows(target.Address, target.Port))
         {
             Count("forward.tcp.denied");
@@ -229,6 +237,12 @@ public sealed class HostForwarder : IAsyncDisposable
     private async Task ForwardUdpAsync(UdpFlow flow)
     {
         var target = HostSide(flow.LocalEndPoint);
+        if (target is null)
+        {
+            Count("forward.udp.no-upstream");
+            flow.Refuse(ForwardRefusal.PortUnreachable);
+            return;
+        }
         if (!_options.Allows(target.Address, target.Port))
         {
             Count("forward.udp.denied");
@@ -303,7 +317,13 @@ public sealed class HostForwarder : IAsyncDisposable
 
     private async Task ForwardEchoAsync(EchoRequest request)
     {
-        var target = HostSide(new IPEndPoint(request.Destination, 0)).Address;
+        var target = HostSide(new IPEndPoint(request.Destination, 0))?.Address;
+        if (target is null)
+        {
+            // A DNS address is no host: it answers pings itself, as slirp's does.
+            request.Reply();
+            return;
+        }
         if (!_options.AllowsEcho(target))
         {
             Count("forward.echo.denied");

@@ -5,6 +5,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using NetStack.Core.Forward;
+using NetStack.Core.Stack;
 using NetStack.Device;
 
 namespace NetStack.Cli.Run;
@@ -32,13 +33,14 @@ public sealed record AddressPrefix(IPAddress Address, int Length)
 /// <param name="Egress">The egress policy for outbound forwarding.</param>
 /// <param name="Statistics">Print the counters on standard error at exit.</param>
 /// <param name="Command">The command and its arguments.</param>
+/// <param name="DnsUpstream">The resolver queries to <paramref name="Dns"/> go to (null: refused).</param>
 public sealed record RunOptions(
     string Interface,
     AddressPrefix? Address, IPAddress? Gateway,
     AddressPrefix? Address6, IPAddress? Gateway6,
     IReadOnlyList<IPAddress> Dns, int Mtu, bool Offloads, bool ResolvConf,
     IReadOnlyList<PortForwardSpec> Publish, EgressPolicy Egress, bool Statistics,
-    IReadOnlyList<string> Command)
+    IReadOnlyList<string> Command, IPEndPoint? DnsUpstream = null)
 {
     /// <summary>The options of the stack that serves the namespace (its addresses are the gateways).</summary>
     public NetStackOptions StackOptions() => new()
@@ -52,6 +54,8 @@ public sealed record RunOptions(
         PrefixLength6 = Address6?.Length ?? 64,
         Mtu = Mtu,
         Offloads = Offloads,
+        // Every destination is the stack's to take: the forwarders re-open each flow on the host.
+        AnyDestination = true,
     };
 }
 
@@ -83,8 +87,9 @@ public static class RunCommand
         Runs COMMAND in new network and mount namespaces (and a user namespace mapping you to root when you are not root) whose
         only interface besides lo is a TUN device served by NetStack in this process, which stays in the host's namespaces.
         Inside: 10.0.2.100/24 and fd00::100/64, default routes via the stack at 10.0.2.2 and fd00::2, and a resolv.conf naming
-        10.0.2.3 and fd00::3 (slirp4netns's addresses). -p forwards host ports into the namespace. Outbound forwarding to other
-        destinations is not there yet: the policy options are parsed and kept for it. Exit status: COMMAND's (128+N when a signal N
+        10.0.2.3 and fd00::3 (slirp4netns's addresses). Every TCP connection, UDP flow and ping from inside, to any address, is
+        re-opened as a socket of this process on the host (the gateway addresses stand for the host's 127.0.0.1 and ::1, the DNS
+        addresses for --dns-upstream), after the --allow/--deny policy. -p forwards host ports into the namespace. Exit status: COMMAND's (128+N when a signal N
         killed it), 125 when netstack run itself failed, 127 when COMMAND was not found, 126 when it could not be executed, 2 for
         bad arguments. SIGTERM and SIGHUP are passed on to COMMAND; SIGINT and SIGQUIT are not (from a terminal COMMAND gets them itself).
         """.ReplaceLineEndings(" ");
@@ -99,6 +104,8 @@ public static class RunCommand
         var gateway6 = Cli.Value("--gateway6", "ADDR", "the stack's IPv6 address, the default gateway (default fd00::2)", text => Cli.ParseAddress("--gateway6", text, AddressFamily.InterNetworkV6, false)!);
         var dns = Cli.Value("--dns", "ADDR", "the IPv4 DNS address written into resolv.conf, or none (default 10.0.2.3)", text => new OrNone<IPAddress>(Cli.ParseAddress("--dns", text, AddressFamily.InterNetwork, true)));
         var dns6 = Cli.Value("--dns6", "ADDR", "the IPv6 DNS address written into resolv.conf, or none (default fd00::3)", text => new OrNone<IPAddress>(Cli.ParseAddress("--dns6", text, AddressFamily.InterNetworkV6, true)));
+        var dnsUpstream = Cli.Value("--dns-upstream", "ADDR[:PORT]", "the resolver DNS queries to the DNS addresses go to (default: the first nameserver of the host's /etc/resolv.conf)",
+            text => IPEndPoint.TryParse(text, out var e) ? new IPEndPoint(e.Address, e.Port == 0 ? 53 : e.Port) : throw Cli.Bad("--dns-upstream", $"'{text}' is not ADDRESS[:PORT]"));
         var mtu = Cli.Int("--mtu", "BYTES", "the interface MTU (default 65520, as slirp4netns and pasta)", 1280, 65535, "an MTU");
         var noOffloads = Cli.Flag("--no-offloads", "open the TUN device without a virtio-net header: no checksum offload, no TSO/USO super-segments");
         var noResolv = Cli.Flag("--no-resolv-conf", "leave /etc/resolv.conf as the host has it");
@@ -116,7 +123,7 @@ public static class RunCommand
         var command = new Argument<string[]>("COMMAND") { Description = "the command to run and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
         var run = new Command("run", Summary)
         {
-            iface, address, address6, gateway, gateway6, dns, dns6, mtu, noOffloads, noResolv, publish, allow, deny, egressDefault, stats, command,
+            iface, address, address6, gateway, gateway6, dns, dns6, dnsUpstream, mtu, noOffloads, noResolv, publish, allow, deny, egressDefault, stats, command,
         };
         run.SetAction(r =>
         {
@@ -147,7 +154,8 @@ public static class RunCommand
             foreach (var group in specs.GroupBy(s => (s.Udp, s.HostPort)).Where(g => g.Count() > 1))
                 throw new UsageException($"-p: {group.First().Protocol} host port {group.Key.HostPort} given twice");
             var options = new RunOptions(r.ValueOr(iface, "tun0"), v4, gw, v6, gw6, servers, r.ValueOr(mtu, 65520),
-                !r.GetValue(noOffloads), !r.GetValue(noResolv), specs, policy, r.GetValue(stats), r.GetValue(command)!);
+                !r.GetValue(noOffloads), !r.GetValue(noResolv), specs, policy, r.GetValue(stats), r.GetValue(command)!,
+                r.GetValue(dnsUpstream) ?? HostResolver());
             CheckMtu(options);
             return Execute(options);
         });
@@ -206,16 +214,47 @@ public static class RunCommand
     }
 
     /// <summary>
-    /// The seam for outbound forwarding: called with the running stack before COMMAND starts.
-    /// Empty for now; the forwarders (any-destination TCP/UDP/ICMP, DNS at <see cref="RunOptions.Dns"/>)
-    /// go here and decide each flow with <see cref="RunOptions.Egress"/>. What it returns is disposed
-    /// after COMMAND has exited, before the stack.
+    /// The first nameserver of the host's /etc/resolv.conf (read before the namespace's own is
+    /// mounted), port 53; null when there is none.
     /// </summary>
-    public static IAsyncDisposable? ConfigureForwarding(NetworkStack stack, RunOptions options)
+    public static IPEndPoint? HostResolver()
     {
-        _ = stack;
-        _ = options;
+        try
+        {
+            foreach (var line in File.ReadLines("/etc/resolv.conf"))
+            {
+                var fields = line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries);
+                if (fields is ["nameserver", var text, ..] && IPAddress.TryParse(text.Split('%')[0], out var address))
+                    return new IPEndPoint(address, 53);
+            }
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
         return null;
+    }
+
+    /// <summary>
+    /// Outbound forwarding: called with the running stack before COMMAND starts. Every flow from
+    /// the namespace is re-opened on the host by a <see cref="HostForwarder"/> and decided with
+    /// <see cref="RunOptions.Egress"/> on its host-side destination. Disposed after COMMAND has
+    /// exited, before the stack.
+    /// </summary>
+    public static HostForwarder ConfigureForwarding(NetworkStack stack, RunOptions options)
+    {
+        var policy = options.Egress;
+        return HostForwarder.Start(stack, new HostForwarderOptions
+        {
+            Gateway = options.Gateway,
+            Gateway6 = options.Gateway6,
+            Dns = options.Dns,
+            DnsUpstream = options.DnsUpstream,
+            Allows = (address, port) => EgressPolicyModule.decide(policy, IpAddr.OfIPAddress(address), port),
+            AllowsEcho = address => EgressPolicyModule.decidePortless(policy, IpAddr.OfIPAddress(address)),
+        });
     }
 
     /// <summary>The resolv.conf the namespace sees.</summary>
@@ -384,7 +423,7 @@ public static class RunCommand
         }
 
         var scope = StackStarter.Owning(Name, stack);
-        IAsyncDisposable? forwarding = null;
+        HostForwarder? forwarding = null;
         try
         {
             forwarding = ConfigureForwarding(stack, options);
@@ -412,6 +451,11 @@ public static class RunCommand
                 var all = new Dictionary<string, long>(statistics.Snapshot());
                 foreach (var (name, value) in forwards.Counters.Snapshot())
                     all[name] = value;
+                if (forwarding is not null)
+                {
+                    foreach (var (name, value) in forwarding.Counters)
+                        all[name] = value;
+                }
                 foreach (var (name, value) in OpenDescriptors())
                     all[name] = value;
                 Console.Error.WriteLine("statistics");
