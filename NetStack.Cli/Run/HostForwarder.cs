@@ -30,6 +30,12 @@ public sealed record HostForwarderOptions
     /// <summary>May an echo request to this host-side address be sent?</summary>
     public Func<IPAddress, bool> AllowsEcho { get; init; } = _ => true;
 
+    /// <summary>
+    /// The addresses flows may come from (the namespace's own): a packet with any other source is
+    /// spoofed (BCP 38) and is neither dialled nor answered. Empty: any source.
+    /// </summary>
+    public IReadOnlyList<IPAddress> Sources { get; init; } = [];
+
     /// <summary>How long a TCP connect to the host side may take before the client gets a host unreachable.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
@@ -77,6 +83,15 @@ public sealed class HostForwarder : IAsyncDisposable
 
     private void Count(string name) => _counters.AddOrUpdate(name, 1, (_, n) => n + 1);
 
+    // A flow from an address that is not the namespace's: counted, never dialled.
+    private bool Spoofed(IPAddress source, string kind)
+    {
+        if (_options.Sources.Count == 0 || _options.Sources.Contains(source))
+            return false;
+        Count($"forward.{kind}.spoofed-source");
+        return true;
+    }
+
     /// <summary>
     /// Where a flow to <paramref name="destination"/> goes on the host: the gateway maps to the
     /// loopback address of its family, the DNS address's port 53 to the upstream resolver;
@@ -119,6 +134,11 @@ public sealed class HostForwarder : IAsyncDisposable
 
     private async Task ForwardTcpAsync(TcpForwardRequest request)
     {
+        if (Spoofed(request.RemoteEndPoint.Address, "tcp"))
+        {
+            Refuse(request, ForwardRefusal.Ignore);
+            return;
+        }
         var target = HostSide(request.LocalEndPoint);
         if (target is null)
         {
@@ -236,6 +256,11 @@ public sealed class HostForwarder : IAsyncDisposable
 
     private async Task ForwardUdpAsync(UdpFlow flow)
     {
+        if (Spoofed(flow.RemoteEndPoint.Address, "udp"))
+        {
+            flow.Refuse(ForwardRefusal.Ignore);
+            return;
+        }
         var target = HostSide(flow.LocalEndPoint);
         if (target is null)
         {
@@ -317,6 +342,11 @@ public sealed class HostForwarder : IAsyncDisposable
 
     private async Task ForwardEchoAsync(EchoRequest request)
     {
+        if (Spoofed(request.Source, "echo"))
+        {
+            request.Refuse(ForwardRefusal.Ignore);
+            return;
+        }
         var target = HostSide(new IPEndPoint(request.Destination, 0))?.Address;
         if (target is null)
         {

@@ -252,6 +252,7 @@ public static class RunCommand
             Gateway6 = options.Gateway6,
             Dns = options.Dns,
             DnsUpstream = options.DnsUpstream,
+            Sources = new[] { options.Address?.Address, options.Address6?.Address }.OfType<IPAddress>().ToArray(),
             Allows = (address, port) => EgressPolicyModule.decide(policy, IpAddr.OfIPAddress(address), port),
             AllowsEcho = address => EgressPolicyModule.decidePortless(policy, IpAddr.OfIPAddress(address)),
         });
@@ -458,6 +459,9 @@ public static class RunCommand
                 }
                 foreach (var (name, value) in OpenDescriptors())
                     all[name] = value;
+                // Everything this process allocated, all threads (the loop's share is
+                // engine.loop.allocated-bytes): compare two transfer sizes to see the per-byte cost.
+                all["process.allocated-bytes"] = GC.GetTotalAllocatedBytes(precise: true);
                 Console.Error.WriteLine("statistics");
                 Console.Error.WriteLine(StackStarter.FormatStatistics(all));
                 Console.Error.WriteLine("end statistics");
