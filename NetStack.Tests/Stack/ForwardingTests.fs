@@ -248,54 +248,94 @@ let tests =
                 { FsCheckConfig.defaultConfig with
                     maxTest = 300
                 }
-                "requests follow the model: one per new SYN within the cap, absorbed repeats, decided once, expired unanswered after the timeout"
+                "requests follow ForwardModel: one per new SYN within the cap, absorbed repeats, decided once, expired unanswered after the timeout"
             <| Prop.forAll (Arb.fromGen (Gen.listOfLength 40 stepGen)) (fun steps ->
                 let cap = 3
                 let t = table 1000
                 let out = TcpEndpointOutput()
-                t.ListenForward(cap, 100) |> ignore
+                let forwarder = t.ListenForward(cap, 100)
                 let ip = ipWith true
-                // The model: waiting requests by tuple with their arrival time; tuples accepted.
-                let waiting = Dictionary<int, int64 * TcpPendingConnection>()
-                let opened = HashSet<int>()
+                // The model's state of each tuple, with when its request arrived, and the
+                // request objects the table handed out (to decide on, late ones too).
+                let state = Dictionary<int, ForwardRequestState>()
+                let arrived = Dictionary<int, int64>()
+                let requests = Dictionary<int, TcpPendingConnection>()
                 let mutable now = 1L
 
-                let expire () =
-                    t.RunTimers(out, now)
+                let stateOf i =
+                    match state.TryGetValue i with
+                    | true, s -> s
+                    | _ -> ForwardRequestState.Absent
 
-                    let due =
-                        [
-                            for KeyValue(i, (at, _)) in waiting do
-                                if at + timeout <= now then
-                                    yield i
-                        ]
+                let waiting () =
+                    state.Values |> Seq.filter ((=) ForwardRequestState.Waiting) |> Seq.length
 
-                    let expired =
-                        groupsOf TcpGroupKind.PendingExpired out
-                        |> List.map (fun g -> string g.Pending.Key)
-                        |> set
+                // What the table shows of tuple i.
+                let observed i =
+                    match requests.TryGetValue i with
+                    | true, p when p.IsPending -> ForwardRequestState.Waiting
+                    | _ when not (isNull (t.Find(tupleKey i))) -> ForwardRequestState.Connection
+                    | _ -> ForwardRequestState.Absent
 
-                    Expect.equal
-                        expired
-                        (due |> List.map (tupleKey >> string) |> set)
-                        "exactly the requests past the timeout expire"
+                let apply i trigger =
+                    match ForwardModel.requestAfter (stateOf i) trigger with
+                    | ValueSome next ->
+                        state[i] <- next
+                        true
+                    | ValueNone -> false
 
-                    for i in due do
-                        Expect.isFalse (snd waiting[i]).IsPending "no longer pending"
-                        waiting.Remove i |> ignore
+                let check () =
+                    for i in 0..5 do
+                        Expect.equal (observed i) (stateOf i) $"tuple {i}"
 
-                    let dueKeys = due |> List.map (tupleKey >> string) |> set
-
-                    for (_, (from: EndpointKey), _) in sent out do
-                        Expect.isFalse (dueKeys.Contains(string from)) "expiry answers nothing"
+                    Expect.equal t.PendingCount (waiting ()) "as many waiting as the model says"
 
                 for step in steps do
                     match step with
                     | Advance s ->
                         now <- now + int64 s * 1_000_000L
-                        expire ()
+                        t.RunTimers(out, now)
+
+                        let expired =
+                            groupsOf TcpGroupKind.PendingExpired out
+                            |> List.map (fun g -> string g.Pending.Key)
+                            |> set
+
+                        let due =
+                            [
+                                for i in 0..5 do
+                                    if stateOf i = ForwardRequestState.Waiting && arrived[i] + timeout <= now then
+                                        yield i
+                            ]
+
+                        Expect.equal
+                            expired
+                            (due |> List.map (tupleKey >> string) |> set)
+                            "exactly the requests past the timeout expire"
+
+                        for i in due do
+                            apply i ForwardRequestTrigger.Timeout |> ignore
+
+                        let dueKeys = due |> List.map (tupleKey >> string) |> set
+
+                        for (_, (from: EndpointKey), _) in sent out do
+                            Expect.isFalse (dueKeys.Contains(string from)) "expiry answers nothing"
+
+                        // An accepted connection's own timers may end its handshake: from then
+                        // on the tuple is the TCP model's business, not this one's.
+                        for i in 0..5 do
+                            if stateOf i = ForwardRequestState.Connection && isNull (t.Find(tupleKey i)) then
+                                state[i] <- ForwardRequestState.Absent
                     | Syn i ->
                         let k = tupleKey i
+
+                        let trigger =
+                            if stateOf i = ForwardRequestState.Absent && waiting () >= cap then
+                                ForwardRequestTrigger.SynOverCap
+                            else
+                                ForwardRequestTrigger.Syn
+
+                        let before = stateOf i
 
                         t.Segment(
                             out,
@@ -309,60 +349,69 @@ let tests =
                             true
                         )
 
-                        let requests = groupsOf TcpGroupKind.Pending out
+                        Expect.isTrue (apply i trigger) $"the model permits {trigger} in {before}"
+                        let made = groupsOf TcpGroupKind.Pending out
 
-                        if opened.Contains i && not (isNull (t.Find k)) then
-                            // The accepted connection exists (its handshake timers may have
-                            // ended it since): its SYN is the connection's business.
-                            Expect.isEmpty requests "an existing connection's SYN is no request"
-                        elif waiting.ContainsKey i then
-                            Expect.isEmpty requests "absorbed"
-                            Expect.isEmpty (sent out) "unanswered"
-                        elif waiting.Count >= cap then
-                            Expect.isEmpty requests "over the cap: dropped"
-                            Expect.isEmpty (sent out) "unanswered"
+                        if before = ForwardRequestState.Absent && stateOf i = ForwardRequestState.Waiting then
+                            Expect.equal made.Length 1 "a request"
+                            requests[i] <- made.Head.Pending
+                            arrived[i] <- now
                         else
-                            Expect.equal requests.Length 1 "a request"
-                            Expect.isEmpty (sent out) "unanswered"
-                            waiting[i] <- (now, requests.Head.Pending)
-                            opened.Remove i |> ignore
+                            Expect.isEmpty made "no request"
+
+                        if before <> ForwardRequestState.Connection then
+                            Expect.isEmpty (sent out) "nothing answered before a decision"
                     | Accept i ->
-                        match waiting.TryGetValue i with
-                        | true, (_, p) ->
-                            Expect.isTrue (t.AcceptPending(out, now, ip, p)) "accepted"
+                        match requests.TryGetValue i with
+                        | true, p ->
+                            let permitted = apply i ForwardRequestTrigger.Accept
 
-                            match sent out with
-                            | [ (_, from, s) ] ->
-                                Expect.equal from (tupleKey i) "from the original destination"
-                                Expect.equal s.Ack (SeqNum(uint32 (7 * i) + 1u)) "SYN,ACK for that SYN"
-                            | other -> failtestf "one SYN,ACK expected: %A" other
+                            Expect.equal
+                                (t.AcceptPending(out, now, ip, p))
+                                permitted
+                                "accepted exactly when the model permits it"
 
-                            waiting.Remove i |> ignore
-                            opened.Add i |> ignore
+                            if permitted then
+                                match sent out with
+                                | [ (_, from, s) ] ->
+                                    Expect.equal from (tupleKey i) "from the original destination"
+                                    Expect.equal s.Flags (TcpFlags.Syn ||| TcpFlags.Ack) "SYN,ACK"
+                                    Expect.equal s.Ack (SeqNum(uint32 (7 * i) + 1u)) "for that SYN"
+                                | other -> failtestf "one SYN,ACK expected: %A" other
+                            else
+                                Expect.isEmpty (sent out) "a late decision sends nothing"
                         | _ -> ()
                     | Refuse i ->
-                        match waiting.TryGetValue i with
-                        | true, (_, p) ->
-                            Expect.isTrue (t.RefusePending(out, p, true)) "refused"
+                        match requests.TryGetValue i with
+                        | true, p ->
+                            let permitted = apply i ForwardRequestTrigger.Refuse
 
-                            match sent out with
-                            | [ (TcpGroupKind.Stateless, from, s) ] ->
-                                Expect.equal from (tupleKey i) "from the original destination"
-                                // RFC 9293 §3.10.7.1 for a SYN: <SEQ=0><ACK=SEG.SEQ+1><CTL=RST,ACK>.
-                                Expect.equal s.Flags (TcpFlags.Rst ||| TcpFlags.Ack) "RST,ACK"
-                                Expect.equal s.Seq (SeqNum 0u) "SEQ 0"
-                                Expect.equal s.Ack (SeqNum(uint32 (7 * i) + 1u)) "ACK SEG.SEQ+1"
-                            | other -> failtestf "one RST expected: %A" other
+                            Expect.equal
+                                (t.RefusePending(out, p, true))
+                                permitted
+                                "refused exactly when the model permits it"
 
-                            Expect.isFalse (t.RefusePending(out, p, true)) "decided once"
-                            waiting.Remove i |> ignore
+                            if permitted then
+                                match sent out with
+                                | [ (TcpGroupKind.Stateless, from, s) ] ->
+                                    Expect.equal from (tupleKey i) "from the original destination"
+                                    // RFC 9293 §3.10.7.1 for a SYN: <SEQ=0><ACK=SEG.SEQ+1><CTL=RST,ACK>.
+                                    Expect.equal s.Flags (TcpFlags.Rst ||| TcpFlags.Ack) "RST,ACK"
+                                    Expect.equal s.Seq (SeqNum 0u) "SEQ 0"
+                                    Expect.equal s.Ack (SeqNum(uint32 (7 * i) + 1u)) "ACK SEG.SEQ+1"
+                                | other -> failtestf "one RST expected: %A" other
+                            else
+                                Expect.isEmpty (sent out) "a late decision sends nothing"
                         | _ -> ()
 
-                    Expect.equal t.PendingCount waiting.Count "as many waiting as the model says"
+                    check ()
 
-                now <- now + timeout
-                expire ()
-                Expect.equal t.PendingCount 0 "all gone in the end")
+                t.Unlisten forwarder
+
+                for i in 0..5 do
+                    apply i ForwardRequestTrigger.ForwarderGone |> ignore
+
+                check ())
 
             test "without a forwarder, a SYN to another address gets a RST from that address" {
                 let t = table 100
@@ -391,16 +440,17 @@ let tests =
                 { FsCheckConfig.defaultConfig with
                     maxTest = 300
                 }
-                "UDP flows follow the model: one per 4-tuple within the cap, alive while datagrams go either way, ended idle after the timeout"
+                "UDP flows follow ForwardModel: one per 4-tuple within the cap, kept open by traffic either way, ended idle after the timeout"
             <| Prop.forAll
                 (Arb.fromGen (
                     Gen.listOfLength
                         50
                         (Gen.frequency
                             [
-                                4, Gen.choose (0, 5) |> Gen.map (fun i -> Choice1Of3 i)
-                                2, Gen.choose (0, 5) |> Gen.map (fun i -> Choice2Of3 i)
-                                2, Gen.choose (1, 40) |> Gen.map (fun s -> Choice3Of3 s)
+                                4, Gen.choose (0, 5) |> Gen.map (fun i -> Choice1Of4 i)
+                                2, Gen.choose (0, 5) |> Gen.map (fun i -> Choice2Of4 i)
+                                1, Gen.choose (0, 5) |> Gen.map (fun i -> Choice3Of4 i)
+                                2, Gen.choose (1, 40) |> Gen.map (fun s -> Choice4Of4 s)
                             ])
                 ))
                 (fun steps ->
@@ -411,16 +461,42 @@ let tests =
                     Expect.isFalse (t.ForwardFlows(cap, idle)) "once"
                     // A bound socket on every address still takes our own address only.
                     let bound = t.BindAll(true, true, 53, 0)
+                    let state = Dictionary<int, UdpFlowState>()
                     let lastActive = Dictionary<int, int64>()
                     let entries = Dictionary<int, UdpFlowEntry>()
                     let mutable now = 1L
                     let expired = List<UdpFlowEntry>()
 
+                    let stateOf i =
+                        match state.TryGetValue i with
+                        | true, s -> s
+                        | _ -> UdpFlowState.Absent
+
+                    let openFlows () =
+                        state.Values |> Seq.filter ((=) UdpFlowState.Open) |> Seq.length
+
+                    let apply i trigger =
+                        match ForwardModel.flowAfter (stateOf i) trigger with
+                        | ValueSome next ->
+                            state[i] <- next
+
+                            if trigger = UdpFlowTrigger.Datagram || trigger = UdpFlowTrigger.Reply then
+                                lastActive[i] <- now
+                        | ValueNone -> failtestf "the model does not permit %A in %A" trigger (stateOf i)
+
                     for step in steps do
                         match step with
-                        | Choice1Of3 i ->
+                        | Choice1Of4 i ->
                             // A datagram from the peer of tuple i.
                             let k = tupleKey i
+                            let before = stateOf i
+
+                            let trigger =
+                                if before = UdpFlowState.Absent && openFlows () >= cap then
+                                    UdpFlowTrigger.DatagramOverCap
+                                else
+                                    UdpFlowTrigger.Datagram
+
                             let mutable endpoint = null
                             let mutable flow = null
                             let mutable note = null
@@ -439,34 +515,39 @@ let tests =
                                     &note
                                 )
 
-                            if lastActive.ContainsKey i then
-                                Expect.equal verdict UdpVerdict.Flow "an open flow"
-                                Expect.isTrue (obj.ReferenceEquals(flow, entries[i])) "the same flow"
-                                lastActive[i] <- now
-                            elif lastActive.Count >= cap then
-                                Expect.equal verdict UdpVerdict.Drop "over the cap"
-                                Expect.equal note "udp.forward.drop.flows-full" "counted"
-                            else
+                            apply i trigger
+
+                            match before, stateOf i with
+                            | UdpFlowState.Absent, UdpFlowState.Open ->
                                 Expect.equal verdict UdpVerdict.NewFlow "a new flow"
                                 Expect.equal flow.Key k "keyed by the 4-tuple"
-                                lastActive[i] <- now
                                 entries[i] <- flow
-                        | Choice2Of3 i ->
+                            | UdpFlowState.Open, _ ->
+                                Expect.equal verdict UdpVerdict.Flow "the open flow"
+                                Expect.isTrue (obj.ReferenceEquals(flow, entries[i])) "the same flow"
+                            | _ ->
+                                Expect.equal verdict UdpVerdict.Drop "over the cap"
+                                Expect.equal note "udp.forward.drop.flows-full" "counted"
+                        | Choice2Of4 i ->
                             // A reply on tuple i's flow, if open.
-                            match entries.TryGetValue i with
-                            | true, f when lastActive.ContainsKey i ->
-                                t.Touch(f, now)
-                                lastActive[i] <- now
-                            | _ -> ()
-                        | Choice3Of3 seconds ->
+                            if stateOf i = UdpFlowState.Open then
+                                t.Touch(entries[i], now)
+                                apply i UdpFlowTrigger.Reply
+                        | Choice3Of4 i ->
+                            // The user closes tuple i's flow, if open.
+                            if stateOf i = UdpFlowState.Open then
+                                t.Close entries[i]
+                                apply i UdpFlowTrigger.Close
+                                Expect.isFalse entries[i].IsOpen "closed"
+                        | Choice4Of4 seconds ->
                             now <- now + int64 seconds * 1_000_000L
                             expired.Clear()
                             t.ExpireFlows(now, expired)
 
                             let due =
                                 [
-                                    for KeyValue(i, at) in lastActive do
-                                        if at + idle <= now then
+                                    for i in 0..5 do
+                                        if stateOf i = UdpFlowState.Open && lastActive[i] + idle <= now then
                                             yield i
                                 ]
 
@@ -476,13 +557,12 @@ let tests =
                                 "exactly the flows idle for the timeout end"
 
                             for i in due do
+                                apply i UdpFlowTrigger.IdleTimeout
                                 Expect.isFalse entries[i].IsOpen "ended"
-                                lastActive.Remove i |> ignore
-                                entries.Remove i |> ignore
 
-                        Expect.equal t.FlowCount lastActive.Count "as many flows as the model"
+                        Expect.equal t.FlowCount (openFlows ()) "as many flows as the model"
 
-                    // Our own address: the bound socket; another port of ours: a flow.
+                    // Our own address: the bound socket; a foreign one never reaches it.
                     let mutable endpoint = null
                     let mutable flow = null
                     let mutable note = null
@@ -518,5 +598,29 @@ let tests =
                     Expect.equal verdict UdpVerdict.Drop "a broadcast is never forwarded"
 
                     for f in t.StopForwarding() do
-                        Expect.isFalse f.IsOpen "ended on stop")
+                        Expect.isFalse f.IsOpen "ended on stop"
+
+                    Expect.equal t.FlowCount 0 "none left")
+
+            test "docs/forward-request-states.dot and docs/udp-flow-states.dot are the models' DOT exports" {
+                let normalise (s: string) = s.Replace("\r\n", "\n").Trim()
+
+                for name, current in
+                    [
+                        "forward-request-states.dot", ForwardModel.requestDot ()
+                        "udp-flow-states.dot", ForwardModel.flowDot ()
+                    ] do
+                    let path = IO.Path.Combine(NetStack.Tests.TestUtil.repoRoot.Value, "docs", name)
+
+                    let committed =
+                        if IO.File.Exists path then
+                            normalise (IO.File.ReadAllText path)
+                        else
+                            ""
+
+                    if committed <> normalise current then
+                        IO.File.WriteAllText(path + ".actual", normalise current + "\n")
+
+                    Expect.equal committed (normalise current) $"{path} differs from the model; see {path}.actual"
+            }
         ]
