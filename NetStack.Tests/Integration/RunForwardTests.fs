@@ -699,6 +699,14 @@ let tests =
                     (count "forward.udp.denied" counters)
                     "every refused UDP flow closed"
 
+                // Each flow's one small datagram reached it, even those refused at once.
+                Expect.equal
+                    (count "udp.forward.delivered" counters)
+                    (count "udp.forward.flow-opened" counters)
+                    "each flow's first datagram delivered"
+
+                Expect.equal (count "udp.forward.drop.queue-full" counters) 0L "no flow queue overflowed"
+
                 Expect.isLessThanOrEqual (count "icmp.echo.forwarded" counters) 500L "echo requests ≤ pings sent"
                 // The process: the runtime and stack start at about 70 MB here; the caps (pending
                 // requests, flows, echo queue) allow a few MB of state on top.
