@@ -183,6 +183,8 @@ public sealed partial class NetworkStack
     // Loop: a datagram for a flow; `isNew` when the table just made the flow.
     private void OnFlowDatagram(UdpFlowEntry entry, bool isNew, ReadOnlySpan<byte> packet, ReadOnlySpan<byte> payload)
     {
+        UdpForwarder? offerTo = null;
+        UdpFlow? created = null;
         if (isNew)
         {
             if (_udpForwarder is not { } forwarder)
@@ -190,15 +192,19 @@ public sealed partial class NetworkStack
                 _udpTable.Close(entry);
                 return;
             }
-            var flow = new UdpFlow(this, entry, packet[..Math.Min(packet.Length, QuoteBytes)].ToArray(), Options.UdpReceiveQueueBytes);
-            entry.Owner = flow;
+            created = new UdpFlow(this, entry, packet[..Math.Min(packet.Length, QuoteBytes)].ToArray(), Options.UdpReceiveQueueBytes);
+            entry.Owner = created;
             _statistics.Increment("udp.forward.flow-opened");
-            forwarder.Offer(flow);
+            offerTo = forwarder;
         }
         if (entry.Owner is UdpFlow f && f.Deliver(payload))
             _statistics.Increment("udp.forward.delivered");
         else
             _statistics.Increment("udp.forward.drop.queue-full");
+        // Offered only once its first datagram is in it: the user may take the flow on another
+        // thread at once and end it (refuse it) before this thread would have delivered.
+        if (offerTo is not null && created is not null)
+            offerTo.Offer(created);
     }
 
     internal void ScheduleFlowSend(UdpFlow flow)

@@ -17,11 +17,11 @@ open Expecto
 open NetStack.Tests
 open NetStack.Tests.Integration.CliTests
 
-let private timeout = TimeSpan.FromSeconds 60.
+let timeout = TimeSpan.FromSeconds 60.
 
 /// The counters `netstack run --stats` printed on standard error (between "statistics" and
 /// "end statistics"); fails when there are none.
-let private statistics (stderr: string) =
+let statistics (stderr: string) =
     let lines = stderr.Split '\n' |> Array.map _.TrimEnd('\r')
 
     match Array.tryFindIndexBack ((=) "statistics") lines, Array.tryFindIndexBack ((=) "end statistics") lines with
@@ -31,7 +31,7 @@ let private statistics (stderr: string) =
 
 /// Checks what every run must show at exit: the counters, no swallowed exception, and no TUN
 /// descriptor or socket left open in netstack run itself.
-let private checkExit (stderr: string) =
+let checkExit (stderr: string) =
     let counters = statistics stderr
     Expect.isTrue (counters.ContainsKey "process.fd.open") $"the descriptor count was printed:\n{stderr}"
     TestUtil.assertNoExceptionsInCounters counters
@@ -40,13 +40,13 @@ let private checkExit (stderr: string) =
     counters
 
 /// Runs `netstack run --stats ARGS` to its end; returns exit code, stdout, stderr, counters.
-let private run (args: string list) =
+let run (args: string list) =
     let code, out, err = runNetstack timeout ("run" :: "--stats" :: args)
     code, out, err, checkExit err
 
 /// Starts `netstack run --stats ARGS` and reads its standard output up to a line "ready" that
 /// the command prints; returns the process and the rest of its standard output (a task).
-let private startReady (args: string list) =
+let startReady (args: string list) =
     let p = start ("run" :: "--stats" :: args)
     let err = p.StandardError.ReadToEndAsync()
     let seen = StringBuilder()
@@ -74,7 +74,7 @@ let private startReady (args: string list) =
     p, p.StandardOutput.ReadToEndAsync(), err
 
 /// Waits for a started run to exit; returns exit code, stdout, stderr, counters.
-let private finish (p: Process) (out: Task<string>) (err: Task<string>) =
+let finish (p: Process) (out: Task<string>) (err: Task<string>) =
     if not (p.WaitForExit timeout) then
         p.Kill true
         failtestf "netstack run did not exit; stdout:\n%s" out.Result
@@ -85,7 +85,7 @@ let private finish (p: Process) (out: Task<string>) (err: Task<string>) =
 [<Runtime.InteropServices.DllImport("libc", SetLastError = true)>]
 extern int private kill(int pid, int signal)
 
-let private sha256 (bytes: byte[]) =
+let sha256 (bytes: byte[]) =
     Convert.ToHexString(SHA256.HashData bytes)
 
 /// The TCP server inside: accepts `count` connections one after the other; on each, sends
@@ -137,7 +137,7 @@ let private exchange (target: IPEndPoint) (bytes: byte[]) =
         return received.ToArray()
     }
 
-let private lineValue (prefix: string) (out: string) =
+let lineValue (prefix: string) (out: string) =
     out.Split '\n'
     |> Array.map _.Trim()
     |> Array.filter _.StartsWith(prefix + " ")
