@@ -32,17 +32,8 @@ public sealed class EchoForwarder : IAsyncDisposable, IDisposable
     /// <param name="cancellationToken">Cancels the wait.</param>
     /// <exception cref="ObjectDisposedException">The forwarder or its stack is disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled.</exception>
-    public async ValueTask<EchoRequest> AcceptAsync(CancellationToken cancellationToken = default)
-    {
-        try
-        {
-            return await _requests.Reader.ReadAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (ChannelClosedException)
-        {
-            throw new ObjectDisposedException(nameof(EchoForwarder));
-        }
-    }
+    public ValueTask<EchoRequest> AcceptAsync(CancellationToken cancellationToken = default) =>
+        ForwarderQueue.TakeAsync(_requests.Reader, nameof(EchoForwarder), cancellationToken);
 
     // Loop: false when the queue is full.
     internal bool Offer(EchoRequest request) => _requests.Writer.TryWrite(request);

@@ -39,17 +39,8 @@ public sealed class TcpForwarder : IAsyncDisposable, IDisposable
     /// <param name="cancellationToken">Cancels the wait (the request, if one comes, stays queued).</param>
     /// <exception cref="ObjectDisposedException">The forwarder or its stack is disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled.</exception>
-    public async ValueTask<TcpForwardRequest> AcceptAsync(CancellationToken cancellationToken = default)
-    {
-        try
-        {
-            return await _requests.Reader.ReadAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (ChannelClosedException)
-        {
-            throw new ObjectDisposedException(nameof(TcpForwarder));
-        }
-    }
+    public ValueTask<TcpForwardRequest> AcceptAsync(CancellationToken cancellationToken = default) =>
+        ForwarderQueue.TakeAsync(_requests.Reader, nameof(TcpForwarder), cancellationToken);
 
     // Loop: a new request.
     internal void Offer(TcpForwardRequest request) => _requests.Writer.TryWrite(request);

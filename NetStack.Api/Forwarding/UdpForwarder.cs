@@ -26,17 +26,8 @@ public sealed class UdpForwarder : IAsyncDisposable, IDisposable
     /// <param name="cancellationToken">Cancels the wait.</param>
     /// <exception cref="ObjectDisposedException">The forwarder or its stack is disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled.</exception>
-    public async ValueTask<UdpFlow> AcceptAsync(CancellationToken cancellationToken = default)
-    {
-        try
-        {
-            return await _flows.Reader.ReadAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (ChannelClosedException)
-        {
-            throw new ObjectDisposedException(nameof(UdpForwarder));
-        }
-    }
+    public ValueTask<UdpFlow> AcceptAsync(CancellationToken cancellationToken = default) =>
+        ForwarderQueue.TakeAsync(_flows.Reader, nameof(UdpForwarder), cancellationToken);
 
     internal void Offer(UdpFlow flow) => _flows.Writer.TryWrite(flow);
 

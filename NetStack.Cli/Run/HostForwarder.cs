@@ -72,7 +72,12 @@ public sealed class HostForwarder : IAsyncDisposable
         _tcp = stack.ForwardTcp();
         _udp = stack.ForwardUdp();
         _echo = stack.ForwardEcho();
-        _loops = [Task.Run(TcpLoop), Task.Run(UdpLoop), Task.Run(EchoLoop)];
+        _loops =
+        [
+            Task.Run(() => AcceptLoop(_tcp.AcceptAsync, ForwardTcpAsync)),
+            Task.Run(() => AcceptLoop(_udp.AcceptAsync, ForwardUdpAsync)),
+            Task.Run(() => AcceptLoop(_echo.AcceptAsync, ForwardEchoAsync)),
+        ];
     }
 
     /// <summary>Starts forwarding on <paramref name="stack"/> (started with <see cref="NetStackOptions.AnyDestination"/>).</summary>
@@ -111,26 +116,28 @@ public sealed class HostForwarder : IAsyncDisposable
         return destination;
     }
 
-    // ------------------------------------------------------------------------------------------
-    // TCP
-    // ------------------------------------------------------------------------------------------
-
-    private async Task TcpLoop()
+    // Takes what a forwarder offers until it or this forwarder stops; each item is handled on
+    // its own (a slow upstream holds up nothing else).
+    private async Task AcceptLoop<T>(Func<CancellationToken, ValueTask<T>> accept, Func<T, Task> handle)
     {
         while (!_stop.IsCancellationRequested)
         {
-            TcpForwardRequest request;
+            T item;
             try
             {
-                request = await _tcp.AcceptAsync(_stop.Token);
+                item = await accept(_stop.Token);
             }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
             {
                 return;
             }
-            _ = ForwardTcpAsync(request);
+            _ = handle(item);
         }
     }
+
+    // ------------------------------------------------------------------------------------------
+    // TCP
+    // ------------------------------------------------------------------------------------------
 
     private async Task ForwardTcpAsync(TcpForwardRequest request)
     {
@@ -237,23 +244,6 @@ public sealed class HostForwarder : IAsyncDisposable
     // UDP
     // ------------------------------------------------------------------------------------------
 
-    private async Task UdpLoop()
-    {
-        while (!_stop.IsCancellationRequested)
-        {
-            UdpFlow flow;
-            try
-            {
-                flow = await _udp.AcceptAsync(_stop.Token);
-            }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
-            {
-                return;
-            }
-            _ = ForwardUdpAsync(flow);
-        }
-    }
-
     private async Task ForwardUdpAsync(UdpFlow flow)
     {
         if (Spoofed(flow.RemoteEndPoint.Address, "udp"))
@@ -322,23 +312,6 @@ public sealed class HostForwarder : IAsyncDisposable
     // ------------------------------------------------------------------------------------------
     // Echo (ping through unprivileged ICMP sockets)
     // ------------------------------------------------------------------------------------------
-
-    private async Task EchoLoop()
-    {
-        while (!_stop.IsCancellationRequested)
-        {
-            EchoRequest request;
-            try
-            {
-                request = await _echo.AcceptAsync(_stop.Token);
-            }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
-            {
-                return;
-            }
-            _ = ForwardEchoAsync(request);
-        }
-    }
 
     private async Task ForwardEchoAsync(EchoRequest request)
     {

@@ -290,6 +290,49 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 finishGroup out TcpGroupKind.Opened now e start
                 true
 
+    // RFC 9293 §3.10.7.2: the connection a SYN opens for `listener` (a listener, or the
+    // forwarder once its user accepted), in SYN-RECEIVED with its SYN,ACK in the output, in the
+    // listener's half-open queue; true when opened. A SYN the engine's own checks refuse in
+    // LISTEN leaves only its segments, as stateless groups.
+    let openPassive
+        (out: TcpEndpointOutput)
+        (now: int64)
+        (ip: IpLayerState)
+        (listener: TcpListenEndpoint)
+        (key: EndpointKey)
+        (seg: Segment)
+        (iss: SeqNum)
+        =
+        let start = out.Actions.Count
+        let core = Connection.acceptInto out.Actions (config key.Local.IsIpv6) iss now seg
+
+        if core.State = TcpState.SynReceived then
+            let e = newEndpoint key false (withPathMtu now ip key.Remote core)
+            e.HalfOpenOf <- listener
+            e.Listener <- listener
+            listener.HalfOpen <- listener.HalfOpen + 1
+            out.Notes.Add "tcp.passive-open"
+            finishGroup out TcpGroupKind.Opened now e start
+            true
+        else
+            let actions = out.Actions.AsSpan()
+
+            for i in start .. actions.Length - 1 do
+                match actions[i] with
+                | TcpAction.Transmit _ ->
+                    out.Groups.Add
+                        {
+                            Kind = TcpGroupKind.Stateless
+                            Endpoint = null
+                            Pending = null
+                            Key = key
+                            Start = i
+                            Count = 1
+                        }
+                | _ -> ()
+
+            false
+
     // RFC 9293 §3.10.7.2: a SYN for a listener, with the queues bounded. The connection cap
     // refuses with a RST; a full accept queue drops the SYN, as Linux does, so the peer's
     // retransmission tries again later; a full half-open queue answers with a SYN cookie.
@@ -326,33 +369,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 else
                     Connection.reopenIss old.Core generated
 
-            let start = out.Actions.Count
-            let core = Connection.acceptInto out.Actions (config key.Local.IsIpv6) iss now seg
-
-            if core.State = TcpState.SynReceived then
-                let e = newEndpoint key false (withPathMtu now ip key.Remote core)
-                e.HalfOpenOf <- listener
-                e.Listener <- listener
-                listener.HalfOpen <- listener.HalfOpen + 1
-                out.Notes.Add "tcp.passive-open"
-                finishGroup out TcpGroupKind.Opened now e start
-            else
-                // Refused in LISTEN (the engine's own checks): only its segments matter.
-                let actions = out.Actions.AsSpan()
-
-                for i in start .. actions.Length - 1 do
-                    match actions[i] with
-                    | TcpAction.Transmit _ ->
-                        out.Groups.Add
-                            {
-                                Kind = TcpGroupKind.Stateless
-                                Endpoint = null
-                                Pending = null
-                                Key = key
-                                Start = i
-                                Count = 1
-                            }
-                    | _ -> ()
+            openPassive out now ip listener key seg iss |> ignore
 
     // Out of the waiting set (decided, expired or dropped).
     let settlePending (p: TcpPendingConnection) =
@@ -554,41 +571,11 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 out.Notes.Add "tcp.drop.max-connections"
                 reset out p.Key p.Syn
                 false
+            elif openPassive out now ip forwarder p.Key p.Syn p.Iss then
+                out.Notes.Add "tcp.forward.accepted"
+                true
             else
-                let key = p.Key
-                let start = out.Actions.Count
-
-                let core =
-                    Connection.acceptInto out.Actions (config key.Local.IsIpv6) p.Iss now p.Syn
-
-                if core.State = TcpState.SynReceived then
-                    let e = newEndpoint key false (withPathMtu now ip key.Remote core)
-                    e.HalfOpenOf <- forwarder
-                    e.Listener <- forwarder
-                    forwarder.HalfOpen <- forwarder.HalfOpen + 1
-                    out.Notes.Add "tcp.passive-open"
-                    out.Notes.Add "tcp.forward.accepted"
-                    finishGroup out TcpGroupKind.Opened now e start
-                    true
-                else
-                    // Refused in LISTEN by the engine's own checks: only its segments matter.
-                    let actions = out.Actions.AsSpan()
-
-                    for i in start .. actions.Length - 1 do
-                        match actions[i] with
-                        | TcpAction.Transmit _ ->
-                            out.Groups.Add
-                                {
-                                    Kind = TcpGroupKind.Stateless
-                                    Endpoint = null
-                                    Pending = null
-                                    Key = key
-                                    Start = i
-                                    Count = 1
-                                }
-                        | _ -> ()
-
-                    false
+                false
 
     /// The forwarder's user refuses a request. `reset`: the peer gets the RST a closed port
     /// sends (RFC 9293 §3.10.7.1), in the output; otherwise nothing is in the output and the

@@ -671,11 +671,24 @@ let tests =
                 for name in [ "forward.tcp.denied"; "forward.udp.denied"; "forward.echo.denied" ] do
                     Expect.isGreaterThan (count name counters) 0L name
 
-                // Every TCP request was decided: denied, or the one dialled.
+                // Every TCP request was decided: dropped as spoofed (its source is not the
+                // namespace's address), denied, or the one dialled.
                 Expect.equal
                     (count "tcp.forward.requested" counters)
-                    (count "forward.tcp.denied" counters + count "forward.tcp.dialled" counters)
+                    (count "forward.tcp.spoofed-source" counters
+                     + count "forward.tcp.denied" counters
+                     + count "forward.tcp.dialled" counters)
                     "each request decided"
+
+                // The spoofed SYNs are the only ones from foreign sources: at most that many (the
+                // TUN queue may drop some in the burst), and some arrived.
+                let spoofedSent = RunTests.lineValue "spoofed" out |> List.exactlyOne |> int64
+                Expect.isGreaterThan (count "forward.tcp.spoofed-source" counters) 0L "spoofed SYNs seen"
+
+                Expect.isLessThanOrEqual
+                    (count "forward.tcp.spoofed-source" counters)
+                    spoofedSent
+                    "no more spoofed requests than spoofed SYNs"
 
                 // Bounded by what the namespace sent: at most one request per SYN.
                 let outSegs = RunTests.lineValue "tcp out-segs" out |> List.exactlyOne |> int64
