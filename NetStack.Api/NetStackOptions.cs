@@ -277,6 +277,31 @@ public sealed record NetStackOptions
     /// <see cref="MacAddress"/>) to keep addresses across restarts. Null: a random key per start.
     /// </summary>
     public byte[]? SlaacSecretKey { get; init; }
+
+    /// <summary>
+    /// Any-destination mode, off by default: the stack accepts unicast packets to every address,
+    /// not only its own, as a forwarder needs (a tun2socks-style proxy, <c>netstack run</c>).
+    /// Packets to other addresses reach <see cref="NetworkStack.ForwardTcp"/>,
+    /// <see cref="NetworkStack.ForwardUdp"/> and <see cref="NetworkStack.ForwardEcho"/> when they
+    /// exist; without them TCP gets a RST, UDP a port unreachable and an echo request its reply,
+    /// each from the address it was sent to, as if a host were there.
+    /// </summary>
+    public bool AnyDestination { get; init; }
+
+    /// <summary>TCP connection requests waiting for the forwarder's decision at most; beyond, SYNs are dropped (the peer retries).</summary>
+    public int ForwardMaxPendingTcp { get; init; } = 1024;
+
+    /// <summary>How long a TCP connection request waits for the forwarder's decision before it expires unanswered.</summary>
+    public TimeSpan ForwardTcpDecisionTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>UDP flows of the forwarder open at once at most; beyond, datagrams of new flows are dropped.</summary>
+    public int ForwardMaxUdpFlows { get; init; } = 4096;
+
+    /// <summary>A UDP flow of the forwarder ends after this long without a datagram either way.</summary>
+    public TimeSpan ForwardUdpIdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Echo requests waiting for the echo forwarder at most; beyond, requests are dropped.</summary>
+    public int ForwardMaxEchoRequests { get; init; } = 256;
 }
 
 /// <summary>TCP congestion control algorithms (<see cref="NetStackOptions.TcpCongestionControl"/>).</summary>

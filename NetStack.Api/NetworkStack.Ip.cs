@@ -59,6 +59,9 @@ public sealed partial class NetworkStack
                 break;
             case ReceivedKind.EchoRequest:
                 {
+                    // To another address in any-destination mode: the echo forwarder's, if any.
+                    if (r.Foreign && OfferEcho(packet, r))
+                        break;
                     var data = IpLayer.slice(packet, r.Payload);
                     int length = IpLayer.writeEchoReply(r.Destination, r.Source, r.Echo.Identifier, r.Echo.Sequence, NextIdentification(), data, _packetBuffer);
                     SendPacket(length, r.Source, now);
@@ -165,7 +168,9 @@ public sealed partial class NetworkStack
         if (quoted.Protocol != IpProtocol.Udp)
             return;
         var socket = _udpTable.ForError(quoted.Source, quoted.Ports.Source)?.Owner as UdpSocket;
-        if (socket is null)
+        if (socket is null && ReportToFlow(error))
+            _statistics.Increment("udp.forward.icmp-error");
+        else if (socket is null)
             _statistics.Increment("icmp.error.no-socket");
         else if (socket.ReportError(error.Kind, quoted.Destination, quoted.Ports.Destination))
             _statistics.Increment("udp.icmp-error.reported");

@@ -212,6 +212,7 @@ public sealed partial class NetworkStack
         foreach (var ping in _pings.Values)
             next = Math.Min(next, ping.Deadline);
         next = Math.Min(next, NextTcpDeadline());
+        next = Math.Min(next, NextForwardDeadline());
         next = Math.Min(next, NextLinkDeadline());
         if (next == long.MaxValue)
             return MaxWaitMilliseconds;
@@ -224,6 +225,7 @@ public sealed partial class NetworkStack
         long now = Now();
         RunLinkTimers(now);
         RunTcpTimers(now);
+        RunForwardTimers(now);
         SweepIdleRings(now);
         var deadline = IpLayer.nextDeadline(_ip);
         if (deadline.IsSome && deadline.Value <= now)

@@ -47,6 +47,7 @@ public sealed partial class NetworkStack
             // stack from a cryptographic source.
             IsnKey = RandomKey(),
             CookieKey = RandomKey(),
+            ForwardDecisionTimeout = Micros(Options.ForwardTcpDecisionTimeout),
         });
     }
 
@@ -412,8 +413,8 @@ public sealed partial class NetworkStack
         try
         {
             var output = TcpOutput();
-            _tcpTable.Segment(output, now, _ip, r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Tcp);
-            ExecuteOutput(output, IpLayer.slice(packet, r.Payload), now);
+            _tcpTable.Segment(output, now, _ip, r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Tcp, r.Foreign);
+            ExecuteOutput(output, IpLayer.slice(packet, r.Payload), now, IpLayer.slice(packet, r.Packet));
         }
         finally
         {
@@ -451,7 +452,9 @@ public sealed partial class NetworkStack
     // Carries out what a table call produced, group by group in the core's order: segments
     // sent for no connection, connections a listener opened (a socket is attached to each),
     // and each connection's actions.
-    private void ExecuteOutput(TcpEndpointOutput output, ReadOnlySpan<byte> payload, long now)
+    // `packet`: the IP packet the output answers, if any (a forwarder's request keeps its start
+    // for the ICMP error a refusal may send).
+    private void ExecuteOutput(TcpEndpointOutput output, ReadOnlySpan<byte> payload, long now, ReadOnlySpan<byte> packet = default)
     {
         Count(output);
         bool shared = ReferenceEquals(output, _tcpOutput);
@@ -474,6 +477,12 @@ public sealed partial class NetworkStack
                         break;
                     case TcpGroupKind.Opened:
                         Execute(Attach(group.Endpoint), slice, payload, now);
+                        break;
+                    case TcpGroupKind.Pending:
+                        OfferTcpRequest(group.Pending, packet);
+                        break;
+                    case TcpGroupKind.PendingExpired:
+                        (group.Pending.Owner as TcpForwardRequest)?.Expired();
                         break;
                     default:
                         if (group.Endpoint.Owner is TcpConnection c)
@@ -685,7 +694,10 @@ public sealed partial class NetworkStack
     private void DisposeTcp()
     {
         foreach (var listener in _tcpTable.Listeners)
+        {
             (listener.Owner as TcpListener)?.Dispose();
+            (listener.Owner as TcpForwarder)?.StackDisposed();
+        }
         long now = Now();
         var connections = _tcpTable.Connections.Select(e => e.Owner as TcpConnection).ToList();
         var output = TcpOutput();

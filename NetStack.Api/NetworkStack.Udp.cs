@@ -30,13 +30,27 @@ public sealed partial class NetworkStack
     private void OnUdpDatagram(ReadOnlySpan<byte> packet, Received r, ReadOnlySpan<byte> payload)
     {
         _statistics.Increment("udp.received");
-        if (_udpTable.Find(r.Destination, r.Ports.Destination)?.Owner is not UdpSocket socket)
+        // The core says where it goes: a bound socket, a forwarder's flow, or nobody (then with
+        // a port unreachable when RFC 1122 §4.1.3.1 wants one, within the ICMP error rate).
+        var verdict = _udpTable.Classify(Now(), r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Foreign, r.ToBroadcast,
+            out var endpoint, out var flow, out var note);
+        switch (verdict)
+        {
+            case UdpVerdict.Flow:
+            case UdpVerdict.NewFlow:
+                OnFlowDatagram(flow, verdict == UdpVerdict.NewFlow, IpLayer.slice(packet, r.Packet), payload);
+                return;
+            case UdpVerdict.PortUnreachable:
+                _statistics.Increment(note);
+                SendError(OutgoingError.PortUnreachable, IpLayer.slice(packet, r.Packet), "icmp.error.sent.port-unreachable");
+                return;
+            case UdpVerdict.Drop:
+                _statistics.Increment(note);
+                return;
+        }
+        if (endpoint.Owner is not UdpSocket socket)
         {
             _statistics.Increment("udp.drop.no-socket");
-            // The table says when a port unreachable is due (RFC 1122 §4.1.3.1); it goes within
-            // the ICMP error rules and rate limit.
-            if (_udpTable.PortUnreachableFor(r.ToBroadcast))
-                SendError(OutgoingError.PortUnreachable, IpLayer.slice(packet, r.Packet), "icmp.error.sent.port-unreachable");
             return;
         }
         switch (socket.Deliver(payload, r.Source, r.Ports.Source))

@@ -157,6 +157,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             IcmpErrorsPerSecond = options.IcmpErrorsPerSecond,
             ReassemblyMaxBytes = options.ReassemblyMaxBytes,
             ReassemblyMaxDatagrams = options.ReassemblyMaxDatagrams,
+            AnyDestination = options.AnyDestination,
         }.ToConfig();
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
@@ -215,21 +216,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                         link.AddAddress(options.HostAddress6, options.Address6);
                 }
             }
-            string? noRing = null;
-            if (options.TunIoUring)
-                device.TryEnableIoUring(out noRing);
-            IPacketDevice packets = new TunPacketDevice(device);
-            if (options.Faults is not null)
-                packets = new FaultInjectingDevice(packets, options.Faults);
-            if (options.TunWriterThread ?? (!tap && !device.UsesIoUring && options.Faults is null && device.Offloads == TunOffloads.None))
-                packets = new WriterThreadDevice(packets);
-            // In Tap mode the faults hit frames (ARP and NDP too) and share the link's counters.
-            if (tap)
-                packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
-            // The capture is outermost: it records what the stack itself sees, after the faults.
-            stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
-            if (noRing is not null)
-                stack._log.IoUringUnavailable(device.Name, noRing);
+            stack = StartOnDevice(options, device, link);
         }
         catch
         {
@@ -238,6 +225,29 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw;
         }
         return AwaitLink(stack);
+    }
+
+    // The device wrappers Start chooses (io_uring, faults, the writer thread, Ethernet, capture)
+    // and the stack on top; the caller disposes the device and link when this throws.
+    private static NetworkStack StartOnDevice(NetStackOptions options, TunDevice device, KernelLink? link)
+    {
+        bool tap = options.Mode == NetStackMode.Tap;
+        string? noRing = null;
+        if (options.TunIoUring)
+            device.TryEnableIoUring(out noRing);
+        IPacketDevice packets = new TunPacketDevice(device);
+        if (options.Faults is not null)
+            packets = new FaultInjectingDevice(packets, options.Faults);
+        if (options.TunWriterThread ?? (!tap && !device.UsesIoUring && options.Faults is null && device.Offloads == TunOffloads.None))
+            packets = new WriterThreadDevice(packets);
+        // In Tap mode the faults hit frames (ARP and NDP too) and share the link's counters.
+        if (tap)
+            packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
+        // The capture is outermost: it records what the stack itself sees, after the faults.
+        var stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
+        if (noRing is not null)
+            stack._log.IoUringUnavailable(device.Name, noRing);
+        return stack;
     }
 
     /// <summary>
@@ -333,6 +343,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
         if (options.Slaac && (options.Mode != NetStackMode.Tap || options.Address6 is null))
             throw new ArgumentException("Slaac needs Mode = Tap and an Address6 (the stack's main IPv6 address).", nameof(options));
+        if (options.ForwardMaxPendingTcp < 1 || options.ForwardMaxUdpFlows < 1 || options.ForwardMaxEchoRequests < 1)
+            throw new ArgumentException("ForwardMaxPendingTcp, ForwardMaxUdpFlows and ForwardMaxEchoRequests must be positive.", nameof(options));
+        if (options.ForwardTcpDecisionTimeout <= TimeSpan.Zero || options.ForwardUdpIdleTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("ForwardTcpDecisionTimeout and ForwardUdpIdleTimeout must be positive.", nameof(options));
         if (options.SlaacSecretKey is { Length: 0 })
             throw new ArgumentException("SlaacSecretKey is empty (null means a random key).", nameof(options));
         if (options.CapturePath is not null && options.CapturePath.Length == 0)
@@ -485,6 +499,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         foreach (var endpoint in _udpTable.Endpoints)
             (endpoint.Owner as UdpSocket)?.Dispose();
         DisposeTcp();
+        DisposeForwarders();
         _link?.Dispose();
         _device.Dispose();
         _meter.Dispose();

@@ -39,6 +39,7 @@ public static class Program
             [PingCommand.Create()] = PingCommand.Details,
             [GetCommand.Create()] = GetCommand.Details,
             [BenchCommand.Create(args)] = BenchCommand.Details,
+            [Run.RunCommand.Create()] = Run.RunCommand.Details,
         };
         foreach (var command in details.Keys)
             root.Add(command);
@@ -71,6 +72,12 @@ public static class Program
     {
         // Before the thread pool has threads: see MallocArenas (docs/soak.md).
         MallocArenas.Cap();
+        // `run` forwards bulk traffic between the loop and thread-pool splices: idle pool
+        // threads that spin waiting for work (70 rounds of sched_yield by default) took 5% of
+        // the forwarder's processor time and competed with the loop on a busy machine. Set
+        // before the pool starts, which reads it once.
+        if (args.Length > 0 && args[0] == "run")
+            AppContext.SetData("System.Threading.ThreadPool.UnfairSemaphoreSpinLimit", 0);
         if (args.Length > 0 && Internal(args[0]) is { } run)
         {
             try
@@ -104,6 +111,7 @@ public static class Program
         BenchCommand.EchoPeerCommand => BenchCommand.RunEchoPeer,
         IdleBench.ClientsCommand => IdleBench.RunClients,
         SoakBench.LoadCommand => SoakBench.RunLoad,
+        Run.NamespaceHelper.Verb => Run.NamespaceHelper.Run,
         _ => null,
     };
 

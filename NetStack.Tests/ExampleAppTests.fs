@@ -99,4 +99,37 @@ let tests =
                 Expect.isTrue (counters.ContainsKey "device.read") $"the example printed its counters:\n{out}"
                 TestUtil.assertNoExceptionsInCounters counters
             }
+
+            test
+                "the ForwardProxy example forwards a connection to 198.51.100.7:80 to its loopback echo service and exits 0" {
+                let dll =
+                    Path.Combine(
+                        TestUtil.repoRoot.Value,
+                        "examples",
+                        "ForwardProxy",
+                        "bin",
+                        "Release",
+                        "net10.0",
+                        "ForwardProxy.dll"
+                    )
+
+                Expect.isTrue (File.Exists dll) $"the example is built ({dll})"
+
+                let code, out, err =
+                    runProcess dotnetHost [ dll ] TestUtil.repoRoot.Value [] (TimeSpan.FromSeconds 90.)
+
+                Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+                Expect.stringContains out "forwarding 10.94.0.1:" "the request came from the kernel's address"
+
+                Expect.stringContains
+                    out
+                    "-> 198.51.100.7:80 to 127.0.0.1:"
+                    "to the original destination, spliced to loopback"
+
+                Expect.stringContains out "client got back \"hello through a forwarder\"" "the echo came back"
+                Expect.equal err "" "nothing on standard error"
+                let counters = TestUtil.parseCounters (out.Substring(out.IndexOf "statistics:"))
+                Expect.equal counters["tcp.forward.accepted"] 1L "one forwarded connection"
+                TestUtil.assertNoExceptionsInCounters counters
+            }
         ]

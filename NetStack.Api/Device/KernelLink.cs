@@ -16,7 +16,7 @@ namespace NetStack.Device;
 /// is its peer: <c>AddAddress(host, stack)</c> assigns <c>host</c> to the interface and makes the
 /// kernel route <c>stack</c> (a /32 or /128) through it, exactly like
 /// <c>ip addr add HOST peer STACK dev NAME</c>. Wider prefixes behind the stack take
-/// <see cref="AddRoute"/>.
+/// <see cref="AddRoute(IPAddress, int, IPAddress?)"/>.
 /// </para>
 /// <para>
 /// Every request asks for an acknowledgement (NLM_F_ACK) and waits for it, so a method returns only
@@ -73,6 +73,7 @@ public sealed unsafe class KernelLink : IDisposable
     // linux/rtnetlink.h: attributes and values of struct rtmsg.
     private const ushort RTA_DST = 1;
     private const ushort RTA_OIF = 4;
+    private const ushort RTA_GATEWAY = 5;
     private const byte RT_TABLE_MAIN = 254;
     private const byte RTPROT_STATIC = 4; // "added by an administrator", as `ip route add` does
     private const byte RT_SCOPE_UNIVERSE = 0;
@@ -100,7 +101,7 @@ public sealed unsafe class KernelLink : IDisposable
     private readonly byte[] _reply = new byte[8192];
     private readonly Lock _lock = new();
     private readonly List<(IPAddress Local, IPAddress Peer, int PrefixLength)> _addresses = [];
-    private readonly List<(IPAddress Destination, int PrefixLength)> _routes = [];
+    private readonly List<(IPAddress Destination, int PrefixLength, IPAddress? Gateway)> _routes = [];
     private uint _sequence;
     private bool _disposed;
 
@@ -396,9 +397,27 @@ public sealed unsafe class KernelLink : IDisposable
     /// The same route exists already (EEXIST; a peer address installs one for the peer), the
     /// interface is down (ENETDOWN), or the kernel refused otherwise (see its message).
     /// </exception>
-    public void AddRoute(IPAddress destination, int prefixLength)
+    public void AddRoute(IPAddress destination, int prefixLength) => AddRoute(destination, prefixLength, null);
+
+    /// <summary>
+    /// Routes <paramref name="destination"/>/<paramref name="prefixLength"/> through the interface
+    /// via <paramref name="gateway"/>, like <c>ip route add DEST/LEN via GATEWAY dev NAME</c>: for
+    /// example a default route (0.0.0.0/0 or ::/0) via the stack's address. The gateway must be
+    /// reachable on the link (inside a prefix of an address of the interface); null means no
+    /// gateway, as <see cref="AddRoute(IPAddress, int)"/>.
+    /// </summary>
+    /// <param name="destination">The network address; its bits past the prefix must be zero.</param>
+    /// <param name="prefixLength">0–32 for IPv4, 0–128 for IPv6.</param>
+    /// <param name="gateway">The next hop, of the destination's family, or null.</param>
+    /// <exception cref="ArgumentException">As for <see cref="AddRoute(IPAddress, int)"/>, or the gateway is of another family.</exception>
+    /// <exception cref="TunDeviceException">
+    /// As for <see cref="AddRoute(IPAddress, int)"/>; ENETUNREACH when the gateway is not on the link.
+    /// </exception>
+    public void AddRoute(IPAddress destination, int prefixLength, IPAddress? gateway)
     {
         ArgumentNullException.ThrowIfNull(destination);
+        if (gateway is not null && gateway.AddressFamily != destination.AddressFamily)
+            throw new ArgumentException($"Gateway {gateway} is not of the family of {destination}.", nameof(gateway));
         CheckFamily(destination, nameof(destination));
         CheckPrefixLength(destination, prefixLength);
         byte[] bytes = destination.GetAddressBytes();
@@ -412,12 +431,12 @@ public sealed unsafe class KernelLink : IDisposable
             }
         }
 
-        ChangeRoute(RTM_NEWROUTE, destination, prefixLength);
+        ChangeRoute(RTM_NEWROUTE, destination, prefixLength, gateway);
         lock (_lock)
-            _routes.Add((destination, prefixLength));
+            _routes.Add((destination, prefixLength, gateway));
     }
 
-    private void ChangeRoute(ushort type, IPAddress destination, int prefixLength)
+    private void ChangeRoute(ushort type, IPAddress destination, int prefixLength, IPAddress? gateway)
     {
         ushort flags = type == RTM_NEWROUTE
             ? (ushort)(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
@@ -432,16 +451,20 @@ public sealed unsafe class KernelLink : IDisposable
         header[1] = (byte)prefixLength;
         header[4] = RT_TABLE_MAIN;
         header[5] = RTPROT_STATIC;
-        // A route with no gateway reaches hosts on the link itself (IPv6 ignores the scope).
-        header[6] = v6 ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK;
+        // A route with no gateway reaches hosts on the link itself (IPv6 ignores the scope); one
+        // via a gateway reaches beyond it.
+        header[6] = v6 || gateway is not null ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK;
         header[7] = RTN_UNICAST;
 
         if (prefixLength > 0)
             message.AttributeAddress(RTA_DST, destination);
         message.AttributeUInt32(RTA_OIF, (uint)InterfaceIndex);
+        if (gateway is not null)
+            message.AttributeAddress(RTA_GATEWAY, gateway);
 
         string name = type == RTM_NEWROUTE ? "RTM_NEWROUTE" : "RTM_DELROUTE";
-        Request(ref message, $"{name} ({destination}/{prefixLength} dev '{InterfaceName}')", errno => errno switch
+        string via = gateway is null ? "" : $" via {gateway}";
+        Request(ref message, $"{name} ({destination}/{prefixLength}{via} dev '{InterfaceName}')", errno => errno switch
         {
             LibC.EEXIST => $"A route to {destination}/{prefixLength} exists already.",
             LibC.ENETDOWN => $"Interface '{InterfaceName}' is down: call SetUp first.",
@@ -637,7 +660,7 @@ public sealed unsafe class KernelLink : IDisposable
             if (_disposed)
                 return;
             for (int i = _routes.Count - 1; i >= 0; i--)
-                BestEffort(() => ChangeRoute(RTM_DELROUTE, _routes[i].Destination, _routes[i].PrefixLength));
+                BestEffort(() => ChangeRoute(RTM_DELROUTE, _routes[i].Destination, _routes[i].PrefixLength, _routes[i].Gateway));
             for (int i = _addresses.Count - 1; i >= 0; i--)
             {
                 var (local, peer, prefixLength) = _addresses[i];

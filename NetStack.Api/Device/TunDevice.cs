@@ -41,7 +41,7 @@ namespace NetStack.Device;
 /// All of this needs CAP_NET_ADMIN in the network namespace that owns the interface.
 /// </para>
 /// </remarks>
-public sealed unsafe class TunDevice : IDisposable
+public sealed unsafe partial class TunDevice : IDisposable
 {
     /// <summary>The longest interface name Linux accepts, in bytes: IFNAMSIZ (16) less the NUL.</summary>
     public const int MaxNameLength = 15;
@@ -101,7 +101,7 @@ public sealed unsafe class TunDevice : IDisposable
     public string Name { get; }
 
     /// <summary>The kernel's interface index (ifindex) of the device, as rtnetlink and <c>ip link</c> use it.</summary>
-    public int InterfaceIndex { get; }
+    public int InterfaceIndex { get; private init; }
 
     /// <summary>
     /// True when this object created the interface, which then disappears on <see cref="Dispose"/>;
@@ -129,6 +129,8 @@ public sealed unsafe class TunDevice : IDisposable
         get
         {
             ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+            if (_foreignMtu is { } known)
+                return known;
             int errno = InterfaceRequest.Query(Name, InterfaceRequest.SIOCGIFMTU, out int mtu);
             if (errno != 0)
                 throw TunDeviceException.For($"SIOCGIFMTU on '{Name}'", errno);

@@ -162,6 +162,35 @@ type TcpEndpoint internal (handle: int, key: EndpointKey, ephemeral: bool) =
     member this.SendBufferWanted(capacity: int, maximum: int) =
         Connection.sendBufferWanted capacity maximum this.Core
 
+/// A connection request (a SYN) to a forwarder, waiting for its decision: nothing has been
+/// answered yet, so a proxy can first try its own outbound connection and then accept (the
+/// handshake goes on) or refuse (a RST, or an ICMP error the engine sends) — gVisor's forwarder
+/// shape. The SYN's retransmissions meanwhile are absorbed. Undecided after the table's
+/// `ForwardDecisionTimeout`, it expires without an answer.
+[<Sealed; AllowNullLiteral>]
+type TcpPendingConnection internal (key: EndpointKey, syn: Segment, arrivedAt: int64, iss: SeqNum) =
+    /// Decided (accepted, refused), expired, or dropped with its forwarder.
+    [<DefaultValue>]
+    val mutable internal Done: bool
+
+    /// Its place in the table's expiry order.
+    [<DefaultValue>]
+    val mutable internal Node: LinkedListNode<TcpPendingConnection>
+
+    /// The ISS the connection gets if accepted (RFC 6528, or RFC 6191 after TIME-WAIT).
+    member internal _.Iss = iss
+
+    /// The 4-tuple: `Local` is the address and port the peer wanted (the original destination).
+    member _.Key = key
+    /// The SYN as it arrived.
+    member _.Syn = syn
+    /// When the SYN arrived.
+    member _.ArrivedAt = arrivedAt
+    /// Still waiting for a decision.
+    member this.IsPending = not this.Done
+    /// What the engine attached (its request object).
+    member val Owner: obj = null with get, set
+
 /// The kind of a group of actions in a `TcpEndpointOutput`.
 type TcpGroupKind =
     /// Actions of an existing connection.
@@ -172,6 +201,12 @@ type TcpGroupKind =
     /// Segments sent with no connection behind them (a RST, a SYN cookie's SYN,ACK): only
     /// `Transmit` actions, from the key's local end to its remote end.
     | Stateless = 2
+    /// A new connection request for the forwarder (`TcpGroup.Pending`), no actions: the engine
+    /// hands it to the forwarder's user, who accepts or refuses it.
+    | Pending = 3
+    /// A request that was not decided in time (`TcpGroup.Pending`), no actions: nothing was
+    /// answered, and the engine tells the request's user.
+    | PendingExpired = 4
 
 /// One group: the actions [Start, Start + Count) of the sink belong to `Endpoint` (null for a
 /// stateless group) and leave from `Key`.
@@ -180,6 +215,8 @@ type TcpGroup =
     {
         Kind: TcpGroupKind
         Endpoint: TcpEndpoint
+        /// For Pending and PendingExpired: the request.
+        Pending: TcpPendingConnection
         Key: EndpointKey
         Start: int
         Count: int
@@ -250,6 +287,9 @@ type TcpEndpointSettings() =
     member val IsnKey = Unchecked.defaultof<IsnKey> with get, set
     /// RFC 4987 §3.6's MAC key for SYN cookies, separate from the ISN key.
     member val CookieKey = Unchecked.defaultof<IsnKey> with get, set
+    /// How long a forwarder's connection request waits for a decision before it expires
+    /// unanswered (the peer's SYN retransmissions then make a new request).
+    member val ForwardDecisionTimeout = 30_000_000L with get, set
 
     /// The control-block settings of a connection of the family (`ipv6`), checked.
     member this.ConfigFor(ipv6: bool) : TcpConfig =

@@ -27,6 +27,12 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
     let timers = PriorityQueue<TcpEndpoint, int64>()
     let mutable nextHandle = 1
     let mutable reopened: TcpEndpoint = null
+    // The forwarder (any-destination mode): takes the SYNs no listener does, as requests that
+    // wait for a decision. Requests by 4-tuple, and in arrival order for their expiry.
+    let mutable forwarder: TcpListenEndpoint = null
+    let mutable forwardMaxPending = 0
+    let pending = Dictionary<EndpointKey, TcpPendingConnection>()
+    let pendingOrder = LinkedList<TcpPendingConnection>()
 
     let config4 = settings.ConfigFor false
     let config6 = settings.ConfigFor true
@@ -71,6 +77,13 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         match (listenersOf local.IsIpv6).TryGetValue port with
         | true, l when (l.Address.IsNone || IpAddr.Compare(l.Address.Value, local) = 0) -> l
         | _ -> null
+
+    // A listener takes connections to our own addresses (`foreign` false) only; whatever no
+    // listener takes goes to the forwarder, if there is one (gVisor's shape: a forwarder sees
+    // the SYNs no endpoint matched).
+    let listenerFor (local: IpAddr) (port: uint16) (foreign: bool) =
+        let l = if foreign then null else findListener local port
+        if isNull l then forwarder else l
 
     let usePort (port: uint16) =
         match portUse.TryGetValue port with
@@ -153,6 +166,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             {
                 Kind = kind
                 Endpoint = e
+                Pending = null
                 Key = e.Key
                 Start = start
                 Count = out.Actions.Count - start
@@ -168,6 +182,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             {
                 Kind = TcpGroupKind.Stateless
                 Endpoint = null
+                Pending = null
                 Key = key
                 Start = start
                 Count = 1
@@ -181,6 +196,8 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             stateless out key rst
             out.Notes.Add "tcp.rst.sent"
         | ValueNone -> ()
+
+    let resetFor (out: TcpEndpointOutput) (key: EndpointKey) (seg: Segment) = reset out key seg
 
     let withPathMtu (now: int64) (ip: IpLayerState) (remote: IpAddr) (c: Connection) =
         Connection.limitToPathMtu remote.IsIpv6 (IpLayer.pathMtu now remote ip) c
@@ -273,6 +290,49 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 finishGroup out TcpGroupKind.Opened now e start
                 true
 
+    // RFC 9293 §3.10.7.2: the connection a SYN opens for `listener` (a listener, or the
+    // forwarder once its user accepted), in SYN-RECEIVED with its SYN,ACK in the output, in the
+    // listener's half-open queue; true when opened. A SYN the engine's own checks refuse in
+    // LISTEN leaves only its segments, as stateless groups.
+    let openPassive
+        (out: TcpEndpointOutput)
+        (now: int64)
+        (ip: IpLayerState)
+        (listener: TcpListenEndpoint)
+        (key: EndpointKey)
+        (seg: Segment)
+        (iss: SeqNum)
+        =
+        let start = out.Actions.Count
+        let core = Connection.acceptInto out.Actions (config key.Local.IsIpv6) iss now seg
+
+        if core.State = TcpState.SynReceived then
+            let e = newEndpoint key false (withPathMtu now ip key.Remote core)
+            e.HalfOpenOf <- listener
+            e.Listener <- listener
+            listener.HalfOpen <- listener.HalfOpen + 1
+            out.Notes.Add "tcp.passive-open"
+            finishGroup out TcpGroupKind.Opened now e start
+            true
+        else
+            let actions = out.Actions.AsSpan()
+
+            for i in start .. actions.Length - 1 do
+                match actions[i] with
+                | TcpAction.Transmit _ ->
+                    out.Groups.Add
+                        {
+                            Kind = TcpGroupKind.Stateless
+                            Endpoint = null
+                            Pending = null
+                            Key = key
+                            Start = i
+                            Count = 1
+                        }
+                | _ -> ()
+
+            false
+
     // RFC 9293 §3.10.7.2: a SYN for a listener, with the queues bounded. The connection cap
     // refuses with a RST; a full accept queue drops the SYN, as Linux does, so the peer's
     // retransmission tries again later; a full half-open queue answers with a SYN cookie.
@@ -309,32 +369,57 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 else
                     Connection.reopenIss old.Core generated
 
-            let start = out.Actions.Count
-            let core = Connection.acceptInto out.Actions (config key.Local.IsIpv6) iss now seg
+            openPassive out now ip listener key seg iss |> ignore
 
-            if core.State = TcpState.SynReceived then
-                let e = newEndpoint key false (withPathMtu now ip key.Remote core)
-                e.HalfOpenOf <- listener
-                e.Listener <- listener
-                listener.HalfOpen <- listener.HalfOpen + 1
-                out.Notes.Add "tcp.passive-open"
-                finishGroup out TcpGroupKind.Opened now e start
+    // Out of the waiting set (decided, expired or dropped).
+    let settlePending (p: TcpPendingConnection) =
+        p.Done <- true
+
+        match pending.TryGetValue p.Key with
+        | true, q when obj.ReferenceEquals(p, q) -> pending.Remove p.Key |> ignore
+        | _ -> ()
+
+        if not (isNull p.Node) && not (isNull p.Node.List) then
+            pendingOrder.Remove p.Node
+
+    // A SYN no listener takes, for the forwarder: a request that waits for the user's decision;
+    // its retransmissions meanwhile are absorbed. Bounded: the connection cap refuses with a
+    // RST, as for a listener; a full set of requests or of accepted handshakes drops the SYN
+    // (the peer retries later).
+    let forwardSyn (out: TcpEndpointOutput) (now: int64) (key: EndpointKey) (seg: Segment) (old: TcpEndpoint) =
+        match pending.TryGetValue key with
+        | true, _ -> out.Notes.Add "tcp.forward.syn-absorbed"
+        | _ ->
+            if connections.Count >= settings.MaxConnections then
+                out.Notes.Add "tcp.drop.max-connections"
+                reset out key seg
+            elif pending.Count >= forwardMaxPending then
+                out.Notes.Add "tcp.forward.drop.pending-full"
+            elif forwarder.HalfOpen >= forwarder.MaxHalfOpen then
+                out.Notes.Add "tcp.forward.drop.half-open-full"
             else
-                // Refused in LISTEN (the engine's own checks): only its segments matter.
-                let actions = out.Actions.AsSpan()
+                let generated = generateIss now key
+                // RFC 6191: a SYN that ended TIME-WAIT gets an ISS beyond the old connection's.
+                let iss =
+                    if isNull old then
+                        generated
+                    else
+                        Connection.reopenIss old.Core generated
 
-                for i in start .. actions.Length - 1 do
-                    match actions[i] with
-                    | TcpAction.Transmit _ ->
-                        out.Groups.Add
-                            {
-                                Kind = TcpGroupKind.Stateless
-                                Endpoint = null
-                                Key = key
-                                Start = i
-                                Count = 1
-                            }
-                    | _ -> ()
+                let p = TcpPendingConnection(key, seg, now, iss)
+                pending[key] <- p
+                p.Node <- pendingOrder.AddLast p
+                out.Notes.Add "tcp.forward.requested"
+
+                out.Groups.Add
+                    {
+                        Kind = TcpGroupKind.Pending
+                        Endpoint = null
+                        Pending = p
+                        Key = key
+                        Start = out.Actions.Count
+                        Count = 0
+                    }
 
     let listen
         (address: IpAddr voption)
@@ -385,9 +470,15 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
     /// The earliest deadline of any connection's timer (Int64.MaxValue: none).
     member _.NextDeadline =
-        match timers.TryPeek() with
-        | true, _, at -> at
-        | _ -> Int64.MaxValue
+        let timer =
+            match timers.TryPeek() with
+            | true, _, at -> at
+            | _ -> Int64.MaxValue
+
+        if pendingOrder.Count = 0 then
+            timer
+        else
+            min timer (pendingOrder.First.Value.ArrivedAt + settings.ForwardDecisionTimeout)
 
     /// Listens on `port` (0: an ephemeral one, drawn with `random`) on every address of the
     /// families given (RFC 9293 §3.10.1 with an unspecified local address). Null when the port
@@ -409,6 +500,13 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
     member _.Unlisten(listener: TcpListenEndpoint) =
         listener.Closed <- true
 
+        if obj.ReferenceEquals(listener, forwarder) then
+            // Its undecided requests go unanswered; the engine fails their users.
+            for p in Seq.toArray pendingOrder do
+                settlePending p
+
+            forwarder <- null
+
         let drop (table: Dictionary<uint16, TcpListenEndpoint>) =
             match table.TryGetValue listener.Port with
             | true, l when obj.ReferenceEquals(l, listener) -> table.Remove listener.Port |> ignore
@@ -417,9 +515,86 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         drop listen4
         drop listen6
 
-    /// The listeners (each once).
+    /// The listeners (each once), the forwarder among them.
     member _.Listeners: TcpListenEndpoint array =
-        Seq.append listen4.Values listen6.Values |> Seq.distinct |> Seq.toArray
+        Seq.append listen4.Values listen6.Values
+        |> Seq.append (
+            if isNull forwarder then
+                Seq.empty
+            else
+                Seq.singleton forwarder
+        )
+        |> Seq.distinct
+        |> Seq.toArray
+
+    /// The forwarder, or null.
+    member _.Forwarder = forwarder
+
+    /// The requests waiting for a decision.
+    member _.PendingCount = pending.Count
+
+    /// Makes the forwarder (any-destination mode): from now on every SYN no listener takes, to
+    /// any address and port, becomes a `TcpPendingConnection` (an output group of kind
+    /// Pending) that waits for `AcceptPending` or `RefusePending`. At most `maxPending` wait,
+    /// and at most `maxHalfOpen` accepted ones are in SYN-RECEIVED. Null when a forwarder exists.
+    member _.ListenForward(maxPending: int, maxHalfOpen: int) : TcpListenEndpoint =
+        if maxPending < 1 || maxHalfOpen < 1 then
+            invalidArg (nameof maxPending) "The bounds on waiting and half-open requests must be positive."
+
+        if not (isNull forwarder) then
+            null
+        else
+            let l = TcpListenEndpoint(ValueNone, true, true, 0us, Int32.MaxValue, maxHalfOpen)
+            l.CookieSentAt <- Int64.MinValue
+            forwarder <- l
+            forwardMaxPending <- maxPending
+            l
+
+    /// The forwarder's user accepts a request: the handshake goes on (the SYN,ACK is in the
+    /// output, a group of kind Opened whose endpoint has the forwarder as `Listener`). False
+    /// when the request is no longer pending (decided, expired, its forwarder gone) or the
+    /// table refuses it now (the connection cap: a RST is in the output).
+    member _.AcceptPending(out: TcpEndpointOutput, now: int64, ip: IpLayerState, p: TcpPendingConnection) : bool =
+        out.Clear()
+
+        if p.Done || isNull forwarder then
+            out.Notes.Add "tcp.forward.decided-late"
+            false
+        else
+            settlePending p
+
+            if connections.ContainsKey p.Key then
+                // The 4-tuple was taken meanwhile (an active open of ours drew the same port).
+                out.Notes.Add "tcp.forward.tuple-taken"
+                false
+            elif connections.Count >= settings.MaxConnections then
+                out.Notes.Add "tcp.drop.max-connections"
+                reset out p.Key p.Syn
+                false
+            elif openPassive out now ip forwarder p.Key p.Syn p.Iss then
+                out.Notes.Add "tcp.forward.accepted"
+                true
+            else
+                false
+
+    /// The forwarder's user refuses a request. `reset`: the peer gets the RST a closed port
+    /// sends (RFC 9293 §3.10.7.1), in the output; otherwise nothing is in the output and the
+    /// engine answers (an ICMP destination unreachable quoting the SYN). False when the request
+    /// was no longer pending.
+    member _.RefusePending(out: TcpEndpointOutput, p: TcpPendingConnection, reset: bool) : bool =
+        out.Clear()
+
+        if p.Done then
+            out.Notes.Add "tcp.forward.decided-late"
+            false
+        else
+            settlePending p
+            out.Notes.Add "tcp.forward.refused"
+
+            if reset then
+                resetFor out p.Key p.Syn
+
+            true
 
     /// An active open (RFC 9293 §3.10.1) from `local` to (remote, remotePort), from an
     /// ephemeral port drawn with `random`.
@@ -465,8 +640,9 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 endpoint <- e
                 TcpConnectResult.Opened
 
-    /// An arriving segment from (source, seg.SourcePort) to (destination, seg.DestinationPort).
-    member _.Segment
+    /// An arriving segment from (source, seg.SourcePort) to (destination, seg.DestinationPort),
+    /// one of our addresses.
+    member this.Segment
         (
             out: TcpEndpointOutput,
             now: int64,
@@ -476,6 +652,22 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             destination: IpAddr,
             destinationPort: uint16,
             seg: Segment
+        ) =
+        this.Segment(out, now, ip, source, sourcePort, destination, destinationPort, seg, false)
+
+    /// An arriving segment; `foreign`: its destination is not one of our addresses (accepted in
+    /// any-destination mode, `Received.Foreign`), so no listener takes it, only the forwarder.
+    member _.Segment
+        (
+            out: TcpEndpointOutput,
+            now: int64,
+            ip: IpLayerState,
+            source: IpAddr,
+            sourcePort: uint16,
+            destination: IpAddr,
+            destinationPort: uint16,
+            seg: Segment,
+            foreign: bool
         ) =
         out.Clear()
 
@@ -511,10 +703,13 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             | _ -> ()
 
             if not handled then
-                let listener = findListener destination destinationPort
+                let listener = listenerFor destination destinationPort foreign
 
                 if not (isNull listener) && seg.Has TcpFlags.Syn && not (seg.Has TcpFlags.Ack) then
-                    listenerSyn out now ip listener key seg old
+                    if obj.ReferenceEquals(listener, forwarder) then
+                        forwardSyn out now key seg old
+                    else
+                        listenerSyn out now ip listener key seg old
                 elif
                     not (isNull listener)
                     && seg.Has TcpFlags.Ack
@@ -549,6 +744,23 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
     /// keep-alive, TIME-WAIT, FIN-WAIT-2, loss probe, user timeout), one group each.
     member _.RunTimers(out: TcpEndpointOutput, now: int64) =
         out.Clear()
+
+        while pendingOrder.Count > 0
+              && pendingOrder.First.Value.ArrivedAt + settings.ForwardDecisionTimeout <= now do
+            let p = pendingOrder.First.Value
+            settlePending p
+            out.Notes.Add "tcp.forward.decision-timeout"
+
+            out.Groups.Add
+                {
+                    Kind = TcpGroupKind.PendingExpired
+                    Endpoint = null
+                    Pending = p
+                    Key = p.Key
+                    Start = out.Actions.Count
+                    Count = 0
+                }
+
         let mutable e = null
         let mutable at = 0L
 
@@ -641,3 +853,8 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         timers.Clear()
         listen4.Clear()
         listen6.Clear()
+
+        for p in Seq.toArray pendingOrder do
+            settlePending p
+
+        forwarder <- null

@@ -2,6 +2,7 @@ namespace NetStack.Core.Stack
 
 open System
 open System.Collections.Generic
+open System.Runtime.InteropServices
 
 /// A bound UDP port: on one of our addresses, or on every address of its families.
 [<Sealed; AllowNullLiteral>]
@@ -17,6 +18,39 @@ type UdpEndpoint internal (address: IpAddr voption, ipv4: bool, ipv6: bool, port
     /// What the engine attached (its socket object).
     member val Owner: obj = null with get, set
 
+/// A UDP flow of the forwarder (any-destination mode): the datagrams between one peer endpoint
+/// (`Key.Remote`, `Key.RemotePort`) and one destination endpoint it sent to (`Key.Local`,
+/// `Key.LocalPort`, any address), both ways. It ends after the table's idle timeout without a
+/// datagram either way, or when its user closes it.
+[<Sealed; AllowNullLiteral>]
+type UdpFlowEntry internal (key: EndpointKey, now: int64) =
+    [<DefaultValue>]
+    val mutable internal Closed: bool
+
+    /// When a datagram last went either way.
+    member val LastActive = now with get, set
+
+    /// The 4-tuple from our side: `Local` is the original destination.
+    member _.Key = key
+    /// Not yet expired or closed.
+    member this.IsOpen = not this.Closed
+    /// What the engine attached (its flow object).
+    member val Owner: obj = null with get, set
+
+/// Where a received datagram goes (`UdpEndpointTable.Classify`).
+type UdpVerdict =
+    /// To the bound socket.
+    | Socket = 0
+    /// To an existing flow of the forwarder.
+    | Flow = 1
+    /// To a new flow of the forwarder: the engine attaches its flow object and offers it.
+    | NewFlow = 2
+    /// To nobody: answer with an ICMP port unreachable (RFC 1122 §4.1.3.1).
+    | PortUnreachable = 3
+    /// To nobody, silently: to a broadcast address (RFC 1122 §3.2.2), or the forwarder is at
+    /// its flow cap.
+    | Drop = 4
+
 /// The UDP port table: which socket a datagram or an ICMP error about one of our datagrams
 /// belongs to, what a datagram for no socket gets (RFC 1122 §4.1.3.1: port unreachable, but
 /// never for a broadcast, RFC 1122 §3.2.2), and ephemeral ports (RFC 6056 §3.3.1). Sans-I/O and
@@ -25,6 +59,18 @@ type UdpEndpoint internal (address: IpAddr voption, ipv4: bool, ipv6: bool, port
 type UdpEndpointTable() =
     let bound4 = Dictionary<uint16, UdpEndpoint>()
     let bound6 = Dictionary<uint16, UdpEndpoint>()
+    // The forwarder's flows, and when each is next looked at for expiry (its last activity
+    // plus the idle timeout as of its last check).
+    let flows = Dictionary<EndpointKey, UdpFlowEntry>()
+    let flowChecks = PriorityQueue<UdpFlowEntry, int64>()
+    let mutable forwarding = false
+    let mutable maxFlows = 0
+    let mutable idleTimeout = 0L
+
+    let closeFlow (f: UdpFlowEntry) =
+        if not f.Closed then
+            f.Closed <- true
+            flows.Remove f.Key |> ignore
 
     let free (v4: bool) (v6: bool) (port: uint16) =
         not (v4 && bound4.ContainsKey port) && not (v6 && bound6.ContainsKey port)
@@ -95,3 +141,138 @@ type UdpEndpointTable() =
     /// Every bound socket (each once).
     member _.Endpoints: UdpEndpoint array =
         Seq.append bound4.Values bound6.Values |> Seq.distinct |> Seq.toArray
+
+    /// Forwarding is on (`ForwardFlows`).
+    member _.IsForwarding = forwarding
+
+    /// The forwarder's open flows.
+    member _.FlowCount = flows.Count
+
+    /// Turns the forwarder on (any-destination mode): datagrams no bound socket takes, to any
+    /// address and port, go to flows (at most `maximum` at once), each ending `idle`
+    /// microseconds after its last datagram either way. False when it is on already.
+    member _.ForwardFlows(maximum: int, idle: int64) : bool =
+        if maximum < 1 || idle < 1L then
+            invalidArg (nameof maximum) "The flow cap and the idle timeout must be positive."
+
+        if forwarding then
+            false
+        else
+            forwarding <- true
+            maxFlows <- maximum
+            idleTimeout <- idle
+            true
+
+    /// Turns the forwarder off: every flow ends. Returns them.
+    member _.StopForwarding() : UdpFlowEntry array =
+        let ended = Seq.toArray flows.Values
+
+        for f in ended do
+            closeFlow f
+
+        flowChecks.Clear()
+        forwarding <- false
+        ended
+
+    /// Where a datagram from (source, sourcePort) to (destination, destinationPort) goes, at
+    /// `now`. `foreign`: the destination is not one of our addresses (any-destination mode), so
+    /// no bound socket takes it. For Socket, `endpoint` is the socket; for Flow and NewFlow,
+    /// `flow` is the flow (its activity noted). `note` names a counter for the two refusals
+    /// (null otherwise).
+    member _.Classify
+        (
+            now: int64,
+            source: IpAddr,
+            sourcePort: uint16,
+            destination: IpAddr,
+            destinationPort: uint16,
+            foreign: bool,
+            toBroadcast: bool,
+            [<Out>] endpoint: byref<UdpEndpoint>,
+            [<Out>] flow: byref<UdpFlowEntry>,
+            [<Out>] note: byref<string>
+        ) : UdpVerdict =
+        endpoint <- if foreign then null else find destination destinationPort
+        flow <- null
+        note <- null
+
+        if not (isNull endpoint) then
+            UdpVerdict.Socket
+        elif toBroadcast then
+            // RFC 1122 §3.2.2: no ICMP error about a broadcast; nor is a broadcast forwarded.
+            note <- "udp.drop.no-socket"
+            UdpVerdict.Drop
+        elif not forwarding then
+            note <- "udp.drop.no-socket"
+            UdpVerdict.PortUnreachable
+        else
+            let key =
+                {
+                    Local = destination
+                    LocalPort = destinationPort
+                    Remote = source
+                    RemotePort = sourcePort
+                }
+
+            match flows.TryGetValue key with
+            | true, f ->
+                f.LastActive <- now
+                flow <- f
+                UdpVerdict.Flow
+            | _ when flows.Count >= maxFlows ->
+                note <- "udp.forward.drop.flows-full"
+                UdpVerdict.Drop
+            | _ ->
+                let f = UdpFlowEntry(key, now)
+                flows[key] <- f
+                flowChecks.Enqueue(f, now + idleTimeout)
+                flow <- f
+                UdpVerdict.NewFlow
+
+    /// A datagram went out on `flow` at `now`: it stays open.
+    member _.Touch(flow: UdpFlowEntry, now: int64) =
+        if now > flow.LastActive then
+            flow.LastActive <- now
+
+    /// The flow's user closed it.
+    member _.Close(flow: UdpFlowEntry) = closeFlow flow
+
+    /// The flow an ICMP error about one of its datagrams (quoting our `source` endpoint and the
+    /// peer's `destination` endpoint) concerns, or null.
+    member _.FlowForError
+        (source: IpAddr, sourcePort: uint16, destination: IpAddr, destinationPort: uint16)
+        : UdpFlowEntry =
+        match
+            flows.TryGetValue
+                {
+                    Local = source
+                    LocalPort = sourcePort
+                    Remote = destination
+                    RemotePort = destinationPort
+                }
+        with
+        | true, f -> f
+        | _ -> null
+
+    /// When `ExpireFlows` next has something to look at (Int64.MaxValue: never).
+    member _.NextDeadline =
+        match flowChecks.TryPeek() with
+        | true, _, at -> at
+        | _ -> Int64.MaxValue
+
+    /// Ends the flows idle for the timeout by `now`, adding them to `expired`.
+    member _.ExpireFlows(now: int64, expired: List<UdpFlowEntry>) =
+        let mutable f = null
+        let mutable at = 0L
+
+        while flowChecks.TryPeek(&f, &at) && at <= now do
+            flowChecks.Dequeue() |> ignore
+
+            if not f.Closed then
+                let due = f.LastActive + idleTimeout
+
+                if due <= now then
+                    closeFlow f
+                    expired.Add f
+                else
+                    flowChecks.Enqueue(f, due)

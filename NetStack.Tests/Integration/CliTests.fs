@@ -161,6 +161,9 @@ let waitForReady (p: Process) (timeout: TimeSpan) =
 
 let private commands = [ "serve"; "ping"; "get"; "demo"; "bench" ]
 
+/// Commands without the interface options (they name their interface otherwise).
+let private otherCommands = [ "run" ]
+
 /// Bad command lines, each with a fragment of the one line it must print.
 let private badArguments =
     [
@@ -214,6 +217,19 @@ let private badArguments =
         [ "bench"; "--rate"; "10G" ], "'10G' is not a rate"
         [ "serve"; "--rate"; "999" ], "'999' is not a rate"
         [ "serve"; "--seed"; "-3" ], "'-3' is not a seed"
+        [ "run" ], "Required argument 'COMMAND' missing"
+        [ "run"; "-p"; "tcp:0:80"; "--"; "true" ], "'0' is not a port"
+        [ "run"; "-p"; "sctp:80:80"; "--"; "true" ], "'sctp' is not a protocol"
+        [ "run"; "-p"; "80:80"; "-p"; "udp:80:81"; "-p"; "80:82"; "--"; "true" ], "tcp host port 80 given twice"
+        [ "run"; "-p"; "tcp:[::1:80:80"; "--"; "true" ], "an IPv6 host address goes in brackets"
+        [ "run"; "--allow"; "10.0.0.1/8"; "--"; "true" ], "bits set past the prefix length"
+        [ "run"; "--deny"; "10.0.0.0/8:90-80"; "--"; "true" ], "port range 90-80 is empty"
+        [ "run"; "--default"; "maybe"; "--"; "true" ], "'maybe' is not allow or deny"
+        [ "run"; "--address"; "10.0.2.100"; "--"; "true" ], "has no prefix length"
+        [ "run"; "--address"; "none"; "--address6"; "none"; "--"; "true" ], "the namespace needs at least one"
+        [ "run"; "--gateway"; "10.0.3.1"; "--"; "true" ], "is not in the namespace's prefix 10.0.2.100/24"
+        [ "run"; "--mtu"; "1000"; "--"; "true" ], "'1000' is not an MTU"
+        [ "run"; "--interface"; "a/b"; "--"; "true" ], "is not an interface name"
     ]
 
 [<Tests>]
@@ -232,7 +248,7 @@ let tests =
                         let code, out, err = runNetstack quick [ "--help" ]
                         Expect.equal code 0 $"exit code; stderr: {err}"
 
-                        for c in commands do
+                        for c in commands @ otherCommands do
                             Expect.stringContains out c $"netstack --help names {c}"
                     }
 
@@ -273,6 +289,13 @@ let tests =
                             [| "--host-ip"; "--host-ip6" |]
                             "serve's options starting with --ho"
                     }
+
+                    for c in otherCommands do
+                        test $"netstack {c} --help prints its usage and exits 0" {
+                            let code, out, err = runNetstack quick [ c; "--help" ]
+                            Expect.equal code 0 $"exit code; stderr: {err}"
+                            Expect.stringContains out $"Usage:\n  netstack {c}" "the usage line names the command"
+                        }
 
                     for c in commands do
                         test $"netstack {c} --help prints its usage and exits 0" {

@@ -168,6 +168,48 @@ let private configure (subnet: int) (mtu: int) =
 
 let private payloadOf (text: string) = Encoding.ASCII.GetBytes text
 
+[<Runtime.InteropServices.DllImport("libc", SetLastError = true)>]
+extern int private dup(int fd)
+
+[<Runtime.InteropServices.DllImport("libc", SetLastError = true)>]
+extern int private close(int fd)
+
+/// Taking over a descriptor opened elsewhere (netstack run receives one from another namespace).
+let private descriptors =
+    testList
+        "descriptors"
+        [
+            test "FromDescriptor reads the name and mode from the descriptor and keeps the interface while it is open" {
+                let first = TunDevice.Create("nsfd%d", true)
+                use second = TunDevice.FromDescriptor(dup first.FileDescriptor, 1400, 77)
+                Expect.equal second.Name first.Name "the name, from TUNGETIFF"
+                Expect.isTrue second.HasVirtioNetHeader "IFF_VNET_HDR, from TUNGETIFF"
+                Expect.isFalse second.IsTap "a TUN device"
+                Expect.equal second.Mtu 1400 "the MTU given (the interface may be in another namespace)"
+                Expect.equal second.InterfaceIndex 77 "the index given"
+                first.Dispose()
+                Expect.isTrue (linkExists second.Name) "the second descriptor keeps the interface"
+                second.Dispose()
+                Expect.isFalse (linkExists first.Name) "gone with the last descriptor"
+            }
+
+            test "FromDescriptor refuses a descriptor that is not an attached TUN, and bad arguments" {
+                let fd = dup 0
+
+                let e =
+                    throwsOf<TunDeviceException>(fun () -> TunDevice.FromDescriptor(fd, 1500) |> ignore)
+
+                Expect.stringContains e.Message "TUNGETIFF" "names the check"
+                Expect.equal (close fd) 0 "the descriptor stayed the caller's"
+
+                throwsOf<ArgumentException>(fun () -> TunDevice.FromDescriptor(-1, 1500) |> ignore)
+                |> ignore
+
+                throwsOf<ArgumentException>(fun () -> TunDevice.FromDescriptor(0, 67) |> ignore)
+                |> ignore
+            }
+        ]
+
 let private creation =
     testList
         "creation"
@@ -319,6 +361,29 @@ let private configuration =
 
                 for address in [ c.StackV4; c.StackV6; "10.78.2.9"; "fd00:78:2::9" ] do
                     Expect.equal (routeVia address) c.Device.Name $"route to {address}"
+            }
+
+            test "a route via a gateway is one 'ip route' shows with 'via', and goes with the KernelLink" {
+                use device = TunDevice.Create "ns%d"
+
+                do
+                    use link = new KernelLink(device)
+                    link.SetUp()
+                    link.AddAddress(IPAddress.Parse "10.77.4.1", 24)
+                    link.AddAddress(IPAddress.Parse "fd00:77:4::1", 64)
+                    link.AddRoute(IPAddress.Parse "10.79.0.0", 16, IPAddress.Parse "10.77.4.2")
+                    link.AddRoute(IPAddress.IPv6Any, 0, IPAddress.Parse "fd00:77:4::2")
+                    let routes = ip [ "route"; "show"; "dev"; device.Name ]
+                    Expect.stringContains routes "10.79.0.0/16 via 10.77.4.2" "IPv4 route via the gateway"
+                    let routes6 = ip [ "-6"; "route"; "show"; "dev"; device.Name ]
+                    Expect.stringContains routes6 "default via fd00:77:4::2" "IPv6 default route via the gateway"
+
+                    throwsOf<ArgumentException>(fun () ->
+                        link.AddRoute(IPAddress.Parse "10.80.0.0", 16, IPAddress.Parse "fd00::1"))
+                    |> ignore
+
+                Expect.isFalse ((ip [ "route"; "show"; "dev"; device.Name ]).Contains "via") "IPv4 route gone"
+                Expect.isFalse ((ip [ "-6"; "route"; "show"; "dev"; device.Name ]).Contains "via") "IPv6 route gone"
             }
 
             test "disposing the KernelLink removes the addresses and routes it added" {
@@ -610,4 +675,4 @@ let private stopping =
 [<Tests>]
 let tests =
     testSequenced
-    <| testList "TunDevice" [ creation; attaching; configuration; traffic; stopping ]
+    <| testList "TunDevice" [ creation; descriptors; attaching; configuration; traffic; stopping ]

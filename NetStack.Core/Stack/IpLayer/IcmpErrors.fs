@@ -12,6 +12,15 @@ type OutgoingError =
     | PortUnreachable = 0
     /// A datagram whose first fragment arrived was not completed in time (RFC 792, RFC 8200 §4.5).
     | ReassemblyTimeExceeded = 1
+    /// A forwarder could not reach the destination host (ICMPv4 host unreachable, ICMPv6
+    /// address unreachable; RFC 1812 §5.2.7.1, RFC 4443 §3.1).
+    | HostUnreachable = 2
+    /// A forwarder has no route to the destination network (ICMPv4 network unreachable, ICMPv6
+    /// no route to destination).
+    | NetworkUnreachable = 3
+    /// A forwarder's policy refuses the destination (ICMPv4 code 13, RFC 1812 §5.2.7.1; ICMPv6
+    /// code 1, RFC 4443 §3.1).
+    | AdministrativelyProhibited = 4
 
 /// What became of an ICMP error we considered sending.
 type ErrorVerdict =
@@ -99,6 +108,45 @@ module internal IcmpErrors =
                             ErrorVerdict.AboutIcmpError
                         | _ -> ErrorVerdict.Sent
 
+    let private unreachableCode4 (error: OutgoingError) =
+        match error with
+        | OutgoingError.HostUnreachable -> Icmpv4.UnreachableCode.Host
+        | OutgoingError.NetworkUnreachable -> Icmpv4.UnreachableCode.Network
+        | OutgoingError.AdministrativelyProhibited -> Icmpv4.UnreachableCode.AdministrativelyProhibited
+        | _ -> Icmpv4.UnreachableCode.Port
+
+    let private unreachableCode6 (error: OutgoingError) =
+        match error with
+        | OutgoingError.HostUnreachable -> Icmpv6.UnreachableCode.Address
+        | OutgoingError.NetworkUnreachable -> Icmpv6.UnreachableCode.NoRoute
+        | OutgoingError.AdministrativelyProhibited -> Icmpv6.UnreachableCode.AdministrativelyProhibited
+        | _ -> Icmpv6.UnreachableCode.Port
+
+    // Who sends the error. A port unreachable comes from the host the datagram was for, so in
+    // any-destination mode from the address it was sent to (the kernel that sent it matches the
+    // quote, but a traceroute or a user reads the source); every other error from our own
+    // address, as a router's (RFC 1812 §4.3.2.4: an address of the router).
+    let private errorSource4 (state: IpLayerState) (error: OutgoingError) (destination: Ipv4Address) =
+        if
+            error = OutgoingError.PortUnreachable
+            && state.Config.AnyDestination
+            && not (AddressClass.isLimitedBroadcast4 destination)
+            && not (AddressClass.isMulticast4 destination)
+        then
+            destination
+        else
+            state.Config.Address4.Value
+
+    let private errorSource6 (state: IpLayerState) (error: OutgoingError) (destination: Ipv6Address) =
+        if
+            error = OutgoingError.PortUnreachable
+            && state.Config.AnyDestination
+            && not destination.IsMulticast
+        then
+            destination
+        else
+            state.Config.Address6.Value
+
     /// The body of `IpLayer.tryWriteError` (documented there).
     let tryWriteError
         (now: int64)
@@ -115,49 +163,36 @@ module internal IcmpErrors =
             if not granted then
                 struct (state, ErrorVerdict.RateLimited, 0)
             elif original.[0] >>> 4 = 4uy then
-                let ours = state.Config.Address4.Value
                 let peer = Ipv4Address.Read(original.Slice 12)
+                let destination = Ipv4Address.Read(original.Slice 16)
+                let body = dst.Slice Ipv4.MinHeaderLength
 
                 let length =
                     match error with
-                    | OutgoingError.PortUnreachable ->
-                        Icmpv4.buildDestinationUnreachable
-                            (dst.Slice Ipv4.MinHeaderLength)
-                            Icmpv4.UnreachableCode.Port
-                            original
-                    | _ ->
-                        Icmpv4.buildTimeExceeded
-                            (dst.Slice Ipv4.MinHeaderLength)
-                            Icmpv4.TimeExceededCode.FragmentReassembly
-                            original
+                    | OutgoingError.ReassemblyTimeExceeded ->
+                        Icmpv4.buildTimeExceeded body Icmpv4.TimeExceededCode.FragmentReassembly original
+                    | _ -> Icmpv4.buildDestinationUnreachable body (unreachableCode4 error) original
+
+                let source = errorSource4 state error destination
 
                 struct (state,
                         ErrorVerdict.Sent,
-                        IpOutput.writeIpHeader (V4 ours) (V4 peer) IpProtocol.Icmp 0us length dst)
+                        IpOutput.writeIpHeader (V4 source) (V4 peer) IpProtocol.Icmp 0us length dst)
             else
-                let ours = state.Config.Address6.Value
                 let peer = Ipv6Address.Read(original.Slice 8)
+                let destination = Ipv6Address.Read(original.Slice 24)
+                let source = errorSource6 state error destination
+                let body = dst.Slice Ipv6.HeaderLength
 
                 let length =
                     match error with
-                    | OutgoingError.PortUnreachable ->
-                        Icmpv6.buildDestinationUnreachable
-                            (dst.Slice Ipv6.HeaderLength)
-                            ours
-                            peer
-                            Icmpv6.UnreachableCode.Port
-                            original
-                    | _ ->
-                        Icmpv6.buildTimeExceeded
-                            (dst.Slice Ipv6.HeaderLength)
-                            ours
-                            peer
-                            Icmpv6.TimeExceededCode.FragmentReassembly
-                            original
+                    | OutgoingError.ReassemblyTimeExceeded ->
+                        Icmpv6.buildTimeExceeded body source peer Icmpv6.TimeExceededCode.FragmentReassembly original
+                    | _ -> Icmpv6.buildDestinationUnreachable body source peer (unreachableCode6 error) original
 
                 struct (state,
                         ErrorVerdict.Sent,
-                        IpOutput.writeIpHeader (V6 ours) (V6 peer) IpProtocol.Icmpv6 0us length dst)
+                        IpOutput.writeIpHeader (V6 source) (V6 peer) IpProtocol.Icmpv6 0us length dst)
         | verdict -> struct (state, verdict, 0)
 
     /// The body of `IpLayer.writeFirstFragment` (documented there).

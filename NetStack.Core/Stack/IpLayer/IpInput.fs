@@ -25,6 +25,7 @@ module internal IpInput =
             Source = V4 Ipv4Address.Any
             Destination = V4 Ipv4Address.Any
             ToBroadcast = false
+            Foreign = false
             Packet = Unchecked.defaultof<PayloadRef>
             Payload = Unchecked.defaultof<PayloadRef>
             Ports = Unchecked.defaultof<PortPair>

@@ -38,6 +38,7 @@ module IpLayer =
             IcmpErrorsPerSecond = 100
             IcmpErrorBurst = 10
             Reassembly = ReassemblyConfig.Default
+            AnyDestination = false
         }
 
     /// A fresh state at `now`. Throws ArgumentException for an MTU outside 68..65535, below 1280
@@ -287,7 +288,8 @@ module IpLayer =
     /// first) into `dst` (at least 1280 bytes): the RFC 1122 §3.2.2 / RFC 4443 §2.4(e) rules
     /// first, then the token bucket at `now`. Returns the new state (a token taken only when
     /// sent), the verdict and the length written (0 unless Sent). The error goes from our
-    /// address to the original's source.
+    /// address to the original's source; a port unreachable in any-destination mode from the
+    /// original's destination, the host it was for.
     let tryWriteError
         (now: int64)
         (error: OutgoingError)

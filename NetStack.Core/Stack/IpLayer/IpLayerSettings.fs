@@ -20,6 +20,8 @@ type IpLayerSettings() =
     member val ReassemblyMaxBytes = ReassemblyConfig.Default.MaxBytes with get, set
     /// Datagrams in reassembly at most.
     member val ReassemblyMaxDatagrams = ReassemblyConfig.Default.MaxDatagrams with get, set
+    /// Accept unicast packets to any address (`IpLayerConfig.AnyDestination`).
+    member val AnyDestination = false with get, set
 
     /// The configuration: the burst of ICMP errors is the rate, between 1 and 10 (a second's
     /// worth, capped so a burst stays small); reassembly timeouts and the per-datagram fragment
@@ -32,6 +34,7 @@ type IpLayerSettings() =
         { IpLayer.config (voptionOf this.Address4) (voptionOf this.Address6) this.Mtu with
             IcmpErrorsPerSecond = this.IcmpErrorsPerSecond
             IcmpErrorBurst = max 1 (min this.IcmpErrorsPerSecond 10)
+            AnyDestination = this.AnyDestination
             Reassembly =
                 { ReassemblyConfig.Default with
                     MaxBytes = this.ReassemblyMaxBytes

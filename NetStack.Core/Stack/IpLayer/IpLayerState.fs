@@ -18,6 +18,11 @@ type IpLayerConfig =
         IcmpErrorBurst: int
         /// Reassembly limits.
         Reassembly: ReassemblyConfig
+        /// Any-destination mode (off by default): unicast packets to any address are accepted, as
+        /// a forwarder needs (gVisor's promiscuous mode, slirp), and marked `Received.Foreign`.
+        /// Answers to them (echo replies, RSTs, port unreachables) leave from the address they
+        /// were sent to.
+        AnyDestination: bool
     }
 
 /// The IP layer's state: an immutable value, replaced by every call that changes it.

@@ -25,6 +25,7 @@ module internal Ipv4Input =
         (h: Ipv4Header)
         (broadcast: bool)
         (ours: Ipv4Address)
+        (foreign: bool)
         (trusted: bool)
         =
         let basic =
@@ -32,6 +33,7 @@ module internal Ipv4Input =
                 Source = V4 h.Source
                 Destination = V4 h.Destination
                 ToBroadcast = broadcast
+                Foreign = foreign
                 Packet = at owner 0 h.TotalLength
             }
 
@@ -80,8 +82,20 @@ module internal Ipv4Input =
         | Ok h ->
             match state.Config.Address4 with
             | ValueNone -> dropped state DropReason.NotForUs
-            | ValueSome ours ->
+            | ValueSome configured ->
                 let broadcast = AddressClass.isLimitedBroadcast4 h.Destination
+
+                // Any-destination mode takes every unicast destination as its own: answers
+                // leave from the address the packet was sent to.
+                let foreign =
+                    h.Destination <> configured
+                    && not broadcast
+                    && state.Config.AnyDestination
+                    && not (AddressClass.isMulticast4 h.Destination)
+                    && not (AddressClass.isUnspecified4 h.Destination)
+                    && not (AddressClass.isLoopback4 h.Destination)
+
+                let ours = if foreign then h.Destination else configured
 
                 if h.Destination <> ours && not broadcast then
                     dropped state DropReason.NotForUs
@@ -90,7 +104,8 @@ module internal Ipv4Input =
                     || AddressClass.isLimitedBroadcast4 h.Source
                     || AddressClass.isUnspecified4 h.Source
                     || AddressClass.isLoopback4 h.Source
-                    || h.Source = ours
+                    || h.Source = configured
+                    || h.Source = h.Destination
                 then
                     dropped state DropReason.BadSource
                 elif h.IsFragment then
@@ -123,6 +138,6 @@ module internal Ipv4Input =
                                 })
                     | FragmentOutcome.DuplicateIgnored -> dropped state DropReason.DuplicateFragment
                     | FragmentOutcome.Dropped r -> dropped state (DropReason.Fragment r)
-                    | FragmentOutcome.Atomic -> upperV4 now state packet owner h broadcast ours false
+                    | FragmentOutcome.Atomic -> upperV4 now state packet owner h broadcast ours foreign false
                 else
-                    upperV4 now state packet owner h broadcast ours trusted
+                    upperV4 now state packet owner h broadcast ours foreign trusted

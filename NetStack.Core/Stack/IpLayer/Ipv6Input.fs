@@ -25,12 +25,14 @@ module internal Ipv6Input =
         (h: Ipv6Header)
         (ext: Ipv6Extensions)
         (ours: Ipv6Address)
+        (foreign: bool)
         (trusted: bool)
         =
         let basic =
             { nothing with
                 Source = V6 h.Source
                 Destination = V6 h.Destination
+                Foreign = foreign
                 Packet = at owner 0 (Ipv6.HeaderLength + h.PayloadLength)
             }
 
@@ -101,15 +103,25 @@ module internal Ipv6Input =
                 // The configured address first, so the common case costs one comparison.
                 let isOurs = h.Destination = configured || Array.contains h.Destination state.Extra6
 
-                let ours = if isOurs then h.Destination else configured
+                // Any-destination mode takes every unicast destination as its own (marked
+                // Foreign by upperV6).
+                let foreign =
+                    not isOurs
+                    && state.Config.AnyDestination
+                    && not h.Destination.IsMulticast
+                    && not (AddressClass.isUnspecified6 h.Destination)
+                    && not (AddressClass.isLoopback6 h.Destination)
 
-                if not isOurs then
+                let ours = if isOurs || foreign then h.Destination else configured
+
+                if not isOurs && not foreign then
                     dropped state DropReason.NotForUs
                 elif
                     h.Source.IsMulticast
                     || AddressClass.isUnspecified6 h.Source
                     || AddressClass.isLoopback6 h.Source
                     || h.Source = configured
+                    || h.Source = h.Destination
                     || Array.contains h.Source state.Extra6
                 then
                     dropped state DropReason.BadSource
@@ -118,11 +130,11 @@ module internal Ipv6Input =
                     | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
                     | Ok ext ->
                         match ext.Fragment with
-                        | ValueNone -> upperV6 now state packet owner h ext ours trusted
+                        | ValueNone -> upperV6 now state packet owner h ext ours foreign trusted
                         | ValueSome _ when reassembled -> dropped state DropReason.NestedFragment
                         | ValueSome f when f.Offset = 0 && not f.MoreFragments ->
                             // RFC 6946: an atomic fragment is processed as a whole packet.
-                            upperV6 now state packet owner h ext ours trusted
+                            upperV6 now state packet owner h ext ours foreign trusted
                         | ValueSome f ->
                             let fragment: Fragment =
                                 {
@@ -153,4 +165,4 @@ module internal Ipv6Input =
                                         })
                             | FragmentOutcome.DuplicateIgnored -> dropped state DropReason.DuplicateFragment
                             | FragmentOutcome.Dropped r -> dropped state (DropReason.Fragment r)
-                            | FragmentOutcome.Atomic -> upperV6 now state packet owner h ext ours false
+                            | FragmentOutcome.Atomic -> upperV6 now state packet owner h ext ours foreign false

@@ -266,10 +266,14 @@ type Received =
         Drop: DropReason
         /// The IP source.
         Source: IpAddr
-        /// The IP destination (one of ours, or the IPv4 limited broadcast).
+        /// The IP destination (one of ours, or the IPv4 limited broadcast; any unicast address in
+        /// any-destination mode).
         Destination: IpAddr
         /// True when the destination was the IPv4 limited broadcast.
         ToBroadcast: bool
+        /// True when the destination is not one of our addresses: accepted only because the layer
+        /// is in any-destination mode (`IpLayerConfig.AnyDestination`), for a forwarder.
+        Foreign: bool
         /// The whole IP packet (reassembled when it came in fragments, headers patched).
         Packet: PayloadRef
         /// UDP or TCP payload, echo data, or for an ICMP error the quoted packet.
