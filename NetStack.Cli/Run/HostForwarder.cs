@@ -201,13 +201,28 @@ public sealed class HostForwarder : IAsyncDisposable
         {
             var up = SpliceAsync(connection, host, () => socket.Shutdown(SocketShutdown.Send));
             var down = SpliceAsync(host, connection, connection.ShutdownWrite);
-            await Task.WhenAll(up, down);
-            if (up.IsFaulted || down.IsFaulted)
+            var reset = false;
+            // One side failed (a RST, a timeout): the other learns with a RST too, not a clean
+            // FIN, and at once: the direction still copying would otherwise wait for its peer.
+            void Reset()
             {
-                // One side failed (a RST): the other learns with a RST too, not a clean FIN.
+                if (reset)
+                    return;
+                reset = true;
                 Count("forward.tcp.reset");
                 connection.Abort();
                 socket.LingerState = new LingerOption(true, 0);
+                socket.Close();
+            }
+            if ((await Task.WhenAny(up, down)).IsFaulted)
+                Reset();
+            try
+            {
+                await Task.WhenAll(up, down);
+            }
+            catch (Exception)
+            {
+                Reset();
             }
         }
     }

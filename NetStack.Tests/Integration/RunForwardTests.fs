@@ -565,6 +565,52 @@ let tests =
                     "nothing denied"
             }
 
+            test
+                "a RST passes through: the host server resets, the program inside, still reading, gets ECONNRESET rather than a hang" {
+                let listener, port = listen IPAddress.Loopback
+                use _ = listener
+
+                // The host server takes one connection, reads its first byte, answers one byte
+                // and resets it (linger 0: close sends a RST, RFC 9293 §3.10.5 ABORT).
+                let server =
+                    task {
+                        use! c = listener.AcceptAsync()
+                        let one = Array.zeroCreate<byte> 1
+                        let! _ = c.ReceiveAsync(one.AsMemory())
+                        let! _ = c.SendAsync(ReadOnlyMemory [| 33uy |])
+                        c.LingerState <- LingerOption(true, 0)
+                        c.Close()
+                    }
+
+                // Inside: connect, send, read the answer, then keep reading: a RST must end it
+                // with ECONNRESET, not a clean end of file, and not a hang.
+                let client =
+                    """
+import socket, sys
+s = socket.create_connection(("10.0.2.2", int(sys.argv[1])), timeout=20)
+s.sendall(b"x")
+print("answer", s.recv(1)[0], flush=True)
+try:
+    while True:
+        if not s.recv(65536):
+            print("outcome eof", flush=True)
+            break
+except ConnectionResetError:
+    print("outcome reset", flush=True)
+except socket.timeout:
+    print("outcome timeout", flush=True)
+"""
+
+                let code, out, err, counters =
+                    RunTests.run (loopbackOnly @ [ "--"; "python3"; "-c"; client; string port ])
+
+                Expect.isTrue (server.Wait RunTests.timeout) "the server finished"
+                Expect.equal code 0 $"stdout:\n{out}\nstderr:\n{err}"
+                Expect.equal (RunTests.lineValue "answer" out) [ "33" ] "the byte before the reset"
+                Expect.equal (RunTests.lineValue "outcome" out) [ "reset" ] "the RST reached the program inside"
+                Expect.equal (count "forward.tcp.reset" counters) 1L "counted"
+            }
+
             test "200 concurrent TCP connections from inside to host servers (IPv4 and IPv6), each echoed exactly" {
                 let n = 200
                 let listener4, port4 = listen IPAddress.Loopback
