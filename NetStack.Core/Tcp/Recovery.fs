@@ -47,6 +47,12 @@ module internal LossRecovery =
 
         let rtt, timed =
             match tsRtt, c.Timers.RttTimed with
+            // The timestamp clock ticks in milliseconds: a 0 ms sample says only "under one
+            // tick". The classic timing of a segment, in microseconds, says how much under, so
+            // it is taken instead when this ACK covers the timed segment (a fast link would
+            // otherwise show an SRTT of 0).
+            | ValueSome 0L, ValueSome(struct (timedSeq, sentAt)) when SeqNum.ge ack timedSeq ->
+                Rto.sample cfg.ClockGranularity cfg.MinRto cfg.MaxRto (now - sentAt) c.Timers.Rtt, ValueNone
             | ValueSome sample, _ ->
                 // Appendix G: about FlightSize / (2·SMSS) samples arrive per round trip.
                 let flight = c.Snd.Max - c.Snd.Una

@@ -537,6 +537,43 @@ let tests =
                         audit client
                     }
 
+                    test "a round trip under one timestamp tick is measured in microseconds, not as 0 from TSecr" {
+                        let cfg =
+                            { configWith false true with
+                                MinRto = 1000L
+                            }
+
+                        let client, server, _, _, _ = handshake cfg cfg
+                        // Two full segments, so the server ACKs at once (RFC 9293 §3.8.6.3), 300 µs
+                        // later: the same millisecond, so TSecr says 0 ms.
+                        let client, o = Connection.send (ms 100) (int64 (2 * client.Snd.Mss)) client
+
+                        let server, acks =
+                            sent o
+                            |> List.fold
+                                (fun (server, acks) seg ->
+                                    let server, o = Connection.handleSegment (ms 100 + 150L) (arriving seg) server
+                                    server, acks @ sent o)
+                                (server, [])
+
+                        let ack =
+                            match acks with
+                            | [ a ] -> a
+                            | other -> failtestf "one immediate ACK expected, got %d" other.Length
+
+                        Expect.equal
+                            ack.Options.Timestamps.Value.EchoReply
+                            (List.head (sent o)).Options.Timestamps.Value.Value
+                            "the ACK echoes the data's TSval, sent in the same millisecond"
+
+                        let client, _ = Connection.handleSegment (ms 100 + 300L) (arriving ack) client
+                        // The handshake's 2 ms sample, then R' = 300 µs (RFC 6298 §2.3):
+                        // SRTT = 7/8·2000 + 1/8·300 µs, in the integer form.
+                        Expect.equal client.Rtt.Srtt ((7L * 2000L + 300L) / 8L) "SRTT with the 300 µs sample"
+                        audit client
+                        ignore server
+                    }
+
                     test "PAWS: an old TSval is ACKed and dropped; a newer one is taken" {
                         let cfg = configWith false true
                         let client, _, _, _, _ = handshake cfg cfg
