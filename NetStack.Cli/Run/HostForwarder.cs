@@ -55,7 +55,6 @@ public sealed record HostForwarderOptions
 public sealed class HostForwarder : IAsyncDisposable
 {
     private const int SpliceBuffer = 256 * 1024;
-    private readonly NetworkStack _stack;
     private readonly HostForwarderOptions _options;
     private readonly CancellationTokenSource _stop = new();
     private readonly TcpForwarder _tcp;
@@ -67,7 +66,6 @@ public sealed class HostForwarder : IAsyncDisposable
 
     private HostForwarder(NetworkStack stack, HostForwarderOptions options)
     {
-        _stack = stack;
         _options = options;
         _tcp = stack.ForwardTcp();
         _udp = stack.ForwardUdp();

@@ -71,6 +71,16 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             (ReadOnlySpan<byte>(scratch, 16, n))
             key.RemotePort
 
+    /// The ISS of a connection a SYN opens: RFC 6528's, or for a SYN that ended TIME-WAIT
+    /// (`old`, RFC 6191) one beyond the old connection's.
+    let issFor (now: int64) (key: EndpointKey) (old: TcpEndpoint) =
+        let generated = generateIss now key
+
+        if isNull old then
+            generated
+        else
+            Connection.reopenIss old.Core generated
+
     let listenersOf (v6: bool) = if v6 then listen6 else listen4
 
     let findListener (local: IpAddr) (port: uint16) =
@@ -196,8 +206,6 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             stateless out key rst
             out.Notes.Add "tcp.rst.sent"
         | ValueNone -> ()
-
-    let resetFor (out: TcpEndpointOutput) (key: EndpointKey) (seg: Segment) = reset out key seg
 
     let withPathMtu (now: int64) (ip: IpLayerState) (remote: IpAddr) (c: Connection) =
         Connection.limitToPathMtu remote.IsIpv6 (IpLayer.pathMtu now remote ip) c
@@ -361,15 +369,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             else
                 out.Notes.Add "tcp.drop.half-open-full"
         else
-            let generated = generateIss now key
-
-            let iss =
-                if isNull old then
-                    generated
-                else
-                    Connection.reopenIss old.Core generated
-
-            openPassive out now ip listener key seg iss |> ignore
+            openPassive out now ip listener key seg (issFor now key old) |> ignore
 
     // Out of the waiting set (decided, expired or dropped).
     let settlePending (p: TcpPendingConnection) =
@@ -398,15 +398,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             elif forwarder.HalfOpen >= forwarder.MaxHalfOpen then
                 out.Notes.Add "tcp.forward.drop.half-open-full"
             else
-                let generated = generateIss now key
-                // RFC 6191: a SYN that ended TIME-WAIT gets an ISS beyond the old connection's.
-                let iss =
-                    if isNull old then
-                        generated
-                    else
-                        Connection.reopenIss old.Core generated
-
-                let p = TcpPendingConnection(key, seg, now, iss)
+                let p = TcpPendingConnection(key, seg, now, issFor now key old)
                 pending[key] <- p
                 p.Node <- pendingOrder.AddLast p
                 out.Notes.Add "tcp.forward.requested"
@@ -577,11 +569,11 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             else
                 false
 
-    /// The forwarder's user refuses a request. `reset`: the peer gets the RST a closed port
+    /// The forwarder's user refuses a request. `sendReset`: the peer gets the RST a closed port
     /// sends (RFC 9293 §3.10.7.1), in the output; otherwise nothing is in the output and the
     /// engine answers (an ICMP destination unreachable quoting the SYN). False when the request
     /// was no longer pending.
-    member _.RefusePending(out: TcpEndpointOutput, p: TcpPendingConnection, reset: bool) : bool =
+    member _.RefusePending(out: TcpEndpointOutput, p: TcpPendingConnection, sendReset: bool) : bool =
         out.Clear()
 
         if p.Done then
@@ -591,8 +583,8 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             settlePending p
             out.Notes.Add "tcp.forward.refused"
 
-            if reset then
-                resetFor out p.Key p.Syn
+            if sendReset then
+                reset out p.Key p.Syn
 
             true
 

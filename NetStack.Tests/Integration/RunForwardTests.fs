@@ -528,7 +528,11 @@ let tests =
                                 "-c"
                                 "getent ahostsv4 name.example.test | head -n 1; getent ahostsv6 name.example.test | head -n 1; "
                                 + "getent hosts other.example.test; RES_OPTIONS=use-vc getent ahostsv4 vc.example.test | head -n 1; "
-                                + "python3 -c \"$0\" fd00::3 name.example.test"
+                                + "python3 -c \"$0\" fd00::3 name.example.test; "
+                                // The DNS address is no host: another port there is refused,
+                                // nothing is dialled for it, and a ping gets the stack's answer.
+                                + "python3 -c 'import socket\ntry:\n socket.create_connection((\"10.0.2.3\", 80), timeout=10)\n print(\"dns-port-80 connected\")\nexcept ConnectionRefusedError:\n print(\"dns-port-80 refused\")'; "
+                                + "ping -c 1 -W 5 10.0.2.3 >/dev/null && echo dns-ping replied"
                                 tcpDnsQuery
                             ]
                         )
@@ -551,6 +555,9 @@ let tests =
                 Expect.equal (fields lines[3]) [| "192.0.2.55"; "STREAM"; "vc.example.test" |] "A over TCP (use-vc)"
                 Expect.equal lines[4] "tcp-dns 0 192.0.2.77" "a hand-made query over TCP to fd00::3"
                 Expect.stringContains dnsLog.Result "query[A] vc.example.test from 127.0.0.1" "dnsmasq answered"
+                Expect.equal lines[5] "dns-port-80 refused" "port 80 of the DNS address: a RST"
+                Expect.equal lines[6] "dns-ping replied" "the DNS address answers a ping"
+                Expect.equal (count "forward.tcp.no-upstream" counters) 1L "port 80 there: no host to dial"
 
                 Expect.equal
                     (count "forward.tcp.dialled" counters)
