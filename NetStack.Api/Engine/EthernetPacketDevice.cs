@@ -66,6 +66,9 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     // The autoconfigured addresses last published (a fresh array per change; readers take it with Volatile).
     private SlaacAddress[] _slaacAddresses = [];
 
+    // The DNS servers learned from the link (a fresh array per change; readers take it with Volatile).
+    private IPAddress[] _learnedDnsServers = [];
+
     /// <summary>Wraps <paramref name="frames"/> for the addresses of <paramref name="options"/> (see the remarks).</summary>
     /// <param name="frames">A device whose packets are Ethernet frames (a TAP device's <see cref="TunPacketDevice"/>); the adapter owns it.</param>
     /// <param name="options">The stack's addresses, prefix lengths, gateways, MAC, <see cref="NetStackOptions.VlanId"/> and <see cref="NetStackOptions.Neighbor"/> settings.</param>
@@ -195,6 +198,13 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     /// on every change: compare references to notice one.
     /// </summary>
     public IReadOnlyList<SlaacAddress> AutoconfiguredAddresses => Volatile.Read(ref _slaacAddresses);
+
+    /// <summary>
+    /// The DNS servers the link taught the stack (DHCPv4 option 6, router advertisements' RDNSS
+    /// option, RFC 8106), most recent source first; empty until one was learned. A snapshot,
+    /// replaced on every change.
+    /// </summary>
+    public IReadOnlyList<IPAddress> LearnedDnsServers => Volatile.Read(ref _learnedDnsServers);
 
     /// <summary>The current time of the adapter's clock (the engine's; microseconds), the clock of <see cref="AutoconfiguredAddresses"/>' lifetimes.</summary>
     public long Clock => Now();
