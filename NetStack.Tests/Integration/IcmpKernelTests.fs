@@ -268,39 +268,6 @@ let private tshark (file: string) (filter: string) (field: string) =
     output.Split('\n', StringSplitOptions.RemoveEmptyEntries)
     |> Array.filter (fun l -> not (l.Contains "Running as user"))
 
-/// tcpdump on `dev` in namespace `ns` into `file` until the returned process is killed; returns
-/// once tcpdump says it listens.
-let private tcpdump (ns: string) (dev: string) (file: string) =
-    let psi = ProcessStartInfo "ip"
-
-    for a in
-        [
-            "netns"
-            "exec"
-            ns
-            "tcpdump"
-            "-n"
-            "-i"
-            dev
-            "-U"
-            "-s"
-            "200"
-            "-w"
-            file
-        ] do
-        psi.ArgumentList.Add a
-
-    psi.RedirectStandardError <- true
-    psi.RedirectStandardOutput <- true
-    let p = Process.Start psi
-    let mutable line = p.StandardError.ReadLine()
-
-    while not (isNull line) && not (line.Contains "listening on") do
-        line <- p.StandardError.ReadLine()
-
-    Expect.isNotNull line "tcpdump started"
-    p
-
 let private fragments = "ip.flags.mf == 1 || ip.frag_offset > 0 || ipv6.fragment"
 
 let private timeout = TimeSpan.FromSeconds 120.0
@@ -400,7 +367,7 @@ let tests =
                         let wire =
                             Path.Combine(Path.GetTempPath(), $"netstack-icmp-vr-{Environment.ProcessId}.pcap")
 
-                        let dump = tcpdump net.Router "vr" wire
+                        let dump = Capture.start [ "ip"; "netns"; "exec"; net.Router ] "vr" wire
 
                         try
                             try
@@ -426,8 +393,7 @@ let tests =
                                     "the stack fragmented nothing"
                             finally
                                 Thread.Sleep 200
-                                dump.Kill()
-                                dump.WaitForExit()
+                                Capture.stop dump
                                 listener.Dispose()
                                 serve.Wait(TimeSpan.FromSeconds 5.0) |> ignore
 
