@@ -266,13 +266,25 @@ public sealed record NetStackOptions
     /// router advertises with the A flag (RFC 7217 stable-privacy interface identifiers from
     /// <see cref="SlaacSecretKey"/>), runs duplicate address detection on it and then accepts
     /// packets to it, keeping it while the prefix's valid lifetime lasts (see
-    /// <see cref="NetworkStack.Ipv6Addresses"/>). <see cref="Address6"/> stays the stack's main
-    /// address and is required.
+    /// <see cref="NetworkStack.Ipv6Addresses"/>). <see cref="Address6"/>, when set, stays the
+    /// stack's main address; without it the autoconfigured and link-local addresses are the
+    /// stack's IPv6 addresses.
     /// </summary>
     public bool Slaac { get; init; }
 
     /// <summary>
-    /// Tap mode with <see cref="Slaac"/>: the RFC 7217 secret key (16 bytes or more). The same key,
+    /// Tap mode: an IPv6 link-local address (RFC 4862 §5.3), on by default as on a Linux host.
+    /// The stack forms fe80::/64 with an RFC 7217 interface identifier (from
+    /// <see cref="SlaacSecretKey"/> and the MAC), runs duplicate address detection on it, then
+    /// accepts packets to it and sends its neighbor and router solicitations from it. With it (or
+    /// <see cref="Slaac"/>) <see cref="Address6"/> may be null: the stack still speaks IPv6 on
+    /// the link. Ignored in Tun mode (a point-to-point TUN link has no link-layer addresses to
+    /// resolve).
+    /// </summary>
+    public bool LinkLocalAddress { get; init; } = true;
+
+    /// <summary>
+    /// Tap mode with <see cref="Slaac"/> or <see cref="LinkLocalAddress"/>: the RFC 7217 secret key (16 bytes or more). The same key,
     /// MAC and prefix always give the same address, so give a stored key (and
     /// <see cref="MacAddress"/>) to keep addresses across restarts. Null: a random key per start.
     /// </summary>

@@ -13,11 +13,11 @@ namespace NetStack;
 // ICMP errors and echo replies received, and ping.
 public sealed partial class NetworkStack
 {
-    private void ProcessPacket(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
+    private void ProcessPacket(ReadOnlySpan<byte> packet, in VirtioNetHeader header, bool looped = false)
     {
         try
         {
-            Dispatch(packet, header);
+            Dispatch(packet, header, looped);
         }
         catch (TunDeviceException)
         {
@@ -31,7 +31,7 @@ public sealed partial class NetworkStack
         }
     }
 
-    private void Dispatch(ReadOnlySpan<byte> packet, in VirtioNetHeader header)
+    private void Dispatch(ReadOnlySpan<byte> packet, in VirtioNetHeader header, bool looped)
     {
         long now = Now();
         if (!packet.IsEmpty && (packet[0] >> 4) is 4 or 6)
@@ -41,7 +41,9 @@ public sealed partial class NetworkStack
         // A partial (NEEDS_CSUM) or kernel-verified (DATA_VALID) transport checksum is not
         // checked again; a super-segment goes to TCP whole, however long.
         long evicted = _ip.ReassemblyEvicted;
-        var (state, r) = IpLayer.receiveChecked(now, packet, header.TransportChecksumTrusted, _ip);
+        var (state, r) = looped
+            ? IpLayer.receiveLooped(now, packet, _ip)
+            : IpLayer.receiveChecked(now, packet, header.TransportChecksumTrusted, _ip);
         _ip = state;
         if (state.ReassemblyEvicted != evicted)
             _statistics.Increment("ip.reassembly.evicted", state.ReassemblyEvicted - evicted);
@@ -92,18 +94,22 @@ public sealed partial class NetworkStack
         int mtu = IpLayer.pathMtu(now, destination, _ip);
         if (length <= mtu)
         {
-            _device.Write(packet);
-            _deviceWritten.Increment();
-            Interlocked.Add(ref _bytesWritten, length);
+            if (Output(packet))
+            {
+                _deviceWritten.Increment();
+                Interlocked.Add(ref _bytesWritten, length);
+            }
             return;
         }
         var plan = IpLayer.planFragments(packet, mtu, (uint)Random.Shared.Next());
         for (int i = 0; i < plan.Count; i++)
         {
             int n = IpLayer.writeFragment(plan, packet, i, _fragmentBuffer);
-            _device.Write(_fragmentBuffer.AsSpan(0, n));
-            _deviceWritten.Increment();
-            Interlocked.Add(ref _bytesWritten, n);
+            if (Output(_fragmentBuffer.AsSpan(0, n)))
+            {
+                _deviceWritten.Increment();
+                Interlocked.Add(ref _bytesWritten, n);
+            }
         }
         _statistics.Increment("ip.fragments.sent", plan.Count);
     }
@@ -114,9 +120,11 @@ public sealed partial class NetworkStack
         _ip = state;
         if (verdict == ErrorVerdict.Sent)
         {
-            _device.Write(_packetBuffer.AsSpan(0, length));
-            _deviceWritten.Increment();
-            Interlocked.Add(ref _bytesWritten, length);
+            if (Output(_packetBuffer.AsSpan(0, length)))
+            {
+                _deviceWritten.Increment();
+                Interlocked.Add(ref _bytesWritten, length);
+            }
             _statistics.Increment(sentCounter);
         }
         else

@@ -118,7 +118,8 @@ public sealed partial class NetworkStack
                 DrainCommands();
                 if (_stopping)
                     break;
-                int wait = WaitMilliseconds();
+                DrainLooped();
+                int wait = HasLooped ? 0 : WaitMilliseconds();
                 // A burst: packets the device already holds are read without waiting, and the
                 // readers and writers they concern are woken once at its end (or every
                 // MaxBurstPackets), not once per packet: one thread-pool dispatch per burst.

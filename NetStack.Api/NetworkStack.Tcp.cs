@@ -99,7 +99,7 @@ public sealed partial class NetworkStack
     /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
     public TcpListener ListenTcp(int port, int backlog = 128) =>
-        ListenTcp(new IPEndPoint(_address6 is not null ? IPAddress.IPv6Any : IPAddress.Any, port), backlog);
+        ListenTcp(new IPEndPoint(HasIpv6 ? IPAddress.IPv6Any : IPAddress.Any, port), backlog);
 
     /// <summary>
     /// Listens on <paramref name="localEndPoint"/>: <see cref="IPAddress.Any"/> or the stack's IPv4
@@ -161,24 +161,24 @@ public sealed partial class NetworkStack
         var address = localEndPoint.Address;
         bool v4, v6;
         if (address.Equals(IPAddress.IPv6Any))
-            (v4, v6) = (_address4 is not null, _address6 is not null);
+            (v4, v6) = (_address4 is not null, HasIpv6);
         else if (address.Equals(IPAddress.Any))
             (v4, v6) = (true, false);
         else if (address.AddressFamily == AddressFamily.InterNetwork)
         {
-            if (!address.Equals(Options.Address))
+            if (!address.Equals(Options.Address) && !IPAddress.IsLoopback(address))
                 throw new SocketException((int)SocketError.AddressNotAvailable);
             (v4, v6) = (true, false);
         }
         else
         {
-            if (!address.Equals(Options.Address6))
+            if (!IsOwnIpv6(address) && !IPAddress.IsLoopback(address))
                 throw new SocketException((int)SocketError.AddressNotAvailable);
             (v4, v6) = (false, true);
         }
         if ((v4 && _address4 is null) || (!v4 && !v6))
             throw new ArgumentException($"The stack has no IPv4 address for {localEndPoint}.", nameof(localEndPoint));
-        if (v6 && _address6 is null)
+        if (v6 && !HasIpv6)
             throw new ArgumentException($"The stack has no IPv6 address for {localEndPoint}.", nameof(localEndPoint));
         return (v4, v6);
     }

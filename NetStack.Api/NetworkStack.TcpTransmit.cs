@@ -18,15 +18,17 @@ public sealed partial class NetworkStack
     {
         if (segment.DataLength > 0)
         {
-            TransmitGathered(c!, segment, segment.Flags, segment.DataLength, 0, _ipIds.Next());
-            _deviceWritten.Increment();
+            if (TransmitGathered(c!, segment, segment.Flags, segment.DataLength, 0, _ipIds.Next()))
+                _deviceWritten.Increment();
             _tcpSent.Increment();
             return;
         }
         int length = IpLayer.writeTcp(local, remote, localPort, remotePort, _ipIds.Next(), segment, ReadOnlySpan<byte>.Empty, _packetBuffer);
-        _device.Write(_packetBuffer.AsSpan(0, length));
-        _deviceWritten.Increment();
-        Interlocked.Add(ref _bytesWritten, length);
+        if (Output(_packetBuffer.AsSpan(0, length)))
+        {
+            _deviceWritten.Increment();
+            Interlocked.Add(ref _bytesWritten, length);
+        }
         _tcpSent.Increment();
     }
 
@@ -68,8 +70,8 @@ public sealed partial class NetworkStack
             Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, first, c, now);
             return;
         }
-        TransmitGathered(c, first, lastFlags, bytes, segmentSize, _ipIds.Take(count));
-        _deviceWritten.Increment();
+        if (TransmitGathered(c, first, lastFlags, bytes, segmentSize, _ipIds.Take(count)))
+            _deviceWritten.Increment();
         _tcpSent.Add(count);
         _statistics.Increment("offload.tso.sent");
         _statistics.Increment("offload.tso.segments", count);
@@ -83,7 +85,8 @@ public sealed partial class NetworkStack
     // what it sends on; `segmentSize` > 0 makes it a super-segment to cut (TSO). Without, the
     // checksum is completed over the headers and the ring pieces, a read of the payload instead
     // of a copy and a read.
-    private void TransmitGathered(TcpConnection c, OutgoingSegment segment, TcpFlags flags, int bytes, int segmentSize, ushort identification)
+    // Returns whether it went to the device (false: it looped back to the stack itself).
+    private bool TransmitGathered(TcpConnection c, OutgoingSegment segment, TcpFlags flags, int bytes, int segmentSize, ushort identification)
     {
         var local = c.LocalAddress;
         int length = IpLayer.writeTcpSegments(local, c.RemoteAddress, c.LocalPort, c.RemotePort,
@@ -95,14 +98,17 @@ public sealed partial class NetworkStack
         {
             int ipHeader = local.IsIpv6 ? 40 : 20;
             var header = VirtioNet.tcpSegments(local.IsIpv6, ipHeader, headerBytes - ipHeader, segmentSize);
-            _offload.WriteGather(head, payload, tail, header);
+            if (!OutputGather(head, payload, tail, _offload, header))
+                return false;
         }
         else
         {
             ulong sum = Checksum.sumAfter(Checksum.sum(0UL, payload), payload.Length, tail);
             IpLayer.completeTcpChecksum(local, headerBytes, sum, _packetBuffer);
-            _device.WriteGather(head, payload, tail);
+            if (!OutputGather(head, payload, tail, null, VirtioNetHeader.None))
+                return false;
         }
         Interlocked.Add(ref _bytesWritten, length);
+        return true;
     }
 }

@@ -126,9 +126,15 @@ public sealed partial class NetworkStack
 
     // Sends `datagram` as one datagram, or with segmentSize > 0 as consecutive datagrams of
     // segmentSize bytes (the caller has checked the count and that each fits the link MTU).
+    // The source is the socket's own address when it is bound to one of the destination's
+    // family (as a kernel socket's), else the stack's choice for the destination.
     internal ValueTask<int> SendUdpAsync(UdpSocket socket, ReadOnlyMemory<byte> datagram, IpAddr destination, ushort port, int segmentSize, CancellationToken cancellationToken)
     {
-        var source = SourceFor(destination);
+        var bound = socket.LocalEndPoint.Address;
+        var source = !bound.Equals(IPAddress.Any) && !bound.Equals(IPAddress.IPv6Any)
+            && (bound.AddressFamily == AddressFamily.InterNetworkV6) == destination.IsIpv6
+                ? IpAddr.OfIPAddress(bound)
+                : SourceFor(destination);
         if (source is null)
             return ValueTask.FromException<int>(new SocketException((int)SocketError.NetworkUnreachable));
         var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -172,7 +178,8 @@ public sealed partial class NetworkStack
         int ipHeader = destination.IsIpv6 ? 40 : 20;
         if (_offload is not null
             && (_offload.Offloads & TunOffloads.Uso4) != 0
-            && ipHeader + 8 + segmentSize <= IpLayer.pathMtu(now, destination, _ip))
+            && ipHeader + 8 + segmentSize <= IpLayer.pathMtu(now, destination, _ip)
+            && !IpLayer.isLoopedDestination(destination, _ip))
         {
             // The kernel numbers the IPv4 identification of the datagrams it cuts on from ours.
             int length = IpLayer.writeUdpSegments(source, destination, sourcePort, port, _ipIds.Take(count), data.Length, _packetBuffer);

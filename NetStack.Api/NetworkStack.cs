@@ -99,8 +99,9 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly IpAddr? _address4;
     private readonly IpAddr? _address6;
 
-    // Tap mode: the Ethernet adapter, whose autoconfigured IPv6 addresses the loop copies into the
-    // IP layer whenever the adapter publishes a new list (null: Tun mode or no autoconfiguration).
+    // Tap mode: the Ethernet adapter, whose link-local and autoconfigured IPv6 addresses the loop
+    // copies into the IP layer whenever the adapter publishes a new list (null: Tun mode, or
+    // neither a link-local address nor autoconfiguration).
     private readonly EthernetPacketDevice? _autoconfiguring;
     private IReadOnlyList<Core.Link.SlaacAddress>? _autoconfigured;
 
@@ -119,7 +120,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null)
     {
         _link = link;
-        if (options.Slaac)
+        if (options.Slaac || options.LinkLocalAddress)
             _autoconfiguring = LinkWithin(device);
         _log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NetworkStack>();
         // On a fault-injecting device the stack's counters and the fault counters are one set.
@@ -318,8 +319,13 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private static void Validate(NetStackOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (options.Address is null && options.Address6 is null)
-            throw new ArgumentException("Give the stack an IPv4 address, an IPv6 address or both.", nameof(options));
+        bool tap = options.Mode == NetStackMode.Tap;
+        // Tap mode forms IPv6 addresses of its own (link-local, autoconfigured).
+        bool formsIpv6 = tap && (options.LinkLocalAddress || options.Slaac);
+        if (options.Address is null && options.Address6 is null && !formsIpv6)
+            throw new ArgumentException(tap
+                ? "Give the stack an Address, an Address6, or leave LinkLocalAddress on (Tap mode)."
+                : "Give the stack an IPv4 address (Address), an IPv6 address (Address6) or both.", nameof(options));
         if (options.Address is not null && options.Address.AddressFamily != AddressFamily.InterNetwork)
             throw new ArgumentException($"Address {options.Address} is not an IPv4 address.", nameof(options));
         if (options.HostAddress is not null && options.HostAddress.AddressFamily != AddressFamily.InterNetwork)
@@ -332,17 +338,17 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException($"The stack and the kernel side cannot both be {options.Address}.", nameof(options));
         if (options.Address6 is not null && options.Address6.Equals(options.HostAddress6))
             throw new ArgumentException($"The stack and the kernel side cannot both be {options.Address6}.", nameof(options));
-        int minimum = options.Address6 is null ? 576 : 1280;
+        int minimum = options.Address6 is null && !formsIpv6 ? 576 : 1280;
         if (options.Mtu < minimum || options.Mtu > 65535)
-            throw new ArgumentException($"MTU {options.Mtu} is outside {minimum}..65535{(minimum == 1280 ? " (IPv6 needs at least 1280)" : "")}.", nameof(options));
+            throw new ArgumentException($"MTU {options.Mtu} is outside {minimum}..65535{(minimum == 1280 ? formsIpv6 ? " (IPv6 needs at least 1280; set Address6 = null and LinkLocalAddress = false and Slaac = false for an IPv4-only stack)" : " (IPv6 needs at least 1280; Address6 = null makes an IPv4-only stack)" : "")}.", nameof(options));
         if (options.UdpReceiveQueueBytes < 1)
             throw new ArgumentException("UdpReceiveQueueBytes must be positive.", nameof(options));
         if (options.ReassemblyMaxBytes < 1 || options.ReassemblyMaxDatagrams < 1)
             throw new ArgumentException("ReassemblyMaxBytes and ReassemblyMaxDatagrams must be positive.", nameof(options));
         if (options.IcmpErrorsPerSecond < 0)
             throw new ArgumentException("IcmpErrorsPerSecond cannot be negative.", nameof(options));
-        if (options.Slaac && (options.Mode != NetStackMode.Tap || options.Address6 is null))
-            throw new ArgumentException("Slaac needs Mode = Tap and an Address6 (the stack's main IPv6 address).", nameof(options));
+        if (options.Slaac && !tap)
+            throw new ArgumentException("Slaac needs Mode = Tap (router advertisements come over Ethernet).", nameof(options));
         if (options.ForwardMaxPendingTcp < 1 || options.ForwardMaxUdpFlows < 1 || options.ForwardMaxEchoRequests < 1)
             throw new ArgumentException("ForwardMaxPendingTcp, ForwardMaxUdpFlows and ForwardMaxEchoRequests must be positive.", nameof(options));
         if (options.ForwardTcpDecisionTimeout <= TimeSpan.Zero || options.ForwardUdpIdleTimeout <= TimeSpan.Zero)
@@ -412,18 +418,47 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _ip = IpLayer.withAddresses6([.. assigned], _ip);
     }
 
-    // The source of new communication with `target` (RFC 6724 rules 3 and 8 between the
-    // configured IPv6 address and the preferred autoconfigured ones; see Slaac.selectSource).
+    // The source of new communication with `target` (RFC 6724 rules 2, 3 and 8 between the
+    // configured IPv6 address and the preferred link-local and autoconfigured ones; see
+    // Slaac.selectSource). Null: no address of the family is ours (yet).
     private IpAddr? SourceFor(IpAddr target)
     {
+        var looped = IpLayer.loopedSource(target, _ip);
+        if (looped.IsSome)
+            return looped.Value;
         if (!target.IsIpv6)
             return _address4;
-        if (_autoconfiguring is null || _address6 is null)
+        if (_autoconfiguring is null)
             return _address6;
         var addresses = _autoconfiguring.AutoconfiguredAddresses;
         if (addresses.Count == 0)
             return _address6;
-        return IpAddr.NewV6(Core.Link.Slaac.selectSource(_address6.Value.ipv6, Options.PrefixLength6, target.ipv6, addresses));
+        var configured = _address6 is { } a
+            ? Microsoft.FSharp.Core.FSharpValueOption<Ipv6Address>.NewValueSome(a.ipv6)
+            : Microsoft.FSharp.Core.FSharpValueOption<Ipv6Address>.ValueNone;
+        var source = Core.Link.Slaac.selectSource(configured, Options.PrefixLength6, target.ipv6, addresses);
+        return source.IsSome ? IpAddr.NewV6(source.Value) : null;
+    }
+
+    // Whether the stack speaks IPv6: a configured address, or (Tap mode) link-local and
+    // autoconfigured ones it forms.
+    private bool HasIpv6 => _address6 is not null || _autoconfiguring is not null;
+
+    // Whether `address` is one of the stack's assigned IPv6 addresses (tentative ones are not).
+    private bool IsOwnIpv6(IPAddress address)
+    {
+        if (address.Equals(Options.Address6))
+            return true;
+        if (_autoconfiguring is null)
+            return false;
+        var v6 = Ipv6Address.OfIPAddress(address);
+        foreach (var a in _autoconfiguring.AutoconfiguredAddresses)
+        {
+            if (a.Address.Equals(v6) && a.State != Core.Link.SlaacAddressState.Tentative)
+                return true;
+        }
+
+        return false;
     }
 
     /// <summary>
@@ -500,6 +535,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             (endpoint.Owner as UdpSocket)?.Dispose();
         DisposeTcp();
         DisposeForwarders();
+        DropLooped();
         _link?.Dispose();
         _device.Dispose();
         _meter.Dispose();

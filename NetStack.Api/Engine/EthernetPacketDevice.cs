@@ -139,9 +139,13 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
                 settings.HasGateway6 = true;
                 settings.Gateway6 = Ipv6Address.OfIPAddress(options.Gateway6);
             }
+        }
 
-            if (options.Slaac)
-                settings.SlaacSecret = options.SlaacSecretKey ?? System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
+        if (options.Slaac || options.LinkLocalAddress)
+        {
+            settings.SlaacSecret = options.SlaacSecretKey ?? System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
+            settings.Autoconfigure = options.Slaac;
+            settings.LinkLocal = options.LinkLocalAddress;
         }
 
         return settings;

@@ -74,17 +74,28 @@ module Interface =
                 ValueNone
 
         let slaac =
-            match v6 with
-            | ValueSome address when not (isNull settings.SlaacSecret) ->
+            if
+                isNull settings.SlaacSecret
+                || not (settings.Autoconfigure || settings.LinkLocal)
+            then
+                ValueNone
+            else
                 let config =
-                    { Slaac.config settings.SlaacSecret mac (ValueSome address) with
+                    { Slaac.config settings.SlaacSecret mac v6 with
                         DadTransmits = settings.DadTransmits
                         RetransTimer = settings.RetransTimer
+                        Prefixes = settings.Autoconfigure
                     }
 
                 // RFC 4861 §6.3.7: hosts starting together do not solicit together.
-                ValueSome(Slaac.create config (now + int64 (dSolicit * float MaxRouterSolicitationDelay)))
-            | _ -> ValueNone
+                let slaac =
+                    Slaac.create config (now + int64 (dSolicit * float MaxRouterSolicitationDelay))
+
+                // The link-local address's DAD starts at once, like the configured address's.
+                if settings.LinkLocal then
+                    ValueSome(fst (Slaac.formLinkLocal now slaac))
+                else
+                    ValueSome slaac
 
         {
             Config =
@@ -165,25 +176,28 @@ module Interface =
     let private accepts (s: InterfaceState) (destination: MacAddress) =
         if destination.Value = s.Config.Mac.Value || destination.IsBroadcast then
             true
+        elif (destination.Value >>> 32) = 0x3333UL && hasIpv6 s then
+            let group = uint32 destination.Value
+
+            if
+                group = 1u
+                || (s.Config.Address6.IsSome
+                    && group = (0xFF000000u ||| uint32 (s.Config.Address6.Value.Low &&& 0xFFFFFFUL)))
+            then
+                true
+            else
+                let mutable found = false
+                let mutable rest = autoconfiguredList s
+
+                while not found && not rest.IsEmpty do
+                    if group = (0xFF000000u ||| uint32 (rest.Head.Address.Low &&& 0xFFFFFFUL)) then
+                        found <- true
+
+                    rest <- rest.Tail
+
+                found
         else
-            match s.Config.Address6 with
-            | ValueSome v6 when (destination.Value >>> 32) = 0x3333UL ->
-                let group = uint32 destination.Value
-
-                if group = 1u || group = (0xFF000000u ||| uint32 (v6.Low &&& 0xFFFFFFUL)) then
-                    true
-                else
-                    let mutable found = false
-                    let mutable rest = autoconfiguredList s
-
-                    while not found && not rest.IsEmpty do
-                        if group = (0xFF000000u ||| uint32 (rest.Head.Address.Low &&& 0xFFFFFFUL)) then
-                            found <- true
-
-                        rest <- rest.Tail
-
-                    found
-            | _ -> false
+            false
 
     let private nothing =
         {
@@ -260,7 +274,7 @@ module Interface =
                         sink
                 elif
                     eth.EtherType = EtherType.Ipv6
-                    && state.Config.Address6.IsSome
+                    && hasIpv6 state
                     && payload.Length >= Ipv6.HeaderLength
                     && int payload.[0] >>> 4 = 6
                 then

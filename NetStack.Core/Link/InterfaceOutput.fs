@@ -43,6 +43,30 @@ module internal InterfaceOutput =
         | ValueSome slaac -> slaac.Addresses
         | ValueNone -> []
 
+    /// Whether the interface speaks IPv6: it has a configured IPv6 address, or forms a
+    /// link-local or autoconfigured one.
+    let hasIpv6 (s: InterfaceState) =
+        s.Config.Address6.IsSome || s.Slaac.IsSome
+
+    /// The source of our neighbor and router solicitations: the link-local address once it is
+    /// ours (RFC 4861 §4.1, §4.3 and §7.2.2 allow any address of the interface; the link-local
+    /// one is valid on the link whatever prefixes come and go), else the configured address,
+    /// else any assigned autoconfigured one, else the unspecified address (only a router
+    /// solicitation may go from it, §4.1).
+    let solicitationSource (s: InterfaceState) =
+        match s.Slaac with
+        | ValueSome slaac ->
+            match Slaac.linkLocal slaac with
+            | ValueSome ll -> ll
+            | ValueNone ->
+                match s.Config.Address6 with
+                | ValueSome a -> a
+                | ValueNone ->
+                    match Slaac.assigned slaac with
+                    | [||] -> Ipv6Address.Any
+                    | assigned -> assigned.[0]
+        | ValueNone -> address6 s
+
     // ------------------------------------------------------------------------------------------
     // Neighbor cache actions
     // ------------------------------------------------------------------------------------------
@@ -111,7 +135,7 @@ module internal InterfaceOutput =
                 sink.Count "link.released"
             | Solicit(target, unicast) ->
                 // Multicast to the solicited-node group, or a unicast probe (RFC 4861 §7.2.2, §7.3.3).
-                let source = address6 s
+                let source = solicitationSource s
 
                 let destination = if unicast.IsSome then target else Ndp.solicitedNode target
 
@@ -307,14 +331,18 @@ module internal InterfaceOutput =
             match e with
             | Probe address -> sendDadProbe s address sink
             | SolicitRouters ->
-                // RFC 4861 §6.3.7: to all routers, from our address with our MAC.
-                let source = address6 s
+                // RFC 4861 §6.3.7: to all routers, from our address with our MAC; from the
+                // unspecified address (no address is ours yet) without the MAC (§4.1).
+                let source = solicitationSource s
 
                 let icmp =
                     Ndp.writeRouterSolicitation
                         source
                         Ndp.AllRouters
-                        (ValueSome s.Config.Mac)
+                        (if source = Ipv6Address.Any then
+                             ValueNone
+                         else
+                             ValueSome s.Config.Mac)
                         (Span(s.Scratch, Ipv6.HeaderLength, s.Scratch.Length - Ipv6.HeaderLength))
 
                 let n = ipv6Control s source Ndp.AllRouters icmp

@@ -51,9 +51,15 @@ type InterfaceSettings() =
     member val DadTransmits = 1 with get, set
     /// Gratuitous ARP announcements of the IPv4 address at start (RFC 5227 §2.3), 0..10.
     member val GratuitousArps = 1 with get, set
-    /// The RFC 7217 secret of stateless address autoconfiguration (null: autoconfiguration off;
-    /// it needs an IPv6 address too).
+    /// The RFC 7217 secret of the interface identifiers of the link-local address and of
+    /// stateless address autoconfiguration (null: neither).
     member val SlaacSecret: byte[] = null with get, set
+    /// With SlaacSecret: router advertisements' prefixes form addresses, and router
+    /// solicitations go out at start (RFC 4862 §5.5).
+    member val Autoconfigure = true with get, set
+    /// With SlaacSecret: a link-local address (fe80::/64, RFC 4862 §5.3) is formed and tested
+    /// (DAD) at start, and neighbor and router solicitations come from it once it is ours.
+    member val LinkLocal = false with get, set
     /// The seed of the interface's random draws (ReachableTime, the first router solicitation's
     /// delay): the caller's randomness, so the interface itself stays deterministic.
     member val Seed = 0UL with get, set

@@ -64,6 +64,9 @@ type SlaacConfig =
         RouterSolicitationInterval: int64
         /// Clock units per second: how lifetimes in seconds convert.
         TicksPerSecond: int64
+        /// Whether router advertisements' prefixes form addresses (and router solicitations go
+        /// out at start): autoconfiguration proper. Off, only the link-local address is formed.
+        Prefixes: bool
     }
 
 /// What an autoconfiguration step asks the caller to do or to count.
@@ -139,7 +142,15 @@ module Slaac =
             MaxRouterSolicitations = 3
             RouterSolicitationInterval = 4_000_000L
             TicksPerSecond = 1_000_000L
+            Prefixes = true
         }
+
+    /// The /64 prefix of `address` (its low 64 bits cleared).
+    let prefix64 (address: Ipv6Address) = Ipv6Address(address.High, 0UL)
+
+    /// The link-local prefix fe80::/64 (RFC 4291 §2.5.6; RFC 4862 §5.3 forms the link-local
+    /// address from it).
+    let LinkLocalPrefix = Ipv6Address(0xFE80_0000_0000_0000UL, 0UL)
 
     /// A fresh state whose first router solicitation goes out at `firstSolicitation` (RFC 4861
     /// §6.3.7: after a random delay of up to MAX_RTR_SOLICITATION_DELAY, 1 s, the caller draws).
@@ -150,16 +161,14 @@ module Slaac =
         {
             Config = config
             Addresses = []
-            SolicitationsLeft = config.MaxRouterSolicitations
+            SolicitationsLeft = if config.Prefixes then config.MaxRouterSolicitations else 0
             NextSolicitation =
-                if config.MaxRouterSolicitations > 0 then
+                if config.Prefixes && config.MaxRouterSolicitations > 0 then
                     firstSolicitation
                 else
                     Never
         }
 
-    /// The /64 prefix of `address` (its low 64 bits cleared).
-    let prefix64 (address: Ipv6Address) = Ipv6Address(address.High, 0UL)
 
     // RFC 5453 reserved interface identifiers: the subnet-router anycast (all zero), the
     // reserved subnet anycast range fdff:ffff:ffff:ff80..ff (RFC 2526) and the proxy mobile
@@ -223,11 +232,56 @@ module Slaac =
             },
             Formed a.Address
 
+    /// Forms the link-local address at `now` (RFC 4862 §5.3): fe80::/64 and an RFC 7217
+    /// identifier, valid and preferred forever, tentative while its duplicate address detection
+    /// runs (§5.4: like every unicast address, a link-local one is tested before use; a
+    /// duplicate gets the next DAD_Counter, RFC 7217 §6). Once formed it is kept; a second call
+    /// changes nothing.
+    let formLinkLocal (now: int64) (state: SlaacState) : SlaacState * SlaacEvent list =
+        if state.Addresses |> List.exists (fun a -> a.Prefix = LinkLocalPrefix) then
+            state, []
+        else
+            match form state.Config LinkLocalPrefix 0 with
+            | ValueNone -> state, [ Ignored "no-identifier" ]
+            | ValueSome(struct (address, counter)) ->
+                let a, event =
+                    begin'
+                        state.Config
+                        now
+                        {
+                            Address = address
+                            Prefix = LinkLocalPrefix
+                            State = SlaacAddressState.Tentative
+                            OnLink = true
+                            PreferredUntil = Never
+                            ValidUntil = Never
+                            DadCounter = counter
+                            ProbesLeft = 0
+                            DadDeadline = Never
+                        }
+
+                // First in the list: the address every other one is formed after (§5.3, §5.4).
+                { state with
+                    Addresses = a :: state.Addresses
+                },
+                [ event ]
+
+    /// The link-local address once it is ours (preferred: it never deprecates).
+    let linkLocal (state: SlaacState) : Ipv6Address voption =
+        match
+            state.Addresses
+            |> List.tryFind (fun a -> a.Prefix = LinkLocalPrefix && a.State <> SlaacAddressState.Tentative)
+        with
+        | Some a -> ValueSome a.Address
+        | None -> ValueNone
+
     /// Processes one Prefix Information option received at `now` (RFC 4862 §5.5.3 a–e).
     let onPrefix (now: int64) (p: PrefixInformation) (state: SlaacState) : SlaacState * SlaacEvent list =
         let config = state.Config
 
-        if not p.Autonomous then
+        if not config.Prefixes then
+            state, [ Ignored "off" ]
+        elif not p.Autonomous then
             state, [ Ignored "not-autonomous" ] // a)
         elif Ndp.isLinkLocal p.Prefix then
             state, [ Ignored "link-local" ] // b)
@@ -243,7 +297,11 @@ module Slaac =
 
             match state.Addresses |> List.tryFind (fun a -> a.Prefix = prefix) with
             | None when p.ValidLifetime = 0u -> state, [ Ignored "zero-lifetime" ]
-            | None when state.Addresses.Length >= config.MaxAddresses -> state, [ Ignored "full" ]
+            | None when
+                (state.Addresses |> List.filter (fun a -> a.Prefix <> LinkLocalPrefix)).Length
+                >= config.MaxAddresses
+                ->
+                state, [ Ignored "full" ]
             | None ->
                 match form config prefix 0 with
                 | ValueNone -> state, [ Ignored "no-identifier" ]
@@ -472,27 +530,38 @@ module Slaac =
         else
             64 + Numerics.BitOperations.LeadingZeroCount(a.Low ^^^ b.Low)
 
-    /// The source address for a new communication with `destination` (RFC 6724 §5, rules 3 and
-    /// 8 only): `configured` (with its prefix length) unless a preferred autoconfigured address
-    /// shares a longer prefix with the destination, counted up to each candidate's prefix
-    /// length. Deprecated and tentative addresses are never chosen; ties go to `configured`.
+    /// The source address for a new communication with `destination` (RFC 6724 §5, rules 2, 3
+    /// and 8): among `configured` (with its prefix length) and the preferred autoconfigured
+    /// addresses, one whose scope matches the destination's (a link-local source for a
+    /// link-local destination, any other for the rest; rule 2), then the longest prefix shared
+    /// with the destination, counted up to each candidate's prefix length (rule 8). Deprecated
+    /// and tentative addresses are never chosen (rule 3); ties go to `configured`. ValueNone:
+    /// no address at all.
     let selectSource
-        (configured: Ipv6Address)
+        (configured: Ipv6Address voption)
         (configuredPrefixLength: int)
         (destination: Ipv6Address)
         (addresses: SlaacAddress seq)
-        : Ipv6Address =
+        : Ipv6Address voption =
+        let linkScope = Ndp.isLinkLocal destination
+        // Higher is better: the scope match first, then the shared prefix (0..128).
+        let score (candidate: Ipv6Address) (prefixLength: int) =
+            (if Ndp.isLinkLocal candidate = linkScope then 256 else 0)
+            + min prefixLength (commonPrefixLength candidate destination)
+
         let mutable best = configured
 
-        let mutable bestLength =
-            min configuredPrefixLength (commonPrefixLength configured destination)
+        let mutable bestScore =
+            match configured with
+            | ValueSome c -> score c configuredPrefixLength
+            | ValueNone -> -1
 
         for a in addresses do
             if a.State = SlaacAddressState.Preferred then
-                let length = min 64 (commonPrefixLength a.Address destination)
+                let candidate = score a.Address 64
 
-                if length > bestLength then
-                    best <- a.Address
-                    bestLength <- length
+                if candidate > bestScore then
+                    best <- ValueSome a.Address
+                    bestScore <- candidate
 
         best

@@ -143,8 +143,13 @@ let tests =
                         stateOf stack "fda6:101:" = Some "Preferred")
 
                     let address = (autoconfigured stack "fda6:101:").Value.Address
-                    Expect.equal stack.Statistics.["ndp.slaac.assigned"] 1L "one assigned"
-                    Expect.isGreaterThanOrEqual stack.Statistics.["ndp.dad.sent"] 2L "DAD ran for it too"
+
+                    Expect.equal
+                        stack.Statistics.["ndp.slaac.assigned"]
+                        2L
+                        "two assigned: the link-local address (RFC 4862 §5.3) and the prefix's"
+
+                    Expect.isGreaterThanOrEqual stack.Statistics.["ndp.dad.sent"] 3L "DAD ran for each"
                     answers (string address)
                     answers "fda6:1::2"
 

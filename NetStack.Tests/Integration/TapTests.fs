@@ -305,7 +305,11 @@ let tests =
                     Expect.stringContains e.Message "fd98:6::9" "the message names the address"
 
                 withStack (optionsFor 7) (fun stack ->
-                    Expect.equal stack.Statistics.["ndp.dad.sent"] 1L "one DAD probe"
+                    Expect.equal
+                        stack.Statistics.["ndp.dad.sent"]
+                        2L
+                        "one DAD probe each for the configured and the link-local address"
+
                     Expect.equal stack.Statistics.["arp.announcement.sent"] 1L "one gratuitous ARP")
             }
 

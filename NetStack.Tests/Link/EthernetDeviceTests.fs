@@ -160,10 +160,10 @@ let tests =
 
                 Expect.equal
                     (written frames |> List.map kind)
-                    [ "dad"; "announcement" ]
-                    "the probe, then the announcement"
+                    [ "dad"; "dad"; "announcement" ]
+                    "the probes of the configured and the link-local address (RFC 4862 §5.4), then the announcement"
 
-                Expect.equal stack.Statistics.["ndp.dad.sent"] 1L "counted"
+                Expect.equal stack.Statistics.["ndp.dad.sent"] 2L "counted"
                 Expect.equal stack.Statistics.["arp.announcement.sent"] 1L "counted"
                 TestUtil.assertNoExceptions stack
             }

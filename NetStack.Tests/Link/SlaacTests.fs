@@ -368,18 +368,30 @@ let tests =
                 let a = only s
                 let inPrefix = Ipv6Address((prefixOf 1).High, 5UL)
                 let elsewhere = Ipv6Address(0xFDA6_0001_0000_0000UL, 1UL)
-                Expect.equal (Slaac.selectSource configured 64 inPrefix s.Addresses) a.Address "the SLAAC address"
-                Expect.equal (Slaac.selectSource configured 64 elsewhere s.Addresses) configured "the configured one"
+
+                Expect.equal
+                    (Slaac.selectSource (ValueSome configured) 64 inPrefix s.Addresses)
+                    (ValueSome a.Address)
+                    "the SLAAC address"
+
+                Expect.equal
+                    (Slaac.selectSource (ValueSome configured) 64 elsewhere s.Addresses)
+                    (ValueSome configured)
+                    "the configured one"
 
                 let far = Ipv6Address(0x2001_0db8_0000_0000UL, 1UL)
 
                 Expect.equal
-                    (Slaac.selectSource configured 64 far s.Addresses)
-                    configured
+                    (Slaac.selectSource (ValueSome configured) 64 far s.Addresses)
+                    (ValueSome configured)
                     "a tie goes to the configured one"
 
                 let s, _ = settle (10L * second) s
-                Expect.equal (Slaac.selectSource configured 64 inPrefix s.Addresses) configured "not a deprecated one"
+
+                Expect.equal
+                    (Slaac.selectSource (ValueSome configured) 64 inPrefix s.Addresses)
+                    (ValueSome configured)
+                    "not a deprecated one"
             }
 
             test "Ndp.prefixes reads every prefix option of an advertisement, up to the limit" {
@@ -416,6 +428,103 @@ let tests =
                 Expect.equal (kindOf state extra) (ReceivedKind.EchoRequest, V6 extra) "ours, answered from it"
                 Expect.equal (fst (kindOf state configured)) ReceivedKind.EchoRequest "the configured one still"
                 Expect.isTrue (IpLayer.isLocal6 extra state) "isLocal6"
+            }
+
+            test
+                "the link-local address is fe80::/64 with the RFC 7217 identifier, tested by DAD, then preferred forever" {
+                // RFC 7217 §5 with Network_ID empty: the first 64 bits of
+                // SHA-256(Prefix | Net_Iface | DAD_Counter | secret_key), computed here.
+                let expected (counter: byte) =
+                    let input =
+                        Array.concat
+                            [
+                                [| 0xFEuy; 0x80uy; 0uy; 0uy; 0uy; 0uy; 0uy; 0uy |]
+                                [| 0x02uy; 0x00uy; 0x00uy; 0xA6uy; 0x00uy; 0x01uy |]
+                                [| counter |]
+                                secret
+                            ]
+
+                    let hash = Security.Cryptography.SHA256.HashData input
+                    Ipv6Address(0xFE80_0000_0000_0000UL, BinaryPrimitives.ReadUInt64BigEndian(ReadOnlySpan(hash, 0, 8)))
+
+                let s, events = Slaac.formLinkLocal 0L (fresh ())
+                let a = only s
+                Expect.equal a.Address (expected 0uy) "fe80:: and the identifier"
+                Expect.equal a.State SlaacAddressState.Tentative "tentative during DAD (RFC 4862 §5.4)"
+                Expect.equal events [ Formed a.Address ] "formed"
+                Expect.equal (Slaac.linkLocal s) ValueNone "not ours while tentative"
+                let again, none = Slaac.formLinkLocal 5L s
+                Expect.equal (again, none) (s, []) "formed once"
+
+                let s, events = settle 0L s
+                Expect.equal events [ Probe a.Address ] "one probe"
+                let s, events = settle config.RetransTimer s
+                Expect.equal events [ Assigned a.Address ] "assigned after RetransTimer"
+                Expect.equal (Slaac.linkLocal s) (ValueSome a.Address) "ours"
+                let a = only s
+
+                Expect.equal
+                    (a.State, a.PreferredUntil, a.ValidUntil)
+                    (SlaacAddressState.Preferred, Slaac.Never, Slaac.Never)
+                    "forever"
+
+                // Another node's DAD probe for it while tentative: the next DAD_Counter (RFC 7217 §6).
+                let t, _ = Slaac.formLinkLocal 0L (fresh ())
+                let t, events = Slaac.duplicate 0L (expected 0uy) t
+                Expect.equal events [ Duplicate(expected 0uy); Formed(expected 1uy) ] "a new identifier"
+
+                // Router advertisements never form a second link-local address (RFC 4862 §5.5.3 b).
+                let t, events =
+                    Slaac.onPrefix 0L (info (Ipv6Address(0xFE80_0000_0000_0000UL, 0UL)) 600u 600u) t
+
+                Expect.equal events [ Ignored "link-local" ] "ignored"
+                Expect.equal (only t).Address (expected 1uy) "one link-local address"
+            }
+
+            test
+                "without autoconfiguration only the link-local address forms: no router solicitations, prefixes ignored" {
+                let s = Slaac.create { config with Prefixes = false } 0L
+                Expect.equal (Slaac.nextDeadline s) Slaac.Never "no solicitation due"
+                let s, events = Slaac.onPrefix 0L (info (prefixOf 1) 600u 600u) s
+                Expect.equal events [ Ignored "off" ] "a prefix forms nothing"
+                Expect.isEmpty s.Addresses "none"
+            }
+
+            test "source selection prefers the destination's scope (RFC 6724 rule 2), then the longest match" {
+                let s, _ = Slaac.formLinkLocal 0L (fresh ())
+                let s, _ = settle config.RetransTimer (fst (settle 0L s))
+                let ll = (only s).Address
+                let s = assign 0L (info (prefixOf 1) 600u 600u) s
+                let global' = (s.Addresses |> List.find (fun a -> a.Prefix = prefixOf 1)).Address
+                let peerLl = Ipv6Address(0xFE80_0000_0000_0000UL, 7UL)
+                let far = Ipv6Address(0x2001_0db8_0000_0000UL, 1UL)
+
+                Expect.equal
+                    (Slaac.selectSource (ValueSome configured) 64 peerLl s.Addresses)
+                    (ValueSome ll)
+                    "link-local for link-local"
+
+                Expect.equal
+                    (Slaac.selectSource (ValueSome configured) 64 far s.Addresses)
+                    (ValueSome configured)
+                    "never link-local for a global one"
+
+                Expect.equal
+                    (Slaac.selectSource ValueNone 64 far s.Addresses)
+                    (ValueSome global')
+                    "without a configured address, the global one"
+
+                let onlyLl =
+                    { s with
+                        Addresses = s.Addresses |> List.filter (fun a -> a.Address = ll)
+                    }
+
+                Expect.equal
+                    (Slaac.selectSource ValueNone 64 far onlyLl.Addresses)
+                    (ValueSome ll)
+                    "the link-local one when it is all there is"
+
+                Expect.equal (Slaac.selectSource ValueNone 64 far []) ValueNone "no address"
             }
 
             testPropertyWithConfig

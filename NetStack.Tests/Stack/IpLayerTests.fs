@@ -203,6 +203,54 @@ let tests =
     testList
         "IpLayer"
         [
+            test
+                "loopback: 127/8, ::1 and our own sources only in packets that never left the stack (RFC 1122 §3.2.1.3 (g), RFC 4291 §2.5.3)" {
+                let ours4 = Ipv4Address.Parse "10.1.0.2"
+                let ours6 = Ipv6Address.Parse "fd01::2"
+
+                let state =
+                    IpLayer.create (IpLayer.config (ValueSome ours4) (ValueSome ours6) 1500) 0L
+
+                let buffer = Array.zeroCreate<byte> 256
+
+                let kinds (source: IpAddr) (destination: IpAddr) =
+                    let n =
+                        IpLayer.writeEchoRequest source destination 1us 1us 0us (ReadOnlySpan [| 1uy |]) (Span buffer)
+
+                    let packet = ReadOnlySpan(buffer, 0, n)
+                    let struct (_, wire) = IpLayer.receive 0L packet state
+                    let struct (_, looped) = IpLayer.receiveLooped 0L packet state
+                    wire.Kind, looped.Kind, IpLayer.loopsBack packet state
+
+                let lo4 = V4(Ipv4Address.Parse "127.0.0.1")
+                let lo6 = V6(Ipv6Address.Parse "::1")
+
+                for source, destination in
+                    [
+                        lo4, V4(Ipv4Address.Parse "127.3.2.1")
+                        V4 ours4, V4 ours4
+                        lo6, lo6
+                        V6 ours6, V6 ours6
+                    ] do
+                    Expect.equal
+                        (kinds source destination)
+                        (ReceivedKind.Dropped, ReceivedKind.EchoRequest, true)
+                        $"{source} -> {destination}: dropped from the wire, taken when looped, kept inside"
+
+                let _, _, outward = kinds (V4 ours4) (V4(Ipv4Address.Parse "10.1.0.1"))
+
+                Expect.isFalse outward "a neighbor's address leaves by the device"
+
+                Expect.equal
+                    (IpLayer.loopedSource (V4(Ipv4Address.Parse "127.9.9.9")) state)
+                    (ValueSome lo4)
+                    "127/8 from 127.0.0.1"
+
+                Expect.equal (IpLayer.loopedSource lo6 state) (ValueSome lo6) "::1 from ::1"
+                Expect.equal (IpLayer.loopedSource (V6 ours6) state) (ValueSome(V6 ours6)) "ours from itself"
+                Expect.equal (IpLayer.loopedSource (V6(Ipv6Address.Parse "fd01::1")) state) ValueNone "not ours"
+            }
+
             testPropertyWithConfig codecConfig "random bytes never make receive throw, and references stay inside"
             <| Prop.forAll (Arb.fromGen garbageGen) (fun bytes ->
                 let _, r = receive (stackState 1500) bytes

@@ -86,10 +86,10 @@ module internal IcmpErrors =
                 else
                     ErrorVerdict.Sent
         else
-            match Ipv6.parse original, state.Config.Address6 with
-            | Error _, _ -> ErrorVerdict.Malformed
-            | _, ValueNone -> ErrorVerdict.NoAddress
-            | Ok h, ValueSome _ ->
+            match Ipv6.parse original with
+            | Error _ -> ErrorVerdict.Malformed
+            | _ when state.Config.Address6.IsNone && state.Extra6.Length = 0 -> ErrorVerdict.NoAddress
+            | Ok h ->
                 if h.Source.IsMulticast || AddressClass.isUnspecified6 h.Source then
                     ErrorVerdict.NotUnicastSource
                 elif h.Destination.IsMulticast then
@@ -145,7 +145,16 @@ module internal IcmpErrors =
         then
             destination
         else
-            state.Config.Address6.Value
+            match state.Config.Address6 with
+            | ValueSome configured -> configured
+            | ValueNone ->
+                // No configured address (a link that gave us only a link-local or
+                // autoconfigured one): the one the datagram was sent to, if it is ours (RFC 4443
+                // §2.2 (a)), else the first of ours.
+                if Array.contains destination state.Extra6 then
+                    destination
+                else
+                    state.Extra6.[0]
 
     /// The body of `IpLayer.tryWriteError` (documented there).
     let tryWriteError

@@ -93,8 +93,62 @@ module IpLayer =
             IpInput.dropped state (DropReason.Malformed(PacketLayer.Ip, Truncated(1, 0)))
         else
             match packet.[0] >>> 4 with
-            | 4uy -> Ipv4Input.receive now state packet null trusted
-            | 6uy -> Ipv6Input.receive now state packet null false trusted
+            | 4uy -> Ipv4Input.receive now state packet null trusted false
+            | 6uy -> Ipv6Input.receive now state packet null false trusted false
+            | v -> IpInput.dropped state (DropReason.Malformed(PacketLayer.Ip, BadVersion(int v)))
+
+    let private isLoopedDestination4 (destination: Ipv4Address) (state: IpLayerState) =
+        AddressClass.isLoopback4 destination
+        || (state.Config.Address4.IsSome && destination = state.Config.Address4.Value)
+
+    let private isLoopedDestination6 (destination: Ipv6Address) (state: IpLayerState) =
+        AddressClass.isLoopback6 destination
+        || (state.Config.Address6.IsSome && destination = state.Config.Address6.Value)
+        || Array.contains destination state.Extra6
+
+    /// Whether a packet to `destination` stays in the stack (see `loopsBack`).
+    let isLoopedDestination (destination: IpAddr) (state: IpLayerState) : bool =
+        match destination with
+        | V4 a -> isLoopedDestination4 a state
+        | V6 a -> isLoopedDestination6 a state
+
+    /// Whether a packet we are about to send (`packet`: at least its IP header) stays in the
+    /// stack: it is for one of our own addresses or for the loopback network (127/8, ::1;
+    /// RFC 1122 §3.2.1.3 (g), RFC 4291 §2.5.3), so it goes back to `receiveLooped`, never to
+    /// the device.
+    let loopsBack (packet: ReadOnlySpan<byte>) (state: IpLayerState) : bool =
+        if packet.Length >= 20 && packet.[0] >>> 4 = 4uy then
+            isLoopedDestination4 (Ipv4Address.Read(packet.Slice 16)) state
+        elif packet.Length >= 40 && packet.[0] >>> 4 = 6uy then
+            isLoopedDestination6 (Ipv6Address.Read(packet.Slice 24)) state
+        else
+            false
+
+    /// The source of new communication with a destination that stays in the stack: the
+    /// destination itself when it is one of our addresses, 127.0.0.1 for the rest of 127/8
+    /// and ::1 for ::1 (RFC 6724 rule 1, the same address; Linux's loopback device holds only
+    /// 127.0.0.1/8 and ::1). ValueNone: the destination is not ours.
+    let loopedSource (destination: IpAddr) (state: IpLayerState) : IpAddr voption =
+        match destination with
+        | V4 a when AddressClass.isLoopback4 a -> ValueSome(V4(Ipv4Address 0x7F00_0001u))
+        | V6 a when AddressClass.isLoopback6 a -> ValueSome destination
+        | _ when isLoopedDestination destination state -> ValueSome destination
+        | _ -> ValueNone
+
+    /// `receive` for a packet the stack sent to itself (`loopsBack`): the loopback addresses are
+    /// ours, our own addresses are valid sources, and the transport checksum, which we wrote (or
+    /// left partial for an offload), is trusted as Linux's loopback device does.
+    let receiveLooped
+        (now: int64)
+        (packet: ReadOnlySpan<byte>)
+        (state: IpLayerState)
+        : struct (IpLayerState * Received) =
+        if packet.IsEmpty then
+            IpInput.dropped state (DropReason.Malformed(PacketLayer.Ip, Truncated(1, 0)))
+        else
+            match packet.[0] >>> 4 with
+            | 4uy -> Ipv4Input.receive now state packet null true true
+            | 6uy -> Ipv6Input.receive now state packet null false true true
             | v -> IpInput.dropped state (DropReason.Malformed(PacketLayer.Ip, BadVersion(int v)))
 
     /// Classifies one packet read from the device at `now`. Never throws on any input. Allocates

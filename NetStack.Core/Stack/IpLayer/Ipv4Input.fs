@@ -76,7 +76,14 @@ module internal Ipv4Input =
         let sum = Checksum.compute (ReadOnlySpan(packet, 0, d.HeaderLength))
         BinaryPrimitives.WriteUInt16BigEndian(Span(packet, 10, 2), sum)
 
-    let rec receive (now: int64) (state: IpLayerState) (packet: ReadOnlySpan<byte>) (owner: byte[]) (trusted: bool) =
+    let rec receive
+        (now: int64)
+        (state: IpLayerState)
+        (packet: ReadOnlySpan<byte>)
+        (owner: byte[])
+        (trusted: bool)
+        (looped: bool)
+        =
         match Ipv4.parse packet with
         | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv4, e))
         | Ok h ->
@@ -95,17 +102,25 @@ module internal Ipv4Input =
                     && not (AddressClass.isUnspecified4 h.Destination)
                     && not (AddressClass.isLoopback4 h.Destination)
 
-                let ours = if foreign then h.Destination else configured
+                // 127/8 is ours only in a packet that never left the stack (RFC 1122
+                // §3.2.1.3 (g): one from the wire is dropped as not for us).
+                let ours =
+                    if foreign || (looped && AddressClass.isLoopback4 h.Destination) then
+                        h.Destination
+                    else
+                        configured
 
                 if h.Destination <> ours && not broadcast then
                     dropped state DropReason.NotForUs
                 elif
-                    AddressClass.isMulticast4 h.Source
-                    || AddressClass.isLimitedBroadcast4 h.Source
-                    || AddressClass.isUnspecified4 h.Source
-                    || AddressClass.isLoopback4 h.Source
-                    || h.Source = configured
-                    || h.Source = h.Destination
+                    // A looped packet comes from ourselves (our address or 127/8) by design.
+                    not looped
+                    && (AddressClass.isMulticast4 h.Source
+                        || AddressClass.isLimitedBroadcast4 h.Source
+                        || AddressClass.isUnspecified4 h.Source
+                        || AddressClass.isLoopback4 h.Source
+                        || h.Source = configured
+                        || h.Source = h.Destination)
                 then
                     dropped state DropReason.BadSource
                 elif h.IsFragment then
@@ -130,7 +145,7 @@ module internal Ipv4Input =
                     match result.Outcome with
                     | FragmentOutcome.Completed d ->
                         patchReassembledV4 d
-                        receive now state (ReadOnlySpan d.Packet) d.Packet false
+                        receive now state (ReadOnlySpan d.Packet) d.Packet false looped
                     | FragmentOutcome.Held ->
                         struct (state,
                                 { nothing with

@@ -93,15 +93,22 @@ module internal Ipv6Input =
         (owner: byte[])
         (reassembled: bool)
         (trusted: bool)
+        (looped: bool)
         =
         match Ipv6.parse packet with
         | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
         | Ok h ->
-            match state.Config.Address6 with
-            | ValueNone -> dropped state DropReason.NotForUs
-            | ValueSome configured ->
+            let configured = state.Config.Address6
+
+            if configured.IsNone && state.Extra6.Length = 0 then
+                dropped state DropReason.NotForUs
+            else
                 // The configured address first, so the common case costs one comparison.
-                let isOurs = h.Destination = configured || Array.contains h.Destination state.Extra6
+                // ::1 is ours only in a packet that never left the stack (RFC 4291 §2.5.3).
+                let isOurs =
+                    (configured.IsSome && h.Destination = configured.Value)
+                    || Array.contains h.Destination state.Extra6
+                    || (looped && AddressClass.isLoopback6 h.Destination)
 
                 // Any-destination mode takes every unicast destination as its own (marked
                 // Foreign by upperV6).
@@ -112,20 +119,22 @@ module internal Ipv6Input =
                     && not (AddressClass.isUnspecified6 h.Destination)
                     && not (AddressClass.isLoopback6 h.Destination)
 
-                let ours = if isOurs || foreign then h.Destination else configured
-
                 if not isOurs && not foreign then
                     dropped state DropReason.NotForUs
                 elif
-                    h.Source.IsMulticast
-                    || AddressClass.isUnspecified6 h.Source
-                    || AddressClass.isLoopback6 h.Source
-                    || h.Source = configured
-                    || h.Source = h.Destination
-                    || Array.contains h.Source state.Extra6
+                    // A looped packet comes from ourselves (our address or ::1) by design.
+                    not looped
+                    && (h.Source.IsMulticast
+                        || AddressClass.isUnspecified6 h.Source
+                        || AddressClass.isLoopback6 h.Source
+                        || (configured.IsSome && h.Source = configured.Value)
+                        || h.Source = h.Destination
+                        || Array.contains h.Source state.Extra6)
                 then
                     dropped state DropReason.BadSource
                 else
+                    let ours = h.Destination
+
                     match Ipv6.parseExtensions packet h with
                     | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))
                     | Ok ext ->
@@ -157,7 +166,7 @@ module internal Ipv6Input =
                             match result.Outcome with
                             | FragmentOutcome.Completed d ->
                                 patchReassembledV6 d
-                                receive now state (ReadOnlySpan d.Packet) d.Packet true false
+                                receive now state (ReadOnlySpan d.Packet) d.Packet true false looped
                             | FragmentOutcome.Held ->
                                 struct (state,
                                         { nothing with
