@@ -586,6 +586,67 @@ module DnsResolver =
 
         struct (state, List.ofSeq actions)
 
+/// Combining the A and AAAA outcomes of one name, as getaddrinfo does for AF_UNSPEC.
+[<RequireQualifiedAccess>]
+module DnsOutcome =
+
+    /// Addresses if either family has some; else NameError if either says the name does not
+    /// exist; else ServerFailure or TimedOut if either could not be answered (the caller may
+    /// try again); else NoData.
+    let combine (results: DnsResult list) : DnsResult =
+        let addresses =
+            results
+            |> List.choose (fun r ->
+                match r with
+                | Addresses(a, ttl) -> Some(a, ttl)
+                | Failed _ -> None)
+
+        if not addresses.IsEmpty then
+            Addresses(addresses |> List.collect fst, addresses |> List.map snd |> List.min)
+        else
+            let failures =
+                results
+                |> List.choose (fun r ->
+                    match r with
+                    | Failed f -> Some f
+                    | Addresses _ -> None)
+
+            if failures |> List.contains DnsFailure.NameError then Failed DnsFailure.NameError
+            elif failures |> List.contains DnsFailure.ServerFailure then Failed DnsFailure.ServerFailure
+            elif failures |> List.contains DnsFailure.TimedOut then Failed DnsFailure.TimedOut
+            else Failed DnsFailure.NoData
+
+/// Happy Eyeballs version 2 (RFC 8305): the numbers and the address order; the runtime races
+/// the connection attempts by them.
+[<RequireQualifiedAccess>]
+module HappyEyeballs =
+
+    /// RFC 8305 §3: after an A answer, wait this long for the AAAA answer before connecting
+    /// (recommended 50 ms).
+    [<Literal>]
+    let ResolutionDelayMicroseconds = 50_000L
+
+    /// RFC 8305 §5: start the next attempt this long after the previous one unless it failed
+    /// earlier (recommended 250 ms; at least 100 ms, §5's minimum).
+    [<Literal>]
+    let ConnectionAttemptDelayMicroseconds = 250_000L
+
+    /// RFC 8305 §4: addresses already in RFC 6724 order, interleaved by family starting with
+    /// the family of the first (First Address Family Count 1).
+    let interleave (ordered: IpAddr list) : IpAddr list =
+        match ordered with
+        | [] -> []
+        | first :: _ ->
+            let preferred, other = ordered |> List.partition (fun a -> a.IsIpv6 = first.IsIpv6)
+
+            let rec merge a b =
+                match a, b with
+                | x :: xs, y :: ys -> x :: y :: merge xs ys
+                | [], rest
+                | rest, [] -> rest
+
+            merge preferred other
+
 /// RFC 6724 §6 destination address ordering, for the rules that apply to a host with at most
 /// one source address per family: rule 1 (avoid unusable destinations: a family without a
 /// source goes last), rule 2 (prefer matching scope), rule 6 (prefer higher precedence, the
