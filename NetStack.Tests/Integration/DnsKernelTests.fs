@@ -69,6 +69,7 @@ let private dnsmasq (n: int) =
             $"--host-record=web.dns.test,{host4 n},{host6 n}"
             $"--host-record=v4only.dns.test,{host4 n}"
             $"--host-record=black.dns.test,{host4 n},fd31:{n}::99"
+            $"--host-record=unreachable.dns.test,{host4 n},fd31:{n}::98"
             "--cname=alias.dns.test,web.dns.test"
             "--log-queries"
             "--log-facility=-"
@@ -264,8 +265,18 @@ let tests =
                     Expect.equal (counter stack "dns.timeout") 2L "two timeouts")
             }
 
-            test "Happy Eyeballs: both families reachable, IPv6 wins; the AAAA address blackholed, IPv4 wins after 250 ms" {
+            test "Happy Eyeballs: both reachable, IPv6 wins; AAAA blackholed, IPv4 wins after 250 ms; AAAA unreachable, IPv4 at once" {
                 use _ = dnsmasq 5
+                // fd31:5::99 is dropped without a word (a blackhole route); fd31:5::98 has no
+                // route, so the kernel answers ICMPv6 destination unreachable.
+                ip [ "-6"; "route"; "add"; "blackhole"; "fd31:5::99/128" ]
+
+                use _ =
+                    { new IDisposable with
+                        member _.Dispose() =
+                            Isolation.run "ip" [ "-6"; "route"; "del"; "blackhole"; "fd31:5::99/128" ] |> ignore
+                    }
+
                 use cancel = new CancellationTokenSource()
                 let listener, _ = httpServer cancel.Token
                 use _ = listener
@@ -278,6 +289,7 @@ let tests =
 
                     // Resolve first so that the timing below is the race only.
                     resolve stack "black.dns.test" AddressFamily.Unspecified |> ignore
+                    resolve stack "unreachable.dns.test" AddressFamily.Unspecified |> ignore
                     resolve stack "web.dns.test" AddressFamily.Unspecified |> ignore
 
                     use both = connect "web.dns.test"
@@ -289,6 +301,14 @@ let tests =
                     Expect.equal black.RemoteEndPoint.Address (host4 5) "IPv4"
                     Expect.isGreaterThanOrEqual elapsed 250.0 "after the connection attempt delay"
                     Expect.isLessThan elapsed 400.0 "and soon after it"
+
+                    // RFC 8305 §5: a failed attempt starts the next one at once.
+                    let clock = Stopwatch.StartNew()
+                    use unreachable = connect "unreachable.dns.test"
+                    let elapsed = clock.Elapsed.TotalMilliseconds
+                    Expect.equal unreachable.RemoteEndPoint.Address (host4 5) "IPv4"
+                    Expect.isLessThan elapsed 250.0 "before the connection attempt delay"
+                    Expect.equal (counter stack "tcp.icmp.error") 1L "the ICMPv6 error ended the IPv6 attempt"
                     cancel.Cancel())
             }
 
