@@ -133,7 +133,8 @@ let tests =
                 TestUtil.assertNoExceptionsInCounters counters
             }
 
-            test "the DnsHttpClient example resolves through its kernel-side DNS server and fetches by name, and exits 0" {
+            test
+                "the DnsHttpClient example resolves through its kernel-side DNS server and fetches by name, and exits 0" {
                 let dll =
                     Path.Combine(
                         TestUtil.repoRoot.Value,
@@ -151,7 +152,12 @@ let tests =
                     runProcess dotnetHost [ dll ] TestUtil.repoRoot.Value [] (TimeSpan.FromSeconds 90.)
 
                 Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
-                Expect.stringContains out "kernel DNS server asked www.example.test type 28 from 10.132.0.2:" "AAAA asked over the stack's UDP"
+
+                Expect.stringContains
+                    out
+                    "kernel DNS server asked www.example.test type 28 from 10.132.0.2:"
+                    "AAAA asked over the stack's UDP"
+
                 Expect.stringContains out "kernel DNS server asked www.example.test type 1 from 10.132.0.2:" "A asked"
                 Expect.stringContains out "www.example.test is fd32::1, 10.132.0.1" "both, in RFC 6724 order"
                 Expect.stringContains out "nothere.example.test: HostNotFound" "NXDOMAIN"
@@ -164,7 +170,12 @@ let tests =
                 Expect.stringContains out "fetched http://www.example.test:8094/: hello by name" "the page"
                 Expect.equal err "" "nothing on standard error"
                 let counters = TestUtil.parseCounters (out.Substring(out.IndexOf "statistics:"))
-                Expect.equal counters["dns.answered"] 4L "AAAA and A for each name; the HttpClient's lookups came from the cache"
+
+                Expect.equal
+                    counters["dns.answered"]
+                    4L
+                    "AAAA and A for each name; the HttpClient's lookups came from the cache"
+
                 TestUtil.assertNoExceptionsInCounters counters
             }
         ]

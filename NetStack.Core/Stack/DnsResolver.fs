@@ -170,7 +170,12 @@ module DnsResolver =
 
     /// Normalizes a name to its key form: ASCII lower case, no final dot.
     let keyName (name: string) =
-        let trimmed = if name.EndsWith '.' then name.Substring(0, name.Length - 1) else name
+        let trimmed =
+            if name.EndsWith '.' then
+                name.Substring(0, name.Length - 1)
+            else
+                name
+
         trimmed.ToLowerInvariant()
 
     // SplitMix64: a deterministic expansion of the caller's seed into draws.
@@ -216,13 +221,21 @@ module DnsResolver =
                     Expires = now + int64 ttl * 1_000_000L
                 }
 
-            { state with Cache = cache.Add(key, entry) }
+            { state with
+                Cache = cache.Add(key, entry)
+            }
 
     // The timeout of round `round`: Timeout, doubled per round.
     let private timeoutOf (settings: DnsResolverSettings) (round: int) = settings.Timeout <<< min round 16
 
     // Sends the query for `q` to its current server over UDP from a fresh ID and port.
-    let private transmit (now: int64) (draws: Draws) (actions: ResizeArray<DnsAction>) (q: DnsQuery) (state: DnsResolverState) =
+    let private transmit
+        (now: int64)
+        (draws: Draws)
+        (actions: ResizeArray<DnsAction>)
+        (q: DnsQuery)
+        (state: DnsResolverState)
+        =
         let mutable port = 0us
         let mutable tries = 0
 
@@ -290,12 +303,23 @@ module DnsResolver =
 
     // The current attempt is over without an answer (timeout, server failure, TCP failure):
     // the next server, or the next round from the first server, or the end.
-    let private advance (now: int64) (draws: Draws) (actions: ResizeArray<DnsAction>) (q: DnsQuery) (state: DnsResolverState) =
+    let private advance
+        (now: int64)
+        (draws: Draws)
+        (actions: ResizeArray<DnsAction>)
+        (q: DnsQuery)
+        (state: DnsResolverState)
+        =
         if q.TcpId.IsSome then
             actions.Add(CloseTcp q.Key)
 
         let servers = state.Settings.Servers.Length
-        let next, round = if q.Server + 1 < servers then q.Server + 1, q.Round else 0, q.Round + 1
+
+        let next, round =
+            if q.Server + 1 < servers then
+                q.Server + 1, q.Round
+            else
+                0, q.Round + 1
 
         if round >= state.Settings.Attempts then
             let failure =
@@ -337,7 +361,9 @@ module DnsResolver =
             | cached ->
                 let state =
                     if cached.IsSome then
-                        { state with Cache = state.Cache.Remove key }
+                        { state with
+                            Cache = state.Cache.Remove key
+                        }
                     else
                         state
 
@@ -382,7 +408,11 @@ module DnsResolver =
     /// NXDOMAIN, NODATA), ValueNone for server trouble (another server should be asked).
     /// CNAMEs are followed inside the answer from the name asked (RFC 1034 §3.6.2, at most
     /// MaxCnameChain); the TTL is the least of the records used, capped.
-    let interpret (settings: DnsResolverSettings) (key: DnsKey) (message: DnsMessage) : struct (DnsResult * uint32) voption =
+    let interpret
+        (settings: DnsResolverSettings)
+        (key: DnsKey)
+        (message: DnsMessage)
+        : struct (DnsResult * uint32) voption =
         match Dns.rcode message.Flags with
         | Dns.RcodeNameError -> ValueSome(struct (Failed DnsFailure.NameError, negativeTtl settings message))
         | Dns.RcodeNoError ->
@@ -393,7 +423,9 @@ module DnsResolver =
             let mutable chasing = true
 
             while chasing do
-                let owned = message.Answers |> List.filter (fun r -> Dns.namesEqual r.Name current && r.Class = Dns.ClassIn)
+                let owned =
+                    message.Answers
+                    |> List.filter (fun r -> Dns.namesEqual r.Name current && r.Class = Dns.ClassIn)
 
                 let addresses =
                     owned
@@ -463,7 +495,9 @@ module DnsResolver =
                     Deadline = now + state.Settings.TcpTimeout
                 }
 
-            { state with Queries = state.Queries.Add(q.Key, q) }
+            { state with
+                Queries = state.Queries.Add(q.Key, q)
+            }
         else
             match interpret state.Settings q.Key message with
             | ValueSome(struct (result, ttl)) ->
@@ -498,26 +532,26 @@ module DnsResolver =
                 match q.Transmissions |> List.tryFind (fun t -> t.LocalPort = localPort) with
                 | None -> drop "dns.drop.no-query"
                 | Some t ->
-                let server, serverPort = state.Settings.Servers.[t.Server]
+                    let server, serverPort = state.Settings.Servers.[t.Server]
 
-                if source <> server || sourcePort <> serverPort then
-                    drop "dns.drop.wrong-source"
-                else
-                    match Dns.tryReadHeader bytes with
-                    | ValueNone -> drop "dns.drop.malformed"
-                    | ValueSome(struct (id, _)) when id <> t.Id -> drop "dns.drop.wrong-id"
-                    | ValueSome _ ->
-                        match Dns.parse bytes with
-                        | Error _ -> drop "dns.drop.malformed"
-                        | Ok message ->
-                            match checkAnswer q.Key message with
-                            | Some counter -> drop counter
-                            | None ->
-                                if q.TcpId.IsSome then
-                                    // Already asking over TCP: a late UDP answer is truncated too.
-                                    drop "dns.drop.late"
-                                else
-                                    answered now (Draws seed) actions q message true state
+                    if source <> server || sourcePort <> serverPort then
+                        drop "dns.drop.wrong-source"
+                    else
+                        match Dns.tryReadHeader bytes with
+                        | ValueNone -> drop "dns.drop.malformed"
+                        | ValueSome(struct (id, _)) when id <> t.Id -> drop "dns.drop.wrong-id"
+                        | ValueSome _ ->
+                            match Dns.parse bytes with
+                            | Error _ -> drop "dns.drop.malformed"
+                            | Ok message ->
+                                match checkAnswer q.Key message with
+                                | Some counter -> drop counter
+                                | None ->
+                                    if q.TcpId.IsSome then
+                                        // Already asking over TCP: a late UDP answer is truncated too.
+                                        drop "dns.drop.late"
+                                    else
+                                        answered now (Draws seed) actions q message true state
 
         struct (state, List.ofSeq actions)
 
@@ -611,10 +645,14 @@ module DnsOutcome =
                     | Failed f -> Some f
                     | Addresses _ -> None)
 
-            if failures |> List.contains DnsFailure.NameError then Failed DnsFailure.NameError
-            elif failures |> List.contains DnsFailure.ServerFailure then Failed DnsFailure.ServerFailure
-            elif failures |> List.contains DnsFailure.TimedOut then Failed DnsFailure.TimedOut
-            else Failed DnsFailure.NoData
+            if failures |> List.contains DnsFailure.NameError then
+                Failed DnsFailure.NameError
+            elif failures |> List.contains DnsFailure.ServerFailure then
+                Failed DnsFailure.ServerFailure
+            elif failures |> List.contains DnsFailure.TimedOut then
+                Failed DnsFailure.TimedOut
+            else
+                Failed DnsFailure.NoData
 
 /// Happy Eyeballs version 2 (RFC 8305): the numbers and the address order; the runtime races
 /// the connection attempts by them.
@@ -679,19 +717,29 @@ module DestinationOrder =
         | V6 a ->
             let ula = (a.High >>> 57) = 0x7EUL // fc00::/7
 
-            if a.High = 0UL && a.Low = 1UL then 50
-            elif ula
-                 && (match source6 with
-                     | ValueSome s -> (s.High >>> 16) = (a.High >>> 16)
-                     | ValueNone -> false) then
+            if a.High = 0UL && a.Low = 1UL then
+                50
+            elif
+                ula
+                && (match source6 with
+                    | ValueSome s -> (s.High >>> 16) = (a.High >>> 16)
+                    | ValueNone -> false)
+            then
                 45
-            elif a.High >>> 48 = 0x2002UL then 30
-            elif a.High >>> 32 = 0x20010000UL then 5
-            elif ula then 3
-            elif a.High = 0UL && a.Low >>> 32 = 0UL then 1 // ::/96
-            elif (a.High >>> 54) = 0x3FBUL || a.High >>> 48 = 0x3FFEUL then 1
-            elif a.High = 0UL && a.Low >>> 32 = 0xFFFFUL then 35
-            else 40
+            elif a.High >>> 48 = 0x2002UL then
+                30
+            elif a.High >>> 32 = 0x20010000UL then
+                5
+            elif ula then
+                3
+            elif a.High = 0UL && a.Low >>> 32 = 0UL then
+                1 // ::/96
+            elif (a.High >>> 54) = 0x3FBUL || a.High >>> 48 = 0x3FFEUL then
+                1
+            elif a.High = 0UL && a.Low >>> 32 = 0xFFFFUL then
+                35
+            else
+                40
 
     /// `addresses` in RFC 6724 order for a host whose sources are `source4` and `source6`.
     let order (source4: Ipv4Address voption) (source6: Ipv6Address voption) (addresses: IpAddr list) =

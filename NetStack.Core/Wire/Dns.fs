@@ -253,7 +253,9 @@ module Dns =
                     if at + 2 > message.Length then
                         result <- ValueSome(Error(MessageTruncated(at + 2, message.Length)))
                     else
-                        let pointer = int (BinaryPrimitives.ReadUInt16BigEndian(message.Slice at) &&& 0x3FFFus)
+                        let pointer =
+                            int (BinaryPrimitives.ReadUInt16BigEndian(message.Slice at) &&& 0x3FFFus)
+
                         hops <- hops + 1
 
                         if next < 0 then
@@ -304,10 +306,12 @@ module Dns =
                     finish ()
                     i <- i + 1
                 elif c = '\\' then
-                    if i + 3 < name.Length
-                       && Char.IsAsciiDigit name.[i + 1]
-                       && Char.IsAsciiDigit name.[i + 2]
-                       && Char.IsAsciiDigit name.[i + 3] then
+                    if
+                        i + 3 < name.Length
+                        && Char.IsAsciiDigit name.[i + 1]
+                        && Char.IsAsciiDigit name.[i + 2]
+                        && Char.IsAsciiDigit name.[i + 3]
+                    then
                         let value = int (name.Substring(i + 1, 3))
 
                         if value > 255 then
@@ -315,7 +319,11 @@ module Dns =
                         else
                             current.Add(byte value)
                             i <- i + 4
-                    elif i + 1 < name.Length && not (Char.IsAsciiDigit name.[i + 1]) && name.[i + 1] < '\u007f' then
+                    elif
+                        i + 1 < name.Length
+                        && not (Char.IsAsciiDigit name.[i + 1])
+                        && name.[i + 1] < '\u007f'
+                    then
                         current.Add(byte name.[i + 1])
                         i <- i + 2
                     else
@@ -331,7 +339,10 @@ module Dns =
 
             let wire = (labels |> Seq.sumBy (fun l -> l.Length + 1)) + 1
 
-            if ok && wire <= MaxNameLength then Some(List.ofSeq labels) else None
+            if ok && wire <= MaxNameLength then
+                Some(List.ofSeq labels)
+            else
+                None
 
     /// True when `name` is a valid name in text form (see `writeName`).
     let isValidName (name: string) =
@@ -368,7 +379,8 @@ module Dns =
             ValueNone
         else
             ValueSome(
-                struct (BinaryPrimitives.ReadUInt16BigEndian message, BinaryPrimitives.ReadUInt16BigEndian(message.Slice 2))
+                struct (BinaryPrimitives.ReadUInt16BigEndian message,
+                        BinaryPrimitives.ReadUInt16BigEndian(message.Slice 2))
             )
 
     let private readQuestion (message: ReadOnlySpan<byte>) (offset: int) =
@@ -414,7 +426,11 @@ module Dns =
         | TypeCname ->
             match readRdataName message start finish rtype with
             | Error e -> Error e
-            | Ok(struct (name, next)) -> if next <> finish then Error(BadRecordData rtype) else Ok(Cname name)
+            | Ok(struct (name, next)) ->
+                if next <> finish then
+                    Error(BadRecordData rtype)
+                else
+                    Ok(Cname name)
         | TypeSoa ->
             match readRdataName message start finish rtype with
             | Error e -> Error e

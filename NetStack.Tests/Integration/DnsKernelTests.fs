@@ -93,7 +93,8 @@ let private dnsmasq (n: int) =
     let mutable up = false
 
     while not up && DateTime.UtcNow < deadline && not p.HasExited do
-        use probe = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+        use probe =
+            new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
 
         try
             probe.Connect(IPEndPoint(serverAddress n, 53))
@@ -117,7 +118,9 @@ let private dnsmasq (n: int) =
 /// A kernel HTTP server on [::]:port (dual mode) answering "hello from the kernel" to every
 /// request; the remote endpoints it saw. Stops when `cancel` fires.
 let private httpServer (cancel: CancellationToken) =
-    let listener = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp)
+    let listener =
+        new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp)
+
     listener.DualMode <- true
     listener.Bind(IPEndPoint(IPAddress.IPv6Any, 0))
     listener.Listen 16
@@ -157,7 +160,8 @@ let private httpServer (cancel: CancellationToken) =
     listener, seen
 
 let private resolve (stack: NetworkStack) (name: string) (family: AddressFamily) =
-    stack.ResolveAsync(name, family).AsTask() |> TestUtil.waitWithin (TimeSpan.FromSeconds 15.)
+    stack.ResolveAsync(name, family).AsTask()
+    |> TestUtil.waitWithin (TimeSpan.FromSeconds 15.)
 
 let private resolveError (stack: NetworkStack) (name: string) (family: AddressFamily) =
     try
@@ -187,15 +191,36 @@ let tests =
                 TestUtil.withStackOf (optionsFor 1 [ serverAddress 1 ]) (fun stack ->
                     Expect.equal (List.ofSeq stack.DnsServers) [ serverAddress 1 ] "servers in effect"
                     // fd31:1::1 is in our ULA /48 (precedence 45 > IPv4's 35).
-                    Expect.equal (resolve stack "web.dns.test" AddressFamily.Unspecified) [| host6 1; host4 1 |] "both, IPv6 first"
-                    Expect.equal (resolve stack "alias.dns.test" AddressFamily.InterNetwork) [| host4 1 |] "through the CNAME"
-                    Expect.equal (resolve stack "WEB.Dns.Test." AddressFamily.InterNetworkV6) [| host6 1 |] "AAAA, any case"
+                    Expect.equal
+                        (resolve stack "web.dns.test" AddressFamily.Unspecified)
+                        [| host6 1; host4 1 |]
+                        "both, IPv6 first"
+
+                    Expect.equal
+                        (resolve stack "alias.dns.test" AddressFamily.InterNetwork)
+                        [| host4 1 |]
+                        "through the CNAME"
+
+                    Expect.equal
+                        (resolve stack "WEB.Dns.Test." AddressFamily.InterNetworkV6)
+                        [| host6 1 |]
+                        "AAAA, any case"
+
                     let sent = counter stack "dns.query.sent"
                     Expect.equal (resolve stack "web.dns.test" AddressFamily.InterNetwork) [| host4 1 |] "again"
                     Expect.equal (counter stack "dns.query.sent") sent "nothing sent: cached"
                     Expect.isGreaterThan (counter stack "dns.cache.hit") 0L "cache hit counted"
-                    Expect.equal (resolve stack "10.1.2.3" AddressFamily.Unspecified) [| IPAddress.Parse "10.1.2.3" |] "a literal"
-                    Expect.equal (resolve stack "localhost" AddressFamily.InterNetwork) [| IPAddress.Loopback |] "localhost"
+
+                    Expect.equal
+                        (resolve stack "10.1.2.3" AddressFamily.Unspecified)
+                        [| IPAddress.Parse "10.1.2.3" |]
+                        "a literal"
+
+                    Expect.equal
+                        (resolve stack "localhost" AddressFamily.InterNetwork)
+                        [| IPAddress.Loopback |]
+                        "localhost"
+
                     Expect.equal (counter stack "dns.drop.wrong-source") 0L "nothing ignored")
             }
 
@@ -240,16 +265,24 @@ let tests =
                     Expect.isGreaterThanOrEqual (counter stack "tcp.sent") 3L "a TCP exchange")
             }
 
-            test "a silent first server: the second answers after the 2 s timeout; only silent servers: TryAgain after 2 + 4 s" {
+            test
+                "a silent first server: the second answers after the 2 s timeout; only silent servers: TryAgain after 2 + 4 s" {
                 use _ = dnsmasq 4
                 use _ = loopbackAddress (silentAddress 4)
                 // Takes the queries and never answers (no ICMP port unreachable either).
-                use silent = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                use silent =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
                 silent.Bind(IPEndPoint(silentAddress 4, 53))
 
                 TestUtil.withStackOf (optionsFor 4 [ silentAddress 4; serverAddress 4 ]) (fun stack ->
                     let clock = Stopwatch.StartNew()
-                    Expect.equal (resolve stack "web.dns.test" AddressFamily.InterNetwork) [| host4 4 |] "answered by the second"
+
+                    Expect.equal
+                        (resolve stack "web.dns.test" AddressFamily.InterNetwork)
+                        [| host4 4 |]
+                        "answered by the second"
+
                     let elapsed = clock.Elapsed.TotalSeconds
                     Expect.isGreaterThanOrEqual elapsed 2.0 "not before the first timeout"
                     Expect.isLessThan elapsed 2.5 "soon after it"
@@ -265,7 +298,8 @@ let tests =
                     Expect.equal (counter stack "dns.timeout") 2L "two timeouts")
             }
 
-            test "Happy Eyeballs: both reachable, IPv6 wins; AAAA blackholed, IPv4 wins after 250 ms; AAAA unreachable, IPv4 at once" {
+            test
+                "Happy Eyeballs: both reachable, IPv6 wins; AAAA blackholed, IPv4 wins after 250 ms; AAAA unreachable, IPv4 at once" {
                 use _ = dnsmasq 5
                 // fd31:5::99 is dropped without a word (a blackhole route); fd31:5::98 has no
                 // route, so the kernel answers ICMPv6 destination unreachable.
@@ -274,7 +308,8 @@ let tests =
                 use _ =
                     { new IDisposable with
                         member _.Dispose() =
-                            Isolation.run "ip" [ "-6"; "route"; "del"; "blackhole"; "fd31:5::99/128" ] |> ignore
+                            Isolation.run "ip" [ "-6"; "route"; "del"; "blackhole"; "fd31:5::99/128" ]
+                            |> ignore
                     }
 
                 use cancel = new CancellationTokenSource()
@@ -372,25 +407,33 @@ let tests =
                     ]
 
                 let code, out, err =
-                    runNetstack (TimeSpan.FromSeconds 30.) ([ "get"; $"http://web.dns.test:{port}/"; "--dns"; "10.253.7.53" ] @ link)
+                    runNetstack
+                        (TimeSpan.FromSeconds 30.)
+                        ([ "get"; $"http://web.dns.test:{port}/"; "--dns"; "10.253.7.53" ] @ link)
 
                 Expect.equal code 0 $"get exit status; stderr: {err}"
                 Expect.equal out "hello from the kernel" "body on stdout"
 
                 let code, out, err =
-                    runNetstack (TimeSpan.FromSeconds 30.) ([ "ping"; "web.dns.test"; "-c"; "1"; "--dns"; "10.253.7.53" ] @ link)
+                    runNetstack
+                        (TimeSpan.FromSeconds 30.)
+                        ([ "ping"; "web.dns.test"; "-c"; "1"; "--dns"; "10.253.7.53" ] @ link)
 
                 Expect.equal code 0 $"ping exit status; stderr: {err}"
                 Expect.stringContains out "PING web.dns.test (10.131.7.1)" "resolved"
                 Expect.stringContains out "1 received" "a reply"
 
                 let code, _, err =
-                    runNetstack (TimeSpan.FromSeconds 30.) ([ "get"; $"http://nothere.dns.test:{port}/"; "--dns"; "10.253.7.53" ] @ link)
+                    runNetstack
+                        (TimeSpan.FromSeconds 30.)
+                        ([ "get"; $"http://nothere.dns.test:{port}/"; "--dns"; "10.253.7.53" ] @ link)
 
                 Expect.equal code 1 "NXDOMAIN fails"
                 Expect.stringContains err "HostNotFound" "says why"
 
-                let code, _, err = runNetstack (TimeSpan.FromSeconds 30.) ([ "get"; $"http://web.dns.test:{port}/" ] @ link)
+                let code, _, err =
+                    runNetstack (TimeSpan.FromSeconds 30.) ([ "get"; $"http://web.dns.test:{port}/" ] @ link)
+
                 Expect.equal code 1 "no --dns"
                 Expect.stringContains err "--dns" "says what to give"
                 cancel.Cancel()

@@ -30,8 +30,7 @@ let private completions (actions: DnsAction list) =
         | Complete(key, result) -> Some(key, result)
         | _ -> None)
 
-let private counted (name: string) (actions: DnsAction list) =
-    actions |> List.contains (Count name)
+let private counted (name: string) (actions: DnsAction list) = actions |> List.contains (Count name)
 
 let private queryOf (bytes: byte[]) =
     match Dns.parse (ReadOnlySpan bytes) with
@@ -111,7 +110,8 @@ let tests =
         "Dns resolver"
         [
             test "a question goes to the first server from a port in 49152..65535 as a standard query with RD" {
-                let struct (state, actions) = DnsResolver.resolve 0L 1UL "WWW.Example.TEST" Dns.TypeA (fresh ())
+                let struct (state, actions) =
+                    DnsResolver.resolve 0L 1UL "WWW.Example.TEST" Dns.TypeA (fresh ())
 
                 match sends actions with
                 | [ server, port, local, query ] ->
@@ -157,22 +157,36 @@ let tests =
 
                     now <- now + second / 10L
 
-                Expect.equal log [ 0L, [ s1 ]; 2L * second, [ s2 ]; 4L * second, [ s1 ]; 8L * second, [ s2 ] ] "schedule"
+                Expect.equal
+                    log
+                    [ 0L, [ s1 ]; 2L * second, [ s2 ]; 4L * second, [ s1 ]; 8L * second, [ s2 ] ]
+                    "schedule"
+
                 Expect.equal result (Some(12L * second, Failed DnsFailure.TimedOut)) "gives up after 2+2+4+4 s"
                 Expect.isTrue state.Queries.IsEmpty "nothing outstanding"
                 Expect.isTrue state.Ports.IsEmpty "every port released"
             }
 
             test "every transmission has its own port and ID; a late answer to the first is still taken" {
-                let struct (state, first) = DnsResolver.resolve 0L 11UL "a.test" Dns.TypeA (fresh ())
+                let struct (state, first) =
+                    DnsResolver.resolve 0L 11UL "a.test" Dns.TypeA (fresh ())
+
                 let struct (state, retry) = DnsResolver.timer (2L * second) 12UL state
                 let (_, _, port1, query1) = (sends first).Head
                 let (_, _, port2, query2) = (sends retry).Head
                 Expect.notEqual port1 port2 "ports"
                 Expect.notEqual ((queryOf query1).Id) ((queryOf query2).Id) "IDs (for these seeds)"
-                let reply = answer query1 0us [ record "a.test" 60u (A(Ipv4Address.Parse "192.0.2.1")) ] []
+
+                let reply =
+                    answer query1 0us [ record "a.test" 60u (A(Ipv4Address.Parse "192.0.2.1")) ] []
+
                 let struct (state, actions) = deliver (3L * second) (s1, 53us, port1, reply) state
-                Expect.equal (completions actions |> List.map snd |> List.map addresses) [ [ a "192.0.2.1" ] ] "answered"
+
+                Expect.equal
+                    (completions actions |> List.map snd |> List.map addresses)
+                    [ [ a "192.0.2.1" ] ]
+                    "answered"
+
                 Expect.containsAll actions [ CloseUdp port1; CloseUdp port2 ] "both sockets closed"
                 Expect.isTrue state.Ports.IsEmpty "ports released"
             }
@@ -180,15 +194,16 @@ let tests =
             test "RFC 5452: wrong ID, wrong question, wrong source address or port are ignored and counted" {
                 let struct (state, first) = DnsResolver.resolve 0L 3UL "a.test" Dns.TypeA (fresh ())
                 let (_, _, port, query) = (sends first).Head
-                let good = answer query 0us [ record "a.test" 60u (A(Ipv4Address.Parse "192.0.2.1")) ] []
+
+                let good =
+                    answer query 0us [ record "a.test" 60u (A(Ipv4Address.Parse "192.0.2.1")) ] []
+
                 let wrongId = Array.copy good
                 wrongId.[0] <- wrongId.[0] ^^^ 0xFFuy
 
-                let wrongQuestion =
-                    withQuestion good "b.test" 1us
+                let wrongQuestion = withQuestion good "b.test" 1us
 
-                let wrongType =
-                    withQuestion good "a.test" 28us
+                let wrongType = withQuestion good "a.test" 28us
 
                 let query = Array.copy good
                 query.[2] <- query.[2] &&& 0x7Fuy // QR cleared
@@ -201,7 +216,7 @@ let tests =
                         (s2, 53us, port, good), "dns.drop.wrong-source"
                         (s1, 5353us, port, good), "dns.drop.wrong-source"
                         (s1, 53us, port, query), "dns.drop.not-response"
-                        (s1, 53us, port, good.[.. 20]), "dns.drop.malformed"
+                        (s1, 53us, port, good.[..20]), "dns.drop.malformed"
                         (s1, 53us, (if port = 65535us then 65534us else port + 1us), good), "dns.drop.no-query"
                     ]
 
@@ -214,17 +229,21 @@ let tests =
                     state <- next
 
                 // Case does not matter (RFC 4343): the question in upper case is taken.
-                let upper =
-                    withQuestion good "A.TEST" 1us
+                let upper = withQuestion good "A.TEST" 1us
 
                 let struct (_, actions) = deliver second (s1, 53us, port, upper) state
                 Expect.equal (completions actions).Length 1 "taken"
             }
 
             test "TC=1: the question goes to the same server over TCP with a fresh ID; the TCP answer completes it" {
-                let struct (state, first) = DnsResolver.resolve 0L 5UL "big.test" Dns.TypeA (fresh ())
+                let struct (state, first) =
+                    DnsResolver.resolve 0L 5UL "big.test" Dns.TypeA (fresh ())
+
                 let (_, _, port, query) = (sends first).Head
-                let struct (state, actions) = deliver second (s1, 53us, port, answer query 0x0200us [] []) state
+
+                let struct (state, actions) =
+                    deliver second (s1, 53us, port, answer query 0x0200us [] []) state
+
                 Expect.isTrue (counted "dns.truncated" actions) "counted"
 
                 let framed =
@@ -240,19 +259,31 @@ let tests =
                 Expect.equal (DnsResolver.nextDeadline state) (6L * second) "5 s for the TCP exchange"
 
                 let many =
-                    [ for i in 1..40 -> record "big.test" 300u (A(Ipv4Address.OfOctets(192uy, 0uy, 2uy, byte i))) ]
+                    [
+                        for i in 1..40 -> record "big.test" 300u (A(Ipv4Address.OfOctets(192uy, 0uy, 2uy, byte i)))
+                    ]
 
                 // An answer with the UDP query's ID over TCP is refused (a fresh ID was used).
                 if (queryOf tcpQuery).Id <> (queryOf query).Id then
                     let wrong = answer query 0us many []
-                    let struct (s, acts) = DnsResolver.tcpAnswer second 1UL { Name = "big.test"; Type = 1us } (ReadOnlySpan wrong) state
+
+                    let struct (s, acts) =
+                        DnsResolver.tcpAnswer second 1UL { Name = "big.test"; Type = 1us } (ReadOnlySpan wrong) state
+
                     Expect.isTrue (counted "dns.drop.wrong-id" acts) "wrong id over TCP"
                     Expect.equal (sends acts |> List.map (fun (s, _, _, _) -> s)) [ s2 ] "next server"
                     ignore s
 
                 let reply = answer tcpQuery 0us many []
-                let struct (state, actions) = DnsResolver.tcpAnswer second 1UL { Name = "big.test"; Type = 1us } (ReadOnlySpan reply) state
-                Expect.equal (completions actions |> List.map snd |> List.map addresses |> List.head).Length 40 "40 addresses"
+
+                let struct (state, actions) =
+                    DnsResolver.tcpAnswer second 1UL { Name = "big.test"; Type = 1us } (ReadOnlySpan reply) state
+
+                Expect.equal
+                    (completions actions |> List.map snd |> List.map addresses |> List.head).Length
+                    40
+                    "40 addresses"
+
                 Expect.contains actions (CloseTcp { Name = "big.test"; Type = 1us }) "TCP closed"
                 Expect.isTrue state.Queries.IsEmpty "done"
             }
@@ -260,13 +291,21 @@ let tests =
             test "the cache answers until the TTL runs out, with the TTL that remains" {
                 let struct (state, first) = DnsResolver.resolve 0L 1UL "a.test" Dns.TypeA (fresh ())
                 let (_, _, port, query) = (sends first).Head
-                let reply = answer query 0us [ record "a.test" 30u (A(Ipv4Address.Parse "192.0.2.1")) ] []
+
+                let reply =
+                    answer query 0us [ record "a.test" 30u (A(Ipv4Address.Parse "192.0.2.1")) ] []
+
                 let struct (state, _) = deliver second (s1, 53us, port, reply) state
                 // Stored at 1 s for 30 s.
-                let struct (_, hit) = DnsResolver.resolve (21L * second) 2UL "A.test." Dns.TypeA state
+                let struct (_, hit) =
+                    DnsResolver.resolve (21L * second) 2UL "A.test." Dns.TypeA state
+
                 Expect.isEmpty (sends hit) "no query"
                 Expect.equal (completions hit |> List.map snd) [ Addresses([ a "192.0.2.1" ], 10u) ] "10 s left"
-                let struct (_, expired) = DnsResolver.resolve (31L * second) 2UL "a.test" Dns.TypeA state
+
+                let struct (_, expired) =
+                    DnsResolver.resolve (31L * second) 2UL "a.test" Dns.TypeA state
+
                 Expect.equal (sends expired).Length 1 "asked again at expiry"
             }
 
@@ -274,21 +313,39 @@ let tests =
                 let run name rcode authority =
                     let struct (state, first) = DnsResolver.resolve 0L 1UL name Dns.TypeA (fresh ())
                     let (_, _, port, query) = (sends first).Head
-                    let struct (state, actions) = deliver 0L (s1, 53us, port, answer query rcode [] authority) state
+
+                    let struct (state, actions) =
+                        deliver 0L (s1, 53us, port, answer query rcode [] authority) state
+
                     (completions actions |> List.head |> snd), state
 
                 let nx, state = run "nx.test" 3us [ soa 3600u 60u ]
                 Expect.equal nx (Failed DnsFailure.NameError) "NXDOMAIN"
-                let struct (_, at59) = DnsResolver.resolve (59L * second) 1UL "nx.test" Dns.TypeA state
+
+                let struct (_, at59) =
+                    DnsResolver.resolve (59L * second) 1UL "nx.test" Dns.TypeA state
+
                 Expect.equal (completions at59 |> List.map snd) [ Failed DnsFailure.NameError ] "cached at 59 s"
-                let struct (_, at60) = DnsResolver.resolve (60L * second) 1UL "nx.test" Dns.TypeA state
+
+                let struct (_, at60) =
+                    DnsResolver.resolve (60L * second) 1UL "nx.test" Dns.TypeA state
+
                 Expect.equal (sends at60).Length 1 "asked again at 60 s"
 
                 let nodata, state = run "nodata.test" 0us [ soa 20u 600u ]
                 Expect.equal nodata (Failed DnsFailure.NoData) "NODATA"
-                let struct (_, at19) = DnsResolver.resolve (19L * second) 1UL "nodata.test" Dns.TypeA state
-                Expect.equal (completions at19 |> List.map snd) [ Failed DnsFailure.NoData ] "the SOA's own TTL (20 s) bounds it"
-                let struct (_, at20) = DnsResolver.resolve (20L * second) 1UL "nodata.test" Dns.TypeA state
+
+                let struct (_, at19) =
+                    DnsResolver.resolve (19L * second) 1UL "nodata.test" Dns.TypeA state
+
+                Expect.equal
+                    (completions at19 |> List.map snd)
+                    [ Failed DnsFailure.NoData ]
+                    "the SOA's own TTL (20 s) bounds it"
+
+                let struct (_, at20) =
+                    DnsResolver.resolve (20L * second) 1UL "nodata.test" Dns.TypeA state
+
                 Expect.equal (sends at20).Length 1 "asked again at 20 s"
 
                 let _, state = run "nosoa.test" 3us []
@@ -306,11 +363,20 @@ let tests =
                 for name, ttl in [ "a", 50u; "b", 10u; "c", 40u; "d", 30u; "e", 20u ] do
                     let struct (s, first) = DnsResolver.resolve 0L 1UL name Dns.TypeA state
                     let (_, _, port, query) = (sends first).Head
-                    let struct (s, _) = deliver 0L (s1, 53us, port, answer query 0us [ record name ttl (A(Ipv4Address.Parse "192.0.2.9")) ] []) s
+
+                    let struct (s, _) =
+                        deliver
+                            0L
+                            (s1, 53us, port, answer query 0us [ record name ttl (A(Ipv4Address.Parse "192.0.2.9")) ] [])
+                            s
+
                     state <- s
 
                 // a, b, c fill it; d evicts b (10 s); e evicts d (30 s, the first of a 50, c 40, d 30).
-                Expect.equal (state.Cache |> Map.toList |> List.map (fun (k, _) -> k.Name)) [ "a"; "c"; "e" ] "evictions"
+                Expect.equal
+                    (state.Cache |> Map.toList |> List.map (fun (k, _) -> k.Name))
+                    [ "a"; "c"; "e" ]
+                    "evictions"
             }
 
             test "concurrent identical questions share one query" {
@@ -346,14 +412,23 @@ let tests =
 
                 let loop =
                     { chain with
-                        Answers = [ record "www.test" 300u (Cname "edge.test"); record "edge.test" 300u (Cname "www.test") ]
+                        Answers =
+                            [
+                                record "www.test" 300u (Cname "edge.test")
+                                record "edge.test" 300u (Cname "www.test")
+                            ]
                     }
 
-                Expect.equal (DnsResolver.interpret settings key loop) (ValueSome(struct (Failed DnsFailure.NoData, 0u))) "loop"
+                Expect.equal
+                    (DnsResolver.interpret settings key loop)
+                    (ValueSome(struct (Failed DnsFailure.NoData, 0u)))
+                    "loop"
             }
 
             test "SERVFAIL moves to the next server at once; SERVFAIL from all, every round, is ServerFailure" {
-                let struct (state0, actions0) = DnsResolver.resolve 0L 1UL "a.test" Dns.TypeA (fresh ())
+                let struct (state0, actions0) =
+                    DnsResolver.resolve 0L 1UL "a.test" Dns.TypeA (fresh ())
+
                 let mutable state = state0
                 let mutable actions = actions0
                 let mutable servers = []
@@ -362,7 +437,10 @@ let tests =
                 while result.IsNone do
                     let (server, port, local, query) = (sends actions).Head
                     servers <- servers @ [ server ]
-                    let struct (s, acts) = deliver second (server, port, local, answer query 2us [] []) state
+
+                    let struct (s, acts) =
+                        deliver second (server, port, local, answer query 2us [] []) state
+
                     state <- s
                     actions <- acts
                     result <- completions acts |> List.tryHead
@@ -375,7 +453,9 @@ let tests =
                 let src4 = ValueSome(Ipv4Address.Parse "10.0.0.2")
                 let src6 = ValueSome(Ipv6Address.Parse "fd77::2")
                 let v6 (t: string) = V6(Ipv6Address.Parse t)
-                let input = [ a "192.0.2.1"; v6 "fd99::1"; v6 "fd77::1"; v6 "2001:db8::1"; v6 "fe80::1" ]
+
+                let input =
+                    [ a "192.0.2.1"; v6 "fd99::1"; v6 "fd77::1"; v6 "2001:db8::1"; v6 "fe80::1" ]
                 // Rule 2 puts fe80::1 (link scope, our sources global) after the matching scopes;
                 // rule 6: fd77::/48 45 (§10.6), 2001:db8::1 40, IPv4 35, fd99::1 3.
                 Expect.equal
@@ -410,6 +490,9 @@ let tests =
                     (Failed DnsFailure.TimedOut)
                     "try again"
 
-                Expect.equal (DnsOutcome.combine [ Failed DnsFailure.NoData; Failed DnsFailure.NoData ]) (Failed DnsFailure.NoData) "no data"
+                Expect.equal
+                    (DnsOutcome.combine [ Failed DnsFailure.NoData; Failed DnsFailure.NoData ])
+                    (Failed DnsFailure.NoData)
+                    "no data"
             }
         ]

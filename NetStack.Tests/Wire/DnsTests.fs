@@ -86,7 +86,20 @@ let private genMessage =
     gen {
         let! id = Gen.choose (0, 65535)
         let! flags = Gen.choose (0, 65535)
-        let! questions = Gen.listOf (Gen.map2 (fun n t -> { Name = n; Type = uint16 t; Class = 1us }) genName (Gen.choose (0, 65535)))
+
+        let! questions =
+            Gen.listOf (
+                Gen.map2
+                    (fun n t ->
+                        {
+                            Name = n
+                            Type = uint16 t
+                            Class = 1us
+                        })
+                    genName
+                    (Gen.choose (0, 65535))
+            )
+
         let! answers = Gen.listOf genRecord
         let! authority = Gen.listOf genRecord
         let! additional = Gen.listOf genRecord
@@ -200,7 +213,18 @@ let tests =
                 Expect.equal (Dns.writeName (Span buffer) name) -1 "writer refuses 257 bytes"
                 Expect.isFalse (Dns.isValidName (String('a', 64))) "a 64-byte label"
                 let label = Array.append [| 63uy |] (Array.create 63 (byte 'a'))
-                let wire = Array.concat [ hex "0001 0100 0001 0000 0000 0000"; label; label; label; label; [| 0uy; 0uy; 1uy; 0uy; 1uy |] ]
+
+                let wire =
+                    Array.concat
+                        [
+                            hex "0001 0100 0001 0000 0000 0000"
+                            label
+                            label
+                            label
+                            label
+                            [| 0uy; 0uy; 1uy; 0uy; 1uy |]
+                        ]
+
                 Expect.equal (parse wire) (Error(NameTooLong 257)) "reader refuses 257 bytes"
             }
 
@@ -252,9 +276,7 @@ let tests =
 
             testPropertyWithConfig codecConfig "corrupted valid messages never throw"
             <| Prop.forAll
-                (Arb.fromGen (
-                    Gen.zip genMessage (Gen.listOf (Gen.zip (Gen.choose (0, 10000)) (Gen.choose (0, 255))))
-                ))
+                (Arb.fromGen (Gen.zip genMessage (Gen.listOf (Gen.zip (Gen.choose (0, 10000)) (Gen.choose (0, 255))))))
                 (fun (m, changes) ->
                     let bytes = Array.append wwwAnswer (Dns.toBytes m)
 
