@@ -104,6 +104,183 @@ let private addresses (r: DnsResult) =
     | Addresses(list, _) -> list
     | Failed f -> failtestf "failed: %A" f
 
+
+// The question's state as the resolver holds it, in the model's terms.
+let private stateOf (key: DnsKey) (state: DnsResolverState) =
+    match state.Queries.TryFind key with
+    | None -> DnsQueryState.Absent
+    | Some q when q.TcpId.IsSome -> DnsQueryState.Tcp
+    | Some _ -> DnsQueryState.Udp
+
+// Random walks over one question, two servers: the test picks an input, classifies it itself
+// (which trigger it is, from its own bookkeeping of attempts, deadlines and the cache), asks the
+// model where the question goes, and compares with the resolver. Returns the edges it took.
+let private walk (seed: int) =
+    let random = Random seed
+    let key = { Name = "q.test"; Type = 1us }
+    let mutable state = fresh ()
+    let mutable now = 0L
+    let mutable attempt = 0
+    let mutable attemptStart = 0L
+    let mutable cachedUntil = Int64.MinValue
+    let mutable lastUdp: (IpAddr * uint16 * uint16 * byte[]) option = None
+    let mutable lastTcp: byte[] option = None
+    let mutable closedPort = 50000us
+    let taken = Collections.Generic.HashSet<DnsQueryState * DnsQueryTrigger>()
+
+    let remember (actions: DnsAction list) =
+        for a in actions do
+            match a with
+            | SendUdp(_, server, port, local, query) -> lastUdp <- Some(server, port, local, query)
+            | SendTcp(_, _, _, framed) -> lastTcp <- Some framed.[2..]
+            | CloseUdp port -> closedPort <- port
+            | _ -> ()
+
+    for _ in 1..60 do
+        let before = stateOf key state
+        let udp = before = DnsQueryState.Udp
+        let tcp = before = DnsQueryState.Tcp
+        // The deadline by the documented policy: 2 s doubling per round of two servers, 5 s over TCP.
+        let deadline =
+            attemptStart + (if tcp then 5L * second else (2L * second) <<< (attempt / 2))
+
+        let lastAttempt = attempt = 3
+
+        let input =
+            match random.Next 7 with
+            | 0 ->
+                let trigger =
+                    if before <> DnsQueryState.Absent then
+                        DnsQueryTrigger.SharedAsk
+                    elif now < cachedUntil then
+                        DnsQueryTrigger.CacheHit
+                    else
+                        DnsQueryTrigger.Ask
+
+                Some(trigger, (fun s -> DnsResolver.resolve now 1UL "Q.test" 1us s))
+            | 1 ->
+                // A wrong ID to the latest port while asking, else to a port already closed.
+                match lastUdp with
+                | Some(server, port, local, query) when before <> DnsQueryState.Absent ->
+                    let bytes = answer query 0us [] []
+                    bytes.[0] <- bytes.[0] ^^^ 0x5Auy
+                    Some(DnsQueryTrigger.Mismatch, deliver now (server, port, local, bytes))
+                | _ ->
+                    Some(
+                        DnsQueryTrigger.Mismatch,
+                        deliver
+                            now
+                            (s1,
+                             53us,
+                             closedPort,
+                             answer
+                                 (Dns.toBytes
+                                     {
+                                         Id = 1us
+                                         Flags = 0us
+                                         Questions =
+                                             [
+                                                 {
+                                                     Name = "q.test"
+                                                     Type = 1us
+                                                     Class = 1us
+                                                 }
+                                             ]
+                                         Answers = []
+                                         Authority = []
+                                         Additional = []
+                                     })
+                                 0us
+                                 []
+                                 [])
+                    )
+            | 2 when udp || tcp ->
+                let (server, port, local, query) = lastUdp.Value
+                Some(DnsQueryTrigger.Truncated, deliver now (server, port, local, answer query 0x0200us [] []))
+            | 3 when udp ->
+                let (server, port, local, query) = lastUdp.Value
+
+                let reply =
+                    answer query 0us [ record "q.test" 1u (A(Ipv4Address.Parse "192.0.2.1")) ] []
+
+                Some(DnsQueryTrigger.Answer, deliver now (server, port, local, reply))
+            | 3 when tcp ->
+                let reply =
+                    answer lastTcp.Value 0us [ record "q.test" 1u (A(Ipv4Address.Parse "192.0.2.1")) ] []
+
+                Some(DnsQueryTrigger.Answer, (fun s -> DnsResolver.tcpAnswer now 1UL key (ReadOnlySpan reply) s))
+            | 4 when udp ->
+                let (server, port, local, query) = lastUdp.Value
+
+                let trigger =
+                    if lastAttempt then
+                        DnsQueryTrigger.GiveUp
+                    else
+                        DnsQueryTrigger.Retry
+
+                Some(trigger, deliver now (server, port, local, answer query 2us [] []))
+            | 4 when tcp ->
+                let trigger =
+                    if lastAttempt then
+                        DnsQueryTrigger.GiveUp
+                    else
+                        DnsQueryTrigger.Retry
+
+                Some(trigger, (fun s -> DnsResolver.tcpFailed now 1UL key s))
+            | 5 when udp || tcp ->
+                now <- deadline
+
+                let trigger =
+                    if lastAttempt then
+                        DnsQueryTrigger.GiveUp
+                    else
+                        DnsQueryTrigger.Retry
+
+                Some(trigger, (fun s -> DnsResolver.timer now 1UL s))
+            | _ ->
+                // Time passes, short of any deadline: nothing happens to the question.
+                now <-
+                    now
+                    + (if udp || tcp then
+                           min (second / 2L) (deadline - now - 1L)
+                       else
+                           second / 2L)
+
+                let struct (next, actions) = DnsResolver.timer now 1UL state
+                Expect.equal (stateOf key next) before "no deadline passed"
+                remember actions
+                state <- next
+                None
+
+        match input with
+        | None -> ()
+        | Some(trigger, step) ->
+            let expected =
+                match DnsQueryModel.after before trigger with
+                | ValueSome t -> t
+                | ValueNone -> failtestf "seed %d: the model has no %A in %A" seed trigger before
+
+            let struct (next, actions) = step state
+            let actual = stateOf key next
+            Expect.equal actual expected $"seed {seed}: {before} --{trigger}--> (model) vs resolver"
+            taken.Add((before, trigger)) |> ignore
+            remember actions
+
+            match trigger with
+            | DnsQueryTrigger.Ask ->
+                attempt <- 0
+                attemptStart <- now
+            | DnsQueryTrigger.Retry ->
+                attempt <- attempt + 1
+                attemptStart <- now
+            | DnsQueryTrigger.Truncated when before = DnsQueryState.Udp -> attemptStart <- now
+            | DnsQueryTrigger.Answer -> cachedUntil <- now + second
+            | _ -> ()
+
+            state <- next
+
+    taken
+
 [<Tests>]
 let tests =
     testList
@@ -472,6 +649,38 @@ let tests =
                     (HappyEyeballs.interleave [ v6 "fd77::1"; v6 "fd77::3"; a "192.0.2.1"; a "192.0.2.2" ])
                     [ v6 "fd77::1"; a "192.0.2.1"; v6 "fd77::3"; a "192.0.2.2" ]
                     "RFC 8305 §4 interleaving"
+            }
+
+            test "random walks follow the DnsQueryModel (the test classifies each input), every edge exercised" {
+                let taken = Collections.Generic.HashSet<DnsQueryState * DnsQueryTrigger>()
+
+                for seed in 1..300 do
+                    taken.UnionWith(walk seed)
+
+                let missing =
+                    DnsQueryModel.edges () |> List.filter (fun e -> not (taken.Contains e))
+
+                Expect.isEmpty missing "edges never exercised"
+            }
+
+            test "docs/dns-query-states.dot is the model's DOT export" {
+                let normalise (s: string) = s.Replace("\r\n", "\n").Trim()
+
+                let path =
+                    IO.Path.Combine(NetStack.Tests.TestUtil.repoRoot.Value, "docs", "dns-query-states.dot")
+
+                let current = normalise (DnsQueryModel.dot ())
+
+                let committed =
+                    if IO.File.Exists path then
+                        normalise (IO.File.ReadAllText path)
+                    else
+                        ""
+
+                if committed <> current then
+                    IO.File.WriteAllText(path + ".actual", current + "\n")
+
+                Expect.equal committed current $"{path} differs from the model; see {path}.actual"
             }
 
             test "A and AAAA outcomes combine as getaddrinfo's" {
