@@ -433,10 +433,10 @@ public sealed partial class NetworkStack
                 var any = send.server.IsIpv6 ? IPAddress.IPv6Any : IPAddress.Any;
                 socket = _stack.BindUdp(new IPEndPoint(any, send.localPort));
             }
-            catch (Exception e) when (e is SocketException or ArgumentException)
+            catch (Exception e) when (e is SocketException or ArgumentException or ObjectDisposedException)
             {
-                // The port is taken by a socket of the user's, or no address of the family:
-                // the attempt fails at once.
+                // The port is taken by a socket of the user's, no address of the family, or the
+                // stack is going away: the attempt fails at once.
                 var (state, actions) = DnsResolver.udpFailed(_stack.Now(), Seed(), send.localPort, _state);
                 _state = state;
                 Execute(actions);
@@ -531,7 +531,14 @@ public sealed partial class NetworkStack
                     return;
                 var (state, actions) = DnsResolver.timer(_stack.Now(), Seed(), _state);
                 _state = state;
-                Execute(actions);
+                try
+                {
+                    Execute(actions);
+                }
+                catch (ObjectDisposedException)
+                {
+                    // The stack was disposed meanwhile; its Dispose fails the callers.
+                }
             }
         }
 
