@@ -41,7 +41,7 @@ restore() {
 # The C# projects checked by `dotnet format` (F# is Fantomas's). Roslyn's workspace cannot load
 # F# projects, so it resolves NetStack.Core from its built assembly: build that first (the
 # workspace uses the default Debug configuration).
-CSHARP_PROJECTS="NetStack.Api/NetStack.Api.csproj NetStack.AspNetCore/NetStack.AspNetCore.csproj NetStack.Cli/NetStack.Cli.csproj examples/EchoAndHttp/EchoAndHttp.csproj examples/ForwardProxy/ForwardProxy.csproj"
+CSHARP_PROJECTS="NetStack.Api/NetStack.Api.csproj NetStack.AspNetCore/NetStack.AspNetCore.csproj NetStack.Cli/NetStack.Cli.csproj examples/EchoAndHttp/EchoAndHttp.csproj examples/ForwardProxy/ForwardProxy.csproj examples/DnsHttpClient/DnsHttpClient.csproj"
 build_core_for_format() {
   dotnet build NetStack.Core -v q -nologo >/dev/null
 }

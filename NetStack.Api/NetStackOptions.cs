@@ -314,6 +314,13 @@ public sealed record NetStackOptions
 
     /// <summary>Echo requests waiting for the echo forwarder at most; beyond, requests are dropped.</summary>
     public int ForwardMaxEchoRequests { get; init; } = 256;
+
+    /// <summary>
+    /// The DNS servers <see cref="NetworkStack.ResolveAsync"/> asks (port 53, in this order),
+    /// before any the link taught in TAP mode (<see cref="NetworkStack.DnsServers"/>). Null or
+    /// empty: none configured. Each must be an IPv4 or IPv6 unicast address, not unspecified.
+    /// </summary>
+    public IReadOnlyList<IPAddress>? DnsServers { get; init; }
 }
 
 /// <summary>TCP congestion control algorithms (<see cref="NetStackOptions.TcpCongestionControl"/>).</summary>

@@ -276,22 +276,18 @@ public sealed partial class NetworkStack
     // ------------------------------------------------------------------------------------------
 
     /// <summary>
-    /// A <see cref="SocketsHttpHandler.ConnectCallback"/> that connects through this stack. The host
-    /// must be an IP literal (this stack resolves no names).
+    /// A <see cref="SocketsHttpHandler.ConnectCallback"/> that connects through this stack: an IP
+    /// literal directly, a host name through the stack's resolver with Happy Eyeballs
+    /// (<see cref="ConnectTcpAsync(DnsEndPoint, CancellationToken)"/>).
     /// </summary>
     /// <param name="context">The endpoint HttpClient wants.</param>
     /// <param name="cancellationToken">Cancels the connection attempt.</param>
     /// <returns>The connection as a stream.</returns>
-    /// <exception cref="SocketException">HostNotFound for a host name; the errors of <see cref="ConnectTcpAsync"/>.</exception>
+    /// <exception cref="SocketException">The errors of <see cref="ConnectTcpAsync(DnsEndPoint, CancellationToken)"/> (HostNotFound, NoData, TryAgain, ConnectionRefused ...).</exception>
     public async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(context);
-        string host = context.DnsEndPoint.Host;
-        if (host.StartsWith('[') && host.EndsWith(']'))
-            host = host[1..^1];
-        if (!IPAddress.TryParse(host, out var address))
-            throw new SocketException((int)SocketError.HostNotFound);
-        return await ConnectTcpAsync(new IPEndPoint(address, context.DnsEndPoint.Port), cancellationToken).ConfigureAwait(false);
+        return await ConnectTcpAsync(context.DnsEndPoint, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>A <see cref="SocketsHttpHandler"/> whose connections go through this stack.</summary>

@@ -365,6 +365,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         if (options.VlanId is { } vlan && (vlan is < 1 or > 4094 || options.Mode != NetStackMode.Tap))
             throw new ArgumentException($"VlanId {vlan}: a VLAN id is 1..4094 and needs Mode = NetStackMode.Tap.", nameof(options));
         ValidateTcp(options);
+        ValidateDns(options);
     }
 
     // What the stack asks the kernel for: checksum offload and TSO both ways.
@@ -395,7 +396,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     public NetStackStatistics Statistics => _statistics;
 
     // Microseconds since the stack started: the monotonic `now` the core takes.
-    private long Now() => (long)(Stopwatch.GetElapsedTime(_epoch).Ticks / (TimeSpan.TicksPerMillisecond / 1000));
+    internal long Now() => (long)(Stopwatch.GetElapsedTime(_epoch).Ticks / (TimeSpan.TicksPerMillisecond / 1000));
 
     // ------------------------------------------------------------------------------------------
     // Addresses
@@ -531,6 +532,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             ping.Completion.TrySetException(disposed);
         }
         _pings.Clear();
+        _dns?.Dispose();
         foreach (var endpoint in _udpTable.Endpoints)
             (endpoint.Owner as UdpSocket)?.Dispose();
         DisposeTcp();

@@ -9,7 +9,7 @@ using NetStack.Core.Tcp;
 namespace NetStack;
 
 /// <summary>
-/// A TCP connection of a <see cref="NetworkStack"/>, made by <see cref="NetworkStack.ConnectTcpAsync"/>
+/// A TCP connection of a <see cref="NetworkStack"/>, made by <see cref="NetworkStack.ConnectTcpAsync(System.Net.IPEndPoint, CancellationToken)"/>
 /// or <see cref="TcpListener.AcceptAsync"/>, used as a byte <see cref="Stream"/> like
 /// <see cref="NetworkStream"/>: <see cref="ReadAsync(Memory{byte}, CancellationToken)"/> returns 0
 /// at the peer's FIN, <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/> completes

@@ -116,6 +116,27 @@ public static class Cli
         return address;
     }
 
+    /// <summary>
+    /// The repeatable <c>--dns ADDRESS</c> option of the commands that take host names: the DNS
+    /// servers the stack's resolver asks, in order (NetStackOptions.DnsServers).
+    /// </summary>
+    public static Option<IPAddress[]> DnsServers() =>
+        Repeatable("--dns", "ADDRESS", "a DNS server for host names, asked on port 53 through the stack; repeatable (default: none with TUN, those the link taught with --tap)",
+            text => ParseAnyAddress("--dns", text));
+
+    /// <summary>
+    /// Parses a host: an IPv4 or IPv6 address, or a host name (checked as one; the stack resolves
+    /// it after starting).
+    /// </summary>
+    public static string ParseHost(string option, string text)
+    {
+        if (text.Contains(':') || text.All(c => char.IsAsciiDigit(c) || c == '.'))
+            return ParseAnyAddress(option, text).ToString();
+        if (Uri.CheckHostName(text) == UriHostNameType.Dns)
+            return text;
+        throw Bad(option, $"'{text}' is not an IP address or a host name");
+    }
+
     /// <summary>Parses an IPv4 or IPv6 address (a ping target).</summary>
     public static IPAddress ParseAnyAddress(string option, string text)
     {

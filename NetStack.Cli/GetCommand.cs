@@ -19,8 +19,9 @@ public static class GetCommand
 
     /// <summary>What the command does, for its own help.</summary>
     public static readonly string Details = """
-        Brings the stack up on a TUN interface and fetches URL (http://ADDRESS[:PORT]/PATH; the host is an IP address reachable
-        through the link, usually the kernel side, --host-ip or --host-ip6) with HttpClient, every connection going through
+        Brings the stack up on a TUN interface and fetches URL (http://HOST[:PORT]/PATH; the host is an IP address reachable
+        through the link, usually the kernel side, --host-ip or --host-ip6, or a name the stack resolves through the --dns servers
+        with Happy Eyeballs) with HttpClient, every connection going through
         NetStack's TCP. Writes the body to standard output. Exits 0 for a 2xx status, 1 otherwise. Needs CAP_NET_ADMIN: run as
         root, or inside 'unshare --user --map-root-user --net'.
         """.ReplaceLineEndings(" ");
@@ -35,18 +36,21 @@ public static class GetCommand
     /// <summary>The <c>get</c> command.</summary>
     public static Command Create()
     {
-        var url = Cli.Positional("URL", "what to fetch: http://ADDRESS[:PORT]/PATH", ParseUrl);
+        var url = Cli.Positional("URL", "what to fetch: http://HOST[:PORT]/PATH", ParseUrl);
+        var dns = Cli.DnsServers();
         var timeout = Cli.Seconds("-m", "SECONDS", "give up after this long (default 30)", 0.001, 86400);
         var include = Cli.Flag("-i", "print the status line and headers before the body");
         var interfaceOptions = new InterfaceOptions();
-        var command = new Command("get", Summary) { url, timeout, include };
+        var command = new Command("get", Summary) { url, timeout, include, dns };
         interfaceOptions.AddTo(command);
         command.SetAction(r =>
         {
             var target = r.GetValue(url) ?? throw new UsageException("missing URL");
             var options = interfaceOptions.Read(r);
+            if (r.IsGiven(dns))
+                options = options with { DnsServers = r.GetValue(dns) };
             var v6 = target.HostNameType == UriHostNameType.IPv6;
-            if (v6 ? options.Address6 is null : options.Address is null)
+            if (target.HostNameType != UriHostNameType.Dns && (v6 ? options.Address6 is null : options.Address is null))
                 throw new UsageException($"{target.Host} is {(v6 ? "IPv6" : "IPv4")} but the stack has no {(v6 ? "--ip6" : "--ip")} address");
             var settings = new Settings(options, target, r.ValueOr(timeout, TimeSpan.FromSeconds(30)), r.IsGiven(include));
             return RunAsync(settings).GetAwaiter().GetResult();
@@ -58,8 +62,8 @@ public static class GetCommand
     {
         if (!Uri.TryCreate(text, UriKind.Absolute, out var url) || url.Scheme != Uri.UriSchemeHttp)
             throw new UsageException($"'{text}' is not an http:// URL");
-        if (url.HostNameType is not (UriHostNameType.IPv4 or UriHostNameType.IPv6))
-            throw new UsageException($"'{url.Host}' is not an IP address (the stack has no DNS resolver)");
+        if (url.HostNameType is not (UriHostNameType.IPv4 or UriHostNameType.IPv6 or UriHostNameType.Dns))
+            throw new UsageException($"'{url.Host}' is not an IP address or a host name");
         return url;
     }
 
@@ -74,7 +78,7 @@ public static class GetCommand
         timeout.CancelAfter(s.Timeout);
         try
         {
-            if (s.Url.HostNameType == UriHostNameType.IPv6)
+            if (s.Url.HostNameType != UriHostNameType.IPv4 && s.Options.Address6 is not null)
                 await Shell.WaitForIpv6AddressAsync(stack.InterfaceName, timeout.Token);
             using var client = stack.CreateHttpClient();
             client.Timeout = Timeout.InfiniteTimeSpan; // the token above bounds the whole request

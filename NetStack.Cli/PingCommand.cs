@@ -24,37 +24,41 @@ public static class PingCommand
 
     /// <summary>What the command does, for its own help.</summary>
     public static readonly string Details = """
-        Brings the stack up on a TUN interface and sends ICMP echo requests from it to HOST (an IPv4 or IPv6 address; usually
-        the kernel side, --host-ip or --host-ip6). Exits 0 when any reply came back, 1 otherwise. SIGINT stops early and prints
+        Brings the stack up on a TUN interface and sends ICMP echo requests from it to HOST (an IPv4 or IPv6 address, usually
+        the kernel side, --host-ip or --host-ip6; or a name, resolved through the --dns servers, its first address in RFC 6724
+        order that the stack has a source for). Exits 0 when any reply came back, 1 otherwise. SIGINT stops early and prints
         the summary. Needs CAP_NET_ADMIN: run as root, or inside 'unshare --user --map-root-user --net'.
         """.ReplaceLineEndings(" ");
 
     /// <summary>What the command line asked for.</summary>
     /// <param name="Options">The stack's options.</param>
-    /// <param name="Host">Whom to ping.</param>
+    /// <param name="Host">Whom to ping: an address or a host name.</param>
     /// <param name="Count">Requests to send; 0 means until interrupted.</param>
     /// <param name="Interval">Time between requests.</param>
     /// <param name="Timeout">Time to wait for each reply.</param>
     /// <param name="Size">Echo data bytes.</param>
-    public sealed record Settings(NetStackOptions Options, IPAddress Host, int Count, TimeSpan Interval, TimeSpan Timeout, int Size);
+    public sealed record Settings(NetStackOptions Options, string Host, int Count, TimeSpan Interval, TimeSpan Timeout, int Size);
 
     /// <summary>The <c>ping</c> command.</summary>
     public static Command Create()
     {
-        var host = Cli.Positional("HOST", "the address to ping (IPv4 or IPv6)", text => Cli.ParseAnyAddress("HOST", text));
+        var host = Cli.Positional("HOST", "the address (IPv4 or IPv6) or host name to ping", text => Cli.ParseHost("HOST", text));
+        var dns = Cli.DnsServers();
         var count = Cli.Int("-c", "COUNT", "echo requests to send, 0 = until interrupted (default 4)", 0, int.MaxValue, "a count");
         var interval = Cli.Seconds("-i", "INTERVAL", "seconds between requests (default 1)", 0.001, 3600);
         var timeout = Cli.Seconds("-W", "TIMEOUT", "seconds to wait for each reply (default 1)", 0.001, 3600);
         var size = Cli.Int("-s", "SIZE", $"echo data bytes, 0-{MaxSize} (default 56)", 0, MaxSize, "an echo data size");
         var interfaceOptions = new InterfaceOptions();
-        var command = new Command("ping", Summary) { host, count, interval, timeout, size };
+        var command = new Command("ping", Summary) { host, count, interval, timeout, size, dns };
         interfaceOptions.AddTo(command);
         command.SetAction(r =>
         {
             var target = r.GetValue(host) ?? throw new UsageException("missing HOST");
             var options = interfaceOptions.Read(r);
-            var v6 = target.AddressFamily == AddressFamily.InterNetworkV6;
-            if (v6 ? options.Address6 is null : options.Address is null)
+            if (r.IsGiven(dns))
+                options = options with { DnsServers = r.GetValue(dns) };
+            var v6 = IPAddress.TryParse(target, out var literal) && literal.AddressFamily == AddressFamily.InterNetworkV6;
+            if (literal is not null && (v6 ? options.Address6 is null : options.Address is null))
                 throw new UsageException($"HOST {target} is {(v6 ? "IPv6" : "IPv4")} but the stack has no {(v6 ? "--ip6" : "--ip")} address");
             var settings = new Settings(options, target, r.ValueOr(count, 4), r.ValueOr(interval, TimeSpan.FromSeconds(1)),
                 r.ValueOr(timeout, TimeSpan.FromSeconds(1)), r.ValueOr(size, 56));
@@ -71,7 +75,21 @@ public static class PingCommand
             return 1;
         await using var _ = StackStarter.Owning(Name, stack);
 
-        if (s.Host.AddressFamily == AddressFamily.InterNetworkV6)
+        IPAddress target;
+        try
+        {
+            target = await ResolveAsync(stack, s.Host, shutdown.Token);
+        }
+        catch (SocketException e)
+        {
+            Console.Error.WriteLine($"{Name}: {s.Host}: {e.Message}");
+            return 1;
+        }
+        catch (OperationCanceledException)
+        {
+            return 1;
+        }
+        if (target.AddressFamily == AddressFamily.InterNetworkV6)
         {
             try
             {
@@ -82,8 +100,8 @@ public static class PingCommand
                 return 1;
             }
         }
-        var source = s.Host.AddressFamily == AddressFamily.InterNetworkV6 ? s.Options.Address6 : s.Options.Address;
-        Console.WriteLine($"PING {s.Host} from {source} {stack.InterfaceName}: {s.Size} data bytes");
+        var source = target.AddressFamily == AddressFamily.InterNetworkV6 ? s.Options.Address6 : s.Options.Address;
+        Console.WriteLine($"PING {(target.ToString() == s.Host ? s.Host : $"{s.Host} ({target})")} from {source} {stack.InterfaceName}: {s.Size} data bytes");
         var rtts = new List<double>();
         var sent = 0;
         var clock = Stopwatch.StartNew();
@@ -93,7 +111,7 @@ public static class PingCommand
             sent++;
             try
             {
-                var reply = await stack.PingAsync(s.Host, s.Timeout, s.Size, shutdown.Token);
+                var reply = await stack.PingAsync(target, s.Timeout, s.Size, shutdown.Token);
                 if (reply.Status == IPStatus.Success)
                 {
                     var ms = reply.RoundtripTime.TotalMilliseconds;
@@ -130,7 +148,7 @@ public static class PingCommand
         }
 
         var loss = sent == 0 ? 0 : 100 * (sent - rtts.Count) / sent;
-        Console.WriteLine($"--- {s.Host} ping statistics ---");
+        Console.WriteLine($"--- {target} ping statistics ---");
         Console.WriteLine($"{sent} packets transmitted, {rtts.Count} received, {loss}% packet loss, time {clock.ElapsedMilliseconds}ms");
         if (rtts.Count > 0)
         {
@@ -139,6 +157,20 @@ public static class PingCommand
             Console.WriteLine($"rtt min/avg/max/mdev = {Ms(rtts.Min())}/{Ms(avg)}/{Ms(rtts.Max())}/{Ms(mdev)} ms");
         }
         return rtts.Count > 0 ? 0 : 1;
+    }
+
+    // The host itself when it is an address; else the first resolved address (RFC 6724 order)
+    // of a family the stack has an address of.
+    private static async Task<IPAddress> ResolveAsync(NetworkStack stack, string host, CancellationToken token)
+    {
+        var family = (stack.Options.Address, stack.Options.Address6) switch
+        {
+            (null, _) => AddressFamily.InterNetworkV6,
+            (_, null) => AddressFamily.InterNetwork,
+            _ => AddressFamily.Unspecified,
+        };
+        var addresses = await stack.ResolveAsync(host, IPAddress.TryParse(host, out _) ? AddressFamily.Unspecified : family, token);
+        return addresses.Length > 0 ? addresses[0] : throw new SocketException((int)SocketError.NoData);
     }
 
     private static string Ms(double ms) => ms.ToString("0.000", CultureInfo.InvariantCulture);

@@ -132,4 +132,50 @@ let tests =
                 Expect.equal counters["tcp.forward.accepted"] 1L "one forwarded connection"
                 TestUtil.assertNoExceptionsInCounters counters
             }
+
+            test
+                "the DnsHttpClient example resolves through its kernel-side DNS server and fetches by name, and exits 0" {
+                let dll =
+                    Path.Combine(
+                        TestUtil.repoRoot.Value,
+                        "examples",
+                        "DnsHttpClient",
+                        "bin",
+                        "Release",
+                        "net10.0",
+                        "DnsHttpClient.dll"
+                    )
+
+                Expect.isTrue (File.Exists dll) $"the example is built ({dll})"
+
+                let code, out, err =
+                    runProcess dotnetHost [ dll ] TestUtil.repoRoot.Value [] (TimeSpan.FromSeconds 90.)
+
+                Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+
+                Expect.stringContains
+                    out
+                    "kernel DNS server asked www.example.test type 28 from 10.132.0.2:"
+                    "AAAA asked over the stack's UDP"
+
+                Expect.stringContains out "kernel DNS server asked www.example.test type 1 from 10.132.0.2:" "A asked"
+                Expect.stringContains out "www.example.test is fd32::1, 10.132.0.1" "both, in RFC 6724 order"
+                Expect.stringContains out "nothere.example.test: HostNotFound" "NXDOMAIN"
+
+                Expect.stringContains
+                    out
+                    "kernel web server got \"GET / HTTP/1.1\" (Host: www.example.test:8094) from [fd32::2]:"
+                    "HttpClient connected by name, over IPv6 (Happy Eyeballs' first choice)"
+
+                Expect.stringContains out "fetched http://www.example.test:8094/: hello by name" "the page"
+                Expect.equal err "" "nothing on standard error"
+                let counters = TestUtil.parseCounters (out.Substring(out.IndexOf "statistics:"))
+
+                Expect.equal
+                    counters["dns.answered"]
+                    4L
+                    "AAAA and A for each name; the HttpClient's lookups came from the cache"
+
+                TestUtil.assertNoExceptionsInCounters counters
+            }
         ]
