@@ -39,6 +39,7 @@ module IpLayer =
             IcmpErrorBurst = 10
             Reassembly = ReassemblyConfig.Default
             AnyDestination = false
+            Mask4 = 0u
         }
 
     /// A fresh state at `now`. Throws ArgumentException for an MTU outside 68..65535, below 1280
@@ -57,12 +58,28 @@ module IpLayer =
             ErrorBucket = TokenBucket.create config.IcmpErrorsPerSecond (max 1 config.IcmpErrorBurst) now
             ReassemblyEvicted = 0L
             Extra6 = [||]
+            Groups4 = [||]
+            Groups6 = [||]
         }
 
     /// The state with `addresses` as our IPv6 addresses besides Config.Address6 (the caller
     /// gives a fresh array it never changes).
     let withAddresses6 (addresses: Ipv6Address[]) (state: IpLayerState) : IpLayerState =
         { state with Extra6 = addresses }
+
+    /// The state with `groups` as the multicast groups joined (the caller gives a fresh array
+    /// it never changes): packets to them are accepted, to other groups dropped
+    /// (`drop.multicast.not-joined`).
+    let withGroups (groups: IpAddr[]) (state: IpLayerState) : IpLayerState =
+        { state with
+            Groups4 = groups |> Array.choose (fun g -> match g with V4 a -> Some a | V6 _ -> None)
+            Groups6 = groups |> Array.choose (fun g -> match g with V6 a -> Some a | V4 _ -> None)
+        }
+
+    /// True when `address` is the IPv4 limited broadcast or the broadcast address of our prefix
+    /// (Config.Mask4, not for /31 and /32): sending there needs EnableBroadcast.
+    let isBroadcast4 (address: Ipv4Address) (state: IpLayerState) : bool =
+        IpInput.isBroadcast4 state address
 
     /// True when `address` is Config.Address6 or one of the extra IPv6 addresses.
     let isLocal6 (address: Ipv6Address) (state: IpLayerState) : bool =

@@ -32,6 +32,7 @@ module internal Ipv6Input =
             { nothing with
                 Source = V6 h.Source
                 Destination = V6 h.Destination
+                ToMulticast = h.Destination.IsMulticast
                 Foreign = foreign
                 Packet = at owner 0 (Ipv6.HeaderLength + h.PayloadLength)
             }
@@ -39,6 +40,18 @@ module internal Ipv6Input =
         let payload = packet.Slice(ext.UpperOffset, ext.UpperLength)
 
         match ext.UpperProtocol with
+        | IpProtocol.Icmpv6 when not payload.IsEmpty && Mld.isMld payload.[0] ->
+            // RFC 3810 §5.1.14, §5.2.13: hop limit 1; queries only from link-local sources.
+            if h.HopLimit <> 1uy then
+                dropped state DropReason.MldHopLimit
+            elif payload.[0] = Mld.Query && (h.Source.High >>> 54) <> 0x3FAUL then
+                dropped state DropReason.MldNotLinkLocal
+            else
+                struct (state,
+                        { basic with
+                            Kind = ReceivedKind.GroupMessage
+                            Payload = at owner ext.UpperOffset ext.UpperLength
+                        })
         | IpProtocol.Icmpv6 ->
             icmpMessage
                 now
@@ -49,7 +62,7 @@ module internal Ipv6Input =
                 ext.UpperOffset
                 (Icmpv6.parse h.Source h.Destination payload)
                 true
-                false
+                h.Destination.IsMulticast
                 (V6 ours)
         | IpProtocol.Udp ->
             let parsed =
@@ -59,6 +72,7 @@ module internal Ipv6Input =
                     Udp.parseV6 h.Source h.Destination payload
 
             udpDatagram state basic owner ext.UpperOffset parsed
+        | IpProtocol.Tcp when h.Destination.IsMulticast -> dropped state DropReason.TcpNotUnicast
         | IpProtocol.Tcp ->
             let parsed =
                 if trusted then
@@ -102,6 +116,7 @@ module internal Ipv6Input =
             | ValueSome configured ->
                 // The configured address first, so the common case costs one comparison.
                 let isOurs = h.Destination = configured || Array.contains h.Destination state.Extra6
+                let multicast = h.Destination.IsMulticast
 
                 // Any-destination mode takes every unicast destination as its own (marked
                 // Foreign by upperV6).
@@ -114,7 +129,9 @@ module internal Ipv6Input =
 
                 let ours = if isOurs || foreign then h.Destination else configured
 
-                if not isOurs && not foreign then
+                if multicast && not (isJoined6 state h.Destination) then
+                    dropped state DropReason.NotJoined
+                elif not isOurs && not foreign && not multicast then
                     dropped state DropReason.NotForUs
                 elif
                     h.Source.IsMulticast
