@@ -275,6 +275,22 @@ module IpLayer =
     let completeTcpChecksum (source: IpAddr) (headerBytes: int) (payloadSum: uint64) (dst: Span<byte>) : unit =
         IpOutput.completeTcpChecksum source headerBytes payloadSum dst
 
+    /// Sets the TTL (IPv4, the header checksum updated, RFC 1624) or hop limit (IPv6) of a
+    /// packet written here: for a multicast datagram, whose TTL is the socket's multicast TTL
+    /// (1 unless asked otherwise, RFC 1112 §6.1) rather than DefaultTtl. Throws
+    /// ArgumentException when `packet` is not an IPv4 or IPv6 header.
+    let setHopLimit (hopLimit: byte) (packet: Span<byte>) : unit =
+        if packet.Length >= 20 && packet.[0] >>> 4 = 4uy then
+            let oldWord = uint16 packet.[8] <<< 8 ||| uint16 packet.[9]
+            packet.[8] <- hopLimit
+            let newWord = uint16 packet.[8] <<< 8 ||| uint16 packet.[9]
+            let oldSum = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(Span<byte>.op_Implicit (packet.Slice 10))
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(packet.Slice 10, Checksum.update oldSum oldWord newWord)
+        elif packet.Length >= 40 && packet.[0] >>> 4 = 6uy then
+            packet.[7] <- hopLimit
+        else
+            invalidArg (nameof packet) "Not an IPv4 or IPv6 packet."
+
     /// Writes a whole echo request packet (RFC 792 / RFC 4443 §4.1) into `dst`; returns its length.
     /// Throws ArgumentException as `writeUdp` does (data up to 65507 / 65527 bytes).
     let writeEchoRequest source destination identifier sequence identification data dst : int =
