@@ -123,7 +123,8 @@ module internal Ipv4Input =
                 elif
                     AddressClass.isMulticast4 h.Source
                     || AddressClass.isLimitedBroadcast4 h.Source
-                    || AddressClass.isUnspecified4 h.Source
+                    // RFC 4541 §2.1.1: a snooping switch's querier may send from 0.0.0.0.
+                    || (AddressClass.isUnspecified4 h.Source && h.Protocol <> Igmp.Protocol)
                     || AddressClass.isLoopback4 h.Source
                     || h.Source = configured
                     || h.Source = h.Destination
