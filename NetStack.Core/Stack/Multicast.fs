@@ -161,9 +161,12 @@ module Multicast =
     /// The compatibility mode at `now` (RFC 3376 §7.2.1, RFC 3810 §8.2.1): V1 while an IGMPv1
     /// querier is present, else V2 while an IGMPv2/MLDv1 querier is, else V3.
     let mode (now: int64) (state: MulticastState) : GroupProtocolVersion =
-        if not state.Ipv6 && state.V1QuerierUntil > now then GroupProtocolVersion.V1
-        elif state.V2QuerierUntil > now then GroupProtocolVersion.V2
-        else GroupProtocolVersion.V3
+        if not state.Ipv6 && state.V1QuerierUntil > now then
+            GroupProtocolVersion.V1
+        elif state.V2QuerierUntil > now then
+            GroupProtocolVersion.V2
+        else
+            GroupProtocolVersion.V3
 
     /// RFC 3376 §8.12 / RFC 3810 §9.12: Older Version Querier Present Timeout = Robustness
     /// Variable × Query Interval + Query Response Interval.
@@ -185,7 +188,9 @@ module Multicast =
 
     /// Every group joined (silent ones included), for the receive filters.
     let members (state: MulticastState) : IpAddr[] =
-        Array.append (state.Groups |> Seq.map (fun kv -> kv.Key) |> Array.ofSeq) (state.Silent |> Seq.map (fun kv -> kv.Key) |> Array.ofSeq)
+        Array.append
+            (state.Groups |> Seq.map (fun kv -> kv.Key) |> Array.ofSeq)
+            (state.Silent |> Seq.map (fun kv -> kv.Key) |> Array.ofSeq)
 
     /// One more socket joins `group` at `now`. The first makes it a member (trigger Join):
     /// Robustness unsolicited reports are due, the first at once (`tick`). Throws
@@ -196,7 +201,10 @@ module Multicast =
 
         if isSilent group then
             let users = defaultArg (state.Silent.TryFind group) 0
-            { state with Silent = state.Silent.Add(group, users + 1) }
+
+            { state with
+                Silent = state.Silent.Add(group, users + 1)
+            }
         else
             match state.Groups.TryFind group with
             | Some e ->
@@ -226,8 +234,14 @@ module Multicast =
     /// nothing. Unchanged when the group is not joined.
     let leave (now: int64) (group: IpAddr) (state: MulticastState) : MulticastState =
         match state.Silent.TryFind group with
-        | Some 1 -> { state with Silent = state.Silent.Remove group }
-        | Some users -> { state with Silent = state.Silent.Add(group, users - 1) }
+        | Some 1 ->
+            { state with
+                Silent = state.Silent.Remove group
+            }
+        | Some users ->
+            { state with
+                Silent = state.Silent.Add(group, users - 1)
+            }
         | None ->
             match state.Groups.TryFind group with
             | Some e when e.Users > 1 ->
@@ -277,11 +291,7 @@ module Multicast =
     /// at random delays within Max Resp Time; another host's v1/v2 report suppresses ours in
     /// compatibility mode (trigger ReportHeard). Leaves and version 3 reports change nothing.
     let receive (now: int64) (message: GroupMessage) (state: MulticastState) : MulticastState =
-        let group =
-            if state.Ipv6 then
-                V6 message.Group6
-            else
-                V4 message.Group4
+        let group = if state.Ipv6 then V6 message.Group6 else V4 message.Group4
 
         let unspecified =
             if state.Ipv6 then
@@ -336,7 +346,10 @@ module Multicast =
                         rng <- next
                         groups <- groups.Add(g, queried now (int64 (d * float message.MaxResponseDelay)) e)
 
-                    { state with Groups = groups; Rng = rng }
+                    { state with
+                        Groups = groups
+                        Rng = rng
+                    }
             else
                 match state.Groups.TryFind group with
                 | Some e ->
@@ -480,11 +493,7 @@ module Multicast =
                     Groups = groups
                     Leaves = leaves
                     Rng = rng
-                    GeneralDeadline =
-                        if general then
-                            Int64.MaxValue
-                        else
-                            state.GeneralDeadline
+                    GeneralDeadline = if general then Int64.MaxValue else state.GeneralDeadline
                 },
                 List.ofSeq reports)
 

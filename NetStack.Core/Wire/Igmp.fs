@@ -202,7 +202,7 @@ module Igmp =
         dst.[2] <- 0uy
         dst.[3] <- 0uy
         group.Write(dst.Slice 4)
-        BinaryPrimitives.WriteUInt16BigEndian(dst.Slice 2, Checksum.compute (Span<byte>.op_Implicit (dst.Slice(0, 8))))
+        BinaryPrimitives.WriteUInt16BigEndian(dst.Slice 2, Checksum.compute (Span<byte>.op_Implicit(dst.Slice(0, 8))))
         8
 
     /// Writes an IGMPv3 report (RFC 3376 §4.2) with one source-less record per group, of the
@@ -228,7 +228,7 @@ module Igmp =
 
         BinaryPrimitives.WriteUInt16BigEndian(
             dst.Slice 2,
-            Checksum.compute (Span<byte>.op_Implicit (dst.Slice(0, length)))
+            Checksum.compute (Span<byte>.op_Implicit(dst.Slice(0, length)))
         )
 
         length
@@ -360,7 +360,11 @@ module Mld =
                                 }
             | ReportV1 -> v1 GroupMessageKind.Report message.Length v1Group
             | Done -> v1 GroupMessageKind.Leave message.Length v1Group
-            | ReportV2 -> Ok { basic with Kind = GroupMessageKind.Report3 }
+            | ReportV2 ->
+                Ok
+                    { basic with
+                        Kind = GroupMessageKind.Report3
+                    }
             | t -> Error(BadField $"mld type {t}")
 
     let private checksum (source: Ipv6Address) (destination: Ipv6Address) (message: Span<byte>) =

@@ -69,7 +69,11 @@ let private kernelMember (group: IPAddress) (device: string) (hostAddress: IPAdd
     s.Bind(IPEndPoint((if v6 then IPAddress.IPv6Any else IPAddress.Any), port))
 
     if v6 then
-        s.SetSocketOption(SocketOptionLevel.IPv6, SocketOptionName.AddMembership, IPv6MulticastOption(group, int64 (ifindex device)))
+        s.SetSocketOption(
+            SocketOptionLevel.IPv6,
+            SocketOptionName.AddMembership,
+            IPv6MulticastOption(group, int64 (ifindex device))
+        )
     else
         s.SetSocketOption(SocketOptionLevel.IP, SocketOptionName.AddMembership, MulticastOption(group, hostAddress))
 
@@ -80,7 +84,10 @@ let private kernelMember (group: IPAddress) (device: string) (hostAddress: IPAdd
 let private kernelSender (v6: bool) (device: string) (hostAddress: IPAddress) =
     let s =
         new Socket(
-            (if v6 then AddressFamily.InterNetworkV6 else AddressFamily.InterNetwork),
+            (if v6 then
+                 AddressFamily.InterNetworkV6
+             else
+                 AddressFamily.InterNetwork),
             SocketType.Dgram,
             ProtocolType.Udp
         )
@@ -94,37 +101,60 @@ let private kernelSender (v6: bool) (device: string) (hostAddress: IPAddress) =
 
 let private receiveKernel (s: Socket) =
     let buffer = Array.zeroCreate<byte> 2048
-    let mutable from = (if s.AddressFamily = AddressFamily.InterNetworkV6 then IPEndPoint(IPAddress.IPv6Any, 0) else IPEndPoint(IPAddress.Any, 0)) :> EndPoint
+
+    let mutable from =
+        (if s.AddressFamily = AddressFamily.InterNetworkV6 then
+             IPEndPoint(IPAddress.IPv6Any, 0)
+         else
+             IPEndPoint(IPAddress.Any, 0))
+        :> EndPoint
+
     let n = s.ReceiveFrom(buffer, &from)
     Text.Encoding.ASCII.GetString(buffer, 0, n), (from :?> IPEndPoint)
 
 let private receiveStack (socket: UdpSocket) =
     let buffer = Array.zeroCreate<byte> 2048
 
-    let result =
-        socket.ReceiveFromAsync(Memory buffer).AsTask() |> wait
+    let result = socket.ReceiveFromAsync(Memory buffer).AsTask() |> wait
 
     Text.Encoding.ASCII.GetString(buffer, 0, result.ReceivedBytes), (result.RemoteEndPoint :?> IPEndPoint)
 
 /// Both ways over one family: the kernel member receives the stack's datagram to the group (from
 /// the stack's address), and the stack, joined, receives the kernel's (from the host address).
-let private bothWays (stack: NetworkStack) (device: string) (group: IPAddress) (hostAddress: IPAddress) (stackAddress: IPAddress) (port: int) =
+let private bothWays
+    (stack: NetworkStack)
+    (device: string)
+    (group: IPAddress)
+    (hostAddress: IPAddress)
+    (stackAddress: IPAddress)
+    (port: int)
+    =
     let v6 = group.AddressFamily = AddressFamily.InterNetworkV6
     use kernel = kernelMember group device hostAddress port
     let text = $"to {group} from the stack"
 
     do
-        use sender = stack.BindUdp(IPEndPoint((if v6 then IPAddress.IPv6Any else IPAddress.Any), port + 1))
-        sender.SendToAsync(Text.Encoding.ASCII.GetBytes text, IPEndPoint(group, port)).AsTask() |> wait |> ignore
+        use sender =
+            stack.BindUdp(IPEndPoint((if v6 then IPAddress.IPv6Any else IPAddress.Any), port + 1))
+
+        sender.SendToAsync(Text.Encoding.ASCII.GetBytes text, IPEndPoint(group, port)).AsTask()
+        |> wait
+        |> ignore
+
         let got, from = receiveKernel kernel
         Expect.equal got text "the kernel member received the stack's multicast"
         Expect.equal from.Address stackAddress "from the stack's address"
 
-    use socket = stack.BindUdp(IPEndPoint((if v6 then IPAddress.IPv6Any else IPAddress.Any), port + 2))
+    use socket =
+        stack.BindUdp(IPEndPoint((if v6 then IPAddress.IPv6Any else IPAddress.Any), port + 2))
+
     socket.JoinMulticastGroup group
     use sender = kernelSender v6 device hostAddress
     let text = $"to {group} from the kernel"
-    sender.SendTo(Text.Encoding.ASCII.GetBytes text, IPEndPoint(group, port + 2)) |> ignore
+
+    sender.SendTo(Text.Encoding.ASCII.GetBytes text, IPEndPoint(group, port + 2))
+    |> ignore
+
     let got, from = receiveStack socket
     Expect.equal got text "the stack received the kernel's multicast"
     Expect.equal from.Address hostAddress "from the host address"
@@ -160,7 +190,17 @@ let private counterUntil (stack: NetworkStack) (name: string) (at: int64) (secon
 /// A bridge with its querier on, and a stack on a TAP port of it (no host address on the TAP).
 let private withBridge (name: string) (settings: string list) (n: int) (f: NetworkStack -> unit) =
     ip (
-        [ "link"; "add"; name; "type"; "bridge"; "mcast_snooping"; "1"; "mcast_querier"; "1" ]
+        [
+            "link"
+            "add"
+            name
+            "type"
+            "bridge"
+            "mcast_snooping"
+            "1"
+            "mcast_querier"
+            "1"
+        ]
         @ settings
     )
 
@@ -218,12 +258,30 @@ let private kernelTests =
         [
             test "TUN: kernel members receive the stack's multicast and the stack receives theirs, IPv4 and IPv6" {
                 withStack (tunOptions 1) (fun stack ->
-                    bothWays stack "ns119t1" (IPAddress.Parse "239.119.1.7") (IPAddress.Parse "10.119.1.1") (IPAddress.Parse "10.119.1.2") 7100
-                    bothWays stack "ns119t1" (IPAddress.Parse "ff15::119:1:7") (IPAddress.Parse "fd19:1::1") (IPAddress.Parse "fd19:1::2") 7200
+                    bothWays
+                        stack
+                        "ns119t1"
+                        (IPAddress.Parse "239.119.1.7")
+                        (IPAddress.Parse "10.119.1.1")
+                        (IPAddress.Parse "10.119.1.2")
+                        7100
+
+                    bothWays
+                        stack
+                        "ns119t1"
+                        (IPAddress.Parse "ff15::119:1:7")
+                        (IPAddress.Parse "fd19:1::1")
+                        (IPAddress.Parse "fd19:1::2")
+                        7200
                     // The kernel's own memberships, as it lists them (the TUN side).
                     let _, igmp = Isolation.run "cat" [ "/proc/net/igmp" ]
                     Expect.stringContains igmp "ns119t1" "/proc/net/igmp lists the TUN's groups"
-                    Expect.isGreaterThan stack.Statistics.["igmp.report.v3.sent"] 0L "the stack reported its IPv4 group"
+
+                    Expect.isGreaterThan
+                        stack.Statistics.["igmp.report.v3.sent"]
+                        0L
+                        "the stack reported its IPv4 group"
+
                     Expect.isGreaterThan stack.Statistics.["mld.report.v3.sent"] 0L "the stack reported its IPv6 group")
             }
 
@@ -231,18 +289,33 @@ let private kernelTests =
                 withStack (tapOptions 2) (fun stack ->
                     let host4 = IPAddress.Parse "10.119.2.1"
                     bothWays stack "ns119p2" (IPAddress.Parse "239.119.2.7") host4 (IPAddress.Parse "10.119.2.2") 7300
-                    bothWays stack "ns119p2" (IPAddress.Parse "ff15::119:2:7") (IPAddress.Parse "fd19:2::1") (IPAddress.Parse "fd19:2::2") 7400
+
+                    bothWays
+                        stack
+                        "ns119p2"
+                        (IPAddress.Parse "ff15::119:2:7")
+                        (IPAddress.Parse "fd19:2::1")
+                        (IPAddress.Parse "fd19:2::2")
+                        7400
 
                     use socket = stack.BindUdp(IPEndPoint(IPAddress.Any, 7500))
                     socket.JoinMulticastGroup(IPAddress.Parse "239.119.2.1")
                     use sender = kernelSender false "ns119p2" host4
                     // Another group MAC (01:00:5e:77:02:09): the frame filter drops it.
                     let linkDrops = stack.Statistics.["link.drop.multicast"]
-                    sender.SendTo([| 1uy |], IPEndPoint(IPAddress.Parse "239.119.2.9", 7500)) |> ignore
-                    Expect.isGreaterThan (counterUntil stack "link.drop.multicast" (linkDrops + 1L) 5.0) linkDrops "link.drop.multicast"
+
+                    sender.SendTo([| 1uy |], IPEndPoint(IPAddress.Parse "239.119.2.9", 7500))
+                    |> ignore
+
+                    Expect.isGreaterThan
+                        (counterUntil stack "link.drop.multicast" (linkDrops + 1L) 5.0)
+                        linkDrops
+                        "link.drop.multicast"
                     // 224.119.2.1 shares 239.119.2.1's MAC (the low 23 bits): the IP layer drops it.
                     let ipDrops = stack.Statistics.["drop.multicast.not-joined"]
-                    sender.SendTo([| 2uy |], IPEndPoint(IPAddress.Parse "224.119.2.1", 7500)) |> ignore
+
+                    sender.SendTo([| 2uy |], IPEndPoint(IPAddress.Parse "224.119.2.1", 7500))
+                    |> ignore
 
                     Expect.isGreaterThan
                         (counterUntil stack "drop.multicast.not-joined" (ipDrops + 1L) 5.0)
@@ -250,20 +323,33 @@ let private kernelTests =
                         "drop.multicast.not-joined"
 
                     // The joined group still gets through.
-                    sender.SendTo(Text.Encoding.ASCII.GetBytes "joined", IPEndPoint(IPAddress.Parse "239.119.2.1", 7500)) |> ignore
+                    sender.SendTo(
+                        Text.Encoding.ASCII.GetBytes "joined",
+                        IPEndPoint(IPAddress.Parse "239.119.2.1", 7500)
+                    )
+                    |> ignore
+
                     let got, _ = receiveStack socket
                     Expect.equal got "joined" "the joined group's datagram, and only it")
             }
 
-            test "a bridge's IGMPv3/MLDv2 querier: the stack's groups enter the bridge's mdb, answer its queries and leave it" {
+            test
+                "a bridge's IGMPv3/MLDv2 querier: the stack's groups enter the bridge's mdb, answer its queries and leave it" {
                 let bridge = "ns119br0"
 
                 withBridge
                     bridge
                     [
-                        "mcast_igmp_version"; "3"; "mcast_mld_version"; "2"
-                        "mcast_query_interval"; "200"; "mcast_startup_query_interval"; "100"
-                        "mcast_query_response_interval"; "100"
+                        "mcast_igmp_version"
+                        "3"
+                        "mcast_mld_version"
+                        "2"
+                        "mcast_query_interval"
+                        "200"
+                        "mcast_startup_query_interval"
+                        "100"
+                        "mcast_query_response_interval"
+                        "100"
                     ]
                     50
                     (fun stack ->
@@ -271,7 +357,11 @@ let private kernelTests =
                         use socket = stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 7600))
                         socket.JoinMulticastGroup(IPAddress.Parse "239.119.50.7")
                         socket.JoinMulticastGroup(IPAddress.Parse "ff15::119:50:7")
-                        let ok, mdb = mdbUntil bridge 10.0 (fun m -> hasGroup port "239.119.50.7" m && hasGroup port "ff15::119:50:7" m)
+
+                        let ok, mdb =
+                            mdbUntil bridge 10.0 (fun m ->
+                                hasGroup port "239.119.50.7" m && hasGroup port "ff15::119:50:7" m)
+
                         Expect.isTrue ok $"the bridge's mdb lists both groups on the stack's port:\n{mdb}"
                         // The querier asks every 2 s; the stack answers within its 1 s.
                         let queries = counterUntil stack "igmp.query.v3.received" 2L 10.0
@@ -288,7 +378,8 @@ let private kernelTests =
                         socket.LeaveMulticastGroup(IPAddress.Parse "ff15::119:50:7")
 
                         let gone, mdb =
-                            mdbUntil bridge 15.0 (fun m -> not (hasGroup port "239.119.50.7" m) && not (hasGroup port "ff15::119:50:7" m))
+                            mdbUntil bridge 15.0 (fun m ->
+                                not (hasGroup port "239.119.50.7" m) && not (hasGroup port "ff15::119:50:7" m))
 
                         Expect.isTrue gone $"both groups left the mdb:\n{mdb}")
             }
@@ -299,13 +390,19 @@ let private kernelTests =
                 withBridge
                     bridge
                     [
-                        "mcast_igmp_version"; "2"
-                        "mcast_query_interval"; "200"; "mcast_startup_query_interval"; "100"
-                        "mcast_query_response_interval"; "100"
+                        "mcast_igmp_version"
+                        "2"
+                        "mcast_query_interval"
+                        "200"
+                        "mcast_startup_query_interval"
+                        "100"
+                        "mcast_query_response_interval"
+                        "100"
                     ]
                     51
                     (fun stack ->
-                        let file = Path.Combine(Path.GetTempPath(), $"ns119-igmpv2-{Environment.ProcessId}.pcap")
+                        let file =
+                            Path.Combine(Path.GetTempPath(), $"ns119-igmpv2-{Environment.ProcessId}.pcap")
                         // On the TAP: every frame the stack writes, whatever the bridge forwards.
                         let capture = tcpdump "ns119p51" file
 
@@ -315,11 +412,20 @@ let private kernelTests =
                             use socket = stack.BindUdp(IPEndPoint(IPAddress.Any, 7700))
                             socket.JoinMulticastGroup(IPAddress.Parse "239.119.51.7")
                             // The join's two reports, then an answer to the next query.
-                            Expect.isGreaterThanOrEqual (counterUntil stack "igmp.report.v2.sent" 3L 10.0) 3L "IGMPv2 reports"
+                            Expect.isGreaterThanOrEqual
+                                (counterUntil stack "igmp.report.v2.sent" 3L 10.0)
+                                3L
+                                "IGMPv2 reports"
+
                             let ok, mdb = mdbUntil bridge 5.0 (hasGroup "ns119p51" "239.119.51.7")
                             Expect.isTrue ok $"the bridge's mdb lists the group:\n{mdb}"
                             socket.LeaveMulticastGroup(IPAddress.Parse "239.119.51.7")
-                            Expect.isGreaterThanOrEqual (counterUntil stack "igmp.leave.sent" 1L 5.0) 1L "an IGMPv2 leave"
+
+                            Expect.isGreaterThanOrEqual
+                                (counterUntil stack "igmp.leave.sent" 1L 5.0)
+                                1L
+                                "an IGMPv2 leave"
+
                             Thread.Sleep 500
                         finally
                             // SIGTERM, so tcpdump writes out what it holds (SIGKILL would lose it).
@@ -329,7 +435,22 @@ let private kernelTests =
                         let code, output =
                             Isolation.run
                                 "tshark"
-                                [ "-r"; file; "-Y"; "ip.src == 10.119.51.2"; "-T"; "fields"; "-e"; "igmp.type"; "-e"; "igmp.maddr"; "-e"; "ip.dst"; "-e"; "ip.ttl" ]
+                                [
+                                    "-r"
+                                    file
+                                    "-Y"
+                                    "ip.src == 10.119.51.2"
+                                    "-T"
+                                    "fields"
+                                    "-e"
+                                    "igmp.type"
+                                    "-e"
+                                    "igmp.maddr"
+                                    "-e"
+                                    "ip.dst"
+                                    "-e"
+                                    "ip.ttl"
+                                ]
 
                         let _, all = Isolation.run "tshark" [ "-r"; file ]
                         File.Delete file
@@ -343,7 +464,11 @@ let private kernelTests =
 
                         let reports = lines |> Array.filter (fun f -> f.[0] = "0x16")
                         let leaves = lines |> Array.filter (fun f -> f.[0] = "0x17")
-                        Expect.isGreaterThanOrEqual reports.Length 3 $"IGMPv2 membership reports (type 0x16):\n{output}"
+
+                        Expect.isGreaterThanOrEqual
+                            reports.Length
+                            3
+                            $"IGMPv2 membership reports (type 0x16):\n{output}"
 
                         for f in reports do
                             Expect.equal f.[1] "239.119.51.7" "the group"
@@ -355,9 +480,12 @@ let private kernelTests =
                         Expect.isFalse (lines |> Array.exists (fun f -> f.[0] = "0x22")) "no IGMPv3 report")
             }
 
-            test "broadcast: the stack sends to 255.255.255.255 and the subnet broadcast only with EnableBroadcast, and receives the kernel's" {
+            test
+                "broadcast: the stack sends to 255.255.255.255 and the subnet broadcast only with EnableBroadcast, and receives the kernel's" {
                 withStack (tapOptions 3) (fun stack ->
-                    use kernel = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                    use kernel =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
                     kernel.EnableBroadcast <- true
                     kernel.Bind(IPEndPoint(IPAddress.Any, 7800))
                     kernel.ReceiveTimeout <- 5000
@@ -365,7 +493,10 @@ let private kernelTests =
 
                     let refused (address: string) =
                         try
-                            socket.SendToAsync([| 1uy |], IPEndPoint(IPAddress.Parse address, 7800)).AsTask() |> wait |> ignore
+                            socket.SendToAsync([| 1uy |], IPEndPoint(IPAddress.Parse address, 7800)).AsTask()
+                            |> wait
+                            |> ignore
+
                             SocketError.Success
                         with
                         | :? SocketException as e -> e.SocketErrorCode
@@ -379,19 +510,30 @@ let private kernelTests =
 
                     for address in [ "255.255.255.255"; "10.119.3.255" ] do
                         let text = $"to {address}"
-                        socket.SendToAsync(Text.Encoding.ASCII.GetBytes text, IPEndPoint(IPAddress.Parse address, 7800)).AsTask() |> wait |> ignore
+
+                        socket
+                            .SendToAsync(Text.Encoding.ASCII.GetBytes text, IPEndPoint(IPAddress.Parse address, 7800))
+                            .AsTask()
+                        |> wait
+                        |> ignore
+
                         let got, from = receiveKernel kernel
                         Expect.equal got text $"the kernel received the stack's broadcast to {address}"
                         Expect.equal from.Address (IPAddress.Parse "10.119.3.2") "from the stack"
 
                     // The kernel's broadcasts: the subnet's, and the limited one out of the TAP.
-                    use sender = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                    use sender =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
                     sender.EnableBroadcast <- true
                     sender.SetRawSocketOption(1, 25, ReadOnlySpan(Text.Encoding.ASCII.GetBytes "ns119p3\000"))
 
                     for address in [ "10.119.3.255"; "255.255.255.255" ] do
                         let text = $"kernel to {address}"
-                        sender.SendTo(Text.Encoding.ASCII.GetBytes text, IPEndPoint(IPAddress.Parse address, 7801)) |> ignore
+
+                        sender.SendTo(Text.Encoding.ASCII.GetBytes text, IPEndPoint(IPAddress.Parse address, 7801))
+                        |> ignore
+
                         let got, from = receiveStack socket
                         Expect.equal got text $"the stack received the kernel's broadcast to {address}"
                         Expect.equal from.Address (IPAddress.Parse "10.119.3.1") "from the host")
@@ -420,7 +562,11 @@ let private nextWritten (device: MemoryPacketDevice) (protocol: byte) =
     while found.IsNone && DateTime.UtcNow < deadline do
         match device.WaitWritten(TimeSpan.FromMilliseconds 200.0) with
         | null -> ()
-        | p when (p.[0] >>> 4 = 4uy && p.[9] = protocol) || (p.[0] >>> 4 = 6uy && p.[6] = protocol) -> found <- Some p
+        | p when
+            (p.[0] >>> 4 = 4uy && p.[9] = protocol)
+            || (p.[0] >>> 4 = 6uy && p.[6] = protocol)
+            ->
+            found <- Some p
         | _ -> ()
 
     match found with
@@ -431,10 +577,16 @@ let private apiTests =
     testList
         "Multicast API"
         [
-            test "multicast leaves with TTL / hop limit 1, or the socket's MulticastTimeToLive / MulticastHopLimit; unicast keeps 64" {
+            test
+                "multicast leaves with TTL / hop limit 1, or the socket's MulticastTimeToLive / MulticastHopLimit; unicast keeps 64" {
                 withMemory (fun stack device ->
                     use socket = stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 9000))
-                    let send (address: string) = socket.SendToAsync([| 7uy |], IPEndPoint(IPAddress.Parse address, 9)).AsTask() |> wait |> ignore
+
+                    let send (address: string) =
+                        socket.SendToAsync([| 7uy |], IPEndPoint(IPAddress.Parse address, 9)).AsTask()
+                        |> wait
+                        |> ignore
+
                     send "239.1.2.3"
                     let p = nextWritten device 17uy
                     Expect.equal p.[8] 1uy "IPv4 multicast: TTL 1"
@@ -444,10 +596,13 @@ let private apiTests =
                     Expect.equal p.[8] 5uy "TTL 5"
                     // The header checksum after the change (RFC 1071, summed here).
                     let mutable sum = 0
+
                     for i in 0..2..18 do
                         sum <- sum + (int p.[i] <<< 8) + int p.[i + 1]
+
                     while sum > 0xFFFF do
                         sum <- (sum &&& 0xFFFF) + (sum >>> 16)
+
                     Expect.equal sum 0xFFFF "the IPv4 header checksum holds"
                     send "10.0.0.9"
                     Expect.equal (nextWritten device 17uy).[8] 64uy "unicast: 64"
@@ -461,6 +616,7 @@ let private apiTests =
             test "joins and leaves fail as System.Net.Sockets does; a disposed socket leaves its groups" {
                 withMemory (fun stack device ->
                     use v4 = stack.BindUdp(IPEndPoint(IPAddress.Any, 9001))
+
                     let error (f: unit -> unit) =
                         try
                             f ()
@@ -468,17 +624,41 @@ let private apiTests =
                         with :? SocketException as e ->
                             e.SocketErrorCode
 
-                    Expect.equal (error (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "10.0.0.1"))) SocketError.InvalidArgument "not multicast: EINVAL"
-                    Expect.throwsT<ArgumentException> (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "ff15::1")) "another family"
-                    Expect.equal (error (fun () -> v4.LeaveMulticastGroup(IPAddress.Parse "239.0.0.1"))) SocketError.AddressNotAvailable "not joined: EADDRNOTAVAIL"
-                    Expect.equal (error (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "239.0.0.1", IPAddress.Parse "10.9.9.9"))) SocketError.AddressNotAvailable "another interface"
+                    Expect.equal
+                        (error (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "10.0.0.1")))
+                        SocketError.InvalidArgument
+                        "not multicast: EINVAL"
+
+                    Expect.throwsT<ArgumentException>
+                        (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "ff15::1"))
+                        "another family"
+
+                    Expect.equal
+                        (error (fun () -> v4.LeaveMulticastGroup(IPAddress.Parse "239.0.0.1")))
+                        SocketError.AddressNotAvailable
+                        "not joined: EADDRNOTAVAIL"
+
+                    Expect.equal
+                        (error (fun () ->
+                            v4.JoinMulticastGroup(IPAddress.Parse "239.0.0.1", IPAddress.Parse "10.9.9.9")))
+                        SocketError.AddressNotAvailable
+                        "another interface"
+
                     v4.JoinMulticastGroup(IPAddress.Parse "239.0.0.1", IPAddress.Parse "10.0.0.2")
-                    Expect.equal (error (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "239.0.0.1"))) SocketError.AddressAlreadyInUse "twice: EADDRINUSE"
+
+                    Expect.equal
+                        (error (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "239.0.0.1")))
+                        SocketError.AddressAlreadyInUse
+                        "twice: EADDRINUSE"
 
                     for i in 2 .. UdpSocket.MaxMemberships do
                         v4.JoinMulticastGroup(IPAddress.Parse $"239.0.0.{i}")
 
-                    Expect.equal (error (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "239.0.1.1"))) SocketError.NoBufferSpaceAvailable "beyond 20: ENOBUFS"
+                    Expect.equal
+                        (error (fun () -> v4.JoinMulticastGroup(IPAddress.Parse "239.0.1.1")))
+                        SocketError.NoBufferSpaceAvailable
+                        "beyond 20: ENOBUFS"
+
                     Expect.throwsT<NotSupportedException> (fun () -> v4.MulticastLoopback <- true) "no loopback yet"
 
                     // A second socket on the same group: the membership is counted, not repeated.
@@ -500,7 +680,10 @@ let private apiTests =
                                 let at = igmp + 8 + 8 * r
 
                                 if q.[at] = 3uy then
-                                    leftRecords <- leftRecords.Add(sprintf "%d.%d.%d.%d" q.[at + 4] q.[at + 5] q.[at + 6] q.[at + 7])
+                                    leftRecords <-
+                                        leftRecords.Add(
+                                            sprintf "%d.%d.%d.%d" q.[at + 4] q.[at + 5] q.[at + 6] q.[at + 7]
+                                        )
                         | _ -> ()
 
                     Expect.isFalse (leftRecords.Contains "239.0.0.1") "another socket still holds 239.0.0.1"

@@ -34,7 +34,8 @@ let private sum16 (bytes: byte[]) (initial: uint32) =
 
     acc
 
-let private checksum (bytes: byte[]) (initial: uint32) = uint16 (~~~(sum16 bytes initial) &&& 0xFFFFu)
+let private checksum (bytes: byte[]) (initial: uint32) =
+    uint16 (~~~(sum16 bytes initial) &&& 0xFFFFu)
 
 let private pseudo6 (source: Ipv6Address) (destination: Ipv6Address) (length: int) =
     let bytes = Array.zeroCreate<byte> 40
@@ -80,7 +81,7 @@ let private igmpV1Query () = igmpV2Query 0uy Ipv4Address.Any
 
 /// IGMPv3 query (RFC 3376 §4.1): 12 bytes + sources; QRV in the low 3 bits of byte 8, QQIC byte 9.
 let private igmpV3Query (code: byte) (group: Ipv4Address) (qrv: byte) (qqic: byte) (sources: Ipv4Address list) =
-    let b = Array.zeroCreate<byte> (12 + 4 * sources.Length)
+    let b = Array.zeroCreate<byte>(12 + 4 * sources.Length)
     b.[0] <- 0x11uy
     b.[1] <- code
     group.Write(Span(b, 4, 4))
@@ -184,20 +185,30 @@ let private codecTests =
                 Expect.equal v2.Robustness 2 "QRV"
                 Expect.equal v2.QueryInterval 125 "QQIC"
                 let broken = mldV1Query 1000us Ipv6Address.Any
-                Expect.equal (Mld.parse querier6 Mld.AllRouters (ReadOnlySpan broken)) (Error BadChecksum) "the pseudo-header's destination counts"
+
+                Expect.equal
+                    (Mld.parse querier6 Mld.AllRouters (ReadOnlySpan broken))
+                    (Error BadChecksum)
+                    "the pseudo-header's destination counts"
             }
 
-            testPropertyWithConfig codecConfig "IGMPv3 reports carry each group with its record type, the checksum right"
+            testPropertyWithConfig
+                codecConfig
+                "IGMPv3 reports carry each group with its record type, the checksum right"
             <| Prop.forAll (Arb.fromGen (Gen.listOf (Gen.zip recordTypeGen multicast4Gen))) (fun records ->
                 let records = List.truncate 100 records
                 let types = records |> List.map fst |> Array.ofList
                 let groups = records |> List.map snd |> Array.ofList
-                let buffer = Array.zeroCreate<byte> (8 + 8 * groups.Length)
+                let buffer = Array.zeroCreate<byte>(8 + 8 * groups.Length)
                 let n = Igmp.writeV3Report types groups (Span buffer)
                 Expect.equal n buffer.Length "8 + 8 per record"
                 Expect.equal buffer.[0] 0x22uy "type 0x22"
                 Expect.equal (checksum buffer 0u) 0us "the checksum sums to zero"
-                Expect.equal (int (BinaryPrimitives.ReadUInt16BigEndian(ReadOnlySpan(buffer, 6, 2)))) groups.Length "records"
+
+                Expect.equal
+                    (int (BinaryPrimitives.ReadUInt16BigEndian(ReadOnlySpan(buffer, 6, 2))))
+                    groups.Length
+                    "records"
 
                 for i in 0 .. groups.Length - 1 do
                     Expect.equal buffer.[8 + 8 * i] types.[i] "record type"
@@ -206,24 +217,31 @@ let private codecTests =
                 Expect.equal (parse4 buffer).Kind GroupMessageKind.Report3 "parses as a v3 report")
 
             testPropertyWithConfig codecConfig "IGMPv1/v2 reports and leaves round-trip"
-            <| Prop.forAll (Arb.fromGen (Gen.zip (Gen.elements [ Igmp.ReportV1; Igmp.ReportV2; Igmp.LeaveV2 ]) multicast4Gen)) (fun (t, g) ->
-                let buffer = Array.zeroCreate<byte> 8
-                Igmp.writeV2 t g (Span buffer) |> ignore
-                Expect.equal (checksum buffer 0u) 0us "checksum"
-                let m = parse4 buffer
-                Expect.equal m.Group4 g "group"
+            <| Prop.forAll
+                (Arb.fromGen (Gen.zip (Gen.elements [ Igmp.ReportV1; Igmp.ReportV2; Igmp.LeaveV2 ]) multicast4Gen))
+                (fun (t, g) ->
+                    let buffer = Array.zeroCreate<byte> 8
+                    Igmp.writeV2 t g (Span buffer) |> ignore
+                    Expect.equal (checksum buffer 0u) 0us "checksum"
+                    let m = parse4 buffer
+                    Expect.equal m.Group4 g "group"
 
-                Expect.equal
-                    m.Kind
-                    (if t = Igmp.LeaveV2 then GroupMessageKind.Leave else GroupMessageKind.Report)
-                    "kind")
+                    Expect.equal
+                        m.Kind
+                        (if t = Igmp.LeaveV2 then
+                             GroupMessageKind.Leave
+                         else
+                             GroupMessageKind.Report)
+                        "kind")
 
-            testPropertyWithConfig codecConfig "MLDv2 reports and MLDv1 reports and dones round-trip, the ICMPv6 checksum right"
+            testPropertyWithConfig
+                codecConfig
+                "MLDv2 reports and MLDv1 reports and dones round-trip, the ICMPv6 checksum right"
             <| Prop.forAll (Arb.fromGen (Gen.zip (Gen.listOf multicast6Gen) multicast6Gen)) (fun (groups, one) ->
                 let groups = List.truncate 60 groups |> Array.ofList
                 let types = groups |> Array.map (fun _ -> GroupRecordType.ChangeToExclude)
                 let source = Ipv6Address.Parse "fd19::2"
-                let buffer = Array.zeroCreate<byte> (8 + 20 * groups.Length)
+                let buffer = Array.zeroCreate<byte>(8 + 20 * groups.Length)
                 Mld.writeV2Report source Mld.AllV2Routers types groups (Span buffer) |> ignore
                 Expect.equal (checksum buffer (pseudo6 source Mld.AllV2Routers buffer.Length)) 0us "checksum"
 
@@ -292,10 +310,19 @@ let private codecTests =
                 Expect.equal buffer.[6] 0uy "hop-by-hop first"
                 Expect.equal buffer.[7] 1uy "hop limit 1"
                 Expect.equal (Ipv6Address.Read(ReadOnlySpan(buffer, 24, 16))) Mld.AllV2Routers "to ff02::16"
-                Expect.sequenceEqual buffer.[40..47] [| 58uy; 0uy; 5uy; 2uy; 0uy; 0uy; 1uy; 0uy |] "Router Alert MLD (RFC 2711)"
+
+                Expect.sequenceEqual
+                    buffer.[40..47]
+                    [| 58uy; 0uy; 5uy; 2uy; 0uy; 0uy; 1uy; 0uy |]
+                    "Router Alert MLD (RFC 2711)"
+
                 let message = buffer.[48 .. n - 1]
                 Expect.equal message.[0] 143uy "an MLDv2 report"
-                Expect.equal (checksum message (pseudo6 source Mld.AllV2Routers message.Length)) 0us "the ICMPv6 checksum"
+
+                Expect.equal
+                    (checksum message (pseudo6 source Mld.AllV2Routers message.Length))
+                    0us
+                    "the ICMPv6 checksum"
             }
         ]
 
@@ -303,7 +330,8 @@ let private codecTests =
 // The group state model as oracle
 // ---------------------------------------------------------------------------------------------
 
-let private allStates = [ GroupState.NonMember; GroupState.Delaying; GroupState.Idle ]
+let private allStates =
+    [ GroupState.NonMember; GroupState.Delaying; GroupState.Idle ]
 
 let private allTriggers =
     [
@@ -359,7 +387,9 @@ let private actionGen =
 /// and checks every state change against the model. Returns the (state, trigger) pairs seen.
 /// `v2`: an IGMPv2 querier is present from the start (compatibility mode, RFC 3376 §7.2.1).
 let private runAgainstModel (seed: int) (v2: bool) (actions: Action list) =
-    let groups = [| V4(group4 "239.9.0.1"); V4(group4 "239.9.0.2"); V4(group4 "239.9.0.3") |]
+    let groups =
+        [| V4(group4 "239.9.0.1"); V4(group4 "239.9.0.2"); V4(group4 "239.9.0.3") |]
+
     let users = Array.zeroCreate<int> 3
     let due = Array.zeroCreate<int> 3
     let seen = Collections.Generic.HashSet<GroupState * GroupTrigger>()
@@ -414,7 +444,10 @@ let private runAgainstModel (seed: int) (v2: bool) (actions: Action list) =
                     due.[i] <- 0
                     triggers.[i] <- ValueSome GroupTrigger.Leave
         | SpecificQuery(i, tenths) ->
-            let g = match groups.[i] with V4 a -> a | V6 _ -> Ipv4Address.Any
+            let g =
+                match groups.[i] with
+                | V4 a -> a
+                | V6 _ -> Ipv4Address.Any
 
             if v2 then
                 query (igmpV2Query (byte tenths) g)
@@ -436,7 +469,11 @@ let private runAgainstModel (seed: int) (v2: bool) (actions: Action list) =
 
                     triggers.[i] <- ValueSome GroupTrigger.Query
         | HeardReport i ->
-            let g = match groups.[i] with V4 a -> a | V6 _ -> Ipv4Address.Any
+            let g =
+                match groups.[i] with
+                | V4 a -> a
+                | V6 _ -> Ipv4Address.Any
+
             let suppressing = inV2 ()
             state <- Multicast.receive now (parse4 (igmpV2Report g)) state
 
@@ -501,9 +538,7 @@ let private modelTests =
             test "the model is RFC 2236 §6's table, edge for edge" {
                 for state in allStates do
                     for trigger in allTriggers do
-                        let expected =
-                            rfcTable
-                            |> List.tryFind (fun (s, t, _) -> s = state && t = trigger)
+                        let expected = rfcTable |> List.tryFind (fun (s, t, _) -> s = state && t = trigger)
 
                         match expected with
                         | Some(_, _, Some target) ->
@@ -518,7 +553,9 @@ let private modelTests =
 
             test "random joins, leaves, queries, reports and timers follow the model, every edge exercised" {
                 let seen = Collections.Generic.HashSet<GroupState * GroupTrigger>()
-                let samples = Gen.sampleWithSeed (Rnd 3376UL) 50 200 (Gen.listOfLength 120 actionGen)
+
+                let samples =
+                    Gen.sampleWithSeed (Rnd 3376UL) 50 200 (Gen.listOfLength 120 actionGen)
 
                 samples
                 |> Array.iteri (fun i actions ->
@@ -551,9 +588,13 @@ let private compatibilityTests =
     testList
         "compatibility"
         [
-            test "an IGMPv2 query makes the host an IGMPv2 host for Robustness × Query Interval + Query Response Interval (RFC 3376 §7.2.1, §8.12)" {
+            test
+                "an IGMPv2 query makes the host an IGMPv2 host for Robustness × Query Interval + Query Response Interval (RFC 3376 §7.2.1, §8.12)" {
                 let t0 = 5_000_000L
-                let s = Multicast.create false 7UL |> Multicast.receive t0 (parse4 (igmpV2Query 100uy Ipv4Address.Any))
+
+                let s =
+                    Multicast.create false 7UL
+                    |> Multicast.receive t0 (parse4 (igmpV2Query 100uy Ipv4Address.Any))
                 // Defaults: Robustness 2, Query Interval 125 s, Query Response Interval 10 s.
                 let timeout = 2L * 125_000_000L + 10_000_000L
                 Expect.equal (Multicast.mode (t0 + timeout - 1L) s) GroupProtocolVersion.V2 "v2 until the timeout"
@@ -598,7 +639,8 @@ let private compatibilityTests =
                 Expect.isEmpty reports "no leave in IGMPv1 mode"
             }
 
-            test "an MLDv1 query makes the host an MLDv1 host; MLDv2 joins report CHANGE_TO_EXCLUDE Robustness times within 1 s" {
+            test
+                "an MLDv1 query makes the host an MLDv1 host; MLDv2 joins report CHANGE_TO_EXCLUDE Robustness times within 1 s" {
                 let group = V6(group6 "ff15::9")
                 let mutable s = Multicast.join 0L group (Multicast.create true 11UL)
                 let mutable times = []
@@ -615,7 +657,9 @@ let private compatibilityTests =
                 // RFC 3810 §9.11: Unsolicited Report Interval 1 s.
                 Expect.isLessThanOrEqual times.[1] 1_000_000L "the repetition within 1 s"
 
-                let s = Multicast.receive 5_000_000L (parse6 (mldV1Query 1000us (group6 "ff15::9"))) s
+                let s =
+                    Multicast.receive 5_000_000L (parse6 (mldV1Query 1000us (group6 "ff15::9"))) s
+
                 let timeout = 2L * 125_000_000L + 10_000_000L
                 Expect.equal (Multicast.mode (5_000_000L + timeout - 1L) s) GroupProtocolVersion.V2 "MLDv1"
                 Expect.equal (Multicast.mode (5_000_000L + timeout) s) GroupProtocolVersion.V3 "MLDv2 after"
@@ -634,7 +678,9 @@ let private compatibilityTests =
             test "a version 3 general query is answered once, within Max Resp Time, with every group MODE_IS_EXCLUDE" {
                 let a = V4(group4 "239.2.0.1")
                 let b = V4(group4 "239.2.0.2")
-                let mutable s = Multicast.create false 13UL |> Multicast.join 0L a |> Multicast.join 0L b
+
+                let mutable s =
+                    Multicast.create false 13UL |> Multicast.join 0L a |> Multicast.join 0L b
                 // Let the joins' reports go.
                 while Multicast.nextDeadline s < Int64.MaxValue do
                     let struct (next, _) = Multicast.tick (Multicast.nextDeadline s) s
@@ -649,7 +695,11 @@ let private compatibilityTests =
                 let struct (s, reports) = Multicast.tick deadline s
                 Expect.equal reports.Length 1 "one report"
                 Expect.equal (Set.ofArray reports.Head.Groups) (Set.ofList [ a; b ]) "both groups"
-                Expect.isTrue (reports.Head.RecordTypes |> Array.forall ((=) GroupRecordType.ModeIsExclude)) "MODE_IS_EXCLUDE"
+
+                Expect.isTrue
+                    (reports.Head.RecordTypes |> Array.forall ((=) GroupRecordType.ModeIsExclude))
+                    "MODE_IS_EXCLUDE"
+
                 Expect.equal (Multicast.nextDeadline s) Int64.MaxValue "nothing more"
             }
 

@@ -72,14 +72,23 @@ module IpLayer =
     /// (`drop.multicast.not-joined`).
     let withGroups (groups: IpAddr[]) (state: IpLayerState) : IpLayerState =
         { state with
-            Groups4 = groups |> Array.choose (fun g -> match g with V4 a -> Some a | V6 _ -> None)
-            Groups6 = groups |> Array.choose (fun g -> match g with V6 a -> Some a | V4 _ -> None)
+            Groups4 =
+                groups
+                |> Array.choose (fun g ->
+                    match g with
+                    | V4 a -> Some a
+                    | V6 _ -> None)
+            Groups6 =
+                groups
+                |> Array.choose (fun g ->
+                    match g with
+                    | V6 a -> Some a
+                    | V4 _ -> None)
         }
 
     /// True when `address` is the IPv4 limited broadcast or the broadcast address of our prefix
     /// (Config.Mask4, not for /31 and /32): sending there needs EnableBroadcast.
-    let isBroadcast4 (address: Ipv4Address) (state: IpLayerState) : bool =
-        IpInput.isBroadcast4 state address
+    let isBroadcast4 (address: Ipv4Address) (state: IpLayerState) : bool = IpInput.isBroadcast4 state address
 
     /// True when `address` is Config.Address6 or one of the extra IPv6 addresses.
     let isLocal6 (address: Ipv6Address) (state: IpLayerState) : bool =
@@ -284,8 +293,14 @@ module IpLayer =
             let oldWord = uint16 packet.[8] <<< 8 ||| uint16 packet.[9]
             packet.[8] <- hopLimit
             let newWord = uint16 packet.[8] <<< 8 ||| uint16 packet.[9]
-            let oldSum = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(Span<byte>.op_Implicit (packet.Slice 10))
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(packet.Slice 10, Checksum.update oldSum oldWord newWord)
+
+            let oldSum =
+                System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(Span<byte>.op_Implicit(packet.Slice 10))
+
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(
+                packet.Slice 10,
+                Checksum.update oldSum oldWord newWord
+            )
         elif packet.Length >= 40 && packet.[0] >>> 4 = 6uy then
             packet.[7] <- hopLimit
         else

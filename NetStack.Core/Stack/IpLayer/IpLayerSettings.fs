@@ -41,6 +41,7 @@ type IpLayerSettings() =
             Mask4 =
                 if this.PrefixLength4.HasValue then
                     let p = this.PrefixLength4.Value
+
                     if p <= 0 then 0u
                     elif p >= 32 then UInt32.MaxValue
                     else UInt32.MaxValue <<< (32 - p)
