@@ -714,5 +714,103 @@ let private compatibilityTests =
             }
         ]
 
+// ---------------------------------------------------------------------------------------------
+// The IP layer's receive filter
+// ---------------------------------------------------------------------------------------------
+
+let private ours4 = Ipv4Address.Parse "10.0.0.2"
+let private ours6 = Ipv6Address.Parse "fd00::2"
+
+let private layer () =
+    let config =
+        IpLayerSettings(Address4 = ours4, Address6 = ours6, PrefixLength4 = Nullable 24).ToConfig()
+
+    IpLayer.create config 0L
+    |> IpLayer.withGroups [| V4(group4 "239.1.2.3"); V6(group6 "ff15::3") |]
+
+let private udp (source: IpAddr) (destination: IpAddr) =
+    let buffer = Array.zeroCreate<byte> 200
+    let n = IpLayer.writeUdp source destination 5us 6us 1us (ReadOnlySpan [| 1uy |]) (Span buffer)
+    buffer.[.. n - 1]
+
+/// An IPv4 packet of `protocol` carrying `payload` (20-byte header; checksum by the codec).
+let private ipv4 (source: Ipv4Address) (destination: Ipv4Address) (protocol: byte) (payload: byte[]) =
+    let buffer = Array.zeroCreate<byte> (20 + payload.Length)
+    Ipv4.write { Ipv4.header source destination protocol with Ttl = 1uy } ReadOnlySpan.Empty payload.Length (Span buffer) |> ignore
+    payload.CopyTo(buffer, 20)
+    buffer
+
+/// An IPv6 packet carrying the ICMPv6 message `payload` with `hopLimit`.
+let private ipv6 (source: Ipv6Address) (destination: Ipv6Address) (hopLimit: byte) (payload: byte[]) =
+    let buffer = Array.zeroCreate<byte> (40 + payload.Length)
+
+    Ipv6.write
+        { Ipv6.header source destination 58uy with
+            PayloadLength = payload.Length
+            HopLimit = hopLimit
+        }
+        (Span buffer)
+    |> ignore
+
+    payload.CopyTo(buffer, 40)
+    buffer
+
+let private receive (packet: byte[]) =
+    let struct (_, r) = IpLayer.receive 0L (ReadOnlySpan packet) (layer ())
+    r
+
+let private filterTests =
+    testList
+        "receive filter"
+        [
+            test "joined groups, all-systems, all-nodes and the broadcasts are taken; other groups are dropped" {
+                let peer4 = V4(Ipv4Address.Parse "10.0.0.1")
+                let peer6 = V6(Ipv6Address.Parse "fd00::1")
+
+                for destination, kind, multicast, broadcast in
+                    [
+                        V4(group4 "239.1.2.3"), ReceivedKind.UdpDatagram, true, false
+                        V4(group4 "224.0.0.1"), ReceivedKind.UdpDatagram, true, false
+                        V4(group4 "239.1.2.4"), ReceivedKind.Dropped, false, false
+                        V4(group4 "10.0.0.255"), ReceivedKind.UdpDatagram, false, true
+                        V4(group4 "255.255.255.255"), ReceivedKind.UdpDatagram, false, true
+                    ] do
+                    let r = receive (udp peer4 destination)
+                    Expect.equal r.Kind kind $"{destination}"
+
+                    if kind = ReceivedKind.UdpDatagram then
+                        Expect.equal (r.ToMulticast, r.ToBroadcast) (multicast, broadcast) $"{destination}"
+                    else
+                        Expect.equal r.Drop DropReason.NotJoined $"{destination}"
+
+                for destination, kind in
+                    [
+                        V6(group6 "ff15::3"), ReceivedKind.UdpDatagram
+                        V6(group6 "ff02::1"), ReceivedKind.UdpDatagram
+                        V6(group6 "ff15::4"), ReceivedKind.Dropped
+                    ] do
+                    Expect.equal (receive (udp peer6 destination)).Kind kind $"{destination}"
+            }
+
+            test "IGMP comes up as a group message, also from 0.0.0.0 (a snooping querier); other protocols from 0.0.0.0 do not" {
+                let query = igmpV2Query 10uy Ipv4Address.Any
+                let r = receive (ipv4 Ipv4Address.Any Igmp.AllSystems 2uy query)
+                Expect.equal r.Kind ReceivedKind.GroupMessage "IGMP from 0.0.0.0"
+                Expect.equal r.Payload.Length 8 "the IGMP message"
+                let r = receive (udp (V4 Ipv4Address.Any) (V4 Igmp.AllSystems))
+                Expect.equal r.Drop DropReason.BadSource "UDP from 0.0.0.0"
+            }
+
+            test "MLD needs hop limit 1, and queries a link-local source (RFC 3810 §5.1.14, §5.2.13)" {
+                let query = mldV1Query 1000us Ipv6Address.Any
+                Expect.equal (receive (ipv6 querier6 Mld.AllNodes 1uy query)).Kind ReceivedKind.GroupMessage "a valid query"
+                Expect.equal (receive (ipv6 querier6 Mld.AllNodes 255uy query)).Drop DropReason.MldHopLimit "hop limit 255"
+                let globalSource = Ipv6Address.Parse "fd00::1"
+                let fromGlobal = mld globalSource Mld.AllNodes (Array.copy query)
+                Expect.equal (receive (ipv6 globalSource Mld.AllNodes 1uy fromGlobal)).Drop DropReason.MldNotLinkLocal "a global source"
+            }
+        ]
+
 [<Tests>]
-let tests = testList "Multicast core" [ codecTests; modelTests; compatibilityTests ]
+let tests =
+    testList "Multicast core" [ codecTests; modelTests; compatibilityTests; filterTests ]
