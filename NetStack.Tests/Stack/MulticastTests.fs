@@ -730,19 +730,31 @@ let private layer () =
 
 let private udp (source: IpAddr) (destination: IpAddr) =
     let buffer = Array.zeroCreate<byte> 200
-    let n = IpLayer.writeUdp source destination 5us 6us 1us (ReadOnlySpan [| 1uy |]) (Span buffer)
+
+    let n =
+        IpLayer.writeUdp source destination 5us 6us 1us (ReadOnlySpan [| 1uy |]) (Span buffer)
+
     buffer.[.. n - 1]
 
 /// An IPv4 packet of `protocol` carrying `payload` (20-byte header; checksum by the codec).
 let private ipv4 (source: Ipv4Address) (destination: Ipv4Address) (protocol: byte) (payload: byte[]) =
-    let buffer = Array.zeroCreate<byte> (20 + payload.Length)
-    Ipv4.write { Ipv4.header source destination protocol with Ttl = 1uy } ReadOnlySpan.Empty payload.Length (Span buffer) |> ignore
+    let buffer = Array.zeroCreate<byte>(20 + payload.Length)
+
+    Ipv4.write
+        { Ipv4.header source destination protocol with
+            Ttl = 1uy
+        }
+        ReadOnlySpan.Empty
+        payload.Length
+        (Span buffer)
+    |> ignore
+
     payload.CopyTo(buffer, 20)
     buffer
 
 /// An IPv6 packet carrying the ICMPv6 message `payload` with `hopLimit`.
 let private ipv6 (source: Ipv6Address) (destination: Ipv6Address) (hopLimit: byte) (payload: byte[]) =
-    let buffer = Array.zeroCreate<byte> (40 + payload.Length)
+    let buffer = Array.zeroCreate<byte>(40 + payload.Length)
 
     Ipv6.write
         { Ipv6.header source destination 58uy with
@@ -792,7 +804,8 @@ let private filterTests =
                     Expect.equal (receive (udp peer6 destination)).Kind kind $"{destination}"
             }
 
-            test "IGMP comes up as a group message, also from 0.0.0.0 (a snooping querier); other protocols from 0.0.0.0 do not" {
+            test
+                "IGMP comes up as a group message, also from 0.0.0.0 (a snooping querier); other protocols from 0.0.0.0 do not" {
                 let query = igmpV2Query 10uy Ipv4Address.Any
                 let r = receive (ipv4 Ipv4Address.Any Igmp.AllSystems 2uy query)
                 Expect.equal r.Kind ReceivedKind.GroupMessage "IGMP from 0.0.0.0"
@@ -803,11 +816,24 @@ let private filterTests =
 
             test "MLD needs hop limit 1, and queries a link-local source (RFC 3810 §5.1.14, §5.2.13)" {
                 let query = mldV1Query 1000us Ipv6Address.Any
-                Expect.equal (receive (ipv6 querier6 Mld.AllNodes 1uy query)).Kind ReceivedKind.GroupMessage "a valid query"
-                Expect.equal (receive (ipv6 querier6 Mld.AllNodes 255uy query)).Drop DropReason.MldHopLimit "hop limit 255"
+
+                Expect.equal
+                    (receive (ipv6 querier6 Mld.AllNodes 1uy query)).Kind
+                    ReceivedKind.GroupMessage
+                    "a valid query"
+
+                Expect.equal
+                    (receive (ipv6 querier6 Mld.AllNodes 255uy query)).Drop
+                    DropReason.MldHopLimit
+                    "hop limit 255"
+
                 let globalSource = Ipv6Address.Parse "fd00::1"
                 let fromGlobal = mld globalSource Mld.AllNodes (Array.copy query)
-                Expect.equal (receive (ipv6 globalSource Mld.AllNodes 1uy fromGlobal)).Drop DropReason.MldNotLinkLocal "a global source"
+
+                Expect.equal
+                    (receive (ipv6 globalSource Mld.AllNodes 1uy fromGlobal)).Drop
+                    DropReason.MldNotLinkLocal
+                    "a global source"
             }
         ]
 
