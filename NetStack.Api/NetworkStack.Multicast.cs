@@ -14,6 +14,13 @@ public sealed partial class NetworkStack
     private MulticastState _mcast4 = Multicast.create(false, (ulong)Random.Shared.NextInt64());
     private MulticastState _mcast6 = Multicast.create(true, (ulong)Random.Shared.NextInt64());
 
+    // The earlier of the two families' next deadlines, kept up to date by every change, so
+    // that the loop's every pass reads one field (Multicast.nextDeadline walks the groups).
+    private long _mcastNext = long.MaxValue;
+
+    private void UpdateMulticastDeadline() =>
+        _mcastNext = Math.Min(Multicast.nextDeadline(_mcast4), Multicast.nextDeadline(_mcast6));
+
     /// <summary>Joins <paramref name="group"/> for a socket (on the loop); the first join makes the stack a member.</summary>
     internal void JoinGroup(IpAddr group)
     {
@@ -26,6 +33,7 @@ public sealed partial class NetworkStack
                 _mcast4 = Multicast.join(now, group, _mcast4);
             _statistics.Increment(group.IsIpv6 ? "mld.joined" : "igmp.joined");
             SyncGroups();
+            UpdateMulticastDeadline();
             return true;
         });
     }
@@ -44,6 +52,7 @@ public sealed partial class NetworkStack
                     _mcast4 = Multicast.leave(now, group, _mcast4);
                 _statistics.Increment(group.IsIpv6 ? "mld.left" : "igmp.left");
                 SyncGroups();
+                UpdateMulticastDeadline();
                 return true;
             });
         }
@@ -96,13 +105,15 @@ public sealed partial class NetworkStack
             _mcast6 = Multicast.receive(now, message, _mcast6);
         else
             _mcast4 = Multicast.receive(now, message, _mcast4);
+        UpdateMulticastDeadline();
     }
 
-    private long NextMulticastDeadline() =>
-        Math.Min(Multicast.nextDeadline(_mcast4), Multicast.nextDeadline(_mcast6));
+    private long NextMulticastDeadline() => _mcastNext;
 
     private void RunMulticastTimers(long now)
     {
+        if (_mcastNext > now)
+            return;
         if (Multicast.nextDeadline(_mcast4) <= now)
         {
             var (state, reports) = Multicast.tick(now, _mcast4);
@@ -115,6 +126,7 @@ public sealed partial class NetworkStack
             _mcast6 = state;
             SendReports(reports, MldSource(), now);
         }
+        UpdateMulticastDeadline();
     }
 
     // RFC 3810 §5.2.13: MLD reports come from a link-local address, or from :: while none is
