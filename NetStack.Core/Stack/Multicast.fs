@@ -118,6 +118,16 @@ module Multicast =
     [<Literal>]
     let UnsolicitedReportIntervalV2 = 10_000_000L
 
+    /// Source-less records per IGMPv3 report: 24 bytes of IPv4 header with the Router Alert, 8
+    /// of report header and 8 per record stay within 576 bytes.
+    [<Literal>]
+    let MaxRecordsV4 = 68
+
+    /// Source-less records per MLDv2 report: 40 bytes of IPv6 header, 8 of hop-by-hop options,
+    /// 8 of report header and 20 per record stay within 1280 bytes.
+    [<Literal>]
+    let MaxRecordsV6 = 61
+
     /// A fresh state for IPv4 (IGMP) or IPv6 (MLD); `seed` seeds the random delays.
     let create (ipv6: bool) (seed: uint64) : MulticastState =
         {
@@ -479,15 +489,24 @@ module Multicast =
                     v3Types.Add GroupRecordType.ModeIsExclude
                     v3Groups.Add g
 
-        if v3Groups.Count > 0 then
+        // RFC 3376 §4.2.16 / RFC 3810 §5.2.15: records that do not fit one packet go in more
+        // reports, each within the minimum MTU (576 / 1280 bytes with their headers).
+        let perReport = if state.Ipv6 then MaxRecordsV6 else MaxRecordsV4
+        let mutable first = 0
+
+        while first < v3Groups.Count do
+            let count = min perReport (v3Groups.Count - first)
+
             reports.Add
                 {
                     Ipv6 = state.Ipv6
                     Version = GroupProtocolVersion.V3
                     Leave = false
-                    RecordTypes = v3Types.ToArray()
-                    Groups = v3Groups.ToArray()
+                    RecordTypes = v3Types.GetRange(first, count).ToArray()
+                    Groups = v3Groups.GetRange(first, count).ToArray()
                 }
+
+            first <- first + count
 
         struct ({ state with
                     Groups = groups

@@ -703,6 +703,38 @@ let private compatibilityTests =
                 Expect.equal (Multicast.nextDeadline s) Int64.MaxValue "nothing more"
             }
 
+            test
+                "many groups' records are split into reports that fit the minimum MTU (RFC 3376 §4.2.16, RFC 3810 §5.2.15)" {
+                for ipv6, limit in [ false, 576; true, 1280 ] do
+                    let groups =
+                        [
+                            for i in 1..150 ->
+                                if ipv6 then
+                                    V6(Ipv6Address(0xFF15_0000_0000_0000UL, uint64 i))
+                                else
+                                    V4(Ipv4Address(0xEF010000u + uint32 i))
+                        ]
+
+                    let s =
+                        groups
+                        |> List.fold (fun s g -> Multicast.join 0L g s) (Multicast.create ipv6 17UL)
+
+                    let struct (_, reports) = Multicast.tick 0L s
+                    let source = if ipv6 then V6(group6 "fd19::2") else V4(group4 "10.0.0.2")
+
+                    let sizes =
+                        reports
+                        |> List.map (fun r -> Multicast.write source r (Span(Array.zeroCreate<byte> 65536)))
+
+                    Expect.isGreaterThan reports.Length 1 "more than one report"
+                    Expect.isTrue (sizes |> List.forall (fun n -> n <= limit)) $"each within {limit} bytes: %A{sizes}"
+
+                    Expect.equal
+                        (reports |> List.collect (fun r -> List.ofArray r.Groups) |> Set.ofList)
+                        (Set.ofList groups)
+                        "every group once"
+            }
+
             test "224.0.0.1 and ff02::1 are joined without reports; unicast addresses are refused" {
                 let s = Multicast.create false 1UL |> Multicast.join 0L (V4 Igmp.AllSystems)
                 Expect.equal (Multicast.nextDeadline s) Int64.MaxValue "no report for all-systems"
