@@ -82,6 +82,9 @@ public sealed partial class NetworkStack
             case ReceivedKind.TcpSegment:
                 OnTcp(packet, r, now);
                 break;
+            case ReceivedKind.GroupMessage:
+                OnGroupMessage(packet, r, now);
+                break;
         }
     }
 

@@ -215,6 +215,7 @@ public sealed partial class NetworkStack
         next = Math.Min(next, NextTcpDeadline());
         next = Math.Min(next, NextForwardDeadline());
         next = Math.Min(next, NextLinkDeadline());
+        next = Math.Min(next, NextMulticastDeadline());
         if (next == long.MaxValue)
             return MaxWaitMilliseconds;
         long wait = (next - now + 999) / 1000;
@@ -227,6 +228,7 @@ public sealed partial class NetworkStack
         RunLinkTimers(now);
         RunTcpTimers(now);
         RunForwardTimers(now);
+        RunMulticastTimers(now);
         SweepIdleRings(now);
         var deadline = IpLayer.nextDeadline(_ip);
         if (deadline.IsSome && deadline.Value <= now)

@@ -32,7 +32,7 @@ public sealed partial class NetworkStack
         _statistics.Increment("udp.received");
         // The core says where it goes: a bound socket, a forwarder's flow, or nobody (then with
         // a port unreachable when RFC 1122 §4.1.3.1 wants one, within the ICMP error rate).
-        var verdict = _udpTable.Classify(Now(), r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Foreign, r.ToBroadcast,
+        var verdict = _udpTable.Classify(Now(), r.Source, r.Ports.Source, r.Destination, r.Ports.Destination, r.Foreign, r.ToBroadcast || r.ToMulticast,
             out var endpoint, out var flow, out var note);
         switch (verdict)
         {
@@ -137,6 +137,13 @@ public sealed partial class NetworkStack
                 : SourceFor(destination);
         if (source is null)
             return ValueTask.FromException<int>(new SocketException((int)SocketError.NetworkUnreachable));
+        // Linux: EACCES for a broadcast destination without SO_BROADCAST.
+        if (!socket.EnableBroadcast && IsBroadcast(destination))
+            return ValueTask.FromException<int>(new SocketException((int)SocketError.AccessDenied));
+        // A multicast datagram leaves with the socket's multicast TTL / hop limit (-1: the default TTL).
+        int hopLimit = Multicast.isMulticast(destination)
+            ? (destination.IsIpv6 ? socket.MulticastHopLimit : socket.MulticastTimeToLive)
+            : -1;
         var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         try
         {
@@ -149,10 +156,12 @@ public sealed partial class NetworkStack
                 }
                 long now = Now();
                 if (segmentSize > 0 && datagram.Length > segmentSize)
-                    SendUdpSegments(source.Value, destination, socket.Port, port, datagram.Span, segmentSize, now);
+                    SendUdpSegments(source.Value, destination, socket.Port, port, datagram.Span, segmentSize, now, hopLimit);
                 else
                 {
                     int length = IpLayer.writeUdp(source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
+                    if (hopLimit >= 0)
+                        IpLayer.setHopLimit((byte)hopLimit, _packetBuffer.AsSpan(0, length));
                     SendPacket(length, destination, now);
                     _statistics.Increment("udp.sent");
                 }
@@ -172,7 +181,7 @@ public sealed partial class NetworkStack
     // straight from the caller's memory (a gather write, no copy and no checksum pass here),
     // which the kernel cuts into the datagrams. Otherwise one datagram after another through
     // the ordinary path (fragmented if the path MTU has shrunk below a datagram).
-    private void SendUdpSegments(IpAddr source, IpAddr destination, ushort sourcePort, ushort port, ReadOnlySpan<byte> data, int segmentSize, long now)
+    private void SendUdpSegments(IpAddr source, IpAddr destination, ushort sourcePort, ushort port, ReadOnlySpan<byte> data, int segmentSize, long now, int hopLimit)
     {
         int count = (data.Length + segmentSize - 1) / segmentSize;
         int ipHeader = destination.IsIpv6 ? 40 : 20;
@@ -183,6 +192,8 @@ public sealed partial class NetworkStack
         {
             // The kernel numbers the IPv4 identification of the datagrams it cuts on from ours.
             int length = IpLayer.writeUdpSegments(source, destination, sourcePort, port, _ipIds.Take(count), data.Length, _packetBuffer);
+            if (hopLimit >= 0)
+                IpLayer.setHopLimit((byte)hopLimit, _packetBuffer.AsSpan(0, length - data.Length));
             var header = VirtioNet.udpSegments(ipHeader, segmentSize);
             _offload.WriteGather(_packetBuffer.AsSpan(0, length - data.Length), data, default, header);
             _deviceWritten.Increment();
@@ -196,6 +207,8 @@ public sealed partial class NetworkStack
         {
             var piece = data.Slice(at, Math.Min(segmentSize, data.Length - at));
             int length = IpLayer.writeUdp(source, destination, sourcePort, port, NextIdentification(), piece, _packetBuffer);
+            if (hopLimit >= 0)
+                IpLayer.setHopLimit((byte)hopLimit, _packetBuffer.AsSpan(0, length));
             SendPacket(length, destination, now);
         }
         _statistics.Increment("udp.sent", count);

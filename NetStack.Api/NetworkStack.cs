@@ -159,6 +159,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             ReassemblyMaxBytes = options.ReassemblyMaxBytes,
             ReassemblyMaxDatagrams = options.ReassemblyMaxDatagrams,
             AnyDestination = options.AnyDestination,
+            // The subnet broadcast is a TAP link's; a TUN link is point to point.
+            PrefixLength4 = options.Mode == NetStackMode.Tap ? options.PrefixLength : null,
         }.ToConfig();
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);

@@ -197,6 +197,163 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         return _stack.SendUdpAsync(this, datagram, address, port, segmentSize, cancellationToken);
     }
 
+    // ------------------------------------------------------------------------------------------
+    // Multicast and broadcast
+    // ------------------------------------------------------------------------------------------
+
+    // The groups this socket joined (under _gate).
+    private readonly HashSet<IpAddr> _groups = [];
+    private int _multicastTtl = 1;
+    private int _multicastHopLimit = 1;
+
+    /// <summary>The most groups one socket may join, as Linux's IP_MAX_MEMBERSHIPS (20).</summary>
+    public const int MaxMemberships = 20;
+
+    /// <summary>
+    /// Allows sending to the IPv4 limited broadcast 255.255.255.255 and, in TAP mode, the
+    /// subnet broadcast of <see cref="NetStackOptions.PrefixLength"/> (as
+    /// <see cref="Socket.EnableBroadcast"/>, Linux's SO_BROADCAST). Off by default: such a send
+    /// fails with <see cref="SocketException"/> <see cref="SocketError.AccessDenied"/>, as Linux
+    /// refuses it with EACCES. Receiving broadcasts needs nothing: a socket bound to the port on
+    /// any address gets them.
+    /// </summary>
+    public bool EnableBroadcast { get; set; }
+
+    /// <summary>
+    /// The TTL of IPv4 multicast datagrams this socket sends (0..255; default 1, the link only,
+    /// as Linux's IP_MULTICAST_TTL and RFC 1112 §6.1). Unicast datagrams keep the stack's TTL.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 0..255.</exception>
+    public int MulticastTimeToLive
+    {
+        get => Volatile.Read(ref _multicastTtl);
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 255);
+            Volatile.Write(ref _multicastTtl, value);
+        }
+    }
+
+    /// <summary>
+    /// The hop limit of IPv6 multicast datagrams this socket sends (0..255; default 1, as
+    /// Linux's IPV6_MULTICAST_HOPS).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 0..255.</exception>
+    public int MulticastHopLimit
+    {
+        get => Volatile.Read(ref _multicastHopLimit);
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 255);
+            Volatile.Write(ref _multicastHopLimit, value);
+        }
+    }
+
+    /// <summary>
+    /// Whether this stack's own multicast datagrams come back to its sockets joined to the
+    /// group. Always false for now: the stack has no loopback path yet (Linux's default is
+    /// true). Setting it to true throws <see cref="NotSupportedException"/>.
+    /// </summary>
+    /// <exception cref="NotSupportedException">Set to true.</exception>
+    public bool MulticastLoopback
+    {
+        get => false;
+        set
+        {
+            if (value)
+                throw new NotSupportedException("The stack does not loop its own multicast back yet.");
+        }
+    }
+
+    /// <summary>
+    /// Joins <paramref name="multicastAddress"/> (as <see cref="UdpClient.JoinMulticastGroup(IPAddress)"/>):
+    /// the stack reports its membership (IGMPv3 / MLDv2, or the older version a querier on the
+    /// link asks for) and takes datagrams to the group, which go to the socket bound to their
+    /// port on any address. As Linux with IP_MULTICAST_ALL (its default), that socket receives
+    /// them whichever socket of the stack joined the group. Memberships are counted per group
+    /// across sockets: the last socket to leave (or be disposed) ends it.
+    /// </summary>
+    /// <param name="multicastAddress">An IPv4 (224.0.0.0/4) or IPv6 (ff00::/8) multicast address of a family the socket is bound to.</param>
+    /// <exception cref="ArgumentException">The socket is not bound to the address's family.</exception>
+    /// <exception cref="SocketException">InvalidArgument for an address that is not multicast (Linux's EINVAL); AddressAlreadyInUse when this socket joined it already (EADDRINUSE); NoBufferSpaceAvailable beyond <see cref="MaxMemberships"/> groups (ENOBUFS).</exception>
+    /// <exception cref="ObjectDisposedException">The socket or the stack is disposed.</exception>
+    public void JoinMulticastGroup(IPAddress multicastAddress)
+    {
+        var group = NetworkStack.CheckGroup(multicastAddress, BindsIpv4, BindsIpv6);
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_groups.Contains(group))
+                throw new SocketException((int)SocketError.AddressAlreadyInUse);
+            if (_groups.Count >= MaxMemberships)
+                throw new SocketException((int)SocketError.NoBufferSpaceAvailable);
+            _groups.Add(group);
+        }
+        try
+        {
+            _stack.JoinGroup(group);
+        }
+        catch
+        {
+            lock (_gate)
+                _groups.Remove(group);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Joins <paramref name="multicastAddress"/> on the interface of <paramref name="localAddress"/>
+    /// (as <see cref="UdpClient.JoinMulticastGroup(IPAddress, IPAddress)"/>): the stack has one
+    /// interface, so this is <see cref="JoinMulticastGroup(IPAddress)"/> for a local address that
+    /// is the stack's own or unspecified.
+    /// </summary>
+    /// <param name="multicastAddress">The group.</param>
+    /// <param name="localAddress">The stack's address of the group's family, or <see cref="IPAddress.Any"/> / <see cref="IPAddress.IPv6Any"/>.</param>
+    /// <exception cref="ArgumentException">The socket is not bound to the group's family.</exception>
+    /// <exception cref="SocketException">AddressNotAvailable for a local address that is not the stack's (Linux's EADDRNOTAVAIL); as <see cref="JoinMulticastGroup(IPAddress)"/>.</exception>
+    /// <exception cref="ObjectDisposedException">The socket or the stack is disposed.</exception>
+    public void JoinMulticastGroup(IPAddress multicastAddress, IPAddress localAddress)
+    {
+        ArgumentNullException.ThrowIfNull(localAddress);
+        if (!localAddress.Equals(IPAddress.Any) && !localAddress.Equals(IPAddress.IPv6Any)
+            && !localAddress.Equals(_stack.Options.Address) && !localAddress.Equals(_stack.Options.Address6))
+            throw new SocketException((int)SocketError.AddressNotAvailable);
+        JoinMulticastGroup(multicastAddress);
+    }
+
+    /// <summary>
+    /// Leaves <paramref name="multicastAddress"/> (as <see cref="UdpClient.DropMulticastGroup(IPAddress)"/>);
+    /// the stack leaves the group (a leave or state-change report) when no other socket of it
+    /// is joined.
+    /// </summary>
+    /// <param name="multicastAddress">A group this socket joined.</param>
+    /// <exception cref="ArgumentException">The socket is not bound to the address's family.</exception>
+    /// <exception cref="SocketException">InvalidArgument for an address that is not multicast; AddressNotAvailable when this socket has not joined it (Linux's EADDRNOTAVAIL).</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public void LeaveMulticastGroup(IPAddress multicastAddress)
+    {
+        var group = NetworkStack.CheckGroup(multicastAddress, BindsIpv4, BindsIpv6);
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (!_groups.Remove(group))
+                throw new SocketException((int)SocketError.AddressNotAvailable);
+        }
+        _stack.LeaveGroup(group);
+    }
+
+    /// <summary>The groups this socket has joined (a snapshot).</summary>
+    public IReadOnlyList<IPAddress> MulticastGroups
+    {
+        get
+        {
+            lock (_gate)
+                return [.. _groups.Select(g => g.ToIPAddress())];
+        }
+    }
+
     /// <summary>The most datagrams one segmented send may make (<see cref="SendToAsync(ReadOnlyMemory{byte}, IPEndPoint, int, CancellationToken)"/>).</summary>
     public const int MaxSegments = 64;
 
@@ -387,6 +544,15 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             pending.Registration.Unregister();
             pending.Completion.TrySetException(new SocketException((int)SocketError.OperationAborted));
         }
+        // A closed socket leaves its groups (as Linux's ip_mc_drop_socket).
+        IpAddr[] groups;
+        lock (_gate)
+        {
+            groups = [.. _groups];
+            _groups.Clear();
+        }
+        foreach (var group in groups)
+            _stack.LeaveGroup(group);
         _stack.Unbind(this);
     }
 

@@ -240,6 +240,18 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         return list;
     }
 
+    /// <summary>
+    /// The frame filter takes the multicast MACs of <paramref name="groups4"/> and
+    /// <paramref name="groups6"/> (the groups the stack joined) besides its own, broadcast,
+    /// all-hosts, all-nodes and the solicited-node groups; frames to other group MACs are
+    /// dropped (<c>link.drop.multicast</c>). Called from the engine loop.
+    /// </summary>
+    internal void SetMulticastGroups(Ipv4Address[] groups4, Ipv6Address[] groups6)
+    {
+        if (_state is not null)
+            _state = Interface.withMulticastGroups(groups4, groups6, _state);
+    }
+
     /// <summary>When <see cref="RunTimers"/> next has something to do (microseconds of the adapter's clock; <see cref="long.MaxValue"/>: nothing).</summary>
     public long NextDeadline => _state is { } state ? Interface.nextDeadline(state) : long.MaxValue;
 

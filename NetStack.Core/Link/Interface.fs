@@ -152,6 +152,19 @@ module Interface =
             Memo6Hop = Ipv6Address.Any
             Memo6Mac = MacAddress.Zero
             Scratch = Array.zeroCreate 256
+            GroupMacs = [||]
+        }
+
+    /// The interface taking frames to the multicast MACs of `groups` too (IPv4: 01:00:5e and
+    /// the low 23 bits, RFC 1112 §6.4; IPv6: 33:33 and the low 32 bits, RFC 2464 §7), besides
+    /// all-hosts, all-nodes and the solicited-node groups, which it always takes.
+    let withMulticastGroups (groups4: Ipv4Address[]) (groups6: Ipv6Address[]) (state: InterfaceState) : InterfaceState =
+        { state with
+            GroupMacs =
+                Array.append
+                    (groups4 |> Array.map (fun g -> (MacAddress.OfIpv4Multicast g).Value))
+                    (groups6 |> Array.map (fun g -> (MacAddress.OfIpv6Multicast g).Value))
+                |> Array.distinct
         }
 
     /// The MAC to frame an outgoing IP packet with (`head`: at least its IP header): broadcast,
@@ -173,9 +186,14 @@ module Interface =
 
     // Frames for our MAC, broadcast, the all-nodes group and the solicited-node groups of our
     // addresses, tentative autoconfigured ones included (RFC 4861 §7.2.1, RFC 4862 §5.4.2).
+    // IPv4: all-hosts 224.0.0.1's MAC always, the joined groups' MACs.
     let private accepts (s: InterfaceState) (destination: MacAddress) =
         if destination.Value = s.Config.Mac.Value || destination.IsBroadcast then
             true
+        elif destination.IsMulticast && Array.contains destination.Value s.GroupMacs then
+            true
+        elif destination.Value = 0x01005E000001UL then
+            s.Config.Address4.IsSome
         elif (destination.Value >>> 32) = 0x3333UL && hasIpv6 s then
             let group = uint32 destination.Value
 
@@ -251,7 +269,14 @@ module Interface =
 
                 nothing
             elif not (accepts state eth.Destination) then
-                sink.Count "link.drop.not-for-us"
+                // RFC 1112 §6.4: frames to groups nobody joined are filtered here.
+                sink.Count(
+                    if eth.Destination.IsMulticast then
+                        "link.drop.multicast"
+                    else
+                        "link.drop.not-for-us"
+                )
+
                 nothing
             else
                 let offset = eth.PayloadOffset

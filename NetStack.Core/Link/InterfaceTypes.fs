@@ -196,4 +196,7 @@ type InterfaceState =
         Memo6Hop: Ipv6Address
         Memo6Mac: MacAddress
         Scratch: byte[]
+        /// The multicast MACs of the groups joined above (RFC 1112 §6.4, RFC 2464 §7), whose
+        /// frames are taken besides all-hosts, all-nodes and the solicited-node groups.
+        GroupMacs: uint64[]
     }

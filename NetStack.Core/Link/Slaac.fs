@@ -266,14 +266,17 @@ module Slaac =
                 },
                 [ event ]
 
-    /// The link-local address once it is ours (preferred: it never deprecates).
-    let linkLocal (state: SlaacState) : Ipv6Address voption =
+    /// The link-local address among `addresses` once it is ours (preferred: it never deprecates).
+    let linkLocalIn (addresses: SlaacAddress seq) : Ipv6Address voption =
         match
-            state.Addresses
-            |> List.tryFind (fun a -> a.Prefix = LinkLocalPrefix && a.State <> SlaacAddressState.Tentative)
+            addresses
+            |> Seq.tryFind (fun a -> a.Prefix = LinkLocalPrefix && a.State <> SlaacAddressState.Tentative)
         with
         | Some a -> ValueSome a.Address
         | None -> ValueNone
+
+    /// The link-local address once it is ours.
+    let linkLocal (state: SlaacState) : Ipv6Address voption = linkLocalIn state.Addresses
 
     /// Processes one Prefix Information option received at `now` (RFC 4862 §5.5.3 a–e).
     let onPrefix (now: int64) (p: PrefixInformation) (state: SlaacState) : SlaacState * SlaacEvent list =

@@ -439,9 +439,13 @@ let tests =
                         "our own source", udpPacket destination destination 1us 2us [||], DropReason.BadSource
                         "our own IPv6 source", udpPacket (V6 ours6) (V6 ours6) 1us 2us [||], DropReason.BadSource
                         "port zero", toPortZero, DropReason.UdpPortZero
-                        "IPv6 multicast destination",
-                        udpPacket (V6 peer6) (V6(Ipv6Address.Parse "ff02::1")) 1us 2us [||],
-                        DropReason.NotForUs
+                        // ff02::1 (all nodes) is always taken; a group nobody joined is not.
+                        "IPv6 multicast destination not joined",
+                        udpPacket (V6 peer6) (V6(Ipv6Address.Parse "ff15::1")) 1us 2us [||],
+                        DropReason.NotJoined
+                        "IPv4 multicast destination not joined",
+                        udpPacket (V4 peer4) (V4(Ipv4Address.Parse "239.1.2.3")) 1us 2us [||],
+                        DropReason.NotJoined
                     ]
 
                 for name, packet, reason in cases do

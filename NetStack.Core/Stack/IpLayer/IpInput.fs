@@ -25,6 +25,7 @@ module internal IpInput =
             Source = V4 Ipv4Address.Any
             Destination = V4 Ipv4Address.Any
             ToBroadcast = false
+            ToMulticast = false
             Foreign = false
             Packet = Unchecked.defaultof<PayloadRef>
             Payload = Unchecked.defaultof<PayloadRef>
@@ -52,6 +53,27 @@ module internal IpInput =
                 }
             Tcp = Unchecked.defaultof<Segment>
         }
+
+    /// True for the limited broadcast or our prefix's broadcast (not for /31 and /32, whose
+    /// addresses are all hosts, RFC 3021).
+    let isBroadcast4 (state: IpLayerState) (address: Ipv4Address) =
+        let mask = state.Config.Mask4
+
+        address.Value = UInt32.MaxValue
+        || (mask <> 0u
+            && mask < 0xFFFF_FFFEu
+            && (match state.Config.Address4 with
+                | ValueSome ours -> address.Value = (ours.Value ||| ~~~mask)
+                | ValueNone -> false))
+
+    /// True for a group the layer takes: all-systems 224.0.0.1 or a joined one.
+    let isJoined4 (state: IpLayerState) (address: Ipv4Address) =
+        address.Value = 0xE000_0001u || Array.contains address state.Groups4
+
+    /// True for a group the layer takes: all-nodes ff02::1 or a joined one.
+    let isJoined6 (state: IpLayerState) (address: Ipv6Address) =
+        (address.High = 0xFF02_0000_0000_0000UL && address.Low = 1UL)
+        || Array.contains address state.Groups6
 
     /// The Ports view.
     let ports (source: uint16) (destination: uint16) : PortPair =

@@ -39,6 +39,7 @@ module IpLayer =
             IcmpErrorBurst = 10
             Reassembly = ReassemblyConfig.Default
             AnyDestination = false
+            Mask4 = 0u
         }
 
     /// A fresh state at `now`. Throws ArgumentException for an MTU outside 68..65535, below 1280
@@ -57,12 +58,37 @@ module IpLayer =
             ErrorBucket = TokenBucket.create config.IcmpErrorsPerSecond (max 1 config.IcmpErrorBurst) now
             ReassemblyEvicted = 0L
             Extra6 = [||]
+            Groups4 = [||]
+            Groups6 = [||]
         }
 
     /// The state with `addresses` as our IPv6 addresses besides Config.Address6 (the caller
     /// gives a fresh array it never changes).
     let withAddresses6 (addresses: Ipv6Address[]) (state: IpLayerState) : IpLayerState =
         { state with Extra6 = addresses }
+
+    /// The state with `groups` as the multicast groups joined (the caller gives a fresh array
+    /// it never changes): packets to them are accepted, to other groups dropped
+    /// (`drop.multicast.not-joined`).
+    let withGroups (groups: IpAddr[]) (state: IpLayerState) : IpLayerState =
+        { state with
+            Groups4 =
+                groups
+                |> Array.choose (fun g ->
+                    match g with
+                    | V4 a -> Some a
+                    | V6 _ -> None)
+            Groups6 =
+                groups
+                |> Array.choose (fun g ->
+                    match g with
+                    | V6 a -> Some a
+                    | V4 _ -> None)
+        }
+
+    /// True when `address` is the IPv4 limited broadcast or the broadcast address of our prefix
+    /// (Config.Mask4, not for /31 and /32): sending there needs EnableBroadcast.
+    let isBroadcast4 (address: Ipv4Address) (state: IpLayerState) : bool = IpInput.isBroadcast4 state address
 
     /// True when `address` is Config.Address6 or one of the extra IPv6 addresses.
     let isLocal6 (address: Ipv6Address) (state: IpLayerState) : bool =
@@ -311,6 +337,28 @@ module IpLayer =
     [<MethodImpl(MethodImplOptions.AggressiveInlining)>]
     let completeTcpChecksum (source: IpAddr) (headerBytes: int) (payloadSum: uint64) (dst: Span<byte>) : unit =
         IpOutput.completeTcpChecksum source headerBytes payloadSum dst
+
+    /// Sets the TTL (IPv4, the header checksum updated, RFC 1624) or hop limit (IPv6) of a
+    /// packet written here: for a multicast datagram, whose TTL is the socket's multicast TTL
+    /// (1 unless asked otherwise, RFC 1112 §6.1) rather than DefaultTtl. Throws
+    /// ArgumentException when `packet` is not an IPv4 or IPv6 header.
+    let setHopLimit (hopLimit: byte) (packet: Span<byte>) : unit =
+        if packet.Length >= 20 && packet.[0] >>> 4 = 4uy then
+            let oldWord = uint16 packet.[8] <<< 8 ||| uint16 packet.[9]
+            packet.[8] <- hopLimit
+            let newWord = uint16 packet.[8] <<< 8 ||| uint16 packet.[9]
+
+            let oldSum =
+                System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(Span<byte>.op_Implicit(packet.Slice 10))
+
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(
+                packet.Slice 10,
+                Checksum.update oldSum oldWord newWord
+            )
+        elif packet.Length >= 40 && packet.[0] >>> 4 = 6uy then
+            packet.[7] <- hopLimit
+        else
+            invalidArg (nameof packet) "Not an IPv4 or IPv6 packet."
 
     /// Writes a whole echo request packet (RFC 792 / RFC 4443 §4.1) into `dst`; returns its length.
     /// Throws ArgumentException as `writeUdp` does (data up to 65507 / 65527 bytes).

@@ -22,6 +22,9 @@ type IpLayerSettings() =
     member val ReassemblyMaxDatagrams = ReassemblyConfig.Default.MaxDatagrams with get, set
     /// Accept unicast packets to any address (`IpLayerConfig.AnyDestination`).
     member val AnyDestination = false with get, set
+    /// The prefix length of Address4 (0..32), if known: its subnet broadcast is received as a
+    /// broadcast.
+    member val PrefixLength4 = Nullable<int>() with get, set
 
     /// The configuration: the burst of ICMP errors is the rate, between 1 and 10 (a second's
     /// worth, capped so a burst stays small); reassembly timeouts and the per-datagram fragment
@@ -35,6 +38,15 @@ type IpLayerSettings() =
             IcmpErrorsPerSecond = this.IcmpErrorsPerSecond
             IcmpErrorBurst = max 1 (min this.IcmpErrorsPerSecond 10)
             AnyDestination = this.AnyDestination
+            Mask4 =
+                if this.PrefixLength4.HasValue then
+                    let p = this.PrefixLength4.Value
+
+                    if p <= 0 then 0u
+                    elif p >= 32 then UInt32.MaxValue
+                    else UInt32.MaxValue <<< (32 - p)
+                else
+                    0u
             Reassembly =
                 { ReassemblyConfig.Default with
                     MaxBytes = this.ReassemblyMaxBytes

@@ -23,6 +23,10 @@ type IpLayerConfig =
         /// Answers to them (echo replies, RSTs, port unreachables) leave from the address they
         /// were sent to.
         AnyDestination: bool
+        /// The netmask of Address4's prefix when known (0: unknown): packets to the prefix's
+        /// broadcast address are then taken as broadcasts (RFC 1122 §3.3.6), as the limited
+        /// broadcast always is.
+        Mask4: uint32
     }
 
 /// The IP layer's state: an immutable value, replaced by every call that changes it.
@@ -41,4 +45,9 @@ type IpLayerState =
         /// IPv6 addresses that are ours besides Config.Address6 (autoconfigured ones, RFC 4862):
         /// packets to them are accepted too. Never mutated; replaced by IpLayer.withAddresses6.
         Extra6: Ipv6Address[]
+        /// The IPv4 groups joined (all-systems 224.0.0.1 is always taken). Replaced by
+        /// IpLayer.withGroups.
+        Groups4: Ipv4Address[]
+        /// The IPv6 groups joined (all-nodes ff02::1 is always taken).
+        Groups6: Ipv6Address[]
     }

@@ -24,6 +24,7 @@ module internal Ipv4Input =
         (owner: byte[])
         (h: Ipv4Header)
         (broadcast: bool)
+        (multicast: bool)
         (ours: Ipv4Address)
         (foreign: bool)
         (trusted: bool)
@@ -33,6 +34,7 @@ module internal Ipv4Input =
                 Source = V4 h.Source
                 Destination = V4 h.Destination
                 ToBroadcast = broadcast
+                ToMulticast = multicast
                 Foreign = foreign
                 Packet = at owner 0 h.TotalLength
             }
@@ -41,7 +43,23 @@ module internal Ipv4Input =
 
         match h.Protocol with
         | IpProtocol.Icmp ->
-            icmpMessage now state basic packet owner h.PayloadOffset (Icmpv4.parse payload) false broadcast (V4 ours)
+            icmpMessage
+                now
+                state
+                basic
+                packet
+                owner
+                h.PayloadOffset
+                (Icmpv4.parse payload)
+                false
+                (broadcast || multicast)
+                (V4 ours)
+        | Igmp.Protocol ->
+            struct (state,
+                    { basic with
+                        Kind = ReceivedKind.GroupMessage
+                        Payload = at owner h.PayloadOffset h.PayloadLength
+                    })
         | IpProtocol.Udp ->
             let parsed =
                 if trusted then
@@ -51,7 +69,7 @@ module internal Ipv4Input =
 
             udpDatagram state basic owner h.PayloadOffset parsed
         | IpProtocol.Tcp ->
-            if broadcast then
+            if broadcast || multicast then
                 dropped state DropReason.TcpNotUnicast
             else
                 let parsed =
@@ -90,7 +108,8 @@ module internal Ipv4Input =
             match state.Config.Address4 with
             | ValueNone -> dropped state DropReason.NotForUs
             | ValueSome configured ->
-                let broadcast = AddressClass.isLimitedBroadcast4 h.Destination
+                let broadcast = isBroadcast4 state h.Destination
+                let multicast = AddressClass.isMulticast4 h.Destination
 
                 // Any-destination mode takes every unicast destination as its own: answers
                 // leave from the address the packet was sent to.
@@ -110,14 +129,17 @@ module internal Ipv4Input =
                     else
                         configured
 
-                if h.Destination <> ours && not broadcast then
+                if multicast && not (isJoined4 state h.Destination) then
+                    dropped state DropReason.NotJoined
+                elif h.Destination <> ours && not broadcast && not multicast then
                     dropped state DropReason.NotForUs
                 elif
                     // A looped packet comes from ourselves (our address or 127/8) by design.
                     not looped
                     && (AddressClass.isMulticast4 h.Source
                         || AddressClass.isLimitedBroadcast4 h.Source
-                        || AddressClass.isUnspecified4 h.Source
+                        // RFC 4541 §2.1.1: a snooping switch's querier may send from 0.0.0.0.
+                        || (AddressClass.isUnspecified4 h.Source && h.Protocol <> Igmp.Protocol)
                         || AddressClass.isLoopback4 h.Source
                         || h.Source = configured
                         || h.Source = h.Destination)
@@ -153,6 +175,6 @@ module internal Ipv4Input =
                                 })
                     | FragmentOutcome.DuplicateIgnored -> dropped state DropReason.DuplicateFragment
                     | FragmentOutcome.Dropped r -> dropped state (DropReason.Fragment r)
-                    | FragmentOutcome.Atomic -> upperV4 now state packet owner h broadcast ours foreign false
+                    | FragmentOutcome.Atomic -> upperV4 now state packet owner h broadcast multicast ours foreign false
                 else
-                    upperV4 now state packet owner h broadcast ours foreign trusted
+                    upperV4 now state packet owner h broadcast multicast ours foreign trusted

@@ -32,6 +32,7 @@ module internal Ipv6Input =
             { nothing with
                 Source = V6 h.Source
                 Destination = V6 h.Destination
+                ToMulticast = h.Destination.IsMulticast
                 Foreign = foreign
                 Packet = at owner 0 (Ipv6.HeaderLength + h.PayloadLength)
             }
@@ -39,6 +40,18 @@ module internal Ipv6Input =
         let payload = packet.Slice(ext.UpperOffset, ext.UpperLength)
 
         match ext.UpperProtocol with
+        | IpProtocol.Icmpv6 when not payload.IsEmpty && Mld.isMld payload.[0] ->
+            // RFC 3810 §5.1.14, §5.2.13: hop limit 1; queries only from link-local sources.
+            if h.HopLimit <> 1uy then
+                dropped state DropReason.MldHopLimit
+            elif payload.[0] = Mld.Query && (h.Source.High >>> 54) <> 0x3FAUL then
+                dropped state DropReason.MldNotLinkLocal
+            else
+                struct (state,
+                        { basic with
+                            Kind = ReceivedKind.GroupMessage
+                            Payload = at owner ext.UpperOffset ext.UpperLength
+                        })
         | IpProtocol.Icmpv6 ->
             icmpMessage
                 now
@@ -49,7 +62,7 @@ module internal Ipv6Input =
                 ext.UpperOffset
                 (Icmpv6.parse h.Source h.Destination payload)
                 true
-                false
+                h.Destination.IsMulticast
                 (V6 ours)
         | IpProtocol.Udp ->
             let parsed =
@@ -59,6 +72,7 @@ module internal Ipv6Input =
                     Udp.parseV6 h.Source h.Destination payload
 
             udpDatagram state basic owner ext.UpperOffset parsed
+        | IpProtocol.Tcp when h.Destination.IsMulticast -> dropped state DropReason.TcpNotUnicast
         | IpProtocol.Tcp ->
             let parsed =
                 if trusted then
@@ -109,6 +123,7 @@ module internal Ipv6Input =
                     (configured.IsSome && h.Destination = configured.Value)
                     || Array.contains h.Destination state.Extra6
                     || (looped && AddressClass.isLoopback6 h.Destination)
+                let multicast = h.Destination.IsMulticast
 
                 // Any-destination mode takes every unicast destination as its own (marked
                 // Foreign by upperV6).
@@ -119,7 +134,9 @@ module internal Ipv6Input =
                     && not (AddressClass.isUnspecified6 h.Destination)
                     && not (AddressClass.isLoopback6 h.Destination)
 
-                if not isOurs && not foreign then
+                if multicast && not (isJoined6 state h.Destination) then
+                    dropped state DropReason.NotJoined
+                elif not isOurs && not foreign && not multicast then
                     dropped state DropReason.NotForUs
                 elif
                     // A looped packet comes from ourselves (our address or ::1) by design.
@@ -133,7 +150,13 @@ module internal Ipv6Input =
                 then
                     dropped state DropReason.BadSource
                 else
-                    let ours = h.Destination
+                    // The local address of a group's datagram (ICMP answers, errors): the
+                    // configured one, else any of ours.
+                    let ours =
+                        if not multicast then h.Destination
+                        elif configured.IsSome then configured.Value
+                        elif state.Extra6.Length > 0 then state.Extra6.[0]
+                        else h.Destination
 
                     match Ipv6.parseExtensions packet h with
                     | Error e -> dropped state (DropReason.Malformed(PacketLayer.Ipv6, e))

@@ -59,6 +59,12 @@ type DropReason =
     | TcpPortZero
     /// TCP to the IPv4 limited broadcast: TCP is unicast only (RFC 1122 §4.2.3.10).
     | TcpNotUnicast
+    /// To a multicast group no socket joined (RFC 1112 §7.2: a host takes only its groups').
+    | NotJoined
+    /// An MLD message with a hop limit other than 1 (RFC 3810 §5.1.14, §5.2.13 say drop it).
+    | MldHopLimit
+    /// An MLD query from a source that is not link-local (RFC 3810 §5.1.14).
+    | MldNotLinkLocal
 
 /// Counter names for drop reasons: "drop.LAYER.ERROR" for parse errors, "drop.REASON" else.
 [<RequireQualifiedAccess>]
@@ -134,6 +140,9 @@ module DropReason =
         | DropReason.UdpPortZero -> "drop.udp.port-zero"
         | DropReason.TcpPortZero -> "drop.tcp.port-zero"
         | DropReason.TcpNotUnicast -> "drop.tcp.not-unicast"
+        | DropReason.NotJoined -> "drop.multicast.not-joined"
+        | DropReason.MldHopLimit -> "drop.mld.hop-limit"
+        | DropReason.MldNotLinkLocal -> "drop.mld.not-link-local"
 
 /// What a received packet turned out to be.
 type ReceivedKind =
@@ -152,6 +161,9 @@ type ReceivedKind =
     /// A TCP segment with a valid checksum and options: `Received.Tcp` holds its fields,
     /// `Received.Ports` its ports.
     | TcpSegment = 6
+    /// An IGMP message (IPv4) or an MLD message (ICMPv6 130, 131, 132, 143) in Payload, for the
+    /// group membership (`Igmp.parse` / `Mld.parse`, then `Multicast.receive`).
+    | GroupMessage = 7
 
 /// What an ICMP error says, the same for ICMPv4 and ICMPv6.
 type IcmpErrorKind =
@@ -269,8 +281,10 @@ type Received =
         /// The IP destination (one of ours, or the IPv4 limited broadcast; any unicast address in
         /// any-destination mode).
         Destination: IpAddr
-        /// True when the destination was the IPv4 limited broadcast.
+        /// True when the destination was the IPv4 limited broadcast or our subnet's broadcast.
         ToBroadcast: bool
+        /// True when the destination was a multicast group we joined (or all-systems / all-nodes).
+        ToMulticast: bool
         /// True when the destination is not one of our addresses: accepted only because the layer
         /// is in any-destination mode (`IpLayerConfig.AnyDestination`), for a forwarder.
         Foreign: bool
