@@ -31,6 +31,23 @@ module internal InterfaceInput =
             sink.Count "arp.received"
             let ourMac = s.Config.Mac
 
+            // RFC 5227 §2.1.1: while DHCP probes an address, any ARP packet from another host
+            // with it as sender, or another host's probe for it, is a conflict.
+            match s.Dhcp with
+            | ValueSome client ->
+                match Dhcp.probing client with
+                | ValueSome candidate when
+                    arp.SenderMac <> ourMac
+                    && (arp.SenderIp = candidate
+                        || (arp.SenderIp.Value = 0u
+                            && arp.TargetIp = candidate
+                            && arp.Operation = Arp.Operation.Request))
+                    ->
+                    sink.Count "dhcp.conflict"
+                    applyDhcp now &s (Dhcp.conflict now client) sink
+                | _ -> ()
+            | ValueNone -> ()
+
             match s.Config.Address4 with
             | ValueSome ours when arp.SenderMac.Value <> ourMac.Value && not arp.SenderMac.IsMulticast ->
                 if Arp.isConflict ours ourMac arp then
@@ -277,3 +294,35 @@ module internal InterfaceInput =
                 | _ ->
                     // Router solicitations are for routers; redirects are not acted on.
                     sink.Count "ndp.ignored"
+
+    // ------------------------------------------------------------------------------------------
+    // DHCP (RFC 2131): replies to the client port, taken before the IP layer
+    // ------------------------------------------------------------------------------------------
+
+    /// Whether an IPv4 payload is an unfragmented UDP datagram to port 68: the DHCP client's,
+    /// whatever its destination address (an OFFER goes to the address offered, not ours yet).
+    let isForDhcpClient (packet: ReadOnlySpan<byte>) =
+        if packet.Length < 28 || int packet.[0] >>> 4 <> 4 || packet.[9] <> IpProtocol.Udp then
+            false
+        else
+            let ihl = 4 * int (packet.[0] &&& 0xFuy)
+
+            ihl >= 20
+            && packet.Length >= ihl + 8
+            && (BinaryPrimitives.ReadUInt16BigEndian(packet.Slice 6) &&& 0x3FFFus) = 0us
+            && BinaryPrimitives.ReadUInt16BigEndian(packet.Slice(ihl + 2)) = DhcpMessage.ClientPort
+
+    let onDhcp (now: int64) (packet: ReadOnlySpan<byte>) (s: byref<InterfaceState>) (sink: ILinkSink) =
+        match Ipv4.parse packet with
+        | Error _ -> sink.Count "dhcp.drop.malformed"
+        | Ok ip ->
+            let datagram = packet.Slice(ip.PayloadOffset, ip.PayloadLength)
+
+            match Udp.parseV4 ip.Source ip.Destination datagram with
+            | Error _ -> sink.Count "dhcp.drop.malformed"
+            | Ok udp ->
+                match DhcpMessage.parse (datagram.Slice(udp.PayloadOffset, udp.PayloadLength)) with
+                | Error _ -> sink.Count "dhcp.drop.malformed"
+                | Ok m ->
+                    sink.Count "dhcp.received"
+                    applyDhcp now &s (Dhcp.receive now m s.Dhcp.Value) sink

@@ -64,6 +64,13 @@ module IpLayer =
     let withAddresses6 (addresses: Ipv6Address[]) (state: IpLayerState) : IpLayerState =
         { state with Extra6 = addresses }
 
+    /// The state with `address` as our IPv4 address (DHCP's lease, RFC 2131; ValueNone while
+    /// unbound): packets to another address are no longer ours.
+    let withAddress4 (address: Ipv4Address voption) (state: IpLayerState) : IpLayerState =
+        { state with
+            Config = { state.Config with Address4 = address }
+        }
+
     /// True when `address` is Config.Address6 or one of the extra IPv6 addresses.
     let isLocal6 (address: Ipv6Address) (state: IpLayerState) : bool =
         state.Config.Address6 = ValueSome address || Array.contains address state.Extra6
