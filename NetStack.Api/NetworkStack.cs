@@ -96,7 +96,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     // Loop-only: the core's UDP port table (sockets by port and address or family).
     private readonly UdpEndpointTable _udpTable = new();
 
-    private readonly IpAddr? _address4;
+    // Changes at runtime with a DHCP lease (loop-owned; read by other threads as a snapshot).
+    private IpAddr? _address4;
     private readonly IpAddr? _address6;
 
     // Tap mode: the Ethernet adapter, whose autoconfigured IPv6 addresses the loop copies into the
@@ -121,6 +122,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _link = link;
         if (options.Slaac)
             _autoconfiguring = LinkWithin(device);
+        if (options.Dhcp)
+            _dhcpLink = LinkWithin(device);
         _log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NetworkStack>();
         // On a fault-injecting device the stack's counters and the fault counters are one set.
         _statistics = LinkWithin(device)?.Statistics ?? FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
@@ -224,7 +227,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             device.Dispose();
             throw;
         }
-        return AwaitLink(stack);
+        return AwaitLease(AwaitLink(stack));
     }
 
     // The device wrappers Start chooses (io_uring, faults, the writer thread, Ethernet, capture)
@@ -263,7 +266,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         Validate(options);
-        return AwaitLink(new NetworkStack(options, WithCapture(options, device), interfaceName));
+        return AwaitLease(AwaitLink(new NetworkStack(options, WithCapture(options, device), interfaceName)));
     }
 
     // The capture goes outermost, over any fault-injecting device: it records what the stack
@@ -318,7 +321,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private static void Validate(NetStackOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (options.Address is null && options.Address6 is null)
+        ValidateDhcp(options);
+        if (options.Address is null && options.Address6 is null && !options.Dhcp)
             throw new ArgumentException("Give the stack an IPv4 address, an IPv6 address or both.", nameof(options));
         if (options.Address is not null && options.Address.AddressFamily != AddressFamily.InterNetwork)
             throw new ArgumentException($"Address {options.Address} is not an IPv4 address.", nameof(options));

@@ -69,6 +69,14 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     // The DNS servers learned from the link (a fresh array per change; readers take it with Volatile).
     private IPAddress[] _learnedDnsServers = [];
 
+    // The DHCP lease last bound (null: none); the loop's copy, published on every change.
+    private DhcpLease? _lease;
+
+    // The servers of DHCP option 6 and of router advertisements' RDNSS options (RFC 8106), the
+    // latter with their expiry (adapter clock, microseconds).
+    private IPAddress[] _dhcpDns = [];
+    private (IPAddress Address, long Until)[] _rdnss = [];
+
     /// <summary>Wraps <paramref name="frames"/> for the addresses of <paramref name="options"/> (see the remarks).</summary>
     /// <param name="frames">A device whose packets are Ethernet frames (a TAP device's <see cref="TunPacketDevice"/>); the adapter owns it.</param>
     /// <param name="options">The stack's addresses, prefix lengths, gateways, MAC, <see cref="NetStackOptions.VlanId"/> and <see cref="NetStackOptions.Neighbor"/> settings.</param>
@@ -126,6 +134,17 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
             {
                 settings.HasGateway4 = true;
                 settings.Gateway4 = Ipv4Address.OfIPAddress(options.Gateway);
+            }
+        }
+
+        if (options.Dhcp)
+        {
+            settings.Dhcp = true;
+            settings.DhcpHostName = options.DhcpHostName;
+            if (options.DhcpPreviousAddress is not null)
+            {
+                settings.HasDhcpPreviousAddress = true;
+                settings.DhcpPreviousAddress = Ipv4Address.OfIPAddress(options.DhcpPreviousAddress);
             }
         }
 
@@ -206,6 +225,15 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     /// </summary>
     public IReadOnlyList<IPAddress> LearnedDnsServers => Volatile.Read(ref _learnedDnsServers);
 
+    /// <summary>
+    /// The DHCP lease bound now (<see cref="NetStackOptions.Dhcp"/>), or null. A snapshot,
+    /// replaced on every change (bound, renewed, lost): compare references to notice one.
+    /// </summary>
+    public DhcpLease? CurrentLease => Volatile.Read(ref _lease);
+
+    /// <summary>A snapshot of the DHCP client (state, transaction, lease), or null without DHCP.</summary>
+    public DhcpClient? DhcpClient => Volatile.Read(ref _state) is { } state && state.Dhcp.IsSome ? state.Dhcp.Value : null;
+
     /// <summary>The current time of the adapter's clock (the engine's; microseconds), the clock of <see cref="AutoconfiguredAddresses"/>' lifetimes.</summary>
     public long Clock => Now();
 
@@ -234,6 +262,20 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         }
 
         return list;
+    }
+
+    // The learned DNS servers: DHCP's, then the unexpired RDNSS ones, without repeats.
+    private void PublishDnsServers()
+    {
+        long now = _clock is { } clock ? clock() : 0;
+        var list = new List<IPAddress>(_dhcpDns);
+        foreach (var (address, until) in _rdnss)
+        {
+            if (until > now && !list.Contains(address))
+                list.Add(address);
+        }
+
+        Volatile.Write(ref _learnedDnsServers, [.. list]);
     }
 
     /// <summary>When <see cref="RunTimers"/> next has something to do (microseconds of the adapter's clock; <see cref="long.MaxValue"/>: nothing).</summary>
@@ -308,6 +350,13 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
                     break;
                 case LinkEventKind.AddressesChanged:
                     Volatile.Write(ref device._slaacAddresses, Interface.autoconfigured(device._state));
+                    break;
+                case LinkEventKind.LeaseChanged:
+                    var client = device._state.Dhcp;
+                    var lease = client.IsSome && client.Value.Lease.IsSome ? client.Value.Lease.Value : null;
+                    Volatile.Write(ref device._lease, lease);
+                    device._dhcpDns = lease is null ? [] : [.. lease.DnsServers.Select(a => a.ToIPAddress())];
+                    device.PublishDnsServers();
                     break;
             }
         }
