@@ -72,10 +72,10 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     // The DHCP lease last bound (null: none); the loop's copy, published on every change.
     private DhcpLease? _lease;
 
-    // The servers of DHCP option 6 and of router advertisements' RDNSS options (RFC 8106), the
-    // latter with their expiry (adapter clock, microseconds).
+    // The servers of DHCP option 6 and of router advertisements' RDNSS options (RFC 8106; the
+    // interface drops them when their lifetime ends).
     private IPAddress[] _dhcpDns = [];
-    private (IPAddress Address, long Until)[] _rdnss = [];
+    private IPAddress[] _rdnss = [];
 
     /// <summary>Wraps <paramref name="frames"/> for the addresses of <paramref name="options"/> (see the remarks).</summary>
     /// <param name="frames">A device whose packets are Ethernet frames (a TAP device's <see cref="TunPacketDevice"/>); the adapter owns it.</param>
@@ -219,8 +219,9 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     public IReadOnlyList<SlaacAddress> AutoconfiguredAddresses => Volatile.Read(ref _slaacAddresses);
 
     /// <summary>
-    /// The DNS servers the link taught the stack (DHCPv4 option 6, router advertisements' RDNSS
-    /// option, RFC 8106), most recent source first; empty until one was learned. A snapshot,
+    /// The DNS servers the link taught the stack: DHCPv4 option 6 (<see cref="NetStackOptions.Dhcp"/>)
+    /// first, then those of router advertisements' RDNSS options (RFC 8106, while their lifetime
+    /// lasts, the most recent first, 3 at most); empty until one was learned. A snapshot,
     /// replaced on every change.
     /// </summary>
     public IReadOnlyList<IPAddress> LearnedDnsServers => Volatile.Read(ref _learnedDnsServers);
@@ -264,19 +265,9 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         return list;
     }
 
-    // The learned DNS servers: DHCP's, then the unexpired RDNSS ones, without repeats.
-    private void PublishDnsServers()
-    {
-        long now = _clock is { } clock ? clock() : 0;
-        var list = new List<IPAddress>(_dhcpDns);
-        foreach (var (address, until) in _rdnss)
-        {
-            if (until > now && !list.Contains(address))
-                list.Add(address);
-        }
-
-        Volatile.Write(ref _learnedDnsServers, [.. list]);
-    }
+    // The learned DNS servers: DHCP's, then the router advertisements'.
+    private void PublishDnsServers() =>
+        Volatile.Write(ref _learnedDnsServers, [.. _dhcpDns, .. _rdnss]);
 
     /// <summary>When <see cref="RunTimers"/> next has something to do (microseconds of the adapter's clock; <see cref="long.MaxValue"/>: nothing).</summary>
     public long NextDeadline => _state is { } state ? Interface.nextDeadline(state) : long.MaxValue;
@@ -356,6 +347,10 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
                     var lease = client.IsSome && client.Value.Lease.IsSome ? client.Value.Lease.Value : null;
                     Volatile.Write(ref device._lease, lease);
                     device._dhcpDns = lease is null ? [] : [.. lease.DnsServers.Select(a => a.ToIPAddress())];
+                    device.PublishDnsServers();
+                    break;
+                case LinkEventKind.DnsServersChanged:
+                    device._rdnss = [.. Interface.dnsServers6(device._state).Select(a => a.ToIPAddress())];
                     device.PublishDnsServers();
                     break;
             }

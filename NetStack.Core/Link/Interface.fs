@@ -156,6 +156,7 @@ module Interface =
                     )
                 else
                     ValueNone
+            Rdnss = [||]
             Rng = rng
             Memo4Cache = null
             Memo4Hop = Ipv4Address.Any
@@ -330,6 +331,9 @@ module Interface =
         | ValueSome dhcp -> next <- min next (Dhcp.nextDeadline dhcp)
         | ValueNone -> ()
 
+        for struct (_, until) in state.Rdnss do
+            next <- min next until
+
         match state.Slaac with
         | ValueSome slaac -> min next (Slaac.nextDeadline slaac)
         | ValueNone -> next
@@ -373,6 +377,15 @@ module Interface =
         match state.Dhcp with
         | ValueSome dhcp when Dhcp.nextDeadline dhcp <= now -> applyDhcp now &state (Dhcp.tick now dhcp) sink
         | _ -> ()
+
+        if state.Rdnss |> Array.exists (fun struct (_, until) -> until <= now) then
+            state <-
+                { state with
+                    Rdnss = state.Rdnss |> Array.filter (fun struct (_, until) -> until > now)
+                }
+
+            sink.Count "ndp.rdnss.expired"
+            sink.Event(event LinkEventKind.DnsServersChanged MacAddress.Zero Ipv4Address.Any Ipv6Address.Any)
 
         if Dad.nextDeadline state.Dad <= now then
             let struct (dad, probe) = Dad.tick now state.Ndp.Config.RetransTimer state.Dad
@@ -418,6 +431,10 @@ module Interface =
 
     /// The autoconfigured addresses, tentative ones included, oldest first.
     let autoconfigured (state: InterfaceState) : SlaacAddress[] = Array.ofList (autoconfiguredList state)
+
+    /// The DNS servers router advertisements taught (RFC 8106), most recent first.
+    let dnsServers6 (state: InterfaceState) : Ipv6Address[] =
+        state.Rdnss |> Array.map (fun struct (a, _) -> a)
 
     /// The DHCP client's state and lease (ValueNone without DHCP).
     let dhcp (state: InterfaceState) : DhcpClient voption = state.Dhcp

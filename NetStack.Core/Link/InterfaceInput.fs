@@ -14,6 +14,10 @@ module internal InterfaceInput =
     [<Literal>]
     let MaxPrefixesPerAdvertisement = 32
 
+    /// DNS servers learned from router advertisements kept at most.
+    [<Literal>]
+    let MaxRdnss = 3
+
     // ------------------------------------------------------------------------------------------
     // ARP (RFC 826) and conflict defence (RFC 5227)
     // ------------------------------------------------------------------------------------------
@@ -195,6 +199,38 @@ module internal InterfaceInput =
 
             sink.Count "ndp.ra.timers"
 
+    /// RFC 8106 §5.3.1: the servers of an RDNSS option are kept for its lifetime (0: removed at
+    /// once; 0xFFFFFFFF: for ever), most recent first, MaxRdnss at most (§6 leaves the bound to
+    /// the host; 3, as resolv.conf's MAXNS).
+    let onRecursiveDnsServers
+        (now: int64)
+        (servers: struct (Ipv6Address * uint32)[])
+        (s: byref<InterfaceState>)
+        (sink: ILinkSink)
+        =
+        if servers.Length > 0 then
+            let mutable list = List.ofArray s.Rdnss
+
+            // Backwards, so that the option's first server ends up first.
+            for struct (address, lifetime) in Array.rev servers do
+                list <- list |> List.filter (fun struct (a, _) -> a <> address)
+
+                if lifetime > 0u then
+                    let until =
+                        if lifetime = UInt32.MaxValue then
+                            Int64.MaxValue
+                        else
+                            now + int64 lifetime * 1_000_000L
+
+                    list <- struct (address, until) :: list
+
+            let updated = list |> List.truncate MaxRdnss |> Array.ofList
+
+            if updated <> s.Rdnss then
+                s <- { s with Rdnss = updated }
+                sink.Count "ndp.rdnss.changed"
+                sink.Event(event LinkEventKind.DnsServersChanged MacAddress.Zero Ipv4Address.Any Ipv6Address.Any)
+
     let onNdp
         (now: int64)
         (packet: ReadOnlySpan<byte>)
@@ -285,6 +321,7 @@ module internal InterfaceInput =
                     | ValueNone -> ()
 
                     onAdvertisedTimers now m.ReachableTime m.RetransTimer &s sink
+                    onRecursiveDnsServers now (Ndp.recursiveDnsServers body MaxRdnss) &s sink
 
                     match s.Slaac with
                     | ValueSome slaac ->

@@ -108,6 +108,8 @@ type LinkEventKind =
     | AddressesChanged = 4
     /// The DHCP lease changed: bound, renewed, or lost (read it with Interface.dhcpLease).
     | LeaseChanged = 5
+    /// The DNS servers of router advertisements (RFC 8106 RDNSS) changed (Interface.dnsServers6).
+    | DnsServersChanged = 6
 
 /// One event: its kind and the addresses it names (the others are zero).
 [<Struct>]
@@ -197,6 +199,9 @@ type InterfaceState =
         Slaac: SlaacState voption
         /// The DHCP client, when the IPv4 address comes from DHCP.
         Dhcp: DhcpClient voption
+        /// DNS servers of router advertisements' RDNSS options (RFC 8106), most recent first,
+        /// with the time each expires (Int64.MaxValue: never).
+        Rdnss: struct (Ipv6Address * int64)[]
         /// The random draws' generator state (splitmix64).
         Rng: uint64
         Memo4Cache: obj

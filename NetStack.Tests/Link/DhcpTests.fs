@@ -664,5 +664,283 @@ let private clientTests =
             }
         ]
 
+// ------------------------------------------------------------------------------------------
+// Through the interface: frames in and out
+// ------------------------------------------------------------------------------------------
+
+/// Records what the interface asks for.
+type private Recorder() =
+    member val Frames = ResizeArray<MacAddress * uint16 * byte[]>()
+    member val Events = ResizeArray<LinkEvent>()
+    member val Counts = Collections.Generic.Dictionary<string, int>()
+
+    member this.Take() =
+        let all = List.ofSeq this.Frames
+        this.Frames.Clear()
+        all
+
+    interface ILinkSink with
+        member this.Transmit(destination, etherType, payload: ReadOnlySpan<byte>) =
+            this.Frames.Add((destination, etherType, payload.ToArray()))
+
+        member this.Count counter =
+            this.Counts.[counter] <-
+                (match this.Counts.TryGetValue counter with
+                 | true, n -> n + 1
+                 | _ -> 1)
+
+        member this.Event e = this.Events.Add e
+
+let private frame (destination: MacAddress) (source: MacAddress) (etherType: uint16) (payload: byte[]) =
+    let bytes = Array.zeroCreate (14 + payload.Length)
+    Ethernet.write destination source etherType (Span bytes) |> ignore
+    payload.CopyTo(bytes, 14)
+    bytes
+
+let private serverMac = MacAddress.Parse "02:a7:00:00:00:01"
+
+/// A server's reply as IPv4/UDP 67 → 68 (RFC 2131 §4.1: to yiaddr at chaddr), built by hand.
+let private serverFrame (m: DhcpMessage) =
+    let body = bytesOf m
+    let packet = Array.zeroCreate (28 + body.Length)
+    let udp = Udp.buildV4 (Span(packet, 20, packet.Length - 20)) server m.YourAddress 67us 68us (ReadOnlySpan body)
+    Ipv4.write (Ipv4.header server m.YourAddress IpProtocol.Udp) ReadOnlySpan.Empty udp (Span packet) |> ignore
+    frame mac serverMac EtherType.Ipv4 packet
+
+/// The DHCP message in a frame the client sent: IPv4 from `source`, UDP 68 → 67, read by offsets.
+let private clientMessage (source: Ipv4Address) (destination: Ipv4Address) (etherType: uint16, payload: byte[]) =
+    Expect.equal etherType EtherType.Ipv4 "IPv4"
+    Expect.equal (Ipv4Address.Read(ReadOnlySpan(payload, 12, 4))) source "IPv4 source"
+    Expect.equal (Ipv4Address.Read(ReadOnlySpan(payload, 16, 4))) destination "IPv4 destination"
+    Expect.equal payload.[9] 17uy "UDP"
+    Expect.equal (Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(ReadOnlySpan(payload, 20, 2))) 68us "from port 68"
+    Expect.equal (Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(ReadOnlySpan(payload, 22, 2))) 67us "to port 67"
+    Expect.isTrue (Checksum.verify 0UL (ReadOnlySpan(payload, 0, 20))) "the IPv4 header checksum"
+
+    match DhcpMessage.parse (ReadOnlySpan(payload, 28, payload.Length - 28)) with
+    | Ok m -> m
+    | Error e -> failtestf "%A" e
+
+/// A router advertisement from fe80::1 with one RDNSS option (RFC 8106 §5.1) for `servers`
+/// with `lifetime`, written byte by byte (RFC 4861 §4.2), its checksum computed here.
+let private rdnssAdvertisement (lifetime: uint32) (servers: Ipv6Address list) =
+    let option = 8 + 16 * servers.Length
+    let icmp = Array.zeroCreate (16 + option)
+    icmp.[0] <- 134uy
+    icmp.[4] <- 64uy
+    icmp.[16] <- 25uy
+    icmp.[17] <- byte (option / 8)
+    Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(Span(icmp, 20, 4), lifetime)
+    servers |> List.iteri (fun i a -> a.Write(Span(icmp, 24 + 16 * i, 16)))
+    let source = Ipv6Address.Parse "fe80::1"
+    let sum = Checksum.sum (Checksum.pseudoHeaderV6 source Ndp.AllNodes 58uy icmp.Length) (ReadOnlySpan icmp)
+    Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(Span(icmp, 2, 2), Checksum.finish sum)
+
+    let header =
+        { Ipv6.header source Ndp.AllNodes IpProtocol.Icmpv6 with
+            PayloadLength = icmp.Length
+            HopLimit = 255uy
+        }
+
+    let packet = Array.zeroCreate (40 + icmp.Length)
+    Ipv6.write header (Span packet) |> ignore
+    icmp.CopyTo(packet, 40)
+    frame (MacAddress.OfIpv6Multicast Ndp.AllNodes) serverMac EtherType.Ipv6 packet
+
+let private interfaceTests =
+    testList
+        "interface"
+        [
+            test "DISCOVER, OFFER, REQUEST, ACK, probes, a conflicting ARP reply and the DECLINE, as frames" {
+                let settings =
+                    InterfaceSettings(Mac = mac, Dhcp = true, DhcpInitialDelayMax = 0L, DadTransmits = 0, Seed = 3UL)
+
+                let sink = Recorder()
+                let mutable s = Interface.create settings 0L
+                let mutable now = Interface.nextDeadline s
+                Interface.handleTimer now &s sink
+                let broadcast = Ipv4Address UInt32.MaxValue
+
+                let discover =
+                    match sink.Take() with
+                    | [ to', etherType, payload ] ->
+                        Expect.equal to' MacAddress.Broadcast "to ff:ff:ff:ff:ff:ff"
+                        clientMessage Ipv4Address.Any broadcast (etherType, payload)
+                    | frames -> failtestf "one DISCOVER, not %A" frames
+
+                Expect.equal discover.MessageType DhcpMessageType.Discover "DISCOVER"
+                Expect.equal discover.ClientMac mac "chaddr"
+                Expect.equal discover.ClientId (Array.append [| 1uy |] (let b = Array.zeroCreate 6 in mac.Write(Span b); b)) "client id: type 1 and the MAC"
+
+                // The OFFER goes to the offered address (not ours yet) at our MAC.
+                now <- now + 1000L
+                let offer = { reply DhcpMessageType.Offer discover.Xid with Xid = discover.Xid }
+                let v = Interface.receive now (ReadOnlySpan(serverFrame offer)) &s sink
+                Expect.isFalse v.Deliver "taken by the client"
+
+                let request =
+                    match sink.Take() with
+                    | [ _, etherType, payload ] -> clientMessage Ipv4Address.Any broadcast (etherType, payload)
+                    | frames -> failtestf "one REQUEST, not %A" frames
+
+                Expect.equal request.MessageType DhcpMessageType.Request "REQUEST"
+                Expect.equal request.RequestedAddress (ValueSome offered) "for the offer"
+                Expect.equal request.ServerId (ValueSome server) "to its server"
+
+                now <- now + 1000L
+                Interface.receive now (ReadOnlySpan(serverFrame (reply DhcpMessageType.Ack request.Xid))) &s sink |> ignore
+                Expect.isEmpty (sink.Take()) "nothing yet: PROBE_WAIT"
+
+                // The first probe: ARP, sender 0.0.0.0, target the address (RFC 5227 §2.1.1).
+                now <- Interface.nextDeadline s
+                Interface.handleTimer now &s sink
+
+                match sink.Take() with
+                | [ to', etherType, payload ] ->
+                    Expect.equal (to', etherType) (MacAddress.Broadcast, EtherType.Arp) "a broadcast ARP"
+
+                    match Arp.parse (ReadOnlySpan payload) with
+                    | Ok arp ->
+                        Expect.equal arp.SenderIp Ipv4Address.Any "sender 0.0.0.0"
+                        Expect.equal arp.TargetIp offered "target the offered address"
+                        Expect.equal arp.SenderMac mac "our MAC"
+                    | Error e -> failtestf "%A" e
+                | frames -> failtestf "one probe, not %A" frames
+
+                // Another host answers for it: DECLINE, broadcast.
+                let answer =
+                    {
+                        Operation = Arp.Operation.Reply
+                        SenderMac = MacAddress.Parse "02:a7:00:00:00:99"
+                        SenderIp = offered
+                        TargetMac = mac
+                        TargetIp = Ipv4Address.Any
+                    }
+
+                let body = Array.zeroCreate 28
+                Arp.write answer (Span body) |> ignore
+                Interface.receive (now + 1000L) (ReadOnlySpan(frame mac answer.SenderMac EtherType.Arp body)) &s sink |> ignore
+
+                let decline =
+                    match sink.Take() with
+                    | [ _, etherType, payload ] -> clientMessage Ipv4Address.Any broadcast (etherType, payload)
+                    | frames -> failtestf "one DECLINE, not %A" frames
+
+                Expect.equal decline.MessageType DhcpMessageType.Decline "DECLINE"
+                Expect.equal decline.RequestedAddress (ValueSome offered) "the address"
+                Expect.equal s.Config.Address4 ValueNone "no address"
+            }
+
+            test "a bound lease: the address answers ARP, packets to it go up, classless routes choose the router" {
+                let settings =
+                    InterfaceSettings(Mac = mac, Dhcp = true, DhcpInitialDelayMax = 0L, DadTransmits = 0, Seed = 5UL)
+
+                let sink = Recorder()
+                let mutable s = Interface.create settings 0L
+                let mutable now = 0L
+
+                let run () =
+                    now <- max now (Interface.nextDeadline s)
+                    Interface.handleTimer now &s sink
+
+                run ()
+                let xid () =
+                    let _, _, p = sink.Frames.[sink.Frames.Count - 1]
+                    DhcpMessage.parse (ReadOnlySpan(p, 28, p.Length - 28)) |> Result.map _.Xid
+
+                let offer = reply DhcpMessageType.Offer (Result.defaultValue 0u (xid ()))
+                Interface.receive now (ReadOnlySpan(serverFrame offer)) &s sink |> ignore
+
+                let ack =
+                    { reply DhcpMessageType.Ack (Result.defaultValue 0u (xid ())) with
+                        // RFC 3442: 192.0.2.0/24 via 10.0.0.9; everything else via 10.0.0.1 (option 3 ignored).
+                        ClasslessRoutes =
+                            [|
+                                {
+                                    Destination = ip "192.0.2.0"
+                                    PrefixLength = 24
+                                    Router = ip "10.0.0.9"
+                                }
+                                {
+                                    Destination = Ipv4Address.Any
+                                    PrefixLength = 0
+                                    Router = ip "10.0.0.1"
+                                }
+                            |]
+                        Routers = [| ip "10.0.0.254" |]
+                    }
+
+                Interface.receive now (ReadOnlySpan(serverFrame ack)) &s sink |> ignore
+
+                for _ in 1..4 do
+                    run ()
+
+                Expect.equal s.Config.Address4 (ValueSome offered) "bound"
+                Expect.exists sink.Events (fun e -> e.Kind = LinkEventKind.LeaseChanged && e.Address4 = offered) "LeaseChanged"
+                sink.Take() |> ignore
+
+                // An ARP request for the address is answered.
+                let request = Arp.request serverMac server offered
+                let body = Array.zeroCreate 28
+                Arp.write request (Span body) |> ignore
+                Interface.receive now (ReadOnlySpan(frame MacAddress.Broadcast serverMac EtherType.Arp body)) &s sink |> ignore
+
+                Expect.exists (sink.Take()) (fun (to', etherType, p) ->
+                    to' = serverMac && etherType = EtherType.Arp && Ipv4Address.Read(ReadOnlySpan(p, 14, 4)) = offered) "an ARP reply"
+
+                // An IPv4 packet to the address goes up.
+                let packet = Array.zeroCreate 28
+                Ipv4.write (Ipv4.header server offered IpProtocol.Udp) ReadOnlySpan.Empty 8 (Span packet) |> ignore
+                let v = Interface.receive now (ReadOnlySpan(frame mac serverMac EtherType.Ipv4 packet)) &s sink
+                Expect.isTrue v.Deliver "delivered"
+
+                // 192.0.2.7 goes by 10.0.0.9 (resolved first: an ARP request for it); 198.51.100.1
+                // by 10.0.0.1, whose MAC the server's ARP request taught, not by option 3's router.
+                let send (destination: string) =
+                    let packet = Array.zeroCreate 20
+                    Ipv4.write (Ipv4.header offered (ip destination) IpProtocol.Udp) ReadOnlySpan.Empty 0 (Span packet) |> ignore
+                    Interface.queue now packet &s sink
+                    sink.Take() |> List.last
+
+                match send "192.0.2.7" with
+                | _, etherType, p when etherType = EtherType.Arp ->
+                    Expect.equal (Ipv4Address.Read(ReadOnlySpan(p, 24, 4))) (ip "10.0.0.9") "the /24 route's router"
+                | other -> failtestf "an ARP request, not %A" other
+
+                match send "198.51.100.1" with
+                | to', etherType, _ -> Expect.equal (to', etherType) (serverMac, EtherType.Ipv4) "to 10.0.0.1's MAC"
+            }
+
+            test "RDNSS (RFC 8106): servers kept in the router's order for their lifetime, removed by a lifetime of 0" {
+                let settings =
+                    InterfaceSettings(
+                        Mac = mac,
+                        HasAddress6 = true,
+                        Address6 = Ipv6Address.Parse "fda7::2",
+                        DadTransmits = 0,
+                        Seed = 9UL
+                    )
+
+                let sink = Recorder()
+                let mutable s = Interface.create settings 0L
+                let a = Ipv6Address.Parse "fda7::53"
+                let b = Ipv6Address.Parse "fda7::54"
+                Interface.receive 0L (ReadOnlySpan(rdnssAdvertisement 600u [ a; b ])) &s sink |> ignore
+                Expect.equal (Interface.dnsServers6 s) [| a; b |] "both, in order"
+                Expect.exists sink.Events (fun e -> e.Kind = LinkEventKind.DnsServersChanged) "DnsServersChanged"
+                Interface.handleTimer 0L &s sink // the start
+                Expect.equal (Interface.nextDeadline s) (600L * second) "a timer at the lifetime's end"
+                Interface.handleTimer (600L * second - 1L) &s sink
+                Expect.equal (Interface.dnsServers6 s).Length 2 "kept until then"
+                Interface.handleTimer (600L * second) &s sink
+                Expect.isEmpty (Interface.dnsServers6 s) "gone after 600 s"
+                Interface.receive 1L (ReadOnlySpan(rdnssAdvertisement UInt32.MaxValue [ a ])) &s sink |> ignore
+                Expect.equal (Interface.dnsServers6 s) [| a |] "an infinite lifetime"
+                Interface.receive 2L (ReadOnlySpan(rdnssAdvertisement 0u [ a ])) &s sink |> ignore
+                Expect.isEmpty (Interface.dnsServers6 s) "lifetime 0 removes it"
+            }
+        ]
+
 [<Tests>]
-let tests = testList "DHCP client" [ codecTests; modelTests; clientTests ]
+let tests =
+    testList "DHCP client" [ codecTests; modelTests; clientTests; interfaceTests ]
