@@ -128,7 +128,8 @@ module Dhcp =
 
     /// The options asked for (option 55): mask, router, DNS, host name, MTU, lease, server id,
     /// T1, T2, classless routes.
-    let parameterRequests = [| 1uy; 3uy; 6uy; 12uy; 26uy; 51uy; 54uy; 58uy; 59uy; 121uy |]
+    let parameterRequests =
+        [| 1uy; 3uy; 6uy; 12uy; 26uy; 51uy; 54uy; 58uy; 59uy; 121uy |]
 
     /// Defaults: no host name, no previous address, up to 1 s before the first DISCOVER (shorter
     /// than RFC 2131's suggested 1..10 s: one host on a TAP link has no crowd to desynchronise
@@ -247,7 +248,10 @@ module Dhcp =
             else 24
 
     let private seconds (start: int64) (s: int64) =
-        if start = Int64.MaxValue then Int64.MaxValue else start + s * 1_000_000L
+        if start = Int64.MaxValue then
+            Int64.MaxValue
+        else
+            start + s * 1_000_000L
 
     /// The lease an ACK gives when it was asked for at `start` (RFC 2131 §4.4.5: T1 defaults to
     /// 0.5 and T2 to 0.875 of the lease; given ones are used when T1 < T2 < lease), or ValueNone
@@ -301,7 +305,10 @@ module Dhcp =
 
         match c.State with
         | DhcpState.Selecting ->
-            { c with Deadline = now + retransmitDelay attempt d }, [ DhcpAction.Broadcast(discover c now); DhcpAction.Count "dhcp.discover.sent" ]
+            { c with
+                Deadline = now + retransmitDelay attempt d
+            },
+            [ DhcpAction.Broadcast(discover c now); DhcpAction.Count "dhcp.discover.sent" ]
         | DhcpState.Requesting ->
             let offer = c.Offer.Value
 
@@ -390,7 +397,14 @@ module Dhcp =
             c, []
         else
             match c.State with
-            | DhcpState.Init -> enter DhcpState.Selecting now { c with Began = now; Offer = ValueNone }
+            | DhcpState.Init ->
+                enter
+                    DhcpState.Selecting
+                    now
+                    { c with
+                        Began = now
+                        Offer = ValueNone
+                    }
             | DhcpState.InitReboot -> enter DhcpState.Rebooting now { c with Began = now }
             | DhcpState.Selecting -> transmit now c
             | DhcpState.Requesting
@@ -419,7 +433,11 @@ module Dhcp =
                     [ DhcpAction.Probe lease.Address; DhcpAction.Count "dhcp.probe.sent" ]
                 else
                     let c, actions = bind lease c
-                    { c with AnnounceAt = now + AnnounceInterval }, actions @ [ DhcpAction.Announce lease.Address; DhcpAction.Count "dhcp.bound" ]
+
+                    { c with
+                        AnnounceAt = now + AnnounceInterval
+                    },
+                    actions @ [ DhcpAction.Announce lease.Address; DhcpAction.Count "dhcp.bound" ]
             | DhcpState.Bound -> enter DhcpState.Renewing now c
             | DhcpState.Renewing ->
                 if now >= c.Lease.Value.RebindAt then

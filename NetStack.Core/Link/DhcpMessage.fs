@@ -255,7 +255,11 @@ module DhcpMessage =
             Error(BadField "magic cookie")
         else
             let mutable m =
-                { empty data.[0] (LanguagePrimitives.EnumOfValue 0uy) (BinaryPrimitives.ReadUInt32BigEndian(data.Slice 4)) (MacAddress.Read(data.Slice 28)) with
+                { empty
+                      data.[0]
+                      (LanguagePrimitives.EnumOfValue 0uy)
+                      (BinaryPrimitives.ReadUInt32BigEndian(data.Slice 4))
+                      (MacAddress.Read(data.Slice 28)) with
                     Secs = BinaryPrimitives.ReadUInt16BigEndian(data.Slice 8)
                     Broadcast = data.[10] &&& 0x80uy <> 0uy
                     ClientAddress = Ipv4Address.Read(data.Slice 12)
@@ -280,7 +284,13 @@ module DhcpMessage =
                 else
                     let length = int data.[i + 1]
                     let body = data.Slice(i + 2, length)
-                    let size (ok: bool) = if ok then () else error <- ValueSome(BadOptionSize(int code, length))
+
+                    let size (ok: bool) =
+                        if ok then
+                            ()
+                        else
+                            error <- ValueSome(BadOptionSize(int code, length))
+
                     let addressList = length >= 4 && length % 4 = 0
 
                     match code with
@@ -288,7 +298,10 @@ module DhcpMessage =
                         size (length = 4)
 
                         if length = 4 then
-                            m <- { m with SubnetMask = ValueSome(Ipv4Address.Read body) }
+                            m <-
+                                { m with
+                                    SubnetMask = ValueSome(Ipv4Address.Read body)
+                                }
                     | Code.Router ->
                         size addressList
 
@@ -301,7 +314,11 @@ module DhcpMessage =
                             m <- { m with DnsServers = addresses body }
                     | Code.HostName ->
                         size (length >= 1)
-                        m <- { m with HostName = Encoding.ASCII.GetString body }
+
+                        m <-
+                            { m with
+                                HostName = Encoding.ASCII.GetString body
+                            }
                     | Code.Mtu ->
                         let ok = length = 2 && BinaryPrimitives.ReadUInt16BigEndian body >= 68us
                         size ok
@@ -341,10 +358,17 @@ module DhcpMessage =
                         size ok
 
                         if ok then
-                            m <- { m with MessageType = LanguagePrimitives.EnumOfValue body.[0] }
+                            m <-
+                                { m with
+                                    MessageType = LanguagePrimitives.EnumOfValue body.[0]
+                                }
                     | Code.ParameterRequests ->
                         size (length >= 1)
-                        m <- { m with ParameterRequests = body.ToArray() }
+
+                        m <-
+                            { m with
+                                ParameterRequests = body.ToArray()
+                            }
                     | Code.ClientId ->
                         size (length >= 2)
                         m <- { m with ClientId = body.ToArray() }
@@ -369,8 +393,7 @@ module DhcpMessage =
         let optional (present: bool) (n: int) = if present then 2 + n else 0
 
         let routes =
-            m.ClasslessRoutes
-            |> Array.sumBy (fun r -> 1 + (r.PrefixLength + 7) / 8 + 4)
+            m.ClasslessRoutes |> Array.sumBy (fun r -> 1 + (r.PrefixLength + 7) / 8 + 4)
 
         let options =
             3 // message type
@@ -419,7 +442,7 @@ module DhcpMessage =
         m.ClientMac.Write(d.Slice 28)
         BinaryPrimitives.WriteUInt32BigEndian(d.Slice FixedLength, MagicCookie)
         // The options are laid out in an array first (closures cannot hold a span), then copied.
-        let o = Array.zeroCreate<byte> (total - OptionsOffset)
+        let o = Array.zeroCreate<byte>(total - OptionsOffset)
         let mutable i = 0
 
         let header (code: byte) (n: int) =
@@ -496,9 +519,7 @@ module DhcpMessage =
         bytes Code.ClientId m.ClientId
 
         if m.ClasslessRoutes.Length > 0 then
-            let n =
-                m.ClasslessRoutes
-                |> Array.sumBy (fun r -> 1 + (r.PrefixLength + 7) / 8 + 4)
+            let n = m.ClasslessRoutes |> Array.sumBy (fun r -> 1 + (r.PrefixLength + 7) / 8 + 4)
 
             header Code.ClasslessRoutes n
 

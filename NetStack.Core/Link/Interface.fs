@@ -270,11 +270,7 @@ module Interface =
                 if eth.EtherType = EtherType.Arp then
                     onArp now payload eth.Source &state sink
                     nothing
-                elif
-                    eth.EtherType = EtherType.Ipv4
-                    && state.Dhcp.IsSome
-                    && isForDhcpClient payload
-                then
+                elif eth.EtherType = EtherType.Ipv4 && state.Dhcp.IsSome && isForDhcpClient payload then
                     onDhcp now payload &state sink
                     nothing
                 elif

@@ -390,8 +390,7 @@ module internal InterfaceOutput =
                 DhcpMessage.ServerPort
                 (ReadOnlySpan(scratch, 28, n))
 
-        let header =
-            Ipv4.header m.ClientAddress destination IpProtocol.Udp
+        let header = Ipv4.header m.ClientAddress destination IpProtocol.Udp
 
         Ipv4.write header ReadOnlySpan.Empty udp (Span scratch) + udp
 
@@ -411,7 +410,9 @@ module internal InterfaceOutput =
                 queue now (Array.sub s.Scratch 0 n) &s sink
             | DhcpAction.Probe address ->
                 // RFC 5227 §2.1.1: sender IP 0.0.0.0, target the candidate, broadcast.
-                let n = Arp.write (Arp.request s.Config.Mac Ipv4Address.Any address) (Span s.Scratch)
+                let n =
+                    Arp.write (Arp.request s.Config.Mac Ipv4Address.Any address) (Span s.Scratch)
+
                 sink.Transmit(MacAddress.Broadcast, EtherType.Arp, ReadOnlySpan(s.Scratch, 0, n))
             | DhcpAction.Announce address ->
                 let n = Arp.write (Arp.announcement s.Config.Mac address) (Span s.Scratch)

@@ -71,7 +71,9 @@ type private Dnsmasq(args: string list) =
 
     /// Lines of the log containing `text`.
     member this.Count(text: string) =
-        this.Log.Split('\n') |> Array.filter (fun l -> l.Contains(text: string)) |> Array.length
+        this.Log.Split('\n')
+        |> Array.filter (fun l -> l.Contains(text: string))
+        |> Array.length
 
     member _.Kill() =
         if not proc.HasExited then
@@ -94,7 +96,13 @@ let private waitFor (limit: TimeSpan) (what: string) (diagnostics: unit -> strin
 
 /// A stack in DHCP mode on TAP `name` (made here, so the test holds the Ethernet adapter), the
 /// TAP a port of bridge `bridge` with `hostAddress`/24.
-let private withDhcpStack (name: string) (bridge: string) (hostAddress: string) (mac: string) (f: NetworkStack -> EthernetPacketDevice -> unit) =
+let private withDhcpStack
+    (name: string)
+    (bridge: string)
+    (hostAddress: string)
+    (mac: string)
+    (f: NetworkStack -> EthernetPacketDevice -> unit)
+    =
     let options =
         NetStackOptions(
             Mode = NetStackMode.Tap,
@@ -139,7 +147,8 @@ let tests =
         [
             test
                 "a lease from dnsmasq: the kernel pings it, DNS servers learned, renewed at T1; with the server gone REBINDING at T2, and at expiry the address and its TCP connection go" {
-                let leaseFile = Path.Combine(Path.GetTempPath(), $"netstack-dhcp-{Environment.ProcessId}.leases")
+                let leaseFile =
+                    Path.Combine(Path.GetTempPath(), $"netstack-dhcp-{Environment.ProcessId}.leases")
 
                 withDhcpStack "ns107t1" "br107" "10.107.1.1" "02-A7-00-00-01-02" (fun stack adapter ->
                     let events = ConcurrentQueue<DhcpLeaseChangedEventArgs>()
@@ -186,7 +195,10 @@ let tests =
                         [ IPAddress.Parse "10.107.1.53"; IPAddress.Parse "10.107.1.54" ]
                         "LearnedDnsServers from option 6"
 
-                    Expect.equal (dnsmasq.Count $"DHCPACK(br107) {address}") 1 $"dnsmasq acknowledged once\n{diagnostics ()}"
+                    Expect.equal
+                        (dnsmasq.Count $"DHCPACK(br107) {address}")
+                        1
+                        $"dnsmasq acknowledged once\n{diagnostics ()}"
 
                     let code, output = Isolation.run "ping" [ "-c"; "1"; "-W"; "5"; string address ]
                     Expect.equal code 0 $"the kernel pings the leased address:\n{output}\n{diagnostics ()}"
@@ -212,12 +224,17 @@ let tests =
                     dnsmasq.Kill()
                     let killed = Stopwatch.StartNew()
 
-                    waitFor (TimeSpan.FromSeconds 14.0) "REBINDING" diagnostics (fun () -> stack.DhcpState = "Rebinding")
+                    waitFor (TimeSpan.FromSeconds 14.0) "REBINDING" diagnostics (fun () ->
+                        stack.DhcpState = "Rebinding")
 
                     // Expiry: 120 s after the last acknowledged REQUEST, at most 6 s before the kill.
                     waitFor (TimeSpan.FromSeconds 125.0) "expiry" diagnostics (fun () -> isNull stack.DhcpLease)
 
-                    Expect.isGreaterThan killed.Elapsed (TimeSpan.FromSeconds 110.0) "not before the lease's 2 minutes ran out"
+                    Expect.isGreaterThan
+                        killed.Elapsed
+                        (TimeSpan.FromSeconds 110.0)
+                        "not before the lease's 2 minutes ran out"
+
                     Expect.equal stack.Statistics.["dhcp.lease.expired"] 1L "counted"
 
                     waitFor (2.0 * second) "the lost lease's event" diagnostics (fun () ->
@@ -245,6 +262,7 @@ let tests =
                             SocketError.OperationAborted
                             "the connection's read fails: aborted"
                     | other -> failtestf "the read should fail with an IOException, not %A" other
+
                     Expect.equal stack.Statistics.["dhcp.tcp.aborted"] 1L "its connection aborted"
 
                     let unreachable =
@@ -268,14 +286,29 @@ let tests =
             }
 
             test "an address another host holds is DECLINEd (RFC 5227 probe) and the stack takes another" {
-                let leaseFile = Path.Combine(Path.GetTempPath(), $"netstack-dhcp-decline-{Environment.ProcessId}.leases")
+                let leaseFile =
+                    Path.Combine(Path.GetTempPath(), $"netstack-dhcp-decline-{Environment.ProcessId}.leases")
+
                 let ns = "ns107c"
                 ip [ "netns"; "add"; ns ]
 
                 try
                     withDhcpStack "ns107t2" "br107b" "10.107.2.1" "02-A7-00-00-02-02" (fun stack _ ->
                         // The other host: 10.107.2.50 in namespace ns107c, on the bridge by a veth.
-                        ip [ "link"; "add"; "ns107v0"; "type"; "veth"; "peer"; "name"; "ns107v1"; "netns"; ns ]
+                        ip
+                            [
+                                "link"
+                                "add"
+                                "ns107v0"
+                                "type"
+                                "veth"
+                                "peer"
+                                "name"
+                                "ns107v1"
+                                "netns"
+                                ns
+                            ]
+
                         ip [ "link"; "set"; "ns107v0"; "master"; "br107b"; "up" ]
                         ip [ "-n"; ns; "addr"; "add"; "10.107.2.50/24"; "dev"; "ns107v1" ]
                         ip [ "-n"; ns; "link"; "set"; "ns107v1"; "up" ]
@@ -304,7 +337,9 @@ let tests =
                         Expect.isNull stack.DhcpLease "no lease yet"
 
                         // 10 s later (RFC 2131 §3.1.5) a new DISCOVER; dnsmasq gives one from the range.
-                        waitFor (TimeSpan.FromSeconds 30.0) "another lease" diagnostics (fun () -> not (isNull stack.DhcpLease))
+                        waitFor (TimeSpan.FromSeconds 30.0) "another lease" diagnostics (fun () ->
+                            not (isNull stack.DhcpLease))
+
                         let address = stack.DhcpLease.Address
                         let last = int (address.GetAddressBytes().[3])
                         Expect.isTrue (last >= 60 && last <= 70) $"{address} from the range"

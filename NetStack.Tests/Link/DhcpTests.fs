@@ -20,10 +20,11 @@ let private casesOf<'T> () =
     |> Array.map (fun c -> FSharpValue.MakeUnion(c, [||]) :?> 'T)
     |> List.ofArray
 
-let private allStates = casesOf<DhcpState> ()
-let private allTriggers = casesOf<DhcpTrigger> ()
+let private allStates = casesOf<DhcpState>()
+let private allTriggers = casesOf<DhcpTrigger>()
 
-let private normalise (text: string) = text.Replace("\r\n", "\n").TrimEnd('\n')
+let private normalise (text: string) =
+    text.Replace("\r\n", "\n").TrimEnd('\n')
 
 let private ip (text: string) = Ipv4Address.Parse text
 let private mac = MacAddress.Parse "02:a7:00:00:00:02"
@@ -44,7 +45,8 @@ let private rfc3442Examples =
         "10.198.122.47", 32, "20 0a c6 7a 2f"
     ]
 
-let private genAddress = Gen.choose (0, Int32.MaxValue) |> Gen.map (fun n -> Ipv4Address(uint32 n * 2u))
+let private genAddress =
+    Gen.choose (0, Int32.MaxValue) |> Gen.map (fun n -> Ipv4Address(uint32 n * 2u))
 
 let private genRoute =
     gen {
@@ -73,14 +75,24 @@ let private genMessage =
         let! a = Gen.arrayOfLength 4 genAddress
         let! macValue = Gen.choose (0, Int32.MaxValue)
         let! mask = genOptional genAddress
-        let! routers = Gen.choose (0, 3) |> Gen.bind (fun n -> Gen.arrayOfLength n genAddress)
+
+        let! routers =
+            Gen.choose (0, 3) |> Gen.bind (fun n -> Gen.arrayOfLength n genAddress)
+
         let! dns = Gen.choose (0, 3) |> Gen.bind (fun n -> Gen.arrayOfLength n genAddress)
         let! host = Gen.elements [ null; "h"; "netstack-test" ]
         let! mtu = genOptional (Gen.choose (68, 65535))
         let! requested = genOptional genAddress
-        let! times = Gen.arrayOfLength 3 (genOptional (Gen.choose (0, Int32.MaxValue) |> Gen.map uint32))
+
+        let! times =
+            Gen.arrayOfLength 3 (genOptional (Gen.choose (0, Int32.MaxValue) |> Gen.map uint32))
+
         let! server = genOptional genAddress
-        let! prl = Gen.choose (0, 12) |> Gen.bind (fun n -> Gen.arrayOfLength n (Gen.choose (1, 254) |> Gen.map byte))
+
+        let! prl =
+            Gen.choose (0, 12)
+            |> Gen.bind (fun n -> Gen.arrayOfLength n (Gen.choose (1, 254) |> Gen.map byte))
+
         let! cid = Gen.elements [ [||]; [| 1uy; 2uy; 3uy |] ]
         let! routes = Gen.choose (0, 4) |> Gen.bind (fun n -> Gen.arrayOfLength n genRoute)
 
@@ -206,6 +218,7 @@ let private codecTests =
                     b
 
                 let o = DhcpMessage.OptionsOffset
+
                 let check name (bytes: byte[]) (expected: ParseError) =
                     match DhcpMessage.parse (ReadOnlySpan bytes) with
                     | Error e -> Expect.equal e expected name
@@ -217,13 +230,28 @@ let private codecTests =
                 check "op 3" (mutate 0 3uy) (BadField "op")
                 check "the server id with 5 bytes" (mutate (o + 4) 5uy) (BadOptionSize(54, 5))
                 check "a message type of 9" (mutate (o + 2) 9uy) (BadOptionSize(53, 1))
-                check "an option past the end" (Array.append (Array.sub valid 0 (o + 3)) [| 6uy; 200uy; 1uy |]) (BadOptionLength 3)
+
+                check
+                    "an option past the end"
+                    (Array.append (Array.sub valid 0 (o + 3)) [| 6uy; 200uy; 1uy |])
+                    (BadOptionLength 3)
                 // The route option's first width (offset of "18" in option 121) set to 33.
                 let routesAt = Array.IndexOf(valid, 0x79uy, o) + 2
                 check "a route width of 33" (mutate routesAt 33uy) (BadField "classless route width")
                 // A host bit set past the width: 10.27.129.0/24 with the width made 20.
-                check "a destination with bits past its width" (mutate routesAt 20uy) (BadField "classless route destination")
-                check "no message type" (mutate (o + 0) 0uy |> fun b -> (b.[o + 1] <- 0uy; b.[o + 2] <- 0uy; b)) (BadField "message type")
+                check
+                    "a destination with bits past its width"
+                    (mutate routesAt 20uy)
+                    (BadField "classless route destination")
+
+                check
+                    "no message type"
+                    (mutate (o + 0) 0uy
+                     |> fun b ->
+                         (b.[o + 1] <- 0uy
+                          b.[o + 2] <- 0uy
+                          b))
+                    (BadField "message type")
             }
 
             testPropertyWithConfig codecConfig "messages round-trip through write and parse"
@@ -237,7 +265,10 @@ let private codecTests =
 
             testPropertyWithConfig codecConfig "hostile bytes never throw"
             <| Prop.forAll
-                (Arb.fromGen (Gen.choose (0, 600) |> Gen.bind (fun n -> Gen.arrayOfLength n (Gen.choose (0, 255) |> Gen.map byte))))
+                (Arb.fromGen (
+                    Gen.choose (0, 600)
+                    |> Gen.bind (fun n -> Gen.arrayOfLength n (Gen.choose (0, 255) |> Gen.map byte))
+                ))
                 (fun bytes ->
                     // With the fixed part made plausible, so the options parser sees the noise too.
                     let plausible = Array.copy bytes
@@ -339,7 +370,10 @@ let private modelTests =
                 for state in allStates do
                     for trigger in allTriggers do
                         let machine = DhcpModel.configure state
-                        let permitted = (DhcpModel.target state trigger).IsSome || DhcpModel.isIgnored state trigger
+
+                        let permitted =
+                            (DhcpModel.target state trigger).IsSome || DhcpModel.isIgnored state trigger
+
                         Expect.equal (machine.CanFire trigger) permitted $"{state} {trigger}"
 
                         if (DhcpModel.target state trigger).IsSome then
@@ -381,9 +415,17 @@ type private Tracker =
 
 let private reply (kind: DhcpMessageType) (xid: uint32) =
     { DhcpMessage.empty 2uy kind xid mac with
-        YourAddress = if kind = DhcpMessageType.Nak then Ipv4Address.Any else offered
+        YourAddress =
+            if kind = DhcpMessageType.Nak then
+                Ipv4Address.Any
+            else
+                offered
         ServerId = ValueSome server
-        LeaseTime = if kind = DhcpMessageType.Nak then ValueNone else ValueSome leaseSeconds
+        LeaseTime =
+            if kind = DhcpMessageType.Nak then
+                ValueNone
+            else
+                ValueSome leaseSeconds
         SubnetMask = ValueSome(ip "255.255.255.0")
         Routers = [| server |]
     }
@@ -426,22 +468,42 @@ let private walk (seed: int) (steps: int) : Set<DhcpState * DhcpTrigger * DhcpSt
             Edges = Set.empty
         }
 
-    Expect.isLessThanOrEqual (Dhcp.nextDeadline c - now) settings.InitialDelayMax "the first message within the initial delay"
+    Expect.isLessThanOrEqual
+        (Dhcp.nextDeadline c - now)
+        settings.InitialDelayMax
+        "the first message within the initial delay"
 
-    for step in 1 .. steps do
+    for step in 1..steps do
         let state = t.Expected
 
         let input =
             let r = random.NextDouble()
 
             match state with
-            | DhcpState.Selecting -> if r < 0.6 then OfferIn elif r < 0.9 then Timer else Stale
+            | DhcpState.Selecting ->
+                if r < 0.6 then OfferIn
+                elif r < 0.9 then Timer
+                else Stale
             | DhcpState.Requesting
-            | DhcpState.Rebooting -> if r < 0.5 then AckIn elif r < 0.6 then NakIn elif r < 0.95 then Timer else Stale
-            | DhcpState.Probing -> if r < 0.15 then ConflictIn elif r < 0.95 then Timer else AckIn
+            | DhcpState.Rebooting ->
+                if r < 0.5 then AckIn
+                elif r < 0.6 then NakIn
+                elif r < 0.95 then Timer
+                else Stale
+            | DhcpState.Probing ->
+                if r < 0.15 then ConflictIn
+                elif r < 0.95 then Timer
+                else AckIn
             | DhcpState.Renewing
-            | DhcpState.Rebinding -> if r < 0.12 then AckIn elif r < 0.17 then NakIn elif r < 0.95 then Timer else Stale
-            | _ -> if r < 0.9 then Timer elif r < 0.95 then ConflictIn else OfferIn
+            | DhcpState.Rebinding ->
+                if r < 0.12 then AckIn
+                elif r < 0.17 then NakIn
+                elif r < 0.95 then Timer
+                else Stale
+            | _ ->
+                if r < 0.9 then Timer
+                elif r < 0.95 then ConflictIn
+                else OfferIn
 
         // The test's own classification of the input.
         let trigger, result =
@@ -507,7 +569,12 @@ let private walk (seed: int) (steps: int) : Set<DhcpState * DhcpTrigger * DhcpSt
                 None, Dhcp.receive now (reply DhcpMessageType.Ack (t.Xid + 1u)) c
             | ConflictIn ->
                 now <- now + 1_000L
-                (if state = DhcpState.Probing then Some DhcpTrigger.Conflict else None), Dhcp.conflict now c
+
+                (if state = DhcpState.Probing then
+                     Some DhcpTrigger.Conflict
+                 else
+                     None),
+                Dhcp.conflict now c
 
         let next, actions = result
         c <- next
@@ -555,7 +622,11 @@ let private walk (seed: int) (steps: int) : Set<DhcpState * DhcpTrigger * DhcpSt
             | DhcpMessageType.Decline ->
                 Expect.equal m.RequestedAddress (ValueSome offered) "DECLINE names the address"
                 Expect.equal m.ServerId (ValueSome server) "and the server"
-                Expect.equal (Dhcp.nextDeadline c - now) (10L * second) "then 10 s before INIT sends again (RFC 2131 §3.1.5)"
+
+                Expect.equal
+                    (Dhcp.nextDeadline c - now)
+                    (10L * second)
+                    "then 10 s before INIT sends again (RFC 2131 §3.1.5)"
             | DhcpMessageType.Discover -> Expect.equal expected DhcpState.Selecting "DISCOVER in SELECTING"
             | other -> failtestf "the client sent %A" other
 
@@ -571,17 +642,29 @@ let private walk (seed: int) (steps: int) : Set<DhcpState * DhcpTrigger * DhcpSt
         | DhcpState.Rebooting when messages.Length > 0 ->
             let low, high = retransmitBounds t.SentInState
             let wait = Dhcp.nextDeadline c - now
-            Expect.isTrue (wait >= low && wait <= high) $"retransmission {t.SentInState} waits {wait} µs, not in [{low}, {high}]"
+
+            Expect.isTrue
+                (wait >= low && wait <= high)
+                $"retransmission {t.SentInState} waits {wait} µs, not in [{low}, {high}]"
         | DhcpState.Renewing when messages.Length > 0 ->
             let t2 = t.LeaseStart + int64 leaseSeconds * second * 7L / 8L
-            Expect.equal (Dhcp.nextDeadline c) (min t2 (now + max (60L * second) ((t2 - now) / 2L))) "RENEWING waits half the time to T2, at least 60 s"
+
+            Expect.equal
+                (Dhcp.nextDeadline c)
+                (min t2 (now + max (60L * second) ((t2 - now) / 2L)))
+                "RENEWING waits half the time to T2, at least 60 s"
         | DhcpState.Rebinding when messages.Length > 0 ->
             let expiry = t.LeaseStart + int64 leaseSeconds * second
-            Expect.equal (Dhcp.nextDeadline c) (min expiry (now + max (60L * second) ((expiry - now) / 2L))) "REBINDING waits half the time to expiry, at least 60 s"
+
+            Expect.equal
+                (Dhcp.nextDeadline c)
+                (min expiry (now + max (60L * second) ((expiry - now) / 2L)))
+                "REBINDING waits half the time to expiry, at least 60 s"
         | _ -> ()
 
         // Probes (RFC 5227 §2.1.1) and binding.
-        let probes = actions |> List.filter (fun a -> a = DhcpAction.Probe offered) |> List.length
+        let probes =
+            actions |> List.filter (fun a -> a = DhcpAction.Probe offered) |> List.length
 
         if expected = DhcpState.Probing && state <> DhcpState.Probing then
             t.ProbesSent <- 0
@@ -613,7 +696,9 @@ let private walk (seed: int) (steps: int) : Set<DhcpState * DhcpTrigger * DhcpSt
                     t.AnnouncePending <- true
             | DhcpAction.Announce _ when state = DhcpState.Bound -> t.AnnouncePending <- false
             | DhcpAction.Unbind ->
-                Expect.isTrue (state = DhcpState.Renewing || state = DhcpState.Rebinding) "the address is dropped only when it was held"
+                Expect.isTrue
+                    (state = DhcpState.Renewing || state = DhcpState.Rebinding)
+                    "the address is dropped only when it was held"
             | _ -> ()
 
         t.Expected <- expected
@@ -624,7 +709,8 @@ let private clientTests =
     testList
         "client"
         [
-            test "random walks against a scripted server follow the model, with RFC 2131 and RFC 5227 timings, and exercise every edge" {
+            test
+                "random walks against a scripted server follow the model, with RFC 2131 and RFC 5227 timings, and exercise every edge" {
                 let mutable edges = Set.empty
 
                 for seed in 1..120 do
@@ -636,7 +722,15 @@ let private clientTests =
 
             test "an ACK in SELECTING, an OFFER with another xid and a conflict outside PROBING change nothing" {
                 let now = 0L
-                let c = Dhcp.create { Dhcp.settings mac with InitialDelayMax = 0L } 7UL now
+
+                let c =
+                    Dhcp.create
+                        { Dhcp.settings mac with
+                            InitialDelayMax = 0L
+                        }
+                        7UL
+                        now
+
                 let c, actions = Dhcp.tick now c
                 let xid = (fst (List.head (sent actions))).Xid
                 Expect.equal c.State DhcpState.Selecting "selecting"
@@ -658,7 +752,12 @@ let private clientTests =
 
                 let lease m = (Dhcp.leaseOf m 0L).Value
                 let given = lease (ack (ValueSome 10u) (ValueSome 20u))
-                Expect.equal (given.RenewAt, given.RebindAt, given.ExpiresAt) (10L * second, 20L * second, 120L * second) "given"
+
+                Expect.equal
+                    (given.RenewAt, given.RebindAt, given.ExpiresAt)
+                    (10L * second, 20L * second, 120L * second)
+                    "given"
+
                 let wrong = lease (ack (ValueSome 30u) (ValueSome 20u))
                 Expect.equal (wrong.RenewAt, wrong.RebindAt) (60L * second, 105L * second) "0.5 and 0.875 of 120 s"
             }
@@ -703,8 +802,13 @@ let private serverMac = MacAddress.Parse "02:a7:00:00:00:01"
 let private serverFrame (m: DhcpMessage) =
     let body = bytesOf m
     let packet = Array.zeroCreate (28 + body.Length)
-    let udp = Udp.buildV4 (Span(packet, 20, packet.Length - 20)) server m.YourAddress 67us 68us (ReadOnlySpan body)
-    Ipv4.write (Ipv4.header server m.YourAddress IpProtocol.Udp) ReadOnlySpan.Empty udp (Span packet) |> ignore
+
+    let udp =
+        Udp.buildV4 (Span(packet, 20, packet.Length - 20)) server m.YourAddress 67us 68us (ReadOnlySpan body)
+
+    Ipv4.write (Ipv4.header server m.YourAddress IpProtocol.Udp) ReadOnlySpan.Empty udp (Span packet)
+    |> ignore
+
     frame mac serverMac EtherType.Ipv4 packet
 
 /// The DHCP message in a frame the client sent: IPv4 from `source`, UDP 68 → 67, read by offsets.
@@ -733,7 +837,10 @@ let private rdnssAdvertisement (lifetime: uint32) (servers: Ipv6Address list) =
     Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(Span(icmp, 20, 4), lifetime)
     servers |> List.iteri (fun i a -> a.Write(Span(icmp, 24 + 16 * i, 16)))
     let source = Ipv6Address.Parse "fe80::1"
-    let sum = Checksum.sum (Checksum.pseudoHeaderV6 source Ndp.AllNodes 58uy icmp.Length) (ReadOnlySpan icmp)
+
+    let sum =
+        Checksum.sum (Checksum.pseudoHeaderV6 source Ndp.AllNodes 58uy icmp.Length) (ReadOnlySpan icmp)
+
     Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(Span(icmp, 2, 2), Checksum.finish sum)
 
     let header =
@@ -770,11 +877,24 @@ let private interfaceTests =
 
                 Expect.equal discover.MessageType DhcpMessageType.Discover "DISCOVER"
                 Expect.equal discover.ClientMac mac "chaddr"
-                Expect.equal discover.ClientId (Array.append [| 1uy |] (let b = Array.zeroCreate 6 in mac.Write(Span b); b)) "client id: type 1 and the MAC"
+
+                Expect.equal
+                    discover.ClientId
+                    (Array.append
+                        [| 1uy |]
+                        (let b = Array.zeroCreate 6 in
+                         mac.Write(Span b)
+                         b))
+                    "client id: type 1 and the MAC"
 
                 // The OFFER goes to the offered address (not ours yet) at our MAC.
                 now <- now + 1000L
-                let offer = { reply DhcpMessageType.Offer discover.Xid with Xid = discover.Xid }
+
+                let offer =
+                    { reply DhcpMessageType.Offer discover.Xid with
+                        Xid = discover.Xid
+                    }
+
                 let v = Interface.receive now (ReadOnlySpan(serverFrame offer)) &s sink
                 Expect.isFalse v.Deliver "taken by the client"
 
@@ -788,7 +908,10 @@ let private interfaceTests =
                 Expect.equal request.ServerId (ValueSome server) "to its server"
 
                 now <- now + 1000L
-                Interface.receive now (ReadOnlySpan(serverFrame (reply DhcpMessageType.Ack request.Xid))) &s sink |> ignore
+
+                Interface.receive now (ReadOnlySpan(serverFrame (reply DhcpMessageType.Ack request.Xid))) &s sink
+                |> ignore
+
                 Expect.isEmpty (sink.Take()) "nothing yet: PROBE_WAIT"
 
                 // The first probe: ARP, sender 0.0.0.0, target the address (RFC 5227 §2.1.1).
@@ -819,7 +942,9 @@ let private interfaceTests =
 
                 let body = Array.zeroCreate 28
                 Arp.write answer (Span body) |> ignore
-                Interface.receive (now + 1000L) (ReadOnlySpan(frame mac answer.SenderMac EtherType.Arp body)) &s sink |> ignore
+
+                Interface.receive (now + 1000L) (ReadOnlySpan(frame mac answer.SenderMac EtherType.Arp body)) &s sink
+                |> ignore
 
                 let decline =
                     match sink.Take() with
@@ -844,6 +969,7 @@ let private interfaceTests =
                     Interface.handleTimer now &s sink
 
                 run ()
+
                 let xid () =
                     let _, _, p = sink.Frames.[sink.Frames.Count - 1]
                     DhcpMessage.parse (ReadOnlySpan(p, 28, p.Length - 28)) |> Result.map _.Xid
@@ -876,29 +1002,49 @@ let private interfaceTests =
                     run ()
 
                 Expect.equal s.Config.Address4 (ValueSome offered) "bound"
-                Expect.exists sink.Events (fun e -> e.Kind = LinkEventKind.LeaseChanged && e.Address4 = offered) "LeaseChanged"
+
+                Expect.exists
+                    sink.Events
+                    (fun e -> e.Kind = LinkEventKind.LeaseChanged && e.Address4 = offered)
+                    "LeaseChanged"
+
                 sink.Take() |> ignore
 
                 // An ARP request for the address is answered.
                 let request = Arp.request serverMac server offered
                 let body = Array.zeroCreate 28
                 Arp.write request (Span body) |> ignore
-                Interface.receive now (ReadOnlySpan(frame MacAddress.Broadcast serverMac EtherType.Arp body)) &s sink |> ignore
 
-                Expect.exists (sink.Take()) (fun (to', etherType, p) ->
-                    to' = serverMac && etherType = EtherType.Arp && Ipv4Address.Read(ReadOnlySpan(p, 14, 4)) = offered) "an ARP reply"
+                Interface.receive now (ReadOnlySpan(frame MacAddress.Broadcast serverMac EtherType.Arp body)) &s sink
+                |> ignore
+
+                Expect.exists
+                    (sink.Take())
+                    (fun (to', etherType, p) ->
+                        to' = serverMac
+                        && etherType = EtherType.Arp
+                        && Ipv4Address.Read(ReadOnlySpan(p, 14, 4)) = offered)
+                    "an ARP reply"
 
                 // An IPv4 packet to the address goes up.
                 let packet = Array.zeroCreate 28
-                Ipv4.write (Ipv4.header server offered IpProtocol.Udp) ReadOnlySpan.Empty 8 (Span packet) |> ignore
-                let v = Interface.receive now (ReadOnlySpan(frame mac serverMac EtherType.Ipv4 packet)) &s sink
+
+                Ipv4.write (Ipv4.header server offered IpProtocol.Udp) ReadOnlySpan.Empty 8 (Span packet)
+                |> ignore
+
+                let v =
+                    Interface.receive now (ReadOnlySpan(frame mac serverMac EtherType.Ipv4 packet)) &s sink
+
                 Expect.isTrue v.Deliver "delivered"
 
                 // 192.0.2.7 goes by 10.0.0.9 (resolved first: an ARP request for it); 198.51.100.1
                 // by 10.0.0.1, whose MAC the server's ARP request taught, not by option 3's router.
                 let send (destination: string) =
                     let packet = Array.zeroCreate 20
-                    Ipv4.write (Ipv4.header offered (ip destination) IpProtocol.Udp) ReadOnlySpan.Empty 0 (Span packet) |> ignore
+
+                    Ipv4.write (Ipv4.header offered (ip destination) IpProtocol.Udp) ReadOnlySpan.Empty 0 (Span packet)
+                    |> ignore
+
                     Interface.queue now packet &s sink
                     sink.Take() |> List.last
 
@@ -925,7 +1071,10 @@ let private interfaceTests =
                 let mutable s = Interface.create settings 0L
                 let a = Ipv6Address.Parse "fda7::53"
                 let b = Ipv6Address.Parse "fda7::54"
-                Interface.receive 0L (ReadOnlySpan(rdnssAdvertisement 600u [ a; b ])) &s sink |> ignore
+
+                Interface.receive 0L (ReadOnlySpan(rdnssAdvertisement 600u [ a; b ])) &s sink
+                |> ignore
+
                 Expect.equal (Interface.dnsServers6 s) [| a; b |] "both, in order"
                 Expect.exists sink.Events (fun e -> e.Kind = LinkEventKind.DnsServersChanged) "DnsServersChanged"
                 Interface.handleTimer 0L &s sink // the start
@@ -934,9 +1083,15 @@ let private interfaceTests =
                 Expect.equal (Interface.dnsServers6 s).Length 2 "kept until then"
                 Interface.handleTimer (600L * second) &s sink
                 Expect.isEmpty (Interface.dnsServers6 s) "gone after 600 s"
-                Interface.receive 1L (ReadOnlySpan(rdnssAdvertisement UInt32.MaxValue [ a ])) &s sink |> ignore
+
+                Interface.receive 1L (ReadOnlySpan(rdnssAdvertisement UInt32.MaxValue [ a ])) &s sink
+                |> ignore
+
                 Expect.equal (Interface.dnsServers6 s) [| a |] "an infinite lifetime"
-                Interface.receive 2L (ReadOnlySpan(rdnssAdvertisement 0u [ a ])) &s sink |> ignore
+
+                Interface.receive 2L (ReadOnlySpan(rdnssAdvertisement 0u [ a ])) &s sink
+                |> ignore
+
                 Expect.isEmpty (Interface.dnsServers6 s) "lifetime 0 removes it"
             }
         ]
