@@ -291,6 +291,35 @@ public sealed record NetStackOptions
     public byte[]? SlaacSecretKey { get; init; }
 
     /// <summary>
+    /// Tap mode: take the IPv4 address from a DHCP server (RFC 2131), off by default;
+    /// <see cref="Address"/> must then be null. Until a lease is bound the stack has no IPv4
+    /// address (IPv4 connects and sends fail with <see cref="System.Net.Sockets.SocketError.NetworkUnreachable"/>);
+    /// once bound, the address, prefix, router (option 3) or classless static routes (option 121,
+    /// RFC 3442) are used, the address is checked with ARP first (RFC 5227) and DECLINEd when
+    /// another host has it, the lease is renewed at T1, rebound at T2 and dropped at expiry (TCP
+    /// connections on it are aborted). See <see cref="NetworkStack.DhcpLease"/>,
+    /// <see cref="NetworkStack.DhcpLeaseChanged"/> and docs/dhcp.md.
+    /// </summary>
+    public bool Dhcp { get; init; }
+
+    /// <summary>
+    /// With <see cref="Dhcp"/>: an address held before (a stored lease) to ask for again first
+    /// (INIT-REBOOT, RFC 2131 §3.2); null: a fresh DISCOVER.
+    /// </summary>
+    public IPAddress? DhcpPreviousAddress { get; init; }
+
+    /// <summary>With <see cref="Dhcp"/>: the host name sent to the server (option 12), or null.</summary>
+    public string? DhcpHostName { get; init; }
+
+    /// <summary>
+    /// With <see cref="Dhcp"/>: how long <see cref="NetworkStack.Start(NetStackOptions)"/> waits
+    /// for the first lease (a <see cref="TimeoutException"/> after it, the stack disposed);
+    /// <see cref="TimeSpan.Zero"/>: it does not wait, and the lease comes later
+    /// (<see cref="NetworkStack.DhcpLeaseChanged"/>). Default 30 s.
+    /// </summary>
+    public TimeSpan DhcpStartTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
     /// Any-destination mode, off by default: the stack accepts unicast packets to every address,
     /// not only its own, as a forwarder needs (a tun2socks-style proxy, <c>netstack run</c>).
     /// Packets to other addresses reach <see cref="NetworkStack.ForwardTcp"/>,

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.NetworkInformation;
+using System.Net.Sockets;
 using NetStack.Core.Ip;
 using NetStack.Core.Stack;
 using NetStack.Core.Wire;
@@ -216,6 +217,7 @@ public sealed partial class NetworkStack
     /// <param name="dataSize">Bytes of echo data (0..65500; fragmented as needed).</param>
     /// <param name="cancellationToken">Cancels the wait (the task is then canceled).</param>
     /// <exception cref="ArgumentException">No address of the destination's family, or bad sizes.</exception>
+    /// <exception cref="SocketException">NetworkUnreachable for an IPv4 destination while <see cref="NetStackOptions.Dhcp"/> has no lease bound (as ping on a host without an address).</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed (also for a ping pending at disposal).</exception>
     public Task<PingReply> PingAsync(IPAddress destination, TimeSpan timeout, int dataSize = 56, CancellationToken cancellationToken = default)
     {
@@ -228,6 +230,8 @@ public sealed partial class NetworkStack
         ArgumentOutOfRangeException.ThrowIfGreaterThan(dataSize, 65500);
         var target = IpAddr.OfIPAddress(destination);
         var source = SourceFor(target);
+        if (source is null && !target.IsIpv6 && Options.Dhcp)
+            throw new SocketException((int)SocketError.NetworkUnreachable);
         if (source is null)
             throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to ping {destination} from.", nameof(destination));
         if (cancellationToken.IsCancellationRequested)

@@ -136,6 +136,8 @@ public sealed partial class NetworkStack
                 Volatile.Write(ref _loopIdle, false);
                 if (_autoconfiguring is not null)
                     SyncAutoconfigured();
+                if (_dhcpLink is not null)
+                    SyncDhcp();
                 if (read)
                 {
                     deviceErrors = 0;

@@ -166,7 +166,8 @@ public sealed partial class NetworkStack
             (v4, v6) = (true, false);
         else if (address.AddressFamily == AddressFamily.InterNetwork)
         {
-            if (!address.Equals(Options.Address) && !IPAddress.IsLoopback(address))
+            if (!address.Equals(Options.Address) && !IPAddress.IsLoopback(address)
+                && !(_address4 is { } leased && address.Equals(leased.ToIPAddress())))
                 throw new SocketException((int)SocketError.AddressNotAvailable);
             (v4, v6) = (true, false);
         }
@@ -176,7 +177,8 @@ public sealed partial class NetworkStack
                 throw new SocketException((int)SocketError.AddressNotAvailable);
             (v4, v6) = (false, true);
         }
-        if ((v4 && _address4 is null) || (!v4 && !v6))
+        // With DHCP, IPv4 Any binds before a lease exists (as the kernel's does without an address).
+        if ((v4 && _address4 is null && !(Options.Dhcp && address.Equals(IPAddress.Any))) || (!v4 && !v6))
             throw new ArgumentException($"The stack has no IPv4 address for {localEndPoint}.", nameof(localEndPoint));
         if (v6 && !HasIpv6)
             throw new ArgumentException($"The stack has no IPv6 address for {localEndPoint}.", nameof(localEndPoint));
@@ -210,7 +212,7 @@ public sealed partial class NetworkStack
     /// <param name="remote">The peer (port 1..65535; IPv4-mapped IPv6 addresses count as IPv4).</param>
     /// <param name="cancellationToken">Cancels the attempt (the half-open connection is reset).</param>
     /// <returns>The established connection.</returns>
-    /// <exception cref="SocketException">ConnectionRefused when the peer answers with a RST; TimedOut when the SYN retransmissions run out; AddressNotAvailable when no ephemeral port is free (as a kernel socket's connect).</exception>
+    /// <exception cref="SocketException">ConnectionRefused when the peer answers with a RST; TimedOut when the SYN retransmissions run out; AddressNotAvailable when no ephemeral port is free (as a kernel socket's connect); NetworkUnreachable for an IPv4 destination while <see cref="NetStackOptions.Dhcp"/> has no lease bound.</exception>
     /// <exception cref="ArgumentException">The endpoint is unusable or the stack has no address of its family.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
@@ -224,6 +226,8 @@ public sealed partial class NetworkStack
             throw new ArgumentException("The destination address is unspecified.", nameof(remote));
         var target = IpAddr.OfIPAddress(address);
         var source = SourceFor(target);
+        if (source is null && !target.IsIpv6 && Options.Dhcp)
+            throw new SocketException((int)SocketError.NetworkUnreachable);
         if (source is null)
             throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to connect to {address} from.", nameof(remote));
         cancellationToken.ThrowIfCancellationRequested();

@@ -16,6 +16,11 @@ public sealed partial class NetworkStack
     // "packet too big" and the connection's MSS follows, Connection.handleIcmpInto).
     private void Transmit(IpAddr local, ushort localPort, IpAddr remote, ushort remotePort, OutgoingSegment segment, TcpConnection? c, long now)
     {
+        if (_silentTcp)
+        {
+            _statistics.Increment("tcp.drop.address-gone");
+            return;
+        }
         if (segment.DataLength > 0)
         {
             if (TransmitGathered(c!, segment, segment.Flags, segment.DataLength, 0, _ipIds.Next()))

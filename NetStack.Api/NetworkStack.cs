@@ -96,7 +96,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     // Loop-only: the core's UDP port table (sockets by port and address or family).
     private readonly UdpEndpointTable _udpTable = new();
 
-    private readonly IpAddr? _address4;
+    // Changes at runtime with a DHCP lease (loop-owned; read by other threads as a snapshot).
+    private IpAddr? _address4;
     private readonly IpAddr? _address6;
 
     // Tap mode: the Ethernet adapter, whose link-local and autoconfigured IPv6 addresses the loop
@@ -122,6 +123,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _link = link;
         if (options.Slaac || options.LinkLocalAddress)
             _autoconfiguring = LinkWithin(device);
+        if (options.Dhcp)
+            _dhcpLink = LinkWithin(device);
         _log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NetworkStack>();
         // On a fault-injecting device the stack's counters and the fault counters are one set.
         _statistics = LinkWithin(device)?.Statistics ?? FaultsWithin(device)?.Statistics ?? new NetStackStatistics();
@@ -227,7 +230,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             device.Dispose();
             throw;
         }
-        return AwaitLink(stack);
+        return AwaitLease(AwaitLink(stack));
     }
 
     // The device wrappers Start chooses (io_uring, faults, the writer thread, Ethernet, capture)
@@ -266,7 +269,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         Validate(options);
-        return AwaitLink(new NetworkStack(options, WithCapture(options, device), interfaceName));
+        return AwaitLease(AwaitLink(new NetworkStack(options, WithCapture(options, device), interfaceName)));
     }
 
     // The capture goes outermost, over any fault-injecting device: it records what the stack
@@ -321,12 +324,13 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private static void Validate(NetStackOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
+        ValidateDhcp(options);
         bool tap = options.Mode == NetStackMode.Tap;
-        // Tap mode forms IPv6 addresses of its own (link-local, autoconfigured).
+        // Tap mode forms IPv6 addresses of its own (link-local, autoconfigured), and may lease an IPv4 one.
         bool formsIpv6 = tap && (options.LinkLocalAddress || options.Slaac);
-        if (options.Address is null && options.Address6 is null && !formsIpv6)
+        if (options.Address is null && options.Address6 is null && !formsIpv6 && !options.Dhcp)
             throw new ArgumentException(tap
-                ? "Give the stack an Address, an Address6, or leave LinkLocalAddress on (Tap mode)."
+                ? "Give the stack an Address, an Address6, Dhcp = true, or leave LinkLocalAddress on (Tap mode)."
                 : "Give the stack an IPv4 address (Address), an IPv6 address (Address6) or both.", nameof(options));
         if (options.Address is not null && options.Address.AddressFamily != AddressFamily.InterNetwork)
             throw new ArgumentException($"Address {options.Address} is not an IPv4 address.", nameof(options));

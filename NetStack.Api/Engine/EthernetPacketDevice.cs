@@ -69,6 +69,14 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     // The DNS servers learned from the link (a fresh array per change; readers take it with Volatile).
     private IPAddress[] _learnedDnsServers = [];
 
+    // The DHCP lease last bound (null: none); the loop's copy, published on every change.
+    private DhcpLease? _lease;
+
+    // The servers of DHCP option 6 and of router advertisements' RDNSS options (RFC 8106; the
+    // interface drops them when their lifetime ends).
+    private IPAddress[] _dhcpDns = [];
+    private IPAddress[] _rdnss = [];
+
     /// <summary>Wraps <paramref name="frames"/> for the addresses of <paramref name="options"/> (see the remarks).</summary>
     /// <param name="frames">A device whose packets are Ethernet frames (a TAP device's <see cref="TunPacketDevice"/>); the adapter owns it.</param>
     /// <param name="options">The stack's addresses, prefix lengths, gateways, MAC, <see cref="NetStackOptions.VlanId"/> and <see cref="NetStackOptions.Neighbor"/> settings.</param>
@@ -126,6 +134,17 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
             {
                 settings.HasGateway4 = true;
                 settings.Gateway4 = Ipv4Address.OfIPAddress(options.Gateway);
+            }
+        }
+
+        if (options.Dhcp)
+        {
+            settings.Dhcp = true;
+            settings.DhcpHostName = options.DhcpHostName;
+            if (options.DhcpPreviousAddress is not null)
+            {
+                settings.HasDhcpPreviousAddress = true;
+                settings.DhcpPreviousAddress = Ipv4Address.OfIPAddress(options.DhcpPreviousAddress);
             }
         }
 
@@ -204,11 +223,21 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
     public IReadOnlyList<SlaacAddress> AutoconfiguredAddresses => Volatile.Read(ref _slaacAddresses);
 
     /// <summary>
-    /// The DNS servers the link taught the stack (DHCPv4 option 6, router advertisements' RDNSS
-    /// option, RFC 8106), most recent source first; empty until one was learned. A snapshot,
+    /// The DNS servers the link taught the stack: DHCPv4 option 6 (<see cref="NetStackOptions.Dhcp"/>)
+    /// first, then those of router advertisements' RDNSS options (RFC 8106, while their lifetime
+    /// lasts, the most recent first, 3 at most); empty until one was learned. A snapshot,
     /// replaced on every change.
     /// </summary>
     public IReadOnlyList<IPAddress> LearnedDnsServers => Volatile.Read(ref _learnedDnsServers);
+
+    /// <summary>
+    /// The DHCP lease bound now (<see cref="NetStackOptions.Dhcp"/>), or null. A snapshot,
+    /// replaced on every change (bound, renewed, lost): compare references to notice one.
+    /// </summary>
+    public DhcpLease? CurrentLease => Volatile.Read(ref _lease);
+
+    /// <summary>A snapshot of the DHCP client (state, transaction, lease), or null without DHCP.</summary>
+    public DhcpClient? DhcpClient => Volatile.Read(ref _state) is { } state && state.Dhcp.IsSome ? state.Dhcp.Value : null;
 
     /// <summary>The current time of the adapter's clock (the engine's; microseconds), the clock of <see cref="AutoconfiguredAddresses"/>' lifetimes.</summary>
     public long Clock => Now();
@@ -251,6 +280,10 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
         if (_state is not null)
             _state = Interface.withMulticastGroups(groups4, groups6, _state);
     }
+
+    // The learned DNS servers: DHCP's, then the router advertisements'.
+    private void PublishDnsServers() =>
+        Volatile.Write(ref _learnedDnsServers, [.. _dhcpDns, .. _rdnss]);
 
     /// <summary>When <see cref="RunTimers"/> next has something to do (microseconds of the adapter's clock; <see cref="long.MaxValue"/>: nothing).</summary>
     public long NextDeadline => _state is { } state ? Interface.nextDeadline(state) : long.MaxValue;
@@ -324,6 +357,17 @@ public sealed class EthernetPacketDevice : IOffloadPacketDevice
                     break;
                 case LinkEventKind.AddressesChanged:
                     Volatile.Write(ref device._slaacAddresses, Interface.autoconfigured(device._state));
+                    break;
+                case LinkEventKind.LeaseChanged:
+                    var client = device._state.Dhcp;
+                    var lease = client.IsSome && client.Value.Lease.IsSome ? client.Value.Lease.Value : null;
+                    Volatile.Write(ref device._lease, lease);
+                    device._dhcpDns = lease is null ? [] : [.. lease.DnsServers.Select(a => a.ToIPAddress())];
+                    device.PublishDnsServers();
+                    break;
+                case LinkEventKind.DnsServersChanged:
+                    device._rdnss = [.. Interface.dnsServers6(device._state).Select(a => a.ToIPAddress())];
+                    device.PublishDnsServers();
                     break;
             }
         }

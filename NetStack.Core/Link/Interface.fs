@@ -40,6 +40,9 @@ module Interface =
         then
             invalidArg "options" $"PrefixLength6 {settings.PrefixLength6} is outside 0..128."
 
+        if settings.Dhcp && settings.HasAddress4 then
+            invalidArg "options" "Dhcp and a configured IPv4 address exclude each other."
+
         if
             settings.DadTransmits < 0
             || settings.DadTransmits > 10
@@ -64,6 +67,7 @@ module Interface =
         let struct (d4, rng) = draw settings.Seed
         let struct (d6, rng) = draw rng
         let struct (dSolicit, rng) = draw rng
+        let struct (_, dhcpSeed) = draw rng
         let reachable4 = ReachableTime.create now neighbor.ReachableTime d4
         let reachable6 = ReachableTime.create now neighbor.ReachableTime d6
 
@@ -125,6 +129,7 @@ module Interface =
                         else
                             ValueNone
                     GratuitousArps = settings.GratuitousArps
+                    Routes4 = [||]
                 }
             Arp =
                 NeighborCache.create neighbor
@@ -144,6 +149,25 @@ module Interface =
             LastDefence = ValueNone
             LastConflictReported = ValueNone
             Slaac = slaac
+            Dhcp =
+                if settings.Dhcp then
+                    ValueSome(
+                        Dhcp.create
+                            { Dhcp.settings mac with
+                                HostName = settings.DhcpHostName
+                                PreviousAddress =
+                                    if settings.HasDhcpPreviousAddress then
+                                        ValueSome settings.DhcpPreviousAddress
+                                    else
+                                        ValueNone
+                                InitialDelayMax = settings.DhcpInitialDelayMax
+                            }
+                            (dhcpSeed * 0xD6E8FEB86659FD93UL)
+                            now
+                    )
+                else
+                    ValueNone
+            Rdnss = [||]
             Rng = rng
             Memo4Cache = null
             Memo4Hop = Ipv4Address.Any
@@ -151,7 +175,7 @@ module Interface =
             Memo6Cache = null
             Memo6Hop = Ipv6Address.Any
             Memo6Mac = MacAddress.Zero
-            Scratch = Array.zeroCreate 256
+            Scratch = Array.zeroCreate 1024
             GroupMacs = [||]
         }
 
@@ -285,6 +309,9 @@ module Interface =
                 if eth.EtherType = EtherType.Arp then
                     onArp now payload eth.Source &state sink
                     nothing
+                elif eth.EtherType = EtherType.Ipv4 && state.Dhcp.IsSome && isForDhcpClient payload then
+                    onDhcp now payload &state sink
+                    nothing
                 elif
                     eth.EtherType = EtherType.Ipv4
                     && state.Config.Address4.IsSome
@@ -335,6 +362,13 @@ module Interface =
         if state.StartPending && state.Dad.Phase = DadPhase.Passed then
             next <- min next state.StartAt
 
+        match state.Dhcp with
+        | ValueSome dhcp -> next <- min next (Dhcp.nextDeadline dhcp)
+        | ValueNone -> ()
+
+        for struct (_, until) in state.Rdnss do
+            next <- min next until
+
         match state.Slaac with
         | ValueSome slaac -> min next (Slaac.nextDeadline slaac)
         | ValueNone -> next
@@ -374,6 +408,19 @@ module Interface =
         match state.Slaac with
         | ValueSome slaac when Slaac.nextDeadline slaac <= now -> applySlaac &state (Slaac.tick now slaac) sink
         | _ -> ()
+
+        match state.Dhcp with
+        | ValueSome dhcp when Dhcp.nextDeadline dhcp <= now -> applyDhcp now &state (Dhcp.tick now dhcp) sink
+        | _ -> ()
+
+        if state.Rdnss |> Array.exists (fun struct (_, until) -> until <= now) then
+            state <-
+                { state with
+                    Rdnss = state.Rdnss |> Array.filter (fun struct (_, until) -> until > now)
+                }
+
+            sink.Count "ndp.rdnss.expired"
+            sink.Event(event LinkEventKind.DnsServersChanged MacAddress.Zero Ipv4Address.Any Ipv6Address.Any)
 
         if Dad.nextDeadline state.Dad <= now then
             let struct (dad, probe) = Dad.tick now state.Ndp.Config.RetransTimer state.Dad
@@ -419,6 +466,13 @@ module Interface =
 
     /// The autoconfigured addresses, tentative ones included, oldest first.
     let autoconfigured (state: InterfaceState) : SlaacAddress[] = Array.ofList (autoconfiguredList state)
+
+    /// The DNS servers router advertisements taught (RFC 8106), most recent first.
+    let dnsServers6 (state: InterfaceState) : Ipv6Address[] =
+        state.Rdnss |> Array.map (fun struct (a, _) -> a)
+
+    /// The DHCP client's state and lease (ValueNone without DHCP).
+    let dhcp (state: InterfaceState) : DhcpClient voption = state.Dhcp
 
     /// Whether the configured IPv6 address is still tentative (duplicate address detection runs).
     let isTentative (state: InterfaceState) = Dad.isTentative state.Dad

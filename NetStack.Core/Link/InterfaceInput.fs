@@ -14,6 +14,10 @@ module internal InterfaceInput =
     [<Literal>]
     let MaxPrefixesPerAdvertisement = 32
 
+    /// DNS servers learned from router advertisements kept at most.
+    [<Literal>]
+    let MaxRdnss = 3
+
     // ------------------------------------------------------------------------------------------
     // ARP (RFC 826) and conflict defence (RFC 5227)
     // ------------------------------------------------------------------------------------------
@@ -30,6 +34,23 @@ module internal InterfaceInput =
         | Ok arp ->
             sink.Count "arp.received"
             let ourMac = s.Config.Mac
+
+            // RFC 5227 §2.1.1: while DHCP probes an address, any ARP packet from another host
+            // with it as sender, or another host's probe for it, is a conflict.
+            match s.Dhcp with
+            | ValueSome client ->
+                match Dhcp.probing client with
+                | ValueSome candidate when
+                    arp.SenderMac <> ourMac
+                    && (arp.SenderIp = candidate
+                        || (arp.SenderIp.Value = 0u
+                            && arp.TargetIp = candidate
+                            && arp.Operation = Arp.Operation.Request))
+                    ->
+                    sink.Count "dhcp.conflict"
+                    applyDhcp now &s (Dhcp.conflict now client) sink
+                | _ -> ()
+            | ValueNone -> ()
 
             match s.Config.Address4 with
             | ValueSome ours when arp.SenderMac.Value <> ourMac.Value && not arp.SenderMac.IsMulticast ->
@@ -178,6 +199,38 @@ module internal InterfaceInput =
 
             sink.Count "ndp.ra.timers"
 
+    /// RFC 8106 §5.3.1: the servers of an RDNSS option are kept for its lifetime (0: removed at
+    /// once; 0xFFFFFFFF: for ever), most recent first, MaxRdnss at most (§6 leaves the bound to
+    /// the host; 3, as resolv.conf's MAXNS).
+    let onRecursiveDnsServers
+        (now: int64)
+        (servers: struct (Ipv6Address * uint32)[])
+        (s: byref<InterfaceState>)
+        (sink: ILinkSink)
+        =
+        if servers.Length > 0 then
+            let mutable list = List.ofArray s.Rdnss
+
+            // Backwards, so that the option's first server ends up first.
+            for struct (address, lifetime) in Array.rev servers do
+                list <- list |> List.filter (fun struct (a, _) -> a <> address)
+
+                if lifetime > 0u then
+                    let until =
+                        if lifetime = UInt32.MaxValue then
+                            Int64.MaxValue
+                        else
+                            now + int64 lifetime * 1_000_000L
+
+                    list <- struct (address, until) :: list
+
+            let updated = list |> List.truncate MaxRdnss |> Array.ofList
+
+            if updated <> s.Rdnss then
+                s <- { s with Rdnss = updated }
+                sink.Count "ndp.rdnss.changed"
+                sink.Event(event LinkEventKind.DnsServersChanged MacAddress.Zero Ipv4Address.Any Ipv6Address.Any)
+
     let onNdp
         (now: int64)
         (packet: ReadOnlySpan<byte>)
@@ -268,6 +321,7 @@ module internal InterfaceInput =
                     | ValueNone -> ()
 
                     onAdvertisedTimers now m.ReachableTime m.RetransTimer &s sink
+                    onRecursiveDnsServers now (Ndp.recursiveDnsServers body MaxRdnss) &s sink
 
                     match s.Slaac with
                     | ValueSome slaac ->
@@ -277,3 +331,35 @@ module internal InterfaceInput =
                 | _ ->
                     // Router solicitations are for routers; redirects are not acted on.
                     sink.Count "ndp.ignored"
+
+    // ------------------------------------------------------------------------------------------
+    // DHCP (RFC 2131): replies to the client port, taken before the IP layer
+    // ------------------------------------------------------------------------------------------
+
+    /// Whether an IPv4 payload is an unfragmented UDP datagram to port 68: the DHCP client's,
+    /// whatever its destination address (an OFFER goes to the address offered, not ours yet).
+    let isForDhcpClient (packet: ReadOnlySpan<byte>) =
+        if packet.Length < 28 || int packet.[0] >>> 4 <> 4 || packet.[9] <> IpProtocol.Udp then
+            false
+        else
+            let ihl = 4 * int (packet.[0] &&& 0xFuy)
+
+            ihl >= 20
+            && packet.Length >= ihl + 8
+            && (BinaryPrimitives.ReadUInt16BigEndian(packet.Slice 6) &&& 0x3FFFus) = 0us
+            && BinaryPrimitives.ReadUInt16BigEndian(packet.Slice(ihl + 2)) = DhcpMessage.ClientPort
+
+    let onDhcp (now: int64) (packet: ReadOnlySpan<byte>) (s: byref<InterfaceState>) (sink: ILinkSink) =
+        match Ipv4.parse packet with
+        | Error _ -> sink.Count "dhcp.drop.malformed"
+        | Ok ip ->
+            let datagram = packet.Slice(ip.PayloadOffset, ip.PayloadLength)
+
+            match Udp.parseV4 ip.Source ip.Destination datagram with
+            | Error _ -> sink.Count "dhcp.drop.malformed"
+            | Ok udp ->
+                match DhcpMessage.parse (datagram.Slice(udp.PayloadOffset, udp.PayloadLength)) with
+                | Error _ -> sink.Count "dhcp.drop.malformed"
+                | Ok m ->
+                    sink.Count "dhcp.received"
+                    applyDhcp now &s (Dhcp.receive now m s.Dhcp.Value) sink

@@ -162,6 +162,33 @@ module internal InterfaceOutput =
     // Outgoing IP packets
     // ------------------------------------------------------------------------------------------
 
+    /// The IPv4 gateway towards `destination`: with DHCP's classless static routes (RFC 3442)
+    /// the router of the longest matching route (its destination itself for router 0.0.0.0, an
+    /// on-link route), none when no route matches; otherwise the configured or leased gateway.
+    let gateway4 (state: InterfaceState) (destination: Ipv4Address) : Ipv4Address voption =
+        let routes = state.Config.Routes4
+
+        if routes.Length = 0 then
+            state.Config.Gateway4
+        else
+            let mutable best = -1
+            let mutable router = ValueNone
+
+            for r in routes do
+                if
+                    r.PrefixLength > best
+                    && ((destination.Value ^^^ r.Destination.Value) &&& Route.mask4 r.PrefixLength) = 0u
+                then
+                    best <- r.PrefixLength
+
+                    router <-
+                        if r.Router.Value = 0u then
+                            ValueSome destination
+                        else
+                            ValueSome r.Router
+
+            router
+
     let send mac etherType =
         {
             Kind = NextHopKind.Send
@@ -188,7 +215,7 @@ module internal InterfaceOutput =
             let destination = Ipv4Address.Read(head.Slice 16)
 
             let struct (kind, hop) =
-                Route.choose4 (address4 state) state.Config.Mask4 state.Config.Gateway4 destination
+                Route.choose4 (address4 state) state.Config.Mask4 (gateway4 state destination) destination
 
             match kind with
             | RouteKind.Broadcast -> send MacAddress.Broadcast EtherType.Ipv4
@@ -263,12 +290,10 @@ module internal InterfaceOutput =
         | NextHopKind.Send -> sink.Transmit(next.Mac, next.EtherType, ReadOnlySpan packet)
         | NextHopKind.Pending ->
             if int packet.[0] >>> 4 = 4 then
+                let destination = Ipv4Address.Read(ReadOnlySpan(packet, 16, 4))
+
                 let struct (_, hop) =
-                    Route.choose4
-                        (address4 state)
-                        state.Config.Mask4
-                        state.Config.Gateway4
-                        (Ipv4Address.Read(ReadOnlySpan(packet, 16, 4)))
+                    Route.choose4 (address4 state) state.Config.Mask4 (gateway4 state destination) destination
 
                 applyArp &state (NeighborCache.send now hop packet state.Arp) sink
             else
@@ -374,3 +399,83 @@ module internal InterfaceOutput =
     let announce (s: InterfaceState) (sink: ILinkSink) =
         let n = Arp.write (Arp.announcement s.Config.Mac (address4 s)) (Span s.Scratch)
         sink.Transmit(MacAddress.Broadcast, EtherType.Arp, ReadOnlySpan(s.Scratch, 0, n))
+
+    // ------------------------------------------------------------------------------------------
+    // DHCP (RFC 2131)
+    // ------------------------------------------------------------------------------------------
+
+    // Builds IPv4 + UDP (68 → 67) + the message in Scratch and returns the packet's length.
+    let dhcpPacket (s: InterfaceState) (m: DhcpMessage) (destination: Ipv4Address) =
+        let scratch = s.Scratch
+        let n = DhcpMessage.write m (Span(scratch, 28, scratch.Length - 28))
+
+        let udp =
+            Udp.buildV4
+                (Span(scratch, 20, scratch.Length - 20))
+                m.ClientAddress
+                destination
+                DhcpMessage.ClientPort
+                DhcpMessage.ServerPort
+                (ReadOnlySpan(scratch, 28, n))
+
+        let header = Ipv4.header m.ClientAddress destination IpProtocol.Udp
+
+        Ipv4.write header ReadOnlySpan.Empty udp (Span scratch) + udp
+
+    /// Carries out the DHCP client's actions: messages and ARP probes out, the lease into the
+    /// interface's configuration (address, mask, gateway or classless routes), LeaseChanged.
+    let applyDhcp (now: int64) (s: byref<InterfaceState>) (result: DhcpClient * DhcpAction list) (sink: ILinkSink) =
+        let client, actions = result
+        s <- { s with Dhcp = ValueSome client }
+
+        for action in actions do
+            match action with
+            | DhcpAction.Broadcast m ->
+                let n = dhcpPacket s m (Ipv4Address UInt32.MaxValue)
+                sink.Transmit(MacAddress.Broadcast, EtherType.Ipv4, ReadOnlySpan(s.Scratch, 0, n))
+            | DhcpAction.Unicast(m, server) ->
+                let n = dhcpPacket s m server
+                queue now (Array.sub s.Scratch 0 n) &s sink
+            | DhcpAction.Probe address ->
+                // RFC 5227 §2.1.1: sender IP 0.0.0.0, target the candidate, broadcast.
+                let n =
+                    Arp.write (Arp.request s.Config.Mac Ipv4Address.Any address) (Span s.Scratch)
+
+                sink.Transmit(MacAddress.Broadcast, EtherType.Arp, ReadOnlySpan(s.Scratch, 0, n))
+            | DhcpAction.Announce address ->
+                let n = Arp.write (Arp.announcement s.Config.Mac address) (Span s.Scratch)
+                sink.Transmit(MacAddress.Broadcast, EtherType.Arp, ReadOnlySpan(s.Scratch, 0, n))
+            | DhcpAction.Bind lease ->
+                s <-
+                    { s with
+                        Config =
+                            { s.Config with
+                                Address4 = ValueSome lease.Address
+                                Mask4 = Route.mask4 lease.PrefixLength
+                                // RFC 3442 §2: with classless routes, option 3 is ignored.
+                                Gateway4 =
+                                    if lease.ClasslessRoutes.Length = 0 && lease.Routers.Length > 0 then
+                                        ValueSome lease.Routers.[0]
+                                    else
+                                        ValueNone
+                                Routes4 = lease.ClasslessRoutes
+                            }
+                        Memo4Cache = null
+                    }
+
+                sink.Event(event LinkEventKind.LeaseChanged MacAddress.Zero lease.Address Ipv6Address.Any)
+            | DhcpAction.Unbind ->
+                s <-
+                    { s with
+                        Config =
+                            { s.Config with
+                                Address4 = ValueNone
+                                Mask4 = 0u
+                                Gateway4 = ValueNone
+                                Routes4 = [||]
+                            }
+                        Memo4Cache = null
+                    }
+
+                sink.Event(event LinkEventKind.LeaseChanged MacAddress.Zero Ipv4Address.Any Ipv6Address.Any)
+            | DhcpAction.Count counter -> sink.Count counter

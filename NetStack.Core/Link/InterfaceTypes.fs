@@ -60,6 +60,16 @@ type InterfaceSettings() =
     /// With SlaacSecret: a link-local address (fe80::/64, RFC 4862 §5.3) is formed and tested
     /// (DAD) at start, and neighbor and router solicitations come from it once it is ours.
     member val LinkLocal = false with get, set
+    /// Whether the IPv4 address comes from DHCP (RFC 2131; then HasAddress4 must be false).
+    member val Dhcp = false with get, set
+    /// The DHCP host name (option 12), or null.
+    member val DhcpHostName: string = null with get, set
+    /// Whether DHCP starts in INIT-REBOOT, asking for DhcpPreviousAddress again.
+    member val HasDhcpPreviousAddress = false with get, set
+    /// The previous DHCP address (with HasDhcpPreviousAddress).
+    member val DhcpPreviousAddress = Ipv4Address.Any with get, set
+    /// The longest random wait before the first DHCP message.
+    member val DhcpInitialDelayMax = 1_000_000L with get, set
     /// The seed of the interface's random draws (ReachableTime, the first router solicitation's
     /// delay): the caller's randomness, so the interface itself stays deterministic.
     member val Seed = 0UL with get, set
@@ -85,6 +95,8 @@ type InterfaceConfig =
         Gateway6: Ipv6Address voption
         /// Gratuitous ARPs at start.
         GratuitousArps: int
+        /// DHCP's classless static routes (RFC 3442); when not empty they replace Gateway4.
+        Routes4: ClasslessRoute[]
     }
 
 /// What an interface reports besides frames and counters.
@@ -100,6 +112,10 @@ type LinkEventKind =
     | ConflictNotDefended = 3
     /// The autoconfigured addresses changed (read them with Interface.autoconfigured).
     | AddressesChanged = 4
+    /// The DHCP lease changed: bound, renewed, or lost (read it with Interface.dhcpLease).
+    | LeaseChanged = 5
+    /// The DNS servers of router advertisements (RFC 8106 RDNSS) changed (Interface.dnsServers6).
+    | DnsServersChanged = 6
 
 /// One event: its kind and the addresses it names (the others are zero).
 [<Struct>]
@@ -187,6 +203,11 @@ type InterfaceState =
         LastDefence: int64 voption
         LastConflictReported: int64 voption
         Slaac: SlaacState voption
+        /// The DHCP client, when the IPv4 address comes from DHCP.
+        Dhcp: DhcpClient voption
+        /// DNS servers of router advertisements' RDNSS options (RFC 8106), most recent first,
+        /// with the time each expires (Int64.MaxValue: never).
+        Rdnss: struct (Ipv6Address * int64)[]
         /// The random draws' generator state (splitmix64).
         Rng: uint64
         Memo4Cache: obj

@@ -106,6 +106,10 @@ module Ndp =
         [<Literal>]
         let Mtu = 5uy
 
+        /// Recursive DNS Server (RFC 8106 §5.1).
+        [<Literal>]
+        let RecursiveDnsServer = 25uy
+
     /// Every ND message must arrive with hop limit 255: proof it was not forwarded by a router
     /// (§6.1.1, §6.1.2, §7.1.1, §7.1.2), and every ND message we send carries it.
     [<Literal>]
@@ -358,6 +362,33 @@ module Ndp =
                             PreferredLifetime = BinaryPrimitives.ReadUInt32BigEndian(message.Slice(at + 8))
                             Prefix = Ipv6Address.Read(message.Slice(at + 16))
                         }
+
+                at <- at + length
+
+        found.ToArray()
+
+    /// The servers of every Recursive DNS Server option of a router advertisement (RFC 8106
+    /// §5.1: type 25, length 1 + 2 N in units of 8 octets, 2 reserved octets, the lifetime in
+    /// seconds, N addresses), in order, with their option's lifetime; at most `limit` servers.
+    /// Options of another length (below 3, or even: §5.3.1 "silently ignored") are skipped.
+    let recursiveDnsServers (message: ReadOnlySpan<byte>) (limit: int) : struct (Ipv6Address * uint32)[] =
+        let found = ResizeArray<struct (Ipv6Address * uint32)>()
+        let mutable at = RouterAdvertisementLength
+
+        while found.Count < limit && at + 2 <= message.Length do
+            let units = int message.[at + 1]
+            let length = units * 8
+
+            if length = 0 || at + length > message.Length then
+                at <- message.Length
+            else
+                if message.[at] = OptionType.RecursiveDnsServer && units >= 3 && units % 2 = 1 then
+                    let lifetime = BinaryPrimitives.ReadUInt32BigEndian(message.Slice(at + 4))
+                    let mutable i = 0
+
+                    while i < (units - 1) / 2 && found.Count < limit do
+                        found.Add(struct (Ipv6Address.Read(message.Slice(at + 8 + 16 * i)), lifetime))
+                        i <- i + 1
 
                 at <- at + length
 

@@ -90,6 +90,23 @@ module IpLayer =
     /// (Config.Mask4, not for /31 and /32): sending there needs EnableBroadcast.
     let isBroadcast4 (address: Ipv4Address) (state: IpLayerState) : bool = IpInput.isBroadcast4 state address
 
+    /// The state with `address` as our IPv4 address, in a prefix of `prefixLength` bits (DHCP's
+    /// lease, RFC 2131; ValueNone while unbound): packets to another address are no longer ours,
+    /// and the prefix's broadcast address is the one taken as a broadcast.
+    let withAddress4 (address: Ipv4Address voption) (prefixLength: int) (state: IpLayerState) : IpLayerState =
+        let mask =
+            if address.IsNone || prefixLength <= 0 then 0u
+            elif prefixLength >= 32 then UInt32.MaxValue
+            else UInt32.MaxValue <<< (32 - prefixLength)
+
+        { state with
+            Config =
+                { state.Config with
+                    Address4 = address
+                    Mask4 = mask
+                }
+        }
+
     /// True when `address` is Config.Address6 or one of the extra IPv6 addresses.
     let isLocal6 (address: Ipv6Address) (state: IpLayerState) : bool =
         state.Config.Address6 = ValueSome address || Array.contains address state.Extra6
