@@ -372,8 +372,9 @@ public sealed partial class NetworkStack
                 long now = Now();
                 var output = TcpOutput();
                 _tcpTable.Abort(output, now, c.Endpoint);
-                ExecuteOutput(output, default, now);
+                // Counted before the RST leaves, so whoever sees the RST sees the count too.
                 _statistics.Increment("tcp.aborted");
+                ExecuteOutput(output, default, now);
             }, null);
         }
         catch (ObjectDisposedException)
