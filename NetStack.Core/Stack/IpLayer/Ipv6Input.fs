@@ -123,6 +123,7 @@ module internal Ipv6Input =
                     (configured.IsSome && h.Destination = configured.Value)
                     || Array.contains h.Destination state.Extra6
                     || (looped && AddressClass.isLoopback6 h.Destination)
+
                 let multicast = h.Destination.IsMulticast
 
                 // Any-destination mode takes every unicast destination as its own (marked
