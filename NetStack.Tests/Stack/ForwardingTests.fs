@@ -147,10 +147,16 @@ let tests =
                 let struct (_, mine) = IpLayer.receive 1L (ReadOnlySpan own) (ipWith true)
                 Expect.isFalse mine.Foreign "our own address is not foreign"
 
-                for destination in [ "224.0.0.5"; "127.0.0.1"; "0.0.0.0" ] do
+                // A group nobody joined is dropped as such (multicast is never a forwarded flow).
+                for destination, counter in
+                    [
+                        "224.0.0.5", "drop.multicast.not-joined"
+                        "127.0.0.1", "drop.not-for-us"
+                        "0.0.0.0", "drop.not-for-us"
+                    ] do
                     let p = udp4 peer4 (Ipv4Address.Parse destination) 40000 53 [| 1uy |]
                     let struct (_, r) = IpLayer.receive 1L (ReadOnlySpan p) (ipWith true)
-                    Expect.equal r.DropCounter "drop.not-for-us" $"{destination} is no unicast destination"
+                    Expect.equal r.DropCounter counter $"{destination} is no unicast destination"
 
                 // A packet from the address it is sent to is nobody's.
                 let looped =
