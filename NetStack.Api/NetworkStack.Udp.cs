@@ -163,6 +163,9 @@ public sealed partial class NetworkStack
                     if (hopLimit >= 0)
                         IpLayer.setHopLimit((byte)hopLimit, _packetBuffer.AsSpan(0, length));
                     SendPacket(length, destination, now);
+                    // IP_MULTICAST_LOOP: the stack's own members of the group get a copy too.
+                    if (socket.MulticastLoopback && IpLayer.loopsBackMulticast(destination, _ip))
+                        LoopBack(_packetBuffer.AsSpan(0, length), default, default, VirtioNetHeader.None);
                     _statistics.Increment("udp.sent");
                 }
                 completion.TrySetResult(datagram.Length);

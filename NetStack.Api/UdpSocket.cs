@@ -252,20 +252,17 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     }
 
     /// <summary>
-    /// Whether this stack's own multicast datagrams come back to its sockets joined to the
-    /// group. Always false for now: the stack has no loopback path yet (Linux's default is
-    /// true). Setting it to true throws <see cref="NotSupportedException"/>.
+    /// Whether this socket's multicast datagrams also come back to the stack's own sockets
+    /// joined to the group (IP_MULTICAST_LOOP; true by default, as on Linux), through the
+    /// stack's loopback: a copy of each datagram is read back besides the one the device sends.
     /// </summary>
-    /// <exception cref="NotSupportedException">Set to true.</exception>
     public bool MulticastLoopback
     {
-        get => false;
-        set
-        {
-            if (value)
-                throw new NotSupportedException("The stack does not loop its own multicast back yet.");
-        }
+        get => Volatile.Read(ref _multicastLoopback);
+        set => Volatile.Write(ref _multicastLoopback, value);
     }
+
+    private bool _multicastLoopback = true;
 
     /// <summary>
     /// Joins <paramref name="multicastAddress"/> (as <see cref="UdpClient.JoinMulticastGroup(IPAddress)"/>):

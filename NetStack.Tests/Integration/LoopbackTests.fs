@@ -140,4 +140,35 @@ let tests =
             }
 
             test "the same without offloads" { run 2 false }
+
+            test
+                "multicast loopback (IP_MULTICAST_LOOP, on by default as on Linux): the stack's member of a group gets the stack's own datagram to it; switched off, it does not" {
+                TestUtil.withStackOf (optionsFor 4 false) (fun stack ->
+                    let group = IPAddress.Parse "239.95.4.1"
+                    use member' = stack.BindUdp(IPEndPoint(IPAddress.Any, 7100))
+                    member'.JoinMulticastGroup group
+                    use sender = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+                    Expect.isTrue sender.MulticastLoopback "on by default"
+                    let buffer = Array.zeroCreate<byte> 64
+
+                    let send (b: byte) (target: IPAddress) =
+                        sender.SendToAsync(ReadOnlyMemory [| b |], IPEndPoint(target, 7100)).AsTask()
+                        |> wait
+                        |> ignore
+
+                    let receive () =
+                        let r = member'.ReceiveFromAsync(Memory buffer).AsTask() |> wait
+                        r.ReceivedBytes, buffer.[0]
+
+                    send 1uy group
+                    Expect.equal (receive ()) (1, 1uy) "the group's datagram came back"
+
+                    // Off: the group's datagram is followed by a unicast one to ourselves; the
+                    // loopback keeps order, so the unicast one comes first only if the group's
+                    // did not loop back.
+                    sender.MulticastLoopback <- false
+                    send 2uy group
+                    send 3uy (IPAddress.Parse "10.95.4.2")
+                    Expect.equal (receive ()) (1, 3uy) "the unicast one: the group's stayed out")
+            }
         ]

@@ -149,6 +149,13 @@ module IpLayer =
         || (state.Config.Address6.IsSome && destination = state.Config.Address6.Value)
         || Array.contains destination state.Extra6
 
+    /// Whether a multicast datagram we send to `group` also comes back to us: a group we joined
+    /// (IP_MULTICAST_LOOP, RFC 1112 §6.1: delivered to the sending host's own members too).
+    let loopsBackMulticast (group: IpAddr) (state: IpLayerState) : bool =
+        match group with
+        | V4 a -> AddressClass.isMulticast4 a && IpInput.isJoined4 state a
+        | V6 a -> a.IsMulticast && IpInput.isJoined6 state a
+
     /// Whether a packet to `destination` stays in the stack (see `loopsBack`).
     let isLoopedDestination (destination: IpAddr) (state: IpLayerState) : bool =
         match destination with
