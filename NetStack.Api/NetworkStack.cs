@@ -451,22 +451,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     // autoconfigured ones it forms.
     private bool HasIpv6 => _address6 is not null || _autoconfiguring is not null;
 
-    // Whether `address` is one of the stack's assigned IPv6 addresses (tentative ones are not).
-    private bool IsOwnIpv6(IPAddress address)
-    {
-        if (address.Equals(Options.Address6))
-            return true;
-        if (_autoconfiguring is null)
-            return false;
-        var v6 = Ipv6Address.OfIPAddress(address);
-        foreach (var a in _autoconfiguring.AutoconfiguredAddresses)
-        {
-            if (a.Address.Equals(v6) && a.State != Core.Link.SlaacAddressState.Tentative)
-                return true;
-        }
-
-        return false;
-    }
+    // Whether `address` is one of the stack's assigned IPv6 addresses (tentative ones are not):
+    // the IP layer's (the loop publishes a new immutable state on every change).
+    private bool IsOwnIpv6(IPAddress address) =>
+        IpLayer.isLocal6(Ipv6Address.OfIPAddress(address), Volatile.Read(ref _ip));
 
     /// <summary>
     /// The stack's IPv6 addresses: <see cref="NetStackOptions.Address6"/> first, then those

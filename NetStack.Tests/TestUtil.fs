@@ -126,6 +126,16 @@ let assertNoExceptionsInCounters (counters: Map<string, int64>) =
 /// that starts a stack calls it once it is done with the stack (withStackOf does).
 let assertNoExceptions (stack: NetStack.NetworkStack) = assertNoExceptionsIn stack.Statistics
 
+/// Polls `condition` every 100 ms until it holds or `seconds` pass; fails the test with `what`
+/// when it never held.
+let eventually (seconds: float) (what: string) (condition: unit -> bool) =
+    let deadline = DateTime.UtcNow.AddSeconds seconds
+
+    while not (condition ()) && DateTime.UtcNow < deadline do
+        Threading.Thread.Sleep 100
+
+    Expect.isTrue (condition ()) what
+
 /// Runs `f` on a stack started with `options` (disposed afterwards) and then checks that the stack
 /// swallowed no exception (assertNoExceptions); a failure carries the stack's counters, which
 /// usually say what went wrong on the wire.

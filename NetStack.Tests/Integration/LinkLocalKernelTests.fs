@@ -51,14 +51,6 @@ let private options (n: int) =
         Neighbor = NeighborSettings(RetransTimer = TimeSpan.FromMilliseconds 300.0)
     )
 
-let private eventually (seconds: float) (what: string) (condition: unit -> bool) =
-    let deadline = DateTime.UtcNow.AddSeconds seconds
-
-    while not (condition ()) && DateTime.UtcNow < deadline do
-        Thread.Sleep 100
-
-    Expect.isTrue (condition ()) what
-
 let private stateOf (stack: NetworkStack) (address: IPAddress) =
     stack.Ipv6Addresses
     |> Seq.tryFind (fun a -> a.Address.Equals address)
@@ -68,7 +60,7 @@ let private stateOf (stack: NetworkStack) (address: IPAddress) =
 let private kernelLinkLocal (dev: string) =
     let mutable found = None
 
-    eventually 5.0 $"the kernel's link-local address on {dev}" (fun () ->
+    TestUtil.eventually 5.0 $"the kernel's link-local address on {dev}" (fun () ->
         let _, output =
             Isolation.run "ip" [ "-6"; "-o"; "addr"; "show"; "dev"; dev; "scope"; "link" ]
 
@@ -109,7 +101,9 @@ let tests =
                 use stack = NetworkStack.Start o
 
                 try
-                    eventually 5.0 "the link-local address is assigned" (fun () -> stateOf stack ll = Some "Preferred")
+                    TestUtil.eventually 5.0 "the link-local address is assigned" (fun () ->
+                        stateOf stack ll = Some "Preferred")
+
                     let dev = stack.InterfaceName
                     // The kernel pings from its own link-local address: once its DAD is over.
                     kernelLinkLocal dev |> ignore
@@ -215,7 +209,9 @@ let tests =
                 use stack = NetworkStack.Start(o, adapter, tap.Name)
 
                 try
-                    eventually 5.0 "the next identifier is assigned" (fun () -> stateOf stack next = Some "Preferred")
+                    TestUtil.eventually 5.0 "the next identifier is assigned" (fun () ->
+                        stateOf stack next = Some "Preferred")
+
                     Expect.equal (stateOf stack taken) None "the kernel's address is not the stack's"
                     Expect.equal stack.Statistics.["ndp.slaac.duplicate"] 1L "one duplicate"
 

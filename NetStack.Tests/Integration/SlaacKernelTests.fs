@@ -92,15 +92,6 @@ let private options (n: int) =
         Neighbor = NeighborSettings(RetransTimer = TimeSpan.FromMilliseconds 300.0)
     )
 
-/// Polls `condition` every 100 ms until it holds or `seconds` pass.
-let private eventually (seconds: float) (what: string) (condition: unit -> bool) =
-    let deadline = DateTime.UtcNow.AddSeconds seconds
-
-    while not (condition ()) && DateTime.UtcNow < deadline do
-        Thread.Sleep 100
-
-    Expect.isTrue (condition ()) what
-
 let private autoconfigured (stack: NetworkStack) (prefix: string) =
     stack.Ipv6Addresses
     |> Seq.tryFind (fun a -> a.Autoconfigured && a.Address.ToString().StartsWith prefix)
@@ -136,10 +127,13 @@ let tests =
 
                 try
                     ip [ "addr"; "add"; "fda6:101::1/64"; "dev"; "ns106t1"; "nodad" ]
-                    eventually 3.0 "a router solicitation went out" (fun () -> stack.Statistics.["ndp.rs.sent"] >= 1L)
+
+                    TestUtil.eventually 3.0 "a router solicitation went out" (fun () ->
+                        stack.Statistics.["ndp.rs.sent"] >= 1L)
+
                     advertise "ns106t1" "fda6:101::" 86400u 86400u 1800
 
-                    eventually 5.0 "an address was formed and assigned" (fun () ->
+                    TestUtil.eventually 5.0 "an address was formed and assigned" (fun () ->
                         stateOf stack "fda6:101:" = Some "Preferred")
 
                     let address = (autoconfigured stack "fda6:101:").Value.Address
@@ -186,7 +180,7 @@ let tests =
                     // An advertisement with valid lifetime 0 only cuts it to two hours (§5.5.3 e).
                     advertise "ns106t1" "fda6:101::" 0u 0u 1800
 
-                    eventually 3.0 "deprecated with two hours left" (fun () ->
+                    TestUtil.eventually 3.0 "deprecated with two hours left" (fun () ->
                         match autoconfigured stack "fda6:101:" with
                         | Some a ->
                             a.State = "Deprecated"
@@ -209,12 +203,15 @@ let tests =
                 try
                     ip [ "addr"; "add"; "fda6:102::1/64"; "dev"; "ns106t2"; "nodad" ]
                     advertise "ns106t2" "fda6:102::" 6u 3u 0
-                    eventually 5.0 "assigned" (fun () -> stateOf stack "fda6:102:" = Some "Preferred")
+                    TestUtil.eventually 5.0 "assigned" (fun () -> stateOf stack "fda6:102:" = Some "Preferred")
                     let address = string (autoconfigured stack "fda6:102:").Value.Address
                     answers address
-                    eventually 5.0 "deprecated after 3 s" (fun () -> stateOf stack "fda6:102:" = Some "Deprecated")
+
+                    TestUtil.eventually 5.0 "deprecated after 3 s" (fun () ->
+                        stateOf stack "fda6:102:" = Some "Deprecated")
+
                     answers address
-                    eventually 6.0 "removed after 6 s" (fun () -> stateOf stack "fda6:102:" = None)
+                    TestUtil.eventually 6.0 "removed after 6 s" (fun () -> stateOf stack "fda6:102:" = None)
                     answersNot address
                     answers "fda6:2::2"
                     Expect.equal stack.Statistics.["ndp.slaac.removed"] 1L "counted"
@@ -242,7 +239,7 @@ let tests =
                     Expect.isLessThanOrEqual reachable (TimeSpan.FromSeconds 45.0) "1.5x or less"
                     advertiseWith "ns106t4" "fda6:104::" 600u 600u 1800 [ "5000"; "700" ]
 
-                    eventually 3.0 "the advertised timers were applied" (fun () ->
+                    TestUtil.eventually 3.0 "the advertised timers were applied" (fun () ->
                         let struct (reachable, retrans) = adapter.Ipv6NeighborTimers
 
                         retrans = TimeSpan.FromMilliseconds 700.0

@@ -113,15 +113,15 @@ let private stateOf (key: DnsKey) (state: DnsResolverState) =
     | Some _ -> DnsQueryState.Udp
 
 // Random walks over one question, two servers: the test picks an input, classifies it itself
-// (which trigger it is, from its own bookkeeping of attempts, deadlines and the cache), asks the
+// (which trigger it is, from its own bookkeeping of the resolver's transmissions, deadlines and the cache), asks the
 // model where the question goes, and compares with the resolver. Returns the edges it took.
 let private walk (seed: int) =
     let random = Random seed
     let key = { Name = "q.test"; Type = 1us }
     let mutable state = fresh ()
     let mutable now = 0L
-    let mutable attempt = 0
-    let mutable attemptStart = 0L
+    let mutable transmission = 0
+    let mutable sentAt = 0L
     let mutable cachedUntil = Int64.MinValue
     let mutable lastUdp: (IpAddr * uint16 * uint16 * byte[]) option = None
     let mutable lastTcp: byte[] option = None
@@ -142,9 +142,13 @@ let private walk (seed: int) =
         let tcp = before = DnsQueryState.Tcp
         // The deadline by the documented policy: 2 s doubling per round of two servers, 5 s over TCP.
         let deadline =
-            attemptStart + (if tcp then 5L * second else (2L * second) <<< (attempt / 2))
+            sentAt
+            + (if tcp then
+                   5L * second
+               else
+                   (2L * second) <<< (transmission / 2))
 
-        let lastAttempt = attempt = 3
+        let lastTransmission = transmission = 3
 
         let input =
             match random.Next 7 with
@@ -213,7 +217,7 @@ let private walk (seed: int) =
                 let (server, port, local, query) = lastUdp.Value
 
                 let trigger =
-                    if lastAttempt then
+                    if lastTransmission then
                         DnsQueryTrigger.GiveUp
                     else
                         DnsQueryTrigger.Retry
@@ -221,7 +225,7 @@ let private walk (seed: int) =
                 Some(trigger, deliver now (server, port, local, answer query 2us [] []))
             | 4 when tcp ->
                 let trigger =
-                    if lastAttempt then
+                    if lastTransmission then
                         DnsQueryTrigger.GiveUp
                     else
                         DnsQueryTrigger.Retry
@@ -231,7 +235,7 @@ let private walk (seed: int) =
                 now <- deadline
 
                 let trigger =
-                    if lastAttempt then
+                    if lastTransmission then
                         DnsQueryTrigger.GiveUp
                     else
                         DnsQueryTrigger.Retry
@@ -268,12 +272,12 @@ let private walk (seed: int) =
 
             match trigger with
             | DnsQueryTrigger.Ask ->
-                attempt <- 0
-                attemptStart <- now
+                transmission <- 0
+                sentAt <- now
             | DnsQueryTrigger.Retry ->
-                attempt <- attempt + 1
-                attemptStart <- now
-            | DnsQueryTrigger.Truncated when before = DnsQueryState.Udp -> attemptStart <- now
+                transmission <- transmission + 1
+                sentAt <- now
+            | DnsQueryTrigger.Truncated when before = DnsQueryState.Udp -> sentAt <- now
             | DnsQueryTrigger.Answer -> cachedUntil <- now + second
             | _ -> ()
 
