@@ -88,11 +88,12 @@ public sealed partial class NetworkStack
 
     /// <summary>
     /// Hands the engine a packet as if the device had read it (a copy is taken): the test hook for
-    /// injecting garbage or crafted packets into a running stack.
+    /// injecting garbage or crafted packets into a running stack. Internal: plumbing for the tests,
+    /// not part of the everyday surface.
     /// </summary>
     /// <param name="packet">The packet's bytes (anything at all).</param>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public void InjectPacket(ReadOnlySpan<byte> packet)
+    internal void InjectPacket(ReadOnlySpan<byte> packet)
     {
         var copy = packet.ToArray();
         Post(() => ProcessPacket(copy, default), null);

@@ -95,10 +95,10 @@ public sealed partial class NetworkStack
     /// both). Port 0 picks a free port in 49152–65535.
     /// </summary>
     /// <param name="port">0..65535.</param>
-    /// <param name="backlog">Established connections waiting for <see cref="TcpListener.AcceptAsync"/> at most (positive).</param>
+    /// <param name="backlog">Established connections waiting for <see cref="TcpConnectionListener.AcceptAsync"/> at most (positive).</param>
     /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public TcpListener ListenTcp(int port, int backlog = 128) =>
+    public TcpConnectionListener ListenTcp(int port, int backlog = 128) =>
         ListenTcp(new IPEndPoint(HasIpv6 ? IPAddress.IPv6Any : IPAddress.Any, port), backlog);
 
     /// <summary>
@@ -107,11 +107,11 @@ public sealed partial class NetworkStack
     /// (both families). Port 0 picks a free port in 49152–65535.
     /// </summary>
     /// <param name="localEndPoint">Address and port.</param>
-    /// <param name="backlog">Established connections waiting for <see cref="TcpListener.AcceptAsync"/> at most (positive).</param>
+    /// <param name="backlog">Established connections waiting for <see cref="TcpConnectionListener.AcceptAsync"/> at most (positive).</param>
     /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken; AddressNotAvailable for an address that is not the stack's.</exception>
     /// <exception cref="ArgumentException">The family has no address on this stack, or the backlog is not positive.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public TcpListener ListenTcp(IPEndPoint localEndPoint, int backlog = 128)
+    public TcpConnectionListener ListenTcp(IPEndPoint localEndPoint, int backlog = 128)
     {
         ArgumentNullException.ThrowIfNull(localEndPoint);
         ArgumentOutOfRangeException.ThrowIfLessThan(backlog, 1);
@@ -125,7 +125,7 @@ public sealed partial class NetworkStack
                 : _tcpTable.ListenOn(address, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next());
             if (endpoint is null)
                 throw new SocketException((int)SocketError.AddressAlreadyInUse);
-            var l = new TcpListener(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), endpoint);
+            var l = new TcpConnectionListener(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), endpoint);
             endpoint.Owner = l;
             return l;
         });
@@ -185,7 +185,7 @@ public sealed partial class NetworkStack
         return (v4, v6);
     }
 
-    internal void Unlisten(TcpListener listener)
+    internal void Unlisten(TcpConnectionListener listener)
     {
         try
         {
@@ -288,14 +288,14 @@ public sealed partial class NetworkStack
     /// <param name="cancellationToken">Cancels the connection attempt.</param>
     /// <returns>The connection as a stream.</returns>
     /// <exception cref="SocketException">The errors of <see cref="ConnectTcpAsync(DnsEndPoint, CancellationToken)"/> (HostNotFound, NoData, TryAgain, ConnectionRefused ...).</exception>
-    public async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
+    private async ValueTask<Stream> ConnectForHttpAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(context);
         return await ConnectTcpAsync(context.DnsEndPoint, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>A <see cref="SocketsHttpHandler"/> whose connections go through this stack.</summary>
-    public SocketsHttpHandler CreateHttpHandler() => new() { ConnectCallback = ConnectAsync };
+    public SocketsHttpHandler CreateHttpHandler() => new() { ConnectCallback = ConnectForHttpAsync };
 
     /// <summary>An <see cref="HttpClient"/> whose connections go through this stack (it owns its handler).</summary>
     public HttpClient CreateHttpClient() => new(CreateHttpHandler(), disposeHandler: true);
@@ -564,7 +564,7 @@ public sealed partial class NetworkStack
                 _statistics.Increment("tcp.connected");
                 _log.TcpEstablished(c.LocalEndPoint, c.RemoteEndPoint);
                 RecordRtt(c);
-                if (c.Endpoint?.Listener?.Owner is TcpListener listener)
+                if (c.Endpoint?.Listener?.Owner is TcpConnectionListener listener)
                 {
                     if (!listener.Offer(c))
                         TcpAbort(c);
@@ -696,7 +696,7 @@ public sealed partial class NetworkStack
     {
         foreach (var listener in _tcpTable.Listeners)
         {
-            (listener.Owner as TcpListener)?.Dispose();
+            (listener.Owner as TcpConnectionListener)?.Dispose();
             (listener.Owner as TcpForwarder)?.StackDisposed();
         }
         long now = Now();

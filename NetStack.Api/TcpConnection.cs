@@ -10,7 +10,7 @@ namespace NetStack;
 
 /// <summary>
 /// A TCP connection of a <see cref="NetworkStack"/>, made by <see cref="NetworkStack.ConnectTcpAsync(System.Net.IPEndPoint, CancellationToken)"/>
-/// or <see cref="TcpListener.AcceptAsync"/>, used as a byte <see cref="Stream"/> like
+/// or <see cref="TcpConnectionListener.AcceptAsync"/>, used as a byte <see cref="Stream"/> like
 /// <see cref="NetworkStream"/>: <see cref="ReadAsync(Memory{byte}, CancellationToken)"/> returns 0
 /// at the peer's FIN, <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/> completes
 /// once the bytes are in the send buffer and waits while it is full, <see cref="ShutdownWrite"/>

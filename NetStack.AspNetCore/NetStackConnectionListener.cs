@@ -5,16 +5,16 @@ using Microsoft.AspNetCore.Connections;
 namespace NetStack.AspNetCore;
 
 /// <summary>
-/// One endpoint Kestrel listens on through NetStack: a <see cref="TcpListener"/> whose accepted
+/// One endpoint Kestrel listens on through NetStack: a <see cref="TcpConnectionListener"/> whose accepted
 /// connections become <see cref="ConnectionContext"/>s. Made by <see cref="NetStackTransportFactory"/>.
 /// </summary>
 internal sealed class NetStackConnectionListener : IConnectionListener
 {
-    private readonly TcpListener _listener;
+    private readonly TcpConnectionListener _listener;
     private readonly NetStackTransportOptions _options;
     private long _nextId;
 
-    internal NetStackConnectionListener(TcpListener listener, NetStackTransportOptions options)
+    internal NetStackConnectionListener(TcpConnectionListener listener, NetStackTransportOptions options)
     {
         _listener = listener;
         _options = options;

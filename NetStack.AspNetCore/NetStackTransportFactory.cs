@@ -6,7 +6,7 @@ namespace NetStack.AspNetCore;
 
 /// <summary>
 /// Kestrel's transport over a <see cref="NetworkStack"/>: binds endpoints on the stack's addresses
-/// as NetStack <see cref="TcpListener"/>s, and hands each accepted <see cref="TcpConnection"/> to
+/// as NetStack <see cref="TcpConnectionListener"/>s, and hands each accepted <see cref="TcpConnection"/> to
 /// Kestrel as a <see cref="ConnectionContext"/>. Register it with
 /// <see cref="NetStackWebHostBuilderExtensions.UseNetStack(Microsoft.AspNetCore.Hosting.IWebHostBuilder, NetworkStack, Action{NetStackTransportOptions}?)"/>.
 /// </summary>
@@ -73,7 +73,7 @@ public sealed class NetStackTransportFactory : IConnectionListenerFactory, IConn
         cancellationToken.ThrowIfCancellationRequested();
         if (endpoint is not IPEndPoint ip)
             throw new ArgumentException($"NetStack serves IP endpoints only, not {endpoint}.", nameof(endpoint));
-        TcpListener listener;
+        TcpConnectionListener listener;
         try
         {
             listener = _stack.ListenTcp(ip, _options.Backlog);

@@ -140,7 +140,7 @@ public static partial class DemoCommand
         await using var __ = echo;
         using var stop = new CancellationTokenSource();
         var echoService = UdpEcho.RunAsync(echo, stop.Token);
-        TcpListener tcpEcho;
+        TcpConnectionListener tcpEcho;
         HttpServer http;
         try
         {

@@ -114,7 +114,7 @@ public static class ServeCommand
         var exitCode = 0;
         var services = new List<Task>();
         var sockets = new List<UdpSocket>();
-        var listeners = new List<TcpListener>();
+        var listeners = new List<TcpConnectionListener>();
         HttpServer? http = null;
         try
         {

@@ -10,7 +10,7 @@ namespace NetStack.Cli;
 public static class TcpServices
 {
     /// <summary>Accepts connections and runs <paramref name="serve"/> on each until cancelled.</summary>
-    public static async Task AcceptLoopAsync(TcpListener listener, string service, Func<TcpConnection, CancellationToken, Task> serve, CancellationToken cancellationToken)
+    public static async Task AcceptLoopAsync(TcpConnectionListener listener, string service, Func<TcpConnection, CancellationToken, Task> serve, CancellationToken cancellationToken)
     {
         var running = new List<Task>();
         while (!cancellationToken.IsCancellationRequested)

@@ -173,7 +173,7 @@ let kernelToStackWith
     (timeout: TimeSpan)
     (seed: int)
     (total: int64)
-    (listener: NetStack.TcpListener)
+    (listener: NetStack.TcpConnectionListener)
     (target: IPEndPoint)
     =
     let sink =
@@ -208,7 +208,7 @@ let kernelToStackWith
     clock.Elapsed
 
 /// kernelToStackWith with nothing to look at on the kernel's socket.
-let kernelToStack (timeout: TimeSpan) (seed: int) (total: int64) (listener: NetStack.TcpListener) (target: IPEndPoint) =
+let kernelToStack (timeout: TimeSpan) (seed: int) (total: int64) (listener: NetStack.TcpConnectionListener) (target: IPEndPoint) =
     kernelToStackWith ignore timeout seed total listener target
 
 /// Stack to kernel, SHA-256 at both ends: the stack connects to the listening kernel socket
@@ -260,7 +260,7 @@ let stackToKernel (timeout: TimeSpan) (seed: int) (total: int64) (stack: NetStac
 /// disposed.
 let echoServerWith
     (onAccepted: NetStack.TcpConnection -> unit)
-    (listener: NetStack.TcpListener)
+    (listener: NetStack.TcpConnectionListener)
     (cancel: Threading.CancellationToken)
     : Threading.Tasks.Task =
     task {
@@ -295,7 +295,7 @@ let echoServerWith
     }
 
 /// echoServerWith with nothing to look at on each connection.
-let echoServer (listener: NetStack.TcpListener) (cancel: Threading.CancellationToken) =
+let echoServer (listener: NetStack.TcpConnectionListener) (cancel: Threading.CancellationToken) =
     echoServerWith ignore listener cancel
 
 /// Both families of a test's options: [(stack address, kernel address) over IPv4; the same over

@@ -169,7 +169,7 @@ let private mss = [| 2uy; 4uy; 5uy; 0xB4uy |]
 let private timeout = TimeSpan.FromSeconds 20.0
 
 /// Accepts and echoes every connection until the listener goes away.
-let echoServer (listener: TcpListener) =
+let echoServer (listener: TcpConnectionListener) =
     TestUtil.echoServer listener CancellationToken.None
 
 /// Sends `data` on a connected kernel socket and reads as many bytes back.

@@ -30,7 +30,7 @@ let private wait (task: Threading.Tasks.Task<'T>) : 'T = TestUtil.waitWithin tim
 
 /// The stack connects to its own listener at `target`, sends `total` bytes of a pattern one
 /// way and the listener's side echoes its hash back; both sides see the same bytes.
-let private transfer (stack: NetworkStack) (listener: TcpListener) (target: IPAddress) (total: int64) =
+let private transfer (stack: NetworkStack) (listener: TcpConnectionListener) (target: IPAddress) (total: int64) =
     let accepted = listener.AcceptAsync().AsTask()
 
     use client =

@@ -32,7 +32,7 @@ let private timeout = TimeSpan.FromSeconds 60.0
 let private EchoPort = 7
 
 /// The shared echo until the listener closes (`onAccepted` sees each connection first).
-let private serveEcho (onAccepted: TcpConnection -> unit) (listener: TcpListener) =
+let private serveEcho (onAccepted: TcpConnection -> unit) (listener: TcpConnectionListener) =
     TestUtil.echoServerWith onAccepted listener CancellationToken.None
 
 /// One short connection from a kernel socket: connect, 1 byte out, 1 byte back, close.

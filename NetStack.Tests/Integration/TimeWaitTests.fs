@@ -48,7 +48,7 @@ let private response =
 /// An HTTP/1.0 server without keep-alive on the stack: reads the request head, answers and
 /// closes first, so the stack's side of every connection goes through TIME-WAIT. Any exception
 /// of a connection's task is kept in `errors`.
-let private serve (listener: TcpListener) (errors: ConcurrentQueue<exn>) =
+let private serve (listener: TcpConnectionListener) (errors: ConcurrentQueue<exn>) =
     task {
         try
             while true do

@@ -13,7 +13,7 @@ namespace NetStack;
 /// the peer retries later; one beyond <see cref="NetStackOptions.TcpMaxConnections"/> is answered
 /// with a RST. Thread-safe.
 /// </summary>
-public sealed class TcpListener : IAsyncDisposable, IDisposable
+public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
 {
     private readonly NetworkStack _stack;
     private readonly object _gate = new();
@@ -21,7 +21,7 @@ public sealed class TcpListener : IAsyncDisposable, IDisposable
     private readonly LinkedList<TaskCompletionSource<TcpConnection>> _acceptors = new();
     private bool _disposed;
 
-    internal TcpListener(NetworkStack stack, IPEndPoint localEndPoint, TcpListenEndpoint endpoint)
+    internal TcpConnectionListener(NetworkStack stack, IPEndPoint localEndPoint, TcpListenEndpoint endpoint)
     {
         _stack = stack;
         LocalEndPoint = localEndPoint;
