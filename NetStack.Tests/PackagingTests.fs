@@ -103,6 +103,177 @@ let private expectLibraryMetadata (spec: string) (id: string) =
     Expect.stringContains spec "<tags>" "tags"
     Expect.stringContains spec "<description>" "description"
 
+/// The global packages folder of this machine, where `./build.sh build` (paket restore) put every
+/// package the build and the consumer projects need, the "Consumer" group of paket.dependencies
+/// included: the consumer projects below restore from it as a local source, offline.
+let private globalPackages () =
+    match Environment.GetEnvironmentVariable "NUGET_PACKAGES" with
+    | null
+    | "" -> Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.UserProfile, ".nuget", "packages")
+    | folder -> folder
+
+/// A nuget.config for a consumer project: the packed NetStack packages and the machine's package
+/// cache are the only sources, and the project's own packages folder is private (inside `folder`),
+/// so the NetStack packages just packed never enter, nor come from, the machine's cache.
+let private consumerConfig (folder: string) (packages: string) =
+    let config = Path.Combine(folder, "nuget.config")
+
+    File.WriteAllText(
+        config,
+        $"""<?xml version="1.0" encoding="utf-8"?>
+<configuration>
+  <config>
+    <add key="globalPackagesFolder" value="{Path.Combine(folder, "packages")}" />
+  </config>
+  <packageSources>
+    <clear />
+    <add key="netstack" value="{packages}" />
+    <add key="cache" value="{globalPackages ()}" />
+  </packageSources>
+</configuration>
+"""
+    )
+
+/// The consumer apps start a stack on a TUN device of this name, 10.211.0.2 with the kernel at
+/// 10.211.0.1 (addresses no other test uses), and print what they saw.
+let private consumerTun = "nsconsumer0"
+
+/// A C# console app as a new user writes it: `using System.Net.Sockets; using NetStack;` (the
+/// listener type named, so a clash of names would not compile), the current logging packages
+/// (Microsoft.Extensions.Logging.Console 11.0.0, which needs Logging.Abstractions 11.0.0 where
+/// NetStack.Api asks for at least 10.0.0) and a newer FSharp.Core (11.0.101, NetStack.Core asks for
+/// at least 10.0.115). Warnings are errors, so NU1107/NU1608/NU1605 fail the build. It pings the
+/// kernel, serves one echo to a kernel socket and prints the stack's exception counters.
+let private csharpConsumer =
+    [
+        "app.csproj",
+        """<Project Sdk="Microsoft.NET.Sdk">
+  <PropertyGroup>
+    <OutputType>Exe</OutputType>
+    <TargetFramework>net10.0</TargetFramework>
+    <ImplicitUsings>enable</ImplicitUsings>
+    <Nullable>enable</Nullable>
+    <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
+  </PropertyGroup>
+  <ItemGroup>
+    <PackageReference Include="NetStack.Api" Version="1.0.0" />
+    <PackageReference Include="Microsoft.Extensions.Logging.Console" Version="11.0.0" />
+    <PackageReference Include="FSharp.Core" Version="11.0.101" />
+  </ItemGroup>
+</Project>
+"""
+        "Program.cs",
+        $$"""using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using NetStack;
+
+using var loggerFactory = LoggerFactory.Create(b => b.AddSimpleConsole().SetMinimumLevel(LogLevel.Information));
+await using var stack = NetworkStack.Start(new NetStackOptions
+{
+    TunName = "{{consumerTun}}",
+    Address = IPAddress.Parse("10.211.0.2"),
+    HostAddress = IPAddress.Parse("10.211.0.1"),
+    Address6 = null,
+    HostAddress6 = null,
+    LoggerFactory = loggerFactory,
+});
+var reply = await stack.PingAsync(IPAddress.Parse("10.211.0.1"), TimeSpan.FromSeconds(5));
+Console.WriteLine($"ping {reply.Status}");
+
+TcpConnectionListener listener = stack.ListenTcp(7);
+using var kernel = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+var connecting = kernel.ConnectAsync(new IPEndPoint(IPAddress.Parse("10.211.0.2"), 7));
+await using (var connection = await listener.AcceptAsync())
+{
+    await connecting;
+    await kernel.SendAsync("hello"u8.ToArray(), SocketFlags.None);
+    var buffer = new byte[5];
+    await connection.ReadExactlyAsync(buffer);
+    await connection.WriteAsync(buffer);
+    var back = new byte[5];
+    var got = 0;
+    while (got < 5)
+        got += await kernel.ReceiveAsync(back.AsMemory(got), SocketFlags.None);
+    Console.WriteLine($"echo {System.Text.Encoding.ASCII.GetString(back)}");
+}
+foreach (var name in new[] { "drop.exception", "engine.loop-error", "engine.command-error" })
+    Console.WriteLine($"counter {name} {stack.Statistics[name]}");
+"""
+    ]
+
+/// An F# console app on the FSharp.Core its SDK brings (newer than the 10.0.115 NetStack.Core was
+/// built with, as for every F# user): warnings are errors, so NU1608 fails the build. It pings the
+/// kernel and prints the stack's exception counters.
+let private fsharpConsumer =
+    [
+        "app.fsproj",
+        """<Project Sdk="Microsoft.NET.Sdk">
+  <PropertyGroup>
+    <OutputType>Exe</OutputType>
+    <TargetFramework>net10.0</TargetFramework>
+    <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
+  </PropertyGroup>
+  <ItemGroup>
+    <Compile Include="Program.fs" />
+  </ItemGroup>
+  <ItemGroup>
+    <PackageReference Include="NetStack.Api" Version="1.0.0" />
+  </ItemGroup>
+</Project>
+"""
+        "Program.fs",
+        $"""open System
+open System.Net
+open NetStack
+
+let options =
+    NetStackOptions(
+        TunName = "{consumerTun}",
+        Address = IPAddress.Parse "10.211.0.2",
+        HostAddress = IPAddress.Parse "10.211.0.1",
+        Address6 = null,
+        HostAddress6 = null
+    )
+
+let run () =
+    use stack = NetworkStack.Start options
+    let reply = stack.PingAsync(IPAddress.Parse "10.211.0.1", TimeSpan.FromSeconds 5.).GetAwaiter().GetResult()
+    printfn "ping %%O" reply.Status
+
+    for name in [ "drop.exception"; "engine.loop-error"; "engine.command-error" ] do
+        printfn "counter %%s %%d" name stack.Statistics.[name]
+
+run ()
+"""
+    ]
+
+/// Writes `files` into a new folder, then `dotnet run` there against the packed packages
+/// (consumerConfig); checks that it restored, built without warnings and ran: the ping answered,
+/// the echo came back (when `echoes`) and the stack counted no exception.
+let private runConsumer (echoes: bool) (files: (string * string) list) =
+    let folder, cleanup = tempFolder ()
+    use _ = cleanup
+    let packages = packed.Value
+    consumerConfig folder packages
+    let app = Path.Combine(folder, "app")
+    Directory.CreateDirectory app |> ignore
+
+    for name, text in files do
+        File.WriteAllText(Path.Combine(app, name), text)
+
+    let code, out, err =
+        ExampleAppTests.runProcess ExampleAppTests.dotnetHost [ "run" ] app [] slow
+
+    Expect.equal code 0 $"dotnet run of the consumer app; stdout:\n{out}\nstderr:\n{err}"
+    Expect.stringContains out "ping Success" $"the kernel answered the stack's ping; stdout:\n{out}"
+
+    if echoes then
+        Expect.stringContains out "echo hello" $"the echo came back; stdout:\n{out}"
+
+    for name in TestUtil.exceptionCounters do
+        Expect.stringContains out $"counter {name} 0" $"the stack counted no exception ({name})"
+
 [<Tests>]
 let tests =
     // Packing touches no network: its own group runs beside the unit tests (one MSBuild process
@@ -156,6 +327,24 @@ let tests =
                 Expect.contains files "README.md" "README packed"
                 Expect.contains files "lib/net10.0/NetStack.AspNetCore.dll" "the assembly"
                 Expect.contains files "lib/net10.0/NetStack.AspNetCore.xml" "the XML docs"
+            }
+
+            test
+                "A C# consumer restores the packages beside newer logging and FSharp.Core packages, builds without warnings and runs" {
+                runConsumer true csharpConsumer
+            }
+
+            test "An F# consumer on its SDK's FSharp.Core restores, builds without warnings and runs" {
+                runConsumer false fsharpConsumer
+            }
+
+            test "The library packages declare minimum versions of their dependencies, not exact ones" {
+                let folder = packed.Value
+
+                for id in [ "NetStack.Core"; "NetStack.Api"; "NetStack.AspNetCore" ] do
+                    let spec = nuspec (single folder id)
+                    // NuGet's exact form is version="[1.2.3]"; a bare version is a minimum.
+                    Expect.isFalse (spec.Contains "version=\"[") $"{id} pins no dependency exactly:\n{spec}"
             }
 
             test "NetStack.Cli packs as a .NET tool that installs from a local folder and runs netstack --help" {
