@@ -97,9 +97,14 @@ public sealed partial class NetworkStack
     /// <param name="port">0..65535.</param>
     /// <param name="backlog">Established connections waiting for <see cref="TcpConnectionListener.AcceptAsync"/> at most (positive).</param>
     /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The port is outside 0..65535, or the backlog is not positive.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public TcpConnectionListener ListenTcp(int port, int backlog = 128) =>
-        ListenTcp(new IPEndPoint(HasIpv6 ? IPAddress.IPv6Any : IPAddress.Any, port), backlog);
+    public TcpConnectionListener ListenTcp(int port, int backlog = 128)
+    {
+        if (port is < IPEndPoint.MinPort or > IPEndPoint.MaxPort)
+            throw new ArgumentOutOfRangeException(nameof(port), port, $"Port {port} is outside 0..65535 (0 picks a free port).");
+        return ListenTcp(new IPEndPoint(HasIpv6 ? IPAddress.IPv6Any : IPAddress.Any, port), backlog);
+    }
 
     /// <summary>
     /// Listens on <paramref name="localEndPoint"/>: <see cref="IPAddress.Any"/> or the stack's IPv4

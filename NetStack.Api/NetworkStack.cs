@@ -179,12 +179,18 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// stack as point-to-point peer, MTU, link up) and starts the loop.
     /// </summary>
     /// <param name="options">What to bring up.</param>
-    /// <exception cref="ArgumentException">An option is invalid (the message says which).</exception>
+    /// <exception cref="ArgumentException">An option is invalid (the message says which), or an address
+    /// conflicts with the kernel's: the kernel owns <see cref="NetStackOptions.Address"/> or
+    /// <see cref="NetStackOptions.Address6"/> on one of its interfaces (it would keep every packet for
+    /// it), already routes it to another interface as a point-to-point peer (another stack with that
+    /// address), or has the host address this call would assign on another interface (another stack
+    /// started with the same options).</exception>
     /// <exception cref="TunDeviceException">The device could not be created or configured (the message says what to do).</exception>
     /// <exception cref="IOException">The <see cref="NetStackOptions.CapturePath"/> file could not be created (also <see cref="UnauthorizedAccessException"/>).</exception>
     public static NetworkStack Start(NetStackOptions options)
     {
         Validate(options);
+        CheckKernelAddresses(options);
         // Offloads only where nothing between the stack and the device hides them: injected
         // corruption must reach the checksum check, which a partial checksum would skip. In TAP
         // mode EthernetPacketDevice carries the headers through, moved by the Ethernet header.
@@ -321,6 +327,66 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         return new CapturingPacketDevice(device, new PcapWriter(file));
     }
 
+    // Refuses addresses the kernel of this namespace already uses (see KernelAddresses): a stack
+    // started on them would come up and then silently never receive.
+    private static void CheckKernelAddresses(NetStackOptions options)
+    {
+        bool tap = options.Mode == NetStackMode.Tap;
+        // The host addresses Start assigns (see there): not when attaching, nor behind a VLAN.
+        bool assignsHost = !options.AttachExisting && (!tap || options.VlanId is null);
+        Check(options.Address, nameof(NetStackOptions.Address), options.HostAddress, nameof(NetStackOptions.HostAddress));
+        Check(options.Address6, nameof(NetStackOptions.Address6), options.HostAddress6, nameof(NetStackOptions.HostAddress6));
+
+        void Check(IPAddress? address, string name, IPAddress? host, string hostName)
+        {
+            if (address is null)
+                return;
+            if (KernelAddresses.OwnerOf(address) is { } owner)
+            {
+                throw new ArgumentException(
+                    $"{name} {address} is already an address of the kernel's interface '{owner}', so the kernel " +
+                    $"would keep every packet for it and the stack would see none: give the stack an address " +
+                    $"the kernel does not have (the kernel's end of the link is {hostName}).", nameof(options));
+            }
+            if (KernelAddresses.HostRouteOwner(address) is { } routed &&
+                !(options.AttachExisting && routed == options.TunName))
+            {
+                throw new ArgumentException(
+                    $"{name} {address} is already routed to interface '{routed}' as its point-to-point peer " +
+                    $"(is another NetworkStack running with this {name}?): the kernel would keep sending its " +
+                    $"packets there. Stop that stack or choose another {name}.", nameof(options));
+            }
+            if (assignsHost && host is not null && KernelAddresses.OwnerOf(host) is { } hostOwner)
+            {
+                throw new ArgumentException(
+                    $"{hostName} {host} is already an address of the kernel's interface '{hostOwner}' (is " +
+                    $"another NetworkStack running with the same options?): choose another {hostName} (and " +
+                    $"{name}), or configure the interface yourself and set AttachExisting = true.", nameof(options));
+            }
+        }
+    }
+
+    // An address option must name one interface: not unspecified, broadcast, multicast, loopback
+    // (127/8 and ::1 are every host's own) or IPv4-mapped. The message names the option.
+    private static void CheckUnicastOption(IPAddress? address, string option)
+    {
+        if (address is null)
+            return;
+        string? kind = address.AddressFamily == AddressFamily.InterNetwork
+            ? address.Equals(IPAddress.Any) ? "unspecified"
+            : address.Equals(IPAddress.Broadcast) ? "the limited broadcast address"
+            : IPAddress.IsLoopback(address) ? "a loopback address (127.0.0.0/8 is every host's own)"
+            : (address.GetAddressBytes()[0] & 0xF0) == 0xE0 ? "a multicast address"
+            : null
+            : address.Equals(IPAddress.IPv6Any) ? "unspecified"
+            : IPAddress.IsLoopback(address) ? "the loopback address (::1 is every host's own)"
+            : address.IsIPv6Multicast ? "a multicast address"
+            : address.IsIPv4MappedToIPv6 ? "an IPv4-mapped address (give IPv4 addresses in Address and HostAddress)"
+            : null;
+        if (kind is not null)
+            throw new ArgumentException($"{option} {address} cannot be an interface's address: it is {kind}. Give a unicast address.", "options");
+    }
+
     private static void Validate(NetStackOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -340,13 +406,17 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException($"Address6 {options.Address6} is not an IPv6 address.", nameof(options));
         if (options.HostAddress6 is not null && options.HostAddress6.AddressFamily != AddressFamily.InterNetworkV6)
             throw new ArgumentException($"HostAddress6 {options.HostAddress6} is not an IPv6 address.", nameof(options));
+        CheckUnicastOption(options.Address, nameof(NetStackOptions.Address));
+        CheckUnicastOption(options.HostAddress, nameof(NetStackOptions.HostAddress));
+        CheckUnicastOption(options.Address6, nameof(NetStackOptions.Address6));
+        CheckUnicastOption(options.HostAddress6, nameof(NetStackOptions.HostAddress6));
         if (options.Address is not null && options.Address.Equals(options.HostAddress))
             throw new ArgumentException($"The stack and the kernel side cannot both be {options.Address}.", nameof(options));
         if (options.Address6 is not null && options.Address6.Equals(options.HostAddress6))
             throw new ArgumentException($"The stack and the kernel side cannot both be {options.Address6}.", nameof(options));
         int minimum = options.Address6 is null && !formsIpv6 ? 576 : 1280;
         if (options.Mtu < minimum || options.Mtu > 65535)
-            throw new ArgumentException($"MTU {options.Mtu} is outside {minimum}..65535{(minimum == 1280 ? formsIpv6 ? " (IPv6 needs at least 1280; set Address6 = null and LinkLocalAddress = false and Slaac = false for an IPv4-only stack)" : " (IPv6 needs at least 1280; Address6 = null makes an IPv4-only stack)" : "")}.", nameof(options));
+            throw new ArgumentException($"Mtu {options.Mtu} is outside {minimum}..65535{(minimum == 1280 ? formsIpv6 ? " (IPv6 needs at least 1280; set Address6 = null and LinkLocalAddress = false and Slaac = false for an IPv4-only stack)" : " (IPv6 needs at least 1280; Address6 = null makes an IPv4-only stack)" : "")}.", nameof(options));
         if (options.UdpReceiveQueueBytes < 1)
             throw new ArgumentException("UdpReceiveQueueBytes must be positive.", nameof(options));
         if (options.ReassemblyMaxBytes < 1 || options.ReassemblyMaxDatagrams < 1)
@@ -368,6 +438,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
             throw new ArgumentException("TunWriterThread needs Offloads = false, Mode = Tun and no TunIoUring.", nameof(options));
         if (string.IsNullOrEmpty(options.TunName))
             throw new ArgumentException("TunName is empty.", nameof(options));
+        if (TunDevice.NameProblem(options.TunName, allowTemplate: !options.AttachExisting) is { } nameProblem)
+        {
+            throw new ArgumentException($"TunName: {nameProblem}{(options.AttachExisting && options.TunName.Contains('%')
+                ? " With AttachExisting = true, TunName is the existing interface's exact name." : "")}", nameof(options));
+        }
         if (options.VlanId is { } vlan && (vlan is < 1 or > 4094 || options.Mode != NetStackMode.Tap))
             throw new ArgumentException($"VlanId {vlan}: a VLAN id is 1..4094 and needs Mode = NetStackMode.Tap.", nameof(options));
         ValidateTcp(options);

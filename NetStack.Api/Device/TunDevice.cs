@@ -258,25 +258,24 @@ public sealed unsafe partial class TunDevice : IDisposable
     private static void ValidateName(string name, bool allowTemplate)
     {
         ArgumentNullException.ThrowIfNull(name);
+        if (NameProblem(name, allowTemplate) is { } problem)
+            throw new ArgumentException(problem, nameof(name));
+    }
+
+    /// <summary>What is wrong with an interface name (or template, when allowed), or null.</summary>
+    internal static string? NameProblem(string name, bool allowTemplate)
+    {
         if (name.Length == 0)
-            throw new ArgumentException("An interface name cannot be empty.", nameof(name));
+            return "An interface name cannot be empty.";
         int bytes = Encoding.UTF8.GetByteCount(name);
         if (bytes > MaxNameLength)
-        {
-            throw new ArgumentException(
-                $"Interface name '{name}' is {bytes} bytes long; Linux allows at most {MaxNameLength}.", nameof(name));
-        }
-
+            return $"Interface name '{name}' is {bytes} bytes long; Linux allows at most {MaxNameLength}.";
         if (name is "." or "..")
-            throw new ArgumentException($"'{name}' is not a valid interface name.", nameof(name));
+            return $"'{name}' is not a valid interface name.";
         foreach (char c in name)
         {
             if (c is '/' or ':' or '\0' || char.IsWhiteSpace(c))
-            {
-                throw new ArgumentException(
-                    $"Interface name '{name}' contains '{c}'; names cannot contain '/', ':', NUL or whitespace.",
-                    nameof(name));
-            }
+                return $"Interface name '{name}' contains '{c}'; names cannot contain '/', ':', NUL or whitespace.";
         }
 
         int percent = name.IndexOf('%');
@@ -286,13 +285,12 @@ public sealed unsafe partial class TunDevice : IDisposable
                 && name.IndexOf('%', percent + 2) < 0;
             if (!allowTemplate || !oneNumber)
             {
-                throw new ArgumentException(
-                    allowTemplate
-                        ? $"Interface name template '{name}' must contain '%' only once, as '%d'."
-                        : $"Interface name '{name}' contains '%'; templates are for TunDevice.Create only.",
-                    nameof(name));
+                return allowTemplate
+                    ? $"Interface name template '{name}' must contain '%' only once, as '%d'."
+                    : $"Interface name '{name}' contains '%'; templates are for TunDevice.Create only.";
             }
         }
+        return null;
     }
 
     private static TunDevice Open(string name, bool create, bool virtioNetHeader, bool tap = false)
@@ -365,10 +363,13 @@ public sealed unsafe partial class TunDevice : IDisposable
         string? advice = errno switch
         {
             LibC.EBUSY when create =>
-                $"An interface named '{name}' already exists: choose another name, or a template such as \"tun%d\".",
+                $"An interface named '{name}' already exists: choose another name (NetStackOptions.TunName), or a " +
+                "template such as \"tun%d\"; to use that interface (made with `ip tuntap add ... user ...`), set " +
+                "NetStackOptions.AttachExisting = true.",
             LibC.EBUSY =>
-                $"TUN interface '{name}' is already open by another process or device object; close that first.",
-            LibC.EEXIST => $"An interface named '{name}' already exists: choose another name.",
+                $"TUN interface '{name}' is already open by another process or device object (another NetworkStack?); close that first.",
+            LibC.EEXIST => $"An interface named '{name}' already exists: choose another name (NetStackOptions.TunName), " +
+                "or set NetStackOptions.AttachExisting = true to use it.",
             LibC.EINVAL when !create =>
                 $"'{name}' exists but is not a TUN interface (perhaps a TAP or another kind of device).",
             LibC.EINVAL => $"The kernel rejected the interface name '{name}'.",
