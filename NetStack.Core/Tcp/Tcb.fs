@@ -4,6 +4,7 @@ open System
 open NetStack.Core.Wire
 
 /// Settings of one connection. Times are in microseconds, like every `now` the engine is given.
+[<StructuredFormatDisplay("{Display}")>]
 type TcpConfig =
     {
         /// The MSS we announce in our SYN (RFC 9293 §3.7.1): the largest segment payload we
@@ -198,7 +199,7 @@ type TcpConfig =
 /// An arriving segment as the engine sees it: the header fields, the parsed options and how
 /// much payload follows. The payload bytes stay with the caller; `StoreReceived` actions say
 /// which of them to keep, by offset within this payload.
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type Segment =
     {
         /// SEG.SEQ.
@@ -240,7 +241,7 @@ type Segment =
 /// a reply to a stray segment: the stray segment's, swapped). The payload is never held here:
 /// it is the send stream's bytes [DataPosition, DataPosition + DataLength), which the caller
 /// copies from its send buffer.
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type OutgoingSegment =
     {
         /// SEG.SEQ.
@@ -321,7 +322,7 @@ type TcpEvent =
     | IcmpNoted of note: TcpIcmpNote
 
 /// One state change, as reported for checking against `StateModel`.
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type StateTransition =
     {
         /// The state before.
@@ -334,7 +335,7 @@ type StateTransition =
 
 /// An instruction from the engine to its caller, in the order they must be carried out. A struct
 /// union, so the per-segment actions live in a reused `TcpActions` sink rather than on the heap.
-[<RequireQualifiedAccess; Struct>]
+[<RequireQualifiedAccess; Struct; StructuredFormatDisplay("{Display}")>]
 type TcpAction =
     /// Build and send this segment.
     | Transmit of segment: OutgoingSegment
@@ -358,7 +359,7 @@ type TcpAction =
 /// order. The caller clears it before each call and reads the actions in place (`AsSpan`), so
 /// steady traffic allocates nothing: the backing array only grows, to the most actions one call
 /// ever produced. Not thread-safe: one sink per thread that drives connections.
-[<Sealed>]
+[<Sealed; StructuredFormatDisplay("{Display}")>]
 type TcpActions(capacity: int) =
     let mutable items: TcpAction array = Array.zeroCreate (max 4 capacity)
     let mutable count = 0
@@ -406,7 +407,7 @@ type TcpActions(capacity: int) =
 /// The send sequence space (RFC 9293 §3.3.1, Figure 3) and the send stream. Stream positions
 /// count data bytes only (the SYN and FIN take sequence numbers but no position): send byte p
 /// has sequence number ISS + 1 + p.
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type SendSequenceSpace =
     {
         /// ISS: our initial sequence number.
@@ -451,7 +452,7 @@ type SendSequenceSpace =
 
 /// The receive sequence space (RFC 9293 §3.3.1, Figure 4), the receive stream and what we owe
 /// the peer in ACKs. Receive byte p has sequence number IRS + 1 + p.
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type ReceiveSequenceSpace =
     {
         /// IRS: the peer's initial sequence number.
@@ -488,7 +489,7 @@ type ReceiveSequenceSpace =
 
 /// The connection's timers (absolute deadlines in µs; ValueNone: not running) and the counts and
 /// estimates that pace them (RFC 6298, RFC 9293 §3.8).
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type TcpTimers =
     {
         /// RFC 6298 estimator.
@@ -527,7 +528,7 @@ type TcpTimers =
 
 /// Congestion control (RFC 5681, RFC 9438) and loss recovery: the SACK scoreboard and fast
 /// recovery (RFC 6675, NewReno RFC 6582), and the tail loss probe's episode (RFC 8985 §7).
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type RecoveryState =
     {
         /// Congestion window in bytes.
@@ -610,7 +611,7 @@ type AutoTuneState =
 /// nothing outside the engine should set a field. Copying is not free at this size, and a
 /// holder that other threads might read while its owner writes must not share it (a struct
 /// this size can tear).
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type Connection =
     {
         /// Settings.
@@ -656,3 +657,156 @@ type Connection =
 
     /// `Timers.Retries`, for the C# API.
     member c.Retries = c.Timers.Retries
+
+// ---- Compact display (`dotnet fsi`, %A) ------------------------------------------------------
+// A connection printed field by field fills ~110 lines; these print what a reader looks for, in
+// tcpdump's and `ss -ti`'s words. Times are the engine's clock: microseconds (µs), as every
+// `now` the engine takes. The fields stay readable one by one (`c.Snd`, `c.Timers.Rtt`, ...).
+
+module internal TcbText =
+    /// "1000000 µs" or "-" for ValueNone.
+    let at (time: int64 voption) =
+        match time with
+        | ValueSome t -> $"{t} µs"
+        | ValueNone -> "-"
+
+    let ranges (set: RangeSet) =
+        if set.IsEmpty then
+            "none"
+        else
+            String.Join(" ", set.Ranges |> List.map (fun struct (a, b) -> $"[{a},{b})"))
+
+type TcpConfig with
+    /// One line: the settings that differ most between connections (times in µs).
+    member c.Display =
+        let keepAlive =
+            match c.KeepAliveIdle with
+            | ValueSome idle -> $"{idle}/{c.KeepAliveInterval} µs x{c.KeepAliveCount}"
+            | ValueNone -> "off"
+
+        $"mss {c.Mss} rcvbuf {c.ReceiveBufferSize} (max {c.ReceiveBufferMax}) rto {c.InitialRto} µs ({c.MinRto}..{c.MaxRto}) msl {c.Msl} µs {c.CongestionControl} wscale {c.WindowScaling} ts {c.Timestamps} sack {c.SelectiveAck} nodelay {c.NoDelay} keepalive {keepAlive}"
+
+type Segment with
+    /// "seq 1000 ack 0 [SYN] win 65535 len 0 <mss 1460,...>" (ack only with ACK set).
+    member s.Display =
+        let ack =
+            if s.Flags &&& TcpFlags.Ack = TcpFlags.Ack then
+                $" ack {s.Ack}"
+            else
+                ""
+
+        $"seq {s.Seq}{ack} [{TcpFlagText.names s.Flags}] win {s.Window} len {s.PayloadLength} {s.Options.Display}"
+
+type OutgoingSegment with
+    /// "seq 1000 [SYN] win 65535 data 0+0 <mss 1460,...>": the payload as send-stream position+length.
+    member s.Display =
+        let ack =
+            if s.Flags &&& TcpFlags.Ack = TcpFlags.Ack then
+                $" ack {s.Ack}"
+            else
+                ""
+
+        $"seq {s.Seq}{ack} [{TcpFlagText.names s.Flags}] win {s.Window} data {s.DataPosition}+{s.DataLength} {s.Options.Display}"
+
+type StateTransition with
+    /// "Closed -ActiveOpen-> SynSent".
+    member t.Display = $"{t.From} -{t.Trigger}-> {t.To}"
+
+type TcpAction with
+    /// One line per action.
+    member a.Display =
+        match a with
+        | TcpAction.Transmit segment -> $"Transmit {segment.Display}"
+        | TcpAction.StoreReceived(payloadOffset, position, length) ->
+            $"StoreReceived {length} bytes at stream position {position} (payload offset {payloadOffset})"
+        | TcpAction.Deliver upTo -> $"Deliver up to {upTo}"
+        | TcpAction.ReceiveBufferGrown size -> $"ReceiveBufferGrown {size}"
+        | TcpAction.Event event -> $"Event %A{event}"
+        | TcpAction.Transition transition -> $"Transition {transition.Display}"
+
+type TcpActions with
+    /// The actions, one per line.
+    member a.Display =
+        let lines = a.ToList() |> List.map (fun action -> "  " + action.Display)
+        String.Join("\n", $"{a.Count} actions" :: lines)
+
+type SendSequenceSpace with
+    /// "snd una 1000 nxt 1001 max 1001 wnd 0 (shift 0) mss 536 written 0 acked 0".
+    member s.Display =
+        let fin = if s.FinQueued then " fin-queued" else ""
+        $"snd una {s.Una} nxt {s.Nxt} max {s.Max} wnd {s.Wnd} (shift {s.WndShift}) mss {s.Mss} written {s.Written} acked {s.Acked}{fin}"
+
+type ReceiveSequenceSpace with
+    /// "rcv irs 0 nxt 0 right 0 (shift 0) delivered 0 consumed 0 out-of-order none".
+    member r.Display =
+        let fin = if r.FinReceived then " fin" else ""
+        let ack = if r.AckPending then " ack-pending" else ""
+        $"rcv irs {r.Irs} nxt {r.Nxt} right {r.Right} (shift {r.WndShift}) delivered {r.Delivered} consumed {r.Consumed} out-of-order {TcbText.ranges r.OutOfOrder}{fin}{ack}"
+
+type TcpTimers with
+    /// "srtt 0 µs rttvar 0 µs rto 1000000 µs retries 0; retransmit at 1000000 µs ..." (only the timers set).
+    member t.Display =
+        let armed =
+            [
+                "retransmit", t.RetransmitAt
+                "persist", t.PersistAt
+                "delayed-ack", t.DelayedAckAt
+                "linger", t.LingerAt
+                "keepalive", t.KeepAliveAt
+                "loss-probe", t.ProbeAt
+            ]
+            |> List.filter (fun (_, at) -> at.IsSome)
+            |> List.map (fun (name, at) -> $"{name} at {TcbText.at at}")
+
+        let timers =
+            if armed.IsEmpty then
+                "no timer"
+            else
+                String.Join(", ", armed)
+
+        $"srtt {t.Rtt.Srtt} µs rttvar {t.Rtt.RttVar} µs rto {t.Rtt.Rto} µs retries {t.Retries}; {timers}"
+
+type RecoveryState with
+    /// "cwnd 5360 ssthresh 1073741824 dupacks 0" (and the recovery point, in recovery).
+    member r.Display =
+        let recovery =
+            if r.InRecovery then
+                $" in recovery to {r.RecoveryPoint}"
+            else
+                ""
+
+        $"cwnd {r.Cwnd} ssthresh {r.Ssthresh} dupacks {r.DupAcks} sacked {TcbText.ranges r.Scoreboard}{recovery}"
+
+type Connection with
+    /// Five lines, as `ss -ti` would summarise the connection (times in µs).
+    member this.Display =
+        let c = this // a copy: the list expression below cannot capture the struct's byref
+        let opened = if c.Passive then "passive" else "active"
+
+        let options =
+            [
+                if c.WindowScaled then
+                    "wscale"
+                if c.SackEnabled then
+                    "sack"
+                if c.Ts.Enabled then
+                    "ts"
+            ]
+
+        let negotiated =
+            if options.IsEmpty then
+                "no options"
+            else
+                String.Join(" ", options)
+
+        // fsi indents the first line by two: the others follow it.
+        String.Join(
+            "\n  ",
+            [
+                $"{c.State} ({opened} open, {negotiated}, {c.Config.CongestionControl})"
+                c.Snd.Display
+                c.Rcv.Display
+                c.Recovery.Display
+                c.Timers.Display
+            ]
+        )

@@ -5,7 +5,7 @@ open System.Buffers.Binary
 
 /// An IPv4 header (RFC 791 §3.1) as parsed from a packet, or as a template to write.
 /// Offsets and lengths are relative to the start of the parsed span.
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type Ipv4Header =
     {
         /// Header length in bytes (IHL × 4): 20 to 60, options included.
@@ -298,3 +298,22 @@ module Ipv4 =
                 i <- i + length
 
         written
+
+type Ipv4Header with
+    /// One line for `dotnet fsi` and %A: "IPv4 10.0.0.1 > 10.0.0.2 proto 6 ttl 64 len 60 id 55689 DF".
+    member h.Display =
+        let fragment =
+            (if h.DontFragment then " DF" else "")
+            + (if h.MoreFragments then " MF" else "")
+            + (if h.FragmentOffset <> 0 then
+                   $" offset {h.FragmentOffset}"
+               else
+                   "")
+
+        let tos =
+            if h.Dscp <> 0uy || h.Ecn <> 0uy then
+                $" dscp {h.Dscp} ecn {h.Ecn}"
+            else
+                ""
+
+        $"IPv4 {h.Source} > {h.Destination} proto {h.Protocol} ttl {h.Ttl} len {h.TotalLength} id {h.Identification}{fragment}{tos}"

@@ -4,7 +4,7 @@ open System
 open System.Buffers.Binary
 
 /// The fixed IPv6 header (RFC 8200 §3). Offsets and lengths are relative to the parsed span.
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type Ipv6Header =
     {
         /// Traffic class: DSCP in the upper six bits, ECN in the lower two (RFC 8200 §7).
@@ -281,3 +281,15 @@ module Ipv6 =
         BinaryPrimitives.WriteUInt16BigEndian(dst.Slice 2, offsetFlags)
         BinaryPrimitives.WriteUInt32BigEndian(dst.Slice 4, fragment.Identification)
         FragmentHeaderLength
+
+type Ipv6Header with
+    /// One line for `dotnet fsi` and %A: "IPv6 fd77::1 > fd77::2 next 6 hlim 64 payload 40".
+    member h.Display =
+        let tclass =
+            if h.TrafficClass <> 0uy then
+                $" tclass {h.TrafficClass}"
+            else
+                ""
+
+        let flow = if h.FlowLabel <> 0u then $" flow {h.FlowLabel}" else ""
+        $"IPv6 {h.Source} > {h.Destination} next {h.NextHeader} hlim {h.HopLimit} payload {h.PayloadLength}{tclass}{flow}"

@@ -27,7 +27,7 @@ type TcpFlags =
 
 /// A parsed TCP header (RFC 9293 §3.1). Offsets are relative to the span given to the parser,
 /// which starts at the TCP header (the IP payload).
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type TcpHeader =
     {
         /// Source port.
@@ -86,7 +86,7 @@ type TcpHeader =
         }
 
 /// One SACK block (RFC 2018 §3): the received range [Left, Right) of sequence numbers.
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type SackBlock =
     {
         /// First sequence number of the block.
@@ -96,7 +96,7 @@ type SackBlock =
     }
 
 /// The timestamps option (RFC 7323 §3.2).
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type TcpTimestamps =
     {
         /// TSval: the sender's timestamp clock.
@@ -107,7 +107,7 @@ type TcpTimestamps =
 
 /// The TCP options this stack understands, parsed without allocation. Up to four SACK blocks
 /// are held in fixed fields (Sack0..Sack3; SackBlockCount says how many are in use).
-[<Struct>]
+[<Struct; StructuredFormatDisplay("{Display}")>]
 type TcpOptions =
     {
         /// Maximum segment size (kind 2, RFC 9293 §3.7.1).
@@ -548,3 +548,73 @@ module Tcp =
         match parse segment with
         | Ok _ when not (hasValidChecksumV6 source destination segment) -> Error BadChecksum
         | result -> result
+
+// ---- Compact display (`dotnet fsi`, %A): one line each, as tcpdump writes them --------------
+
+/// The names of the control bits set, as tcpdump abbreviates them ("S.", "F.", "P.", "R").
+module internal TcpFlagText =
+    /// e.g. "SYN ACK"; "none" for no bits.
+    let names (flags: TcpFlags) =
+        let names =
+            [
+                TcpFlags.Syn, "SYN"
+                TcpFlags.Fin, "FIN"
+                TcpFlags.Rst, "RST"
+                TcpFlags.Psh, "PSH"
+                TcpFlags.Ack, "ACK"
+                TcpFlags.Urg, "URG"
+                TcpFlags.Ece, "ECE"
+                TcpFlags.Cwr, "CWR"
+            ]
+            |> List.filter (fun (bit, _) -> flags &&& bit = bit)
+            |> List.map snd
+
+        if names.IsEmpty then "none" else String.Join(" ", names)
+
+type SackBlock with
+    /// "left-right" (the right edge exclusive).
+    member b.Display = $"{b.Left}-{b.Right}"
+
+type TcpTimestamps with
+    /// "TS val V ecr E", as tcpdump.
+    member t.Display = $"TS val {t.Value} ecr {t.EchoReply}"
+
+type TcpOptions with
+    /// "<mss 1460,sackOK,TS val 1 ecr 0,wscale 7>" in tcpdump's words; "<>" for none.
+    member this.Display =
+        let o = this // a copy: the list expression below cannot capture the struct's byref
+
+        let parts =
+            [
+                match o.MaximumSegmentSize with
+                | ValueSome mss -> $"mss {mss}"
+                | ValueNone -> ()
+                if o.SackPermitted then
+                    "sackOK"
+                match o.Timestamps with
+                | ValueSome ts -> ts.Display
+                | ValueNone -> ()
+                match o.WindowScale with
+                | ValueSome shift -> $"wscale {shift}"
+                | ValueNone -> ()
+                if o.SackBlockCount > 0 then
+                    let blocks =
+                        [ o.Sack0; o.Sack1; o.Sack2; o.Sack3 ]
+                        |> List.truncate o.SackBlockCount
+                        |> List.map (fun b -> b.Display)
+
+                    "sack " + String.Join(" ", blocks)
+            ]
+
+        "<" + String.Join(",", parts) + ">"
+
+type TcpHeader with
+    /// "46164 > 8000 [SYN] seq 3383013344 win 64240 len 0" (ack only with ACK set).
+    member h.Display =
+        let ack =
+            if h.Flags &&& TcpFlags.Ack = TcpFlags.Ack then
+                $" ack {h.AcknowledgmentNumber}"
+            else
+                ""
+
+        $"TCP {h.SourcePort} > {h.DestinationPort} [{TcpFlagText.names h.Flags}] seq {h.SequenceNumber}{ack} win {h.Window} len {h.PayloadLength}"
