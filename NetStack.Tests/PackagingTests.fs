@@ -112,11 +112,19 @@ let private globalPackages () =
     | "" -> Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.UserProfile, ".nuget", "packages")
     | folder -> folder
 
-/// A nuget.config for a consumer project: the packed NetStack packages and the machine's package
-/// cache are the only sources, and the project's own packages folder is private (inside `folder`),
-/// so the NetStack packages just packed never enter, nor come from, the machine's cache.
-let private consumerConfig (folder: string) (packages: string) =
+/// Writes FOLDER/nuget.config and returns its path: the packed NetStack packages are a source,
+/// with the machine's package cache as a second one when `withCache`, and the packages folder is
+/// private (inside `folder`), so the NetStack packages just packed never enter, nor come from,
+/// the machine's cache.
+let private nugetConfig (folder: string) (packages: string) (withCache: bool) =
     let config = Path.Combine(folder, "nuget.config")
+
+    let cache =
+        if withCache then
+            $"""
+    <add key="cache" value="{globalPackages ()}" />"""
+        else
+            ""
 
     File.WriteAllText(
         config,
@@ -127,12 +135,13 @@ let private consumerConfig (folder: string) (packages: string) =
   </config>
   <packageSources>
     <clear />
-    <add key="netstack" value="{packages}" />
-    <add key="cache" value="{globalPackages ()}" />
+    <add key="netstack" value="{packages}" />{cache}
   </packageSources>
 </configuration>
 """
     )
+
+    config
 
 /// The consumer apps start a stack on a TUN device of this name, 10.211.0.2 with the kernel at
 /// 10.211.0.1 (addresses no other test uses), and print what they saw.
@@ -249,13 +258,13 @@ run ()
     ]
 
 /// Writes `files` into a new folder, then `dotnet run` there against the packed packages
-/// (consumerConfig); checks that it restored, built without warnings and ran: the ping answered,
+/// (nugetConfig); checks that it restored, built without warnings and ran: the ping answered,
 /// the echo came back (when `echoes`) and the stack counted no exception.
 let private runConsumer (echoes: bool) (files: (string * string) list) =
     let folder, cleanup = tempFolder ()
     use _ = cleanup
     let packages = packed.Value
-    consumerConfig folder packages
+    nugetConfig folder packages true |> ignore
     let app = Path.Combine(folder, "app")
     Directory.CreateDirectory app |> ignore
 
@@ -381,19 +390,7 @@ let tests =
                 Expect.stringContains (nuspec tool) "<packageType name=\"DotnetTool\"" "a tool package"
 
                 // Only the local folder as a source: nothing is looked up on the network.
-                let config = Path.Combine(folder, "nuget.config")
-
-                File.WriteAllText(
-                    config,
-                    $"""<?xml version="1.0" encoding="utf-8"?>
-<configuration>
-  <packageSources>
-    <clear />
-    <add key="local" value="{packages}" />
-  </packageSources>
-</configuration>
-"""
-                )
+                let config = nugetConfig folder packages false
 
                 let toolPath = Path.Combine(folder, "tool")
 
