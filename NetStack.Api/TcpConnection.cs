@@ -211,19 +211,23 @@ public sealed partial class TcpConnection : Stream
         cancellationToken.IsCancellationRequested ? Task.FromCanceled(cancellationToken) : Task.CompletedTask;
 
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    /// <remarks>Honours <see cref="ReadTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="ReadAsync(Memory{byte}, CancellationToken)"/>; TimedOut after <see cref="ReadTimeout"/>.</exception>
     public override int Read(byte[] buffer, int offset, int count)
     {
         ValidateBufferArguments(buffer, offset, count);
-        return ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+        return ReadSync(buffer.AsMemory(offset, count));
     }
 
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    /// <remarks>Honours <see cref="ReadTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="ReadAsync(Memory{byte}, CancellationToken)"/>; TimedOut after <see cref="ReadTimeout"/>.</exception>
     public override int Read(Span<byte> buffer)
     {
         var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
         try
         {
-            int n = ReadAsync(rented.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+            int n = ReadSync(rented.AsMemory(0, buffer.Length));
             rented.AsSpan(0, n).CopyTo(buffer);
             return n;
         }
@@ -234,20 +238,24 @@ public sealed partial class TcpConnection : Stream
     }
 
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    /// <remarks>Honours <see cref="WriteTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; TimedOut after <see cref="WriteTimeout"/>.</exception>
     public override void Write(byte[] buffer, int offset, int count)
     {
         ValidateBufferArguments(buffer, offset, count);
-        WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+        WriteSync(buffer.AsMemory(offset, count));
     }
 
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    /// <remarks>Honours <see cref="WriteTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; TimedOut after <see cref="WriteTimeout"/>.</exception>
     public override void Write(ReadOnlySpan<byte> buffer)
     {
         var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
         try
         {
             buffer.CopyTo(rented);
-            WriteAsync(rented.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+            WriteSync(rented.AsMemory(0, buffer.Length));
         }
         finally
         {

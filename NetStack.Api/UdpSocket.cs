@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 using NetStack.Core.Stack;
+using NetStack.Core.Wire;
 
 namespace NetStack;
 
@@ -21,7 +22,8 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     private readonly object _gate = new();
     private readonly Queue<QueuedDatagram> _queue = new();
     private readonly LinkedList<PendingReceive> _receivers = new();
-    private readonly int _capacity;
+    private int _capacity;
+    private IpHeaderSettings _header = IpHeaderSettings.Default;
     private int _queuedBytes;
     private bool _disposed;
     private SocketError _pendingError = SocketError.Success;
@@ -195,6 +197,130 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         if (cancellationToken.IsCancellationRequested)
             return ValueTask.FromCanceled<int>(cancellationToken);
         return _stack.SendUdpAsync(this, datagram, address, port, segmentSize, cancellationToken);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Socket options (docs/api.md "Socket options")
+    // ------------------------------------------------------------------------------------------
+
+    // The IP header settings of the datagrams it sends (the loop reads them per send).
+    internal IpHeaderSettings Header
+    {
+        get
+        {
+            lock (_gate)
+                return _header;
+        }
+    }
+
+    /// <summary>
+    /// The IPv4 TTL / IPv6 hop limit of the unicast and broadcast datagrams this socket sends
+    /// (<see cref="Socket.Ttl"/>, IP_TTL / IPV6_UNICAST_HOPS): 1..255, default 64. Multicast
+    /// datagrams use <see cref="MulticastTimeToLive"/> / <see cref="MulticastHopLimit"/> instead.
+    /// No per-datagram TTL exists: System.Net.Sockets has no public way to pass one with SendTo.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 1..255.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public short Ttl
+    {
+        get => Header.Ttl;
+        set
+        {
+            if (value is < 1 or > 255)
+                throw new ArgumentOutOfRangeException(nameof(value), value, "The TTL / hop limit must lie in 1..255.");
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _header = _header.WithTtl(value);
+            }
+        }
+    }
+
+    /// <summary>
+    /// IP_TOS / IPV6_TCLASS of the datagrams this socket sends (0..255; <c>SocketOptionName.TypeOfService</c>):
+    /// the DSCP in the upper six bits. The two ECN bits are the stack's (Not-ECT) whatever is set
+    /// here (Linux lets a UDP socket set them; NetStack keeps ECN to itself). Default 0.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 0..255.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public int TypeOfService
+    {
+        get => Header.TypeOfService;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 255);
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _header = new IpHeaderSettings(_header.Ttl, (byte)value, _header.DontFragment);
+            }
+        }
+    }
+
+    /// <summary>
+    /// IPv4 Don't Fragment on the datagrams this socket sends (<see cref="Socket.DontFragment"/>):
+    /// false by default (RFC 8085 §3.2: datagrams may be fragmented), as Linux's UDP sockets.
+    /// Set, a datagram larger than the path MTU the stack knows is not sent: the send fails with
+    /// <see cref="SocketError.MessageSize"/> (Linux: EMSGSIZE). No effect on IPv6.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public bool DontFragment
+    {
+        get => Header.DontFragment;
+        set
+        {
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _header = new IpHeaderSettings(_header.Ttl, _header.TypeOfService, value);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The receive queue's size in bytes (<see cref="Socket.ReceiveBufferSize"/>, SO_RCVBUF): the
+    /// payload bytes of the datagrams waiting for a receive, each charged 64 bytes more so that empty
+    /// datagrams are bounded too; a datagram that does not fit is dropped (counted as
+    /// <c>udp.drop.queue-full</c>), as Linux drops on a full socket buffer. Default
+    /// <see cref="NetStackOptions.UdpReceiveQueueBytes"/>. Shrinking it keeps what is queued.
+    /// Linux's getsockopt gives twice the value set; this gives the value set.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is below 1.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public int ReceiveBufferSize
+    {
+        get
+        {
+            lock (_gate)
+                return _capacity;
+        }
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _capacity = value;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The size of the next datagram waiting to be received, 0 when none (<see cref="Socket.Available"/>:
+    /// Linux's FIONREAD on a UDP socket gives the first queued datagram's size, not the total).
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public int Available
+    {
+        get
+        {
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                return _queue.TryPeek(out var next) ? next.Length : 0;
+            }
+        }
     }
 
     // ------------------------------------------------------------------------------------------
