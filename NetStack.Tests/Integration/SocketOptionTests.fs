@@ -661,4 +661,68 @@ let tests =
                     Expect.equal (listenOn 40201 false) (kernelSays "tw-1-0") "TIME-WAIT with, the listener without"
                     Expect.equal (listenOn 40201 true) (kernelSays "tw-1-1") "TIME-WAIT and the listener with SO_REUSEADDR")
             }
+
+            test "Shutdown(Receive) behaves as the kernel's SHUT_RD (queued bytes, then 0 instead of waiting, later data still read, the peer unaffected); Shutdown(Send) sends the FIN; a bad value throws" {
+                let options = optionsFor 10
+                // One script, run on a kernel socket and on a NetStack connection (`b`), with a
+                // kernel peer (`a`) each time: what b's reads return and what a sees.
+                let script
+                    (read: unit -> int)
+                    (available: unit -> int)
+                    (shutdown: SocketShutdown -> unit)
+                    (send: byte[] -> unit)
+                    (a: Socket)
+                    =
+                    a.ReceiveTimeout <- 10000
+                    a.Send(Text.Encoding.ASCII.GetBytes "before") |> ignore
+                    TestUtil.eventually 10.0 "6 bytes queued" (fun () -> available () = 6)
+                    shutdown SocketShutdown.Receive
+                    let first = read ()
+                    let second = read ()
+                    a.Send(Text.Encoding.ASCII.GetBytes "after") |> ignore
+                    TestUtil.eventually 10.0 "5 more queued" (fun () -> available () = 5)
+                    let third = read ()
+                    send [| 1uy; 2uy |]
+                    let buffer = Array.zeroCreate<byte> 10
+                    let peerGot = a.Receive buffer
+                    shutdown SocketShutdown.Send
+                    let peerEnd = a.Receive buffer
+                    [ first; second; third; peerGot; peerEnd ]
+
+                let kernelResult =
+                    use server = TestUtil.kernelListener IPAddress.Loopback
+                    let incoming = server.AcceptAsync()
+                    use a = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+                    a.Connect server.LocalEndPoint
+                    use b = wait incoming
+                    b.ReceiveTimeout <- 10000
+                    let buffer = Array.zeroCreate<byte> 100
+                    script (fun () -> b.Receive buffer) (fun () -> b.Available) b.Shutdown (fun d -> b.Send d |> ignore) a
+
+                Expect.equal kernelResult [ 6; 0; 5; 2; 0 ] "the kernel: 6 queued, then 0, later data read, the peer unaffected, FIN"
+
+                TestUtil.withStackOf options (fun stack ->
+                    use listener = stack.ListenTcp(IPEndPoint(IPAddress.Any, 0))
+                    let accepted = listener.AcceptAsync().AsTask()
+                    use a = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+                    a.Connect(IPEndPoint(options.Address, listener.LocalEndPoint.Port))
+                    let b = wait accepted
+                    b.ReadTimeout <- 10000
+                    let buffer = Array.zeroCreate<byte> 100
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> b.Shutdown(enum<SocketShutdown> 7))
+                        "not a SocketShutdown"
+
+                    let stackResult =
+                        script
+                            (fun () -> b.Read(buffer, 0, 100))
+                            (fun () -> b.Available)
+                            b.Shutdown
+                            (fun d -> b.Write(d, 0, d.Length))
+                            a
+
+                    Expect.equal stackResult kernelResult "NetStack as the kernel"
+                    b.DisposeAsync().AsTask().Wait timeout |> ignore)
+            }
         ]
