@@ -53,7 +53,7 @@ public sealed partial class NetworkStack
             _statistics.Increment("udp.drop.no-socket");
             return;
         }
-        switch (socket.Deliver(payload, r.Source, r.Ports.Source))
+        switch (socket.Deliver(payload, r.Source, r.Ports.Source, r.Destination))
         {
             case DeliveryResult.Delivered:
             case DeliveryResult.Queued:

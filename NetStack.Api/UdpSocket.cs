@@ -36,7 +36,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     private IpAddr _lastSourceAddress;
     private ushort _lastSourcePort;
 
-    private readonly record struct QueuedDatagram(byte[] Buffer, int Length, IPEndPoint Source);
+    private readonly record struct QueuedDatagram(byte[] Buffer, int Length, IPEndPoint Source, IpAddr Destination);
 
     private sealed class PendingReceive(Memory<byte> buffer)
     {
@@ -44,6 +44,13 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         public readonly TaskCompletionSource<SocketReceiveFromResult> Completion =
             new(TaskCreationOptions.RunContinuationsAsynchronously);
         public CancellationTokenRegistration Registration;
+        // Set for ReceiveMessageFromAsync: where the datagram's destination address goes.
+        public DestinationHolder? Destination;
+    }
+
+    private sealed class DestinationHolder
+    {
+        public IpAddr Address;
     }
 
     internal UdpSocket(NetworkStack stack, IPEndPoint localEndPoint, bool ipv4, bool ipv6, int capacity)
@@ -502,7 +509,58 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     /// <returns>The byte count and the sender.</returns>
     /// <exception cref="SocketException">OperationAborted when the socket is disposed during the wait; ConnectionRefused; MessageSize.</exception>
     /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
-    public ValueTask<SocketReceiveFromResult> ReceiveFromAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    public ValueTask<SocketReceiveFromResult> ReceiveFromAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+        ReceiveFromAsync(buffer, null, cancellationToken);
+
+    /// <summary>
+    /// The index <see cref="IPPacketInformation.Interface"/> reports: the stack's one interface
+    /// (its own numbering, not the kernel's index of the TUN or TAP device).
+    /// </summary>
+    public const int StackInterfaceIndex = 1;
+
+    private static readonly System.Reflection.ConstructorInfo? PacketInformationConstructor =
+        typeof(IPPacketInformation).GetConstructor(
+            System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance,
+            [typeof(IPAddress), typeof(int)]);
+
+    // IPPacketInformation has no public constructor (Socket fills it from IP_PKTINFO); its
+    // internal one is the only way to make one with the same meaning.
+    private static IPPacketInformation PacketInformation(IPAddress address) =>
+        PacketInformationConstructor is { } constructor
+            ? (IPPacketInformation)constructor.Invoke([address, StackInterfaceIndex])
+            : throw new PlatformNotSupportedException("IPPacketInformation cannot be made on this runtime.");
+
+    /// <summary>
+    /// Receives one datagram, as <see cref="ReceiveFromAsync(Memory{byte}, CancellationToken)"/>, and
+    /// says which of the stack's addresses it was sent to (<see cref="Socket.ReceiveMessageFromAsync(Memory{byte}, EndPoint, CancellationToken)"/>
+    /// with IP_PKTINFO): <see cref="IPPacketInformation.Address"/> is the datagram's destination
+    /// (one of the stack's addresses, a broadcast or a multicast group; IPv4 senders on a dual-mode
+    /// socket as IPv4-mapped IPv6, as Socket), <see cref="IPPacketInformation.Interface"/> is
+    /// <see cref="StackInterfaceIndex"/>. <see cref="SocketReceiveMessageFromResult.SocketFlags"/>
+    /// is None (a datagram longer than the buffer throws MessageSize instead of reporting Truncated).
+    /// </summary>
+    /// <param name="buffer">Where the payload goes.</param>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>The byte count, the sender and the packet information.</returns>
+    /// <exception cref="SocketException">As <see cref="ReceiveFromAsync(Memory{byte}, CancellationToken)"/>.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public async ValueTask<SocketReceiveMessageFromResult> ReceiveMessageFromAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        var destination = new DestinationHolder();
+        var result = await ReceiveFromAsync(buffer, destination, cancellationToken).ConfigureAwait(false);
+        var address = destination.Address.ToIPAddress();
+        if (!destination.Address.IsIpv6 && BindsIpv6)
+            address = address.MapToIPv6();
+        return new SocketReceiveMessageFromResult
+        {
+            ReceivedBytes = result.ReceivedBytes,
+            RemoteEndPoint = result.RemoteEndPoint,
+            SocketFlags = SocketFlags.None,
+            PacketInformation = PacketInformation(address),
+        };
+    }
+
+    private ValueTask<SocketReceiveFromResult> ReceiveFromAsync(Memory<byte> buffer, DestinationHolder? destination, CancellationToken cancellationToken)
     {
         if (cancellationToken.IsCancellationRequested)
             return ValueTask.FromCanceled<SocketReceiveFromResult>(cancellationToken);
@@ -519,6 +577,8 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             if (_queue.TryDequeue(out var queued))
             {
                 _queuedBytes -= queued.Length + DatagramOverhead;
+                if (destination is not null)
+                    destination.Address = queued.Destination;
                 int copied = Math.Min(queued.Length, buffer.Length);
                 queued.Buffer.AsSpan(0, copied).CopyTo(buffer.Span);
                 ArrayPool<byte>.Shared.Return(queued.Buffer);
@@ -526,7 +586,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
                     return ValueTask.FromException<SocketReceiveFromResult>(new SocketException((int)SocketError.MessageSize));
                 return ValueTask.FromResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = queued.Source });
             }
-            pending = new PendingReceive(buffer);
+            pending = new PendingReceive(buffer) { Destination = destination };
             var node = _receivers.AddLast(pending);
             if (cancellationToken.CanBeCanceled)
             {
@@ -545,7 +605,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     }
 
     /// <summary>Called by the engine loop with a datagram for this socket; false when it was dropped.</summary>
-    internal DeliveryResult Deliver(ReadOnlySpan<byte> payload, IpAddr source, ushort sourcePort)
+    internal DeliveryResult Deliver(ReadOnlySpan<byte> payload, IpAddr source, ushort sourcePort, IpAddr destination)
     {
         PendingReceive? receiver = null;
         IPEndPoint endPoint;
@@ -572,10 +632,12 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
                     return DeliveryResult.QueueFull;
                 var copy = ArrayPool<byte>.Shared.Rent(Math.Max(1, payload.Length));
                 payload.CopyTo(copy);
-                _queue.Enqueue(new QueuedDatagram(copy, payload.Length, endPoint));
+                _queue.Enqueue(new QueuedDatagram(copy, payload.Length, endPoint, destination));
                 _queuedBytes += charge;
                 return DeliveryResult.Queued;
             }
+            if (receiver.Destination is { } holder)
+                holder.Address = destination;
             // Copy while holding the lock, so a cancellation cannot hand the buffer back meanwhile.
             int copied = Math.Min(payload.Length, receiver.Buffer.Length);
             payload[..copied].CopyTo(receiver.Buffer.Span);

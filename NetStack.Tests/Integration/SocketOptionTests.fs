@@ -725,4 +725,89 @@ let tests =
                     Expect.equal stackResult kernelResult "NetStack as the kernel"
                     b.DisposeAsync().AsTask().Wait timeout |> ignore)
             }
+
+            test "UDP ReceiveMessageFromAsync names the address each datagram was sent to, as a kernel socket's IP_PKTINFO; Connect keeps what others sent before it and filters what comes after, as the kernel" {
+                let options = optionsFor 11
+
+                TestUtil.withStackOf options (fun stack ->
+                    let buffer = Array.zeroCreate<byte> 100
+
+                    for local, kernelAddress in
+                        [ options.Address, options.HostAddress; options.Address6, options.HostAddress6 ] do
+                        use sender = new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+                        sender.Bind(IPEndPoint(kernelAddress, 0))
+                        // The kernel's own view: a kernel socket receiving a datagram sent to its address.
+                        use kernelReceiver = new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+                        kernelReceiver.Bind(IPEndPoint((if local.AddressFamily = AddressFamily.InterNetwork then IPAddress.Any else IPAddress.IPv6Any), 0))
+
+                        if local.AddressFamily = AddressFamily.InterNetwork then
+                            kernelReceiver.SetSocketOption(SocketOptionLevel.IP, SocketOptionName.PacketInformation, true)
+                        else
+                            kernelReceiver.SetSocketOption(SocketOptionLevel.IPv6, SocketOptionName.PacketInformation, true)
+
+                        sender.SendTo([| 1uy |], IPEndPoint(kernelAddress, (kernelReceiver.LocalEndPoint :?> IPEndPoint).Port)) |> ignore
+                        let mutable from =
+                            (IPEndPoint((if local.AddressFamily = AddressFamily.InterNetwork then IPAddress.Any else IPAddress.IPv6Any), 0)
+                             :> EndPoint)
+                        let mutable flags = SocketFlags.None
+                        let mutable info = Unchecked.defaultof<IPPacketInformation>
+                        kernelReceiver.ReceiveMessageFrom(buffer, 0, 100, &flags, &from, &info) |> ignore
+                        Expect.equal info.Address kernelAddress "the kernel: the destination address"
+
+                        use socket =
+                            stack.BindUdp(IPEndPoint((if local.AddressFamily = AddressFamily.InterNetwork then IPAddress.Any else IPAddress.IPv6Any), 0))
+
+                        let receiving = socket.ReceiveMessageFromAsync(Memory buffer).AsTask()
+                        sender.SendTo([| 1uy; 2uy |], IPEndPoint(local, socket.LocalEndPoint.Port)) |> ignore
+                        let result = wait receiving
+                        Expect.equal result.ReceivedBytes 2 "two bytes"
+                        Expect.equal result.PacketInformation.Address local "the stack: the destination address, as the kernel"
+                        Expect.equal result.PacketInformation.Interface UdpSocket.StackInterfaceIndex "the stack's interface"
+                        Expect.equal (result.RemoteEndPoint :?> IPEndPoint).Address kernelAddress "the sender"
+                        // Queued before the receive call: the same answer.
+                        sender.SendTo([| 3uy |], IPEndPoint(local, socket.LocalEndPoint.Port)) |> ignore
+                        TestUtil.eventually 10.0 "queued" (fun () -> socket.Available = 1)
+                        let queued = wait (socket.ReceiveMessageFromAsync(Memory buffer).AsTask())
+                        Expect.equal queued.PacketInformation.Address local "from the queue too"
+
+                    // Connect: the kernel keeps what others sent before and filters what comes after.
+                    let sequence (available: unit -> int) (connect: IPEndPoint -> unit) (receive: unit -> byte) (target: IPEndPoint) =
+                        use x = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                        x.Bind(IPEndPoint(options.HostAddress, 0))
+                        use y = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                        y.Bind(IPEndPoint(options.HostAddress, 0))
+                        x.SendTo([| 1uy |], target) |> ignore
+                        TestUtil.eventually 10.0 "the first datagram queued" (fun () -> available () > 0)
+                        connect (y.LocalEndPoint :?> IPEndPoint)
+                        x.SendTo([| 2uy |], target) |> ignore
+                        y.SendTo([| 3uy |], target) |> ignore
+                        [ receive (); receive () ]
+
+                    use kernelSide = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                    kernelSide.Bind(IPEndPoint(options.HostAddress, 0))
+                    kernelSide.ReceiveTimeout <- 10000
+
+                    let kernelOrder =
+                        sequence
+                            (fun () -> kernelSide.Available)
+                            (fun e -> kernelSide.Connect e)
+                            (fun () ->
+                                kernelSide.Receive buffer |> ignore
+                                buffer[0])
+                            (kernelSide.LocalEndPoint :?> IPEndPoint)
+
+                    use stackSide = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+
+                    let stackOrder =
+                        sequence
+                            (fun () -> stackSide.Available)
+                            (fun e -> stackSide.Connect e)
+                            (fun () ->
+                                wait (stackSide.ReceiveFromAsync(Memory buffer).AsTask()) |> ignore
+                                buffer[0])
+                            (IPEndPoint(options.Address, stackSide.LocalEndPoint.Port))
+
+                    Expect.equal kernelOrder [ 1uy; 3uy ] "the kernel: the earlier datagram, then the peer's"
+                    Expect.equal stackOrder kernelOrder "the stack as the kernel")
+            }
         ]
