@@ -810,4 +810,67 @@ let tests =
                     Expect.equal kernelOrder [ 1uy; 3uy ] "the kernel: the earlier datagram, then the peer's"
                     Expect.equal stackOrder kernelOrder "the stack as the kernel")
             }
+
+            test "API misuse: each bad option gives the documented exception (ArgumentOutOfRangeException naming the parameter, ArgumentException for a local end of the other family, ObjectDisposedException after dispose)" {
+                let options = optionsFor 12
+
+                TestUtil.withStackOf options (fun stack ->
+                    use server = TestUtil.kernelListener options.HostAddress
+                    let remote = server.LocalEndPoint :?> IPEndPoint
+
+                    let connectWith (o: TcpSocketOptions) =
+                        try
+                            stack.ConnectTcpAsync(remote, o).AsTask().GetAwaiter().GetResult() |> ignore
+                            None
+                        with e ->
+                            Some e
+
+                    for bad in
+                        [
+                            TcpSocketOptions(Ttl = Nullable 0s)
+                            TcpSocketOptions(Ttl = Nullable 256s)
+                            TcpSocketOptions(TypeOfService = Nullable 256)
+                            TcpSocketOptions(ReceiveBufferSize = Nullable 0)
+                            TcpSocketOptions(SendBufferSize = Nullable -1)
+                            TcpSocketOptions(LingerState = LingerOption(true, -1))
+                            TcpSocketOptions(KeepAliveTime = Nullable TimeSpan.Zero)
+                            TcpSocketOptions(KeepAliveInterval = Nullable(TimeSpan.FromDays 1.0))
+                            TcpSocketOptions(KeepAliveRetryCount = Nullable 0)
+                        ] do
+                        match connectWith bad with
+                        | Some(:? ArgumentOutOfRangeException as e) -> Expect.equal e.ParamName "options" "names the options"
+                        | other -> failtestf "expected ArgumentOutOfRangeException, got %A" other
+
+                    match connectWith (TcpSocketOptions(LocalEndPoint = IPEndPoint(options.Address6, 0))) with
+                    | Some(:? ArgumentException as e) -> Expect.equal e.ParamName "options" "the other family"
+                    | other -> failtestf "expected ArgumentException, got %A" other
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> stack.ConnectTcpAsync(IPAddress.Loopback, 0).AsTask() |> ignore)
+                        "port 0"
+
+                    Expect.throwsT<ArgumentNullException>
+                        (fun () -> stack.ConnectTcpAsync((null: string), 80).AsTask() |> ignore)
+                        "null host"
+
+                    let incoming = server.AcceptAsync()
+                    let c = wait (stack.ConnectTcpAsync(remote.Address, remote.Port).AsTask())
+                    use _peer = wait incoming
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.Ttl <- 0s) "Ttl 0"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.TypeOfService <- -1) "TOS -1"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.ReceiveBufferSize <- 0) "buffer 0"
+                    Expect.throwsT<ArgumentNullException> (fun () -> c.LingerState <- null) "null linger"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.Shutdown(enum<SocketShutdown> 9)) "bad how"
+                    c.Dispose()
+                    Expect.throwsT<ObjectDisposedException> (fun () -> c.Ttl <- 5s) "disposed"
+                    Expect.throwsT<ObjectDisposedException> (fun () -> c.Available |> ignore) "disposed"
+                    use udp = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> udp.Ttl <- 0s) "UDP Ttl 0"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> udp.TypeOfService <- 300) "UDP TOS"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> udp.ReceiveBufferSize <- 0) "UDP buffer 0"
+                    use listener = stack.ListenTcp(IPEndPoint(IPAddress.Any, 0))
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> listener.Ttl <- 0s) "listener Ttl 0"
+                    listener.Dispose()
+                    Expect.throwsT<ObjectDisposedException> (fun () -> listener.Ttl <- 5s) "disposed listener")
+            }
         ]
