@@ -287,12 +287,16 @@ let tests =
                     Expect.isFalse (lines |> List.exists (fun l -> l.Contains "Flags [F")) "no FIN")
             }
 
-            test "UDP Ttl, TypeOfService and DontFragment are on the datagrams (tcpdump); with DontFragment a datagram over the MTU fails with MessageSize, as a kernel socket's send does" {
+            test
+                "UDP Ttl, TypeOfService and DontFragment are on the datagrams (tcpdump); with DontFragment a datagram over the MTU fails with MessageSize, as a kernel socket's send does" {
                 let options = optionsFor 4
 
                 TestUtil.withStackOf options (fun stack ->
                     let file, tcpdump = capture options.TunName
-                    use kernel = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    use kernel =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
                     kernel.Bind(IPEndPoint(options.HostAddress, 0))
                     let target = kernel.LocalEndPoint :?> IPEndPoint
                     use plain = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
@@ -302,8 +306,15 @@ let tests =
                     marked.Ttl <- 3s
                     marked.TypeOfService <- 0x20
                     marked.DontFragment <- true
-                    plain.SendToAsync(ReadOnlyMemory(Array.create 50 1uy), target).AsTask() |> wait |> ignore
-                    marked.SendToAsync(ReadOnlyMemory(Array.create 50 2uy), target).AsTask() |> wait |> ignore
+
+                    plain.SendToAsync(ReadOnlyMemory(Array.create 50 1uy), target).AsTask()
+                    |> wait
+                    |> ignore
+
+                    marked.SendToAsync(ReadOnlyMemory(Array.create 50 2uy), target).AsTask()
+                    |> wait
+                    |> ignore
+
                     let big = ReadOnlyMemory(Array.create 2000 3uy)
 
                     let error =
@@ -317,12 +328,16 @@ let tests =
 
                     Expect.equal error SocketError.MessageSize "DF and 2000 bytes over a 1500 MTU"
                     // The kernel's own UDP socket with DontFragment (IP_PMTUDISC_DO) refuses the same.
-                    use kernelSender = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                    use kernelSender =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
                     kernelSender.DontFragment <- true
 
                     let kernelError =
                         try
-                            kernelSender.SendTo(Array.create 2000 3uy, IPEndPoint(options.Address, 9)) |> ignore
+                            kernelSender.SendTo(Array.create 2000 3uy, IPEndPoint(options.Address, 9))
+                            |> ignore
+
                             SocketError.Success
                         with :? SocketException as se ->
                             se.SocketErrorCode
@@ -334,7 +349,10 @@ let tests =
                     kernel.ReceiveTimeout <- 10000
                     let sizes = [ for _ in 1..3 -> kernel.Receive buffer ]
                     Expect.equal sizes [ 50; 50; 2000 ] "the kernel got both small datagrams and the fragmented one"
-                    let stackSide port = $"udp and src host {options.Address} and src port {port}"
+
+                    let stackSide port =
+                        $"udp and src host {options.Address} and src port {port}"
+
                     Capture.awaitPackets file (stackSide marked.LocalEndPoint.Port)
                     Capture.stop tcpdump
                     let markedLines = verbose file (stackSide marked.LocalEndPoint.Port)
@@ -349,18 +367,27 @@ let tests =
                     Expect.stringContains plainLines.Head "flags [none]" "no DF")
             }
 
-            test "Available: UDP gives the next datagram's size and TCP the readable bytes, as the kernel's sockets (FIONREAD)" {
+            test
+                "Available: UDP gives the next datagram's size and TCP the readable bytes, as the kernel's sockets (FIONREAD)" {
                 let options = optionsFor 5
 
                 TestUtil.withStackOf options (fun stack ->
                     use udp = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
-                    use kernelUdp = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    use kernelUdp =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
                     kernelUdp.Bind(IPEndPoint(options.HostAddress, 0))
-                    use sender = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    use sender =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
                     sender.Bind(IPEndPoint(options.HostAddress, 0))
 
                     for size in [ 100; 300 ] do
-                        sender.SendTo(Array.zeroCreate size, IPEndPoint(options.Address, udp.LocalEndPoint.Port)) |> ignore
+                        sender.SendTo(Array.zeroCreate size, IPEndPoint(options.Address, udp.LocalEndPoint.Port))
+                        |> ignore
+
                         sender.SendTo(Array.zeroCreate size, kernelUdp.LocalEndPoint) |> ignore
 
                     TestUtil.eventually 10.0 "the kernel queued both" (fun () -> kernelUdp.Available > 0)
@@ -377,7 +404,10 @@ let tests =
 
                     use server = TestUtil.kernelListener options.HostAddress
                     let incoming = server.AcceptAsync()
-                    let connection = wait (stack.ConnectTcpAsync(server.LocalEndPoint :?> IPEndPoint).AsTask())
+
+                    let connection =
+                        wait (stack.ConnectTcpAsync(server.LocalEndPoint :?> IPEndPoint).AsTask())
+
                     use peer = wait incoming
                     Expect.equal connection.Available 0 "nothing yet"
                     peer.Send(Array.zeroCreate<byte> 500) |> ignore
@@ -387,7 +417,8 @@ let tests =
                     connection.DisposeAsync().AsTask().Wait timeout |> ignore)
             }
 
-            test "ReadTimeout: a synchronous read with nothing to read throws IOException(TimedOut) after the timeout and the connection stays usable; WriteTimeout likewise for a full send buffer; bad values throw" {
+            test
+                "ReadTimeout: a synchronous read with nothing to read throws IOException(TimedOut) after the timeout and the connection stays usable; WriteTimeout likewise for a full send buffer; bad values throw" {
                 let options = optionsFor 6
 
                 TestUtil.withStackOf options (fun stack ->
@@ -449,7 +480,8 @@ let tests =
                     connection.Abort())
             }
 
-            test "ReceiveBufferSize before connect decides the SYN's window and window scale (RFC 7323 §2.3, computed here); set larger after connect, the offered window grows" {
+            test
+                "ReceiveBufferSize before connect decides the SYN's window and window scale (RFC 7323 §2.3, computed here); set larger after connect, the offered window grows" {
                 let options = optionsFor 7
 
                 TestUtil.withStackOf options (fun stack ->
@@ -463,22 +495,33 @@ let tests =
                     let incoming = server.AcceptAsync()
 
                     let large =
-                        wait (stack.ConnectTcpAsync(remote, TcpSocketOptions(ReceiveBufferSize = Nullable 1_000_000)).AsTask())
+                        wait (
+                            stack
+                                .ConnectTcpAsync(remote, TcpSocketOptions(ReceiveBufferSize = Nullable 1_000_000))
+                                .AsTask()
+                        )
 
                     use _largePeer = wait incoming
                     Expect.equal large.ReceiveBufferSize 1_000_000 "the buffer"
                     let incoming = server.AcceptAsync()
 
                     let small =
-                        wait (stack.ConnectTcpAsync(remote, TcpSocketOptions(ReceiveBufferSize = Nullable 16000)).AsTask())
+                        wait (
+                            stack
+                                .ConnectTcpAsync(remote, TcpSocketOptions(ReceiveBufferSize = Nullable 16000))
+                                .AsTask()
+                        )
 
                     use smallPeer = wait incoming
                     // The peer sends 200 KB while nobody reads: the window closes at 16000.
-                    let sending = Task.Run(fun () -> smallPeer.Send(Array.zeroCreate<byte> 200_000) |> ignore)
+                    let sending =
+                        Task.Run(fun () -> smallPeer.Send(Array.zeroCreate<byte> 200_000) |> ignore)
+
                     TestUtil.eventually 10.0 "16000 bytes buffered" (fun () -> small.Available = 16000)
                     small.ReceiveBufferSize <- 60000
                     TestUtil.eventually 10.0 "the window opened to 60000" (fun () -> small.Available = 60000)
                     Expect.equal small.ReceiveBufferSize 60000 "the buffer grew"
+
                     let stackSide (c: TcpConnection) =
                         $"tcp and src host {options.Address} and src port {c.LocalEndPoint.Port}"
 
@@ -487,24 +530,40 @@ let tests =
                     let smallLines = verbose file (stackSide small)
                     let largeLines = verbose file (stackSide large)
                     File.Delete file
-                    let syn (lines: string list) = lines |> List.find (fun l -> l.Contains "Flags [S]")
-                    Expect.stringContains (syn largeLines) $"wscale {shiftFor 1_000_000}" "the SYN's shift for 1 MB (4)"
+
+                    let syn (lines: string list) =
+                        lines |> List.find (fun l -> l.Contains "Flags [S]")
+
+                    Expect.stringContains
+                        (syn largeLines)
+                        $"wscale {shiftFor 1_000_000}"
+                        "the SYN's shift for 1 MB (4)"
+
                     Expect.stringContains (syn smallLines) $"wscale {shiftFor 16000}" "no shift for 16000"
                     Expect.stringContains (syn smallLines) "win 16000," "the SYN offers the buffer"
+
                     let windows =
                         smallLines
                         |> List.choose (fun l ->
                             let at = l.IndexOf "win "
-                            if at < 0 then None else Some(int (l.Substring(at + 4).Split(',')[0])))
 
-                    Expect.isTrue (windows |> List.exists (fun w -> w > 16000)) "a window beyond 16000 offered after the change"
+                            if at < 0 then
+                                None
+                            else
+                                Some(int (l.Substring(at + 4).Split(',')[0])))
+
+                    Expect.isTrue
+                        (windows |> List.exists (fun w -> w > 16000))
+                        "a window beyond 16000 offered after the change"
+
                     Expect.isTrue (windows |> List.forall (fun w -> w <= 60000)) "never beyond the new buffer"
                     small.Abort()
                     large.Abort()
                     sending.Wait timeout |> ignore)
             }
 
-            test "KeepAlive set on one connection: probes at KeepAliveTime then every KeepAliveInterval (tcpdump), answered by the kernel; a connection without it sends nothing while idle" {
+            test
+                "KeepAlive set on one connection: probes at KeepAliveTime then every KeepAliveInterval (tcpdump), answered by the kernel; a connection without it sends nothing while idle" {
                 let options = optionsFor 8
 
                 TestUtil.withStackOf options (fun stack ->
@@ -523,18 +582,24 @@ let tests =
                     probing.KeepAliveRetryCount <- 3
                     probing.KeepAlive <- true
                     Expect.throwsT<ArgumentOutOfRangeException> (fun () -> probing.KeepAliveRetryCount <- 0) "count 0"
-                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> probing.KeepAliveTime <- TimeSpan.Zero) "time 0"
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> probing.KeepAliveTime <- TimeSpan.Zero)
+                        "time 0"
                     // 3.5 s idle: the kernel answers every probe, so the connection lives on.
                     Threading.Thread.Sleep 3500
                     Capture.stop tcpdump
+
                     let stackSide (c: TcpConnection) =
                         $"tcp and src host {options.Address} and src port {c.LocalEndPoint.Port}"
 
                     let probes =
-                        verbose file (stackSide probing) |> List.filter (fun l -> not (l.Contains "Flags [S]"))
+                        verbose file (stackSide probing)
+                        |> List.filter (fun l -> not (l.Contains "Flags [S]"))
 
                     let quietLines =
-                        verbose file (stackSide quiet) |> List.filter (fun l -> not (l.Contains "Flags [S]"))
+                        verbose file (stackSide quiet)
+                        |> List.filter (fun l -> not (l.Contains "Flags [S]"))
 
                     let answers =
                         verbose file $"tcp and dst host {options.Address} and dst port {probing.LocalEndPoint.Port}"
@@ -549,7 +614,8 @@ let tests =
                     quiet.Abort())
             }
 
-            test "bind before connect: a fixed local port is the one the kernel peer sees; a port in use fails with AddressAlreadyInUse and an address not ours with AddressNotAvailable, as kernel sockets' bind; ReuseAddress shares a port between connections as two SO_REUSEADDR kernel sockets do" {
+            test
+                "bind before connect: a fixed local port is the one the kernel peer sees; a port in use fails with AddressAlreadyInUse and an address not ours with AddressNotAvailable, as kernel sockets' bind; ReuseAddress shares a port between connections as two SO_REUSEADDR kernel sockets do" {
                 let options = optionsFor 9
 
                 TestUtil.withStackOf options (fun stack ->
@@ -577,7 +643,12 @@ let tests =
                         try
                             Ok(
                                 wait (
-                                    stack.ConnectTcpAsync(target, TcpSocketOptions(LocalEndPoint = local, ReuseAddress = reuse)).AsTask()
+                                    stack
+                                        .ConnectTcpAsync(
+                                            target,
+                                            TcpSocketOptions(LocalEndPoint = local, ReuseAddress = reuse)
+                                        )
+                                        .AsTask()
                                 )
                             )
                         with e ->
@@ -597,7 +668,8 @@ let tests =
                     Expect.equal (p1.RemoteEndPoint :?> IPEndPoint).Port port "the port the kernel sees"
 
                     Expect.equal
-                        (connectFrom (IPEndPoint(options.Address, port)) false remote2 |> Result.map ignore)
+                        (connectFrom (IPEndPoint(options.Address, port)) false remote2
+                         |> Result.map ignore)
                         (kernelSays "conn-1-0")
                         "the port of a connection, without ReuseAddress: as the kernel (EADDRINUSE)"
 
@@ -618,7 +690,8 @@ let tests =
                     Expect.equal c2.LocalEndPoint.Port port "shared port"
 
                     Expect.equal
-                        (connectFrom (IPEndPoint(IPAddress.Parse "10.171.9.77", 0)) false remote |> Result.map ignore)
+                        (connectFrom (IPEndPoint(IPAddress.Parse "10.171.9.77", 0)) false remote
+                         |> Result.map ignore)
                         (Error SocketError.AddressNotAvailable)
                         "an address that is not ours"
 
@@ -649,7 +722,13 @@ let tests =
 
                     let listenOn (localPort: int) (reuse: bool) =
                         try
-                            stack.ListenTcp(IPEndPoint(IPAddress.Any, localPort), TcpSocketOptions(ReuseAddress = reuse)).Dispose()
+                            stack
+                                .ListenTcp(
+                                    IPEndPoint(IPAddress.Any, localPort),
+                                    TcpSocketOptions(ReuseAddress = reuse)
+                                )
+                                .Dispose()
+
                             Ok()
                         with :? SocketException as e ->
                             Error e.SocketErrorCode
@@ -659,10 +738,15 @@ let tests =
                     Expect.equal (listenOn 40200 true) (kernelSays "tw-0-1") "TIME-WAIT without, the listener with"
                     timeWait 40201 true
                     Expect.equal (listenOn 40201 false) (kernelSays "tw-1-0") "TIME-WAIT with, the listener without"
-                    Expect.equal (listenOn 40201 true) (kernelSays "tw-1-1") "TIME-WAIT and the listener with SO_REUSEADDR")
+
+                    Expect.equal
+                        (listenOn 40201 true)
+                        (kernelSays "tw-1-1")
+                        "TIME-WAIT and the listener with SO_REUSEADDR")
             }
 
-            test "Shutdown(Receive) behaves as the kernel's SHUT_RD (queued bytes, then 0 instead of waiting, later data still read, the peer unaffected); Shutdown(Send) sends the FIN; a bad value throws" {
+            test
+                "Shutdown(Receive) behaves as the kernel's SHUT_RD (queued bytes, then 0 instead of waiting, later data still read, the peer unaffected); Shutdown(Send) sends the FIN; a bad value throws" {
                 let options = optionsFor 10
                 // One script, run on a kernel socket and on a NetStack connection (`b`), with a
                 // kernel peer (`a`) each time: what b's reads return and what a sees.
@@ -697,9 +781,18 @@ let tests =
                     use b = wait incoming
                     b.ReceiveTimeout <- 10000
                     let buffer = Array.zeroCreate<byte> 100
-                    script (fun () -> b.Receive buffer) (fun () -> b.Available) b.Shutdown (fun d -> b.Send d |> ignore) a
 
-                Expect.equal kernelResult [ 6; 0; 5; 2; 0 ] "the kernel: 6 queued, then 0, later data read, the peer unaffected, FIN"
+                    script
+                        (fun () -> b.Receive buffer)
+                        (fun () -> b.Available)
+                        b.Shutdown
+                        (fun d -> b.Send d |> ignore)
+                        a
+
+                Expect.equal
+                    kernelResult
+                    [ 6; 0; 5; 2; 0 ]
+                    "the kernel: 6 queued, then 0, later data read, the peer unaffected, FIN"
 
                 TestUtil.withStackOf options (fun stack ->
                     use listener = stack.ListenTcp(IPEndPoint(IPAddress.Any, 0))
@@ -726,7 +819,8 @@ let tests =
                     b.DisposeAsync().AsTask().Wait timeout |> ignore)
             }
 
-            test "UDP ReceiveMessageFromAsync names the address each datagram was sent to, as a kernel socket's IP_PKTINFO; Connect keeps what others sent before it and filters what comes after, as the kernel" {
+            test
+                "UDP ReceiveMessageFromAsync names the address each datagram was sent to, as a kernel socket's IP_PKTINFO; Connect keeps what others sent before it and filters what comes after, as the kernel" {
                 let options = optionsFor 11
 
                 TestUtil.withStackOf options (fun stack ->
@@ -734,35 +828,90 @@ let tests =
 
                     for local, kernelAddress in
                         [ options.Address, options.HostAddress; options.Address6, options.HostAddress6 ] do
-                        use sender = new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+                        use sender =
+                            new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+
                         sender.Bind(IPEndPoint(kernelAddress, 0))
                         // The kernel's own view: a kernel socket receiving a datagram sent to its address.
-                        use kernelReceiver = new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
-                        kernelReceiver.Bind(IPEndPoint((if local.AddressFamily = AddressFamily.InterNetwork then IPAddress.Any else IPAddress.IPv6Any), 0))
+                        use kernelReceiver =
+                            new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+
+                        kernelReceiver.Bind(
+                            IPEndPoint(
+                                (if local.AddressFamily = AddressFamily.InterNetwork then
+                                     IPAddress.Any
+                                 else
+                                     IPAddress.IPv6Any),
+                                0
+                            )
+                        )
 
                         if local.AddressFamily = AddressFamily.InterNetwork then
-                            kernelReceiver.SetSocketOption(SocketOptionLevel.IP, SocketOptionName.PacketInformation, true)
+                            kernelReceiver.SetSocketOption(
+                                SocketOptionLevel.IP,
+                                SocketOptionName.PacketInformation,
+                                true
+                            )
                         else
-                            kernelReceiver.SetSocketOption(SocketOptionLevel.IPv6, SocketOptionName.PacketInformation, true)
+                            kernelReceiver.SetSocketOption(
+                                SocketOptionLevel.IPv6,
+                                SocketOptionName.PacketInformation,
+                                true
+                            )
 
-                        sender.SendTo([| 1uy |], IPEndPoint(kernelAddress, (kernelReceiver.LocalEndPoint :?> IPEndPoint).Port)) |> ignore
+                        sender.SendTo(
+                            [| 1uy |],
+                            IPEndPoint(kernelAddress, (kernelReceiver.LocalEndPoint :?> IPEndPoint).Port)
+                        )
+                        |> ignore
+
                         let mutable from =
-                            (IPEndPoint((if local.AddressFamily = AddressFamily.InterNetwork then IPAddress.Any else IPAddress.IPv6Any), 0)
-                             :> EndPoint)
+                            (IPEndPoint(
+                                (if local.AddressFamily = AddressFamily.InterNetwork then
+                                     IPAddress.Any
+                                 else
+                                     IPAddress.IPv6Any),
+                                0
+                            )
+                            :> EndPoint)
+
                         let mutable flags = SocketFlags.None
                         let mutable info = Unchecked.defaultof<IPPacketInformation>
-                        kernelReceiver.ReceiveMessageFrom(buffer, 0, 100, &flags, &from, &info) |> ignore
+
+                        kernelReceiver.ReceiveMessageFrom(buffer, 0, 100, &flags, &from, &info)
+                        |> ignore
+
                         Expect.equal info.Address kernelAddress "the kernel: the destination address"
 
                         use socket =
-                            stack.BindUdp(IPEndPoint((if local.AddressFamily = AddressFamily.InterNetwork then IPAddress.Any else IPAddress.IPv6Any), 0))
+                            stack.BindUdp(
+                                IPEndPoint(
+                                    (if local.AddressFamily = AddressFamily.InterNetwork then
+                                         IPAddress.Any
+                                     else
+                                         IPAddress.IPv6Any),
+                                    0
+                                )
+                            )
 
                         let receiving = socket.ReceiveMessageFromAsync(Memory buffer).AsTask()
-                        sender.SendTo([| 1uy; 2uy |], IPEndPoint(local, socket.LocalEndPoint.Port)) |> ignore
+
+                        sender.SendTo([| 1uy; 2uy |], IPEndPoint(local, socket.LocalEndPoint.Port))
+                        |> ignore
+
                         let result = wait receiving
                         Expect.equal result.ReceivedBytes 2 "two bytes"
-                        Expect.equal result.PacketInformation.Address local "the stack: the destination address, as the kernel"
-                        Expect.equal result.PacketInformation.Interface UdpSocket.StackInterfaceIndex "the stack's interface"
+
+                        Expect.equal
+                            result.PacketInformation.Address
+                            local
+                            "the stack: the destination address, as the kernel"
+
+                        Expect.equal
+                            result.PacketInformation.Interface
+                            UdpSocket.StackInterfaceIndex
+                            "the stack's interface"
+
                         Expect.equal (result.RemoteEndPoint :?> IPEndPoint).Address kernelAddress "the sender"
                         // Queued before the receive call: the same answer.
                         sender.SendTo([| 3uy |], IPEndPoint(local, socket.LocalEndPoint.Port)) |> ignore
@@ -771,7 +920,12 @@ let tests =
                         Expect.equal queued.PacketInformation.Address local "from the queue too"
 
                     // Connect: the kernel keeps what others sent before and filters what comes after.
-                    let sequence (available: unit -> int) (connect: IPEndPoint -> unit) (receive: unit -> byte) (target: IPEndPoint) =
+                    let sequence
+                        (available: unit -> int)
+                        (connect: IPEndPoint -> unit)
+                        (receive: unit -> byte)
+                        (target: IPEndPoint)
+                        =
                         use x = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
                         x.Bind(IPEndPoint(options.HostAddress, 0))
                         use y = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
@@ -783,7 +937,9 @@ let tests =
                         y.SendTo([| 3uy |], target) |> ignore
                         [ receive (); receive () ]
 
-                    use kernelSide = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                    use kernelSide =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
                     kernelSide.Bind(IPEndPoint(options.HostAddress, 0))
                     kernelSide.ReceiveTimeout <- 10000
 
@@ -811,7 +967,8 @@ let tests =
                     Expect.equal stackOrder kernelOrder "the stack as the kernel")
             }
 
-            test "API misuse: each bad option gives the documented exception (ArgumentOutOfRangeException naming the parameter, ArgumentException for a local end of the other family, ObjectDisposedException after dispose)" {
+            test
+                "API misuse: each bad option gives the documented exception (ArgumentOutOfRangeException naming the parameter, ArgumentException for a local end of the other family, ObjectDisposedException after dispose)" {
                 let options = optionsFor 12
 
                 TestUtil.withStackOf options (fun stack ->
@@ -838,7 +995,8 @@ let tests =
                             TcpSocketOptions(KeepAliveRetryCount = Nullable 0)
                         ] do
                         match connectWith bad with
-                        | Some(:? ArgumentOutOfRangeException as e) -> Expect.equal e.ParamName "options" "names the options"
+                        | Some(:? ArgumentOutOfRangeException as e) ->
+                            Expect.equal e.ParamName "options" "names the options"
                         | other -> failtestf "expected ArgumentOutOfRangeException, got %A" other
 
                     match connectWith (TcpSocketOptions(LocalEndPoint = IPEndPoint(options.Address6, 0))) with
@@ -860,7 +1018,11 @@ let tests =
                     Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.TypeOfService <- -1) "TOS -1"
                     Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.ReceiveBufferSize <- 0) "buffer 0"
                     Expect.throwsT<ArgumentNullException> (fun () -> c.LingerState <- null) "null linger"
-                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.Shutdown(enum<SocketShutdown> 9)) "bad how"
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> c.Shutdown(enum<SocketShutdown> 9))
+                        "bad how"
+
                     c.Dispose()
                     Expect.throwsT<ObjectDisposedException> (fun () -> c.Ttl <- 5s) "disposed"
                     Expect.throwsT<ObjectDisposedException> (fun () -> c.Available |> ignore) "disposed"

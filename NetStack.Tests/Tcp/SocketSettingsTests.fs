@@ -75,6 +75,7 @@ let tests =
                 "a TCP segment written with a connection's settings carries them; without, TCP's defaults (TTL 64, TOS 0, DF)"
             <| Prop.forAll (Arb.fromGen settingsGen) (fun s ->
                 let client, _, _, _, _ = handshake TcpConfig.Default TcpConfig.Default
+
                 let segment =
                     {
                         Seq = client.Snd.Nxt
@@ -98,14 +99,15 @@ let tests =
                     Expect.equal h.DontFragment s.DontFragment "DF"
                 | Error e -> failtestf "did not parse: %A" e
 
-                let n = IpLayer.writeTcp a4 b4 1000us 2000us 1us segment ReadOnlySpan.Empty (Span buffer)
+                let n =
+                    IpLayer.writeTcp a4 b4 1000us 2000us 1us segment ReadOnlySpan.Empty (Span buffer)
 
                 match Ipv4.parse (ReadOnlySpan(buffer, 0, n)) with
-                | Ok h ->
-                    Expect.equal (h.Ttl, h.Dscp, h.DontFragment) (64uy, 0uy, true) "defaults"
+                | Ok h -> Expect.equal (h.Ttl, h.Dscp, h.DontFragment) (64uy, 0uy, true) "defaults"
                 | Error e -> failtestf "did not parse: %A" e)
 
-            test "keep-alive turned on at t arms the first probe at t + idle, then probes every interval; turned off, no timer" {
+            test
+                "keep-alive turned on at t arms the first probe at t + idle, then probes every interval; turned off, no timer" {
                 let client, _, _, _, _ = handshake TcpConfig.Default TcpConfig.Default
                 Expect.equal (Connection.nextDeadline client) ValueNone "off by default"
 
@@ -128,7 +130,8 @@ let tests =
                 Expect.equal (Connection.nextDeadline client) ValueNone "no timer"
             }
 
-            test "a locked receive buffer ends auto-tuning; a larger one grows the buffer at once up to 65535·2^shift (RFC 7323 §2.3), ReceiveBufferGrown first; a smaller one keeps it" {
+            test
+                "a locked receive buffer ends auto-tuning; a larger one grows the buffer at once up to 65535·2^shift (RFC 7323 §2.3), ReceiveBufferGrown first; a smaller one keeps it" {
                 let tuned =
                     { TcpConfig.Default with
                         ReceiveBufferSize = 20_000
@@ -140,7 +143,10 @@ let tests =
                 // Our SYN's shift covers 200 000: 65535·2^2 = 262140 is the first that does.
                 let shift = client.Rcv.WndShift
                 Expect.equal shift 2 "shift 2"
-                let locked = settingsOf client.Config (fun s -> { s with ReceiveBufferSize = 1_000_000 })
+
+                let locked =
+                    settingsOf client.Config (fun s -> { s with ReceiveBufferSize = 1_000_000 })
+
                 let client, actions = configure (ms 10) locked client
                 let limit = 65535 <<< 2
 
@@ -148,9 +154,16 @@ let tests =
                 | TcpAction.ReceiveBufferGrown size :: _ -> Expect.equal size limit "grown to what the shift can offer"
                 | other -> failtestf "expected ReceiveBufferGrown first, got %A" other
 
-                Expect.equal client.Config.ReceiveBufferLimit 1_000_000 "locked: the limit is the size, no auto-tuning beyond"
+                Expect.equal
+                    client.Config.ReceiveBufferLimit
+                    1_000_000
+                    "locked: the limit is the size, no auto-tuning beyond"
+
                 Expect.equal client.Config.ReceiveBufferMax 0 "auto-tuning off"
-                let smaller = settingsOf client.Config (fun s -> { s with ReceiveBufferSize = 10_000 })
+
+                let smaller =
+                    settingsOf client.Config (fun s -> { s with ReceiveBufferSize = 10_000 })
+
                 let client, actions = configure (ms 20) smaller client
                 Expect.isEmpty actions "nothing shrinks, nothing sent"
                 Expect.equal client.Tuning.RcvBuf limit "the buffer stays"
@@ -168,12 +181,8 @@ let tests =
                         |> ignore)
                     "idle 0"
 
-                Expect.throwsT<ArgumentException>
-                    (fun () -> IpHeaderSettings.Tcp.WithTtl 0 |> ignore)
-                    "TTL 0"
+                Expect.throwsT<ArgumentException> (fun () -> IpHeaderSettings.Tcp.WithTtl 0 |> ignore) "TTL 0"
 
-                Expect.throwsT<ArgumentException>
-                    (fun () -> IpHeaderSettings.Tcp.WithTtl 256 |> ignore)
-                    "TTL 256"
+                Expect.throwsT<ArgumentException> (fun () -> IpHeaderSettings.Tcp.WithTtl 256 |> ignore) "TTL 256"
             }
         ]

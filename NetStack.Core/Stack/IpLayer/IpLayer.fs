@@ -243,7 +243,8 @@ module IpLayer =
         : bool =
         destination.IsIpv6
         || not settings.DontFragment
-        || Ipv4.MinHeaderLength + Udp.HeaderLength + payloadLength <= PathMtu.lookup now destination state.PathMtu
+        || Ipv4.MinHeaderLength + Udp.HeaderLength + payloadLength
+           <= PathMtu.lookup now destination state.PathMtu
 
     /// Records a path MTU of `mtu` towards `destination` that a TCP connection accepted from a
     /// "fragmentation needed" / "packet too big" (see `TcpEvent.PathMtuLowered`): UDP, ICMP and
