@@ -118,9 +118,9 @@ public sealed partial class NetworkStack
     /// <summary>
     /// Listens on <paramref name="localEndPoint"/> (as <see cref="ListenTcp(IPEndPoint, int)"/>) with
     /// socket options the accepted connections inherit (<see cref="TcpSocketOptions"/>; its
-    /// LocalEndPoint is ignored). With <see cref="TcpSocketOptions.ReuseAddress"/> the port may be
-    /// one that connections (TIME-WAIT ones included) still use; without it that is
-    /// AddressAlreadyInUse, as a kernel socket's bind.
+    /// LocalEndPoint is ignored). With <see cref="TcpSocketOptions.ReuseAddress"/> (the default,
+    /// as .NET's Socket.Bind on Linux) the port may be one that connections with it too (TIME-WAIT
+    /// ones included) still use; without it that is AddressAlreadyInUse, as a kernel socket's bind.
     /// </summary>
     /// <param name="localEndPoint">Address and port.</param>
     /// <param name="options">The options, or null for the stack's defaults.</param>
@@ -132,7 +132,8 @@ public sealed partial class NetworkStack
     {
         ArgumentNullException.ThrowIfNull(localEndPoint);
         var socket = TcpSocketState.From(Options, options);
-        bool reuse = options?.ReuseAddress ?? false;
+        // .NET's Socket.Bind sets SO_REUSEADDR on Linux: a listener has it unless told otherwise.
+        bool reuse = options?.ReuseAddress ?? true;
         ArgumentOutOfRangeException.ThrowIfLessThan(backlog, 1);
         var (v4, v6) = Families(localEndPoint);
         bool any = localEndPoint.Address.Equals(IPAddress.Any) || localEndPoint.Address.Equals(IPAddress.IPv6Any);
@@ -350,6 +351,8 @@ public sealed partial class NetworkStack
             RemoteAddress = target,
             RemotePort = (ushort)remote.Port,
             RequestedLocalPort = localPort,
+            // Without options the socket was never bound (an ephemeral port, as Socket.Connect
+            // without Bind, which leaves SO_REUSEADDR off).
             ReuseAddress = options?.ReuseAddress ?? false,
         };
         Post(() => LoopConnect(connection), e => connection.Fail(SocketError.OperationAborted));

@@ -24,10 +24,13 @@ public sealed class TcpSocketOptions
     public IPEndPoint? LocalEndPoint { get; set; }
 
     /// <summary>
-    /// SO_REUSEADDR: a fixed local port may be bound while connections (TIME-WAIT ones included)
-    /// still use it; a listening port is never shared. Default false.
+    /// SO_REUSEADDR: a fixed local port may be bound while connections that also have it
+    /// (TIME-WAIT ones included) still use it; a listening port is never shared (Linux's rule).
+    /// Default true, as .NET's <see cref="Socket.Bind"/> sets SO_REUSEADDR on every TCP socket
+    /// it binds on Linux (so a restarted server can listen again while its old connections sit
+    /// in TIME-WAIT); false gives the kernel's own default.
     /// </summary>
-    public bool ReuseAddress { get; set; }
+    public bool ReuseAddress { get; set; } = true;
 
     /// <summary>IPv4 TTL / IPv6 hop limit of every segment (1..255; <see cref="Socket.Ttl"/>). Null: 64.</summary>
     public short? Ttl { get; set; }

@@ -118,16 +118,18 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         && not (portUse.ContainsKey port)
 
     // Linux's bind conflict (inet_csk_bind_conflict, checked against the kernel in the tests):
-    // a listener of the families on the port always conflicts; connections using it (TIME-WAIT
-    // included) conflict unless the new socket and every one of them have SO_REUSEADDR. Local
-    // addresses are not told apart (a port is one per table).
+    // a listener of the families on the port always conflicts; connections of the families using
+    // it (TIME-WAIT included) conflict unless the new socket and every one of them have
+    // SO_REUSEADDR. Addresses within a family are not told apart.
     let bindConflict (v4: bool) (v6: bool) (port: uint16) (reuse: bool) =
+        let ofFamilies (e: TcpEndpoint) =
+            e.Key.LocalPort = port && (if e.Key.Local.IsIpv6 then v6 else v4)
+
         (v4 && listen4.ContainsKey port)
         || (v6 && listen6.ContainsKey port)
         || (portUse.ContainsKey port
-            && (not reuse
-                || connections.Values
-                   |> Seq.exists (fun e -> e.Key.LocalPort = port && not e.ReuseAddress)))
+            && connections.Values
+               |> Seq.exists (fun e -> ofFamilies e && (not reuse || not e.ReuseAddress)))
 
     // RFC 6056 §3.3.1: a port no listener of the families and no connection in any state uses.
     let pickPort (v4: bool) (v6: bool) (random: int) =

@@ -639,6 +639,23 @@ let tests =
                         | Some "EADDRINUSE" -> Error SocketError.AddressAlreadyInUse
                         | other -> failtestf "python3 said %A for %s" other case
 
+                    // Why ReuseAddress defaults to true: .NET's Socket.Bind sets SO_REUSEADDR by
+                    // itself on Linux, so two .NET sockets share a port where plain ones cannot.
+                    Expect.equal (kernelSays "conn-0-0") (Error SocketError.AddressAlreadyInUse) "plain sockets"
+
+                    use dotnet1 =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                    dotnet1.Bind(IPEndPoint(options.HostAddress, 0))
+                    dotnet1.Connect remote
+                    use _dotnetPeer = server.Accept()
+
+                    use dotnet2 =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                    dotnet2.Bind(IPEndPoint(options.HostAddress, (dotnet1.LocalEndPoint :?> IPEndPoint).Port))
+                    Expect.isTrue dotnet2.IsBound ".NET sockets: the second bind succeeds"
+
                     let connectFrom (local: IPEndPoint) (reuse: bool) (target: IPEndPoint) =
                         try
                             Ok(
