@@ -58,7 +58,7 @@ public sealed partial class TcpConnection : Stream
     // slow climb of docs/soak.md). Starting over at the first byte, a connection keeps resident
     // what it has had in flight at most.
     private int _sendCapacity; // grows (auto-tuning) on the loop thread, under _gate
-    private readonly int _sendCapacityMax;
+    private int _sendCapacityMax; // SendBufferSize may change it, under _gate
     private int _receiveCapacity; // grows (auto-tuning) on the loop thread, under _gate
     private bool _userDone;
     private bool _loopDone;
@@ -135,6 +135,10 @@ public sealed partial class TcpConnection : Stream
     internal IpAddr RemoteAddress { get; set; }
     internal ushort RemotePort { get; set; }
 
+    /// <summary>The local port bound before connecting (0: an ephemeral one) and SO_REUSEADDR (loop only, for the connect).</summary>
+    internal int RequestedLocalPort { get; set; }
+    internal bool ReuseAddress { get; set; }
+
     /// <summary>Out of the connection table (CLOSED): nothing more happens to it in the loop.</summary>
     internal bool Removed;
 
@@ -148,12 +152,15 @@ public sealed partial class TcpConnection : Stream
     /// <summary>The loop command that opens the window after reads; made once, posted once per batch of reads.</summary>
     internal Action? WindowCommand;
 
-    internal TcpConnection(NetworkStack stack, int sendBufferBytes, int sendBufferMaxBytes, int receiveBufferBytes, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
+    internal TcpConnection(NetworkStack stack, TcpSocketState socket, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
     {
         _stack = stack;
-        _sendCapacity = sendBufferBytes;
-        _sendCapacityMax = Math.Max(sendBufferBytes, sendBufferMaxBytes);
-        _receiveCapacity = receiveBufferBytes;
+        var options = stack.Options;
+        _socket = socket;
+        // A locked size (SO_SNDBUF / SO_RCVBUF set) is the buffer, without auto-tuning.
+        _sendCapacity = socket.SendBufferSize > 0 ? socket.SendBufferSize : options.TcpSendBufferBytes;
+        _sendCapacityMax = socket.SendBufferSize > 0 ? socket.SendBufferSize : Math.Max(options.TcpSendBufferBytes, options.TcpSendBufferMaxBytes);
+        _receiveCapacity = socket.Core.ReceiveBufferSize > 0 ? socket.Core.ReceiveBufferSize : options.TcpReceiveBufferBytes;
         _readWaiter = new Waiter(_gate);
         _writeWaiter = new Waiter(_gate);
         LocalEndPoint = localEndPoint!;
@@ -163,44 +170,8 @@ public sealed partial class TcpConnection : Stream
     /// <summary>Our address and port.</summary>
     public IPEndPoint LocalEndPoint { get; internal set; }
 
-    /// <summary>
-    /// The receive buffer's current size in bytes: <see cref="NetStackOptions.TcpReceiveBufferBytes"/>
-    /// at first, grown by auto-tuning up to <see cref="NetStackOptions.TcpReceiveBufferMaxBytes"/>
-    /// while the reader keeps up with a fast sender; it never shrinks.
-    /// </summary>
-    public int ReceiveBufferSize
-    {
-        get
-        {
-            lock (_gate)
-                return _receiveCapacity;
-        }
-    }
-
     /// <summary>The peer's address and port.</summary>
     public IPEndPoint RemoteEndPoint { get; }
-
-    private volatile bool _noDelay;
-
-    /// <summary>
-    /// Turns the Nagle algorithm off (true) or on (false, the default), like
-    /// <see cref="Socket.NoDelay"/>. With Nagle on, a segment smaller than the MSS waits while
-    /// earlier data is unacknowledged, so many small writes become few packets; a
-    /// write-write-read exchange against a peer that delays its ACKs then stalls about one
-    /// delayed-ACK time (40 ms on Linux) per exchange. Setting it true sends any held data at once.
-    /// </summary>
-    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public bool NoDelay
-    {
-        get => _noDelay;
-        set
-        {
-            if (_noDelay == value)
-                return;
-            _noDelay = value;
-            _stack.TcpSetNoDelay(this, value);
-        }
-    }
 
     /// <summary>Completes when the handshake does; fails with the reason the connection attempt failed.</summary>
     internal Task Connected => _connected.Task;
@@ -240,19 +211,23 @@ public sealed partial class TcpConnection : Stream
         cancellationToken.IsCancellationRequested ? Task.FromCanceled(cancellationToken) : Task.CompletedTask;
 
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    /// <remarks>Honours <see cref="ReadTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="ReadAsync(Memory{byte}, CancellationToken)"/>; TimedOut after <see cref="ReadTimeout"/>.</exception>
     public override int Read(byte[] buffer, int offset, int count)
     {
         ValidateBufferArguments(buffer, offset, count);
-        return ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+        return ReadSync(buffer.AsMemory(offset, count));
     }
 
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    /// <remarks>Honours <see cref="ReadTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="ReadAsync(Memory{byte}, CancellationToken)"/>; TimedOut after <see cref="ReadTimeout"/>.</exception>
     public override int Read(Span<byte> buffer)
     {
         var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
         try
         {
-            int n = ReadAsync(rented.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+            int n = ReadSync(rented.AsMemory(0, buffer.Length));
             rented.AsSpan(0, n).CopyTo(buffer);
             return n;
         }
@@ -263,20 +238,24 @@ public sealed partial class TcpConnection : Stream
     }
 
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    /// <remarks>Honours <see cref="WriteTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; TimedOut after <see cref="WriteTimeout"/>.</exception>
     public override void Write(byte[] buffer, int offset, int count)
     {
         ValidateBufferArguments(buffer, offset, count);
-        WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+        WriteSync(buffer.AsMemory(offset, count));
     }
 
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    /// <remarks>Honours <see cref="WriteTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; TimedOut after <see cref="WriteTimeout"/>.</exception>
     public override void Write(ReadOnlySpan<byte> buffer)
     {
         var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
         try
         {
             buffer.CopyTo(rented);
-            WriteAsync(rented.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+            WriteSync(rented.AsMemory(0, buffer.Length));
         }
         finally
         {
@@ -344,8 +323,8 @@ public sealed partial class TcpConnection : Stream
                     _recvConsumed += copied;
                     NoteReadLocked(ref notify, ref wake);
                 }
-                else if (available > 0 || _peerClosed)
-                    return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream.
+                else if (available > 0 || _peerClosed || _readShutdown)
+                    return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream (or SHUT_RD).
                 else if (_error != SocketError.Success)
                     throw Failure(_error);
                 else if (_aborted || _closed)
@@ -466,6 +445,40 @@ public sealed partial class TcpConnection : Stream
         _stack.TcpClose(this, orphan: false);
     }
 
+    // Shutdown(Receive): reads return 0 instead of waiting (under _gate).
+    private bool _readShutdown;
+
+    /// <summary>
+    /// Shuts down reading, writing or both, as <see cref="Socket.Shutdown"/> on Linux:
+    /// <see cref="SocketShutdown.Send"/> is <see cref="ShutdownWrite"/> (a FIN after the data
+    /// written; later writes fail with <see cref="SocketError.Shutdown"/>).
+    /// <see cref="SocketShutdown.Receive"/> sends nothing (the peer sees no change and may go on
+    /// sending): a read returns the bytes already received, and 0 instead of waiting when there
+    /// are none; data arriving later is still received and returned by later reads, as Linux's
+    /// SHUT_RD does (checked against the kernel in the tests). <see cref="SocketShutdown.Both"/>
+    /// does both. Idempotent.
+    /// </summary>
+    /// <param name="how">What to shut down.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="how"/> is not a <see cref="SocketShutdown"/> value.</exception>
+    /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
+    public void Shutdown(SocketShutdown how)
+    {
+        if (how is not (SocketShutdown.Receive or SocketShutdown.Send or SocketShutdown.Both))
+            throw new ArgumentOutOfRangeException(nameof(how), how, "Not a SocketShutdown value.");
+        if (how is SocketShutdown.Receive or SocketShutdown.Both)
+        {
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _readShutdown = true;
+                // A waiting read returns 0 now.
+                _readWaiter.Complete();
+            }
+        }
+        if (how is SocketShutdown.Send or SocketShutdown.Both)
+            ShutdownWrite();
+    }
+
     /// <summary>
     /// Resets the connection: a RST goes to the peer, buffered data is dropped, pending and later
     /// reads and writes fail with <see cref="SocketError.OperationAborted"/>. Idempotent.
@@ -489,24 +502,54 @@ public sealed partial class TcpConnection : Stream
     /// <param name="disposing">True from Dispose.</param>
     protected override void Dispose(bool disposing)
     {
-        if (disposing)
+        if (disposing && !AbortForLinger())
             CloseForDispose();
         base.Dispose(disposing);
     }
 
+    // SO_LINGER on with 0 s: dispose resets (a RST, no FIN), as the kernel's close. True when done.
+    private bool AbortForLinger()
+    {
+        lock (_gate)
+        {
+            if (_disposed || _socket.Linger is not { Enabled: true, LingerTime: 0 })
+                return false;
+        }
+        Abort();
+        lock (_gate)
+        {
+            if (_disposed)
+                return true;
+            _disposed = true;
+            _userDone = true;
+            ReleaseIfDone();
+        }
+        return true;
+    }
+
     /// <summary>
     /// Closes gracefully: a FIN follows the data already written, and this waits up to
-    /// <see cref="NetStackOptions.TcpLinger"/> for the peer to acknowledge all of it (the exchange
-    /// goes on in the background after that). Then the connection is released; data that arrives
-    /// later is discarded. Idempotent.
+    /// <see cref="NetStackOptions.TcpLinger"/> (or the <see cref="LingerState"/>'s time when
+    /// enabled) for the peer to acknowledge all of it (the exchange goes on in the background
+    /// after that). Then the connection is released; data that arrives later is discarded. With
+    /// <see cref="LingerState"/> enabled and 0 seconds it resets the connection instead (a RST,
+    /// no FIN), as the kernel's close does. Idempotent.
     /// </summary>
     public override async ValueTask DisposeAsync()
     {
+        if (AbortForLinger())
+        {
+            GC.SuppressFinalize(this);
+            return;
+        }
+        TimeSpan linger;
+        lock (_gate)
+            linger = _socket.Linger is { Enabled: true } l ? TimeSpan.FromSeconds(l.LingerTime) : _stack.Options.TcpLinger;
         if (CloseForDispose())
         {
             try
             {
-                await _finished.Task.WaitAsync(_stack.Options.TcpLinger).ConfigureAwait(false);
+                await _finished.Task.WaitAsync(linger).ConfigureAwait(false);
             }
             catch (TimeoutException)
             {
