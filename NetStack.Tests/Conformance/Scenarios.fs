@@ -1,0 +1,532 @@
+/// The differential conformance suite (issue 20, item 4): each scenario is written once against
+/// the Subject interfaces and runs on a kernel Socket and on NetStack against the same kernel
+/// peer; their logs (outcomes, exceptions with their SocketError, what the peer and the wire saw)
+/// must match but for the differences docs/conformance.md lists.
+module NetStack.Tests.Conformance.Scenarios
+
+open System
+open System.IO
+open System.Net
+open System.Net.Sockets
+open System.Text.RegularExpressions
+open System.Threading
+open System.Threading.Tasks
+open Expecto
+open NetStack.Tests
+open NetStack.Tests.Conformance.Subject
+open NetStack.Tests.Conformance.Harness
+
+// ---- Steps shared by the scenarios ------------------------------------------------------------
+
+let private settle () = Thread.Sleep 250
+
+/// A task that completes `ms` milliseconds from now, for a cancellation.
+let private cancelAfter (ms: int) = new CancellationTokenSource(ms)
+
+let private connect (env: Env) (name: string) (remote: IPEndPoint) (cancel: CancellationToken) =
+    env.Await name (fun (_: ITcp) -> "connected") (fun () -> env.Subject.ConnectAsync(remote, cancel))
+
+let private read (env: Env) (name: string) (connection: ITcp) (size: int) (cancel: CancellationToken) =
+    env.Await name id (fun () ->
+        task {
+            let buffer = Array.zeroCreate<byte> size
+            let! n = connection.Stream.ReadAsync(Memory buffer, cancel)
+
+            return
+                if size = 0 then
+                    string n
+                else
+                    showBytes (ReadOnlySpan(buffer, 0, n))
+        })
+
+let private write (env: Env) (name: string) (connection: ITcp) (data: byte[]) (cancel: CancellationToken) =
+    env.Await name id (fun () ->
+        task {
+            do! connection.Stream.WriteAsync(ReadOnlyMemory data, cancel)
+            return $"{data.Length} written"
+        })
+
+let private ascii (s: string) = Text.Encoding.ASCII.GetBytes s
+
+/// What a peer socket's next receive gives: its bytes, 0 at the subject's FIN, or the error.
+let private peerReceive (peer: Socket) =
+    task {
+        let buffer = Array.zeroCreate<byte> 65536
+        let! n = peer.ReceiveAsync(Memory buffer)
+
+        return
+            if n = 0 then
+                "0"
+            else
+                showBytes (ReadOnlySpan(buffer, 0, n))
+    }
+    |> outcomeWithin (TimeSpan.FromSeconds 5.0) id
+
+/// A peer listener on the peer's address.
+let private peerListener (env: Env) =
+    let listener = env.PeerSocket SocketType.Stream
+    listener.Bind(env.PeerAt 0)
+    listener.Listen 16
+    listener
+
+/// A connection from the subject to a peer listener (step "connect"): the subject's side and the
+/// peer's accepted socket.
+let private connected (env: Env) =
+    use listener = peerListener env
+    let port = (listener.LocalEndPoint :?> IPEndPoint).Port
+    let accepted = listener.AcceptAsync()
+
+    match connect env "connect" (env.PeerAt port) CancellationToken.None with
+    | Some connection -> Some(connection, TestUtil.waitWithin stepTimeout accepted)
+    | None -> None
+
+/// A peer UDP socket bound to `address`.
+let private peerUdp (env: Env) (address: IPAddress) =
+    let socket = env.PeerSocket SocketType.Dgram
+    socket.Bind(IPEndPoint(address, 0))
+    socket
+
+/// Who sent a datagram, by the scenario's names for the peer's sockets.
+let private sender (names: (Socket * string) list) (source: IPEndPoint) =
+    names
+    |> List.tryFind (fun (s, _) -> (s.LocalEndPoint :?> IPEndPoint).Equals source)
+    |> Option.map snd
+    |> Option.defaultValue "someone else"
+
+let private receiveFrom
+    (env: Env)
+    (name: string)
+    (udp: IUdp)
+    (size: int)
+    (names: (Socket * string) list)
+    (cancel: CancellationToken)
+    =
+    env.Await name id (fun () ->
+        task {
+            let buffer = Array.zeroCreate<byte> size
+            let! n, source = udp.ReceiveFromAsync(Memory buffer, cancel)
+            return $"{showBytes (ReadOnlySpan(buffer, 0, n))} from {sender names source}"
+        })
+
+/// The subject's packets of `protocol` in a capture: their TTLs, DSCPs and DF bits.
+let private headerFields (packets: Packet list) (protocol: string) =
+    let own = packets |> List.filter (fun p -> p.FromSubject && p.Protocol = protocol)
+
+    if own.IsEmpty then
+        "none"
+    else
+        let df = own |> List.map (fun p -> if p.Df then "DF" else "no DF")
+        $"ttl {showSet (own |> List.map _.Ttl)}, dscp {showSet (own |> List.map _.Dscp)}, {showSet df}"
+
+/// Whether the subject sent a FIN and whether it sent a RST.
+let private finOrRst (packets: Packet list) =
+    let own = packets |> List.filter (fun p -> p.FromSubject && p.Protocol = "TCP")
+    let fin = own |> List.exists (fun p -> p.TcpFlags.Contains "F")
+    let rst = own |> List.exists (fun p -> p.TcpFlags.Contains "R")
+    $"FIN {fin}, RST {rst}"
+
+let private subjectFilter (env: Env) = $"src host {env.Subject.Address}"
+
+// ---- The scenarios ----------------------------------------------------------------------------
+
+let private connecting =
+    [
+        scenario 1 "connect to a closed port is refused" (fun env ->
+            connect env "connect" (env.PeerAt 9) CancellationToken.None
+            |> Option.iter _.Dispose())
+
+        scenario 2 "connect to a host the peer's router cannot reach fails with its ICMP" (fun env ->
+            connect env "connect" (IPEndPoint(unreachableAddress, 80)) CancellationToken.None
+            |> Option.iter _.Dispose())
+
+        scenario 3 "a canceled connect sends one SYN and no RST" (fun env ->
+            let packets =
+                captureWhile env $"{subjectFilter env} and tcp" (fun () ->
+                    use cancel = cancelAfter 300
+
+                    connect env "connect" (IPEndPoint(silentAddress, 80)) cancel.Token
+                    |> Option.iter _.Dispose()
+
+                    // Past the first SYN retransmission (1 s): the attempt is over for good.
+                    Thread.Sleep 1500)
+
+            let own = packets |> List.filter (fun p -> p.FromSubject && p.Protocol = "TCP")
+            env.Record "wire: SYNs" (string (own |> List.filter (fun p -> p.TcpFlags = "S") |> List.length))
+            env.Record "wire: RSTs" (string (own |> List.filter (fun p -> p.TcpFlags.Contains "R") |> List.length)))
+    ]
+
+let private binding =
+    [
+        scenario 4 "listening twice on one port is AddressAlreadyInUse" (fun env ->
+            match env.Do "listen" (fun (_: IListener) -> "listening") (fun () -> env.Subject.Listen 0) with
+            | Some first ->
+                use _ = first
+
+                env.Do "listen again" (fun (_: IListener) -> "listening") (fun () -> env.Subject.Listen first.Port)
+                |> Option.iter _.Dispose()
+            | None -> ())
+
+        scenario 5 "binding UDP twice on one port is AddressAlreadyInUse" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some first ->
+                use _ = first
+
+                env.Do "bind again" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp first.Port)
+                |> Option.iter _.Dispose()
+            | None -> ())
+
+        scenario 6 "listening again on a port whose connection is in TIME-WAIT (no ReuseAddress)" (fun env ->
+            let port = 5006
+
+            match env.Do "listen" (fun (_: IListener) -> "listening") (fun () -> env.Subject.Listen port) with
+            | Some listener ->
+                let accepted = listener.AcceptAsync CancellationToken.None
+                use peer = env.PeerSocket SocketType.Stream
+                peer.Connect(env.SubjectAt port)
+
+                match env.Await "accept" (fun (_: ITcp) -> "accepted") (fun () -> accepted) with
+                | Some connection ->
+                    // The subject closes first: its side ends in TIME-WAIT.
+                    connection.Dispose()
+                    env.Record "peer read" (peerReceive peer)
+                    peer.Close()
+                    settle ()
+                | None -> ()
+
+                listener.Dispose()
+
+                env.Do "listen again" (fun (_: IListener) -> "listening") (fun () -> env.Subject.Listen port)
+                |> Option.iter _.Dispose()
+            | None -> ())
+    ]
+
+let private closing =
+    [
+        scenario 7 "reads and writes after the peer's RST" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = connection
+                peer.LingerState <- LingerOption(true, 0)
+                peer.Close()
+                settle ()
+                read env "read" connection 16 CancellationToken.None |> ignore
+                read env "read again" connection 16 CancellationToken.None |> ignore
+                write env "write" connection (ascii "late") CancellationToken.None |> ignore
+            | None -> ())
+
+        scenario 8 "writes after the peer closed (its RST answers the first)" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = connection
+                peer.Close()
+                read env "read" connection 16 CancellationToken.None |> ignore
+                write env "write" connection (ascii "a") CancellationToken.None |> ignore
+                settle ()
+
+                write env "write after the RST" connection (ascii "b") CancellationToken.None
+                |> ignore
+
+                write env "write again" connection (ascii "c") CancellationToken.None |> ignore
+                read env "read after the RST" connection 16 CancellationToken.None |> ignore
+            | None -> ())
+
+        scenario 9 "Shutdown(Send): the peer reads the end, the subject still reads, writes fail" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = connection
+                use _ = peer
+
+                env.Do "shutdown send" (fun () -> "done") (fun () -> connection.Shutdown SocketShutdown.Send)
+                |> ignore
+
+                env.Record "peer read" (peerReceive peer)
+                peer.Send(ascii "pong") |> ignore
+                read env "read" connection 16 CancellationToken.None |> ignore
+                write env "write" connection (ascii "x") CancellationToken.None |> ignore
+            | None -> ())
+
+        scenario 10 "a graceful close sends a FIN; the peer reads the end" (fun env ->
+            let packets =
+                captureWhile env $"{subjectFilter env} and tcp[tcpflags] & tcp-fin != 0" (fun () ->
+                    match connected env with
+                    | Some(connection, peer) ->
+                        use _ = peer
+                        write env "write" connection (ascii "bye") CancellationToken.None |> ignore
+                        connection.Dispose()
+                        env.Record "peer read" (peerReceive peer)
+                        env.Record "peer read again" (peerReceive peer)
+                    | None -> ())
+
+            env.Record "wire" (finOrRst packets))
+
+        scenario 11 "closing with a RST (linger 0): the peer sees a RST and no FIN" (fun env ->
+            let packets =
+                captureWhile env $"{subjectFilter env} and tcp[tcpflags] & tcp-rst != 0" (fun () ->
+                    match connected env with
+                    | Some(connection, peer) ->
+                        use _ = peer
+                        connection.CloseWithReset()
+                        env.Record "peer read" (peerReceive peer)
+                    | None -> ())
+
+            env.Record "wire" (finOrRst packets))
+
+        scenario 12 "closing with unread data sends a RST (RFC 2525)" (fun env ->
+            let packets =
+                captureWhile env $"{subjectFilter env} and tcp[tcpflags] & (tcp-rst|tcp-fin) != 0" (fun () ->
+                    match connected env with
+                    | Some(connection, peer) ->
+                        use _ = peer
+                        peer.Send(ascii "unread") |> ignore
+                        settle ()
+                        connection.Dispose()
+                        env.Record "peer read" (peerReceive peer)
+                    | None -> ())
+
+            env.Record "wire" (finOrRst packets))
+
+        scenario 13 "dispose with a pending read" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = peer
+                let buffer = Array.zeroCreate<byte> 16
+                let pending = connection.Stream.ReadAsync(Memory buffer).AsTask()
+                settle ()
+                connection.Dispose()
+                env.Record "pending read" (outcomeWithin stepTimeout string pending)
+                env.Record "peer read" (peerReceive peer)
+            | None -> ())
+
+        scenario 14 "dispose with a pending write" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = peer
+
+                let pending =
+                    connection.Stream.WriteAsync(ReadOnlyMemory(Array.zeroCreate<byte>(32 <<< 20))).AsTask()
+
+                Thread.Sleep 500
+                env.Record "write before the dispose" (if pending.IsCompleted then "done" else "waiting")
+                connection.Dispose()
+
+                env.Record
+                    "pending write"
+                    (outcomeWithin
+                        stepTimeout
+                        (fun () -> "written")
+                        (task {
+                            do! pending
+                            return ()
+                        }))
+            | None -> ())
+    ]
+
+let private zeroAndCancel =
+    [
+        scenario 15 "zero-length writes and reads" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = connection
+                use _ = peer
+                write env "write nothing" connection [||] CancellationToken.None |> ignore
+                let waiting = connection.Stream.ReadAsync(Memory<byte>.Empty).AsTask()
+                settle ()
+                env.Record "zero-byte read before data" (if waiting.IsCompleted then "done" else "waiting")
+                peer.Send(ascii "x") |> ignore
+                env.Record "zero-byte read" (outcomeWithin stepTimeout string waiting)
+                read env "read" connection 16 CancellationToken.None |> ignore
+                peer.Shutdown SocketShutdown.Send
+
+                read env "zero-byte read at the end" connection 0 CancellationToken.None
+                |> ignore
+
+                read env "read at the end" connection 16 CancellationToken.None |> ignore
+            | None -> ())
+
+        scenario 16 "a canceled read, then a read" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = connection
+                use _ = peer
+                use cancel = cancelAfter 200
+                read env "read" connection 16 cancel.Token |> ignore
+                peer.Send(ascii "after") |> ignore
+                read env "read again" connection 16 CancellationToken.None |> ignore
+            | None -> ())
+
+        scenario 17 "a canceled accept, then an accept" (fun env ->
+            match env.Do "listen" (fun (_: IListener) -> "listening") (fun () -> env.Subject.Listen 0) with
+            | Some listener ->
+                use _ = listener
+                use cancel = cancelAfter 200
+
+                env.Await "accept" (fun (_: ITcp) -> "accepted") (fun () -> listener.AcceptAsync cancel.Token)
+                |> Option.iter _.Dispose()
+
+                use peer = env.PeerSocket SocketType.Stream
+                peer.Connect(env.SubjectAt listener.Port)
+
+                env.Await "accept again" (fun (_: ITcp) -> "accepted") (fun () ->
+                    listener.AcceptAsync CancellationToken.None)
+                |> Option.iter _.Dispose()
+            | None -> ())
+
+        scenario 18 "a canceled write (the peer does not read)" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = connection
+                use _ = peer
+                use cancel = cancelAfter 500
+
+                write env "write" connection (Array.zeroCreate (32 <<< 20)) cancel.Token
+                |> ignore
+            | None -> ())
+
+        scenario 19 "a canceled UDP receive, then a receive" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some udp ->
+                use _ = udp
+                use peer = peerUdp env peerAddress
+                use cancel = cancelAfter 200
+                receiveFrom env "receive" udp 64 [ peer, "the peer" ] cancel.Token |> ignore
+                peer.SendTo(ascii "after", env.SubjectAt udp.Port) |> ignore
+
+                receiveFrom env "receive again" udp 64 [ peer, "the peer" ] CancellationToken.None
+                |> ignore
+            | None -> ())
+    ]
+
+let private udp =
+    [
+        scenario 20 "UDP connect: earlier datagrams stay, later ones from other peers are dropped" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some udp ->
+                use _ = udp
+                use peer = peerUdp env peerAddress
+                use samePeerOtherPort = peerUdp env peerAddress
+                use otherPeer = peerUdp env otherPeerAddress
+
+                let names =
+                    [
+                        peer, "the peer"
+                        samePeerOtherPort, "the peer's other port"
+                        otherPeer, "another peer"
+                    ]
+
+                let target = env.SubjectAt udp.Port
+                otherPeer.SendTo(ascii "early", target) |> ignore
+                settle ()
+
+                env.Do "connect" (fun () -> "connected") (fun () -> udp.Connect(peer.LocalEndPoint :?> IPEndPoint))
+                |> ignore
+
+                otherPeer.SendTo(ascii "other host", target) |> ignore
+                samePeerOtherPort.SendTo(ascii "other port", target) |> ignore
+                peer.SendTo(ascii "mine", target) |> ignore
+                receiveFrom env "receive" udp 64 names CancellationToken.None |> ignore
+                receiveFrom env "receive" udp 64 names CancellationToken.None |> ignore
+                use cancel = cancelAfter 500
+                receiveFrom env "receive (500 ms)" udp 64 names cancel.Token |> ignore
+
+                env.Await "send" string (fun () -> udp.SendAsync(ascii "reply", CancellationToken.None))
+                |> ignore
+
+                env.Record "peer receive" (peerReceive peer)
+            | None -> ())
+
+        scenario 21 "UDP datagrams beyond the MTU are fragmented; beyond 65507 bytes MessageSize" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some udp ->
+                use _ = udp
+                use peer = peerUdp env peerAddress
+                let target = peer.LocalEndPoint :?> IPEndPoint
+
+                let packets =
+                    captureWhile env $"{subjectFilter env} and udp" (fun () ->
+                        for size in [ 4000; 65507; 65508 ] do
+                            env.Await $"send {size}" string (fun () ->
+                                udp.SendToAsync(Array.init size byte, target, CancellationToken.None))
+                            |> ignore
+
+                            if size <= 65507 then
+                                env.Record $"peer receive {size}" (peerReceive peer))
+
+                let own = packets |> List.filter (fun p -> p.FromSubject)
+                env.Record "wire: fragments" (string (own |> List.exists _.Fragment))
+                env.Record "wire: DF on fragments" (showSet (own |> List.filter _.Fragment |> List.map _.Df))
+            | None -> ())
+
+        scenario 22 "a UDP datagram longer than the receive buffer is MessageSize" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some udp ->
+                use _ = udp
+                use peer = peerUdp env peerAddress
+                peer.SendTo(Array.create 100 65uy, env.SubjectAt udp.Port) |> ignore
+                peer.SendTo(ascii "next", env.SubjectAt udp.Port) |> ignore
+
+                receiveFrom env "receive into 10 bytes" udp 10 [ peer, "the peer" ] CancellationToken.None
+                |> ignore
+
+                receiveFrom env "receive" udp 64 [ peer, "the peer" ] CancellationToken.None
+                |> ignore
+            | None -> ())
+
+        scenario 23 "a connected UDP socket hears the peer's port unreachable" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some udp ->
+                use _ = udp
+
+                env.Do "connect" (fun () -> "connected") (fun () -> udp.Connect(env.PeerAt 9))
+                |> ignore
+
+                env.Await "send" string (fun () -> udp.SendAsync(ascii "anyone?", CancellationToken.None))
+                |> ignore
+
+                settle ()
+                use cancel = cancelAfter 500
+                receiveFrom env "receive" udp 64 [] cancel.Token |> ignore
+
+                env.Await "send again" string (fun () -> udp.SendAsync(ascii "anyone?", CancellationToken.None))
+                |> ignore
+            | None -> ())
+    ]
+
+let private wire =
+    [
+        scenario 24 "defaults on the wire: TCP" (fun env ->
+            let packets =
+                captureWhile env $"{subjectFilter env} and tcp[tcpflags] & tcp-fin != 0" (fun () ->
+                    match connected env with
+                    | Some(connection, peer) ->
+                        use _ = peer
+                        env.Record "NoDelay" (string connection.NoDelay)
+                        write env "write" connection (ascii "hello") CancellationToken.None |> ignore
+                        env.Record "peer read" (peerReceive peer)
+                        connection.Dispose()
+                        env.Record "peer read again" (peerReceive peer)
+                    | None -> ())
+
+            env.Record "wire: TCP" (headerFields packets "TCP"))
+
+        scenario 25 "defaults on the wire: UDP" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some udp ->
+                use _ = udp
+                use peer = peerUdp env peerAddress
+
+                let packets =
+                    captureWhile env $"{subjectFilter env} and udp" (fun () ->
+                        env.Await "send" string (fun () ->
+                            udp.SendToAsync(ascii "hello", peer.LocalEndPoint :?> IPEndPoint, CancellationToken.None))
+                        |> ignore
+
+                        env.Record "peer receive" (peerReceive peer))
+
+                env.Record "wire: UDP" (headerFields packets "UDP")
+            | None -> ())
+    ]
+
+[<Tests>]
+let tests =
+    testSequenced
+    <| testList "Conformance" (connecting @ binding @ closing @ zeroAndCancel @ udp @ wire)
