@@ -356,26 +356,26 @@ let compare (differences: Difference list) (kernel: string list) (netstack: stri
                 mark, k.PadRight width + s
         ]
 
+    let text =
+        function
+        | Ok m
+        | Error m -> m
+
+    let markWidth = 1 + (rows |> List.fold (fun w (m, _) -> max w (text m).Length) 1)
+
     let table =
         String.Join(
             "\n",
-            ("  " + "kernel".PadRight width + "netstack")
-            :: [
-                for mark, row in rows do
-                    let m =
-                        match mark with
-                        | Ok m
-                        | Error m -> m
-
-                    $"{m, -2}{row}"
-            ]
+            ("".PadRight markWidth + "kernel".PadRight width + "netstack")
+            :: [ for mark, row in rows -> (text mark).PadRight markWidth + row ]
         )
 
     table, rows |> List.forall (fun (m, _) -> Result.isOk m)
 
-/// The kernel's outcome of every step of every scenario run so far: "scenario / step" → outcome
-/// (the README's error table is checked against them).
-let kernelOutcomes = ConcurrentDictionary<string, string>()
+/// The outcome of every step of every scenario run so far, by subject ("kernel", "netstack"),
+/// scenario number and step: "kernel 7: read" → outcome (the README's error table is checked
+/// against them).
+let outcomes = ConcurrentDictionary<string, string>()
 
 /// A conformance test: scenario `name` on network n, both subjects; the logs must match but for
 /// `differences`. `pending` (a reason) marks a scenario whose NetStack side waits for a feature:
@@ -385,9 +385,10 @@ let scenarioWith (pending: string option) (differences: Difference list) (n: int
     test name {
         let runs = runBoth n body
 
-        for line in runs.Kernel.Lines do
-            let step, outcome = split line
-            kernelOutcomes.[$"{name} / {step}"] <- outcome
+        for log in [ runs.Kernel; runs.NetStack ] do
+            for line in log.Lines do
+                let step, outcome = split line
+                outcomes.[$"{log.Subject} {n}: {step}"] <- outcome
 
         let table, same = compare differences runs.Kernel.Lines runs.NetStack.Lines
         printfn "conformance: %s\n%s\n" name table

@@ -22,6 +22,10 @@ type private KernelTcp(socket: Socket) =
             socket.Close()
             stream.Dispose()
 
+        member _.CloseSocket() =
+            socket.Close()
+            stream.Dispose()
+
         member _.NoDelay
             with get () = socket.NoDelay
             and set value = socket.NoDelay <- value

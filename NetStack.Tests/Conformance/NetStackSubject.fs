@@ -21,6 +21,8 @@ type private StackTcp(connection: TcpConnection) =
             connection.Abort()
             connection.Dispose()
 
+        member _.CloseSocket() = connection.Dispose()
+
         member _.NoDelay
             with get () = connection.NoDelay
             and set value = connection.NoDelay <- value

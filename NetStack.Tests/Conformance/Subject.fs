@@ -20,6 +20,9 @@ type ITcp =
     abstract Shutdown: SocketShutdown -> unit
     /// Closes with a RST: LingerState (true, 0) then Close.
     abstract CloseWithReset: unit -> unit
+    /// Socket.Close(), the socket's own call: unlike NetworkStream.Dispose (Dispose here), no
+    /// Shutdown(Both) first. NetStack's TcpConnection is socket and stream in one: its Dispose.
+    abstract CloseSocket: unit -> unit
     /// Socket.NoDelay.
     abstract NoDelay: bool with get, set
 
@@ -116,7 +119,9 @@ let showBytes (bytes: ReadOnlySpan<byte>) =
 
             ok)
 
-    if isText then
+    if bytes.IsEmpty then
+        "0 bytes"
+    elif isText then
         $"\"{Text.Encoding.ASCII.GetString bytes}\""
     else
         $"{bytes.Length} bytes"
