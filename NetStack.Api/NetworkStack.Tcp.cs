@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Http;
 using System.Net.Sockets;
 using System.Security.Cryptography;
+using Microsoft.FSharp.Core;
 using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
 using NetStack.Core.Wire;
@@ -111,9 +112,26 @@ public sealed partial class NetworkStack
     /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken; AddressNotAvailable for an address that is not the stack's.</exception>
     /// <exception cref="ArgumentException">The family has no address on this stack, or the backlog is not positive.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public TcpConnectionListener ListenTcp(IPEndPoint localEndPoint, int backlog = 128)
+    public TcpConnectionListener ListenTcp(IPEndPoint localEndPoint, int backlog = 128) =>
+        ListenTcp(localEndPoint, null, backlog);
+
+    /// <summary>
+    /// Listens on <paramref name="localEndPoint"/> (as <see cref="ListenTcp(IPEndPoint, int)"/>) with
+    /// socket options the accepted connections inherit (<see cref="TcpSocketOptions"/>; its
+    /// LocalEndPoint is ignored). With <see cref="TcpSocketOptions.ReuseAddress"/> the port may be
+    /// one that connections (TIME-WAIT ones included) still use; without it that is
+    /// AddressAlreadyInUse, as a kernel socket's bind.
+    /// </summary>
+    /// <param name="localEndPoint">Address and port.</param>
+    /// <param name="options">The options, or null for the stack's defaults.</param>
+    /// <param name="backlog">Established connections waiting for <see cref="TcpConnectionListener.AcceptAsync"/> at most (positive).</param>
+    /// <exception cref="SocketException">AddressAlreadyInUse when the port is taken; AddressNotAvailable for an address that is not the stack's.</exception>
+    /// <exception cref="ArgumentException">The family has no address on this stack, the backlog is not positive, or an option is out of range.</exception>
+    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
+    public TcpConnectionListener ListenTcp(IPEndPoint localEndPoint, TcpSocketOptions? options, int backlog = 128)
     {
         ArgumentNullException.ThrowIfNull(localEndPoint);
+        var socket = TcpSocketState.From(Options, options);
         ArgumentOutOfRangeException.ThrowIfLessThan(backlog, 1);
         var (v4, v6) = Families(localEndPoint);
         bool any = localEndPoint.Address.Equals(IPAddress.Any) || localEndPoint.Address.Equals(IPAddress.IPv6Any);
@@ -125,7 +143,9 @@ public sealed partial class NetworkStack
                 : _tcpTable.ListenOn(address, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next());
             if (endpoint is null)
                 throw new SocketException((int)SocketError.AddressAlreadyInUse);
-            var l = new TcpConnectionListener(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), endpoint);
+            if (options is not null)
+                endpoint.Socket = FSharpValueOption<TcpSocketSettings>.NewValueSome(socket.Core);
+            var l = new TcpConnectionListener(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), endpoint, socket);
             endpoint.Owner = l;
             return l;
         });
@@ -185,6 +205,10 @@ public sealed partial class NetworkStack
         return (v4, v6);
     }
 
+    // A socket option of the listener changed: its SYN,ACKs and new connections take it.
+    internal void TcpConfigureListener(TcpConnectionListener listener, TcpSocketSettings settings) =>
+        OnLoop(() => listener.Endpoint.Socket = FSharpValueOption<TcpSocketSettings>.NewValueSome(settings));
+
     internal void Unlisten(TcpConnectionListener listener)
     {
         try
@@ -216,7 +240,78 @@ public sealed partial class NetworkStack
     /// <exception cref="ArgumentException">The endpoint is unusable or the stack has no address of its family.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public async ValueTask<TcpConnection> ConnectTcpAsync(IPEndPoint remote, CancellationToken cancellationToken = default)
+    public ValueTask<TcpConnection> ConnectTcpAsync(IPEndPoint remote, CancellationToken cancellationToken = default) =>
+        ConnectTcpAsync(remote, (TcpSocketOptions?)null, cancellationToken);
+
+    /// <summary>
+    /// Opens a TCP connection to <paramref name="address"/>:<paramref name="port"/> (as
+    /// <see cref="ConnectTcpAsync(IPEndPoint, CancellationToken)"/>; <see cref="Socket.ConnectAsync(IPAddress, int, CancellationToken)"/>'s shape).
+    /// </summary>
+    /// <param name="address">The peer's address.</param>
+    /// <param name="port">The peer's port, 1..65535.</param>
+    /// <param name="cancellationToken">Cancels the attempt.</param>
+    /// <returns>The established connection.</returns>
+    /// <exception cref="ArgumentNullException">The address is null.</exception>
+    /// <exception cref="ArgumentException">The port is outside 1..65535, or as <see cref="ConnectTcpAsync(IPEndPoint, CancellationToken)"/>.</exception>
+    /// <exception cref="SocketException">As <see cref="ConnectTcpAsync(IPEndPoint, CancellationToken)"/>.</exception>
+    public ValueTask<TcpConnection> ConnectTcpAsync(IPAddress address, int port, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        if (port is <= 0 or > 65535)
+            throw new ArgumentOutOfRangeException(nameof(port), port, "A destination port lies in 1..65535.");
+        return ConnectTcpAsync(new IPEndPoint(address, port), (TcpSocketOptions?)null, cancellationToken);
+    }
+
+    /// <summary>
+    /// Opens a TCP connection to <paramref name="host"/>:<paramref name="port"/>: an IP literal
+    /// directly, a host name through the stack's resolver with Happy Eyeballs (as
+    /// <see cref="ConnectTcpAsync(DnsEndPoint, CancellationToken)"/>; <see cref="Socket.ConnectAsync(string, int, CancellationToken)"/>'s shape).
+    /// </summary>
+    /// <param name="host">A host name or an IP literal.</param>
+    /// <param name="port">The peer's port, 1..65535.</param>
+    /// <param name="cancellationToken">Cancels the attempt.</param>
+    /// <returns>The established connection.</returns>
+    /// <exception cref="ArgumentNullException">The host is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The port is outside 1..65535.</exception>
+    /// <exception cref="SocketException">As <see cref="ConnectTcpAsync(DnsEndPoint, CancellationToken)"/>.</exception>
+    public ValueTask<TcpConnection> ConnectTcpAsync(string host, int port, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(host);
+        if (port is <= 0 or > 65535)
+            throw new ArgumentOutOfRangeException(nameof(port), port, "A destination port lies in 1..65535.");
+        return ConnectTcpAsync(new DnsEndPoint(host, port), cancellationToken);
+    }
+
+    /// <summary>
+    /// Opens a TCP connection to <paramref name="remote"/> from <paramref name="localEndPoint"/>
+    /// (bind before connect): the stack's address of the remote's family, or Any/IPv6Any for the
+    /// stack's choice; a fixed port, or 0 for an ephemeral one. Null: as
+    /// <see cref="ConnectTcpAsync(IPEndPoint, CancellationToken)"/>.
+    /// </summary>
+    /// <param name="remote">The peer.</param>
+    /// <param name="localEndPoint">Our end, or null.</param>
+    /// <param name="cancellationToken">Cancels the attempt.</param>
+    /// <returns>The established connection.</returns>
+    /// <exception cref="SocketException">As <see cref="ConnectTcpAsync(IPEndPoint, TcpSocketOptions, CancellationToken)"/>.</exception>
+    /// <exception cref="ArgumentException">As <see cref="ConnectTcpAsync(IPEndPoint, TcpSocketOptions, CancellationToken)"/>.</exception>
+    public ValueTask<TcpConnection> ConnectTcpAsync(IPEndPoint remote, IPEndPoint? localEndPoint, CancellationToken cancellationToken = default) =>
+        ConnectTcpAsync(remote, localEndPoint is null ? null : new TcpSocketOptions { LocalEndPoint = localEndPoint }, cancellationToken);
+
+    /// <summary>
+    /// Opens a TCP connection to <paramref name="remote"/> with socket options set before the
+    /// SYN leaves (<paramref name="options"/>: the local end to bind, ReuseAddress, TTL, type of
+    /// service, Don't Fragment, buffer sizes, Nagle, linger, keep-alive; docs/api.md "Socket
+    /// options"), and completes when the handshake does.
+    /// </summary>
+    /// <param name="remote">The peer (port 1..65535; IPv4-mapped IPv6 addresses count as IPv4).</param>
+    /// <param name="options">The options, or null for the stack's defaults.</param>
+    /// <param name="cancellationToken">Cancels the attempt (the half-open connection is reset).</param>
+    /// <returns>The established connection.</returns>
+    /// <exception cref="SocketException">ConnectionRefused when the peer answers with a RST; TimedOut when the SYN retransmissions run out; AddressAlreadyInUse when the fixed local port is taken (by a listener, or by a connection without <see cref="TcpSocketOptions.ReuseAddress"/>), AddressNotAvailable when the local address is not the stack's, the 4-tuple exists already, or no ephemeral port is free (as a kernel socket's bind and connect); NetworkUnreachable for an IPv4 destination while <see cref="NetStackOptions.Dhcp"/> has no lease bound.</exception>
+    /// <exception cref="ArgumentException">The endpoint is unusable, the stack has no address of its family, the local end's family differs from the remote's, or an option is out of range (named by the parameter <c>options</c>).</exception>
+    /// <exception cref="OperationCanceledException">The token was canceled.</exception>
+    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
+    public async ValueTask<TcpConnection> ConnectTcpAsync(IPEndPoint remote, TcpSocketOptions? options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(remote);
         if (remote.Port is <= 0 or > 65535)
@@ -224,18 +319,37 @@ public sealed partial class NetworkStack
         var address = remote.Address.IsIPv4MappedToIPv6 ? remote.Address.MapToIPv4() : remote.Address;
         if (address.Equals(IPAddress.Any) || address.Equals(IPAddress.IPv6Any))
             throw new ArgumentException("The destination address is unspecified.", nameof(remote));
+        var socket = TcpSocketState.From(Options, options);
         var target = IpAddr.OfIPAddress(address);
-        var source = SourceFor(target);
+        IpAddr? source;
+        int localPort = 0;
+        if (options?.LocalEndPoint is { } local)
+        {
+            if (local.Port is < 0 or > 65535)
+                throw new ArgumentException($"Local port {local.Port} is outside 0..65535.", nameof(options));
+            var bindAddress = local.Address.IsIPv4MappedToIPv6 ? local.Address.MapToIPv4() : local.Address;
+            bool any = bindAddress.Equals(IPAddress.Any) || bindAddress.Equals(IPAddress.IPv6Any);
+            if (!any && (bindAddress.AddressFamily == AddressFamily.InterNetworkV6) != target.IsIpv6)
+                throw new ArgumentException($"The local end {local} is not of the remote's family ({address}).", nameof(options));
+            if (!any)
+                Families(new IPEndPoint(bindAddress, local.Port)); // AddressNotAvailable for an address not ours
+            source = any ? SourceFor(target) : IpAddr.OfIPAddress(bindAddress);
+            localPort = local.Port;
+        }
+        else
+            source = SourceFor(target);
         if (source is null && !target.IsIpv6 && Options.Dhcp)
             throw new SocketException((int)SocketError.NetworkUnreachable);
         if (source is null)
             throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to connect to {address} from.", nameof(remote));
         cancellationToken.ThrowIfCancellationRequested();
-        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes, null, new IPEndPoint(address, remote.Port))
+        var connection = new TcpConnection(this, socket, null, new IPEndPoint(address, remote.Port))
         {
             LocalAddress = source.Value,
             RemoteAddress = target,
             RemotePort = (ushort)remote.Port,
+            RequestedLocalPort = localPort,
+            ReuseAddress = options?.ReuseAddress ?? false,
         };
         Post(() => LoopConnect(connection), e => connection.Fail(SocketError.OperationAborted));
         try
@@ -254,7 +368,8 @@ public sealed partial class NetworkStack
     {
         long now = Now();
         var output = TcpOutput();
-        var result = _tcpTable.Connect(output, now, _ip, c.LocalAddress, c.RemoteAddress, c.RemotePort, Random.Shared.Next(), out var endpoint);
+        var result = _tcpTable.Connect(output, now, _ip, c.LocalAddress, c.RequestedLocalPort, c.ReuseAddress, c.RemoteAddress, c.RemotePort,
+            FSharpValueOption<TcpSocketSettings>.NewValueSome(c.SocketSettings), Random.Shared.Next(), out var endpoint);
         switch (result)
         {
             case TcpConnectResult.TooManyConnections:
@@ -264,6 +379,16 @@ public sealed partial class NetworkStack
             case TcpConnectResult.NoEphemeralPort:
                 // A kernel Socket's connect fails with EADDRNOTAVAIL then (bind to port 0 gives
                 // EADDRINUSE, as ListenTcp(0) and BindUdp(0) do here): the caller's error.
+                Count(output);
+                c.Fail(SocketError.AddressNotAvailable);
+                return;
+            case TcpConnectResult.LocalPortInUse:
+                // A kernel socket's bind: EADDRINUSE.
+                Count(output);
+                c.Fail(SocketError.AddressAlreadyInUse);
+                return;
+            case TcpConnectResult.TupleInUse:
+                // A kernel socket's connect to a 4-tuple that exists: EADDRNOTAVAIL.
                 Count(output);
                 c.Fail(SocketError.AddressNotAvailable);
                 return;
@@ -350,16 +475,20 @@ public sealed partial class NetworkStack
         ExecuteOutput(output, default, now);
     }, null);
 
-    internal void TcpSetNoDelay(TcpConnection c, bool noDelay) => Post(() =>
+    // A socket option of c changed (TcpConnection.Options.cs): the core takes the new settings.
+    internal void TcpConfigure(TcpConnection c, TcpSocketSettings settings) => Post(() =>
     {
         long now = Now();
         LoopSend(c, now);
         if (c.Removed || c.Endpoint is null)
             return;
         var output = TcpOutput();
-        _tcpTable.SetNoDelay(output, now, c.Endpoint, noDelay);
+        _tcpTable.Configure(output, now, c.Endpoint, settings);
         ExecuteOutput(output, default, now);
     }, null);
+
+    // SO_SNDBUF set on c: the ring grows on the loop (which reads it outside the lock).
+    internal void TcpSetSendBuffer(TcpConnection c, int size) => Post(() => c.LockSendBuffer(size), null);
 
     internal void TcpAbort(TcpConnection c)
     {
@@ -473,7 +602,7 @@ public sealed partial class NetworkStack
                         foreach (ref readonly var action in slice)
                         {
                             if (action.IsTransmit)
-                                Transmit(group.Key.Local, group.Key.LocalPort, group.Key.Remote, group.Key.RemotePort, action.segment, null, now);
+                                Transmit(group.Key.Local, group.Key.LocalPort, group.Key.Remote, group.Key.RemotePort, action.segment, null, group.Header, now);
                         }
                         break;
                     case TcpGroupKind.Opened:
@@ -503,7 +632,8 @@ public sealed partial class NetworkStack
     private TcpConnection Attach(TcpEndpoint endpoint)
     {
         var key = endpoint.Key;
-        var connection = new TcpConnection(this, Options.TcpSendBufferBytes, Options.TcpSendBufferMaxBytes, Options.TcpReceiveBufferBytes,
+        var socket = (endpoint.Listener?.Owner as TcpConnectionListener)?.SocketForAccepted() ?? TcpSocketState.Defaults(Options);
+        var connection = new TcpConnection(this, socket,
             new IPEndPoint(key.Local.ToIPAddress(), key.LocalPort), new IPEndPoint(key.Remote.ToIPAddress(), key.RemotePort))
         {
             LocalAddress = key.Local,
@@ -710,7 +840,7 @@ public sealed partial class NetworkStack
             {
                 foreach (ref readonly var action in actions.Slice(group.Start, group.Count))
                 {
-                    Transmit(group.Key.Local, group.Key.LocalPort, group.Key.Remote, group.Key.RemotePort, action.segment, null, now);
+                    Transmit(group.Key.Local, group.Key.LocalPort, group.Key.Remote, group.Key.RemotePort, action.segment, null, group.Header, now);
                     _statistics.Increment("tcp.rst.sent-on-dispose");
                 }
             }

@@ -14,7 +14,9 @@ public sealed partial class NetworkStack
     // whole in the packet buffer. Never fragmented: the core sizes segments for the path MTU
     // (IPv4 TCP carries DF; a router on a narrower path answers with "fragmentation needed" /
     // "packet too big" and the connection's MSS follows, Connection.handleIcmpInto).
-    private void Transmit(IpAddr local, ushort localPort, IpAddr remote, ushort remotePort, OutgoingSegment segment, TcpConnection? c, long now)
+    // `header`: the IP header settings the core gave the segment's group (its connection's
+    // socket options, or TCP's defaults for a RST for no connection).
+    private void Transmit(IpAddr local, ushort localPort, IpAddr remote, ushort remotePort, OutgoingSegment segment, TcpConnection? c, in IpHeaderSettings header, long now)
     {
         if (_silentTcp)
         {
@@ -28,7 +30,7 @@ public sealed partial class NetworkStack
             _tcpSent.Increment();
             return;
         }
-        int length = IpLayer.writeTcp(local, remote, localPort, remotePort, _ipIds.Next(), segment, ReadOnlySpan<byte>.Empty, _packetBuffer);
+        int length = IpLayer.writeTcpWith(header, local, remote, localPort, remotePort, _ipIds.Next(), segment, ReadOnlySpan<byte>.Empty, _packetBuffer);
         if (Output(_packetBuffer.AsSpan(0, length)))
         {
             _deviceWritten.Increment();
@@ -54,7 +56,7 @@ public sealed partial class NetworkStack
             FlushRun(now);
         }
         if (!_batch.TryStart(c, in segment, c.LocalAddress, TsoFor(c.LocalAddress)))
-            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, segment, c, now);
+            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, segment, c, c.Core.Config.IpHeader, now);
     }
 
     // Sends the gathered run: one segment as an ordinary packet, several as one super-segment
@@ -72,7 +74,7 @@ public sealed partial class NetworkStack
         _batch.Clear();
         if (count == 1)
         {
-            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, first, c, now);
+            Transmit(c.LocalAddress, c.LocalPort, c.RemoteAddress, c.RemotePort, first, c, c.Core.Config.IpHeader, now);
             return;
         }
         if (TransmitGathered(c, first, lastFlags, bytes, segmentSize, _ipIds.Take(count)))
@@ -94,7 +96,7 @@ public sealed partial class NetworkStack
     private bool TransmitGathered(TcpConnection c, OutgoingSegment segment, TcpFlags flags, int bytes, int segmentSize, ushort identification)
     {
         var local = c.LocalAddress;
-        int length = IpLayer.writeTcpSegments(local, c.RemoteAddress, c.LocalPort, c.RemotePort,
+        int length = IpLayer.writeTcpSegmentsWith(c.Core.Config.IpHeader, local, c.RemoteAddress, c.LocalPort, c.RemotePort,
             identification, segment, flags, bytes, _packetBuffer);
         int headerBytes = length - bytes;
         c.SendSlices(segment.DataPosition, bytes, out var payload, out var tail);

@@ -218,16 +218,6 @@ public sealed partial class TcpConnection
             _stack.DeferWake(this);
     }
 
-    /// <summary>The send buffer's current size in bytes: <see cref="NetStackOptions.TcpSendBufferBytes"/> at first, grown by auto-tuning up to <see cref="NetStackOptions.TcpSendBufferMaxBytes"/>; it never shrinks.</summary>
-    public int SendBufferSize
-    {
-        get
-        {
-            lock (_gate)
-                return _sendCapacity;
-        }
-    }
-
     // A larger pooled ring takes the unacknowledged bytes [acked, written) from its first byte
     // on (the base moves to the acknowledged position). Loop thread, under _gate: the loop is the only reader of the ring outside the
     // gate (segments, gather writes), and it holds no slice of it between actions.

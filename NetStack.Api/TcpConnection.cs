@@ -58,7 +58,7 @@ public sealed partial class TcpConnection : Stream
     // slow climb of docs/soak.md). Starting over at the first byte, a connection keeps resident
     // what it has had in flight at most.
     private int _sendCapacity; // grows (auto-tuning) on the loop thread, under _gate
-    private readonly int _sendCapacityMax;
+    private int _sendCapacityMax; // SendBufferSize may change it, under _gate
     private int _receiveCapacity; // grows (auto-tuning) on the loop thread, under _gate
     private bool _userDone;
     private bool _loopDone;
@@ -137,6 +137,10 @@ public sealed partial class TcpConnection : Stream
     internal IpAddr RemoteAddress { get; set; }
     internal ushort RemotePort { get; set; }
 
+    /// <summary>The local port bound before connecting (0: an ephemeral one) and SO_REUSEADDR (loop only, for the connect).</summary>
+    internal int RequestedLocalPort { get; set; }
+    internal bool ReuseAddress { get; set; }
+
     /// <summary>Out of the connection table (CLOSED): nothing more happens to it in the loop.</summary>
     internal bool Removed;
 
@@ -150,12 +154,15 @@ public sealed partial class TcpConnection : Stream
     /// <summary>The loop command that opens the window after reads; made once, posted once per batch of reads.</summary>
     internal Action? WindowCommand;
 
-    internal TcpConnection(NetworkStack stack, int sendBufferBytes, int sendBufferMaxBytes, int receiveBufferBytes, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
+    internal TcpConnection(NetworkStack stack, TcpSocketState socket, IPEndPoint? localEndPoint, IPEndPoint remoteEndPoint)
     {
         _stack = stack;
-        _sendCapacity = sendBufferBytes;
-        _sendCapacityMax = Math.Max(sendBufferBytes, sendBufferMaxBytes);
-        _receiveCapacity = receiveBufferBytes;
+        var options = stack.Options;
+        _socket = socket;
+        // A locked size (SO_SNDBUF / SO_RCVBUF set) is the buffer, without auto-tuning.
+        _sendCapacity = socket.SendBufferSize > 0 ? socket.SendBufferSize : options.TcpSendBufferBytes;
+        _sendCapacityMax = socket.SendBufferSize > 0 ? socket.SendBufferSize : Math.Max(options.TcpSendBufferBytes, options.TcpSendBufferMaxBytes);
+        _receiveCapacity = socket.Core.ReceiveBufferSize > 0 ? socket.Core.ReceiveBufferSize : options.TcpReceiveBufferBytes;
         _readWaiter = new Waiter(_gate);
         _writeWaiter = new Waiter(_gate);
         LocalEndPoint = localEndPoint!;
@@ -165,44 +172,8 @@ public sealed partial class TcpConnection : Stream
     /// <summary>Our address and port.</summary>
     public IPEndPoint LocalEndPoint { get; internal set; }
 
-    /// <summary>
-    /// The receive buffer's current size in bytes: <see cref="NetStackOptions.TcpReceiveBufferBytes"/>
-    /// at first, grown by auto-tuning up to <see cref="NetStackOptions.TcpReceiveBufferMaxBytes"/>
-    /// while the reader keeps up with a fast sender; it never shrinks.
-    /// </summary>
-    public int ReceiveBufferSize
-    {
-        get
-        {
-            lock (_gate)
-                return _receiveCapacity;
-        }
-    }
-
     /// <summary>The peer's address and port.</summary>
     public IPEndPoint RemoteEndPoint { get; }
-
-    private volatile bool _noDelay;
-
-    /// <summary>
-    /// Turns the Nagle algorithm off (true) or on (false, the default), like
-    /// <see cref="Socket.NoDelay"/>. With Nagle on, a segment smaller than the MSS waits while
-    /// earlier data is unacknowledged, so many small writes become few packets; a
-    /// write-write-read exchange against a peer that delays its ACKs then stalls about one
-    /// delayed-ACK time (40 ms on Linux) per exchange. Setting it true sends any held data at once.
-    /// </summary>
-    /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
-    public bool NoDelay
-    {
-        get => _noDelay;
-        set
-        {
-            if (_noDelay == value)
-                return;
-            _noDelay = value;
-            _stack.TcpSetNoDelay(this, value);
-        }
-    }
 
     /// <summary>Completes when the handshake does; fails with the reason the connection attempt failed.</summary>
     internal Task Connected => _connected.Task;
@@ -505,24 +476,54 @@ public sealed partial class TcpConnection : Stream
     /// <param name="disposing">True from Dispose.</param>
     protected override void Dispose(bool disposing)
     {
-        if (disposing)
+        if (disposing && !AbortForLinger())
             CloseForDispose();
         base.Dispose(disposing);
     }
 
+    // SO_LINGER on with 0 s: dispose resets (a RST, no FIN), as the kernel's close. True when done.
+    private bool AbortForLinger()
+    {
+        lock (_gate)
+        {
+            if (_disposed || _socket.Linger is not { Enabled: true, LingerTime: 0 })
+                return false;
+        }
+        Abort();
+        lock (_gate)
+        {
+            if (_disposed)
+                return true;
+            _disposed = true;
+            _userDone = true;
+            ReleaseIfDone();
+        }
+        return true;
+    }
+
     /// <summary>
     /// Closes gracefully: a FIN follows the data already written, and this waits up to
-    /// <see cref="NetStackOptions.TcpLinger"/> for the peer to acknowledge all of it (the exchange
-    /// goes on in the background after that). Then the connection is released; data that arrives
-    /// later is discarded. Idempotent.
+    /// <see cref="NetStackOptions.TcpLinger"/> (or the <see cref="LingerState"/>'s time when
+    /// enabled) for the peer to acknowledge all of it (the exchange goes on in the background
+    /// after that). Then the connection is released; data that arrives later is discarded. With
+    /// <see cref="LingerState"/> enabled and 0 seconds it resets the connection instead (a RST,
+    /// no FIN), as the kernel's close does. Idempotent.
     /// </summary>
     public override async ValueTask DisposeAsync()
     {
+        if (AbortForLinger())
+        {
+            GC.SuppressFinalize(this);
+            return;
+        }
+        TimeSpan linger;
+        lock (_gate)
+            linger = _socket.Linger is { Enabled: true } l ? TimeSpan.FromSeconds(l.LingerTime) : _stack.Options.TcpLinger;
         if (CloseForDispose())
         {
             try
             {
-                await _finished.Task.WaitAsync(_stack.Options.TcpLinger).ConfigureAwait(false);
+                await _finished.Task.WaitAsync(linger).ConfigureAwait(false);
             }
             catch (TimeoutException)
             {

@@ -21,11 +21,142 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
     private readonly LinkedList<TaskCompletionSource<TcpConnection>> _acceptors = new();
     private bool _disposed;
 
-    internal TcpConnectionListener(NetworkStack stack, IPEndPoint localEndPoint, TcpListenEndpoint endpoint)
+    internal TcpConnectionListener(NetworkStack stack, IPEndPoint localEndPoint, TcpListenEndpoint endpoint, TcpSocketState socket)
     {
         _stack = stack;
         LocalEndPoint = localEndPoint;
         Endpoint = endpoint;
+        _socket = socket;
+    }
+
+    // The listener's socket options (under _gate); each accepted connection starts with a copy,
+    // and the core's part is in Endpoint.Socket for the SYN,ACKs and the connections it makes.
+    private readonly TcpSocketState _socket;
+
+    // A copy for a connection accepted now (loop thread).
+    internal TcpSocketState SocketForAccepted()
+    {
+        lock (_gate)
+            return _socket.Clone();
+    }
+
+    private T GetOption<T>(Func<TcpSocketState, T> get)
+    {
+        lock (_gate)
+            return get(_socket);
+    }
+
+    private void SetOption(Action<TcpSocketState> set)
+    {
+        Core.Tcp.TcpSocketSettings settings;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            set(_socket);
+            settings = _socket.Core;
+        }
+        _stack.TcpConfigureListener(this, settings);
+    }
+
+    /// <summary>The TTL / hop limit of the SYN,ACKs and of the connections accepted from now on (<see cref="TcpConnection.Ttl"/>), 1..255.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 1..255.</exception>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public short Ttl
+    {
+        get => GetOption(s => (short)s.Core.IpHeader.Ttl);
+        set => SetOption(s => s.SetTtl(value, nameof(value)));
+    }
+
+    /// <summary>The type of service (DSCP) of the SYN,ACKs and the connections accepted from now on (<see cref="TcpConnection.TypeOfService"/>), 0..255.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 0..255.</exception>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public int TypeOfService
+    {
+        get => GetOption(s => (int)s.Core.IpHeader.TypeOfService);
+        set => SetOption(s => s.SetTypeOfService(value, nameof(value)));
+    }
+
+    /// <summary>IPv4 Don't Fragment of the SYN,ACKs and the connections accepted from now on (<see cref="TcpConnection.DontFragment"/>).</summary>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public bool DontFragment
+    {
+        get => GetOption(s => s.Core.IpHeader.DontFragment);
+        set => SetOption(s => s.SetDontFragment(value));
+    }
+
+    /// <summary>TCP_NODELAY of the connections accepted from now on (<see cref="TcpConnection.NoDelay"/>).</summary>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public bool NoDelay
+    {
+        get => GetOption(s => s.Core.NoDelay);
+        set => SetOption(s => s.SetNoDelay(value));
+    }
+
+    /// <summary>
+    /// SO_RCVBUF of the connections accepted from now on (<see cref="TcpConnection.ReceiveBufferSize"/>):
+    /// locked (no auto-tuning), and the window scale of their SYN,ACK is chosen from it. 0 (the
+    /// getter's value when unset): the stack's, auto-tuned.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 1..65535·2^14.</exception>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public int ReceiveBufferSize
+    {
+        get => GetOption(s => s.Core.ReceiveBufferSize);
+        set => SetOption(s => s.SetReceiveBufferSize(value, nameof(value)));
+    }
+
+    /// <summary>SO_SNDBUF of the connections accepted from now on (<see cref="TcpConnection.SendBufferSize"/>); 0 (unset): the stack's, auto-tuned.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 1..65535·2^14.</exception>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public int SendBufferSize
+    {
+        get => GetOption(s => s.SendBufferSize);
+        set => SetOption(s => s.SetSendBufferSize(value, nameof(value)));
+    }
+
+    /// <summary>SO_LINGER of the connections accepted from now on (<see cref="TcpConnection.LingerState"/>); the getter returns a copy.</summary>
+    /// <exception cref="ArgumentNullException">The value is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The linger time is negative.</exception>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public LingerOption LingerState
+    {
+        get => GetOption(s => s.Linger is { } l ? new LingerOption(l.Enabled, l.LingerTime) : new LingerOption(false, 0));
+        set => SetOption(s => s.SetLinger(value, nameof(value)));
+    }
+
+    /// <summary>SO_KEEPALIVE of the connections accepted from now on (<see cref="TcpConnection.KeepAlive"/>).</summary>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public bool KeepAlive
+    {
+        get => GetOption(s => s.KeepAlive);
+        set => SetOption(s => s.SetKeepAlive(value));
+    }
+
+    /// <summary>TCP_KEEPIDLE of the connections accepted from now on (<see cref="TcpConnection.KeepAliveTime"/>).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 1..32767 seconds.</exception>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public TimeSpan KeepAliveTime
+    {
+        get => GetOption(s => s.KeepAliveTime);
+        set => SetOption(s => s.SetKeepAliveTime(value, nameof(value)));
+    }
+
+    /// <summary>TCP_KEEPINTVL of the connections accepted from now on (<see cref="TcpConnection.KeepAliveInterval"/>).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 1..32767 seconds.</exception>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public TimeSpan KeepAliveInterval
+    {
+        get => GetOption(s => TimeSpan.FromMicroseconds(s.Core.KeepAliveInterval));
+        set => SetOption(s => s.SetKeepAliveInterval(value, nameof(value)));
+    }
+
+    /// <summary>TCP_KEEPCNT of the connections accepted from now on (<see cref="TcpConnection.KeepAliveRetryCount"/>).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 1..127.</exception>
+    /// <exception cref="ObjectDisposedException">The listener is disposed.</exception>
+    public int KeepAliveRetryCount
+    {
+        get => GetOption(s => s.Core.KeepAliveCount);
+        set => SetOption(s => s.SetKeepAliveRetryCount(value, nameof(value)));
     }
 
     // The listener in the core's endpoint table, whose accept-queue count (Queued) follows

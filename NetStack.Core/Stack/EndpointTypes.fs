@@ -111,6 +111,10 @@ type TcpListenEndpoint
     /// What the engine attached (its listener object).
     member val Owner: obj = null with get, set
 
+    /// The listener's socket options, inherited by every connection it accepts from now on (as
+    /// Linux's accepted sockets inherit the listener's); ValueNone: the stack's defaults.
+    member val Socket: TcpSocketSettings voption = ValueNone with get, set
+
     /// RFC 9293 §3.10.7.2: room for one more connection to complete its handshake and wait.
     member this.AcceptQueueHasRoom =
         not this.Closed && Volatile.Read(&this.Queued) < backlog
@@ -220,6 +224,10 @@ type TcpGroup =
         Key: EndpointKey
         Start: int
         Count: int
+        /// The IP header settings of the group's segments: its connection's (`TcpConfig.IpHeader`),
+        /// a listener's for the SYN,ACKs it answers statelessly (cookies), TCP's defaults for a
+        /// RST for no connection (Linux sends those from its per-CPU control socket).
+        Header: IpHeaderSettings
     }
 
 /// What one call of the table produced, in order: groups of actions over one shared sink, and
@@ -253,6 +261,11 @@ type TcpConnectResult =
     | TooManyConnections = 1
     /// No ephemeral port is free (AddressNotAvailable, as a kernel socket's connect).
     | NoEphemeralPort = 2
+    /// The fixed local port asked for is in use (AddressAlreadyInUse, as a kernel socket's bind):
+    /// by a listener, or by a connection while ReuseAddress is off.
+    | LocalPortInUse = 3
+    /// The 4-tuple exists already (AddressNotAvailable, as a kernel socket's connect).
+    | TupleInUse = 4
 
 /// The table's settings, built by name (a C# object initializer): the link MTU and the
 /// connection settings a stack offers, from which the table makes each family's `TcpConfig`.

@@ -39,6 +39,13 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
     let config (v6: bool) = if v6 then config6 else config4
 
+    // The settings of a connection `listener` makes: the stack's, with the listener's socket
+    // options when it has any (inherited, as on Linux).
+    let listenerConfig (listener: TcpListenEndpoint) (v6: bool) =
+        match listener.Socket with
+        | ValueSome socket -> socket.Apply(config v6)
+        | ValueNone -> config v6
+
     // Room for two addresses, for the ISN and cookie functions (the table is single-threaded).
     let scratch: byte array = Array.zeroCreate 32
 
@@ -180,11 +187,17 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 Key = e.Key
                 Start = start
                 Count = out.Actions.Count - start
+                Header = e.Core.Config.IpHeader
             }
 
         arm e
 
-    let stateless (out: TcpEndpointOutput) (key: EndpointKey) (segment: OutgoingSegment) =
+    let statelessWith
+        (header: IpHeaderSettings)
+        (out: TcpEndpointOutput)
+        (key: EndpointKey)
+        (segment: OutgoingSegment)
+        =
         let start = out.Actions.Count
         out.Actions.Add(TcpAction.Transmit segment)
 
@@ -196,7 +209,11 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 Key = key
                 Start = start
                 Count = 1
+                Header = header
             }
+
+    let stateless (out: TcpEndpointOutput) (key: EndpointKey) (segment: OutgoingSegment) =
+        statelessWith IpHeaderSettings.Tcp out key segment
 
     // RFC 9293 §3.10.7.1 (and §3.10.7.2 for a listener's refusals): the RST a segment gets when
     // nothing takes it, none for a RST.
@@ -218,7 +235,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         (key: EndpointKey)
         (seg: Segment)
         =
-        let cfg = config key.Local.IsIpv6
+        let cfg = listenerConfig listener key.Local.IsIpv6
 
         let peerMss =
             if seg.Options.MaximumSegmentSize.IsSome then
@@ -239,7 +256,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 seg.Seq
                 peerMss
 
-        stateless out key (TcpLayer.cookieSynAck cfg cookie seg)
+        statelessWith cfg.IpHeader out key (TcpLayer.cookieSynAck cfg cookie seg)
         listener.CookieSentAt <- now
         out.Notes.Add "tcp.syncookie.sent"
 
@@ -278,7 +295,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             reset out key seg
             true
         else
-            let cfg = config key.Local.IsIpv6
+            let cfg = listenerConfig listener key.Local.IsIpv6
             let syn = TcpLayer.cookieSyn seg mss.Value
             // The rebuilt connection's own SYN,ACK is not sent: the peer already has it.
             let discard = TcpActions()
@@ -312,7 +329,9 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         (iss: SeqNum)
         =
         let start = out.Actions.Count
-        let core = Connection.acceptInto out.Actions (config key.Local.IsIpv6) iss now seg
+
+        let core =
+            Connection.acceptInto out.Actions (listenerConfig listener key.Local.IsIpv6) iss now seg
 
         if core.State = TcpState.SynReceived then
             let e = newEndpoint key false (withPathMtu now ip key.Remote core)
@@ -336,6 +355,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                             Key = key
                             Start = i
                             Count = 1
+                            Header = core.Config.IpHeader
                         }
                 | _ -> ()
 
@@ -411,6 +431,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                         Key = key
                         Start = out.Actions.Count
                         Count = 0
+                        Header = IpHeaderSettings.Tcp
                     }
 
     let listen
@@ -589,8 +610,8 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             true
 
     /// An active open (RFC 9293 §3.10.1) from `local` to (remote, remotePort), from an
-    /// ephemeral port drawn with `random`.
-    member _.Connect
+    /// ephemeral port drawn with `random`, with the stack's default socket options.
+    member this.Connect
         (
             out: TcpEndpointOutput,
             now: int64,
@@ -601,32 +622,78 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             random: int,
             [<Out>] endpoint: byref<TcpEndpoint>
         ) : TcpConnectResult =
+        this.Connect(out, now, ip, local, 0, false, remote, remotePort, ValueNone, random, &endpoint)
+
+    /// An active open (RFC 9293 §3.10.1) from (`local`, `localPort`) to (remote, remotePort)
+    /// with the socket options `socket` (ValueNone: the stack's defaults; they decide the SYN's
+    /// window scale and the IP header of every segment). `localPort` 0 draws an ephemeral port
+    /// with `random`. A fixed port is refused as a kernel socket's bind refuses it
+    /// (`LocalPortInUse`): when a listener of the family holds it, or, unless `reuseAddress`
+    /// (SO_REUSEADDR), when any connection uses it (TIME-WAIT included); an existing 4-tuple is
+    /// refused as connect refuses it (`TupleInUse`).
+    member _.Connect
+        (
+            out: TcpEndpointOutput,
+            now: int64,
+            ip: IpLayerState,
+            local: IpAddr,
+            localPort: int,
+            reuseAddress: bool,
+            remote: IpAddr,
+            remotePort: uint16,
+            socket: TcpSocketSettings voption,
+            random: int,
+            [<Out>] endpoint: byref<TcpEndpoint>
+        ) : TcpConnectResult =
         out.Clear()
         endpoint <- null
+
+        if localPort < 0 || localPort > 65535 then
+            invalidArg (nameof localPort) "A port lies in 0..65535."
+
+        let cfg =
+            match socket with
+            | ValueSome s -> s.Apply(config local.IsIpv6)
+            | ValueNone -> config local.IsIpv6
+
+        let tupleFor (port: int) =
+            {
+                Local = local
+                LocalPort = uint16 port
+                Remote = remote
+                RemotePort = remotePort
+            }
 
         if connections.Count >= settings.MaxConnections then
             out.Notes.Add "tcp.refused.max-connections"
             TcpConnectResult.TooManyConnections
+        elif
+            localPort <> 0
+            && ((listenersOf local.IsIpv6).ContainsKey(uint16 localPort)
+                || (not reuseAddress && portUse.ContainsKey(uint16 localPort)))
+        then
+            out.Notes.Add "tcp.refused.local-port-in-use"
+            TcpConnectResult.LocalPortInUse
+        elif localPort <> 0 && connections.ContainsKey(tupleFor localPort) then
+            out.Notes.Add "tcp.refused.tuple-in-use"
+            TcpConnectResult.TupleInUse
         else
-            let port = pickPort (not local.IsIpv6) local.IsIpv6 random
+            let port =
+                if localPort <> 0 then
+                    localPort
+                else
+                    pickPort (not local.IsIpv6) local.IsIpv6 random
 
             if port < 0 then
                 // A kernel socket's connect fails with EADDRNOTAVAIL then.
                 out.Notes.Add "tcp.refused.no-ephemeral-port"
                 TcpConnectResult.NoEphemeralPort
             else
-                let key =
-                    {
-                        Local = local
-                        LocalPort = uint16 port
-                        Remote = remote
-                        RemotePort = remotePort
-                    }
+                let key = tupleFor port
 
-                let core =
-                    Connection.openActiveInto out.Actions (config local.IsIpv6) (generateIss now key) now
+                let core = Connection.openActiveInto out.Actions cfg (generateIss now key) now
 
-                let e = newEndpoint key true (withPathMtu now ip remote core)
+                let e = newEndpoint key (localPort = 0) (withPathMtu now ip remote core)
                 out.Notes.Add "tcp.active-open"
                 finishGroup out TcpGroupKind.Connection now e 0
                 endpoint <- e
@@ -751,6 +818,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                     Key = p.Key
                     Start = out.Actions.Count
                     Count = 0
+                    Header = IpHeaderSettings.Tcp
                 }
 
         let mutable e = null
@@ -822,6 +890,14 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             e.Core <- Connection.setNoDelayInto out.Actions now noDelay e.Core
             finishGroup out TcpGroupKind.Connection now e 0
 
+    /// The connection's socket options changed (`Connection.configureInto`).
+    member _.Configure(out: TcpEndpointOutput, now: int64, e: TcpEndpoint, socket: TcpSocketSettings) =
+        out.Clear()
+
+        if not e.Released then
+            e.Core <- Connection.configureInto out.Actions now socket e.Core
+            finishGroup out TcpGroupKind.Connection now e 0
+
     /// ABORT (RFC 9293 §3.10.5).
     member _.Abort(out: TcpEndpointOutput, now: int64, e: TcpEndpoint) =
         out.Clear()
@@ -842,7 +918,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
             for a in scratchActions.AsSpan() do
                 match a with
-                | TcpAction.Transmit segment -> stateless out e.Key segment
+                | TcpAction.Transmit segment -> statelessWith e.Core.Config.IpHeader out e.Key segment
                 | _ -> ()
 
             e.Released <- true

@@ -505,6 +505,62 @@ module Connection =
         let c = if noDelay then transmit now out c else c
         c
 
+    /// The user changed the connection's socket options (`settings`, as setsockopt on a kernel
+    /// socket, at any time): later segments carry the new IP header settings; TCP_NODELAY on
+    /// sends what Nagle held (as `setNoDelayInto`); keep-alive turned on, or its idle time
+    /// changed, starts the idle time again from `now` (Linux re-arms its keep-alive timer the
+    /// same way), turned off stops it. A locked receive buffer (`ReceiveBufferSize` > 0) ends
+    /// auto-tuning; one larger than the current buffer grows it (`ReceiveBufferGrown` first,
+    /// then a window update when that opens the window noticeably), up to what the window
+    /// scale agreed at SYN time can offer (65535·2^shift, RFC 7323 §2.3: the shift cannot
+    /// change after the handshake); a smaller one never shrinks it (the right edge offered may
+    /// not move left, RFC 9293 §3.8.6). Before the handshake completes the size also decides
+    /// the shift our SYN offers, if the SYN has not left yet (it has, after an active OPEN).
+    /// Throws ArgumentException for settings out of range.
+    let configureInto (out: TcpActions) (now: int64) (settings: TcpSocketSettings) (c: Connection) : Connection =
+        let config = settings.Apply c.Config
+        let keepAliveChanged = config.KeepAliveIdle <> c.Config.KeepAliveIdle
+        let nagleOff = config.NoDelay && not c.Config.NoDelay
+        let mutable c = { c with Config = config }
+
+        if keepAliveChanged then
+            peerHeardFromIn now &c
+
+        let c = if nagleOff then transmit now out c else c
+
+        if settings.ReceiveBufferSize > c.Tuning.RcvBuf then
+            let limit =
+                if c.State = TcpState.Closed || c.State = TcpState.Listen then
+                    settings.ReceiveBufferSize
+                elif c.WindowScaled then
+                    int (min (int64 settings.ReceiveBufferSize) (65535L <<< c.Rcv.WndShift))
+                else
+                    min settings.ReceiveBufferSize 65535
+
+            if limit > c.Tuning.RcvBuf then
+                out.Add(TcpAction.ReceiveBufferGrown limit)
+                let grown = { c with Tuning.RcvBuf = limit }
+
+                if receivesData grown.State && not grown.Rcv.FinReceived then
+                    let before = offeredWindow grown
+                    let mutable refreshed = grown
+                    refreshWindowIn &refreshed
+                    let after = offeredWindow refreshed
+
+                    if
+                        refreshed.Rcv.Right - grown.Rcv.Right > 0
+                        && windowUpdateWorthIt grown.Config.Mss grown.Tuning.RcvBuf before after
+                    then
+                        sendAck now out grown
+                    else
+                        grown
+                else
+                    grown
+            else
+                c
+        else
+            c
+
     /// The user read `bytes` more of the delivered data, freeing receive buffer space (and, with
     /// auto-tuning on, maybe growing the buffer: `ReceiveBufferGrown` comes first). When that
     /// opens the window noticeably (from below one MSS, or from at most half the buffer to at

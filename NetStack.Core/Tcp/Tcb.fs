@@ -90,6 +90,10 @@ type TcpConfig =
         /// answering zero-window probes (which `MaxRetransmissions` never counts). Checked
         /// whenever a timer of the connection runs. ValueNone (the default): none.
         UserTimeout: int64 voption
+        /// The IP header settings of the connection's packets (IP_TTL, IP_TOS, Don't Fragment):
+        /// every segment it sends carries them, its SYN, ACKs and RSTs included. TCP's
+        /// defaults: `IpHeaderSettings.Tcp`.
+        IpHeader: IpHeaderSettings
     }
 
     /// The MSS for a link MTU: the MTU less the minimal IP and TCP headers (RFC 9293 §3.7.1).
@@ -128,6 +132,7 @@ type TcpConfig =
             ReceiveBufferMax = 0
             OutOfWindowAckInterval = 500_000L
             UserTimeout = ValueNone
+            IpHeader = IpHeaderSettings.Tcp
         }
 
     /// The window shift (RFC 7323 §2.3) that lets a 16-bit window field cover `receiveBuffer`:
@@ -189,11 +194,71 @@ type TcpConfig =
         | ValueSome timeout when timeout < 1L -> invalidArg "UserTimeout" "UserTimeout must be positive."
         | _ -> ()
 
+        if this.IpHeader.Ttl < 1uy then
+            invalidArg "IpHeader" "The TTL / hop limit must be 1..255."
+
         if this.OutOfWindowAckInterval < 0L then
             invalidArg "OutOfWindowAckInterval" "OutOfWindowAckInterval cannot be negative."
 
         if this.Msl < 0L || this.MaxPersistInterval < 1L || this.ClockGranularity < 1L then
             invalidArg "Msl" "Msl, MaxPersistInterval and ClockGranularity must be positive."
+
+/// What one socket (a listener, a connection before or after it opens) sets for itself over the
+/// stack's defaults, as the options of a kernel socket (IP_TTL, IP_TOS, Don't Fragment,
+/// SO_RCVBUF, TCP_NODELAY, SO_KEEPALIVE with TCP_KEEPIDLE / KEEPINTVL / KEEPCNT). A listener's
+/// settings are inherited by the connections it accepts, as on Linux.
+[<Struct>]
+type TcpSocketSettings =
+    {
+        /// The IP header settings of its packets.
+        IpHeader: IpHeaderSettings
+        /// SO_RCVBUF: the receive buffer in bytes, locked (auto-tuning off for this socket, as
+        /// Linux's SOCK_RCVBUF_LOCK); 0 keeps the stack's size and its auto-tuning.
+        ReceiveBufferSize: int
+        /// TCP_NODELAY.
+        NoDelay: bool
+        /// Keep-alive idle time (SO_KEEPALIVE on with TCP_KEEPIDLE), µs; ValueNone: off.
+        KeepAliveIdle: int64 voption
+        /// TCP_KEEPINTVL, µs.
+        KeepAliveInterval: int64
+        /// TCP_KEEPCNT.
+        KeepAliveCount: int
+    }
+
+    /// The settings a connection with `config` has (no locked receive buffer).
+    static member Of(config: TcpConfig) =
+        {
+            IpHeader = config.IpHeader
+            ReceiveBufferSize = 0
+            NoDelay = config.NoDelay
+            KeepAliveIdle = config.KeepAliveIdle
+            KeepAliveInterval = config.KeepAliveInterval
+            KeepAliveCount = config.KeepAliveCount
+        }
+
+    /// `config` with these settings: a locked receive buffer is both its size and its limit
+    /// (no auto-tuning). Throws ArgumentException for a setting out of range.
+    member this.Apply(config: TcpConfig) : TcpConfig =
+        let config =
+            { config with
+                IpHeader = this.IpHeader
+                NoDelay = this.NoDelay
+                KeepAliveIdle = this.KeepAliveIdle
+                KeepAliveInterval = this.KeepAliveInterval
+                KeepAliveCount = this.KeepAliveCount
+            }
+
+        let config =
+            if this.ReceiveBufferSize > 0 then
+                { config with
+                    ReceiveBufferSize = this.ReceiveBufferSize
+                    ReceiveBufferMax = 0
+                }
+            else
+                config
+
+        config.Validate()
+        config
 
 /// An arriving segment as the engine sees it: the header fields, the parsed options and how
 /// much payload follows. The payload bytes stay with the caller; `StoreReceived` actions say

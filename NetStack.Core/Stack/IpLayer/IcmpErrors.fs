@@ -186,7 +186,14 @@ module internal IcmpErrors =
 
                 struct (state,
                         ErrorVerdict.Sent,
-                        IpOutput.writeIpHeader (V4 source) (V4 peer) IpProtocol.Icmp 0us length dst)
+                        IpOutput.writeIpHeader
+                            IpHeaderSettings.Default
+                            (V4 source)
+                            (V4 peer)
+                            IpProtocol.Icmp
+                            0us
+                            length
+                            dst)
             else
                 let peer = Ipv6Address.Read(original.Slice 8)
                 let destination = Ipv6Address.Read(original.Slice 24)
@@ -201,7 +208,14 @@ module internal IcmpErrors =
 
                 struct (state,
                         ErrorVerdict.Sent,
-                        IpOutput.writeIpHeader (V6 source) (V6 peer) IpProtocol.Icmpv6 0us length dst)
+                        IpOutput.writeIpHeader
+                            IpHeaderSettings.Default
+                            (V6 source)
+                            (V6 peer)
+                            IpProtocol.Icmpv6
+                            0us
+                            length
+                            dst)
         | verdict -> struct (state, verdict, 0)
 
     /// The body of `IpLayer.writeFirstFragment` (documented there).

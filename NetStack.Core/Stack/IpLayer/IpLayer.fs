@@ -260,7 +260,30 @@ module IpLayer =
         (payload: ReadOnlySpan<byte>)
         (dst: Span<byte>)
         : int =
-        IpOutput.writeUdp source destination sourcePort destinationPort identification payload dst
+        IpOutput.writeUdp
+            IpHeaderSettings.Default
+            source
+            destination
+            sourcePort
+            destinationPort
+            identification
+            payload
+            dst
+
+    /// `writeUdp` with the sending socket's header settings (TTL / hop limit, DSCP, Don't
+    /// Fragment) instead of the defaults.
+    [<MethodImpl(MethodImplOptions.AggressiveInlining)>]
+    let writeUdpWith
+        (settings: IpHeaderSettings)
+        (source: IpAddr)
+        (destination: IpAddr)
+        (sourcePort: uint16)
+        (destinationPort: uint16)
+        (identification: uint16)
+        (payload: ReadOnlySpan<byte>)
+        (dst: Span<byte>)
+        : int =
+        IpOutput.writeUdp settings source destination sourcePort destinationPort identification payload dst
 
     /// Writes the IP and UDP headers of a UDP super-datagram for a device with UDP segmentation
     /// offload (USO: a TUN device with a virtio-net header, gso UDP_L4) into `dst` and returns
@@ -281,7 +304,38 @@ module IpLayer =
         (payloadLength: int)
         (dst: Span<byte>)
         : int =
-        IpOutput.writeUdpSegments source destination sourcePort destinationPort identification payloadLength dst
+        IpOutput.writeUdpSegments
+            IpHeaderSettings.Default
+            source
+            destination
+            sourcePort
+            destinationPort
+            identification
+            payloadLength
+            dst
+
+    /// `writeUdpSegments` with the sending socket's header settings; the kernel copies them into
+    /// every datagram it cuts.
+    [<MethodImpl(MethodImplOptions.AggressiveInlining)>]
+    let writeUdpSegmentsWith
+        (settings: IpHeaderSettings)
+        (source: IpAddr)
+        (destination: IpAddr)
+        (sourcePort: uint16)
+        (destinationPort: uint16)
+        (identification: uint16)
+        (payloadLength: int)
+        (dst: Span<byte>)
+        : int =
+        IpOutput.writeUdpSegments
+            settings
+            source
+            destination
+            sourcePort
+            destinationPort
+            identification
+            payloadLength
+            dst
 
     /// Cuts a UDP super-datagram (its IP and UDP headers as `writeUdpSegments` writes them, the
     /// payload right after) into its datagrams of `segmentSize` payload bytes, the last one
@@ -317,7 +371,32 @@ module IpLayer =
         (payload: ReadOnlySpan<byte>)
         (dst: Span<byte>)
         : int =
-        IpOutput.writeTcp source destination sourcePort destinationPort identification segment payload dst
+        IpOutput.writeTcp
+            IpHeaderSettings.Tcp
+            source
+            destination
+            sourcePort
+            destinationPort
+            identification
+            segment
+            payload
+            dst
+
+    /// `writeTcp` with the connection's header settings (`TcpConfig.IpHeader`, or the group's
+    /// `TcpGroup.Header`) instead of TCP's defaults.
+    [<MethodImpl(MethodImplOptions.AggressiveInlining)>]
+    let writeTcpWith
+        (settings: IpHeaderSettings)
+        (source: IpAddr)
+        (destination: IpAddr)
+        (sourcePort: uint16)
+        (destinationPort: uint16)
+        (identification: uint16)
+        (segment: OutgoingSegment)
+        (payload: ReadOnlySpan<byte>)
+        (dst: Span<byte>)
+        : int =
+        IpOutput.writeTcp settings source destination sourcePort destinationPort identification segment payload dst
 
     /// Writes one IP packet carrying a TCP super-segment for a device with TCP segmentation
     /// offload (a TUN device with a virtio-net header, gso TCPV4/TCPV6): the header of `segment`
@@ -341,6 +420,34 @@ module IpLayer =
         (dst: Span<byte>)
         : int =
         IpOutput.writeTcpSegments
+            IpHeaderSettings.Tcp
+            source
+            destination
+            sourcePort
+            destinationPort
+            identification
+            segment
+            flags
+            payloadLength
+            dst
+
+    /// `writeTcpSegments` with the connection's header settings; the kernel copies them into
+    /// every segment it cuts.
+    [<MethodImpl(MethodImplOptions.AggressiveInlining)>]
+    let writeTcpSegmentsWith
+        (settings: IpHeaderSettings)
+        (source: IpAddr)
+        (destination: IpAddr)
+        (sourcePort: uint16)
+        (destinationPort: uint16)
+        (identification: uint16)
+        (segment: OutgoingSegment)
+        (flags: TcpFlags)
+        (payloadLength: int)
+        (dst: Span<byte>)
+        : int =
+        IpOutput.writeTcpSegments
+            settings
             source
             destination
             sourcePort

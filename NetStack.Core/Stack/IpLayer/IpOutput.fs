@@ -45,12 +45,14 @@ module internal IpOutput =
             invalidArg (nameof destination) $"Source {source} and destination {destination} are of different families."
 
     /// Writes the IP header for `payloadLength` bytes of `protocol` already at dst[20..] (IPv4)
-    /// or dst[40..] (IPv6). IPv4 TCP carries Don't Fragment: TCP does path MTU discovery
-    /// (RFC 1191 §3, as Linux with ip_no_pmtu_disc = 0, SYNs included), so a router on a
-    /// narrower path answers "fragmentation needed" and the connection sends smaller segments
-    /// (`Connection.handleIcmpInto`) instead of being fragmented. Everything else leaves it off
-    /// (RFC 8085 §3.2 lets UDP datagrams be fragmented).
+    /// or dst[40..] (IPv6), with the sending socket's TTL / hop limit, DSCP and Don't Fragment
+    /// (`settings`; the ECN bits are always Not-ECT). TCP's default sets Don't Fragment: TCP
+    /// does path MTU discovery (RFC 1191 §3, as Linux with ip_no_pmtu_disc = 0, SYNs included),
+    /// so a router on a narrower path answers "fragmentation needed" and the connection sends
+    /// smaller segments (`Connection.handleIcmpInto`) instead of being fragmented. Everything
+    /// else leaves it off by default (RFC 8085 §3.2 lets UDP datagrams be fragmented).
     let writeIpHeader
+        (settings: IpHeaderSettings)
         (source: IpAddr)
         (destination: IpAddr)
         (protocol: byte)
@@ -63,8 +65,9 @@ module internal IpOutput =
             let header =
                 { Ipv4.header s d protocol with
                     Identification = identification
-                    Ttl = DefaultTtl
-                    DontFragment = (protocol = IpProtocol.Tcp)
+                    Ttl = settings.Ttl
+                    Dscp = settings.Dscp
+                    DontFragment = settings.DontFragment
                 }
 
             Ipv4.write header ReadOnlySpan.Empty payloadLength dst + payloadLength
@@ -72,7 +75,8 @@ module internal IpOutput =
             let header =
                 { Ipv6.header s d protocol with
                     PayloadLength = payloadLength
-                    HopLimit = DefaultTtl
+                    HopLimit = settings.Ttl
+                    TrafficClass = settings.TypeOfService &&& 0xFCuy
                 }
 
             Ipv6.write header dst + payloadLength
@@ -94,6 +98,7 @@ module internal IpOutput =
 
     /// The body of `IpLayer.writeUdp` (documented there).
     let writeUdp
+        (settings: IpHeaderSettings)
         (source: IpAddr)
         (destination: IpAddr)
         (sourcePort: uint16)
@@ -119,10 +124,11 @@ module internal IpOutput =
             | V6 s, V6 d -> Udp.buildV6 (dst.Slice ip) s d sourcePort destinationPort payload
             | _ -> 0
 
-        writeIpHeader source destination IpProtocol.Udp identification length dst
+        writeIpHeader settings source destination IpProtocol.Udp identification length dst
 
     /// The body of `IpLayer.writeUdpSegments` (documented there).
     let writeUdpSegments
+        (settings: IpHeaderSettings)
         (source: IpAddr)
         (destination: IpAddr)
         (sourcePort: uint16)
@@ -153,7 +159,7 @@ module internal IpOutput =
             partialSum source destination IpProtocol.Udp length
         )
 
-        writeIpHeader source destination IpProtocol.Udp identification length dst
+        writeIpHeader settings source destination IpProtocol.Udp identification length dst
 
     /// The body of `IpLayer.cutUdpSegments` (documented there).
     let cutUdpSegments (packet: ReadOnlySpan<byte>) (segmentSize: int) : byte[] list =
@@ -163,17 +169,34 @@ module internal IpOutput =
         let notUdp () =
             invalidArg (nameof packet) "Not an IPv4 or IPv6 packet carrying UDP."
 
-        let struct (source, destination, identification, udpAt) =
+        // The datagrams keep the super-datagram's TTL, DSCP and Don't Fragment (its socket's).
+        let struct (source, destination, identification, udpAt, settings) =
             match (if packet.IsEmpty then 0uy else packet.[0] >>> 4) with
             | 4uy ->
                 match Ipv4.parseWith false packet with
                 | Ok h when h.Protocol = IpProtocol.Udp ->
-                    struct (V4 h.Source, V4 h.Destination, h.Identification, h.PayloadOffset)
+                    struct (V4 h.Source,
+                            V4 h.Destination,
+                            h.Identification,
+                            h.PayloadOffset,
+                            {
+                                Ttl = h.Ttl
+                                TypeOfService = h.Dscp <<< 2
+                                DontFragment = h.DontFragment
+                            })
                 | _ -> notUdp ()
             | 6uy ->
                 match Ipv6.parse packet with
                 | Ok h when h.NextHeader = IpProtocol.Udp ->
-                    struct (V6 h.Source, V6 h.Destination, 0us, h.PayloadOffset)
+                    struct (V6 h.Source,
+                            V6 h.Destination,
+                            0us,
+                            h.PayloadOffset,
+                            {
+                                Ttl = h.HopLimit
+                                TypeOfService = h.TrafficClass
+                                DontFragment = false
+                            })
                 | _ -> notUdp ()
             | _ -> notUdp ()
 
@@ -194,7 +217,15 @@ module internal IpOutput =
             let buffer =
                 Array.zeroCreate<byte>(headerLength source + Udp.HeaderLength + piece.Length)
 
-            writeUdp source destination sourcePort destinationPort (identification + uint16 index) piece (Span buffer)
+            writeUdp
+                settings
+                source
+                destination
+                sourcePort
+                destinationPort
+                (identification + uint16 index)
+                piece
+                (Span buffer)
             |> ignore
 
             datagrams.[index] <- buffer
@@ -207,6 +238,7 @@ module internal IpOutput =
 
     /// The body of `IpLayer.writeTcp` (documented there).
     let writeTcp
+        (settings: IpHeaderSettings)
         (source: IpAddr)
         (destination: IpAddr)
         (sourcePort: uint16)
@@ -239,10 +271,11 @@ module internal IpOutput =
         if length > 65535 - (if source.IsIpv6 then 0 else ip) then
             invalidArg (nameof payload) $"A TCP segment of {length} bytes does not fit in one IP packet."
 
-        writeIpHeader source destination IpProtocol.Tcp identification length dst
+        writeIpHeader settings source destination IpProtocol.Tcp identification length dst
 
     /// The body of `IpLayer.writeTcpSegments` (documented there).
     let writeTcpSegments
+        (settings: IpHeaderSettings)
         (source: IpAddr)
         (destination: IpAddr)
         (sourcePort: uint16)
@@ -281,7 +314,7 @@ module internal IpOutput =
             partialSum source destination IpProtocol.Tcp length
         )
 
-        writeIpHeader source destination IpProtocol.Tcp identification length dst
+        writeIpHeader settings source destination IpProtocol.Tcp identification length dst
 
     /// The body of `IpLayer.completeTcpChecksum` (documented there).
     let completeTcpChecksum (source: IpAddr) (headerBytes: int) (payloadSum: uint64) (dst: Span<byte>) : unit =
@@ -318,7 +351,7 @@ module internal IpOutput =
                 else
                     Icmpv4.buildEchoRequest (dst.Slice ip) identifier sequence data
 
-            writeIpHeader source destination IpProtocol.Icmp identification length dst
+            writeIpHeader IpHeaderSettings.Default source destination IpProtocol.Icmp identification length dst
         | V6 s, V6 d ->
             let length =
                 if reply then
@@ -326,7 +359,7 @@ module internal IpOutput =
                 else
                     Icmpv6.buildEchoRequest (dst.Slice ip) s d identifier sequence data
 
-            writeIpHeader source destination IpProtocol.Icmpv6 identification length dst
+            writeIpHeader IpHeaderSettings.Default source destination IpProtocol.Icmpv6 identification length dst
         | _ -> 0
 
     /// The body of `IpLayer.writeEchoRequest` (documented there).
