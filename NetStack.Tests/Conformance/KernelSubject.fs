@@ -6,9 +6,24 @@ module NetStack.Tests.Conformance.KernelSubject
 open System
 open System.Net
 open System.Net.Sockets
-open System.Threading
 open NetStack.Tests
 open NetStack.Tests.Conformance.Subject
+
+/// Sets `option` on a kernel socket.
+let apply (socket: Socket) (option: SocketOption) =
+    match option with
+    | Ttl ttl -> socket.Ttl <- ttl
+    | TypeOfService tos -> socket.SetSocketOption(SocketOptionLevel.IP, SocketOptionName.TypeOfService, tos)
+    | DontFragment df -> socket.DontFragment <- df
+    | Linger linger -> socket.LingerState <- linger
+    | KeepAlive(time, interval, count) ->
+        socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true)
+        socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, int time.TotalSeconds)
+        socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, int interval.TotalSeconds)
+        socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, count)
+    | NoDelay noDelay -> socket.NoDelay <- noDelay
+    | ReuseAddress reuse -> socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, reuse)
+    | LocalEndPoint local -> socket.Bind local
 
 type private KernelTcp(socket: Socket) =
     let stream = new NetworkStream(socket, ownsSocket = true)
@@ -30,6 +45,8 @@ type private KernelTcp(socket: Socket) =
             with get () = socket.NoDelay
             and set value = socket.NoDelay <- value
 
+        member _.Set option = apply socket option
+        member _.Available = socket.Available
         member _.Dispose() = stream.Dispose()
 
 type private KernelListener(socket: Socket) =
@@ -63,6 +80,8 @@ type private KernelUdp(socket: Socket) =
                 return result.ReceivedBytes, (result.RemoteEndPoint :?> IPEndPoint)
             }
 
+        member _.Set option = apply socket option
+        member _.Available = socket.Available
         member _.Dispose() = socket.Dispose()
 
 /// A kernel socket of `kind` made in namespace `ns` (it stays there, whichever thread uses it).
@@ -83,11 +102,16 @@ let create (ns: string) (address: IPAddress) (device: string) =
         member _.Address = address
         member _.PeerSideDevice = device
 
-        member _.ConnectAsync(remote, cancel) =
+        member this.ConnectAsync(remote, cancel) = this.ConnectWith(remote, [], cancel)
+
+        member _.ConnectWith(remote, options, cancel) =
             task {
                 let socket = socketIn ns remote.AddressFamily SocketType.Stream
 
                 try
+                    for option in options do
+                        apply socket option
+
                     do! socket.ConnectAsync(remote, cancel)
                     return new KernelTcp(socket) :> ITcp
                 with e ->
@@ -95,10 +119,15 @@ let create (ns: string) (address: IPAddress) (device: string) =
                     return raise e
             }
 
-        member _.Listen port =
+        member this.Listen port = this.ListenWith(port, [])
+
+        member _.ListenWith(port, options) =
             let socket = socketIn ns address.AddressFamily SocketType.Stream
 
             try
+                for option in options do
+                    apply socket option
+
                 socket.Bind(IPEndPoint(address, port))
                 socket.Listen 16
                 new KernelListener(socket) :> IListener

@@ -5,8 +5,39 @@ module NetStack.Tests.Conformance.NetStackSubject
 open System
 open System.Net
 open System.Net.Sockets
+open System.Reflection
 open NetStack
 open NetStack.Tests.Conformance.Subject
+
+/// TcpSocketOptions holding `options`.
+let private socketOptions (options: SocketOption list) =
+    let o = TcpSocketOptions()
+
+    for option in options do
+        match option with
+        | Ttl ttl -> o.Ttl <- Nullable ttl
+        | TypeOfService tos -> o.TypeOfService <- Nullable tos
+        | DontFragment df -> o.DontFragment <- Nullable df
+        | Linger linger -> o.LingerState <- linger
+        | KeepAlive(time, interval, count) ->
+            o.KeepAlive <- Nullable true
+            o.KeepAliveTime <- Nullable time
+            o.KeepAliveInterval <- Nullable interval
+            o.KeepAliveRetryCount <- Nullable count
+        | NoDelay noDelay -> o.NoDelay <- Nullable noDelay
+        | ReuseAddress reuse -> o.ReuseAddress <- reuse
+        | LocalEndPoint local -> o.LocalEndPoint <- local
+
+    o
+
+/// Sets property `name` of `target` (looked up by name: UdpSocket's IP options come with the
+/// sockopt branch; until then the call fails with NotSupportedException and the scenario is
+/// pending).
+let private setProperty (target: obj) (name: string) (value: obj) =
+    (memberOf target name :?> PropertyInfo).SetValue(target, value)
+
+let private getProperty (target: obj) (name: string) =
+    (memberOf target name :?> PropertyInfo).GetValue target
 
 type private StackTcp(connection: TcpConnection) =
     interface ITcp with
@@ -15,10 +46,18 @@ type private StackTcp(connection: TcpConnection) =
         member _.Shutdown how =
             match how with
             | SocketShutdown.Send -> connection.ShutdownWrite()
-            | other -> raise (NotSupportedException $"TcpConnection has no Shutdown({other}) yet")
+            | _ ->
+                // TcpConnection.Shutdown(SocketShutdown) comes with the sockopt branch.
+                match connection.GetType().GetMethod("Shutdown", [| typeof<SocketShutdown> |]) with
+                | null -> raise (NotSupportedException "TcpConnection.Shutdown(SocketShutdown) does not exist yet")
+                | shutdown ->
+                    try
+                        shutdown.Invoke(connection, [| box how |]) |> ignore
+                    with :? TargetInvocationException as e ->
+                        raise e.InnerException
 
         member _.CloseWithReset() =
-            connection.Abort()
+            connection.LingerState <- LingerOption(true, 0)
             connection.Dispose()
 
         member _.CloseSocket() = connection.Dispose()
@@ -27,6 +66,22 @@ type private StackTcp(connection: TcpConnection) =
             with get () = connection.NoDelay
             and set value = connection.NoDelay <- value
 
+        member _.Set option =
+            match option with
+            | Ttl ttl -> connection.Ttl <- ttl
+            | TypeOfService tos -> connection.TypeOfService <- tos
+            | DontFragment df -> connection.DontFragment <- df
+            | Linger linger -> connection.LingerState <- linger
+            | KeepAlive(time, interval, count) ->
+                connection.KeepAlive <- true
+                connection.KeepAliveTime <- time
+                connection.KeepAliveInterval <- interval
+                connection.KeepAliveRetryCount <- count
+            | NoDelay noDelay -> connection.NoDelay <- noDelay
+            | ReuseAddress _
+            | LocalEndPoint _ -> invalidArg "option" $"{option} is for before the connect"
+
+        member _.Available = getProperty connection "Available" :?> int
         member _.Dispose() = connection.Dispose()
 
 type private StackListener(listener: TcpConnectionListener) =
@@ -58,6 +113,14 @@ type private StackUdp(socket: UdpSocket) =
                 return result.ReceivedBytes, (result.RemoteEndPoint :?> IPEndPoint)
             }
 
+        member _.Set option =
+            match option with
+            | Ttl ttl -> setProperty socket "Ttl" (box ttl)
+            | TypeOfService tos -> setProperty socket "TypeOfService" (box tos)
+            | DontFragment df -> setProperty socket "DontFragment" (box df)
+            | other -> invalidArg "option" $"{other} is not a UDP option here"
+
+        member _.Available = getProperty socket "Available" :?> int
         member _.Dispose() = socket.Dispose()
 
 /// NetStack as the subject: `stack` at `address`, its TUN named `device` in the peer's namespace.
@@ -73,8 +136,17 @@ let create (stack: NetworkStack) (address: IPAddress) (device: string) =
                 return new StackTcp(connection) :> ITcp
             }
 
+        member _.ConnectWith(remote, options, cancel) =
+            task {
+                let! connection = stack.ConnectTcpAsync(remote, socketOptions options, cancel)
+                return new StackTcp(connection) :> ITcp
+            }
+
         member _.Listen port =
             new StackListener(stack.ListenTcp(IPEndPoint(address, port), 16)) :> IListener
+
+        member _.ListenWith(port, options) =
+            new StackListener(stack.ListenTcp(IPEndPoint(address, port), socketOptions options, 16)) :> IListener
 
         member _.BindUdp port =
             new StackUdp(stack.BindUdp(IPEndPoint(address, port))) :> IUdp

@@ -577,6 +577,318 @@ let private wire =
             | None -> ())
     ]
 
+/// The subject's TCP packets that carry data or are pure ACKs after `skip` packets of its own.
+let private ownTcp (packets: Packet list) =
+    packets |> List.filter (fun p -> p.FromSubject && p.Protocol = "TCP")
+
+/// Pending until the sockopt branch's member `name` of `t` exists.
+let private pendingUntil (t: Type) (name: string) =
+    if hasMember t name then
+        None
+    else
+        Some $"{t.Name}.{name} comes with the sockopt branch (docs/conformance.md, Pending)"
+
+let private options =
+    [
+        scenario 27 "Ttl, TypeOfService and DontFragment set before connect mark every segment" (fun env ->
+            let packets =
+                captureWhile env $"{subjectFilter env} and tcp[tcpflags] & tcp-fin != 0" (fun () ->
+                    use listener = peerListener env
+                    let accepted = listener.AcceptAsync()
+
+                    let options = [ Ttl 7s; TypeOfService 0x28; DontFragment false ]
+
+                    match
+                        env.Await "connect" (fun (_: ITcp) -> "connected") (fun () ->
+                            env.Subject.ConnectWith(
+                                env.PeerAt (listener.LocalEndPoint :?> IPEndPoint).Port,
+                                options,
+                                CancellationToken.None
+                            ))
+                    with
+                    | Some connection ->
+                        use peer = TestUtil.waitWithin stepTimeout accepted
+                        write env "write" connection (ascii "marked") CancellationToken.None |> ignore
+                        env.Record "peer read" (peerReceive peer)
+                        connection.Dispose()
+                        env.Record "peer read again" (peerReceive peer)
+                    | None -> ())
+
+            env.Record "wire TCP" (headerFields packets "TCP"))
+
+        scenarioWith
+            (Some
+                "found by this scenario: an option set just before a write reaches the loop after the write's segment (TcpConfigure is posted, the write is not ordered with it), so that segment leaves with the old TTL/DSCP; the kernel's setsockopt applies at once (sockopt branch)")
+            []
+            28
+            "Ttl and TypeOfService set on a connection change its later segments"
+            (fun env ->
+                match connected env with
+                | Some(connection, peer) ->
+                    use _ = peer
+
+                    let packets =
+                        captureWhile env $"{subjectFilter env} and tcp[tcpflags] & tcp-fin != 0" (fun () ->
+                            env.Do "set Ttl 9" (fun () -> "set") (fun () -> connection.Set(Ttl 9s))
+                            |> ignore
+
+                            env.Do "set TypeOfService 0x48" (fun () -> "set") (fun () ->
+                                connection.Set(TypeOfService 0x48))
+                            |> ignore
+
+                            write env "write" connection (ascii "later") CancellationToken.None |> ignore
+                            env.Record "peer read" (peerReceive peer)
+                            connection.Dispose()
+                            env.Record "peer read again" (peerReceive peer))
+
+                    env.Record "wire TCP" (headerFields packets "TCP")
+                | None -> ())
+
+        scenario 29 "a listener's Ttl and TypeOfService are inherited by its connections" (fun env ->
+            let packets =
+                captureWhile env $"{subjectFilter env} and tcp[tcpflags] & tcp-fin != 0" (fun () ->
+                    match
+                        env.Do "listen" (fun (_: IListener) -> "listening") (fun () ->
+                            env.Subject.ListenWith(0, [ Ttl 5s; TypeOfService 0x20 ]))
+                    with
+                    | Some listener ->
+                        use _ = listener
+                        let accepting = listener.AcceptAsync CancellationToken.None
+                        use peer = env.PeerSocket SocketType.Stream
+                        peer.Connect(env.SubjectAt listener.Port)
+
+                        match env.Await "accept" (fun (_: ITcp) -> "accepted") (fun () -> accepting) with
+                        | Some connection ->
+                            write env "write" connection (ascii "inherited") CancellationToken.None
+                            |> ignore
+
+                            env.Record "peer read" (peerReceive peer)
+                            connection.Dispose()
+                            env.Record "peer read again" (peerReceive peer)
+                        | None -> ()
+                    | None -> ())
+
+            env.Record "wire TCP" (headerFields packets "TCP"))
+
+        scenario 30 "connect from a fixed local port; from a port a listener holds" (fun env ->
+            use listener = peerListener env
+            let target = env.PeerAt (listener.LocalEndPoint :?> IPEndPoint).Port
+            let accepted = listener.AcceptAsync()
+
+            match
+                env.Await "connect from port 5030" (fun (_: ITcp) -> "connected") (fun () ->
+                    env.Subject.ConnectWith(target, [ LocalEndPoint(env.SubjectAt 5030) ], CancellationToken.None))
+            with
+            | Some connection ->
+                use _ = connection
+                use peer = TestUtil.waitWithin stepTimeout accepted
+                env.Record "the peer sees port" (string (peer.RemoteEndPoint :?> IPEndPoint).Port)
+            | None -> ()
+
+            match env.Do "listen on 5031" (fun (_: IListener) -> "listening") (fun () -> env.Subject.Listen 5031) with
+            | Some held ->
+                use _ = held
+
+                env.Await "connect from port 5031" (fun (_: ITcp) -> "connected") (fun () ->
+                    env.Subject.ConnectWith(target, [ LocalEndPoint(env.SubjectAt 5031) ], CancellationToken.None))
+                |> Option.iter _.Dispose()
+
+                env.Await "connect from port 5031 with ReuseAddress" (fun (_: ITcp) -> "connected") (fun () ->
+                    env.Subject.ConnectWith(
+                        target,
+                        [ ReuseAddress true; LocalEndPoint(env.SubjectAt 5031) ],
+                        CancellationToken.None
+                    ))
+                |> Option.iter _.Dispose()
+            | None -> ())
+
+        scenarioWith
+            (Some
+                "NetStack refuses a bind-before-connect over its own TIME-WAIT without ReuseAddress (AddressAlreadyInUse: sockopt follows bind(2)'s documented rule); the kernel's Socket here binds (no SO_REUSEADDR: .NET sets none) and connects, reusing the TIME-WAIT 4-tuple (Linux reuses a TIME-WAIT with timestamps for an explicitly bound port); to settle between sockopt and the lead")
+            []
+            31
+            "connect again from a local port whose connection is in TIME-WAIT"
+            (fun env ->
+                use listener = peerListener env
+                let target = env.PeerAt (listener.LocalEndPoint :?> IPEndPoint).Port
+                use other = peerListener env
+                let otherTarget = env.PeerAt (other.LocalEndPoint :?> IPEndPoint).Port
+                let local = LocalEndPoint(env.SubjectAt 5032)
+                let accepted = listener.AcceptAsync()
+
+                match
+                    env.Await "connect" (fun (_: ITcp) -> "connected") (fun () ->
+                        env.Subject.ConnectWith(target, [ local ], CancellationToken.None))
+                with
+                | Some connection ->
+                    use peer = TestUtil.waitWithin stepTimeout accepted
+                    // The subject closes first: its end goes to TIME-WAIT.
+                    connection.Dispose()
+                    env.Record "peer read" (peerReceive peer)
+                    peer.Close()
+                    settle ()
+
+                    for name, options, remote in
+                        [
+                            "to the same peer", [ local ], target
+                            "to the same peer with ReuseAddress", [ ReuseAddress true; local ], target
+                            "to another peer port", [ local ], otherTarget
+                            "to another peer port with ReuseAddress", [ ReuseAddress true; local ], otherTarget
+                        ] do
+                        // Each attempt ends with a RST, so no state of it is left for the next one.
+                        env.Await $"connect again {name}" (fun (_: ITcp) -> "connected") (fun () ->
+                            env.Subject.ConnectWith(remote, options, CancellationToken.None))
+                        |> Option.iter _.CloseWithReset()
+
+                        settle ()
+                | None -> ())
+
+        scenario 32 "keep-alive: probes after the idle time, not before" (fun env ->
+            use listener = peerListener env
+            let target = env.PeerAt (listener.LocalEndPoint :?> IPEndPoint).Port
+            let accepted = listener.AcceptAsync()
+
+            let tcpdump =
+                Capture.start [ "ip"; "netns"; "exec"; env.PeerNs ] env.Subject.PeerSideDevice env.CaptureFile
+
+            try
+                match
+                    env.Await "connect" (fun (_: ITcp) -> "connected") (fun () ->
+                        env.Subject.ConnectWith(
+                            target,
+                            [ KeepAlive(TimeSpan.FromSeconds 1.0, TimeSpan.FromSeconds 1.0, 3) ],
+                            CancellationToken.None
+                        ))
+                with
+                | Some connection ->
+                    use _ = connection
+                    use peer = TestUtil.waitWithin stepTimeout accepted
+                    Capture.awaitPackets env.CaptureFile $"{subjectFilter env} and tcp"
+
+                    let count () =
+                        (readPackets env.Subject.Address env.CaptureFile |> ownTcp).Length
+
+                    let atStart = count ()
+                    Thread.Sleep 600
+                    env.Record "subject's segments in the first 0.6 s idle" (string (count () - atStart))
+                    Thread.Sleep 2000
+                    env.Record "probes within 2.6 s idle" (string (count () - atStart >= 1))
+                    env.Record "peer read" (peerReceive peer |> fun r -> if r = "pending" then "nothing" else r)
+                | None -> ()
+            finally
+                Capture.stop tcpdump)
+
+        scenarioWith
+            (pendingUntil typeof<NetStack.TcpConnection> "Shutdown")
+            []
+            33
+            "Shutdown(Receive): what reads give, what the peer sees"
+            (fun env ->
+                match connected env with
+                | Some(connection, peer) ->
+                    use _ = connection
+                    use _ = peer
+
+                    env.Do "shutdown receive" (fun () -> "done") (fun () -> connection.Shutdown SocketShutdown.Receive)
+                    |> ignore
+
+                    read env "read" connection 16 CancellationToken.None |> ignore
+                    peer.Send(ascii "late") |> ignore
+                    settle ()
+                    read env "read after data" connection 16 CancellationToken.None |> ignore
+                    write env "write" connection (ascii "still") CancellationToken.None |> ignore
+                    env.Record "peer read" (peerReceive peer)
+                | None -> ())
+
+        scenarioWith
+            (pendingUntil typeof<NetStack.TcpConnection> "Shutdown")
+            []
+            34
+            "Shutdown(Both): the peer reads the end; reads and writes after it"
+            (fun env ->
+                match connected env with
+                | Some(connection, peer) ->
+                    use _ = connection
+                    use _ = peer
+
+                    env.Do "shutdown both" (fun () -> "done") (fun () -> connection.Shutdown SocketShutdown.Both)
+                    |> ignore
+
+                    env.Record "peer read" (peerReceive peer)
+                    read env "read" connection 16 CancellationToken.None |> ignore
+                    write env "write" connection (ascii "x") CancellationToken.None |> ignore
+                | None -> ())
+
+        scenarioWith
+            (pendingUntil typeof<NetStack.TcpConnection> "Available")
+            []
+            35
+            "Available: the bytes readable now (TCP)"
+            (fun env ->
+                match connected env with
+                | Some(connection, peer) ->
+                    use _ = connection
+                    use _ = peer
+                    env.Do "available" string (fun () -> connection.Available) |> ignore
+                    peer.Send(ascii "12345") |> ignore
+                    settle ()
+
+                    env.Do "available after 5 bytes" string (fun () -> connection.Available)
+                    |> ignore
+
+                    read env "read 2" connection 2 CancellationToken.None |> ignore
+
+                    env.Do "available after reading 2" string (fun () -> connection.Available)
+                    |> ignore
+                | None -> ())
+
+        scenarioWith
+            (pendingUntil typeof<NetStack.UdpSocket> "Available")
+            []
+            36
+            "Available on UDP: the next datagram's size"
+            (fun env ->
+                match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+                | Some udp ->
+                    use _ = udp
+                    use peer = peerUdp env peerAddress
+                    env.Do "available" string (fun () -> udp.Available) |> ignore
+                    peer.SendTo(ascii "abc", env.SubjectAt udp.Port) |> ignore
+                    peer.SendTo(ascii "defghij", env.SubjectAt udp.Port) |> ignore
+                    settle ()
+                    env.Do "available after 3 + 7 bytes" string (fun () -> udp.Available) |> ignore
+                | None -> ())
+
+        scenarioWith
+            (pendingUntil typeof<NetStack.UdpSocket> "TypeOfService")
+            []
+            37
+            "UDP Ttl, TypeOfService and DontFragment on the wire"
+            (fun env ->
+                match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+                | Some udp ->
+                    use _ = udp
+                    use peer = peerUdp env peerAddress
+
+                    let packets =
+                        captureWhile env $"{subjectFilter env} and udp" (fun () ->
+                            for option in [ Ttl 3s; TypeOfService 0x60; DontFragment true ] do
+                                env.Do $"set {option}" (fun () -> "set") (fun () -> udp.Set option) |> ignore
+
+                            env.Await "send" string (fun () ->
+                                udp.SendToAsync(
+                                    ascii "marked",
+                                    peer.LocalEndPoint :?> IPEndPoint,
+                                    CancellationToken.None
+                                ))
+                            |> ignore
+
+                            env.Record "peer receive" (peerReceive peer))
+
+                    env.Record "wire UDP" (headerFields packets "UDP")
+                | None -> ())
+    ]
+
 // ---- The README's error table ------------------------------------------------------------------
 
 /// The rows of the README's error table: (call, when, result, [scenario number, step]).
@@ -655,4 +967,13 @@ let private readmeTable =
 [<Tests>]
 let tests =
     testSequenced
-    <| testList "Conformance" (connecting @ binding @ closing @ zeroAndCancel @ udp @ wire @ [ readmeTable ])
+    <| testList
+        "Conformance"
+        (connecting
+         @ binding
+         @ closing
+         @ zeroAndCancel
+         @ udp
+         @ wire
+         @ options
+         @ [ readmeTable ])

@@ -10,6 +10,26 @@ open System.Net.Sockets
 open System.Threading
 open System.Threading.Tasks
 
+/// A socket option, as a kernel Socket sets it (SetSocketOption or its property) and NetStack
+/// takes it (TcpSocketOptions before connect or listen, the property of the same name after).
+type SocketOption =
+    /// Socket.Ttl.
+    | Ttl of int16
+    /// SocketOptionName.TypeOfService (the TOS byte: DSCP in its upper six bits).
+    | TypeOfService of int
+    /// Socket.DontFragment.
+    | DontFragment of bool
+    /// Socket.LingerState.
+    | Linger of LingerOption
+    /// SO_KEEPALIVE on with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
+    | KeepAlive of time: TimeSpan * interval: TimeSpan * count: int
+    /// Socket.NoDelay.
+    | NoDelay of bool
+    /// SO_REUSEADDR (before the bind).
+    | ReuseAddress of bool
+    /// Bind before connecting (last in a list, after ReuseAddress).
+    | LocalEndPoint of IPEndPoint
+
 /// A TCP connection of a subject: the stream calls (NetworkStream's for the kernel, TcpConnection's
 /// for NetStack) and the socket calls.
 type ITcp =
@@ -25,6 +45,10 @@ type ITcp =
     abstract CloseSocket: unit -> unit
     /// Socket.NoDelay.
     abstract NoDelay: bool with get, set
+    /// Sets an option on the connected socket.
+    abstract Set: SocketOption -> unit
+    /// Socket.Available (bytes readable now).
+    abstract Available: int
 
 /// A TCP listener of a subject.
 type IListener =
@@ -47,6 +71,10 @@ type IUdp =
     abstract SendAsync: byte[] * CancellationToken -> Task<int>
     /// Socket.ReceiveFromAsync(buffer, ct): the byte count and the sender.
     abstract ReceiveFromAsync: Memory<byte> * CancellationToken -> Task<int * IPEndPoint>
+    /// Sets an IP option (Ttl, TypeOfService, DontFragment).
+    abstract Set: SocketOption -> unit
+    /// Socket.Available: for UDP the size of the next datagram (Linux's FIONREAD).
+    abstract Available: int
 
 /// The system under test: a kernel socket in its own namespace, or NetStack on a TUN.
 type ISubject =
@@ -56,12 +84,26 @@ type ISubject =
     abstract Address: IPAddress
     /// Opens a TCP connection (Socket.ConnectAsync).
     abstract ConnectAsync: IPEndPoint * CancellationToken -> Task<ITcp>
+    /// Opens a TCP connection with options set before the SYN (a bind among them).
+    abstract ConnectWith: IPEndPoint * SocketOption list * CancellationToken -> Task<ITcp>
     /// Binds and listens on the subject's address (port 0: any).
     abstract Listen: port: int -> IListener
+    /// Binds and listens with options (inherited by accepted connections).
+    abstract ListenWith: port: int * SocketOption list -> IListener
     /// Binds a UDP socket on the subject's address (port 0: any).
     abstract BindUdp: port: int -> IUdp
     /// The subject's interface towards the peer, as the peer's namespace names it (for tcpdump).
     abstract PeerSideDevice: string
+
+/// The public instance member `name` of `target`'s type, or a NotSupportedException naming it:
+/// for calls another branch adds (the scenario using one is marked pending until it exists).
+let memberOf (target: obj) (name: string) =
+    match target.GetType().GetMember(name) |> Array.tryHead with
+    | Some m -> m
+    | None -> raise (NotSupportedException $"{target.GetType().Name}.{name} does not exist yet")
+
+/// Whether `t` has a public member `name` (a pending scenario's condition).
+let hasMember (t: Type) (name: string) = t.GetMember(name).Length > 0
 
 /// What a call did, as the log records it: `ok <value>` or the exception, described by its type
 /// and SocketError: `SocketException(ConnectionRefused)`, `IOException(SocketException(ConnectionReset))`
