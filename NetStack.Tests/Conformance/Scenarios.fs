@@ -148,6 +148,17 @@ module Differences =
             Reason = "the same difference seen by the peer: no FIN before the RST, so its read fails at once"
         }
 
+    /// .NET on Linux closes a socket with a call still waiting abortively (a RST).
+    let closeWaitingAbortive =
+        {
+            Id = "close-waiting-abortive"
+            Step = "peer read"
+            Kernel = "SocketException(ConnectionReset)"
+            NetStack = "ok 0"
+            Reason =
+                "Socket.Close with a call still waiting on another thread resets the connection on Linux (.NET unblocks the call with an abortive close); NetStack wakes the waiting call itself and closes gracefully, so what was written still arrives"
+        }
+
     /// Linux sets DF on UDP datagrams that fit the path MTU (IP_PMTUDISC_WANT).
     let udpDontFragment =
         {
@@ -336,19 +347,19 @@ let private closing =
 
             env.Record "wire" (finOrRst packets))
 
-        scenario 13 "dispose with a pending read" (fun env ->
+        scenarioWith None [ Differences.closeWaitingAbortive ] 13 "closing with a read waiting" (fun env ->
             match connected env with
             | Some(connection, peer) ->
                 use _ = peer
                 let buffer = Array.zeroCreate<byte> 16
                 let pending = connection.Stream.ReadAsync(Memory buffer).AsTask()
                 settle ()
-                connection.Dispose()
+                connection.CloseSocket()
                 env.Record "pending read" (outcomeWithin stepTimeout string pending)
                 env.Record "peer read" (peerReceive peer)
             | None -> ())
 
-        scenario 14 "dispose with a pending write" (fun env ->
+        scenario 14 "closing with a write waiting" (fun env ->
             match connected env with
             | Some(connection, peer) ->
                 use _ = peer
@@ -358,7 +369,7 @@ let private closing =
 
                 Thread.Sleep 500
                 env.Record "write before the dispose" (if pending.IsCompleted then "done" else "waiting")
-                connection.Dispose()
+                connection.CloseSocket()
 
                 env.Record
                     "pending write"
@@ -540,6 +551,106 @@ let private udp =
                 env.Await "send again" string (fun () -> udp.SendAsync(ascii "anyone?", CancellationToken.None))
                 |> ignore
             | None -> ())
+    ]
+
+let private disposal =
+    [
+        scenario 38 "disposing a listener: a waiting accept fails; a connection not yet accepted is reset" (fun env ->
+            match env.Do "listen" (fun (_: IListener) -> "listening") (fun () -> env.Subject.Listen 0) with
+            | Some listener ->
+                let waiting = listener.AcceptAsync CancellationToken.None
+                settle ()
+                listener.Dispose()
+                env.Record "waiting accept" (outcomeWithin stepTimeout (fun (_: ITcp) -> "accepted") waiting)
+            | None -> ()
+
+            match env.Do "listen again" (fun (_: IListener) -> "listening") (fun () -> env.Subject.Listen 0) with
+            | Some listener ->
+                use queued = env.PeerSocket SocketType.Stream
+                queued.Connect(env.SubjectAt listener.Port)
+                settle ()
+                listener.Dispose()
+                env.Record "the peer of a connection not accepted reads" (peerReceive queued)
+            | None -> ())
+
+        scenario 39 "disposing a UDP socket with a receive waiting" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some udp ->
+                let buffer = Array.zeroCreate<byte> 64
+                let waiting = udp.ReceiveFromAsync(Memory buffer, CancellationToken.None)
+                settle ()
+                udp.Dispose()
+                env.Record "waiting receive" (outcomeWithin stepTimeout (fun (n, _) -> $"{n} bytes") waiting)
+
+                env.Await "receive after the dispose" (fun (n, _) -> $"{n} bytes") (fun () ->
+                    udp.ReceiveFromAsync(Memory buffer, CancellationToken.None))
+                |> ignore
+
+                env.Await "send after the dispose" string (fun () ->
+                    udp.SendToAsync(ascii "x", env.PeerAt 9, CancellationToken.None))
+                |> ignore
+            | None -> ())
+
+        scenario 40 "TCP calls after dispose" (fun env ->
+            match connected env with
+            | Some(connection, peer) ->
+                use _ = peer
+                connection.Dispose()
+                read env "read" connection 16 CancellationToken.None |> ignore
+                write env "write" connection (ascii "x") CancellationToken.None |> ignore
+
+                env.Do "dispose again" (fun () -> "done") (fun () -> connection.Dispose())
+                |> ignore
+
+                env.Do "shutdown send" (fun () -> "done") (fun () -> connection.Shutdown SocketShutdown.Send)
+                |> ignore
+            | None -> ())
+
+        scenario 41 "a connected UDP socket may still send to another address" (fun env ->
+            match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+            | Some udp ->
+                use _ = udp
+                use peer = peerUdp env peerAddress
+                use other = peerUdp env otherPeerAddress
+                udp.Connect(peer.LocalEndPoint :?> IPEndPoint)
+
+                env.Await "send to another address" string (fun () ->
+                    udp.SendToAsync(ascii "aside", other.LocalEndPoint :?> IPEndPoint, CancellationToken.None))
+                |> ignore
+
+                env.Record "the other peer receives" (peerReceive other)
+            | None -> ())
+
+        scenarioWith
+            (if
+                 typeof<NetStack.TcpConnection>.GetProperty("CanTimeout").DeclaringType = typeof<NetStack.TcpConnection>
+             then
+                 None
+             else
+                 Some
+                     "TcpConnection.ReadTimeout/WriteTimeout come with the sockopt branch (docs/conformance.md, Pending)")
+            []
+            42
+            "ReadTimeout on a synchronous read"
+            (fun env ->
+                match connected env with
+                | Some(connection, peer) ->
+                    use _ = connection
+                    use _ = peer
+                    env.Do "CanTimeout" string (fun () -> connection.Stream.CanTimeout) |> ignore
+
+                    env.Do "set ReadTimeout 300" (fun () -> "set") (fun () -> connection.Stream.ReadTimeout <- 300)
+                    |> ignore
+
+                    // On a thread of its own, waited for 2 s: without a timeout the read would block.
+                    let reading = Task.Run(fun () -> connection.Stream.Read(Array.zeroCreate 16, 0, 16))
+
+                    env.Record "read" (outcomeWithin (TimeSpan.FromSeconds 2.0) string reading)
+
+                    if reading.IsCompleted then
+                        peer.Send(ascii "after") |> ignore
+                        read env "read again" connection 16 CancellationToken.None |> ignore
+                | None -> ())
     ]
 
 let private wire =
@@ -974,6 +1085,7 @@ let tests =
          @ closing
          @ zeroAndCancel
          @ udp
+         @ disposal
          @ wire
          @ options
          @ [ readmeTable ])
