@@ -132,6 +132,7 @@ public sealed partial class NetworkStack
     {
         ArgumentNullException.ThrowIfNull(localEndPoint);
         var socket = TcpSocketState.From(Options, options);
+        bool reuse = options?.ReuseAddress ?? false;
         ArgumentOutOfRangeException.ThrowIfLessThan(backlog, 1);
         var (v4, v6) = Families(localEndPoint);
         bool any = localEndPoint.Address.Equals(IPAddress.Any) || localEndPoint.Address.Equals(IPAddress.IPv6Any);
@@ -139,8 +140,8 @@ public sealed partial class NetworkStack
         var listener = OnLoop(() =>
         {
             var endpoint = any
-                ? _tcpTable.ListenAll(v4, v6, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next())
-                : _tcpTable.ListenOn(address, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next());
+                ? _tcpTable.ListenAll(v4, v6, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next(), reuse)
+                : _tcpTable.ListenOn(address, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next(), reuse);
             if (endpoint is null)
                 throw new SocketException((int)SocketError.AddressAlreadyInUse);
             if (options is not null)
@@ -475,20 +476,27 @@ public sealed partial class NetworkStack
         ExecuteOutput(output, default, now);
     }, null);
 
-    // A socket option of c changed (TcpConnection.Options.cs): the core takes the new settings.
-    internal void TcpConfigure(TcpConnection c, TcpSocketSettings settings) => Post(() =>
+    // A socket option of c changed (TcpConnection.Options.cs): the core takes the new settings
+    // before the setter returns, as setsockopt, so whatever the user sends next carries them
+    // (posted, a lazily queued window command could send bytes written meanwhile first).
+    internal void TcpConfigure(TcpConnection c, TcpSocketSettings settings) => OnLoop(() =>
     {
         long now = Now();
         LoopSend(c, now);
         if (c.Removed || c.Endpoint is null)
-            return;
+            return true;
         var output = TcpOutput();
         _tcpTable.Configure(output, now, c.Endpoint, settings);
         ExecuteOutput(output, default, now);
-    }, null);
+        return true;
+    });
 
     // SO_SNDBUF set on c: the ring grows on the loop (which reads it outside the lock).
-    internal void TcpSetSendBuffer(TcpConnection c, int size) => Post(() => c.LockSendBuffer(size), null);
+    internal void TcpSetSendBuffer(TcpConnection c, int size) => OnLoop(() =>
+    {
+        c.LockSendBuffer(size);
+        return true;
+    });
 
     internal void TcpAbort(TcpConnection c)
     {

@@ -53,7 +53,7 @@ public sealed partial class NetworkStack
             _statistics.Increment("udp.drop.no-socket");
             return;
         }
-        switch (socket.Deliver(payload, r.Source, r.Ports.Source))
+        switch (socket.Deliver(payload, r.Source, r.Ports.Source, r.Destination))
         {
             case DeliveryResult.Delivered:
             case DeliveryResult.Queued:
@@ -144,6 +144,10 @@ public sealed partial class NetworkStack
         int hopLimit = Multicast.isMulticast(destination)
             ? (destination.IsIpv6 ? socket.MulticastHopLimit : socket.MulticastTimeToLive)
             : -1;
+        // The socket's TTL, type of service and Don't Fragment (a multicast datagram: its multicast TTL).
+        var header = socket.Header;
+        if (hopLimit >= 0)
+            header = new IpHeaderSettings((byte)hopLimit, header.TypeOfService, header.DontFragment);
         var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         try
         {
@@ -155,13 +159,19 @@ public sealed partial class NetworkStack
                     return;
                 }
                 long now = Now();
+                int largest = segmentSize > 0 ? Math.Min(segmentSize, datagram.Length) : datagram.Length;
+                if (!IpLayer.udpFits(now, header, destination, largest, _ip))
+                {
+                    // Don't Fragment and larger than the path MTU: EMSGSIZE on Linux.
+                    _statistics.Increment("udp.send.too-big-for-df");
+                    completion.TrySetException(new SocketException((int)SocketError.MessageSize));
+                    return;
+                }
                 if (segmentSize > 0 && datagram.Length > segmentSize)
-                    SendUdpSegments(source.Value, destination, socket.Port, port, datagram.Span, segmentSize, now, hopLimit);
+                    SendUdpSegments(source.Value, destination, socket.Port, port, datagram.Span, segmentSize, now, header);
                 else
                 {
-                    int length = IpLayer.writeUdp(source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
-                    if (hopLimit >= 0)
-                        IpLayer.setHopLimit((byte)hopLimit, _packetBuffer.AsSpan(0, length));
+                    int length = IpLayer.writeUdpWith(header, source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
                     SendPacket(length, destination, now);
                     // IP_MULTICAST_LOOP: the stack's own members of the group get a copy too.
                     if (socket.MulticastLoopback && IpLayer.loopsBackMulticast(destination, _ip))
@@ -184,7 +194,7 @@ public sealed partial class NetworkStack
     // straight from the caller's memory (a gather write, no copy and no checksum pass here),
     // which the kernel cuts into the datagrams. Otherwise one datagram after another through
     // the ordinary path (fragmented if the path MTU has shrunk below a datagram).
-    private void SendUdpSegments(IpAddr source, IpAddr destination, ushort sourcePort, ushort port, ReadOnlySpan<byte> data, int segmentSize, long now, int hopLimit)
+    private void SendUdpSegments(IpAddr source, IpAddr destination, ushort sourcePort, ushort port, ReadOnlySpan<byte> data, int segmentSize, long now, IpHeaderSettings header)
     {
         int count = (data.Length + segmentSize - 1) / segmentSize;
         int ipHeader = destination.IsIpv6 ? 40 : 20;
@@ -194,11 +204,9 @@ public sealed partial class NetworkStack
             && !IpLayer.isLoopedDestination(destination, _ip))
         {
             // The kernel numbers the IPv4 identification of the datagrams it cuts on from ours.
-            int length = IpLayer.writeUdpSegments(source, destination, sourcePort, port, _ipIds.Take(count), data.Length, _packetBuffer);
-            if (hopLimit >= 0)
-                IpLayer.setHopLimit((byte)hopLimit, _packetBuffer.AsSpan(0, length - data.Length));
-            var header = VirtioNet.udpSegments(ipHeader, segmentSize);
-            _offload.WriteGather(_packetBuffer.AsSpan(0, length - data.Length), data, default, header);
+            int length = IpLayer.writeUdpSegmentsWith(header, source, destination, sourcePort, port, _ipIds.Take(count), data.Length, _packetBuffer);
+            var virtio = VirtioNet.udpSegments(ipHeader, segmentSize);
+            _offload.WriteGather(_packetBuffer.AsSpan(0, length - data.Length), data, default, virtio);
             _deviceWritten.Increment();
             Interlocked.Add(ref _bytesWritten, length);
             _statistics.Increment("udp.sent", count);
@@ -209,9 +217,7 @@ public sealed partial class NetworkStack
         for (int at = 0; at < data.Length; at += segmentSize)
         {
             var piece = data.Slice(at, Math.Min(segmentSize, data.Length - at));
-            int length = IpLayer.writeUdp(source, destination, sourcePort, port, NextIdentification(), piece, _packetBuffer);
-            if (hopLimit >= 0)
-                IpLayer.setHopLimit((byte)hopLimit, _packetBuffer.AsSpan(0, length));
+            int length = IpLayer.writeUdpWith(header, source, destination, sourcePort, port, NextIdentification(), piece, _packetBuffer);
             SendPacket(length, destination, now);
         }
         _statistics.Increment("udp.sent", count);

@@ -234,4 +234,105 @@ public sealed partial class TcpConnection
         get => GetOption(s => s.Core.KeepAliveCount);
         set => SetOption(s => s.SetKeepAliveRetryCount(value, nameof(value)));
     }
+
+    // ---- Everyday calls: Available, timeouts -----------------------------------------------------
+
+    /// <summary>
+    /// The bytes that can be read now without waiting (<see cref="Socket.Available"/>, FIONREAD):
+    /// received in order and not yet read.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
+    public int Available
+    {
+        get
+        {
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                return (int)Math.Min(int.MaxValue, _recvDelivered - _recvConsumed);
+            }
+        }
+    }
+
+    private int _readTimeout = Timeout.Infinite;
+    private int _writeTimeout = Timeout.Infinite;
+
+    /// <summary>True: the synchronous <see cref="Read(byte[], int, int)"/> and <see cref="Write(byte[], int, int)"/> honour <see cref="ReadTimeout"/> and <see cref="WriteTimeout"/>.</summary>
+    public override bool CanTimeout => true;
+
+    /// <summary>
+    /// How long a synchronous read waits for data, in milliseconds (<see cref="NetworkStream.ReadTimeout"/>):
+    /// <see cref="Timeout.Infinite"/> (the default) or positive. A read that times out throws
+    /// <see cref="IOException"/> wrapping a <see cref="SocketException"/> with
+    /// <see cref="SocketError.TimedOut"/>; the connection stays usable and no byte is lost (bytes
+    /// that arrived meanwhile are read by the next call). Async reads ignore it, as NetworkStream's do.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is 0 or below and not <see cref="Timeout.Infinite"/>.</exception>
+    public override int ReadTimeout
+    {
+        get => Volatile.Read(ref _readTimeout);
+        set
+        {
+            if (value <= 0 && value != Timeout.Infinite)
+                throw new ArgumentOutOfRangeException(nameof(value), value, "A timeout is positive or Timeout.Infinite.");
+            Volatile.Write(ref _readTimeout, value);
+        }
+    }
+
+    /// <summary>
+    /// How long a synchronous write waits for room in the send buffer, in milliseconds
+    /// (<see cref="NetworkStream.WriteTimeout"/>): <see cref="Timeout.Infinite"/> (the default) or
+    /// positive. A write that times out throws <see cref="IOException"/> wrapping a
+    /// <see cref="SocketException"/> with <see cref="SocketError.TimedOut"/>; the bytes already
+    /// placed in the send buffer by then are sent. Async writes ignore it.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is 0 or below and not <see cref="Timeout.Infinite"/>.</exception>
+    public override int WriteTimeout
+    {
+        get => Volatile.Read(ref _writeTimeout);
+        set
+        {
+            if (value <= 0 && value != Timeout.Infinite)
+                throw new ArgumentOutOfRangeException(nameof(value), value, "A timeout is positive or Timeout.Infinite.");
+            Volatile.Write(ref _writeTimeout, value);
+        }
+    }
+
+    private static IOException TimedOut(string what) =>
+        new($"The {what} timed out.", new SocketException((int)SocketError.TimedOut));
+
+    private int ReadSync(Memory<byte> buffer)
+    {
+        int timeout = ReadTimeout;
+        if (timeout == Timeout.Infinite)
+            return ReadAsync(buffer).AsTask().GetAwaiter().GetResult();
+        using var cancel = new CancellationTokenSource(timeout);
+        try
+        {
+            return ReadAsync(buffer, cancel.Token).AsTask().GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+            throw TimedOut("read");
+        }
+    }
+
+    private void WriteSync(ReadOnlyMemory<byte> buffer)
+    {
+        int timeout = WriteTimeout;
+        if (timeout == Timeout.Infinite)
+        {
+            WriteAsync(buffer).AsTask().GetAwaiter().GetResult();
+            return;
+        }
+        using var cancel = new CancellationTokenSource(timeout);
+        try
+        {
+            WriteAsync(buffer, cancel.Token).AsTask().GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+            throw TimedOut("write");
+        }
+    }
 }

@@ -213,19 +213,23 @@ public sealed partial class TcpConnection : Stream
         cancellationToken.IsCancellationRequested ? Task.FromCanceled(cancellationToken) : Task.CompletedTask;
 
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    /// <remarks>Honours <see cref="ReadTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="ReadAsync(Memory{byte}, CancellationToken)"/>; TimedOut after <see cref="ReadTimeout"/>.</exception>
     public override int Read(byte[] buffer, int offset, int count)
     {
         ValidateBufferArguments(buffer, offset, count);
-        return ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+        return ReadSync(buffer.AsMemory(offset, count));
     }
 
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
+    /// <remarks>Honours <see cref="ReadTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="ReadAsync(Memory{byte}, CancellationToken)"/>; TimedOut after <see cref="ReadTimeout"/>.</exception>
     public override int Read(Span<byte> buffer)
     {
         var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
         try
         {
-            int n = ReadAsync(rented.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+            int n = ReadSync(rented.AsMemory(0, buffer.Length));
             rented.AsSpan(0, n).CopyTo(buffer);
             return n;
         }
@@ -236,20 +240,24 @@ public sealed partial class TcpConnection : Stream
     }
 
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    /// <remarks>Honours <see cref="WriteTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; TimedOut after <see cref="WriteTimeout"/>.</exception>
     public override void Write(byte[] buffer, int offset, int count)
     {
         ValidateBufferArguments(buffer, offset, count);
-        WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+        WriteSync(buffer.AsMemory(offset, count));
     }
 
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
+    /// <remarks>Honours <see cref="WriteTimeout"/>.</remarks>
+    /// <exception cref="IOException">As <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; TimedOut after <see cref="WriteTimeout"/>.</exception>
     public override void Write(ReadOnlySpan<byte> buffer)
     {
         var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
         try
         {
             buffer.CopyTo(rented);
-            WriteAsync(rented.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+            WriteSync(rented.AsMemory(0, buffer.Length));
         }
         finally
         {
@@ -321,8 +329,8 @@ public sealed partial class TcpConnection : Stream
                     _recvConsumed += copied;
                     NoteReadLocked(ref notify, ref wake);
                 }
-                else if (available > 0 || _peerClosed)
-                    return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream.
+                else if (available > 0 || _peerClosed || _readShutdown)
+                    return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream (or SHUT_RD).
                 else if (_error != SocketError.Success)
                 {
                     if (ErrorReported)
@@ -451,6 +459,40 @@ public sealed partial class TcpConnection : Stream
             _shutdown = true;
         }
         _stack.TcpClose(this, orphan: false);
+    }
+
+    // Shutdown(Receive): reads return 0 instead of waiting (under _gate).
+    private bool _readShutdown;
+
+    /// <summary>
+    /// Shuts down reading, writing or both, as <see cref="Socket.Shutdown"/> on Linux:
+    /// <see cref="SocketShutdown.Send"/> is <see cref="ShutdownWrite"/> (a FIN after the data
+    /// written; later writes fail with <see cref="SocketError.Shutdown"/>).
+    /// <see cref="SocketShutdown.Receive"/> sends nothing (the peer sees no change and may go on
+    /// sending): a read returns the bytes already received, and 0 instead of waiting when there
+    /// are none; data arriving later is still received and returned by later reads, as Linux's
+    /// SHUT_RD does (checked against the kernel in the tests). <see cref="SocketShutdown.Both"/>
+    /// does both. Idempotent.
+    /// </summary>
+    /// <param name="how">What to shut down.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="how"/> is not a <see cref="SocketShutdown"/> value.</exception>
+    /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
+    public void Shutdown(SocketShutdown how)
+    {
+        if (how is not (SocketShutdown.Receive or SocketShutdown.Send or SocketShutdown.Both))
+            throw new ArgumentOutOfRangeException(nameof(how), how, "Not a SocketShutdown value.");
+        if (how is SocketShutdown.Receive or SocketShutdown.Both)
+        {
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _readShutdown = true;
+                // A waiting read returns 0 now.
+                _readWaiter.Complete();
+            }
+        }
+        if (how is SocketShutdown.Send or SocketShutdown.Both)
+            ShutdownWrite();
     }
 
     /// <summary>

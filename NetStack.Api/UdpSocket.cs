@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 using NetStack.Core.Stack;
+using NetStack.Core.Wire;
 
 namespace NetStack;
 
@@ -21,7 +22,8 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     private readonly object _gate = new();
     private readonly Queue<QueuedDatagram> _queue = new();
     private readonly LinkedList<PendingReceive> _receivers = new();
-    private readonly int _capacity;
+    private int _capacity;
+    private IpHeaderSettings _header = IpHeaderSettings.Default;
     private int _queuedBytes;
     private bool _disposed;
     private SocketError _pendingError = SocketError.Success;
@@ -34,7 +36,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     private IpAddr _lastSourceAddress;
     private ushort _lastSourcePort;
 
-    private readonly record struct QueuedDatagram(byte[] Buffer, int Length, IPEndPoint Source);
+    private readonly record struct QueuedDatagram(byte[] Buffer, int Length, IPEndPoint Source, IpAddr Destination);
 
     private sealed class PendingReceive(Memory<byte> buffer)
     {
@@ -42,6 +44,13 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         public readonly TaskCompletionSource<SocketReceiveFromResult> Completion =
             new(TaskCreationOptions.RunContinuationsAsynchronously);
         public CancellationTokenRegistration Registration;
+        // Set for ReceiveMessageFromAsync: where the datagram's destination address goes.
+        public DestinationHolder? Destination;
+    }
+
+    private sealed class DestinationHolder
+    {
+        public IpAddr Address;
     }
 
     internal UdpSocket(NetworkStack stack, IPEndPoint localEndPoint, bool ipv4, bool ipv6, int capacity)
@@ -195,6 +204,130 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         if (cancellationToken.IsCancellationRequested)
             return ValueTask.FromCanceled<int>(cancellationToken);
         return _stack.SendUdpAsync(this, datagram, address, port, segmentSize, cancellationToken);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Socket options (docs/api.md "Socket options")
+    // ------------------------------------------------------------------------------------------
+
+    // The IP header settings of the datagrams it sends (the loop reads them per send).
+    internal IpHeaderSettings Header
+    {
+        get
+        {
+            lock (_gate)
+                return _header;
+        }
+    }
+
+    /// <summary>
+    /// The IPv4 TTL / IPv6 hop limit of the unicast and broadcast datagrams this socket sends
+    /// (<see cref="Socket.Ttl"/>, IP_TTL / IPV6_UNICAST_HOPS): 1..255, default 64. Multicast
+    /// datagrams use <see cref="MulticastTimeToLive"/> / <see cref="MulticastHopLimit"/> instead.
+    /// No per-datagram TTL exists: System.Net.Sockets has no public way to pass one with SendTo.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 1..255.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public short Ttl
+    {
+        get => Header.Ttl;
+        set
+        {
+            if (value is < 1 or > 255)
+                throw new ArgumentOutOfRangeException(nameof(value), value, "The TTL / hop limit must lie in 1..255.");
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _header = _header.WithTtl(value);
+            }
+        }
+    }
+
+    /// <summary>
+    /// IP_TOS / IPV6_TCLASS of the datagrams this socket sends (0..255; <c>SocketOptionName.TypeOfService</c>):
+    /// the DSCP in the upper six bits. The two ECN bits are the stack's (Not-ECT) whatever is set
+    /// here (Linux lets a UDP socket set them; NetStack keeps ECN to itself). Default 0.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is outside 0..255.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public int TypeOfService
+    {
+        get => Header.TypeOfService;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 255);
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _header = new IpHeaderSettings(_header.Ttl, (byte)value, _header.DontFragment);
+            }
+        }
+    }
+
+    /// <summary>
+    /// IPv4 Don't Fragment on the datagrams this socket sends (<see cref="Socket.DontFragment"/>):
+    /// false by default (RFC 8085 §3.2: datagrams may be fragmented), as Linux's UDP sockets.
+    /// Set, a datagram larger than the path MTU the stack knows is not sent: the send fails with
+    /// <see cref="SocketError.MessageSize"/> (Linux: EMSGSIZE). No effect on IPv6.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public bool DontFragment
+    {
+        get => Header.DontFragment;
+        set
+        {
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _header = new IpHeaderSettings(_header.Ttl, _header.TypeOfService, value);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The receive queue's size in bytes (<see cref="Socket.ReceiveBufferSize"/>, SO_RCVBUF): the
+    /// payload bytes of the datagrams waiting for a receive, each charged 64 bytes more so that empty
+    /// datagrams are bounded too; a datagram that does not fit is dropped (counted as
+    /// <c>udp.drop.queue-full</c>), as Linux drops on a full socket buffer. Default
+    /// <see cref="NetStackOptions.UdpReceiveQueueBytes"/>. Shrinking it keeps what is queued.
+    /// Linux's getsockopt gives twice the value set; this gives the value set.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is below 1.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public int ReceiveBufferSize
+    {
+        get
+        {
+            lock (_gate)
+                return _capacity;
+        }
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                _capacity = value;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The size of the next datagram waiting to be received, 0 when none (<see cref="Socket.Available"/>:
+    /// Linux's FIONREAD on a UDP socket gives the first queued datagram's size, not the total).
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public int Available
+    {
+        get
+        {
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                return _queue.TryPeek(out var next) ? next.Length : 0;
+            }
+        }
     }
 
     // ------------------------------------------------------------------------------------------
@@ -376,7 +509,58 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     /// <returns>The byte count and the sender.</returns>
     /// <exception cref="SocketException">OperationAborted when the socket is disposed during the wait; ConnectionRefused.</exception>
     /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
-    public ValueTask<SocketReceiveFromResult> ReceiveFromAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    public ValueTask<SocketReceiveFromResult> ReceiveFromAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+        ReceiveFromAsync(buffer, null, cancellationToken);
+
+    /// <summary>
+    /// The index <see cref="IPPacketInformation.Interface"/> reports: the stack's one interface
+    /// (its own numbering, not the kernel's index of the TUN or TAP device).
+    /// </summary>
+    public const int StackInterfaceIndex = 1;
+
+    private static readonly System.Reflection.ConstructorInfo? PacketInformationConstructor =
+        typeof(IPPacketInformation).GetConstructor(
+            System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance,
+            [typeof(IPAddress), typeof(int)]);
+
+    // IPPacketInformation has no public constructor (Socket fills it from IP_PKTINFO); its
+    // internal one is the only way to make one with the same meaning.
+    private static IPPacketInformation PacketInformation(IPAddress address) =>
+        PacketInformationConstructor is { } constructor
+            ? (IPPacketInformation)constructor.Invoke([address, StackInterfaceIndex])
+            : throw new PlatformNotSupportedException("IPPacketInformation cannot be made on this runtime.");
+
+    /// <summary>
+    /// Receives one datagram, as <see cref="ReceiveFromAsync(Memory{byte}, CancellationToken)"/>, and
+    /// says which of the stack's addresses it was sent to (<see cref="Socket.ReceiveMessageFromAsync(Memory{byte}, EndPoint, CancellationToken)"/>
+    /// with IP_PKTINFO): <see cref="IPPacketInformation.Address"/> is the datagram's destination
+    /// (one of the stack's addresses, a broadcast or a multicast group; IPv4 senders on a dual-mode
+    /// socket as IPv4-mapped IPv6, as Socket), <see cref="IPPacketInformation.Interface"/> is
+    /// <see cref="StackInterfaceIndex"/>. <see cref="SocketReceiveMessageFromResult.SocketFlags"/>
+    /// is None (a datagram longer than the buffer throws MessageSize instead of reporting Truncated).
+    /// </summary>
+    /// <param name="buffer">Where the payload goes.</param>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>The byte count, the sender and the packet information.</returns>
+    /// <exception cref="SocketException">As <see cref="ReceiveFromAsync(Memory{byte}, CancellationToken)"/>.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    public async ValueTask<SocketReceiveMessageFromResult> ReceiveMessageFromAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        var destination = new DestinationHolder();
+        var result = await ReceiveFromAsync(buffer, destination, cancellationToken).ConfigureAwait(false);
+        var address = destination.Address.ToIPAddress();
+        if (!destination.Address.IsIpv6 && BindsIpv6)
+            address = address.MapToIPv6();
+        return new SocketReceiveMessageFromResult
+        {
+            ReceivedBytes = result.ReceivedBytes,
+            RemoteEndPoint = result.RemoteEndPoint,
+            SocketFlags = SocketFlags.None,
+            PacketInformation = PacketInformation(address),
+        };
+    }
+
+    private ValueTask<SocketReceiveFromResult> ReceiveFromAsync(Memory<byte> buffer, DestinationHolder? destination, CancellationToken cancellationToken)
     {
         if (cancellationToken.IsCancellationRequested)
             return ValueTask.FromCanceled<SocketReceiveFromResult>(cancellationToken);
@@ -393,12 +577,14 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             if (_queue.TryDequeue(out var queued))
             {
                 _queuedBytes -= queued.Length + DatagramOverhead;
+                if (destination is not null)
+                    destination.Address = queued.Destination;
                 int copied = Math.Min(queued.Length, buffer.Length);
                 queued.Buffer.AsSpan(0, copied).CopyTo(buffer.Span);
                 ArrayPool<byte>.Shared.Return(queued.Buffer);
                 return ValueTask.FromResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = queued.Source });
             }
-            pending = new PendingReceive(buffer);
+            pending = new PendingReceive(buffer) { Destination = destination };
             var node = _receivers.AddLast(pending);
             if (cancellationToken.CanBeCanceled)
             {
@@ -417,7 +603,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     }
 
     /// <summary>Called by the engine loop with a datagram for this socket; false when it was dropped.</summary>
-    internal DeliveryResult Deliver(ReadOnlySpan<byte> payload, IpAddr source, ushort sourcePort)
+    internal DeliveryResult Deliver(ReadOnlySpan<byte> payload, IpAddr source, ushort sourcePort, IpAddr destination)
     {
         PendingReceive? receiver = null;
         IPEndPoint endPoint;
@@ -444,10 +630,12 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
                     return DeliveryResult.QueueFull;
                 var copy = ArrayPool<byte>.Shared.Rent(Math.Max(1, payload.Length));
                 payload.CopyTo(copy);
-                _queue.Enqueue(new QueuedDatagram(copy, payload.Length, endPoint));
+                _queue.Enqueue(new QueuedDatagram(copy, payload.Length, endPoint, destination));
                 _queuedBytes += charge;
                 return DeliveryResult.Queued;
             }
+            if (receiver.Destination is { } holder)
+                holder.Address = destination;
             // Copy while holding the lock, so a cancellation cannot hand the buffer back meanwhile.
             int copied = Math.Min(payload.Length, receiver.Buffer.Length);
             payload[..copied].CopyTo(receiver.Buffer.Span);

@@ -111,6 +111,10 @@ type TcpListenEndpoint
     /// What the engine attached (its listener object).
     member val Owner: obj = null with get, set
 
+    /// SO_REUSEADDR, inherited by the connections it accepts (Linux: sk_reuse): see
+    /// `TcpEndpoint.ReuseAddress`.
+    member val ReuseAddress = false with get, set
+
     /// The listener's socket options, inherited by every connection it accepts from now on (as
     /// Linux's accepted sockets inherit the listener's); ValueNone: the stack's defaults.
     member val Socket: TcpSocketSettings voption = ValueNone with get, set
@@ -139,6 +143,12 @@ type TcpEndpoint internal (handle: int, key: EndpointKey, ephemeral: bool) =
     /// Its user let go of it: nobody reads, so its window stays open and FIN-WAIT-2 ends.
     [<DefaultValue>]
     val mutable internal Orphaned: bool
+
+    /// SO_REUSEADDR: a new bind to its local port (a listener, or a connect from a fixed port)
+    /// is refused while it uses the port unless both it and the new socket have it, as Linux's
+    /// bind conflict rule (TIME-WAIT included).
+    [<DefaultValue>]
+    val mutable ReuseAddress: bool
 
     /// Out of the table (Closed, reopened, or the table disposed); its handle is dead.
     [<DefaultValue>]

@@ -117,6 +117,18 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         && not (v6 && listen6.ContainsKey port)
         && not (portUse.ContainsKey port)
 
+    // Linux's bind conflict (inet_csk_bind_conflict, checked against the kernel in the tests):
+    // a listener of the families on the port always conflicts; connections using it (TIME-WAIT
+    // included) conflict unless the new socket and every one of them have SO_REUSEADDR. Local
+    // addresses are not told apart (a port is one per table).
+    let bindConflict (v4: bool) (v6: bool) (port: uint16) (reuse: bool) =
+        (v4 && listen4.ContainsKey port)
+        || (v6 && listen6.ContainsKey port)
+        || (portUse.ContainsKey port
+            && (not reuse
+                || connections.Values
+                   |> Seq.exists (fun e -> e.Key.LocalPort = port && not e.ReuseAddress)))
+
     // RFC 6056 §3.3.1: a port no listener of the families and no connection in any state uses.
     let pickPort (v4: bool) (v6: bool) (random: int) =
         EphemeralPorts.pick (portFree v4 v6) random
@@ -305,6 +317,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 false
             else
                 let e = newEndpoint key false (withPathMtu now ip key.Remote core)
+                e.ReuseAddress <- listener.ReuseAddress
                 e.HalfOpenOf <- listener
                 e.Listener <- listener
                 listener.HalfOpen <- listener.HalfOpen + 1
@@ -335,6 +348,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
         if core.State = TcpState.SynReceived then
             let e = newEndpoint key false (withPathMtu now ip key.Remote core)
+            e.ReuseAddress <- listener.ReuseAddress
             e.HalfOpenOf <- listener
             e.Listener <- listener
             listener.HalfOpen <- listener.HalfOpen + 1
@@ -442,6 +456,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         (backlog: int)
         (maxHalfOpen: int)
         (random: int)
+        (reuse: bool)
         =
         if port < 0 || port > 65535 then
             invalidArg (nameof port) "A port lies in 0..65535."
@@ -451,14 +466,11 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
         let chosen = if port <> 0 then port else pickPort ipv4 ipv6 random
 
-        if
-            chosen < 0
-            || (ipv4 && listen4.ContainsKey(uint16 chosen))
-            || (ipv6 && listen6.ContainsKey(uint16 chosen))
-        then
+        if chosen < 0 || bindConflict ipv4 ipv6 (uint16 chosen) reuse then
             null
         else
             let l = TcpListenEndpoint(address, ipv4, ipv6, uint16 chosen, backlog, maxHalfOpen)
+            l.ReuseAddress <- reuse
             l.CookieSentAt <- Int64.MinValue
 
             if ipv4 then
@@ -495,19 +507,35 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
     /// Listens on `port` (0: an ephemeral one, drawn with `random`) on every address of the
     /// families given (RFC 9293 §3.10.1 with an unspecified local address). Null when the port
-    /// is taken for one of them (AddressAlreadyInUse).
+    /// is taken for one of them (AddressAlreadyInUse): by a listener, or by connections
+    /// (TIME-WAIT included) unless `reuseAddress` and every one of them has SO_REUSEADDR.
     member _.ListenAll
-        (ipv4: bool, ipv6: bool, port: int, backlog: int, maxHalfOpen: int, random: int)
-        : TcpListenEndpoint =
+        (
+            ipv4: bool,
+            ipv6: bool,
+            port: int,
+            backlog: int,
+            maxHalfOpen: int,
+            random: int,
+            [<Optional; DefaultParameterValue(false)>] reuseAddress: bool
+        ) : TcpListenEndpoint =
         if not ipv4 && not ipv6 then
             invalidArg (nameof ipv4) "A listener takes at least one family."
 
-        listen ValueNone ipv4 ipv6 port backlog maxHalfOpen random
+        listen ValueNone ipv4 ipv6 port backlog maxHalfOpen random reuseAddress
 
     /// Listens on (`address`, `port`) only (0: an ephemeral port, drawn with `random`). Null
     /// when the port is taken for the address's family (AddressAlreadyInUse).
-    member _.ListenOn(address: IpAddr, port: int, backlog: int, maxHalfOpen: int, random: int) : TcpListenEndpoint =
-        listen (ValueSome address) (not address.IsIpv6) address.IsIpv6 port backlog maxHalfOpen random
+    member _.ListenOn
+        (
+            address: IpAddr,
+            port: int,
+            backlog: int,
+            maxHalfOpen: int,
+            random: int,
+            [<Optional; DefaultParameterValue(false)>] reuseAddress: bool
+        ) : TcpListenEndpoint =
+        listen (ValueSome address) (not address.IsIpv6) address.IsIpv6 port backlog maxHalfOpen random reuseAddress
 
     /// Stops `listener`: SYNs for its port get a RST from now on. Its connections stay.
     member _.Unlisten(listener: TcpListenEndpoint) =
@@ -669,8 +697,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             TcpConnectResult.TooManyConnections
         elif
             localPort <> 0
-            && ((listenersOf local.IsIpv6).ContainsKey(uint16 localPort)
-                || (not reuseAddress && portUse.ContainsKey(uint16 localPort)))
+            && bindConflict (not local.IsIpv6) local.IsIpv6 (uint16 localPort) reuseAddress
         then
             out.Notes.Add "tcp.refused.local-port-in-use"
             TcpConnectResult.LocalPortInUse
@@ -694,6 +721,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
                 let core = Connection.openActiveInto out.Actions cfg (generateIss now key) now
 
                 let e = newEndpoint key (localPort = 0) (withPathMtu now ip remote core)
+                e.ReuseAddress <- reuseAddress
                 out.Notes.Add "tcp.active-open"
                 finishGroup out TcpGroupKind.Connection now e 0
                 endpoint <- e

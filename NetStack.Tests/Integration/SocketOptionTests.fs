@@ -58,6 +58,36 @@ let private exchange (connection: TcpConnection) (peer: Socket) =
     while back < 100 do
         back <- back + connection.Read(buffer, 0, 4000)
 
+/// python3 with plain kernel sockets on loopback: for a socket a holding a port (connected,
+/// TIME-WAIT after its active close, listening) with or without SO_REUSEADDR, whether a socket b
+/// with or without it can bind the port ("conn-1-0 EADDRINUSE": a with, b without).
+let private bindOracle =
+    """
+import socket, errno, time
+def case(state, a_reuse, b_reuse):
+    srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(8)
+    a = socket.socket()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, a_reuse)
+    a.bind(('127.0.0.1', 0)); port = a.getsockname()[1]
+    if state == 'listen':
+        a.listen(1)
+    else:
+        a.connect(srv.getsockname()); c, _ = srv.accept()
+        if state == 'tw':
+            a.close(); c.recv(1); c.close(); time.sleep(0.2)
+    b = socket.socket()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, b_reuse)
+    try:
+        b.bind(('127.0.0.1', port)); r = 'ok'
+    except OSError as e:
+        r = errno.errorcode[e.errno]
+    print(f'{state}-{a_reuse}-{b_reuse} {r}')
+for state in ['conn', 'tw', 'listen']:
+    for a_reuse in [0, 1]:
+        for b_reuse in [0, 1]:
+            case(state, a_reuse, b_reuse)
+"""
+
 [<Tests>]
 let tests =
     testSequenced
@@ -255,5 +285,754 @@ let tests =
                     Expect.isNonEmpty rst "the stack's reset"
                     Expect.stringContains rst.Head "ttl 5," "the RST has the connection's TTL, as the kernel's"
                     Expect.isFalse (lines |> List.exists (fun l -> l.Contains "Flags [F")) "no FIN")
+            }
+
+            test
+                "UDP Ttl, TypeOfService and DontFragment are on the datagrams (tcpdump); with DontFragment a datagram over the MTU fails with MessageSize, as a kernel socket's send does" {
+                let options = optionsFor 4
+
+                TestUtil.withStackOf options (fun stack ->
+                    let file, tcpdump = capture options.TunName
+
+                    use kernel =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    kernel.Bind(IPEndPoint(options.HostAddress, 0))
+                    let target = kernel.LocalEndPoint :?> IPEndPoint
+                    use plain = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+                    use marked = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+                    Expect.equal plain.Ttl 64s "default TTL"
+                    Expect.isFalse plain.DontFragment "UDP default: fragmentable"
+                    marked.Ttl <- 3s
+                    marked.TypeOfService <- 0x20
+                    marked.DontFragment <- true
+
+                    plain.SendToAsync(ReadOnlyMemory(Array.create 50 1uy), target).AsTask()
+                    |> wait
+                    |> ignore
+
+                    marked.SendToAsync(ReadOnlyMemory(Array.create 50 2uy), target).AsTask()
+                    |> wait
+                    |> ignore
+
+                    let big = ReadOnlyMemory(Array.create 2000 3uy)
+
+                    let error =
+                        try
+                            marked.SendToAsync(big, target).AsTask() |> wait |> ignore
+                            SocketError.Success
+                        with e ->
+                            match e.GetBaseException() with
+                            | :? SocketException as se -> se.SocketErrorCode
+                            | _ -> raise e
+
+                    Expect.equal error SocketError.MessageSize "DF and 2000 bytes over a 1500 MTU"
+                    // The kernel's own UDP socket with DontFragment (IP_PMTUDISC_DO) refuses the same.
+                    use kernelSender =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    kernelSender.DontFragment <- true
+
+                    let kernelError =
+                        try
+                            kernelSender.SendTo(Array.create 2000 3uy, IPEndPoint(options.Address, 9))
+                            |> ignore
+
+                            SocketError.Success
+                        with :? SocketException as se ->
+                            se.SocketErrorCode
+
+                    Expect.equal kernelError SocketError.MessageSize "the kernel's send fails the same way"
+                    // Without DF the same datagram goes, in fragments.
+                    plain.SendToAsync(big, target).AsTask() |> wait |> ignore
+                    let buffer = Array.zeroCreate<byte> 4000
+                    kernel.ReceiveTimeout <- 10000
+                    let sizes = [ for _ in 1..3 -> kernel.Receive buffer ]
+                    Expect.equal sizes [ 50; 50; 2000 ] "the kernel got both small datagrams and the fragmented one"
+
+                    let stackSide port =
+                        $"udp and src host {options.Address} and src port {port}"
+
+                    Capture.awaitPackets file (stackSide marked.LocalEndPoint.Port)
+                    Capture.stop tcpdump
+                    let markedLines = verbose file (stackSide marked.LocalEndPoint.Port)
+                    let plainLines = verbose file (stackSide plain.LocalEndPoint.Port)
+                    File.Delete file
+                    Expect.equal markedLines.Length 1 "one datagram from the marked socket (the big one never left)"
+                    Expect.stringContains markedLines.Head "tos 0x20," "DSCP 8"
+                    Expect.stringContains markedLines.Head "ttl 3," "TTL 3"
+                    Expect.stringContains markedLines.Head "flags [DF]" "DF"
+                    Expect.stringContains plainLines.Head "tos 0x0," "TOS 0"
+                    Expect.stringContains plainLines.Head "ttl 64," "TTL 64"
+                    Expect.stringContains plainLines.Head "flags [none]" "no DF")
+            }
+
+            test
+                "Available: UDP gives the next datagram's size and TCP the readable bytes, as the kernel's sockets (FIONREAD)" {
+                let options = optionsFor 5
+
+                TestUtil.withStackOf options (fun stack ->
+                    use udp = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+
+                    use kernelUdp =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    kernelUdp.Bind(IPEndPoint(options.HostAddress, 0))
+
+                    use sender =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    sender.Bind(IPEndPoint(options.HostAddress, 0))
+
+                    for size in [ 100; 300 ] do
+                        sender.SendTo(Array.zeroCreate size, IPEndPoint(options.Address, udp.LocalEndPoint.Port))
+                        |> ignore
+
+                        sender.SendTo(Array.zeroCreate size, kernelUdp.LocalEndPoint) |> ignore
+
+                    TestUtil.eventually 10.0 "the kernel queued both" (fun () -> kernelUdp.Available > 0)
+                    TestUtil.eventually 10.0 "the stack queued the first" (fun () -> udp.Available > 0)
+                    // The kernel reports the first datagram's size, not the total.
+                    Threading.Thread.Sleep 200
+                    Expect.equal kernelUdp.Available 100 "kernel: the next datagram's size"
+                    Expect.equal udp.Available kernelUdp.Available "the stack: the same"
+                    let buffer = Array.zeroCreate<byte> 1000
+                    kernelUdp.Receive buffer |> ignore
+                    udp.ReceiveFromAsync(Memory buffer).AsTask() |> wait |> ignore
+                    Expect.equal udp.Available kernelUdp.Available "after one receive: the second's size"
+                    Expect.equal udp.Available 300 "300"
+
+                    use server = TestUtil.kernelListener options.HostAddress
+                    let incoming = server.AcceptAsync()
+
+                    let connection =
+                        wait (stack.ConnectTcpAsync(server.LocalEndPoint :?> IPEndPoint).AsTask())
+
+                    use peer = wait incoming
+                    Expect.equal connection.Available 0 "nothing yet"
+                    peer.Send(Array.zeroCreate<byte> 500) |> ignore
+                    TestUtil.eventually 10.0 "500 bytes readable" (fun () -> connection.Available = 500)
+                    connection.Read(buffer, 0, 200) |> ignore
+                    Expect.equal connection.Available 300 "300 left"
+                    connection.DisposeAsync().AsTask().Wait timeout |> ignore)
+            }
+
+            test
+                "ReadTimeout: a synchronous read with nothing to read throws IOException(TimedOut) after the timeout and the connection stays usable; WriteTimeout likewise for a full send buffer; bad values throw" {
+                let options = optionsFor 6
+
+                TestUtil.withStackOf options (fun stack ->
+                    use server = TestUtil.kernelListener options.HostAddress
+                    let incoming = server.AcceptAsync()
+
+                    let connection =
+                        wait (
+                            stack
+                                .ConnectTcpAsync(
+                                    server.LocalEndPoint :?> IPEndPoint,
+                                    TcpSocketOptions(SendBufferSize = Nullable 4096)
+                                )
+                                .AsTask()
+                        )
+
+                    use peer = wait incoming
+                    Expect.isTrue connection.CanTimeout "CanTimeout"
+                    Expect.equal connection.ReadTimeout Threading.Timeout.Infinite "infinite by default"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> connection.ReadTimeout <- 0) "0"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> connection.WriteTimeout <- -2) "-2"
+                    connection.ReadTimeout <- 300
+                    let buffer = Array.zeroCreate<byte> 100
+                    let watch = Diagnostics.Stopwatch.StartNew()
+
+                    let inner =
+                        try
+                            connection.Read(buffer, 0, 100) |> ignore
+                            null
+                        with :? IOException as e ->
+                            e.InnerException
+
+                    Expect.isGreaterThanOrEqual watch.ElapsedMilliseconds 250L "waited about the timeout"
+
+                    match inner with
+                    | :? SocketException as se -> Expect.equal se.SocketErrorCode SocketError.TimedOut "TimedOut"
+                    | e -> failtestf "expected SocketException(TimedOut), got %O" e
+
+                    peer.Send [| 7uy |] |> ignore
+                    Expect.equal (connection.Read(buffer, 0, 100)) 1 "the connection still reads"
+                    Expect.equal buffer[0] 7uy "the byte"
+                    // The peer reads nothing: its receive window and our 4 KiB send buffer fill up.
+                    connection.WriteTimeout <- 300
+                    let chunk = Array.zeroCreate<byte> 65536
+
+                    let writeError =
+                        try
+                            for _ in 1..200 do
+                                connection.Write(chunk, 0, chunk.Length)
+
+                            null
+                        with :? IOException as e ->
+                            e.InnerException
+
+                    match writeError with
+                    | :? SocketException as se -> Expect.equal se.SocketErrorCode SocketError.TimedOut "write TimedOut"
+                    | e -> failtestf "expected SocketException(TimedOut), got %O" e
+
+                    connection.Abort())
+            }
+
+            test
+                "ReceiveBufferSize before connect decides the SYN's window and window scale (RFC 7323 §2.3, computed here); set larger after connect, the offered window grows" {
+                let options = optionsFor 7
+
+                TestUtil.withStackOf options (fun stack ->
+                    let file, tcpdump = capture options.TunName
+                    use server = TestUtil.kernelListener options.HostAddress
+                    let remote = server.LocalEndPoint :?> IPEndPoint
+                    // The smallest shift s with size <= 65535·2^s.
+                    let shiftFor (size: int) =
+                        Seq.find (fun s -> int64 size <= (65535L <<< s)) (seq { 0..14 })
+
+                    let incoming = server.AcceptAsync()
+
+                    let large =
+                        wait (
+                            stack
+                                .ConnectTcpAsync(remote, TcpSocketOptions(ReceiveBufferSize = Nullable 1_000_000))
+                                .AsTask()
+                        )
+
+                    use _largePeer = wait incoming
+                    Expect.equal large.ReceiveBufferSize 1_000_000 "the buffer"
+                    let incoming = server.AcceptAsync()
+
+                    let small =
+                        wait (
+                            stack
+                                .ConnectTcpAsync(remote, TcpSocketOptions(ReceiveBufferSize = Nullable 16000))
+                                .AsTask()
+                        )
+
+                    use smallPeer = wait incoming
+                    // The peer sends 200 KB while nobody reads: the window closes at 16000.
+                    let sending =
+                        Task.Run(fun () -> smallPeer.Send(Array.zeroCreate<byte> 200_000) |> ignore)
+
+                    TestUtil.eventually 10.0 "16000 bytes buffered" (fun () -> small.Available = 16000)
+                    small.ReceiveBufferSize <- 60000
+                    TestUtil.eventually 10.0 "the window opened to 60000" (fun () -> small.Available = 60000)
+                    Expect.equal small.ReceiveBufferSize 60000 "the buffer grew"
+
+                    let stackSide (c: TcpConnection) =
+                        $"tcp and src host {options.Address} and src port {c.LocalEndPoint.Port}"
+
+                    Capture.awaitPackets file (stackSide small)
+                    Capture.stop tcpdump
+                    let smallLines = verbose file (stackSide small)
+                    let largeLines = verbose file (stackSide large)
+                    File.Delete file
+
+                    let syn (lines: string list) =
+                        lines |> List.find (fun l -> l.Contains "Flags [S]")
+
+                    Expect.stringContains
+                        (syn largeLines)
+                        $"wscale {shiftFor 1_000_000}"
+                        "the SYN's shift for 1 MB (4)"
+
+                    Expect.stringContains (syn smallLines) $"wscale {shiftFor 16000}" "no shift for 16000"
+                    Expect.stringContains (syn smallLines) "win 16000," "the SYN offers the buffer"
+
+                    let windows =
+                        smallLines
+                        |> List.choose (fun l ->
+                            let at = l.IndexOf "win "
+
+                            if at < 0 then
+                                None
+                            else
+                                Some(int (l.Substring(at + 4).Split(',')[0])))
+
+                    Expect.isTrue
+                        (windows |> List.exists (fun w -> w > 16000))
+                        "a window beyond 16000 offered after the change"
+
+                    Expect.isTrue (windows |> List.forall (fun w -> w <= 60000)) "never beyond the new buffer"
+                    small.Abort()
+                    large.Abort()
+                    sending.Wait timeout |> ignore)
+            }
+
+            test
+                "KeepAlive set on one connection: probes at KeepAliveTime then every KeepAliveInterval (tcpdump), answered by the kernel; a connection without it sends nothing while idle" {
+                let options = optionsFor 8
+
+                TestUtil.withStackOf options (fun stack ->
+                    let file, tcpdump = capture options.TunName
+                    use server = TestUtil.kernelListener options.HostAddress
+                    let remote = server.LocalEndPoint :?> IPEndPoint
+                    let incoming = server.AcceptAsync()
+                    let probing = wait (stack.ConnectTcpAsync(remote).AsTask())
+                    use _probingPeer = wait incoming
+                    let incoming = server.AcceptAsync()
+                    let quiet = wait (stack.ConnectTcpAsync(remote).AsTask())
+                    use _quietPeer = wait incoming
+                    Expect.isFalse probing.KeepAlive "off by default (NetStackOptions.TcpKeepAlive unset)"
+                    probing.KeepAliveTime <- TimeSpan.FromSeconds 1.0
+                    probing.KeepAliveInterval <- TimeSpan.FromSeconds 1.0
+                    probing.KeepAliveRetryCount <- 3
+                    probing.KeepAlive <- true
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> probing.KeepAliveRetryCount <- 0) "count 0"
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> probing.KeepAliveTime <- TimeSpan.Zero)
+                        "time 0"
+                    // 3.5 s idle: the kernel answers every probe, so the connection lives on.
+                    Threading.Thread.Sleep 3500
+                    Capture.stop tcpdump
+
+                    let stackSide (c: TcpConnection) =
+                        $"tcp and src host {options.Address} and src port {c.LocalEndPoint.Port}"
+
+                    let probes =
+                        verbose file (stackSide probing)
+                        |> List.filter (fun l -> not (l.Contains "Flags [S]"))
+
+                    let quietLines =
+                        verbose file (stackSide quiet)
+                        |> List.filter (fun l -> not (l.Contains "Flags [S]"))
+
+                    let answers =
+                        verbose file $"tcp and dst host {options.Address} and dst port {probing.LocalEndPoint.Port}"
+
+                    File.Delete file
+                    // The handshake's ACK, then probes at about 1, 2 and 3 s.
+                    Expect.isGreaterThanOrEqual (probes.Length - 1) 3 "three probes in 3.5 s"
+                    Expect.isLessThanOrEqual (probes.Length - 1) 4 "not more than the interval allows"
+                    Expect.equal quietLines.Length 1 "the other connection sent only its handshake ACK"
+                    Expect.isGreaterThanOrEqual (answers.Length - 1) 3 "the kernel answered the probes"
+                    probing.Abort()
+                    quiet.Abort())
+            }
+
+            test
+                "bind before connect: a fixed local port is the one the kernel peer sees; a port in use fails with AddressAlreadyInUse and an address not ours with AddressNotAvailable, as kernel sockets' bind; ReuseAddress shares a port between connections as two SO_REUSEADDR kernel sockets do" {
+                let options = optionsFor 9
+
+                TestUtil.withStackOf options (fun stack ->
+                    use server = TestUtil.kernelListener options.HostAddress
+                    use server2 = TestUtil.kernelListener options.HostAddress
+                    let remote = server.LocalEndPoint :?> IPEndPoint
+                    let remote2 = server2.LocalEndPoint :?> IPEndPoint
+                    // The kernel's bind rule, from python3's plain sockets (.NET's Socket.Bind sets
+                    // SO_REUSEADDR by itself on Linux, so it cannot show the rule without it): socket
+                    // a holds a port (connected, in TIME-WAIT, or listening), socket b binds it.
+                    let kernel =
+                        let _, output = Isolation.run "python3" [ "-c"; bindOracle ]
+
+                        output.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                        |> Array.map (fun l -> let p = l.Split ' ' in p[0], p[1])
+                        |> Map.ofArray
+
+                    let kernelSays case =
+                        match kernel.TryFind case with
+                        | Some "ok" -> Ok()
+                        | Some "EADDRINUSE" -> Error SocketError.AddressAlreadyInUse
+                        | other -> failtestf "python3 said %A for %s" other case
+
+                    let connectFrom (local: IPEndPoint) (reuse: bool) (target: IPEndPoint) =
+                        try
+                            Ok(
+                                wait (
+                                    stack
+                                        .ConnectTcpAsync(
+                                            target,
+                                            TcpSocketOptions(LocalEndPoint = local, ReuseAddress = reuse)
+                                        )
+                                        .AsTask()
+                                )
+                            )
+                        with e ->
+                            match e.GetBaseException() with
+                            | :? SocketException as se -> Error se.SocketErrorCode
+                            | _ -> raise e
+
+                    let incoming = server.AcceptAsync()
+                    let port = 40123
+
+                    let c1 =
+                        connectFrom (IPEndPoint(options.Address, port)) true remote
+                        |> Result.defaultWith (fun e -> failtestf "connect: %A" e)
+
+                    use p1 = wait incoming
+                    Expect.equal c1.LocalEndPoint.Port port "our end"
+                    Expect.equal (p1.RemoteEndPoint :?> IPEndPoint).Port port "the port the kernel sees"
+
+                    Expect.equal
+                        (connectFrom (IPEndPoint(options.Address, port)) false remote2
+                         |> Result.map ignore)
+                        (kernelSays "conn-1-0")
+                        "the port of a connection, without ReuseAddress: as the kernel (EADDRINUSE)"
+
+                    Expect.equal
+                        (connectFrom (IPEndPoint(options.Address, port)) true remote |> Result.map ignore)
+                        (Error SocketError.AddressNotAvailable)
+                        "the same 4-tuple again"
+
+                    let incoming2 = server2.AcceptAsync()
+
+                    Expect.equal (kernelSays "conn-1-1") (Ok()) "the kernel shares a port when both have SO_REUSEADDR"
+
+                    let c2 =
+                        connectFrom (IPEndPoint(IPAddress.Any, port)) true remote2
+                        |> Result.defaultWith (fun e -> failtestf "connect with ReuseAddress: %A" e)
+
+                    use _p2 = wait incoming2
+                    Expect.equal c2.LocalEndPoint.Port port "shared port"
+
+                    Expect.equal
+                        (connectFrom (IPEndPoint(IPAddress.Parse "10.171.9.77", 0)) false remote
+                         |> Result.map ignore)
+                        (Error SocketError.AddressNotAvailable)
+                        "an address that is not ours"
+
+                    use listener = stack.ListenTcp(IPEndPoint(IPAddress.Any, 0))
+
+                    Expect.equal
+                        (connectFrom (IPEndPoint(options.Address, listener.LocalEndPoint.Port)) true remote
+                         |> Result.map ignore)
+                        (kernelSays "listen-1-1")
+                        "a listening port, even with ReuseAddress: as the kernel (EADDRINUSE)"
+
+                    c1.Abort()
+                    c2.Abort()
+
+                    // TIME-WAIT holds the port: we close first, then the peer.
+                    let timeWait (localPort: int) (reuse: bool) =
+                        let incoming = server.AcceptAsync()
+
+                        let c =
+                            connectFrom (IPEndPoint(options.Address, localPort)) reuse remote
+                            |> Result.defaultWith (fun e -> failtestf "connect: %A" e)
+
+                        use p = wait incoming
+                        c.DisposeAsync().AsTask().Wait timeout |> ignore
+                        Expect.equal (p.Receive(Array.zeroCreate<byte> 1)) 0 "our FIN"
+                        p.Close()
+                        Threading.Thread.Sleep 300
+
+                    let listenOn (localPort: int) (reuse: bool) =
+                        try
+                            stack
+                                .ListenTcp(
+                                    IPEndPoint(IPAddress.Any, localPort),
+                                    TcpSocketOptions(ReuseAddress = reuse)
+                                )
+                                .Dispose()
+
+                            Ok()
+                        with :? SocketException as e ->
+                            Error e.SocketErrorCode
+
+                    timeWait 40200 false
+                    Expect.equal (listenOn 40200 false) (kernelSays "tw-0-0") "TIME-WAIT, neither with SO_REUSEADDR"
+                    Expect.equal (listenOn 40200 true) (kernelSays "tw-0-1") "TIME-WAIT without, the listener with"
+                    timeWait 40201 true
+                    Expect.equal (listenOn 40201 false) (kernelSays "tw-1-0") "TIME-WAIT with, the listener without"
+
+                    Expect.equal
+                        (listenOn 40201 true)
+                        (kernelSays "tw-1-1")
+                        "TIME-WAIT and the listener with SO_REUSEADDR")
+            }
+
+            test
+                "Shutdown(Receive) behaves as the kernel's SHUT_RD (queued bytes, then 0 instead of waiting, later data still read, the peer unaffected); Shutdown(Send) sends the FIN; a bad value throws" {
+                let options = optionsFor 10
+                // One script, run on a kernel socket and on a NetStack connection (`b`), with a
+                // kernel peer (`a`) each time: what b's reads return and what a sees.
+                let script
+                    (read: unit -> int)
+                    (available: unit -> int)
+                    (shutdown: SocketShutdown -> unit)
+                    (send: byte[] -> unit)
+                    (a: Socket)
+                    =
+                    a.ReceiveTimeout <- 10000
+                    a.Send(Text.Encoding.ASCII.GetBytes "before") |> ignore
+                    TestUtil.eventually 10.0 "6 bytes queued" (fun () -> available () = 6)
+                    shutdown SocketShutdown.Receive
+                    let first = read ()
+                    let second = read ()
+                    a.Send(Text.Encoding.ASCII.GetBytes "after") |> ignore
+                    TestUtil.eventually 10.0 "5 more queued" (fun () -> available () = 5)
+                    let third = read ()
+                    send [| 1uy; 2uy |]
+                    let buffer = Array.zeroCreate<byte> 10
+                    let peerGot = a.Receive buffer
+                    shutdown SocketShutdown.Send
+                    let peerEnd = a.Receive buffer
+                    [ first; second; third; peerGot; peerEnd ]
+
+                let kernelResult =
+                    use server = TestUtil.kernelListener IPAddress.Loopback
+                    let incoming = server.AcceptAsync()
+                    use a = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+                    a.Connect server.LocalEndPoint
+                    use b = wait incoming
+                    b.ReceiveTimeout <- 10000
+                    let buffer = Array.zeroCreate<byte> 100
+
+                    script
+                        (fun () -> b.Receive buffer)
+                        (fun () -> b.Available)
+                        b.Shutdown
+                        (fun d -> b.Send d |> ignore)
+                        a
+
+                Expect.equal
+                    kernelResult
+                    [ 6; 0; 5; 2; 0 ]
+                    "the kernel: 6 queued, then 0, later data read, the peer unaffected, FIN"
+
+                TestUtil.withStackOf options (fun stack ->
+                    use listener = stack.ListenTcp(IPEndPoint(IPAddress.Any, 0))
+                    let accepted = listener.AcceptAsync().AsTask()
+                    use a = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+                    a.Connect(IPEndPoint(options.Address, listener.LocalEndPoint.Port))
+                    let b = wait accepted
+                    b.ReadTimeout <- 10000
+                    let buffer = Array.zeroCreate<byte> 100
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> b.Shutdown(enum<SocketShutdown> 7))
+                        "not a SocketShutdown"
+
+                    let stackResult =
+                        script
+                            (fun () -> b.Read(buffer, 0, 100))
+                            (fun () -> b.Available)
+                            b.Shutdown
+                            (fun d -> b.Write(d, 0, d.Length))
+                            a
+
+                    Expect.equal stackResult kernelResult "NetStack as the kernel"
+                    b.DisposeAsync().AsTask().Wait timeout |> ignore)
+            }
+
+            test
+                "UDP ReceiveMessageFromAsync names the address each datagram was sent to, as a kernel socket's IP_PKTINFO; Connect keeps what others sent before it and filters what comes after, as the kernel" {
+                let options = optionsFor 11
+
+                TestUtil.withStackOf options (fun stack ->
+                    let buffer = Array.zeroCreate<byte> 100
+
+                    for local, kernelAddress in
+                        [ options.Address, options.HostAddress; options.Address6, options.HostAddress6 ] do
+                        use sender =
+                            new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+
+                        sender.Bind(IPEndPoint(kernelAddress, 0))
+                        // The kernel's own view: a kernel socket receiving a datagram sent to its address.
+                        use kernelReceiver =
+                            new Socket(kernelAddress.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+
+                        kernelReceiver.Bind(
+                            IPEndPoint(
+                                (if local.AddressFamily = AddressFamily.InterNetwork then
+                                     IPAddress.Any
+                                 else
+                                     IPAddress.IPv6Any),
+                                0
+                            )
+                        )
+
+                        if local.AddressFamily = AddressFamily.InterNetwork then
+                            kernelReceiver.SetSocketOption(
+                                SocketOptionLevel.IP,
+                                SocketOptionName.PacketInformation,
+                                true
+                            )
+                        else
+                            kernelReceiver.SetSocketOption(
+                                SocketOptionLevel.IPv6,
+                                SocketOptionName.PacketInformation,
+                                true
+                            )
+
+                        sender.SendTo(
+                            [| 1uy |],
+                            IPEndPoint(kernelAddress, (kernelReceiver.LocalEndPoint :?> IPEndPoint).Port)
+                        )
+                        |> ignore
+
+                        let mutable from =
+                            (IPEndPoint(
+                                (if local.AddressFamily = AddressFamily.InterNetwork then
+                                     IPAddress.Any
+                                 else
+                                     IPAddress.IPv6Any),
+                                0
+                            )
+                            :> EndPoint)
+
+                        let mutable flags = SocketFlags.None
+                        let mutable info = Unchecked.defaultof<IPPacketInformation>
+
+                        kernelReceiver.ReceiveMessageFrom(buffer, 0, 100, &flags, &from, &info)
+                        |> ignore
+
+                        Expect.equal info.Address kernelAddress "the kernel: the destination address"
+
+                        use socket =
+                            stack.BindUdp(
+                                IPEndPoint(
+                                    (if local.AddressFamily = AddressFamily.InterNetwork then
+                                         IPAddress.Any
+                                     else
+                                         IPAddress.IPv6Any),
+                                    0
+                                )
+                            )
+
+                        let receiving = socket.ReceiveMessageFromAsync(Memory buffer).AsTask()
+
+                        sender.SendTo([| 1uy; 2uy |], IPEndPoint(local, socket.LocalEndPoint.Port))
+                        |> ignore
+
+                        let result = wait receiving
+                        Expect.equal result.ReceivedBytes 2 "two bytes"
+
+                        Expect.equal
+                            result.PacketInformation.Address
+                            local
+                            "the stack: the destination address, as the kernel"
+
+                        Expect.equal
+                            result.PacketInformation.Interface
+                            UdpSocket.StackInterfaceIndex
+                            "the stack's interface"
+
+                        Expect.equal (result.RemoteEndPoint :?> IPEndPoint).Address kernelAddress "the sender"
+                        // Queued before the receive call: the same answer.
+                        sender.SendTo([| 3uy |], IPEndPoint(local, socket.LocalEndPoint.Port)) |> ignore
+                        TestUtil.eventually 10.0 "queued" (fun () -> socket.Available = 1)
+                        let queued = wait (socket.ReceiveMessageFromAsync(Memory buffer).AsTask())
+                        Expect.equal queued.PacketInformation.Address local "from the queue too"
+
+                    // Connect: the kernel keeps what others sent before and filters what comes after.
+                    let sequence
+                        (available: unit -> int)
+                        (connect: IPEndPoint -> unit)
+                        (receive: unit -> byte)
+                        (target: IPEndPoint)
+                        =
+                        use x = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                        x.Bind(IPEndPoint(options.HostAddress, 0))
+                        use y = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                        y.Bind(IPEndPoint(options.HostAddress, 0))
+                        x.SendTo([| 1uy |], target) |> ignore
+                        TestUtil.eventually 10.0 "the first datagram queued" (fun () -> available () > 0)
+                        connect (y.LocalEndPoint :?> IPEndPoint)
+                        x.SendTo([| 2uy |], target) |> ignore
+                        y.SendTo([| 3uy |], target) |> ignore
+                        [ receive (); receive () ]
+
+                    use kernelSide =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    kernelSide.Bind(IPEndPoint(options.HostAddress, 0))
+                    kernelSide.ReceiveTimeout <- 10000
+
+                    let kernelOrder =
+                        sequence
+                            (fun () -> kernelSide.Available)
+                            (fun e -> kernelSide.Connect e)
+                            (fun () ->
+                                kernelSide.Receive buffer |> ignore
+                                buffer[0])
+                            (kernelSide.LocalEndPoint :?> IPEndPoint)
+
+                    use stackSide = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+
+                    let stackOrder =
+                        sequence
+                            (fun () -> stackSide.Available)
+                            (fun e -> stackSide.Connect e)
+                            (fun () ->
+                                wait (stackSide.ReceiveFromAsync(Memory buffer).AsTask()) |> ignore
+                                buffer[0])
+                            (IPEndPoint(options.Address, stackSide.LocalEndPoint.Port))
+
+                    Expect.equal kernelOrder [ 1uy; 3uy ] "the kernel: the earlier datagram, then the peer's"
+                    Expect.equal stackOrder kernelOrder "the stack as the kernel")
+            }
+
+            test
+                "API misuse: each bad option gives the documented exception (ArgumentOutOfRangeException naming the parameter, ArgumentException for a local end of the other family, ObjectDisposedException after dispose)" {
+                let options = optionsFor 12
+
+                TestUtil.withStackOf options (fun stack ->
+                    use server = TestUtil.kernelListener options.HostAddress
+                    let remote = server.LocalEndPoint :?> IPEndPoint
+
+                    let connectWith (o: TcpSocketOptions) =
+                        try
+                            stack.ConnectTcpAsync(remote, o).AsTask().GetAwaiter().GetResult() |> ignore
+                            None
+                        with e ->
+                            Some e
+
+                    for bad in
+                        [
+                            TcpSocketOptions(Ttl = Nullable 0s)
+                            TcpSocketOptions(Ttl = Nullable 256s)
+                            TcpSocketOptions(TypeOfService = Nullable 256)
+                            TcpSocketOptions(ReceiveBufferSize = Nullable 0)
+                            TcpSocketOptions(SendBufferSize = Nullable -1)
+                            TcpSocketOptions(LingerState = LingerOption(true, -1))
+                            TcpSocketOptions(KeepAliveTime = Nullable TimeSpan.Zero)
+                            TcpSocketOptions(KeepAliveInterval = Nullable(TimeSpan.FromDays 1.0))
+                            TcpSocketOptions(KeepAliveRetryCount = Nullable 0)
+                        ] do
+                        match connectWith bad with
+                        | Some(:? ArgumentOutOfRangeException as e) ->
+                            Expect.equal e.ParamName "options" "names the options"
+                        | other -> failtestf "expected ArgumentOutOfRangeException, got %A" other
+
+                    match connectWith (TcpSocketOptions(LocalEndPoint = IPEndPoint(options.Address6, 0))) with
+                    | Some(:? ArgumentException as e) -> Expect.equal e.ParamName "options" "the other family"
+                    | other -> failtestf "expected ArgumentException, got %A" other
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> stack.ConnectTcpAsync(IPAddress.Loopback, 0).AsTask() |> ignore)
+                        "port 0"
+
+                    Expect.throwsT<ArgumentNullException>
+                        (fun () -> stack.ConnectTcpAsync((null: string), 80).AsTask() |> ignore)
+                        "null host"
+
+                    let incoming = server.AcceptAsync()
+                    let c = wait (stack.ConnectTcpAsync(remote.Address, remote.Port).AsTask())
+                    use _peer = wait incoming
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.Ttl <- 0s) "Ttl 0"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.TypeOfService <- -1) "TOS -1"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> c.ReceiveBufferSize <- 0) "buffer 0"
+                    Expect.throwsT<ArgumentNullException> (fun () -> c.LingerState <- null) "null linger"
+
+                    Expect.throwsT<ArgumentOutOfRangeException>
+                        (fun () -> c.Shutdown(enum<SocketShutdown> 9))
+                        "bad how"
+
+                    c.Dispose()
+                    Expect.throwsT<ObjectDisposedException> (fun () -> c.Ttl <- 5s) "disposed"
+                    Expect.throwsT<ObjectDisposedException> (fun () -> c.Available |> ignore) "disposed"
+                    use udp = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> udp.Ttl <- 0s) "UDP Ttl 0"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> udp.TypeOfService <- 300) "UDP TOS"
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> udp.ReceiveBufferSize <- 0) "UDP buffer 0"
+                    use listener = stack.ListenTcp(IPEndPoint(IPAddress.Any, 0))
+                    Expect.throwsT<ArgumentOutOfRangeException> (fun () -> listener.Ttl <- 0s) "listener Ttl 0"
+                    listener.Dispose()
+                    Expect.throwsT<ObjectDisposedException> (fun () -> listener.Ttl <- 5s) "disposed listener")
             }
         ]

@@ -230,6 +230,22 @@ module IpLayer =
     let pathMtu (now: int64) (destination: IpAddr) (state: IpLayerState) : int =
         PathMtu.lookup now destination state.PathMtu
 
+    /// Whether a UDP datagram of `payloadLength` bytes to `destination` may be sent at `now` by a
+    /// socket with `settings`: false only for IPv4 with Don't Fragment set when the datagram
+    /// exceeds the path MTU (it could not be fragmented; Linux's send fails with EMSGSIZE then,
+    /// IP_PMTUDISC_DO). IPv6 never fragments on the path, and we fragment at the source.
+    let udpFits
+        (now: int64)
+        (settings: IpHeaderSettings)
+        (destination: IpAddr)
+        (payloadLength: int)
+        (state: IpLayerState)
+        : bool =
+        destination.IsIpv6
+        || not settings.DontFragment
+        || Ipv4.MinHeaderLength + Udp.HeaderLength + payloadLength
+           <= PathMtu.lookup now destination state.PathMtu
+
     /// Records a path MTU of `mtu` towards `destination` that a TCP connection accepted from a
     /// "fragmentation needed" / "packet too big" (see `TcpEvent.PathMtuLowered`): UDP, ICMP and
     /// new TCP connections to the destination use it. Only lowers (`PathMtu.report`).
