@@ -5,7 +5,6 @@ module NetStack.Tests.Conformance.NetStackSubject
 open System
 open System.Net
 open System.Net.Sockets
-open System.Reflection
 open NetStack
 open NetStack.Tests.Conformance.Subject
 
@@ -30,31 +29,11 @@ let private socketOptions (options: SocketOption list) =
 
     o
 
-/// Sets property `name` of `target` (looked up by name: UdpSocket's IP options come with the
-/// sockopt branch; until then the call fails with NotSupportedException and the scenario is
-/// pending).
-let private setProperty (target: obj) (name: string) (value: obj) =
-    (memberOf target name :?> PropertyInfo).SetValue(target, value)
-
-let private getProperty (target: obj) (name: string) =
-    (memberOf target name :?> PropertyInfo).GetValue target
-
 type private StackTcp(connection: TcpConnection) =
     interface ITcp with
         member _.Stream = connection
 
-        member _.Shutdown how =
-            match how with
-            | SocketShutdown.Send -> connection.ShutdownWrite()
-            | _ ->
-                // TcpConnection.Shutdown(SocketShutdown) comes with the sockopt branch.
-                match connection.GetType().GetMethod("Shutdown", [| typeof<SocketShutdown> |]) with
-                | null -> raise (NotSupportedException "TcpConnection.Shutdown(SocketShutdown) does not exist yet")
-                | shutdown ->
-                    try
-                        shutdown.Invoke(connection, [| box how |]) |> ignore
-                    with :? TargetInvocationException as e ->
-                        raise e.InnerException
+        member _.Shutdown how = connection.Shutdown how
 
         member _.CloseWithReset() =
             connection.LingerState <- LingerOption(true, 0)
@@ -81,7 +60,7 @@ type private StackTcp(connection: TcpConnection) =
             | ReuseAddress _
             | LocalEndPoint _ -> invalidArg "option" $"{option} is for before the connect"
 
-        member _.Available = getProperty connection "Available" :?> int
+        member _.Available = connection.Available
         member _.Dispose() = connection.Dispose()
 
 type private StackListener(listener: TcpConnectionListener) =
@@ -115,12 +94,12 @@ type private StackUdp(socket: UdpSocket) =
 
         member _.Set option =
             match option with
-            | Ttl ttl -> setProperty socket "Ttl" (box ttl)
-            | TypeOfService tos -> setProperty socket "TypeOfService" (box tos)
-            | DontFragment df -> setProperty socket "DontFragment" (box df)
+            | Ttl ttl -> socket.Ttl <- ttl
+            | TypeOfService tos -> socket.TypeOfService <- tos
+            | DontFragment df -> socket.DontFragment <- df
             | other -> invalidArg "option" $"{other} is not a UDP option here"
 
-        member _.Available = getProperty socket "Available" :?> int
+        member _.Available = socket.Available
         member _.Dispose() = socket.Dispose()
 
 /// NetStack as the subject: `stack` at `address`, its TUN named `device` in the peer's namespace.

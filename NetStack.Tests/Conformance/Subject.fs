@@ -95,16 +95,6 @@ type ISubject =
     /// The subject's interface towards the peer, as the peer's namespace names it (for tcpdump).
     abstract PeerSideDevice: string
 
-/// The public instance member `name` of `target`'s type, or a NotSupportedException naming it:
-/// for calls another branch adds (the scenario using one is marked pending until it exists).
-let memberOf (target: obj) (name: string) =
-    match target.GetType().GetMember(name) |> Array.tryHead with
-    | Some m -> m
-    | None -> raise (NotSupportedException $"{target.GetType().Name}.{name} does not exist yet")
-
-/// Whether `t` has a public member `name` (a pending scenario's condition).
-let hasMember (t: Type) (name: string) = t.GetMember(name).Length > 0
-
 /// What a call did, as the log records it: `ok <value>` or the exception, described by its type
 /// and SocketError: `SocketException(ConnectionRefused)`, `IOException(SocketException(ConnectionReset))`
 /// (as NetworkStream wraps one), `OperationCanceledException` ... A task that has not finished
