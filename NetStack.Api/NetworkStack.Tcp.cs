@@ -726,7 +726,7 @@ public sealed partial class NetworkStack
             case TcpEvent.Tags.Reset:
                 _statistics.Increment("tcp.reset-received");
                 _log.TcpReset(c.LocalEndPoint, c.RemoteEndPoint);
-                c.Fail(SocketError.ConnectionReset);
+                c.Reset();
                 break;
             case TcpEvent.Tags.TimedOut:
             case TcpEvent.Tags.UserTimedOut:

@@ -274,6 +274,18 @@ public sealed partial class TcpConnection
     /// <summary>The handshake completed.</summary>
     internal void OnConnected() => _connected.TrySetResult();
 
+    /// <summary>
+    /// The peer reset the connection: ConnectionReset, or Shutdown (EPIPE) once the peer's FIN
+    /// had arrived (CLOSE-WAIT), as the kernel's tcp_reset reports.
+    /// </summary>
+    internal void Reset()
+    {
+        bool peerClosed;
+        lock (_gate)
+            peerClosed = _peerClosed;
+        Fail(peerClosed ? SocketError.Shutdown : SocketError.ConnectionReset);
+    }
+
     /// <summary>The connection failed (refused, reset, timed out).</summary>
     internal void Fail(SocketError error)
     {

@@ -99,6 +99,8 @@ public sealed partial class TcpConnection : Stream
     private volatile bool _directArmed;
 
     private SocketError _error;
+    // The network's error (_error) was thrown once: see ReportError.
+    private bool _errorReported;
     private bool _shutdown;
     private bool _aborted;
     private bool _disposed;
@@ -283,7 +285,7 @@ public sealed partial class TcpConnection : Stream
     /// the end is there and returns 0, as <see cref="NetworkStream"/> does (HttpClient relies on
     /// such zero-byte reads to watch idle connections).
     /// </summary>
-    /// <exception cref="IOException">The connection was reset (ConnectionReset), timed out (TimedOut) or aborted (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
+    /// <exception cref="IOException">The connection was reset (ConnectionReset; Shutdown when the peer's FIN had come first), timed out (TimedOut) or aborted (OperationAborted; also a read waiting when the connection is disposed); the inner exception is the <see cref="SocketException"/>. As the kernel's socket error, the network's error is thrown once: later reads return 0.</exception>
     /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled while waiting (and no byte had yet been placed in <paramref name="buffer"/>).</exception>
     /// <remarks>
@@ -296,6 +298,7 @@ public sealed partial class TcpConnection : Stream
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
+        bool waited = false;
         while (true)
         {
             ValueTask wait;
@@ -313,6 +316,9 @@ public sealed partial class TcpConnection : Stream
                     goto Done;
                 }
                 DisarmDirect();
+                // A read the dispose woke ends as the kernel's does: OperationAborted.
+                if (_disposed && waited)
+                    throw Failure(SocketError.OperationAborted);
                 ObjectDisposedException.ThrowIf(_disposed, this);
                 long available = _recvDelivered - _recvConsumed;
                 if (available > 0 && !buffer.IsEmpty)
@@ -326,7 +332,11 @@ public sealed partial class TcpConnection : Stream
                 else if (available > 0 || _peerClosed || _readShutdown)
                     return 0; // A zero-byte read: data (or the end) is there. Or the end of the stream (or SHUT_RD).
                 else if (_error != SocketError.Success)
-                    throw Failure(_error);
+                {
+                    if (ErrorReported)
+                        return 0;
+                    throw ReportError();
+                }
                 else if (_aborted || _closed)
                     throw Failure(SocketError.OperationAborted);
                 else
@@ -347,6 +357,7 @@ public sealed partial class TcpConnection : Stream
                 _stack.WakeLoop();
             return copied;
         Wait:
+            waited = true;
             _readWaiter.RegisterCancellation();
             try
             {
@@ -375,22 +386,26 @@ public sealed partial class TcpConnection : Stream
     /// Copies all of <paramref name="buffer"/> into the send buffer, waiting (backpressure) while it
     /// is full; the bytes go out as the peer's window and the congestion window allow.
     /// </summary>
-    /// <exception cref="IOException">After <see cref="ShutdownWrite"/> (Shutdown), a reset (ConnectionReset), a timeout (TimedOut) or an abort (OperationAborted); the inner exception is the <see cref="SocketException"/>.</exception>
+    /// <exception cref="IOException">After <see cref="ShutdownWrite"/> (Shutdown), a reset (ConnectionReset; Shutdown when the peer's FIN had come first), a timeout (TimedOut) or an abort (OperationAborted; also a write waiting when the connection is disposed); the inner exception is the <see cref="SocketException"/>. As the kernel's socket error, the network's error is thrown once: later writes fail with Shutdown.</exception>
     /// <exception cref="ObjectDisposedException">The connection is disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was canceled while waiting (bytes already buffered are sent).</exception>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
+        bool waited = false;
         while (true)
         {
             ValueTask? wait = null;
             bool notify = false;
             lock (_gate)
             {
+                // A write the dispose woke ends as the kernel's does: OperationAborted.
+                if (_disposed && waited)
+                    throw Failure(SocketError.OperationAborted);
                 ObjectDisposedException.ThrowIf(_disposed, this);
                 if (_error != SocketError.Success)
-                    throw Failure(_error);
+                    throw ErrorReported ? Failure(SocketError.Shutdown) : ReportError();
                 if (_shutdown)
                     throw Failure(SocketError.Shutdown);
                 if (_aborted || _closed)
@@ -420,6 +435,7 @@ public sealed partial class TcpConnection : Stream
                 _stack.TcpWriteHappened(this);
             if (wait is { } pending)
             {
+                waited = true;
                 _writeWaiter.RegisterCancellation();
                 await pending.ConfigureAwait(false);
             }
@@ -684,6 +700,20 @@ public sealed partial class TcpConnection : Stream
             }
         }
     }
+
+    // The network's error (a reset, a timeout, an ICMP error) is reported once, as the kernel's
+    // socket error (sk_err, cleared when a call returns it): the first read or write that meets
+    // it throws it; after that reads see the end (0) and writes Shutdown (EPIPE), as after the
+    // kernel's tcp_done. Our own OperationAborted (the stack went away) stays. Under _gate.
+    private IOException ReportError()
+    {
+        if (_error != SocketError.OperationAborted)
+            _errorReported = true;
+        return Failure(_error);
+    }
+
+    // ReportError has thrown the network's error. Under _gate.
+    private bool ErrorReported => _errorReported;
 
     private static IOException Failure(SocketError error)
     {

@@ -501,13 +501,13 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
 
     /// <summary>
     /// Receives one datagram into <paramref name="buffer"/>. A datagram longer than the buffer fills
-    /// it and the call throws <see cref="SocketException"/> with <see cref="SocketError.MessageSize"/>
-    /// (the rest is lost), as <see cref="Socket"/> does.
+    /// it and the rest is lost: the call returns the buffer's length, as a <see cref="Socket"/> on
+    /// Linux does (no <see cref="SocketError.MessageSize"/>; docs/conformance.md).
     /// </summary>
     /// <param name="buffer">Where the payload goes.</param>
     /// <param name="cancellationToken">Cancels the wait.</param>
     /// <returns>The byte count and the sender.</returns>
-    /// <exception cref="SocketException">OperationAborted when the socket is disposed during the wait; ConnectionRefused; MessageSize.</exception>
+    /// <exception cref="SocketException">OperationAborted when the socket is disposed during the wait; ConnectionRefused.</exception>
     /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
     public ValueTask<SocketReceiveFromResult> ReceiveFromAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
         ReceiveFromAsync(buffer, null, cancellationToken);
@@ -582,8 +582,6 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
                 int copied = Math.Min(queued.Length, buffer.Length);
                 queued.Buffer.AsSpan(0, copied).CopyTo(buffer.Span);
                 ArrayPool<byte>.Shared.Return(queued.Buffer);
-                if (copied < queued.Length)
-                    return ValueTask.FromException<SocketReceiveFromResult>(new SocketException((int)SocketError.MessageSize));
                 return ValueTask.FromResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = queued.Source });
             }
             pending = new PendingReceive(buffer) { Destination = destination };
@@ -643,10 +641,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             payload[..copied].CopyTo(receiver.Buffer.Span);
             // Unregister, not Dispose: Dispose would wait for a running callback, which waits for this lock.
             receiver.Registration.Unregister();
-            if (copied < payload.Length)
-                receiver.Completion.TrySetException(new SocketException((int)SocketError.MessageSize));
-            else
-                receiver.Completion.TrySetResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = endPoint });
+            receiver.Completion.TrySetResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = endPoint });
         }
         return DeliveryResult.Delivered;
     }

@@ -894,15 +894,22 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
     /// CLOSE (RFC 9293 §3.10.4). `orphan`: the user also let go of the connection, so nobody
     /// reads: its window stays open and FIN-WAIT-2 ends after `TcpLayer.OrphanFinWait2Timeout`.
+    /// An orphaning close that leaves received data unread resets the connection instead (RFC
+    /// 1122 §4.2.2.13, RFC 2525 §2.17 "failure to RST on close with data pending"), as Linux's
+    /// tcp_close does: the peer learns that its data was not read.
     member _.Close(out: TcpEndpointOutput, now: int64, e: TcpEndpoint, orphan: bool) =
         out.Clear()
 
         if not e.Released then
-            if orphan then
-                e.Orphaned <- true
-                e.Core <- TcpLayer.orphan now e.Core
+            if orphan && e.Core.Rcv.Delivered - e.Core.Rcv.Consumed > 0L then
+                e.Core <- Connection.abortInto out.Actions now e.Core
+            else
+                if orphan then
+                    e.Orphaned <- true
+                    e.Core <- TcpLayer.orphan now e.Core
 
-            e.Core <- Connection.closeInto out.Actions now e.Core
+                e.Core <- Connection.closeInto out.Actions now e.Core
+
             finishGroup out TcpGroupKind.Connection now e 0
 
     /// TCP_NODELAY on or off (RFC 9293 §3.7.4, Nagle).

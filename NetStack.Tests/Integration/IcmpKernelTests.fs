@@ -12,48 +12,13 @@ open System.Diagnostics
 open System.IO
 open System.Net
 open System.Net.Sockets
-open System.Runtime.InteropServices
 open System.Threading
 open System.Threading.Tasks
 open Expecto
 open NetStack
 open NetStack.Tests
 
-[<DllImport("libc", SetLastError = true)>]
-extern int setns(int fd, int nstype)
-
-let private CLONE_NEWNET = 0x40000000
-
-/// Runs `f` on a thread of its own that first enters the network namespace `name` (made by `ip
-/// netns add`): a socket made there belongs to that namespace for good, whichever thread uses it
-/// later. The thread ends with `f`, so no pooled thread is left in another namespace.
-let private inNetns (name: string) (f: unit -> 'T) : 'T =
-    let mutable result = Unchecked.defaultof<'T>
-    let mutable error: exn = null
-
-    let thread =
-        Thread(
-            (fun () ->
-                try
-                    // A handle without a FileStream: nsfs files cannot seek.
-                    use file = File.OpenHandle($"/run/netns/{name}", FileMode.Open, FileAccess.Read)
-
-                    if setns (int (file.DangerousGetHandle()), CLONE_NEWNET) <> 0 then
-                        failwith $"setns {name}: errno {Marshal.GetLastPInvokeError()}"
-
-                    result <- f ()
-                with e ->
-                    error <- e),
-            1 <<< 20
-        )
-
-    thread.Start()
-    thread.Join()
-
-    if not (isNull error) then
-        raise (Exception($"in namespace {name}", error))
-
-    result
+let private inNetns (name: string) (f: unit -> 'T) : 'T = Netns.inNetns name f
 
 let private run (args: string list) =
     let code, output = Isolation.run "ip" args
