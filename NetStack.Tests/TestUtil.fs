@@ -208,7 +208,13 @@ let kernelToStackWith
     clock.Elapsed
 
 /// kernelToStackWith with nothing to look at on the kernel's socket.
-let kernelToStack (timeout: TimeSpan) (seed: int) (total: int64) (listener: NetStack.TcpConnectionListener) (target: IPEndPoint) =
+let kernelToStack
+    (timeout: TimeSpan)
+    (seed: int)
+    (total: int64)
+    (listener: NetStack.TcpConnectionListener)
+    (target: IPEndPoint)
+    =
     kernelToStackWith ignore timeout seed total listener target
 
 /// Stack to kernel, SHA-256 at both ends: the stack connects to the listening kernel socket

@@ -110,7 +110,12 @@ let private waitDone (task: Task) =
 /// Drives one connection from ClientPort through the handshake, our reply of `replyBytes`
 /// (the peer acknowledging each segment as it arrives) and our close, the peer's ACK and FIN,
 /// into TIME-WAIT; returns our ISS. Our SND.NXT ends at ISS + 1 + replyBytes + 1.
-let private toTimeWait (stack: NetworkStack) (device: MemoryPacketDevice) (listener: TcpConnectionListener) (replyBytes: int) =
+let private toTimeWait
+    (stack: NetworkStack)
+    (device: MemoryPacketDevice)
+    (listener: TcpConnectionListener)
+    (replyBytes: int)
+    =
     let accepted = listener.AcceptAsync().AsTask()
     inject device ClientPort peerIss 0u TcpFlags.Syn mss
     let synAck = nextTo ClientPort device
