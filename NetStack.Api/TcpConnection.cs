@@ -335,6 +335,7 @@ public sealed partial class TcpConnection : Stream
                 }
                 DisarmDirect();
                 ObjectDisposedException.ThrowIf(_disposed, this);
+                ThrowIfPipeModeLocked();
                 long available = _recvDelivered - _recvConsumed;
                 if (available > 0 && !buffer.IsEmpty)
                 {
@@ -410,6 +411,7 @@ public sealed partial class TcpConnection : Stream
             lock (_gate)
             {
                 ObjectDisposedException.ThrowIf(_disposed, this);
+                ThrowIfPipeModeLocked();
                 if (_error != SocketError.Success)
                     throw Failure(_error);
                 if (_shutdown)
@@ -478,6 +480,7 @@ public sealed partial class TcpConnection : Stream
                 return;
             _aborted = true;
             WakeAll();
+            NoteEndedLocked();
         }
         _stack.TcpAbort(this);
     }
@@ -528,6 +531,7 @@ public sealed partial class TcpConnection : Stream
             WakeAll();
             _userDone = true;
             ReleaseIfDone();
+            NoteEndedLocked();
         }
         if (graceful)
         {
@@ -659,6 +663,7 @@ public sealed partial class TcpConnection : Stream
             ReturnRing(_receive);
         _send = null;
         _receive = null;
+        ReleasePipeBuffersLocked();
     }
 
     /// <summary>
@@ -683,12 +688,12 @@ public sealed partial class TcpConnection : Stream
     // only delivered bytes, which an empty ring has none of. Under _gate.
     private void ReleaseEmptyRingsLocked()
     {
-        if (_send is not null && _sendAcked == _sendWritten)
+        if (_send is not null && _sendAcked == _sendWritten && !WriterHoldsSendRingLocked())
         {
             ReturnRing(_send);
             _send = null;
         }
-        if (_receive is not null && _recvConsumed == _recvDelivered && _recvStoredEnd <= _recvConsumed)
+        if (_receive is not null && !_readerHolds && _recvConsumed == _recvDelivered && _recvStoredEnd <= _recvConsumed)
         {
             ReturnRing(_receive);
             _receive = null;
