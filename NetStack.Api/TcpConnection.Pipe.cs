@@ -37,7 +37,8 @@ public sealed partial class TcpConnection : IDuplexPipe
     // ---- Writer state (under _gate) ---------------------------------------------------------------
     // The end of the bytes advanced into the send ring (not yet flushed when beyond _sendWritten).
     private long _pipeWritten;
-    // Bytes of the last GetMemory the writer may still advance (0: none) and where they lie.
+    // Bytes of the last GetMemory the writer may still advance (0: none; less after each Advance,
+    // none after a flush) and where they lie.
     private int _writerHeld;
     private bool _writerHeldInRing;
     // Bytes advanced while the ring had no room for the memory asked: [start, length) of this
@@ -398,7 +399,9 @@ public sealed partial class TcpConnection : IDuplexPipe
                 _pipeWritten += bytes;
             else
                 _overflowLength += bytes;
-            _writerHeld = 0;
+            // The rest of that memory stays the writer's (as with Pipe): Kestrel advances a
+            // response's headers and then its body through one GetSpan.
+            _writerHeld -= bytes;
         }
     }
 
@@ -435,6 +438,7 @@ public sealed partial class TcpConnection : IDuplexPipe
                     return new FlushResult(isCanceled: true, isCompleted: false);
                 }
                 ObjectDisposedException.ThrowIf(_disposed && !completing, this);
+                _writerHeld = 0; // Memory handed out before a flush is no longer the writer's.
                 if (_error != SocketError.Success)
                     throw Failure(_error);
                 if (_shutdown && !completing)

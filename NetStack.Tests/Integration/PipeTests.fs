@@ -44,6 +44,9 @@ type WriteStep =
     | GetSpanOf of size: int
     /// GetMemory(0): what the ring has contiguous; fill up to `size` bytes of it, Advance.
     | GetMemoryOf of size: int
+    /// GetSpan(size), then two Advances through that one span (as Kestrel's BufferWriter does:
+    /// headers, then body), half each.
+    | SplitAdvanceOf of size: int
     /// PipeWriter.WriteAsync (copies straight into the ring, waiting for room).
     | WriteOf of size: int
     /// FlushAsync (with or without advanced bytes: a zero-length flush too).
@@ -62,6 +65,7 @@ let private stepGen =
         [
             3, Gen.map GetSpanOf size
             3, Gen.map GetMemoryOf size
+            2, Gen.map SplitAdvanceOf size
             2, Gen.map WriteOf size
             2, Gen.constant FlushNow
         ]
@@ -120,6 +124,13 @@ let private runWriter (seed: int) (steps: WriteStep list) (output: PipeWriter) =
                 fill seed position (span.Slice(0, size))
                 hash.AppendData(span.Slice(0, size))
                 output.Advance size
+                position <- position + int64 size
+            | SplitAdvanceOf size ->
+                let span = output.GetSpan size
+                fill seed position (span.Slice(0, size))
+                hash.AppendData(span.Slice(0, size))
+                output.Advance(size / 2)
+                output.Advance(size - size / 2)
                 position <- position + int64 size
             | GetMemoryOf size ->
                 let memory = output.GetMemory()
