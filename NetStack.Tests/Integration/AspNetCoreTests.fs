@@ -15,6 +15,8 @@ open Microsoft.AspNetCore.Hosting
 open Microsoft.AspNetCore.Http
 open Microsoft.AspNetCore.Server.Kestrel.Core
 open System.Security.Cryptography.X509Certificates
+open Microsoft.Extensions.DependencyInjection
+open Microsoft.Extensions.Hosting
 open Microsoft.Extensions.Logging
 open Expecto
 open NetStack
@@ -326,6 +328,82 @@ let tests =
                     waitUnit (app.StopAsync())
                     waitUnit ((app.DisposeAsync()).AsTask())
 
+                TestUtil.assertNoExceptions stack
+            }
+
+            test
+                "a generic host with AddNetStack starts the stack (the kernel pings it and connects to it) and disposes it when the host stops" {
+                let options = optionsFor 40
+
+                let builder =
+                    Host.CreateApplicationBuilder(HostApplicationBuilderSettings(Args = [||], DisableDefaults = true))
+
+                builder.Services.AddNetStack options |> ignore
+                use host = builder.Build()
+                waitUnit (host.StartAsync())
+                let stack = host.Services.GetRequiredService<NetworkStack>()
+
+                Expect.isTrue
+                    (obj.ReferenceEquals(stack, host.Services.GetRequiredService<NetworkStack>()))
+                    "one stack (a singleton)"
+
+                KernelPing.answered [ "-c"; "2"; "-i"; "0.2"; "-W"; "5"; $"{options.Address}" ]
+                |> ignore
+
+                do
+                    use listener = stack.ListenTcp 7000
+
+                    use client =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                    client.Connect(IPEndPoint(options.Address, 7000))
+                    use connection = TestUtil.waitWithin timeout (listener.AcceptAsync().AsTask())
+                    client.Send(Text.Encoding.ASCII.GetBytes "hi") |> ignore
+                    let two = Array.zeroCreate<byte> 2
+                    Expect.equal (TestUtil.waitWithin timeout (connection.ReadAsync(Memory two).AsTask())) 2 "read"
+                    Expect.equal (Text.Encoding.ASCII.GetString two) "hi" "the kernel's bytes"
+
+                waitUnit (host.StopAsync())
+
+                Expect.throwsT<ObjectDisposedException>
+                    (fun () -> stack.ListenTcp 7001 |> ignore)
+                    "the stack is disposed once the host stopped"
+
+                let code, _ = Isolation.run "ip" [ "link"; "show"; options.TunName ]
+                Expect.notEqual code 0 "its TUN device is gone"
+                TestUtil.assertNoExceptions stack
+            }
+
+            test
+                "a web app with UseNetStack(options) starts its own stack, serves curl from the stack's address, and stops it" {
+                let options = optionsFor 41
+                let builder = WebApplication.CreateSlimBuilder(WebApplicationOptions(Args = [||]))
+                builder.Logging.ClearProviders() |> ignore
+                builder.WebHost.UseNetStack(options) |> ignore
+                let app = builder.Build()
+
+                app.MapGet("/hello", Func<string>(fun () -> "hello from a stack of its own"))
+                |> ignore
+
+                app.Urls.Add $"http://{authority options.Address 8080}"
+                app.Urls.Add $"http://{authority options.Address6 8080}"
+                waitUnit (app.StartAsync())
+                let stack = app.Services.GetRequiredService<NetworkStack>()
+
+                try
+                    for address in [ options.Address; options.Address6 ] do
+                        let code, page = curl [ $"http://{authority address 8080}/hello" ]
+                        Expect.equal code 0 $"curl over {address}: {page}"
+                        Expect.equal page "hello from a stack of its own" "the page"
+                finally
+                    waitUnit (app.StopAsync())
+                    waitUnit ((app.DisposeAsync()).AsTask())
+
+                Expect.throwsT<ObjectDisposedException>
+                    (fun () -> stack.ListenTcp 7001 |> ignore)
+                    "the stack is disposed once the app stopped"
+
+                Expect.equal stack.Statistics.["tcp.aborted"] 0L "the transport aborted no connection"
                 TestUtil.assertNoExceptions stack
             }
 
