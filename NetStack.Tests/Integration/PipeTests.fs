@@ -561,4 +561,23 @@ let tests =
                     socket.Dispose()
                     waitUnit ((connection.DisposeAsync()).AsTask()))
             }
+
+            test "Output.Complete with an exception resets the connection: the kernel's read fails with ECONNRESET" {
+                TestUtil.withStackOf (optionsFor 9) (fun stack ->
+                    let connection, socket = connectToKernel stack stack.Options.HostAddress
+                    connection.Output.Complete(InvalidOperationException "the producer failed")
+                    socket.ReceiveTimeout <- 10000
+
+                    let error =
+                        try
+                            socket.Receive(Array.zeroCreate<byte> 16) |> ignore
+                            None
+                        with :? SocketException as e ->
+                            Some e.SocketErrorCode
+
+                    Expect.equal error (Some SocketError.ConnectionReset) "a RST, not a FIN"
+                    Expect.equal stack.Statistics.["tcp.aborted"] 1L "counted as an abort"
+                    socket.Dispose()
+                    connection.Dispose())
+            }
         ]
