@@ -92,7 +92,8 @@ public sealed partial class TcpConnection : IDuplexPipe
     /// When the ring has no room for the memory asked (it is full, or the free space wraps), the
     /// writer hands out a pooled overflow buffer whose bytes the next flush moves into the ring.
     /// <see cref="PipeWriter.WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/> copies straight
-    /// into the ring. Flushing after a reset, a timeout or an abort throws an <see cref="IOException"/>
+    /// into the ring (canceled by <see cref="PipeWriter.CancelPendingFlush"/>, it still writes: the
+    /// rest waits in the overflow buffer for the next flush, as with <see cref="Pipe"/>). Flushing after a reset, a timeout or an abort throws an <see cref="IOException"/>
     /// wrapping the <see cref="SocketException"/>. See <see cref="Input"/> for pipe mode.
     /// </remarks>
     /// <exception cref="InvalidOperationException">A Stream read or write is in progress.</exception>
@@ -359,24 +360,31 @@ public sealed partial class TcpConnection : IDuplexPipe
                 }
             }
             // No room in the ring for this much: a pooled overflow buffer the next flush empties.
-            if (_overflow is null || _overflow.Length - _overflowLength < want)
-            {
-                int live = _overflowLength - _overflowStart;
-                var bigger = ArrayPool<byte>.Shared.Rent(Math.Max(live + want, Math.Max(4096, 2 * live)));
-                if (_overflow is { } old)
-                {
-                    old.AsSpan(_overflowStart, live).CopyTo(bigger);
-                    ArrayPool<byte>.Shared.Return(old);
-                }
-                _overflow = bigger;
-                _overflowStart = 0;
-                _overflowLength = live;
-            }
-            _writerHeld = _overflow.Length - _overflowLength;
+            var overflow = EnsureOverflowLocked(want);
+            _writerHeld = overflow.Length - _overflowLength;
             _writerHeldInRing = false;
-            _stack.Statistics.Increment("tcp.pipe.overflow-buffers");
-            return _overflow.AsMemory(_overflowLength);
+            return overflow.AsMemory(_overflowLength);
         }
+    }
+
+    // Under _gate: an overflow buffer with room for `want` more bytes after its live ones.
+    private byte[] EnsureOverflowLocked(int want)
+    {
+        if (_overflow is null || _overflow.Length - _overflowLength < want)
+        {
+            int live = _overflowLength - _overflowStart;
+            var bigger = ArrayPool<byte>.Shared.Rent(Math.Max(live + want, Math.Max(4096, 2 * live)));
+            if (_overflow is { } old)
+            {
+                old.AsSpan(_overflowStart, live).CopyTo(bigger);
+                ArrayPool<byte>.Shared.Return(old);
+            }
+            _overflow = bigger;
+            _overflowStart = 0;
+            _overflowLength = live;
+            _stack.Statistics.Increment("tcp.pipe.overflow-buffers");
+        }
+        return _overflow;
     }
 
     // Under _gate: a send ring that holds no byte (everything written is acknowledged, nothing
@@ -434,7 +442,15 @@ public sealed partial class TcpConnection : IDuplexPipe
                     throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
                 if (_flushCancelPending && !completing)
                 {
+                    // As with Pipe, a canceled write still writes: what the ring could not take
+                    // yet waits in the overflow buffer for the next flush.
                     _flushCancelPending = false;
+                    _writerHeld = 0;
+                    if (!source.IsEmpty)
+                    {
+                        source.Span.CopyTo(EnsureOverflowLocked(source.Length).AsSpan(_overflowLength));
+                        _overflowLength += source.Length;
+                    }
                     return new FlushResult(isCanceled: true, isCompleted: false);
                 }
                 ObjectDisposedException.ThrowIf(_disposed && !completing, this);

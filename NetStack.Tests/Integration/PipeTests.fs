@@ -425,6 +425,16 @@ let tests =
                     output.CancelPendingFlush()
                     let canceled = wait pending
                     Expect.isTrue canceled.IsCanceled "CancelPendingFlush ends it with IsCanceled"
+                    // A write canceled before it starts still writes (as with Pipe): its bytes
+                    // wait for the next flush.
+                    output.CancelPendingFlush()
+                    let late = Array.zeroCreate<byte> 100000
+                    fill 5 position (Span late)
+                    hash.AppendData late
+                    position <- position + int64 late.Length
+                    let canceledWrite = wait (output.WriteAsync(ReadOnlyMemory late).AsTask())
+                    Expect.isTrue canceledWrite.IsCanceled "the write reports the cancel"
+                    Expect.equal output.UnflushedBytes 100000L "its bytes wait for the next flush"
                     use cts = new CancellationTokenSource(150)
 
                     match failureOf (output.FlushAsync(cts.Token).AsTask()) with
