@@ -175,7 +175,11 @@ public sealed partial class TcpConnection
                 CopyIn(ring, size, oldCapacity - start, moved[..start]);
                 _recvBase = _recvConsumed;
                 _receive = ring;
-                ReturnRing(old);
+                // A pipe reader's buffer lies in the old ring until its AdvanceTo (TcpConnection.Pipe.cs).
+                if (_readerHolds && _readerBuffer.Length > 0 && _retiredReceive is null)
+                    _retiredReceive = old;
+                else
+                    ReturnRing(old);
             }
             _receiveCapacity = size;
         }
@@ -185,17 +189,21 @@ public sealed partial class TcpConnection
     /// <remarks>A waiting read is woken at the end of the loop's burst (<see cref="FlushWakes"/>).</remarks>
     internal void Deliver(long upTo)
     {
-        bool defer;
+        bool defer, discarded, wake = false;
         lock (_gate)
         {
             // Never back: bytes read straight into a waiting reader's buffer are delivered already.
             _recvDelivered = Math.Max(_recvDelivered, upTo);
             if (Orphaned)
                 _recvConsumed = upTo;
+            // A completed pipe reader reads no more: the bytes are thrown away as they come.
+            discarded = DiscardForCompletedReaderLocked(ref wake);
             defer = DeferWakeLocked(_readWaiter);
         }
         if (defer)
             _stack.DeferWake(this);
+        if (discarded)
+            _stack.TcpReadHappened(this, wake);
     }
 
     /// <summary>
@@ -223,7 +231,9 @@ public sealed partial class TcpConnection
     // gate (segments, gather writes), and it holds no slice of it between actions.
     private void GrowSendBufferLocked(int size)
     {
-        if (size <= _sendCapacity)
+        // A pipe writer holds space of this ring (or advanced bytes the loop does not know of yet):
+        // the ring stays; a later wait grows it.
+        if (size <= _sendCapacity || WriterHoldsSendRingLocked())
             return;
         if (_send is { } old)
         {
@@ -268,6 +278,7 @@ public sealed partial class TcpConnection
         {
             _peerClosed = true;
             _readWaiter.Complete();
+            NoteEndedLocked();
         }
     }
 
@@ -294,6 +305,7 @@ public sealed partial class TcpConnection
             if (_error == SocketError.Success)
                 _error = error;
             WakeAll();
+            NoteEndedLocked();
         }
         _connected.TrySetException(new SocketException((int)error));
         _finished.TrySetResult();
@@ -320,6 +332,7 @@ public sealed partial class TcpConnection
             WakeAll();
             _loopDone = true;
             ReleaseIfDone();
+            NoteEndedLocked();
         }
         _connected.TrySetException(new SocketException((int)SocketError.ConnectionAborted));
         _finished.TrySetResult();
@@ -336,6 +349,7 @@ public sealed partial class TcpConnection
             WakeAll();
             _loopDone = true;
             ReleaseIfDone();
+            NoteEndedLocked();
         }
         _connected.TrySetException(new ObjectDisposedException(nameof(NetworkStack)));
         _finished.TrySetResult();

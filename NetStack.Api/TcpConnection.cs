@@ -320,6 +320,7 @@ public sealed partial class TcpConnection : Stream
                 if (_disposed && waited)
                     throw Failure(SocketError.OperationAborted);
                 ObjectDisposedException.ThrowIf(_disposed, this);
+                ThrowIfPipeModeLocked();
                 long available = _recvDelivered - _recvConsumed;
                 if (available > 0 && !buffer.IsEmpty)
                 {
@@ -404,6 +405,7 @@ public sealed partial class TcpConnection : Stream
                 if (_disposed && waited)
                     throw Failure(SocketError.OperationAborted);
                 ObjectDisposedException.ThrowIf(_disposed, this);
+                ThrowIfPipeModeLocked();
                 if (_error != SocketError.Success)
                     throw ErrorReported ? Failure(SocketError.Shutdown) : ReportError();
                 if (_shutdown)
@@ -507,6 +509,7 @@ public sealed partial class TcpConnection : Stream
                 return;
             _aborted = true;
             WakeAll();
+            NoteEndedLocked();
         }
         _stack.TcpAbort(this);
     }
@@ -587,6 +590,7 @@ public sealed partial class TcpConnection : Stream
             WakeAll();
             _userDone = true;
             ReleaseIfDone();
+            NoteEndedLocked();
         }
         if (graceful)
         {
@@ -732,6 +736,7 @@ public sealed partial class TcpConnection : Stream
             ReturnRing(_receive);
         _send = null;
         _receive = null;
+        ReleasePipeBuffersLocked();
     }
 
     /// <summary>
@@ -756,12 +761,12 @@ public sealed partial class TcpConnection : Stream
     // only delivered bytes, which an empty ring has none of. Under _gate.
     private void ReleaseEmptyRingsLocked()
     {
-        if (_send is not null && _sendAcked == _sendWritten)
+        if (_send is not null && _sendAcked == _sendWritten && !WriterHoldsSendRingLocked())
         {
             ReturnRing(_send);
             _send = null;
         }
-        if (_receive is not null && _recvConsumed == _recvDelivered && _recvStoredEnd <= _recvConsumed)
+        if (_receive is not null && !_readerHolds && _recvConsumed == _recvDelivered && _recvStoredEnd <= _recvConsumed)
         {
             ReturnRing(_receive);
             _receive = null;

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Http.Features;
@@ -10,53 +11,40 @@ namespace NetStack.AspNetCore;
 
 /// <summary>
 /// A NetStack <see cref="TcpConnection"/> as Kestrel sees it: a <see cref="ConnectionContext"/>
-/// whose <see cref="Transport"/> is a duplex pipe, pumped by two loops.
+/// whose <see cref="Transport"/> is the connection's own duplex pipe (<see cref="TcpConnection.Input"/>,
+/// <see cref="TcpConnection.Output"/>): Kestrel reads the receive ring and writes into the send
+/// ring, with no pipe and no pump of the transport's own in between.
 /// </summary>
 /// <remarks>
-/// The receive loop reads the connection into the input pipe (Kestrel reads it); the peer's FIN
-/// completes the input, a reset completes it with a <see cref="ConnectionResetException"/>. The
-/// send loop writes what Kestrel puts in the output pipe to the connection; when Kestrel completes
-/// the output the loop sends our FIN (<see cref="TcpConnection.ShutdownWrite"/>).
+/// Thin adapters give the pipe Kestrel's transport conventions (those of its socket transport): a
+/// reset ends a read with a <see cref="ConnectionResetException"/>, an abort or a dispose with a
+/// <see cref="ConnectionAbortedException"/>; a flush on a connection that failed returns
+/// <see cref="FlushResult.IsCompleted"/> instead of throwing (Kestrel logs a throwing flush as an
+/// unexpected error). Completing the output sends our FIN.
 /// <see cref="Abort(ConnectionAbortedException)"/> resets the connection (RST).
 /// <see cref="DisposeAsync"/> (Kestrel calls it when it is done with the connection) closes the
-/// connection gracefully. <see cref="ConnectionClosed"/> fires once both loops have ended.
+/// connection gracefully. <see cref="ConnectionClosed"/> fires when the connection failed, was
+/// aborted or disposed, or once the peer's FIN came and Kestrel completed its output.
 /// </remarks>
 internal sealed class NetStackConnection : ConnectionContext,
     IConnectionIdFeature, IConnectionTransportFeature, IConnectionItemsFeature,
     IConnectionLifetimeFeature, IConnectionEndPointFeature
 {
-    // The least free space asked of the input pipe per read: one read takes what the connection
-    // has buffered, up to this much or the rest of the pipe's current segment.
-    private const int MinimumReadSize = 4096;
-
     private readonly TcpConnection _connection;
-    private readonly Pipe _input;
-    private readonly Pipe _output;
     private readonly CancellationTokenSource _closed = new();
     private readonly FeatureCollection _features = new();
     private IDictionary<object, object?>? _items;
-    private Task _receiving = Task.CompletedTask;
-    private Task _sending = Task.CompletedTask;
     private int _aborted;
     private int _disposed;
 
-    internal NetStackConnection(TcpConnection connection, string id, NetStackTransportOptions options)
+    internal NetStackConnection(TcpConnection connection, string id)
     {
         _connection = connection;
         ConnectionId = id;
         LocalEndPoint = connection.LocalEndPoint;
         RemoteEndPoint = connection.RemoteEndPoint;
         ConnectionClosed = _closed.Token;
-        // Pipe thresholds are the back-pressure: past them the writer's FlushAsync waits.
-        _input = new Pipe(new PipeOptions(
-            pauseWriterThreshold: options.MaxReadBufferSize,
-            resumeWriterThreshold: options.MaxReadBufferSize / 2,
-            useSynchronizationContext: false));
-        _output = new Pipe(new PipeOptions(
-            pauseWriterThreshold: options.MaxWriteBufferSize,
-            resumeWriterThreshold: options.MaxWriteBufferSize / 2,
-            useSynchronizationContext: false));
-        Transport = new DuplexPipe(_input.Reader, _output.Writer);
+        Transport = new DuplexPipe(new TransportReader(connection.Input), new TransportWriter(connection.Output));
         _features.Set<IConnectionIdFeature>(this);
         _features.Set<IConnectionTransportFeature>(this);
         _features.Set<IConnectionItemsFeature>(this);
@@ -89,103 +77,17 @@ internal sealed class NetStackConnection : ConnectionContext,
 
     public override EndPoint? RemoteEndPoint { get; set; }
 
-    /// <summary>Starts both loops; ConnectionClosed fires when both have ended.</summary>
-    internal void Start()
-    {
-        _receiving = ReceiveAsync();
-        _sending = SendAsync();
-        _ = Task.WhenAll(_receiving, _sending).ContinueWith(static (_, state) =>
-        {
-            var self = (NetStackConnection)state!;
-            try
-            {
-                self._closed.Cancel();
-            }
-            catch (ObjectDisposedException)
-            {
-            }
-        }, this, CancellationToken.None, TaskContinuationOptions.RunContinuationsAsynchronously, TaskScheduler.Default);
-    }
+    /// <summary>Arms <see cref="ConnectionClosed"/>.</summary>
+    internal void Start() => _connection.OnEnded(static state => ((NetStackConnection)state!).FireClosed(), this);
 
-    private async Task ReceiveAsync()
+    private void FireClosed()
     {
-        Exception? error = null;
-        var writer = _input.Writer;
         try
         {
-            while (true)
-            {
-                var memory = writer.GetMemory(MinimumReadSize);
-                int n = await _connection.ReadAsync(memory).ConfigureAwait(false);
-                if (n == 0)
-                    break; // The peer's FIN: the input ends.
-                writer.Advance(n);
-                var flush = await writer.FlushAsync().ConfigureAwait(false);
-                if (flush.IsCompleted || flush.IsCanceled)
-                    break; // Kestrel stopped reading.
-            }
+            _closed.Cancel();
         }
-        catch (IOException e) when (e.InnerException is SocketException { SocketErrorCode: SocketError.ConnectionReset })
+        catch (ObjectDisposedException)
         {
-            error = new ConnectionResetException(e.Message, e);
-        }
-        catch (IOException e)
-        {
-            error = Volatile.Read(ref _aborted) != 0 ? new ConnectionAbortedException("The connection was aborted.", e) : e;
-        }
-        catch (ObjectDisposedException e)
-        {
-            error = new ConnectionAbortedException("The connection was closed.", e);
-        }
-        finally
-        {
-            await writer.CompleteAsync(error).ConfigureAwait(false);
-            // A connection that failed cannot send either: end the send loop.
-            if (error is not null)
-                _output.Reader.CancelPendingRead();
-        }
-    }
-
-    private async Task SendAsync()
-    {
-        var reader = _output.Reader;
-        bool finish = false;
-        Exception? error = null;
-        try
-        {
-            while (true)
-            {
-                var result = await reader.ReadAsync().ConfigureAwait(false);
-                if (result.IsCanceled)
-                    break;
-                var buffer = result.Buffer;
-                foreach (var segment in buffer)
-                    await _connection.WriteAsync(segment).ConfigureAwait(false);
-                reader.AdvanceTo(buffer.End);
-                if (result.IsCompleted)
-                {
-                    finish = true; // Kestrel completed its output: our FIN follows the data.
-                    break;
-                }
-            }
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException)
-        {
-            error = e;
-        }
-        finally
-        {
-            await reader.CompleteAsync(error).ConfigureAwait(false);
-            if (finish && Volatile.Read(ref _aborted) == 0)
-            {
-                try
-                {
-                    _connection.ShutdownWrite();
-                }
-                catch (ObjectDisposedException)
-                {
-                }
-            }
         }
     }
 
@@ -194,23 +96,119 @@ internal sealed class NetStackConnection : ConnectionContext,
     {
         if (Interlocked.Exchange(ref _aborted, 1) != 0)
             return;
+        // A pending read then ends with ConnectionAbortedException, a pending flush with IsCompleted.
         _connection.Abort();
-        _output.Reader.CancelPendingRead();
-        _input.Writer.CancelPendingFlush();
     }
 
-    /// <summary>Ends both loops and closes the connection gracefully (FIN, bounded by TcpLinger).</summary>
+    /// <summary>Completes both halves and closes the connection gracefully (FIN, bounded by TcpLinger).</summary>
     public override async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
             return;
         await Transport.Input.CompleteAsync().ConfigureAwait(false);
+        // The written bytes go out, then our FIN.
         await Transport.Output.CompleteAsync().ConfigureAwait(false);
-        // The send loop drains what is left and sends the FIN.
-        await _sending.ConfigureAwait(false);
-        // Disposing wakes a pending read (the receive loop then ends) and waits for our FIN's ACK.
+        // Waits (up to TcpLinger) for our FIN's ACK.
         await _connection.DisposeAsync().ConfigureAwait(false);
-        await _receiving.ConfigureAwait(false);
         _closed.Dispose();
+    }
+
+    // Kestrel's exception for a failed read, or null to let the original through.
+    private static Exception? ForKestrel(Exception e) => e switch
+    {
+        IOException { InnerException: SocketException { SocketErrorCode: SocketError.ConnectionReset } } =>
+            new ConnectionResetException(e.Message, e),
+        IOException { InnerException: SocketException { SocketErrorCode: SocketError.OperationAborted } } =>
+            new ConnectionAbortedException("The connection was aborted.", e),
+        ObjectDisposedException => new ConnectionAbortedException("The connection was closed.", e),
+        _ => null,
+    };
+
+    /// <summary>The connection's reader with Kestrel's exceptions; nothing is copied.</summary>
+    private sealed class TransportReader(PipeReader inner) : PipeReader
+    {
+        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+        {
+            var read = inner.ReadAsync(cancellationToken);
+            return read.IsCompletedSuccessfully ? read : Awaited(read);
+        }
+
+        [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+        private static async ValueTask<ReadResult> Awaited(ValueTask<ReadResult> read)
+        {
+            try
+            {
+                return await read.ConfigureAwait(false);
+            }
+            catch (Exception e) when (ForKestrel(e) is { } translated)
+            {
+                throw translated;
+            }
+        }
+
+        public override bool TryRead(out ReadResult result)
+        {
+            try
+            {
+                return inner.TryRead(out result);
+            }
+            catch (Exception e) when (ForKestrel(e) is { } translated)
+            {
+                throw translated;
+            }
+        }
+
+        public override void AdvanceTo(SequencePosition consumed) => inner.AdvanceTo(consumed);
+
+        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined) => inner.AdvanceTo(consumed, examined);
+
+        public override void CancelPendingRead() => inner.CancelPendingRead();
+
+        public override void Complete(Exception? exception = null) => inner.Complete(exception);
+    }
+
+    /// <summary>The connection's writer; a failed connection completes the flush instead of throwing.</summary>
+    private sealed class TransportWriter(PipeWriter inner) : PipeWriter
+    {
+        private static readonly FlushResult Over = new(isCanceled: false, isCompleted: true);
+
+        public override Memory<byte> GetMemory(int sizeHint = 0) => inner.GetMemory(sizeHint);
+
+        public override Span<byte> GetSpan(int sizeHint = 0) => inner.GetSpan(sizeHint);
+
+        public override void Advance(int bytes) => inner.Advance(bytes);
+
+        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) =>
+            Settled(inner.FlushAsync(cancellationToken));
+
+        public override ValueTask<FlushResult> WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default) =>
+            Settled(inner.WriteAsync(source, cancellationToken));
+
+        private static ValueTask<FlushResult> Settled(ValueTask<FlushResult> flush) =>
+            flush.IsCompletedSuccessfully ? flush : Awaited(flush);
+
+        [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+        private static async ValueTask<FlushResult> Awaited(ValueTask<FlushResult> flush)
+        {
+            try
+            {
+                return await flush.ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException)
+            {
+                return Over; // The connection is over: Kestrel stops writing.
+            }
+        }
+
+        public override void CancelPendingFlush() => inner.CancelPendingFlush();
+
+        public override bool CanGetUnflushedBytes => inner.CanGetUnflushedBytes;
+
+        public override long UnflushedBytes => inner.UnflushedBytes;
+
+        // Kestrel's output ends: our FIN follows the data, whatever the reason it gives.
+        public override void Complete(Exception? exception = null) => inner.Complete();
+
+        public override ValueTask CompleteAsync(Exception? exception = null) => inner.CompleteAsync();
     }
 }

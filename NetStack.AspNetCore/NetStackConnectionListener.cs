@@ -11,13 +11,11 @@ namespace NetStack.AspNetCore;
 internal sealed class NetStackConnectionListener : IConnectionListener
 {
     private readonly TcpConnectionListener _listener;
-    private readonly NetStackTransportOptions _options;
     private long _nextId;
 
-    internal NetStackConnectionListener(TcpConnectionListener listener, NetStackTransportOptions options)
+    internal NetStackConnectionListener(TcpConnectionListener listener)
     {
         _listener = listener;
-        _options = options;
     }
 
     /// <summary>The bound endpoint (with the port the stack chose for port 0).</summary>
@@ -40,7 +38,7 @@ internal sealed class NetStackConnectionListener : IConnectionListener
             return null;
         }
         var id = $"netstack-{_listener.LocalEndPoint.Port}-{Interlocked.Increment(ref _nextId)}";
-        var context = new NetStackConnection(connection, id, _options);
+        var context = new NetStackConnection(connection, id);
         context.Start();
         return context;
     }

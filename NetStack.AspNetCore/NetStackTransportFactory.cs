@@ -11,12 +11,13 @@ namespace NetStack.AspNetCore;
 /// <see cref="NetStackWebHostBuilderExtensions.UseNetStack(Microsoft.AspNetCore.Hosting.IWebHostBuilder, NetworkStack, Action{NetStackTransportOptions}?)"/>.
 /// </summary>
 /// <remarks>
-/// As an <see cref="IConnectionListenerFactorySelector"/> it takes only endpoints it can serve: an
-/// <see cref="IPEndPoint"/> with one of the stack's addresses, or (unless
+/// It serves an <see cref="IPEndPoint"/> with one of the stack's addresses, or (unless
 /// <see cref="NetStackTransportOptions.BindUnspecifiedAddresses"/> is false) an unspecified address.
-/// Kestrel offers other endpoints (<c>localhost</c>, the kernel's own addresses, Unix sockets) to
-/// the transports registered before it, so one app can listen on the kernel's sockets and on the
-/// stack at once. The factory does not own the stack: dispose the stack after the app has stopped.
+/// Any other IP endpoint (<c>localhost</c>, the kernel's own addresses) fails the app's start with a
+/// message naming it, unless <see cref="NetStackTransportOptions.OtherAddressesToKernel"/> leaves
+/// such endpoints to the transports registered before it (then one app can listen on the kernel's
+/// sockets and on the stack at once). Unix sockets and named pipes always go to the other
+/// transports. The factory does not own the stack: dispose the stack after the app has stopped.
 /// </remarks>
 public sealed class NetStackTransportFactory : IConnectionListenerFactory, IConnectionListenerFactorySelector
 {
@@ -33,27 +34,49 @@ public sealed class NetStackTransportFactory : IConnectionListenerFactory, IConn
         ArgumentNullException.ThrowIfNull(stack);
         options ??= new NetStackTransportOptions();
         ArgumentOutOfRangeException.ThrowIfLessThan(options.Backlog, 1, nameof(options.Backlog));
-        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxReadBufferSize, 1, nameof(options.MaxReadBufferSize));
-        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxWriteBufferSize, 1, nameof(options.MaxWriteBufferSize));
         _stack = stack;
         _options = options;
     }
 
     /// <summary>
-    /// True for an <see cref="IPEndPoint"/> on one of the stack's addresses, or on an unspecified
-    /// address when <see cref="NetStackTransportOptions.BindUnspecifiedAddresses"/> is set.
+    /// True for an <see cref="IPEndPoint"/> on the stack's addresses, and for an unspecified one
+    /// when <see cref="NetStackTransportOptions.BindUnspecifiedAddresses"/> is set: those are
+    /// served. True as well for any other IP endpoint, so that <see cref="BindAsync"/> fails with a
+    /// message naming the address and the stack's addresses instead of Kestrel's socket transport
+    /// silently listening on the kernel; with <see cref="NetStackTransportOptions.OtherAddressesToKernel"/>
+    /// set, false for those (Kestrel's sockets take them).
     /// </summary>
     /// <param name="endpoint">The endpoint Kestrel wants to bind.</param>
     public bool CanBind(EndPoint endpoint)
     {
         if (endpoint is not IPEndPoint ip)
             return false;
+        if (ip.Address.Equals(IPAddress.Any) || ip.Address.Equals(IPAddress.IPv6Any))
+            return IsStackEndPoint(ip);
+        return IsStackEndPoint(ip) || !_options.OtherAddressesToKernel;
+    }
+
+    // An endpoint this transport serves: one of the stack's addresses, or an unspecified one.
+    private bool IsStackEndPoint(IPEndPoint ip)
+    {
         var address = ip.Address;
         if (address.Equals(IPAddress.Any))
             return _options.BindUnspecifiedAddresses && _stack.Options.Address is not null;
         if (address.Equals(IPAddress.IPv6Any))
             return _options.BindUnspecifiedAddresses;
-        return address.Equals(_stack.Options.Address) || address.Equals(_stack.Options.Address6);
+        return StackAddresses().Contains(address);
+    }
+
+    private List<IPAddress> StackAddresses()
+    {
+        var addresses = new List<IPAddress>();
+        if (_stack.Options.Address is { } v4)
+            addresses.Add(v4);
+        if (_stack.DhcpLease?.Address is { } leased && !addresses.Contains(leased))
+            addresses.Add(leased);
+        foreach (var info in _stack.Ipv6Addresses)
+            addresses.Add(info.Address);
+        return addresses;
     }
 
     /// <summary>
@@ -64,8 +87,8 @@ public sealed class NetStackTransportFactory : IConnectionListenerFactory, IConn
     /// <param name="cancellationToken">Checked before binding.</param>
     /// <returns>The listener Kestrel accepts connections from.</returns>
     /// <exception cref="AddressInUseException">The port is taken on the stack (Kestrel reports it as a bind failure).</exception>
-    /// <exception cref="ArgumentException">The endpoint is not an <see cref="IPEndPoint"/> this stack has.</exception>
-    /// <exception cref="SocketException">AddressNotAvailable for an address that is not the stack's.</exception>
+    /// <exception cref="ArgumentException">The endpoint is not an <see cref="IPEndPoint"/>.</exception>
+    /// <exception cref="InvalidOperationException">The address is not one of the stack's (nor an unspecified one it takes); the message names it and the stack's addresses.</exception>
     /// <exception cref="ObjectDisposedException">The stack is disposed.</exception>
     public ValueTask<IConnectionListener> BindAsync(EndPoint endpoint, CancellationToken cancellationToken = default)
     {
@@ -73,6 +96,14 @@ public sealed class NetStackTransportFactory : IConnectionListenerFactory, IConn
         cancellationToken.ThrowIfCancellationRequested();
         if (endpoint is not IPEndPoint ip)
             throw new ArgumentException($"NetStack serves IP endpoints only, not {endpoint}.", nameof(endpoint));
+        if (!IsStackEndPoint(ip))
+        {
+            var own = string.Join(", ", StackAddresses());
+            throw new InvalidOperationException(
+                $"Kestrel was asked to listen on {ip} (a URL or Listen call), which is not an address of the NetStack stack on {_stack.InterfaceName} "
+                + $"(its addresses: {(own.Length == 0 ? "none" : own)}{(_options.BindUnspecifiedAddresses ? "; unspecified addresses such as http://*:PORT mean all of them" : "")}). "
+                + "Listen on one of those, or set NetStackTransportOptions.OtherAddressesToKernel to leave other addresses to Kestrel's socket transport.");
+        }
         TcpConnectionListener listener;
         try
         {
@@ -82,6 +113,6 @@ public sealed class NetStackTransportFactory : IConnectionListenerFactory, IConn
         {
             throw new AddressInUseException($"{ip} is already in use on {_stack.InterfaceName}.", e);
         }
-        return ValueTask.FromResult<IConnectionListener>(new NetStackConnectionListener(listener, _options));
+        return ValueTask.FromResult<IConnectionListener>(new NetStackConnectionListener(listener));
     }
 }

@@ -10,22 +10,18 @@ public sealed class NetStackTransportOptions
     public int Backlog { get; set; } = 512;
 
     /// <summary>
-    /// Bytes received from a connection and not yet read by Kestrel that the transport buffers at
-    /// most before it stops reading the connection (then the TCP receive window closes and the peer
-    /// waits). Positive; default 1 MiB.
-    /// </summary>
-    public long MaxReadBufferSize { get; set; } = 1024 * 1024;
-
-    /// <summary>
-    /// Bytes Kestrel may have written and the transport not yet handed to the connection before
-    /// Kestrel's writes wait. Positive; default 64 KiB.
-    /// </summary>
-    public long MaxWriteBufferSize { get; set; } = 64 * 1024;
-
-    /// <summary>
     /// True (default) to also take endpoints with an unspecified address (<c>http://*:PORT</c>,
     /// <c>ListenAnyIP</c>): they then mean every address of the stack. False leaves them to the
-    /// next transport (Kestrel's sockets, on the kernel's addresses).
+    /// next transport (Kestrel's sockets, on the kernel's addresses), whatever
+    /// <see cref="OtherAddressesToKernel"/> says.
     /// </summary>
     public bool BindUnspecifiedAddresses { get; set; } = true;
+
+    /// <summary>
+    /// False (default): an endpoint whose address is not the stack's (nor an unspecified one this
+    /// transport takes) fails the app's start with a message naming it and the stack's addresses,
+    /// so a mistyped URL does not end up listening on the kernel. True: such endpoints go to
+    /// Kestrel's socket transport (the kernel's addresses), so one app can serve both.
+    /// </summary>
+    public bool OtherAddressesToKernel { get; set; }
 }
