@@ -148,9 +148,9 @@ module Differences =
             Reason = "the same difference seen by the peer: no FIN before the RST, so its read fails at once"
         }
 
-    /// Why scenarios 6 and 31 are pending (not a difference kept on purpose: one to settle).
-    let timeWaitBindOpen =
-        "open question: the kernel's Socket (kernel 6.18, no SO_REUSEADDR: .NET sets none) binds a specific address and port held by its own TIME-WAIT connection, to listen or to connect (reusing the TIME-WAIT 4-tuple too); NetStack refuses without ReuseAddress (AddressAlreadyInUse), following bind(2)'s documented rule as the sockopt branch chose; to settle between sockopt and the lead (docs/conformance.md, Pending)"
+    /// Why scenario 31 is pending (not a difference kept on purpose: one to build).
+    let timeWaitConnectReuse =
+        "to build: Linux lets a connect from an explicitly bound port take over its own TIME-WAIT 4-tuple when that connection used timestamps (__inet_hash_connect checks the bound port with no twp, so tcp_twsk_unique allows it; the new ISS is the old SND.NXT + 65535 + 2), with or without ReuseAddress; NetStack refuses that 4-tuple with AddressNotAvailable (docs/conformance.md, Pending)"
 
     /// .NET on Linux closes a socket with a call still waiting abortively (a RST).
     let closeWaitingAbortive =
@@ -223,7 +223,7 @@ let private binding =
             | None -> ())
 
         scenarioWith
-            (Some Differences.timeWaitBindOpen)
+            None
             []
             6
             "listening again on a port whose connection is in TIME-WAIT (no ReuseAddress)"
@@ -799,7 +799,7 @@ let private options =
             | None -> ())
 
         scenarioWith
-            (Some Differences.timeWaitBindOpen)
+            (Some Differences.timeWaitConnectReuse)
             []
             31
             "connect again from a local port whose connection is in TIME-WAIT"
