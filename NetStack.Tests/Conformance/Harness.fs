@@ -206,9 +206,25 @@ let stackOptions (n: int) =
 /// The two logs of one scenario: (kernel, netstack).
 type Runs = { Kernel: Log; NetStack: Log }
 
+/// Named namespaces live in /run/netns, which outlives a test process that was killed (its
+/// `finally` never ran): once per run, delete this suite's namespaces (cfNpPID, cfNkPID) whose
+/// process no longer exists.
+let private sweepStale =
+    lazy
+        (let code, names = Isolation.run "ip" [ "netns"; "list" ]
+
+         if code = 0 then
+             for line in names.Split('\n', StringSplitOptions.RemoveEmptyEntries) do
+                 let name = line.Split(' ').[0]
+                 let m = Text.RegularExpressions.Regex.Match(name, "^cf[0-9]+[pk]([0-9]+)$")
+
+                 if m.Success && not (Directory.Exists $"/proc/{m.Groups.[1].Value}") then
+                     Isolation.run "ip" [ "netns"; "del"; name ] |> ignore)
+
 /// Builds test n's network, runs `scenario` on the kernel subject and then on NetStack, and tears
 /// the network down; checks that the stack counted no exception.
 let runBoth (n: int) (scenario: Env -> unit) =
+    sweepStale.Force()
     let pid = Environment.ProcessId
     let peer, kernelNs = $"cf{n}p{pid}", $"cf{n}k{pid}"
     let tun, vethPeer, vethKernel = $"cft{n}", $"cfv{n}", $"cfk{n}"
