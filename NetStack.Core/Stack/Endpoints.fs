@@ -88,6 +88,17 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         else
             Connection.reopenIss old.Core generated
 
+    /// Our own connection on `key` that a connect from an explicitly bound port may take over,
+    /// or null. Linux allows it when that connection is in TIME-WAIT and used timestamps
+    /// (`__inet_hash_connect` checks a bound port without a TIME-WAIT pointer, so
+    /// `tcp_twsk_unique` accepts it): PAWS (RFC 7323 §5) then keeps the old incarnation's
+    /// duplicates out of the new one, whose ISS lies beyond the old SND.MAX (`issFor`, as for a
+    /// SYN that ends TIME-WAIT, RFC 6191). Only an orphan (no socket holds it any more) is taken.
+    let timeWaitToTakeOver (key: EndpointKey) : TcpEndpoint =
+        match connections.TryGetValue key with
+        | true, e when e.Orphaned && e.Core.State = TcpState.TimeWait && e.Core.Ts.Enabled -> e
+        | _ -> null
+
     let listenersOf (v6: bool) = if v6 then listen6 else listen4
 
     let findListener (local: IpAddr) (port: uint16) =
@@ -660,7 +671,8 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
     /// with `random`. A fixed port is refused as a kernel socket's bind refuses it
     /// (`LocalPortInUse`): when a listener of the family holds it, or, unless `reuseAddress`
     /// (SO_REUSEADDR), when any connection uses it (TIME-WAIT included); an existing 4-tuple is
-    /// refused as connect refuses it (`TupleInUse`).
+    /// refused as connect refuses it (`TupleInUse`), except our own TIME-WAIT connection that
+    /// used timestamps, which the connect takes over as Linux's does (`timeWaitToTakeOver`).
     member _.Connect
         (
             out: TcpEndpointOutput,
@@ -703,10 +715,26 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
         then
             out.Notes.Add "tcp.refused.local-port-in-use"
             TcpConnectResult.LocalPortInUse
-        elif localPort <> 0 && connections.ContainsKey(tupleFor localPort) then
+        elif
+            localPort <> 0
+            && connections.ContainsKey(tupleFor localPort)
+            && isNull (timeWaitToTakeOver (tupleFor localPort))
+        then
             out.Notes.Add "tcp.refused.tuple-in-use"
             TcpConnectResult.TupleInUse
         else
+            // A connect from a bound port may take over our own TIME-WAIT connection of the same
+            // 4-tuple (see timeWaitToTakeOver); the new ISS then lies beyond the old SND.MAX.
+            let old =
+                if localPort <> 0 then
+                    timeWaitToTakeOver (tupleFor localPort)
+                else
+                    null
+
+            if not (isNull old) then
+                release old
+                out.Notes.Add "tcp.time-wait.taken-over"
+
             let port =
                 if localPort <> 0 then
                     localPort
@@ -720,7 +748,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
             else
                 let key = tupleFor port
 
-                let core = Connection.openActiveInto out.Actions cfg (generateIss now key) now
+                let core = Connection.openActiveInto out.Actions cfg (issFor now key old) now
 
                 let e = newEndpoint key (localPort = 0) (withPathMtu now ip remote core)
                 e.ReuseAddress <- reuseAddress

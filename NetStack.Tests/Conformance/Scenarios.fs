@@ -148,10 +148,6 @@ module Differences =
             Reason = "the same difference seen by the peer: no FIN before the RST, so its read fails at once"
         }
 
-    /// Why scenario 31 is pending (not a difference kept on purpose: one to build).
-    let timeWaitConnectReuse =
-        "to build: Linux lets a connect from an explicitly bound port take over its own TIME-WAIT 4-tuple when that connection used timestamps (__inet_hash_connect checks the bound port with no twp, so tcp_twsk_unique allows it; the new ISS is the old SND.NXT + 65535 + 2), with or without ReuseAddress; NetStack refuses that 4-tuple with AddressNotAvailable (docs/conformance.md, Pending)"
-
     /// .NET on Linux closes a socket with a call still waiting abortively (a RST).
     let closeWaitingAbortive =
         {
@@ -798,45 +794,40 @@ let private options =
                 |> Option.iter _.Dispose()
             | None -> ())
 
-        scenarioWith
-            (Some Differences.timeWaitConnectReuse)
-            []
-            31
-            "connect again from a local port whose connection is in TIME-WAIT"
-            (fun env ->
-                use listener = peerListener env
-                let target = env.PeerAt (listener.LocalEndPoint :?> IPEndPoint).Port
-                use other = peerListener env
-                let otherTarget = env.PeerAt (other.LocalEndPoint :?> IPEndPoint).Port
-                let local = LocalEndPoint(env.SubjectAt 5032)
-                let accepted = listener.AcceptAsync()
+        scenarioWith None [] 31 "connect again from a local port whose connection is in TIME-WAIT" (fun env ->
+            use listener = peerListener env
+            let target = env.PeerAt (listener.LocalEndPoint :?> IPEndPoint).Port
+            use other = peerListener env
+            let otherTarget = env.PeerAt (other.LocalEndPoint :?> IPEndPoint).Port
+            let local = LocalEndPoint(env.SubjectAt 5032)
+            let accepted = listener.AcceptAsync()
 
-                match
-                    env.Await "connect" (fun (_: ITcp) -> "connected") (fun () ->
-                        env.Subject.ConnectWith(target, [ local ], CancellationToken.None))
-                with
-                | Some connection ->
-                    use peer = TestUtil.waitWithin stepTimeout accepted
-                    // The subject closes first: its end goes to TIME-WAIT.
-                    connection.Dispose()
-                    env.Record "peer read" (peerReceive peer)
-                    peer.Close()
+            match
+                env.Await "connect" (fun (_: ITcp) -> "connected") (fun () ->
+                    env.Subject.ConnectWith(target, [ local ], CancellationToken.None))
+            with
+            | Some connection ->
+                use peer = TestUtil.waitWithin stepTimeout accepted
+                // The subject closes first: its end goes to TIME-WAIT.
+                connection.Dispose()
+                env.Record "peer read" (peerReceive peer)
+                peer.Close()
+                settle ()
+
+                for name, options, remote in
+                    [
+                        "to the same peer", [ local ], target
+                        "to the same peer with ReuseAddress", [ ReuseAddress true; local ], target
+                        "to another peer port", [ local ], otherTarget
+                        "to another peer port with ReuseAddress", [ ReuseAddress true; local ], otherTarget
+                    ] do
+                    // Each attempt ends with a RST, so no state of it is left for the next one.
+                    env.Await $"connect again {name}" (fun (_: ITcp) -> "connected") (fun () ->
+                        env.Subject.ConnectWith(remote, options, CancellationToken.None))
+                    |> Option.iter _.CloseWithReset()
+
                     settle ()
-
-                    for name, options, remote in
-                        [
-                            "to the same peer", [ local ], target
-                            "to the same peer with ReuseAddress", [ ReuseAddress true; local ], target
-                            "to another peer port", [ local ], otherTarget
-                            "to another peer port with ReuseAddress", [ ReuseAddress true; local ], otherTarget
-                        ] do
-                        // Each attempt ends with a RST, so no state of it is left for the next one.
-                        env.Await $"connect again {name}" (fun (_: ITcp) -> "connected") (fun () ->
-                            env.Subject.ConnectWith(remote, options, CancellationToken.None))
-                        |> Option.iter _.CloseWithReset()
-
-                        settle ()
-                | None -> ())
+            | None -> ())
 
         scenario 32 "keep-alive: probes after the idle time, not before" (fun env ->
             use listener = peerListener env
