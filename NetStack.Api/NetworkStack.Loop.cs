@@ -33,6 +33,25 @@ public sealed partial class NetworkStack
             _device.Wake();
     }
 
+    // Queues a datagram for the loop to send, as Post does a command; false when the stack is
+    // disposed (the caller still owns the buffer then).
+    private bool TryPostDatagram(in OutgoingDatagram datagram)
+    {
+        bool wake;
+        lock (_commandGate)
+        {
+            if (_disposed)
+                return false;
+            _commands.Enqueue(new Command(null, null, datagram));
+            wake = _loopIdle;
+            if (wake)
+                _loopIdle = false;
+        }
+        if (wake)
+            _device.Wake();
+        return true;
+    }
+
     /// <summary>Wakes the loop if it waits idle, so that it runs the commands already queued.</summary>
     internal void WakeLoop()
     {
@@ -76,7 +95,10 @@ public sealed partial class NetworkStack
         {
             try
             {
-                command.Run();
+                if (command.Run is { } run)
+                    run();
+                else
+                    SendQueuedDatagram(command.Datagram);
             }
             catch (Exception e)
             {

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 using NetStack.Core.Ip;
@@ -148,6 +149,34 @@ public sealed partial class NetworkStack
         var header = socket.Header;
         if (hopLimit >= 0)
             header = new IpHeaderSettings((byte)hopLimit, header.TypeOfService, header.DontFragment);
+        // The common case, a unicast or broadcast datagram that may be fragmented: copied into a
+        // queue that the loop sends from, and done, as sendto on a kernel socket returns once the
+        // datagram is queued. Nothing the loop could find changes the outcome (without Don't
+        // Fragment no path MTU refuses it), and the order among this socket's sends is kept (one
+        // command queue). No task or delegate per datagram: the loop wakes only when idle. Beyond
+        // UdpSocket.SendQueueBytes in the queue, a send waits for the loop as below, which is
+        // the back-pressure a kernel socket's full send buffer gives.
+        if (hopLimit < 0 && !header.DontFragment && segmentSize == 0 && socket.TryChargeSend(datagram.Length))
+        {
+            var copy = ArrayPool<byte>.Shared.Rent(Math.Max(1, datagram.Length));
+            datagram.Span.CopyTo(copy);
+            if (!TryPostDatagram(new OutgoingDatagram(copy, datagram.Length, source.Value, destination, socket.Port, port, header, socket)))
+            {
+                socket.ReleaseSend(datagram.Length);
+                ArrayPool<byte>.Shared.Return(copy);
+                return ValueTask.FromException<int>(new ObjectDisposedException(nameof(NetworkStack)));
+            }
+            return new ValueTask<int>(datagram.Length);
+        }
+        return SendUdpOnLoopAsync(socket, datagram, source.Value, destination, port, segmentSize, header, cancellationToken);
+    }
+
+    // A send that completes when the loop has written it (or found it too big for Don't
+    // Fragment): in a method of its own, since the captures of its lambda would otherwise cost
+    // every send an allocation at SendUdpAsync's entry, the fast path's included.
+    private ValueTask<int> SendUdpOnLoopAsync(UdpSocket socket, ReadOnlyMemory<byte> datagram, IpAddr source, IpAddr destination, ushort port, int segmentSize,
+        IpHeaderSettings header, CancellationToken cancellationToken)
+    {
         var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         try
         {
@@ -168,10 +197,10 @@ public sealed partial class NetworkStack
                     return;
                 }
                 if (segmentSize > 0 && datagram.Length > segmentSize)
-                    SendUdpSegments(source.Value, destination, socket.Port, port, datagram.Span, segmentSize, now, header);
+                    SendUdpSegments(source, destination, socket.Port, port, datagram.Span, segmentSize, now, header);
                 else
                 {
-                    int length = IpLayer.writeUdpWith(header, source.Value, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
+                    int length = IpLayer.writeUdpWith(header, source, destination, socket.Port, port, NextIdentification(), datagram.Span, _packetBuffer);
                     SendPacket(length, destination, now);
                     // IP_MULTICAST_LOOP: the stack's own members of the group get a copy too.
                     if (socket.MulticastLoopback && IpLayer.loopsBackMulticast(destination, _ip))
@@ -186,6 +215,22 @@ public sealed partial class NetworkStack
             return ValueTask.FromException<int>(e);
         }
         return new ValueTask<int>(completion.Task);
+    }
+
+    // A datagram SendUdpAsync queued: written now, its copy returned to the pool.
+    private void SendQueuedDatagram(in OutgoingDatagram d)
+    {
+        try
+        {
+            int length = IpLayer.writeUdpWith(d.Header, d.Source, d.Destination, d.SourcePort, d.Port, NextIdentification(), d.Buffer.AsSpan(0, d.Length), _packetBuffer);
+            SendPacket(length, d.Destination, Now());
+            _statistics.Increment("udp.sent");
+        }
+        finally
+        {
+            d.Socket.ReleaseSend(d.Length);
+            ArrayPool<byte>.Shared.Return(d.Buffer);
+        }
     }
 
     // Several datagrams from one buffer. With USO in force (a TUN or TAP device whose kernel
@@ -223,3 +268,7 @@ public sealed partial class NetworkStack
         _statistics.Increment("udp.sent", count);
     }
 }
+
+/// <summary>A datagram a <see cref="UdpSocket"/> queued for the loop to send (its payload copied into a pooled buffer).</summary>
+internal readonly record struct OutgoingDatagram(
+    byte[] Buffer, int Length, IpAddr Source, IpAddr Destination, ushort SourcePort, ushort Port, IpHeaderSettings Header, UdpSocket Socket);

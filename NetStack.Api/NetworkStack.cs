@@ -106,7 +106,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     private readonly EthernetPacketDevice? _autoconfiguring;
     private IReadOnlyList<Core.Link.SlaacAddress>? _autoconfigured;
 
-    private readonly record struct Command(Action Run, Action<Exception>? Abort);
+    // Run null: a datagram to send (UdpSocket's queued sends), which costs no delegate.
+    private readonly record struct Command(Action? Run, Action<Exception>? Abort, OutgoingDatagram Datagram = default);
 
     private sealed class PendingPing
     {

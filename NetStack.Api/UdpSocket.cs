@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
+using System.Threading.Tasks.Sources;
 using NetStack.Core.Stack;
 using NetStack.Core.Wire;
 
@@ -22,6 +23,8 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     private readonly object _gate = new();
     private readonly Queue<QueuedDatagram> _queue = new();
     private readonly LinkedList<PendingReceive> _receivers = new();
+    // A finished receive kept for the next one (see PendingReceive).
+    private PendingReceive? _spareReceive;
     private int _capacity;
     private IpHeaderSettings _header = IpHeaderSettings.Default;
     private int _queuedBytes;
@@ -38,14 +41,97 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
 
     private readonly record struct QueuedDatagram(byte[] Buffer, int Length, IPEndPoint Source, IpAddr Destination);
 
-    private sealed class PendingReceive(Memory<byte> buffer)
+    // A receive waiting for a datagram: the source of the ValueTask ReceiveFromAsync returns.
+    // Every field is read and written under the socket's _gate, except the core's own state. One
+    // finished instance per socket is kept for the next receive (_spareReceive), so that a
+    // receive loop allocates nothing per datagram; an instance whose cancellation callback may
+    // still run (Unregister came too late) is not reused, since that callback would cancel the
+    // next receive.
+    private sealed class PendingReceive : IValueTaskSource<SocketReceiveFromResult>
     {
-        public readonly Memory<byte> Buffer = buffer;
-        public readonly TaskCompletionSource<SocketReceiveFromResult> Completion =
-            new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private ManualResetValueTaskSourceCore<SocketReceiveFromResult> _core = new() { RunContinuationsAsynchronously = true };
+        private readonly UdpSocket _owner;
+
+        public PendingReceive(UdpSocket owner)
+        {
+            _owner = owner;
+            Node = new LinkedListNode<PendingReceive>(this);
+        }
+
+        public readonly LinkedListNode<PendingReceive> Node;
+        public Memory<byte> Buffer;
+        public CancellationToken Token;
         public CancellationTokenRegistration Registration;
         // Set for ReceiveMessageFromAsync: where the datagram's destination address goes.
         public DestinationHolder? Destination;
+        public bool Completed;
+        public bool Reusable = true;
+
+        public ValueTask<SocketReceiveFromResult> Task => new(this, _core.Version);
+
+        // Under the owner's _gate; false when it had completed already.
+        public bool TrySetResult(SocketReceiveFromResult result)
+        {
+            if (Completed)
+                return false;
+            Completed = true;
+            Reusable &= Registration.Unregister() || !Token.CanBeCanceled;
+            _core.SetResult(result);
+            return true;
+        }
+
+        // Under the owner's _gate; false when it had completed already.
+        public bool TrySetException(Exception exception)
+        {
+            if (Completed)
+                return false;
+            Completed = true;
+            Reusable &= Registration.Unregister() || !Token.CanBeCanceled;
+            _core.SetException(exception);
+            return true;
+        }
+
+        // The cancellation callback (the registration's state is this instance).
+        public static void Cancel(object? state)
+        {
+            var pending = (PendingReceive)state!;
+            lock (pending._owner._gate)
+            {
+                if (pending.Completed)
+                    return;
+                if (pending.Node.List is not null)
+                    pending._owner._receivers.Remove(pending.Node);
+                pending.Completed = true;
+                pending.Reusable = false;
+                pending._core.SetException(new OperationCanceledException(pending.Token));
+            }
+        }
+
+        public SocketReceiveFromResult GetResult(short token)
+        {
+            try
+            {
+                return _core.GetResult(token);
+            }
+            finally
+            {
+                if (Reusable)
+                {
+                    _core.Reset();
+                    Buffer = default;
+                    Token = default;
+                    Registration = default;
+                    Destination = null;
+                    Completed = false;
+                    Volatile.Write(ref _owner._spareReceive, this);
+                }
+            }
+        }
+
+        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+            _core.OnCompleted(continuation, state, token, flags);
     }
 
     private sealed class DestinationHolder
@@ -100,7 +186,9 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
 
     /// <summary>
     /// Sends one datagram to <paramref name="remote"/>, fragmented as the path MTU requires. Completes
-    /// when the packets are written to the device.
+    /// when the datagram is queued for the device, as sendto on a kernel socket does (synchronously,
+    /// unless <see cref="DontFragment"/> is set, the destination is multicast, or this socket's
+    /// queued sends hold 208 KiB, Linux's default send buffer: then when the loop has written it).
     /// </summary>
     /// <param name="datagram">The payload: up to 65507 bytes over IPv4, 65527 over IPv6.</param>
     /// <param name="remote">The destination.</param>
@@ -205,6 +293,27 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             return ValueTask.FromCanceled<int>(cancellationToken);
         return _stack.SendUdpAsync(this, datagram, address, port, segmentSize, cancellationToken);
     }
+
+    /// <summary>
+    /// The payload bytes of this socket's datagrams that may wait in the loop's queue with their
+    /// sends already completed (Linux's default send buffer, net.core.wmem_default); beyond it a
+    /// send completes when the loop has written its datagram.
+    /// </summary>
+    internal const int SendQueueBytes = 212992;
+
+    // Payload bytes of this socket's datagrams queued for the loop, their sends completed.
+    private int _sendQueued;
+
+    // Reserves room for a queued send; false when the queue is full (the send waits instead).
+    internal bool TryChargeSend(int length)
+    {
+        if (Interlocked.Add(ref _sendQueued, length) <= SendQueueBytes)
+            return true;
+        Interlocked.Add(ref _sendQueued, -length);
+        return false;
+    }
+
+    internal void ReleaseSend(int length) => Interlocked.Add(ref _sendQueued, -length);
 
     // ------------------------------------------------------------------------------------------
     // Socket options (docs/api.md "Socket options")
@@ -584,22 +693,17 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
                 ArrayPool<byte>.Shared.Return(queued.Buffer);
                 return ValueTask.FromResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = queued.Source });
             }
-            pending = new PendingReceive(buffer) { Destination = destination };
-            var node = _receivers.AddLast(pending);
+            pending = Interlocked.Exchange(ref _spareReceive, null) ?? new PendingReceive(this);
+            pending.Buffer = buffer;
+            pending.Destination = destination;
+            pending.Token = cancellationToken;
+            _receivers.AddLast(pending.Node);
+            // Registered under the lock: a token cancelled meanwhile runs the callback here, which
+            // takes the lock again (Monitor is reentrant) and finds the receive still listed.
             if (cancellationToken.CanBeCanceled)
-            {
-                pending.Registration = cancellationToken.Register(() =>
-                {
-                    lock (_gate)
-                    {
-                        if (node.List is not null)
-                            _receivers.Remove(node);
-                    }
-                    pending.Completion.TrySetCanceled(cancellationToken);
-                });
-            }
+                pending.Registration = cancellationToken.UnsafeRegister(PendingReceive.Cancel, pending);
         }
-        return new ValueTask<SocketReceiveFromResult>(pending.Completion.Task);
+        return pending.Task;
     }
 
     /// <summary>Called by the engine loop with a datagram for this socket; false when it was dropped.</summary>
@@ -611,13 +715,13 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         {
             if (_disposed)
                 return DeliveryResult.Closed;
-            if (_remote is not null && (!_remoteAddress.Equals(source) || _remotePort != sourcePort))
+            if (_remote is not null && (!IpAddrs.Same(_remoteAddress, source) || _remotePort != sourcePort))
                 return DeliveryResult.NotFromConnectedPeer;
             endPoint = SourceEndPoint(source, sourcePort);
             while (_receivers.First is { } first)
             {
                 _receivers.RemoveFirst();
-                if (!first.Value.Completion.Task.IsCompleted)
+                if (!first.Value.Completed)
                 {
                     receiver = first.Value;
                     break;
@@ -639,16 +743,16 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             // Copy while holding the lock, so a cancellation cannot hand the buffer back meanwhile.
             int copied = Math.Min(payload.Length, receiver.Buffer.Length);
             payload[..copied].CopyTo(receiver.Buffer.Span);
-            // Unregister, not Dispose: Dispose would wait for a running callback, which waits for this lock.
-            receiver.Registration.Unregister();
-            receiver.Completion.TrySetResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = endPoint });
+            // (TrySetResult unregisters, not disposes: Dispose would wait for a running callback,
+            // which waits for this lock.)
+            receiver.TrySetResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = endPoint });
         }
         return DeliveryResult.Delivered;
     }
 
     private IPEndPoint SourceEndPoint(IpAddr source, ushort port)
     {
-        if (_lastSource is not null && _lastSourcePort == port && _lastSourceAddress.Equals(source))
+        if (_lastSource is not null && _lastSourcePort == port && IpAddrs.Same(_lastSourceAddress, source))
             return _lastSource;
         var address = source.ToIPAddress();
         // A dual-mode (IPv6Any) socket reports IPv4 senders as IPv4-mapped addresses, as Socket does.
@@ -667,7 +771,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
         {
             // Linux reports ICMP errors only to connected UDP sockets (without IP_RECVERR), and only
             // those from the connected remote: others may be forged or stale.
-            if (_disposed || _remote is null || !_remoteAddress.Equals(destination) || _remotePort != destinationPort)
+            if (_disposed || _remote is null || !IpAddrs.Same(_remoteAddress, destination) || _remotePort != destinationPort)
                 return false;
             if (kind != IcmpErrorKind.PortUnreachable)
                 return false;
@@ -675,8 +779,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             while (_receivers.First is { } first)
             {
                 _receivers.RemoveFirst();
-                first.Value.Registration.Unregister();
-                if (first.Value.Completion.TrySetException(new SocketException((int)error)))
+                if (first.Value.TrySetException(new SocketException((int)error)))
                     return true;
             }
             _pendingError = error;
@@ -704,25 +807,20 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     /// <summary>Closes the socket: pending receives fail with <see cref="SocketError.OperationAborted"/>, the port is freed.</summary>
     public void Dispose()
     {
-        List<PendingReceive> aborted = [];
         lock (_gate)
         {
             if (_disposed)
                 return;
             _disposed = true;
+            // The waiting receives fail (their continuations run on the thread pool, not here).
             while (_receivers.First is { } first)
             {
                 _receivers.RemoveFirst();
-                aborted.Add(first.Value);
+                first.Value.TrySetException(new SocketException((int)SocketError.OperationAborted));
             }
             while (_queue.TryDequeue(out var queued))
                 ArrayPool<byte>.Shared.Return(queued.Buffer);
             _queuedBytes = 0;
-        }
-        foreach (var pending in aborted)
-        {
-            pending.Registration.Unregister();
-            pending.Completion.TrySetException(new SocketException((int)SocketError.OperationAborted));
         }
         // A closed socket leaves its groups (as Linux's ip_mc_drop_socket).
         IpAddr[] groups;
@@ -755,4 +853,12 @@ internal enum DeliveryResult
     QueueFull,
     NotFromConnectedPeer,
     Closed,
+}
+
+/// Comparisons of <see cref="IpAddr"/> for the hot paths: <c>a.Equals(b)</c> from C# takes the
+/// object overload and boxes both (the F# struct's typed Equals is an explicit interface
+/// implementation); the default comparer calls IEquatable without boxing.
+internal static class IpAddrs
+{
+    public static bool Same(IpAddr a, IpAddr b) => EqualityComparer<IpAddr>.Default.Equals(a, b);
 }

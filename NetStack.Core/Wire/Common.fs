@@ -4,6 +4,7 @@ open System
 open System.Buffers.Binary
 open System.Net
 open System.Net.Sockets
+open System.Runtime.InteropServices
 
 /// Why a sequence of bytes from the network could not be parsed.
 /// Parsers return this instead of throwing: bytes from the network are never trusted.
@@ -65,8 +66,12 @@ type Ipv4Address =
         if address.AddressFamily <> AddressFamily.InterNetwork then
             invalidArg (nameof address) $"'{address}' is not an IPv4 address."
 
-        let bytes = address.GetAddressBytes()
-        Ipv4Address.Read(ReadOnlySpan bytes)
+        // Into a local, not GetAddressBytes's new array: no allocation per conversion.
+        let mutable raw = 0u
+        let bytes = MemoryMarshal.AsBytes(MemoryMarshal.CreateSpan(&raw, 1))
+        let mutable written = 0
+        address.TryWriteBytes(bytes, &written) |> ignore
+        Ipv4Address.Read(Span<byte>.op_Implicit bytes)
 
     /// Parses dotted-quad text; throws FormatException when it is not an IPv4 address.
     static member Parse(text: string) =
@@ -132,8 +137,12 @@ type Ipv6Address =
         if address.AddressFamily <> AddressFamily.InterNetworkV6 then
             invalidArg (nameof address) $"'{address}' is not an IPv6 address."
 
-        let bytes = address.GetAddressBytes()
-        Ipv6Address.Read(ReadOnlySpan bytes)
+        // Into a local, not GetAddressBytes's new array: no allocation per conversion.
+        let mutable raw = Int128.Zero
+        let bytes = MemoryMarshal.AsBytes(MemoryMarshal.CreateSpan(&raw, 1))
+        let mutable written = 0
+        address.TryWriteBytes(bytes, &written) |> ignore
+        Ipv6Address.Read(Span<byte>.op_Implicit bytes)
 
     /// Parses IPv6 text; throws FormatException when it is not an IPv6 address.
     static member Parse(text: string) =

@@ -358,4 +358,96 @@ let tests =
                 Expect.equal core 0.0 "the core allocates nothing per in-order data segment"
                 NetStack.Tests.TestUtil.assertNoExceptions stack
             }
+
+            test
+                "a UDP echo allocates nothing per datagram: SendToAsync completes at once, a waiting ReceiveFromAsync reuses its completion, the loop allocates nothing" {
+                use stack = NetworkStack.Start(optionsFor 4)
+                use socket = stack.BindUdp(IPEndPoint(IPAddress.Any, 7001))
+
+                use kernel =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                kernel.ReceiveTimeout <- 10_000
+                kernel.Bind(IPEndPoint(IPAddress.Parse "10.101.4.1", 0))
+                // Connected: Send and Receive allocate no endpoint of their own.
+                kernel.Connect(IPEndPoint(IPAddress.Parse "10.101.4.2", 7001))
+                let payload = Array.zeroCreate<byte> 64
+                let buffer = Array.zeroCreate<byte> 2048
+                let sink = Array.zeroCreate<byte> 2048
+
+                // One round: the stack's receive waits (nothing is queued), the kernel sends, the
+                // stack echoes, the kernel receives. Returns what the stack's two calls allocated
+                // on this thread (the kernel socket's calls are left out).
+                let round (i: int) =
+                    let before = GC.GetAllocatedBytesForCurrentThread()
+                    let pending = socket.ReceiveFromAsync(Memory buffer)
+                    let afterReceive = GC.GetAllocatedBytesForCurrentThread()
+                    Expect.isFalse pending.IsCompleted "the receive waits for the datagram"
+                    payload[0] <- byte i
+                    payload[1] <- byte (i >>> 8)
+                    kernel.Send payload |> ignore
+                    // No AsTask (it would allocate a Task): poll until the datagram arrives.
+                    let deadline = DateTime.UtcNow + timeout
+
+                    while not pending.IsCompleted do
+                        if DateTime.UtcNow > deadline then
+                            failtest "the datagram did not arrive"
+
+                        Thread.Yield() |> ignore
+
+                    let beforeResult = GC.GetAllocatedBytesForCurrentThread()
+                    let received = pending.Result
+
+                    let sent =
+                        socket.SendToAsync(
+                            ReadOnlyMemory(buffer, 0, received.ReceivedBytes),
+                            received.RemoteEndPoint :?> IPEndPoint
+                        )
+
+                    let afterSend = GC.GetAllocatedBytesForCurrentThread()
+                    Expect.isTrue sent.IsCompletedSuccessfully "the send completed at once"
+                    Expect.equal sent.Result payload.Length "bytes sent"
+                    let n = kernel.Receive sink
+
+                    Expect.equal
+                        (n, sink[0], sink[1])
+                        (payload.Length, byte i, byte (i >>> 8))
+                        "the kernel got the datagram back"
+
+                    (afterReceive - before) + (afterSend - beforeResult)
+
+                for i in 1..500 do
+                    round i |> ignore
+
+                let rounds = 2000
+                let allocated0, packets0 = loopCounters stack
+                let mutable calls = 0L
+
+                for i in 1..rounds do
+                    calls <- calls + round i
+
+                let allocated1, packets1 = loopCounters stack
+                let packets = packets1 - packets0
+                let loopPerPacket = float (allocated1 - allocated0) / float (max 1L packets)
+
+                printfn
+                    "UDP echo: %d B allocated by %d receives and sends; the loop %.1f B per packet over %d packets"
+                    calls
+                    rounds
+                    loopPerPacket
+                    packets
+
+                Expect.isGreaterThanOrEqual
+                    packets
+                    (int64 (2 * rounds))
+                    "every datagram crossed the interface both ways"
+                // Under one byte per round: any allocation per call (24 bytes at least) fails this.
+                Expect.isLessThan
+                    calls
+                    (int64 rounds)
+                    "bytes ReceiveFromAsync and SendToAsync allocated on the caller's thread"
+
+                Expect.isLessThan loopPerPacket 4.0 "bytes the loop allocates per packet"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
+            }
         ]

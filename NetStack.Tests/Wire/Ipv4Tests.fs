@@ -120,6 +120,18 @@ let tests =
             testList
                 "round trip"
                 [
+                    testPropertyWithConfig
+                        TestUtil.codecConfig
+                        "an IPAddress converts to the big-endian value of its four bytes"
+                    <| fun (a: byte) (b: byte) (c: byte) (d: byte) ->
+                        let address = Ipv4Address.OfIPAddress(System.Net.IPAddress [| a; b; c; d |])
+
+                        let expected =
+                            (uint32 a <<< 24) ||| (uint32 b <<< 16) ||| (uint32 c <<< 8) ||| uint32 d
+
+                        address.Value = expected
+                        && address.ToIPAddress().GetAddressBytes() = [| a; b; c; d |]
+
                     testPropertyWithConfig TestUtil.codecConfig "writing then parsing returns every field"
                     <| Prop.forAll (Arb.fromGen datagramGen) (fun (header, options, payload) ->
                         let packet = build header options payload

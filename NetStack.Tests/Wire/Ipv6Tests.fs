@@ -245,6 +245,21 @@ let tests =
                 [
                     testPropertyWithConfig
                         TestUtil.codecConfig
+                        "an IPAddress converts to its sixteen bytes as two big-endian halves"
+                    <| fun (seed: int) ->
+                        let bytes = Array.zeroCreate<byte> 16
+                        Random(seed).NextBytes bytes
+                        let address = Ipv6Address.OfIPAddress(System.Net.IPAddress bytes)
+
+                        let half (at: int) =
+                            Seq.fold (fun acc i -> (acc <<< 8) ||| uint64 bytes[at + i]) 0UL [ 0..7 ]
+
+                        address.High = half 0
+                        && address.Low = half 8
+                        && address.ToIPAddress().GetAddressBytes() = bytes
+
+                    testPropertyWithConfig
+                        TestUtil.codecConfig
                         "writing then parsing the fixed header returns every field"
                     <| Prop.forAll
                         (Arb.fromGen (Gen.zip3 headerGen byteGen (bytesGen 200)))
