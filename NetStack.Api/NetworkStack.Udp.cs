@@ -156,6 +156,9 @@ public sealed partial class NetworkStack
         // command queue). No task or delegate per datagram: the loop wakes only when idle. Beyond
         // UdpSocket.SendQueueBytes in the queue, a send waits for the loop as below, which is
         // the back-pressure a kernel socket's full send buffer gives.
+        if (hopLimit < 0 && segmentSize == 0 && _inlineUdpSends && Volatile.Read(ref _loopIdle) && socket.NothingQueued
+            && TrySendUdpInline(header, source.Value, destination, socket.Port, port, datagram.Span))
+            return new ValueTask<int>(datagram.Length);
         if (hopLimit < 0 && !header.DontFragment && segmentSize == 0 && socket.TryChargeSend(datagram.Length))
         {
             var copy = ArrayPool<byte>.Shared.Rent(Math.Max(1, datagram.Length));
@@ -171,6 +174,44 @@ public sealed partial class NetworkStack
         return SendUdpOnLoopAsync(socket, datagram, source.Value, destination, port, segmentSize, header, cancellationToken);
     }
 
+    // Whether UDP sends may write their datagram on the sender's thread: the device is the TUN
+    // itself (whose writes are safe from any thread; no capture, fault or link layer between).
+    private readonly bool _inlineUdpSends;
+
+    // While the loop sleeps, a datagram whose socket has nothing waiting in the loop's queue is
+    // written here, on the sender's thread, as sendto on a kernel socket does: no wake of the
+    // loop and no thread hop (the loop would only wake to write it). The core still decides
+    // everything: the same pure writer and an immutable snapshot of the IP layer's state (the
+    // path MTU, which addresses are ours). False, and nothing sent, for what needs the loop: a
+    // datagram for ourselves, or one the path MTU would fragment.
+    private bool TrySendUdpInline(IpHeaderSettings header, IpAddr source, IpAddr destination, ushort sourcePort, ushort port, ReadOnlySpan<byte> payload)
+    {
+        var ip = Volatile.Read(ref _ip);
+        int length = (destination.IsIpv6 ? 48 : 28) + payload.Length;
+        if (length > IpLayer.pathMtu(Now(), destination, ip) || IpLayer.isLoopedDestination(destination, ip))
+            return false;
+        var buffer = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            int written = IpLayer.writeUdpWith(header, source, destination, sourcePort, port, NextIdentification(), payload, buffer);
+            _device.Write(buffer.AsSpan(0, written));
+            _deviceWritten.Increment();
+            Interlocked.Add(ref _bytesWritten, written);
+            _statistics.Increment("udp.sent");
+            _statistics.Increment("udp.sent.inline");
+        }
+        catch (TunDeviceException)
+        {
+            // As a kernel socket's datagram dropped at a full device queue: gone, and counted.
+            _statistics.Increment("udp.drop.device-write");
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+        return true;
+    }
+
     // A send that completes when the loop has written it (or found it too big for Don't
     // Fragment): in a method of its own, since the captures of its lambda would otherwise cost
     // every send an allocation at SendUdpAsync's entry, the fast path's included.
@@ -178,10 +219,14 @@ public sealed partial class NetworkStack
         IpHeaderSettings header, CancellationToken cancellationToken)
     {
         var completion = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Counted as queued until the loop has run it, so that no later send of this socket
+        // overtakes it on the sender's thread (TrySendUdpInline).
+        socket.ChargeSend(datagram.Length);
         try
         {
             Post(() =>
             {
+                socket.ReleaseSend(datagram.Length);
                 if (cancellationToken.IsCancellationRequested)
                 {
                     completion.TrySetCanceled(cancellationToken);

@@ -140,6 +140,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         Options = options;
         InterfaceName = interfaceName;
         _device = device;
+        _inlineUdpSends = device is TunPacketDevice;
         InitLink(device);
         if (options.Offloads && device is IOffloadPacketDevice offload && offload.Offloads != TunOffloads.None)
             _offload = offload;

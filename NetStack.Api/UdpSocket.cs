@@ -307,13 +307,20 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
     // Reserves room for a queued send; false when the queue is full (the send waits instead).
     internal bool TryChargeSend(int length)
     {
-        if (Interlocked.Add(ref _sendQueued, length) <= SendQueueBytes)
+        // One more than the length, so that an empty datagram counts too.
+        if (Interlocked.Add(ref _sendQueued, length + 1) <= SendQueueBytes)
             return true;
-        Interlocked.Add(ref _sendQueued, -length);
+        Interlocked.Add(ref _sendQueued, -length - 1);
         return false;
     }
 
-    internal void ReleaseSend(int length) => Interlocked.Add(ref _sendQueued, -length);
+    internal void ReleaseSend(int length) => Interlocked.Add(ref _sendQueued, -length - 1);
+
+    // Counts a send that waits for the loop whatever the queue holds.
+    internal void ChargeSend(int length) => Interlocked.Add(ref _sendQueued, length + 1);
+
+    // True when none of this socket's datagrams waits in the loop's queue.
+    internal bool NothingQueued => Volatile.Read(ref _sendQueued) == 0;
 
     // ------------------------------------------------------------------------------------------
     // Socket options (docs/api.md "Socket options")

@@ -5,23 +5,22 @@ open NetStack.Core.Wire
 
 /// The IPv4 Identification of the packets the stack sends (RFC 791 §3.2; RFC 6864 §4: unique
 /// per source, destination and protocol for as long as a datagram may live, which one counter
-/// for all gives). Starts where the caller's random number says.
+/// for all gives). Starts where the caller's random number says. Thread-safe: the loop and the
+/// threads that send UDP datagrams themselves (NetworkStack's inline sends) take numbers from it.
 [<Sealed>]
 type Ipv4Identification(start: int) =
-    let mutable next = uint16 start
+    // How many identifications were taken (the next is start + taken, in 16 bits); Interlocked
+    // keeps takers apart.
+    [<DefaultValue>]
+    val mutable private taken: int
 
     /// The identification for the next packet.
-    member _.Next() =
-        let id = next
-        next <- next + 1us
-        id
+    member this.Next() = this.Take 1
 
     /// The identification of the first of `count` packets the device makes from one: a TSO or
     /// USO super-packet, which the kernel cuts into packets numbered on from ours.
-    member _.Take(count: int) =
-        let id = next
-        next <- next + uint16 count
-        id
+    member this.Take(count: int) =
+        uint16 (System.Threading.Interlocked.Add(&this.taken, count) - count + start)
 
 /// Which of one connection's consecutive data segments leave as one TSO super-segment
 /// (virtio-net GSO TCPV4/TCPV6): the device or the kernel cuts it into segments of the first

@@ -340,6 +340,77 @@ for i in range(count):
                     expectGarbageDroppedAndPingsAnswered stack 10 before 1000L)
             }
 
+            test
+                "a socket's datagrams reach the kernel in the order sent, whether written on the sender's thread while the loop sleeps or queued while it is busy" {
+                withStack 12 (fun stack ->
+                    use receiver = kernelSocket (IPAddress.Parse "10.79.12.1")
+                    receiver.ReceiveBufferSize <- 1 <<< 20
+                    let target = receiver.LocalEndPoint :?> IPEndPoint
+                    use sender = stack.BindUdp(IPEndPoint(IPAddress.Any, 0))
+                    // What keeps the loop busy: a kernel flood into a stack socket nobody reads.
+                    use floodTarget = stack.BindUdp(IPEndPoint(IPAddress.Any, 9))
+                    use flooder = kernelSocket (IPAddress.Parse "10.79.12.1")
+                    use stopFlood = new CancellationTokenSource()
+                    let total = 3000
+                    let batch = 100
+                    let received = Collections.Generic.List<int>()
+                    let buffer = Array.zeroCreate<byte> 64
+
+                    let send (i: int) =
+                        let datagram = BitConverter.GetBytes i
+                        let sent = sender.SendToAsync(ReadOnlyMemory datagram, target).AsTask()
+                        Expect.equal (result sent) 4 "bytes sent"
+
+                    // A batch at a time, each read back before the next: the kernel's queues
+                    // never overflow, so every datagram must arrive.
+                    let sendBatch (first: int) =
+                        for i in first .. first + batch - 1 do
+                            send i
+
+                        for _ in 1..batch do
+                            let n = receiver.Receive buffer
+                            Expect.equal n 4 "a whole datagram"
+                            received.Add(BitConverter.ToInt32(buffer, 0))
+
+                    // The loop idle: sends go out on this thread.
+                    Thread.Sleep 200
+                    sendBatch 0
+                    let inlineQuiet = stack.Statistics.["udp.sent.inline"]
+
+                    let flood =
+                        Tasks.Task.Run(fun () ->
+                            let junk = Array.zeroCreate<byte> 1000
+                            let floodEnd = IPEndPoint(IPAddress.Parse "10.79.12.2", 9)
+
+                            while not stopFlood.IsCancellationRequested do
+                                flooder.SendTo(junk, floodEnd) |> ignore)
+
+                    try
+                        for first in batch..batch .. total - 1 do
+                            sendBatch first
+                    finally
+                        stopFlood.Cancel()
+                        flood.Wait timeout |> ignore
+
+                    let inlineSent = stack.Statistics.["udp.sent.inline"]
+                    let queued = stack.Statistics.["udp.sent"] - inlineSent
+
+                    printfn
+                        "datagrams written on the sender's thread: %d (%d with the loop quiet), queued for the loop: %d"
+                        inlineSent
+                        inlineQuiet
+                        queued
+
+                    Expect.sequenceEqual received [ 0 .. total - 1 ] "every datagram, in the order sent"
+
+                    Expect.isGreaterThan
+                        inlineQuiet
+                        0L
+                        "with the loop asleep, datagrams were written on the sender's thread"
+
+                    Expect.isGreaterThan queued 0L "with the loop busy, datagrams were queued for it")
+            }
+
             test "disposing the stack removes its interface" {
                 let stack = NetworkStack.Start(optionsFor 9)
                 let name = stack.InterfaceName
