@@ -16,6 +16,10 @@ namespace NetStack;
 // connection engine (NetStack.Core.Tcp.Connection) and the sockets' byte buffers.
 public sealed partial class NetworkStack
 {
+    // The socket options of connections no listener object owns (loop only; shared, never
+    // changed in place: TcpConnection copies it on its first setter).
+    private TcpSocketState? _defaultSocketState;
+
     // Loop-only: the core's endpoint table (connections by 4-tuple, listeners, ports, timers),
     // the output every call of it fills, and the TSO run being gathered.
     private TcpEndpointTable _tcpTable = null!;
@@ -648,7 +652,7 @@ public sealed partial class NetworkStack
     private TcpConnection Attach(TcpEndpoint endpoint)
     {
         var key = endpoint.Key;
-        var socket = (endpoint.Listener?.Owner as TcpConnectionListener)?.SocketForAccepted() ?? TcpSocketState.Defaults(Options);
+        var socket = (endpoint.Listener?.Owner as TcpConnectionListener)?.SocketForAccepted() ?? (_defaultSocketState ??= TcpSocketState.Defaults(Options));
         var connection = new TcpConnection(this, socket,
             new IPEndPoint(key.Local.ToIPAddress(), key.LocalPort), new IPEndPoint(key.Remote.ToIPAddress(), key.RemotePort))
         {

@@ -176,8 +176,8 @@ public sealed partial class TcpConnection
                 _recvBase = _recvConsumed;
                 _receive = ring;
                 // A pipe reader's buffer lies in the old ring until its AdvanceTo (TcpConnection.Pipe.cs).
-                if (_readerHolds && _readerBuffer.Length > 0 && _retiredReceive is null)
-                    _retiredReceive = old;
+                if (_pipeState is { _readerHolds: true } pipe && pipe._readerBuffer.Length > 0 && pipe._retiredReceive is null)
+                    pipe._retiredReceive = old;
                 else
                     ReturnRing(old);
             }

@@ -7,8 +7,22 @@ namespace NetStack;
 // the connection's control block); the send buffer and linger are this side's.
 public sealed partial class TcpConnection
 {
-    // Under _gate. The listener's (accepted) or the TcpSocketOptions' (connected) at first.
-    private readonly TcpSocketState _socket;
+    // Under _gate. At first shared, never changed in place: the listener's snapshot for the
+    // connections it accepts (or the stack's defaults), or the TcpSocketOptions' (connected);
+    // the first setter makes a copy of its own (OwnSocketLocked), so that an idle accepted
+    // connection carries no copy.
+    private TcpSocketState _socket;
+    private bool _socketOwned;
+
+    private TcpSocketState OwnSocketLocked()
+    {
+        if (!_socketOwned)
+        {
+            _socket = _socket.Clone();
+            _socketOwned = true;
+        }
+        return _socket;
+    }
 
     // The core's part, for the loop (a copy: a struct).
     internal Core.Tcp.TcpSocketSettings SocketSettings
@@ -33,7 +47,7 @@ public sealed partial class TcpConnection
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            set(_socket);
+            set(OwnSocketLocked());
             settings = _socket.Core;
         }
         _stack.TcpConfigure(this, settings);
@@ -141,7 +155,7 @@ public sealed partial class TcpConnection
             lock (_gate)
             {
                 ObjectDisposedException.ThrowIf(_disposed, this);
-                _socket.SetSendBufferSize(value, nameof(value));
+                OwnSocketLocked().SetSendBufferSize(value, nameof(value));
             }
             _stack.TcpSetSendBuffer(this, value);
         }
@@ -179,7 +193,7 @@ public sealed partial class TcpConnection
             lock (_gate)
             {
                 ObjectDisposedException.ThrowIf(_disposed, this);
-                _socket.SetLinger(value, nameof(value));
+                OwnSocketLocked().SetLinger(value, nameof(value));
             }
         }
     }

@@ -15,39 +15,48 @@ public sealed partial class TcpConnection : IDuplexPipe
     private ConnectionPipeReader? _pipeReader;
     private ConnectionPipeWriter? _pipeWriter;
 
-    // ---- Reader state (under _gate) ---------------------------------------------------------------
-    // A ReadResult's buffer is out: [_readerStart, _readerStart + its length) of the receive
-    // stream, in the ring; it stays valid (and in place) until AdvanceTo.
-    private bool _readerHolds;
-    private long _readerStart;
-    private ReadOnlySequence<byte> _readerBuffer;
-    // A one-slice buffer: its array and where it starts in it (see OffsetInReadLocked).
-    private byte[]? _readerArray;
-    private int _readerArrayStart;
-    // The stream position the reader has examined up to: ReadAsync waits for bytes beyond it.
-    private long _examined;
-    private bool _readCancelPending;
-    private bool _inputCompleted;
-    // A receive ring replaced by auto-tuning's growth while the reader held a buffer in it: it
-    // goes back to the pool at the reader's AdvanceTo.
-    private byte[]? _retiredReceive;
-    private RingSegment? _segmentFirst;
-    private RingSegment? _segmentSecond;
+    // The pipe surface's state, made by the first use of Input or Output: a connection used as a
+    // Stream (the idle-connection figure) does not carry it.
+    private PipeState? _pipeState;
 
-    // ---- Writer state (under _gate) ---------------------------------------------------------------
-    // The end of the bytes advanced into the send ring (not yet flushed when beyond _sendWritten).
-    private long _pipeWritten;
-    // Bytes of the last GetMemory the writer may still advance (0: none; less after each Advance,
-    // none after a flush) and where they lie.
-    private int _writerHeld;
-    private bool _writerHeldInRing;
-    // Bytes advanced while the ring had no room for the memory asked: [start, length) of this
-    // pooled array, moved into the ring by the next flush.
-    private byte[]? _overflow;
-    private int _overflowStart;
-    private int _overflowLength;
-    private bool _flushCancelPending;
-    private bool _outputCompleted;
+    private PipeState P => _pipeState ??= new PipeState();
+
+    private sealed class PipeState
+    {
+        // ---- Reader state (under _gate) ---------------------------------------------------------------
+        // A ReadResult's buffer is out: [_readerStart, _readerStart + its length) of the receive
+        // stream, in the ring; it stays valid (and in place) until AdvanceTo.
+        internal bool _readerHolds;
+        internal long _readerStart;
+        internal ReadOnlySequence<byte> _readerBuffer;
+        // A one-slice buffer: its array and where it starts in it (see OffsetInReadLocked).
+        internal byte[]? _readerArray;
+        internal int _readerArrayStart;
+        // The stream position the reader has examined up to: ReadAsync waits for bytes beyond it.
+        internal long _examined;
+        internal bool _readCancelPending;
+        internal bool _inputCompleted;
+        // A receive ring replaced by auto-tuning's growth while the reader held a buffer in it: it
+        // goes back to the pool at the reader's AdvanceTo.
+        internal byte[]? _retiredReceive;
+        internal RingSegment? _segmentFirst;
+        internal RingSegment? _segmentSecond;
+
+        // ---- Writer state (under _gate) ---------------------------------------------------------------
+        // The end of the bytes advanced into the send ring (not yet flushed when beyond _sendWritten).
+        internal long _pipeWritten;
+        // Bytes of the last GetMemory the writer may still advance (0: none; less after each Advance,
+        // none after a flush) and where they lie.
+        internal int _writerHeld;
+        internal bool _writerHeldInRing;
+        // Bytes advanced while the ring had no room for the memory asked: [start, length) of this
+        // pooled array, moved into the ring by the next flush.
+        internal byte[]? _overflow;
+        internal int _overflowStart;
+        internal int _overflowLength;
+        internal bool _flushCancelPending;
+        internal bool _outputCompleted;
+    }
 
     /// <summary>
     /// The receiving half as a <see cref="PipeReader"/> over the connection's own receive buffer
@@ -118,8 +127,8 @@ public sealed partial class TcpConnection : IDuplexPipe
         if (_readWaiter.IsArmed || _writeWaiter.IsArmed)
             throw new InvalidOperationException("A Stream read or write is in progress on this connection; the pipe (Input/Output) can be used once it has ended.");
         _pipeMode = true;
-        _examined = _recvConsumed;
-        _pipeWritten = _sendWritten;
+        P._examined = _recvConsumed;
+        P._pipeWritten = _sendWritten;
     }
 
     // Under _gate: the Stream's reads and writes refuse a connection in pipe mode.
@@ -132,7 +141,7 @@ public sealed partial class TcpConnection : IDuplexPipe
     // Under _gate: the writer holds send-ring space or advanced bytes the loop does not know of,
     // so the ring may not move (auto-tuning's growth waits).
     private bool WriterHoldsSendRingLocked() =>
-        _pipeMode && ((_writerHeld > 0 && _writerHeldInRing) || _pipeWritten != _sendWritten);
+        _pipeMode && ((P._writerHeld > 0 && P._writerHeldInRing) || P._pipeWritten != _sendWritten);
 
     // ---- Reader -----------------------------------------------------------------------------------
 
@@ -150,40 +159,40 @@ public sealed partial class TcpConnection : IDuplexPipe
             if (first == length)
             {
                 buffer = new ReadOnlySequence<byte>(ring, start, first);
-                _readerArray = ring;
-                _readerArrayStart = start;
+                P._readerArray = ring;
+                P._readerArrayStart = start;
             }
             else
             {
-                var a = _segmentFirst ??= new RingSegment();
-                var b = _segmentSecond ??= new RingSegment();
+                var a = P._segmentFirst ??= new RingSegment();
+                var b = P._segmentSecond ??= new RingSegment();
                 a.Set(ring.AsMemory(start, first), 0, b);
                 b.Set(ring.AsMemory(0, (int)length - first), first, null);
                 buffer = new ReadOnlySequence<byte>(a, 0, b, (int)length - first);
             }
             _ringsUsed = true;
         }
-        _readerHolds = true;
-        _readerStart = _recvConsumed;
-        _readerBuffer = buffer;
+        P._readerHolds = true;
+        P._readerStart = _recvConsumed;
+        P._readerBuffer = buffer;
         return new ReadResult(buffer, canceled, _peerClosed);
     }
 
     // Under _gate: a result is ready without waiting (or the read must fail). False: wait.
     private bool TryReadLocked(out ReadResult result)
     {
-        if (_inputCompleted)
+        if (P._inputCompleted)
             throw new InvalidOperationException("Reading is not allowed after the reader was completed.");
-        if (_readerHolds)
+        if (P._readerHolds)
             throw new InvalidOperationException("The previous read's buffer was not yet advanced (AdvanceTo).");
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_readCancelPending)
+        if (P._readCancelPending)
         {
-            _readCancelPending = false;
+            P._readCancelPending = false;
             result = ReadResultLocked(canceled: true);
             return true;
         }
-        if (_recvDelivered > _examined || _peerClosed)
+        if (_recvDelivered > P._examined || _peerClosed)
         {
             result = ReadResultLocked(canceled: false);
             return true;
@@ -225,30 +234,30 @@ public sealed partial class TcpConnection : IDuplexPipe
         bool notify = false, wake = false;
         lock (_gate)
         {
-            if (_inputCompleted)
+            if (P._inputCompleted)
                 throw new InvalidOperationException("Reading is not allowed after the reader was completed.");
-            if (!_readerHolds)
+            if (!P._readerHolds)
                 throw new InvalidOperationException("No read to advance: AdvanceTo follows a ReadAsync or a successful TryRead.");
-            long length = _readerBuffer.Length;
+            long length = P._readerBuffer.Length;
             long c = OffsetInReadLocked(consumed);
             long e = OffsetInReadLocked(examined);
             if (c < 0 || c > length)
                 throw new ArgumentOutOfRangeException(nameof(consumed), "The position is not in the buffer the last read returned.");
             if (e < c || e > length)
                 throw new ArgumentOutOfRangeException(nameof(examined), "The position is not in the buffer the last read returned, or lies before the consumed one.");
-            _readerHolds = false;
-            _readerBuffer = default;
-            _readerArray = null;
-            _examined = Math.Max(_readerStart + e, _examined);
+            P._readerHolds = false;
+            P._readerBuffer = default;
+            P._readerArray = null;
+            P._examined = Math.Max(P._readerStart + e, P._examined);
             if (c > 0)
             {
                 _recvConsumed += c;
                 _ringsUsed = true;
                 NoteReadLocked(ref notify, ref wake);
             }
-            if (_retiredReceive is { } old)
+            if (P._retiredReceive is { } old)
             {
-                _retiredReceive = null;
+                P._retiredReceive = null;
                 ReturnRing(old);
             }
         }
@@ -259,17 +268,17 @@ public sealed partial class TcpConnection : IDuplexPipe
     }
 
     // Where a position of the last read's buffer lies from its start (-1: not one of its positions).
-    // The buffer is one array slice from _readerArrayStart, or two ring segments.
+    // The buffer is one array slice from P._readerArrayStart, or two ring segments.
     private long OffsetInReadLocked(SequencePosition position)
     {
         object? owner = position.GetObject();
         int index = position.GetInteger();
-        if (owner is RingSegment segment && (segment == _segmentFirst || segment == _segmentSecond))
+        if (owner is RingSegment segment && (segment == P._segmentFirst || segment == P._segmentSecond))
             return segment.RunningIndex + index;
-        if (_readerBuffer.IsEmpty)
+        if (P._readerBuffer.IsEmpty)
             return index == 0 ? 0 : -1;
-        if (owner is byte[] array && _readerBuffer.IsSingleSegment && ReferenceEquals(array, _readerArray))
-            return index - _readerArrayStart;
+        if (owner is byte[] array && P._readerBuffer.IsSingleSegment && ReferenceEquals(array, P._readerArray))
+            return index - P._readerArrayStart;
         return -1;
     }
 
@@ -277,7 +286,7 @@ public sealed partial class TcpConnection : IDuplexPipe
     {
         lock (_gate)
         {
-            _readCancelPending = true;
+            P._readCancelPending = true;
             _readWaiter.Complete();
         }
     }
@@ -287,15 +296,15 @@ public sealed partial class TcpConnection : IDuplexPipe
         bool notify = false, wake = false;
         lock (_gate)
         {
-            if (_inputCompleted)
+            if (P._inputCompleted)
                 return;
-            _inputCompleted = true;
-            _readerHolds = false;
-            _readerBuffer = default;
-            _readerArray = null;
-            if (_retiredReceive is { } old)
+            P._inputCompleted = true;
+            P._readerHolds = false;
+            P._readerBuffer = default;
+            P._readerArray = null;
+            if (P._retiredReceive is { } old)
             {
-                _retiredReceive = null;
+                P._retiredReceive = null;
                 ReturnRing(old);
             }
             // Unread bytes are thrown away, and so are later ones (Deliver): the window stays open.
@@ -314,7 +323,7 @@ public sealed partial class TcpConnection : IDuplexPipe
     // thread, under _gate; the window command goes out after the lock (see Deliver).
     private bool DiscardForCompletedReaderLocked(ref bool wake)
     {
-        if (!_inputCompleted || _disposed || _recvDelivered <= _recvConsumed)
+        if (!P._inputCompleted || _disposed || _recvDelivered <= _recvConsumed)
             return false;
         _recvConsumed = _recvDelivered;
         bool notify = false;
@@ -341,57 +350,57 @@ public sealed partial class TcpConnection : IDuplexPipe
         int want = Math.Max(sizeHint, 1);
         lock (_gate)
         {
-            if (_outputCompleted)
+            if (P._outputCompleted)
                 throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_overflowLength == _overflowStart)
+            if (P._overflowLength == P._overflowStart)
             {
                 PrepareSendRingLocked();
-                int free = _sendCapacity - (int)(_pipeWritten - _sendAcked);
-                int start = (int)((_pipeWritten - _sendBase) % _sendCapacity);
+                int free = _sendCapacity - (int)(P._pipeWritten - _sendAcked);
+                int start = (int)((P._pipeWritten - _sendBase) % _sendCapacity);
                 int contiguous = Math.Min(free, _sendCapacity - start);
                 if (contiguous >= want)
                 {
                     _send ??= RentRing(_sendCapacity);
                     _ringsUsed = true;
-                    _writerHeld = contiguous;
-                    _writerHeldInRing = true;
+                    P._writerHeld = contiguous;
+                    P._writerHeldInRing = true;
                     return _send.AsMemory(start, contiguous);
                 }
             }
             // No room in the ring for this much: a pooled overflow buffer the next flush empties.
             var overflow = EnsureOverflowLocked(want);
-            _writerHeld = overflow.Length - _overflowLength;
-            _writerHeldInRing = false;
-            return overflow.AsMemory(_overflowLength);
+            P._writerHeld = overflow.Length - P._overflowLength;
+            P._writerHeldInRing = false;
+            return overflow.AsMemory(P._overflowLength);
         }
     }
 
     // Under _gate: an overflow buffer with room for `want` more bytes after its live ones.
     private byte[] EnsureOverflowLocked(int want)
     {
-        if (_overflow is null || _overflow.Length - _overflowLength < want)
+        if (P._overflow is null || P._overflow.Length - P._overflowLength < want)
         {
-            int live = _overflowLength - _overflowStart;
+            int live = P._overflowLength - P._overflowStart;
             var bigger = ArrayPool<byte>.Shared.Rent(Math.Max(live + want, Math.Max(4096, 2 * live)));
-            if (_overflow is { } old)
+            if (P._overflow is { } old)
             {
-                old.AsSpan(_overflowStart, live).CopyTo(bigger);
+                old.AsSpan(P._overflowStart, live).CopyTo(bigger);
                 ArrayPool<byte>.Shared.Return(old);
             }
-            _overflow = bigger;
-            _overflowStart = 0;
-            _overflowLength = live;
+            P._overflow = bigger;
+            P._overflowStart = 0;
+            P._overflowLength = live;
             _stack.Statistics.Increment("tcp.pipe.overflow-buffers");
         }
-        return _overflow;
+        return P._overflow;
     }
 
     // Under _gate: a send ring that holds no byte (everything written is acknowledged, nothing
     // advanced or handed out) starts again at its first byte, so the writer gets it contiguous.
     private void PrepareSendRingLocked()
     {
-        if (_sendAcked == _sendWritten && _pipeWritten == _sendWritten && !(_writerHeld > 0 && _writerHeldInRing))
+        if (_sendAcked == _sendWritten && P._pipeWritten == _sendWritten && !(P._writerHeld > 0 && P._writerHeldInRing))
             _sendBase = _sendWritten;
     }
 
@@ -399,17 +408,17 @@ public sealed partial class TcpConnection : IDuplexPipe
     {
         lock (_gate)
         {
-            if (_outputCompleted)
+            if (P._outputCompleted)
                 throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
-            if (bytes < 0 || bytes > _writerHeld)
+            if (bytes < 0 || bytes > P._writerHeld)
                 throw new ArgumentOutOfRangeException(nameof(bytes), bytes, "More bytes than the last GetMemory/GetSpan handed out, or negative.");
-            if (_writerHeldInRing)
-                _pipeWritten += bytes;
+            if (P._writerHeldInRing)
+                P._pipeWritten += bytes;
             else
-                _overflowLength += bytes;
+                P._overflowLength += bytes;
             // The rest of that memory stays the writer's (as with Pipe): Kestrel advances a
             // response's headers and then its body through one GetSpan.
-            _writerHeld -= bytes;
+            P._writerHeld -= bytes;
         }
     }
 
@@ -418,7 +427,7 @@ public sealed partial class TcpConnection : IDuplexPipe
         get
         {
             lock (_gate)
-                return _pipeWritten - _sendWritten + (_overflowLength - _overflowStart);
+                return P._pipeWritten - _sendWritten + (P._overflowLength - P._overflowStart);
         }
     }
 
@@ -438,23 +447,23 @@ public sealed partial class TcpConnection : IDuplexPipe
             bool notify = false;
             lock (_gate)
             {
-                if (_outputCompleted && !completing)
+                if (P._outputCompleted && !completing)
                     throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
-                if (_flushCancelPending && !completing)
+                if (P._flushCancelPending && !completing)
                 {
                     // As with Pipe, a canceled write still writes: what the ring could not take
                     // yet waits in the overflow buffer for the next flush.
-                    _flushCancelPending = false;
-                    _writerHeld = 0;
+                    P._flushCancelPending = false;
+                    P._writerHeld = 0;
                     if (!source.IsEmpty)
                     {
-                        source.Span.CopyTo(EnsureOverflowLocked(source.Length).AsSpan(_overflowLength));
-                        _overflowLength += source.Length;
+                        source.Span.CopyTo(EnsureOverflowLocked(source.Length).AsSpan(P._overflowLength));
+                        P._overflowLength += source.Length;
                     }
                     return new FlushResult(isCanceled: true, isCompleted: false);
                 }
                 ObjectDisposedException.ThrowIf(_disposed && !completing, this);
-                _writerHeld = 0; // Memory handed out before a flush is no longer the writer's.
+                P._writerHeld = 0; // Memory handed out before a flush is no longer the writer's.
                 if (_error != SocketError.Success)
                     throw Failure(_error);
                 if (_shutdown && !completing)
@@ -462,39 +471,39 @@ public sealed partial class TcpConnection : IDuplexPipe
                 if (_aborted || _closed)
                     throw Failure(SocketError.OperationAborted);
                 PrepareSendRingLocked();
-                int free = _sendCapacity - (int)(_pipeWritten - _sendAcked);
-                if (free > 0 && _overflowLength > _overflowStart)
+                int free = _sendCapacity - (int)(P._pipeWritten - _sendAcked);
+                if (free > 0 && P._overflowLength > P._overflowStart)
                 {
-                    int n = Math.Min(free, _overflowLength - _overflowStart);
+                    int n = Math.Min(free, P._overflowLength - P._overflowStart);
                     _send ??= RentRing(_sendCapacity);
-                    CopyIn(_send, _sendCapacity, _pipeWritten - _sendBase, _overflow.AsSpan(_overflowStart, n));
-                    _pipeWritten += n;
-                    _overflowStart += n;
+                    CopyIn(_send, _sendCapacity, P._pipeWritten - _sendBase, P._overflow.AsSpan(P._overflowStart, n));
+                    P._pipeWritten += n;
+                    P._overflowStart += n;
                     free -= n;
-                    if (_overflowStart == _overflowLength)
+                    if (P._overflowStart == P._overflowLength)
                     {
-                        ArrayPool<byte>.Shared.Return(_overflow!);
-                        _overflow = null;
-                        _overflowStart = _overflowLength = 0;
+                        ArrayPool<byte>.Shared.Return(P._overflow!);
+                        P._overflow = null;
+                        P._overflowStart = P._overflowLength = 0;
                     }
                 }
-                if (free > 0 && _overflowLength == _overflowStart && !source.IsEmpty)
+                if (free > 0 && P._overflowLength == P._overflowStart && !source.IsEmpty)
                 {
                     int n = Math.Min(free, source.Length);
                     _send ??= RentRing(_sendCapacity);
-                    CopyIn(_send, _sendCapacity, _pipeWritten - _sendBase, source.Span[..n]);
-                    _pipeWritten += n;
+                    CopyIn(_send, _sendCapacity, P._pipeWritten - _sendBase, source.Span[..n]);
+                    P._pipeWritten += n;
                     source = source[n..];
                     free -= n;
                 }
-                if (_pipeWritten != _sendWritten)
+                if (P._pipeWritten != _sendWritten)
                 {
                     _ringsUsed = true;
-                    _sendWritten = _pipeWritten;
+                    _sendWritten = P._pipeWritten;
                     notify = !_sendPosted;
                     _sendPosted = true;
                 }
-                bool done = _overflowLength == _overflowStart && source.IsEmpty;
+                bool done = P._overflowLength == P._overflowStart && source.IsEmpty;
                 if (done && (completing || 3L * free >= _sendCapacity))
                 {
                     if (notify)
@@ -520,7 +529,7 @@ public sealed partial class TcpConnection : IDuplexPipe
     {
         lock (_gate)
         {
-            _flushCancelPending = true;
+            P._flushCancelPending = true;
             _writeWaiter.Complete();
         }
     }
@@ -532,14 +541,14 @@ public sealed partial class TcpConnection : IDuplexPipe
         bool drain;
         lock (_gate)
         {
-            if (_outputCompleted)
+            if (P._outputCompleted)
                 return null;
-            _outputCompleted = true;
-            _writerHeld = 0;
+            P._outputCompleted = true;
+            P._writerHeld = 0;
             NoteEndedLocked();
-            _flushCancelPending = false;
+            P._flushCancelPending = false;
             drain = exception is null && !_disposed && !_aborted && !_closed && _error == SocketError.Success
-                && (_pipeWritten != _sendWritten || _overflowLength > _overflowStart);
+                && (P._pipeWritten != _sendWritten || P._overflowLength > P._overflowStart);
         }
         if (exception is not null)
         {
@@ -582,15 +591,15 @@ public sealed partial class TcpConnection : IDuplexPipe
     // Under _gate at the end: the pipe's pooled leftovers go back with the rings.
     private void ReleasePipeBuffersLocked()
     {
-        if (_retiredReceive is { } retired)
+        if (P._retiredReceive is { } retired)
         {
-            _retiredReceive = null;
+            P._retiredReceive = null;
             ReturnRing(retired);
         }
-        if (_overflow is { } overflow)
+        if (P._overflow is { } overflow)
         {
-            _overflow = null;
-            _overflowStart = _overflowLength = 0;
+            P._overflow = null;
+            P._overflowStart = P._overflowLength = 0;
             ArrayPool<byte>.Shared.Return(overflow);
         }
     }
@@ -620,7 +629,7 @@ public sealed partial class TcpConnection : IDuplexPipe
     {
         if (_ended is not { } callback)
             return;
-        if (!(_error != SocketError.Success || _aborted || _closed || _disposed || (_peerClosed && _outputCompleted)))
+        if (!(_error != SocketError.Success || _aborted || _closed || _disposed || (_peerClosed && P._outputCompleted)))
             return;
         _ended = null;
         ThreadPool.UnsafeQueueUserWorkItem(callback, _endedState, preferLocal: false);

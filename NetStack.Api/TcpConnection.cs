@@ -766,7 +766,7 @@ public sealed partial class TcpConnection : Stream
             ReturnRing(_send);
             _send = null;
         }
-        if (_receive is not null && !_readerHolds && _recvConsumed == _recvDelivered && _recvStoredEnd <= _recvConsumed)
+        if (_receive is not null && _pipeState is not { _readerHolds: true } && _recvConsumed == _recvDelivered && _recvStoredEnd <= _recvConsumed)
         {
             ReturnRing(_receive);
             _receive = null;

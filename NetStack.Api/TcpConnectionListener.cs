@@ -33,11 +33,15 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
     // and the core's part is in Endpoint.Socket for the SYN,ACKs and the connections it makes.
     private readonly TcpSocketState _socket;
 
-    // A copy for a connection accepted now (loop thread).
+    // The options of the connections accepted since the last change: one copy they share (each
+    // copies it again only when a setter of its own changes something).
+    private TcpSocketState? _forAccepted;
+
+    // The options for a connection accepted now (loop thread): shared, never changed in place.
     internal TcpSocketState SocketForAccepted()
     {
         lock (_gate)
-            return _socket.Clone();
+            return _forAccepted ??= _socket.Clone();
     }
 
     private T GetOption<T>(Func<TcpSocketState, T> get)
@@ -54,6 +58,7 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
             ObjectDisposedException.ThrowIf(_disposed, this);
             set(_socket);
             settings = _socket.Core;
+            _forAccepted = null;
         }
         _stack.TcpConfigureListener(this, settings);
     }

@@ -215,6 +215,71 @@ let tests =
             }
 
             test
+                "accepted connections take the listener's options when accepted: a later change on one connection or on the listener leaves the others as they were, as with kernel sockets" {
+                // The same steps on a kernel listener (the oracle) and on the stack's: Ttl 9 on
+                // the listener, two connections accepted, 33 set on the first, 77 on the
+                // listener, a third accepted; then the three connections' Ttl.
+                let kernelTtls =
+                    use listener =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                    listener.Ttl <- 9s
+                    listener.Bind(IPEndPoint(IPAddress.Loopback, 0))
+                    listener.Listen 8
+
+                    let accept () =
+                        let client =
+                            new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                        client.Connect(listener.LocalEndPoint)
+                        client, listener.Accept()
+
+                    let c1, a = accept ()
+                    let c2, b = accept ()
+                    a.Ttl <- 33s
+                    listener.Ttl <- 77s
+                    let c3, c = accept ()
+                    let ttls = a.Ttl, b.Ttl, c.Ttl
+
+                    for s in [ c1; c2; c3; a; b; c ] do
+                        s.Dispose()
+
+                    ttls
+
+                Expect.equal kernelTtls (33s, 9s, 77s) "the kernel's accepted sockets"
+                let options = optionsFor 13
+
+                TestUtil.withStackOf options (fun stack ->
+                    use listener =
+                        stack.ListenTcp(IPEndPoint(IPAddress.Any, 0), TcpSocketOptions(Ttl = Nullable 9s))
+
+                    let peers = Collections.Generic.List<Socket>()
+
+                    let accept () =
+                        let accepted = listener.AcceptAsync().AsTask()
+
+                        let peer =
+                            new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                        peers.Add peer
+                        peer.Connect(IPEndPoint(options.Address, listener.LocalEndPoint.Port))
+                        wait accepted
+
+                    let a = accept ()
+                    let b = accept ()
+                    a.Ttl <- 33s
+                    listener.Ttl <- 77s
+                    let c = accept ()
+                    Expect.equal (a.Ttl, b.Ttl, c.Ttl) kernelTtls "the stack's accepted connections, as the kernel's"
+
+                    for connection in [ a; b; c ] do
+                        connection.Dispose()
+
+                    for peer in peers do
+                        peer.Dispose())
+            }
+
+            test
                 "LingerState (true, 0): dispose resets with the connection's TTL and sends no FIN, as a kernel socket's close does" {
                 let options = optionsFor 3
                 // The kernel first, on loopback: its close with linger 0 sends a RST (no FIN) with the
