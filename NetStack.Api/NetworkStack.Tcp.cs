@@ -1,3 +1,4 @@
+using NetStack.Engine;
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Http;
@@ -815,6 +816,13 @@ public sealed partial class NetworkStack
     // since the last time: an idle connection's rings go back to the pool after one to two of
     // these. (The loop wakes at least once a second, so this needs no timer of its own.)
     private const long RingSweepMicroseconds = 1_000_000;
+
+    // How many rings of each default size RingPool keeps for the next connections (16 MiB at
+    // 256 KiB; what a second did not need is let go at the next sweep).
+    private const int PooledRings = 64;
+
+    /// <summary>The TCP connections' rings of the default sizes, kept for the next connections.</summary>
+    internal RingPool Rings { get; }
     private long _nextRingSweep;
 
     private void SweepIdleRings(long now)
@@ -822,6 +830,7 @@ public sealed partial class NetworkStack
         if (now < _nextRingSweep)
             return;
         _nextRingSweep = now + RingSweepMicroseconds;
+        Rings.Trim();
         if (Volatile.Read(ref TcpRingsRented.Value) == Volatile.Read(ref TcpRingsReturned.Value))
             return;
         foreach (var e in _tcpTable.Connections)

@@ -141,6 +141,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         InterfaceName = interfaceName;
         _device = device;
         _inlineUdpSends = device is TunPacketDevice;
+        Rings = new RingPool(options.TcpSendBufferBytes, options.TcpReceiveBufferBytes, PooledRings);
         InitLink(device);
         if (options.Offloads && device is IOffloadPacketDevice offload && offload.Offloads != TunOffloads.None)
             _offload = offload;

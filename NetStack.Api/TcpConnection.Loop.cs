@@ -218,6 +218,11 @@ public sealed partial class TcpConnection
         lock (_gate)
         {
             _sendAcked += bytes;
+            // A closed connection's rings go back as soon as they are empty (its FIN needs no
+            // ring), not at the next sweep: a short connection's are then ready for the next
+            // one within the round trip (RingPool).
+            if (_userDone)
+                ReleaseEmptyRingsLocked();
             if (_writeWaiter.IsArmed && _sendCapacity < _sendCapacityMax)
                 GrowSendBufferLocked(Endpoint!.SendBufferWanted(_sendCapacity, _sendCapacityMax));
             defer = DeferWakeLocked(_writeWaiter);

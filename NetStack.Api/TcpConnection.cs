@@ -590,6 +590,7 @@ public sealed partial class TcpConnection : Stream
             WakeAll();
             _userDone = true;
             ReleaseIfDone();
+            ReleaseEmptyRingsLocked();
             NoteEndedLocked();
         }
         if (graceful)
@@ -777,13 +778,13 @@ public sealed partial class TcpConnection : Stream
     {
         _ringsUsed = true;
         _stack.TcpRingsRented.Increment();
-        return ArrayPool<byte>.Shared.Rent(size);
+        return _stack.Rings.Rent(size);
     }
 
     private void ReturnRing(byte[] ring)
     {
         _stack.TcpRingsReturned.Increment();
-        ArrayPool<byte>.Shared.Return(ring);
+        _stack.Rings.Return(ring);
     }
 
     // Ring copies: the byte at offset o from the ring's base lives at o % capacity; a run may wrap once.

@@ -360,6 +360,70 @@ let tests =
             }
 
             test
+                "short connections reuse their send and receive rings: 2000 of them allocate a few KB each, not 256 KiB rings" {
+                use stack = NetworkStack.Start(optionsFor 5)
+                use listener = stack.ListenTcp(7002, backlog = 128)
+                use stop = new CancellationTokenSource()
+
+                // The stack's side: read one byte, write it back, close (as the bench's conn case).
+                let server =
+                    Tasks.Task.Run(fun () ->
+                        task {
+                            try
+                                while true do
+                                    let! connection = listener.AcceptAsync(stop.Token)
+
+                                    Tasks.Task.Run(fun () ->
+                                        task {
+                                            let one = Array.zeroCreate<byte> 1
+                                            let! n = connection.ReadAsync(Memory one)
+                                            do! connection.WriteAsync(ReadOnlyMemory(one, 0, n))
+                                            do! connection.DisposeAsync()
+                                        }
+                                        :> Tasks.Task)
+                                    |> ignore
+                            with :? OperationCanceledException ->
+                                ()
+                        }
+                        :> Tasks.Task)
+
+                let target = IPEndPoint(IPAddress.Parse "10.101.5.2", 7002)
+                let one = [| 42uy |]
+
+                let connect () =
+                    use client =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                    client.ReceiveTimeout <- 10_000
+                    client.Connect target
+                    client.Send one |> ignore
+                    let back = Array.zeroCreate<byte> 1
+                    Expect.equal (client.Receive back) 1 "the byte came back"
+                    Expect.equal back[0] 42uy "the same byte"
+
+                for _ in 1..500 do
+                    connect ()
+
+                let connections = 2000
+                let before = GC.GetTotalAllocatedBytes true
+
+                for _ in 1..connections do
+                    connect ()
+
+                let perConnection = (GC.GetTotalAllocatedBytes true - before) / int64 connections
+                stop.Cancel()
+                server.Wait timeout |> ignore
+
+                printfn
+                    "%d B allocated per short connection (this whole process: kernel client, stack, server)"
+                    perConnection
+                // Measured about 5 KB (the core's connection, its endpoint, the TcpConnection, the
+                // tasks); one ring of 256 KiB allocated for every eighth connection would be 32 KB.
+                Expect.isLessThan perConnection 32_768L "bytes allocated per short connection"
+                NetStack.Tests.TestUtil.assertNoExceptions stack
+            }
+
+            test
                 "a UDP echo allocates nothing per datagram: SendToAsync completes at once, a waiting ReceiveFromAsync reuses its completion, the loop allocates nothing" {
                 use stack = NetworkStack.Start(optionsFor 4)
                 use socket = stack.BindUdp(IPEndPoint(IPAddress.Any, 7001))
