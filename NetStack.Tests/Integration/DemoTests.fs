@@ -67,14 +67,15 @@ let tests =
                     Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
                     let lines = out.Split('\n')
 
+                    // A label, then the padding before the first column.
                     let rowsNamed (row: string) =
-                        lines |> Array.filter (fun l -> l.StartsWith row)
+                        lines |> Array.filter (fun l -> l.StartsWith(row + "  "))
 
                     for row in
                         [
                             "UDP round trip p50"
                             "UDP round trip p99"
-                            "datagrams/s"
+                            "datagrams/s (32 in flight)"
                             "TCP ping-pong p50"
                             "TCP ping-pong p99"
                             "TCP ping-pong p50, X client"
@@ -87,7 +88,7 @@ let tests =
                             "  iperf3 -R, same veth"
                             "allocated/packet kernel → X"
                             "allocated/packet X → kernel"
-                            "UDP X → kernel"
+                            "UDP X → kernel (40/send)"
                         ] do
                         let found = rowsNamed row
                         Expect.equal found.Length 1 $"one '{row}' row"
@@ -98,7 +99,8 @@ let tests =
                     for row, count in
                         [
                             "  CPU per round trip", 3
-                            "  CPU per datagram", 2
+                            "  CPU per datagram", 1
+                            "  CPU per datagram received", 1
                             "  CPU per connection", 2
                             "  CPU per GB", 2
                         ] do
