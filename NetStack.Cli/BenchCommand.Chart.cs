@@ -80,7 +80,7 @@ public static partial class BenchCommand
         var svg = new StringBuilder();
         svg.Append(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n");
         svg.Append(CultureInfo.InvariantCulture, $"<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>\n");
-        svg.Append(CultureInfo.InvariantCulture, $"<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">NetStack {WebUtility.HtmlEncode(stackLabel)} against the kernel over veth (1.0), MTU {mtu}: higher is better</text>\n");
+        svg.Append(CultureInfo.InvariantCulture, $"<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">netstack bench: NetStack, {WebUtility.HtmlEncode(stackLabel)}, against the kernel over veth (1.0), MTU {mtu}: higher is better</text>\n");
         svg.Append(CultureInfo.InvariantCulture, $"<text x=\"10\" y=\"38\">Rates: stack ÷ kernel. Latencies and processor time (inverted): kernel ÷ stack. Orange: stack ÷ lwIP. {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC</text>\n");
         for (double t = 0; t <= max + 1e-9; t += 0.5)
         {

@@ -125,10 +125,11 @@ public static partial class BenchCommand
 
         void OneFlow(int flow, long share, Barrier start)
         {
+            // First of all, so that a flow that fails cannot leave the others waiting.
+            start.SignalAndWait();
             var block = FlowBlock(flow);
             using var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
             s.ReceiveTimeout = s.SendTimeout = 60_000;
-            start.SignalAndWait();
             s.Connect(new IPEndPoint(target, port));
             if (port == DiscardPort)
             {
