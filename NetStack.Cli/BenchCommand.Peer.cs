@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -20,22 +21,63 @@ public static partial class BenchCommand
     /// <summary>The veth pair's /30: the near end (this namespace) and the peer.</summary>
     private const string VethNear = "10.78.0.1", VethPeer = "10.78.0.2", VethPrefix = "/30";
 
-    /// <summary>The stack's source service: reads "N\n", sends N bytes, closes.</summary>
+    /// <summary>
+    /// The stack's bulk services' buffers, kept for the process's life and shared by connections
+    /// one after another: a transfer allocates no buffer, so the allocation figure is the stack's
+    /// (ArrayPool's thread-local caching missed whenever a continuation moved threads).
+    /// </summary>
+    private static readonly ConcurrentBag<byte[]> ServiceBlocks = [];
+
+    private static byte[] RentServiceBlock() => ServiceBlocks.TryTake(out var block) ? block : new byte[BulkBlock];
+
+    /// <summary>The stack's source service: reads "N\n", sends N bytes in writes of <see cref="BulkBlock"/>, closes.</summary>
     private static async Task StackSourceAsync(TcpConnection connection, CancellationToken cancellationToken)
     {
         var count = await ReadCountAsync(connection, cancellationToken);
-        var block = new byte[64 * 1024];
-        for (var left = count; left > 0;)
+        var block = RentServiceBlock();
+        try
         {
-            var n = (int)Math.Min(left, block.Length);
-            await connection.WriteAsync(block.AsMemory(0, n), cancellationToken);
-            left -= n;
+            for (var left = count; left > 0;)
+            {
+                var n = (int)Math.Min(left, BulkBlock);
+                await connection.WriteAsync(block.AsMemory(0, n), cancellationToken);
+                left -= n;
+            }
+            connection.ShutdownWrite();
+            // Wait for the client's close so the last bytes are acknowledged before we let go.
+            while (await connection.ReadAsync(block, cancellationToken) > 0)
+            {
+            }
         }
-        connection.ShutdownWrite();
-        // Wait for the client's close so the last bytes are acknowledged before we let go.
-        while (await connection.ReadAsync(block, cancellationToken) > 0)
+        finally
         {
+            ServiceBlocks.Add(block);
         }
+    }
+
+    /// <summary>The stack's discard service: reads of <see cref="BulkBlock"/> to the end, like the kernel peer's.</summary>
+    private static async Task StackDiscardAsync(TcpConnection connection, CancellationToken cancellationToken)
+    {
+        var buffer = RentServiceBlock();
+        try
+        {
+            while (await connection.ReadAsync(buffer.AsMemory(0, BulkBlock), cancellationToken) > 0)
+            {
+            }
+        }
+        finally
+        {
+            ServiceBlocks.Add(buffer);
+        }
+    }
+
+    /// <summary>The stack's answer-once service: reads a request, writes it back, closes (the server closes first).</summary>
+    private static async Task StackAnswerOnceAsync(TcpConnection connection, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[4096];
+        int n = await connection.ReadAsync(buffer, cancellationToken);
+        if (n > 0)
+            await connection.WriteAsync(buffer.AsMemory(0, n), cancellationToken);
     }
 
     /// <summary>The stack's TCP echo for small exchanges: a 4 KiB buffer, like the kernel peer's.</summary>
@@ -82,9 +124,14 @@ public static partial class BenchCommand
             Shell.Check("ip", "addr", "add", VethNear + VethPrefix, "dev", near);
             Shell.Check("ip", "link", "set", near, "up");
             ExpectLine(peer, "ready");
-            var m = MeasurePath(IPAddress.Parse(VethPeer), plan, () => InterfacePackets(near));
+            var cpu = CpuMeter.For(() => peer.Id);
+            var iperfMissing = IperfMissing();
+            var peerId = peer.Id;
+            var m = MeasurePath(IPAddress.Parse(VethPeer), plan, () => InterfacePackets(near), cpu,
+                iperfMissing is null ? reverse => RunIperf(peerId, IPAddress.Parse(VethPeer), plan, cpu, reverse) : null);
+            m.IperfSkipped = iperfMissing;
             if (plan.Cases.Contains("usend"))
-                MeasureUdpSend(IPAddress.Parse(VethNear), plan.Duration, m, (time, sink) =>
+                MeasureUdpSend(IPAddress.Parse(VethNear), plan.Duration, cpu, m, (time, sink) =>
                 {
                     // The peer's UDP source sends for `time` to the sink and answers with its count.
                     using var control = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
@@ -164,6 +211,7 @@ public static partial class BenchCommand
         StartKernelTcpService(port + 1, KernelDiscard);
         StartKernelTcpService(port + 2, KernelSource);
         StartKernelEcho(new IPEndPoint(IPAddress.Any, port + 3));
+        StartKernelEcho(new IPEndPoint(IPAddress.Any, AnswerOncePort), answerOnce: true);
         StartKernelUdpSource(port + 4);
         if (args.Length == 4)
             HttpServer.ForKernel(IPAddress.Any, [HttpPort], [H2cPort]).StartAsync(CancellationToken.None).GetAwaiter().GetResult();
@@ -261,9 +309,10 @@ public static partial class BenchCommand
     /// <summary>
     /// The kernel TCP echo in the peer namespace: async accept and one task per connection with a
     /// 4 KiB buffer, the same shape as the stack's (a thread per connection would cost the kernel
-    /// side the short-connection race).
+    /// side the short-connection race). With <paramref name="answerOnce"/> it answers the first
+    /// read and closes (the server closes first), as the stack's answer-once service.
     /// </summary>
-    private static Socket StartKernelEcho(IPEndPoint local)
+    private static Socket StartKernelEcho(IPEndPoint local, bool answerOnce = false)
     {
         var listener = new Socket(local.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         listener.Bind(local);
@@ -291,7 +340,11 @@ public static partial class BenchCommand
                             var buffer = new byte[4096];
                             int n;
                             while ((n = await connection.ReceiveAsync(buffer)) > 0)
+                            {
                                 await connection.SendAsync(buffer.AsMemory(0, n));
+                                if (answerOnce)
+                                    break;
+                            }
                         }
                         catch (SocketException)
                         {
@@ -303,19 +356,36 @@ public static partial class BenchCommand
         return listener;
     }
 
+    /// <summary>
+    /// The kernel discard service: blocking reads of <see cref="BulkBlock"/> on its own thread, one
+    /// system call per MiB, as a C or python3 sink would do.
+    /// </summary>
     private static void KernelDiscard(Socket connection)
     {
-        var buffer = new byte[256 * 1024];
+        var buffer = new byte[BulkBlock];
         while (connection.Receive(buffer) > 0)
         {
         }
     }
 
+    /// <summary>
+    /// The kernel source service: reads the count line with blocking reads (an async read would
+    /// turn the socket non-blocking for good, and every send that fills the buffer would then wait
+    /// through .NET's epoll thread), then blocking sends of <see cref="BulkBlock"/>.
+    /// </summary>
     private static void KernelSource(Socket connection)
     {
-        using var stream = new NetworkStream(connection);
-        var count = ReadCountAsync(stream, CancellationToken.None).GetAwaiter().GetResult();
-        var block = new byte[256 * 1024];
+        var line = new StringBuilder();
+        var one = new byte[1];
+        while (connection.Receive(one) == 1 && one[0] != (byte)'\n')
+        {
+            if (line.Length > 20)
+                throw new SocketException((int)SocketError.InvalidArgument);
+            line.Append((char)one[0]);
+        }
+        if (!long.TryParse(line.ToString(), NumberStyles.None, CultureInfo.InvariantCulture, out var count))
+            return;
+        var block = new byte[BulkBlock];
         for (var left = count; left > 0;)
         {
             var n = (int)Math.Min(left, block.Length);

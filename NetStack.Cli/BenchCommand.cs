@@ -37,8 +37,14 @@ public static partial class BenchCommand
     /// <summary>TCP source port of both sides: the client sends "N\n", the service sends N bytes and closes.</summary>
     private const int SourcePort = EchoPort + 2;
 
-    /// <summary>TCP echo (RFC 862) port of both sides: ping-pong and short connections.</summary>
+    /// <summary>TCP echo (RFC 862) port of both sides: ping-pong and short connections closed by the client.</summary>
     private const int TcpEchoPort = EchoPort + 3;
+
+    /// <summary>
+    /// TCP answer-once port of both sides: short connections closed by the server (HTTP/1.0
+    /// style), which reads the request (1 byte), writes it back and closes.
+    /// </summary>
+    private const int AnswerOncePort = EchoPort + 7;
 
     /// <summary>Datagram size (the UDP payload) for both measurements.</summary>
     private const int DatagramSize = 64;
@@ -91,11 +97,17 @@ public static partial class BenchCommand
         {DatagramSize}-byte datagrams, one outstanding, and echoed datagrams per second, {Window} in flight at most; rr: TCP
         ping-pong, 1-byte request, 1-byte answer, one connection, round trip p50/p99, also with the stack as the client (its
         TcpConnection against a kernel echo); conn: short TCP connections per second (connect, send 1 byte, receive it, close),
-        and the processor time of the whole machine per connection; bulk: TCP bulk throughput, kernel → X (into a discard
-        service) and X → kernel (from a source service), one connection each, and the .NET bytes this process allocated per
-        packet through the interface during each transfer; usend: UDP bulk X → kernel, sends of {SegmentsPerSend} datagrams of
+        the client closing first, then the server closing first after its answer (HTTP/1.0 style), with the failed
+        connections of each; bulk: TCP bulk throughput, kernel → X (into a discard service) and X → kernel (from a source
+        service), --bulk-flows connections in parallel, the median of --bulk-runs transfers, with iperf3 alternating over the
+        kernel column's veth (its figure must match the kernel column's) and an lwIP column (kernel → lwIP's TCP on a TUN,
+        bench/lwip-sink, built with gcc when liblwip-dev is installed), and the .NET bytes this process allocated per packet
+        through the interface during each transfer; usend: UDP bulk X → kernel, sends of {SegmentsPerSend} datagrams of
         {SegmentSize} bytes each (the stack's segmented UdpSocket.SendToAsync, USO when in force; a kernel socket with
-        UDP_SEGMENT), datagrams per second a kernel socket received, and the share of those sent that it did not; http: HTTP
+        UDP_SEGMENT), datagrams per second a kernel socket received, and the share of those sent that it did not. Every case
+        but http also prints the processor time per unit of work of both columns (per round trip, datagram, connection, GB):
+        this process, the column's serving process, the processes waited for and the kernel's softirq threads; --svg FILE
+        draws the ratios as a bar chart (higher is better). http: HTTP
         load from Debian's generators against the HTTP app of 'serve --http/--h2c' (Kestrel on the stack; on the peer side the
         same app on Kestrel's kernel sockets): ab (HTTP/1.0, a new connection per request), ab -k (HTTP/1.0 keep-alive), wrk
         (HTTP/1.1 keep-alive), h2load (HTTP/2 with prior knowledge, {H2Streams} streams per connection); {HttpConnections}
@@ -112,7 +124,12 @@ public static partial class BenchCommand
     /// <param name="TcpBytes">Per bulk transfer.</param>
     /// <param name="ConnClients">Client threads in the conn measurement.</param>
     /// <param name="Cases">The case names to run.</param>
-    public sealed record Plan(TimeSpan Duration, long TcpBytes, int ConnClients, IReadOnlySet<string> Cases);
+    /// <param name="BulkFlows">Parallel connections sharing each bulk transfer.</param>
+    /// <param name="Svg">Where to write the chart of the ratios, or null.</param>
+    /// <param name="Offloads">Whether the stack runs with TUN offloads (the lwIP column compares only without).</param>
+    /// <param name="BulkRuns">Measured transfers per bulk direction (the median is reported).</param>
+    public sealed record Plan(TimeSpan Duration, long TcpBytes, int ConnClients, IReadOnlySet<string> Cases, int BulkFlows = 1, string? Svg = null, bool Offloads = true,
+        int BulkRuns = 3);
 
     /// <summary>The <c>bench</c> command; <paramref name="args"/> is the whole command line, run again inside the namespace.</summary>
     public static Command Create(string[] args)
@@ -122,6 +139,9 @@ public static partial class BenchCommand
             "MiB per TCP bulk transfer, 1-4096 (default 1024; one measured transfer per direction and path, after a second of warm-up transfers)",
             1, 4096, "a number of MiB");
         var connClients = Cli.Int("--conn-clients", "N", "client threads opening connections in parallel, 1-64 (default 4)", 1, 64, "a number of threads");
+        var bulkRuns = Cli.Int("--bulk-runs", "N", "measured transfers per bulk direction and column, the median reported, 1-15 (default 3)", 1, 15, "a number of runs");
+        var bulkFlows = Cli.Int("--bulk-flows", "N", "parallel TCP connections sharing each bulk transfer, 1-64 (default 1)", 1, 64, "a number of flows");
+        var svg = Cli.Value("--svg", "FILE", "also draw the ratios stack/kernel as an SVG bar chart in FILE (one bar per case, higher is better)", Path.GetFullPath);
         var cases = Cli.Subset("--cases", $"comma-separated subset of {string.Join(",", CaseNames)} (default all but http)", CaseNames);
         var idleConnections = Cli.Int("--idle-connections", "N",
             "instead: open N idle kernel TCP connections to one listener and print the stack's managed heap and RSS per connection",
@@ -146,7 +166,7 @@ public static partial class BenchCommand
         var interfaceOptions = new InterfaceOptions();
         var command = new Command("bench", Summary)
         {
-            seconds, tcpMib, connClients, cases, idleConnections, soak, soakInterval, soakLoad, httpConnections, echoConnections, udpRate,
+            seconds, tcpMib, connClients, bulkFlows, bulkRuns, svg, cases, idleConnections, soak, soakInterval, soakLoad, httpConnections, echoConnections, udpRate,
             soakCsv, soakSvg, threadPoolEvents,
         };
         interfaceOptions.AddTo(command);
@@ -169,7 +189,8 @@ public static partial class BenchCommand
                 return SoakBench.Run(options, plan);
             }
             return RunIsolated(options, new Plan(TimeSpan.FromSeconds(r.ValueOr(seconds, 2)), r.ValueOr(tcpMib, 1024) * (1L << 20),
-                r.ValueOr(connClients, 4), r.ValueOr(cases, new HashSet<string>(DefaultCases, StringComparer.Ordinal))));
+                r.ValueOr(connClients, 4), r.ValueOr(cases, new HashSet<string>(DefaultCases, StringComparer.Ordinal)), r.ValueOr(bulkFlows, 1),
+                r.IsGiven(svg) ? r.GetValue(svg) : null, options.Offloads, r.ValueOr(bulkRuns, 3)));
         });
         return command;
     }
@@ -187,7 +208,8 @@ public static partial class BenchCommand
         }
         ReuseTimeWaitPorts();
         Console.WriteLine($"From a kernel .NET Socket, MTU {options.Mtu}: cases {string.Join(",", CaseNames.Where(plan.Cases.Contains))}; " +
-            $"{plan.Duration.TotalSeconds:0} s per udp/rr/conn measurement, {plan.ConnClients} conn client threads; TCP bulk of {plan.TcpBytes >> 20} MiB per direction");
+            $"{plan.Duration.TotalSeconds:0} s per udp/rr/conn measurement, {plan.ConnClients} conn client threads; TCP bulk of {plan.TcpBytes >> 20} MiB per direction" +
+            (plan.BulkFlows > 1 ? $" over {plan.BulkFlows} flows" : "") + (options.Offloads ? "" : "; the stack without TUN offloads"));
 
         Measurement? kernel = null, stack = null;
         string? kernelError = null, stackError = null;
@@ -208,7 +230,14 @@ public static partial class BenchCommand
             stackError = e.Message;
         }
 
-        PrintTable(plan, stack, kernel, options.Mode == NetStackMode.Tap ? "stack (TAP)" : "stack (TUN)");
+        Lwip? lwip = null;
+        if (plan.Cases.Contains("bulk"))
+            lwip = MeasureLwip(options.Mtu, plan);
+
+        var label = options.Mode == NetStackMode.Tap ? "stack (TAP)" : "stack (TUN)";
+        PrintTable(plan, stack, kernel, lwip, label);
+        if (plan.Svg is not null)
+            WriteChart(plan, stack, kernel, lwip, label, options.Mtu);
         if (stackError is not null)
             Console.Error.WriteLine($"{Name}: stack measurement failed: {stackError}");
         if (kernelError is not null)
@@ -246,27 +275,30 @@ public static partial class BenchCommand
         using var discard = stack.ListenTcp(DiscardPort);
         using var source = stack.ListenTcp(SourcePort);
         using var tcpEcho = stack.ListenTcp(TcpEchoPort, backlog: 1024);
+        using var answerOnce = stack.ListenTcp(AnswerOncePort, backlog: 1024);
         using var stop = new CancellationTokenSource();
         var services = new[]
         {
             Task.Run(() => UdpEcho.RunAsync(echo, stop.Token)),
-            Task.Run(() => TcpServices.AcceptLoopAsync(discard, "bench discard", TcpServices.DiscardAsync, stop.Token)),
+            Task.Run(() => TcpServices.AcceptLoopAsync(discard, "bench discard", StackDiscardAsync, stop.Token)),
             Task.Run(() => TcpServices.AcceptLoopAsync(source, "bench source", StackSourceAsync, stop.Token)),
             Task.Run(() => TcpServices.AcceptLoopAsync(tcpEcho, "bench echo", StackSmallEchoAsync, stop.Token)),
+            Task.Run(() => TcpServices.AcceptLoopAsync(answerOnce, "bench answer-once", StackAnswerOnceAsync, stop.Token)),
         };
         try
         {
             var statistics = stack.Statistics;
-            var m = MeasurePath(options.Address!, plan, () => statistics["device.read"] + statistics["device.written"]);
+            var cpu = CpuMeter.For(() => null);
+            var m = MeasurePath(options.Address!, plan, () => statistics["device.read"] + statistics["device.written"], cpu);
             if (plan.Cases.Contains("rr") && options.HostAddress is not null)
             {
                 // The stack as the client: its TcpConnection against a kernel echo on the TUN's
                 // kernel side, in this namespace.
                 using var kernelEcho = StartKernelEcho(new IPEndPoint(options.HostAddress, TcpEchoPort));
-                Task.Run(() => MeasureStackClientRoundTripAsync(stack, new IPEndPoint(options.HostAddress, TcpEchoPort), plan.Duration, m)).GetAwaiter().GetResult();
+                Task.Run(() => MeasureStackClientRoundTripAsync(stack, new IPEndPoint(options.HostAddress, TcpEchoPort), plan.Duration, cpu, m)).GetAwaiter().GetResult();
             }
             if (plan.Cases.Contains("usend") && options.HostAddress is not null)
-                MeasureUdpSend(options.HostAddress, plan.Duration, m, (time, sink) => StackUdpSend(stack, time, sink));
+                MeasureUdpSend(options.HostAddress, plan.Duration, cpu, m, (time, sink) => StackUdpSend(stack, time, sink));
             if (plan.Cases.Contains("http"))
             {
                 // The HTTP app of 'serve --http/--h2c', on this stack.
@@ -290,22 +322,29 @@ public static partial class BenchCommand
             discard.Dispose();
             source.Dispose();
             tcpEcho.Dispose();
+            answerOnce.Dispose();
             Task.WaitAll(services, TimeSpan.FromSeconds(5));
         }
     }
 
     /// <summary>Every case of <paramref name="plan"/> against the services at <paramref name="target"/>.</summary>
-    private static Measurement MeasurePath(IPAddress target, Plan plan, Func<long> packets)
+    private static Measurement MeasurePath(IPAddress target, Plan plan, Func<long> packets, CpuMeter cpu,
+        Func<bool, (double Gbps, CpuTime? PerGB)>? bulkReference = null)
     {
         var m = new Measurement();
         if (plan.Cases.Contains("udp"))
-            MeasureUdp(new IPEndPoint(target, EchoPort), plan.Duration, m);
+            MeasureUdp(new IPEndPoint(target, EchoPort), plan.Duration, cpu, m);
         if (plan.Cases.Contains("rr"))
-            MeasureTcpRoundTrip(new IPEndPoint(target, TcpEchoPort), plan.Duration, m);
+            MeasureTcpRoundTrip(new IPEndPoint(target, TcpEchoPort), plan.Duration, cpu, m);
         if (plan.Cases.Contains("conn"))
-            m.ConnectionsPerSecond = MeasureConnections(new IPEndPoint(target, TcpEchoPort), plan.Duration, plan.ConnClients, m);
+        {
+            (m.ConnectionsPerSecond, m.ConnectionCpu, m.ConnectionsFailed) =
+                MeasureConnections(new IPEndPoint(target, TcpEchoPort), serverCloses: false, plan.Duration, plan.ConnClients, cpu, m);
+            (m.ServerCloseConnectionsPerSecond, m.ServerCloseConnectionCpu, m.ServerCloseConnectionsFailed) =
+                MeasureConnections(new IPEndPoint(target, AnswerOncePort), serverCloses: true, plan.Duration, plan.ConnClients, cpu, m);
+        }
         if (plan.Cases.Contains("bulk"))
-            MeasureBulk(target, plan.TcpBytes, packets, m);
+            MeasureBulk(target, plan, packets, cpu, m, bulkReference);
         return m;
     }
 }

@@ -205,6 +205,8 @@ let private badArguments =
         [ "bench"; "--udp-echo"; "7" ], "netstack bench: Unrecognized command or argument '--udp-echo'"
         [ "bench"; "--cases"; "udp,tcp" ], "'udp,tcp' is not a list of udp,rr,conn,bulk"
         [ "bench"; "--conn-clients"; "0" ], "'0' is not a number of threads"
+        [ "bench"; "--bulk-flows"; "65" ], "'65' is not a number of flows"
+        [ "bench"; "--bulk-runs"; "0" ], "'0' is not a number of runs"
         [ "bench"; "--soak"; "0" ], "'0' is not a number of minutes"
         [ "bench"; "--soak"; "1"; "--soak-load"; "http,tcp" ], "'http,tcp' is not a list of http,echo,udp"
         [ "bench"; "--soak"; "1"; "--udp-rate"; "0" ], "'0' is not a number of datagrams per second"

@@ -42,34 +42,94 @@ let tests =
                 Expect.stringContains out "demo passed" "closing line"
             }
 
-            test "netstack bench prints every case for the stack and the kernel with their ratio" {
+            test "netstack bench prints every case for the stack and the kernel with their ratio and writes the chart" {
                 // Tiny sizes: this checks that every row is measured, not how fast anything is.
-                let code, out, err =
-                    CliTests.runNetstack
-                        (TimeSpan.FromSeconds 180.)
-                        [ "bench"; "--seconds"; "1"; "--tcp-mib"; "16"; "--conn-clients"; "1" ]
+                let dir = IO.Directory.CreateTempSubdirectory "netstack-bench"
 
-                Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+                try
+                    let svg = IO.Path.Combine(dir.FullName, "bench.svg")
 
-                for row in
-                    [
-                        "UDP round trip p50"
-                        "UDP round trip p99"
-                        "datagrams/s"
-                        "TCP ping-pong p50"
-                        "TCP ping-pong p99"
-                        "TCP ping-pong p50, X client"
-                        "TCP ping-pong p99, X client"
-                        "TCP connections/s"
-                        "TCP bulk kernel → X"
-                        "TCP bulk X → kernel"
-                        "allocated/packet kernel → X"
-                        "allocated/packet X → kernel"
-                    ] do
-                    let line = out.Split('\n') |> Array.tryFind (fun l -> l.StartsWith row)
+                    let code, out, err =
+                        CliTests.runNetstack
+                            (TimeSpan.FromSeconds 240.)
+                            [
+                                "bench"
+                                "--seconds"
+                                "1"
+                                "--tcp-mib"
+                                "16"
+                                "--conn-clients"
+                                "1"
+                                "--svg"
+                                svg
+                            ]
 
-                    Expect.isSome line $"a '{row}' row"
-                    Expect.isFalse (line.Value.Contains "n/a") $"every column of '{row}' is measured: {line.Value}"
+                    Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+                    let lines = out.Split('\n')
+
+                    // A label, then the padding before the first column.
+                    let rowsNamed (row: string) =
+                        lines |> Array.filter (fun l -> l.StartsWith(row + "  "))
+
+                    for row in
+                        [
+                            "UDP round trip p50"
+                            "UDP round trip p99"
+                            "datagrams/s (32 in flight)"
+                            "TCP ping-pong p50"
+                            "TCP ping-pong p99"
+                            "TCP ping-pong p50, X client"
+                            "TCP ping-pong p99, X client"
+                            "TCP connections/s, client closes"
+                            "TCP connections/s, server closes"
+                            "TCP bulk kernel → X"
+                            "TCP bulk X → kernel"
+                            "  iperf3, same veth"
+                            "  iperf3 -R, same veth"
+                            "allocated/packet kernel → X"
+                            "allocated/packet X → kernel"
+                            "UDP X → kernel (40/send)"
+                        ] do
+                        let found = rowsNamed row
+                        Expect.equal found.Length 1 $"one '{row}' row"
+                        Expect.isFalse (found.[0].Contains "n/a") $"every column of '{row}' is measured: {found.[0]}"
+
+                    // Processor time for both columns in every case: after each udp, rr, conn,
+                    // bulk and usend figure.
+                    for row, count in
+                        [
+                            "  CPU per round trip", 3
+                            "  CPU per datagram", 1
+                            "  CPU per datagram received", 1
+                            "  CPU per connection", 2
+                            "  CPU per GB", 2
+                        ] do
+                        let found = rowsNamed row
+                        Expect.equal found.Length count $"{count} '{row}' rows"
+
+                        for line in found do
+                            Expect.isFalse (line.Contains "n/a") $"both columns measured: {line}"
+
+                    // The lwIP column (liblwip-dev and gcc, installed by .ci/run) is measured.
+                    let bulkIn = (rowsNamed "TCP bulk kernel → X").[0]
+                    Expect.equal (bulkIn.Split("Gbit/s").Length - 1) 3 $"stack, kernel and lwIP figures: {bulkIn}"
+                    Expect.isFalse (out.Contains "lwIP column skipped") "the lwIP column ran"
+
+                    // No short connection failed, in either column or either close order.
+                    for line in rowsNamed "  failed connections" do
+                        let fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries)
+                        Expect.equal fields.[2..] [| "0"; "0" |] $"no failed connection: {line}"
+
+                    Expect.equal (rowsNamed "  failed connections").Length 2 "a failed-connections row per close order"
+
+                    let chart = IO.File.ReadAllText svg
+                    Expect.stringStarts chart "<svg" "an SVG"
+                    // One bar (a rect besides the background) per case and processor-time figure.
+                    let bars = chart.Split("<rect").Length - 2
+                    Expect.equal bars 19 $"bars in the chart:\n{chart}"
+                    Expect.stringContains chart "kernel = 1.0" "the line at 1.0"
+                finally
+                    dir.Delete true
             }
 
             test "netstack bench --soak runs the mixed load, samples memory and writes the CSV and SVG" {
