@@ -323,7 +323,7 @@ public sealed partial class TcpConnection : IDuplexPipe
     // thread, under _gate; the window command goes out after the lock (see Deliver).
     private bool DiscardForCompletedReaderLocked(ref bool wake)
     {
-        if (!P._inputCompleted || _disposed || _recvDelivered <= _recvConsumed)
+        if (_pipeState is not { _inputCompleted: true } || _disposed || _recvDelivered <= _recvConsumed)
             return false;
         _recvConsumed = _recvDelivered;
         bool notify = false;
@@ -591,6 +591,9 @@ public sealed partial class TcpConnection : IDuplexPipe
     // Under _gate at the end: the pipe's pooled leftovers go back with the rings.
     private void ReleasePipeBuffersLocked()
     {
+        // A connection used as a Stream has no pipe state to release (and P would make one).
+        if (_pipeState is null)
+            return;
         if (P._retiredReceive is { } retired)
         {
             P._retiredReceive = null;
