@@ -148,6 +148,22 @@ let tests =
 
                     let clients = [| for i in 0..31 -> client i |]
                     Expect.isTrue (Task.WaitAll(clients, timeout)) "every connection finished"
+
+                    // The stack to itself (looped inside the engine that connects, whose listener
+                    // endpoint accepts): 4 connections, so both engines connect.
+                    let looped (i: int) =
+                        task {
+                            let! c = stack.ConnectTcpAsync(IPEndPoint(o.Address, 7))
+                            let sent = pattern (50 + i) 4096
+                            let back = Array.zeroCreate<byte> sent.Length
+                            do! c.WriteAsync(ReadOnlyMemory sent)
+                            do! readExactly c back
+                            Expect.equal back sent $"looped connection {i}: echoed"
+                            do! c.DisposeAsync()
+                        }
+                        :> Task
+
+                    Expect.isTrue (Task.WaitAll([| for i in 0..3 -> looped i |], timeout)) "the stack's own connections echoed"
                     cancel.Cancel()
                     server.Wait timeout |> ignore
                     let reads = perQueue stack "device.read"
