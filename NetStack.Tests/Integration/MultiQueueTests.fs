@@ -163,7 +163,10 @@ let tests =
                         }
                         :> Task
 
-                    Expect.isTrue (Task.WaitAll([| for i in 0..3 -> looped i |], timeout)) "the stack's own connections echoed"
+                    Expect.isTrue
+                        (Task.WaitAll([| for i in 0..3 -> looped i |], timeout))
+                        "the stack's own connections echoed"
+
                     cancel.Cancel()
                     server.Wait timeout |> ignore
                     let reads = perQueue stack "device.read"
