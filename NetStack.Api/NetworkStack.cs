@@ -508,7 +508,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// <summary>The interface's actual name (a template's number filled in).</summary>
     public string InterfaceName { get; }
 
-    /// <summary>The named counters.</summary>
+    /// <summary>
+    /// The named counters. With several <see cref="NetStackOptions.Queues"/>: every engine's
+    /// counters summed, plus "device.read.queueN" per queue and "engine.queue.handoff" (packets
+    /// read on a queue whose engine does not own them, handed to the owner).
+    /// </summary>
     public NetStackStatistics Statistics => _statistics;
 
     // Microseconds since the stack started: the monotonic `now` the core takes.
