@@ -64,9 +64,10 @@ let private readExactly (stream: Stream) (buffer: byte[]) =
             got <- got + n
     }
 
-/// The interface exists in this namespace.
+/// The interface exists in this namespace, as `ip link` (rtnetlink) sees it (/sys/class/net shows
+/// the namespace sysfs was mounted in, not necessarily this one).
 let private interfaceExists (name: string) =
-    Directory.Exists(Path.Combine("/sys/class/net", name))
+    fst (Isolation.run "ip" [ "link"; "show"; "dev"; name ]) = 0
 
 /// The stack's counter per queue.
 let private perQueue (stack: NetworkStack) (name: string) =
@@ -260,6 +261,66 @@ let tests =
                     // After the flow table forgot them, the kernel picks by hash: all 32 on their
                     // owner's queue has odds 2^-32.
                     Expect.isGreaterThan handed 0L "segments arrived on the other queue and were handed to their owner")
+            }
+
+            testSequenced
+            <| test
+                "attached to a persistent multi_queue interface made with ip tuntap (AttachExisting), 2 queues serve 16 kernel connections, and the interface stays after Dispose" {
+                let ip (args: string list) =
+                    let code, output = Isolation.run "ip" args
+                    Expect.equal code 0 $"ip %A{args}: {output}"
+
+                let name = "ns141q5"
+                ip [ "tuntap"; "add"; "dev"; name; "mode"; "tun"; "multi_queue" ]
+
+                try
+                    ip [ "addr"; "add"; "10.141.5.1"; "peer"; "10.141.5.2"; "dev"; name ]
+                    ip [ "link"; "set"; name; "up" ]
+
+                    let o =
+                        NetStackOptions(
+                            TunName = name,
+                            AttachExisting = true,
+                            Address = IPAddress.Parse "10.141.5.2",
+                            Address6 = null,
+                            Queues = 2
+                        )
+
+                    TestUtil.withStackOf o (fun stack ->
+                        use listener = stack.ListenTcp 7
+                        use cancel = new CancellationTokenSource()
+                        let server = TestUtil.echoServer listener cancel.Token
+
+                        let client (i: int) =
+                            task {
+                                use socket =
+                                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                                do! socket.ConnectAsync(IPEndPoint(o.Address, 7))
+                                use stream = new NetworkStream(socket)
+                                let sent = pattern (300 + i) 8192
+                                let back = Array.zeroCreate<byte> sent.Length
+                                let reading = readExactly stream back
+                                do! stream.WriteAsync(ReadOnlyMemory sent)
+                                do! reading
+                                Expect.equal back sent $"connection {i}: the same bytes back"
+                            }
+                            :> Task
+
+                        Expect.isTrue
+                            (Task.WaitAll([| for i in 0..15 -> client i |], timeout))
+                            "every connection echoed"
+
+                        cancel.Cancel()
+                        server.Wait timeout |> ignore
+                        let reads = perQueue stack "device.read"
+                        // 16 flows by hash: all on one queue has odds 2^-15.
+                        Expect.all reads (fun n -> n > 0L) $"both queues read packets: {reads}")
+
+                    Expect.isTrue (interfaceExists name) "the persistent interface stays"
+                finally
+                    Isolation.run "ip" [ "tuntap"; "del"; "dev"; name; "mode"; "tun"; "multi_queue" ]
+                    |> ignore
             }
 
             testSequenced
