@@ -324,6 +324,133 @@ let tests =
             }
 
             testSequenced
+            <| test
+                "steady state: the engine loops of a 2-queue stack allocate nothing per packet, both ways, on a connection of each engine" {
+                let defaults = NetStackOptions()
+
+                let o =
+                    NetStackOptions(
+                        TunName = "ns141q6",
+                        Address = IPAddress.Parse "10.141.6.2",
+                        HostAddress = IPAddress.Parse "10.141.6.1",
+                        Address6 = null,
+                        HostAddress6 = null,
+                        Queues = 2,
+                        // Per wire packet (no super-segments), and no buffer growth inside the
+                        // measured transfer (a growth rents a ring once: per connection, not per
+                        // packet), as the Allocation list measures one engine.
+                        Offloads = false,
+                        TcpReceiveBufferMaxBytes = defaults.TcpReceiveBufferBytes,
+                        TcpSendBufferMaxBytes = defaults.TcpSendBufferBytes,
+                        TcpLinger = TimeSpan.FromSeconds 2.0
+                    )
+
+                TestUtil.withStackOf o (fun stack ->
+                    use kernel = TestUtil.kernelListener o.HostAddress
+
+                    // Round-robin: the two connects go to the two engines.
+                    let pairs =
+                        [
+                            for _ in 1..2 ->
+                                let c =
+                                    stack.ConnectTcpAsync(kernel.LocalEndPoint :?> IPEndPoint).AsTask()
+                                    |> TestUtil.waitWithin timeout
+
+                                c, kernel.Accept()
+                        ]
+
+                    Expect.equal
+                        (pairs |> List.map (fun (c, _) -> c.LocalEndPoint.Port % 2) |> List.sort)
+                        [ 0; 1 ]
+                        "one connection on each engine"
+
+                    let block = Array.zeroCreate<byte> 65536
+
+                    let inward (bytes: int64) =
+                        [|
+                            for (c: TcpConnection), (s: Socket) in pairs do
+                                Task.Run(fun () ->
+                                    let mutable left = bytes
+
+                                    while left > 0L do
+                                        left <-
+                                            left - int64 (s.Send(block, 0, int (min left 65536L), SocketFlags.None)))
+
+                                task {
+                                    let buffer = Array.zeroCreate<byte> 65536
+                                    let mutable left = bytes
+
+                                    while left > 0L do
+                                        let! n = c.ReadAsync(Memory buffer)
+
+                                        if n = 0 then
+                                            failtest "early end of stream"
+
+                                        left <- left - int64 n
+                                }
+                                :> Task
+                        |]
+                        |> fun t -> Expect.isTrue (Task.WaitAll(t, timeout)) "kernel → stack done"
+
+                    let outward (bytes: int64) =
+                        [|
+                            for (c: TcpConnection), (s: Socket) in pairs do
+                                task {
+                                    let mutable left = bytes
+
+                                    while left > 0L do
+                                        let n = int (min left 65536L)
+                                        do! c.WriteAsync(ReadOnlyMemory(block, 0, n))
+                                        left <- left - int64 n
+                                }
+                                :> Task
+
+                                Task.Run(fun () ->
+                                    let buffer = Array.zeroCreate<byte> 65536
+                                    let mutable left = bytes
+
+                                    while left > 0L do
+                                        let n = s.Receive buffer
+
+                                        if n = 0 then
+                                            failtest "early end of stream"
+
+                                        left <- left - int64 n)
+                        |]
+                        |> fun t -> Expect.isTrue (Task.WaitAll(t, timeout)) "stack → kernel done"
+
+                    let counters () =
+                        stack.Statistics.["engine.loop.allocated-bytes"],
+                        stack.Statistics.["device.read"] + stack.Statistics.["device.written"]
+
+                    let perPacket (transfer: int64 -> unit) =
+                        transfer (4L <<< 20)
+                        let a0, p0 = counters ()
+                        transfer (16L <<< 20)
+                        let a1, p1 = counters ()
+                        float (a1 - a0) / float (max 1L (p1 - p0)), p1 - p0
+
+                    perPacket inward |> ignore
+                    let inBytes, inPackets = perPacket inward
+                    let outBytes, outPackets = perPacket outward
+
+                    printfn
+                        "2 queues, loop allocation per packet: kernel → stack %.1f B over %d packets, stack → kernel %.1f B over %d packets"
+                        inBytes
+                        inPackets
+                        outBytes
+                        outPackets
+
+                    // As in the Allocation list: one object per packet would be at least 24 B.
+                    Expect.isLessThan inBytes 4.0 "kernel → stack: bytes the loops allocate per packet"
+                    Expect.isLessThan outBytes 4.0 "stack → kernel: bytes the loops allocate per packet"
+
+                    for c, s in pairs do
+                        c.Dispose()
+                        s.Dispose())
+            }
+
+            testSequenced
             <| test "UDP echo from 32 kernel source ports and ping both ways over a 2-queue stack" {
                 let o = options 3
 
