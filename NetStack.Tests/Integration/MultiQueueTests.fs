@@ -451,6 +451,63 @@ let tests =
             }
 
             testSequenced
+            <| test
+                "a listener on port 0 (an ephemeral port) keeps each kernel connection on the queue the kernel chose: its segments are not handed to the engine port % 2" {
+                let o =
+                    NetStackOptions(
+                        TunName = "ns141q7",
+                        Address = IPAddress.Parse "10.141.7.2",
+                        HostAddress = IPAddress.Parse "10.141.7.1",
+                        Address6 = null,
+                        HostAddress6 = null,
+                        Queues = 2
+                    )
+
+                TestUtil.withStackOf o (fun stack ->
+                    use listener = stack.ListenTcp 0
+                    let port = listener.LocalEndPoint.Port
+                    Expect.isGreaterThanOrEqual port NetworkStack.EphemeralPortFirst "an ephemeral port"
+                    use cancel = new CancellationTokenSource()
+                    let server = TestUtil.echoServer listener cancel.Token
+
+                    let client (i: int) =
+                        task {
+                            use socket =
+                                new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                            do! socket.ConnectAsync(IPEndPoint(o.Address, port))
+                            use stream = new NetworkStream(socket)
+                            let sent = pattern (400 + i) 65536
+                            let back = Array.zeroCreate<byte> sent.Length
+                            let reading = readExactly stream back
+                            do! stream.WriteAsync(ReadOnlyMemory sent)
+                            do! reading
+                            Expect.equal back sent $"connection {i}: the same bytes back"
+                        }
+                        :> Task
+
+                    Expect.isTrue (Task.WaitAll([| for i in 0..15 -> client i |], timeout)) "every connection echoed"
+                    cancel.Cancel()
+                    server.Wait timeout |> ignore
+                    let reads = perQueue stack "device.read"
+                    let handed = stack.Statistics.["engine.queue.handoff"]
+                    // 16 flows by hash: all on one queue has odds 2^-15.
+                    Expect.all reads (fun n -> n > 0L) $"both queues read packets: {reads}"
+                    // Were the port steered as a connect's, the engine port % 2 would take every
+                    // SYN and own all 16 connections (and the segments read before its answers
+                    // reached the kernel's flow table would be handed over).
+                    let connected = stack.Statistics.["tcp.connected"]
+                    let onQueue1 = stack.Statistics.Parts.[0].["tcp.connected"]
+                    Expect.equal connected 16L "16 connections"
+                    Expect.isTrue (onQueue1 > 0L && onQueue1 < 16L) $"both engines own some ({onQueue1} on queue 1)"
+
+                    Expect.isLessThan
+                        (handed * 10L)
+                        (List.sum reads)
+                        $"few handoffs ({handed} of {List.sum reads} packets)")
+            }
+
+            testSequenced
             <| test "UDP echo from 32 kernel source ports and ping both ways over a 2-queue stack" {
                 let o = options 3
 
