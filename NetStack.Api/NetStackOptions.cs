@@ -191,6 +191,26 @@ public sealed record NetStackOptions
     public bool TunIoUring { get; init; }
 
     /// <summary>
+    /// The TUN interface's queues, each with an engine loop of its own (its own thread, device
+    /// descriptor and TCP connection table), 1..16; default 1, a single engine as always.
+    /// Above 1 the interface is opened with IFF_MULTI_QUEUE: the kernel spreads the flows it
+    /// sends among the queues (by its flow hash, and by the queue a flow's packets were last
+    /// written on), the engine that receives a connection's SYN owns it, connects are spread over
+    /// the engines round-robin (each draws ephemeral ports with <c>port % Queues</c> equal to its
+    /// queue number, so any engine can tell a segment's owner from its port), and a segment
+    /// that arrives on another queue is handed to its owner (counted "engine.queue.handoff").
+    /// Everything that is not TCP (UDP, ICMP, fragments) is handed to queue 0's engine, which
+    /// keeps every non-TCP socket. <see cref="NetworkStack.Statistics"/> sums all engines, with
+    /// "device.read.queueN" per queue. Needs <see cref="NetStackMode.Tun"/> and a TUN device the
+    /// stack opens (not <c>Start(options, device)</c>), and rules out <see cref="AnyDestination"/>,
+    /// <see cref="Faults"/>, <see cref="CapturePath"/> and <see cref="TunWriterThread"/> = true
+    /// (<see cref="ArgumentException"/> from <c>Start</c>); with <see cref="AttachExisting"/> the
+    /// interface must have been made with <c>multi_queue</c>. docs/multiqueue.md: design,
+    /// measurements and why one queue stays the default.
+    /// </summary>
+    public int Queues { get; init; } = 1;
+
+    /// <summary>
     /// Writes to the TUN device from a thread of their own instead of the engine loop. Without
     /// offloads every packet is one write(2), and the kernel runs its TCP for the packet inside
     /// that call (for each ACK of ours, the kernel sender's ACK processing and its next

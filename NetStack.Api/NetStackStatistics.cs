@@ -25,7 +25,22 @@ public sealed class NetStackStatistics
 
     /// <summary>The counter's current value; 0 for a name never counted.</summary>
     /// <param name="name">A counter name such as "ipv4.received" or "drop.ipv4.bad-checksum".</param>
-    public long this[string name] => _counters.TryGetValue(name, out var c) ? Volatile.Read(ref c.Value) : 0;
+    public long this[string name]
+    {
+        get
+        {
+            long value = Own(name);
+            foreach (var part in Parts)
+                value += part.Own(name);
+            return value;
+        }
+    }
+
+    private long Own(string name) => _counters.TryGetValue(name, out var c) ? Volatile.Read(ref c.Value) : 0;
+
+    // A multi-queue stack: the counters of the other queues' engines, which every reading adds
+    // to this one's (set once when the stack starts).
+    internal NetStackStatistics[] Parts { get; set; } = [];
 
     // (A cache keyed by the name string's identity was tried: after tiering, a lookup by
     // ordinal hash costs the same ~26 ns as one by reference on this machine class.)
@@ -50,13 +65,20 @@ public sealed class NetStackStatistics
     public IReadOnlyDictionary<string, long> Snapshot()
     {
         var result = new SortedDictionary<string, long>(StringComparer.Ordinal);
+        Add(result);
+        foreach (var part in Parts)
+            part.Add(result);
+        return result;
+    }
+
+    private void Add(SortedDictionary<string, long> result)
+    {
         foreach (var (name, counter) in _counters)
         {
             long value = Volatile.Read(ref counter.Value);
             if (value != 0)
-                result[name] = value;
+                result[name] = result.GetValueOrDefault(name) + value;
         }
-        return result;
     }
 
     /// <summary>One "name value" line per non-zero counter, sorted by name.</summary>

@@ -27,6 +27,7 @@ public sealed partial class NetworkStack
         try
         {
             Validate(options);
+            RefuseQueues(options);
             if (device.IsTap != (options.Mode == NetStackMode.Tap))
                 throw new ArgumentException($"Mode {options.Mode} does not match device '{device.Name}', a {(device.IsTap ? "TAP" : "TUN")} device.", nameof(options));
             ObjectDisposedException.ThrowIf(device.FileDescriptor < 0, device);

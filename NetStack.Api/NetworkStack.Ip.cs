@@ -199,7 +199,7 @@ public sealed partial class NetworkStack
         _pings.Remove(r.Echo.Sequence);
         ping.Registration.Unregister();
         var rtt = TimeSpan.FromTicks((now - ping.SentAt) * 10);
-        _meter.RecordPingRtt(rtt);
+        _meter?.RecordPingRtt(rtt);
         ping.Completion.TrySetResult(new PingReply(IPStatus.Success, ping.Destination, rtt, r.Payload.Length));
     }
 

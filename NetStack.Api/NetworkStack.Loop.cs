@@ -73,7 +73,7 @@ public sealed partial class NetworkStack
     {
         lock (_commandGate)
         {
-            if (_commands.Count > 0)
+            if (_commands.Count > 0 || HasHandoffs)
                 return false;
             _loopIdle = true;
             return true;
@@ -141,6 +141,8 @@ public sealed partial class NetworkStack
                 DrainCommands();
                 if (_stopping)
                     break;
+                if (_handoffs is not null)
+                    DrainHandoffs();
                 DrainLooped();
                 int wait = HasLooped ? 0 : WaitMilliseconds();
                 // A burst: packets the device already holds are read without waiting, and the
@@ -166,7 +168,10 @@ public sealed partial class NetworkStack
                     deviceErrors = 0;
                     _deviceRead.Increment();
                     Interlocked.Add(ref _bytesRead, packet.Length);
-                    ProcessPacket(packet, header);
+                    if (_group is null)
+                        ProcessPacket(packet, header);
+                    else
+                        ProcessQueued(packet, header);
                 }
             }
             catch (ObjectDisposedException) when (_stopping)

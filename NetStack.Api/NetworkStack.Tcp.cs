@@ -54,6 +54,9 @@ public sealed partial class NetworkStack
             IsnKey = RandomKey(),
             CookieKey = RandomKey(),
             ForwardDecisionTimeout = Micros(Options.ForwardTcpDecisionTimeout),
+            // Several queues: this engine's residue class of ephemeral ports (see OwnerOf).
+            EphemeralShards = _group?.Count ?? 1,
+            EphemeralShard = _queue,
         });
     }
 
@@ -148,19 +151,54 @@ public sealed partial class NetworkStack
         var (v4, v6) = Families(localEndPoint);
         bool any = localEndPoint.Address.Equals(IPAddress.Any) || localEndPoint.Address.Equals(IPAddress.IPv6Any);
         var address = IpAddr.OfIPAddress(localEndPoint.Address);
-        var listener = OnLoop(() =>
+        // Several queues: the port is marked as listened before the first SYN can arrive (so
+        // each queue's engine keeps the SYNs it reads), and every engine listens.
+        _group?.Listen(localEndPoint.Port);
+        TcpListenEndpoint? Listen(NetworkStack engine, int port)
         {
             var endpoint = any
-                ? _tcpTable.ListenAll(v4, v6, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next(), reuse)
-                : _tcpTable.ListenOn(address, localEndPoint.Port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next(), reuse);
-            if (endpoint is null)
-                throw new SocketException((int)SocketError.AddressAlreadyInUse);
-            if (options is not null)
+                ? engine._tcpTable.ListenAll(v4, v6, port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next(), reuse)
+                : engine._tcpTable.ListenOn(address, port, backlog, Options.TcpMaxHalfOpen, Random.Shared.Next(), reuse);
+            if (endpoint is not null && options is not null)
                 endpoint.Socket = FSharpValueOption<TcpSocketSettings>.NewValueSome(socket.Core);
-            var l = new TcpConnectionListener(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), endpoint, socket);
-            endpoint.Owner = l;
-            return l;
-        });
+            return endpoint;
+        }
+        TcpConnectionListener listener;
+        try
+        {
+            listener = OnLoop(() =>
+            {
+                var endpoint = Listen(this, localEndPoint.Port) ?? throw new SocketException((int)SocketError.AddressAlreadyInUse);
+                // Port 0: marked here, before this loop reads the next packet.
+                if (localEndPoint.Port == 0)
+                    _group?.Listen(endpoint.Port);
+                var l = new TcpConnectionListener(this, new IPEndPoint(localEndPoint.Address, endpoint.Port), endpoint, socket);
+                endpoint.Owner = l;
+                return l;
+            });
+        }
+        catch
+        {
+            _group?.Unlisten(localEndPoint.Port);
+            throw;
+        }
+        foreach (var engine in OtherEngines())
+        {
+            int port = listener.LocalEndPoint.Port;
+            var endpoint = engine.OnLoop(() =>
+            {
+                var e = Listen(engine, port);
+                if (e is not null)
+                    e.Owner = listener;
+                return e;
+            });
+            if (endpoint is null)
+            {
+                listener.Dispose();
+                throw new SocketException((int)SocketError.AddressAlreadyInUse);
+            }
+            listener.AddEngine(engine, endpoint);
+        }
         _log.TcpListening(listener.LocalEndPoint, backlog);
         return listener;
     }
@@ -218,16 +256,28 @@ public sealed partial class NetworkStack
     }
 
     // A socket option of the listener changed: its SYN,ACKs and new connections take it.
-    internal void TcpConfigureListener(TcpConnectionListener listener, TcpSocketSettings settings) =>
+    internal void TcpConfigureListener(TcpConnectionListener listener, TcpSocketSettings settings)
+    {
         OnLoop(() => listener.Endpoint.Socket = FSharpValueOption<TcpSocketSettings>.NewValueSome(settings));
+        foreach (var (engine, endpoint) in listener.Engines)
+            engine.OnLoop(() => endpoint.Socket = FSharpValueOption<TcpSocketSettings>.NewValueSome(settings));
+    }
 
     internal void Unlisten(TcpConnectionListener listener)
+    {
+        Unlisten(listener.Endpoint);
+        foreach (var (engine, endpoint) in listener.Engines)
+            engine.Unlisten(endpoint);
+        _group?.Unlisten(listener.LocalEndPoint.Port);
+    }
+
+    private void Unlisten(TcpListenEndpoint endpoint)
     {
         try
         {
             OnLoop(() =>
             {
-                _tcpTable.Unlisten(listener.Endpoint);
+                _tcpTable.Unlisten(endpoint);
                 return true;
             });
         }
@@ -355,7 +405,10 @@ public sealed partial class NetworkStack
         if (source is null)
             throw new ArgumentException($"The stack has no {(target.IsIpv6 ? "IPv6" : "IPv4")} address to connect to {address} from.", nameof(remote));
         cancellationToken.ThrowIfCancellationRequested();
-        var connection = new TcpConnection(this, socket, null, new IPEndPoint(address, remote.Port))
+        // Several queues: the engine that draws this connection's ephemeral port (or the one
+        // whose residue class holds the fixed port) owns it.
+        var engine = ConnectEngine(localPort);
+        var connection = new TcpConnection(engine, socket, null, new IPEndPoint(address, remote.Port))
         {
             LocalAddress = source.Value,
             RemoteAddress = target,
@@ -365,7 +418,7 @@ public sealed partial class NetworkStack
             // without Bind, which leaves SO_REUSEADDR off).
             ReuseAddress = options?.ReuseAddress ?? false,
         };
-        Post(() => LoopConnect(connection), e => connection.Fail(SocketError.OperationAborted));
+        engine.Post(() => engine.LoopConnect(connection), e => connection.Fail(SocketError.OperationAborted));
         try
         {
             await connection.Connected.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -717,7 +770,7 @@ public sealed partial class NetworkStack
                 RecordRtt(c);
                 if (c.Endpoint?.Listener?.Owner is TcpConnectionListener listener)
                 {
-                    if (!listener.Offer(c))
+                    if (!listener.Offer(c, c.Endpoint.Listener))
                         TcpAbort(c);
                 }
                 else
@@ -791,7 +844,7 @@ public sealed partial class NetworkStack
     private void RecordRtt(TcpConnection c)
     {
         if (c.Endpoint is { } e && e.Core.Rtt.HasSample)
-            _meter.RecordTcpRtt(c.Core.Rtt.Srtt);
+            (_meter ?? _group?.Engine(0)?._meter)?.RecordTcpRtt(c.Core.Rtt.Srtt);
     }
 
     private void RemoveTcp(TcpConnection c)

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using System.Net.NetworkInformation;
@@ -64,7 +65,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     // Bytes through the device, for the metrics (the packet counts live in _statistics).
     private long _bytesRead;
     private long _bytesWritten;
-    private readonly StackMeter _meter;
+    // Null on the engines of queues 1.. of a multi-queue stack (queue 0's counts for all).
+    private readonly StackMeter? _meter;
     private readonly ILogger _log;
     private readonly DropLogLimiter _dropLog = new();
 
@@ -119,9 +121,14 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         public CancellationTokenRegistration Registration;
     }
 
-    private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null)
+    private NetworkStack(NetStackOptions options, IPacketDevice device, string interfaceName, KernelLink? link = null,
+        QueueGroup? group = null, int queue = 0)
     {
         _link = link;
+        _group = group;
+        _queue = queue;
+        if (group is not null)
+            _handoffs = new ConcurrentQueue<Handoff>();
         if (options.Slaac || options.LinkLocalAddress)
             _autoconfiguring = LinkWithin(device);
         if (options.Dhcp)
@@ -135,6 +142,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         _tcpSent = _statistics.Handle("tcp.sent");
         TcpRingsRented = _statistics.Handle("tcp.ring.rented");
         TcpRingsReturned = _statistics.Handle("tcp.ring.returned");
+        InitQueues(out _queueRead, out _handoffSent, out _handoffReceived);
         if ((device is CapturingPacketDevice c ? c.Inner : device) is WriterThreadDevice writer)
             writer.Statistics = _statistics;
         Options = options;
@@ -170,9 +178,13 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         }.ToConfig();
         _ip = IpLayer.create(config, Now());
         InitTcp(mtu);
-        _meter = new StackMeter(interfaceName, _statistics, () => Volatile.Read(ref _bytesRead),
-            () => Volatile.Read(ref _bytesWritten), () => _tcpTable.Count);
-        _thread = new Thread(Loop) { IsBackground = true, Name = $"netstack {interfaceName}" };
+        if (queue == 0)
+        {
+            _meter = new StackMeter(interfaceName, _statistics, () => Volatile.Read(ref _bytesRead) + OtherEngines().Sum(e => Volatile.Read(ref e._bytesRead)),
+                () => Volatile.Read(ref _bytesWritten) + OtherEngines().Sum(e => Volatile.Read(ref e._bytesWritten)),
+                () => _tcpTable.Count + OtherEngines().Sum(e => e._tcpTable.Count));
+        }
+        _thread = new Thread(Loop) { IsBackground = true, Name = queue == 0 ? $"netstack {interfaceName}" : $"netstack {interfaceName} q{queue}" };
         _thread.Start();
         _log.Started(interfaceName, options.Address, options.Address6, mtu);
     }
@@ -199,15 +211,22 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         // mode EthernetPacketDevice carries the headers through, moved by the Ethernet header.
         bool tap = options.Mode == NetStackMode.Tap;
         bool offloads = options.Offloads && options.Faults is null;
-        var device = options.AttachExisting
-            ? (tap ? TunDevice.AttachTap(options.TunName, offloads) : TunDevice.Attach(options.TunName, offloads))
-            : (tap ? TunDevice.CreateTap(options.TunName, offloads) : TunDevice.Create(options.TunName, offloads));
+        // Several queues: one descriptor each, the first standing for the interface.
+        TunDevice[] queues = options.Queues > 1
+            ? TunDevice.OpenQueues(options.TunName, !options.AttachExisting, offloads, options.Queues)
+            : [options.AttachExisting
+                ? (tap ? TunDevice.AttachTap(options.TunName, offloads) : TunDevice.Attach(options.TunName, offloads))
+                : (tap ? TunDevice.CreateTap(options.TunName, offloads) : TunDevice.Create(options.TunName, offloads))];
+        var device = queues[0];
         KernelLink? link = null;
         NetworkStack stack;
         try
         {
             if (offloads)
-                device.SetOffloads(StackOffloads);
+            {
+                foreach (var queue in queues)
+                    queue.SetOffloads(StackOffloads);
+            }
             if (!options.AttachExisting)
             {
                 link = new KernelLink(device);
@@ -231,12 +250,13 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                         link.AddAddress(options.HostAddress6, options.Address6);
                 }
             }
-            stack = StartOnDevice(options, device, link);
+            stack = queues.Length > 1 ? StartQueues(options, queues, link) : StartOnDevice(options, device, link);
         }
         catch
         {
             link?.Dispose();
-            device.Dispose();
+            foreach (var queue in queues)
+                queue.Dispose();
             throw;
         }
         return AwaitLease(AwaitLink(stack));
@@ -244,7 +264,8 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
 
     // The device wrappers Start chooses (io_uring, faults, the writer thread, Ethernet, capture)
     // and the stack on top; the caller disposes the device and link when this throws.
-    private static NetworkStack StartOnDevice(NetStackOptions options, TunDevice device, KernelLink? link)
+    private static NetworkStack StartOnDevice(NetStackOptions options, TunDevice device, KernelLink? link,
+        QueueGroup? group = null, int queue = 0)
     {
         bool tap = options.Mode == NetStackMode.Tap;
         string? noRing = null;
@@ -259,7 +280,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         if (tap)
             packets = new EthernetPacketDevice(packets, options, (packets as FaultInjectingDevice)?.Statistics, device.Name);
         // The capture is outermost: it records what the stack itself sees, after the faults.
-        var stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link) { UsesIoUring = device.UsesIoUring };
+        var stack = new NetworkStack(options, WithCapture(options, packets), device.Name, link, group, queue) { UsesIoUring = device.UsesIoUring };
         if (noRing is not null)
             stack._log.IoUringUnavailable(device.Name, noRing);
         return stack;
@@ -278,6 +299,7 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         Validate(options);
+        RefuseQueues(options);
         return AwaitLease(AwaitLink(new NetworkStack(options, WithCapture(options, device), interfaceName)));
     }
 
@@ -437,6 +459,19 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         if (options.CapturePath is not null && options.CapturePath.Length == 0)
             throw new ArgumentException("CapturePath is empty (null means no capture).", nameof(options));
         options.Faults?.Validate();
+        if (options.Queues is < 1 or > MaxQueues)
+            throw new ArgumentOutOfRangeException(nameof(options), options.Queues, $"Queues {options.Queues} is outside 1..{MaxQueues} (the TUN interface's queues, one engine loop each; 1 is a single engine).");
+        if (options.Queues > 1)
+        {
+            string? clash = tap ? "Mode = Tap (multi-queue is for TUN interfaces; give Mode = Tun or Queues = 1)"
+                : options.AnyDestination ? "AnyDestination (the forwarders live on queue 0's engine)"
+                : options.Faults is not null ? "Faults (a fault-injecting device wraps one queue)"
+                : options.CapturePath is not null ? "CapturePath (a capture records one device)"
+                : options.Dhcp ? "Dhcp"
+                : null;
+            if (clash is not null)
+                throw new ArgumentException($"Queues {options.Queues} cannot be combined with {clash}.", nameof(options));
+        }
         if (options.TunWriterThread == true && (options.Offloads || options.Mode != NetStackMode.Tun || options.TunIoUring))
             throw new ArgumentException("TunWriterThread needs Offloads = false, Mode = Tun and no TunIoUring.", nameof(options));
         if (string.IsNullOrEmpty(options.TunName))
@@ -476,7 +511,11 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
     /// <summary>The interface's actual name (a template's number filled in).</summary>
     public string InterfaceName { get; }
 
-    /// <summary>The named counters.</summary>
+    /// <summary>
+    /// The named counters. With several <see cref="NetStackOptions.Queues"/>: every engine's
+    /// counters summed, plus "device.read.queueN" per queue and "engine.queue.handoff" (packets
+    /// read on a queue whose engine does not own them, handed to the owner).
+    /// </summary>
     public NetStackStatistics Statistics => _statistics;
 
     // Microseconds since the stack started: the monotonic `now` the core takes.
@@ -584,6 +623,10 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
                 return;
             _disposed = true;
         }
+        // The other queues' engines first, while this loop still runs (their listeners are
+        // this one's too) and the link still has its addresses (their RSTs reach the peers).
+        foreach (var engine in OtherEngines())
+            engine.Dispose();
         _stopping = true;
         try
         {
@@ -612,8 +655,15 @@ public sealed partial class NetworkStack : IAsyncDisposable, IDisposable
         DropLooped();
         _link?.Dispose();
         _device.Dispose();
-        _meter.Dispose();
+        _meter?.Dispose();
         _log.Stopped(InterfaceName);
+    }
+
+    // Queues > 1 needs the TUN interface the stack opens itself (Start(options)).
+    private static void RefuseQueues(NetStackOptions options)
+    {
+        if (options.Queues > 1)
+            throw new ArgumentException($"Queues {options.Queues} needs a TUN interface the stack opens itself (NetworkStack.Start(options)); a device passed in is one queue.", nameof(options));
     }
 
     /// <summary>Same as <see cref="Dispose"/>.</summary>

@@ -17,7 +17,8 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
 {
     private readonly NetworkStack _stack;
     private readonly object _gate = new();
-    private readonly Queue<TcpConnection> _ready = new();
+    // Each ready connection with the endpoint (of its queue's engine) whose accept-queue count it holds.
+    private readonly Queue<(TcpConnection Connection, TcpListenEndpoint Endpoint)> _ready = new();
     private readonly LinkedList<TaskCompletionSource<TcpConnection>> _acceptors = new();
     private bool _disposed;
 
@@ -168,6 +169,25 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
     // _ready: the table drops SYNs while it is at the backlog (RFC 9293 §3.10.7.2).
     internal TcpListenEndpoint Endpoint { get; }
 
+    // A multi-queue stack: the listening endpoints of the other queues' engines, which feed this
+    // one listener (each keeps its own backlog and half-open count). Set while listening starts.
+    private readonly List<(NetworkStack Engine, TcpListenEndpoint Endpoint)> _engines = [];
+
+    internal IReadOnlyList<(NetworkStack Engine, TcpListenEndpoint Endpoint)> Engines
+    {
+        get
+        {
+            lock (_gate)
+                return [.. _engines];
+        }
+    }
+
+    internal void AddEngine(NetworkStack engine, TcpListenEndpoint endpoint)
+    {
+        lock (_gate)
+            _engines.Add((engine, endpoint));
+    }
+
     /// <summary>The local address and port (the port chosen when 0 was asked for).</summary>
     public IPEndPoint LocalEndPoint { get; }
 
@@ -191,8 +211,8 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_ready.TryDequeue(out var ready))
             {
-                Interlocked.Decrement(ref Endpoint.Queued);
-                return ValueTask.FromResult(ready);
+                Interlocked.Decrement(ref ready.Endpoint.Queued);
+                return ValueTask.FromResult(ready.Connection);
             }
             acceptor = new TaskCompletionSource<TcpConnection>(TaskCreationOptions.RunContinuationsAsynchronously);
             var node = _acceptors.AddLast(acceptor);
@@ -214,8 +234,12 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
         return new ValueTask<TcpConnection>(acceptor.Task);
     }
 
-    /// <summary>When the loop last answered a SYN for this listener with a SYN cookie (loop only).</summary>
-    internal bool Offer(TcpConnection connection)
+    /// <summary>
+    /// A connection that completed its handshake on <paramref name="endpoint"/> (the listening
+    /// endpoint of the engine that owns it): to a waiting accept, or into the accept queue.
+    /// Called on that engine's loop.
+    /// </summary>
+    internal bool Offer(TcpConnection connection, TcpListenEndpoint endpoint)
     {
         lock (_gate)
         {
@@ -227,8 +251,8 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
                 if (first.Value.TrySetResult(connection))
                     return true;
             }
-            _ready.Enqueue(connection);
-            Interlocked.Increment(ref Endpoint.Queued);
+            _ready.Enqueue((connection, endpoint));
+            Interlocked.Increment(ref endpoint.Queued);
             return true;
         }
     }
@@ -246,9 +270,11 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
             if (_disposed)
                 return;
             _disposed = true;
-            queued = [.. _ready];
+            queued = [.. _ready.Select(r => r.Connection)];
             _ready.Clear();
             Interlocked.Exchange(ref Endpoint.Queued, 0);
+            foreach (var (_, endpoint) in _engines)
+                Interlocked.Exchange(ref endpoint.Queued, 0);
             acceptors = [.. _acceptors];
             _acceptors.Clear();
         }

@@ -186,7 +186,7 @@ public static class Cli
 /// The interface options every command that brings a stack up accepts: <c>--tun</c>, <c>--ip</c>,
 /// <c>--host-ip</c>, <c>--ip6</c>, <c>--host-ip6</c>, <c>--mtu</c>, <c>--pcap</c>, the device
 /// paths (<c>--no-offload</c>, <c>--io-uring</c>, <c>--writer-thread</c>,
-/// <c>--no-writer-thread</c>), TAP mode (<c>--tap</c>, <c>--mac</c>, <c>--vlan</c>) and fault
+/// <c>--no-writer-thread</c>, <c>--queues</c>), TAP mode (<c>--tap</c>, <c>--mac</c>, <c>--vlan</c>) and fault
 /// injection. One instance per command (<see cref="AddTo"/>); <see cref="Read"/> builds the
 /// stack's options from what the command line gave, the rest keeping
 /// <see cref="NetStackOptions"/>' defaults.
@@ -215,6 +215,8 @@ public sealed class InterfaceOptions
     private readonly Option<bool> _writerThread = Cli.Flag("--writer-thread",
         "write to the TUN device from a thread of its own while the loop is busy (needs --no-offload; the default whenever the device has no offloads)");
     private readonly Option<bool> _noWriterThread = Cli.Flag("--no-writer-thread", "always write from the loop thread");
+    private readonly Option<int> _queues = Cli.Int("--queues", "N",
+        "TUN queues, one engine loop (thread) each, 1-16 (default 1; TUN only: IFF_MULTI_QUEUE, see docs/multiqueue.md)", 1, NetworkStack.MaxQueues, "a queue count");
     private readonly Option<bool> _tap = Cli.Flag("--tap",
         $"a TAP device instead of TUN: the stack is a host with its own MAC on the link (ARP, NDP); the kernel side gets the host addresses with prefixes /{Defaults.PrefixLength} and /{Defaults.PrefixLength6}");
     private readonly Option<System.Net.NetworkInformation.PhysicalAddress> _mac = Cli.Value("--mac", "ADDR",
@@ -236,7 +238,7 @@ public sealed class InterfaceOptions
     public void AddTo(Command command)
     {
         foreach (var option in (Option[])[_tun, _ip, _hostIp, _ip6, _hostIp6, _mtu, _pcap, _noOffload, _ioUring, _writerThread, _noWriterThread,
-            _tap, _mac, _vlan, _loss, _dup, _reorder, _corrupt, _delay, _rate, _seed])
+            _queues, _tap, _mac, _vlan, _loss, _dup, _reorder, _corrupt, _delay, _rate, _seed])
             command.Add(option);
     }
 
@@ -270,6 +272,8 @@ public sealed class InterfaceOptions
         var noWriter = r.GetResult(_noWriterThread);
         if (writer is not null || noWriter is not null)
             o = o with { TunWriterThread = noWriter is null || (writer is not null && LastIndex(r, "--writer-thread") > LastIndex(r, "--no-writer-thread")) };
+        if (r.IsGiven(_queues))
+            o = o with { Queues = r.GetValue(_queues) };
         if (r.IsGiven(_tap))
             o = o with { Mode = NetStackMode.Tap };
         if (r.IsGiven(_vlan))
@@ -318,6 +322,10 @@ public sealed class InterfaceOptions
             throw new UsageException($"--ip6 and --host-ip6 are both {options.Address6}");
         if (options.VlanId is not null && options.Mode != NetStackMode.Tap)
             throw new UsageException("--vlan needs --tap (a TUN device carries no Ethernet frames)");
+        if (options.Queues > 1 && options.Mode == NetStackMode.Tap)
+            throw new UsageException("--queues above 1 needs a TUN device (not --tap)");
+        if (options.Queues > 1 && (options.Faults is not null || options.CapturePath is not null))
+            throw new UsageException("--queues above 1 cannot be combined with fault injection or --pcap");
     }
 
     private static NetStackOptions WithFaults(NetStackOptions options, Func<Engine.FaultSettings, Engine.FaultSettings> change) =>

@@ -59,6 +59,9 @@ public sealed unsafe partial class TunDevice : IDisposable
     private const short IFF_TAP = 0x0002;
     private const short IFF_NO_PI = 0x1000;
     private const short IFF_VNET_HDR = 0x4000;
+    // One interface, several queues: each TUNSETIFF with it on a new descriptor adds a queue, and
+    // the kernel spreads the packets it sends among them (tun.c tun_select_queue).
+    private const short IFF_MULTI_QUEUE = 0x0100;
 
     // _IOW('T', 208, unsigned int): the argument is the TUN_F_* mask itself, not a pointer.
     private const nuint TUNSETOFFLOAD = 0x400454D0;
@@ -293,7 +296,38 @@ public sealed unsafe partial class TunDevice : IDisposable
         return null;
     }
 
-    private static TunDevice Open(string name, bool create, bool virtioNetHeader, bool tap = false)
+    /// <summary>
+    /// Opens a multi-queue TUN interface (IFF_MULTI_QUEUE) with <paramref name="queues"/>
+    /// descriptors, one per queue: the first creates it (or attaches to an existing persistent
+    /// multi-queue interface when <paramref name="create"/> is false), the others attach to it by
+    /// its actual name. The kernel deletes a created interface when the last queue is closed.
+    /// </summary>
+    internal static TunDevice[] OpenQueues(string nameOrTemplate, bool create, bool virtioNetHeader, int queues)
+    {
+        if (!create && LibC.IfNameToIndex(nameOrTemplate) == 0)
+        {
+            throw new TunDeviceException(
+                "attach", LibC.ENODEV,
+                $"Cannot attach to TUN interface '{nameOrTemplate}': no interface has that name in this network " +
+                "namespace (ENODEV). Create it first (`ip tuntap add dev NAME mode tun multi_queue`).");
+        }
+        var devices = new TunDevice[queues];
+        try
+        {
+            devices[0] = Open(nameOrTemplate, create, virtioNetHeader, tap: false, multiQueue: true);
+            for (int i = 1; i < queues; i++)
+                devices[i] = Open(devices[0].Name, create: false, virtioNetHeader, tap: false, multiQueue: true);
+        }
+        catch
+        {
+            foreach (var d in devices)
+                d?.Dispose();
+            throw;
+        }
+        return devices;
+    }
+
+    private static TunDevice Open(string name, bool create, bool virtioNetHeader, bool tap = false, bool multiQueue = false)
     {
         // Non-blocking, so that a read after poll() can never block (another reader may have taken
         // the packet); waiting happens in poll() only, where Dispose can interrupt it.
@@ -322,7 +356,7 @@ public sealed unsafe partial class TunDevice : IDisposable
         var tun = new FileDescriptorHandle(fd);
         try
         {
-            short flags = (short)((tap ? IFF_TAP : IFF_TUN) | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0) | (virtioNetHeader ? IFF_VNET_HDR : 0));
+            short flags = (short)((tap ? IFF_TAP : IFF_TUN) | IFF_NO_PI | (create ? IFF_TUN_EXCL : 0) | (virtioNetHeader ? IFF_VNET_HDR : 0) | (multiQueue ? IFF_MULTI_QUEUE : 0));
             InterfaceRequest request = InterfaceRequest.For(name, flags);
             if (LibC.Ioctl(fd, TUNSETIFF, &request) < 0)
                 throw SetInterfaceError(name, create, Marshal.GetLastPInvokeError());
@@ -371,7 +405,7 @@ public sealed unsafe partial class TunDevice : IDisposable
             LibC.EEXIST => $"An interface named '{name}' already exists: choose another name (NetStackOptions.TunName), " +
                 "or set NetStackOptions.AttachExisting = true to use it.",
             LibC.EINVAL when !create =>
-                $"'{name}' exists but is not a TUN interface (perhaps a TAP or another kind of device).",
+                $"'{name}' exists but is not a TUN interface (perhaps a TAP or another kind of device), or its multi_queue flag differs from NetStackOptions.Queues > 1.",
             LibC.EINVAL => $"The kernel rejected the interface name '{name}'.",
             LibC.ENFILE => "The kernel could not allocate another interface number for the template.",
             _ => null,

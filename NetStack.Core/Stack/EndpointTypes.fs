@@ -37,6 +37,28 @@ module EphemeralPorts =
 
         found
 
+    /// As `pick`, among the ports with `port % shards = shard` only: each engine of a multi-queue
+    /// stack hands out its own residue class, so a segment's destination port alone tells which
+    /// engine owns the connection (docs/multiqueue.md). `shards` 1 is `pick`.
+    let pickSharded (free: uint16 -> bool) (random: int) (shard: int) (shards: int) =
+        if shards <= 1 then
+            pick free random
+        else
+            let count = Last - First + 1
+            let start = (random &&& Int32.MaxValue) % count
+            let mutable found = -1
+            let mutable i = 0
+
+            while found < 0 && i < count do
+                let port = First + (start + i) % count
+
+                if port % shards = shard && free (uint16 port) then
+                    found <- port
+
+                i <- i + 1
+
+            found
+
 /// A TCP 4-tuple from our side: the key of the connection table.
 [<Struct; CustomEquality; NoComparison>]
 type EndpointKey =
@@ -313,6 +335,11 @@ type TcpEndpointSettings() =
     /// How long a forwarder's connection request waits for a decision before it expires
     /// unanswered (the peer's SYN retransmissions then make a new request).
     member val ForwardDecisionTimeout = 30_000_000L with get, set
+    /// A multi-queue stack's engines (1: a single engine): ephemeral ports are drawn only with
+    /// `port % EphemeralShards = EphemeralShard` (EphemeralPorts.pickSharded).
+    member val EphemeralShards = 1 with get, set
+    /// This engine's residue class of ephemeral ports, 0 .. EphemeralShards - 1.
+    member val EphemeralShard = 0 with get, set
 
     /// The control-block settings of a connection of the family (`ipv6`), checked.
     member this.ConfigFor(ipv6: bool) : TcpConfig =

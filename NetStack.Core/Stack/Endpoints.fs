@@ -144,7 +144,7 @@ type TcpEndpointTable(settings: TcpEndpointSettings) =
 
     // RFC 6056 §3.3.1: a port no listener of the families and no connection in any state uses.
     let pickPort (v4: bool) (v6: bool) (random: int) =
-        EphemeralPorts.pick (portFree v4 v6) random
+        EphemeralPorts.pickSharded (portFree v4 v6) random settings.EphemeralShard settings.EphemeralShards
 
     let newEndpoint (key: EndpointKey) (ephemeral: bool) (core: Connection) =
         let e = TcpEndpoint(nextHandle, key, ephemeral)

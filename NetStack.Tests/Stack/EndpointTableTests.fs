@@ -281,6 +281,30 @@ let tests =
 
                 Expect.equal (notes out) [ "tcp.refused.no-ephemeral-port" ] "counted"
 
+            testCase
+                "a multi-queue engine's ephemeral ports (EphemeralShard 2 of 3): each with port % 3 = 2, each handed out once, until none is left"
+            <| fun () ->
+                let s = settings 100000 true
+                s.EphemeralShards <- 3
+                s.EphemeralShard <- 2
+                let t = TcpEndpointTable s
+                let out = TcpEndpointOutput()
+                let ports = Collections.Generic.HashSet<uint16>()
+                // The dynamic range's ports with remainder 2 mod 3, counted here.
+                let expected = [ 49152..65535 ] |> List.filter (fun p -> p % 3 = 2) |> List.length
+                let mutable opened = TcpConnectResult.Opened
+
+                while opened = TcpConnectResult.Opened do
+                    let mutable e = null
+                    opened <- t.Connect(out, 1L, ip, ours, peer, 443us, ports.Count * 7919, &e)
+
+                    if opened = TcpConnectResult.Opened then
+                        Expect.equal (int e.Key.LocalPort % 3) 2 "this engine's residue class"
+                        Expect.isTrue (ports.Add e.Key.LocalPort) "not handed out twice"
+
+                Expect.equal opened TcpConnectResult.NoEphemeralPort "exhausted"
+                Expect.equal ports.Count expected "every port of the class, then none"
+
             testCase "a connect's SYN is retransmitted by the table's timer after RFC 6298's initial RTO of 1 s"
             <| fun () ->
                 let t = table ()
