@@ -78,7 +78,7 @@ public sealed partial class NetworkStack
                 OnUdp(packet, r, header.Segmentation == VirtioGsoType.UdpL4 ? header.GsoSize : 0);
                 break;
             case ReceivedKind.IcmpError:
-                OnIcmpError(r);
+                OnIcmpError(packet, r);
                 break;
             case ReceivedKind.TcpSegment:
                 OnTcp(packet, r, now);
@@ -146,7 +146,7 @@ public sealed partial class NetworkStack
         }
     }
 
-    private void OnIcmpError(Received r)
+    private void OnIcmpError(ReadOnlySpan<byte> packet, Received r)
     {
         _statistics.Increment("icmp.error.received");
         var error = r.Error;
@@ -173,6 +173,10 @@ public sealed partial class NetworkStack
         }
         if (quoted.Protocol == IpProtocol.Tcp)
         {
+            // With several queues the connection may be another engine's (queue 0 reads every
+            // ICMP packet): handed to it, or to every engine when the port does not say which.
+            if (_group is not null && _queue == 0 && HandOffTcpIcmpError(packet, quoted.Ports.Source))
+                return;
             // To the connection of the quoted 4-tuple; the core decides (Connection.handleIcmpInto).
             OnTcpIcmpError(r);
             return;

@@ -128,11 +128,44 @@ public sealed partial class NetworkStack
             ProcessPacket(packet, header);
             return;
         }
+        HandTo(target, packet, header);
+    }
+
+    // A pooled copy of `packet` for `target`'s loop, which it wakes if idle.
+    private void HandTo(NetworkStack target, ReadOnlySpan<byte> packet, in VirtioNetHeader header)
+    {
         var buffer = ArrayPool<byte>.Shared.Rent(packet.Length);
         packet.CopyTo(buffer);
         target._handoffs!.Enqueue(new Handoff(buffer, packet.Length, header));
         _handoffSent!.Increment();
         target.WakeLoop();
+    }
+
+    // An ICMP error quoting one of our TCP segments, read by queue 0 (every ICMP packet is
+    // queue 0's): the connection of the quoted 4-tuple may live on any engine. Our local port
+    // says which when a connect drew it (the ephemeral range, not listened: the engine
+    // `port % Queues`): the packet is handed there, and true. Otherwise (an accepted connection
+    // lives on the engine that read its SYN, which the port does not tell) a copy goes to every
+    // other engine and queue 0 looks in its own table too (false): only the owner's table has
+    // the 4-tuple, the others ignore it as for a connection that is gone. ICMP errors are rare,
+    // so the copies cost nothing that matters.
+    private bool HandOffTcpIcmpError(ReadOnlySpan<byte> packet, int localPort)
+    {
+        var group = _group!;
+        if (localPort >= EphemeralPortFirst && !group.IsListened(localPort))
+        {
+            int owner = localPort % group.Count;
+            if (owner == _queue || group.Engine(owner) is not { } target)
+                return false;
+            HandTo(target, packet, VirtioNetHeader.None);
+            return true;
+        }
+        for (int q = 1; q < group.Count; q++)
+        {
+            if (group.Engine(q) is { } engine)
+                HandTo(engine, packet, VirtioNetHeader.None);
+        }
+        return false;
     }
 
     // The queue whose engine owns the packet when another than this one, else -1. TCP to a port

@@ -611,4 +611,61 @@ let tests =
                     let reads = perQueue stack "device.read"
                     Expect.all reads (fun n -> n > 0L) $"both queues read packets: {reads}")
             }
+
+            testSequenced
+            <| test
+                "an ICMP error reaches the connection of either engine: 4 connects (round-robin over 2 queues) to an address the kernel cannot reach all fail with the same error as queue 0's" {
+                let o = options 5
+
+                // Forwarding on in the test process's own namespace (for this test only): with
+                // it, a SYN to an address without a route is answered with an ICMP network
+                // unreachable (ip_error); without it, dropped silently.
+                let forwarding = "/proc/sys/net/ipv4/ip_forward"
+                let forwardingBefore = File.ReadAllText(forwarding).Trim()
+                File.WriteAllText(forwarding, "1")
+
+                use _ =
+                    { new IDisposable with
+                        member _.Dispose() =
+                            File.WriteAllText(forwarding, forwardingBefore)
+                    }
+
+                TestUtil.withStackOf o (fun stack ->
+                    // The ICMP error arrives on whichever queue the kernel's flow hash picks.
+                    let unreachable = IPEndPoint(IPAddress.Parse "10.142.5.9", 80)
+                    let handoffsBefore = stack.Statistics.["engine.queue.handoff"]
+
+                    let errors =
+                        [
+                            for _ in 1..4 ->
+                                let connect = stack.ConnectTcpAsync(unreachable).AsTask()
+
+                                let failed =
+                                    try
+                                        connect.Wait timeout |> ignore
+                                        None
+                                    with :? AggregateException as e ->
+                                        match e.InnerException with
+                                        | :? SocketException as s -> Some s.SocketErrorCode
+                                        | other -> failtestf "connect failed with %O" other
+
+                                match failed with
+                                | Some error -> error
+                                | None when connect.IsCompleted -> failtest "the connect succeeded"
+                                | None -> failtest "the connect neither failed nor succeeded in time"
+                        ]
+
+                    // Round-robin: engines 1, 0, 1, 0. Queue 0 takes every ICMP packet (handed
+                    // over when read on queue 1) and finds its own connections (the path the
+                    // conformance suite holds to the kernel); engine 1's must end the same way,
+                    // not by their SYN retries running out (TimedOut).
+                    printfn "connect errors by engine 1, 0, 1, 0: %A" errors
+                    Expect.notEqual errors[1] SocketError.TimedOut "queue 0's connect failed on the ICMP error"
+                    Expect.all errors (fun e -> e = errors[1]) $"every engine's connect failed as queue 0's: {errors}"
+
+                    Expect.isGreaterThan
+                        stack.Statistics.["engine.queue.handoff"]
+                        handoffsBefore
+                        "packets were handed between the engines")
+            }
         ]
