@@ -359,6 +359,37 @@ let tests =
                 NetStack.Tests.TestUtil.assertNoExceptions stack
             }
 
+            testPropertyWithConfig
+                NetStack.Tests.TestUtil.codecConfig
+                "RingPool: a returned ring is the next one rented, it never holds more than its capacity, and two sweeps with no rent between leave it empty"
+            <| fun (operations: (bool * bool) list) ->
+                // Rings of 64 and 96 bytes pooled (at most 3 each); 100 bytes is not pooled.
+                let pool = NetStack.Engine.RingPool(64, 96, 3)
+                let mutable ok = true
+
+                for returnFirst, bigger in operations do
+                    let size = if bigger then 96 else 64
+
+                    if returnFirst then
+                        let ring = Array.zeroCreate<byte> size
+                        pool.Return ring
+                        // The ring just returned (the pool had room or it was full of others).
+                        let next = pool.Rent size
+                        ok <- ok && next.Length = size
+                        pool.Return next
+                    else
+                        ok <- ok && (pool.Rent 100).Length >= 100 && (pool.Rent size).Length = size
+
+                    ok <- ok && pool.Held <= 6
+
+                let fresh = NetStack.Engine.RingPool(64, 96, 3)
+                let returned = Array.zeroCreate<byte> 64
+                fresh.Return returned
+                let reused = Object.ReferenceEquals(fresh.Rent 64, returned)
+                pool.Trim()
+                pool.Trim()
+                ok && reused && pool.Held = 0
+
             test
                 "short connections reuse their send and receive rings: 2000 of them allocate a few KB each, not 256 KiB rings" {
                 use stack = NetworkStack.Start(optionsFor 5)
