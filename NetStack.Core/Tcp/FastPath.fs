@@ -104,7 +104,7 @@ module internal FastPath =
 
         if c.Rcv.AckPending then
             if ackNow || c.Config.DelayedAckTimeout = 0L then
-                emitIn now out TcpFlags.Ack c.Snd.Max 0L 0 TcpOptions.None &c
+                emitIn now out TcpFlags.Ack (acceptableSeq c.Snd.Max c) 0L 0 TcpOptions.None &c
             elif c.Timers.DelayedAckAt.IsNone then
                 c.Timers.DelayedAckAt <- ValueSome(now + c.Config.DelayedAckTimeout)
 

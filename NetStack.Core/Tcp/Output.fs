@@ -146,14 +146,32 @@ module internal SegmentOutput =
             c.Timers.DelayedAckAt <- ValueNone
             c.Ts.LastAckSent <- c.Rcv.Nxt
 
+    /// The sequence number of a segment without data (an ACK, a RST) that would be `seq`: `seq`
+    /// itself, or the right edge of the peer's window (SND.UNA + SND.WND) when `seq` lies beyond
+    /// it. A peer may take back window it offered (Linux rounds its window down to its scale and
+    /// announces zero when its buffer fills): data we sent into that window then lies past its
+    /// edge, and a segment numbered there fails its acceptability test (RFC 9293 §3.10.7.4; with
+    /// a zero window only SEG.SEQ = RCV.NXT passes) and is dropped with its ACK and SACK blocks
+    /// unread. Two ends can then wait on each other for good: the peer resends what we have
+    /// acknowledged, our ACKs never count. Linux's tcp_acceptable_seq. Before our SYN is
+    /// acknowledged the window is not yet the peer's, and `seq` stands.
+    let acceptableSeq (seq: SeqNum) (c: Connection) =
+        let edge = c.Snd.Una + c.Snd.Wnd
+
+        if SeqNum.le c.Snd.Una c.Snd.Iss || SeqNum.le seq edge then
+            seq
+        else
+            edge
+
     /// A bare ACK: <SEQ=SND.MAX><ACK=RCV.NXT><CTL=ACK>. RFC 9293 writes SND.NXT; after a
     /// timeout pulled SND.NXT back, the peer may already hold data past it, and an ACK numbered
     /// below its RCV.NXT would fail its acceptability test and be dropped (two such peers then
-    /// trade unacceptable ACKs forever). SND.MAX never lies beyond the window the peer offered,
-    /// so the ACK is always acceptable; Linux does the same (snd_nxt is never pulled back there).
+    /// trade unacceptable ACKs forever); Linux numbers it the same way (snd_nxt is never pulled
+    /// back there). When the peer took back window, SND.MAX lies past it: then the window's
+    /// right edge (`acceptableSeq`).
     let sendAck (now: int64) (out: TcpActions) (c: Connection) =
         let mutable c = c
-        emitIn now out TcpFlags.Ack c.Snd.Max 0L 0 TcpOptions.None &c
+        emitIn now out TcpFlags.Ack (acceptableSeq c.Snd.Max c) 0L 0 TcpOptions.None &c
         c
 
     /// The ACK owed to an invalid segment, unless one went out less than

@@ -190,7 +190,7 @@ module internal ConnectionTimers =
         | TcpState.Established
         | TcpState.FinWait1
         | TcpState.FinWait2
-        | TcpState.CloseWait -> rst out c.Snd.Nxt c |> enterClosed out trigger
+        | TcpState.CloseWait -> rst out (acceptableSeq c.Snd.Nxt c) c |> enterClosed out trigger
         | _ -> enterClosed out trigger c
 
     /// The user timeout (RFC 9293 §3.10.8, RFC 5482), checked when a timer runs: data or our FIN

@@ -524,6 +524,58 @@ let tests =
                         Expect.equal c.Snd.Wnd 500 "a later SEG.ACK sets the window, smaller or not"
                     }
 
+                    test
+                        "when the peer takes back window, our ACKs and our RST carry the sequence number its acceptability test lets in" {
+                        // We send 3000 bytes into a 10000-byte window; the peer takes 1000 of
+                        // them and announces a zero window (as Linux does when its buffer fills):
+                        // the other 2000 now lie beyond its window. Its data keeps coming (a zero
+                        // window only stops us), and every ACK of it must pass the peer's check
+                        // (RFC 9293 §3.10.7.4: with RCV.WND = 0 a segment without data is
+                        // acceptable only when SEG.SEQ = RCV.NXT), else the peer never learns
+                        // what we received and resends it for ever (seen with the kernel as the
+                        // peer: a transfer through a router stalled until the test's timeout).
+                        let c = established 10000us
+                        let nxt = peerIss + 1u
+                        let c, o = Connection.send (ms 20) 3000L c
+                        Expect.equal (sent o |> List.sumBy (fun s -> s.DataLength)) 3000 "3000 bytes in flight"
+                        let peerRcvNxt = SeqNum(iss + 1u + 1000u)
+
+                        let c, _ =
+                            Connection.handleSegment (ms 30) (segment nxt peerRcvNxt.Value ack 0us 0) c
+
+                        let acceptable (what: string) (s: OutgoingSegment) =
+                            Expect.equal s.DataLength 0 $"{what}: no data"
+                            Expect.equal s.Seq peerRcvNxt $"{what}: SEG.SEQ = the peer's RCV.NXT"
+
+                        // Two full-sized segments: the second is acknowledged at once.
+                        let c, _ =
+                            Connection.handleSegment (ms 31) (segment nxt peerRcvNxt.Value ack 0us 1000) c
+
+                        let c, o =
+                            Connection.handleSegment (ms 32) (segment (nxt + 1000u) peerRcvNxt.Value ack 0us 1000) c
+
+                        acceptable "the ACK of the second segment" (single o)
+                        Expect.equal (single o).Ack (SeqNum(nxt + 2000u)) "it acknowledges both"
+                        // A small one: acknowledged by the delayed-ACK timer.
+                        let c, _ =
+                            Connection.handleSegment (ms 33) (segment (nxt + 2000u) peerRcvNxt.Value ack 0us 10) c
+
+                        let c, o = Connection.handleTimer (ms 80) c
+                        let delayed = sent o |> List.filter (fun s -> s.Ack = SeqNum(nxt + 2010u))
+                        Expect.hasLength delayed 1 "the delayed ACK"
+                        acceptable "the delayed ACK" delayed.Head
+                        // An out-of-order segment is answered at once, with SACK or not.
+                        let c, o =
+                            Connection.handleSegment (ms 90) (segment (nxt + 3010u) peerRcvNxt.Value ack 0us 100) c
+
+                        acceptable "the duplicate ACK of a hole" (single o)
+                        // ABORT: the RST must be acceptable too, or the peer keeps the connection.
+                        let _, o = Connection.abort (ms 100) c
+                        let rst = single o
+                        Expect.isTrue (rst.Flags.HasFlag TcpFlags.Rst) "a RST"
+                        Expect.equal rst.Seq peerRcvNxt "the RST at the peer's RCV.NXT"
+                    }
+
                     test "sending splits by MSS and window, and the ACK frees the buffer and stops the timer" {
                         let c = established 2500us
                         let c, o = Connection.send (ms 20) 5000L c
