@@ -611,4 +611,91 @@ let tests =
                     let reads = perQueue stack "device.read"
                     Expect.all reads (fun n -> n > 0L) $"both queues read packets: {reads}")
             }
+
+            testSequenced
+            <| test
+                "an ICMP error reaches the connection of either engine: 4 connects (round-robin over 2 queues) through a kernel router with no route all fail as queue 0's" {
+                let o = options 5
+                // The interface moves into a namespace of its own, where the kernel forwards:
+                // a SYN to an address it has no route to is answered with an ICMP destination
+                // unreachable (ip_error), on whichever queue the kernel's flow hash picks.
+                let router = $"ns141r{Environment.ProcessId}"
+
+                let ip (args: string list) =
+                    let code, output = Isolation.run "ip" args
+                    Expect.equal code 0 $"ip %A{args}:\n{output}"
+
+                ip [ "netns"; "add"; router ]
+
+                try
+                    TestUtil.withStackOf o (fun stack ->
+                        ip [ "link"; "set"; "dev"; o.TunName; "netns"; router ]
+
+                        ip
+                            [
+                                "-n"
+                                router
+                                "addr"
+                                "add"
+                                $"{o.HostAddress}"
+                                "peer"
+                                $"{o.Address}"
+                                "dev"
+                                o.TunName
+                            ]
+
+                        ip [ "-n"; router; "link"; "set"; o.TunName; "up" ]
+
+                        ip
+                            [
+                                "netns"
+                                "exec"
+                                router
+                                "sysctl"
+                                "-qw"
+                                "net.ipv4.ip_forward=1"
+                                "net.ipv4.icmp_ratelimit=0"
+                            ]
+
+                        let unreachable = IPEndPoint(IPAddress.Parse "10.142.5.9", 80)
+                        let handoffsBefore = stack.Statistics.["engine.queue.handoff"]
+
+                        let errors =
+                            [
+                                for _ in 1..4 ->
+                                    let connect = stack.ConnectTcpAsync(unreachable).AsTask()
+
+                                    let failed =
+                                        try
+                                            connect.Wait timeout |> ignore
+                                            None
+                                        with :? AggregateException as e ->
+                                            match e.InnerException with
+                                            | :? SocketException as s -> Some s.SocketErrorCode
+                                            | other -> failtestf "connect failed with %O" other
+
+                                    match failed with
+                                    | Some error -> error
+                                    | None when connect.IsCompleted -> failtest "the connect succeeded"
+                                    | None -> failtest "the connect neither failed nor succeeded in time"
+                            ]
+
+                        // Round-robin: engines 1, 0, 1, 0. Queue 0 reads every ICMP packet (one
+                        // read on queue 1 is handed over) and finds its own connections; engine
+                        // 1's must end the same way, not by their SYN retries running out.
+                        Expect.notEqual errors[1] SocketError.TimedOut "queue 0's connect failed on the ICMP error"
+
+                        Expect.all
+                            errors
+                            (fun e -> e = errors[1])
+                            $"every engine's connect failed as queue 0's: {errors}"
+
+                        Expect.isGreaterThan
+                            stack.Statistics.["engine.queue.handoff"]
+                            handoffsBefore
+                            "packets were handed between the engines")
+                finally
+                    // After the stack has let go of the interface, which goes with the namespace.
+                    Isolation.run "ip" [ "netns"; "del"; router ] |> ignore
+            }
         ]
