@@ -14,7 +14,7 @@ namespace NetStack;
 /// reports ICMP port unreachable from it as <see cref="SocketError.ConnectionRefused"/>).
 /// Thread-safe: every method may be called from any thread.
 /// </summary>
-public sealed class UdpSocket : IAsyncDisposable, IDisposable
+public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
 {
     /// <summary>Bookkeeping charged per queued datagram on top of its bytes, so that a flood of empty datagrams is bounded too.</summary>
     internal const int DatagramOverhead = 64;
@@ -743,6 +743,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
                 payload.CopyTo(copy);
                 _queue.Enqueue(new QueuedDatagram(copy, payload.Length, endPoint, destination));
                 _queuedBytes += charge;
+                WakeBlockedLocked(all: false);
                 return DeliveryResult.Queued;
             }
             if (receiver.Destination is { } holder)
@@ -790,6 +791,7 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
                     return true;
             }
             _pendingError = error;
+            WakeBlockedLocked(all: false);
             return true;
         }
     }
@@ -828,6 +830,8 @@ public sealed class UdpSocket : IAsyncDisposable, IDisposable
             while (_queue.TryDequeue(out var queued))
                 ArrayPool<byte>.Shared.Return(queued.Buffer);
             _queuedBytes = 0;
+            // The blocked receives fail too.
+            WakeBlockedLocked(all: true);
         }
         // A closed socket leaves its groups (as Linux's ip_mc_drop_socket).
         IpAddr[] groups;

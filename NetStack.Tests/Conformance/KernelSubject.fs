@@ -80,6 +80,18 @@ type private KernelUdp(socket: Socket) =
                 return result.ReceivedBytes, (result.RemoteEndPoint :?> IPEndPoint)
             }
 
+        member _.ReceiveFrom buffer =
+            let mutable from = IPEndPoint(IPAddress.Any, 0) :> EndPoint
+            let n = socket.ReceiveFrom(Span<byte> buffer, &from)
+            n, (from :?> IPEndPoint)
+
+        member _.SendTo(datagram, remote) =
+            socket.SendTo(ReadOnlySpan<byte> datagram, remote :> EndPoint)
+
+        member _.ReceiveTimeout
+            with get () = socket.ReceiveTimeout
+            and set value = socket.ReceiveTimeout <- value
+
         member _.Set option = apply socket option
         member _.Available = socket.Available
         member _.Dispose() = socket.Dispose()

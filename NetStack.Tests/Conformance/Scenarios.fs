@@ -556,6 +556,58 @@ let private udp =
                 env.Await "send again" string (fun () -> udp.SendAsync(ascii "anyone?", CancellationToken.None))
                 |> ignore
             | None -> ())
+
+        scenario
+            43
+            "blocking UDP calls: SendTo, ReceiveFrom, ReceiveTimeout, a blocked receive when the socket closes"
+            (fun env ->
+                match env.Do "bind" (fun (_: IUdp) -> "bound") (fun () -> env.Subject.BindUdp 0) with
+                | Some udp ->
+                    use peer = peerUdp env peerAddress
+                    let target = peer.LocalEndPoint :?> IPEndPoint
+                    let names = [ peer, "the peer" ]
+
+                    let show (n: int, source: IPEndPoint) (buffer: byte[]) =
+                        $"{showBytes (ReadOnlySpan(buffer, 0, n))} from {sender names source}"
+
+                    env.Record "receive timeout by default" (string udp.ReceiveTimeout)
+
+                    env.Do "set receive timeout -1" (fun () -> "set") (fun () -> udp.ReceiveTimeout <- -1)
+                    |> ignore
+
+                    env.Record "receive timeout after -1" (string udp.ReceiveTimeout)
+
+                    env.Do "set receive timeout -2" (fun () -> "set") (fun () -> udp.ReceiveTimeout <- -2)
+                    |> ignore
+
+                    peer.SendTo(ascii "one", env.SubjectAt udp.Port) |> ignore
+                    let buffer = Array.zeroCreate<byte> 64
+
+                    env.Do "receive" (fun r -> show r buffer) (fun () -> udp.ReceiveFrom buffer)
+                    |> ignore
+
+                    env.Do "send" string (fun () -> udp.SendTo(ascii "two", target)) |> ignore
+                    env.Record "peer receive" (peerReceive peer)
+
+                    udp.ReceiveTimeout <- 300
+                    env.Record "receive timeout" (string udp.ReceiveTimeout)
+
+                    env.Do "receive with nothing sent" (fun r -> show r buffer) (fun () -> udp.ReceiveFrom buffer)
+                    |> ignore
+
+                    udp.ReceiveTimeout <- 0
+                    let blocked = Task.Run(fun () -> udp.ReceiveFrom(Array.zeroCreate 64))
+                    Thread.Sleep 300
+                    env.Record "blocked before the close" (string blocked.IsCompleted)
+                    udp.Dispose()
+
+                    env.Record
+                        "blocked receive at the close"
+                        (outcomeWithin stepTimeout (fun (n, _) -> $"{n} bytes") blocked)
+
+                    env.Do "receive after the close" (fun r -> show r buffer) (fun () -> udp.ReceiveFrom buffer)
+                    |> ignore
+                | None -> ())
     ]
 
 let private disposal =

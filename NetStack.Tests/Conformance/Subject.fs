@@ -71,6 +71,12 @@ type IUdp =
     abstract SendAsync: byte[] * CancellationToken -> Task<int>
     /// Socket.ReceiveFromAsync(buffer, ct): the byte count and the sender.
     abstract ReceiveFromAsync: Memory<byte> * CancellationToken -> Task<int * IPEndPoint>
+    /// Socket.ReceiveFrom(buffer, ref remote), blocking: the byte count and the sender.
+    abstract ReceiveFrom: byte[] -> int * IPEndPoint
+    /// Socket.SendTo(datagram, remote), blocking: the bytes sent.
+    abstract SendTo: byte[] * IPEndPoint -> int
+    /// Socket.ReceiveTimeout (milliseconds, for the blocking receive).
+    abstract ReceiveTimeout: int with get, set
     /// Sets an IP option (Ttl, TypeOfService, DontFragment).
     abstract Set: SocketOption -> unit
     /// Socket.Available: for UDP the size of the next datagram (Linux's FIONREAD).
