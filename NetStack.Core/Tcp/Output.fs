@@ -153,12 +153,21 @@ module internal SegmentOutput =
     /// edge, and a segment numbered there fails its acceptability test (RFC 9293 §3.10.7.4; with
     /// a zero window only SEG.SEQ = RCV.NXT passes) and is dropped with its ACK and SACK blocks
     /// unread. Two ends can then wait on each other for good: the peer resends what we have
-    /// acknowledged, our ACKs never count. Linux's tcp_acceptable_seq. Before our SYN is
-    /// acknowledged the window is not yet the peer's, and `seq` stands.
+    /// acknowledged, our ACKs never count. Linux's tcp_acceptable_seq, with its allowance: past
+    /// the edge by less than one unit of our window scale, `seq` stands, since that much is the
+    /// rounding of a scaled window (the peer's edge is its window field times its scale, rounded
+    /// down) and the peer may already hold data up to `seq`; an ACK numbered below its RCV.NXT
+    /// would fail its test as surely (two of our stacks across a bridge stalled so, 459 ACKs
+    /// answered as invalid). Before our SYN is acknowledged the window is not yet the peer's,
+    /// and `seq` stands.
     let acceptableSeq (seq: SeqNum) (c: Connection) =
         let edge = c.Snd.Una + c.Snd.Wnd
 
-        if SeqNum.le c.Snd.Una c.Snd.Iss || SeqNum.le seq edge then
+        if
+            SeqNum.le c.Snd.Una c.Snd.Iss
+            || SeqNum.le seq edge
+            || (c.WindowScaled && seq - edge < (1 <<< c.Rcv.WndShift))
+        then
             seq
         else
             edge

@@ -576,6 +576,56 @@ let tests =
                         Expect.equal rst.Seq peerRcvNxt "the RST at the peer's RCV.NXT"
                     }
 
+                    test
+                        "past the peer's edge by less than one unit of our window scale, an ACK keeps SND.MAX; by more, the edge (Linux's tcp_acceptable_seq)" {
+                        // Our receive buffer of 4 MiB makes our shift 7 (128-byte units); the peer
+                        // offers shift 7 too and a window of 100 units.
+                        let cfg =
+                            { config with
+                                ReceiveBufferSize = 4 <<< 20
+                            }
+
+                        let c, _ = Connection.openActive cfg (SeqNum iss) 0L
+
+                        let synAck =
+                            { segment peerIss (iss + 1u) (TcpFlags.Syn ||| ack) 100us 0 with
+                                Options =
+                                    { TcpOptions.None with
+                                        MaximumSegmentSize = ValueSome 1000us
+                                        WindowScale = ValueSome 7uy
+                                    }
+                            }
+
+                        let c, _ = Connection.handleSegment (ms 10) synAck c
+                        Expect.isTrue c.WindowScaled "both SYNs scaled"
+                        Expect.equal c.Rcv.WndShift 7 "our shift"
+                        // The handshake's window is not scaled: a first ACK opens 100 · 128 bytes.
+                        let nxt = peerIss + 1u
+                        let c, _ = Connection.handleSegment (ms 11) (segment nxt (iss + 1u) ack 100us 0) c
+                        let c, o = Connection.send (ms 20) 6000L c
+                        Expect.equal (sent o |> List.sumBy (fun s -> s.DataLength)) 6000 "6000 bytes in flight"
+                        let sndMax = SeqNum(iss + 1u + 6000u)
+                        // The peer acknowledges 5000 and offers 7 units: its edge 5896 lies 104
+                        // bytes (under one unit) before SND.MAX, as a rounded window would.
+                        let c, _ = Connection.handleSegment (ms 30) (segment nxt (iss + 5001u) ack 7us 0) c
+                        // A small segment of data: its ACK comes from the delayed-ACK timer.
+                        let ackOf (at: int) (seg: Segment) (c: Connection) =
+                            let c, _ = Connection.handleSegment (ms at) seg c
+                            let c, o = Connection.handleTimer (ms (at + 50)) c
+                            c, single o
+
+                        let c, a = ackOf 31 (segment nxt (iss + 5001u) (ack ||| TcpFlags.Psh) 7us 10) c
+                        Expect.equal a.Seq sndMax "the ACK keeps SND.MAX"
+                        // Now it takes 5000 and closes its window: 1000 bytes past the edge.
+                        let c, _ =
+                            Connection.handleSegment (ms 40) (segment (nxt + 10u) (iss + 5001u) ack 0us 0) c
+
+                        let _, a =
+                            ackOf 100 (segment (nxt + 10u) (iss + 5001u) (ack ||| TcpFlags.Psh) 0us 10) c
+
+                        Expect.equal a.Seq (SeqNum(iss + 5001u)) "the ACK at the edge, the peer's RCV.NXT"
+                    }
+
                     test "sending splits by MSS and window, and the ACK frees the buffer and stops the timer" {
                         let c = established 2500us
                         let c, o = Connection.send (ms 20) 5000L c
