@@ -59,19 +59,11 @@ public sealed partial class UdpSocket
                 // its asynchronous calls with OperationAborted.
                 if (_disposed)
                     throw new SocketException((int)SocketError.Interrupted);
-                if (_pendingError != SocketError.Success)
+                if (TakePendingErrorLocked() is { } error)
+                    throw error;
+                if (TryDequeueLocked(buffer, out int copied, out var source, out _))
                 {
-                    var error = _pendingError;
-                    _pendingError = SocketError.Success;
-                    throw new SocketException((int)error);
-                }
-                if (_queue.TryDequeue(out var queued))
-                {
-                    _queuedBytes -= queued.Length + DatagramOverhead;
-                    int copied = Math.Min(queued.Length, buffer.Length);
-                    queued.Buffer.AsSpan(0, copied).CopyTo(buffer);
-                    ArrayPool<byte>.Shared.Return(queued.Buffer);
-                    remoteEP = queued.Source;
+                    remoteEP = source;
                     return copied;
                 }
                 int wait = Timeout.Infinite;

@@ -270,12 +270,8 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_remote is null)
                 throw new InvalidOperationException("The socket is not connected; call Connect or use SendToAsync.");
-            if (_pendingError != SocketError.Success)
-            {
-                var error = _pendingError;
-                _pendingError = SocketError.Success;
-                return ValueTask.FromException<int>(new SocketException((int)error));
-            }
+            if (TakePendingErrorLocked() is { } error)
+                return ValueTask.FromException<int>(error);
             address = _remoteAddress;
             port = _remotePort;
         }
@@ -684,21 +680,13 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_pendingError != SocketError.Success)
+            if (TakePendingErrorLocked() is { } error)
+                return ValueTask.FromException<SocketReceiveFromResult>(error);
+            if (TryDequeueLocked(buffer.Span, out int copied, out var source, out var to))
             {
-                var error = _pendingError;
-                _pendingError = SocketError.Success;
-                return ValueTask.FromException<SocketReceiveFromResult>(new SocketException((int)error));
-            }
-            if (_queue.TryDequeue(out var queued))
-            {
-                _queuedBytes -= queued.Length + DatagramOverhead;
                 if (destination is not null)
-                    destination.Address = queued.Destination;
-                int copied = Math.Min(queued.Length, buffer.Length);
-                queued.Buffer.AsSpan(0, copied).CopyTo(buffer.Span);
-                ArrayPool<byte>.Shared.Return(queued.Buffer);
-                return ValueTask.FromResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = queued.Source });
+                    destination.Address = to;
+                return ValueTask.FromResult(new SocketReceiveFromResult { ReceivedBytes = copied, RemoteEndPoint = source });
             }
             pending = Interlocked.Exchange(ref _spareReceive, null) ?? new PendingReceive(this);
             pending.Buffer = buffer;
@@ -711,6 +699,33 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
                 pending.Registration = cancellationToken.UnsafeRegister(PendingReceive.Cancel, pending);
         }
         return pending.Task;
+    }
+
+    // Under _gate: the error an ICMP report left for the next call (reported once), or null.
+    private SocketException? TakePendingErrorLocked()
+    {
+        if (_pendingError == SocketError.Success)
+            return null;
+        var error = _pendingError;
+        _pendingError = SocketError.Success;
+        return new SocketException((int)error);
+    }
+
+    // Under _gate: the oldest queued datagram into `buffer` (truncated to it), its pooled copy
+    // returned; false when none waits.
+    private bool TryDequeueLocked(Span<byte> buffer, out int copied, out IPEndPoint source, out IpAddr destination)
+    {
+        if (!_queue.TryDequeue(out var queued))
+        {
+            (copied, source, destination) = (0, null!, default);
+            return false;
+        }
+        _queuedBytes -= queued.Length + DatagramOverhead;
+        copied = Math.Min(queued.Length, buffer.Length);
+        queued.Buffer.AsSpan(0, copied).CopyTo(buffer);
+        ArrayPool<byte>.Shared.Return(queued.Buffer);
+        (source, destination) = (queued.Source, queued.Destination);
+        return true;
     }
 
     /// <summary>Called by the engine loop with a datagram for this socket; false when it was dropped.</summary>

@@ -596,6 +596,32 @@ let private udp =
                     |> ignore
 
                     udp.ReceiveTimeout <- 0
+                    // A datagram that arrives while a receive is blocked ends it.
+                    let waiting = Array.zeroCreate<byte> 64
+                    let arriving = Task.Run(fun () -> udp.ReceiveFrom waiting)
+                    settle ()
+                    env.Record "blocked before the datagram" (string arriving.IsCompleted)
+                    peer.SendTo(ascii "three", env.SubjectAt udp.Port) |> ignore
+
+                    env.Record
+                        "blocked receive at the datagram"
+                        (outcomeWithin stepTimeout (fun r -> show r waiting) arriving)
+
+                    // Connected to a port nobody holds: the port unreachable that the send brings
+                    // back ends a receive blocked meanwhile.
+                    env.Do "connect to a closed port" (fun () -> "connected") (fun () -> udp.Connect(env.PeerAt 9))
+                    |> ignore
+
+                    let refused = Task.Run(fun () -> udp.ReceiveFrom(Array.zeroCreate 64))
+                    settle ()
+
+                    env.Do "send to the closed port" string (fun () -> udp.SendTo(ascii "anyone?", env.PeerAt 9))
+                    |> ignore
+
+                    env.Record
+                        "blocked receive at the port unreachable"
+                        (outcomeWithin stepTimeout (fun (n, _) -> $"{n} bytes") refused)
+
                     let blocked = Task.Run(fun () -> udp.ReceiveFrom(Array.zeroCreate 64))
                     Thread.Sleep 300
                     env.Record "blocked before the close" (string blocked.IsCompleted)
