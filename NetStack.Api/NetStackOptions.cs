@@ -236,6 +236,32 @@ public sealed record NetStackOptions
     public bool? TunWriterThread { get; init; }
 
     /// <summary>
+    /// Run the code awaiting a TCP read or write (the Stream's or the pipe's) or a UDP receive
+    /// on the engine's loop thread when the loop completes it, instead of on a thread-pool worker (as
+    /// Kestrel's <c>UnsafePreferInlineScheduling</c> and the runtime's
+    /// <c>DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS</c> do for kernel sockets). The loop
+    /// runs the completions of a burst when the burst ends, outside every lock; the awaiting code
+    /// then runs until its next await that does not complete at once, and the loop goes on after
+    /// it. This saves a thread-pool wake-up and hand-over per completion (the processor time the
+    /// pool's workers spend waking and spin-waiting, docs/benchmarks.md) and lets a reply leave
+    /// within the burst that brought the request.
+    /// <para>
+    /// Unsafe because that code runs on the loop every connection of the engine shares: it must
+    /// not block or compute for long. A blocking call of this library made on an engine thread
+    /// (<see cref="TcpConnection"/>'s <c>Read</c> and <c>Write</c>, <see cref="UdpSocket"/>'s
+    /// <c>ReceiveFrom</c> and <c>SendTo</c>) throws <see cref="InvalidOperationException"/>
+    /// instead of waiting for the loop it stops; other blocking (a lock held elsewhere, file I/O,
+    /// <c>Task.Wait</c>) stalls the engine. Code that may block can leave the loop with
+    /// <c>await Task.Yield()</c>. Accepts, connects, <c>DisposeAsync</c>'s wait for the peer's
+    /// ACK, DNS and ping, and waits that other threads end (a cancellation, a dispose), still
+    /// continue on the thread pool. An exception a continuation throws
+    /// itself (an async method's never does: its task holds it) is logged and counted
+    /// ("engine.inline-completion-error"). Off by default.
+    /// </para>
+    /// </summary>
+    public bool UnsafeInlineCompletions { get; init; }
+
+    /// <summary>
     /// Faults to inject in both directions on the TUN device (null: none): loss, duplication,
     /// reordering, corruption, delay, a rate limit. For testing how the stack and its peers cope.
     /// </summary>

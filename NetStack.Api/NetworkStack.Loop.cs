@@ -132,6 +132,8 @@ public sealed partial class NetworkStack
         // core's immutable TCP records, for the most part); reading the thread's own allocation
         // counter costs a few nanoseconds.
         long allocatedAtStart = GC.GetAllocatedBytesForCurrentThread();
+        var inline = InlineCompletions.EnterEngineThread(Options.UnsafeInlineCompletions, _statistics,
+            e => _log.InlineCompletionFailed(InterfaceName, e));
         while (!_stopping)
         {
             _statistics.Set("engine.loop.allocated-bytes", GC.GetAllocatedBytesForCurrentThread() - allocatedAtStart);
@@ -153,11 +155,20 @@ public sealed partial class NetworkStack
                 if (!read)
                 {
                     FlushWakes();
+                    if (inline is { Pending: true })
+                    {
+                        inline.Run();
+                        // The code run may have queued work (a reply's segments, a command).
+                        wait = 0;
+                    }
                     if (wait > 0 && EnterIdle())
                         read = TryReadPacket(wait, out packet, out header);
                 }
                 else if (++_burstPackets >= MaxBurstPackets)
+                {
                     FlushWakes();
+                    inline?.Run();
+                }
                 Volatile.Write(ref _loopIdle, false);
                 if (_autoconfiguring is not null)
                     SyncAutoconfigured();
@@ -189,6 +200,10 @@ public sealed partial class NetworkStack
                     Thread.Sleep(Math.Min(1000, 10 * deviceErrors));
             }
         }
+        // Completions recorded before the loop saw it should stop (or by a Dispose called from
+        // code it ran): their awaiting code still runs, and fails on the disposed stack.
+        while (inline is { Pending: true })
+            inline.Run();
     }
 
     private bool TryReadPacket(int wait, out ReadOnlySpan<byte> packet, out VirtioNetHeader header)

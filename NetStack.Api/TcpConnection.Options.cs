@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using NetStack.Engine;
 
 namespace NetStack;
 
@@ -317,6 +318,7 @@ public sealed partial class TcpConnection
 
     private int ReadSync(Memory<byte> buffer)
     {
+        InlineCompletions.ThrowIfEngineThread("TcpConnection.Read");
         int timeout = ReadTimeout;
         if (timeout == Timeout.Infinite)
             return ReadAsync(buffer).AsTask().GetAwaiter().GetResult();
@@ -333,6 +335,7 @@ public sealed partial class TcpConnection
 
     private void WriteSync(ReadOnlyMemory<byte> buffer)
     {
+        InlineCompletions.ThrowIfEngineThread("TcpConnection.Write");
         int timeout = WriteTimeout;
         if (timeout == Timeout.Infinite)
         {

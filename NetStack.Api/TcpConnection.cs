@@ -5,6 +5,7 @@ using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
+using NetStack.Engine;
 
 namespace NetStack;
 
@@ -215,6 +216,7 @@ public sealed partial class TcpConnection : Stream
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
     /// <remarks>Honours <see cref="ReadTimeout"/>.</remarks>
     /// <exception cref="IOException">As <see cref="ReadAsync(Memory{byte}, CancellationToken)"/>; TimedOut after <see cref="ReadTimeout"/>.</exception>
+    /// <exception cref="InvalidOperationException">Called on an engine thread (<see cref="NetStackOptions.UnsafeInlineCompletions"/>).</exception>
     public override int Read(byte[] buffer, int offset, int count)
     {
         ValidateBufferArguments(buffer, offset, count);
@@ -224,6 +226,7 @@ public sealed partial class TcpConnection : Stream
     /// <summary>Reads what is available (at least one byte), waiting for data; 0 at the peer's FIN.</summary>
     /// <remarks>Honours <see cref="ReadTimeout"/>.</remarks>
     /// <exception cref="IOException">As <see cref="ReadAsync(Memory{byte}, CancellationToken)"/>; TimedOut after <see cref="ReadTimeout"/>.</exception>
+    /// <exception cref="InvalidOperationException">Called on an engine thread (<see cref="NetStackOptions.UnsafeInlineCompletions"/>).</exception>
     public override int Read(Span<byte> buffer)
     {
         var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
@@ -242,6 +245,7 @@ public sealed partial class TcpConnection : Stream
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
     /// <remarks>Honours <see cref="WriteTimeout"/>.</remarks>
     /// <exception cref="IOException">As <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; TimedOut after <see cref="WriteTimeout"/>.</exception>
+    /// <exception cref="InvalidOperationException">Called on an engine thread (<see cref="NetStackOptions.UnsafeInlineCompletions"/>).</exception>
     public override void Write(byte[] buffer, int offset, int count)
     {
         ValidateBufferArguments(buffer, offset, count);
@@ -251,6 +255,7 @@ public sealed partial class TcpConnection : Stream
     /// <summary>Writes all of the bytes into the send buffer, waiting while it is full.</summary>
     /// <remarks>Honours <see cref="WriteTimeout"/>.</remarks>
     /// <exception cref="IOException">As <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/>; TimedOut after <see cref="WriteTimeout"/>.</exception>
+    /// <exception cref="InvalidOperationException">Called on an engine thread (<see cref="NetStackOptions.UnsafeInlineCompletions"/>).</exception>
     public override void Write(ReadOnlySpan<byte> buffer)
     {
         var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
@@ -623,9 +628,11 @@ public sealed partial class TcpConnection : Stream
     /// lock when there is nothing to do yet, completed under it by the loop (data, acknowledged
     /// bytes, an error, the end) or by the caller's cancellation token. The awaiting call then
     /// looks at the connection again, so a completion that changed nothing is harmless.
-    /// Continuations run on the thread pool, never on the loop thread or under the lock.
+    /// Continuations run on the thread pool, never under the lock; with
+    /// <see cref="NetStackOptions.UnsafeInlineCompletions"/> a completion by the loop is recorded
+    /// and run by the loop itself when its burst ends (<see cref="InlineCompletions"/>).
     /// </summary>
-    private sealed class Waiter(object gate) : IValueTaskSource
+    private sealed class Waiter(object gate) : IValueTaskSource, IInlineCompletion
     {
         private ManualResetValueTaskSourceCore<bool> _core = new() { RunContinuationsAsynchronously = true };
         private bool _armed;
@@ -642,6 +649,8 @@ public sealed partial class TcpConnection : Stream
         public ValueTask Arm(CancellationToken token)
         {
             _core.Reset();
+            // Asynchronous unless the loop runs it (RunInline).
+            _core.RunContinuationsAsynchronously = true;
             _armed = true;
             HoldsResult = false;
             _token = token;
@@ -667,6 +676,17 @@ public sealed partial class TcpConnection : Stream
             if (!_armed)
                 return;
             _armed = false;
+            // Recorded: nothing else touches the core until the loop sets it (a cancellation
+            // and a second Complete see the wait disarmed; the caller cannot arm again before
+            // it has its result).
+            if (InlineCompletions.TryDefer(this))
+                return;
+            _core.SetResult(true);
+        }
+
+        void IInlineCompletion.RunInline()
+        {
+            _core.RunContinuationsAsynchronously = false;
             _core.SetResult(true);
         }
 

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
+using NetStack.Engine;
 
 namespace NetStack;
 
@@ -45,9 +46,11 @@ public sealed partial class UdpSocket
     /// received; Interrupted when the socket is disposed during the wait (as a Socket's blocking call;
     /// its asynchronous ones give OperationAborted); ConnectionRefused.</exception>
     /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    /// <exception cref="InvalidOperationException">Called on an engine thread (<see cref="NetStackOptions.UnsafeInlineCompletions"/>).</exception>
     public int ReceiveFrom(Span<byte> buffer, ref EndPoint remoteEP)
     {
         ArgumentNullException.ThrowIfNull(remoteEP);
+        InlineCompletions.ThrowIfEngineThread("UdpSocket.ReceiveFrom");
         int timeout = ReceiveTimeout;
         long deadline = timeout > 0 ? Environment.TickCount64 + timeout : long.MaxValue;
         lock (_gate)
@@ -98,11 +101,13 @@ public sealed partial class UdpSocket
     /// <exception cref="SocketException">MessageSize for a payload above the maximum.</exception>
     /// <exception cref="ArgumentException">The endpoint is not an IPEndPoint, or is unusable.</exception>
     /// <exception cref="ObjectDisposedException">The socket is disposed.</exception>
+    /// <exception cref="InvalidOperationException">Called on an engine thread (<see cref="NetStackOptions.UnsafeInlineCompletions"/>).</exception>
     public int SendTo(ReadOnlySpan<byte> buffer, EndPoint remoteEP)
     {
         ArgumentNullException.ThrowIfNull(remoteEP);
         if (remoteEP is not IPEndPoint remote)
             throw new ArgumentException($"A UDP destination is an IPEndPoint, not a {remoteEP.GetType().Name}.", nameof(remoteEP));
+        InlineCompletions.ThrowIfEngineThread("UdpSocket.SendTo");
         // The asynchronous send copies what it queues; the copy here only has to live until it
         // completes, which it does at once unless the send waits for the loop.
         var copy = ArrayPool<byte>.Shared.Rent(Math.Max(1, buffer.Length));

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Threading.Tasks.Sources;
 using NetStack.Core.Stack;
 using NetStack.Core.Wire;
+using NetStack.Engine;
 
 namespace NetStack;
 
@@ -47,7 +48,7 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
     // receive loop allocates nothing per datagram; an instance whose cancellation callback may
     // still run (Unregister came too late) is not reused, since that callback would cancel the
     // next receive.
-    private sealed class PendingReceive : IValueTaskSource<SocketReceiveFromResult>
+    private sealed class PendingReceive : IValueTaskSource<SocketReceiveFromResult>, IInlineCompletion
     {
         private ManualResetValueTaskSourceCore<SocketReceiveFromResult> _core = new() { RunContinuationsAsynchronously = true };
         private readonly UdpSocket _owner;
@@ -76,8 +77,27 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
                 return false;
             Completed = true;
             Reusable &= Registration.Unregister() || !Token.CanBeCanceled;
-            _core.SetResult(result);
+            // On the loop with NetStackOptions.UnsafeInlineCompletions: the loop sets it when its
+            // burst ends (Completed keeps a cancellation off it meanwhile).
+            if (InlineCompletions.TryDefer(this))
+                _inlineResult = result;
+            else
+                _core.SetResult(result);
             return true;
+        }
+
+        private SocketReceiveFromResult _inlineResult;
+        private Exception? _inlineError;
+
+        void IInlineCompletion.RunInline()
+        {
+            _core.RunContinuationsAsynchronously = false;
+            var error = _inlineError;
+            _inlineError = null;
+            if (error is null)
+                _core.SetResult(_inlineResult);
+            else
+                _core.SetException(error);
         }
 
         // Under the owner's _gate; false when it had completed already.
@@ -87,7 +107,10 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
                 return false;
             Completed = true;
             Reusable &= Registration.Unregister() || !Token.CanBeCanceled;
-            _core.SetException(exception);
+            if (InlineCompletions.TryDefer(this))
+                _inlineError = exception;
+            else
+                _core.SetException(exception);
             return true;
         }
 
@@ -118,6 +141,8 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
                 if (Reusable)
                 {
                     _core.Reset();
+                    _core.RunContinuationsAsynchronously = true;
+                    _inlineResult = default;
                     Buffer = default;
                     Token = default;
                     Registration = default;

@@ -206,7 +206,7 @@ await using (var connection = await listener.AcceptAsync())
         got += await kernel.ReceiveAsync(back.AsMemory(got), SocketFlags.None);
     Console.WriteLine($"echo {System.Text.Encoding.ASCII.GetString(back)}");
 }
-foreach (var name in new[] { "drop.exception", "engine.loop-error", "engine.command-error" })
+foreach (var name in new[] { "drop.exception", "engine.loop-error", "engine.command-error", "engine.inline-completion-error" })
     Console.WriteLine($"counter {name} {stack.Statistics[name]}");
 """
     ]
@@ -250,7 +250,7 @@ let run () =
     let reply = stack.PingAsync(IPAddress.Parse "10.211.0.1", TimeSpan.FromSeconds 5.).GetAwaiter().GetResult()
     printfn "ping %%O" reply.Status
 
-    for name in [ "drop.exception"; "engine.loop-error"; "engine.command-error" ] do
+    for name in [ "drop.exception"; "engine.loop-error"; "engine.command-error"; "engine.inline-completion-error" ] do
         printfn "counter %%s %%d" name stack.Statistics.[name]
 
 run ()

@@ -87,9 +87,16 @@ let waitWithin (timeout: TimeSpan) (task: Threading.Tasks.Task<'T>) =
 
 /// The counters under which the engine swallows an exception so that a bug cannot stop its loop:
 /// "drop.exception" (handling a packet threw), "engine.loop-error" (the loop itself threw: a
-/// device read, a timer) and "engine.command-error" (a user call's command threw on the loop).
+/// device read, a timer), "engine.command-error" (a user call's command threw on the loop) and
+/// "engine.inline-completion-error" (a continuation the loop ran itself threw, with
+/// NetStackOptions.UnsafeInlineCompletions).
 let exceptionCounters =
-    [ "drop.exception"; "engine.loop-error"; "engine.command-error" ]
+    [
+        "drop.exception"
+        "engine.loop-error"
+        "engine.command-error"
+        "engine.inline-completion-error"
+    ]
 
 /// Fails the test when `statistics` count a swallowed exception (exceptionCounters).
 let assertNoExceptionsIn (statistics: NetStack.NetStackStatistics) =

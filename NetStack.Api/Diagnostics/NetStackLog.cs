@@ -47,6 +47,9 @@ internal static partial class NetStackLog
     [LoggerMessage(EventId = 20, Level = LogLevel.Debug,
         Message = "Dropped a packet: {Reason} ({Suppressed} more drops not logged before it)")]
     public static partial void PacketDropped(this ILogger logger, string reason, long suppressed);
+
+    [LoggerMessage(EventId = 21, Level = LogLevel.Error, Message = "A continuation run on the engine thread of {Interface} threw")]
+    public static partial void InlineCompletionFailed(this ILogger logger, string @interface, Exception exception);
 }
 
 /// <summary>

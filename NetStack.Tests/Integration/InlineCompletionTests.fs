@@ -1,0 +1,371 @@
+/// NetStackOptions.UnsafeInlineCompletions against the kernel's TCP and UDP in the test runner's
+/// private network namespace: the code awaiting a read, a write or a receive runs on the engine's
+/// loop thread (its name, "netstack <interface>[ qN]", says so), every byte and datagram a kernel
+/// socket sent comes back whole (hashed on the kernel's side), a blocking call made there fails at
+/// once instead of stopping the loop, and errors and disposes still end the waits. Without the
+/// option the same code runs on the thread pool. Interfaces ns151iN, subnets 10.151.N.0/24 and
+/// fd51:N::/64.
+module NetStack.Tests.Integration.InlineCompletionTests
+
+open System
+open System.Net
+open System.Net.Sockets
+open System.Security.Cryptography
+open System.Threading
+open System.Threading.Tasks
+open Expecto
+open NetStack
+open NetStack.Tests
+
+let private optionsWith (n: int) (inlined: bool) (queues: int) =
+    NetStackOptions(
+        TunName = $"ns151i{n}",
+        Address = IPAddress.Parse $"10.151.{n}.2",
+        HostAddress = IPAddress.Parse $"10.151.{n}.1",
+        Address6 = IPAddress.Parse $"fd51:{n}::2",
+        HostAddress6 = IPAddress.Parse $"fd51:{n}::1",
+        UnsafeInlineCompletions = inlined,
+        Queues = queues
+    )
+
+let private optionsFor (n: int) (inlined: bool) = optionsWith n inlined 1
+
+let private timeout = TimeSpan.FromSeconds 30.0
+
+let private wait (t: Task<'T>) = TestUtil.waitWithin timeout t
+
+/// The calling thread is one of the stack's engine loops (NetworkStack names them "netstack <interface>").
+let private onEngine (interfaceName: string) =
+    let name = Thread.CurrentThread.Name
+
+    not (isNull name)
+    && name.StartsWith($"netstack {interfaceName}", StringComparison.Ordinal)
+
+/// Where the code after each completed wait ran: on an engine thread, elsewhere.
+type private Where() =
+    member val Engine = 0 with get, set
+    member val Elsewhere = 0 with get, set
+    member val PoolElsewhere = 0 with get, set
+
+    member this.Note(interfaceName) =
+        lock this (fun () ->
+            if onEngine interfaceName then
+                this.Engine <- this.Engine + 1
+            else
+                this.Elsewhere <- this.Elsewhere + 1
+
+                if Thread.CurrentThread.IsThreadPoolThread then
+                    this.PoolElsewhere <- this.PoolElsewhere + 1)
+
+/// Echoes one accepted connection with 64 KiB reads, noting where each read's continuation ran
+/// (only reads that had to wait count: a read served from the buffer returns on the caller's thread).
+let private echo (stack: NetworkStack) (where: Where) (connection: TcpConnection) =
+    task {
+        let buffer = Array.zeroCreate<byte> 65536
+        let mutable go = true
+
+        while go do
+            let pending = connection.ReadAsync(Memory buffer)
+            let waited = not pending.IsCompleted
+            let! n = pending
+
+            if waited then
+                where.Note stack.InterfaceName
+
+            if n = 0 then
+                go <- false
+            else
+                do! connection.WriteAsync(ReadOnlyMemory(buffer, 0, n))
+
+        do! connection.DisposeAsync()
+    }
+
+/// A kernel socket sends `total` pseudo-random bytes to the stack's echo and reads them back;
+/// true when the SHA-256 of what came back is that of what was sent.
+let private kernelRoundTrip (target: IPEndPoint) (total: int) (seed: int) =
+    task {
+        use socket = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+        do! socket.ConnectAsync target
+        let data = Array.zeroCreate<byte> total
+        Random(seed).NextBytes data
+
+        let sender =
+            task {
+                let mutable sent = 0
+
+                while sent < total do
+                    let! n =
+                        socket.SendAsync(ReadOnlyMemory(data, sent, min 100000 (total - sent)), SocketFlags.None)
+
+                    sent <- sent + n
+
+                socket.Shutdown SocketShutdown.Send
+            }
+
+        use hash = IncrementalHash.CreateHash HashAlgorithmName.SHA256
+        let buffer = Array.zeroCreate<byte> 65536
+        let mutable received = 0
+        let mutable go = true
+
+        while go do
+            let! n = socket.ReceiveAsync(Memory buffer, SocketFlags.None)
+
+            if n = 0 then
+                go <- false
+            else
+                hash.AppendData(buffer, 0, n)
+                received <- received + n
+
+        do! sender
+        return received = total && hash.GetHashAndReset() = SHA256.HashData data
+    }
+
+let private tcpEcho (n: int) (inlined: bool) (queues: int) =
+    TestUtil.withStackOf (optionsWith n inlined queues) (fun stack ->
+        let where = Where()
+        use listener = stack.ListenTcp 7
+        use stop = new CancellationTokenSource()
+
+        let server =
+            task {
+                let served = ResizeArray<Task>()
+
+                try
+                    while true do
+                        let! c = listener.AcceptAsync stop.Token
+                        served.Add(echo stack where c)
+                with :? OperationCanceledException ->
+                    ()
+
+                do! Task.WhenAll served
+            }
+
+        // Four connections over each family at once (with two queues the kernel spreads them).
+        let clients =
+            [
+                for (address, _) in TestUtil.families stack.Options do
+                    for i in 1..4 do
+                        kernelRoundTrip (IPEndPoint(address, 7)) (1 <<< 21) i
+            ]
+
+        for ok in Task.WhenAll(clients) |> wait do
+            Expect.isTrue ok "every byte came back, in order (SHA-256 on the kernel's side)"
+
+        stop.Cancel()
+        wait (server.ContinueWith(fun (_: Task) -> 0)) |> ignore
+        Expect.isTrue (server.IsCompletedSuccessfully) "the echo ended cleanly"
+
+        if inlined then
+            Expect.isGreaterThan where.Engine 0 "reads waited and continued"
+            Expect.equal where.Elsewhere 0 "every waiting read continued on an engine thread"
+            Expect.isGreaterThan stack.Statistics.["engine.inline-completions"] 0L "the loop ran the completions"
+        else
+            Expect.equal where.Engine 0 "no read continued on an engine thread"
+            Expect.equal where.PoolElsewhere where.Elsewhere "every waiting read continued on the thread pool"
+            Expect.equal stack.Statistics.["engine.inline-completions"] 0L "no completion ran inline")
+
+[<Tests>]
+let tests =
+    testSequenced
+    <| testList
+        "Inline completions (UnsafeInlineCompletions) against the kernel"
+        [
+            testCase
+                "TCP echo, 8 connections of 2 MiB: waiting reads continue on the engine thread, every byte comes back"
+            <| fun () -> tcpEcho 1 true 1
+
+            testCase "TCP echo with two queues: each engine runs the continuations of its own connections"
+            <| fun () -> tcpEcho 2 true 2
+
+            testCase "Off (the default): the same reads continue on the thread pool"
+            <| fun () -> tcpEcho 3 false 1
+
+            testCase
+                "UDP echo of 2000 datagrams, one at a time: each receive continues on the engine thread; an ICMP port unreachable ends a waiting receive with ConnectionRefused"
+            <| fun () ->
+                TestUtil.withStackOf (optionsFor 4 true) (fun stack ->
+                    let where = Where()
+                    use echoSocket = stack.BindUdp(IPEndPoint(IPAddress.IPv6Any, 7000))
+                    use stop = new CancellationTokenSource()
+
+                    let server =
+                        task {
+                            let buffer = Array.zeroCreate<byte> 2048
+
+                            try
+                                while true do
+                                    let! r = echoSocket.ReceiveFromAsync(Memory buffer, stop.Token)
+                                    where.Note stack.InterfaceName
+
+                                    let! _ =
+                                        echoSocket.SendToAsync(
+                                            ReadOnlyMemory(buffer, 0, r.ReceivedBytes),
+                                            r.RemoteEndPoint :?> IPEndPoint
+                                        )
+
+                                    ()
+                            with :? OperationCanceledException ->
+                                ()
+                        }
+
+                    for (address, hostAddress) in TestUtil.families stack.Options do
+                        use kernel = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp)
+                        kernel.Bind(IPEndPoint(hostAddress, 0))
+                        kernel.ReceiveTimeout <- 5000
+                        let target = IPEndPoint(address, 7000)
+                        let reply = Array.zeroCreate<byte> 2048
+
+                        for i in 0..999 do
+                            let payload = Array.init (1 + i % 1400) (fun j -> byte (i + j))
+                            kernel.SendTo(payload, target) |> ignore
+                            let n = kernel.Receive reply
+                            Expect.sequenceEqual (reply[.. n - 1]) payload $"datagram {i} came back as sent"
+
+                    stop.Cancel()
+                    wait (server.ContinueWith(fun (_: Task) -> 0)) |> ignore
+                    Expect.isTrue server.IsCompletedSuccessfully "the echo ended at its cancellation"
+                    Expect.equal where.Elsewhere 0 "every receive continued on the engine thread"
+                    Expect.equal where.Engine 2000 "every datagram was received"
+
+                    // A connected socket's waiting receive, then a datagram to a kernel port nobody
+                    // listens on: the kernel's port unreachable fails the receive (as on Linux).
+                    use closed =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    closed.Bind(IPEndPoint(stack.Options.HostAddress, 0))
+                    let port = (closed.LocalEndPoint :?> IPEndPoint).Port
+                    closed.Dispose()
+                    use refused = stack.BindUdp(IPEndPoint(stack.Options.Address, 0))
+                    refused.Connect(IPEndPoint(stack.Options.HostAddress, port))
+                    let error = ref SocketError.Success
+                    let continuedOnEngine = ref false
+
+                    let receive =
+                        task {
+                            try
+                                let! _ = refused.ReceiveFromAsync(Memory(Array.zeroCreate<byte> 16))
+                                ()
+                            with :? SocketException as e ->
+                                error.Value <- e.SocketErrorCode
+                                continuedOnEngine.Value <- onEngine stack.InterfaceName
+                        }
+
+                    refused.SendAsync(ReadOnlyMemory [| 1uy |]).AsTask() |> wait |> ignore
+                    wait (receive.ContinueWith(fun (_: Task) -> 0)) |> ignore
+                    Expect.equal error.Value SocketError.ConnectionRefused "the port unreachable ended the receive"
+                    Expect.isTrue continuedOnEngine.Value "and its continuation ran on the engine thread")
+
+            testCase
+                "A blocking call on the engine thread throws InvalidOperationException; disposing a connection there ends its other waiting read"
+            <| fun () ->
+                TestUtil.withStackOf (optionsFor 5 true) (fun stack ->
+                    use listener = stack.ListenTcp 7
+                    use udp = stack.BindUdp(IPEndPoint(stack.Options.Address, 0))
+
+                    let armed = TaskCompletionSource()
+
+                    let server =
+                        task {
+                            let! first = listener.AcceptAsync()
+                            let! second = listener.AcceptAsync()
+                            // Waits for the kernel's FIN on the second connection, until disposed.
+                            let idle = second.ReadAsync(Memory(Array.zeroCreate<byte> 16)).AsTask()
+                            let buffer = Array.zeroCreate<byte> 16
+                            let pending = first.ReadAsync(Memory buffer)
+                            armed.SetResult()
+                            let! n = pending
+                            // Here: the engine thread.
+                            let onLoop = onEngine stack.InterfaceName
+                            let failures = ResizeArray<string>()
+
+                            let expectThrows (what: string) (call: unit -> unit) =
+                                try
+                                    call ()
+                                    failures.Add $"{what} returned"
+                                with
+                                | :? InvalidOperationException -> ()
+                                | e -> failures.Add $"{what} threw {e.GetType().Name}"
+
+                            expectThrows "TcpConnection.Read" (fun () -> first.Read(buffer, 0, 16) |> ignore)
+                            expectThrows "TcpConnection.Write" (fun () -> first.Write(buffer, 0, 1))
+                            let mutable from = IPEndPoint(IPAddress.Any, 0) :> EndPoint
+
+                            expectThrows "UdpSocket.ReceiveFrom" (fun () ->
+                                udp.ReceiveFrom(Span(buffer), &from) |> ignore)
+
+                            expectThrows "UdpSocket.SendTo" (fun () ->
+                                udp.SendTo(ReadOnlySpan(buffer, 0, 1), IPEndPoint(stack.Options.HostAddress, 9))
+                                |> ignore)
+                            // The asynchronous calls work from here, and the connection goes on.
+                            do! first.WriteAsync(ReadOnlyMemory(buffer, 0, n))
+                            // Disposed on the engine thread: the other read's wait ends (OperationAborted).
+                            do! second.DisposeAsync()
+
+                            let! idleError =
+                                task {
+                                    try
+                                        let! _ = idle
+                                        return SocketError.Success
+                                    with :? IO.IOException as e when (e.InnerException :? SocketException) ->
+                                        return (e.InnerException :?> SocketException).SocketErrorCode
+                                }
+
+                            do! first.DisposeAsync()
+                            return onLoop, List.ofSeq failures, idleError
+                        }
+
+                    use a = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+                    a.Connect(IPEndPoint(stack.Options.Address, 7))
+                    use b = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+                    b.Connect(IPEndPoint(stack.Options.Address, 7))
+                    // Both accepted and the first's read waiting before the byte comes.
+                    wait (armed.Task.ContinueWith(fun (_: Task) -> 0)) |> ignore
+                    a.Send [| 42uy |] |> ignore
+                    a.ReceiveTimeout <- 10000
+                    let echoed = Array.zeroCreate<byte> 1
+                    Expect.equal (a.Receive echoed) 1 "the byte came back"
+                    Expect.equal echoed[0] 42uy "the same byte"
+                    let onLoop, failures, idleError = wait server
+                    Expect.isTrue onLoop "the read's continuation ran on the engine thread"
+                    Expect.isEmpty failures "every blocking call threw InvalidOperationException"
+
+                    Expect.equal
+                        idleError
+                        SocketError.OperationAborted
+                        "the disposed connection's waiting read ended as the kernel's does")
+
+            testCase
+                "A continuation that throws on the engine thread is counted (engine.inline-completion-error), fails assertNoExceptions, and the loop goes on"
+            <| fun () ->
+                let stack = NetworkStack.Start(optionsFor 6 true)
+
+                try
+                    use udp = stack.BindUdp(IPEndPoint(stack.Options.Address, 7000))
+                    // A bare continuation (not an async method's, whose task would hold the exception).
+                    let pending = udp.ReceiveFromAsync(Memory(Array.zeroCreate<byte> 16))
+
+                    pending
+                        .GetAwaiter()
+                        .UnsafeOnCompleted(fun () -> raise (InvalidOperationException "thrown by a continuation"))
+
+                    use kernel =
+                        new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                    kernel.SendTo([| 1uy |], IPEndPoint(stack.Options.Address, 7000)) |> ignore
+
+                    TestUtil.eventually 10.0 "the exception was counted" (fun () ->
+                        stack.Statistics.["engine.inline-completion-error"] = 1L)
+
+                    Expect.throwsC (fun () -> TestUtil.assertNoExceptions stack) (fun e ->
+                        Expect.stringContains
+                            e.Message
+                            "engine.inline-completion-error 1"
+                            "the failure names the counter")
+                    // The loop went on: the next datagram is received.
+                    let next = udp.ReceiveFromAsync(Memory(Array.zeroCreate<byte> 16)).AsTask()
+                    kernel.SendTo([| 2uy |], IPEndPoint(stack.Options.Address, 7000)) |> ignore
+                    Expect.equal (wait next).ReceivedBytes 1 "the next datagram arrived"
+                    Expect.equal stack.Statistics.["engine.loop-error"] 0L "the loop itself caught nothing"
+                finally
+                    stack.Dispose()
+        ]
