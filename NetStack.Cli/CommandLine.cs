@@ -215,6 +215,8 @@ public sealed class InterfaceOptions
     private readonly Option<bool> _writerThread = Cli.Flag("--writer-thread",
         "write to the TUN device from a thread of its own while the loop is busy (needs --no-offload; the default whenever the device has no offloads)");
     private readonly Option<bool> _noWriterThread = Cli.Flag("--no-writer-thread", "always write from the loop thread");
+    private readonly Option<bool> _inline = Cli.Flag("--unsafe-inline-completions",
+        "run the code awaiting a read, write, accept or receive on the engine's loop thread, not the thread pool (NetStackOptions.UnsafeInlineCompletions)");
     private readonly Option<int> _queues = Cli.Int("--queues", "N",
         "TUN queues, one engine loop (thread) each, 1-16 (default 1; TUN only: IFF_MULTI_QUEUE, see docs/multiqueue.md)", 1, NetworkStack.MaxQueues, "a queue count");
     private readonly Option<bool> _tap = Cli.Flag("--tap",
@@ -238,7 +240,7 @@ public sealed class InterfaceOptions
     public void AddTo(Command command)
     {
         foreach (var option in (Option[])[_tun, _ip, _hostIp, _ip6, _hostIp6, _mtu, _pcap, _noOffload, _ioUring, _writerThread, _noWriterThread,
-            _queues, _tap, _mac, _vlan, _loss, _dup, _reorder, _corrupt, _delay, _rate, _seed])
+            _inline, _queues, _tap, _mac, _vlan, _loss, _dup, _reorder, _corrupt, _delay, _rate, _seed])
             command.Add(option);
     }
 
@@ -272,6 +274,8 @@ public sealed class InterfaceOptions
         var noWriter = r.GetResult(_noWriterThread);
         if (writer is not null || noWriter is not null)
             o = o with { TunWriterThread = noWriter is null || (writer is not null && LastIndex(r, "--writer-thread") > LastIndex(r, "--no-writer-thread")) };
+        if (r.IsGiven(_inline))
+            o = o with { UnsafeInlineCompletions = true };
         if (r.IsGiven(_queues))
             o = o with { Queues = r.GetValue(_queues) };
         if (r.IsGiven(_tap))

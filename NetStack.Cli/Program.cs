@@ -199,9 +199,10 @@ public static class StackStarter
     /// <summary>
     /// The counters under which the engine keeps an exception from stopping its loop: handling a
     /// packet threw ("drop.exception"), the loop itself did ("engine.loop-error": a device failure
-    /// or a bug), a user call's command did ("engine.command-error").
+    /// or a bug), a user call's command did ("engine.command-error"), a continuation the loop ran
+    /// itself did ("engine.inline-completion-error", with --unsafe-inline-completions).
     /// </summary>
-    public static readonly string[] ExceptionCounters = ["drop.exception", "engine.loop-error", "engine.command-error"];
+    public static readonly string[] ExceptionCounters = ["drop.exception", "engine.loop-error", "engine.command-error", "engine.inline-completion-error"];
 
     /// <summary>
     /// "COMMAND: the stack caught exceptions: NAME N, ..." when one of <see cref="ExceptionCounters"/>

@@ -217,12 +217,13 @@ public static class SoakBench
                 Console.WriteLine($"client: {line}");
             failed |= client!.ExitCode != 0;
         }
-        // The counters under which the engine swallows an exception (a packet's, the loop's, a command's).
-        long exceptions = statistics["drop.exception"], loopErrors = statistics["engine.loop-error"], commandErrors = statistics["engine.command-error"];
-        Console.WriteLine($"stack: drop.exception {exceptions}, engine.loop-error {loopErrors}, engine.command-error {commandErrors}, tcp.passive-open {statistics["tcp.passive-open"]}, " +
+        // The counters under which the engine swallows an exception (a packet's, the loop's, a command's, an inline continuation's).
+        long exceptions = statistics["drop.exception"], loopErrors = statistics["engine.loop-error"], commandErrors = statistics["engine.command-error"],
+            inlineErrors = statistics["engine.inline-completion-error"];
+        Console.WriteLine($"stack: drop.exception {exceptions}, engine.loop-error {loopErrors}, engine.command-error {commandErrors}, engine.inline-completion-error {inlineErrors}, tcp.passive-open {statistics["tcp.passive-open"]}, " +
             $"udp.received {statistics["udp.received"]}, tcp.send-buffer.grown {statistics["tcp.send-buffer.grown"]}, tcp.receive-buffer.grown {statistics["tcp.receive-buffer.grown"]}, " +
             $"tcp.ring.rented {statistics["tcp.ring.rented"]}, tcp.ring.returned {statistics["tcp.ring.returned"]}");
-        failed |= exceptions != 0 || loopErrors != 0 || commandErrors != 0;
+        failed |= exceptions != 0 || loopErrors != 0 || commandErrors != 0 || inlineErrors != 0;
         if (threadPool is not null)
         {
             Console.WriteLine($"thread pool: {ThreadPool.ThreadCount} threads at the end, {threadPool.Peak} at most; adjustments by reason: " +

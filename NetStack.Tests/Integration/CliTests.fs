@@ -370,6 +370,70 @@ let tests =
                 Expect.equal (exitStatistics stdoutRest).["udp.received"] 1L "the statistics are printed"
             }
 
+            test "serve --unsafe-inline-completions echoes TCP and UDP, its loop running the services' continuations" {
+                use p =
+                    start
+                        [
+                            "serve"
+                            "--tun"
+                            "nsclitest93"
+                            "--ip"
+                            "10.93.0.2"
+                            "--host-ip"
+                            "10.93.0.1"
+                            "--ip6"
+                            "none"
+                            "--udp-echo"
+                            "7"
+                            "--echo"
+                            "7"
+                            "--unsafe-inline-completions"
+                        ]
+
+                waitForReady p (TimeSpan.FromSeconds 30.) |> ignore
+                let target = IPEndPoint(IPAddress.Parse "10.93.0.2", 7)
+
+                use udp = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                udp.ReceiveTimeout <- 5000
+                udp.Connect target
+                let buffer: byte array = Array.zeroCreate 70000
+
+                for i in 1..100 do
+                    let sent = Encoding.ASCII.GetBytes $"datagram {i}"
+                    udp.Send sent |> ignore
+                    let n = udp.Receive buffer
+                    Expect.equal buffer.[.. n - 1] sent $"datagram {i} comes back unchanged"
+
+                use tcp =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                tcp.ReceiveTimeout <- 5000
+                tcp.Connect target
+                let data = Array.init 300000 (fun i -> byte (i * 7 + i / 256))
+
+                let sender =
+                    Threading.Tasks.Task.Run(fun () ->
+                        tcp.Send data |> ignore
+                        tcp.Shutdown SocketShutdown.Send)
+
+                use back = new IO.MemoryStream()
+                let mutable n = tcp.Receive buffer
+
+                while n > 0 do
+                    back.Write(buffer, 0, n)
+                    n <- tcp.Receive buffer
+
+                sender.Wait()
+                Expect.isTrue (back.ToArray() = data) "the TCP echo sent every byte back, in order, and closed"
+
+                let counters = exitStatistics (terminateWith p (p.StandardOutput.ReadToEndAsync()))
+
+                Expect.isGreaterThan
+                    (counters.TryFind "engine.inline-completions" |> Option.defaultValue 0L)
+                    0L
+                    "the loop ran completions itself"
+            }
+
             test "serve with faults echoes UDP through them, prints its counters on SIGUSR1 and keeps serving" {
                 let name = "nsclitest92"
 

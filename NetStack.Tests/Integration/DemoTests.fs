@@ -170,7 +170,7 @@ let tests =
 
                     Expect.stringContains
                         out
-                        "drop.exception 0, engine.loop-error 0, engine.command-error 0,"
+                        "drop.exception 0, engine.loop-error 0, engine.command-error 0, engine.inline-completion-error 0,"
                         "the stack counted no exception"
 
                     Expect.stringContains out "client: echo: " "the echo load reports"
