@@ -236,8 +236,9 @@ public sealed record NetStackOptions
     public bool? TunWriterThread { get; init; }
 
     /// <summary>
-    /// Run the code awaiting a TCP read or write (the Stream's or the pipe's) or a UDP receive
-    /// on the engine's loop thread when the loop completes it, instead of on a thread-pool worker (as
+    /// Run the code awaiting a TCP read or write (the Stream's or the pipe's), an accept, a
+    /// connect, <c>DisposeAsync</c>'s wait for the peer's ACK, or a UDP receive, on the engine's
+    /// loop thread when the loop completes it, instead of on a thread-pool worker (as
     /// Kestrel's <c>UnsafePreferInlineScheduling</c> and the runtime's
     /// <c>DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS</c> do for kernel sockets). The loop
     /// runs the completions of a burst when the burst ends, outside every lock; the awaiting code
@@ -252,9 +253,8 @@ public sealed record NetStackOptions
     /// <c>ReceiveFrom</c> and <c>SendTo</c>) throws <see cref="InvalidOperationException"/>
     /// instead of waiting for the loop it stops; other blocking (a lock held elsewhere, file I/O,
     /// <c>Task.Wait</c>) stalls the engine. Code that may block can leave the loop with
-    /// <c>await Task.Yield()</c>. Accepts, connects, <c>DisposeAsync</c>'s wait for the peer's
-    /// ACK, DNS and ping, and waits that other threads end (a cancellation, a dispose), still
-    /// continue on the thread pool. An exception a continuation throws
+    /// <c>await Task.Yield()</c>. DNS and ping, and waits that other threads end (a
+    /// cancellation, a dispose), still continue on the thread pool. An exception a continuation throws
     /// itself (an async method's never does: its task holds it) is logged and counted
     /// ("engine.inline-completion-error"). Off by default.
     /// </para>

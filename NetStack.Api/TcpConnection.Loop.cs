@@ -5,6 +5,7 @@ using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 using NetStack.Core.Stack;
 using NetStack.Core.Tcp;
+using NetStack.Engine;
 
 namespace NetStack;
 
@@ -288,7 +289,30 @@ public sealed partial class TcpConnection
     }
 
     /// <summary>The handshake completed.</summary>
-    internal void OnConnected() => _connected.TrySetResult();
+    internal void OnConnected() => Succeed(_connected);
+
+    // Completes a source of this connection (_connected, _finished): at once (its continuations
+    // run on the thread pool), or with UnsafeInlineCompletions through InlineCompletions (on the
+    // loop at the end of its burst). Never under _gate.
+    private void Succeed(TaskCompletionSource source)
+    {
+        if (!_inlineCompletions)
+            source.TrySetResult();
+        else if (!source.Task.IsCompleted)
+            InlineCompletions.Complete(static s => ((TaskCompletionSource)s!).TrySetResult(), source);
+    }
+
+    private void FailConnect(Exception error)
+    {
+        if (!_inlineCompletions)
+            _connected.TrySetException(error);
+        else if (!_connected.Task.IsCompleted)
+            InlineCompletions.Complete(static s =>
+            {
+                var (source, e) = ((TaskCompletionSource, Exception))s!;
+                source.TrySetException(e);
+            }, (_connected, error));
+    }
 
     /// <summary>
     /// The peer reset the connection: ConnectionReset, or Shutdown (EPIPE) once the peer's FIN
@@ -312,8 +336,8 @@ public sealed partial class TcpConnection
             WakeAll();
             NoteEndedLocked();
         }
-        _connected.TrySetException(new SocketException((int)error));
-        _finished.TrySetResult();
+        FailConnect(new SocketException((int)error));
+        Succeed(_finished);
     }
 
     /// <summary>The connection entered <paramref name="state"/>.</summary>
@@ -324,7 +348,7 @@ public sealed partial class TcpConnection
         {
             lock (_gate)
                 _finAcknowledged = true;
-            _finished.TrySetResult();
+            Succeed(_finished);
         }
     }
 
@@ -339,8 +363,8 @@ public sealed partial class TcpConnection
             ReleaseIfDone();
             NoteEndedLocked();
         }
-        _connected.TrySetException(new SocketException((int)SocketError.ConnectionAborted));
-        _finished.TrySetResult();
+        FailConnect(new SocketException((int)SocketError.ConnectionAborted));
+        Succeed(_finished);
     }
 
     /// <summary>The stack is going away: everything pending fails.</summary>
@@ -356,8 +380,8 @@ public sealed partial class TcpConnection
             ReleaseIfDone();
             NoteEndedLocked();
         }
-        _connected.TrySetException(new ObjectDisposedException(nameof(NetworkStack)));
-        _finished.TrySetResult();
+        FailConnect(new ObjectDisposedException(nameof(NetworkStack)));
+        Succeed(_finished);
     }
 
     /// <summary>True once our FIN was acknowledged (for tests and diagnostics).</summary>

@@ -111,8 +111,10 @@ public sealed partial class TcpConnection : Stream
     private readonly Waiter _writeWaiter;
     // On the loop's wake list (loop-only under _gate).
     private bool _wakePending;
-    private readonly TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Completed by the loop through CompleteSource (InlineCompletions with UnsafeInlineCompletions).
+    private readonly TaskCompletionSource _connected;
+    private readonly TaskCompletionSource _finished;
+    private readonly bool _inlineCompletions;
 
     // ---- Loop-only state ------------------------------------------------------------------------
 
@@ -166,6 +168,9 @@ public sealed partial class TcpConnection : Stream
         _receiveCapacity = socket.Core.ReceiveBufferSize > 0 ? socket.Core.ReceiveBufferSize : options.TcpReceiveBufferBytes;
         _readWaiter = new Waiter(_gate);
         _writeWaiter = new Waiter(_gate);
+        _inlineCompletions = options.UnsafeInlineCompletions;
+        _connected = new TaskCompletionSource(InlineCompletions.SourceOptions(_inlineCompletions));
+        _finished = new TaskCompletionSource(InlineCompletions.SourceOptions(_inlineCompletions));
         LocalEndPoint = localEndPoint!;
         RemoteEndPoint = remoteEndPoint;
     }

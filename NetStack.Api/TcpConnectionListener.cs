@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using NetStack.Core.Stack;
+using NetStack.Engine;
 
 namespace NetStack;
 
@@ -21,10 +22,13 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
     private readonly Queue<(TcpConnection Connection, TcpListenEndpoint Endpoint)> _ready = new();
     private readonly LinkedList<TaskCompletionSource<TcpConnection>> _acceptors = new();
     private bool _disposed;
+    // NetStackOptions.UnsafeInlineCompletions: acceptors complete through InlineCompletions.
+    private readonly bool _inlineCompletions;
 
     internal TcpConnectionListener(NetworkStack stack, IPEndPoint localEndPoint, TcpListenEndpoint endpoint, TcpSocketState socket)
     {
         _stack = stack;
+        _inlineCompletions = stack.Options.UnsafeInlineCompletions;
         LocalEndPoint = localEndPoint;
         Endpoint = endpoint;
         _socket = socket;
@@ -214,7 +218,7 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
                 Interlocked.Decrement(ref ready.Endpoint.Queued);
                 return ValueTask.FromResult(ready.Connection);
             }
-            acceptor = new TaskCompletionSource<TcpConnection>(TaskCreationOptions.RunContinuationsAsynchronously);
+            acceptor = new TaskCompletionSource<TcpConnection>(InlineCompletions.SourceOptions(_inlineCompletions));
             var node = _acceptors.AddLast(acceptor);
             if (cancellationToken.CanBeCanceled)
             {
@@ -225,13 +229,42 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
                         if (node.List is not null)
                             _acceptors.Remove(node);
                     }
-                    acceptor.TrySetCanceled(cancellationToken);
+                    if (_inlineCompletions)
+                        InlineCompletions.Complete(static s =>
+                        {
+                            var (source, token) = ((TaskCompletionSource<TcpConnection>, CancellationToken))s!;
+                            source.TrySetCanceled(token);
+                        }, (acceptor, cancellationToken));
+                    else
+                        acceptor.TrySetCanceled(cancellationToken);
                 });
                 acceptor.Task.ContinueWith(static (_, r) => ((CancellationTokenRegistration)r!).Unregister(), registration,
                     CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             }
         }
         return new ValueTask<TcpConnection>(acceptor.Task);
+    }
+
+    // A connection for an acceptor, handed over by the loop at the end of its burst: when the
+    // acceptor was canceled meanwhile (its token fired on another thread), the connection is
+    // offered again (the next acceptor, or the accept queue), and aborted when the listener is gone.
+    private sealed class Handover(TcpConnectionListener listener, TaskCompletionSource<TcpConnection> acceptor, TcpConnection connection, TcpListenEndpoint endpoint)
+    {
+        public void Run()
+        {
+            if (acceptor.TrySetResult(connection))
+                return;
+            listener._stack.Statistics.Increment("tcp.accept.handed-back");
+            if (listener.Offer(connection, endpoint))
+                return;
+            try
+            {
+                connection.Abort();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+        }
     }
 
     /// <summary>
@@ -248,6 +281,15 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
             while (_acceptors.First is { } first)
             {
                 _acceptors.RemoveFirst();
+                if (_inlineCompletions)
+                {
+                    // Handed over when the loop's burst ends, outside this lock; an acceptor
+                    // canceled meanwhile gives the connection back (Handover).
+                    if (first.Value.Task.IsCompleted)
+                        continue;
+                    InlineCompletions.Complete(static h => ((Handover)h!).Run(), new Handover(this, first.Value, connection, endpoint));
+                    return true;
+                }
                 if (first.Value.TrySetResult(connection))
                     return true;
             }
@@ -280,7 +322,17 @@ public sealed class TcpConnectionListener : IAsyncDisposable, IDisposable
         }
         _stack.Unlisten(this);
         foreach (var acceptor in acceptors)
-            acceptor.TrySetException(new SocketException((int)SocketError.OperationAborted));
+        {
+            var aborted = new SocketException((int)SocketError.OperationAborted);
+            if (_inlineCompletions)
+                InlineCompletions.Complete(static s =>
+                {
+                    var (source, e) = ((TaskCompletionSource<TcpConnection>, Exception))s!;
+                    source.TrySetException(e);
+                }, (acceptor, (Exception)aborted));
+            else
+                acceptor.TrySetException(aborted);
+        }
         foreach (var connection in queued)
         {
             try

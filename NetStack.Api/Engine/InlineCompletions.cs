@@ -25,8 +25,11 @@ internal sealed class InlineCompletions
     [ThreadStatic]
     private static bool t_engineThread;
 
-    private List<IInlineCompletion> _ready = [];
-    private List<IInlineCompletion> _running = [];
+    // A completion (IInlineCompletion), or an action and its state (a TaskCompletionSource's).
+    private readonly record struct Entry(IInlineCompletion? Completion, Action<object?>? Action, object? State);
+
+    private List<Entry> _ready = [];
+    private List<Entry> _running = [];
     private readonly NetStackStatistics.Counter _ran;
     private readonly NetStackStatistics.Counter _failed;
     private readonly Action<Exception> _log;
@@ -58,9 +61,34 @@ internal sealed class InlineCompletions
         var current = t_current;
         if (current is null)
             return false;
-        current._ready.Add(completion);
+        current._ready.Add(new Entry(completion, null, null));
         return true;
     }
+
+    /// <summary>
+    /// Has <paramref name="action"/>(<paramref name="state"/>) (the completion of a
+    /// <see cref="TaskCompletionSource"/>) run by the engine thread at the end of its burst when
+    /// the caller is an engine thread with inline completions, else on the thread pool: a source
+    /// made with <see cref="SourceOptions"/>(true) runs its continuations on the thread that
+    /// completes it, which must be neither a lock holder nor a user's thread in a NetStack call.
+    /// </summary>
+    public static void Complete(Action<object?> action, object? state)
+    {
+        var current = t_current;
+        if (current is null)
+            ThreadPool.UnsafeQueueUserWorkItem(action, state, preferLocal: false);
+        else
+            current._ready.Add(new Entry(null, action, state));
+    }
+
+    /// <summary>
+    /// The options of a <see cref="TaskCompletionSource"/> whose completions go through
+    /// <see cref="Complete"/> when <paramref name="inline"/> (the stack's
+    /// <see cref="NetStackOptions.UnsafeInlineCompletions"/>): none, so that the continuations run
+    /// where Complete runs the completion; otherwise RunContinuationsAsynchronously, as always.
+    /// </summary>
+    public static TaskCreationOptions SourceOptions(bool inline) =>
+        inline ? TaskCreationOptions.None : TaskCreationOptions.RunContinuationsAsynchronously;
 
     /// <summary>
     /// A blocking call was made on an engine thread (code after an await, run there by
@@ -94,7 +122,10 @@ internal sealed class InlineCompletions
             {
                 try
                 {
-                    completion.RunInline();
+                    if (completion.Completion is { } c)
+                        c.RunInline();
+                    else
+                        completion.Action!(completion.State);
                 }
                 catch (Exception e)
                 {
