@@ -33,8 +33,12 @@ public static class TcpServices
 
     private static async Task ServeOneAsync(TcpConnection connection, string service, Func<TcpConnection, CancellationToken, Task> serve, CancellationToken cancellationToken)
     {
-        // Leave the accept loop's thread at once.
-        await Task.Yield();
+        // Leave the accept loop's thread at once, so that it accepts the next connection while
+        // this one is served. Not on the engine's thread (--unsafe-inline-completions: the loop
+        // ran the accept's continuation): there the service runs until its first read waits,
+        // which a new connection's read does, and the loop goes on.
+        if (Thread.CurrentThread.IsThreadPoolThread)
+            await Task.Yield();
         try
         {
             await using (connection)
