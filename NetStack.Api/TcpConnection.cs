@@ -166,9 +166,9 @@ public sealed partial class TcpConnection : Stream
         _sendCapacity = socket.SendBufferSize > 0 ? socket.SendBufferSize : options.TcpSendBufferBytes;
         _sendCapacityMax = socket.SendBufferSize > 0 ? socket.SendBufferSize : Math.Max(options.TcpSendBufferBytes, options.TcpSendBufferMaxBytes);
         _receiveCapacity = socket.Core.ReceiveBufferSize > 0 ? socket.Core.ReceiveBufferSize : options.TcpReceiveBufferBytes;
-        _readWaiter = new Waiter(_gate);
-        _writeWaiter = new Waiter(_gate);
         _inlineCompletions = options.UnsafeInlineCompletions;
+        _readWaiter = new Waiter(_gate, _inlineCompletions);
+        _writeWaiter = new Waiter(_gate, _inlineCompletions);
         _connected = new TaskCompletionSource(InlineCompletions.SourceOptions(_inlineCompletions));
         _finished = new TaskCompletionSource(InlineCompletions.SourceOptions(_inlineCompletions));
         LocalEndPoint = localEndPoint!;
@@ -637,7 +637,7 @@ public sealed partial class TcpConnection : Stream
     /// <see cref="NetStackOptions.UnsafeInlineCompletions"/> a completion by the loop is recorded
     /// and run by the loop itself when its burst ends (<see cref="InlineCompletions"/>).
     /// </summary>
-    private sealed class Waiter(object gate) : IValueTaskSource, IInlineCompletion
+    private sealed class Waiter(object gate, bool inline) : IValueTaskSource, IInlineCompletion
     {
         private ManualResetValueTaskSourceCore<bool> _core = new() { RunContinuationsAsynchronously = true };
         private bool _armed;
@@ -683,8 +683,9 @@ public sealed partial class TcpConnection : Stream
             _armed = false;
             // Recorded: nothing else touches the core until the loop sets it (a cancellation
             // and a second Complete see the wait disarmed; the caller cannot arm again before
-            // it has its result).
-            if (InlineCompletions.TryDefer(this))
+            // it has its result). Only for the loop of a stack with the option (not for another
+            // stack's, whose code may dispose this connection).
+            if (inline && InlineCompletions.TryDefer(this))
                 return;
             _core.SetResult(true);
         }

@@ -21,6 +21,8 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
     internal const int DatagramOverhead = 64;
 
     private readonly NetworkStack _stack;
+    // NetStackOptions.UnsafeInlineCompletions: receives completed by the loop run on it.
+    private readonly bool _inlineCompletions;
     private readonly object _gate = new();
     private readonly Queue<QueuedDatagram> _queue = new();
     private readonly LinkedList<PendingReceive> _receivers = new();
@@ -79,7 +81,7 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
             Reusable &= Registration.Unregister() || !Token.CanBeCanceled;
             // On the loop with NetStackOptions.UnsafeInlineCompletions: the loop sets it when its
             // burst ends (Completed keeps a cancellation off it meanwhile).
-            if (InlineCompletions.TryDefer(this))
+            if (_owner._inlineCompletions && InlineCompletions.TryDefer(this))
                 _inlineResult = result;
             else
                 _core.SetResult(result);
@@ -107,7 +109,7 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
                 return false;
             Completed = true;
             Reusable &= Registration.Unregister() || !Token.CanBeCanceled;
-            if (InlineCompletions.TryDefer(this))
+            if (_owner._inlineCompletions && InlineCompletions.TryDefer(this))
                 _inlineError = exception;
             else
                 _core.SetException(exception);
@@ -167,6 +169,7 @@ public sealed partial class UdpSocket : IAsyncDisposable, IDisposable
     internal UdpSocket(NetworkStack stack, IPEndPoint localEndPoint, bool ipv4, bool ipv6, int capacity)
     {
         _stack = stack;
+        _inlineCompletions = stack.Options.UnsafeInlineCompletions;
         LocalEndPoint = localEndPoint;
         BindsIpv4 = ipv4;
         BindsIpv6 = ipv6;

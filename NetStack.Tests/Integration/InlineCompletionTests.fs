@@ -500,4 +500,49 @@ let tests =
                         stack.Statistics.["tcp.accept.handed-back"]
 
                     Expect.equal (accepted + canceled) 200 "every connection accepted exactly once")
+
+            testCase
+                "Code on one stack's loop that disposes another stack's connection: that stack (option off) continues its read on the thread pool"
+            <| fun () ->
+                TestUtil.withStackOf (optionsFor 9 true) (fun inlined ->
+                    TestUtil.withStackOf (optionsFor 10 false) (fun pooled ->
+                        use listener = pooled.ListenTcp 7
+
+                        use kernel =
+                            new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                        kernel.Connect(IPEndPoint(pooled.Options.Address, 7))
+                        let connection = wait (listener.AcceptAsync().AsTask())
+
+                        let read =
+                            task {
+                                try
+                                    let! _ = connection.ReadAsync(Memory(Array.zeroCreate<byte> 16))
+                                    return "returned", false, false
+                                with :? IO.IOException ->
+                                    return
+                                        "aborted",
+                                        onEngine inlined.InterfaceName,
+                                        Thread.CurrentThread.IsThreadPoolThread
+                            }
+
+                        use udp = inlined.BindUdp(IPEndPoint(inlined.Options.Address, 7000))
+
+                        let disposer =
+                            task {
+                                let! _ = udp.ReceiveFromAsync(Memory(Array.zeroCreate<byte> 16))
+                                let onLoop = onEngine inlined.InterfaceName
+                                connection.Dispose()
+                                return onLoop
+                            }
+
+                        use sender =
+                            new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+
+                        sender.SendTo([| 1uy |], IPEndPoint(inlined.Options.Address, 7000)) |> ignore
+                        Expect.isTrue (wait disposer) "the dispose ran on the inline stack's loop"
+                        let outcome, onOtherLoop, onPool = wait read
+                        Expect.equal outcome "aborted" "the read ended with the dispose"
+                        Expect.isFalse onOtherLoop "not on the other stack's loop"
+                        Expect.isTrue onPool "on the thread pool, as the stack's option says"))
         ]
