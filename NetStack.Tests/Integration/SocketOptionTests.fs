@@ -353,6 +353,131 @@ let tests =
             }
 
             test
+                "LingerState (true, N): DisposeAsync waits for the peer's ACK of data and FIN, at most N seconds, and the close goes on in the background, as a kernel socket's close does" {
+                // The peer reads nothing until the close returned, through a small receive buffer, so
+                // 200 KB cannot be acknowledged within the second. The kernel first, on loopback.
+                let payload = Array.init 200_000 (fun i -> byte (i * 7 + i / 256))
+
+                let readAll (peer: Socket) =
+                    use back = new MemoryStream()
+                    let buffer = Array.zeroCreate<byte> 65536
+                    peer.ReceiveTimeout <- 20000
+                    let mutable n = peer.Receive buffer
+
+                    while n > 0 do
+                        back.Write(buffer, 0, n)
+                        n <- peer.Receive buffer
+
+                    back.ToArray()
+
+                let slowListener (address: IPAddress) =
+                    let listener =
+                        new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+
+                    listener.ReceiveBufferSize <- 4096
+                    listener.Bind(IPEndPoint(address, 0))
+                    listener.Listen 4
+                    listener
+
+                use kernelServer = slowListener IPAddress.Loopback
+                let kernelIncoming = kernelServer.AcceptAsync()
+
+                let kernelClient =
+                    new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
+
+                kernelClient.Connect(kernelServer.LocalEndPoint)
+                use kernelPeer = wait kernelIncoming
+                kernelClient.LingerState <- LingerOption(true, 1)
+                kernelClient.Blocking <- false
+                let mutable sent = 0
+
+                try
+                    while sent < payload.Length do
+                        sent <- sent + kernelClient.Send(payload, sent, payload.Length - sent, SocketFlags.None)
+                with :? SocketException as e when e.SocketErrorCode = SocketError.WouldBlock ->
+                    ()
+
+                kernelClient.Blocking <- true
+                let kernelClock = Diagnostics.Stopwatch.StartNew()
+                kernelClient.Dispose()
+                let kernelClose = kernelClock.Elapsed
+                let kernelGot = readAll kernelPeer
+                Expect.isGreaterThanOrEqual kernelClose.TotalSeconds 0.9 "the kernel's close waited its second"
+                Expect.equal kernelGot payload[.. sent - 1] "then the kernel sent the rest and its FIN"
+
+                let options =
+                    NetStackOptions(
+                        TunName = "ns171k14",
+                        Address = IPAddress.Parse "10.171.14.2",
+                        HostAddress = IPAddress.Parse "10.171.14.1",
+                        Address6 = null,
+                        // Not this: the linger time decides.
+                        TcpLinger = TimeSpan.FromSeconds 30.0
+                    )
+
+                TestUtil.withStackOf options (fun stack ->
+                    use server = slowListener options.HostAddress
+                    let incoming = server.AcceptAsync()
+
+                    let connection =
+                        wait (
+                            stack
+                                .ConnectTcpAsync(
+                                    server.LocalEndPoint :?> IPEndPoint,
+                                    TcpSocketOptions(LingerState = LingerOption(true, 1))
+                                )
+                                .AsTask()
+                        )
+
+                    use peer = wait incoming
+
+                    wait (connection.WriteAsync(ReadOnlyMemory payload).AsTask().ContinueWith(fun (_: Task) -> 0))
+                    |> ignore
+
+                    let clock = Diagnostics.Stopwatch.StartNew()
+
+                    wait (connection.DisposeAsync().AsTask().ContinueWith(fun (_: Task) -> 0))
+                    |> ignore
+
+                    let close = clock.Elapsed
+                    let got = readAll peer
+                    Expect.isGreaterThanOrEqual close.TotalSeconds 0.9 "DisposeAsync waited its second"
+                    Expect.isLessThan close.TotalSeconds 10.0 "and not TcpLinger's 30 s"
+                    Expect.equal got payload "then the stack sent the rest and its FIN (no reset)"
+
+                    // A peer that reads at once: DisposeAsync returns with the FIN's ACK, long before N.
+                    use reader = TestUtil.kernelListener options.HostAddress
+                    let readerIncoming = reader.AcceptAsync()
+
+                    let quick =
+                        wait (
+                            stack
+                                .ConnectTcpAsync(
+                                    reader.LocalEndPoint :?> IPEndPoint,
+                                    TcpSocketOptions(LingerState = LingerOption(true, 30))
+                                )
+                                .AsTask()
+                        )
+
+                    use readerPeer = wait readerIncoming
+                    let reading = Task.Run(fun () -> readAll readerPeer)
+
+                    wait (quick.WriteAsync(ReadOnlyMemory payload).AsTask().ContinueWith(fun (_: Task) -> 0))
+                    |> ignore
+
+                    let quickClock = Diagnostics.Stopwatch.StartNew()
+                    wait (quick.DisposeAsync().AsTask().ContinueWith(fun (_: Task) -> 0)) |> ignore
+
+                    Expect.isLessThan
+                        quickClock.Elapsed.TotalSeconds
+                        10.0
+                        "DisposeAsync returned with the FIN's ACK, not after 30 s"
+
+                    Expect.isTrue quick.FinAcknowledged "the FIN was acknowledged"
+                    Expect.equal (wait reading) payload "the reader got every byte and the FIN")
+            }
+
+            test
                 "UDP Ttl, TypeOfService and DontFragment are on the datagrams (tcpdump); with DontFragment a datagram over the MTU fails with MessageSize, as a kernel socket's send does" {
                 let options = optionsFor 4
 
