@@ -85,6 +85,12 @@ let waitWithin (timeout: TimeSpan) (task: Threading.Tasks.Task<'T>) =
 
     task.Result
 
+/// Waits for `task`, rethrowing its exception; a test failure when it has not completed within
+/// `timeout`.
+let waitTaskWithin (timeout: TimeSpan) (task: Threading.Tasks.Task) =
+    if not (task.Wait timeout) then
+        failtest "timed out"
+
 /// The counters under which the engine swallows an exception so that a bug cannot stop its loop:
 /// "drop.exception" (handling a packet threw), "engine.loop-error" (the loop itself threw: a
 /// device read, a timer), "engine.command-error" (a user call's command threw on the loop) and

@@ -36,9 +36,7 @@ let private optionsFor (n: int) =
 
 let private timeout = TimeSpan.FromSeconds 30.0
 
-let private waitUnit (task: Task) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
+let private waitUnit (task: Task) = TestUtil.waitTaskWithin timeout task
 
 /// The URL authority of an address and port ("10.0.0.1:80", "[fd00::1]:80").
 let private authority (address: IPAddress) (port: int) =

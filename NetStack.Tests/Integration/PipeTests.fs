@@ -33,9 +33,7 @@ let private timeout = TimeSpan.FromSeconds 30.0
 
 let private wait (t: Task<'T>) = TestUtil.waitWithin timeout t
 
-let private waitUnit (t: Task) =
-    if not (t.Wait timeout) then
-        failtest "timed out"
+let private waitUnit (task: Task) = TestUtil.waitTaskWithin timeout task
 
 /// One step of a writer: how it puts bytes into the Output pipe.
 type WriteStep =

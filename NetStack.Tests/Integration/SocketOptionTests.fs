@@ -416,30 +416,30 @@ let tests =
                     )
 
                 TestUtil.withStackOf options (fun stack ->
-                    use server = slowListener options.HostAddress
-                    let incoming = server.AcceptAsync()
-
-                    let connection =
+                    let connectLingering (listener: Socket) (seconds: int) =
                         wait (
                             stack
                                 .ConnectTcpAsync(
-                                    server.LocalEndPoint :?> IPEndPoint,
-                                    TcpSocketOptions(LingerState = LingerOption(true, 1))
+                                    listener.LocalEndPoint :?> IPEndPoint,
+                                    TcpSocketOptions(LingerState = LingerOption(true, seconds))
                                 )
                                 .AsTask()
                         )
 
+                    // Writes the payload, then times DisposeAsync (neither may throw).
+                    let writeAndDispose (c: TcpConnection) =
+                        TestUtil.waitTaskWithin timeout (c.WriteAsync(ReadOnlyMemory payload).AsTask())
+                        let clock = Diagnostics.Stopwatch.StartNew()
+                        TestUtil.waitTaskWithin timeout (c.DisposeAsync().AsTask())
+                        clock.Elapsed
+
+                    use server = slowListener options.HostAddress
+                    let incoming = server.AcceptAsync()
+
+                    let connection = connectLingering server 1
+
                     use peer = wait incoming
-
-                    wait (connection.WriteAsync(ReadOnlyMemory payload).AsTask().ContinueWith(fun (_: Task) -> 0))
-                    |> ignore
-
-                    let clock = Diagnostics.Stopwatch.StartNew()
-
-                    wait (connection.DisposeAsync().AsTask().ContinueWith(fun (_: Task) -> 0))
-                    |> ignore
-
-                    let close = clock.Elapsed
+                    let close = writeAndDispose connection
                     let got = readAll peer
                     Expect.isGreaterThanOrEqual close.TotalSeconds 0.9 "DisposeAsync waited its second"
                     Expect.isLessThan close.TotalSeconds 10.0 "and not TcpLinger's 30 s"
@@ -449,27 +449,14 @@ let tests =
                     use reader = TestUtil.kernelListener options.HostAddress
                     let readerIncoming = reader.AcceptAsync()
 
-                    let quick =
-                        wait (
-                            stack
-                                .ConnectTcpAsync(
-                                    reader.LocalEndPoint :?> IPEndPoint,
-                                    TcpSocketOptions(LingerState = LingerOption(true, 30))
-                                )
-                                .AsTask()
-                        )
+                    let quick = connectLingering reader 30
 
                     use readerPeer = wait readerIncoming
                     let reading = Task.Run(fun () -> readAll readerPeer)
-
-                    wait (quick.WriteAsync(ReadOnlyMemory payload).AsTask().ContinueWith(fun (_: Task) -> 0))
-                    |> ignore
-
-                    let quickClock = Diagnostics.Stopwatch.StartNew()
-                    wait (quick.DisposeAsync().AsTask().ContinueWith(fun (_: Task) -> 0)) |> ignore
+                    let quickClose = writeAndDispose quick
 
                     Expect.isLessThan
-                        quickClock.Elapsed.TotalSeconds
+                        quickClose.TotalSeconds
                         10.0
                         "DisposeAsync returned with the FIN's ACK, not after 30 s"
 

@@ -37,9 +37,7 @@ let private timeout = TimeSpan.FromSeconds 20.0
 let private wait (task: Threading.Tasks.Task<'T>) : 'T =
     NetStack.Tests.TestUtil.waitWithin timeout task
 
-let private waitUnit (task: Task) =
-    if not (task.Wait timeout) then
-        failtest "timed out"
+let private waitUnit (task: Task) = TestUtil.waitTaskWithin timeout task
 
 let private payload (length: int) (seed: int) =
     let bytes = Array.zeroCreate<byte> length
