@@ -91,6 +91,14 @@ let waitTaskWithin (timeout: TimeSpan) (task: Threading.Tasks.Task) =
     if not (task.Wait timeout) then
         failtest "timed out"
 
+/// The calling thread is one of the loops of the stack whose interface is `interfaceName`
+/// (NetworkStack names them "netstack <interface>", a queue's with a suffix).
+let onEngineThread (interfaceName: string) =
+    let name = Threading.Thread.CurrentThread.Name
+
+    not (isNull name)
+    && name.StartsWith($"netstack {interfaceName}", StringComparison.Ordinal)
+
 /// The counters under which the engine swallows an exception so that a bug cannot stop its loop:
 /// "drop.exception" (handling a packet threw), "engine.loop-error" (the loop itself threw: a
 /// device read, a timer), "engine.command-error" (a user call's command threw on the loop) and

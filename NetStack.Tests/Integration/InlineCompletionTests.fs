@@ -37,13 +37,6 @@ let private wait (t: Task<'T>) = TestUtil.waitWithin timeout t
 
 let private waitUnit (t: Task) = TestUtil.waitTaskWithin timeout t
 
-/// The calling thread is one of the stack's engine loops (NetworkStack names them "netstack <interface>").
-let private onEngine (interfaceName: string) =
-    let name = Thread.CurrentThread.Name
-
-    not (isNull name)
-    && name.StartsWith($"netstack {interfaceName}", StringComparison.Ordinal)
-
 /// Where the code after each completed wait ran: on an engine thread, elsewhere.
 type private Where() =
     member val Engine = 0 with get, set
@@ -52,7 +45,7 @@ type private Where() =
 
     member this.Note(interfaceName) =
         lock this (fun () ->
-            if onEngine interfaceName then
+            if TestUtil.onEngineThread interfaceName then
                 this.Engine <- this.Engine + 1
             else
                 this.Elsewhere <- this.Elsewhere + 1
@@ -258,7 +251,7 @@ let tests =
                                 ()
                             with :? SocketException as e ->
                                 error.Value <- e.SocketErrorCode
-                                continuedOnEngine.Value <- onEngine stack.InterfaceName
+                                continuedOnEngine.Value <- TestUtil.onEngineThread stack.InterfaceName
                         }
 
                     refused.SendAsync(ReadOnlyMemory [| 1uy |]).AsTask() |> wait |> ignore
@@ -286,7 +279,7 @@ let tests =
                             armed.SetResult()
                             let! n = pending
                             // Here: the engine thread.
-                            let onLoop = onEngine stack.InterfaceName
+                            let onLoop = TestUtil.onEngineThread stack.InterfaceName
                             let failures = ResizeArray<string>()
 
                             let expectThrows (what: string) (call: unit -> unit) =
@@ -416,10 +409,10 @@ let tests =
                                 let pending = stack.ConnectTcpAsync target
                                 Expect.isFalse pending.IsCompleted "the connect waits for the handshake"
                                 let! c = pending
-                                let afterConnect = onEngine stack.InterfaceName
+                                let afterConnect = TestUtil.onEngineThread stack.InterfaceName
                                 do! c.WriteAsync(ReadOnlyMemory data)
                                 do! c.DisposeAsync()
-                                return afterConnect, onEngine stack.InterfaceName
+                                return afterConnect, TestUtil.onEngineThread stack.InterfaceName
                             }
 
                         let afterConnect, afterDispose = wait client
@@ -445,7 +438,7 @@ let tests =
                                     c.Dispose()
                                     return SocketError.Success, false
                                 with :? SocketException as e ->
-                                    return e.SocketErrorCode, onEngine stack.InterfaceName
+                                    return e.SocketErrorCode, TestUtil.onEngineThread stack.InterfaceName
                             }
 
                         let error, onLoop = wait refused
@@ -523,7 +516,7 @@ let tests =
                                 with :? IO.IOException ->
                                     return
                                         "aborted",
-                                        onEngine inlined.InterfaceName,
+                                        TestUtil.onEngineThread inlined.InterfaceName,
                                         Thread.CurrentThread.IsThreadPoolThread
                             }
 
@@ -532,7 +525,7 @@ let tests =
                         let disposer =
                             task {
                                 let! _ = udp.ReceiveFromAsync(Memory(Array.zeroCreate<byte> 16))
-                                let onLoop = onEngine inlined.InterfaceName
+                                let onLoop = TestUtil.onEngineThread inlined.InterfaceName
                                 connection.Dispose()
                                 return onLoop
                             }
