@@ -35,8 +35,9 @@ public static class Isolation
     /// <summary>
     /// Re-executes this command with <paramref name="args"/> in a new network namespace and
     /// returns the child's exit code, or prints why it could not and returns 1.
+    /// <paramref name="environment"/>: variables to set in the child as well.
     /// </summary>
-    public static int ReexecIsolated(string[] args)
+    public static int ReexecIsolated(string[] args, IReadOnlyDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo("unshare") { UseShellExecute = false };
         foreach (var a in IsRoot ? ["--net"] : new[] { "--user", "--map-root-user", "--net" })
@@ -47,6 +48,8 @@ public static class Isolation
         foreach (var a in args)
             psi.ArgumentList.Add(a);
         psi.Environment[MarkerVariable] = "1";
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+            psi.Environment[name] = value;
         try
         {
             using var child = Process.Start(psi)!;

@@ -3,6 +3,7 @@
 module NetStack.Tests.Integration.DemoTests
 
 open System
+open System.Diagnostics
 open Expecto
 
 /// The report lines the demo must print, one per step, each beginning with ✓.
@@ -202,6 +203,67 @@ let tests =
                     Expect.stringStarts (IO.File.ReadAllText svg) "<svg" "an SVG"
                 finally
                     dir.Delete true
+            }
+
+            test
+                "netstack bench on one processor runs its measuring processes with the runtime's tier-up delay of a multiprocessor, unless the variable is set" {
+                // taskset: the runtime sees one processor (sched_getaffinity), as in a one-CPU container.
+                let bench (environment: (string * string) list) =
+                    let psi = ProcessStartInfo "taskset"
+
+                    for a in
+                        [
+                            "-c"
+                            "0"
+                            "dotnet"
+                            CliTests.netstackDll.Value
+                            "bench"
+                            "--cases"
+                            "udp"
+                            "--seconds"
+                            "1"
+                        ] do
+                        psi.ArgumentList.Add a
+
+                    for name, value in environment do
+                        psi.Environment[name] <- value
+
+                    psi.RedirectStandardOutput <- true
+                    psi.RedirectStandardError <- true
+                    psi.StandardOutputEncoding <- Text.Encoding.UTF8
+                    use p = Process.Start psi
+                    let out = p.StandardOutput.ReadToEndAsync()
+                    let err = p.StandardError.ReadToEndAsync()
+
+                    if not (p.WaitForExit(TimeSpan.FromSeconds 120.0)) then
+                        p.Kill true
+                        failtestf "netstack bench did not finish; output so far:\n%s" out.Result
+
+                    Expect.equal p.ExitCode 0 $"exit code; stdout:\n{out.Result}\nstderr:\n{err.Result}"
+                    CliTests.assertNoExceptionReport err.Result
+                    out.Result, err.Result
+
+                // The header is printed by the measuring process: what it shows is what it got.
+                let out, err = bench []
+
+                Expect.stringContains
+                    out
+                    "one processor, DOTNET_TC_DelaySingleProcMultiplier=1"
+                    "the measuring process got the multiplier 1"
+
+                Expect.stringContains
+                    err
+                    "DOTNET_TC_DelaySingleProcMultiplier=1 for the measuring processes"
+                    "and the bench said so"
+
+                let out, err = bench [ "DOTNET_TC_DelaySingleProcMultiplier", "10" ]
+
+                Expect.stringContains
+                    out
+                    "one processor, DOTNET_TC_DelaySingleProcMultiplier=10"
+                    "a value the user set stands"
+
+                Expect.isFalse (err.Contains "for the measuring processes") "and nothing is announced"
             }
 
             test "netstack bench --cases bulk at MTU 65000 prints only the bulk rows" {
