@@ -13,14 +13,17 @@ open NetStack.Tests
 
 /// Each test gets its own interface and subnet (10.79.N.0 / fd79:N::), so a slow teardown of one
 /// cannot disturb the next.
-let private optionsFor (n: int) =
+let private optionsWith (n: int) (inlineCompletions: bool) =
     NetStackOptions(
         TunName = $"nsengine{n}",
         Address = IPAddress.Parse $"10.79.{n}.2",
         HostAddress = IPAddress.Parse $"10.79.{n}.1",
         Address6 = IPAddress.Parse $"fd79:{n}::2",
-        HostAddress6 = IPAddress.Parse $"fd79:{n}::1"
+        HostAddress6 = IPAddress.Parse $"fd79:{n}::1",
+        UnsafeInlineCompletions = inlineCompletions
     )
+
+let private optionsFor (n: int) = optionsWith n false
 
 let private withStackUsing (options: NetStackOptions) (f: NetworkStack -> unit) =
     use stack = NetworkStack.Start options
@@ -346,17 +349,7 @@ for i in range(count):
                 "a socket's datagrams reach the kernel in the order sent, whether written on the sender's thread while the loop sleeps or queued while it is busy" {
                 // The loop is held busy on purpose: with UnsafeInlineCompletions the code after a
                 // stack receive runs on the loop itself, and there it waits for this test's signal.
-                let options =
-                    NetStackOptions(
-                        TunName = "nsengine12",
-                        Address = IPAddress.Parse "10.79.12.2",
-                        HostAddress = IPAddress.Parse "10.79.12.1",
-                        Address6 = IPAddress.Parse "fd79:12::2",
-                        HostAddress6 = IPAddress.Parse "fd79:12::1",
-                        UnsafeInlineCompletions = true
-                    )
-
-                withStackUsing options (fun stack ->
+                withStackUsing (optionsWith 12 true) (fun stack ->
                     use receiver = kernelSocket (IPAddress.Parse "10.79.12.1")
                     receiver.ReceiveBufferSize <- 1 <<< 20
                     let target = receiver.LocalEndPoint :?> IPEndPoint
