@@ -48,8 +48,9 @@ public static class Isolation
         foreach (var a in args)
             psi.ArgumentList.Add(a);
         psi.Environment[MarkerVariable] = "1";
-        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
-            psi.Environment[name] = value;
+        if (environment is not null)
+            foreach (var (name, value) in environment)
+                psi.Environment[name] = value;
         try
         {
             using var child = Process.Start(psi)!;

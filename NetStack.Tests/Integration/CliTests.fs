@@ -37,19 +37,26 @@ let netstackDll =
 
          path)
 
-/// Starts `dotnet netstack.dll ARGS` with stdout and stderr redirected.
-let start (args: string list) =
-    let psi = ProcessStartInfo "dotnet"
-    psi.ArgumentList.Add netstackDll.Value
+/// Starts `PREFIX dotnet netstack.dll ARGS` (PREFIX: a wrapper such as `taskset -c 0`, or none)
+/// with `environment` added to this process's, stdout and stderr redirected.
+let startUnder (prefix: string list) (environment: (string * string) list) (args: string list) =
+    let command = prefix @ [ "dotnet"; netstackDll.Value ] @ args
+    let psi = ProcessStartInfo(List.head command)
 
-    for a in args do
+    for a in List.tail command do
         psi.ArgumentList.Add a
+
+    for name, value in environment do
+        psi.Environment[name] <- value
 
     psi.RedirectStandardOutput <- true
     psi.RedirectStandardError <- true
     psi.StandardOutputEncoding <- Encoding.UTF8
     psi.StandardErrorEncoding <- Encoding.UTF8
     Process.Start psi
+
+/// Starts `dotnet netstack.dll ARGS` with stdout and stderr redirected.
+let start (args: string list) = startUnder [] [] args
 
 /// Fails when a netstack command's standard error holds the line its commands print at exit when
 /// their stack caught exceptions ("netstack ping: the stack caught exceptions: drop.exception 1",
@@ -74,10 +81,16 @@ let assertServeCountedNoExceptions (stdout: string) =
     Expect.isTrue (counters.ContainsKey "device.read") $"serve printed its counters at exit:\n{stdout}"
     NetStack.Tests.TestUtil.assertNoExceptionsInCounters counters
 
-/// Runs `netstack ARGS` to the end (killing it after `timeout`); returns exit code, stdout, stderr.
-/// Fails when the command's stack caught exceptions (assertNoExceptionReport).
-let runNetstack (timeout: TimeSpan) (args: string list) =
-    use p = start args
+/// Runs `PREFIX netstack ARGS` with `environment` added (startUnder) to the end, killing it after
+/// `timeout`; returns exit code, stdout, stderr. Fails when the command's stack caught exceptions
+/// (assertNoExceptionReport).
+let runNetstackUnder
+    (prefix: string list)
+    (environment: (string * string) list)
+    (timeout: TimeSpan)
+    (args: string list)
+    =
+    use p = startUnder prefix environment args
     let out = p.StandardOutput.ReadToEndAsync()
     let err = p.StandardError.ReadToEndAsync()
 
@@ -93,6 +106,10 @@ let runNetstack (timeout: TimeSpan) (args: string list) =
 
     assertNoExceptionReport err.Result
     p.ExitCode, out.Result, err.Result
+
+/// Runs `netstack ARGS` to the end (killing it after `timeout`); returns exit code, stdout, stderr.
+/// Fails when the command's stack caught exceptions (assertNoExceptionReport).
+let runNetstack (timeout: TimeSpan) (args: string list) = runNetstackUnder [] [] timeout args
 
 let private quick = TimeSpan.FromSeconds 30.
 

@@ -3,7 +3,6 @@
 module NetStack.Tests.Integration.DemoTests
 
 open System
-open System.Diagnostics
 open Expecto
 
 /// The report lines the demo must print, one per step, each beginning with ✓.
@@ -209,39 +208,15 @@ let tests =
                 "netstack bench on one processor runs its measuring processes with the runtime's tier-up delay of a multiprocessor, unless the variable is set" {
                 // taskset: the runtime sees one processor (sched_getaffinity), as in a one-CPU container.
                 let bench (environment: (string * string) list) =
-                    let psi = ProcessStartInfo "taskset"
+                    let code, out, err =
+                        CliTests.runNetstackUnder
+                            [ "taskset"; "-c"; "0" ]
+                            environment
+                            (TimeSpan.FromSeconds 120.0)
+                            [ "bench"; "--cases"; "udp"; "--seconds"; "1" ]
 
-                    for a in
-                        [
-                            "-c"
-                            "0"
-                            "dotnet"
-                            CliTests.netstackDll.Value
-                            "bench"
-                            "--cases"
-                            "udp"
-                            "--seconds"
-                            "1"
-                        ] do
-                        psi.ArgumentList.Add a
-
-                    for name, value in environment do
-                        psi.Environment[name] <- value
-
-                    psi.RedirectStandardOutput <- true
-                    psi.RedirectStandardError <- true
-                    psi.StandardOutputEncoding <- Text.Encoding.UTF8
-                    use p = Process.Start psi
-                    let out = p.StandardOutput.ReadToEndAsync()
-                    let err = p.StandardError.ReadToEndAsync()
-
-                    if not (p.WaitForExit(TimeSpan.FromSeconds 120.0)) then
-                        p.Kill true
-                        failtestf "netstack bench did not finish; output so far:\n%s" out.Result
-
-                    Expect.equal p.ExitCode 0 $"exit code; stdout:\n{out.Result}\nstderr:\n{err.Result}"
-                    CliTests.assertNoExceptionReport err.Result
-                    out.Result, err.Result
+                    Expect.equal code 0 $"exit code; stdout:\n{out}\nstderr:\n{err}"
+                    out, err
 
                 // The header is printed by the measuring process: what it shows is what it got.
                 let out, err = bench []
